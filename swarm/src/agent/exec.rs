@@ -1,0 +1,84 @@
+//! The boundary between the agent and a container runtime. The agent drives one [`Controller`] per task through
+//! prepare → start → wait, and shutdown/terminate/remove when the task's desired state says so. The engine
+//! implements this with containerd (`engine::executor::ContainerdExecutor`); unit tests and the scale simulator use
+//! `agent::testing::TestExecutor`.
+//!
+//! Every method is idempotent, so an agent that restarts can run a controller again over a container that
+//! already exists (re-adoption): `prepare` on an existing container succeeds, `start` on a running task succeeds,
+//! `wait` attaches to a task that is already running or reports the exit of one that already stopped.
+
+use crate::api::{NodeDescription, Task};
+use std::future::Future;
+
+/// Errors a runtime reports. The message is what `service ps` shows in its ERROR column.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ExecError {
+    /// The task's image is not in the node's image store.
+    #[error("No such image: {0}")]
+    ImageNotFound(String),
+    /// The task spec cannot be turned into a container (bad mount, bad user…).
+    #[error("invalid task spec: {0}")]
+    InvalidSpec(String),
+    /// The task has no container (e.g. `wait` before `prepare`).
+    #[error("container for task {0} does not exist")]
+    NotFound(String),
+    /// Anything the runtime itself failed at.
+    #[error("{0}")]
+    Runtime(String),
+}
+
+/// The state of a task's container as the runtime sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ContainerState {
+    /// The container exists but its process was never started.
+    Created,
+    Running { pid: u32 },
+    Exited { exit_code: i32 },
+}
+
+/// How a container ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExitStatus {
+    pub exit_code: i32,
+}
+
+/// A container runtime on one node.
+pub trait Executor: Send + Sync + 'static {
+    type Controller: Controller;
+
+    /// What the node reports of itself when its dispatcher session opens.
+    fn describe(&self) -> impl Future<Output = Result<NodeDescription, ExecError>> + Send;
+
+    /// A controller for `task`. Does no I/O; the controller does its work when driven.
+    fn controller(&self, task: &Task) -> Result<Self::Controller, ExecError>;
+
+    /// Ids of the tasks that have containers on this node, running or not.
+    fn list_tasks(&self) -> impl Future<Output = Result<Vec<String>, ExecError>> + Send;
+
+    /// Kills and deletes whatever the runtime holds for a task the agent no longer knows (an orphan).
+    fn remove_task(&self, task_id: &str) -> impl Future<Output = Result<(), ExecError>> + Send;
+}
+
+/// Drives one task's container.
+pub trait Controller: Send + Sync + 'static {
+    /// Checks the image and creates the container (a no-op if it exists).
+    fn prepare(&self) -> impl Future<Output = Result<(), ExecError>> + Send;
+
+    /// Starts the container's process (a no-op if it runs); returns its pid.
+    fn start(&self) -> impl Future<Output = Result<u32, ExecError>> + Send;
+
+    /// Waits until the process exits.
+    fn wait(&self) -> impl Future<Output = Result<ExitStatus, ExecError>> + Send;
+
+    /// Stops the process: the stop signal, then SIGKILL after the grace period. A no-op if it is not running.
+    fn shutdown(&self) -> impl Future<Output = Result<(), ExecError>> + Send;
+
+    /// Kills the process at once.
+    fn terminate(&self) -> impl Future<Output = Result<(), ExecError>> + Send;
+
+    /// Deletes the container and its filesystem; logs stay.
+    fn remove(&self) -> impl Future<Output = Result<(), ExecError>> + Send;
+
+    /// The container's state, or `None` if there is no container.
+    fn inspect(&self) -> impl Future<Output = Result<Option<ContainerState>, ExecError>> + Send;
+}

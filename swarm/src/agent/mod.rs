@@ -1,0 +1,3 @@
+//! The agent: runs on every node, holds a session with the dispatcher, and drives the node's executor.
+
+pub mod exec;

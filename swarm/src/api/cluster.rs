@@ -1,0 +1,86 @@
+//! The cluster object: one per swarm, holding the CA, join tokens and cluster-wide settings.
+
+use super::{meta::duration_text, Annotations, Meta};
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+
+/// The id of the one cluster object (as SwarmKit's "default" cluster is found by name).
+pub const DEFAULT_CLUSTER_NAME: &str = "default";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Cluster {
+    pub id: String,
+    #[serde(default)]
+    pub meta: Meta,
+    pub spec: ClusterSpec,
+    /// The root CA; the private key never leaves the managers (the control API strips it).
+    pub root_ca: RootCa,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClusterSpec {
+    #[serde(flatten)]
+    pub annotations: Annotations,
+    #[serde(default)]
+    pub orchestration: OrchestrationConfig,
+    #[serde(default)]
+    pub raft: RaftConfig,
+    #[serde(default)]
+    pub dispatcher: DispatcherConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrchestrationConfig {
+    /// Terminal tasks kept per slot (`--task-history-limit`, default 5).
+    pub task_history_retention_limit: u64,
+}
+
+impl Default for OrchestrationConfig {
+    fn default() -> Self {
+        OrchestrationConfig { task_history_retention_limit: 5 }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RaftConfig {
+    /// Log entries between snapshots (`--snapshot-interval`, default 10,000).
+    pub snapshot_interval: u64,
+    /// Log entries kept behind a snapshot for slow followers (default 500).
+    pub log_entries_for_slow_followers: u64,
+}
+
+impl Default for RaftConfig {
+    fn default() -> Self {
+        RaftConfig { snapshot_interval: 10_000, log_entries_for_slow_followers: 500 }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DispatcherConfig {
+    /// Agent heartbeat period (`--dispatcher-heartbeat`, default 5s).
+    #[serde(with = "duration_text")]
+    pub heartbeat_period: Duration,
+}
+
+impl Default for DispatcherConfig {
+    fn default() -> Self {
+        DispatcherConfig { heartbeat_period: Duration::from_secs(5) }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RootCa {
+    pub ca_cert_pem: String,
+    /// Empty in anything the control API returns.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub ca_key_pem: String,
+    /// `SHA-256` digest of the CA certificate (DER), hex.
+    pub ca_cert_digest: String,
+    pub join_tokens: JoinTokens,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinTokens {
+    pub worker: String,
+    pub manager: String,
+}

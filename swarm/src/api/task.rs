@@ -1,0 +1,146 @@
+//! A task: one unit of work, placed in a slot of a replicated service or on a node for a global one.
+//!
+//! Its observed state only moves forward; the numbers are spaced as SwarmKit's so `<` compares progress.
+
+use super::{Annotations, Meta, TaskSpec, Timestamp};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Task {
+    pub id: String,
+    #[serde(default)]
+    pub meta: Meta,
+    pub service_id: String,
+    /// The service's name and labels when the task was made.
+    pub service_annotations: Annotations,
+    /// 1..=replicas for replicated services; 0 for global tasks (which are keyed by node).
+    pub slot: u64,
+    /// Empty until the scheduler assigns the task (global tasks are created with it set).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub node_id: String,
+    pub spec: TaskSpec,
+    /// The version of the service spec this task was made from.
+    #[serde(default)]
+    pub spec_version: u64,
+    pub status: TaskStatus,
+    pub desired_state: TaskState,
+}
+
+impl Task {
+    /// Docker's task name: `web.3` for a replicated slot, `web.<node id>` for a global task.
+    pub fn name(&self) -> String {
+        if self.slot > 0 {
+            format!("{}.{}", self.service_annotations.name, self.slot)
+        } else {
+            format!("{}.{}", self.service_annotations.name, self.node_id)
+        }
+    }
+
+    /// The container name Docker would give it: `web.3.<task id>`.
+    pub fn container_name(&self) -> String {
+        format!("{}.{}", self.name(), self.id)
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TaskStatus {
+    #[serde(default)]
+    pub timestamp: Timestamp,
+    pub state: TaskState,
+    /// What the component that set the state says about it ("starting", "scheduled", "no suitable node (…)").
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+    /// The error that ended the task, when it failed or was rejected.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub err: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<ContainerStatus>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerStatus {
+    pub container_id: String,
+    #[serde(default)]
+    pub pid: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+}
+
+/// Task states in order. Terminal states are those > RUNNING.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[repr(u16)]
+pub enum TaskState {
+    #[default]
+    New = 0,
+    Pending = 64,
+    Assigned = 192,
+    Accepted = 256,
+    Preparing = 320,
+    Ready = 384,
+    Starting = 448,
+    Running = 512,
+    Complete = 576,
+    Shutdown = 640,
+    Failed = 704,
+    Rejected = 768,
+    /// Desired state only: the task is to be shut down and then deleted.
+    Remove = 800,
+    Orphaned = 832,
+}
+
+impl TaskState {
+    pub fn is_terminal(self) -> bool {
+        self > TaskState::Running
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            TaskState::New => "new",
+            TaskState::Pending => "pending",
+            TaskState::Assigned => "assigned",
+            TaskState::Accepted => "accepted",
+            TaskState::Preparing => "preparing",
+            TaskState::Ready => "ready",
+            TaskState::Starting => "starting",
+            TaskState::Running => "running",
+            TaskState::Complete => "complete",
+            TaskState::Shutdown => "shutdown",
+            TaskState::Failed => "failed",
+            TaskState::Rejected => "rejected",
+            TaskState::Remove => "remove",
+            TaskState::Orphaned => "orphaned",
+        }
+    }
+
+    /// Docker's capitalised form, as `service ps` prints it.
+    pub fn title(self) -> String {
+        let n = self.name();
+        let mut c = n.chars();
+        match c.next() {
+            Some(f) => f.to_ascii_uppercase().to_string() + c.as_str(),
+            None => String::new(),
+        }
+    }
+}
+
+impl std::fmt::Display for TaskState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn states_are_ordered_like_swarmkit() {
+        assert!(TaskState::New < TaskState::Pending);
+        assert!(TaskState::Running < TaskState::Complete);
+        assert!(TaskState::Failed.is_terminal());
+        assert!(!TaskState::Running.is_terminal());
+        assert_eq!(TaskState::Rejected as u16, 768);
+        assert_eq!(TaskState::Running.title(), "Running");
+    }
+}

@@ -1,0 +1,7 @@
+//! Shoal's orchestration library: everything a swarm member runs except the container runtime.
+//! See ARCHITECTURE.md at the top of the repository for the codemap.
+
+pub mod agent;
+pub mod api;
+pub mod raft;
+pub mod store;

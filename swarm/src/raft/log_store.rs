@@ -1,0 +1,205 @@
+//! The Raft log, the vote and the committed index, in a redb file (`log.redb`).
+//!
+//! Appends are durable before openraft is told they are flushed. Entries are kept until a snapshot covers them
+//! and openraft purges them (keeping `log_entries_for_slow_followers` behind the snapshot).
+
+use super::codec::{decode, encode};
+use super::db::{open, DbError};
+use super::{NodeId, TypeConfig};
+use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
+use openraft::{Entry, LogId, OptionalSend, RaftLogReader, StorageError, StorageIOError, Vote};
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use std::fmt::Debug;
+use std::ops::RangeBounds;
+use std::path::Path;
+use std::sync::Arc;
+
+const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+const KEY_VOTE: &str = "vote";
+const KEY_COMMITTED: &str = "committed";
+const KEY_PURGED: &str = "last_purged";
+
+/// The redb-backed Raft log. Cloning shares the file.
+#[derive(Clone)]
+pub struct RedbLogStore {
+    db: Arc<Database>,
+}
+
+type StResult<T> = Result<T, StorageError<NodeId>>;
+
+fn io_err(e: impl std::error::Error + 'static) -> StorageError<NodeId> {
+    StorageIOError::read_logs(&e).into()
+}
+
+fn write_err(e: impl std::error::Error + 'static) -> StorageError<NodeId> {
+    StorageIOError::write_logs(&e).into()
+}
+
+impl RedbLogStore {
+    /// Opens (or creates) the log at `path`, checking that every stored entry and record can be read.
+    pub fn open(path: &Path) -> Result<Self, DbError> {
+        let db = open(path)?;
+        let fmt = |reason: String| DbError::Corrupt {
+            path: path.to_path_buf(),
+            dir: path.parent().map(Path::to_path_buf).unwrap_or_default(),
+            reason,
+        };
+        {
+            let tx = db.begin_write().map_err(|e| fmt(e.to_string()))?;
+            tx.open_table(LOG).map_err(|e| fmt(e.to_string()))?;
+            tx.open_table(META).map_err(|e| fmt(e.to_string()))?;
+            tx.commit().map_err(|e| fmt(e.to_string()))?;
+        }
+        let store = RedbLogStore { db: Arc::new(db) };
+        // Decode the records now so that a damaged file is reported at start, naming the file.
+        let tx = store.db.begin_read().map_err(|e| fmt(e.to_string()))?;
+        let meta = tx.open_table(META).map_err(|e| fmt(e.to_string()))?;
+        for key in [KEY_VOTE, KEY_COMMITTED, KEY_PURGED] {
+            if let Some(v) = meta.get(key).map_err(|e| fmt(e.to_string()))? {
+                if key == KEY_VOTE {
+                    decode::<Vote<NodeId>>(v.value())
+                        .map_err(|source| DbError::Format { path: path.to_path_buf(), source })?;
+                } else {
+                    decode::<LogId<NodeId>>(v.value())
+                        .map_err(|source| DbError::Format { path: path.to_path_buf(), source })?;
+                }
+            }
+        }
+        let log = tx.open_table(LOG).map_err(|e| fmt(e.to_string()))?;
+        for item in log.iter().map_err(|e| fmt(e.to_string()))? {
+            let (_, v) = item.map_err(|e| fmt(e.to_string()))?;
+            decode::<Entry<TypeConfig>>(v.value())
+                .map_err(|source| DbError::Format { path: path.to_path_buf(), source })?;
+        }
+        Ok(store)
+    }
+
+    fn get_meta<T: serde::de::DeserializeOwned>(&self, key: &str) -> StResult<Option<T>> {
+        let tx = self.db.begin_read().map_err(io_err)?;
+        let t = tx.open_table(META).map_err(io_err)?;
+        match t.get(key).map_err(io_err)? {
+            Some(v) => Ok(Some(decode(v.value()).map_err(io_err)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn put_meta<T: serde::Serialize>(&self, key: &str, value: &T) -> StResult<()> {
+        let tx = self.db.begin_write().map_err(write_err)?;
+        {
+            let mut t = tx.open_table(META).map_err(write_err)?;
+            t.insert(key, encode(value).as_slice()).map_err(write_err)?;
+        }
+        tx.commit().map_err(write_err)
+    }
+
+    /// Number of entries currently stored (for tests and `info`).
+    pub fn len(&self) -> Result<u64, StorageError<NodeId>> {
+        let tx = self.db.begin_read().map_err(io_err)?;
+        let t = tx.open_table(LOG).map_err(io_err)?;
+        t.len().map_err(io_err)
+    }
+
+    pub fn is_empty(&self) -> Result<bool, StorageError<NodeId>> {
+        Ok(self.len()? == 0)
+    }
+}
+
+impl RaftLogReader<TypeConfig> for RedbLogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> StResult<Vec<Entry<TypeConfig>>> {
+        let tx = self.db.begin_read().map_err(io_err)?;
+        let t = tx.open_table(LOG).map_err(io_err)?;
+        let mut out = Vec::new();
+        for item in t.range(range).map_err(io_err)? {
+            let (_, v) = item.map_err(io_err)?;
+            out.push(decode(v.value()).map_err(io_err)?);
+        }
+        Ok(out)
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for RedbLogStore {
+    type LogReader = Self;
+
+    async fn get_log_state(&mut self) -> StResult<LogState<TypeConfig>> {
+        let last_purged: Option<LogId<NodeId>> = self.get_meta(KEY_PURGED)?;
+        let tx = self.db.begin_read().map_err(io_err)?;
+        let t = tx.open_table(LOG).map_err(io_err)?;
+        let last = match t.last().map_err(io_err)? {
+            Some((_, v)) => Some(decode::<Entry<TypeConfig>>(v.value()).map_err(io_err)?.log_id),
+            None => last_purged,
+        };
+        Ok(LogState { last_purged_log_id: last_purged, last_log_id: last })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<NodeId>) -> StResult<()> {
+        self.put_meta(KEY_VOTE, vote).map_err(|_| StorageIOError::write_vote(&std::io::Error::other("vote")).into())
+    }
+
+    async fn read_vote(&mut self) -> StResult<Option<Vote<NodeId>>> {
+        self.get_meta(KEY_VOTE)
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> StResult<()> {
+        match committed {
+            Some(c) => self.put_meta(KEY_COMMITTED, &c),
+            None => Ok(()),
+        }
+    }
+
+    async fn read_committed(&mut self) -> StResult<Option<LogId<NodeId>>> {
+        self.get_meta(KEY_COMMITTED)
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> StResult<()>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let tx = self.db.begin_write().map_err(write_err)?;
+        {
+            let mut t = tx.open_table(LOG).map_err(write_err)?;
+            for e in entries {
+                t.insert(e.log_id.index, encode(&e).as_slice()).map_err(write_err)?;
+            }
+        }
+        let res = tx.commit();
+        match res {
+            Ok(()) => {
+                callback.log_io_completed(Ok(()));
+                Ok(())
+            }
+            Err(e) => {
+                callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
+                Err(write_err(e))
+            }
+        }
+    }
+
+    async fn truncate(&mut self, log_id: LogId<NodeId>) -> StResult<()> {
+        let tx = self.db.begin_write().map_err(write_err)?;
+        {
+            let mut t = tx.open_table(LOG).map_err(write_err)?;
+            t.retain_in(log_id.index.., |_, _| false).map_err(write_err)?;
+        }
+        tx.commit().map_err(write_err)
+    }
+
+    async fn purge(&mut self, log_id: LogId<NodeId>) -> StResult<()> {
+        let tx = self.db.begin_write().map_err(write_err)?;
+        {
+            let mut meta = tx.open_table(META).map_err(write_err)?;
+            meta.insert(KEY_PURGED, encode(&log_id).as_slice()).map_err(write_err)?;
+            let mut t = tx.open_table(LOG).map_err(write_err)?;
+            t.retain_in(..=log_id.index, |_, _| false).map_err(write_err)?;
+        }
+        tx.commit().map_err(write_err)
+    }
+}

@@ -1,0 +1,270 @@
+//! The in-memory indexed view of every object, and the one function that changes it: [`MemoryStore::apply`].
+//!
+//! `apply` is deterministic (it reads no clock and no randomness), so every manager that applies the same Raft
+//! entry reaches the same state. A proposal is all-or-nothing: if one operation fails its check (stale version,
+//! duplicate name, missing object) the store is left as it was and the whole proposal fails.
+
+use super::{ApplyError, Event, EventAction, Op, Proposal};
+use crate::api::{Cluster, Node, Object, ObjectKind, Service, Task, TaskState};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+/// Every object, by kind and id, with secondary indexes.
+#[derive(Debug, Default, Clone)]
+pub struct MemoryStore {
+    clusters: BTreeMap<String, Cluster>,
+    nodes: BTreeMap<String, Node>,
+    services: BTreeMap<String, Service>,
+    tasks: BTreeMap<String, Task>,
+    service_by_name: HashMap<String, String>,
+    tasks_by_service: HashMap<String, BTreeSet<String>>,
+    tasks_by_node: HashMap<String, BTreeSet<String>>,
+}
+
+impl MemoryStore {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Builds a store from a list of objects (a snapshot or the persisted state machine).
+    pub fn from_objects(objects: impl IntoIterator<Item = Object>) -> Self {
+        let mut s = MemoryStore::new();
+        for o in objects {
+            s.put(o);
+        }
+        s
+    }
+
+    /// Every object, in a stable order (kind, then id).
+    pub fn objects(&self) -> impl Iterator<Item = Object> + '_ {
+        self.clusters
+            .values()
+            .cloned()
+            .map(Object::Cluster)
+            .chain(self.nodes.values().cloned().map(Object::Node))
+            .chain(self.services.values().cloned().map(Object::Service))
+            .chain(self.tasks.values().cloned().map(Object::Task))
+    }
+
+    pub fn len(&self) -> usize {
+        self.clusters.len() + self.nodes.len() + self.services.len() + self.tasks.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    // ---- reads ----
+
+    pub fn get(&self, kind: ObjectKind, id: &str) -> Option<Object> {
+        match kind {
+            ObjectKind::Cluster => self.clusters.get(id).cloned().map(Object::Cluster),
+            ObjectKind::Node => self.nodes.get(id).cloned().map(Object::Node),
+            ObjectKind::Service => self.services.get(id).cloned().map(Object::Service),
+            ObjectKind::Task => self.tasks.get(id).cloned().map(Object::Task),
+        }
+    }
+
+    fn version_of(&self, kind: ObjectKind, id: &str) -> Option<u64> {
+        match kind {
+            ObjectKind::Cluster => self.clusters.get(id).map(|o| o.meta.version),
+            ObjectKind::Node => self.nodes.get(id).map(|o| o.meta.version),
+            ObjectKind::Service => self.services.get(id).map(|o| o.meta.version),
+            ObjectKind::Task => self.tasks.get(id).map(|o| o.meta.version),
+        }
+    }
+
+    pub fn cluster(&self) -> Option<&Cluster> {
+        self.clusters.values().next()
+    }
+
+    pub fn clusters(&self) -> impl Iterator<Item = &Cluster> {
+        self.clusters.values()
+    }
+
+    pub fn node(&self, id: &str) -> Option<&Node> {
+        self.nodes.get(id)
+    }
+
+    pub fn nodes(&self) -> impl Iterator<Item = &Node> {
+        self.nodes.values()
+    }
+
+    pub fn service(&self, id: &str) -> Option<&Service> {
+        self.services.get(id)
+    }
+
+    pub fn service_by_name(&self, name: &str) -> Option<&Service> {
+        self.service_by_name.get(name).and_then(|id| self.services.get(id))
+    }
+
+    pub fn services(&self) -> impl Iterator<Item = &Service> {
+        self.services.values()
+    }
+
+    pub fn task(&self, id: &str) -> Option<&Task> {
+        self.tasks.get(id)
+    }
+
+    pub fn tasks(&self) -> impl Iterator<Item = &Task> {
+        self.tasks.values()
+    }
+
+    pub fn tasks_by_service(&self, service_id: &str) -> impl Iterator<Item = &Task> {
+        self.tasks_by_service
+            .get(service_id)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.tasks.get(id))
+    }
+
+    pub fn tasks_by_node(&self, node_id: &str) -> impl Iterator<Item = &Task> {
+        self.tasks_by_node.get(node_id).into_iter().flatten().filter_map(|id| self.tasks.get(id))
+    }
+
+    pub fn tasks_by_desired_state(&self, state: TaskState) -> impl Iterator<Item = &Task> {
+        self.tasks.values().filter(move |t| t.desired_state == state)
+    }
+
+    // ---- writes ----
+
+    /// Applies a proposal at Raft index `index`: checks every operation, stamps versions and times, and returns
+    /// the events to publish. On error nothing is changed.
+    pub fn apply(&mut self, index: u64, proposal: &Proposal) -> Result<Vec<Event>, ApplyError> {
+        let mut undo: Vec<(ObjectKind, String, Option<Object>)> = Vec::new();
+        let mut events = Vec::with_capacity(proposal.ops.len());
+        for op in &proposal.ops {
+            match self.apply_op(index, proposal, op) {
+                Ok(ev) => {
+                    undo.push((ev.object.kind(), ev.object.id().to_string(), ev.old.clone()));
+                    events.push(ev);
+                }
+                Err(e) => {
+                    for (kind, id, old) in undo.into_iter().rev() {
+                        self.remove(kind, &id);
+                        if let Some(o) = old {
+                            self.put(o);
+                        }
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        Ok(events)
+    }
+
+    fn apply_op(&mut self, index: u64, proposal: &Proposal, op: &Op) -> Result<Event, ApplyError> {
+        match op {
+            Op::Create(obj) => {
+                let (kind, id) = (obj.kind(), obj.id().to_string());
+                if self.version_of(kind, &id).is_some() {
+                    return Err(ApplyError::Exists { kind, id });
+                }
+                if let Object::Service(s) = obj {
+                    self.check_service_name(s)?;
+                }
+                let mut obj = obj.clone();
+                let m = obj.meta_mut();
+                m.version = index;
+                m.created_at = proposal.timestamp;
+                m.updated_at = proposal.timestamp;
+                self.put(obj.clone());
+                Ok(Event { action: EventAction::Create, object: obj, old: None, index })
+            }
+            Op::Update(obj) => {
+                let (kind, id) = (obj.kind(), obj.id().to_string());
+                let Some(old) = self.get(kind, &id) else {
+                    return Err(ApplyError::NotFound { kind, id });
+                };
+                if old.meta().version != obj.meta().version {
+                    return Err(ApplyError::OutOfSequence { kind, id });
+                }
+                if let Object::Service(s) = obj {
+                    self.check_service_name(s)?;
+                }
+                let mut obj = obj.clone();
+                let m = obj.meta_mut();
+                m.version = index;
+                m.created_at = old.meta().created_at;
+                m.updated_at = proposal.timestamp;
+                self.remove(kind, &id);
+                self.put(obj.clone());
+                Ok(Event { action: EventAction::Update, object: obj, old: Some(old), index })
+            }
+            Op::Delete { kind, id, version } => {
+                let Some(old) = self.get(*kind, id) else {
+                    return Err(ApplyError::NotFound { kind: *kind, id: id.clone() });
+                };
+                if old.meta().version != *version {
+                    return Err(ApplyError::OutOfSequence { kind: *kind, id: id.clone() });
+                }
+                self.remove(*kind, id);
+                Ok(Event { action: EventAction::Delete, object: old.clone(), old: Some(old), index })
+            }
+        }
+    }
+
+    fn check_service_name(&self, s: &Service) -> Result<(), ApplyError> {
+        match self.service_by_name.get(&s.spec.annotations.name) {
+            Some(other) if other != &s.id => {
+                Err(ApplyError::NameConflict { kind: ObjectKind::Service, name: s.spec.annotations.name.clone() })
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Inserts an object and indexes it; the caller has removed any previous version.
+    fn put(&mut self, obj: Object) {
+        match obj {
+            Object::Cluster(c) => {
+                self.clusters.insert(c.id.clone(), c);
+            }
+            Object::Node(n) => {
+                self.nodes.insert(n.id.clone(), n);
+            }
+            Object::Service(s) => {
+                self.service_by_name.insert(s.spec.annotations.name.clone(), s.id.clone());
+                self.services.insert(s.id.clone(), s);
+            }
+            Object::Task(t) => {
+                self.tasks_by_service.entry(t.service_id.clone()).or_default().insert(t.id.clone());
+                if !t.node_id.is_empty() {
+                    self.tasks_by_node.entry(t.node_id.clone()).or_default().insert(t.id.clone());
+                }
+                self.tasks.insert(t.id.clone(), t);
+            }
+        }
+    }
+
+    fn remove(&mut self, kind: ObjectKind, id: &str) {
+        match kind {
+            ObjectKind::Cluster => {
+                self.clusters.remove(id);
+            }
+            ObjectKind::Node => {
+                self.nodes.remove(id);
+            }
+            ObjectKind::Service => {
+                if let Some(s) = self.services.remove(id) {
+                    if self.service_by_name.get(&s.spec.annotations.name).map(String::as_str) == Some(id) {
+                        self.service_by_name.remove(&s.spec.annotations.name);
+                    }
+                }
+            }
+            ObjectKind::Task => {
+                if let Some(t) = self.tasks.remove(id) {
+                    remove_from_index(&mut self.tasks_by_service, &t.service_id, id);
+                    remove_from_index(&mut self.tasks_by_node, &t.node_id, id);
+                }
+            }
+        }
+    }
+}
+
+fn remove_from_index(index: &mut HashMap<String, BTreeSet<String>>, key: &str, id: &str) {
+    if let Some(set) = index.get_mut(key) {
+        set.remove(id);
+        if set.is_empty() {
+            index.remove(key);
+        }
+    }
+}

@@ -1,0 +1,264 @@
+//! The cluster store: every object, replicated through Raft, with an in-memory indexed view and a watch stream.
+//!
+//! ```text
+//!   component ── Store::update(|tx| …) ──▶ Proposal ──▶ raft::client_write ──▶ log (redb) ──▶ commit
+//!                                                                                            │
+//!   component ◀── watch (broadcast of Event) ◀── MemoryStore::apply ◀── state machine (redb) ◀┘
+//!   component ── Store::view(|v| …) reads the MemoryStore under a read lock
+//! ```
+//! The store is the bus: components never call each other, they write here and watch here. An update carries the
+//! version it read; a stale one fails with "update out of sequence" and the caller reads again.
+//!
+//! A store can also be [`Store::in_memory`]: same view, same watch, writes applied at once with a local counter for
+//! versions. Component tests use it; the product always runs on Raft.
+
+mod memory;
+
+pub use memory::MemoryStore;
+
+use crate::api::{Object, ObjectKind, Timestamp};
+use serde::{Deserialize, Serialize};
+use std::sync::{Arc, Mutex, RwLock};
+use tokio::sync::broadcast;
+
+/// One atomic change to the store: what a Raft entry carries.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Proposal {
+    pub ops: Vec<Op>,
+    /// When the proposal was made; becomes the objects' created/updated time (the proposer's clock, so that every
+    /// replica applies the same value).
+    pub timestamp: Timestamp,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Op {
+    /// Create an object; its id must be new.
+    Create(Object),
+    /// Replace an object; `meta.version` must be the version in the store.
+    Update(Object),
+    /// Delete an object at `version`.
+    Delete { kind: ObjectKind, id: String, version: u64 },
+}
+
+/// Why a proposal was refused when it was applied. Deterministic: every replica refuses the same proposals.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum ApplyError {
+    /// update out of sequence
+    #[error("update out of sequence: {kind} {id} was changed since it was read")]
+    OutOfSequence { kind: ObjectKind, id: String },
+    /// The object to update or delete does not exist.
+    #[error("{kind} {id} not found")]
+    NotFound { kind: ObjectKind, id: String },
+    /// An object with that id exists.
+    #[error("{kind} {id} already exists")]
+    Exists { kind: ObjectKind, id: String },
+    /// Another object already has that name.
+    #[error("name conflicts with an existing object: {kind} {name} already exists")]
+    NameConflict { kind: ObjectKind, name: String },
+}
+
+/// The answer to a proposal, as the state machine returns it through Raft.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProposalResult {
+    pub error: Option<ApplyError>,
+}
+
+/// A change that was committed, as watchers see it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    pub action: EventAction,
+    /// The object after the change (for a delete: the object as it was).
+    pub object: Object,
+    /// The object before the change (updates and deletes).
+    pub old: Option<Object>,
+    /// The Raft index of the change.
+    pub index: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventAction {
+    Create,
+    Update,
+    Delete,
+}
+
+/// Errors of store reads and writes.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The proposal was applied and refused.
+    #[error(transparent)]
+    Apply(#[from] ApplyError),
+    /// This manager is not the Raft leader; writes go to the leader.
+    #[error("this node is not the swarm leader{}", .leader.as_ref().map(|l| format!(" (the leader is {l})")).unwrap_or_default())]
+    NotLeader { leader: Option<String> },
+    /// Raft failed to commit the proposal.
+    #[error("raft: {0}")]
+    Raft(String),
+}
+
+impl StoreError {
+    pub fn is_out_of_sequence(&self) -> bool {
+        matches!(self, StoreError::Apply(ApplyError::OutOfSequence { .. }))
+    }
+}
+
+/// The part of the store every replica shares: the view and the watch channel. The Raft state machine writes
+/// through [`SharedView::apply`].
+pub struct SharedView {
+    view: RwLock<MemoryStore>,
+    events: broadcast::Sender<Event>,
+}
+
+/// How many events a slow watcher may fall behind before it must re-read the store (it gets `Lagged`).
+const WATCH_CAPACITY: usize = 1 << 16;
+
+impl SharedView {
+    pub fn new(initial: MemoryStore) -> Arc<Self> {
+        let (events, _) = broadcast::channel(WATCH_CAPACITY);
+        Arc::new(SharedView { view: RwLock::new(initial), events })
+    }
+
+    /// Applies a committed proposal and publishes its events.
+    pub fn apply(&self, index: u64, proposal: &Proposal) -> Result<Vec<Event>, ApplyError> {
+        let mut view = self.view.write().unwrap_or_else(|e| e.into_inner());
+        let events = view.apply(index, proposal)?;
+        // Sent under the write lock so a watcher that subscribed under the read lock sees exactly the changes
+        // made after what it read.
+        for e in &events {
+            let _ = self.events.send(e.clone());
+        }
+        Ok(events)
+    }
+
+    /// Replaces the whole view (snapshot install). Watchers are not told object by object; they get a synthetic
+    /// lag so they re-read.
+    pub fn replace(&self, store: MemoryStore) {
+        let mut view = self.view.write().unwrap_or_else(|e| e.into_inner());
+        *view = store;
+    }
+
+    pub fn read<R>(&self, f: impl FnOnce(&MemoryStore) -> R) -> R {
+        let view = self.view.read().unwrap_or_else(|e| e.into_inner());
+        f(&view)
+    }
+}
+
+/// Collects the operations of one [`Store::update`].
+pub struct WriteTx<'a> {
+    view: &'a MemoryStore,
+    ops: Vec<Op>,
+}
+
+impl<'a> WriteTx<'a> {
+    /// The committed state the transaction reads from (its own pending writes are not visible).
+    pub fn view(&self) -> &'a MemoryStore {
+        self.view
+    }
+
+    pub fn create(&mut self, obj: impl Into<Object>) {
+        self.ops.push(Op::Create(obj.into()));
+    }
+
+    /// Updates an object; its `meta.version` must be the one that was read.
+    pub fn update(&mut self, obj: impl Into<Object>) {
+        self.ops.push(Op::Update(obj.into()));
+    }
+
+    pub fn delete(&mut self, kind: ObjectKind, id: &str, version: u64) {
+        self.ops.push(Op::Delete { kind, id: id.to_string(), version });
+    }
+
+    pub fn len(&self) -> usize {
+        self.ops.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+}
+
+macro_rules! object_from {
+    ($($t:ident),*) => {$(
+        impl From<crate::api::$t> for Object {
+            fn from(v: crate::api::$t) -> Object { Object::$t(v) }
+        }
+    )*};
+}
+object_from!(Cluster, Node, Service, Task);
+
+/// How writes reach the view.
+#[derive(Clone)]
+enum Proposer {
+    Raft(crate::raft::RaftHandle),
+    /// Component tests: apply at once, versions from a counter.
+    InMemory(Arc<Mutex<u64>>),
+}
+
+/// A handle to the cluster store. Cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    shared: Arc<SharedView>,
+    proposer: Proposer,
+}
+
+impl Store {
+    /// A store whose writes go through Raft (the product).
+    pub(crate) fn with_raft(shared: Arc<SharedView>, raft: crate::raft::RaftHandle) -> Self {
+        Store { shared, proposer: Proposer::Raft(raft) }
+    }
+
+    /// A store that applies writes at once, for component tests.
+    pub fn in_memory() -> Self {
+        Store { shared: SharedView::new(MemoryStore::new()), proposer: Proposer::InMemory(Arc::new(Mutex::new(0))) }
+    }
+
+    /// Reads the store under a read lock. Don't block inside `f`.
+    pub fn view<R>(&self, f: impl FnOnce(&MemoryStore) -> R) -> R {
+        self.shared.read(f)
+    }
+
+    /// Subscribes to changes.
+    pub fn watch(&self) -> broadcast::Receiver<Event> {
+        self.shared.events.subscribe()
+    }
+
+    /// Reads the store and subscribes in one step: the receiver gets exactly the changes made after the read.
+    pub fn view_and_watch<R>(&self, f: impl FnOnce(&MemoryStore) -> R) -> (R, broadcast::Receiver<Event>) {
+        let view = self.shared.view.read().unwrap_or_else(|e| e.into_inner());
+        let rx = self.shared.events.subscribe();
+        (f(&view), rx)
+    }
+
+    /// Runs `f` to collect writes against the current view, then commits them as one proposal. Returns what `f`
+    /// returned. Nothing is proposed when `f` errs or writes nothing.
+    pub async fn update<R, E>(&self, f: impl FnOnce(&mut WriteTx) -> Result<R, E>) -> Result<R, E>
+    where
+        E: From<StoreError>,
+    {
+        let (out, ops) = {
+            let view = self.shared.view.read().unwrap_or_else(|e| e.into_inner());
+            let mut tx = WriteTx { view: &view, ops: Vec::new() };
+            let out = f(&mut tx)?;
+            (out, tx.ops)
+        };
+        if !ops.is_empty() {
+            self.propose(Proposal { ops, timestamp: Timestamp::now() }).await?;
+        }
+        Ok(out)
+    }
+
+    /// Commits a proposal.
+    pub async fn propose(&self, proposal: Proposal) -> Result<(), StoreError> {
+        match &self.proposer {
+            Proposer::InMemory(counter) => {
+                // Held while applying so versions are handed out in apply order.
+                let mut c = counter.lock().unwrap_or_else(|e| e.into_inner());
+                *c += 1;
+                self.shared.apply(*c, &proposal)?;
+                Ok(())
+            }
+            Proposer::Raft(raft) => raft.propose(proposal).await,
+        }
+    }
+}
