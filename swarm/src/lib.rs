@@ -2,6 +2,11 @@
 //! See ARCHITECTURE.md at the top of the repository for the codemap.
 
 pub mod agent;
+pub mod allocator;
 pub mod api;
+pub mod orchestrator;
 pub mod raft;
+pub mod scheduler;
 pub mod store;
+pub mod testing;
+pub mod transport;

@@ -10,6 +10,9 @@
 //! ```
 
 mod cluster;
+pub mod control;
+pub mod dispatch;
+pub mod local;
 mod meta;
 mod reference;
 mod node;

@@ -12,7 +12,4 @@ pub struct Service {
     /// The spec before the last update, for `service rollback`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous_spec: Option<ServiceSpec>,
-    /// Set by `service rm`: the orchestrators shut the tasks down, the reaper removes the object once they are gone.
-    #[serde(default)]
-    pub pending_delete: bool,
 }

@@ -1,0 +1,132 @@
+//! Generates the gRPC clients and servers of Shoal's three services. Messages are plain serde types (see
+//! `src/api/{control,dispatch,local}.rs`) carried by a JSON codec, so there is one definition of every type.
+
+use tonic_build::manual::{Builder, Method, Service};
+
+struct M {
+    name: &'static str,
+    route: &'static str,
+    input: &'static str,
+    output: &'static str,
+    client_streaming: bool,
+    server_streaming: bool,
+}
+
+const fn unary(name: &'static str, route: &'static str, input: &'static str, output: &'static str) -> M {
+    M { name, route, input, output, client_streaming: false, server_streaming: false }
+}
+
+const fn server_stream(name: &'static str, route: &'static str, input: &'static str, output: &'static str) -> M {
+    M { name, route, input, output, client_streaming: false, server_streaming: true }
+}
+
+const fn client_stream(name: &'static str, route: &'static str, input: &'static str, output: &'static str) -> M {
+    M { name, route, input, output, client_streaming: true, server_streaming: false }
+}
+
+fn service(name: &str, methods: &[M]) -> Service {
+    let mut b = Service::builder().name(name).package("shoal");
+    for m in methods {
+        let mut mb = Method::builder()
+            .name(m.name)
+            .route_name(m.route)
+            .input_type(m.input)
+            .output_type(m.output)
+            .codec_path("crate::transport::JsonCodec");
+        if m.client_streaming {
+            mb = mb.client_streaming();
+        }
+        if m.server_streaming {
+            mb = mb.server_streaming();
+        }
+        b = b.method(mb.build());
+    }
+    b.build()
+}
+
+fn main() {
+    let control = service(
+        "Control",
+        &[
+            unary("create_service", "CreateService", "crate::api::control::CreateServiceRequest", "crate::api::Service"),
+            unary("get_service", "GetService", "crate::api::control::GetRequest", "crate::api::Service"),
+            unary("update_service", "UpdateService", "crate::api::control::UpdateServiceRequest", "crate::api::Service"),
+            unary("remove_service", "RemoveService", "crate::api::control::GetRequest", "crate::api::control::Empty"),
+            unary(
+                "list_services",
+                "ListServices",
+                "crate::api::control::ListServicesRequest",
+                "crate::api::control::ListServicesResponse",
+            ),
+            unary("get_node", "GetNode", "crate::api::control::GetRequest", "crate::api::Node"),
+            unary("list_nodes", "ListNodes", "crate::api::control::Empty", "crate::api::control::ListNodesResponse"),
+            unary("get_task", "GetTask", "crate::api::control::GetRequest", "crate::api::Task"),
+            unary(
+                "list_tasks",
+                "ListTasks",
+                "crate::api::control::ListTasksRequest",
+                "crate::api::control::ListTasksResponse",
+            ),
+            unary("get_cluster", "GetCluster", "crate::api::control::Empty", "crate::api::control::GetClusterResponse"),
+        ],
+    );
+    let dispatcher = service(
+        "Dispatcher",
+        &[
+            server_stream(
+                "session",
+                "Session",
+                "crate::api::dispatch::SessionRequest",
+                "crate::api::dispatch::SessionMessage",
+            ),
+            unary(
+                "heartbeat",
+                "Heartbeat",
+                "crate::api::dispatch::HeartbeatRequest",
+                "crate::api::dispatch::HeartbeatResponse",
+            ),
+            server_stream(
+                "assignments",
+                "Assignments",
+                "crate::api::dispatch::AssignmentsRequest",
+                "crate::api::dispatch::AssignmentsMessage",
+            ),
+            unary(
+                "update_task_status",
+                "UpdateTaskStatus",
+                "crate::api::dispatch::UpdateTaskStatusRequest",
+                "crate::api::control::Empty",
+            ),
+        ],
+    );
+    let engine = service(
+        "Engine",
+        &[
+            unary("info", "Info", "crate::api::control::Empty", "crate::api::local::InfoResponse"),
+            unary("version", "Version", "crate::api::control::Empty", "crate::api::local::VersionResponse"),
+            unary(
+                "swarm_init",
+                "SwarmInit",
+                "crate::api::local::SwarmInitRequest",
+                "crate::api::local::SwarmInitResponse",
+            ),
+            unary("swarm_leave", "SwarmLeave", "crate::api::local::SwarmLeaveRequest", "crate::api::control::Empty"),
+            client_stream(
+                "image_load",
+                "ImageLoad",
+                "crate::api::local::ImageLoadChunk",
+                "crate::api::local::ImageLoadResponse",
+            ),
+            unary("image_list", "ImageList", "crate::api::control::Empty", "crate::api::local::ImageListResponse"),
+            unary("image_remove", "ImageRemove", "crate::api::local::ImageRemoveRequest", "crate::api::control::Empty"),
+            server_stream(
+                "service_logs",
+                "ServiceLogs",
+                "crate::api::local::ServiceLogsRequest",
+                "crate::api::local::LogMessage",
+            ),
+        ],
+    );
+    Builder::new().compile(&[control, dispatcher, engine]);
+    println!("cargo:rerun-if-changed=build.rs");
+}

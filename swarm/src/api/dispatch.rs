@@ -1,0 +1,78 @@
+//! Messages between an agent and the dispatcher (`shoal.Dispatcher`).
+//!
+//! ```text
+//!  agent                                   dispatcher (leader)
+//!    ── Session(description) ───────────────▶ registers the node, marks it READY
+//!    ◀─ SessionMessage{session id, period} ── (stream stays open; closing it ends the session)
+//!    ── Assignments(session id) ────────────▶
+//!    ◀─ COMPLETE{every task for this node} ──
+//!    ◀─ INCREMENTAL{changed, removed} …  ────  as the store changes
+//!    ── Heartbeat(session id) every period ─▶ node DOWN after 3 missed periods
+//!    ── UpdateTaskStatus([task, status]…) ──▶ batched into store writes
+//! ```
+
+use super::{NodeDescription, Task, TaskStatus};
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SessionRequest {
+    pub description: NodeDescription,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SessionMessage {
+    pub session_id: String,
+    pub node_id: String,
+    #[serde(with = "super::meta::duration_text")]
+    pub heartbeat_period: Duration,
+    /// Managers the agent may fail over to (`host:port`).
+    pub managers: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HeartbeatRequest {
+    pub session_id: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HeartbeatResponse {
+    #[serde(with = "super::meta::duration_text")]
+    pub period: Duration,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AssignmentsRequest {
+    pub session_id: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AssignmentsKind {
+    /// The full set: anything the agent runs that is not in it must go.
+    Complete,
+    /// Changes since the previous message.
+    Incremental,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AssignmentsMessage {
+    pub kind: AssignmentsKind,
+    #[serde(default)]
+    pub updated: Vec<Task>,
+    /// Ids of tasks no longer assigned to the node.
+    #[serde(default)]
+    pub removed: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TaskStatusUpdate {
+    pub task_id: String,
+    pub status: TaskStatus,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UpdateTaskStatusRequest {
+    pub session_id: String,
+    pub updates: Vec<TaskStatusUpdate>,
+}

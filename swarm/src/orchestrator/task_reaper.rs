@@ -1,0 +1,121 @@
+//! The task reaper: keeps at most `task_history_retention_limit` tasks per slot (the live one included, as
+//! `docker service ps` shows them), deletes tasks marked REMOVE once they stopped (or never reached a node),
+//! and tasks of deleted services once they stopped.
+
+use super::{is_live, reconcile_loop};
+use crate::api::{Object, ObjectKind, Task, TaskState};
+use crate::store::{MemoryStore, Store, StoreError};
+use std::collections::BTreeMap;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// Whether a task can be deleted without leaving a container behind: it ended, or never reached a node.
+fn stopped(t: &Task) -> bool {
+    t.status.state.is_terminal() || t.status.state < TaskState::Assigned
+}
+
+/// Tasks to delete (pure).
+pub fn plan(view: &MemoryStore, history_limit: u64) -> Vec<Task> {
+    let mut out = Vec::new();
+    let mut slots: BTreeMap<(&str, u64, &str), Vec<&Task>> = BTreeMap::new();
+    for t in view.tasks() {
+        let gone = t.desired_state == TaskState::Remove || view.service(&t.service_id).is_none();
+        if gone {
+            if stopped(t) {
+                out.push(t.clone());
+            }
+            continue;
+        }
+        let node = if t.slot == 0 { t.node_id.as_str() } else { "" };
+        slots.entry((t.service_id.as_str(), t.slot, node)).or_default().push(t);
+    }
+    for (_, mut tasks) in slots {
+        if tasks.len() as u64 <= history_limit {
+            continue;
+        }
+        // Newest first; keep `history_limit`, delete older tasks that are done.
+        tasks.sort_by(|a, b| (b.meta.created_at, b.meta.version).cmp(&(a.meta.created_at, a.meta.version)));
+        for t in tasks.into_iter().skip(history_limit as usize) {
+            if !is_live(t) && stopped(t) {
+                out.push(t.clone());
+            }
+        }
+    }
+    out
+}
+
+pub struct TaskReaper {
+    store: Store,
+}
+
+impl TaskReaper {
+    pub fn new(store: Store) -> Self {
+        TaskReaper { store }
+    }
+
+    pub async fn run(self, shutdown: CancellationToken) {
+        let interested = |ev: &crate::store::Event| matches!(ev.object, Object::Task(_) | Object::Service(_));
+        reconcile_loop(
+            "task-reaper",
+            &self.store.clone(),
+            &shutdown,
+            Duration::from_millis(250),
+            Duration::from_secs(10),
+            interested,
+            || self.pass(),
+        )
+        .await
+    }
+
+    async fn pass(&self) -> Result<(), StoreError> {
+        self.store
+            .update(|tx| {
+                let limit = tx
+                    .view()
+                    .cluster()
+                    .map(|c| c.spec.orchestration.task_history_retention_limit)
+                    .unwrap_or(5);
+                for t in plan(tx.view(), limit) {
+                    tx.delete(ObjectKind::Task, &t.id, t.meta.version);
+                }
+                Ok::<_, StoreError>(())
+            })
+            .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{service, task};
+
+    #[test]
+    fn keeps_history_limit_per_slot() {
+        let s = service("s", "web", 1);
+        let mut objs: Vec<Object> = vec![s.into()];
+        for i in 0..8u64 {
+            let mut t = task(&format!("t{i}"), "s", 1);
+            t.meta.created_at = crate::api::Timestamp(std::time::UNIX_EPOCH + Duration::from_secs(i));
+            t.status.state = if i == 7 { TaskState::Running } else { TaskState::Failed };
+            t.desired_state = if i == 7 { TaskState::Running } else { TaskState::Shutdown };
+            objs.push(t.into());
+        }
+        let mut deleted: Vec<String> = plan(&MemoryStore::from_objects(objs), 5).into_iter().map(|t| t.id).collect();
+        deleted.sort();
+        assert_eq!(deleted, vec!["t0", "t1", "t2"]);
+    }
+
+    #[test]
+    fn removes_stopped_tasks_marked_remove() {
+        let s = service("s", "web", 1);
+        let mut running = task("a", "s", 1);
+        running.status.state = TaskState::Running;
+        running.desired_state = TaskState::Remove;
+        let mut done = task("b", "s", 2);
+        done.status.state = TaskState::Shutdown;
+        done.desired_state = TaskState::Remove;
+        let view = MemoryStore::from_objects(vec![Object::from(s), running.into(), done.into()]);
+        let deleted: Vec<String> = plan(&view, 5).into_iter().map(|t| t.id).collect();
+        assert_eq!(deleted, vec!["b"]);
+    }
+}

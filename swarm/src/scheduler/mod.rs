@@ -1,0 +1,286 @@
+//! The scheduler: gives every PENDING task a node (→ ASSIGNED), or says why none fits.
+//!
+//! ```text
+//!  watch tasks/nodes ─▶ pending set ─▶ for each task: filters (ready, active, constraints, max per node,
+//!                                        reservations) ─▶ spread: fewest tasks of this service, then fewest
+//!                                        tasks overall ─▶ one batch of store writes per pass
+//! ```
+//! A task that fits nowhere stays PENDING with `no suitable node (<reasons>)` in its status; it is retried when
+//! nodes or tasks change. Global tasks arrive with their node chosen; the scheduler only checks that node.
+
+pub mod constraint;
+pub mod filters;
+
+use crate::api::{Node, Resources, Task, TaskState};
+use crate::store::{MemoryStore, Store, StoreError};
+use constraint::Constraint;
+use filters::Refusal;
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+/// A node as the scheduler sees it during one pass: what is left of it and what runs there.
+#[derive(Debug, Clone)]
+pub struct NodeInfo {
+    pub node: Node,
+    pub available: Resources,
+    pub tasks_by_service: HashMap<String, u64>,
+    pub total_tasks: u64,
+}
+
+impl NodeInfo {
+    pub fn tasks_of_service(&self, service_id: &str) -> u64 {
+        self.tasks_by_service.get(service_id).copied().unwrap_or(0)
+    }
+
+    fn add(&mut self, task: &Task) {
+        *self.tasks_by_service.entry(task.service_id.clone()).or_default() += 1;
+        self.total_tasks += 1;
+        let r = task.spec.resources.reservations;
+        self.available.memory_bytes -= r.memory_bytes;
+        self.available.nano_cpus -= r.nano_cpus;
+    }
+}
+
+/// Whether a task holds resources on its node: it is meant to run and has not ended.
+fn occupies(task: &Task) -> bool {
+    !task.node_id.is_empty() && task.desired_state <= TaskState::Running && task.status.state <= TaskState::Running
+}
+
+/// Builds the per-node picture from the store.
+pub fn node_infos(view: &MemoryStore) -> BTreeMap<String, NodeInfo> {
+    let mut out: BTreeMap<String, NodeInfo> = view
+        .nodes()
+        .map(|n| {
+            let info = NodeInfo {
+                node: n.clone(),
+                available: n.description.resources,
+                tasks_by_service: HashMap::new(),
+                total_tasks: 0,
+            };
+            (n.id.clone(), info)
+        })
+        .collect();
+    for t in view.tasks().filter(|t| occupies(t) && t.status.state >= TaskState::Assigned) {
+        if let Some(info) = out.get_mut(&t.node_id) {
+            info.add(t);
+        }
+    }
+    out
+}
+
+/// The decision for one task.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    Assign(String),
+    NoSuitableNode(String),
+}
+
+/// Picks a node for `task` among `nodes` (pure): filters, then spread.
+pub fn decide(nodes: &BTreeMap<String, NodeInfo>, task: &Task) -> Decision {
+    let constraints: Vec<Constraint> =
+        task.spec.placement.constraints.iter().filter_map(|c| Constraint::parse(c).ok()).collect();
+    let mut refusals: BTreeMap<Refusal, usize> = BTreeMap::new();
+    let mut best: Option<(&NodeInfo, (u64, u64))> = None;
+    let candidates: Box<dyn Iterator<Item = &NodeInfo>> = if task.node_id.is_empty() {
+        Box::new(nodes.values())
+    } else {
+        Box::new(nodes.get(&task.node_id).into_iter())
+    };
+    let mut seen = 0;
+    for info in candidates {
+        seen += 1;
+        match filters::check(info, task, &constraints) {
+            Ok(()) => {
+                let score = (info.tasks_of_service(&task.service_id), info.total_tasks);
+                if best.map(|(_, s)| score < s).unwrap_or(true) {
+                    best = Some((info, score));
+                }
+            }
+            Err(r) => *refusals.entry(r).or_default() += 1,
+        }
+    }
+    match best {
+        Some((info, _)) => Decision::Assign(info.node.id.clone()),
+        None if seen == 0 => Decision::NoSuitableNode("no suitable node (no nodes in the swarm)".into()),
+        None => {
+            let reasons: Vec<String> = refusals.iter().map(|(r, n)| r.explain(*n)).collect();
+            Decision::NoSuitableNode(format!("no suitable node ({})", reasons.join("; ")))
+        }
+    }
+}
+
+/// Plans one pass over every pending task, accounting for earlier placements in the same pass.
+pub fn plan(view: &MemoryStore) -> Vec<(Task, Decision)> {
+    let mut nodes = node_infos(view);
+    let mut pending: Vec<&Task> = view
+        .tasks()
+        .filter(|t| t.status.state == TaskState::Pending && t.desired_state <= TaskState::Running)
+        .collect();
+    // Older tasks first, then by slot, so placement is stable.
+    pending.sort_by(|a, b| (a.meta.created_at, a.slot, &a.id).cmp(&(b.meta.created_at, b.slot, &b.id)));
+    let mut out = Vec::new();
+    for t in pending {
+        let d = decide(&nodes, t);
+        if let Decision::Assign(node_id) = &d {
+            let mut placed = t.clone();
+            placed.node_id = node_id.clone();
+            if let Some(info) = nodes.get_mut(node_id) {
+                info.add(&placed);
+            }
+        }
+        out.push((t.clone(), d));
+    }
+    out
+}
+
+pub struct Scheduler {
+    store: Store,
+}
+
+impl Scheduler {
+    pub fn new(store: Store) -> Self {
+        Scheduler { store }
+    }
+
+    /// Schedules until `shutdown`. Each pass is triggered by task or node changes, coalesced over 50 ms.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut events = self.store.watch();
+        loop {
+            if let Err(e) = self.pass().await {
+                if !e.is_out_of_sequence() {
+                    warn!(error = %e, "scheduling pass failed");
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                r = events.recv() => {
+                    if let Err(tokio::sync::broadcast::error::RecvError::Closed) = r { return; }
+                }
+            }
+            // Coalesce a burst of changes into one pass.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            while let Ok(_) | Err(tokio::sync::broadcast::error::TryRecvError::Lagged(_)) = events.try_recv() {}
+        }
+    }
+
+    async fn pass(&self) -> Result<(), StoreError> {
+        self.store
+            .update(|tx| {
+                let now = crate::api::Timestamp::now();
+                for (task, decision) in plan(tx.view()) {
+                    let mut t = task.clone();
+                    match decision {
+                        Decision::Assign(node_id) => {
+                            info!(task.id = %t.id, node.id = %node_id, "task assigned");
+                            t.node_id = node_id;
+                            t.status.state = TaskState::Assigned;
+                            t.status.message = "scheduler assigned task to node".into();
+                            t.status.err.clear();
+                            t.status.timestamp = now;
+                        }
+                        Decision::NoSuitableNode(reason) => {
+                            if t.status.err == reason {
+                                continue;
+                            }
+                            debug!(task.id = %t.id, %reason, "task not schedulable");
+                            t.status.err = reason;
+                            t.status.message = "pending task scheduling".into();
+                        }
+                    }
+                    tx.update(t);
+                }
+                Ok::<_, StoreError>(())
+            })
+            .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{node, task};
+
+    fn store_with(nodes: Vec<Node>, tasks: Vec<Task>) -> MemoryStore {
+        MemoryStore::from_objects(
+            nodes.into_iter().map(Into::into).chain(tasks.into_iter().map(Into::into)).collect::<Vec<_>>(),
+        )
+    }
+
+    #[test]
+    fn spreads_tasks_over_nodes() {
+        let nodes = vec![node("a", "ha"), node("b", "hb"), node("c", "hc")];
+        let tasks: Vec<Task> = (1..=6).map(|i| task(&format!("t{i}"), "svc", i)).collect();
+        let plan = plan(&store_with(nodes, tasks));
+        let mut per_node: HashMap<String, usize> = HashMap::new();
+        for (_, d) in plan {
+            match d {
+                Decision::Assign(n) => *per_node.entry(n).or_default() += 1,
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert_eq!(per_node.len(), 3);
+        assert!(per_node.values().all(|&n| n == 2), "{per_node:?}");
+    }
+
+    #[test]
+    fn explains_memory_and_constraints() {
+        let mut t = task("t1", "svc", 1);
+        t.spec.resources.reservations.memory_bytes = 1 << 50;
+        let p = plan(&store_with(vec![node("a", "ha")], vec![t.clone()]));
+        assert_eq!(p[0].1, Decision::NoSuitableNode("no suitable node (insufficient memory on 1 node)".into()));
+
+        t.spec.resources.reservations.memory_bytes = 0;
+        t.spec.placement.constraints = vec!["node.labels.zone==mars".into()];
+        let p = plan(&store_with(vec![node("a", "ha"), node("b", "hb")], vec![t]));
+        assert_eq!(
+            p[0].1,
+            Decision::NoSuitableNode("no suitable node (scheduling constraints not satisfied on 2 nodes)".into())
+        );
+    }
+
+    #[test]
+    fn reservations_add_up_within_a_pass() {
+        let mut n = node("a", "ha");
+        n.description.resources.memory_bytes = 300;
+        let tasks: Vec<Task> = (1..=3)
+            .map(|i| {
+                let mut t = task(&format!("t{i}"), "svc", i);
+                t.spec.resources.reservations.memory_bytes = 100;
+                t
+            })
+            .chain(std::iter::once({
+                let mut t = task("t4", "svc", 4);
+                t.spec.resources.reservations.memory_bytes = 100;
+                t
+            }))
+            .collect();
+        let p = plan(&store_with(vec![n], tasks));
+        let assigned = p.iter().filter(|(_, d)| matches!(d, Decision::Assign(_))).count();
+        assert_eq!(assigned, 3);
+    }
+
+    #[test]
+    fn max_replicas_per_node_and_down_nodes() {
+        let mut down = node("b", "hb");
+        down.status.state = crate::api::NodeState::Down;
+        let tasks: Vec<Task> = (1..=2)
+            .map(|i| {
+                let mut t = task(&format!("t{i}"), "svc", i);
+                t.spec.placement.max_replicas = 1;
+                t
+            })
+            .collect();
+        let p = plan(&store_with(vec![node("a", "ha"), down], tasks));
+        assert_eq!(p[0].1, Decision::Assign("a".into()));
+        assert_eq!(
+            p[1].1,
+            Decision::NoSuitableNode(
+                "no suitable node (1 node not ready; max replicas per node limit exceeded on 1 node)".into()
+            )
+        );
+    }
+}

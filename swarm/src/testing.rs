@@ -1,0 +1,226 @@
+//! Builders for tests and the scale simulator: objects with sensible defaults, and [`TestExecutor`], an
+//! in-memory stand-in for a container runtime (named as such: the product never uses it).
+
+use crate::agent::exec::{ContainerState, Controller, ExecError, Executor, ExitStatus};
+use crate::api::*;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use tokio::sync::watch;
+
+/// A ready, active manager node with 4 CPUs and 8 GiB.
+pub fn node(id: &str, hostname: &str) -> Node {
+    Node {
+        id: id.into(),
+        meta: Meta::default(),
+        spec: NodeSpec {
+            annotations: Annotations::default(),
+            desired_role: NodeRole::Manager,
+            availability: NodeAvailability::Active,
+        },
+        description: NodeDescription {
+            hostname: hostname.into(),
+            platform: Platform { os: "linux".into(), architecture: "amd64".into() },
+            resources: Resources { nano_cpus: 4_000_000_000, memory_bytes: 8 << 30 },
+            engine: EngineDescription::default(),
+        },
+        status: NodeStatus { state: NodeState::Ready, ..Default::default() },
+        manager_status: None,
+        role: NodeRole::Manager,
+    }
+}
+
+/// A replicated service running `image` with `replicas` tasks.
+pub fn service(id: &str, name: &str, replicas: u64) -> Service {
+    Service {
+        id: id.into(),
+        meta: Meta::default(),
+        spec: ServiceSpec {
+            annotations: Annotations { name: name.into(), labels: Default::default() },
+            task_template: TaskSpec {
+                container: ContainerSpec {
+                    image: "docker.io/library/busybox:latest".into(),
+                    stop_grace_period: std::time::Duration::from_secs(10),
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+            mode: ServiceMode::Replicated { replicas },
+        },
+        previous_spec: None,
+    }
+}
+
+/// A PENDING task of `service_id` in `slot`, desired RUNNING.
+pub fn task(id: &str, service_id: &str, slot: u64) -> Task {
+    Task {
+        id: id.into(),
+        meta: Meta::default(),
+        service_id: service_id.into(),
+        service_annotations: Annotations { name: format!("svc-{service_id}"), labels: Default::default() },
+        slot,
+        node_id: String::new(),
+        spec: TaskSpec::default(),
+        spec_version: 0,
+        status: TaskStatus { state: TaskState::Pending, ..Default::default() },
+        desired_state: TaskState::Running,
+    }
+}
+
+/// What the test executor's fake containers do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FakeState {
+    Created,
+    Running,
+    Exited(i32),
+}
+
+#[derive(Default)]
+struct FakeRuntime {
+    containers: HashMap<String, watch::Sender<FakeState>>,
+    missing_images: Vec<String>,
+}
+
+/// An in-memory runtime: "containers" are entries in a map that run until told to exit. For unit tests and the
+/// scale simulator only.
+#[derive(Clone, Default)]
+pub struct TestExecutor {
+    hostname: String,
+    rt: Arc<Mutex<FakeRuntime>>,
+}
+
+impl TestExecutor {
+    pub fn new(hostname: &str) -> Self {
+        TestExecutor { hostname: hostname.into(), rt: Arc::default() }
+    }
+
+    /// Makes tasks using `image` fail to prepare as if the image were absent.
+    pub fn without_image(&self, image: &str) {
+        self.rt.lock().unwrap().missing_images.push(image.into());
+    }
+
+    /// Ends a running fake container with `code`, as if its process died.
+    pub fn exit(&self, task_id: &str, code: i32) -> bool {
+        let rt = self.rt.lock().unwrap();
+        match rt.containers.get(task_id) {
+            Some(tx) => {
+                tx.send_replace(FakeState::Exited(code));
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Ids of fake containers that are running.
+    pub fn running(&self) -> Vec<String> {
+        let rt = self.rt.lock().unwrap();
+        let mut v: Vec<String> =
+            rt.containers.iter().filter(|(_, s)| *s.borrow() == FakeState::Running).map(|(k, _)| k.clone()).collect();
+        v.sort();
+        v
+    }
+}
+
+pub struct TestController {
+    task_id: String,
+    image: String,
+    rt: Arc<Mutex<FakeRuntime>>,
+}
+
+impl Executor for TestExecutor {
+    type Controller = TestController;
+
+    async fn describe(&self) -> Result<NodeDescription, ExecError> {
+        Ok(NodeDescription {
+            hostname: self.hostname.clone(),
+            platform: Platform::current(),
+            resources: Resources { nano_cpus: 4_000_000_000, memory_bytes: 8 << 30 },
+            engine: EngineDescription { engine_version: "test".into(), labels: Default::default() },
+        })
+    }
+
+    fn controller(&self, task: &Task) -> Result<TestController, ExecError> {
+        Ok(TestController { task_id: task.id.clone(), image: task.spec.container.image.clone(), rt: self.rt.clone() })
+    }
+
+    async fn list_tasks(&self) -> Result<Vec<String>, ExecError> {
+        Ok(self.rt.lock().unwrap().containers.keys().cloned().collect())
+    }
+
+    async fn remove_task(&self, task_id: &str) -> Result<(), ExecError> {
+        self.rt.lock().unwrap().containers.remove(task_id);
+        Ok(())
+    }
+}
+
+impl TestController {
+    fn state(&self) -> Option<watch::Receiver<FakeState>> {
+        self.rt.lock().unwrap().containers.get(&self.task_id).map(|s| s.subscribe())
+    }
+
+    fn set(&self, s: FakeState) -> Result<(), ExecError> {
+        let rt = self.rt.lock().unwrap();
+        let tx = rt.containers.get(&self.task_id).ok_or_else(|| ExecError::NotFound(self.task_id.clone()))?;
+        tx.send_replace(s);
+        Ok(())
+    }
+}
+
+impl Controller for TestController {
+    async fn prepare(&self) -> Result<(), ExecError> {
+        let mut rt = self.rt.lock().unwrap();
+        if rt.missing_images.contains(&self.image) {
+            return Err(ExecError::ImageNotFound(familiar_image_ref(&self.image)));
+        }
+        rt.containers.entry(self.task_id.clone()).or_insert_with(|| watch::channel(FakeState::Created).0);
+        Ok(())
+    }
+
+    async fn start(&self) -> Result<u32, ExecError> {
+        let cur = *self.state().ok_or_else(|| ExecError::NotFound(self.task_id.clone()))?.borrow();
+        if cur == FakeState::Created {
+            self.set(FakeState::Running)?;
+        }
+        Ok(1)
+    }
+
+    async fn wait(&self) -> Result<ExitStatus, ExecError> {
+        let mut rx = self.state().ok_or_else(|| ExecError::NotFound(self.task_id.clone()))?;
+        loop {
+            if let FakeState::Exited(code) = *rx.borrow_and_update() {
+                return Ok(ExitStatus { exit_code: code });
+            }
+            if rx.changed().await.is_err() {
+                return Err(ExecError::NotFound(self.task_id.clone()));
+            }
+        }
+    }
+
+    async fn shutdown(&self) -> Result<(), ExecError> {
+        if let Some(rx) = self.state() {
+            if *rx.borrow() != FakeState::Created && !matches!(*rx.borrow(), FakeState::Exited(_)) {
+                self.set(FakeState::Exited(143))?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn terminate(&self) -> Result<(), ExecError> {
+        if self.state().is_some() {
+            self.set(FakeState::Exited(137))?;
+        }
+        Ok(())
+    }
+
+    async fn remove(&self) -> Result<(), ExecError> {
+        self.rt.lock().unwrap().containers.remove(&self.task_id);
+        Ok(())
+    }
+
+    async fn inspect(&self) -> Result<Option<ContainerState>, ExecError> {
+        Ok(self.state().map(|rx| match *rx.borrow() {
+            FakeState::Created => ContainerState::Created,
+            FakeState::Running => ContainerState::Running { pid: 1 },
+            FakeState::Exited(code) => ContainerState::Exited { exit_code: code },
+        }))
+    }
+}
