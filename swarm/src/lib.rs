@@ -4,6 +4,11 @@
 pub mod agent;
 pub mod allocator;
 pub mod api;
+pub mod ca;
+pub mod controlapi;
+pub mod dispatcher;
+pub mod manager;
+pub mod node;
 pub mod orchestrator;
 pub mod raft;
 pub mod scheduler;

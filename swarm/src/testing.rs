@@ -224,3 +224,10 @@ impl Controller for TestController {
         }))
     }
 }
+
+impl TestExecutor {
+    /// The node description this executor reports (for tests that open sessions by hand).
+    pub async fn describe_for_tests(&self) -> NodeDescription {
+        self.describe().await.expect("test executor always describes")
+    }
+}

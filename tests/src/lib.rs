@@ -1,1 +1,282 @@
+//! The end-to-end harness: real `shoald` processes (each with its own data root, exec root, socket and managed
+//! containerd), driven through the real `shoal` CLI, checked against containerd itself through `ctr`.
+//!
+//! Tests read as stories: start a daemon, act, [`wait_for`] an observable state, assert. A wait that times
+//! out says what it was waiting for and what it saw last.
 
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// Prints a phase of a test story.
+#[macro_export]
+macro_rules! step {
+    ($($t:tt)*) => { eprintln!("--- {}", format!($($t)*)) };
+}
+
+/// The directory holding the workspace's built binaries (`target/debug`), found from the test executable.
+pub fn bin_dir() -> PathBuf {
+    if let Ok(d) = std::env::var("SHOAL_BIN_DIR") {
+        return PathBuf::from(d);
+    }
+    let exe = std::env::current_exe().expect("current exe");
+    let mut dir = exe.parent().expect("exe dir").to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    dir
+}
+
+fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("repo root").to_path_buf()
+}
+
+/// Builds the busybox test image once per test process and returns the tarball's path.
+pub fn test_image() -> &'static Path {
+    static IMAGE: OnceLock<PathBuf> = OnceLock::new();
+    IMAGE.get_or_init(|| {
+        let out = std::env::temp_dir().join(format!("shoal-busybox-{}.tar", std::process::id()));
+        let script = repo_root().join("scripts/build-test-image.sh");
+        let st = Command::new("bash").arg(&script).arg(&out).status().expect("run build-test-image.sh");
+        assert!(st.success(), "{} failed", script.display());
+        out
+    })
+}
+
+/// Waits until `f` returns Some, polling every 200 ms, or panics naming `what` and the last observation.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Result<T, String>) -> T {
+    let start = Instant::now();
+    let mut last = String::new();
+    loop {
+        match f() {
+            Ok(v) => return v,
+            Err(seen) => last = seen,
+        }
+        if start.elapsed() > timeout {
+            panic!("timed out after {timeout:?} waiting for {what}; last seen: {last}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// A container as `ctr tasks ls` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CtrTask {
+    pub id: String,
+    pub pid: u32,
+    pub status: String,
+}
+
+/// One `shoald` under test.
+pub struct Daemon {
+    pub dir: tempfile::TempDir,
+    pub data_root: PathBuf,
+    pub exec_root: PathBuf,
+    pub socket: PathBuf,
+    child: Option<Child>,
+    log: PathBuf,
+    restarts: u32,
+}
+
+impl Daemon {
+    /// Starts a daemon with a fresh data root and waits until its API answers.
+    pub fn start() -> Daemon {
+        // Short paths: unix socket paths are limited to 108 bytes.
+        let dir = tempfile::Builder::new().prefix("shoal-e2e-").tempdir_in("/tmp").expect("temp dir");
+        let mut d = Daemon {
+            data_root: dir.path().join("data"),
+            exec_root: dir.path().join("run"),
+            socket: dir.path().join("shoal.sock"),
+            log: dir.path().join("shoald.log"),
+            dir,
+            child: None,
+            restarts: 0,
+        };
+        d.spawn();
+        d
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("log file");
+        let child = Command::new(bin_dir().join("shoald"))
+            .arg("--data-root")
+            .arg(&self.data_root)
+            .arg("--exec-root")
+            .arg(&self.exec_root)
+            .arg("-H")
+            .arg(format!("unix://{}", self.socket.display()))
+            .arg("--log-level")
+            .arg("info,swarm=debug")
+            .stdout(Stdio::from(log.try_clone().expect("log")))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("spawn shoald (build it first: cargo build --workspace --bins)");
+        self.child = Some(child);
+        let this = &*self;
+        wait_for("shoald to answer on its socket", Duration::from_secs(60), || {
+            if let Some(c) = this.child.as_ref() {
+                let _ = c;
+            }
+            let o = this.shoal(&["version"]);
+            if o.status.success() {
+                Ok(())
+            } else {
+                Err(format!("{}\n--- shoald log tail:\n{}", String::from_utf8_lossy(&o.stderr), this.log_tail(20)))
+            }
+        });
+    }
+
+    /// The last `n` lines of the daemon's log (for failure messages).
+    pub fn log_tail(&self, n: usize) -> String {
+        let s = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = s.lines().collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+
+    /// Runs `shoal -H <socket> args…`.
+    pub fn shoal(&self, args: &[&str]) -> Output {
+        Command::new(bin_dir().join("shoal"))
+            .arg("-H")
+            .arg(format!("unix://{}", self.socket.display()))
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run shoal")
+    }
+
+    /// Runs a command that must succeed; returns its stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let o = self.shoal(args);
+        assert!(
+            o.status.success(),
+            "`shoal {}` failed: {}\n{}\n--- shoald log tail:\n{}",
+            args.join(" "),
+            String::from_utf8_lossy(&o.stderr),
+            String::from_utf8_lossy(&o.stdout),
+            self.log_tail(30)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    /// Runs a command that must fail; returns its stderr.
+    pub fn fails(&self, args: &[&str]) -> String {
+        let o = self.shoal(args);
+        assert!(!o.status.success(), "`shoal {}` should have failed; stdout: {}", args.join(" "), String::from_utf8_lossy(&o.stdout));
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    }
+
+    /// Loads the busybox test image and initializes a one-node swarm on a free loopback port.
+    pub fn init_swarm(&self) {
+        let out = self.ok(&["image", "load", "-i", test_image().to_str().expect("utf-8 path")]);
+        assert!(out.contains("busybox"), "image load printed: {out}");
+        self.ok(&["swarm", "init", "--listen-addr", "127.0.0.1:0"]);
+    }
+
+    /// `service ps --format json` (every task, history included).
+    pub fn tasks(&self, service: &str) -> Vec<Value> {
+        let out = self.ok(&["service", "ps", service, "--format", "json"]);
+        match serde_json::from_str::<Value>(&out) {
+            Ok(Value::Array(v)) => v,
+            other => panic!("service ps --format json gave {other:?}: {out}"),
+        }
+    }
+
+    /// The containerd socket the daemon manages.
+    pub fn containerd_socket(&self) -> PathBuf {
+        self.exec_root.join("containerd/containerd.sock")
+    }
+
+    /// Containers' tasks in containerd's `shoal` namespace, as `ctr` reports them.
+    pub fn ctr_tasks(&self) -> Vec<CtrTask> {
+        let o = Command::new("ctr")
+            .arg("-a")
+            .arg(self.containerd_socket())
+            .args(["-n", "shoal", "tasks", "ls"])
+            .output()
+            .expect("run ctr (installed with containerd)");
+        assert!(o.status.success(), "ctr tasks ls: {}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .skip(1)
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                (f.len() >= 3).then(|| CtrTask { id: f[0].into(), pid: f[1].parse().unwrap_or(0), status: f[2].into() })
+            })
+            .collect()
+    }
+
+    /// Container ids in containerd's `shoal` namespace.
+    pub fn ctr_containers(&self) -> Vec<String> {
+        let o = Command::new("ctr")
+            .arg("-a")
+            .arg(self.containerd_socket())
+            .args(["-n", "shoal", "containers", "ls", "-q"])
+            .output()
+            .expect("run ctr");
+        assert!(o.status.success(), "ctr containers ls: {}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout).lines().map(str::to_string).filter(|s| !s.is_empty()).collect()
+    }
+
+    /// Running containers.
+    pub fn running(&self) -> Vec<CtrTask> {
+        self.ctr_tasks().into_iter().filter(|t| t.status == "RUNNING").collect()
+    }
+
+    /// SIGKILLs the daemon (its containerd and the containers live on).
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts the daemon again on the same data root.
+    pub fn restart(&mut self) {
+        self.kill9();
+        self.restarts += 1;
+        self.spawn();
+    }
+
+    /// SIGTERMs the daemon and waits for it to exit.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            unsafe {
+                libc::kill(c.id() as i32, libc::SIGTERM);
+            }
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            // Leaving removes every task container; then the daemon stops its containerd.
+            let _ = self.shoal(&["swarm", "leave", "--force"]);
+            self.stop();
+        }
+        // A containerd left behind by a SIGKILLed daemon that was never restarted.
+        if let Ok(pid) = std::fs::read_to_string(self.exec_root.join("containerd/containerd.pid")) {
+            if let Ok(pid) = pid.trim().parse::<i32>() {
+                unsafe {
+                    libc::kill(pid, libc::SIGKILL);
+                }
+            }
+        }
+        // Overlay mounts of containers that were not removed would keep the temp dir busy.
+        let _ = Command::new("sh")
+            .arg("-c")
+            .arg(format!("grep -o ' {}[^ ]*' /proc/mounts | sort -r | xargs -r -n1 umount -l", self.dir.path().display()))
+            .status();
+    }
+}

@@ -77,7 +77,7 @@ impl MemoryStore {
         self.clusters.values().next()
     }
 
-    pub fn clusters(&self) -> impl Iterator<Item = &Cluster> {
+    pub fn clusters(&self) -> impl Iterator<Item = &Cluster> + Clone {
         self.clusters.values()
     }
 
@@ -85,7 +85,7 @@ impl MemoryStore {
         self.nodes.get(id)
     }
 
-    pub fn nodes(&self) -> impl Iterator<Item = &Node> {
+    pub fn nodes(&self) -> impl Iterator<Item = &Node> + Clone {
         self.nodes.values()
     }
 
@@ -97,7 +97,7 @@ impl MemoryStore {
         self.service_by_name.get(name).and_then(|id| self.services.get(id))
     }
 
-    pub fn services(&self) -> impl Iterator<Item = &Service> {
+    pub fn services(&self) -> impl Iterator<Item = &Service> + Clone {
         self.services.values()
     }
 
@@ -105,7 +105,7 @@ impl MemoryStore {
         self.tasks.get(id)
     }
 
-    pub fn tasks(&self) -> impl Iterator<Item = &Task> {
+    pub fn tasks(&self) -> impl Iterator<Item = &Task> + Clone {
         self.tasks.values()
     }
 

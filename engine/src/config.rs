@@ -1,0 +1,81 @@
+//! `shoald`'s settings: its command-line flags, with Docker's defaults.
+
+use clap::{Parser, ValueEnum};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Parser)]
+#[command(name = "shoald", version, about = "The Shoal engine daemon: runs swarm services as containerd containers")]
+pub struct DaemonConfig {
+    /// Root of persistent state (swarm state, images' containerd root, logs, volumes)
+    #[arg(long, default_value = "/var/lib/shoal")]
+    pub data_root: PathBuf,
+    /// Root of runtime state (sockets, pid files)
+    #[arg(long, default_value = "/run/shoal")]
+    pub exec_root: PathBuf,
+    /// Local API socket
+    #[arg(short = 'H', long = "host", default_value = "unix:///run/shoal/shoal.sock")]
+    pub host: String,
+    /// Socket of an existing containerd; when absent shoald starts and supervises its own
+    #[arg(long)]
+    pub containerd: Option<PathBuf>,
+    /// Log level (error, warn, info, debug, trace) or a tracing filter
+    #[arg(long, default_value = "info")]
+    pub log_level: String,
+    #[arg(long, value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+    /// Engine labels (key=value), usable in constraints as engine.labels.<key>
+    #[arg(long = "label", value_parser = parse_label)]
+    pub labels: Vec<(String, String)>,
+}
+
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("invalid label {s:?}: expected key=value")),
+    }
+}
+
+impl DaemonConfig {
+    /// The local API socket path from `-H` (`unix:///path` or a bare path).
+    pub fn socket_path(&self) -> Result<PathBuf, String> {
+        socket_path(&self.host)
+    }
+
+    pub fn engine_labels(&self) -> BTreeMap<String, String> {
+        self.labels.iter().cloned().collect()
+    }
+}
+
+pub fn socket_path(host: &str) -> Result<PathBuf, String> {
+    if let Some(p) = host.strip_prefix("unix://") {
+        return Ok(PathBuf::from(p));
+    }
+    if host.starts_with('/') {
+        return Ok(PathBuf::from(host));
+    }
+    Err(format!("unsupported host {host:?}: only unix:///path sockets are served"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_docker() {
+        let c = DaemonConfig::parse_from(["shoald"]);
+        assert_eq!(c.data_root, PathBuf::from("/var/lib/shoal"));
+        assert_eq!(c.socket_path().unwrap(), PathBuf::from("/run/shoal/shoal.sock"));
+        assert!(c.containerd.is_none());
+        let c = DaemonConfig::parse_from(["shoald", "-H", "/tmp/x.sock", "--label", "disk=ssd"]);
+        assert_eq!(c.socket_path().unwrap(), PathBuf::from("/tmp/x.sock"));
+        assert_eq!(c.engine_labels().get("disk").map(String::as_str), Some("ssd"));
+        assert!(socket_path("tcp://1.2.3.4:1").is_err());
+    }
+}

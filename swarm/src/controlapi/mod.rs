@@ -1,0 +1,260 @@
+//! The control API (`shoal.Control`): the only way users change the cluster. It validates, then writes through
+//! the store (so through Raft); reads come from the store's view.
+//!
+//! It is served on every node's local socket (by the engine) and, later, on the managers' cluster listener. It
+//! answers only where a manager runs: the store handle it reads is published when this node becomes a manager.
+
+pub mod validate;
+
+use crate::api::control::*;
+use crate::api::{new_id, Cluster, Node, ObjectKind, Service, ServiceMode, Task, TaskState};
+use crate::store::{ApplyError, MemoryStore, Store, StoreError};
+use crate::transport::control::control_server::Control;
+use tokio::sync::watch;
+use tonic::{Request, Response, Status};
+
+/// Docker's message when a swarm command reaches a node that is not a manager.
+pub const NOT_A_MANAGER: &str = "This node is not a swarm manager. Use \"shoal swarm init\" or \"shoal swarm join\" to \
+                                 connect this node to swarm and try again.";
+
+#[derive(Clone)]
+pub struct ControlApi {
+    store: watch::Receiver<Option<Store>>,
+}
+
+pub fn status_of(e: StoreError) -> Status {
+    match e {
+        StoreError::Apply(ApplyError::NameConflict { .. }) | StoreError::Apply(ApplyError::Exists { .. }) => {
+            Status::already_exists(e.to_string())
+        }
+        StoreError::Apply(ApplyError::NotFound { .. }) => Status::not_found(e.to_string()),
+        StoreError::Apply(ApplyError::OutOfSequence { .. }) => Status::failed_precondition(e.to_string()),
+        StoreError::NotLeader { .. } | StoreError::Raft(_) => Status::unavailable(e.to_string()),
+    }
+}
+
+/// Finds an object by exact id, exact name, or unique id prefix, as Docker does.
+fn resolve<'a, T>(
+    items: impl Iterator<Item = &'a T> + Clone,
+    key: &str,
+    id: impl Fn(&T) -> &str,
+    name: impl Fn(&T) -> &str,
+    what: &str,
+) -> Result<&'a T, Status> {
+    if key.is_empty() {
+        return Err(Status::invalid_argument(format!("{what} name or id must not be empty")));
+    }
+    if let Some(t) = items.clone().find(|t| id(t) == key) {
+        return Ok(t);
+    }
+    if let Some(t) = items.clone().find(|t| name(t) == key) {
+        return Ok(t);
+    }
+    let mut matches = items.filter(|t| id(t).starts_with(key));
+    match (matches.next(), matches.next()) {
+        (Some(t), None) => Ok(t),
+        (Some(_), Some(_)) => Err(Status::failed_precondition(format!("{what} {key} is ambiguous (more than one match)"))),
+        _ => Err(Status::not_found(format!("{what} {key} not found"))),
+    }
+}
+
+pub fn find_service<'a>(v: &'a MemoryStore, key: &str) -> Result<&'a Service, Status> {
+    resolve(v.services(), key, |s| &s.id, |s| &s.spec.annotations.name, "service")
+}
+
+fn find_node<'a>(v: &'a MemoryStore, key: &str) -> Result<&'a Node, Status> {
+    resolve(v.nodes(), key, |n| &n.id, |n| &n.description.hostname, "node")
+}
+
+fn find_task<'a>(v: &'a MemoryStore, key: &str) -> Result<&'a Task, Status> {
+    resolve(v.tasks(), key, |t| &t.id, |t| &t.id, "task")
+}
+
+/// The cluster object as the API shows it: without the CA key.
+pub fn redacted(c: &Cluster) -> Cluster {
+    let mut c = c.clone();
+    c.root_ca.ca_key_pem.clear();
+    c
+}
+
+/// Running and desired task counts of a service, as `service ls` shows them.
+pub fn service_counts(v: &MemoryStore, s: &Service) -> (u64, u64) {
+    let live: Vec<&Task> = v.tasks_by_service(&s.id).filter(|t| t.desired_state == TaskState::Running).collect();
+    let running = live.iter().filter(|t| t.status.state == TaskState::Running).count() as u64;
+    let desired = match s.spec.mode {
+        ServiceMode::Replicated { replicas } => replicas,
+        ServiceMode::Global => live.len() as u64,
+    };
+    (running, desired)
+}
+
+impl ControlApi {
+    /// Answers from whatever store `store` holds (None while this node is not a manager).
+    pub fn new(store: watch::Receiver<Option<Store>>) -> Self {
+        ControlApi { store }
+    }
+
+    /// A control API over a fixed store (tests).
+    pub fn with_store(store: Store) -> Self {
+        let (_tx, rx) = watch::channel(Some(store));
+        ControlApi { store: rx }
+    }
+
+    fn store(&self) -> Result<Store, Status> {
+        self.store.borrow().clone().ok_or_else(|| Status::failed_precondition(NOT_A_MANAGER))
+    }
+}
+
+#[tonic::async_trait]
+impl Control for ControlApi {
+    async fn create_service(&self, req: Request<CreateServiceRequest>) -> Result<Response<Service>, Status> {
+        let store = self.store()?;
+        let mut spec = req.into_inner().spec;
+        validate::service_spec(&mut spec).map_err(|e| Status::invalid_argument(e.0))?;
+        let service = Service { id: new_id(), meta: Default::default(), spec, previous_spec: None };
+        let id = service.id.clone();
+        store
+            .update(|tx| {
+                tx.create(service);
+                Ok::<_, StoreError>(())
+            })
+            .await
+            .map_err(status_of)?;
+        tracing::info!(service.id = %id, "service created");
+        store.view(|v| v.service(&id).cloned()).map(Response::new).ok_or_else(|| Status::internal("service vanished"))
+    }
+
+    async fn get_service(&self, req: Request<GetRequest>) -> Result<Response<Service>, Status> {
+        let key = req.into_inner().id_or_name;
+        self.store()?.view(|v| find_service(v, &key).cloned()).map(Response::new)
+    }
+
+    async fn update_service(&self, req: Request<UpdateServiceRequest>) -> Result<Response<Service>, Status> {
+        let store = self.store()?;
+        let UpdateServiceRequest { id, version, mut spec } = req.into_inner();
+        validate::service_spec(&mut spec).map_err(|e| Status::invalid_argument(e.0))?;
+        let id = store
+            .update(|tx| {
+                let cur = find_service(tx.view(), &id)?.clone();
+                if cur.spec.annotations.name != spec.annotations.name {
+                    return Err(Status::invalid_argument("renaming services is not supported"));
+                }
+                if std::mem::discriminant(&cur.spec.mode) != std::mem::discriminant(&spec.mode) {
+                    return Err(Status::invalid_argument("service mode change is not allowed"));
+                }
+                let mut next = cur.clone();
+                next.meta.version = version;
+                next.previous_spec = Some(cur.spec.clone());
+                next.spec = spec;
+                let id = next.id.clone();
+                tx.update(next);
+                Ok(id)
+            })
+            .await?;
+        store.view(|v| v.service(&id).cloned()).map(Response::new).ok_or_else(|| Status::not_found("service removed"))
+    }
+
+    async fn remove_service(&self, req: Request<GetRequest>) -> Result<Response<Empty>, Status> {
+        let store = self.store()?;
+        let key = req.into_inner().id_or_name;
+        store
+            .update(|tx| {
+                let s = find_service(tx.view(), &key)?;
+                tx.delete(ObjectKind::Service, &s.id, s.meta.version);
+                Ok::<_, Status>(())
+            })
+            .await?;
+        Ok(Response::new(Empty {}))
+    }
+
+    async fn list_services(&self, req: Request<ListServicesRequest>) -> Result<Response<ListServicesResponse>, Status> {
+        let names = req.into_inner().names;
+        let services = self.store()?.view(|v| {
+            v.services()
+                .filter(|s| {
+                    names.is_empty()
+                        || names.iter().any(|n| s.spec.annotations.name.starts_with(n.as_str()) || s.id.starts_with(n.as_str()))
+                })
+                .map(|s| {
+                    let (running_tasks, desired_tasks) = service_counts(v, s);
+                    ServiceWithStatus { service: s.clone(), running_tasks, desired_tasks }
+                })
+                .collect()
+        });
+        Ok(Response::new(ListServicesResponse { services }))
+    }
+
+    async fn get_node(&self, req: Request<GetRequest>) -> Result<Response<Node>, Status> {
+        let key = req.into_inner().id_or_name;
+        self.store()?.view(|v| find_node(v, &key).cloned()).map(Response::new)
+    }
+
+    async fn list_nodes(&self, _req: Request<Empty>) -> Result<Response<ListNodesResponse>, Status> {
+        let nodes = self.store()?.view(|v| v.nodes().cloned().collect());
+        Ok(Response::new(ListNodesResponse { nodes }))
+    }
+
+    async fn get_task(&self, req: Request<GetRequest>) -> Result<Response<Task>, Status> {
+        let key = req.into_inner().id_or_name;
+        self.store()?.view(|v| find_task(v, &key).cloned()).map(Response::new)
+    }
+
+    async fn list_tasks(&self, req: Request<ListTasksRequest>) -> Result<Response<ListTasksResponse>, Status> {
+        let f = req.into_inner();
+        let tasks = self.store()?.view(|v| {
+            v.tasks()
+                .filter(|t| f.service_ids.is_empty() || f.service_ids.contains(&t.service_id))
+                .filter(|t| f.node_ids.is_empty() || f.node_ids.contains(&t.node_id))
+                .filter(|t| f.desired_states.is_empty() || f.desired_states.contains(&t.desired_state))
+                .cloned()
+                .collect()
+        });
+        Ok(Response::new(ListTasksResponse { tasks }))
+    }
+
+    async fn get_cluster(&self, _req: Request<Empty>) -> Result<Response<GetClusterResponse>, Status> {
+        self.store()?.view(|v| {
+            let cluster = v.cluster().ok_or_else(|| Status::unavailable("the swarm is still initializing"))?;
+            Ok(Response::new(GetClusterResponse {
+                cluster: redacted(cluster),
+                managers: v.nodes().filter(|n| n.manager_status.is_some()).count() as u64,
+                nodes: v.nodes().count() as u64,
+            }))
+        })
+    }
+}
+
+impl From<StoreError> for Status {
+    fn from(e: StoreError) -> Status {
+        status_of(e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::service;
+
+    #[tokio::test]
+    async fn bad_input_changes_nothing() {
+        let store = Store::in_memory();
+        let api = ControlApi::with_store(store.clone());
+        let spec = service("x", "web", 3).spec;
+        api.create_service(Request::new(CreateServiceRequest { spec: spec.clone() })).await.unwrap();
+
+        let dup = api.create_service(Request::new(CreateServiceRequest { spec: spec.clone() })).await.unwrap_err();
+        assert_eq!(dup.code(), tonic::Code::AlreadyExists);
+        assert!(dup.message().contains("web already exists"), "{}", dup.message());
+
+        let mut bad = spec.clone();
+        bad.annotations.name = "Not_A_Label".into();
+        let e = api.create_service(Request::new(CreateServiceRequest { spec: bad })).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        assert_eq!(store.view(|v| v.services().count()), 1);
+
+        let s = api.get_service(Request::new(GetRequest { id_or_name: "web".into() })).await.unwrap().into_inner();
+        let stale = UpdateServiceRequest { id: s.id.clone(), version: s.meta.version + 100, spec: s.spec.clone() };
+        let e = api.update_service(Request::new(stale)).await.unwrap_err();
+        assert!(e.message().contains("update out of sequence"), "{}", e.message());
+    }
+}

@@ -1,0 +1,140 @@
+//! Validation of specs the control API receives. Every error names the field and what is wrong.
+
+use crate::api::{normalize_image_ref, Mount, MountType, ServiceSpec};
+use crate::scheduler::constraint;
+
+/// A spec the control API refuses.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidSpec(pub String);
+
+/// Whether `name` is a DNS label: 1–63 of letters, digits and '-', not starting or ending with '-'.
+pub fn is_dns_label(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+}
+
+/// Checks a service spec and normalizes what has a canonical form (the image reference).
+pub fn service_spec(spec: &mut ServiceSpec) -> Result<(), InvalidSpec> {
+    let name = &spec.annotations.name;
+    if !is_dns_label(name) {
+        return Err(InvalidSpec(format!(
+            "invalid name {name:?}: a service name must be a valid DNS label: 1 to 63 letters, digits or '-', \
+             not starting or ending with '-'"
+        )));
+    }
+    let c = &mut spec.task_template.container;
+    if c.image.is_empty() {
+        return Err(InvalidSpec("image reference must be provided".into()));
+    }
+    c.image = normalize_image_ref(&c.image).map_err(|e| InvalidSpec(e.to_string()))?;
+    for e in &c.env {
+        if e.is_empty() || e.starts_with('=') {
+            return Err(InvalidSpec(format!("invalid environment variable {e:?}: expected KEY=VALUE")));
+        }
+    }
+    if !c.hostname.is_empty() && c.hostname.len() > 253 {
+        return Err(InvalidSpec("hostname is longer than 253 characters".into()));
+    }
+    for m in &c.mounts {
+        mount(m)?;
+    }
+    let r = &spec.task_template.resources;
+    for (what, v) in [
+        ("--limit-cpu", r.limits.nano_cpus),
+        ("--limit-memory", r.limits.memory_bytes),
+        ("--reserve-cpu", r.reservations.nano_cpus),
+        ("--reserve-memory", r.reservations.memory_bytes),
+    ] {
+        if v < 0 {
+            return Err(InvalidSpec(format!("{what} must not be negative")));
+        }
+    }
+    if r.limits.memory_bytes > 0 && r.limits.memory_bytes < 6 * 1024 * 1024 {
+        return Err(InvalidSpec("--limit-memory must be at least 6MB".into()));
+    }
+    constraint::parse_all(&spec.task_template.placement.constraints).map_err(|e| InvalidSpec(e.to_string()))?;
+    if spec.task_template.placement.max_replicas > 0 && spec.mode == crate::api::ServiceMode::Global {
+        return Err(InvalidSpec("--replicas-max-per-node cannot be used with global mode".into()));
+    }
+    Ok(())
+}
+
+fn mount(m: &Mount) -> Result<(), InvalidSpec> {
+    let bad = |why: String| Err(InvalidSpec(format!("invalid mount config for type {:?}: {why}", m.kind.to_string())));
+    if !m.target.starts_with('/') {
+        return bad(format!("invalid mount target, must be an absolute path: {:?}", m.target));
+    }
+    match m.kind {
+        MountType::Bind => {
+            if m.source.is_empty() {
+                return bad("field Source must not be empty".into());
+            }
+            if !m.source.starts_with('/') {
+                return bad(format!("invalid mount source, must be an absolute path: {:?}", m.source));
+            }
+        }
+        MountType::Volume => {
+            if !m.source.is_empty()
+                && !m.source.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+            {
+                return bad(format!("invalid volume name {:?}: only [a-zA-Z0-9_.-] are allowed", m.source));
+            }
+        }
+        MountType::Tmpfs => {
+            if !m.source.is_empty() {
+                return bad("field Source must not be specified".into());
+            }
+        }
+    }
+    if m.tmpfs_size > 0 && m.kind != MountType::Tmpfs {
+        return bad("tmpfs-size can only be used with type tmpfs".into());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::service;
+
+    #[test]
+    fn names_must_be_dns_labels() {
+        assert!(is_dns_label("web"));
+        assert!(is_dns_label("web-2"));
+        assert!(!is_dns_label("Web_2"));
+        assert!(!is_dns_label("-web"));
+        assert!(!is_dns_label(&"a".repeat(64)));
+        let mut s = service("s", "bad_name", 1).spec;
+        assert!(service_spec(&mut s).unwrap_err().0.contains("invalid name \"bad_name\""));
+    }
+
+    #[test]
+    fn normalizes_image_and_checks_mounts() {
+        let mut s = service("s", "web", 1).spec;
+        s.task_template.container.image = "busybox".into();
+        service_spec(&mut s).unwrap();
+        assert_eq!(s.task_template.container.image, "docker.io/library/busybox:latest");
+        s.task_template.container.mounts.push(Mount {
+            kind: MountType::Bind,
+            source: "relative".into(),
+            target: "/data".into(),
+            readonly: false,
+            tmpfs_size: 0,
+        });
+        assert!(service_spec(&mut s).unwrap_err().0.contains("must be an absolute path"));
+    }
+
+    #[test]
+    fn rejects_bad_constraints_and_images() {
+        let mut s = service("s", "web", 1).spec;
+        s.task_template.placement.constraints.push("node.role=manager".into());
+        assert!(service_spec(&mut s).unwrap_err().0.contains("invalid constraint"));
+        let mut s = service("s", "web", 1).spec;
+        s.task_template.container.image = "Bad Image".into();
+        assert!(service_spec(&mut s).unwrap_err().0.contains("invalid reference format"));
+    }
+}

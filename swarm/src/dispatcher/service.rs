@@ -1,0 +1,148 @@
+//! The gRPC face of the dispatcher: authenticates the caller by its mTLS certificate (any member role may call)
+//! and streams sessions and assignments.
+
+use super::assignments::AssignmentSet;
+use super::{Dispatcher, DispatcherError};
+use crate::api::control::Empty;
+use crate::api::dispatch::*;
+use crate::api::NodeRole;
+use crate::transport::dispatcher::dispatcher_server::Dispatcher as DispatcherRpc;
+use std::pin::Pin;
+use std::time::Duration;
+use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+
+type RpcStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+/// How long store events are gathered into one incremental assignments message.
+const ASSIGNMENT_BATCH: Duration = Duration::from_millis(20);
+
+pub struct DispatcherService {
+    dispatcher: Dispatcher,
+}
+
+impl DispatcherService {
+    pub fn new(dispatcher: Dispatcher) -> Self {
+        DispatcherService { dispatcher }
+    }
+}
+
+impl From<DispatcherError> for Status {
+    fn from(e: DispatcherError) -> Status {
+        match e {
+            DispatcherError::NotLeader => Status::unavailable(e.to_string()),
+            DispatcherError::InvalidSession(_) => Status::not_found(e.to_string()),
+            DispatcherError::UnknownNode(_) => Status::permission_denied(e.to_string()),
+            DispatcherError::Store(e) => Status::unavailable(e.to_string()),
+        }
+    }
+}
+
+fn node_of<T>(req: &Request<T>) -> Result<String, Status> {
+    let peer = crate::ca::peer_identity(req).map_err(|e| Status::unauthenticated(e.to_string()))?;
+    crate::ca::authorize(&peer, &[NodeRole::Worker, NodeRole::Manager])?;
+    Ok(peer.node_id)
+}
+
+#[tonic::async_trait]
+impl DispatcherRpc for DispatcherService {
+    type SessionStream = RpcStream<SessionMessage>;
+    type AssignmentsStream = RpcStream<AssignmentsMessage>;
+
+    async fn session(&self, req: Request<SessionRequest>) -> Result<Response<Self::SessionStream>, Status> {
+        let node_id = node_of(&req)?;
+        let addr = req.remote_addr().map(|a| a.ip().to_string()).unwrap_or_default();
+        let (session_id, closed) =
+            self.dispatcher.open_session(&node_id, req.into_inner().description, addr).await?;
+        let cfg = self.dispatcher.config();
+        let first = SessionMessage {
+            session_id,
+            node_id,
+            heartbeat_period: self.dispatcher.period_with_jitter(),
+            managers: cfg.managers,
+        };
+        let (tx, rx) = mpsc::channel(1);
+        tokio::spawn(async move {
+            if tx.send(Ok(first)).await.is_err() {
+                return;
+            }
+            tokio::select! {
+                _ = closed.cancelled() => {
+                    let _ = tx.send(Err(Status::unavailable("session closed by the dispatcher"))).await;
+                }
+                _ = tx.closed() => {}
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn heartbeat(&self, req: Request<HeartbeatRequest>) -> Result<Response<HeartbeatResponse>, Status> {
+        let node_id = node_of(&req)?;
+        let period = self.dispatcher.heartbeat(&node_id, &req.into_inner().session_id)?;
+        Ok(Response::new(HeartbeatResponse { period }))
+    }
+
+    async fn assignments(&self, req: Request<AssignmentsRequest>) -> Result<Response<Self::AssignmentsStream>, Status> {
+        let node_id = node_of(&req)?;
+        let closed = self.dispatcher.check_session(&node_id, &req.into_inner().session_id)?;
+        let (store, _) = self.dispatcher.store()?;
+        let mut set = AssignmentSet::new(&node_id);
+        let (complete, mut events) = store.view_and_watch(|v| set.complete(v));
+        let (tx, rx) = mpsc::channel(16);
+        tokio::spawn(async move {
+            if tx.send(Ok(complete)).await.is_err() {
+                return;
+            }
+            loop {
+                let mut msg = AssignmentsMessage { kind: AssignmentsKind::Incremental, updated: vec![], removed: vec![] };
+                let first = tokio::select! {
+                    _ = closed.cancelled() => {
+                        let _ = tx.send(Err(Status::unavailable("session closed by the dispatcher"))).await;
+                        return;
+                    }
+                    _ = tx.closed() => return,
+                    ev = events.recv() => ev,
+                };
+                let mut resync = false;
+                match first {
+                    Ok(ev) => set.apply(&ev, &mut msg),
+                    Err(RecvError::Lagged(_)) => resync = true,
+                    Err(RecvError::Closed) => return,
+                }
+                let deadline = tokio::time::Instant::now() + ASSIGNMENT_BATCH;
+                while !resync {
+                    match tokio::time::timeout_at(deadline, events.recv()).await {
+                        Ok(Ok(ev)) => set.apply(&ev, &mut msg),
+                        Ok(Err(RecvError::Lagged(_))) => resync = true,
+                        Ok(Err(RecvError::Closed)) => return,
+                        Err(_) => break,
+                    }
+                }
+                let out = if resync {
+                    let (m, rx2) = store.view_and_watch(|v| set.complete(v));
+                    events = rx2;
+                    m
+                } else {
+                    msg
+                };
+                if out.kind == AssignmentsKind::Incremental && out.updated.is_empty() && out.removed.is_empty() {
+                    continue;
+                }
+                if tx.send(Ok(out)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn update_task_status(&self, req: Request<UpdateTaskStatusRequest>) -> Result<Response<Empty>, Status> {
+        let node_id = node_of(&req)?;
+        let r = req.into_inner();
+        self.dispatcher.update_task_status(&node_id, &r.session_id, r.updates)?;
+        Ok(Response::new(Empty {}))
+    }
+}

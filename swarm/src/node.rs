@@ -1,0 +1,421 @@
+//! A swarm member as the engine embeds it: owns the node's swarm state dir, and runs the manager (Raft, leader
+//! components, cluster listener) and the agent. `swarm init` and `swarm leave` start and stop it; a daemon
+//! restart resumes it from the state dir.
+//!
+//! ```text
+//!  <state dir>/node.json        who this node is (ids, role, addresses) — versioned
+//!  <state dir>/certificates/    swarm-node.crt, swarm-node.key, swarm-root-ca.crt
+//!  <state dir>/raft/            log.redb, state.redb
+//! ```
+
+use crate::agent::exec::Executor;
+use crate::agent::{Agent, AgentConfig, AgentStatus};
+use crate::api::local::{SwarmInfo, SwarmInitRequest};
+use crate::api::*;
+use crate::ca::{self, NodeIdentity, RootCa};
+use crate::controlapi::ControlApi;
+use crate::dispatcher::{Dispatcher, DispatcherConfig, DispatcherService};
+use crate::manager::Manager;
+use crate::raft::{RaftHandle, RaftSettings};
+use crate::store::{Store, StoreError};
+use crate::transport::dispatcher::dispatcher_server::DispatcherServer;
+use serde::{Deserialize, Serialize};
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{watch, Mutex};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+/// The cluster port (Raft, dispatcher, CA on one mTLS listener).
+pub const DEFAULT_PORT: u16 = 2377;
+const NODE_FILE: &str = "node.json";
+const NODE_FORMAT: u32 = 1;
+
+/// Errors of swarm membership operations. Messages are what `shoal` prints.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// `swarm init` on a member.
+    #[error("This node is already part of a swarm. Use \"shoal swarm leave\" to leave this swarm and join another one.")]
+    AlreadyMember,
+    /// `swarm leave` on a node that is not a member.
+    #[error("This node is not part of a swarm")]
+    NotMember,
+    /// `swarm leave` on a manager without `--force`.
+    #[error("You are attempting to leave the swarm on a node that is participating as a manager. Removing the last manager erases all current state of the swarm. Use `--force` to ignore this message.")]
+    LastManager,
+    /// A flag value is not usable.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// The node's state dir cannot be used.
+    #[error("swarm state in {path}: {reason}")]
+    State { path: PathBuf, reason: String },
+    #[error(transparent)]
+    Raft(#[from] crate::raft::RaftNodeError),
+    #[error(transparent)]
+    Ca(#[from] ca::CaError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("executor: {0}")]
+    Executor(#[from] crate::agent::exec::ExecError),
+    #[error("cluster listener on {addr}: {reason}")]
+    Listen { addr: String, reason: String },
+}
+
+/// Settings the engine hands in.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// `<data root>/swarm`.
+    pub state_dir: PathBuf,
+    /// Used as the advertise address when none is given and the listen address is a wildcard.
+    pub default_advertise_ip: Option<IpAddr>,
+}
+
+/// Who this node is, persisted in `node.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct PersistedNode {
+    format: u32,
+    node_id: String,
+    raft_id: u64,
+    cluster_id: String,
+    role: NodeRole,
+    listen_addr: String,
+    advertise_addr: String,
+}
+
+struct Running<E: Executor> {
+    me: PersistedNode,
+    raft: RaftHandle,
+    store: Store,
+    agent: Arc<Agent<E>>,
+    shutdown: CancellationToken,
+    tasks: JoinSet<()>,
+}
+
+pub struct SwarmNode<E: Executor> {
+    cfg: NodeConfig,
+    executor: Arc<E>,
+    control: watch::Sender<Option<Store>>,
+    running: Mutex<Option<Running<E>>>,
+}
+
+impl<E: Executor> SwarmNode<E> {
+    pub fn new(cfg: NodeConfig, executor: Arc<E>) -> Self {
+        SwarmNode { cfg, executor, control: watch::channel(None).0, running: Mutex::new(None) }
+    }
+
+    /// The control API, answering while this node is a leading manager.
+    pub fn control_api(&self) -> ControlApi {
+        ControlApi::new(self.control.subscribe())
+    }
+
+    /// The store, while this node is a leading manager.
+    pub fn store(&self) -> Option<Store> {
+        self.control.borrow().clone()
+    }
+
+    fn state_err(&self, reason: impl std::fmt::Display) -> NodeError {
+        NodeError::State { path: self.cfg.state_dir.clone(), reason: reason.to_string() }
+    }
+
+    fn certs_dir(&self) -> PathBuf {
+        self.cfg.state_dir.join("certificates")
+    }
+
+    /// Resumes membership from the state dir, if this node was a member when the daemon stopped.
+    pub async fn resume(&self) -> Result<bool, NodeError> {
+        let path = self.cfg.state_dir.join(NODE_FILE);
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(self.state_err(format!("reading {}: {e}", path.display()))),
+        };
+        let me: PersistedNode = serde_json::from_slice(&bytes).map_err(|e| {
+            self.state_err(format!("{} is corrupt ({e}); remove the swarm state with `shoal swarm leave --force`", path.display()))
+        })?;
+        if me.format != NODE_FORMAT {
+            return Err(self.state_err(format!("{} has unsupported format {}", path.display(), me.format)));
+        }
+        let identity = NodeIdentity::load(&self.certs_dir())?;
+        let settings = RaftSettings::default();
+        let (raft, store) = RaftHandle::start(me.raft_id, &self.cfg.state_dir.join("raft"), &settings).await?;
+        let listener = bind(&me.listen_addr).await?;
+        self.launch(me, identity, raft, store, listener).await?;
+        tracing::info!("resumed swarm membership");
+        Ok(true)
+    }
+
+    /// `swarm init`: a new one-manager swarm with this node as its leader.
+    pub async fn init(&self, req: SwarmInitRequest) -> Result<String, NodeError> {
+        let mut running = self.running.lock().await;
+        if running.is_some() || self.cfg.state_dir.join(NODE_FILE).exists() {
+            return Err(NodeError::AlreadyMember);
+        }
+        let listen = if req.listen_addr.is_empty() { format!("0.0.0.0:{DEFAULT_PORT}") } else { with_port(&req.listen_addr, DEFAULT_PORT)? };
+        let listener = bind(&listen).await?;
+        let bound = listener.local_addr().map_err(|e| NodeError::Listen { addr: listen.clone(), reason: e.to_string() })?;
+        let advertise = self.advertise_addr(&req.advertise_addr, bound)?;
+
+        let node_id = new_id();
+        let cluster_id = new_id();
+        let raft_id: u64 = rand::random::<u64>() | 1;
+        let root = RootCa::generate()?;
+        let identity = ca::issue_identity(&root, &node_id, NodeRole::Manager, &cluster_id)?;
+        identity.save(&self.certs_dir())?;
+
+        let settings = RaftSettings {
+            snapshot_interval: req.snapshot_interval.unwrap_or(RaftConfig::default().snapshot_interval),
+            ..RaftSettings::default()
+        };
+        let (raft, store) = RaftHandle::start(raft_id, &self.cfg.state_dir.join("raft"), &settings).await?;
+        raft.initialize(&advertise).await?;
+        raft.wait_leader(Duration::from_secs(10)).await?;
+
+        let mut spec = ClusterSpec {
+            annotations: Annotations { name: DEFAULT_CLUSTER_NAME.into(), labels: Default::default() },
+            orchestration: OrchestrationConfig::default(),
+            raft: RaftConfig::default(),
+            dispatcher: crate::api::DispatcherConfig::default(),
+        };
+        if let Some(n) = req.task_history_limit {
+            spec.orchestration.task_history_retention_limit = n;
+        }
+        if let Some(p) = req.dispatcher_heartbeat {
+            if p.is_zero() {
+                return Err(NodeError::InvalidArgument("--dispatcher-heartbeat must be greater than 0".into()));
+            }
+            spec.dispatcher.heartbeat_period = p;
+        }
+        if let Some(n) = req.snapshot_interval {
+            if n == 0 {
+                return Err(NodeError::InvalidArgument("--snapshot-interval must be greater than 0".into()));
+            }
+            spec.raft.snapshot_interval = n;
+        }
+        let digest = root.digest();
+        let cluster = Cluster {
+            id: cluster_id.clone(),
+            meta: Meta::default(),
+            spec,
+            root_ca: RootCa_api(&root, &digest),
+        };
+        let description = self.executor.describe().await?;
+        let node = Node {
+            id: node_id.clone(),
+            meta: Meta::default(),
+            spec: NodeSpec {
+                annotations: Annotations::default(),
+                desired_role: NodeRole::Manager,
+                availability: NodeAvailability::Active,
+            },
+            description,
+            status: NodeStatus { state: NodeState::Unknown, addr: ip_of(&advertise), ..Default::default() },
+            manager_status: Some(ManagerStatus {
+                raft_id,
+                addr: advertise.clone(),
+                leader: true,
+                reachability: Reachability::Reachable,
+            }),
+            role: NodeRole::Manager,
+        };
+        store
+            .update(|tx| {
+                tx.create(cluster);
+                tx.create(node);
+                Ok::<_, StoreError>(())
+            })
+            .await?;
+        let me = PersistedNode {
+            format: NODE_FORMAT,
+            node_id: node_id.clone(),
+            raft_id,
+            cluster_id,
+            role: NodeRole::Manager,
+            listen_addr: bound.to_string(),
+            advertise_addr: advertise,
+        };
+        write_atomic(&self.cfg.state_dir.join(NODE_FILE), &serde_json::to_vec_pretty(&me).expect("plain data"))
+            .map_err(|e| self.state_err(e))?;
+        drop(running.take());
+        drop(running);
+        self.launch(me, identity, raft, store, listener).await?;
+        tracing::info!(node.id = %node_id, "swarm initialized");
+        Ok(node_id)
+    }
+
+    fn advertise_addr(&self, given: &str, bound: SocketAddr) -> Result<String, NodeError> {
+        if !given.is_empty() {
+            return with_port(given, bound.port());
+        }
+        if !bound.ip().is_unspecified() {
+            return Ok(bound.to_string());
+        }
+        match self.cfg.default_advertise_ip {
+            Some(ip) => Ok(SocketAddr::new(ip, bound.port()).to_string()),
+            None => Err(NodeError::InvalidArgument(
+                "could not choose an IP address to advertise since this system has no default route; \
+                 specify one with --advertise-addr"
+                    .into(),
+            )),
+        }
+    }
+
+    /// Starts the listener, the manager and the agent.
+    async fn launch(
+        &self,
+        me: PersistedNode,
+        identity: NodeIdentity,
+        raft: RaftHandle,
+        store: Store,
+        listener: tokio::net::TcpListener,
+    ) -> Result<(), NodeError> {
+        let shutdown = CancellationToken::new();
+        let mut tasks = JoinSet::new();
+        let heartbeat = store
+            .view(|v| v.cluster().map(|c| c.spec.dispatcher.heartbeat_period))
+            .unwrap_or(Duration::from_secs(5));
+        let dispatcher = Dispatcher::new(DispatcherConfig { heartbeat_period: heartbeat, managers: vec![me.advertise_addr.clone()] });
+
+        let server_tls = ca::server_tls_config(&identity)?;
+        let service = DispatcherServer::new(DispatcherService::new(dispatcher.clone()));
+        let token = shutdown.clone();
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        let server = tonic::transport::Server::builder()
+            .tls_config(server_tls)
+            .map_err(|e| NodeError::Listen { addr: me.listen_addr.clone(), reason: e.to_string() })?
+            .add_service(service)
+            .serve_with_incoming_shutdown(incoming, async move { token.cancelled().await });
+        let span = tracing::info_span!("node", node.id = %me.node_id);
+        tasks.spawn(
+            async move {
+                if let Err(e) = server.await {
+                    tracing::error!(error = %e, "cluster listener failed");
+                }
+            }
+            .instrument(span.clone()),
+        );
+
+        let manager = Manager::new(me.node_id.clone(), raft.clone(), store.clone(), dispatcher, self.control.clone());
+        tasks.spawn(manager.run(shutdown.clone()).instrument(span.clone()));
+
+        let agent = Arc::new(Agent::new(
+            AgentConfig { managers: vec![me.advertise_addr.clone()], tls: ca::client_tls_config(&identity)? },
+            self.executor.clone(),
+        ));
+        let a = agent.clone();
+        let token = shutdown.clone();
+        tasks.spawn(async move { a.run(token).await }.instrument(tracing::info_span!("agent", node.id = %me.node_id)));
+
+        *self.running.lock().await = Some(Running { me, raft, store, agent, shutdown, tasks });
+        Ok(())
+    }
+
+    /// `swarm leave`: stops everything, deletes this node's containers and its swarm state.
+    pub async fn leave(&self, force: bool) -> Result<(), NodeError> {
+        let mut running = self.running.lock().await;
+        let Some(r) = running.as_ref() else { return Err(NodeError::NotMember) };
+        if r.me.role == NodeRole::Manager && !force {
+            return Err(NodeError::LastManager);
+        }
+        let mut r = running.take().expect("checked above");
+        r.shutdown.cancel();
+        while r.tasks.join_next().await.is_some() {}
+        r.agent.remove_all().await;
+        r.raft.shutdown().await;
+        drop(r);
+        std::fs::remove_dir_all(&self.cfg.state_dir).or_else(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound { Ok(()) } else { Err(self.state_err(e)) }
+        })?;
+        tracing::info!("left the swarm");
+        Ok(())
+    }
+
+    /// Stops the node's components, leaving containers running for the next start to re-adopt.
+    pub async fn shutdown(&self) {
+        if let Some(mut r) = self.running.lock().await.take() {
+            r.shutdown.cancel();
+            while r.tasks.join_next().await.is_some() {}
+            r.raft.shutdown().await;
+        }
+    }
+
+    /// `info`'s swarm section.
+    pub async fn info(&self) -> SwarmInfo {
+        let running = self.running.lock().await;
+        let Some(r) = running.as_ref() else {
+            return SwarmInfo { local_node_state: "inactive".into(), ..Default::default() };
+        };
+        let (managers, nodes) = r.store.view(|v| {
+            (v.nodes().filter(|n| n.manager_status.is_some()).count() as u64, v.nodes().count() as u64)
+        });
+        let agent: AgentStatus = r.agent.status().borrow().clone();
+        SwarmInfo {
+            local_node_state: if agent.connected_to.is_some() { "active" } else { "pending" }.into(),
+            node_id: r.me.node_id.clone(),
+            node_addr: ip_of(&r.me.advertise_addr),
+            is_manager: r.me.role == NodeRole::Manager,
+            cluster_id: r.me.cluster_id.clone(),
+            managers,
+            nodes,
+            error: String::new(),
+            remote_managers: vec![r.me.advertise_addr.clone()],
+        }
+    }
+
+    /// Raft figures for tests and diagnostics: (entries in the log, index of the stored snapshot).
+    pub async fn raft_stats(&self) -> Option<(u64, Option<u64>)> {
+        self.running.lock().await.as_ref().map(|r| (r.raft.log_len(), r.raft.snapshot_index()))
+    }
+}
+
+#[allow(non_snake_case)]
+fn RootCa_api(root: &RootCa, digest: &str) -> crate::api::RootCa {
+    crate::api::RootCa {
+        ca_cert_pem: root.cert_pem.clone(),
+        ca_key_pem: root.key_pem.clone(),
+        ca_cert_digest: digest.to_string(),
+        join_tokens: JoinTokens {
+            worker: ca::JoinToken::generate(digest),
+            manager: ca::JoinToken::generate(digest),
+        },
+    }
+}
+
+fn ip_of(addr: &str) -> String {
+    addr.parse::<SocketAddr>().map(|a| a.ip().to_string()).unwrap_or_else(|_| addr.to_string())
+}
+
+/// `ip` → `ip:port`; `ip:port` unchanged.
+fn with_port(addr: &str, port: u16) -> Result<String, NodeError> {
+    if let Ok(a) = addr.parse::<SocketAddr>() {
+        return Ok(a.to_string());
+    }
+    if let Ok(ip) = addr.parse::<IpAddr>() {
+        return Ok(SocketAddr::new(ip, port).to_string());
+    }
+    Err(NodeError::InvalidArgument(format!(
+        "invalid address {addr:?}: expected an IP address, optionally with a port (interface names are not supported yet)"
+    )))
+}
+
+async fn bind(addr: &str) -> Result<tokio::net::TcpListener, NodeError> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| NodeError::Listen { addr: addr.to_string(), reason: e.to_string() })
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension("tmp");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)
+}
