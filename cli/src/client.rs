@@ -1,0 +1,121 @@
+//! The connection to the daemon: `-H/--host` handling, one gRPC channel over the unix socket shared by the
+//! `Engine` (node-local) and `Control` (cluster) clients, and the two error types that end up on the user's
+//! terminal ("Cannot connect …" and "Error response from daemon: …").
+
+use std::path::PathBuf;
+use swarm::transport::control::control_client::ControlClient;
+use swarm::transport::engine::engine_client::EngineClient;
+use tonic::transport::Channel;
+
+/// Where the daemon listens when neither `-H` nor `SHOAL_HOST` says otherwise.
+pub const DEFAULT_HOST: &str = "unix:///run/shoal/shoal.sock";
+
+/// Listings of a big cluster's tasks easily exceed tonic's 4 MiB default; the socket is local, so be generous.
+const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
+
+/// The daemon could not be reached at all (socket missing, refused, not a socket).
+#[derive(Debug)]
+pub struct CannotConnect {
+    pub host: String,
+}
+
+impl std::fmt::Display for CannotConnect {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Cannot connect to the Shoal daemon at {}. Is the shoal daemon running?", self.host)
+    }
+}
+
+impl std::error::Error for CannotConnect {}
+
+/// The daemon answered with an error; printed as Docker prints them.
+#[derive(Debug)]
+pub struct DaemonError(pub tonic::Status);
+
+impl std::fmt::Display for DaemonError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Messages are meant for one line; a multi-line one would break "exactly one line on stderr".
+        let msg = self.0.message().trim().replace('\n', " ");
+        if msg.is_empty() {
+            write!(f, "Error response from daemon: {}", self.0.code())
+        } else {
+            write!(f, "Error response from daemon: {msg}")
+        }
+    }
+}
+
+impl std::error::Error for DaemonError {}
+
+/// Unwraps a gRPC response, turning a `Status` into a [`DaemonError`].
+pub fn rpc<T>(r: Result<tonic::Response<T>, tonic::Status>) -> anyhow::Result<T> {
+    r.map(tonic::Response::into_inner).map_err(|s| DaemonError(s).into())
+}
+
+/// Resolves `-H` / `SHOAL_HOST` to a socket path: `unix:///path` or a bare path; empty means the default.
+pub fn socket_path(host: &str) -> anyhow::Result<PathBuf> {
+    let host = host.trim();
+    let host = if host.is_empty() { DEFAULT_HOST } else { host };
+    if let Some(path) = host.strip_prefix("unix://") {
+        if path.is_empty() {
+            anyhow::bail!("invalid host {host:?}: unix socket path is empty");
+        }
+        return Ok(PathBuf::from(path));
+    }
+    if let Some((scheme, _)) = host.split_once("://") {
+        anyhow::bail!("invalid host {host:?}: unsupported protocol scheme {scheme:?} (only unix:// is supported)");
+    }
+    Ok(PathBuf::from(host))
+}
+
+/// The host as it is shown in messages: always in `unix://` form.
+pub fn display_host(host: &str) -> String {
+    match socket_path(host) {
+        Ok(p) => format!("unix://{}", p.display()),
+        Err(_) => host.to_string(),
+    }
+}
+
+/// Both API clients over one channel.
+#[derive(Clone)]
+pub struct Client {
+    pub engine: EngineClient<Channel>,
+    pub control: ControlClient<Channel>,
+}
+
+impl Client {
+    /// Connects eagerly, so a missing daemon is reported before any work (and before any output) is done.
+    pub async fn connect(host: &str) -> anyhow::Result<Client> {
+        let path = socket_path(host)?;
+        let channel = swarm::transport::connect_unix(path)
+            .await
+            .map_err(|_| CannotConnect { host: display_host(host) })?;
+        Ok(Client {
+            engine: EngineClient::new(channel.clone())
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+            control: ControlClient::new(channel)
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_forms() {
+        assert_eq!(socket_path("").unwrap(), PathBuf::from("/run/shoal/shoal.sock"));
+        assert_eq!(socket_path("unix:///tmp/s.sock").unwrap(), PathBuf::from("/tmp/s.sock"));
+        assert_eq!(socket_path("/tmp/s.sock").unwrap(), PathBuf::from("/tmp/s.sock"));
+        assert!(socket_path("tcp://1.2.3.4:2375").is_err());
+        assert!(socket_path("unix://").is_err());
+        assert_eq!(display_host("/tmp/s.sock"), "unix:///tmp/s.sock");
+    }
+
+    #[test]
+    fn daemon_errors_are_one_line() {
+        let e = DaemonError(tonic::Status::not_found("service web\nnot found"));
+        assert_eq!(e.to_string(), "Error response from daemon: service web not found");
+    }
+}

@@ -1,0 +1,515 @@
+//! Convergence progress after `service create` / `service scale`, as `docker service create` shows it:
+//!
+//! ```text
+//! overall progress: 2 out of 3 tasks
+//! 1/3: running   [==================================================>]
+//! 2/3: running   [==================================================>]
+//! 3/3: preparing [=================================>                ]
+//! verify: Waiting 1 seconds to verify that tasks are stable...
+//! ```
+//!
+//! The bookkeeping ([`observe`], [`Verifier`]) is pure so it can be tested; [`wait_converged`] polls the control
+//! API and draws with indicatif on a terminal, or prints a plain line whenever one changes when stdout is not a
+//! terminal (logs, CI, tests), so it never emits cursor movement into a file.
+
+use crate::client::{rpc, Client};
+use crate::output::short_id;
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use std::collections::{BTreeMap, HashSet};
+use std::io::IsTerminal;
+use std::time::{Duration, Instant};
+use swarm::api::control::{Empty, GetRequest, ListTasksRequest};
+use swarm::api::{NodeState, Service, ServiceMode, Task, TaskState};
+
+/// How long every task must stay running before we call the service converged. Docker waits 5 s (its update
+/// monitor period); we use less because our failover and restart paths are faster, and a CLI that sits idle for
+/// 5 s after every create feels broken.
+pub const STABLE_FOR: Duration = Duration::from_secs(1);
+
+/// How often the control API is polled.
+pub const POLL_EVERY: Duration = Duration::from_millis(200);
+
+/// The width of the state column: the longest state Docker shows ("preparing").
+const STATE_WIDTH: usize = 9;
+
+/// Docker's `numberedStates`: how far along a live task is, out of [`MAX_PROGRESS`]; 0 means "not live".
+fn numbered(state: TaskState) -> u64 {
+    match state {
+        TaskState::New => 1,
+        TaskState::Pending => 3,
+        TaskState::Assigned => 4,
+        TaskState::Accepted => 5,
+        TaskState::Preparing => 6,
+        TaskState::Ready => 7,
+        TaskState::Starting => 8,
+        TaskState::Running => 9,
+        _ => 0,
+    }
+}
+
+const MAX_PROGRESS: u64 = 9;
+
+/// One line of the display: a slot (`2/3`) or a node (its short id).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlotLine {
+    /// Orders the lines and identifies them across polls.
+    pub key: String,
+    pub text: String,
+}
+
+/// What one poll saw.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    pub overall: String,
+    pub lines: Vec<SlotLine>,
+    /// Every slot (or node) has its live task running.
+    pub converged: bool,
+}
+
+/// Docker's `truncError`: one line, at most 75 characters.
+fn trunc_error(err: &str) -> String {
+    let one_line = err.replace('\n', " ");
+    crate::output::ellipsis(&one_line, 75)
+}
+
+/// `running   [=========>          ]`: the state padded to the widest state, then Docker's 50-wide bar.
+fn bar_text(state: TaskState) -> String {
+    let bars = (numbered(state) * 100 / MAX_PROGRESS / 2) as usize;
+    format!("{:<width$} [{}>{}]", state.name(), "=".repeat(bars), " ".repeat(50 - bars), width = STATE_WIDTH)
+}
+
+/// Picks each slot's live task as Docker does (`tasksBySlot`): only tasks whose desired and observed states are
+/// both live, on nodes that are not down; among several, the lowest desired state, then the lowest observed one.
+fn live_tasks<'a, K: Ord>(
+    tasks: &'a [Task],
+    active_nodes: &HashSet<String>,
+    key: impl Fn(&Task) -> K,
+) -> BTreeMap<K, &'a Task> {
+    let mut by_key: BTreeMap<K, &Task> = BTreeMap::new();
+    for t in tasks {
+        if numbered(t.desired_state) == 0 || numbered(t.status.state) == 0 {
+            continue;
+        }
+        if !t.node_id.is_empty() && !active_nodes.contains(&t.node_id) {
+            continue;
+        }
+        let k = key(t);
+        if let Some(existing) = by_key.get(&k) {
+            if existing.desired_state < t.desired_state {
+                continue;
+            }
+            if existing.desired_state == t.desired_state && existing.status.state <= t.status.state {
+                continue;
+            }
+        }
+        by_key.insert(k, t);
+    }
+    by_key
+}
+
+/// The text of one line: the live task's error if it has one, else (while it is not yet running) the error that
+/// ended the slot's previous attempt — so a crash-looping service shows why — else the state and its bar.
+fn line_text(live: Option<&Task>, previous_failure: Option<&Task>) -> String {
+    match live {
+        Some(t) if !t.status.err.is_empty() => trunc_error(&t.status.err),
+        Some(t) if t.status.state < TaskState::Running && previous_failure.is_some() => {
+            previous_failure.map(|p| trunc_error(&p.status.err)).unwrap_or_default()
+        }
+        Some(t) => bar_text(t.status.state),
+        None => match previous_failure {
+            Some(p) => trunc_error(&p.status.err),
+            None => bar_text(TaskState::New),
+        },
+    }
+}
+
+/// The newest task that ended with an error, among `tasks` matching `pred`.
+fn newest_failure(tasks: &[Task], pred: impl Fn(&Task) -> bool) -> Option<&Task> {
+    tasks
+        .iter()
+        .filter(|t| pred(t) && t.status.state.is_terminal() && !t.status.err.is_empty())
+        .max_by_key(|t| (t.meta.created_at, t.status.timestamp))
+}
+
+/// Computes the display from the service, its tasks and the nodes that are not down.
+pub fn observe(service: &Service, tasks: &[Task], active_nodes: &HashSet<String>) -> Snapshot {
+    match service.spec.mode {
+        ServiceMode::Replicated { replicas } => {
+            let live = live_tasks(tasks, active_nodes, |t| t.slot);
+            let mut running = 0;
+            let mut lines = Vec::new();
+            for slot in 1..=replicas {
+                let task = live.get(&slot).copied();
+                if task.is_some_and(|t| t.status.state == TaskState::Running && t.desired_state == TaskState::Running) {
+                    running += 1;
+                }
+                let failure = newest_failure(tasks, |t| t.slot == slot);
+                // Zero-padded keys keep slot 10 after slot 9 when lines are ordered by key.
+                lines.push(SlotLine { key: format!("{slot:020}"), text: format!("{slot}/{replicas}: {}", line_text(task, failure)) });
+            }
+            Snapshot {
+                overall: format!("overall progress: {running} out of {replicas} tasks"),
+                lines,
+                converged: running == replicas,
+            }
+        }
+        ServiceMode::Global => {
+            let live = live_tasks(tasks, active_nodes, |t| t.node_id.clone());
+            if live.is_empty() {
+                // Either the orchestrator has not made the tasks yet or no node fits; either way, wait (as Docker).
+                return Snapshot { overall: "overall progress: waiting for new tasks".into(), lines: vec![], converged: false };
+            }
+            let mut running = 0;
+            let mut lines = Vec::new();
+            for (node, task) in &live {
+                if task.status.state == TaskState::Running && task.desired_state == TaskState::Running {
+                    running += 1;
+                }
+                let failure = newest_failure(tasks, |t| &t.node_id == node);
+                lines.push(SlotLine { key: node.clone(), text: format!("{}: {}", short_id(node), line_text(Some(task), failure)) });
+            }
+            Snapshot {
+                overall: format!("overall progress: {running} out of {} tasks", live.len()),
+                converged: running == live.len(),
+                lines,
+            }
+        }
+    }
+}
+
+/// The `verify:` step: converged must hold for [`STABLE_FOR`] before we stop.
+#[derive(Debug, Default)]
+pub struct Verifier {
+    since: Option<Instant>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verify {
+    /// Not converged (and never was, or we already said it failed).
+    NotYet,
+    /// Converged; waiting out the rest of the window (whole seconds left, rounded up).
+    Waiting(u64),
+    /// Was converged, now is not.
+    Failed,
+    Converged,
+}
+
+impl Verifier {
+    pub fn step(&mut self, converged: bool, now: Instant) -> Verify {
+        match (converged, self.since) {
+            (false, None) => Verify::NotYet,
+            (false, Some(_)) => {
+                self.since = None;
+                Verify::Failed
+            }
+            (true, None) => {
+                self.since = Some(now);
+                if STABLE_FOR.is_zero() {
+                    Verify::Converged
+                } else {
+                    Verify::Waiting(STABLE_FOR.as_secs_f64().ceil() as u64)
+                }
+            }
+            (true, Some(t)) => {
+                let waited = now.saturating_duration_since(t);
+                if waited >= STABLE_FOR {
+                    Verify::Converged
+                } else {
+                    Verify::Waiting((STABLE_FOR - waited).as_secs_f64().ceil() as u64)
+                }
+            }
+        }
+    }
+}
+
+impl Verify {
+    fn text(&self) -> Option<String> {
+        match self {
+            Verify::NotYet => None,
+            Verify::Waiting(n) => Some(format!("verify: Waiting {n} seconds to verify that tasks are stable...")),
+            Verify::Failed => Some("verify: Detected task failure".into()),
+            Verify::Converged => Some("verify: Service converged".into()),
+        }
+    }
+}
+
+/// A line on screen: an indicatif bar on a terminal, or remembered text that is printed when it changes.
+struct Line {
+    bar: Option<ProgressBar>,
+    last: String,
+}
+
+/// Draws snapshots; knows nothing of the API.
+struct Screen {
+    multi: Option<MultiProgress>,
+    overall: Line,
+    slots: Vec<(String, Line)>,
+    verify: Option<Line>,
+}
+
+impl Screen {
+    fn new(tty: bool) -> Screen {
+        let multi = tty.then(|| MultiProgress::with_draw_target(ProgressDrawTarget::stdout()));
+        let mut s = Screen { multi, overall: Line { bar: None, last: String::new() }, slots: vec![], verify: None };
+        s.overall.bar = s.new_bar(None);
+        s
+    }
+
+    fn style() -> ProgressStyle {
+        // "{msg}" is a valid template; the fallback only guards against a future indicatif rejecting it.
+        ProgressStyle::with_template("{msg}").unwrap_or_else(|_| ProgressStyle::default_bar())
+    }
+
+    /// Adds a bar at `index` (counting the overall line as 0), or at the end.
+    fn new_bar(&self, index: Option<usize>) -> Option<ProgressBar> {
+        let multi = self.multi.as_ref()?;
+        let pb = ProgressBar::new(MAX_PROGRESS).with_style(Self::style());
+        Some(match index {
+            Some(i) => multi.insert(i, pb),
+            None => multi.add(pb),
+        })
+    }
+
+    fn set(line: &mut Line, text: &str) {
+        if line.last == text {
+            return;
+        }
+        line.last = text.to_string();
+        match &line.bar {
+            Some(pb) => pb.set_message(text.to_string()),
+            None => println!("{text}"),
+        }
+    }
+
+    fn draw(&mut self, snap: &Snapshot) {
+        Self::set(&mut self.overall, &snap.overall);
+        // Drop lines that are gone (a node left, the service was scaled during the wait).
+        let keep: HashSet<&str> = snap.lines.iter().map(|l| l.key.as_str()).collect();
+        let multi = self.multi.clone();
+        self.slots.retain(|(k, line)| {
+            let keep = keep.contains(k.as_str());
+            if let (false, Some(m), Some(pb)) = (keep, &multi, &line.bar) {
+                m.remove(pb);
+            }
+            keep
+        });
+        for l in &snap.lines {
+            let pos = self.slots.iter().position(|(k, _)| k == &l.key);
+            let i = match pos {
+                Some(i) => i,
+                None => {
+                    let at = self.slots.iter().position(|(k, _)| k > &l.key).unwrap_or(self.slots.len());
+                    let bar = self.new_bar(Some(at + 1));
+                    self.slots.insert(at, (l.key.clone(), Line { bar, last: String::new() }));
+                    at
+                }
+            };
+            Self::set(&mut self.slots[i].1, &l.text);
+        }
+    }
+
+    fn verify(&mut self, v: &Verify) {
+        let Some(text) = v.text() else { return };
+        if self.verify.is_none() {
+            let bar = self.new_bar(None);
+            self.verify = Some(Line { bar, last: String::new() });
+        }
+        if let Some(line) = self.verify.as_mut() {
+            Self::set(line, &text);
+        }
+    }
+
+    /// Leaves the last state on screen.
+    fn finish(&self) {
+        let all = std::iter::once(&self.overall).chain(self.slots.iter().map(|(_, l)| l)).chain(self.verify.iter());
+        for line in all {
+            if let Some(pb) = &line.bar {
+                pb.finish();
+            }
+        }
+    }
+}
+
+/// One poll: the service (re-read, as it may change or vanish), its tasks, and the nodes that are up.
+async fn poll(client: &mut Client, service_id: &str) -> anyhow::Result<Snapshot> {
+    let service = rpc(client.control.get_service(GetRequest { id_or_name: service_id.to_string() }).await)?;
+    let tasks = rpc(
+        client
+            .control
+            .list_tasks(ListTasksRequest { service_ids: vec![service.id.clone()], ..Default::default() })
+            .await,
+    )?
+    .tasks;
+    let nodes = rpc(client.control.list_nodes(Empty {}).await)?.nodes;
+    let active: HashSet<String> = nodes.into_iter().filter(|n| n.status.state != NodeState::Down).map(|n| n.id).collect();
+    Ok(observe(&service, &tasks, &active))
+}
+
+/// Waits until the service converges, drawing progress. Ctrl-C leaves it running in the background, as Docker.
+pub async fn wait_converged(client: &mut Client, service_id: &str, service_name: &str) -> anyhow::Result<()> {
+    let mut screen = Screen::new(std::io::stdout().is_terminal());
+    let mut verifier = Verifier::default();
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    loop {
+        let snap = match poll(client, service_id).await {
+            Ok(s) => s,
+            Err(e) => {
+                screen.finish();
+                return Err(e);
+            }
+        };
+        screen.draw(&snap);
+        let v = verifier.step(snap.converged, Instant::now());
+        // After a failure the verify line keeps saying so (NotYet draws nothing) until convergence comes back.
+        if v != Verify::NotYet {
+            screen.verify(&v);
+        }
+        if v == Verify::Converged {
+            screen.finish();
+            return Ok(());
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(POLL_EVERY) => {}
+            _ = &mut ctrl_c => {
+                screen.finish();
+                eprintln!("Operation continuing in background.");
+                eprintln!("Use `shoal service ps --no-trunc {service_name}` to check progress.");
+                std::process::exit(130);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use swarm::api::Timestamp;
+    use std::time::SystemTime;
+
+    // Fixtures are built from JSON so they keep compiling when the API gains (defaulted) fields.
+    fn service(mode: ServiceMode) -> Service {
+        let mut s: Service = serde_json::from_value(serde_json::json!({
+            "id": "svc",
+            "spec": {"name": "web", "task_template": {"container": {"image": "busybox"}}, "mode": "global"}
+        }))
+        .unwrap();
+        s.spec.mode = mode;
+        s
+    }
+
+    fn task(id: &str, slot: u64, node: &str, state: TaskState, desired: TaskState, age_s: u64) -> Task {
+        let mut t: Task = serde_json::from_value(serde_json::json!({
+            "id": id, "service_id": "svc", "service_annotations": {"name": "web"}, "slot": slot,
+            "node_id": node, "spec": {"container": {"image": "busybox"}},
+            "status": {"state": "new"}, "desired_state": "running"
+        }))
+        .unwrap();
+        let created = Timestamp(SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000 - age_s));
+        t.meta.created_at = created;
+        t.status.timestamp = created;
+        t.status.state = state;
+        t.desired_state = desired;
+        t
+    }
+
+    use TaskState::*;
+
+    fn active(nodes: &[&str]) -> HashSet<String> {
+        nodes.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn replicated_counts_running_slots() {
+        let svc = service(ServiceMode::Replicated { replicas: 3 });
+        let tasks = vec![
+            task("a", 1, "n1", Running, Running, 5),
+            task("b", 2, "n1", Preparing, Running, 5),
+            task("c", 3, "", Pending, Running, 5),
+        ];
+        let snap = observe(&svc, &tasks, &active(&["n1"]));
+        assert_eq!(snap.overall, "overall progress: 1 out of 3 tasks");
+        assert!(!snap.converged);
+        assert_eq!(snap.lines[0].text, format!("1/3: running   [{}>]", "=".repeat(50)));
+        assert_eq!(snap.lines[1].text, format!("2/3: preparing [{}>{}]", "=".repeat(33), " ".repeat(17)));
+        assert!(snap.lines[2].text.starts_with("3/3: pending   [================>"));
+    }
+
+    #[test]
+    fn replicated_converges_when_all_slots_run() {
+        let svc = service(ServiceMode::Replicated { replicas: 2 });
+        let tasks = vec![
+            task("old", 1, "n1", Failed, Shutdown, 30),
+            task("a", 1, "n1", Running, Running, 5),
+            task("b", 2, "n1", Running, Running, 5),
+            // A slot beyond the replica count (being scaled down) does not count.
+            task("c", 3, "n1", Running, Shutdown, 5),
+        ];
+        let snap = observe(&svc, &tasks, &active(&["n1"]));
+        assert_eq!(snap.overall, "overall progress: 2 out of 2 tasks");
+        assert_eq!(snap.lines.len(), 2);
+        assert!(snap.converged);
+    }
+
+    #[test]
+    fn errors_show_in_the_slot_line() {
+        let svc = service(ServiceMode::Replicated { replicas: 2 });
+        let mut pending = task("a", 1, "", Pending, Running, 5);
+        pending.status.err = "no suitable node (scheduling constraints not satisfied on 1 node)".into();
+        let mut failed = task("b0", 2, "n1", Failed, Shutdown, 10);
+        failed.status.err = "task: non-zero exit (1)".into();
+        let restarting = task("b1", 2, "n1", Ready, Running, 1);
+        let snap = observe(&svc, &[pending, failed, restarting], &active(&["n1"]));
+        assert_eq!(snap.lines[0].text, "1/2: no suitable node (scheduling constraints not satisfied on 1 node)");
+        assert_eq!(snap.lines[1].text, "2/2: task: non-zero exit (1)");
+        assert!(!snap.converged);
+    }
+
+    #[test]
+    fn tasks_on_down_nodes_are_ignored() {
+        let svc = service(ServiceMode::Replicated { replicas: 1 });
+        let tasks = vec![task("a", 1, "gone", Running, Running, 5)];
+        let snap = observe(&svc, &tasks, &active(&["n1"]));
+        assert!(!snap.converged);
+        assert_eq!(snap.lines[0].text, format!("1/1: new       [=====>{}]", " ".repeat(45)));
+    }
+
+    #[test]
+    fn global_waits_for_tasks_then_tracks_nodes() {
+        let svc = service(ServiceMode::Global);
+        let snap = observe(&svc, &[], &active(&["n1"]));
+        assert_eq!(snap.overall, "overall progress: waiting for new tasks");
+        assert!(!snap.converged);
+        let tasks = vec![
+            task("a", 0, "node1aaaaaaaaaaaaaa", Running, Running, 5),
+            task("b", 0, "node2bbbbbbbbbbbbbb", Starting, Running, 5),
+        ];
+        let snap = observe(&svc, &tasks, &active(&["node1aaaaaaaaaaaaaa", "node2bbbbbbbbbbbbbb"]));
+        assert_eq!(snap.overall, "overall progress: 1 out of 2 tasks");
+        assert!(snap.lines[0].text.starts_with("node1aaaaaaa: running"));
+        assert!(!snap.converged);
+    }
+
+    #[test]
+    fn zero_replicas_converge_at_once() {
+        let svc = service(ServiceMode::Replicated { replicas: 0 });
+        let snap = observe(&svc, &[task("a", 1, "n1", Running, Shutdown, 5)], &active(&["n1"]));
+        assert!(snap.converged);
+        assert_eq!(snap.overall, "overall progress: 0 out of 0 tasks");
+    }
+
+    #[test]
+    fn verifier_needs_a_stable_window() {
+        let t0 = Instant::now();
+        let mut v = Verifier::default();
+        assert_eq!(v.step(false, t0), Verify::NotYet);
+        assert_eq!(v.step(true, t0), Verify::Waiting(1));
+        assert_eq!(v.step(true, t0 + STABLE_FOR / 2), Verify::Waiting(1));
+        assert_eq!(v.step(false, t0 + STABLE_FOR / 2), Verify::Failed);
+        assert_eq!(v.step(false, t0 + STABLE_FOR), Verify::NotYet);
+        let t1 = t0 + STABLE_FOR * 2;
+        assert_eq!(v.step(true, t1), Verify::Waiting(1));
+        assert_eq!(v.step(true, t1 + STABLE_FOR), Verify::Converged);
+        assert_eq!(Verify::Converged.text().unwrap(), "verify: Service converged");
+    }
+}

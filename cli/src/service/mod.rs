@@ -1,0 +1,485 @@
+//! `shoal service …`: create, ls, ps, inspect, scale, rm and logs, with Docker's flags, columns and messages.
+
+mod create;
+mod logs;
+mod opts;
+mod pretty;
+
+use crate::client::{rpc, Client};
+use crate::output::{ellipsis, print_json, short_id, state_since, Format, FormatArg, Table};
+use crate::progress;
+use crate::Failed;
+use clap::{Args, Subcommand};
+use serde::Serialize;
+use std::collections::HashMap;
+use std::time::SystemTime;
+use swarm::api::control::{Empty, GetRequest, ListServicesRequest, ListTasksRequest, UpdateServiceRequest};
+use swarm::api::{familiar_image_ref, Service, ServiceMode, Task, TaskState};
+
+#[derive(Debug, Subcommand)]
+pub enum ServiceCmd {
+    /// Create a new service
+    Create(Box<create::CreateArgs>),
+    /// List services
+    #[command(visible_alias = "list")]
+    Ls(LsArgs),
+    /// List the tasks of one or more services
+    Ps(PsArgs),
+    /// Display detailed information on one or more services
+    Inspect(InspectArgs),
+    /// Scale one or multiple replicated services
+    Scale(ScaleArgs),
+    /// Remove one or more services
+    #[command(visible_alias = "remove")]
+    Rm(RmArgs),
+    /// Fetch the logs of a service
+    Logs(logs::LogsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct LsArgs {
+    /// Only display IDs
+    #[arg(short, long)]
+    quiet: bool,
+    /// Output format
+    #[arg(long, value_enum)]
+    format: Option<FormatArg>,
+}
+
+#[derive(Debug, Args)]
+pub struct PsArgs {
+    /// Services (name, id or id prefix)
+    #[arg(required = true, value_name = "SERVICE")]
+    services: Vec<String>,
+    /// Do not truncate output
+    #[arg(long = "no-trunc")]
+    no_trunc: bool,
+    /// Only display task IDs
+    #[arg(short, long)]
+    quiet: bool,
+    /// Output format
+    #[arg(long, value_enum)]
+    format: Option<FormatArg>,
+    /// Filter output (desired-state=running|shutdown|accepted, node=…, id=…, name=…)
+    #[arg(short, long = "filter", value_parser = parse_filter, value_name = "FILTER")]
+    filter: Vec<PsFilter>,
+}
+
+#[derive(Debug, Args)]
+pub struct InspectArgs {
+    #[arg(required = true, value_name = "SERVICE")]
+    services: Vec<String>,
+    /// Print the information in a human friendly format
+    #[arg(long)]
+    pretty: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ScaleArgs {
+    /// SERVICE=REPLICAS pairs
+    #[arg(required = true, value_name = "SERVICE=REPLICAS")]
+    pairs: Vec<String>,
+    /// Exit immediately instead of waiting for the service to converge
+    #[arg(short, long)]
+    detach: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RmArgs {
+    #[arg(required = true, value_name = "SERVICE")]
+    services: Vec<String>,
+}
+
+pub async fn run(client: &mut Client, cmd: ServiceCmd) -> anyhow::Result<()> {
+    match cmd {
+        ServiceCmd::Create(a) => create::run(client, *a).await,
+        ServiceCmd::Ls(a) => ls(client, a).await,
+        ServiceCmd::Ps(a) => ps(client, a).await,
+        ServiceCmd::Inspect(a) => inspect(client, a).await,
+        ServiceCmd::Scale(a) => scale(client, a).await,
+        ServiceCmd::Rm(a) => rm(client, a).await,
+        ServiceCmd::Logs(a) => logs::run(client, a).await,
+    }
+}
+
+/// The image as `service ls` / `service ps` show it: familiar form, without a pinned digest.
+fn display_image(image: &str) -> String {
+    let familiar = familiar_image_ref(image);
+    match familiar.split_once('@') {
+        Some((name, _)) => name.to_string(),
+        None => familiar,
+    }
+}
+
+/// `--format json` for `service ls`: the service object, plus the counts the table shows.
+#[derive(Serialize)]
+struct ServiceListing<'a> {
+    #[serde(flatten)]
+    service: &'a Service,
+    running_tasks: u64,
+    desired_tasks: u64,
+}
+
+async fn ls(client: &mut Client, a: LsArgs) -> anyhow::Result<()> {
+    let mut services = rpc(client.control.list_services(ListServicesRequest::default()).await)?.services;
+    services.sort_by(|x, y| x.service.spec.annotations.name.cmp(&y.service.spec.annotations.name));
+    match Format::from_flags(a.quiet, a.format) {
+        Format::Json => {
+            let list: Vec<_> = services
+                .iter()
+                .map(|s| ServiceListing { service: &s.service, running_tasks: s.running_tasks, desired_tasks: s.desired_tasks })
+                .collect();
+            print_json(&list)
+        }
+        Format::Quiet => {
+            for s in &services {
+                println!("{}", short_id(&s.service.id));
+            }
+            Ok(())
+        }
+        Format::Table => {
+            let mut t = Table::new(&["ID", "NAME", "MODE", "REPLICAS", "IMAGE", "PORTS"]);
+            for s in &services {
+                let spec = &s.service.spec;
+                let mut replicas = format!("{}/{}", s.running_tasks, s.desired_tasks);
+                let max = spec.task_template.placement.max_replicas;
+                if max > 0 {
+                    replicas.push_str(&format!(" (max {max} per node)"));
+                }
+                t.row(vec![
+                    short_id(&s.service.id).to_string(),
+                    spec.annotations.name.clone(),
+                    spec.mode.name().to_string(),
+                    replicas,
+                    display_image(&spec.task_template.container.image),
+                    String::new(),
+                ]);
+            }
+            t.print();
+            Ok(())
+        }
+    }
+}
+
+/// One `service ps --filter`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PsFilter {
+    DesiredState(TaskState),
+    Node(String),
+    Id(String),
+    Name(String),
+}
+
+fn parse_filter(s: &str) -> Result<PsFilter, String> {
+    let (k, v) = s.split_once('=').ok_or_else(|| format!("bad format of filter (expected name=value): {s}"))?;
+    match k {
+        "desired-state" => match v {
+            "running" => Ok(PsFilter::DesiredState(TaskState::Running)),
+            "shutdown" => Ok(PsFilter::DesiredState(TaskState::Shutdown)),
+            "accepted" => Ok(PsFilter::DesiredState(TaskState::Accepted)),
+            other => Err(format!("invalid desired-state filter value {other:?}: must be running, shutdown or accepted")),
+        },
+        "node" => Ok(PsFilter::Node(v.to_string())),
+        "id" => Ok(PsFilter::Id(v.to_string())),
+        "name" => Ok(PsFilter::Name(v.to_string())),
+        other => Err(format!("invalid filter '{other}': must be desired-state, node, id or name")),
+    }
+}
+
+/// Applies the client-side filters (the desired-state one is also sent to the server).
+fn keep_task(t: &Task, filters: &[PsFilter], node_names: &HashMap<String, String>) -> bool {
+    let one = |f: &PsFilter| match f {
+        PsFilter::DesiredState(s) => t.desired_state == *s,
+        PsFilter::Node(n) => &t.node_id == n || node_names.get(&t.node_id) == Some(n),
+        PsFilter::Id(p) => t.id.starts_with(p.as_str()),
+        PsFilter::Name(n) => t.name().starts_with(n.as_str()),
+    };
+    // Filters of the same kind are alternatives; different kinds must all match (as Docker's filters).
+    let kinds = [
+        filters.iter().filter(|f| matches!(f, PsFilter::DesiredState(_))).collect::<Vec<_>>(),
+        filters.iter().filter(|f| matches!(f, PsFilter::Node(_))).collect(),
+        filters.iter().filter(|f| matches!(f, PsFilter::Id(_))).collect(),
+        filters.iter().filter(|f| matches!(f, PsFilter::Name(_))).collect(),
+    ];
+    kinds.iter().all(|k| k.is_empty() || k.iter().any(|f| one(f)))
+}
+
+/// Orders tasks as Docker does: by service, then slot (or node, for global services), newest first within one.
+fn sort_tasks(tasks: &mut [Task]) {
+    tasks.sort_by(|a, b| {
+        (&a.service_annotations.name, a.slot, &a.node_id)
+            .cmp(&(&b.service_annotations.name, b.slot, &b.node_id))
+            .then(b.meta.created_at.cmp(&a.meta.created_at))
+            .then(b.status.timestamp.cmp(&a.status.timestamp))
+    });
+}
+
+/// Docker truncates `service ps` errors to 30 characters unless `--no-trunc`.
+const MAX_ERR_LEN: usize = 30;
+
+/// The rows of `service ps`; `tasks` must be sorted with [`sort_tasks`]. Older tasks of a slot are shown as
+/// ` \_ web.1` under the current one.
+fn ps_rows(tasks: &[Task], node_names: &HashMap<String, String>, no_trunc: bool, now: SystemTime) -> Vec<Vec<String>> {
+    let mut rows = Vec::new();
+    let mut prev_name = String::new();
+    for t in tasks {
+        let name = t.name();
+        let shown_name = if name == prev_name { format!(" \\_ {name}") } else { name.clone() };
+        prev_name = name;
+        let id = if no_trunc { t.id.clone() } else { short_id(&t.id).to_string() };
+        let image = if no_trunc {
+            familiar_image_ref(&t.spec.container.image)
+        } else {
+            display_image(&t.spec.container.image)
+        };
+        let node = node_names.get(&t.node_id).cloned().unwrap_or_else(|| t.node_id.clone());
+        let since = now.duration_since(t.status.timestamp.0).unwrap_or_default();
+        let err = if no_trunc { t.status.err.clone() } else { ellipsis(&t.status.err, MAX_ERR_LEN) };
+        let err = if err.is_empty() { err } else { format!("\"{}\"", err.replace('\n', " ")) };
+        rows.push(vec![
+            id,
+            shown_name,
+            image,
+            node,
+            t.desired_state.title(),
+            state_since(&t.status.state.title(), since),
+            err,
+            String::new(),
+        ]);
+    }
+    rows
+}
+
+async fn node_names(client: &mut Client) -> anyhow::Result<HashMap<String, String>> {
+    let nodes = rpc(client.control.list_nodes(Empty {}).await)?.nodes;
+    Ok(nodes.into_iter().map(|n| (n.id, n.description.hostname)).collect())
+}
+
+async fn ps(client: &mut Client, a: PsArgs) -> anyhow::Result<()> {
+    let mut service_ids = Vec::new();
+    for s in &a.services {
+        let svc = rpc(client.control.get_service(GetRequest { id_or_name: s.clone() }).await)?;
+        service_ids.push(svc.id);
+    }
+    let desired_states: Vec<TaskState> = a
+        .filter
+        .iter()
+        .filter_map(|f| match f {
+            PsFilter::DesiredState(s) => Some(*s),
+            _ => None,
+        })
+        .collect();
+    let mut tasks =
+        rpc(client.control.list_tasks(ListTasksRequest { service_ids, node_ids: vec![], desired_states }).await)?.tasks;
+    let names = node_names(client).await?;
+    tasks.retain(|t| keep_task(t, &a.filter, &names));
+    sort_tasks(&mut tasks);
+    match Format::from_flags(a.quiet, a.format) {
+        Format::Json => print_json(&tasks),
+        Format::Quiet => {
+            for t in &tasks {
+                println!("{}", if a.no_trunc { t.id.as_str() } else { short_id(&t.id) });
+            }
+            Ok(())
+        }
+        Format::Table => {
+            let mut table =
+                Table::new(&["ID", "NAME", "IMAGE", "NODE", "DESIRED STATE", "CURRENT STATE", "ERROR", "PORTS"]);
+            for row in ps_rows(&tasks, &names, a.no_trunc, SystemTime::now()) {
+                table.row(row);
+            }
+            table.print();
+            Ok(())
+        }
+    }
+}
+
+async fn inspect(client: &mut Client, a: InspectArgs) -> anyhow::Result<()> {
+    let mut found = Vec::new();
+    let mut failed = false;
+    for s in &a.services {
+        match rpc(client.control.get_service(GetRequest { id_or_name: s.clone() }).await) {
+            Ok(svc) => found.push(svc),
+            Err(e) => {
+                eprintln!("{e}");
+                failed = true;
+            }
+        }
+    }
+    if a.pretty {
+        for (i, s) in found.iter().enumerate() {
+            if i > 0 {
+                println!();
+            }
+            print!("{}", pretty::service(s));
+        }
+    } else if !found.is_empty() || !failed {
+        print_json(&found)?;
+    }
+    if failed {
+        return Err(Failed.into());
+    }
+    Ok(())
+}
+
+/// Parses `web=5`; Docker's messages.
+fn parse_scale(pair: &str) -> anyhow::Result<(String, u64)> {
+    let (name, n) = pair
+        .split_once('=')
+        .filter(|(name, _)| !name.is_empty())
+        .ok_or_else(|| anyhow::anyhow!("invalid scale specifier '{pair}'"))?;
+    let n = n.parse::<u64>().map_err(|_| anyhow::anyhow!("invalid replicas value {n}: must be a non-negative integer"))?;
+    Ok((name.to_string(), n))
+}
+
+async fn scale_one(client: &mut Client, name: &str, replicas: u64) -> anyhow::Result<Service> {
+    let svc = rpc(client.control.get_service(GetRequest { id_or_name: name.to_string() }).await)?;
+    let mut spec = svc.spec.clone();
+    match &mut spec.mode {
+        ServiceMode::Replicated { replicas: r } => *r = replicas,
+        ServiceMode::Global => anyhow::bail!("{name}: scale can only be used with replicated mode"),
+    }
+    rpc(client.control.update_service(UpdateServiceRequest { id: svc.id.clone(), version: svc.meta.version, spec }).await)
+}
+
+async fn scale(client: &mut Client, a: ScaleArgs) -> anyhow::Result<()> {
+    // All specifiers are checked before any service is touched, so a typo does not leave a half-done scale.
+    let pairs = a.pairs.iter().map(|p| parse_scale(p)).collect::<anyhow::Result<Vec<_>>>()?;
+    let mut failed = false;
+    let mut scaled = Vec::new();
+    for (name, n) in &pairs {
+        match scale_one(client, name, *n).await {
+            Ok(svc) => {
+                println!("{name} scaled to {n}");
+                scaled.push(svc);
+            }
+            Err(e) => {
+                eprintln!("{}", crate::render_error(&e));
+                failed = true;
+            }
+        }
+    }
+    if !a.detach {
+        for svc in &scaled {
+            progress::wait_converged(client, &svc.id, &svc.spec.annotations.name).await?;
+        }
+    }
+    if failed {
+        return Err(Failed.into());
+    }
+    Ok(())
+}
+
+async fn rm(client: &mut Client, a: RmArgs) -> anyhow::Result<()> {
+    let mut failed = false;
+    for s in &a.services {
+        match rpc(client.control.remove_service(GetRequest { id_or_name: s.clone() }).await) {
+            Ok(_) => println!("{s}"),
+            Err(e) => {
+                eprintln!("{e}");
+                failed = true;
+            }
+        }
+    }
+    if failed {
+        return Err(Failed.into());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+    use swarm::api::Timestamp;
+
+    fn at(s: u64) -> Timestamp {
+        Timestamp(SystemTime::UNIX_EPOCH + Duration::from_secs(s))
+    }
+
+    fn task(id: &str, slot: u64, node: &str, state: TaskState, desired: TaskState, created: u64, err: &str) -> Task {
+        // Built from JSON so the fixture keeps compiling when the API gains (defaulted) fields.
+        let mut t: Task = serde_json::from_value(serde_json::json!({
+            "id": id, "service_id": "s", "service_annotations": {"name": "web"}, "slot": slot, "node_id": node,
+            "spec": {"container": {"image": "docker.io/library/busybox:latest"}},
+            "status": {"state": "new", "err": err}, "desired_state": "running"
+        }))
+        .unwrap();
+        t.meta.created_at = at(created);
+        t.status.timestamp = at(created + 1);
+        t.status.state = state;
+        t.desired_state = desired;
+        t
+    }
+
+    #[test]
+    fn ps_shows_history_under_the_current_task() {
+        let mut tasks = vec![
+            task("old0000000000000000000000", 1, "n1", TaskState::Failed, TaskState::Shutdown, 100, "task: non-zero exit (137)"),
+            task("t2aaaaaaaaaaaaaaaaaaaaaaa", 2, "", TaskState::Pending, TaskState::Running, 150,
+                "no suitable node (scheduling constraints not satisfied on 1 node)"),
+            task("new0000000000000000000000", 1, "n1", TaskState::Running, TaskState::Running, 200, ""),
+        ];
+        sort_tasks(&mut tasks);
+        let names: HashMap<String, String> = [("n1".to_string(), "host-a".to_string())].into();
+        let rows = ps_rows(&tasks, &names, false, SystemTime::UNIX_EPOCH + Duration::from_secs(206));
+        let mut t = Table::new(&["ID", "NAME", "IMAGE", "NODE", "DESIRED STATE", "CURRENT STATE", "ERROR", "PORTS"]);
+        for r in rows {
+            t.row(r);
+        }
+        let out = t.render();
+        let expected = [
+            "ID             NAME        IMAGE            NODE      DESIRED STATE   CURRENT STATE               ERROR                              PORTS",
+            "new000000000   web.1       busybox:latest   host-a    Running         Running 5 seconds ago                                          ",
+            "old000000000    \\_ web.1   busybox:latest   host-a    Shutdown        Failed about a minute ago   \"task: non-zero exit (137)\"        ",
+            "t2aaaaaaaaaa   web.2       busybox:latest             Running         Pending 55 seconds ago      \"no suitable node (scheduling …\"   ",
+        ];
+        assert_eq!(out.lines().collect::<Vec<_>>(), expected, "\n{out}");
+    }
+
+    #[test]
+    fn ps_no_trunc_keeps_everything() {
+        let tasks = vec![task("t2aaaaaaaaaaaaaaaaaaaaaaa", 2, "", TaskState::Pending, TaskState::Running, 150,
+            "no suitable node (scheduling constraints not satisfied on 1 node)")];
+        let rows = ps_rows(&tasks, &HashMap::new(), true, SystemTime::UNIX_EPOCH + Duration::from_secs(151));
+        assert_eq!(rows[0][0], "t2aaaaaaaaaaaaaaaaaaaaaaa");
+        assert_eq!(rows[0][5], "Pending less than a second ago");
+        assert_eq!(rows[0][6], "\"no suitable node (scheduling constraints not satisfied on 1 node)\"");
+    }
+
+    #[test]
+    fn ps_filters() {
+        assert_eq!(parse_filter("desired-state=running"), Ok(PsFilter::DesiredState(TaskState::Running)));
+        assert!(parse_filter("desired-state=bogus").is_err());
+        assert!(parse_filter("colour=red").is_err());
+        assert!(parse_filter("nonsense").is_err());
+        let names: HashMap<String, String> = [("n1".to_string(), "host-a".to_string())].into();
+        let t = task("abc", 1, "n1", TaskState::Running, TaskState::Running, 1, "");
+        assert!(keep_task(&t, &[PsFilter::Node("host-a".into())], &names));
+        assert!(keep_task(&t, &[PsFilter::Node("n1".into()), PsFilter::Id("ab".into())], &names));
+        assert!(!keep_task(&t, &[PsFilter::DesiredState(TaskState::Shutdown)], &names));
+        assert!(keep_task(
+            &t,
+            &[PsFilter::DesiredState(TaskState::Shutdown), PsFilter::DesiredState(TaskState::Running)],
+            &names
+        ));
+    }
+
+    #[test]
+    fn scale_specifiers() {
+        assert_eq!(parse_scale("web=5").unwrap(), ("web".into(), 5));
+        assert_eq!(parse_scale("web").unwrap_err().to_string(), "invalid scale specifier 'web'");
+        assert_eq!(parse_scale("=3").unwrap_err().to_string(), "invalid scale specifier '=3'");
+        assert_eq!(
+            parse_scale("web=-1").unwrap_err().to_string(),
+            "invalid replicas value -1: must be a non-negative integer"
+        );
+    }
+
+    #[test]
+    fn images_display_familiar_without_digest() {
+        assert_eq!(display_image("docker.io/library/busybox:latest"), "busybox:latest");
+        let d = format!("docker.io/library/busybox:1@sha256:{}", "a".repeat(64));
+        assert_eq!(display_image(&d), "busybox:1");
+    }
+}

@@ -1,0 +1,127 @@
+//! `shoal swarm …`: init, leave and join-token, with Docker's messages and hints.
+
+use crate::client::{rpc, Client};
+use clap::{Args, Subcommand, ValueEnum};
+use std::time::Duration;
+use swarm::api::control::{Empty, GetRequest};
+use swarm::api::local::{SwarmInitRequest, SwarmLeaveRequest};
+
+#[derive(Debug, Subcommand)]
+pub enum SwarmCmd {
+    /// Initialize a swarm
+    Init(InitArgs),
+    /// Leave the swarm
+    Leave(LeaveArgs),
+    /// Manage join tokens
+    #[command(name = "join-token")]
+    JoinToken(JoinTokenArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// Advertised address (format: <ip|interface>[:port])
+    #[arg(long = "advertise-addr", value_name = "ADDR")]
+    advertise_addr: Option<String>,
+    /// Listen address (format: <ip|interface>[:port]) (default 0.0.0.0:2377)
+    #[arg(long = "listen-addr", value_name = "ADDR")]
+    listen_addr: Option<String>,
+    /// Task history retention limit (default 5)
+    #[arg(long = "task-history-limit", value_parser = count, allow_hyphen_values = true, value_name = "N")]
+    task_history_limit: Option<u64>,
+    /// Dispatcher heartbeat period (ns|us|ms|s|m|h) (default 5s)
+    #[arg(long = "dispatcher-heartbeat", value_parser = swarm::api::parse_duration, allow_hyphen_values = true, value_name = "DURATION")]
+    dispatcher_heartbeat: Option<Duration>,
+    /// Number of log entries between Raft snapshots (default 10000)
+    #[arg(long = "snapshot-interval", value_parser = count, allow_hyphen_values = true, value_name = "N")]
+    snapshot_interval: Option<u64>,
+}
+
+#[derive(Debug, Args)]
+pub struct LeaveArgs {
+    /// Force this node to leave the swarm, ignoring warnings
+    #[arg(short, long)]
+    force: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Role {
+    Worker,
+    Manager,
+}
+
+#[derive(Debug, Args)]
+pub struct JoinTokenArgs {
+    #[arg(value_enum)]
+    role: Role,
+    /// Only display token
+    #[arg(short, long)]
+    quiet: bool,
+}
+
+fn count(s: &str) -> Result<u64, String> {
+    s.parse::<u64>().map_err(|_| format!("invalid value {s}: must be a non-negative integer"))
+}
+
+pub async fn run(client: &mut Client, cmd: SwarmCmd) -> anyhow::Result<()> {
+    match cmd {
+        SwarmCmd::Init(a) => init(client, a).await,
+        SwarmCmd::Leave(a) => {
+            rpc(client.engine.swarm_leave(SwarmLeaveRequest { force: a.force }).await)?;
+            println!("Node left the swarm.");
+            Ok(())
+        }
+        SwarmCmd::JoinToken(a) => join_token(client, a).await,
+    }
+}
+
+/// The worker or manager token and the address to join at (this manager's cluster address).
+async fn token_and_addr(client: &mut Client, role: Role) -> anyhow::Result<(String, String)> {
+    let cluster = rpc(client.control.get_cluster(Empty {}).await)?.cluster;
+    let token = match role {
+        Role::Worker => cluster.root_ca.join_tokens.worker,
+        Role::Manager => cluster.root_ca.join_tokens.manager,
+    };
+    let info = rpc(client.engine.info(Empty {}).await)?;
+    let node = rpc(client.control.get_node(GetRequest { id_or_name: info.swarm.node_id }).await)?;
+    let addr = node.manager_status.map(|m| m.addr).unwrap_or_default();
+    Ok((token, addr))
+}
+
+fn join_hint(role: Role, token: &str, addr: &str) -> String {
+    let who = match role {
+        Role::Worker => "a worker",
+        Role::Manager => "a manager",
+    };
+    format!("To add {who} to this swarm, run the following command:\n\n    shoal swarm join --token {token} {addr}\n")
+}
+
+async fn init(client: &mut Client, a: InitArgs) -> anyhow::Result<()> {
+    let req = SwarmInitRequest {
+        advertise_addr: a.advertise_addr.unwrap_or_default(),
+        listen_addr: a.listen_addr.unwrap_or_default(),
+        task_history_limit: a.task_history_limit,
+        dispatcher_heartbeat: a.dispatcher_heartbeat,
+        snapshot_interval: a.snapshot_interval,
+    };
+    let resp = rpc(client.engine.swarm_init(req).await)?;
+    println!("Swarm initialized: current node ({}) is now a manager.", resp.node_id);
+    println!();
+    // The hint is a convenience: the swarm exists even if fetching the token fails, so that is not an error.
+    match token_and_addr(client, Role::Worker).await {
+        Ok((token, addr)) if !token.is_empty() => println!("{}", join_hint(Role::Worker, &token, &addr)),
+        _ => println!("To add a worker to this swarm, run 'shoal swarm join-token worker' and follow the instructions.\n"),
+    }
+    println!("To add a manager to this swarm, run 'shoal swarm join-token manager' and follow the instructions.");
+    println!();
+    Ok(())
+}
+
+async fn join_token(client: &mut Client, a: JoinTokenArgs) -> anyhow::Result<()> {
+    let (token, addr) = token_and_addr(client, a.role).await?;
+    if a.quiet {
+        println!("{token}");
+    } else {
+        println!("{}", join_hint(a.role, &token, &addr));
+    }
+    Ok(())
+}

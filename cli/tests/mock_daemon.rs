@@ -1,0 +1,462 @@
+//! Drives the real `shoal` binary against an in-process fake daemon (the generated `Engine` and `Control`
+//! servers on a unix socket). It checks the CLI's wiring end to end — socket, JSON codec, client and server
+//! streaming, progress that terminates when stdout is not a terminal, exit codes and one-line errors — without
+//! containerd. The real daemon is covered by the `tests` crate.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+use swarm::api::control::*;
+use swarm::api::local::*;
+use swarm::api::*;
+use swarm::transport::control::control_server::{Control, ControlServer};
+use swarm::transport::engine::engine_server::{Engine, EngineServer};
+use tonic::{Request, Response, Status, Streaming};
+
+/// How long a fake task takes to go from preparing to running.
+const START_AFTER: Duration = Duration::from_millis(300);
+
+#[derive(Default)]
+struct State {
+    services: BTreeMap<String, Service>,
+    tasks: Vec<(Task, Instant)>,
+    next: u64,
+}
+
+#[derive(Clone, Default)]
+struct Fake(Arc<Mutex<State>>);
+
+fn node() -> Node {
+    serde_json::from_value(serde_json::json!({
+        "id": "node1aaaaaaaaaaaaaaaaaaaa", "role": "manager",
+        "spec": {"name": "", "desired_role": "manager", "availability": "active"},
+        "description": {"hostname": "host-a", "engine": {"engine_version": "0.1.0"}},
+        "status": {"state": "ready"},
+        "manager_status": {"raft_id": 1, "addr": "127.0.0.1:2377", "leader": true, "reachability": "reachable"}
+    }))
+    .expect("node fixture")
+}
+
+impl State {
+    fn id(&mut self, prefix: &str) -> String {
+        self.next += 1;
+        format!("{prefix}{:0>24}", self.next)
+    }
+
+    fn find(&self, key: &str) -> Result<Service, Status> {
+        self.services
+            .values()
+            .find(|s| s.id == key || s.spec.annotations.name == key || s.id.starts_with(key))
+            .cloned()
+            .ok_or_else(|| Status::not_found(format!("service {key} not found")))
+    }
+
+    /// A tiny orchestrator: one live task per slot 1..=replicas; slots above are shut down.
+    fn reconcile(&mut self, svc: &Service) {
+        let replicas = match svc.spec.mode {
+            ServiceMode::Replicated { replicas } => replicas,
+            ServiceMode::Global => 1,
+        };
+        for (t, _) in self.tasks.iter_mut().filter(|(t, _)| t.service_id == svc.id) {
+            if t.slot > replicas {
+                t.desired_state = TaskState::Shutdown;
+            }
+        }
+        for slot in 1..=replicas {
+            let has = self.tasks.iter().any(|(t, _)| t.service_id == svc.id && t.slot == slot && t.desired_state == TaskState::Running);
+            if !has {
+                let id = self.id("t");
+                let mut t: Task = serde_json::from_value(serde_json::json!({
+                    "id": id, "service_id": svc.id, "service_annotations": {"name": svc.spec.annotations.name},
+                    "slot": if svc.spec.mode == ServiceMode::Global { 0 } else { slot },
+                    "node_id": "node1aaaaaaaaaaaaaaaaaaaa",
+                    "spec": svc.spec.task_template, "status": {"state": "preparing"}, "desired_state": "running"
+                }))
+                .expect("task fixture");
+                t.meta.created_at = Timestamp::now();
+                t.status.timestamp = Timestamp::now();
+                self.tasks.push((t, Instant::now()));
+            }
+        }
+    }
+
+    fn tasks_now(&self) -> Vec<Task> {
+        self.tasks
+            .iter()
+            .map(|(t, born)| {
+                let mut t = t.clone();
+                if t.desired_state == TaskState::Running && born.elapsed() >= START_AFTER {
+                    t.status.state = TaskState::Running;
+                } else if t.desired_state == TaskState::Shutdown {
+                    t.status.state = TaskState::Shutdown;
+                }
+                t
+            })
+            .collect()
+    }
+}
+
+#[tonic::async_trait]
+impl Control for Fake {
+    async fn create_service(&self, req: Request<CreateServiceRequest>) -> Result<Response<Service>, Status> {
+        let mut spec = req.into_inner().spec;
+        // As the real control API: the server normalizes (and validates) the image reference.
+        let image = &mut spec.task_template.container.image;
+        *image = normalize_image_ref(image).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        if spec.annotations.name.is_empty() || spec.annotations.name.contains('_') {
+            return Err(Status::invalid_argument(format!("invalid name {:?}", spec.annotations.name)));
+        }
+        let mut st = self.0.lock().expect("lock");
+        if st.services.values().any(|s| s.spec.annotations.name == spec.annotations.name) {
+            return Err(Status::already_exists(format!("service {} already exists", spec.annotations.name)));
+        }
+        let id = st.id("s");
+        let svc: Service = Service { id: id.clone(), meta: Meta { version: 1, ..Default::default() }, spec, previous_spec: None };
+        st.services.insert(id, svc.clone());
+        st.reconcile(&svc);
+        Ok(Response::new(svc))
+    }
+    async fn get_service(&self, req: Request<GetRequest>) -> Result<Response<Service>, Status> {
+        self.0.lock().expect("lock").find(&req.into_inner().id_or_name).map(Response::new)
+    }
+    async fn update_service(&self, req: Request<UpdateServiceRequest>) -> Result<Response<Service>, Status> {
+        let r = req.into_inner();
+        let mut st = self.0.lock().expect("lock");
+        let mut svc = st.find(&r.id)?;
+        if svc.meta.version != r.version {
+            return Err(Status::failed_precondition("update out of sequence"));
+        }
+        svc.spec = r.spec;
+        svc.meta.version += 1;
+        st.services.insert(svc.id.clone(), svc.clone());
+        st.reconcile(&svc);
+        Ok(Response::new(svc))
+    }
+    async fn remove_service(&self, req: Request<GetRequest>) -> Result<Response<Empty>, Status> {
+        let mut st = self.0.lock().expect("lock");
+        let svc = st.find(&req.into_inner().id_or_name)?;
+        st.services.remove(&svc.id);
+        st.tasks.retain(|(t, _)| t.service_id != svc.id);
+        Ok(Response::new(Empty {}))
+    }
+    async fn list_services(&self, _req: Request<ListServicesRequest>) -> Result<Response<ListServicesResponse>, Status> {
+        let st = self.0.lock().expect("lock");
+        let tasks = st.tasks_now();
+        let services = st
+            .services
+            .values()
+            .map(|s| {
+                let live = tasks.iter().filter(|t| t.service_id == s.id && t.desired_state == TaskState::Running);
+                let running = live.clone().filter(|t| t.status.state == TaskState::Running).count() as u64;
+                let desired = match s.spec.mode {
+                    ServiceMode::Replicated { replicas } => replicas,
+                    ServiceMode::Global => live.count() as u64,
+                };
+                ServiceWithStatus { service: s.clone(), running_tasks: running, desired_tasks: desired }
+            })
+            .collect();
+        Ok(Response::new(ListServicesResponse { services }))
+    }
+    async fn get_node(&self, req: Request<GetRequest>) -> Result<Response<Node>, Status> {
+        let key = req.into_inner().id_or_name;
+        let n = node();
+        if n.id.starts_with(&key) || n.description.hostname == key {
+            Ok(Response::new(n))
+        } else {
+            Err(Status::not_found(format!("node {key} not found")))
+        }
+    }
+    async fn list_nodes(&self, _req: Request<Empty>) -> Result<Response<ListNodesResponse>, Status> {
+        Ok(Response::new(ListNodesResponse { nodes: vec![node()] }))
+    }
+    async fn get_task(&self, _req: Request<GetRequest>) -> Result<Response<Task>, Status> {
+        Err(Status::unimplemented("get_task"))
+    }
+    async fn list_tasks(&self, req: Request<ListTasksRequest>) -> Result<Response<ListTasksResponse>, Status> {
+        let r = req.into_inner();
+        let tasks = self
+            .0
+            .lock()
+            .expect("lock")
+            .tasks_now()
+            .into_iter()
+            .filter(|t| r.service_ids.is_empty() || r.service_ids.contains(&t.service_id))
+            .filter(|t| r.desired_states.is_empty() || r.desired_states.contains(&t.desired_state))
+            .collect();
+        Ok(Response::new(ListTasksResponse { tasks }))
+    }
+    async fn get_cluster(&self, _req: Request<Empty>) -> Result<Response<GetClusterResponse>, Status> {
+        let cluster: Cluster = serde_json::from_value(serde_json::json!({
+            "id": "cluster1", "spec": {"name": "default"},
+            "root_ca": {"ca_cert_pem": "", "ca_cert_digest": "", "join_tokens": {"worker": "SWMTKN-1-w", "manager": "SWMTKN-1-m"}}
+        }))
+        .expect("cluster fixture");
+        Ok(Response::new(GetClusterResponse { cluster, managers: 1, nodes: 1 }))
+    }
+}
+
+#[tonic::async_trait]
+impl Engine for Fake {
+    async fn info(&self, _req: Request<Empty>) -> Result<Response<InfoResponse>, Status> {
+        Ok(Response::new(InfoResponse {
+            swarm: SwarmInfo {
+                local_node_state: "active".into(),
+                node_id: node().id,
+                is_manager: true,
+                cluster_id: "cluster1".into(),
+                managers: 1,
+                nodes: 1,
+                ..Default::default()
+            },
+            engine_version: "0.1.0".into(),
+            ncpu: 2,
+            mem_total: 1 << 30,
+            os: "linux".into(),
+            architecture: "amd64".into(),
+            ..Default::default()
+        }))
+    }
+    async fn version(&self, _req: Request<Empty>) -> Result<Response<VersionResponse>, Status> {
+        Ok(Response::new(VersionResponse {
+            version: "0.1.0".into(),
+            api_version: "1".into(),
+            os: "linux".into(),
+            arch: "amd64".into(),
+            containerd_version: "1.6".into(),
+        }))
+    }
+    async fn swarm_init(&self, _req: Request<SwarmInitRequest>) -> Result<Response<SwarmInitResponse>, Status> {
+        Ok(Response::new(SwarmInitResponse { node_id: node().id }))
+    }
+    async fn swarm_leave(&self, _req: Request<SwarmLeaveRequest>) -> Result<Response<Empty>, Status> {
+        Ok(Response::new(Empty {}))
+    }
+    async fn image_load(&self, req: Request<Streaming<ImageLoadChunk>>) -> Result<Response<ImageLoadResponse>, Status> {
+        let mut stream = req.into_inner();
+        let mut total = 0usize;
+        let mut chunks = 0usize;
+        while let Some(c) = stream.message().await? {
+            total += c.data.len();
+            chunks += 1;
+        }
+        // Reports what arrived through the reference, so the test can check the bytes all made it.
+        Ok(Response::new(ImageLoadResponse {
+            loaded: vec!["docker.io/library/busybox:latest".into(), format!("docker.io/library/got:{total}b-{chunks}c")],
+        }))
+    }
+    async fn image_list(&self, _req: Request<Empty>) -> Result<Response<ImageListResponse>, Status> {
+        Ok(Response::new(ImageListResponse {
+            images: vec![ImageSummary {
+                reference: "docker.io/library/busybox:latest".into(),
+                id: format!("sha256:{}", "ab".repeat(32)),
+                created: Some(humantime::format_rfc3339(SystemTime::now() - Duration::from_secs(300)).to_string()),
+                size: 4_263_900,
+            }],
+        }))
+    }
+    async fn image_remove(&self, req: Request<ImageRemoveRequest>) -> Result<Response<Empty>, Status> {
+        let r = req.into_inner();
+        if r.reference.starts_with("busybox") {
+            Ok(Response::new(Empty {}))
+        } else {
+            Err(Status::not_found(format!("No such image: {}", r.reference)))
+        }
+    }
+    type ServiceLogsStream = futures::stream::Iter<std::vec::IntoIter<Result<LogMessage, Status>>>;
+    async fn service_logs(&self, req: Request<ServiceLogsRequest>) -> Result<Response<Self::ServiceLogsStream>, Status> {
+        let r = req.into_inner();
+        let svc = self.0.lock().expect("lock").find(&r.service)?;
+        let ctx = format!("{}.1.{}@host-a", svc.spec.annotations.name, "taskidtaskidtaskidtaskid1");
+        let msg = |stream: &str, line: &str| {
+            Ok(LogMessage { time: "2024-01-02T03:04:05.000000000Z".into(), stream: stream.into(), context: ctx.clone(), line: line.into() })
+        };
+        let msgs = vec![msg("stdout", "hello\n"), msg("stderr", "oops\n"), msg("stdout", "bye")];
+        Ok(Response::new(futures::stream::iter(msgs)))
+    }
+}
+
+/// A fake daemon on its own runtime thread, listening on a socket in a temp dir.
+struct Daemon {
+    _dir: tempfile::TempDir,
+    socket: PathBuf,
+}
+
+impl Daemon {
+    fn start() -> Daemon {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let socket = dir.path().join("shoal.sock");
+        let path = socket.clone();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("rt");
+            rt.block_on(async move {
+                let listener = tokio::net::UnixListener::bind(&path).expect("bind");
+                let _ = ready_tx.send(());
+                let fake = Fake::default();
+                let _ = tonic::transport::Server::builder()
+                    .add_service(ControlServer::new(fake.clone()))
+                    .add_service(EngineServer::new(fake))
+                    .serve_with_incoming(tokio_stream::wrappers::UnixListenerStream::new(listener))
+                    .await;
+            });
+        });
+        ready_rx.recv_timeout(Duration::from_secs(10)).expect("fake daemon up");
+        Daemon { _dir: dir, socket }
+    }
+
+    fn shoal(&self, args: &[&str]) -> Output {
+        shoal_at(&self.socket, args)
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let o = self.shoal(args);
+        assert!(o.status.success(), "`shoal {}` failed: {}", args.join(" "), String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    /// Runs a command that must fail with exactly one line on stderr; returns it.
+    fn fails(&self, args: &[&str]) -> String {
+        let o = self.shoal(args);
+        assert!(!o.status.success(), "`shoal {}` should fail; stdout: {}", args.join(" "), String::from_utf8_lossy(&o.stdout));
+        let err = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert_eq!(err.trim_end().lines().count(), 1, "one line expected, got {err:?}");
+        err.trim_end().to_string()
+    }
+}
+
+fn shoal_at(socket: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_shoal"))
+        .arg("-H")
+        .arg(format!("unix://{}", socket.display()))
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run shoal")
+}
+
+#[test]
+fn services_lifecycle_through_the_cli() {
+    let d = Daemon::start();
+
+    let info = d.ok(&["info"]);
+    for line in ["Swarm: active", " Is Manager: true", " Managers: 1", " Nodes: 1", "  Task History Retention Limit: 5"] {
+        assert!(info.lines().any(|l| l == line), "info lacks {line:?}:\n{info}");
+    }
+
+    // Without -d, create follows progress and must end on its own once converged (stdout is a pipe here).
+    let started = Instant::now();
+    let out = d.ok(&["service", "create", "--name", "web", "--replicas", "3", "busybox", "sleep", "1d"]);
+    assert!(started.elapsed() < Duration::from_secs(15), "create took {:?}", started.elapsed());
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(lines[0].starts_with('s') && lines[0].len() == 25, "first line is the id: {out}");
+    assert!(out.contains("overall progress: 3 out of 3 tasks"), "{out}");
+    assert!(out.contains("1/3: running   [==================================================>]"), "{out}");
+    assert_eq!(lines.last().copied(), Some("verify: Service converged"), "{out}");
+
+    let ls = d.ok(&["service", "ls"]);
+    assert!(ls.starts_with("ID             NAME      MODE         REPLICAS   IMAGE            PORTS"), "{ls}");
+    assert!(ls.contains("web       replicated   3/3        busybox:latest"), "{ls}");
+    assert_eq!(d.ok(&["service", "ls", "-q"]).trim().len(), 12);
+    let json: serde_json::Value = serde_json::from_str(&d.ok(&["service", "ls", "--format", "json"])).expect("json");
+    assert_eq!(json[0]["spec"]["name"], "web");
+    assert_eq!(json[0]["running_tasks"], 3);
+
+    let ps = d.ok(&["service", "ps", "web"]);
+    assert!(ps.starts_with("ID "), "{ps}");
+    assert!(ps.contains("web.1") && ps.contains("host-a") && ps.contains("Running         Running"), "{ps}");
+
+    let out = d.ok(&["service", "scale", "web=5"]);
+    assert!(out.starts_with("web scaled to 5\n"), "{out}");
+    assert!(out.contains("overall progress: 5 out of 5 tasks") && out.contains("verify: Service converged"), "{out}");
+    let out = d.ok(&["service", "scale", "web=1", "-d"]);
+    assert_eq!(out, "web scaled to 1\n");
+    let ps = d.ok(&["service", "ps", "web", "-f", "desired-state=running", "-q"]);
+    assert_eq!(ps.lines().count(), 1, "{ps}");
+
+    d.ok(&["service", "create", "-d", "--name", "everywhere", "--mode", "global", "busybox"]);
+    assert_eq!(d.fails(&["service", "scale", "everywhere=2"]), "everywhere: scale can only be used with replicated mode");
+
+    let inspect: serde_json::Value = serde_json::from_str(&d.ok(&["service", "inspect", "web"])).expect("json");
+    assert_eq!(inspect[0]["spec"]["mode"]["replicated"]["replicas"], 1);
+    let pretty = d.ok(&["service", "inspect", "--pretty", "web"]);
+    assert!(pretty.contains("Service Mode:\tReplicated") && pretty.contains(" Args:\t\tsleep 1d"), "{pretty}");
+
+    let logs = d.shoal(&["service", "logs", "web"]);
+    assert!(logs.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&logs.stdout),
+        "web.1.taskidtaskid@host-a    | hello\nweb.1.taskidtaskid@host-a    | bye\n"
+    );
+    assert_eq!(String::from_utf8_lossy(&logs.stderr), "web.1.taskidtaskid@host-a    | oops\n");
+
+    assert_eq!(d.ok(&["service", "rm", "web", "everywhere"]), "web\neverywhere\n");
+    assert_eq!(d.fails(&["service", "rm", "web"]), "Error response from daemon: service web not found");
+    assert_eq!(d.fails(&["service", "create", "--name", "Bad_Name", "busybox"]), "Error response from daemon: invalid name \"Bad_Name\"");
+    assert_eq!(d.ok(&["service", "ls", "-q"]), "");
+}
+
+#[test]
+fn images_nodes_and_swarm() {
+    let d = Daemon::start();
+
+    // 2.5 MiB: three chunks, the last one partial.
+    let file = tempfile::NamedTempFile::new().expect("tmp");
+    std::fs::write(file.path(), vec![7u8; 5 * 512 * 1024]).expect("write");
+    let out = d.ok(&["image", "load", "-i", file.path().to_str().expect("utf-8")]);
+    assert_eq!(out, "Loaded image: busybox:latest\nLoaded image: got:2621440b-3c\n");
+    let err = d.fails(&["image", "load", "-i", "/nonexistent/busybox.tar"]);
+    assert!(err.starts_with("open /nonexistent/busybox.tar: "), "{err}");
+
+    let ls = d.ok(&["image", "ls"]);
+    assert!(ls.contains("busybox      latest    abababababab   5 minutes ago   4.26MB"), "{ls}");
+    assert_eq!(d.ok(&["image", "ls", "-q"]), "abababababab\n");
+    assert_eq!(d.ok(&["image", "rm", "busybox"]), "Untagged: busybox:latest\n");
+    assert_eq!(d.fails(&["image", "rm", "nosuch"]), "Error response from daemon: No such image: nosuch");
+
+    let nodes = d.ok(&["node", "ls"]);
+    assert!(nodes.contains("node1aaaaaaaaaaaaaaaaaaaa *   host-a     Ready     Active         Leader           0.1.0"), "{nodes}");
+    let inspect: serde_json::Value = serde_json::from_str(&d.ok(&["node", "inspect", "self"])).expect("json");
+    assert_eq!(inspect[0]["description"]["hostname"], "host-a");
+
+    let init = d.ok(&["swarm", "init", "--advertise-addr", "127.0.0.1", "--task-history-limit", "3"]);
+    assert!(init.starts_with("Swarm initialized: current node (node1aaaaaaaaaaaaaaaaaaaa) is now a manager.\n"), "{init}");
+    assert!(init.contains("shoal swarm join --token SWMTKN-1-w 127.0.0.1:2377"), "{init}");
+    assert_eq!(d.ok(&["swarm", "leave", "--force"]), "Node left the swarm.\n");
+
+    let version = d.ok(&["version"]);
+    assert!(version.contains("Client:") && version.contains("Server:") && version.contains("  API version:      1"));
+}
+
+#[test]
+fn a_missing_daemon_is_one_clear_line() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sock = dir.path().join("none.sock");
+    let o = shoal_at(&sock, &["service", "ls"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&o.stderr),
+        format!("Cannot connect to the Shoal daemon at unix://{}. Is the shoal daemon running?\n", sock.display())
+    );
+}
+
+/// For trying the CLI by hand (e.g. the terminal progress display):
+/// `SHOAL_FAKE_SOCKET=/tmp/fake.sock cargo test -p shoal-cli --test mock_daemon -- --ignored serve_fake_daemon`
+/// then `shoal -H /tmp/fake.sock service create --replicas 3 busybox` in a terminal. Serves for 10 minutes.
+#[test]
+#[ignore]
+fn serve_fake_daemon() {
+    let Ok(path) = std::env::var("SHOAL_FAKE_SOCKET") else { return };
+    let _ = std::fs::remove_file(&path);
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("rt");
+    rt.block_on(async move {
+        let listener = tokio::net::UnixListener::bind(&path).expect("bind");
+        let fake = Fake::default();
+        let serve = tonic::transport::Server::builder()
+            .add_service(ControlServer::new(fake.clone()))
+            .add_service(EngineServer::new(fake))
+            .serve_with_incoming(tokio_stream::wrappers::UnixListenerStream::new(listener));
+        let _ = tokio::time::timeout(Duration::from_secs(600), serve).await;
+    });
+}
