@@ -48,12 +48,11 @@ pub fn test_image() -> &'static Path {
 /// Waits until `f` returns Some, polling every 200 ms, or panics naming `what` and the last observation.
 pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Result<T, String>) -> T {
     let start = Instant::now();
-    let mut last = String::new();
     loop {
-        match f() {
+        let last = match f() {
             Ok(v) => return v,
-            Err(seen) => last = seen,
-        }
+            Err(seen) => seen,
+        };
         if start.elapsed() > timeout {
             panic!("timed out after {timeout:?} waiting for {what}; last seen: {last}");
         }

@@ -1,0 +1,286 @@
+//! containerd: the daemon shoald starts and supervises when none is given (as dockerd does), and the client
+//! helpers every containerd call goes through (the `containerd-namespace` header, error mapping).
+//!
+//! ```text
+//!  <data root>/containerd/config.toml   written at every start
+//!  <data root>/containerd/root/         containerd's root (content, snapshots, metadata)
+//!  <data root>/containerd/containerd.log
+//!  <exec root>/containerd/containerd.sock, containerd.pid, state/
+//! ```
+//! A containerd left running by a previous shoald (killed with SIGKILL) is reused: its shims still hold the
+//! containers, which the agent re-adopts.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tokio::process::Command;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+
+/// The containerd namespace Shoal's containers and images live in.
+pub const NAMESPACE: &str = "shoal";
+
+/// Failures reaching or running containerd.
+#[derive(Debug, thiserror::Error)]
+pub enum ContainerdError {
+    /// A required binary is not installed.
+    #[error("{0} is not installed or not in PATH; install it with: apt-get install containerd runc")]
+    Missing(&'static str),
+    /// containerd did not answer on its socket in time.
+    #[error("containerd did not answer on {socket} within {secs}s (see {log})")]
+    NotReady { socket: PathBuf, secs: u64, log: String },
+    #[error("{what}: {source}")]
+    Io { what: String, source: std::io::Error },
+    /// A gRPC call to containerd failed.
+    #[error("containerd: {0}")]
+    Rpc(String),
+}
+
+/// Wraps a request with the namespace header every containerd call needs.
+pub fn req<T>(msg: T) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    r.metadata_mut().insert("containerd-namespace", NAMESPACE.parse().expect("ascii"));
+    r
+}
+
+/// Like [`req`], also holding a lease (so the garbage collector keeps what the request creates).
+pub fn req_leased<T>(msg: T, lease: &str) -> tonic::Request<T> {
+    let mut r = req(msg);
+    if let Ok(v) = lease.parse() {
+        r.metadata_mut().insert("containerd-lease", v);
+    }
+    r
+}
+
+/// Whether a containerd error means "not found".
+pub fn is_not_found(s: &tonic::Status) -> bool {
+    s.code() == tonic::Code::NotFound
+}
+
+/// Connects to a containerd socket, retrying until `timeout`.
+pub async fn connect(socket: &Path, timeout: Duration) -> Result<Channel, ContainerdError> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if socket.exists() {
+            if let Ok(ch) = containerd_client::connect(socket).await {
+                let mut v = containerd_client::services::v1::version_client::VersionClient::new(ch.clone());
+                if v.version(()).await.is_ok() {
+                    return Ok(ch);
+                }
+            }
+        }
+        if tokio::time::Instant::now() > deadline {
+            return Err(ContainerdError::NotReady { socket: socket.into(), secs: timeout.as_secs(), log: String::new() });
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// containerd's version string.
+pub async fn version(ch: &Channel) -> String {
+    let mut v = containerd_client::services::v1::version_client::VersionClient::new(ch.clone());
+    v.version(()).await.map(|r| r.into_inner().version).unwrap_or_default()
+}
+
+/// Checks that a binary is on PATH.
+pub fn require_binary(name: &'static str) -> Result<(), ContainerdError> {
+    let found = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join(name).is_file()))
+        .unwrap_or(false);
+    if found {
+        Ok(())
+    } else {
+        Err(ContainerdError::Missing(name))
+    }
+}
+
+/// The containerd shoald runs for itself.
+pub struct ManagedContainerd {
+    socket: PathBuf,
+    pid_file: PathBuf,
+    stop: CancellationToken,
+    supervisor: tokio::task::JoinHandle<()>,
+}
+
+struct Paths {
+    config: PathBuf,
+    root: PathBuf,
+    state: PathBuf,
+    socket: PathBuf,
+    pid_file: PathBuf,
+    log: PathBuf,
+}
+
+impl Paths {
+    fn new(data_root: &Path, exec_root: &Path) -> Self {
+        let d = data_root.join("containerd");
+        let e = exec_root.join("containerd");
+        Paths {
+            config: d.join("config.toml"),
+            root: d.join("root"),
+            log: d.join("containerd.log"),
+            state: e.join("state"),
+            socket: e.join("containerd.sock"),
+            pid_file: e.join("containerd.pid"),
+        }
+    }
+}
+
+fn pid_alive(pid: i32) -> bool {
+    // SAFETY: signal 0 only checks that the process exists.
+    pid > 0 && unsafe { libc::kill(pid, 0) } == 0
+}
+
+fn read_pid(path: &Path) -> Option<i32> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+impl ManagedContainerd {
+    /// Starts containerd (or adopts the one a previous shoald left running) and supervises it.
+    pub async fn start(data_root: &Path, exec_root: &Path) -> Result<ManagedContainerd, ContainerdError> {
+        require_binary("containerd")?;
+        require_binary("runc")?;
+        let p = Paths::new(data_root, exec_root);
+        let io = |what: &str| {
+            let what = what.to_string();
+            move |source| ContainerdError::Io { what: what.clone(), source }
+        };
+        for d in [&p.root, &p.state] {
+            std::fs::create_dir_all(d).map_err(io(&format!("creating {}", d.display())))?;
+        }
+        std::fs::write(&p.config, config_toml(&p)).map_err(io(&format!("writing {}", p.config.display())))?;
+
+        let adopted = match read_pid(&p.pid_file) {
+            Some(pid) if pid_alive(pid) => connect(&p.socket, Duration::from_secs(3)).await.is_ok(),
+            _ => false,
+        };
+        if adopted {
+            tracing::info!(socket = %p.socket.display(), "reusing the containerd a previous shoald started");
+        } else {
+            spawn(&p).await?;
+            connect(&p.socket, Duration::from_secs(30)).await.map_err(|_| ContainerdError::NotReady {
+                socket: p.socket.clone(),
+                secs: 30,
+                log: p.log.display().to_string(),
+            })?;
+            tracing::info!(socket = %p.socket.display(), "containerd started");
+        }
+        let stop = CancellationToken::new();
+        let supervisor = tokio::spawn(supervise(p.pid_file.clone(), Paths::new(data_root, exec_root), stop.clone()));
+        Ok(ManagedContainerd { socket: p.socket, pid_file: p.pid_file, stop, supervisor })
+    }
+
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// Stops containerd: SIGTERM, then SIGKILL after 10 s. Containers keep running under their shims.
+    pub async fn shutdown(self) {
+        self.stop.cancel();
+        let _ = self.supervisor.await;
+        if let Some(pid) = read_pid(&self.pid_file) {
+            // SAFETY: plain signals to the containerd we started.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+            for _ in 0..100 {
+                if !pid_alive(pid) {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            if pid_alive(pid) {
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+        let _ = std::fs::remove_file(&self.pid_file);
+    }
+}
+
+async fn spawn(p: &Paths) -> Result<(), ContainerdError> {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&p.log)
+        .map_err(|source| ContainerdError::Io { what: format!("opening {}", p.log.display()), source })?;
+    let log2 = log.try_clone().map_err(|source| ContainerdError::Io { what: "log".into(), source })?;
+    let _ = std::fs::remove_file(&p.socket);
+    let child = Command::new("containerd")
+        .arg("--config")
+        .arg(&p.config)
+        .stdout(log)
+        .stderr(log2)
+        .stdin(std::process::Stdio::null())
+        // Its own process group, so a terminal's Ctrl-C reaches shoald only; shoald stops it in order.
+        .process_group(0)
+        .kill_on_drop(false)
+        .spawn()
+        .map_err(|source| ContainerdError::Io { what: "starting containerd".into(), source })?;
+    let pid = child.id().unwrap_or(0);
+    std::fs::write(&p.pid_file, pid.to_string())
+        .map_err(|source| ContainerdError::Io { what: format!("writing {}", p.pid_file.display()), source })?;
+    // Reap it when it exits so it does not linger as a zombie; the supervisor notices through the pid.
+    tokio::spawn(async move {
+        let mut child = child;
+        let _ = child.wait().await;
+    });
+    Ok(())
+}
+
+/// Restarts containerd if it dies while shoald runs.
+async fn supervise(pid_file: PathBuf, p: Paths, stop: CancellationToken) {
+    let mut backoff = Duration::from_millis(500);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+        let alive = read_pid(&pid_file).map(pid_alive).unwrap_or(false);
+        if alive {
+            backoff = Duration::from_millis(500);
+            continue;
+        }
+        tracing::warn!("containerd exited; restarting it");
+        match spawn(&p).await {
+            Ok(()) => {
+                if connect(&p.socket, Duration::from_secs(30)).await.is_err() {
+                    tracing::error!(log = %p.log.display(), "containerd did not come back");
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "restarting containerd"),
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(30));
+    }
+}
+
+fn config_toml(p: &Paths) -> String {
+    format!(
+        r#"# Written by shoald at every start; edits are overwritten.
+version = 2
+root = "{root}"
+state = "{state}"
+disabled_plugins = [
+  "io.containerd.grpc.v1.cri",
+  "io.containerd.snapshotter.v1.aufs",
+  "io.containerd.snapshotter.v1.btrfs",
+  "io.containerd.snapshotter.v1.devmapper",
+  "io.containerd.snapshotter.v1.zfs",
+  "io.containerd.tracing.processor.v1.otlp",
+  "io.containerd.internal.v1.tracing",
+]
+
+[grpc]
+  address = "{socket}"
+
+[ttrpc]
+  address = "{socket}.ttrpc"
+
+[debug]
+  address = ""
+
+[metrics]
+  address = ""
+"#,
+        root = p.root.display(),
+        state = p.state.display(),
+        socket = p.socket.display(),
+    )
+}

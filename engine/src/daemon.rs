@@ -1,0 +1,106 @@
+//! The composition root of `shoald`: locks the data root, gets a containerd (its own or the one given), builds
+//! the executor and the swarm node, resumes swarm membership, and serves the local API until shutdown.
+
+use crate::config::DaemonConfig;
+use crate::containerd::{self, ContainerdError, ManagedContainerd};
+use crate::executor::{ContainerdExecutor, ExecutorConfig};
+use crate::host::{default_route_ip, DataRootLock, LockError};
+use crate::image::ImageService;
+use crate::localapi::LocalApi;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use swarm::node::{NodeConfig, NodeError, SwarmNode};
+use swarm::transport::control::control_server::ControlServer;
+use swarm::transport::engine::engine_server::EngineServer;
+use tokio_util::sync::CancellationToken;
+
+/// Why the daemon could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    #[error(transparent)]
+    Lock(#[from] LockError),
+    #[error(transparent)]
+    Containerd(#[from] ContainerdError),
+    /// The swarm state on disk cannot be used.
+    #[error("swarm state: {0}")]
+    Swarm(#[from] NodeError),
+    #[error("local API socket {path}: {reason}")]
+    Socket { path: PathBuf, reason: String },
+    #[error("{0} not found next to shoald (looked at {1}); build it with `cargo build --workspace --bins`")]
+    MissingBinary(&'static str, PathBuf),
+}
+
+pub async fn run(cfg: DaemonConfig, shutdown: CancellationToken) -> Result<(), DaemonError> {
+    let socket = cfg.socket_path().map_err(DaemonError::Config)?;
+    let _lock = DataRootLock::acquire(&cfg.data_root)?;
+    let logger = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(|d| d.join("shoal-logger")))
+        .unwrap_or_else(|| PathBuf::from("shoal-logger"));
+    if !logger.is_file() {
+        return Err(DaemonError::MissingBinary("shoal-logger", logger));
+    }
+    containerd::require_binary("runc")?;
+
+    let (managed, channel) = match &cfg.containerd {
+        Some(sock) => (None, containerd::connect(sock, Duration::from_secs(10)).await?),
+        None => {
+            let m = ManagedContainerd::start(&cfg.data_root, &cfg.exec_root).await?;
+            let ch = containerd::connect(m.socket(), Duration::from_secs(10)).await?;
+            (Some(m), ch)
+        }
+    };
+    let containerd_version = containerd::version(&channel).await;
+    tracing::info!(containerd = %containerd_version, data_root = %cfg.data_root.display(), "containerd ready");
+
+    let images = ImageService::new(channel.clone(), cfg.data_root.join("tmp"));
+    let executor = ContainerdExecutor::new(
+        channel.clone(),
+        images.clone(),
+        ExecutorConfig { data_root: cfg.data_root.clone(), logger_binary: logger, engine_labels: cfg.engine_labels() },
+    );
+    let node = Arc::new(SwarmNode::new(
+        NodeConfig { state_dir: cfg.data_root.join("swarm"), default_advertise_ip: default_route_ip() },
+        Arc::new(executor.clone()),
+    ));
+    let result = serve(&cfg, &socket, node.clone(), images, executor, containerd_version, shutdown).await;
+    node.shutdown().await;
+    if let Some(m) = managed {
+        m.shutdown().await;
+    }
+    let _ = std::fs::remove_file(&socket);
+    result
+}
+
+async fn serve(
+    cfg: &DaemonConfig,
+    socket: &std::path::Path,
+    node: Arc<SwarmNode<ContainerdExecutor>>,
+    images: ImageService,
+    executor: ContainerdExecutor,
+    containerd_version: String,
+    shutdown: CancellationToken,
+) -> Result<(), DaemonError> {
+    node.resume().await?;
+    let sock_err = |reason: String| DaemonError::Socket { path: socket.to_path_buf(), reason };
+    if let Some(dir) = socket.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| sock_err(e.to_string()))?;
+    }
+    let _ = std::fs::remove_file(socket);
+    let listener = tokio::net::UnixListener::bind(socket).map_err(|e| sock_err(e.to_string()))?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o660));
+    }
+    let api = LocalApi { node: node.clone(), images, executor, containerd_version, data_root: cfg.data_root.clone() };
+    tracing::info!(socket = %socket.display(), "API listening");
+    tonic::transport::Server::builder()
+        .add_service(EngineServer::new(api).max_decoding_message_size(16 << 20))
+        .add_service(ControlServer::new(node.control_api()))
+        .serve_with_incoming_shutdown(tokio_stream::wrappers::UnixListenerStream::new(listener), shutdown.cancelled())
+        .await
+        .map_err(|e| sock_err(e.to_string()))
+}

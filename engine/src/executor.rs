@@ -1,0 +1,405 @@
+//! `ContainerdExecutor`: the agent's runtime on real containers. Container id = task id (unique across
+//! containerd instances sharing runc's state root); namespace `shoal`; snapshot key = task id on overlayfs;
+//! runtime io.containerd.runc.v2. stdout/stderr go to `shoal-logger`, which the shim spawns (`binary://`), so
+//! logs keep flowing while shoald is down.
+
+use crate::containerd::{is_not_found, req};
+use crate::image::{ImageError, ImageService, SNAPSHOTTER};
+use crate::spec::{self, SpecPaths};
+use containerd_client::services::v1::container::Runtime;
+use containerd_client::services::v1::containers_client::ContainersClient;
+use containerd_client::services::v1::snapshots::snapshots_client::SnapshotsClient;
+use containerd_client::services::v1::snapshots::{MountsRequest, PrepareSnapshotRequest, RemoveSnapshotRequest};
+use containerd_client::services::v1::tasks_client::TasksClient;
+use containerd_client::services::v1::{
+    Container, CreateContainerRequest, CreateTaskRequest, DeleteContainerRequest, DeleteTaskRequest,
+    GetContainerRequest, GetRequest, KillRequest, ListContainersRequest, StartRequest, WaitRequest,
+};
+use containerd_client::types::v1::Status as ProcStatus;
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use swarm::agent::exec::{ContainerState, Controller, ExecError, Executor, ExitStatus};
+use swarm::api::{EngineDescription, NodeDescription, Platform, Resources, Task};
+use tonic::transport::Channel;
+
+pub const RUNTIME: &str = "io.containerd.runc.v2";
+const SPEC_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/Spec";
+pub const LABEL_TASK_ID: &str = "com.docker.swarm.task.id";
+
+#[derive(Debug, Clone)]
+pub struct ExecutorConfig {
+    pub data_root: PathBuf,
+    /// The `shoal-logger` binary the shim runs for each task's stdio.
+    pub logger_binary: PathBuf,
+    pub engine_labels: BTreeMap<String, String>,
+}
+
+impl ExecutorConfig {
+    /// Where a task's log file is.
+    pub fn log_path(&self, task_id: &str) -> PathBuf {
+        self.data_root.join("containers").join(task_id).join("task.log")
+    }
+}
+
+#[derive(Clone)]
+pub struct ContainerdExecutor {
+    ch: Channel,
+    images: ImageService,
+    cfg: Arc<ExecutorConfig>,
+}
+
+fn rt(s: tonic::Status) -> ExecError {
+    ExecError::Runtime(s.message().to_string())
+}
+
+fn image_err(e: ImageError) -> ExecError {
+    match e {
+        ImageError::NotFound(r) => ExecError::ImageNotFound(r),
+        ImageError::Reference(r) => ExecError::InvalidSpec(r.to_string()),
+        other => ExecError::Runtime(other.to_string()),
+    }
+}
+
+/// Parses a signal name or number ("SIGTERM", "TERM", "15").
+pub fn parse_signal(s: &str) -> Option<u32> {
+    if s.is_empty() {
+        return Some(libc::SIGTERM as u32);
+    }
+    if let Ok(n) = s.parse::<u32>() {
+        return (1..=64).contains(&n).then_some(n);
+    }
+    let name = s.to_ascii_uppercase();
+    let name = name.strip_prefix("SIG").unwrap_or(&name);
+    let n = match name {
+        "HUP" => libc::SIGHUP,
+        "INT" => libc::SIGINT,
+        "QUIT" => libc::SIGQUIT,
+        "KILL" => libc::SIGKILL,
+        "USR1" => libc::SIGUSR1,
+        "USR2" => libc::SIGUSR2,
+        "TERM" => libc::SIGTERM,
+        "STOP" => libc::SIGSTOP,
+        "CONT" => libc::SIGCONT,
+        "WINCH" => libc::SIGWINCH,
+        "PWR" => libc::SIGPWR,
+        _ => return None,
+    };
+    Some(n as u32)
+}
+
+impl ContainerdExecutor {
+    pub fn new(ch: Channel, images: ImageService, cfg: ExecutorConfig) -> Self {
+        ContainerdExecutor { ch, images, cfg: Arc::new(cfg) }
+    }
+
+    pub fn config(&self) -> &ExecutorConfig {
+        &self.cfg
+    }
+
+    pub fn channel(&self) -> Channel {
+        self.ch.clone()
+    }
+
+    async fn delete_all(&self, id: &str) -> Result<(), ExecError> {
+        let mut tasks = TasksClient::new(self.ch.clone());
+        if let Ok(t) = tasks.get(req(GetRequest { container_id: id.into(), exec_id: String::new() })).await {
+            if t.into_inner().process.map(|p| p.status) != Some(ProcStatus::Stopped as i32) {
+                let _ = tasks.kill(req(KillRequest { container_id: id.into(), exec_id: String::new(), signal: libc::SIGKILL as u32, all: true })).await;
+                let _ = tokio::time::timeout(Duration::from_secs(10), tasks.wait(req(WaitRequest { container_id: id.into(), exec_id: String::new() }))).await;
+            }
+            match tasks.delete(req(DeleteTaskRequest { container_id: id.into() })).await {
+                Ok(_) => {}
+                Err(s) if is_not_found(&s) => {}
+                Err(s) => return Err(rt(s)),
+            }
+        }
+        // Always the task before the container: containerd 1.6 would leave an undeletable task otherwise.
+        match ContainersClient::new(self.ch.clone()).delete(req(DeleteContainerRequest { id: id.into() })).await {
+            Ok(_) => {}
+            Err(s) if is_not_found(&s) => {}
+            Err(s) => return Err(rt(s)),
+        }
+        match SnapshotsClient::new(self.ch.clone())
+            .remove(req(RemoveSnapshotRequest { snapshotter: SNAPSHOTTER.into(), key: id.into() }))
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(s) if is_not_found(&s) => Ok(()),
+            Err(s) => Err(rt(s)),
+        }
+    }
+}
+
+fn mem_total() -> i64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|k| k.parse::<i64>().ok()))
+        })
+        .map(|kb| kb * 1024)
+        .unwrap_or(0)
+}
+
+pub fn hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: gethostname writes at most buf.len() bytes into buf.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr() as *mut libc::c_char, buf.len()) };
+    if rc != 0 {
+        return "localhost".into();
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    String::from_utf8_lossy(&buf[..end]).into_owned()
+}
+
+impl Executor for ContainerdExecutor {
+    type Controller = ContainerdController;
+
+    async fn describe(&self) -> Result<NodeDescription, ExecError> {
+        let cpus = std::thread::available_parallelism().map(|n| n.get() as i64).unwrap_or(1);
+        Ok(NodeDescription {
+            hostname: hostname(),
+            platform: Platform::current(),
+            resources: Resources { nano_cpus: cpus * 1_000_000_000, memory_bytes: mem_total() },
+            engine: EngineDescription { engine_version: env!("CARGO_PKG_VERSION").into(), labels: self.cfg.engine_labels.clone() },
+        })
+    }
+
+    fn controller(&self, task: &Task) -> Result<ContainerdController, ExecError> {
+        Ok(ContainerdController { exec: self.clone(), task: task.clone() })
+    }
+
+    async fn list_tasks(&self) -> Result<Vec<String>, ExecError> {
+        let list = ContainersClient::new(self.ch.clone())
+            .list(req(ListContainersRequest { filters: vec![] }))
+            .await
+            .map_err(rt)?
+            .into_inner()
+            .containers;
+        Ok(list.into_iter().filter(|c| c.labels.contains_key(LABEL_TASK_ID)).map(|c| c.id).collect())
+    }
+
+    async fn remove_task(&self, task_id: &str) -> Result<(), ExecError> {
+        self.delete_all(task_id).await
+    }
+}
+
+pub struct ContainerdController {
+    exec: ContainerdExecutor,
+    task: Task,
+}
+
+/// The first `lowerdir`/bind source of a snapshot's mounts that holds `/etc/passwd`, to resolve user names.
+fn rootfs_for_users(mounts: &[containerd_client::types::Mount]) -> Option<PathBuf> {
+    for m in mounts {
+        if m.r#type == "bind" && Path::new(&m.source).join("etc/passwd").exists() {
+            return Some(PathBuf::from(&m.source));
+        }
+        for o in &m.options {
+            if let Some(dirs) = o.strip_prefix("lowerdir=") {
+                for d in dirs.split(':') {
+                    if Path::new(d).join("etc/passwd").exists() {
+                        return Some(PathBuf::from(d));
+                    }
+                }
+            }
+        }
+    }
+    None
+}
+
+impl ContainerdController {
+    fn id(&self) -> &str {
+        &self.task.id
+    }
+
+    fn tasks(&self) -> TasksClient<Channel> {
+        TasksClient::new(self.exec.ch.clone())
+    }
+
+    async fn process(&self) -> Result<Option<containerd_client::types::v1::Process>, ExecError> {
+        match self.tasks().get(req(GetRequest { container_id: self.id().into(), exec_id: String::new() })).await {
+            Ok(r) => Ok(r.into_inner().process),
+            Err(s) if is_not_found(&s) => Ok(None),
+            Err(s) => Err(rt(s)),
+        }
+    }
+
+    async fn kill(&self, signal: u32, all: bool) -> Result<(), ExecError> {
+        match self.tasks().kill(req(KillRequest { container_id: self.id().into(), exec_id: String::new(), signal, all })).await {
+            Ok(_) => Ok(()),
+            Err(s) if is_not_found(&s) => Ok(()),
+            // The process already exited.
+            Err(s) if s.message().contains("not found") || s.message().contains("finished") => Ok(()),
+            Err(s) => Err(rt(s)),
+        }
+    }
+
+    fn labels(&self) -> HashMap<String, String> {
+        let t = &self.task;
+        let mut l: HashMap<String, String> = t.spec.container.labels.clone().into_iter().collect();
+        l.insert(LABEL_TASK_ID.into(), t.id.clone());
+        l.insert("com.docker.swarm.task.name".into(), t.container_name());
+        l.insert("com.docker.swarm.service.id".into(), t.service_id.clone());
+        l.insert("com.docker.swarm.service.name".into(), t.service_annotations.name.clone());
+        l.insert("com.docker.swarm.node.id".into(), t.node_id.clone());
+        l
+    }
+}
+
+impl Controller for ContainerdController {
+    async fn prepare(&self) -> Result<(), ExecError> {
+        let mut containers = ContainersClient::new(self.exec.ch.clone());
+        if containers.get(req(GetContainerRequest { id: self.id().into() })).await.is_ok() {
+            return Ok(());
+        }
+        let image = self.exec.images.resolve(&self.task.spec.container.image).await.map_err(image_err)?;
+        let mut snaps = SnapshotsClient::new(self.exec.ch.clone());
+        let mounts = match snaps
+            .prepare(req(PrepareSnapshotRequest {
+                snapshotter: SNAPSHOTTER.into(),
+                key: self.id().into(),
+                parent: image.chain_id.clone(),
+                labels: HashMap::new(),
+            }))
+            .await
+        {
+            Ok(r) => r.into_inner().mounts,
+            Err(s) if s.code() == tonic::Code::AlreadyExists => snaps
+                .mounts(req(MountsRequest { snapshotter: SNAPSHOTTER.into(), key: self.id().into() }))
+                .await
+                .map_err(rt)?
+                .into_inner()
+                .mounts,
+            Err(s) => return Err(rt(s)),
+        };
+        let rootfs = rootfs_for_users(&mounts);
+        let volumes = self.exec.cfg.data_root.join("volumes");
+        let built = spec::build(&self.task, &image.config, &SpecPaths { volumes: &volumes, rootfs: rootfs.as_deref(), netns: None });
+        let oci = match built {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = snaps.remove(req(RemoveSnapshotRequest { snapshotter: SNAPSHOTTER.into(), key: self.id().into() })).await;
+                return Err(e);
+            }
+        };
+        let value = serde_json::to_vec(&oci).map_err(|e| ExecError::InvalidSpec(e.to_string()))?;
+        let container = Container {
+            id: self.id().into(),
+            labels: self.labels(),
+            image: self.task.spec.container.image.clone(),
+            runtime: Some(Runtime { name: RUNTIME.into(), options: None }),
+            spec: Some(prost_types::Any { type_url: SPEC_TYPE_URL.into(), value }),
+            snapshotter: SNAPSHOTTER.into(),
+            snapshot_key: self.id().into(),
+            ..Default::default()
+        };
+        match containers.create(req(CreateContainerRequest { container: Some(container) })).await {
+            Ok(_) => Ok(()),
+            Err(s) if s.code() == tonic::Code::AlreadyExists => Ok(()),
+            Err(s) => Err(rt(s)),
+        }
+    }
+
+    async fn start(&self) -> Result<u32, ExecError> {
+        if let Some(p) = self.process().await? {
+            if p.status == ProcStatus::Created as i32 {
+                let r = self.tasks().start(req(StartRequest { container_id: self.id().into(), exec_id: String::new() })).await.map_err(rt)?;
+                return Ok(r.into_inner().pid);
+            }
+            // Running, or already exited (wait reports how).
+            return Ok(p.pid);
+        }
+        let mounts = SnapshotsClient::new(self.exec.ch.clone())
+            .mounts(req(MountsRequest { snapshotter: SNAPSHOTTER.into(), key: self.id().into() }))
+            .await
+            .map_err(|s| if is_not_found(&s) { ExecError::NotFound(self.id().into()) } else { rt(s) })?
+            .into_inner()
+            .mounts;
+        let log = self.exec.cfg.log_path(self.id());
+        if let Some(dir) = log.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| ExecError::Runtime(format!("creating {}: {e}", dir.display())))?;
+        }
+        let uri = format!("binary://{}?file={}", self.exec.cfg.logger_binary.display(), log.display());
+        self.tasks()
+            .create(req(CreateTaskRequest {
+                container_id: self.id().into(),
+                rootfs: mounts,
+                stdout: uri.clone(),
+                stderr: uri,
+                ..Default::default()
+            }))
+            .await
+            .map_err(rt)?;
+        let r = self.tasks().start(req(StartRequest { container_id: self.id().into(), exec_id: String::new() })).await.map_err(rt)?;
+        Ok(r.into_inner().pid)
+    }
+
+    async fn wait(&self) -> Result<ExitStatus, ExecError> {
+        match self.tasks().wait(req(WaitRequest { container_id: self.id().into(), exec_id: String::new() })).await {
+            Ok(r) => Ok(ExitStatus { exit_code: r.into_inner().exit_status as i32 }),
+            Err(s) if is_not_found(&s) => Err(ExecError::NotFound(self.id().into())),
+            Err(s) => Err(rt(s)),
+        }
+    }
+
+    async fn shutdown(&self) -> Result<(), ExecError> {
+        match self.process().await? {
+            Some(p) if p.status == ProcStatus::Running as i32 || p.status == ProcStatus::Paused as i32 => {}
+            _ => return Ok(()),
+        }
+        let c = &self.task.spec.container;
+        let signal = parse_signal(&c.stop_signal).unwrap_or(libc::SIGTERM as u32);
+        self.kill(signal, false).await?;
+        let mut tasks = self.tasks();
+        let wait = tasks.wait(req(WaitRequest { container_id: self.id().into(), exec_id: String::new() }));
+        if tokio::time::timeout(c.stop_grace_period, wait).await.is_err() {
+            tracing::info!(task.id = %self.id(), grace = ?c.stop_grace_period, "stop signal ignored; killing");
+            self.kill(libc::SIGKILL as u32, true).await?;
+            let _ = tokio::time::timeout(Duration::from_secs(10), self.wait()).await;
+        }
+        Ok(())
+    }
+
+    async fn terminate(&self) -> Result<(), ExecError> {
+        self.kill(libc::SIGKILL as u32, true).await
+    }
+
+    async fn remove(&self) -> Result<(), ExecError> {
+        self.exec.delete_all(self.id()).await
+    }
+
+    async fn inspect(&self) -> Result<Option<ContainerState>, ExecError> {
+        let mut containers = ContainersClient::new(self.exec.ch.clone());
+        match containers.get(req(GetContainerRequest { id: self.id().into() })).await {
+            Ok(_) => {}
+            Err(s) if is_not_found(&s) => return Ok(None),
+            Err(s) => return Err(rt(s)),
+        }
+        Ok(Some(match self.process().await? {
+            None => ContainerState::Created,
+            Some(p) if p.status == ProcStatus::Stopped as i32 => ContainerState::Exited { exit_code: p.exit_status as i32 },
+            Some(p) if p.status == ProcStatus::Created as i32 => ContainerState::Created,
+            Some(p) => ContainerState::Running { pid: p.pid },
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signals_parse_like_docker() {
+        assert_eq!(parse_signal(""), Some(15));
+        assert_eq!(parse_signal("SIGTERM"), Some(15));
+        assert_eq!(parse_signal("term"), Some(15));
+        assert_eq!(parse_signal("9"), Some(9));
+        assert_eq!(parse_signal("SIGUSR1"), Some(libc::SIGUSR1 as u32));
+        assert_eq!(parse_signal("BOGUS"), None);
+        assert_eq!(parse_signal("99"), None);
+    }
+}

@@ -1,0 +1,11 @@
+//! `shoald`'s library: the engine daemon's parts. `main.rs` only parses flags and runs [`daemon::run`].
+
+pub mod config;
+pub mod containerd;
+pub mod daemon;
+pub mod executor;
+pub mod host;
+pub mod image;
+pub mod localapi;
+pub mod logs;
+pub mod spec;

@@ -1,0 +1,174 @@
+//! The node's local API (`shoal.Engine`) on its unix socket: info, version, swarm init/leave, images, logs.
+//! The control API is served beside it (`SwarmNode::control_api`).
+
+use crate::containerd::req;
+use crate::executor::{hostname, ContainerdExecutor};
+use crate::image::{ImageError, ImageService};
+use crate::logs::{self, LogOptions};
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+use swarm::api::control::Empty;
+use swarm::api::local::*;
+use swarm::api::Platform;
+use swarm::controlapi::{find_service, NOT_A_MANAGER};
+use swarm::node::{NodeError, SwarmNode};
+use swarm::transport::engine::engine_server::Engine;
+use tokio_stream::{Stream, StreamExt};
+use tonic::{Request, Response, Status, Streaming};
+
+type RpcStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+pub struct LocalApi {
+    pub node: Arc<SwarmNode<ContainerdExecutor>>,
+    pub images: ImageService,
+    pub executor: ContainerdExecutor,
+    pub containerd_version: String,
+    pub data_root: PathBuf,
+}
+
+fn node_status(e: NodeError) -> Status {
+    match e {
+        NodeError::AlreadyMember | NodeError::NotMember | NodeError::LastManager => Status::failed_precondition(e.to_string()),
+        NodeError::InvalidArgument(_) => Status::invalid_argument(e.to_string()),
+        other => Status::internal(other.to_string()),
+    }
+}
+
+fn image_status(e: ImageError) -> Status {
+    match e {
+        ImageError::NotFound(_) => Status::not_found(e.to_string()),
+        ImageError::InvalidArchive(_) | ImageError::Reference(_) => Status::invalid_argument(e.to_string()),
+        other => Status::internal(other.to_string()),
+    }
+}
+
+#[tonic::async_trait]
+impl Engine for LocalApi {
+    async fn info(&self, _req: Request<Empty>) -> Result<Response<InfoResponse>, Status> {
+        let swarm = self.node.info().await;
+        let mut tasks = containerd_client::services::v1::tasks_client::TasksClient::new(self.executor_channel());
+        let running = tasks
+            .list(req(containerd_client::services::v1::ListTasksRequest { filter: String::new() }))
+            .await
+            .map(|r| r.into_inner().tasks.iter().filter(|t| t.status == containerd_client::types::v1::Status::Running as i32).count())
+            .unwrap_or(0);
+        let images = self.images.list().await.map(|l| l.len()).unwrap_or(0);
+        let d = swarm::agent::exec::Executor::describe(&self.executor).await.map_err(|e| Status::internal(e.to_string()))?;
+        let p = Platform::current();
+        Ok(Response::new(InfoResponse {
+            swarm,
+            engine_version: env!("CARGO_PKG_VERSION").into(),
+            containerd_version: self.containerd_version.clone(),
+            containers_running: running as u64,
+            images: images as u64,
+            data_root: self.data_root.display().to_string(),
+            name: hostname(),
+            os: p.os,
+            architecture: p.architecture,
+            ncpu: (d.resources.nano_cpus / 1_000_000_000) as u64,
+            mem_total: d.resources.memory_bytes as u64,
+        }))
+    }
+
+    async fn version(&self, _req: Request<Empty>) -> Result<Response<VersionResponse>, Status> {
+        let p = Platform::current();
+        Ok(Response::new(VersionResponse {
+            version: env!("CARGO_PKG_VERSION").into(),
+            api_version: "1".into(),
+            os: p.os,
+            arch: p.architecture,
+            containerd_version: self.containerd_version.clone(),
+        }))
+    }
+
+    async fn swarm_init(&self, req: Request<SwarmInitRequest>) -> Result<Response<SwarmInitResponse>, Status> {
+        let node_id = self.node.init(req.into_inner()).await.map_err(node_status)?;
+        Ok(Response::new(SwarmInitResponse { node_id }))
+    }
+
+    async fn swarm_leave(&self, req: Request<SwarmLeaveRequest>) -> Result<Response<Empty>, Status> {
+        self.node.leave(req.into_inner().force).await.map_err(node_status)?;
+        Ok(Response::new(Empty {}))
+    }
+
+    async fn image_load(&self, req: Request<Streaming<ImageLoadChunk>>) -> Result<Response<ImageLoadResponse>, Status> {
+        let tmp = self.data_root.join("tmp");
+        std::fs::create_dir_all(&tmp).map_err(|e| Status::internal(format!("{}: {e}", tmp.display())))?;
+        let file = tempfile::NamedTempFile::new_in(&tmp).map_err(|e| Status::internal(e.to_string()))?;
+        let mut out = tokio::fs::File::create(file.path()).await.map_err(|e| Status::internal(e.to_string()))?;
+        let mut stream = req.into_inner();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk?;
+            tokio::io::AsyncWriteExt::write_all(&mut out, &chunk.data).await.map_err(|e| Status::internal(e.to_string()))?;
+        }
+        tokio::io::AsyncWriteExt::flush(&mut out).await.map_err(|e| Status::internal(e.to_string()))?;
+        drop(out);
+        let loaded = self.images.load(file.path()).await.map_err(image_status)?;
+        Ok(Response::new(ImageLoadResponse { loaded }))
+    }
+
+    async fn image_list(&self, _req: Request<Empty>) -> Result<Response<ImageListResponse>, Status> {
+        let images = self
+            .images
+            .list()
+            .await
+            .map_err(image_status)?
+            .into_iter()
+            .map(|i| ImageSummary { reference: i.reference, id: i.id, created: i.created, size: i.size })
+            .collect();
+        Ok(Response::new(ImageListResponse { images }))
+    }
+
+    async fn image_remove(&self, req: Request<ImageRemoveRequest>) -> Result<Response<Empty>, Status> {
+        self.images.remove(&req.into_inner().reference).await.map_err(image_status)?;
+        Ok(Response::new(Empty {}))
+    }
+
+    type ServiceLogsStream = RpcStream<LogMessage>;
+
+    async fn service_logs(&self, req: Request<ServiceLogsRequest>) -> Result<Response<Self::ServiceLogsStream>, Status> {
+        let r = req.into_inner();
+        let store = self.node.store().ok_or_else(|| Status::failed_precondition(NOT_A_MANAGER))?;
+        let host = hostname();
+        let (paths, contexts): (Vec<PathBuf>, Vec<String>) = store.view(|v| {
+            let s = find_service(v, &r.service)?;
+            let mut tasks: Vec<_> = v.tasks_by_service(&s.id).collect();
+            tasks.sort_by_key(|t| (t.slot, t.meta.created_at));
+            Ok::<_, Status>(
+                tasks
+                    .into_iter()
+                    .map(|t| (self.executor.config().log_path(&t.id), format!("{}.{}@{}", t.name(), t.id, host)))
+                    .unzip(),
+            )
+        })?;
+        let mut rx = logs::stream(paths, LogOptions { follow: r.follow, tail: r.tail });
+        let out = async_stream(move |tx: tokio::sync::mpsc::Sender<Result<LogMessage, Status>>| async move {
+            while let Some(l) = rx.recv().await {
+                let msg = LogMessage { time: l.time, stream: l.stream, context: contexts[l.source].clone(), line: l.line };
+                if tx.send(Ok(msg)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(out))
+    }
+}
+
+impl LocalApi {
+    fn executor_channel(&self) -> tonic::transport::Channel {
+        self.executor.channel()
+    }
+}
+
+/// Runs `f` feeding a channel, and returns the channel as a response stream.
+fn async_stream<T, F, Fut>(f: F) -> RpcStream<T>
+where
+    T: Send + 'static,
+    F: FnOnce(tokio::sync::mpsc::Sender<Result<T, Status>>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(f(tx));
+    Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
+}

@@ -1,0 +1,334 @@
+//! The OCI runtime spec of a task's container, built from its `ContainerSpec` and its image's config.
+//!
+//! Docker's semantics: `command` replaces the image's entrypoint, `args` replace its cmd; the image's env comes
+//! first and the task's env overrides it; the hostname defaults to the first 12 characters of the task id.
+
+use oci_spec::runtime::{
+    Capabilities, LinuxBuilder, LinuxCpuBuilder, LinuxMemoryBuilder, LinuxNamespaceBuilder, LinuxNamespaceType,
+    LinuxResourcesBuilder, Mount as OciMount, MountBuilder, ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
+};
+use std::path::{Path, PathBuf};
+use swarm::agent::exec::ExecError;
+use swarm::api::{MountType, Task};
+
+/// What the executor needs of an image's config.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ImageConfig {
+    pub entrypoint: Vec<String>,
+    pub cmd: Vec<String>,
+    pub env: Vec<String>,
+    pub working_dir: String,
+    pub user: String,
+}
+
+/// Where a task's files live on the host.
+pub struct SpecPaths<'a> {
+    /// `<data root>/volumes` (named volumes: `<name>/_data`; anonymous: `<task id>-<n>/_data`).
+    pub volumes: &'a Path,
+    /// The container's rootfs as mounted for reading `/etc/passwd` (None: names can't be resolved).
+    pub rootfs: Option<&'a Path>,
+    /// A network namespace to join (None: a new one with loopback only).
+    pub netns: Option<&'a Path>,
+}
+
+/// Docker's default capability set.
+const DEFAULT_CAPS: &[&str] = &[
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_FSETID",
+    "CAP_FOWNER",
+    "CAP_MKNOD",
+    "CAP_NET_RAW",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETFCAP",
+    "CAP_SETPCAP",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_SYS_CHROOT",
+    "CAP_KILL",
+    "CAP_AUDIT_WRITE",
+];
+
+fn invalid(e: impl std::fmt::Display) -> ExecError {
+    ExecError::InvalidSpec(e.to_string())
+}
+
+/// The process arguments (pure).
+pub fn args(task: &Task, image: &ImageConfig) -> Result<Vec<String>, ExecError> {
+    let c = &task.spec.container;
+    let entry = if c.command.is_empty() { image.entrypoint.clone() } else { c.command.clone() };
+    // A new entrypoint drops the image's cmd, as Docker does.
+    let cmd = if !c.args.is_empty() {
+        c.args.clone()
+    } else if c.command.is_empty() {
+        image.cmd.clone()
+    } else {
+        vec![]
+    };
+    let all: Vec<String> = entry.into_iter().chain(cmd).collect();
+    if all.is_empty() {
+        return Err(ExecError::InvalidSpec("no command specified: the image has no entrypoint or cmd and the service gives none".into()));
+    }
+    Ok(all)
+}
+
+/// The process environment: a default PATH, the image's env, then the task's (later keys win).
+pub fn env(task: &Task, image: &ImageConfig, hostname: &str) -> Vec<String> {
+    let mut out: Vec<String> = vec!["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()];
+    let mut set = |kv: &str| {
+        let key = kv.split('=').next().unwrap_or(kv);
+        out.retain(|e| e.split('=').next() != Some(key));
+        out.push(kv.to_string());
+    };
+    for e in &image.env {
+        set(e);
+    }
+    set(&format!("HOSTNAME={hostname}"));
+    for e in &task.spec.container.env {
+        set(e);
+    }
+    out
+}
+
+/// Resolves `user` (`uid[:gid]`, `name[:group]`) to ids, reading names from the rootfs's /etc/passwd and /etc/group.
+pub fn user(user: &str, rootfs: Option<&Path>) -> Result<(u32, u32), ExecError> {
+    if user.is_empty() || user == "root" {
+        return Ok((0, 0));
+    }
+    let (u, g) = match user.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (user, None),
+    };
+    let lookup = |file: &str, name: &str| -> Option<(u32, u32)> {
+        let text = std::fs::read_to_string(rootfs?.join(file)).ok()?;
+        text.lines().find_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            (f.len() >= 3 && f[0] == name).then(|| (f[2].parse().ok(), f.get(3).and_then(|x| x.parse().ok())))
+                .and_then(|(a, b): (Option<u32>, Option<u32>)| Some((a?, b.unwrap_or(0))))
+        })
+    };
+    let (uid, default_gid) = match u.parse::<u32>() {
+        Ok(uid) => (uid, lookup("etc/passwd", u).map(|p| p.1).unwrap_or(0)),
+        Err(_) => lookup("etc/passwd", u)
+            .ok_or_else(|| invalid(format!("unable to find user {u}: no matching entries in passwd file")))?,
+    };
+    let gid = match g {
+        None => default_gid,
+        Some(g) => match g.parse::<u32>() {
+            Ok(gid) => gid,
+            Err(_) => lookup("etc/group", g)
+                .map(|p| p.0)
+                .ok_or_else(|| invalid(format!("unable to find group {g}: no matching entries in group file")))?,
+        },
+    };
+    Ok((uid, gid))
+}
+
+fn mount(dest: &str, typ: &str, source: &str, options: &[&str]) -> Result<OciMount, ExecError> {
+    MountBuilder::default()
+        .destination(PathBuf::from(dest))
+        .typ(typ)
+        .source(PathBuf::from(source))
+        .options(options.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+        .build()
+        .map_err(invalid)
+}
+
+/// The mounts of the task's spec, creating volume directories as needed.
+pub fn task_mounts(task: &Task, volumes: &Path) -> Result<Vec<OciMount>, ExecError> {
+    let mut out = Vec::new();
+    for (i, m) in task.spec.container.mounts.iter().enumerate() {
+        let ro = if m.readonly { "ro" } else { "rw" };
+        let kind = m.kind.to_string();
+        let bad = |why: String| ExecError::InvalidSpec(format!("invalid mount config for type {kind:?}: {why}"));
+        match m.kind {
+            MountType::Bind => {
+                if !Path::new(&m.source).exists() {
+                    return Err(bad(format!("bind source path does not exist: {}", m.source)));
+                }
+                out.push(mount(&m.target, "bind", &m.source, &["rbind", ro])?);
+            }
+            MountType::Volume => {
+                let name = if m.source.is_empty() { format!("{}-{i}", task.id) } else { m.source.clone() };
+                let dir = volumes.join(&name).join("_data");
+                std::fs::create_dir_all(&dir).map_err(|e| bad(format!("creating volume {name}: {e}")))?;
+                out.push(mount(&m.target, "bind", &dir.to_string_lossy(), &["rbind", ro])?);
+            }
+            MountType::Tmpfs => {
+                let size = if m.tmpfs_size > 0 { format!("size={}", m.tmpfs_size) } else { String::new() };
+                let mut opts = vec!["nosuid", "nodev", ro];
+                if !size.is_empty() {
+                    opts.push(&size);
+                }
+                out.push(mount(&m.target, "tmpfs", "tmpfs", &opts)?);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Builds the runtime spec for `task`.
+pub fn build(task: &Task, image: &ImageConfig, paths: &SpecPaths) -> Result<Spec, ExecError> {
+    let c = &task.spec.container;
+    let hostname = if c.hostname.is_empty() { task.id.chars().take(12).collect() } else { c.hostname.clone() };
+    let user_text = if c.user.is_empty() { image.user.as_str() } else { c.user.as_str() };
+    let (uid, gid) = user(user_text, paths.rootfs)?;
+    let cwd = if !c.dir.is_empty() {
+        c.dir.clone()
+    } else if !image.working_dir.is_empty() {
+        image.working_dir.clone()
+    } else {
+        "/".into()
+    };
+    let caps: Capabilities = serde_json::from_value(serde_json::json!(DEFAULT_CAPS)).map_err(invalid)?;
+    let capabilities = oci_spec::runtime::LinuxCapabilitiesBuilder::default()
+        .bounding(caps.clone())
+        .effective(caps.clone())
+        .permitted(caps)
+        .build()
+        .map_err(invalid)?;
+    let process = ProcessBuilder::default()
+        .args(args(task, image)?)
+        .env(env(task, image, &hostname))
+        .cwd(PathBuf::from(cwd))
+        .user(UserBuilder::default().uid(uid).gid(gid).build().map_err(invalid)?)
+        .capabilities(capabilities)
+        .no_new_privileges(true)
+        .build()
+        .map_err(invalid)?;
+
+    let mut mounts = vec![
+        mount("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"])?,
+        mount("/dev", "tmpfs", "tmpfs", &["nosuid", "strictatime", "mode=755", "size=65536k"])?,
+        mount("/dev/pts", "devpts", "devpts", &["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"])?,
+        mount("/dev/shm", "tmpfs", "shm", &["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"])?,
+        mount("/dev/mqueue", "mqueue", "mqueue", &["nosuid", "noexec", "nodev"])?,
+        mount("/sys", "sysfs", "sysfs", &["nosuid", "noexec", "nodev", "ro"])?,
+    ];
+    mounts.extend(task_mounts(task, paths.volumes)?);
+
+    let mut namespaces = Vec::new();
+    for typ in [LinuxNamespaceType::Pid, LinuxNamespaceType::Ipc, LinuxNamespaceType::Uts, LinuxNamespaceType::Mount] {
+        namespaces.push(LinuxNamespaceBuilder::default().typ(typ).build().map_err(invalid)?);
+    }
+    let mut net = LinuxNamespaceBuilder::default().typ(LinuxNamespaceType::Network);
+    if let Some(p) = paths.netns {
+        net = net.path(p.to_path_buf());
+    }
+    namespaces.push(net.build().map_err(invalid)?);
+
+    let limits = task.spec.resources.limits;
+    let mut resources = LinuxResourcesBuilder::default();
+    if limits.memory_bytes > 0 {
+        resources = resources.memory(LinuxMemoryBuilder::default().limit(limits.memory_bytes).build().map_err(invalid)?);
+    }
+    if limits.nano_cpus > 0 {
+        const PERIOD: u64 = 100_000;
+        let quota = (limits.nano_cpus as i128 * PERIOD as i128 / 1_000_000_000) as i64;
+        resources = resources.cpu(LinuxCpuBuilder::default().period(PERIOD).quota(quota.max(1000)).build().map_err(invalid)?);
+    }
+    let linux = LinuxBuilder::default()
+        .namespaces(namespaces)
+        .resources(resources.build().map_err(invalid)?)
+        .cgroups_path(PathBuf::from(format!("/shoal/{}", task.id)))
+        .masked_paths(
+            ["/proc/acpi", "/proc/kcore", "/proc/keys", "/proc/latency_stats", "/proc/timer_list", "/proc/timer_stats",
+             "/proc/sched_debug", "/proc/scsi", "/sys/firmware"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect::<Vec<_>>(),
+        )
+        .readonly_paths(
+            ["/proc/asound", "/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect::<Vec<_>>(),
+        )
+        .build()
+        .map_err(invalid)?;
+
+    SpecBuilder::default()
+        .version("1.0.2")
+        .process(process)
+        .root(RootBuilder::default().path("rootfs").readonly(false).build().map_err(invalid)?)
+        .hostname(hostname)
+        .mounts(mounts)
+        .linux(linux)
+        .build()
+        .map_err(invalid)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use swarm::testing::task;
+
+    fn image() -> ImageConfig {
+        ImageConfig { entrypoint: vec![], cmd: vec!["sh".into()], env: vec!["A=image".into(), "B=image".into()], ..Default::default() }
+    }
+
+    #[test]
+    fn docker_argument_semantics() {
+        let mut t = task("abcdefghijklmnop", "s", 1);
+        assert_eq!(args(&t, &image()).unwrap(), vec!["sh"]);
+        t.spec.container.args = vec!["sleep".into(), "5".into()];
+        assert_eq!(args(&t, &image()).unwrap(), vec!["sleep", "5"]);
+        let mut img = image();
+        img.entrypoint = vec!["/entry".into()];
+        t.spec.container.args.clear();
+        assert_eq!(args(&t, &img).unwrap(), vec!["/entry", "sh"]);
+        t.spec.container.command = vec!["/other".into()];
+        assert_eq!(args(&t, &img).unwrap(), vec!["/other"], "a new entrypoint drops the image cmd");
+        let empty = ImageConfig::default();
+        t.spec.container.command.clear();
+        assert!(args(&t, &empty).is_err());
+    }
+
+    #[test]
+    fn env_overrides_and_hostname() {
+        let mut t = task("abcdefghijklmnop", "s", 1);
+        t.spec.container.env = vec!["B=task".into(), "C=task".into()];
+        let e = env(&t, &image(), "abcdefghijkl");
+        assert!(e.contains(&"A=image".to_string()) && e.contains(&"B=task".to_string()) && e.contains(&"C=task".to_string()));
+        assert!(!e.contains(&"B=image".to_string()));
+        let spec = build(&t, &image(), &SpecPaths { volumes: Path::new("/tmp"), rootfs: None, netns: None }).unwrap();
+        assert_eq!(spec.hostname().as_deref(), Some("abcdefghijkl"));
+    }
+
+    #[test]
+    fn limits_land_in_the_spec() {
+        let mut t = task("abcdefghijklmnop", "s", 1);
+        t.spec.resources.limits.memory_bytes = 64 << 20;
+        t.spec.resources.limits.nano_cpus = 500_000_000;
+        let spec = build(&t, &image(), &SpecPaths { volumes: Path::new("/tmp"), rootfs: None, netns: None }).unwrap();
+        let json = serde_json::to_value(&spec).unwrap();
+        assert_eq!(json["linux"]["resources"]["memory"]["limit"], 64 << 20);
+        assert_eq!(json["linux"]["resources"]["cpu"]["quota"], 50_000);
+        assert_eq!(json["linux"]["cgroupsPath"], "/shoal/abcdefghijklmnop");
+        let ns: Vec<&str> = json["linux"]["namespaces"].as_array().unwrap().iter().map(|n| n["type"].as_str().unwrap()).collect();
+        assert!(ns.contains(&"network") && ns.contains(&"mount") && ns.contains(&"pid"));
+    }
+
+    #[test]
+    fn users_and_bind_sources() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("etc")).unwrap();
+        std::fs::write(dir.path().join("etc/passwd"), "root:x:0:0::/:/bin/sh\nnobody:x:65534:65534::/:/bin/false\n").unwrap();
+        std::fs::write(dir.path().join("etc/group"), "root:x:0:\nnogroup:x:65534:\n").unwrap();
+        assert_eq!(user("nobody", Some(dir.path())).unwrap(), (65534, 65534));
+        assert_eq!(user("1000:1000", None).unwrap(), (1000, 1000));
+        assert_eq!(user("nobody:root", Some(dir.path())).unwrap(), (65534, 0));
+        assert!(user("ghost", Some(dir.path())).unwrap_err().to_string().contains("unable to find user ghost"));
+
+        let mut t = task("abcdefghijklmnop", "s", 1);
+        t.spec.container.mounts.push(swarm::api::Mount {
+            kind: MountType::Bind,
+            source: "/definitely/not/here".into(),
+            target: "/data".into(),
+            readonly: false,
+            tmpfs_size: 0,
+        });
+        let e = task_mounts(&t, dir.path()).unwrap_err();
+        assert_eq!(e.to_string(), "invalid task spec: invalid mount config for type \"bind\": bind source path does not exist: /definitely/not/here");
+    }
+}
