@@ -8,8 +8,11 @@ use tracing_subscriber::EnvFilter;
 fn main() -> std::process::ExitCode {
     let cfg = DaemonConfig::parse();
     let filter = EnvFilter::try_new(&cfg.log_level).unwrap_or_else(|_| EnvFilter::new("info"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     match cfg.log_format {
-        LogFormat::Text => tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init(),
+        LogFormat::Text => {
+            tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).init()
+        }
         LogFormat::Json => tracing_subscriber::fmt().json().with_env_filter(filter).with_writer(std::io::stderr).init(),
     }
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {

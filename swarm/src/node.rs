@@ -241,6 +241,10 @@ impl<E: Executor> SwarmNode<E> {
         drop(running.take());
         drop(running);
         self.launch(me, identity, raft, store, listener).await?;
+        // As `docker swarm init`, return once the node is an active member (its agent's session is up).
+        if let Some(mut status) = self.running.lock().await.as_ref().map(|r| r.agent.status()) {
+            let _ = tokio::time::timeout(Duration::from_secs(10), status.wait_for(|s| s.connected_to.is_some())).await;
+        }
         tracing::info!(node.id = %node_id, "swarm initialized");
         Ok(node_id)
     }
