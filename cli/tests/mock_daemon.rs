@@ -441,22 +441,3 @@ fn a_missing_daemon_is_one_clear_line() {
     );
 }
 
-/// For trying the CLI by hand (e.g. the terminal progress display):
-/// `SHOAL_FAKE_SOCKET=/tmp/fake.sock cargo test -p shoal-cli --test mock_daemon -- --ignored serve_fake_daemon`
-/// then `shoal -H /tmp/fake.sock service create --replicas 3 busybox` in a terminal. Serves for 10 minutes.
-#[test]
-#[ignore]
-fn serve_fake_daemon() {
-    let Ok(path) = std::env::var("SHOAL_FAKE_SOCKET") else { return };
-    let _ = std::fs::remove_file(&path);
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("rt");
-    rt.block_on(async move {
-        let listener = tokio::net::UnixListener::bind(&path).expect("bind");
-        let fake = Fake::default();
-        let serve = tonic::transport::Server::builder()
-            .add_service(ControlServer::new(fake.clone()))
-            .add_service(EngineServer::new(fake))
-            .serve_with_incoming(tokio_stream::wrappers::UnixListenerStream::new(listener));
-        let _ = tokio::time::timeout(Duration::from_secs(600), serve).await;
-    });
-}

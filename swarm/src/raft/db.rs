@@ -9,7 +9,7 @@ pub enum DbError {
     #[error("{path} is in use by another process: is another shoald running with the same --data-root?")]
     InUse { path: PathBuf },
     /// The file is damaged (truncated, overwritten, or not a redb file at all).
-    #[error("{path} is corrupt or truncated ({reason}); restore it from a backup, or remove the node's swarm state (`shoal swarm leave --force`, or delete {dir}) and re-join the swarm")]
+    #[error("{path} is corrupt or truncated ({reason}); restore it from a backup, or delete this node's swarm state (the directory holding {dir}) to leave the swarm and start afresh")]
     Corrupt { path: PathBuf, dir: PathBuf, reason: String },
     /// The file was written in a format this release cannot read.
     #[error("{path}: {source}")]

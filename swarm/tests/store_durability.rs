@@ -1,0 +1,174 @@
+//! The store on disk: every committed object survives a SIGKILL of the process at any moment; snapshots are
+//! taken and the log compacted behind them; a damaged file gives an error naming it.
+//!
+//! The writer runs in a child process (this same test binary, re-executed with `SHOAL_STORE_CHILD` set) so it
+//! can be killed for real.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+use swarm::raft::{RaftHandle, RaftSettings};
+use swarm::store::{Store, StoreError};
+
+const TOTAL: usize = 10_000;
+const SNAPSHOT_INTERVAL: u64 = 2_000;
+
+fn settings() -> RaftSettings {
+    RaftSettings { snapshot_interval: SNAPSHOT_INTERVAL, ..RaftSettings::default() }
+}
+
+fn name(i: usize) -> String {
+    format!("svc-{i}")
+}
+
+async fn open(dir: &Path) -> (RaftHandle, Store) {
+    let (raft, store) = RaftHandle::start(1, dir, &settings()).await.expect("open raft");
+    if !raft.is_initialized().await.unwrap() {
+        raft.initialize("127.0.0.1:2377").await.unwrap();
+    }
+    raft.wait_leader(Duration::from_secs(10)).await.unwrap();
+    (raft, store)
+}
+
+/// The child: writes services `from..TOTAL`, one proposal each, 32 at a time, printing each commit.
+fn child(dir: &str, from: usize) {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    rt.block_on(async {
+        let (_raft, store) = open(Path::new(dir)).await;
+        let mut set = tokio::task::JoinSet::new();
+        let mut next = from;
+        loop {
+            while set.len() < 32 && next < TOTAL {
+                let store = store.clone();
+                let i = next;
+                next += 1;
+                set.spawn(async move {
+                    let s = swarm::testing::service(&format!("id-{i}"), &name(i), 1);
+                    store
+                        .update(|tx| {
+                            tx.create(s);
+                            Ok::<_, StoreError>(())
+                        })
+                        .await
+                        .map(|_| i)
+                });
+            }
+            match set.join_next().await {
+                Some(r) => {
+                    let i = r.unwrap().expect("commit");
+                    println!("committed {i}");
+                }
+                None => break,
+            }
+        }
+        println!("all-done");
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+    });
+}
+
+/// Runs a child writing from `from`; SIGKILLs it after `kill_after` commits (or once all are done). Returns the
+/// indexes it reported committed.
+fn run_child(dir: &Path, from: usize, kill_after: Option<usize>) -> Vec<usize> {
+    let mut c = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "committed_objects_survive_sigkill", "--nocapture", "--test-threads=1"])
+        .env("SHOAL_STORE_CHILD", dir)
+        .env("SHOAL_STORE_FROM", from.to_string())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let out = BufReader::new(c.stdout.take().unwrap());
+    let mut committed = Vec::new();
+    for line in out.lines() {
+        let line = line.unwrap();
+        if let Some(i) = line.strip_prefix("committed ") {
+            committed.push(i.parse().unwrap());
+            if Some(committed.len()) == kill_after {
+                break;
+            }
+        } else if line == "all-done" {
+            break;
+        }
+    }
+    c.kill().unwrap(); // SIGKILL
+    c.wait().unwrap();
+    committed
+}
+
+#[test]
+fn committed_objects_survive_sigkill() {
+    if let Ok(dir) = std::env::var("SHOAL_STORE_CHILD") {
+        let from = std::env::var("SHOAL_STORE_FROM").unwrap().parse().unwrap();
+        return child(&dir, from);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+
+    eprintln!("--- writer killed mid-run: every commit it reported is on disk");
+    let start = Instant::now();
+    let first = run_child(dir.path(), 0, Some(3_500));
+    assert_eq!(first.len(), 3_500);
+    let present = rt.block_on(async {
+        let (raft, store) = open(dir.path()).await;
+        let names: std::collections::HashSet<String> =
+            store.view(|v| v.services().map(|s| s.spec.annotations.name.clone()).collect());
+        raft.shutdown().await;
+        names
+    });
+    let missing: Vec<&usize> = first.iter().filter(|i| !present.contains(&name(**i))).collect();
+    assert!(missing.is_empty(), "{} committed objects lost, e.g. {:?}", missing.len(), &missing[..missing.len().min(5)]);
+
+    eprintln!("--- a second writer finishes the 10,000, then is killed");
+    let resume_from = (0..TOTAL).find(|i| !present.contains(&name(*i))).unwrap();
+    run_child(dir.path(), resume_from, None);
+    let elapsed = start.elapsed();
+    rt.block_on(async {
+        let (raft, store) = open(dir.path()).await;
+        let n = store.view(|v| (0..TOTAL).filter(|i| v.service_by_name(&name(*i)).is_some()).count());
+        assert_eq!(n, TOTAL, "all {TOTAL} objects present after SIGKILL and restart");
+
+        eprintln!("--- snapshots were taken and the log compacted behind them");
+        let snap = raft.snapshot_index().expect("a snapshot exists");
+        assert!(snap >= SNAPSHOT_INTERVAL, "snapshot at {snap}");
+        let log = raft.log_len();
+        assert!(log <= SNAPSHOT_INTERVAL + 500 + 200, "log holds {log} entries; it should be compacted");
+        raft.shutdown().await;
+    });
+    eprintln!("wrote {TOTAL} objects in {elapsed:?} (two processes, one SIGKILL)");
+}
+
+#[test]
+fn damaged_files_are_named_in_the_error() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    for file in ["state.redb", "log.redb"] {
+        let dir = tempfile::tempdir().unwrap();
+        rt.block_on(async {
+            let (raft, store) = open(dir.path()).await;
+            for i in 0..50 {
+                store
+                    .update(|tx| {
+                        tx.create(swarm::testing::service(&format!("id-{i}"), &name(i), 1));
+                        Ok::<_, StoreError>(())
+                    })
+                    .await
+                    .unwrap();
+            }
+            raft.shutdown().await;
+        });
+        let path = dir.path().join(file);
+        let len = std::fs::metadata(&path).unwrap().len();
+        let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        f.set_len(len / 3).unwrap();
+        drop(f);
+        let err = rt.block_on(RaftHandle::start(1, dir.path(), &settings())).err().expect("a truncated file must be refused");
+        let msg = err.to_string();
+        assert!(msg.contains(&path.display().to_string()), "error names the file: {msg}");
+        assert!(msg.contains("corrupt") || msg.contains("truncated"), "error says what is wrong: {msg}");
+        eprintln!("{file}: {msg}");
+
+        std::fs::write(&path, b"this is not a redb file at all, just some bytes").unwrap();
+        let msg = rt.block_on(RaftHandle::start(1, dir.path(), &settings())).err().expect("garbage refused").to_string();
+        assert!(msg.contains(&path.display().to_string()), "{msg}");
+    }
+}
