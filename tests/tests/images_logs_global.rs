@@ -1,0 +1,108 @@
+//! Images in and out, service logs, global services and resource limits, on real containerd.
+
+use serde_json::Value;
+use shoal_tests::{step, test_image, wait_for, Daemon};
+use std::io::Read;
+use std::path::Path;
+use std::time::Duration;
+
+const T: Duration = Duration::from_secs(90);
+
+/// Rewrites the OCI-layout test image as a `docker save` archive (manifest.json + config + layer tarballs).
+fn docker_save_from_oci(oci: &Path, out: &Path, tag: &str) {
+    let mut files = std::collections::HashMap::new();
+    let mut ar = tar::Archive::new(std::fs::File::open(oci).unwrap());
+    for e in ar.entries().unwrap() {
+        let mut e = e.unwrap();
+        let name = e.path().unwrap().to_string_lossy().into_owned();
+        let mut buf = Vec::new();
+        e.read_to_end(&mut buf).unwrap();
+        files.insert(name, buf);
+    }
+    let blob = |d: &str| files[&format!("blobs/sha256/{}", d.trim_start_matches("sha256:"))].clone();
+    let index: Value = serde_json::from_slice(&files["index.json"]).unwrap();
+    let manifest: Value = serde_json::from_slice(&blob(index["manifests"][0]["digest"].as_str().unwrap())).unwrap();
+    let config_digest = manifest["config"]["digest"].as_str().unwrap();
+    let layer_digest = manifest["layers"][0]["digest"].as_str().unwrap();
+    let config_name = format!("{}.json", config_digest.trim_start_matches("sha256:"));
+    let layer_name = format!("{}/layer.tar", &layer_digest.trim_start_matches("sha256:")[..16]);
+    let m = serde_json::json!([{"Config": config_name, "RepoTags": [tag], "Layers": [layer_name]}]);
+    let mut b = tar::Builder::new(std::fs::File::create(out).unwrap());
+    for (name, data) in [
+        ("manifest.json".to_string(), serde_json::to_vec(&m).unwrap()),
+        (config_name.clone(), blob(config_digest)),
+        (layer_name.clone(), blob(layer_digest)),
+    ] {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_cksum();
+        b.append_data(&mut h, &name, data.as_slice()).unwrap();
+    }
+    b.finish().unwrap();
+}
+
+#[test]
+fn images_logs_global_services_and_limits() {
+    let d = Daemon::start();
+    d.init_swarm();
+
+    step!("a `docker save` archive loads under its RepoTag and runs");
+    let saved = d.dir.path().join("saved.tar");
+    docker_save_from_oci(test_image(), &saved, "example.com/tools/box:v1");
+    let out = d.ok(&["image", "load", "-i", saved.to_str().unwrap()]);
+    assert!(out.contains("example.com/tools/box:v1"), "{out}");
+    let ls = d.ok(&["image", "ls"]);
+    assert!(ls.contains("example.com/tools/box") && ls.contains("busybox"), "{ls}");
+
+    step!("service logs: every task's lines, prefixed with the task, stdout and stderr");
+    d.ok(&["service", "create", "-d", "--name", "talk", "--replicas", "2", "--stop-grace-period", "1s",
+        "example.com/tools/box:v1", "sh", "-c", "echo out-$(hostname); echo err-$(hostname) >&2; sleep 100000"]);
+    let logs = wait_for("both tasks' lines in service logs", T, || {
+        let o = d.shoal(&["service", "logs", "talk"]);
+        let all = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+        if all.matches("out-").count() == 2 && all.matches("err-").count() == 2 { Ok(o) } else { Err(all) }
+    });
+    let stdout = String::from_utf8_lossy(&logs.stdout);
+    let stderr = String::from_utf8_lossy(&logs.stderr);
+    assert!(stdout.lines().all(|l| l.starts_with("talk.") && l.contains(" | out-")), "stdout:\n{stdout}");
+    assert!(stderr.lines().all(|l| l.contains(" | err-")), "stderr:\n{stderr}");
+    let ts = d.ok(&["service", "logs", "--timestamps", "--tail", "1", "talk"]);
+    assert!(ts.lines().all(|l| l.len() > 20 && l.as_bytes()[4] == b'-'), "timestamps first:\n{ts}");
+
+    step!("a global service runs one task on the node");
+    d.ok(&["service", "create", "-d", "--name", "everywhere", "--mode", "global", "--stop-grace-period", "1s",
+        "busybox", "sleep", "100000"]);
+    wait_for("one running global task", T, || {
+        let tasks = d.tasks("everywhere");
+        let running = tasks.iter().filter(|t| t["status"]["state"] == "running").count();
+        if tasks.len() == 1 && running == 1 && tasks[0]["slot"] == 0 { Ok(()) } else { Err(format!("{tasks:?}")) }
+    });
+
+    step!("--limit-memory reaches the container's cgroup; --mount tmpfs is mounted");
+    d.ok(&["service", "create", "-d", "--name", "small", "--limit-memory", "64M", "--mount", "type=tmpfs,target=/scratch",
+        "--stop-grace-period", "1s", "busybox", "sh", "-c", "grep -q ' /scratch tmpfs' /proc/mounts && echo tmpfs-ok; sleep 100000"]);
+    let task_id = wait_for("small to run", T, || {
+        let tasks = d.tasks("small");
+        tasks.iter().find(|t| t["status"]["state"] == "running").map(|t| t["id"].as_str().unwrap().to_string()).ok_or(format!("{tasks:?}"))
+    });
+    let info = std::process::Command::new("ctr")
+        .arg("-a")
+        .arg(d.containerd_socket())
+        .args(["-n", "shoal", "containers", "info", &task_id])
+        .output()
+        .unwrap();
+    let info: Value = serde_json::from_slice(&info.stdout).expect("ctr containers info is JSON");
+    assert_eq!(info["Spec"]["linux"]["resources"]["memory"]["limit"], 64 * 1024 * 1024, "{}", info["Spec"]["linux"]);
+    wait_for("the tmpfs mount to be seen inside", T, || {
+        let o = d.ok(&["service", "logs", "small"]);
+        if o.contains("tmpfs-ok") { Ok(()) } else { Err(o) }
+    });
+
+    step!("image rm removes the image; a service using a removed image is rejected");
+    let rm = d.ok(&["image", "rm", "example.com/tools/box:v1"]);
+    assert!(rm.contains("example.com/tools/box:v1"), "{rm}");
+    assert!(!d.ok(&["image", "ls"]).contains("example.com/tools/box"));
+    let err = d.fails(&["image", "rm", "example.com/tools/box:v1"]);
+    assert!(err.contains("No such image"), "{err}");
+}
