@@ -48,9 +48,19 @@ fn main() {
     let control = service(
         "Control",
         &[
-            unary("create_service", "CreateService", "crate::api::control::CreateServiceRequest", "crate::api::Service"),
+            unary(
+                "create_service",
+                "CreateService",
+                "crate::api::control::CreateServiceRequest",
+                "crate::api::Service",
+            ),
             unary("get_service", "GetService", "crate::api::control::GetRequest", "crate::api::Service"),
-            unary("update_service", "UpdateService", "crate::api::control::UpdateServiceRequest", "crate::api::Service"),
+            unary(
+                "update_service",
+                "UpdateService",
+                "crate::api::control::UpdateServiceRequest",
+                "crate::api::Service",
+            ),
             unary("remove_service", "RemoveService", "crate::api::control::GetRequest", "crate::api::control::Empty"),
             unary(
                 "list_services",

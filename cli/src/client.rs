@@ -85,9 +85,8 @@ impl Client {
     /// Connects eagerly, so a missing daemon is reported before any work (and before any output) is done.
     pub async fn connect(host: &str) -> anyhow::Result<Client> {
         let path = socket_path(host)?;
-        let channel = swarm::transport::connect_unix(path)
-            .await
-            .map_err(|_| CannotConnect { host: display_host(host) })?;
+        let channel =
+            swarm::transport::connect_unix(path).await.map_err(|_| CannotConnect { host: display_host(host) })?;
         Ok(Client {
             engine: EngineClient::new(channel.clone())
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)

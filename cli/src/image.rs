@@ -103,9 +103,9 @@ fn chunks(
 
 async fn load(client: &mut Client, a: LoadArgs) -> anyhow::Result<()> {
     let reader: Box<dyn AsyncRead + Send + Unpin> = match &a.input {
-        Some(path) => Box::new(
-            tokio::fs::File::open(path).await.map_err(|e| anyhow::anyhow!("open {}: {e}", path.display()))?,
-        ),
+        Some(path) => {
+            Box::new(tokio::fs::File::open(path).await.map_err(|e| anyhow::anyhow!("open {}: {e}", path.display()))?)
+        }
         None => {
             if std::io::stdin().is_terminal() {
                 anyhow::bail!("requested load from stdin, but stdin is empty");
@@ -185,7 +185,8 @@ async fn rm(client: &mut Client, a: RmArgs) -> anyhow::Result<()> {
         let req = ImageRemoveRequest { reference: image.clone(), force: a.force };
         match rpc(client.engine.image_remove(req).await) {
             Ok(_) => {
-                let shown = normalize_image_ref(image).map(|n| familiar_image_ref(&n)).unwrap_or_else(|_| image.clone());
+                let shown =
+                    normalize_image_ref(image).map(|n| familiar_image_ref(&n)).unwrap_or_else(|_| image.clone());
                 println!("Untagged: {shown}");
             }
             Err(e) => {
@@ -215,7 +216,12 @@ mod tests {
                 created: Some("2024-01-01T00:00:00Z".into()),
                 size: 4_263_900,
             },
-            ImageSummary { reference: "localhost:5000/app:v1".into(), id: "sha256:0123456789abcdef".into(), created: None, size: 512 },
+            ImageSummary {
+                reference: "localhost:5000/app:v1".into(),
+                id: "sha256:0123456789abcdef".into(),
+                created: None,
+                size: 512,
+            },
         ];
         let rows = ls_rows(&mut images, now);
         assert_eq!(rows[0], vec!["busybox", "latest", "abababababab", "2 weeks ago", "4.26MB"]);

@@ -38,12 +38,17 @@ pub fn render_info(info: &InfoResponse, cluster: Option<&GetClusterResponse>) ->
             if let Some(c) = cluster {
                 let spec = &c.cluster.spec;
                 let _ = writeln!(o, " Orchestration:");
-                let _ = writeln!(o, "  Task History Retention Limit: {}", spec.orchestration.task_history_retention_limit);
+                let _ =
+                    writeln!(o, "  Task History Retention Limit: {}", spec.orchestration.task_history_retention_limit);
                 let _ = writeln!(o, " Raft:");
                 let _ = writeln!(o, "  Snapshot Interval: {}", spec.raft.snapshot_interval);
                 let _ = writeln!(o, "  Log Entries For Slow Followers: {}", spec.raft.log_entries_for_slow_followers);
                 let _ = writeln!(o, " Dispatcher:");
-                let _ = writeln!(o, "  Heartbeat Period: {}", human_duration(spec.dispatcher.heartbeat_period).to_lowercase());
+                let _ = writeln!(
+                    o,
+                    "  Heartbeat Period: {}",
+                    human_duration(spec.dispatcher.heartbeat_period).to_lowercase()
+                );
             }
         }
         if !s.node_addr.is_empty() {

@@ -18,7 +18,12 @@ use client::{CannotConnect, Client, DaemonError, DEFAULT_HOST};
 use std::process::ExitCode;
 
 #[derive(Debug, Parser)]
-#[command(name = "shoal", version, about = "Shoal: Docker-Swarm-style container orchestration", propagate_version = true)]
+#[command(
+    name = "shoal",
+    version,
+    about = "Shoal: Docker-Swarm-style container orchestration",
+    propagate_version = true
+)]
 struct Cli {
     /// Daemon socket to connect to (unix:///path or a path)
     #[arg(short = 'H', long, env = "SHOAL_HOST", global = true, default_value = DEFAULT_HOST)]
@@ -187,10 +192,7 @@ mod tests {
             parse_err(&["service", "create", "--mount", "type=bind", "busybox"]),
             "invalid argument \"type=bind\" for \"--mount\" flag: target is required"
         );
-        assert_eq!(
-            parse_err(&["service", "create", "--restart-delay", "soon", "busybox"]).lines().count(),
-            1
-        );
+        assert_eq!(parse_err(&["service", "create", "--restart-delay", "soon", "busybox"]).lines().count(), 1);
         let unknown = parse_err(&["service", "create", "--bogus", "busybox"]);
         assert!(unknown.contains("--bogus") && !unknown.contains('\n'), "{unknown}");
         let missing = parse_err(&["service", "create"]);

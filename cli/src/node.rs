@@ -197,7 +197,8 @@ mod tests {
 
     #[test]
     fn ls_marks_self_and_leader() {
-        let mut nodes = vec![node("bbb", "host-b", None), node("aaa", "host-a", Some(true)), node("ccc", "host-c", Some(false))];
+        let mut nodes =
+            vec![node("bbb", "host-b", None), node("aaa", "host-a", Some(true)), node("ccc", "host-c", Some(false))];
         let rows = ls_rows(&mut nodes, "aaa");
         assert_eq!(rows[0], vec!["aaa *", "host-a", "Ready", "Active", "Leader", "0.1.0"]);
         assert_eq!(rows[1][4], "");

@@ -145,7 +145,10 @@ pub fn observe(service: &Service, tasks: &[Task], active_nodes: &HashSet<String>
                 }
                 let failure = newest_failure(tasks, |t| t.slot == slot);
                 // Zero-padded keys keep slot 10 after slot 9 when lines are ordered by key.
-                lines.push(SlotLine { key: format!("{slot:020}"), text: format!("{slot}/{replicas}: {}", line_text(task, failure)) });
+                lines.push(SlotLine {
+                    key: format!("{slot:020}"),
+                    text: format!("{slot}/{replicas}: {}", line_text(task, failure)),
+                });
             }
             Snapshot {
                 overall: format!("overall progress: {running} out of {replicas} tasks"),
@@ -157,7 +160,11 @@ pub fn observe(service: &Service, tasks: &[Task], active_nodes: &HashSet<String>
             let live = live_tasks(tasks, active_nodes, |t| t.node_id.clone());
             if live.is_empty() {
                 // Either the orchestrator has not made the tasks yet or no node fits; either way, wait (as Docker).
-                return Snapshot { overall: "overall progress: waiting for new tasks".into(), lines: vec![], converged: false };
+                return Snapshot {
+                    overall: "overall progress: waiting for new tasks".into(),
+                    lines: vec![],
+                    converged: false,
+                };
             }
             let mut running = 0;
             let mut lines = Vec::new();
@@ -166,7 +173,10 @@ pub fn observe(service: &Service, tasks: &[Task], active_nodes: &HashSet<String>
                     running += 1;
                 }
                 let failure = newest_failure(tasks, |t| &t.node_id == node);
-                lines.push(SlotLine { key: node.clone(), text: format!("{}: {}", short_id(node), line_text(Some(task), failure)) });
+                lines.push(SlotLine {
+                    key: node.clone(),
+                    text: format!("{}: {}", short_id(node), line_text(Some(task), failure)),
+                });
             }
             Snapshot {
                 overall: format!("overall progress: {running} out of {} tasks", live.len()),
@@ -333,15 +343,14 @@ impl Screen {
 /// One poll: the service (re-read, as it may change or vanish), its tasks, and the nodes that are up.
 async fn poll(client: &mut Client, service_id: &str) -> anyhow::Result<Snapshot> {
     let service = rpc(client.control.get_service(GetRequest { id_or_name: service_id.to_string() }).await)?;
-    let tasks = rpc(
-        client
-            .control
-            .list_tasks(ListTasksRequest { service_ids: vec![service.id.clone()], ..Default::default() })
-            .await,
-    )?
+    let tasks = rpc(client
+        .control
+        .list_tasks(ListTasksRequest { service_ids: vec![service.id.clone()], ..Default::default() })
+        .await)?
     .tasks;
     let nodes = rpc(client.control.list_nodes(Empty {}).await)?.nodes;
-    let active: HashSet<String> = nodes.into_iter().filter(|n| n.status.state != NodeState::Down).map(|n| n.id).collect();
+    let active: HashSet<String> =
+        nodes.into_iter().filter(|n| n.status.state != NodeState::Down).map(|n| n.id).collect();
     Ok(observe(&service, &tasks, &active))
 }
 
@@ -384,8 +393,8 @@ pub async fn wait_converged(client: &mut Client, service_id: &str, service_name:
 #[cfg(test)]
 mod tests {
     use super::*;
-    use swarm::api::Timestamp;
     use std::time::SystemTime;
+    use swarm::api::Timestamp;
 
     // Fixtures are built from JSON so they keep compiling when the API gains (defaulted) fields.
     fn service(mode: ServiceMode) -> Service {

@@ -109,7 +109,9 @@ async fn init(client: &mut Client, a: InitArgs) -> anyhow::Result<()> {
     // The hint is a convenience: the swarm exists even if fetching the token fails, so that is not an error.
     match token_and_addr(client, Role::Worker).await {
         Ok((token, addr)) if !token.is_empty() => println!("{}", join_hint(Role::Worker, &token, &addr)),
-        _ => println!("To add a worker to this swarm, run 'shoal swarm join-token worker' and follow the instructions.\n"),
+        _ => println!(
+            "To add a worker to this swarm, run 'shoal swarm join-token worker' and follow the instructions.\n"
+        ),
     }
     println!("To add a manager to this swarm, run 'shoal swarm join-token manager' and follow the instructions.");
     println!();

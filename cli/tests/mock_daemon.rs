@@ -65,7 +65,10 @@ impl State {
             }
         }
         for slot in 1..=replicas {
-            let has = self.tasks.iter().any(|(t, _)| t.service_id == svc.id && t.slot == slot && t.desired_state == TaskState::Running);
+            let has = self
+                .tasks
+                .iter()
+                .any(|(t, _)| t.service_id == svc.id && t.slot == slot && t.desired_state == TaskState::Running);
             if !has {
                 let id = self.id("t");
                 let mut t: Task = serde_json::from_value(serde_json::json!({
@@ -113,7 +116,8 @@ impl Control for Fake {
             return Err(Status::already_exists(format!("service {} already exists", spec.annotations.name)));
         }
         let id = st.id("s");
-        let svc: Service = Service { id: id.clone(), meta: Meta { version: 1, ..Default::default() }, spec, previous_spec: None };
+        let svc: Service =
+            Service { id: id.clone(), meta: Meta { version: 1, ..Default::default() }, spec, previous_spec: None };
         st.services.insert(id, svc.clone());
         st.reconcile(&svc);
         Ok(Response::new(svc))
@@ -141,7 +145,10 @@ impl Control for Fake {
         st.tasks.retain(|(t, _)| t.service_id != svc.id);
         Ok(Response::new(Empty {}))
     }
-    async fn list_services(&self, _req: Request<ListServicesRequest>) -> Result<Response<ListServicesResponse>, Status> {
+    async fn list_services(
+        &self,
+        _req: Request<ListServicesRequest>,
+    ) -> Result<Response<ListServicesResponse>, Status> {
         let st = self.0.lock().expect("lock");
         let tasks = st.tasks_now();
         let services = st
@@ -243,7 +250,10 @@ impl Engine for Fake {
         }
         // Reports what arrived through the reference, so the test can check the bytes all made it.
         Ok(Response::new(ImageLoadResponse {
-            loaded: vec!["docker.io/library/busybox:latest".into(), format!("docker.io/library/got:{total}b-{chunks}c")],
+            loaded: vec![
+                "docker.io/library/busybox:latest".into(),
+                format!("docker.io/library/got:{total}b-{chunks}c"),
+            ],
         }))
     }
     async fn image_list(&self, _req: Request<Empty>) -> Result<Response<ImageListResponse>, Status> {
@@ -265,12 +275,20 @@ impl Engine for Fake {
         }
     }
     type ServiceLogsStream = futures::stream::Iter<std::vec::IntoIter<Result<LogMessage, Status>>>;
-    async fn service_logs(&self, req: Request<ServiceLogsRequest>) -> Result<Response<Self::ServiceLogsStream>, Status> {
+    async fn service_logs(
+        &self,
+        req: Request<ServiceLogsRequest>,
+    ) -> Result<Response<Self::ServiceLogsStream>, Status> {
         let r = req.into_inner();
         let svc = self.0.lock().expect("lock").find(&r.service)?;
         let ctx = format!("{}.1.{}@host-a", svc.spec.annotations.name, "taskidtaskidtaskidtaskid1");
         let msg = |stream: &str, line: &str| {
-            Ok(LogMessage { time: "2024-01-02T03:04:05.000000000Z".into(), stream: stream.into(), context: ctx.clone(), line: line.into() })
+            Ok(LogMessage {
+                time: "2024-01-02T03:04:05.000000000Z".into(),
+                stream: stream.into(),
+                context: ctx.clone(),
+                line: line.into(),
+            })
         };
         let msgs = vec![msg("stdout", "hello\n"), msg("stderr", "oops\n"), msg("stdout", "bye")];
         Ok(Response::new(futures::stream::iter(msgs)))
@@ -319,7 +337,12 @@ impl Daemon {
     /// Runs a command that must fail with exactly one line on stderr; returns it.
     fn fails(&self, args: &[&str]) -> String {
         let o = self.shoal(args);
-        assert!(!o.status.success(), "`shoal {}` should fail; stdout: {}", args.join(" "), String::from_utf8_lossy(&o.stdout));
+        assert!(
+            !o.status.success(),
+            "`shoal {}` should fail; stdout: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&o.stdout)
+        );
         let err = String::from_utf8_lossy(&o.stderr).into_owned();
         assert_eq!(err.trim_end().lines().count(), 1, "one line expected, got {err:?}");
         err.trim_end().to_string()
@@ -341,7 +364,8 @@ fn services_lifecycle_through_the_cli() {
     let d = Daemon::start();
 
     let info = d.ok(&["info"]);
-    for line in ["Swarm: active", " Is Manager: true", " Managers: 1", " Nodes: 1", "  Task History Retention Limit: 5"] {
+    for line in ["Swarm: active", " Is Manager: true", " Managers: 1", " Nodes: 1", "  Task History Retention Limit: 5"]
+    {
         assert!(info.lines().any(|l| l == line), "info lacks {line:?}:\n{info}");
     }
 
@@ -376,7 +400,10 @@ fn services_lifecycle_through_the_cli() {
     assert_eq!(ps.lines().count(), 1, "{ps}");
 
     d.ok(&["service", "create", "-d", "--name", "everywhere", "--mode", "global", "busybox"]);
-    assert_eq!(d.fails(&["service", "scale", "everywhere=2"]), "everywhere: scale can only be used with replicated mode");
+    assert_eq!(
+        d.fails(&["service", "scale", "everywhere=2"]),
+        "everywhere: scale can only be used with replicated mode"
+    );
 
     let inspect: serde_json::Value = serde_json::from_str(&d.ok(&["service", "inspect", "web"])).expect("json");
     assert_eq!(inspect[0]["spec"]["mode"]["replicated"]["replicas"], 1);
@@ -393,7 +420,10 @@ fn services_lifecycle_through_the_cli() {
 
     assert_eq!(d.ok(&["service", "rm", "web", "everywhere"]), "web\neverywhere\n");
     assert_eq!(d.fails(&["service", "rm", "web"]), "Error response from daemon: service web not found");
-    assert_eq!(d.fails(&["service", "create", "--name", "Bad_Name", "busybox"]), "Error response from daemon: invalid name \"Bad_Name\"");
+    assert_eq!(
+        d.fails(&["service", "create", "--name", "Bad_Name", "busybox"]),
+        "Error response from daemon: invalid name \"Bad_Name\""
+    );
     assert_eq!(d.ok(&["service", "ls", "-q"]), "");
 }
 
@@ -416,12 +446,18 @@ fn images_nodes_and_swarm() {
     assert_eq!(d.fails(&["image", "rm", "nosuch"]), "Error response from daemon: No such image: nosuch");
 
     let nodes = d.ok(&["node", "ls"]);
-    assert!(nodes.contains("node1aaaaaaaaaaaaaaaaaaaa *   host-a     Ready     Active         Leader           0.1.0"), "{nodes}");
+    assert!(
+        nodes.contains("node1aaaaaaaaaaaaaaaaaaaa *   host-a     Ready     Active         Leader           0.1.0"),
+        "{nodes}"
+    );
     let inspect: serde_json::Value = serde_json::from_str(&d.ok(&["node", "inspect", "self"])).expect("json");
     assert_eq!(inspect[0]["description"]["hostname"], "host-a");
 
     let init = d.ok(&["swarm", "init", "--advertise-addr", "127.0.0.1", "--task-history-limit", "3"]);
-    assert!(init.starts_with("Swarm initialized: current node (node1aaaaaaaaaaaaaaaaaaaa) is now a manager.\n"), "{init}");
+    assert!(
+        init.starts_with("Swarm initialized: current node (node1aaaaaaaaaaaaaaaaaaaa) is now a manager.\n"),
+        "{init}"
+    );
     assert!(init.contains("shoal swarm join --token SWMTKN-1-w 127.0.0.1:2377"), "{init}");
     assert_eq!(d.ok(&["swarm", "leave", "--force"]), "Node left the swarm.\n");
 
@@ -440,4 +476,3 @@ fn a_missing_daemon_is_one_clear_line() {
         format!("Cannot connect to the Shoal daemon at unix://{}. Is the shoal daemon running?\n", sock.display())
     );
 }
-

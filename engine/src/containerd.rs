@@ -69,7 +69,11 @@ pub async fn connect(socket: &Path, timeout: Duration) -> Result<Channel, Contai
             }
         }
         if tokio::time::Instant::now() > deadline {
-            return Err(ContainerdError::NotReady { socket: socket.into(), secs: timeout.as_secs(), log: String::new() });
+            return Err(ContainerdError::NotReady {
+                socket: socket.into(),
+                secs: timeout.as_secs(),
+                log: String::new(),
+            });
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -83,9 +87,8 @@ pub async fn version(ch: &Channel) -> String {
 
 /// Checks that a binary is on PATH.
 pub fn require_binary(name: &'static str) -> Result<(), ContainerdError> {
-    let found = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).any(|d| d.join(name).is_file()))
-        .unwrap_or(false);
+    let found =
+        std::env::var_os("PATH").map(|p| std::env::split_paths(&p).any(|d| d.join(name).is_file())).unwrap_or(false);
     if found {
         Ok(())
     } else {

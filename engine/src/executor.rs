@@ -106,8 +106,19 @@ impl ContainerdExecutor {
         let mut tasks = TasksClient::new(self.ch.clone());
         if let Ok(t) = tasks.get(req(GetRequest { container_id: id.into(), exec_id: String::new() })).await {
             if t.into_inner().process.map(|p| p.status) != Some(ProcStatus::Stopped as i32) {
-                let _ = tasks.kill(req(KillRequest { container_id: id.into(), exec_id: String::new(), signal: libc::SIGKILL as u32, all: true })).await;
-                let _ = tokio::time::timeout(Duration::from_secs(10), tasks.wait(req(WaitRequest { container_id: id.into(), exec_id: String::new() }))).await;
+                let _ = tasks
+                    .kill(req(KillRequest {
+                        container_id: id.into(),
+                        exec_id: String::new(),
+                        signal: libc::SIGKILL as u32,
+                        all: true,
+                    }))
+                    .await;
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(10),
+                    tasks.wait(req(WaitRequest { container_id: id.into(), exec_id: String::new() })),
+                )
+                .await;
             }
             match tasks.delete(req(DeleteTaskRequest { container_id: id.into() })).await {
                 Ok(_) => {}
@@ -164,7 +175,10 @@ impl Executor for ContainerdExecutor {
             hostname: hostname(),
             platform: Platform::current(),
             resources: Resources { nano_cpus: cpus * 1_000_000_000, memory_bytes: mem_total() },
-            engine: EngineDescription { engine_version: env!("CARGO_PKG_VERSION").into(), labels: self.cfg.engine_labels.clone() },
+            engine: EngineDescription {
+                engine_version: env!("CARGO_PKG_VERSION").into(),
+                labels: self.cfg.engine_labels.clone(),
+            },
         })
     }
 
@@ -229,7 +243,11 @@ impl ContainerdController {
     }
 
     async fn kill(&self, signal: u32, all: bool) -> Result<(), ExecError> {
-        match self.tasks().kill(req(KillRequest { container_id: self.id().into(), exec_id: String::new(), signal, all })).await {
+        match self
+            .tasks()
+            .kill(req(KillRequest { container_id: self.id().into(), exec_id: String::new(), signal, all }))
+            .await
+        {
             Ok(_) => Ok(()),
             Err(s) if is_not_found(&s) => Ok(()),
             // The process already exited.
@@ -268,21 +286,29 @@ impl Controller for ContainerdController {
             .await
         {
             Ok(r) => r.into_inner().mounts,
-            Err(s) if s.code() == tonic::Code::AlreadyExists => snaps
-                .mounts(req(MountsRequest { snapshotter: SNAPSHOTTER.into(), key: self.id().into() }))
-                .await
-                .map_err(rt)?
-                .into_inner()
-                .mounts,
+            Err(s) if s.code() == tonic::Code::AlreadyExists => {
+                snaps
+                    .mounts(req(MountsRequest { snapshotter: SNAPSHOTTER.into(), key: self.id().into() }))
+                    .await
+                    .map_err(rt)?
+                    .into_inner()
+                    .mounts
+            }
             Err(s) => return Err(rt(s)),
         };
         let rootfs = rootfs_for_users(&mounts);
         let volumes = self.exec.cfg.data_root.join("volumes");
-        let built = spec::build(&self.task, &image.config, &SpecPaths { volumes: &volumes, rootfs: rootfs.as_deref(), netns: None });
+        let built = spec::build(
+            &self.task,
+            &image.config,
+            &SpecPaths { volumes: &volumes, rootfs: rootfs.as_deref(), netns: None },
+        );
         let oci = match built {
             Ok(s) => s,
             Err(e) => {
-                let _ = snaps.remove(req(RemoveSnapshotRequest { snapshotter: SNAPSHOTTER.into(), key: self.id().into() })).await;
+                let _ = snaps
+                    .remove(req(RemoveSnapshotRequest { snapshotter: SNAPSHOTTER.into(), key: self.id().into() }))
+                    .await;
                 return Err(e);
             }
         };
@@ -307,7 +333,11 @@ impl Controller for ContainerdController {
     async fn start(&self) -> Result<u32, ExecError> {
         if let Some(p) = self.process().await? {
             if p.status == ProcStatus::Created as i32 {
-                let r = self.tasks().start(req(StartRequest { container_id: self.id().into(), exec_id: String::new() })).await.map_err(rt)?;
+                let r = self
+                    .tasks()
+                    .start(req(StartRequest { container_id: self.id().into(), exec_id: String::new() }))
+                    .await
+                    .map_err(rt)?;
                 return Ok(r.into_inner().pid);
             }
             // Running, or already exited (wait reports how).
@@ -334,7 +364,11 @@ impl Controller for ContainerdController {
             }))
             .await
             .map_err(rt)?;
-        let r = self.tasks().start(req(StartRequest { container_id: self.id().into(), exec_id: String::new() })).await.map_err(rt)?;
+        let r = self
+            .tasks()
+            .start(req(StartRequest { container_id: self.id().into(), exec_id: String::new() }))
+            .await
+            .map_err(rt)?;
         Ok(r.into_inner().pid)
     }
 
@@ -381,7 +415,9 @@ impl Controller for ContainerdController {
         }
         Ok(Some(match self.process().await? {
             None => ContainerState::Created,
-            Some(p) if p.status == ProcStatus::Stopped as i32 => ContainerState::Exited { exit_code: p.exit_status as i32 },
+            Some(p) if p.status == ProcStatus::Stopped as i32 => {
+                ContainerState::Exited { exit_code: p.exit_status as i32 }
+            }
             Some(p) if p.status == ProcStatus::Created as i32 => ContainerState::Created,
             Some(p) => ContainerState::Running { pid: p.pid },
         }))

@@ -25,12 +25,16 @@ impl DataRootLock {
         let path = root.join("shoald.lock");
         let io = |source| LockError::Io { path: path.clone(), source };
         std::fs::create_dir_all(root).map_err(io)?;
-        let mut file = std::fs::OpenOptions::new().create(true).truncate(false).read(true).write(true).open(&path).map_err(io)?;
+        let mut file =
+            std::fs::OpenOptions::new().create(true).truncate(false).read(true).write(true).open(&path).map_err(io)?;
         // SAFETY: flock on a file descriptor we own.
         let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
         if rc != 0 {
             let pid = std::fs::read_to_string(&path).unwrap_or_default().trim().to_string();
-            return Err(LockError::Held { root: root.to_path_buf(), pid: if pid.is_empty() { "unknown".into() } else { pid } });
+            return Err(LockError::Held {
+                root: root.to_path_buf(),
+                pid: if pid.is_empty() { "unknown".into() } else { pid },
+            });
         }
         use std::io::{Seek, Write};
         file.set_len(0).map_err(io)?;

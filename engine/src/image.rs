@@ -12,7 +12,9 @@ use containerd_client::services::v1::diff_client::DiffClient;
 use containerd_client::services::v1::images_client::ImagesClient;
 use containerd_client::services::v1::leases_client::LeasesClient;
 use containerd_client::services::v1::snapshots::snapshots_client::SnapshotsClient;
-use containerd_client::services::v1::snapshots::{CommitSnapshotRequest, PrepareSnapshotRequest, RemoveSnapshotRequest, StatSnapshotRequest};
+use containerd_client::services::v1::snapshots::{
+    CommitSnapshotRequest, PrepareSnapshotRequest, RemoveSnapshotRequest, StatSnapshotRequest,
+};
 use containerd_client::services::v1::{
     ApplyRequest, CreateImageRequest, DeleteImageRequest, GetImageRequest, Image, InfoRequest, ListImagesRequest,
     ReadContentRequest, UpdateImageRequest, WriteAction, WriteContentRequest,
@@ -144,7 +146,8 @@ impl ImageService {
 
     /// Imports every image of an archive; returns their normalized names.
     pub async fn load(&self, archive: &Path) -> Result<Vec<String>, ImageError> {
-        std::fs::create_dir_all(&self.tmp_dir).map_err(|e| ImageError::Io(format!("{}: {e}", self.tmp_dir.display())))?;
+        std::fs::create_dir_all(&self.tmp_dir)
+            .map_err(|e| ImageError::Io(format!("{}: {e}", self.tmp_dir.display())))?;
         let dir = tempfile::Builder::new()
             .prefix("load-")
             .tempdir_in(&self.tmp_dir)
@@ -161,21 +164,24 @@ impl ImageService {
             } else if root.join("manifest.json").exists() {
                 parse_docker(&root)
             } else {
-                Err(ImageError::InvalidArchive("neither index.json (OCI layout) nor manifest.json (docker save) found".into()))
+                Err(ImageError::InvalidArchive(
+                    "neither index.json (OCI layout) nor manifest.json (docker save) found".into(),
+                ))
             }
         })
         .await
         .map_err(|e| ImageError::Io(e.to_string()))??;
         if import.images.is_empty() {
-            return Err(ImageError::InvalidArchive("the archive names no image (no io.containerd.image.name / RepoTags)".into()));
+            return Err(ImageError::InvalidArchive(
+                "the archive names no image (no io.containerd.image.name / RepoTags)".into(),
+            ));
         }
 
         let lease = self.lease().await?;
         let r = self.import(&import, &lease).await;
         let mut leases = LeasesClient::new(self.ch.clone());
-        let _ = leases
-            .delete(req(containerd_client::services::v1::DeleteRequest { id: lease.clone(), sync: false }))
-            .await;
+        let _ =
+            leases.delete(req(containerd_client::services::v1::DeleteRequest { id: lease.clone(), sync: false })).await;
         r?;
         Ok(import.images.into_iter().map(|(n, _)| n).collect())
     }
@@ -202,7 +208,10 @@ impl ImageService {
         let mut images = ImagesClient::new(self.ch.clone());
         for (name, target) in &import.images {
             let image = Image { name: name.clone(), target: Some(target.clone()), ..Default::default() };
-            match images.create(req_leased(CreateImageRequest { image: Some(image.clone()), source_date_epoch: None }, lease)).await {
+            match images
+                .create(req_leased(CreateImageRequest { image: Some(image.clone()), source_date_epoch: None }, lease))
+                .await
+            {
                 Ok(_) => {}
                 Err(s) if s.code() == tonic::Code::AlreadyExists => {
                     images
@@ -268,11 +277,7 @@ impl ImageService {
             data: vec![],
             labels: b.labels.clone(),
         });
-        let mut stream = content
-            .write(req_leased(tokio_stream::iter(msgs), lease))
-            .await
-            .map_err(cd_err)?
-            .into_inner();
+        let mut stream = content.write(req_leased(tokio_stream::iter(msgs), lease)).await.map_err(cd_err)?.into_inner();
         // The server answers at its own pace: read to the end so the commit is known to be done.
         loop {
             match stream.message().await {
@@ -361,7 +366,11 @@ impl ImageService {
                 let ms = v["manifests"].as_array().cloned().unwrap_or_default();
                 let pick = ms.iter().find(|m| platform_matches(&m["platform"])).or(ms.first()).cloned();
                 let m = pick.ok_or_else(|| ImageError::Containerd("empty image index".into()))?;
-                desc = descriptor(m["mediaType"].as_str().unwrap_or(""), m["digest"].as_str().unwrap_or(""), m["size"].as_u64().unwrap_or(0));
+                desc = descriptor(
+                    m["mediaType"].as_str().unwrap_or(""),
+                    m["digest"].as_str().unwrap_or(""),
+                    m["size"].as_u64().unwrap_or(0),
+                );
                 continue;
             }
             return Ok(v);
@@ -410,9 +419,14 @@ impl ImageService {
             let (id, created, size) = match self.manifest_of(&target).await {
                 Ok(m) => {
                     let cfg = m["config"]["digest"].as_str().unwrap_or_default().to_string();
-                    let size: u64 = m["layers"].as_array().map(|ls| ls.iter().filter_map(|l| l["size"].as_u64()).sum()).unwrap_or(0);
+                    let size: u64 = m["layers"]
+                        .as_array()
+                        .map(|ls| ls.iter().filter_map(|l| l["size"].as_u64()).sum())
+                        .unwrap_or(0);
                     let created = match self.read_blob(&cfg).await {
-                        Ok(b) => serde_json::from_slice::<Value>(&b).ok().and_then(|v| v["created"].as_str().map(str::to_string)),
+                        Ok(b) => serde_json::from_slice::<Value>(&b)
+                            .ok()
+                            .and_then(|v| v["created"].as_str().map(str::to_string)),
                         Err(_) => None,
                     };
                     (cfg, created, size)
@@ -445,10 +459,9 @@ fn parse_oci(root: &Path) -> Result<Import, ImageError> {
         let digest = m["digest"].as_str().unwrap_or_default().to_string();
         let mt = m["mediaType"].as_str().unwrap_or_default().to_string();
         let ann = &m["annotations"];
-        let name = ann["io.containerd.image.name"]
-            .as_str()
-            .map(str::to_string)
-            .or_else(|| ann["org.opencontainers.image.ref.name"].as_str().filter(|r| r.contains(['/', ':'])).map(str::to_string));
+        let name = ann["io.containerd.image.name"].as_str().map(str::to_string).or_else(|| {
+            ann["org.opencontainers.image.ref.name"].as_str().filter(|r| r.contains(['/', ':'])).map(str::to_string)
+        });
         let mut manifests = vec![(digest.clone(), mt.clone())];
         // An index inside: take each manifest (all platforms are stored; the one for this platform unpacked).
         if mt == MT_OCI_INDEX || mt == MT_DOCKER_LIST {
@@ -457,7 +470,10 @@ fn parse_oci(root: &Path) -> Result<Import, ImageError> {
             let ms = inner["manifests"].as_array().cloned().unwrap_or_default();
             let mut l = HashMap::new();
             for (i, im) in ms.iter().enumerate() {
-                l.insert(format!("containerd.io/gc.ref.content.m.{i}"), im["digest"].as_str().unwrap_or_default().to_string());
+                l.insert(
+                    format!("containerd.io/gc.ref.content.m.{i}"),
+                    im["digest"].as_str().unwrap_or_default().to_string(),
+                );
             }
             labels_for.insert(digest.clone(), l);
             if let Some(im) = ms.iter().find(|im| platform_matches(&im["platform"])).or(ms.first()) {
@@ -472,7 +488,13 @@ fn parse_oci(root: &Path) -> Result<Import, ImageError> {
                 .cloned()
                 .unwrap_or_default()
                 .iter()
-                .map(|l| descriptor(l["mediaType"].as_str().unwrap_or_default(), l["digest"].as_str().unwrap_or_default(), l["size"].as_u64().unwrap_or(0)))
+                .map(|l| {
+                    descriptor(
+                        l["mediaType"].as_str().unwrap_or_default(),
+                        l["digest"].as_str().unwrap_or_default(),
+                        l["size"].as_u64().unwrap_or(0),
+                    )
+                })
                 .collect();
             let cfg = read_json(&blob_path(root, &config)?)?;
             let diff_ids: Vec<String> = cfg["rootfs"]["diff_ids"]
@@ -480,7 +502,11 @@ fn parse_oci(root: &Path) -> Result<Import, ImageError> {
                 .map(|a| a.iter().filter_map(|d| d.as_str().map(str::to_string)).collect())
                 .unwrap_or_default();
             if diff_ids.len() != layers.len() {
-                return Err(ImageError::InvalidArchive(format!("config {config} has {} diff ids for {} layers", diff_ids.len(), layers.len())));
+                return Err(ImageError::InvalidArchive(format!(
+                    "config {config} has {} diff ids for {} layers",
+                    diff_ids.len(),
+                    layers.len()
+                )));
             }
             let mut ml = HashMap::new();
             ml.insert("containerd.io/gc.ref.content.config".to_string(), config.clone());
@@ -507,7 +533,9 @@ fn parse_oci(root: &Path) -> Result<Import, ImageError> {
         let (digest, size) = sha256_file(&path)?;
         let expected = format!("sha256:{}", path.file_name().unwrap_or_default().to_string_lossy());
         if digest != expected {
-            return Err(ImageError::InvalidArchive(format!("blob {expected} is corrupt (its content hashes to {digest})")));
+            return Err(ImageError::InvalidArchive(format!(
+                "blob {expected} is corrupt (its content hashes to {digest})"
+            )));
         }
         let labels = labels_for.remove(&digest).unwrap_or_default();
         import.blobs.push(Blob { path, digest, size, labels });
@@ -524,7 +552,11 @@ fn parse_docker(root: &Path) -> Result<Import, ImageError> {
     let gen = root.join(".shoal-generated");
     std::fs::create_dir_all(&gen).map_err(|e| ImageError::Io(e.to_string()))?;
     for (n, entry) in manifest.as_array().cloned().unwrap_or_default().iter().enumerate() {
-        let config_path = root.join(entry["Config"].as_str().ok_or_else(|| ImageError::InvalidArchive("manifest.json entry without Config".into()))?);
+        let config_path = root.join(
+            entry["Config"]
+                .as_str()
+                .ok_or_else(|| ImageError::InvalidArchive("manifest.json entry without Config".into()))?,
+        );
         let (config_digest, config_size) = sha256_file(&config_path)?;
         let cfg = read_json(&config_path)?;
         let diff_ids: Vec<String> = cfg["rootfs"]["diff_ids"]
@@ -536,7 +568,8 @@ fn parse_docker(root: &Path) -> Result<Import, ImageError> {
             let p = root.join(l.as_str().unwrap_or_default());
             let (digest, size) = sha256_file(&p)?;
             let mut magic = [0u8; 2];
-            let gz = std::fs::File::open(&p).and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic)).is_ok() && magic == [0x1f, 0x8b];
+            let gz = std::fs::File::open(&p).and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic)).is_ok()
+                && magic == [0x1f, 0x8b];
             let d = descriptor(if gz { MT_DOCKER_LAYER_GZ } else { MT_DOCKER_LAYER }, &digest, size);
             if !import.blobs.iter().any(|b| b.digest == digest) {
                 import.blobs.push(Blob { path: p, digest, size, labels: HashMap::new() });
@@ -544,7 +577,12 @@ fn parse_docker(root: &Path) -> Result<Import, ImageError> {
             layers.push(d);
         }
         if diff_ids.len() != layers.len() {
-            return Err(ImageError::InvalidArchive(format!("{} lists {} layers for {} diff ids", config_path.display(), layers.len(), diff_ids.len())));
+            return Err(ImageError::InvalidArchive(format!(
+                "{} lists {} layers for {} diff ids",
+                config_path.display(),
+                layers.len(),
+                diff_ids.len()
+            )));
         }
         let mut cl = HashMap::new();
         if let Some(top) = chain_ids(&diff_ids).pop() {
@@ -561,7 +599,10 @@ fn parse_docker(root: &Path) -> Result<Import, ImageError> {
         std::fs::write(&mpath, serde_json::to_vec(&m).expect("json")).map_err(|e| ImageError::Io(e.to_string()))?;
         let (mdigest, msize) = sha256_file(&mpath)?;
         let mut ml = HashMap::new();
-        ml.insert("containerd.io/gc.ref.content.config".to_string(), m["config"]["digest"].as_str().unwrap_or_default().to_string());
+        ml.insert(
+            "containerd.io/gc.ref.content.config".to_string(),
+            m["config"]["digest"].as_str().unwrap_or_default().to_string(),
+        );
         for (i, l) in layers.iter().enumerate() {
             ml.insert(format!("containerd.io/gc.ref.content.l.{i}"), l.digest.clone());
         }

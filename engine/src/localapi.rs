@@ -29,7 +29,9 @@ pub struct LocalApi {
 
 fn node_status(e: NodeError) -> Status {
     match e {
-        NodeError::AlreadyMember | NodeError::NotMember | NodeError::LastManager => Status::failed_precondition(e.to_string()),
+        NodeError::AlreadyMember | NodeError::NotMember | NodeError::LastManager => {
+            Status::failed_precondition(e.to_string())
+        }
         NodeError::InvalidArgument(_) => Status::invalid_argument(e.to_string()),
         other => Status::internal(other.to_string()),
     }
@@ -51,10 +53,18 @@ impl Engine for LocalApi {
         let running = tasks
             .list(req(containerd_client::services::v1::ListTasksRequest { filter: String::new() }))
             .await
-            .map(|r| r.into_inner().tasks.iter().filter(|t| t.status == containerd_client::types::v1::Status::Running as i32).count())
+            .map(|r| {
+                r.into_inner()
+                    .tasks
+                    .iter()
+                    .filter(|t| t.status == containerd_client::types::v1::Status::Running as i32)
+                    .count()
+            })
             .unwrap_or(0);
         let images = self.images.list().await.map(|l| l.len()).unwrap_or(0);
-        let d = swarm::agent::exec::Executor::describe(&self.executor).await.map_err(|e| Status::internal(e.to_string()))?;
+        let d = swarm::agent::exec::Executor::describe(&self.executor)
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
         let p = Platform::current();
         Ok(Response::new(InfoResponse {
             swarm,
@@ -100,7 +110,9 @@ impl Engine for LocalApi {
         let mut stream = req.into_inner();
         while let Some(chunk) = stream.next().await {
             let chunk = chunk?;
-            tokio::io::AsyncWriteExt::write_all(&mut out, &chunk.data).await.map_err(|e| Status::internal(e.to_string()))?;
+            tokio::io::AsyncWriteExt::write_all(&mut out, &chunk.data)
+                .await
+                .map_err(|e| Status::internal(e.to_string()))?;
         }
         tokio::io::AsyncWriteExt::flush(&mut out).await.map_err(|e| Status::internal(e.to_string()))?;
         drop(out);
@@ -127,7 +139,10 @@ impl Engine for LocalApi {
 
     type ServiceLogsStream = RpcStream<LogMessage>;
 
-    async fn service_logs(&self, req: Request<ServiceLogsRequest>) -> Result<Response<Self::ServiceLogsStream>, Status> {
+    async fn service_logs(
+        &self,
+        req: Request<ServiceLogsRequest>,
+    ) -> Result<Response<Self::ServiceLogsStream>, Status> {
         let r = req.into_inner();
         let store = self.node.store().ok_or_else(|| Status::failed_precondition(NOT_A_MANAGER))?;
         let host = hostname();
@@ -145,7 +160,8 @@ impl Engine for LocalApi {
         let mut rx = logs::stream(paths, LogOptions { follow: r.follow, tail: r.tail });
         let out = async_stream(move |tx: tokio::sync::mpsc::Sender<Result<LogMessage, Status>>| async move {
             while let Some(l) = rx.recv().await {
-                let msg = LogMessage { time: l.time, stream: l.stream, context: contexts[l.source].clone(), line: l.line };
+                let msg =
+                    LogMessage { time: l.time, stream: l.stream, context: contexts[l.source].clone(), line: l.line };
                 if tx.send(Ok(msg)).await.is_err() {
                     return;
                 }

@@ -132,7 +132,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let a = dir.path().join("a.log");
         let b = dir.path().join("b.log");
-        std::fs::write(&a, rec("2026-01-01T00:00:01.000000000Z", "stdout", "a1") + &rec("2026-01-01T00:00:03.000000000Z", "stderr", "a2")).unwrap();
+        std::fs::write(
+            &a,
+            rec("2026-01-01T00:00:01.000000000Z", "stdout", "a1")
+                + &rec("2026-01-01T00:00:03.000000000Z", "stderr", "a2"),
+        )
+        .unwrap();
         std::fs::write(&b, rec("2026-01-01T00:00:02.000000000Z", "stdout", "b1")).unwrap();
         let mut rx = stream(vec![a.clone(), b.clone()], LogOptions::default());
         let mut got = Vec::new();
@@ -141,7 +146,11 @@ mod tests {
         }
         assert_eq!(
             got,
-            vec![(0, "a1".into(), "stdout".into()), (1, "b1".into(), "stdout".into()), (0, "a2".into(), "stderr".into())]
+            vec![
+                (0, "a1".into(), "stdout".into()),
+                (1, "b1".into(), "stdout".into()),
+                (0, "a2".into(), "stderr".into())
+            ]
         );
         let mut rx = stream(vec![a, b], LogOptions { follow: false, tail: Some(1) });
         let mut got = Vec::new();

@@ -5,7 +5,8 @@
 
 use oci_spec::runtime::{
     Capabilities, LinuxBuilder, LinuxCpuBuilder, LinuxMemoryBuilder, LinuxNamespaceBuilder, LinuxNamespaceType,
-    LinuxResourcesBuilder, Mount as OciMount, MountBuilder, ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
+    LinuxResourcesBuilder, Mount as OciMount, MountBuilder, ProcessBuilder, RootBuilder, Spec, SpecBuilder,
+    UserBuilder,
 };
 use std::path::{Path, PathBuf};
 use swarm::agent::exec::ExecError;
@@ -67,7 +68,9 @@ pub fn args(task: &Task, image: &ImageConfig) -> Result<Vec<String>, ExecError> 
     };
     let all: Vec<String> = entry.into_iter().chain(cmd).collect();
     if all.is_empty() {
-        return Err(ExecError::InvalidSpec("no command specified: the image has no entrypoint or cmd and the service gives none".into()));
+        return Err(ExecError::InvalidSpec(
+            "no command specified: the image has no entrypoint or cmd and the service gives none".into(),
+        ));
     }
     Ok(all)
 }
@@ -103,7 +106,8 @@ pub fn user(user: &str, rootfs: Option<&Path>) -> Result<(u32, u32), ExecError> 
         let text = std::fs::read_to_string(rootfs?.join(file)).ok()?;
         text.lines().find_map(|l| {
             let f: Vec<&str> = l.split(':').collect();
-            (f.len() >= 3 && f[0] == name).then(|| (f[2].parse().ok(), f.get(3).and_then(|x| x.parse().ok())))
+            (f.len() >= 3 && f[0] == name)
+                .then(|| (f[2].parse().ok(), f.get(3).and_then(|x| x.parse().ok())))
                 .and_then(|(a, b): (Option<u32>, Option<u32>)| Some((a?, b.unwrap_or(0))))
         })
     };
@@ -200,7 +204,12 @@ pub fn build(task: &Task, image: &ImageConfig, paths: &SpecPaths) -> Result<Spec
     let mut mounts = vec![
         mount("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"])?,
         mount("/dev", "tmpfs", "tmpfs", &["nosuid", "strictatime", "mode=755", "size=65536k"])?,
-        mount("/dev/pts", "devpts", "devpts", &["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"])?,
+        mount(
+            "/dev/pts",
+            "devpts",
+            "devpts",
+            &["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"],
+        )?,
         mount("/dev/shm", "tmpfs", "shm", &["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"])?,
         mount("/dev/mqueue", "mqueue", "mqueue", &["nosuid", "noexec", "nodev"])?,
         mount("/sys", "sysfs", "sysfs", &["nosuid", "noexec", "nodev", "ro"])?,
@@ -220,23 +229,34 @@ pub fn build(task: &Task, image: &ImageConfig, paths: &SpecPaths) -> Result<Spec
     let limits = task.spec.resources.limits;
     let mut resources = LinuxResourcesBuilder::default();
     if limits.memory_bytes > 0 {
-        resources = resources.memory(LinuxMemoryBuilder::default().limit(limits.memory_bytes).build().map_err(invalid)?);
+        resources =
+            resources.memory(LinuxMemoryBuilder::default().limit(limits.memory_bytes).build().map_err(invalid)?);
     }
     if limits.nano_cpus > 0 {
         const PERIOD: u64 = 100_000;
         let quota = (limits.nano_cpus as i128 * PERIOD as i128 / 1_000_000_000) as i64;
-        resources = resources.cpu(LinuxCpuBuilder::default().period(PERIOD).quota(quota.max(1000)).build().map_err(invalid)?);
+        resources =
+            resources.cpu(LinuxCpuBuilder::default().period(PERIOD).quota(quota.max(1000)).build().map_err(invalid)?);
     }
     let linux = LinuxBuilder::default()
         .namespaces(namespaces)
         .resources(resources.build().map_err(invalid)?)
         .cgroups_path(PathBuf::from(format!("/shoal/{}", task.id)))
         .masked_paths(
-            ["/proc/acpi", "/proc/kcore", "/proc/keys", "/proc/latency_stats", "/proc/timer_list", "/proc/timer_stats",
-             "/proc/sched_debug", "/proc/scsi", "/sys/firmware"]
-                .iter()
-                .map(|s| s.to_string())
-                .collect::<Vec<_>>(),
+            [
+                "/proc/acpi",
+                "/proc/kcore",
+                "/proc/keys",
+                "/proc/latency_stats",
+                "/proc/timer_list",
+                "/proc/timer_stats",
+                "/proc/sched_debug",
+                "/proc/scsi",
+                "/sys/firmware",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect::<Vec<_>>(),
         )
         .readonly_paths(
             ["/proc/asound", "/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"]
@@ -264,7 +284,12 @@ mod tests {
     use swarm::testing::task;
 
     fn image() -> ImageConfig {
-        ImageConfig { entrypoint: vec![], cmd: vec!["sh".into()], env: vec!["A=image".into(), "B=image".into()], ..Default::default() }
+        ImageConfig {
+            entrypoint: vec![],
+            cmd: vec!["sh".into()],
+            env: vec!["A=image".into(), "B=image".into()],
+            ..Default::default()
+        }
     }
 
     #[test]
@@ -289,7 +314,11 @@ mod tests {
         let mut t = task("abcdefghijklmnop", "s", 1);
         t.spec.container.env = vec!["B=task".into(), "C=task".into()];
         let e = env(&t, &image(), "abcdefghijkl");
-        assert!(e.contains(&"A=image".to_string()) && e.contains(&"B=task".to_string()) && e.contains(&"C=task".to_string()));
+        assert!(
+            e.contains(&"A=image".to_string())
+                && e.contains(&"B=task".to_string())
+                && e.contains(&"C=task".to_string())
+        );
         assert!(!e.contains(&"B=image".to_string()));
         let spec = build(&t, &image(), &SpecPaths { volumes: Path::new("/tmp"), rootfs: None, netns: None }).unwrap();
         assert_eq!(spec.hostname().as_deref(), Some("abcdefghijkl"));
@@ -305,7 +334,8 @@ mod tests {
         assert_eq!(json["linux"]["resources"]["memory"]["limit"], 64 << 20);
         assert_eq!(json["linux"]["resources"]["cpu"]["quota"], 50_000);
         assert_eq!(json["linux"]["cgroupsPath"], "/shoal/abcdefghijklmnop");
-        let ns: Vec<&str> = json["linux"]["namespaces"].as_array().unwrap().iter().map(|n| n["type"].as_str().unwrap()).collect();
+        let ns: Vec<&str> =
+            json["linux"]["namespaces"].as_array().unwrap().iter().map(|n| n["type"].as_str().unwrap()).collect();
         assert!(ns.contains(&"network") && ns.contains(&"mount") && ns.contains(&"pid"));
     }
 
@@ -313,7 +343,8 @@ mod tests {
     fn users_and_bind_sources() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("etc")).unwrap();
-        std::fs::write(dir.path().join("etc/passwd"), "root:x:0:0::/:/bin/sh\nnobody:x:65534:65534::/:/bin/false\n").unwrap();
+        std::fs::write(dir.path().join("etc/passwd"), "root:x:0:0::/:/bin/sh\nnobody:x:65534:65534::/:/bin/false\n")
+            .unwrap();
         std::fs::write(dir.path().join("etc/group"), "root:x:0:\nnogroup:x:65534:\n").unwrap();
         assert_eq!(user("nobody", Some(dir.path())).unwrap(), (65534, 65534));
         assert_eq!(user("1000:1000", None).unwrap(), (1000, 1000));

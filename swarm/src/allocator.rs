@@ -17,7 +17,8 @@ impl Allocator {
     }
 
     pub async fn run(self, shutdown: CancellationToken) {
-        let interested = |ev: &crate::store::Event| matches!(&ev.object, Object::Task(t) if t.status.state == TaskState::New);
+        let interested =
+            |ev: &crate::store::Event| matches!(&ev.object, Object::Task(t) if t.status.state == TaskState::New);
         reconcile_loop(
             "allocator",
             &self.store.clone(),

@@ -91,9 +91,7 @@ impl Manager {
                 .instrument(span("replicated-orchestrator")),
         );
         set.spawn(
-            GlobalOrchestrator::new(s.clone(), restarts)
-                .run(token.clone())
-                .instrument(span("global-orchestrator")),
+            GlobalOrchestrator::new(s.clone(), restarts).run(token.clone()).instrument(span("global-orchestrator")),
         );
         set.spawn(TaskReaper::new(s.clone()).run(token.clone()).instrument(span("task-reaper")));
         let d = self.dispatcher.clone();

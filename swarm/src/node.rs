@@ -38,7 +38,9 @@ const NODE_FORMAT: u32 = 1;
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
     /// `swarm init` on a member.
-    #[error("This node is already part of a swarm. Use \"shoal swarm leave\" to leave this swarm and join another one.")]
+    #[error(
+        "This node is already part of a swarm. Use \"shoal swarm leave\" to leave this swarm and join another one."
+    )]
     AlreadyMember,
     /// `swarm leave` on a node that is not a member.
     #[error("This node is not part of a swarm")]
@@ -83,6 +85,13 @@ struct PersistedNode {
     role: NodeRole,
     listen_addr: String,
     advertise_addr: String,
+    /// `--snapshot-interval`, needed before the store (which also records it) can be read.
+    #[serde(default = "default_snapshot_interval")]
+    snapshot_interval: u64,
+}
+
+fn default_snapshot_interval() -> u64 {
+    RaftConfig::default().snapshot_interval
 }
 
 struct Running<E: Executor> {
@@ -133,13 +142,16 @@ impl<E: Executor> SwarmNode<E> {
             Err(e) => return Err(self.state_err(format!("reading {}: {e}", path.display()))),
         };
         let me: PersistedNode = serde_json::from_slice(&bytes).map_err(|e| {
-            self.state_err(format!("{} is corrupt ({e}); remove the swarm state with `shoal swarm leave --force`", path.display()))
+            self.state_err(format!(
+                "{} is corrupt ({e}); remove the swarm state with `shoal swarm leave --force`",
+                path.display()
+            ))
         })?;
         if me.format != NODE_FORMAT {
             return Err(self.state_err(format!("{} has unsupported format {}", path.display(), me.format)));
         }
         let identity = NodeIdentity::load(&self.certs_dir())?;
-        let settings = RaftSettings::default();
+        let settings = RaftSettings { snapshot_interval: me.snapshot_interval, ..RaftSettings::default() };
         let (raft, store) = RaftHandle::start(me.raft_id, &self.cfg.state_dir.join("raft"), &settings).await?;
         let listener = bind(&me.listen_addr).await?;
         self.launch(me, identity, raft, store, listener).await?;
@@ -153,9 +165,14 @@ impl<E: Executor> SwarmNode<E> {
         if running.is_some() || self.cfg.state_dir.join(NODE_FILE).exists() {
             return Err(NodeError::AlreadyMember);
         }
-        let listen = if req.listen_addr.is_empty() { format!("0.0.0.0:{DEFAULT_PORT}") } else { with_port(&req.listen_addr, DEFAULT_PORT)? };
+        let listen = if req.listen_addr.is_empty() {
+            format!("0.0.0.0:{DEFAULT_PORT}")
+        } else {
+            with_port(&req.listen_addr, DEFAULT_PORT)?
+        };
         let listener = bind(&listen).await?;
-        let bound = listener.local_addr().map_err(|e| NodeError::Listen { addr: listen.clone(), reason: e.to_string() })?;
+        let bound =
+            listener.local_addr().map_err(|e| NodeError::Listen { addr: listen.clone(), reason: e.to_string() })?;
         let advertise = self.advertise_addr(&req.advertise_addr, bound)?;
 
         let node_id = new_id();
@@ -195,12 +212,8 @@ impl<E: Executor> SwarmNode<E> {
             spec.raft.snapshot_interval = n;
         }
         let digest = root.digest();
-        let cluster = Cluster {
-            id: cluster_id.clone(),
-            meta: Meta::default(),
-            spec,
-            root_ca: RootCa_api(&root, &digest),
-        };
+        let cluster =
+            Cluster { id: cluster_id.clone(), meta: Meta::default(), spec, root_ca: RootCa_api(&root, &digest) };
         let description = self.executor.describe().await?;
         let node = Node {
             id: node_id.clone(),
@@ -235,6 +248,7 @@ impl<E: Executor> SwarmNode<E> {
             role: NodeRole::Manager,
             listen_addr: bound.to_string(),
             advertise_addr: advertise,
+            snapshot_interval: settings.snapshot_interval,
         };
         write_atomic(&self.cfg.state_dir.join(NODE_FILE), &serde_json::to_vec_pretty(&me).expect("plain data"))
             .map_err(|e| self.state_err(e))?;
@@ -277,10 +291,12 @@ impl<E: Executor> SwarmNode<E> {
     ) -> Result<(), NodeError> {
         let shutdown = CancellationToken::new();
         let mut tasks = JoinSet::new();
-        let heartbeat = store
-            .view(|v| v.cluster().map(|c| c.spec.dispatcher.heartbeat_period))
-            .unwrap_or(Duration::from_secs(5));
-        let dispatcher = Dispatcher::new(DispatcherConfig { heartbeat_period: heartbeat, managers: vec![me.advertise_addr.clone()] });
+        let heartbeat =
+            store.view(|v| v.cluster().map(|c| c.spec.dispatcher.heartbeat_period)).unwrap_or(Duration::from_secs(5));
+        let dispatcher = Dispatcher::new(DispatcherConfig {
+            heartbeat_period: heartbeat,
+            managers: vec![me.advertise_addr.clone()],
+        });
 
         let server_tls = ca::server_tls_config(&identity)?;
         let service = DispatcherServer::new(DispatcherService::new(dispatcher.clone()));
@@ -330,7 +346,11 @@ impl<E: Executor> SwarmNode<E> {
         r.raft.shutdown().await;
         drop(r);
         std::fs::remove_dir_all(&self.cfg.state_dir).or_else(|e| {
-            if e.kind() == std::io::ErrorKind::NotFound { Ok(()) } else { Err(self.state_err(e)) }
+            if e.kind() == std::io::ErrorKind::NotFound {
+                Ok(())
+            } else {
+                Err(self.state_err(e))
+            }
         })?;
         tracing::info!("left the swarm");
         Ok(())
@@ -351,9 +371,9 @@ impl<E: Executor> SwarmNode<E> {
         let Some(r) = running.as_ref() else {
             return SwarmInfo { local_node_state: "inactive".into(), ..Default::default() };
         };
-        let (managers, nodes) = r.store.view(|v| {
-            (v.nodes().filter(|n| n.manager_status.is_some()).count() as u64, v.nodes().count() as u64)
-        });
+        let (managers, nodes) = r
+            .store
+            .view(|v| (v.nodes().filter(|n| n.manager_status.is_some()).count() as u64, v.nodes().count() as u64));
         let agent: AgentStatus = r.agent.status().borrow().clone();
         SwarmInfo {
             local_node_state: if agent.connected_to.is_some() { "active" } else { "pending" }.into(),
@@ -380,10 +400,7 @@ fn RootCa_api(root: &RootCa, digest: &str) -> crate::api::RootCa {
         ca_cert_pem: root.cert_pem.clone(),
         ca_key_pem: root.key_pem.clone(),
         ca_cert_digest: digest.to_string(),
-        join_tokens: JoinTokens {
-            worker: ca::JoinToken::generate(digest),
-            manager: ca::JoinToken::generate(digest),
-        },
+        join_tokens: JoinTokens { worker: ca::JoinToken::generate(digest), manager: ca::JoinToken::generate(digest) },
     }
 }
 

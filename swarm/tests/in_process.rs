@@ -22,7 +22,9 @@ async fn wait_for<T>(what: &str, mut f: impl FnMut() -> Result<T, String>) -> T 
     loop {
         match f() {
             Ok(v) => return v,
-            Err(last) if start.elapsed() > Duration::from_secs(30) => panic!("timed out waiting for {what}; last: {last}"),
+            Err(last) if start.elapsed() > Duration::from_secs(30) => {
+                panic!("timed out waiting for {what}; last: {last}")
+            }
             Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
         }
     }
@@ -77,22 +79,25 @@ async fn a_node_converges_replaces_scales_and_readopts() {
     let node = new_node(dir.path(), &exec);
 
     step("init a one-manager swarm on loopback");
-    let node_id = node
-        .init(SwarmInitRequest { listen_addr: "127.0.0.1:0".into(), ..Default::default() })
-        .await
-        .unwrap();
+    let node_id =
+        node.init(SwarmInitRequest { listen_addr: "127.0.0.1:0".into(), ..Default::default() }).await.unwrap();
     let api = node.control_api();
     let info = node.info().await;
     assert!(info.is_manager);
     assert_eq!((info.managers, info.nodes), (1, 1));
     wait_for("the agent's session to mark the node ready", || {
         let n = node.store().ok_or("no store yet")?.view(|v| v.node(&node_id).cloned()).ok_or("no node")?;
-        if n.status.state == swarm::api::NodeState::Ready && n.description.hostname == "host-a" { Ok(()) } else { Err(format!("{:?}", n.status)) }
+        if n.status.state == swarm::api::NodeState::Ready && n.description.hostname == "host-a" {
+            Ok(())
+        } else {
+            Err(format!("{:?}", n.status))
+        }
     })
     .await;
 
     step("create 3 replicas");
-    let svc = api.create_service(Request::new(CreateServiceRequest { spec: spec("web", 3) })).await.unwrap().into_inner();
+    let svc =
+        api.create_service(Request::new(CreateServiceRequest { spec: spec("web", 3) })).await.unwrap().into_inner();
     let first = converged(&api, &exec, &svc.id, 3).await;
     let slots: std::collections::BTreeSet<u64> = tasks(&api, &svc.id).await.iter().map(|t| t.slot).collect();
     assert_eq!(slots, [1, 2, 3].into_iter().collect());
@@ -114,7 +119,9 @@ async fn a_node_converges_replaces_scales_and_readopts() {
             let cur = api.get_service(Request::new(GetRequest { id_or_name: id.clone() })).await.unwrap().into_inner();
             let mut s = cur.spec.clone();
             s.mode = ServiceMode::Replicated { replicas: n };
-            api.update_service(Request::new(UpdateServiceRequest { id, version: cur.meta.version, spec: s })).await.unwrap();
+            api.update_service(Request::new(UpdateServiceRequest { id, version: cur.meta.version, spec: s }))
+                .await
+                .unwrap();
         }
     };
     scale(10).await;
@@ -122,8 +129,15 @@ async fn a_node_converges_replaces_scales_and_readopts() {
     scale(1).await;
     let one = converged(&api, &exec, &svc.id, 1).await;
     wait_for("scaled-down tasks to be deleted by the reaper", || {
-        let n = node.store().unwrap().view(|v| v.tasks_by_service(&svc.id).filter(|t| t.desired_state == TaskState::Remove).count());
-        if n == 0 { Ok(()) } else { Err(format!("{n} tasks marked remove")) }
+        let n = node
+            .store()
+            .unwrap()
+            .view(|v| v.tasks_by_service(&svc.id).filter(|t| t.desired_state == TaskState::Remove).count());
+        if n == 0 {
+            Ok(())
+        } else {
+            Err(format!("{n} tasks marked remove"))
+        }
     })
     .await;
 
@@ -133,7 +147,8 @@ async fn a_node_converges_replaces_scales_and_readopts() {
     let node = new_node(dir.path(), &exec);
     assert!(node.resume().await.unwrap(), "membership resumed from the state dir");
     let api = node.control_api();
-    wait_for("the control API to answer after the restart", || node.store().map(|_| ()).ok_or("no store".to_string())).await;
+    wait_for("the control API to answer after the restart", || node.store().map(|_| ()).ok_or("no store".to_string()))
+        .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let again = converged(&api, &exec, &svc.id, 1).await;
     assert_eq!(again, one);
@@ -185,27 +200,49 @@ async fn the_cluster_listener_authenticates_callers() {
     let description = exec.describe_for_tests().await;
 
     step("a client without a certificate connects but is not authenticated");
-    let ch = Endpoint::from_shared(format!("https://{addr}")).unwrap()
-        .tls_config(bootstrap_client_tls_config(&identity.ca_cert_pem)).unwrap()
-        .connect().await.unwrap();
-    let e = DispatcherClient::new(ch).session(SessionRequest { description: description.clone() }).await.err().expect("refused");
+    let ch = Endpoint::from_shared(format!("https://{addr}"))
+        .unwrap()
+        .tls_config(bootstrap_client_tls_config(&identity.ca_cert_pem))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let e = DispatcherClient::new(ch)
+        .session(SessionRequest { description: description.clone() })
+        .await
+        .err()
+        .expect("refused");
     assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e:?}");
 
     step("a certificate from another CA is refused at the handshake");
     let other = RootCa::generate().unwrap();
-    let stranger = issue_identity(&other, &identity.node_id, swarm::api::NodeRole::Manager, &identity.cluster_id).unwrap();
+    let stranger =
+        issue_identity(&other, &identity.node_id, swarm::api::NodeRole::Manager, &identity.cluster_id).unwrap();
     let mut tls = client_tls_config(&stranger).unwrap();
     tls = tls.ca_certificate(tonic::transport::Certificate::from_pem(&identity.ca_cert_pem));
-    let refused = match Endpoint::from_shared(format!("https://{addr}")).unwrap().tls_config(tls).unwrap().connect().await {
-        Err(_) => true,
-        Ok(ch) => DispatcherClient::new(ch).session(SessionRequest { description: description.clone() }).await.is_err(),
-    };
+    let refused =
+        match Endpoint::from_shared(format!("https://{addr}")).unwrap().tls_config(tls).unwrap().connect().await {
+            Err(_) => true,
+            Ok(ch) => {
+                DispatcherClient::new(ch).session(SessionRequest { description: description.clone() }).await.is_err()
+            }
+        };
     assert!(refused, "a foreign certificate must not open a session");
 
     step("a worker certificate of this cluster for an unknown node is denied");
-    let root = RootCa::from_pem(&identity.ca_cert_pem, &node.store().unwrap().view(|v| v.cluster().unwrap().root_ca.ca_key_pem.clone())).unwrap();
+    let root = RootCa::from_pem(
+        &identity.ca_cert_pem,
+        &node.store().unwrap().view(|v| v.cluster().unwrap().root_ca.ca_key_pem.clone()),
+    )
+    .unwrap();
     let worker = issue_identity(&root, "nosuchnode", swarm::api::NodeRole::Worker, &identity.cluster_id).unwrap();
-    let ch = Endpoint::from_shared(format!("https://{addr}")).unwrap().tls_config(client_tls_config(&worker).unwrap()).unwrap().connect().await.unwrap();
+    let ch = Endpoint::from_shared(format!("https://{addr}"))
+        .unwrap()
+        .tls_config(client_tls_config(&worker).unwrap())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
     let e = DispatcherClient::new(ch).session(SessionRequest { description }).await.err().expect("denied");
     assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
     assert!(e.message().contains("nosuchnode"));

@@ -117,7 +117,12 @@ fn committed_objects_survive_sigkill() {
         names
     });
     let missing: Vec<&usize> = first.iter().filter(|i| !present.contains(&name(**i))).collect();
-    assert!(missing.is_empty(), "{} committed objects lost, e.g. {:?}", missing.len(), &missing[..missing.len().min(5)]);
+    assert!(
+        missing.is_empty(),
+        "{} committed objects lost, e.g. {:?}",
+        missing.len(),
+        &missing[..missing.len().min(5)]
+    );
 
     eprintln!("--- a second writer finishes the 10,000, then is killed");
     let resume_from = (0..TOTAL).find(|i| !present.contains(&name(*i))).unwrap();
@@ -161,14 +166,16 @@ fn damaged_files_are_named_in_the_error() {
         let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
         f.set_len(len / 3).unwrap();
         drop(f);
-        let err = rt.block_on(RaftHandle::start(1, dir.path(), &settings())).err().expect("a truncated file must be refused");
+        let err =
+            rt.block_on(RaftHandle::start(1, dir.path(), &settings())).err().expect("a truncated file must be refused");
         let msg = err.to_string();
         assert!(msg.contains(&path.display().to_string()), "error names the file: {msg}");
         assert!(msg.contains("corrupt") || msg.contains("truncated"), "error says what is wrong: {msg}");
         eprintln!("{file}: {msg}");
 
         std::fs::write(&path, b"this is not a redb file at all, just some bytes").unwrap();
-        let msg = rt.block_on(RaftHandle::start(1, dir.path(), &settings())).err().expect("garbage refused").to_string();
+        let msg =
+            rt.block_on(RaftHandle::start(1, dir.path(), &settings())).err().expect("garbage refused").to_string();
         assert!(msg.contains(&path.display().to_string()), "{msg}");
     }
 }

@@ -162,7 +162,12 @@ impl Daemon {
     /// Runs a command that must fail; returns its stderr.
     pub fn fails(&self, args: &[&str]) -> String {
         let o = self.shoal(args);
-        assert!(!o.status.success(), "`shoal {}` should have failed; stdout: {}", args.join(" "), String::from_utf8_lossy(&o.stdout));
+        assert!(
+            !o.status.success(),
+            "`shoal {}` should have failed; stdout: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&o.stdout)
+        );
         String::from_utf8_lossy(&o.stderr).into_owned()
     }
 
@@ -275,7 +280,10 @@ impl Drop for Daemon {
         // Overlay mounts of containers that were not removed would keep the temp dir busy.
         let _ = Command::new("sh")
             .arg("-c")
-            .arg(format!("grep -o ' {}[^ ]*' /proc/mounts | sort -r | xargs -r -n1 umount -l", self.dir.path().display()))
+            .arg(format!(
+                "grep -o ' {}[^ ]*' /proc/mounts | sort -r | xargs -r -n1 umount -l",
+                self.dir.path().display()
+            ))
             .status();
     }
 }

@@ -56,12 +56,29 @@ fn images_logs_global_services_and_limits() {
     assert!(ls.contains("example.com/tools/box") && ls.contains("busybox"), "{ls}");
 
     step!("service logs: every task's lines, prefixed with the task, stdout and stderr");
-    d.ok(&["service", "create", "-d", "--name", "talk", "--replicas", "2", "--stop-grace-period", "1s",
-        "example.com/tools/box:v1", "sh", "-c", "echo out-$(hostname); echo err-$(hostname) >&2; sleep 100000"]);
+    d.ok(&[
+        "service",
+        "create",
+        "-d",
+        "--name",
+        "talk",
+        "--replicas",
+        "2",
+        "--stop-grace-period",
+        "1s",
+        "example.com/tools/box:v1",
+        "sh",
+        "-c",
+        "echo out-$(hostname); echo err-$(hostname) >&2; sleep 100000",
+    ]);
     let logs = wait_for("both tasks' lines in service logs", T, || {
         let o = d.shoal(&["service", "logs", "talk"]);
         let all = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
-        if all.matches("out-").count() == 2 && all.matches("err-").count() == 2 { Ok(o) } else { Err(all) }
+        if all.matches("out-").count() == 2 && all.matches("err-").count() == 2 {
+            Ok(o)
+        } else {
+            Err(all)
+        }
     });
     let stdout = String::from_utf8_lossy(&logs.stdout);
     let stderr = String::from_utf8_lossy(&logs.stderr);
@@ -71,20 +88,55 @@ fn images_logs_global_services_and_limits() {
     assert!(ts.lines().all(|l| l.len() > 20 && l.as_bytes()[4] == b'-'), "timestamps first:\n{ts}");
 
     step!("a global service runs one task on the node");
-    d.ok(&["service", "create", "-d", "--name", "everywhere", "--mode", "global", "--stop-grace-period", "1s",
-        "busybox", "sleep", "100000"]);
+    d.ok(&[
+        "service",
+        "create",
+        "-d",
+        "--name",
+        "everywhere",
+        "--mode",
+        "global",
+        "--stop-grace-period",
+        "1s",
+        "busybox",
+        "sleep",
+        "100000",
+    ]);
     wait_for("one running global task", T, || {
         let tasks = d.tasks("everywhere");
         let running = tasks.iter().filter(|t| t["status"]["state"] == "running").count();
-        if tasks.len() == 1 && running == 1 && tasks[0]["slot"] == 0 { Ok(()) } else { Err(format!("{tasks:?}")) }
+        if tasks.len() == 1 && running == 1 && tasks[0]["slot"] == 0 {
+            Ok(())
+        } else {
+            Err(format!("{tasks:?}"))
+        }
     });
 
     step!("--limit-memory reaches the container's cgroup; --mount tmpfs is mounted");
-    d.ok(&["service", "create", "-d", "--name", "small", "--limit-memory", "64M", "--mount", "type=tmpfs,target=/scratch",
-        "--stop-grace-period", "1s", "busybox", "sh", "-c", "grep -q ' /scratch tmpfs' /proc/mounts && echo tmpfs-ok; sleep 100000"]);
+    d.ok(&[
+        "service",
+        "create",
+        "-d",
+        "--name",
+        "small",
+        "--limit-memory",
+        "64M",
+        "--mount",
+        "type=tmpfs,target=/scratch",
+        "--stop-grace-period",
+        "1s",
+        "busybox",
+        "sh",
+        "-c",
+        "grep -q ' /scratch tmpfs' /proc/mounts && echo tmpfs-ok; sleep 100000",
+    ]);
     let task_id = wait_for("small to run", T, || {
         let tasks = d.tasks("small");
-        tasks.iter().find(|t| t["status"]["state"] == "running").map(|t| t["id"].as_str().unwrap().to_string()).ok_or(format!("{tasks:?}"))
+        tasks
+            .iter()
+            .find(|t| t["status"]["state"] == "running")
+            .map(|t| t["id"].as_str().unwrap().to_string())
+            .ok_or(format!("{tasks:?}"))
     });
     let info = std::process::Command::new("ctr")
         .arg("-a")
@@ -96,7 +148,11 @@ fn images_logs_global_services_and_limits() {
     assert_eq!(info["Spec"]["linux"]["resources"]["memory"]["limit"], 64 * 1024 * 1024, "{}", info["Spec"]["linux"]);
     wait_for("the tmpfs mount to be seen inside", T, || {
         let o = d.ok(&["service", "logs", "small"]);
-        if o.contains("tmpfs-ok") { Ok(()) } else { Err(o) }
+        if o.contains("tmpfs-ok") {
+            Ok(())
+        } else {
+            Err(o)
+        }
     });
 
     step!("image rm removes the image; a service using a removed image is rejected");

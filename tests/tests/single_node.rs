@@ -50,7 +50,19 @@ fn services_become_containers_and_stay_converged() {
     }
 
     step!("create a 3-replica busybox service");
-    d.ok(&["service", "create", "--name", "web", "--replicas", "3", "--stop-grace-period", "1s", "busybox", "sleep", "100000"]);
+    d.ok(&[
+        "service",
+        "create",
+        "--name",
+        "web",
+        "--replicas",
+        "3",
+        "--stop-grace-period",
+        "1s",
+        "busybox",
+        "sleep",
+        "100000",
+    ]);
     let first = wait_converged(&d, "web", 3);
     let ls = d.ok(&["service", "ls"]);
     assert!(ls.contains("web") && ls.contains("3/3"), "service ls:\n{ls}");
@@ -82,12 +94,8 @@ fn services_become_containers_and_stay_converged() {
     wait_converged(&d, "web", 10);
     d.ok(&["service", "scale", "web=1", "-d"]);
     let one = wait_converged(&d, "web", 1);
-    let slots: Vec<u64> = d
-        .tasks("web")
-        .iter()
-        .filter(|t| desired(t) == "running")
-        .map(|t| t["slot"].as_u64().unwrap_or(0))
-        .collect();
+    let slots: Vec<u64> =
+        d.tasks("web").iter().filter(|t| desired(t) == "running").map(|t| t["slot"].as_u64().unwrap_or(0)).collect();
     assert_eq!(slots.len(), 1, "one live slot after scaling to 1");
 
     step!("SIGKILL shoald mid-run and restart it: still converged, no duplicate containers");
@@ -106,7 +114,11 @@ fn services_become_containers_and_stay_converged() {
     d.ok(&["service", "rm", "web"]);
     wait_for("every container of web to be deleted", T, || {
         let c = d.ctr_containers();
-        if c.is_empty() { Ok(()) } else { Err(format!("{c:?}")) }
+        if c.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("{c:?}"))
+        }
     });
     let ls = d.ok(&["service", "ls", "-q"]);
     assert!(ls.trim().is_empty(), "service ls -q after rm: {ls}");
@@ -118,8 +130,22 @@ fn restart_policy_constraints_and_bad_input() {
     d.init_swarm();
 
     step!("--restart-condition none leaves a killed task dead");
-    d.ok(&["service", "create", "-d", "--name", "once", "--replicas", "2", "--restart-condition", "none",
-        "--stop-grace-period", "1s", "busybox", "sleep", "100000"]);
+    d.ok(&[
+        "service",
+        "create",
+        "-d",
+        "--name",
+        "once",
+        "--replicas",
+        "2",
+        "--restart-condition",
+        "none",
+        "--stop-grace-period",
+        "1s",
+        "busybox",
+        "sleep",
+        "100000",
+    ]);
     let ids = wait_converged(&d, "once", 2);
     let victim = d.running().into_iter().find(|c| c.id == ids[0]).expect("container");
     unsafe {
@@ -127,7 +153,11 @@ fn restart_policy_constraints_and_bad_input() {
     }
     wait_for("the killed task to show failed", T, || {
         let t = d.tasks("once").into_iter().find(|t| id(t) == victim.id).ok_or("gone")?;
-        if state(&t) == "failed" { Ok(()) } else { Err(format!("{t}")) }
+        if state(&t) == "failed" {
+            Ok(())
+        } else {
+            Err(format!("{t}"))
+        }
     });
     std::thread::sleep(Duration::from_secs(7)); // longer than the default restart delay
     let tasks = d.tasks("once");
@@ -135,16 +165,35 @@ fn restart_policy_constraints_and_bad_input() {
     assert_eq!(d.running().len(), 1);
 
     step!("a constraint no node satisfies leaves tasks pending with a reason");
-    d.ok(&["service", "create", "-d", "--name", "nowhere", "--replicas", "2", "--constraint", "node.labels.zone==mars",
-        "busybox", "sleep", "100000"]);
+    d.ok(&[
+        "service",
+        "create",
+        "-d",
+        "--name",
+        "nowhere",
+        "--replicas",
+        "2",
+        "--constraint",
+        "node.labels.zone==mars",
+        "busybox",
+        "sleep",
+        "100000",
+    ]);
     let pending = wait_for("nowhere's tasks to be pending with a reason", T, || {
         let tasks = d.tasks("nowhere");
         let ok = tasks.len() == 2
             && tasks.iter().all(|t| {
                 state(t) == "pending"
-                    && t["status"]["err"].as_str().unwrap_or("").contains("no suitable node (scheduling constraints not satisfied on 1 node)")
+                    && t["status"]["err"]
+                        .as_str()
+                        .unwrap_or("")
+                        .contains("no suitable node (scheduling constraints not satisfied on 1 node)")
             });
-        if ok { Ok(tasks) } else { Err(format!("{tasks:?}")) }
+        if ok {
+            Ok(tasks)
+        } else {
+            Err(format!("{tasks:?}"))
+        }
     });
     assert!(pending.iter().all(|t| t["node_id"].as_str().unwrap_or("").is_empty()));
     let ps = d.ok(&["service", "ps", "nowhere", "--no-trunc"]);
@@ -155,7 +204,11 @@ fn restart_policy_constraints_and_bad_input() {
     wait_for("huge's task to be pending for memory", T, || {
         let tasks = d.tasks("huge");
         let reason = tasks.first().and_then(|t| t["status"]["err"].as_str()).unwrap_or("").to_string();
-        if reason == "no suitable node (insufficient memory on 1 node)" { Ok(()) } else { Err(reason) }
+        if reason == "no suitable node (insufficient memory on 1 node)" {
+            Ok(())
+        } else {
+            Err(reason)
+        }
     });
 
     step!("a missing image: the task is rejected with 'No such image'");
@@ -164,7 +217,11 @@ fn restart_policy_constraints_and_bad_input() {
         let tasks = d.tasks("ghost");
         let t = tasks.iter().find(|t| state(t) == "rejected").ok_or(format!("{tasks:?}"))?;
         let err = t["status"]["err"].as_str().unwrap_or("");
-        if err.contains("No such image: nosuchimage:1.0") { Ok(()) } else { Err(err.to_string()) }
+        if err.contains("No such image: nosuchimage:1.0") {
+            Ok(())
+        } else {
+            Err(err.to_string())
+        }
     });
 
     step!("bad input gets clear errors and changes nothing");
@@ -182,7 +239,11 @@ fn restart_policy_constraints_and_bad_input() {
     ];
     for (args, needle) in cases {
         let err = d.fails(&args);
-        assert!(err.to_lowercase().contains(&needle.to_lowercase()), "`shoal {}`: expected {needle:?} in {err:?}", args.join(" "));
+        assert!(
+            err.to_lowercase().contains(&needle.to_lowercase()),
+            "`shoal {}`: expected {needle:?} in {err:?}",
+            args.join(" ")
+        );
         assert_eq!(err.trim().lines().count(), 1, "one clear line, got: {err}");
     }
     assert_eq!(d.ok(&["service", "ls", "-q"]), before, "bad input changed no state");
@@ -193,7 +254,9 @@ fn restart_policy_constraints_and_bad_input() {
         .and_then(|v| v.as_array().cloned())
         .unwrap_or_default()
         .iter()
-        .filter_map(|s| s["service"]["spec"]["name"].as_str().or(s["spec"]["name"].as_str()).map(|n| (n.to_string(), ())))
+        .filter_map(|s| {
+            s["service"]["spec"]["name"].as_str().or(s["spec"]["name"].as_str()).map(|n| (n.to_string(), ()))
+        })
         .collect();
     assert!(!names.contains_key("neg") && !names.contains_key("m1"));
 }

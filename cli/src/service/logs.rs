@@ -1,8 +1,8 @@
 //! `shoal service logs`: streams a service's task logs from the daemon and prints them as Docker does,
 //! `web.1.abcdefghijkl@host    | line`, with stderr lines on stderr.
 
-use crate::client::{rpc, DaemonError};
 use crate::client::Client;
+use crate::client::{rpc, DaemonError};
 use crate::output::short_id;
 use clap::Args;
 use std::io::Write;
@@ -40,7 +40,9 @@ fn parse_tail(s: &str) -> Result<Tail, String> {
     if s == "all" {
         return Ok(Tail(None));
     }
-    s.parse::<usize>().map(|n| Tail(Some(n))).map_err(|_| format!("invalid tail value {s}: must be \"all\" or a non-negative integer"))
+    s.parse::<usize>()
+        .map(|n| Tail(Some(n)))
+        .map_err(|_| format!("invalid tail value {s}: must be \"all\" or a non-negative integer"))
 }
 
 /// How contexts are shown.
@@ -101,12 +103,10 @@ pub async fn run(client: &mut Client, a: LogsArgs) -> anyhow::Result<()> {
         ServiceMode::Global => 0,
     };
     let p = Prefixer { slot_width, no_task_ids: a.no_task_ids, no_trunc: a.no_trunc, timestamps: a.timestamps };
-    let mut stream = rpc(
-        client
-            .engine
-            .service_logs(ServiceLogsRequest { service: svc.id.clone(), follow: a.follow, tail: a.tail.0 })
-            .await,
-    )?;
+    let mut stream = rpc(client
+        .engine
+        .service_logs(ServiceLogsRequest { service: svc.id.clone(), follow: a.follow, tail: a.tail.0 })
+        .await)?;
     loop {
         let msg = stream.message().await.map_err(DaemonError)?;
         let Some(m) = msg else { return Ok(()) };
@@ -129,7 +129,12 @@ mod tests {
     use super::*;
 
     fn msg(ctx: &str, line: &str) -> LogMessage {
-        LogMessage { time: "2024-01-02T03:04:05.000000000Z".into(), stream: "stdout".into(), context: ctx.into(), line: line.into() }
+        LogMessage {
+            time: "2024-01-02T03:04:05.000000000Z".into(),
+            stream: "stdout".into(),
+            context: ctx.into(),
+            line: line.into(),
+        }
     }
 
     const CTX: &str = "web.2.abcdefghijklmnopqrstuvwxy@host-a";

@@ -127,7 +127,11 @@ async fn ls(client: &mut Client, a: LsArgs) -> anyhow::Result<()> {
         Format::Json => {
             let list: Vec<_> = services
                 .iter()
-                .map(|s| ServiceListing { service: &s.service, running_tasks: s.running_tasks, desired_tasks: s.desired_tasks })
+                .map(|s| ServiceListing {
+                    service: &s.service,
+                    running_tasks: s.running_tasks,
+                    desired_tasks: s.desired_tasks,
+                })
                 .collect();
             print_json(&list)
         }
@@ -177,7 +181,9 @@ fn parse_filter(s: &str) -> Result<PsFilter, String> {
             "running" => Ok(PsFilter::DesiredState(TaskState::Running)),
             "shutdown" => Ok(PsFilter::DesiredState(TaskState::Shutdown)),
             "accepted" => Ok(PsFilter::DesiredState(TaskState::Accepted)),
-            other => Err(format!("invalid desired-state filter value {other:?}: must be running, shutdown or accepted")),
+            other => {
+                Err(format!("invalid desired-state filter value {other:?}: must be running, shutdown or accepted"))
+            }
         },
         "node" => Ok(PsFilter::Node(v.to_string())),
         "id" => Ok(PsFilter::Id(v.to_string())),
@@ -227,11 +233,8 @@ fn ps_rows(tasks: &[Task], node_names: &HashMap<String, String>, no_trunc: bool,
         let shown_name = if name == prev_name { format!(" \\_ {name}") } else { name.clone() };
         prev_name = name;
         let id = if no_trunc { t.id.clone() } else { short_id(&t.id).to_string() };
-        let image = if no_trunc {
-            familiar_image_ref(&t.spec.container.image)
-        } else {
-            display_image(&t.spec.container.image)
-        };
+        let image =
+            if no_trunc { familiar_image_ref(&t.spec.container.image) } else { display_image(&t.spec.container.image) };
         let node = node_names.get(&t.node_id).cloned().unwrap_or_else(|| t.node_id.clone());
         let since = now.duration_since(t.status.timestamp.0).unwrap_or_default();
         let err = if no_trunc { t.status.err.clone() } else { ellipsis(&t.status.err, MAX_ERR_LEN) };
@@ -328,7 +331,8 @@ fn parse_scale(pair: &str) -> anyhow::Result<(String, u64)> {
         .split_once('=')
         .filter(|(name, _)| !name.is_empty())
         .ok_or_else(|| anyhow::anyhow!("invalid scale specifier '{pair}'"))?;
-    let n = n.parse::<u64>().map_err(|_| anyhow::anyhow!("invalid replicas value {n}: must be a non-negative integer"))?;
+    let n =
+        n.parse::<u64>().map_err(|_| anyhow::anyhow!("invalid replicas value {n}: must be a non-negative integer"))?;
     Ok((name.to_string(), n))
 }
 
@@ -339,7 +343,10 @@ async fn scale_one(client: &mut Client, name: &str, replicas: u64) -> anyhow::Re
         ServiceMode::Replicated { replicas: r } => *r = replicas,
         ServiceMode::Global => anyhow::bail!("{name}: scale can only be used with replicated mode"),
     }
-    rpc(client.control.update_service(UpdateServiceRequest { id: svc.id.clone(), version: svc.meta.version, spec }).await)
+    rpc(client
+        .control
+        .update_service(UpdateServiceRequest { id: svc.id.clone(), version: svc.meta.version, spec })
+        .await)
 }
 
 async fn scale(client: &mut Client, a: ScaleArgs) -> anyhow::Result<()> {
@@ -415,9 +422,24 @@ mod tests {
     #[test]
     fn ps_shows_history_under_the_current_task() {
         let mut tasks = vec![
-            task("old0000000000000000000000", 1, "n1", TaskState::Failed, TaskState::Shutdown, 100, "task: non-zero exit (137)"),
-            task("t2aaaaaaaaaaaaaaaaaaaaaaa", 2, "", TaskState::Pending, TaskState::Running, 150,
-                "no suitable node (scheduling constraints not satisfied on 1 node)"),
+            task(
+                "old0000000000000000000000",
+                1,
+                "n1",
+                TaskState::Failed,
+                TaskState::Shutdown,
+                100,
+                "task: non-zero exit (137)",
+            ),
+            task(
+                "t2aaaaaaaaaaaaaaaaaaaaaaa",
+                2,
+                "",
+                TaskState::Pending,
+                TaskState::Running,
+                150,
+                "no suitable node (scheduling constraints not satisfied on 1 node)",
+            ),
             task("new0000000000000000000000", 1, "n1", TaskState::Running, TaskState::Running, 200, ""),
         ];
         sort_tasks(&mut tasks);
@@ -439,8 +461,15 @@ mod tests {
 
     #[test]
     fn ps_no_trunc_keeps_everything() {
-        let tasks = vec![task("t2aaaaaaaaaaaaaaaaaaaaaaa", 2, "", TaskState::Pending, TaskState::Running, 150,
-            "no suitable node (scheduling constraints not satisfied on 1 node)")];
+        let tasks = vec![task(
+            "t2aaaaaaaaaaaaaaaaaaaaaaa",
+            2,
+            "",
+            TaskState::Pending,
+            TaskState::Running,
+            150,
+            "no suitable node (scheduling constraints not satisfied on 1 node)",
+        )];
         let rows = ps_rows(&tasks, &HashMap::new(), true, SystemTime::UNIX_EPOCH + Duration::from_secs(151));
         assert_eq!(rows[0][0], "t2aaaaaaaaaaaaaaaaaaaaaaa");
         assert_eq!(rows[0][5], "Pending less than a second ago");

@@ -10,9 +10,7 @@ use swarm::api::{Mount, MountType};
 /// `--replicas`: a u64; clap is told to accept "-1" as a value so it reaches this check instead of being
 /// mistaken for a flag.
 pub fn replicas(s: &str) -> Result<u64, String> {
-    s.trim()
-        .parse::<u64>()
-        .map_err(|_| format!("invalid replicas value {s}: must be a non-negative integer"))
+    s.trim().parse::<u64>().map_err(|_| format!("invalid replicas value {s}: must be a non-negative integer"))
 }
 
 /// Any other count (`--restart-max-attempts`, `--replicas-max-per-node`, …).
@@ -72,7 +70,8 @@ pub fn nano_cpus(s: &str) -> Result<i64, String> {
         return Err("value is too precise".into());
     }
     let whole: i64 = if int.is_empty() { 0 } else { int.parse().map_err(|_| format!("{s} CPUs is too large"))? };
-    let frac_nanos: i64 = if frac.is_empty() { 0 } else { format!("{frac:0<9}").parse().map_err(|_| "bad fraction")? };
+    let frac_nanos: i64 =
+        if frac.is_empty() { 0 } else { format!("{frac:0<9}").parse().map_err(|_| "bad fraction")? };
     whole
         .checked_mul(1_000_000_000)
         .and_then(|n| n.checked_add(frac_nanos))
@@ -274,8 +273,8 @@ pub fn mount(s: &str) -> Result<Mount, String> {
             }
             (
                 "volume-nocopy" | "volume-label" | "volume-driver" | "volume-opt" | "volume-subpath"
-                | "bind-propagation" | "bind-nonrecursive" | "bind-recursive" | "bind-create-src"
-                | "tmpfs-mode" | "consistency",
+                | "bind-propagation" | "bind-nonrecursive" | "bind-recursive" | "bind-create-src" | "tmpfs-mode"
+                | "consistency",
                 Some(_),
             ) => return Err(format!("mount option '{key}' is not supported by shoal")),
             (_, Some(_)) => return Err(format!("unexpected key '{key}' in '{field}'")),
@@ -311,10 +310,19 @@ mod tests {
         let m = mount("type=bind,source=/srv/data,target=/data,readonly").unwrap();
         assert_eq!(
             m,
-            Mount { kind: MountType::Bind, source: "/srv/data".into(), target: "/data".into(), readonly: true, tmpfs_size: 0 }
+            Mount {
+                kind: MountType::Bind,
+                source: "/srv/data".into(),
+                target: "/data".into(),
+                readonly: true,
+                tmpfs_size: 0
+            }
         );
         let m = mount("type=volume,src=cache,dst=/cache,ro=false").unwrap();
-        assert_eq!((m.kind, m.source.as_str(), m.target.as_str(), m.readonly), (MountType::Volume, "cache", "/cache", false));
+        assert_eq!(
+            (m.kind, m.source.as_str(), m.target.as_str(), m.readonly),
+            (MountType::Volume, "cache", "/cache", false)
+        );
         let m = mount("type=tmpfs,destination=/tmp,tmpfs-size=64m").unwrap();
         assert_eq!((m.kind, m.tmpfs_size), (MountType::Tmpfs, 64 * 1024 * 1024));
         // The type defaults to volume; keys are case-insensitive; quoted fields may hold commas.
@@ -329,8 +337,14 @@ mod tests {
         assert_eq!(mount("type=bind").unwrap_err(), "target is required");
         assert_eq!(mount("type=bind,target=/x").unwrap_err(), "source is required for bind mounts");
         assert_eq!(mount("type=nfs,target=/x").unwrap_err(), "invalid mount type 'nfs': must be bind, volume or tmpfs");
-        assert_eq!(mount("type=bind,source=/a,target=/b,bogus").unwrap_err(), "invalid field 'bogus' must be a key=value pair");
-        assert_eq!(mount("type=bind,source=/a,target=/b,colour=red").unwrap_err(), "unexpected key 'colour' in 'colour=red'");
+        assert_eq!(
+            mount("type=bind,source=/a,target=/b,bogus").unwrap_err(),
+            "invalid field 'bogus' must be a key=value pair"
+        );
+        assert_eq!(
+            mount("type=bind,source=/a,target=/b,colour=red").unwrap_err(),
+            "unexpected key 'colour' in 'colour=red'"
+        );
         assert_eq!(mount("type=bind,source=/a,target=/b,ro=maybe").unwrap_err(), "invalid value for ro: maybe");
         assert!(mount("type=tmpfs,source=/a,target=/b").is_err());
         assert!(mount("type=volume,target=/b,tmpfs-size=1m").unwrap_err().contains("cannot mix"));

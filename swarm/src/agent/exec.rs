@@ -32,8 +32,12 @@ pub enum ExecError {
 pub enum ContainerState {
     /// The container exists but its process was never started.
     Created,
-    Running { pid: u32 },
-    Exited { exit_code: i32 },
+    Running {
+        pid: u32,
+    },
+    Exited {
+        exit_code: i32,
+    },
 }
 
 /// How a container ended.

@@ -136,14 +136,13 @@ impl<E: Executor> Agent<E> {
         let mut client = self.connect(addr).await?;
         let description = self.executor.describe().await?;
         let mut session = client.session(SessionRequest { description }).await?.into_inner();
-        let first = session
-            .message()
-            .await?
-            .ok_or_else(|| tonic::Status::unavailable("session closed before it began"))?;
+        let first =
+            session.message().await?.ok_or_else(|| tonic::Status::unavailable("session closed before it began"))?;
         let session_id = first.session_id.clone();
         tracing::info!(manager = %addr, node.id = %first.node_id, "agent session established");
         self.status.send_replace(AgentStatus { connected_to: Some(addr.into()), node_id: Some(first.node_id.clone()) });
-        let mut assignments = client.assignments(AssignmentsRequest { session_id: session_id.clone() }).await?.into_inner();
+        let mut assignments =
+            client.assignments(AssignmentsRequest { session_id: session_id.clone() }).await?.into_inner();
         let mut period = first.heartbeat_period;
         let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
         let mut flush = tokio::time::interval(Duration::from_millis(50));

@@ -14,16 +14,16 @@ pub mod control;
 pub mod dispatch;
 pub mod local;
 mod meta;
-mod reference;
 mod node;
+mod reference;
 mod service;
 mod spec;
 mod task;
 
 pub use cluster::*;
 pub use meta::*;
-pub use reference::*;
 pub use node::*;
+pub use reference::*;
 pub use service::*;
 pub use spec::*;
 pub use task::*;

@@ -67,11 +67,8 @@ pub fn normalize_image_ref(reference: &str) -> Result<String, ReferenceError> {
         }
     }
     let registry = registry.unwrap_or("docker.io");
-    let path = if registry == "docker.io" && parts.len() == 1 {
-        format!("library/{}", parts[0])
-    } else {
-        parts.join("/")
-    };
+    let path =
+        if registry == "docker.io" && parts.len() == 1 { format!("library/{}", parts[0]) } else { parts.join("/") };
     let mut out = format!("{registry}/{path}");
     match (tag, digest) {
         (Some(t), Some(d)) => out.push_str(&format!(":{t}@{d}")),

@@ -1,161 +1,362 @@
-//! A node's identity: its key, its certificate and the root CA certificate, kept in the node's state dir under
-//! Docker's file names.
+//! A node's identity: its key, its certificate and the root CA certificate, kept in the node's certificates
+//! directory under Docker's file names.
 
-use super::{CaError, MANAGER_OU, WORKER_OU};
+use super::root::{cert_der, new_key_pair};
+use super::{role_of_ou, CaError};
 use crate::api::NodeRole;
-use rcgen::{CertificateParams, KeyPair};
-use std::path::Path;
-use std::time::SystemTime;
+use rcgen::{CertificateParams, KeyPair, PublicKeyData};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+use x509_parser::prelude::X509Certificate;
 
-const CERT_FILE: &str = "swarm-node.crt";
-const KEY_FILE: &str = "swarm-node.key";
-const CA_FILE: &str = "swarm-root-ca.crt";
+/// The node's certificate (PEM) in its certificates directory.
+pub const NODE_CERT_FILE: &str = "swarm-node.crt";
+/// The node's private key (PEM, mode 0600) in its certificates directory.
+pub const NODE_KEY_FILE: &str = "swarm-node.key";
+/// The cluster's root CA certificate (PEM) in a node's certificates directory.
+pub const CA_CERT_FILE: &str = "swarm-root-ca.crt";
 
-/// A fresh key pair and certificate signing request (the subject is the CA's to choose).
+/// A fresh ECDSA P-256 key pair and a certificate signing request for it, made on the node that will own the key.
+/// The request carries no subject: the CA chooses it.
+#[derive(Clone)]
 pub struct NodeCsr {
+    /// The request, PEM (`CERTIFICATE REQUEST`).
     pub csr_pem: String,
+    /// The private key, PKCS#8 PEM. Never leaves the node.
     pub key_pem: String,
 }
 
-impl NodeCsr {
-    pub fn new() -> Result<NodeCsr, CaError> {
-        let key = KeyPair::generate().map_err(|e| CaError::Certificate(e.to_string()))?;
-        let params = CertificateParams::new(Vec::<String>::new()).map_err(|e| CaError::Certificate(e.to_string()))?;
-        let csr = params.serialize_request(&key).map_err(|e| CaError::Certificate(e.to_string()))?;
-        Ok(NodeCsr { csr_pem: csr.pem().map_err(|e| CaError::Certificate(e.to_string()))?, key_pem: key.serialize_pem() })
+impl std::fmt::Debug for NodeCsr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeCsr").field("csr_pem", &self.csr_pem).field("key_pem", &"<redacted>").finish()
     }
 }
 
+impl NodeCsr {
+    /// A new key pair and a CSR signed with it.
+    pub fn new() -> Result<NodeCsr, CaError> {
+        let err = |e: rcgen::Error| CaError::Certificate(e.to_string());
+        let key = new_key_pair()?;
+        let csr = CertificateParams::default().serialize_request(&key).map_err(err)?;
+        Ok(NodeCsr { csr_pem: csr.pem().map_err(err)?, key_pem: key.serialize_pem() })
+    }
+}
+
+/// What a node certificate says about its node.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NodeIdentity {
+pub(crate) struct CertSubject {
     pub node_id: String,
     pub role: NodeRole,
     pub cluster_id: String,
-    pub cert_pem: String,
-    pub key_pem: String,
-    pub ca_cert_pem: String,
-    pub not_after: SystemTime,
 }
 
-/// CN, OU, O and expiry of a certificate.
-pub(crate) fn subject_of(der: &[u8]) -> Result<(String, String, String, SystemTime), CaError> {
-    let (_, cert) =
-        x509_parser::parse_x509_certificate(der).map_err(|e| CaError::InvalidCertificate(e.to_string()))?;
+fn parse_cert(der: &[u8]) -> Result<X509Certificate<'_>, CaError> {
+    x509_parser::parse_x509_certificate(der)
+        .map(|(_, c)| c)
+        .map_err(|e| CaError::InvalidCertificate(format!("cannot parse the certificate: {e}")))
+}
+
+fn first_attr<'a>(
+    what: &str,
+    mut it: impl Iterator<Item = &'a x509_parser::x509::AttributeTypeAndValue<'a>>,
+) -> Result<String, CaError> {
+    match it.next().map(|a| a.as_str()) {
+        Some(Ok(s)) if !s.is_empty() => Ok(s.to_string()),
+        Some(Ok(_)) | None => Err(CaError::InvalidCertificate(format!("the subject has no {what}"))),
+        Some(Err(e)) => Err(CaError::InvalidCertificate(format!("the subject's {what} is not a string: {e}"))),
+    }
+}
+
+/// Node id (CN), role (OU) and cluster id (O) of a node certificate.
+pub(crate) fn subject_of(cert: &X509Certificate<'_>) -> Result<CertSubject, CaError> {
     let subject = cert.subject();
-    let first = |it: &mut dyn Iterator<Item = &x509_parser::x509::AttributeTypeAndValue>| {
-        it.next().and_then(|a| a.as_str().ok()).map(str::to_string).unwrap_or_default()
-    };
-    let cn = first(&mut subject.iter_common_name());
-    let ou = first(&mut subject.iter_organizational_unit());
-    let o = first(&mut subject.iter_organization());
-    let secs = cert.validity().not_after.timestamp().max(0) as u64;
-    Ok((cn, ou, o, SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(secs)))
+    let node_id = first_attr("common name (node id)", subject.iter_common_name())?;
+    let ou = first_attr("organizational unit (role)", subject.iter_organizational_unit())?;
+    let cluster_id = first_attr("organization (cluster id)", subject.iter_organization())?;
+    Ok(CertSubject { node_id, role: role_of_ou(&ou)?, cluster_id })
 }
 
-pub(crate) fn role_of(ou: &str) -> Result<NodeRole, CaError> {
-    match ou {
-        MANAGER_OU => Ok(NodeRole::Manager),
-        WORKER_OU => Ok(NodeRole::Worker),
-        other => Err(CaError::InvalidCertificate(format!("unknown role OU {other:?}"))),
+/// Node id, role and cluster id of a node certificate in DER.
+pub(crate) fn subject_of_der(der: &[u8]) -> Result<CertSubject, CaError> {
+    subject_of(&parse_cert(der)?)
+}
+
+fn system_time(t: x509_parser::time::ASN1Time) -> SystemTime {
+    let secs = t.timestamp();
+    if secs >= 0 {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(secs as u64)
+    } else {
+        SystemTime::UNIX_EPOCH - Duration::from_secs(secs.unsigned_abs())
+    }
+}
+
+/// A node's certificate, key and root CA, and what the certificate says: the node's id, role and cluster.
+/// Made by [`NodeIdentity::from_cert`] or [`NodeIdentity::load`], which check that the three belong together.
+#[derive(Clone, PartialEq, Eq)]
+pub struct NodeIdentity {
+    /// The certificate's CN.
+    pub node_id: String,
+    /// From the certificate's OU.
+    pub role: NodeRole,
+    /// The certificate's O.
+    pub cluster_id: String,
+    /// The node certificate, PEM.
+    pub cert_pem: String,
+    /// The node's private key, PEM.
+    pub key_pem: String,
+    /// The cluster's root CA certificate, PEM.
+    pub ca_cert_pem: String,
+    not_before: SystemTime,
+    not_after: SystemTime,
+}
+
+impl std::fmt::Debug for NodeIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeIdentity")
+            .field("node_id", &self.node_id)
+            .field("role", &self.role)
+            .field("cluster_id", &self.cluster_id)
+            .field("not_before", &self.not_before)
+            .field("not_after", &self.not_after)
+            .finish_non_exhaustive()
     }
 }
 
 impl NodeIdentity {
-    /// Reads the node id, role and cluster id back from the certificate.
+    /// Reads the node id, role and cluster id back from the certificate's CN, OU and O, after checking that the
+    /// key is the certificate's and that the certificate is signed by the CA. An expired certificate is accepted
+    /// (the node must still be able to tell it needs a new one); see [`NodeIdentity::not_after`].
     pub fn from_cert(cert_pem: &str, key_pem: &str, ca_cert_pem: &str) -> Result<NodeIdentity, CaError> {
-        KeyPair::from_pem(key_pem).map_err(|e| CaError::InvalidCertificate(format!("key: {e}")))?;
-        let der = super::root::cert_der(cert_pem)?;
-        let (cn, ou, o, not_after) = subject_of(&der)?;
-        if cn.is_empty() || o.is_empty() {
-            return Err(CaError::InvalidCertificate("missing CN (node id) or O (cluster id)".into()));
+        let key = KeyPair::from_pem(key_pem)
+            .map_err(|e| CaError::InvalidCertificate(format!("the private key does not parse: {e}")))?;
+        let der = cert_der(cert_pem)?;
+        let cert = parse_cert(&der)?;
+        let ca_der =
+            cert_der(ca_cert_pem).map_err(|e| CaError::InvalidCertificate(format!("the CA certificate: {e}")))?;
+        let ca = parse_cert(&ca_der).map_err(|e| CaError::InvalidCertificate(format!("the CA certificate: {e}")))?;
+        if cert.public_key().raw != key.subject_public_key_info().as_slice() {
+            return Err(CaError::InvalidCertificate("the private key does not belong to the certificate".into()));
         }
-        super::root::cert_der(ca_cert_pem)?;
+        if cert.issuer() != ca.subject() || cert.verify_signature(Some(ca.public_key())).is_err() {
+            return Err(CaError::InvalidCertificate("the certificate is not signed by the root CA".into()));
+        }
+        let subject = subject_of(&cert)?;
         Ok(NodeIdentity {
-            node_id: cn,
-            role: role_of(&ou)?,
-            cluster_id: o,
+            node_id: subject.node_id,
+            role: subject.role,
+            cluster_id: subject.cluster_id,
             cert_pem: cert_pem.into(),
             key_pem: key_pem.into(),
             ca_cert_pem: ca_cert_pem.into(),
-            not_after,
+            not_before: system_time(cert.validity().not_before),
+            not_after: system_time(cert.validity().not_after),
         })
     }
 
+    /// When the certificate became valid.
+    pub fn not_before(&self) -> SystemTime {
+        self.not_before
+    }
+
+    /// When the certificate expires.
+    pub fn not_after(&self) -> SystemTime {
+        self.not_after
+    }
+
+    /// A fresh random point in 50–80 % of the certificate's lifetime at which to renew it.
+    pub fn renewal_deadline(&self) -> SystemTime {
+        super::renewal_deadline(self.not_before, self.not_after)
+    }
+
+    /// Writes `swarm-node.crt`, `swarm-node.key` (mode 0600) and `swarm-root-ca.crt` into `dir` (created if
+    /// missing), each through a temporary file renamed into place, so a crash leaves the old or the new file.
     pub fn save(&self, dir: &Path) -> Result<(), CaError> {
-        let io = |path: &Path, e: std::io::Error| CaError::File { path: path.to_path_buf(), reason: e.to_string() };
-        std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
-        for (name, text, mode) in
-            [(CERT_FILE, &self.cert_pem, 0o644), (KEY_FILE, &self.key_pem, 0o600), (CA_FILE, &self.ca_cert_pem, 0o644)]
-        {
-            let path = dir.join(name);
-            let tmp = dir.join(format!(".{name}.tmp"));
-            {
-                use std::io::Write;
-                use std::os::unix::fs::OpenOptionsExt;
-                let mut f = std::fs::OpenOptions::new()
-                    .create(true)
-                    .write(true)
-                    .truncate(true)
-                    .mode(mode)
-                    .open(&tmp)
-                    .map_err(|e| io(&tmp, e))?;
-                f.write_all(text.as_bytes()).map_err(|e| io(&tmp, e))?;
-                f.sync_all().map_err(|e| io(&tmp, e))?;
-            }
-            std::fs::rename(&tmp, &path).map_err(|e| io(&path, e))?;
+        std::fs::create_dir_all(dir).map_err(|e| file_err(dir, format!("cannot create the directory: {e}")))?;
+        // The CA first and the certificate last: a crash in between leaves a new key with the old certificate,
+        // which `load` reports as a mismatch rather than silently using a stale pair.
+        write_atomic(dir, CA_CERT_FILE, &self.ca_cert_pem, 0o644)?;
+        write_atomic(dir, NODE_KEY_FILE, &self.key_pem, 0o600)?;
+        write_atomic(dir, NODE_CERT_FILE, &self.cert_pem, 0o644)?;
+        if let Ok(d) = std::fs::File::open(dir) {
+            let _ = d.sync_all();
         }
         Ok(())
     }
 
+    /// Reads an identity saved by [`NodeIdentity::save`]. Errors name the file that is missing or unusable.
     pub fn load(dir: &Path) -> Result<NodeIdentity, CaError> {
         let read = |name: &str| {
             let path = dir.join(name);
-            std::fs::read_to_string(&path).map_err(|e| CaError::File { path, reason: e.to_string() })
+            match std::fs::read_to_string(&path) {
+                Ok(text) => Ok(text),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(file_err(&path, "missing".into())),
+                Err(e) => Err(file_err(&path, format!("cannot read: {e}"))),
+            }
         };
-        let (cert, key, ca) = (read(CERT_FILE)?, read(KEY_FILE)?, read(CA_FILE)?);
-        KeyPair::from_pem(&key).map_err(|e| CaError::File { path: dir.join(KEY_FILE), reason: format!("not a usable key: {e}") })?;
-        NodeIdentity::from_cert(&cert, &key, &ca).map_err(|e| CaError::File { path: dir.join(CERT_FILE), reason: e.to_string() })
+        let (cert, key, ca) = (read(NODE_CERT_FILE)?, read(NODE_KEY_FILE)?, read(CA_CERT_FILE)?);
+        let (cert_path, key_path, ca_path) =
+            (dir.join(NODE_CERT_FILE), dir.join(NODE_KEY_FILE), dir.join(CA_CERT_FILE));
+        KeyPair::from_pem(&key).map_err(|e| file_err(&key_path, format!("not a usable private key: {e}")))?;
+        let ca_der = cert_der(&ca).map_err(|e| file_err(&ca_path, e.to_string()))?;
+        parse_cert(&ca_der).map_err(|e| file_err(&ca_path, e.to_string()))?;
+        let cert_der_ = cert_der(&cert).map_err(|e| file_err(&cert_path, e.to_string()))?;
+        parse_cert(&cert_der_).map_err(|e| file_err(&cert_path, e.to_string()))?;
+        NodeIdentity::from_cert(&cert, &key, &ca).map_err(|e| {
+            let e = e.to_string();
+            let detail = if e.contains("private key") {
+                format!("{e} in {}", key_path.display())
+            } else if e.contains("root CA") {
+                format!("{e} in {}", ca_path.display())
+            } else {
+                e
+            };
+            file_err(&cert_path, detail)
+        })
     }
+}
+
+fn file_err(path: &Path, reason: String) -> CaError {
+    CaError::File { path: path.to_path_buf(), reason }
+}
+
+/// Writes `dir/name` through `dir/.name.tmp`: created fresh with `mode`, synced, then renamed over the target.
+fn write_atomic(dir: &Path, name: &str, text: &str, mode: u32) -> Result<(), CaError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = dir.join(name);
+    let tmp: PathBuf = dir.join(format!(".{name}.tmp"));
+    // A leftover from a crash may have other permissions; start from nothing so `mode` applies.
+    match std::fs::remove_file(&tmp) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(file_err(&tmp, format!("cannot remove a stale temporary file: {e}"))),
+    }
+    let result = (|| {
+        let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(mode).open(&tmp)?;
+        f.write_all(text.as_bytes())?;
+        f.sync_all()
+    })();
+    if let Err(e) = result {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(file_err(&path, format!("cannot write: {e}")));
+    }
+    std::fs::rename(&tmp, &path).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        file_err(&path, format!("cannot replace: {e}"))
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::ca::{issue_identity, RootCa};
+    use std::os::unix::fs::PermissionsExt;
 
     #[test]
-    fn issued_certs_carry_the_cas_subject_not_the_csrs() {
+    fn from_cert_reads_node_role_and_cluster() {
         let root = RootCa::generate().unwrap();
         let m = issue_identity(&root, "node1", NodeRole::Manager, "clusterA").unwrap();
         assert_eq!((m.node_id.as_str(), m.role, m.cluster_id.as_str()), ("node1", NodeRole::Manager, "clusterA"));
         let w = issue_identity(&root, "node2", NodeRole::Worker, "clusterA").unwrap();
-        assert_eq!(w.role, NodeRole::Worker);
-        let days = w.not_after.duration_since(SystemTime::now()).unwrap().as_secs() / 86_400;
-        assert!((88..=90).contains(&days), "{days}");
-
-        // A CSR asking for its own subject and SANs gets the CA's.
-        let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::new(vec!["evil.example".to_string()]).unwrap();
-        params.distinguished_name.push(rcgen::DnType::OrganizationalUnitName, "swarm-manager");
-        let csr = params.serialize_request(&key).unwrap().pem().unwrap();
-        let cert = root.issue(&csr, "node3", NodeRole::Worker, "clusterA").unwrap();
-        let der = crate::ca::root::cert_der(&cert).unwrap();
-        let (cn, ou, _, _) = subject_of(&der).unwrap();
-        assert_eq!((cn.as_str(), ou.as_str()), ("node3", "swarm-worker"));
-        let (_, parsed) = x509_parser::parse_x509_certificate(&der).unwrap();
-        let sans = format!("{:?}", parsed.subject_alternative_name().unwrap().unwrap().value.general_names);
-        assert!(!sans.contains("evil.example") && sans.contains("node3"), "{sans}");
+        assert_eq!((w.node_id.as_str(), w.role), ("node2", NodeRole::Worker));
+        let left = w.not_after().duration_since(SystemTime::now()).unwrap().as_secs();
+        assert!((89 * 86_400..=90 * 86_400).contains(&left), "{left}");
+        let life = w.not_after().duration_since(w.not_before()).unwrap().as_secs();
+        assert_eq!(life, 90 * 86_400 + 3600);
+        let renew = w.renewal_deadline();
+        assert!(renew >= w.not_before() + Duration::from_secs(life / 2));
+        assert!(renew <= w.not_before() + Duration::from_secs(life * 8 / 10 + 1));
+        let dbg = format!("{w:?}");
+        assert!(!dbg.contains("PRIVATE KEY") && dbg.contains("node2"), "{dbg}");
     }
 
     #[test]
-    fn save_load_and_corrupt_key() {
+    fn from_cert_refuses_pieces_that_do_not_belong_together() {
+        let root = RootCa::generate().unwrap();
+        let other = RootCa::generate().unwrap();
+        let a = issue_identity(&root, "a", NodeRole::Worker, "c").unwrap();
+        let b = issue_identity(&root, "b", NodeRole::Worker, "c").unwrap();
+        let e = NodeIdentity::from_cert(&a.cert_pem, &b.key_pem, &root.cert_pem).unwrap_err().to_string();
+        assert!(e.contains("private key does not belong"), "{e}");
+        let e = NodeIdentity::from_cert(&a.cert_pem, &a.key_pem, &other.cert_pem).unwrap_err().to_string();
+        assert!(e.contains("not signed by the root CA"), "{e}");
+        let e = NodeIdentity::from_cert(&a.cert_pem, "nope", &root.cert_pem).unwrap_err().to_string();
+        assert!(e.contains("private key does not parse"), "{e}");
+        let e = NodeIdentity::from_cert("nope", &a.key_pem, &root.cert_pem).unwrap_err().to_string();
+        assert!(e.contains("no PEM \"CERTIFICATE\""), "{e}");
+        // The CA certificate itself is not a node certificate: no OU.
+        let ca_as_node = NodeIdentity::from_cert(&root.cert_pem, &root.key_pem, &root.cert_pem).unwrap_err();
+        assert!(ca_as_node.to_string().contains("organizational unit (role)"), "{ca_as_node}");
+    }
+
+    #[test]
+    fn save_load_round_trip_with_docker_file_names() {
         let root = RootCa::generate().unwrap();
         let id = issue_identity(&root, "n", NodeRole::Manager, "c").unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        id.save(dir.path()).unwrap();
-        assert_eq!(NodeIdentity::load(dir.path()).unwrap(), id);
-        std::fs::write(dir.path().join(KEY_FILE), "garbage").unwrap();
-        let e = NodeIdentity::load(dir.path()).unwrap_err().to_string();
-        assert!(e.contains("swarm-node.key"), "{e}");
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("certificates");
+        id.save(&dir).unwrap();
+        let mut names: Vec<String> =
+            std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        names.sort();
+        assert_eq!(names, ["swarm-node.crt", "swarm-node.key", "swarm-root-ca.crt"], "no temporary files left");
+        let mode = |n: &str| std::fs::metadata(dir.join(n)).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(NODE_KEY_FILE), 0o600);
+        assert_eq!(mode(NODE_CERT_FILE), 0o644);
+        assert_eq!(std::fs::read_to_string(dir.join(NODE_KEY_FILE)).unwrap(), id.key_pem);
+        assert_eq!(std::fs::read_to_string(dir.join(CA_CERT_FILE)).unwrap(), root.cert_pem);
+        let loaded = NodeIdentity::load(&dir).unwrap();
+        assert_eq!(loaded, id);
+        assert_eq!(loaded.not_after(), id.not_after());
+
+        // Saving again over the old files (renewal) replaces them, keeping the key private even when a
+        // world-readable leftover temporary file is in the way.
+        std::fs::write(dir.join(".swarm-node.key.tmp"), "stale").unwrap();
+        std::fs::set_permissions(dir.join(".swarm-node.key.tmp"), std::fs::Permissions::from_mode(0o666)).unwrap();
+        let renewed = issue_identity(&root, "n", NodeRole::Worker, "c").unwrap();
+        renewed.save(&dir).unwrap();
+        assert_eq!(NodeIdentity::load(&dir).unwrap().role, NodeRole::Worker);
+        assert_eq!(mode(NODE_KEY_FILE), 0o600);
+        assert!(!dir.join(".swarm-node.key.tmp").exists());
+    }
+
+    #[test]
+    fn load_errors_name_the_file() {
+        let root = RootCa::generate().unwrap();
+        let id = issue_identity(&root, "n", NodeRole::Manager, "c").unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+
+        let e = NodeIdentity::load(dir).unwrap_err().to_string();
+        assert!(e.contains("swarm-node.crt") && e.contains("missing"), "{e}");
+
+        id.save(dir).unwrap();
+        std::fs::write(dir.join(NODE_KEY_FILE), "garbage").unwrap();
+        let e = NodeIdentity::load(dir).unwrap_err().to_string();
+        assert!(e.contains(&dir.join("swarm-node.key").display().to_string()) && e.contains("private key"), "{e}");
+
+        id.save(dir).unwrap();
+        std::fs::write(dir.join(NODE_CERT_FILE), "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n")
+            .unwrap();
+        let e = NodeIdentity::load(dir).unwrap_err().to_string();
+        assert!(e.contains("swarm-node.crt") && e.contains("cannot parse"), "{e}");
+
+        id.save(dir).unwrap();
+        std::fs::remove_file(dir.join(CA_CERT_FILE)).unwrap();
+        let e = NodeIdentity::load(dir).unwrap_err().to_string();
+        assert!(e.contains("swarm-root-ca.crt") && e.contains("missing"), "{e}");
+
+        // A CA file from another cluster.
+        id.save(dir).unwrap();
+        std::fs::write(dir.join(CA_CERT_FILE), RootCa::generate().unwrap().cert_pem).unwrap();
+        let e = NodeIdentity::load(dir).unwrap_err().to_string();
+        assert!(e.contains("not signed by the root CA") && e.contains("swarm-root-ca.crt"), "{e}");
+
+        // A key from another identity.
+        id.save(dir).unwrap();
+        let stranger = issue_identity(&root, "x", NodeRole::Worker, "c").unwrap();
+        std::fs::write(dir.join(NODE_KEY_FILE), &stranger.key_pem).unwrap();
+        let e = NodeIdentity::load(dir).unwrap_err().to_string();
+        assert!(e.contains("does not belong") && e.contains("swarm-node.key"), "{e}");
     }
 }

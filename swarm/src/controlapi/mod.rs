@@ -14,7 +14,8 @@ use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 
 /// Docker's message when a swarm command reaches a node that is not a manager.
-pub const NOT_A_MANAGER: &str = "This node is not a swarm manager. Use \"shoal swarm init\" or \"shoal swarm join\" to \
+pub const NOT_A_MANAGER: &str =
+    "This node is not a swarm manager. Use \"shoal swarm init\" or \"shoal swarm join\" to \
                                  connect this node to swarm and try again.";
 
 #[derive(Clone)]
@@ -53,7 +54,9 @@ fn resolve<'a, T>(
     let mut matches = items.filter(|t| id(t).starts_with(key));
     match (matches.next(), matches.next()) {
         (Some(t), None) => Ok(t),
-        (Some(_), Some(_)) => Err(Status::failed_precondition(format!("{what} {key} is ambiguous (more than one match)"))),
+        (Some(_), Some(_)) => {
+            Err(Status::failed_precondition(format!("{what} {key} is ambiguous (more than one match)")))
+        }
         _ => Err(Status::not_found(format!("{what} {key} not found"))),
     }
 }
@@ -173,7 +176,9 @@ impl Control for ControlApi {
             v.services()
                 .filter(|s| {
                     names.is_empty()
-                        || names.iter().any(|n| s.spec.annotations.name.starts_with(n.as_str()) || s.id.starts_with(n.as_str()))
+                        || names
+                            .iter()
+                            .any(|n| s.spec.annotations.name.starts_with(n.as_str()) || s.id.starts_with(n.as_str()))
                 })
                 .map(|s| {
                     let (running_tasks, desired_tasks) = service_counts(v, s);

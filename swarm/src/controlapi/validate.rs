@@ -78,9 +78,7 @@ fn mount(m: &Mount) -> Result<(), InvalidSpec> {
             }
         }
         MountType::Volume => {
-            if !m.source.is_empty()
-                && !m.source.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
-            {
+            if !m.source.is_empty() && !m.source.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b)) {
                 return bad(format!("invalid volume name {:?}: only [a-zA-Z0-9_.-] are allowed", m.source));
             }
         }

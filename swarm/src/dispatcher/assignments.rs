@@ -31,7 +31,8 @@ impl AssignmentSet {
     /// The full set from the store, resetting what was sent.
     pub fn complete(&mut self, view: &MemoryStore) -> AssignmentsMessage {
         self.sent.clear();
-        let updated: Vec<Task> = view.tasks_by_node(&self.node_id).filter(|t| assigned_to(t, &self.node_id)).cloned().collect();
+        let updated: Vec<Task> =
+            view.tasks_by_node(&self.node_id).filter(|t| assigned_to(t, &self.node_id)).cloned().collect();
         for t in &updated {
             self.sent.insert(t.id.clone(), Sent { desired: t.desired_state, spec: t.spec.clone() });
         }

@@ -104,7 +104,10 @@ impl Dispatcher {
             Some(Active { store: store.clone(), status_tx, stopped: stopped.clone() });
         self.running.send_replace(true);
         tracing::info!("dispatcher started");
-        tokio::join!(self.write_statuses(store.clone(), status_rx, stopped.clone()), self.expire_sessions(store, stopped.clone()));
+        tokio::join!(
+            self.write_statuses(store.clone(), status_rx, stopped.clone()),
+            self.expire_sessions(store, stopped.clone())
+        );
         *self.active.lock().unwrap_or_else(|e| e.into_inner()) = None;
         for (_, s) in self.sessions.lock().unwrap_or_else(|e| e.into_inner()).drain() {
             s.closed.cancel();
@@ -268,12 +271,8 @@ impl Dispatcher {
                     .collect()
             };
             for node_id in expired {
-                let still_connected = self
-                    .sessions
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .values()
-                    .any(|s| s.node_id == node_id);
+                let still_connected =
+                    self.sessions.lock().unwrap_or_else(|e| e.into_inner()).values().any(|s| s.node_id == node_id);
                 if still_connected {
                     continue;
                 }

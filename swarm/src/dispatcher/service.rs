@@ -55,8 +55,7 @@ impl DispatcherRpc for DispatcherService {
     async fn session(&self, req: Request<SessionRequest>) -> Result<Response<Self::SessionStream>, Status> {
         let node_id = node_of(&req)?;
         let addr = req.remote_addr().map(|a| a.ip().to_string()).unwrap_or_default();
-        let (session_id, closed) =
-            self.dispatcher.open_session(&node_id, req.into_inner().description, addr).await?;
+        let (session_id, closed) = self.dispatcher.open_session(&node_id, req.into_inner().description, addr).await?;
         let cfg = self.dispatcher.config();
         let first = SessionMessage {
             session_id,
@@ -97,7 +96,8 @@ impl DispatcherRpc for DispatcherService {
                 return;
             }
             loop {
-                let mut msg = AssignmentsMessage { kind: AssignmentsKind::Incremental, updated: vec![], removed: vec![] };
+                let mut msg =
+                    AssignmentsMessage { kind: AssignmentsKind::Incremental, updated: vec![], removed: vec![] };
                 let first = tokio::select! {
                     _ = closed.cancelled() => {
                         let _ = tx.send(Err(Status::unavailable("session closed by the dispatcher"))).await;

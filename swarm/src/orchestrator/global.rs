@@ -68,7 +68,8 @@ impl GlobalOrchestrator {
     }
 
     pub async fn run(self, shutdown: CancellationToken) {
-        let interested = |ev: &crate::store::Event| matches!(ev.object, Object::Service(_) | Object::Task(_) | Object::Node(_));
+        let interested =
+            |ev: &crate::store::Event| matches!(ev.object, Object::Service(_) | Object::Task(_) | Object::Node(_));
         reconcile_loop(
             "global-orchestrator",
             &self.store.clone(),
@@ -85,23 +86,8 @@ impl GlobalOrchestrator {
         let delayed = self
             .store
             .update(|tx| {
+                let (delayed, touched) = self.restarts.restart_ended(tx, |m| *m == ServiceMode::Global);
                 let view = tx.view();
-                let mut delayed = Vec::new();
-                let mut touched = std::collections::BTreeSet::new();
-                for t in view.tasks() {
-                    let Some(service) = view.service(&t.service_id) else {
-                        if t.slot == 0 && t.desired_state != TaskState::Remove {
-                            let mut t = t.clone();
-                            t.desired_state = TaskState::Remove;
-                            tx.update(t);
-                        }
-                        continue;
-                    };
-                    if service.spec.mode == ServiceMode::Global && is_live(t) && t.status.state.is_terminal() {
-                        delayed.extend(self.restarts.restart(tx, service, t));
-                        touched.insert(service.id.clone());
-                    }
-                }
                 for service in view.services().filter(|s| !touched.contains(&s.id)) {
                     let (create, stop) = plan_service(view, service);
                     for t in create {

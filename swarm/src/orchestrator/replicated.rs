@@ -116,39 +116,17 @@ impl ReplicatedOrchestrator {
 
 /// One pass over every replicated service and its tasks, written into `tx`.
 fn reconcile_all(tx: &mut WriteTx, restarts: &RestartSupervisor, delayed: &mut Vec<(String, Duration)>) {
-    let view = tx.view();
-    let mut touched: BTreeSet<String> = BTreeSet::new();
     // Ended tasks first: the restart supervisor may replace them in their slot.
-    for t in view.tasks() {
-        let Some(service) = view.service(&t.service_id) else { continue };
-        if !matches!(service.spec.mode, ServiceMode::Replicated { .. }) {
-            continue;
-        }
-        if is_live(t) && t.status.state.is_terminal() {
-            if let Some(d) = restarts.restart(tx, service, t) {
-                delayed.push(d);
-            }
-            touched.insert(service.id.clone());
-        }
-    }
-    for service in view.services() {
-        if touched.contains(&service.id) {
-            continue; // the next pass sees the replacement
-        }
+    let (d, touched) = restarts.restart_ended(tx, |m| matches!(m, ServiceMode::Replicated { .. }));
+    delayed.extend(d);
+    let view = tx.view();
+    for service in view.services().filter(|s| !touched.contains(&s.id)) {
         let plan = plan_service(view, service);
         for t in plan.create {
             tracing::info!(service.id = %service.id, task.id = %t.id, slot = t.slot, "task created");
             tx.create(t);
         }
         for mut t in plan.remove {
-            t.desired_state = TaskState::Remove;
-            tx.update(t);
-        }
-    }
-    // Tasks whose service is gone are removed.
-    for t in view.tasks() {
-        if view.service(&t.service_id).is_none() && t.desired_state != TaskState::Remove && t.slot > 0 {
-            let mut t = t.clone();
             t.desired_state = TaskState::Remove;
             tx.update(t);
         }

@@ -84,6 +84,26 @@ impl RestartSupervisor {
         delayed.then_some((id, policy.delay))
     }
 
+    /// Handles every live task that ended, of the services `mode` selects. Returns the replacements to start
+    /// later and the services touched (their slots are reconciled on the next pass, which sees the replacements).
+    pub fn restart_ended(
+        &self,
+        tx: &mut WriteTx,
+        mode: impl Fn(&crate::api::ServiceMode) -> bool,
+    ) -> (Vec<(String, Duration)>, std::collections::BTreeSet<String>) {
+        let view = tx.view();
+        let mut delayed = Vec::new();
+        let mut touched = std::collections::BTreeSet::new();
+        for t in view.tasks() {
+            let Some(service) = view.service(&t.service_id) else { continue };
+            if mode(&service.spec.mode) && t.desired_state <= TaskState::Running && t.status.state.is_terminal() {
+                delayed.extend(self.restart(tx, service, t));
+                touched.insert(service.id.clone());
+            }
+        }
+        (delayed, touched)
+    }
+
     /// Sets a waiting replacement to RUNNING after `delay` (unless the leader steps down first).
     pub fn start_after(&self, store: Store, task_id: String, delay: Duration, shutdown: CancellationToken) {
         tokio::spawn(async move {

@@ -1,6 +1,6 @@
 //! The task reaper: keeps at most `task_history_retention_limit` tasks per slot (the live one included, as
-//! `docker service ps` shows them), deletes tasks marked REMOVE once they stopped (or never reached a node),
-//! and tasks of deleted services once they stopped.
+//! `docker service ps` shows them), marks the live tasks of deleted services REMOVE, and deletes tasks marked
+//! REMOVE once they stopped (or never reached a node).
 
 use super::{is_live, reconcile_loop};
 use crate::api::{Object, ObjectKind, Task, TaskState};
@@ -70,12 +70,16 @@ impl TaskReaper {
     async fn pass(&self) -> Result<(), StoreError> {
         self.store
             .update(|tx| {
-                let limit = tx
-                    .view()
-                    .cluster()
-                    .map(|c| c.spec.orchestration.task_history_retention_limit)
-                    .unwrap_or(5);
-                for t in plan(tx.view(), limit) {
+                let limit = tx.view().cluster().map(|c| c.spec.orchestration.task_history_retention_limit).unwrap_or(5);
+                let view = tx.view();
+                for t in view.tasks().filter(|t| t.desired_state != TaskState::Remove && !stopped(t)) {
+                    if view.service(&t.service_id).is_none() {
+                        let mut t = t.clone();
+                        t.desired_state = TaskState::Remove;
+                        tx.update(t);
+                    }
+                }
+                for t in plan(view, limit) {
                     tx.delete(ObjectKind::Task, &t.id, t.meta.version);
                 }
                 Ok::<_, StoreError>(())

@@ -271,8 +271,7 @@ impl RaftStateMachine<TypeConfig> for RedbStateMachine {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> StResult<()> {
         let data = snapshot.into_inner();
-        let doc: SnapshotDoc =
-            decode(&data).map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?;
+        let doc: SnapshotDoc = decode(&data).map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?;
         let store = MemoryStore::from_objects(doc.objects);
         let mut applied = self.lock();
         applied.last_applied = meta.last_log_id;

@@ -83,11 +83,8 @@ pub fn decide(nodes: &BTreeMap<String, NodeInfo>, task: &Task) -> Decision {
         task.spec.placement.constraints.iter().filter_map(|c| Constraint::parse(c).ok()).collect();
     let mut refusals: BTreeMap<Refusal, usize> = BTreeMap::new();
     let mut best: Option<(&NodeInfo, (u64, u64))> = None;
-    let candidates: Box<dyn Iterator<Item = &NodeInfo>> = if task.node_id.is_empty() {
-        Box::new(nodes.values())
-    } else {
-        Box::new(nodes.get(&task.node_id).into_iter())
-    };
+    let candidates: Box<dyn Iterator<Item = &NodeInfo>> =
+        if task.node_id.is_empty() { Box::new(nodes.values()) } else { Box::new(nodes.get(&task.node_id).into_iter()) };
     let mut seen = 0;
     for info in candidates {
         seen += 1;

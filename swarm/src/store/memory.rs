@@ -18,6 +18,7 @@ pub struct MemoryStore {
     service_by_name: HashMap<String, String>,
     tasks_by_service: HashMap<String, BTreeSet<String>>,
     tasks_by_node: HashMap<String, BTreeSet<String>>,
+    tasks_by_desired: BTreeMap<TaskState, BTreeSet<String>>,
 }
 
 impl MemoryStore {
@@ -110,11 +111,7 @@ impl MemoryStore {
     }
 
     pub fn tasks_by_service(&self, service_id: &str) -> impl Iterator<Item = &Task> {
-        self.tasks_by_service
-            .get(service_id)
-            .into_iter()
-            .flatten()
-            .filter_map(|id| self.tasks.get(id))
+        self.tasks_by_service.get(service_id).into_iter().flatten().filter_map(|id| self.tasks.get(id))
     }
 
     pub fn tasks_by_node(&self, node_id: &str) -> impl Iterator<Item = &Task> {
@@ -122,7 +119,7 @@ impl MemoryStore {
     }
 
     pub fn tasks_by_desired_state(&self, state: TaskState) -> impl Iterator<Item = &Task> {
-        self.tasks.values().filter(move |t| t.desired_state == state)
+        self.tasks_by_desired.get(&state).into_iter().flatten().filter_map(|id| self.tasks.get(id))
     }
 
     // ---- writes ----
@@ -230,6 +227,7 @@ impl MemoryStore {
                 if !t.node_id.is_empty() {
                     self.tasks_by_node.entry(t.node_id.clone()).or_default().insert(t.id.clone());
                 }
+                self.tasks_by_desired.entry(t.desired_state).or_default().insert(t.id.clone());
                 self.tasks.insert(t.id.clone(), t);
             }
         }
@@ -254,6 +252,12 @@ impl MemoryStore {
                 if let Some(t) = self.tasks.remove(id) {
                     remove_from_index(&mut self.tasks_by_service, &t.service_id, id);
                     remove_from_index(&mut self.tasks_by_node, &t.node_id, id);
+                    if let Some(set) = self.tasks_by_desired.get_mut(&t.desired_state) {
+                        set.remove(id);
+                        if set.is_empty() {
+                            self.tasks_by_desired.remove(&t.desired_state);
+                        }
+                    }
                 }
             }
         }
@@ -266,5 +270,46 @@ fn remove_from_index(index: &mut HashMap<String, BTreeSet<String>>, key: &str, i
         if set.is_empty() {
             index.remove(key);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::Timestamp;
+    use crate::testing::{service, task};
+
+    fn p(ops: Vec<Op>) -> Proposal {
+        Proposal { ops, timestamp: Timestamp::now() }
+    }
+
+    #[test]
+    fn versions_indexes_and_atomic_failure() {
+        let mut m = MemoryStore::new();
+        m.apply(1, &p(vec![Op::Create(service("s1", "web", 1).into()), Op::Create(task("t1", "s1", 1).into())]))
+            .unwrap();
+        assert_eq!(m.service_by_name("web").unwrap().meta.version, 1);
+        assert_eq!(m.tasks_by_service("s1").count(), 1);
+        assert_eq!(m.tasks_by_desired_state(TaskState::Running).count(), 1);
+
+        // Stale update: the whole proposal fails and nothing changes.
+        let mut t = m.task("t1").unwrap().clone();
+        t.desired_state = TaskState::Shutdown;
+        let mut stale = t.clone();
+        stale.meta.version = 0;
+        let err = m.apply(2, &p(vec![Op::Create(task("t2", "s1", 2).into()), Op::Update(stale.into())])).unwrap_err();
+        assert!(err.to_string().contains("update out of sequence"), "{err}");
+        assert!(m.task("t2").is_none(), "all-or-nothing");
+
+        m.apply(3, &p(vec![Op::Update(t.into())])).unwrap();
+        assert_eq!(m.task("t1").unwrap().meta.version, 3);
+        assert_eq!(m.tasks_by_desired_state(TaskState::Running).count(), 0);
+        assert_eq!(m.tasks_by_desired_state(TaskState::Shutdown).count(), 1);
+
+        let dup = m.apply(4, &p(vec![Op::Create(service("s2", "web", 1).into())])).unwrap_err();
+        assert!(matches!(dup, ApplyError::NameConflict { .. }));
+        m.apply(5, &p(vec![Op::Delete { kind: ObjectKind::Task, id: "t1".into(), version: 3 }])).unwrap();
+        assert_eq!(m.tasks_by_service("s1").count(), 0);
+        assert_eq!(m.tasks_by_desired_state(TaskState::Shutdown).count(), 0);
     }
 }

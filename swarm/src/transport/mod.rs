@@ -23,12 +23,16 @@ pub mod engine {
 }
 
 /// Connects to a unix socket as a gRPC channel (the local API).
-pub async fn connect_unix(path: impl Into<std::path::PathBuf>) -> Result<tonic::transport::Channel, tonic::transport::Error> {
+pub async fn connect_unix(
+    path: impl Into<std::path::PathBuf>,
+) -> Result<tonic::transport::Channel, tonic::transport::Error> {
     let path = path.into();
     tonic::transport::Endpoint::try_from("http://[::]:0")?
         .connect_with_connector(tower::service_fn(move |_| {
             let path = path.clone();
-            async move { Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tokio::net::UnixStream::connect(path).await?)) }
+            async move {
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tokio::net::UnixStream::connect(path).await?))
+            }
         }))
         .await
 }

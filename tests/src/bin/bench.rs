@@ -14,18 +14,38 @@ fn main() {
     for n in sizes {
         let name = format!("bench{n}");
         let start = Instant::now();
-        d.ok(&["service", "create", "-d", "--name", &name, "--replicas", &n.to_string(), "--stop-grace-period", "1s",
-            "busybox", "sleep", "100000"]);
+        d.ok(&[
+            "service",
+            "create",
+            "-d",
+            "--name",
+            &name,
+            "--replicas",
+            &n.to_string(),
+            "--stop-grace-period",
+            "1s",
+            "busybox",
+            "sleep",
+            "100000",
+        ]);
         wait_for(&format!("{n} running containers"), Duration::from_secs(600), || {
             let r = d.running().len();
-            if r == n { Ok(()) } else { Err(format!("{r} running")) }
+            if r == n {
+                Ok(())
+            } else {
+                Err(format!("{r} running"))
+            }
         });
         let took = start.elapsed();
         println!("{:>6}  {:>10.2} s  {:>11.1} ms", n, took.as_secs_f64(), took.as_secs_f64() * 1000.0 / n as f64);
         d.ok(&["service", "rm", &name]);
         wait_for("containers to be removed", Duration::from_secs(600), || {
             let c = d.ctr_containers().len();
-            if c == 0 { Ok(()) } else { Err(format!("{c} left")) }
+            if c == 0 {
+                Ok(())
+            } else {
+                Err(format!("{c} left"))
+            }
         });
     }
 }
