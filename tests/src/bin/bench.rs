@@ -1,16 +1,45 @@
 //! Convergence benchmark: time from `shoal service create --replicas N` to N running containers, with real
-//! containerd, for N = 10, 50, 100. Prints one line per N. Run with `cargo run --release -p shoal-tests --bin bench`
-//! after `cargo build --release --workspace --bins` (or use scripts/bench.sh).
+//! containerd, for N = 10, 50, 100 — against the same N containers started straight through containerd with
+//! `ctr run -d` one after another (no orchestration), measured in the same run on the same containerd.
+//! Run: `cargo build --release --workspace --bins && target/release/bench [N...]`.
 
 use shoal_tests::{wait_for, Daemon};
+use std::process::Command;
 use std::time::{Duration, Instant};
+
+fn ctr(d: &Daemon, args: &[&str]) -> std::process::Output {
+    Command::new("ctr").arg("-a").arg(d.containerd_socket()).args(["-n", "shoal"]).args(args).output().expect("run ctr")
+}
+
+/// Starts `n` busybox containers with `ctr run -d`, one after another; returns the time taken.
+fn ctr_baseline(d: &Daemon, n: usize) -> Duration {
+    let start = Instant::now();
+    for i in 0..n {
+        let id = format!("bench-ctr-{n}-{i}");
+        let o = ctr(d, &["run", "-d", "docker.io/library/busybox:latest", &id, "sleep", "100000"]);
+        assert!(o.status.success(), "ctr run: {}", String::from_utf8_lossy(&o.stderr));
+    }
+    let took = start.elapsed();
+    for i in 0..n {
+        let id = format!("bench-ctr-{n}-{i}");
+        ctr(d, &["task", "kill", "-s", "SIGKILL", &id]);
+        for _ in 0..50 {
+            if ctr(d, &["task", "rm", &id]).status.success() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        ctr(d, &["container", "rm", &id]);
+    }
+    took
+}
 
 fn main() {
     let sizes: Vec<usize> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
     let sizes = if sizes.is_empty() { vec![10, 50, 100] } else { sizes };
     let d = Daemon::start();
     d.init_swarm();
-    println!("{:>6}  {:>12}  {:>14}", "N", "to running", "per task");
+    println!("{:>5}  {:>14}  {:>12}  {:>16}  {:>8}", "N", "shoal (create)", "per task", "ctr run -d (seq)", "ratio");
     for n in sizes {
         let name = format!("bench{n}");
         let start = Instant::now();
@@ -37,7 +66,6 @@ fn main() {
             }
         });
         let took = start.elapsed();
-        println!("{:>6}  {:>10.2} s  {:>11.1} ms", n, took.as_secs_f64(), took.as_secs_f64() * 1000.0 / n as f64);
         d.ok(&["service", "rm", &name]);
         wait_for("containers to be removed", Duration::from_secs(600), || {
             let c = d.ctr_containers().len();
@@ -47,5 +75,14 @@ fn main() {
                 Err(format!("{c} left"))
             }
         });
+        let base = ctr_baseline(&d, n);
+        println!(
+            "{:>5}  {:>12.2} s  {:>9.1} ms  {:>14.2} s  {:>7.2}x",
+            n,
+            took.as_secs_f64(),
+            took.as_secs_f64() * 1000.0 / n as f64,
+            base.as_secs_f64(),
+            took.as_secs_f64() / base.as_secs_f64()
+        );
     }
 }
