@@ -146,22 +146,51 @@ impl Engine for LocalApi {
         let r = req.into_inner();
         let store = self.node.store().ok_or_else(|| Status::failed_precondition(NOT_A_MANAGER))?;
         let host = hostname();
-        let (paths, contexts): (Vec<PathBuf>, Vec<String>) = store.view(|v| {
-            let s = find_service(v, &r.service)?;
-            let mut tasks: Vec<_> = v.tasks_by_service(&s.id).collect();
-            tasks.sort_by_key(|t| (t.slot, t.meta.created_at));
-            Ok::<_, Status>(
-                tasks
-                    .into_iter()
-                    .map(|t| (self.executor.config().log_path(&t.id), format!("{}.{}@{}", t.name(), t.id, host)))
-                    .unzip(),
-            )
-        })?;
-        let mut rx = logs::stream(paths, LogOptions { follow: r.follow, tail: r.tail });
+        let service_id = store.view(|v| find_service(v, &r.service).map(|s| s.id.clone()))?;
+        // Every task of the service, oldest first: (task id, log file, context shown before each line).
+        let list = {
+            let store = store.clone();
+            let cfg = self.executor.config().clone();
+            let service_id = service_id.clone();
+            move || -> Vec<(String, PathBuf, String)> {
+                store.view(|v| {
+                    let mut tasks: Vec<_> = v.tasks_by_service(&service_id).collect();
+                    tasks.sort_by_key(|t| (t.slot, t.meta.created_at));
+                    tasks
+                        .into_iter()
+                        .map(|t| (t.id.clone(), cfg.log_path(&t.id), format!("{}.{}@{}", t.name(), t.id, host)))
+                        .collect()
+                })
+            }
+        };
+        let initial = list();
+        let mut known: std::collections::HashSet<String> = initial.iter().map(|(id, _, _)| id.clone()).collect();
+        let contexts = Arc::new(std::sync::Mutex::new(initial.iter().map(|(_, _, c)| c.clone()).collect::<Vec<_>>()));
+        let paths = initial.into_iter().map(|(_, p, _)| p).collect();
+        let (add, added) = tokio::sync::mpsc::unbounded_channel();
+        let mut rx = logs::stream(paths, LogOptions { follow: r.follow, tail: r.tail }, Some(added));
+        if r.follow {
+            // Replacement tasks started after the call are followed too, as `docker service logs -f` does.
+            let contexts = contexts.clone();
+            tokio::spawn(async move {
+                while !add.is_closed() {
+                    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                    for (id, path, ctx) in list() {
+                        if known.insert(id) {
+                            contexts.lock().unwrap_or_else(|e| e.into_inner()).push(ctx);
+                            if add.send(path).is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+            });
+        }
         let out = async_stream(move |tx: tokio::sync::mpsc::Sender<Result<LogMessage, Status>>| async move {
             while let Some(l) = rx.recv().await {
-                let msg =
-                    LogMessage { time: l.time, stream: l.stream, context: contexts[l.source].clone(), line: l.line };
+                let context =
+                    contexts.lock().unwrap_or_else(|e| e.into_inner()).get(l.source).cloned().unwrap_or_default();
+                let msg = LogMessage { time: l.time, stream: l.stream, context, line: l.line };
                 if tx.send(Ok(msg)).await.is_err() {
                     return;
                 }

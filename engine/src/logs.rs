@@ -72,9 +72,16 @@ fn read_existing(sources: &[PathBuf], tail: Option<usize>) -> (Vec<LogLine>, Vec
 }
 
 /// Streams the logs of `sources`; ends after the existing lines unless `follow`, then when the receiver drops.
-pub fn stream(sources: Vec<PathBuf>, opts: LogOptions) -> mpsc::Receiver<LogLine> {
+/// While following, sources sent on `added` (tasks that started later) are read from their beginning; their
+/// `source` index continues after the initial ones, in the order they were added.
+pub fn stream(
+    sources: Vec<PathBuf>,
+    opts: LogOptions,
+    mut added: Option<mpsc::UnboundedReceiver<PathBuf>>,
+) -> mpsc::Receiver<LogLine> {
     let (tx, rx) = mpsc::channel(256);
     tokio::task::spawn_blocking(move || {
+        let mut sources = sources;
         let (lines, mut offsets) = read_existing(&sources, opts.tail);
         for l in lines {
             if tx.blocking_send(l).is_err() {
@@ -88,6 +95,12 @@ pub fn stream(sources: Vec<PathBuf>, opts: LogOptions) -> mpsc::Receiver<LogLine
             std::thread::sleep(Duration::from_millis(200));
             if tx.is_closed() {
                 return;
+            }
+            if let Some(rx) = added.as_mut() {
+                while let Ok(p) = rx.try_recv() {
+                    sources.push(p);
+                    offsets.push(0);
+                }
             }
             let mut new = Vec::new();
             for (i, p) in sources.iter().enumerate() {
@@ -139,7 +152,7 @@ mod tests {
         )
         .unwrap();
         std::fs::write(&b, rec("2026-01-01T00:00:02.000000000Z", "stdout", "b1")).unwrap();
-        let mut rx = stream(vec![a.clone(), b.clone()], LogOptions::default());
+        let mut rx = stream(vec![a.clone(), b.clone()], LogOptions::default(), None);
         let mut got = Vec::new();
         while let Some(l) = rx.recv().await {
             got.push((l.source, l.line, l.stream));
@@ -152,7 +165,7 @@ mod tests {
                 (0, "a2".into(), "stderr".into())
             ]
         );
-        let mut rx = stream(vec![a, b], LogOptions { follow: false, tail: Some(1) });
+        let mut rx = stream(vec![a, b], LogOptions { follow: false, tail: Some(1) }, None);
         let mut got = Vec::new();
         while let Some(l) = rx.recv().await {
             got.push(l.line);
@@ -165,12 +178,20 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let a = dir.path().join("a.log");
         std::fs::write(&a, rec("2026-01-01T00:00:01.000000000Z", "stdout", "first")).unwrap();
-        let mut rx = stream(vec![a.clone()], LogOptions { follow: true, tail: None });
+        let (add, added) = mpsc::unbounded_channel();
+        let mut rx = stream(vec![a.clone()], LogOptions { follow: true, tail: None }, Some(added));
         assert_eq!(rx.recv().await.unwrap().line, "first");
         use std::io::Write;
         let mut f = std::fs::OpenOptions::new().append(true).open(&a).unwrap();
         f.write_all(rec("2026-01-01T00:00:02.000000000Z", "stdout", "second").as_bytes()).unwrap();
         let next = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.unwrap().unwrap();
         assert_eq!(next.line, "second");
+
+        // A task that started later is followed from its first line.
+        let b = dir.path().join("b.log");
+        std::fs::write(&b, rec("2026-01-01T00:00:03.000000000Z", "stdout", "later")).unwrap();
+        add.send(b).unwrap();
+        let next = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.unwrap().unwrap();
+        assert_eq!((next.line.as_str(), next.source), ("later", 1));
     }
 }

@@ -87,6 +87,52 @@ fn images_logs_global_services_and_limits() {
     let ts = d.ok(&["service", "logs", "--timestamps", "--tail", "1", "talk"]);
     assert!(ts.lines().all(|l| l.len() > 20 && l.as_bytes()[4] == b'-'), "timestamps first:\n{ts}");
 
+    step!("service logs -f follows a replacement task started after the call");
+    let mut follow = std::process::Command::new(shoal_tests::bin_dir().join("shoal"))
+        .arg("-H")
+        .arg(format!("unix://{}", d.socket.display()))
+        .args(["service", "logs", "-f", "talk"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let (line_tx, line_rx) = std::sync::mpsc::channel::<String>();
+    let out = follow.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for l in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            if line_tx.send(l).is_err() {
+                return;
+            }
+        }
+    });
+    let before: Vec<String> = d.tasks("talk").iter().map(|t| t["id"].as_str().unwrap().to_string()).collect();
+    let victim = d.running().into_iter().find(|c| before.contains(&c.id)).expect("a talk container");
+    unsafe {
+        libc::kill(victim.pid as i32, libc::SIGKILL);
+    }
+    let replacement = wait_for("a replacement talk task", T, || {
+        let tasks = d.tasks("talk");
+        tasks
+            .iter()
+            .map(|t| t["id"].as_str().unwrap().to_string())
+            .find(|id| !before.contains(id))
+            .ok_or(format!("{} tasks", tasks.len()))
+    });
+    let want = format!("out-{}", &replacement[..12]);
+    let deadline = std::time::Instant::now() + T;
+    let mut seen = Vec::new();
+    let mut found = false;
+    while !found && std::time::Instant::now() < deadline {
+        if let Ok(l) = line_rx.recv_timeout(Duration::from_millis(500)) {
+            found = l.contains(&want);
+            seen.push(l);
+        }
+    }
+    let _ = follow.kill();
+    let _ = follow.wait();
+    assert!(found, "logs -f never showed {want}; saw {seen:?}");
+
     step!("a global service runs one task on the node");
     d.ok(&[
         "service",
