@@ -1,8 +1,8 @@
 //! `shoal image …`: load (a `docker save` / OCI archive, streamed in 1 MiB chunks), ls and rm.
 
 use crate::client::{rpc, Client};
-use crate::output::{ago, human_size, print_json, split_repo_tag, Format, FormatArg, Table};
-use crate::Failed;
+use crate::output::{ago, human_size, print_json, split_repo_tag, Format, Table};
+use crate::Tally;
 use clap::{Args, Subcommand};
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -39,15 +39,7 @@ pub struct LoadArgs {
     quiet: bool,
 }
 
-#[derive(Debug, Args)]
-pub struct LsArgs {
-    /// Only show image IDs
-    #[arg(short, long)]
-    quiet: bool,
-    /// Output format
-    #[arg(long, value_enum)]
-    format: Option<FormatArg>,
-}
+pub type LsArgs = crate::output::ListingArgs;
 
 #[derive(Debug, Args)]
 pub struct RmArgs {
@@ -180,25 +172,15 @@ async fn ls(client: &mut Client, a: LsArgs) -> anyhow::Result<()> {
 }
 
 async fn rm(client: &mut Client, a: RmArgs) -> anyhow::Result<()> {
-    let mut failed = false;
+    let mut tally = Tally::default();
     for image in &a.images {
         let req = ImageRemoveRequest { reference: image.clone(), force: a.force };
-        match rpc(client.engine.image_remove(req).await) {
-            Ok(_) => {
-                let shown =
-                    normalize_image_ref(image).map(|n| familiar_image_ref(&n)).unwrap_or_else(|_| image.clone());
-                println!("Untagged: {shown}");
-            }
-            Err(e) => {
-                eprintln!("{e}");
-                failed = true;
-            }
+        if tally.ok(rpc(client.engine.image_remove(req).await)).is_some() {
+            let shown = normalize_image_ref(image).map(|n| familiar_image_ref(&n)).unwrap_or_else(|_| image.clone());
+            println!("Untagged: {shown}");
         }
     }
-    if failed {
-        return Err(Failed.into());
-    }
-    Ok(())
+    tally.finish()
 }
 
 #[cfg(test)]

@@ -68,6 +68,35 @@ impl std::fmt::Display for Failed {
 
 impl std::error::Error for Failed {}
 
+/// Tallies a command over several items (`service rm a b c`): each failure is printed at once, as Docker does,
+/// and the exit code is set at the end.
+#[derive(Default)]
+pub struct Tally {
+    failed: bool,
+}
+
+impl Tally {
+    /// The value, or `None` after printing the error.
+    pub fn ok<T, E: std::fmt::Display>(&mut self, r: Result<T, E>) -> Option<T> {
+        match r {
+            Ok(v) => Some(v),
+            Err(e) => {
+                eprintln!("{e}");
+                self.failed = true;
+                None
+            }
+        }
+    }
+
+    pub fn finish(self) -> anyhow::Result<()> {
+        if self.failed {
+            Err(Failed.into())
+        } else {
+            Ok(())
+        }
+    }
+}
+
 /// One line for any error: the daemon's and connection errors as Docker words them, others with their causes.
 pub fn render_error(e: &anyhow::Error) -> String {
     if let Some(d) = e.downcast_ref::<DaemonError>() {

@@ -1,8 +1,8 @@
 //! `shoal node …`: ls and inspect, with Docker's columns (the current node's id marked with ` *`).
 
 use crate::client::{rpc, Client};
-use crate::output::{bytes_size, print_json, Format, FormatArg, Table};
-use crate::Failed;
+use crate::output::{bytes_size, print_json, Format, Table};
+use crate::Tally;
 use clap::{Args, Subcommand};
 use std::fmt::Write;
 use swarm::api::control::{Empty, GetRequest};
@@ -17,15 +17,7 @@ pub enum NodeCmd {
     Inspect(InspectArgs),
 }
 
-#[derive(Debug, Args)]
-pub struct LsArgs {
-    /// Only display IDs
-    #[arg(short, long)]
-    quiet: bool,
-    /// Output format
-    #[arg(long, value_enum)]
-    format: Option<FormatArg>,
-}
+pub type LsArgs = crate::output::ListingArgs;
 
 #[derive(Debug, Args)]
 pub struct InspectArgs {
@@ -144,17 +136,11 @@ fn pretty(n: &Node) -> String {
 
 async fn inspect(client: &mut Client, a: InspectArgs) -> anyhow::Result<()> {
     let mut found = Vec::new();
-    let mut failed = false;
+    let mut tally = Tally::default();
     for name in &a.nodes {
         // "self" means this node, as in Docker.
         let key = if name == "self" { self_id(client).await? } else { name.clone() };
-        match rpc(client.control.get_node(GetRequest { id_or_name: key }).await) {
-            Ok(n) => found.push(n),
-            Err(e) => {
-                eprintln!("{e}");
-                failed = true;
-            }
-        }
+        found.extend(tally.ok(rpc(client.control.get_node(GetRequest { id_or_name: key }).await)));
     }
     if a.pretty {
         for (i, n) in found.iter().enumerate() {
@@ -163,13 +149,10 @@ async fn inspect(client: &mut Client, a: InspectArgs) -> anyhow::Result<()> {
             }
             print!("{}", pretty(n));
         }
-    } else if !found.is_empty() || !failed {
+    } else if !found.is_empty() {
         print_json(&found)?;
     }
-    if failed {
-        return Err(Failed.into());
-    }
-    Ok(())
+    tally.finish()
 }
 
 #[cfg(test)]

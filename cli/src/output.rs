@@ -20,6 +20,17 @@ pub enum FormatArg {
     Json,
 }
 
+/// The flags every listing takes: `-q` and `--format`.
+#[derive(Debug, clap::Args)]
+pub struct ListingArgs {
+    /// Only display IDs
+    #[arg(short, long)]
+    pub quiet: bool,
+    /// Output format
+    #[arg(long, value_enum)]
+    pub format: Option<FormatArg>,
+}
+
 impl Format {
     /// Combines `-q` and `--format`; JSON wins over `-q` as the more explicit request.
     pub fn from_flags(quiet: bool, format: Option<FormatArg>) -> Format {

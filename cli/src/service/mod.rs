@@ -8,7 +8,7 @@ mod pretty;
 use crate::client::{rpc, Client};
 use crate::output::{ellipsis, print_json, short_id, state_since, Format, FormatArg, Table};
 use crate::progress;
-use crate::Failed;
+use crate::Tally;
 use clap::{Args, Subcommand};
 use serde::Serialize;
 use std::collections::HashMap;
@@ -36,15 +36,7 @@ pub enum ServiceCmd {
     Logs(logs::LogsArgs),
 }
 
-#[derive(Debug, Args)]
-pub struct LsArgs {
-    /// Only display IDs
-    #[arg(short, long)]
-    quiet: bool,
-    /// Output format
-    #[arg(long, value_enum)]
-    format: Option<FormatArg>,
-}
+pub type LsArgs = crate::output::ListingArgs;
 
 #[derive(Debug, Args)]
 pub struct PsArgs {
@@ -299,15 +291,9 @@ async fn ps(client: &mut Client, a: PsArgs) -> anyhow::Result<()> {
 
 async fn inspect(client: &mut Client, a: InspectArgs) -> anyhow::Result<()> {
     let mut found = Vec::new();
-    let mut failed = false;
+    let mut tally = Tally::default();
     for s in &a.services {
-        match rpc(client.control.get_service(GetRequest { id_or_name: s.clone() }).await) {
-            Ok(svc) => found.push(svc),
-            Err(e) => {
-                eprintln!("{e}");
-                failed = true;
-            }
-        }
+        found.extend(tally.ok(rpc(client.control.get_service(GetRequest { id_or_name: s.clone() }).await)));
     }
     if a.pretty {
         for (i, s) in found.iter().enumerate() {
@@ -316,13 +302,10 @@ async fn inspect(client: &mut Client, a: InspectArgs) -> anyhow::Result<()> {
             }
             print!("{}", pretty::service(s));
         }
-    } else if !found.is_empty() || !failed {
+    } else if !found.is_empty() {
         print_json(&found)?;
     }
-    if failed {
-        return Err(Failed.into());
-    }
-    Ok(())
+    tally.finish()
 }
 
 /// Parses `web=5`; Docker's messages.
@@ -352,18 +335,12 @@ async fn scale_one(client: &mut Client, name: &str, replicas: u64) -> anyhow::Re
 async fn scale(client: &mut Client, a: ScaleArgs) -> anyhow::Result<()> {
     // All specifiers are checked before any service is touched, so a typo does not leave a half-done scale.
     let pairs = a.pairs.iter().map(|p| parse_scale(p)).collect::<anyhow::Result<Vec<_>>>()?;
-    let mut failed = false;
+    let mut tally = Tally::default();
     let mut scaled = Vec::new();
     for (name, n) in &pairs {
-        match scale_one(client, name, *n).await {
-            Ok(svc) => {
-                println!("{name} scaled to {n}");
-                scaled.push(svc);
-            }
-            Err(e) => {
-                eprintln!("{}", crate::render_error(&e));
-                failed = true;
-            }
+        if let Some(svc) = tally.ok(scale_one(client, name, *n).await.map_err(|e| crate::render_error(&e))) {
+            println!("{name} scaled to {n}");
+            scaled.push(svc);
         }
     }
     if !a.detach {
@@ -371,27 +348,17 @@ async fn scale(client: &mut Client, a: ScaleArgs) -> anyhow::Result<()> {
             progress::wait_converged(client, &svc.id, &svc.spec.annotations.name).await?;
         }
     }
-    if failed {
-        return Err(Failed.into());
-    }
-    Ok(())
+    tally.finish()
 }
 
 async fn rm(client: &mut Client, a: RmArgs) -> anyhow::Result<()> {
-    let mut failed = false;
+    let mut tally = Tally::default();
     for s in &a.services {
-        match rpc(client.control.remove_service(GetRequest { id_or_name: s.clone() }).await) {
-            Ok(_) => println!("{s}"),
-            Err(e) => {
-                eprintln!("{e}");
-                failed = true;
-            }
+        if tally.ok(rpc(client.control.remove_service(GetRequest { id_or_name: s.clone() }).await)).is_some() {
+            println!("{s}");
         }
     }
-    if failed {
-        return Err(Failed.into());
-    }
-    Ok(())
+    tally.finish()
 }
 
 #[cfg(test)]
