@@ -287,3 +287,24 @@ disabled_plugins = [
         socket = p.socket.display(),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_binary_says_how_to_install_it() {
+        let e = require_binary("shoal-no-such-binary").unwrap_err().to_string();
+        assert!(e.contains("shoal-no-such-binary") && e.contains("apt-get install containerd runc"), "{e}");
+        require_binary("sh").expect("sh is on PATH");
+    }
+
+    #[test]
+    fn config_points_everything_at_our_dirs() {
+        let p = Paths::new(Path::new("/d"), Path::new("/e"));
+        let c = config_toml(&p);
+        assert!(c.contains("root = \"/d/containerd/root\""));
+        assert!(c.contains("address = \"/e/containerd/containerd.sock\""));
+        assert!(c.contains("io.containerd.grpc.v1.cri"), "the CRI plugin is disabled");
+    }
+}

@@ -129,6 +129,20 @@ fn restart_policy_constraints_and_bad_input() {
     let d = Daemon::start();
     d.init_swarm();
 
+    step!("a second shoald on the same data root refuses to start, saying why");
+    let second = std::process::Command::new(shoal_tests::bin_dir().join("shoald"))
+        .arg("--data-root")
+        .arg(&d.data_root)
+        .arg("--exec-root")
+        .arg(d.dir.path().join("run2"))
+        .arg("-H")
+        .arg(format!("unix://{}", d.dir.path().join("second.sock").display()))
+        .output()
+        .expect("run a second shoald");
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert!(!second.status.success(), "a second daemon must not start");
+    assert!(err.contains("another shoald") && err.contains(&d.data_root.display().to_string()), "stderr: {err}");
+
     step!("--restart-condition none leaves a killed task dead");
     d.ok(&[
         "service",
