@@ -45,6 +45,10 @@ fn docker_save_from_oci(oci: &Path, out: &Path, tag: &str) {
 #[test]
 fn images_logs_global_services_and_limits() {
     let d = Daemon::start();
+    step!("before init: the swarm is inactive and swarm commands say so");
+    assert!(d.ok(&["info"]).contains("Swarm: inactive"));
+    let err = d.fails(&["service", "ls"]);
+    assert!(err.contains("not a swarm manager"), "{err}");
     d.init_swarm();
 
     step!("a `docker save` archive loads under its RepoTag and runs");

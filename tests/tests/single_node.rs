@@ -250,6 +250,8 @@ fn restart_policy_constraints_and_bad_input() {
         (vec!["service", "create", "--name", "dur", "--restart-delay", "soon", "busybox"], "soon"),
         (vec!["service", "create", "--name", "mode", "--mode", "sometimes", "busybox"], "sometimes"),
         (vec!["service", "scale", "nosuch=3"], "not found"),
+        (vec!["swarm", "init"], "already part of a swarm"),
+        (vec!["swarm", "leave"], "--force"),
     ];
     for (args, needle) in cases {
         let err = d.fails(&args);
