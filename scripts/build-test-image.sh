@@ -12,9 +12,12 @@ if [ ! -x /bin/busybox ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq busybox-static >/dev/null
 fi
 
-# docker.io/library/NAME:TAG, as Docker normalizes a familiar reference.
+# Same modes whatever the caller's umask: the digests must not depend on it.
+umask 022
+
+# docker.io/library/NAME:TAG, as Docker normalizes a familiar reference (a ':' before the last '/' is a port).
 name=$ref
-case "$name" in *:*) ;; *) name="$name:latest" ;; esac
+case "${name##*/}" in *:*) ;; *) name="$name:latest" ;; esac
 case "$name" in
   */*) case "${name%%/*}" in *.*|*:*|localhost) full=$name ;; *) full="docker.io/$name" ;; esac ;;
   *) full="docker.io/library/$name" ;;
@@ -36,7 +39,7 @@ printf '<html><body><h1>Hello from Shoal</h1></body></html>\n' > "$root/var/www/
 
 layout=$work/layout
 mkdir -p "$layout/blobs/sha256"
-tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -C "$root" -cf "$work/layer.tar" .
+tar --format=gnu --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -C "$root" -cf "$work/layer.tar" .
 layer_digest=$(sha256sum "$work/layer.tar" | cut -d' ' -f1)
 layer_size=$(stat -c %s "$work/layer.tar")
 mv "$work/layer.tar" "$layout/blobs/sha256/$layer_digest"
@@ -59,5 +62,5 @@ printf '{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json"
   "$manifest_digest" "$manifest_size" "$full" "$tag" > "$layout/index.json"
 
 mkdir -p "$(dirname "$out")"
-tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -C "$layout" -cf "$out" oci-layout index.json blobs
+tar --format=gnu --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -C "$layout" -cf "$out" oci-layout index.json blobs
 echo "built $out ($full, manifest sha256:$manifest_digest)"

@@ -26,8 +26,8 @@ pub enum ContainerdError {
     #[error("{0} is not installed or not in PATH; install it with: apt-get install containerd runc")]
     Missing(&'static str),
     /// containerd did not answer on its socket in time.
-    #[error("containerd did not answer on {socket} within {secs}s (see {log})")]
-    NotReady { socket: PathBuf, secs: u64, log: String },
+    #[error("containerd did not answer on {} within {secs}s{}", socket.display(), log.as_ref().map(|l| format!(" (see {})", l.display())).unwrap_or_default())]
+    NotReady { socket: PathBuf, secs: u64, log: Option<PathBuf> },
     #[error("{what}: {source}")]
     Io { what: String, source: std::io::Error },
     /// A gRPC call to containerd failed.
@@ -56,6 +56,31 @@ pub fn is_not_found(s: &tonic::Status) -> bool {
     s.code() == tonic::Code::NotFound
 }
 
+/// Whether a call failed because containerd could not be reached (restarting, socket gone), not because of
+/// what was asked: worth retrying once it is back.
+pub fn is_unavailable(s: &tonic::Status) -> bool {
+    s.code() == tonic::Code::Unavailable || s.message().contains("transport error")
+}
+
+/// Creates a lease that expires by itself after `ttl` (so a shoald killed mid-operation leaks nothing), for
+/// what must survive GC until something references it.
+pub async fn create_lease(ch: &Channel, prefix: &str, ttl: Duration) -> Result<String, tonic::Status> {
+    use containerd_client::services::v1::{leases_client::LeasesClient, CreateRequest};
+    let id = format!("{prefix}-{}", swarm::api::new_id());
+    let expire = humantime::format_rfc3339(std::time::SystemTime::now() + ttl).to_string();
+    let labels = [("containerd.io/gc.expire".to_string(), expire)].into();
+    LeasesClient::new(ch.clone()).create(req(CreateRequest { id: id.clone(), labels })).await?;
+    Ok(id)
+}
+
+/// Deletes a lease (best effort: it expires anyway).
+pub async fn delete_lease(ch: &Channel, id: &str) {
+    use containerd_client::services::v1::{leases_client::LeasesClient, DeleteRequest};
+    if let Err(s) = LeasesClient::new(ch.clone()).delete(req(DeleteRequest { id: id.into(), sync: false })).await {
+        tracing::debug!(lease = id, error = %s.message(), "deleting lease");
+    }
+}
+
 /// Connects to a containerd socket, retrying until `timeout`.
 pub async fn connect(socket: &Path, timeout: Duration) -> Result<Channel, ContainerdError> {
     let deadline = tokio::time::Instant::now() + timeout;
@@ -69,11 +94,7 @@ pub async fn connect(socket: &Path, timeout: Duration) -> Result<Channel, Contai
             }
         }
         if tokio::time::Instant::now() > deadline {
-            return Err(ContainerdError::NotReady {
-                socket: socket.into(),
-                secs: timeout.as_secs(),
-                log: String::new(),
-            });
+            return Err(ContainerdError::NotReady { socket: socket.into(), secs: timeout.as_secs(), log: None });
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -101,7 +122,7 @@ pub struct ManagedContainerd {
     socket: PathBuf,
     pid_file: PathBuf,
     stop: CancellationToken,
-    supervisor: tokio::task::JoinHandle<()>,
+    supervisor: Option<tokio::task::JoinHandle<()>>,
 }
 
 struct Paths {
@@ -163,23 +184,30 @@ impl ManagedContainerd {
             connect(&p.socket, Duration::from_secs(30)).await.map_err(|_| ContainerdError::NotReady {
                 socket: p.socket.clone(),
                 secs: 30,
-                log: p.log.display().to_string(),
+                log: Some(p.log.clone()),
             })?;
             tracing::info!(socket = %p.socket.display(), "containerd started");
         }
         let stop = CancellationToken::new();
         let supervisor = tokio::spawn(supervise(p.pid_file.clone(), Paths::new(data_root, exec_root), stop.clone()));
-        Ok(ManagedContainerd { socket: p.socket, pid_file: p.pid_file, stop, supervisor })
+        Ok(ManagedContainerd { socket: p.socket, pid_file: p.pid_file, stop, supervisor: Some(supervisor) })
     }
 
     pub fn socket(&self) -> &Path {
         &self.socket
     }
 
+    /// The pid of the containerd currently running for us, if any.
+    pub fn pid(&self) -> Option<i32> {
+        read_pid(&self.pid_file).filter(|&p| pid_alive(p))
+    }
+
     /// Stops containerd: SIGTERM, then SIGKILL after 10 s. Containers keep running under their shims.
-    pub async fn shutdown(self) {
+    pub async fn shutdown(mut self) {
         self.stop.cancel();
-        let _ = self.supervisor.await;
+        if let Some(s) = self.supervisor.take() {
+            let _ = s.await;
+        }
         if let Some(pid) = read_pid(&self.pid_file) {
             // SAFETY: plain signals to the containerd we started.
             unsafe { libc::kill(pid, libc::SIGTERM) };
@@ -194,6 +222,14 @@ impl ManagedContainerd {
             }
         }
         let _ = std::fs::remove_file(&self.pid_file);
+    }
+}
+
+impl Drop for ManagedContainerd {
+    /// Dropping the handle without [`ManagedContainerd::shutdown`] leaves containerd running (as a SIGKILLed
+    /// shoald would) but stops supervising it, so nothing restarts it behind the next owner's back.
+    fn drop(&mut self) {
+        self.stop.cancel();
     }
 }
 

@@ -3,8 +3,8 @@
 //! runtime io.containerd.runc.v2. stdout/stderr go to `shoal-logger`, which the shim spawns (`binary://`), so
 //! logs keep flowing while shoald is down.
 
-use crate::containerd::{is_not_found, req};
-use crate::image::{ImageError, ImageService, SNAPSHOTTER};
+use crate::containerd::{create_lease, delete_lease, is_not_found, is_unavailable, req, req_leased};
+use crate::image::{ImageError, ImageService, ResolvedImage, SNAPSHOTTER};
 use crate::spec::{self, SpecPaths};
 use containerd_client::services::v1::container::Runtime;
 use containerd_client::services::v1::containers_client::ContainersClient;
@@ -27,6 +27,27 @@ use tonic::transport::Channel;
 pub const RUNTIME: &str = "io.containerd.runc.v2";
 const SPEC_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/Spec";
 pub const LABEL_TASK_ID: &str = "com.docker.swarm.task.id";
+/// How long `wait` keeps re-attaching while containerd is unreachable before it reports an error.
+const WAIT_RECONNECT_LIMIT: Duration = Duration::from_secs(120);
+
+/// The stdio URI that makes the runc shim spawn `shoal-logger` for a task: `binary:///path/to/shoal-logger?file=<log>`.
+/// The shim passes each query pair as two arguments (`file <log>`) and sets CONTAINER_ID / CONTAINER_NAMESPACE.
+pub fn logger_uri(logger: &Path, log: &Path) -> String {
+    format!("binary://{}?file={}", escape(&logger.to_string_lossy()), escape(&log.to_string_lossy()))
+}
+
+/// Percent-encodes all but unreserved characters and `/` (containerd parses the URI with Go's net/url).
+fn escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~/".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
 
 #[derive(Debug, Clone)]
 pub struct ExecutorConfig {
@@ -39,7 +60,7 @@ pub struct ExecutorConfig {
 impl ExecutorConfig {
     /// Where a task's log file is.
     pub fn log_path(&self, task_id: &str) -> PathBuf {
-        self.data_root.join("containers").join(task_id).join("task.log")
+        crate::logs::task_log_path(&self.data_root, task_id)
     }
 }
 
@@ -266,23 +287,21 @@ impl ContainerdController {
         l.insert("com.docker.swarm.node.id".into(), t.node_id.clone());
         l
     }
-}
 
-impl Controller for ContainerdController {
-    async fn prepare(&self) -> Result<(), ExecError> {
+    /// Prepares the container's snapshot and creates the container, holding `lease`.
+    async fn create(&self, image: &ResolvedImage, lease: &str) -> Result<(), ExecError> {
         let mut containers = ContainersClient::new(self.exec.ch.clone());
-        if containers.get(req(GetContainerRequest { id: self.id().into() })).await.is_ok() {
-            return Ok(());
-        }
-        let image = self.exec.images.resolve(&self.task.spec.container.image).await.map_err(image_err)?;
         let mut snaps = SnapshotsClient::new(self.exec.ch.clone());
         let mounts = match snaps
-            .prepare(req(PrepareSnapshotRequest {
-                snapshotter: SNAPSHOTTER.into(),
-                key: self.id().into(),
-                parent: image.chain_id.clone(),
-                labels: HashMap::new(),
-            }))
+            .prepare(req_leased(
+                PrepareSnapshotRequest {
+                    snapshotter: SNAPSHOTTER.into(),
+                    key: self.id().into(),
+                    parent: image.chain_id.clone(),
+                    labels: HashMap::new(),
+                },
+                lease,
+            ))
             .await
         {
             Ok(r) => r.into_inner().mounts,
@@ -323,14 +342,15 @@ impl Controller for ContainerdController {
             snapshot_key: self.id().into(),
             ..Default::default()
         };
-        match containers.create(req(CreateContainerRequest { container: Some(container) })).await {
+        match containers.create(req_leased(CreateContainerRequest { container: Some(container) }, lease)).await {
             Ok(_) => Ok(()),
             Err(s) if s.code() == tonic::Code::AlreadyExists => Ok(()),
             Err(s) => Err(rt(s)),
         }
     }
 
-    async fn start(&self) -> Result<u32, ExecError> {
+    /// Creates the task (stdio to the logger) if there is none, and starts it.
+    async fn start_task(&self) -> Result<u32, ExecError> {
         if let Some(p) = self.process().await? {
             if p.status == ProcStatus::Created as i32 {
                 let r = self
@@ -353,7 +373,7 @@ impl Controller for ContainerdController {
         if let Some(dir) = log.parent() {
             std::fs::create_dir_all(dir).map_err(|e| ExecError::Runtime(format!("creating {}: {e}", dir.display())))?;
         }
-        let uri = format!("binary://{}?file={}", self.exec.cfg.logger_binary.display(), log.display());
+        let uri = logger_uri(&self.exec.cfg.logger_binary, &log);
         self.tasks()
             .create(req(CreateTaskRequest {
                 container_id: self.id().into(),
@@ -371,15 +391,57 @@ impl Controller for ContainerdController {
             .map_err(rt)?;
         Ok(r.into_inner().pid)
     }
+}
+
+impl Controller for ContainerdController {
+    #[tracing::instrument(level = "debug", skip_all, fields(task.id = %self.task.id))]
+    async fn prepare(&self) -> Result<(), ExecError> {
+        let mut containers = ContainersClient::new(self.exec.ch.clone());
+        if containers.get(req(GetContainerRequest { id: self.id().into() })).await.is_ok() {
+            return Ok(());
+        }
+        let image = self.exec.images.resolve(&self.task.spec.container.image).await.map_err(image_err)?;
+        // Until the container references it, a fresh snapshot is garbage to containerd's GC (which runs e.g.
+        // right after an image import drops its lease): hold a lease from prepare to container create.
+        let lease = create_lease(&self.exec.ch, "shoal-prepare", Duration::from_secs(600)).await.map_err(rt)?;
+        let r = self.create(&image, &lease).await;
+        delete_lease(&self.exec.ch, &lease).await;
+        r
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(task.id = %self.task.id))]
+    async fn start(&self) -> Result<u32, ExecError> {
+        self.start_task().await
+    }
 
     async fn wait(&self) -> Result<ExitStatus, ExecError> {
-        match self.tasks().wait(req(WaitRequest { container_id: self.id().into(), exec_id: String::new() })).await {
-            Ok(r) => Ok(ExitStatus { exit_code: r.into_inner().exit_status as i32 }),
-            Err(s) if is_not_found(&s) => Err(ExecError::NotFound(self.id().into())),
-            Err(s) => Err(rt(s)),
+        // A containerd restart (the supervisor's, or an upgrade) breaks the Wait stream but not the task: attach
+        // again once containerd is back instead of reporting the task failed.
+        let mut backoff = Duration::from_millis(100);
+        let mut unreachable_since: Option<tokio::time::Instant> = None;
+        loop {
+            match self.tasks().wait(req(WaitRequest { container_id: self.id().into(), exec_id: String::new() })).await {
+                Ok(r) => return Ok(ExitStatus { exit_code: r.into_inner().exit_status as i32 }),
+                Err(s) if is_not_found(&s) => return Err(ExecError::NotFound(self.id().into())),
+                Err(s) if is_unavailable(&s) => {
+                    let since = *unreachable_since.get_or_insert_with(tokio::time::Instant::now);
+                    if since.elapsed() > WAIT_RECONNECT_LIMIT {
+                        return Err(ExecError::Runtime(format!(
+                            "containerd unreachable for {}s while waiting for the task: {}",
+                            WAIT_RECONNECT_LIMIT.as_secs(),
+                            s.message()
+                        )));
+                    }
+                    tracing::debug!(task.id = %self.id(), error = %s.message(), "wait interrupted; attaching again");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+                Err(s) => return Err(rt(s)),
+            }
         }
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(task.id = %self.task.id))]
     async fn shutdown(&self) -> Result<(), ExecError> {
         match self.process().await? {
             Some(p) if p.status == ProcStatus::Running as i32 || p.status == ProcStatus::Paused as i32 => {}
@@ -388,20 +450,25 @@ impl Controller for ContainerdController {
         let c = &self.task.spec.container;
         let signal = parse_signal(&c.stop_signal).unwrap_or(libc::SIGTERM as u32);
         self.kill(signal, false).await?;
-        let mut tasks = self.tasks();
-        let wait = tasks.wait(req(WaitRequest { container_id: self.id().into(), exec_id: String::new() }));
-        if tokio::time::timeout(c.stop_grace_period, wait).await.is_err() {
-            tracing::info!(task.id = %self.id(), grace = ?c.stop_grace_period, "stop signal ignored; killing");
-            self.kill(libc::SIGKILL as u32, true).await?;
-            let _ = tokio::time::timeout(Duration::from_secs(10), self.wait()).await;
+        match tokio::time::timeout(c.stop_grace_period, self.wait()).await {
+            Ok(Ok(_)) | Ok(Err(ExecError::NotFound(_))) => {}
+            // Still running after the grace period (busybox sleep/httpd as PID 1 ignore SIGTERM), or we could not
+            // tell: SIGKILL cannot be ignored.
+            Err(_) | Ok(Err(_)) => {
+                tracing::info!(task.id = %self.id(), grace = ?c.stop_grace_period, "stop signal ignored; killing");
+                self.kill(libc::SIGKILL as u32, true).await?;
+                let _ = tokio::time::timeout(Duration::from_secs(10), self.wait()).await;
+            }
         }
         Ok(())
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(task.id = %self.task.id))]
     async fn terminate(&self) -> Result<(), ExecError> {
         self.kill(libc::SIGKILL as u32, true).await
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(task.id = %self.task.id))]
     async fn remove(&self) -> Result<(), ExecError> {
         self.exec.delete_all(self.id()).await
     }
@@ -437,5 +504,17 @@ mod tests {
         assert_eq!(parse_signal("SIGUSR1"), Some(libc::SIGUSR1 as u32));
         assert_eq!(parse_signal("BOGUS"), None);
         assert_eq!(parse_signal("99"), None);
+    }
+
+    #[test]
+    fn logger_uri_escapes_the_query() {
+        assert_eq!(
+            logger_uri(Path::new("/usr/bin/shoal-logger"), Path::new("/var/lib/shoal/containers/abc/task.log")),
+            "binary:///usr/bin/shoal-logger?file=/var/lib/shoal/containers/abc/task.log"
+        );
+        assert_eq!(
+            logger_uri(Path::new("/a b/l"), Path::new("/x&y=z/t.log")),
+            "binary:///a%20b/l?file=/x%26y%3Dz/t.log"
+        );
     }
 }

@@ -5,12 +5,11 @@
 //! the layers through snapshots (prepare) + diff (apply) + commit keyed by chain id, then creates the image
 //! record — all under one lease, with the GC labels that keep blobs and snapshots referenced.
 
-use crate::containerd::{is_not_found, req, req_leased};
+use crate::containerd::{create_lease, delete_lease, is_not_found, req, req_leased};
 use crate::spec::ImageConfig;
 use containerd_client::services::v1::content_client::ContentClient;
 use containerd_client::services::v1::diff_client::DiffClient;
 use containerd_client::services::v1::images_client::ImagesClient;
-use containerd_client::services::v1::leases_client::LeasesClient;
 use containerd_client::services::v1::snapshots::snapshots_client::SnapshotsClient;
 use containerd_client::services::v1::snapshots::{
     CommitSnapshotRequest, PrepareSnapshotRequest, RemoveSnapshotRequest, StatSnapshotRequest,
@@ -144,6 +143,28 @@ impl ImageService {
         ImageService { ch, tmp_dir }
     }
 
+    /// Imports every image of an archive read from `reader` (an upload, stdin); returns their normalized names.
+    /// The archive is spooled to a file first: a docker-save tarball may put manifest.json after the layers.
+    pub async fn load_reader(
+        &self,
+        mut reader: impl std::io::Read + Send + 'static,
+    ) -> Result<Vec<String>, ImageError> {
+        std::fs::create_dir_all(&self.tmp_dir)
+            .map_err(|e| ImageError::Io(format!("{}: {e}", self.tmp_dir.display())))?;
+        let tmp = self.tmp_dir.clone();
+        let file = tokio::task::spawn_blocking(move || -> Result<tempfile::NamedTempFile, ImageError> {
+            let mut f = tempfile::Builder::new()
+                .prefix("upload-")
+                .tempfile_in(&tmp)
+                .map_err(|e| ImageError::Io(format!("{}: {e}", tmp.display())))?;
+            std::io::copy(&mut reader, &mut f).map_err(|e| ImageError::Io(format!("reading the archive: {e}")))?;
+            Ok(f)
+        })
+        .await
+        .map_err(|e| ImageError::Io(e.to_string()))??;
+        self.load(file.path()).await
+    }
+
     /// Imports every image of an archive; returns their normalized names.
     pub async fn load(&self, archive: &Path) -> Result<Vec<String>, ImageError> {
         std::fs::create_dir_all(&self.tmp_dir)
@@ -177,25 +198,12 @@ impl ImageService {
             ));
         }
 
-        let lease = self.lease().await?;
+        // One lease over the whole import: blobs and snapshots are unreferenced until the image record exists.
+        let lease = create_lease(&self.ch, "shoal-load", std::time::Duration::from_secs(3600)).await.map_err(cd_err)?;
         let r = self.import(&import, &lease).await;
-        let mut leases = LeasesClient::new(self.ch.clone());
-        let _ =
-            leases.delete(req(containerd_client::services::v1::DeleteRequest { id: lease.clone(), sync: false })).await;
+        delete_lease(&self.ch, &lease).await;
         r?;
         Ok(import.images.into_iter().map(|(n, _)| n).collect())
-    }
-
-    async fn lease(&self) -> Result<String, ImageError> {
-        let id = format!("shoal-load-{}", swarm::api::new_id());
-        let expire = humantime::format_rfc3339(std::time::SystemTime::now() + std::time::Duration::from_secs(3600));
-        let mut labels = HashMap::new();
-        labels.insert("containerd.io/gc.expire".to_string(), expire.to_string());
-        LeasesClient::new(self.ch.clone())
-            .create(req(containerd_client::services::v1::CreateRequest { id: id.clone(), labels }))
-            .await
-            .map_err(cd_err)?;
-        Ok(id)
     }
 
     async fn import(&self, import: &Import, lease: &str) -> Result<(), ImageError> {

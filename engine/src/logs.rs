@@ -1,10 +1,12 @@
-//! Reading task logs: the json-file lines `shoal-logger` writes, from several tasks merged by time, with
-//! `--tail` and `--follow`.
+//! Reading task logs: the json-file lines `shoal-logger` writes (`<data root>/containers/<task id>/task.log`),
+//! from several tasks merged by time, with `--tail`, `--since` and `--follow`. Whether times are printed
+//! (`--timestamps`) is the caller's choice: every line carries its time.
 
 use serde::Deserialize;
 use std::io::{BufRead, BufReader, Seek, SeekFrom};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
+use std::time::SystemTime;
 use tokio::sync::mpsc;
 
 /// One line of a task's output.
@@ -14,6 +16,8 @@ pub struct LogLine {
     pub stream: String,
     /// Which source (task) it came from: the index into the sources given.
     pub source: usize,
+    /// The task it came from: the name of the directory holding its log file.
+    pub task_id: String,
     pub line: String,
 }
 
@@ -24,10 +28,29 @@ struct Record {
     time: String,
 }
 
-fn parse(text: &str, source: usize) -> Option<LogLine> {
+fn parse(text: &str, source: usize, task_id: &str) -> Option<LogLine> {
     let r: Record = serde_json::from_str(text).ok()?;
     let line = r.log.strip_suffix('\n').unwrap_or(&r.log).to_string();
-    Some(LogLine { time: r.time, stream: r.stream, source, line })
+    Some(LogLine { time: r.time, stream: r.stream, source, task_id: task_id.to_string(), line })
+}
+
+fn task_id_of(path: &Path) -> String {
+    path.parent().and_then(|d| d.file_name()).map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+}
+
+/// Where a task's log file is.
+pub fn task_log_path(data_root: &Path, task_id: &str) -> PathBuf {
+    data_root.join("containers").join(task_id).join("task.log")
+}
+
+/// Streams the logs of tasks by id (see [`stream_since`]).
+pub fn read_logs(
+    data_root: &Path,
+    task_ids: &[String],
+    opts: LogOptions,
+    since: Option<SystemTime>,
+) -> mpsc::Receiver<LogLine> {
+    stream_since(task_ids.iter().map(|t| task_log_path(data_root, t)).collect(), opts, since, None)
 }
 
 #[derive(Debug, Clone, Default)]
@@ -39,10 +62,11 @@ pub struct LogOptions {
 
 /// Reads every source's existing lines (the last `tail` of each), merged by time, and the byte offset each
 /// source was read to.
-fn read_existing(sources: &[PathBuf], tail: Option<usize>) -> (Vec<LogLine>, Vec<u64>) {
+fn read_existing(sources: &[PathBuf], tail: Option<usize>, since: Option<&str>) -> (Vec<LogLine>, Vec<u64>) {
     let mut all = Vec::new();
     let mut offsets = Vec::new();
     for (i, p) in sources.iter().enumerate() {
+        let task_id = task_id_of(p);
         let mut lines = Vec::new();
         let mut offset = 0;
         if let Ok(f) = std::fs::File::open(p) {
@@ -53,8 +77,10 @@ fn read_existing(sources: &[PathBuf], tail: Option<usize>) -> (Vec<LogLine>, Vec
                     break; // a partial last line is read again when complete
                 }
                 offset += n as u64;
-                if let Some(l) = parse(buf.trim_end(), i) {
-                    lines.push(l);
+                if let Some(l) = parse(buf.trim_end(), i, &task_id) {
+                    if since.is_none_or(|t| l.time.as_str() >= t) {
+                        lines.push(l);
+                    }
                 }
                 buf.clear();
             }
@@ -77,12 +103,24 @@ fn read_existing(sources: &[PathBuf], tail: Option<usize>) -> (Vec<LogLine>, Vec
 pub fn stream(
     sources: Vec<PathBuf>,
     opts: LogOptions,
+    added: Option<mpsc::UnboundedReceiver<PathBuf>>,
+) -> mpsc::Receiver<LogLine> {
+    stream_since(sources, opts, None, added)
+}
+
+/// [`stream`], keeping only lines written at or after `since`.
+pub fn stream_since(
+    sources: Vec<PathBuf>,
+    opts: LogOptions,
+    since: Option<SystemTime>,
     mut added: Option<mpsc::UnboundedReceiver<PathBuf>>,
 ) -> mpsc::Receiver<LogLine> {
     let (tx, rx) = mpsc::channel(256);
+    // The logger writes fixed-width RFC 3339 UTC times, which compare correctly as text.
+    let since = since.map(|t| humantime::format_rfc3339_nanos(t).to_string());
     tokio::task::spawn_blocking(move || {
         let mut sources = sources;
-        let (lines, mut offsets) = read_existing(&sources, opts.tail);
+        let (lines, mut offsets) = read_existing(&sources, opts.tail, since.as_deref());
         for l in lines {
             if tx.blocking_send(l).is_err() {
                 return;
@@ -104,6 +142,7 @@ pub fn stream(
             }
             let mut new = Vec::new();
             for (i, p) in sources.iter().enumerate() {
+                let task_id = task_id_of(p);
                 let Ok(mut f) = std::fs::File::open(p) else { continue };
                 if f.seek(SeekFrom::Start(offsets[i])).is_err() {
                     continue;
@@ -115,8 +154,10 @@ pub fn stream(
                         break;
                     }
                     offsets[i] += n as u64;
-                    if let Some(l) = parse(buf.trim_end(), i) {
-                        new.push(l);
+                    if let Some(l) = parse(buf.trim_end(), i, &task_id) {
+                        if since.as_deref().is_none_or(|t| l.time.as_str() >= t) {
+                            new.push(l);
+                        }
                     }
                     buf.clear();
                 }
@@ -165,12 +206,36 @@ mod tests {
                 (0, "a2".into(), "stderr".into())
             ]
         );
-        let mut rx = stream(vec![a, b], LogOptions { follow: false, tail: Some(1) }, None);
+        let mut rx = stream(vec![a.clone(), b.clone()], LogOptions { follow: false, tail: Some(1) }, None);
         let mut got = Vec::new();
         while let Some(l) = rx.recv().await {
             got.push(l.line);
         }
         assert_eq!(got, vec!["b1", "a2"]);
+
+        let since = humantime::parse_rfc3339("2026-01-01T00:00:02Z").unwrap();
+        let mut rx = stream_since(vec![a, b], LogOptions::default(), Some(since), None);
+        let mut got = Vec::new();
+        while let Some(l) = rx.recv().await {
+            got.push(l.line);
+        }
+        assert_eq!(got, vec!["b1", "a2"], "--since keeps lines at or after it");
+    }
+
+    #[tokio::test]
+    async fn read_logs_names_each_lines_task() {
+        let dir = tempfile::tempdir().unwrap();
+        for (id, t) in [("task1", "2026-01-01T00:00:02.000000000Z"), ("task2", "2026-01-01T00:00:01.000000000Z")] {
+            let p = task_log_path(dir.path(), id);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(&p, rec(t, "stdout", id)).unwrap();
+        }
+        let mut rx = read_logs(dir.path(), &["task1".into(), "task2".into()], LogOptions::default(), None);
+        let mut got = Vec::new();
+        while let Some(l) = rx.recv().await {
+            got.push((l.task_id, l.line));
+        }
+        assert_eq!(got, vec![("task2".into(), "task2".into()), ("task1".into(), "task1".into())]);
     }
 
     #[tokio::test]

@@ -197,7 +197,6 @@ pub fn build(task: &Task, image: &ImageConfig, paths: &SpecPaths) -> Result<Spec
         .cwd(PathBuf::from(cwd))
         .user(UserBuilder::default().uid(uid).gid(gid).build().map_err(invalid)?)
         .capabilities(capabilities)
-        .no_new_privileges(true)
         .build()
         .map_err(invalid)?;
 
