@@ -68,28 +68,37 @@ fn child(dir: &str, from: usize) {
 }
 
 /// Runs a child writing from `from`; SIGKILLs it after `kill_after` commits (or once all are done). Returns the
-/// indexes it reported committed.
+/// indexes it reported committed. A child that dies before either fails the test with its stderr.
 fn run_child(dir: &Path, from: usize, kill_after: Option<usize>) -> Vec<usize> {
+    let stderr = tempfile::NamedTempFile::new().unwrap();
     let mut c = Command::new(std::env::current_exe().unwrap())
         .args(["--exact", "committed_objects_survive_sigkill", "--nocapture", "--test-threads=1"])
         .env("SHOAL_STORE_CHILD", dir)
         .env("SHOAL_STORE_FROM", from.to_string())
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(Stdio::from(stderr.reopen().unwrap()))
         .spawn()
         .unwrap();
     let out = BufReader::new(c.stdout.take().unwrap());
     let mut committed = Vec::new();
+    let mut finished = false;
     for line in out.lines() {
         let line = line.unwrap();
         if let Some(i) = line.strip_prefix("committed ") {
             committed.push(i.parse().unwrap());
             if Some(committed.len()) == kill_after {
+                finished = true;
                 break;
             }
         } else if line == "all-done" {
+            finished = true;
             break;
         }
+    }
+    if !finished {
+        c.wait().unwrap();
+        let err = std::fs::read_to_string(stderr.path()).unwrap_or_default();
+        panic!("the writer from {from} died after {} commits:\n{err}", committed.len());
     }
     c.kill().unwrap(); // SIGKILL
     c.wait().unwrap();
@@ -178,4 +187,29 @@ fn damaged_files_are_named_in_the_error() {
             rt.block_on(RaftHandle::start(1, dir.path(), &settings())).err().expect("garbage refused").to_string();
         assert!(msg.contains(&path.display().to_string()), "{msg}");
     }
+}
+
+/// Shutdown releases both files before it returns, so the same process can open them again at once (a node
+/// restarted in place, `swarm leave` then `swarm init`) while openraft is still dropping its own copies.
+#[test]
+fn files_are_released_when_shutdown_returns() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    rt.block_on(async {
+        for round in 0..20 {
+            let (raft, store) = open(dir.path()).await;
+            store
+                .update(|tx| {
+                    tx.create(swarm::testing::service(&format!("id-{round}"), &name(round), 1));
+                    Ok::<_, StoreError>(())
+                })
+                .await
+                .unwrap();
+            raft.shutdown().await;
+            drop(store);
+        }
+        let (raft, store) = open(dir.path()).await;
+        assert_eq!(store.view(|v| v.services().count()), 20);
+        raft.shutdown().await;
+    });
 }

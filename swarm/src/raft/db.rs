@@ -46,3 +46,46 @@ pub(crate) fn open(path: &Path) -> Result<redb::Database, DbError> {
         Err(e) => Err(DbError::Io { path: path.to_path_buf(), reason: e.to_string() }),
     }
 }
+
+/// The store was closed by [`SharedDb::close`] (the member shut down); late calls from openraft's tasks get this.
+#[derive(Debug, thiserror::Error)]
+#[error("the raft store is closed (the manager is shutting down)")]
+pub struct Closed;
+
+/// A redb database shared by the clones of a store, closed at a known moment: openraft keeps clones in tasks it
+/// drops on its own schedule, and the file lock must be released when shutdown returns, so that the same process
+/// can open the files again (a node restarted in place, `swarm leave` then `swarm init`).
+#[derive(Clone)]
+pub(crate) struct SharedDb {
+    inner: std::sync::Arc<std::sync::Mutex<Option<std::sync::Arc<redb::Database>>>>,
+}
+
+impl SharedDb {
+    pub(crate) fn new(db: redb::Database) -> Self {
+        SharedDb { inner: std::sync::Arc::new(std::sync::Mutex::new(Some(std::sync::Arc::new(db)))) }
+    }
+
+    /// The database, for the length of one operation. Hold it until the transaction ends.
+    pub(crate) fn get(&self) -> Result<std::sync::Arc<redb::Database>, Closed> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner()).clone().ok_or(Closed)
+    }
+
+    /// Refuses new operations, waits for those in flight, and closes the file.
+    pub(crate) async fn close(&self) {
+        let Some(mut db) = self.inner.lock().unwrap_or_else(|e| e.into_inner()).take() else { return };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match std::sync::Arc::try_unwrap(db) {
+                Ok(db) => return drop(db),
+                Err(held) if std::time::Instant::now() < deadline => {
+                    db = held;
+                    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                }
+                Err(_) => {
+                    tracing::warn!("a raft store operation did not finish within 10 s of shutdown; file left open");
+                    return;
+                }
+            }
+        }
+    }
+}

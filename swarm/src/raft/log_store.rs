@@ -4,15 +4,14 @@
 //! and openraft purges them (keeping `log_entries_for_slow_followers` behind the snapshot).
 
 use super::codec::{decode, encode};
-use super::db::{open, DbError};
+use super::db::{open, DbError, SharedDb};
 use super::{NodeId, TypeConfig};
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{Entry, LogId, OptionalSend, RaftLogReader, StorageError, StorageIOError, Vote};
-use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use std::fmt::Debug;
 use std::ops::RangeBounds;
 use std::path::Path;
-use std::sync::Arc;
 
 const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
@@ -23,7 +22,7 @@ const KEY_PURGED: &str = "last_purged";
 /// The redb-backed Raft log. Cloning shares the file.
 #[derive(Clone)]
 pub struct RedbLogStore {
-    db: Arc<Database>,
+    db: SharedDb,
 }
 
 type StResult<T> = Result<T, StorageError<NodeId>>;
@@ -51,32 +50,34 @@ impl RedbLogStore {
             tx.open_table(META).map_err(|e| fmt(e.to_string()))?;
             tx.commit().map_err(|e| fmt(e.to_string()))?;
         }
-        let store = RedbLogStore { db: Arc::new(db) };
         // Decode the records now so that a damaged file is reported at start, naming the file.
-        let tx = store.db.begin_read().map_err(|e| fmt(e.to_string()))?;
-        let meta = tx.open_table(META).map_err(|e| fmt(e.to_string()))?;
-        for key in [KEY_VOTE, KEY_COMMITTED, KEY_PURGED] {
-            if let Some(v) = meta.get(key).map_err(|e| fmt(e.to_string()))? {
-                if key == KEY_VOTE {
-                    decode::<Vote<NodeId>>(v.value())
-                        .map_err(|source| DbError::Format { path: path.to_path_buf(), source })?;
-                } else {
-                    decode::<LogId<NodeId>>(v.value())
-                        .map_err(|source| DbError::Format { path: path.to_path_buf(), source })?;
+        {
+            let tx = db.begin_read().map_err(|e| fmt(e.to_string()))?;
+            let meta = tx.open_table(META).map_err(|e| fmt(e.to_string()))?;
+            for key in [KEY_VOTE, KEY_COMMITTED, KEY_PURGED] {
+                if let Some(v) = meta.get(key).map_err(|e| fmt(e.to_string()))? {
+                    if key == KEY_VOTE {
+                        decode::<Vote<NodeId>>(v.value())
+                            .map_err(|source| DbError::Format { path: path.to_path_buf(), source })?;
+                    } else {
+                        decode::<LogId<NodeId>>(v.value())
+                            .map_err(|source| DbError::Format { path: path.to_path_buf(), source })?;
+                    }
                 }
             }
+            let log = tx.open_table(LOG).map_err(|e| fmt(e.to_string()))?;
+            for item in log.iter().map_err(|e| fmt(e.to_string()))? {
+                let (_, v) = item.map_err(|e| fmt(e.to_string()))?;
+                decode::<Entry<TypeConfig>>(v.value())
+                    .map_err(|source| DbError::Format { path: path.to_path_buf(), source })?;
+            }
         }
-        let log = tx.open_table(LOG).map_err(|e| fmt(e.to_string()))?;
-        for item in log.iter().map_err(|e| fmt(e.to_string()))? {
-            let (_, v) = item.map_err(|e| fmt(e.to_string()))?;
-            decode::<Entry<TypeConfig>>(v.value())
-                .map_err(|source| DbError::Format { path: path.to_path_buf(), source })?;
-        }
-        Ok(store)
+        Ok(RedbLogStore { db: SharedDb::new(db) })
     }
 
     fn get_meta<T: serde::de::DeserializeOwned>(&self, key: &str) -> StResult<Option<T>> {
-        let tx = self.db.begin_read().map_err(io_err)?;
+        let db = self.db.get().map_err(io_err)?;
+        let tx = db.begin_read().map_err(io_err)?;
         let t = tx.open_table(META).map_err(io_err)?;
         match t.get(key).map_err(io_err)? {
             Some(v) => Ok(Some(decode(v.value()).map_err(io_err)?)),
@@ -85,7 +86,8 @@ impl RedbLogStore {
     }
 
     fn put_meta<T: serde::Serialize>(&self, key: &str, value: &T) -> StResult<()> {
-        let tx = self.db.begin_write().map_err(write_err)?;
+        let db = self.db.get().map_err(write_err)?;
+        let tx = db.begin_write().map_err(write_err)?;
         {
             let mut t = tx.open_table(META).map_err(write_err)?;
             t.insert(key, encode(value).as_slice()).map_err(write_err)?;
@@ -93,9 +95,15 @@ impl RedbLogStore {
         tx.commit().map_err(write_err)
     }
 
+    /// Closes the file once operations in flight end; later operations fail (see [`SharedDb::close`]).
+    pub async fn close(&self) {
+        self.db.close().await
+    }
+
     /// Number of entries currently stored (for tests and `info`).
     pub fn len(&self) -> Result<u64, StorageError<NodeId>> {
-        let tx = self.db.begin_read().map_err(io_err)?;
+        let db = self.db.get().map_err(io_err)?;
+        let tx = db.begin_read().map_err(io_err)?;
         let t = tx.open_table(LOG).map_err(io_err)?;
         t.len().map_err(io_err)
     }
@@ -110,7 +118,8 @@ impl RaftLogReader<TypeConfig> for RedbLogStore {
         &mut self,
         range: RB,
     ) -> StResult<Vec<Entry<TypeConfig>>> {
-        let tx = self.db.begin_read().map_err(io_err)?;
+        let db = self.db.get().map_err(io_err)?;
+        let tx = db.begin_read().map_err(io_err)?;
         let t = tx.open_table(LOG).map_err(io_err)?;
         let mut out = Vec::new();
         for item in t.range(range).map_err(io_err)? {
@@ -126,7 +135,8 @@ impl RaftLogStorage<TypeConfig> for RedbLogStore {
 
     async fn get_log_state(&mut self) -> StResult<LogState<TypeConfig>> {
         let last_purged: Option<LogId<NodeId>> = self.get_meta(KEY_PURGED)?;
-        let tx = self.db.begin_read().map_err(io_err)?;
+        let db = self.db.get().map_err(io_err)?;
+        let tx = db.begin_read().map_err(io_err)?;
         let t = tx.open_table(LOG).map_err(io_err)?;
         let last = match t.last().map_err(io_err)? {
             Some((_, v)) => Some(decode::<Entry<TypeConfig>>(v.value()).map_err(io_err)?.log_id),
@@ -163,7 +173,8 @@ impl RaftLogStorage<TypeConfig> for RedbLogStore {
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let tx = self.db.begin_write().map_err(write_err)?;
+        let db = self.db.get().map_err(write_err)?;
+        let tx = db.begin_write().map_err(write_err)?;
         {
             let mut t = tx.open_table(LOG).map_err(write_err)?;
             for e in entries {
@@ -184,7 +195,8 @@ impl RaftLogStorage<TypeConfig> for RedbLogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> StResult<()> {
-        let tx = self.db.begin_write().map_err(write_err)?;
+        let db = self.db.get().map_err(write_err)?;
+        let tx = db.begin_write().map_err(write_err)?;
         {
             let mut t = tx.open_table(LOG).map_err(write_err)?;
             t.retain_in(log_id.index.., |_, _| false).map_err(write_err)?;
@@ -193,7 +205,8 @@ impl RaftLogStorage<TypeConfig> for RedbLogStore {
     }
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> StResult<()> {
-        let tx = self.db.begin_write().map_err(write_err)?;
+        let db = self.db.get().map_err(write_err)?;
+        let tx = db.begin_write().map_err(write_err)?;
         {
             let mut meta = tx.open_table(META).map_err(write_err)?;
             meta.insert(KEY_PURGED, encode(&log_id).as_slice()).map_err(write_err)?;

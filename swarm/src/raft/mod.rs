@@ -188,5 +188,8 @@ impl RaftHandle {
         if let Err(e) = self.raft.shutdown().await {
             tracing::warn!(error = %e, "raft shutdown");
         }
+        // openraft drops its state machine worker after shutdown returns; close the files now regardless.
+        self.sm.close().await;
+        self.log.close().await;
     }
 }

@@ -7,7 +7,7 @@
 //! so the log can be purged behind it.
 
 use super::codec::{decode, encode};
-use super::db::{open, DbError};
+use super::db::{open, DbError, SharedDb};
 use super::{NodeId, TypeConfig};
 use crate::api::Object;
 use crate::store::{MemoryStore, ProposalResult, SharedView};
@@ -16,7 +16,7 @@ use openraft::{
     BasicNode, Entry, EntryPayload, LogId, OptionalSend, RaftSnapshotBuilder, SnapshotMeta, StorageError,
     StorageIOError, StoredMembership,
 };
-use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 use std::io::Cursor;
 use std::path::Path;
@@ -54,7 +54,7 @@ struct Applied {
 /// The redb-backed state machine. Cloning shares everything (openraft takes a clone as the snapshot builder).
 #[derive(Clone)]
 pub struct RedbStateMachine {
-    db: Arc<Database>,
+    db: SharedDb,
     view: Arc<SharedView>,
     /// Held while applying and while building a snapshot, so a snapshot's objects match its `last_applied`.
     applied: Arc<Mutex<Applied>>,
@@ -110,13 +110,18 @@ impl RedbStateMachine {
         };
         let last_durable = last_applied.map(|l| l.index).unwrap_or(0);
         Ok(RedbStateMachine {
-            db: Arc::new(db),
+            db: SharedDb::new(db),
             view: SharedView::new(MemoryStore::from_objects(objects)),
             applied: Arc::new(Mutex::new(Applied { last_applied, membership, last_durable, snapshot_seq: 0 })),
         })
     }
 
     /// The view this state machine keeps current.
+    /// Closes the file once operations in flight end; later operations fail (see [`SharedDb::close`]).
+    pub async fn close(&self) {
+        self.db.close().await
+    }
+
     pub fn view(&self) -> Arc<SharedView> {
         self.view.clone()
     }
@@ -127,7 +132,8 @@ impl RedbStateMachine {
 
     /// Writes the whole view, replacing what the file held (snapshot install).
     fn persist_all(&self, applied: &Applied, store: &MemoryStore) -> StResult<()> {
-        let mut tx = self.db.begin_write().map_err(werr)?;
+        let db = self.db.get().map_err(werr)?;
+        let mut tx = db.begin_write().map_err(werr)?;
         tx.set_durability(Durability::Immediate).map_err(werr)?;
         {
             let mut t = tx.open_table(OBJECTS).map_err(werr)?;
@@ -144,7 +150,8 @@ impl RedbStateMachine {
 
     fn store_snapshot(&self, meta: &SnapshotMeta<NodeId, BasicNode>, data: &[u8]) -> StResult<()> {
         let sig = Some(meta.signature());
-        let mut tx = self.db.begin_write().map_err(|e| StorageIOError::write_snapshot(sig.clone(), &e))?;
+        let db = self.db.get().map_err(|e| StorageIOError::write_snapshot(sig.clone(), &e))?;
+        let mut tx = db.begin_write().map_err(|e| StorageIOError::write_snapshot(sig.clone(), &e))?;
         tx.set_durability(Durability::Immediate).map_err(|e| StorageIOError::write_snapshot(sig.clone(), &e))?;
         {
             let mut t = tx.open_table(SNAPSHOT).map_err(|e| StorageIOError::write_snapshot(sig.clone(), &e))?;
@@ -157,7 +164,8 @@ impl RedbStateMachine {
 
     /// The stored snapshot's metadata, if any (for tests and `info`).
     pub fn snapshot_meta(&self) -> StResult<Option<SnapshotMeta<NodeId, BasicNode>>> {
-        let tx = self.db.begin_read().map_err(rerr)?;
+        let db = self.db.get().map_err(rerr)?;
+        let tx = db.begin_read().map_err(rerr)?;
         let t = tx.open_table(SNAPSHOT).map_err(rerr)?;
         match t.get(KEY_SNAP_META).map_err(rerr)? {
             Some(v) => Ok(Some(decode(v.value()).map_err(rerr)?)),
@@ -235,7 +243,8 @@ impl RaftStateMachine<TypeConfig> for RedbStateMachine {
             results.push(result);
         }
         let Some(last) = applied.last_applied else { return Ok(results) };
-        let mut tx = self.db.begin_write().map_err(werr)?;
+        let db = self.db.get().map_err(werr)?;
+        let mut tx = db.begin_write().map_err(werr)?;
         let durable = last.index >= applied.last_durable + DURABLE_EVERY;
         tx.set_durability(if durable { Durability::Immediate } else { Durability::None }).map_err(werr)?;
         {
@@ -284,7 +293,8 @@ impl RaftStateMachine<TypeConfig> for RedbStateMachine {
     }
 
     async fn get_current_snapshot(&mut self) -> StResult<Option<Snapshot<TypeConfig>>> {
-        let tx = self.db.begin_read().map_err(rerr)?;
+        let db = self.db.get().map_err(rerr)?;
+        let tx = db.begin_read().map_err(rerr)?;
         let t = tx.open_table(SNAPSHOT).map_err(rerr)?;
         let meta = match t.get(KEY_SNAP_META).map_err(rerr)? {
             Some(v) => decode::<SnapshotMeta<NodeId, BasicNode>>(v.value()).map_err(rerr)?,
