@@ -451,11 +451,20 @@ async fn network_stop_signals_and_exit_codes() {
     c.remove().await.unwrap();
 
     step!("a task that traps the stop signal (\"TERM\") stops with it, well before the grace period");
-    let mut t = task(&["sh", "-c", "trap 'echo got term; exit 0' TERM; while true; do sleep 0.1; done"]);
+    let mut t = task(&["sh", "-c", "trap 'echo got term; exit 0' TERM; echo trapped; while true; do sleep 0.1; done"]);
     t.spec.container.stop_signal = "TERM".into();
     t.spec.container.stop_grace_period = Duration::from_secs(20);
     let (c, _) = run(&exec, &t).await;
-    tokio::time::sleep(Duration::from_millis(300)).await; // let the shell install its trap
+    // PID 1 ignores a signal it has no handler for, so stop only once the trap is in place.
+    wait_for("the trap installed", Duration::from_secs(10), || async {
+        let recs = log_records(&env.log_path(&t.id));
+        if has_record(&recs, "trapped\n", "stdout") {
+            Ok(())
+        } else {
+            Err(format!("{recs:?}"))
+        }
+    })
+    .await;
     let t0 = Instant::now();
     c.shutdown().await.unwrap();
     assert!(t0.elapsed() < Duration::from_secs(5), "the stop signal ended it: {:?}", t0.elapsed());
