@@ -239,6 +239,19 @@ fn has_record(recs: &[Value], log: &str, stream: &str) -> bool {
     recs.iter().any(|r| r["log"] == log && r["stream"] == stream)
 }
 
+/// Waits until the task's log holds `line` on stdout.
+async fn wait_for_stdout(path: &Path, line: &str, timeout: Duration) {
+    wait_for(&format!("{line:?} on stdout in {}", path.display()), timeout, || async {
+        let recs = log_records(path);
+        if has_record(&recs, line, "stdout") {
+            Ok(())
+        } else {
+            Err(format!("{recs:?}"))
+        }
+    })
+    .await
+}
+
 async fn run(exec: &ContainerdExecutor, t: &Task) -> (engine::executor::ContainerdController, u32) {
     let c = exec.controller(t).expect("controller");
     c.prepare().await.unwrap_or_else(|e| panic!("prepare {}: {e}", t.id));
@@ -456,28 +469,12 @@ async fn network_stop_signals_and_exit_codes() {
     t.spec.container.stop_grace_period = Duration::from_secs(20);
     let (c, _) = run(&exec, &t).await;
     // PID 1 ignores a signal it has no handler for, so stop only once the trap is in place.
-    wait_for("the trap installed", Duration::from_secs(10), || async {
-        let recs = log_records(&env.log_path(&t.id));
-        if has_record(&recs, "trapped\n", "stdout") {
-            Ok(())
-        } else {
-            Err(format!("{recs:?}"))
-        }
-    })
-    .await;
+    wait_for_stdout(&env.log_path(&t.id), "trapped\n", Duration::from_secs(10)).await;
     let t0 = Instant::now();
     c.shutdown().await.unwrap();
     assert!(t0.elapsed() < Duration::from_secs(5), "the stop signal ended it: {:?}", t0.elapsed());
     assert_eq!(c.wait().await.unwrap().exit_code, 0);
-    wait_for("'got term' in the log", Duration::from_secs(5), || async {
-        let recs = log_records(&env.log_path(&t.id));
-        if has_record(&recs, "got term\n", "stdout") {
-            Ok(())
-        } else {
-            Err(format!("{recs:?}"))
-        }
-    })
-    .await;
+    wait_for_stdout(&env.log_path(&t.id), "got term\n", Duration::from_secs(5)).await;
     c.remove().await.unwrap();
 
     step!("sleep as PID 1 ignores SIGTERM (\"15\"): SIGKILL after the 1s grace");
@@ -688,15 +685,7 @@ async fn images_load_list_resolve_and_remove() {
     t.spec.container.image = "shoal-test/saved:v1".into();
     let (c, _) = run(&exec, &t).await;
     assert_eq!(c.wait().await.unwrap().exit_code, 0);
-    wait_for("its output", Duration::from_secs(5), || async {
-        let recs = log_records(&env.log_path(&t.id));
-        if has_record(&recs, "from saved\n", "stdout") {
-            Ok(())
-        } else {
-            Err(format!("{recs:?}"))
-        }
-    })
-    .await;
+    wait_for_stdout(&env.log_path(&t.id), "from saved\n", Duration::from_secs(5)).await;
     c.remove().await.unwrap();
 
     step!("remove deletes the record; resolving it then fails");
