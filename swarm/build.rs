@@ -1,5 +1,5 @@
-//! Generates the gRPC clients and servers of Shoal's three services. Messages are plain serde types (see
-//! `src/api/{control,dispatch,local}.rs`) carried by a JSON codec, so there is one definition of every type.
+//! Generates the gRPC clients and servers of the cluster's services. Messages are plain serde types (see
+//! `src/api/{control,dispatch}.rs`) carried by a JSON codec, so there is one definition of every type.
 
 use tonic_build::manual::{Builder, Method, Service};
 
@@ -18,10 +18,6 @@ const fn unary(name: &'static str, route: &'static str, input: &'static str, out
 
 const fn server_stream(name: &'static str, route: &'static str, input: &'static str, output: &'static str) -> M {
     M { name, route, input, output, client_streaming: false, server_streaming: true }
-}
-
-const fn client_stream(name: &'static str, route: &'static str, input: &'static str, output: &'static str) -> M {
-    M { name, route, input, output, client_streaming: true, server_streaming: false }
 }
 
 fn service(name: &str, methods: &[M]) -> Service {
@@ -109,34 +105,6 @@ fn main() {
             ),
         ],
     );
-    let engine = service(
-        "Engine",
-        &[
-            unary("info", "Info", "crate::api::control::Empty", "crate::api::local::InfoResponse"),
-            unary("version", "Version", "crate::api::control::Empty", "crate::api::local::VersionResponse"),
-            unary(
-                "swarm_init",
-                "SwarmInit",
-                "crate::api::local::SwarmInitRequest",
-                "crate::api::local::SwarmInitResponse",
-            ),
-            unary("swarm_leave", "SwarmLeave", "crate::api::local::SwarmLeaveRequest", "crate::api::control::Empty"),
-            client_stream(
-                "image_load",
-                "ImageLoad",
-                "crate::api::local::ImageLoadChunk",
-                "crate::api::local::ImageLoadResponse",
-            ),
-            unary("image_list", "ImageList", "crate::api::control::Empty", "crate::api::local::ImageListResponse"),
-            unary("image_remove", "ImageRemove", "crate::api::local::ImageRemoveRequest", "crate::api::control::Empty"),
-            server_stream(
-                "service_logs",
-                "ServiceLogs",
-                "crate::api::local::ServiceLogsRequest",
-                "crate::api::local::LogMessage",
-            ),
-        ],
-    );
-    Builder::new().compile(&[control, dispatcher, engine]);
+    Builder::new().compile(&[control, dispatcher]);
     println!("cargo:rerun-if-changed=build.rs");
 }

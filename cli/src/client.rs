@@ -2,9 +2,9 @@
 //! `Engine` (node-local) and `Control` (cluster) clients, and the two error types that end up on the user's
 //! terminal ("Cannot connect …" and "Error response from daemon: …").
 
+use engine_api::EngineClient;
 use std::path::PathBuf;
 use swarm::transport::control::control_client::ControlClient;
-use swarm::transport::engine::engine_client::EngineClient;
 use tonic::transport::Channel;
 
 /// Where the daemon listens when neither `-H` nor `SHOAL_HOST` says otherwise.
@@ -85,8 +85,7 @@ impl Client {
     /// Connects eagerly, so a missing daemon is reported before any work (and before any output) is done.
     pub async fn connect(host: &str) -> anyhow::Result<Client> {
         let path = socket_path(host)?;
-        let channel =
-            swarm::transport::connect_unix(path).await.map_err(|_| CannotConnect { host: display_host(host) })?;
+        let channel = engine_api::connect_unix(path).await.map_err(|_| CannotConnect { host: display_host(host) })?;
         Ok(Client {
             engine: EngineClient::new(channel.clone())
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)

@@ -4,12 +4,12 @@ use crate::client::{rpc, Client};
 use crate::output::{ago, human_size, print_json, split_repo_tag, Format, Table};
 use crate::Tally;
 use clap::{Args, Subcommand};
+use engine_api::{ImageLoadChunk, ImageRemoveRequest, ImageSummary};
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 use swarm::api::control::Empty;
-use swarm::api::local::{ImageLoadChunk, ImageRemoveRequest, ImageSummary};
 use swarm::api::{familiar_image_ref, normalize_image_ref};
 use tokio::io::{AsyncRead, AsyncReadExt};
 

@@ -3,9 +3,9 @@
 use crate::client::{rpc, Client};
 use crate::output::{bytes_size, human_duration, print_json, FormatArg};
 use clap::Args;
+use engine_api::InfoResponse;
 use std::fmt::Write;
 use swarm::api::control::{Empty, GetClusterResponse};
-use swarm::api::local::InfoResponse;
 
 #[derive(Debug, Args)]
 pub struct InfoArgs {
@@ -117,7 +117,7 @@ pub async fn version(host: &str) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use swarm::api::local::SwarmInfo;
+    use engine_api::SwarmInfo;
 
     #[test]
     fn info_has_the_swarm_section() {

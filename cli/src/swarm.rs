@@ -2,9 +2,9 @@
 
 use crate::client::{rpc, Client};
 use clap::{Args, Subcommand, ValueEnum};
+use engine_api::{SwarmInitRequest, SwarmLeaveRequest};
 use std::time::Duration;
 use swarm::api::control::{Empty, GetRequest};
-use swarm::api::local::{SwarmInitRequest, SwarmLeaveRequest};
 
 #[derive(Debug, Subcommand)]
 pub enum SwarmCmd {

@@ -3,16 +3,16 @@
 //! streaming, progress that terminates when stdout is not a terminal, exit codes and one-line errors — without
 //! containerd. The real daemon is covered by the `tests` crate.
 
+use engine_api::*;
+use engine_api::{Engine, EngineServer};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 use swarm::api::control::*;
-use swarm::api::local::*;
 use swarm::api::*;
 use swarm::transport::control::control_server::{Control, ControlServer};
-use swarm::transport::engine::engine_server::{Engine, EngineServer};
 use tonic::{Request, Response, Status, Streaming};
 
 /// How long a fake task takes to go from preparing to running.

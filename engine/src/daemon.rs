@@ -7,12 +7,12 @@ use crate::executor::{ContainerdExecutor, ExecutorConfig};
 use crate::host::{default_route_ip, DataRootLock, LockError};
 use crate::image::ImageService;
 use crate::localapi::LocalApi;
+use engine_api::EngineServer;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use swarm::node::{NodeConfig, NodeError, SwarmNode};
 use swarm::transport::control::control_server::ControlServer;
-use swarm::transport::engine::engine_server::EngineServer;
 use tokio_util::sync::CancellationToken;
 
 /// Why the daemon could not start or stopped with an error.

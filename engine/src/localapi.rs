@@ -5,15 +5,15 @@ use crate::containerd::req;
 use crate::executor::{hostname, ContainerdExecutor};
 use crate::image::{ImageError, ImageService};
 use crate::logs::{self, LogOptions};
+use engine_api::Engine;
+use engine_api::*;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
 use swarm::api::control::Empty;
-use swarm::api::local::*;
 use swarm::api::Platform;
-use swarm::controlapi::{find_service, NOT_A_MANAGER};
+use swarm::manager::controlapi::{find_service, NOT_A_MANAGER};
 use swarm::node::{NodeError, SwarmNode};
-use swarm::transport::engine::engine_server::Engine;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 

@@ -2,16 +2,11 @@
 //! See ARCHITECTURE.md at the top of the repository for the codemap.
 
 pub mod agent;
-pub mod allocator;
 pub mod api;
 pub mod ca;
-pub mod controlapi;
-pub mod dispatcher;
 pub mod manager;
 pub mod node;
-pub mod orchestrator;
-pub mod raft;
-pub mod scheduler;
-pub mod store;
+/// Object builders and the in-memory `TestExecutor`: for tests and the scale simulator only (feature `testing`).
+#[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod transport;

@@ -10,14 +10,14 @@
 
 use crate::agent::exec::Executor;
 use crate::agent::{Agent, AgentConfig, AgentStatus};
-use crate::api::local::{SwarmInfo, SwarmInitRequest};
+use crate::api::membership::{SwarmInfo, SwarmInitRequest};
 use crate::api::*;
 use crate::ca::{self, NodeIdentity, RootCa};
-use crate::controlapi::ControlApi;
-use crate::dispatcher::{Dispatcher, DispatcherConfig, DispatcherService};
+use crate::manager::controlapi::ControlApi;
+use crate::manager::dispatcher::{Dispatcher, DispatcherConfig, DispatcherService};
+use crate::manager::raft::{RaftHandle, RaftSettings};
+use crate::manager::store::{Store, StoreError};
 use crate::manager::Manager;
-use crate::raft::{RaftHandle, RaftSettings};
-use crate::store::{Store, StoreError};
 use crate::transport::dispatcher::dispatcher_server::DispatcherServer;
 use serde::{Deserialize, Serialize};
 use std::net::{IpAddr, SocketAddr};
@@ -55,7 +55,7 @@ pub enum NodeError {
     #[error("swarm state in {path}: {reason}")]
     State { path: PathBuf, reason: String },
     #[error(transparent)]
-    Raft(#[from] crate::raft::RaftNodeError),
+    Raft(#[from] crate::manager::raft::RaftNodeError),
     #[error(transparent)]
     Ca(#[from] ca::CaError),
     #[error(transparent)]

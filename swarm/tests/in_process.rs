@@ -5,9 +5,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use swarm::api::control::*;
-use swarm::api::local::SwarmInitRequest;
+use swarm::api::membership::SwarmInitRequest;
 use swarm::api::{RestartCondition, ServiceMode, ServiceSpec, Task, TaskState};
-use swarm::controlapi::ControlApi;
+use swarm::manager::controlapi::ControlApi;
 use swarm::node::{NodeConfig, SwarmNode};
 use swarm::testing::TestExecutor;
 use swarm::transport::control::control_server::Control;

@@ -2,7 +2,7 @@
 
 use openraft::testing::{StoreBuilder, Suite};
 use openraft::StorageError;
-use swarm::raft::{NodeId, RedbLogStore, RedbStateMachine, TypeConfig};
+use swarm::manager::raft::{NodeId, RedbLogStore, RedbStateMachine, TypeConfig};
 
 struct RedbBuilder;
 

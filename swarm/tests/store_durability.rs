@@ -8,8 +8,8 @@ use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-use swarm::raft::{RaftHandle, RaftSettings};
-use swarm::store::{Store, StoreError};
+use swarm::manager::raft::{RaftHandle, RaftSettings};
+use swarm::manager::store::{Store, StoreError};
 
 const TOTAL: usize = 10_000;
 const SNAPSHOT_INTERVAL: u64 = 2_000;

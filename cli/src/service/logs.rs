@@ -5,9 +5,9 @@ use crate::client::Client;
 use crate::client::{rpc, DaemonError};
 use crate::output::short_id;
 use clap::Args;
+use engine_api::{LogMessage, ServiceLogsRequest};
 use std::io::Write;
 use swarm::api::control::GetRequest;
-use swarm::api::local::{LogMessage, ServiceLogsRequest};
 use swarm::api::ServiceMode;
 
 #[derive(Debug, Args)]

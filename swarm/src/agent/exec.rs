@@ -1,7 +1,7 @@
 //! The boundary between the agent and a container runtime. The agent drives one [`Controller`] per task through
 //! prepare → start → wait, and shutdown/terminate/remove when the task's desired state says so. The engine
 //! implements this with containerd (`engine::executor::ContainerdExecutor`); unit tests and the scale simulator use
-//! `agent::testing::TestExecutor`.
+//! `crate::testing::TestExecutor`.
 //!
 //! Every method is idempotent, so an agent that restarts can run a controller again over a container that
 //! already exists (re-adoption): `prepare` on an existing container succeeds, `start` on a running task succeeds,

@@ -12,7 +12,7 @@
 mod cluster;
 pub mod control;
 pub mod dispatch;
-pub mod local;
+pub mod membership;
 mod meta;
 mod node;
 mod reference;

@@ -7,7 +7,7 @@
 
 use super::new_task;
 use crate::api::{RestartCondition, Service, Task, TaskState};
-use crate::store::{Store, StoreError, WriteTx};
+use crate::manager::store::{Store, StoreError, WriteTx};
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};

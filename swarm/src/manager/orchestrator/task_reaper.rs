@@ -4,7 +4,7 @@
 
 use super::{is_live, reconcile_loop};
 use crate::api::{Object, ObjectKind, Task, TaskState};
-use crate::store::{MemoryStore, Store, StoreError};
+use crate::manager::store::{MemoryStore, Store, StoreError};
 use std::collections::BTreeMap;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -54,7 +54,7 @@ impl TaskReaper {
     }
 
     pub async fn run(self, shutdown: CancellationToken) {
-        let interested = |ev: &crate::store::Event| matches!(ev.object, Object::Task(_) | Object::Service(_));
+        let interested = |ev: &crate::manager::store::Event| matches!(ev.object, Object::Task(_) | Object::Service(_));
         reconcile_loop(
             "task-reaper",
             &self.store.clone(),

@@ -6,17 +6,27 @@
 //!                       └──no───▶ cancel them all
 //! ```
 //! Components never call each other; they meet in the store.
+//!
+//! Everything under `manager/` runs only on managers; what every node runs (the agent) lives in `crate::agent`.
 
-use crate::allocator::Allocator;
+pub mod allocator;
+pub mod controlapi;
+pub mod dispatcher;
+pub mod orchestrator;
+pub mod raft;
+pub mod scheduler;
+pub mod store;
+
 use crate::api::Reachability;
-use crate::dispatcher::Dispatcher;
-use crate::orchestrator::global::GlobalOrchestrator;
-use crate::orchestrator::replicated::ReplicatedOrchestrator;
-use crate::orchestrator::restart::RestartSupervisor;
-use crate::orchestrator::task_reaper::TaskReaper;
-use crate::raft::RaftHandle;
-use crate::scheduler::Scheduler;
-use crate::store::{Store, StoreError};
+use crate::manager::allocator::Allocator;
+use crate::manager::dispatcher::Dispatcher;
+use crate::manager::orchestrator::global::GlobalOrchestrator;
+use crate::manager::orchestrator::replicated::ReplicatedOrchestrator;
+use crate::manager::orchestrator::restart::RestartSupervisor;
+use crate::manager::orchestrator::task_reaper::TaskReaper;
+use crate::manager::raft::RaftHandle;
+use crate::manager::scheduler::Scheduler;
+use crate::manager::store::{Store, StoreError};
 use std::sync::Arc;
 use tokio::sync::watch;
 use tokio::task::JoinSet;

@@ -187,10 +187,17 @@ macro_rules! object_from {
 }
 object_from!(Cluster, Node, Service, Task);
 
+/// Where a store's writes are committed: Raft in the product. The store knows only this trait, so it does not
+/// depend on the Raft module (which depends on the store for its entries).
+pub trait Proposer: Send + Sync + 'static {
+    /// Commits a proposal; returns once it is applied to the view (or refused).
+    fn propose(&self, proposal: Proposal) -> futures::future::BoxFuture<'_, Result<(), StoreError>>;
+}
+
 /// How writes reach the view.
 #[derive(Clone)]
-enum Proposer {
-    Raft(crate::raft::RaftHandle),
+enum Writes {
+    Committed(Arc<dyn Proposer>),
     /// Component tests: apply at once, versions from a counter.
     InMemory(Arc<Mutex<u64>>),
 }
@@ -199,18 +206,18 @@ enum Proposer {
 #[derive(Clone)]
 pub struct Store {
     shared: Arc<SharedView>,
-    proposer: Proposer,
+    writes: Writes,
 }
 
 impl Store {
-    /// A store whose writes go through Raft (the product).
-    pub(crate) fn with_raft(shared: Arc<SharedView>, raft: crate::raft::RaftHandle) -> Self {
-        Store { shared, proposer: Proposer::Raft(raft) }
+    /// A store whose writes go through `proposer` (Raft, in the product) and land in `shared`.
+    pub(crate) fn with_proposer(shared: Arc<SharedView>, proposer: Arc<dyn Proposer>) -> Self {
+        Store { shared, writes: Writes::Committed(proposer) }
     }
 
     /// A store that applies writes at once, for component tests.
     pub fn in_memory() -> Self {
-        Store { shared: SharedView::new(MemoryStore::new()), proposer: Proposer::InMemory(Arc::new(Mutex::new(0))) }
+        Store { shared: SharedView::new(MemoryStore::new()), writes: Writes::InMemory(Arc::new(Mutex::new(0))) }
     }
 
     /// Reads the store under a read lock. Don't block inside `f`.
@@ -250,15 +257,15 @@ impl Store {
 
     /// Commits a proposal.
     pub async fn propose(&self, proposal: Proposal) -> Result<(), StoreError> {
-        match &self.proposer {
-            Proposer::InMemory(counter) => {
+        match &self.writes {
+            Writes::InMemory(counter) => {
                 // Held while applying so versions are handed out in apply order.
                 let mut c = counter.lock().unwrap_or_else(|e| e.into_inner());
                 *c += 1;
                 self.shared.apply(*c, &proposal)?;
                 Ok(())
             }
-            Proposer::Raft(raft) => raft.propose(proposal).await,
+            Writes::Committed(p) => p.propose(proposal).await,
         }
     }
 }

@@ -10,7 +10,7 @@ use super::codec::{decode, encode};
 use super::db::{open, DbError, SharedDb};
 use super::{NodeId, TypeConfig};
 use crate::api::Object;
-use crate::store::{MemoryStore, ProposalResult, SharedView};
+use crate::manager::store::{MemoryStore, ProposalResult, SharedView};
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{
     BasicNode, Entry, EntryPayload, LogId, OptionalSend, RaftSnapshotBuilder, SnapshotMeta, StorageError,
@@ -229,7 +229,7 @@ impl RaftStateMachine<TypeConfig> for RedbStateMachine {
                         for ev in events {
                             let k = key(&ev.object);
                             let value = match ev.action {
-                                crate::store::EventAction::Delete => None,
+                                crate::manager::store::EventAction::Delete => None,
                                 _ => Some(ev.object),
                             };
                             puts.push((k, value));

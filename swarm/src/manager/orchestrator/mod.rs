@@ -14,7 +14,7 @@ pub mod restart;
 pub mod task_reaper;
 
 use crate::api::{new_id, Service, Task, TaskState, TaskStatus, Timestamp};
-use crate::store::{Event, Store, StoreError};
+use crate::manager::store::{Event, Store, StoreError};
 use std::future::Future;
 use std::time::Duration;
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};

@@ -21,7 +21,7 @@ pub use log_store::RedbLogStore;
 pub use network::SingleManagerNetwork;
 pub use state_machine::RedbStateMachine;
 
-use crate::store::{Proposal, ProposalResult, Store, StoreError};
+use crate::manager::store::{Proposal, ProposalResult, Proposer, Store, StoreError};
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::{BasicNode, Config, SnapshotPolicy};
 use std::collections::BTreeMap;
@@ -121,7 +121,7 @@ impl RaftHandle {
             .await
             .map_err(|e| RaftNodeError::Raft(e.to_string()))?;
         let handle = RaftHandle { raft, id, log, sm };
-        let store = Store::with_raft(view, handle.clone());
+        let store = Store::with_proposer(view, Arc::new(handle.clone()));
         Ok((handle, store))
     }
 
@@ -141,7 +141,7 @@ impl RaftHandle {
         self.id
     }
 
-    pub(crate) async fn propose(&self, proposal: Proposal) -> Result<(), StoreError> {
+    async fn write(&self, proposal: Proposal) -> Result<(), StoreError> {
         match self.raft.client_write(proposal).await {
             Ok(resp) => match resp.data.error {
                 None => Ok(()),
@@ -191,5 +191,11 @@ impl RaftHandle {
         // openraft drops its state machine worker after shutdown returns; close the files now regardless.
         self.sm.close().await;
         self.log.close().await;
+    }
+}
+
+impl Proposer for RaftHandle {
+    fn propose(&self, proposal: Proposal) -> futures::future::BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(self.write(proposal))
     }
 }

@@ -11,7 +11,7 @@ pub use service::DispatcherService;
 
 use crate::api::dispatch::TaskStatusUpdate;
 use crate::api::{new_id, NodeDescription, NodeState, Timestamp};
-use crate::store::{Store, StoreError};
+use crate::manager::store::{Store, StoreError};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};

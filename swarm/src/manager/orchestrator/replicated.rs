@@ -5,7 +5,7 @@
 use super::restart::RestartSupervisor;
 use super::{is_live, new_task, reconcile_loop, slot_held_dead};
 use crate::api::{Object, Service, ServiceMode, Task, TaskState};
-use crate::store::{MemoryStore, Store, StoreError, WriteTx};
+use crate::manager::store::{MemoryStore, Store, StoreError, WriteTx};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
@@ -85,7 +85,7 @@ impl ReplicatedOrchestrator {
     }
 
     pub async fn run(self, shutdown: CancellationToken) {
-        let interested = |ev: &crate::store::Event| matches!(ev.object, Object::Service(_) | Object::Task(_));
+        let interested = |ev: &crate::manager::store::Event| matches!(ev.object, Object::Service(_) | Object::Task(_));
         reconcile_loop(
             "replicated-orchestrator",
             &self.store.clone(),

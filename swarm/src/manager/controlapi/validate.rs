@@ -1,7 +1,7 @@
 //! Validation of specs the control API receives. Every error names the field and what is wrong.
 
 use crate::api::{normalize_image_ref, Mount, MountType, ServiceSpec};
-use crate::scheduler::constraint;
+use crate::manager::scheduler::constraint;
 
 /// A spec the control API refuses.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -8,7 +8,7 @@ pub mod validate;
 
 use crate::api::control::*;
 use crate::api::{new_id, Cluster, Node, ObjectKind, Service, ServiceMode, Task, TaskState};
-use crate::store::{ApplyError, MemoryStore, Store, StoreError};
+use crate::manager::store::{ApplyError, MemoryStore, Store, StoreError};
 use crate::transport::control::control_server::Control;
 use tokio::sync::watch;
 use tonic::{Request, Response, Status};

@@ -2,7 +2,7 @@
 
 use crate::api::dispatch::{AssignmentsKind, AssignmentsMessage};
 use crate::api::{Object, Task, TaskSpec, TaskState};
-use crate::store::{Event, EventAction, MemoryStore};
+use crate::manager::store::{Event, EventAction, MemoryStore};
 use std::collections::HashMap;
 
 /// A task is sent to its node once the scheduler assigned it.

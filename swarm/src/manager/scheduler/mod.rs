@@ -12,7 +12,7 @@ pub mod constraint;
 pub mod filters;
 
 use crate::api::{Node, Resources, Task, TaskState};
-use crate::store::{MemoryStore, Store, StoreError};
+use crate::manager::store::{MemoryStore, Store, StoreError};
 use constraint::Constraint;
 use filters::Refusal;
 use std::collections::{BTreeMap, HashMap};

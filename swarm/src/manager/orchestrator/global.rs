@@ -4,8 +4,8 @@
 use super::restart::RestartSupervisor;
 use super::{is_live, new_task, reconcile_loop, slot_held_dead};
 use crate::api::{Node, NodeAvailability, NodeState, Object, Service, ServiceMode, Task, TaskState};
-use crate::scheduler::constraint::Constraint;
-use crate::store::{MemoryStore, Store, StoreError};
+use crate::manager::scheduler::constraint::Constraint;
+use crate::manager::store::{MemoryStore, Store, StoreError};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -68,8 +68,9 @@ impl GlobalOrchestrator {
     }
 
     pub async fn run(self, shutdown: CancellationToken) {
-        let interested =
-            |ev: &crate::store::Event| matches!(ev.object, Object::Service(_) | Object::Task(_) | Object::Node(_));
+        let interested = |ev: &crate::manager::store::Event| {
+            matches!(ev.object, Object::Service(_) | Object::Task(_) | Object::Node(_))
+        };
         reconcile_loop(
             "global-orchestrator",
             &self.store.clone(),

@@ -2,8 +2,8 @@
 //! ports) when networking lands; today a task needs none, so it moves live NEW tasks to PENDING.
 
 use crate::api::{Object, TaskState};
-use crate::orchestrator::reconcile_loop;
-use crate::store::{Store, StoreError};
+use crate::manager::orchestrator::reconcile_loop;
+use crate::manager::store::{Store, StoreError};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -17,8 +17,7 @@ impl Allocator {
     }
 
     pub async fn run(self, shutdown: CancellationToken) {
-        let interested =
-            |ev: &crate::store::Event| matches!(&ev.object, Object::Task(t) if t.status.state == TaskState::New);
+        let interested = |ev: &crate::manager::store::Event| matches!(&ev.object, Object::Task(t) if t.status.state == TaskState::New);
         reconcile_loop(
             "allocator",
             &self.store.clone(),

@@ -1,0 +1,73 @@
+//! A node's membership in a swarm as the engine asks for it and reports it: the options of `swarm init` and
+//! `swarm leave`, and the Swarm section of `info`.
+
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct SwarmInitRequest {
+    /// The address other nodes reach this manager at (`ip` or `ip:port`); default: the listen address's IP, or
+    /// the address of the interface with the default route.
+    #[serde(default)]
+    pub advertise_addr: String,
+    /// Where the cluster listener binds (default `0.0.0.0:2377`).
+    #[serde(default)]
+    pub listen_addr: String,
+    pub task_history_limit: Option<u64>,
+    #[serde(default, with = "opt_duration")]
+    pub dispatcher_heartbeat: Option<Duration>,
+    pub snapshot_interval: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SwarmInitResponse {
+    pub node_id: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct SwarmLeaveRequest {
+    #[serde(default)]
+    pub force: bool,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct SwarmInfo {
+    /// `inactive`, `pending`, `active`, `error`.
+    pub local_node_state: String,
+    #[serde(default)]
+    pub node_id: String,
+    #[serde(default)]
+    pub node_addr: String,
+    #[serde(default)]
+    pub is_manager: bool,
+    #[serde(default)]
+    pub cluster_id: String,
+    #[serde(default)]
+    pub managers: u64,
+    #[serde(default)]
+    pub nodes: u64,
+    #[serde(default)]
+    pub error: String,
+    /// Manager addresses (`RemoteManagers`).
+    #[serde(default)]
+    pub remote_managers: Vec<String>,
+}
+
+mod opt_duration {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.serialize_some(&crate::api::format_duration(*d)),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        match Option::<String>::deserialize(d)? {
+            Some(s) => crate::api::parse_duration(&s).map(Some).map_err(serde::de::Error::custom),
+            None => Ok(None),
+        }
+    }
+}
