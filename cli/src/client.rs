@@ -8,7 +8,7 @@ use swarm::transport::control::control_client::ControlClient;
 use tonic::transport::Channel;
 
 /// Where the daemon listens when neither `-H` nor `SHOAL_HOST` says otherwise.
-pub const DEFAULT_HOST: &str = "unix:///run/shoal/shoal.sock";
+pub use engine_api::DEFAULT_HOST;
 
 /// Listings of a big cluster's tasks easily exceed tonic's 4 MiB default; the socket is local, so be generous.
 const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
@@ -50,20 +50,9 @@ pub fn rpc<T>(r: Result<tonic::Response<T>, tonic::Status>) -> anyhow::Result<T>
     r.map(tonic::Response::into_inner).map_err(|s| DaemonError(s).into())
 }
 
-/// Resolves `-H` / `SHOAL_HOST` to a socket path: `unix:///path` or a bare path; empty means the default.
+/// Resolves `-H` / `SHOAL_HOST` to a socket path (see [`engine_api::socket_path`]).
 pub fn socket_path(host: &str) -> anyhow::Result<PathBuf> {
-    let host = host.trim();
-    let host = if host.is_empty() { DEFAULT_HOST } else { host };
-    if let Some(path) = host.strip_prefix("unix://") {
-        if path.is_empty() {
-            anyhow::bail!("invalid host {host:?}: unix socket path is empty");
-        }
-        return Ok(PathBuf::from(path));
-    }
-    if let Some((scheme, _)) = host.split_once("://") {
-        anyhow::bail!("invalid host {host:?}: unsupported protocol scheme {scheme:?} (only unix:// is supported)");
-    }
-    Ok(PathBuf::from(host))
+    Ok(engine_api::socket_path(host)?)
 }
 
 /// The host as it is shown in messages: always in `unix://` form.
@@ -103,11 +92,6 @@ mod tests {
 
     #[test]
     fn host_forms() {
-        assert_eq!(socket_path("").unwrap(), PathBuf::from("/run/shoal/shoal.sock"));
-        assert_eq!(socket_path("unix:///tmp/s.sock").unwrap(), PathBuf::from("/tmp/s.sock"));
-        assert_eq!(socket_path("/tmp/s.sock").unwrap(), PathBuf::from("/tmp/s.sock"));
-        assert!(socket_path("tcp://1.2.3.4:2375").is_err());
-        assert!(socket_path("unix://").is_err());
         assert_eq!(display_host("/tmp/s.sock"), "unix:///tmp/s.sock");
     }
 

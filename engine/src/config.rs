@@ -20,7 +20,7 @@ pub struct DaemonConfig {
     #[arg(long, default_value = "/run/shoal")]
     pub exec_root: PathBuf,
     /// Local API socket
-    #[arg(short = 'H', long = "host", default_value = "unix:///run/shoal/shoal.sock")]
+    #[arg(short = 'H', long = "host", default_value = engine_api::DEFAULT_HOST)]
     pub host: String,
     /// Socket of an existing containerd; when absent shoald starts and supervises its own
     #[arg(long)]
@@ -45,22 +45,12 @@ fn parse_label(s: &str) -> Result<(String, String), String> {
 impl DaemonConfig {
     /// The local API socket path from `-H` (`unix:///path` or a bare path).
     pub fn socket_path(&self) -> Result<PathBuf, String> {
-        socket_path(&self.host)
+        engine_api::socket_path(&self.host).map_err(|e| e.to_string())
     }
 
     pub fn engine_labels(&self) -> BTreeMap<String, String> {
         self.labels.iter().cloned().collect()
     }
-}
-
-pub fn socket_path(host: &str) -> Result<PathBuf, String> {
-    if let Some(p) = host.strip_prefix("unix://") {
-        return Ok(PathBuf::from(p));
-    }
-    if host.starts_with('/') {
-        return Ok(PathBuf::from(host));
-    }
-    Err(format!("unsupported host {host:?}: only unix:///path sockets are served"))
 }
 
 #[cfg(test)]
@@ -76,6 +66,5 @@ mod tests {
         let c = DaemonConfig::parse_from(["shoald", "-H", "/tmp/x.sock", "--label", "disk=ssd"]);
         assert_eq!(c.socket_path().unwrap(), PathBuf::from("/tmp/x.sock"));
         assert_eq!(c.engine_labels().get("disk").map(String::as_str), Some("ssd"));
-        assert!(socket_path("tcp://1.2.3.4:1").is_err());
     }
 }

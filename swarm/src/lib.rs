@@ -4,6 +4,7 @@
 pub mod agent;
 pub mod api;
 pub mod ca;
+pub mod fsutil;
 pub mod manager;
 pub mod node;
 /// Object builders and the in-memory `TestExecutor`: for tests and the scale simulator only (feature `testing`).

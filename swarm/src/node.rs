@@ -21,7 +21,7 @@ use crate::manager::Manager;
 use crate::transport::dispatcher::dispatcher_server::DispatcherServer;
 use serde::{Deserialize, Serialize};
 use std::net::{IpAddr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{watch, Mutex};
@@ -250,8 +250,12 @@ impl<E: Executor> SwarmNode<E> {
             advertise_addr: advertise,
             snapshot_interval: settings.snapshot_interval,
         };
-        write_atomic(&self.cfg.state_dir.join(NODE_FILE), &serde_json::to_vec_pretty(&me).expect("plain data"))
-            .map_err(|e| self.state_err(e))?;
+        crate::fsutil::write_atomic(
+            &self.cfg.state_dir.join(NODE_FILE),
+            &serde_json::to_vec_pretty(&me).expect("plain data"),
+            0o600,
+        )
+        .map_err(|e| self.state_err(e))?;
         drop(running.take());
         drop(running);
         self.launch(me, identity, raft, store, listener).await?;
@@ -425,18 +429,4 @@ async fn bind(addr: &str) -> Result<tokio::net::TcpListener, NodeError> {
     tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| NodeError::Listen { addr: addr.to_string(), reason: e.to_string() })
-}
-
-fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let tmp = path.with_extension("tmp");
-    {
-        use std::io::Write;
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, path)
 }

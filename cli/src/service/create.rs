@@ -58,7 +58,7 @@ pub struct CreateArgs {
     pub mounts: Vec<Mount>,
     /// Placement constraints (e.g. node.role==manager)
     #[arg(long = "constraint", value_name = "EXPR")]
-    pub constraints: Vec<String>,
+    pub constraints: Vec<swarm::api::Constraint>,
     /// Reserve CPUs
     #[arg(long = "reserve-cpu", value_parser = opts::nano_cpus, allow_hyphen_values = true, value_name = "CPUS")]
     pub reserve_cpu: Option<i64>,
@@ -326,7 +326,10 @@ mod tests {
         assert_eq!(c.stop_grace_period, Duration::from_secs(30));
         let t = &s.task_template;
         // Constraints pass through untouched: the server parses and validates them.
-        assert_eq!(t.placement.constraints, vec!["node.role==manager", "node.labels.zone!=east"]);
+        assert_eq!(
+            t.placement.constraints.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            vec!["node.role==manager", "node.labels.zone!=east"]
+        );
         assert_eq!(t.placement.max_replicas, 2);
         assert_eq!(t.resources.reservations, Resources { nano_cpus: 500_000_000, memory_bytes: 64 << 20 });
         assert_eq!(t.resources.limits, Resources { nano_cpus: 2_000_000_000, memory_bytes: 1 << 30 });

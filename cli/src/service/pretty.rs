@@ -49,7 +49,11 @@ pub fn service(s: &Service) -> String {
     }
     let _ = writeln!(o, "Placement:");
     if !t.placement.constraints.is_empty() {
-        let _ = writeln!(o, " Constraints:\t[{}]", t.placement.constraints.join(" "));
+        let _ = writeln!(
+            o,
+            " Constraints:\t[{}]",
+            t.placement.constraints.iter().map(ToString::to_string).collect::<Vec<_>>().join(" ")
+        );
     }
     if t.placement.max_replicas > 0 {
         let _ = writeln!(o, " Max Replicas Per Node:\t{}", t.placement.max_replicas);
@@ -136,7 +140,7 @@ mod tests {
         t.container.args = vec!["sleep".into(), "1d".into()];
         t.resources.reservations.nano_cpus = 500_000_000;
         t.resources.reservations.memory_bytes = 64 << 20;
-        t.placement.constraints = vec!["node.role==manager".into()];
+        t.placement.constraints = vec!["node.role==manager".parse().unwrap()];
         let out = service(&s);
         for want in [
             "ID:\t\tabc",

@@ -17,6 +17,37 @@ pub use generated::engine_server::{Engine, EngineServer};
 /// The answer to `swarm init`.
 pub use swarm::api::membership::SwarmInitResponse;
 
+/// Where `shoald` serves its API unless told otherwise (`-H`), as dockerd's `/var/run/docker.sock`.
+pub const DEFAULT_HOST: &str = "unix:///run/shoal/shoal.sock";
+
+/// A `-H` / `SHOAL_HOST` value that names no unix socket.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HostError {
+    /// `unix://` with nothing after it.
+    #[error("invalid host {0:?}: unix socket path is empty")]
+    EmptyPath(String),
+    /// Another scheme than `unix://`.
+    #[error("invalid host {host:?}: unsupported protocol scheme {scheme:?} (only unix:// is supported)")]
+    Scheme { host: String, scheme: String },
+}
+
+/// Resolves `-H` to a socket path: `unix:///path` or a bare path; empty means [`DEFAULT_HOST`]. The daemon and the
+/// CLI both use this, so they agree on every spelling.
+pub fn socket_path(host: &str) -> Result<std::path::PathBuf, HostError> {
+    let host = host.trim();
+    let host = if host.is_empty() { DEFAULT_HOST } else { host };
+    if let Some(path) = host.strip_prefix("unix://") {
+        if path.is_empty() {
+            return Err(HostError::EmptyPath(host.to_string()));
+        }
+        return Ok(path.into());
+    }
+    if let Some((scheme, _)) = host.split_once("://") {
+        return Err(HostError::Scheme { host: host.to_string(), scheme: scheme.to_string() });
+    }
+    Ok(host.into())
+}
+
 /// Connects to a unix socket as a gRPC channel (the local API).
 pub async fn connect_unix(
     path: impl Into<std::path::PathBuf>,
@@ -30,4 +61,19 @@ pub async fn connect_unix(
             }
         }))
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    #[test]
+    fn hosts_resolve_to_socket_paths() {
+        assert_eq!(socket_path("").unwrap(), PathBuf::from("/run/shoal/shoal.sock"));
+        assert_eq!(socket_path("unix:///tmp/s.sock").unwrap(), PathBuf::from("/tmp/s.sock"));
+        assert_eq!(socket_path("/tmp/s.sock").unwrap(), PathBuf::from("/tmp/s.sock"));
+        assert!(matches!(socket_path("tcp://1.2.3.4:2375"), Err(HostError::Scheme { .. })));
+        assert!(matches!(socket_path("unix://"), Err(HostError::EmptyPath(_))));
+    }
 }

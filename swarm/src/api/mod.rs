@@ -10,6 +10,7 @@
 //! ```
 
 mod cluster;
+mod constraint;
 pub mod control;
 pub mod dispatch;
 pub mod membership;
@@ -21,6 +22,7 @@ mod spec;
 mod task;
 
 pub use cluster::*;
+pub use constraint::*;
 pub use meta::*;
 pub use node::*;
 pub use reference::*;
@@ -105,18 +107,29 @@ pub fn new_id() -> String {
 }
 
 /// Encodes `n` in lowercase base 36, left-padded with zeros to `width`.
-pub fn base36(mut n: u128, width: usize) -> String {
+pub fn base36(n: u128, width: usize) -> String {
+    base36_bytes(&n.to_be_bytes(), width)
+}
+
+/// Base 36 of a big-endian unsigned number, left-padded with zeros to `width`.
+pub fn base36_bytes(bytes: &[u8], width: usize) -> String {
     const DIGITS: &[u8; 36] = b"0123456789abcdefghijklmnopqrstuvwxyz";
+    let mut num: Vec<u8> = bytes.to_vec();
     let mut out = Vec::with_capacity(width);
-    while n > 0 {
-        out.push(DIGITS[(n % 36) as usize]);
-        n /= 36;
+    while num.iter().any(|&b| b != 0) {
+        let mut rem = 0u32;
+        for b in num.iter_mut() {
+            let cur = (rem << 8) | u32::from(*b);
+            *b = (cur / 36) as u8;
+            rem = cur % 36;
+        }
+        out.push(DIGITS[rem as usize]);
     }
     while out.len() < width {
         out.push(b'0');
     }
     out.reverse();
-    String::from_utf8(out).expect("base36 digits are ascii")
+    out.into_iter().map(char::from).collect()
 }
 
 #[cfg(test)]

@@ -2,6 +2,7 @@
 //! anything is stored; a task carries a copy of its service's task spec, so a running task never changes under it.
 
 use super::meta::duration_text;
+use super::Constraint;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -204,9 +205,9 @@ impl std::str::FromStr for RestartCondition {
 /// Where tasks may run.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Placement {
-    /// Expressions like `node.role==manager`, `node.labels.zone!=east`.
+    /// Expressions like `node.role==manager`, `node.labels.zone!=east`, parsed when the spec is decoded.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub constraints: Vec<String>,
+    pub constraints: Vec<Constraint>,
     /// At most this many tasks of the service on one node (`--replicas-max-per-node`); 0 means no limit.
     #[serde(default)]
     pub max_replicas: u64,

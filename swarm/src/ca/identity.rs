@@ -5,7 +5,7 @@ use super::root::{cert_der, new_key_pair};
 use super::{role_of_ou, CaError};
 use crate::api::NodeRole;
 use rcgen::{CertificateParams, KeyPair, PublicKeyData};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, SystemTime};
 use x509_parser::prelude::X509Certificate;
 
@@ -219,31 +219,10 @@ fn file_err(path: &Path, reason: String) -> CaError {
     CaError::File { path: path.to_path_buf(), reason }
 }
 
-/// Writes `dir/name` through `dir/.name.tmp`: created fresh with `mode`, synced, then renamed over the target.
+/// Writes `dir/name` atomically with `mode`.
 fn write_atomic(dir: &Path, name: &str, text: &str, mode: u32) -> Result<(), CaError> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
     let path = dir.join(name);
-    let tmp: PathBuf = dir.join(format!(".{name}.tmp"));
-    // A leftover from a crash may have other permissions; start from nothing so `mode` applies.
-    match std::fs::remove_file(&tmp) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(file_err(&tmp, format!("cannot remove a stale temporary file: {e}"))),
-    }
-    let result = (|| {
-        let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(mode).open(&tmp)?;
-        f.write_all(text.as_bytes())?;
-        f.sync_all()
-    })();
-    if let Err(e) = result {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(file_err(&path, format!("cannot write: {e}")));
-    }
-    std::fs::rename(&tmp, &path).map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        file_err(&path, format!("cannot replace: {e}"))
-    })
+    crate::fsutil::write_atomic(&path, text.as_bytes(), mode).map_err(|e| file_err(&path, format!("cannot write: {e}")))
 }
 
 #[cfg(test)]
@@ -317,7 +296,7 @@ mod tests {
         renewed.save(&dir).unwrap();
         assert_eq!(NodeIdentity::load(&dir).unwrap().role, NodeRole::Worker);
         assert_eq!(mode(NODE_KEY_FILE), 0o600);
-        assert!(!dir.join(".swarm-node.key.tmp").exists());
+        assert!(!dir.join("swarm-node.key.tmp").exists());
     }
 
     #[test]

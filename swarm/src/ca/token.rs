@@ -5,7 +5,7 @@
 //! 25 characters: it admits the node, as a worker or a manager depending on which of the cluster's two tokens it is.
 
 use super::CaError;
-use crate::api::{base36, NodeRole};
+use crate::api::{base36, base36_bytes, NodeRole};
 use sha2::{Digest, Sha256};
 
 const PREFIX: &str = "SWMTKN";
@@ -38,27 +38,6 @@ impl std::fmt::Display for JoinToken {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{PREFIX}-{}-{}-{}", self.version, self.ca_digest_b36, self.secret)
     }
-}
-
-/// Base 36 of a big-endian unsigned number, left-padded with zeros to `width`.
-fn base36_bytes(bytes: &[u8], width: usize) -> String {
-    const DIGITS: &[u8; 36] = b"0123456789abcdefghijklmnopqrstuvwxyz";
-    let mut num: Vec<u8> = bytes.to_vec();
-    let mut out = Vec::with_capacity(width);
-    while num.iter().any(|&b| b != 0) {
-        let mut rem = 0u32;
-        for b in num.iter_mut() {
-            let cur = (rem << 8) | u32::from(*b);
-            *b = (cur / 36) as u8;
-            rem = cur % 36;
-        }
-        out.push(DIGITS[rem as usize]);
-    }
-    while out.len() < width {
-        out.push(b'0');
-    }
-    out.reverse();
-    out.into_iter().map(char::from).collect()
 }
 
 /// The 256-bit number a base-36 string stands for, big-endian; `None` if it needs more than 256 bits.

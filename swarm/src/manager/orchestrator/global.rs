@@ -4,7 +4,6 @@
 use super::restart::RestartSupervisor;
 use super::{is_live, new_task, reconcile_loop, slot_held_dead};
 use crate::api::{Node, NodeAvailability, NodeState, Object, Service, ServiceMode, Task, TaskState};
-use crate::manager::scheduler::constraint::Constraint;
 use crate::manager::store::{MemoryStore, Store, StoreError};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -13,14 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 /// Whether `node` should run a task of `service`, and whether it may keep one it has.
 fn eligibility(service: &Service, node: &Node) -> (bool, bool) {
-    let constraints_ok = service
-        .spec
-        .task_template
-        .placement
-        .constraints
-        .iter()
-        .filter_map(|c| Constraint::parse(c).ok())
-        .all(|c| c.matches(node));
+    let constraints_ok = service.spec.task_template.placement.constraints.iter().all(|c| c.matches(node));
     let up = node.status.state != NodeState::Down;
     let new_ok = constraints_ok && up && node.spec.availability == NodeAvailability::Active;
     let keep_ok = constraints_ok && node.spec.availability != NodeAvailability::Drain;

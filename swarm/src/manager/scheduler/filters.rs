@@ -1,8 +1,8 @@
 //! The scheduler's filter pipeline: each filter says whether a node can take a task, and explains a refusal in
 //! the words `service ps` shows ("insufficient memory on 1 node").
 
-use super::constraint::Constraint;
 use super::NodeInfo;
+use crate::api::Constraint;
 use crate::api::{NodeAvailability, NodeState, Task};
 
 /// Why a node was refused, grouped so the explanation can count nodes per reason.

@@ -8,12 +8,11 @@
 //! A task that fits nowhere stays PENDING with `no suitable node (<reasons>)` in its status; it is retried when
 //! nodes or tasks change. Global tasks arrive with their node chosen; the scheduler only checks that node.
 
-pub mod constraint;
 pub mod filters;
 
 use crate::api::{Node, Resources, Task, TaskState};
 use crate::manager::store::{MemoryStore, Store, StoreError};
-use constraint::Constraint;
+
 use filters::Refusal;
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
@@ -79,8 +78,7 @@ pub enum Decision {
 
 /// Picks a node for `task` among `nodes` (pure): filters, then spread.
 pub fn decide(nodes: &BTreeMap<String, NodeInfo>, task: &Task) -> Decision {
-    let constraints: Vec<Constraint> =
-        task.spec.placement.constraints.iter().filter_map(|c| Constraint::parse(c).ok()).collect();
+    let constraints = &task.spec.placement.constraints;
     let mut refusals: BTreeMap<Refusal, usize> = BTreeMap::new();
     let mut best: Option<(&NodeInfo, (u64, u64))> = None;
     let candidates: Box<dyn Iterator<Item = &NodeInfo>> =
@@ -88,7 +86,7 @@ pub fn decide(nodes: &BTreeMap<String, NodeInfo>, task: &Task) -> Decision {
     let mut seen = 0;
     for info in candidates {
         seen += 1;
-        match filters::check(info, task, &constraints) {
+        match filters::check(info, task, constraints) {
             Ok(()) => {
                 let score = (info.tasks_of_service(&task.service_id), info.total_tasks);
                 if best.map(|(_, s)| score < s).unwrap_or(true) {
@@ -231,7 +229,7 @@ mod tests {
         assert_eq!(p[0].1, Decision::NoSuitableNode("no suitable node (insufficient memory on 1 node)".into()));
 
         t.spec.resources.reservations.memory_bytes = 0;
-        t.spec.placement.constraints = vec!["node.labels.zone==mars".into()];
+        t.spec.placement.constraints = vec!["node.labels.zone==mars".parse().unwrap()];
         let p = plan(&store_with(vec![node("a", "ha"), node("b", "hb")], vec![t]));
         assert_eq!(
             p[0].1,

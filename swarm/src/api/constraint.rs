@@ -3,18 +3,24 @@
 //! Keys (as Docker Swarm): `node.id`, `node.hostname`, `node.role`, `node.platform.os`, `node.platform.arch`,
 //! `node.labels.<k>`, `engine.labels.<k>`. Operators `==` and `!=`. Values compare case-insensitively, except labels'
 //! values which compare exactly (as SwarmKit).
+//!
+//! A spec holds constraints already parsed: they are parsed once, when the spec is decoded, so a bad expression
+//! is refused at the door and no component can meet one it cannot evaluate (and skip it, failing open). On the
+//! wire and on disk a constraint is its expression text, as in Swarm.
 
 use crate::api::Node;
+use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
 pub struct Constraint {
     pub key: String,
-    pub op: Op,
+    pub op: ConstraintOp,
     pub value: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Op {
+pub enum ConstraintOp {
     Eq,
     NotEq,
 }
@@ -31,9 +37,9 @@ impl Constraint {
     pub fn parse(expr: &str) -> Result<Constraint, ConstraintError> {
         let err = |reason: &str| ConstraintError { expr: expr.to_string(), reason: reason.to_string() };
         let (key, op, value) = if let Some((k, v)) = expr.split_once("!=") {
-            (k, Op::NotEq, v)
+            (k, ConstraintOp::NotEq, v)
         } else if let Some((k, v)) = expr.split_once("==") {
-            (k, Op::Eq, v)
+            (k, ConstraintOp::Eq, v)
         } else {
             return Err(err("expected KEY==VALUE or KEY!=VALUE"));
         };
@@ -87,8 +93,8 @@ impl Constraint {
             None => false,
         };
         match self.op {
-            Op::Eq => equal,
-            Op::NotEq => !equal,
+            ConstraintOp::Eq => equal,
+            ConstraintOp::NotEq => !equal,
         }
     }
 }
@@ -101,9 +107,36 @@ fn label_key<'a>(key: &'a str, prefix: &str) -> Option<&'a str> {
     }
 }
 
-/// Parses every expression, failing on the first bad one.
-pub fn parse_all(exprs: &[String]) -> Result<Vec<Constraint>, ConstraintError> {
-    exprs.iter().map(|e| Constraint::parse(e)).collect()
+impl std::fmt::Display for Constraint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let op = match self.op {
+            ConstraintOp::Eq => "==",
+            ConstraintOp::NotEq => "!=",
+        };
+        write!(f, "{}{op}{}", self.key, self.value)
+    }
+}
+
+impl std::str::FromStr for Constraint {
+    type Err = ConstraintError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Constraint::parse(s)
+    }
+}
+
+impl TryFrom<String> for Constraint {
+    type Error = ConstraintError;
+
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        Constraint::parse(&s)
+    }
+}
+
+impl From<Constraint> for String {
+    fn from(c: Constraint) -> String {
+        c.to_string()
+    }
 }
 
 #[cfg(test)]
@@ -127,6 +160,14 @@ mod tests {
         assert!(ok("engine.labels.disk==ssd"));
         assert!(ok("node.platform.os==linux"));
         assert!(ok("node.id==n1"));
+    }
+
+    #[test]
+    fn travels_as_its_expression_and_refuses_bad_ones_when_decoded() {
+        let c: Constraint = serde_json::from_str("\"node.labels.zone != east\"").unwrap();
+        assert_eq!(serde_json::to_string(&c).unwrap(), "\"node.labels.zone!=east\"");
+        let err = serde_json::from_str::<Constraint>("\"node.colour==red\"").unwrap_err().to_string();
+        assert!(err.contains("invalid constraint \"node.colour==red\": unknown key"), "{err}");
     }
 
     #[test]
