@@ -11,6 +11,7 @@ mod output;
 mod progress;
 mod service;
 mod swarm;
+mod template;
 
 use clap::error::{ContextKind, ContextValue, ErrorKind};
 use clap::{Parser, Subcommand};
@@ -28,9 +29,6 @@ struct Cli {
     /// Daemon socket to connect to (unix:///path or a path)
     #[arg(short = 'H', long, env = "SHOAL_HOST", global = true, default_value = DEFAULT_HOST)]
     host: String,
-    /// Set the logging level
-    #[arg(short = 'l', long = "log-level", global = true, value_parser = ["debug", "info", "warn", "error", "fatal"])]
-    log_level: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
