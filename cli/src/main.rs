@@ -227,6 +227,14 @@ mod tests {
     }
 
     #[test]
+    fn flags_that_did_nothing_are_gone() {
+        // `-l/--log-level` set no level (the CLI does not log) and `image rm -f` did not change what the daemon
+        // does; both were removed rather than left to mislead.
+        assert!(parse_err(&["--log-level", "debug", "info"]).contains("--log-level"));
+        assert!(parse_err(&["image", "rm", "-f", "busybox"]).contains("-f"));
+    }
+
+    #[test]
     fn cli_definition_is_consistent() {
         use clap::CommandFactory;
         Cli::command().debug_assert();

@@ -426,6 +426,13 @@ fn services_lifecycle_through_the_cli() {
     let ps = d.ok(&["service", "ps", "web", "-f", "desired-state=running", "-q"]);
     assert_eq!(ps.lines().count(), 1, "{ps}");
 
+    // -q still waits for convergence, silently: only the id is printed, and the tasks run when it returns.
+    let out = d.ok(&["service", "create", "-q", "--name", "hush", "--replicas", "2", "busybox"]);
+    assert!(out.starts_with('s') && out.lines().count() == 1, "only the id: {out:?}");
+    let hush = d.ok(&["service", "ls", "--format", "{{.Name}} {{.Replicas}}"]);
+    assert!(hush.lines().any(|l| l == "hush 2/2"), "{hush}");
+    d.ok(&["service", "rm", "hush"]);
+
     d.ok(&["service", "create", "-d", "--name", "everywhere", "--mode", "global", "busybox"]);
     assert_eq!(
         d.fails(&["service", "scale", "everywhere=2"]),

@@ -361,7 +361,7 @@ async fn scale(client: &mut Client, a: ScaleArgs) -> anyhow::Result<()> {
     }
     if !a.detach {
         for svc in &scaled {
-            progress::wait_converged(client, &svc.id, &svc.spec.annotations.name).await?;
+            progress::wait_converged(client, &svc.id, &svc.spec.annotations.name, false).await?;
         }
     }
     tally.finish()
