@@ -12,7 +12,7 @@ use std::time::Duration;
 pub enum Format {
     Table,
     Quiet,
-    Template(Template),
+    Template(Box<Template>),
 }
 
 /// The flags every listing takes: `-q` and `--format`.
@@ -37,7 +37,7 @@ impl Format {
     pub fn from_flags(quiet: bool, format: Option<&str>) -> Result<Format, TemplateError> {
         match format.map(str::trim) {
             None | Some("") | Some("table") => Ok(if quiet { Format::Quiet } else { Format::Table }),
-            Some(f) => Ok(Format::Template(Template::parse(f)?)),
+            Some(f) => Ok(Format::Template(Box::new(Template::parse(f)?))),
         }
     }
 }

@@ -116,29 +116,21 @@ fn images_logs_global_services_and_limits() {
             got.push(format!("{stream}: {rest}"));
         }
     }
-    got.sort();
-    let mut want_out = Vec::new();
-    let mut want_err = Vec::new();
-    for t in &talk {
-        let short = &t.id[..12];
-        let ctx = format!("{}.{short}@{host}", t.name);
-        want_out.push(format!("out: {ctx}    | out-{short}"));
-        want_err.push(format!("err: {ctx}    | err-{short}"));
-    }
-    assert_eq!(got.len(), 2, "one line per task:\nstdout:\n{out}\nstderr:\n{err}");
-    for (i, line) in got.iter().enumerate() {
-        let task = talk.iter().position(|t| {
-            line.contains(&format!("| out-{}", &t.id[..12])) || line.contains(&format!("| err-{}", &t.id[..12]))
-        });
-        let task = task.unwrap_or_else(|| panic!("line {i} {line:?} is no task's: {talk:?}"));
-        assert!(
-            line == &want_out[task] || line == &want_err[task],
-            "{line:?} is neither {:?} nor {:?}",
-            want_out[task],
-            want_err[task]
-        );
-    }
-    assert_ne!(got[0].split(" | ").nth(1), got[1].split(" | ").nth(1), "two different tasks: {got:?}");
+    // Each line must be one task's stdout or stderr line, and the two lines must come from different tasks.
+    let mut owners: Vec<usize> = got
+        .iter()
+        .map(|line| {
+            talk.iter()
+                .position(|t| {
+                    let short = &t.id[..12];
+                    let ctx = format!("{}.{short}@{host}", t.name);
+                    *line == format!("out: {ctx}    | out-{short}") || *line == format!("err: {ctx}    | err-{short}")
+                })
+                .unwrap_or_else(|| panic!("{line:?} is no task's last line; tasks: {talk:?}"))
+        })
+        .collect();
+    owners.sort();
+    assert_eq!(owners, [0, 1], "exactly one line per task:\nstdout:\n{out}\nstderr:\n{err}");
 
     step!("service logs -f follows a replacement task started after the call");
     let mut follow = std::process::Command::new(shoal_tests::bin_dir().join("shoal"))
