@@ -299,6 +299,20 @@ mod tests {
     }
 
     #[test]
+    fn format_flags_combine_like_docker() {
+        assert!(matches!(Format::from_flags(false, None), Ok(Format::Table)));
+        assert!(matches!(Format::from_flags(true, None), Ok(Format::Quiet)));
+        assert!(matches!(Format::from_flags(true, Some("table")), Ok(Format::Quiet)));
+        assert!(matches!(Format::from_flags(false, Some("")), Ok(Format::Table)));
+        // An explicit format wins over -q.
+        assert!(matches!(Format::from_flags(true, Some("json")), Ok(Format::Template(t)) if !t.table));
+        assert!(matches!(Format::from_flags(true, Some("table {{.ID}}")), Ok(Format::Template(t)) if t.table));
+        assert!(Format::from_flags(false, Some("{{.ID")).is_err());
+        assert_eq!(check_format("{{json .}}"), Ok("{{json .}}".to_string()));
+        assert!(check_format("{{end}}").unwrap_err().starts_with("template parsing error"));
+    }
+
+    #[test]
     fn ids_and_ellipsis() {
         assert_eq!(short_id("0123456789abcdefghij"), "0123456789ab");
         assert_eq!(short_id("abc"), "abc");
