@@ -1,10 +1,11 @@
 //! `shoal image …`: load (a `docker save` / OCI archive, streamed in 1 MiB chunks), ls and rm.
 
 use crate::client::{rpc, Client};
-use crate::output::{ago, human_size, print_json, split_repo_tag, Format, Table};
+use crate::output::{ago, human_size, print_rows, split_repo_tag, table_of, Format};
 use crate::Tally;
 use clap::{Args, Subcommand};
 use engine_api::{ImageLoadChunk, ImageRemoveRequest, ImageSummary};
+use serde_json::{json, Value};
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -43,11 +44,9 @@ pub type LsArgs = crate::output::ListingArgs;
 
 #[derive(Debug, Args)]
 pub struct RmArgs {
+    // No `-f/--force`: the daemon removes an image whether or not tasks use it, so the flag would change nothing.
     #[arg(required = true, value_name = "IMAGE")]
     images: Vec<String>,
-    /// Force removal of the image
-    #[arg(short, long)]
-    force: bool,
 }
 
 pub async fn run(client: &mut Client, cmd: ImageCmd) -> anyhow::Result<()> {
@@ -126,29 +125,61 @@ fn short_image_id(id: &str) -> String {
     hex.chars().take(12).collect()
 }
 
-fn created_ago(created: Option<&str>, now: SystemTime) -> String {
-    created
-        .and_then(|c| humantime::parse_rfc3339_weak(c).ok())
-        .map(|t| ago(now.duration_since(t).unwrap_or_default()))
-        .unwrap_or_else(|| "N/A".into())
+fn created_ago(created: Option<SystemTime>, now: SystemTime) -> String {
+    created.map(|t| ago(now.duration_since(t).unwrap_or_default())).unwrap_or_else(|| "N/A".into())
 }
 
-fn ls_rows(images: &mut [ImageSummary], now: SystemTime) -> Vec<Vec<String>> {
+/// Docker's CreatedAt: Go's `time.Time.String()` in UTC, "2024-01-01 00:00:00 +0000 UTC".
+fn created_at(created: Option<SystemTime>) -> String {
+    created
+        .map(|t| {
+            let rfc = humantime::format_rfc3339_seconds(t).to_string();
+            format!("{} +0000 UTC", rfc.trim_end_matches('Z').replace('T', " "))
+        })
+        .unwrap_or_default()
+}
+
+/// `image ls` columns: row field and table title. Of Docker's fields, those the daemon has no data for
+/// (Digest, Containers, SharedSize, UniqueSize) are left out rather than filled with made-up values.
+const LS_COLUMNS: &[(&str, &str)] =
+    &[("Repository", "REPOSITORY"), ("Tag", "TAG"), ("ID", "IMAGE ID"), ("CreatedSince", "CREATED"), ("Size", "SIZE")];
+
+/// Titles of the fields only templates show.
+const LS_TITLES: &[(&str, &str)] = &[
+    ("Repository", "REPOSITORY"),
+    ("Tag", "TAG"),
+    ("ID", "IMAGE ID"),
+    ("CreatedSince", "CREATED"),
+    ("CreatedAt", "CREATED AT"),
+    ("Size", "SIZE"),
+];
+
+/// The rows of `image ls` with Docker's field names, newest first.
+fn ls_rows(images: &mut [ImageSummary], now: SystemTime) -> Vec<Value> {
     // Newest first, as Docker; RFC 3339 strings of one format sort chronologically.
     images.sort_by(|a, b| b.created.cmp(&a.created).then(a.reference.cmp(&b.reference)));
     images
         .iter()
         .map(|i| {
             let (repo, tag) = split_repo_tag(&familiar_image_ref(&i.reference));
-            vec![repo, tag, short_image_id(&i.id), created_ago(i.created.as_deref(), now), human_size(i.size)]
+            let created = i.created.as_deref().and_then(|c| humantime::parse_rfc3339_weak(c).ok());
+            json!({
+                "Repository": repo,
+                "Tag": tag,
+                "ID": short_image_id(&i.id),
+                "CreatedSince": created_ago(created, now),
+                "CreatedAt": created_at(created),
+                "Size": human_size(i.size),
+            })
         })
         .collect()
 }
 
 async fn ls(client: &mut Client, a: LsArgs) -> anyhow::Result<()> {
+    let format = Format::from_flags(a.quiet, a.format.as_deref())?;
     let mut images = rpc(client.engine.image_list(Empty {}).await)?.images;
-    match Format::from_flags(a.quiet, a.format) {
-        Format::Json => print_json(&images),
+    match format {
+        Format::Template(t) => print_rows(&t, &ls_rows(&mut images, SystemTime::now()), LS_TITLES),
         Format::Quiet => {
             // One line per image, not per tag, as `docker images -q`.
             let mut seen = std::collections::HashSet::new();
@@ -161,11 +192,7 @@ async fn ls(client: &mut Client, a: LsArgs) -> anyhow::Result<()> {
             Ok(())
         }
         Format::Table => {
-            let mut t = Table::new(&["REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE"]);
-            for row in ls_rows(&mut images, SystemTime::now()) {
-                t.row(row);
-            }
-            t.print();
+            table_of(&ls_rows(&mut images, SystemTime::now()), LS_COLUMNS).print();
             Ok(())
         }
     }
@@ -174,7 +201,7 @@ async fn ls(client: &mut Client, a: LsArgs) -> anyhow::Result<()> {
 async fn rm(client: &mut Client, a: RmArgs) -> anyhow::Result<()> {
     let mut tally = Tally::default();
     for image in &a.images {
-        let req = ImageRemoveRequest { reference: image.clone(), force: a.force };
+        let req = ImageRemoveRequest { reference: image.clone(), force: false };
         if tally.ok(rpc(client.engine.image_remove(req).await)).is_some() {
             let shown = normalize_image_ref(image).map(|n| familiar_image_ref(&n)).unwrap_or_else(|_| image.clone());
             println!("Untagged: {shown}");
@@ -187,6 +214,7 @@ async fn rm(client: &mut Client, a: RmArgs) -> anyhow::Result<()> {
 mod tests {
     use super::*;
     use futures::StreamExt;
+    use serde_json::json;
 
     #[test]
     fn image_rows() {
@@ -206,8 +234,25 @@ mod tests {
             },
         ];
         let rows = ls_rows(&mut images, now);
-        assert_eq!(rows[0], vec!["busybox", "latest", "abababababab", "2 weeks ago", "4.26MB"]);
-        assert_eq!(rows[1], vec!["localhost:5000/app", "v1", "0123456789ab", "N/A", "512B"]);
+        assert_eq!(
+            rows[0],
+            json!({"Repository": "busybox", "Tag": "latest", "ID": "abababababab", "CreatedSince": "2 weeks ago",
+                   "CreatedAt": "2024-01-01 00:00:00 +0000 UTC", "Size": "4.26MB"})
+        );
+        let table = table_of(&rows, LS_COLUMNS).render();
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(lines[0], "REPOSITORY           TAG       IMAGE ID       CREATED       SIZE");
+        assert_eq!(lines[2], "localhost:5000/app   v1        0123456789ab   N/A           512B");
+        let json = crate::template::Template::parse("json").unwrap().render_rows(&rows, LS_TITLES).unwrap();
+        assert_eq!(
+            json.lines().next().unwrap(),
+            r#"{"CreatedAt":"2024-01-01 00:00:00 +0000 UTC","CreatedSince":"2 weeks ago","ID":"abababababab","Repository":"busybox","Size":"4.26MB","Tag":"latest"}"#
+        );
+        let t = crate::template::Template::parse("table {{.Repository}}:{{.Tag}}\\t{{.CreatedAt}}").unwrap();
+        assert_eq!(
+            t.render_rows(&rows[..1], LS_TITLES).unwrap(),
+            "REPOSITORY:TAG   CREATED AT\nbusybox:latest   2024-01-01 00:00:00 +0000 UTC\n"
+        );
     }
 
     #[tokio::test]

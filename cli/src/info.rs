@@ -1,7 +1,8 @@
 //! `shoal info` and `shoal version`: the engine's facts and its Swarm section, in `docker info`'s layout.
 
 use crate::client::{rpc, Client};
-use crate::output::{bytes_size, human_duration, print_json, FormatArg};
+use crate::output::{bytes_size, check_format, human_duration};
+use crate::template::{go_names, Template};
 use clap::Args;
 use engine_api::InfoResponse;
 use std::fmt::Write;
@@ -9,9 +10,9 @@ use swarm::api::control::{Empty, GetClusterResponse};
 
 #[derive(Debug, Args)]
 pub struct InfoArgs {
-    /// Output format
-    #[arg(short, long, value_enum)]
-    format: Option<FormatArg>,
+    /// Format output using a Go template ('{{.EngineVersion}}'), or 'json'
+    #[arg(short, long, value_parser = check_format, value_name = "FORMAT")]
+    format: Option<String>,
 }
 
 /// Renders `info` text. `cluster` is present when this node is an active manager (cluster-wide settings).
@@ -75,8 +76,9 @@ pub fn render_info(info: &InfoResponse, cluster: Option<&GetClusterResponse>) ->
 
 pub async fn info(client: &mut Client, a: InfoArgs) -> anyhow::Result<()> {
     let info = rpc(client.engine.info(Empty {}).await)?;
-    if a.format == Some(FormatArg::Json) {
-        return print_json(&info);
+    if let Some(f) = &a.format {
+        println!("{}", Template::parse(f)?.render(&go_names(&serde_json::to_value(&info)?))?);
+        return Ok(());
     }
     // Cluster settings only exist on an active manager; anything else just omits that part.
     let cluster = if info.swarm.is_manager && info.swarm.local_node_state == "active" {

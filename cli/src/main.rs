@@ -11,6 +11,7 @@ mod output;
 mod progress;
 mod service;
 mod swarm;
+mod template;
 
 use clap::error::{ContextKind, ContextValue, ErrorKind};
 use clap::{Parser, Subcommand};
@@ -28,9 +29,6 @@ struct Cli {
     /// Daemon socket to connect to (unix:///path or a path)
     #[arg(short = 'H', long, env = "SHOAL_HOST", global = true, default_value = DEFAULT_HOST)]
     host: String,
-    /// Set the logging level
-    #[arg(short = 'l', long = "log-level", global = true, value_parser = ["debug", "info", "warn", "error", "fatal"])]
-    log_level: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -226,6 +224,14 @@ mod tests {
         assert!(unknown.contains("--bogus") && !unknown.contains('\n'), "{unknown}");
         let missing = parse_err(&["service", "create"]);
         assert!(missing.contains("required"), "{missing}");
+    }
+
+    #[test]
+    fn flags_that_did_nothing_are_gone() {
+        // `-l/--log-level` set no level (the CLI does not log) and `image rm -f` did not change what the daemon
+        // does; both were removed rather than left to mislead.
+        assert!(parse_err(&["--log-level", "debug", "info"]).contains("--log-level"));
+        assert!(parse_err(&["image", "rm", "-f", "busybox"]).contains("-f"));
     }
 
     #[test]

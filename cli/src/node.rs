@@ -1,9 +1,10 @@
 //! `shoal node …`: ls and inspect, with Docker's columns (the current node's id marked with ` *`).
 
 use crate::client::{rpc, Client};
-use crate::output::{bytes_size, print_json, Format, Table};
+use crate::output::{bytes_size, check_format, print_inspected, print_rows, Format, Table};
 use crate::Tally;
 use clap::{Args, Subcommand};
+use serde_json::{json, Value};
 use std::fmt::Write;
 use swarm::api::control::{Empty, GetRequest};
 use swarm::api::{Node, Reachability};
@@ -25,8 +26,11 @@ pub struct InspectArgs {
     #[arg(required = true, value_name = "NODE")]
     nodes: Vec<String>,
     /// Print the information in a human friendly format
-    #[arg(long)]
+    #[arg(long, conflicts_with = "format")]
     pretty: bool,
+    /// Format output using a Go template ('{{.ID}}', '{{json .Description}}')
+    #[arg(short, long, value_parser = check_format, value_name = "FORMAT")]
+    format: Option<String>,
 }
 
 pub async fn run(client: &mut Client, cmd: NodeCmd) -> anyhow::Result<()> {
@@ -49,23 +53,48 @@ fn manager_status(n: &Node) -> String {
     }
 }
 
-/// The rows of `node ls`, sorted by hostname as Docker does.
-fn ls_rows(nodes: &mut [Node], self_id: &str) -> Vec<Vec<String>> {
+/// Titles of `node ls` fields for `table` templates. Docker's TLSStatus is left out: nodes do not report their
+/// certificate's issuer, so it could only be guessed.
+const LS_TITLES: &[(&str, &str)] = &[
+    ("ID", "ID"),
+    ("Hostname", "HOSTNAME"),
+    ("Status", "STATUS"),
+    ("Availability", "AVAILABILITY"),
+    ("ManagerStatus", "MANAGER STATUS"),
+    ("EngineVersion", "ENGINE VERSION"),
+    ("Self", "SELF"),
+];
+
+/// The rows of `node ls` with Docker's field names, sorted by hostname as Docker does.
+fn ls_rows(nodes: &mut [Node], self_id: &str) -> Vec<Value> {
     nodes.sort_by(|a, b| a.description.hostname.cmp(&b.description.hostname).then(a.id.cmp(&b.id)));
     nodes
         .iter()
         .map(|n| {
-            let id = if n.id == self_id { format!("{} *", n.id) } else { n.id.clone() };
-            vec![
-                id,
-                n.description.hostname.clone(),
-                n.status.state.to_string(),
-                n.spec.availability.to_string(),
-                manager_status(n),
-                n.description.engine.engine_version.clone(),
-            ]
+            json!({
+                "ID": n.id,
+                "Hostname": n.description.hostname,
+                "Status": n.status.state.to_string(),
+                "Availability": n.spec.availability.to_string(),
+                "ManagerStatus": manager_status(n),
+                "EngineVersion": n.description.engine.engine_version,
+                "Self": n.id == self_id,
+            })
         })
         .collect()
+}
+
+/// The default table: the current node's id marked with ` *`.
+fn ls_table(rows: &[Value]) -> Table {
+    let mut t = Table::new(&["ID", "HOSTNAME", "STATUS", "AVAILABILITY", "MANAGER STATUS", "ENGINE VERSION"]);
+    let text = |v: &Value| v.as_str().unwrap_or_default().to_string();
+    for r in rows {
+        let id = if r["Self"] == true { format!("{} *", text(&r["ID"])) } else { text(&r["ID"]) };
+        let mut cells = vec![id];
+        cells.extend(["Hostname", "Status", "Availability", "ManagerStatus", "EngineVersion"].map(|k| text(&r[k])));
+        t.row(cells);
+    }
+    t
 }
 
 async fn self_id(client: &mut Client) -> anyhow::Result<String> {
@@ -73,22 +102,20 @@ async fn self_id(client: &mut Client) -> anyhow::Result<String> {
 }
 
 async fn ls(client: &mut Client, a: LsArgs) -> anyhow::Result<()> {
+    let format = Format::from_flags(a.quiet, a.format.as_deref())?;
     let mut nodes = rpc(client.control.list_nodes(Empty {}).await)?.nodes;
-    match Format::from_flags(a.quiet, a.format) {
-        Format::Json => print_json(&nodes),
-        Format::Quiet => {
-            for n in &nodes {
-                println!("{}", n.id);
-            }
-            Ok(())
+    if let Format::Quiet = format {
+        for n in &nodes {
+            println!("{}", n.id);
         }
-        Format::Table => {
-            let me = self_id(client).await?;
-            let mut t = Table::new(&["ID", "HOSTNAME", "STATUS", "AVAILABILITY", "MANAGER STATUS", "ENGINE VERSION"]);
-            for row in ls_rows(&mut nodes, &me) {
-                t.row(row);
-            }
-            t.print();
+        return Ok(());
+    }
+    let me = self_id(client).await?;
+    let rows = ls_rows(&mut nodes, &me);
+    match format {
+        Format::Template(t) => print_rows(&t, &rows, LS_TITLES),
+        _ => {
+            ls_table(&rows).print();
             Ok(())
         }
     }
@@ -150,7 +177,7 @@ async fn inspect(client: &mut Client, a: InspectArgs) -> anyhow::Result<()> {
             print!("{}", pretty(n));
         }
     } else if !found.is_empty() {
-        print_json(&found)?;
+        print_inspected(&found, a.format.as_deref())?;
     }
     tally.finish()
 }
@@ -183,9 +210,27 @@ mod tests {
         let mut nodes =
             vec![node("bbb", "host-b", None), node("aaa", "host-a", Some(true)), node("ccc", "host-c", Some(false))];
         let rows = ls_rows(&mut nodes, "aaa");
-        assert_eq!(rows[0], vec!["aaa *", "host-a", "Ready", "Active", "Leader", "0.1.0"]);
-        assert_eq!(rows[1][4], "");
-        assert_eq!(rows[2][4], "Reachable");
+        assert_eq!(
+            rows[0],
+            json!({"ID": "aaa", "Hostname": "host-a", "Status": "Ready", "Availability": "Active",
+                   "ManagerStatus": "Leader", "EngineVersion": "0.1.0", "Self": true})
+        );
+        assert_eq!((&rows[1]["ManagerStatus"], &rows[1]["Self"]), (&json!(""), &json!(false)));
+        assert_eq!(rows[2]["ManagerStatus"], "Reachable");
+        let table = ls_table(&rows).render();
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(lines[1], "aaa *     host-a     Ready     Active         Leader           0.1.0");
+        assert!(lines[2].starts_with("bbb       host-b"), "{table}");
+        let json = crate::template::Template::parse("json").unwrap().render_rows(&rows, LS_TITLES).unwrap();
+        assert_eq!(
+            json.lines().next().unwrap(),
+            r#"{"Availability":"Active","EngineVersion":"0.1.0","Hostname":"host-a","ID":"aaa","ManagerStatus":"Leader","Self":true,"Status":"Ready"}"#
+        );
+        let t = crate::template::Template::parse("table {{.Hostname}}\\t{{.Self}}").unwrap();
+        assert_eq!(
+            t.render_rows(&rows[..2], LS_TITLES).unwrap(),
+            "HOSTNAME   SELF\nhost-a     true\nhost-b     false\n"
+        );
     }
 
     #[test]

@@ -1,23 +1,18 @@
-//! Output helpers shared by every command: Docker-style tables, `--format json`, id truncation, and the human
+//! Output helpers shared by every command: Docker-style tables, `--format` (json and templates), id truncation, and the human
 //! forms of times and sizes (ported from Docker's `go-units`, so the text matches what Docker users know).
 
+use crate::template::{go_names, Template, TemplateError};
 use serde::Serialize;
 use std::io::Write;
 use std::time::Duration;
 
-/// How a listing is printed: a table (default), only ids (`-q`), or JSON (`--format json`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How a listing is printed: Docker's default table, only ids (`-q`), or a `--format` template (`json` is the
+/// template `{{json .}}`: one object per line).
+#[derive(Debug)]
 pub enum Format {
     Table,
     Quiet,
-    Json,
-}
-
-/// The `--format` values we accept; Go templates are not supported.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum FormatArg {
-    Table,
-    Json,
+    Template(Box<Template>),
 }
 
 /// The flags every listing takes: `-q` and `--format`.
@@ -26,20 +21,56 @@ pub struct ListingArgs {
     /// Only display IDs
     #[arg(short, long)]
     pub quiet: bool,
-    /// Output format
-    #[arg(long, value_enum)]
-    pub format: Option<FormatArg>,
+    /// Format output using a custom template: 'table', 'table TEMPLATE', 'json', or a Go template
+    #[arg(long, value_parser = check_format, value_name = "FORMAT")]
+    pub format: Option<String>,
+}
+
+/// Clap value parser for `--format`: checks that the template parses, so a typo is reported as a bad flag value.
+pub fn check_format(s: &str) -> Result<String, String> {
+    Template::parse(s).map(|_| s.to_string()).map_err(|e| e.to_string())
 }
 
 impl Format {
-    /// Combines `-q` and `--format`; JSON wins over `-q` as the more explicit request.
-    pub fn from_flags(quiet: bool, format: Option<FormatArg>) -> Format {
-        match format {
-            Some(FormatArg::Json) => Format::Json,
-            _ if quiet => Format::Quiet,
-            _ => Format::Table,
+    /// Combines `-q` and `--format` as Docker does: `table` (or no format) with `-q` prints ids; any other format
+    /// wins over `-q` as the more explicit request.
+    pub fn from_flags(quiet: bool, format: Option<&str>) -> Result<Format, TemplateError> {
+        match format.map(str::trim) {
+            None | Some("") | Some("table") => Ok(if quiet { Format::Quiet } else { Format::Table }),
+            Some(f) => Ok(Format::Template(Box::new(Template::parse(f)?))),
         }
     }
+}
+
+/// Prints a listing through a template; `rows` are objects with Docker's field names, `titles` map a field to
+/// its column title for `table` templates.
+pub fn print_rows(t: &Template, rows: &[serde_json::Value], titles: &[(&str, &str)]) -> anyhow::Result<()> {
+    print!("{}", t.render_rows(rows, titles)?);
+    Ok(())
+}
+
+/// Prints inspected objects: the JSON array Docker prints, or with `--format` one rendered template per object
+/// (the objects seen with Go field names, so `{{.ID}}` and `{{json .Spec}}` work).
+pub fn print_inspected<T: Serialize>(objects: &[T], format: Option<&str>) -> anyhow::Result<()> {
+    let Some(f) = format else {
+        return print_json(objects);
+    };
+    let t = Template::parse(f)?;
+    for o in objects {
+        println!("{}", t.render(&go_names(&serde_json::to_value(o)?))?);
+    }
+    Ok(())
+}
+
+/// Aligns tab-separated text in Docker's columns: at least three spaces between columns, each at least 10 wide
+/// (Docker uses Go's `tabwriter.NewWriter(out, 10, 1, 3, ' ', 0)`).
+pub fn tabulate(text: &str) -> String {
+    // Go's minwidth includes the padding; Rust's tabwriter adds the padding on top of it.
+    let mut tw = tabwriter::TabWriter::new(Vec::new()).minwidth(7).padding(3);
+    // Writing to a Vec cannot fail.
+    let _ = tw.write_all(text.as_bytes());
+    let _ = tw.flush();
+    tw.into_inner().map(|v| String::from_utf8_lossy(&v).into_owned()).unwrap_or_default()
 }
 
 /// A table in Docker's layout: columns separated by at least three spaces, each at least 10 wide
@@ -59,19 +90,34 @@ impl Table {
 
     /// Renders to a string (tabs inside cells are replaced so they cannot break the layout).
     pub fn render(&self) -> String {
-        // Go's minwidth includes the padding; Rust's tabwriter adds the padding on top of it.
-        let mut tw = tabwriter::TabWriter::new(Vec::new()).minwidth(7).padding(3);
+        let mut text = String::new();
         for row in &self.rows {
-            let line = row.iter().map(|c| c.replace('\t', " ")).collect::<Vec<_>>().join("\t");
-            // Writing to a Vec cannot fail.
-            let _ = writeln!(tw, "{line}");
+            text.push_str(&row.iter().map(|c| c.replace('\t', " ")).collect::<Vec<_>>().join("\t"));
+            text.push('\n');
         }
-        let _ = tw.flush();
-        tw.into_inner().map(|v| String::from_utf8_lossy(&v).into_owned()).unwrap_or_default()
+        tabulate(&text)
     }
 
     pub fn print(&self) {
         print!("{}", self.render());
+    }
+}
+
+/// The default table of a listing: `columns` pairs each row field with its column title.
+pub fn table_of(rows: &[serde_json::Value], columns: &[(&str, &str)]) -> Table {
+    let mut t = Table::new(&columns.iter().map(|(_, title)| *title).collect::<Vec<_>>());
+    for r in rows {
+        t.row(columns.iter().map(|(k, _)| cell(&r[*k])).collect());
+    }
+    t
+}
+
+/// A field as a table cell: strings as they are, other values as JSON.
+fn cell(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Null => String::new(),
+        other => other.to_string(),
     }
 }
 
@@ -250,6 +296,20 @@ mod tests {
         // Go's tabwriter(minwidth 10, padding 3): "ID" is padded to 10, the long name gets 3 spaces after it.
         assert_eq!(lines[0], "ID        NAME                 PORTS");
         assert_eq!(lines[1], "abc       a-rather-long-name   ");
+    }
+
+    #[test]
+    fn format_flags_combine_like_docker() {
+        assert!(matches!(Format::from_flags(false, None), Ok(Format::Table)));
+        assert!(matches!(Format::from_flags(true, None), Ok(Format::Quiet)));
+        assert!(matches!(Format::from_flags(true, Some("table")), Ok(Format::Quiet)));
+        assert!(matches!(Format::from_flags(false, Some("")), Ok(Format::Table)));
+        // An explicit format wins over -q.
+        assert!(matches!(Format::from_flags(true, Some("json")), Ok(Format::Template(t)) if !t.table));
+        assert!(matches!(Format::from_flags(true, Some("table {{.ID}}")), Ok(Format::Template(t)) if t.table));
+        assert!(Format::from_flags(false, Some("{{.ID")).is_err());
+        assert_eq!(check_format("{{json .}}"), Ok("{{json .}}".to_string()));
+        assert!(check_format("{{end}}").unwrap_err().starts_with("template parsing error"));
     }
 
     #[test]

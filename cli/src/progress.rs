@@ -354,9 +354,15 @@ async fn poll(client: &mut Client, service_id: &str) -> anyhow::Result<Snapshot>
     Ok(observe(&service, &tasks, &active))
 }
 
-/// Waits until the service converges, drawing progress. Ctrl-C leaves it running in the background, as Docker.
-pub async fn wait_converged(client: &mut Client, service_id: &str, service_name: &str) -> anyhow::Result<()> {
-    let mut screen = Screen::new(std::io::stdout().is_terminal());
+/// Waits until the service converges, drawing progress unless `quiet` (`service create -q` still waits, as
+/// Docker's does, only silently). Ctrl-C leaves it running in the background, as Docker.
+pub async fn wait_converged(
+    client: &mut Client,
+    service_id: &str,
+    service_name: &str,
+    quiet: bool,
+) -> anyhow::Result<()> {
+    let mut screen = Screen::new(std::io::stdout().is_terminal() && !quiet);
     let mut verifier = Verifier::default();
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
@@ -368,10 +374,12 @@ pub async fn wait_converged(client: &mut Client, service_id: &str, service_name:
                 return Err(e);
             }
         };
-        screen.draw(&snap);
+        if !quiet {
+            screen.draw(&snap);
+        }
         let v = verifier.step(snap.converged, Instant::now());
         // After a failure the verify line keeps saying so (NotYet draws nothing) until convergence comes back.
-        if v != Verify::NotYet {
+        if v != Verify::NotYet && !quiet {
             screen.verify(&v);
         }
         if v == Verify::Converged {

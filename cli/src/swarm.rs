@@ -19,10 +19,10 @@ pub enum SwarmCmd {
 
 #[derive(Debug, Args)]
 pub struct InitArgs {
-    /// Advertised address (format: <ip|interface>[:port])
+    /// Advertised address (format: <ip>[:port]; interface names are not supported)
     #[arg(long = "advertise-addr", value_name = "ADDR")]
     advertise_addr: Option<String>,
-    /// Listen address (format: <ip|interface>[:port]) (default 0.0.0.0:2377)
+    /// Listen address (format: <ip>[:port]) (default 0.0.0.0:2377)
     #[arg(long = "listen-addr", value_name = "ADDR")]
     listen_addr: Option<String>,
     /// Task history retention limit (default 5)

@@ -383,13 +383,40 @@ fn services_lifecycle_through_the_cli() {
     assert!(ls.starts_with("ID             NAME      MODE         REPLICAS   IMAGE            PORTS"), "{ls}");
     assert!(ls.contains("web       replicated   3/3        busybox:latest"), "{ls}");
     assert_eq!(d.ok(&["service", "ls", "-q"]).trim().len(), 12);
-    let json: serde_json::Value = serde_json::from_str(&d.ok(&["service", "ls", "--format", "json"])).expect("json");
-    assert_eq!(json[0]["spec"]["name"], "web");
-    assert_eq!(json[0]["running_tasks"], 3);
+    // Docker's `--format json`: one object per line, with the table's columns as keys.
+    let json = d.ok(&["service", "ls", "--format", "json"]);
+    let id = d.ok(&["service", "ls", "-q"]).trim().to_string();
+    assert_eq!(
+        json,
+        format!(
+            "{{\"ID\":\"{id}\",\"Image\":\"busybox:latest\",\"Mode\":\"replicated\",\"Name\":\"web\",\"Ports\":\"\",\"Replicas\":\"3/3\"}}\n"
+        )
+    );
+    assert_eq!(d.ok(&["service", "ls", "--format", "{{.Name}} {{.Replicas}}"]), "web 3/3\n");
+    assert_eq!(d.ok(&["service", "ls", "--format", "{{json .Name}}"]), "\"web\"\n");
+    let table = d.ok(&["service", "ls", "--format", "table {{.Name}}\\t{{.Image}}"]);
+    assert_eq!(table, "NAME      IMAGE\nweb       busybox:latest\n");
+    assert_eq!(
+        d.fails(&["service", "ls", "--format", "{{.Nope}}"]),
+        "template: executing \"\" at <.Nope>: can't evaluate field Nope"
+    );
+    let bad = d.fails(&["service", "ls", "--format", "{{.Name"]);
+    assert!(bad.starts_with("invalid argument \"{{.Name\" for \"--format\" flag: template parsing error"), "{bad}");
 
     let ps = d.ok(&["service", "ps", "web"]);
     assert!(ps.starts_with("ID "), "{ps}");
     assert!(ps.contains("web.1") && ps.contains("host-a") && ps.contains("Running         Running"), "{ps}");
+    let ps_json = d.ok(&["service", "ps", "web", "--format", "json"]);
+    let rows: Vec<serde_json::Value> =
+        ps_json.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l:?}"))).collect();
+    assert_eq!(rows.len(), 3, "{ps_json}");
+    let keys: Vec<&String> = rows[0].as_object().expect("object").keys().collect();
+    assert_eq!(keys, ["CurrentState", "DesiredState", "Error", "ID", "Image", "Name", "Node", "Ports"], "{ps_json}");
+    assert_eq!(
+        (&rows[0]["Name"], &rows[0]["Node"], &rows[0]["DesiredState"]),
+        (&"web.1".into(), &"host-a".into(), &"Running".into())
+    );
+    assert_eq!(d.ok(&["service", "ps", "web", "--format", "{{.Name}}"]), "web.1\nweb.2\nweb.3\n");
 
     let out = d.ok(&["service", "scale", "web=5"]);
     assert!(out.starts_with("web scaled to 5\n"), "{out}");
@@ -399,6 +426,13 @@ fn services_lifecycle_through_the_cli() {
     let ps = d.ok(&["service", "ps", "web", "-f", "desired-state=running", "-q"]);
     assert_eq!(ps.lines().count(), 1, "{ps}");
 
+    // -q still waits for convergence, silently: only the id is printed, and the tasks run when it returns.
+    let out = d.ok(&["service", "create", "-q", "--name", "hush", "--replicas", "2", "busybox"]);
+    assert!(out.starts_with('s') && out.lines().count() == 1, "only the id: {out:?}");
+    let hush = d.ok(&["service", "ls", "--format", "{{.Name}} {{.Replicas}}"]);
+    assert!(hush.lines().any(|l| l == "hush 2/2"), "{hush}");
+    d.ok(&["service", "rm", "hush"]);
+
     d.ok(&["service", "create", "-d", "--name", "everywhere", "--mode", "global", "busybox"]);
     assert_eq!(
         d.fails(&["service", "scale", "everywhere=2"]),
@@ -407,6 +441,17 @@ fn services_lifecycle_through_the_cli() {
 
     let inspect: serde_json::Value = serde_json::from_str(&d.ok(&["service", "inspect", "web"])).expect("json");
     assert_eq!(inspect[0]["spec"]["mode"]["replicated"]["replicas"], 1);
+    let svc_id = inspect[0]["id"].as_str().expect("id").to_string();
+    assert_eq!(
+        d.ok(&["service", "inspect", "--format", "{{.ID}}", "web", "everywhere"]).lines().next(),
+        Some(svc_id.as_str())
+    );
+    let spec: serde_json::Value =
+        serde_json::from_str(&d.ok(&["service", "inspect", "web", "-f", "{{json .Spec}}"])).expect("spec json");
+    assert_eq!(spec["Name"], "web");
+    assert_eq!(spec["Mode"]["Replicated"]["Replicas"], 1);
+    assert!(d.fails(&["service", "inspect", "web", "-f", "{{.Nope}}"]).contains("can't evaluate field Nope"));
+    assert!(d.fails(&["service", "inspect", "web", "--pretty", "-f", "{{.ID}}"]).contains("cannot be used with"));
     let pretty = d.ok(&["service", "inspect", "--pretty", "web"]);
     assert!(pretty.contains("Service Mode:\tReplicated") && pretty.contains(" Args:\t\tsleep 1d"), "{pretty}");
 
@@ -442,6 +487,14 @@ fn images_nodes_and_swarm() {
     let ls = d.ok(&["image", "ls"]);
     assert!(ls.contains("busybox      latest    abababababab   5 minutes ago   4.26MB"), "{ls}");
     assert_eq!(d.ok(&["image", "ls", "-q"]), "abababababab\n");
+    let images = d.ok(&["image", "ls", "--format", "json"]);
+    let image: serde_json::Value = serde_json::from_str(images.trim_end()).unwrap_or_else(|e| panic!("{e}: {images}"));
+    assert_eq!(
+        (&image["Repository"], &image["Tag"], &image["ID"]),
+        (&"busybox".into(), &"latest".into(), &"abababababab".into())
+    );
+    assert_eq!((&image["CreatedSince"], &image["Size"]), (&"5 minutes ago".into(), &"4.26MB".into()));
+    assert_eq!(d.ok(&["image", "ls", "--format", "{{.Repository}}:{{.Tag}}"]), "busybox:latest\n");
     assert_eq!(d.ok(&["image", "rm", "busybox"]), "Untagged: busybox:latest\n");
     assert_eq!(d.fails(&["image", "rm", "nosuch"]), "Error response from daemon: No such image: nosuch");
 
@@ -452,6 +505,12 @@ fn images_nodes_and_swarm() {
     );
     let inspect: serde_json::Value = serde_json::from_str(&d.ok(&["node", "inspect", "self"])).expect("json");
     assert_eq!(inspect[0]["description"]["hostname"], "host-a");
+    assert_eq!(
+        d.ok(&["node", "ls", "--format", "json"]),
+        "{\"Availability\":\"Active\",\"EngineVersion\":\"0.1.0\",\"Hostname\":\"host-a\",\"ID\":\"node1aaaaaaaaaaaaaaaaaaaa\",\"ManagerStatus\":\"Leader\",\"Self\":true,\"Status\":\"Ready\"}\n"
+    );
+    assert_eq!(d.ok(&["node", "inspect", "self", "--format", "{{.Description.Hostname}}"]), "host-a\n");
+    assert_eq!(d.ok(&["info", "--format", "{{.Swarm.NodeID}}"]), "node1aaaaaaaaaaaaaaaaaaaa\n");
 
     let init = d.ok(&["swarm", "init", "--advertise-addr", "127.0.0.1", "--task-history-limit", "3"]);
     assert!(

@@ -60,6 +60,66 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Result<
     }
 }
 
+/// One task as `service ps --no-trunc --format json` shows it (Docker's fields), with the states lower-cased
+/// to the API's names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskRow {
+    pub id: String,
+    /// `web.2`, or `everywhere.<node id>` for a global service's task.
+    pub name: String,
+    /// The node's hostname; empty while unassigned.
+    pub node: String,
+    /// `running`, `shutdown`, …
+    pub desired: String,
+    /// `running`, `failed`, `pending`, … (the first word of CURRENT STATE).
+    pub state: String,
+    /// The task's error, without Docker's quotes.
+    pub error: String,
+}
+
+impl TaskRow {
+    /// Parses one line; every field must be there and be a string.
+    pub fn parse(line: &str) -> Result<TaskRow, String> {
+        let v: Value = serde_json::from_str(line).map_err(|e| format!("{e} in {line:?}"))?;
+        let current = field(&v, "CurrentState")?;
+        let err = field(&v, "Error")?;
+        Ok(TaskRow {
+            id: field(&v, "ID")?,
+            name: field(&v, "Name")?,
+            node: field(&v, "Node")?,
+            desired: field(&v, "DesiredState")?.to_lowercase(),
+            state: current.split(' ').next().unwrap_or_default().to_lowercase(),
+            error: err.strip_prefix('"').and_then(|e| e.strip_suffix('"')).unwrap_or(&err).to_string(),
+        })
+    }
+
+    /// The slot of a replicated service's task (`web.2` → 2); None for a global service's task.
+    pub fn slot(&self) -> Option<u64> {
+        self.name.rsplit_once('.').and_then(|(_, s)| s.parse().ok())
+    }
+}
+
+/// A string field of a JSON object, or an error naming it.
+fn field(v: &Value, name: &str) -> Result<String, String> {
+    v.get(name).and_then(Value::as_str).map(str::to_string).ok_or_else(|| format!("no string field {name:?} in {v}"))
+}
+
+fn tail(log: &Path, n: usize) -> String {
+    let s = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+fn shoal_at(socket: &Path, args: &[&str]) -> Output {
+    Command::new(bin_dir().join("shoal"))
+        .arg("-H")
+        .arg(format!("unix://{}", socket.display()))
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run shoal")
+}
+
 /// A container as `ctr tasks ls` shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CtrTask {
@@ -82,10 +142,20 @@ pub struct Daemon {
 impl Daemon {
     /// Starts a daemon with a fresh data root and waits until its API answers.
     pub fn start() -> Daemon {
+        Daemon::start_on(None)
+    }
+
+    /// Starts a daemon on an existing data root (with its own exec root and socket), e.g. to check that a
+    /// second daemon refuses a data root in use. Panics at once, with its exit status and log, if it exits.
+    pub fn start_with_data_root(data_root: &Path) -> Daemon {
+        Daemon::start_on(Some(data_root.to_path_buf()))
+    }
+
+    fn start_on(data_root: Option<PathBuf>) -> Daemon {
         // Short paths: unix socket paths are limited to 108 bytes.
         let dir = tempfile::Builder::new().prefix("shoal-e2e-").tempdir_in("/tmp").expect("temp dir");
         let mut d = Daemon {
-            data_root: dir.path().join("data"),
+            data_root: data_root.unwrap_or_else(|| dir.path().join("data")),
             exec_root: dir.path().join("run"),
             socket: dir.path().join("shoal.sock"),
             log: dir.path().join("shoald.log"),
@@ -113,36 +183,33 @@ impl Daemon {
             .spawn()
             .expect("spawn shoald (build it first: cargo build --workspace --bins)");
         self.child = Some(child);
-        let this = &*self;
+        let (socket, log) = (self.socket.clone(), self.log.clone());
+        let child = &mut self.child;
         wait_for("shoald to answer on its socket", Duration::from_secs(60), || {
-            if let Some(c) = this.child.as_ref() {
-                let _ = c;
+            // A daemon that died will never answer: say so now, with why, instead of waiting out the timeout.
+            if let Some(c) = child.as_mut() {
+                if let Ok(Some(status)) = c.try_wait() {
+                    *child = None;
+                    panic!("shoald exited while starting ({status})\n--- shoald log tail:\n{}", tail(&log, 30));
+                }
             }
-            let o = this.shoal(&["version"]);
+            let o = shoal_at(&socket, &["version"]);
             if o.status.success() {
                 Ok(())
             } else {
-                Err(format!("{}\n--- shoald log tail:\n{}", String::from_utf8_lossy(&o.stderr), this.log_tail(20)))
+                Err(format!("{}\n--- shoald log tail:\n{}", String::from_utf8_lossy(&o.stderr), tail(&log, 20)))
             }
         });
     }
 
     /// The last `n` lines of the daemon's log (for failure messages).
     pub fn log_tail(&self, n: usize) -> String {
-        let s = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = s.lines().collect();
-        lines[lines.len().saturating_sub(n)..].join("\n")
+        tail(&self.log, n)
     }
 
     /// Runs `shoal -H <socket> args…`.
     pub fn shoal(&self, args: &[&str]) -> Output {
-        Command::new(bin_dir().join("shoal"))
-            .arg("-H")
-            .arg(format!("unix://{}", self.socket.display()))
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .expect("run shoal")
+        shoal_at(&self.socket, args)
     }
 
     /// Runs a command that must succeed; returns its stdout.
@@ -178,13 +245,24 @@ impl Daemon {
         self.ok(&["swarm", "init", "--listen-addr", "127.0.0.1:0"]);
     }
 
-    /// `service ps --format json` (every task, history included).
-    pub fn tasks(&self, service: &str) -> Vec<Value> {
-        let out = self.ok(&["service", "ps", service, "--format", "json"]);
-        match serde_json::from_str::<Value>(&out) {
-            Ok(Value::Array(v)) => v,
-            other => panic!("service ps --format json gave {other:?}: {out}"),
-        }
+    /// `service ps --no-trunc --format json` (every task, history included), parsed strictly.
+    pub fn tasks(&self, service: &str) -> Vec<TaskRow> {
+        let out = self.ok(&["service", "ps", service, "--no-trunc", "--format", "json"]);
+        out.lines()
+            .map(|l| TaskRow::parse(l).unwrap_or_else(|e| panic!("service ps --format json: {e}\n{out}")))
+            .collect()
+    }
+
+    /// The services' names, from `service ls --format json`, parsed strictly.
+    pub fn service_names(&self) -> Vec<String> {
+        let out = self.ok(&["service", "ls", "--format", "json"]);
+        out.lines()
+            .map(|l| {
+                let v: Value =
+                    serde_json::from_str(l).unwrap_or_else(|e| panic!("service ls --format json: {e}\n{out}"));
+                field(&v, "Name").unwrap_or_else(|e| panic!("service ls --format json: {e}\n{out}"))
+            })
+            .collect()
     }
 
     /// The containerd socket the daemon manages.

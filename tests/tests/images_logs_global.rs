@@ -88,8 +88,49 @@ fn images_logs_global_services_and_limits() {
     let stderr = String::from_utf8_lossy(&logs.stderr);
     assert!(stdout.lines().all(|l| l.starts_with("talk.") && l.contains(" | out-")), "stdout:\n{stdout}");
     assert!(stderr.lines().all(|l| l.contains(" | err-")), "stderr:\n{stderr}");
-    let ts = d.ok(&["service", "logs", "--timestamps", "--tail", "1", "talk"]);
-    assert!(ts.lines().all(|l| l.len() > 20 && l.as_bytes()[4] == b'-'), "timestamps first:\n{ts}");
+    step!("service logs --timestamps --tail 1: each task's last line, after its time");
+    // Each task's last line is its stdout or its stderr line (the logger reads the two pipes concurrently);
+    // either way there is exactly one per task, on its stream, and it is exactly what the task wrote.
+    let host = d.ok(&["node", "ls", "--format", "{{.Hostname}}"]).trim().to_string();
+    let talk = d.tasks("talk");
+    assert_eq!(talk.len(), 2, "{talk:?}");
+    let o = d.shoal(&["service", "logs", "--timestamps", "--tail", "1", "talk"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let (out, err) = (String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    let mut got: Vec<String> = Vec::new();
+    for (stream, text) in [("out", &out), ("err", &err)] {
+        for line in text.lines() {
+            let (time, rest) = line.split_once(' ').unwrap_or_else(|| panic!("no timestamp in {line:?}"));
+            // RFC 3339 with nanoseconds in UTC, as Docker: 2024-01-02T03:04:05.123456789Z.
+            let shape_ok = time.len() == 30
+                && time.ends_with('Z')
+                && time.char_indices().all(|(i, c)| match i {
+                    4 | 7 => c == '-',
+                    10 => c == 'T',
+                    13 | 16 => c == ':',
+                    19 => c == '.',
+                    29 => c == 'Z',
+                    _ => c.is_ascii_digit(),
+                });
+            assert!(shape_ok, "timestamp {time:?} in {line:?}");
+            got.push(format!("{stream}: {rest}"));
+        }
+    }
+    // Each line must be one task's stdout or stderr line, and the two lines must come from different tasks.
+    let mut owners: Vec<usize> = got
+        .iter()
+        .map(|line| {
+            talk.iter()
+                .position(|t| {
+                    let short = &t.id[..12];
+                    let ctx = format!("{}.{short}@{host}", t.name);
+                    *line == format!("out: {ctx}    | out-{short}") || *line == format!("err: {ctx}    | err-{short}")
+                })
+                .unwrap_or_else(|| panic!("{line:?} is no task's last line; tasks: {talk:?}"))
+        })
+        .collect();
+    owners.sort();
+    assert_eq!(owners, [0, 1], "exactly one line per task:\nstdout:\n{out}\nstderr:\n{err}");
 
     step!("service logs -f follows a replacement task started after the call");
     let mut follow = std::process::Command::new(shoal_tests::bin_dir().join("shoal"))
@@ -110,18 +151,14 @@ fn images_logs_global_services_and_limits() {
             }
         }
     });
-    let before: Vec<String> = d.tasks("talk").iter().map(|t| t["id"].as_str().unwrap().to_string()).collect();
+    let before: Vec<String> = d.tasks("talk").iter().map(|t| t.id.clone()).collect();
     let victim = d.running().into_iter().find(|c| before.contains(&c.id)).expect("a talk container");
     unsafe {
         libc::kill(victim.pid as i32, libc::SIGKILL);
     }
     let replacement = wait_for("a replacement talk task", T, || {
         let tasks = d.tasks("talk");
-        tasks
-            .iter()
-            .map(|t| t["id"].as_str().unwrap().to_string())
-            .find(|id| !before.contains(id))
-            .ok_or(format!("{} tasks", tasks.len()))
+        tasks.iter().map(|t| t.id.clone()).find(|id| !before.contains(id)).ok_or(format!("{} tasks", tasks.len()))
     });
     let want = format!("out-{}", &replacement[..12]);
     let deadline = std::time::Instant::now() + T;
@@ -154,8 +191,9 @@ fn images_logs_global_services_and_limits() {
     ]);
     wait_for("one running global task", T, || {
         let tasks = d.tasks("everywhere");
-        let running = tasks.iter().filter(|t| t["status"]["state"] == "running").count();
-        if tasks.len() == 1 && running == 1 && tasks[0]["slot"] == 0 {
+        let running = tasks.iter().filter(|t| t.state == "running").count();
+        // A global task is named after its node, not a slot.
+        if tasks.len() == 1 && running == 1 && tasks[0].slot().is_none() {
             Ok(())
         } else {
             Err(format!("{tasks:?}"))
@@ -182,11 +220,7 @@ fn images_logs_global_services_and_limits() {
     ]);
     let task_id = wait_for("small to run", T, || {
         let tasks = d.tasks("small");
-        tasks
-            .iter()
-            .find(|t| t["status"]["state"] == "running")
-            .map(|t| t["id"].as_str().unwrap().to_string())
-            .ok_or(format!("{tasks:?}"))
+        tasks.iter().find(|t| t.state == "running").map(|t| t.id.clone()).ok_or(format!("{tasks:?}"))
     });
     let info = std::process::Command::new("ctr")
         .arg("-a")
@@ -211,4 +245,11 @@ fn images_logs_global_services_and_limits() {
     assert!(!d.ok(&["image", "ls"]).contains("example.com/tools/box"));
     let err = d.fails(&["image", "rm", "example.com/tools/box:v1"]);
     assert!(err.contains("No such image"), "{err}");
+    d.ok(&["service", "create", "-d", "--name", "orphan", "example.com/tools/box:v1", "sleep", "100000"]);
+    let rejected = wait_for("orphan's task to be rejected for its removed image", T, || {
+        let tasks = d.tasks("orphan");
+        tasks.iter().find(|t| t.state == "rejected").cloned().ok_or(format!("{tasks:?}"))
+    });
+    assert_eq!(rejected.error, "No such image: example.com/tools/box:v1", "{rejected:?}");
+    assert!(!d.running().iter().any(|c| c.id == rejected.id), "a rejected task has no running container");
 }

@@ -1,24 +1,10 @@
 //! A one-node swarm on real containerd: services become containers, the cluster keeps them at the declared
 //! state, and survives a SIGKILLed daemon.
 
-use serde_json::Value;
-use shoal_tests::{step, wait_for, Daemon};
-use std::collections::HashMap;
-use std::time::Duration;
+use shoal_tests::{step, wait_for, Daemon, TaskRow};
+use std::time::{Duration, Instant};
 
 const T: Duration = Duration::from_secs(90);
-
-fn state(t: &Value) -> &str {
-    t["status"]["state"].as_str().unwrap_or("?")
-}
-
-fn desired(t: &Value) -> &str {
-    t["desired_state"].as_str().unwrap_or("?")
-}
-
-fn id(t: &Value) -> String {
-    t["id"].as_str().unwrap_or_default().to_string()
-}
 
 /// Waits until the service has exactly `n` tasks desired and observed running, and containerd runs exactly
 /// those tasks' containers (no more, no fewer). Returns the running task ids.
@@ -26,9 +12,9 @@ fn wait_converged(d: &Daemon, service: &str, n: usize) -> Vec<String> {
     wait_for(&format!("{service} to run exactly {n} tasks, each with one running container"), T, || {
         let tasks = d.tasks(service);
         let mut running: Vec<String> =
-            tasks.iter().filter(|t| desired(t) == "running" && state(t) == "running").map(id).collect();
+            tasks.iter().filter(|t| t.desired == "running" && t.state == "running").map(|t| t.id.clone()).collect();
         running.sort();
-        let live = tasks.iter().filter(|t| desired(t) == "running").count();
+        let live = tasks.iter().filter(|t| t.desired == "running").count();
         let mut containers: Vec<String> = d.running().into_iter().map(|c| c.id).collect();
         containers.sort();
         if running.len() == n && live == n && containers == running {
@@ -37,6 +23,30 @@ fn wait_converged(d: &Daemon, service: &str, n: usize) -> Vec<String> {
             Err(format!("running tasks {running:?} (live {live}), running containers {containers:?}"))
         }
     })
+}
+
+/// Creates a one-task service, waits until it runs, removes it and waits until its container is gone. Used
+/// as a barrier: the orchestrator, scheduler and agent have handled everything that came before it.
+fn run_probe(d: &Daemon) {
+    d.ok(&["service", "create", "-d", "--name", "probe", "--stop-grace-period", "1s", "busybox", "sleep", "100000"]);
+    let id = wait_for("the probe service to run", T, || {
+        let tasks = d.tasks("probe");
+        let running = tasks.iter().find(|t| t.state == "running").ok_or(format!("{tasks:?}"))?;
+        if d.running().iter().any(|c| c.id == running.id) {
+            Ok(running.id.clone())
+        } else {
+            Err(format!("task {} runs but no container yet", running.id))
+        }
+    });
+    d.ok(&["service", "rm", "probe"]);
+    wait_for("the probe's container to be deleted", T, || {
+        let c = d.ctr_containers();
+        if c.contains(&id) {
+            Err(format!("{c:?}"))
+        } else {
+            Ok(())
+        }
+    });
 }
 
 #[test]
@@ -84,8 +94,8 @@ fn services_become_containers_and_stay_converged() {
     }
     let after = wait_converged(&d, "web", 3);
     assert!(!after.contains(&victim.id), "the killed task must be replaced, not restarted in place");
-    let old = d.tasks("web").into_iter().find(|t| id(t) == victim.id).expect("old task kept in history");
-    assert_eq!(state(&old), "failed", "old task: {old}");
+    let old = d.tasks("web").into_iter().find(|t| t.id == victim.id).expect("old task kept in history");
+    assert_eq!(old.state, "failed", "old task: {old:?}");
     let ps = d.ok(&["service", "ps", "web"]);
     assert!(ps.contains("Failed") && ps.contains("non-zero exit (137)"), "service ps:\n{ps}");
 
@@ -94,9 +104,9 @@ fn services_become_containers_and_stay_converged() {
     wait_converged(&d, "web", 10);
     d.ok(&["service", "scale", "web=1", "-d"]);
     let one = wait_converged(&d, "web", 1);
-    let slots: Vec<u64> =
-        d.tasks("web").iter().filter(|t| desired(t) == "running").map(|t| t["slot"].as_u64().unwrap_or(0)).collect();
-    assert_eq!(slots.len(), 1, "one live slot after scaling to 1");
+    let slots: Vec<Option<u64>> = d.tasks("web").iter().filter(|t| t.desired == "running").map(TaskRow::slot).collect();
+    assert_eq!(slots.len(), 1, "one live slot after scaling to 1: {slots:?}");
+    assert!(slots[0].is_some(), "a replicated task has a slot: {slots:?}");
 
     step!("SIGKILL shoald mid-run and restart it: still converged, no duplicate containers");
     d.ok(&["service", "scale", "web=3", "-d"]);
@@ -105,7 +115,10 @@ fn services_become_containers_and_stay_converged() {
     assert_eq!(d.running().len(), 3, "containers outlive the daemon");
     d.restart();
     let again = wait_converged(&d, "web", 3);
-    std::thread::sleep(Duration::from_secs(3));
+    // A service created now runs only once the restarted managers and agent have worked through their state,
+    // web's tasks included: after that, web must still be the same three tasks.
+    step!("a service created after the restart runs; web is unchanged once it does");
+    run_probe(&d);
     let stable = wait_converged(&d, "web", 3);
     assert_eq!(again, stable, "re-adopted containers, not replacements");
     assert!(one.iter().all(|t| again.contains(t)), "the surviving task of the scale-down was re-adopted");
@@ -129,19 +142,15 @@ fn restart_policy_constraints_and_bad_input() {
     let d = Daemon::start();
     d.init_swarm();
 
-    step!("a second shoald on the same data root refuses to start, saying why");
-    let second = std::process::Command::new(shoal_tests::bin_dir().join("shoald"))
-        .arg("--data-root")
-        .arg(&d.data_root)
-        .arg("--exec-root")
-        .arg(d.dir.path().join("run2"))
-        .arg("-H")
-        .arg(format!("unix://{}", d.dir.path().join("second.sock").display()))
-        .output()
-        .expect("run a second shoald");
-    let err = String::from_utf8_lossy(&second.stderr);
-    assert!(!second.status.success(), "a second daemon must not start");
-    assert!(err.contains("another shoald") && err.contains(&d.data_root.display().to_string()), "stderr: {err}");
+    step!("a second shoald on the same data root refuses to start, saying why; the harness says so at once");
+    let started = Instant::now();
+    let second = std::panic::catch_unwind(|| Daemon::start_with_data_root(&d.data_root));
+    let Err(panic) = second else { panic!("a second daemon on {} must not start", d.data_root.display()) };
+    let msg = panic.downcast_ref::<String>().cloned().unwrap_or_default();
+    assert!(msg.contains("shoald exited while starting"), "harness message: {msg}");
+    assert!(msg.contains("another shoald") && msg.contains(&d.data_root.display().to_string()), "{msg}");
+    // The harness's wait is 60 s; noticing the exit must not take anywhere near that.
+    assert!(started.elapsed() < Duration::from_secs(20), "took {:?} to notice", started.elapsed());
 
     step!("--restart-condition none leaves a killed task dead");
     d.ok(&[
@@ -165,15 +174,18 @@ fn restart_policy_constraints_and_bad_input() {
     unsafe {
         libc::kill(victim.pid as i32, libc::SIGKILL);
     }
-    wait_for("the killed task to show failed", T, || {
-        let t = d.tasks("once").into_iter().find(|t| id(t) == victim.id).ok_or("gone")?;
-        if state(&t) == "failed" {
+    // The restart decision and the shutdown of the old task are one write: once the killed task is desired
+    // shut down, a replacement (even a delayed one) would already be listed.
+    wait_for("the killed task to show failed and be desired shut down", T, || {
+        let t = d.tasks("once").into_iter().find(|t| t.id == victim.id).ok_or("gone")?;
+        if t.state == "failed" && t.desired == "shutdown" {
             Ok(())
         } else {
-            Err(format!("{t}"))
+            Err(format!("{t:?}"))
         }
     });
-    std::thread::sleep(Duration::from_secs(7)); // longer than the default restart delay
+    // And the slot left empty is not refilled by a later reconciliation either.
+    run_probe(&d);
     let tasks = d.tasks("once");
     assert_eq!(tasks.len(), 2, "no replacement was created: {tasks:?}");
     assert_eq!(d.running().len(), 1);
@@ -197,11 +209,7 @@ fn restart_policy_constraints_and_bad_input() {
         let tasks = d.tasks("nowhere");
         let ok = tasks.len() == 2
             && tasks.iter().all(|t| {
-                state(t) == "pending"
-                    && t["status"]["err"]
-                        .as_str()
-                        .unwrap_or("")
-                        .contains("no suitable node (scheduling constraints not satisfied on 1 node)")
+                t.state == "pending" && t.error == "no suitable node (scheduling constraints not satisfied on 1 node)"
             });
         if ok {
             Ok(tasks)
@@ -209,7 +217,7 @@ fn restart_policy_constraints_and_bad_input() {
             Err(format!("{tasks:?}"))
         }
     });
-    assert!(pending.iter().all(|t| t["node_id"].as_str().unwrap_or("").is_empty()));
+    assert!(pending.iter().all(|t| t.node.is_empty()), "pending tasks are on no node: {pending:?}");
     let ps = d.ok(&["service", "ps", "nowhere", "--no-trunc"]);
     assert!(ps.contains("Pending") && ps.contains("no suitable node"), "service ps:\n{ps}");
 
@@ -217,11 +225,9 @@ fn restart_policy_constraints_and_bad_input() {
     d.ok(&["service", "create", "-d", "--name", "huge", "--reserve-memory", "100000G", "busybox", "sleep", "1"]);
     wait_for("huge's task to be pending for memory", T, || {
         let tasks = d.tasks("huge");
-        let reason = tasks.first().and_then(|t| t["status"]["err"].as_str()).unwrap_or("").to_string();
-        if reason == "no suitable node (insufficient memory on 1 node)" {
-            Ok(())
-        } else {
-            Err(reason)
+        match tasks.as_slice() {
+            [t] if t.state == "pending" && t.error == "no suitable node (insufficient memory on 1 node)" => Ok(()),
+            _ => Err(format!("{tasks:?}")),
         }
     });
 
@@ -229,12 +235,11 @@ fn restart_policy_constraints_and_bad_input() {
     d.ok(&["service", "create", "-d", "--name", "ghost", "nosuchimage:1.0", "sh"]);
     wait_for("ghost's task to be rejected", T, || {
         let tasks = d.tasks("ghost");
-        let t = tasks.iter().find(|t| state(t) == "rejected").ok_or(format!("{tasks:?}"))?;
-        let err = t["status"]["err"].as_str().unwrap_or("");
-        if err.contains("No such image: nosuchimage:1.0") {
+        let t = tasks.iter().find(|t| t.state == "rejected").ok_or(format!("{tasks:?}"))?;
+        if t.error.contains("No such image: nosuchimage:1.0") {
             Ok(())
         } else {
-            Err(err.to_string())
+            Err(t.error.clone())
         }
     });
 
@@ -263,16 +268,9 @@ fn restart_policy_constraints_and_bad_input() {
         assert_eq!(err.trim().lines().count(), 1, "one clear line, got: {err}");
     }
     assert_eq!(d.ok(&["service", "ls", "-q"]), before, "bad input changed no state");
-    let names: HashMap<String, ()> = d
-        .ok(&["service", "ls", "--format", "json"])
-        .parse::<Value>()
-        .ok()
-        .and_then(|v| v.as_array().cloned())
-        .unwrap_or_default()
-        .iter()
-        .filter_map(|s| {
-            s["service"]["spec"]["name"].as_str().or(s["spec"]["name"].as_str()).map(|n| (n.to_string(), ()))
-        })
-        .collect();
-    assert!(!names.contains_key("neg") && !names.contains_key("m1"));
+    let names = d.service_names();
+    for absent in ["neg", "m1", "m2", "img", "dur", "mode"] {
+        assert!(!names.iter().any(|n| n == absent), "{absent} must not exist: {names:?}");
+    }
+    assert!(names.iter().any(|n| n == "once"), "the listing is not empty by accident: {names:?}");
 }

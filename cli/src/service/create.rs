@@ -170,8 +170,8 @@ pub async fn run(client: &mut Client, args: CreateArgs) -> anyhow::Result<()> {
     let spec = args.spec()?;
     let service = rpc(client.control.create_service(CreateServiceRequest { spec }).await)?;
     println!("{}", service.id);
-    if !args.detach && !args.quiet {
-        progress::wait_converged(client, &service.id, &service.spec.annotations.name).await?;
+    if !args.detach {
+        progress::wait_converged(client, &service.id, &service.spec.annotations.name, args.quiet).await?;
     }
     Ok(())
 }

@@ -6,14 +6,16 @@ mod opts;
 mod pretty;
 
 use crate::client::{rpc, Client};
-use crate::output::{ellipsis, print_json, short_id, state_since, Format, FormatArg, Table};
+use crate::output::{check_format, ellipsis, print_inspected, print_rows, short_id, state_since, table_of, Format};
 use crate::progress;
 use crate::Tally;
 use clap::{Args, Subcommand};
-use serde::Serialize;
+use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::time::SystemTime;
-use swarm::api::control::{Empty, GetRequest, ListServicesRequest, ListTasksRequest, UpdateServiceRequest};
+use swarm::api::control::{
+    Empty, GetRequest, ListServicesRequest, ListTasksRequest, ServiceWithStatus, UpdateServiceRequest,
+};
 use swarm::api::{familiar_image_ref, Service, ServiceMode, Task, TaskState};
 
 #[derive(Debug, Subcommand)]
@@ -49,9 +51,9 @@ pub struct PsArgs {
     /// Only display task IDs
     #[arg(short, long)]
     quiet: bool,
-    /// Output format
-    #[arg(long, value_enum)]
-    format: Option<FormatArg>,
+    /// Format output using a custom template: 'table', 'table TEMPLATE', 'json', or a Go template
+    #[arg(long, value_parser = check_format, value_name = "FORMAT")]
+    format: Option<String>,
     /// Filter output (desired-state=running|shutdown|accepted, node=…, id=…, name=…)
     #[arg(short, long = "filter", value_parser = parse_filter, value_name = "FILTER")]
     filter: Vec<PsFilter>,
@@ -62,8 +64,11 @@ pub struct InspectArgs {
     #[arg(required = true, value_name = "SERVICE")]
     services: Vec<String>,
     /// Print the information in a human friendly format
-    #[arg(long)]
+    #[arg(long, conflicts_with = "format")]
     pretty: bool,
+    /// Format output using a Go template ('{{.ID}}', '{{json .Spec}}')
+    #[arg(short, long, value_parser = check_format, value_name = "FORMAT")]
+    format: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -103,30 +108,42 @@ fn display_image(image: &str) -> String {
     }
 }
 
-/// `--format json` for `service ls`: the service object, plus the counts the table shows.
-#[derive(Serialize)]
-struct ServiceListing<'a> {
-    #[serde(flatten)]
-    service: &'a Service,
-    running_tasks: u64,
-    desired_tasks: u64,
+/// `service ls` columns: row field and table title (Docker's names).
+const LS_COLUMNS: &[(&str, &str)] = &[
+    ("ID", "ID"),
+    ("Name", "NAME"),
+    ("Mode", "MODE"),
+    ("Replicas", "REPLICAS"),
+    ("Image", "IMAGE"),
+    ("Ports", "PORTS"),
+];
+
+/// One `service ls` row with Docker's field names (what `--format json` prints and templates see).
+fn ls_row(s: &ServiceWithStatus) -> Value {
+    let spec = &s.service.spec;
+    let mut replicas = format!("{}/{}", s.running_tasks, s.desired_tasks);
+    let max = spec.task_template.placement.max_replicas;
+    if max > 0 {
+        replicas.push_str(&format!(" (max {max} per node)"));
+    }
+    json!({
+        "ID": short_id(&s.service.id),
+        "Name": spec.annotations.name,
+        "Mode": spec.mode.name(),
+        "Replicas": replicas,
+        "Image": display_image(&spec.task_template.container.image),
+        // Published ports do not exist yet; the column is kept so Docker's formats keep working.
+        "Ports": "",
+    })
 }
 
 async fn ls(client: &mut Client, a: LsArgs) -> anyhow::Result<()> {
+    let format = Format::from_flags(a.quiet, a.format.as_deref())?;
     let mut services = rpc(client.control.list_services(ListServicesRequest::default()).await)?.services;
     services.sort_by(|x, y| x.service.spec.annotations.name.cmp(&y.service.spec.annotations.name));
-    match Format::from_flags(a.quiet, a.format) {
-        Format::Json => {
-            let list: Vec<_> = services
-                .iter()
-                .map(|s| ServiceListing {
-                    service: &s.service,
-                    running_tasks: s.running_tasks,
-                    desired_tasks: s.desired_tasks,
-                })
-                .collect();
-            print_json(&list)
-        }
+    let rows: Vec<Value> = services.iter().map(ls_row).collect();
+    match format {
+        Format::Template(t) => print_rows(&t, &rows, LS_COLUMNS),
         Format::Quiet => {
             for s in &services {
                 println!("{}", short_id(&s.service.id));
@@ -134,24 +151,7 @@ async fn ls(client: &mut Client, a: LsArgs) -> anyhow::Result<()> {
             Ok(())
         }
         Format::Table => {
-            let mut t = Table::new(&["ID", "NAME", "MODE", "REPLICAS", "IMAGE", "PORTS"]);
-            for s in &services {
-                let spec = &s.service.spec;
-                let mut replicas = format!("{}/{}", s.running_tasks, s.desired_tasks);
-                let max = spec.task_template.placement.max_replicas;
-                if max > 0 {
-                    replicas.push_str(&format!(" (max {max} per node)"));
-                }
-                t.row(vec![
-                    short_id(&s.service.id).to_string(),
-                    spec.annotations.name.clone(),
-                    spec.mode.name().to_string(),
-                    replicas,
-                    display_image(&spec.task_template.container.image),
-                    String::new(),
-                ]);
-            }
-            t.print();
+            table_of(&rows, LS_COLUMNS).print();
             Ok(())
         }
     }
@@ -215,14 +215,33 @@ fn sort_tasks(tasks: &mut [Task]) {
 /// Docker truncates `service ps` errors to 30 characters unless `--no-trunc`.
 const MAX_ERR_LEN: usize = 30;
 
-/// The rows of `service ps`; `tasks` must be sorted with [`sort_tasks`]. Older tasks of a slot are shown as
-/// ` \_ web.1` under the current one.
-fn ps_rows(tasks: &[Task], node_names: &HashMap<String, String>, no_trunc: bool, now: SystemTime) -> Vec<Vec<String>> {
+/// `service ps` columns: row field and table title (Docker's names).
+const PS_COLUMNS: &[(&str, &str)] = &[
+    ("ID", "ID"),
+    ("Name", "NAME"),
+    ("Image", "IMAGE"),
+    ("Node", "NODE"),
+    ("DesiredState", "DESIRED STATE"),
+    ("CurrentState", "CURRENT STATE"),
+    ("Error", "ERROR"),
+    ("Ports", "PORTS"),
+];
+
+/// The rows of `service ps` with Docker's field names; `tasks` must be sorted with [`sort_tasks`]. In a table,
+/// older tasks of a slot are shown as ` \_ web.1` under the current one; other formats get the plain name, as
+/// in Docker.
+fn ps_rows(
+    tasks: &[Task],
+    node_names: &HashMap<String, String>,
+    no_trunc: bool,
+    table: bool,
+    now: SystemTime,
+) -> Vec<Value> {
     let mut rows = Vec::new();
     let mut prev_name = String::new();
     for t in tasks {
         let name = t.name();
-        let shown_name = if name == prev_name { format!(" \\_ {name}") } else { name.clone() };
+        let shown_name = if table && name == prev_name { format!(" \\_ {name}") } else { name.clone() };
         prev_name = name;
         let id = if no_trunc { t.id.clone() } else { short_id(&t.id).to_string() };
         let image =
@@ -231,16 +250,16 @@ fn ps_rows(tasks: &[Task], node_names: &HashMap<String, String>, no_trunc: bool,
         let since = now.duration_since(t.status.timestamp.0).unwrap_or_default();
         let err = if no_trunc { t.status.err.clone() } else { ellipsis(&t.status.err, MAX_ERR_LEN) };
         let err = if err.is_empty() { err } else { format!("\"{}\"", err.replace('\n', " ")) };
-        rows.push(vec![
-            id,
-            shown_name,
-            image,
-            node,
-            t.desired_state.title(),
-            state_since(&t.status.state.title(), since),
-            err,
-            String::new(),
-        ]);
+        rows.push(json!({
+            "ID": id,
+            "Name": shown_name,
+            "Image": image,
+            "Node": node,
+            "DesiredState": t.desired_state.title(),
+            "CurrentState": state_since(&t.status.state.title(), since),
+            "Error": err,
+            "Ports": "",
+        }));
     }
     rows
 }
@@ -251,6 +270,7 @@ async fn node_names(client: &mut Client) -> anyhow::Result<HashMap<String, Strin
 }
 
 async fn ps(client: &mut Client, a: PsArgs) -> anyhow::Result<()> {
+    let format = Format::from_flags(a.quiet, a.format.as_deref())?;
     let mut service_ids = Vec::new();
     for s in &a.services {
         let svc = rpc(client.control.get_service(GetRequest { id_or_name: s.clone() }).await)?;
@@ -269,8 +289,9 @@ async fn ps(client: &mut Client, a: PsArgs) -> anyhow::Result<()> {
     let names = node_names(client).await?;
     tasks.retain(|t| keep_task(t, &a.filter, &names));
     sort_tasks(&mut tasks);
-    match Format::from_flags(a.quiet, a.format) {
-        Format::Json => print_json(&tasks),
+    let now = SystemTime::now();
+    match format {
+        Format::Template(t) => print_rows(&t, &ps_rows(&tasks, &names, a.no_trunc, t.table, now), PS_COLUMNS),
         Format::Quiet => {
             for t in &tasks {
                 println!("{}", if a.no_trunc { t.id.as_str() } else { short_id(&t.id) });
@@ -278,12 +299,7 @@ async fn ps(client: &mut Client, a: PsArgs) -> anyhow::Result<()> {
             Ok(())
         }
         Format::Table => {
-            let mut table =
-                Table::new(&["ID", "NAME", "IMAGE", "NODE", "DESIRED STATE", "CURRENT STATE", "ERROR", "PORTS"]);
-            for row in ps_rows(&tasks, &names, a.no_trunc, SystemTime::now()) {
-                table.row(row);
-            }
-            table.print();
+            table_of(&ps_rows(&tasks, &names, a.no_trunc, true, now), PS_COLUMNS).print();
             Ok(())
         }
     }
@@ -303,7 +319,7 @@ async fn inspect(client: &mut Client, a: InspectArgs) -> anyhow::Result<()> {
             print!("{}", pretty::service(s));
         }
     } else if !found.is_empty() {
-        print_json(&found)?;
+        print_inspected(&found, a.format.as_deref())?;
     }
     tally.finish()
 }
@@ -345,7 +361,7 @@ async fn scale(client: &mut Client, a: ScaleArgs) -> anyhow::Result<()> {
     }
     if !a.detach {
         for svc in &scaled {
-            progress::wait_converged(client, &svc.id, &svc.spec.annotations.name).await?;
+            progress::wait_converged(client, &svc.id, &svc.spec.annotations.name, false).await?;
         }
     }
     tally.finish()
@@ -411,12 +427,8 @@ mod tests {
         ];
         sort_tasks(&mut tasks);
         let names: HashMap<String, String> = [("n1".to_string(), "host-a".to_string())].into();
-        let rows = ps_rows(&tasks, &names, false, SystemTime::UNIX_EPOCH + Duration::from_secs(206));
-        let mut t = Table::new(&["ID", "NAME", "IMAGE", "NODE", "DESIRED STATE", "CURRENT STATE", "ERROR", "PORTS"]);
-        for r in rows {
-            t.row(r);
-        }
-        let out = t.render();
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(206);
+        let out = table_of(&ps_rows(&tasks, &names, false, true, now), PS_COLUMNS).render();
         let expected = [
             "ID             NAME        IMAGE            NODE      DESIRED STATE   CURRENT STATE               ERROR                              PORTS",
             "new000000000   web.1       busybox:latest   host-a    Running         Running 5 seconds ago                                          ",
@@ -437,10 +449,68 @@ mod tests {
             150,
             "no suitable node (scheduling constraints not satisfied on 1 node)",
         )];
-        let rows = ps_rows(&tasks, &HashMap::new(), true, SystemTime::UNIX_EPOCH + Duration::from_secs(151));
-        assert_eq!(rows[0][0], "t2aaaaaaaaaaaaaaaaaaaaaaa");
-        assert_eq!(rows[0][5], "Pending less than a second ago");
-        assert_eq!(rows[0][6], "\"no suitable node (scheduling constraints not satisfied on 1 node)\"");
+        let rows = ps_rows(&tasks, &HashMap::new(), true, true, SystemTime::UNIX_EPOCH + Duration::from_secs(151));
+        assert_eq!(rows[0]["ID"], "t2aaaaaaaaaaaaaaaaaaaaaaa");
+        assert_eq!(rows[0]["CurrentState"], "Pending less than a second ago");
+        assert_eq!(rows[0]["Error"], "\"no suitable node (scheduling constraints not satisfied on 1 node)\"");
+    }
+
+    #[test]
+    fn ps_json_is_docker_rows() {
+        let mut tasks = vec![
+            task("new0000000000000000000000", 1, "n1", TaskState::Running, TaskState::Running, 200, ""),
+            task("old0000000000000000000000", 1, "n1", TaskState::Failed, TaskState::Shutdown, 100, "exit (1)"),
+        ];
+        sort_tasks(&mut tasks);
+        let names: HashMap<String, String> = [("n1".to_string(), "host-a".to_string())].into();
+        let rows = ps_rows(&tasks, &names, false, false, SystemTime::UNIX_EPOCH + Duration::from_secs(206));
+        let out = crate::template::Template::parse("json").unwrap().render_rows(&rows, PS_COLUMNS).unwrap();
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(
+            lines,
+            [
+                r#"{"CurrentState":"Running 5 seconds ago","DesiredState":"Running","Error":"","ID":"new000000000","Image":"busybox:latest","Name":"web.1","Node":"host-a","Ports":""}"#,
+                // Outside a table the history is not indented: the name stays usable by scripts.
+                r#"{"CurrentState":"Failed about a minute ago","DesiredState":"Shutdown","Error":"\"exit (1)\"","ID":"old000000000","Image":"busybox:latest","Name":"web.1","Node":"host-a","Ports":""}"#,
+            ]
+        );
+        let t = crate::template::Template::parse("table {{.Name}}\\t{{.CurrentState}}").unwrap();
+        let rows = ps_rows(&tasks, &names, false, true, SystemTime::UNIX_EPOCH + Duration::from_secs(206));
+        assert_eq!(
+            t.render_rows(&rows, PS_COLUMNS).unwrap(),
+            "NAME        CURRENT STATE\nweb.1       Running 5 seconds ago\n \\_ web.1   Failed about a minute ago\n"
+        );
+    }
+
+    fn listed(name: &str, replicas: u64, running: u64, max: u64) -> ServiceWithStatus {
+        let mut svc: Service = serde_json::from_value(serde_json::json!({
+            "id": "s0123456789abcdefghijklmn",
+            "spec": {"name": name, "task_template": {"container": {"image": "docker.io/library/busybox:latest"}},
+                     "mode": {"replicated": {"replicas": replicas}}}
+        }))
+        .unwrap();
+        svc.spec.task_template.placement.max_replicas = max;
+        ServiceWithStatus { service: svc, running_tasks: running, desired_tasks: replicas }
+    }
+
+    #[test]
+    fn ls_rows_are_dockers() {
+        let rows = vec![ls_row(&listed("web", 2, 2, 0)), ls_row(&listed("db", 3, 1, 1))];
+        let json = crate::template::Template::parse("json").unwrap().render_rows(&rows, LS_COLUMNS).unwrap();
+        assert_eq!(
+            json.lines().next().unwrap(),
+            r#"{"ID":"s0123456789a","Image":"busybox:latest","Mode":"replicated","Name":"web","Ports":"","Replicas":"2/2"}"#
+        );
+        assert_eq!(rows[1]["Replicas"], "1/3 (max 1 per node)");
+        let t = crate::template::Template::parse("{{.Name}} {{.Replicas}}").unwrap();
+        assert_eq!(t.render_rows(&rows, LS_COLUMNS).unwrap(), "web 2/2\ndb 1/3 (max 1 per node)\n");
+        let table = table_of(&rows, LS_COLUMNS).render();
+        assert_eq!(
+            table.lines().next().unwrap(),
+            "ID             NAME      MODE         REPLICAS               IMAGE            PORTS"
+        );
+        let e = crate::template::Template::parse("{{.Nope}}").unwrap().render_rows(&rows, LS_COLUMNS).unwrap_err();
+        assert!(e.to_string().contains("can't evaluate field Nope"), "{e}");
     }
 
     #[test]
