@@ -104,6 +104,16 @@ impl RaftHandle {
         let paths = RaftPaths::in_dir(dir);
         let log = RedbLogStore::open(&paths.log)?;
         let sm = RedbStateMachine::open(&paths.state)?;
+        Self::start_with(id, log, sm, settings).await
+    }
+
+    /// Starts the member on stores already opened (tests open them on storage that can simulate a crash).
+    pub async fn start_with(
+        id: NodeId,
+        log: RedbLogStore,
+        sm: RedbStateMachine,
+        settings: &RaftSettings,
+    ) -> Result<(RaftHandle, Store), RaftNodeError> {
         let config = Config {
             cluster_name: "shoal".into(),
             heartbeat_interval: settings.heartbeat_interval.as_millis() as u64,
