@@ -288,6 +288,11 @@ impl ImageService {
         self
     }
 
+    /// The largest archive an upload may be, in bytes.
+    pub fn max_upload(&self) -> u64 {
+        self.max_upload
+    }
+
     /// Imports every image of an archive read from `reader` (an upload, stdin); returns their normalized names.
     /// The archive is spooled to a file first: a docker-save tarball may put manifest.json after the layers.
     pub async fn load_reader(&self, reader: impl std::io::Read + Send + 'static) -> Result<Vec<String>, ImageError> {
@@ -868,5 +873,99 @@ mod tests {
         assert_eq!(c[0], a);
         let want = format!("sha256:{}", hex::encode(Sha256::digest(format!("{a} {b}").as_bytes())));
         assert_eq!(c[1], want);
+    }
+
+    /// A tar archive of (name, kind, data): kind 'f' file, 's' symlink to data, 'h' hardlink to data.
+    fn tarball(entries: &[(&str, char, &str)]) -> tempfile::NamedTempFile {
+        let f = tempfile::NamedTempFile::new().unwrap();
+        let mut b = tar::Builder::new(f.reopen().unwrap());
+        for (name, kind, data) in entries {
+            let mut h = tar::Header::new_gnu();
+            h.set_mode(0o644);
+            // Raw names: the builder's own path checks would refuse the hostile ones this test needs.
+            let bytes = name.as_bytes();
+            h.as_old_mut().name[..bytes.len()].copy_from_slice(bytes);
+            match kind {
+                'f' => {
+                    h.set_entry_type(tar::EntryType::Regular);
+                    h.set_size(data.len() as u64);
+                }
+                's' | 'h' => {
+                    h.set_entry_type(if *kind == 's' { tar::EntryType::Symlink } else { tar::EntryType::Link });
+                    h.set_size(0);
+                    h.set_link_name(data).unwrap();
+                }
+                _ => unreachable!(),
+            }
+            h.set_cksum();
+            let body: &[u8] = if *kind == 'f' { data.as_bytes() } else { &[] };
+            b.append(&h, body).unwrap();
+        }
+        b.into_inner().unwrap();
+        f
+    }
+
+    #[test]
+    fn unpacking_never_leaves_the_directory() {
+        let outside = tempfile::tempdir().unwrap();
+        let victim = outside.path().join("victim");
+        for (entries, want) in [
+            (vec![("../escaped", 'f', "x")], "entry \"../escaped\" points outside the archive"),
+            (vec![("a/../../escaped", 'f', "x")], "entry \"a/../../escaped\" points outside the archive"),
+        ] {
+            let root = tempfile::tempdir().unwrap();
+            let ar = tarball(&entries);
+            let e = unpack_archive(ar.path(), root.path()).unwrap_err().to_string();
+            assert_eq!(e, format!("invalid image archive: {want}"));
+            assert!(!root.path().parent().unwrap().join("escaped").exists());
+        }
+        // A symlinked directory followed by a file through it: the link is never created, so the file lands
+        // inside the directory (or nowhere), never at the link's target.
+        let root = tempfile::tempdir().unwrap();
+        let target = outside.path().display().to_string();
+        let ar = tarball(&[("dir", 's', &target), ("dir/victim", 'f', "pwned"), ("hard", 'h', "/etc/passwd")]);
+        let links = unpack_archive(ar.path(), root.path()).unwrap();
+        assert!(!victim.exists(), "nothing was written through the symlink");
+        assert!(links.contains(Path::new("dir")) && links.contains(Path::new("hard")), "{links:?}");
+        assert!(!root.path().join("hard").exists(), "hardlinks are not created");
+    }
+
+    #[test]
+    fn docker_save_entries_must_be_plain_files_of_the_archive() {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(root.path().join("abc")).unwrap();
+        std::fs::write(root.path().join("abc/layer.tar"), "x").unwrap();
+        let links: HashSet<PathBuf> = [PathBuf::from("def/layer.tar")].into();
+        assert_eq!(archive_member(root.path(), "./abc/layer.tar", &links).unwrap(), root.path().join("abc/layer.tar"));
+        for (name, why) in [
+            ("/etc/passwd", "is an absolute path"),
+            ("../x/layer.tar", "contains \"..\""),
+            ("abc/../abc/layer.tar", "contains \"..\""),
+            ("def/layer.tar", "is a symlink or hardlink in the archive"),
+            ("abc", "is not a regular file"),
+            ("nope.json", "is not in the archive"),
+        ] {
+            let e = archive_member(root.path(), name, &links).unwrap_err().to_string();
+            assert_eq!(e, format!("invalid image archive: manifest.json entry {name:?} {why}"));
+        }
+    }
+
+    #[test]
+    fn a_missing_field_is_a_clear_error() {
+        let root = tempfile::tempdir().unwrap();
+        let index =
+            r#"{"schemaVersion":2,"manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","size":1}]}"#;
+        std::fs::write(root.path().join("index.json"), index).unwrap();
+        let e = parse_oci(root.path()).err().unwrap().to_string();
+        assert!(e.starts_with("invalid image archive: index.json: missing field `digest`"), "{e}");
+    }
+
+    #[test]
+    fn platforms_compare_os_and_architecture() {
+        let node = swarm::api::Platform::current();
+        assert!(platform_of("linux", &node.architecture, None).1);
+        assert_eq!(platform_of("linux", "arm", Some("v7")), ("linux/arm/v7".to_string(), node.architecture == "arm"));
+        assert!(!platform_of("windows", &node.architecture, None).1);
+        assert_eq!(node_platform(), format!("linux/{}", node.architecture));
     }
 }
