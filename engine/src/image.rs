@@ -440,18 +440,22 @@ impl ImageService {
             let _ = tx.send(commit).await;
             Ok(())
         });
+        let already =
+            |s: &tonic::Status| s.code() == tonic::Code::AlreadyExists || s.message().contains("already exists");
         let result = async {
-            let mut stream = content
-                .write(req_leased(tokio_stream::wrappers::ReceiverStream::new(rx), lease))
-                .await
-                .map_err(cd_err)?
-                .into_inner();
+            let mut stream =
+                match content.write(req_leased(tokio_stream::wrappers::ReceiverStream::new(rx), lease)).await {
+                    Ok(r) => r.into_inner(),
+                    // The status can come before any response: the blob was committed by another import meanwhile.
+                    Err(s) if already(&s) => return Ok(true),
+                    Err(s) => return Err(cd_err(s)),
+                };
             // The server answers at its own pace: read to the end so the commit is known to be done.
             loop {
                 match stream.message().await {
                     Ok(Some(_)) => {}
                     Ok(None) => return Ok(false),
-                    Err(s) if s.code() == tonic::Code::AlreadyExists => return Ok(true),
+                    Err(s) if already(&s) => return Ok(true),
                     Err(s) => return Err(cd_err(s)),
                 }
             }
