@@ -159,7 +159,7 @@ fn descriptor(media_type: &str, digest: &str, size: u64) -> Descriptor {
 }
 
 fn cd_descriptor(d: &OciDescriptor) -> Descriptor {
-    descriptor(&d.media_type().to_string(), &d.digest().to_string(), d.size())
+    descriptor(d.media_type().as_ref(), d.digest().as_ref(), d.size())
 }
 
 fn blob_path(root: &Path, digest: &str) -> Result<PathBuf, ImageError> {
@@ -247,24 +247,24 @@ fn unpack_archive(archive: &Path, root: &Path) -> Result<HashSet<PathBuf>, Image
     tar.set_preserve_permissions(false);
     tar.set_unpack_xattrs(false);
     let mut links = HashSet::new();
+    let outside = |p: &Path| {
+        ImageError::InvalidArchive(format!("entry {:?} points outside the archive", p.display().to_string()))
+    };
     for entry in tar.entries().map_err(not_tar)? {
         let mut entry = entry.map_err(not_tar)?;
         let path = entry.path().map_err(not_tar)?.into_owned();
         if path.is_absolute() || path.components().any(|c| matches!(c, Component::ParentDir)) {
-            return Err(ImageError::InvalidArchive(format!(
-                "entry {:?} points outside the archive",
-                path.display().to_string()
-            )));
+            return Err(outside(&path));
         }
         let clean: PathBuf = path.components().filter(|c| matches!(c, Component::Normal(_))).collect();
         match entry.header().entry_type() {
             tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::Directory => {
                 // unpack_in refuses paths leaving root, also through symlinked directories (there are none).
-                if !entry.unpack_in(root).map_err(|e| ImageError::InvalidArchive(format!("{}: {e}", path.display())))? {
-                    return Err(ImageError::InvalidArchive(format!(
-                        "entry {:?} points outside the archive",
-                        path.display().to_string()
-                    )));
+                let unpacked = entry
+                    .unpack_in(root)
+                    .map_err(|e| ImageError::InvalidArchive(format!("{}: {e}", path.display())))?;
+                if !unpacked {
+                    return Err(outside(&path));
                 }
             }
             tar::EntryType::Symlink | tar::EntryType::Link => {

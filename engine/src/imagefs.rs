@@ -352,7 +352,7 @@ mod tests {
         // A whiteout (char device 0:0) in the upper layer deletes the lower file.
         let wh = std::ffi::CString::new(upper.path().join("etc/group").to_str().unwrap()).unwrap();
         // SAFETY: a valid path; mknod of a 0:0 char device as overlayfs whiteouts are made (needs root).
-        assert_eq!(unsafe { libc::mknod(wh.as_ptr(), libc::S_IFCHR | 0o000, 0) }, 0, "mknod needs root");
+        assert_eq!(unsafe { libc::mknod(wh.as_ptr(), libc::S_IFCHR, 0) }, 0, "mknod needs root");
         std::os::unix::fs::symlink("/etc", upper.path().join("data")).unwrap();
         let root = ImageRoot::new(vec![upper.path().to_path_buf(), lower.path().to_path_buf()]);
         assert_eq!(root.read_text("etc/passwd").unwrap().as_deref(), Some("upper\n"));

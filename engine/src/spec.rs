@@ -326,6 +326,7 @@ pub fn build(task: &Task, image: &ImageConfig, paths: &SpecPaths) -> Result<Spec
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::Value;
     use swarm::testing::task;
 
     fn image() -> ImageConfig {
@@ -410,5 +411,35 @@ mod tests {
         });
         let e = task_mounts(&t, dir.path()).unwrap_err();
         assert_eq!(e.to_string(), "invalid task spec: invalid mount config for type \"bind\": bind source path does not exist: /definitely/not/here");
+    }
+
+    #[test]
+    fn image_volumes_become_anonymous_volumes_unless_mounted_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut t = task("abcdefghijklmnop", "s", 1);
+        let mut img = image();
+        img.volumes = vec!["/data".into(), "/cache/".into(), "relative".into()];
+        t.spec.container.mounts.push(swarm::api::Mount {
+            kind: MountType::Tmpfs,
+            source: String::new(),
+            target: "/cache".into(),
+            readonly: false,
+            tmpfs_size: 0,
+        });
+        let spec =
+            build(&t, &img, &SpecPaths { volumes: dir.path(), users: &UserFiles::default(), netns: None }).unwrap();
+        let json = serde_json::to_value(&spec).unwrap();
+        let data: Vec<&Value> =
+            json["mounts"].as_array().unwrap().iter().filter(|m| m["destination"] == "/data").collect();
+        let want = image_volume_dir(dir.path(), "abcdefghijklmnop", 0);
+        assert_eq!(data.len(), 1, "{json}");
+        assert_eq!(data[0]["source"], want.display().to_string());
+        assert!(want.is_dir(), "the volume directory is created");
+        let cache: Vec<&Value> =
+            json["mounts"].as_array().unwrap().iter().filter(|m| m["destination"] == "/cache").collect();
+        assert_eq!(cache.len(), 1, "only the service's tmpfs at /cache: {json}");
+        assert_eq!(cache[0]["type"], "tmpfs");
+        assert!(!image_volume_dir(dir.path(), "abcdefghijklmnop", 1).exists());
+        assert!(!json["mounts"].as_array().unwrap().iter().any(|m| m["destination"] == "relative"));
     }
 }

@@ -322,7 +322,9 @@ async fn hostile_docker_save_archives_are_refused() {
     let config = Img::new("x", vec![bb_layer.clone()], bb_config).config_json();
     let layer_name = format!("{}/layer.tar", &sha(&bb_layer)[7..]);
     let base = vec![("c.json".to_string(), config), (layer_name.clone(), bb_layer)];
-    let cases: Vec<(Value, Vec<(&str, &str)>, String)> = vec![
+    // (manifest.json, symlinks in the archive, the error)
+    type Case = (Value, Vec<(&'static str, &'static str)>, String);
+    let cases: Vec<Case> = vec![
         (
             json!([{"Config": "/etc/passwd", "RepoTags": ["evil:1"], "Layers": [layer_name]}]),
             vec![],
