@@ -254,6 +254,10 @@ impl ImageRoot {
         let comps: Vec<OsString> =
             host.strip_prefix(layer).unwrap_or(Path::new("")).components().map(|c| c.as_os_str().to_owned()).collect();
         self.copy_tree(&comps, dest, path, 0)?;
+        // The volume's root takes the directory's owner and mode too: a non-root image must be able to write it.
+        let io = |e: std::io::Error| ImageFsError::Io { path: path.to_string(), source: e };
+        std::os::unix::fs::lchown(dest, Some(md.uid()), Some(md.gid())).map_err(io)?;
+        std::fs::set_permissions(dest, std::os::unix::fs::PermissionsExt::from_mode(md.mode() & 0o7777)).map_err(io)?;
         Ok(true)
     }
 
@@ -389,9 +393,11 @@ mod tests {
         write(lower.path(), "data/sub/b", "b");
         write(upper.path(), "data/c", "c");
         std::os::unix::fs::symlink("/etc/hostname", upper.path().join("data/link")).unwrap();
+        std::os::unix::fs::chown(upper.path().join("data"), Some(65534), Some(65534)).unwrap();
         let root = ImageRoot::new(vec![upper.path().to_path_buf(), lower.path().to_path_buf()]);
         let dest = tempfile::tempdir().unwrap();
         assert!(root.copy_dir("/data", dest.path()).unwrap());
+        assert_eq!(std::fs::metadata(dest.path()).unwrap().uid(), 65534, "the top-most /data's owner");
         assert_eq!(std::fs::read_to_string(dest.path().join("a")).unwrap(), "a");
         assert_eq!(std::fs::read_to_string(dest.path().join("sub/b")).unwrap(), "b");
         assert_eq!(std::fs::read_to_string(dest.path().join("c")).unwrap(), "c");
