@@ -187,13 +187,14 @@ fn platform_of(os: &str, arch: &str, variant: Option<&str>) -> (String, bool) {
     (shown, os == node.os && arch == node.architecture)
 }
 
-/// The entry of an index for this node's platform.
+/// The entry of an index for this node's platform. As in containerd, an entry without a platform may be
+/// anything: it is taken when no entry names this platform, and its config's platform is checked later.
 fn pick_platform(index: &ImageIndex) -> Option<&OciDescriptor> {
-    index.manifests().iter().find(|m| {
-        m.platform()
-            .as_ref()
-            .is_some_and(|p| platform_of(&p.os().to_string(), &p.architecture().to_string(), p.variant().as_deref()).1)
-    })
+    let ours = |p: &oci_spec::image::Platform| {
+        platform_of(&p.os().to_string(), &p.architecture().to_string(), p.variant().as_deref()).1
+    };
+    let ms = index.manifests();
+    ms.iter().find(|m| m.platform().as_ref().is_some_and(ours)).or_else(|| ms.iter().find(|m| m.platform().is_none()))
 }
 
 /// The platforms an index offers, for the error when none is this node's.
@@ -962,6 +963,33 @@ mod tests {
         std::fs::write(root.path().join("index.json"), index).unwrap();
         let e = parse_oci(root.path()).err().unwrap().to_string();
         assert!(e.starts_with("invalid image archive: index.json: missing field `digest`"), "{e}");
+    }
+
+    #[test]
+    fn an_index_entry_is_picked_for_this_platform() {
+        let node = swarm::api::Platform::current().architecture;
+        let other = if node == "amd64" { "arm64" } else { "amd64" };
+        let entry = |n: char, arch: Option<&str>| {
+            let mut e = serde_json::json!({
+                "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "digest": format!("sha256:{}", n.to_string().repeat(64)),
+                "size": 1,
+            });
+            if let Some(a) = arch {
+                e["platform"] = serde_json::json!({"os": "linux", "architecture": a});
+            }
+            e
+        };
+        let index = |es: Vec<serde_json::Value>| -> ImageIndex {
+            serde_json::from_value(serde_json::json!({"schemaVersion": 2, "manifests": es})).unwrap()
+        };
+        let picked = |i: &ImageIndex| pick_platform(i).map(|d| d.digest().to_string().chars().last().unwrap());
+        assert_eq!(picked(&index(vec![entry('a', Some(other)), entry('b', Some(&node))])), Some('b'));
+        assert_eq!(picked(&index(vec![entry('a', None), entry('b', Some(&node))])), Some('b'), "a named match wins");
+        assert_eq!(picked(&index(vec![entry('a', Some(other)), entry('b', None)])), Some('b'));
+        let foreign = index(vec![entry('a', Some(other))]);
+        assert_eq!(picked(&foreign), None);
+        assert_eq!(index_platforms(&foreign), format!("linux/{other}"));
     }
 
     #[test]
