@@ -664,6 +664,9 @@ impl ImageService {
         }
         let chain_id = chain_ids(config.rootfs().diff_ids()).pop().unwrap_or_default();
         let c = config.config().clone().unwrap_or_default();
+        // A JSON object in the config: sorted, so a volume keeps its index (and its directory) across resolves.
+        let mut volumes = c.volumes().clone().unwrap_or_default();
+        volumes.sort();
         Ok(ResolvedImage {
             config: ImageConfig {
                 entrypoint: c.entrypoint().clone().unwrap_or_default(),
@@ -672,7 +675,7 @@ impl ImageService {
                 working_dir: c.working_dir().clone().unwrap_or_default(),
                 user: c.user().clone().unwrap_or_default(),
                 stop_signal: c.stop_signal().clone().unwrap_or_default(),
-                volumes: c.volumes().clone().unwrap_or_default(),
+                volumes,
             },
             chain_id,
         })

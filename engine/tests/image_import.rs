@@ -419,16 +419,16 @@ async fn image_stop_signal_volumes_and_platform() {
     let dir = tempfile::tempdir().unwrap();
     let (bb_layer, mut config) = busybox();
 
-    step!("an image with StopSignal SIGUSR1 and a volume at /data holding a file");
+    step!("an image with StopSignal SIGUSR1 and volumes at /data (holding a file) and /aaa");
     config["StopSignal"] = json!("SIGUSR1");
-    config["Volumes"] = json!({"/data": {}});
+    config["Volumes"] = json!({"/data": {}, "/aaa": {}});
     let top = layer(&[E::Dir("data"), E::File("data/seed", b"seeded\n")]);
     let path = dir.path().join("vol.tar");
     Img::new("docker.io/shoal-test/vol:1", vec![bb_layer.clone(), top], config).oci(&path);
     images.load(&path).await.unwrap();
     let r = images.resolve("shoal-test/vol:1").await.unwrap();
     assert_eq!(r.config.stop_signal, "SIGUSR1");
-    assert_eq!(r.config.volumes, vec!["/data".to_string()]);
+    assert_eq!(r.config.volumes, vec!["/aaa".to_string(), "/data".to_string()], "sorted: stable indexes");
 
     let mut t = image_task(
         "shoal-test/vol:1",
@@ -446,7 +446,8 @@ async fn image_stop_signal_volumes_and_platform() {
     let log = env.log_path(&t.id);
     wait_for_stdout(&log, "ready\n", Duration::from_secs(10)).await;
     assert!(has_record(&log_records(&log), "seeded\n", "stdout"), "the volume starts with the image's content");
-    let vol = env.data_root.join(format!("volumes/{}-image-0/_data", t.id));
+    let vol = env.data_root.join(format!("volumes/{}-image-1/_data", t.id));
+    assert!(env.data_root.join(format!("volumes/{}-image-0/_data", t.id)).is_dir(), "/aaa has its own");
     assert_eq!(std::fs::read_to_string(vol.join("new")).unwrap(), "written\n", "the volume is a host directory");
     assert_eq!(std::fs::read_to_string(vol.join("seed")).unwrap(), "seeded\n");
 
@@ -459,6 +460,7 @@ async fn image_stop_signal_volumes_and_platform() {
     wait_for_stdout(&log, "got usr1\n", Duration::from_secs(5)).await;
     c.remove().await.unwrap();
     assert!(!vol.parent().unwrap().exists(), "the anonymous volume is removed with the container");
+    assert!(!env.data_root.join(format!("volumes/{}-image-0", t.id)).exists());
 
     step!("a mount at the volume's path replaces the anonymous volume");
     let mut t = image_task("shoal-test/vol:1", &["true"]);
@@ -471,7 +473,8 @@ async fn image_stop_signal_volumes_and_platform() {
     });
     let c = exec.controller(&t).unwrap();
     c.prepare().await.unwrap();
-    assert!(!env.data_root.join(format!("volumes/{}-image-0", t.id)).exists());
+    assert!(!env.data_root.join(format!("volumes/{}-image-1", t.id)).exists(), "no volume under the tmpfs");
+    assert!(env.data_root.join(format!("volumes/{}-image-0", t.id)).exists(), "/aaa still gets one");
     c.remove().await.unwrap();
 
     step!("an image for another architecture, alone or behind an index, is refused naming both platforms");
