@@ -492,3 +492,73 @@ async fn image_stop_signal_volumes_and_platform() {
         assert_eq!(e.to_string(), format!("image {name} is for linux/{other}, this node is linux/{node}"));
     }
 }
+
+/// A field of /proc/self/status, in KiB.
+fn status_kib(field: &str) -> u64 {
+    let s = std::fs::read_to_string("/proc/self/status").unwrap();
+    s.lines()
+        .find_map(|l| l.strip_prefix(field)?.trim().strip_suffix("kB")?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{field} in /proc/self/status"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_layer_is_imported_in_bounded_memory() {
+    const LAYER: u64 = 96 << 20;
+    let env = Env::start_empty().await;
+    let dir = tempfile::tempdir().unwrap();
+
+    step!("a {} MiB layer, written to disk without holding it in memory", LAYER >> 20);
+    let layer_path = dir.path().join("layer.tar");
+    let mut b = tar::Builder::new(std::fs::File::create(&layer_path).unwrap());
+    let mut h = tar::Header::new_gnu();
+    h.set_size(LAYER);
+    h.set_mode(0o644);
+    b.append_data(&mut h, "big", std::io::repeat(b'z').take(LAYER)).unwrap();
+    b.into_inner().unwrap().flush().unwrap();
+    let mut hasher = Sha256::new();
+    std::io::copy(&mut std::fs::File::open(&layer_path).unwrap(), &mut hasher).unwrap();
+    let layer_digest = format!("sha256:{}", hex::encode(hasher.finalize()));
+    let layer_size = std::fs::metadata(&layer_path).unwrap().len();
+    let config = serde_json::to_vec(&json!({
+        "architecture": swarm::api::Platform::current().architecture, "os": "linux", "config": {"Cmd": ["true"]},
+        "rootfs": {"type": "layers", "diff_ids": [layer_digest]},
+    }))
+    .unwrap();
+    let manifest = serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": sha(&config), "size": config.len()},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": layer_digest, "size": layer_size}],
+    }))
+    .unwrap();
+    let index = json!({"schemaVersion": 2, "manifests": [{
+        "mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": sha(&manifest), "size": manifest.len(),
+        "annotations": {"io.containerd.image.name": "docker.io/shoal-test/big:1"},
+    }]});
+    let archive = dir.path().join("big.tar");
+    let mut b = tar::Builder::new(std::fs::File::create(&archive).unwrap());
+    for (name, data) in [
+        ("index.json".to_string(), index.to_string().into_bytes()),
+        (format!("blobs/sha256/{}", &sha(&config)[7..]), config.clone()),
+        (format!("blobs/sha256/{}", &sha(&manifest)[7..]), manifest.clone()),
+    ] {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        b.append_data(&mut h, name, &data[..]).unwrap();
+    }
+    b.append_path_with_name(&layer_path, format!("blobs/sha256/{}", &layer_digest[7..])).unwrap();
+    b.into_inner().unwrap().flush().unwrap();
+    std::fs::remove_file(&layer_path).unwrap();
+
+    step!("importing it raises this process's peak memory by far less than the layer's size");
+    let rss = status_kib("VmRSS:");
+    // Writing 5 resets the peak resident size (VmHWM) to the current one.
+    std::fs::write("/proc/self/clear_refs", "5").expect("resetting VmHWM");
+    let loaded = env.images().load(&archive).await.expect("loading the big image");
+    assert_eq!(loaded, vec!["docker.io/shoal-test/big:1".to_string()]);
+    let grew = status_kib("VmHWM:").saturating_sub(rss);
+    step!("peak resident size grew by {} KiB", grew);
+    assert!(grew < 48 << 10, "the peak grew by {} MiB for a {} MiB layer", grew >> 10, LAYER >> 20);
+    let r = env.images().resolve("shoal-test/big:1").await.unwrap();
+    assert!(env.snapshot_exists(&r.chain_id).await, "the layer is unpacked");
+}
