@@ -51,7 +51,7 @@ pub struct RaftSettings {
 
 impl Default for RaftSettings {
     fn default() -> Self {
-        // Failover in ≤ 2 s (DESIGN §4): heartbeats every 200 ms, elections after 0.8–1.2 s of silence.
+        // Failover in ≤ 2 s (docs/design.md §4): heartbeats every 200 ms, elections after 0.8–1.2 s of silence.
         RaftSettings {
             snapshot_interval: 10_000,
             log_entries_for_slow_followers: 500,
