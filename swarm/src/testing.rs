@@ -110,6 +110,11 @@ impl TestExecutor {
         }
     }
 
+    /// How many fake containers exist (created, running or exited): the tasks delivered to this node.
+    pub fn known(&self) -> usize {
+        self.rt.lock().unwrap().containers.len()
+    }
+
     /// Ids of fake containers that are running.
     pub fn running(&self) -> Vec<String> {
         let rt = self.rt.lock().unwrap();
