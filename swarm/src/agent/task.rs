@@ -12,6 +12,9 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, Instrument};
 
+/// The error of a task whose process vanished without an exit status.
+pub const PROCESS_GONE: &str = "task process is gone (host restarted?)";
+
 /// Sends status reports to whichever session is current.
 pub type Reporter = mpsc::UnboundedSender<TaskStatusUpdate>;
 
@@ -136,10 +139,11 @@ impl<C: Controller> Runner<C> {
                             continue;
                         }
                         Ok(Some(ContainerState::Created)) => {
-                            if let Err(e) = self.ctl.start().await {
-                                self.failed(e);
-                                continue;
-                            }
+                            // It ran (we reported RUNNING) but has no process and no exit status: the host
+                            // restarted under it. Report it; the manager replaces it under its restart policy.
+                            // Starting it again in its old container would hide the failure.
+                            self.set(TaskState::Failed, "failed", Some(PROCESS_GONE.into()));
+                            continue;
                         }
                         _ => {}
                     }
