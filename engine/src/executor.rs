@@ -13,7 +13,8 @@ use containerd_client::services::v1::snapshots::{MountsRequest, PrepareSnapshotR
 use containerd_client::services::v1::tasks_client::TasksClient;
 use containerd_client::services::v1::{
     Container, CreateContainerRequest, CreateTaskRequest, DeleteContainerRequest, DeleteTaskRequest,
-    GetContainerRequest, GetRequest, KillRequest, ListContainersRequest, StartRequest, WaitRequest,
+    GetContainerRequest, GetRequest, KillRequest, ListContainersRequest, StartRequest, UpdateContainerRequest,
+    WaitRequest,
 };
 use containerd_client::types::v1::Status as ProcStatus;
 use std::collections::{BTreeMap, HashMap};
@@ -27,6 +28,10 @@ use tonic::transport::Channel;
 pub const RUNTIME: &str = "io.containerd.runc.v2";
 const SPEC_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/Spec";
 pub const LABEL_TASK_ID: &str = "com.docker.swarm.task.id";
+/// Set on a container when its process has exited and its containerd task was deleted: the exit code that
+/// `wait`/`inspect` report from then on. A container without it and without a task never ran, or lost its
+/// process (host reboot).
+pub const LABEL_EXIT_CODE: &str = "io.shoal.exit-code";
 /// How long `wait` keeps re-attaching while containerd is unreachable before it reports an error.
 const WAIT_RECONNECT_LIMIT: Duration = Duration::from_secs(120);
 
@@ -157,11 +162,41 @@ impl ContainerdExecutor {
             .remove(req(RemoveSnapshotRequest { snapshotter: SNAPSHOTTER.into(), key: id.into() }))
             .await
         {
-            Ok(_) => Ok(()),
-            Err(s) if is_not_found(&s) => Ok(()),
-            Err(s) => Err(rt(s)),
+            Ok(_) => {}
+            Err(s) if is_not_found(&s) => {}
+            Err(s) => return Err(rt(s)),
         }
+        // As `docker rm -v` of a swarm task: its log directory and anonymous volumes go with the container.
+        remove_dir(&crate::logs::task_dir(&self.cfg.data_root, id))?;
+        for dir in anonymous_volumes(&self.cfg.data_root.join("volumes"), id) {
+            remove_dir(&dir)?;
+        }
+        Ok(())
     }
+}
+
+fn remove_dir(dir: &Path) -> Result<(), ExecError> {
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(ExecError::Runtime(format!("removing {}: {e}", dir.display()))),
+    }
+}
+
+/// The anonymous volumes of a task: `<volumes>/<task id>-<n>` (see `spec::task_mounts`).
+fn anonymous_volumes(volumes: &Path, task_id: &str) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(volumes) else { return Vec::new() };
+    entries
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            name.strip_prefix(task_id)
+                .and_then(|rest| rest.strip_prefix('-'))
+                .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+        })
+        .map(|e| e.path())
+        .collect()
 }
 
 fn mem_total() -> i64 {
@@ -222,6 +257,7 @@ impl Executor for ContainerdExecutor {
     }
 }
 
+#[derive(Clone)]
 pub struct ContainerdController {
     exec: ContainerdExecutor,
     task: Task,
@@ -260,6 +296,55 @@ impl ContainerdController {
             Ok(r) => Ok(r.into_inner().process),
             Err(s) if is_not_found(&s) => Ok(None),
             Err(s) => Err(rt(s)),
+        }
+    }
+
+    /// The container record, or `None` if there is none.
+    async fn container(&self) -> Result<Option<Container>, ExecError> {
+        match ContainersClient::new(self.exec.ch.clone()).get(req(GetContainerRequest { id: self.id().into() })).await {
+            Ok(r) => Ok(r.into_inner().container),
+            Err(s) if is_not_found(&s) => Ok(None),
+            Err(s) => Err(rt(s)),
+        }
+    }
+
+    /// The exit code recorded when the task was reaped, if it was.
+    async fn recorded_exit(&self) -> Result<Option<i32>, ExecError> {
+        Ok(self.container().await?.and_then(|c| c.labels.get(LABEL_EXIT_CODE).and_then(|v| v.parse().ok())))
+    }
+
+    /// Records a stopped process's exit code on the container, then deletes the containerd task, which takes
+    /// the shim, the logger, the rootfs mount and the cgroup with it (as Docker does when a container exits).
+    /// Only the container record, its snapshot and the log stay until `remove`. Idempotent.
+    async fn reap(&self, exit_code: i32) -> Result<(), ExecError> {
+        let mut labels = HashMap::new();
+        labels.insert(LABEL_EXIT_CODE.to_string(), exit_code.to_string());
+        let update = UpdateContainerRequest {
+            container: Some(Container { id: self.id().into(), labels, ..Default::default() }),
+            update_mask: Some(prost_types::FieldMask { paths: vec![format!("labels.{LABEL_EXIT_CODE}")] }),
+        };
+        // The exit code first: a task deleted without it would look like one whose process vanished.
+        match ContainersClient::new(self.exec.ch.clone()).update(req(update)).await {
+            Ok(_) => {}
+            Err(s) if is_not_found(&s) => return Ok(()),
+            Err(s) => return Err(rt(s)),
+        }
+        match self.tasks().delete(req(DeleteTaskRequest { container_id: self.id().into() })).await {
+            Ok(_) => Ok(()),
+            Err(s) if is_not_found(&s) => Ok(()),
+            Err(s) => Err(rt(s)),
+        }
+    }
+
+    /// [`Self::reap`] on a task of its own, so that a caller dropping its future (the agent's select) cannot
+    /// leave the task half reaped.
+    async fn reap_detached(&self, exit_code: i32) {
+        let me = self.clone();
+        let r = tokio::spawn(async move { me.reap(exit_code).await }).await;
+        match r {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(task.id = %self.id(), error = %e, "deleting the exited task"),
+            Err(e) => tracing::warn!(task.id = %self.id(), error = %e, "deleting the exited task"),
         }
     }
 
@@ -363,6 +448,10 @@ impl ContainerdController {
             // Running, or already exited (wait reports how).
             return Ok(p.pid);
         }
+        if self.recorded_exit().await?.is_some() {
+            // It ran and exited; tasks are replaced, never restarted in place. `wait` reports how it ended.
+            return Ok(0);
+        }
         let mounts = SnapshotsClient::new(self.exec.ch.clone())
             .mounts(req(MountsRequest { snapshotter: SNAPSHOTTER.into(), key: self.id().into() }))
             .await
@@ -421,8 +510,18 @@ impl Controller for ContainerdController {
         let mut unreachable_since: Option<tokio::time::Instant> = None;
         loop {
             match self.tasks().wait(req(WaitRequest { container_id: self.id().into(), exec_id: String::new() })).await {
-                Ok(r) => return Ok(ExitStatus { exit_code: r.into_inner().exit_status as i32 }),
-                Err(s) if is_not_found(&s) => return Err(ExecError::NotFound(self.id().into())),
+                Ok(r) => {
+                    let exit_code = r.into_inner().exit_status as i32;
+                    self.reap_detached(exit_code).await;
+                    return Ok(ExitStatus { exit_code });
+                }
+                Err(s) if is_not_found(&s) => {
+                    // Reaped already: the exit code is on the container.
+                    return match self.recorded_exit().await? {
+                        Some(exit_code) => Ok(ExitStatus { exit_code }),
+                        None => Err(ExecError::NotFound(self.id().into())),
+                    };
+                }
                 Err(s) if is_unavailable(&s) => {
                     let since = *unreachable_since.get_or_insert_with(tokio::time::Instant::now);
                     if since.elapsed() > WAIT_RECONNECT_LIMIT {
@@ -445,6 +544,10 @@ impl Controller for ContainerdController {
     async fn shutdown(&self) -> Result<(), ExecError> {
         match self.process().await? {
             Some(p) if p.status == ProcStatus::Running as i32 || p.status == ProcStatus::Paused as i32 => {}
+            Some(p) if p.status == ProcStatus::Stopped as i32 => {
+                self.reap_detached(p.exit_status as i32).await;
+                return Ok(());
+            }
             _ => return Ok(()),
         }
         let c = &self.task.spec.container;
@@ -474,15 +577,16 @@ impl Controller for ContainerdController {
     }
 
     async fn inspect(&self) -> Result<Option<ContainerState>, ExecError> {
-        let mut containers = ContainersClient::new(self.exec.ch.clone());
-        match containers.get(req(GetContainerRequest { id: self.id().into() })).await {
-            Ok(_) => {}
-            Err(s) if is_not_found(&s) => return Ok(None),
-            Err(s) => return Err(rt(s)),
-        }
+        let Some(container) = self.container().await? else { return Ok(None) };
         Ok(Some(match self.process().await? {
-            None => ContainerState::Created,
+            // No process: reaped after it exited, never started, or lost with the host (no exit code then).
+            None => match container.labels.get(LABEL_EXIT_CODE).and_then(|v| v.parse().ok()) {
+                Some(exit_code) => ContainerState::Exited { exit_code },
+                None => ContainerState::Created,
+            },
             Some(p) if p.status == ProcStatus::Stopped as i32 => {
+                // Exited while nobody waited (shoald was down): reap it now.
+                self.reap_detached(p.exit_status as i32).await;
                 ContainerState::Exited { exit_code: p.exit_status as i32 }
             }
             Some(p) if p.status == ProcStatus::Created as i32 => ContainerState::Created,

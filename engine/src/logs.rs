@@ -38,9 +38,14 @@ fn task_id_of(path: &Path) -> String {
     path.parent().and_then(|d| d.file_name()).map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
 }
 
+/// The directory of a task's log files (removed with its container).
+pub fn task_dir(data_root: &Path, task_id: &str) -> PathBuf {
+    data_root.join("containers").join(task_id)
+}
+
 /// Where a task's log file is.
 pub fn task_log_path(data_root: &Path, task_id: &str) -> PathBuf {
-    data_root.join("containers").join(task_id).join("task.log")
+    task_dir(data_root, task_id).join("task.log")
 }
 
 /// Streams the logs of tasks by id (see [`stream_since`]).
