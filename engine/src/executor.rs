@@ -5,6 +5,7 @@
 
 use crate::containerd::{create_lease, delete_lease, is_not_found, is_unavailable, req, req_leased};
 use crate::image::{ImageError, ImageService, ResolvedImage, SNAPSHOTTER};
+use crate::jsonfile::Rotation;
 use crate::spec::{self, SpecPaths};
 use containerd_client::services::v1::container::Runtime;
 use containerd_client::services::v1::containers_client::ContainersClient;
@@ -35,10 +36,22 @@ pub const LABEL_EXIT_CODE: &str = "io.shoal.exit-code";
 /// How long `wait` keeps re-attaching while containerd is unreachable before it reports an error.
 const WAIT_RECONNECT_LIMIT: Duration = Duration::from_secs(120);
 
-/// The stdio URI that makes the runc shim spawn `shoal-logger` for a task: `binary:///path/to/shoal-logger?file=<log>`.
-/// The shim passes each query pair as two arguments (`file <log>`) and sets CONTAINER_ID / CONTAINER_NAMESPACE.
-pub fn logger_uri(logger: &Path, log: &Path) -> String {
-    format!("binary://{}?file={}", escape(&logger.to_string_lossy()), escape(&log.to_string_lossy()))
+/// The stdio URI that makes the runc shim spawn `shoal-logger` for a task:
+/// `binary:///path/to/shoal-logger?file=<log>&max-size=<bytes>&max-file=<n>`. The shim passes each query pair as
+/// two arguments (`file <log>`) and sets CONTAINER_ID / CONTAINER_NAMESPACE.
+pub fn logger_uri(logger: &Path, log: &Path, rotation: &Rotation) -> String {
+    let mut uri = format!("binary://{}?file={}", escape(&logger.to_string_lossy()), escape(&log.to_string_lossy()));
+    for (k, v) in rotation.to_options() {
+        uri.push_str(&format!("&{k}={}", escape(&v)));
+    }
+    uri
+}
+
+/// The log rotation a task asks for (its `--log-driver`/`--log-opt`), or the defaults.
+pub fn task_rotation(task: &Task) -> Result<Rotation, ExecError> {
+    let Some(d) = &task.spec.log_driver else { return Ok(Rotation::default()) };
+    Rotation::from_driver(&d.name, d.options.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .map_err(|e| ExecError::InvalidSpec(e.to_string()))
 }
 
 /// Percent-encodes all but unreserved characters and `/` (containerd parses the URI with Go's net/url).
@@ -462,7 +475,7 @@ impl ContainerdController {
         if let Some(dir) = log.parent() {
             std::fs::create_dir_all(dir).map_err(|e| ExecError::Runtime(format!("creating {}: {e}", dir.display())))?;
         }
-        let uri = logger_uri(&self.exec.cfg.logger_binary, &log);
+        let uri = logger_uri(&self.exec.cfg.logger_binary, &log, &task_rotation(&self.task)?);
         self.tasks()
             .create(req(CreateTaskRequest {
                 container_id: self.id().into(),
@@ -489,6 +502,7 @@ impl Controller for ContainerdController {
         if containers.get(req(GetContainerRequest { id: self.id().into() })).await.is_ok() {
             return Ok(());
         }
+        task_rotation(&self.task)?;
         let image = self.exec.images.resolve(&self.task.spec.container.image).await.map_err(image_err)?;
         // Until the container references it, a fresh snapshot is garbage to containerd's GC (which runs e.g.
         // right after an image import drops its lease): hold a lease from prepare to container create.
@@ -611,14 +625,46 @@ mod tests {
     }
 
     #[test]
-    fn logger_uri_escapes_the_query() {
+    fn logger_uri_escapes_the_query_and_carries_the_rotation() {
+        let r = Rotation::default();
         assert_eq!(
-            logger_uri(Path::new("/usr/bin/shoal-logger"), Path::new("/var/lib/shoal/containers/abc/task.log")),
-            "binary:///usr/bin/shoal-logger?file=/var/lib/shoal/containers/abc/task.log"
+            logger_uri(Path::new("/usr/bin/shoal-logger"), Path::new("/var/lib/shoal/containers/abc/task.log"), &r),
+            "binary:///usr/bin/shoal-logger?file=/var/lib/shoal/containers/abc/task.log&max-size=10000000&max-file=5"
         );
+        let r = Rotation { max_size: None, max_file: 2 };
         assert_eq!(
-            logger_uri(Path::new("/a b/l"), Path::new("/x&y=z/t.log")),
-            "binary:///a%20b/l?file=/x%26y%3Dz/t.log"
+            logger_uri(Path::new("/a b/l"), Path::new("/x&y=z/t.log"), &r),
+            "binary:///a%20b/l?file=/x%26y%3Dz/t.log&max-size=-1&max-file=2"
         );
+    }
+
+    #[test]
+    fn a_tasks_log_options_are_checked() {
+        let mut t = swarm::testing::task("t1", "s1", 1);
+        assert_eq!(task_rotation(&t).unwrap(), Rotation::default());
+        t.spec.log_driver = Some(swarm::api::LogDriver {
+            name: "json-file".into(),
+            options: [("max-size".to_string(), "1k".to_string())].into(),
+        });
+        assert_eq!(task_rotation(&t).unwrap(), Rotation { max_size: Some(1000), max_file: 5 });
+        t.spec.log_driver.as_mut().unwrap().options.insert("max-file".into(), "zero".into());
+        assert_eq!(
+            task_rotation(&t).unwrap_err().to_string(),
+            "invalid task spec: invalid max-file 'zero': expected a number of files of at least 1"
+        );
+    }
+
+    #[test]
+    fn anonymous_volumes_are_found_by_task_id() {
+        let dir = tempfile::tempdir().unwrap();
+        for d in ["t1-0", "t1-12", "t1-x", "t10-0", "named", "t1"] {
+            std::fs::create_dir(dir.path().join(d)).unwrap();
+        }
+        let mut found: Vec<String> = anonymous_volumes(dir.path(), "t1")
+            .iter()
+            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        found.sort();
+        assert_eq!(found, vec!["t1-0", "t1-12"]);
     }
 }

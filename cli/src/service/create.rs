@@ -160,7 +160,14 @@ impl CreateArgs {
                 name: self.name.clone().unwrap_or_else(generated_name),
                 labels: label_map(&self.labels),
             },
-            task_template: TaskSpec { container, resources, restart_policy, placement, force_update: 0 },
+            task_template: TaskSpec {
+                container,
+                resources,
+                restart_policy,
+                placement,
+                force_update: 0,
+                log_driver: None,
+            },
             mode,
         })
     }
