@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 use swarm::agent::exec::{ContainerState, Controller, ExecError, Executor};
-use swarm::api::{Mount, MountType, Task};
+use swarm::api::{LogDriver, Mount, MountType, Task};
 use tonic::transport::Channel;
 
 macro_rules! step {
@@ -521,6 +521,54 @@ async fn an_exited_task_is_deleted_at_once_and_a_lost_process_is_never_restarted
     }
     c2.remove().await.expect("remove");
     assert!(env.container(&t2.id).await.is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_options_reach_the_logger_which_rotates_the_file() {
+    let env = Env::start().await;
+    let exec = env.executor();
+
+    step!("a task with --log-opt max-size=2k,max-file=3 prints 300 lines");
+    let mut t = task(&["sh", "-c", "i=0; while [ $i -lt 300 ]; do echo line-$i; i=$((i+1)); done"]);
+    t.spec.log_driver = Some(LogDriver {
+        name: "json-file".into(),
+        options: [("max-size".to_string(), "2k".to_string()), ("max-file".to_string(), "3".to_string())].into(),
+    });
+    let (c, _) = run(&exec, &t).await;
+    assert_eq!(c.wait().await.unwrap().exit_code, 0);
+    let log = env.log_path(&t.id);
+    wait_for_stdout(&log, "line-299\n", Duration::from_secs(10)).await;
+
+    step!("three files at most, each within max-size");
+    let mut files: Vec<String> = std::fs::read_dir(log.parent().unwrap())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    files.sort();
+    assert_eq!(files, vec!["task.log", "task.log.1", "task.log.2"]);
+    for f in &files {
+        let len = std::fs::metadata(log.parent().unwrap().join(f)).unwrap().len();
+        assert!(len <= 2000, "{f} is {len} bytes");
+    }
+
+    step!("--tail reads across the rotated files");
+    let mut rx =
+        engine::logs::stream(vec![log.clone()], engine::logs::LogOptions { follow: false, tail: Some(40) }, None);
+    let mut got = Vec::new();
+    while let Some(l) = rx.recv().await {
+        got.push(l.line);
+    }
+    let want: Vec<String> = (260..300).map(|i| format!("line-{i}")).collect();
+    assert_eq!(got, want);
+    c.remove().await.unwrap();
+
+    step!("a bad log option rejects the task before anything is created");
+    let mut bad = task(&["true"]);
+    bad.spec.log_driver =
+        Some(LogDriver { name: String::new(), options: [("max-file".to_string(), "0".to_string())].into() });
+    let err = exec.controller(&bad).unwrap().prepare().await.unwrap_err();
+    assert_eq!(err.to_string(), "invalid task spec: invalid max-file '0': expected a number of files of at least 1");
+    assert!(env.container(&bad.id).await.is_none());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
