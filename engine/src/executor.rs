@@ -23,6 +23,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use swarm::agent::exec::{ContainerState, Controller, ExecError, Executor, ExitStatus};
+use swarm::agent::task::PROCESS_GONE;
 use swarm::api::{EngineDescription, NodeDescription, Platform, Resources, Task};
 use tonic::transport::Channel;
 
@@ -33,6 +34,8 @@ pub const LABEL_TASK_ID: &str = "com.docker.swarm.task.id";
 /// `wait`/`inspect` report from then on. A container without it and without a task never ran, or lost its
 /// process (host reboot).
 pub const LABEL_EXIT_CODE: &str = "io.shoal.exit-code";
+/// Set on a container just before its process is first created: start never runs it a second time.
+pub const LABEL_STARTED: &str = "io.shoal.started";
 /// How long `wait` keeps re-attaching while containerd is unreachable before it reports an error.
 const WAIT_RECONNECT_LIMIT: Duration = Duration::from_secs(120);
 
@@ -330,21 +333,29 @@ impl ContainerdController {
     /// the shim, the logger, the rootfs mount and the cgroup with it (as Docker does when a container exits).
     /// Only the container record, its snapshot and the log stay until `remove`. Idempotent.
     async fn reap(&self, exit_code: i32) -> Result<(), ExecError> {
-        let mut labels = HashMap::new();
-        labels.insert(LABEL_EXIT_CODE.to_string(), exit_code.to_string());
-        let update = UpdateContainerRequest {
-            container: Some(Container { id: self.id().into(), labels, ..Default::default() }),
-            update_mask: Some(prost_types::FieldMask { paths: vec![format!("labels.{LABEL_EXIT_CODE}")] }),
-        };
         // The exit code first: a task deleted without it would look like one whose process vanished.
-        match ContainersClient::new(self.exec.ch.clone()).update(req(update)).await {
-            Ok(_) => {}
-            Err(s) if is_not_found(&s) => return Ok(()),
-            Err(s) => return Err(rt(s)),
+        match self.set_label(LABEL_EXIT_CODE, &exit_code.to_string()).await {
+            Ok(()) => {}
+            Err(ExecError::NotFound(_)) => return Ok(()),
+            Err(e) => return Err(e),
         }
         match self.tasks().delete(req(DeleteTaskRequest { container_id: self.id().into() })).await {
             Ok(_) => Ok(()),
             Err(s) if is_not_found(&s) => Ok(()),
+            Err(s) => Err(rt(s)),
+        }
+    }
+
+    /// Sets one label on the container.
+    async fn set_label(&self, key: &str, value: &str) -> Result<(), ExecError> {
+        let labels = HashMap::from([(key.to_string(), value.to_string())]);
+        let update = UpdateContainerRequest {
+            container: Some(Container { id: self.id().into(), labels, ..Default::default() }),
+            update_mask: Some(prost_types::FieldMask { paths: vec![format!("labels.{key}")] }),
+        };
+        match ContainersClient::new(self.exec.ch.clone()).update(req(update)).await {
+            Ok(_) => Ok(()),
+            Err(s) if is_not_found(&s) => Err(ExecError::NotFound(self.id().into())),
             Err(s) => Err(rt(s)),
         }
     }
@@ -461,9 +472,14 @@ impl ContainerdController {
             // Running, or already exited (wait reports how).
             return Ok(p.pid);
         }
-        if self.recorded_exit().await?.is_some() {
+        let labels = self.container().await?.ok_or_else(|| ExecError::NotFound(self.id().into()))?.labels;
+        if labels.contains_key(LABEL_EXIT_CODE) {
             // It ran and exited; tasks are replaced, never restarted in place. `wait` reports how it ended.
             return Ok(0);
+        }
+        if labels.contains_key(LABEL_STARTED) {
+            // Started once, and now neither a process nor an exit code: the host restarted under it.
+            return Err(ExecError::Runtime(PROCESS_GONE.into()));
         }
         let mounts = SnapshotsClient::new(self.exec.ch.clone())
             .mounts(req(MountsRequest { snapshotter: SNAPSHOTTER.into(), key: self.id().into() }))
@@ -476,6 +492,9 @@ impl ContainerdController {
             std::fs::create_dir_all(dir).map_err(|e| ExecError::Runtime(format!("creating {}: {e}", dir.display())))?;
         }
         let uri = logger_uri(&self.exec.cfg.logger_binary, &log, &task_rotation(&self.task)?);
+        // Marked before the process exists, so that a container found later with neither a process nor an exit
+        // code is known to have lost its process rather than never having had one.
+        self.set_label(LABEL_STARTED, "true").await?;
         self.tasks()
             .create(req(CreateTaskRequest {
                 container_id: self.id().into(),

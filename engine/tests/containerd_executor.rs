@@ -519,6 +519,12 @@ async fn an_exited_task_is_deleted_at_once_and_a_lost_process_is_never_restarted
         Err(ExecError::NotFound(_)) => {}
         other => panic!("wait on a lost process: {other:?}"),
     }
+    assert_eq!(
+        c2.start().await.unwrap_err().to_string(),
+        "task process is gone (host restarted?)",
+        "a task re-adopted at STARTING is not run again in its old container either"
+    );
+    assert!(!env.task_ids().await.contains(&t2.id), "no new containerd task");
     c2.remove().await.expect("remove");
     assert!(env.container(&t2.id).await.is_none());
 }
