@@ -68,7 +68,8 @@ pub trait Controller: Send + Sync + 'static {
     /// Checks the image and creates the container (a no-op if it exists).
     fn prepare(&self) -> impl Future<Output = Result<(), ExecError>> + Send;
 
-    /// Starts the container's process (a no-op if it runs); returns its pid.
+    /// Starts the container's process (a no-op if it runs); returns its pid. A container's process runs once:
+    /// if it already exited this returns 0 (`wait` reports the exit); if it was lost, an error.
     fn start(&self) -> impl Future<Output = Result<u32, ExecError>> + Send;
 
     /// Waits until the process exits, and releases what only a running process needs (the runtime's task, its
