@@ -201,7 +201,8 @@ impl Source {
         (lines, read)
     }
 
-    /// Appends the records of `f` between `from` and `to` (complete lines) to `out`; returns the bytes read.
+    /// Appends the records of the complete lines of `f` between `from` and `to` to `out`; returns how far they
+    /// went (a partial last line is read again later, once complete).
     fn forward(&self, f: &File, from: u64, to: u64, since: Option<&str>, out: &mut Vec<LogLine>) -> u64 {
         let mut pos = from;
         let mut pending: Vec<u8> = Vec::new();
@@ -226,7 +227,7 @@ impl Source {
             }
             pending.drain(..start);
         }
-        pos - from
+        pos - from - pending.len() as u64
     }
 
     /// Reads what was appended since the last call, following the file across rotations and truncation.
@@ -256,38 +257,7 @@ impl Source {
         if len < self.offset {
             self.offset = 0; // truncated in place (max-file=1)
         }
-        let mut lines = Vec::new();
-        let from = self.offset;
-        // Only complete lines: find the last newline by reading, then advance to just after it.
-        let consumed = self.forward_complete(f, from, len, since, &mut lines);
-        self.offset = from + consumed;
-        out.extend(lines);
-    }
-
-    /// As [`Self::forward`], but returns how far complete lines went (a partial last line is read again later).
-    fn forward_complete(&self, f: &File, from: u64, to: u64, since: Option<&str>, out: &mut Vec<LogLine>) -> u64 {
-        let mut data = Vec::new();
-        let mut buf = vec![0u8; BLOCK];
-        let mut pos = from;
-        while pos < to {
-            let want = ((to - pos) as usize).min(BLOCK);
-            match f.read_at(&mut buf[..want], pos) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    data.extend_from_slice(&buf[..n]);
-                    pos += n as u64;
-                }
-            }
-        }
-        let Some(end) = data.iter().rposition(|&b| b == b'\n') else { return 0 };
-        for line in data[..end].split(|&b| b == b'\n') {
-            if let Some(l) = parse(&String::from_utf8_lossy(line), self.index, &self.task_id) {
-                if self.keep(&l, since) {
-                    out.push(l);
-                }
-            }
-        }
-        end as u64 + 1
+        self.offset += self.forward(f, self.offset, len, since, out);
     }
 }
 

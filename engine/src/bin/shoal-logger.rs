@@ -28,7 +28,7 @@ fn main() {
         eprintln!("usage: shoal-logger file <path> [max-size <size>] [max-file <n>]");
         std::process::exit(2);
     };
-    if args.len() % 2 != 0 {
+    if !args.len().is_multiple_of(2) {
         usage();
     }
     let mut path = None;

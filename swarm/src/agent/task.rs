@@ -56,7 +56,7 @@ impl<C: Controller> Runner<C> {
     fn failed(&mut self, e: ExecError) {
         // Failure before STARTING rejects the task; from STARTING on it has failed.
         let state = if self.status.state < TaskState::Starting { TaskState::Rejected } else { TaskState::Failed };
-        self.set(state, &format!("{}", state.name()), Some(e.to_string()));
+        self.set(state, state.name(), Some(e.to_string()));
     }
 
     /// Drives the task until it is terminal, then waits for the cancel (task removed from the node).
