@@ -24,6 +24,9 @@ pub enum LogOptError {
     /// An option json-file does not know.
     #[error("unknown log opt '{0}' for json-file log driver")]
     Unknown(String),
+    /// An option Docker's json-file knows that this one does not implement.
+    #[error("log opt '{0}' of the json-file log driver is not supported (only max-size and max-file are)")]
+    Unsupported(String),
     /// `max-size` is not a size.
     #[error("invalid max-size '{0}': expected a size such as 10m, 512k or -1 (unlimited)")]
     MaxSize(String),
@@ -63,6 +66,9 @@ impl Rotation {
                 "max-file" => {
                     r.max_file =
                         v.trim().parse().ok().filter(|n| *n >= 1).ok_or_else(|| LogOptError::MaxFile(v.into()))?
+                }
+                "compress" | "labels" | "labels-regex" | "env" | "env-regex" | "tag" => {
+                    return Err(LogOptError::Unsupported(k.into()))
                 }
                 other => return Err(LogOptError::Unknown(other.into())),
             }
@@ -204,8 +210,12 @@ mod tests {
         assert_eq!(Rotation::from_driver("", [("max-size", "10q")]), Err(LogOptError::MaxSize("10q".into())));
         assert_eq!(Rotation::from_driver("", [("max-file", "0")]), Err(LogOptError::MaxFile("0".into())));
         assert_eq!(
+            Rotation::from_driver("", [("colour", "red")]).unwrap_err().to_string(),
+            "unknown log opt 'colour' for json-file log driver"
+        );
+        assert_eq!(
             Rotation::from_driver("", [("compress", "true")]).unwrap_err().to_string(),
-            "unknown log opt 'compress' for json-file log driver"
+            "log opt 'compress' of the json-file log driver is not supported (only max-size and max-file are)"
         );
         assert_eq!(Rotation::from_driver("syslog", []), Err(LogOptError::Driver("syslog".into())));
         let r = Rotation { max_size: Some(1500), max_file: 3 };
