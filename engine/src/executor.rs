@@ -6,6 +6,7 @@
 use crate::containerd::{create_lease, delete_lease, is_not_found, is_unavailable, req, req_leased};
 use crate::image::{ImageError, ImageService, ResolvedImage, SNAPSHOTTER};
 use crate::imagefs::ImageRoot;
+use crate::jsonfile::Rotation;
 use crate::spec::{self, ImageConfig, SpecPaths, UserFiles};
 use containerd_client::services::v1::container::Runtime;
 use containerd_client::services::v1::containers_client::ContainersClient;
@@ -14,7 +15,8 @@ use containerd_client::services::v1::snapshots::{MountsRequest, PrepareSnapshotR
 use containerd_client::services::v1::tasks_client::TasksClient;
 use containerd_client::services::v1::{
     Container, CreateContainerRequest, CreateTaskRequest, DeleteContainerRequest, DeleteTaskRequest,
-    GetContainerRequest, GetRequest, KillRequest, ListContainersRequest, StartRequest, WaitRequest,
+    GetContainerRequest, GetRequest, KillRequest, ListContainersRequest, StartRequest, UpdateContainerRequest,
+    WaitRequest,
 };
 use containerd_client::types::v1::Status as ProcStatus;
 use std::collections::{BTreeMap, HashMap};
@@ -22,19 +24,38 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use swarm::agent::exec::{ContainerState, Controller, ExecError, Executor, ExitStatus};
+use swarm::agent::task::PROCESS_GONE;
 use swarm::api::{EngineDescription, NodeDescription, Platform, Resources, Task};
 use tonic::transport::Channel;
 
 pub const RUNTIME: &str = "io.containerd.runc.v2";
 const SPEC_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/Spec";
 pub const LABEL_TASK_ID: &str = "com.docker.swarm.task.id";
+/// Set on a container when its process has exited and its containerd task was deleted: the exit code that
+/// `wait`/`inspect` report from then on. A container without it and without a task never ran, or lost its
+/// process (host reboot).
+pub const LABEL_EXIT_CODE: &str = "io.shoal.exit-code";
+/// Set on a container just before its process is first created: start never runs it a second time.
+pub const LABEL_STARTED: &str = "io.shoal.started";
 /// How long `wait` keeps re-attaching while containerd is unreachable before it reports an error.
 const WAIT_RECONNECT_LIMIT: Duration = Duration::from_secs(120);
 
-/// The stdio URI that makes the runc shim spawn `shoal-logger` for a task: `binary:///path/to/shoal-logger?file=<log>`.
-/// The shim passes each query pair as two arguments (`file <log>`) and sets CONTAINER_ID / CONTAINER_NAMESPACE.
-pub fn logger_uri(logger: &Path, log: &Path) -> String {
-    format!("binary://{}?file={}", escape(&logger.to_string_lossy()), escape(&log.to_string_lossy()))
+/// The stdio URI that makes the runc shim spawn `shoal-logger` for a task:
+/// `binary:///path/to/shoal-logger?file=<log>&max-size=<bytes>&max-file=<n>`. The shim passes each query pair as
+/// two arguments (`file <log>`) and sets CONTAINER_ID / CONTAINER_NAMESPACE.
+pub fn logger_uri(logger: &Path, log: &Path, rotation: &Rotation) -> String {
+    let mut uri = format!("binary://{}?file={}", escape(&logger.to_string_lossy()), escape(&log.to_string_lossy()));
+    for (k, v) in rotation.to_options() {
+        uri.push_str(&format!("&{k}={}", escape(&v)));
+    }
+    uri
+}
+
+/// The log rotation a task asks for (its `--log-driver`/`--log-opt`), or the defaults.
+pub fn task_rotation(task: &Task) -> Result<Rotation, ExecError> {
+    let Some(d) = &task.spec.log_driver else { return Ok(Rotation::default()) };
+    Rotation::from_driver(&d.name, d.options.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .map_err(|e| ExecError::InvalidSpec(e.to_string()))
 }
 
 /// Percent-encodes all but unreserved characters and `/` (containerd parses the URI with Go's net/url).
@@ -162,11 +183,45 @@ impl ContainerdExecutor {
             Err(s) if is_not_found(&s) => {}
             Err(s) => return Err(rt(s)),
         }
-        let (volumes, id) = (self.cfg.data_root.join("volumes"), id.to_string());
-        tokio::task::spawn_blocking(move || remove_image_volumes(&volumes, &id))
-            .await
-            .map_err(|e| ExecError::Runtime(e.to_string()))
+        // As `docker rm -v` of a swarm task: its log directory and anonymous volumes (the spec's and the
+        // image's) go with the container. Off the async threads: a volume can be a large tree.
+        let (root, id) = (self.cfg.data_root.clone(), id.to_string());
+        tokio::task::spawn_blocking(move || {
+            remove_dir(&crate::logs::task_dir(&root, &id))?;
+            for dir in anonymous_volumes(&root.join("volumes"), &id) {
+                remove_dir(&dir)?;
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|e| ExecError::Runtime(e.to_string()))?
     }
+}
+
+fn remove_dir(dir: &Path) -> Result<(), ExecError> {
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(ExecError::Runtime(format!("removing {}: {e}", dir.display()))),
+    }
+}
+
+/// The anonymous volumes of a task: `<volumes>/<task id>-<n>` for the spec's and `<volumes>/<task id>-image-<n>`
+/// for the image's (see `spec::task_mounts`).
+fn anonymous_volumes(volumes: &Path, task_id: &str) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(volumes) else { return Vec::new() };
+    entries
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            name.strip_prefix(task_id)
+                .and_then(|rest| rest.strip_prefix('-'))
+                .map(|rest| rest.strip_prefix("image-").unwrap_or(rest))
+                .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+        })
+        .map(|e| e.path())
+        .collect()
 }
 
 fn mem_total() -> i64 {
@@ -227,6 +282,7 @@ impl Executor for ContainerdExecutor {
     }
 }
 
+#[derive(Clone)]
 pub struct ContainerdController {
     exec: ContainerdExecutor,
     task: Task,
@@ -263,18 +319,6 @@ fn prepare_image_files(
 }
 
 /// Removes the anonymous volumes made for the image's declared volumes of task `id`.
-fn remove_image_volumes(volumes: &Path, id: &str) {
-    let prefix = format!("{id}-image-");
-    let Ok(rd) = std::fs::read_dir(volumes) else { return };
-    for e in rd.flatten() {
-        if e.file_name().to_string_lossy().starts_with(&prefix) {
-            if let Err(err) = std::fs::remove_dir_all(e.path()) {
-                tracing::warn!(task.id = %id, path = %e.path().display(), error = %err, "removing an anonymous volume");
-            }
-        }
-    }
-}
-
 impl ContainerdController {
     fn id(&self) -> &str {
         &self.task.id
@@ -289,6 +333,63 @@ impl ContainerdController {
             Ok(r) => Ok(r.into_inner().process),
             Err(s) if is_not_found(&s) => Ok(None),
             Err(s) => Err(rt(s)),
+        }
+    }
+
+    /// The container record, or `None` if there is none.
+    async fn container(&self) -> Result<Option<Container>, ExecError> {
+        match ContainersClient::new(self.exec.ch.clone()).get(req(GetContainerRequest { id: self.id().into() })).await {
+            Ok(r) => Ok(r.into_inner().container),
+            Err(s) if is_not_found(&s) => Ok(None),
+            Err(s) => Err(rt(s)),
+        }
+    }
+
+    /// The exit code recorded when the task was reaped, if it was.
+    async fn recorded_exit(&self) -> Result<Option<i32>, ExecError> {
+        Ok(self.container().await?.and_then(|c| c.labels.get(LABEL_EXIT_CODE).and_then(|v| v.parse().ok())))
+    }
+
+    /// Records a stopped process's exit code on the container, then deletes the containerd task, which takes
+    /// the shim, the logger, the rootfs mount and the cgroup with it (as Docker does when a container exits).
+    /// Only the container record, its snapshot and the log stay until `remove`. Idempotent.
+    async fn reap(&self, exit_code: i32) -> Result<(), ExecError> {
+        // The exit code first: a task deleted without it would look like one whose process vanished.
+        match self.set_label(LABEL_EXIT_CODE, &exit_code.to_string()).await {
+            Ok(()) => {}
+            Err(ExecError::NotFound(_)) => return Ok(()),
+            Err(e) => return Err(e),
+        }
+        match self.tasks().delete(req(DeleteTaskRequest { container_id: self.id().into() })).await {
+            Ok(_) => Ok(()),
+            Err(s) if is_not_found(&s) => Ok(()),
+            Err(s) => Err(rt(s)),
+        }
+    }
+
+    /// Sets one label on the container.
+    async fn set_label(&self, key: &str, value: &str) -> Result<(), ExecError> {
+        let labels = HashMap::from([(key.to_string(), value.to_string())]);
+        let update = UpdateContainerRequest {
+            container: Some(Container { id: self.id().into(), labels, ..Default::default() }),
+            update_mask: Some(prost_types::FieldMask { paths: vec![format!("labels.{key}")] }),
+        };
+        match ContainersClient::new(self.exec.ch.clone()).update(req(update)).await {
+            Ok(_) => Ok(()),
+            Err(s) if is_not_found(&s) => Err(ExecError::NotFound(self.id().into())),
+            Err(s) => Err(rt(s)),
+        }
+    }
+
+    /// [`Self::reap`] on a task of its own, so that a caller dropping its future (the agent's select) cannot
+    /// leave the task half reaped.
+    async fn reap_detached(&self, exit_code: i32) {
+        let me = self.clone();
+        let r = tokio::spawn(async move { me.reap(exit_code).await }).await;
+        match r {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(task.id = %self.id(), error = %e, "deleting the exited task"),
+            Err(e) => tracing::warn!(task.id = %self.id(), error = %e, "deleting the exited task"),
         }
     }
 
@@ -401,6 +502,15 @@ impl ContainerdController {
             // Running, or already exited (wait reports how).
             return Ok(p.pid);
         }
+        let labels = self.container().await?.ok_or_else(|| ExecError::NotFound(self.id().into()))?.labels;
+        if labels.contains_key(LABEL_EXIT_CODE) {
+            // It ran and exited; tasks are replaced, never restarted in place. `wait` reports how it ended.
+            return Ok(0);
+        }
+        if labels.contains_key(LABEL_STARTED) {
+            // Started once, and now neither a process nor an exit code: the host restarted under it.
+            return Err(ExecError::Runtime(PROCESS_GONE.into()));
+        }
         let mounts = SnapshotsClient::new(self.exec.ch.clone())
             .mounts(req(MountsRequest { snapshotter: SNAPSHOTTER.into(), key: self.id().into() }))
             .await
@@ -411,7 +521,10 @@ impl ContainerdController {
         if let Some(dir) = log.parent() {
             std::fs::create_dir_all(dir).map_err(|e| ExecError::Runtime(format!("creating {}: {e}", dir.display())))?;
         }
-        let uri = logger_uri(&self.exec.cfg.logger_binary, &log);
+        let uri = logger_uri(&self.exec.cfg.logger_binary, &log, &task_rotation(&self.task)?);
+        // Marked before the process exists, so that a container found later with neither a process nor an exit
+        // code is known to have lost its process rather than never having had one.
+        self.set_label(LABEL_STARTED, "true").await?;
         self.tasks()
             .create(req(CreateTaskRequest {
                 container_id: self.id().into(),
@@ -438,6 +551,7 @@ impl Controller for ContainerdController {
         if containers.get(req(GetContainerRequest { id: self.id().into() })).await.is_ok() {
             return Ok(());
         }
+        task_rotation(&self.task)?;
         let image = self.exec.images.resolve(&self.task.spec.container.image).await.map_err(image_err)?;
         // Until the container references it, a fresh snapshot is garbage to containerd's GC (which runs e.g.
         // right after an image import drops its lease): hold a lease from prepare to container create.
@@ -459,8 +573,18 @@ impl Controller for ContainerdController {
         let mut unreachable_since: Option<tokio::time::Instant> = None;
         loop {
             match self.tasks().wait(req(WaitRequest { container_id: self.id().into(), exec_id: String::new() })).await {
-                Ok(r) => return Ok(ExitStatus { exit_code: r.into_inner().exit_status as i32 }),
-                Err(s) if is_not_found(&s) => return Err(ExecError::NotFound(self.id().into())),
+                Ok(r) => {
+                    let exit_code = r.into_inner().exit_status as i32;
+                    self.reap_detached(exit_code).await;
+                    return Ok(ExitStatus { exit_code });
+                }
+                Err(s) if is_not_found(&s) => {
+                    // Reaped already: the exit code is on the container.
+                    return match self.recorded_exit().await? {
+                        Some(exit_code) => Ok(ExitStatus { exit_code }),
+                        None => Err(ExecError::NotFound(self.id().into())),
+                    };
+                }
                 Err(s) if is_unavailable(&s) => {
                     let since = *unreachable_since.get_or_insert_with(tokio::time::Instant::now);
                     if since.elapsed() > WAIT_RECONNECT_LIMIT {
@@ -483,6 +607,10 @@ impl Controller for ContainerdController {
     async fn shutdown(&self) -> Result<(), ExecError> {
         match self.process().await? {
             Some(p) if p.status == ProcStatus::Running as i32 || p.status == ProcStatus::Paused as i32 => {}
+            Some(p) if p.status == ProcStatus::Stopped as i32 => {
+                self.reap_detached(p.exit_status as i32).await;
+                return Ok(());
+            }
             _ => return Ok(()),
         }
         let c = &self.task.spec.container;
@@ -523,15 +651,16 @@ impl Controller for ContainerdController {
     }
 
     async fn inspect(&self) -> Result<Option<ContainerState>, ExecError> {
-        let mut containers = ContainersClient::new(self.exec.ch.clone());
-        match containers.get(req(GetContainerRequest { id: self.id().into() })).await {
-            Ok(_) => {}
-            Err(s) if is_not_found(&s) => return Ok(None),
-            Err(s) => return Err(rt(s)),
-        }
+        let Some(container) = self.container().await? else { return Ok(None) };
         Ok(Some(match self.process().await? {
-            None => ContainerState::Created,
+            // No process: reaped after it exited, never started, or lost with the host (no exit code then).
+            None => match container.labels.get(LABEL_EXIT_CODE).and_then(|v| v.parse().ok()) {
+                Some(exit_code) => ContainerState::Exited { exit_code },
+                None => ContainerState::Created,
+            },
             Some(p) if p.status == ProcStatus::Stopped as i32 => {
+                // Exited while nobody waited (shoald was down): reap it now.
+                self.reap_detached(p.exit_status as i32).await;
                 ContainerState::Exited { exit_code: p.exit_status as i32 }
             }
             Some(p) if p.status == ProcStatus::Created as i32 => ContainerState::Created,
@@ -556,14 +685,46 @@ mod tests {
     }
 
     #[test]
-    fn logger_uri_escapes_the_query() {
+    fn logger_uri_escapes_the_query_and_carries_the_rotation() {
+        let r = Rotation::default();
         assert_eq!(
-            logger_uri(Path::new("/usr/bin/shoal-logger"), Path::new("/var/lib/shoal/containers/abc/task.log")),
-            "binary:///usr/bin/shoal-logger?file=/var/lib/shoal/containers/abc/task.log"
+            logger_uri(Path::new("/usr/bin/shoal-logger"), Path::new("/var/lib/shoal/containers/abc/task.log"), &r),
+            "binary:///usr/bin/shoal-logger?file=/var/lib/shoal/containers/abc/task.log&max-size=10000000&max-file=5"
         );
+        let r = Rotation { max_size: None, max_file: 2 };
         assert_eq!(
-            logger_uri(Path::new("/a b/l"), Path::new("/x&y=z/t.log")),
-            "binary:///a%20b/l?file=/x%26y%3Dz/t.log"
+            logger_uri(Path::new("/a b/l"), Path::new("/x&y=z/t.log"), &r),
+            "binary:///a%20b/l?file=/x%26y%3Dz/t.log&max-size=-1&max-file=2"
         );
+    }
+
+    #[test]
+    fn a_tasks_log_options_are_checked() {
+        let mut t = swarm::testing::task("t1", "s1", 1);
+        assert_eq!(task_rotation(&t).unwrap(), Rotation::default());
+        t.spec.log_driver = Some(swarm::api::LogDriver {
+            name: "json-file".into(),
+            options: [("max-size".to_string(), "1k".to_string())].into(),
+        });
+        assert_eq!(task_rotation(&t).unwrap(), Rotation { max_size: Some(1000), max_file: 5 });
+        t.spec.log_driver.as_mut().unwrap().options.insert("max-file".into(), "zero".into());
+        assert_eq!(
+            task_rotation(&t).unwrap_err().to_string(),
+            "invalid task spec: invalid max-file 'zero': expected a number of files of at least 1"
+        );
+    }
+
+    #[test]
+    fn anonymous_volumes_are_found_by_task_id() {
+        let dir = tempfile::tempdir().unwrap();
+        for d in ["t1-0", "t1-12", "t1-image-3", "t1-image-", "t1-x", "t10-0", "named", "t1"] {
+            std::fs::create_dir(dir.path().join(d)).unwrap();
+        }
+        let mut found: Vec<String> = anonymous_volumes(dir.path(), "t1")
+            .iter()
+            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        found.sort();
+        assert_eq!(found, vec!["t1-0", "t1-12", "t1-image-3"]);
     }
 }

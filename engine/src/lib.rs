@@ -7,6 +7,7 @@ pub mod executor;
 pub mod host;
 pub mod image;
 pub mod imagefs;
+pub mod jsonfile;
 pub mod localapi;
 pub mod logs;
 pub mod spec;

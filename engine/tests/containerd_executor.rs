@@ -4,13 +4,15 @@
 //! Needs root, containerd, runc and busybox-static; a missing piece fails the test with a message saying so
 //! (nothing is skipped). Run: `cargo test -p shoal-engine --test containerd_executor`.
 
-use engine::containerd::ManagedContainerd;
+use containerd_client::services::v1::tasks_client::TasksClient;
+use containerd_client::services::v1::{DeleteTaskRequest, KillRequest, WaitRequest};
+use engine::containerd::{req, ManagedContainerd};
 use serde_json::Value;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use swarm::agent::exec::{ContainerState, Controller, ExecError, Executor};
-use swarm::api::{Mount, MountType};
+use swarm::api::{LogDriver, Mount, MountType};
 
 #[macro_use]
 mod common;
@@ -164,13 +166,171 @@ async fn task_runs_with_labels_logs_limits_and_survives_readoption() {
     assert_eq!(c.inspect().await.unwrap(), Some(ContainerState::Exited { exit_code: 137 }));
     c.shutdown().await.expect("shutdown of a stopped task is a no-op");
 
-    step!("remove leaves no container, task or snapshot; the log stays");
+    step!("remove leaves no container, task, snapshot or log directory");
     c.remove().await.expect("remove");
     assert!(env.container(&t.id).await.is_none());
     assert!(env.task_ids().await.is_empty(), "{:?}", env.task_ids().await);
     assert!(!env.snapshot_exists(&t.id).await);
     assert!(exec.list_tasks().await.unwrap().is_empty());
-    assert!(log.exists(), "logs outlive the container");
+    assert!(!log.parent().unwrap().exists(), "the log directory goes with the container");
+}
+
+/// Processes whose command line names `id` (the task's shim and logger), as "pid cmdline".
+fn processes_naming(id: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else { continue };
+        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+        if cmd.contains(id) {
+            out.push(format!("{pid} {cmd}"));
+        }
+    }
+    out
+}
+
+fn cgroup_dir(id: &str) -> PathBuf {
+    if Path::new("/sys/fs/cgroup/memory").is_dir() {
+        PathBuf::from(format!("/sys/fs/cgroup/memory/shoal/{id}"))
+    } else {
+        PathBuf::from(format!("/sys/fs/cgroup/shoal/{id}"))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exited_task_is_deleted_at_once_and_a_lost_process_is_never_restarted() {
+    let env = Env::start().await;
+    let exec = env.executor();
+
+    step!("a task with an anonymous volume prints a line and exits 3");
+    let mut t = task(&["sh", "-c", "echo bye; echo data > /vol/f; exit 3"]);
+    t.spec.container.mounts.push(Mount {
+        kind: MountType::Volume,
+        source: String::new(),
+        target: "/vol".into(),
+        readonly: false,
+        tmpfs_size: 0,
+    });
+    let (c, _) = run(&exec, &t).await;
+    assert!(!processes_naming(&t.id).is_empty(), "the shim and logger run while the task does");
+    assert_eq!(c.wait().await.expect("wait").exit_code, 3);
+
+    step!("its containerd task is gone at once; shim, logger and cgroup follow");
+    assert!(
+        !env.task_ids().await.contains(&t.id),
+        "containerd task deleted when wait returned: {:?}",
+        env.task_ids().await
+    );
+    wait_for("the task's shim and logger to exit", Duration::from_secs(15), || async {
+        let procs = processes_naming(&t.id);
+        if procs.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("{procs:?}"))
+        }
+    })
+    .await;
+    assert!(!cgroup_dir(&t.id).exists(), "cgroup {} removed with the task", cgroup_dir(&t.id).display());
+
+    step!("what ps/logs/inspect need stays: the container record, its exit code, the log");
+    assert!(env.container(&t.id).await.is_some(), "container record kept until remove");
+    assert_eq!(c.inspect().await.unwrap(), Some(ContainerState::Exited { exit_code: 3 }));
+    assert_eq!(c.wait().await.expect("wait after the task was deleted").exit_code, 3);
+    wait_for_stdout(&env.log_path(&t.id), "bye\n", Duration::from_secs(5)).await;
+    let vol = env.data_root.join("volumes").join(format!("{}-0", t.id));
+    assert_eq!(std::fs::read_to_string(vol.join("_data/f")).expect("anonymous volume data"), "data\n");
+
+    step!("start after exit does not run it again in its old container");
+    let fresh = env.executor().controller(&t).unwrap();
+    fresh.start().await.expect("start of an exited container is a no-op");
+    assert!(!env.task_ids().await.contains(&t.id), "no new containerd task: {:?}", env.task_ids().await);
+    assert_eq!(fresh.inspect().await.unwrap(), Some(ContainerState::Exited { exit_code: 3 }));
+
+    step!("remove takes the container, snapshot, log directory and anonymous volume");
+    c.remove().await.expect("remove");
+    assert!(env.container(&t.id).await.is_none());
+    assert!(!env.snapshot_exists(&t.id).await);
+    assert!(!env.log_path(&t.id).parent().unwrap().exists(), "log directory removed");
+    assert!(!vol.exists(), "anonymous volume {} removed", vol.display());
+
+    step!("host reboot: the running task's process and containerd task vanish, the container record stays");
+    let t2 = task(&["sleep", "1000"]);
+    let (_c2, _) = run(&exec, &t2).await;
+    let mut tasks = TasksClient::new(env.ch.clone());
+    let id = t2.id.clone();
+    tasks
+        .kill(req(KillRequest { container_id: id.clone(), exec_id: String::new(), signal: 9, all: true }))
+        .await
+        .expect("kill");
+    tasks.wait(req(WaitRequest { container_id: id.clone(), exec_id: String::new() })).await.expect("wait");
+    tasks.delete(req(DeleteTaskRequest { container_id: id.clone() })).await.expect("delete task");
+    let exec = env.executor();
+    let c2 = exec.controller(&t2).unwrap();
+    assert_eq!(
+        c2.inspect().await.unwrap(),
+        Some(ContainerState::Created),
+        "no process and no exit code: the agent reports the task failed (process gone)"
+    );
+    match c2.wait().await {
+        Err(ExecError::NotFound(_)) => {}
+        other => panic!("wait on a lost process: {other:?}"),
+    }
+    assert_eq!(
+        c2.start().await.unwrap_err().to_string(),
+        "task process is gone (host restarted?)",
+        "a task re-adopted at STARTING is not run again in its old container either"
+    );
+    assert!(!env.task_ids().await.contains(&t2.id), "no new containerd task");
+    c2.remove().await.expect("remove");
+    assert!(env.container(&t2.id).await.is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_options_reach_the_logger_which_rotates_the_file() {
+    let env = Env::start().await;
+    let exec = env.executor();
+
+    step!("a task with --log-opt max-size=2k,max-file=3 prints 300 lines");
+    let mut t = task(&["sh", "-c", "i=0; while [ $i -lt 300 ]; do echo line-$i; i=$((i+1)); done"]);
+    t.spec.log_driver = Some(LogDriver {
+        name: "json-file".into(),
+        options: [("max-size".to_string(), "2k".to_string()), ("max-file".to_string(), "3".to_string())].into(),
+    });
+    let (c, _) = run(&exec, &t).await;
+    assert_eq!(c.wait().await.unwrap().exit_code, 0);
+    let log = env.log_path(&t.id);
+    wait_for_stdout(&log, "line-299\n", Duration::from_secs(10)).await;
+
+    step!("three files at most, each within max-size");
+    let mut files: Vec<String> = std::fs::read_dir(log.parent().unwrap())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    files.sort();
+    assert_eq!(files, vec!["task.log", "task.log.1", "task.log.2"]);
+    for f in &files {
+        let len = std::fs::metadata(log.parent().unwrap().join(f)).unwrap().len();
+        assert!(len <= 2000, "{f} is {len} bytes");
+    }
+
+    step!("--tail reads across the rotated files");
+    let mut rx =
+        engine::logs::stream(vec![log.clone()], engine::logs::LogOptions { follow: false, tail: Some(40) }, None);
+    let mut got = Vec::new();
+    while let Some(l) = rx.recv().await {
+        got.push(l.line);
+    }
+    let want: Vec<String> = (260..300).map(|i| format!("line-{i}")).collect();
+    assert_eq!(got, want);
+    c.remove().await.unwrap();
+
+    step!("a bad log option rejects the task before anything is created");
+    let mut bad = task(&["true"]);
+    bad.spec.log_driver =
+        Some(LogDriver { name: String::new(), options: [("max-file".to_string(), "0".to_string())].into() });
+    let err = exec.controller(&bad).unwrap().prepare().await.unwrap_err();
+    assert_eq!(err.to_string(), "invalid task spec: invalid max-file '0': expected a number of files of at least 1");
+    assert!(env.container(&bad.id).await.is_none());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -11,8 +11,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 use swarm::api::control::CreateServiceRequest;
 use swarm::api::{
-    Annotations, ContainerSpec, Mount, Placement, ResourceRequirements, Resources, RestartCondition, RestartPolicy,
-    ServiceMode, ServiceSpec, TaskSpec,
+    Annotations, ContainerSpec, LogDriver, Mount, Placement, ResourceRequirements, Resources, RestartCondition,
+    RestartPolicy, ServiceMode, ServiceSpec, TaskSpec,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -44,6 +44,12 @@ pub struct CreateArgs {
     /// Container labels
     #[arg(long = "container-label", value_parser = opts::label, value_name = "KEY=VALUE")]
     pub container_labels: Vec<(String, String)>,
+    /// Logging driver for the service's tasks (json-file)
+    #[arg(long = "log-driver", value_name = "DRIVER")]
+    pub log_driver: Option<String>,
+    /// Logging driver options (json-file: max-size, default 10m; max-file, default 5)
+    #[arg(long = "log-opt", value_parser = opts::log_opt, value_name = "KEY=VALUE")]
+    pub log_opts: Vec<(String, String)>,
     /// Working directory inside the container
     #[arg(short = 'w', long)]
     pub workdir: Option<String>,
@@ -111,6 +117,15 @@ fn label_map(pairs: &[(String, String)]) -> BTreeMap<String, String> {
 }
 
 impl CreateArgs {
+    /// `--log-driver`/`--log-opt`. Unlike Docker's CLI, options without a driver are kept (for the node's
+    /// default driver) instead of being dropped silently. The node checks them when it runs a task.
+    fn log_driver(&self) -> Option<LogDriver> {
+        if self.log_driver.is_none() && self.log_opts.is_empty() {
+            return None;
+        }
+        Some(LogDriver { name: self.log_driver.clone().unwrap_or_default(), options: label_map(&self.log_opts) })
+    }
+
     /// Builds the spec the flags describe. Defaults left unset are the server's (and Docker's) defaults.
     pub fn spec(&self) -> anyhow::Result<ServiceSpec> {
         let (image, args) = (self.image.clone(), self.command.clone());
@@ -160,7 +175,14 @@ impl CreateArgs {
                 name: self.name.clone().unwrap_or_else(generated_name),
                 labels: label_map(&self.labels),
             },
-            task_template: TaskSpec { container, resources, restart_policy, placement, force_update: 0 },
+            task_template: TaskSpec {
+                container,
+                resources,
+                restart_policy,
+                placement,
+                force_update: 0,
+                log_driver: self.log_driver(),
+            },
             mode,
         })
     }
@@ -266,6 +288,12 @@ mod tests {
             "tier=front",
             "--container-label",
             "c=d",
+            "--log-driver",
+            "json-file",
+            "--log-opt",
+            "max-size=1m",
+            "--log-opt",
+            "max-file=3",
             "-w",
             "/srv",
             "-u",
@@ -321,6 +349,9 @@ mod tests {
         assert_eq!(c.env, vec!["A=1", "B=2"]);
         assert_eq!((c.dir.as_str(), c.user.as_str(), c.hostname.as_str()), ("/srv", "nobody", "h1"));
         assert_eq!(c.labels.get("c").map(String::as_str), Some("d"));
+        let log = s.task_template.log_driver.as_ref().expect("log driver");
+        assert_eq!(log.name, "json-file");
+        assert_eq!(log.options, [("max-size".into(), "1m".into()), ("max-file".into(), "3".into())].into());
         assert_eq!(c.mounts.len(), 1);
         assert_eq!(c.stop_signal, "SIGINT");
         assert_eq!(c.stop_grace_period, Duration::from_secs(30));

@@ -100,6 +100,14 @@ pub fn label(s: &str) -> Result<(String, String), String> {
     Ok((k.to_string(), v.to_string()))
 }
 
+/// `--log-opt`: `KEY=VALUE`.
+pub fn log_opt(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("invalid log opt '{s}': expected KEY=VALUE")),
+    }
+}
+
 /// `--restart-condition`: none, on-failure or any.
 pub fn restart_condition(s: &str) -> Result<swarm::api::RestartCondition, String> {
     s.parse()
@@ -378,6 +386,13 @@ mod tests {
         assert!(nano_cpus("-1").is_err());
         assert!(nano_cpus("one").is_err());
         assert!(nano_cpus(".").is_err());
+    }
+
+    #[test]
+    fn log_opts_are_key_value_pairs() {
+        assert_eq!(log_opt("max-size=10m"), Ok(("max-size".into(), "10m".into())));
+        assert_eq!(log_opt("max-size").unwrap_err(), "invalid log opt 'max-size': expected KEY=VALUE");
+        assert!(log_opt("=1").is_err());
     }
 
     #[test]

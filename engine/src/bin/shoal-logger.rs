@@ -3,10 +3,12 @@
 //! to the task's log file in Docker's json-file format. It belongs to the shim, not to shoald, so logs keep
 //! being written while shoald is stopped or restarting.
 //!
-//! Usage (as the shim calls it): `shoal-logger file <path>`.
+//! Usage (as the shim calls it): `shoal-logger file <path> [max-size <size>] [max-file <n>]` (the query pairs of
+//! the `binary://` URI); the file is rotated as `engine::jsonfile` describes.
 
+use engine::jsonfile::{self, Rotation, Writer};
 use std::fs::File;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader};
 use std::os::fd::FromRawFd;
 use std::sync::{Arc, Mutex};
 
@@ -22,17 +24,33 @@ fn main() {
     // SAFETY: installing SIG_IGN has no preconditions.
     unsafe { signal(SIGTERM, SIG_IGN) };
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let path = match args.iter().position(|a| a == "file" || a == "--file") {
-        Some(i) if i + 1 < args.len() => args[i + 1].clone(),
-        _ => {
-            eprintln!("usage: shoal-logger file <path>");
+    let usage = || -> ! {
+        eprintln!("usage: shoal-logger file <path> [max-size <size>] [max-file <n>]");
+        std::process::exit(2);
+    };
+    if !args.len().is_multiple_of(2) {
+        usage();
+    }
+    let mut path = None;
+    let mut opts = Vec::new();
+    for pair in args.chunks(2) {
+        match pair[0].trim_start_matches("--") {
+            "file" => path = Some(pair[1].clone()),
+            k => opts.push((k.to_string(), pair[1].clone())),
+        }
+    }
+    let Some(path) = path else { usage() };
+    let rotation = match Rotation::from_driver("", opts.iter().map(|(k, v)| (k.as_str(), v.as_str()))) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("shoal-logger: {e}");
             std::process::exit(2);
         }
     };
     // SAFETY: the shim hands us these descriptors; we own them from here on.
     let (stdout, stderr, ready) = unsafe { (File::from_raw_fd(3), File::from_raw_fd(4), File::from_raw_fd(5)) };
-    let out = match std::fs::OpenOptions::new().create(true).append(true).open(&path) {
-        Ok(f) => Arc::new(Mutex::new(f)),
+    let out = match Writer::open(path.as_ref(), rotation) {
+        Ok(w) => Arc::new(Mutex::new(w)),
         Err(e) => {
             eprintln!("shoal-logger: opening {path}: {e}");
             std::process::exit(1);
@@ -56,7 +74,7 @@ fn main() {
 /// a process that never writes a newline cannot make the logger buffer without bound.
 const MAX_LINE: usize = 16 * 1024;
 
-fn copy(f: File, stream: &str, out: &Mutex<File>) {
+fn copy(f: File, stream: &str, out: &Mutex<Writer>) {
     let mut reader = BufReader::with_capacity(64 * 1024, f);
     let mut line = Vec::new();
     loop {
@@ -91,15 +109,11 @@ fn copy(f: File, stream: &str, out: &Mutex<File>) {
     }
 }
 
-fn write_record(line: &[u8], stream: &str, out: &Mutex<File>) {
-    let record = serde_json::json!({
-        "log": String::from_utf8_lossy(line),
-        "stream": stream,
-        "time": humantime::format_rfc3339_nanos(std::time::SystemTime::now()).to_string(),
-    });
-    let mut text = record.to_string();
-    text.push('\n');
-    // One write per record on an O_APPEND file: the stdout and stderr threads never interleave inside a line.
-    let mut f = out.lock().unwrap_or_else(|e| e.into_inner());
-    let _ = f.write_all(text.as_bytes());
+fn write_record(line: &[u8], stream: &str, out: &Mutex<Writer>) {
+    let rec = jsonfile::record(line, stream, std::time::SystemTime::now());
+    let mut w = out.lock().unwrap_or_else(|e| e.into_inner());
+    if let Err(e) = w.write_record(&rec) {
+        // Nobody reads our stderr but the shim's log; losing a line beats stopping the container's output.
+        eprintln!("shoal-logger: writing the log: {e}");
+    }
 }

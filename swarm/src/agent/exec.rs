@@ -68,10 +68,12 @@ pub trait Controller: Send + Sync + 'static {
     /// Checks the image and creates the container (a no-op if it exists).
     fn prepare(&self) -> impl Future<Output = Result<(), ExecError>> + Send;
 
-    /// Starts the container's process (a no-op if it runs); returns its pid.
+    /// Starts the container's process (a no-op if it runs); returns its pid. A container's process runs once:
+    /// if it already exited this returns 0 (`wait` reports the exit); if it was lost, an error.
     fn start(&self) -> impl Future<Output = Result<u32, ExecError>> + Send;
 
-    /// Waits until the process exits.
+    /// Waits until the process exits, and releases what only a running process needs (the runtime's task, its
+    /// shim and log copier); what `inspect` and the logs need stays until `remove`.
     fn wait(&self) -> impl Future<Output = Result<ExitStatus, ExecError>> + Send;
 
     /// Stops the process: the stop signal, then SIGKILL after the grace period. A no-op if it is not running.
@@ -80,9 +82,10 @@ pub trait Controller: Send + Sync + 'static {
     /// Kills the process at once.
     fn terminate(&self) -> impl Future<Output = Result<(), ExecError>> + Send;
 
-    /// Deletes the container and its filesystem; logs stay.
+    /// Deletes the container, its filesystem, its logs and its anonymous volumes.
     fn remove(&self) -> impl Future<Output = Result<(), ExecError>> + Send;
 
-    /// The container's state, or `None` if there is no container.
+    /// The container's state, or `None` if there is no container. `Created` for a container whose process was
+    /// started once means the process is gone without an exit status (the host restarted).
     fn inspect(&self) -> impl Future<Output = Result<Option<ContainerState>, ExecError>> + Send;
 }

@@ -11,6 +11,9 @@ pub mod exec;
 pub mod task;
 pub mod worker;
 
+#[cfg(test)]
+mod tests;
+
 use crate::api::dispatch::*;
 use crate::transport::dispatcher::dispatcher_client::DispatcherClient;
 use exec::Executor;

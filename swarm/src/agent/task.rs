@@ -12,6 +12,9 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, Instrument};
 
+/// The error of a task whose process vanished without an exit status.
+pub const PROCESS_GONE: &str = "task process is gone (host restarted?)";
+
 /// Sends status reports to whichever session is current.
 pub type Reporter = mpsc::UnboundedSender<TaskStatusUpdate>;
 
@@ -53,7 +56,7 @@ impl<C: Controller> Runner<C> {
     fn failed(&mut self, e: ExecError) {
         // Failure before STARTING rejects the task; from STARTING on it has failed.
         let state = if self.status.state < TaskState::Starting { TaskState::Rejected } else { TaskState::Failed };
-        self.set(state, &format!("{}", state.name()), Some(e.to_string()));
+        self.set(state, state.name(), Some(e.to_string()));
     }
 
     /// Drives the task until it is terminal, then waits for the cancel (task removed from the node).
@@ -136,10 +139,11 @@ impl<C: Controller> Runner<C> {
                             continue;
                         }
                         Ok(Some(ContainerState::Created)) => {
-                            if let Err(e) = self.ctl.start().await {
-                                self.failed(e);
-                                continue;
-                            }
+                            // It ran (we reported RUNNING) but has no process and no exit status: the host
+                            // restarted under it. Report it; the manager replaces it under its restart policy.
+                            // Starting it again in its old container would hide the failure.
+                            self.set(TaskState::Failed, "failed", Some(PROCESS_GONE.into()));
+                            continue;
                         }
                         _ => {}
                     }

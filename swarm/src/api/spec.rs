@@ -56,6 +56,17 @@ pub struct TaskSpec {
     /// Bumped to force tasks to be replaced even when nothing else changed (`service update --force`).
     #[serde(default)]
     pub force_update: u64,
+    /// Where the task's output goes (`--log-driver`, `--log-opt`); the node's default when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_driver: Option<LogDriver>,
+}
+
+/// A log driver and its options, as Swarm's `TaskSpec.LogDriver` (e.g. json-file with `max-size=10m`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogDriver {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub options: BTreeMap<String, String>,
 }
 
 /// The container a task runs.

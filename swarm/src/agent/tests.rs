@@ -1,0 +1,293 @@
+//! Unit tests of the agent's task runner and worker against a recording runtime double: every call is logged,
+//! removals can be made to fail, and `prepare` / `list_tasks` can be held at a gate to open race windows.
+
+use super::exec::{ContainerState, Controller, ExecError, Executor, ExitStatus};
+use super::task::{run_task, PROCESS_GONE};
+use super::worker::Worker;
+use crate::api::dispatch::{AssignmentsKind, AssignmentsMessage, TaskStatusUpdate};
+use crate::api::{NodeDescription, Task, TaskState};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, watch, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Default)]
+struct Rt {
+    containers: HashMap<String, watch::Sender<ContainerState>>,
+    /// Calls in order, as "call:task".
+    calls: Vec<String>,
+    /// How many of the next removals fail.
+    remove_failures: usize,
+}
+
+/// A runtime double. Gates start closed only when a test asks for it.
+#[derive(Clone, Default)]
+struct Recording {
+    rt: Arc<Mutex<Rt>>,
+    prepare_gate: Option<Arc<Semaphore>>,
+    list_gate: Option<Arc<Semaphore>>,
+}
+
+impl Recording {
+    fn rt(&self) -> std::sync::MutexGuard<'_, Rt> {
+        self.rt.lock().unwrap()
+    }
+    fn calls(&self) -> Vec<String> {
+        self.rt().calls.clone()
+    }
+    fn count(&self, call: &str) -> usize {
+        self.calls().iter().filter(|c| c.as_str() == call).count()
+    }
+    fn exists(&self, id: &str) -> bool {
+        self.rt().containers.contains_key(id)
+    }
+    fn add(&self, id: &str, state: ContainerState) {
+        self.rt().containers.insert(id.into(), watch::channel(state).0);
+    }
+    fn log(&self, call: &str, id: &str) {
+        self.rt().calls.push(format!("{call}:{id}"));
+    }
+}
+
+struct Ctl {
+    id: String,
+    x: Recording,
+}
+
+impl Executor for Recording {
+    type Controller = Ctl;
+    async fn describe(&self) -> Result<NodeDescription, ExecError> {
+        Ok(NodeDescription::default())
+    }
+    fn controller(&self, task: &Task) -> Result<Ctl, ExecError> {
+        Ok(Ctl { id: task.id.clone(), x: self.clone() })
+    }
+    async fn list_tasks(&self) -> Result<Vec<String>, ExecError> {
+        self.log("list", "");
+        if let Some(g) = &self.list_gate {
+            g.acquire().await.expect("gate").forget();
+        }
+        Ok(self.rt().containers.keys().cloned().collect())
+    }
+    async fn remove_task(&self, task_id: &str) -> Result<(), ExecError> {
+        self.log("remove_task", task_id);
+        let mut rt = self.rt();
+        if rt.remove_failures > 0 {
+            rt.remove_failures -= 1;
+            return Err(ExecError::Runtime("device or resource busy".into()));
+        }
+        rt.containers.remove(task_id);
+        Ok(())
+    }
+}
+
+impl Controller for Ctl {
+    async fn prepare(&self) -> Result<(), ExecError> {
+        self.x.log("prepare", &self.id);
+        if let Some(g) = &self.x.prepare_gate {
+            g.acquire().await.expect("gate").forget();
+        }
+        if !self.x.exists(&self.id) {
+            self.x.log("create", &self.id);
+            self.x.add(&self.id, ContainerState::Created);
+        }
+        Ok(())
+    }
+    async fn start(&self) -> Result<u32, ExecError> {
+        self.x.log("start", &self.id);
+        let rt = self.x.rt();
+        let c = rt.containers.get(&self.id).ok_or_else(|| ExecError::NotFound(self.id.clone()))?;
+        c.send_replace(ContainerState::Running { pid: 42 });
+        Ok(42)
+    }
+    async fn wait(&self) -> Result<ExitStatus, ExecError> {
+        let mut rx = {
+            let rt = self.x.rt();
+            rt.containers.get(&self.id).ok_or_else(|| ExecError::NotFound(self.id.clone()))?.subscribe()
+        };
+        loop {
+            if let ContainerState::Exited { exit_code } = *rx.borrow_and_update() {
+                return Ok(ExitStatus { exit_code });
+            }
+            if rx.changed().await.is_err() {
+                return Err(ExecError::NotFound(self.id.clone()));
+            }
+        }
+    }
+    async fn shutdown(&self) -> Result<(), ExecError> {
+        self.x.log("shutdown", &self.id);
+        if let Some(c) = self.x.rt().containers.get(&self.id) {
+            if matches!(*c.borrow(), ContainerState::Running { .. }) {
+                c.send_replace(ContainerState::Exited { exit_code: 143 });
+            }
+        }
+        Ok(())
+    }
+    async fn terminate(&self) -> Result<(), ExecError> {
+        self.shutdown().await
+    }
+    async fn remove(&self) -> Result<(), ExecError> {
+        self.x.log("remove", &self.id);
+        let mut rt = self.x.rt();
+        if rt.remove_failures > 0 {
+            rt.remove_failures -= 1;
+            return Err(ExecError::Runtime("device or resource busy".into()));
+        }
+        rt.containers.remove(&self.id);
+        Ok(())
+    }
+    async fn inspect(&self) -> Result<Option<ContainerState>, ExecError> {
+        Ok(self.x.rt().containers.get(&self.id).map(|c| *c.borrow()))
+    }
+}
+
+fn task(id: &str) -> Task {
+    crate::testing::task(id, "svc1", 1)
+}
+
+fn complete(tasks: Vec<Task>) -> AssignmentsMessage {
+    AssignmentsMessage { kind: AssignmentsKind::Complete, updated: tasks, removed: vec![] }
+}
+
+fn removed(id: &str) -> AssignmentsMessage {
+    AssignmentsMessage { kind: AssignmentsKind::Incremental, updated: vec![], removed: vec![id.into()] }
+}
+
+fn added(t: Task) -> AssignmentsMessage {
+    AssignmentsMessage { kind: AssignmentsKind::Incremental, updated: vec![t], removed: vec![] }
+}
+
+/// Polls `ok` every 10 ms until it holds, or panics after 5 s saying what was awaited and what `seen` shows.
+async fn until(what: &str, mut ok: impl FnMut() -> bool, seen: impl Fn() -> String) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !ok() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}; seen: {}", seen());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// The first report for `task_id` in `state`, within 5 s.
+async fn report_in(rx: &mut mpsc::UnboundedReceiver<TaskStatusUpdate>, state: TaskState) -> TaskStatusUpdate {
+    let mut seen = Vec::new();
+    let r = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Some(u) = rx.recv().await {
+            seen.push(u.status.state);
+            if u.status.state == state {
+                return u;
+            }
+        }
+        panic!("reports ended")
+    })
+    .await;
+    r.unwrap_or_else(|_| panic!("no {state} report within 5s; saw {seen:?}"))
+}
+
+#[tokio::test]
+async fn runner_fails_a_running_task_whose_process_is_gone_instead_of_restarting_it() {
+    // As after a host reboot: the manager last heard RUNNING; the container record is there, its process is not.
+    let x = Recording::default();
+    x.add("t1", ContainerState::Created);
+    let mut t = task("t1");
+    t.status.state = TaskState::Running;
+    let (tx, rx) = mpsc::unbounded_channel();
+    let (_updates, updates) = watch::channel(t.clone());
+    let cancel = CancellationToken::new();
+    let runner = tokio::spawn(run_task(x.controller(&t).unwrap(), t, updates, tx, cancel.clone()));
+    let mut rx = rx;
+    let u = report_in(&mut rx, TaskState::Failed).await;
+    assert_eq!(u.status.err, PROCESS_GONE);
+    assert_eq!(x.count("start:t1"), 0, "not started again in its old container: {:?}", x.calls());
+    cancel.cancel();
+    runner.await.unwrap();
+}
+
+#[tokio::test]
+async fn runner_reports_an_exit_recorded_while_the_agent_was_down() {
+    let x = Recording::default();
+    x.add("t1", ContainerState::Exited { exit_code: 3 });
+    let mut t = task("t1");
+    t.status.state = TaskState::Running;
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let (_updates, updates) = watch::channel(t.clone());
+    let cancel = CancellationToken::new();
+    tokio::spawn(run_task(x.controller(&t).unwrap(), t, updates, tx, cancel.clone()));
+    let u = report_in(&mut rx, TaskState::Failed).await;
+    assert_eq!(u.status.err, "task: non-zero exit (3)");
+    assert_eq!(u.status.container.and_then(|c| c.exit_code), Some(3));
+    cancel.cancel();
+}
+
+#[tokio::test]
+async fn a_failed_removal_is_retried_until_it_succeeds() {
+    let x = Recording::default();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let mut w = Worker::new(Arc::new(x.clone()), tx);
+    w.apply(complete(vec![task("t1")])).await;
+    report_in(&mut rx, TaskState::Running).await;
+    x.rt().remove_failures = 2;
+    w.apply(removed("t1")).await;
+    until("the container removed", || !x.exists("t1"), || format!("{:?}", x.calls())).await;
+    assert_eq!(x.count("remove:t1"), 3, "two failures, then success: {:?}", x.calls());
+}
+
+#[tokio::test]
+async fn a_prepare_in_flight_never_leaves_a_container_after_removal() {
+    let gate = Arc::new(Semaphore::new(0));
+    let x = Recording { prepare_gate: Some(gate.clone()), ..Default::default() };
+    let (tx, _rx) = mpsc::unbounded_channel();
+    let mut w = Worker::new(Arc::new(x.clone()), tx);
+    w.apply(complete(vec![task("t1")])).await;
+    until("prepare to begin", || x.count("prepare:t1") == 1, || format!("{:?}", x.calls())).await;
+
+    // Removed while prepare is still on its way to creating the container.
+    w.apply(removed("t1")).await;
+    gate.add_permits(1);
+    until(
+        "the container created by the late prepare removed",
+        || x.count("create:t1") == 1 && !x.exists("t1"),
+        || format!("{:?}", x.calls()),
+    )
+    .await;
+    let calls = x.calls();
+    let pos = |c: &str| calls.iter().position(|x| x == c);
+    assert!(pos("create:t1") < pos("remove:t1"), "removal after the create it raced: {calls:?}");
+
+    // The removed task named again (a stale set) is not run again.
+    gate.add_permits(10);
+    w.apply(added(task("t1"))).await;
+    tokio::task::yield_now().await;
+    assert_eq!(x.count("prepare:t1"), 1, "a removed task is never prepared again: {:?}", x.calls());
+    assert!(!x.exists("t1"));
+}
+
+#[tokio::test]
+async fn orphan_sweep_runs_off_the_session_path_and_spares_tasks_assigned_meanwhile() {
+    let gate = Arc::new(Semaphore::new(0));
+    let x = Recording { list_gate: Some(gate.clone()), ..Default::default() };
+    x.add("orphan1", ContainerState::Running { pid: 7 });
+    x.add("orphan2", ContainerState::Exited { exit_code: 0 });
+    x.rt().remove_failures = 1;
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let mut w = Worker::new(Arc::new(x.clone()), tx);
+
+    // The listing hangs: applying the set must not wait for it.
+    tokio::time::timeout(Duration::from_secs(1), w.apply(complete(vec![task("t1")])))
+        .await
+        .expect("apply returned while the orphan sweep is still listing containers");
+    until("the sweep to list", || x.count("list:") == 1, || format!("{:?}", x.calls())).await;
+    w.apply(added(task("t2"))).await;
+    report_in(&mut rx, TaskState::Running).await;
+    until("t2's container", || x.exists("t2"), || format!("{:?}", x.calls())).await;
+
+    gate.add_permits(1);
+    until(
+        "both orphans removed (one after a retry)",
+        || !x.exists("orphan1") && !x.exists("orphan2"),
+        || format!("{:?}", x.calls()),
+    )
+    .await;
+    assert!(x.exists("t1") && x.exists("t2"), "assigned tasks keep their containers: {:?}", x.calls());
+    assert!(x.calls().iter().all(|c| c != "remove_task:t1" && c != "remove_task:t2"), "{:?}", x.calls());
+    w.stop();
+}
