@@ -195,7 +195,7 @@ impl Executor for ContainerdExecutor {
         Ok(NodeDescription {
             hostname: hostname(),
             platform: Platform::current(),
-            resources: Resources { nano_cpus: cpus * 1_000_000_000, memory_bytes: mem_total() },
+            resources: Resources { nano_cpus: cpus * 1_000_000_000, memory_bytes: mem_total(), pids: 0 },
             engine: EngineDescription {
                 engine_version: env!("CARGO_PKG_VERSION").into(),
                 labels: self.cfg.engine_labels.clone(),
