@@ -320,7 +320,12 @@ impl ContainerdController {
         let built = spec::build(
             &self.task,
             &image.config,
-            &SpecPaths { volumes: &volumes, rootfs: rootfs.as_deref(), netns: None },
+            &SpecPaths {
+                volumes: &volumes,
+                rootfs: rootfs.as_deref(),
+                netns: None,
+                init_binary: Path::new(spec::DEFAULT_INIT_BINARY),
+            },
         );
         let oci = match built {
             Ok(s) => s,

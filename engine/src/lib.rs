@@ -8,4 +8,5 @@ pub mod host;
 pub mod image;
 pub mod localapi;
 pub mod logs;
+pub mod seccomp;
 pub mod spec;
