@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the system packages Shoal builds and runs with, when missing: containerd and runc (the runtime),
-# protoc (containerd-client's build), busybox-static (the test image), nftables and iproute2 (networking).
+# protoc (containerd-client's build), busybox-static (the test image), nftables and iproute2 (networking),
+# tini (its static binary is the init of `--init` containers).
 set -euo pipefail
 
 need=()
@@ -9,6 +10,7 @@ command -v runc >/dev/null || need+=(runc)
 command -v ctr >/dev/null || need+=(containerd)
 command -v protoc >/dev/null || need+=(protobuf-compiler)
 [ -x /bin/busybox ] || need+=(busybox-static)
+[ -x /usr/bin/tini-static ] || need+=(tini)
 command -v nft >/dev/null || need+=(nftables)
 command -v ip >/dev/null || need+=(iproute2)
 command -v sha256sum >/dev/null || need+=(coreutils)
