@@ -9,4 +9,5 @@ pub mod image;
 pub mod localapi;
 pub mod logs;
 pub mod seccomp;
+pub mod socket;
 pub mod spec;
