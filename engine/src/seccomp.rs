@@ -3,11 +3,13 @@
 //!
 //! The rules follow moby's `profiles/seccomp/default.json` in meaning (written out here, not copied): the same
 //! allowlist, the same capability-gated groups, the same argument conditions (`personality`, `clone`, `socket`).
+//! A custom profile in Docker's JSON format (`--security-opt seccomp=PATH`) is read by `custom_profile`.
 
 use oci_spec::runtime::{
     Arch, LinuxSeccomp, LinuxSeccompAction, LinuxSeccompArg, LinuxSeccompArgBuilder, LinuxSeccompBuilder,
-    LinuxSeccompOperator, LinuxSyscall, LinuxSyscallBuilder,
+    LinuxSeccompFilterFlag, LinuxSeccompOperator, LinuxSyscall, LinuxSyscallBuilder,
 };
+use serde::Deserialize;
 
 /// EPERM: what a refused syscall returns, as in Docker.
 const EPERM: u32 = 1;
@@ -510,6 +512,131 @@ pub fn default_profile(caps: &[String]) -> Result<LinuxSeccomp, String> {
         .map_err(|e| e.to_string())
 }
 
+/// Docker's profile format: OCI's fields plus per-architecture sets and rules conditioned on capabilities and
+/// architectures.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct DockerProfile {
+    default_action: LinuxSeccompAction,
+    default_errno_ret: Option<u32>,
+    #[serde(default)]
+    architectures: Vec<Arch>,
+    #[serde(default)]
+    arch_map: Vec<ArchMap>,
+    #[serde(default)]
+    flags: Vec<LinuxSeccompFilterFlag>,
+    #[serde(default)]
+    syscalls: Vec<DockerSyscall>,
+    // Known to Docker's format but without meaning here: accepted, unused.
+    #[serde(default)]
+    #[allow(dead_code)]
+    listener_path: Option<String>,
+    #[serde(default)]
+    #[allow(dead_code)]
+    listener_metadata: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ArchMap {
+    architecture: Arch,
+    #[serde(default)]
+    sub_architectures: Vec<Arch>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct DockerSyscall {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    names: Vec<String>,
+    action: LinuxSeccompAction,
+    #[serde(default)]
+    errno_ret: Option<u32>,
+    #[serde(default)]
+    args: Vec<LinuxSeccompArg>,
+    #[serde(default)]
+    includes: Condition,
+    #[serde(default)]
+    excludes: Condition,
+    #[serde(default)]
+    #[allow(dead_code)]
+    comment: Option<String>,
+}
+
+/// `includes`/`excludes` of a rule: capabilities and (Go-named) architectures.
+#[derive(Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Condition {
+    #[serde(default)]
+    caps: Vec<String>,
+    #[serde(default)]
+    arches: Vec<String>,
+    /// Every kernel runc supports today is newer than the ones Docker's profiles name here.
+    #[serde(default)]
+    #[allow(dead_code)]
+    min_kernel: Option<String>,
+}
+
+/// This host's architecture as Go names it (Docker's profiles use Go's names in `arches`).
+fn go_arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "x86" => "386",
+        "aarch64" => "arm64",
+        other => other,
+    }
+}
+
+/// A profile in Docker's JSON format, with its rules resolved for a container holding `caps` on this host: a rule
+/// applies when the container has all its `includes.caps` and none of its `excludes.caps`, and likewise for
+/// architectures.
+pub fn custom_profile(json: &str, caps: &[String]) -> Result<LinuxSeccomp, String> {
+    let p: DockerProfile = serde_json::from_str(json).map_err(|e| format!("invalid seccomp profile: {e}"))?;
+    let has = |c: &String| caps.contains(c);
+    let arch = go_arch().to_string();
+    let native = architectures().first().copied();
+    let mut arches = p.architectures.clone();
+    if let Some(m) = p.arch_map.iter().find(|m| Some(m.architecture) == native) {
+        arches = std::iter::once(m.architecture).chain(m.sub_architectures.iter().copied()).collect();
+    }
+    let mut syscalls = Vec::new();
+    for r in p.syscalls {
+        let applies = r.includes.caps.iter().all(has)
+            && !r.excludes.caps.iter().any(has)
+            && (r.includes.arches.is_empty() || r.includes.arches.contains(&arch))
+            && !r.excludes.arches.contains(&arch);
+        if !applies {
+            continue;
+        }
+        let mut names = r.names;
+        names.extend(r.name);
+        if names.is_empty() {
+            return Err("invalid seccomp profile: a rule names no syscall".into());
+        }
+        let mut b = LinuxSyscallBuilder::default().names(names).action(r.action);
+        if let Some(e) = r.errno_ret {
+            b = b.errno_ret(e);
+        }
+        if !r.args.is_empty() {
+            b = b.args(r.args);
+        }
+        syscalls.push(b.build().map_err(|e| e.to_string())?);
+    }
+    let mut b = LinuxSeccompBuilder::default().default_action(p.default_action).syscalls(syscalls);
+    if let Some(e) = p.default_errno_ret {
+        b = b.default_errno_ret(e);
+    }
+    if !arches.is_empty() {
+        b = b.architectures(arches);
+    }
+    if !p.flags.is_empty() {
+        b = b.flags(p.flags);
+    }
+    b.build().map_err(|e| e.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -572,5 +699,42 @@ mod tests {
         let clone = allowed(&admin, "clone");
         assert!(clone.iter().any(|r| r.args().is_none()), "clone with any flags under CAP_SYS_ADMIN");
         assert!(admin.syscalls().as_ref().unwrap().iter().all(|s| s.action() == LinuxSeccompAction::ScmpActAllow));
+    }
+
+    #[test]
+    fn custom_profiles_in_docker_format() {
+        let json = r#"{
+            "defaultAction": "SCMP_ACT_ERRNO",
+            "defaultErrnoRet": 1,
+            "archMap": [
+                {"architecture": "SCMP_ARCH_X86_64", "subArchitectures": ["SCMP_ARCH_X86", "SCMP_ARCH_X32"]},
+                {"architecture": "SCMP_ARCH_AARCH64", "subArchitectures": ["SCMP_ARCH_ARM"]}
+            ],
+            "syscalls": [
+                {"names": ["read", "write"], "action": "SCMP_ACT_ALLOW"},
+                {"names": ["personality"], "action": "SCMP_ACT_ALLOW",
+                 "args": [{"index": 0, "value": 8, "valueTwo": 0, "op": "SCMP_CMP_EQ"}]},
+                {"names": ["mount"], "action": "SCMP_ACT_ALLOW", "includes": {"caps": ["CAP_SYS_ADMIN"]}},
+                {"names": ["clone"], "action": "SCMP_ACT_ALLOW", "excludes": {"caps": ["CAP_SYS_ADMIN"]}},
+                {"names": ["arch_prctl"], "action": "SCMP_ACT_ALLOW", "includes": {"arches": ["amd64"]}},
+                {"names": ["cacheflush"], "action": "SCMP_ACT_ALLOW", "includes": {"arches": ["arm64"]}}
+            ]
+        }"#;
+        let p = custom_profile(json, &["CAP_SYS_ADMIN".into()]).unwrap();
+        assert_eq!((p.default_action(), p.default_errno_ret()), (LinuxSeccompAction::ScmpActErrno, Some(1)));
+        assert_eq!(allowed(&p, "personality")[0].args().as_ref().unwrap()[0].value(), 8);
+        assert_eq!(allowed(&p, "mount").len(), 1, "included with CAP_SYS_ADMIN");
+        assert!(allowed(&p, "clone").is_empty(), "excluded with CAP_SYS_ADMIN");
+        if cfg!(target_arch = "x86_64") {
+            assert_eq!(p.architectures().as_ref().unwrap()[0], Arch::ScmpArchX86_64);
+            assert_eq!((allowed(&p, "arch_prctl").len(), allowed(&p, "cacheflush").len()), (1, 0));
+        }
+        let p = custom_profile(json, &[]).unwrap();
+        assert!(allowed(&p, "mount").is_empty() && allowed(&p, "clone").len() == 1);
+
+        let e = custom_profile(r#"{"defaultAction": "SCMP_ACT_NOPE"}"#, &[]).unwrap_err();
+        assert!(e.starts_with("invalid seccomp profile: unknown variant `SCMP_ACT_NOPE`"), "{e}");
+        let e = custom_profile(r#"{"defaultAction": "SCMP_ACT_ALLOW", "sycalls": []}"#, &[]).unwrap_err();
+        assert!(e.contains("unknown field `sycalls`"), "{e}");
     }
 }

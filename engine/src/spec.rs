@@ -326,9 +326,12 @@ pub fn build(task: &Task, image: &ImageConfig, paths: &SpecPaths) -> Result<Spec
         .cgroups_path(PathBuf::from(format!("/shoal/{}", task.id)))
         .masked_paths(MASKED_PATHS.iter().map(|s| s.to_string()).collect::<Vec<_>>())
         .readonly_paths(READONLY_PATHS.iter().map(|s| s.to_string()).collect::<Vec<_>>());
-    match c.seccomp {
+    match &c.seccomp {
         Seccomp::Default => linux = linux.seccomp(crate::seccomp::default_profile(&cap_names).map_err(invalid)?),
         Seccomp::Unconfined => {}
+        Seccomp::Custom(json) => {
+            linux = linux.seccomp(crate::seccomp::custom_profile(json, &cap_names).map_err(invalid)?)
+        }
     }
     let linux = linux.build().map_err(invalid)?;
 
@@ -492,6 +495,10 @@ mod tests {
         assert_eq!(caps_of(&json, "permitted"), s(&["CAP_SYS_ADMIN"]));
         let rules = json["linux"]["seccomp"]["syscalls"].as_array().unwrap();
         assert!(rules.iter().any(|r| r["names"].as_array().unwrap().contains(&"unshare".into())));
+        t.spec.container.capability_add = s(&["ALL"]);
+        t.spec.container.capability_drop.clear();
+        let json = serde_json::to_value(build(&t, &image(), &paths()).unwrap()).unwrap();
+        assert_eq!(caps_of(&json, "effective").len(), ALL_CAPABILITIES.len(), "every capability is known to runc");
         t.spec.container.seccomp = Seccomp::Unconfined;
         let json = serde_json::to_value(build(&t, &image(), &paths()).unwrap()).unwrap();
         assert!(json["linux"].get("seccomp").is_none(), "unconfined: no filter");

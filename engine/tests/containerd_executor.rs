@@ -558,6 +558,25 @@ async fn docker_security_defaults_and_options() {
     assert!(out.contains("unshare=ok"), "unconfined allows unshare: {out}");
     c.remove().await.unwrap();
 
+    step!("a custom profile in Docker's format: everything but mkdir allowed");
+    let mut t = task(&[
+        "sh",
+        "-c",
+        "grep '^Seccomp:' /proc/self/status; \
+                                    if mkdir /made 2>/dev/null; then echo mkdir=ok; else echo mkdir=refused; fi; \
+                                    if unshare -U true; then echo unshare=ok; else echo unshare=refused; fi; echo end",
+    ]);
+    t.spec.container.seccomp = swarm::api::Seccomp::Custom(
+        r#"{"defaultAction": "SCMP_ACT_ALLOW",
+            "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1}]}"#
+            .into(),
+    );
+    let (c, _) = run(&exec, &t).await;
+    let out = stdout_until(&env, &t, "end").await;
+    assert_eq!(status_field(&out, "Seccomp"), "2", "{out}");
+    assert!(out.contains("mkdir=refused") && out.contains("unshare=ok"), "only the profile's rule applies: {out}");
+    c.remove().await.unwrap();
+
     step!("cap-drop, read-only rootfs, init, ulimits and a pids limit");
     let script = "grep '^CapEff:' /proc/self/status; \
                   if touch /written 2>/dev/null; then echo write=ok; else echo write=refused; fi; \

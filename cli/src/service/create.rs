@@ -107,7 +107,7 @@ pub struct CreateArgs {
     /// Limit maximum number of processes (default 0 = unlimited)
     #[arg(long = "limit-pids", value_parser = opts::count, allow_negative_numbers = true, allow_hyphen_values = true, value_name = "N")]
     pub limit_pids: Option<u64>,
-    /// Security options (seccomp=unconfined)
+    /// Security options (seccomp=unconfined or seccomp=PROFILE.json)
     #[arg(long = "security-opt", value_parser = opts::security_opt, value_name = "OPTION")]
     pub security_opts: Vec<Seccomp>,
     /// Overwrite the default ENTRYPOINT of the image

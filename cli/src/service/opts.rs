@@ -115,16 +115,20 @@ pub fn ulimit(s: &str) -> Result<swarm::api::Ulimit, String> {
     s.parse()
 }
 
-/// `--security-opt`: of Docker's options only `seccomp=unconfined` (no filter) is supported; the default
-/// profile applies without it.
+/// `--security-opt`: of Docker's options, `seccomp=unconfined` (no filter) and `seccomp=PATH` (a profile in
+/// Docker's JSON format, read here and sent with the spec, as `docker run` does); Docker's default profile
+/// applies without either.
 pub fn security_opt(s: &str) -> Result<swarm::api::Seccomp, String> {
     match s.split_once(['=', ':']) {
         Some(("seccomp", "unconfined")) => Ok(swarm::api::Seccomp::Unconfined),
-        Some(("seccomp", profile)) => Err(format!(
-            "seccomp profile {profile:?} is not supported: use seccomp=unconfined, or leave the option out for \
-             Docker's default profile"
-        )),
-        _ => Err(format!("security option {s:?} is not supported (only seccomp=unconfined is)")),
+        Some(("seccomp", path)) => {
+            let profile =
+                std::fs::read_to_string(path).map_err(|e| format!("opening seccomp profile ({path}) failed: {e}"))?;
+            serde_json::from_str::<serde_json::Value>(&profile)
+                .map_err(|e| format!("seccomp profile ({path}) is not valid JSON: {e}"))?;
+            Ok(swarm::api::Seccomp::Custom(profile))
+        }
+        _ => Err(format!("security option {s:?} is not supported (only seccomp=unconfined and seccomp=PATH are)")),
     }
 }
 
@@ -390,10 +394,22 @@ mod tests {
         assert!(ulimit("bogus=1").unwrap_err().starts_with("invalid ulimit type: \"bogus\""));
         assert_eq!(security_opt("seccomp=unconfined").unwrap(), swarm::api::Seccomp::Unconfined);
         assert_eq!(security_opt("seccomp:unconfined").unwrap(), swarm::api::Seccomp::Unconfined);
-        assert!(security_opt("seccomp=/etc/profile.json").unwrap_err().contains("is not supported"));
+        assert!(security_opt("seccomp=/no/such/profile.json")
+            .unwrap_err()
+            .starts_with("opening seccomp profile (/no/such/profile.json) failed: "));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.json");
+        std::fs::write(&path, r#"{"defaultAction": "SCMP_ACT_ALLOW"}"#).unwrap();
+        let opt = format!("seccomp={}", path.display());
+        assert_eq!(
+            security_opt(&opt).unwrap(),
+            swarm::api::Seccomp::Custom(r#"{"defaultAction": "SCMP_ACT_ALLOW"}"#.into())
+        );
+        std::fs::write(&path, "{").unwrap();
+        assert!(security_opt(&opt).unwrap_err().contains("is not valid JSON"));
         assert_eq!(
             security_opt("no-new-privileges").unwrap_err(),
-            "security option \"no-new-privileges\" is not supported (only seccomp=unconfined is)"
+            "security option \"no-new-privileges\" is not supported (only seccomp=unconfined and seccomp=PATH are)"
         );
     }
 

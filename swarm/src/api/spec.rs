@@ -121,6 +121,8 @@ pub enum Seccomp {
     Default,
     /// No filter (`seccomp=unconfined`).
     Unconfined,
+    /// A profile in Docker's JSON format (`seccomp=PATH`: the CLI sends the file's content).
+    Custom(String),
 }
 
 impl Seccomp {

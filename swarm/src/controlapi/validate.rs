@@ -47,6 +47,14 @@ pub fn service_spec(spec: &mut ServiceSpec) -> Result<(), InvalidSpec> {
             *cap = crate::api::normalize_capability(cap).map_err(|e| InvalidSpec(format!("invalid {flag}: {e}")))?;
         }
     }
+    if let crate::api::Seccomp::Custom(profile) = &c.seccomp {
+        // The node reads the profile's rules; here it only has to be a JSON object with a default action.
+        let json: serde_json::Value =
+            serde_json::from_str(profile).map_err(|e| InvalidSpec(format!("invalid seccomp profile: {e}")))?;
+        if json.get("defaultAction").and_then(|a| a.as_str()).is_none() {
+            return Err(InvalidSpec("invalid seccomp profile: defaultAction is missing".into()));
+        }
+    }
     for u in &c.ulimits {
         u.check().map_err(|e| InvalidSpec(format!("invalid --ulimit: {e}")))?;
     }
@@ -148,6 +156,11 @@ mod tests {
         let mut s = service("s", "web", 1).spec;
         s.task_template.container.ulimits = vec![crate::api::Ulimit { name: "nofile".into(), soft: 10, hard: 5 }];
         assert!(service_spec(&mut s).unwrap_err().0.contains("soft limit must be less than or equal to hard"));
+        let mut s = service("s", "web", 1).spec;
+        s.task_template.container.seccomp = crate::api::Seccomp::Custom("{\"syscalls\": []}".into());
+        assert_eq!(service_spec(&mut s).unwrap_err().0, "invalid seccomp profile: defaultAction is missing");
+        s.task_template.container.seccomp = crate::api::Seccomp::Custom("not json".into());
+        assert!(service_spec(&mut s).unwrap_err().0.starts_with("invalid seccomp profile: expected"));
         let mut s = service("s", "web", 1).spec;
         s.task_template.resources.limits.pids = -1;
         assert_eq!(service_spec(&mut s).unwrap_err().0, "--limit-pids must not be negative");
