@@ -250,10 +250,14 @@ pub fn build(task: &Task, image: &ImageConfig, paths: &SpecPaths) -> Result<Spec
     let cap_names = capabilities(&c.capability_add, &c.capability_drop);
     let caps: Capabilities = serde_json::from_value(serde_json::json!(cap_names))
         .map_err(|e| invalid(format!("capabilities {cap_names:?}: {e}")))?;
+    // Inheritable and ambient are set (empty) on purpose: oci-spec's defaults put three capabilities there,
+    // which would give them to non-root users and make any smaller set unappliable. Docker leaves both empty.
     let capabilities = oci_spec::runtime::LinuxCapabilitiesBuilder::default()
         .bounding(caps.clone())
         .effective(caps.clone())
         .permitted(caps)
+        .inheritable(Capabilities::new())
+        .ambient(Capabilities::new())
         .build()
         .map_err(invalid)?;
     let mut process_args = args(task, image)?;
@@ -267,6 +271,8 @@ pub fn build(task: &Task, image: &ImageConfig, paths: &SpecPaths) -> Result<Spec
         .cwd(PathBuf::from(cwd))
         .user(UserBuilder::default().uid(uid).gid(gid).build().map_err(invalid)?)
         .capabilities(capabilities)
+        // Docker's default (oci-spec's is true): setuid binaries in the image keep working.
+        .no_new_privileges(false)
         .rlimits(rlimits(&c.ulimits)?)
         .build()
         .map_err(invalid)?;
@@ -449,6 +455,9 @@ mod tests {
         want.sort();
         assert_eq!(caps, want);
         assert_eq!(caps.len(), 14);
+        assert_eq!(caps_of(&json, "inheritable"), Vec::<String>::new(), "nothing inheritable, as Docker");
+        assert_eq!(caps_of(&json, "ambient"), Vec::<String>::new(), "no ambient capabilities for non-root users");
+        assert_eq!(json["process"]["noNewPrivileges"], false, "Docker's default");
         assert_eq!(json["linux"]["seccomp"]["defaultAction"], "SCMP_ACT_ERRNO");
         assert_eq!(json["linux"]["seccomp"]["defaultErrnoRet"], 1);
         let list = |k: &str| -> Vec<String> {
