@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what Shoal builds and runs with, when missing: a C toolchain and pkg-config (crates with C parts),
-# protoc (containerd-client's build), containerd and runc (the runtime), tini (`--init`), busybox-static (the
-# test image), nftables and iproute2 (networking). Checks that cargo is new enough; it does not install Rust.
+# protoc (containerd-client's build), containerd and runc (the runtime), tini (its static binary is the init of
+# `--init` containers), busybox-static (the test image), nftables and iproute2 (networking). Checks that cargo is
+# new enough; it does not install Rust.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

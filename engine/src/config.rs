@@ -25,9 +25,12 @@ pub struct DaemonConfig {
     /// Socket of an existing containerd; when absent shoald starts and supervises its own
     #[arg(long)]
     pub containerd: Option<PathBuf>,
-    /// Log level (error, warn, info, debug, trace) or a tracing filter
-    #[arg(long, default_value = "info")]
+    /// Log level (debug, info, warn, error, fatal; also trace) or a tracing filter such as `info,swarm=debug`
+    #[arg(short = 'l', long, default_value = "info", value_parser = parse_log_level)]
     pub log_level: String,
+    /// Group for the unix socket (default "shoal" if that group exists, else root only)
+    #[arg(short = 'G', long)]
+    pub group: Option<String>,
     #[arg(long, value_enum, default_value = "text")]
     pub log_format: LogFormat,
     /// The largest image archive `image load` accepts, in bytes
@@ -36,6 +39,30 @@ pub struct DaemonConfig {
     /// Engine labels (key=value), usable in constraints as engine.labels.<key>
     #[arg(long = "label", value_parser = parse_label)]
     pub labels: Vec<(String, String)>,
+}
+
+/// Docker's level names (`fatal` and `panic` log errors only, as tracing has no higher level), tracing's `trace`
+/// and `off`, or a tracing filter with `=` directives. A bare unknown word is refused: tracing would read it as a
+/// target name and silently log nothing else.
+fn parse_log_level(s: &str) -> Result<String, String> {
+    let level = s.trim().to_ascii_lowercase();
+    match level.as_str() {
+        "trace" | "debug" | "info" | "warn" | "error" | "off" => Ok(level),
+        "warning" => Ok("warn".into()),
+        "fatal" | "panic" => Ok("error".into()),
+        _ if s.contains('=') => tracing_subscriber::EnvFilter::try_new(s)
+            .map(|_| s.to_string())
+            .map_err(|e| format!("invalid log filter {s:?}: {e}")),
+        _ => Err(format!("invalid log level {s:?}: expected debug, info, warn, error or fatal")),
+    }
+}
+
+impl DaemonConfig {
+    /// The tracing filter `--log-level` asks for.
+    pub fn log_filter(&self) -> tracing_subscriber::EnvFilter {
+        // parse_log_level accepted it, so it parses.
+        tracing_subscriber::EnvFilter::try_new(&self.log_level).unwrap_or_else(|_| "info".into())
+    }
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
@@ -70,5 +97,27 @@ mod tests {
         let c = DaemonConfig::parse_from(["shoald", "-H", "/tmp/x.sock", "--label", "disk=ssd"]);
         assert_eq!(c.socket_path().unwrap(), PathBuf::from("/tmp/x.sock"));
         assert_eq!(c.engine_labels().get("disk").map(String::as_str), Some("ssd"));
+        assert_eq!(c.group, None, "the default group is resolved at startup");
+    }
+
+    #[test]
+    fn log_levels_and_group_flags() {
+        use tracing_subscriber::filter::LevelFilter;
+        let level = |argv: &[&str]| {
+            DaemonConfig::try_parse_from(std::iter::once("shoald").chain(argv.iter().copied()))
+                .map(|c| c.log_filter().max_level_hint())
+        };
+        assert_eq!(level(&[]).unwrap(), Some(LevelFilter::INFO));
+        assert_eq!(level(&["-l", "debug"]).unwrap(), Some(LevelFilter::DEBUG));
+        assert_eq!(level(&["--log-level", "WARN"]).unwrap(), Some(LevelFilter::WARN));
+        assert_eq!(level(&["-l", "fatal"]).unwrap(), Some(LevelFilter::ERROR));
+        assert_eq!(level(&["-l", "info,swarm=trace"]).unwrap(), Some(LevelFilter::TRACE));
+        let e = level(&["-l", "loud"]).unwrap_err();
+        assert!(
+            e.to_string().contains("invalid log level \"loud\": expected debug, info, warn, error or fatal"),
+            "{e}"
+        );
+        let c = DaemonConfig::parse_from(["shoald", "-G", "staff"]);
+        assert_eq!(c.group.as_deref(), Some("staff"));
     }
 }

@@ -35,6 +35,9 @@ pub enum DaemonError {
 
 pub async fn run(cfg: DaemonConfig, shutdown: CancellationToken) -> Result<(), DaemonError> {
     let socket = cfg.socket_path().map_err(DaemonError::Config)?;
+    // Before anything starts: a wrong --group is a configuration error.
+    let socket_gid = crate::socket::resolve_group(cfg.group.as_deref())
+        .map_err(|e| DaemonError::Socket { path: socket.clone(), reason: e.to_string() })?;
     let _lock = DataRootLock::acquire(&cfg.data_root)?;
     let logger = std::env::current_exe()
         .ok()
@@ -66,7 +69,8 @@ pub async fn run(cfg: DaemonConfig, shutdown: CancellationToken) -> Result<(), D
         NodeConfig { state_dir: cfg.data_root.join("swarm"), default_advertise_ip: default_route_ip() },
         Arc::new(executor.clone()),
     ));
-    let result = serve(&cfg, &socket, node.clone(), images, executor, containerd_version, shutdown).await;
+    let api = LocalApi { node: node.clone(), images, executor, containerd_version, data_root: cfg.data_root.clone() };
+    let result = serve(&socket, socket_gid, api, shutdown).await;
     node.shutdown().await;
     if let Some(m) = managed {
         m.shutdown().await;
@@ -75,28 +79,18 @@ pub async fn run(cfg: DaemonConfig, shutdown: CancellationToken) -> Result<(), D
     result
 }
 
+/// Resumes swarm membership, then opens the socket (clients never see a node that has not resumed) and serves.
 async fn serve(
-    cfg: &DaemonConfig,
     socket: &std::path::Path,
-    node: Arc<SwarmNode<ContainerdExecutor>>,
-    images: ImageService,
-    executor: ContainerdExecutor,
-    containerd_version: String,
+    socket_gid: u32,
+    api: LocalApi,
     shutdown: CancellationToken,
 ) -> Result<(), DaemonError> {
+    let node = api.node.clone();
     node.resume().await?;
     let sock_err = |reason: String| DaemonError::Socket { path: socket.to_path_buf(), reason };
-    if let Some(dir) = socket.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| sock_err(e.to_string()))?;
-    }
-    let _ = std::fs::remove_file(socket);
-    let listener = tokio::net::UnixListener::bind(socket).map_err(|e| sock_err(e.to_string()))?;
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let _ = std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o660));
-    }
-    let api = LocalApi { node: node.clone(), images, executor, containerd_version, data_root: cfg.data_root.clone() };
-    tracing::info!(socket = %socket.display(), "API listening");
+    let listener = crate::socket::bind(socket, socket_gid).map_err(|e| sock_err(e.to_string()))?;
+    tracing::info!(socket = %socket.display(), gid = socket_gid, "API listening");
     tonic::transport::Server::builder()
         .add_service(EngineServer::new(api).max_decoding_message_size(16 << 20))
         .add_service(ControlServer::new(node.control_api()))

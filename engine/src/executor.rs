@@ -255,7 +255,7 @@ impl Executor for ContainerdExecutor {
         Ok(NodeDescription {
             hostname: hostname(),
             platform: Platform::current(),
-            resources: Resources { nano_cpus: cpus * 1_000_000_000, memory_bytes: mem_total() },
+            resources: Resources { nano_cpus: cpus * 1_000_000_000, memory_bytes: mem_total(), pids: 0 },
             engine: EngineDescription {
                 engine_version: env!("CARGO_PKG_VERSION").into(),
                 labels: self.cfg.engine_labels.clone(),
@@ -455,7 +455,13 @@ impl ContainerdController {
             .map_err(|e| ExecError::Runtime(e.to_string()))
             .and_then(|r| r);
         let built = files.and_then(|users| {
-            spec::build(&self.task, &image.config, &SpecPaths { volumes: &volumes, users: &users, netns: None })
+            let paths = SpecPaths {
+                volumes: &volumes,
+                users: &users,
+                netns: None,
+                init_binary: Path::new(spec::DEFAULT_INIT_BINARY),
+            };
+            spec::build(&self.task, &image.config, &paths)
         });
         let oci = match built {
             Ok(s) => s,

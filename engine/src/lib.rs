@@ -10,4 +10,6 @@ pub mod imagefs;
 pub mod jsonfile;
 pub mod localapi;
 pub mod logs;
+pub mod seccomp;
+pub mod socket;
 pub mod spec;

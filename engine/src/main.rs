@@ -3,11 +3,10 @@
 use clap::Parser;
 use engine::config::{DaemonConfig, LogFormat};
 use tokio_util::sync::CancellationToken;
-use tracing_subscriber::EnvFilter;
 
 fn main() -> std::process::ExitCode {
     let cfg = DaemonConfig::parse();
-    let filter = EnvFilter::try_new(&cfg.log_level).unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = cfg.log_filter();
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     match cfg.log_format {
         LogFormat::Text => {

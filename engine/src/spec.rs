@@ -2,15 +2,17 @@
 //!
 //! Docker's semantics: `command` replaces the image's entrypoint, `args` replace its cmd; the image's env comes
 //! first and the task's env overrides it; the hostname defaults to the first 12 characters of the task id.
+//! Security defaults are Docker's: its default capability set (adjusted by `--cap-add/--cap-drop`), its seccomp
+//! profile (`crate::seccomp`), its masked and read-only /proc and /sys paths.
 
 use oci_spec::runtime::{
     Capabilities, LinuxBuilder, LinuxCpuBuilder, LinuxMemoryBuilder, LinuxNamespaceBuilder, LinuxNamespaceType,
-    LinuxResourcesBuilder, Mount as OciMount, MountBuilder, ProcessBuilder, RootBuilder, Spec, SpecBuilder,
-    UserBuilder,
+    LinuxPidsBuilder, LinuxResourcesBuilder, Mount as OciMount, MountBuilder, PosixRlimit, PosixRlimitBuilder,
+    PosixRlimitType, ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
 };
 use std::path::{Path, PathBuf};
 use swarm::agent::exec::ExecError;
-use swarm::api::{MountType, Task};
+use swarm::api::{MountType, Seccomp, Task, Ulimit, ALL_CAPABILITIES};
 
 /// What the executor needs of an image's config.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -42,7 +44,14 @@ pub struct SpecPaths<'a> {
     pub users: &'a UserFiles,
     /// A network namespace to join (None: a new one with loopback only).
     pub netns: Option<&'a Path>,
+    /// The static init binary bind-mounted for `--init` (Debian's tini package: `/usr/bin/tini-static`).
+    pub init_binary: &'a Path,
 }
+
+/// Where Debian's tini package puts its static binary, which needs nothing from the container's filesystem.
+pub const DEFAULT_INIT_BINARY: &str = "/usr/bin/tini-static";
+/// Where the init binary appears inside the container (Docker's path).
+const INIT_PATH: &str = "/sbin/docker-init";
 
 /// Docker's default capability set.
 const DEFAULT_CAPS: &[&str] = &[
@@ -61,6 +70,60 @@ const DEFAULT_CAPS: &[&str] = &[
     "CAP_KILL",
     "CAP_AUDIT_WRITE",
 ];
+
+/// Docker's masked paths: hidden from the container (an empty file or directory is mounted over them).
+const MASKED_PATHS: &[&str] = &[
+    "/proc/asound",
+    "/proc/acpi",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/sys/firmware",
+    "/sys/devices/virtual/powercap",
+];
+
+/// Docker's read-only paths: kernel knobs a container may read but not change.
+const READONLY_PATHS: &[&str] = &["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"];
+
+/// The container's capabilities: Docker's defaults with `drop` removed and `add` added (`ALL` in `add` means
+/// every capability but the dropped ones, `ALL` in `drop` only the added ones); an add wins over a drop of the
+/// same name, as in Docker.
+/// Names are canonical (`CAP_NAME`), as the control API stores them.
+pub fn capabilities(add: &[String], drop: &[String]) -> Vec<String> {
+    let all = |l: &[String]| l.iter().any(|c| c == "ALL");
+    let base: Vec<&str> = if all(add) {
+        ALL_CAPABILITIES.to_vec()
+    } else if all(drop) {
+        vec![]
+    } else {
+        DEFAULT_CAPS.to_vec()
+    };
+    let mut caps: Vec<String> = base.into_iter().filter(|c| !drop.iter().any(|d| d == c)).map(String::from).collect();
+    for c in add {
+        if c != "ALL" && !caps.contains(c) {
+            caps.push(c.clone());
+        }
+    }
+    caps
+}
+
+/// OCI rlimits from Docker's ulimits; -1 is RLIM_INFINITY.
+fn rlimits(ulimits: &[Ulimit]) -> Result<Vec<PosixRlimit>, ExecError> {
+    let value = |v: i64| if v < 0 { u64::MAX } else { v as u64 };
+    ulimits
+        .iter()
+        .map(|u| {
+            let typ: PosixRlimitType = format!("RLIMIT_{}", u.name.to_ascii_uppercase())
+                .parse()
+                .map_err(|_| invalid(format!("invalid ulimit type: {:?}", u.name)))?;
+            PosixRlimitBuilder::default().typ(typ).soft(value(u.soft)).hard(value(u.hard)).build().map_err(invalid)
+        })
+        .collect()
+}
 
 fn invalid(e: impl std::fmt::Display) -> ExecError {
     ExecError::InvalidSpec(e.to_string())
@@ -224,19 +287,33 @@ pub fn build(task: &Task, image: &ImageConfig, paths: &SpecPaths) -> Result<Spec
     } else {
         "/".into()
     };
-    let caps: Capabilities = serde_json::from_value(serde_json::json!(DEFAULT_CAPS)).map_err(invalid)?;
+    let cap_names = capabilities(&c.capability_add, &c.capability_drop);
+    let caps: Capabilities = serde_json::from_value(serde_json::json!(cap_names))
+        .map_err(|e| invalid(format!("capabilities {cap_names:?}: {e}")))?;
+    // Inheritable and ambient are set (empty) on purpose: oci-spec's defaults put three capabilities there,
+    // which would give them to non-root users and make any smaller set unappliable. Docker leaves both empty.
     let capabilities = oci_spec::runtime::LinuxCapabilitiesBuilder::default()
         .bounding(caps.clone())
         .effective(caps.clone())
         .permitted(caps)
+        .inheritable(Capabilities::new())
+        .ambient(Capabilities::new())
         .build()
         .map_err(invalid)?;
+    let mut process_args = args(task, image)?;
+    if c.init {
+        // tini as PID 1 forwards signals to the command and reaps orphaned zombies; `--` ends tini's own flags.
+        process_args.splice(0..0, [INIT_PATH.to_string(), "--".to_string()]);
+    }
     let process = ProcessBuilder::default()
-        .args(args(task, image)?)
+        .args(process_args)
         .env(env(task, image, &hostname))
         .cwd(PathBuf::from(cwd))
         .user(UserBuilder::default().uid(uid).gid(gid).build().map_err(invalid)?)
         .capabilities(capabilities)
+        // Docker's default (oci-spec's is true): setuid binaries in the image keep working.
+        .no_new_privileges(false)
+        .rlimits(rlimits(&c.ulimits)?)
         .build()
         .map_err(invalid)?;
 
@@ -253,6 +330,15 @@ pub fn build(task: &Task, image: &ImageConfig, paths: &SpecPaths) -> Result<Spec
         mount("/dev/mqueue", "mqueue", "mqueue", &["nosuid", "noexec", "nodev"])?,
         mount("/sys", "sysfs", "sysfs", &["nosuid", "noexec", "nodev", "ro"])?,
     ];
+    if c.init {
+        if !paths.init_binary.is_file() {
+            return Err(ExecError::Runtime(format!(
+                "--init needs {} on this node, which is missing: install the tini package (apt-get install tini)",
+                paths.init_binary.display()
+            )));
+        }
+        mounts.push(mount(INIT_PATH, "bind", &paths.init_binary.to_string_lossy(), &["bind", "ro"])?);
+    }
     mounts.extend(task_mounts(task, paths.volumes)?);
     // Docker gives each volume the image declares an anonymous volume unless the service mounts something there.
     for (n, path) in image_volumes(task, image) {
@@ -283,39 +369,28 @@ pub fn build(task: &Task, image: &ImageConfig, paths: &SpecPaths) -> Result<Spec
         resources =
             resources.cpu(LinuxCpuBuilder::default().period(PERIOD).quota(quota.max(1000)).build().map_err(invalid)?);
     }
-    let linux = LinuxBuilder::default()
+    if limits.pids > 0 {
+        resources = resources.pids(LinuxPidsBuilder::default().limit(limits.pids).build().map_err(invalid)?);
+    }
+    let mut linux = LinuxBuilder::default()
         .namespaces(namespaces)
         .resources(resources.build().map_err(invalid)?)
         .cgroups_path(PathBuf::from(format!("/shoal/{}", task.id)))
-        .masked_paths(
-            [
-                "/proc/acpi",
-                "/proc/kcore",
-                "/proc/keys",
-                "/proc/latency_stats",
-                "/proc/timer_list",
-                "/proc/timer_stats",
-                "/proc/sched_debug",
-                "/proc/scsi",
-                "/sys/firmware",
-            ]
-            .iter()
-            .map(|s| s.to_string())
-            .collect::<Vec<_>>(),
-        )
-        .readonly_paths(
-            ["/proc/asound", "/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"]
-                .iter()
-                .map(|s| s.to_string())
-                .collect::<Vec<_>>(),
-        )
-        .build()
-        .map_err(invalid)?;
+        .masked_paths(MASKED_PATHS.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+        .readonly_paths(READONLY_PATHS.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+    match &c.seccomp {
+        Seccomp::Default => linux = linux.seccomp(crate::seccomp::default_profile(&cap_names).map_err(invalid)?),
+        Seccomp::Unconfined => {}
+        Seccomp::Custom(json) => {
+            linux = linux.seccomp(crate::seccomp::custom_profile(json, &cap_names).map_err(invalid)?)
+        }
+    }
+    let linux = linux.build().map_err(invalid)?;
 
     SpecBuilder::default()
         .version("1.0.2")
         .process(process)
-        .root(RootBuilder::default().path("rootfs").readonly(false).build().map_err(invalid)?)
+        .root(RootBuilder::default().path("rootfs").readonly(c.read_only).build().map_err(invalid)?)
         .hostname(hostname)
         .mounts(mounts)
         .linux(linux)
@@ -328,6 +403,12 @@ mod tests {
     use super::*;
     use serde_json::Value;
     use swarm::testing::task;
+
+    fn paths() -> SpecPaths<'static> {
+        static NO_USERS: std::sync::OnceLock<UserFiles> = std::sync::OnceLock::new();
+        let users = NO_USERS.get_or_init(UserFiles::default);
+        SpecPaths { volumes: Path::new("/tmp"), users, netns: None, init_binary: Path::new("/bin/sh") }
+    }
 
     fn image() -> ImageConfig {
         ImageConfig {
@@ -366,9 +447,7 @@ mod tests {
                 && e.contains(&"C=task".to_string())
         );
         assert!(!e.contains(&"B=image".to_string()));
-        let spec =
-            build(&t, &image(), &SpecPaths { volumes: Path::new("/tmp"), users: &UserFiles::default(), netns: None })
-                .unwrap();
+        let spec = build(&t, &image(), &paths()).unwrap();
         assert_eq!(spec.hostname().as_deref(), Some("abcdefghijkl"));
     }
 
@@ -377,9 +456,7 @@ mod tests {
         let mut t = task("abcdefghijklmnop", "s", 1);
         t.spec.resources.limits.memory_bytes = 64 << 20;
         t.spec.resources.limits.nano_cpus = 500_000_000;
-        let spec =
-            build(&t, &image(), &SpecPaths { volumes: Path::new("/tmp"), users: &UserFiles::default(), netns: None })
-                .unwrap();
+        let spec = build(&t, &image(), &paths()).unwrap();
         let json = serde_json::to_value(&spec).unwrap();
         assert_eq!(json["linux"]["resources"]["memory"]["limit"], 64 << 20);
         assert_eq!(json["linux"]["resources"]["cpu"]["quota"], 50_000);
@@ -426,8 +503,7 @@ mod tests {
             readonly: false,
             tmpfs_size: 0,
         });
-        let spec =
-            build(&t, &img, &SpecPaths { volumes: dir.path(), users: &UserFiles::default(), netns: None }).unwrap();
+        let spec = build(&t, &img, &SpecPaths { volumes: dir.path(), ..paths() }).unwrap();
         let json = serde_json::to_value(&spec).unwrap();
         let data: Vec<&Value> =
             json["mounts"].as_array().unwrap().iter().filter(|m| m["destination"] == "/data").collect();
@@ -441,5 +517,110 @@ mod tests {
         assert_eq!(cache[0]["type"], "tmpfs");
         assert!(!image_volume_dir(dir.path(), "abcdefghijklmnop", 1).exists());
         assert!(!json["mounts"].as_array().unwrap().iter().any(|m| m["destination"] == "relative"));
+    }
+
+    fn caps_of(json: &serde_json::Value, set: &str) -> Vec<String> {
+        json["process"]["capabilities"][set].as_array().unwrap().iter().map(|c| c.as_str().unwrap().into()).collect()
+    }
+
+    #[test]
+    fn docker_security_defaults() {
+        let t = task("abcdefghijklmnop", "s", 1);
+        let json = serde_json::to_value(build(&t, &image(), &paths()).unwrap()).unwrap();
+        let mut caps = caps_of(&json, "effective");
+        caps.sort();
+        let mut want: Vec<String> = DEFAULT_CAPS.iter().map(|s| s.to_string()).collect();
+        want.sort();
+        assert_eq!(caps, want);
+        assert_eq!(caps.len(), 14);
+        assert_eq!(caps_of(&json, "inheritable"), Vec::<String>::new(), "nothing inheritable, as Docker");
+        assert_eq!(caps_of(&json, "ambient"), Vec::<String>::new(), "no ambient capabilities for non-root users");
+        assert_eq!(json["process"]["noNewPrivileges"], false, "Docker's default");
+        assert_eq!(json["linux"]["seccomp"]["defaultAction"], "SCMP_ACT_ERRNO");
+        assert_eq!(json["linux"]["seccomp"]["defaultErrnoRet"], 1);
+        let list = |k: &str| -> Vec<String> {
+            json["linux"][k].as_array().unwrap().iter().map(|c| c.as_str().unwrap().into()).collect()
+        };
+        assert_eq!(
+            list("maskedPaths"),
+            [
+                "/proc/asound",
+                "/proc/acpi",
+                "/proc/kcore",
+                "/proc/keys",
+                "/proc/latency_stats",
+                "/proc/timer_list",
+                "/proc/timer_stats",
+                "/proc/sched_debug",
+                "/proc/scsi",
+                "/sys/firmware",
+                "/sys/devices/virtual/powercap"
+            ]
+        );
+        assert_eq!(list("readonlyPaths"), ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"]);
+        assert_eq!(json["root"]["readonly"], false);
+        assert!(json["process"].get("rlimits").is_none() || json["process"]["rlimits"] == serde_json::json!([]));
+        assert!(json["linux"]["resources"].get("pids").is_none(), "no pids limit by default (Docker: unlimited)");
+    }
+
+    #[test]
+    fn capability_add_and_drop_follow_docker() {
+        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        let caps = capabilities(&s(&["CAP_NET_ADMIN"]), &s(&["CAP_CHOWN", "CAP_NET_RAW"]));
+        assert!(caps.contains(&"CAP_NET_ADMIN".into()) && !caps.contains(&"CAP_CHOWN".into()));
+        assert_eq!(caps.len(), 13);
+        assert_eq!(capabilities(&s(&["CAP_KILL"]), &s(&["ALL"])), s(&["CAP_KILL"]));
+        assert_eq!(capabilities(&s(&["ALL"]), &s(&["CAP_SYS_ADMIN"])).len(), ALL_CAPABILITIES.len() - 1);
+        assert_eq!(capabilities(&s(&["CAP_KILL"]), &s(&["CAP_KILL"])).len(), 14, "an add wins over a drop");
+
+        // The seccomp profile follows the capabilities: CAP_SYS_ADMIN opens mount and unshare.
+        let mut t = task("abcdefghijklmnop", "s", 1);
+        t.spec.container.capability_add = s(&["CAP_SYS_ADMIN"]);
+        t.spec.container.capability_drop = s(&["ALL"]);
+        let json = serde_json::to_value(build(&t, &image(), &paths()).unwrap()).unwrap();
+        assert_eq!(caps_of(&json, "bounding"), s(&["CAP_SYS_ADMIN"]));
+        assert_eq!(caps_of(&json, "permitted"), s(&["CAP_SYS_ADMIN"]));
+        let rules = json["linux"]["seccomp"]["syscalls"].as_array().unwrap();
+        assert!(rules.iter().any(|r| r["names"].as_array().unwrap().contains(&"unshare".into())));
+        t.spec.container.capability_add = s(&["ALL"]);
+        t.spec.container.capability_drop.clear();
+        let json = serde_json::to_value(build(&t, &image(), &paths()).unwrap()).unwrap();
+        assert_eq!(caps_of(&json, "effective").len(), ALL_CAPABILITIES.len(), "every capability is known to runc");
+        t.spec.container.seccomp = Seccomp::Unconfined;
+        let json = serde_json::to_value(build(&t, &image(), &paths()).unwrap()).unwrap();
+        assert!(json["linux"].get("seccomp").is_none(), "unconfined: no filter");
+    }
+
+    #[test]
+    fn read_only_init_ulimits_and_pids() {
+        let mut t = task("abcdefghijklmnop", "s", 1);
+        t.spec.container.read_only = true;
+        t.spec.container.init = true;
+        t.spec.container.args = vec!["sleep".into(), "5".into()];
+        t.spec.container.ulimits =
+            vec!["nofile=1024:2048".parse().unwrap(), "core=-1".parse().unwrap(), "nproc=64".parse().unwrap()];
+        t.spec.resources.limits.pids = 100;
+        let json = serde_json::to_value(build(&t, &image(), &paths()).unwrap()).unwrap();
+        assert_eq!(json["root"]["readonly"], true);
+        assert_eq!(json["process"]["args"], serde_json::json!(["/sbin/docker-init", "--", "sleep", "5"]));
+        let init = json["mounts"].as_array().unwrap().iter().find(|m| m["destination"] == "/sbin/docker-init");
+        let init = init.expect("the init binary is mounted");
+        assert_eq!((init["source"].as_str(), &init["options"]), (Some("/bin/sh"), &serde_json::json!(["bind", "ro"])));
+        assert_eq!(
+            json["process"]["rlimits"],
+            serde_json::json!([
+                {"type": "RLIMIT_NOFILE", "soft": 1024, "hard": 2048},
+                {"type": "RLIMIT_CORE", "soft": u64::MAX, "hard": u64::MAX},
+                {"type": "RLIMIT_NPROC", "soft": 64, "hard": 64},
+            ])
+        );
+        assert_eq!(json["linux"]["resources"]["pids"]["limit"], 100);
+
+        let missing = SpecPaths { init_binary: Path::new("/no/tini-static"), ..paths() };
+        let e = build(&t, &image(), &missing).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "--init needs /no/tini-static on this node, which is missing: install the tini package (apt-get install tini)"
+        );
     }
 }

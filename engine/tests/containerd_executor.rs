@@ -12,7 +12,7 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use swarm::agent::exec::{ContainerState, Controller, ExecError, Executor};
-use swarm::api::{LogDriver, Mount, MountType};
+use swarm::api::{LogDriver, Mount, MountType, Task};
 
 #[macro_use]
 mod common;
@@ -428,6 +428,124 @@ async fn network_stop_signals_and_exit_codes() {
     assert!(env.task_ids().await.is_empty());
     assert!(!env.snapshot_exists(&orphan.id).await);
     exec.remove_task(&orphan.id).await.expect("remove_task is idempotent");
+}
+
+/// The task's stdout, once it has printed `end` as a line.
+async fn stdout_until(env: &Env, t: &Task, end: &str) -> String {
+    let log = env.log_path(&t.id);
+    wait_for(&format!("{end:?} on stdout of {}", t.id), Duration::from_secs(20), || async {
+        let recs = log_records(&log);
+        let out: String =
+            recs.iter().filter(|r| r["stream"] == "stdout").map(|r| r["log"].as_str().unwrap_or_default()).collect();
+        if out.lines().any(|l| l == end) {
+            Ok(out)
+        } else {
+            Err(format!("{recs:?}"))
+        }
+    })
+    .await
+}
+
+/// The value of `Field:` in a /proc/<pid>/status dump.
+fn status_field<'a>(out: &'a str, field: &str) -> &'a str {
+    out.lines()
+        .find_map(|l| l.strip_prefix(&format!("{field}:")))
+        .map(str::trim)
+        .unwrap_or_else(|| panic!("no {field} line in {out:?}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_security_defaults_and_options() {
+    let env = Env::start().await;
+    let exec = env.executor();
+    // unshare(CLONE_NEWUSER) needs no capability, so only the seccomp filter refuses it.
+    let probe = "grep -E '^(Seccomp|CapEff):' /proc/self/status; \
+                 if unshare -U true; then echo unshare=ok; else echo unshare=refused; fi; echo end";
+
+    step!("by default: the seccomp filter is on, Docker's default capabilities, unshare refused");
+    let t = task(&["sh", "-c", probe]);
+    let (c, _) = run(&exec, &t).await;
+    let out = stdout_until(&env, &t, "end").await;
+    assert_eq!(status_field(&out, "Seccomp"), "2", "seccomp in filter mode: {out}");
+    assert_eq!(status_field(&out, "CapEff"), "00000000a80425fb", "Docker's default capability set: {out}");
+    assert!(out.contains("unshare=refused"), "a syscall outside the allowlist fails: {out}");
+    assert_eq!(c.wait().await.unwrap().exit_code, 0);
+    c.remove().await.unwrap();
+
+    step!("a non-root user has no capabilities (none ambient)");
+    let mut t = task(&["sh", "-c", "grep '^CapEff:' /proc/self/status; echo end"]);
+    t.spec.container.user = "nobody".into();
+    let (c, _) = run(&exec, &t).await;
+    let out = stdout_until(&env, &t, "end").await;
+    assert_eq!(status_field(&out, "CapEff"), "0000000000000000", "{out}");
+    c.remove().await.unwrap();
+
+    step!("seccomp=unconfined: no filter, so the same unshare works");
+    let mut t = task(&["sh", "-c", probe]);
+    t.spec.container.seccomp = swarm::api::Seccomp::Unconfined;
+    let (c, _) = run(&exec, &t).await;
+    let out = stdout_until(&env, &t, "end").await;
+    assert_eq!(status_field(&out, "Seccomp"), "0", "no seccomp: {out}");
+    assert!(out.contains("unshare=ok"), "unconfined allows unshare: {out}");
+    c.remove().await.unwrap();
+
+    step!("a custom profile in Docker's format: everything but mkdir allowed");
+    let mut t = task(&[
+        "sh",
+        "-c",
+        "grep '^Seccomp:' /proc/self/status; \
+                                    if mkdir /made 2>/dev/null; then echo mkdir=ok; else echo mkdir=refused; fi; \
+                                    if unshare -U true; then echo unshare=ok; else echo unshare=refused; fi; echo end",
+    ]);
+    t.spec.container.seccomp = swarm::api::Seccomp::Custom(
+        r#"{"defaultAction": "SCMP_ACT_ALLOW",
+            "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1}]}"#
+            .into(),
+    );
+    let (c, _) = run(&exec, &t).await;
+    let out = stdout_until(&env, &t, "end").await;
+    assert_eq!(status_field(&out, "Seccomp"), "2", "{out}");
+    assert!(out.contains("mkdir=refused") && out.contains("unshare=ok"), "only the profile's rule applies: {out}");
+    c.remove().await.unwrap();
+
+    step!("cap-drop, read-only rootfs, init, ulimits and a pids limit");
+    let script = "grep '^CapEff:' /proc/self/status; \
+                  if touch /written 2>/dev/null; then echo write=ok; else echo write=refused; fi; \
+                  if touch /tmp/written 2>/dev/null; then echo tmp=ok; else echo tmp=refused; fi; \
+                  echo pid1=$(tr '\\0' ' ' </proc/1/cmdline); \
+                  echo nofile=$(ulimit -n):$(ulimit -Hn); echo end; exec sleep 1000";
+    let mut t = task(&["sh", "-c", script]);
+    let c_spec = &mut t.spec.container;
+    c_spec.capability_drop = vec!["ALL".into()];
+    c_spec.capability_add = vec!["CAP_CHOWN".into(), "CAP_SYS_TIME".into()];
+    c_spec.read_only = true;
+    c_spec.init = true;
+    c_spec.ulimits = vec!["nofile=1024:2048".parse().unwrap()];
+    c_spec.mounts.push(Mount {
+        kind: MountType::Tmpfs,
+        source: String::new(),
+        target: "/tmp".into(),
+        readonly: false,
+        tmpfs_size: 0,
+    });
+    t.spec.resources.limits.pids = 100;
+    let (c, _) = run(&exec, &t).await;
+    let out = stdout_until(&env, &t, "end").await;
+    // Only CHOWN (bit 0) and SYS_TIME (bit 25).
+    assert_eq!(status_field(&out, "CapEff"), format!("{:016x}", 1u64 | 1 << 25));
+    assert!(out.contains("write=refused"), "the rootfs is read-only: {out}");
+    assert!(out.contains("tmp=ok"), "a tmpfs mount stays writable: {out}");
+    assert!(out.contains("pid1=/sbin/docker-init -- sh -c "), "tini is PID 1: {out}");
+    assert!(out.contains("nofile=1024:2048"), "ulimit -n and -Hn: {out}");
+    let pids_max = if Path::new("/sys/fs/cgroup/pids").is_dir() {
+        format!("/sys/fs/cgroup/pids/shoal/{}/pids.max", t.id)
+    } else {
+        format!("/sys/fs/cgroup/shoal/{}/pids.max", t.id)
+    };
+    let max = std::fs::read_to_string(&pids_max).unwrap_or_else(|e| panic!("{pids_max}: {e}"));
+    assert_eq!(max.trim(), "100", "the pids limit is in the task's cgroup");
+    c.terminate().await.unwrap();
+    c.remove().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -20,7 +20,7 @@ pub fn node(id: &str, hostname: &str) -> Node {
         description: NodeDescription {
             hostname: hostname.into(),
             platform: Platform { os: "linux".into(), architecture: "amd64".into() },
-            resources: Resources { nano_cpus: 4_000_000_000, memory_bytes: 8 << 30 },
+            resources: Resources { nano_cpus: 4_000_000_000, memory_bytes: 8 << 30, pids: 0 },
             engine: EngineDescription::default(),
         },
         status: NodeStatus { state: NodeState::Ready, ..Default::default() },
@@ -138,7 +138,7 @@ impl Executor for TestExecutor {
         Ok(NodeDescription {
             hostname: self.hostname.clone(),
             platform: Platform::current(),
-            resources: Resources { nano_cpus: 4_000_000_000, memory_bytes: 8 << 30 },
+            resources: Resources { nano_cpus: 4_000_000_000, memory_bytes: 8 << 30, pids: 0 },
             engine: EngineDescription { engine_version: "test".into(), labels: Default::default() },
         })
     }

@@ -45,6 +45,11 @@ fn docker_save_from_oci(oci: &Path, out: &Path, tag: &str) {
 #[test]
 fn images_logs_global_services_and_limits() {
     let d = Daemon::start();
+    step!("the API socket is root's and its group's only");
+    let m = std::fs::metadata(&d.socket).expect("socket");
+    assert_eq!(std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o777, 0o660);
+    assert_eq!(std::os::unix::fs::MetadataExt::uid(&m), 0);
+
     step!("before init: the swarm is inactive and swarm commands say so");
     assert!(d.ok(&["info"]).contains("Swarm: inactive"));
     let err = d.fails(&["service", "ls"]);
@@ -238,6 +243,51 @@ fn images_logs_global_services_and_limits() {
             Err(o)
         }
     });
+
+    step!("security and limit flags reach the container: caps, read-only rootfs, init, ulimit, pids, seccomp");
+    d.ok(&[
+        "service",
+        "create",
+        "-d",
+        "--name",
+        "locked",
+        "--cap-drop",
+        "ALL",
+        "--cap-add",
+        "chown",
+        "--read-only",
+        "--init",
+        "--ulimit",
+        "nofile=512:1024",
+        "--limit-pids",
+        "50",
+        "busybox",
+        "sh",
+        "-c",
+        "grep -E '^(CapEff|Seccomp):' /proc/self/status; touch /x 2>/dev/null || echo ro-ok; \
+         echo pid1=$(tr '\\0' ' ' </proc/1/cmdline); echo nofile=$(ulimit -n):$(ulimit -Hn); sleep 100000",
+    ]);
+    let o = wait_for("the locked service's report in its logs", T, || {
+        let o = d.ok(&["service", "logs", "locked"]);
+        if o.contains("nofile=") {
+            Ok(o)
+        } else {
+            Err(o)
+        }
+    });
+    for want in
+        ["CapEff:\t0000000000000001", "Seccomp:\t2", "ro-ok", "pid1=/sbin/docker-init -- sh -c", "nofile=512:1024"]
+    {
+        assert!(o.contains(want), "missing {want:?} in {o}");
+    }
+    let pretty = d.ok(&["service", "inspect", "--pretty", "locked"]);
+    for want in
+        [" Init:\t\ttrue", "Capabilities:\n Add: CAP_CHOWN\n Drop: ALL", "Ulimits:\n nofile: 512:1024", "  PIDs:\t\t50"]
+    {
+        assert!(pretty.contains(want), "missing {want:?} in\n{pretty}");
+    }
+    let err = d.fails(&["service", "create", "--ulimit", "nofile=abc", "busybox"]);
+    assert!(err.contains("invalid ulimit value \"abc\" for nofile: must be an integer"), "{err}");
 
     step!("image rm removes the image; a service using a removed image is rejected");
     let rm = d.ok(&["image", "rm", "example.com/tools/box:v1"]);

@@ -12,7 +12,7 @@ use std::time::Duration;
 use swarm::api::control::CreateServiceRequest;
 use swarm::api::{
     Annotations, ContainerSpec, LogDriver, Mount, Placement, ResourceRequirements, Resources, RestartCondition,
-    RestartPolicy, ServiceMode, ServiceSpec, TaskSpec,
+    RestartPolicy, Seccomp, ServiceMode, ServiceSpec, TaskSpec, Ulimit,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -95,6 +95,27 @@ pub struct CreateArgs {
     /// Time to wait before force killing a container (ns|us|ms|s|m|h) (default 10s)
     #[arg(long = "stop-grace-period", value_parser = opts::duration, allow_hyphen_values = true, value_name = "DURATION")]
     pub stop_grace_period: Option<Duration>,
+    /// Add Linux capabilities
+    #[arg(long = "cap-add", value_parser = opts::capability, value_name = "CAPABILITY")]
+    pub cap_add: Vec<String>,
+    /// Drop Linux capabilities
+    #[arg(long = "cap-drop", value_parser = opts::capability, value_name = "CAPABILITY")]
+    pub cap_drop: Vec<String>,
+    /// Mount the container's root filesystem as read only
+    #[arg(long = "read-only")]
+    pub read_only: bool,
+    /// Use an init inside each service container to forward signals and reap processes
+    #[arg(long)]
+    pub init: bool,
+    /// Ulimit options (NAME=SOFT[:HARD])
+    #[arg(long = "ulimit", value_parser = opts::ulimit, value_name = "ULIMIT")]
+    pub ulimits: Vec<Ulimit>,
+    /// Limit maximum number of processes (default 0 = unlimited)
+    #[arg(long = "limit-pids", value_parser = opts::count, allow_negative_numbers = true, allow_hyphen_values = true, value_name = "N")]
+    pub limit_pids: Option<u64>,
+    /// Security options (seccomp=unconfined or seccomp=PROFILE.json)
+    #[arg(long = "security-opt", value_parser = opts::security_opt, value_name = "OPTION")]
+    pub security_opts: Vec<Seccomp>,
     /// Overwrite the default ENTRYPOINT of the image
     #[arg(long, value_parser = opts::words, allow_hyphen_values = true, value_name = "COMMAND")]
     pub entrypoint: Option<Words>,
@@ -160,12 +181,25 @@ impl CreateArgs {
             mounts: self.mounts.clone(),
             stop_signal: self.stop_signal.clone().unwrap_or_default(),
             stop_grace_period: self.stop_grace_period.unwrap_or(Duration::from_secs(10)),
+            capability_add: self.cap_add.clone(),
+            capability_drop: self.cap_drop.clone(),
+            read_only: self.read_only,
+            init: self.init,
+            ulimits: self.ulimits.clone(),
+            // The last --security-opt seccomp=… wins, as in Docker.
+            seccomp: self.security_opts.last().cloned().unwrap_or_default(),
         };
         let resources = ResourceRequirements {
-            limits: Resources { nano_cpus: self.limit_cpu.unwrap_or(0), memory_bytes: self.limit_memory.unwrap_or(0) },
+            limits: Resources {
+                nano_cpus: self.limit_cpu.unwrap_or(0),
+                memory_bytes: self.limit_memory.unwrap_or(0),
+                pids: i64::try_from(self.limit_pids.unwrap_or(0))
+                    .map_err(|_| anyhow::anyhow!("--limit-pids is too large"))?,
+            },
             reservations: Resources {
                 nano_cpus: self.reserve_cpu.unwrap_or(0),
                 memory_bytes: self.reserve_memory.unwrap_or(0),
+                pids: 0,
             },
         };
         let placement =
@@ -362,8 +396,8 @@ mod tests {
             vec!["node.role==manager", "node.labels.zone!=east"]
         );
         assert_eq!(t.placement.max_replicas, 2);
-        assert_eq!(t.resources.reservations, Resources { nano_cpus: 500_000_000, memory_bytes: 64 << 20 });
-        assert_eq!(t.resources.limits, Resources { nano_cpus: 2_000_000_000, memory_bytes: 1 << 30 });
+        assert_eq!(t.resources.reservations, Resources { nano_cpus: 500_000_000, memory_bytes: 64 << 20, pids: 0 });
+        assert_eq!(t.resources.limits, Resources { nano_cpus: 2_000_000_000, memory_bytes: 1 << 30, pids: 0 });
         assert_eq!(
             t.restart_policy,
             RestartPolicy {
@@ -383,6 +417,61 @@ mod tests {
         assert_eq!(s.task_template.container.stop_grace_period, Duration::from_secs(10));
         assert!(!s.annotations.name.is_empty());
         assert!(s.task_template.container.args.is_empty());
+    }
+
+    #[test]
+    fn security_and_limit_flags() {
+        let s = parse(&[
+            "--cap-add",
+            "net_admin",
+            "--cap-add",
+            "CAP_SYS_TIME",
+            "--cap-drop",
+            "all",
+            "--read-only",
+            "--init",
+            "--ulimit",
+            "nofile=1024:2048",
+            "--ulimit",
+            "nproc=64",
+            "--limit-pids",
+            "100",
+            "--security-opt",
+            "seccomp=unconfined",
+            "busybox",
+        ])
+        .unwrap()
+        .spec()
+        .unwrap();
+        let c = &s.task_template.container;
+        assert_eq!(c.capability_add, vec!["CAP_NET_ADMIN", "CAP_SYS_TIME"]);
+        assert_eq!(c.capability_drop, vec!["ALL"]);
+        assert!(c.read_only && c.init);
+        assert_eq!(
+            c.ulimits,
+            vec![
+                Ulimit { name: "nofile".into(), soft: 1024, hard: 2048 },
+                Ulimit { name: "nproc".into(), soft: 64, hard: 64 }
+            ]
+        );
+        assert_eq!(c.seccomp, Seccomp::Unconfined);
+        assert_eq!(s.task_template.resources.limits.pids, 100);
+
+        let d = parse(&["busybox"]).unwrap().spec().unwrap();
+        let c = &d.task_template.container;
+        assert!(!c.read_only && !c.init && c.capability_add.is_empty() && c.ulimits.is_empty());
+        assert_eq!((c.seccomp.clone(), d.task_template.resources.limits.pids), (Seccomp::Default, 0));
+
+        for (argv, want) in [
+            (&["--ulimit", "nofile=abc"][..], "invalid ulimit value \"abc\" for nofile: must be an integer"),
+            (&["--cap-add", "NOPE"][..], "unknown capability: \"NOPE\""),
+            (&["--limit-pids", "-1"][..], "invalid value -1: must be a non-negative integer"),
+            (&["--security-opt", "apparmor=x"][..], "security option \"apparmor=x\" is not supported"),
+        ] {
+            let e = parse(&[argv, &["busybox"]].concat()).unwrap_err();
+            assert_eq!(e.kind(), clap::error::ErrorKind::ValueValidation, "{argv:?}");
+            assert!(e.to_string().contains(want), "{argv:?}: {e}");
+        }
     }
 
     #[test]

@@ -113,6 +113,33 @@ pub fn restart_condition(s: &str) -> Result<swarm::api::RestartCondition, String
     s.parse()
 }
 
+/// `--cap-add/--cap-drop`: Docker's names, case-insensitive, with or without `CAP_`, or `ALL`.
+pub fn capability(s: &str) -> Result<String, String> {
+    swarm::api::normalize_capability(s)
+}
+
+/// `--ulimit NAME=SOFT[:HARD]` (go-units' `ParseUlimit`).
+pub fn ulimit(s: &str) -> Result<swarm::api::Ulimit, String> {
+    s.parse()
+}
+
+/// `--security-opt`: of Docker's options, `seccomp=unconfined` (no filter) and `seccomp=PATH` (a profile in
+/// Docker's JSON format, read here and sent with the spec, as `docker run` does); Docker's default profile
+/// applies without either.
+pub fn security_opt(s: &str) -> Result<swarm::api::Seccomp, String> {
+    match s.split_once(['=', ':']) {
+        Some(("seccomp", "unconfined")) => Ok(swarm::api::Seccomp::Unconfined),
+        Some(("seccomp", path)) => {
+            let profile =
+                std::fs::read_to_string(path).map_err(|e| format!("opening seccomp profile ({path}) failed: {e}"))?;
+            serde_json::from_str::<serde_json::Value>(&profile)
+                .map_err(|e| format!("seccomp profile ({path}) is not valid JSON: {e}"))?;
+            Ok(swarm::api::Seccomp::Custom(profile))
+        }
+        _ => Err(format!("security option {s:?} is not supported (only seccomp=unconfined and seccomp=PATH are)")),
+    }
+}
+
 /// A command split into words (`--entrypoint "sh -c"`); a newtype so clap treats it as one value.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Words(pub Vec<String>);
@@ -359,6 +386,39 @@ mod tests {
         assert!(mount("type=bind,source=/a,target=relative").unwrap_err().contains("absolute"));
         assert!(mount("type=tmpfs,target=/b,tmpfs-size=lots").unwrap_err().contains("invalid size"));
         assert!(mount("type=bind,\"source=/a,target=/b").unwrap_err().contains("quote"));
+    }
+
+    #[test]
+    fn security_flags_parse_like_docker() {
+        assert_eq!(capability("net_admin").unwrap(), "CAP_NET_ADMIN");
+        assert_eq!(capability("CAP_SYS_PTRACE").unwrap(), "CAP_SYS_PTRACE");
+        assert_eq!(capability("all").unwrap(), "ALL");
+        assert_eq!(capability("NOPE").unwrap_err(), "unknown capability: \"NOPE\"");
+        assert_eq!(
+            ulimit("nofile=1024:2048").unwrap(),
+            swarm::api::Ulimit { name: "nofile".into(), soft: 1024, hard: 2048 }
+        );
+        assert_eq!(ulimit("nofile=abc").unwrap_err(), "invalid ulimit value \"abc\" for nofile: must be an integer");
+        assert!(ulimit("bogus=1").unwrap_err().starts_with("invalid ulimit type: \"bogus\""));
+        assert_eq!(security_opt("seccomp=unconfined").unwrap(), swarm::api::Seccomp::Unconfined);
+        assert_eq!(security_opt("seccomp:unconfined").unwrap(), swarm::api::Seccomp::Unconfined);
+        assert!(security_opt("seccomp=/no/such/profile.json")
+            .unwrap_err()
+            .starts_with("opening seccomp profile (/no/such/profile.json) failed: "));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.json");
+        std::fs::write(&path, r#"{"defaultAction": "SCMP_ACT_ALLOW"}"#).unwrap();
+        let opt = format!("seccomp={}", path.display());
+        assert_eq!(
+            security_opt(&opt).unwrap(),
+            swarm::api::Seccomp::Custom(r#"{"defaultAction": "SCMP_ACT_ALLOW"}"#.into())
+        );
+        std::fs::write(&path, "{").unwrap();
+        assert!(security_opt(&opt).unwrap_err().contains("is not valid JSON"));
+        assert_eq!(
+            security_opt("no-new-privileges").unwrap_err(),
+            "security option \"no-new-privileges\" is not supported (only seccomp=unconfined and seccomp=PATH are)"
+        );
     }
 
     #[test]

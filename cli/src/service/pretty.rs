@@ -80,6 +80,9 @@ pub fn service(s: &Service) -> String {
     if !c.dir.is_empty() {
         let _ = writeln!(o, " Dir:\t\t{}", c.dir);
     }
+    if c.init {
+        let _ = writeln!(o, " Init:\t\ttrue");
+    }
     if !c.user.is_empty() {
         let _ = writeln!(o, " User:\t\t{}", c.user);
     }
@@ -90,6 +93,24 @@ pub fn service(s: &Service) -> String {
         let _ = writeln!(o, " StopSignal:\t{}", c.stop_signal);
     }
     let _ = writeln!(o, " StopGracePeriod:\t{}", format_duration(c.stop_grace_period));
+    if !c.capability_add.is_empty() || !c.capability_drop.is_empty() {
+        let _ = writeln!(o, "Capabilities:");
+        if !c.capability_add.is_empty() {
+            let _ = writeln!(o, " Add: {}", c.capability_add.join(", "));
+        }
+        if !c.capability_drop.is_empty() {
+            let _ = writeln!(o, " Drop: {}", c.capability_drop.join(", "));
+        }
+    }
+    if !c.ulimits.is_empty() {
+        // Docker ranges over a map here, so the names come sorted.
+        let mut ulimits: Vec<_> = c.ulimits.iter().collect();
+        ulimits.sort_by(|a, b| a.name.cmp(&b.name));
+        let _ = writeln!(o, "Ulimits:");
+        for u in ulimits {
+            let _ = writeln!(o, " {}: {}:{}", u.name, u.soft, u.hard);
+        }
+    }
     if !c.mounts.is_empty() {
         let _ = writeln!(o, "Mounts:");
         for m in &c.mounts {
@@ -104,7 +125,7 @@ pub fn service(s: &Service) -> String {
     }
     let res = &t.resources;
     let has_res = res.reservations.nano_cpus > 0 || res.reservations.memory_bytes > 0;
-    let has_lim = res.limits.nano_cpus > 0 || res.limits.memory_bytes > 0;
+    let has_lim = res.limits.nano_cpus > 0 || res.limits.memory_bytes > 0 || res.limits.pids > 0;
     if has_res || has_lim {
         let _ = writeln!(o, "Resources:");
         for (title, r, shown) in [(" Reservations:", &res.reservations, has_res), (" Limits:", &res.limits, has_lim)] {
@@ -117,6 +138,9 @@ pub fn service(s: &Service) -> String {
             }
             if r.memory_bytes > 0 {
                 let _ = writeln!(o, "  Memory:\t{}", bytes_size(r.memory_bytes as u64));
+            }
+            if r.pids > 0 {
+                let _ = writeln!(o, "  PIDs:\t\t{}", r.pids);
             }
         }
     }
@@ -157,5 +181,28 @@ mod tests {
         ] {
             assert!(out.lines().any(|l| l == want), "missing {want:?} in\n{out}");
         }
+        for absent in ["Init:", "Capabilities:", "Ulimits:", "PIDs:"] {
+            assert!(!out.contains(absent), "{absent} shown without being set:\n{out}");
+        }
+    }
+
+    #[test]
+    fn pretty_service_shows_security_options_and_pids() {
+        let mut s: Service = serde_json::from_value(serde_json::json!({
+            "id": "abc",
+            "spec": {"name": "web", "task_template": {"container": {"image": "busybox"}}, "mode": "global"}
+        }))
+        .unwrap();
+        let c = &mut s.spec.task_template.container;
+        c.init = true;
+        c.capability_add = vec!["CAP_NET_ADMIN".into(), "CAP_SYS_TIME".into()];
+        c.capability_drop = vec!["CAP_CHOWN".into()];
+        c.ulimits = vec!["nproc=64".parse().unwrap(), "nofile=1024:2048".parse().unwrap()];
+        s.spec.task_template.resources.limits.pids = 100;
+        let out = service(&s);
+        let want = "Capabilities:\n Add: CAP_NET_ADMIN, CAP_SYS_TIME\n Drop: CAP_CHOWN\nUlimits:\n nofile: 1024:2048\n nproc: 64:64\n";
+        assert!(out.contains(want), "missing {want:?} in\n{out}");
+        assert!(out.contains(" Init:\t\ttrue\n"), "{out}");
+        assert!(out.contains(" Limits:\n  PIDs:\t\t100\n"), "{out}");
     }
 }

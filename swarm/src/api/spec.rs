@@ -100,6 +100,176 @@ pub struct ContainerSpec {
     /// Time between the stop signal and SIGKILL (`--stop-grace-period`, default 10s).
     #[serde(default = "default_stop_grace", with = "duration_text")]
     pub stop_grace_period: Duration,
+    /// Capabilities added to Docker's default set (`--cap-add`), as `CAP_NAME` or `ALL`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub capability_add: Vec<String>,
+    /// Capabilities removed from Docker's default set (`--cap-drop`), as `CAP_NAME` or `ALL`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub capability_drop: Vec<String>,
+    /// Mount the root filesystem read-only (`--read-only`).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub read_only: bool,
+    /// Run an init (tini) as PID 1 that forwards signals and reaps zombies (`--init`).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub init: bool,
+    /// Resource limits of the container's processes (`--ulimit nofile=1024:2048`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ulimits: Vec<Ulimit>,
+    /// The seccomp filter (`--security-opt seccomp=…`).
+    #[serde(default, skip_serializing_if = "Seccomp::is_default")]
+    pub seccomp: Seccomp,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+/// Which seccomp filter a container runs under.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Seccomp {
+    /// Docker's default profile (an allowlist of syscalls, adjusted to the container's capabilities).
+    #[default]
+    Default,
+    /// No filter (`seccomp=unconfined`).
+    Unconfined,
+    /// A profile in Docker's JSON format (`seccomp=PATH`: the CLI sends the file's content).
+    Custom(String),
+}
+
+impl Seccomp {
+    pub fn is_default(&self) -> bool {
+        *self == Seccomp::Default
+    }
+}
+
+/// One process resource limit, as Docker's `--ulimit NAME=SOFT[:HARD]`; -1 means unlimited.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ulimit {
+    pub name: String,
+    pub soft: i64,
+    pub hard: i64,
+}
+
+/// The ulimit names Docker accepts (go-units), each the suffix of an `RLIMIT_` constant.
+pub const ULIMIT_NAMES: &[&str] = &[
+    "core",
+    "cpu",
+    "data",
+    "fsize",
+    "locks",
+    "memlock",
+    "msgqueue",
+    "nice",
+    "nofile",
+    "nproc",
+    "rss",
+    "rtprio",
+    "rttime",
+    "sigpending",
+    "stack",
+];
+
+impl Ulimit {
+    /// Checks the name and that the soft limit is within the hard one.
+    pub fn check(&self) -> Result<(), String> {
+        if !ULIMIT_NAMES.contains(&self.name.as_str()) {
+            return Err(format!("invalid ulimit type: {:?} (expected one of {})", self.name, ULIMIT_NAMES.join(", ")));
+        }
+        let unlimited = |v: i64| v == -1;
+        if self.soft < -1 || self.hard < -1 {
+            return Err(format!("invalid ulimit {}: limits must be -1 (unlimited) or non-negative", self.name));
+        }
+        if !unlimited(self.hard) && (unlimited(self.soft) || self.soft > self.hard) {
+            return Err(format!(
+                "ulimit soft limit must be less than or equal to hard limit: {} > {}",
+                self.soft, self.hard
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl std::str::FromStr for Ulimit {
+    type Err = String;
+    /// `NAME=SOFT[:HARD]`; the hard limit defaults to the soft one.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (name, values) =
+            s.split_once('=').ok_or_else(|| format!("invalid ulimit argument: {s:?} (expected NAME=SOFT[:HARD])"))?;
+        let int = |v: &str| {
+            v.trim().parse::<i64>().map_err(|_| format!("invalid ulimit value {v:?} for {name}: must be an integer"))
+        };
+        let (soft, hard) = match values.split_once(':') {
+            Some((soft, hard)) => (int(soft)?, int(hard)?),
+            None => {
+                let v = int(values)?;
+                (v, v)
+            }
+        };
+        let u = Ulimit { name: name.trim().to_string(), soft, hard };
+        u.check()?;
+        Ok(u)
+    }
+}
+
+/// Every Linux capability, in kernel order (the set `ALL` stands for).
+pub const ALL_CAPABILITIES: &[&str] = &[
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_DAC_READ_SEARCH",
+    "CAP_FOWNER",
+    "CAP_FSETID",
+    "CAP_KILL",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETPCAP",
+    "CAP_LINUX_IMMUTABLE",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_NET_BROADCAST",
+    "CAP_NET_ADMIN",
+    "CAP_NET_RAW",
+    "CAP_IPC_LOCK",
+    "CAP_IPC_OWNER",
+    "CAP_SYS_MODULE",
+    "CAP_SYS_RAWIO",
+    "CAP_SYS_CHROOT",
+    "CAP_SYS_PTRACE",
+    "CAP_SYS_PACCT",
+    "CAP_SYS_ADMIN",
+    "CAP_SYS_BOOT",
+    "CAP_SYS_NICE",
+    "CAP_SYS_RESOURCE",
+    "CAP_SYS_TIME",
+    "CAP_SYS_TTY_CONFIG",
+    "CAP_MKNOD",
+    "CAP_LEASE",
+    "CAP_AUDIT_WRITE",
+    "CAP_AUDIT_CONTROL",
+    "CAP_SETFCAP",
+    "CAP_MAC_OVERRIDE",
+    "CAP_MAC_ADMIN",
+    "CAP_SYSLOG",
+    "CAP_WAKE_ALARM",
+    "CAP_BLOCK_SUSPEND",
+    "CAP_AUDIT_READ",
+    "CAP_PERFMON",
+    "CAP_BPF",
+    "CAP_CHECKPOINT_RESTORE",
+];
+
+/// Docker's spelling rules for `--cap-add/--cap-drop`: case-insensitive, `CAP_` optional, `ALL` for every one.
+/// Returns the canonical `CAP_NAME` (or `ALL`).
+pub fn normalize_capability(s: &str) -> Result<String, String> {
+    let up = s.trim().to_ascii_uppercase();
+    if up == "ALL" {
+        return Ok(up);
+    }
+    let name = if up.starts_with("CAP_") { up } else { format!("CAP_{up}") };
+    if ALL_CAPABILITIES.contains(&name.as_str()) {
+        Ok(name)
+    } else {
+        Err(format!("unknown capability: {s:?}"))
+    }
 }
 
 fn default_stop_grace() -> Duration {
@@ -160,6 +330,14 @@ pub struct Resources {
     pub nano_cpus: i64,
     #[serde(default)]
     pub memory_bytes: i64,
+    /// The most processes (and threads) the container may have (`--limit-pids`); 0 means unlimited. Only
+    /// meaningful as a limit.
+    #[serde(default, skip_serializing_if = "is_zero_i64")]
+    pub pids: i64,
+}
+
+fn is_zero_i64(n: &i64) -> bool {
+    *n == 0
 }
 
 /// When a task that ended is replaced (`--restart-condition`, `--restart-delay`, …).
@@ -222,4 +400,32 @@ pub struct Placement {
     /// At most this many tasks of the service on one node (`--replicas-max-per-node`); 0 means no limit.
     #[serde(default)]
     pub max_replicas: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ulimits_parse_like_docker() {
+        assert_eq!("nofile=1024:2048".parse(), Ok(Ulimit { name: "nofile".into(), soft: 1024, hard: 2048 }));
+        assert_eq!("nproc=64".parse(), Ok(Ulimit { name: "nproc".into(), soft: 64, hard: 64 }));
+        assert_eq!("core=-1".parse(), Ok(Ulimit { name: "core".into(), soft: -1, hard: -1 }));
+        assert_eq!(
+            "nofile=abc".parse::<Ulimit>().unwrap_err(),
+            "invalid ulimit value \"abc\" for nofile: must be an integer"
+        );
+        assert!("nofile".parse::<Ulimit>().unwrap_err().contains("expected NAME=SOFT[:HARD]"));
+        assert!("files=1".parse::<Ulimit>().unwrap_err().starts_with("invalid ulimit type: \"files\""));
+        assert!("nofile=10:5".parse::<Ulimit>().unwrap_err().contains("10 > 5"));
+        assert!("nofile=-1:5".parse::<Ulimit>().is_err(), "an unlimited soft limit above a finite hard one");
+    }
+
+    #[test]
+    fn capabilities_normalize_like_docker() {
+        assert_eq!(normalize_capability("net_admin").unwrap(), "CAP_NET_ADMIN");
+        assert_eq!(normalize_capability("CAP_SYS_ADMIN").unwrap(), "CAP_SYS_ADMIN");
+        assert_eq!(normalize_capability("all").unwrap(), "ALL");
+        assert_eq!(normalize_capability("NOPE").unwrap_err(), "unknown capability: \"NOPE\"");
+    }
 }

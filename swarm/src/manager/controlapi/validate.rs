@@ -41,12 +41,29 @@ pub fn service_spec(spec: &mut ServiceSpec) -> Result<(), InvalidSpec> {
     for m in &c.mounts {
         mount(m)?;
     }
+    for (flag, caps) in [("--cap-add", &mut c.capability_add), ("--cap-drop", &mut c.capability_drop)] {
+        for cap in caps.iter_mut() {
+            *cap = crate::api::normalize_capability(cap).map_err(|e| InvalidSpec(format!("invalid {flag}: {e}")))?;
+        }
+    }
+    if let crate::api::Seccomp::Custom(profile) = &c.seccomp {
+        // The node reads the profile's rules; here it only has to be a JSON object with a default action.
+        let json: serde_json::Value =
+            serde_json::from_str(profile).map_err(|e| InvalidSpec(format!("invalid seccomp profile: {e}")))?;
+        if json.get("defaultAction").and_then(|a| a.as_str()).is_none() {
+            return Err(InvalidSpec("invalid seccomp profile: defaultAction is missing".into()));
+        }
+    }
+    for u in &c.ulimits {
+        u.check().map_err(|e| InvalidSpec(format!("invalid --ulimit: {e}")))?;
+    }
     let r = &spec.task_template.resources;
     for (what, v) in [
         ("--limit-cpu", r.limits.nano_cpus),
         ("--limit-memory", r.limits.memory_bytes),
         ("--reserve-cpu", r.reservations.nano_cpus),
         ("--reserve-memory", r.reservations.memory_bytes),
+        ("--limit-pids", r.limits.pids),
     ] {
         if v < 0 {
             return Err(InvalidSpec(format!("{what} must not be negative")));
@@ -122,6 +139,29 @@ mod tests {
             tmpfs_size: 0,
         });
         assert!(service_spec(&mut s).unwrap_err().0.contains("must be an absolute path"));
+    }
+
+    #[test]
+    fn checks_capabilities_ulimits_and_pids() {
+        let mut s = service("s", "web", 1).spec;
+        s.task_template.container.capability_add = vec!["net_admin".into(), "all".into()];
+        s.task_template.container.ulimits = vec!["nofile=1024:2048".parse().unwrap()];
+        s.task_template.resources.limits.pids = 100;
+        service_spec(&mut s).unwrap();
+        assert_eq!(s.task_template.container.capability_add, vec!["CAP_NET_ADMIN", "ALL"], "normalized");
+        s.task_template.container.capability_drop = vec!["NOPE".into()];
+        assert_eq!(service_spec(&mut s).unwrap_err().0, "invalid --cap-drop: unknown capability: \"NOPE\"");
+        let mut s = service("s", "web", 1).spec;
+        s.task_template.container.ulimits = vec![crate::api::Ulimit { name: "nofile".into(), soft: 10, hard: 5 }];
+        assert!(service_spec(&mut s).unwrap_err().0.contains("soft limit must be less than or equal to hard"));
+        let mut s = service("s", "web", 1).spec;
+        s.task_template.container.seccomp = crate::api::Seccomp::Custom("{\"syscalls\": []}".into());
+        assert_eq!(service_spec(&mut s).unwrap_err().0, "invalid seccomp profile: defaultAction is missing");
+        s.task_template.container.seccomp = crate::api::Seccomp::Custom("not json".into());
+        assert!(service_spec(&mut s).unwrap_err().0.starts_with("invalid seccomp profile: expected"));
+        let mut s = service("s", "web", 1).spec;
+        s.task_template.resources.limits.pids = -1;
+        assert_eq!(service_spec(&mut s).unwrap_err().0, "--limit-pids must not be negative");
     }
 
     #[test]
