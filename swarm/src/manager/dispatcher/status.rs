@@ -82,11 +82,13 @@ mod tests {
         gather(&mut b, "n1", u(TaskState::Starting, "a"));
         gather(&mut b, "n1", u(TaskState::Running, "b"));
         gather(&mut b, "n1", u(TaskState::Starting, "late"));
+        let n1 = ("n1".to_string(), "t1".to_string());
+        assert_eq!(b[&n1], status(TaskState::Running, "b"), "an earlier state arriving late is dropped");
         gather(&mut b, "n1", u(TaskState::Running, "c"));
         // A report from another node for the same task does not displace n1's.
         gather(&mut b, "n2", u(TaskState::Failed, "stranger"));
         assert_eq!(b.len(), 2);
-        assert_eq!(b[&("n1".to_string(), "t1".to_string())], status(TaskState::Running, "c"));
+        assert_eq!(b[&n1], status(TaskState::Running, "c"), "on a tie, the later report");
         assert_eq!(b[&("n2".to_string(), "t1".to_string())], status(TaskState::Failed, "stranger"));
     }
 }
