@@ -235,8 +235,7 @@ async fn the_cluster_listener_authenticates_callers() {
     let e = DispatcherClient::new(ch)
         .session(SessionRequest { description: description.clone() })
         .await
-        .err()
-        .expect("refused");
+        .expect_err("refused");
     assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e:?}");
 
     step("a certificate from another CA is refused at the handshake");
@@ -268,7 +267,7 @@ async fn the_cluster_listener_authenticates_callers() {
         .connect()
         .await
         .unwrap();
-    let e = DispatcherClient::new(ch).session(SessionRequest { description }).await.err().expect("denied");
+    let e = DispatcherClient::new(ch).session(SessionRequest { description }).await.expect_err("denied");
     assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
     assert!(e.message().contains("nosuchnode"));
     node.leave(true).await.unwrap();
