@@ -1,13 +1,19 @@
 #!/usr/bin/env bash
-# The demo: builds Shoal, starts shoald (which starts its own containerd), makes a one-node swarm, loads the
-# busybox test image and runs a 3-replica service, then shows `service ps` and `service logs`.
+# The demo: builds Shoal, puts `shoal` and `shoald` on the PATH (links in /usr/local/bin), starts shoald (which
+# starts its own containerd), makes a one-node swarm, loads the busybox test image and runs a 3-replica service,
+# then shows `service ps` and `service logs`.
+# It builds the same (debug) binaries as the test command, so running one after the other compiles once.
 # Leaves the daemon running; stop it with: kill $(cat /run/shoal/shoald.pid)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 bash scripts/install-deps.sh
-cargo build --release --workspace --bins
-export PATH="$PWD/target/release:$PATH"
+echo "building (the first build takes about 5 minutes on 2 cores; later ones only what changed)"
+cargo build --workspace --bins
+for bin in shoal shoald shoal-logger; do
+  ln -sf "$PWD/target/debug/$bin" "/usr/local/bin/$bin"
+done
+echo "shoal, shoald and shoal-logger are linked into /usr/local/bin"
 
 if ! shoal version >/dev/null 2>&1; then
   mkdir -p /run/shoal /var/log
@@ -15,6 +21,7 @@ if ! shoal version >/dev/null 2>&1; then
   nohup shoald >/var/log/shoald.log 2>&1 &
   echo $! > /run/shoal/shoald.pid
   for _ in $(seq 100); do shoal version >/dev/null 2>&1 && break; sleep 0.2; done
+  shoal version >/dev/null || { echo "shoald did not start; see /var/log/shoald.log" >&2; tail -n 20 /var/log/shoald.log >&2; exit 1; }
 fi
 
 bash scripts/build-test-image.sh /tmp/shoal-busybox.tar
@@ -25,5 +32,9 @@ shoal service create --name demo --replicas 3 busybox \
   sh -c 'while true; do echo "hello from $(hostname)"; sleep 2; done'
 shoal service ls
 shoal service ps demo
-sleep 3
-shoal service logs --tail 3 demo
+# Wait for a line from each task rather than a fixed time.
+for _ in $(seq 50); do
+  [ "$(shoal service logs demo 2>/dev/null | grep -c 'hello from')" -ge 3 ] && break
+  sleep 0.2
+done
+shoal service logs --tail 1 demo

@@ -30,6 +30,9 @@ pub struct DaemonConfig {
     pub log_level: String,
     #[arg(long, value_enum, default_value = "text")]
     pub log_format: LogFormat,
+    /// The largest image archive `image load` accepts, in bytes
+    #[arg(long, default_value_t = crate::image::DEFAULT_MAX_UPLOAD)]
+    pub max_image_upload: u64,
     /// Engine labels (key=value), usable in constraints as engine.labels.<key>
     #[arg(long = "label", value_parser = parse_label)]
     pub labels: Vec<(String, String)>,
@@ -63,6 +66,7 @@ mod tests {
         assert_eq!(c.data_root, PathBuf::from("/var/lib/shoal"));
         assert_eq!(c.socket_path().unwrap(), PathBuf::from("/run/shoal/shoal.sock"));
         assert!(c.containerd.is_none());
+        assert_eq!(c.max_image_upload, 10 << 30);
         let c = DaemonConfig::parse_from(["shoald", "-H", "/tmp/x.sock", "--label", "disk=ssd"]);
         assert_eq!(c.socket_path().unwrap(), PathBuf::from("/tmp/x.sock"));
         assert_eq!(c.engine_labels().get("disk").map(String::as_str), Some("ssd"));

@@ -56,7 +56,7 @@ pub async fn run(cfg: DaemonConfig, shutdown: CancellationToken) -> Result<(), D
     let containerd_version = containerd::version(&channel).await;
     tracing::info!(containerd = %containerd_version, data_root = %cfg.data_root.display(), "containerd ready");
 
-    let images = ImageService::new(channel.clone(), cfg.data_root.join("tmp"));
+    let images = ImageService::new(channel.clone(), cfg.data_root.join("tmp")).with_max_upload(cfg.max_image_upload);
     let executor = ContainerdExecutor::new(
         channel.clone(),
         images.clone(),

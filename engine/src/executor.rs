@@ -5,7 +5,8 @@
 
 use crate::containerd::{create_lease, delete_lease, is_not_found, is_unavailable, req, req_leased};
 use crate::image::{ImageError, ImageService, ResolvedImage, SNAPSHOTTER};
-use crate::spec::{self, SpecPaths};
+use crate::imagefs::ImageRoot;
+use crate::spec::{self, ImageConfig, SpecPaths, UserFiles};
 use containerd_client::services::v1::container::Runtime;
 use containerd_client::services::v1::containers_client::ContainersClient;
 use containerd_client::services::v1::snapshots::snapshots_client::SnapshotsClient;
@@ -157,10 +158,14 @@ impl ContainerdExecutor {
             .remove(req(RemoveSnapshotRequest { snapshotter: SNAPSHOTTER.into(), key: id.into() }))
             .await
         {
-            Ok(_) => Ok(()),
-            Err(s) if is_not_found(&s) => Ok(()),
-            Err(s) => Err(rt(s)),
+            Ok(_) => {}
+            Err(s) if is_not_found(&s) => {}
+            Err(s) => return Err(rt(s)),
         }
+        let (volumes, id) = (self.cfg.data_root.join("volumes"), id.to_string());
+        tokio::task::spawn_blocking(move || remove_image_volumes(&volumes, &id))
+            .await
+            .map_err(|e| ExecError::Runtime(e.to_string()))
     }
 }
 
@@ -227,23 +232,47 @@ pub struct ContainerdController {
     task: Task,
 }
 
-/// The first `lowerdir`/bind source of a snapshot's mounts that holds `/etc/passwd`, to resolve user names.
-fn rootfs_for_users(mounts: &[containerd_client::types::Mount]) -> Option<PathBuf> {
-    for m in mounts {
-        if m.r#type == "bind" && Path::new(&m.source).join("etc/passwd").exists() {
-            return Some(PathBuf::from(&m.source));
+/// Label holding the image's `StopSignal` on a container, so shutdown honours it without the image at hand.
+const LABEL_STOP_SIGNAL: &str = "io.shoal.image.stop-signal";
+
+/// What the spec needs from the image's files, read off the async runtime: the user files when a user name must
+/// be resolved, and the anonymous volumes the image declares, created and filled with the image's content there
+/// (only when new, as Docker fills only an empty volume).
+fn prepare_image_files(
+    root: &ImageRoot,
+    task: &Task,
+    image: &ImageConfig,
+    volumes: &Path,
+) -> Result<UserFiles, ExecError> {
+    let mut files = UserFiles::default();
+    if spec::needs_user_files(spec::user_text(task, image)) {
+        let bad = |e: crate::imagefs::ImageFsError| ExecError::InvalidSpec(format!("resolving the user: {e}"));
+        files.passwd = root.read_text("/etc/passwd").map_err(bad)?;
+        files.group = root.read_text("/etc/group").map_err(bad)?;
+    }
+    for (n, path) in spec::image_volumes(task, image) {
+        let dir = spec::image_volume_dir(volumes, &task.id, n);
+        if dir.exists() {
+            continue;
         }
-        for o in &m.options {
-            if let Some(dirs) = o.strip_prefix("lowerdir=") {
-                for d in dirs.split(':') {
-                    if Path::new(d).join("etc/passwd").exists() {
-                        return Some(PathBuf::from(d));
-                    }
-                }
+        let fail = |e: String| ExecError::Runtime(format!("creating the volume for {path}: {e}"));
+        std::fs::create_dir_all(&dir).map_err(|e| fail(e.to_string()))?;
+        root.copy_dir(path, &dir).map_err(|e| fail(e.to_string()))?;
+    }
+    Ok(files)
+}
+
+/// Removes the anonymous volumes made for the image's declared volumes of task `id`.
+fn remove_image_volumes(volumes: &Path, id: &str) {
+    let prefix = format!("{id}-image-");
+    let Ok(rd) = std::fs::read_dir(volumes) else { return };
+    for e in rd.flatten() {
+        if e.file_name().to_string_lossy().starts_with(&prefix) {
+            if let Err(err) = std::fs::remove_dir_all(e.path()) {
+                tracing::warn!(task.id = %id, path = %e.path().display(), error = %err, "removing an anonymous volume");
             }
         }
     }
-    None
 }
 
 impl ContainerdController {
@@ -315,13 +344,18 @@ impl ContainerdController {
             }
             Err(s) => return Err(rt(s)),
         };
-        let rootfs = rootfs_for_users(&mounts);
         let volumes = self.exec.cfg.data_root.join("volumes");
-        let built = spec::build(
-            &self.task,
-            &image.config,
-            &SpecPaths { volumes: &volumes, rootfs: rootfs.as_deref(), netns: None },
-        );
+        let root = ImageRoot::from_mounts(&mounts);
+        let (task, config, vols) = (self.task.clone(), image.config.clone(), volumes.clone());
+        // The image is untrusted and its files are read from the host: never on an async worker (a FIFO or a
+        // slow disk would stall it).
+        let files = tokio::task::spawn_blocking(move || prepare_image_files(&root, &task, &config, &vols))
+            .await
+            .map_err(|e| ExecError::Runtime(e.to_string()))
+            .and_then(|r| r);
+        let built = files.and_then(|users| {
+            spec::build(&self.task, &image.config, &SpecPaths { volumes: &volumes, users: &users, netns: None })
+        });
         let oci = match built {
             Ok(s) => s,
             Err(e) => {
@@ -332,9 +366,13 @@ impl ContainerdController {
             }
         };
         let value = serde_json::to_vec(&oci).map_err(|e| ExecError::InvalidSpec(e.to_string()))?;
+        let mut labels = self.labels();
+        if !image.config.stop_signal.is_empty() {
+            labels.insert(LABEL_STOP_SIGNAL.into(), image.config.stop_signal.clone());
+        }
         let container = Container {
             id: self.id().into(),
-            labels: self.labels(),
+            labels,
             image: self.task.spec.container.image.clone(),
             runtime: Some(Runtime { name: RUNTIME.into(), options: None }),
             spec: Some(prost_types::Any { type_url: SPEC_TYPE_URL.into(), value }),
@@ -448,7 +486,18 @@ impl Controller for ContainerdController {
             _ => return Ok(()),
         }
         let c = &self.task.spec.container;
-        let signal = parse_signal(&c.stop_signal).unwrap_or(libc::SIGTERM as u32);
+        let mut stop_signal = c.stop_signal.clone();
+        if stop_signal.is_empty() {
+            // The image's StopSignal, recorded on the container when it was created.
+            if let Ok(r) =
+                ContainersClient::new(self.exec.ch.clone()).get(req(GetContainerRequest { id: self.id().into() })).await
+            {
+                if let Some(s) = r.into_inner().container.and_then(|c| c.labels.get(LABEL_STOP_SIGNAL).cloned()) {
+                    stop_signal = s;
+                }
+            }
+        }
+        let signal = parse_signal(&stop_signal).unwrap_or(libc::SIGTERM as u32);
         self.kill(signal, false).await?;
         match tokio::time::timeout(c.stop_grace_period, self.wait()).await {
             Ok(Ok(_)) | Ok(Err(ExecError::NotFound(_))) => {}

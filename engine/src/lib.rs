@@ -6,6 +6,7 @@ pub mod daemon;
 pub mod executor;
 pub mod host;
 pub mod image;
+pub mod imagefs;
 pub mod localapi;
 pub mod logs;
 pub mod spec;

@@ -40,7 +40,11 @@ fn node_status(e: NodeError) -> Status {
 fn image_status(e: ImageError) -> Status {
     match e {
         ImageError::NotFound(_) => Status::not_found(e.to_string()),
-        ImageError::InvalidArchive(_) | ImageError::Reference(_) => Status::invalid_argument(e.to_string()),
+        ImageError::InvalidArchive(_)
+        | ImageError::TooLarge(_)
+        | ImageError::LayerMismatch { .. }
+        | ImageError::Platform { .. }
+        | ImageError::Reference(_) => Status::invalid_argument(e.to_string()),
         other => Status::internal(other.to_string()),
     }
 }
@@ -108,8 +112,13 @@ impl Engine for LocalApi {
         let file = tempfile::NamedTempFile::new_in(&tmp).map_err(|e| Status::internal(e.to_string()))?;
         let mut out = tokio::fs::File::create(file.path()).await.map_err(|e| Status::internal(e.to_string()))?;
         let mut stream = req.into_inner();
+        let (limit, mut total) = (self.images.max_upload(), 0u64);
         while let Some(chunk) = stream.next().await {
             let chunk = chunk?;
+            total += chunk.data.len() as u64;
+            if total > limit {
+                return Err(image_status(ImageError::TooLarge(limit)));
+            }
             tokio::io::AsyncWriteExt::write_all(&mut out, &chunk.data)
                 .await
                 .map_err(|e| Status::internal(e.to_string()))?;

@@ -20,14 +20,26 @@ pub struct ImageConfig {
     pub env: Vec<String>,
     pub working_dir: String,
     pub user: String,
+    /// The signal that stops a container (`StopSignal`; empty: SIGTERM), used when the service sets none.
+    pub stop_signal: String,
+    /// Paths the image declares as volumes (`Volumes`): each gets an anonymous volume per task.
+    pub volumes: Vec<String>,
+}
+
+/// The image's /etc/passwd and /etc/group, read safely from its layers (see `imagefs`), when a user name must be
+/// resolved.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UserFiles {
+    pub passwd: Option<String>,
+    pub group: Option<String>,
 }
 
 /// Where a task's files live on the host.
 pub struct SpecPaths<'a> {
     /// `<data root>/volumes` (named volumes: `<name>/_data`; anonymous: `<task id>-<n>/_data`).
     pub volumes: &'a Path,
-    /// The container's rootfs as mounted for reading `/etc/passwd` (None: names can't be resolved).
-    pub rootfs: Option<&'a Path>,
+    /// The image's /etc/passwd and /etc/group (absent: names can't be resolved).
+    pub users: &'a UserFiles,
     /// A network namespace to join (None: a new one with loopback only).
     pub netns: Option<&'a Path>,
 }
@@ -93,9 +105,38 @@ pub fn env(task: &Task, image: &ImageConfig, hostname: &str) -> Vec<String> {
     out
 }
 
-/// Resolves `user` (`uid[:gid]`, `name[:group]`) to ids, reading names from the rootfs's /etc/passwd and /etc/group.
-pub fn user(user: &str, rootfs: Option<&Path>) -> Result<(u32, u32), ExecError> {
-    if user.is_empty() || user == "root" {
+/// Whether running as `user` needs the image's /etc/passwd or /etc/group.
+pub fn needs_user_files(user: &str) -> bool {
+    !(user.is_empty() || user == "root")
+}
+
+/// The user a task runs as: the service's, else the image's.
+pub fn user_text<'a>(task: &'a Task, image: &'a ImageConfig) -> &'a str {
+    let c = &task.spec.container;
+    if c.user.is_empty() {
+        image.user.as_str()
+    } else {
+        c.user.as_str()
+    }
+}
+
+/// Where the anonymous volume for the image's `n`th declared volume lives (`<task id>-image-<n>/_data`).
+pub fn image_volume_dir(volumes: &Path, task_id: &str, n: usize) -> PathBuf {
+    volumes.join(format!("{task_id}-image-{n}")).join("_data")
+}
+
+/// The image's declared volumes that the task does not mount something else over, with their index.
+pub fn image_volumes<'a>(task: &'a Task, image: &'a ImageConfig) -> impl Iterator<Item = (usize, &'a str)> + 'a {
+    let clean = |p: &str| p.trim_end_matches('/').to_string();
+    image.volumes.iter().enumerate().filter_map(move |(n, v)| {
+        let shadowed = task.spec.container.mounts.iter().any(|m| clean(&m.target) == clean(v));
+        (!shadowed && v.starts_with('/')).then_some((n, v.as_str()))
+    })
+}
+
+/// Resolves `user` (`uid[:gid]`, `name[:group]`) to ids, reading names from the image's /etc/passwd and /etc/group.
+pub fn user(user: &str, files: &UserFiles) -> Result<(u32, u32), ExecError> {
+    if !needs_user_files(user) {
         return Ok((0, 0));
     }
     let (u, g) = match user.split_once(':') {
@@ -103,7 +144,7 @@ pub fn user(user: &str, rootfs: Option<&Path>) -> Result<(u32, u32), ExecError> 
         None => (user, None),
     };
     let lookup = |file: &str, name: &str| -> Option<(u32, u32)> {
-        let text = std::fs::read_to_string(rootfs?.join(file)).ok()?;
+        let text = if file == "etc/passwd" { files.passwd.as_deref()? } else { files.group.as_deref()? };
         text.lines().find_map(|l| {
             let f: Vec<&str> = l.split(':').collect();
             (f.len() >= 3 && f[0] == name)
@@ -175,8 +216,7 @@ pub fn task_mounts(task: &Task, volumes: &Path) -> Result<Vec<OciMount>, ExecErr
 pub fn build(task: &Task, image: &ImageConfig, paths: &SpecPaths) -> Result<Spec, ExecError> {
     let c = &task.spec.container;
     let hostname = if c.hostname.is_empty() { task.id.chars().take(12).collect() } else { c.hostname.clone() };
-    let user_text = if c.user.is_empty() { image.user.as_str() } else { c.user.as_str() };
-    let (uid, gid) = user(user_text, paths.rootfs)?;
+    let (uid, gid) = user(user_text(task, image), paths.users)?;
     let cwd = if !c.dir.is_empty() {
         c.dir.clone()
     } else if !image.working_dir.is_empty() {
@@ -214,6 +254,12 @@ pub fn build(task: &Task, image: &ImageConfig, paths: &SpecPaths) -> Result<Spec
         mount("/sys", "sysfs", "sysfs", &["nosuid", "noexec", "nodev", "ro"])?,
     ];
     mounts.extend(task_mounts(task, paths.volumes)?);
+    // Docker gives each volume the image declares an anonymous volume unless the service mounts something there.
+    for (n, path) in image_volumes(task, image) {
+        let dir = image_volume_dir(paths.volumes, &task.id, n);
+        std::fs::create_dir_all(&dir).map_err(|e| invalid(format!("creating the volume for {path}: {e}")))?;
+        mounts.push(mount(path, "bind", &dir.to_string_lossy(), &["rbind", "rw"])?);
+    }
 
     let mut namespaces = Vec::new();
     for typ in [LinuxNamespaceType::Pid, LinuxNamespaceType::Ipc, LinuxNamespaceType::Uts, LinuxNamespaceType::Mount] {
@@ -280,6 +326,7 @@ pub fn build(task: &Task, image: &ImageConfig, paths: &SpecPaths) -> Result<Spec
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::Value;
     use swarm::testing::task;
 
     fn image() -> ImageConfig {
@@ -319,7 +366,9 @@ mod tests {
                 && e.contains(&"C=task".to_string())
         );
         assert!(!e.contains(&"B=image".to_string()));
-        let spec = build(&t, &image(), &SpecPaths { volumes: Path::new("/tmp"), rootfs: None, netns: None }).unwrap();
+        let spec =
+            build(&t, &image(), &SpecPaths { volumes: Path::new("/tmp"), users: &UserFiles::default(), netns: None })
+                .unwrap();
         assert_eq!(spec.hostname().as_deref(), Some("abcdefghijkl"));
     }
 
@@ -328,7 +377,9 @@ mod tests {
         let mut t = task("abcdefghijklmnop", "s", 1);
         t.spec.resources.limits.memory_bytes = 64 << 20;
         t.spec.resources.limits.nano_cpus = 500_000_000;
-        let spec = build(&t, &image(), &SpecPaths { volumes: Path::new("/tmp"), rootfs: None, netns: None }).unwrap();
+        let spec =
+            build(&t, &image(), &SpecPaths { volumes: Path::new("/tmp"), users: &UserFiles::default(), netns: None })
+                .unwrap();
         let json = serde_json::to_value(&spec).unwrap();
         assert_eq!(json["linux"]["resources"]["memory"]["limit"], 64 << 20);
         assert_eq!(json["linux"]["resources"]["cpu"]["quota"], 50_000);
@@ -341,14 +392,14 @@ mod tests {
     #[test]
     fn users_and_bind_sources() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(dir.path().join("etc")).unwrap();
-        std::fs::write(dir.path().join("etc/passwd"), "root:x:0:0::/:/bin/sh\nnobody:x:65534:65534::/:/bin/false\n")
-            .unwrap();
-        std::fs::write(dir.path().join("etc/group"), "root:x:0:\nnogroup:x:65534:\n").unwrap();
-        assert_eq!(user("nobody", Some(dir.path())).unwrap(), (65534, 65534));
-        assert_eq!(user("1000:1000", None).unwrap(), (1000, 1000));
-        assert_eq!(user("nobody:root", Some(dir.path())).unwrap(), (65534, 0));
-        assert!(user("ghost", Some(dir.path())).unwrap_err().to_string().contains("unable to find user ghost"));
+        let files = UserFiles {
+            passwd: Some("root:x:0:0::/:/bin/sh\nnobody:x:65534:65534::/:/bin/false\n".into()),
+            group: Some("root:x:0:\nnogroup:x:65534:\n".into()),
+        };
+        assert_eq!(user("nobody", &files).unwrap(), (65534, 65534));
+        assert_eq!(user("1000:1000", &UserFiles::default()).unwrap(), (1000, 1000));
+        assert_eq!(user("nobody:root", &files).unwrap(), (65534, 0));
+        assert!(user("ghost", &files).unwrap_err().to_string().contains("unable to find user ghost"));
 
         let mut t = task("abcdefghijklmnop", "s", 1);
         t.spec.container.mounts.push(swarm::api::Mount {
@@ -360,5 +411,35 @@ mod tests {
         });
         let e = task_mounts(&t, dir.path()).unwrap_err();
         assert_eq!(e.to_string(), "invalid task spec: invalid mount config for type \"bind\": bind source path does not exist: /definitely/not/here");
+    }
+
+    #[test]
+    fn image_volumes_become_anonymous_volumes_unless_mounted_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut t = task("abcdefghijklmnop", "s", 1);
+        let mut img = image();
+        img.volumes = vec!["/data".into(), "/cache/".into(), "relative".into()];
+        t.spec.container.mounts.push(swarm::api::Mount {
+            kind: MountType::Tmpfs,
+            source: String::new(),
+            target: "/cache".into(),
+            readonly: false,
+            tmpfs_size: 0,
+        });
+        let spec =
+            build(&t, &img, &SpecPaths { volumes: dir.path(), users: &UserFiles::default(), netns: None }).unwrap();
+        let json = serde_json::to_value(&spec).unwrap();
+        let data: Vec<&Value> =
+            json["mounts"].as_array().unwrap().iter().filter(|m| m["destination"] == "/data").collect();
+        let want = image_volume_dir(dir.path(), "abcdefghijklmnop", 0);
+        assert_eq!(data.len(), 1, "{json}");
+        assert_eq!(data[0]["source"], want.display().to_string());
+        assert!(want.is_dir(), "the volume directory is created");
+        let cache: Vec<&Value> =
+            json["mounts"].as_array().unwrap().iter().filter(|m| m["destination"] == "/cache").collect();
+        assert_eq!(cache.len(), 1, "only the service's tmpfs at /cache: {json}");
+        assert_eq!(cache[0]["type"], "tmpfs");
+        assert!(!image_volume_dir(dir.path(), "abcdefghijklmnop", 1).exists());
+        assert!(!json["mounts"].as_array().unwrap().iter().any(|m| m["destination"] == "relative"));
     }
 }

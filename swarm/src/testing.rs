@@ -110,6 +110,11 @@ impl TestExecutor {
         }
     }
 
+    /// How many fake containers exist (created, running or exited): the tasks delivered to this node.
+    pub fn known(&self) -> usize {
+        self.rt.lock().unwrap().containers.len()
+    }
+
     /// Ids of fake containers that are running.
     pub fn running(&self) -> Vec<String> {
         let rt = self.rt.lock().unwrap();
@@ -229,5 +234,84 @@ impl TestExecutor {
     /// The node description this executor reports (for tests that open sessions by hand).
     pub async fn describe_for_tests(&self) -> NodeDescription {
         self.describe().await.expect("test executor always describes")
+    }
+}
+
+/// Storage for a redb file that can show, at any moment, what a power cut would leave of it: the bytes as of the
+/// last sync ([`CrashableStorage::after_power_cut`]). Lets tests prove that what must be durable was synced.
+/// A test double only.
+#[derive(Debug, Clone, Default)]
+pub struct CrashableStorage {
+    disk: Arc<Mutex<CrashableDisk>>,
+}
+
+#[derive(Debug, Default)]
+struct CrashableDisk {
+    /// What readers see: everything written.
+    written: Vec<u8>,
+    /// What survives a crash: the bytes as of the last sync.
+    synced: Vec<u8>,
+    syncs: u64,
+}
+
+impl CrashableStorage {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// What the storage holds after a power cut now: a new storage with only the bytes synced so far. The
+    /// database still open on `self` goes on writing to `self` (its clean close would sync everything, which a
+    /// power cut does not allow), so open the copy with a new database.
+    pub fn after_power_cut(&self) -> CrashableStorage {
+        let synced = self.disk().synced.clone();
+        let disk = CrashableDisk { written: synced.clone(), synced, syncs: 0 };
+        CrashableStorage { disk: Arc::new(Mutex::new(disk)) }
+    }
+
+    /// How many times the storage was synced.
+    pub fn syncs(&self) -> u64 {
+        self.disk.lock().unwrap_or_else(|e| e.into_inner()).syncs
+    }
+
+    fn disk(&self) -> std::sync::MutexGuard<'_, CrashableDisk> {
+        self.disk.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl redb::StorageBackend for CrashableStorage {
+    fn len(&self) -> Result<u64, std::io::Error> {
+        Ok(self.disk().written.len() as u64)
+    }
+
+    fn read(&self, offset: u64, out: &mut [u8]) -> Result<(), std::io::Error> {
+        let d = self.disk();
+        let start = offset as usize;
+        let src = d.written.get(start..start + out.len()).ok_or_else(|| {
+            std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "read past the end of the storage")
+        })?;
+        out.copy_from_slice(src);
+        Ok(())
+    }
+
+    fn set_len(&self, len: u64) -> Result<(), std::io::Error> {
+        self.disk().written.resize(len as usize, 0);
+        Ok(())
+    }
+
+    fn sync_data(&self) -> Result<(), std::io::Error> {
+        let mut d = self.disk();
+        d.synced = d.written.clone();
+        d.syncs += 1;
+        Ok(())
+    }
+
+    fn write(&self, offset: u64, data: &[u8]) -> Result<(), std::io::Error> {
+        let mut d = self.disk();
+        let end = offset as usize + data.len();
+        if d.written.len() < end {
+            d.written.resize(end, 0);
+        }
+        d.written[offset as usize..end].copy_from_slice(data);
+        Ok(())
     }
 }

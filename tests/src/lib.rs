@@ -4,6 +4,8 @@
 //! Tests read as stories: start a daemon, act, [`wait_for`] an observable state, assert. A wait that times
 //! out says what it was waiting for and what it saw last.
 
+pub mod scale;
+
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

@@ -2,6 +2,10 @@
 //! containerd, for N = 10, 50, 100 — against the same N containers started straight through containerd with
 //! `ctr run -d` one after another (no orchestration), measured in the same run on the same containerd.
 //! Run: `cargo build --release --workspace --bins && target/release/bench [N...]`.
+//!
+//! `bench scale [--nodes N] [--services S] [--replicas R] [--timeout SECS]` runs the scale simulator instead (see
+//! `shoal_tests::scale`): a real manager and N simulated nodes in this process; default preset is the small one CI
+//! runs.
 
 use shoal_tests::{wait_for, Daemon};
 use std::process::Command;
@@ -34,7 +38,36 @@ fn ctr_baseline(d: &Daemon, n: usize) -> Duration {
     took
 }
 
+/// `bench scale …`: parses the flags, runs the simulator, exits non-zero on a correctness violation.
+fn scale(args: &[String]) -> anyhow::Result<()> {
+    let mut cfg = shoal_tests::scale::ScaleConfig::smoke();
+    let mut it = args.iter();
+    while let Some(flag) = it.next() {
+        let value = it.next().ok_or_else(|| anyhow::anyhow!("{flag} needs a value"))?;
+        let n: u64 = value.parse().map_err(|_| anyhow::anyhow!("invalid value {value:?} for {flag}: not a number"))?;
+        match flag.as_str() {
+            "--nodes" if n >= 1 => cfg.nodes = n as usize,
+            "--services" if n >= 1 => cfg.services = n as usize,
+            "--replicas" if n >= 1 => cfg.replicas = n,
+            "--timeout" if n >= 1 => cfg.phase_timeout = Duration::from_secs(n),
+            "--nodes" | "--services" | "--replicas" | "--timeout" => anyhow::bail!("{flag} must be at least 1"),
+            other => anyhow::bail!("unknown flag {other:?} (expected --nodes, --services, --replicas, --timeout)"),
+        }
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(shoal_tests::scale::run(&cfg))?;
+    Ok(())
+}
+
 fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("scale") {
+        if let Err(e) = scale(&args[1..]) {
+            eprintln!("bench scale: {e}");
+            std::process::exit(1);
+        }
+        return;
+    }
     let sizes: Vec<usize> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
     let sizes = if sizes.is_empty() { vec![10, 50, 100] } else { sizes };
     let d = Daemon::start();

@@ -1,14 +1,32 @@
 //! The global orchestrator: one live task per eligible node (ready or unknown, availability active — pause keeps
 //! existing tasks — and placement constraints satisfied); tasks on nodes that stop being eligible are shut down.
 
-use super::restart::RestartSupervisor;
-use super::{is_live, new_task, reconcile_loop, slot_held_dead};
+use super::{is_live, new_task, service_or_task, slot_held_dead, Orchestrator, Plan, ServiceModePolicy};
 use crate::api::{Node, NodeAvailability, NodeState, Object, Service, ServiceMode, Task, TaskState};
-use crate::manager::store::{MemoryStore, Store, StoreError};
+use crate::manager::store::{Event, MemoryStore};
 use std::collections::BTreeMap;
-use std::sync::Arc;
-use std::time::Duration;
-use tokio_util::sync::CancellationToken;
+
+/// Global services: tasks on nodes that stop being eligible are shut down (the node may become eligible again).
+pub struct Global;
+
+pub type GlobalOrchestrator = Orchestrator<Global>;
+
+impl ServiceModePolicy for Global {
+    const NAME: &'static str = "global-orchestrator";
+    const END_STATE: TaskState = TaskState::Shutdown;
+
+    fn handles(mode: &ServiceMode) -> bool {
+        *mode == ServiceMode::Global
+    }
+
+    fn interested(ev: &Event) -> bool {
+        service_or_task(ev) || matches!(ev.object, Object::Node(_))
+    }
+
+    fn plan(view: &MemoryStore, service: &Service) -> Plan {
+        plan_service(view, service)
+    }
+}
 
 /// Whether `node` should run a task of `service`, and whether it may keep one it has.
 fn eligibility(service: &Service, node: &Node) -> (bool, bool) {
@@ -20,11 +38,11 @@ fn eligibility(service: &Service, node: &Node) -> (bool, bool) {
 }
 
 /// Plans one global service (pure): tasks to create, and live tasks to shut down.
-pub fn plan_service(view: &MemoryStore, service: &Service) -> (Vec<Task>, Vec<Task>) {
+pub fn plan_service(view: &MemoryStore, service: &Service) -> Plan {
     let mut create = Vec::new();
     let mut stop = Vec::new();
     if service.spec.mode != ServiceMode::Global {
-        return (create, stop);
+        return Plan::default();
     }
     let mut by_node: BTreeMap<&str, Vec<&Task>> = BTreeMap::new();
     for t in view.tasks_by_service(&service.id) {
@@ -46,60 +64,7 @@ pub fn plan_service(view: &MemoryStore, service: &Service) -> (Vec<Task>, Vec<Ta
     for (_, tasks) in by_node {
         stop.extend(tasks.into_iter().filter(|t| is_live(t)).cloned());
     }
-    (create, stop)
-}
-
-pub struct GlobalOrchestrator {
-    store: Store,
-    restarts: Arc<RestartSupervisor>,
-}
-
-impl GlobalOrchestrator {
-    pub fn new(store: Store, restarts: Arc<RestartSupervisor>) -> Self {
-        GlobalOrchestrator { store, restarts }
-    }
-
-    pub async fn run(self, shutdown: CancellationToken) {
-        let interested = |ev: &crate::manager::store::Event| {
-            matches!(ev.object, Object::Service(_) | Object::Task(_) | Object::Node(_))
-        };
-        reconcile_loop(
-            "global-orchestrator",
-            &self.store.clone(),
-            &shutdown.clone(),
-            Duration::from_millis(20),
-            Duration::from_secs(5),
-            interested,
-            || self.pass(&shutdown),
-        )
-        .await
-    }
-
-    async fn pass(&self, shutdown: &CancellationToken) -> Result<(), StoreError> {
-        let delayed = self
-            .store
-            .update(|tx| {
-                let (delayed, touched) = self.restarts.restart_ended(tx, |m| *m == ServiceMode::Global);
-                let view = tx.view();
-                for service in view.services().filter(|s| !touched.contains(&s.id)) {
-                    let (create, stop) = plan_service(view, service);
-                    for t in create {
-                        tracing::info!(service.id = %service.id, task.id = %t.id, node.id = %t.node_id, "task created");
-                        tx.create(t);
-                    }
-                    for mut t in stop {
-                        t.desired_state = TaskState::Shutdown;
-                        tx.update(t);
-                    }
-                }
-                Ok::<_, StoreError>(delayed)
-            })
-            .await?;
-        for (task_id, delay) in delayed {
-            self.restarts.start_after(self.store.clone(), task_id, delay, shutdown.clone());
-        }
-        Ok(())
-    }
+    Plan { create, end: stop }
 }
 
 #[cfg(test)]
@@ -119,7 +84,7 @@ mod tests {
             node("b", "hb").into(),
             drained.into(),
         ]);
-        let (create, stop) = plan_service(&view, &s);
+        let Plan { create, end: stop } = plan_service(&view, &s);
         let mut nodes: Vec<&str> = create.iter().map(|t| t.node_id.as_str()).collect();
         nodes.sort();
         assert_eq!(nodes, vec!["a", "b"]);

@@ -13,9 +13,11 @@ pub mod replicated;
 pub mod restart;
 pub mod task_reaper;
 
-use crate::api::{new_id, Service, Task, TaskState, TaskStatus, Timestamp};
-use crate::manager::store::{Event, Store, StoreError};
+use crate::api::{new_id, Object, Service, ServiceMode, Task, TaskState, TaskStatus, Timestamp};
+use crate::manager::store::{Event, MemoryStore, Store, StoreError};
+use restart::RestartSupervisor;
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tokio_util::sync::CancellationToken;
@@ -57,6 +59,83 @@ pub fn slot_held_dead(service: &Service, tasks: &[&Task]) -> bool {
         }
         None => false,
     }
+}
+
+/// What reconciling one service changes (computed by a pure planner).
+#[derive(Debug, Default)]
+pub struct Plan {
+    pub create: Vec<Task>,
+    /// Live tasks to end (the orchestrator says with which desired state).
+    pub end: Vec<Task>,
+}
+
+/// What distinguishes the replicated and the global orchestrator; the rest of their work is [`Orchestrator`].
+pub trait ServiceModePolicy: Send + Sync + 'static {
+    /// Names the component in logs.
+    const NAME: &'static str;
+    /// The desired state given to the tasks a plan ends: REMOVE for a slot that goes (replicated), SHUTDOWN for
+    /// a node that stops being eligible (global; the node may become eligible again).
+    const END_STATE: TaskState;
+    /// Whether a service is this orchestrator's.
+    fn handles(mode: &ServiceMode) -> bool;
+    /// Whether a change may need a pass.
+    fn interested(ev: &Event) -> bool;
+    /// Plans one service of this mode (pure).
+    fn plan(view: &MemoryStore, service: &Service) -> Plan;
+}
+
+/// An orchestrator: on every relevant change, ended tasks go to the restart supervisor first (it may replace them
+/// in place), then every other service of its mode is planned and the plans are written as one proposal.
+pub struct Orchestrator<P> {
+    store: Store,
+    restarts: Arc<RestartSupervisor>,
+    policy: std::marker::PhantomData<P>,
+}
+
+impl<P: ServiceModePolicy> Orchestrator<P> {
+    pub fn new(store: Store, restarts: Arc<RestartSupervisor>) -> Self {
+        Orchestrator { store, restarts, policy: std::marker::PhantomData }
+    }
+
+    pub async fn run(self, shutdown: CancellationToken) {
+        let pass = || self.pass(&shutdown);
+        let retry = Duration::from_secs(5);
+        reconcile_loop(P::NAME, &self.store, &shutdown, Duration::from_millis(20), retry, P::interested, pass).await
+    }
+
+    async fn pass(&self, shutdown: &CancellationToken) -> Result<(), StoreError> {
+        let delayed = self
+            .store
+            .update(|tx| {
+                let (delayed, touched) = self.restarts.restart_ended(tx, P::handles);
+                let view = tx.view();
+                for service in view.services().filter(|s| P::handles(&s.spec.mode) && !touched.contains(&s.id)) {
+                    let plan = P::plan(view, service);
+                    for t in plan.create {
+                        tracing::info!(
+                            service.id = %service.id, task.id = %t.id, slot = t.slot, node.id = %t.node_id,
+                            "task created"
+                        );
+                        tx.create(t);
+                    }
+                    for mut t in plan.end {
+                        t.desired_state = P::END_STATE;
+                        tx.update(t);
+                    }
+                }
+                Ok::<_, StoreError>(delayed)
+            })
+            .await?;
+        for (task_id, delay) in delayed {
+            self.restarts.start_after(self.store.clone(), task_id, delay, shutdown.clone());
+        }
+        Ok(())
+    }
+}
+
+/// Whether an event is about a service or a task.
+fn service_or_task(ev: &Event) -> bool {
+    matches!(ev.object, Object::Service(_) | Object::Task(_))
 }
 
 /// The reconcile loop every leader component shares: run a pass, then wait for a relevant store change (or the

@@ -2,21 +2,31 @@
 //! up, removes the highest (non-running first) when scaled down, removes every task of a deleted service, and
 //! hands ended tasks to the restart supervisor.
 
-use super::restart::RestartSupervisor;
-use super::{is_live, new_task, reconcile_loop, slot_held_dead};
-use crate::api::{Object, Service, ServiceMode, Task, TaskState};
-use crate::manager::store::{MemoryStore, Store, StoreError, WriteTx};
+use super::{is_live, new_task, service_or_task, slot_held_dead, Orchestrator, Plan, ServiceModePolicy};
+use crate::api::{Service, ServiceMode, Task, TaskState};
+use crate::manager::store::{Event, MemoryStore};
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
-use std::time::Duration;
-use tokio_util::sync::CancellationToken;
 
-/// What reconciling one service changes.
-#[derive(Debug, Default)]
-pub struct Plan {
-    pub create: Vec<Task>,
-    /// Tasks to set to desired REMOVE.
-    pub remove: Vec<Task>,
+/// Replicated services: slots that go are removed (desired REMOVE).
+pub struct Replicated;
+
+pub type ReplicatedOrchestrator = Orchestrator<Replicated>;
+
+impl ServiceModePolicy for Replicated {
+    const NAME: &'static str = "replicated-orchestrator";
+    const END_STATE: TaskState = TaskState::Remove;
+
+    fn handles(mode: &ServiceMode) -> bool {
+        matches!(mode, ServiceMode::Replicated { .. })
+    }
+
+    fn interested(ev: &Event) -> bool {
+        service_or_task(ev)
+    }
+
+    fn plan(view: &MemoryStore, service: &Service) -> Plan {
+        plan_service(view, service)
+    }
 }
 
 /// Plans the slots of a replicated service (pure).
@@ -66,7 +76,7 @@ pub fn plan_service(view: &MemoryStore, service: &Service) -> Plan {
         for (slot, _) in occupied.into_iter().take((n - replicas) as usize) {
             for t in &slots[&slot] {
                 if t.desired_state != TaskState::Remove {
-                    plan.remove.push((*t).clone());
+                    plan.end.push((*t).clone());
                 }
             }
         }
@@ -74,68 +84,10 @@ pub fn plan_service(view: &MemoryStore, service: &Service) -> Plan {
     plan
 }
 
-pub struct ReplicatedOrchestrator {
-    store: Store,
-    restarts: Arc<RestartSupervisor>,
-}
-
-impl ReplicatedOrchestrator {
-    pub fn new(store: Store, restarts: Arc<RestartSupervisor>) -> Self {
-        ReplicatedOrchestrator { store, restarts }
-    }
-
-    pub async fn run(self, shutdown: CancellationToken) {
-        let interested = |ev: &crate::manager::store::Event| matches!(ev.object, Object::Service(_) | Object::Task(_));
-        reconcile_loop(
-            "replicated-orchestrator",
-            &self.store.clone(),
-            &shutdown.clone(),
-            Duration::from_millis(20),
-            Duration::from_secs(5),
-            interested,
-            || self.pass(&shutdown),
-        )
-        .await
-    }
-
-    async fn pass(&self, shutdown: &CancellationToken) -> Result<(), StoreError> {
-        let delayed = self
-            .store
-            .update(|tx| {
-                let mut delayed = Vec::new();
-                reconcile_all(tx, &self.restarts, &mut delayed);
-                Ok::<_, StoreError>(delayed)
-            })
-            .await?;
-        for (task_id, delay) in delayed {
-            self.restarts.start_after(self.store.clone(), task_id, delay, shutdown.clone());
-        }
-        Ok(())
-    }
-}
-
-/// One pass over every replicated service and its tasks, written into `tx`.
-fn reconcile_all(tx: &mut WriteTx, restarts: &RestartSupervisor, delayed: &mut Vec<(String, Duration)>) {
-    // Ended tasks first: the restart supervisor may replace them in their slot.
-    let (d, touched) = restarts.restart_ended(tx, |m| matches!(m, ServiceMode::Replicated { .. }));
-    delayed.extend(d);
-    let view = tx.view();
-    for service in view.services().filter(|s| !touched.contains(&s.id)) {
-        let plan = plan_service(view, service);
-        for t in plan.create {
-            tracing::info!(service.id = %service.id, task.id = %t.id, slot = t.slot, "task created");
-            tx.create(t);
-        }
-        for mut t in plan.remove {
-            t.desired_state = TaskState::Remove;
-            tx.update(t);
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::Object;
     use crate::testing::{service, task};
 
     fn view_of(s: &Service, tasks: Vec<Task>) -> MemoryStore {
@@ -162,7 +114,7 @@ mod tests {
         }
         tasks[0].status.state = TaskState::Preparing; // slot 1 not running yet
         let p = plan_service(&view_of(&s, tasks), &s);
-        let mut removed: Vec<u64> = p.remove.iter().map(|t| t.slot).collect();
+        let mut removed: Vec<u64> = p.end.iter().map(|t| t.slot).collect();
         removed.sort();
         assert_eq!(removed, vec![1, 3]);
         assert!(p.create.is_empty());

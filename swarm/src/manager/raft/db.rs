@@ -23,25 +23,33 @@ pub(crate) fn open(path: &Path) -> Result<redb::Database, DbError> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(|e| DbError::Io { path: dir.to_path_buf(), reason: e.to_string() })?;
     }
-    let corrupt = |reason: String| DbError::Corrupt {
-        path: path.to_path_buf(),
-        dir: path.parent().map(Path::to_path_buf).unwrap_or_default(),
-        reason,
-    };
     // An existing file too short to hold a redb header is a truncated one; redb would treat it as new.
     if let Ok(md) = std::fs::metadata(path) {
         if md.len() > 0 && md.len() < 512 {
-            return Err(corrupt(format!("only {} bytes long", md.len())));
+            return Err(corrupt(path, format!("only {} bytes long", md.len())));
         }
     }
-    match redb::Database::create(path) {
+    opened(path, redb::Database::create(path))
+}
+
+/// Opens a database on another storage than a file (tests simulate crashes this way); `path` names it in errors.
+pub(crate) fn open_backend(path: &Path, backend: impl redb::StorageBackend) -> Result<redb::Database, DbError> {
+    opened(path, redb::Builder::new().create_with_backend(backend))
+}
+
+fn corrupt(path: &Path, reason: String) -> DbError {
+    DbError::Corrupt { path: path.to_path_buf(), dir: path.parent().map(Path::to_path_buf).unwrap_or_default(), reason }
+}
+
+fn opened(path: &Path, r: Result<redb::Database, redb::DatabaseError>) -> Result<redb::Database, DbError> {
+    match r {
         Ok(db) => Ok(db),
         Err(redb::DatabaseError::DatabaseAlreadyOpen) => Err(DbError::InUse { path: path.to_path_buf() }),
-        Err(redb::DatabaseError::Storage(redb::StorageError::Corrupted(reason))) => Err(corrupt(reason)),
+        Err(redb::DatabaseError::Storage(redb::StorageError::Corrupted(reason))) => Err(corrupt(path, reason)),
         Err(redb::DatabaseError::Storage(redb::StorageError::Io(e)))
             if matches!(e.kind(), std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::InvalidData) =>
         {
-            Err(corrupt(e.to_string()))
+            Err(corrupt(path, e.to_string()))
         }
         Err(e) => Err(DbError::Io { path: path.to_path_buf(), reason: e.to_string() }),
     }

@@ -51,7 +51,7 @@ pub struct RaftSettings {
 
 impl Default for RaftSettings {
     fn default() -> Self {
-        // Failover in ≤ 2 s (DESIGN §4): heartbeats every 200 ms, elections after 0.8–1.2 s of silence.
+        // Failover in ≤ 2 s (docs/design.md §4): heartbeats every 200 ms, elections after 0.8–1.2 s of silence.
         RaftSettings {
             snapshot_interval: 10_000,
             log_entries_for_slow_followers: 500,
@@ -104,6 +104,16 @@ impl RaftHandle {
         let paths = RaftPaths::in_dir(dir);
         let log = RedbLogStore::open(&paths.log)?;
         let sm = RedbStateMachine::open(&paths.state)?;
+        Self::start_with(id, log, sm, settings).await
+    }
+
+    /// Starts the member on stores already opened (tests open them on storage that can simulate a crash).
+    pub async fn start_with(
+        id: NodeId,
+        log: RedbLogStore,
+        sm: RedbStateMachine,
+        settings: &RaftSettings,
+    ) -> Result<(RaftHandle, Store), RaftNodeError> {
         let config = Config {
             cluster_name: "shoal".into(),
             heartbeat_interval: settings.heartbeat_interval.as_millis() as u64,

@@ -7,7 +7,7 @@
 //! so the log can be purged behind it.
 
 use super::codec::{decode, encode};
-use super::db::{open, DbError, SharedDb};
+use super::db::{open, open_backend, DbError, SharedDb};
 use super::{NodeId, TypeConfig};
 use crate::api::Object;
 use crate::manager::store::{MemoryStore, ProposalResult, SharedView};
@@ -75,7 +75,15 @@ fn werr(e: impl std::error::Error + 'static) -> StorageError<NodeId> {
 impl RedbStateMachine {
     /// Opens the state at `path` and loads every object into a fresh view.
     pub fn open(path: &Path) -> Result<Self, DbError> {
-        let db = open(path)?;
+        Self::loaded(path, open(path)?)
+    }
+
+    /// The state on another storage than a file (crash tests); `name` stands for its path in errors.
+    pub fn open_backend(name: &Path, backend: impl redb::StorageBackend) -> Result<Self, DbError> {
+        Self::loaded(name, open_backend(name, backend)?)
+    }
+
+    fn loaded(path: &Path, db: redb::Database) -> Result<Self, DbError> {
         let corrupt = |reason: String| DbError::Corrupt {
             path: path.to_path_buf(),
             dir: path.parent().map(Path::to_path_buf).unwrap_or_default(),

@@ -1,0 +1,351 @@
+//! The scale simulator (`bench scale`): a real manager in this process — Raft on disk, the store, orchestrators,
+//! allocator, scheduler, dispatcher, the mTLS cluster listener — and N simulated nodes, each a real agent with its
+//! own certificate holding a real dispatcher session over loopback, driving `TestExecutor` (an in-memory stand-in
+//! for containerd: tasks go PREPARING → RUNNING at once, no containers).
+//!
+//! ```text
+//!   phase 1  nodes join: identities from the cluster CA, Node objects written, agents open sessions → READY
+//!   phase 2  S services × R replicas created through the control API
+//!            → all tasks ASSIGNED (scheduler) → delivered (in an executor) → RUNNING (reported back)
+//!   phase 3  service ls / service ps latency at that size, Raft log and state size
+//!   phase 4  the manager restarts and serves again with everything in place
+//! ```
+//! Every figure is printed; correctness is checked (every slot runs exactly one task, no task runs on two
+//! nodes, no node holds more reservations than it has) and a violation fails the run. Timings are never asserted.
+
+use std::collections::{HashMap, HashSet};
+use std::net::TcpListener;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use swarm::agent::{Agent, AgentConfig};
+use swarm::api::control::{CreateServiceRequest, ListServicesRequest, ListTasksRequest};
+use swarm::api::membership::SwarmInitRequest;
+use swarm::api::{new_id, NodeRole, ServiceMode, TaskState};
+use swarm::ca::{self, RootCa};
+use swarm::manager::store::{Store, StoreError};
+use swarm::node::{NodeConfig, SwarmNode};
+use swarm::testing::TestExecutor;
+use swarm::transport::control::control_server::Control;
+use tokio_util::sync::CancellationToken;
+use tonic::Request;
+
+/// What to simulate.
+#[derive(Debug, Clone)]
+pub struct ScaleConfig {
+    /// Nodes in all, the manager included.
+    pub nodes: usize,
+    pub services: usize,
+    pub replicas: u64,
+    /// How long any one phase may take before the run fails.
+    pub phase_timeout: Duration,
+}
+
+impl ScaleConfig {
+    /// The preset CI runs: small enough for seconds, large enough that every path is taken.
+    pub fn smoke() -> Self {
+        ScaleConfig { nodes: 20, services: 10, replicas: 20, phase_timeout: Duration::from_secs(300) }
+    }
+}
+
+/// A correctness violation found after a run.
+#[derive(Debug, thiserror::Error)]
+pub enum ScaleError {
+    #[error("{phase} did not finish within {timeout:?}: {progress}")]
+    Timeout { phase: &'static str, timeout: Duration, progress: String },
+    #[error("slot {service}.{slot} has {running} running tasks (want exactly 1)")]
+    Slot { service: String, slot: u64, running: usize },
+    #[error("task {task} runs on {nodes} nodes")]
+    Duplicate { task: String, nodes: usize },
+    #[error("node {node} holds {reserved} bytes of memory reservations but has {capacity}")]
+    Overcommitted { node: String, reserved: i64, capacity: i64 },
+    #[error("{0}")]
+    Setup(String),
+}
+
+fn setup(e: impl std::fmt::Display) -> ScaleError {
+    ScaleError::Setup(e.to_string())
+}
+
+/// Memory each task reserves, so that placement has something to respect.
+const RESERVE: i64 = 8 << 20;
+
+struct SimNode {
+    executor: TestExecutor,
+}
+
+/// The peak resident memory of this process (the manager and every simulated agent), from `/proc`.
+fn peak_rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(0.0)
+}
+
+fn dir_size(p: &Path) -> u64 {
+    let Ok(rd) = std::fs::read_dir(p) else { return 0 };
+    rd.filter_map(Result::ok)
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => dir_size(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
+}
+
+/// Polls `f` every 100 ms until it returns `Ok`, printing its progress line now and then.
+async fn phase<T>(
+    name: &'static str,
+    timeout: Duration,
+    start: Instant,
+    mut f: impl FnMut() -> Result<T, String>,
+) -> Result<T, ScaleError> {
+    let mut last_print = Instant::now();
+    loop {
+        match f() {
+            Ok(v) => return Ok(v),
+            Err(progress) => {
+                if start.elapsed() > timeout {
+                    return Err(ScaleError::Timeout { phase: name, timeout, progress });
+                }
+                if last_print.elapsed() > Duration::from_secs(5) {
+                    println!("  … {name}: {progress} ({:.1} s)", start.elapsed().as_secs_f64());
+                    last_print = Instant::now();
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(23770)
+}
+
+/// Runs the simulation, printing each phase's figures; fails on a correctness violation.
+pub async fn run(cfg: &ScaleConfig) -> Result<(), ScaleError> {
+    let total_tasks = cfg.services as u64 * cfg.replicas;
+    println!(
+        "scale: {} nodes, {} services × {} replicas = {} tasks",
+        cfg.nodes, cfg.services, cfg.replicas, total_tasks
+    );
+    let dir = tempfile::tempdir().map_err(setup)?;
+    let state_dir = dir.path().join("swarm");
+    let manager_exec = TestExecutor::new("sim-manager");
+    let node = SwarmNode::new(
+        NodeConfig { state_dir: state_dir.clone(), default_advertise_ip: None },
+        Arc::new(manager_exec.clone()),
+    );
+    let addr = format!("127.0.0.1:{}", free_port());
+    node.init(SwarmInitRequest { listen_addr: addr.clone(), advertise_addr: addr.clone(), ..Default::default() })
+        .await
+        .map_err(setup)?;
+    let store = node.store().ok_or_else(|| setup("the manager has no store after init"))?;
+
+    // Phase 1: nodes join. Identities come from the cluster's CA, as a join would issue them.
+    let t0 = Instant::now();
+    let (root_pem, key_pem, cluster_id) = store
+        .view(|v| v.cluster().map(|c| (c.root_ca.ca_cert_pem.clone(), c.root_ca.ca_key_pem.clone(), c.id.clone())))
+        .ok_or_else(|| setup("no cluster object"))?;
+    let root = RootCa::from_pem(&root_pem, &key_pem).map_err(setup)?;
+    let mut sims: Vec<SimNode> = vec![SimNode { executor: manager_exec.clone() }];
+    let mut agents = Vec::new();
+    let shutdown = CancellationToken::new();
+    let mut pending_nodes = Vec::new();
+    for i in 1..cfg.nodes {
+        let id = new_id();
+        let hostname = format!("sim-{i:05}");
+        let identity = ca::issue_identity(&root, &id, NodeRole::Worker, &cluster_id).map_err(setup)?;
+        let mut n = swarm::testing::node(&id, &hostname);
+        n.role = NodeRole::Worker;
+        n.spec.desired_role = NodeRole::Worker;
+        n.status.state = swarm::api::NodeState::Unknown;
+        pending_nodes.push(n);
+        let executor = TestExecutor::new(&hostname);
+        let tls = ca::client_tls_config(&identity).map_err(setup)?;
+        agents
+            .push(Arc::new(Agent::new(AgentConfig { managers: vec![addr.clone()], tls }, Arc::new(executor.clone()))));
+        sims.push(SimNode { executor });
+    }
+    for chunk in pending_nodes.chunks(500) {
+        store
+            .update(|tx| {
+                for n in chunk {
+                    tx.create(n.clone());
+                }
+                Ok::<_, StoreError>(())
+            })
+            .await
+            .map_err(setup)?;
+    }
+    for a in &agents {
+        let a = a.clone();
+        let token = shutdown.clone();
+        tokio::spawn(async move { a.run(token).await });
+    }
+    let want_nodes = cfg.nodes;
+    phase("nodes ready", cfg.phase_timeout, t0, || {
+        let ready = store.view(|v| v.nodes().filter(|n| n.status.state == swarm::api::NodeState::Ready).count());
+        if ready >= want_nodes {
+            Ok(())
+        } else {
+            Err(format!("{ready}/{want_nodes} ready"))
+        }
+    })
+    .await?;
+    println!("phase nodes-ready      {:>9.2} s   peak RSS {:>8.1} MiB", t0.elapsed().as_secs_f64(), peak_rss_mib());
+
+    // Phase 2: services.
+    let api = node.control_api();
+    let t1 = Instant::now();
+    for s in 0..cfg.services {
+        let mut spec = swarm::testing::service("unused", &format!("svc-{s:05}"), cfg.replicas).spec;
+        spec.task_template.resources.reservations.memory_bytes = RESERVE;
+        api.create_service(Request::new(CreateServiceRequest { spec })).await.map_err(|e| setup(e.message()))?;
+    }
+    let created = t1.elapsed();
+    println!("phase services-created {:>9.2} s", created.as_secs_f64());
+    let count = |store: &Store, at_least: TaskState| {
+        store.view(|v| {
+            v.tasks().filter(|t| t.desired_state == TaskState::Running && t.status.state >= at_least).count() as u64
+        })
+    };
+    phase("tasks assigned", cfg.phase_timeout, t1, || {
+        let n = count(&store, TaskState::Assigned);
+        if n >= total_tasks {
+            Ok(())
+        } else {
+            Err(format!("{n}/{total_tasks} assigned"))
+        }
+    })
+    .await?;
+    let assigned = t1.elapsed();
+    println!("phase all-assigned     {:>9.2} s   peak RSS {:>8.1} MiB", assigned.as_secs_f64(), peak_rss_mib());
+    phase("tasks delivered", cfg.phase_timeout, t1, || {
+        let n: usize = sims.iter().map(|s| s.executor.known()).sum();
+        if n as u64 >= total_tasks {
+            Ok(())
+        } else {
+            Err(format!("{n}/{total_tasks} delivered"))
+        }
+    })
+    .await?;
+    println!("phase all-delivered    {:>9.2} s", t1.elapsed().as_secs_f64());
+    phase("tasks running", cfg.phase_timeout, t1, || {
+        let n = count(&store, TaskState::Running);
+        if n >= total_tasks {
+            Ok(())
+        } else {
+            Err(format!("{n}/{total_tasks} reported running"))
+        }
+    })
+    .await?;
+    let running = t1.elapsed();
+    println!("phase all-running      {:>9.2} s   peak RSS {:>8.1} MiB", running.as_secs_f64(), peak_rss_mib());
+
+    check(&store, &sims)?;
+    println!("check  every slot runs exactly one task; no task on two nodes; no node overcommitted");
+
+    // Phase 3: the control API at this size, and what Raft holds.
+    let t = Instant::now();
+    let ls = api.list_services(Request::new(ListServicesRequest::default())).await.map_err(|e| setup(e.message()))?;
+    let ls_took = t.elapsed();
+    let first = ls.into_inner().services.first().map(|s| s.service.id.clone()).unwrap_or_default();
+    let t = Instant::now();
+    api.list_tasks(Request::new(ListTasksRequest { service_ids: vec![first], ..Default::default() }))
+        .await
+        .map_err(|e| setup(e.message()))?;
+    let ps_took = t.elapsed();
+    println!("latency service ls     {:>9.1} ms   service ps (one service) {:>7.1} ms", ms(ls_took), ms(ps_took));
+    let (log_len, snap) = node.raft_stats().await.unwrap_or((0, None));
+    println!(
+        "raft   log entries {log_len}, snapshot at {snap:?}, raft dir {:.1} MiB",
+        mib(dir_size(&state_dir.join("raft")))
+    );
+
+    // Phase 4: the manager restarts (its own agent and the simulated ones keep their tasks).
+    let t = Instant::now();
+    node.shutdown().await;
+    let node = SwarmNode::new(
+        NodeConfig { state_dir: state_dir.clone(), default_advertise_ip: None },
+        Arc::new(manager_exec.clone()),
+    );
+    node.resume().await.map_err(setup)?;
+    phase("manager restart", cfg.phase_timeout, t, || {
+        // The store is served once the manager leads again.
+        let store = node.store().ok_or_else(|| "not leading yet".to_string())?;
+        let n = count(&store, TaskState::Running);
+        let services = store.view(|v| v.services().count());
+        if services == cfg.services && n >= total_tasks {
+            Ok(())
+        } else {
+            Err(format!("{services} services, {n}/{total_tasks} running"))
+        }
+    })
+    .await?;
+    println!("phase manager-restart  {:>9.2} s   (serving with every task in place)", t.elapsed().as_secs_f64());
+    println!("peak RSS {:.1} MiB (manager and every simulated agent, one process)", peak_rss_mib());
+    shutdown.cancel();
+    node.shutdown().await;
+    Ok(())
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// Every slot runs exactly one task, no task runs on two nodes, no node holds more than it has.
+fn check(store: &Store, sims: &[SimNode]) -> Result<(), ScaleError> {
+    let mut runs: HashMap<String, usize> = HashMap::new();
+    for s in sims {
+        for id in s.executor.running() {
+            *runs.entry(id).or_default() += 1;
+        }
+    }
+    if let Some((task, nodes)) = runs.iter().find(|(_, n)| **n > 1) {
+        return Err(ScaleError::Duplicate { task: task.clone(), nodes: *nodes });
+    }
+    store.view(|v| {
+        for service in v.services() {
+            let ServiceMode::Replicated { replicas } = service.spec.mode else { continue };
+            let mut by_slot: HashMap<u64, usize> = HashMap::new();
+            for t in v.tasks_by_service(&service.id) {
+                if t.desired_state == TaskState::Running
+                    && t.status.state == TaskState::Running
+                    && runs.contains_key(&t.id)
+                {
+                    *by_slot.entry(t.slot).or_default() += 1;
+                }
+            }
+            for slot in 1..=replicas {
+                let running = by_slot.get(&slot).copied().unwrap_or(0);
+                if running != 1 {
+                    return Err(ScaleError::Slot { service: service.spec.annotations.name.clone(), slot, running });
+                }
+            }
+        }
+        let live: HashSet<&str> = runs.keys().map(String::as_str).collect();
+        for n in v.nodes() {
+            let reserved: i64 = v
+                .tasks_by_node(&n.id)
+                .filter(|t| live.contains(t.id.as_str()))
+                .map(|t| t.spec.resources.reservations.memory_bytes)
+                .sum();
+            if reserved > n.description.resources.memory_bytes {
+                return Err(ScaleError::Overcommitted {
+                    node: n.id.clone(),
+                    reserved,
+                    capacity: n.description.resources.memory_bytes,
+                });
+            }
+        }
+        Ok(())
+    })
+}
