@@ -286,7 +286,15 @@ impl<E: Executor> SwarmNode<E> {
 
     fn advertise_addr(&self, given: &str, bound: SocketAddr) -> Result<String, NodeError> {
         if !given.is_empty() {
-            return with_port(given, bound.port(), "--advertise-addr");
+            let addr = with_port(given, bound.port(), "--advertise-addr")?;
+            // Other nodes could not reach a wildcard address (Docker refuses it too).
+            if addr.parse::<SocketAddr>().is_ok_and(|a| a.ip().is_unspecified()) {
+                return Err(NodeError::InvalidArgument(format!(
+                    "invalid argument {given:?} for \"--advertise-addr\" flag: advertise address must be a non-zero IP \
+                     address"
+                )));
+            }
+            return Ok(addr);
         }
         if !bound.ip().is_unspecified() {
             return Ok(bound.to_string());
@@ -599,6 +607,7 @@ mod tests {
             (SwarmInitRequest { snapshot_interval: Some(0), ..loopback() }, "--snapshot-interval"),
             (SwarmInitRequest { dispatcher_heartbeat: Some(Duration::ZERO), ..loopback() }, "--dispatcher-heartbeat"),
             (SwarmInitRequest { advertise_addr: "eth0".into(), ..loopback() }, "--advertise-addr"),
+            (SwarmInitRequest { advertise_addr: "0.0.0.0".into(), ..loopback() }, "--advertise-addr"),
             (SwarmInitRequest { listen_addr: "eth0".into(), ..loopback() }, "--listen-addr"),
             (SwarmInitRequest { listen_addr: taken.clone(), ..loopback() }, "--listen-addr"),
             // A wildcard listen address and no default route: nothing to advertise.
