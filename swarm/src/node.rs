@@ -160,105 +160,46 @@ impl<E: Executor> SwarmNode<E> {
     }
 
     /// `swarm init`: a new one-manager swarm with this node as its leader.
+    ///
+    /// Every flag is checked before anything is written, and if a later step fails, what was written is removed:
+    /// a failed init leaves the node able to init again.
     pub async fn init(&self, req: SwarmInitRequest) -> Result<String, NodeError> {
         let mut running = self.running.lock().await;
         if running.is_some() || self.cfg.state_dir.join(NODE_FILE).exists() {
             return Err(NodeError::AlreadyMember);
         }
+        let spec = init_cluster_spec(&req)?;
         let listen = if req.listen_addr.is_empty() {
             format!("0.0.0.0:{DEFAULT_PORT}")
         } else {
-            with_port(&req.listen_addr, DEFAULT_PORT)?
+            with_port(&req.listen_addr, DEFAULT_PORT, "--listen-addr")?
         };
-        let listener = bind(&listen).await?;
+        let listener = bind(&listen).await.map_err(|e| match e {
+            NodeError::Listen { addr, reason } => {
+                NodeError::InvalidArgument(format!("--listen-addr {addr}: cannot listen there: {reason}"))
+            }
+            other => other,
+        })?;
         let bound =
             listener.local_addr().map_err(|e| NodeError::Listen { addr: listen.clone(), reason: e.to_string() })?;
         let advertise = self.advertise_addr(&req.advertise_addr, bound)?;
 
-        let node_id = new_id();
-        let cluster_id = new_id();
-        let raft_id: u64 = rand::random::<u64>() | 1;
-        let root = RootCa::generate()?;
-        let identity = ca::issue_identity(&root, &node_id, NodeRole::Manager, &cluster_id)?;
-        identity.save(&self.certs_dir())?;
-
-        let settings = RaftSettings {
-            snapshot_interval: req.snapshot_interval.unwrap_or(RaftConfig::default().snapshot_interval),
-            ..RaftSettings::default()
-        };
-        let (raft, store) = RaftHandle::start(raft_id, &self.cfg.state_dir.join("raft"), &settings).await?;
-        raft.initialize(&advertise).await?;
-        raft.wait_leader(Duration::from_secs(10)).await?;
-
-        let mut spec = ClusterSpec {
-            annotations: Annotations { name: DEFAULT_CLUSTER_NAME.into(), labels: Default::default() },
-            orchestration: OrchestrationConfig::default(),
-            raft: RaftConfig::default(),
-            dispatcher: crate::api::DispatcherConfig::default(),
-        };
-        if let Some(n) = req.task_history_limit {
-            spec.orchestration.task_history_retention_limit = n;
-        }
-        if let Some(p) = req.dispatcher_heartbeat {
-            if p.is_zero() {
-                return Err(NodeError::InvalidArgument("--dispatcher-heartbeat must be greater than 0".into()));
+        let trace = InitTrace::start(&self.cfg.state_dir).map_err(|e| self.state_err(e))?;
+        let (me, identity, raft, store) = match self.write_new_swarm(spec, bound, advertise).await {
+            Ok(v) => v,
+            Err(e) => {
+                trace.undo();
+                return Err(e);
             }
-            spec.dispatcher.heartbeat_period = p;
-        }
-        if let Some(n) = req.snapshot_interval {
-            if n == 0 {
-                return Err(NodeError::InvalidArgument("--snapshot-interval must be greater than 0".into()));
-            }
-            spec.raft.snapshot_interval = n;
-        }
-        let digest = root.digest();
-        let cluster =
-            Cluster { id: cluster_id.clone(), meta: Meta::default(), spec, root_ca: RootCa_api(&root, &digest) };
-        let description = self.executor.describe().await?;
-        let node = Node {
-            id: node_id.clone(),
-            meta: Meta::default(),
-            spec: NodeSpec {
-                annotations: Annotations::default(),
-                desired_role: NodeRole::Manager,
-                availability: NodeAvailability::Active,
-            },
-            description,
-            status: NodeStatus { state: NodeState::Unknown, addr: ip_of(&advertise), ..Default::default() },
-            manager_status: Some(ManagerStatus {
-                raft_id,
-                addr: advertise.clone(),
-                leader: true,
-                reachability: Reachability::Reachable,
-            }),
-            role: NodeRole::Manager,
         };
-        store
-            .update(|tx| {
-                tx.create(cluster);
-                tx.create(node);
-                Ok::<_, StoreError>(())
-            })
-            .await?;
-        let me = PersistedNode {
-            format: NODE_FORMAT,
-            node_id: node_id.clone(),
-            raft_id,
-            cluster_id,
-            role: NodeRole::Manager,
-            listen_addr: bound.to_string(),
-            advertise_addr: advertise,
-            snapshot_interval: settings.snapshot_interval,
-        };
-        crate::fsutil::write_atomic(
-            &self.cfg.state_dir.join(NODE_FILE),
-            &serde_json::to_vec_pretty(&me).expect("plain data"),
-            0o600,
-        )
-        .map_err(|e| self.state_err(e))?;
+        let node_id = me.node_id.clone();
         drop(running.take());
         drop(running);
-        self.launch(me, identity, raft, store, listener).await?;
+        if let Err(e) = self.launch(me, identity, raft.clone(), store, listener).await {
+            raft.shutdown().await;
+            trace.undo();
+            return Err(e);
+        }
         // As `docker swarm init`, return once the node is an active member (its agent's session is up).
         if let Some(mut status) = self.running.lock().await.as_ref().map(|r| r.agent.status()) {
             let _ = tokio::time::timeout(Duration::from_secs(10), status.wait_for(|s| s.connected_to.is_some())).await;
@@ -267,9 +208,93 @@ impl<E: Executor> SwarmNode<E> {
         Ok(node_id)
     }
 
+    /// Writes a new swarm's state: certificates, the Raft log holding the cluster and this node, and `node.json`
+    /// last (its presence is what makes the node a member). On failure, Raft's files are closed again so the
+    /// caller can remove them.
+    async fn write_new_swarm(
+        &self,
+        spec: ClusterSpec,
+        bound: SocketAddr,
+        advertise: String,
+    ) -> Result<(PersistedNode, NodeIdentity, RaftHandle, Store), NodeError> {
+        let node_id = new_id();
+        let cluster_id = new_id();
+        let raft_id: u64 = rand::random::<u64>() | 1;
+        let root = RootCa::generate()?;
+        let identity = ca::issue_identity(&root, &node_id, NodeRole::Manager, &cluster_id)?;
+        identity.save(&self.certs_dir())?;
+
+        let settings = RaftSettings { snapshot_interval: spec.raft.snapshot_interval, ..RaftSettings::default() };
+        let (raft, store) = RaftHandle::start(raft_id, &self.cfg.state_dir.join("raft"), &settings).await?;
+        let me = PersistedNode {
+            format: NODE_FORMAT,
+            node_id: node_id.clone(),
+            raft_id,
+            cluster_id: cluster_id.clone(),
+            role: NodeRole::Manager,
+            listen_addr: bound.to_string(),
+            advertise_addr: advertise.clone(),
+            snapshot_interval: settings.snapshot_interval,
+        };
+        let written = async {
+            raft.initialize(&advertise).await?;
+            raft.wait_leader(Duration::from_secs(10)).await?;
+            let digest = root.digest();
+            let cluster = Cluster { id: cluster_id, meta: Meta::default(), spec, root_ca: RootCa_api(&root, &digest) };
+            let description = self.executor.describe().await?;
+            let node = Node {
+                id: node_id,
+                meta: Meta::default(),
+                spec: NodeSpec {
+                    annotations: Annotations::default(),
+                    desired_role: NodeRole::Manager,
+                    availability: NodeAvailability::Active,
+                },
+                description,
+                status: NodeStatus { state: NodeState::Unknown, addr: ip_of(&advertise), ..Default::default() },
+                manager_status: Some(ManagerStatus {
+                    raft_id,
+                    addr: advertise.clone(),
+                    leader: true,
+                    reachability: Reachability::Reachable,
+                }),
+                role: NodeRole::Manager,
+            };
+            store
+                .update(|tx| {
+                    tx.create(cluster);
+                    tx.create(node);
+                    Ok::<_, StoreError>(())
+                })
+                .await?;
+            crate::fsutil::write_atomic(
+                &self.cfg.state_dir.join(NODE_FILE),
+                &serde_json::to_vec_pretty(&me).expect("plain data"),
+                0o600,
+            )
+            .map_err(|e| self.state_err(e))
+        }
+        .await;
+        match written {
+            Ok(()) => Ok((me, identity, raft, store)),
+            Err(e) => {
+                raft.shutdown().await;
+                Err(e)
+            }
+        }
+    }
+
     fn advertise_addr(&self, given: &str, bound: SocketAddr) -> Result<String, NodeError> {
         if !given.is_empty() {
-            return with_port(given, bound.port());
+            let addr = with_port(given, bound.port(), "--advertise-addr")?;
+            // Other nodes could not reach a wildcard address (Docker refuses it too).
+            if addr.parse::<SocketAddr>().is_ok_and(|a| a.ip().is_unspecified()) {
+                return Err(NodeError::InvalidArgument(format!(
+                    "invalid argument {given:?} for \"--advertise-addr\" flag: advertise address must be a non-zero IP \
+                     address"
+                )));
+            }
+            return Ok(addr);
         }
         if !bound.ip().is_unspecified() {
             return Ok(bound.to_string());
@@ -302,7 +327,9 @@ impl<E: Executor> SwarmNode<E> {
             managers: vec![me.advertise_addr.clone()],
         });
 
+        // Everything that can fail comes before anything is spawned.
         let server_tls = ca::server_tls_config(&identity)?;
+        let client_tls = ca::client_tls_config(&identity)?;
         let service = DispatcherServer::new(DispatcherService::new(dispatcher.clone()));
         let token = shutdown.clone();
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
@@ -325,7 +352,7 @@ impl<E: Executor> SwarmNode<E> {
         tasks.spawn(manager.run(shutdown.clone()).instrument(span.clone()));
 
         let agent = Arc::new(Agent::new(
-            AgentConfig { managers: vec![me.advertise_addr.clone()], tls: ca::client_tls_config(&identity)? },
+            AgentConfig { managers: vec![me.advertise_addr.clone()], tls: client_tls },
             self.executor.clone(),
         ));
         let a = agent.clone();
@@ -412,8 +439,8 @@ fn ip_of(addr: &str) -> String {
     addr.parse::<SocketAddr>().map(|a| a.ip().to_string()).unwrap_or_else(|_| addr.to_string())
 }
 
-/// `ip` → `ip:port`; `ip:port` unchanged.
-fn with_port(addr: &str, port: u16) -> Result<String, NodeError> {
+/// `ip` → `ip:port`; `ip:port` unchanged. `flag` names the option in the error.
+fn with_port(addr: &str, port: u16, flag: &str) -> Result<String, NodeError> {
     if let Ok(a) = addr.parse::<SocketAddr>() {
         return Ok(a.to_string());
     }
@@ -421,12 +448,234 @@ fn with_port(addr: &str, port: u16) -> Result<String, NodeError> {
         return Ok(SocketAddr::new(ip, port).to_string());
     }
     Err(NodeError::InvalidArgument(format!(
-        "invalid address {addr:?}: expected an IP address, optionally with a port (interface names are not supported yet)"
+        "invalid argument {addr:?} for {flag:?} flag: expected an IP address, optionally with a port \
+         (interface names are not supported yet)"
     )))
+}
+
+/// The cluster spec `swarm init` writes, from its flags; refuses values a cluster could not run with.
+fn init_cluster_spec(req: &SwarmInitRequest) -> Result<ClusterSpec, NodeError> {
+    let mut spec = ClusterSpec {
+        annotations: Annotations { name: DEFAULT_CLUSTER_NAME.into(), labels: Default::default() },
+        orchestration: OrchestrationConfig::default(),
+        raft: RaftConfig::default(),
+        dispatcher: crate::api::DispatcherConfig::default(),
+    };
+    if let Some(n) = req.task_history_limit {
+        spec.orchestration.task_history_retention_limit = n;
+    }
+    if let Some(p) = req.dispatcher_heartbeat {
+        if p.is_zero() {
+            return Err(NodeError::InvalidArgument("--dispatcher-heartbeat must be greater than 0".into()));
+        }
+        spec.dispatcher.heartbeat_period = p;
+    }
+    if let Some(n) = req.snapshot_interval {
+        if n == 0 {
+            return Err(NodeError::InvalidArgument("--snapshot-interval must be greater than 0".into()));
+        }
+        spec.raft.snapshot_interval = n;
+    }
+    Ok(spec)
+}
+
+/// What `swarm init` may write into the state dir, and how to take it back if init fails part-way.
+struct InitTrace {
+    state_dir: PathBuf,
+    /// Whether init created the state dir itself (then it removes the whole dir).
+    created_dir: bool,
+}
+
+impl InitTrace {
+    /// Called once the flags are valid, before the first write. Without `node.json` the node is not a member, so
+    /// certificates or Raft files found here are the remains of an init that did not finish: they are cleared,
+    /// as they would otherwise make this init fail too.
+    fn start(state_dir: &std::path::Path) -> std::io::Result<Self> {
+        let created_dir = !state_dir.exists();
+        let trace = InitTrace { state_dir: state_dir.to_path_buf(), created_dir };
+        for p in trace.paths() {
+            if p.exists() {
+                tracing::warn!(path = %p.display(), "removing swarm state left by an unfinished init");
+                remove_any(&p)?;
+            }
+        }
+        Ok(trace)
+    }
+
+    fn paths(&self) -> [PathBuf; 3] {
+        [self.state_dir.join(NODE_FILE), self.state_dir.join("certificates"), self.state_dir.join("raft")]
+    }
+
+    /// Removes what init wrote. Failures are logged: the caller reports the error that made init fail.
+    fn undo(self) {
+        let targets = if self.created_dir { vec![self.state_dir.clone()] } else { self.paths().to_vec() };
+        for p in targets {
+            if let Err(e) = remove_any(&p) {
+                tracing::warn!(path = %p.display(), error = %e, "could not remove what a failed swarm init wrote");
+            }
+        }
+    }
+}
+
+/// Removes a file or a directory tree; a missing one is not an error.
+fn remove_any(p: &std::path::Path) -> std::io::Result<()> {
+    let r = if p.is_dir() { std::fs::remove_dir_all(p) } else { std::fs::remove_file(p) };
+    match r {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
 }
 
 async fn bind(addr: &str) -> Result<tokio::net::TcpListener, NodeError> {
     tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| NodeError::Listen { addr: addr.to_string(), reason: e.to_string() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agent::exec::ExecError;
+    use crate::testing::{TestController, TestExecutor};
+    use std::collections::BTreeSet;
+    use std::path::Path;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    /// `TestExecutor`, but `describe` fails while `fail_describe` is set: a failure in the middle of init, after
+    /// the certificates and the Raft log were written.
+    #[derive(Clone)]
+    struct FlakyExecutor {
+        inner: TestExecutor,
+        fail_describe: Arc<AtomicBool>,
+    }
+
+    impl Executor for FlakyExecutor {
+        type Controller = TestController;
+
+        async fn describe(&self) -> Result<NodeDescription, ExecError> {
+            if self.fail_describe.load(Ordering::SeqCst) {
+                return Err(ExecError::Runtime("runtime unreachable".into()));
+            }
+            self.inner.describe().await
+        }
+
+        fn controller(&self, task: &Task) -> Result<TestController, ExecError> {
+            self.inner.controller(task)
+        }
+
+        async fn list_tasks(&self) -> Result<Vec<String>, ExecError> {
+            self.inner.list_tasks().await
+        }
+
+        async fn remove_task(&self, task_id: &str) -> Result<(), ExecError> {
+            self.inner.remove_task(task_id).await
+        }
+    }
+
+    /// Every path under `dir`, relative to it: what "the state dir is unchanged" compares.
+    fn tree(dir: &Path) -> BTreeSet<PathBuf> {
+        fn walk(root: &Path, dir: &Path, out: &mut BTreeSet<PathBuf>) {
+            let Ok(entries) = std::fs::read_dir(dir) else { return };
+            for e in entries {
+                let p = e.unwrap().path();
+                out.insert(p.strip_prefix(root).unwrap().to_path_buf());
+                if p.is_dir() {
+                    walk(root, &p, out);
+                }
+            }
+        }
+        let mut out = BTreeSet::new();
+        walk(dir, dir, &mut out);
+        out
+    }
+
+    fn loopback() -> SwarmInitRequest {
+        SwarmInitRequest { listen_addr: "127.0.0.1:0".into(), ..Default::default() }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_bad_flag_is_named_and_leaves_no_trace() {
+        let dir = tempfile::tempdir().unwrap();
+        let state_dir = dir.path().join("swarm");
+        let node = SwarmNode::new(
+            NodeConfig { state_dir: state_dir.clone(), default_advertise_ip: None },
+            Arc::new(TestExecutor::new("host-a")),
+        );
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let taken = taken.local_addr().unwrap().to_string();
+        let cases = [
+            (SwarmInitRequest { snapshot_interval: Some(0), ..loopback() }, "--snapshot-interval"),
+            (SwarmInitRequest { dispatcher_heartbeat: Some(Duration::ZERO), ..loopback() }, "--dispatcher-heartbeat"),
+            (SwarmInitRequest { advertise_addr: "eth0".into(), ..loopback() }, "--advertise-addr"),
+            (SwarmInitRequest { advertise_addr: "0.0.0.0".into(), ..loopback() }, "--advertise-addr"),
+            (SwarmInitRequest { listen_addr: "eth0".into(), ..loopback() }, "--listen-addr"),
+            (SwarmInitRequest { listen_addr: taken.clone(), ..loopback() }, "--listen-addr"),
+            // A wildcard listen address and no default route: nothing to advertise.
+            (SwarmInitRequest { listen_addr: "0.0.0.0:0".into(), ..loopback() }, "--advertise-addr"),
+        ];
+        for (req, flag) in cases {
+            let what = format!("{req:?}");
+            let e = node.init(req).await.expect_err(&what);
+            assert!(matches!(e, NodeError::InvalidArgument(_)), "{what}: {e:?}");
+            assert!(e.to_string().contains(flag), "{what}: error {e:?} does not name {flag}");
+            assert!(!state_dir.exists(), "{what}: left {:?} in the state dir", tree(&state_dir));
+            assert_eq!(node.info().await.local_node_state, "inactive", "{what}");
+        }
+
+        let node_id = node.init(loopback()).await.expect("a good init after the bad ones");
+        assert_eq!(node.info().await.node_id, node_id);
+        assert!(state_dir.join(NODE_FILE).exists());
+        node.leave(true).await.unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_init_that_fails_after_writing_removes_what_it_wrote() {
+        let dir = tempfile::tempdir().unwrap();
+        let state_dir = dir.path().join("swarm");
+        let exec = FlakyExecutor { inner: TestExecutor::new("host-a"), fail_describe: Arc::new(AtomicBool::new(true)) };
+        let node = SwarmNode::new(
+            NodeConfig { state_dir: state_dir.clone(), default_advertise_ip: None },
+            Arc::new(exec.clone()),
+        );
+
+        // The state dir does not exist: the failed init removes the dir it created.
+        let e = node.init(loopback()).await.expect_err("describe fails");
+        assert!(matches!(e, NodeError::Executor(_)), "{e:?}");
+        assert!(!state_dir.exists(), "left {:?}", tree(&state_dir));
+
+        // The state dir exists (as the engine may create it): it is kept, and only what init wrote goes.
+        std::fs::create_dir_all(&state_dir).unwrap();
+        let e = node.init(loopback()).await.expect_err("describe fails");
+        assert!(matches!(e, NodeError::Executor(_)), "{e:?}");
+        assert_eq!(tree(&state_dir), BTreeSet::new());
+        assert_eq!(node.info().await.local_node_state, "inactive");
+
+        exec.fail_describe.store(false, Ordering::SeqCst);
+        node.init(loopback()).await.expect("init once the runtime answers");
+        assert!(state_dir.join(NODE_FILE).exists());
+        node.leave(true).await.unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_remains_of_an_unfinished_init_do_not_block_init() {
+        let dir = tempfile::tempdir().unwrap();
+        let state_dir = dir.path().join("swarm");
+        // What an init that died between starting Raft and writing node.json leaves: an initialized Raft log.
+        let (raft, _) = RaftHandle::start(7, &state_dir.join("raft"), &RaftSettings::default()).await.unwrap();
+        raft.initialize("127.0.0.1:1").await.unwrap();
+        raft.shutdown().await;
+        std::fs::create_dir_all(state_dir.join("certificates")).unwrap();
+
+        let node = SwarmNode::new(
+            NodeConfig { state_dir: state_dir.clone(), default_advertise_ip: None },
+            Arc::new(TestExecutor::new("host-a")),
+        );
+        node.init(loopback()).await.expect("init over the remains");
+        let (managers, nodes) = {
+            let i = node.info().await;
+            (i.managers, i.nodes)
+        };
+        assert_eq!((managers, nodes), (1, 1));
+        node.leave(true).await.unwrap();
+    }
 }

@@ -6,13 +6,15 @@
 
 mod assignments;
 mod service;
+mod sessions;
+mod status;
 
 pub use service::DispatcherService;
 
 use crate::api::dispatch::TaskStatusUpdate;
-use crate::api::{new_id, NodeDescription, NodeState, Timestamp};
+use crate::api::{NodeDescription, NodeState, Timestamp};
 use crate::manager::store::{Store, StoreError};
-use std::collections::HashMap;
+use sessions::Sessions;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
@@ -46,12 +48,6 @@ pub enum DispatcherError {
     Store(#[from] StoreError),
 }
 
-pub(crate) struct Session {
-    pub node_id: String,
-    pub last_seen: Instant,
-    pub closed: CancellationToken,
-}
-
 struct Active {
     store: Store,
     status_tx: mpsc::UnboundedSender<(String, TaskStatusUpdate)>,
@@ -63,7 +59,7 @@ struct Active {
 pub struct Dispatcher {
     cfg: Arc<Mutex<DispatcherConfig>>,
     active: Arc<Mutex<Option<Active>>>,
-    sessions: Arc<Mutex<HashMap<String, Session>>>,
+    sessions: Arc<Mutex<Sessions>>,
     running: watch::Sender<bool>,
 }
 
@@ -109,9 +105,7 @@ impl Dispatcher {
             self.expire_sessions(store, stopped.clone())
         );
         *self.active.lock().unwrap_or_else(|e| e.into_inner()) = None;
-        for (_, s) in self.sessions.lock().unwrap_or_else(|e| e.into_inner()).drain() {
-            s.closed.cancel();
-        }
+        self.sessions.lock().unwrap_or_else(|e| e.into_inner()).close_all();
         self.running.send_replace(false);
         tracing::info!("dispatcher stopped");
     }
@@ -137,44 +131,22 @@ impl Dispatcher {
                 Ok::<_, DispatcherError>(())
             })
             .await?;
-        let session_id = new_id();
         let closed = stopped.child_token();
-        let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
-        // One session per node: a new one replaces the old.
-        sessions.retain(|_, s| {
-            let same = s.node_id == node_id;
-            if same {
-                s.closed.cancel();
-            }
-            !same
-        });
-        sessions.insert(
-            session_id.clone(),
-            Session { node_id: node_id.into(), last_seen: Instant::now(), closed: closed.clone() },
-        );
+        let session_id =
+            self.sessions.lock().unwrap_or_else(|e| e.into_inner()).open(node_id, closed.clone(), Instant::now());
         tracing::info!(node.id = %node_id, session.id = %session_id, "agent session opened");
         Ok((session_id, closed))
     }
 
     /// Checks that `session_id` belongs to `node_id`, returning its close token.
     pub(crate) fn check_session(&self, node_id: &str, session_id: &str) -> Result<CancellationToken, DispatcherError> {
-        let sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
-        match sessions.get(session_id) {
-            Some(s) if s.node_id == node_id && !s.closed.is_cancelled() => Ok(s.closed.clone()),
-            _ => Err(DispatcherError::InvalidSession(session_id.into())),
-        }
+        self.sessions.lock().unwrap_or_else(|e| e.into_inner()).check(node_id, session_id)
     }
 
     pub fn heartbeat(&self, node_id: &str, session_id: &str) -> Result<Duration, DispatcherError> {
         self.store()?;
-        let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
-        match sessions.get_mut(session_id) {
-            Some(s) if s.node_id == node_id && !s.closed.is_cancelled() => {
-                s.last_seen = Instant::now();
-                Ok(self.period_with_jitter())
-            }
-            _ => Err(DispatcherError::InvalidSession(session_id.into())),
-        }
+        self.sessions.lock().unwrap_or_else(|e| e.into_inner()).heartbeat(node_id, session_id, Instant::now())?;
+        Ok(self.period_with_jitter())
     }
 
     pub fn update_task_status(
@@ -206,30 +178,28 @@ impl Dispatcher {
                 u = rx.recv() => match u { Some(u) => u, None => return },
             };
             tokio::time::sleep(STATUS_BATCH).await;
-            let mut batch: HashMap<String, (String, TaskStatusUpdate)> = HashMap::new();
-            batch.insert(first.1.task_id.clone(), first);
-            while let Ok(u) = rx.try_recv() {
-                // The latest report of a task wins within a batch (states only grow).
-                batch.insert(u.1.task_id.clone(), u);
+            let mut batch = status::Batch::new();
+            status::gather(&mut batch, &first.0, first.1);
+            while let Ok((node_id, u)) = rx.try_recv() {
+                status::gather(&mut batch, &node_id, u);
             }
             for attempt in 0..20 {
                 let r = store
                     .update(|tx| {
-                        for (node_id, u) in batch.values() {
-                            let Some(t) = tx.view().task(&u.task_id) else { continue };
-                            if &t.node_id != node_id || u.status.state < t.status.state {
+                        for ((node_id, task_id), reported) in &batch {
+                            let Some(t) = tx.view().task(task_id) else { continue };
+                            let Some(updated) = status::apply_report(t, node_id, reported) else {
+                                if &t.node_id != node_id {
+                                    tracing::debug!(task.id = %task_id, node.id = %node_id,
+                                        "ignoring a status report for a task not on the reporting node");
+                                }
                                 continue;
-                            }
-                            if u.status == t.status {
-                                continue;
-                            }
-                            if u.status.state != t.status.state {
+                            };
+                            if updated.status.state != t.status.state {
                                 tracing::info!(task.id = %t.id, node.id = %node_id, from = %t.status.state,
-                                    to = %u.status.state, "task state changed");
+                                    to = %updated.status.state, "task state changed");
                             }
-                            let mut t = t.clone();
-                            t.status = u.status.clone();
-                            tx.update(t);
+                            tx.update(updated);
                         }
                         Ok::<_, StoreError>(())
                     })
@@ -254,28 +224,9 @@ impl Dispatcher {
                 _ = stopped.cancelled() => return,
                 _ = tokio::time::sleep(period / 2) => {}
             }
-            let expired: Vec<String> = {
-                let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
-                let deadline = period * GRACE_PERIODS;
-                let dead: Vec<String> = sessions
-                    .iter()
-                    .filter(|(_, s)| s.last_seen.elapsed() > deadline || s.closed.is_cancelled())
-                    .map(|(id, _)| id.clone())
-                    .collect();
-                dead.into_iter()
-                    .filter_map(|id| sessions.remove(&id))
-                    .map(|s| {
-                        s.closed.cancel();
-                        s.node_id
-                    })
-                    .collect()
-            };
+            let expired =
+                self.sessions.lock().unwrap_or_else(|e| e.into_inner()).expire(Instant::now(), period * GRACE_PERIODS);
             for node_id in expired {
-                let still_connected =
-                    self.sessions.lock().unwrap_or_else(|e| e.into_inner()).values().any(|s| s.node_id == node_id);
-                if still_connected {
-                    continue;
-                }
                 tracing::warn!(node.id = %node_id, "heartbeat failure: node is down");
                 let _ = store
                     .update(|tx| {
@@ -291,5 +242,114 @@ impl Dispatcher {
                     .await;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{TaskState, TaskStatus};
+    use crate::testing::{node, task};
+
+    /// A dispatcher serving an in-memory store holding ready nodes `n1`, `n2` and task `t1` ASSIGNED to `n1`.
+    async fn running_dispatcher(heartbeat_period: Duration) -> (Dispatcher, Store, CancellationToken) {
+        let store = Store::in_memory();
+        store
+            .update(|tx| {
+                tx.create(node("n1", "host-1"));
+                tx.create(node("n2", "host-2"));
+                let mut t = task("t1", "s1", 1);
+                t.node_id = "n1".into();
+                t.status.state = TaskState::Assigned;
+                tx.create(t);
+                Ok::<_, StoreError>(())
+            })
+            .await
+            .unwrap();
+        let d = Dispatcher::new(DispatcherConfig { heartbeat_period, managers: vec![] });
+        let shutdown = CancellationToken::new();
+        tokio::spawn({
+            let (d, store, shutdown) = (d.clone(), store.clone(), shutdown.clone());
+            async move { d.run(store, shutdown).await }
+        });
+        let mut running = d.running.subscribe();
+        tokio::time::timeout(Duration::from_secs(5), running.wait_for(|r| *r))
+            .await
+            .expect("the dispatcher to start within 5s")
+            .unwrap();
+        (d, store, shutdown)
+    }
+
+    fn description(hostname: &str) -> NodeDescription {
+        node("x", hostname).description
+    }
+
+    #[tokio::test]
+    async fn a_node_whose_heartbeats_stop_is_marked_down_while_a_beating_one_stays_ready() {
+        let period = Duration::from_millis(100);
+        let (d, store, shutdown) = running_dispatcher(period).await;
+        let (s1, closed1) = d.open_session("n1", description("host-1"), "10.0.0.1".into()).await.unwrap();
+        let (s2, _) = d.open_session("n2", description("host-2"), "10.0.0.2".into()).await.unwrap();
+
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            // n2 keeps beating; n1 never does after its session opened.
+            d.heartbeat("n2", &s2).expect("n2's session stays valid while it beats");
+            let (n1, n2) = store.view(|v| (v.node("n1").unwrap().status.clone(), v.node("n2").unwrap().status.clone()));
+            if n1.state == NodeState::Down {
+                assert_eq!(n1.message, "heartbeat failure");
+                assert_eq!(n2.state, NodeState::Ready, "n2 kept beating: {n2:?}");
+                break;
+            }
+            assert!(Instant::now() < deadline, "n1 not marked down 5s after its last heartbeat: {n1:?}");
+            tokio::time::sleep(period / 2).await;
+        }
+        assert!(closed1.is_cancelled(), "n1's session streams are closed");
+        assert!(matches!(d.heartbeat("n1", &s1), Err(DispatcherError::InvalidSession(_))));
+        shutdown.cancel();
+    }
+
+    #[tokio::test]
+    async fn status_reports_land_only_from_the_tasks_node() {
+        let (d, store, shutdown) = running_dispatcher(Duration::from_secs(5)).await;
+        let (s1, _) = d.open_session("n1", description("host-1"), String::new()).await.unwrap();
+        let (s2, _) = d.open_session("n2", description("host-2"), String::new()).await.unwrap();
+        let report = |state, message: &str| TaskStatusUpdate {
+            task_id: "t1".into(),
+            status: TaskStatus { state, message: message.into(), ..Default::default() },
+        };
+
+        // Both reports reach the same batch; n2's comes last but t1 is not n2's to report on.
+        d.update_task_status("n1", &s1, vec![report(TaskState::Running, "started")]).unwrap();
+        d.update_task_status("n2", &s2, vec![report(TaskState::Failed, "not mine")]).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let t = store.view(|v| v.task("t1").unwrap().status.clone());
+            if t.state != TaskState::Assigned {
+                assert_eq!((t.state, t.message.as_str()), (TaskState::Running, "started"));
+                break;
+            }
+            assert!(Instant::now() < deadline, "n1's RUNNING report not written within 5s: {t:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+
+        // A report of an earlier state is dropped; the later report behind it in the queue proves it was handled.
+        d.update_task_status("n1", &s1, vec![report(TaskState::Starting, "stale")]).unwrap();
+        d.update_task_status("n1", &s1, vec![report(TaskState::Running, "still running")]).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let t = store.view(|v| v.task("t1").unwrap().status.clone());
+            assert_ne!(t.state, TaskState::Starting, "a task moved back to STARTING");
+            if t.message == "still running" {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the second RUNNING report not written within 5s: {t:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+
+        // A report on a session that is not the caller's is refused outright.
+        let e = d.update_task_status("n2", &s1, vec![report(TaskState::Failed, "")]).unwrap_err();
+        assert!(matches!(e, DispatcherError::InvalidSession(_)), "{e:?}");
+        shutdown.cancel();
     }
 }
