@@ -4,9 +4,12 @@
 //! Tests read as stories: start a daemon, act, [`wait_for`] an observable state, assert. A wait that times
 //! out says what it was waiting for and what it saw last.
 
+pub mod cluster;
+pub mod netns;
 pub mod scale;
 
 use serde_json::Value;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
@@ -112,14 +115,55 @@ fn tail(log: &Path, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
+fn shoal_command(socket: &Path, args: &[&str]) -> Command {
+    let mut c = Command::new(bin_dir().join("shoal"));
+    c.arg("-H").arg(format!("unix://{}", socket.display())).args(args).stdin(Stdio::null());
+    c
+}
+
 fn shoal_at(socket: &Path, args: &[&str]) -> Output {
-    Command::new(bin_dir().join("shoal"))
-        .arg("-H")
-        .arg(format!("unix://{}", socket.display()))
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run shoal")
+    shoal_command(socket, args).output().expect("run shoal")
+}
+
+/// Runs `cmd` and returns its output, or None if it has not exited within `timeout` (it is then killed).
+/// For talking to a daemon that may not answer (SIGSTOPped, partitioned): the CLI itself would wait forever.
+pub fn output_within(mut cmd: Command, timeout: Duration) -> Option<Output> {
+    // Files rather than pipes: nobody reads a pipe while we poll, so a chatty child could block on a full one.
+    let out = tempfile::tempfile().expect("temp file");
+    let err = tempfile::tempfile().expect("temp file");
+    let mut child = cmd
+        .stdout(Stdio::from(out.try_clone().expect("dup")))
+        .stderr(Stdio::from(err.try_clone().expect("dup")))
+        .spawn()
+        .expect("spawn command");
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for command") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let read = |mut f: std::fs::File| {
+        use std::io::{Read, Seek};
+        let mut v = Vec::new();
+        f.rewind().and_then(|_| f.read_to_end(&mut v)).expect("read command output");
+        v
+    };
+    Some(Output { status, stdout: read(out), stderr: read(err) })
+}
+
+/// Whether process `pid` exists and is not a zombie (a zombie has exited; only its parent's wait is missing).
+pub fn pid_alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the command name, which is in parentheses and may itself contain spaces.
+        Ok(stat) => stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next()) != Some("Z"),
+        Err(_) => false,
+    }
 }
 
 /// A container as `ctr tasks ls` shows it.
@@ -139,23 +183,31 @@ pub struct Daemon {
     child: Option<Child>,
     log: PathBuf,
     restarts: u32,
+    /// The network namespace (a `/run/netns` file) the daemon runs in; None: the test's own.
+    netns: Option<PathBuf>,
 }
 
 impl Daemon {
     /// Starts a daemon with a fresh data root and waits until its API answers.
     pub fn start() -> Daemon {
-        Daemon::start_on(None)
+        Daemon::start_on(None, None, "shoal-e2e-")
+    }
+
+    /// Starts a daemon with a fresh data root inside network namespace `netns` (a `/run/netns` file), its temp
+    /// dir named with `prefix`, and waits until its API answers. Its managed containerd, a child, runs there too.
+    pub fn start_in_netns(netns: &Path, prefix: &str) -> Daemon {
+        Daemon::start_on(None, Some(netns.to_path_buf()), prefix)
     }
 
     /// Starts a daemon on an existing data root (with its own exec root and socket), e.g. to check that a
     /// second daemon refuses a data root in use. Panics at once, with its exit status and log, if it exits.
     pub fn start_with_data_root(data_root: &Path) -> Daemon {
-        Daemon::start_on(Some(data_root.to_path_buf()))
+        Daemon::start_on(Some(data_root.to_path_buf()), None, "shoal-e2e-")
     }
 
-    fn start_on(data_root: Option<PathBuf>) -> Daemon {
+    fn start_on(data_root: Option<PathBuf>, netns: Option<PathBuf>, prefix: &str) -> Daemon {
         // Short paths: unix socket paths are limited to 108 bytes.
-        let dir = tempfile::Builder::new().prefix("shoal-e2e-").tempdir_in("/tmp").expect("temp dir");
+        let dir = tempfile::Builder::new().prefix(prefix).tempdir_in("/tmp").expect("temp dir");
         let mut d = Daemon {
             data_root: data_root.unwrap_or_else(|| dir.path().join("data")),
             exec_root: dir.path().join("run"),
@@ -164,6 +216,7 @@ impl Daemon {
             dir,
             child: None,
             restarts: 0,
+            netns,
         };
         d.spawn();
         d
@@ -171,7 +224,15 @@ impl Daemon {
 
     fn spawn(&mut self) {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("log file");
-        let child = Command::new(bin_dir().join("shoald"))
+        let mut cmd = Command::new(bin_dir().join("shoald"));
+        if let Some(ns) = &self.netns {
+            let ns = std::fs::File::open(ns).unwrap_or_else(|e| panic!("open network namespace {}: {e}", ns.display()));
+            // SAFETY: between fork and exec only setns(2), a single system call, runs.
+            unsafe {
+                cmd.pre_exec(move || netns::enter(&ns));
+            }
+        }
+        let child = cmd
             .arg("--data-root")
             .arg(&self.data_root)
             .arg("--exec-root")
@@ -212,6 +273,21 @@ impl Daemon {
     /// Runs `shoal -H <socket> args…`.
     pub fn shoal(&self, args: &[&str]) -> Output {
         shoal_at(&self.socket, args)
+    }
+
+    /// Runs `shoal -H <socket> args…`, or returns None if it has not finished within `timeout`.
+    pub fn shoal_within(&self, args: &[&str], timeout: Duration) -> Option<Output> {
+        output_within(shoal_command(&self.socket, args), timeout)
+    }
+
+    /// The daemon's process id, while it runs.
+    pub fn pid(&self) -> Option<i32> {
+        self.child.as_ref().map(|c| c.id() as i32)
+    }
+
+    /// The process id its managed containerd recorded, if any.
+    pub fn containerd_pid(&self) -> Option<i32> {
+        std::fs::read_to_string(self.exec_root.join("containerd/containerd.pid")).ok()?.trim().parse().ok()
     }
 
     /// Runs a command that must succeed; returns its stdout.
