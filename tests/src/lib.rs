@@ -225,12 +225,20 @@ impl Daemon {
     fn spawn(&mut self) {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("log file");
         let mut cmd = Command::new(bin_dir().join("shoald"));
-        if let Some(ns) = &self.netns {
-            let ns = std::fs::File::open(ns).unwrap_or_else(|e| panic!("open network namespace {}: {e}", ns.display()));
-            // SAFETY: between fork and exec only setns(2), a single system call, runs.
-            unsafe {
-                cmd.pre_exec(move || netns::enter(&ns));
-            }
+        let ns = self.netns.as_ref().map(|ns| {
+            std::fs::File::open(ns).unwrap_or_else(|e| panic!("open network namespace {}: {e}", ns.display()))
+        });
+        // SAFETY: between fork and exec only sigprocmask(2) and setns(2), single system calls, run.
+        unsafe {
+            cmd.pre_exec(move || {
+                // A blocked mask is inherited across exec: a caller that blocks SIGTERM to handle it itself
+                // (the `cluster` binary) would otherwise leave shoald deaf to it.
+                nix::sys::signal::SigSet::empty().thread_set_mask().map_err(std::io::Error::from)?;
+                match &ns {
+                    Some(ns) => netns::enter(ns),
+                    None => Ok(()),
+                }
+            });
         }
         let child = cmd
             .arg("--data-root")
@@ -263,6 +271,11 @@ impl Daemon {
                 Err(format!("{}\n--- shoald log tail:\n{}", String::from_utf8_lossy(&o.stderr), tail(&log, 20)))
             }
         });
+    }
+
+    /// The daemon's log file (stdout and stderr).
+    pub fn log_path(&self) -> &Path {
+        &self.log
     }
 
     /// The last `n` lines of the daemon's log (for failure messages).

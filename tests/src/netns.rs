@@ -160,10 +160,22 @@ pub fn sweep_dead() {
         let name = entry.file_name().to_string_lossy().into_owned();
         if dead(&name) && entry.file_type().is_ok_and(|t| t.is_dir()) {
             let dir = entry.path();
+            kill_rooted_under(&dir);
             unmount_under(&dir);
             if let Err(e) = std::fs::remove_dir_all(&dir) {
                 eprintln!("cleanup: cannot remove {}: {e}", dir.display());
             }
+        }
+    }
+}
+
+/// SIGKILLs the processes whose root directory is under `dir`: containers of a dead test's daemons, which run
+/// in namespaces of their own and so are not among `ip netns pids`.
+fn kill_rooted_under(dir: &Path) {
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|p| p.parse::<i32>().ok()) else { continue };
+        if std::fs::read_link(entry.path().join("root")).is_ok_and(|root| root.starts_with(dir)) {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
         }
     }
 }

@@ -16,6 +16,16 @@ fn namespaces_named(part: &str) -> Vec<String> {
     out.lines().filter_map(|l| l.split_whitespace().next()).filter(|n| n.contains(part)).map(str::to_string).collect()
 }
 
+/// A helper process that is SIGKILLed when the test ends, passed or failed, so a failing sweep leaks nothing.
+struct Reaped(std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn connect(c: &Cluster, from: usize, to: SocketAddr) -> std::io::Result<()> {
     c.node(from).tcp_connect(to, Duration::from_secs(1))
 }
@@ -150,7 +160,22 @@ fn leftovers_of_a_dead_test_process_are_swept_and_a_live_ones_kept() {
         unsafe {
             std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || netns::enter(&ns));
         }
-        cmd.spawn().expect("start a process in the stale namespace")
+        Reaped(cmd.spawn().expect("start a process in the stale namespace"))
+    };
+    // And a "container": a process whose root is inside the stale temp dir (static busybox, chrooted there).
+    std::fs::create_dir_all(stale_dir.join("rootfs/bin")).unwrap();
+    std::fs::copy("/bin/busybox", stale_dir.join("rootfs/bin/busybox")).expect("copy busybox-static");
+    let mut contained = {
+        let root = stale_dir.join("rootfs");
+        let mut cmd = Command::new("/bin/busybox");
+        cmd.args(["sleep", "600"]);
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
+                std::os::unix::fs::chroot(&root)?;
+                std::env::set_current_dir("/")
+            });
+        }
+        Reaped(cmd.spawn().expect("start a process rooted in the stale temp dir"))
     };
     // This process's own namespaces are in use and must survive the sweep.
     let live = NetNs::create(&format!("shoal-t{}c999-1", std::process::id())).expect("create a live namespace");
@@ -159,8 +184,12 @@ fn leftovers_of_a_dead_test_process_are_swept_and_a_live_ones_kept() {
 
     assert!(namespaces_named(&stale).is_empty(), "stale namespace {stale} was not swept");
     assert!(!stale_dir.exists(), "stale temp dir {} was not swept", stale_dir.display());
-    let status = sleeper.wait().expect("wait for the sleeper");
-    assert!(!status.success(), "the process in the stale namespace was not killed: {status}");
+    for (what, child) in [("in the stale namespace", &mut sleeper), ("rooted in the stale temp dir", &mut contained)] {
+        let exited = wait_for(&format!("the process {what} to be killed"), Duration::from_secs(5), || {
+            child.0.try_wait().expect("try_wait").ok_or_else(|| format!("pid {} still running", child.0.id()))
+        });
+        assert!(!exited.success(), "the process {what} exited by itself: {exited}");
+    }
     assert_eq!(namespaces_named(live.name()), vec![live.name().to_string()], "a live namespace was swept");
     drop(live);
     assert!(namespaces_named(&format!("shoal-t{}c999-", std::process::id())).is_empty());
