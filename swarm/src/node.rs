@@ -1,24 +1,25 @@
 //! A swarm member as the engine embeds it: owns the node's swarm state dir, and runs the manager (Raft, leader
-//! components, cluster listener) and the agent. `swarm init` and `swarm leave` start and stop it; a daemon
-//! restart resumes it from the state dir.
+//! components, cluster listener) and the agent, or on a worker the agent alone. `swarm init`, `swarm join` and
+//! `swarm leave` start and stop it; a daemon restart resumes it from the state dir.
 //!
 //! ```text
 //!  <state dir>/node.json        who this node is (ids, role, addresses) — versioned
 //!  <state dir>/certificates/    swarm-node.crt, swarm-node.key, swarm-root-ca.crt
-//!  <state dir>/raft/            log.redb, state.redb
+//!  <state dir>/raft/            log.redb, state.redb (managers only)
 //! ```
 
 use crate::agent::exec::Executor;
 use crate::agent::{Agent, AgentConfig, AgentStatus};
-use crate::api::membership::{SwarmInfo, SwarmInitRequest};
+use crate::api::membership::{SwarmInfo, SwarmInitRequest, SwarmJoinRequest};
 use crate::api::*;
 use crate::ca::{self, NodeIdentity, RootCa};
-use crate::manager::controlapi::ControlApi;
+use crate::manager::controlapi::{ControlApi, NOT_A_MANAGER, WORKER_NOT_A_MANAGER};
 use crate::manager::dispatcher::{Dispatcher, DispatcherConfig, DispatcherService};
 use crate::manager::raft::{RaftHandle, RaftSettings};
 use crate::manager::store::{Store, StoreError};
 use crate::manager::Manager;
 use crate::transport::dispatcher::dispatcher_server::DispatcherServer;
+use crate::transport::node_ca::node_c_a_server::NodeCAServer;
 use serde::{Deserialize, Serialize};
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -64,6 +65,12 @@ pub enum NodeError {
     Executor(#[from] crate::agent::exec::ExecError),
     #[error("cluster listener on {addr}: {reason}")]
     Listen { addr: String, reason: String },
+    /// `swarm join` could not get a certificate from the manager.
+    #[error(transparent)]
+    Join(#[from] ca::JoinError),
+    /// A manager-only operation on a worker or a non-member; the message is Docker's for that case.
+    #[error("{0}")]
+    NotManager(&'static str),
 }
 
 /// Settings the engine hands in.
@@ -88,16 +95,25 @@ struct PersistedNode {
     /// `--snapshot-interval`, needed before the store (which also records it) can be read.
     #[serde(default = "default_snapshot_interval")]
     snapshot_interval: u64,
+    /// The managers a worker's agent connects to (`ip:port`); empty on a manager, whose agent uses its own address.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    managers: Vec<String>,
 }
 
 fn default_snapshot_interval() -> u64 {
     RaftConfig::default().snapshot_interval
 }
 
-struct Running<E: Executor> {
-    me: PersistedNode,
+/// What a manager runs besides the agent.
+struct ManagerParts {
     raft: RaftHandle,
     store: Store,
+}
+
+struct Running<E: Executor> {
+    me: PersistedNode,
+    /// None on a worker.
+    manager: Option<ManagerParts>,
     agent: Arc<Agent<E>>,
     shutdown: CancellationToken,
     tasks: JoinSet<()>,
@@ -107,17 +123,30 @@ pub struct SwarmNode<E: Executor> {
     cfg: NodeConfig,
     executor: Arc<E>,
     control: watch::Sender<Option<Store>>,
+    /// Whether this node is a worker member, for the control API's refusal message.
+    worker: watch::Sender<bool>,
     running: Mutex<Option<Running<E>>>,
 }
 
 impl<E: Executor> SwarmNode<E> {
     pub fn new(cfg: NodeConfig, executor: Arc<E>) -> Self {
-        SwarmNode { cfg, executor, control: watch::channel(None).0, running: Mutex::new(None) }
+        SwarmNode {
+            cfg,
+            executor,
+            control: watch::channel(None).0,
+            worker: watch::channel(false).0,
+            running: Mutex::new(None),
+        }
     }
 
     /// The control API, answering while this node is a leading manager.
     pub fn control_api(&self) -> ControlApi {
-        ControlApi::new(self.control.subscribe())
+        ControlApi::new(self.control.subscribe()).with_worker(self.worker.subscribe())
+    }
+
+    /// Docker's refusal of a manager-only operation on this node, which is a worker or not a member.
+    fn not_manager(&self) -> NodeError {
+        NodeError::NotManager(if *self.worker.borrow() { WORKER_NOT_A_MANAGER } else { NOT_A_MANAGER })
     }
 
     /// The store, while this node is a leading manager.
@@ -151,6 +180,11 @@ impl<E: Executor> SwarmNode<E> {
             return Err(self.state_err(format!("{} has unsupported format {}", path.display(), me.format)));
         }
         let identity = NodeIdentity::load(&self.certs_dir())?;
+        if me.role == NodeRole::Worker {
+            self.launch_worker(me, identity).await?;
+            tracing::info!("resumed swarm membership as a worker");
+            return Ok(true);
+        }
         let settings = RaftSettings { snapshot_interval: me.snapshot_interval, ..RaftSettings::default() };
         let (raft, store) = RaftHandle::start(me.raft_id, &self.cfg.state_dir.join("raft"), &settings).await?;
         let listener = bind(&me.listen_addr).await?;
@@ -235,6 +269,7 @@ impl<E: Executor> SwarmNode<E> {
             listen_addr: bound.to_string(),
             advertise_addr: advertise.clone(),
             snapshot_interval: settings.snapshot_interval,
+            managers: Vec::new(),
         };
         let written = async {
             raft.initialize(&advertise).await?;
@@ -337,6 +372,7 @@ impl<E: Executor> SwarmNode<E> {
             .tls_config(server_tls)
             .map_err(|e| NodeError::Listen { addr: me.listen_addr.clone(), reason: e.to_string() })?
             .add_service(service)
+            .add_service(NodeCAServer::new(ca::NodeCaService::new(self.control.subscribe())))
             .serve_with_incoming_shutdown(incoming, async move { token.cancelled().await });
         let span = tracing::info_span!("node", node.id = %me.node_id);
         tasks.spawn(
@@ -359,8 +395,117 @@ impl<E: Executor> SwarmNode<E> {
         let token = shutdown.clone();
         tasks.spawn(async move { a.run(token).await }.instrument(tracing::info_span!("agent", node.id = %me.node_id)));
 
-        *self.running.lock().await = Some(Running { me, raft, store, agent, shutdown, tasks });
+        *self.running.lock().await =
+            Some(Running { me, manager: Some(ManagerParts { raft, store }), agent, shutdown, tasks });
         Ok(())
+    }
+
+    /// Starts a worker: the agent alone, with a session to the managers in `me`.
+    async fn launch_worker(&self, me: PersistedNode, identity: NodeIdentity) -> Result<(), NodeError> {
+        let client_tls = ca::client_tls_config(&identity)?;
+        let shutdown = CancellationToken::new();
+        let mut tasks = JoinSet::new();
+        let agent =
+            Arc::new(Agent::new(AgentConfig { managers: me.managers.clone(), tls: client_tls }, self.executor.clone()));
+        let a = agent.clone();
+        let token = shutdown.clone();
+        tasks.spawn(async move { a.run(token).await }.instrument(tracing::info_span!("agent", node.id = %me.node_id)));
+        self.worker.send_replace(true);
+        *self.running.lock().await = Some(Running { me, manager: None, agent, shutdown, tasks });
+        Ok(())
+    }
+
+    /// `swarm join` as a worker: gets a certificate from the manager at `req.remote_addr` with the join token,
+    /// saves it and `node.json`, and starts the agent. Nothing is written before the manager has issued the
+    /// certificate, and a later failure removes what was written: a failed join leaves the node able to try again.
+    pub async fn join(&self, req: SwarmJoinRequest) -> Result<String, NodeError> {
+        let mut running = self.running.lock().await;
+        if running.is_some() || self.cfg.state_dir.join(NODE_FILE).exists() {
+            return Err(NodeError::AlreadyMember);
+        }
+        if req.join_token.trim().is_empty() {
+            return Err(NodeError::InvalidArgument("a join token is required (--token)".into()));
+        }
+        ca::JoinToken::parse(&req.join_token)?;
+        let remote = remote_addr(&req.remote_addr)?;
+        let listen = if req.listen_addr.is_empty() {
+            format!("0.0.0.0:{DEFAULT_PORT}")
+        } else {
+            with_port(&req.listen_addr, DEFAULT_PORT, "--listen-addr")?
+        };
+        let listen_sock: SocketAddr = listen.parse().expect("with_port returns ip:port");
+        let advertise = match self.advertise_addr(&req.advertise_addr, listen_sock) {
+            Ok(a) => a,
+            // A worker without an advertise address is reached at the address it joins from (as Docker does).
+            Err(_) if req.advertise_addr.is_empty() => source_addr_towards(&remote, listen_sock.port()),
+            Err(e) => return Err(e),
+        };
+
+        let identity = ca::request_identity(&remote, &req.join_token, req.availability, &advertise).await?;
+        if identity.role != NodeRole::Worker {
+            return Err(NodeError::InvalidArgument(format!(
+                "the manager issued a {} certificate; only workers can join for now",
+                identity.role
+            )));
+        }
+        let me = PersistedNode {
+            format: NODE_FORMAT,
+            node_id: identity.node_id.clone(),
+            raft_id: 0,
+            cluster_id: identity.cluster_id.clone(),
+            role: NodeRole::Worker,
+            listen_addr: listen,
+            advertise_addr: advertise,
+            snapshot_interval: default_snapshot_interval(),
+            managers: vec![remote],
+        };
+        let trace = InitTrace::start(&self.cfg.state_dir).map_err(|e| self.state_err(e))?;
+        let written = identity.save(&self.certs_dir()).map_err(NodeError::from).and_then(|()| {
+            crate::fsutil::write_atomic(
+                &self.cfg.state_dir.join(NODE_FILE),
+                &serde_json::to_vec_pretty(&me).expect("plain data"),
+                0o600,
+            )
+            .map_err(|e| self.state_err(e))
+        });
+        if let Err(e) = written {
+            trace.undo();
+            return Err(e);
+        }
+        let node_id = me.node_id.clone();
+        drop(running.take());
+        drop(running);
+        if let Err(e) = self.launch_worker(me, identity).await {
+            trace.undo();
+            return Err(e);
+        }
+        // As `docker swarm join`, return once the node is an active member (its agent's session is up); if that
+        // takes long, the agent keeps trying in the background.
+        if let Some(mut status) = self.running.lock().await.as_ref().map(|r| r.agent.status()) {
+            let _ = tokio::time::timeout(Duration::from_secs(10), status.wait_for(|s| s.connected_to.is_some())).await;
+        }
+        tracing::info!(node.id = %node_id, "joined the swarm as a worker");
+        Ok(node_id)
+    }
+
+    /// `swarm join-token --rotate`: gives `role`'s join token a new secret, so the old token no longer admits
+    /// anyone. Returns the new token.
+    pub async fn rotate_join_token(&self, role: NodeRole) -> Result<String, NodeError> {
+        let store = self.store().ok_or_else(|| self.not_manager())?;
+        let token = store
+            .update(|tx| {
+                let mut cluster = tx.view().cluster().cloned().ok_or(StoreError::NotLeader { leader: None })?;
+                let token = ca::JoinToken::generate(&cluster.root_ca.ca_cert_digest);
+                match role {
+                    NodeRole::Worker => cluster.root_ca.join_tokens.worker = token.clone(),
+                    NodeRole::Manager => cluster.root_ca.join_tokens.manager = token.clone(),
+                }
+                tx.update(cluster);
+                Ok::<_, StoreError>(token)
+            })
+            .await?;
+        tracing::info!(%role, "rotated the join token");
+        Ok(token)
     }
 
     /// `swarm leave`: stops everything, deletes this node's containers and its swarm state.
@@ -374,8 +519,11 @@ impl<E: Executor> SwarmNode<E> {
         r.shutdown.cancel();
         while r.tasks.join_next().await.is_some() {}
         r.agent.remove_all().await;
-        r.raft.shutdown().await;
+        if let Some(m) = r.manager.take() {
+            m.raft.shutdown().await;
+        }
         drop(r);
+        self.worker.send_replace(false);
         std::fs::remove_dir_all(&self.cfg.state_dir).or_else(|e| {
             if e.kind() == std::io::ErrorKind::NotFound {
                 Ok(())
@@ -392,7 +540,9 @@ impl<E: Executor> SwarmNode<E> {
         if let Some(mut r) = self.running.lock().await.take() {
             r.shutdown.cancel();
             while r.tasks.join_next().await.is_some() {}
-            r.raft.shutdown().await;
+            if let Some(m) = r.manager.take() {
+                m.raft.shutdown().await;
+            }
         }
     }
 
@@ -402,9 +552,11 @@ impl<E: Executor> SwarmNode<E> {
         let Some(r) = running.as_ref() else {
             return SwarmInfo { local_node_state: "inactive".into(), ..Default::default() };
         };
-        let (managers, nodes) = r
-            .store
-            .view(|v| (v.nodes().filter(|n| n.manager_status.is_some()).count() as u64, v.nodes().count() as u64));
+        // As Docker, only a manager counts the cluster's nodes.
+        let (managers, nodes) = r.manager.as_ref().map_or((0, 0), |m| {
+            m.store
+                .view(|v| (v.nodes().filter(|n| n.manager_status.is_some()).count() as u64, v.nodes().count() as u64))
+        });
         let agent: AgentStatus = r.agent.status().borrow().clone();
         SwarmInfo {
             local_node_state: if agent.connected_to.is_some() { "active" } else { "pending" }.into(),
@@ -415,13 +567,18 @@ impl<E: Executor> SwarmNode<E> {
             managers,
             nodes,
             error: String::new(),
-            remote_managers: vec![r.me.advertise_addr.clone()],
+            remote_managers: if r.me.managers.is_empty() {
+                vec![r.me.advertise_addr.clone()]
+            } else {
+                r.me.managers.clone()
+            },
         }
     }
 
     /// Raft figures for tests and diagnostics: (entries in the log, index of the stored snapshot).
     pub async fn raft_stats(&self) -> Option<(u64, Option<u64>)> {
-        self.running.lock().await.as_ref().map(|r| (r.raft.log_len(), r.raft.snapshot_index()))
+        let running = self.running.lock().await;
+        running.as_ref()?.manager.as_ref().map(|m| (m.raft.log_len(), m.raft.snapshot_index()))
     }
 }
 
@@ -433,6 +590,39 @@ fn RootCa_api(root: &RootCa, digest: &str) -> crate::api::RootCa {
         ca_cert_digest: digest.to_string(),
         join_tokens: JoinTokens { worker: ca::JoinToken::generate(digest), manager: ca::JoinToken::generate(digest) },
     }
+}
+
+/// The manager address `swarm join` is given: `ip`, `ip:port` or `host:port` (port 2377 when none).
+fn remote_addr(addr: &str) -> Result<String, NodeError> {
+    let addr = addr.trim();
+    if addr.is_empty() {
+        return Err(NodeError::InvalidArgument("a manager address is required (HOST:PORT)".into()));
+    }
+    if let Ok(a) = with_port(addr, DEFAULT_PORT, "remote address") {
+        return Ok(a);
+    }
+    match addr.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && !host.contains(':') && port.parse::<u16>().is_ok() => {
+            Ok(addr.to_string())
+        }
+        None if !addr.contains(['/', ' ']) => Ok(format!("{addr}:{DEFAULT_PORT}")),
+        _ => Err(NodeError::InvalidArgument(format!(
+            "invalid remote address {addr:?}: expected HOST:PORT, an IP address, or an IP address and port"
+        ))),
+    }
+}
+
+/// The local address this host reaches `remote` from, with `port`: what a worker advertises when not told
+/// (no packet is sent: connecting a UDP socket only picks the route). Empty when there is no route.
+fn source_addr_towards(remote: &str, port: u16) -> String {
+    let local = std::net::ToSocketAddrs::to_socket_addrs(remote).ok().and_then(|mut a| a.next()).and_then(|r| {
+        let any: SocketAddr =
+            if r.is_ipv4() { ([0, 0, 0, 0], 0).into() } else { (std::net::Ipv6Addr::UNSPECIFIED, 0).into() };
+        let s = std::net::UdpSocket::bind(any).ok()?;
+        s.connect(r).ok()?;
+        s.local_addr().ok()
+    });
+    local.map(|l| SocketAddr::new(l.ip(), port).to_string()).unwrap_or_default()
 }
 
 fn ip_of(addr: &str) -> String {
