@@ -1,4 +1,5 @@
-//! The node's local API (`shoal.Engine`) on its unix socket: info, version, swarm init/leave, images, logs.
+//! The node's local API (`shoal.Engine`) on its unix socket: info, version, swarm init/join/leave and join-token
+//! rotation, images, logs.
 //! The control API is served beside it (`SwarmNode::control_api`).
 
 use crate::containerd::req;
@@ -32,7 +33,17 @@ fn node_status(e: NodeError) -> Status {
         NodeError::AlreadyMember | NodeError::NotMember | NodeError::LastManager => {
             Status::failed_precondition(e.to_string())
         }
-        NodeError::InvalidArgument(_) => Status::invalid_argument(e.to_string()),
+        NodeError::InvalidArgument(_) | NodeError::Ca(swarm::ca::CaError::InvalidToken(_)) => {
+            Status::invalid_argument(e.to_string())
+        }
+        NodeError::NotManager(_) => Status::failed_precondition(e.to_string()),
+        NodeError::Join(ref j) => match j {
+            swarm::ca::JoinError::Unreachable { .. } => Status::unavailable(e.to_string()),
+            swarm::ca::JoinError::ForeignCa { .. } | swarm::ca::JoinError::Refused { .. } => {
+                Status::invalid_argument(e.to_string())
+            }
+            swarm::ca::JoinError::Ca(_) => Status::internal(e.to_string()),
+        },
         other => Status::internal(other.to_string()),
     }
 }
@@ -99,6 +110,19 @@ impl Engine for LocalApi {
     async fn swarm_init(&self, req: Request<SwarmInitRequest>) -> Result<Response<SwarmInitResponse>, Status> {
         let node_id = self.node.init(req.into_inner()).await.map_err(node_status)?;
         Ok(Response::new(SwarmInitResponse { node_id }))
+    }
+
+    async fn swarm_join(&self, req: Request<SwarmJoinRequest>) -> Result<Response<SwarmJoinResponse>, Status> {
+        let node_id = self.node.join(req.into_inner()).await.map_err(node_status)?;
+        Ok(Response::new(SwarmJoinResponse { node_id }))
+    }
+
+    async fn swarm_rotate_join_token(
+        &self,
+        req: Request<RotateJoinTokenRequest>,
+    ) -> Result<Response<RotateJoinTokenResponse>, Status> {
+        let token = self.node.rotate_join_token(req.into_inner().role).await.map_err(node_status)?;
+        Ok(Response::new(RotateJoinTokenResponse { token }))
     }
 
     async fn swarm_leave(&self, req: Request<SwarmLeaveRequest>) -> Result<Response<Empty>, Status> {

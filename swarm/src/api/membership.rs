@@ -53,6 +53,12 @@ pub struct RotateJoinTokenResponse {
     pub token: String,
 }
 
+/// The answer to `swarm join`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SwarmJoinResponse {
+    pub node_id: String,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SwarmInitResponse {
     pub node_id: String,
