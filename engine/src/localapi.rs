@@ -13,7 +13,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use swarm::api::control::Empty;
 use swarm::api::Platform;
-use swarm::manager::controlapi::{find_service, NOT_A_MANAGER};
+use swarm::manager::controlapi::find_service;
 use swarm::node::{NodeError, SwarmNode};
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
@@ -177,7 +177,7 @@ impl Engine for LocalApi {
         req: Request<ServiceLogsRequest>,
     ) -> Result<Response<Self::ServiceLogsStream>, Status> {
         let r = req.into_inner();
-        let store = self.node.store().ok_or_else(|| Status::failed_precondition(NOT_A_MANAGER))?;
+        let store = self.node.manager_store().map_err(node_status)?;
         let host = hostname();
         let service_id = store.view(|v| find_service(v, &r.service).map(|s| s.id.clone()))?;
         // Every task of the service, oldest first: (task id, log file, context shown before each line).

@@ -144,6 +144,11 @@ impl<E: Executor> SwarmNode<E> {
         ControlApi::new(self.control.subscribe()).with_worker(self.worker.subscribe())
     }
 
+    /// The store for a manager-only operation, or Docker's refusal (worker or non-member) as [`NodeError::NotManager`].
+    pub fn manager_store(&self) -> Result<Store, NodeError> {
+        self.store().ok_or_else(|| self.not_manager())
+    }
+
     /// Docker's refusal of a manager-only operation on this node, which is a worker or not a member.
     fn not_manager(&self) -> NodeError {
         NodeError::NotManager(if *self.worker.borrow() { WORKER_NOT_A_MANAGER } else { NOT_A_MANAGER })
@@ -491,8 +496,8 @@ impl<E: Executor> SwarmNode<E> {
     /// `swarm join-token --rotate`: gives `role`'s join token a new secret, so the old token no longer admits
     /// anyone. Returns the new token.
     pub async fn rotate_join_token(&self, role: NodeRole) -> Result<String, NodeError> {
-        let store = self.store().ok_or_else(|| self.not_manager())?;
-        let token = store
+        let token = self
+            .manager_store()?
             .update(|tx| {
                 let mut cluster = tx.view().cluster().cloned().ok_or(StoreError::NotLeader { leader: None })?;
                 let token = ca::JoinToken::generate(&cluster.root_ca.ca_cert_digest);
@@ -781,6 +786,26 @@ mod tests {
 
     fn loopback() -> SwarmInitRequest {
         SwarmInitRequest { listen_addr: "127.0.0.1:0".into(), ..Default::default() }
+    }
+
+    #[test]
+    fn remote_addresses_get_the_cluster_port() {
+        assert_eq!(remote_addr("10.0.0.1").unwrap(), "10.0.0.1:2377");
+        assert_eq!(remote_addr(" 10.0.0.1:4000 ").unwrap(), "10.0.0.1:4000");
+        assert_eq!(remote_addr("::1").unwrap(), "[::1]:2377");
+        assert_eq!(remote_addr("[::1]:4000").unwrap(), "[::1]:4000");
+        assert_eq!(remote_addr("manager1").unwrap(), "manager1:2377");
+        assert_eq!(remote_addr("manager1:4000").unwrap(), "manager1:4000");
+        for bad in ["", "manager1:port", "manager1:70000", "http://m:1"] {
+            let e = remote_addr(bad).unwrap_err();
+            assert!(matches!(e, NodeError::InvalidArgument(_)), "{bad:?}: {e:?}");
+        }
+    }
+
+    #[test]
+    fn a_worker_advertises_the_address_it_reaches_the_manager_from() {
+        assert_eq!(source_addr_towards("127.0.0.1:2377", 2377), "127.0.0.1:2377");
+        assert_eq!(source_addr_towards("not an address", 2377), "");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

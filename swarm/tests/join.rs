@@ -266,6 +266,7 @@ async fn bad_tokens_and_unreachable_managers_are_refused_and_leave_nothing() {
     for (what, req, want) in cases {
         step(what);
         let e = worker.join(req).await.expect_err(what).to_string();
+        eprintln!("    refused: {e}");
         assert!(e.starts_with(&want) || e.contains(&want), "{what}: got {e:?}, want {want:?}");
         assert!(!e.contains(&worker_token[60..]) && !e.contains(&rotated[60..]), "{what}: the secret leaked: {e}");
         assert_eq!(tree(&wdir.path().join("swarm")), Vec::<String>::new(), "{what}: left files behind");

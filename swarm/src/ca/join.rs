@@ -50,10 +50,12 @@ pub enum JoinError {
     Ca(#[from] CaError),
 }
 
-/// An error and its causes, joined by ": " (tonic's transport errors say little at the top level).
+/// An error's causes, joined by ": " (tonic's top-level "transport error" says nothing, so it is left out when
+/// there is a cause).
 fn chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut cur = e.source();
+    let Some(first) = e.source() else { return e.to_string() };
+    let mut out = first.to_string();
+    let mut cur = first.source();
     while let Some(s) = cur {
         let text = s.to_string();
         if !out.contains(&text) {

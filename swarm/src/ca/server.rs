@@ -96,3 +96,100 @@ impl NodeCa for NodeCaService {
         Ok(Response::new(IssueNodeCertificateResponse { node_id, certificate }))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{Cluster, ClusterSpec, JoinTokens};
+    use crate::ca::{NodeCsr, NodeIdentity};
+
+    /// A store holding a cluster with a fresh CA and tokens: (service, store, root CA, worker token, manager token).
+    async fn ca_service() -> (NodeCaService, Store, RootCa, String, String) {
+        let root = RootCa::generate().unwrap();
+        let (worker, manager) = (JoinToken::generate(&root.digest()), JoinToken::generate(&root.digest()));
+        let store = Store::in_memory();
+        let cluster = Cluster {
+            id: "cluster1".into(),
+            meta: Meta::default(),
+            spec: ClusterSpec {
+                annotations: Default::default(),
+                orchestration: Default::default(),
+                raft: Default::default(),
+                dispatcher: Default::default(),
+            },
+            root_ca: crate::api::RootCa {
+                ca_cert_pem: root.cert_pem.clone(),
+                ca_key_pem: root.key_pem.clone(),
+                ca_cert_digest: root.digest(),
+                join_tokens: JoinTokens { worker: worker.clone(), manager: manager.clone() },
+            },
+        };
+        store
+            .update(|tx| {
+                tx.create(cluster);
+                Ok::<_, crate::manager::store::StoreError>(())
+            })
+            .await
+            .unwrap();
+        // The sender may go: a receiver keeps reading the channel's last value.
+        let (_, rx) = watch::channel(Some(store.clone()));
+        (NodeCaService::new(rx), store, root, worker, manager)
+    }
+
+    fn request(csr: &str, token: &str) -> Request<IssueNodeCertificateRequest> {
+        Request::new(IssueNodeCertificateRequest {
+            csr: csr.into(),
+            token: token.into(),
+            availability: NodeAvailability::Drain,
+            advertise_addr: "10.0.0.9:2377".into(),
+        })
+    }
+
+    #[tokio::test]
+    async fn a_worker_token_gets_a_worker_certificate_and_a_node() {
+        let (svc, store, root, worker, _) = ca_service().await;
+        let ca = svc.get_root_ca_certificate(Request::new(Empty {})).await.unwrap().into_inner().certificate;
+        assert_eq!(ca, root.cert_pem);
+
+        let csr = NodeCsr::new().unwrap();
+        let resp = svc.issue_node_certificate(request(&csr.csr_pem, &worker)).await.unwrap().into_inner();
+        let id = NodeIdentity::from_cert(&resp.certificate, &csr.key_pem, &root.cert_pem).unwrap();
+        assert_eq!(
+            (id.node_id.as_str(), id.role, id.cluster_id.as_str()),
+            (resp.node_id.as_str(), NodeRole::Worker, "cluster1")
+        );
+        let node = store.view(|v| v.node(&resp.node_id).cloned()).expect("the Node is created");
+        assert_eq!((node.role, node.spec.desired_role), (NodeRole::Worker, NodeRole::Worker));
+        assert_eq!(node.spec.availability, NodeAvailability::Drain);
+        assert_eq!((node.status.state, node.status.addr.as_str()), (NodeState::Unknown, "10.0.0.9"));
+        assert!(node.manager_status.is_none());
+
+        let again = svc.issue_node_certificate(request(&NodeCsr::new().unwrap().csr_pem, &worker)).await.unwrap();
+        assert_ne!(again.into_inner().node_id, resp.node_id, "every join is a new node");
+    }
+
+    #[tokio::test]
+    async fn bad_tokens_and_csrs_are_refused_without_creating_a_node() {
+        let (svc, store, root, worker, manager) = ca_service().await;
+        let csr = NodeCsr::new().unwrap().csr_pem;
+        let stranger = JoinToken::generate(&root.digest());
+        for token in [stranger.as_str(), "", "SWMTKN-1-nope", &worker[..worker.len() - 1]] {
+            let e = svc.issue_node_certificate(request(&csr, token)).await.unwrap_err();
+            assert_eq!((e.code(), e.message()), (tonic::Code::InvalidArgument, INVALID_JOIN_TOKEN), "{token:?}");
+        }
+        let e = svc.issue_node_certificate(request(&csr, &manager)).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::Unimplemented, "{e:?}");
+        let e = svc.issue_node_certificate(request("not a csr", &worker)).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        assert!(e.message().contains("certificate signing request"), "{e:?}");
+        assert_eq!(store.view(|v| v.nodes().count()), 0);
+    }
+
+    #[tokio::test]
+    async fn a_node_that_is_not_the_leader_does_not_answer() {
+        let (_tx, rx) = watch::channel(None);
+        let svc = NodeCaService::new(rx);
+        let e = svc.get_root_ca_certificate(Request::new(Empty {})).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::Unavailable);
+    }
+}
