@@ -238,6 +238,28 @@ async fn bad_tokens_and_unreachable_managers_are_refused_and_leave_nothing() {
     let foreign = format!("{}{}", &JoinToken::generate(&other.digest())[..60], &worker_token[60..]);
     let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
 
+    step("without a client certificate: the NodeCA answers, the dispatcher refuses");
+    {
+        use swarm::transport::dispatcher::dispatcher_client::DispatcherClient;
+        use swarm::transport::node_ca::node_c_a_client::NodeCAClient;
+        let ca_pem = mgr.store().unwrap().view(|v| v.cluster().unwrap().root_ca.ca_cert_pem.clone());
+        let ch = tonic::transport::Endpoint::from_shared(format!("https://{addr}"))
+            .unwrap()
+            .tls_config(swarm::ca::bootstrap_client_tls_config(&ca_pem))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let got = NodeCAClient::new(ch.clone()).get_root_ca_certificate(Empty {}).await.unwrap().into_inner();
+        assert_eq!(got.certificate, ca_pem);
+        let description = wexec.describe_for_tests().await;
+        let e = DispatcherClient::new(ch)
+            .session(swarm::api::dispatch::SessionRequest { description })
+            .await
+            .expect_err("no certificate, no session");
+        assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e:?}");
+    }
+
     step("rotate the worker token: the old one stops working");
     let rotated = mgr.rotate_join_token(NodeRole::Worker).await.unwrap();
     assert_ne!(rotated, worker_token);
