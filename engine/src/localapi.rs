@@ -37,6 +37,7 @@ fn node_status(e: NodeError) -> Status {
             Status::invalid_argument(e.to_string())
         }
         NodeError::NotManager(_) => Status::failed_precondition(e.to_string()),
+        NodeError::JoinTimeout => Status::deadline_exceeded(e.to_string()),
         NodeError::Join(ref j) => match j {
             swarm::ca::JoinError::Unreachable { .. } => Status::unavailable(e.to_string()),
             swarm::ca::JoinError::ForeignCa { .. } | swarm::ca::JoinError::Refused { .. } => {

@@ -34,6 +34,9 @@ use tracing::Instrument;
 pub const DEFAULT_PORT: u16 = 2377;
 const NODE_FILE: &str = "node.json";
 const NODE_FORMAT: u32 = 1;
+/// How long `swarm join` waits for the new worker's first session (Docker's swarm request timeout; shorter in unit
+/// tests, which wait it out).
+const JOIN_TIMEOUT: Duration = Duration::from_secs(if cfg!(test) { 2 } else { 20 });
 
 /// Errors of swarm membership operations. Messages are what `shoal` prints.
 #[derive(Debug, thiserror::Error)]
@@ -68,6 +71,10 @@ pub enum NodeError {
     /// `swarm join` could not get a certificate from the manager.
     #[error(transparent)]
     Join(#[from] ca::JoinError),
+    /// `swarm join` got a certificate and is a member, but the agent's first session did not come up in time; it
+    /// keeps trying in the background.
+    #[error("Timeout was reached before node joined. The attempt to join the swarm will continue in the background. Use the \"shoal info\" command to see the current swarm status of your node.")]
+    JoinTimeout,
     /// A manager-only operation on a worker or a non-member; the message is Docker's for that case.
     #[error("{0}")]
     NotManager(&'static str),
@@ -485,9 +492,13 @@ impl<E: Executor> SwarmNode<E> {
             return Err(e);
         }
         // As `docker swarm join`, return once the node is an active member (its agent's session is up); if that
-        // takes long, the agent keeps trying in the background.
+        // takes longer than Docker's 20 s, say so: the node is a member and the agent keeps trying.
         if let Some(mut status) = self.running.lock().await.as_ref().map(|r| r.agent.status()) {
-            let _ = tokio::time::timeout(Duration::from_secs(10), status.wait_for(|s| s.connected_to.is_some())).await;
+            let up = tokio::time::timeout(JOIN_TIMEOUT, status.wait_for(|s| s.connected_to.is_some())).await;
+            if !matches!(up, Ok(Ok(_))) {
+                tracing::warn!(node.id = %node_id, "joined, but no session with the manager yet");
+                return Err(NodeError::JoinTimeout);
+            }
         }
         tracing::info!(node.id = %node_id, "joined the swarm as a worker");
         Ok(node_id)
@@ -786,6 +797,46 @@ mod tests {
 
     fn loopback() -> SwarmInitRequest {
         SwarmInitRequest { listen_addr: "127.0.0.1:0".into(), ..Default::default() }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_join_whose_session_is_late_says_so_and_carries_on() {
+        let (mdir, wdir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let mgr = SwarmNode::new(
+            NodeConfig { state_dir: mdir.path().join("swarm"), default_advertise_ip: None },
+            Arc::new(TestExecutor::new("host-m")),
+        );
+        mgr.init(loopback()).await.unwrap();
+        let addr = mgr.info().await.remote_managers[0].clone();
+        let token = mgr.store().unwrap().view(|v| v.cluster().unwrap().root_ca.join_tokens.worker.clone());
+        // The worker's runtime does not answer, so its agent cannot open a session.
+        let exec = FlakyExecutor { inner: TestExecutor::new("host-w"), fail_describe: Arc::new(AtomicBool::new(true)) };
+        let worker = SwarmNode::new(
+            NodeConfig { state_dir: wdir.path().join("swarm"), default_advertise_ip: None },
+            Arc::new(exec.clone()),
+        );
+        let req = SwarmJoinRequest {
+            remote_addr: addr,
+            join_token: token,
+            advertise_addr: String::new(),
+            listen_addr: "127.0.0.1:0".into(),
+            availability: NodeAvailability::Active,
+        };
+        let e = worker.join(req).await.expect_err("no session within the join timeout");
+        assert!(matches!(e, NodeError::JoinTimeout), "{e:?}");
+        assert!(e.to_string().starts_with("Timeout was reached before node joined."), "{e}");
+        // It is a member all the same, and becomes active once its runtime answers.
+        assert!(wdir.path().join("swarm").join(NODE_FILE).exists());
+        assert_eq!(worker.info().await.local_node_state, "pending");
+        exec.fail_describe.store(false, Ordering::SeqCst);
+        let mut status = worker.running.lock().await.as_ref().unwrap().agent.status();
+        tokio::time::timeout(Duration::from_secs(30), status.wait_for(|s| s.connected_to.is_some()))
+            .await
+            .expect("the agent's session within 30s")
+            .unwrap();
+        assert_eq!(worker.info().await.local_node_state, "active");
+        worker.leave(false).await.unwrap();
+        mgr.leave(true).await.unwrap();
     }
 
     #[test]
