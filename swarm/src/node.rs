@@ -446,11 +446,12 @@ impl<E: Executor> SwarmNode<E> {
             with_port(&req.listen_addr, DEFAULT_PORT, "--listen-addr")?
         };
         let listen_sock: SocketAddr = listen.parse().expect("with_port returns ip:port");
-        let advertise = match self.advertise_addr(&req.advertise_addr, listen_sock) {
-            Ok(a) => a,
-            // A worker without an advertise address is reached at the address it joins from (as Docker does).
-            Err(_) if req.advertise_addr.is_empty() => source_addr_towards(&remote, listen_sock.port()),
-            Err(e) => return Err(e),
+        // Without --advertise-addr, a worker is known by the address it reaches the manager from, which is what
+        // the manager sees (Docker leaves it to the remote side too).
+        let advertise = if req.advertise_addr.is_empty() {
+            source_addr_towards(&remote, listen_sock.port())
+        } else {
+            self.advertise_addr(&req.advertise_addr, listen_sock)?
         };
 
         let identity = ca::request_identity(&remote, &req.join_token, req.availability, &advertise).await?;

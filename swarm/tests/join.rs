@@ -284,6 +284,11 @@ async fn bad_tokens_and_unreachable_managers_are_refused_and_leave_nothing() {
             "code = Unimplemented".into(),
         ),
         ("an unreachable manager", join_req(&free, &rotated), format!("could not reach the manager at {free}")),
+        (
+            "an interface name as --advertise-addr",
+            SwarmJoinRequest { advertise_addr: "eth0".into(), ..join_req(&addr, &rotated) },
+            "invalid argument \"eth0\" for \"--advertise-addr\" flag".into(),
+        ),
     ];
     for (what, req, want) in cases {
         step(what);
