@@ -449,7 +449,7 @@ impl<E: Executor> SwarmNode<E> {
         // Without --advertise-addr, a worker is known by the address it reaches the manager from, which is what
         // the manager sees (Docker leaves it to the remote side too).
         let advertise = if req.advertise_addr.is_empty() {
-            source_addr_towards(&remote, listen_sock.port())
+            source_addr_towards(&remote, listen_sock.port()).await
         } else {
             self.advertise_addr(&req.advertise_addr, listen_sock)?
         };
@@ -631,15 +631,16 @@ fn remote_addr(addr: &str) -> Result<String, NodeError> {
 
 /// The local address this host reaches `remote` from, with `port`: what a worker advertises when not told
 /// (no packet is sent: connecting a UDP socket only picks the route). Empty when there is no route.
-fn source_addr_towards(remote: &str, port: u16) -> String {
-    let local = std::net::ToSocketAddrs::to_socket_addrs(remote).ok().and_then(|mut a| a.next()).and_then(|r| {
-        let any: SocketAddr =
-            if r.is_ipv4() { ([0, 0, 0, 0], 0).into() } else { (std::net::Ipv6Addr::UNSPECIFIED, 0).into() };
-        let s = std::net::UdpSocket::bind(any).ok()?;
-        s.connect(r).ok()?;
+async fn source_addr_towards(remote: &str, port: u16) -> String {
+    let Some(r) = tokio::net::lookup_host(remote).await.ok().and_then(|mut a| a.next()) else { return String::new() };
+    let any: SocketAddr =
+        if r.is_ipv4() { ([0, 0, 0, 0], 0).into() } else { (std::net::Ipv6Addr::UNSPECIFIED, 0).into() };
+    let local = async {
+        let s = tokio::net::UdpSocket::bind(any).await.ok()?;
+        s.connect(r).await.ok()?;
         s.local_addr().ok()
-    });
-    local.map(|l| SocketAddr::new(l.ip(), port).to_string()).unwrap_or_default()
+    };
+    local.await.map(|l| SocketAddr::new(l.ip(), port).to_string()).unwrap_or_default()
 }
 
 fn ip_of(addr: &str) -> String {
@@ -854,10 +855,10 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_worker_advertises_the_address_it_reaches_the_manager_from() {
-        assert_eq!(source_addr_towards("127.0.0.1:2377", 2377), "127.0.0.1:2377");
-        assert_eq!(source_addr_towards("not an address", 2377), "");
+    #[tokio::test]
+    async fn a_worker_advertises_the_address_it_reaches_the_manager_from() {
+        assert_eq!(source_addr_towards("127.0.0.1:2377", 2377).await, "127.0.0.1:2377");
+        assert_eq!(source_addr_towards("not an address", 2377).await, "");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
