@@ -1,5 +1,5 @@
 //! Generates the gRPC clients and servers of the cluster's services. Messages are plain serde types (see
-//! `src/api/{control,dispatch}.rs`) carried by a JSON codec, so there is one definition of every type.
+//! `src/api/{control,dispatch,ca}.rs`) carried by a JSON codec, so there is one definition of every type.
 
 use tonic_build::manual::{Builder, Method, Service};
 
@@ -105,6 +105,23 @@ fn main() {
             ),
         ],
     );
-    Builder::new().compile(&[control, dispatcher]);
+    let node_ca = service(
+        "NodeCA",
+        &[
+            unary(
+                "get_root_ca_certificate",
+                "GetRootCACertificate",
+                "crate::api::control::Empty",
+                "crate::api::ca::GetRootCaCertificateResponse",
+            ),
+            unary(
+                "issue_node_certificate",
+                "IssueNodeCertificate",
+                "crate::api::ca::IssueNodeCertificateRequest",
+                "crate::api::ca::IssueNodeCertificateResponse",
+            ),
+        ],
+    );
+    Builder::new().compile(&[control, dispatcher, node_ca]);
     println!("cargo:rerun-if-changed=build.rs");
 }

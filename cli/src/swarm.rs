@@ -1,15 +1,18 @@
-//! `shoal swarm …`: init, leave and join-token, with Docker's messages and hints.
+//! `shoal swarm …`: init, join, leave and join-token, with Docker's messages and hints.
 
 use crate::client::{rpc, Client};
 use clap::{Args, Subcommand, ValueEnum};
-use engine_api::{SwarmInitRequest, SwarmLeaveRequest};
+use engine_api::{RotateJoinTokenRequest, SwarmInitRequest, SwarmJoinRequest, SwarmLeaveRequest};
 use std::time::Duration;
 use swarm::api::control::{Empty, GetRequest};
+use swarm::api::{NodeAvailability, NodeRole};
 
 #[derive(Debug, Subcommand)]
 pub enum SwarmCmd {
     /// Initialize a swarm
     Init(InitArgs),
+    /// Join a swarm as a node and/or manager
+    Join(JoinArgs),
     /// Leave the swarm
     Leave(LeaveArgs),
     /// Manage join tokens
@@ -36,6 +39,32 @@ pub struct InitArgs {
     snapshot_interval: Option<u64>,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Availability {
+    Active,
+    Pause,
+    Drain,
+}
+
+#[derive(Debug, Args)]
+pub struct JoinArgs {
+    /// Token for entry into the swarm
+    #[arg(long, value_name = "string")]
+    token: String,
+    /// Advertised address (format: <ip>[:port]; interface names are not supported)
+    #[arg(long = "advertise-addr", value_name = "ADDR")]
+    advertise_addr: Option<String>,
+    /// Listen address (format: <ip>[:port]) (default 0.0.0.0:2377)
+    #[arg(long = "listen-addr", value_name = "ADDR")]
+    listen_addr: Option<String>,
+    /// Availability of the node ("active", "pause", "drain")
+    #[arg(long, value_enum, default_value = "active")]
+    availability: Availability,
+    /// A manager's address
+    #[arg(value_name = "HOST:PORT")]
+    remote: String,
+}
+
 #[derive(Debug, Args)]
 pub struct LeaveArgs {
     /// Force this node to leave the swarm, ignoring warnings
@@ -56,6 +85,9 @@ pub struct JoinTokenArgs {
     /// Only display token
     #[arg(short, long)]
     quiet: bool,
+    /// Rotate join token
+    #[arg(long)]
+    rotate: bool,
 }
 
 fn count(s: &str) -> Result<u64, String> {
@@ -65,6 +97,11 @@ fn count(s: &str) -> Result<u64, String> {
 pub async fn run(client: &mut Client, cmd: SwarmCmd) -> anyhow::Result<()> {
     match cmd {
         SwarmCmd::Init(a) => init(client, a).await,
+        SwarmCmd::Join(a) => {
+            rpc(client.engine.swarm_join(join_request(a)).await)?;
+            println!("This node joined a swarm as a worker.");
+            Ok(())
+        }
         SwarmCmd::Leave(a) => {
             rpc(client.engine.swarm_leave(SwarmLeaveRequest { force: a.force }).await)?;
             println!("Node left the swarm.");
@@ -85,6 +122,20 @@ async fn token_and_addr(client: &mut Client, role: Role) -> anyhow::Result<(Stri
     let node = rpc(client.control.get_node(GetRequest { id_or_name: info.swarm.node_id }).await)?;
     let addr = node.manager_status.map(|m| m.addr).unwrap_or_default();
     Ok((token, addr))
+}
+
+fn join_request(a: JoinArgs) -> SwarmJoinRequest {
+    SwarmJoinRequest {
+        remote_addr: a.remote,
+        join_token: a.token,
+        advertise_addr: a.advertise_addr.unwrap_or_default(),
+        listen_addr: a.listen_addr.unwrap_or_default(),
+        availability: match a.availability {
+            Availability::Active => NodeAvailability::Active,
+            Availability::Pause => NodeAvailability::Pause,
+            Availability::Drain => NodeAvailability::Drain,
+        },
+    }
 }
 
 fn join_hint(role: Role, token: &str, addr: &str) -> String {
@@ -119,6 +170,16 @@ async fn init(client: &mut Client, a: InitArgs) -> anyhow::Result<()> {
 }
 
 async fn join_token(client: &mut Client, a: JoinTokenArgs) -> anyhow::Result<()> {
+    if a.rotate {
+        let (role, name) = match a.role {
+            Role::Worker => (NodeRole::Worker, "worker"),
+            Role::Manager => (NodeRole::Manager, "manager"),
+        };
+        rpc(client.engine.swarm_rotate_join_token(RotateJoinTokenRequest { role }).await)?;
+        if !a.quiet {
+            println!("Successfully rotated {name} join token.\n");
+        }
+    }
     let (token, addr) = token_and_addr(client, a.role).await?;
     if a.quiet {
         println!("{token}");
@@ -126,4 +187,70 @@ async fn join_token(client: &mut Client, a: JoinTokenArgs) -> anyhow::Result<()>
         println!("{}", join_hint(a.role, &token, &addr));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(subcommand)]
+        cmd: SwarmCmd,
+    }
+
+    fn parse(args: &[&str]) -> Result<SwarmCmd, clap::Error> {
+        Cli::try_parse_from(std::iter::once("swarm").chain(args.iter().copied())).map(|c| c.cmd)
+    }
+
+    #[test]
+    fn join_flags_become_the_request() {
+        let SwarmCmd::Join(a) = parse(&[
+            "join",
+            "--token",
+            "SWMTKN-1-x",
+            "--advertise-addr",
+            "10.0.0.2",
+            "--listen-addr",
+            "0.0.0.0:2378",
+            "--availability",
+            "drain",
+            "10.0.0.1:2377",
+        ])
+        .unwrap() else {
+            panic!("not a join")
+        };
+        let r = join_request(a);
+        assert_eq!(
+            (r.remote_addr.as_str(), r.join_token.as_str(), r.advertise_addr.as_str(), r.listen_addr.as_str()),
+            ("10.0.0.1:2377", "SWMTKN-1-x", "10.0.0.2", "0.0.0.0:2378")
+        );
+        assert_eq!(r.availability, NodeAvailability::Drain);
+
+        let SwarmCmd::Join(a) = parse(&["join", "--token", "T", "10.0.0.1"]).unwrap() else { panic!("not a join") };
+        let r = join_request(a);
+        assert_eq!(
+            (r.availability, r.advertise_addr.as_str(), r.listen_addr.as_str()),
+            (NodeAvailability::Active, "", "")
+        );
+
+        assert!(parse(&["join", "10.0.0.1"]).is_err(), "--token is required");
+        assert!(parse(&["join", "--token", "T"]).is_err(), "the manager address is required");
+        let e = parse(&["join", "--token", "T", "--availability", "busy", "m"]).unwrap_err().to_string();
+        assert!(e.contains("busy"), "{e}");
+    }
+
+    #[test]
+    fn join_token_takes_rotate_and_quiet() {
+        let SwarmCmd::JoinToken(a) = parse(&["join-token", "--rotate", "-q", "worker"]).unwrap() else {
+            panic!("not join-token")
+        };
+        assert!(a.rotate && a.quiet && a.role == Role::Worker);
+        assert_eq!(
+            join_hint(Role::Worker, "SWMTKN-1-abc", "10.0.0.1:2377"),
+            "To add a worker to this swarm, run the following command:\n\n    shoal swarm join --token SWMTKN-1-abc \
+             10.0.0.1:2377\n"
+        );
+    }
 }

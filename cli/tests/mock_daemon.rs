@@ -240,6 +240,20 @@ impl Engine for Fake {
     async fn swarm_leave(&self, _req: Request<SwarmLeaveRequest>) -> Result<Response<Empty>, Status> {
         Ok(Response::new(Empty {}))
     }
+    async fn swarm_join(&self, req: Request<SwarmJoinRequest>) -> Result<Response<SwarmJoinResponse>, Status> {
+        if req.into_inner().join_token == "SWMTKN-1-bad" {
+            return Err(Status::invalid_argument(
+                "rpc error: code = InvalidArgument desc = A valid join token is necessary to join this cluster",
+            ));
+        }
+        Ok(Response::new(SwarmJoinResponse { node_id: "node2".into() }))
+    }
+    async fn swarm_rotate_join_token(
+        &self,
+        _req: Request<RotateJoinTokenRequest>,
+    ) -> Result<Response<RotateJoinTokenResponse>, Status> {
+        Ok(Response::new(RotateJoinTokenResponse { token: "SWMTKN-1-w".into() }))
+    }
     async fn image_load(&self, req: Request<Streaming<ImageLoadChunk>>) -> Result<Response<ImageLoadResponse>, Status> {
         let mut stream = req.into_inner();
         let mut total = 0usize;
@@ -519,6 +533,22 @@ fn images_nodes_and_swarm() {
     );
     assert!(init.contains("shoal swarm join --token SWMTKN-1-w 127.0.0.1:2377"), "{init}");
     assert_eq!(d.ok(&["swarm", "leave", "--force"]), "Node left the swarm.\n");
+    assert_eq!(
+        d.ok(&["swarm", "join", "--token", "SWMTKN-1-w", "10.0.0.1:2377"]),
+        "This node joined a swarm as a worker.\n"
+    );
+    assert_eq!(
+        d.fails(&["swarm", "join", "--token", "SWMTKN-1-bad", "10.0.0.1:2377"]),
+        "Error response from daemon: rpc error: code = InvalidArgument desc = A valid join token is necessary to join \
+         this cluster"
+    );
+    assert_eq!(d.ok(&["swarm", "join-token", "-q", "worker"]), "SWMTKN-1-w\n");
+    let rotated = d.ok(&["swarm", "join-token", "--rotate", "worker"]);
+    assert!(
+        rotated.starts_with("Successfully rotated worker join token.\n\nTo add a worker to this swarm"),
+        "{rotated}"
+    );
+    assert_eq!(d.ok(&["swarm", "join-token", "--rotate", "-q", "worker"]), "SWMTKN-1-w\n");
 
     let version = d.ok(&["version"]);
     assert!(version.contains("Client:") && version.contains("Server:") && version.contains("  API version:      1"));

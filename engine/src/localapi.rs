@@ -1,4 +1,5 @@
-//! The node's local API (`shoal.Engine`) on its unix socket: info, version, swarm init/leave, images, logs.
+//! The node's local API (`shoal.Engine`) on its unix socket: info, version, swarm init/join/leave and join-token
+//! rotation, images, logs.
 //! The control API is served beside it (`SwarmNode::control_api`).
 
 use crate::containerd::req;
@@ -12,7 +13,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use swarm::api::control::Empty;
 use swarm::api::Platform;
-use swarm::manager::controlapi::{find_service, NOT_A_MANAGER};
+use swarm::manager::controlapi::find_service;
 use swarm::node::{NodeError, SwarmNode};
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
@@ -32,7 +33,18 @@ fn node_status(e: NodeError) -> Status {
         NodeError::AlreadyMember | NodeError::NotMember | NodeError::LastManager => {
             Status::failed_precondition(e.to_string())
         }
-        NodeError::InvalidArgument(_) => Status::invalid_argument(e.to_string()),
+        NodeError::InvalidArgument(_) | NodeError::Ca(swarm::ca::CaError::InvalidToken(_)) => {
+            Status::invalid_argument(e.to_string())
+        }
+        NodeError::NotManager(_) => Status::failed_precondition(e.to_string()),
+        NodeError::JoinTimeout => Status::deadline_exceeded(e.to_string()),
+        NodeError::Join(ref j) => match j {
+            swarm::ca::JoinError::Unreachable { .. } => Status::unavailable(e.to_string()),
+            swarm::ca::JoinError::ForeignCa { .. } | swarm::ca::JoinError::Refused { .. } => {
+                Status::invalid_argument(e.to_string())
+            }
+            swarm::ca::JoinError::Ca(_) => Status::internal(e.to_string()),
+        },
         other => Status::internal(other.to_string()),
     }
 }
@@ -101,6 +113,19 @@ impl Engine for LocalApi {
         Ok(Response::new(SwarmInitResponse { node_id }))
     }
 
+    async fn swarm_join(&self, req: Request<SwarmJoinRequest>) -> Result<Response<SwarmJoinResponse>, Status> {
+        let node_id = self.node.join(req.into_inner()).await.map_err(node_status)?;
+        Ok(Response::new(SwarmJoinResponse { node_id }))
+    }
+
+    async fn swarm_rotate_join_token(
+        &self,
+        req: Request<RotateJoinTokenRequest>,
+    ) -> Result<Response<RotateJoinTokenResponse>, Status> {
+        let token = self.node.rotate_join_token(req.into_inner().role).await.map_err(node_status)?;
+        Ok(Response::new(RotateJoinTokenResponse { token }))
+    }
+
     async fn swarm_leave(&self, req: Request<SwarmLeaveRequest>) -> Result<Response<Empty>, Status> {
         self.node.leave(req.into_inner().force).await.map_err(node_status)?;
         Ok(Response::new(Empty {}))
@@ -153,7 +178,7 @@ impl Engine for LocalApi {
         req: Request<ServiceLogsRequest>,
     ) -> Result<Response<Self::ServiceLogsStream>, Status> {
         let r = req.into_inner();
-        let store = self.node.store().ok_or_else(|| Status::failed_precondition(NOT_A_MANAGER))?;
+        let store = self.node.manager_store().map_err(node_status)?;
         let host = hostname();
         let service_id = store.view(|v| find_service(v, &r.service).map(|s| s.id.clone()))?;
         // Every task of the service, oldest first: (task id, log file, context shown before each line).

@@ -1,24 +1,25 @@
 //! A swarm member as the engine embeds it: owns the node's swarm state dir, and runs the manager (Raft, leader
-//! components, cluster listener) and the agent. `swarm init` and `swarm leave` start and stop it; a daemon
-//! restart resumes it from the state dir.
+//! components, cluster listener) and the agent, or on a worker the agent alone. `swarm init`, `swarm join` and
+//! `swarm leave` start and stop it; a daemon restart resumes it from the state dir.
 //!
 //! ```text
 //!  <state dir>/node.json        who this node is (ids, role, addresses) — versioned
 //!  <state dir>/certificates/    swarm-node.crt, swarm-node.key, swarm-root-ca.crt
-//!  <state dir>/raft/            log.redb, state.redb
+//!  <state dir>/raft/            log.redb, state.redb (managers only)
 //! ```
 
 use crate::agent::exec::Executor;
 use crate::agent::{Agent, AgentConfig, AgentStatus};
-use crate::api::membership::{SwarmInfo, SwarmInitRequest};
+use crate::api::membership::{SwarmInfo, SwarmInitRequest, SwarmJoinRequest};
 use crate::api::*;
 use crate::ca::{self, NodeIdentity, RootCa};
-use crate::manager::controlapi::ControlApi;
+use crate::manager::controlapi::{ControlApi, NOT_A_MANAGER, WORKER_NOT_A_MANAGER};
 use crate::manager::dispatcher::{Dispatcher, DispatcherConfig, DispatcherService};
 use crate::manager::raft::{RaftHandle, RaftSettings};
 use crate::manager::store::{Store, StoreError};
 use crate::manager::Manager;
 use crate::transport::dispatcher::dispatcher_server::DispatcherServer;
+use crate::transport::node_ca::node_c_a_server::NodeCAServer;
 use serde::{Deserialize, Serialize};
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -33,6 +34,9 @@ use tracing::Instrument;
 pub const DEFAULT_PORT: u16 = 2377;
 const NODE_FILE: &str = "node.json";
 const NODE_FORMAT: u32 = 1;
+/// How long `swarm join` waits for the new worker's first session (Docker's swarm request timeout; shorter in unit
+/// tests, which wait it out).
+const JOIN_TIMEOUT: Duration = Duration::from_secs(if cfg!(test) { 2 } else { 20 });
 
 /// Errors of swarm membership operations. Messages are what `shoal` prints.
 #[derive(Debug, thiserror::Error)]
@@ -64,6 +68,16 @@ pub enum NodeError {
     Executor(#[from] crate::agent::exec::ExecError),
     #[error("cluster listener on {addr}: {reason}")]
     Listen { addr: String, reason: String },
+    /// `swarm join` could not get a certificate from the manager.
+    #[error(transparent)]
+    Join(#[from] ca::JoinError),
+    /// `swarm join` got a certificate and is a member, but the agent's first session did not come up in time; it
+    /// keeps trying in the background.
+    #[error("Timeout was reached before node joined. The attempt to join the swarm will continue in the background. Use the \"shoal info\" command to see the current swarm status of your node.")]
+    JoinTimeout,
+    /// A manager-only operation on a worker or a non-member; the message is Docker's for that case.
+    #[error("{0}")]
+    NotManager(&'static str),
 }
 
 /// Settings the engine hands in.
@@ -88,16 +102,25 @@ struct PersistedNode {
     /// `--snapshot-interval`, needed before the store (which also records it) can be read.
     #[serde(default = "default_snapshot_interval")]
     snapshot_interval: u64,
+    /// The managers a worker's agent connects to (`ip:port`); empty on a manager, whose agent uses its own address.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    managers: Vec<String>,
 }
 
 fn default_snapshot_interval() -> u64 {
     RaftConfig::default().snapshot_interval
 }
 
-struct Running<E: Executor> {
-    me: PersistedNode,
+/// What a manager runs besides the agent.
+struct ManagerParts {
     raft: RaftHandle,
     store: Store,
+}
+
+struct Running<E: Executor> {
+    me: PersistedNode,
+    /// None on a worker.
+    manager: Option<ManagerParts>,
     agent: Arc<Agent<E>>,
     shutdown: CancellationToken,
     tasks: JoinSet<()>,
@@ -107,17 +130,35 @@ pub struct SwarmNode<E: Executor> {
     cfg: NodeConfig,
     executor: Arc<E>,
     control: watch::Sender<Option<Store>>,
+    /// Whether this node is a worker member, for the control API's refusal message.
+    worker: watch::Sender<bool>,
     running: Mutex<Option<Running<E>>>,
 }
 
 impl<E: Executor> SwarmNode<E> {
     pub fn new(cfg: NodeConfig, executor: Arc<E>) -> Self {
-        SwarmNode { cfg, executor, control: watch::channel(None).0, running: Mutex::new(None) }
+        SwarmNode {
+            cfg,
+            executor,
+            control: watch::channel(None).0,
+            worker: watch::channel(false).0,
+            running: Mutex::new(None),
+        }
     }
 
     /// The control API, answering while this node is a leading manager.
     pub fn control_api(&self) -> ControlApi {
-        ControlApi::new(self.control.subscribe())
+        ControlApi::new(self.control.subscribe()).with_worker(self.worker.subscribe())
+    }
+
+    /// The store for a manager-only operation, or Docker's refusal (worker or non-member) as [`NodeError::NotManager`].
+    pub fn manager_store(&self) -> Result<Store, NodeError> {
+        self.store().ok_or_else(|| self.not_manager())
+    }
+
+    /// Docker's refusal of a manager-only operation on this node, which is a worker or not a member.
+    fn not_manager(&self) -> NodeError {
+        NodeError::NotManager(if *self.worker.borrow() { WORKER_NOT_A_MANAGER } else { NOT_A_MANAGER })
     }
 
     /// The store, while this node is a leading manager.
@@ -151,6 +192,11 @@ impl<E: Executor> SwarmNode<E> {
             return Err(self.state_err(format!("{} has unsupported format {}", path.display(), me.format)));
         }
         let identity = NodeIdentity::load(&self.certs_dir())?;
+        if me.role == NodeRole::Worker {
+            self.launch_worker(me, identity).await?;
+            tracing::info!("resumed swarm membership as a worker");
+            return Ok(true);
+        }
         let settings = RaftSettings { snapshot_interval: me.snapshot_interval, ..RaftSettings::default() };
         let (raft, store) = RaftHandle::start(me.raft_id, &self.cfg.state_dir.join("raft"), &settings).await?;
         let listener = bind(&me.listen_addr).await?;
@@ -235,6 +281,7 @@ impl<E: Executor> SwarmNode<E> {
             listen_addr: bound.to_string(),
             advertise_addr: advertise.clone(),
             snapshot_interval: settings.snapshot_interval,
+            managers: Vec::new(),
         };
         let written = async {
             raft.initialize(&advertise).await?;
@@ -337,6 +384,7 @@ impl<E: Executor> SwarmNode<E> {
             .tls_config(server_tls)
             .map_err(|e| NodeError::Listen { addr: me.listen_addr.clone(), reason: e.to_string() })?
             .add_service(service)
+            .add_service(NodeCAServer::new(ca::NodeCaService::new(self.control.subscribe())))
             .serve_with_incoming_shutdown(incoming, async move { token.cancelled().await });
         let span = tracing::info_span!("node", node.id = %me.node_id);
         tasks.spawn(
@@ -359,8 +407,122 @@ impl<E: Executor> SwarmNode<E> {
         let token = shutdown.clone();
         tasks.spawn(async move { a.run(token).await }.instrument(tracing::info_span!("agent", node.id = %me.node_id)));
 
-        *self.running.lock().await = Some(Running { me, raft, store, agent, shutdown, tasks });
+        *self.running.lock().await =
+            Some(Running { me, manager: Some(ManagerParts { raft, store }), agent, shutdown, tasks });
         Ok(())
+    }
+
+    /// Starts a worker: the agent alone, with a session to the managers in `me`.
+    async fn launch_worker(&self, me: PersistedNode, identity: NodeIdentity) -> Result<(), NodeError> {
+        let client_tls = ca::client_tls_config(&identity)?;
+        let shutdown = CancellationToken::new();
+        let mut tasks = JoinSet::new();
+        let agent =
+            Arc::new(Agent::new(AgentConfig { managers: me.managers.clone(), tls: client_tls }, self.executor.clone()));
+        let a = agent.clone();
+        let token = shutdown.clone();
+        tasks.spawn(async move { a.run(token).await }.instrument(tracing::info_span!("agent", node.id = %me.node_id)));
+        self.worker.send_replace(true);
+        *self.running.lock().await = Some(Running { me, manager: None, agent, shutdown, tasks });
+        Ok(())
+    }
+
+    /// `swarm join` as a worker: gets a certificate from the manager at `req.remote_addr` with the join token,
+    /// saves it and `node.json`, and starts the agent. Nothing is written before the manager has issued the
+    /// certificate, and a later failure removes what was written: a failed join leaves the node able to try again.
+    pub async fn join(&self, req: SwarmJoinRequest) -> Result<String, NodeError> {
+        let mut running = self.running.lock().await;
+        if running.is_some() || self.cfg.state_dir.join(NODE_FILE).exists() {
+            return Err(NodeError::AlreadyMember);
+        }
+        if req.join_token.trim().is_empty() {
+            return Err(NodeError::InvalidArgument("a join token is required (--token)".into()));
+        }
+        ca::JoinToken::parse(&req.join_token)?;
+        let remote = remote_addr(&req.remote_addr)?;
+        let listen = if req.listen_addr.is_empty() {
+            format!("0.0.0.0:{DEFAULT_PORT}")
+        } else {
+            with_port(&req.listen_addr, DEFAULT_PORT, "--listen-addr")?
+        };
+        let listen_sock: SocketAddr = listen.parse().expect("with_port returns ip:port");
+        // Without --advertise-addr, a worker is known by the address it reaches the manager from, which is what
+        // the manager sees (Docker leaves it to the remote side too).
+        let advertise = if req.advertise_addr.is_empty() {
+            source_addr_towards(&remote, listen_sock.port()).await
+        } else {
+            self.advertise_addr(&req.advertise_addr, listen_sock)?
+        };
+
+        let identity = ca::request_identity(&remote, &req.join_token, req.availability, &advertise).await?;
+        if identity.role != NodeRole::Worker {
+            return Err(NodeError::InvalidArgument(format!(
+                "the manager issued a {} certificate; only workers can join for now",
+                identity.role
+            )));
+        }
+        let me = PersistedNode {
+            format: NODE_FORMAT,
+            node_id: identity.node_id.clone(),
+            raft_id: 0,
+            cluster_id: identity.cluster_id.clone(),
+            role: NodeRole::Worker,
+            listen_addr: listen,
+            advertise_addr: advertise,
+            snapshot_interval: default_snapshot_interval(),
+            managers: vec![remote],
+        };
+        let trace = InitTrace::start(&self.cfg.state_dir).map_err(|e| self.state_err(e))?;
+        let written = identity.save(&self.certs_dir()).map_err(NodeError::from).and_then(|()| {
+            crate::fsutil::write_atomic(
+                &self.cfg.state_dir.join(NODE_FILE),
+                &serde_json::to_vec_pretty(&me).expect("plain data"),
+                0o600,
+            )
+            .map_err(|e| self.state_err(e))
+        });
+        if let Err(e) = written {
+            trace.undo();
+            return Err(e);
+        }
+        let node_id = me.node_id.clone();
+        drop(running.take());
+        drop(running);
+        if let Err(e) = self.launch_worker(me, identity).await {
+            trace.undo();
+            return Err(e);
+        }
+        // As `docker swarm join`, return once the node is an active member (its agent's session is up); if that
+        // takes longer than Docker's 20 s, say so: the node is a member and the agent keeps trying.
+        if let Some(mut status) = self.running.lock().await.as_ref().map(|r| r.agent.status()) {
+            let up = tokio::time::timeout(JOIN_TIMEOUT, status.wait_for(|s| s.connected_to.is_some())).await;
+            if !matches!(up, Ok(Ok(_))) {
+                tracing::warn!(node.id = %node_id, "joined, but no session with the manager yet");
+                return Err(NodeError::JoinTimeout);
+            }
+        }
+        tracing::info!(node.id = %node_id, "joined the swarm as a worker");
+        Ok(node_id)
+    }
+
+    /// `swarm join-token --rotate`: gives `role`'s join token a new secret, so the old token no longer admits
+    /// anyone. Returns the new token.
+    pub async fn rotate_join_token(&self, role: NodeRole) -> Result<String, NodeError> {
+        let token = self
+            .manager_store()?
+            .update(|tx| {
+                let mut cluster = tx.view().cluster().cloned().ok_or(StoreError::NotLeader { leader: None })?;
+                let token = ca::JoinToken::generate(&cluster.root_ca.ca_cert_digest);
+                match role {
+                    NodeRole::Worker => cluster.root_ca.join_tokens.worker = token.clone(),
+                    NodeRole::Manager => cluster.root_ca.join_tokens.manager = token.clone(),
+                }
+                tx.update(cluster);
+                Ok::<_, StoreError>(token)
+            })
+            .await?;
+        tracing::info!(%role, "rotated the join token");
+        Ok(token)
     }
 
     /// `swarm leave`: stops everything, deletes this node's containers and its swarm state.
@@ -374,8 +536,11 @@ impl<E: Executor> SwarmNode<E> {
         r.shutdown.cancel();
         while r.tasks.join_next().await.is_some() {}
         r.agent.remove_all().await;
-        r.raft.shutdown().await;
+        if let Some(m) = r.manager.take() {
+            m.raft.shutdown().await;
+        }
         drop(r);
+        self.worker.send_replace(false);
         std::fs::remove_dir_all(&self.cfg.state_dir).or_else(|e| {
             if e.kind() == std::io::ErrorKind::NotFound {
                 Ok(())
@@ -392,7 +557,9 @@ impl<E: Executor> SwarmNode<E> {
         if let Some(mut r) = self.running.lock().await.take() {
             r.shutdown.cancel();
             while r.tasks.join_next().await.is_some() {}
-            r.raft.shutdown().await;
+            if let Some(m) = r.manager.take() {
+                m.raft.shutdown().await;
+            }
         }
     }
 
@@ -402,9 +569,11 @@ impl<E: Executor> SwarmNode<E> {
         let Some(r) = running.as_ref() else {
             return SwarmInfo { local_node_state: "inactive".into(), ..Default::default() };
         };
-        let (managers, nodes) = r
-            .store
-            .view(|v| (v.nodes().filter(|n| n.manager_status.is_some()).count() as u64, v.nodes().count() as u64));
+        // As Docker, only a manager counts the cluster's nodes.
+        let (managers, nodes) = r.manager.as_ref().map_or((0, 0), |m| {
+            m.store
+                .view(|v| (v.nodes().filter(|n| n.manager_status.is_some()).count() as u64, v.nodes().count() as u64))
+        });
         let agent: AgentStatus = r.agent.status().borrow().clone();
         SwarmInfo {
             local_node_state: if agent.connected_to.is_some() { "active" } else { "pending" }.into(),
@@ -415,13 +584,18 @@ impl<E: Executor> SwarmNode<E> {
             managers,
             nodes,
             error: String::new(),
-            remote_managers: vec![r.me.advertise_addr.clone()],
+            remote_managers: if r.me.managers.is_empty() {
+                vec![r.me.advertise_addr.clone()]
+            } else {
+                r.me.managers.clone()
+            },
         }
     }
 
     /// Raft figures for tests and diagnostics: (entries in the log, index of the stored snapshot).
     pub async fn raft_stats(&self) -> Option<(u64, Option<u64>)> {
-        self.running.lock().await.as_ref().map(|r| (r.raft.log_len(), r.raft.snapshot_index()))
+        let running = self.running.lock().await;
+        running.as_ref()?.manager.as_ref().map(|m| (m.raft.log_len(), m.raft.snapshot_index()))
     }
 }
 
@@ -433,6 +607,40 @@ fn RootCa_api(root: &RootCa, digest: &str) -> crate::api::RootCa {
         ca_cert_digest: digest.to_string(),
         join_tokens: JoinTokens { worker: ca::JoinToken::generate(digest), manager: ca::JoinToken::generate(digest) },
     }
+}
+
+/// The manager address `swarm join` is given: `ip`, `ip:port` or `host:port` (port 2377 when none).
+fn remote_addr(addr: &str) -> Result<String, NodeError> {
+    let addr = addr.trim();
+    if addr.is_empty() {
+        return Err(NodeError::InvalidArgument("a manager address is required (HOST:PORT)".into()));
+    }
+    if let Ok(a) = with_port(addr, DEFAULT_PORT, "remote address") {
+        return Ok(a);
+    }
+    match addr.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && !host.contains(':') && port.parse::<u16>().is_ok() => {
+            Ok(addr.to_string())
+        }
+        None if !addr.contains(['/', ' ']) => Ok(format!("{addr}:{DEFAULT_PORT}")),
+        _ => Err(NodeError::InvalidArgument(format!(
+            "invalid remote address {addr:?}: expected HOST:PORT, an IP address, or an IP address and port"
+        ))),
+    }
+}
+
+/// The local address this host reaches `remote` from, with `port`: what a worker advertises when not told
+/// (no packet is sent: connecting a UDP socket only picks the route). Empty when there is no route.
+async fn source_addr_towards(remote: &str, port: u16) -> String {
+    let Some(r) = tokio::net::lookup_host(remote).await.ok().and_then(|mut a| a.next()) else { return String::new() };
+    let any: SocketAddr =
+        if r.is_ipv4() { ([0, 0, 0, 0], 0).into() } else { (std::net::Ipv6Addr::UNSPECIFIED, 0).into() };
+    let local = async {
+        let s = tokio::net::UdpSocket::bind(any).await.ok()?;
+        s.connect(r).await.ok()?;
+        s.local_addr().ok()
+    };
+    local.await.map(|l| SocketAddr::new(l.ip(), port).to_string()).unwrap_or_default()
 }
 
 fn ip_of(addr: &str) -> String {
@@ -591,6 +799,66 @@ mod tests {
 
     fn loopback() -> SwarmInitRequest {
         SwarmInitRequest { listen_addr: "127.0.0.1:0".into(), ..Default::default() }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_join_whose_session_is_late_says_so_and_carries_on() {
+        let (mdir, wdir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let mgr = SwarmNode::new(
+            NodeConfig { state_dir: mdir.path().join("swarm"), default_advertise_ip: None },
+            Arc::new(TestExecutor::new("host-m")),
+        );
+        mgr.init(loopback()).await.unwrap();
+        let addr = mgr.info().await.remote_managers[0].clone();
+        let token = mgr.store().unwrap().view(|v| v.cluster().unwrap().root_ca.join_tokens.worker.clone());
+        // The worker's runtime does not answer, so its agent cannot open a session.
+        let exec = FlakyExecutor { inner: TestExecutor::new("host-w"), fail_describe: Arc::new(AtomicBool::new(true)) };
+        let worker = SwarmNode::new(
+            NodeConfig { state_dir: wdir.path().join("swarm"), default_advertise_ip: None },
+            Arc::new(exec.clone()),
+        );
+        let req = SwarmJoinRequest {
+            remote_addr: addr,
+            join_token: token,
+            advertise_addr: String::new(),
+            listen_addr: "127.0.0.1:0".into(),
+            availability: NodeAvailability::Active,
+        };
+        let e = worker.join(req).await.expect_err("no session within the join timeout");
+        assert!(matches!(e, NodeError::JoinTimeout), "{e:?}");
+        assert!(e.to_string().starts_with("Timeout was reached before node joined."), "{e}");
+        // It is a member all the same, and becomes active once its runtime answers.
+        assert!(wdir.path().join("swarm").join(NODE_FILE).exists());
+        assert_eq!(worker.info().await.local_node_state, "pending");
+        exec.fail_describe.store(false, Ordering::SeqCst);
+        let mut status = worker.running.lock().await.as_ref().unwrap().agent.status();
+        tokio::time::timeout(Duration::from_secs(30), status.wait_for(|s| s.connected_to.is_some()))
+            .await
+            .expect("the agent's session within 30s")
+            .unwrap();
+        assert_eq!(worker.info().await.local_node_state, "active");
+        worker.leave(false).await.unwrap();
+        mgr.leave(true).await.unwrap();
+    }
+
+    #[test]
+    fn remote_addresses_get_the_cluster_port() {
+        assert_eq!(remote_addr("10.0.0.1").unwrap(), "10.0.0.1:2377");
+        assert_eq!(remote_addr(" 10.0.0.1:4000 ").unwrap(), "10.0.0.1:4000");
+        assert_eq!(remote_addr("::1").unwrap(), "[::1]:2377");
+        assert_eq!(remote_addr("[::1]:4000").unwrap(), "[::1]:4000");
+        assert_eq!(remote_addr("manager1").unwrap(), "manager1:2377");
+        assert_eq!(remote_addr("manager1:4000").unwrap(), "manager1:4000");
+        for bad in ["", "manager1:port", "manager1:70000", "http://m:1"] {
+            let e = remote_addr(bad).unwrap_err();
+            assert!(matches!(e, NodeError::InvalidArgument(_)), "{bad:?}: {e:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_worker_advertises_the_address_it_reaches_the_manager_from() {
+        assert_eq!(source_addr_towards("127.0.0.1:2377", 2377).await, "127.0.0.1:2377");
+        assert_eq!(source_addr_towards("not an address", 2377).await, "");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

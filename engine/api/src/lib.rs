@@ -3,7 +3,10 @@
 
 mod wire;
 
-pub use swarm::api::membership::{SwarmInfo, SwarmInitRequest, SwarmLeaveRequest};
+pub use swarm::api::membership::{
+    RotateJoinTokenRequest, RotateJoinTokenResponse, SwarmInfo, SwarmInitRequest, SwarmJoinRequest, SwarmJoinResponse,
+    SwarmLeaveRequest,
+};
 pub use wire::*;
 
 /// Generated client and server.

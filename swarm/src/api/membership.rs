@@ -1,5 +1,5 @@
-//! A node's membership in a swarm as the engine asks for it and reports it: the options of `swarm init` and
-//! `swarm leave`, and the Swarm section of `info`.
+//! A node's membership in a swarm as the engine asks for it and reports it: the options of `swarm init`,
+//! `swarm join` and `swarm leave`, and the Swarm section of `info`.
 
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
@@ -17,6 +17,46 @@ pub struct SwarmInitRequest {
     #[serde(default, with = "opt_duration")]
     pub dispatcher_heartbeat: Option<Duration>,
     pub snapshot_interval: Option<u64>,
+}
+
+/// `swarm join`'s options.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SwarmJoinRequest {
+    /// A manager's cluster address (`ip` or `ip:port`, default port 2377).
+    pub remote_addr: String,
+    /// `--token`.
+    pub join_token: String,
+    /// `--advertise-addr` (`ip` or `ip:port`); empty: the listen address's IP, or the default route's.
+    #[serde(default)]
+    pub advertise_addr: String,
+    /// `--listen-addr` (default `0.0.0.0:2377`); a worker does not listen yet but records it for later.
+    #[serde(default)]
+    pub listen_addr: String,
+    /// `--availability` (default active).
+    #[serde(default = "active")]
+    pub availability: crate::api::NodeAvailability,
+}
+
+fn active() -> crate::api::NodeAvailability {
+    crate::api::NodeAvailability::Active
+}
+
+/// `swarm join-token --rotate`: which token gets a new secret.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RotateJoinTokenRequest {
+    pub role: crate::api::NodeRole,
+}
+
+/// The new token after a rotation.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct RotateJoinTokenResponse {
+    pub token: String,
+}
+
+/// The answer to `swarm join`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SwarmJoinResponse {
+    pub node_id: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -9,6 +9,7 @@
 //!   Task    ── one unit of work in a slot (replicated) or on a node (global); its status only moves forward
 //! ```
 
+pub mod ca;
 mod cluster;
 mod constraint;
 pub mod control;

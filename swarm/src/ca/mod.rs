@@ -8,9 +8,9 @@
 //!
 //!  swarm join --token SWMTKN-1-… <manager>
 //!    JoinToken::parse(token)
-//!    bootstrap_client_tls_config(downloaded CA) ──TLS, no client cert──▶ manager: fetch root CA
+//!    (join.rs) TLS without verifying the server, no client cert ──▶ manager (server.rs): fetch root CA
 //!    token.matches_ca(CA DER)?  ── no ──▶ refuse: somebody else's CA (man in the middle)
-//!    NodeCsr::new ──(CSR + token)──▶ manager: JoinToken::role_for(token, worker, manager) ─▶ role
+//!    NodeCsr::new ──(CSR + token; bootstrap TLS)──▶ manager: JoinToken::role_for(token, worker, manager) ─▶ role
 //!                                          RootCa::issue(csr, new node id, role, cluster id)
 //!    ◀── node cert ── NodeIdentity::from_cert(cert, key, CA).save(dir)
 //!
@@ -27,12 +27,16 @@
 //! chooses its subject, names or role.
 
 mod identity;
+mod join;
 mod root;
+mod server;
 mod tls;
 mod token;
 
 pub use identity::{NodeCsr, NodeIdentity, CA_CERT_FILE, NODE_CERT_FILE, NODE_KEY_FILE};
+pub use join::{fetch_root_ca, request_identity, JoinError};
 pub use root::{cert_der, renewal_deadline, RootCa, CA_VALIDITY, NODE_CERT_VALIDITY};
+pub use server::{NodeCaService, INVALID_JOIN_TOKEN};
 pub use tls::{
     authenticate, authorize, bootstrap_client_tls_config, client_tls_config, peer_identity, server_tls_config,
     PeerIdentity,

@@ -158,6 +158,12 @@ impl JoinToken {
         digest_b36(ca_cert_der) == self.ca_digest_b36
     }
 
+    /// The CA digest the token carries, as SHA-256 hex (what `RootCa::digest` returns).
+    pub fn ca_digest_hex(&self) -> String {
+        // `parse` checked that the digest fits in 256 bits.
+        b36_to_256(&self.ca_digest_b36).map(hex::encode).unwrap_or_default()
+    }
+
     /// Whether two tokens are the same: same CA digest and same secret, the secret compared in constant time.
     pub fn same_as(&self, other: &JoinToken) -> bool {
         let secret = constant_time_eq(self.secret.as_bytes(), other.secret.as_bytes());
@@ -210,6 +216,7 @@ mod tests {
         let other = RootCa::generate().unwrap();
         let p = JoinToken::parse(&JoinToken::generate(&ca.digest())).unwrap();
         assert!(p.matches_ca(ca.cert_der()));
+        assert_eq!(p.ca_digest_hex(), ca.digest());
         assert!(!p.matches_ca(other.cert_der()));
         let mut one_bit_off = ca.cert_der().to_vec();
         one_bit_off[100] ^= 1;

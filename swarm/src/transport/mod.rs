@@ -1,7 +1,8 @@
 //! gRPC plumbing: the JSON codec our services use and the generated clients/servers.
 //!
-//! Two services: `shoal.Control` (cluster changes; CLI and managers) and `shoal.Dispatcher` (agent sessions), both on
-//! the cluster's mTLS listener (the engine also serves Control on its unix socket). A node's own local API,
+//! Three services: `shoal.Control` (cluster changes; CLI and managers), `shoal.Dispatcher` (agent sessions) and
+//! `shoal.NodeCA` (a joining node's certificate), on the cluster's TLS listener (the engine also serves Control on
+//! its unix socket). A node's own local API,
 //! `shoal.Engine`, lives in the engine (`engine/api`).
 
 mod codec;
@@ -16,4 +17,9 @@ pub mod control {
 /// `shoal.Dispatcher`: generated client and server.
 pub mod dispatcher {
     include!(concat!(env!("OUT_DIR"), "/shoal.Dispatcher.rs"));
+}
+
+/// `shoal.NodeCA`: generated client and server.
+pub mod node_ca {
+    include!(concat!(env!("OUT_DIR"), "/shoal.NodeCA.rs"));
 }

@@ -18,9 +18,17 @@ pub const NOT_A_MANAGER: &str =
     "This node is not a swarm manager. Use \"shoal swarm init\" or \"shoal swarm join\" to \
                                  connect this node to swarm and try again.";
 
+/// Docker's message when a swarm command reaches a worker.
+pub const WORKER_NOT_A_MANAGER: &str =
+    "This node is not a swarm manager. Worker nodes can't be used to view or modify \
+                                        cluster state. Please run this command on a manager node or promote the \
+                                        current node to a manager.";
+
 #[derive(Clone)]
 pub struct ControlApi {
     store: watch::Receiver<Option<Store>>,
+    /// Whether this node is a worker (only the refusal message depends on it).
+    worker: Option<watch::Receiver<bool>>,
 }
 
 pub fn status_of(e: StoreError) -> Status {
@@ -94,17 +102,27 @@ pub fn service_counts(v: &MemoryStore, s: &Service) -> (u64, u64) {
 impl ControlApi {
     /// Answers from whatever store `store` holds (None while this node is not a manager).
     pub fn new(store: watch::Receiver<Option<Store>>) -> Self {
-        ControlApi { store }
+        ControlApi { store, worker: None }
+    }
+
+    /// Refuses calls on a worker with Docker's worker message rather than the non-member one.
+    pub fn with_worker(mut self, worker: watch::Receiver<bool>) -> Self {
+        self.worker = Some(worker);
+        self
     }
 
     /// A control API over a fixed store (tests).
     pub fn with_store(store: Store) -> Self {
         let (_tx, rx) = watch::channel(Some(store));
-        ControlApi { store: rx }
+        ControlApi { store: rx, worker: None }
     }
 
     fn store(&self) -> Result<Store, Status> {
-        self.store.borrow().clone().ok_or_else(|| Status::failed_precondition(NOT_A_MANAGER))
+        let worker = self.worker.as_ref().is_some_and(|w| *w.borrow());
+        self.store
+            .borrow()
+            .clone()
+            .ok_or_else(|| Status::failed_precondition(if worker { WORKER_NOT_A_MANAGER } else { NOT_A_MANAGER }))
     }
 }
 

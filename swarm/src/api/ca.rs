@@ -1,0 +1,33 @@
+//! The wire messages of `shoal.NodeCA`, the service a joining node talks to before it has a certificate.
+
+use super::NodeAvailability;
+use serde::{Deserialize, Serialize};
+
+/// The cluster's root CA certificate, as `GetRootCACertificate` returns it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct GetRootCaCertificateResponse {
+    /// PEM.
+    pub certificate: String,
+}
+
+/// A joining node's request for its first certificate.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct IssueNodeCertificateRequest {
+    /// The node's certificate signing request, PEM. Only its public key is used.
+    pub csr: String,
+    /// The join token the user gave; it decides the role.
+    pub token: String,
+    /// `swarm join --availability`.
+    pub availability: NodeAvailability,
+    /// `swarm join --advertise-addr` (ip:port), empty when not given.
+    #[serde(default)]
+    pub advertise_addr: String,
+}
+
+/// The new node's id and its certificate.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct IssueNodeCertificateResponse {
+    pub node_id: String,
+    /// PEM, signed by the root CA.
+    pub certificate: String,
+}

@@ -1,0 +1,195 @@
+//! `shoal.NodeCA` on a manager's cluster listener: what a node without a certificate may ask (SwarmKit's
+//! `ca/server.go`, reduced to one issuing call). Anyone may fetch the root CA certificate; a certificate is issued
+//! only for a current join token, with a new node id chosen here, and the node is created in the store so the
+//! dispatcher accepts its session.
+
+use super::{JoinToken, RootCa};
+use crate::api::ca::*;
+use crate::api::control::Empty;
+use crate::api::{new_id, Meta, Node, NodeAvailability, NodeRole, NodeSpec, NodeState, NodeStatus};
+use crate::manager::controlapi::status_of;
+use crate::manager::store::Store;
+use crate::transport::node_ca::node_c_a_server::NodeCA as NodeCa;
+use tokio::sync::watch;
+use tonic::{Request, Response, Status};
+
+/// Docker's answer to a join with a token that is not one of the cluster's current tokens.
+pub const INVALID_JOIN_TOKEN: &str = "A valid join token is necessary to join this cluster";
+
+/// The NodeCA service; it answers while this node is the leading manager (it signs with the CA key in the store).
+pub struct NodeCaService {
+    store: watch::Receiver<Option<Store>>,
+}
+
+impl NodeCaService {
+    /// A service reading the cluster (CA, tokens) from whatever store `store` holds.
+    pub fn new(store: watch::Receiver<Option<Store>>) -> Self {
+        NodeCaService { store }
+    }
+
+    fn store(&self) -> Result<Store, Status> {
+        self.store.borrow().clone().ok_or_else(|| Status::unavailable("this manager is not the leader"))
+    }
+}
+
+/// The Node object a newly admitted node starts as: known, not yet ready (its first session makes it ready).
+fn new_node(node_id: &str, role: NodeRole, availability: NodeAvailability, addr: &str) -> Node {
+    Node {
+        id: node_id.into(),
+        meta: Meta::default(),
+        spec: NodeSpec { annotations: Default::default(), desired_role: role, availability },
+        description: Default::default(),
+        status: NodeStatus { state: NodeState::Unknown, addr: addr.into(), ..Default::default() },
+        manager_status: None,
+        role,
+    }
+}
+
+#[tonic::async_trait]
+impl NodeCa for NodeCaService {
+    async fn get_root_ca_certificate(
+        &self,
+        _req: Request<Empty>,
+    ) -> Result<Response<GetRootCaCertificateResponse>, Status> {
+        let pem = self.store()?.view(|v| v.cluster().map(|c| c.root_ca.ca_cert_pem.clone()));
+        let certificate = pem.ok_or_else(|| Status::unavailable("the swarm is still initializing"))?;
+        Ok(Response::new(GetRootCaCertificateResponse { certificate }))
+    }
+
+    async fn issue_node_certificate(
+        &self,
+        req: Request<IssueNodeCertificateRequest>,
+    ) -> Result<Response<IssueNodeCertificateResponse>, Status> {
+        let remote = req.remote_addr().map(|a| a.ip().to_string()).unwrap_or_default();
+        let r = req.into_inner();
+        let store = self.store()?;
+        let cluster = store.view(|v| v.cluster().map(|c| (c.id.clone(), c.root_ca.clone())));
+        let (cluster_id, root_ca) = cluster.ok_or_else(|| Status::unavailable("the swarm is still initializing"))?;
+        let tokens = &root_ca.join_tokens;
+        let role = JoinToken::role_for(&r.token, &tokens.worker, &tokens.manager).map_err(|e| {
+            // The reason stays in the manager's log; the caller learns only that the token is not good.
+            tracing::warn!(from = %remote, error = %e, "refused to issue a node certificate");
+            Status::invalid_argument(INVALID_JOIN_TOKEN)
+        })?;
+        if role == NodeRole::Manager {
+            return Err(Status::unimplemented("joining as a manager is not supported yet; join with the worker token"));
+        }
+        let root = RootCa::from_pem(&root_ca.ca_cert_pem, &root_ca.ca_key_pem)
+            .map_err(|e| Status::internal(format!("the cluster's root CA is unusable: {e}")))?;
+        let node_id = new_id();
+        let certificate =
+            root.issue(&r.csr, &node_id, role, &cluster_id).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let addr = if r.advertise_addr.is_empty() {
+            remote.clone()
+        } else {
+            r.advertise_addr.parse::<std::net::SocketAddr>().map(|a| a.ip().to_string()).unwrap_or(r.advertise_addr)
+        };
+        let node = new_node(&node_id, role, r.availability, &addr);
+        store
+            .update(|tx| {
+                tx.create(node);
+                Ok::<_, crate::manager::store::StoreError>(())
+            })
+            .await
+            .map_err(status_of)?;
+        tracing::info!(node.id = %node_id, from = %remote, %role, "issued a node certificate to a joining node");
+        Ok(Response::new(IssueNodeCertificateResponse { node_id, certificate }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{Cluster, ClusterSpec, JoinTokens};
+    use crate::ca::{NodeCsr, NodeIdentity};
+
+    /// A store holding a cluster with a fresh CA and tokens: (service, store, root CA, worker token, manager token).
+    async fn ca_service() -> (NodeCaService, Store, RootCa, String, String) {
+        let root = RootCa::generate().unwrap();
+        let (worker, manager) = (JoinToken::generate(&root.digest()), JoinToken::generate(&root.digest()));
+        let store = Store::in_memory();
+        let cluster = Cluster {
+            id: "cluster1".into(),
+            meta: Meta::default(),
+            spec: ClusterSpec {
+                annotations: Default::default(),
+                orchestration: Default::default(),
+                raft: Default::default(),
+                dispatcher: Default::default(),
+            },
+            root_ca: crate::api::RootCa {
+                ca_cert_pem: root.cert_pem.clone(),
+                ca_key_pem: root.key_pem.clone(),
+                ca_cert_digest: root.digest(),
+                join_tokens: JoinTokens { worker: worker.clone(), manager: manager.clone() },
+            },
+        };
+        store
+            .update(|tx| {
+                tx.create(cluster);
+                Ok::<_, crate::manager::store::StoreError>(())
+            })
+            .await
+            .unwrap();
+        // The sender may go: a receiver keeps reading the channel's last value.
+        let (_, rx) = watch::channel(Some(store.clone()));
+        (NodeCaService::new(rx), store, root, worker, manager)
+    }
+
+    fn request(csr: &str, token: &str) -> Request<IssueNodeCertificateRequest> {
+        Request::new(IssueNodeCertificateRequest {
+            csr: csr.into(),
+            token: token.into(),
+            availability: NodeAvailability::Drain,
+            advertise_addr: "10.0.0.9:2377".into(),
+        })
+    }
+
+    #[tokio::test]
+    async fn a_worker_token_gets_a_worker_certificate_and_a_node() {
+        let (svc, store, root, worker, _) = ca_service().await;
+        let ca = svc.get_root_ca_certificate(Request::new(Empty {})).await.unwrap().into_inner().certificate;
+        assert_eq!(ca, root.cert_pem);
+
+        let csr = NodeCsr::new().unwrap();
+        let resp = svc.issue_node_certificate(request(&csr.csr_pem, &worker)).await.unwrap().into_inner();
+        let id = NodeIdentity::from_cert(&resp.certificate, &csr.key_pem, &root.cert_pem).unwrap();
+        assert_eq!(
+            (id.node_id.as_str(), id.role, id.cluster_id.as_str()),
+            (resp.node_id.as_str(), NodeRole::Worker, "cluster1")
+        );
+        let node = store.view(|v| v.node(&resp.node_id).cloned()).expect("the Node is created");
+        assert_eq!((node.role, node.spec.desired_role), (NodeRole::Worker, NodeRole::Worker));
+        assert_eq!(node.spec.availability, NodeAvailability::Drain);
+        assert_eq!((node.status.state, node.status.addr.as_str()), (NodeState::Unknown, "10.0.0.9"));
+        assert!(node.manager_status.is_none());
+
+        let again = svc.issue_node_certificate(request(&NodeCsr::new().unwrap().csr_pem, &worker)).await.unwrap();
+        assert_ne!(again.into_inner().node_id, resp.node_id, "every join is a new node");
+    }
+
+    #[tokio::test]
+    async fn bad_tokens_and_csrs_are_refused_without_creating_a_node() {
+        let (svc, store, root, worker, manager) = ca_service().await;
+        let csr = NodeCsr::new().unwrap().csr_pem;
+        let stranger = JoinToken::generate(&root.digest());
+        for token in [stranger.as_str(), "", "SWMTKN-1-nope", &worker[..worker.len() - 1]] {
+            let e = svc.issue_node_certificate(request(&csr, token)).await.unwrap_err();
+            assert_eq!((e.code(), e.message()), (tonic::Code::InvalidArgument, INVALID_JOIN_TOKEN), "{token:?}");
+        }
+        let e = svc.issue_node_certificate(request(&csr, &manager)).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::Unimplemented, "{e:?}");
+        let e = svc.issue_node_certificate(request("not a csr", &worker)).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        assert!(e.message().contains("certificate signing request"), "{e:?}");
+        assert_eq!(store.view(|v| v.nodes().count()), 0);
+    }
+
+    #[tokio::test]
+    async fn a_node_that_is_not_the_leader_does_not_answer() {
+        let (_tx, rx) = watch::channel(None);
+        let svc = NodeCaService::new(rx);
+        let e = svc.get_root_ca_certificate(Request::new(Empty {})).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::Unavailable);
+    }
+}
