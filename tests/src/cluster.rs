@@ -10,6 +10,8 @@
 //!  ns shoal-t<pid>c<seq>-<n>:  eth0 (peer of v<n>) 10.213.K.<n>/24, default route on eth0; lo
 //! ```
 //!
+//! Each daemon also gets a UTS namespace with hostname `node-<n>`, its name in the swarm.
+//!
 //! The CLI reaches each daemon through its unix socket (sockets work across network namespaces).
 
 use crate::netns::{self, NetNs};
@@ -26,12 +28,38 @@ static SEQ: AtomicU32 = AtomicU32::new(0);
 /// The nftables table the partition rules live in, in each node's namespace.
 const NFT_TABLE: &str = "shoal_test";
 
+/// Node `number`'s hostname.
+fn hostname(number: usize) -> String {
+    format!("node-{number}")
+}
+
+/// What `swarm join` needs, from the manager [`Cluster::init_swarm`] made.
+#[derive(Debug, Clone)]
+pub struct JoinInfo {
+    pub worker_token: String,
+    pub manager_token: String,
+    /// The manager's cluster address, `ip:2377`.
+    pub addr: String,
+}
+
+/// A node as `node ls --format json` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeRow {
+    pub hostname: String,
+    /// `Ready`, `Down`, …
+    pub status: String,
+    /// `Leader` for the manager, empty for a worker.
+    pub manager_status: String,
+}
+
 /// One node: a daemon in its own network namespace.
 pub struct Node {
     /// 1-based, as in the namespace's name and the address's last byte.
     pub number: usize,
     /// Its address on the cluster's bridge.
     pub ip: Ipv4Addr,
+    /// `node-<number>`: the daemon has a UTS namespace of its own, so the swarm's nodes have distinct names.
+    pub hostname: String,
     // Declared before `ns`: the daemon stops before its namespace goes.
     daemon: Option<Daemon>,
     ns: NetNs,
@@ -224,8 +252,8 @@ impl Cluster {
             let handles: Vec<_> = spaces
                 .iter()
                 .map(|(number, _, ns)| {
-                    let (path, prefix) = (ns.path(), prefix(*number));
-                    s.spawn(move || Daemon::start_in_netns(&path, &prefix))
+                    let (path, prefix, host) = (ns.path(), prefix(*number), hostname(*number));
+                    s.spawn(move || Daemon::start_in_netns(&path, &host, &prefix))
                 })
                 .collect();
             // Join every thread before re-raising a failure, so the daemons that did start drop (and stop).
@@ -246,7 +274,15 @@ impl Cluster {
             daemons
         });
         for ((number, ip, ns), daemon) in spaces.into_iter().zip(daemons) {
-            cluster.nodes.push(Node { number, ip, daemon: Some(daemon), ns, blocked: BTreeSet::new(), stopped: false });
+            cluster.nodes.push(Node {
+                number,
+                ip,
+                hostname: hostname(number),
+                daemon: Some(daemon),
+                ns,
+                blocked: BTreeSet::new(),
+                stopped: false,
+            });
         }
         cluster
     }
@@ -304,6 +340,46 @@ impl Cluster {
                 node.apply_rules();
             }
         }
+    }
+
+    /// `swarm init --advertise-addr <its ip>` on node `manager`; returns what other nodes need to join it.
+    pub fn init_swarm(&self, manager: usize) -> JoinInfo {
+        let m = self.node(manager);
+        m.ok(&["swarm", "init", "--advertise-addr", &m.ip.to_string()]);
+        let token = |role| m.ok(&["swarm", "join-token", "-q", role]).trim().to_string();
+        JoinInfo { worker_token: token("worker"), manager_token: token("manager"), addr: format!("{}:2377", m.ip) }
+    }
+
+    /// `swarm join --token <worker token> --advertise-addr <its ip> <manager>` on node `number`.
+    pub fn join_worker(&self, number: usize, join: &JoinInfo) {
+        let n = self.node(number);
+        n.ok(&["swarm", "join", "--token", &join.worker_token, "--advertise-addr", &n.ip.to_string(), &join.addr]);
+    }
+
+    /// The nodes as node `manager` lists them (`node ls --format json`), parsed strictly.
+    pub fn node_rows(&self, manager: usize) -> Vec<NodeRow> {
+        let out = self.node(manager).ok(&["node", "ls", "--format", "json"]);
+        let row = |line: &str| -> Result<NodeRow, String> {
+            let v: serde_json::Value = serde_json::from_str(line).map_err(|e| format!("{e} in {line:?}"))?;
+            let f = |k: &str| v.get(k).and_then(|x| x.as_str()).map(str::to_string).ok_or(format!("no {k} in {v}"));
+            Ok(NodeRow { hostname: f("Hostname")?, status: f("Status")?, manager_status: f("ManagerStatus")? })
+        };
+        out.lines().map(|l| row(l).unwrap_or_else(|e| panic!("node ls --format json: {e}\n{out}"))).collect()
+    }
+
+    /// Waits until node `manager` lists exactly `hostnames`, each `Ready`, naming what is missing.
+    pub fn wait_nodes_ready(&self, manager: usize, hostnames: &[&str], timeout: Duration) {
+        let want: BTreeSet<&str> = hostnames.iter().copied().collect();
+        wait_for(&format!("nodes {want:?} to be Ready on node {manager}"), timeout, || {
+            let rows = self.node_rows(manager);
+            let ready: BTreeSet<&str> =
+                rows.iter().filter(|r| r.status == "Ready").map(|r| r.hostname.as_str()).collect();
+            if ready == want && rows.len() == want.len() {
+                Ok(())
+            } else {
+                Err(format!("{rows:?}"))
+            }
+        })
     }
 
     /// Waits until every node's daemon answers `shoal version`, naming the ones that do not.

@@ -185,6 +185,8 @@ pub struct Daemon {
     restarts: u32,
     /// The network namespace (a `/run/netns` file) the daemon runs in; None: the test's own.
     netns: Option<PathBuf>,
+    /// When set, the daemon runs in a UTS namespace of its own with this hostname (a node's name in the swarm).
+    hostname: Option<String>,
 }
 
 impl Daemon {
@@ -193,10 +195,11 @@ impl Daemon {
         Daemon::start_on(None, None, "shoal-e2e-")
     }
 
-    /// Starts a daemon with a fresh data root inside network namespace `netns` (a `/run/netns` file), its temp
-    /// dir named with `prefix`, and waits until its API answers. Its managed containerd, a child, runs there too.
-    pub fn start_in_netns(netns: &Path, prefix: &str) -> Daemon {
-        Daemon::start_on(None, Some(netns.to_path_buf()), prefix)
+    /// Starts a daemon with a fresh data root inside network namespace `netns` (a `/run/netns` file) and a UTS
+    /// namespace of its own named `hostname`, its temp dir named with `prefix`, and waits until its API
+    /// answers. Its managed containerd, a child, shares both namespaces.
+    pub fn start_in_netns(netns: &Path, hostname: &str, prefix: &str) -> Daemon {
+        Daemon::start_on(None, Some((netns.to_path_buf(), hostname.to_string())), prefix)
     }
 
     /// Starts a daemon on an existing data root (with its own exec root and socket), e.g. to check that a
@@ -205,7 +208,8 @@ impl Daemon {
         Daemon::start_on(Some(data_root.to_path_buf()), None, "shoal-e2e-")
     }
 
-    fn start_on(data_root: Option<PathBuf>, netns: Option<PathBuf>, prefix: &str) -> Daemon {
+    fn start_on(data_root: Option<PathBuf>, node: Option<(PathBuf, String)>, prefix: &str) -> Daemon {
+        let (netns, hostname) = node.unzip();
         // Short paths: unix socket paths are limited to 108 bytes.
         let dir = tempfile::Builder::new().prefix(prefix).tempdir_in("/tmp").expect("temp dir");
         let mut d = Daemon {
@@ -217,6 +221,7 @@ impl Daemon {
             child: None,
             restarts: 0,
             netns,
+            hostname,
         };
         d.spawn();
         d
@@ -228,16 +233,22 @@ impl Daemon {
         let ns = self.netns.as_ref().map(|ns| {
             std::fs::File::open(ns).unwrap_or_else(|e| panic!("open network namespace {}: {e}", ns.display()))
         });
-        // SAFETY: between fork and exec only sigprocmask(2) and setns(2), single system calls, run.
+        let hostname = self.hostname.clone();
+        // SAFETY: between fork and exec only single system calls run (sigprocmask, setns, unshare,
+        // sethostname), on values prepared before the fork.
         unsafe {
             cmd.pre_exec(move || {
                 // A blocked mask is inherited across exec: a caller that blocks SIGTERM to handle it itself
                 // (the `cluster` binary) would otherwise leave shoald deaf to it.
-                nix::sys::signal::SigSet::empty().thread_set_mask().map_err(std::io::Error::from)?;
-                match &ns {
-                    Some(ns) => netns::enter(ns),
-                    None => Ok(()),
+                nix::sys::signal::SigSet::empty().thread_set_mask()?;
+                if let Some(ns) = &ns {
+                    netns::enter(ns)?;
                 }
+                if let Some(name) = &hostname {
+                    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWUTS)?;
+                    nix::unistd::sethostname(name)?;
+                }
+                Ok(())
             });
         }
         let child = cmd

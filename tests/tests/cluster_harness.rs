@@ -1,6 +1,7 @@
 //! The multi-node harness itself (`shoal_tests::cluster`): nodes start in their own namespaces with their
-//! addresses, reach each other, and every fault helper does what it says and can be undone; dropping a
-//! cluster leaves nothing behind, and leftovers of dead test processes are swept.
+//! addresses and hostnames, reach each other, and every fault helper does what it says and can be undone; a
+//! worker joins a manager across the bridge; dropping a cluster leaves nothing behind, and leftovers of dead
+//! test processes are swept.
 //! Run: `cargo build --workspace --bins && cargo test -p shoal-tests --test cluster_harness -- --test-threads=1`.
 
 use shoal_tests::cluster::Cluster;
@@ -41,6 +42,7 @@ fn three_nodes_reach_each_other_and_every_fault_can_be_undone() {
         assert!(version.contains("Server"), "node {} version: {version}", node.number);
         let info = node.ok(&["info"]);
         assert!(info.contains("Swarm: inactive"), "node {} info: {info}", node.number);
+        assert!(info.contains(&format!("Name: node-{}", node.number)), "node {} hostname: {info}", node.number);
         let expected: std::net::Ipv4Addr = format!("10.213.{sub}.{}", node.number).parse().unwrap();
         assert_eq!(node.ip, expected);
         assert_eq!(node.addresses(), vec![expected], "node {} addresses", node.number);
@@ -100,22 +102,28 @@ fn three_nodes_reach_each_other_and_every_fault_can_be_undone() {
 }
 
 #[test]
-fn swarm_init_on_a_node_advertises_its_address_and_the_cluster_drops_clean() {
+fn a_worker_joins_a_manager_across_the_bridge_and_the_cluster_drops_clean() {
     let c = Cluster::start(2);
     let id = c.id().to_string();
 
     step!("swarm init on node 1 with its address");
+    let join = c.init_swarm(1);
     let n1 = c.node(1);
-    n1.ok(&["swarm", "init", "--advertise-addr", &n1.ip.to_string()]);
     let info = n1.ok(&["info"]);
     assert!(info.contains("Swarm: active"), "node 1 info after init: {info}");
     assert!(info.contains(&n1.ip.to_string()), "node 1 info does not show its address {}: {info}", n1.ip);
+    assert_eq!(join.addr, format!("{}:2377", n1.ip));
     // The cluster listener is reachable from the other node, across the bridge.
     let listener: SocketAddr = (n1.ip, 2377).into();
-    wait_for("node 2 to connect to node 1's cluster port", Duration::from_secs(10), || {
-        c.node(2).tcp_connect(listener, Duration::from_secs(1)).map_err(|e| e.to_string())
-    });
-    assert!(c.node(2).ok(&["info"]).contains("Swarm: inactive"), "node 2 joined nothing");
+    c.node(2).tcp_connect(listener, Duration::from_secs(2)).expect("node 2 → node 1's cluster port");
+
+    step!("node 2 joins as a worker; the manager lists both nodes, Ready, by their own hostnames");
+    c.join_worker(2, &join);
+    assert!(c.node(2).ok(&["info"]).contains("Swarm: active"), "node 2 is not in a swarm after join");
+    c.wait_nodes_ready(1, &["node-1", "node-2"], Duration::from_secs(30));
+    let leader: Vec<_> = c.node_rows(1).into_iter().filter(|r| r.manager_status == "Leader").collect();
+    assert_eq!(leader.len(), 1, "one leader expected: {leader:?}");
+    assert_eq!(leader[0].hostname, "node-1");
 
     step!("after drop no namespace, process or temp dir of the cluster remains");
     let pids: Vec<i32> = c.nodes().iter().flat_map(|n| [n.pid(), n.containerd_pid()]).flatten().collect();
