@@ -268,7 +268,7 @@ impl Cluster {
             }
             if let Some(p) = failure {
                 drop(daemons);
-                drop(spaces.drain(..).collect::<Vec<_>>());
+                drop(std::mem::take(&mut spaces));
                 std::panic::resume_unwind(p);
             }
             daemons
