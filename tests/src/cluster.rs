@@ -411,7 +411,8 @@ impl Drop for Cluster {
             }
         }
         // Daemons stop (leave, SIGTERM, wait) in parallel; then each node's namespace goes, with anything
-        // still running in it; the switch namespace, and with it the bridge and the veths, last.
+        // still running in it and those processes' children (the containers of a daemon killed and not
+        // restarted, whose containerd and shims live on); the switch namespace, and with it the bridge and the veths, last.
         std::thread::scope(|s| {
             for node in &mut self.nodes {
                 if let Some(d) = node.daemon.take() {

@@ -121,10 +121,34 @@ pub fn pids_in(name: &str) -> Vec<i32> {
         .unwrap_or_default()
 }
 
-/// SIGKILLs every process in namespace `name`, then deletes it. Best effort: for cleanup paths, which must not
-/// panic (they run while a failed test unwinds).
+/// The direct children of `parents`, from every process's `/proc/<pid>/stat`.
+fn children_of(parents: &[i32]) -> Vec<i32> {
+    let ppid = |pid: &str| -> Option<i32> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // After the parenthesized command name: state, then the parent's pid.
+        stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()
+    };
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_str()?.to_string();
+            let pid = name.parse().ok()?;
+            ppid(&name).is_some_and(|p| parents.contains(&p)).then_some(pid)
+        })
+        .collect()
+}
+
+/// SIGKILLs every process in namespace `name` and their children, then deletes it. The children matter:
+/// containers run in network namespaces of their own, as children of containerd's shims (which are in the
+/// node's), and killing a container's first process ends its whole pid namespace. Best effort: for cleanup
+/// paths, which must not panic (they run while a failed test unwinds).
 pub fn remove(name: &str) {
-    for pid in pids_in(name) {
+    let inside = pids_in(name);
+    // Collected before any kill: once a shim dies its containers are re-parented and cannot be told apart.
+    let children = children_of(&inside);
+    for pid in inside.into_iter().chain(children) {
         let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
     }
     if let Err(e) = run(Command::new("ip").args(["netns", "del", name])) {
@@ -145,8 +169,8 @@ pub fn owner_pid(name: &str) -> Option<i32> {
 }
 
 /// Removes what test processes that are no longer alive left behind (they panicked past their cleanup, were
-/// SIGKILLed, or `cluster up` was interrupted): their namespaces with every process in them, then their
-/// temp dirs in /tmp (after unmounting what is mounted under them). Namespaces of live processes are left alone.
+/// SIGKILLed, or `cluster up` was interrupted): their namespaces with every process in them and those
+/// processes' children (containers), then their temp dirs in /tmp (after unmounting what is mounted under them). Namespaces of live processes are left alone.
 pub fn sweep_dead() {
     let dead = |name: &str| owner_pid(name).is_some_and(|pid| !crate::pid_alive(pid));
     for entry in std::fs::read_dir(NETNS_DIR).into_iter().flatten().flatten() {
@@ -160,22 +184,10 @@ pub fn sweep_dead() {
         let name = entry.file_name().to_string_lossy().into_owned();
         if dead(&name) && entry.file_type().is_ok_and(|t| t.is_dir()) {
             let dir = entry.path();
-            kill_rooted_under(&dir);
             unmount_under(&dir);
             if let Err(e) = std::fs::remove_dir_all(&dir) {
                 eprintln!("cleanup: cannot remove {}: {e}", dir.display());
             }
-        }
-    }
-}
-
-/// SIGKILLs the processes whose root directory is under `dir`: containers of a dead test's daemons, which run
-/// in namespaces of their own and so are not among `ip netns pids`.
-fn kill_rooted_under(dir: &Path) {
-    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|p| p.parse::<i32>().ok()) else { continue };
-        if std::fs::read_link(entry.path().join("root")).is_ok_and(|root| root.starts_with(dir)) {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
         }
     }
 }

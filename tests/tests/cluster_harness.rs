@@ -27,6 +27,17 @@ impl Drop for Reaped {
     }
 }
 
+/// A process that is not this test's child, SIGKILLed when the test ends.
+struct KillOnDrop(i32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if pid_alive(self.0) {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.0), nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+}
+
 fn connect(c: &Cluster, from: usize, to: SocketAddr) -> std::io::Result<()> {
     c.node(from).tcp_connect(to, Duration::from_secs(1))
 }
@@ -102,8 +113,8 @@ fn three_nodes_reach_each_other_and_every_fault_can_be_undone() {
 }
 
 #[test]
-fn a_worker_joins_a_manager_across_the_bridge_and_the_cluster_drops_clean() {
-    let c = Cluster::start(2);
+fn a_worker_joins_runs_a_task_and_the_cluster_drops_clean_even_with_a_killed_node() {
+    let mut c = Cluster::start(2);
     let id = c.id().to_string();
 
     step!("swarm init on node 1 with its address");
@@ -125,9 +136,38 @@ fn a_worker_joins_a_manager_across_the_bridge_and_the_cluster_drops_clean() {
     assert_eq!(leader.len(), 1, "one leader expected: {leader:?}");
     assert_eq!(leader[0].hostname, "node-1");
 
+    step!("a service constrained to node 2 runs there, from the image loaded on node 2");
+    let image = shoal_tests::test_image().to_str().expect("utf-8 path");
+    c.node(2).ok(&["image", "load", "-i", image]);
+    c.node(1).ok(&["image", "load", "-i", image]);
+    c.node(1).ok(&[
+        "service",
+        "create",
+        "--name",
+        "pinned",
+        "--constraint",
+        "node.hostname==node-2",
+        "busybox",
+        "sleep",
+        "1000",
+    ]);
+    let container = wait_for("the service's container to run on node 2", Duration::from_secs(30), || {
+        let tasks = c.node(1).tasks("pinned");
+        match (tasks.as_slice(), c.node(2).running().as_slice()) {
+            ([t], [running]) if t.state == "running" && t.node == "node-2" => Ok(running.pid as i32),
+            (tasks, running) => Err(format!("tasks {tasks:?}, running on node 2: {running:?}")),
+        }
+    });
+    assert!(c.node(1).running().is_empty(), "node 1 runs a container pinned to node 2");
+
+    step!("SIGKILL node 2's daemon: its container lives on until the cluster drops");
+    c.node_mut(2).kill();
+    assert!(pid_alive(container), "the container died with its daemon");
+
     step!("after drop no namespace, process or temp dir of the cluster remains");
-    let pids: Vec<i32> = c.nodes().iter().flat_map(|n| [n.pid(), n.containerd_pid()]).flatten().collect();
-    assert_eq!(pids.len(), 4, "expected a shoald and a containerd per node: {pids:?}");
+    let mut pids: Vec<i32> = c.nodes().iter().flat_map(|n| [n.pid(), n.containerd_pid()]).flatten().collect();
+    assert_eq!(pids.len(), 3, "expected node 1's shoald and both containerds: {pids:?}");
+    pids.push(container);
     assert!(!namespaces_named(&id).is_empty());
     drop(c);
     let names = namespaces_named(&format!("shoal-{id}-"));
@@ -160,31 +200,35 @@ fn leftovers_of_a_dead_test_process_are_swept_and_a_live_ones_kept() {
     let stale_dir = std::path::PathBuf::from(format!("/tmp/shoal-t{dead}c0-n1-x"));
     netns::run(Command::new("ip").args(["netns", "add", &stale])).expect("create a stale namespace");
     std::fs::create_dir_all(stale_dir.join("data")).unwrap();
-    // Something still running in it, as a containerd would be.
-    let mut sleeper = {
+    // Something still running in it, as a containerd shim would be, with a child in a network namespace of
+    // its own, as a container would be.
+    let mut shim = {
         let ns = std::fs::File::open(format!("/run/netns/{stale}")).unwrap();
-        let mut cmd = Command::new("sleep");
-        cmd.arg("600");
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "unshare -n sleep 600 & echo $!; wait"]).stdout(std::process::Stdio::piped());
         unsafe {
             std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || netns::enter(&ns));
         }
         Reaped(cmd.spawn().expect("start a process in the stale namespace"))
     };
-    // And a "container": a process whose root is inside the stale temp dir (static busybox, chrooted there).
-    std::fs::create_dir_all(stale_dir.join("rootfs/bin")).unwrap();
-    std::fs::copy("/bin/busybox", stale_dir.join("rootfs/bin/busybox")).expect("copy busybox-static");
-    let mut contained = {
-        let root = stale_dir.join("rootfs");
-        let mut cmd = Command::new("/bin/busybox");
-        cmd.args(["sleep", "600"]);
-        unsafe {
-            std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
-                std::os::unix::fs::chroot(&root)?;
-                std::env::set_current_dir("/")
-            });
-        }
-        Reaped(cmd.spawn().expect("start a process rooted in the stale temp dir"))
+    let container: i32 = {
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(shim.0.stdout.as_mut().unwrap()), &mut line)
+            .expect("read the child's pid");
+        line.trim().parse().unwrap_or_else(|e| panic!("child pid {line:?}: {e}"))
     };
+    // Killed in any case when the test ends, so a failing sweep leaks nothing.
+    let _container_guard = KillOnDrop(container);
+    wait_for("the child to be in a network namespace of its own", Duration::from_secs(5), || {
+        let (own, shim_ns) = (
+            std::fs::read_link(format!("/proc/{container}/ns/net")),
+            std::fs::read_link(format!("/proc/{}/ns/net", shim.0.id())),
+        );
+        match (own, shim_ns) {
+            (Ok(a), Ok(b)) if a != b => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    });
     // This process's own namespaces are in use and must survive the sweep.
     let live = NetNs::create(&format!("shoal-t{}c999-1", std::process::id())).expect("create a live namespace");
 
@@ -192,12 +236,17 @@ fn leftovers_of_a_dead_test_process_are_swept_and_a_live_ones_kept() {
 
     assert!(namespaces_named(&stale).is_empty(), "stale namespace {stale} was not swept");
     assert!(!stale_dir.exists(), "stale temp dir {} was not swept", stale_dir.display());
-    for (what, child) in [("in the stale namespace", &mut sleeper), ("rooted in the stale temp dir", &mut contained)] {
-        let exited = wait_for(&format!("the process {what} to be killed"), Duration::from_secs(5), || {
-            child.0.try_wait().expect("try_wait").ok_or_else(|| format!("pid {} still running", child.0.id()))
-        });
-        assert!(!exited.success(), "the process {what} exited by itself: {exited}");
-    }
+    let exited = wait_for("the process in the stale namespace to be killed", Duration::from_secs(5), || {
+        shim.0.try_wait().expect("try_wait").ok_or_else(|| format!("pid {} still running", shim.0.id()))
+    });
+    assert!(!exited.success(), "the process in the stale namespace exited by itself: {exited}");
+    wait_for("its child in another namespace to be killed", Duration::from_secs(5), || {
+        if pid_alive(container) {
+            Err(format!("pid {container} still running"))
+        } else {
+            Ok(())
+        }
+    });
     assert_eq!(namespaces_named(live.name()), vec![live.name().to_string()], "a live namespace was swept");
     drop(live);
     assert!(namespaces_named(&format!("shoal-t{}c999-", std::process::id())).is_empty());
