@@ -1,8 +1,8 @@
 //! Runs a multi-node test cluster by hand (see `tests/README.md`).
 //!
-//! `cluster up N` starts N nodes (each a `shoald` with its own containerd in its own network namespace on a
-//! shared bridge), prints how to reach each one, and keeps them until Ctrl-C or SIGTERM, then removes
-//! everything. `cluster down` removes what a cluster whose process died (e.g. `kill -9`) left behind.
+//! `cluster up [N] [--swarm]` starts N nodes (default 3; each a `shoald` with its own containerd in its own
+//! network namespace on a shared bridge), with `--swarm` makes node 1 a manager and joins the others as
+//! workers, prints how to reach each node, and keeps them until Ctrl-C or SIGTERM, then removes everything. `cluster down` removes what a cluster whose process died (e.g. `kill -9`) left behind.
 
 use anyhow::{bail, Context};
 use nix::sys::signal::{SigSet, Signal};
@@ -10,19 +10,22 @@ use shoal_tests::{bin_dir, cluster::Cluster, netns};
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    let count = |n: &str| n.parse().with_context(|| format!("node count {n:?} is not a number"));
     match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
-        ["up", n] => up(n.parse().with_context(|| format!("node count {n:?} is not a number"))?),
-        ["up"] => up(3),
+        ["up"] => up(3, false),
+        ["up", "--swarm"] => up(3, true),
+        ["up", n] => up(count(n)?, false),
+        ["up", n, "--swarm"] | ["up", "--swarm", n] => up(count(n)?, true),
         ["down"] => {
             netns::sweep_dead();
             println!("removed the namespaces, processes and temp dirs of clusters whose process is gone");
             Ok(())
         }
-        _ => bail!("usage: cluster up [N] | cluster down"),
+        _ => bail!("usage: cluster up [N] [--swarm] | cluster down"),
     }
 }
 
-fn up(n: usize) -> anyhow::Result<()> {
+fn up(n: usize, swarm: bool) -> anyhow::Result<()> {
     if !(1..=250).contains(&n) {
         bail!("node count must be 1 to 250, not {n}");
     }
@@ -34,10 +37,18 @@ fn up(n: usize) -> anyhow::Result<()> {
     signals.thread_block().context("block SIGINT and SIGTERM")?;
 
     let cluster = Cluster::start(n);
+    if swarm {
+        let join = cluster.init_swarm(1);
+        for worker in 2..=n {
+            cluster.join_worker(worker, &join);
+        }
+        let names: Vec<&str> = cluster.nodes().iter().map(|node| node.hostname.as_str()).collect();
+        cluster.wait_nodes_ready(1, &names, std::time::Duration::from_secs(60));
+    }
     let shoal = bin_dir().join("shoal");
     println!("cluster {}: {n} node(s) on 10.213.{}.0/24", cluster.id(), cluster.subnet());
     for node in cluster.nodes() {
-        println!("\nnode {}: {}  (network namespace {})", node.number, node.ip, node.netns());
+        println!("\nnode {} ({}): {}  (network namespace {})", node.number, node.hostname, node.ip, node.netns());
         println!("  {} -H unix://{} info", shoal.display(), node.socket.display());
         println!("  ip netns exec {} ip addr", node.netns());
         println!("  log: {}", node.log_path().display());
