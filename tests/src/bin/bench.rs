@@ -1,6 +1,7 @@
 //! Convergence benchmark: time from `shoal service create --replicas N` to N running containers, with real
 //! containerd, for N = 10, 50, 100 — against the same N containers started straight through containerd with
-//! `ctr run -d` one after another (no orchestration), measured in the same run on the same containerd.
+//! `ctr run -d` (no orchestration) one after another and 4 at a time, measured in the same run on the same
+//! containerd.
 //! Run: `cargo build --release --workspace --bins && target/release/bench [N...]`.
 //!
 //! `bench scale [--nodes N] [--services S] [--replicas R] [--timeout SECS]` runs the scale simulator instead (see
@@ -15,14 +16,23 @@ fn ctr(d: &Daemon, args: &[&str]) -> std::process::Output {
     Command::new("ctr").arg("-a").arg(d.containerd_socket()).args(["-n", "shoal"]).args(args).output().expect("run ctr")
 }
 
-/// Starts `n` busybox containers with `ctr run -d`, one after another; returns the time taken.
-fn ctr_baseline(d: &Daemon, n: usize) -> Duration {
+/// Starts `n` busybox containers with `ctr run -d`, `parallel` at a time; returns the time taken.
+fn ctr_baseline(d: &Daemon, n: usize, parallel: usize) -> Duration {
     let start = Instant::now();
-    for i in 0..n {
-        let id = format!("bench-ctr-{n}-{i}");
-        let o = ctr(d, &["run", "-d", "docker.io/library/busybox:latest", &id, "sleep", "100000"]);
-        assert!(o.status.success(), "ctr run: {}", String::from_utf8_lossy(&o.stderr));
-    }
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    std::thread::scope(|s| {
+        for _ in 0..parallel {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= n {
+                    break;
+                }
+                let id = format!("bench-ctr-{n}-{i}");
+                let o = ctr(d, &["run", "-d", "docker.io/library/busybox:latest", &id, "sleep", "100000"]);
+                assert!(o.status.success(), "ctr run: {}", String::from_utf8_lossy(&o.stderr));
+            });
+        }
+    });
     let took = start.elapsed();
     for i in 0..n {
         let id = format!("bench-ctr-{n}-{i}");
@@ -72,7 +82,10 @@ fn main() {
     let sizes = if sizes.is_empty() { vec![10, 50, 100] } else { sizes };
     let d = Daemon::start();
     d.init_swarm();
-    println!("{:>5}  {:>14}  {:>12}  {:>16}  {:>8}", "N", "shoal (create)", "per task", "ctr run -d (seq)", "ratio");
+    println!(
+        "{:>5}  {:>14}  {:>12}  {:>16}  {:>8}  {:>16}  {:>8}",
+        "N", "shoal (create)", "per task", "ctr run -d (seq)", "ratio", "ctr run -d (4x)", "ratio"
+    );
     for n in sizes {
         let name = format!("bench{n}");
         let start = Instant::now();
@@ -108,14 +121,17 @@ fn main() {
                 Err(format!("{c} left"))
             }
         });
-        let base = ctr_baseline(&d, n);
+        let base = ctr_baseline(&d, n, 1);
+        let base4 = ctr_baseline(&d, n, 4);
         println!(
-            "{:>5}  {:>12.2} s  {:>9.1} ms  {:>14.2} s  {:>7.2}x",
+            "{:>5}  {:>12.2} s  {:>9.1} ms  {:>14.2} s  {:>7.2}x  {:>14.2} s  {:>7.2}x",
             n,
             took.as_secs_f64(),
             took.as_secs_f64() * 1000.0 / n as f64,
             base.as_secs_f64(),
-            took.as_secs_f64() / base.as_secs_f64()
+            took.as_secs_f64() / base.as_secs_f64(),
+            base4.as_secs_f64(),
+            took.as_secs_f64() / base4.as_secs_f64()
         );
     }
 }
