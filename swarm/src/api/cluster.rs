@@ -60,11 +60,19 @@ pub struct DispatcherConfig {
     /// Agent heartbeat period (`--dispatcher-heartbeat`, default 5s).
     #[serde(with = "duration_text")]
     pub heartbeat_period: Duration,
+    /// How long a node whose session stream broke (daemon killed, connection reset) has to open a new session
+    /// before it is DOWN and its tasks are replaced elsewhere (default 1s).
+    #[serde(with = "duration_text", default = "default_session_grace")]
+    pub session_grace: Duration,
+}
+
+fn default_session_grace() -> Duration {
+    Duration::from_secs(1)
 }
 
 impl Default for DispatcherConfig {
     fn default() -> Self {
-        DispatcherConfig { heartbeat_period: Duration::from_secs(5) }
+        DispatcherConfig { heartbeat_period: Duration::from_secs(5), session_grace: default_session_grace() }
     }
 }
 

@@ -1,6 +1,7 @@
 //! The dispatcher: the leader's end of every agent's session (see `api::dispatch` for the exchange).
 //!
-//! It registers nodes when their session opens (READY), marks them DOWN after three missed heartbeat periods,
+//! It registers nodes when their session opens (READY), marks them DOWN after three missed heartbeat periods or
+//! when their session stream broke and they did not reconnect within the session grace (1s by default),
 //! streams each node its assignments (the full set, then deltas from the store's watch), and batches the task
 //! status updates agents report into store writes, moving states forward only.
 
@@ -14,7 +15,7 @@ pub use service::DispatcherService;
 use crate::api::dispatch::TaskStatusUpdate;
 use crate::api::{NodeDescription, NodeState, Timestamp};
 use crate::manager::store::{Store, StoreError};
-use sessions::Sessions;
+use sessions::{Grace, Sessions};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
@@ -22,6 +23,10 @@ use tokio_util::sync::CancellationToken;
 
 /// Missed heartbeat periods before a node is DOWN (as SwarmKit's grace multiplier).
 pub const GRACE_PERIODS: u32 = 3;
+/// The session grace used until the cluster's spec says otherwise.
+pub const DEFAULT_SESSION_GRACE: Duration = Duration::from_secs(1);
+/// The longest wait between two liveness checks, so a silent node is found down soon after its grace.
+const CHECK_EVERY_MAX: Duration = Duration::from_millis(250);
 /// How long status updates are gathered into one store write.
 const STATUS_BATCH: Duration = Duration::from_millis(50);
 
@@ -50,6 +55,8 @@ pub enum DispatcherError {
 
 struct Active {
     store: Store,
+    /// The cluster's session grace, read when the dispatcher started.
+    session_grace: Duration,
     status_tx: mpsc::UnboundedSender<(String, TaskStatusUpdate)>,
     stopped: CancellationToken,
 }
@@ -91,13 +98,15 @@ impl Dispatcher {
 
     /// Runs while this manager leads: serves sessions from `store` until `shutdown`.
     pub async fn run(&self, store: Store, shutdown: CancellationToken) {
-        if let Some(period) = store.view(|v| v.cluster().map(|c| c.spec.dispatcher.heartbeat_period)) {
-            self.cfg.lock().unwrap_or_else(|e| e.into_inner()).heartbeat_period = period;
+        let mut session_grace = DEFAULT_SESSION_GRACE;
+        if let Some(c) = store.view(|v| v.cluster().map(|c| c.spec.dispatcher.clone())) {
+            self.cfg.lock().unwrap_or_else(|e| e.into_inner()).heartbeat_period = c.heartbeat_period;
+            session_grace = c.session_grace;
         }
         let (status_tx, status_rx) = mpsc::unbounded_channel();
         let stopped = shutdown.child_token();
         *self.active.lock().unwrap_or_else(|e| e.into_inner()) =
-            Some(Active { store: store.clone(), status_tx, stopped: stopped.clone() });
+            Some(Active { store: store.clone(), session_grace, status_tx, stopped: stopped.clone() });
         self.running.send_replace(true);
         tracing::info!("dispatcher started");
         tokio::join!(
@@ -216,30 +225,73 @@ impl Dispatcher {
         }
     }
 
-    /// Marks nodes DOWN whose heartbeats stopped, and closes their sessions.
+    /// Records that the agent's end of a session stream went away (its process died, its connection reset).
+    /// Unless the node opens a new session within the session grace, it is then marked DOWN.
+    pub(crate) fn session_ended(&self, node_id: &str, session_id: &str) {
+        let Ok((store, stopped)) = self.store() else { return };
+        let grace = {
+            let a = self.active.lock().unwrap_or_else(|e| e.into_inner());
+            a.as_ref().map_or(DEFAULT_SESSION_GRACE, |a| a.session_grace)
+        };
+        self.sessions.lock().unwrap_or_else(|e| e.into_inner()).end(node_id, session_id, Instant::now());
+        tracing::info!(node.id = %node_id, session.id = %session_id, ?grace, "agent session stream ended");
+        // Check right after the grace rather than on the next tick, so the node's tasks move as soon as allowed.
+        let d = self.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = stopped.cancelled() => {}
+                _ = tokio::time::sleep(grace + Duration::from_millis(10)) => d.check_sessions(&store).await,
+            }
+        });
+    }
+
+    /// Marks nodes DOWN whose heartbeats stopped or whose session ended, and closes their sessions.
     async fn expire_sessions(&self, store: Store, stopped: CancellationToken) {
         loop {
-            let period = self.config().heartbeat_period;
+            let every = (self.config().heartbeat_period / 4).min(CHECK_EVERY_MAX);
             tokio::select! {
                 _ = stopped.cancelled() => return,
-                _ = tokio::time::sleep(period / 2) => {}
+                _ = tokio::time::sleep(every) => {}
             }
-            let expired =
-                self.sessions.lock().unwrap_or_else(|e| e.into_inner()).expire(Instant::now(), period * GRACE_PERIODS);
-            for node_id in expired {
-                tracing::warn!(node.id = %node_id, "heartbeat failure: node is down");
-                let _ = store
+            self.check_sessions(&store).await;
+        }
+    }
+
+    /// One liveness check: expires sessions past their grace and writes their nodes DOWN.
+    async fn check_sessions(&self, store: &Store) {
+        let grace = {
+            let a = self.active.lock().unwrap_or_else(|e| e.into_inner());
+            let session = a.as_ref().map_or(DEFAULT_SESSION_GRACE, |a| a.session_grace);
+            Grace { heartbeat: self.config().heartbeat_period * GRACE_PERIODS, session }
+        };
+        let expired = self.sessions.lock().unwrap_or_else(|e| e.into_inner()).expire(Instant::now(), grace);
+        for (node_id, reason) in expired {
+            tracing::warn!(node.id = %node_id, reason = reason.message(), "node is down");
+            for attempt in 0..10 {
+                let r = store
                     .update(|tx| {
+                        // A session opened since the expiry means the node is back: leave it READY.
+                        if self.sessions.lock().unwrap_or_else(|e| e.into_inner()).has_node(&node_id) {
+                            return Ok(());
+                        }
                         if let Some(n) = tx.view().node(&node_id) {
                             let mut n = n.clone();
                             n.status.state = NodeState::Down;
-                            n.status.message = "heartbeat failure".into();
+                            n.status.message = reason.message().into();
                             n.status.timestamp = Timestamp::now();
                             tx.update(n);
                         }
                         Ok::<_, StoreError>(())
                     })
                     .await;
+                match r {
+                    Ok(()) => break,
+                    Err(e) if e.is_out_of_sequence() && attempt < 9 => continue,
+                    Err(e) => {
+                        tracing::warn!(node.id = %node_id, error = %e, "could not mark the node down");
+                        break;
+                    }
+                }
             }
         }
     }
@@ -350,6 +402,35 @@ mod tests {
         // A report on a session that is not the caller's is refused outright.
         let e = d.update_task_status("n2", &s1, vec![report(TaskState::Failed, "")]).unwrap_err();
         assert!(matches!(e, DispatcherError::InvalidSession(_)), "{e:?}");
+        shutdown.cancel();
+    }
+
+    #[tokio::test]
+    async fn a_session_whose_stream_ended_downs_its_node_after_the_grace_unless_it_reconnects() {
+        // A long heartbeat period, so only the session grace (1s default) can mark a node down here.
+        let (d, store, shutdown) = running_dispatcher(Duration::from_secs(60)).await;
+        let (s1, closed1) = d.open_session("n1", description("host-1"), String::new()).await.unwrap();
+        let (s2, _) = d.open_session("n2", description("host-2"), String::new()).await.unwrap();
+        let start = Instant::now();
+        d.session_ended("n1", &s1);
+        d.session_ended("n2", &s2);
+        // n2 reconnects at once (a reset connection, not a dead daemon).
+        d.open_session("n2", description("host-2"), String::new()).await.unwrap();
+        let deadline = start + Duration::from_secs(10);
+        loop {
+            let n1 = store.view(|v| v.node("n1").unwrap().status.clone());
+            if n1.state == NodeState::Down {
+                assert_eq!(n1.message, "node's session ended");
+                break;
+            }
+            assert!(Instant::now() < deadline, "n1 not down 10s after its session ended: {n1:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        eprintln!("n1 down {:?} after its session ended", start.elapsed());
+        assert!(start.elapsed() >= DEFAULT_SESSION_GRACE, "n1 was marked down before its grace ran out");
+        assert!(closed1.is_cancelled(), "n1's session streams are closed");
+        let n2 = store.view(|v| v.node("n2").unwrap().status.clone());
+        assert_eq!(n2.state, NodeState::Ready, "n2 reconnected within the grace: {n2:?}");
         shutdown.cancel();
     }
 }

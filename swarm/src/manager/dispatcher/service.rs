@@ -64,15 +64,19 @@ impl DispatcherRpc for DispatcherService {
             managers: cfg.managers,
         };
         let (tx, rx) = mpsc::channel(1);
+        let dispatcher = self.dispatcher.clone();
+        let (node_id, session_id) = (first.node_id.clone(), first.session_id.clone());
         tokio::spawn(async move {
             if tx.send(Ok(first)).await.is_err() {
+                dispatcher.session_ended(&node_id, &session_id);
                 return;
             }
             tokio::select! {
                 _ = closed.cancelled() => {
                     let _ = tx.send(Err(Status::unavailable("session closed by the dispatcher"))).await;
                 }
-                _ = tx.closed() => {}
+                // The agent's end went away: the stream is dropped when its connection resets.
+                _ = tx.closed() => dispatcher.session_ended(&node_id, &session_id),
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))

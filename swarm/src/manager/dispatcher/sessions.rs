@@ -1,5 +1,6 @@
-//! The dispatcher's table of agent sessions and its heartbeat rules, decided in plain code: every call takes the
-//! current time, so tests drive the clock.
+//! The dispatcher's table of agent sessions and its liveness rules, decided in plain code: every call takes the
+//! current time, so tests drive the clock. A node is down when its session missed heartbeats for the heartbeat
+//! grace, or when its session stream ended and no new session opened within the (shorter) session grace.
 
 use super::DispatcherError;
 use crate::api::new_id;
@@ -10,7 +11,34 @@ use tokio_util::sync::CancellationToken;
 struct Session {
     node_id: String,
     last_seen: Instant,
+    /// When the agent's end of the session stream went away (process died, connection reset).
+    ended: Option<Instant>,
     closed: CancellationToken,
+}
+
+/// Why a node was found down, as recorded in its status message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum DownReason {
+    /// Its heartbeats stopped for the heartbeat grace.
+    HeartbeatFailure,
+    /// Its session stream ended and it did not reconnect within the session grace.
+    SessionEnded,
+}
+
+impl DownReason {
+    pub fn message(self) -> &'static str {
+        match self {
+            DownReason::HeartbeatFailure => "heartbeat failure",
+            DownReason::SessionEnded => "node's session ended",
+        }
+    }
+}
+
+/// How long a node may stay silent, or disconnected, before it is down.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Grace {
+    pub heartbeat: Duration,
+    pub session: Duration,
 }
 
 /// Open sessions by session id; at most one per node.
@@ -30,7 +58,7 @@ impl Sessions {
             !same
         });
         let id = new_id();
-        self.by_id.insert(id.clone(), Session { node_id: node_id.into(), last_seen: now, closed });
+        self.by_id.insert(id.clone(), Session { node_id: node_id.into(), last_seen: now, ended: None, closed });
         id
     }
 
@@ -53,27 +81,52 @@ impl Sessions {
         }
     }
 
-    /// Closes the sessions not heard from for longer than `grace` before `now` (and those already closed), and
-    /// returns the nodes left without a session: the ones to mark DOWN.
-    pub fn expire(&mut self, now: Instant, grace: Duration) -> Vec<String> {
-        let dead: Vec<String> = self
+    /// Records that the agent's end of `session_id`'s stream went away at `now`. The session stays valid for the
+    /// session grace, so a quick reconnect (a new session) keeps the node READY.
+    pub fn end(&mut self, node_id: &str, session_id: &str, now: Instant) {
+        if let Some(s) = self.by_id.get_mut(session_id) {
+            if s.node_id == node_id && s.ended.is_none() {
+                s.ended = Some(now);
+            }
+        }
+    }
+
+    /// Closes the sessions not heard from for longer than the heartbeat grace before `now`, those whose stream
+    /// ended longer than the session grace ago (and those already closed), and returns the nodes left without a
+    /// session: the ones to mark DOWN, with why.
+    pub fn expire(&mut self, now: Instant, grace: Grace) -> Vec<(String, DownReason)> {
+        let since = |t: Instant| now.saturating_duration_since(t);
+        let dead: Vec<(String, DownReason)> = self
             .by_id
             .iter()
-            .filter(|(_, s)| now.saturating_duration_since(s.last_seen) > grace || s.closed.is_cancelled())
-            .map(|(id, _)| id.clone())
-            .collect();
-        let mut nodes: Vec<String> = dead
-            .into_iter()
-            .filter_map(|id| self.by_id.remove(&id))
-            .map(|s| {
-                s.closed.cancel();
-                s.node_id
+            .filter_map(|(id, s)| {
+                let reason = match s.ended {
+                    Some(t) if since(t) > grace.session => DownReason::SessionEnded,
+                    _ if since(s.last_seen) > grace.heartbeat || s.closed.is_cancelled() => {
+                        DownReason::HeartbeatFailure
+                    }
+                    _ => return None,
+                };
+                Some((id.clone(), reason))
             })
             .collect();
-        nodes.retain(|n| !self.by_id.values().any(|s| &s.node_id == n));
-        nodes.sort();
-        nodes.dedup();
+        let mut nodes: Vec<(String, DownReason)> = dead
+            .into_iter()
+            .filter_map(|(id, reason)| self.by_id.remove(&id).map(|s| (s, reason)))
+            .map(|(s, reason)| {
+                s.closed.cancel();
+                (s.node_id, reason)
+            })
+            .collect();
+        nodes.retain(|(n, _)| !self.by_id.values().any(|s| &s.node_id == n));
+        nodes.sort_by(|a, b| a.0.cmp(&b.0));
+        nodes.dedup_by(|a, b| a.0 == b.0);
         nodes
+    }
+
+    /// Whether `node_id` has an open session.
+    pub fn has_node(&self, node_id: &str) -> bool {
+        self.by_id.values().any(|s| s.node_id == node_id && !s.closed.is_cancelled())
     }
 
     /// Closes every session (the dispatcher stops).
@@ -89,7 +142,11 @@ mod tests {
     use super::*;
 
     const PERIOD: Duration = Duration::from_secs(5);
-    const GRACE: Duration = Duration::from_secs(15);
+    const GRACE: Grace = Grace { heartbeat: Duration::from_secs(15), session: Duration::from_secs(1) };
+
+    fn down(nodes: &[&str], reason: DownReason) -> Vec<(String, DownReason)> {
+        nodes.iter().map(|n| (n.to_string(), reason)).collect()
+    }
 
     #[test]
     fn a_heartbeat_extends_the_deadline_and_a_missed_one_expires_the_session() {
@@ -98,18 +155,21 @@ mod tests {
         let token = CancellationToken::new();
         let id = s.open("n1", token.clone(), t0);
 
-        assert_eq!(s.expire(t0 + GRACE, GRACE), Vec::<String>::new(), "exactly at the deadline is still alive");
+        assert_eq!(s.expire(t0 + GRACE.heartbeat, GRACE), vec![], "exactly at the deadline is still alive");
         s.heartbeat("n1", &id, t0 + 2 * PERIOD).unwrap();
         // Past the first deadline, but within the one the heartbeat set.
-        assert_eq!(s.expire(t0 + GRACE + PERIOD, GRACE), Vec::<String>::new());
+        assert_eq!(s.expire(t0 + GRACE.heartbeat + PERIOD, GRACE), vec![]);
         assert!(s.check("n1", &id).is_ok());
 
         // No heartbeat since t0 + 2 periods: the node is down once the grace after it has passed.
-        assert_eq!(s.expire(t0 + 2 * PERIOD + GRACE + Duration::from_millis(1), GRACE), vec!["n1".to_string()]);
+        assert_eq!(
+            s.expire(t0 + 2 * PERIOD + GRACE.heartbeat + Duration::from_millis(1), GRACE),
+            down(&["n1"], DownReason::HeartbeatFailure)
+        );
         assert!(token.is_cancelled(), "the session's streams are told to close");
         assert!(matches!(s.check("n1", &id), Err(DispatcherError::InvalidSession(_))));
         assert!(matches!(s.heartbeat("n1", &id, t0 + 4 * PERIOD), Err(DispatcherError::InvalidSession(_))));
-        assert_eq!(s.expire(t0 + 10 * PERIOD, GRACE), Vec::<String>::new(), "a node is reported down once");
+        assert_eq!(s.expire(t0 + 10 * PERIOD, GRACE), vec![], "a node is reported down once");
     }
 
     #[test]
@@ -121,7 +181,7 @@ mod tests {
         assert!(matches!(s.heartbeat("n2", &id, t0 + PERIOD), Err(DispatcherError::InvalidSession(_))));
         assert!(matches!(s.heartbeat("n1", "nosuchsession", t0 + PERIOD), Err(DispatcherError::InvalidSession(_))));
         // n2's heartbeat on n1's session did not keep n1 alive.
-        assert_eq!(s.expire(t0 + PERIOD + GRACE, GRACE), vec!["n1".to_string()]);
+        assert_eq!(s.expire(t0 + PERIOD + GRACE.heartbeat, GRACE), down(&["n1"], DownReason::HeartbeatFailure));
     }
 
     #[test]
@@ -135,8 +195,11 @@ mod tests {
         assert!(matches!(s.check("n1", &old), Err(DispatcherError::InvalidSession(_))));
         assert!(s.check("n1", &new).is_ok());
         // The old session's deadline has passed, the new one's has not: the node is not down.
-        assert_eq!(s.expire(t0 + GRACE + PERIOD, GRACE), Vec::<String>::new());
-        assert_eq!(s.expire(t0 + 2 * PERIOD + GRACE + PERIOD, GRACE), vec!["n1".to_string()]);
+        assert_eq!(s.expire(t0 + GRACE.heartbeat + PERIOD, GRACE), vec![]);
+        assert_eq!(
+            s.expire(t0 + 2 * PERIOD + GRACE.heartbeat + PERIOD, GRACE),
+            down(&["n1"], DownReason::HeartbeatFailure)
+        );
     }
 
     #[test]
@@ -149,5 +212,30 @@ mod tests {
         s.close_all();
         assert!(a.is_cancelled() && b.is_cancelled());
         assert!(s.check("n1", &ia).is_err());
+    }
+
+    #[test]
+    fn an_ended_stream_downs_the_node_after_the_session_grace_unless_it_reconnects() {
+        let t0 = Instant::now();
+        let mut s = Sessions::default();
+        let (a, b) = (CancellationToken::new(), CancellationToken::new());
+        let ia = s.open("n1", a.clone(), t0);
+        let ib = s.open("n2", b.clone(), t0);
+        s.end("n1", &ia, t0 + PERIOD);
+        s.end("n2", &ib, t0 + PERIOD);
+        // n2 reconnects within the grace: its new session replaces the ended one.
+        s.open("n2", CancellationToken::new(), t0 + PERIOD + GRACE.session / 2);
+        assert_eq!(s.expire(t0 + PERIOD + GRACE.session, GRACE), vec![], "exactly at the grace is still up");
+        assert!(s.check("n1", &ia).is_ok(), "an ended session stays valid during the grace");
+        assert_eq!(
+            s.expire(t0 + PERIOD + GRACE.session + Duration::from_millis(1), GRACE),
+            down(&["n1"], DownReason::SessionEnded),
+            "far sooner than the heartbeat grace"
+        );
+        assert!(a.is_cancelled());
+        // Ending someone else's session, or ending twice, changes nothing.
+        let ic = s.open("n3", CancellationToken::new(), t0);
+        s.end("n1", &ic, t0);
+        assert_eq!(s.expire(t0 + GRACE.session * 2, GRACE), vec![]);
     }
 }

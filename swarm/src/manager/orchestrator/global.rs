@@ -64,7 +64,7 @@ pub fn plan_service(view: &MemoryStore, service: &Service) -> Plan {
     for (_, tasks) in by_node {
         stop.extend(tasks.into_iter().filter(|t| is_live(t)).cloned());
     }
-    Plan { create, end: stop }
+    Plan { create, end: stop, orphaned: vec![] }
 }
 
 #[cfg(test)]
@@ -84,7 +84,7 @@ mod tests {
             node("b", "hb").into(),
             drained.into(),
         ]);
-        let Plan { create, end: stop } = plan_service(&view, &s);
+        let Plan { create, end: stop, .. } = plan_service(&view, &s);
         let mut nodes: Vec<&str> = create.iter().map(|t| t.node_id.as_str()).collect();
         nodes.sort();
         assert_eq!(nodes, vec!["a", "b"]);

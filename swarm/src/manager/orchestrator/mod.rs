@@ -13,7 +13,7 @@ pub mod replicated;
 pub mod restart;
 pub mod task_reaper;
 
-use crate::api::{new_id, Object, Service, ServiceMode, Task, TaskState, TaskStatus, Timestamp};
+use crate::api::{new_id, NodeState, Object, Service, ServiceMode, Task, TaskState, TaskStatus, Timestamp};
 use crate::manager::store::{Event, MemoryStore, Store, StoreError};
 use restart::RestartSupervisor;
 use std::future::Future;
@@ -25,6 +25,15 @@ use tokio_util::sync::CancellationToken;
 /// A task is live when it is meant to run (desired state ≤ RUNNING).
 pub fn is_live(t: &Task) -> bool {
     t.desired_state <= TaskState::Running
+}
+
+/// Whether `t` is a live task that has not ended, on a node that is DOWN: its slot must run elsewhere. Its status
+/// stays what the node last reported (as in Swarm); only its desired state changes.
+pub fn on_down_node(view: &MemoryStore, t: &Task) -> bool {
+    is_live(t)
+        && !t.status.state.is_terminal()
+        && !t.node_id.is_empty()
+        && view.node(&t.node_id).is_some_and(|n| n.status.state == NodeState::Down)
 }
 
 /// A new task for `service` in `slot` (replicated) or on `node_id` (global, slot 0).
@@ -67,6 +76,9 @@ pub struct Plan {
     pub create: Vec<Task>,
     /// Live tasks to end (the orchestrator says with which desired state).
     pub end: Vec<Task>,
+    /// Live tasks on DOWN nodes whose slots `create` refills elsewhere: set to desired SHUTDOWN, so the node stops
+    /// them when it comes back.
+    pub orphaned: Vec<Task>,
 }
 
 /// What distinguishes the replicated and the global orchestrator; the rest of their work is [`Orchestrator`].
@@ -122,6 +134,12 @@ impl<P: ServiceModePolicy> Orchestrator<P> {
                         t.desired_state = P::END_STATE;
                         tx.update(t);
                     }
+                    for mut t in plan.orphaned {
+                        tracing::info!(service.id = %service.id, task.id = %t.id, slot = t.slot, node.id = %t.node_id,
+                            "node is down; replacing its task");
+                        t.desired_state = TaskState::Shutdown;
+                        tx.update(t);
+                    }
                 }
                 Ok::<_, StoreError>(delayed)
             })
@@ -136,6 +154,11 @@ impl<P: ServiceModePolicy> Orchestrator<P> {
 /// Whether an event is about a service or a task.
 fn service_or_task(ev: &Event) -> bool {
     matches!(ev.object, Object::Service(_) | Object::Task(_))
+}
+
+/// Whether an event is about a service, a task or a node (a node going DOWN frees its slots).
+fn service_task_or_node(ev: &Event) -> bool {
+    matches!(ev.object, Object::Service(_) | Object::Task(_) | Object::Node(_))
 }
 
 /// The reconcile loop every leader component shares: run a pass, then wait for a relevant store change (or the

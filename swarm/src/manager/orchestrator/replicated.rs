@@ -1,8 +1,12 @@
 //! The replicated orchestrator: keeps `replicas` slots filled with one live task each, adds slots when scaled
 //! up, removes the highest (non-running first) when scaled down, removes every task of a deleted service, and
-//! hands ended tasks to the restart supervisor.
+//! hands ended tasks to the restart supervisor. A slot whose task is on a DOWN node is refilled at once in the
+//! same slot (the old task goes to desired SHUTDOWN); this is not a restart attempt: the task did not fail, so
+//! neither the restart condition, delay nor `--restart-max-attempts` apply to it.
 
-use super::{is_live, new_task, service_or_task, slot_held_dead, Orchestrator, Plan, ServiceModePolicy};
+use super::{
+    is_live, new_task, on_down_node, service_task_or_node, slot_held_dead, Orchestrator, Plan, ServiceModePolicy,
+};
 use crate::api::{Service, ServiceMode, Task, TaskState};
 use crate::manager::store::{Event, MemoryStore};
 use std::collections::{BTreeMap, BTreeSet};
@@ -21,7 +25,7 @@ impl ServiceModePolicy for Replicated {
     }
 
     fn interested(ev: &Event) -> bool {
-        service_or_task(ev)
+        service_task_or_node(ev)
     }
 
     fn plan(view: &MemoryStore, service: &Service) -> Plan {
@@ -40,8 +44,11 @@ pub fn plan_service(view: &MemoryStore, service: &Service) -> Plan {
     }
     let mut occupied: Vec<(u64, bool)> = Vec::new(); // (slot, running)
     let mut free: BTreeSet<u64> = BTreeSet::new();
+    let mut plan = Plan::default();
     for (slot, tasks) in &slots {
-        let live: Vec<&&Task> = tasks.iter().filter(|t| is_live(t)).collect();
+        let (lost, live): (Vec<&&Task>, Vec<&&Task>) =
+            tasks.iter().filter(|t| is_live(t)).partition(|t| on_down_node(view, t));
+        plan.orphaned.extend(lost.into_iter().map(|t| (*t).clone()));
         if !live.is_empty() {
             occupied.push((*slot, live.iter().any(|t| t.status.state == TaskState::Running)));
         } else if slot_held_dead(service, tasks) {
@@ -50,7 +57,6 @@ pub fn plan_service(view: &MemoryStore, service: &Service) -> Plan {
             free.insert(*slot);
         }
     }
-    let mut plan = Plan::default();
     let n = occupied.len() as u64;
     if n < replicas {
         let used: BTreeSet<u64> = occupied.iter().map(|(s, _)| *s).collect();
@@ -87,8 +93,9 @@ pub fn plan_service(view: &MemoryStore, service: &Service) -> Plan {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::NodeState;
     use crate::api::Object;
-    use crate::testing::{service, task};
+    use crate::testing::{node, service, task};
 
     fn view_of(s: &Service, tasks: Vec<Task>) -> MemoryStore {
         let mut objs: Vec<Object> = vec![s.clone().into()];
@@ -136,5 +143,48 @@ mod tests {
         s.meta.version = 11; // e.g. scaled
         let p = plan_service(&view_of(&s, vec![dead, ok]), &s);
         assert_eq!(p.create.iter().map(|t| t.slot).collect::<Vec<_>>(), vec![1]);
+    }
+
+    #[test]
+    fn a_down_nodes_tasks_are_shut_down_and_their_slots_refilled_in_place() {
+        let s = service("s", "web", 3);
+        let (mut up, mut down) = (node("n1", "host-1"), node("n2", "host-2"));
+        up.status.state = NodeState::Ready;
+        down.status.state = NodeState::Down;
+        let on = |id: &str, slot, node: &str, state| {
+            let mut t = task(id, "s", slot);
+            t.node_id = node.into();
+            t.status.state = state;
+            t
+        };
+        let tasks = vec![
+            on("a", 1, "n1", TaskState::Running),
+            on("b", 2, "n2", TaskState::Running),
+            on("c", 3, "n2", TaskState::Starting),
+        ];
+        let mut objs: Vec<Object> = vec![s.clone().into(), up.into(), down.into()];
+        objs.extend(tasks.into_iter().map(Object::from));
+        let p = plan_service(&MemoryStore::from_objects(objs), &s);
+
+        let mut orphaned: Vec<&str> = p.orphaned.iter().map(|t| t.id.as_str()).collect();
+        orphaned.sort();
+        assert_eq!(orphaned, vec!["b", "c"], "the down node's live tasks");
+        let mut slots: Vec<u64> = p.create.iter().map(|t| t.slot).collect();
+        slots.sort();
+        assert_eq!(slots, vec![2, 3], "their slots get new tasks, to be scheduled anywhere");
+        assert!(p.create.iter().all(|t| t.node_id.is_empty() && t.desired_state == TaskState::Running));
+        assert!(p.end.is_empty());
+    }
+
+    #[test]
+    fn a_task_that_already_ended_on_a_down_node_is_left_to_the_restart_supervisor() {
+        let s = service("s", "web", 1);
+        let mut down = node("n2", "host-2");
+        down.status.state = NodeState::Down;
+        let mut t = task("b", "s", 1);
+        t.node_id = "n2".into();
+        t.status.state = TaskState::Failed;
+        let p = plan_service(&MemoryStore::from_objects(vec![s.clone().into(), down.into(), t.into()]), &s);
+        assert!(p.orphaned.is_empty() && p.create.is_empty(), "{p:?}");
     }
 }
