@@ -107,6 +107,17 @@ impl Dispatcher {
         let stopped = shutdown.child_token();
         *self.active.lock().unwrap_or_else(|e| e.into_inner()) =
             Some(Active { store: store.clone(), session_grace, status_tx, stopped: stopped.clone() });
+        // Nodes the store has up get the heartbeat grace to open a session here (a new leader, or a restarted
+        // manager, never saw their sessions): those that don't are DOWN and their tasks replaced.
+        let up: Vec<String> =
+            store.view(|v| v.nodes().filter(|n| n.status.state != NodeState::Down).map(|n| n.id.clone()).collect());
+        {
+            let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+            let now = Instant::now();
+            for id in &up {
+                sessions.expect(id, now);
+            }
+        }
         self.running.send_replace(true);
         tracing::info!("dispatcher started");
         tokio::join!(

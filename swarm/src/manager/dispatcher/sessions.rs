@@ -23,6 +23,8 @@ pub(crate) enum DownReason {
     HeartbeatFailure,
     /// Its session stream ended and it did not reconnect within the session grace.
     SessionEnded,
+    /// It was up when this dispatcher started and never opened a session within the heartbeat grace.
+    NeverReconnected,
 }
 
 impl DownReason {
@@ -30,6 +32,7 @@ impl DownReason {
         match self {
             DownReason::HeartbeatFailure => "heartbeat failure",
             DownReason::SessionEnded => "node's session ended",
+            DownReason::NeverReconnected => "heartbeat failure for unknown node",
         }
     }
 }
@@ -45,11 +48,15 @@ pub(crate) struct Grace {
 #[derive(Default)]
 pub(crate) struct Sessions {
     by_id: HashMap<String, Session>,
+    /// Nodes the store had up when this dispatcher started, without a session yet, and since when: like a
+    /// session never heard from, they are down after the heartbeat grace (as SwarmKit's unknown nodes).
+    unknown: HashMap<String, Instant>,
 }
 
 impl Sessions {
     /// Opens a session for `node_id` at `now`, closing the node's previous one. Returns the new session's id.
     pub fn open(&mut self, node_id: &str, closed: CancellationToken, now: Instant) -> String {
+        self.unknown.remove(node_id);
         self.by_id.retain(|_, s| {
             let same = s.node_id == node_id;
             if same {
@@ -78,6 +85,13 @@ impl Sessions {
                 Ok(())
             }
             _ => Err(DispatcherError::InvalidSession(session_id.into())),
+        }
+    }
+
+    /// Expects `node_id` (up in the store when the dispatcher started) to open a session, from `now` on.
+    pub fn expect(&mut self, node_id: &str, now: Instant) {
+        if !self.has_node(node_id) {
+            self.unknown.insert(node_id.into(), now);
         }
     }
 
@@ -118,6 +132,12 @@ impl Sessions {
                 (s.node_id, reason)
             })
             .collect();
+        let silent: Vec<String> =
+            self.unknown.iter().filter(|(_, t)| since(**t) > grace.heartbeat).map(|(n, _)| n.clone()).collect();
+        for n in silent {
+            self.unknown.remove(&n);
+            nodes.push((n, DownReason::NeverReconnected));
+        }
         nodes.retain(|(n, _)| !self.by_id.values().any(|s| &s.node_id == n));
         nodes.sort_by(|a, b| a.0.cmp(&b.0));
         nodes.dedup_by(|a, b| a.0 == b.0);
@@ -134,6 +154,7 @@ impl Sessions {
         for (_, s) in self.by_id.drain() {
             s.closed.cancel();
         }
+        self.unknown.clear();
     }
 }
 
@@ -237,5 +258,25 @@ mod tests {
         let ic = s.open("n3", CancellationToken::new(), t0);
         s.end("n1", &ic, t0);
         assert_eq!(s.expire(t0 + GRACE.session * 2, GRACE), vec![]);
+    }
+
+    #[test]
+    fn a_node_up_before_the_dispatcher_started_is_down_unless_it_opens_a_session_within_the_grace() {
+        let t0 = Instant::now();
+        let mut s = Sessions::default();
+        s.expect("n1", t0);
+        s.expect("n2", t0);
+        s.open("n2", CancellationToken::new(), t0 + PERIOD);
+        assert_eq!(s.expire(t0 + GRACE.heartbeat, GRACE), vec![], "exactly at the grace is still up");
+        assert_eq!(
+            s.expire(t0 + GRACE.heartbeat + Duration::from_millis(1), GRACE),
+            down(&["n1"], DownReason::NeverReconnected),
+            "n2 opened a session in time"
+        );
+        assert_eq!(
+            s.expire(t0 + PERIOD + GRACE.heartbeat, GRACE),
+            vec![],
+            "reported once; n2 is not expected any more"
+        );
     }
 }
