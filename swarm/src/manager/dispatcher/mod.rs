@@ -138,7 +138,12 @@ impl Dispatcher {
         addr: String,
     ) -> Result<(String, CancellationToken), DispatcherError> {
         let (store, stopped) = self.store()?;
-        store
+        // The session is registered before the node is written READY, so a liveness check racing with this open
+        // either sees the session (and leaves the node alone) or writes DOWN before READY lands.
+        let closed = stopped.child_token();
+        let session_id =
+            self.sessions.lock().unwrap_or_else(|e| e.into_inner()).open(node_id, closed.clone(), Instant::now());
+        let r = store
             .update(|tx| {
                 let mut node =
                     tx.view().node(node_id).cloned().ok_or_else(|| DispatcherError::UnknownNode(node_id.into()))?;
@@ -150,10 +155,11 @@ impl Dispatcher {
                 tx.update(node);
                 Ok::<_, DispatcherError>(())
             })
-            .await?;
-        let closed = stopped.child_token();
-        let session_id =
-            self.sessions.lock().unwrap_or_else(|e| e.into_inner()).open(node_id, closed.clone(), Instant::now());
+            .await;
+        if let Err(e) = r {
+            self.sessions.lock().unwrap_or_else(|e| e.into_inner()).close(&session_id);
+            return Err(e);
+        }
         tracing::info!(node.id = %node_id, session.id = %session_id, "agent session opened");
         Ok((session_id, closed))
     }
@@ -270,11 +276,12 @@ impl Dispatcher {
 
     /// One liveness check: expires sessions past their grace and writes their nodes DOWN.
     async fn check_sessions(&self, store: &Store) {
-        let grace = {
+        let heartbeat = self.config().heartbeat_period * GRACE_PERIODS;
+        let session = {
             let a = self.active.lock().unwrap_or_else(|e| e.into_inner());
-            let session = a.as_ref().map_or(DEFAULT_SESSION_GRACE, |a| a.session_grace);
-            Grace { heartbeat: self.config().heartbeat_period * GRACE_PERIODS, session }
+            a.as_ref().map_or(DEFAULT_SESSION_GRACE, |a| a.session_grace)
         };
+        let grace = Grace { heartbeat, session };
         let expired = self.sessions.lock().unwrap_or_else(|e| e.into_inner()).expire(Instant::now(), grace);
         for (node_id, reason) in expired {
             tracing::warn!(node.id = %node_id, reason = reason.message(), "node is down");
@@ -442,6 +449,15 @@ mod tests {
         assert!(closed1.is_cancelled(), "n1's session streams are closed");
         let n2 = store.view(|v| v.node("n2").unwrap().status.clone());
         assert_eq!(n2.state, NodeState::Ready, "n2 reconnected within the grace: {n2:?}");
+        shutdown.cancel();
+    }
+
+    #[tokio::test]
+    async fn a_session_for_a_node_not_in_the_store_is_refused_and_not_kept() {
+        let (d, _store, shutdown) = running_dispatcher(Duration::from_secs(5)).await;
+        let e = d.open_session("nope", description("host-x"), String::new()).await.unwrap_err();
+        assert!(matches!(e, DispatcherError::UnknownNode(_)), "{e:?}");
+        assert!(!d.sessions.lock().unwrap().has_node("nope"), "the refused session was kept");
         shutdown.cancel();
     }
 }

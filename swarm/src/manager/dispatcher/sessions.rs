@@ -144,6 +144,13 @@ impl Sessions {
         nodes
     }
 
+    /// Closes `session_id` (its node could not be registered).
+    pub fn close(&mut self, session_id: &str) {
+        if let Some(s) = self.by_id.remove(session_id) {
+            s.closed.cancel();
+        }
+    }
+
     /// Whether `node_id` has an open session.
     pub fn has_node(&self, node_id: &str) -> bool {
         self.by_id.values().any(|s| s.node_id == node_id && !s.closed.is_cancelled())
