@@ -2,38 +2,17 @@
 //! in-memory `TestExecutor` standing in for containerd. Stories: convergence, replacement of a dead task,
 //! scaling, restart policies, a daemon restart that re-adopts tasks, and the listener's authentication.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 use swarm::api::control::*;
 use swarm::api::membership::SwarmInitRequest;
 use swarm::api::{RestartCondition, ServiceMode, ServiceSpec, Task, TaskState};
 use swarm::manager::controlapi::ControlApi;
-use swarm::node::{NodeConfig, SwarmNode};
 use swarm::testing::TestExecutor;
 use swarm::transport::control::control_server::Control;
 use tonic::Request;
 
-fn step(s: &str) {
-    eprintln!("--- {s}");
-}
-
-/// How long any one wait may take before the test fails.
-const DEADLINE: Duration = Duration::from_secs(30);
-
-/// Polls `check` until it returns `Ok`; after [`DEADLINE`] fails naming `what` and what `check` last said was
-/// still missing.
-async fn wait_for<T>(what: &str, mut check: impl FnMut() -> Result<T, String>) -> T {
-    let start = Instant::now();
-    loop {
-        match check() {
-            Ok(v) => return v,
-            Err(missing) if start.elapsed() > DEADLINE => {
-                panic!("timed out after {DEADLINE:?} waiting for {what}; still missing: {missing}")
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-        }
-    }
-}
+mod common;
+use common::*;
 
 async fn tasks(api: &ControlApi, service_id: &str) -> Vec<Task> {
     api.list_tasks(Request::new(ListTasksRequest { service_ids: vec![service_id.into()], ..Default::default() }))
@@ -84,10 +63,6 @@ async fn scale(api: &ControlApi, service_id: &str, replicas: u64) {
     api.update_service(Request::new(UpdateServiceRequest { id: service_id.into(), version: cur.meta.version, spec }))
         .await
         .unwrap();
-}
-
-fn new_node(dir: &std::path::Path, exec: &TestExecutor) -> SwarmNode<TestExecutor> {
-    SwarmNode::new(NodeConfig { state_dir: dir.join("swarm"), default_advertise_ip: None }, Arc::new(exec.clone()))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,42 +4,19 @@
 //! unreachable manager are refused with clear errors and leave nothing behind.
 
 use std::path::Path;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use swarm::api::control::*;
 use swarm::api::membership::{SwarmInitRequest, SwarmJoinRequest};
 use swarm::api::{NodeAvailability, NodeRole, NodeState, ServiceSpec, TaskState};
 use swarm::ca::{JoinToken, RootCa};
 use swarm::manager::controlapi::{ControlApi, WORKER_NOT_A_MANAGER};
-use swarm::node::{NodeConfig, NodeError, SwarmNode};
+use swarm::node::{NodeError, SwarmNode};
 use swarm::testing::TestExecutor;
 use swarm::transport::control::control_server::Control;
 use tonic::Request;
 
-fn step(s: &str) {
-    eprintln!("--- {s}");
-}
-
-/// How long any one wait may take before the test fails.
-const DEADLINE: Duration = Duration::from_secs(30);
-
-/// Polls `check` until it returns `Ok`; after [`DEADLINE`] fails naming `what` and what is still missing.
-async fn wait_for<T>(what: &str, mut check: impl FnMut() -> Result<T, String>) -> T {
-    let start = Instant::now();
-    loop {
-        match check() {
-            Ok(v) => return v,
-            Err(missing) if start.elapsed() > DEADLINE => {
-                panic!("timed out after {DEADLINE:?} waiting for {what}; still missing: {missing}")
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-        }
-    }
-}
-
-fn new_node(dir: &Path, exec: &TestExecutor) -> SwarmNode<TestExecutor> {
-    SwarmNode::new(NodeConfig { state_dir: dir.join("swarm"), default_advertise_ip: None }, Arc::new(exec.clone()))
-}
+mod common;
+use common::*;
 
 fn spec(name: &str, replicas: u64) -> ServiceSpec {
     let mut s = swarm::testing::service("unused", name, replicas).spec;

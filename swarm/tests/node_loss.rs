@@ -5,44 +5,20 @@
 //! back, it stops the tasks that were replaced, so every slot runs exactly once.
 
 use std::collections::BTreeMap;
-use std::path::Path;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 use swarm::api::control::*;
 use swarm::api::membership::{SwarmInitRequest, SwarmJoinRequest};
 use swarm::api::Constraint;
 use swarm::api::{NodeAvailability, NodeState, ServiceSpec, TaskState};
-use swarm::node::{NodeConfig, SwarmNode};
+use swarm::node::SwarmNode;
 use swarm::testing::TestExecutor;
 use swarm::transport::control::control_server::Control;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 use tonic::Request;
 
-fn step(s: &str) {
-    eprintln!("--- {s}");
-}
-
-/// How long any one wait may take before the test fails (generous: timings are printed, not asserted).
-const DEADLINE: Duration = Duration::from_secs(60);
-
-/// Polls `check` until it returns `Ok`; after [`DEADLINE`] fails naming `what` and what is still missing.
-async fn wait_for<T>(what: &str, mut check: impl FnMut() -> Result<T, String>) -> T {
-    let start = Instant::now();
-    loop {
-        match check() {
-            Ok(v) => return v,
-            Err(missing) if start.elapsed() > DEADLINE => {
-                panic!("timed out after {DEADLINE:?} waiting for {what}; still missing: {missing}")
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
-        }
-    }
-}
-
-fn new_node(dir: &Path, exec: &TestExecutor) -> SwarmNode<TestExecutor> {
-    SwarmNode::new(NodeConfig { state_dir: dir.join("swarm"), default_advertise_ip: None }, Arc::new(exec.clone()))
-}
+mod common;
+use common::*;
 
 /// A TCP proxy whose traffic can be frozen: bytes already read are held (connections stay open) until it thaws,
 /// as with a peer whose process is stopped.
