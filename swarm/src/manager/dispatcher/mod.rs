@@ -209,35 +209,28 @@ impl Dispatcher {
             while let Ok((node_id, u)) = rx.try_recv() {
                 status::gather(&mut batch, &node_id, u);
             }
-            for attempt in 0..20 {
-                let r = store
-                    .update(|tx| {
-                        for ((node_id, task_id), reported) in &batch {
-                            let Some(t) = tx.view().task(task_id) else { continue };
-                            let Some(updated) = status::apply_report(t, node_id, reported) else {
-                                if &t.node_id != node_id {
-                                    tracing::debug!(task.id = %task_id, node.id = %node_id,
-                                        "ignoring a status report for a task not on the reporting node");
-                                }
-                                continue;
-                            };
-                            if updated.status.state != t.status.state {
-                                tracing::info!(task.id = %t.id, node.id = %node_id, from = %t.status.state,
-                                    to = %updated.status.state, "task state changed");
+            let r = store
+                .update_retrying(20, |tx| {
+                    for ((node_id, task_id), reported) in &batch {
+                        let Some(t) = tx.view().task(task_id) else { continue };
+                        let Some(updated) = status::apply_report(t, node_id, reported) else {
+                            if &t.node_id != node_id {
+                                tracing::debug!(task.id = %task_id, node.id = %node_id,
+                                    "ignoring a status report for a task not on the reporting node");
                             }
-                            tx.update(updated);
+                            continue;
+                        };
+                        if updated.status.state != t.status.state {
+                            tracing::info!(task.id = %t.id, node.id = %node_id, from = %t.status.state,
+                                to = %updated.status.state, "task state changed");
                         }
-                        Ok::<_, StoreError>(())
-                    })
-                    .await;
-                match r {
-                    Ok(()) => break,
-                    Err(e) if e.is_out_of_sequence() && attempt < 19 => continue,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "dropping task status batch");
-                        break;
+                        tx.update(updated);
                     }
-                }
+                    Ok(())
+                })
+                .await;
+            if let Err(e) = r {
+                tracing::warn!(error = %e, "dropping task status batch");
             }
         }
     }
@@ -285,31 +278,24 @@ impl Dispatcher {
         let expired = self.sessions.lock().unwrap_or_else(|e| e.into_inner()).expire(Instant::now(), grace);
         for (node_id, reason) in expired {
             tracing::warn!(node.id = %node_id, reason = reason.message(), "node is down");
-            for attempt in 0..10 {
-                let r = store
-                    .update(|tx| {
-                        // A session opened since the expiry means the node is back: leave it READY.
-                        if self.sessions.lock().unwrap_or_else(|e| e.into_inner()).has_node(&node_id) {
-                            return Ok(());
-                        }
-                        if let Some(n) = tx.view().node(&node_id) {
-                            let mut n = n.clone();
-                            n.status.state = NodeState::Down;
-                            n.status.message = reason.message().into();
-                            n.status.timestamp = Timestamp::now();
-                            tx.update(n);
-                        }
-                        Ok::<_, StoreError>(())
-                    })
-                    .await;
-                match r {
-                    Ok(()) => break,
-                    Err(e) if e.is_out_of_sequence() && attempt < 9 => continue,
-                    Err(e) => {
-                        tracing::warn!(node.id = %node_id, error = %e, "could not mark the node down");
-                        break;
+            let r = store
+                .update_retrying(10, |tx| {
+                    // A session opened since the expiry means the node is back: leave it READY.
+                    if self.sessions.lock().unwrap_or_else(|e| e.into_inner()).has_node(&node_id) {
+                        return Ok(());
                     }
-                }
+                    if let Some(n) = tx.view().node(&node_id) {
+                        let mut n = n.clone();
+                        n.status.state = NodeState::Down;
+                        n.status.message = reason.message().into();
+                        n.status.timestamp = Timestamp::now();
+                        tx.update(n);
+                    }
+                    Ok(())
+                })
+                .await;
+            if let Err(e) = r {
+                tracing::warn!(node.id = %node_id, error = %e, "could not mark the node down");
             }
         }
     }

@@ -237,6 +237,22 @@ impl Store {
         (f(&view), rx)
     }
 
+    /// [`Store::update`], run again on a fresh view while the commit fails "out of sequence" (another writer changed
+    /// an object in between), at most `attempts` times in all.
+    pub async fn update_retrying<R>(
+        &self,
+        attempts: usize,
+        mut f: impl FnMut(&mut WriteTx) -> Result<R, StoreError>,
+    ) -> Result<R, StoreError> {
+        let mut attempt = 1;
+        loop {
+            match self.update(&mut f).await {
+                Err(e) if e.is_out_of_sequence() && attempt < attempts => attempt += 1,
+                r => return r,
+            }
+        }
+    }
+
     /// Runs `f` to collect writes against the current view, then commits them as one proposal. Returns what `f`
     /// returned. Nothing is proposed when `f` errs or writes nothing.
     pub async fn update<R, E>(&self, f: impl FnOnce(&mut WriteTx) -> Result<R, E>) -> Result<R, E>
@@ -267,5 +283,36 @@ impl Store {
             }
             Writes::Committed(p) => p.propose(proposal).await,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::service;
+
+    /// A write made from a view that another writer has since changed fails "out of sequence"; `update_retrying`
+    /// runs it again on a fresh view, up to its limit.
+    #[tokio::test]
+    async fn update_retrying_rereads_after_a_conflict_up_to_its_limit() {
+        let store = Store::in_memory();
+        store.update(|tx| Ok::<_, StoreError>(tx.create(service("s1", "web", 1)))).await.unwrap();
+        // The first call writes what it read one version ago, as a writer that lost a race would.
+        let stale_then_fresh = |calls: &mut u32, tx: &mut WriteTx| {
+            *calls += 1;
+            let mut s = tx.view().service("s1").cloned().unwrap();
+            if *calls == 1 {
+                s.meta.version -= 1;
+            }
+            tx.update(s);
+            Ok(())
+        };
+        let mut calls = 0;
+        let r = store.update_retrying(1, |tx| stale_then_fresh(&mut calls, tx)).await;
+        assert!(r.as_ref().is_err_and(StoreError::is_out_of_sequence), "{r:?}");
+        assert_eq!(calls, 1, "one attempt allowed");
+        let mut calls = 0;
+        store.update_retrying(3, |tx| stale_then_fresh(&mut calls, tx)).await.expect("second attempt commits");
+        assert_eq!(calls, 2, "retried once on a fresh view");
     }
 }
