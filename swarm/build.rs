@@ -122,6 +122,43 @@ fn main() {
             ),
         ],
     );
-    Builder::new().compile(&[control, dispatcher, node_ca]);
+    // Manager to manager: openraft's RPCs, forwarded proposals and membership changes.
+    let raft = service(
+        "Raft",
+        &[
+            unary(
+                "append_entries",
+                "AppendEntries",
+                "crate::manager::raft::wire::AppendEntriesRequest",
+                "crate::manager::raft::wire::AppendEntriesReply",
+            ),
+            unary("vote", "Vote", "crate::manager::raft::wire::VoteRequest", "crate::manager::raft::wire::VoteReply"),
+            unary(
+                "install_snapshot",
+                "InstallSnapshot",
+                "crate::manager::raft::wire::SnapshotChunk",
+                "crate::manager::raft::wire::InstallSnapshotReply",
+            ),
+            unary(
+                "propose",
+                "Propose",
+                "crate::manager::raft::wire::ProposeRequest",
+                "crate::manager::raft::wire::ProposeReply",
+            ),
+            unary(
+                "join",
+                "Join",
+                "crate::manager::raft::wire::JoinRequest",
+                "crate::manager::raft::wire::MembershipReply",
+            ),
+            unary(
+                "leave",
+                "Leave",
+                "crate::manager::raft::wire::LeaveRequest",
+                "crate::manager::raft::wire::MembershipReply",
+            ),
+        ],
+    );
+    Builder::new().compile(&[control, dispatcher, node_ca, raft]);
     println!("cargo:rerun-if-changed=build.rs");
 }

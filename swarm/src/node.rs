@@ -15,11 +15,13 @@ use crate::api::*;
 use crate::ca::{self, NodeIdentity, RootCa};
 use crate::manager::controlapi::{ControlApi, NOT_A_MANAGER, WORKER_NOT_A_MANAGER};
 use crate::manager::dispatcher::{Dispatcher, DispatcherConfig, DispatcherService};
-use crate::manager::raft::{RaftHandle, RaftSettings};
+use crate::manager::raft::wire::{JoinRequest, LeaveRequest, RemoteFailure};
+use crate::manager::raft::{self, RaftHandle, RaftService, RaftSettings, MAX_RAFT_MESSAGE};
 use crate::manager::store::{Store, StoreError};
 use crate::manager::Manager;
 use crate::transport::dispatcher::dispatcher_server::DispatcherServer;
 use crate::transport::node_ca::node_c_a_server::NodeCAServer;
+use crate::transport::raft::raft_server::RaftServer;
 use serde::{Deserialize, Serialize};
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -52,6 +54,12 @@ pub enum NodeError {
     /// `swarm leave` on a manager without `--force`.
     #[error("You are attempting to leave the swarm on a node that is participating as a manager. Removing the last manager erases all current state of the swarm. Use `--force` to ignore this message.")]
     LastManager,
+    /// `swarm leave` on a manager without `--force` when the managers left would have no quorum.
+    #[error("You are attempting to leave the swarm on a node that is participating as a manager. Removing this node leaves {left} managers out of {of}. Without a Raft quorum your swarm will be inaccessible. The only way to restore a swarm that has lost consensus is to reinitialize it with `--force-new-cluster`. Use `--force` to suppress this message.")]
+    QuorumAtRisk { left: usize, of: usize },
+    /// A manager's request to join or leave the Raft group failed.
+    #[error("{0}")]
+    Membership(String),
     /// A flag value is not usable.
     #[error("{0}")]
     InvalidArgument(String),
@@ -197,7 +205,7 @@ impl<E: Executor> SwarmNode<E> {
             tracing::info!("resumed swarm membership as a worker");
             return Ok(true);
         }
-        let settings = RaftSettings { snapshot_interval: me.snapshot_interval, ..RaftSettings::default() };
+        let settings = raft_settings(me.snapshot_interval, &identity)?;
         let (raft, store) = RaftHandle::start(me.raft_id, &self.cfg.state_dir.join("raft"), &settings).await?;
         let listener = bind(&me.listen_addr).await?;
         self.launch(me, identity, raft, store, listener).await?;
@@ -270,7 +278,7 @@ impl<E: Executor> SwarmNode<E> {
         let identity = ca::issue_identity(&root, &node_id, NodeRole::Manager, &cluster_id)?;
         identity.save(&self.certs_dir())?;
 
-        let settings = RaftSettings { snapshot_interval: spec.raft.snapshot_interval, ..RaftSettings::default() };
+        let settings = raft_settings(spec.raft.snapshot_interval, &identity)?;
         let (raft, store) = RaftHandle::start(raft_id, &self.cfg.state_dir.join("raft"), &settings).await?;
         let me = PersistedNode {
             format: NODE_FORMAT,
@@ -385,6 +393,11 @@ impl<E: Executor> SwarmNode<E> {
             .map_err(|e| NodeError::Listen { addr: me.listen_addr.clone(), reason: e.to_string() })?
             .add_service(service)
             .add_service(NodeCAServer::new(ca::NodeCaService::new(self.control.subscribe())))
+            .add_service(
+                RaftServer::new(RaftService::new(raft.clone(), store.clone()))
+                    .max_decoding_message_size(MAX_RAFT_MESSAGE)
+                    .max_encoding_message_size(MAX_RAFT_MESSAGE),
+            )
             .serve_with_incoming_shutdown(incoming, async move { token.cancelled().await });
         let span = tracing::info_span!("node", node.id = %me.node_id);
         tasks.spawn(
@@ -396,13 +409,15 @@ impl<E: Executor> SwarmNode<E> {
             .instrument(span.clone()),
         );
 
+        // Every manager answers the control API from now on (writes go through the leader).
+        self.control.send_replace(Some(store.clone()));
         let manager = Manager::new(me.node_id.clone(), raft.clone(), store.clone(), dispatcher, self.control.clone());
         tasks.spawn(manager.run(shutdown.clone()).instrument(span.clone()));
 
-        let agent = Arc::new(Agent::new(
-            AgentConfig { managers: vec![me.advertise_addr.clone()], tls: client_tls },
-            self.executor.clone(),
-        ));
+        // Its own dispatcher first (it serves while this manager leads), then the others it knows.
+        let mut managers = vec![me.advertise_addr.clone()];
+        managers.extend(me.managers.iter().filter(|m| **m != me.advertise_addr).cloned());
+        let agent = Arc::new(Agent::new(AgentConfig { managers, tls: client_tls }, self.executor.clone()));
         let a = agent.clone();
         let token = shutdown.clone();
         tasks.spawn(async move { a.run(token).await }.instrument(tracing::info_span!("agent", node.id = %me.node_id)));
@@ -445,8 +460,15 @@ impl<E: Executor> SwarmNode<E> {
         } else {
             with_port(&req.listen_addr, DEFAULT_PORT, "--listen-addr")?
         };
-        let listen_sock: SocketAddr = listen.parse().expect("with_port returns ip:port");
-        // Without --advertise-addr, a worker is known by the address it reaches the manager from, which is what
+        // Bound before the certificate request, as a manager token makes this node a Raft member reached at its
+        // advertised port (which must be the bound one when the listen port is 0). A worker does not listen and
+        // drops it; it may fail for a worker, which then uses the port it was given.
+        let listener = bind(&listen).await;
+        let listen_sock: SocketAddr = match &listener {
+            Ok(l) => l.local_addr().map_err(|e| NodeError::Listen { addr: listen.clone(), reason: e.to_string() })?,
+            Err(_) => listen.parse().expect("with_port returns ip:port"),
+        };
+        // Without --advertise-addr, a node is known by the address it reaches the manager from, which is what
         // the manager sees (Docker leaves it to the remote side too).
         let advertise = if req.advertise_addr.is_empty() {
             source_addr_towards(&remote, listen_sock.port()).await
@@ -454,12 +476,28 @@ impl<E: Executor> SwarmNode<E> {
             self.advertise_addr(&req.advertise_addr, listen_sock)?
         };
 
-        let identity = ca::request_identity(&remote, &req.join_token, req.availability, &advertise).await?;
-        if identity.role != NodeRole::Worker {
-            return Err(NodeError::InvalidArgument(format!(
-                "the manager issued a {} certificate; only workers can join for now",
-                identity.role
-            )));
+        let raft_id: u64 = rand::random::<u64>() | 1;
+        let identity = ca::request_identity(&remote, &req.join_token, req.availability, &advertise, raft_id).await?;
+        if identity.role == NodeRole::Manager {
+            let me = PersistedNode {
+                format: NODE_FORMAT,
+                node_id: identity.node_id.clone(),
+                raft_id,
+                cluster_id: identity.cluster_id.clone(),
+                role: NodeRole::Manager,
+                listen_addr: listen_sock.to_string(),
+                advertise_addr: advertise,
+                snapshot_interval: default_snapshot_interval(),
+                managers: vec![remote.clone()],
+            };
+            drop(running);
+            let listener = listener.map_err(|e| match e {
+                NodeError::Listen { addr, reason } => {
+                    NodeError::InvalidArgument(format!("--listen-addr {addr}: cannot listen there: {reason}"))
+                }
+                other => other,
+            })?;
+            return self.join_as_manager(me, identity, listener, &remote).await;
         }
         let me = PersistedNode {
             format: NODE_FORMAT,
@@ -505,6 +543,63 @@ impl<E: Executor> SwarmNode<E> {
         Ok(node_id)
     }
 
+    /// The second half of `swarm join` with a manager token: with the certificate in hand, starts an empty Raft
+    /// member and the cluster listener, then asks the leader to add it (as a learner, then a voter once caught
+    /// up). A failure undoes everything this node wrote.
+    async fn join_as_manager(
+        &self,
+        me: PersistedNode,
+        identity: NodeIdentity,
+        listener: tokio::net::TcpListener,
+        remote: &str,
+    ) -> Result<String, NodeError> {
+        let trace = InitTrace::start(&self.cfg.state_dir).map_err(|e| self.state_err(e))?;
+        let started = async {
+            identity.save(&self.certs_dir())?;
+            let settings = raft_settings(me.snapshot_interval, &identity)?;
+            let (raft, store) = RaftHandle::start(me.raft_id, &self.cfg.state_dir.join("raft"), &settings).await?;
+            if let Err(e) = crate::fsutil::write_atomic(
+                &self.cfg.state_dir.join(NODE_FILE),
+                &serde_json::to_vec_pretty(&me).expect("plain data"),
+                0o600,
+            ) {
+                raft.shutdown().await;
+                return Err(self.state_err(e));
+            }
+            Ok((raft, store))
+        }
+        .await;
+        let (raft, store) = match started {
+            Ok(v) => v,
+            Err(e) => {
+                trace.undo();
+                return Err(e);
+            }
+        };
+        let node_id = me.node_id.clone();
+        let (raft_id, addr) = (me.raft_id, me.advertise_addr.clone());
+        if let Err(e) = self.launch(me, identity, raft.clone(), store, listener).await {
+            raft.shutdown().await;
+            trace.undo();
+            return Err(e);
+        }
+        if let Err(e) = ask_to_join(&raft, remote, raft_id, &addr).await {
+            tracing::warn!(node.id = %node_id, error = %e, "the leader did not add this manager; undoing the join");
+            self.shutdown().await;
+            trace.undo();
+            return Err(e);
+        }
+        if let Some(mut status) = self.running.lock().await.as_ref().map(|r| r.agent.status()) {
+            let up = tokio::time::timeout(JOIN_TIMEOUT, status.wait_for(|s| s.connected_to.is_some())).await;
+            if !matches!(up, Ok(Ok(_))) {
+                tracing::warn!(node.id = %node_id, "joined, but no session with the leader yet");
+                return Err(NodeError::JoinTimeout);
+            }
+        }
+        tracing::info!(node.id = %node_id, raft.id = raft_id, "joined the swarm as a manager");
+        Ok(node_id)
+    }
+
     /// `swarm join-token --rotate`: gives `role`'s join token a new secret, so the old token no longer admits
     /// anyone. Returns the new token.
     pub async fn rotate_join_token(&self, role: NodeRole) -> Result<String, NodeError> {
@@ -529,8 +624,25 @@ impl<E: Executor> SwarmNode<E> {
     pub async fn leave(&self, force: bool) -> Result<(), NodeError> {
         let mut running = self.running.lock().await;
         let Some(r) = running.as_ref() else { return Err(NodeError::NotMember) };
-        if r.me.role == NodeRole::Manager && !force {
-            return Err(NodeError::LastManager);
+        if let Some(m) = &r.manager {
+            let voters = m.raft.voters();
+            if !force {
+                if voters.len() <= 1 {
+                    return Err(NodeError::LastManager);
+                }
+                let reachable = voters.iter().filter(|(id, addr)| *id == r.me.raft_id || m.raft.is_reachable(addr));
+                let (left, of) = (reachable.count() - 1, voters.len() - 1);
+                if left * 2 <= of {
+                    return Err(NodeError::QuorumAtRisk { left, of });
+                }
+            }
+            if voters.len() > 1 {
+                match leave_group(&m.raft, &m.store, &r.me).await {
+                    Ok(()) => {}
+                    Err(e) if force => tracing::warn!(error = %e, "leaving without telling the other managers"),
+                    Err(e) => return Err(e),
+                }
+            }
         }
         let mut r = running.take().expect("checked above");
         r.shutdown.cancel();
@@ -584,18 +696,88 @@ impl<E: Executor> SwarmNode<E> {
             managers,
             nodes,
             error: String::new(),
-            remote_managers: if r.me.managers.is_empty() {
-                vec![r.me.advertise_addr.clone()]
-            } else {
-                r.me.managers.clone()
+            // A manager lists every Raft member (its own address first); a worker, the managers it knows.
+            remote_managers: match &r.manager {
+                Some(m) => {
+                    let mut all = vec![r.me.advertise_addr.clone()];
+                    all.extend(m.raft.member_addrs().into_iter().filter(|a| *a != r.me.advertise_addr));
+                    all
+                }
+                None => r.me.managers.clone(),
             },
         }
+    }
+
+    /// This manager's Raft member (None on a worker or a non-member), for diagnostics and tests.
+    pub async fn raft(&self) -> Option<RaftHandle> {
+        self.running.lock().await.as_ref()?.manager.as_ref().map(|m| m.raft.clone())
     }
 
     /// Raft figures for tests and diagnostics: (entries in the log, index of the stored snapshot).
     pub async fn raft_stats(&self) -> Option<(u64, Option<u64>)> {
         let running = self.running.lock().await;
         running.as_ref()?.manager.as_ref().map(|m| (m.raft.log_len(), m.raft.snapshot_index()))
+    }
+}
+
+/// Raft settings for a manager whose node certificate is `identity` (it calls its peers with it).
+fn raft_settings(snapshot_interval: u64, identity: &NodeIdentity) -> Result<RaftSettings, NodeError> {
+    Ok(RaftSettings { snapshot_interval, peer_tls: Some(ca::client_tls_config(identity)?), ..RaftSettings::default() })
+}
+
+/// How long a joining manager waits for the leader to add it (a learner first catches up with the whole log or a
+/// snapshot of it).
+const RAFT_JOIN_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Asks the manager at `remote` to add this manager to the Raft group, following it to the leader.
+async fn ask_to_join(raft: &RaftHandle, remote: &str, raft_id: u64, addr: &str) -> Result<(), NodeError> {
+    let mut target = remote.to_string();
+    let deadline = tokio::time::Instant::now() + RAFT_JOIN_TIMEOUT;
+    loop {
+        let req = JoinRequest { raft_id, addr: addr.to_string() };
+        let r = raft.peers().call(&target, RAFT_JOIN_TIMEOUT, |mut c| async move { c.join(req).await }).await;
+        let retry = match r {
+            Ok(Ok(())) => return Ok(()),
+            Ok(Err(RemoteFailure::NotLeader { leader: Some(l) })) => {
+                target = l;
+                true
+            }
+            Ok(Err(RemoteFailure::NotLeader { leader: None })) => true,
+            Ok(Err(f)) => return Err(NodeError::Membership(format!("joining the managers: {}", failure_text(&f)))),
+            Err(e) => return Err(NodeError::Membership(format!("joining the managers: {e}"))),
+        };
+        if !retry || tokio::time::Instant::now() >= deadline {
+            return Err(NodeError::Membership("joining the managers: no leader answered".into()));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Takes this manager out of the Raft group (through the leader, or itself if it leads) and records it as a
+/// worker that is down, as `node ls` then shows it until `node rm`.
+async fn leave_group(raft: &RaftHandle, store: &Store, me: &PersistedNode) -> Result<(), NodeError> {
+    if raft.is_leader() {
+        raft::leave_group(raft, store, &me.node_id, me.raft_id)
+            .await
+            .map_err(|f| NodeError::Membership(format!("leaving the managers: {}", failure_text(&f))))
+    } else {
+        let leader =
+            raft.leader_addr().ok_or_else(|| NodeError::Membership("leaving the managers: no leader".into()))?;
+        let req = LeaveRequest { raft_id: me.raft_id };
+        match raft.peers().call(&leader, RAFT_JOIN_TIMEOUT, |mut c| async move { c.leave(req).await }).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(f)) => Err(NodeError::Membership(format!("leaving the managers: {}", failure_text(&f)))),
+            Err(e) => Err(NodeError::Membership(format!("leaving the managers: {e}"))),
+        }
+    }
+}
+
+fn failure_text(f: &RemoteFailure) -> String {
+    match f {
+        RemoteFailure::Apply(e) => e.to_string(),
+        RemoteFailure::NotLeader { leader } => StoreError::NotLeader { leader: leader.clone() }.to_string(),
+        RemoteFailure::QuorumLost { reachable } => StoreError::QuorumLost { reachable: reachable.clone() }.to_string(),
+        RemoteFailure::Refused(m) | RemoteFailure::Raft(m) => m.clone(),
     }
 }
 

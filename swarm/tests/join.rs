@@ -1,7 +1,7 @@
 //! `swarm join` for workers, in one process: a manager and a worker `SwarmNode` on 127.0.0.1 with their own
 //! ports, state dirs and `TestExecutor`s. Stories: the worker joins with the worker token and runs half of a
-//! service's tasks, restarts and keeps them, and leaves; wrong, rotated, foreign and manager tokens and an
-//! unreachable manager are refused with clear errors and leave nothing behind.
+//! service's tasks, restarts and keeps them, and leaves; wrong, rotated (worker and manager), foreign and
+//! malformed tokens and an unreachable manager are refused with clear errors and leave nothing behind.
 
 use std::path::Path;
 use std::time::Duration;
@@ -241,6 +241,8 @@ async fn bad_tokens_and_unreachable_managers_are_refused_and_leave_nothing() {
     let rotated = mgr.rotate_join_token(NodeRole::Worker).await.unwrap();
     assert_ne!(rotated, worker_token);
     assert_eq!(tokens(&mgr), (rotated.clone(), manager_token.clone()), "only the worker token changed");
+    let rotated_manager = mgr.rotate_join_token(NodeRole::Manager).await.unwrap();
+    assert_ne!(rotated_manager, manager_token);
 
     let invalid = "rpc error: code = InvalidArgument desc = A valid join token is necessary to join this cluster";
     let cases: Vec<(&str, SwarmJoinRequest, String)> = vec![
@@ -255,11 +257,7 @@ async fn bad_tokens_and_unreachable_managers_are_refused_and_leave_nothing() {
             ),
         ),
         ("a malformed token", join_req(&addr, "SWMTKN-1-abc"), "invalid join token: expected".into()),
-        (
-            "the manager token (managers cannot join yet)",
-            join_req(&addr, &manager_token),
-            "code = Unimplemented".into(),
-        ),
+        ("the rotated-out manager token", join_req(&addr, &manager_token), invalid.into()),
         ("an unreachable manager", join_req(&free, &rotated), format!("could not reach the manager at {free}")),
         (
             "an interface name as --advertise-addr",

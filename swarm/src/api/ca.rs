@@ -22,6 +22,9 @@ pub struct IssueNodeCertificateRequest {
     /// `swarm join --advertise-addr` (ip:port), empty when not given.
     #[serde(default)]
     pub advertise_addr: String,
+    /// The Raft id a node joining as a manager will run under (it chose it); 0 for a worker.
+    #[serde(default)]
+    pub raft_id: u64,
 }
 
 /// The new node's id and its certificate.

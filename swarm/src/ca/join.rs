@@ -159,12 +159,14 @@ pub async fn fetch_root_ca(addr: &str, token: &JoinToken) -> Result<String, Join
 }
 
 /// The whole exchange: pin the root CA, make a key and CSR here, and have the manager at `addr` (verified with
-/// the pinned CA) sign it. The identity is checked (key, chain) but not saved.
+/// the pinned CA) sign it. The identity is checked (key, chain) but not saved. `raft_id` is the id a would-be
+/// manager will run Raft under (ignored for a worker token).
 pub async fn request_identity(
     addr: &str,
     token: &str,
     availability: NodeAvailability,
     advertise_addr: &str,
+    raft_id: u64,
 ) -> Result<NodeIdentity, JoinError> {
     let parsed = JoinToken::parse(token)?;
     let ca_pem = fetch_root_ca(addr, &parsed).await?;
@@ -184,6 +186,7 @@ pub async fn request_identity(
         token: token.trim().to_string(),
         availability,
         advertise_addr: advertise_addr.to_string(),
+        raft_id,
     };
     let resp =
         NodeCaClient::new(channel).issue_node_certificate(request).await.map_err(|s| refused(addr, s))?.into_inner();

@@ -6,8 +6,9 @@
 use super::{JoinToken, RootCa};
 use crate::api::ca::*;
 use crate::api::control::Empty;
-use crate::api::{new_id, Meta, Node, NodeAvailability, NodeRole, NodeSpec, NodeState, NodeStatus};
-use crate::manager::controlapi::status_of;
+use crate::api::{
+    new_id, ManagerStatus, Meta, Node, NodeAvailability, NodeRole, NodeSpec, NodeState, NodeStatus, Reachability,
+};
 use crate::manager::store::Store;
 use crate::transport::node_ca::node_c_a_server::NodeCA as NodeCa;
 use tokio::sync::watch;
@@ -71,8 +72,8 @@ impl NodeCa for NodeCaService {
             tracing::warn!(from = %remote, error = %e, "refused to issue a node certificate");
             Status::invalid_argument(INVALID_JOIN_TOKEN)
         })?;
-        if role == NodeRole::Manager {
-            return Err(Status::unimplemented("joining as a manager is not supported yet; join with the worker token"));
+        if role == NodeRole::Manager && r.raft_id == 0 {
+            return Err(Status::invalid_argument("a node joining as a manager must name its raft id"));
         }
         let root = RootCa::from_pem(&root_ca.ca_cert_pem, &root_ca.ca_key_pem)
             .map_err(|e| Status::internal(format!("the cluster's root CA is unusable: {e}")))?;
@@ -82,16 +83,40 @@ impl NodeCa for NodeCaService {
         let addr = if r.advertise_addr.is_empty() {
             remote.clone()
         } else {
-            r.advertise_addr.parse::<std::net::SocketAddr>().map(|a| a.ip().to_string()).unwrap_or(r.advertise_addr)
+            r.advertise_addr
+                .parse::<std::net::SocketAddr>()
+                .map(|a| a.ip().to_string())
+                .unwrap_or_else(|_| r.advertise_addr.clone())
         };
-        let node = new_node(&node_id, role, r.availability, &addr);
+        let mut node = new_node(&node_id, role, r.availability, &addr);
+        if role == NodeRole::Manager {
+            // Raft reaches the new manager at its advertised cluster address; the joiner's Raft join call is
+            // accepted only under this raft id.
+            let raft_addr = if r.advertise_addr.is_empty() {
+                return Err(Status::invalid_argument("a node joining as a manager must give its advertise address"));
+            } else {
+                r.advertise_addr.clone()
+            };
+            node.manager_status = Some(ManagerStatus {
+                raft_id: r.raft_id,
+                addr: raft_addr,
+                leader: false,
+                reachability: Reachability::Unknown,
+            });
+        }
         store
             .update(|tx| {
+                let taken = tx
+                    .view()
+                    .nodes()
+                    .any(|n| n.manager_status.as_ref().is_some_and(|m| m.raft_id == r.raft_id && r.raft_id != 0));
+                if taken {
+                    return Err(Status::already_exists(format!("raft id {:x} is taken; try joining again", r.raft_id)));
+                }
                 tx.create(node);
-                Ok::<_, crate::manager::store::StoreError>(())
+                Ok(())
             })
-            .await
-            .map_err(status_of)?;
+            .await?;
         tracing::info!(node.id = %node_id, from = %remote, %role, "issued a node certificate to a joining node");
         Ok(Response::new(IssueNodeCertificateResponse { node_id, certificate }))
     }
@@ -142,6 +167,7 @@ mod tests {
             token: token.into(),
             availability: NodeAvailability::Drain,
             advertise_addr: "10.0.0.9:2377".into(),
+            raft_id: 0,
         })
     }
 
@@ -169,6 +195,27 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_manager_token_gets_a_manager_certificate_and_a_raft_id_that_is_not_taken() {
+        let (svc, store, root, _, manager) = ca_service().await;
+        let csr = NodeCsr::new().unwrap();
+        let mut req = request(&csr.csr_pem, &manager);
+        req.get_mut().raft_id = 0x77;
+        let resp = svc.issue_node_certificate(req).await.unwrap().into_inner();
+        let id = NodeIdentity::from_cert(&resp.certificate, &csr.key_pem, &root.cert_pem).unwrap();
+        assert_eq!(id.role, NodeRole::Manager);
+        let node = store.view(|v| v.node(&resp.node_id).cloned()).expect("the Node is created");
+        assert_eq!((node.role, node.spec.desired_role), (NodeRole::Manager, NodeRole::Manager));
+        let ms = node.manager_status.expect("a manager's status");
+        assert_eq!((ms.raft_id, ms.addr.as_str(), ms.leader), (0x77, "10.0.0.9:2377", false));
+
+        let mut again = request(&NodeCsr::new().unwrap().csr_pem, &manager);
+        again.get_mut().raft_id = 0x77;
+        let e = svc.issue_node_certificate(again).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::AlreadyExists, "{e:?}");
+        assert_eq!(store.view(|v| v.nodes().count()), 1, "the refused join created nothing");
+    }
+
+    #[tokio::test]
     async fn bad_tokens_and_csrs_are_refused_without_creating_a_node() {
         let (svc, store, root, worker, manager) = ca_service().await;
         let csr = NodeCsr::new().unwrap().csr_pem;
@@ -178,7 +225,7 @@ mod tests {
             assert_eq!((e.code(), e.message()), (tonic::Code::InvalidArgument, INVALID_JOIN_TOKEN), "{token:?}");
         }
         let e = svc.issue_node_certificate(request(&csr, &manager)).await.unwrap_err();
-        assert_eq!(e.code(), tonic::Code::Unimplemented, "{e:?}");
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "a manager must name its raft id: {e:?}");
         let e = svc.issue_node_certificate(request("not a csr", &worker)).await.unwrap_err();
         assert_eq!(e.code(), tonic::Code::InvalidArgument);
         assert!(e.message().contains("certificate signing request"), "{e:?}");

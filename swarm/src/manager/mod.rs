@@ -1,11 +1,14 @@
-//! The manager: a Raft member that, while it leads, runs the leader-only components.
+//! The manager: a Raft member that serves the control API (reads from its own store, writes through the leader)
+//! and, while it leads, runs the leader-only components.
 //!
 //! ```text
-//!   raft metrics ──▶ leader? ──yes──▶ spawn: allocator, scheduler, replicated + global orchestrators,
-//!                       │                    task reaper, dispatcher, leader bookkeeping
-//!                       └──no───▶ cancel them all
+//!   raft metrics ──▶ leader? ──yes──▶ applied every entry of earlier terms? ──▶ spawn: allocator, scheduler,
+//!                       │                 replicated + global orchestrators, task reaper, dispatcher,
+//!                       │                 leader bookkeeping (who leads, which managers are reachable)
+//!                       └──no───▶ cancel them all, wait until they stopped
 //! ```
-//! Components never call each other; they meet in the store.
+//! Components never call each other; they meet in the store. Waiting for the earlier terms' entries means a new
+//! leader's orchestrators see every task its predecessor created, so none is created twice across a hand-over.
 //!
 //! Everything under `manager/` runs only on managers; what every node runs (the agent) lives in `crate::agent`.
 
@@ -17,7 +20,7 @@ pub mod raft;
 pub mod scheduler;
 pub mod store;
 
-use crate::api::Reachability;
+use crate::api::{Node, Reachability};
 use crate::manager::allocator::Allocator;
 use crate::manager::dispatcher::Dispatcher;
 use crate::manager::orchestrator::global::GlobalOrchestrator;
@@ -28,6 +31,7 @@ use crate::manager::raft::RaftHandle;
 use crate::manager::scheduler::Scheduler;
 use crate::manager::store::{Store, StoreError};
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -60,14 +64,19 @@ impl Manager {
             let is_leader = metrics.borrow().current_leader == Some(self.raft.id());
             match (is_leader, leading.is_some()) {
                 (true, false) => {
-                    tracing::info!(node.id = %self.node_id, raft.term = metrics.borrow().current_term, "became leader");
-                    let token = shutdown.child_token();
-                    leading = Some((token.clone(), self.start_leading(token)));
-                    self.control.send_replace(Some(self.store.clone()));
+                    let term = metrics.borrow().current_term;
+                    match self.raft.wait_caught_up(Duration::from_secs(10)).await {
+                        Ok(()) => {
+                            tracing::info!(node.id = %self.node_id, raft.term = term, "became leader");
+                            let token = shutdown.child_token();
+                            leading = Some((token.clone(), self.start_leading(token)));
+                        }
+                        // Leadership was lost meanwhile, or the term's first entry could not commit: look again.
+                        Err(e) => tracing::info!(node.id = %self.node_id, error = %e, "elected, but not leading"),
+                    }
                 }
                 (false, true) => {
                     tracing::info!(node.id = %self.node_id, "lost leadership");
-                    self.control.send_replace(None);
                     if let Some((token, mut set)) = leading.take() {
                         token.cancel();
                         while set.join_next().await.is_some() {}
@@ -110,34 +119,59 @@ impl Manager {
         set.spawn(async move { d.run(store, t).await }.instrument(span("dispatcher")));
         let store = s.clone();
         let node_id = self.node_id.clone();
-        set.spawn(async move {
-            if let Err(e) = mark_leader(&store, &node_id).await {
-                tracing::warn!(error = %e, "recording leadership");
+        let raft = self.raft.clone();
+        set.spawn(
+            async move {
+                let mut tick = tokio::time::interval(BOOKKEEPING_PERIOD);
+                loop {
+                    tokio::select! {
+                        _ = token.cancelled() => return,
+                        _ = tick.tick() => {}
+                    }
+                    if let Err(e) = record_managers(&store, &node_id, &raft).await {
+                        tracing::debug!(error = %e, "recording manager status");
+                    }
+                }
             }
-        });
+            .instrument(span("leader-bookkeeping")),
+        );
         set
     }
 }
 
-/// Records which manager leads in the nodes' manager status (what `node ls` shows).
-async fn mark_leader(store: &Store, node_id: &str) -> Result<(), StoreError> {
+/// How often the leader refreshes the managers' status (leader flag, reachability).
+const BOOKKEEPING_PERIOD: Duration = Duration::from_secs(1);
+
+/// Records which manager leads and which are reachable in the nodes' manager status (what `node ls` shows).
+async fn record_managers(store: &Store, node_id: &str, raft: &RaftHandle) -> Result<(), StoreError> {
+    let want = |n: &Node| -> Option<(bool, Reachability)> {
+        let ms = n.manager_status.as_ref()?;
+        let leader = n.id == node_id;
+        let reach =
+            if leader || raft.is_reachable(&ms.addr) { Reachability::Reachable } else { Reachability::Unreachable };
+        (ms.leader != leader || ms.reachability != reach).then_some((leader, reach))
+    };
+    if !store.view(|v| v.nodes().any(|n| want(n).is_some())) {
+        return Ok(());
+    }
     store
-        .update(|tx| {
-            for n in tx.view().nodes() {
-                if let Some(ms) = &n.manager_status {
-                    let leader = n.id == node_id;
-                    if ms.leader != leader || (leader && ms.reachability != Reachability::Reachable) {
-                        let mut n = n.clone();
-                        let ms = n.manager_status.as_mut().expect("checked above");
-                        ms.leader = leader;
-                        if leader {
-                            ms.reachability = Reachability::Reachable;
-                        }
-                        tx.update(n);
-                    }
-                }
+        .update_retrying(3, |tx| {
+            let changes: Vec<Node> = tx
+                .view()
+                .nodes()
+                .filter_map(|n| {
+                    let (leader, reach) = want(n)?;
+                    let mut n = n.clone();
+                    let ms = n.manager_status.as_mut().expect("want checked it");
+                    ms.leader = leader;
+                    ms.reachability = reach;
+                    Some(n)
+                })
+                .collect();
+            for n in changes {
+                tx.update(n);
             }
-            Ok::<_, StoreError>(())
+            Ok(())
         })
         .await
 }

@@ -38,7 +38,9 @@ pub fn status_of(e: StoreError) -> Status {
         }
         StoreError::Apply(ApplyError::NotFound { .. }) => Status::not_found(e.to_string()),
         StoreError::Apply(ApplyError::OutOfSequence { .. }) => Status::failed_precondition(e.to_string()),
-        StoreError::NotLeader { .. } | StoreError::Raft(_) => Status::unavailable(e.to_string()),
+        StoreError::NotLeader { .. } | StoreError::QuorumLost { .. } | StoreError::Raft(_) => {
+            Status::unavailable(e.to_string())
+        }
     }
 }
 

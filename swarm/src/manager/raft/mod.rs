@@ -13,22 +13,34 @@ mod codec;
 mod db;
 mod log_store;
 mod network;
+mod service;
 mod state_machine;
+pub mod wire;
 
 pub use codec::{CodecError, FORMAT_VERSION};
 pub use db::DbError;
 pub use log_store::RedbLogStore;
-pub use network::SingleManagerNetwork;
+pub use network::{GrpcNetwork, PeerError, Peers, MAX_MESSAGE as MAX_RAFT_MESSAGE};
+pub use service::{leave_group, RaftService};
 pub use state_machine::RedbStateMachine;
 
 use crate::manager::store::{Proposal, ProposalResult, Proposer, Store, StoreError};
 use openraft::error::{ClientWriteError, RaftError};
-use openraft::{BasicNode, Config, SnapshotPolicy};
-use std::collections::BTreeMap;
+use openraft::{BasicNode, ChangeMembers, Config, ServerState, SnapshotPolicy};
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
+use tonic::transport::ClientTlsConfig;
+use wire::RemoteFailure;
+
+/// How long a write waits for a leader to be elected (or reachable) before it fails with the quorum-loss error.
+const NO_LEADER_WAIT: Duration = Duration::from_secs(2);
+/// A leader that has not heard from a majority of voters within this window has lost its quorum.
+const QUORUM_WINDOW: Duration = Duration::from_millis(1500);
+/// Bounds a forwarded write; a leader that vanishes meanwhile is noticed sooner, by the election that follows.
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub type NodeId = u64;
 
@@ -47,17 +59,24 @@ pub struct RaftSettings {
     pub heartbeat_interval: Duration,
     pub election_timeout_min: Duration,
     pub election_timeout_max: Duration,
+    /// This manager's client TLS towards its peers (its node certificate); None for a manager that never has peers
+    /// (storage tests).
+    pub peer_tls: Option<ClientTlsConfig>,
 }
 
 impl Default for RaftSettings {
     fn default() -> Self {
-        // Failover in ≤ 2 s (docs/design.md §4): heartbeats every 200 ms, elections after 0.8–1.2 s of silence.
+        // Failover in about 1 s (docs/design.md §4): heartbeats every 100 ms, elections after 0.4–0.7 s of
+        // silence. openraft's followers refuse votes for `election_timeout_max` after the leader's last heartbeat
+        // (its leader lease), so the first candidate is usually refused and a leader is elected at the second
+        // try: 0.8–1.4 s after the leader went silent.
         RaftSettings {
             snapshot_interval: 10_000,
             log_entries_for_slow_followers: 500,
-            heartbeat_interval: Duration::from_millis(200),
-            election_timeout_min: Duration::from_millis(800),
-            election_timeout_max: Duration::from_millis(1200),
+            heartbeat_interval: Duration::from_millis(100),
+            election_timeout_min: Duration::from_millis(400),
+            election_timeout_max: Duration::from_millis(700),
+            peer_tls: None,
         }
     }
 }
@@ -95,6 +114,7 @@ pub struct RaftHandle {
     id: NodeId,
     log: RedbLogStore,
     sm: RedbStateMachine,
+    peers: Arc<Peers>,
 }
 
 impl RaftHandle {
@@ -123,14 +143,17 @@ impl RaftHandle {
             max_in_snapshot_log_to_keep: settings.log_entries_for_slow_followers,
             // Purge as soon as a snapshot allows it, so the log stays bounded.
             purge_batch_size: 1,
+            // Snapshots travel in 1 MiB chunks, one gRPC message each.
+            snapshot_max_chunk_size: 1 << 20,
             ..Default::default()
         };
         let config = Arc::new(config.validate().map_err(|e| RaftNodeError::Config(e.to_string()))?);
         let view = sm.view();
-        let raft = openraft::Raft::new(id, config, SingleManagerNetwork, log.clone(), sm.clone())
+        let peers = Peers::new(settings.peer_tls.clone());
+        let raft = openraft::Raft::new(id, config, GrpcNetwork::new(peers.clone()), log.clone(), sm.clone())
             .await
             .map_err(|e| RaftNodeError::Raft(e.to_string()))?;
-        let handle = RaftHandle { raft, id, log, sm };
+        let handle = RaftHandle { raft, id, log, sm, peers };
         let store = Store::with_proposer(view, Arc::new(handle.clone()));
         Ok((handle, store))
     }
@@ -151,17 +174,214 @@ impl RaftHandle {
         self.id
     }
 
+    /// Commits `proposal` wherever the leader is: here, or forwarded to it. A forwarded write returns once this
+    /// manager has applied it too, so a client reading here next sees its own write.
     async fn write(&self, proposal: Proposal) -> Result<(), StoreError> {
-        match self.raft.client_write(proposal).await {
-            Ok(resp) => match resp.data.error {
-                None => Ok(()),
-                Some(e) => Err(StoreError::Apply(e)),
-            },
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                Err(StoreError::NotLeader { leader: f.leader_node.map(|n| n.addr) })
+        let deadline = tokio::time::Instant::now() + NO_LEADER_WAIT;
+        let mut metrics = self.raft.metrics();
+        loop {
+            let leader = metrics.borrow().current_leader;
+            match leader {
+                Some(l) if l == self.id => {
+                    return self.propose_as_leader(proposal).await.map(|_| ()).map_err(store_error);
+                }
+                Some(l) => {
+                    let Some(addr) = self.addr_of(l) else { return Err(StoreError::NotLeader { leader: None }) };
+                    let forwarded = self.peers.call(&addr, FORWARD_TIMEOUT, |mut c| {
+                        let proposal = proposal.clone();
+                        async move { c.propose(wire::ProposeRequest { proposal }).await }
+                    });
+                    // The leader may vanish mid-call: an election here says so sooner than a timeout.
+                    let changed = metrics.wait_for(|m| m.current_leader != Some(l));
+                    let r = tokio::select! {
+                        r = forwarded => Some(r),
+                        _ = changed => None,
+                    };
+                    match r {
+                        Some(Ok(Ok(index))) => {
+                            let _ = self
+                                .raft
+                                .wait(Some(NO_LEADER_WAIT))
+                                .applied_index_at_least(Some(index), "apply a forwarded write")
+                                .await;
+                            return Ok(());
+                        }
+                        Some(Ok(Err(RemoteFailure::NotLeader { .. }))) | None => {}
+                        Some(Ok(Err(f))) => return Err(store_error(f)),
+                        Some(Err(e)) => tracing::debug!(error = %e, "forwarding a write to the leader"),
+                    }
+                }
+                None => {}
             }
-            Err(e) => Err(StoreError::Raft(e.to_string())),
+            if tokio::time::Instant::now() >= deadline {
+                return Err(StoreError::QuorumLost { reachable: self.reachable_managers() });
+            }
+            // Wait for a (new) leader, or retry a failed forward shortly.
+            let _ = tokio::time::timeout_at(
+                deadline.min(tokio::time::Instant::now() + Duration::from_millis(100)),
+                metrics.changed(),
+            )
+            .await;
         }
+    }
+
+    /// Commits `proposal` on this manager if it leads and still hears from a quorum; the committed log index.
+    pub async fn propose_as_leader(&self, proposal: Proposal) -> wire::ProposeReply {
+        if self.raft.metrics().borrow().current_leader != Some(self.id) {
+            return Err(RemoteFailure::NotLeader { leader: self.leader_addr() });
+        }
+        if let Some(lost) = self.quorum_lost() {
+            return Err(lost);
+        }
+        let write = self.raft.client_write(proposal);
+        tokio::pin!(write);
+        let mut check = tokio::time::interval(Duration::from_millis(200));
+        loop {
+            tokio::select! {
+                r = &mut write => return match r {
+                    Ok(resp) => match resp.data.error {
+                        None => Ok(resp.log_id.index),
+                        Some(e) => Err(RemoteFailure::Apply(e)),
+                    },
+                    Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                        Err(RemoteFailure::NotLeader { leader: f.leader_node.map(|n| n.addr) })
+                    }
+                    Err(e) => Err(RemoteFailure::Raft(e.to_string())),
+                },
+                _ = check.tick() => if let Some(lost) = self.quorum_lost() {
+                    return Err(lost);
+                },
+            }
+        }
+    }
+
+    /// The quorum-loss failure, if this leader has not heard from a majority of voters lately.
+    fn quorum_lost(&self) -> Option<RemoteFailure> {
+        let voters = self.voters();
+        if voters.len() <= 1 {
+            return None;
+        }
+        let heard = voters
+            .iter()
+            .filter(|(id, addr)| *id == self.id || self.peers.answered_within(addr, QUORUM_WINDOW))
+            .count();
+        (heard * 2 <= voters.len()).then(|| RemoteFailure::QuorumLost { reachable: self.reachable_managers() })
+    }
+
+    /// The voters of the current membership and their cluster addresses.
+    pub fn voters(&self) -> Vec<(NodeId, String)> {
+        let m = self.raft.metrics().borrow().membership_config.clone();
+        let membership = m.membership();
+        membership
+            .voter_ids()
+            .map(|id| (id, membership.get_node(&id).map(|n| n.addr.clone()).unwrap_or_default()))
+            .collect()
+    }
+
+    /// The cluster addresses of the members this manager heard from within the quorum window (itself included).
+    pub fn reachable_managers(&self) -> Vec<String> {
+        let m = self.raft.metrics().borrow().membership_config.clone();
+        m.membership()
+            .nodes()
+            .filter(|(id, n)| **id == self.id || self.peers.answered_within(&n.addr, QUORUM_WINDOW))
+            .map(|(_, n)| n.addr.clone())
+            .collect()
+    }
+
+    /// Whether the manager at `addr` answered lately (for `node ls`'s MANAGER STATUS).
+    pub fn is_reachable(&self, addr: &str) -> bool {
+        self.peers.reachable(addr)
+    }
+
+    /// The cluster addresses of every member (voters and learners).
+    pub fn member_addrs(&self) -> Vec<String> {
+        let m = self.raft.metrics().borrow().membership_config.clone();
+        m.membership().nodes().map(|(_, n)| n.addr.clone()).collect()
+    }
+
+    fn addr_of(&self, id: NodeId) -> Option<String> {
+        let m = self.raft.metrics().borrow().membership_config.clone();
+        m.membership().get_node(&id).map(|n| n.addr.clone())
+    }
+
+    /// The leader's cluster address, when one is known.
+    pub fn leader_addr(&self) -> Option<String> {
+        let leader = self.raft.metrics().borrow().current_leader?;
+        self.addr_of(leader)
+    }
+
+    /// Whether this member leads now.
+    pub fn is_leader(&self) -> bool {
+        self.raft.metrics().borrow().current_leader == Some(self.id)
+    }
+
+    /// Waits until this new leader has applied every entry committed before its term (openraft commits a blank
+    /// entry first; its application proves the rest are applied).
+    pub async fn wait_caught_up(&self, timeout: Duration) -> Result<(), RaftNodeError> {
+        match tokio::time::timeout(timeout, self.raft.ensure_linearizable()).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(RaftNodeError::Raft(e.to_string())),
+            Err(_) => Err(RaftNodeError::Raft(format!("not caught up within {timeout:?}"))),
+        }
+    }
+
+    /// The raft id the store records for manager node `node_id`.
+    pub fn recorded_raft_id(&self, node_id: &str) -> Option<NodeId> {
+        self.sm.view().read(|v| v.node(node_id).and_then(|n| n.manager_status.as_ref().map(|m| m.raft_id)))
+    }
+
+    /// On the leader: adds `id` as a learner, waits until it has caught up with the log, then makes it a voter.
+    pub async fn add_voter(&self, id: NodeId, addr: &str) -> wire::MembershipReply {
+        if !self.is_leader() {
+            return Err(RemoteFailure::NotLeader { leader: self.leader_addr() });
+        }
+        let failed = |e: String| match self.is_leader() {
+            true => RemoteFailure::Raft(e),
+            false => RemoteFailure::NotLeader { leader: self.leader_addr() },
+        };
+        self.raft
+            .add_learner(id, BasicNode { addr: addr.to_string() }, true)
+            .await
+            .map_err(|e| failed(format!("adding raft learner {id:x}: {e}")))?;
+        self.raft
+            .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
+            .await
+            .map_err(|e| failed(format!("promoting raft learner {id:x} to voter: {e}")))?;
+        Ok(())
+    }
+
+    /// On the leader: removes member `id` from the group.
+    pub async fn remove_voter(&self, id: NodeId) -> wire::MembershipReply {
+        if !self.is_leader() {
+            return Err(RemoteFailure::NotLeader { leader: self.leader_addr() });
+        }
+        let voters = self.voters();
+        let addr = voters.iter().find(|(v, _)| *v == id).map(|(_, a)| a.clone());
+        if voters.len() > 1 && addr.is_some() {
+            self.raft
+                .change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false)
+                .await
+                .map_err(|e| RemoteFailure::Raft(format!("removing raft member {id:x}: {e}")))?;
+        }
+        if let Some(addr) = addr {
+            self.peers.forget(&addr);
+        }
+        Ok(())
+    }
+
+    /// The peer table (channels and when each peer last answered).
+    pub fn peers(&self) -> &Arc<Peers> {
+        &self.peers
+    }
+
+    /// Whether this member is a voter of the current membership.
+    pub fn is_voter(&self) -> bool {
+        self.voters().iter().any(|(id, _)| *id == self.id)
+    }
+
+    /// The Raft role this member plays now.
+    pub fn server_state(&self) -> ServerState {
+        self.raft.metrics().borrow().state
     }
 
     /// A watch of Raft metrics (leadership, term, indexes).
@@ -201,6 +421,15 @@ impl RaftHandle {
         // openraft drops its state machine worker after shutdown returns; close the files now regardless.
         self.sm.close().await;
         self.log.close().await;
+    }
+}
+
+fn store_error(f: RemoteFailure) -> StoreError {
+    match f {
+        RemoteFailure::Apply(e) => StoreError::Apply(e),
+        RemoteFailure::NotLeader { leader } => StoreError::NotLeader { leader },
+        RemoteFailure::QuorumLost { reachable } => StoreError::QuorumLost { reachable },
+        RemoteFailure::Refused(m) | RemoteFailure::Raft(m) => StoreError::Raft(m),
     }
 }
 

@@ -92,6 +92,9 @@ pub enum StoreError {
     /// This manager is not the Raft leader; writes go to the leader.
     #[error("this node is not the swarm leader{}", .leader.as_ref().map(|l| format!(" (the leader is {l})")).unwrap_or_default())]
     NotLeader { leader: Option<String> },
+    /// No leader can commit the proposal: too few managers are reachable for a majority.
+    #[error("no leader: quorum lost (reachable managers: {})", if .reachable.is_empty() { "none".to_string() } else { .reachable.join(", ") })]
+    QuorumLost { reachable: Vec<String> },
     /// Raft failed to commit the proposal.
     #[error("raft: {0}")]
     Raft(String),

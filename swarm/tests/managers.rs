@@ -1,0 +1,273 @@
+//! Several managers in one process: `SwarmNode`s on 127.0.0.1 with their own ports, state dirs and
+//! `TestExecutor`s, forming one Raft group over real mTLS. Stories: managers join with the manager token and
+//! become voters; a follower's writes reach the leader and read back at once; the leader stops → another is
+//! elected, writes succeed, no slot runs twice, and the old leader catches up when it returns; two of three
+//! managers gone → writes fail fast with the quorum-loss error while reads answer; a manager that joins after
+//! 20,000 writes gets the state as a snapshot streamed in chunks.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+use swarm::api::membership::{SwarmInitRequest, SwarmJoinRequest};
+use swarm::api::{NodeAvailability, NodeRole, Reachability, ServiceSpec, TaskState};
+use swarm::manager::store::{Store, StoreError};
+use swarm::node::SwarmNode;
+use swarm::testing::TestExecutor;
+
+mod common;
+use common::*;
+
+type Node = SwarmNode<TestExecutor>;
+
+fn spec(name: &str, replicas: u64) -> ServiceSpec {
+    let mut s = swarm::testing::service("unused", name, replicas).spec;
+    s.task_template.restart_policy.delay = Duration::ZERO;
+    s
+}
+
+async fn init(dir: &Path, exec: &TestExecutor, snapshot_interval: Option<u64>) -> (Node, String) {
+    let node = new_node(dir, exec);
+    node.init(SwarmInitRequest { listen_addr: "127.0.0.1:0".into(), snapshot_interval, ..Default::default() })
+        .await
+        .unwrap();
+    let addr = node.info().await.remote_managers[0].clone();
+    (node, addr)
+}
+
+fn manager_token(node: &Node) -> String {
+    node.store().unwrap().view(|v| v.cluster().unwrap().root_ca.join_tokens.manager.clone())
+}
+
+async fn join_manager(dir: &Path, exec: &TestExecutor, remote: &str, token: &str) -> Node {
+    let node = new_node(dir, exec);
+    node.join(SwarmJoinRequest {
+        remote_addr: remote.into(),
+        join_token: token.into(),
+        listen_addr: "127.0.0.1:0".into(),
+        advertise_addr: "127.0.0.1".into(),
+        availability: NodeAvailability::Active,
+    })
+    .await
+    .unwrap_or_else(|e| panic!("joining as a manager: {e}"));
+    node
+}
+
+async fn create(store: &Store, name: &str, replicas: u64) -> Result<String, StoreError> {
+    let mut svc = swarm::testing::service(&swarm::api::new_id(), name, replicas);
+    svc.spec = spec(name, replicas);
+    let id = svc.id.clone();
+    store.update(|tx| Ok::<_, StoreError>(tx.create(svc))).await?;
+    Ok(id)
+}
+
+/// The leading manager among `nodes` (by index), once exactly one leads.
+async fn leader_of(nodes: &[&Node]) -> Option<usize> {
+    let mut leaders = Vec::new();
+    for (i, n) in nodes.iter().enumerate() {
+        if n.raft().await.is_some_and(|r| r.is_leader()) {
+            leaders.push(i);
+        }
+    }
+    (leaders.len() == 1).then(|| leaders[0])
+}
+
+async fn wait_leader(nodes: &[&Node]) -> usize {
+    let start = Instant::now();
+    loop {
+        if let Some(i) = leader_of(nodes).await {
+            return i;
+        }
+        assert!(start.elapsed() < DEADLINE, "no single leader among {} managers", nodes.len());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Running tasks per slot of `service_id` (a slot running twice shows as a count of 2).
+fn running_per_slot(store: &Store, service_id: &str) -> BTreeMap<u64, usize> {
+    store.view(|v| {
+        let mut slots = BTreeMap::new();
+        for t in v.tasks_by_service(service_id) {
+            if t.desired_state == TaskState::Running && t.status.state == TaskState::Running {
+                *slots.entry(t.slot).or_insert(0) += 1;
+            }
+        }
+        slots
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_managers_fail_over_and_keep_every_write() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let execs: Vec<_> = (0..3).map(|i| TestExecutor::new(&format!("host-{i}"))).collect();
+
+    step("m0 inits; m1 and m2 join with the manager token");
+    let (m0, addr0) = init(dirs[0].path(), &execs[0], None).await;
+    let token = manager_token(&m0);
+    let m1 = join_manager(dirs[1].path(), &execs[1], &addr0, &token).await;
+    let m2 = join_manager(dirs[2].path(), &execs[2], &addr0, &token).await;
+    let voters = m0.raft().await.unwrap().voters();
+    assert_eq!(voters.len(), 3, "every manager is a voter: {voters:?}");
+    let store0 = m0.store().unwrap();
+    wait_for("three managers, one leader, all reachable, in node ls", || {
+        let nodes = store0.view(|v| v.nodes().cloned().collect::<Vec<_>>());
+        let ms: Vec<_> = nodes.iter().filter_map(|n| n.manager_status.clone()).collect();
+        let ok = nodes.len() == 3
+            && nodes.iter().all(|n| n.role == NodeRole::Manager)
+            && ms.iter().filter(|m| m.leader).count() == 1
+            && ms.iter().all(|m| m.reachability == Reachability::Reachable);
+        ok.then_some(()).ok_or_else(|| format!("{ms:?}"))
+    })
+    .await;
+
+    step("a follower takes a write: forwarded to the leader, readable on the follower at once");
+    let store1 = m1.store().unwrap();
+    assert!(!m1.raft().await.unwrap().is_leader());
+    let web = create(&store1, "web", 6).await.unwrap();
+    assert!(store1.view(|v| v.service(&web).is_some()), "the follower reads its own write");
+    wait_for("6 tasks running, one per slot", || {
+        let slots = running_per_slot(&store1, &web);
+        (slots.len() == 6 && slots.values().all(|c| *c == 1)).then_some(()).ok_or(format!("{slots:?}"))
+    })
+    .await;
+
+    step("the leader stops: another is elected and takes writes; no slot runs twice");
+    let nodes = [&m0, &m1, &m2];
+    let old = wait_leader(&nodes).await;
+    let t0 = Instant::now();
+    nodes[old].shutdown().await;
+    let rest: Vec<&Node> = nodes.iter().enumerate().filter(|(i, _)| *i != old).map(|(_, n)| *n).collect();
+    let survivor = rest[0].store().unwrap();
+    let api = loop {
+        match create(&survivor, "api", 2).await {
+            Ok(id) => break id,
+            Err(e) => {
+                assert!(t0.elapsed() < DEADLINE, "no write accepted after the leader stopped: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    eprintln!("leader stopped → first write accepted after {:?}", t0.elapsed());
+    let new = wait_leader(&rest).await;
+    assert!(rest[new].raft().await.unwrap().is_leader());
+    for (svc, n) in [(&web, 6), (&api, 2)] {
+        wait_for("every slot running exactly once on the survivors", || {
+            let slots = running_per_slot(&survivor, svc);
+            let ok = slots.len() == n && slots.values().all(|c| *c == 1);
+            ok.then_some(()).ok_or(format!("{svc}: {slots:?}"))
+        })
+        .await;
+    }
+
+    step("the old leader comes back and catches up");
+    assert!(nodes[old].resume().await.unwrap());
+    let back = nodes[old].store().unwrap();
+    wait_for("the returning manager has the write made while it was away", || {
+        back.view(|v| v.service(&api).is_some()).then_some(()).ok_or("service api".to_string())
+    })
+    .await;
+
+    for n in nodes {
+        n.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn losing_two_of_three_managers_fails_writes_fast_and_reads_still_answer() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let execs: Vec<_> = (0..3).map(|i| TestExecutor::new(&format!("host-{i}"))).collect();
+    let (m0, addr0) = init(dirs[0].path(), &execs[0], None).await;
+    let token = manager_token(&m0);
+    let m1 = join_manager(dirs[1].path(), &execs[1], &addr0, &token).await;
+    let m2 = join_manager(dirs[2].path(), &execs[2], &addr0, &token).await;
+    let web = create(&m0.store().unwrap(), "web", 1).await.unwrap();
+
+    for (name, survivor, gone) in [("the leader", &m0, [&m1, &m2]), ("a follower", &m1, [&m0, &m2])] {
+        step(&format!("two managers stop; {name} survives"));
+        let addr = survivor.info().await.remote_managers[0].clone();
+        for g in gone {
+            g.shutdown().await;
+        }
+        let store = survivor.store().unwrap();
+        // Let the survivor notice: the error is about a write made once the others are gone.
+        tokio::time::sleep(Duration::from_millis(1600)).await;
+        let t = Instant::now();
+        let e = create(&store, "late", 1).await.unwrap_err();
+        let took = t.elapsed();
+        eprintln!("write with quorum lost failed after {took:?}: {e}");
+        assert!(matches!(e, StoreError::QuorumLost { .. }), "{e:?}");
+        assert!(e.to_string().starts_with("no leader: quorum lost (reachable managers: "), "{e}");
+        assert!(e.to_string().contains(&addr), "the survivor lists itself: {e}");
+        assert!(took < Duration::from_secs(5), "the error comes quickly, not after a long timeout: {took:?}");
+        assert!(store.view(|v| v.service(&web).is_some()), "reads still answer");
+        for g in gone {
+            assert!(g.resume().await.unwrap());
+        }
+        let all = [&m0, &m1, &m2];
+        wait_leader(&all).await;
+        let mut last = None;
+        for _ in 0..100 {
+            match create(&survivor.store().unwrap(), &format!("back-{}", name.replace(' ', "-")), 0).await {
+                Ok(_) => {
+                    last = None;
+                    break;
+                }
+                Err(e) => last = Some(e),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(last.is_none(), "a write succeeds once the quorum is back: {last:?}");
+    }
+    for n in [&m0, &m1, &m2] {
+        n.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manager_joining_after_20000_writes_gets_a_streamed_snapshot() {
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let execs: Vec<_> = (0..2).map(|i| TestExecutor::new(&format!("host-{i}"))).collect();
+    let (m0, addr0) = init(dirs[0].path(), &execs[0], Some(5_000)).await;
+    let store = m0.store().unwrap();
+
+    step("20,000 writes, each a service with a 1 KiB label (about 20 MiB of state)");
+    let t = Instant::now();
+    let filler = "x".repeat(1024);
+    let writers: Vec<_> = (0..16)
+        .map(|w| {
+            let store = store.clone();
+            let filler = filler.clone();
+            tokio::spawn(async move {
+                for i in 0..1250 {
+                    let mut svc = swarm::testing::service(&swarm::api::new_id(), &format!("s-{w}-{i}"), 0);
+                    svc.spec.annotations.labels.insert("filler".into(), filler.clone());
+                    store.update(|tx| Ok::<_, StoreError>(tx.create(svc))).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.await.unwrap();
+    }
+    eprintln!("20,000 writes took {:?}", t.elapsed());
+    let raft0 = m0.raft().await.unwrap();
+    raft0.snapshot().await.unwrap();
+    wait_for("the leader's log purged behind a snapshot", || {
+        raft0.snapshot_index().filter(|i| *i >= 20_000).map(|_| ()).ok_or("snapshot".to_string())
+    })
+    .await;
+
+    step("a manager joins: it is sent the snapshot (in 1 MiB chunks), not 20,000 entries");
+    let t = Instant::now();
+    let m1 = join_manager(dirs[1].path(), &execs[1], &addr0, &manager_token(&m0)).await;
+    eprintln!("join with a snapshot took {:?}", t.elapsed());
+    let store1 = m1.store().unwrap();
+    let count = store1.view(|v| v.services().count());
+    assert_eq!(count, 20_000, "the new manager has every service");
+    let raft1 = m1.raft().await.unwrap();
+    assert!(raft1.snapshot_index().is_some_and(|i| i >= 20_000), "the state arrived as a snapshot");
+    assert_eq!(raft1.voters().len(), 2);
+    assert!(raft1.log_len() < 1_000, "the early entries never reached it: {} in its log", raft1.log_len());
+
+    m1.shutdown().await;
+    m0.shutdown().await;
+}
