@@ -37,6 +37,9 @@ pub struct InitArgs {
     /// Number of log entries between Raft snapshots (default 10000)
     #[arg(long = "snapshot-interval", value_parser = count, allow_hyphen_values = true, value_name = "N")]
     snapshot_interval: Option<u64>,
+    /// Force create a new cluster from current state
+    #[arg(long = "force-new-cluster")]
+    force_new_cluster: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -99,7 +102,8 @@ pub async fn run(client: &mut Client, cmd: SwarmCmd) -> anyhow::Result<()> {
         SwarmCmd::Init(a) => init(client, a).await,
         SwarmCmd::Join(a) => {
             rpc(client.engine.swarm_join(join_request(a)).await)?;
-            println!("This node joined a swarm as a worker.");
+            let manager = rpc(client.engine.info(Empty {}).await).is_ok_and(|i| i.swarm.is_manager);
+            println!("This node joined a swarm as a {}.", if manager { "manager" } else { "worker" });
             Ok(())
         }
         SwarmCmd::Leave(a) => {
@@ -153,6 +157,7 @@ async fn init(client: &mut Client, a: InitArgs) -> anyhow::Result<()> {
         task_history_limit: a.task_history_limit,
         dispatcher_heartbeat: a.dispatcher_heartbeat,
         snapshot_interval: a.snapshot_interval,
+        force_new_cluster: a.force_new_cluster,
     };
     let resp = rpc(client.engine.swarm_init(req).await)?;
     println!("Swarm initialized: current node ({}) is now a manager.", resp.node_id);

@@ -218,6 +218,9 @@ impl<E: Executor> SwarmNode<E> {
     /// Every flag is checked before anything is written, and if a later step fails, what was written is removed:
     /// a failed init leaves the node able to init again.
     pub async fn init(&self, req: SwarmInitRequest) -> Result<String, NodeError> {
+        if req.force_new_cluster {
+            return self.force_new_cluster().await;
+        }
         let mut running = self.running.lock().await;
         if running.is_some() || self.cfg.state_dir.join(NODE_FILE).exists() {
             return Err(NodeError::AlreadyMember);
@@ -259,6 +262,105 @@ impl<E: Executor> SwarmNode<E> {
             let _ = tokio::time::timeout(Duration::from_secs(10), status.wait_for(|s| s.connected_to.is_some())).await;
         }
         tracing::info!(node.id = %node_id, "swarm initialized");
+        Ok(node_id)
+    }
+
+    /// `swarm init --force-new-cluster`: this manager's committed state becomes a new one-manager Raft group. The
+    /// old Raft files are kept aside (`raft.before-force-new-cluster-<time>`); every object is re-created in the
+    /// new log, the other managers are recorded as workers that are down (their Raft calls are refused from now
+    /// on: they must leave and join again), and the node starts as the leader.
+    async fn force_new_cluster(&self) -> Result<String, NodeError> {
+        let path = self.cfg.state_dir.join(NODE_FILE);
+        let me =
+            match std::fs::read(&path) {
+                Ok(bytes) => serde_json::from_slice::<PersistedNode>(&bytes)
+                    .map_err(|e| self.state_err(format!("{} is corrupt ({e})", path.display())))?,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(NodeError::InvalidArgument(
+                    "--force-new-cluster needs the state of a manager of an existing swarm; this node is not a member"
+                        .into(),
+                )),
+                Err(e) => return Err(self.state_err(e)),
+            };
+        if me.role != NodeRole::Manager {
+            return Err(NodeError::InvalidArgument(
+                "--force-new-cluster needs the state of a manager; this node is a worker".into(),
+            ));
+        }
+        self.shutdown().await;
+        let identity = NodeIdentity::load(&self.certs_dir())?;
+        let raft_dir = self.cfg.state_dir.join("raft");
+
+        // The committed state, as this manager holds it. Started without peers: it must not call the old group.
+        let quiet = RaftSettings { snapshot_interval: me.snapshot_interval, ..RaftSettings::default() };
+        let (old, store) = RaftHandle::start(me.raft_id, &raft_dir, &quiet).await?;
+        let objects: Vec<crate::api::Object> = store.view(|v| v.objects().collect());
+        old.shutdown().await;
+        if !objects.iter().any(|o| matches!(o, crate::api::Object::Cluster(_))) {
+            return Err(self.state_err("this manager's store holds no cluster; nothing to keep"));
+        }
+        let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs();
+        let aside = self.cfg.state_dir.join(format!("raft.before-force-new-cluster-{stamp}"));
+        std::fs::rename(&raft_dir, &aside)
+            .map_err(|e| self.state_err(format!("moving {}: {e}", raft_dir.display())))?;
+
+        let restored = async {
+            let settings = raft_settings(me.snapshot_interval, &identity)?;
+            let (raft, store) = RaftHandle::start(me.raft_id, &raft_dir, &settings).await?;
+            let written = async {
+                raft.initialize(&me.advertise_addr).await?;
+                raft.wait_leader(Duration::from_secs(10)).await?;
+                let mut objects = objects;
+                for o in objects.iter_mut() {
+                    if let crate::api::Object::Node(n) = o {
+                        if n.id == me.node_id {
+                            if let Some(ms) = n.manager_status.as_mut() {
+                                ms.raft_id = me.raft_id;
+                                ms.addr = me.advertise_addr.clone();
+                                ms.leader = true;
+                                ms.reachability = Reachability::Reachable;
+                            }
+                        } else if n.manager_status.is_some() {
+                            n.manager_status = None;
+                            n.role = NodeRole::Worker;
+                            n.spec.desired_role = NodeRole::Worker;
+                            n.status.state = NodeState::Down;
+                        }
+                    }
+                }
+                store
+                    .update(|tx| {
+                        for o in objects {
+                            tx.create(o);
+                        }
+                        Ok::<_, StoreError>(())
+                    })
+                    .await?;
+                Ok::<_, NodeError>(())
+            }
+            .await;
+            if let Err(e) = written {
+                raft.shutdown().await;
+                return Err(e);
+            }
+            Ok((raft, store))
+        }
+        .await;
+        let (raft, store) = match restored {
+            Ok(v) => v,
+            Err(e) => {
+                // Put the old state back: the node is as it was before the attempt.
+                let _ = remove_any(&raft_dir);
+                if let Err(re) = std::fs::rename(&aside, &raft_dir) {
+                    tracing::error!(error = %re, "could not put the old raft state back");
+                }
+                return Err(e);
+            }
+        };
+        let listener = bind(&me.listen_addr).await?;
+        let node_id = me.node_id.clone();
+        let me = PersistedNode { managers: Vec::new(), ..me };
+        self.launch(me, identity, raft, store, listener).await?;
+        tracing::warn!(node.id = %node_id, old = %aside.display(), "forced a new one-manager cluster from this manager's state");
         Ok(node_id)
     }
 

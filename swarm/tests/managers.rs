@@ -271,3 +271,59 @@ async fn a_manager_joining_after_20000_writes_gets_a_streamed_snapshot() {
     m1.shutdown().await;
     m0.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn force_new_cluster_recovers_a_swarm_that_lost_its_quorum() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let execs: Vec<_> = (0..3).map(|i| TestExecutor::new(&format!("host-{i}"))).collect();
+    let (m0, addr0) = init(dirs[0].path(), &execs[0], None).await;
+    let token = manager_token(&m0);
+    let m1 = join_manager(dirs[1].path(), &execs[1], &addr0, &token).await;
+    let m2 = join_manager(dirs[2].path(), &execs[2], &addr0, &token).await;
+    let web = create(&m1.store().unwrap(), "web", 3).await.unwrap();
+    wait_for("3 tasks running", || {
+        let slots = running_per_slot(&m0.store().unwrap(), &web);
+        (slots.len() == 3).then_some(()).ok_or(format!("{slots:?}"))
+    })
+    .await;
+    let before: Vec<String> = m0.store().unwrap().view(|v| v.tasks().map(|t| t.id.clone()).collect());
+
+    step("two of three managers stop: writes fail");
+    m1.shutdown().await;
+    m2.shutdown().await;
+    let e = create(&m0.store().unwrap(), "late", 1).await.unwrap_err();
+    assert!(matches!(e, StoreError::QuorumLost { .. }), "{e:?}");
+
+    step("swarm init --force-new-cluster on the survivor: one manager, same services and tasks, writes work");
+    m0.init(SwarmInitRequest { force_new_cluster: true, ..Default::default() }).await.unwrap();
+    let raft = m0.raft().await.unwrap();
+    assert_eq!(raft.voters().len(), 1);
+    assert!(raft.is_leader());
+    let store = m0.store().unwrap();
+    assert!(store.view(|v| v.service(&web).is_some()));
+    let kept = store.view(|v| before.iter().filter(|id| v.task(id).is_some()).count());
+    assert_eq!(kept, before.len(), "every task is kept (those of the lost nodes are then replaced)");
+    wait_for("the 3 slots running again, on the surviving node", || {
+        let slots = running_per_slot(&store, &web);
+        (slots.len() == 3 && slots.values().all(|c| *c == 1)).then_some(()).ok_or(format!("{slots:?}"))
+    })
+    .await;
+    create(&store, "after", 1).await.expect("a write on the new cluster");
+    let (managers, down_workers) = store.view(|v| {
+        let managers = v.nodes().filter(|n| n.manager_status.is_some()).count();
+        let down =
+            v.nodes().filter(|n| n.role == NodeRole::Worker && n.status.state == swarm::api::NodeState::Down).count();
+        (managers, down)
+    });
+    assert_eq!((managers, down_workers), (1, 2), "the lost managers are recorded as down workers");
+
+    step("an old manager comes back: its Raft calls are refused; the new cluster keeps working");
+    assert!(m1.resume().await.unwrap());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(m0.raft().await.unwrap().is_leader(), "the stale manager did not unseat the new leader");
+    create(&store, "after-2", 0).await.expect("a write while the stale manager is up");
+    assert_eq!(m0.raft().await.unwrap().voters().len(), 1);
+
+    m1.shutdown().await;
+    m0.shutdown().await;
+}

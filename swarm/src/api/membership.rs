@@ -17,6 +17,10 @@ pub struct SwarmInitRequest {
     #[serde(default, with = "opt_duration")]
     pub dispatcher_heartbeat: Option<Duration>,
     pub snapshot_interval: Option<u64>,
+    /// `--force-new-cluster`: on a manager of a swarm that lost its quorum, make this manager the only member of
+    /// a new Raft group that keeps the swarm's state.
+    #[serde(default)]
+    pub force_new_cluster: bool,
 }
 
 /// `swarm join`'s options.

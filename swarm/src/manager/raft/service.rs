@@ -41,34 +41,47 @@ pub async fn leave_group(raft: &RaftHandle, store: &Store, node_id: &str, raft_i
     raft.remove_voter(raft_id).await
 }
 
-fn manager<T>(req: &Request<T>) -> Result<crate::ca::PeerIdentity, Status> {
-    crate::ca::authenticate(req, &[NodeRole::Manager])
+impl RaftService {
+    /// The caller, if it holds a manager certificate and is a manager in this swarm's store. A node removed from
+    /// the managers (left, demoted, removed, or cut off by `--force-new-cluster`) keeps its certificate for a while,
+    /// so the certificate alone is not enough. A manager that has no state yet (joining, before its first
+    /// snapshot) cannot tell and accepts the leader that is bringing it up to date.
+    fn manager<T>(&self, req: &Request<T>) -> Result<crate::ca::PeerIdentity, Status> {
+        let peer = crate::ca::authenticate(req, &[NodeRole::Manager])?;
+        let known = self
+            .store
+            .view(|v| v.cluster().is_none() || v.node(&peer.node_id).is_some_and(|n| n.manager_status.is_some()));
+        if !known {
+            return Err(Status::permission_denied(format!("node {} is not a manager of this swarm", peer.node_id)));
+        }
+        Ok(peer)
+    }
 }
 
 #[tonic::async_trait]
 impl RaftRpc for RaftService {
     async fn append_entries(&self, req: Request<AppendEntriesRequest>) -> Result<Response<AppendEntriesReply>, Status> {
-        manager(&req)?;
+        self.manager(&req)?;
         Ok(Response::new(self.raft.raft.append_entries(req.into_inner()).await))
     }
 
     async fn vote(&self, req: Request<VoteRequest>) -> Result<Response<VoteReply>, Status> {
-        manager(&req)?;
+        self.manager(&req)?;
         Ok(Response::new(self.raft.raft.vote(req.into_inner()).await))
     }
 
     async fn install_snapshot(&self, req: Request<SnapshotChunk>) -> Result<Response<InstallSnapshotReply>, Status> {
-        manager(&req)?;
+        self.manager(&req)?;
         Ok(Response::new(self.raft.raft.install_snapshot(req.into_inner().into()).await))
     }
 
     async fn propose(&self, req: Request<ProposeRequest>) -> Result<Response<ProposeReply>, Status> {
-        manager(&req)?;
+        self.manager(&req)?;
         Ok(Response::new(self.raft.propose_as_leader(req.into_inner().proposal).await))
     }
 
     async fn join(&self, req: Request<JoinRequest>) -> Result<Response<MembershipReply>, Status> {
-        let peer = manager(&req)?;
+        let peer = self.manager(&req)?;
         let r = req.into_inner();
         // A manager may only add itself, under the raft id the CA recorded for it when it joined.
         let recorded = self.raft.recorded_raft_id(&peer.node_id);
@@ -83,7 +96,7 @@ impl RaftRpc for RaftService {
     }
 
     async fn leave(&self, req: Request<LeaveRequest>) -> Result<Response<MembershipReply>, Status> {
-        let peer = manager(&req)?;
+        let peer = self.manager(&req)?;
         let r = req.into_inner();
         if self.raft.recorded_raft_id(&peer.node_id) != Some(r.raft_id) {
             return Ok(Response::new(Err(RemoteFailure::Refused(format!(
