@@ -6,6 +6,7 @@
 
 pub mod cluster;
 pub mod netns;
+pub mod raftbench;
 pub mod scale;
 
 use serde_json::Value;

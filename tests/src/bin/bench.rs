@@ -7,6 +7,9 @@
 //! `bench scale [--nodes N] [--services S] [--replicas R] [--timeout SECS]` runs the scale simulator instead (see
 //! `shoal_tests::scale`): a real manager and N simulated nodes in this process; default preset is the small one CI
 //! runs.
+//!
+//! `bench raft [--writes N] [--writers N] [--failovers N]` measures three managers in this process (see
+//! `shoal_tests::raftbench`): join time, write throughput and p50/p99 latency, leader failover.
 
 use shoal_tests::{wait_for, Daemon};
 use std::process::Command;
@@ -69,8 +72,36 @@ fn scale(args: &[String]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `bench raft [--writes N] [--writers N] [--failovers N]`: three in-process managers.
+fn raft(args: &[String]) -> anyhow::Result<()> {
+    let mut cfg = shoal_tests::raftbench::RaftBenchConfig::default();
+    let mut it = args.iter();
+    while let Some(flag) = it.next() {
+        let value = it.next().ok_or_else(|| anyhow::anyhow!("{flag} needs a value"))?;
+        let n: usize =
+            value.parse().map_err(|_| anyhow::anyhow!("invalid value {value:?} for {flag}: not a number"))?;
+        anyhow::ensure!(n >= 1, "{flag} must be at least 1");
+        match flag.as_str() {
+            "--writes" => cfg.writes = n,
+            "--writers" => cfg.writers = n,
+            "--failovers" => cfg.failovers = n,
+            other => anyhow::bail!("unknown flag {other:?} (expected --writes, --writers, --failovers)"),
+        }
+    }
+    anyhow::ensure!(cfg.writers <= cfg.writes, "--writers must not exceed --writes");
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(shoal_tests::raftbench::run(&cfg)).map_err(|e| anyhow::anyhow!(e))
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("raft") {
+        if let Err(e) = raft(&args[1..]) {
+            eprintln!("bench raft: {e}");
+            std::process::exit(1);
+        }
+        return;
+    }
     if args.first().map(String::as_str) == Some("scale") {
         if let Err(e) = scale(&args[1..]) {
             eprintln!("bench scale: {e}");
