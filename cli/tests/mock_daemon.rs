@@ -178,6 +178,12 @@ impl Control for Fake {
     async fn list_nodes(&self, _req: Request<Empty>) -> Result<Response<ListNodesResponse>, Status> {
         Ok(Response::new(ListNodesResponse { nodes: vec![node()] }))
     }
+    async fn update_node(&self, _req: Request<UpdateNodeRequest>) -> Result<Response<Node>, Status> {
+        Err(Status::unimplemented("update_node"))
+    }
+    async fn remove_node(&self, _req: Request<RemoveNodeRequest>) -> Result<Response<Empty>, Status> {
+        Err(Status::unimplemented("remove_node"))
+    }
     async fn get_task(&self, _req: Request<GetRequest>) -> Result<Response<Task>, Status> {
         Err(Status::unimplemented("get_task"))
     }
