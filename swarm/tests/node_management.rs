@@ -1,6 +1,6 @@
 //! Node management, in one process: a manager and a joined worker (`SwarmNode`s with `TestExecutor`s on
-//! 127.0.0.1), driven through the control API as `shoal node update` / `node rm` drive it. Stories: draining the
-//! worker moves all its tasks to the manager; made active again it takes new tasks; removing a label a task's
+//! 127.0.0.1), driven through the control API as `shoal node update` / `node rm` drive it. Stories: a paused
+//! worker keeps its tasks but takes no new ones; draining it moves all its tasks to the manager; made active again it takes new tasks; removing a label a task's
 //! constraint needs moves the task (PENDING with the scheduler's reason while nothing fits); a READY worker is
 //! not removed without --force, a DOWN one is, and its id is recorded as removed.
 
@@ -53,6 +53,15 @@ async fn update_node(api: &ControlApi, node: &str, change: impl FnOnce(&mut Node
         .expect("node update");
 }
 
+/// `shoal service scale`.
+async fn scale(api: &ControlApi, service_id: &str, replicas: u64) {
+    let cur = api.get_service(Request::new(GetRequest { id_or_name: service_id.into() })).await.unwrap().into_inner();
+    let mut spec = cur.spec;
+    spec.mode = ServiceMode::Replicated { replicas };
+    let req = UpdateServiceRequest { id: cur.id, version: cur.meta.version, spec };
+    api.update_service(Request::new(req)).await.expect("scale");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drain_activate_relabel_and_remove_a_worker() {
     let (mdir, wdir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
@@ -89,16 +98,32 @@ async fn drain_activate_relabel_and_remove_a_worker() {
     })
     .await;
 
-    step("drain the worker: its tasks stop there and all 4 slots run on the manager");
+    step("pause the worker: it keeps its 2 tasks, and scaling to 6 places both new ones on the manager");
+    update_node(&api, "host-w", |s| s.availability = NodeAvailability::Pause).await;
+    let worker_kept = running_per_node(&mgr, &svc.id).get(&worker_id).cloned().unwrap_or_default();
+    scale(&api, &svc.id, 6).await;
+    wait_for("4 running on the manager, the worker's same 2 still running there", || {
+        let per_node = running_per_node(&mgr, &svc.id);
+        let w = per_node.get(&worker_id).cloned().unwrap_or_default();
+        let m = per_node.get(&manager_id).cloned().unwrap_or_default();
+        if m.len() == 4 && w == worker_kept && sorted(wexec.running()) == w {
+            Ok(())
+        } else {
+            Err(format!("store {per_node:?}; worker runs {:?}; kept {worker_kept:?}", wexec.running()))
+        }
+    })
+    .await;
+
+    step("drain the worker: its tasks stop there and all 6 slots run on the manager");
     update_node(&api, "host-w", |s| s.availability = NodeAvailability::Drain).await;
-    wait_for("4 running tasks on the manager, none meant to run on the worker, none running there", || {
+    wait_for("6 running tasks on the manager, none meant to run on the worker, none running there", || {
         let per_node = running_per_node(&mgr, &svc.id);
         let on_worker = mgr
             .store()
             .unwrap()
             .view(|v| v.tasks_by_node(&worker_id).filter(|t| t.desired_state <= TaskState::Running).count());
         let m = per_node.get(&manager_id).cloned().unwrap_or_default();
-        if m.len() == 4 && on_worker == 0 && wexec.running().is_empty() && sorted(mexec.running()) == m {
+        if m.len() == 6 && on_worker == 0 && wexec.running().is_empty() && sorted(mexec.running()) == m {
             Ok(())
         } else {
             Err(format!("store {per_node:?}; {on_worker} live on the worker, which runs {:?}", wexec.running()))
@@ -111,21 +136,16 @@ async fn drain_activate_relabel_and_remove_a_worker() {
         s.sort();
         s
     });
-    assert_eq!(slots, vec![1, 2, 3, 4], "the worker's slots were refilled in place");
+    assert_eq!(slots, vec![1, 2, 3, 4, 5, 6], "the worker's slots were refilled in place");
 
-    step("make the worker active again: scaling to 6 places the 2 new tasks there");
+    step("make the worker active again: scaling to 8 places the 2 new tasks there");
     update_node(&api, &worker_id, |s| s.availability = NodeAvailability::Active).await;
-    let cur = api.get_service(Request::new(GetRequest { id_or_name: svc.id.clone() })).await.unwrap().into_inner();
-    let mut s = cur.spec;
-    s.mode = ServiceMode::Replicated { replicas: 6 };
-    api.update_service(Request::new(UpdateServiceRequest { id: svc.id.clone(), version: cur.meta.version, spec: s }))
-        .await
-        .unwrap();
-    wait_for("4 running on the manager and 2 on the worker", || {
+    scale(&api, &svc.id, 8).await;
+    wait_for("6 running on the manager and 2 on the worker", || {
         let per_node = running_per_node(&mgr, &svc.id);
         let w = per_node.get(&worker_id).cloned().unwrap_or_default();
         let m = per_node.get(&manager_id).cloned().unwrap_or_default();
-        if m.len() == 4 && w.len() == 2 && sorted(wexec.running()) == w {
+        if m.len() == 6 && w.len() == 2 && sorted(wexec.running()) == w {
             Ok(())
         } else {
             Err(format!("store {per_node:?}; worker runs {:?}", wexec.running()))
@@ -219,10 +239,10 @@ async fn drain_activate_relabel_and_remove_a_worker() {
     });
     assert!(gone && removed, "node deleted: {gone}; recorded as removed: {removed}");
     assert_eq!(nodes, 1);
-    wait_for("all 6 web replicas running on the manager", || {
+    wait_for("all 8 web replicas running on the manager", || {
         let per_node = running_per_node(&mgr, &svc.id);
         match per_node.get(&manager_id) {
-            Some(ids) if ids.len() == 6 && per_node.len() == 1 => Ok(()),
+            Some(ids) if ids.len() == 8 && per_node.len() == 1 => Ok(()),
             _ => Err(format!("{per_node:?}")),
         }
     })
