@@ -391,9 +391,12 @@ const LS_TITLES: &[(&str, &str)] = &[
     ("Self", "SELF"),
 ];
 
-/// The rows of `node ls` with Docker's field names, sorted by hostname as Docker does.
+/// The rows of `node ls` with Docker's field names, sorted by hostname in natural order as Docker does
+/// (`node9` before `node10`).
 fn ls_rows(nodes: &mut [Node], self_id: &str) -> Vec<Value> {
-    nodes.sort_by(|a, b| a.description.hostname.cmp(&b.description.hostname).then(a.id.cmp(&b.id)));
+    nodes.sort_by(|a, b| {
+        alphanumeric_sort::compare_str(&a.description.hostname, &b.description.hostname).then(a.id.cmp(&b.id))
+    });
     nodes
         .iter()
         .map(|n| {
@@ -582,6 +585,9 @@ mod tests {
         );
         assert_eq!((&rows[1]["ManagerStatus"], &rows[1]["Self"]), (&json!(""), &json!(false)));
         assert_eq!(rows[2]["ManagerStatus"], "Reachable");
+        let mut natural = vec![node("x", "node10", None), node("y", "node9", None)];
+        let order: Vec<Value> = ls_rows(&mut natural, "").into_iter().map(|r| r["Hostname"].clone()).collect();
+        assert_eq!(order, ["node9", "node10"], "natural order, as Docker");
         let table = ls_table(&rows).render();
         let lines: Vec<&str> = table.lines().collect();
         assert_eq!(lines[1], "aaa *     host-a     Ready     Active         Leader           0.1.0");

@@ -59,13 +59,11 @@ fn resolve<'a, T>(
     if let Some(t) = items.clone().find(|t| name(t) == key) {
         return Ok(t);
     }
-    let mut matches = items.filter(|t| id(t).starts_with(key));
-    match (matches.next(), matches.next()) {
-        (Some(t), None) => Ok(t),
-        (Some(_), Some(_)) => {
-            Err(Status::failed_precondition(format!("{what} {key} is ambiguous (more than one match)")))
-        }
-        _ => Err(Status::not_found(format!("{what} {key} not found"))),
+    let matches: Vec<&T> = items.filter(|t| id(t).starts_with(key)).collect();
+    match matches[..] {
+        [t] => Ok(t),
+        [] => Err(Status::not_found(format!("{what} {key} not found"))),
+        _ => Err(Status::invalid_argument(format!("{what} {key} is ambiguous ({} matches found)", matches.len()))),
     }
 }
 
@@ -390,6 +388,18 @@ mod tests {
 
         let e = update("nope", w.meta.version, w.spec.clone()).await.unwrap_err();
         assert_eq!((e.code(), e.message()), (tonic::Code::NotFound, "node nope not found"));
+        let e = update("", w.meta.version, w.spec.clone()).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+XX
+        let e = find_node(
+            &MemoryStore::from_objects(vec![
+                crate::testing::node("ab1", "h1").into(),
+                crate::testing::node("ab2", "h2").into(),
+            ]),
+            "ab",
+        )
+        .unwrap_err();
+        assert_eq!((e.code(), e.message()), (tonic::Code::InvalidArgument, "node ab is ambiguous (2 matches found)"));
         let e = update("w", w.meta.version + 100, w.spec.clone()).await.unwrap_err();
         assert!(e.message().contains("update out of sequence"), "{}", e.message());
         let mut bad = w.spec.clone();
