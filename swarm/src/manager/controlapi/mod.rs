@@ -390,7 +390,7 @@ mod tests {
         assert_eq!((e.code(), e.message()), (tonic::Code::NotFound, "node nope not found"));
         let e = update("", w.meta.version, w.spec.clone()).await.unwrap_err();
         assert_eq!(e.code(), tonic::Code::InvalidArgument);
-XX
+        // An id prefix shared by two nodes, in Docker's words.
         let e = find_node(
             &MemoryStore::from_objects(vec![
                 crate::testing::node("ab1", "h1").into(),
