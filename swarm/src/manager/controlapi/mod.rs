@@ -248,22 +248,28 @@ impl Control for ControlApi {
     async fn remove_node(&self, req: Request<RemoveNodeRequest>) -> Result<Response<Empty>, Status> {
         let store = self.store()?;
         let RemoveNodeRequest { node_id, force } = req.into_inner();
+        // Retried on a fresh view when another writer (the dispatcher marking the node DOWN, a cluster setting)
+        // wins a race: the caller gave no version, so there is nothing stale to report. Refusals are the inner
+        // error and propose nothing.
         let id = store
-            .update(|tx| {
+            .update_retrying(5, |tx| {
                 let view = tx.view();
-                let node = find_node(view, &node_id)?.clone();
+                let node = match find_node(view, &node_id) {
+                    Ok(n) => n.clone(),
+                    Err(e) => return Ok(Err(e)),
+                };
                 if node.spec.desired_role == NodeRole::Manager || node.role == NodeRole::Manager {
-                    return Err(Status::failed_precondition(format!(
+                    return Ok(Err(Status::failed_precondition(format!(
                         "node {} is a cluster manager and is a member of the raft cluster. It must be demoted to \
                          worker before removal",
                         node.id
-                    )));
+                    ))));
                 }
                 if !force && node.status.state == NodeState::Ready {
-                    return Err(Status::failed_precondition(format!(
+                    return Ok(Err(Status::failed_precondition(format!(
                         "node {} is not down and can't be removed",
                         node.id
-                    )));
+                    ))));
                 }
                 // The tombstone and the delete are one proposal: a removed node is never forgotten.
                 if let Some(c) = view.cluster() {
@@ -272,9 +278,9 @@ impl Control for ControlApi {
                     tx.update(c);
                 }
                 tx.delete(ObjectKind::Node, &node.id, node.meta.version);
-                Ok(node.id)
+                Ok(Ok(node.id))
             })
-            .await?;
+            .await??;
         tracing::info!(node.id = %id, force, "node removed");
         Ok(Response::new(Empty {}))
     }
