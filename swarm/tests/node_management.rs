@@ -2,7 +2,8 @@
 //! 127.0.0.1), driven through the control API as `shoal node update` / `node rm` drive it. Stories: a paused
 //! worker keeps its tasks but takes no new ones; draining it moves all its tasks to the manager; made active again it takes new tasks; removing a label a task's
 //! constraint needs moves the task (PENDING with the scheduler's reason while nothing fits); a READY worker is
-//! not removed without --force, a DOWN one is, and its id is recorded as removed.
+//! not removed without --force, a DOWN one is, and its id is recorded as removed. A global service's task stops on
+//! the drained worker and comes back when it is active again.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -207,6 +208,42 @@ async fn drain_activate_relabel_and_remove_a_worker() {
         let per_node = running_per_node(&mgr, &pinned.id);
         match per_node.get(&manager_id) {
             Some(ids) if ids.len() == 1 && ids[0] != first && per_node.len() == 1 => Ok(()),
+            _ => Err(format!("{per_node:?}")),
+        }
+    })
+    .await;
+
+    step("a global service runs one task per node; draining the worker stops its task there");
+    let mut global_spec = spec("agent", 0);
+    global_spec.mode = ServiceMode::Global;
+    let global =
+        api.create_service(Request::new(CreateServiceRequest { spec: global_spec })).await.unwrap().into_inner();
+    let on_worker = wait_for("the global task running on both nodes", || {
+        let per_node = running_per_node(&mgr, &global.id);
+        match (per_node.get(&manager_id), per_node.get(&worker_id)) {
+            (Some(m), Some(w)) if m.len() == 1 && w.len() == 1 && wexec.running().contains(&w[0]) => Ok(w[0].clone()),
+            _ => Err(format!("{per_node:?}")),
+        }
+    })
+    .await;
+    update_node(&api, &worker_id, |s| s.availability = NodeAvailability::Drain).await;
+    wait_for("the worker's global task stopped, the manager's still running", || {
+        let per_node = running_per_node(&mgr, &global.id);
+        let stopped = mgr.store().unwrap().view(|v| v.task(&on_worker).map(|t| t.status.state));
+        if stopped == Some(TaskState::Shutdown) && !wexec.running().contains(&on_worker) && per_node.len() == 1 {
+            Ok(())
+        } else {
+            Err(format!("old task {stopped:?}; running {per_node:?}"))
+        }
+    })
+    .await;
+
+    step("active again, the worker gets a new global task");
+    update_node(&api, &worker_id, |s| s.availability = NodeAvailability::Active).await;
+    wait_for("a new global task running on the worker", || {
+        let per_node = running_per_node(&mgr, &global.id);
+        match per_node.get(&worker_id) {
+            Some(w) if w.len() == 1 && w[0] != on_worker && wexec.running().contains(&w[0]) => Ok(()),
             _ => Err(format!("{per_node:?}")),
         }
     })

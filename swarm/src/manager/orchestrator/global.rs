@@ -93,6 +93,25 @@ mod tests {
     }
 
     #[test]
+    fn a_node_made_eligible_again_gets_a_new_task_unless_the_restart_policy_declined() {
+        let mut s = service("s", "agent", 0);
+        s.spec.mode = ServiceMode::Global;
+        s.meta.version = 7;
+        // The task the orchestrator stopped when the node was drained; the node is active again.
+        let mut stopped = new_task(&s, 0, "a", TaskState::Shutdown);
+        stopped.status.state = TaskState::Shutdown;
+        let view = MemoryStore::from_objects(vec![Object::from(s.clone()), node("a", "ha").into(), stopped.into()]);
+        let Plan { create, .. } = plan_service(&view, &s);
+        assert_eq!(create.iter().map(|t| t.node_id.as_str()).collect::<Vec<_>>(), vec!["a"]);
+
+        // A task that ended on its own and was not replaced (restart policy) keeps the node's slot dead.
+        let mut declined = new_task(&s, 0, "a", TaskState::Shutdown);
+        declined.status.state = TaskState::Failed;
+        let view = MemoryStore::from_objects(vec![Object::from(s.clone()), node("a", "ha").into(), declined.into()]);
+        assert!(plan_service(&view, &s).create.is_empty());
+    }
+
+    #[test]
     fn paused_nodes_keep_their_task_drained_and_relabelled_ones_lose_it() {
         let mut s = service("s", "agent", 0);
         s.spec.mode = ServiceMode::Global;

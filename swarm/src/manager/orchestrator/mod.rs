@@ -95,11 +95,14 @@ pub fn new_task(service: &Service, slot: u64, node_id: &str, desired: TaskState)
 
 /// Whether a slot whose tasks all ended should stay empty: the restart policy declined to replace its last task
 /// and the service has not changed since. Scaling or updating the service frees such slots again, as in Swarm.
+/// A last task that ended SHUTDOWN did not end on its own: it was stopped (its node drained or relabelled out of the
+/// constraints), so the slot is free when its node is eligible again.
 pub fn slot_held_dead(service: &Service, tasks: &[&Task]) -> bool {
     match tasks.iter().max_by_key(|t| (t.meta.created_at, t.meta.version)) {
         Some(last) => {
             last.desired_state == TaskState::Shutdown
                 && last.status.state.is_terminal()
+                && last.status.state != TaskState::Shutdown
                 && last.spec_version >= service.meta.version
         }
         None => false,
