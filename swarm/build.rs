@@ -66,6 +66,8 @@ fn main() {
             ),
             unary("get_node", "GetNode", "crate::api::control::GetRequest", "crate::api::Node"),
             unary("list_nodes", "ListNodes", "crate::api::control::Empty", "crate::api::control::ListNodesResponse"),
+            unary("update_node", "UpdateNode", "crate::api::control::UpdateNodeRequest", "crate::api::Node"),
+            unary("remove_node", "RemoveNode", "crate::api::control::RemoveNodeRequest", "crate::api::control::Empty"),
             unary("get_task", "GetTask", "crate::api::control::GetRequest", "crate::api::Task"),
             unary(
                 "list_tasks",

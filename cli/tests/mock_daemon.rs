@@ -23,6 +23,8 @@ struct State {
     services: BTreeMap<String, Service>,
     tasks: Vec<(Task, Instant)>,
     next: u64,
+    /// The node's spec once `node update` changed it.
+    node_spec: Option<(NodeSpec, u64)>,
 }
 
 #[derive(Clone, Default)]
@@ -83,6 +85,16 @@ impl State {
                 self.tasks.push((t, Instant::now()));
             }
         }
+    }
+
+    /// The one node, with the spec `node update` gave it.
+    fn node(&self) -> Node {
+        let mut n = node();
+        if let Some((spec, version)) = &self.node_spec {
+            n.spec = spec.clone();
+            n.meta.version = *version;
+        }
+        n
     }
 
     fn tasks_now(&self) -> Vec<Task> {
@@ -168,7 +180,7 @@ impl Control for Fake {
     }
     async fn get_node(&self, req: Request<GetRequest>) -> Result<Response<Node>, Status> {
         let key = req.into_inner().id_or_name;
-        let n = node();
+        let n = self.0.lock().expect("lock").node();
         if n.id.starts_with(&key) || n.description.hostname == key {
             Ok(Response::new(n))
         } else {
@@ -176,7 +188,28 @@ impl Control for Fake {
         }
     }
     async fn list_nodes(&self, _req: Request<Empty>) -> Result<Response<ListNodesResponse>, Status> {
-        Ok(Response::new(ListNodesResponse { nodes: vec![node()] }))
+        Ok(Response::new(ListNodesResponse { nodes: vec![self.0.lock().expect("lock").node()] }))
+    }
+    async fn update_node(&self, req: Request<UpdateNodeRequest>) -> Result<Response<Node>, Status> {
+        let r = req.into_inner();
+        let mut st = self.0.lock().expect("lock");
+        let cur = st.node();
+        if r.node_id != cur.id {
+            return Err(Status::not_found(format!("node {} not found", r.node_id)));
+        }
+        if r.version != cur.meta.version {
+            return Err(Status::failed_precondition("update out of sequence"));
+        }
+        st.node_spec = Some((r.spec, cur.meta.version + 1));
+        Ok(Response::new(st.node()))
+    }
+    async fn remove_node(&self, req: Request<RemoveNodeRequest>) -> Result<Response<Empty>, Status> {
+        // The only node is the manager, which must be demoted first.
+        Err(Status::failed_precondition(format!(
+            "node {} is a cluster manager and is a member of the raft cluster. It must be demoted to worker before \
+             removal",
+            req.into_inner().node_id
+        )))
     }
     async fn get_task(&self, _req: Request<GetRequest>) -> Result<Response<Task>, Status> {
         Err(Status::unimplemented("get_task"))
@@ -190,6 +223,7 @@ impl Control for Fake {
             .tasks_now()
             .into_iter()
             .filter(|t| r.service_ids.is_empty() || r.service_ids.contains(&t.service_id))
+            .filter(|t| r.node_ids.is_empty() || r.node_ids.contains(&t.node_id))
             .filter(|t| r.desired_states.is_empty() || r.desired_states.contains(&t.desired_state))
             .collect();
         Ok(Response::new(ListTasksResponse { tasks }))
@@ -371,6 +405,41 @@ fn shoal_at(socket: &Path, args: &[&str]) -> Output {
         .stdin(Stdio::null())
         .output()
         .expect("run shoal")
+}
+
+#[test]
+fn node_commands_through_the_cli() {
+    let d = Daemon::start();
+    assert_eq!(d.ok(&["node", "update", "--availability", "pause", "--label-add", "zone=east", "self"]), "self\n");
+    let pretty = d.ok(&["node", "inspect", "--pretty", "self"]);
+    assert!(pretty.contains("Labels:\n - zone=east\n"), "{pretty}");
+    assert!(pretty.contains(" Availability:         \tPause\n"), "{pretty}");
+    let ls = d.ok(&["node", "ls"]);
+    assert!(
+        ls.lines().nth(1).is_some_and(|l| l.starts_with("node1aaaaaaaaaaaaaaaaaaaa *") && l.contains("Pause")),
+        "{ls}"
+    );
+    assert_eq!(d.ok(&["node", "ls", "-q", "--filter", "node.label=zone=west"]), "");
+    assert_eq!(d.ok(&["node", "ls", "-q", "-f", "role=manager"]), "node1aaaaaaaaaaaaaaaaaaaa\n");
+    assert_eq!(d.fails(&["node", "update", "--label-rm", "nope", "host-a"]), "key nope doesn't exist in node's labels");
+    assert_eq!(d.ok(&["node", "promote", "host-a"]), "Node node1aaaaaaaaaaaaaaaaaaaa is already a manager.\n");
+    assert_eq!(
+        d.fails(&["node", "rm", "host-a"]),
+        "Error response from daemon: node host-a is a cluster manager and is a member of the raft cluster. It must \
+         be demoted to worker before removal"
+    );
+    assert_eq!(d.fails(&["node", "ps", "nope"]), "Error response from daemon: node nope not found");
+
+    d.ok(&["service", "create", "-d", "--name", "web", "busybox"]);
+    let ps = d.ok(&["node", "ps"]);
+    let lines: Vec<&str> = ps.lines().collect();
+    assert!(lines[0].starts_with("ID             NAME      IMAGE            NODE      DESIRED STATE"), "{ps}");
+    assert!(lines[1].contains("   web.1     busybox:latest   host-a    Running   "), "{ps}");
+    assert_eq!(d.ok(&["node", "ps", "-q", "--no-trunc", "host-a"]).trim().len(), 25);
+    assert_eq!(
+        d.ok(&["node", "ps", "--format", "{{.Name}} {{.Node}}", "-f", "desired-state=running"]),
+        "web.1 host-a\n"
+    );
 }
 
 #[test]

@@ -397,7 +397,13 @@ impl<E: Executor> SwarmNode<E> {
             raft.initialize(&advertise).await?;
             raft.wait_leader(Duration::from_secs(10)).await?;
             let digest = root.digest();
-            let cluster = Cluster { id: cluster_id, meta: Meta::default(), spec, root_ca: RootCa_api(&root, &digest) };
+            let cluster = Cluster {
+                id: cluster_id,
+                meta: Meta::default(),
+                spec,
+                root_ca: RootCa_api(&root, &digest),
+                removed_nodes: Default::default(),
+            };
             let description = self.executor.describe().await?;
             let node = Node {
                 id: node_id,

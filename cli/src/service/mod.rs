@@ -157,16 +157,16 @@ async fn ls(client: &mut Client, a: LsArgs) -> anyhow::Result<()> {
     }
 }
 
-/// One `service ps --filter`.
+/// One `service ps --filter` (and `node ps --filter`).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PsFilter {
+pub(crate) enum PsFilter {
     DesiredState(TaskState),
     Node(String),
     Id(String),
     Name(String),
 }
 
-fn parse_filter(s: &str) -> Result<PsFilter, String> {
+pub(crate) fn parse_filter(s: &str) -> Result<PsFilter, String> {
     let (k, v) = s.split_once('=').ok_or_else(|| format!("bad format of filter (expected name=value): {s}"))?;
     match k {
         "desired-state" => match v {
@@ -185,7 +185,7 @@ fn parse_filter(s: &str) -> Result<PsFilter, String> {
 }
 
 /// Applies the client-side filters (the desired-state one is also sent to the server).
-fn keep_task(t: &Task, filters: &[PsFilter], node_names: &HashMap<String, String>) -> bool {
+pub(crate) fn keep_task(t: &Task, filters: &[PsFilter], node_names: &HashMap<String, String>) -> bool {
     let one = |f: &PsFilter| match f {
         PsFilter::DesiredState(s) => t.desired_state == *s,
         PsFilter::Node(n) => &t.node_id == n || node_names.get(&t.node_id) == Some(n),
@@ -203,7 +203,7 @@ fn keep_task(t: &Task, filters: &[PsFilter], node_names: &HashMap<String, String
 }
 
 /// Orders tasks as Docker does: by service, then slot (or node, for global services), newest first within one.
-fn sort_tasks(tasks: &mut [Task]) {
+pub(crate) fn sort_tasks(tasks: &mut [Task]) {
     tasks.sort_by(|a, b| {
         (&a.service_annotations.name, a.slot, &a.node_id)
             .cmp(&(&b.service_annotations.name, b.slot, &b.node_id))
@@ -216,7 +216,7 @@ fn sort_tasks(tasks: &mut [Task]) {
 const MAX_ERR_LEN: usize = 30;
 
 /// `service ps` columns: row field and table title (Docker's names).
-const PS_COLUMNS: &[(&str, &str)] = &[
+pub(crate) const PS_COLUMNS: &[(&str, &str)] = &[
     ("ID", "ID"),
     ("Name", "NAME"),
     ("Image", "IMAGE"),
@@ -230,7 +230,7 @@ const PS_COLUMNS: &[(&str, &str)] = &[
 /// The rows of `service ps` with Docker's field names; `tasks` must be sorted with [`sort_tasks`]. In a table,
 /// older tasks of a slot are shown as ` \_ web.1` under the current one; other formats get the plain name, as
 /// in Docker.
-fn ps_rows(
+pub(crate) fn ps_rows(
     tasks: &[Task],
     node_names: &HashMap<String, String>,
     no_trunc: bool,
@@ -264,7 +264,7 @@ fn ps_rows(
     rows
 }
 
-async fn node_names(client: &mut Client) -> anyhow::Result<HashMap<String, String>> {
+pub(crate) async fn node_names(client: &mut Client) -> anyhow::Result<HashMap<String, String>> {
     let nodes = rpc(client.control.list_nodes(Empty {}).await)?.nodes;
     Ok(nodes.into_iter().map(|n| (n.id, n.description.hostname)).collect())
 }

@@ -2,6 +2,7 @@
 
 use super::{meta::duration_text, Annotations, Meta};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 /// The id of the one cluster object (as SwarmKit's "default" cluster is found by name).
@@ -15,6 +16,11 @@ pub struct Cluster {
     pub spec: ClusterSpec,
     /// The root CA; the private key never leaves the managers (the control API strips it).
     pub root_ca: RootCa,
+    /// Ids of nodes removed with `node rm`: their certificates stay valid until they expire, so whatever
+    /// authenticates a peer by its certificate (dispatcher sessions, NodeCA renewals, Raft peers) must refuse
+    /// these ids. Only grows (a removed node rejoins with a new id), as SwarmKit's blacklisted certificates.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub removed_nodes: BTreeSet<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

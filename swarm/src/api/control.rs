@@ -1,6 +1,6 @@
 //! Messages of the control API (`shoal.Control`): what the CLI and other managers send to change the cluster.
 
-use super::{Cluster, Node, Service, ServiceSpec, Task, TaskState};
+use super::{Cluster, Node, NodeSpec, Service, ServiceSpec, Task, TaskState};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -43,6 +43,26 @@ pub struct ServiceWithStatus {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct ListServicesResponse {
     pub services: Vec<ServiceWithStatus>,
+}
+
+/// Replaces a node's spec (availability, labels, desired role): a read-modify-write, as `UpdateServiceRequest`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UpdateNodeRequest {
+    /// Full id, hostname, or unique id prefix.
+    pub node_id: String,
+    /// The version the caller read; a stale one fails with "update out of sequence".
+    pub version: u64,
+    pub spec: NodeSpec,
+}
+
+/// Removes a node from the swarm (`node rm`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RemoveNodeRequest {
+    /// Full id, hostname, or unique id prefix.
+    pub node_id: String,
+    /// Remove it even if it is READY (`--force`); managers must still be demoted first.
+    #[serde(default)]
+    pub force: bool,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

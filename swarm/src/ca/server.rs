@@ -148,6 +148,7 @@ mod tests {
                 ca_cert_digest: root.digest(),
                 join_tokens: JoinTokens { worker: worker.clone(), manager: manager.clone() },
             },
+            removed_nodes: Default::default(),
         };
         store
             .update(|tx| {

@@ -7,7 +7,7 @@
 pub mod validate;
 
 use crate::api::control::*;
-use crate::api::{new_id, Cluster, Node, ObjectKind, Service, ServiceMode, Task, TaskState};
+use crate::api::{new_id, Cluster, Node, NodeRole, NodeState, ObjectKind, Service, ServiceMode, Task, TaskState};
 use crate::manager::store::{ApplyError, MemoryStore, Store, StoreError};
 use crate::transport::control::control_server::Control;
 use tokio::sync::watch;
@@ -61,13 +61,11 @@ fn resolve<'a, T>(
     if let Some(t) = items.clone().find(|t| name(t) == key) {
         return Ok(t);
     }
-    let mut matches = items.filter(|t| id(t).starts_with(key));
-    match (matches.next(), matches.next()) {
-        (Some(t), None) => Ok(t),
-        (Some(_), Some(_)) => {
-            Err(Status::failed_precondition(format!("{what} {key} is ambiguous (more than one match)")))
-        }
-        _ => Err(Status::not_found(format!("{what} {key} not found"))),
+    let matches: Vec<&T> = items.filter(|t| id(t).starts_with(key)).collect();
+    match matches[..] {
+        [t] => Ok(t),
+        [] => Err(Status::not_found(format!("{what} {key} not found"))),
+        _ => Err(Status::invalid_argument(format!("{what} {key} is ambiguous ({} matches found)", matches.len()))),
     }
 }
 
@@ -81,6 +79,11 @@ fn find_node<'a>(v: &'a MemoryStore, key: &str) -> Result<&'a Node, Status> {
 
 fn find_task<'a>(v: &'a MemoryStore, key: &str) -> Result<&'a Task, Status> {
     resolve(v.tasks(), key, |t| &t.id, |t| &t.id, "task")
+}
+
+/// Whether `n` is a manager and is meant to stay one.
+fn stays_manager(n: &Node) -> bool {
+    n.role == NodeRole::Manager && n.spec.desired_role == NodeRole::Manager
 }
 
 /// The cluster object as the API shows it: without the CA key.
@@ -219,6 +222,71 @@ impl Control for ControlApi {
         Ok(Response::new(ListNodesResponse { nodes }))
     }
 
+    async fn update_node(&self, req: Request<UpdateNodeRequest>) -> Result<Response<Node>, Status> {
+        let store = self.store()?;
+        let UpdateNodeRequest { node_id, version, spec } = req.into_inner();
+        validate::node_spec(&spec).map_err(|e| Status::invalid_argument(e.0))?;
+        let id = store
+            .update(|tx| {
+                let view = tx.view();
+                let cur = find_node(view, &node_id)?;
+                let demoted = cur.spec.desired_role == NodeRole::Manager && spec.desired_role == NodeRole::Worker;
+                // Docker's guard: some other node must stay a manager. (Whether removing this member keeps the
+                // Raft quorum is Raft's to refuse when it acts on the desired role.)
+                if demoted && !view.nodes().any(|n| n.id != cur.id && stays_manager(n)) {
+                    return Err(Status::failed_precondition("attempting to demote the last manager of the swarm"));
+                }
+                let mut next = cur.clone();
+                next.meta.version = version;
+                next.spec = spec;
+                let id = next.id.clone();
+                tx.update(next);
+                Ok(id)
+            })
+            .await?;
+        store.view(|v| v.node(&id).cloned()).map(Response::new).ok_or_else(|| Status::not_found("node removed"))
+    }
+
+    async fn remove_node(&self, req: Request<RemoveNodeRequest>) -> Result<Response<Empty>, Status> {
+        let store = self.store()?;
+        let RemoveNodeRequest { node_id, force } = req.into_inner();
+        // Retried on a fresh view when another writer (the dispatcher marking the node DOWN, a cluster setting)
+        // wins a race: the caller gave no version, so there is nothing stale to report. Refusals are the inner
+        // error and propose nothing.
+        let id = store
+            .update_retrying(5, |tx| {
+                let view = tx.view();
+                let node = match find_node(view, &node_id) {
+                    Ok(n) => n.clone(),
+                    Err(e) => return Ok(Err(e)),
+                };
+                if node.spec.desired_role == NodeRole::Manager || node.role == NodeRole::Manager {
+                    return Ok(Err(Status::failed_precondition(format!(
+                        "node {} is a cluster manager and is a member of the raft cluster. It must be demoted to \
+                         worker before removal",
+                        node.id
+                    ))));
+                }
+                if !force && node.status.state == NodeState::Ready {
+                    return Ok(Err(Status::failed_precondition(format!(
+                        "node {} is not down and can't be removed",
+                        node.id
+                    ))));
+                }
+                // The tombstone and the delete are one proposal: a removed node is never forgotten.
+                if let Some(c) = view.cluster() {
+                    let mut c = c.clone();
+                    c.removed_nodes.insert(node.id.clone());
+                    tx.update(c);
+                }
+                tx.delete(ObjectKind::Node, &node.id, node.meta.version);
+                Ok(Ok(node.id))
+            })
+            .await??;
+        tracing::info!(node.id = %id, force, "node removed");
+        Ok(Response::new(Empty {}))
+    }
+
     async fn get_task(&self, req: Request<GetRequest>) -> Result<Response<Task>, Status> {
         let key = req.into_inner().id_or_name;
         self.store()?.view(|v| find_task(v, &key).cloned()).map(Response::new)
@@ -281,5 +349,140 @@ mod tests {
         let stale = UpdateServiceRequest { id: s.id.clone(), version: s.meta.version + 100, spec: s.spec.clone() };
         let e = api.update_service(Request::new(stale)).await.unwrap_err();
         assert!(e.message().contains("update out of sequence"), "{}", e.message());
+    }
+
+    /// A store with the cluster object, manager `m`, ready worker `w` and down worker `d`.
+    async fn nodes_store() -> Store {
+        let store = Store::in_memory();
+        let cluster: Cluster = serde_json::from_value(serde_json::json!({
+            "id": "c1", "spec": {"name": "default"},
+            "root_ca": {"ca_cert_pem": "", "ca_cert_digest": "", "join_tokens": {"worker": "", "manager": ""}}
+        }))
+        .unwrap();
+        let worker = |id: &str, state| {
+            let mut n = crate::testing::node(id, &format!("host-{id}"));
+            n.role = NodeRole::Worker;
+            n.spec.desired_role = NodeRole::Worker;
+            n.status.state = state;
+            n
+        };
+        store
+            .update(|tx| {
+                tx.create(cluster);
+                tx.create(crate::testing::node("m", "host-m"));
+                tx.create(worker("w", NodeState::Ready));
+                tx.create(worker("d", NodeState::Down));
+                Ok::<_, StoreError>(())
+            })
+            .await
+            .unwrap();
+        store
+    }
+
+    fn everything(store: &Store) -> Vec<crate::api::Object> {
+        store.view(|v| v.objects().collect())
+    }
+
+    #[tokio::test]
+    async fn bad_node_updates_change_nothing() {
+        let store = nodes_store().await;
+        let api = ControlApi::with_store(store.clone());
+        let get = |id: &str| store.view(|v| v.node(id).cloned().unwrap());
+        let update = |node_id: &str, version, spec| {
+            api.update_node(Request::new(UpdateNodeRequest { node_id: node_id.into(), version, spec }))
+        };
+        let before = everything(&store);
+        let w = get("w");
+
+        let e = update("nope", w.meta.version, w.spec.clone()).await.unwrap_err();
+        assert_eq!((e.code(), e.message()), (tonic::Code::NotFound, "node nope not found"));
+        let e = update("", w.meta.version, w.spec.clone()).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        // An id prefix shared by two nodes, in Docker's words.
+        let e = find_node(
+            &MemoryStore::from_objects(vec![
+                crate::testing::node("ab1", "h1").into(),
+                crate::testing::node("ab2", "h2").into(),
+            ]),
+            "ab",
+        )
+        .unwrap_err();
+        assert_eq!((e.code(), e.message()), (tonic::Code::InvalidArgument, "node ab is ambiguous (2 matches found)"));
+        let e = update("w", w.meta.version + 100, w.spec.clone()).await.unwrap_err();
+        assert!(e.message().contains("update out of sequence"), "{}", e.message());
+        let mut bad = w.spec.clone();
+        bad.annotations.labels.insert(String::new(), "x".into());
+        let e = update("w", w.meta.version, bad).await.unwrap_err();
+        assert_eq!((e.code(), e.message()), (tonic::Code::InvalidArgument, "invalid label: the key must not be empty"));
+        let m = get("m");
+        let mut demote = m.spec.clone();
+        demote.desired_role = NodeRole::Worker;
+        let e = update("host-m", m.meta.version, demote.clone()).await.unwrap_err();
+        assert_eq!(
+            (e.code(), e.message()),
+            (tonic::Code::FailedPrecondition, "attempting to demote the last manager of the swarm")
+        );
+        assert_eq!(everything(&store), before, "refused updates changed the store");
+
+        // Drain and label the worker, by hostname.
+        let mut spec = w.spec.clone();
+        spec.availability = crate::api::NodeAvailability::Drain;
+        spec.annotations.labels.insert("zone".into(), "east".into());
+        let updated = update("host-w", w.meta.version, spec.clone()).await.unwrap().into_inner();
+        assert_eq!(updated.spec, spec);
+        assert_eq!(get("w").spec, spec);
+
+        // Promoting w records the desired role only; m is still the last manager until w's role follows.
+        let w = get("w");
+        let mut promote = w.spec.clone();
+        promote.desired_role = NodeRole::Manager;
+        update("w", w.meta.version, promote).await.unwrap();
+        assert_eq!(get("w").role, NodeRole::Worker, "the role changes when the node becomes a manager");
+        let e = update("m", m.meta.version, demote.clone()).await.unwrap_err();
+        assert!(e.message().contains("last manager"), "{}", e.message());
+        let mut w = get("w");
+        w.role = NodeRole::Manager;
+        store
+            .update(|tx| {
+                tx.update(w);
+                Ok::<_, StoreError>(())
+            })
+            .await
+            .unwrap();
+        let demoted = update("m", m.meta.version, demote).await.unwrap().into_inner();
+        assert_eq!(demoted.spec.desired_role, NodeRole::Worker);
+    }
+
+    #[tokio::test]
+    async fn node_removal_refuses_ready_nodes_and_managers_and_records_the_removed() {
+        let store = nodes_store().await;
+        let api = ControlApi::with_store(store.clone());
+        let remove =
+            |node_id: &str, force| api.remove_node(Request::new(RemoveNodeRequest { node_id: node_id.into(), force }));
+        let before = everything(&store);
+        let e = remove("nope", true).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::NotFound);
+        let e = remove("host-w", false).await.unwrap_err();
+        assert_eq!(
+            (e.code(), e.message()),
+            (tonic::Code::FailedPrecondition, "node w is not down and can't be removed")
+        );
+        let e = remove("m", true).await.unwrap_err();
+        assert_eq!(
+            e.message(),
+            "node m is a cluster manager and is a member of the raft cluster. It must be demoted to worker before \
+             removal"
+        );
+        assert_eq!(everything(&store), before, "refused removals changed the store");
+
+        remove("d", false).await.expect("a down worker is removed");
+        remove("host-w", true).await.expect("--force removes a ready worker");
+        let (nodes, removed) = store.view(|v| {
+            (v.nodes().map(|n| n.id.clone()).collect::<Vec<_>>(), v.cluster().unwrap().removed_nodes.clone())
+        });
+        assert_eq!(nodes, vec!["m"]);
+        assert_eq!(removed.into_iter().collect::<Vec<_>>(), vec!["d", "w"]);
+        let e = remove("d", false).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::NotFound, "removed once");
     }
 }

@@ -1,6 +1,6 @@
 //! Validation of specs the control API receives. Every error names the field and what is wrong.
 
-use crate::api::{normalize_image_ref, Mount, MountType, ServiceSpec};
+use crate::api::{normalize_image_ref, Mount, MountType, NodeSpec, ServiceSpec};
 
 /// A spec the control API refuses.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -74,6 +74,19 @@ pub fn service_spec(spec: &mut ServiceSpec) -> Result<(), InvalidSpec> {
     }
     if spec.task_template.placement.max_replicas > 0 && spec.mode == crate::api::ServiceMode::Global {
         return Err(InvalidSpec("--replicas-max-per-node cannot be used with global mode".into()));
+    }
+    Ok(())
+}
+
+/// Checks a node spec: label keys must be non-empty and free of whitespace and '=' (they are written `k=v`).
+pub fn node_spec(spec: &NodeSpec) -> Result<(), InvalidSpec> {
+    for k in spec.annotations.labels.keys() {
+        if k.is_empty() {
+            return Err(InvalidSpec("invalid label: the key must not be empty".into()));
+        }
+        if k.contains('=') || k.chars().any(char::is_whitespace) {
+            return Err(InvalidSpec(format!("invalid label key {k:?}: must not contain '=' or whitespace")));
+        }
     }
     Ok(())
 }

@@ -91,4 +91,57 @@ mod tests {
         assert!(stop.is_empty());
         assert!(create.iter().all(|t| t.slot == 0));
     }
+
+    #[test]
+    fn a_node_made_eligible_again_gets_a_new_task_unless_the_restart_policy_declined() {
+        let mut s = service("s", "agent", 0);
+        s.spec.mode = ServiceMode::Global;
+        s.meta.version = 7;
+        // The task the orchestrator stopped when the node was drained; the node is active again.
+        let mut stopped = new_task(&s, 0, "a", TaskState::Shutdown);
+        stopped.status.state = TaskState::Shutdown;
+        let view = MemoryStore::from_objects(vec![Object::from(s.clone()), node("a", "ha").into(), stopped.into()]);
+        let Plan { create, .. } = plan_service(&view, &s);
+        assert_eq!(create.iter().map(|t| t.node_id.as_str()).collect::<Vec<_>>(), vec!["a"]);
+
+        // A task that ended on its own and was not replaced (restart policy) keeps the node's slot dead.
+        let mut declined = new_task(&s, 0, "a", TaskState::Shutdown);
+        declined.status.state = TaskState::Failed;
+        let view = MemoryStore::from_objects(vec![Object::from(s.clone()), node("a", "ha").into(), declined.into()]);
+        assert!(plan_service(&view, &s).create.is_empty());
+    }
+
+    #[test]
+    fn paused_nodes_keep_their_task_drained_and_relabelled_ones_lose_it() {
+        let mut s = service("s", "agent", 0);
+        s.spec.mode = ServiceMode::Global;
+        s.spec.task_template.placement.constraints = vec!["node.labels.agent==yes".parse().unwrap()];
+        let labelled = |id: &str, availability, label: &str| {
+            let mut n = node(id, &format!("host-{id}"));
+            n.spec.availability = availability;
+            n.spec.annotations.labels.insert("agent".into(), label.into());
+            n
+        };
+        let running_on = |id: &str, node: &str| {
+            let mut t = new_task(&s, 0, node, TaskState::Running);
+            t.id = id.into();
+            t.status.state = TaskState::Running;
+            t
+        };
+        let view = MemoryStore::from_objects(vec![
+            Object::from(s.clone()),
+            labelled("paused", NodeAvailability::Pause, "yes").into(),
+            labelled("paused-new", NodeAvailability::Pause, "yes").into(),
+            labelled("drained", NodeAvailability::Drain, "yes").into(),
+            labelled("unlabelled", NodeAvailability::Active, "no").into(),
+            running_on("t-paused", "paused").into(),
+            running_on("t-drained", "drained").into(),
+            running_on("t-unlabelled", "unlabelled").into(),
+        ]);
+        let Plan { create, end, .. } = plan_service(&view, &s);
+        assert!(create.is_empty(), "no new task on a paused, drained or unlabelled node: {create:?}");
+        let mut stopped: Vec<&str> = end.iter().map(|t| t.id.as_str()).collect();
+        stopped.sort();
+        assert_eq!(stopped, vec!["t-drained", "t-unlabelled"], "the paused node keeps its task");
+    }
 }

@@ -13,7 +13,9 @@ pub mod replicated;
 pub mod restart;
 pub mod task_reaper;
 
-use crate::api::{new_id, NodeState, Object, Service, ServiceMode, Task, TaskState, TaskStatus, Timestamp};
+use crate::api::{
+    new_id, NodeAvailability, NodeState, Object, Service, ServiceMode, Task, TaskState, TaskStatus, Timestamp,
+};
 use crate::manager::store::{Event, MemoryStore, Store, StoreError};
 use restart::RestartSupervisor;
 use std::future::Future;
@@ -27,13 +29,47 @@ pub fn is_live(t: &Task) -> bool {
     t.desired_state <= TaskState::Running
 }
 
-/// Whether `t` is a live task that has not ended, on a node that is DOWN: its slot must run elsewhere. Its status
-/// stays what the node last reported (as in Swarm); only its desired state changes.
-pub fn on_down_node(view: &MemoryStore, t: &Task) -> bool {
-    is_live(t)
-        && !t.status.state.is_terminal()
-        && !t.node_id.is_empty()
-        && view.node(&t.node_id).is_some_and(|n| n.status.state == NodeState::Down)
+/// Why a live task must leave its node, its slot being refilled elsewhere at once (not a restart attempt).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MoveReason {
+    /// The node is DOWN (lost its session or missed its heartbeats).
+    NodeDown,
+    /// The node was removed from the swarm (`node rm`).
+    NodeRemoved,
+    /// The node's availability is DRAIN.
+    NodeDrained,
+    /// The node no longer satisfies the task's placement constraints (e.g. a label was removed).
+    ConstraintsNotMet,
+}
+
+impl MoveReason {
+    pub fn message(self) -> &'static str {
+        match self {
+            MoveReason::NodeDown => "node is down",
+            MoveReason::NodeRemoved => "node was removed",
+            MoveReason::NodeDrained => "node is drained",
+            MoveReason::ConstraintsNotMet => "node no longer satisfies the placement constraints",
+        }
+    }
+}
+
+/// Whether `t` is a live task that has not ended, on a node it must leave: DOWN, removed, drained, or no longer
+/// matching the task's constraints. Its status stays what the node last reported (as in Swarm); only its desired
+/// state changes. PAUSE is not a reason: paused nodes keep their tasks and only take no new ones.
+pub fn move_reason(view: &MemoryStore, t: &Task) -> Option<MoveReason> {
+    if !is_live(t) || t.status.state.is_terminal() || t.node_id.is_empty() {
+        return None;
+    }
+    let Some(node) = view.node(&t.node_id) else { return Some(MoveReason::NodeRemoved) };
+    if node.status.state == NodeState::Down {
+        Some(MoveReason::NodeDown)
+    } else if node.spec.availability == NodeAvailability::Drain {
+        Some(MoveReason::NodeDrained)
+    } else if !t.spec.placement.constraints.iter().all(|c| c.matches(node)) {
+        Some(MoveReason::ConstraintsNotMet)
+    } else {
+        None
+    }
 }
 
 /// A new task for `service` in `slot` (replicated) or on `node_id` (global, slot 0).
@@ -59,11 +95,14 @@ pub fn new_task(service: &Service, slot: u64, node_id: &str, desired: TaskState)
 
 /// Whether a slot whose tasks all ended should stay empty: the restart policy declined to replace its last task
 /// and the service has not changed since. Scaling or updating the service frees such slots again, as in Swarm.
+/// A last task that ended SHUTDOWN did not end on its own: it was stopped (its node drained or relabelled out of the
+/// constraints), so the slot is free when its node is eligible again.
 pub fn slot_held_dead(service: &Service, tasks: &[&Task]) -> bool {
     match tasks.iter().max_by_key(|t| (t.meta.created_at, t.meta.version)) {
         Some(last) => {
             last.desired_state == TaskState::Shutdown
                 && last.status.state.is_terminal()
+                && last.status.state != TaskState::Shutdown
                 && last.spec_version >= service.meta.version
         }
         None => false,
@@ -76,8 +115,8 @@ pub struct Plan {
     pub create: Vec<Task>,
     /// Live tasks to end (the orchestrator says with which desired state).
     pub end: Vec<Task>,
-    /// Live tasks on DOWN nodes whose slots `create` refills elsewhere: set to desired SHUTDOWN, so the node stops
-    /// them when it comes back.
+    /// Live tasks that must leave their node ([`move_reason`]) and whose slots `create` refills elsewhere: set to
+    /// desired SHUTDOWN, so the node stops them (now, or when it comes back).
     pub orphaned: Vec<Task>,
 }
 
@@ -135,8 +174,9 @@ impl<P: ServiceModePolicy> Orchestrator<P> {
                         tx.update(t);
                     }
                     for mut t in plan.orphaned {
+                        let why = move_reason(view, &t).map_or("", MoveReason::message);
                         tracing::info!(service.id = %service.id, task.id = %t.id, slot = t.slot, node.id = %t.node_id,
-                            "node is down; replacing its task");
+                            reason = why, "moving the task off its node");
                         t.desired_state = TaskState::Shutdown;
                         tx.update(t);
                     }
@@ -156,7 +196,8 @@ fn service_or_task(ev: &Event) -> bool {
     matches!(ev.object, Object::Service(_) | Object::Task(_))
 }
 
-/// Whether an event is about a service, a task or a node (a node going DOWN frees its slots).
+/// Whether an event is about a service, a task or a node (a node going DOWN, drained, relabelled or removed frees
+/// its slots).
 fn service_task_or_node(ev: &Event) -> bool {
     matches!(ev.object, Object::Service(_) | Object::Task(_) | Object::Node(_))
 }

@@ -1,11 +1,12 @@
 //! The replicated orchestrator: keeps `replicas` slots filled with one live task each, adds slots when scaled
 //! up, removes the highest (non-running first) when scaled down, removes every task of a deleted service, and
-//! hands ended tasks to the restart supervisor. A slot whose task is on a DOWN node is refilled at once in the
-//! same slot (the old task goes to desired SHUTDOWN); this is not a restart attempt: the task did not fail, so
-//! neither the restart condition, delay nor `--restart-max-attempts` apply to it.
+//! hands ended tasks to the restart supervisor. A slot whose task must leave its node (DOWN, removed, drained, or
+//! no longer matching the task's constraints) is refilled at once in the same slot, to be scheduled anywhere that
+//! fits (the old task goes to desired SHUTDOWN); this is not a restart attempt: the task did not fail, so neither
+//! the restart condition, delay nor `--restart-max-attempts` apply to it.
 
 use super::{
-    is_live, new_task, on_down_node, service_task_or_node, slot_held_dead, Orchestrator, Plan, ServiceModePolicy,
+    is_live, move_reason, new_task, service_task_or_node, slot_held_dead, Orchestrator, Plan, ServiceModePolicy,
 };
 use crate::api::{Service, ServiceMode, Task, TaskState};
 use crate::manager::store::{Event, MemoryStore};
@@ -47,7 +48,7 @@ pub fn plan_service(view: &MemoryStore, service: &Service) -> Plan {
     let mut plan = Plan::default();
     for (slot, tasks) in &slots {
         let (lost, live): (Vec<&&Task>, Vec<&&Task>) =
-            tasks.iter().filter(|t| is_live(t)).partition(|t| on_down_node(view, t));
+            tasks.iter().filter(|t| is_live(t)).partition(|t| move_reason(view, t).is_some());
         plan.orphaned.extend(lost.into_iter().map(|t| (*t).clone()));
         if !live.is_empty() {
             occupied.push((*slot, live.iter().any(|t| t.status.state == TaskState::Running)));
@@ -93,8 +94,8 @@ pub fn plan_service(view: &MemoryStore, service: &Service) -> Plan {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::NodeState;
-    use crate::api::Object;
+    use crate::api::{NodeAvailability, NodeState, Object};
+    use crate::manager::orchestrator::MoveReason;
     use crate::testing::{node, service, task};
 
     fn view_of(s: &Service, tasks: Vec<Task>) -> MemoryStore {
@@ -173,6 +174,46 @@ mod tests {
         slots.sort();
         assert_eq!(slots, vec![2, 3], "their slots get new tasks, to be scheduled anywhere");
         assert!(p.create.iter().all(|t| t.node_id.is_empty() && t.desired_state == TaskState::Running));
+        assert!(p.end.is_empty());
+    }
+
+    #[test]
+    fn drained_relabelled_and_removed_nodes_lose_their_tasks_paused_ones_keep_them() {
+        let mut s = service("s", "web", 5);
+        s.spec.task_template.placement.constraints = vec!["node.labels.tier!=cold".parse().unwrap()];
+        let (mut paused, mut drained, ok, mut relabelled) =
+            (node("p", "host-p"), node("d", "host-d"), node("ok", "host-ok"), node("r", "host-r"));
+        paused.spec.availability = NodeAvailability::Pause;
+        drained.spec.availability = NodeAvailability::Drain;
+        relabelled.spec.annotations.labels.insert("tier".into(), "cold".into());
+        let on = |id: &str, slot, node: &str| {
+            let mut t = task(id, "s", slot);
+            t.spec = s.spec.task_template.clone();
+            t.node_id = node.into();
+            t.status.state = TaskState::Running;
+            t
+        };
+        let tasks = vec![on("a", 1, "p"), on("b", 2, "d"), on("c", 3, "ok"), on("e", 4, "r"), on("f", 5, "gone")];
+        let mut objs: Vec<Object> = vec![s.clone().into(), paused.into(), drained.into(), ok.into(), relabelled.into()];
+        objs.extend(tasks.into_iter().map(Object::from));
+        let view = MemoryStore::from_objects(objs);
+        let p = plan_service(&view, &s);
+
+        let mut moved: Vec<(&str, Option<MoveReason>)> =
+            p.orphaned.iter().map(|t| (t.id.as_str(), move_reason(&view, t))).collect();
+        moved.sort_by_key(|(id, _)| *id);
+        assert_eq!(
+            moved,
+            vec![
+                ("b", Some(MoveReason::NodeDrained)),
+                ("e", Some(MoveReason::ConstraintsNotMet)),
+                ("f", Some(MoveReason::NodeRemoved))
+            ]
+        );
+        let mut slots: Vec<u64> = p.create.iter().map(|t| t.slot).collect();
+        slots.sort();
+        assert_eq!(slots, vec![2, 4, 5], "refilled in place, to be scheduled where they fit");
+        assert!(p.create.iter().all(|t| t.node_id.is_empty()));
         assert!(p.end.is_empty());
     }
 

@@ -1,6 +1,6 @@
 //! The task reaper: keeps at most `task_history_retention_limit` tasks per slot (the live one included, as
 //! `docker service ps` shows them), marks the live tasks of deleted services REMOVE, and deletes tasks marked
-//! REMOVE once they stopped (or never reached a node).
+//! REMOVE once they stopped (or never reached a node, or their node was removed).
 
 use super::{is_live, reconcile_loop};
 use crate::api::{Object, ObjectKind, Task, TaskState};
@@ -9,9 +9,12 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
-/// Whether a task can be deleted without leaving a container behind: it ended, or never reached a node.
-fn stopped(t: &Task) -> bool {
-    t.status.state.is_terminal() || t.status.state < TaskState::Assigned
+/// Whether a task can be deleted without leaving a container behind that could still be stopped: it ended, never
+/// reached a node, or its node was removed from the swarm (no agent will report it again).
+fn stopped(view: &MemoryStore, t: &Task) -> bool {
+    t.status.state.is_terminal()
+        || t.status.state < TaskState::Assigned
+        || (!t.node_id.is_empty() && view.node(&t.node_id).is_none())
 }
 
 /// Tasks to delete (pure).
@@ -21,7 +24,7 @@ pub fn plan(view: &MemoryStore, history_limit: u64) -> Vec<Task> {
     for t in view.tasks() {
         let gone = t.desired_state == TaskState::Remove || view.service(&t.service_id).is_none();
         if gone {
-            if stopped(t) {
+            if stopped(view, t) {
                 out.push(t.clone());
             }
             continue;
@@ -36,7 +39,7 @@ pub fn plan(view: &MemoryStore, history_limit: u64) -> Vec<Task> {
         // Newest first; keep `history_limit`, delete older tasks that are done.
         tasks.sort_by(|a, b| (b.meta.created_at, b.meta.version).cmp(&(a.meta.created_at, a.meta.version)));
         for t in tasks.into_iter().skip(history_limit as usize) {
-            if !is_live(t) && stopped(t) {
+            if !is_live(t) && stopped(view, t) {
                 out.push(t.clone());
             }
         }
@@ -72,7 +75,7 @@ impl TaskReaper {
             .update(|tx| {
                 let limit = tx.view().cluster().map(|c| c.spec.orchestration.task_history_retention_limit).unwrap_or(5);
                 let view = tx.view();
-                for t in view.tasks().filter(|t| t.desired_state != TaskState::Remove && !stopped(t)) {
+                for t in view.tasks().filter(|t| t.desired_state != TaskState::Remove && !stopped(view, t)) {
                     if view.service(&t.service_id).is_none() {
                         let mut t = t.clone();
                         t.desired_state = TaskState::Remove;
@@ -107,6 +110,29 @@ mod tests {
         let mut deleted: Vec<String> = plan(&MemoryStore::from_objects(objs), 5).into_iter().map(|t| t.id).collect();
         deleted.sort();
         assert_eq!(deleted, vec!["t0", "t1", "t2"]);
+    }
+
+    #[test]
+    fn tasks_of_removed_nodes_count_as_stopped() {
+        // Slot 1's history: 5 ended tasks and, oldest, one shut down on a node removed while it still ran.
+        let s = service("s", "web", 1);
+        let mut objs: Vec<Object> = vec![s.into(), crate::testing::node("n1", "host-1").into()];
+        for i in 0..6u64 {
+            let mut t = task(&format!("t{i}"), "s", 1);
+            t.meta.created_at = crate::api::Timestamp(std::time::UNIX_EPOCH + Duration::from_secs(i));
+            t.node_id = if i == 0 { "gone".into() } else { "n1".into() };
+            t.status.state = if i == 0 { TaskState::Running } else { TaskState::Failed };
+            t.desired_state = TaskState::Shutdown;
+            objs.push(t.into());
+        }
+        let deleted: Vec<String> =
+            plan(&MemoryStore::from_objects(objs.clone()), 5).into_iter().map(|t| t.id).collect();
+        assert_eq!(deleted, vec!["t0"]);
+        // On a node that still exists, the same task waits for its agent to stop it.
+        if let Object::Task(t) = &mut objs[2] {
+            t.node_id = "n1".into();
+        }
+        assert!(plan(&MemoryStore::from_objects(objs), 5).is_empty());
     }
 
     #[test]

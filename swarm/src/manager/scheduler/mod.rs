@@ -259,6 +259,17 @@ mod tests {
     }
 
     #[test]
+    fn paused_and_drained_nodes_take_no_new_tasks() {
+        let (mut paused, mut drained) = (node("p", "hp"), node("d", "hd"));
+        paused.spec.availability = crate::api::NodeAvailability::Pause;
+        drained.spec.availability = crate::api::NodeAvailability::Drain;
+        let p = plan(&store_with(vec![paused.clone(), drained.clone()], vec![task("t1", "svc", 1)]));
+        assert_eq!(p[0].1, Decision::NoSuitableNode("no suitable node (2 nodes not available for new tasks)".into()));
+        let p = plan(&store_with(vec![paused, drained, node("a", "ha")], vec![task("t1", "svc", 1)]));
+        assert_eq!(p[0].1, Decision::Assign("a".into()));
+    }
+
+    #[test]
     fn max_replicas_per_node_and_down_nodes() {
         let mut down = node("b", "hb");
         down.status.state = crate::api::NodeState::Down;
