@@ -122,6 +122,18 @@ fn main() {
                 "crate::api::ca::IssueNodeCertificateRequest",
                 "crate::api::ca::IssueNodeCertificateResponse",
             ),
+            unary(
+                "node_certificate_status",
+                "NodeCertificateStatus",
+                "crate::api::control::Empty",
+                "crate::api::ca::NodeCertificateStatusResponse",
+            ),
+            unary(
+                "renew_node_certificate",
+                "RenewNodeCertificate",
+                "crate::api::ca::RenewNodeCertificateRequest",
+                "crate::api::ca::IssueNodeCertificateResponse",
+            ),
         ],
     );
     // Manager to manager: openraft's RPCs, forwarded proposals and membership changes.

@@ -70,7 +70,11 @@ pub async fn run(cfg: DaemonConfig, shutdown: CancellationToken) -> Result<(), D
         Arc::new(executor.clone()),
     ));
     let api = LocalApi { node: node.clone(), images, executor, containerd_version, data_root: cfg.data_root.clone() };
-    let result = serve(&socket, socket_gid, api, shutdown).await;
+    // Certificate renewal and role changes (promote/demote) are checked every 2 s.
+    let maintenance = SwarmNode::spawn_maintenance(node.clone(), Duration::from_secs(2), shutdown.child_token());
+    let result = serve(&socket, socket_gid, api, shutdown.clone()).await;
+    shutdown.cancel();
+    let _ = maintenance.await;
     node.shutdown().await;
     if let Some(m) = managed {
         m.shutdown().await;

@@ -127,6 +127,9 @@ struct ManagerParts {
 
 struct Running<E: Executor> {
     me: PersistedNode,
+    identity: NodeIdentity,
+    /// When to renew the certificate (a random point in 50–80 % of its lifetime).
+    renew_at: std::time::SystemTime,
     /// None on a worker.
     manager: Option<ManagerParts>,
     agent: Arc<Agent<E>>,
@@ -530,8 +533,15 @@ impl<E: Executor> SwarmNode<E> {
         let token = shutdown.clone();
         tasks.spawn(async move { a.run(token).await }.instrument(tracing::info_span!("agent", node.id = %me.node_id)));
 
-        *self.running.lock().await =
-            Some(Running { me, manager: Some(ManagerParts { raft, store }), agent, shutdown, tasks });
+        *self.running.lock().await = Some(Running {
+            me,
+            renew_at: identity.renewal_deadline(),
+            identity,
+            manager: Some(ManagerParts { raft, store }),
+            agent,
+            shutdown,
+            tasks,
+        });
         Ok(())
     }
 
@@ -546,7 +556,15 @@ impl<E: Executor> SwarmNode<E> {
         let token = shutdown.clone();
         tasks.spawn(async move { a.run(token).await }.instrument(tracing::info_span!("agent", node.id = %me.node_id)));
         self.worker.send_replace(true);
-        *self.running.lock().await = Some(Running { me, manager: None, agent, shutdown, tasks });
+        *self.running.lock().await = Some(Running {
+            me,
+            renew_at: identity.renewal_deadline(),
+            identity,
+            manager: None,
+            agent,
+            shutdown,
+            tasks,
+        });
         Ok(())
     }
 
@@ -613,7 +631,8 @@ impl<E: Executor> SwarmNode<E> {
             raft_id: 0,
             cluster_id: identity.cluster_id.clone(),
             role: NodeRole::Worker,
-            listen_addr: listen,
+            // The port it was given, or the one the OS chose for port 0: where it listens if it is promoted.
+            listen_addr: listen_sock.to_string(),
             advertise_addr: advertise,
             snapshot_interval: default_snapshot_interval(),
             managers: vec![remote],
@@ -706,6 +725,100 @@ impl<E: Executor> SwarmNode<E> {
         }
         tracing::info!(node.id = %node_id, raft.id = raft_id, "joined the swarm as a manager");
         Ok(node_id)
+    }
+
+    /// Keeps this node's certificate in line with what the managers record, and runs it in that role: renews the
+    /// certificate once its renewal point (50–80 % of its lifetime) has passed, and on a role change (`node
+    /// promote` / `demote`) gets a certificate for the new role and restarts as a manager (joining the Raft group)
+    /// or as a worker (its Raft files removed). Containers keep running across the restart. Call it every couple of
+    /// seconds ([`SwarmNode::spawn_maintenance`]); returns whether the node restarted.
+    pub async fn maintain(&self) -> Result<bool, NodeError> {
+        let (me, identity, renew_at, target, members) = {
+            let running = self.running.lock().await;
+            let Some(r) = running.as_ref() else { return Ok(false) };
+            let target = match &r.manager {
+                Some(_) => Some(r.me.advertise_addr.clone()),
+                None => r.agent.status().borrow().connected_to.clone().or_else(|| r.me.managers.first().cloned()),
+            };
+            let members = r.manager.as_ref().map(|m| m.raft.member_addrs()).unwrap_or_default();
+            (r.me.clone(), r.identity.clone(), r.renew_at, target, members)
+        };
+        let Some(target) = target else { return Ok(false) };
+        let Ok(mut ca) = ca::member_ca_client(&target, &identity).await else { return Ok(false) };
+        let Ok(status) = ca.node_certificate_status(crate::api::control::Empty {}).await else { return Ok(false) };
+        let role = status.into_inner().role;
+        if role == identity.role && std::time::SystemTime::now() < renew_at {
+            return Ok(false);
+        }
+        let raft_id = if me.raft_id != 0 { me.raft_id } else { rand::random::<u64>() | 1 };
+        let csr = ca::NodeCsr::new()?;
+        let req = crate::api::ca::RenewNodeCertificateRequest {
+            csr: csr.csr_pem.clone(),
+            raft_id,
+            advertise_addr: me.advertise_addr.clone(),
+        };
+        let resp = ca
+            .renew_node_certificate(req)
+            .await
+            .map_err(|s| NodeError::Membership(format!("renewing the node certificate: {}", s.message())))?
+            .into_inner();
+        let renewed = NodeIdentity::from_cert(&resp.certificate, &csr.key_pem, &identity.ca_cert_pem)?;
+        tracing::info!(node.id = %me.node_id, role = %renewed.role, "renewed the node certificate");
+        let becomes_manager = renewed.role == NodeRole::Manager && me.role == NodeRole::Worker;
+        let becomes_worker = renewed.role == NodeRole::Worker && me.role == NodeRole::Manager;
+        let next = PersistedNode {
+            role: renewed.role,
+            raft_id: if renewed.role == NodeRole::Manager { raft_id } else { 0 },
+            managers: if becomes_worker {
+                members.into_iter().filter(|a| *a != me.advertise_addr).collect()
+            } else if becomes_manager {
+                vec![target.clone()]
+            } else {
+                me.managers.clone()
+            },
+            ..me.clone()
+        };
+        // The certificate, then node.json: a crash in between resumes in the old role with the new certificate,
+        // and the next check sees the role differ again.
+        self.shutdown().await;
+        renewed.save(&self.certs_dir())?;
+        crate::fsutil::write_atomic(
+            &self.cfg.state_dir.join(NODE_FILE),
+            &serde_json::to_vec_pretty(&next).expect("plain data"),
+            0o600,
+        )
+        .map_err(|e| self.state_err(e))?;
+        if becomes_worker {
+            remove_any(&self.cfg.state_dir.join("raft")).map_err(|e| self.state_err(e))?;
+        }
+        self.resume().await?;
+        if becomes_manager {
+            let raft = self.raft().await.ok_or_else(|| self.state_err("the promoted node did not start Raft"))?;
+            ask_to_join(&raft, &target, raft_id, &next.advertise_addr).await?;
+            tracing::info!(node.id = %me.node_id, raft.id = raft_id, "promoted: joined the managers");
+        } else if becomes_worker {
+            tracing::info!(node.id = %me.node_id, "demoted: running as a worker");
+        }
+        Ok(true)
+    }
+
+    /// Runs [`SwarmNode::maintain`] every `every` until `shutdown`.
+    pub fn spawn_maintenance(
+        node: Arc<Self>,
+        every: Duration,
+        shutdown: CancellationToken,
+    ) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(every) => {}
+                }
+                if let Err(e) = node.maintain().await {
+                    tracing::warn!(error = %e, "keeping the node certificate and role up to date");
+                }
+            }
+        })
     }
 
     /// `swarm join-token --rotate`: gives `role`'s join token a new secret, so the old token no longer admits

@@ -327,3 +327,89 @@ async fn force_new_cluster_recovers_a_swarm_that_lost_its_quorum() {
     m1.shutdown().await;
     m0.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_promoted_worker_joins_the_managers_and_a_demoted_manager_leaves_them() {
+    use std::sync::Arc;
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let execs: Vec<_> = (0..2).map(|i| TestExecutor::new(&format!("host-{i}"))).collect();
+    let (m0, addr0) = init(dirs[0].path(), &execs[0], None).await;
+    let m0 = Arc::new(m0);
+    let worker_token = m0.store().unwrap().view(|v| v.cluster().unwrap().root_ca.join_tokens.worker.clone());
+    let w = Arc::new(new_node(dirs[1].path(), &execs[1]));
+    w.join(SwarmJoinRequest {
+        remote_addr: addr0.clone(),
+        join_token: worker_token,
+        listen_addr: "127.0.0.1:0".into(),
+        advertise_addr: String::new(),
+        availability: NodeAvailability::Active,
+    })
+    .await
+    .unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    for n in [&m0, &w] {
+        SwarmNode::spawn_maintenance(n.clone(), Duration::from_millis(200), stop.clone());
+    }
+    let wid = w.info().await.node_id;
+    let store = m0.store().unwrap();
+    let set_role = |role: NodeRole| {
+        let store = store.clone();
+        let wid = wid.clone();
+        async move {
+            store
+                .update(|tx| {
+                    let mut n = tx.view().node(&wid).cloned().unwrap();
+                    n.spec.desired_role = role;
+                    tx.update(n);
+                    Ok::<_, StoreError>(())
+                })
+                .await
+                .unwrap()
+        }
+    };
+
+    step("promote the worker: it gets a manager certificate, starts Raft and becomes a voter");
+    set_role(NodeRole::Manager).await;
+    let t = Instant::now();
+    let raft0 = m0.raft().await.unwrap();
+    wait_for("two voters", || (raft0.voters().len() == 2).then_some(()).ok_or(format!("{:?}", raft0.voters()))).await;
+    eprintln!("promotion took {:?}", t.elapsed());
+    assert!(w.info().await.is_manager);
+    let wstore = w.store().expect("the promoted node serves the control API");
+    wait_for("the promoted manager has the swarm's state", || {
+        wstore
+            .view(|v| v.node(&wid).map(|n| n.role))
+            .filter(|r| *r == NodeRole::Manager)
+            .map(|_| ())
+            .ok_or("state".into())
+    })
+    .await;
+    let svc = create(&wstore, "from-promoted", 0).await.expect("a write through the promoted manager");
+    assert!(store.view(|v| v.service(&svc).is_some()));
+
+    step("demote it: it leaves the Raft group and runs as a worker again");
+    set_role(NodeRole::Worker).await;
+    wait_for("one voter", || (raft0.voters().len() == 1).then_some(()).ok_or(format!("{:?}", raft0.voters()))).await;
+    wait_for("the demoted node runs as a worker", || {
+        let role = store.view(|v| v.node(&wid).map(|n| (n.role, n.manager_status.is_some())));
+        (role == Some((NodeRole::Worker, false))).then_some(()).ok_or(format!("{role:?}"))
+    })
+    .await;
+    let start = Instant::now();
+    loop {
+        let info = w.info().await;
+        // During the restart the node briefly reports no membership at all.
+        if info.local_node_state == "active" && !info.is_manager {
+            break;
+        }
+        assert!(start.elapsed() < DEADLINE, "the demoted node still runs as a manager: {info:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(w.raft().await.is_none());
+    assert!(!dirs[1].path().join("swarm/raft").exists(), "its Raft files are gone");
+    create(&store, "after-demote", 0).await.expect("the remaining manager writes alone");
+
+    stop.cancel();
+    w.shutdown().await;
+    m0.shutdown().await;
+}

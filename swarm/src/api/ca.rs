@@ -34,3 +34,23 @@ pub struct IssueNodeCertificateResponse {
     /// PEM, signed by the root CA.
     pub certificate: String,
 }
+
+/// What certificate a member should hold now, as the managers record it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeCertificateStatusResponse {
+    /// The role its certificate must carry (it changes on promote and demote).
+    pub role: super::NodeRole,
+}
+
+/// A member's request for a new certificate (renewal, or a role change), authenticated by its current one.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RenewNodeCertificateRequest {
+    /// PEM; only its public key is used.
+    pub csr: String,
+    /// The Raft id it will run under if the new certificate makes it a manager.
+    #[serde(default)]
+    pub raft_id: u64,
+    /// Its cluster address (`ip:port`), where Raft reaches it if it becomes a manager.
+    #[serde(default)]
+    pub advertise_addr: String,
+}

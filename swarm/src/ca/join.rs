@@ -158,6 +158,25 @@ pub async fn fetch_root_ca(addr: &str, token: &JoinToken) -> Result<String, Join
     Ok(pem)
 }
 
+/// A NodeCA client for a member, authenticated by its certificate, towards the manager at `addr`.
+pub async fn member_ca_client(
+    addr: &str,
+    identity: &NodeIdentity,
+) -> Result<NodeCaClient<tonic::transport::Channel>, JoinError> {
+    let unreachable = |e: tonic::transport::Error| JoinError::Unreachable { addr: addr.into(), reason: chain(&e) };
+    let tls = super::client_tls_config(identity)?;
+    let channel = Endpoint::from_shared(format!("https://{addr}"))
+        .map_err(unreachable)?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .timeout(CALL_TIMEOUT)
+        .tls_config(tls)
+        .map_err(unreachable)?
+        .connect()
+        .await
+        .map_err(unreachable)?;
+    Ok(NodeCaClient::new(channel))
+}
+
 /// The whole exchange: pin the root CA, make a key and CSR here, and have the manager at `addr` (verified with
 /// the pinned CA) sign it. The identity is checked (key, chain) but not saved. `raft_id` is the id a would-be
 /// manager will run Raft under (ignored for a worker token).

@@ -34,7 +34,7 @@ mod tls;
 mod token;
 
 pub use identity::{NodeCsr, NodeIdentity, CA_CERT_FILE, NODE_CERT_FILE, NODE_KEY_FILE};
-pub use join::{fetch_root_ca, request_identity, JoinError};
+pub use join::{fetch_root_ca, member_ca_client, request_identity, JoinError};
 pub use root::{cert_der, renewal_deadline, RootCa, CA_VALIDITY, NODE_CERT_VALIDITY};
 pub use server::{NodeCaService, INVALID_JOIN_TOKEN};
 pub use tls::{

@@ -46,8 +46,74 @@ fn new_node(node_id: &str, role: NodeRole, availability: NodeAvailability, addr:
     }
 }
 
+impl NodeCaService {
+    /// The calling member's Node, if its certificate names a node of this swarm that was not removed.
+    fn member<T>(&self, req: &Request<T>, store: &Store) -> Result<Node, Status> {
+        let peer = crate::ca::authenticate(req, &[NodeRole::Worker, NodeRole::Manager])?;
+        store
+            .view(|v| {
+                let removed = v.cluster().is_some_and(|c| c.removed_nodes.contains(&peer.node_id));
+                v.node(&peer.node_id).filter(|_| !removed).cloned()
+            })
+            .ok_or_else(|| Status::permission_denied(format!("node {} is not a member of this swarm", peer.node_id)))
+    }
+}
+
 #[tonic::async_trait]
 impl NodeCa for NodeCaService {
+    async fn node_certificate_status(
+        &self,
+        req: Request<Empty>,
+    ) -> Result<Response<NodeCertificateStatusResponse>, Status> {
+        let store = self.store()?;
+        let node = self.member(&req, &store)?;
+        Ok(Response::new(NodeCertificateStatusResponse { role: node.role }))
+    }
+
+    async fn renew_node_certificate(
+        &self,
+        req: Request<RenewNodeCertificateRequest>,
+    ) -> Result<Response<IssueNodeCertificateResponse>, Status> {
+        let store = self.store()?;
+        let node = self.member(&req, &store)?;
+        let r = req.into_inner();
+        let (cluster_id, root_ca) = store
+            .view(|v| v.cluster().map(|c| (c.id.clone(), c.root_ca.clone())))
+            .ok_or_else(|| Status::unavailable("the swarm is still initializing"))?;
+        let root = RootCa::from_pem(&root_ca.ca_cert_pem, &root_ca.ca_key_pem)
+            .map_err(|e| Status::internal(format!("the cluster's root CA is unusable: {e}")))?;
+        let role = node.role;
+        if role == NodeRole::Manager && node.manager_status.is_none() {
+            // A promoted worker: record where Raft reaches it and under which id, before it asks to join.
+            if r.raft_id == 0 || r.advertise_addr.is_empty() {
+                return Err(Status::invalid_argument("a node becoming a manager must name its raft id and address"));
+            }
+            store
+                .update(|tx| {
+                    let taken =
+                        tx.view().nodes().any(|n| n.manager_status.as_ref().is_some_and(|m| m.raft_id == r.raft_id));
+                    if taken {
+                        return Err(Status::already_exists(format!("raft id {:x} is taken", r.raft_id)));
+                    }
+                    if let Some(mut n) = tx.view().node(&node.id).cloned() {
+                        n.manager_status = Some(ManagerStatus {
+                            raft_id: r.raft_id,
+                            addr: r.advertise_addr.clone(),
+                            leader: false,
+                            reachability: Reachability::Unknown,
+                        });
+                        tx.update(n);
+                    }
+                    Ok(())
+                })
+                .await?;
+        }
+        let certificate =
+            root.issue(&r.csr, &node.id, role, &cluster_id).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        tracing::info!(node.id = %node.id, %role, "renewed a node certificate");
+        Ok(Response::new(IssueNodeCertificateResponse { node_id: node.id, certificate }))
+    }
+
     async fn get_root_ca_certificate(
         &self,
         _req: Request<Empty>,

@@ -3,7 +3,7 @@
 //!
 //! ```text
 //!   raft metrics ──▶ leader? ──yes──▶ applied every entry of earlier terms? ──▶ spawn: allocator, scheduler,
-//!                       │                 replicated + global orchestrators, task reaper, dispatcher,
+//!                       │                 replicated + global orchestrators, task reaper, role manager, dispatcher,
 //!                       │                 leader bookkeeping (who leads, which managers are reachable)
 //!                       └──no───▶ cancel them all, wait until they stopped
 //! ```
@@ -17,6 +17,7 @@ pub mod controlapi;
 pub mod dispatcher;
 pub mod orchestrator;
 pub mod raft;
+pub mod rolemanager;
 pub mod scheduler;
 pub mod store;
 
@@ -113,6 +114,11 @@ impl Manager {
             GlobalOrchestrator::new(s.clone(), restarts).run(token.clone()).instrument(span("global-orchestrator")),
         );
         set.spawn(TaskReaper::new(s.clone()).run(token.clone()).instrument(span("task-reaper")));
+        set.spawn(
+            crate::manager::rolemanager::RoleManager::new(s.clone(), self.raft.clone())
+                .run(token.clone())
+                .instrument(span("role-manager")),
+        );
         let d = self.dispatcher.clone();
         let store = s.clone();
         let t = token.clone();

@@ -1,0 +1,105 @@
+//! The role manager (leader only): carries out `node promote` / `node demote` (`spec.desired_role`).
+//!
+//! - Promotion: the node's role becomes manager at once; the node notices (it polls its certificate status),
+//!   renews its certificate as a manager (the CA records its raft id and address then), starts Raft and asks the
+//!   leader to add it as a learner, then a voter.
+//! - Demotion: the node leaves the Raft group first, and only when the managers left keep a quorum of reachable
+//!   voters; then its role becomes worker, and the node renews its certificate as a worker and stops its manager.
+
+use crate::api::{Node, NodeRole};
+use crate::manager::raft::{leave_group, RaftHandle};
+use crate::manager::store::{Store, StoreError};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// How often role changes are looked for besides store events.
+const PERIOD: Duration = Duration::from_secs(1);
+
+pub struct RoleManager {
+    store: Store,
+    raft: RaftHandle,
+}
+
+impl RoleManager {
+    pub fn new(store: Store, raft: RaftHandle) -> Self {
+        RoleManager { store, raft }
+    }
+
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut events = self.store.watch();
+        let mut tick = tokio::time::interval(PERIOD);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+                _ = events.recv() => {}
+            }
+            for node in
+                self.store.view(|v| v.nodes().filter(|n| n.spec.desired_role != n.role).cloned().collect::<Vec<_>>())
+            {
+                if let Err(e) = self.reconcile(&node).await {
+                    tracing::info!(node.id = %node.id, error = %e, "role change not done yet");
+                }
+            }
+        }
+    }
+
+    async fn reconcile(&self, node: &Node) -> Result<(), String> {
+        match (node.role, node.spec.desired_role) {
+            (NodeRole::Worker, NodeRole::Manager) => {
+                tracing::info!(node.id = %node.id, "promoting to manager");
+                let id = node.id.clone();
+                self.store
+                    .update_retrying(3, |tx| {
+                        if let Some(mut n) =
+                            tx.view().node(&id).cloned().filter(|n| n.spec.desired_role == NodeRole::Manager)
+                        {
+                            n.role = NodeRole::Manager;
+                            tx.update(n);
+                        }
+                        Ok(())
+                    })
+                    .await
+                    .map_err(|e: StoreError| e.to_string())
+            }
+            (NodeRole::Manager, NodeRole::Worker) => {
+                let Some(ms) = &node.manager_status else {
+                    // Promoted but never joined Raft: nothing to leave.
+                    let id = node.id.clone();
+                    return self
+                        .store
+                        .update_retrying(3, |tx| {
+                            if let Some(mut n) = tx.view().node(&id).cloned() {
+                                n.role = NodeRole::Worker;
+                                tx.update(n);
+                            }
+                            Ok(())
+                        })
+                        .await
+                        .map_err(|e| e.to_string());
+                };
+                let voters = self.raft.voters();
+                if voters.iter().any(|(v, _)| *v == ms.raft_id) {
+                    let rest: Vec<_> = voters.iter().filter(|(v, _)| *v != ms.raft_id).collect();
+                    let reachable = rest
+                        .iter()
+                        .filter(|(_, addr)| *addr == self.own_addr() || self.raft.is_reachable(addr))
+                        .count();
+                    if rest.is_empty() || reachable * 2 <= rest.len() {
+                        return Err(format!(
+                            "demoting it would leave {reachable} reachable managers out of {}: no quorum",
+                            rest.len()
+                        ));
+                    }
+                }
+                tracing::info!(node.id = %node.id, raft.id = ms.raft_id, "demoting to worker");
+                leave_group(&self.raft, &self.store, &node.id, ms.raft_id).await.map_err(|f| format!("{f:?}"))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn own_addr(&self) -> String {
+        self.raft.leader_addr().unwrap_or_default()
+    }
+}
