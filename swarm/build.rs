@@ -76,6 +76,12 @@ fn main() {
                 "crate::api::control::ListTasksResponse",
             ),
             unary("get_cluster", "GetCluster", "crate::api::control::Empty", "crate::api::control::GetClusterResponse"),
+            unary(
+                "update_cluster",
+                "UpdateCluster",
+                "crate::api::control::UpdateClusterRequest",
+                "crate::api::control::GetClusterResponse",
+            ),
         ],
     );
     let dispatcher = service(

@@ -18,6 +18,24 @@ pub enum SwarmCmd {
     /// Manage join tokens
     #[command(name = "join-token")]
     JoinToken(JoinTokenArgs),
+    /// Update the swarm
+    Update(UpdateArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct UpdateArgs {
+    /// Validity period for node certificates (ns|us|ms|s|m|h) (default 2160h0m0s)
+    #[arg(long = "cert-expiry", value_parser = swarm::api::parse_duration, allow_hyphen_values = true, value_name = "DURATION")]
+    cert_expiry: Option<Duration>,
+    /// Dispatcher heartbeat period (ns|us|ms|s|m|h) (default 5s)
+    #[arg(long = "dispatcher-heartbeat", value_parser = swarm::api::parse_duration, allow_hyphen_values = true, value_name = "DURATION")]
+    dispatcher_heartbeat: Option<Duration>,
+    /// Number of log entries between Raft snapshots (default 10000)
+    #[arg(long = "snapshot-interval", value_parser = count, allow_hyphen_values = true, value_name = "N")]
+    snapshot_interval: Option<u64>,
+    /// Task history retention limit (default 5)
+    #[arg(long = "task-history-limit", value_parser = count, allow_hyphen_values = true, value_name = "N")]
+    task_history_limit: Option<u64>,
 }
 
 #[derive(Debug, Args)]
@@ -37,6 +55,9 @@ pub struct InitArgs {
     /// Number of log entries between Raft snapshots (default 10000)
     #[arg(long = "snapshot-interval", value_parser = count, allow_hyphen_values = true, value_name = "N")]
     snapshot_interval: Option<u64>,
+    /// Validity period for node certificates (ns|us|ms|s|m|h) (default 2160h0m0s)
+    #[arg(long = "cert-expiry", value_parser = swarm::api::parse_duration, allow_hyphen_values = true, value_name = "DURATION")]
+    cert_expiry: Option<Duration>,
     /// Force create a new cluster from current state
     #[arg(long = "force-new-cluster")]
     force_new_cluster: bool,
@@ -112,7 +133,32 @@ pub async fn run(client: &mut Client, cmd: SwarmCmd) -> anyhow::Result<()> {
             Ok(())
         }
         SwarmCmd::JoinToken(a) => join_token(client, a).await,
+        SwarmCmd::Update(a) => {
+            let current = rpc(client.control.get_cluster(Empty {}).await)?.cluster;
+            let spec = updated_spec(current.spec, &a);
+            let req = swarm::api::control::UpdateClusterRequest { version: current.meta.version, spec };
+            rpc(client.control.update_cluster(req).await)?;
+            println!("Swarm updated.");
+            Ok(())
+        }
     }
+}
+
+/// The cluster spec with the flags `swarm update` was given applied; the rest is kept.
+fn updated_spec(mut spec: swarm::api::ClusterSpec, a: &UpdateArgs) -> swarm::api::ClusterSpec {
+    if let Some(e) = a.cert_expiry {
+        spec.ca_config.node_cert_expiry = e;
+    }
+    if let Some(h) = a.dispatcher_heartbeat {
+        spec.dispatcher.heartbeat_period = h;
+    }
+    if let Some(n) = a.snapshot_interval {
+        spec.raft.snapshot_interval = n;
+    }
+    if let Some(n) = a.task_history_limit {
+        spec.orchestration.task_history_retention_limit = n;
+    }
+    spec
 }
 
 /// The worker or manager token and the address to join at (this manager's cluster address).
@@ -157,6 +203,7 @@ async fn init(client: &mut Client, a: InitArgs) -> anyhow::Result<()> {
         task_history_limit: a.task_history_limit,
         dispatcher_heartbeat: a.dispatcher_heartbeat,
         snapshot_interval: a.snapshot_interval,
+        cert_expiry: a.cert_expiry,
         force_new_cluster: a.force_new_cluster,
     };
     let resp = rpc(client.engine.swarm_init(req).await)?;
@@ -197,6 +244,29 @@ async fn join_token(client: &mut Client, a: JoinTokenArgs) -> anyhow::Result<()>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn swarm_update_changes_only_the_flags_given() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct T {
+            #[command(flatten)]
+            a: UpdateArgs,
+        }
+        let t = T::try_parse_from(["x", "--cert-expiry", "1h", "--task-history-limit", "2"]).unwrap();
+        let before = swarm::api::ClusterSpec {
+            annotations: Default::default(),
+            orchestration: Default::default(),
+            raft: Default::default(),
+            dispatcher: Default::default(),
+            ca_config: Default::default(),
+        };
+        let after = updated_spec(before.clone(), &t.a);
+        assert_eq!(after.ca_config.node_cert_expiry, Duration::from_secs(3600));
+        assert_eq!(after.orchestration.task_history_retention_limit, 2);
+        assert_eq!((after.dispatcher, after.raft), (before.dispatcher, before.raft), "the rest is kept");
+        assert!(T::try_parse_from(["x", "--dispatcher-heartbeat", "soon"]).is_err());
+    }
     use clap::Parser;
 
     #[derive(Parser)]

@@ -228,6 +228,13 @@ impl Control for Fake {
             .collect();
         Ok(Response::new(ListTasksResponse { tasks }))
     }
+    async fn update_cluster(
+        &self,
+        _req: Request<UpdateClusterRequest>,
+    ) -> Result<Response<GetClusterResponse>, Status> {
+        Err(Status::unimplemented("the fake daemon keeps a fixed cluster"))
+    }
+
     async fn get_cluster(&self, _req: Request<Empty>) -> Result<Response<GetClusterResponse>, Status> {
         let cluster: Cluster = serde_json::from_value(serde_json::json!({
             "id": "cluster1", "spec": {"name": "default"},

@@ -380,7 +380,8 @@ impl<E: Executor> SwarmNode<E> {
         let cluster_id = new_id();
         let raft_id: u64 = rand::random::<u64>() | 1;
         let root = RootCa::generate()?;
-        let identity = ca::issue_identity(&root, &node_id, NodeRole::Manager, &cluster_id)?;
+        let identity =
+            ca::issue_identity_for(&root, &node_id, NodeRole::Manager, &cluster_id, spec.ca_config.node_cert_expiry)?;
         identity.save(&self.certs_dir())?;
 
         let settings = raft_settings(spec.raft.snapshot_interval, &identity)?;
@@ -1071,22 +1072,21 @@ fn init_cluster_spec(req: &SwarmInitRequest) -> Result<ClusterSpec, NodeError> {
         orchestration: OrchestrationConfig::default(),
         raft: RaftConfig::default(),
         dispatcher: crate::api::DispatcherConfig::default(),
+        ca_config: crate::api::CaConfig::default(),
     };
     if let Some(n) = req.task_history_limit {
         spec.orchestration.task_history_retention_limit = n;
     }
     if let Some(p) = req.dispatcher_heartbeat {
-        if p.is_zero() {
-            return Err(NodeError::InvalidArgument("--dispatcher-heartbeat must be greater than 0".into()));
-        }
         spec.dispatcher.heartbeat_period = p;
     }
     if let Some(n) = req.snapshot_interval {
-        if n == 0 {
-            return Err(NodeError::InvalidArgument("--snapshot-interval must be greater than 0".into()));
-        }
         spec.raft.snapshot_interval = n;
     }
+    if let Some(e) = req.cert_expiry {
+        spec.ca_config.node_cert_expiry = e;
+    }
+    spec.validate().map_err(NodeError::InvalidArgument)?;
     Ok(spec)
 }
 

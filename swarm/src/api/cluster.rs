@@ -33,6 +33,46 @@ pub struct ClusterSpec {
     pub raft: RaftConfig,
     #[serde(default)]
     pub dispatcher: DispatcherConfig,
+    #[serde(default)]
+    pub ca_config: CaConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CaConfig {
+    /// Lifetime of the node certificates the CA issues (`--cert-expiry`, default 90 days); nodes renew theirs at a
+    /// random point in 50–80 % of it.
+    #[serde(with = "duration_text")]
+    pub node_cert_expiry: Duration,
+}
+
+/// The shortest `--cert-expiry` accepted. Docker's is 1 hour; Shoal accepts down to 30 s so that renewal can be
+/// exercised (and watched) in a test or a short-lived swarm.
+pub const MIN_CERT_EXPIRY: Duration = Duration::from_secs(30);
+
+impl Default for CaConfig {
+    fn default() -> Self {
+        CaConfig { node_cert_expiry: Duration::from_secs(90 * 24 * 3600) }
+    }
+}
+
+impl ClusterSpec {
+    /// Checks the values `swarm init` and `swarm update` may set; the message names the flag.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.dispatcher.heartbeat_period.is_zero() {
+            return Err("--dispatcher-heartbeat must be greater than 0".into());
+        }
+        if self.raft.snapshot_interval == 0 {
+            return Err("--snapshot-interval must be greater than 0".into());
+        }
+        if self.ca_config.node_cert_expiry < MIN_CERT_EXPIRY {
+            return Err(format!(
+                "--cert-expiry must be at least {} (got {})",
+                humantime::format_duration(MIN_CERT_EXPIRY),
+                humantime::format_duration(self.ca_config.node_cert_expiry)
+            ));
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -25,6 +25,13 @@ pub struct UpdateServiceRequest {
     pub spec: ServiceSpec,
 }
 
+/// `swarm update`: the cluster's new spec, at the version the caller read.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UpdateClusterRequest {
+    pub version: u64,
+    pub spec: super::ClusterSpec,
+}
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct ListServicesRequest {
     /// Only services whose name or id starts with one of these (empty: all).

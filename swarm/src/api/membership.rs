@@ -17,6 +17,9 @@ pub struct SwarmInitRequest {
     #[serde(default, with = "opt_duration")]
     pub dispatcher_heartbeat: Option<Duration>,
     pub snapshot_interval: Option<u64>,
+    /// `--cert-expiry`: lifetime of node certificates (default 90 days).
+    #[serde(default, with = "opt_duration")]
+    pub cert_expiry: Option<Duration>,
     /// `--force-new-cluster`: on a manager of a swarm that lost its quorum, make this manager the only member of
     /// a new Raft group that keeps the swarm's state.
     #[serde(default)]

@@ -107,7 +107,18 @@ pub enum CaError {
 
 /// Issues a node identity as a joining node obtains it: a fresh key pair and CSR on the node, signed by `root`.
 pub fn issue_identity(root: &RootCa, node_id: &str, role: NodeRole, cluster_id: &str) -> Result<NodeIdentity, CaError> {
+    issue_identity_for(root, node_id, role, cluster_id, root::NODE_CERT_VALIDITY)
+}
+
+/// [`issue_identity`] with a certificate lifetime (the cluster's `--cert-expiry`).
+pub fn issue_identity_for(
+    root: &RootCa,
+    node_id: &str,
+    role: NodeRole,
+    cluster_id: &str,
+    lifetime: std::time::Duration,
+) -> Result<NodeIdentity, CaError> {
     let csr = NodeCsr::new()?;
-    let cert_pem = root.issue(&csr.csr_pem, node_id, role, cluster_id)?;
+    let cert_pem = root.issue_for(&csr.csr_pem, node_id, role, cluster_id, lifetime)?;
     NodeIdentity::from_cert(&cert_pem, &csr.key_pem, &root.cert_pem)
 }

@@ -99,6 +99,18 @@ impl RootCa {
     /// Signs a node's CSR and returns the certificate (PEM). Only the CSR's public key is used, and it must be
     /// ECDSA P-256: subject (CN = node id, OU = role, O = cluster id), SANs, validity and usages are the CA's.
     pub fn issue(&self, csr_pem: &str, node_id: &str, role: NodeRole, cluster_id: &str) -> Result<String, CaError> {
+        self.issue_for(csr_pem, node_id, role, cluster_id, NODE_CERT_VALIDITY)
+    }
+
+    /// [`RootCa::issue`] with a lifetime (the cluster's `--cert-expiry`).
+    pub fn issue_for(
+        &self,
+        csr_pem: &str,
+        node_id: &str,
+        role: NodeRole,
+        cluster_id: &str,
+        lifetime: Duration,
+    ) -> Result<String, CaError> {
         check_name("node id", node_id)?;
         check_name("cluster id", cluster_id)?;
         let public_key = csr_public_key(csr_pem)?;
@@ -114,7 +126,7 @@ impl RootCa {
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth, ExtendedKeyUsagePurpose::ServerAuth];
         params.serial_number = Some(random_serial());
         params.use_authority_key_identifier_extension = true;
-        validity(&mut params, NODE_CERT_VALIDITY);
+        validity(&mut params, lifetime);
         let key = KeyPair::from_pem(&self.key_pem).map_err(|e| CaError::Certificate(format!("CA key: {e}")))?;
         let issuer =
             Issuer::from_ca_cert_der(&CertificateDer::from(self.cert_der.as_slice()), key).map_err(cert_err)?;

@@ -77,8 +77,8 @@ impl NodeCa for NodeCaService {
         let store = self.store()?;
         let node = self.member(&req, &store)?;
         let r = req.into_inner();
-        let (cluster_id, root_ca) = store
-            .view(|v| v.cluster().map(|c| (c.id.clone(), c.root_ca.clone())))
+        let (cluster_id, root_ca, lifetime) = store
+            .view(|v| v.cluster().map(|c| (c.id.clone(), c.root_ca.clone(), c.spec.ca_config.node_cert_expiry)))
             .ok_or_else(|| Status::unavailable("the swarm is still initializing"))?;
         let root = RootCa::from_pem(&root_ca.ca_cert_pem, &root_ca.ca_key_pem)
             .map_err(|e| Status::internal(format!("the cluster's root CA is unusable: {e}")))?;
@@ -108,8 +108,9 @@ impl NodeCa for NodeCaService {
                 })
                 .await?;
         }
-        let certificate =
-            root.issue(&r.csr, &node.id, role, &cluster_id).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let certificate = root
+            .issue_for(&r.csr, &node.id, role, &cluster_id, lifetime)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
         tracing::info!(node.id = %node.id, %role, "renewed a node certificate");
         Ok(Response::new(IssueNodeCertificateResponse { node_id: node.id, certificate }))
     }
@@ -130,8 +131,10 @@ impl NodeCa for NodeCaService {
         let remote = req.remote_addr().map(|a| a.ip().to_string()).unwrap_or_default();
         let r = req.into_inner();
         let store = self.store()?;
-        let cluster = store.view(|v| v.cluster().map(|c| (c.id.clone(), c.root_ca.clone())));
-        let (cluster_id, root_ca) = cluster.ok_or_else(|| Status::unavailable("the swarm is still initializing"))?;
+        let cluster =
+            store.view(|v| v.cluster().map(|c| (c.id.clone(), c.root_ca.clone(), c.spec.ca_config.node_cert_expiry)));
+        let (cluster_id, root_ca, lifetime) =
+            cluster.ok_or_else(|| Status::unavailable("the swarm is still initializing"))?;
         let tokens = &root_ca.join_tokens;
         let role = JoinToken::role_for(&r.token, &tokens.worker, &tokens.manager).map_err(|e| {
             // The reason stays in the manager's log; the caller learns only that the token is not good.
@@ -144,8 +147,9 @@ impl NodeCa for NodeCaService {
         let root = RootCa::from_pem(&root_ca.ca_cert_pem, &root_ca.ca_key_pem)
             .map_err(|e| Status::internal(format!("the cluster's root CA is unusable: {e}")))?;
         let node_id = new_id();
-        let certificate =
-            root.issue(&r.csr, &node_id, role, &cluster_id).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let certificate = root
+            .issue_for(&r.csr, &node_id, role, &cluster_id, lifetime)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let addr = if r.advertise_addr.is_empty() {
             remote.clone()
         } else {
@@ -207,6 +211,7 @@ mod tests {
                 orchestration: Default::default(),
                 raft: Default::default(),
                 dispatcher: Default::default(),
+                ca_config: Default::default(),
             },
             root_ca: crate::api::RootCa {
                 ca_cert_pem: root.cert_pem.clone(),

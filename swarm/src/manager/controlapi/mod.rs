@@ -305,6 +305,32 @@ impl Control for ControlApi {
         Ok(Response::new(ListTasksResponse { tasks }))
     }
 
+    async fn update_cluster(&self, req: Request<UpdateClusterRequest>) -> Result<Response<GetClusterResponse>, Status> {
+        let store = self.store()?;
+        let r = req.into_inner();
+        r.spec.validate().map_err(Status::invalid_argument)?;
+        store
+            .update(|tx| {
+                let mut cluster = tx
+                    .view()
+                    .cluster()
+                    .cloned()
+                    .ok_or_else(|| Status::unavailable("the swarm is still initializing"))?;
+                if cluster.meta.version != r.version {
+                    return Err(status_of(StoreError::Apply(ApplyError::OutOfSequence {
+                        kind: crate::api::ObjectKind::Cluster,
+                        id: cluster.id.clone(),
+                    })));
+                }
+                // Only the spec changes here; the CA, tokens and tombstones have their own calls.
+                cluster.spec = r.spec;
+                tx.update(cluster);
+                Ok(())
+            })
+            .await?;
+        self.get_cluster(Request::new(Empty {})).await
+    }
+
     async fn get_cluster(&self, _req: Request<Empty>) -> Result<Response<GetClusterResponse>, Status> {
         self.store()?.view(|v| {
             let cluster = v.cluster().ok_or_else(|| Status::unavailable("the swarm is still initializing"))?;
