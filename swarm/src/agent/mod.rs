@@ -16,6 +16,8 @@ pub mod task;
 pub mod worker;
 
 #[cfg(test)]
+mod session_tests;
+#[cfg(test)]
 mod tests;
 
 use crate::api::dispatch::*;

@@ -374,7 +374,6 @@ impl Dispatcher {
 mod tests {
     use super::*;
     use crate::api::{Object, TaskState, TaskStatus};
-    use crate::manager::store::{Proposal, Proposer, SharedView};
     use crate::testing::{node, task};
 
     /// A dispatcher serving an in-memory store holding ready nodes `n1`, `n2` and task `t1` ASSIGNED to `n1`.
@@ -382,27 +381,7 @@ mod tests {
         running_dispatcher_on(Store::in_memory(), heartbeat_period).await
     }
 
-    /// A proposer that applies proposals at once, except that it refuses the next `fail` of them.
-    struct FlakyProposer {
-        shared: Arc<SharedView>,
-        index: std::sync::atomic::AtomicU64,
-        fail: std::sync::atomic::AtomicUsize,
-    }
-
-    impl Proposer for FlakyProposer {
-        fn propose(&self, p: Proposal) -> futures::future::BoxFuture<'_, Result<(), StoreError>> {
-            use std::sync::atomic::Ordering::SeqCst;
-            Box::pin(async move {
-                if self.fail.fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1)).is_ok() {
-                    return Err(StoreError::Raft("injected commit failure".into()));
-                }
-                let index = self.index.fetch_add(1, SeqCst) + 1;
-                self.shared.apply(index, &p).map(|_| ()).map_err(StoreError::from)
-            })
-        }
-    }
-
-    /// A dispatcher as [`running_dispatcher`] whose store writes go through a [`FlakyProposer`].
+    /// A dispatcher as [`running_dispatcher`], on `store`.
     async fn running_dispatcher_on(store: Store, heartbeat_period: Duration) -> (Dispatcher, Store, CancellationToken) {
         store
             .update(|tx| {
@@ -497,12 +476,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_status_report_whose_write_fails_is_answered_with_an_error_and_lands_when_sent_again() {
-        let proposer = Arc::new(FlakyProposer {
-            shared: SharedView::new(MemoryStore::new()),
-            index: Default::default(),
-            fail: Default::default(),
-        });
-        let store = Store::with_proposer(proposer.shared.clone(), proposer.clone());
+        let (store, writes) = crate::testing::flaky_store();
         let (d, store, shutdown) = running_dispatcher_on(store, Duration::from_secs(5)).await;
         let (s1, _) = d.open_session("n1", description("host-1"), String::new()).await.unwrap();
         let failed = TaskStatusUpdate {
@@ -510,7 +484,7 @@ mod tests {
             status: TaskStatus { state: TaskState::Failed, message: "exit 1".into(), ..Default::default() },
         };
 
-        proposer.fail.store(1, std::sync::atomic::Ordering::SeqCst);
+        writes.fail_next(1);
         let e = d.update_task_status("n1", &s1, vec![failed.clone()]).await.unwrap_err();
         assert!(matches!(e, DispatcherError::StatusWrite(_)), "the failed write is reported to the caller: {e:?}");
         let t = store.view(|v| v.task("t1").unwrap().status.clone());
