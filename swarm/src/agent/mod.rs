@@ -69,8 +69,14 @@ pub struct AgentStatus {
 /// session is established.
 const BACKOFF_FIRST: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
-/// The longest a heartbeat may take before the manager is taken for frozen; shorter when the period is.
+/// The longest a heartbeat (or the assignments request) may take before the manager is taken for frozen.
 const HEARTBEAT_DEADLINE_MAX: Duration = Duration::from_secs(5);
+
+/// How long a heartbeat may take: half a period (a heartbeat touches no disk, so it answers in milliseconds),
+/// so a frozen manager is noticed within 0.5 to 1.5 periods, well inside the dispatcher's grace of three.
+fn heartbeat_deadline(period: Duration) -> Duration {
+    (period / 2).min(HEARTBEAT_DEADLINE_MAX)
+}
 /// The longest a status report may take: it waits for a store commit, so it gets more room than a heartbeat.
 const STATUS_DEADLINE: Duration = Duration::from_secs(5);
 
@@ -263,9 +269,15 @@ impl<E: Executor> Agent<E> {
             s.connected_to = Some(addr.into());
             s.node_id = Some(first.node_id.clone());
         });
-        let mut assignments =
-            client.assignments(AssignmentsRequest { session_id: session_id.clone() }).await?.into_inner();
         let mut period = first.heartbeat_period;
+        let call_deadline = heartbeat_deadline(period);
+        let mut assignments = tokio::time::timeout(
+            call_deadline,
+            client.assignments(AssignmentsRequest { session_id: session_id.clone() }),
+        )
+        .await
+        .map_err(|_| tonic::Status::deadline_exceeded("the manager did not answer the assignments request"))??
+        .into_inner();
         let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
         let mut flush = tokio::time::interval(Duration::from_millis(50));
         let mut reports = self.reports.lock().await;
@@ -286,9 +298,8 @@ impl<E: Executor> Agent<E> {
                     None => return Err(tonic::Status::unavailable("assignments stream ended").into()),
                 },
                 _ = heartbeat.tick() => {
-                    // A manager that stopped answering (frozen, partitioned) is left after about one period,
-                    // well before the dispatcher's grace of three would mark this node down.
-                    let deadline = period.min(HEARTBEAT_DEADLINE_MAX);
+                    // A manager that stopped answering (frozen, partitioned) is left after about one period.
+                    let deadline = heartbeat_deadline(period);
                     let r = tokio::time::timeout(deadline, client.heartbeat(HeartbeatRequest { session_id: session_id.clone() }))
                         .await
                         .map_err(|_| tonic::Status::deadline_exceeded(format!("no heartbeat answer within {deadline:?}")))??;
