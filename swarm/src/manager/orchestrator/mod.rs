@@ -60,7 +60,7 @@ pub fn new_task(service: &Service, slot: u64, node_id: &str, desired: TaskState)
 /// Whether a slot whose tasks all ended should stay empty: the restart policy declined to replace its last task
 /// and the service has not changed since. Scaling or updating the service frees such slots again, as in Swarm.
 pub fn slot_held_dead(service: &Service, tasks: &[&Task]) -> bool {
-    match tasks.iter().max_by_key(|t| (t.meta.created_at, t.meta.version)) {
+    match tasks.iter().max_by_key(|t| t.meta.creation_order()) {
         Some(last) => {
             last.desired_state == TaskState::Shutdown
                 && last.status.state.is_terminal()
