@@ -27,6 +27,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch, Mutex};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use worker::Worker;
@@ -77,8 +78,22 @@ const HEARTBEAT_DEADLINE_MAX: Duration = Duration::from_secs(5);
 fn heartbeat_deadline(period: Duration) -> Duration {
     (period / 2).min(HEARTBEAT_DEADLINE_MAX)
 }
-/// The longest a status report may take: it waits for a store commit, so it gets more room than a heartbeat.
-const STATUS_DEADLINE: Duration = Duration::from_secs(5);
+
+/// The longest a session request or a status report may take: a report waits for a store commit, so it gets
+/// more room than a heartbeat.
+const CALL_DEADLINE: Duration = Duration::from_secs(5);
+
+/// `call`'s result, or DEADLINE_EXCEEDED naming `what` once `deadline` passed: a frozen manager answers nothing,
+/// and only HTTP/2 keepalive (much later) would notice otherwise.
+async fn within<T>(
+    deadline: Duration,
+    what: &str,
+    call: impl std::future::Future<Output = Result<T, tonic::Status>>,
+) -> Result<T, tonic::Status> {
+    tokio::time::timeout(deadline, call).await.unwrap_or_else(|_| {
+        Err(tonic::Status::deadline_exceeded(format!("the manager did not answer {what} within {deadline:?}")))
+    })
+}
 
 /// Exponential backoff with ±25 % jitter, so agents that lost the same manager don't all come back in step.
 struct Backoff {
@@ -252,14 +267,11 @@ impl<E: Executor> Agent<E> {
     ) -> Result<(), AgentError> {
         let mut client = self.connect(addr).await?;
         let description = self.executor.describe().await?;
-        // A frozen manager must not hold the agent past its connect timeout: the call gets a deadline too.
-        let mut session = tokio::time::timeout(STATUS_DEADLINE, client.session(SessionRequest { description }))
-            .await
-            .map_err(|_| tonic::Status::deadline_exceeded("the manager did not answer the session request"))??
+        let mut session = within(CALL_DEADLINE, "the session request", client.session(SessionRequest { description }))
+            .await?
             .into_inner();
-        let first = tokio::time::timeout(STATUS_DEADLINE, session.message())
-            .await
-            .map_err(|_| tonic::Status::deadline_exceeded("the manager did not begin the session"))??
+        let first = within(CALL_DEADLINE, "the session's first message", session.message())
+            .await?
             .ok_or_else(|| tonic::Status::unavailable("session closed before it began"))?;
         *established = true;
         let session_id = first.session_id.clone();
@@ -270,14 +282,11 @@ impl<E: Executor> Agent<E> {
             s.node_id = Some(first.node_id.clone());
         });
         let mut period = first.heartbeat_period;
-        let call_deadline = heartbeat_deadline(period);
-        let mut assignments = tokio::time::timeout(
-            call_deadline,
-            client.assignments(AssignmentsRequest { session_id: session_id.clone() }),
-        )
-        .await
-        .map_err(|_| tonic::Status::deadline_exceeded("the manager did not answer the assignments request"))??
-        .into_inner();
+        let request = AssignmentsRequest { session_id: session_id.clone() };
+        let mut assignments =
+            within(heartbeat_deadline(period), "the assignments request", client.assignments(request))
+                .await?
+                .into_inner();
         let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
         let mut flush = tokio::time::interval(Duration::from_millis(50));
         let mut reports = self.reports.lock().await;
@@ -286,6 +295,7 @@ impl<E: Executor> Agent<E> {
         // for the same task arrived meanwhile.
         let mut in_flight: Option<futures::future::BoxFuture<'static, Result<(), tonic::Status>>> = None;
         let mut sent: Vec<TaskStatusUpdate> = Vec::new();
+        let (mut retry, mut retry_at) = (Backoff::new(), Instant::now());
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
@@ -299,10 +309,8 @@ impl<E: Executor> Agent<E> {
                 },
                 _ = heartbeat.tick() => {
                     // A manager that stopped answering (frozen, partitioned) is left after about one period.
-                    let deadline = heartbeat_deadline(period);
-                    let r = tokio::time::timeout(deadline, client.heartbeat(HeartbeatRequest { session_id: session_id.clone() }))
-                        .await
-                        .map_err(|_| tonic::Status::deadline_exceeded(format!("no heartbeat answer within {deadline:?}")))??;
+                    let request = HeartbeatRequest { session_id: session_id.clone() };
+                    let r = within(heartbeat_deadline(period), "a heartbeat", client.heartbeat(request)).await?;
                     let p = r.into_inner().period;
                     if p != period && !p.is_zero() {
                         period = p;
@@ -315,24 +323,34 @@ impl<E: Executor> Agent<E> {
                         pending.insert(u.task_id.clone(), u);
                     }
                 }
-                _ = flush.tick(), if !pending.is_empty() && in_flight.is_none() => {
+                _ = flush.tick(), if !pending.is_empty() && in_flight.is_none() && Instant::now() >= retry_at => {
                     sent = pending.values().cloned().collect();
                     let req = UpdateTaskStatusRequest { session_id: session_id.clone(), updates: sent.clone() };
                     let mut client = client.clone();
                     in_flight = Some(Box::pin(async move {
-                        match tokio::time::timeout(STATUS_DEADLINE, client.update_task_status(req)).await {
-                            Ok(r) => r.map(|_| ()),
-                            Err(_) => Err(tonic::Status::deadline_exceeded("no answer to the status report")),
-                        }
+                        within(CALL_DEADLINE, "a status report", client.update_task_status(req)).await.map(|_| ())
                     }));
                 }
                 r = async { in_flight.as_mut().expect("guarded").await }, if in_flight.is_some() => {
                     in_flight = None;
-                    // Not acknowledged: kept in `pending`, sent again on this session or the next.
-                    r?;
-                    for u in sent.drain(..) {
-                        if pending.get(&u.task_id).is_some_and(|p| p.status == u.status) {
-                            pending.remove(&u.task_id);
+                    match r {
+                        Ok(()) => {
+                            retry.reset();
+                            for u in sent.drain(..) {
+                                if pending.get(&u.task_id).is_some_and(|p| p.status == u.status) {
+                                    pending.remove(&u.task_id);
+                                }
+                            }
+                        }
+                        // The session is gone: a new one sends the reports.
+                        Err(e) if e.code() == tonic::Code::NotFound => return Err(e.into()),
+                        // Not acknowledged (the write failed, or no answer): kept in `pending` and sent again
+                        // later. The session stays: a lost manager shows in heartbeats and the session stream,
+                        // and reconnecting every agent over a failed write would only add writes.
+                        Err(e) => {
+                            let wait = retry.next_wait();
+                            tracing::warn!(manager = %addr, error = %e, retry_in = ?wait, "status report not acknowledged");
+                            retry_at = Instant::now() + wait;
                         }
                     }
                 }

@@ -206,16 +206,7 @@ async fn a_failed_report_whose_store_write_failed_is_sent_again_and_lands() {
     let mut m = Mgr::serve(&certs).await;
     let (store, writes) = crate::testing::flaky_store();
     let store = store_with(store, &[]).await;
-    store
-        .update(|tx| {
-            let mut t = task("t1", "s1", 1);
-            t.node_id = "n1".into();
-            t.status.state = TaskState::Assigned;
-            tx.create(t);
-            Ok::<_, StoreError>(())
-        })
-        .await
-        .unwrap();
+    assign_t1(&store).await;
     m.lead(&store).await;
     let exec = TestExecutor::new("host-1");
     let (_agent, stop) = start_agent(&certs, vec![m.addr.clone()], &exec);
@@ -228,6 +219,46 @@ async fn a_failed_report_whose_store_write_failed_is_sent_again_and_lands() {
     until("the failing write to be tried", || writes.failures_left() == 0).await;
     until("t1 FAILED in the store (the report sent again)", || state() == TaskState::Failed).await;
     stop.cancel();
+}
+
+#[tokio::test]
+async fn a_report_made_while_no_manager_leads_lands_through_the_next_leader() {
+    let certs = certs();
+    let mut a = Mgr::serve(&certs).await;
+    let mut b = Mgr::serve(&certs).await;
+    let store = store_with(Store::in_memory(), &[(&a.addr, true), (&b.addr, false)]).await;
+    assign_t1(&store).await;
+    a.lead(&store).await;
+    let exec = TestExecutor::new("host-1");
+    let (agent, stop) = start_agent(&certs, vec![a.addr.clone()], &exec);
+    let state = || store.view(|v| v.task("t1").unwrap().status.state);
+    until("t1 RUNNING in the store", || state() == TaskState::Running).await;
+
+    step_down_and_wait(&mut a, &agent).await;
+    assert!(exec.exit("t1", 1));
+    b.lead(&store).await;
+    until("t1 FAILED in the store, reported through B", || state() == TaskState::Failed).await;
+    stop.cancel();
+}
+
+/// Assigns task `t1` to node `n1`.
+async fn assign_t1(store: &Store) {
+    store
+        .update(|tx| {
+            let mut t = task("t1", "s1", 1);
+            t.node_id = "n1".into();
+            t.status.state = TaskState::Assigned;
+            tx.create(t);
+            Ok::<_, StoreError>(())
+        })
+        .await
+        .unwrap();
+}
+
+/// Ends `m`'s lead and waits until the agent has no session.
+async fn step_down_and_wait(m: &mut Mgr, agent: &Agent<TestExecutor>) {
+    m.step_down();
+    until_status(agent, "the agent without a session", |s| s.connected_to.is_none()).await;
 }
 
 #[test]
