@@ -55,6 +55,11 @@ impl FlakyWrites {
         self.fail.store(n, Ordering::SeqCst);
     }
 
+    /// How many writes were applied.
+    pub fn applied(&self) -> u64 {
+        self.index.load(Ordering::SeqCst)
+    }
+
     /// How many of the writes told to fail have not been tried yet.
     pub fn failures_left(&self) -> usize {
         self.fail.load(Ordering::SeqCst)

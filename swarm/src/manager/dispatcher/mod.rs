@@ -497,6 +497,42 @@ mod tests {
         shutdown.cancel();
     }
 
+    #[tokio::test]
+    async fn concurrent_status_reports_share_one_store_write() {
+        let (store, writes) = crate::testing::flaky_store();
+        let (d, store, shutdown) = running_dispatcher_on(store, Duration::from_secs(5)).await;
+        let ids: Vec<String> = (2..=11).map(|i| format!("t{i}")).collect();
+        store
+            .update(|tx| {
+                for id in &ids {
+                    let mut t = task(id, "s1", 1);
+                    t.node_id = "n1".into();
+                    t.status.state = TaskState::Assigned;
+                    tx.create(t);
+                }
+                Ok::<_, StoreError>(())
+            })
+            .await
+            .unwrap();
+        let (s1, _) = d.open_session("n1", description("host-1"), String::new()).await.unwrap();
+        let before = writes.applied();
+        let calls = ids.iter().map(|id| {
+            let u = TaskStatusUpdate {
+                task_id: id.clone(),
+                status: TaskStatus { state: TaskState::Running, ..Default::default() },
+            };
+            d.update_task_status("n1", &s1, vec![u])
+        });
+        for r in futures::future::join_all(calls).await {
+            r.expect("every report acknowledged");
+        }
+        let running =
+            store.view(|v| ids.iter().filter(|id| v.task(id).unwrap().status.state == TaskState::Running).count());
+        assert_eq!(running, ids.len(), "every acknowledged report is in the store");
+        assert_eq!(writes.applied() - before, 1, "10 concurrent reports, one store write");
+        shutdown.cancel();
+    }
+
     #[test]
     fn managers_are_listed_leader_first_then_by_address() {
         let manager = |id: &str, addr: &str, leader: bool| {
