@@ -16,12 +16,12 @@ mod status;
 pub use service::DispatcherService;
 
 use crate::api::dispatch::TaskStatusUpdate;
-use crate::api::{NodeDescription, NodeState, Timestamp};
+use crate::api::{NodeDescription, NodeState, Object, Timestamp};
 use crate::manager::store::{MemoryStore, Store, StoreError};
 use sessions::{Grace, Sessions};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 /// Missed heartbeat periods before a node is DOWN (as SwarmKit's grace multiplier).
@@ -103,6 +103,9 @@ pub struct Dispatcher {
     active: Arc<Mutex<Option<Active>>>,
     sessions: Arc<Mutex<Sessions>>,
     running: watch::Sender<bool>,
+    /// The managers agents may fail over to, kept current from the store while the dispatcher runs; every
+    /// session stream watches it.
+    managers: Arc<watch::Sender<Vec<String>>>,
 }
 
 impl Dispatcher {
@@ -112,6 +115,7 @@ impl Dispatcher {
             active: Arc::default(),
             sessions: Arc::default(),
             running: watch::channel(false).0,
+            managers: Arc::new(watch::channel(Vec::new()).0),
         }
     }
 
@@ -124,13 +128,46 @@ impl Dispatcher {
         self.cfg.lock().unwrap_or_else(|e| e.into_inner()).leader.borrow().clone()
     }
 
-    /// The managers agents may fail over to: those the store records, or the configured ones if it records none.
-    pub fn managers(&self, view: &MemoryStore) -> Vec<String> {
+    /// The managers agents may fail over to (those the store records, or the configured ones if it records
+    /// none), as it changes.
+    pub fn managers(&self) -> watch::Receiver<Vec<String>> {
+        self.managers.subscribe()
+    }
+
+    /// The managers `view` records, or the configured ones if it records none.
+    fn managers_in(&self, view: &MemoryStore) -> Vec<String> {
         let addrs = manager_addrs(view);
         if addrs.is_empty() {
             self.config().managers
         } else {
             addrs
+        }
+    }
+
+    /// Keeps [`Dispatcher::managers`] current: read again whenever a node changes.
+    async fn watch_managers(&self, store: Store, stopped: CancellationToken) {
+        // Subscribed before reading, so no change falls between the read and the watch.
+        let mut events = store.watch();
+        loop {
+            let addrs = store.view(|v| self.managers_in(v));
+            self.managers.send_if_modified(|m| {
+                let changed = *m != addrs;
+                *m = addrs;
+                changed
+            });
+            loop {
+                let ev = tokio::select! {
+                    _ = stopped.cancelled() => return,
+                    ev = events.recv() => ev,
+                };
+                match ev {
+                    Ok(ev) if matches!(ev.object, Object::Node(_)) => break,
+                    Ok(_) => {}
+                    // Fell behind: read again, as after a node change.
+                    Err(broadcast::error::RecvError::Lagged(_)) => break,
+                    Err(broadcast::error::RecvError::Closed) => return,
+                }
+            }
         }
     }
 
@@ -168,11 +205,13 @@ impl Dispatcher {
                 sessions.expect(id, now);
             }
         }
+        self.managers.send_replace(store.view(|v| self.managers_in(v)));
         self.running.send_replace(true);
         tracing::info!("dispatcher started");
         tokio::join!(
             self.write_statuses(store.clone(), status_rx, stopped.clone()),
-            self.expire_sessions(store, stopped.clone())
+            self.expire_sessions(store.clone(), stopped.clone()),
+            self.watch_managers(store, stopped.clone())
         );
         *self.active.lock().unwrap_or_else(|e| e.into_inner()) = None;
         self.sessions.lock().unwrap_or_else(|e| e.into_inner()).close_all();
@@ -373,7 +412,7 @@ impl Dispatcher {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::{Object, TaskState, TaskStatus};
+    use crate::api::{TaskState, TaskStatus};
     use crate::testing::{node, task};
 
     /// A dispatcher serving an in-memory store holding ready nodes `n1`, `n2` and task `t1` ASSIGNED to `n1`.

@@ -6,7 +6,7 @@ use super::assignments::AssignmentSet;
 use super::{Dispatcher, DispatcherError};
 use crate::api::control::Empty;
 use crate::api::dispatch::*;
-use crate::api::{NodeRole, Object};
+use crate::api::NodeRole;
 use crate::transport::dispatcher::dispatcher_server::Dispatcher as DispatcherRpc;
 use std::pin::Pin;
 use std::time::Duration;
@@ -79,11 +79,14 @@ impl DispatcherRpc for DispatcherService {
             .open_session(&node_id, req.into_inner().description, addr)
             .await
             .map_err(|e| self.refuse(e))?;
-        let (store, _) = self.dispatcher.store().map_err(|e| self.refuse(e))?;
         let dispatcher = self.dispatcher.clone();
-        let (managers, mut events) = store.view_and_watch(|v| dispatcher.managers(v));
-        let mut msg =
-            SessionMessage { session_id, node_id, heartbeat_period: dispatcher.period_with_jitter(), managers };
+        let mut managers = dispatcher.managers();
+        let mut msg = SessionMessage {
+            session_id,
+            node_id,
+            heartbeat_period: dispatcher.period_with_jitter(),
+            managers: managers.borrow_and_update().clone(),
+        };
         let (tx, rx) = mpsc::channel(1);
         tokio::spawn(async move {
             let (node_id, session_id) = (msg.node_id.clone(), msg.session_id.clone());
@@ -105,20 +108,12 @@ impl DispatcherRpc for DispatcherService {
                         dispatcher.session_ended(&node_id, &session_id);
                         return;
                     }
-                    ev = events.recv() => {
-                        match ev {
-                            Ok(ev) if !matches!(ev.object, Object::Node(_)) => continue,
-                            Ok(_) | Err(RecvError::Lagged(_)) => {}
-                            Err(RecvError::Closed) => return,
-                        }
-                        // The manager set changed (or may have, after a lag): tell the agent when it did.
-                        let managers = store.view(|v| dispatcher.managers(v));
-                        if managers != msg.managers {
-                            msg.managers = managers;
-                            if tx.send(Ok(msg.clone())).await.is_err() {
-                                dispatcher.session_ended(&node_id, &session_id);
-                                return;
-                            }
+                    // The set of managers changed: tell the agent.
+                    Ok(()) = managers.changed() => {
+                        msg.managers = managers.borrow_and_update().clone();
+                        if tx.send(Ok(msg.clone())).await.is_err() {
+                            dispatcher.session_ended(&node_id, &session_id);
+                            return;
                         }
                     }
                 }
