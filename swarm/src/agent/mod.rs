@@ -7,9 +7,10 @@
 //! ```
 //! A broken session is re-opened with jittered exponential backoff on the next known manager (or on the leader
 //! a refusing manager named); the worker and its tasks carry on. The dispatcher's session messages keep the list
-//! of managers current. A heartbeat that gets no answer within about a period ends the session, so a frozen
+//! of managers current. A heartbeat that gets no answer within half a period ends the session, so a frozen
 //! manager is left long before the dispatcher would find this node down. Status reports stay pending until the
-//! manager acknowledged them (it does so once they are committed) and are sent again on the next session.
+//! manager acknowledged them (it does so once they are committed) and are sent again, on the same session after
+//! a failed write, or on the next session, whichever manager it is with.
 
 pub mod exec;
 pub mod task;

@@ -57,7 +57,7 @@ pub enum DispatcherError {
     UnknownNode(String),
     /// The store write holding a status report failed; the agent keeps the report and sends it again.
     #[error("writing task status: {0}")]
-    StatusWrite(String),
+    StatusWrite(Arc<StoreError>),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -329,14 +329,15 @@ impl Dispatcher {
                     Ok(())
                 })
                 .await;
+            let r = r.map_err(Arc::new);
             if let Err(e) = &r {
                 tracing::warn!(error = %e, reports = waiting.len(), "task status batch not written; agents will resend");
             }
             for w in waiting {
                 let answer = match &r {
                     Ok(()) => Ok(()),
-                    Err(StoreError::NotLeader { .. }) => Err(DispatcherError::NotLeader),
-                    Err(e) => Err(DispatcherError::StatusWrite(e.to_string())),
+                    Err(e) if matches!(**e, StoreError::NotLeader { .. }) => Err(DispatcherError::NotLeader),
+                    Err(e) => Err(DispatcherError::StatusWrite(e.clone())),
                 };
                 let _ = w.send(answer);
             }
