@@ -492,6 +492,7 @@ impl<E: Executor> SwarmNode<E> {
         let dispatcher = Dispatcher::new(DispatcherConfig {
             heartbeat_period: heartbeat,
             managers: vec![me.advertise_addr.clone()],
+            leader: tokio::sync::watch::channel(None).1,
         });
 
         // Everything that can fail comes before anything is spawned.

@@ -3,7 +3,9 @@
 
 use crate::agent::exec::{ContainerState, Controller, ExecError, Executor, ExitStatus};
 use crate::api::*;
+use crate::manager::store::{MemoryStore, Proposal, Proposer, SharedView, Store, StoreError};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
 
@@ -26,6 +28,53 @@ pub fn node(id: &str, hostname: &str) -> Node {
         status: NodeStatus { state: NodeState::Ready, ..Default::default() },
         manager_status: None,
         role: NodeRole::Manager,
+    }
+}
+
+/// A store whose writes apply at once (as [`Store::in_memory`]) except those [`FlakyWrites::fail_next`] says
+/// fail, as a Raft commit that failed: for tests of what happens to a write that did not land.
+pub fn flaky_store() -> (Store, Arc<FlakyWrites>) {
+    let writes = Arc::new(FlakyWrites {
+        shared: SharedView::new(MemoryStore::new()),
+        index: AtomicU64::new(0),
+        fail: AtomicUsize::new(0),
+    });
+    (Store::with_proposer(writes.shared.clone(), writes.clone()), writes)
+}
+
+/// The proposer of a [`flaky_store`].
+pub struct FlakyWrites {
+    shared: Arc<SharedView>,
+    index: AtomicU64,
+    fail: AtomicUsize,
+}
+
+impl FlakyWrites {
+    /// Makes the next `n` writes fail.
+    pub fn fail_next(&self, n: usize) {
+        self.fail.store(n, Ordering::SeqCst);
+    }
+
+    /// How many writes were applied.
+    pub fn applied(&self) -> u64 {
+        self.index.load(Ordering::SeqCst)
+    }
+
+    /// How many of the writes told to fail have not been tried yet.
+    pub fn failures_left(&self) -> usize {
+        self.fail.load(Ordering::SeqCst)
+    }
+}
+
+impl Proposer for FlakyWrites {
+    fn propose(&self, p: Proposal) -> futures::future::BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            if self.fail.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok() {
+                return Err(StoreError::Raft("injected commit failure".into()));
+            }
+            let index = self.index.fetch_add(1, Ordering::SeqCst) + 1;
+            self.shared.apply(index, &p).map(|_| ()).map_err(StoreError::from)
+        })
     }
 }
 

@@ -13,62 +13,10 @@ use swarm::api::{NodeAvailability, NodeState, ServiceSpec, TaskState};
 use swarm::node::SwarmNode;
 use swarm::testing::TestExecutor;
 use swarm::transport::control::control_server::Control;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::watch;
 use tonic::Request;
 
 mod common;
 use common::*;
-
-/// A TCP proxy whose traffic can be frozen: bytes already read are held (connections stay open) until it thaws,
-/// as with a peer whose process is stopped.
-struct FreezableProxy {
-    addr: String,
-    frozen: watch::Sender<bool>,
-}
-
-impl FreezableProxy {
-    async fn start(target: String) -> FreezableProxy {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap().to_string();
-        let (frozen, _) = watch::channel(false);
-        let rx = frozen.subscribe();
-        tokio::spawn(async move {
-            while let Ok((client, _)) = listener.accept().await {
-                let Ok(server) = tokio::net::TcpStream::connect(&target).await else { continue };
-                let (cr, cw) = client.into_split();
-                let (sr, sw) = server.into_split();
-                tokio::spawn(pump(cr, sw, rx.clone()));
-                tokio::spawn(pump(sr, cw, rx.clone()));
-            }
-        });
-        FreezableProxy { addr, frozen }
-    }
-
-    fn freeze(&self, on: bool) {
-        self.frozen.send_replace(on);
-    }
-}
-
-async fn pump(
-    mut from: tokio::net::tcp::OwnedReadHalf,
-    mut to: tokio::net::tcp::OwnedWriteHalf,
-    mut frozen: watch::Receiver<bool>,
-) {
-    let mut buf = vec![0u8; 16 * 1024];
-    loop {
-        let n = match from.read(&mut buf).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => n,
-        };
-        if frozen.wait_for(|f| !*f).await.is_err() {
-            return;
-        }
-        if to.write_all(&buf[..n]).await.is_err() {
-            return;
-        }
-    }
-}
 
 struct Cluster {
     mgr: SwarmNode<TestExecutor>,
@@ -90,17 +38,21 @@ async fn cluster(heartbeat: Option<Duration>) -> Cluster {
         (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let (mexec, a_exec, b_exec) =
         (TestExecutor::new("host-m"), TestExecutor::new("host-a"), TestExecutor::new("host-b"));
+    // The manager advertises the proxy, so every agent learns only the proxy as the manager's address: frozen,
+    // it leaves worker A no way to reach the manager (as if A were stopped). B keeps the direct connection it
+    // joined through.
+    let addr = free_local_addr();
+    let proxy = FreezableProxy::start(addr.clone()).await;
     let mgr = new_node(mdir.path(), &mexec);
     mgr.init(SwarmInitRequest {
-        listen_addr: "127.0.0.1:0".into(),
+        listen_addr: addr.clone(),
+        advertise_addr: proxy.addr.clone(),
         dispatcher_heartbeat: heartbeat,
         ..Default::default()
     })
     .await
     .unwrap();
-    let addr = mgr.info().await.remote_managers[0].clone();
     let token = mgr.store().unwrap().view(|v| v.cluster().unwrap().root_ca.join_tokens.worker.clone());
-    let proxy = FreezableProxy::start(addr.clone()).await;
     let join = |remote: &str| SwarmJoinRequest {
         remote_addr: remote.into(),
         join_token: token.clone(),

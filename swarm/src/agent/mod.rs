@@ -5,12 +5,19 @@
 //!                                 ─▶ Assignments stream ─▶ Worker::apply ─▶ one task runner per task
 //!        status reports ◀── runners ── batched ─▶ UpdateTaskStatus
 //! ```
-//! A broken session is re-opened with backoff, trying each known manager; the worker and its tasks carry on.
+//! A broken session is re-opened with jittered exponential backoff on the next known manager (or on the leader
+//! a refusing manager named); the worker and its tasks carry on. The dispatcher's session messages keep the list
+//! of managers current. A heartbeat that gets no answer within half a period ends the session, so a frozen
+//! manager is left long before the dispatcher would find this node down. Status reports stay pending until the
+//! manager acknowledged them (it does so once they are committed) and are sent again, on the same session after
+//! a failed write, or on the next session, whichever manager it is with.
 
 pub mod exec;
 pub mod task;
 pub mod worker;
 
+#[cfg(test)]
+mod session_tests;
 #[cfg(test)]
 mod tests;
 
@@ -21,6 +28,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch, Mutex};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use worker::Worker;
@@ -44,7 +52,7 @@ pub enum AgentError {
 
 #[derive(Clone)]
 pub struct AgentConfig {
-    /// Managers to connect to (`host:port`), tried in order.
+    /// Managers to connect to (`host:port`), tried in order until a session gives the current list.
     pub managers: Vec<String>,
     pub tls: ClientTlsConfig,
 }
@@ -54,6 +62,109 @@ pub struct AgentConfig {
 pub struct AgentStatus {
     pub connected_to: Option<String>,
     pub node_id: Option<String>,
+    /// The managers the agent knows (`host:port`, the leader first when a dispatcher said so): what the node
+    /// persists, so a restarted agent can reach whichever manager is up.
+    pub managers: Vec<String>,
+}
+
+/// First wait before reconnecting; doubled after each failed attempt up to [`BACKOFF_MAX`], reset once a
+/// session is established.
+const BACKOFF_FIRST: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// The longest a heartbeat (or the assignments request) may take before the manager is taken for frozen.
+const HEARTBEAT_DEADLINE_MAX: Duration = Duration::from_secs(5);
+
+/// How long a heartbeat may take: half a period (a heartbeat touches no disk, so it answers in milliseconds),
+/// so a frozen manager is noticed within 0.5 to 1.5 periods, well inside the dispatcher's grace of three.
+fn heartbeat_deadline(period: Duration) -> Duration {
+    (period / 2).min(HEARTBEAT_DEADLINE_MAX)
+}
+
+/// The longest a session request or a status report may take: a report waits for a store commit, so it gets
+/// more room than a heartbeat.
+const CALL_DEADLINE: Duration = Duration::from_secs(5);
+
+/// `call`'s result, or DEADLINE_EXCEEDED naming `what` once `deadline` passed: a frozen manager answers nothing,
+/// and only HTTP/2 keepalive (much later) would notice otherwise.
+async fn within<T>(
+    deadline: Duration,
+    what: &str,
+    call: impl std::future::Future<Output = Result<T, tonic::Status>>,
+) -> Result<T, tonic::Status> {
+    tokio::time::timeout(deadline, call).await.unwrap_or_else(|_| {
+        Err(tonic::Status::deadline_exceeded(format!("the manager did not answer {what} within {deadline:?}")))
+    })
+}
+
+/// Exponential backoff with ±25 % jitter, so agents that lost the same manager don't all come back in step.
+struct Backoff {
+    next: Duration,
+}
+
+impl Backoff {
+    fn new() -> Self {
+        Backoff { next: BACKOFF_FIRST }
+    }
+
+    fn reset(&mut self) {
+        self.next = BACKOFF_FIRST;
+    }
+
+    /// The wait before the next attempt (jittered); the one after is twice as long, up to the cap.
+    fn next_wait(&mut self) -> Duration {
+        let base = self.next;
+        self.next = (base * 2).min(BACKOFF_MAX);
+        base.mul_f64(1.0 + (rand::random::<f64>() - 0.5) * 0.5)
+    }
+}
+
+/// The managers the agent knows, and which one it tries next.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Managers {
+    addrs: Vec<String>,
+    /// Index in `addrs` of the next to try.
+    cursor: usize,
+    /// A leader a manager named when refusing us: tried next, whatever the order.
+    redirect: Option<String>,
+}
+
+impl Managers {
+    fn new(addrs: Vec<String>) -> Self {
+        Managers { addrs, ..Default::default() }
+    }
+
+    /// The address to try next.
+    fn pick(&mut self) -> Option<String> {
+        if let Some(a) = self.redirect.take() {
+            return Some(a);
+        }
+        if self.addrs.is_empty() {
+            return None;
+        }
+        Some(self.addrs[self.cursor % self.addrs.len()].clone())
+    }
+
+    /// The list a dispatcher sent. An empty list (a dispatcher that knows none) keeps what we have.
+    fn replace(&mut self, addrs: Vec<String>) {
+        if !addrs.is_empty() && addrs != self.addrs {
+            self.addrs = addrs;
+            self.cursor = 0;
+        }
+    }
+
+    /// The session with `addr` failed: next, the manager after it in the list (the first if it is not listed,
+    /// as a join address may not be), or `leader` if the manager named one.
+    fn failed(&mut self, addr: &str, leader: Option<String>) {
+        self.cursor = self.addrs.iter().position(|a| a == addr).map_or(0, |i| i + 1);
+        self.redirect = leader.filter(|l| l != addr);
+    }
+}
+
+/// The leader a refusal named in its metadata.
+fn leader_hint(e: &AgentError) -> Option<String> {
+    let AgentError::Session(status) = e else { return None };
+    let v = status.metadata().get(LEADER_METADATA)?.to_str().ok()?;
+    (!v.is_empty()).then(|| v.to_string())
 }
 
 pub struct Agent<E: Executor> {
@@ -67,12 +178,13 @@ pub struct Agent<E: Executor> {
 impl<E: Executor> Agent<E> {
     pub fn new(cfg: AgentConfig, executor: Arc<E>) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
+        let status = AgentStatus { managers: cfg.managers.clone(), ..Default::default() };
         Agent {
             cfg,
             worker: Arc::new(Mutex::new(Worker::new(executor.clone(), tx))),
             executor,
             reports: Mutex::new(rx),
-            status: watch::channel(AgentStatus::default()).0,
+            status: watch::channel(status).0,
         }
     }
 
@@ -81,33 +193,37 @@ impl<E: Executor> Agent<E> {
     }
 
     /// Runs sessions until `shutdown`; the task runners stop then, leaving containers for the next start.
+    /// Status reports not yet acknowledged are kept across sessions and sent again on the next one.
     pub async fn run(&self, shutdown: CancellationToken) {
-        let mut backoff = Duration::from_millis(100);
+        let mut backoff = Backoff::new();
         let mut pending: HashMap<String, TaskStatusUpdate> = HashMap::new();
-        let mut next = 0usize;
+        let mut managers = Managers::new(self.cfg.managers.clone());
         loop {
-            if self.cfg.managers.is_empty() {
+            let Some(addr) = managers.pick() else {
                 tracing::error!("{}", AgentError::NoManagers);
                 return;
-            }
-            let addr = self.cfg.managers[next % self.cfg.managers.len()].clone();
+            };
+            let mut established = false;
             let r = tokio::select! {
                 _ = shutdown.cancelled() => break,
-                r = self.session(&addr, &mut pending, &shutdown) => r,
+                r = self.session(&addr, &mut pending, &mut managers, &mut established, &shutdown) => r,
             };
-            self.status.send_replace(AgentStatus::default());
-            match r {
-                Ok(()) => backoff = Duration::from_millis(100),
-                Err(e) => {
-                    tracing::warn!(manager = %addr, error = %e, "agent session ended; reconnecting");
-                    next += 1;
-                }
+            self.status.send_modify(|s| {
+                s.connected_to = None;
+                s.node_id = None;
+            });
+            if established {
+                backoff.reset();
+            }
+            if let Err(e) = r {
+                let leader = leader_hint(&e);
+                tracing::warn!(manager = %addr, error = %e, leader = ?leader, "agent session ended; reconnecting");
+                managers.failed(&addr, leader);
             }
             tokio::select! {
                 _ = shutdown.cancelled() => break,
-                _ = tokio::time::sleep(backoff) => {}
+                _ = tokio::time::sleep(backoff.next_wait()) => {}
             }
-            backoff = (backoff * 2).min(Duration::from_secs(5));
         }
         self.worker.lock().await.stop();
     }
@@ -129,40 +245,73 @@ impl<E: Executor> Agent<E> {
         Ok(DispatcherClient::new(ch))
     }
 
+    /// Records the managers a session message lists.
+    fn learn_managers(&self, managers: &mut Managers, msg: &SessionMessage) {
+        managers.replace(msg.managers.clone());
+        let addrs = managers.addrs.clone();
+        self.status.send_if_modified(|s| {
+            let changed = s.managers != addrs;
+            s.managers = addrs;
+            changed
+        });
+    }
+
     /// One session: register, then serve assignments, heartbeats and status reports until something breaks.
+    /// `established` is set once the dispatcher accepted the session.
     async fn session(
         &self,
         addr: &str,
         pending: &mut HashMap<String, TaskStatusUpdate>,
+        managers: &mut Managers,
+        established: &mut bool,
         shutdown: &CancellationToken,
     ) -> Result<(), AgentError> {
         let mut client = self.connect(addr).await?;
         let description = self.executor.describe().await?;
-        let mut session = client.session(SessionRequest { description }).await?.into_inner();
-        let first =
-            session.message().await?.ok_or_else(|| tonic::Status::unavailable("session closed before it began"))?;
+        let mut session = within(CALL_DEADLINE, "the session request", client.session(SessionRequest { description }))
+            .await?
+            .into_inner();
+        let first = within(CALL_DEADLINE, "the session's first message", session.message())
+            .await?
+            .ok_or_else(|| tonic::Status::unavailable("session closed before it began"))?;
+        *established = true;
         let session_id = first.session_id.clone();
         tracing::info!(manager = %addr, node.id = %first.node_id, "agent session established");
-        self.status.send_replace(AgentStatus { connected_to: Some(addr.into()), node_id: Some(first.node_id.clone()) });
-        let mut assignments =
-            client.assignments(AssignmentsRequest { session_id: session_id.clone() }).await?.into_inner();
+        self.learn_managers(managers, &first);
+        self.status.send_modify(|s| {
+            s.connected_to = Some(addr.into());
+            s.node_id = Some(first.node_id.clone());
+        });
         let mut period = first.heartbeat_period;
+        let request = AssignmentsRequest { session_id: session_id.clone() };
+        let mut assignments =
+            within(heartbeat_deadline(period), "the assignments request", client.assignments(request))
+                .await?
+                .into_inner();
         let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
         let mut flush = tokio::time::interval(Duration::from_millis(50));
         let mut reports = self.reports.lock().await;
+        // One status call at a time, off the loop, so heartbeats and assignments go on while it waits for the
+        // manager's commit. `sent` is what it carries: acknowledged reports leave `pending` unless a newer one
+        // for the same task arrived meanwhile.
+        let mut in_flight: Option<futures::future::BoxFuture<'static, Result<(), tonic::Status>>> = None;
+        let mut sent: Vec<TaskStatusUpdate> = Vec::new();
+        let (mut retry, mut retry_at) = (Backoff::new(), Instant::now());
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
-                m = session.message() => {
-                    m?;
-                    return Err(tonic::Status::unavailable("dispatcher closed the session").into());
-                }
+                m = session.message() => match m? {
+                    Some(msg) => self.learn_managers(managers, &msg),
+                    None => return Err(tonic::Status::unavailable("dispatcher closed the session").into()),
+                },
                 m = assignments.message() => match m? {
                     Some(msg) => self.worker.lock().await.apply(msg).await,
                     None => return Err(tonic::Status::unavailable("assignments stream ended").into()),
                 },
                 _ = heartbeat.tick() => {
-                    let r = client.heartbeat(HeartbeatRequest { session_id: session_id.clone() }).await?;
+                    // A manager that stopped answering (frozen, partitioned) is left after about one period.
+                    let request = HeartbeatRequest { session_id: session_id.clone() };
+                    let r = within(heartbeat_deadline(period), "a heartbeat", client.heartbeat(request)).await?;
                     let p = r.into_inner().period;
                     if p != period && !p.is_zero() {
                         period = p;
@@ -175,10 +324,36 @@ impl<E: Executor> Agent<E> {
                         pending.insert(u.task_id.clone(), u);
                     }
                 }
-                _ = flush.tick(), if !pending.is_empty() => {
-                    let updates: Vec<TaskStatusUpdate> = pending.values().cloned().collect();
-                    client.update_task_status(UpdateTaskStatusRequest { session_id: session_id.clone(), updates }).await?;
-                    pending.clear();
+                _ = flush.tick(), if !pending.is_empty() && in_flight.is_none() && Instant::now() >= retry_at => {
+                    sent = pending.values().cloned().collect();
+                    let req = UpdateTaskStatusRequest { session_id: session_id.clone(), updates: sent.clone() };
+                    let mut client = client.clone();
+                    in_flight = Some(Box::pin(async move {
+                        within(CALL_DEADLINE, "a status report", client.update_task_status(req)).await.map(|_| ())
+                    }));
+                }
+                r = async { in_flight.as_mut().expect("guarded").await }, if in_flight.is_some() => {
+                    in_flight = None;
+                    match r {
+                        Ok(()) => {
+                            retry.reset();
+                            for u in sent.drain(..) {
+                                if pending.get(&u.task_id).is_some_and(|p| p.status == u.status) {
+                                    pending.remove(&u.task_id);
+                                }
+                            }
+                        }
+                        // The session is gone: a new one sends the reports.
+                        Err(e) if e.code() == tonic::Code::NotFound => return Err(e.into()),
+                        // Not acknowledged (the write failed, or no answer): kept in `pending` and sent again
+                        // later. The session stays: a lost manager shows in heartbeats and the session stream,
+                        // and reconnecting every agent over a failed write would only add writes.
+                        Err(e) => {
+                            let wait = retry.next_wait();
+                            tracing::warn!(manager = %addr, error = %e, retry_in = ?wait, "status report not acknowledged");
+                            retry_at = Instant::now() + wait;
+                        }
+                    }
                 }
             }
         }

@@ -8,12 +8,19 @@
 //!    ◀─ COMPLETE{every task for this node} ──
 //!    ◀─ INCREMENTAL{changed, removed} …  ────  as the store changes
 //!    ── Heartbeat(session id) every period ─▶ node DOWN after 3 missed periods
-//!    ── UpdateTaskStatus([task, status]…) ──▶ batched into store writes
+//!    ── UpdateTaskStatus([task, status]…) ──▶ batched into store writes; answered once committed
+//!    ◀─ SessionMessage{managers} … ──────────  again whenever the set of managers changes
 //! ```
+//! A manager that does not lead refuses every call with `UNAVAILABLE`, naming the leader in [`LEADER_METADATA`]
+//! when it knows it.
 
 use super::{NodeDescription, Task, TaskStatus};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
+
+/// The response metadata entry holding the leader's cluster address (`host:port`) when a manager refuses a call
+/// because it does not lead.
+pub const LEADER_METADATA: &str = "x-shoal-leader";
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SessionRequest {
@@ -26,7 +33,8 @@ pub struct SessionMessage {
     pub node_id: String,
     #[serde(with = "super::meta::duration_text")]
     pub heartbeat_period: Duration,
-    /// Managers the agent may fail over to (`host:port`).
+    /// Managers the agent may fail over to (`host:port`), the leader first. Sent again, with the same session
+    /// id, whenever the set changes.
     pub managers: Vec<String>,
 }
 

@@ -5,10 +5,16 @@ use std::time::{Duration, SystemTime};
 
 /// Version and timestamps of a stored object. `version` is the Raft log index of the write that last changed
 /// the object; an update must carry the version it read, or the store refuses it ("update out of sequence").
+/// The times are the proposing manager's clock: for display only. What must not depend on a manager's clock
+/// (which task of a slot is newest) orders by `created_index`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Meta {
     #[serde(default)]
     pub version: u64,
+    /// The Raft log index of the write that created the object, set by the store when it applies the create
+    /// (0 for objects stored before it was recorded).
+    #[serde(default)]
+    pub created_index: u64,
     #[serde(default)]
     pub created_at: Timestamp,
     #[serde(default)]
@@ -22,6 +28,14 @@ pub struct Timestamp(pub SystemTime);
 impl Default for Timestamp {
     fn default() -> Self {
         Timestamp(SystemTime::UNIX_EPOCH)
+    }
+}
+
+impl Meta {
+    /// The object's place in creation order: by the Raft index that created it (every replica agrees on it,
+    /// whatever the clocks), then by its last write for objects stored before creation indexes were recorded.
+    pub fn creation_order(&self) -> (u64, u64) {
+        (self.created_index, self.version)
     }
 }
 

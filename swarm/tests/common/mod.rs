@@ -7,6 +7,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use swarm::node::{NodeConfig, SwarmNode};
 use swarm::testing::TestExecutor;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::watch;
 
 /// Prints a phase of a test story.
 pub fn step(s: &str) {
@@ -31,7 +33,67 @@ pub async fn wait_for<T>(what: &str, mut check: impl FnMut() -> Result<T, String
     }
 }
 
+/// A free port on 127.0.0.1 (bound, then released), for a listener whose address must be known beforehand.
+pub fn free_local_addr() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().to_string()
+}
+
 /// A swarm node whose state lives under `dir`, running its tasks in `exec`.
 pub fn new_node(dir: &Path, exec: &TestExecutor) -> SwarmNode<TestExecutor> {
     SwarmNode::new(NodeConfig { state_dir: dir.join("swarm"), default_advertise_ip: None }, Arc::new(exec.clone()))
+}
+
+/// A TCP proxy whose traffic can be frozen: bytes already read are held and connections stay open (a side that
+/// closes is not told to the other) until it thaws, as with a peer whose process is stopped.
+pub struct FreezableProxy {
+    pub addr: String,
+    frozen: watch::Sender<bool>,
+}
+
+impl FreezableProxy {
+    pub async fn start(target: String) -> FreezableProxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let (frozen, _) = watch::channel(false);
+        let rx = frozen.subscribe();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::TcpStream::connect(&target).await else { continue };
+                let (cr, cw) = client.into_split();
+                let (sr, sw) = server.into_split();
+                tokio::spawn(pump(cr, sw, rx.clone()));
+                tokio::spawn(pump(sr, cw, rx.clone()));
+            }
+        });
+        FreezableProxy { addr, frozen }
+    }
+
+    pub fn freeze(&self, on: bool) {
+        self.frozen.send_replace(on);
+    }
+}
+
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut frozen: watch::Receiver<bool>,
+) {
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => {
+                // A stopped process sends no FIN either: the close reaches the other side only after a thaw.
+                let _ = frozen.wait_for(|f| !*f).await;
+                return;
+            }
+            Ok(n) => n,
+        };
+        if frozen.wait_for(|f| !*f).await.is_err() {
+            return;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
 }

@@ -3,7 +3,10 @@
 //! It registers nodes when their session opens (READY), marks them DOWN after three missed heartbeat periods or
 //! when their session stream broke and they did not reconnect within the session grace (1s by default),
 //! streams each node its assignments (the full set, then deltas from the store's watch), and batches the task
-//! status updates agents report into store writes, moving states forward only.
+//! status updates agents report into store writes, moving states forward only. A status report is answered only
+//! once the write holding it committed (or failed), so the agent keeps what was not acknowledged and sends it
+//! again. Session messages carry the managers' addresses (leader first), again whenever they change; a manager
+//! that does not lead refuses sessions and names the leader when it knows it.
 
 mod assignments;
 mod service;
@@ -13,12 +16,12 @@ mod status;
 pub use service::DispatcherService;
 
 use crate::api::dispatch::TaskStatusUpdate;
-use crate::api::{NodeDescription, NodeState, Timestamp};
-use crate::manager::store::{Store, StoreError};
+use crate::api::{NodeDescription, NodeState, Object, Timestamp};
+use crate::manager::store::{MemoryStore, Store, StoreError};
 use sessions::{Grace, Sessions};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 /// Missed heartbeat periods before a node is DOWN (as SwarmKit's grace multiplier).
@@ -33,8 +36,11 @@ const STATUS_BATCH: Duration = Duration::from_millis(50);
 #[derive(Debug, Clone)]
 pub struct DispatcherConfig {
     pub heartbeat_period: Duration,
-    /// Manager addresses handed to agents for fail-over.
+    /// Manager addresses handed to agents for fail-over when the store records none.
     pub managers: Vec<String>,
+    /// The current leader's cluster address (`host:port`), None when unknown: named to agents this manager
+    /// refuses because it does not lead.
+    pub leader: watch::Receiver<Option<String>>,
 }
 
 /// Errors of dispatcher calls, mapped to gRPC statuses by the service.
@@ -49,16 +55,45 @@ pub enum DispatcherError {
     /// The node is not part of this swarm.
     #[error("node {0} is not a member of this swarm")]
     UnknownNode(String),
+    /// The store write holding a status report failed; the agent keeps the report and sends it again.
+    #[error("writing task status: {0}")]
+    StatusWrite(Arc<StoreError>),
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+/// One `UpdateTaskStatus` call waiting for the store write that holds its updates.
+struct StatusReport {
+    node_id: String,
+    updates: Vec<TaskStatusUpdate>,
+    written: oneshot::Sender<Result<(), DispatcherError>>,
 }
 
 struct Active {
     store: Store,
     /// The cluster's session grace, read when the dispatcher started.
     session_grace: Duration,
-    status_tx: mpsc::UnboundedSender<(String, TaskStatusUpdate)>,
+    status_tx: mpsc::UnboundedSender<StatusReport>,
     stopped: CancellationToken,
+}
+
+/// The cluster addresses of the managers recorded in `view` (nodes with a manager status), the leader first,
+/// then by address, so every session message lists them in the same order.
+pub fn manager_addrs(view: &MemoryStore) -> Vec<String> {
+    let mut ms: Vec<(bool, &str)> = view
+        .nodes()
+        .filter_map(|n| n.manager_status.as_ref())
+        .filter(|m| !m.addr.is_empty())
+        .map(|m| (!m.leader, m.addr.as_str()))
+        .collect();
+    ms.sort();
+    let mut out: Vec<String> = Vec::with_capacity(ms.len());
+    for (_, addr) in ms {
+        if !out.iter().any(|a| a == addr) {
+            out.push(addr.to_string());
+        }
+    }
+    out
 }
 
 /// The dispatcher. Cheap to clone; the gRPC service wraps one.
@@ -68,6 +103,9 @@ pub struct Dispatcher {
     active: Arc<Mutex<Option<Active>>>,
     sessions: Arc<Mutex<Sessions>>,
     running: watch::Sender<bool>,
+    /// The managers agents may fail over to, kept current from the store while the dispatcher runs; every
+    /// session stream watches it.
+    managers: Arc<watch::Sender<Vec<String>>>,
 }
 
 impl Dispatcher {
@@ -77,11 +115,60 @@ impl Dispatcher {
             active: Arc::default(),
             sessions: Arc::default(),
             running: watch::channel(false).0,
+            managers: Arc::new(watch::channel(Vec::new()).0),
         }
     }
 
     pub fn config(&self) -> DispatcherConfig {
         self.cfg.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The leader's address, if this manager knows it.
+    pub fn leader(&self) -> Option<String> {
+        self.cfg.lock().unwrap_or_else(|e| e.into_inner()).leader.borrow().clone()
+    }
+
+    /// The managers agents may fail over to (those the store records, or the configured ones if it records
+    /// none), as it changes.
+    pub fn managers(&self) -> watch::Receiver<Vec<String>> {
+        self.managers.subscribe()
+    }
+
+    /// The managers `view` records, or the configured ones if it records none.
+    fn managers_in(&self, view: &MemoryStore) -> Vec<String> {
+        let addrs = manager_addrs(view);
+        if addrs.is_empty() {
+            self.config().managers
+        } else {
+            addrs
+        }
+    }
+
+    /// Keeps [`Dispatcher::managers`] current: read again whenever a node changes.
+    async fn watch_managers(&self, store: Store, stopped: CancellationToken) {
+        // Subscribed before reading, so no change falls between the read and the watch.
+        let mut events = store.watch();
+        loop {
+            let addrs = store.view(|v| self.managers_in(v));
+            self.managers.send_if_modified(|m| {
+                let changed = *m != addrs;
+                *m = addrs;
+                changed
+            });
+            loop {
+                let ev = tokio::select! {
+                    _ = stopped.cancelled() => return,
+                    ev = events.recv() => ev,
+                };
+                match ev {
+                    Ok(ev) if matches!(ev.object, Object::Node(_)) => break,
+                    Ok(_) => {}
+                    // Fell behind: read again, as after a node change.
+                    Err(broadcast::error::RecvError::Lagged(_)) => break,
+                    Err(broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        }
     }
 
     pub(crate) fn store(&self) -> Result<(Store, CancellationToken), DispatcherError> {
@@ -118,11 +205,13 @@ impl Dispatcher {
                 sessions.expect(id, now);
             }
         }
+        self.managers.send_replace(store.view(|v| self.managers_in(v)));
         self.running.send_replace(true);
         tracing::info!("dispatcher started");
         tokio::join!(
             self.write_statuses(store.clone(), status_rx, stopped.clone()),
-            self.expire_sessions(store, stopped.clone())
+            self.expire_sessions(store.clone(), stopped.clone()),
+            self.watch_managers(store, stopped.clone())
         );
         *self.active.lock().unwrap_or_else(|e| e.into_inner()) = None;
         self.sessions.lock().unwrap_or_else(|e| e.into_inner()).close_all();
@@ -175,27 +264,34 @@ impl Dispatcher {
         Ok(self.period_with_jitter())
     }
 
-    pub fn update_task_status(
+    /// Queues `updates` for the next status write and returns once that write committed: Ok means the reports
+    /// were handled (written, or ignored by the status rules), an error that the agent must send them again.
+    pub async fn update_task_status(
         &self,
         node_id: &str,
         session_id: &str,
         updates: Vec<TaskStatusUpdate>,
     ) -> Result<(), DispatcherError> {
         self.check_session(node_id, session_id)?;
-        let a = self.active.lock().unwrap_or_else(|e| e.into_inner());
-        let a = a.as_ref().ok_or(DispatcherError::NotLeader)?;
-        for u in updates {
-            let _ = a.status_tx.send((node_id.to_string(), u));
+        let (written, done) = oneshot::channel();
+        {
+            let a = self.active.lock().unwrap_or_else(|e| e.into_inner());
+            let a = a.as_ref().ok_or(DispatcherError::NotLeader)?;
+            a.status_tx
+                .send(StatusReport { node_id: node_id.to_string(), updates, written })
+                .map_err(|_| DispatcherError::NotLeader)?;
         }
-        Ok(())
+        // The writer is gone (the dispatcher stopped) before it answered: nothing says the write happened.
+        done.await.unwrap_or(Err(DispatcherError::NotLeader))
     }
 
-    /// Gathers status updates and writes them in batches. Only forward moves of tasks on the reporting node are
-    /// kept; a batch that loses a race is retried against the new state.
+    /// Gathers status reports and writes them in batches, answering each report's caller once its batch
+    /// committed or failed. Only forward moves of tasks on the reporting node are kept; a batch that loses a
+    /// race is retried against the new state.
     async fn write_statuses(
         &self,
         store: Store,
-        mut rx: mpsc::UnboundedReceiver<(String, TaskStatusUpdate)>,
+        mut rx: mpsc::UnboundedReceiver<StatusReport>,
         stopped: CancellationToken,
     ) {
         loop {
@@ -205,9 +301,13 @@ impl Dispatcher {
             };
             tokio::time::sleep(STATUS_BATCH).await;
             let mut batch = status::Batch::new();
-            status::gather(&mut batch, &first.0, first.1);
-            while let Ok((node_id, u)) = rx.try_recv() {
-                status::gather(&mut batch, &node_id, u);
+            let mut waiting = Vec::new();
+            let mut next = Some(first);
+            while let Some(r) = next.take().or_else(|| rx.try_recv().ok()) {
+                for u in r.updates {
+                    status::gather(&mut batch, &r.node_id, u);
+                }
+                waiting.push(r.written);
             }
             let r = store
                 .update_retrying(20, |tx| {
@@ -229,8 +329,17 @@ impl Dispatcher {
                     Ok(())
                 })
                 .await;
-            if let Err(e) = r {
-                tracing::warn!(error = %e, "dropping task status batch");
+            let r = r.map_err(Arc::new);
+            if let Err(e) = &r {
+                tracing::warn!(error = %e, reports = waiting.len(), "task status batch not written; agents will resend");
+            }
+            for w in waiting {
+                let answer = match &r {
+                    Ok(()) => Ok(()),
+                    Err(e) if matches!(**e, StoreError::NotLeader { .. }) => Err(DispatcherError::NotLeader),
+                    Err(e) => Err(DispatcherError::StatusWrite(e.clone())),
+                };
+                let _ = w.send(answer);
             }
         }
     }
@@ -309,7 +418,11 @@ mod tests {
 
     /// A dispatcher serving an in-memory store holding ready nodes `n1`, `n2` and task `t1` ASSIGNED to `n1`.
     async fn running_dispatcher(heartbeat_period: Duration) -> (Dispatcher, Store, CancellationToken) {
-        let store = Store::in_memory();
+        running_dispatcher_on(Store::in_memory(), heartbeat_period).await
+    }
+
+    /// A dispatcher as [`running_dispatcher`], on `store`.
+    async fn running_dispatcher_on(store: Store, heartbeat_period: Duration) -> (Dispatcher, Store, CancellationToken) {
         store
             .update(|tx| {
                 tx.create(node("n1", "host-1"));
@@ -322,7 +435,8 @@ mod tests {
             })
             .await
             .unwrap();
-        let d = Dispatcher::new(DispatcherConfig { heartbeat_period, managers: vec![] });
+        let d =
+            Dispatcher::new(DispatcherConfig { heartbeat_period, managers: vec![], leader: watch::channel(None).1 });
         let shutdown = CancellationToken::new();
         tokio::spawn({
             let (d, store, shutdown) = (d.clone(), store.clone(), shutdown.clone());
@@ -375,38 +489,110 @@ mod tests {
             status: TaskStatus { state, message: message.into(), ..Default::default() },
         };
 
-        // Both reports reach the same batch; n2's comes last but t1 is not n2's to report on.
-        d.update_task_status("n1", &s1, vec![report(TaskState::Running, "started")]).unwrap();
-        d.update_task_status("n2", &s2, vec![report(TaskState::Failed, "not mine")]).unwrap();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            let t = store.view(|v| v.task("t1").unwrap().status.clone());
-            if t.state != TaskState::Assigned {
-                assert_eq!((t.state, t.message.as_str()), (TaskState::Running, "started"));
-                break;
-            }
-            assert!(Instant::now() < deadline, "n1's RUNNING report not written within 5s: {t:?}");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        // Both reports reach the same batch (one store write); t1 is not n2's to report on. Each call returns
+        // once that write committed, so the store shows the result at once.
+        let (r1, r2) = tokio::join!(
+            d.update_task_status("n1", &s1, vec![report(TaskState::Running, "started")]),
+            d.update_task_status("n2", &s2, vec![report(TaskState::Failed, "not mine")]),
+        );
+        r1.unwrap();
+        r2.unwrap();
+        let t = store.view(|v| v.task("t1").unwrap().status.clone());
+        assert_eq!((t.state, t.message.as_str()), (TaskState::Running, "started"));
 
-        // A report of an earlier state is dropped; the later report behind it in the queue proves it was handled.
-        d.update_task_status("n1", &s1, vec![report(TaskState::Starting, "stale")]).unwrap();
-        d.update_task_status("n1", &s1, vec![report(TaskState::Running, "still running")]).unwrap();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            let t = store.view(|v| v.task("t1").unwrap().status.clone());
-            assert_ne!(t.state, TaskState::Starting, "a task moved back to STARTING");
-            if t.message == "still running" {
-                break;
-            }
-            assert!(Instant::now() < deadline, "the second RUNNING report not written within 5s: {t:?}");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        // A report of an earlier state is dropped.
+        d.update_task_status("n1", &s1, vec![report(TaskState::Starting, "stale")]).await.unwrap();
+        let t = store.view(|v| v.task("t1").unwrap().status.clone());
+        assert_eq!((t.state, t.message.as_str()), (TaskState::Running, "started"), "a task moved back");
+        d.update_task_status("n1", &s1, vec![report(TaskState::Running, "still running")]).await.unwrap();
+        let t = store.view(|v| v.task("t1").unwrap().status.clone());
+        assert_eq!((t.state, t.message.as_str()), (TaskState::Running, "still running"));
 
         // A report on a session that is not the caller's is refused outright.
-        let e = d.update_task_status("n2", &s1, vec![report(TaskState::Failed, "")]).unwrap_err();
+        let e = d.update_task_status("n2", &s1, vec![report(TaskState::Failed, "")]).await.unwrap_err();
         assert!(matches!(e, DispatcherError::InvalidSession(_)), "{e:?}");
         shutdown.cancel();
+    }
+
+    #[tokio::test]
+    async fn a_status_report_whose_write_fails_is_answered_with_an_error_and_lands_when_sent_again() {
+        let (store, writes) = crate::testing::flaky_store();
+        let (d, store, shutdown) = running_dispatcher_on(store, Duration::from_secs(5)).await;
+        let (s1, _) = d.open_session("n1", description("host-1"), String::new()).await.unwrap();
+        let failed = TaskStatusUpdate {
+            task_id: "t1".into(),
+            status: TaskStatus { state: TaskState::Failed, message: "exit 1".into(), ..Default::default() },
+        };
+
+        writes.fail_next(1);
+        let e = d.update_task_status("n1", &s1, vec![failed.clone()]).await.unwrap_err();
+        assert!(matches!(e, DispatcherError::StatusWrite(_)), "the failed write is reported to the caller: {e:?}");
+        let t = store.view(|v| v.task("t1").unwrap().status.clone());
+        assert_eq!(t.state, TaskState::Assigned, "nothing was written");
+
+        // The agent sends the report again; it lands, and the call says so only once it has.
+        d.update_task_status("n1", &s1, vec![failed]).await.expect("the resent report is written");
+        let t = store.view(|v| v.task("t1").unwrap().status.clone());
+        assert_eq!((t.state, t.message.as_str()), (TaskState::Failed, "exit 1"));
+        shutdown.cancel();
+    }
+
+    #[tokio::test]
+    async fn concurrent_status_reports_share_one_store_write() {
+        let (store, writes) = crate::testing::flaky_store();
+        let (d, store, shutdown) = running_dispatcher_on(store, Duration::from_secs(5)).await;
+        let ids: Vec<String> = (2..=11).map(|i| format!("t{i}")).collect();
+        store
+            .update(|tx| {
+                for id in &ids {
+                    let mut t = task(id, "s1", 1);
+                    t.node_id = "n1".into();
+                    t.status.state = TaskState::Assigned;
+                    tx.create(t);
+                }
+                Ok::<_, StoreError>(())
+            })
+            .await
+            .unwrap();
+        let (s1, _) = d.open_session("n1", description("host-1"), String::new()).await.unwrap();
+        let before = writes.applied();
+        let calls = ids.iter().map(|id| {
+            let u = TaskStatusUpdate {
+                task_id: id.clone(),
+                status: TaskStatus { state: TaskState::Running, ..Default::default() },
+            };
+            d.update_task_status("n1", &s1, vec![u])
+        });
+        for r in futures::future::join_all(calls).await {
+            r.expect("every report acknowledged");
+        }
+        let running =
+            store.view(|v| ids.iter().filter(|id| v.task(id).unwrap().status.state == TaskState::Running).count());
+        assert_eq!(running, ids.len(), "every acknowledged report is in the store");
+        assert_eq!(writes.applied() - before, 1, "10 concurrent reports, one store write");
+        shutdown.cancel();
+    }
+
+    #[test]
+    fn managers_are_listed_leader_first_then_by_address() {
+        let manager = |id: &str, addr: &str, leader: bool| {
+            let mut n = node(id, id);
+            n.manager_status = Some(crate::api::ManagerStatus {
+                raft_id: 1,
+                addr: addr.into(),
+                leader,
+                reachability: crate::api::Reachability::Reachable,
+            });
+            n
+        };
+        let nodes = vec![
+            manager("m1", "10.0.0.3:2377", false),
+            manager("m2", "10.0.0.9:2377", true),
+            manager("m3", "10.0.0.1:2377", false),
+            node("w1", "worker"),
+        ];
+        let view = MemoryStore::from_objects(nodes.into_iter().map(Object::Node));
+        assert_eq!(manager_addrs(&view), ["10.0.0.9:2377", "10.0.0.1:2377", "10.0.0.3:2377"]);
     }
 
     #[tokio::test]

@@ -1,5 +1,6 @@
 //! The gRPC face of the dispatcher: authenticates the caller by its mTLS certificate (any member role may call)
-//! and streams sessions and assignments.
+//! and streams sessions and assignments. A manager that does not lead answers `UNAVAILABLE` with the leader's
+//! address, when it knows it, in the [`LEADER_METADATA`] entry, so the agent goes there next.
 
 use super::assignments::AssignmentSet;
 use super::{Dispatcher, DispatcherError};
@@ -28,6 +29,23 @@ impl DispatcherService {
     pub fn new(dispatcher: Dispatcher) -> Self {
         DispatcherService { dispatcher }
     }
+
+    /// `e` as a gRPC status; a refusal for not leading names the leader, if known.
+    fn refuse(&self, e: DispatcherError) -> Status {
+        let not_leader = matches!(e, DispatcherError::NotLeader);
+        let mut status = Status::from(e);
+        if not_leader {
+            with_leader(&mut status, self.dispatcher.leader());
+        }
+        status
+    }
+}
+
+/// Adds the leader's address to `status`'s metadata, if there is one and it is a valid header value.
+fn with_leader(status: &mut Status, leader: Option<String>) {
+    if let Some(v) = leader.and_then(|l| l.parse().ok()) {
+        status.metadata_mut().insert(LEADER_METADATA, v);
+    }
 }
 
 impl From<DispatcherError> for Status {
@@ -36,6 +54,7 @@ impl From<DispatcherError> for Status {
             DispatcherError::NotLeader => Status::unavailable(e.to_string()),
             DispatcherError::InvalidSession(_) => Status::not_found(e.to_string()),
             DispatcherError::UnknownNode(_) => Status::permission_denied(e.to_string()),
+            DispatcherError::StatusWrite(_) => Status::unavailable(e.to_string()),
             DispatcherError::Store(e) => Status::unavailable(e.to_string()),
         }
     }
@@ -55,28 +74,49 @@ impl DispatcherRpc for DispatcherService {
     async fn session(&self, req: Request<SessionRequest>) -> Result<Response<Self::SessionStream>, Status> {
         let node_id = node_of(&req)?;
         let addr = req.remote_addr().map(|a| a.ip().to_string()).unwrap_or_default();
-        let (session_id, closed) = self.dispatcher.open_session(&node_id, req.into_inner().description, addr).await?;
-        let cfg = self.dispatcher.config();
-        let first = SessionMessage {
+        let (session_id, closed) = self
+            .dispatcher
+            .open_session(&node_id, req.into_inner().description, addr)
+            .await
+            .map_err(|e| self.refuse(e))?;
+        let dispatcher = self.dispatcher.clone();
+        let mut managers = dispatcher.managers();
+        let mut msg = SessionMessage {
             session_id,
             node_id,
-            heartbeat_period: self.dispatcher.period_with_jitter(),
-            managers: cfg.managers,
+            heartbeat_period: dispatcher.period_with_jitter(),
+            managers: managers.borrow_and_update().clone(),
         };
         let (tx, rx) = mpsc::channel(1);
-        let dispatcher = self.dispatcher.clone();
-        let (node_id, session_id) = (first.node_id.clone(), first.session_id.clone());
         tokio::spawn(async move {
-            if tx.send(Ok(first)).await.is_err() {
+            let (node_id, session_id) = (msg.node_id.clone(), msg.session_id.clone());
+            if tx.send(Ok(msg.clone())).await.is_err() {
                 dispatcher.session_ended(&node_id, &session_id);
                 return;
             }
-            tokio::select! {
-                _ = closed.cancelled() => {
-                    let _ = tx.send(Err(Status::unavailable("session closed by the dispatcher"))).await;
+            loop {
+                tokio::select! {
+                    _ = closed.cancelled() => {
+                        // Most often the dispatcher stopped because this manager lost the lead.
+                        let mut status = Status::unavailable("session closed by the dispatcher");
+                        with_leader(&mut status, dispatcher.leader());
+                        let _ = tx.send(Err(status)).await;
+                        return;
+                    }
+                    // The agent's end went away: the stream is dropped when its connection resets.
+                    _ = tx.closed() => {
+                        dispatcher.session_ended(&node_id, &session_id);
+                        return;
+                    }
+                    // The set of managers changed: tell the agent.
+                    Ok(()) = managers.changed() => {
+                        msg.managers = managers.borrow_and_update().clone();
+                        if tx.send(Ok(msg.clone())).await.is_err() {
+                            dispatcher.session_ended(&node_id, &session_id);
+                            return;
+                        }
+                    }
                 }
-                // The agent's end went away: the stream is dropped when its connection resets.
-                _ = tx.closed() => dispatcher.session_ended(&node_id, &session_id),
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
@@ -84,14 +124,14 @@ impl DispatcherRpc for DispatcherService {
 
     async fn heartbeat(&self, req: Request<HeartbeatRequest>) -> Result<Response<HeartbeatResponse>, Status> {
         let node_id = node_of(&req)?;
-        let period = self.dispatcher.heartbeat(&node_id, &req.into_inner().session_id)?;
+        let period = self.dispatcher.heartbeat(&node_id, &req.into_inner().session_id).map_err(|e| self.refuse(e))?;
         Ok(Response::new(HeartbeatResponse { period }))
     }
 
     async fn assignments(&self, req: Request<AssignmentsRequest>) -> Result<Response<Self::AssignmentsStream>, Status> {
         let node_id = node_of(&req)?;
         let closed = self.dispatcher.check_session(&node_id, &req.into_inner().session_id)?;
-        let (store, _) = self.dispatcher.store()?;
+        let (store, _) = self.dispatcher.store().map_err(|e| self.refuse(e))?;
         let mut set = AssignmentSet::new(&node_id);
         let (complete, mut events) = store.view_and_watch(|v| set.complete(v));
         let (tx, rx) = mpsc::channel(16);
@@ -146,7 +186,7 @@ impl DispatcherRpc for DispatcherService {
     async fn update_task_status(&self, req: Request<UpdateTaskStatusRequest>) -> Result<Response<Empty>, Status> {
         let node_id = node_of(&req)?;
         let r = req.into_inner();
-        self.dispatcher.update_task_status(&node_id, &r.session_id, r.updates)?;
+        self.dispatcher.update_task_status(&node_id, &r.session_id, r.updates).await.map_err(|e| self.refuse(e))?;
         Ok(Response::new(Empty {}))
     }
 }

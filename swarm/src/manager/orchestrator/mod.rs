@@ -98,7 +98,7 @@ pub fn new_task(service: &Service, slot: u64, node_id: &str, desired: TaskState)
 /// A last task that ended SHUTDOWN did not end on its own: it was stopped (its node drained or relabelled out of the
 /// constraints), so the slot is free when its node is eligible again.
 pub fn slot_held_dead(service: &Service, tasks: &[&Task]) -> bool {
-    match tasks.iter().max_by_key(|t| (t.meta.created_at, t.meta.version)) {
+    match tasks.iter().max_by_key(|t| t.meta.creation_order()) {
         Some(last) => {
             last.desired_state == TaskState::Shutdown
                 && last.status.state.is_terminal()

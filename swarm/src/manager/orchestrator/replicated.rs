@@ -147,6 +147,28 @@ mod tests {
     }
 
     #[test]
+    fn the_last_task_of_a_slot_is_the_last_created_in_raft_order_whatever_the_clocks() {
+        let mut s = service("s", "web", 1);
+        s.meta.version = 10;
+        let ended = |id: &str, desired, created_index, secs| {
+            let mut t = task(id, "s", 1);
+            t.status.state = TaskState::Failed;
+            t.desired_state = desired;
+            t.spec_version = 10;
+            t.meta.created_index = created_index;
+            t.meta.created_at = crate::api::Timestamp(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs));
+            t
+        };
+        // `a`'s restart was declined; `b`, created after it by a manager whose clock is behind, just failed and
+        // awaits the restart supervisor: the slot is not held dead.
+        let a = ended("a", TaskState::Shutdown, 5, 200);
+        let b = ended("b", TaskState::Running, 9, 100);
+        assert!(!slot_held_dead(&s, &[&a, &b]), "b is the slot's last task");
+        let b_first = ended("b", TaskState::Running, 4, 300);
+        assert!(slot_held_dead(&s, &[&a, &b_first]), "a is the slot's last task");
+    }
+
+    #[test]
     fn a_down_nodes_tasks_are_shut_down_and_their_slots_refilled_in_place() {
         let s = service("s", "web", 3);
         let (mut up, mut down) = (node("n1", "host-1"), node("n2", "host-2"));

@@ -37,7 +37,7 @@ pub fn plan(view: &MemoryStore, history_limit: u64) -> Vec<Task> {
             continue;
         }
         // Newest first; keep `history_limit`, delete older tasks that are done.
-        tasks.sort_by(|a, b| (b.meta.created_at, b.meta.version).cmp(&(a.meta.created_at, a.meta.version)));
+        tasks.sort_by_key(|t| std::cmp::Reverse(t.meta.creation_order()));
         for t in tasks.into_iter().skip(history_limit as usize) {
             if !is_live(t) && stopped(view, t) {
                 out.push(t.clone());
@@ -102,7 +102,9 @@ mod tests {
         let mut objs: Vec<Object> = vec![s.into()];
         for i in 0..8u64 {
             let mut t = task(&format!("t{i}"), "s", 1);
-            t.meta.created_at = crate::api::Timestamp(std::time::UNIX_EPOCH + Duration::from_secs(i));
+            t.meta.created_index = 10 + i;
+            // The proposers' clocks disagree with the order of creation: they must not matter.
+            t.meta.created_at = crate::api::Timestamp(std::time::UNIX_EPOCH + Duration::from_secs(100 - i));
             t.status.state = if i == 7 { TaskState::Running } else { TaskState::Failed };
             t.desired_state = if i == 7 { TaskState::Running } else { TaskState::Shutdown };
             objs.push(t.into());

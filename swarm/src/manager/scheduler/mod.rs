@@ -114,7 +114,7 @@ pub fn plan(view: &MemoryStore) -> Vec<(Task, Decision)> {
         .filter(|t| t.status.state == TaskState::Pending && t.desired_state <= TaskState::Running)
         .collect();
     // Older tasks first, then by slot, so placement is stable.
-    pending.sort_by(|a, b| (a.meta.created_at, a.slot, &a.id).cmp(&(b.meta.created_at, b.slot, &b.id)));
+    pending.sort_by(|a, b| (a.meta.created_index, a.slot, &a.id).cmp(&(b.meta.created_index, b.slot, &b.id)));
     let mut out = Vec::new();
     for t in pending {
         let d = decide(&nodes, t);

@@ -162,6 +162,7 @@ impl MemoryStore {
                 let mut obj = obj.clone();
                 let m = obj.meta_mut();
                 m.version = index;
+                m.created_index = index;
                 m.created_at = proposal.timestamp;
                 m.updated_at = proposal.timestamp;
                 self.put(obj.clone());
@@ -181,6 +182,7 @@ impl MemoryStore {
                 let mut obj = obj.clone();
                 let m = obj.meta_mut();
                 m.version = index;
+                m.created_index = old.meta().created_index;
                 m.created_at = old.meta().created_at;
                 m.updated_at = proposal.timestamp;
                 self.remove(kind, &id);
@@ -289,6 +291,7 @@ mod tests {
         m.apply(1, &p(vec![Op::Create(service("s1", "web", 1).into()), Op::Create(task("t1", "s1", 1).into())]))
             .unwrap();
         assert_eq!(m.service_by_name("web").unwrap().meta.version, 1);
+        assert_eq!(m.service_by_name("web").unwrap().meta.created_index, 1);
         assert_eq!(m.tasks_by_service("s1").count(), 1);
         assert_eq!(m.tasks_by_desired_state(TaskState::Running).count(), 1);
 
@@ -303,6 +306,7 @@ mod tests {
 
         m.apply(3, &p(vec![Op::Update(t.into())])).unwrap();
         assert_eq!(m.task("t1").unwrap().meta.version, 3);
+        assert_eq!(m.task("t1").unwrap().meta.created_index, 1, "the creating index survives updates");
         assert_eq!(m.tasks_by_desired_state(TaskState::Running).count(), 0);
         assert_eq!(m.tasks_by_desired_state(TaskState::Shutdown).count(), 1);
 
