@@ -489,10 +489,12 @@ impl<E: Executor> SwarmNode<E> {
         let mut tasks = JoinSet::new();
         let heartbeat =
             store.view(|v| v.cluster().map(|c| c.spec.dispatcher.heartbeat_period)).unwrap_or(Duration::from_secs(5));
+        // The leader's cluster address, from Raft, so a follower's dispatcher can send agents there.
+        let (leader_tx, leader_rx) = watch::channel(raft.leader_addr());
         let dispatcher = Dispatcher::new(DispatcherConfig {
             heartbeat_period: heartbeat,
             managers: vec![me.advertise_addr.clone()],
-            leader: tokio::sync::watch::channel(None).1,
+            leader: leader_rx,
         });
 
         // Everything that can fail comes before anything is spawned.
@@ -522,6 +524,20 @@ impl<E: Executor> SwarmNode<E> {
             .instrument(span.clone()),
         );
 
+        let (r, token) = (raft.clone(), shutdown.clone());
+        tasks.spawn(async move {
+            let mut metrics = r.metrics();
+            loop {
+                leader_tx.send_if_modified(|l| {
+                    let now = r.leader_addr();
+                    (*l != now).then(|| *l = now).is_some()
+                });
+                tokio::select! {
+                    _ = token.cancelled() => return,
+                    c = metrics.changed() => if c.is_err() { return },
+                }
+            }
+        });
         // Every manager answers the control API from now on (writes go through the leader).
         self.control.send_replace(Some(store.clone()));
         let manager = Manager::new(me.node_id.clone(), raft.clone(), store.clone(), dispatcher, self.control.clone());
@@ -745,6 +761,7 @@ impl<E: Executor> SwarmNode<E> {
             let members = r.manager.as_ref().map(|m| m.raft.member_addrs()).unwrap_or_default();
             (r.me.clone(), r.identity.clone(), r.renew_at, target, members)
         };
+        self.persist_learned_managers().await;
         let Some(target) = target else { return Ok(false) };
         let Ok(mut ca) = ca::member_ca_client(&target, &identity).await else { return Ok(false) };
         let Ok(status) = ca.node_certificate_status(crate::api::control::Empty {}).await else { return Ok(false) };
@@ -802,6 +819,26 @@ impl<E: Executor> SwarmNode<E> {
             tracing::info!(node.id = %me.node_id, "demoted: running as a worker");
         }
         Ok(true)
+    }
+
+    /// Records the managers a worker's agent learned from its sessions in `node.json`, so that after a restart it
+    /// reaches whichever of them is up, not only the one it joined through.
+    async fn persist_learned_managers(&self) {
+        let mut running = self.running.lock().await;
+        let Some(r) = running.as_mut() else { return };
+        if r.manager.is_some() {
+            return;
+        }
+        let learned = r.agent.status().borrow().managers.clone();
+        if learned.is_empty() || learned == r.me.managers {
+            return;
+        }
+        let next = PersistedNode { managers: learned, ..r.me.clone() };
+        let path = self.cfg.state_dir.join(NODE_FILE);
+        match crate::fsutil::write_atomic(&path, &serde_json::to_vec_pretty(&next).expect("plain data"), 0o600) {
+            Ok(()) => r.me = next,
+            Err(e) => tracing::warn!(error = %e, "recording the managers this worker learned"),
+        }
     }
 
     /// Runs [`SwarmNode::maintain`] every `every` until `shutdown`.
@@ -926,7 +963,14 @@ impl<E: Executor> SwarmNode<E> {
                     all.extend(m.raft.member_addrs().into_iter().filter(|a| *a != r.me.advertise_addr));
                     all
                 }
-                None => r.me.managers.clone(),
+                None => {
+                    let learned = agent.managers.clone();
+                    if learned.is_empty() {
+                        r.me.managers.clone()
+                    } else {
+                        learned
+                    }
+                }
             },
         }
     }

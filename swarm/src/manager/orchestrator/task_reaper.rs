@@ -121,7 +121,7 @@ mod tests {
         let mut objs: Vec<Object> = vec![s.into(), crate::testing::node("n1", "host-1").into()];
         for i in 0..6u64 {
             let mut t = task(&format!("t{i}"), "s", 1);
-            t.meta.created_at = crate::api::Timestamp(std::time::UNIX_EPOCH + Duration::from_secs(i));
+            t.meta.created_index = 10 + i;
             t.node_id = if i == 0 { "gone".into() } else { "n1".into() };
             t.status.state = if i == 0 { TaskState::Running } else { TaskState::Failed };
             t.desired_state = TaskState::Shutdown;
