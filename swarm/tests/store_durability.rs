@@ -231,14 +231,18 @@ fn committed_entries_are_reapplied_after_a_power_cut() {
     use swarm::testing::CrashableStorage;
 
     let rt = tokio::runtime::Runtime::new().unwrap();
+    // The redb files live in memory; the directory holds the snapshot files (none are taken here).
+    let dir = tempfile::tempdir().unwrap();
+    let state_name = dir.path().join("state.redb");
     rt.block_on(async {
         let settings = RaftSettings { snapshot_interval: 100_000, ..RaftSettings::default() };
         let (log_disk, state_disk) = (CrashableStorage::new(), CrashableStorage::new());
         let start = |log: CrashableStorage, state: CrashableStorage| {
             let settings = settings.clone();
+            let state_name = state_name.clone();
             async move {
                 let log = RedbLogStore::open_backend(Path::new("log.redb"), log).unwrap();
-                let sm = RedbStateMachine::open_backend(Path::new("state.redb"), state).unwrap();
+                let sm = RedbStateMachine::open_backend(&state_name, state).unwrap();
                 let (raft, store) = RaftHandle::start_with(1, log, sm, &settings).await.unwrap();
                 if !raft.is_initialized().await.unwrap() {
                     raft.initialize("127.0.0.1:2377").await.unwrap();
@@ -279,7 +283,7 @@ fn committed_entries_are_reapplied_after_a_power_cut() {
         let (log_after, state_after) = (log_disk.after_power_cut(), state_disk.after_power_cut());
         raft.shutdown().await;
         let applied_on_disk = {
-            let sm = RedbStateMachine::open_backend(Path::new("state.redb"), state_after.clone()).unwrap();
+            let sm = RedbStateMachine::open_backend(&state_name, state_after.clone()).unwrap();
             let n = sm.view().read(|v| v.services().count());
             sm.close().await;
             n

@@ -37,6 +37,7 @@ openraft::declare_raft_types!(
     pub TypeConfig:
         D = Proposal,
         R = ProposalResult,
+        SnapshotData = tokio::fs::File,
 );
 
 /// Raft settings (the cluster spec's raft section plus timing).
