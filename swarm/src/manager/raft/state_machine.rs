@@ -13,9 +13,12 @@
 //!
 //! Installing a snapshot is one redb transaction (objects, last applied, membership, snapshot metadata) after
 //! the file is renamed into place; building or installing a snapshot removes the older files once the new one is
-//! recorded. A build that finishes after a newer snapshot was installed is discarded.
+//! recorded. A build that finishes after a newer snapshot was installed is discarded. A damaged snapshot file is
+//! refused naming it (received) or set aside and rebuilt from `state.redb` (at start); it never replaces state.
 
 mod snapshot_file;
+#[cfg(test)]
+mod tests;
 
 pub use snapshot_file::SnapshotFileError;
 
@@ -181,11 +184,14 @@ impl RedbStateMachine {
         let current = match current {
             None => None,
             Some((meta, name)) => {
-                // Check the header now, so a missing or foreign file is reported at start, naming it.
                 let file = dir.join(&name);
-                let found = snapshot_file::read_meta(&file)?;
-                snapshot_file::check_meta(&file, &found, &meta)?;
-                Some(name)
+                match snapshot_file::verify(&file).and_then(|found| snapshot_file::check_meta(&file, &found, &meta)) {
+                    Ok(()) => Some(name),
+                    Err(e) => {
+                        Self::set_aside_damaged(path, &db, &dir, &name, &e)?;
+                        None
+                    }
+                }
             }
         };
         // Whatever the state does not name is a leftover of a crash or of an older snapshot.
@@ -252,6 +258,34 @@ impl RedbStateMachine {
         tx.commit().map_err(|e| io(&e))?;
         tracing::info!(snapshot.id = %meta.snapshot_id, file = %name, "raft snapshot moved out of state.redb into a file");
         Ok(Some((meta, name)))
+    }
+
+    /// Drops the record of a damaged current snapshot, keeping the file as `<name>.damaged` for inspection (only
+    /// the latest one). Nothing committed is lost: the objects in `state.redb` are at or after the snapshot's log
+    /// id (a snapshot is recorded after, or together with, the objects it holds), and openraft builds a new
+    /// snapshot from them at start when the log behind them was purged.
+    fn set_aside_damaged(
+        path: &Path,
+        db: &redb::Database,
+        dir: &Path,
+        name: &str,
+        damage: &SnapshotFileError,
+    ) -> Result<(), DbError> {
+        let io = |e: &dyn std::fmt::Display| DbError::Io { path: path.to_path_buf(), reason: e.to_string() };
+        tracing::error!(error = %damage, "raft snapshot file damaged: set aside, a new snapshot will be built from {}", path.display());
+        snapshot_file::remove_others(dir, "", ".damaged", None);
+        let aside = format!("{name}.damaged");
+        if let Err(e) = std::fs::rename(dir.join(name), dir.join(&aside)) {
+            tracing::warn!(file = %dir.join(name).display(), error = %e, "cannot keep the damaged snapshot file");
+        }
+        let mut tx = db.begin_write().map_err(|e| io(&e))?;
+        tx.set_durability(Durability::Immediate).map_err(|e| io(&e))?;
+        {
+            let mut t = tx.open_table(SNAPSHOT).map_err(|e| io(&e))?;
+            t.remove(KEY_SNAP_META).map_err(|e| io(&e))?;
+            t.remove(KEY_SNAP_FILE).map_err(|e| io(&e))?;
+        }
+        tx.commit().map_err(|e| io(&e))
     }
 
     /// Closes the file once operations in flight end; later operations fail (see [`SharedDb::close`]).
