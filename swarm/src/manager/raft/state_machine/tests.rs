@@ -141,7 +141,10 @@ async fn a_build_that_finishes_after_a_newer_install_is_discarded() {
     let mut builder = a.get_snapshot_builder().await;
     let building = tokio::spawn(async move { builder.build_snapshot().await });
     tokio::time::timeout(Duration::from_secs(10), pause.reached).await.expect("the build never started").unwrap();
-    install_from(&mut a, &mut b).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(10), install_from(&mut a, &mut b))
+        .await
+        .expect("the install waited for the paused build")
+        .unwrap();
     pause.release.send(()).unwrap();
     let built = building.await.unwrap().unwrap();
 
