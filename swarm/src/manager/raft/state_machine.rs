@@ -352,23 +352,22 @@ impl RedbStateMachine {
 
     /// Encodes a built snapshot to a file and makes it the current one, unless a snapshot at or after its log
     /// id was stored meanwhile (then the file is dropped and None returned). Blocking.
-    fn store_built(&self, meta: &Meta, store: MemoryStore) -> StResult<Option<PathBuf>> {
+    fn store_built(&self, meta: &Meta, objects: Vec<Object>) -> StResult<Option<PathBuf>> {
         let pause = self.hooks().build_pause.take();
         if let Some((reached, release)) = pause {
             let _ = reached.send(());
             let _ = release.blocking_recv();
         }
         let sig = Some(meta.signature());
-        let werr = |e: &dyn std::error::Error| -> StorageError<NodeId> {
+        let serr = |e: &dyn std::error::Error| -> StorageError<NodeId> {
             StorageIOError::write_snapshot(sig.clone(), &std::io::Error::other(e.to_string())).into()
         };
         let dir = &self.snapshots.dir;
         let tmp = dir.join(snapshot_file::unique_name("build", ".tmp"));
-        if let Err(e) = snapshot_file::write(&tmp, meta, store.len() as u64, store.objects()) {
+        if let Err(e) = snapshot_file::write(&tmp, meta, objects.len() as u64, objects.into_iter()) {
             let _ = std::fs::remove_file(&tmp);
-            return Err(werr(&e));
+            return Err(serr(&e));
         }
-        drop(store);
 
         let _publishing = self.snapshots.publish.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((current, _)) = self.stored_snapshot()? {
@@ -378,18 +377,18 @@ impl RedbStateMachine {
             }
         }
         let name = snapshot_file::snap_name(meta);
-        let path = snapshot_file::put_in_place(&tmp, dir, &name).map_err(|e| werr(&e))?;
-        let db = self.db.get().map_err(|e| werr(&e))?;
+        let path = snapshot_file::put_in_place(&tmp, dir, &name).map_err(|e| serr(&e))?;
+        let db = self.db.get().map_err(|e| serr(&e))?;
         // Durable: the log is purged behind the snapshot once it is recorded. This commit also makes durable the
         // objects committed (without sync) up to the snapshot's log id, which precede it.
-        let mut tx = db.begin_write().map_err(|e| werr(&e))?;
-        tx.set_durability(Durability::Immediate).map_err(|e| werr(&e))?;
+        let mut tx = db.begin_write().map_err(|e| serr(&e))?;
+        tx.set_durability(Durability::Immediate).map_err(|e| serr(&e))?;
         {
-            let mut t = tx.open_table(SNAPSHOT).map_err(|e| werr(&e))?;
-            t.insert(KEY_SNAP_META, encode(meta).as_slice()).map_err(|e| werr(&e))?;
-            t.insert(KEY_SNAP_FILE, encode(&name).as_slice()).map_err(|e| werr(&e))?;
+            let mut t = tx.open_table(SNAPSHOT).map_err(|e| serr(&e))?;
+            t.insert(KEY_SNAP_META, encode(meta).as_slice()).map_err(|e| serr(&e))?;
+            t.insert(KEY_SNAP_FILE, encode(&name).as_slice()).map_err(|e| serr(&e))?;
         }
-        tx.commit().map_err(|e| werr(&e))?;
+        tx.commit().map_err(|e| serr(&e))?;
         snapshot_file::remove_others(dir, "", ".snap", Some(&name));
         Ok(Some(path))
     }
@@ -434,31 +433,31 @@ impl RedbStateMachine {
     /// Blocking; the caller holds the apply lock.
     fn commit_installed(&self, meta: &Meta, tmp: &Path, store: &MemoryStore) -> StResult<()> {
         let sig = Some(meta.signature());
-        let werr = |e: &dyn std::error::Error| -> StorageError<NodeId> {
+        let serr = |e: &dyn std::error::Error| -> StorageError<NodeId> {
             StorageIOError::write_snapshot(sig.clone(), &std::io::Error::other(e.to_string())).into()
         };
         let dir = &self.snapshots.dir;
         let _publishing = self.snapshots.publish.lock().unwrap_or_else(|e| e.into_inner());
         let name = snapshot_file::snap_name(meta);
-        snapshot_file::put_in_place(tmp, dir, &name).map_err(|e| werr(&e))?;
+        snapshot_file::put_in_place(tmp, dir, &name).map_err(|e| serr(&e))?;
         self.install_step("file-in-place");
-        let db = self.db.get().map_err(|e| werr(&e))?;
-        let mut tx = db.begin_write().map_err(|e| werr(&e))?;
-        tx.set_durability(Durability::Immediate).map_err(|e| werr(&e))?;
+        let db = self.db.get().map_err(|e| serr(&e))?;
+        let mut tx = db.begin_write().map_err(|e| serr(&e))?;
+        tx.set_durability(Durability::Immediate).map_err(|e| serr(&e))?;
         {
-            let mut t = tx.open_table(OBJECTS).map_err(|e| werr(&e))?;
-            t.retain(|_, _| false).map_err(|e| werr(&e))?;
+            let mut t = tx.open_table(OBJECTS).map_err(|e| serr(&e))?;
+            t.retain(|_, _| false).map_err(|e| serr(&e))?;
             for o in store.objects() {
-                t.insert(key(&o).as_str(), encode(&o).as_slice()).map_err(|e| werr(&e))?;
+                t.insert(key(&o).as_str(), encode(&o).as_slice()).map_err(|e| serr(&e))?;
             }
-            let mut m = tx.open_table(META).map_err(|e| werr(&e))?;
-            m.insert(KEY_APPLIED, encode(&meta.last_log_id).as_slice()).map_err(|e| werr(&e))?;
-            m.insert(KEY_MEMBERSHIP, encode(&meta.last_membership).as_slice()).map_err(|e| werr(&e))?;
-            let mut s = tx.open_table(SNAPSHOT).map_err(|e| werr(&e))?;
-            s.insert(KEY_SNAP_META, encode(meta).as_slice()).map_err(|e| werr(&e))?;
-            s.insert(KEY_SNAP_FILE, encode(&name).as_slice()).map_err(|e| werr(&e))?;
+            let mut m = tx.open_table(META).map_err(|e| serr(&e))?;
+            m.insert(KEY_APPLIED, encode(&meta.last_log_id).as_slice()).map_err(|e| serr(&e))?;
+            m.insert(KEY_MEMBERSHIP, encode(&meta.last_membership).as_slice()).map_err(|e| serr(&e))?;
+            let mut s = tx.open_table(SNAPSHOT).map_err(|e| serr(&e))?;
+            s.insert(KEY_SNAP_META, encode(meta).as_slice()).map_err(|e| serr(&e))?;
+            s.insert(KEY_SNAP_FILE, encode(&name).as_slice()).map_err(|e| serr(&e))?;
         }
-        tx.commit().map_err(|e| werr(&e))?;
+        tx.commit().map_err(|e| serr(&e))?;
         self.install_step("committed");
         snapshot_file::remove_others(dir, "", ".snap", Some(&name));
         self.install_step("old-files-removed");
@@ -478,25 +477,24 @@ impl RedbStateMachine {
 
 impl RaftSnapshotBuilder<TypeConfig> for RedbStateMachine {
     async fn build_snapshot(&mut self) -> StResult<Snapshot<TypeConfig>> {
-        let (meta, store) = {
+        let (meta, objects) = {
             let mut applied = self.applied.lock().await;
             applied.snapshot_seq += 1;
-            // One deep copy under the lock; encoding it to the file below runs without the lock.
-            let store = self.view.read(|v| v.clone());
+            // One copy of the objects (not of the view's indexes) under the lock; encoding them to the file below
+            // runs without it.
+            let objects: Vec<Object> = self.view.read(|v| v.objects().collect());
             let snapshot_id = match applied.last_applied {
                 Some(l) => format!("{}-{}-{}", l.leader_id, l.index, applied.snapshot_seq),
                 None => format!("none-{}", applied.snapshot_seq),
             };
             let meta =
                 Meta { last_log_id: applied.last_applied, last_membership: applied.membership.clone(), snapshot_id };
-            (meta, store)
+            (meta, objects)
         };
-        let objects = store.len();
-        let this = self.clone();
-        let built = meta.clone();
-        match blocking(move || this.store_built(&built, store)).await? {
+        let (this, built, count) = (self.clone(), meta.clone(), objects.len());
+        match blocking(move || this.store_built(&built, objects)).await? {
             Some(path) => {
-                tracing::info!(snapshot.id = %meta.snapshot_id, objects, file = %path.display(), "raft snapshot stored");
+                tracing::info!(snapshot.id = %meta.snapshot_id, objects = count, file = %path.display(), "raft snapshot stored");
                 self.open_snapshot(meta, path).await
             }
             None => {

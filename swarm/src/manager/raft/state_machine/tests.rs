@@ -303,3 +303,60 @@ async fn old_snapshot_files_are_removed_once_a_newer_one_is_stored() {
     let a = open_in(da.path());
     assert_eq!(files(&a), f, "only the recorded snapshot is kept");
 }
+
+#[tokio::test]
+async fn a_snapshot_kept_inside_state_redb_by_an_older_release_is_moved_to_a_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut sm = open_in(dir.path());
+    sm.apply(creates("a", 1, 5)).await.unwrap();
+    let meta = build(&mut sm).await.meta;
+    sm.close().await;
+
+    // The older layout: the snapshot's bytes in state.redb, no file. Its objects differ from the state's, to tell
+    // which one the file is made of.
+    let old: Vec<Object> = creates("old", 1, 3)
+        .into_iter()
+        .map(|e| match e.payload {
+            EntryPayload::Normal(mut p) => match p.ops.remove(0) {
+                Op::Create(o) => o,
+                _ => unreachable!(),
+            },
+            _ => unreachable!(),
+        })
+        .collect();
+    {
+        let db = redb::Database::create(dir.path().join("state.redb")).unwrap();
+        let tx = db.begin_write().unwrap();
+        {
+            let mut t = tx.open_table(SNAPSHOT).unwrap();
+            t.remove(KEY_SNAP_FILE).unwrap();
+            let doc = serde_json::json!({
+                "last_applied": meta.last_log_id,
+                "membership": meta.last_membership,
+                "objects": old,
+            });
+            t.insert(KEY_SNAP_DATA, encode(&doc).as_slice()).unwrap();
+        }
+        tx.commit().unwrap();
+    }
+    for f in std::fs::read_dir(dir.path().join("snapshots")).unwrap() {
+        std::fs::remove_file(f.unwrap().path()).unwrap();
+    }
+
+    let sm = open_in(dir.path());
+    assert_eq!(sm.snapshot_meta().unwrap(), Some(meta.clone()), "the snapshot is still the current one");
+    let snaps = files(&sm);
+    assert!(snaps.len() == 1 && snaps[0].ends_with(".snap"), "the snapshot was written out as a file: {snaps:?}");
+    let mut got = BTreeSet::new();
+    let in_file = snapshot_file::read(&sm.snapshot_dir().join(&snaps[0]), |o| {
+        got.insert(o.id().to_string());
+    })
+    .unwrap();
+    assert_eq!(in_file, meta);
+    assert_eq!(got, expected("old", 1, 3), "the file holds the snapshot's objects");
+    assert_eq!(names(&sm), expected("a", 1, 5), "the state is untouched");
+    sm.close().await;
+    let db = redb::Database::create(dir.path().join("state.redb")).unwrap();
+    let tx = db.begin_read().unwrap();
+    assert!(tx.open_table(SNAPSHOT).unwrap().get(KEY_SNAP_DATA).unwrap().is_none(), "the bytes left state.redb");
+}
