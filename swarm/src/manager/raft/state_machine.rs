@@ -53,7 +53,7 @@ const KEY_SNAP_FILE: &str = "file";
 const KEY_SNAP_DATA: &str = "data";
 
 /// The directory, next to `state.redb`, that holds the snapshot files.
-pub const SNAPSHOT_DIR: &str = "snapshots";
+const SNAPSHOT_DIR: &str = "snapshots";
 
 /// Entries between durable commits of the state machine.
 const DURABLE_EVERY: u64 = 1000;
