@@ -11,6 +11,7 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
     VoteResponse,
 };
+use openraft::storage::RaftLogStorage;
 use openraft::BasicNode;
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
@@ -559,8 +560,27 @@ impl redb::StorageBackend for GatedStorage {
     }
 }
 
-/// A slow fsync (log append, snapshot) holds up only the write waiting for it: on a one-thread runtime, the test's
-/// own task still runs while a sync is in progress, so the commits are not made on the runtime's thread.
+/// Runs `work` while `gate` holds up its next sync; fails if that sync held the runtime's only thread.
+async fn through_gate<T: Send + 'static>(
+    gate: &Gate,
+    what: &str,
+    work: impl std::future::Future<Output = T> + Send + 'static,
+) -> T {
+    let (entered, release) = gate.arm();
+    let task = tokio::spawn(work);
+    tokio::time::timeout(Duration::from_secs(30), entered)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: no fsync within 30 s"))
+        .unwrap();
+    let _ = release.send(()); // fails if the sync gave up waiting: reported below
+    let out = task.await.unwrap();
+    assert!(!gate.blocked(), "{what}: its fsync ran on the runtime's only thread and blocked it");
+    out
+}
+
+/// A slow fsync (vote and log writes, the state machine's durable commits, snapshots, purges) holds up only the
+/// operation waiting for it: on a one-thread runtime, the test's own task still runs while a sync is in progress,
+/// so the commits are not made on the runtime's thread.
 #[test]
 fn a_slow_fsync_does_not_block_the_runtime() {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
@@ -571,31 +591,80 @@ fn a_slow_fsync_does_not_block_the_runtime() {
         let log = RedbLogStore::open_backend(Path::new("log.redb"), storage(&log_gate)).unwrap();
         let sm = RedbStateMachine::open_backend(&dir.path().join("state.redb"), storage(&state_gate)).unwrap();
         let (raft, store) = RaftHandle::start_with(1, log, sm, &settings()).await.unwrap();
-        raft.initialize("127.0.0.1:2377").await.unwrap();
+
+        // The vote and the committed index (openraft saves them on elections and commits), saved directly.
+        let direct_gate = Arc::new(Gate::default());
+        let direct = RedbLogStore::open_backend(Path::new("direct.redb"), storage(&direct_gate)).unwrap();
+        let mut l = direct.clone();
+        through_gate(&direct_gate, "a vote save", async move {
+            l.save_vote(&openraft::Vote::new(1, 1)).await.unwrap();
+        })
+        .await;
+        let mut l = direct.clone();
+        through_gate(&direct_gate, "a committed index save", async move {
+            l.save_committed(Some(openraft::LogId::new(openraft::CommittedLeaderId::new(1, 1), 3))).await.unwrap();
+        })
+        .await;
+        direct.close().await;
+
+        let r = raft.clone();
+        through_gate(&log_gate, "initialize (vote, membership entry)", async move {
+            r.initialize("127.0.0.1:2377").await.unwrap();
+        })
+        .await;
         raft.wait_leader(Duration::from_secs(10)).await.unwrap();
 
-        eprintln!("--- a log append waits in fsync");
-        let (entered, release) = log_gate.arm();
-        let write = tokio::spawn(async move {
-            let s = swarm::testing::service("id-1", "svc-1", 1);
-            store.update(|tx| Ok::<_, StoreError>(tx.create(s))).await
-        });
-        entered.await.expect("the append never synced");
-        let _ = release.send(()); // fails if the sync gave up waiting: reported below
-        write.await.unwrap().unwrap();
-        assert!(!log_gate.blocked(), "the log append's fsync ran on the runtime's only thread and blocked it");
+        let s = store.clone();
+        through_gate(&log_gate, "a log append", async move {
+            let svc = swarm::testing::service("id-0", &name(0), 1);
+            s.update(|tx| Ok::<_, StoreError>(tx.create(svc))).await.unwrap();
+        })
+        .await;
 
-        eprintln!("--- a snapshot waits in fsync");
-        let (entered, release) = state_gate.arm();
-        raft.snapshot().await.unwrap();
-        entered.await.expect("the snapshot never synced");
-        let _ = release.send(()); // fails if the sync gave up waiting: reported below
+        // The state machine syncs every 1,000 entries; the first of those syncs is held up.
+        let s = store.clone();
+        through_gate(&state_gate, "the state machine's durable apply", async move {
+            let mut writes = tokio::task::JoinSet::new();
+            for i in 1..=1_100 {
+                let s = s.clone();
+                writes.spawn(async move {
+                    let svc = swarm::testing::service(&format!("id-{i}"), &name(i), 1);
+                    s.update(|tx| Ok::<_, StoreError>(tx.create(svc))).await.unwrap();
+                });
+                if writes.len() >= 32 {
+                    writes.join_next().await.unwrap().unwrap();
+                }
+            }
+            while let Some(r) = writes.join_next().await {
+                r.unwrap();
+            }
+        })
+        .await;
+
+        // The snapshot's commit syncs the state; the purge behind it then syncs the log.
+        let (purge_entered, purge_release) = log_gate.arm();
+        let r = raft.clone();
+        through_gate(&state_gate, "a snapshot", async move {
+            r.snapshot().await.unwrap();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while r.snapshot_index().is_none() {
+                assert!(Instant::now() < deadline, "the snapshot was never stored");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        tokio::time::timeout(Duration::from_secs(30), purge_entered)
+            .await
+            .expect("the log was not purged behind the snapshot within 30 s")
+            .unwrap();
+        let _ = purge_release.send(());
         let deadline = Instant::now() + Duration::from_secs(10);
-        while raft.snapshot_index().is_none() {
-            assert!(Instant::now() < deadline, "the snapshot was never stored");
+        while raft.log_len() > 1_000 {
+            assert!(Instant::now() < deadline, "the log still holds {} entries", raft.log_len());
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        assert!(!state_gate.blocked(), "the snapshot's fsync ran on the runtime's only thread and blocked it");
+        assert!(!log_gate.blocked(), "the purge's fsync ran on the runtime's only thread and blocked it");
+        assert_eq!(store.view(|v| v.services().count()), 1_101);
         raft.shutdown().await;
     });
 }
