@@ -5,7 +5,7 @@
 //! ```text
 //!  <state dir>/node.json        who this node is (ids, role, addresses) — versioned
 //!  <state dir>/certificates/    swarm-node.crt, swarm-node.key, swarm-root-ca.crt
-//!  <state dir>/raft/            log.redb, state.redb (managers only)
+//!  <state dir>/raft/            log.redb, state.redb, snapshots/ (managers only)
 //! ```
 
 use crate::agent::exec::Executor;

@@ -1,15 +1,26 @@
 //! The store on disk: every committed object survives a SIGKILL of the process at any moment; snapshots are
-//! taken and the log compacted behind them; a damaged file gives an error naming it.
+//! taken and the log compacted behind them; a damaged file gives an error naming it; a new member gets the
+//! snapshot file in chunks; a slow fsync does not stall the runtime.
 //!
 //! The writer runs in a child process (this same test binary, re-executed with `SHOAL_STORE_CHILD` set) so it
 //! can be killed for real.
 
+use openraft::error::{InstallSnapshotError, RPCError, RaftError, RemoteError, Unreachable};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
+    VoteResponse,
+};
+use openraft::storage::RaftLogStorage;
+use openraft::BasicNode;
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use swarm::manager::raft::{RaftHandle, RaftSettings};
-use swarm::manager::store::{Store, StoreError};
+use swarm::manager::raft::{NodeId, RaftHandle, RaftSettings, RedbLogStore, RedbStateMachine, TypeConfig};
+use swarm::manager::store::{SharedView, Store, StoreError};
 
 const TOTAL: usize = 10_000;
 const SNAPSHOT_INTERVAL: u64 = 2_000;
@@ -225,20 +236,22 @@ fn files_are_released_when_shutdown_returns() {
 /// committed entry after that point, creates, updates and deletes alike, each once and in order.
 #[test]
 fn committed_entries_are_reapplied_after_a_power_cut() {
-    use std::collections::BTreeMap;
     use swarm::api::ObjectKind;
-    use swarm::manager::raft::{RedbLogStore, RedbStateMachine};
     use swarm::testing::CrashableStorage;
 
     let rt = tokio::runtime::Runtime::new().unwrap();
+    // The redb files live in memory; the directory holds the snapshot files (none are taken here).
+    let dir = tempfile::tempdir().unwrap();
+    let state_name = dir.path().join("state.redb");
     rt.block_on(async {
         let settings = RaftSettings { snapshot_interval: 100_000, ..RaftSettings::default() };
         let (log_disk, state_disk) = (CrashableStorage::new(), CrashableStorage::new());
         let start = |log: CrashableStorage, state: CrashableStorage| {
             let settings = settings.clone();
+            let state_name = state_name.clone();
             async move {
                 let log = RedbLogStore::open_backend(Path::new("log.redb"), log).unwrap();
-                let sm = RedbStateMachine::open_backend(Path::new("state.redb"), state).unwrap();
+                let sm = RedbStateMachine::open_backend(&state_name, state).unwrap();
                 let (raft, store) = RaftHandle::start_with(1, log, sm, &settings).await.unwrap();
                 if !raft.is_initialized().await.unwrap() {
                     raft.initialize("127.0.0.1:2377").await.unwrap();
@@ -279,7 +292,7 @@ fn committed_entries_are_reapplied_after_a_power_cut() {
         let (log_after, state_after) = (log_disk.after_power_cut(), state_disk.after_power_cut());
         raft.shutdown().await;
         let applied_on_disk = {
-            let sm = RedbStateMachine::open_backend(Path::new("state.redb"), state_after.clone()).unwrap();
+            let sm = RedbStateMachine::open_backend(&state_name, state_after.clone()).unwrap();
             let n = sm.view().read(|v| v.services().count());
             sm.close().await;
             n
@@ -323,6 +336,335 @@ fn committed_entries_are_reapplied_after_a_power_cut() {
         assert!(wrong.is_empty(), "after re-applying, these differ from what was committed (want): {wrong:?}");
         let total = store.view(|v| v.services().count());
         assert_eq!(total, live, "services present after recovery");
+        raft.shutdown().await;
+    });
+}
+
+/// Raft messages between members in this process: each call goes straight to the target's `Raft`. Records the
+/// size of every snapshot chunk sent.
+#[derive(Clone, Default)]
+struct Router {
+    members: Arc<Mutex<BTreeMap<NodeId, openraft::Raft<TypeConfig>>>>,
+    chunks: Arc<Mutex<Vec<usize>>>,
+}
+
+struct Peer {
+    router: Router,
+    target: NodeId,
+}
+
+impl RaftNetworkFactory<TypeConfig> for Router {
+    type Network = Peer;
+
+    async fn new_client(&mut self, target: NodeId, _node: &BasicNode) -> Peer {
+        Peer { router: self.clone(), target }
+    }
+}
+
+impl Peer {
+    fn raft<E: std::error::Error>(&self) -> Result<openraft::Raft<TypeConfig>, RPCError<NodeId, BasicNode, E>> {
+        let members = self.router.members.lock().unwrap();
+        members.get(&self.target).cloned().ok_or_else(|| {
+            RPCError::Unreachable(Unreachable::new(&std::io::Error::other(format!("no member {}", self.target))))
+        })
+    }
+}
+
+impl RaftNetwork<TypeConfig> for Peer {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        _option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+        let raft = self.raft()?;
+        raft.append_entries(rpc).await.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        _option: RPCOption,
+    ) -> Result<InstallSnapshotResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>>
+    {
+        self.router.chunks.lock().unwrap().push(rpc.data.len());
+        let raft = self.raft()?;
+        raft.install_snapshot(rpc).await.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        _option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+        let raft = self.raft()?;
+        raft.vote(rpc).await.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+}
+
+/// The only `.snap` file in a Raft dir's snapshot directory.
+fn snapshot_file(dir: &Path) -> PathBuf {
+    let snaps: Vec<PathBuf> = std::fs::read_dir(dir.join("snapshots"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "snap"))
+        .collect();
+    assert_eq!(snaps.len(), 1, "one snapshot file in {}: {snaps:?}", dir.display());
+    snaps.into_iter().next().unwrap()
+}
+
+/// A member that joins after the log was purged gets the leader's snapshot file, sent by openraft in chunks of at
+/// most 1 MiB into the file `begin_receiving_snapshot` made, and installs it.
+#[test]
+fn a_new_member_receives_the_snapshot_file_in_1mib_chunks() {
+    const CHUNK: u64 = 1024 * 1024;
+    const SERVICES: usize = 400;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    rt.block_on(async {
+        let config = Arc::new(
+            openraft::Config {
+                cluster_name: "shoal-test".into(),
+                heartbeat_interval: 100,
+                election_timeout_min: 400,
+                election_timeout_max: 600,
+                snapshot_max_chunk_size: CHUNK,
+                snapshot_policy: openraft::SnapshotPolicy::Never,
+                max_in_snapshot_log_to_keep: 0,
+                purge_batch_size: 1,
+                ..Default::default()
+            }
+            .validate()
+            .unwrap(),
+        );
+        let router = Router::default();
+        let member = |id: NodeId, dir: PathBuf| {
+            let (config, router) = (config.clone(), router.clone());
+            async move {
+                let log = RedbLogStore::open(&dir.join("log.redb")).unwrap();
+                let sm = RedbStateMachine::open(&dir.join("state.redb")).unwrap();
+                let view = sm.view();
+                let raft = openraft::Raft::new(id, config, router.clone(), log, sm).await.unwrap();
+                router.members.lock().unwrap().insert(id, raft.clone());
+                (raft, view)
+            }
+        };
+        let (leader, leader_view) = member(1, d1.path().to_path_buf()).await;
+        leader.initialize(BTreeMap::from([(1, BasicNode { addr: "n1".into() })])).await.unwrap();
+        leader.wait(Some(Duration::from_secs(10))).state(openraft::ServerState::Leader, "leader").await.unwrap();
+
+        eprintln!("--- {SERVICES} services of ~4 KiB each: a snapshot of several chunks");
+        let mut writes = tokio::task::JoinSet::new();
+        for i in 0..SERVICES {
+            let leader = leader.clone();
+            let mut s = swarm::testing::service(&format!("id-{i}"), &name(i), 1);
+            s.spec.annotations.labels.insert("filler".into(), "x".repeat(4096));
+            writes.spawn(async move {
+                let op = swarm::manager::store::Op::Create(swarm::api::Object::Service(s));
+                let p = swarm::manager::store::Proposal { ops: vec![op], timestamp: Default::default() };
+                leader.client_write(p).await.map(|r| r.data.error)
+            });
+        }
+        while let Some(r) = writes.join_next().await {
+            assert_eq!(r.unwrap().unwrap(), None, "a create failed");
+        }
+        leader.trigger().snapshot().await.unwrap();
+        let last = leader.metrics().borrow().last_applied;
+        leader
+            .wait(Some(Duration::from_secs(20)))
+            .metrics(|m| m.snapshot == last && m.purged == last, "snapshot of every entry, log purged behind it")
+            .await
+            .unwrap();
+        let sent = std::fs::read(snapshot_file(d1.path())).unwrap();
+        assert!(sent.len() as u64 > CHUNK, "the snapshot ({} bytes) must span several chunks", sent.len());
+
+        eprintln!("--- a new member joins: the log is gone, so it gets the snapshot");
+        let (follower, follower_view) = member(2, d2.path().to_path_buf()).await;
+        leader.add_learner(2, BasicNode { addr: "n2".into() }, true).await.unwrap();
+        follower
+            .wait(Some(Duration::from_secs(20)))
+            .metrics(|m| m.snapshot == last && m.last_applied >= last, "the leader's snapshot installed")
+            .await
+            .unwrap();
+        let chunks = router.chunks.lock().unwrap().clone();
+        assert!(chunks.len() >= 2, "sent in {} chunk(s)", chunks.len());
+        assert!(chunks.iter().all(|c| *c as u64 <= CHUNK), "a chunk exceeds 1 MiB: {chunks:?}");
+        let got = std::fs::read(snapshot_file(d2.path())).unwrap();
+        assert!(got == sent, "the installed file differs from the one sent");
+        let services = |v: &Arc<SharedView>| v.read(|v| v.services().count());
+        assert_eq!(services(&follower_view), SERVICES);
+        assert_eq!(services(&leader_view), SERVICES);
+        follower.shutdown().await.unwrap();
+        leader.shutdown().await.unwrap();
+    });
+}
+
+/// Storage whose next sync waits until the test releases it (or 5 s pass, which the test then reports): the test
+/// can release it only if the runtime is not the thread stuck in the sync.
+#[derive(Debug)]
+struct GatedStorage {
+    inner: redb::backends::InMemoryBackend,
+    gate: Arc<Gate>,
+}
+
+#[derive(Debug, Default)]
+struct Gate {
+    state: Mutex<GateState>,
+}
+
+#[derive(Debug, Default)]
+struct GateState {
+    armed: Option<(tokio::sync::oneshot::Sender<()>, std::sync::mpsc::Receiver<()>)>,
+    blocked: bool,
+}
+
+impl Gate {
+    /// Stops the next sync: returns what tells the test it started and what releases it.
+    fn arm(&self) -> (tokio::sync::oneshot::Receiver<()>, std::sync::mpsc::Sender<()>) {
+        let (entered_tx, entered) = tokio::sync::oneshot::channel();
+        let (release, release_rx) = std::sync::mpsc::channel();
+        self.state.lock().unwrap().armed = Some((entered_tx, release_rx));
+        (entered, release)
+    }
+
+    fn at_sync(&self) {
+        let armed = self.state.lock().unwrap().armed.take();
+        if let Some((entered, release)) = armed {
+            let _ = entered.send(());
+            if release.recv_timeout(Duration::from_secs(5)).is_err() {
+                self.state.lock().unwrap().blocked = true;
+            }
+        }
+    }
+
+    fn blocked(&self) -> bool {
+        self.state.lock().unwrap().blocked
+    }
+}
+
+impl redb::StorageBackend for GatedStorage {
+    fn len(&self) -> Result<u64, std::io::Error> {
+        self.inner.len()
+    }
+    fn read(&self, offset: u64, out: &mut [u8]) -> Result<(), std::io::Error> {
+        self.inner.read(offset, out)
+    }
+    fn set_len(&self, len: u64) -> Result<(), std::io::Error> {
+        self.inner.set_len(len)
+    }
+    fn sync_data(&self) -> Result<(), std::io::Error> {
+        self.gate.at_sync();
+        self.inner.sync_data()
+    }
+    fn write(&self, offset: u64, data: &[u8]) -> Result<(), std::io::Error> {
+        self.inner.write(offset, data)
+    }
+}
+
+/// Runs `work` while `gate` holds up its next sync; fails if that sync held the runtime's only thread.
+async fn through_gate<T: Send + 'static>(
+    gate: &Gate,
+    what: &str,
+    work: impl std::future::Future<Output = T> + Send + 'static,
+) -> T {
+    let (entered, release) = gate.arm();
+    let task = tokio::spawn(work);
+    tokio::time::timeout(Duration::from_secs(30), entered)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: no fsync within 30 s"))
+        .unwrap();
+    let _ = release.send(()); // fails if the sync gave up waiting: reported below
+    let out = task.await.unwrap();
+    assert!(!gate.blocked(), "{what}: its fsync ran on the runtime's only thread and blocked it");
+    out
+}
+
+/// A slow fsync (vote and log writes, the state machine's durable commits, snapshots, purges) holds up only the
+/// operation waiting for it: on a one-thread runtime, the test's own task still runs while a sync is in progress,
+/// so the commits are not made on the runtime's thread.
+#[test]
+fn a_slow_fsync_does_not_block_the_runtime() {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (log_gate, state_gate) = (Arc::new(Gate::default()), Arc::new(Gate::default()));
+    rt.block_on(async {
+        let storage = |gate: &Arc<Gate>| GatedStorage { inner: Default::default(), gate: gate.clone() };
+        let log = RedbLogStore::open_backend(Path::new("log.redb"), storage(&log_gate)).unwrap();
+        let sm = RedbStateMachine::open_backend(&dir.path().join("state.redb"), storage(&state_gate)).unwrap();
+        let (raft, store) = RaftHandle::start_with(1, log, sm, &settings()).await.unwrap();
+
+        // The vote and the committed index (openraft saves them on elections and commits), saved directly.
+        let direct_gate = Arc::new(Gate::default());
+        let direct = RedbLogStore::open_backend(Path::new("direct.redb"), storage(&direct_gate)).unwrap();
+        let mut l = direct.clone();
+        through_gate(&direct_gate, "a vote save", async move {
+            l.save_vote(&openraft::Vote::new(1, 1)).await.unwrap();
+        })
+        .await;
+        let mut l = direct.clone();
+        through_gate(&direct_gate, "a committed index save", async move {
+            l.save_committed(Some(openraft::LogId::new(openraft::CommittedLeaderId::new(1, 1), 3))).await.unwrap();
+        })
+        .await;
+        direct.close().await;
+
+        let r = raft.clone();
+        through_gate(&log_gate, "initialize (vote, membership entry)", async move {
+            r.initialize("127.0.0.1:2377").await.unwrap();
+        })
+        .await;
+        raft.wait_leader(Duration::from_secs(10)).await.unwrap();
+
+        let s = store.clone();
+        through_gate(&log_gate, "a log append", async move {
+            let svc = swarm::testing::service("id-0", &name(0), 1);
+            s.update(|tx| Ok::<_, StoreError>(tx.create(svc))).await.unwrap();
+        })
+        .await;
+
+        // The state machine syncs every 1,000 entries; the first of those syncs is held up.
+        let s = store.clone();
+        through_gate(&state_gate, "the state machine's durable apply", async move {
+            let mut writes = tokio::task::JoinSet::new();
+            for i in 1..=1_100 {
+                let s = s.clone();
+                writes.spawn(async move {
+                    let svc = swarm::testing::service(&format!("id-{i}"), &name(i), 1);
+                    s.update(|tx| Ok::<_, StoreError>(tx.create(svc))).await.unwrap();
+                });
+                if writes.len() >= 32 {
+                    writes.join_next().await.unwrap().unwrap();
+                }
+            }
+            while let Some(r) = writes.join_next().await {
+                r.unwrap();
+            }
+        })
+        .await;
+
+        // The snapshot's commit syncs the state; the purge behind it then syncs the log.
+        let (purge_entered, purge_release) = log_gate.arm();
+        let r = raft.clone();
+        through_gate(&state_gate, "a snapshot", async move {
+            r.snapshot().await.unwrap();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while r.snapshot_index().is_none() {
+                assert!(Instant::now() < deadline, "the snapshot was never stored");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        tokio::time::timeout(Duration::from_secs(30), purge_entered)
+            .await
+            .expect("the log was not purged behind the snapshot within 30 s")
+            .unwrap();
+        let _ = purge_release.send(());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while raft.log_len() > 1_000 {
+            assert!(Instant::now() < deadline, "the log still holds {} entries", raft.log_len());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(!log_gate.blocked(), "the purge's fsync ran on the runtime's only thread and blocked it");
+        assert_eq!(store.view(|v| v.services().count()), 1_101);
         raft.shutdown().await;
     });
 }

@@ -14,6 +14,9 @@ pub enum DbError {
     /// The file was written in a format this release cannot read.
     #[error("{path}: {source}")]
     Format { path: PathBuf, source: super::codec::CodecError },
+    /// The current snapshot file named by `state.redb` is missing or damaged.
+    #[error(transparent)]
+    Snapshot(#[from] super::state_machine::SnapshotFileError),
     /// Any other I/O or database error.
     #[error("{path}: {reason}")]
     Io { path: PathBuf, reason: String },

@@ -1,7 +1,9 @@
 //! The Raft log, the vote and the committed index, in a redb file (`log.redb`).
 //!
 //! Appends are durable before openraft is told they are flushed. Entries are kept until a snapshot covers them
-//! and openraft purges them (keeping `log_entries_for_slow_followers` behind the snapshot).
+//! and openraft purges them (keeping `log_entries_for_slow_followers` behind the snapshot). Every commit (append,
+//! vote, committed index, truncate, purge) runs on tokio's blocking pool, so a slow fsync never stalls the
+//! runtime's workers (heartbeats, elections).
 
 use super::codec::{decode, encode};
 use super::db::{open, open_backend, DbError, SharedDb};
@@ -33,6 +35,11 @@ fn io_err(e: impl std::error::Error + 'static) -> StorageError<NodeId> {
 
 fn write_err(e: impl std::error::Error + 'static) -> StorageError<NodeId> {
     StorageIOError::write_logs(&e).into()
+}
+
+/// Runs a commit on tokio's blocking pool.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> StResult<T> + Send + 'static) -> StResult<T> {
+    tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| Err(write_err(e)))
 }
 
 impl RedbLogStore {
@@ -93,14 +100,19 @@ impl RedbLogStore {
         }
     }
 
-    fn put_meta<T: serde::Serialize>(&self, key: &str, value: &T) -> StResult<()> {
+    /// Stores one record durably (off the runtime's workers).
+    async fn put_meta<T: serde::Serialize>(&self, key: &'static str, value: &T) -> StResult<()> {
         let db = self.db.get().map_err(write_err)?;
-        let tx = db.begin_write().map_err(write_err)?;
-        {
-            let mut t = tx.open_table(META).map_err(write_err)?;
-            t.insert(key, encode(value).as_slice()).map_err(write_err)?;
-        }
-        tx.commit().map_err(write_err)
+        let value = encode(value);
+        blocking(move || {
+            let tx = db.begin_write().map_err(write_err)?;
+            {
+                let mut t = tx.open_table(META).map_err(write_err)?;
+                t.insert(key, value.as_slice()).map_err(write_err)?;
+            }
+            tx.commit().map_err(write_err)
+        })
+        .await
     }
 
     /// Stores entries durably: the commit is synced (redb's default durability) before it returns, because
@@ -172,7 +184,9 @@ impl RaftLogStorage<TypeConfig> for RedbLogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> StResult<()> {
-        self.put_meta(KEY_VOTE, vote).map_err(|_| StorageIOError::write_vote(&std::io::Error::other("vote")).into())
+        self.put_meta(KEY_VOTE, vote)
+            .await
+            .map_err(|e| StorageIOError::write_vote(&std::io::Error::other(e.to_string())).into())
     }
 
     async fn read_vote(&mut self) -> StResult<Option<Vote<NodeId>>> {
@@ -181,7 +195,7 @@ impl RaftLogStorage<TypeConfig> for RedbLogStore {
 
     async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> StResult<()> {
         match committed {
-            Some(c) => self.put_meta(KEY_COMMITTED, &c),
+            Some(c) => self.put_meta(KEY_COMMITTED, &c).await,
             None => Ok(()),
         }
     }
@@ -195,7 +209,9 @@ impl RaftLogStorage<TypeConfig> for RedbLogStore {
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        match self.write_entries(entries) {
+        let entries: Vec<_> = entries.into_iter().collect();
+        let this = self.clone();
+        match blocking(move || this.write_entries(entries)).await {
             Ok(()) => {
                 callback.log_io_completed(Ok(()));
                 Ok(())
@@ -209,24 +225,30 @@ impl RaftLogStorage<TypeConfig> for RedbLogStore {
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> StResult<()> {
         let db = self.db.get().map_err(write_err)?;
-        let tx = db.begin_write().map_err(write_err)?;
-        {
-            let mut t = tx.open_table(LOG).map_err(write_err)?;
-            t.retain_in(log_id.index.., |_, _| false).map_err(write_err)?;
-        }
-        tx.commit().map_err(write_err)
+        blocking(move || {
+            let tx = db.begin_write().map_err(write_err)?;
+            {
+                let mut t = tx.open_table(LOG).map_err(write_err)?;
+                t.retain_in(log_id.index.., |_, _| false).map_err(write_err)?;
+            }
+            tx.commit().map_err(write_err)
+        })
+        .await
     }
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> StResult<()> {
         let db = self.db.get().map_err(write_err)?;
-        let tx = db.begin_write().map_err(write_err)?;
-        {
-            let mut meta = tx.open_table(META).map_err(write_err)?;
-            meta.insert(KEY_PURGED, encode(&log_id).as_slice()).map_err(write_err)?;
-            let mut t = tx.open_table(LOG).map_err(write_err)?;
-            t.retain_in(..=log_id.index, |_, _| false).map_err(write_err)?;
-        }
-        tx.commit().map_err(write_err)
+        blocking(move || {
+            let tx = db.begin_write().map_err(write_err)?;
+            {
+                let mut meta = tx.open_table(META).map_err(write_err)?;
+                meta.insert(KEY_PURGED, encode(&log_id).as_slice()).map_err(write_err)?;
+                let mut t = tx.open_table(LOG).map_err(write_err)?;
+                t.retain_in(..=log_id.index, |_, _| false).map_err(write_err)?;
+            }
+            tx.commit().map_err(write_err)
+        })
+        .await
     }
 }
 

@@ -28,7 +28,6 @@ use crate::manager::store::{Proposal, ProposalResult, Proposer, Store, StoreErro
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::{BasicNode, ChangeMembers, Config, ServerState, SnapshotPolicy};
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Cursor;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -49,6 +48,7 @@ openraft::declare_raft_types!(
     pub TypeConfig:
         D = Proposal,
         R = ProposalResult,
+        SnapshotData = tokio::fs::File,
 );
 
 /// Raft settings (the cluster spec's raft section plus timing).

@@ -1,10 +1,26 @@
 //! The Raft state machine: applies committed proposals to the in-memory view ([`SharedView`]) and persists the
-//! objects, the last applied log id, the membership and the current snapshot in a redb file (`state.redb`).
+//! objects, the last applied log id, the membership and the current snapshot's metadata in a redb file
+//! (`state.redb`); the snapshot itself is a file in `snapshots/` next to it (see [`snapshot_file`]).
 //!
 //! Object writes are committed without fsync most of the time (the log already holds them durably; after a
 //! crash redb rolls back to its last durable commit and openraft re-applies the committed entries after
 //! `last_applied`). Every `DURABLE_EVERY` entries, and always when a snapshot is stored, the commit is durable,
 //! so the log can be purged behind it.
+//!
+//! Every redb commit and file write runs on tokio's blocking pool, so a slow fsync never stalls the runtime
+//! (heartbeats, elections). A snapshot is built from a copy of the view taken under the apply lock; encoding
+//! it runs outside the lock, so applying goes on meanwhile.
+//!
+//! Installing a snapshot is one redb transaction (objects, last applied, membership, snapshot metadata) after
+//! the file is renamed into place; building or installing a snapshot removes the older files once the new one is
+//! recorded. A build that finishes after a newer snapshot was installed is discarded. A damaged snapshot file is
+//! refused naming it (received) or set aside and rebuilt from `state.redb` (at start); it never replaces state.
+
+mod snapshot_file;
+#[cfg(test)]
+mod tests;
+
+pub use snapshot_file::SnapshotFileError;
 
 use super::codec::{decode, encode};
 use super::db::{open, open_backend, DbError, SharedDb};
@@ -17,10 +33,13 @@ use openraft::{
     StorageIOError, StoredMembership,
 };
 use redb::{Durability, ReadableDatabase, ReadableTable, TableDefinition};
-use serde::{Deserialize, Serialize};
-use std::io::Cursor;
-use std::path::Path;
-use std::sync::{Arc, Mutex};
+use serde::Deserialize;
+use std::collections::HashMap;
+use std::io::{Seek, SeekFrom};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tokio::io::AsyncWriteExt;
 
 const OBJECTS: TableDefinition<&str, &[u8]> = TableDefinition::new("objects");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
@@ -28,19 +47,24 @@ const SNAPSHOT: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshot");
 const KEY_APPLIED: &str = "last_applied";
 const KEY_MEMBERSHIP: &str = "membership";
 const KEY_SNAP_META: &str = "meta";
+/// The name of the current snapshot's file in the snapshot directory.
+const KEY_SNAP_FILE: &str = "file";
+/// Before snapshot files, the snapshot's bytes were kept here; such a file is migrated when opened.
 const KEY_SNAP_DATA: &str = "data";
+
+/// The directory, next to `state.redb`, that holds the snapshot files.
+const SNAPSHOT_DIR: &str = "snapshots";
 
 /// Entries between durable commits of the state machine.
 const DURABLE_EVERY: u64 = 1000;
 
 type Membership = StoredMembership<NodeId, BasicNode>;
+type Meta = SnapshotMeta<NodeId, BasicNode>;
 type StResult<T> = Result<T, StorageError<NodeId>>;
 
-/// A snapshot's content: every object at `last_applied`.
-#[derive(Serialize, Deserialize)]
-struct SnapshotDoc {
-    last_applied: Option<LogId<NodeId>>,
-    membership: Membership,
+/// The snapshot content format kept in `state.redb` before snapshot files (read only, to migrate).
+#[derive(Deserialize)]
+struct LegacySnapshotDoc {
     objects: Vec<Object>,
 }
 
@@ -51,13 +75,43 @@ struct Applied {
     snapshot_seq: u64,
 }
 
+/// The snapshot files and the locks around them.
+struct Snapshots {
+    dir: PathBuf,
+    /// Held while a snapshot file is put in place and recorded in `state.redb`, so a build and an install never
+    /// interleave those steps (nor remove each other's file).
+    publish: std::sync::Mutex<()>,
+    /// Files made by `begin_receiving_snapshot`, by (device, inode): `install_snapshot` is handed the open file
+    /// and renames it into place rather than copying it.
+    receiving: std::sync::Mutex<HashMap<(u64, u64), PathBuf>>,
+    hooks: std::sync::Mutex<Hooks>,
+}
+
+/// Points where tests stop or observe the state machine (set only through the `testing` feature's methods).
+#[derive(Default)]
+struct Hooks {
+    build_pause: Option<(tokio::sync::oneshot::Sender<()>, tokio::sync::oneshot::Receiver<()>)>,
+    install_step: Option<Arc<dyn Fn(&'static str) + Send + Sync>>,
+}
+
+/// A snapshot build stopped by [`RedbStateMachine::pause_next_snapshot_build`].
+#[cfg(any(test, feature = "testing"))]
+pub struct BuildPause {
+    /// Resolves once the build has taken its copy of the state (and holds no lock).
+    pub reached: tokio::sync::oneshot::Receiver<()>,
+    /// Send (or drop) to let the build encode and store the snapshot.
+    pub release: tokio::sync::oneshot::Sender<()>,
+}
+
 /// The redb-backed state machine. Cloning shares everything (openraft takes a clone as the snapshot builder).
 #[derive(Clone)]
 pub struct RedbStateMachine {
     db: SharedDb,
     view: Arc<SharedView>,
-    /// Held while applying and while building a snapshot, so a snapshot's objects match its `last_applied`.
-    applied: Arc<Mutex<Applied>>,
+    /// Held while applying (including the redb commit) and while copying the view for a snapshot, so a
+    /// snapshot's objects match its `last_applied` and `state.redb` holds everything up to it.
+    applied: Arc<tokio::sync::Mutex<Applied>>,
+    snapshots: Arc<Snapshots>,
 }
 
 fn key(o: &Object) -> String {
@@ -72,13 +126,20 @@ fn werr(e: impl std::error::Error + 'static) -> StorageError<NodeId> {
     StorageIOError::write_state_machine(&e).into()
 }
 
+/// Runs blocking work (redb commits, fsync, file I/O) on tokio's blocking pool.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> StResult<T> + Send + 'static) -> StResult<T> {
+    tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| Err(werr(e)))
+}
+
 impl RedbStateMachine {
-    /// Opens the state at `path` and loads every object into a fresh view.
+    /// Opens the state at `path` and loads every object into a fresh view. Snapshot files are kept in
+    /// `snapshots/` next to it.
     pub fn open(path: &Path) -> Result<Self, DbError> {
         Self::loaded(path, open(path)?)
     }
 
-    /// The state on another storage than a file (crash tests); `name` stands for its path in errors.
+    /// The state on another storage than a file (crash tests); `name` stands for its path in errors, and the
+    /// snapshot files are kept in `snapshots/` in `name`'s directory.
     pub fn open_backend(name: &Path, backend: impl redb::StorageBackend) -> Result<Self, DbError> {
         Self::loaded(name, open_backend(name, backend)?)
     }
@@ -116,96 +177,335 @@ impl RedbStateMachine {
             };
             (objects, last_applied, membership)
         };
+
+        let dir = path.parent().unwrap_or(Path::new("")).join(SNAPSHOT_DIR);
+        std::fs::create_dir_all(&dir).map_err(|e| DbError::Io { path: dir.clone(), reason: e.to_string() })?;
+        let current = Self::migrate_legacy_snapshot(path, &db, &dir)?;
+        let current = match current {
+            None => None,
+            Some((meta, name)) => {
+                let file = dir.join(&name);
+                match snapshot_file::verify(&file).and_then(|found| snapshot_file::check_meta(&file, &found, &meta)) {
+                    Ok(()) => Some(name),
+                    Err(e) => {
+                        Self::set_aside_damaged(path, &db, &dir, &name, &e)?;
+                        None
+                    }
+                }
+            }
+        };
+        // Whatever the state does not name is a leftover of a crash or of an older snapshot.
+        snapshot_file::remove_others(&dir, "", ".snap", current.as_deref());
+        snapshot_file::remove_others(&dir, "", ".tmp", None);
+
         let last_durable = last_applied.map(|l| l.index).unwrap_or(0);
         Ok(RedbStateMachine {
             db: SharedDb::new(db),
             view: SharedView::new(MemoryStore::from_objects(objects)),
-            applied: Arc::new(Mutex::new(Applied { last_applied, membership, last_durable, snapshot_seq: 0 })),
+            applied: Arc::new(tokio::sync::Mutex::new(Applied {
+                last_applied,
+                membership,
+                last_durable,
+                snapshot_seq: 0,
+            })),
+            snapshots: Arc::new(Snapshots {
+                dir,
+                publish: Default::default(),
+                receiving: Default::default(),
+                hooks: Default::default(),
+            }),
         })
     }
 
-    /// The view this state machine keeps current.
+    /// The current snapshot's metadata and file name; a snapshot still kept inside `state.redb` (older releases)
+    /// is first written out as a file.
+    fn migrate_legacy_snapshot(
+        path: &Path,
+        db: &redb::Database,
+        dir: &Path,
+    ) -> Result<Option<(Meta, String)>, DbError> {
+        let io = |e: &dyn std::fmt::Display| DbError::Io { path: path.to_path_buf(), reason: e.to_string() };
+        let format = |source| DbError::Format { path: path.to_path_buf(), source };
+        let (meta, name, legacy) = {
+            let tx = db.begin_read().map_err(|e| io(&e))?;
+            let t = tx.open_table(SNAPSHOT).map_err(|e| io(&e))?;
+            let meta = match t.get(KEY_SNAP_META).map_err(|e| io(&e))? {
+                Some(v) => decode::<Meta>(v.value()).map_err(format)?,
+                None => return Ok(None),
+            };
+            let name = match t.get(KEY_SNAP_FILE).map_err(|e| io(&e))? {
+                Some(v) => Some(decode::<String>(v.value()).map_err(format)?),
+                None => None,
+            };
+            let legacy = match t.get(KEY_SNAP_DATA).map_err(|e| io(&e))? {
+                Some(v) => Some(decode::<LegacySnapshotDoc>(v.value()).map_err(format)?),
+                None => None,
+            };
+            (meta, name, legacy)
+        };
+        let (Some(doc), None) = (legacy, &name) else { return Ok(name.map(|n| (meta, n))) };
+        let tmp = dir.join(snapshot_file::unique_name("migrate", ".tmp"));
+        snapshot_file::write(&tmp, &meta, doc.objects.len() as u64, doc.objects.into_iter())?;
+        let name = snapshot_file::snap_name(&meta);
+        snapshot_file::put_in_place(&tmp, dir, &name)?;
+        let mut tx = db.begin_write().map_err(|e| io(&e))?;
+        tx.set_durability(Durability::Immediate).map_err(|e| io(&e))?;
+        {
+            let mut t = tx.open_table(SNAPSHOT).map_err(|e| io(&e))?;
+            t.insert(KEY_SNAP_FILE, encode(&name).as_slice()).map_err(|e| io(&e))?;
+            t.remove(KEY_SNAP_DATA).map_err(|e| io(&e))?;
+        }
+        tx.commit().map_err(|e| io(&e))?;
+        tracing::info!(snapshot.id = %meta.snapshot_id, file = %name, "raft snapshot moved out of state.redb into a file");
+        Ok(Some((meta, name)))
+    }
+
+    /// Drops the record of a damaged current snapshot, keeping the file as `<name>.damaged` for inspection (only
+    /// the latest one). Nothing committed is lost: the objects in `state.redb` are at or after the snapshot's log
+    /// id (a snapshot is recorded after, or together with, the objects it holds), and openraft builds a new
+    /// snapshot from them at start when the log behind them was purged.
+    fn set_aside_damaged(
+        path: &Path,
+        db: &redb::Database,
+        dir: &Path,
+        name: &str,
+        damage: &SnapshotFileError,
+    ) -> Result<(), DbError> {
+        let io = |e: &dyn std::fmt::Display| DbError::Io { path: path.to_path_buf(), reason: e.to_string() };
+        tracing::error!(error = %damage, "raft snapshot file damaged: set aside, a new snapshot will be built from {}", path.display());
+        snapshot_file::remove_others(dir, "", ".damaged", None);
+        let aside = format!("{name}.damaged");
+        if let Err(e) = std::fs::rename(dir.join(name), dir.join(&aside)) {
+            tracing::warn!(file = %dir.join(name).display(), error = %e, "cannot keep the damaged snapshot file");
+        }
+        let mut tx = db.begin_write().map_err(|e| io(&e))?;
+        tx.set_durability(Durability::Immediate).map_err(|e| io(&e))?;
+        {
+            let mut t = tx.open_table(SNAPSHOT).map_err(|e| io(&e))?;
+            t.remove(KEY_SNAP_META).map_err(|e| io(&e))?;
+            t.remove(KEY_SNAP_FILE).map_err(|e| io(&e))?;
+        }
+        tx.commit().map_err(|e| io(&e))
+    }
+
     /// Closes the file once operations in flight end; later operations fail (see [`SharedDb::close`]).
     pub async fn close(&self) {
         self.db.close().await
     }
 
+    /// The view this state machine keeps current.
     pub fn view(&self) -> Arc<SharedView> {
         self.view.clone()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Applied> {
-        self.applied.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Writes the whole view, replacing what the file held (snapshot install).
-    fn persist_all(&self, applied: &Applied, store: &MemoryStore) -> StResult<()> {
-        let db = self.db.get().map_err(werr)?;
-        let mut tx = db.begin_write().map_err(werr)?;
-        tx.set_durability(Durability::Immediate).map_err(werr)?;
-        {
-            let mut t = tx.open_table(OBJECTS).map_err(werr)?;
-            t.retain(|_, _| false).map_err(werr)?;
-            for o in store.objects() {
-                t.insert(key(&o).as_str(), encode(&o).as_slice()).map_err(werr)?;
-            }
-            let mut m = tx.open_table(META).map_err(werr)?;
-            m.insert(KEY_APPLIED, encode(&applied.last_applied).as_slice()).map_err(werr)?;
-            m.insert(KEY_MEMBERSHIP, encode(&applied.membership).as_slice()).map_err(werr)?;
-        }
-        tx.commit().map_err(werr)
-    }
-
-    fn store_snapshot(&self, meta: &SnapshotMeta<NodeId, BasicNode>, data: &[u8]) -> StResult<()> {
-        let sig = Some(meta.signature());
-        let db = self.db.get().map_err(|e| StorageIOError::write_snapshot(sig.clone(), &e))?;
-        let mut tx = db.begin_write().map_err(|e| StorageIOError::write_snapshot(sig.clone(), &e))?;
-        tx.set_durability(Durability::Immediate).map_err(|e| StorageIOError::write_snapshot(sig.clone(), &e))?;
-        {
-            let mut t = tx.open_table(SNAPSHOT).map_err(|e| StorageIOError::write_snapshot(sig.clone(), &e))?;
-            t.insert(KEY_SNAP_META, encode(meta).as_slice())
-                .map_err(|e| StorageIOError::write_snapshot(sig.clone(), &e))?;
-            t.insert(KEY_SNAP_DATA, data).map_err(|e| StorageIOError::write_snapshot(sig.clone(), &e))?;
-        }
-        tx.commit().map_err(|e| StorageIOError::write_snapshot(sig, &e).into())
+    /// The directory holding the snapshot files.
+    pub fn snapshot_dir(&self) -> &Path {
+        &self.snapshots.dir
     }
 
     /// The stored snapshot's metadata, if any (for tests and `info`).
-    pub fn snapshot_meta(&self) -> StResult<Option<SnapshotMeta<NodeId, BasicNode>>> {
+    pub fn snapshot_meta(&self) -> StResult<Option<Meta>> {
+        Ok(self.stored_snapshot()?.map(|(meta, _)| meta))
+    }
+
+    /// The stored snapshot's metadata and file name.
+    fn stored_snapshot(&self) -> StResult<Option<(Meta, String)>> {
         let db = self.db.get().map_err(rerr)?;
         let tx = db.begin_read().map_err(rerr)?;
         let t = tx.open_table(SNAPSHOT).map_err(rerr)?;
-        match t.get(KEY_SNAP_META).map_err(rerr)? {
-            Some(v) => Ok(Some(decode(v.value()).map_err(rerr)?)),
+        let meta = match t.get(KEY_SNAP_META).map_err(rerr)? {
+            Some(v) => decode::<Meta>(v.value()).map_err(rerr)?,
+            None => return Ok(None),
+        };
+        match t.get(KEY_SNAP_FILE).map_err(rerr)? {
+            Some(v) => Ok(Some((meta, decode(v.value()).map_err(rerr)?))),
             None => Ok(None),
+        }
+    }
+
+    fn hooks(&self) -> std::sync::MutexGuard<'_, Hooks> {
+        self.snapshots.hooks.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn install_step(&self, step: &'static str) {
+        let hook = self.hooks().install_step.clone();
+        if let Some(hook) = hook {
+            hook(step);
+        }
+    }
+
+    /// Test hook: the next snapshot build stops once it has copied the state, until released.
+    #[cfg(any(test, feature = "testing"))]
+    pub fn pause_next_snapshot_build(&self) -> BuildPause {
+        let (reached_tx, reached) = tokio::sync::oneshot::channel();
+        let (release, release_rx) = tokio::sync::oneshot::channel();
+        self.hooks().build_pause = Some((reached_tx, release_rx));
+        BuildPause { reached, release }
+    }
+
+    /// Test hook: `f` is called after each step of installing a snapshot: "file-in-place" (the file renamed
+    /// into the snapshot directory), "committed" (`state.redb` holds the new state), "old-files-removed".
+    #[cfg(any(test, feature = "testing"))]
+    pub fn on_install_step(&self, f: impl Fn(&'static str) + Send + Sync + 'static) {
+        self.hooks().install_step = Some(Arc::new(f));
+    }
+
+    /// Encodes a built snapshot to a file and makes it the current one, unless a snapshot at or after its log
+    /// id was stored meanwhile (then the file is dropped and None returned). Blocking.
+    fn store_built(&self, meta: &Meta, objects: Vec<Object>) -> StResult<Option<PathBuf>> {
+        let pause = self.hooks().build_pause.take();
+        if let Some((reached, release)) = pause {
+            let _ = reached.send(());
+            let _ = release.blocking_recv();
+        }
+        let sig = Some(meta.signature());
+        let serr = |e: &dyn std::error::Error| -> StorageError<NodeId> {
+            StorageIOError::write_snapshot(sig.clone(), &std::io::Error::other(e.to_string())).into()
+        };
+        let dir = &self.snapshots.dir;
+        let tmp = dir.join(snapshot_file::unique_name("build", ".tmp"));
+        if let Err(e) = snapshot_file::write(&tmp, meta, objects.len() as u64, objects.into_iter()) {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(serr(&e));
+        }
+
+        let _publishing = self.snapshots.publish.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((current, _)) = self.stored_snapshot()? {
+            if current.last_log_id >= meta.last_log_id {
+                let _ = std::fs::remove_file(&tmp);
+                return Ok(None);
+            }
+        }
+        let name = snapshot_file::snap_name(meta);
+        let path = snapshot_file::put_in_place(&tmp, dir, &name).map_err(|e| serr(&e))?;
+        let db = self.db.get().map_err(|e| serr(&e))?;
+        // Durable: the log is purged behind the snapshot once it is recorded. This commit also makes durable the
+        // objects committed (without sync) up to the snapshot's log id, which precede it.
+        let mut tx = db.begin_write().map_err(|e| serr(&e))?;
+        tx.set_durability(Durability::Immediate).map_err(|e| serr(&e))?;
+        {
+            let mut t = tx.open_table(SNAPSHOT).map_err(|e| serr(&e))?;
+            t.insert(KEY_SNAP_META, encode(meta).as_slice()).map_err(|e| serr(&e))?;
+            t.insert(KEY_SNAP_FILE, encode(&name).as_slice()).map_err(|e| serr(&e))?;
+        }
+        tx.commit().map_err(|e| serr(&e))?;
+        snapshot_file::remove_others(dir, "", ".snap", Some(&name));
+        Ok(Some(path))
+    }
+
+    /// Takes the file handed to `install_snapshot` into the snapshot directory (renaming the one
+    /// `begin_receiving_snapshot` made; copying any other) and reads it whole. Blocking; changes no state.
+    fn receive_file(&self, mut file: std::fs::File, meta: &Meta) -> StResult<(PathBuf, MemoryStore)> {
+        let sig = Some(meta.signature());
+        let ioerr = |path: &Path, e: std::io::Error| -> StorageError<NodeId> {
+            StorageIOError::read_snapshot(sig.clone(), &SnapshotFileError::Io { path: path.to_path_buf(), source: e })
+                .into()
+        };
+        let dir = &self.snapshots.dir;
+        let md = file.metadata().map_err(|e| ioerr(dir, e))?;
+        let pending = self.snapshots.receiving.lock().unwrap_or_else(|e| e.into_inner()).remove(&(md.dev(), md.ino()));
+        let path = match pending.filter(|p| p.exists()) {
+            Some(path) => {
+                file.sync_all().map_err(|e| ioerr(&path, e))?;
+                path
+            }
+            None => {
+                let path = dir.join(snapshot_file::unique_name("recv", ".tmp"));
+                let copied = (|| {
+                    let mut out = std::fs::OpenOptions::new().write(true).create_new(true).open(&path)?;
+                    file.seek(SeekFrom::Start(0))?;
+                    std::io::copy(&mut file, &mut out)?;
+                    out.sync_all()
+                })();
+                copied.map_err(|e| ioerr(&path, e))?;
+                path
+            }
+        };
+        let mut objects = Vec::new();
+        let read = snapshot_file::read(&path, |o| objects.push(o))
+            .and_then(|found| snapshot_file::check_meta(&path, &found, meta));
+        // A rejected file is left for inspection; the next `begin_receiving_snapshot` removes it.
+        read.map_err(|e| StorageIOError::read_snapshot(sig.clone(), &e))?;
+        Ok((path, MemoryStore::from_objects(objects)))
+    }
+
+    /// Puts a received snapshot file in place and replaces the whole state with it in one durable transaction.
+    /// Blocking; the caller holds the apply lock.
+    fn commit_installed(&self, meta: &Meta, tmp: &Path, store: &MemoryStore) -> StResult<()> {
+        let sig = Some(meta.signature());
+        let serr = |e: &dyn std::error::Error| -> StorageError<NodeId> {
+            StorageIOError::write_snapshot(sig.clone(), &std::io::Error::other(e.to_string())).into()
+        };
+        let dir = &self.snapshots.dir;
+        let _publishing = self.snapshots.publish.lock().unwrap_or_else(|e| e.into_inner());
+        let name = snapshot_file::snap_name(meta);
+        snapshot_file::put_in_place(tmp, dir, &name).map_err(|e| serr(&e))?;
+        self.install_step("file-in-place");
+        let db = self.db.get().map_err(|e| serr(&e))?;
+        let mut tx = db.begin_write().map_err(|e| serr(&e))?;
+        tx.set_durability(Durability::Immediate).map_err(|e| serr(&e))?;
+        {
+            let mut t = tx.open_table(OBJECTS).map_err(|e| serr(&e))?;
+            t.retain(|_, _| false).map_err(|e| serr(&e))?;
+            for o in store.objects() {
+                t.insert(key(&o).as_str(), encode(&o).as_slice()).map_err(|e| serr(&e))?;
+            }
+            let mut m = tx.open_table(META).map_err(|e| serr(&e))?;
+            m.insert(KEY_APPLIED, encode(&meta.last_log_id).as_slice()).map_err(|e| serr(&e))?;
+            m.insert(KEY_MEMBERSHIP, encode(&meta.last_membership).as_slice()).map_err(|e| serr(&e))?;
+            let mut s = tx.open_table(SNAPSHOT).map_err(|e| serr(&e))?;
+            s.insert(KEY_SNAP_META, encode(meta).as_slice()).map_err(|e| serr(&e))?;
+            s.insert(KEY_SNAP_FILE, encode(&name).as_slice()).map_err(|e| serr(&e))?;
+        }
+        tx.commit().map_err(|e| serr(&e))?;
+        self.install_step("committed");
+        snapshot_file::remove_others(dir, "", ".snap", Some(&name));
+        self.install_step("old-files-removed");
+        Ok(())
+    }
+
+    async fn open_snapshot(&self, meta: Meta, path: PathBuf) -> StResult<Snapshot<TypeConfig>> {
+        match tokio::fs::File::open(&path).await {
+            Ok(file) => Ok(Snapshot { meta, snapshot: Box::new(file) }),
+            Err(source) => {
+                let e = SnapshotFileError::Io { path, source };
+                Err(StorageIOError::read_snapshot(Some(meta.signature()), &e).into())
+            }
         }
     }
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for RedbStateMachine {
     async fn build_snapshot(&mut self) -> StResult<Snapshot<TypeConfig>> {
-        let (meta, data) = {
-            let mut applied = self.lock();
+        let (meta, objects) = {
+            let mut applied = self.applied.lock().await;
             applied.snapshot_seq += 1;
-            let doc = self.view.read(|v| SnapshotDoc {
-                last_applied: applied.last_applied,
-                membership: applied.membership.clone(),
-                objects: v.objects().collect(),
-            });
+            // One copy of the objects (not of the view's indexes) under the lock; encoding them to the file below
+            // runs without it.
+            let objects: Vec<Object> = self.view.read(|v| v.objects().collect());
             let snapshot_id = match applied.last_applied {
                 Some(l) => format!("{}-{}-{}", l.leader_id, l.index, applied.snapshot_seq),
                 None => format!("none-{}", applied.snapshot_seq),
             };
-            let meta = SnapshotMeta {
-                last_log_id: applied.last_applied,
-                last_membership: applied.membership.clone(),
-                snapshot_id,
-            };
-            (meta, encode(&doc))
+            let meta =
+                Meta { last_log_id: applied.last_applied, last_membership: applied.membership.clone(), snapshot_id };
+            (meta, objects)
         };
-        self.store_snapshot(&meta, &data)?;
-        tracing::info!(snapshot.id = %meta.snapshot_id, bytes = data.len(), "raft snapshot stored");
-        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
+        let (this, built, count) = (self.clone(), meta.clone(), objects.len());
+        match blocking(move || this.store_built(&built, objects)).await? {
+            Some(path) => {
+                tracing::info!(snapshot.id = %meta.snapshot_id, objects = count, file = %path.display(), "raft snapshot stored");
+                self.open_snapshot(meta, path).await
+            }
+            None => {
+                // openraft ignores a snapshot that is not newer than the one it knows; hand it the current one.
+                tracing::info!(snapshot.id = %meta.snapshot_id, "raft snapshot discarded: a newer one was installed meanwhile");
+                match self.stored_snapshot()? {
+                    Some((current, name)) => self.open_snapshot(current, self.snapshots.dir.join(name)).await,
+                    None => Err(werr(std::io::Error::other("the newer snapshot vanished"))),
+                }
+            }
+        }
     }
 }
 
@@ -213,7 +513,7 @@ impl RaftStateMachine<TypeConfig> for RedbStateMachine {
     type SnapshotBuilder = Self;
 
     async fn applied_state(&mut self) -> StResult<(Option<LogId<NodeId>>, Membership)> {
-        let a = self.lock();
+        let a = self.applied.lock().await;
         Ok((a.last_applied, a.membership.clone()))
     }
 
@@ -222,7 +522,7 @@ impl RaftStateMachine<TypeConfig> for RedbStateMachine {
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let mut applied = self.lock();
+        let mut applied = self.applied.lock().await;
         let mut results = Vec::new();
         let mut puts: Vec<(String, Option<Object>)> = Vec::new();
         for entry in entries {
@@ -251,23 +551,27 @@ impl RaftStateMachine<TypeConfig> for RedbStateMachine {
             results.push(result);
         }
         let Some(last) = applied.last_applied else { return Ok(results) };
-        let db = self.db.get().map_err(werr)?;
-        let mut tx = db.begin_write().map_err(werr)?;
         let durable = last.index >= applied.last_durable + DURABLE_EVERY;
-        tx.set_durability(if durable { Durability::Immediate } else { Durability::None }).map_err(werr)?;
-        {
-            let mut t = tx.open_table(OBJECTS).map_err(werr)?;
-            for (k, v) in puts {
-                match v {
-                    Some(o) => t.insert(k.as_str(), encode(&o).as_slice()).map_err(werr)?,
-                    None => t.remove(k.as_str()).map_err(werr)?,
-                };
+        let (last_applied, membership) = (applied.last_applied, applied.membership.clone());
+        let db = self.db.get().map_err(werr)?;
+        blocking(move || {
+            let mut tx = db.begin_write().map_err(werr)?;
+            tx.set_durability(if durable { Durability::Immediate } else { Durability::None }).map_err(werr)?;
+            {
+                let mut t = tx.open_table(OBJECTS).map_err(werr)?;
+                for (k, v) in puts {
+                    match v {
+                        Some(o) => t.insert(k.as_str(), encode(&o).as_slice()).map_err(werr)?,
+                        None => t.remove(k.as_str()).map_err(werr)?,
+                    };
+                }
+                let mut m = tx.open_table(META).map_err(werr)?;
+                m.insert(KEY_APPLIED, encode(&last_applied).as_slice()).map_err(werr)?;
+                m.insert(KEY_MEMBERSHIP, encode(&membership).as_slice()).map_err(werr)?;
             }
-            let mut m = tx.open_table(META).map_err(werr)?;
-            m.insert(KEY_APPLIED, encode(&applied.last_applied).as_slice()).map_err(werr)?;
-            m.insert(KEY_MEMBERSHIP, encode(&applied.membership).as_slice()).map_err(werr)?;
-        }
-        tx.commit().map_err(werr)?;
+            tx.commit().map_err(werr)
+        })
+        .await?;
         if durable {
             applied.last_durable = last.index;
         }
@@ -278,40 +582,54 @@ impl RaftStateMachine<TypeConfig> for RedbStateMachine {
         self.clone()
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> StResult<Box<Cursor<Vec<u8>>>> {
-        Ok(Box::new(Cursor::new(Vec::new())))
+    async fn begin_receiving_snapshot(&mut self) -> StResult<Box<tokio::fs::File>> {
+        let this = self.clone();
+        let file = blocking(move || {
+            let snaps = &this.snapshots;
+            let mut receiving = snaps.receiving.lock().unwrap_or_else(|e| e.into_inner());
+            // openraft receives one snapshot at a time: a file begun earlier was abandoned (or rejected).
+            receiving.clear();
+            snapshot_file::remove_others(&snaps.dir, "recv-", ".tmp", None);
+            let path = snaps.dir.join(snapshot_file::unique_name("recv", ".tmp"));
+            let opened = std::fs::OpenOptions::new().read(true).write(true).create_new(true).open(&path);
+            let file = opened.and_then(|f| f.metadata().map(|md| (f, md))).map_err(|source| {
+                StorageError::from(StorageIOError::write_snapshot(
+                    None,
+                    &SnapshotFileError::Io { path: path.clone(), source },
+                ))
+            })?;
+            receiving.insert((file.1.dev(), file.1.ino()), path);
+            Ok(file.0)
+        })
+        .await?;
+        Ok(Box::new(tokio::fs::File::from_std(file)))
     }
 
-    async fn install_snapshot(
-        &mut self,
-        meta: &SnapshotMeta<NodeId, BasicNode>,
-        snapshot: Box<Cursor<Vec<u8>>>,
-    ) -> StResult<()> {
-        let data = snapshot.into_inner();
-        let doc: SnapshotDoc = decode(&data).map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?;
-        let store = MemoryStore::from_objects(doc.objects);
-        let mut applied = self.lock();
+    async fn install_snapshot(&mut self, meta: &Meta, snapshot: Box<tokio::fs::File>) -> StResult<()> {
+        let mut file = *snapshot;
+        // tokio writes in the background: wait for every chunk written to reach the file.
+        file.flush().await.map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
+        let file = file.into_std().await;
+        let (this, m) = (self.clone(), meta.clone());
+        let (path, store) = blocking(move || this.receive_file(file, &m)).await?;
+
+        let mut applied = self.applied.lock().await;
+        let (this, m) = (self.clone(), meta.clone());
+        let store = blocking(move || this.commit_installed(&m, &path, &store).map(|()| store)).await?;
+        let objects = store.len();
+        self.view.replace(store);
         applied.last_applied = meta.last_log_id;
         applied.membership = meta.last_membership.clone();
-        self.persist_all(&applied, &store)?;
         applied.last_durable = meta.last_log_id.map(|l| l.index).unwrap_or(0);
-        self.view.replace(store);
         drop(applied);
-        self.store_snapshot(meta, &data)
+        tracing::info!(snapshot.id = %meta.snapshot_id, objects, "raft snapshot installed");
+        Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> StResult<Option<Snapshot<TypeConfig>>> {
-        let db = self.db.get().map_err(rerr)?;
-        let tx = db.begin_read().map_err(rerr)?;
-        let t = tx.open_table(SNAPSHOT).map_err(rerr)?;
-        let meta = match t.get(KEY_SNAP_META).map_err(rerr)? {
-            Some(v) => decode::<SnapshotMeta<NodeId, BasicNode>>(v.value()).map_err(rerr)?,
-            None => return Ok(None),
-        };
-        let data = match t.get(KEY_SNAP_DATA).map_err(rerr)? {
-            Some(v) => v.value().to_vec(),
-            None => return Ok(None),
-        };
-        Ok(Some(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) }))
+        match self.stored_snapshot()? {
+            Some((meta, name)) => Ok(Some(self.open_snapshot(meta, self.snapshots.dir.join(name)).await?)),
+            None => Ok(None),
+        }
     }
 }

@@ -1,0 +1,362 @@
+//! The state machine's snapshots: files on disk, built without stalling apply, installed in one step, never
+//! replaced by an older build, refused when damaged, and bounded in number.
+
+use super::*;
+use crate::manager::store::{Op, Proposal};
+use crate::testing::CrashableStorage;
+use openraft::CommittedLeaderId;
+use std::collections::BTreeSet;
+use std::time::Duration;
+use tokio::io::AsyncReadExt;
+
+fn log_id(index: u64) -> LogId<NodeId> {
+    LogId::new(CommittedLeaderId::new(1, 1), index)
+}
+
+/// Entries `from..=to`, each creating the service `<prefix>-<index>`.
+fn creates(prefix: &str, from: u64, to: u64) -> Vec<Entry<TypeConfig>> {
+    (from..=to)
+        .map(|i| {
+            let s = crate::testing::service(&format!("{prefix}-{i}"), &format!("{prefix}-{i}"), 1);
+            Entry {
+                log_id: log_id(i),
+                payload: EntryPayload::Normal(Proposal {
+                    ops: vec![Op::Create(Object::Service(s))],
+                    timestamp: Default::default(),
+                }),
+            }
+        })
+        .collect()
+}
+
+fn names(sm: &RedbStateMachine) -> BTreeSet<String> {
+    sm.view().read(|v| v.services().map(|s| s.spec.annotations.name.clone()).collect())
+}
+
+fn expected(prefix: &str, from: u64, to: u64) -> BTreeSet<String> {
+    (from..=to).map(|i| format!("{prefix}-{i}")).collect()
+}
+
+/// The file names in the snapshot directory, sorted.
+fn files(sm: &RedbStateMachine) -> Vec<String> {
+    let mut names: Vec<String> =
+        std::fs::read_dir(sm.snapshot_dir()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    names.sort();
+    names
+}
+
+fn open_in(dir: &Path) -> RedbStateMachine {
+    RedbStateMachine::open(&dir.join("state.redb")).unwrap()
+}
+
+async fn build(sm: &mut RedbStateMachine) -> Snapshot<TypeConfig> {
+    sm.get_snapshot_builder().await.build_snapshot().await.unwrap()
+}
+
+async fn bytes_of(snapshot: Snapshot<TypeConfig>) -> Vec<u8> {
+    let mut data = Vec::new();
+    let mut file = snapshot.snapshot;
+    file.read_to_end(&mut data).await.unwrap();
+    data
+}
+
+/// Sends `bytes` the way openraft's receiver does: into the file `begin_receiving_snapshot` made, in chunks.
+async fn install_bytes(sm: &mut RedbStateMachine, meta: &Meta, bytes: &[u8]) -> StResult<()> {
+    let mut file = sm.begin_receiving_snapshot().await?;
+    for chunk in bytes.chunks(64 * 1024) {
+        file.write_all(chunk).await.unwrap();
+    }
+    sm.install_snapshot(meta, file).await
+}
+
+/// `source`'s current snapshot, installed on `target`.
+async fn install_from(target: &mut RedbStateMachine, source: &mut RedbStateMachine) -> StResult<()> {
+    let snap = source.get_current_snapshot().await?.expect("the source has a snapshot");
+    let meta = snap.meta.clone();
+    install_bytes(target, &meta, &bytes_of(snap).await).await
+}
+
+#[tokio::test]
+async fn a_snapshot_is_a_versioned_file_in_the_snapshot_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut sm = open_in(dir.path());
+    sm.apply(creates("a", 1, 50)).await.unwrap();
+    let snap = build(&mut sm).await;
+    assert_eq!(snap.meta.last_log_id, Some(log_id(50)));
+    let meta = snap.meta.clone();
+    let data = bytes_of(snap).await;
+
+    assert_eq!(sm.snapshot_dir(), dir.path().join("snapshots"));
+    let snaps = files(&sm);
+    assert!(snaps.len() == 1 && snaps[0].ends_with(".snap"), "one snapshot file in snapshots/: {snaps:?}");
+    let on_disk = std::fs::read(sm.snapshot_dir().join(&snaps[0])).unwrap();
+    assert_eq!(data, on_disk, "the snapshot handed to openraft is the file");
+    let text = String::from_utf8(on_disk).unwrap();
+    assert!(text.starts_with("{\"format\":1,"), "the file starts with its format version: {}", &text[..40]);
+    assert_eq!(text.lines().count(), 52, "a header, one line per object, a trailer");
+
+    sm.close().await;
+    let mut sm = open_in(dir.path());
+    assert_eq!(sm.snapshot_meta().unwrap(), Some(meta.clone()), "the snapshot is recorded across a restart");
+    let again = sm.get_current_snapshot().await.unwrap().expect("a current snapshot");
+    assert_eq!(bytes_of(again).await, data);
+}
+
+#[tokio::test]
+async fn building_a_snapshot_does_not_stall_apply() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut sm = open_in(dir.path());
+    sm.apply(creates("a", 1, 10)).await.unwrap();
+    let pause = sm.pause_next_snapshot_build();
+    let mut builder = sm.get_snapshot_builder().await;
+    let building = tokio::spawn(async move { builder.build_snapshot().await });
+    tokio::time::timeout(Duration::from_secs(10), pause.reached)
+        .await
+        .expect("the build never got to encoding")
+        .unwrap();
+
+    // The build is now between its copy of the state and its file: applying must go on.
+    tokio::time::timeout(Duration::from_secs(10), sm.apply(creates("a", 11, 20)))
+        .await
+        .expect("apply waited for the snapshot being built")
+        .unwrap();
+    assert_eq!(sm.applied_state().await.unwrap().0, Some(log_id(20)));
+
+    pause.release.send(()).unwrap();
+    let snap = building.await.unwrap().unwrap();
+    assert_eq!(snap.meta.last_log_id, Some(log_id(10)), "the snapshot is the state its build copied");
+    let text = String::from_utf8(bytes_of(snap).await).unwrap();
+    assert_eq!(text.lines().count(), 12, "the 10 objects of index 10, not those applied during the build");
+}
+
+#[tokio::test]
+async fn a_build_that_finishes_after_a_newer_install_is_discarded() {
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (mut a, mut b) = (open_in(da.path()), open_in(db.path()));
+    a.apply(creates("a", 1, 10)).await.unwrap();
+    b.apply(creates("b", 1, 30)).await.unwrap();
+    build(&mut b).await;
+
+    let pause = a.pause_next_snapshot_build();
+    let mut builder = a.get_snapshot_builder().await;
+    let building = tokio::spawn(async move { builder.build_snapshot().await });
+    tokio::time::timeout(Duration::from_secs(10), pause.reached).await.expect("the build never started").unwrap();
+    tokio::time::timeout(Duration::from_secs(10), install_from(&mut a, &mut b))
+        .await
+        .expect("the install waited for the paused build")
+        .unwrap();
+    pause.release.send(()).unwrap();
+    let built = building.await.unwrap().unwrap();
+
+    assert_eq!(built.meta.last_log_id, Some(log_id(30)), "the build hands openraft the newer, installed snapshot");
+    let stored = a.snapshot_meta().unwrap().expect("a snapshot is stored");
+    assert_eq!(stored.last_log_id, Some(log_id(30)), "the older build replaced the installed snapshot");
+    assert_eq!(names(&a), expected("b", 1, 30));
+    assert_eq!(a.applied_state().await.unwrap().0, Some(log_id(30)));
+    let snaps = files(&a);
+    assert_eq!(snaps.len(), 1, "only the installed snapshot's file is left: {snaps:?}");
+    let on_disk = snapshot_file::verify(&a.snapshot_dir().join(&snaps[0])).unwrap();
+    assert_eq!(on_disk, stored, "the file is the installed snapshot");
+
+    a.close().await;
+    let a = open_in(da.path());
+    assert_eq!(a.snapshot_meta().unwrap().and_then(|m| m.last_log_id), Some(log_id(30)));
+    assert_eq!(names(&a), expected("b", 1, 30));
+}
+
+/// What a reopened state machine holds: its services, last applied index, and its snapshot as recorded and as
+/// found in its (only) file.
+async fn state_of(sm: &mut RedbStateMachine) -> (BTreeSet<String>, Option<u64>, Option<u64>, Option<u64>) {
+    let applied = sm.applied_state().await.unwrap().0.map(|l| l.index);
+    let recorded = sm.snapshot_meta().unwrap().and_then(|m| m.last_log_id).map(|l| l.index);
+    let snaps: Vec<String> = files(sm).into_iter().filter(|f| f.ends_with(".snap")).collect();
+    assert!(snaps.len() <= 1, "leftover snapshot files after reopening: {snaps:?}");
+    let in_file = snaps.first().map(|f| {
+        let mut objects = 0;
+        let meta = snapshot_file::read(&sm.snapshot_dir().join(f), |_| objects += 1).unwrap();
+        meta.last_log_id.unwrap().index
+    });
+    (names(sm), applied, recorded, in_file)
+}
+
+#[tokio::test]
+async fn an_install_cut_short_at_any_step_leaves_the_old_state_or_the_new() {
+    let root = tempfile::tempdir().unwrap();
+    let disk = CrashableStorage::new();
+    let mut a = RedbStateMachine::open_backend(&root.path().join("a/state.redb"), disk.clone()).unwrap();
+    a.apply(creates("a", 1, 10)).await.unwrap();
+    build(&mut a).await;
+    let mut b = open_in(&root.path().join("b"));
+    b.apply(creates("b", 1, 30)).await.unwrap();
+    build(&mut b).await;
+
+    // At each step, what a power cut would leave: redb's synced bytes and the snapshot directory's files.
+    let crashes = Arc::new(std::sync::Mutex::new(Vec::new()));
+    {
+        let (crashes, disk, root) = (crashes.clone(), disk.clone(), root.path().to_path_buf());
+        let from = a.snapshot_dir().to_path_buf();
+        a.on_install_step(move |step| {
+            let to = root.join(format!("crash-{step}/snapshots"));
+            std::fs::create_dir_all(&to).unwrap();
+            for f in std::fs::read_dir(&from).unwrap() {
+                let f = f.unwrap();
+                std::fs::copy(f.path(), to.join(f.file_name())).unwrap();
+            }
+            crashes.lock().unwrap().push((step, disk.after_power_cut(), to.parent().unwrap().join("state.redb")));
+        });
+    }
+    install_from(&mut a, &mut b).await.unwrap();
+
+    let crashes = std::mem::take(&mut *crashes.lock().unwrap());
+    let steps: Vec<&str> = crashes.iter().map(|c| c.0).collect();
+    assert_eq!(steps, ["file-in-place", "committed", "old-files-removed"]);
+    let old = (expected("a", 1, 10), Some(10), Some(10), Some(10));
+    let new = (expected("b", 1, 30), Some(30), Some(30), Some(30));
+    for (step, disk, name) in crashes {
+        let mut sm = RedbStateMachine::open_backend(&name, disk).unwrap();
+        let got = state_of(&mut sm).await;
+        let want = if step == "file-in-place" { &old } else { &new };
+        assert!(got == *want, "power cut after {step}: want {want:?}, got {got:?}");
+        sm.close().await;
+    }
+}
+
+#[tokio::test]
+async fn a_damaged_snapshot_is_refused_naming_the_file_and_changes_nothing() {
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (mut a, mut b) = (open_in(da.path()), open_in(db.path()));
+    a.apply(creates("a", 1, 10)).await.unwrap();
+    let before = bytes_of(build(&mut a).await).await;
+    b.apply(creates("b", 1, 30)).await.unwrap();
+    let snap = build(&mut b).await;
+    let meta = snap.meta.clone();
+    let good = bytes_of(snap).await;
+
+    let altered = String::from_utf8(good.clone()).unwrap().replacen("\"b-17\"", "\"b-99\"", 1).into_bytes();
+    assert_ne!(altered, good);
+    let cases = [
+        ("cut short", good[..good.len() / 2].to_vec(), "truncated"),
+        ("altered", altered, "checksum"),
+        ("garbage", b"hello\n".to_vec(), "corrupt"),
+    ];
+    for (what, bytes, says) in cases {
+        let err = install_bytes(&mut a, &meta, &bytes).await.expect_err(what).to_string();
+        assert!(
+            err.contains(&a.snapshot_dir().join("recv-").display().to_string()),
+            "{what}: the error names the received file: {err}"
+        );
+        assert!(err.contains(says), "{what}: the error says {says:?}: {err}");
+        assert_eq!(names(&a), expected("a", 1, 10), "{what}: objects changed");
+        assert_eq!(a.applied_state().await.unwrap().0, Some(log_id(10)), "{what}: last applied changed");
+        assert_eq!(a.snapshot_meta().unwrap().and_then(|m| m.last_log_id), Some(log_id(10)), "{what}");
+        let current = a.get_current_snapshot().await.unwrap().expect("the old snapshot is still there");
+        assert_eq!(bytes_of(current).await, before, "{what}: the current snapshot file changed");
+    }
+    install_bytes(&mut a, &meta, &good).await.expect("the intact snapshot installs");
+    assert_eq!(names(&a), expected("b", 1, 30));
+    assert_eq!(files(&a).len(), 1, "the rejected received files are gone: {:?}", files(&a));
+}
+
+#[tokio::test]
+async fn a_damaged_current_snapshot_is_set_aside_at_start_and_no_state_is_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut sm = open_in(dir.path());
+    sm.apply(creates("a", 1, 10)).await.unwrap();
+    build(&mut sm).await;
+    sm.apply(creates("a", 11, 12)).await.unwrap();
+    let name = files(&sm).pop().unwrap();
+    let path = sm.snapshot_dir().join(&name);
+    sm.close().await;
+    let len = std::fs::metadata(&path).unwrap().len();
+    std::fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(len - 10).unwrap();
+
+    let mut sm = open_in(dir.path());
+    assert_eq!(sm.snapshot_meta().unwrap(), None, "a damaged snapshot is not offered to openraft");
+    assert_eq!(names(&sm), expected("a", 1, 12), "the objects come from state.redb, not the snapshot");
+    assert_eq!(files(&sm), [format!("{name}.damaged")], "the damaged file is kept aside for inspection");
+    let rebuilt = build(&mut sm).await;
+    assert_eq!(rebuilt.meta.last_log_id, Some(log_id(12)));
+    assert_eq!(files(&sm).iter().filter(|f| f.ends_with(".snap")).count(), 1);
+}
+
+#[tokio::test]
+async fn old_snapshot_files_are_removed_once_a_newer_one_is_stored() {
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (mut a, mut b) = (open_in(da.path()), open_in(db.path()));
+    for round in 1..=3u64 {
+        a.apply(creates("a", round * 10 - 9, round * 10)).await.unwrap();
+        build(&mut a).await;
+        let f = files(&a);
+        assert!(f.len() == 1 && f[0].ends_with(".snap"), "after build {round}: {f:?}");
+    }
+    b.apply(creates("b", 1, 40)).await.unwrap();
+    build(&mut b).await;
+    install_from(&mut a, &mut b).await.unwrap();
+    let f = files(&a);
+    assert!(f.len() == 1 && f[0].ends_with(".snap"), "after an install: {f:?}");
+
+    // Leftovers of a crash (a file put in place but never recorded, temporaries) go at the next start.
+    a.close().await;
+    for stale in ["00000000000000000099-0000000000000000.snap", "build-1.tmp", "recv-2.tmp"] {
+        std::fs::write(da.path().join("snapshots").join(stale), b"x").unwrap();
+    }
+    let a = open_in(da.path());
+    assert_eq!(files(&a), f, "only the recorded snapshot is kept");
+}
+
+#[tokio::test]
+async fn a_snapshot_kept_inside_state_redb_by_an_older_release_is_moved_to_a_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut sm = open_in(dir.path());
+    sm.apply(creates("a", 1, 5)).await.unwrap();
+    let meta = build(&mut sm).await.meta;
+    sm.close().await;
+
+    // The older layout: the snapshot's bytes in state.redb, no file. Its objects differ from the state's, to tell
+    // which one the file is made of.
+    let old: Vec<Object> = creates("old", 1, 3)
+        .into_iter()
+        .map(|e| match e.payload {
+            EntryPayload::Normal(mut p) => match p.ops.remove(0) {
+                Op::Create(o) => o,
+                _ => unreachable!(),
+            },
+            _ => unreachable!(),
+        })
+        .collect();
+    {
+        let db = redb::Database::create(dir.path().join("state.redb")).unwrap();
+        let tx = db.begin_write().unwrap();
+        {
+            let mut t = tx.open_table(SNAPSHOT).unwrap();
+            t.remove(KEY_SNAP_FILE).unwrap();
+            let doc = serde_json::json!({
+                "last_applied": meta.last_log_id,
+                "membership": meta.last_membership,
+                "objects": old,
+            });
+            t.insert(KEY_SNAP_DATA, encode(&doc).as_slice()).unwrap();
+        }
+        tx.commit().unwrap();
+    }
+    for f in std::fs::read_dir(dir.path().join("snapshots")).unwrap() {
+        std::fs::remove_file(f.unwrap().path()).unwrap();
+    }
+
+    let sm = open_in(dir.path());
+    assert_eq!(sm.snapshot_meta().unwrap(), Some(meta.clone()), "the snapshot is still the current one");
+    let snaps = files(&sm);
+    assert!(snaps.len() == 1 && snaps[0].ends_with(".snap"), "the snapshot was written out as a file: {snaps:?}");
+    let mut got = BTreeSet::new();
+    let in_file = snapshot_file::read(&sm.snapshot_dir().join(&snaps[0]), |o| {
+        got.insert(o.id().to_string());
+    })
+    .unwrap();
+    assert_eq!(in_file, meta);
+    assert_eq!(got, expected("old", 1, 3), "the file holds the snapshot's objects");
+    assert_eq!(names(&sm), expected("a", 1, 5), "the state is untouched");
+    sm.close().await;
+    let db = redb::Database::create(dir.path().join("state.redb")).unwrap();
+    let tx = db.begin_read().unwrap();
+    assert!(tx.open_table(SNAPSHOT).unwrap().get(KEY_SNAP_DATA).unwrap().is_none(), "the bytes left state.redb");
+}
