@@ -413,3 +413,37 @@ async fn a_promoted_worker_joins_the_managers_and_a_demoted_manager_leaves_them(
     w.shutdown().await;
     m0.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_certificate_reaches_neither_raft_nor_the_control_api() {
+    use swarm::transport::control::control_client::ControlClient;
+    use swarm::transport::raft::raft_client::RaftClient;
+    let dir = tempfile::tempdir().unwrap();
+    let exec = TestExecutor::new("host-0");
+    let (m0, addr0) = init(dir.path(), &exec, None).await;
+    let (cluster_id, ca_pem, ca_key) = m0.store().unwrap().view(|v| {
+        let c = v.cluster().unwrap();
+        (c.id.clone(), c.root_ca.ca_cert_pem.clone(), c.root_ca.ca_key_pem.clone())
+    });
+    let root = swarm::ca::RootCa::from_pem(&ca_pem, &ca_key).unwrap();
+    let worker = swarm::ca::issue_identity(&root, "someworker", NodeRole::Worker, &cluster_id).unwrap();
+    let channel = tonic::transport::Endpoint::from_shared(format!("https://{addr0}"))
+        .unwrap()
+        .tls_config(swarm::ca::client_tls_config(&worker).unwrap())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let proposal = swarm::manager::store::Proposal { ops: vec![], timestamp: Default::default() };
+    let e = RaftClient::new(channel.clone())
+        .propose(swarm::manager::raft::wire::ProposeRequest { proposal })
+        .await
+        .expect_err("a worker cannot propose");
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
+    let e = ControlClient::new(channel)
+        .list_services(swarm::api::control::ListServicesRequest::default())
+        .await
+        .expect_err("the control API is not on the cluster listener");
+    assert_eq!(e.code(), tonic::Code::Unimplemented, "{e:?}");
+    m0.shutdown().await;
+}

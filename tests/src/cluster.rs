@@ -356,6 +356,27 @@ impl Cluster {
         n.ok(&["swarm", "join", "--token", &join.worker_token, "--advertise-addr", &n.ip.to_string(), &join.addr]);
     }
 
+    /// `swarm join --token <manager token> --advertise-addr <its ip> <manager>` on node `number`.
+    pub fn join_manager(&self, number: usize, join: &JoinInfo) {
+        let n = self.node(number);
+        let out =
+            n.ok(&["swarm", "join", "--token", &join.manager_token, "--advertise-addr", &n.ip.to_string(), &join.addr]);
+        assert!(out.contains("as a manager"), "node {number} joined, but not as a manager: {out}");
+    }
+
+    /// The number of the node that node `asked` lists as Leader, if it lists exactly one.
+    pub fn leader(&self, asked: usize) -> Option<usize> {
+        let out = self.node(asked).shoal_within(&["node", "ls", "--format", "json"], Duration::from_secs(5))?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let leaders: Vec<usize> = text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v.get("ManagerStatus").and_then(|s| s.as_str()) == Some("Leader"))
+            .filter_map(|v| v.get("Hostname")?.as_str()?.strip_prefix("node-")?.parse().ok())
+            .collect();
+        (leaders.len() == 1).then(|| leaders[0])
+    }
+
     /// The nodes as node `manager` lists them (`node ls --format json`), parsed strictly.
     pub fn node_rows(&self, manager: usize) -> Vec<NodeRow> {
         let out = self.node(manager).ok(&["node", "ls", "--format", "json"]);
