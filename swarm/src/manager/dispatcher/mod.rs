@@ -383,7 +383,7 @@ impl Dispatcher {
             let a = self.active.lock().unwrap_or_else(|e| e.into_inner());
             a.as_ref().map_or(DEFAULT_SESSION_GRACE, |a| a.session_grace)
         };
-        let grace = Grace { heartbeat, session };
+        let grace = Grace { heartbeat, session, reconnect: self.config().heartbeat_period + session };
         let expired = self.sessions.lock().unwrap_or_else(|e| e.into_inner()).expire(Instant::now(), grace);
         for (node_id, reason) in expired {
             tracing::warn!(node.id = %node_id, reason = reason.message(), "node is down");

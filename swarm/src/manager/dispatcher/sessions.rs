@@ -42,6 +42,11 @@ impl DownReason {
 pub(crate) struct Grace {
     pub heartbeat: Duration,
     pub session: Duration,
+    /// For a node that was up when this dispatcher started (a new leader) and has not opened a session here: a
+    /// live agent notices the old leader is gone within half a heartbeat period (its call deadline) and reconnects
+    /// at once, so one period plus the session grace is plenty, and the dead leader's own node is replaced
+    /// sooner than after three missed heartbeats.
+    pub reconnect: Duration,
 }
 
 /// Open sessions by session id; at most one per node.
@@ -133,7 +138,7 @@ impl Sessions {
             })
             .collect();
         let silent: Vec<String> =
-            self.unknown.iter().filter(|(_, t)| since(**t) > grace.heartbeat).map(|(n, _)| n.clone()).collect();
+            self.unknown.iter().filter(|(_, t)| since(**t) > grace.reconnect).map(|(n, _)| n.clone()).collect();
         for n in silent {
             self.unknown.remove(&n);
             nodes.push((n, DownReason::NeverReconnected));
@@ -170,7 +175,11 @@ mod tests {
     use super::*;
 
     const PERIOD: Duration = Duration::from_secs(5);
-    const GRACE: Grace = Grace { heartbeat: Duration::from_secs(15), session: Duration::from_secs(1) };
+    const GRACE: Grace = Grace {
+        heartbeat: Duration::from_secs(15),
+        session: Duration::from_secs(1),
+        reconnect: Duration::from_secs(6),
+    };
 
     fn down(nodes: &[&str], reason: DownReason) -> Vec<(String, DownReason)> {
         nodes.iter().map(|n| (n.to_string(), reason)).collect()
@@ -274,9 +283,9 @@ mod tests {
         s.expect("n1", t0);
         s.expect("n2", t0);
         s.open("n2", CancellationToken::new(), t0 + PERIOD);
-        assert_eq!(s.expire(t0 + GRACE.heartbeat, GRACE), vec![], "exactly at the grace is still up");
+        assert_eq!(s.expire(t0 + GRACE.reconnect, GRACE), vec![], "exactly at the grace is still up");
         assert_eq!(
-            s.expire(t0 + GRACE.heartbeat + Duration::from_millis(1), GRACE),
+            s.expire(t0 + GRACE.reconnect + Duration::from_millis(1), GRACE),
             down(&["n1"], DownReason::NeverReconnected),
             "n2 opened a session in time"
         );
