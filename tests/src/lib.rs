@@ -116,7 +116,7 @@ fn tail(log: &Path, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
-fn shoal_command(socket: &Path, args: &[&str]) -> Command {
+pub fn shoal_command(socket: &Path, args: &[&str]) -> Command {
     let mut c = Command::new(bin_dir().join("shoal"));
     c.arg("-H").arg(format!("unix://{}", socket.display())).args(args).stdin(Stdio::null());
     c
