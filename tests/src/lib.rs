@@ -5,6 +5,7 @@
 //! out says what it was waiting for and what it saw last.
 
 pub mod cluster;
+pub mod failoverbench;
 pub mod netns;
 pub mod raftbench;
 pub mod scale;

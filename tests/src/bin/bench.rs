@@ -8,6 +8,10 @@
 //! `shoal_tests::scale`): a real manager and N simulated nodes in this process; default preset is the small one CI
 //! runs.
 //!
+//! `bench failover [--rounds N]` measures recovery on real daemons in the multi-node harness (see
+//! `shoal_tests::failoverbench`): join time per node, leader SIGKILL → first write and → tasks back, worker SIGKILL
+//! and SIGSTOP → tasks elsewhere.
+//!
 //! `bench raft [--writes N] [--writers N] [--failovers N]` measures three managers in this process (see
 //! `shoal_tests::raftbench`): join time, write throughput and p50/p99 latency, leader failover.
 
@@ -95,6 +99,21 @@ fn raft(args: &[String]) -> anyhow::Result<()> {
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("failover") {
+        let rounds = match args.get(1..).unwrap_or_default() {
+            [] => 3,
+            [flag, n] if flag == "--rounds" => n.parse().unwrap_or_else(|_| {
+                eprintln!("bench failover: invalid value {n:?} for --rounds: not a number");
+                std::process::exit(2)
+            }),
+            other => {
+                eprintln!("bench failover: unknown arguments {other:?} (expected --rounds N)");
+                std::process::exit(2)
+            }
+        };
+        shoal_tests::failoverbench::run(rounds);
+        return;
+    }
     if args.first().map(String::as_str) == Some("raft") {
         if let Err(e) = raft(&args[1..]) {
             eprintln!("bench raft: {e}");
