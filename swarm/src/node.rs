@@ -886,18 +886,11 @@ impl<E: Executor> SwarmNode<E> {
         let Some(r) = running.as_ref() else { return Err(NodeError::NotMember) };
         if let Some(m) = &r.manager {
             let voters = m.raft.voters();
-            if !force {
-                if voters.len() <= 1 {
-                    return Err(NodeError::LastManager);
-                }
-                let reachable = voters.iter().filter(|(id, addr)| *id == r.me.raft_id || m.raft.is_reachable(addr));
-                let (left, of) = (reachable.count() - 1, voters.len() - 1);
-                if left * 2 <= of {
-                    return Err(NodeError::QuorumAtRisk { left, of });
-                }
+            if !force && voters.len() <= 1 {
+                return Err(NodeError::LastManager);
             }
             if voters.len() > 1 {
-                match leave_group(&m.raft, &m.store, &r.me).await {
+                match leave_group(&m.raft, &m.store, &r.me, force).await {
                     Ok(()) => {}
                     Err(e) if force => tracing::warn!(error = %e, "leaving without telling the other managers"),
                     Err(e) => return Err(e),
@@ -1022,20 +1015,28 @@ async fn ask_to_join(raft: &RaftHandle, remote: &str, raft_id: u64, addr: &str) 
 
 /// Takes this manager out of the Raft group (through the leader, or itself if it leads) and records it as a
 /// worker that is down, as `node ls` then shows it until `node rm`.
-async fn leave_group(raft: &RaftHandle, store: &Store, me: &PersistedNode) -> Result<(), NodeError> {
+async fn leave_group(raft: &RaftHandle, store: &Store, me: &PersistedNode, force: bool) -> Result<(), NodeError> {
+    let refused = |f: RemoteFailure| match f {
+        RemoteFailure::QuorumAtRisk { left, of } => NodeError::QuorumAtRisk { left, of },
+        f => NodeError::Membership(format!("leaving the managers: {}", failure_text(&f))),
+    };
     if raft.is_leader() {
-        raft::leave_group(raft, store, &me.node_id, me.raft_id)
-            .await
-            .map_err(|f| NodeError::Membership(format!("leaving the managers: {}", failure_text(&f))))
-    } else {
-        let leader =
-            raft.leader_addr().ok_or_else(|| NodeError::Membership("leaving the managers: no leader".into()))?;
-        let req = LeaveRequest { raft_id: me.raft_id };
-        match raft.peers().call(&leader, RAFT_JOIN_TIMEOUT, |mut c| async move { c.leave(req).await }).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(f)) => Err(NodeError::Membership(format!("leaving the managers: {}", failure_text(&f)))),
-            Err(e) => Err(NodeError::Membership(format!("leaving the managers: {e}"))),
-        }
+        return raft::leave_group(raft, store, &me.node_id, me.raft_id, force).await.map_err(refused);
+    }
+    let Some(leader) = raft.leader_addr() else {
+        // No leader to ask: the managers left have no quorum now.
+        let of = raft.voters().len().saturating_sub(1);
+        return Err(if force {
+            NodeError::Membership("leaving the managers: no leader".into())
+        } else {
+            NodeError::QuorumAtRisk { left: 0, of }
+        });
+    };
+    let req = LeaveRequest { raft_id: me.raft_id, force };
+    match raft.peers().call(&leader, RAFT_JOIN_TIMEOUT, |mut c| async move { c.leave(req).await }).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(f)) => Err(refused(f)),
+        Err(e) => Err(NodeError::Membership(format!("leaving the managers: {e}"))),
     }
 }
 
@@ -1044,6 +1045,7 @@ fn failure_text(f: &RemoteFailure) -> String {
         RemoteFailure::Apply(e) => e.to_string(),
         RemoteFailure::NotLeader { leader } => StoreError::NotLeader { leader: leader.clone() }.to_string(),
         RemoteFailure::QuorumLost { reachable } => StoreError::QuorumLost { reachable: reachable.clone() }.to_string(),
+        RemoteFailure::QuorumAtRisk { left, of } => NodeError::QuorumAtRisk { left: *left, of: *of }.to_string(),
         RemoteFailure::Refused(m) | RemoteFailure::Raft(m) => m.clone(),
     }
 }

@@ -447,3 +447,54 @@ async fn a_worker_certificate_reaches_neither_raft_nor_the_control_api() {
     assert_eq!(e.code(), tonic::Code::Unimplemented, "{e:?}");
     m0.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manager_leaves_only_when_the_others_keep_a_quorum() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let execs: Vec<_> = (0..3).map(|i| TestExecutor::new(&format!("host-{i}"))).collect();
+    let (m0, addr0) = init(dirs[0].path(), &execs[0], None).await;
+    let token = manager_token(&m0);
+    let m1 = join_manager(dirs[1].path(), &execs[1], &addr0, &token).await;
+    let m2 = join_manager(dirs[2].path(), &execs[2], &addr0, &token).await;
+    let m2_id = m2.info().await.node_id;
+
+    step("one of three managers down: leaving another would leave 1 reachable of 2, refused without --force");
+    let leader = wait_leader(&[&m0, &m1, &m2]).await;
+    let (down, asker) = match leader {
+        0 => (&m2, &m1),
+        1 => (&m2, &m0),
+        _ => (&m1, &m0),
+    };
+    down.shutdown().await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let e = asker.leave(false).await.expect_err("leaving would lose the quorum");
+    assert!(e.to_string().contains("Removing this node leaves 1 managers out of 2"), "{e}");
+    assert!(down.resume().await.unwrap());
+
+    step("all three up: m2 leaves without --force; it is recorded as a worker and is no longer a voter");
+    // Once the leader hears from the returned manager again, m2 may go.
+    let start = Instant::now();
+    loop {
+        match m2.leave(false).await {
+            Ok(()) => break,
+            Err(e) if start.elapsed() < DEADLINE => {
+                eprintln!("    not yet: {e}");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => panic!("a manager cannot leave while two stay: {e}"),
+        }
+    }
+    let raft0 = m0.raft().await.unwrap();
+    let store = m0.store().unwrap();
+    wait_for("m2 recorded as a worker, two voters left", || {
+        let role = store.view(|v| v.node(&m2_id).map(|n| (n.role, n.manager_status.is_some())));
+        let voters = raft0.voters().len();
+        (role == Some((NodeRole::Worker, false)) && voters == 2)
+            .then_some(())
+            .ok_or(format!("{role:?}, {voters} voters"))
+    })
+    .await;
+    create(&store, "after-leave", 0).await.expect("the two managers left keep writing");
+    m1.shutdown().await;
+    m0.shutdown().await;
+}

@@ -7,6 +7,7 @@
 //!   voters; then its role becomes worker, and the node renews its certificate as a worker and stops its manager.
 
 use crate::api::{Node, NodeRole};
+use crate::manager::raft::wire::RemoteFailure;
 use crate::manager::raft::{leave_group, RaftHandle};
 use crate::manager::store::{Store, StoreError};
 use std::time::Duration;
@@ -78,28 +79,13 @@ impl RoleManager {
                         .await
                         .map_err(|e| e.to_string());
                 };
-                let voters = self.raft.voters();
-                if voters.iter().any(|(v, _)| *v == ms.raft_id) {
-                    let rest: Vec<_> = voters.iter().filter(|(v, _)| *v != ms.raft_id).collect();
-                    let reachable = rest
-                        .iter()
-                        .filter(|(_, addr)| *addr == self.own_addr() || self.raft.is_reachable(addr))
-                        .count();
-                    if rest.is_empty() || reachable * 2 <= rest.len() {
-                        return Err(format!(
-                            "demoting it would leave {reachable} reachable managers out of {}: no quorum",
-                            rest.len()
-                        ));
-                    }
+                if let Err(RemoteFailure::QuorumAtRisk { left, of }) = self.raft.quorum_without(ms.raft_id) {
+                    return Err(format!("demoting it would leave {left} reachable managers out of {of}: no quorum"));
                 }
                 tracing::info!(node.id = %node.id, raft.id = ms.raft_id, "demoting to worker");
-                leave_group(&self.raft, &self.store, &node.id, ms.raft_id).await.map_err(|f| format!("{f:?}"))
+                leave_group(&self.raft, &self.store, &node.id, ms.raft_id, false).await.map_err(|f| format!("{f:?}"))
             }
             _ => Ok(()),
         }
-    }
-
-    fn own_addr(&self) -> String {
-        self.raft.leader_addr().unwrap_or_default()
     }
 }

@@ -369,6 +369,21 @@ impl RaftHandle {
         Ok(())
     }
 
+    /// On the leader: whether the voters other than `id` keep a reachable majority; if not, how many of how many
+    /// would be reachable.
+    pub fn quorum_without(&self, id: NodeId) -> Result<(), RemoteFailure> {
+        let voters = self.voters();
+        if !voters.iter().any(|(v, _)| *v == id) {
+            return Ok(());
+        }
+        let rest: Vec<_> = voters.iter().filter(|(v, _)| *v != id).collect();
+        let left = rest.iter().filter(|(v, addr)| *v == self.id || self.peers.reachable(addr)).count();
+        if rest.is_empty() || left * 2 <= rest.len() {
+            return Err(RemoteFailure::QuorumAtRisk { left, of: rest.len() });
+        }
+        Ok(())
+    }
+
     /// The peer table (channels and when each peer last answered).
     pub fn peers(&self) -> &Arc<Peers> {
         &self.peers
@@ -429,6 +444,9 @@ fn store_error(f: RemoteFailure) -> StoreError {
         RemoteFailure::Apply(e) => StoreError::Apply(e),
         RemoteFailure::NotLeader { leader } => StoreError::NotLeader { leader },
         RemoteFailure::QuorumLost { reachable } => StoreError::QuorumLost { reachable },
+        RemoteFailure::QuorumAtRisk { left, of } => {
+            StoreError::Raft(format!("removing the manager would leave {left} reachable managers out of {of}"))
+        }
         RemoteFailure::Refused(m) | RemoteFailure::Raft(m) => StoreError::Raft(m),
     }
 }

@@ -22,9 +22,19 @@ impl RaftService {
 
 /// On the leader: records manager `node_id` as a worker, then removes it from the Raft group. The node stays
 /// listed (down once its session ends) until `node rm`, as Docker shows a manager that left.
-pub async fn leave_group(raft: &RaftHandle, store: &Store, node_id: &str, raft_id: NodeId) -> MembershipReply {
+pub async fn leave_group(
+    raft: &RaftHandle,
+    store: &Store,
+    node_id: &str,
+    raft_id: NodeId,
+    force: bool,
+) -> MembershipReply {
     if !raft.is_leader() {
         return Err(RemoteFailure::NotLeader { leader: raft.leader_addr() });
+    }
+    // The leader judges: it alone hears from every manager.
+    if !force {
+        raft.quorum_without(raft_id)?;
     }
     store
         .update_retrying(3, |tx| {
@@ -48,11 +58,16 @@ impl RaftService {
     /// snapshot) cannot tell and accepts the leader that is bringing it up to date.
     fn manager<T>(&self, req: &Request<T>) -> Result<crate::ca::PeerIdentity, Status> {
         let peer = crate::ca::authenticate(req, &[NodeRole::Manager])?;
-        let known = self
-            .store
-            .view(|v| v.cluster().is_none() || v.node(&peer.node_id).is_some_and(|n| n.manager_status.is_some()));
+        let (known, addr) = self.store.view(|v| {
+            let addr = v.node(&peer.node_id).and_then(|n| n.manager_status.as_ref()).map(|m| m.addr.clone());
+            (v.cluster().is_none() || addr.is_some(), addr)
+        });
         if !known {
             return Err(Status::permission_denied(format!("node {} is not a manager of this swarm", peer.node_id)));
+        }
+        // A call in is as good a sign of life as an answer out: a follower hears from the leader this way only.
+        if let Some(addr) = addr {
+            self.raft.peers().answered(&addr);
         }
         Ok(peer)
     }
@@ -105,6 +120,6 @@ impl RaftRpc for RaftService {
             )))));
         }
         tracing::info!(node.id = %peer.node_id, raft.id = r.raft_id, "removing a manager that leaves");
-        Ok(Response::new(leave_group(&self.raft, &self.store, &peer.node_id, r.raft_id).await))
+        Ok(Response::new(leave_group(&self.raft, &self.store, &peer.node_id, r.raft_id, r.force).await))
     }
 }

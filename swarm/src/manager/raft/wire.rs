@@ -63,6 +63,8 @@ pub enum RemoteFailure {
     NotLeader { leader: Option<String> },
     /// The leader lost its quorum; `reachable` are the managers it still hears from.
     QuorumLost { reachable: Vec<String> },
+    /// Removing the manager would leave `left` reachable managers out of `of`: no quorum.
+    QuorumAtRisk { left: usize, of: usize },
     /// The request is not acceptable (the message says why).
     Refused(String),
     /// Raft failed.
@@ -81,6 +83,9 @@ pub struct JoinRequest {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LeaveRequest {
     pub raft_id: NodeId,
+    /// Leave even if the managers left would have no quorum (`swarm leave --force`).
+    #[serde(default)]
+    pub force: bool,
 }
 
 pub type MembershipReply = Result<(), RemoteFailure>;
