@@ -372,7 +372,23 @@ impl Dispatcher {
                 _ = stopped.cancelled() => return,
                 _ = tokio::time::sleep(every) => {}
             }
+            self.follow_cluster_spec(&store);
             self.check_sessions(&store).await;
+        }
+    }
+
+    /// Takes up a heartbeat period or session grace changed by `swarm update`: agents get the new period in their
+    /// next heartbeat answer.
+    fn follow_cluster_spec(&self, store: &Store) {
+        let Some(spec) = store.view(|v| v.cluster().map(|c| c.spec.dispatcher.clone())) else { return };
+        let mut cfg = self.cfg.lock().unwrap_or_else(|e| e.into_inner());
+        if cfg.heartbeat_period != spec.heartbeat_period {
+            tracing::info!(period = ?spec.heartbeat_period, "heartbeat period changed");
+            cfg.heartbeat_period = spec.heartbeat_period;
+        }
+        drop(cfg);
+        if let Some(a) = self.active.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+            a.session_grace = spec.session_grace;
         }
     }
 
@@ -476,6 +492,49 @@ mod tests {
         }
         assert!(closed1.is_cancelled(), "n1's session streams are closed");
         assert!(matches!(d.heartbeat("n1", &s1), Err(DispatcherError::InvalidSession(_))));
+        shutdown.cancel();
+    }
+
+    #[tokio::test]
+    async fn a_heartbeat_period_changed_in_the_cluster_spec_reaches_the_agents() {
+        let store = Store::in_memory();
+        let cluster = crate::api::Cluster {
+            id: "c1".into(),
+            meta: Default::default(),
+            spec: crate::api::ClusterSpec {
+                annotations: Default::default(),
+                orchestration: Default::default(),
+                raft: Default::default(),
+                dispatcher: crate::api::DispatcherConfig {
+                    heartbeat_period: Duration::from_millis(200),
+                    ..Default::default()
+                },
+                ca_config: Default::default(),
+            },
+            root_ca: Default::default(),
+            removed_nodes: Default::default(),
+        };
+        store.update(|tx| Ok::<_, StoreError>(tx.create(cluster))).await.unwrap();
+        let (d, store, shutdown) = running_dispatcher_on(store, Duration::from_millis(200)).await;
+        let (s1, _) = d.open_session("n1", description("host-1"), String::new()).await.unwrap();
+        store
+            .update(|tx| {
+                let mut c = tx.view().cluster().cloned().unwrap();
+                c.spec.dispatcher.heartbeat_period = Duration::from_secs(3);
+                tx.update(c);
+                Ok::<_, StoreError>(())
+            })
+            .await
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let p = d.heartbeat("n1", &s1).expect("the session stays valid");
+            if p >= Duration::from_millis(2500) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "still answering a period of {p:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         shutdown.cancel();
     }
 
