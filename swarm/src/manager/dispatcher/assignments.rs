@@ -28,6 +28,11 @@ impl AssignmentSet {
         AssignmentSet { node_id: node_id.into(), sent: HashMap::new() }
     }
 
+    /// The node this set is for.
+    pub fn node_id(&self) -> &str {
+        &self.node_id
+    }
+
     /// The full set from the store, resetting what was sent.
     pub fn complete(&mut self, view: &MemoryStore) -> AssignmentsMessage {
         self.sent.clear();

@@ -7,10 +7,10 @@ use super::{Dispatcher, DispatcherError};
 use crate::api::control::Empty;
 use crate::api::dispatch::*;
 use crate::api::NodeRole;
+use crate::manager::store::NodeWatchError;
 use crate::transport::dispatcher::dispatcher_server::Dispatcher as DispatcherRpc;
 use std::pin::Pin;
 use std::time::Duration;
-use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::Stream;
@@ -133,7 +133,9 @@ impl DispatcherRpc for DispatcherService {
         let closed = self.dispatcher.check_session(&node_id, &req.into_inner().session_id)?;
         let (store, _) = self.dispatcher.store().map_err(|e| self.refuse(e))?;
         let mut set = AssignmentSet::new(&node_id);
-        let (complete, mut events) = store.view_and_watch(|v| set.complete(v));
+        // Only this node's task events reach this stream (the store routes them), so a change costs the sessions
+        // it concerns and no other.
+        let (complete, mut events) = store.view_and_watch_node(&node_id, |v| set.complete(v));
         let (tx, rx) = mpsc::channel(16);
         tokio::spawn(async move {
             if tx.send(Ok(complete)).await.is_err() {
@@ -153,21 +155,22 @@ impl DispatcherRpc for DispatcherService {
                 let mut resync = false;
                 match first {
                     Ok(ev) => set.apply(&ev, &mut msg),
-                    Err(RecvError::Lagged(_)) => resync = true,
-                    Err(RecvError::Closed) => return,
+                    Err(NodeWatchError::Behind) => resync = true,
+                    Err(NodeWatchError::Closed) => return,
                 }
                 let deadline = tokio::time::Instant::now() + ASSIGNMENT_BATCH;
                 while !resync {
                     match tokio::time::timeout_at(deadline, events.recv()).await {
                         Ok(Ok(ev)) => set.apply(&ev, &mut msg),
-                        Ok(Err(RecvError::Lagged(_))) => resync = true,
-                        Ok(Err(RecvError::Closed)) => return,
+                        Ok(Err(NodeWatchError::Behind)) => resync = true,
+                        Ok(Err(NodeWatchError::Closed)) => return,
                         Err(_) => break,
                     }
                 }
                 let out = if resync {
-                    let (m, rx2) = store.view_and_watch(|v| set.complete(v));
-                    events = rx2;
+                    let node_id = set.node_id().to_string();
+                    let (m, w) = store.view_and_watch_node(&node_id, |v| set.complete(v));
+                    events = w;
                     m
                 } else {
                     msg

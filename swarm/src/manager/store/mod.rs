@@ -5,6 +5,7 @@
 //!                                                                                            │
 //!   component ◀── watch (broadcast of Event) ◀── MemoryStore::apply ◀── state machine (redb) ◀┘
 //!   component ── Store::view(|v| …) reads the MemoryStore under a read lock
+//!   dispatcher session ◀── NodeWatch (one node's task events, Arc-shared) ◀── routed while applying
 //! ```
 //! The store is the bus: components never call each other, they write here and watch here. An update carries the
 //! version it read; a stale one fails with "update out of sequence" and the caller reads again.
@@ -13,8 +14,10 @@
 //! versions. Component tests use it; the product always runs on Raft.
 
 mod memory;
+mod watch;
 
 pub use memory::MemoryStore;
+pub use watch::{NodeWatch, NodeWatchError};
 
 use crate::api::{Object, ObjectKind, Timestamp};
 use serde::{Deserialize, Serialize};
@@ -111,6 +114,7 @@ impl StoreError {
 pub struct SharedView {
     view: RwLock<MemoryStore>,
     events: broadcast::Sender<Event>,
+    nodes: watch::NodeRouter,
 }
 
 /// How many events a slow watcher may fall behind before it must re-read the store (it gets `Lagged`).
@@ -119,7 +123,7 @@ const WATCH_CAPACITY: usize = 1 << 16;
 impl SharedView {
     pub fn new(initial: MemoryStore) -> Arc<Self> {
         let (events, _) = broadcast::channel(WATCH_CAPACITY);
-        Arc::new(SharedView { view: RwLock::new(initial), events })
+        Arc::new(SharedView { view: RwLock::new(initial), events, nodes: Default::default() })
     }
 
     /// Applies a committed proposal and publishes its events.
@@ -131,6 +135,7 @@ impl SharedView {
         for e in &events {
             let _ = self.events.send(e.clone());
         }
+        self.nodes.route(&events);
         Ok(events)
     }
 
@@ -139,6 +144,7 @@ impl SharedView {
     pub fn replace(&self, store: MemoryStore) {
         let mut view = self.view.write().unwrap_or_else(|e| e.into_inner());
         *view = store;
+        self.nodes.all_behind();
     }
 
     pub fn read<R>(&self, f: impl FnOnce(&MemoryStore) -> R) -> R {
@@ -238,6 +244,14 @@ impl Store {
         let view = self.shared.view.read().unwrap_or_else(|e| e.into_inner());
         let rx = self.shared.events.subscribe();
         (f(&view), rx)
+    }
+
+    /// Reads the store and subscribes to the task events of `node_id` in one step: the watch gets exactly the
+    /// changes made after the read.
+    pub fn view_and_watch_node<R>(&self, node_id: &str, f: impl FnOnce(&MemoryStore) -> R) -> (R, NodeWatch) {
+        let view = self.shared.view.read().unwrap_or_else(|e| e.into_inner());
+        let w = self.shared.nodes.subscribe(node_id);
+        (f(&view), w)
     }
 
     /// [`Store::update`], run again on a fresh view while the commit fails "out of sequence" (another writer changed
