@@ -139,21 +139,29 @@ impl Scheduler {
         Scheduler { store }
     }
 
-    /// Schedules until `shutdown`. Each pass is triggered by task or node changes, coalesced over 50 ms.
+    /// Schedules until `shutdown`. Each pass is triggered by a change that can matter to placement (a pending
+    /// task, a node change, a task that ended and freed resources), coalesced over 50 ms; its own assignments
+    /// do not wake it.
     pub async fn run(self, shutdown: CancellationToken) {
         let mut events = self.store.watch();
         loop {
-            if let Err(e) = self.pass().await {
-                if !e.is_out_of_sequence() {
+            match self.pass().await {
+                Ok(true) => continue, // some tasks changed under the plan: plan again at once
+                Ok(false) => {}
+                Err(e) => {
                     warn!(error = %e, "scheduling pass failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
                 }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
             }
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                r = events.recv() => {
-                    if let Err(tokio::sync::broadcast::error::RecvError::Closed) = r { return; }
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    r = events.recv() => match r {
+                        Ok(e) if !wakes(&e) => continue,
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                        _ => break,
+                    },
                 }
             }
             // Coalesce a burst of changes into one pass.
@@ -162,35 +170,95 @@ impl Scheduler {
         }
     }
 
-    async fn pass(&self) -> Result<(), StoreError> {
-        self.store
-            .update(|tx| {
-                let now = crate::api::Timestamp::now();
-                for (task, decision) in plan(tx.view()) {
-                    let mut t = task.clone();
-                    match decision {
-                        Decision::Assign(node_id) => {
-                            info!(task.id = %t.id, node.id = %node_id, "task assigned");
-                            t.node_id = node_id;
-                            t.status.state = TaskState::Assigned;
-                            t.status.message = "scheduler assigned task to node".into();
-                            t.status.err.clear();
-                            t.status.timestamp = now;
-                        }
-                        Decision::NoSuitableNode(reason) => {
-                            if t.status.err == reason {
-                                continue;
-                            }
-                            debug!(task.id = %t.id, %reason, "task not schedulable");
-                            t.status.err = reason;
-                            t.status.message = "pending task scheduling".into();
+    /// One pass: plans every pending task on one view, then commits the decisions in bounded proposals. A task
+    /// that changed since the view (the orchestrator shut it down, say) is left for the next pass instead of
+    /// failing its whole batch. Returns whether any was left so.
+    async fn pass(&self) -> Result<bool, StoreError> {
+        let changes = self.store.view(changes);
+        self.commit(&changes).await
+    }
+
+    /// Commits the scheduler's task updates, [`MAX_TASKS_PER_PROPOSAL`] per proposal, skipping tasks that changed
+    /// since they were planned. Returns whether any was skipped.
+    async fn commit(&self, changes: &[Task]) -> Result<bool, StoreError> {
+        let mut stale = false;
+        for chunk in changes.chunks(MAX_TASKS_PER_PROPOSAL) {
+            let r = self
+                .store
+                .update(|tx| {
+                    let mut skipped = false;
+                    for t in chunk {
+                        if tx.view().task(&t.id).map(|c| c.meta.version) == Some(t.meta.version) {
+                            tx.update(t.clone());
+                        } else {
+                            skipped = true;
                         }
                     }
-                    tx.update(t);
+                    Ok::<_, StoreError>(skipped)
+                })
+                .await;
+            match r {
+                Ok(skipped) => stale |= skipped,
+                // Changed between our check and the commit: the next pass plans it again.
+                Err(e) if e.is_out_of_sequence() => stale = true,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(stale)
+    }
+}
+
+/// The task updates one pass makes on `view`: assignments, and the reason for those that cannot be placed.
+fn changes(view: &MemoryStore) -> Vec<Task> {
+    {
+        let decisions = plan(view);
+        let now = crate::api::Timestamp::now();
+        let mut changes = Vec::new();
+        for (task, decision) in decisions {
+            let mut t = task;
+            match decision {
+                Decision::Assign(node_id) => {
+                    info!(task.id = %t.id, node.id = %node_id, "task assigned");
+                    t.node_id = node_id;
+                    t.status.state = TaskState::Assigned;
+                    t.status.message = "scheduler assigned task to node".into();
+                    t.status.err.clear();
+                    t.status.timestamp = now;
                 }
-                Ok::<_, StoreError>(())
-            })
-            .await
+                Decision::NoSuitableNode(reason) => {
+                    if t.status.err == reason {
+                        continue;
+                    }
+                    debug!(task.id = %t.id, %reason, "task not schedulable");
+                    t.status.err = reason;
+                    t.status.message = "pending task scheduling".into();
+                }
+            }
+            changes.push(t);
+        }
+        changes
+    }
+}
+
+/// The most task updates the scheduler puts in one Raft entry.
+const MAX_TASKS_PER_PROPOSAL: usize = 1000;
+
+/// Whether a store change can change a placement decision.
+fn wakes(e: &crate::manager::store::Event) -> bool {
+    use crate::api::Object;
+    match (&e.object, &e.old) {
+        (Object::Node(_), _) => true,
+        (Object::Task(t), old) => {
+            let was = match old {
+                Some(Object::Task(o)) => Some(o.status.state),
+                _ => None,
+            };
+            // A new pending task, or one that ended (its resources are free again).
+            t.status.state == TaskState::Pending && was != Some(TaskState::Pending)
+                || (t.status.state >= TaskState::Complete && was.is_some_and(|w| w < TaskState::Complete))
+                || e.action == crate::manager::store::EventAction::Delete
+        }
+        _ => false,
     }
 }
 
@@ -203,6 +271,34 @@ mod tests {
         MemoryStore::from_objects(
             nodes.into_iter().map(Into::into).chain(tasks.into_iter().map(Into::into)).collect::<Vec<_>>(),
         )
+    }
+
+    #[tokio::test]
+    async fn a_task_changed_since_the_plan_is_left_for_the_next_pass_and_the_rest_commit() {
+        let store = Store::in_memory();
+        store
+            .update(|tx| {
+                tx.create(node("a", "ha"));
+                for i in 0..3 {
+                    let mut t = task(&format!("t{i}"), "svc", i + 1);
+                    t.status.state = TaskState::Pending;
+                    tx.create(t);
+                }
+                Ok::<_, StoreError>(())
+            })
+            .await
+            .unwrap();
+        let planned = store.view(changes);
+        assert_eq!(planned.len(), 3);
+        // The orchestrator shuts t1 down meanwhile.
+        let mut t1 = store.view(|v| v.task("t1").cloned()).unwrap();
+        t1.desired_state = TaskState::Shutdown;
+        store.update(|tx| Ok::<_, StoreError>(tx.update(t1))).await.unwrap();
+        let s = Scheduler::new(store.clone());
+        assert!(s.commit(&planned).await.unwrap(), "the stale task is reported");
+        let states: Vec<TaskState> =
+            store.view(|v| ["t0", "t1", "t2"].iter().map(|id| v.task(id).unwrap().status.state).collect());
+        assert_eq!(states, vec![TaskState::Assigned, TaskState::Pending, TaskState::Assigned]);
     }
 
     #[test]
