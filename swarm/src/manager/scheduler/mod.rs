@@ -210,34 +210,32 @@ impl Scheduler {
 
 /// The task updates one pass makes on `view`: assignments, and the reason for those that cannot be placed.
 fn changes(view: &MemoryStore) -> Vec<Task> {
-    {
-        let decisions = plan(view);
-        let now = crate::api::Timestamp::now();
-        let mut changes = Vec::new();
-        for (task, decision) in decisions {
-            let mut t = task;
-            match decision {
-                Decision::Assign(node_id) => {
-                    info!(task.id = %t.id, node.id = %node_id, "task assigned");
-                    t.node_id = node_id;
-                    t.status.state = TaskState::Assigned;
-                    t.status.message = "scheduler assigned task to node".into();
-                    t.status.err.clear();
-                    t.status.timestamp = now;
-                }
-                Decision::NoSuitableNode(reason) => {
-                    if t.status.err == reason {
-                        continue;
-                    }
-                    debug!(task.id = %t.id, %reason, "task not schedulable");
-                    t.status.err = reason;
-                    t.status.message = "pending task scheduling".into();
-                }
+    let decisions = plan(view);
+    let now = crate::api::Timestamp::now();
+    let mut changes = Vec::new();
+    for (task, decision) in decisions {
+        let mut t = task;
+        match decision {
+            Decision::Assign(node_id) => {
+                info!(task.id = %t.id, node.id = %node_id, "task assigned");
+                t.node_id = node_id;
+                t.status.state = TaskState::Assigned;
+                t.status.message = "scheduler assigned task to node".into();
+                t.status.err.clear();
+                t.status.timestamp = now;
             }
-            changes.push(t);
+            Decision::NoSuitableNode(reason) => {
+                if t.status.err == reason {
+                    continue;
+                }
+                debug!(task.id = %t.id, %reason, "task not schedulable");
+                t.status.err = reason;
+                t.status.message = "pending task scheduling".into();
+            }
         }
-        changes
+        changes.push(t);
     }
+    changes
 }
 
 /// The most task updates the scheduler puts in one Raft entry.
