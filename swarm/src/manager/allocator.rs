@@ -45,12 +45,8 @@ impl Allocator {
 /// The tasks a pass moves, as they become: live NEW tasks of services that exist go to PENDING at `now`. A task
 /// whose service is gone is left for the reaper, and one no longer desired running is never scheduled.
 pub(crate) fn allocate(view: &MemoryStore, now: Timestamp) -> Vec<Task> {
-    view.tasks()
-        .filter(|t| {
-            t.status.state == TaskState::New
-                && t.desired_state <= TaskState::Running
-                && view.service(&t.service_id).is_some()
-        })
+    view.tasks_by_state(TaskState::New)
+        .filter(|t| t.desired_state <= TaskState::Running && view.service(&t.service_id).is_some())
         .map(|t| {
             let mut t = t.clone();
             t.status.state = TaskState::Pending;

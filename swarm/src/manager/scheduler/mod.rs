@@ -109,10 +109,11 @@ pub fn decide(nodes: &BTreeMap<String, NodeInfo>, task: &Task) -> Decision {
 /// Plans one pass over every pending task, accounting for earlier placements in the same pass.
 pub fn plan(view: &MemoryStore) -> Vec<(Task, Decision)> {
     let mut nodes = node_infos(view);
-    let mut pending: Vec<&Task> = view
-        .tasks()
-        .filter(|t| t.status.state == TaskState::Pending && t.desired_state <= TaskState::Running)
-        .collect();
+    let mut pending: Vec<&Task> =
+        view.tasks_by_state(TaskState::Pending).filter(|t| t.desired_state <= TaskState::Running).collect();
+    if pending.is_empty() {
+        return Vec::new();
+    }
     // Older tasks first, then by slot, so placement is stable.
     pending.sort_by(|a, b| (a.meta.created_index, a.slot, &a.id).cmp(&(b.meta.created_index, b.slot, &b.id)));
     let mut out = Vec::new();

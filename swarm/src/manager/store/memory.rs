@@ -19,6 +19,7 @@ pub struct MemoryStore {
     tasks_by_service: HashMap<String, BTreeSet<String>>,
     tasks_by_node: HashMap<String, BTreeSet<String>>,
     tasks_by_desired: BTreeMap<TaskState, BTreeSet<String>>,
+    tasks_by_state: BTreeMap<TaskState, BTreeSet<String>>,
 }
 
 impl MemoryStore {
@@ -120,6 +121,11 @@ impl MemoryStore {
 
     pub fn tasks_by_desired_state(&self, state: TaskState) -> impl Iterator<Item = &Task> {
         self.tasks_by_desired.get(&state).into_iter().flatten().filter_map(|id| self.tasks.get(id))
+    }
+
+    /// Tasks whose observed state (`status.state`) is `state`: the allocator's NEW, the scheduler's PENDING.
+    pub fn tasks_by_state(&self, state: TaskState) -> impl Iterator<Item = &Task> {
+        self.tasks_by_state.get(&state).into_iter().flatten().filter_map(|id| self.tasks.get(id))
     }
 
     // ---- writes ----
@@ -230,6 +236,7 @@ impl MemoryStore {
                     self.tasks_by_node.entry(t.node_id.clone()).or_default().insert(t.id.clone());
                 }
                 self.tasks_by_desired.entry(t.desired_state).or_default().insert(t.id.clone());
+                self.tasks_by_state.entry(t.status.state).or_default().insert(t.id.clone());
                 self.tasks.insert(t.id.clone(), t);
             }
         }
@@ -254,10 +261,14 @@ impl MemoryStore {
                 if let Some(t) = self.tasks.remove(id) {
                     remove_from_index(&mut self.tasks_by_service, &t.service_id, id);
                     remove_from_index(&mut self.tasks_by_node, &t.node_id, id);
-                    if let Some(set) = self.tasks_by_desired.get_mut(&t.desired_state) {
-                        set.remove(id);
-                        if set.is_empty() {
-                            self.tasks_by_desired.remove(&t.desired_state);
+                    for (index, key) in
+                        [(&mut self.tasks_by_desired, t.desired_state), (&mut self.tasks_by_state, t.status.state)]
+                    {
+                        if let Some(set) = index.get_mut(&key) {
+                            set.remove(id);
+                            if set.is_empty() {
+                                index.remove(&key);
+                            }
                         }
                     }
                 }
@@ -294,6 +305,7 @@ mod tests {
         assert_eq!(m.service_by_name("web").unwrap().meta.created_index, 1);
         assert_eq!(m.tasks_by_service("s1").count(), 1);
         assert_eq!(m.tasks_by_desired_state(TaskState::Running).count(), 1);
+        assert_eq!(m.tasks_by_state(TaskState::Pending).count(), 1, "observed states are indexed too");
 
         // Stale update: the whole proposal fails and nothing changes.
         let mut t = m.task("t1").unwrap().clone();
@@ -315,5 +327,6 @@ mod tests {
         m.apply(5, &p(vec![Op::Delete { kind: ObjectKind::Task, id: "t1".into(), version: 3 }])).unwrap();
         assert_eq!(m.tasks_by_service("s1").count(), 0);
         assert_eq!(m.tasks_by_desired_state(TaskState::Shutdown).count(), 0);
+        assert_eq!(m.tasks_by_state(TaskState::Pending).count(), 0, "a deleted task leaves every index");
     }
 }
