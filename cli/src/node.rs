@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::fmt::Write;
 use std::time::SystemTime;
 use swarm::api::control::{Empty, GetRequest, ListTasksRequest, RemoveNodeRequest, UpdateNodeRequest};
-use swarm::api::{Node, NodeAvailability, NodeRole, Reachability, TaskState, Timestamp};
+use swarm::api::{Node, NodeAvailability, NodeRole, Reachability, Timestamp};
 
 #[derive(Debug, Subcommand)]
 pub enum NodeCmd {
@@ -263,14 +263,7 @@ async fn ps(client: &mut Client, a: PsArgs) -> anyhow::Result<()> {
     let format = Format::from_flags(a.quiet, a.format.as_deref())?;
     let mut tally = Tally::default();
     let mut tasks = Vec::new();
-    let desired_states: Vec<TaskState> = a
-        .filter
-        .iter()
-        .filter_map(|f| match f {
-            PsFilter::DesiredState(s) => Some(*s),
-            _ => None,
-        })
-        .collect();
+    let desired_states = crate::service::desired_states(&a.filter);
     for name in &a.nodes {
         let key = if name == "self" { self_id(client).await? } else { name.clone() };
         let Some(node) = tally.ok(rpc(client.control.get_node(GetRequest { id_or_name: key }).await)) else {
@@ -738,7 +731,7 @@ mod tests {
             panic!()
         };
         assert_eq!(a.nodes, vec!["n1", "n2"]);
-        assert_eq!(a.filter, vec![PsFilter::DesiredState(TaskState::Running)]);
+        assert_eq!(a.filter, vec![PsFilter::DesiredState(swarm::api::TaskState::Running)]);
         assert!(a.no_trunc && a.no_resolve && a.quiet);
     }
 

@@ -25,6 +25,8 @@ struct State {
     next: u64,
     /// The node's spec once `node update` changed it.
     node_spec: Option<(NodeSpec, u64)>,
+    /// Set by `swarm join` with the worker token: `info` then reports a worker.
+    joined_as_worker: bool,
 }
 
 #[derive(Clone, Default)]
@@ -252,7 +254,7 @@ impl Engine for Fake {
             swarm: SwarmInfo {
                 local_node_state: "active".into(),
                 node_id: node().id,
-                is_manager: true,
+                is_manager: !self.0.lock().unwrap().joined_as_worker,
                 cluster_id: "cluster1".into(),
                 managers: 1,
                 nodes: 1,
@@ -282,11 +284,13 @@ impl Engine for Fake {
         Ok(Response::new(Empty {}))
     }
     async fn swarm_join(&self, req: Request<SwarmJoinRequest>) -> Result<Response<SwarmJoinResponse>, Status> {
-        if req.into_inner().join_token == "SWMTKN-1-bad" {
+        let token = req.into_inner().join_token;
+        if token == "SWMTKN-1-bad" {
             return Err(Status::invalid_argument(
                 "rpc error: code = InvalidArgument desc = A valid join token is necessary to join this cluster",
             ));
         }
+        self.0.lock().unwrap().joined_as_worker = token != "SWMTKN-1-m";
         Ok(Response::new(SwarmJoinResponse { node_id: "node2".into() }))
     }
     async fn swarm_rotate_join_token(
@@ -612,6 +616,11 @@ fn images_nodes_and_swarm() {
     assert_eq!(
         d.ok(&["swarm", "join", "--token", "SWMTKN-1-w", "10.0.0.1:2377"]),
         "This node joined a swarm as a worker.\n"
+    );
+    assert_eq!(
+        d.ok(&["swarm", "join", "--token", "SWMTKN-1-m", "10.0.0.1:2377"]),
+        "This node joined a swarm as a manager.\n",
+        "the message follows the role the token gave"
     );
     assert_eq!(
         d.fails(&["swarm", "join", "--token", "SWMTKN-1-bad", "10.0.0.1:2377"]),

@@ -52,6 +52,18 @@ async fn join_manager(dir: &Path, exec: &TestExecutor, remote: &str, token: &str
     node
 }
 
+/// Three managers on 127.0.0.1: m0 inits, m1 and m2 join with the manager token. The temp dirs live as long as
+/// the returned guard.
+async fn three_managers() -> (Vec<tempfile::TempDir>, Node, Node, Node) {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let execs: Vec<_> = (0..3).map(|i| TestExecutor::new(&format!("host-{i}"))).collect();
+    let (m0, addr0) = init(dirs[0].path(), &execs[0], None).await;
+    let token = manager_token(&m0);
+    let m1 = join_manager(dirs[1].path(), &execs[1], &addr0, &token).await;
+    let m2 = join_manager(dirs[2].path(), &execs[2], &addr0, &token).await;
+    (dirs, m0, m1, m2)
+}
+
 async fn create(store: &Store, name: &str, replicas: u64) -> Result<String, StoreError> {
     let mut svc = swarm::testing::service(&swarm::api::new_id(), name, replicas);
     svc.spec = spec(name, replicas);
@@ -173,12 +185,7 @@ async fn three_managers_fail_over_and_keep_every_write() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn losing_two_of_three_managers_fails_writes_fast_and_reads_still_answer() {
-    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    let execs: Vec<_> = (0..3).map(|i| TestExecutor::new(&format!("host-{i}"))).collect();
-    let (m0, addr0) = init(dirs[0].path(), &execs[0], None).await;
-    let token = manager_token(&m0);
-    let m1 = join_manager(dirs[1].path(), &execs[1], &addr0, &token).await;
-    let m2 = join_manager(dirs[2].path(), &execs[2], &addr0, &token).await;
+    let (_dirs, m0, m1, m2) = three_managers().await;
     let web = create(&m0.store().unwrap(), "web", 1).await.unwrap();
 
     for (name, survivor, gone) in [("the leader", &m0, [&m1, &m2]), ("a follower", &m1, [&m0, &m2])] {
@@ -274,12 +281,7 @@ async fn a_manager_joining_after_20000_writes_gets_a_streamed_snapshot() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn force_new_cluster_recovers_a_swarm_that_lost_its_quorum() {
-    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    let execs: Vec<_> = (0..3).map(|i| TestExecutor::new(&format!("host-{i}"))).collect();
-    let (m0, addr0) = init(dirs[0].path(), &execs[0], None).await;
-    let token = manager_token(&m0);
-    let m1 = join_manager(dirs[1].path(), &execs[1], &addr0, &token).await;
-    let m2 = join_manager(dirs[2].path(), &execs[2], &addr0, &token).await;
+    let (_dirs, m0, m1, m2) = three_managers().await;
     let web = create(&m1.store().unwrap(), "web", 3).await.unwrap();
     wait_for("3 tasks running", || {
         let slots = running_per_slot(&m0.store().unwrap(), &web);
@@ -450,12 +452,7 @@ async fn a_worker_certificate_reaches_neither_raft_nor_the_control_api() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_manager_leaves_only_when_the_others_keep_a_quorum() {
-    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    let execs: Vec<_> = (0..3).map(|i| TestExecutor::new(&format!("host-{i}"))).collect();
-    let (m0, addr0) = init(dirs[0].path(), &execs[0], None).await;
-    let token = manager_token(&m0);
-    let m1 = join_manager(dirs[1].path(), &execs[1], &addr0, &token).await;
-    let m2 = join_manager(dirs[2].path(), &execs[2], &addr0, &token).await;
+    let (_dirs, m0, m1, m2) = three_managers().await;
     let m2_id = m2.info().await.node_id;
 
     step("one of three managers down: leaving another would leave 1 reachable of 2, refused without --force");

@@ -166,6 +166,17 @@ pub(crate) enum PsFilter {
     Name(String),
 }
 
+/// The desired states `--filter desired-state=…` asks for (none: every task), which the manager filters on.
+pub(crate) fn desired_states(filters: &[PsFilter]) -> Vec<TaskState> {
+    filters
+        .iter()
+        .filter_map(|f| match f {
+            PsFilter::DesiredState(s) => Some(*s),
+            _ => None,
+        })
+        .collect()
+}
+
 pub(crate) fn parse_filter(s: &str) -> Result<PsFilter, String> {
     let (k, v) = s.split_once('=').ok_or_else(|| format!("bad format of filter (expected name=value): {s}"))?;
     match k {
@@ -276,14 +287,7 @@ async fn ps(client: &mut Client, a: PsArgs) -> anyhow::Result<()> {
         let svc = rpc(client.control.get_service(GetRequest { id_or_name: s.clone() }).await)?;
         service_ids.push(svc.id);
     }
-    let desired_states: Vec<TaskState> = a
-        .filter
-        .iter()
-        .filter_map(|f| match f {
-            PsFilter::DesiredState(s) => Some(*s),
-            _ => None,
-        })
-        .collect();
+    let desired_states = desired_states(&a.filter);
     let mut tasks =
         rpc(client.control.list_tasks(ListTasksRequest { service_ids, node_ids: vec![], desired_states }).await)?.tasks;
     let names = node_names(client).await?;
