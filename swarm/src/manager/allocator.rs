@@ -31,14 +31,9 @@ impl Allocator {
     }
 
     async fn pass(&self) -> Result<(), StoreError> {
-        self.store
-            .update(|tx| {
-                for t in allocate(tx.view(), Timestamp::now()) {
-                    tx.update(t);
-                }
-                Ok::<_, StoreError>(())
-            })
-            .await
+        let moved = self.store.view(|v| allocate(v, Timestamp::now()));
+        // A task changed meanwhile is NEW in the view the next pass reads (or no longer to be allocated).
+        self.store.update_tasks_bounded(&moved).await.map(|_| ())
     }
 }
 

@@ -179,33 +179,10 @@ impl Scheduler {
         self.commit(&changes).await
     }
 
-    /// Commits the scheduler's task updates, [`MAX_TASKS_PER_PROPOSAL`] per proposal, skipping tasks that changed
-    /// since they were planned. Returns whether any was skipped.
+    /// Commits the scheduler's task updates in bounded proposals; returns whether a task had changed since it
+    /// was planned (it is planned again at once).
     async fn commit(&self, changes: &[Task]) -> Result<bool, StoreError> {
-        let mut stale = false;
-        for chunk in changes.chunks(MAX_TASKS_PER_PROPOSAL) {
-            let r = self
-                .store
-                .update(|tx| {
-                    let mut skipped = false;
-                    for t in chunk {
-                        if tx.view().task(&t.id).map(|c| c.meta.version) == Some(t.meta.version) {
-                            tx.update(t.clone());
-                        } else {
-                            skipped = true;
-                        }
-                    }
-                    Ok::<_, StoreError>(skipped)
-                })
-                .await;
-            match r {
-                Ok(skipped) => stale |= skipped,
-                // Changed between our check and the commit: the next pass plans it again.
-                Err(e) if e.is_out_of_sequence() => stale = true,
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(stale)
+        self.store.update_tasks_bounded(changes).await
     }
 }
 
@@ -238,9 +215,6 @@ fn changes(view: &MemoryStore) -> Vec<Task> {
     }
     changes
 }
-
-/// The most task updates the scheduler puts in one Raft entry.
-const MAX_TASKS_PER_PROPOSAL: usize = 1000;
 
 /// Whether a store change can change a placement decision.
 fn wakes(e: &crate::manager::store::Event) -> bool {

@@ -117,6 +117,9 @@ pub struct SharedView {
     nodes: watch::NodeRouter,
 }
 
+/// The most task writes a component puts in one Raft entry (about 1 MiB of JSON): big changes are split.
+pub const MAX_TASKS_PER_PROPOSAL: usize = 1000;
+
 /// How many events a slow watcher may fall behind before it must re-read the store (it gets `Lagged`).
 const WATCH_CAPACITY: usize = 1 << 16;
 
@@ -254,6 +257,35 @@ impl Store {
         (f(&view), w)
     }
 
+    /// Writes `tasks` (each as read, then changed) in proposals of at most [`MAX_TASKS_PER_PROPOSAL`], skipping
+    /// any whose version moved since it was read, so one stale task never fails a whole batch. Returns whether
+    /// any was skipped (the caller plans it again).
+    pub async fn update_tasks_bounded(&self, tasks: &[crate::api::Task]) -> Result<bool, StoreError> {
+        let mut stale = false;
+        for chunk in tasks.chunks(MAX_TASKS_PER_PROPOSAL) {
+            let r = self
+                .update(|tx| {
+                    let mut skipped = false;
+                    for t in chunk {
+                        if tx.view().task(&t.id).map(|c| c.meta.version) == Some(t.meta.version) {
+                            tx.update(t.clone());
+                        } else {
+                            skipped = true;
+                        }
+                    }
+                    Ok::<_, StoreError>(skipped)
+                })
+                .await;
+            match r {
+                Ok(skipped) => stale |= skipped,
+                // Changed between the check and the commit.
+                Err(e) if e.is_out_of_sequence() => stale = true,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(stale)
+    }
+
     /// [`Store::update`], run again on a fresh view while the commit fails "out of sequence" (another writer changed
     /// an object in between), at most `attempts` times in all.
     pub async fn update_retrying<R>(
@@ -305,6 +337,40 @@ impl Store {
 
 #[cfg(test)]
 mod tests {
+
+    #[tokio::test]
+    async fn big_task_writes_are_split_and_a_stale_task_is_skipped_not_fatal() {
+        let store = Store::in_memory();
+        let n = MAX_TASKS_PER_PROPOSAL * 2 + 500;
+        store
+            .update(|tx| {
+                for i in 0..n {
+                    tx.create(crate::testing::task(&format!("t{i:05}"), "s1", i as u64));
+                }
+                Ok::<_, StoreError>(())
+            })
+            .await
+            .unwrap();
+        let mut planned: Vec<crate::api::Task> = store.view(|v| v.tasks().cloned().collect());
+        for t in planned.iter_mut() {
+            t.status.message = "planned".into();
+        }
+        // One task changes after it was read.
+        let mut moved = store.view(|v| v.task("t00007").cloned()).unwrap();
+        moved.status.message = "changed by someone else".into();
+        store.update(|tx| Ok::<_, StoreError>(tx.update(moved))).await.unwrap();
+
+        assert!(store.update_tasks_bounded(&planned).await.unwrap(), "the stale task is reported");
+        let (versions, planned_msgs, kept) = store.view(|v| {
+            let versions: std::collections::BTreeSet<u64> =
+                v.tasks().filter(|t| t.status.message == "planned").map(|t| t.meta.version).collect();
+            let planned = v.tasks().filter(|t| t.status.message == "planned").count();
+            (versions, planned, v.task("t00007").unwrap().status.message.clone())
+        });
+        assert_eq!(versions.len(), 3, "three proposals of at most {MAX_TASKS_PER_PROPOSAL}");
+        assert_eq!(planned_msgs, n - 1);
+        assert_eq!(kept, "changed by someone else", "the newer write is not overwritten");
+    }
     use super::*;
     use crate::testing::service;
 
