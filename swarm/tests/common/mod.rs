@@ -97,3 +97,41 @@ async fn pump(
         }
     }
 }
+
+/// A new one-manager swarm on 127.0.0.1 (a free port): (node, its cluster address).
+pub async fn init(
+    dir: &Path,
+    exec: &TestExecutor,
+    snapshot_interval: Option<u64>,
+) -> (SwarmNode<TestExecutor>, String) {
+    let node = new_node(dir, exec);
+    node.init(swarm::api::membership::SwarmInitRequest {
+        listen_addr: "127.0.0.1:0".into(),
+        snapshot_interval,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let addr = node.info().await.remote_managers[0].clone();
+    (node, addr)
+}
+
+/// The swarm's manager join token, read from a manager's store.
+pub fn manager_token(node: &SwarmNode<TestExecutor>) -> String {
+    node.store().unwrap().view(|v| v.cluster().unwrap().root_ca.join_tokens.manager.clone())
+}
+
+/// A node on 127.0.0.1 that joins the swarm at `remote` with `token` (a manager token makes it a manager).
+pub async fn join_manager(dir: &Path, exec: &TestExecutor, remote: &str, token: &str) -> SwarmNode<TestExecutor> {
+    let node = new_node(dir, exec);
+    node.join(swarm::api::membership::SwarmJoinRequest {
+        remote_addr: remote.into(),
+        join_token: token.into(),
+        listen_addr: "127.0.0.1:0".into(),
+        advertise_addr: "127.0.0.1".into(),
+        availability: swarm::api::NodeAvailability::Active,
+    })
+    .await
+    .unwrap_or_else(|e| panic!("joining as a manager: {e}"));
+    node
+}
