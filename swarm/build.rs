@@ -82,6 +82,12 @@ fn main() {
                 "crate::api::control::UpdateClusterRequest",
                 "crate::api::control::GetClusterResponse",
             ),
+            server_stream(
+                "subscribe_logs",
+                "SubscribeLogs",
+                "crate::api::logs::SubscribeLogsRequest",
+                "crate::api::logs::SubscribeLogsMessage",
+            ),
         ],
     );
     let dispatcher = service(
@@ -111,6 +117,8 @@ fn main() {
                 "crate::api::dispatch::UpdateTaskStatusRequest",
                 "crate::api::control::Empty",
             ),
+            server_stream("logs", "Logs", "crate::api::logs::LogsSessionRequest", "crate::api::logs::LogSubscription"),
+            unary("publish_logs", "PublishLogs", "crate::api::logs::PublishLogsRequest", "crate::api::control::Empty"),
         ],
     );
     let node_ca = service(
