@@ -119,6 +119,13 @@ fn main() {
             ),
             server_stream("logs", "Logs", "crate::api::logs::LogsSessionRequest", "crate::api::logs::LogSubscription"),
             unary("publish_logs", "PublishLogs", "crate::api::logs::PublishLogsRequest", "crate::api::control::Empty"),
+            // A follower manager forwards its `Control.SubscribeLogs` here, to the leader's broker.
+            server_stream(
+                "subscribe_logs",
+                "SubscribeLogs",
+                "crate::api::logs::SubscribeLogsRequest",
+                "crate::api::logs::SubscribeLogsMessage",
+            ),
         ],
     );
     let node_ca = service(

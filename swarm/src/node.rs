@@ -503,6 +503,7 @@ impl<E: Executor> SwarmNode<E> {
         // Everything that can fail comes before anything is spawned.
         let server_tls = ca::server_tls_config(&identity)?;
         let client_tls = ca::client_tls_config(&identity)?;
+        self.logs.set_forwarding(client_tls.clone());
         let service = DispatcherServer::new(DispatcherService::new(dispatcher.clone()));
         let token = shutdown.clone();
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);

@@ -1,7 +1,8 @@
 //! `service logs` across nodes, in one process: a manager and a worker `SwarmNode` with `TestExecutor`s fed log
 //! lines. The manager's control API gathers a service's lines from both nodes: merged by time, prefixed with
 //! `name.slot.task@host`, `--tail` per task, `--follow` receiving new lines from the other node, one task by id,
-//! and a warning naming a node that is down while the other node's lines still come.
+//! and a warning naming a node that is down while the other node's lines still come. A follower manager forwards
+//! the subscription to the leader.
 
 use std::path::Path;
 use std::time::{Duration, SystemTime};
@@ -165,4 +166,63 @@ async fn service_logs_gather_both_nodes_lines() {
     assert_eq!(mine, ["m1", "m3", "m-new"]);
     assert!(lines.iter().all(|l| l.node_id == manager_id), "only the manager answered: {lines:?}");
     mgr.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_manager_forwards_service_logs_to_the_leader() {
+    let (adir, bdir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (aexec, bexec) = (TestExecutor::new("host-a"), TestExecutor::new("host-b"));
+    let (a, addr) = manager(adir.path(), &aexec).await;
+    let token = a.store().unwrap().view(|v| v.cluster().unwrap().root_ca.join_tokens.manager.clone());
+    let b = new_node(bdir.path(), &bexec);
+    b.join(SwarmJoinRequest {
+        remote_addr: addr.clone(),
+        join_token: token,
+        listen_addr: "127.0.0.1:0".into(),
+        advertise_addr: "127.0.0.1".into(),
+        availability: NodeAvailability::Active,
+    })
+    .await
+    .expect("the second manager joins");
+    assert!(a.raft().await.is_some_and(|r| r.is_leader()), "the first manager leads");
+    assert!(b.raft().await.is_some_and(|r| !r.is_leader()), "the second manager follows");
+
+    step("a 2-replica service runs one task on each manager");
+    let mut spec = swarm::testing::service("unused", "api", 2).spec;
+    spec.task_template.restart_policy.delay = Duration::ZERO;
+    a.control_api().create_service(Request::new(CreateServiceRequest { spec })).await.unwrap();
+    let (ta, tb) =
+        wait_for("a running task in each executor", || match (aexec.running().pop(), bexec.running().pop()) {
+            (Some(x), Some(y)) => Ok((x, y)),
+            other => Err(format!("{other:?}")),
+        })
+        .await;
+    aexec.feed_log_at(&ta, at(1), LogStream::Stdout, "from a");
+    bexec.feed_log_at(&tb, at(2), LogStream::Stdout, "from b");
+
+    step("service logs on the follower: forwarded to the leader, both nodes' lines");
+    // The follower learns the leader's address from Raft; until then it refuses, naming no leader.
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    let stream = loop {
+        let req = SubscribeLogsRequest { selector: "api".into(), options: LogsOptions::default() };
+        match b.control_api().subscribe_logs(Request::new(req)).await {
+            Ok(s) => break s.into_inner(),
+            Err(e) if tokio::time::Instant::now() < deadline => eprintln!("not yet: {}", e.message()),
+            Err(e) => panic!("the follower never forwarded the subscription: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let (lines, warnings) = read_all(stream).await;
+    assert!(warnings.is_empty(), "{warnings:?}");
+    assert_eq!(texts(&lines), ["from a", "from b"]);
+    assert!(lines[1].context.ends_with(&format!(".{tb}@host-b")), "{:?}", lines[1].context);
+    let e = b
+        .control_api()
+        .subscribe_logs(Request::new(SubscribeLogsRequest { selector: "nope".into(), options: Default::default() }))
+        .await
+        .err()
+        .expect("the leader's refusal reaches the follower's caller");
+    assert_eq!((e.code(), e.message()), (tonic::Code::NotFound, "no such task or service: nope"));
+    b.shutdown().await;
+    a.shutdown().await;
 }

@@ -9,7 +9,7 @@ pub mod validate;
 use crate::api::control::*;
 use crate::api::logs::{SubscribeLogsMessage, SubscribeLogsRequest};
 use crate::api::{new_id, Cluster, Node, NodeRole, NodeState, ObjectKind, Service, ServiceMode, Task, TaskState};
-use crate::manager::dispatcher::logs::{LogsError, Selection};
+use crate::manager::dispatcher::logs::Selection;
 use crate::manager::dispatcher::LogBroker;
 use crate::manager::store::{ApplyError, MemoryStore, Store, StoreError};
 use crate::transport::control::control_server::Control;
@@ -143,7 +143,7 @@ impl ControlApi {
 }
 
 /// What `service logs SELECTOR` reads: the service so named, or else the task.
-fn log_selection(v: &MemoryStore, selector: &str) -> Result<Selection, Status> {
+pub(crate) fn log_selection(v: &MemoryStore, selector: &str) -> Result<Selection, Status> {
     let placed = |t: &Task| (!t.node_id.is_empty()).then(|| (t.id.clone(), t.node_id.clone()));
     if let Ok(s) = find_service(v, selector) {
         let mut tasks: Vec<&Task> = v.tasks_by_service(&s.id).collect();
@@ -159,13 +159,6 @@ fn log_selection(v: &MemoryStore, selector: &str) -> Result<Selection, Status> {
     }
 }
 
-/// `--since` as the fixed-width RFC 3339 UTC form log lines carry, so the two compare as text.
-fn normalize_since(since: &str) -> Result<String, Status> {
-    let t = humantime::parse_rfc3339_weak(since)
-        .map_err(|e| Status::invalid_argument(format!("invalid since time {since:?}: {e}")))?;
-    Ok(humantime::format_rfc3339_nanos(t).to_string())
-}
-
 type LogsStream = std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<SubscribeLogsMessage, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -176,17 +169,11 @@ impl Control for ControlApi {
         &self,
         req: Request<SubscribeLogsRequest>,
     ) -> Result<Response<Self::SubscribeLogsStream>, Status> {
-        let store = self.store()?;
-        let mut r = req.into_inner();
-        if let Some(since) = &r.options.since {
-            r.options.since = Some(normalize_since(since)?);
-        }
-        let selection = store.view(|v| log_selection(v, &r.selector))?;
+        // Only managers answer (with Docker's refusal elsewhere); the leader's broker gathers the logs, a
+        // follower's forwards the call there.
+        self.store()?;
         let broker = self.logs.as_ref().ok_or_else(|| Status::unimplemented("logs are not served here"))?;
-        let rx = broker.subscribe(selection, r.options).map_err(|e| match e {
-            LogsError::NotLeader(_) => Status::unavailable(e.to_string()),
-            LogsError::UnknownSubscription(_) => Status::internal(e.to_string()),
-        })?;
+        let rx = broker.subscribe_request(req.into_inner()).await?;
         let stream = tokio_stream::StreamExt::map(tokio_stream::wrappers::ReceiverStream::new(rx), Ok);
         Ok(Response::new(Box::pin(stream)))
     }

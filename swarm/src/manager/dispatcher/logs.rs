@@ -5,15 +5,22 @@
 //! `follow`, each node's lines come in time order and the broker merges the nodes' lines by time ([`Merge`]),
 //! holding back a node that runs ahead (bounded, by making its `PublishLogs` call wait); with `follow`, lines go
 //! out as they come. A node whose agent is not connected, or goes away before it closed, is named in a warning
-//! and the stream goes on with the others. It runs on the leader only, while its dispatcher runs.
+//! and the stream goes on with the others. It gathers on the leader only, while its dispatcher runs; a follower
+//! manager forwards the subscription to the leader's `Dispatcher.SubscribeLogs` (managers only) and passes the
+//! stream on.
 
 use crate::api::logs::*;
 use crate::api::new_id;
+use crate::manager::controlapi::log_selection;
 use crate::manager::store::Store;
+use crate::transport::dispatcher::dispatcher_client::DispatcherClient;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use tokio::sync::{mpsc, watch, Notify};
 use tokio_util::sync::CancellationToken;
+use tonic::transport::ClientTlsConfig;
+use tonic::Status;
 
 /// The most lines the broker holds for one node that runs ahead of the others (non-following merge); its next
 /// `PublishLogs` call waits until the merge caught up.
@@ -30,6 +37,25 @@ pub enum LogsError {
     /// The subscription ended (its subscriber left, or it completed); the agent stops publishing it.
     #[error("log subscription {0} is not active")]
     UnknownSubscription(String),
+    /// A follower could not reach the leader to forward a subscription.
+    #[error("cannot reach the leader ({leader}) to gather logs: {reason}")]
+    Forward { leader: String, reason: String },
+}
+
+impl From<LogsError> for Status {
+    fn from(e: LogsError) -> Status {
+        match e {
+            LogsError::NotLeader(_) | LogsError::Forward { .. } => Status::unavailable(e.to_string()),
+            LogsError::UnknownSubscription(_) => Status::not_found(e.to_string()),
+        }
+    }
+}
+
+/// `--since` as the fixed-width RFC 3339 UTC form log lines carry, so the two compare as text.
+fn normalize_since(since: &str) -> Result<String, Status> {
+    let t = humantime::parse_rfc3339_weak(since)
+        .map_err(|e| Status::invalid_argument(format!("invalid since time {since:?}: {e}")))?;
+    Ok(humantime::format_rfc3339_nanos(t).to_string())
 }
 
 fn not_leader_message(leader: Option<&str>) -> String {
@@ -159,6 +185,8 @@ struct State {
 pub struct LogBroker {
     state: Arc<Mutex<State>>,
     leader: Arc<Mutex<Option<watch::Receiver<Option<String>>>>>,
+    /// The manager's client TLS, with which a follower forwards subscriptions to the leader.
+    forward_tls: Arc<Mutex<Option<ClientTlsConfig>>>,
 }
 
 impl LogBroker {
@@ -171,9 +199,87 @@ impl LogBroker {
         *self.leader.lock().unwrap_or_else(|e| e.into_inner()) = Some(leader);
     }
 
-    fn not_leader(&self) -> LogsError {
+    fn leader_addr(&self) -> Option<String> {
         let l = self.leader.lock().unwrap_or_else(|e| e.into_inner());
-        LogsError::NotLeader(l.as_ref().and_then(|l| l.borrow().clone()))
+        l.as_ref().and_then(|l| l.borrow().clone())
+    }
+
+    fn not_leader(&self) -> LogsError {
+        LogsError::NotLeader(self.leader_addr())
+    }
+
+    /// Lets this manager, while it does not lead, forward subscriptions to the leader with `tls`.
+    pub fn set_forwarding(&self, tls: ClientTlsConfig) {
+        *self.forward_tls.lock().unwrap_or_else(|e| e.into_inner()) = Some(tls);
+    }
+
+    /// `Control.SubscribeLogs`: gathered here on the leader, forwarded to the leader by a follower.
+    pub async fn subscribe_request(
+        &self,
+        req: SubscribeLogsRequest,
+    ) -> Result<mpsc::Receiver<SubscribeLogsMessage>, Status> {
+        match self.subscribe_here(req.clone()) {
+            Err(e) if e.code() == tonic::Code::Unavailable => {}
+            other => return other,
+        }
+        let tls = self.forward_tls.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let (Some(tls), Some(leader)) = (tls, self.leader_addr()) else { return Err(self.not_leader().into()) };
+        self.forward(&leader, tls, req).await
+    }
+
+    /// Subscribes on this manager, which must be leading (`Dispatcher.SubscribeLogs`, a follower's forward).
+    pub(crate) fn subscribe_here(
+        &self,
+        mut req: SubscribeLogsRequest,
+    ) -> Result<mpsc::Receiver<SubscribeLogsMessage>, Status> {
+        if let Some(since) = &req.options.since {
+            req.options.since = Some(normalize_since(since)?);
+        }
+        let store = self.lock().store.clone().ok_or_else(|| self.not_leader())?;
+        let selection = store.view(|v| log_selection(v, &req.selector))?;
+        Ok(self.subscribe(selection, req.options)?)
+    }
+
+    /// Asks the leader at `leader` for the subscription and passes its stream on.
+    async fn forward(
+        &self,
+        leader: &str,
+        tls: ClientTlsConfig,
+        req: SubscribeLogsRequest,
+    ) -> Result<mpsc::Receiver<SubscribeLogsMessage>, Status> {
+        let err = |reason: String| LogsError::Forward { leader: leader.to_string(), reason };
+        let ep = tonic::transport::Endpoint::from_shared(format!("https://{leader}"))
+            .map_err(|e| err(e.to_string()))?
+            .tls_config(tls)
+            .map_err(|e| err(e.to_string()))?
+            .connect_timeout(Duration::from_secs(5));
+        let ch = ep.connect().await.map_err(|e| err(e.to_string()))?;
+        tracing::debug!(leader, "forwarding a log subscription to the leader");
+        // The leader's own refusal (no such service, bad since) reaches the caller as it is.
+        let mut stream = DispatcherClient::new(ch).subscribe_logs(req).await?.into_inner();
+        let (out, rx) = mpsc::channel(SUBSCRIBER_BUFFER);
+        tokio::spawn(async move {
+            loop {
+                let m = tokio::select! {
+                    _ = out.closed() => return,
+                    m = stream.message() => m,
+                };
+                match m {
+                    Ok(Some(m)) => {
+                        if out.send(m).await.is_err() {
+                            return;
+                        }
+                    }
+                    Ok(None) => return,
+                    Err(e) => {
+                        let warning = format!("the leader's log stream broke: {}", e.message());
+                        let _ = out.send(SubscribeLogsMessage { messages: vec![], warnings: vec![warning] }).await;
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(rx)
     }
 
     /// The dispatcher started: subscriptions are served from `store`.

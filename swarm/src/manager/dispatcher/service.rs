@@ -6,7 +6,9 @@ use super::assignments::AssignmentSet;
 use super::{Dispatcher, DispatcherError};
 use crate::api::control::Empty;
 use crate::api::dispatch::*;
-use crate::api::logs::{LogSubscription, LogsSessionRequest, PublishLogsRequest};
+use crate::api::logs::{
+    LogSubscription, LogsSessionRequest, PublishLogsRequest, SubscribeLogsMessage, SubscribeLogsRequest,
+};
 use crate::api::NodeRole;
 use crate::transport::dispatcher::dispatcher_server::Dispatcher as DispatcherRpc;
 use std::pin::Pin;
@@ -72,6 +74,7 @@ impl DispatcherRpc for DispatcherService {
     type SessionStream = RpcStream<SessionMessage>;
     type AssignmentsStream = RpcStream<AssignmentsMessage>;
     type LogsStream = RpcStream<LogSubscription>;
+    type SubscribeLogsStream = RpcStream<SubscribeLogsMessage>;
 
     async fn session(&self, req: Request<SessionRequest>) -> Result<Response<Self::SessionStream>, Status> {
         let node_id = node_of(&req)?;
@@ -224,5 +227,22 @@ impl DispatcherRpc for DispatcherService {
         self.dispatcher.check_session(&node_id, &r.session_id)?;
         self.dispatcher.log_broker().publish(&node_id, r).await.map_err(|e| Status::not_found(e.to_string()))?;
         Ok(Response::new(Empty {}))
+    }
+
+    async fn subscribe_logs(
+        &self,
+        req: Request<SubscribeLogsRequest>,
+    ) -> Result<Response<Self::SubscribeLogsStream>, Status> {
+        // Only managers forward their users' subscriptions.
+        let peer = crate::ca::peer_identity(&req).map_err(|e| Status::unauthenticated(e.to_string()))?;
+        crate::ca::authorize(&peer, &[NodeRole::Manager])?;
+        let rx = self.dispatcher.log_broker().subscribe_here(req.into_inner()).map_err(|mut s| {
+            if s.code() == tonic::Code::Unavailable {
+                with_leader(&mut s, self.dispatcher.leader());
+            }
+            s
+        })?;
+        let stream = tokio_stream::StreamExt::map(ReceiverStream::new(rx), Ok);
+        Ok(Response::new(Box::pin(stream)))
     }
 }
