@@ -163,6 +163,8 @@ struct Sub {
     follow: bool,
     /// Every node the subscription was pushed to (told when it ends).
     nodes: BTreeSet<String>,
+    /// The nodes holding selected tasks: only their loss is worth a warning.
+    holding: BTreeSet<String>,
     out: mpsc::Sender<SubscribeLogsMessage>,
     state: tokio::sync::Mutex<SubState>,
     /// Woken when the merge let lines out (a held-back node may go on) or the subscription ended.
@@ -328,7 +330,9 @@ impl LogBroker {
         };
         for (id, sub) in subs {
             let mut st = sub.state.lock().await;
-            if !st.pending.remove(node_id) && !sub.follow {
+            if !st.pending.remove(node_id) || !sub.holding.contains(node_id) {
+                st.merge.close(node_id);
+                self.flush(&id, &sub, &mut st).await;
                 continue;
             }
             let warning = format!("{}: its logs stream ended before all its logs were sent", self.node_name(node_id));
@@ -361,6 +365,7 @@ impl LogBroker {
         for (task, node) in &selection.tasks {
             by_node.entry(node.clone()).or_default().push(task.clone());
         }
+        let holding: BTreeSet<String> = by_node.keys().cloned().collect();
         let mut s = self.lock();
         let store = s.store.clone().ok_or_else(|| self.not_leader())?;
         // Following a service, every connected agent hears of it: a task of it may start anywhere later.
@@ -406,6 +411,7 @@ impl LogBroker {
         let sub = Arc::new(Sub {
             follow: options.follow,
             nodes: asked.clone(),
+            holding,
             out: out.clone(),
             state: tokio::sync::Mutex::new(SubState { pending: asked, merge, contexts: HashMap::new() }),
             drained: Notify::new(),
@@ -642,5 +648,58 @@ mod tests {
         assert!(rx.recv().await.is_none(), "the stream ends once every asked node closed");
         let e = broker.publish("n1", req).await.unwrap_err();
         assert!(matches!(e, LogsError::UnknownSubscription(_)), "{e:?}");
+    }
+
+    #[tokio::test]
+    async fn an_agent_lost_mid_stream_is_named_and_the_others_lines_still_come() {
+        let broker = LogBroker::default();
+        let store = Store::in_memory();
+        store
+            .update(|tx| {
+                tx.create(crate::testing::node("n1", "host-1"));
+                tx.create(crate::testing::node("n2", "host-2"));
+                for (t, n) in [("t1", "n1"), ("t2", "n2")] {
+                    let mut t = crate::testing::task(t, "s1", 1);
+                    t.node_id = n.into();
+                    tx.create(t);
+                }
+                Ok::<_, crate::manager::store::StoreError>(())
+            })
+            .await
+            .unwrap();
+        broker.start(store);
+        let (_, mut a1) = broker.register_agent("n1");
+        let (reg2, mut a2) = broker.register_agent("n2");
+        let selection = Selection {
+            service_id: Some("s1".into()),
+            tasks: vec![("t1".into(), "n1".into()), ("t2".into(), "n2".into())],
+        };
+        let mut rx = broker.subscribe(selection, LogsOptions::default()).unwrap();
+        let sub = a1.recv().await.unwrap();
+        assert_eq!(a2.recv().await.unwrap().task_ids, ["t2"]);
+        let line = |t: &str| TaskLogLine {
+            task_id: "t1".into(),
+            time: format!("2026-01-01T00:00:0{t}.000000000Z"),
+            stream: LogStream::Stdout,
+            line: format!("l{t}"),
+        };
+        let publish = |lines, close| PublishLogsRequest {
+            session_id: String::new(),
+            subscription_id: sub.id.clone(),
+            lines,
+            close,
+            error: None,
+        };
+        broker.publish("n1", publish(vec![line("1")], false)).await.unwrap();
+        // n1's line waits: n2 may still send something older. Then n2's agent goes away.
+        broker.agent_gone("n2", reg2).await;
+        let m = rx.recv().await.unwrap();
+        assert_eq!(m.warnings, ["node host-2: its logs stream ended before all its logs were sent"]);
+        let m = rx.recv().await.unwrap();
+        assert_eq!(m.messages.iter().map(|l| l.line.as_str()).collect::<Vec<_>>(), ["l1"]);
+        broker.publish("n1", publish(vec![line("2")], true)).await.unwrap();
+        let m = rx.recv().await.unwrap();
+        assert_eq!(m.messages.iter().map(|l| l.line.as_str()).collect::<Vec<_>>(), ["l2"]);
+        assert!(rx.recv().await.is_none(), "done once n1 closed");
     }
 }
