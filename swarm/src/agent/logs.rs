@@ -48,6 +48,36 @@ fn spawn_reader<E: Executor>(
     });
 }
 
+/// Fills `req` with `first` and the items `more` has ready, up to [`MAX_LOG_BATCH_BYTES`] of lines (one line at
+/// least, cut into pieces of [`MAX_LOG_LINE_BYTES`]); returns the item that did not fit, for the next batch.
+fn fill(req: &mut PublishLogsRequest, first: Item, mut more: impl FnMut() -> Option<Item>) -> Option<Item> {
+    let mut bytes = 0;
+    let mut next = Some(first);
+    while let Some(item) = next.take() {
+        match item {
+            Ok(l) => {
+                let pieces = split_line(&l.line);
+                let size: usize = pieces.iter().map(|p| p.len() + 64).sum();
+                if bytes + size > MAX_LOG_BATCH_BYTES && bytes > 0 {
+                    return Some(Ok(l));
+                }
+                bytes += size;
+                for p in pieces {
+                    req.lines.push(TaskLogLine { line: p.to_string(), ..l.clone() });
+                }
+            }
+            Err(e) => {
+                req.error = Some(match req.error.take() {
+                    Some(prev) => format!("{prev}; {e}"),
+                    None => e,
+                });
+            }
+        }
+        next = more();
+    }
+    None
+}
+
 /// Serves subscription `sub` until it is done (not following), the dispatcher refuses a batch (the subscriber
 /// left) or `cancel` (a close from the dispatcher, or the session ended).
 pub(super) async fn serve<E: Executor>(
@@ -104,32 +134,7 @@ pub(super) async fn serve<E: Executor>(
             let _ = client.publish_logs(req).await;
             return;
         };
-        let mut bytes = 0;
-        let mut next = Some(first);
-        while let Some(item) = next.take() {
-            match item {
-                Ok(l) => {
-                    let pieces = split_line(&l.line);
-                    let size: usize = pieces.iter().map(|p| p.len() + 64).sum();
-                    if bytes + size > MAX_LOG_BATCH_BYTES && bytes > 0 {
-                        carry = Some(Ok(l));
-                        break;
-                    }
-                    bytes += size;
-                    for p in pieces {
-                        req.lines.push(TaskLogLine { line: p.to_string(), ..l.clone() });
-                    }
-                }
-                Err(e) => {
-                    let e = match req.error.take() {
-                        Some(prev) => format!("{prev}; {e}"),
-                        None => e,
-                    };
-                    req.error = Some(e);
-                }
-            }
-            next = rx.try_recv().ok();
-        }
+        carry = fill(&mut req, first, || rx.try_recv().ok());
         let r = tokio::select! {
             _ = cancel.cancelled() => return,
             // No deadline: the broker holds a node that runs ahead of the others back by not answering; a lost
@@ -140,5 +145,46 @@ pub(super) async fn serve<E: Executor>(
             tracing::debug!(subscription = %sub.id, error = %e, "log subscription ended by the dispatcher");
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(text: &str) -> Item {
+        Ok(TaskLogLine {
+            task_id: "t1".into(),
+            time: "2026-01-01T00:00:01.000000000Z".into(),
+            stream: LogStream::Stdout,
+            line: text.into(),
+        })
+    }
+
+    #[test]
+    fn batches_are_bounded_long_lines_cut_and_errors_kept() {
+        // 20 lines of 64 KiB and a 200 KiB one, all ready at once.
+        let mut ready: std::collections::VecDeque<Item> = (0..20).map(|_| line(&"x".repeat(64 * 1024))).collect();
+        ready.push_back(Err("reading the logs of t2: gone".into()));
+        ready.push_back(line(&"y".repeat(200 * 1024)));
+        let mut batches = Vec::new();
+        let mut carry = None;
+        while let Some(first) = carry.take().or_else(|| ready.pop_front()) {
+            let mut req = PublishLogsRequest::default();
+            carry = fill(&mut req, first, || ready.pop_front());
+            batches.push(req);
+        }
+        assert!(batches.len() > 2, "{} batches", batches.len());
+        for b in &batches {
+            let bytes: usize = b.lines.iter().map(|l| l.line.len()).sum();
+            assert!(bytes <= MAX_LOG_BATCH_BYTES, "a batch of {bytes} bytes");
+            assert!(b.lines.iter().all(|l| l.line.len() <= MAX_LOG_LINE_BYTES));
+        }
+        let all: Vec<&TaskLogLine> = batches.iter().flat_map(|b| &b.lines).collect();
+        assert_eq!(all.iter().filter(|l| l.line.starts_with('x')).count(), 20, "every line sent once");
+        let ys: String = all.iter().filter(|l| l.line.starts_with('y')).map(|l| l.line.as_str()).collect();
+        assert_eq!(ys.len(), 200 * 1024, "the long line arrives whole, in pieces");
+        let errors: Vec<&str> = batches.iter().filter_map(|b| b.error.as_deref()).collect();
+        assert_eq!(errors, ["reading the logs of t2: gone"]);
     }
 }
