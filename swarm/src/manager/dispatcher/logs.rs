@@ -335,6 +335,7 @@ impl LogBroker {
                 self.flush(&id, &sub, &mut st).await;
                 continue;
             }
+            tracing::warn!(node.id = %node_id, subscription = %id, "agent's logs stream ended before it sent all its logs");
             let warning = format!("{}: its logs stream ended before all its logs were sent", self.node_name(node_id));
             let _ = sub.out.send(SubscribeLogsMessage { messages: vec![], warnings: vec![warning] }).await;
             st.merge.close(node_id);
