@@ -82,6 +82,12 @@ fn main() {
                 "crate::api::control::UpdateClusterRequest",
                 "crate::api::control::GetClusterResponse",
             ),
+            server_stream(
+                "subscribe_logs",
+                "SubscribeLogs",
+                "crate::api::logs::SubscribeLogsRequest",
+                "crate::api::logs::SubscribeLogsMessage",
+            ),
         ],
     );
     let dispatcher = service(
@@ -110,6 +116,15 @@ fn main() {
                 "UpdateTaskStatus",
                 "crate::api::dispatch::UpdateTaskStatusRequest",
                 "crate::api::control::Empty",
+            ),
+            server_stream("logs", "Logs", "crate::api::logs::LogsSessionRequest", "crate::api::logs::LogSubscription"),
+            unary("publish_logs", "PublishLogs", "crate::api::logs::PublishLogsRequest", "crate::api::control::Empty"),
+            // A follower manager forwards its `Control.SubscribeLogs` here, to the leader's broker.
+            server_stream(
+                "subscribe_logs",
+                "SubscribeLogs",
+                "crate::api::logs::SubscribeLogsRequest",
+                "crate::api::logs::SubscribeLogsMessage",
             ),
         ],
     );

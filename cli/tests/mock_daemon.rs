@@ -27,6 +27,8 @@ struct State {
     node_spec: Option<(NodeSpec, u64)>,
     /// Set by `swarm join` with the worker token: `info` then reports a worker.
     joined_as_worker: bool,
+    /// What the last `SubscribeLogs` asked for.
+    logs_options: Option<logs::LogsOptions>,
 }
 
 #[derive(Clone, Default)]
@@ -117,6 +119,45 @@ impl State {
 
 #[tonic::async_trait]
 impl Control for Fake {
+    type SubscribeLogsStream = futures::stream::Iter<std::vec::IntoIter<Result<logs::SubscribeLogsMessage, Status>>>;
+
+    /// A service's logs come from two nodes, host-a and host-b; task `taskidtaskidtaskidtaskid3` ran on host-c,
+    /// which is down.
+    async fn subscribe_logs(
+        &self,
+        req: Request<logs::SubscribeLogsRequest>,
+    ) -> Result<Response<Self::SubscribeLogsStream>, Status> {
+        let r = req.into_inner();
+        let mut st = self.0.lock().expect("lock");
+        st.logs_options = Some(r.options.clone());
+        if r.selector.starts_with("taskidtaskidtaskidtaskid3") {
+            let warning = "node host-c is down: the logs of its tasks cannot be retrieved".to_string();
+            let m = logs::SubscribeLogsMessage { messages: vec![], warnings: vec![warning] };
+            return Ok(Response::new(futures::stream::iter(vec![Ok(m)])));
+        }
+        let svc =
+            st.find(&r.selector).map_err(|_| Status::not_found(format!("no such task or service: {}", r.selector)))?;
+        let msg = |slot: u64, host: &str, stream: logs::LogStream, line: &str| logs::LogMessage {
+            time: "2024-01-02T03:04:05.000000000Z".into(),
+            stream,
+            context: format!("{}.{slot}.taskidtaskidtaskidtaskid{slot}@{host}", svc.spec.annotations.name),
+            task_id: format!("taskidtaskidtaskidtaskid{slot}"),
+            node_id: host.into(),
+            line: line.into(),
+        };
+        let first = vec![
+            msg(1, "host-a", logs::LogStream::Stdout, "hello"),
+            msg(2, "host-b", logs::LogStream::Stdout, "from b"),
+            msg(1, "host-a", logs::LogStream::Stderr, "oops"),
+        ];
+        let second = vec![msg(1, "host-a", logs::LogStream::Stdout, "bye")];
+        let msgs = [first, second]
+            .into_iter()
+            .map(|messages| Ok(logs::SubscribeLogsMessage { messages, warnings: vec![] }))
+            .collect::<Vec<_>>();
+        Ok(Response::new(futures::stream::iter(msgs)))
+    }
+
     async fn create_service(&self, req: Request<CreateServiceRequest>) -> Result<Response<Service>, Status> {
         let mut spec = req.into_inner().spec;
         // As the real control API: the server normalizes (and validates) the image reference.
@@ -333,31 +374,13 @@ impl Engine for Fake {
             Err(Status::not_found(format!("No such image: {}", r.reference)))
         }
     }
-    type ServiceLogsStream = futures::stream::Iter<std::vec::IntoIter<Result<LogMessage, Status>>>;
-    async fn service_logs(
-        &self,
-        req: Request<ServiceLogsRequest>,
-    ) -> Result<Response<Self::ServiceLogsStream>, Status> {
-        let r = req.into_inner();
-        let svc = self.0.lock().expect("lock").find(&r.service)?;
-        let ctx = format!("{}.1.{}@host-a", svc.spec.annotations.name, "taskidtaskidtaskidtaskid1");
-        let msg = |stream: &str, line: &str| {
-            Ok(LogMessage {
-                time: "2024-01-02T03:04:05.000000000Z".into(),
-                stream: stream.into(),
-                context: ctx.clone(),
-                line: line.into(),
-            })
-        };
-        let msgs = vec![msg("stdout", "hello\n"), msg("stderr", "oops\n"), msg("stdout", "bye")];
-        Ok(Response::new(futures::stream::iter(msgs)))
-    }
 }
 
 /// A fake daemon on its own runtime thread, listening on a socket in a temp dir.
 struct Daemon {
     _dir: tempfile::TempDir,
     socket: PathBuf,
+    fake: Fake,
 }
 
 impl Daemon {
@@ -365,22 +388,28 @@ impl Daemon {
         let dir = tempfile::tempdir().expect("tempdir");
         let socket = dir.path().join("shoal.sock");
         let path = socket.clone();
+        let fake = Fake::default();
+        let served = fake.clone();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("rt");
             rt.block_on(async move {
                 let listener = tokio::net::UnixListener::bind(&path).expect("bind");
                 let _ = ready_tx.send(());
-                let fake = Fake::default();
                 let _ = tonic::transport::Server::builder()
-                    .add_service(ControlServer::new(fake.clone()))
-                    .add_service(EngineServer::new(fake))
+                    .add_service(ControlServer::new(served.clone()))
+                    .add_service(EngineServer::new(served))
                     .serve_with_incoming(tokio_stream::wrappers::UnixListenerStream::new(listener))
                     .await;
             });
         });
         ready_rx.recv_timeout(Duration::from_secs(10)).expect("fake daemon up");
-        Daemon { _dir: dir, socket }
+        Daemon { _dir: dir, socket, fake }
+    }
+
+    /// The options of the last `SubscribeLogs` the fake answered.
+    fn logs_options(&self) -> logs::LogsOptions {
+        self.fake.0.lock().expect("lock").logs_options.clone().expect("a SubscribeLogs call")
     }
 
     fn shoal(&self, args: &[&str]) -> Output {
@@ -550,12 +579,37 @@ fn services_lifecycle_through_the_cli() {
     assert!(pretty.contains("Service Mode:\tReplicated") && pretty.contains(" Args:\t\tsleep 1d"), "{pretty}");
 
     let logs = d.shoal(&["service", "logs", "web"]);
-    assert!(logs.status.success());
+    assert!(logs.status.success(), "{}", String::from_utf8_lossy(&logs.stderr));
     assert_eq!(
         String::from_utf8_lossy(&logs.stdout),
-        "web.1.taskidtaskid@host-a    | hello\nweb.1.taskidtaskid@host-a    | bye\n"
+        "web.1.taskidtaskid@host-a    | hello\nweb.2.taskidtaskid@host-b    | from b\nweb.1.taskidtaskid@host-a    | bye\n"
     );
     assert_eq!(String::from_utf8_lossy(&logs.stderr), "web.1.taskidtaskid@host-a    | oops\n");
+    let raw = d.ok(&[
+        "service",
+        "logs",
+        "--raw",
+        "-t",
+        "--no-task-ids",
+        "--tail",
+        "5",
+        "--since",
+        "2024-01-02T03:00:00Z",
+        "web",
+    ]);
+    assert_eq!(raw.lines().next(), Some("2024-01-02T03:04:05.000000000Z hello"), "{raw}");
+    let sent = d.logs_options();
+    assert_eq!(
+        (sent.follow, sent.tail, sent.since.as_deref()),
+        (false, Some(5), Some("2024-01-02T03:00:00.000000000Z")),
+        "the flags reach the daemon"
+    );
+    assert_eq!(
+        d.fails(&["service", "logs", "taskidtaskidtaskidtaskid3"]),
+        "error from daemon in stream: Error grabbing logs: node host-c is down: the logs of its tasks cannot be retrieved"
+    );
+    assert_eq!(d.fails(&["service", "logs", "nope"]), "Error response from daemon: no such task or service: nope");
+    assert!(d.fails(&["service", "logs", "--since", "soon", "web"]).contains("invalid value for \"since\": soon"));
 
     assert_eq!(d.ok(&["service", "rm", "web", "everywhere"]), "web\neverywhere\n");
     assert_eq!(d.fails(&["service", "rm", "web"]), "Error response from daemon: service web not found");

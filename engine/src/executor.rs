@@ -280,6 +280,45 @@ impl Executor for ContainerdExecutor {
     async fn remove_task(&self, task_id: &str) -> Result<(), ExecError> {
         self.delete_all(task_id).await
     }
+
+    async fn logs(
+        &self,
+        task_ids: &[String],
+        opts: &swarm::api::logs::LogsOptions,
+    ) -> Result<tokio::sync::mpsc::Receiver<swarm::api::logs::TaskLogLine>, ExecError> {
+        // Ids become paths under the data root: only plain ids (as the store makes them) are read.
+        if let Some(bad) = task_ids.iter().find(|id| id.is_empty() || !id.bytes().all(|b| b.is_ascii_alphanumeric())) {
+            return Err(ExecError::InvalidSpec(format!("invalid task id {bad:?}")));
+        }
+        let since = match &opts.since {
+            Some(s) => Some(
+                humantime::parse_rfc3339_weak(s)
+                    .map_err(|e| ExecError::InvalidSpec(format!("invalid since time {s:?}: {e}")))?,
+            ),
+            None => None,
+        };
+        let paths = task_ids.iter().map(|id| self.cfg.log_path(id)).collect();
+        let mut lines = crate::logs::stream_since(
+            paths,
+            crate::logs::LogOptions { follow: opts.follow, tail: opts.tail },
+            since,
+            None,
+        );
+        let (tx, rx) = tokio::sync::mpsc::channel(256);
+        tokio::spawn(async move {
+            while let Some(l) = lines.recv().await {
+                let stream = match l.stream.as_str() {
+                    "stderr" => swarm::api::logs::LogStream::Stderr,
+                    _ => swarm::api::logs::LogStream::Stdout,
+                };
+                let line = swarm::api::logs::TaskLogLine { task_id: l.task_id, time: l.time, stream, line: l.line };
+                if tx.send(line).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(rx)
+    }
 }
 
 #[derive(Clone)]
@@ -678,6 +717,60 @@ impl Controller for ContainerdController {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An executor over `data_root` whose containerd is never reached (logs read files only).
+    fn offline_executor(data_root: &Path) -> ContainerdExecutor {
+        let ch = tonic::transport::Endpoint::from_static("http://[::1]:1").connect_lazy();
+        let cfg = ExecutorConfig {
+            data_root: data_root.into(),
+            logger_binary: PathBuf::new(),
+            engine_labels: BTreeMap::new(),
+        };
+        ContainerdExecutor::new(ch.clone(), ImageService::new(ch, data_root.join("tmp")), cfg)
+    }
+
+    #[tokio::test]
+    async fn logs_of_several_tasks_come_merged_by_time_with_their_task_and_stream() {
+        use swarm::api::logs::{LogStream, LogsOptions};
+        let dir = tempfile::tempdir().unwrap();
+        let exec = offline_executor(dir.path());
+        let rec = |t: u32, stream: &str, line: &str| {
+            serde_json::json!({"log": format!("{line}\n"), "stream": stream,
+                "time": format!("2026-01-01T00:00:0{t}.000000000Z")})
+            .to_string()
+                + "\n"
+        };
+        for (id, text) in
+            [("taska", rec(1, "stdout", "a1") + &rec(3, "stderr", "a3")), ("taskb", rec(2, "stdout", "b2"))]
+        {
+            let p = exec.config().log_path(id);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, text).unwrap();
+        }
+        let ids = vec!["taska".to_string(), "taskb".to_string()];
+        let mut rx = exec.logs(&ids, &LogsOptions::default()).await.unwrap();
+        let mut got = Vec::new();
+        while let Some(l) = rx.recv().await {
+            got.push((l.task_id, l.stream, l.line));
+        }
+        assert_eq!(
+            got,
+            vec![
+                ("taska".into(), LogStream::Stdout, "a1".into()),
+                ("taskb".into(), LogStream::Stdout, "b2".into()),
+                ("taska".into(), LogStream::Stderr, "a3".into())
+            ]
+        );
+        let opts = LogsOptions { tail: Some(1), since: Some("2026-01-01T00:00:02Z".into()), follow: false };
+        let mut rx = exec.logs(&ids, &opts).await.unwrap();
+        let mut got = Vec::new();
+        while let Some(l) = rx.recv().await {
+            got.push(l.line);
+        }
+        assert_eq!(got, vec!["b2", "a3"]);
+        let e = exec.logs(&["../x".to_string()], &LogsOptions::default()).await.unwrap_err();
+        assert_eq!(e, ExecError::InvalidSpec("invalid task id \"../x\"".into()));
+    }
 
     #[test]
     fn signals_parse_like_docker() {

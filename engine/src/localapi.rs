@@ -1,24 +1,20 @@
 //! The node's local API (`shoal.Engine`) on its unix socket: info, version, swarm init/join/leave and join-token
-//! rotation, images, logs.
-//! The control API is served beside it (`SwarmNode::control_api`).
+//! rotation, images.
+//! The control API is served beside it (`SwarmNode::control_api`); it also serves `service logs`, gathered
+//! from every node by the leader.
 
 use crate::containerd::req;
 use crate::executor::{hostname, ContainerdExecutor};
 use crate::image::{ImageError, ImageService};
-use crate::logs::{self, LogOptions};
 use engine_api::Engine;
 use engine_api::*;
 use std::path::PathBuf;
-use std::pin::Pin;
 use std::sync::Arc;
 use swarm::api::control::Empty;
 use swarm::api::Platform;
-use swarm::manager::controlapi::find_service;
 use swarm::node::{NodeError, SwarmNode};
-use tokio_stream::{Stream, StreamExt};
+use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
-
-type RpcStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 pub struct LocalApi {
     pub node: Arc<SwarmNode<ContainerdExecutor>>,
@@ -170,84 +166,10 @@ impl Engine for LocalApi {
         self.images.remove(&req.into_inner().reference).await.map_err(image_status)?;
         Ok(Response::new(Empty {}))
     }
-
-    type ServiceLogsStream = RpcStream<LogMessage>;
-
-    async fn service_logs(
-        &self,
-        req: Request<ServiceLogsRequest>,
-    ) -> Result<Response<Self::ServiceLogsStream>, Status> {
-        let r = req.into_inner();
-        let store = self.node.manager_store().map_err(node_status)?;
-        let host = hostname();
-        let service_id = store.view(|v| find_service(v, &r.service).map(|s| s.id.clone()))?;
-        // Every task of the service, oldest first: (task id, log file, context shown before each line).
-        let list = {
-            let store = store.clone();
-            let cfg = self.executor.config().clone();
-            let service_id = service_id.clone();
-            move || -> Vec<(String, PathBuf, String)> {
-                store.view(|v| {
-                    let mut tasks: Vec<_> = v.tasks_by_service(&service_id).collect();
-                    tasks.sort_by_key(|t| (t.slot, t.meta.created_at));
-                    tasks
-                        .into_iter()
-                        .map(|t| (t.id.clone(), cfg.log_path(&t.id), format!("{}.{}@{}", t.name(), t.id, host)))
-                        .collect()
-                })
-            }
-        };
-        let initial = list();
-        let mut known: std::collections::HashSet<String> = initial.iter().map(|(id, _, _)| id.clone()).collect();
-        let contexts = Arc::new(std::sync::Mutex::new(initial.iter().map(|(_, _, c)| c.clone()).collect::<Vec<_>>()));
-        let paths = initial.into_iter().map(|(_, p, _)| p).collect();
-        let (add, added) = tokio::sync::mpsc::unbounded_channel();
-        let mut rx = logs::stream(paths, LogOptions { follow: r.follow, tail: r.tail }, Some(added));
-        if r.follow {
-            // Replacement tasks started after the call are followed too, as `docker service logs -f` does.
-            let contexts = contexts.clone();
-            tokio::spawn(async move {
-                while !add.is_closed() {
-                    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-                    for (id, path, ctx) in list() {
-                        if known.insert(id) {
-                            contexts.lock().unwrap_or_else(|e| e.into_inner()).push(ctx);
-                            if add.send(path).is_err() {
-                                return;
-                            }
-                        }
-                    }
-                }
-            });
-        }
-        let out = async_stream(move |tx: tokio::sync::mpsc::Sender<Result<LogMessage, Status>>| async move {
-            while let Some(l) = rx.recv().await {
-                let context =
-                    contexts.lock().unwrap_or_else(|e| e.into_inner()).get(l.source).cloned().unwrap_or_default();
-                let msg = LogMessage { time: l.time, stream: l.stream, context, line: l.line };
-                if tx.send(Ok(msg)).await.is_err() {
-                    return;
-                }
-            }
-        });
-        Ok(Response::new(out))
-    }
 }
 
 impl LocalApi {
     fn executor_channel(&self) -> tonic::transport::Channel {
         self.executor.channel()
     }
-}
-
-/// Runs `f` feeding a channel, and returns the channel as a response stream.
-fn async_stream<T, F, Fut>(f: F) -> RpcStream<T>
-where
-    T: Send + 'static,
-    F: FnOnce(tokio::sync::mpsc::Sender<Result<T, Status>>) -> Fut,
-    Fut: std::future::Future<Output = ()> + Send + 'static,
-{
-    let (tx, rx) = tokio::sync::mpsc::channel(64);
-    tokio::spawn(f(tx));
-    Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
 }

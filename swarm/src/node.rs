@@ -144,6 +144,7 @@ pub struct SwarmNode<E: Executor> {
     /// Whether this node is a worker member, for the control API's refusal message.
     worker: watch::Sender<bool>,
     running: Mutex<Option<Running<E>>>,
+    logs: crate::manager::dispatcher::LogBroker,
 }
 
 impl<E: Executor> SwarmNode<E> {
@@ -154,12 +155,13 @@ impl<E: Executor> SwarmNode<E> {
             control: watch::channel(None).0,
             worker: watch::channel(false).0,
             running: Mutex::new(None),
+            logs: Default::default(),
         }
     }
 
     /// The control API, answering while this node is a leading manager.
     pub fn control_api(&self) -> ControlApi {
-        ControlApi::new(self.control.subscribe()).with_worker(self.worker.subscribe())
+        ControlApi::new(self.control.subscribe()).with_worker(self.worker.subscribe()).with_logs(self.logs.clone())
     }
 
     /// The store for a manager-only operation, or Docker's refusal (worker or non-member) as [`NodeError::NotManager`].
@@ -495,11 +497,13 @@ impl<E: Executor> SwarmNode<E> {
             heartbeat_period: heartbeat,
             managers: vec![me.advertise_addr.clone()],
             leader: leader_rx,
-        });
+        })
+        .with_log_broker(self.logs.clone());
 
         // Everything that can fail comes before anything is spawned.
         let server_tls = ca::server_tls_config(&identity)?;
         let client_tls = ca::client_tls_config(&identity)?;
+        self.logs.set_forwarding(client_tls.clone());
         let service = DispatcherServer::new(DispatcherService::new(dispatcher.clone()));
         let token = shutdown.clone();
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);

@@ -127,6 +127,8 @@ enum FakeState {
 struct FakeRuntime {
     containers: HashMap<String, watch::Sender<FakeState>>,
     missing_images: Vec<String>,
+    /// Each task's log, as fed by the test (kept when the container is removed, as nothing reads it then).
+    logs: HashMap<String, Vec<logs::TaskLogLine>>,
 }
 
 /// An in-memory runtime: "containers" are entries in a map that run until told to exit. For unit tests and the
@@ -135,11 +137,26 @@ struct FakeRuntime {
 pub struct TestExecutor {
     hostname: String,
     rt: Arc<Mutex<FakeRuntime>>,
+    /// Bumped whenever a log line is fed, to wake followers.
+    fed: Arc<watch::Sender<u64>>,
 }
 
 impl TestExecutor {
     pub fn new(hostname: &str) -> Self {
-        TestExecutor { hostname: hostname.into(), rt: Arc::default() }
+        TestExecutor { hostname: hostname.into(), rt: Arc::default(), fed: Arc::default() }
+    }
+
+    /// Appends a line to a task's log, written now.
+    pub fn feed_log(&self, task_id: &str, stream: logs::LogStream, line: &str) {
+        self.feed_log_at(task_id, std::time::SystemTime::now(), stream, line);
+    }
+
+    /// Appends a line to a task's log, written at `time` (lines of one task must be fed in time order).
+    pub fn feed_log_at(&self, task_id: &str, time: std::time::SystemTime, stream: logs::LogStream, line: &str) {
+        let time = humantime::format_rfc3339_nanos(time).to_string();
+        let l = logs::TaskLogLine { task_id: task_id.into(), time, stream, line: line.into() };
+        self.rt.lock().unwrap().logs.entry(task_id.into()).or_default().push(l);
+        self.fed.send_modify(|n| *n += 1);
     }
 
     /// Makes tasks using `image` fail to prepare as if the image were absent.
@@ -203,6 +220,66 @@ impl Executor for TestExecutor {
     async fn remove_task(&self, task_id: &str) -> Result<(), ExecError> {
         self.rt.lock().unwrap().containers.remove(task_id);
         Ok(())
+    }
+
+    async fn logs(
+        &self,
+        task_ids: &[String],
+        opts: &logs::LogsOptions,
+    ) -> Result<tokio::sync::mpsc::Receiver<logs::TaskLogLine>, ExecError> {
+        let (tx, rx) = tokio::sync::mpsc::channel(256);
+        let (ids, opts, rt) = (task_ids.to_vec(), opts.clone(), self.rt.clone());
+        let mut fed = self.fed.subscribe();
+        fed.borrow_and_update();
+        let since = opts.since.clone();
+        let keep = move |l: &logs::TaskLogLine| since.as_ref().is_none_or(|s| l.time >= *s);
+        // How many lines of each task were read.
+        let mut seen: HashMap<String, usize> = HashMap::new();
+        let mut existing = Vec::new();
+        {
+            let rt = rt.lock().unwrap();
+            for id in &ids {
+                let all = rt.logs.get(id).map(Vec::as_slice).unwrap_or_default();
+                seen.insert(id.clone(), all.len());
+                let kept: Vec<_> = all.iter().filter(|l| keep(l)).cloned().collect();
+                let from = opts.tail.map_or(0, |n| kept.len().saturating_sub(n));
+                existing.extend(kept.into_iter().skip(from));
+            }
+        }
+        existing.sort_by(|a, b| a.time.cmp(&b.time));
+        tokio::spawn(async move {
+            for l in existing {
+                if tx.send(l).await.is_err() {
+                    return;
+                }
+            }
+            if !opts.follow {
+                return;
+            }
+            loop {
+                tokio::select! {
+                    _ = tx.closed() => return,
+                    r = fed.changed() => if r.is_err() { return },
+                }
+                let mut new = Vec::new();
+                {
+                    let rt = rt.lock().unwrap();
+                    for id in &ids {
+                        let all = rt.logs.get(id).map(Vec::as_slice).unwrap_or_default();
+                        let n = seen.entry(id.clone()).or_default();
+                        new.extend(all[*n..].iter().filter(|l| keep(l)).cloned());
+                        *n = all.len();
+                    }
+                }
+                new.sort_by(|a, b| a.time.cmp(&b.time));
+                for l in new {
+                    if tx.send(l).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(rx)
     }
 }
 

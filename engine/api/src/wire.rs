@@ -63,27 +63,6 @@ pub struct ImageRemoveRequest {
     pub force: bool,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ServiceLogsRequest {
-    /// Service name, id or id prefix.
-    pub service: String,
-    #[serde(default)]
-    pub follow: bool,
-    /// Lines from the end of each task's log (None: all).
-    pub tail: Option<usize>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct LogMessage {
-    /// RFC 3339 time the line was written.
-    pub time: String,
-    /// `stdout` or `stderr`.
-    pub stream: String,
-    /// `web.1.<task id>@<node hostname>`, as Docker prefixes lines.
-    pub context: String,
-    pub line: String,
-}
-
 mod base64_bytes {
     use base64::Engine;
     use serde::{Deserialize, Deserializer, Serializer};

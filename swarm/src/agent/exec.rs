@@ -7,8 +7,10 @@
 //! already exists (re-adoption): `prepare` on an existing container succeeds, `start` on a running task succeeds,
 //! `wait` attaches to a task that is already running or reports the exit of one that already stopped.
 
+use crate::api::logs::{LogsOptions, TaskLogLine};
 use crate::api::{NodeDescription, Task};
 use std::future::Future;
+use tokio::sync::mpsc;
 
 /// Errors a runtime reports. The message is what `service ps` shows in its ERROR column.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -61,6 +63,19 @@ pub trait Executor: Send + Sync + 'static {
 
     /// Kills and deletes whatever the runtime holds for a task the agent no longer knows (an orphan).
     fn remove_task(&self, task_id: &str) -> impl Future<Output = Result<(), ExecError>> + Send;
+
+    /// Reads the logs of `task_ids` (containers on this node, running or not): their existing lines (the last
+    /// `tail` of each, none before `since`) merged by time, then, when `follow`, new lines as they are written
+    /// until the receiver is dropped. A task without logs yields nothing (and, when following, its lines once it
+    /// writes some). Runtimes that keep no logs refuse.
+    fn logs(
+        &self,
+        task_ids: &[String],
+        opts: &LogsOptions,
+    ) -> impl Future<Output = Result<mpsc::Receiver<TaskLogLine>, ExecError>> + Send {
+        let _ = (task_ids, opts);
+        std::future::ready(Err(ExecError::Runtime("this runtime keeps no logs".into())))
+    }
 }
 
 /// Drives one task's container.

@@ -13,6 +13,7 @@
 //! a failed write, or on the next session, whichever manager it is with.
 
 pub mod exec;
+mod logs;
 pub mod task;
 pub mod worker;
 
@@ -288,6 +289,13 @@ impl<E: Executor> Agent<E> {
             within(heartbeat_deadline(period), "the assignments request", client.assignments(request))
                 .await?
                 .into_inner();
+        let request = crate::api::logs::LogsSessionRequest { session_id: session_id.clone() };
+        let mut log_subs =
+            within(heartbeat_deadline(period), "the logs request", client.logs(request)).await?.into_inner();
+        // Log readers of this session: stopped when it ends, or one by one when the dispatcher closes one.
+        let readers_stop = CancellationToken::new();
+        let _stop_readers = readers_stop.clone().drop_guard();
+        let mut readers: HashMap<String, CancellationToken> = HashMap::new();
         let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
         let mut flush = tokio::time::interval(Duration::from_millis(50));
         let mut reports = self.reports.lock().await;
@@ -307,6 +315,23 @@ impl<E: Executor> Agent<E> {
                 m = assignments.message() => match m? {
                     Some(msg) => self.worker.lock().await.apply(msg).await,
                     None => return Err(tonic::Status::unavailable("assignments stream ended").into()),
+                },
+                m = log_subs.message() => match m? {
+                    Some(sub) => {
+                        readers.retain(|_, r| !r.is_cancelled());
+                        if sub.close {
+                            if let Some(r) = readers.remove(&sub.id) {
+                                r.cancel();
+                            }
+                        } else {
+                            let cancel = readers_stop.child_token();
+                            readers.insert(sub.id.clone(), cancel.clone());
+                            let (executor, worker) = (self.executor.clone(), self.worker.clone());
+                            let task = logs::serve(executor, worker, client.clone(), session_id.clone(), sub, cancel);
+                            tokio::spawn(task);
+                        }
+                    }
+                    None => return Err(tonic::Status::unavailable("log subscriptions stream ended").into()),
                 },
                 _ = heartbeat.tick() => {
                     // A manager that stopped answering (frozen, partitioned) is left after about one period.

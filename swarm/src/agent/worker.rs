@@ -65,6 +65,15 @@ impl<E: Executor> Worker<E> {
         self.tasks.keys().cloned().collect()
     }
 
+    /// Ids of the tasks of `service_id` this worker runs (for logs followed across new tasks).
+    pub fn task_ids_of_service(&self, service_id: &str) -> Vec<String> {
+        self.tasks
+            .iter()
+            .filter(|(_, m)| m.updates.borrow().service_id == service_id)
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+
     pub async fn apply(&mut self, msg: AssignmentsMessage) {
         match msg.kind {
             AssignmentsKind::Complete => {

@@ -14,6 +14,7 @@ mod cluster;
 mod constraint;
 pub mod control;
 pub mod dispatch;
+pub mod logs;
 pub mod membership;
 mod meta;
 mod node;

@@ -7,7 +7,10 @@
 pub mod validate;
 
 use crate::api::control::*;
+use crate::api::logs::{SubscribeLogsMessage, SubscribeLogsRequest};
 use crate::api::{new_id, Cluster, Node, NodeRole, NodeState, ObjectKind, Service, ServiceMode, Task, TaskState};
+use crate::manager::dispatcher::logs::Selection;
+use crate::manager::dispatcher::LogBroker;
 use crate::manager::store::{ApplyError, MemoryStore, Store, StoreError};
 use crate::transport::control::control_server::Control;
 use tokio::sync::watch;
@@ -29,6 +32,8 @@ pub struct ControlApi {
     store: watch::Receiver<Option<Store>>,
     /// Whether this node is a worker (only the refusal message depends on it).
     worker: Option<watch::Receiver<bool>>,
+    /// Where `SubscribeLogs` gathers logs (the leader's dispatcher serves it).
+    logs: Option<LogBroker>,
 }
 
 pub fn status_of(e: StoreError) -> Status {
@@ -107,7 +112,13 @@ pub fn service_counts(v: &MemoryStore, s: &Service) -> (u64, u64) {
 impl ControlApi {
     /// Answers from whatever store `store` holds (None while this node is not a manager).
     pub fn new(store: watch::Receiver<Option<Store>>) -> Self {
-        ControlApi { store, worker: None }
+        ControlApi { store, worker: None, logs: None }
+    }
+
+    /// Serves `SubscribeLogs` through `logs`.
+    pub fn with_logs(mut self, logs: LogBroker) -> Self {
+        self.logs = Some(logs);
+        self
     }
 
     /// Refuses calls on a worker with Docker's worker message rather than the non-member one.
@@ -119,7 +130,7 @@ impl ControlApi {
     /// A control API over a fixed store (tests).
     pub fn with_store(store: Store) -> Self {
         let (_tx, rx) = watch::channel(Some(store));
-        ControlApi { store: rx, worker: None }
+        ControlApi { store: rx, worker: None, logs: None }
     }
 
     fn store(&self) -> Result<Store, Status> {
@@ -131,8 +142,42 @@ impl ControlApi {
     }
 }
 
+/// What `service logs SELECTOR` reads: the service so named, or else the task.
+pub(crate) fn log_selection(v: &MemoryStore, selector: &str) -> Result<Selection, Status> {
+    let placed = |t: &Task| (!t.node_id.is_empty()).then(|| (t.id.clone(), t.node_id.clone()));
+    if let Ok(s) = find_service(v, selector) {
+        let mut tasks: Vec<&Task> = v.tasks_by_service(&s.id).collect();
+        tasks.sort_by_key(|t| (t.slot, t.meta.created_index));
+        return Ok(Selection { service_id: Some(s.id.clone()), tasks: tasks.into_iter().filter_map(placed).collect() });
+    }
+    match find_task(v, selector) {
+        Ok(t) => Ok(Selection { service_id: None, tasks: placed(t).into_iter().collect() }),
+        Err(e) if e.code() == tonic::Code::NotFound => {
+            Err(Status::not_found(format!("no such task or service: {selector}")))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+type LogsStream = std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<SubscribeLogsMessage, Status>> + Send>>;
+
 #[tonic::async_trait]
 impl Control for ControlApi {
+    type SubscribeLogsStream = LogsStream;
+
+    async fn subscribe_logs(
+        &self,
+        req: Request<SubscribeLogsRequest>,
+    ) -> Result<Response<Self::SubscribeLogsStream>, Status> {
+        // Only managers answer (with Docker's refusal elsewhere); the leader's broker gathers the logs, a
+        // follower's forwards the call there.
+        self.store()?;
+        let broker = self.logs.as_ref().ok_or_else(|| Status::unimplemented("logs are not served here"))?;
+        let rx = broker.subscribe_request(req.into_inner()).await?;
+        let stream = tokio_stream::StreamExt::map(tokio_stream::wrappers::ReceiverStream::new(rx), Ok);
+        Ok(Response::new(Box::pin(stream)))
+    }
+
     async fn create_service(&self, req: Request<CreateServiceRequest>) -> Result<Response<Service>, Status> {
         let store = self.store()?;
         let mut spec = req.into_inner().spec;

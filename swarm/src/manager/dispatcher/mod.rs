@@ -9,10 +9,12 @@
 //! that does not lead refuses sessions and names the leader when it knows it.
 
 mod assignments;
+pub mod logs;
 mod service;
 mod sessions;
 mod status;
 
+pub use logs::LogBroker;
 pub use service::DispatcherService;
 
 use crate::api::dispatch::TaskStatusUpdate;
@@ -106,17 +108,35 @@ pub struct Dispatcher {
     /// The managers agents may fail over to, kept current from the store while the dispatcher runs; every
     /// session stream watches it.
     managers: Arc<watch::Sender<Vec<String>>>,
+    /// Gathers `service logs` from the agents while this dispatcher runs.
+    logs: LogBroker,
 }
 
 impl Dispatcher {
     pub fn new(cfg: DispatcherConfig) -> Self {
+        let logs = LogBroker::default();
+        logs.set_leader(cfg.leader.clone());
         Dispatcher {
             cfg: Arc::new(Mutex::new(cfg)),
             active: Arc::default(),
             sessions: Arc::default(),
             running: watch::channel(false).0,
             managers: Arc::new(watch::channel(Vec::new()).0),
+            logs,
         }
+    }
+
+    /// Uses `logs` as its log broker: the one the control API subscribes through, which outlives a manager's
+    /// dispatchers.
+    pub fn with_log_broker(mut self, logs: LogBroker) -> Self {
+        logs.set_leader(self.config().leader);
+        self.logs = logs;
+        self
+    }
+
+    /// The log broker agents publish to.
+    pub fn log_broker(&self) -> &LogBroker {
+        &self.logs
     }
 
     pub fn config(&self) -> DispatcherConfig {
@@ -206,6 +226,7 @@ impl Dispatcher {
             }
         }
         self.managers.send_replace(store.view(|v| self.managers_in(v)));
+        self.logs.start(store.clone());
         self.running.send_replace(true);
         tracing::info!("dispatcher started");
         tokio::join!(
@@ -214,6 +235,7 @@ impl Dispatcher {
             self.watch_managers(store, stopped.clone())
         );
         *self.active.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        self.logs.stop();
         self.sessions.lock().unwrap_or_else(|e| e.into_inner()).close_all();
         self.running.send_replace(false);
         tracing::info!("dispatcher stopped");

@@ -6,6 +6,9 @@ use super::assignments::AssignmentSet;
 use super::{Dispatcher, DispatcherError};
 use crate::api::control::Empty;
 use crate::api::dispatch::*;
+use crate::api::logs::{
+    LogSubscription, LogsSessionRequest, PublishLogsRequest, SubscribeLogsMessage, SubscribeLogsRequest,
+};
 use crate::api::NodeRole;
 use crate::manager::store::NodeWatchError;
 use crate::transport::dispatcher::dispatcher_server::Dispatcher as DispatcherRpc;
@@ -70,6 +73,8 @@ fn node_of<T>(req: &Request<T>) -> Result<String, Status> {
 impl DispatcherRpc for DispatcherService {
     type SessionStream = RpcStream<SessionMessage>;
     type AssignmentsStream = RpcStream<AssignmentsMessage>;
+    type LogsStream = RpcStream<LogSubscription>;
+    type SubscribeLogsStream = RpcStream<SubscribeLogsMessage>;
 
     async fn session(&self, req: Request<SessionRequest>) -> Result<Response<Self::SessionStream>, Status> {
         let node_id = node_of(&req)?;
@@ -191,5 +196,56 @@ impl DispatcherRpc for DispatcherService {
         let r = req.into_inner();
         self.dispatcher.update_task_status(&node_id, &r.session_id, r.updates).await.map_err(|e| self.refuse(e))?;
         Ok(Response::new(Empty {}))
+    }
+
+    async fn logs(&self, req: Request<LogsSessionRequest>) -> Result<Response<Self::LogsStream>, Status> {
+        let node_id = node_of(&req)?;
+        let closed = self.dispatcher.check_session(&node_id, &req.into_inner().session_id)?;
+        let broker = self.dispatcher.log_broker().clone();
+        let (reg, mut subs) = broker.register_agent(&node_id);
+        let (tx, rx) = mpsc::channel(16);
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = closed.cancelled() => {
+                        let _ = tx.send(Err(Status::unavailable("session closed by the dispatcher"))).await;
+                        break;
+                    }
+                    _ = tx.closed() => break,
+                    s = subs.recv() => match s {
+                        Some(s) => if tx.send(Ok(s)).await.is_err() { break },
+                        // The broker stopped (this manager stopped leading).
+                        None => break,
+                    },
+                }
+            }
+            broker.agent_gone(&node_id, reg).await;
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn publish_logs(&self, req: Request<PublishLogsRequest>) -> Result<Response<Empty>, Status> {
+        let node_id = node_of(&req)?;
+        let r = req.into_inner();
+        self.dispatcher.check_session(&node_id, &r.session_id)?;
+        self.dispatcher.log_broker().publish(&node_id, r).await.map_err(|e| Status::not_found(e.to_string()))?;
+        Ok(Response::new(Empty {}))
+    }
+
+    async fn subscribe_logs(
+        &self,
+        req: Request<SubscribeLogsRequest>,
+    ) -> Result<Response<Self::SubscribeLogsStream>, Status> {
+        // Only managers forward their users' subscriptions.
+        let peer = crate::ca::peer_identity(&req).map_err(|e| Status::unauthenticated(e.to_string()))?;
+        crate::ca::authorize(&peer, &[NodeRole::Manager])?;
+        let rx = self.dispatcher.log_broker().subscribe_here(req.into_inner()).map_err(|mut s| {
+            if s.code() == tonic::Code::Unavailable {
+                with_leader(&mut s, self.dispatcher.leader());
+            }
+            s
+        })?;
+        let stream = tokio_stream::StreamExt::map(ReceiverStream::new(rx), Ok);
+        Ok(Response::new(Box::pin(stream)))
     }
 }
