@@ -128,6 +128,8 @@ struct ManagerParts {
 struct Running<E: Executor> {
     me: PersistedNode,
     identity: NodeIdentity,
+    /// The TLS material the listener and every client use; a renewal replaces it in place.
+    tls: ca::ClusterTls,
     /// When to renew the certificate (a random point in 50–80 % of its lifetime).
     renew_at: std::time::SystemTime,
     /// None on a worker.
@@ -497,15 +499,16 @@ impl<E: Executor> SwarmNode<E> {
             leader: leader_rx,
         });
 
-        // Everything that can fail comes before anything is spawned.
-        let server_tls = ca::server_tls_config(&identity)?;
-        let client_tls = ca::client_tls_config(&identity)?;
+        // Everything that can fail comes before anything is spawned. Raft's peers already dial with the node's
+        // material: the listener and the agent share it, so a renewal reaches all of them at once.
+        let tls = match raft.peers().tls() {
+            Some(tls) => tls,
+            None => ca::ClusterTls::new(&identity)?,
+        };
         let service = DispatcherServer::new(DispatcherService::new(dispatcher.clone()));
         let token = shutdown.clone();
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        let incoming = tls.incoming(listener);
         let server = tonic::transport::Server::builder()
-            .tls_config(server_tls)
-            .map_err(|e| NodeError::Listen { addr: me.listen_addr.clone(), reason: e.to_string() })?
             .add_service(service)
             .add_service(NodeCAServer::new(ca::NodeCaService::new(self.control.subscribe())))
             .add_service(
@@ -546,7 +549,7 @@ impl<E: Executor> SwarmNode<E> {
         // Its own dispatcher first (it serves while this manager leads), then the others it knows.
         let mut managers = vec![me.advertise_addr.clone()];
         managers.extend(me.managers.iter().filter(|m| **m != me.advertise_addr).cloned());
-        let agent = Arc::new(Agent::new(AgentConfig { managers, tls: client_tls }, self.executor.clone()));
+        let agent = Arc::new(Agent::new(AgentConfig { managers, tls: tls.clone() }, self.executor.clone()));
         let a = agent.clone();
         let token = shutdown.clone();
         tasks.spawn(async move { a.run(token).await }.instrument(tracing::info_span!("agent", node.id = %me.node_id)));
@@ -555,6 +558,7 @@ impl<E: Executor> SwarmNode<E> {
             me,
             renew_at: identity.renewal_deadline(),
             identity,
+            tls,
             manager: Some(ManagerParts { raft, store }),
             agent,
             shutdown,
@@ -565,11 +569,13 @@ impl<E: Executor> SwarmNode<E> {
 
     /// Starts a worker: the agent alone, with a session to the managers in `me`.
     async fn launch_worker(&self, me: PersistedNode, identity: NodeIdentity) -> Result<(), NodeError> {
-        let client_tls = ca::client_tls_config(&identity)?;
+        let tls = ca::ClusterTls::new(&identity)?;
         let shutdown = CancellationToken::new();
         let mut tasks = JoinSet::new();
-        let agent =
-            Arc::new(Agent::new(AgentConfig { managers: me.managers.clone(), tls: client_tls }, self.executor.clone()));
+        let agent = Arc::new(Agent::new(
+            AgentConfig { managers: me.managers.clone(), tls: tls.clone() },
+            self.executor.clone(),
+        ));
         let a = agent.clone();
         let token = shutdown.clone();
         tasks.spawn(async move { a.run(token).await }.instrument(tracing::info_span!("agent", node.id = %me.node_id)));
@@ -578,6 +584,7 @@ impl<E: Executor> SwarmNode<E> {
             me,
             renew_at: identity.renewal_deadline(),
             identity,
+            tls,
             manager: None,
             agent,
             shutdown,
@@ -746,12 +753,13 @@ impl<E: Executor> SwarmNode<E> {
     }
 
     /// Keeps this node's certificate in line with what the managers record, and runs it in that role: renews the
-    /// certificate once its renewal point (50–80 % of its lifetime) has passed, and on a role change (`node
+    /// certificate once its renewal point (50–80 % of its lifetime) has passed (in place: no session drops), and on
+    /// a role change (`node
     /// promote` / `demote`) gets a certificate for the new role and restarts as a manager (joining the Raft group)
     /// or as a worker (its Raft files removed). Containers keep running across the restart. Call it every couple of
     /// seconds ([`SwarmNode::spawn_maintenance`]); returns whether the node restarted.
     pub async fn maintain(&self) -> Result<bool, NodeError> {
-        let (me, identity, renew_at, target, members) = {
+        let (me, identity, tls, renew_at, target, members) = {
             let running = self.running.lock().await;
             let Some(r) = running.as_ref() else { return Ok(false) };
             let target = match &r.manager {
@@ -759,11 +767,11 @@ impl<E: Executor> SwarmNode<E> {
                 None => r.agent.status().borrow().connected_to.clone().or_else(|| r.me.managers.first().cloned()),
             };
             let members = r.manager.as_ref().map(|m| m.raft.member_addrs()).unwrap_or_default();
-            (r.me.clone(), r.identity.clone(), r.renew_at, target, members)
+            (r.me.clone(), r.identity.clone(), r.tls.clone(), r.renew_at, target, members)
         };
         self.persist_learned_managers().await;
         let Some(target) = target else { return Ok(false) };
-        let Ok(mut ca) = ca::member_ca_client(&target, &identity).await else { return Ok(false) };
+        let Ok(mut ca) = ca::member_ca_client(&target, &tls).await else { return Ok(false) };
         let Ok(status) = ca.node_certificate_status(crate::api::control::Empty {}).await else { return Ok(false) };
         let role = status.into_inner().role;
         if role == identity.role && std::time::SystemTime::now() < renew_at {
@@ -783,6 +791,10 @@ impl<E: Executor> SwarmNode<E> {
             .into_inner();
         let renewed = NodeIdentity::from_cert(&resp.certificate, &csr.key_pem, &identity.ca_cert_pem)?;
         tracing::info!(node.id = %me.node_id, role = %renewed.role, "renewed the node certificate");
+        if renewed.role == me.role {
+            self.renew_in_place(renewed).await?;
+            return Ok(false);
+        }
         let becomes_manager = renewed.role == NodeRole::Manager && me.role == NodeRole::Worker;
         let becomes_worker = renewed.role == NodeRole::Worker && me.role == NodeRole::Manager;
         let next = PersistedNode {
@@ -819,6 +831,19 @@ impl<E: Executor> SwarmNode<E> {
             tracing::info!(node.id = %me.node_id, "demoted: running as a worker");
         }
         Ok(true)
+    }
+
+    /// A renewal in the same role: the certificate is saved and swapped in for new connections (listener, Raft
+    /// peers, agent, NodeCA calls); every session and connection already up carries on.
+    async fn renew_in_place(&self, renewed: NodeIdentity) -> Result<(), NodeError> {
+        let mut running = self.running.lock().await;
+        // The node may have left or restarted as someone else meanwhile: the certificate is not theirs.
+        let Some(r) = running.as_mut().filter(|r| r.identity.node_id == renewed.node_id) else { return Ok(()) };
+        renewed.save(&self.certs_dir())?;
+        r.tls.replace(&renewed)?;
+        r.renew_at = renewed.renewal_deadline();
+        r.identity = renewed;
+        Ok(())
     }
 
     /// Records the managers a worker's agent learned from its sessions in `node.json`, so that after a restart it
@@ -989,7 +1014,7 @@ impl<E: Executor> SwarmNode<E> {
 
 /// Raft settings for a manager whose node certificate is `identity` (it calls its peers with it).
 fn raft_settings(snapshot_interval: u64, identity: &NodeIdentity) -> Result<RaftSettings, NodeError> {
-    Ok(RaftSettings { snapshot_interval, peer_tls: Some(ca::client_tls_config(identity)?), ..RaftSettings::default() })
+    Ok(RaftSettings { snapshot_interval, peer_tls: Some(ca::ClusterTls::new(identity)?), ..RaftSettings::default() })
 }
 
 /// How long a joining manager waits for the leader to add it (a learner first catches up with the whole log or a

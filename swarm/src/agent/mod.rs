@@ -30,7 +30,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch, Mutex};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
+use tonic::transport::Channel;
 use worker::Worker;
 
 /// Errors of one session attempt (the agent retries them all).
@@ -54,7 +54,8 @@ pub enum AgentError {
 pub struct AgentConfig {
     /// Managers to connect to (`host:port`), tried in order until a session gives the current list.
     pub managers: Vec<String>,
-    pub tls: ClientTlsConfig,
+    /// The node's mTLS; each new session dials with the certificate current then (a renewal keeps the session).
+    pub tls: crate::ca::ClusterTls,
 }
 
 /// Where the agent stands, for `info`.
@@ -235,13 +236,11 @@ impl<E: Executor> Agent<E> {
 
     async fn connect(&self, addr: &str) -> Result<DispatcherClient<Channel>, AgentError> {
         let err = |e: tonic::transport::Error| AgentError::Connect { addr: addr.into(), reason: format!("{e:?}") };
-        let ep = Endpoint::from_shared(format!("https://{addr}"))
-            .map_err(err)?
-            .tls_config(self.cfg.tls.clone())
+        let ep = crate::ca::endpoint(addr)
             .map_err(err)?
             .connect_timeout(Duration::from_secs(5))
             .http2_keep_alive_interval(Duration::from_secs(10));
-        let ch = ep.connect().await.map_err(err)?;
+        let ch = self.cfg.tls.connect(ep).await.map_err(err)?;
         Ok(DispatcherClient::new(ch))
     }
 

@@ -19,7 +19,8 @@
 //!                                          peer_identity(&req) ─▶ {node id, role, cluster id} from CN / OU / O
 //!                                          authorize(&peer, &[Manager]) ─▶ PermissionDenied otherwise
 //!
-//!  renewal: at renewal_deadline(not_before, not_after), a random point in 50–80 % of the cert's lifetime
+//!  renewal: at renewal_deadline(not_before, not_after), a random point in 50–80 % of the cert's lifetime;
+//!           ClusterTls::replace (reload.rs) swaps it in for new connections, nothing restarts
 //! ```
 //!
 //! Node certificates: ECDSA P-256, 90 days, CN = node id, OU = `swarm-manager`/`swarm-worker`, O = cluster id,
@@ -28,6 +29,7 @@
 
 mod identity;
 mod join;
+mod reload;
 mod root;
 mod server;
 mod tls;
@@ -35,6 +37,7 @@ mod token;
 
 pub use identity::{NodeCsr, NodeIdentity, CA_CERT_FILE, NODE_CERT_FILE, NODE_KEY_FILE};
 pub use join::{fetch_root_ca, member_ca_client, request_identity, JoinError};
+pub use reload::{endpoint, ClusterTls, Connector};
 pub use root::{cert_der, renewal_deadline, RootCa, CA_VALIDITY, NODE_CERT_VALIDITY};
 pub use server::{NodeCaService, INVALID_JOIN_TOKEN};
 pub use tls::{
