@@ -1000,6 +1000,16 @@ impl<E: Executor> SwarmNode<E> {
         }
     }
 
+    /// Where the agent stands (its manager, session), None on a non-member; for diagnostics and tests.
+    pub async fn agent_status(&self) -> Option<AgentStatus> {
+        Some(self.running.lock().await.as_ref()?.agent.status().borrow().clone())
+    }
+
+    /// The node certificate new connections present (None on a non-member).
+    pub async fn identity(&self) -> Option<NodeIdentity> {
+        Some(self.running.lock().await.as_ref()?.tls.identity())
+    }
+
     /// This manager's Raft member (None on a worker or a non-member), for diagnostics and tests.
     pub async fn raft(&self) -> Option<RaftHandle> {
         self.running.lock().await.as_ref()?.manager.as_ref().map(|m| m.raft.clone())

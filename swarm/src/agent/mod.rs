@@ -63,6 +63,8 @@ pub struct AgentConfig {
 pub struct AgentStatus {
     pub connected_to: Option<String>,
     pub node_id: Option<String>,
+    /// The dispatcher's id for the current session (None between sessions): unchanged as long as the session is.
+    pub session_id: Option<String>,
     /// The managers the agent knows (`host:port`, the leader first when a dispatcher said so): what the node
     /// persists, so a restarted agent can reach whichever manager is up.
     pub managers: Vec<String>,
@@ -212,6 +214,7 @@ impl<E: Executor> Agent<E> {
             self.status.send_modify(|s| {
                 s.connected_to = None;
                 s.node_id = None;
+                s.session_id = None;
             });
             if established {
                 backoff.reset();
@@ -280,6 +283,7 @@ impl<E: Executor> Agent<E> {
         self.status.send_modify(|s| {
             s.connected_to = Some(addr.into());
             s.node_id = Some(first.node_id.clone());
+            s.session_id = Some(session_id.clone());
         });
         let mut period = first.heartbeat_period;
         let request = AssignmentsRequest { session_id: session_id.clone() };
