@@ -541,6 +541,9 @@ impl<E: Executor> SwarmNode<E> {
                 }
             }
         });
+        // A manager trusts the cluster's roots as soon as its store has them (a rotation starting or ending), so
+        // members that renewed first are not refused by its listener.
+        tasks.spawn(ca::follow_trusted_roots(tls.clone(), store.clone(), shutdown.clone()).instrument(span.clone()));
         // Every manager answers the control API from now on (writes go through the leader).
         self.control.send_replace(Some(store.clone()));
         let manager = Manager::new(me.node_id.clone(), raft.clone(), store.clone(), dispatcher, self.control.clone());
@@ -773,8 +776,15 @@ impl<E: Executor> SwarmNode<E> {
         let Some(target) = target else { return Ok(false) };
         let Ok(mut ca) = ca::member_ca_client(&target, &tls).await else { return Ok(false) };
         let Ok(status) = ca.node_certificate_status(crate::api::control::Empty {}).await else { return Ok(false) };
-        let role = status.into_inner().role;
-        if role == identity.role && std::time::SystemTime::now() < renew_at {
+        let status = status.into_inner();
+        // The cluster's trust bundle (two roots during a root CA rotation) for new connections either way.
+        let roots = status.trusted_roots();
+        if !roots.is_empty() {
+            tls.set_roots(&roots)?;
+        }
+        let root = if status.root_ca_cert_pem.is_empty() { &identity.ca_cert_pem } else { &status.root_ca_cert_pem };
+        let new_root = *root != identity.ca_cert_pem;
+        if status.role == identity.role && std::time::SystemTime::now() < renew_at && !new_root {
             return Ok(false);
         }
         let raft_id = if me.raft_id != 0 { me.raft_id } else { rand::random::<u64>() | 1 };
@@ -789,10 +799,11 @@ impl<E: Executor> SwarmNode<E> {
             .await
             .map_err(|s| NodeError::Membership(format!("renewing the node certificate: {}", s.message())))?
             .into_inner();
-        let renewed = NodeIdentity::from_cert(&resp.certificate, &csr.key_pem, &identity.ca_cert_pem)?;
-        tracing::info!(node.id = %me.node_id, role = %renewed.role, "renewed the node certificate");
+        // Issued from the root the manager named (a new one during a rotation), which came over mTLS from it.
+        let renewed = NodeIdentity::from_cert(&resp.certificate, &csr.key_pem, root)?;
+        tracing::info!(node.id = %me.node_id, role = %renewed.role, new_root, "renewed the node certificate");
         if renewed.role == me.role {
-            self.renew_in_place(renewed).await?;
+            self.renew_in_place(renewed, &roots).await?;
             return Ok(false);
         }
         let becomes_manager = renewed.role == NodeRole::Manager && me.role == NodeRole::Worker;
@@ -835,12 +846,17 @@ impl<E: Executor> SwarmNode<E> {
 
     /// A renewal in the same role: the certificate is saved and swapped in for new connections (listener, Raft
     /// peers, agent, NodeCA calls); every session and connection already up carries on.
-    async fn renew_in_place(&self, renewed: NodeIdentity) -> Result<(), NodeError> {
+    /// `roots` is the cluster's trust bundle (empty: keep what is trusted).
+    async fn renew_in_place(&self, renewed: NodeIdentity, roots: &[String]) -> Result<(), NodeError> {
         let mut running = self.running.lock().await;
         // The node may have left or restarted as someone else meanwhile: the certificate is not theirs.
         let Some(r) = running.as_mut().filter(|r| r.identity.node_id == renewed.node_id) else { return Ok(()) };
         renewed.save(&self.certs_dir())?;
-        r.tls.replace(&renewed)?;
+        if roots.is_empty() {
+            r.tls.replace(&renewed)?;
+        } else {
+            r.tls.replace_with_roots(&renewed, roots)?;
+        }
         r.renew_at = renewed.renewal_deadline();
         r.identity = renewed;
         Ok(())
@@ -1090,6 +1106,7 @@ fn RootCa_api(root: &RootCa, digest: &str) -> crate::api::RootCa {
         ca_key_pem: root.key_pem.clone(),
         ca_cert_digest: digest.to_string(),
         join_tokens: JoinTokens { worker: ca::JoinToken::generate(digest), manager: ca::JoinToken::generate(digest) },
+        ..Default::default()
     }
 }
 

@@ -1,19 +1,28 @@
-//! Certificate renewal keeps every session up: two managers and a worker in one process with 30 s certificates
-//! (the smallest `--cert-expiry`) and maintenance every 200 ms renew several times each, while the Raft leader
-//! stays, the worker stays READY, and no agent session is replaced; after the first certificates have expired,
-//! new connections (a follower's forwarded write over a fresh Raft channel, NodeCA calls) work with the renewed ones.
+//! Certificates change under a running swarm without a dropped session: two managers and a worker in one process.
+//!
+//! Renewal: with 30 s certificates (the smallest `--cert-expiry`) and maintenance every 200 ms, every node renews
+//! several times while the Raft leader stays, the worker stays READY, and no agent session is replaced; after the
+//! first certificates have expired, new connections (a follower's forwarded write over a fresh Raft channel,
+//! NodeCA calls) work with the renewed ones.
+//!
+//! Root CA rotation (`swarm ca --rotate`): every node moves to a certificate from the new root, the old root is
+//! dropped once all have, with the same sessions and leader throughout; the new join token admits a new node and
+//! the old one does not.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
+use swarm::api::control::{Empty, UpdateClusterRequest};
 use swarm::api::membership::{SwarmInitRequest, SwarmJoinRequest};
 use swarm::api::{NodeAvailability, NodeState, TaskState};
 use swarm::ca::NodeIdentity;
 use swarm::manager::store::StoreError;
 use swarm::node::SwarmNode;
 use swarm::testing::TestExecutor;
+use swarm::transport::control::control_server::Control;
 use tokio_util::sync::CancellationToken;
+use tonic::Request;
 
 mod common;
 use common::*;
@@ -36,9 +45,18 @@ async fn join(dir: &Path, exec: &TestExecutor, remote: &str, token: &str) -> Nod
     node
 }
 
-/// The certificate saved in a node's state dir (loaded as the node would after a restart).
+/// The certificate saved in a node's state dir (loaded as the node would after a restart). A renewal replaces the
+/// three files one by one, so a read in the middle sees a key and certificate that do not match: read again.
 fn saved(dir: &Path) -> NodeIdentity {
-    NodeIdentity::load(&dir.join("swarm").join("certificates")).expect("a coherent saved identity")
+    let dir = dir.join("swarm").join("certificates");
+    let start = Instant::now();
+    loop {
+        match NodeIdentity::load(&dir) {
+            Ok(id) => return id,
+            Err(e) if start.elapsed() > Duration::from_secs(5) => panic!("no coherent saved identity in 5s: {e}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(5)),
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -153,6 +171,129 @@ async fn renewals_keep_every_session_and_the_leader() {
     }
 
     stop.cancel();
+    for n in nodes.iter().rev() {
+        n.shutdown().await;
+    }
+}
+
+/// Each node's agent session id, in order.
+async fn session_ids(nodes: &[Arc<Node>]) -> Vec<Option<String>> {
+    let mut out = Vec::new();
+    for n in nodes {
+        out.push(n.agent_status().await.unwrap().session_id);
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_root_rotation_moves_every_node_to_the_new_root_without_dropping_a_session() {
+    let dirs: Vec<_> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
+    let execs: Vec<_> = (0..4).map(|i| TestExecutor::new(&format!("host-{i}"))).collect();
+
+    step("m0 inits; m1 joins as a manager, w as a worker; maintenance every 200 ms");
+    let m0 = new_node(dirs[0].path(), &execs[0]);
+    m0.init(SwarmInitRequest { listen_addr: "127.0.0.1:0".into(), ..Default::default() }).await.unwrap();
+    let addr0 = m0.info().await.remote_managers[0].clone();
+    let old_tokens = m0.store().unwrap().view(|v| v.cluster().unwrap().root_ca.join_tokens.clone());
+    let m1 = join(dirs[1].path(), &execs[1], &addr0, &old_tokens.manager).await;
+    let w = join(dirs[2].path(), &execs[2], &addr0, &old_tokens.worker).await;
+    let nodes: Vec<Arc<Node>> = vec![Arc::new(m0), Arc::new(m1), Arc::new(w)];
+    let names = ["m0", "m1", "w"];
+    let stop = CancellationToken::new();
+    for n in &nodes {
+        SwarmNode::spawn_maintenance(n.clone(), Duration::from_millis(200), stop.clone());
+    }
+    let store0 = nodes[0].store().unwrap();
+    let old_root = store0.view(|v| v.cluster().unwrap().root_ca.ca_cert_pem.clone());
+    let sessions = session_ids(&nodes).await;
+    assert!(sessions.iter().all(|s| s.is_some()), "every agent has a session: {sessions:?}");
+    let raft0 = nodes[0].raft().await.unwrap();
+    let (leader, term) = {
+        let m = raft0.metrics().borrow().clone();
+        (m.current_leader.expect("m0 leads"), m.current_term)
+    };
+
+    step("swarm ca --rotate: UpdateCluster with force_rotate bumped");
+    let api = nodes[0].control_api();
+    let cluster = api.get_cluster(Request::new(Empty {})).await.unwrap().into_inner().cluster;
+    let mut spec = cluster.spec.clone();
+    spec.ca_config.force_rotate += 1;
+    let rotated = api
+        .update_cluster(Request::new(UpdateClusterRequest { version: cluster.meta.version, spec: spec.clone() }))
+        .await
+        .expect("the rotation starts")
+        .into_inner()
+        .cluster;
+    let new_root = rotated.root_ca.ca_cert_pem.clone();
+    assert_ne!(new_root, old_root);
+    assert_eq!(rotated.root_ca.previous_ca_cert_pem, old_root, "rotation in progress: both roots trusted");
+    assert!(rotated.root_ca.ca_key_pem.is_empty(), "the control API never returns the CA key");
+    let new_tokens = rotated.root_ca.join_tokens.clone();
+    assert_ne!(new_tokens.worker, old_tokens.worker);
+    assert_ne!(new_tokens.manager, old_tokens.manager);
+
+    step("every node renews from the new root; the rotation ends; same sessions, same leader");
+    let start = Instant::now();
+    loop {
+        let saved_roots: Vec<bool> = dirs[..3].iter().map(|d| saved(d.path()).ca_cert_pem == new_root).collect();
+        let mut presented = Vec::new();
+        for n in &nodes {
+            presented.push(n.identity().await.unwrap().ca_cert_pem == new_root);
+        }
+        let root_ca = store0.view(|v| v.cluster().unwrap().root_ca.clone());
+        assert_eq!(session_ids(&nodes).await, sessions, "an agent session was replaced after {:?}", start.elapsed());
+        let m = raft0.metrics().borrow().clone();
+        assert_eq!((m.current_leader, m.current_term), (Some(leader), term), "the leader changed");
+        if saved_roots.iter().all(|b| *b) && presented.iter().all(|b| *b) && !root_ca.rotating() {
+            eprintln!("rotation finished after {:?}", start.elapsed());
+            break;
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "after {:?}: saved certificates from the new root {saved_roots:?} ({names:?}), presented {presented:?}, \
+             still pending {:?}",
+            start.elapsed(),
+            root_ca.rotation_pending
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let e = api
+        .update_cluster(Request::new(UpdateClusterRequest {
+            version: store0.view(|v| v.cluster().unwrap().meta.version),
+            spec: spec.clone(),
+        }))
+        .await;
+    assert!(e.is_ok(), "an update that does not bump force_rotate is no rotation: {e:?}");
+    assert_eq!(store0.view(|v| v.cluster().unwrap().root_ca.ca_cert_pem.clone()), new_root);
+
+    step("the old worker token is refused; the new one admits a node, which gets a session");
+    let stale = new_node(dirs[3].path(), &execs[3]);
+    let refused = stale
+        .join(SwarmJoinRequest {
+            remote_addr: addr0.clone(),
+            join_token: old_tokens.worker.clone(),
+            listen_addr: "127.0.0.1:0".into(),
+            advertise_addr: "127.0.0.1".into(),
+            availability: NodeAvailability::Active,
+        })
+        .await
+        .expect_err("the token from before the rotation");
+    eprintln!("old token: {refused}");
+    drop(stale);
+    let late = join(dirs[3].path(), &execs[3], &addr0, &new_tokens.worker).await;
+    assert_eq!(saved(dirs[3].path()).ca_cert_pem, new_root);
+    let late_id = late.info().await.node_id;
+    wait_for("the new worker READY", || {
+        let state = store0.view(|v| v.node(&late_id).map(|n| n.status.state));
+        (state == Some(NodeState::Ready)).then_some(()).ok_or_else(|| format!("{state:?}"))
+    })
+    .await;
+    assert_eq!(session_ids(&nodes).await, sessions, "sessions kept through the join");
+    let m = raft0.metrics().borrow().clone();
+    assert_eq!((m.current_leader, m.current_term), (Some(leader), term), "the leader changed");
+
+    stop.cancel();
+    late.shutdown().await;
     for n in nodes.iter().rev() {
         n.shutdown().await;
     }

@@ -81,6 +81,13 @@ pub(crate) fn subject_of_der(der: &[u8]) -> Result<CertSubject, CaError> {
     subject_of(&parse_cert(der)?)
 }
 
+/// Whether the certificate `der` is signed by the CA certificate `ca_pem`.
+pub(crate) fn issued_by(der: &[u8], ca_pem: &str) -> bool {
+    let Ok(ca_der) = cert_der(ca_pem) else { return false };
+    let (Ok(cert), Ok(ca)) = (parse_cert(der), parse_cert(&ca_der)) else { return false };
+    cert.issuer() == ca.subject() && cert.verify_signature(Some(ca.public_key())).is_ok()
+}
+
 fn system_time(t: x509_parser::time::ASN1Time) -> SystemTime {
     let secs = t.timestamp();
     if secs >= 0 {

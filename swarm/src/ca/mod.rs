@@ -31,14 +31,17 @@ mod identity;
 mod join;
 mod reload;
 mod root;
+mod rotation;
 mod server;
 mod tls;
 mod token;
 
+pub(crate) use identity::issued_by;
 pub use identity::{NodeCsr, NodeIdentity, CA_CERT_FILE, NODE_CERT_FILE, NODE_KEY_FILE};
 pub use join::{fetch_root_ca, member_ca_client, request_identity, JoinError};
 pub use reload::{endpoint, ClusterTls, Connector};
 pub use root::{cert_der, renewal_deadline, RootCa, CA_VALIDITY, NODE_CERT_VALIDITY};
+pub use rotation::{follow_trusted_roots, node_renewed, start_rotation};
 pub use server::{NodeCaService, INVALID_JOIN_TOKEN};
 pub use tls::{
     authenticate, authorize, bootstrap_client_tls_config, client_tls_config, peer_identity, server_tls_config,
@@ -106,6 +109,9 @@ pub enum CaError {
     /// The caller presented no client certificate.
     #[error("the caller presented no client certificate")]
     Unauthenticated,
+    /// `swarm ca --rotate` while the previous rotation has not finished.
+    #[error("a root CA rotation is already in progress")]
+    RotationInProgress,
 }
 
 /// Issues a node identity as a joining node obtains it: a fresh key pair and CSR on the node, signed by `root`.

@@ -33,8 +33,9 @@ const ACCEPT_BACKLOG: usize = 64;
 /// What one identity (plus any extra trusted roots) makes: the rustls configs both sides use.
 struct Material {
     identity: NodeIdentity,
-    /// Root CA certificates (PEM) trusted besides the identity's own, e.g. the previous root during a rotation.
-    extra_roots: Vec<String>,
+    /// Root CA certificates (PEM) trusted: the identity's own first, then others (the other root during a
+    /// rotation).
+    roots: Vec<String>,
     server: Arc<ServerConfig>,
     client: Arc<ClientConfig>,
 }
@@ -60,14 +61,17 @@ fn tls_err(what: &str, e: impl std::fmt::Display) -> CaError {
 }
 
 impl Material {
-    fn build(identity: &NodeIdentity, extra_roots: &[String]) -> Result<Material, CaError> {
+    /// The material for `identity`, trusting its root and `others`.
+    fn build(identity: &NodeIdentity, others: &[String]) -> Result<Material, CaError> {
+        let mut all = vec![identity.ca_cert_pem.clone()];
+        all.extend(others.iter().filter(|r| **r != identity.ca_cert_pem).cloned());
         let chain = vec![CertificateDer::from(cert_der(&identity.cert_pem)?)];
         let key = || {
             PrivateKeyDer::from_pem_slice(identity.key_pem.as_bytes())
                 .map_err(|e| CaError::InvalidCertificate(format!("no PEM private key found ({e:?})")))
         };
         let mut roots = RootCertStore::empty();
-        for pem in std::iter::once(&identity.ca_cert_pem).chain(extra_roots) {
+        for pem in &all {
             let der = cert_der(pem).map_err(|e| CaError::InvalidCertificate(format!("the CA certificate: {e}")))?;
             roots.add(CertificateDer::from(der)).map_err(|e| tls_err("the CA certificate", e))?;
         }
@@ -95,12 +99,7 @@ impl Material {
             .map_err(|e| tls_err("client TLS", e))?;
         client.alpn_protocols = vec![b"h2".to_vec()];
 
-        Ok(Material {
-            identity: identity.clone(),
-            extra_roots: extra_roots.to_vec(),
-            server: Arc::new(server),
-            client: Arc::new(client),
-        })
+        Ok(Material { identity: identity.clone(), roots: all, server: Arc::new(server), client: Arc::new(client) })
     }
 }
 
@@ -119,22 +118,40 @@ impl ClusterTls {
         self.material().identity.clone()
     }
 
-    /// The root certificates (PEM) trusted besides the identity's own.
-    pub fn extra_roots(&self) -> Vec<String> {
-        self.material().extra_roots.clone()
+    /// The root certificates (PEM) trusted: the identity's own first.
+    pub fn roots(&self) -> Vec<String> {
+        self.material().roots.clone()
     }
 
-    /// Presents `identity` on every new connection from now on (keeping the extra trusted roots). Connections
-    /// already up are not touched.
+    /// Presents `identity` on every new connection from now on, still trusting the roots trusted so far (and the
+    /// identity's). Connections already up are not touched.
     pub fn replace(&self, identity: &NodeIdentity) -> Result<(), CaError> {
-        let extra = self.extra_roots();
-        self.replace_with_roots(identity, &extra)
+        self.update(|_, roots| Material::build(identity, roots))
     }
 
-    /// [`ClusterTls::replace`], also trusting `extra_roots` (PEM) besides the identity's root CA.
-    pub fn replace_with_roots(&self, identity: &NodeIdentity, extra_roots: &[String]) -> Result<(), CaError> {
-        let next = Arc::new(Material::build(identity, extra_roots)?);
-        *self.current.write().unwrap_or_else(|e| e.into_inner()) = next;
+    /// [`ClusterTls::replace`], trusting `roots` (PEM) besides the identity's root CA, and no others.
+    pub fn replace_with_roots(&self, identity: &NodeIdentity, roots: &[String]) -> Result<(), CaError> {
+        self.update(|_, _| Material::build(identity, roots))
+    }
+
+    /// Trusts `roots` (and the identity's own root) for new connections, and no others: the cluster's trust
+    /// bundle, which holds two roots during a rotation. Nothing is rebuilt when it is already so.
+    pub fn set_roots(&self, roots: &[String]) -> Result<(), CaError> {
+        let current = self.material();
+        let mut want = vec![current.identity.ca_cert_pem.clone()];
+        want.extend(roots.iter().filter(|r| **r != current.identity.ca_cert_pem).cloned());
+        if want == current.roots {
+            return Ok(());
+        }
+        self.update(|identity, _| Material::build(identity, roots))
+    }
+
+    /// Rebuilds the material from the current identity and roots under the write lock, so concurrent updates
+    /// (a renewal, a new trust bundle) are not lost.
+    fn update(&self, f: impl FnOnce(&NodeIdentity, &[String]) -> Result<Material, CaError>) -> Result<(), CaError> {
+        let mut current = self.current.write().unwrap_or_else(|e| e.into_inner());
+        let next = f(&current.identity, &current.roots)?;
+        *current = Arc::new(next);
         Ok(())
     }
 
