@@ -39,7 +39,7 @@ mod token;
 pub(crate) use identity::issued_by;
 pub use identity::{NodeCsr, NodeIdentity, CA_CERT_FILE, NODE_CERT_FILE, NODE_KEY_FILE};
 pub use join::{fetch_root_ca, member_ca_client, request_identity, JoinError};
-pub use reload::{endpoint, ClusterTls, Connector};
+pub use reload::{endpoint, ClusterTls, Connector, Incoming};
 pub use root::{cert_der, renewal_deadline, RootCa, CA_VALIDITY, NODE_CERT_VALIDITY};
 pub use rotation::{follow_trusted_roots, node_renewed, start_rotation};
 pub use server::{NodeCaService, INVALID_JOIN_TOKEN};

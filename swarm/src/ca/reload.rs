@@ -15,6 +15,7 @@
 
 use super::{cert_der, CaError, NodeIdentity, MANAGER_SERVER_NAME};
 use futures::future::BoxFuture;
+use futures::stream::{FuturesUnordered, StreamExt};
 use rustls::pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer, ServerName};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
@@ -27,8 +28,6 @@ use tonic::transport::{Channel, Endpoint};
 
 /// How long a client may take to complete its TLS handshake with the listener before it is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Accepted connections waiting for tonic to pick them up.
-const ACCEPT_BACKLOG: usize = 64;
 
 /// What one identity (plus any extra trusted roots) makes: the rustls configs both sides use.
 struct Material {
@@ -156,43 +155,11 @@ impl ClusterTls {
     }
 
     /// The cluster listener's connections: accepts on `listener` and completes each TLS handshake (with the
-    /// material current at that moment) off the accept loop, so a slow client holds up no one. Feed it to tonic's
-    /// `serve_with_incoming_shutdown`; the loop ends when the stream is dropped.
-    pub fn incoming(
-        &self,
-        listener: TcpListener,
-    ) -> tokio_stream::wrappers::ReceiverStream<std::io::Result<tokio_rustls::server::TlsStream<TcpStream>>> {
-        let (tx, rx) = tokio::sync::mpsc::channel(ACCEPT_BACKLOG);
-        let tls = self.clone();
-        tokio::spawn(async move {
-            loop {
-                let (tcp, peer) = tokio::select! {
-                    _ = tx.closed() => return,
-                    r = listener.accept() => match r {
-                        Ok(v) => v,
-                        Err(e) => {
-                            // Out of file descriptors and the like: wait a little rather than spin.
-                            tracing::warn!(error = %e, "cluster listener: accept failed");
-                            tokio::time::sleep(Duration::from_millis(100)).await;
-                            continue;
-                        }
-                    },
-                };
-                let _ = tcp.set_nodelay(true);
-                let acceptor = tokio_rustls::TlsAcceptor::from(tls.material().server.clone());
-                let tx = tx.clone();
-                tokio::spawn(async move {
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                        Ok(Ok(stream)) => {
-                            let _ = tx.send(Ok(stream)).await;
-                        }
-                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "cluster listener: TLS handshake failed"),
-                        Err(_) => tracing::debug!(%peer, "cluster listener: TLS handshake timed out"),
-                    }
-                });
-            }
-        });
-        tokio_stream::wrappers::ReceiverStream::new(rx)
+    /// material current at that moment) concurrently, so a slow client holds up no one. Feed it to tonic's
+    /// `serve_with_incoming_shutdown`. The stream owns the listener: when tonic drops it, the port is free again
+    /// (a node restarting in a new role binds it at once).
+    pub fn incoming(&self, listener: TcpListener) -> Incoming {
+        Incoming { listener, tls: self.clone(), handshakes: FuturesUnordered::new() }
     }
 
     /// A connector dialing with the material current at each connection (see [`ClusterTls::channel`]).
@@ -209,6 +176,63 @@ impl ClusterTls {
     /// [`ClusterTls::channel`], connecting now.
     pub async fn connect(&self, endpoint: Endpoint) -> Result<Channel, tonic::transport::Error> {
         endpoint.connect_with_connector(self.connector()).await
+    }
+}
+
+type Handshake = BoxFuture<'static, Option<tokio_rustls::server::TlsStream<TcpStream>>>;
+
+/// The listener's stream of TLS connections ([`ClusterTls::incoming`]).
+pub struct Incoming {
+    listener: TcpListener,
+    tls: ClusterTls,
+    handshakes: FuturesUnordered<Handshake>,
+}
+
+impl Incoming {
+    fn handshake(&self, tcp: TcpStream, peer: std::net::SocketAddr) -> Handshake {
+        let _ = tcp.set_nodelay(true);
+        let acceptor = tokio_rustls::TlsAcceptor::from(self.tls.material().server.clone());
+        Box::pin(async move {
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                Ok(Ok(stream)) => Some(stream),
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "cluster listener: TLS handshake failed");
+                    None
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "cluster listener: TLS handshake timed out");
+                    None
+                }
+            }
+        })
+    }
+}
+
+impl futures::Stream for Incoming {
+    type Item = std::io::Result<tokio_rustls::server::TlsStream<TcpStream>>;
+
+    fn poll_next(self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        // Take every connection waiting, then hand out the first finished handshake. Pending on both registers
+        // the waker with the listener and with every handshake in flight.
+        loop {
+            match this.listener.poll_accept(cx) {
+                Poll::Ready(Ok((tcp, peer))) => {
+                    let h = this.handshake(tcp, peer);
+                    this.handshakes.push(h);
+                }
+                // tonic logs it and asks again.
+                Poll::Ready(Err(e)) => return Poll::Ready(Some(Err(e))),
+                Poll::Pending => break,
+            }
+        }
+        loop {
+            match this.handshakes.poll_next_unpin(cx) {
+                Poll::Ready(Some(Some(stream))) => return Poll::Ready(Some(Ok(stream))),
+                Poll::Ready(Some(None)) => continue,
+                Poll::Ready(None) | Poll::Pending => return Poll::Pending,
+            }
+        }
     }
 }
 
