@@ -756,11 +756,11 @@ impl<E: Executor> SwarmNode<E> {
     }
 
     /// Keeps this node's certificate in line with what the managers record, and runs it in that role: renews the
-    /// certificate once its renewal point (50–80 % of its lifetime) has passed (in place: no session drops), and on
-    /// a role change (`node
-    /// promote` / `demote`) gets a certificate for the new role and restarts as a manager (joining the Raft group)
-    /// or as a worker (its Raft files removed). Containers keep running across the restart. Call it every couple of
-    /// seconds ([`SwarmNode::spawn_maintenance`]); returns whether the node restarted.
+    /// certificate once its renewal point (50–80 % of its lifetime) has passed or the cluster's root CA changed
+    /// (a rotation), in place, without dropping a session; follows the cluster's trusted roots; and on a role
+    /// change (`node promote` / `demote`) gets a certificate for the new role and restarts as a manager (joining
+    /// the Raft group) or as a worker (its Raft files removed). Containers keep running across the restart. Call
+    /// it every couple of seconds ([`SwarmNode::spawn_maintenance`]); returns whether the node restarted.
     pub async fn maintain(&self) -> Result<bool, NodeError> {
         let (me, identity, tls, renew_at, target, members) = {
             let running = self.running.lock().await;
