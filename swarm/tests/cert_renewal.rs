@@ -91,7 +91,7 @@ async fn renewals_keep_every_session_and_the_leader() {
     let first_expiry = first.iter().map(|i| i.not_after()).max().unwrap();
     let mut sessions = Vec::new();
     for (n, name) in nodes.iter().zip(names) {
-        let s = n.agent_status().await.unwrap().session_id;
+        let s = n.agent_status().await.and_then(|s| s.session_id);
         assert!(s.is_some(), "{name} has an agent session");
         sessions.push(s);
     }
@@ -114,7 +114,7 @@ async fn renewals_keep_every_session_and_the_leader() {
                 eprintln!("{name} renewed after {:?}", start.elapsed());
                 seen.push(now.cert_pem.clone());
             }
-            let s = nodes[i].agent_status().await.unwrap().session_id;
+            let s = nodes[i].agent_status().await.and_then(|s| s.session_id);
             assert_eq!(s, sessions[i], "{name}'s agent session was replaced after {:?}", start.elapsed());
         }
         let m = raft0.metrics().borrow().clone();
@@ -167,7 +167,7 @@ async fn renewals_keep_every_session_and_the_leader() {
     let m = raft0.metrics().borrow().clone();
     assert_eq!((m.current_leader, m.current_term), (Some(leader), term), "the leader changed");
     for (i, name) in names.iter().enumerate() {
-        assert_eq!(nodes[i].agent_status().await.unwrap().session_id, sessions[i], "{name}'s session");
+        assert_eq!(nodes[i].agent_status().await.and_then(|s| s.session_id), sessions[i], "{name}'s session");
     }
 
     stop.cancel();
@@ -180,7 +180,7 @@ async fn renewals_keep_every_session_and_the_leader() {
 async fn session_ids(nodes: &[Arc<Node>]) -> Vec<Option<String>> {
     let mut out = Vec::new();
     for n in nodes {
-        out.push(n.agent_status().await.unwrap().session_id);
+        out.push(n.agent_status().await.and_then(|s| s.session_id));
     }
     out
 }
