@@ -158,7 +158,13 @@ async fn renewals_keep_every_session_and_the_leader() {
     let mut svc = swarm::testing::service(&swarm::api::new_id(), "after-expiry", 3);
     svc.spec.task_template.restart_policy.delay = Duration::ZERO;
     let id = svc.id.clone();
-    store1.update(|tx| Ok::<_, StoreError>(tx.create(svc))).await.expect("a write through the follower");
+    store1
+        .update(|tx| {
+            tx.create(svc);
+            Ok::<_, StoreError>(())
+        })
+        .await
+        .expect("a write through the follower");
     wait_for("3 tasks running", || {
         let running = store0.view(|v| v.tasks_by_service(&id).filter(|t| t.status.state == TaskState::Running).count());
         (running == 3).then_some(()).ok_or_else(|| format!("{running} running"))

@@ -395,7 +395,7 @@ mod tests {
         let other = RootCa::generate().unwrap();
         let stranger = issue_identity(&other, "x", NodeRole::Worker, "c").unwrap();
         let stranger_tls = ClusterTls::new(&stranger).unwrap();
-        stranger_tls.replace_with_roots(&stranger, &[root.cert_pem.clone()]).unwrap();
+        stranger_tls.replace_with_roots(&stranger, std::slice::from_ref(&root.cert_pem)).unwrap();
         let refused = match stranger_tls.connect(endpoint(&addr).unwrap()).await {
             Ok(ch) => who(ch).await.map_err(|s| s.to_string()),
             Err(e) => Err(e.to_string()),

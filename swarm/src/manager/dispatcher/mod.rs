@@ -661,7 +661,13 @@ mod tests {
             root_ca: Default::default(),
             removed_nodes: Default::default(),
         };
-        store.update(|tx| Ok::<_, StoreError>(tx.create(cluster))).await.unwrap();
+        store
+            .update(|tx| {
+                tx.create(cluster);
+                Ok::<_, StoreError>(())
+            })
+            .await
+            .unwrap();
         let (s1, closed1) = d.open_session("n1", description("host-1"), String::new()).await.unwrap();
         let (s2, closed2) = d.open_session("n2", description("host-2"), String::new()).await.unwrap();
 
