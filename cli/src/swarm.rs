@@ -1,4 +1,4 @@
-//! `shoal swarm …`: init, join, leave and join-token, with Docker's messages and hints.
+//! `shoal swarm …`: init, join, leave, join-token, update and ca, with Docker's messages and hints.
 
 use crate::client::{rpc, Client};
 use clap::{Args, Subcommand, ValueEnum};
@@ -20,6 +20,21 @@ pub enum SwarmCmd {
     JoinToken(JoinTokenArgs),
     /// Update the swarm
     Update(UpdateArgs),
+    /// Display and rotate the root CA
+    Ca(CaArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CaArgs {
+    /// Rotate the swarm CA - if no certificate or key are provided, new ones will be generated
+    #[arg(long)]
+    rotate: bool,
+    /// Exit immediately instead of waiting for the root rotation to converge
+    #[arg(short, long)]
+    detach: bool,
+    /// Suppress progress output
+    #[arg(short, long)]
+    quiet: bool,
 }
 
 #[derive(Debug, Args)]
@@ -133,6 +148,7 @@ pub async fn run(client: &mut Client, cmd: SwarmCmd) -> anyhow::Result<()> {
             Ok(())
         }
         SwarmCmd::JoinToken(a) => join_token(client, a).await,
+        SwarmCmd::Ca(a) => ca(client, a).await,
         SwarmCmd::Update(a) => {
             let current = rpc(client.control.get_cluster(Empty {}).await)?.cluster;
             let spec = updated_spec(current.spec, &a);
@@ -221,6 +237,46 @@ async fn init(client: &mut Client, a: InitArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `swarm ca`: prints the root CA certificate; `--rotate` starts a root rotation (as Docker: by bumping
+/// `ca_config.force_rotate`) and, unless `--detach`, waits until every node holds a certificate from the new root.
+async fn ca(client: &mut Client, a: CaArgs) -> anyhow::Result<()> {
+    let current = rpc(client.control.get_cluster(Empty {}).await)?.cluster;
+    if !a.rotate {
+        print!("{}", current.root_ca.ca_cert_pem);
+        return Ok(());
+    }
+    let mut spec = current.spec;
+    spec.ca_config.force_rotate += 1;
+    let req = swarm::api::control::UpdateClusterRequest { version: current.meta.version, spec };
+    rpc(client.control.update_cluster(req).await)?;
+    if a.detach {
+        return Ok(());
+    }
+    let mut last = None;
+    loop {
+        let resp = rpc(client.control.get_cluster(Empty {}).await)?;
+        let root_ca = resp.cluster.root_ca;
+        if !root_ca.rotating() {
+            print!("{}", root_ca.ca_cert_pem);
+            return Ok(());
+        }
+        let progress = rotation_progress(resp.nodes, root_ca.rotation_pending.len() as u64);
+        if !a.quiet && last.as_ref() != Some(&progress) {
+            println!("{progress}");
+            last = Some(progress);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// The line `swarm ca --rotate` prints while it waits.
+fn rotation_progress(nodes: u64, pending: u64) -> String {
+    format!(
+        "rotation in progress: {}/{nodes} nodes hold a certificate from the new root CA",
+        nodes.saturating_sub(pending)
+    )
+}
+
 async fn join_token(client: &mut Client, a: JoinTokenArgs) -> anyhow::Result<()> {
     if a.rotate {
         let (role, name) = match a.role {
@@ -277,6 +333,16 @@ mod tests {
 
     fn parse(args: &[&str]) -> Result<SwarmCmd, clap::Error> {
         Cli::try_parse_from(std::iter::once("swarm").chain(args.iter().copied())).map(|c| c.cmd)
+    }
+
+    #[test]
+    fn ca_takes_rotate_detach_and_quiet() {
+        let SwarmCmd::Ca(a) = parse(&["ca"]).unwrap() else { panic!("not ca") };
+        assert!(!a.rotate && !a.detach && !a.quiet);
+        let SwarmCmd::Ca(a) = parse(&["ca", "--rotate", "-q", "-d"]).unwrap() else { panic!("not ca") };
+        assert!(a.rotate && a.detach && a.quiet);
+        assert!(parse(&["ca", "--bogus"]).is_err());
+        assert_eq!(rotation_progress(3, 1), "rotation in progress: 2/3 nodes hold a certificate from the new root CA");
     }
 
     #[test]

@@ -29,6 +29,15 @@ struct State {
     joined_as_worker: bool,
     /// What the last `SubscribeLogs` asked for.
     logs_options: Option<logs::LogsOptions>,
+    /// Root CA rotations started (`swarm ca --rotate`), and how many more `GetCluster` calls see the last one
+    /// in progress.
+    ca_rotations: u64,
+    rotation_polls_left: u32,
+}
+
+/// The fake cluster's root CA certificate after `n` rotations.
+fn fake_root(n: u64) -> String {
+    format!("-----BEGIN CERTIFICATE-----\nroot{n}\n-----END CERTIFICATE-----\n")
 }
 
 #[derive(Clone, Default)]
@@ -271,19 +280,32 @@ impl Control for Fake {
             .collect();
         Ok(Response::new(ListTasksResponse { tasks }))
     }
-    async fn update_cluster(
-        &self,
-        _req: Request<UpdateClusterRequest>,
-    ) -> Result<Response<GetClusterResponse>, Status> {
-        Err(Status::unimplemented("the fake daemon keeps a fixed cluster"))
+    /// Only a root CA rotation (a bumped `force_rotate`) is kept; it stays in progress for two reads.
+    async fn update_cluster(&self, req: Request<UpdateClusterRequest>) -> Result<Response<GetClusterResponse>, Status> {
+        {
+            let mut st = self.0.lock().unwrap();
+            if req.into_inner().spec.ca_config.force_rotate != st.ca_rotations {
+                st.ca_rotations += 1;
+                st.rotation_polls_left = 2;
+            }
+        }
+        self.get_cluster(Request::new(Empty {})).await
     }
 
     async fn get_cluster(&self, _req: Request<Empty>) -> Result<Response<GetClusterResponse>, Status> {
-        let cluster: Cluster = serde_json::from_value(serde_json::json!({
+        let mut cluster: Cluster = serde_json::from_value(serde_json::json!({
             "id": "cluster1", "spec": {"name": "default"},
             "root_ca": {"ca_cert_pem": "", "ca_cert_digest": "", "join_tokens": {"worker": "SWMTKN-1-w", "manager": "SWMTKN-1-m"}}
         }))
         .expect("cluster fixture");
+        let mut st = self.0.lock().unwrap();
+        cluster.spec.ca_config.force_rotate = st.ca_rotations;
+        cluster.root_ca.ca_cert_pem = fake_root(st.ca_rotations);
+        if st.rotation_polls_left > 0 {
+            st.rotation_polls_left -= 1;
+            cluster.root_ca.previous_ca_cert_pem = fake_root(st.ca_rotations - 1);
+            cluster.root_ca.rotation_pending.insert(node().id);
+        }
         Ok(Response::new(GetClusterResponse { cluster, managers: 1, nodes: 1 }))
     }
 }
@@ -691,6 +713,21 @@ fn images_nodes_and_swarm() {
 
     let version = d.ok(&["version"]);
     assert!(version.contains("Client:") && version.contains("Server:") && version.contains("  API version:      1"));
+}
+
+#[test]
+fn swarm_ca_prints_and_rotates_the_root() {
+    let d = Daemon::start();
+    // `swarm ca` prints the root CA; `--rotate` shows the progress once, then the new root.
+    assert_eq!(d.ok(&["swarm", "ca"]), fake_root(0));
+    let rotated = d.ok(&["swarm", "ca", "--rotate"]);
+    assert_eq!(
+        rotated,
+        format!("rotation in progress: 0/1 nodes hold a certificate from the new root CA\n{}", fake_root(1))
+    );
+    assert_eq!(d.ok(&["swarm", "ca", "--rotate", "-q"]), fake_root(2), "-q: the new root only");
+    assert_eq!(d.ok(&["swarm", "ca", "--rotate", "-d"]), "", "-d: returns at once");
+    assert_eq!(d.ok(&["swarm", "ca"]), fake_root(3));
 }
 
 #[test]

@@ -128,6 +128,8 @@ struct ManagerParts {
 struct Running<E: Executor> {
     me: PersistedNode,
     identity: NodeIdentity,
+    /// The TLS material the listener and every client use; a renewal replaces it in place.
+    tls: ca::ClusterTls,
     /// When to renew the certificate (a random point in 50–80 % of its lifetime).
     renew_at: std::time::SystemTime,
     /// None on a worker.
@@ -500,16 +502,17 @@ impl<E: Executor> SwarmNode<E> {
         })
         .with_log_broker(self.logs.clone());
 
-        // Everything that can fail comes before anything is spawned.
-        let server_tls = ca::server_tls_config(&identity)?;
-        let client_tls = ca::client_tls_config(&identity)?;
-        self.logs.set_forwarding(client_tls.clone());
+        // Everything that can fail comes before anything is spawned. Raft's peers already dial with the node's
+        // material: the listener and the agent share it, so a renewal reaches all of them at once.
+        let tls = match raft.peers().tls() {
+            Some(tls) => tls,
+            None => ca::ClusterTls::new(&identity)?,
+        };
+        self.logs.set_forwarding(tls.clone());
         let service = DispatcherServer::new(DispatcherService::new(dispatcher.clone()));
         let token = shutdown.clone();
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        let incoming = tls.incoming(listener);
         let server = tonic::transport::Server::builder()
-            .tls_config(server_tls)
-            .map_err(|e| NodeError::Listen { addr: me.listen_addr.clone(), reason: e.to_string() })?
             .add_service(service)
             .add_service(NodeCAServer::new(ca::NodeCaService::new(self.control.subscribe())))
             .add_service(
@@ -542,6 +545,9 @@ impl<E: Executor> SwarmNode<E> {
                 }
             }
         });
+        // A manager trusts the cluster's roots as soon as its store has them (a rotation starting or ending), so
+        // members that renewed first are not refused by its listener.
+        tasks.spawn(ca::follow_trusted_roots(tls.clone(), store.clone(), shutdown.clone()).instrument(span.clone()));
         // Every manager answers the control API from now on (writes go through the leader).
         self.control.send_replace(Some(store.clone()));
         let manager = Manager::new(me.node_id.clone(), raft.clone(), store.clone(), dispatcher, self.control.clone());
@@ -550,7 +556,7 @@ impl<E: Executor> SwarmNode<E> {
         // Its own dispatcher first (it serves while this manager leads), then the others it knows.
         let mut managers = vec![me.advertise_addr.clone()];
         managers.extend(me.managers.iter().filter(|m| **m != me.advertise_addr).cloned());
-        let agent = Arc::new(Agent::new(AgentConfig { managers, tls: client_tls }, self.executor.clone()));
+        let agent = Arc::new(Agent::new(AgentConfig { managers, tls: tls.clone() }, self.executor.clone()));
         let a = agent.clone();
         let token = shutdown.clone();
         tasks.spawn(async move { a.run(token).await }.instrument(tracing::info_span!("agent", node.id = %me.node_id)));
@@ -559,6 +565,7 @@ impl<E: Executor> SwarmNode<E> {
             me,
             renew_at: identity.renewal_deadline(),
             identity,
+            tls,
             manager: Some(ManagerParts { raft, store }),
             agent,
             shutdown,
@@ -569,11 +576,13 @@ impl<E: Executor> SwarmNode<E> {
 
     /// Starts a worker: the agent alone, with a session to the managers in `me`.
     async fn launch_worker(&self, me: PersistedNode, identity: NodeIdentity) -> Result<(), NodeError> {
-        let client_tls = ca::client_tls_config(&identity)?;
+        let tls = ca::ClusterTls::new(&identity)?;
         let shutdown = CancellationToken::new();
         let mut tasks = JoinSet::new();
-        let agent =
-            Arc::new(Agent::new(AgentConfig { managers: me.managers.clone(), tls: client_tls }, self.executor.clone()));
+        let agent = Arc::new(Agent::new(
+            AgentConfig { managers: me.managers.clone(), tls: tls.clone() },
+            self.executor.clone(),
+        ));
         let a = agent.clone();
         let token = shutdown.clone();
         tasks.spawn(async move { a.run(token).await }.instrument(tracing::info_span!("agent", node.id = %me.node_id)));
@@ -582,6 +591,7 @@ impl<E: Executor> SwarmNode<E> {
             me,
             renew_at: identity.renewal_deadline(),
             identity,
+            tls,
             manager: None,
             agent,
             shutdown,
@@ -750,12 +760,13 @@ impl<E: Executor> SwarmNode<E> {
     }
 
     /// Keeps this node's certificate in line with what the managers record, and runs it in that role: renews the
-    /// certificate once its renewal point (50–80 % of its lifetime) has passed, and on a role change (`node
-    /// promote` / `demote`) gets a certificate for the new role and restarts as a manager (joining the Raft group)
-    /// or as a worker (its Raft files removed). Containers keep running across the restart. Call it every couple of
-    /// seconds ([`SwarmNode::spawn_maintenance`]); returns whether the node restarted.
+    /// certificate once its renewal point (50–80 % of its lifetime) has passed or the cluster's root CA changed
+    /// (a rotation), in place, without dropping a session; follows the cluster's trusted roots; and on a role
+    /// change (`node promote` / `demote`) gets a certificate for the new role and restarts as a manager (joining
+    /// the Raft group) or as a worker (its Raft files removed). Containers keep running across the restart. Call
+    /// it every couple of seconds ([`SwarmNode::spawn_maintenance`]); returns whether the node restarted.
     pub async fn maintain(&self) -> Result<bool, NodeError> {
-        let (me, identity, renew_at, target, members) = {
+        let (me, identity, tls, renew_at, target, members) = {
             let running = self.running.lock().await;
             let Some(r) = running.as_ref() else { return Ok(false) };
             let target = match &r.manager {
@@ -763,14 +774,21 @@ impl<E: Executor> SwarmNode<E> {
                 None => r.agent.status().borrow().connected_to.clone().or_else(|| r.me.managers.first().cloned()),
             };
             let members = r.manager.as_ref().map(|m| m.raft.member_addrs()).unwrap_or_default();
-            (r.me.clone(), r.identity.clone(), r.renew_at, target, members)
+            (r.me.clone(), r.identity.clone(), r.tls.clone(), r.renew_at, target, members)
         };
         self.persist_learned_managers().await;
         let Some(target) = target else { return Ok(false) };
-        let Ok(mut ca) = ca::member_ca_client(&target, &identity).await else { return Ok(false) };
+        let Ok(mut ca) = ca::member_ca_client(&target, &tls).await else { return Ok(false) };
         let Ok(status) = ca.node_certificate_status(crate::api::control::Empty {}).await else { return Ok(false) };
-        let role = status.into_inner().role;
-        if role == identity.role && std::time::SystemTime::now() < renew_at {
+        let status = status.into_inner();
+        // The cluster's trust bundle (two roots during a root CA rotation) for new connections either way.
+        let roots = status.trusted_roots();
+        if !roots.is_empty() {
+            tls.set_roots(&roots)?;
+        }
+        let root = if status.root_ca_cert_pem.is_empty() { &identity.ca_cert_pem } else { &status.root_ca_cert_pem };
+        let new_root = *root != identity.ca_cert_pem;
+        if status.role == identity.role && std::time::SystemTime::now() < renew_at && !new_root {
             return Ok(false);
         }
         let raft_id = if me.raft_id != 0 { me.raft_id } else { rand::random::<u64>() | 1 };
@@ -785,8 +803,13 @@ impl<E: Executor> SwarmNode<E> {
             .await
             .map_err(|s| NodeError::Membership(format!("renewing the node certificate: {}", s.message())))?
             .into_inner();
-        let renewed = NodeIdentity::from_cert(&resp.certificate, &csr.key_pem, &identity.ca_cert_pem)?;
-        tracing::info!(node.id = %me.node_id, role = %renewed.role, "renewed the node certificate");
+        // Issued from the root the manager named (a new one during a rotation), which came over mTLS from it.
+        let renewed = NodeIdentity::from_cert(&resp.certificate, &csr.key_pem, root)?;
+        tracing::info!(node.id = %me.node_id, role = %renewed.role, new_root, "renewed the node certificate");
+        if renewed.role == me.role {
+            self.renew_in_place(renewed, &roots).await?;
+            return Ok(false);
+        }
         let becomes_manager = renewed.role == NodeRole::Manager && me.role == NodeRole::Worker;
         let becomes_worker = renewed.role == NodeRole::Worker && me.role == NodeRole::Manager;
         let next = PersistedNode {
@@ -823,6 +846,24 @@ impl<E: Executor> SwarmNode<E> {
             tracing::info!(node.id = %me.node_id, "demoted: running as a worker");
         }
         Ok(true)
+    }
+
+    /// A renewal in the same role: the certificate is saved and swapped in for new connections (listener, Raft
+    /// peers, agent, NodeCA calls); every session and connection already up carries on.
+    /// `roots` is the cluster's trust bundle (empty: keep what is trusted).
+    async fn renew_in_place(&self, renewed: NodeIdentity, roots: &[String]) -> Result<(), NodeError> {
+        let mut running = self.running.lock().await;
+        // The node may have left or restarted as someone else meanwhile: the certificate is not theirs.
+        let Some(r) = running.as_mut().filter(|r| r.identity.node_id == renewed.node_id) else { return Ok(()) };
+        renewed.save(&self.certs_dir())?;
+        if roots.is_empty() {
+            r.tls.replace(&renewed)?;
+        } else {
+            r.tls.replace_with_roots(&renewed, roots)?;
+        }
+        r.renew_at = renewed.renewal_deadline();
+        r.identity = renewed;
+        Ok(())
     }
 
     /// Records the managers a worker's agent learned from its sessions in `node.json`, so that after a restart it
@@ -972,6 +1013,16 @@ impl<E: Executor> SwarmNode<E> {
         }
     }
 
+    /// Where the agent stands (its manager, session), None on a non-member; for diagnostics and tests.
+    pub async fn agent_status(&self) -> Option<AgentStatus> {
+        Some(self.running.lock().await.as_ref()?.agent.status().borrow().clone())
+    }
+
+    /// The node certificate new connections present (None on a non-member).
+    pub async fn identity(&self) -> Option<NodeIdentity> {
+        Some(self.running.lock().await.as_ref()?.tls.identity())
+    }
+
     /// This manager's Raft member (None on a worker or a non-member), for diagnostics and tests.
     pub async fn raft(&self) -> Option<RaftHandle> {
         self.running.lock().await.as_ref()?.manager.as_ref().map(|m| m.raft.clone())
@@ -986,7 +1037,7 @@ impl<E: Executor> SwarmNode<E> {
 
 /// Raft settings for a manager whose node certificate is `identity` (it calls its peers with it).
 fn raft_settings(snapshot_interval: u64, identity: &NodeIdentity) -> Result<RaftSettings, NodeError> {
-    Ok(RaftSettings { snapshot_interval, peer_tls: Some(ca::client_tls_config(identity)?), ..RaftSettings::default() })
+    Ok(RaftSettings { snapshot_interval, peer_tls: Some(ca::ClusterTls::new(identity)?), ..RaftSettings::default() })
 }
 
 /// How long a joining manager waits for the leader to add it (a learner first catches up with the whole log or a
@@ -1061,6 +1112,7 @@ fn RootCa_api(root: &RootCa, digest: &str) -> crate::api::RootCa {
         ca_key_pem: root.key_pem.clone(),
         ca_cert_digest: digest.to_string(),
         join_tokens: JoinTokens { worker: ca::JoinToken::generate(digest), manager: ca::JoinToken::generate(digest) },
+        ..Default::default()
     }
 }
 

@@ -169,7 +169,7 @@ pub async fn run(cfg: &ScaleConfig) -> Result<(), ScaleError> {
         n.status.state = swarm::api::NodeState::Unknown;
         pending_nodes.push(n);
         let executor = TestExecutor::new(&hostname);
-        let tls = ca::client_tls_config(&identity).map_err(setup)?;
+        let tls = ca::ClusterTls::new(&identity).map_err(setup)?;
         agents
             .push(Arc::new(Agent::new(AgentConfig { managers: vec![addr.clone()], tls }, Arc::new(executor.clone()))));
         sims.push(SimNode { executor });

@@ -31,7 +31,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch, Mutex};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
+use tonic::transport::Channel;
 use worker::Worker;
 
 /// Errors of one session attempt (the agent retries them all).
@@ -55,7 +55,8 @@ pub enum AgentError {
 pub struct AgentConfig {
     /// Managers to connect to (`host:port`), tried in order until a session gives the current list.
     pub managers: Vec<String>,
-    pub tls: ClientTlsConfig,
+    /// The node's mTLS; each new session dials with the certificate current then (a renewal keeps the session).
+    pub tls: crate::ca::ClusterTls,
 }
 
 /// Where the agent stands, for `info`.
@@ -63,6 +64,8 @@ pub struct AgentConfig {
 pub struct AgentStatus {
     pub connected_to: Option<String>,
     pub node_id: Option<String>,
+    /// The dispatcher's id for the current session (None between sessions): unchanged as long as the session is.
+    pub session_id: Option<String>,
     /// The managers the agent knows (`host:port`, the leader first when a dispatcher said so): what the node
     /// persists, so a restarted agent can reach whichever manager is up.
     pub managers: Vec<String>,
@@ -212,6 +215,7 @@ impl<E: Executor> Agent<E> {
             self.status.send_modify(|s| {
                 s.connected_to = None;
                 s.node_id = None;
+                s.session_id = None;
             });
             if established {
                 backoff.reset();
@@ -236,13 +240,11 @@ impl<E: Executor> Agent<E> {
 
     async fn connect(&self, addr: &str) -> Result<DispatcherClient<Channel>, AgentError> {
         let err = |e: tonic::transport::Error| AgentError::Connect { addr: addr.into(), reason: format!("{e:?}") };
-        let ep = Endpoint::from_shared(format!("https://{addr}"))
-            .map_err(err)?
-            .tls_config(self.cfg.tls.clone())
+        let ep = crate::ca::endpoint(addr)
             .map_err(err)?
             .connect_timeout(Duration::from_secs(5))
             .http2_keep_alive_interval(Duration::from_secs(10));
-        let ch = ep.connect().await.map_err(err)?;
+        let ch = self.cfg.tls.connect(ep).await.map_err(err)?;
         Ok(DispatcherClient::new(ch))
     }
 
@@ -282,6 +284,7 @@ impl<E: Executor> Agent<E> {
         self.status.send_modify(|s| {
             s.connected_to = Some(addr.into());
             s.node_id = Some(first.node_id.clone());
+            s.session_id = Some(session_id.clone());
         });
         let mut period = first.heartbeat_period;
         let request = AssignmentsRequest { session_id: session_id.clone() };

@@ -117,7 +117,7 @@ fn start_agent(
     managers: Vec<String>,
     exec: &TestExecutor,
 ) -> (Arc<Agent<TestExecutor>>, CancellationToken) {
-    let cfg = AgentConfig { managers, tls: ca::client_tls_config(&certs.worker).unwrap() };
+    let cfg = AgentConfig { managers, tls: ca::ClusterTls::new(&certs.worker).unwrap() };
     let agent = Arc::new(Agent::new(cfg, Arc::new(exec.clone())));
     let stop = CancellationToken::new();
     let (a, s) = (agent.clone(), stop.clone());

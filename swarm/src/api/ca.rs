@@ -40,6 +40,23 @@ pub struct IssueNodeCertificateResponse {
 pub struct NodeCertificateStatusResponse {
     /// The role its certificate must carry (it changes on promote and demote).
     pub role: super::NodeRole,
+    /// The cluster's root CA (PEM): a member whose certificate is from another root renews at once (a rotation).
+    #[serde(default)]
+    pub root_ca_cert_pem: String,
+    /// During a root rotation, the root being replaced (PEM), which members keep trusting until it is over.
+    #[serde(default)]
+    pub previous_root_ca_cert_pem: String,
+}
+
+impl NodeCertificateStatusResponse {
+    /// The roots a member must trust now (none if the manager did not say).
+    pub fn trusted_roots(&self) -> Vec<String> {
+        [&self.root_ca_cert_pem, &self.previous_root_ca_cert_pem]
+            .into_iter()
+            .filter(|p| !p.is_empty())
+            .cloned()
+            .collect()
+    }
 }
 
 /// A member's request for a new certificate (renewal, or a role change), authenticated by its current one.

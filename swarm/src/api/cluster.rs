@@ -43,6 +43,14 @@ pub struct CaConfig {
     /// random point in 50–80 % of it.
     #[serde(with = "duration_text")]
     pub node_cert_expiry: Duration,
+    /// Bumped to start a root CA rotation (`swarm ca --rotate`, Docker's `ForceRotate`): a change of this
+    /// counter in `UpdateCluster` generates a new root CA.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub force_rotate: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// The shortest `--cert-expiry` accepted. Docker's is 1 hour; Shoal accepts down to 30 s so that renewal can be
@@ -51,7 +59,7 @@ pub const MIN_CERT_EXPIRY: Duration = Duration::from_secs(30);
 
 impl Default for CaConfig {
     fn default() -> Self {
-        CaConfig { node_cert_expiry: Duration::from_secs(90 * 24 * 3600) }
+        CaConfig { node_cert_expiry: Duration::from_secs(90 * 24 * 3600), force_rotate: 0 }
     }
 }
 
@@ -131,6 +139,28 @@ pub struct RootCa {
     /// `SHA-256` digest of the CA certificate (DER), hex.
     pub ca_cert_digest: String,
     pub join_tokens: JoinTokens,
+    /// During a root CA rotation, the root being replaced (PEM): still trusted until every node holds a
+    /// certificate from `ca_cert_pem`. Empty otherwise.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub previous_ca_cert_pem: String,
+    /// During a rotation, the nodes that have not yet renewed their certificate under the new root.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeSet::is_empty")]
+    pub rotation_pending: std::collections::BTreeSet<String>,
+}
+
+impl RootCa {
+    /// Whether a root CA rotation is in progress.
+    pub fn rotating(&self) -> bool {
+        !self.previous_ca_cert_pem.is_empty()
+    }
+
+    /// The root certificates (PEM) members must trust now: the root, and the previous one during a rotation.
+    pub fn trusted_roots(&self) -> Vec<String> {
+        std::iter::once(&self.ca_cert_pem)
+            .chain(Some(&self.previous_ca_cert_pem).filter(|p| !p.is_empty()))
+            .cloned()
+            .collect()
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -81,6 +81,13 @@ pub(crate) fn subject_of_der(der: &[u8]) -> Result<CertSubject, CaError> {
     subject_of(&parse_cert(der)?)
 }
 
+/// Whether the certificate `der` is signed by the CA certificate `ca_pem`.
+pub(crate) fn issued_by(der: &[u8], ca_pem: &str) -> bool {
+    let Ok(ca_der) = cert_der(ca_pem) else { return false };
+    let (Ok(cert), Ok(ca)) = (parse_cert(der), parse_cert(&ca_der)) else { return false };
+    cert.issuer() == ca.subject() && cert.verify_signature(Some(ca.public_key())).is_ok()
+}
+
 fn system_time(t: x509_parser::time::ASN1Time) -> SystemTime {
     let secs = t.timestamp();
     if secs >= 0 {
@@ -163,9 +170,12 @@ impl NodeIdentity {
         self.not_after
     }
 
-    /// A fresh random point in 50–80 % of the certificate's lifetime at which to renew it.
+    /// A fresh random point in 50–80 % of the certificate's lifetime at which to renew it. The lifetime counts
+    /// from issue, not from the backdated `not_before`: with a 30 s `--cert-expiry`, the hour of backdate would
+    /// otherwise put the point in the past and the node would renew on every check.
     pub fn renewal_deadline(&self) -> SystemTime {
-        super::renewal_deadline(self.not_before, self.not_after)
+        let issued = (self.not_before + super::root::BACKDATE).min(self.not_after);
+        super::renewal_deadline(issued, self.not_after)
     }
 
     /// Writes `swarm-node.crt`, `swarm-node.key` (mode 0600) and `swarm-root-ca.crt` into `dir` (created if
@@ -242,9 +252,18 @@ mod tests {
         assert!((89 * 86_400..=90 * 86_400).contains(&left), "{left}");
         let life = w.not_after().duration_since(w.not_before()).unwrap().as_secs();
         assert_eq!(life, 90 * 86_400 + 3600);
+        // 50–80 % of the 90 days counted from issue (an hour after the backdated not_before).
+        let (issued, days90) = (w.not_before() + Duration::from_secs(3600), 90 * 86_400);
         let renew = w.renewal_deadline();
-        assert!(renew >= w.not_before() + Duration::from_secs(life / 2));
-        assert!(renew <= w.not_before() + Duration::from_secs(life * 8 / 10 + 1));
+        assert!(renew >= issued + Duration::from_secs(days90 / 2));
+        assert!(renew <= issued + Duration::from_secs(days90 * 8 / 10 + 1));
+
+        // A 30 s certificate (the smallest --cert-expiry) renews 15–24 s after issue, not at once.
+        let short =
+            crate::ca::issue_identity_for(&root, "node3", NodeRole::Worker, "clusterA", Duration::from_secs(30))
+                .unwrap();
+        let after = short.renewal_deadline().duration_since(SystemTime::now()).expect("in the future").as_secs_f64();
+        assert!((13.0..=24.5).contains(&after), "{after}");
         let dbg = format!("{w:?}");
         assert!(!dbg.contains("PRIVATE KEY") && dbg.contains("node2"), "{dbg}");
     }

@@ -158,22 +158,14 @@ pub async fn fetch_root_ca(addr: &str, token: &JoinToken) -> Result<String, Join
     Ok(pem)
 }
 
-/// A NodeCA client for a member, authenticated by its certificate, towards the manager at `addr`.
+/// A NodeCA client for a member, authenticated by its current certificate, towards the manager at `addr`.
 pub async fn member_ca_client(
     addr: &str,
-    identity: &NodeIdentity,
+    tls: &super::ClusterTls,
 ) -> Result<NodeCaClient<tonic::transport::Channel>, JoinError> {
     let unreachable = |e: tonic::transport::Error| JoinError::Unreachable { addr: addr.into(), reason: chain(&e) };
-    let tls = super::client_tls_config(identity)?;
-    let channel = Endpoint::from_shared(format!("https://{addr}"))
-        .map_err(unreachable)?
-        .connect_timeout(CONNECT_TIMEOUT)
-        .timeout(CALL_TIMEOUT)
-        .tls_config(tls)
-        .map_err(unreachable)?
-        .connect()
-        .await
-        .map_err(unreachable)?;
+    let endpoint = super::endpoint(addr).map_err(unreachable)?.connect_timeout(CONNECT_TIMEOUT).timeout(CALL_TIMEOUT);
+    let channel = tls.connect(endpoint).await.map_err(unreachable)?;
     Ok(NodeCaClient::new(channel))
 }
 

@@ -19,7 +19,8 @@
 //!                                          peer_identity(&req) ─▶ {node id, role, cluster id} from CN / OU / O
 //!                                          authorize(&peer, &[Manager]) ─▶ PermissionDenied otherwise
 //!
-//!  renewal: at renewal_deadline(not_before, not_after), a random point in 50–80 % of the cert's lifetime
+//!  renewal: at renewal_deadline(not_before, not_after), a random point in 50–80 % of the cert's lifetime;
+//!           ClusterTls::replace (reload.rs) swaps it in for new connections, nothing restarts
 //! ```
 //!
 //! Node certificates: ECDSA P-256, 90 days, CN = node id, OU = `swarm-manager`/`swarm-worker`, O = cluster id,
@@ -28,14 +29,19 @@
 
 mod identity;
 mod join;
+mod reload;
 mod root;
+mod rotation;
 mod server;
 mod tls;
 mod token;
 
+pub(crate) use identity::issued_by;
 pub use identity::{NodeCsr, NodeIdentity, CA_CERT_FILE, NODE_CERT_FILE, NODE_KEY_FILE};
 pub use join::{fetch_root_ca, member_ca_client, request_identity, JoinError};
+pub use reload::{endpoint, ClusterTls, Connector, Incoming};
 pub use root::{cert_der, renewal_deadline, RootCa, CA_VALIDITY, NODE_CERT_VALIDITY};
+pub use rotation::{follow_trusted_roots, node_renewed, start_rotation};
 pub use server::{NodeCaService, INVALID_JOIN_TOKEN};
 pub use tls::{
     authenticate, authorize, bootstrap_client_tls_config, client_tls_config, peer_identity, server_tls_config,
@@ -103,6 +109,9 @@ pub enum CaError {
     /// The caller presented no client certificate.
     #[error("the caller presented no client certificate")]
     Unauthenticated,
+    /// `swarm ca --rotate` while the previous rotation has not finished.
+    #[error("a root CA rotation is already in progress")]
+    RotationInProgress,
 }
 
 /// Issues a node identity as a joining node obtains it: a fresh key pair and CSR on the node, signed by `root`.

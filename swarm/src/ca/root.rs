@@ -16,7 +16,7 @@ pub const CA_VALIDITY: Duration = Duration::from_secs(20 * 365 * 24 * 3600);
 pub const NODE_CERT_VALIDITY: Duration = Duration::from_secs(90 * 24 * 3600);
 /// Certificates start an hour in the past, so peers whose clocks lag a little still accept them (SwarmKit's
 /// `CertBackdate`).
-const BACKDATE: Duration = Duration::from_secs(3600);
+pub(crate) const BACKDATE: Duration = Duration::from_secs(3600);
 
 /// The cluster's root certificate authority. The key lives only on managers (in the Cluster object).
 #[derive(Debug, Clone, PartialEq, Eq)]

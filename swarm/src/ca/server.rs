@@ -47,6 +47,39 @@ fn new_node(node_id: &str, role: NodeRole, availability: NodeAvailability, addr:
 }
 
 impl NodeCaService {
+    /// Records a rotation's progress (`renewed`: a node and the root its new certificate is from) and ends it when no
+    /// node is left to renew. A failed write is only logged: the node's next status check or renewal retries.
+    async fn rotation_progress(&self, store: &Store, renewed: Option<(&str, &str)>) {
+        // Most status checks change nothing: no write then.
+        let unchanged = store.view(|v| {
+            let Some(mut root_ca) = v.cluster().map(|c| c.root_ca.clone()) else { return true };
+            let renewed = renewed.filter(|(_, root)| *root == root_ca.ca_cert_pem).map(|(n, _)| n);
+            !super::node_renewed(&mut root_ca, renewed, |id| v.node(id).is_some())
+        });
+        if unchanged {
+            return;
+        }
+        // Renewals land together (every node renews at the start of a rotation): retried on a conflict.
+        let r = store
+            .update_retrying(20, |tx| {
+                let Some(mut cluster) = tx.view().cluster().cloned() else { return Ok(()) };
+                // (node, the root its certificate was issued from): it counts only if that is still the root.
+                let renewed = renewed.filter(|(_, root)| *root == cluster.root_ca.ca_cert_pem).map(|(n, _)| n);
+                let exists = |id: &str| tx.view().node(id).is_some();
+                if super::node_renewed(&mut cluster.root_ca, renewed, exists) {
+                    if !cluster.root_ca.rotating() {
+                        tracing::info!("root CA rotation finished: every node holds a certificate from the new root");
+                    }
+                    tx.update(cluster);
+                }
+                Ok::<_, crate::manager::store::StoreError>(())
+            })
+            .await;
+        if let Err(e) = r {
+            tracing::warn!(error = %e, "recording the root CA rotation's progress");
+        }
+    }
+
     /// The calling member's Node, if its certificate names a node of this swarm that was not removed.
     fn member<T>(&self, req: &Request<T>, store: &Store) -> Result<Node, Status> {
         let peer = crate::ca::authenticate(req, &[NodeRole::Worker, NodeRole::Manager])?;
@@ -67,7 +100,24 @@ impl NodeCa for NodeCaService {
     ) -> Result<Response<NodeCertificateStatusResponse>, Status> {
         let store = self.store()?;
         let node = self.member(&req, &store)?;
-        Ok(Response::new(NodeCertificateStatusResponse { role: node.role }))
+        let root_ca = store
+            .view(|v| v.cluster().map(|c| c.root_ca.clone()))
+            .ok_or_else(|| Status::unavailable("the swarm is still initializing"))?;
+        if root_ca.rotating() {
+            // A caller whose certificate is already from the new root has renewed (this also catches a renewal
+            // whose progress write was lost); pending nodes may have been removed meanwhile.
+            let renewed = req
+                .peer_certs()
+                .and_then(|c| c.first().map(|leaf| super::issued_by(leaf.as_ref(), &root_ca.ca_cert_pem)))
+                .unwrap_or(false);
+            let renewed = renewed.then_some((node.id.as_str(), root_ca.ca_cert_pem.as_str()));
+            self.rotation_progress(&store, renewed).await;
+        }
+        Ok(Response::new(NodeCertificateStatusResponse {
+            role: node.role,
+            root_ca_cert_pem: root_ca.ca_cert_pem,
+            previous_root_ca_cert_pem: root_ca.previous_ca_cert_pem,
+        }))
     }
 
     async fn renew_node_certificate(
@@ -112,6 +162,9 @@ impl NodeCa for NodeCaService {
             .issue_for(&r.csr, &node.id, role, &cluster_id, lifetime)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         tracing::info!(node.id = %node.id, %role, "renewed a node certificate");
+        if root_ca.rotating() {
+            self.rotation_progress(&store, Some((&node.id, &root_ca.ca_cert_pem))).await;
+        }
         Ok(Response::new(IssueNodeCertificateResponse { node_id: node.id, certificate }))
     }
 
@@ -218,6 +271,7 @@ mod tests {
                 ca_key_pem: root.key_pem.clone(),
                 ca_cert_digest: root.digest(),
                 join_tokens: JoinTokens { worker: worker.clone(), manager: manager.clone() },
+                ..Default::default()
             },
             removed_nodes: Default::default(),
         };

@@ -367,7 +367,16 @@ impl Control for ControlApi {
                         id: cluster.id.clone(),
                     })));
                 }
-                // Only the spec changes here; the CA, tokens and tombstones have their own calls.
+                // Only the spec changes here; the CA, tokens and tombstones have their own calls, except that a
+                // bumped `force_rotate` (`swarm ca --rotate`) starts a root CA rotation, as in Docker.
+                if r.spec.ca_config.force_rotate != cluster.spec.ca_config.force_rotate {
+                    let nodes = tx.view().nodes().map(|n| n.id.clone()).collect::<Vec<_>>();
+                    crate::ca::start_rotation(&mut cluster.root_ca, nodes).map_err(|e| match e {
+                        crate::ca::CaError::RotationInProgress => Status::failed_precondition(e.to_string()),
+                        e => Status::internal(e.to_string()),
+                    })?;
+                    tracing::info!("root CA rotation started");
+                }
                 cluster.spec = r.spec;
                 tx.update(cluster);
                 Ok(())

@@ -19,7 +19,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, watch, Notify};
 use tokio_util::sync::CancellationToken;
-use tonic::transport::ClientTlsConfig;
 use tonic::Status;
 
 /// The most lines the broker holds for one node that runs ahead of the others (non-following merge); its next
@@ -188,7 +187,7 @@ pub struct LogBroker {
     state: Arc<Mutex<State>>,
     leader: Arc<Mutex<Option<watch::Receiver<Option<String>>>>>,
     /// The manager's client TLS, with which a follower forwards subscriptions to the leader.
-    forward_tls: Arc<Mutex<Option<ClientTlsConfig>>>,
+    forward_tls: Arc<Mutex<Option<crate::ca::ClusterTls>>>,
 }
 
 impl LogBroker {
@@ -211,7 +210,7 @@ impl LogBroker {
     }
 
     /// Lets this manager, while it does not lead, forward subscriptions to the leader with `tls`.
-    pub fn set_forwarding(&self, tls: ClientTlsConfig) {
+    pub fn set_forwarding(&self, tls: crate::ca::ClusterTls) {
         *self.forward_tls.lock().unwrap_or_else(|e| e.into_inner()) = Some(tls);
     }
 
@@ -246,16 +245,12 @@ impl LogBroker {
     async fn forward(
         &self,
         leader: &str,
-        tls: ClientTlsConfig,
+        tls: crate::ca::ClusterTls,
         req: SubscribeLogsRequest,
     ) -> Result<mpsc::Receiver<SubscribeLogsMessage>, Status> {
         let err = |reason: String| LogsError::Forward { leader: leader.to_string(), reason };
-        let ep = tonic::transport::Endpoint::from_shared(format!("https://{leader}"))
-            .map_err(|e| err(e.to_string()))?
-            .tls_config(tls)
-            .map_err(|e| err(e.to_string()))?
-            .connect_timeout(Duration::from_secs(5));
-        let ch = ep.connect().await.map_err(|e| err(e.to_string()))?;
+        let ep = crate::ca::endpoint(leader).map_err(|e| err(e.to_string()))?.connect_timeout(Duration::from_secs(5));
+        let ch = tls.connect(ep).await.map_err(|e| err(e.to_string()))?;
         tracing::debug!(leader, "forwarding a log subscription to the leader");
         // The leader's own refusal (no such service, bad since) reaches the caller as it is.
         let mut stream = DispatcherClient::new(ch).subscribe_logs(req).await?.into_inner();

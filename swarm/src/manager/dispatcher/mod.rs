@@ -57,6 +57,9 @@ pub enum DispatcherError {
     /// The node is not part of this swarm.
     #[error("node {0} is not a member of this swarm")]
     UnknownNode(String),
+    /// The node was removed from the swarm (`node rm`): its certificate no longer admits it.
+    #[error("node {0} was removed from the swarm")]
+    Removed(String),
     /// The store write holding a status report failed; the agent keeps the report and sends it again.
     #[error("writing task status: {0}")]
     StatusWrite(Arc<StoreError>),
@@ -164,11 +167,13 @@ impl Dispatcher {
         }
     }
 
-    /// Keeps [`Dispatcher::managers`] current: read again whenever a node changes.
-    async fn watch_managers(&self, store: Store, stopped: CancellationToken) {
+    /// Keeps [`Dispatcher::managers`] current and closes removed nodes' sessions: both read again whenever a node
+    /// or the cluster (its removed nodes) changes.
+    async fn watch_nodes(&self, store: Store, stopped: CancellationToken) {
         // Subscribed before reading, so no change falls between the read and the watch.
         let mut events = store.watch();
         loop {
+            self.close_removed(&store);
             let addrs = store.view(|v| self.managers_in(v));
             self.managers.send_if_modified(|m| {
                 let changed = *m != addrs;
@@ -181,13 +186,26 @@ impl Dispatcher {
                     ev = events.recv() => ev,
                 };
                 match ev {
-                    Ok(ev) if matches!(ev.object, Object::Node(_)) => break,
+                    Ok(ev) if matches!(ev.object, Object::Node(_) | Object::Cluster(_)) => break,
                     Ok(_) => {}
                     // Fell behind: read again, as after a node change.
                     Err(broadcast::error::RecvError::Lagged(_)) => break,
                     Err(broadcast::error::RecvError::Closed) => return,
                 }
             }
+        }
+    }
+
+    /// Closes the sessions of nodes that left the store or were recorded as removed (`node rm --force` on a
+    /// node that is still up): a removed node's session must not outlive its removal.
+    fn close_removed(&self, store: &Store) {
+        let closed = store.view(|v| {
+            let removed = v.cluster().map(|c| c.removed_nodes.clone()).unwrap_or_default();
+            let gone = |id: &str| removed.contains(id) || v.node(id).is_none();
+            self.sessions.lock().unwrap_or_else(|e| e.into_inner()).close_nodes(gone)
+        });
+        for node_id in closed {
+            tracing::info!(node.id = %node_id, "closed the session of a removed node");
         }
     }
 
@@ -232,7 +250,7 @@ impl Dispatcher {
         tokio::join!(
             self.write_statuses(store.clone(), status_rx, stopped.clone()),
             self.expire_sessions(store.clone(), stopped.clone()),
-            self.watch_managers(store, stopped.clone())
+            self.watch_nodes(store, stopped.clone())
         );
         *self.active.lock().unwrap_or_else(|e| e.into_inner()) = None;
         self.logs.stop();
@@ -256,6 +274,9 @@ impl Dispatcher {
             self.sessions.lock().unwrap_or_else(|e| e.into_inner()).open(node_id, closed.clone(), Instant::now());
         let r = store
             .update(|tx| {
+                if tx.view().cluster().is_some_and(|c| c.removed_nodes.contains(node_id)) {
+                    return Err(DispatcherError::Removed(node_id.into()));
+                }
                 let mut node =
                     tx.view().node(node_id).cloned().ok_or_else(|| DispatcherError::UnknownNode(node_id.into()))?;
                 node.description = description;
@@ -702,6 +723,74 @@ mod tests {
         assert!(closed1.is_cancelled(), "n1's session streams are closed");
         let n2 = store.view(|v| v.node("n2").unwrap().status.clone());
         assert_eq!(n2.state, NodeState::Ready, "n2 reconnected within the grace: {n2:?}");
+        shutdown.cancel();
+    }
+
+    #[tokio::test]
+    async fn a_removed_node_loses_its_session_and_cannot_open_another() {
+        let (d, store, shutdown) = running_dispatcher(Duration::from_secs(60)).await;
+        let cluster = crate::api::Cluster {
+            id: "c1".into(),
+            meta: Default::default(),
+            spec: crate::api::ClusterSpec {
+                annotations: Default::default(),
+                orchestration: Default::default(),
+                raft: Default::default(),
+                dispatcher: Default::default(),
+                ca_config: Default::default(),
+            },
+            root_ca: Default::default(),
+            removed_nodes: Default::default(),
+        };
+        store
+            .update(|tx| {
+                tx.create(cluster);
+                Ok::<_, StoreError>(())
+            })
+            .await
+            .unwrap();
+        let (s1, closed1) = d.open_session("n1", description("host-1"), String::new()).await.unwrap();
+        let (s2, closed2) = d.open_session("n2", description("host-2"), String::new()).await.unwrap();
+
+        // `node rm --force`, as the control API writes it: the node deleted and its id recorded as removed.
+        store
+            .update(|tx| {
+                let mut c = tx.view().cluster().cloned().unwrap();
+                c.removed_nodes.insert("n1".into());
+                tx.update(c);
+                let version = tx.view().node("n1").unwrap().meta.version;
+                tx.delete(crate::api::ObjectKind::Node, "n1", version);
+                Ok::<_, StoreError>(())
+            })
+            .await
+            .unwrap();
+        tokio::time::timeout(Duration::from_secs(5), closed1.cancelled())
+            .await
+            .expect("the removed node's session closed within 5s");
+        assert!(matches!(d.heartbeat("n1", &s1), Err(DispatcherError::InvalidSession(_))));
+        let e = d.open_session("n1", description("host-1"), String::new()).await.unwrap_err();
+        assert!(matches!(e, DispatcherError::Removed(_)), "{e:?}");
+        assert_eq!(tonic::Status::from(e).code(), tonic::Code::PermissionDenied);
+        assert!(!d.sessions.lock().unwrap().has_node("n1"), "the refused session was kept");
+
+        // Recorded as removed while its Node is still there (a write racing the removal): refused all the same.
+        store
+            .update(|tx| {
+                let mut c = tx.view().cluster().cloned().unwrap();
+                c.removed_nodes.insert("n2".into());
+                tx.update(c);
+                Ok::<_, StoreError>(())
+            })
+            .await
+            .unwrap();
+        tokio::time::timeout(Duration::from_secs(5), closed2.cancelled())
+            .await
+            .expect("n2's session closed within 5s of its id being recorded as removed");
+        assert!(matches!(d.heartbeat("n2", &s2), Err(DispatcherError::InvalidSession(_))));
+        let e = d.open_session("n2", description("host-2"), String::new()).await.unwrap_err();
+        assert!(matches!(e, DispatcherError::Removed(_)), "{e:?}");
+        let n2 = store.view(|v| v.node("n2").unwrap().status.state);
+        assert_eq!(n2, NodeState::Ready, "a refused session writes nothing");
         shutdown.cancel();
     }
 

@@ -56,7 +56,7 @@ impl From<DispatcherError> for Status {
         match e {
             DispatcherError::NotLeader => Status::unavailable(e.to_string()),
             DispatcherError::InvalidSession(_) => Status::not_found(e.to_string()),
-            DispatcherError::UnknownNode(_) => Status::permission_denied(e.to_string()),
+            DispatcherError::UnknownNode(_) | DispatcherError::Removed(_) => Status::permission_denied(e.to_string()),
             DispatcherError::StatusWrite(_) => Status::unavailable(e.to_string()),
             DispatcherError::Store(e) => Status::unavailable(e.to_string()),
         }

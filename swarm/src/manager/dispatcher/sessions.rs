@@ -156,6 +156,22 @@ impl Sessions {
         }
     }
 
+    /// Closes the sessions of the nodes `gone` says left the swarm (removed), and forgets them as expected
+    /// nodes; returns those nodes. They are not reported down: they are no longer nodes at all.
+    pub fn close_nodes(&mut self, gone: impl Fn(&str) -> bool) -> Vec<String> {
+        let mut closed = Vec::new();
+        self.by_id.retain(|_, s| {
+            if !gone(&s.node_id) {
+                return true;
+            }
+            s.closed.cancel();
+            closed.push(s.node_id.clone());
+            false
+        });
+        self.unknown.retain(|n, _| !gone(n));
+        closed
+    }
+
     /// Whether `node_id` has an open session.
     pub fn has_node(&self, node_id: &str) -> bool {
         self.by_id.values().any(|s| s.node_id == node_id && !s.closed.is_cancelled())

@@ -31,7 +31,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
-use tonic::transport::ClientTlsConfig;
 use wire::RemoteFailure;
 
 /// How long a write waits for a leader to be elected (or reachable) before it fails with the quorum-loss error.
@@ -61,7 +60,7 @@ pub struct RaftSettings {
     pub election_timeout_max: Duration,
     /// This manager's client TLS towards its peers (its node certificate); None for a manager that never has peers
     /// (storage tests).
-    pub peer_tls: Option<ClientTlsConfig>,
+    pub peer_tls: Option<crate::ca::ClusterTls>,
 }
 
 impl Default for RaftSettings {

@@ -7,6 +7,7 @@
 
 use super::wire::{RemoteFailure, SnapshotChunk};
 use super::{NodeId, TypeConfig};
+use crate::ca::ClusterTls;
 use crate::transport::raft::raft_client::RaftClient;
 use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
@@ -18,7 +19,7 @@ use openraft::BasicNode;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
+use tonic::transport::Channel;
 
 /// How long a peer may stay silent and still count as reachable.
 pub const REACHABLE_WITHIN: Duration = Duration::from_secs(3);
@@ -46,14 +47,20 @@ pub enum PeerError {
 /// Channels to peers and when each last answered; shared by the Raft network and the manager's bookkeeping.
 #[derive(Default)]
 pub struct Peers {
-    tls: Option<ClientTlsConfig>,
+    /// Read at each (re)connection, so a renewed certificate is used without dropping the channels.
+    tls: Option<ClusterTls>,
     channels: Mutex<HashMap<String, Channel>>,
     last_ok: Mutex<HashMap<String, Instant>>,
 }
 
 impl Peers {
-    pub fn new(tls: Option<ClientTlsConfig>) -> Arc<Peers> {
+    pub fn new(tls: Option<ClusterTls>) -> Arc<Peers> {
         Arc::new(Peers { tls, ..Default::default() })
+    }
+
+    /// The TLS material peers are called with (None for a manager that never has peers).
+    pub fn tls(&self) -> Option<ClusterTls> {
+        self.tls.clone()
     }
 
     /// A client for the manager at `addr` (cluster address), reusing its channel.
@@ -64,15 +71,12 @@ impl Peers {
         }
         let tls = self.tls.clone().ok_or_else(|| PeerError::NoTls(addr.into()))?;
         let bad = |e: tonic::transport::Error| PeerError::Address { addr: addr.into(), reason: e.to_string() };
-        let ch = Endpoint::from_shared(format!("https://{addr}"))
-            .map_err(bad)?
-            .tls_config(tls)
+        let endpoint = crate::ca::endpoint(addr)
             .map_err(bad)?
             .connect_timeout(Duration::from_secs(1))
-            .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(1))
-            .keep_alive_timeout(Duration::from_secs(2))
-            .connect_lazy();
+            .keep_alive_timeout(Duration::from_secs(2));
+        let ch = tls.channel(endpoint);
         channels.insert(addr.into(), ch.clone());
         Ok(raft_client(ch))
     }
