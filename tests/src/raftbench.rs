@@ -80,13 +80,19 @@ async fn throughput(store: &Store, writes: usize, writers: usize) -> Result<(f64
     Ok((all.len() as f64 / took.as_secs_f64(), pct(&all, 0.5), pct(&all, 0.99)))
 }
 
+/// The manager a majority of `nodes` names as leader (a manager that just restarted may still believe in a
+/// leadership that ended).
 async fn leader(nodes: &[Node]) -> Option<usize> {
-    for (i, n) in nodes.iter().enumerate() {
-        if n.raft().await.is_some_and(|r| r.is_leader()) {
-            return Some(i);
+    let mut named: Vec<String> = Vec::new();
+    let mut own: Vec<String> = Vec::new();
+    for n in nodes {
+        own.push(n.info().await.remote_managers.first().cloned().unwrap_or_default());
+        if let Some(addr) = n.raft().await.and_then(|r| r.leader_addr()) {
+            named.push(addr);
         }
     }
-    None
+    let agreed = named.iter().find(|a| named.iter().filter(|b| b == a).count() * 2 > nodes.len())?;
+    own.iter().position(|a| a == agreed)
 }
 
 pub async fn run(cfg: &RaftBenchConfig) -> Result<(), String> {
