@@ -238,12 +238,7 @@ impl<E: Executor> SwarmNode<E> {
         } else {
             with_port(&req.listen_addr, DEFAULT_PORT, "--listen-addr")?
         };
-        let listener = bind(&listen).await.map_err(|e| match e {
-            NodeError::Listen { addr, reason } => {
-                NodeError::InvalidArgument(format!("--listen-addr {addr}: cannot listen there: {reason}"))
-            }
-            other => other,
-        })?;
+        let listener = bind(&listen).await.map_err(as_flag_error)?;
         let bound =
             listener.local_addr().map_err(|e| NodeError::Listen { addr: listen.clone(), reason: e.to_string() })?;
         let advertise = self.advertise_addr(&req.advertise_addr, bound)?;
@@ -649,12 +644,7 @@ impl<E: Executor> SwarmNode<E> {
                 managers: vec![remote.clone()],
             };
             drop(running);
-            let listener = listener.map_err(|e| match e {
-                NodeError::Listen { addr, reason } => {
-                    NodeError::InvalidArgument(format!("--listen-addr {addr}: cannot listen there: {reason}"))
-                }
-                other => other,
-            })?;
+            let listener = listener.map_err(as_flag_error)?;
             return self.join_as_manager(me, identity, listener, &remote).await;
         }
         let me = PersistedNode {
@@ -1237,6 +1227,16 @@ fn remove_any(p: &std::path::Path) -> std::io::Result<()> {
     match r {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
         _ => Ok(()),
+    }
+}
+
+/// A bind failure of the address the user gave (`--listen-addr`), reported as a bad flag value.
+fn as_flag_error(e: NodeError) -> NodeError {
+    match e {
+        NodeError::Listen { addr, reason } => {
+            NodeError::InvalidArgument(format!("--listen-addr {addr}: cannot listen there: {reason}"))
+        }
+        other => other,
     }
 }
 

@@ -260,11 +260,13 @@ impl RaftHandle {
         if voters.len() <= 1 {
             return None;
         }
-        let heard = voters
-            .iter()
-            .filter(|(id, addr)| *id == self.id || self.peers.answered_within(addr, QUORUM_WINDOW))
-            .count();
+        let heard = self.heard_from(voters.iter(), QUORUM_WINDOW);
         (heard * 2 <= voters.len()).then(|| RemoteFailure::QuorumLost { reachable: self.reachable_managers() })
+    }
+
+    /// How many of `members` this manager heard from within `window` (itself always counts).
+    fn heard_from<'a>(&self, members: impl Iterator<Item = &'a (NodeId, String)>, window: Duration) -> usize {
+        members.filter(|(id, addr)| *id == self.id || self.peers.answered_within(addr, window)).count()
     }
 
     /// The voters of the current membership and their cluster addresses.
@@ -376,7 +378,7 @@ impl RaftHandle {
             return Ok(());
         }
         let rest: Vec<_> = voters.iter().filter(|(v, _)| *v != id).collect();
-        let left = rest.iter().filter(|(v, addr)| *v == self.id || self.peers.reachable(addr)).count();
+        let left = self.heard_from(rest.iter().copied(), network::REACHABLE_WITHIN);
         if rest.is_empty() || left * 2 <= rest.len() {
             return Err(RemoteFailure::QuorumAtRisk { left, of: rest.len() });
         }
