@@ -156,6 +156,12 @@ pub fn observe(service: &Service, tasks: &[Task], active_nodes: &HashSet<String>
                 converged: running == replicas,
             }
         }
+        // Job progress (completions) is drawn by the job mode's own display.
+        ServiceMode::ReplicatedJob { .. } | ServiceMode::GlobalJob => Snapshot {
+            overall: format!("job mode {} has no progress display yet", service.spec.mode.name()),
+            lines: vec![],
+            converged: true,
+        },
         ServiceMode::Global => {
             let live = live_tasks(tasks, active_nodes, |t| t.node_id.clone());
             if live.is_empty() {

@@ -72,7 +72,8 @@ impl State {
     fn reconcile(&mut self, svc: &Service) {
         let replicas = match svc.spec.mode {
             ServiceMode::Replicated { replicas } => replicas,
-            ServiceMode::Global => 1,
+            ServiceMode::ReplicatedJob { total_completions, .. } => total_completions,
+            ServiceMode::Global | ServiceMode::GlobalJob => 1,
         };
         for (t, _) in self.tasks.iter_mut().filter(|(t, _)| t.service_id == svc.id) {
             if t.slot > replicas {
@@ -180,8 +181,14 @@ impl Control for Fake {
             return Err(Status::already_exists(format!("service {} already exists", spec.annotations.name)));
         }
         let id = st.id("s");
-        let svc: Service =
-            Service { id: id.clone(), meta: Meta { version: 1, ..Default::default() }, spec, previous_spec: None };
+        let svc: Service = Service {
+            id: id.clone(),
+            meta: Meta { version: 1, ..Default::default() },
+            spec,
+            previous_spec: None,
+            spec_version: 1,
+            update_status: None,
+        };
         st.services.insert(id, svc.clone());
         st.reconcile(&svc);
         Ok(Response::new(svc))
@@ -223,7 +230,8 @@ impl Control for Fake {
                 let running = live.clone().filter(|t| t.status.state == TaskState::Running).count() as u64;
                 let desired = match s.spec.mode {
                     ServiceMode::Replicated { replicas } => replicas,
-                    ServiceMode::Global => live.count() as u64,
+                    ServiceMode::ReplicatedJob { total_completions, .. } => total_completions,
+                    ServiceMode::Global | ServiceMode::GlobalJob => live.count() as u64,
                 };
                 ServiceWithStatus { service: s.clone(), running_tasks: running, desired_tasks: desired }
             })
@@ -581,7 +589,7 @@ fn services_lifecycle_through_the_cli() {
     d.ok(&["service", "create", "-d", "--name", "everywhere", "--mode", "global", "busybox"]);
     assert_eq!(
         d.fails(&["service", "scale", "everywhere=2"]),
-        "everywhere: scale can only be used with replicated mode"
+        "everywhere: scale can only be used with replicated or replicated-job mode"
     );
 
     let inspect: serde_json::Value = serde_json::from_str(&d.ok(&["service", "inspect", "web"])).expect("json");

@@ -260,6 +260,7 @@ impl Executor for ContainerdExecutor {
                 engine_version: env!("CARGO_PKG_VERSION").into(),
                 labels: self.cfg.engine_labels.clone(),
             },
+            generic_resources: Default::default(),
         })
     }
 

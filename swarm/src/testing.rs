@@ -24,6 +24,7 @@ pub fn node(id: &str, hostname: &str) -> Node {
             platform: Platform { os: "linux".into(), architecture: "amd64".into() },
             resources: Resources { nano_cpus: 4_000_000_000, memory_bytes: 8 << 30, pids: 0 },
             engine: EngineDescription::default(),
+            generic_resources: Default::default(),
         },
         status: NodeStatus { state: NodeState::Ready, ..Default::default() },
         manager_status: None,
@@ -94,8 +95,12 @@ pub fn service(id: &str, name: &str, replicas: u64) -> Service {
                 ..Default::default()
             },
             mode: ServiceMode::Replicated { replicas },
+            update_config: Default::default(),
+            rollback_config: Default::default(),
         },
         previous_spec: None,
+        spec_version: 1,
+        update_status: None,
     }
 }
 
@@ -206,6 +211,7 @@ impl Executor for TestExecutor {
             platform: Platform::current(),
             resources: Resources { nano_cpus: 4_000_000_000, memory_bytes: 8 << 30, pids: 0 },
             engine: EngineDescription { engine_version: "test".into(), labels: Default::default() },
+            generic_resources: Default::default(),
         })
     }
 

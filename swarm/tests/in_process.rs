@@ -60,9 +60,14 @@ async fn scale(api: &ControlApi, service_id: &str, replicas: u64) {
     let cur = api.get_service(Request::new(GetRequest { id_or_name: service_id.into() })).await.unwrap().into_inner();
     let mut spec = cur.spec;
     spec.mode = ServiceMode::Replicated { replicas };
-    api.update_service(Request::new(UpdateServiceRequest { id: service_id.into(), version: cur.meta.version, spec }))
-        .await
-        .unwrap();
+    api.update_service(Request::new(UpdateServiceRequest {
+        id: service_id.into(),
+        version: cur.meta.version,
+        spec,
+        rollback: false,
+    }))
+    .await
+    .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

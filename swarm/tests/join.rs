@@ -156,9 +156,14 @@ async fn a_worker_joins_runs_tasks_restarts_and_leaves() {
     let cur = api.get_service(Request::new(GetRequest { id_or_name: svc.id.clone() })).await.unwrap().into_inner();
     let mut s = cur.spec;
     s.mode = swarm::api::ServiceMode::Replicated { replicas: 6 };
-    api.update_service(Request::new(UpdateServiceRequest { id: svc.id.clone(), version: cur.meta.version, spec: s }))
-        .await
-        .unwrap();
+    api.update_service(Request::new(UpdateServiceRequest {
+        id: svc.id.clone(),
+        version: cur.meta.version,
+        spec: s,
+        rollback: false,
+    }))
+    .await
+    .unwrap();
     wait_for("6 running tasks, 3 per node, the worker's old 2 among them", || {
         let per_node = running_per_node(&mgr, &svc.id);
         let w = per_node.get(&worker_id).cloned().unwrap_or_default();

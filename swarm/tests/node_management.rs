@@ -59,7 +59,7 @@ async fn scale(api: &ControlApi, service_id: &str, replicas: u64) {
     let cur = api.get_service(Request::new(GetRequest { id_or_name: service_id.into() })).await.unwrap().into_inner();
     let mut spec = cur.spec;
     spec.mode = ServiceMode::Replicated { replicas };
-    let req = UpdateServiceRequest { id: cur.id, version: cur.meta.version, spec };
+    let req = UpdateServiceRequest { id: cur.id, version: cur.meta.version, spec, rollback: false };
     api.update_service(Request::new(req)).await.expect("scale");
 }
 

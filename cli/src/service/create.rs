@@ -168,6 +168,7 @@ impl CreateArgs {
             delay: self.restart_delay.unwrap_or(defaults.delay),
             max_attempts: self.restart_max_attempts.unwrap_or(defaults.max_attempts),
             window: self.restart_window.unwrap_or(defaults.window),
+            max_delay: defaults.max_delay,
         };
         let container = ContainerSpec {
             image,
@@ -188,6 +189,7 @@ impl CreateArgs {
             ulimits: self.ulimits.clone(),
             // The last --security-opt seccomp=… wins, as in Docker.
             seccomp: self.security_opts.last().cloned().unwrap_or_default(),
+            healthcheck: None,
         };
         let resources = ResourceRequirements {
             limits: Resources {
@@ -201,9 +203,13 @@ impl CreateArgs {
                 memory_bytes: self.reserve_memory.unwrap_or(0),
                 pids: 0,
             },
+            generic_reservations: Default::default(),
         };
-        let placement =
-            Placement { constraints: self.constraints.clone(), max_replicas: self.replicas_max_per_node.unwrap_or(0) };
+        let placement = Placement {
+            constraints: self.constraints.clone(),
+            max_replicas: self.replicas_max_per_node.unwrap_or(0),
+            preferences: vec![],
+        };
         Ok(ServiceSpec {
             annotations: Annotations {
                 name: self.name.clone().unwrap_or_else(generated_name),
@@ -218,6 +224,8 @@ impl CreateArgs {
                 log_driver: self.log_driver(),
             },
             mode,
+            update_config: Default::default(),
+            rollback_config: Default::default(),
         })
     }
 }
@@ -404,7 +412,8 @@ mod tests {
                 condition: RestartCondition::OnFailure,
                 delay: Duration::from_secs(2),
                 max_attempts: 4,
-                window: Duration::from_secs(60)
+                window: Duration::from_secs(60),
+                max_delay: Duration::ZERO,
             }
         );
     }

@@ -344,11 +344,14 @@ async fn scale_one(client: &mut Client, name: &str, replicas: u64) -> anyhow::Re
     let mut spec = svc.spec.clone();
     match &mut spec.mode {
         ServiceMode::Replicated { replicas: r } => *r = replicas,
-        ServiceMode::Global => anyhow::bail!("{name}: scale can only be used with replicated mode"),
+        ServiceMode::ReplicatedJob { total_completions, .. } => *total_completions = replicas,
+        ServiceMode::Global | ServiceMode::GlobalJob => {
+            anyhow::bail!("{name}: scale can only be used with replicated or replicated-job mode")
+        }
     }
     rpc(client
         .control
-        .update_service(UpdateServiceRequest { id: svc.id.clone(), version: svc.meta.version, spec })
+        .update_service(UpdateServiceRequest { id: svc.id.clone(), version: svc.meta.version, spec, rollback: false })
         .await)
 }
 

@@ -46,6 +46,14 @@ pub fn service(s: &Service) -> String {
         ServiceMode::Global => {
             let _ = writeln!(o, "Service Mode:\tGlobal");
         }
+        ServiceMode::ReplicatedJob { max_concurrent, total_completions } => {
+            let _ = writeln!(o, "Service Mode:\tReplicated Job");
+            let _ = writeln!(o, " Max Concurrent:\t{max_concurrent}");
+            let _ = writeln!(o, " Total Completions:\t{total_completions}");
+        }
+        ServiceMode::GlobalJob => {
+            let _ = writeln!(o, "Service Mode:\tGlobal Job");
+        }
     }
     let _ = writeln!(o, "Placement:");
     if !t.placement.constraints.is_empty() {

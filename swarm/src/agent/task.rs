@@ -38,7 +38,8 @@ impl<C: Controller> Runner<C> {
     }
 
     fn container(&mut self, pid: u32, exit_code: Option<i32>) {
-        self.status.container = Some(ContainerStatus { container_id: self.task.id.clone(), pid, exit_code });
+        self.status.container =
+            Some(ContainerStatus { container_id: self.task.id.clone(), pid, exit_code, health: None });
     }
 
     fn exited(&mut self, code: i32) {

@@ -23,6 +23,9 @@ pub struct UpdateServiceRequest {
     /// The version the caller read; a stale one fails with "update out of sequence".
     pub version: u64,
     pub spec: ServiceSpec,
+    /// `service rollback` / `service update --rollback`: go back to the previous spec (`spec` is ignored).
+    #[serde(default)]
+    pub rollback: bool,
 }
 
 /// `swarm update`: the cluster's new spec, at the version the caller read.

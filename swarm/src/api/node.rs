@@ -74,6 +74,9 @@ pub struct NodeDescription {
     pub resources: Resources,
     #[serde(default)]
     pub engine: EngineDescription,
+    /// Discrete resources the node advertises (`shoald --node-generic-resource KIND=N`).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub generic_resources: std::collections::BTreeMap<String, u64>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

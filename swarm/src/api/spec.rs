@@ -22,6 +22,74 @@ pub struct ServiceSpec {
     pub annotations: Annotations,
     pub task_template: TaskSpec,
     pub mode: ServiceMode,
+    /// How a changed spec rolls out (`--update-*`).
+    #[serde(default)]
+    pub update_config: UpdateConfig,
+    /// How a rollback rolls out (`--rollback-*`); same defaults as updates.
+    #[serde(default)]
+    pub rollback_config: UpdateConfig,
+}
+
+/// Swarm's `UpdateConfig`, used both for updates and rollbacks.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UpdateConfig {
+    /// Tasks replaced at once; 0 means all at once.
+    #[serde(default = "one")]
+    pub parallelism: u64,
+    /// Pause between batches.
+    #[serde(default, with = "duration_text")]
+    pub delay: Duration,
+    #[serde(default)]
+    pub failure_action: FailureAction,
+    /// How long after a new task starts a failure of it still counts against the update.
+    #[serde(default = "default_monitor", with = "duration_text")]
+    pub monitor: Duration,
+    /// The fraction (0..=1) of updated tasks that may fail before the failure action is taken.
+    #[serde(default)]
+    pub max_failure_ratio: f64,
+    #[serde(default)]
+    pub order: UpdateOrder,
+}
+
+fn one() -> u64 {
+    1
+}
+
+fn default_monitor() -> Duration {
+    Duration::from_secs(5)
+}
+
+impl Default for UpdateConfig {
+    fn default() -> Self {
+        UpdateConfig {
+            parallelism: 1,
+            delay: Duration::ZERO,
+            failure_action: FailureAction::default(),
+            monitor: default_monitor(),
+            max_failure_ratio: 0.0,
+            order: UpdateOrder::default(),
+        }
+    }
+}
+
+/// What an update does when too many new tasks fail (`--update-failure-action`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FailureAction {
+    #[default]
+    Pause,
+    Continue,
+    /// Only for updates, not for rollbacks.
+    Rollback,
+}
+
+/// Whether an old task stops before its replacement starts (`--update-order`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum UpdateOrder {
+    #[default]
+    StopFirst,
+    StartFirst,
 }
 
 /// How many tasks a service runs.
@@ -32,6 +100,11 @@ pub enum ServiceMode {
     Replicated { replicas: u64 },
     /// One task on every node that satisfies the placement constraints.
     Global,
+    /// Runs tasks to completion: `total_completions` successful tasks, at most `max_concurrent` at once
+    /// (`--mode replicated-job --replicas N --max-concurrent M`).
+    ReplicatedJob { max_concurrent: u64, total_completions: u64 },
+    /// One task to completion on every eligible node (`--mode global-job`).
+    GlobalJob,
 }
 
 impl ServiceMode {
@@ -39,7 +112,14 @@ impl ServiceMode {
         match self {
             ServiceMode::Replicated { .. } => "replicated",
             ServiceMode::Global => "global",
+            ServiceMode::ReplicatedJob { .. } => "replicated-job",
+            ServiceMode::GlobalJob => "global-job",
         }
+    }
+
+    /// Jobs run their tasks to completion and are not restarted on success.
+    pub fn is_job(&self) -> bool {
+        matches!(self, ServiceMode::ReplicatedJob { .. } | ServiceMode::GlobalJob)
     }
 }
 
@@ -59,6 +139,29 @@ pub struct TaskSpec {
     /// Where the task's output goes (`--log-driver`, `--log-opt`); the node's default when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log_driver: Option<LogDriver>,
+}
+
+/// Docker's `HealthConfig`: how a task's health is checked (`--health-*`, or the image's HEALTHCHECK).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthConfig {
+    /// `[]` inherits the image's check; `["NONE"]` disables it; `["CMD", args…]` or `["CMD-SHELL", command]`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub test: Vec<String>,
+    /// Zero means inherit (from the image, else Docker's default 30 s).
+    #[serde(default, with = "duration_text")]
+    pub interval: Duration,
+    /// Zero means inherit (else 30 s).
+    #[serde(default, with = "duration_text")]
+    pub timeout: Duration,
+    /// Zero means inherit (else 3).
+    #[serde(default)]
+    pub retries: u64,
+    /// Failures during this time after start do not count (zero: inherit, else 0 s).
+    #[serde(default, with = "duration_text")]
+    pub start_period: Duration,
+    /// The interval used during the start period (zero: inherit, else 5 s).
+    #[serde(default, with = "duration_text")]
+    pub start_interval: Duration,
 }
 
 /// A log driver and its options, as Swarm's `TaskSpec.LogDriver` (e.g. json-file with `max-size=10m`).
@@ -118,6 +221,9 @@ pub struct ContainerSpec {
     /// The seccomp filter (`--security-opt seccomp=…`).
     #[serde(default, skip_serializing_if = "Seccomp::is_default")]
     pub seccomp: Seccomp,
+    /// `--health-*` / `--no-healthcheck`; `None` uses the image's HEALTHCHECK, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub healthcheck: Option<HealthConfig>,
 }
 
 fn is_false(b: &bool) -> bool {
@@ -321,6 +427,9 @@ pub struct ResourceRequirements {
     pub limits: Resources,
     #[serde(default)]
     pub reservations: Resources,
+    /// Node-advertised resources this task needs (`--generic-resource KIND=N`), as discrete counts.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub generic_reservations: BTreeMap<String, u64>,
 }
 
 /// An amount of CPU (in billionths of a CPU, as Docker's NanoCPUs) and memory (bytes).
@@ -353,6 +462,10 @@ pub struct RestartPolicy {
     /// The window in which attempts are counted; zero means forever.
     #[serde(default, with = "duration_text")]
     pub window: Duration,
+    /// When non-zero, the delay doubles after each consecutive failure of a slot, up to this
+    /// (`--restart-max-delay`), so a crash-looping task backs off instead of hammering its node.
+    #[serde(default, with = "duration_text")]
+    pub max_delay: Duration,
 }
 
 fn default_restart_delay() -> Duration {
@@ -366,6 +479,7 @@ impl Default for RestartPolicy {
             delay: default_restart_delay(),
             max_attempts: 0,
             window: Duration::ZERO,
+            max_delay: Duration::ZERO,
         }
     }
 }
@@ -400,6 +514,17 @@ pub struct Placement {
     /// At most this many tasks of the service on one node (`--replicas-max-per-node`); 0 means no limit.
     #[serde(default)]
     pub max_replicas: u64,
+    /// `--placement-pref spread=node.labels.zone`: spread evenly over the values of each descriptor in turn
+    /// (several form a tree, as Swarm's).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub preferences: Vec<PlacementPreference>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PlacementPreference {
+    /// A node attribute such as `node.labels.zone`; nodes without it form one group of their own.
+    Spread(String),
 }
 
 #[cfg(test)]

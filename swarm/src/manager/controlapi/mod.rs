@@ -104,7 +104,8 @@ pub fn service_counts(v: &MemoryStore, s: &Service) -> (u64, u64) {
     let running = live.iter().filter(|t| t.status.state == TaskState::Running).count() as u64;
     let desired = match s.spec.mode {
         ServiceMode::Replicated { replicas } => replicas,
-        ServiceMode::Global => live.len() as u64,
+        ServiceMode::ReplicatedJob { total_completions, .. } => total_completions,
+        ServiceMode::Global | ServiceMode::GlobalJob => live.len() as u64,
     };
     (running, desired)
 }
@@ -182,7 +183,14 @@ impl Control for ControlApi {
         let store = self.store()?;
         let mut spec = req.into_inner().spec;
         validate::service_spec(&mut spec).map_err(|e| Status::invalid_argument(e.0))?;
-        let service = Service { id: new_id(), meta: Default::default(), spec, previous_spec: None };
+        let service = Service {
+            id: new_id(),
+            meta: Default::default(),
+            spec,
+            previous_spec: None,
+            spec_version: 1,
+            update_status: None,
+        };
         let id = service.id.clone();
         store
             .update(|tx| {
@@ -202,7 +210,7 @@ impl Control for ControlApi {
 
     async fn update_service(&self, req: Request<UpdateServiceRequest>) -> Result<Response<Service>, Status> {
         let store = self.store()?;
-        let UpdateServiceRequest { id, version, mut spec } = req.into_inner();
+        let UpdateServiceRequest { id, version, mut spec, rollback: _ } = req.into_inner();
         validate::service_spec(&mut spec).map_err(|e| Status::invalid_argument(e.0))?;
         let id = store
             .update(|tx| {
@@ -426,7 +434,12 @@ mod tests {
         assert_eq!(store.view(|v| v.services().count()), 1);
 
         let s = api.get_service(Request::new(GetRequest { id_or_name: "web".into() })).await.unwrap().into_inner();
-        let stale = UpdateServiceRequest { id: s.id.clone(), version: s.meta.version + 100, spec: s.spec.clone() };
+        let stale = UpdateServiceRequest {
+            id: s.id.clone(),
+            version: s.meta.version + 100,
+            spec: s.spec.clone(),
+            rollback: false,
+        };
         let e = api.update_service(Request::new(stale)).await.unwrap_err();
         assert!(e.message().contains("update out of sequence"), "{}", e.message());
     }

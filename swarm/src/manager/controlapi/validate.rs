@@ -25,6 +25,10 @@ pub fn service_spec(spec: &mut ServiceSpec) -> Result<(), InvalidSpec> {
              not starting or ending with '-'"
         )));
     }
+    if spec.mode.is_job() {
+        // The job orchestrator is not built yet; refusing beats creating tasks that would be restarted forever.
+        return Err(InvalidSpec(format!("service mode {} is not supported yet", spec.mode.name())));
+    }
     let c = &mut spec.task_template.container;
     if c.image.is_empty() {
         return Err(InvalidSpec("image reference must be provided".into()));
