@@ -9,6 +9,7 @@ pub mod failoverbench;
 pub mod netns;
 pub mod raftbench;
 pub mod scale;
+pub mod updatebench;
 
 use serde_json::Value;
 use std::os::unix::process::CommandExt;

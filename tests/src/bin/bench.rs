@@ -14,6 +14,9 @@
 //!
 //! `bench raft [--writes N] [--writers N] [--failovers N]` measures three managers in this process (see
 //! `shoal_tests::raftbench`): join time, write throughput and p50/p99 latency, leader failover.
+//!
+//! `bench update [--replicas N] [--parallelism P]` measures rolling updates (stop-first and start-first) and
+//! health-driven replacement on a real daemon (see `shoal_tests::updatebench`); default 50 replicas, 10 at a time.
 
 use shoal_tests::{wait_for, Daemon};
 use std::process::Command;
@@ -112,6 +115,27 @@ fn main() {
             }
         };
         shoal_tests::failoverbench::run(rounds);
+        return;
+    }
+    if args.first().map(String::as_str) == Some("update") {
+        let (mut replicas, mut parallelism) = (50usize, 10usize);
+        let mut it = args[1..].iter();
+        while let Some(flag) = it.next() {
+            let n = it.next().and_then(|v| v.parse::<usize>().ok()).filter(|n| *n >= 1);
+            match (flag.as_str(), n) {
+                ("--replicas", Some(n)) => replicas = n,
+                ("--parallelism", Some(n)) => parallelism = n,
+                (f @ ("--replicas" | "--parallelism"), None) => {
+                    eprintln!("bench update: {f} needs a number of at least 1");
+                    std::process::exit(2)
+                }
+                (other, _) => {
+                    eprintln!("bench update: unknown flag {other:?} (expected --replicas, --parallelism)");
+                    std::process::exit(2)
+                }
+            }
+        }
+        shoal_tests::updatebench::run(replicas, parallelism);
         return;
     }
     if args.first().map(String::as_str) == Some("raft") {
