@@ -19,7 +19,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 use swarm::api::control::{Empty, GetRequest, ListTasksRequest};
-use swarm::api::{NodeState, Service, ServiceMode, Task, TaskState};
+use swarm::api::{NodeState, Service, ServiceMode, Task, TaskState, UpdateState, UpdateStatus};
 
 /// How long every task must stay running before we call the service converged. Docker waits 5 s (its update
 /// monitor period); we use less because our failover and restart paths are faster, and a CLI that sits idle for
@@ -400,6 +400,194 @@ pub async fn wait_converged(
                 eprintln!("Use `shoal service ps --no-trunc {service_name}` to check progress.");
                 std::process::exit(130);
             }
+        }
+    }
+}
+
+/// Whether a task was made from the service's current spec (Docker's `_up-to-date` task filter): its recorded
+/// spec version is the service's, or its spec is the current task template (tasks a scale left alone).
+pub fn up_to_date(service: &Service, task: &Task) -> bool {
+    task.spec_version == service.spec_version || task.spec == service.spec.task_template
+}
+
+/// What one poll of an update (or rollback) means for the display and whether the wait is over.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UpdateStep {
+    pub snap: Snapshot,
+    /// Lines to print once, above the progress (`rollback: <why>`).
+    pub notes: Vec<String>,
+    pub verify: Option<String>,
+    /// `Some(Ok(lines))`: done, print `lines` last; `Some(Err(msg))`: the update failed with `msg`.
+    pub done: Option<Result<Vec<String>, String>>,
+}
+
+/// Follows an update from the service's `update_status` and its up-to-date tasks, as `docker service update`
+/// does: paused states end the wait with Docker's error, a rollback is announced and counted as one, and the
+/// service must stay converged for a while before we say so — the update's monitor window while the server
+/// still reports the rollout in progress, else [`STABLE_FOR`].
+#[derive(Debug)]
+pub struct UpdateWatch {
+    /// The status before the request: until the server writes a new one, it says nothing about this update.
+    before: Option<UpdateStatus>,
+    /// `service rollback` / `update --rollback`: ending rolled back is success, not failure.
+    rollback_requested: bool,
+    announced_rollback: bool,
+    converged_since: Option<Instant>,
+}
+
+impl UpdateWatch {
+    pub fn new(before: Option<UpdateStatus>, rollback_requested: bool) -> UpdateWatch {
+        UpdateWatch { before, rollback_requested, announced_rollback: false, converged_since: None }
+    }
+
+    pub fn step(&mut self, service: &Service, tasks: &[Task], active: &HashSet<String>, now: Instant) -> UpdateStep {
+        let status = service.update_status.as_ref().filter(|s| Some(*s) != self.before.as_ref());
+        let state = status.map(|s| s.state);
+        let message = status.map(|s| s.message.clone()).unwrap_or_default();
+        let rolling_back = matches!(
+            state,
+            Some(UpdateState::RollbackStarted | UpdateState::RollbackPaused | UpdateState::RollbackCompleted)
+        );
+        let current: Vec<Task> = tasks.iter().filter(|t| up_to_date(service, t)).cloned().collect();
+        let mut snap = observe(service, &current, active);
+        if rolling_back {
+            snap.overall = snap.overall.replacen("overall progress: ", "overall progress: rolling back update: ", 1);
+        }
+        let mut step = UpdateStep { snap, notes: vec![], verify: None, done: None };
+        if rolling_back && !self.announced_rollback && !message.is_empty() {
+            self.announced_rollback = true;
+            step.notes.push(format!("rollback: {message}"));
+        }
+        match state {
+            Some(UpdateState::Paused) => {
+                step.done = Some(Err(format!("service update paused: {message}")));
+                return step;
+            }
+            Some(UpdateState::RollbackPaused) => {
+                step.done = Some(Err(format!("service rollback paused: {message}")));
+                return step;
+            }
+            _ => {}
+        }
+        let settled = matches!(state, None | Some(UpdateState::Completed | UpdateState::RollbackCompleted));
+        let config = if rolling_back { &service.spec.rollback_config } else { &service.spec.update_config };
+        let window = if settled { STABLE_FOR } else { config.monitor.max(STABLE_FOR) };
+        if !step.snap.converged {
+            if self.converged_since.take().is_some() {
+                step.verify = Some("verify: Detected task failure".into());
+            }
+            return step;
+        }
+        let since = *self.converged_since.get_or_insert(now);
+        let waited = now.saturating_duration_since(since);
+        if waited < window {
+            let left = (window - waited).as_secs_f64().ceil() as u64;
+            step.verify = Some(format!("verify: Waiting {left} seconds to verify that tasks are stable..."));
+            return step;
+        }
+        step.verify = Some("verify: Service converged".into());
+        step.done = Some(match state {
+            Some(UpdateState::RollbackCompleted) if !self.rollback_requested => {
+                Err(format!("service rolled back: {message}"))
+            }
+            Some(UpdateState::RollbackCompleted) if !message.is_empty() => Ok(vec![format!("rollback: {message}")]),
+            _ => Ok(vec![]),
+        });
+        step
+    }
+}
+
+/// Follows an update or rollback just sent for `service_id` until it converges (Ok), or fails, pauses or rolls
+/// back when an update was asked for (Err with Docker's message). `before` is the service's update status
+/// before the request. `quiet` waits without drawing.
+pub async fn wait_updated(
+    client: &mut Client,
+    service_id: &str,
+    before: Option<UpdateStatus>,
+    quiet: bool,
+    rollback_requested: bool,
+) -> anyhow::Result<()> {
+    let mut screen = Screen::new(std::io::stdout().is_terminal() && !quiet);
+    let mut watch = UpdateWatch::new(before, rollback_requested);
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    loop {
+        let polled = async {
+            let service = rpc(client.control.get_service(GetRequest { id_or_name: service_id.to_string() }).await)?;
+            let tasks = rpc(client
+                .control
+                .list_tasks(ListTasksRequest { service_ids: vec![service.id.clone()], ..Default::default() })
+                .await)?
+            .tasks;
+            let nodes = rpc(client.control.list_nodes(Empty {}).await)?.nodes;
+            let active: HashSet<String> =
+                nodes.into_iter().filter(|n| n.status.state != NodeState::Down).map(|n| n.id).collect();
+            anyhow::Ok(watch.step(&service, &tasks, &active, Instant::now()))
+        }
+        .await;
+        let step = match polled {
+            Ok(s) => s,
+            Err(e) => {
+                screen.finish();
+                return Err(e);
+            }
+        };
+        if !quiet {
+            for note in &step.notes {
+                screen.note(note);
+            }
+            screen.draw(&step.snap);
+            if let Some(v) = &step.verify {
+                screen.verify_text(v);
+            }
+        }
+        match step.done {
+            Some(Ok(lines)) => {
+                if !quiet {
+                    for l in &lines {
+                        screen.note(l);
+                    }
+                }
+                screen.finish();
+                return Ok(());
+            }
+            Some(Err(msg)) => {
+                screen.finish();
+                anyhow::bail!(msg);
+            }
+            None => {}
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(POLL_EVERY) => {}
+            _ = &mut ctrl_c => {
+                screen.finish();
+                eprintln!("Operation continuing in background.");
+                eprintln!("Use `shoal service ps --no-trunc {service_id}` to check progress.");
+                std::process::exit(130);
+            }
+        }
+    }
+}
+
+impl Screen {
+    /// A line printed once above the bars (or in sequence, without a terminal).
+    fn note(&self, text: &str) {
+        match &self.multi {
+            Some(m) => {
+                let _ = m.println(text);
+            }
+            None => println!("{text}"),
+        }
+    }
+
+    /// The `verify:` line with the given text.
+    fn verify_text(&mut self, text: &str) {
+        if self.verify.is_none() {
+            let bar = self.new_bar(None);
+            self.verify = Some(Line { bar, last: String::new() });
+        }
+        if let Some(line) = self.verify.as_mut() {
+            Self::set(line, text);
         }
     }
 }

@@ -1,10 +1,11 @@
-//! `shoal service …`: create, ls, ps, inspect, scale, rm and logs, with Docker's flags, columns and messages.
+//! `shoal service …`: create, update, rollback, ls, ps, inspect, scale, rm and logs, with Docker's flags, columns and messages.
 
 mod create;
 mod flags;
 mod logs;
 mod opts;
 mod pretty;
+mod update;
 
 use crate::client::{rpc, Client};
 use crate::output::{check_format, ellipsis, print_inspected, print_rows, short_id, state_since, table_of, Format};
@@ -32,6 +33,10 @@ pub enum ServiceCmd {
     Inspect(InspectArgs),
     /// Scale one or multiple replicated services
     Scale(ScaleArgs),
+    /// Update a service
+    Update(Box<update::UpdateArgs>),
+    /// Revert changes to a service's configuration
+    Rollback(update::RollbackArgs),
     /// Remove one or more services
     #[command(visible_alias = "remove")]
     Rm(RmArgs),
@@ -95,6 +100,8 @@ pub async fn run(client: &mut Client, cmd: ServiceCmd) -> anyhow::Result<()> {
         ServiceCmd::Ps(a) => ps(client, a).await,
         ServiceCmd::Inspect(a) => inspect(client, a).await,
         ServiceCmd::Scale(a) => scale(client, a).await,
+        ServiceCmd::Update(a) => update::run(client, *a).await,
+        ServiceCmd::Rollback(a) => update::rollback(client, a).await,
         ServiceCmd::Rm(a) => rm(client, a).await,
         ServiceCmd::Logs(a) => logs::run(client, a).await,
     }
