@@ -358,6 +358,94 @@ mod tests {
     }
 
     #[test]
+    fn lifecycle_flags_become_a_spec() {
+        let s = parse(&[
+            "--update-parallelism",
+            "2",
+            "--update-order",
+            "start-first",
+            "--update-failure-action",
+            "rollback",
+            "--rollback-monitor",
+            "1s",
+            "--rollback-order",
+            "start-first",
+            "--health-cmd",
+            "true",
+            "--health-timeout",
+            "3s",
+            "--health-start-period",
+            "10s",
+            "--health-start-interval",
+            "1s",
+            "--placement-pref",
+            "spread=node.labels.zone",
+            "--placement-pref",
+            "spread=node.labels.rack",
+            "--generic-resource",
+            "gpu=2",
+            "--restart-max-delay",
+            "1m",
+            "busybox",
+        ])
+        .unwrap()
+        .spec()
+        .unwrap();
+        assert_eq!(s.update_config.parallelism, 2);
+        assert_eq!(s.update_config.order, swarm::api::UpdateOrder::StartFirst);
+        assert_eq!(s.update_config.failure_action, swarm::api::FailureAction::Rollback);
+        assert_eq!(s.update_config.monitor, Duration::from_secs(5), "untouched fields keep Swarm's defaults");
+        assert_eq!(s.rollback_config.monitor, Duration::from_secs(1));
+        assert_eq!(s.rollback_config.order, swarm::api::UpdateOrder::StartFirst);
+        let h = s.task_template.container.healthcheck.clone().expect("health check");
+        assert_eq!(h.test, vec!["CMD-SHELL", "true"]);
+        assert_eq!(
+            (h.timeout, h.start_period, h.start_interval),
+            (Duration::from_secs(3), Duration::from_secs(10), Duration::from_secs(1))
+        );
+        assert_eq!((h.interval, h.retries), (Duration::ZERO, 0), "unset: the image's or Docker's defaults");
+        let p = &s.task_template.placement.preferences;
+        assert_eq!(p.len(), 2);
+        assert_eq!(opts::placement_pref_text(&p[1]), "spread=node.labels.rack");
+        assert_eq!(s.task_template.resources.generic_reservations, [("gpu".to_string(), 2)].into());
+        assert_eq!(s.task_template.restart_policy.max_delay, Duration::from_secs(60));
+
+        let none = parse(&["--no-healthcheck", "busybox"]).unwrap().spec().unwrap();
+        assert_eq!(none.task_template.container.healthcheck.unwrap().test, vec!["NONE"]);
+        assert_eq!(parse(&["busybox"]).unwrap().spec().unwrap().task_template.container.healthcheck, None);
+        let e = parse(&["--no-healthcheck", "--health-retries", "2", "busybox"]).unwrap().spec().unwrap_err();
+        assert_eq!(e.to_string(), "--no-healthcheck conflicts with --health-* options");
+    }
+
+    #[test]
+    fn job_modes() {
+        let s = parse(&["--mode", "replicated-job", "--replicas", "6", "--max-concurrent", "2", "busybox"])
+            .unwrap()
+            .spec()
+            .unwrap();
+        assert_eq!(s.mode, ServiceMode::ReplicatedJob { max_concurrent: 2, total_completions: 6 });
+        let s = parse(&["--mode", "replicated-job", "--replicas", "4", "busybox"]).unwrap().spec().unwrap();
+        assert_eq!(s.mode, ServiceMode::ReplicatedJob { max_concurrent: 4, total_completions: 4 }, "Docker's default");
+        let s = parse(&["--mode", "replicated-job", "busybox"]).unwrap().spec().unwrap();
+        assert_eq!(s.mode, ServiceMode::ReplicatedJob { max_concurrent: 1, total_completions: 1 });
+        let s = parse(&["--mode", "global-job", "busybox"]).unwrap().spec().unwrap();
+        assert_eq!(s.mode, ServiceMode::GlobalJob);
+        for (argv, want) in [
+            (&["--max-concurrent", "2"][..], "max-concurrent can only be used with replicated-job mode"),
+            (
+                &["--mode", "global-job", "--replicas", "2"],
+                "replicas can only be used with replicated or replicated-job mode",
+            ),
+            (&["--mode", "global", "--replicas-max-per-node", "1"], "replicas-max-per-node can only be used with"),
+        ] {
+            let e = parse(&[argv, &["busybox"]].concat()).unwrap().spec().unwrap_err();
+            assert!(e.to_string().contains(want), "{argv:?}: {e}");
+        }
+        let e = parse(&["--mode", "batch", "busybox"]).unwrap_err();
+        assert!(e.to_string().contains("replicated-job"), "{e}");
+    }
+
+    #[test]
     fn negative_replicas_are_a_value_error() {
         let e = parse(&["--replicas", "-1", "busybox"]).unwrap_err();
         assert_eq!(e.kind(), clap::error::ErrorKind::ValueValidation);

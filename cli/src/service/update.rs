@@ -397,3 +397,227 @@ pub async fn rollback(client: &mut Client, a: RollbackArgs) -> anyhow::Result<()
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+    use std::time::Duration;
+    use swarm::api::{FailureAction, HealthConfig, MountType, UpdateOrder};
+
+    #[derive(Parser)]
+    struct T {
+        #[command(flatten)]
+        args: UpdateArgs,
+    }
+
+    fn parse(argv: &[&str]) -> Result<UpdateArgs, clap::Error> {
+        T::try_parse_from(std::iter::once("update").chain(argv.iter().copied())).map(|t| t.args)
+    }
+
+    /// `web`: busybox, 3 replicas, two env vars, a label, a mount, a constraint, a generic resource.
+    fn current() -> ServiceSpec {
+        let mut s: ServiceSpec = serde_json::from_value(serde_json::json!({
+            "name": "web", "labels": {"tier": "front"},
+            "task_template": {"container": {"image": "docker.io/library/busybox:latest", "env": ["A=1", "B=2"],
+                "mounts": [{"type": "tmpfs", "target": "/tmp"}]},
+                "placement": {"constraints": ["node.role==manager"]},
+                "resources": {"generic_reservations": {"gpu": 1}}},
+            "mode": {"replicated": {"replicas": 3}}
+        }))
+        .unwrap();
+        s.task_template.container.stop_grace_period = Duration::from_secs(10);
+        s
+    }
+
+    fn updated(argv: &[&str]) -> Result<ServiceSpec, String> {
+        let a = parse(&[argv, &["web"]].concat()).map_err(|e| e.to_string())?;
+        a.updated(&current()).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn list_edits_follow_docker() {
+        let s = updated(&[
+            "--env-add",
+            "B=3",
+            "--env-add",
+            "C=4",
+            "--env-rm",
+            "A",
+            "--label-add",
+            "owner=me",
+            "--label-rm",
+            "tier",
+            "--container-label-add",
+            "x=y",
+            "--mount-add",
+            "type=tmpfs,target=/tmp,tmpfs-size=1m",
+            "--mount-add",
+            "type=bind,source=/srv,target=/srv",
+            "--constraint-add",
+            "node.labels.zone==east",
+            "--constraint-rm",
+            "node.role == manager",
+            "--placement-pref-add",
+            "spread=node.labels.zone",
+            "--generic-resource-add",
+            "ssd=2",
+            "--generic-resource-rm",
+            "gpu",
+        ])
+        .unwrap();
+        let c = &s.task_template.container;
+        // Replaced in place, added at the end, removed by key.
+        assert_eq!(c.env, vec!["B=3", "C=4"]);
+        assert_eq!(s.annotations.labels, [("owner".to_string(), "me".to_string())].into());
+        assert_eq!(c.labels.get("x").map(String::as_str), Some("y"));
+        assert_eq!(c.mounts.len(), 2);
+        assert_eq!((c.mounts[0].target.as_str(), c.mounts[0].tmpfs_size), ("/tmp", 1 << 20), "replaced by target");
+        assert_eq!((c.mounts[1].kind, c.mounts[1].target.as_str()), (MountType::Bind, "/srv"));
+        let p = &s.task_template.placement;
+        assert_eq!(p.constraints.iter().map(ToString::to_string).collect::<Vec<_>>(), vec!["node.labels.zone==east"]);
+        assert_eq!(p.preferences, vec![PlacementPreference::Spread("node.labels.zone".into())]);
+        assert_eq!(s.task_template.resources.generic_reservations, [("ssd".to_string(), 2)].into());
+
+        let s = updated(&["--mount-rm", "/tmp", "--placement-pref-rm", "spread=node.labels.rack"]).unwrap();
+        assert!(s.task_template.container.mounts.is_empty());
+    }
+
+    #[test]
+    fn scalar_flags_change_only_their_field() {
+        let s = updated(&[
+            "--image",
+            "busybox:1.36",
+            "--args",
+            "sleep 1d",
+            "--replicas",
+            "5",
+            "--update-parallelism",
+            "2",
+            "--update-order",
+            "start-first",
+            "--update-failure-action",
+            "rollback",
+            "--update-monitor",
+            "10s",
+            "--update-max-failure-ratio",
+            "0.2",
+            "--update-delay",
+            "1s",
+            "--rollback-parallelism",
+            "0",
+            "--rollback-failure-action",
+            "continue",
+            "--health-cmd",
+            "wget -q localhost",
+            "--health-interval",
+            "2s",
+            "--health-retries",
+            "5",
+            "--restart-delay",
+            "1s",
+            "--restart-max-delay",
+            "1m",
+            "--read-only",
+        ])
+        .unwrap();
+        let mut want = current();
+        let c = &mut want.task_template.container;
+        c.image = "docker.io/library/busybox:1.36".into();
+        c.args = vec!["sleep".into(), "1d".into()];
+        c.read_only = true;
+        c.healthcheck = Some(HealthConfig {
+            test: vec!["CMD-SHELL".into(), "wget -q localhost".into()],
+            interval: Duration::from_secs(2),
+            retries: 5,
+            ..Default::default()
+        });
+        want.mode = ServiceMode::Replicated { replicas: 5 };
+        let u = &mut want.update_config;
+        u.parallelism = 2;
+        u.order = UpdateOrder::StartFirst;
+        u.failure_action = FailureAction::Rollback;
+        u.monitor = Duration::from_secs(10);
+        u.max_failure_ratio = 0.2;
+        u.delay = Duration::from_secs(1);
+        want.rollback_config.parallelism = 0;
+        want.rollback_config.failure_action = FailureAction::Continue;
+        want.task_template.restart_policy.delay = Duration::from_secs(1);
+        want.task_template.restart_policy.max_delay = Duration::from_secs(60);
+        assert_eq!(s, want);
+
+        // --read-only=false undoes it; --no-healthcheck disables the image's check.
+        let mut ro = current();
+        ro.task_template.container.read_only = true;
+        let a = parse(&["--read-only=false", "--no-healthcheck", "web"]).unwrap();
+        let s = a.updated(&ro).unwrap();
+        assert!(!s.task_template.container.read_only);
+        assert_eq!(s.task_template.container.healthcheck.unwrap().test, vec!["NONE"]);
+    }
+
+    #[test]
+    fn an_update_that_changes_nothing_is_equal_and_force_bumps() {
+        for argv in [
+            &["--image", "busybox"][..],
+            &["--env-add", "A=1"],
+            &["--label-add", "tier=front"],
+            &["--constraint-add", "node.role==manager"],
+            &["--replicas", "3"],
+            &["--mount-add", "type=tmpfs,target=/tmp"],
+            &["--generic-resource-add", "gpu=1"],
+            &["--update-order", "stop-first"],
+            &["-d"],
+        ] {
+            assert_eq!(updated(argv).unwrap(), current(), "{argv:?} changes nothing");
+        }
+        let forced = updated(&["--force"]).unwrap();
+        assert_eq!(forced.task_template.force_update, 1);
+        assert_eq!(spec_diff(&current(), &forced), vec!["task_template.force_update: 0 → 1"]);
+    }
+
+    #[test]
+    fn bad_input_is_one_clear_error() {
+        for (argv, want) in [
+            (&["--update-order", "sideways"][..], "invalid order \"sideways\": must be stop-first or start-first"),
+            (&["--update-delay", "-5s"], "duration cannot be negative"),
+            (&["--rollback-failure-action", "rollback"], "must be pause or continue"),
+            (&["--update-max-failure-ratio", "2"], "must be between 0 and 1"),
+            (&["--update-order", "start-first", "--update-order", "stop-first"], "cannot be used multiple times"),
+            (&["--health-cmd", "true", "--no-healthcheck"], "--no-healthcheck conflicts with --health-* options"),
+            (&["--max-concurrent", "2"], "max-concurrent can only be used with replicated-job mode"),
+            (&["--mode", "global"], "service mode cannot be changed (from replicated to global)"),
+            (&["--generic-resource-rm", "fpga"], "could not find generic-resource `fpga` to remove it"),
+            (&["--mount-add", "type=tmpfs,target=/a", "--mount-add", "type=tmpfs,target=/a"], "duplicate mount target"),
+            (&["--restart-delay", "10s", "--restart-max-delay", "1s"], "must not be shorter than restart-delay"),
+            (&["--publish-add", "8080:80"], "published ports are not supported yet"),
+            (&["--network-add", "backend"], "networks are not supported yet"),
+        ] {
+            let e = updated(argv).unwrap_err();
+            assert!(e.contains(want), "{argv:?}: {e}");
+        }
+        let a = parse(&["--rollback", "--image", "x", "web"]).unwrap();
+        assert!(a.changes_something());
+        let a = parse(&["--rollback", "-d", "-q", "--dry-run", "web"]).unwrap();
+        assert!(!a.changes_something(), "-d, -q and --dry-run combine with --rollback");
+    }
+
+    #[test]
+    fn dry_run_reports_the_diff_and_the_tasks_replaced() {
+        let new = updated(&["--image", "busybox:1.36", "--env-add", "C=3"]).unwrap();
+        assert_eq!(
+            dry_run_text(&current(), &new, 3),
+            "task_template.container.env: [\"A=1\",\"B=2\"] → [\"A=1\",\"B=2\",\"C=3\"]\n\
+             task_template.container.image: docker.io/library/busybox:latest → docker.io/library/busybox:1.36\n\
+             3 tasks would be replaced\n"
+        );
+        let scaled = updated(&["--replicas", "5"]).unwrap();
+        assert_eq!(
+            dry_run_text(&current(), &scaled, 3),
+            "mode.replicated.replicas: 3 → 5\n0 tasks would be replaced\n2 tasks would be started\n"
+        );
+        let both = updated(&["--replicas", "1", "--hostname", "h"]).unwrap();
+        assert_eq!(impact(&current(), &both, 3), Impact { replaced: 1, started: 0, removed: 2 });
+        assert!(spec_diff(&current(), &both).contains(&"task_template.container.hostname: (none) → h".to_string()));
+        assert_eq!(dry_run_text(&current(), &current(), 3), "no changes\n0 tasks would be replaced\n");
+    }
+}
