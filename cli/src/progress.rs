@@ -11,6 +11,9 @@
 //! The bookkeeping ([`observe`], [`Verifier`]) is pure so it can be tested; [`wait_converged`] polls the control
 //! API and draws with indicatif on a terminal, or prints a plain line whenever one changes when stdout is not a
 //! terminal (logs, CI, tests), so it never emits cursor movement into a file.
+//!
+//! `service update` / `service rollback` follow the same display over the up-to-date tasks only ([`UpdateWatch`],
+//! [`wait_updated`]), and end on the update's status: paused, rolled back, or converged.
 
 use crate::client::{rpc, Client};
 use crate::output::short_id;
@@ -722,5 +725,131 @@ mod tests {
         assert_eq!(v.step(true, t1), Verify::Waiting(1));
         assert_eq!(v.step(true, t1 + STABLE_FOR), Verify::Converged);
         assert_eq!(Verify::Converged.text().unwrap(), "verify: Service converged");
+    }
+
+    fn status(state: UpdateState, message: &str, started_s: u64) -> UpdateStatus {
+        UpdateStatus {
+            state,
+            started_at: Timestamp(SystemTime::UNIX_EPOCH + Duration::from_secs(started_s)),
+            completed_at: None,
+            message: message.into(),
+        }
+    }
+
+    /// A service at spec version 2 (image v2) with `replicas` slots, each holding an old task (running, spec
+    /// version 1) and, for the slots in `new_running`, a new one running.
+    fn updating(replicas: u64, new_running: &[u64], st: Option<UpdateStatus>) -> (Service, Vec<Task>) {
+        let mut svc = service(ServiceMode::Replicated { replicas });
+        svc.spec.task_template.container.image = "busybox:v2".into();
+        svc.spec_version = 2;
+        svc.update_status = st;
+        let mut tasks = vec![];
+        for slot in 1..=replicas {
+            let mut old = task(&format!("old{slot}"), slot, "n1", Running, Running, 60);
+            old.spec_version = 1;
+            if new_running.contains(&slot) {
+                old.desired_state = Shutdown;
+                old.status.state = Shutdown;
+                let mut new = task(&format!("new{slot}"), slot, "n1", Running, Running, 5);
+                new.spec = svc.spec.task_template.clone();
+                new.spec_version = 2;
+                tasks.push(new);
+            }
+            tasks.push(old);
+        }
+        (svc, tasks)
+    }
+
+    #[test]
+    fn up_to_date_is_by_spec_version_or_by_spec() {
+        let (svc, tasks) = updating(2, &[1], None);
+        let current: Vec<&str> = tasks.iter().filter(|t| up_to_date(&svc, t)).map(|t| t.id.as_str()).collect();
+        assert_eq!(current, ["new1"]);
+        // A task a scale left alone keeps its older version but runs the current template.
+        let mut kept = tasks[1].clone();
+        kept.spec = svc.spec.task_template.clone();
+        assert!(up_to_date(&svc, &kept));
+    }
+
+    #[test]
+    fn an_update_counts_only_new_tasks_and_waits_out_the_monitor() {
+        let t0 = Instant::now();
+        let mut w = UpdateWatch::new(None, false);
+        let (svc, tasks) = updating(3, &[1], Some(status(UpdateState::Updating, "update in progress", 10)));
+        let step = w.step(&svc, &tasks, &active(&["n1"]), t0);
+        assert_eq!(step.snap.overall, "overall progress: 1 out of 3 tasks");
+        assert_eq!(step.snap.lines[1].text, format!("2/3: new       [=====>{}]", " ".repeat(45)));
+        assert_eq!((step.verify, step.done), (None, None));
+        // All new, but the server still says updating: wait out its monitor window (5 s by default).
+        let (svc, tasks) = updating(3, &[1, 2, 3], Some(status(UpdateState::Updating, "", 10)));
+        let step = w.step(&svc, &tasks, &active(&["n1"]), t0);
+        assert_eq!(step.verify.as_deref(), Some("verify: Waiting 5 seconds to verify that tasks are stable..."));
+        assert_eq!(step.done, None);
+        let step = w.step(&svc, &tasks, &active(&["n1"]), t0 + Duration::from_secs(5));
+        assert_eq!(step.verify.as_deref(), Some("verify: Service converged"));
+        assert_eq!(step.done, Some(Ok(vec![])));
+        // Completed by the server: the short window is enough.
+        let mut w = UpdateWatch::new(None, false);
+        let (svc, tasks) = updating(3, &[1, 2, 3], Some(status(UpdateState::Completed, "update completed", 10)));
+        assert_eq!(w.step(&svc, &tasks, &active(&["n1"]), t0).done, None);
+        assert_eq!(w.step(&svc, &tasks, &active(&["n1"]), t0 + STABLE_FOR).done, Some(Ok(vec![])));
+    }
+
+    #[test]
+    fn a_paused_update_fails_with_dockers_message() {
+        let mut w = UpdateWatch::new(None, false);
+        let msg = "update paused due to failure or early termination of task abc";
+        let (svc, tasks) = updating(2, &[], Some(status(UpdateState::Paused, msg, 10)));
+        let step = w.step(&svc, &tasks, &active(&["n1"]), Instant::now());
+        assert_eq!(step.done, Some(Err(format!("service update paused: {msg}"))));
+        let (svc, tasks) = updating(2, &[], Some(status(UpdateState::RollbackPaused, "rollback paused", 10)));
+        let step = UpdateWatch::new(None, false).step(&svc, &tasks, &active(&["n1"]), Instant::now());
+        assert_eq!(step.done, Some(Err("service rollback paused: rollback paused".into())));
+    }
+
+    #[test]
+    fn a_status_from_before_the_request_is_ignored() {
+        // The last update was paused; a new one was just sent and the server has not written its status yet.
+        let old = status(UpdateState::Paused, "update paused due to failure", 10);
+        let mut w = UpdateWatch::new(Some(old.clone()), false);
+        let (svc, tasks) = updating(1, &[], Some(old));
+        let step = w.step(&svc, &tasks, &active(&["n1"]), Instant::now());
+        assert_eq!(step.done, None);
+        assert_eq!(step.snap.overall, "overall progress: 0 out of 1 tasks");
+    }
+
+    #[test]
+    fn an_automatic_rollback_is_announced_and_fails_the_update() {
+        let t0 = Instant::now();
+        let why = "update rolled back due to failure or early termination of task new1";
+        let mut w = UpdateWatch::new(None, false);
+        let (svc, tasks) = updating(2, &[1], Some(status(UpdateState::RollbackStarted, why, 10)));
+        let step = w.step(&svc, &tasks, &active(&["n1"]), t0);
+        assert_eq!(step.notes, vec![format!("rollback: {why}")]);
+        assert_eq!(step.snap.overall, "overall progress: rolling back update: 1 out of 2 tasks");
+        assert!(w.step(&svc, &tasks, &active(&["n1"]), t0).notes.is_empty(), "announced once");
+        let (svc, tasks) = updating(2, &[1, 2], Some(status(UpdateState::RollbackCompleted, "rollback completed", 10)));
+        w.step(&svc, &tasks, &active(&["n1"]), t0);
+        let step = w.step(&svc, &tasks, &active(&["n1"]), t0 + STABLE_FOR);
+        assert_eq!(step.verify.as_deref(), Some("verify: Service converged"));
+        assert_eq!(step.done, Some(Err("service rolled back: rollback completed".into())));
+        // Asked for, the same end is success, with Docker's closing line.
+        let mut w = UpdateWatch::new(None, true);
+        w.step(&svc, &tasks, &active(&["n1"]), t0);
+        let step = w.step(&svc, &tasks, &active(&["n1"]), t0 + STABLE_FOR);
+        assert_eq!(step.done, Some(Ok(vec!["rollback: rollback completed".into()])));
+    }
+
+    #[test]
+    fn a_task_failing_after_convergence_is_reported() {
+        let t0 = Instant::now();
+        let mut w = UpdateWatch::new(None, false);
+        let (svc, mut tasks) = updating(1, &[1], Some(status(UpdateState::Updating, "", 10)));
+        assert!(w.step(&svc, &tasks, &active(&["n1"]), t0).verify.unwrap().starts_with("verify: Waiting"));
+        tasks[0].status.state = Failed;
+        tasks[0].status.err = "task: non-zero exit (1)".into();
+        let step = w.step(&svc, &tasks, &active(&["n1"]), t0 + Duration::from_secs(1));
+        assert_eq!(step.verify.as_deref(), Some("verify: Detected task failure"));
+        assert_eq!(step.snap.lines[0].text, "1/1: task: non-zero exit (1)");
     }
 }
