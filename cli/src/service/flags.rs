@@ -46,7 +46,7 @@ pub struct SpecFlags {
     /// Number of tasks (for replicated-job: the number of successful completions)
     #[arg(long, value_parser = opts::replicas, allow_negative_numbers = true, allow_hyphen_values = true)]
     pub replicas: Option<u64>,
-    /// Service mode ("replicated", "global", "replicated-job", "global-job") (default "replicated")
+    /// Service mode (default "replicated"; an update cannot change it)
     #[arg(long, value_enum)]
     pub mode: Option<Mode>,
     /// Number of job tasks to run concurrently (default equal to --replicas; replicated-job only)
