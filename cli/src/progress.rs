@@ -11,6 +11,9 @@
 //! The bookkeeping ([`observe`], [`Verifier`]) is pure so it can be tested; [`wait_converged`] polls the control
 //! API and draws with indicatif on a terminal, or prints a plain line whenever one changes when stdout is not a
 //! terminal (logs, CI, tests), so it never emits cursor movement into a file.
+//!
+//! `service update` / `service rollback` follow the same display over the up-to-date tasks only ([`UpdateWatch`],
+//! [`wait_updated`]), and end on the update's status: paused, rolled back, or converged.
 
 use crate::client::{rpc, Client};
 use crate::output::short_id;
@@ -19,7 +22,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 use swarm::api::control::{Empty, GetRequest, ListTasksRequest};
-use swarm::api::{NodeState, Service, ServiceMode, Task, TaskState};
+use swarm::api::{NodeState, Service, ServiceMode, Task, TaskState, UpdateState, UpdateStatus};
 
 /// How long every task must stay running before we call the service converged. Docker waits 5 s (its update
 /// monitor period); we use less because our failover and restart paths are faster, and a CLI that sits idle for
@@ -404,6 +407,194 @@ pub async fn wait_converged(
     }
 }
 
+/// Whether a task was made from the service's current spec (Docker's `_up-to-date` task filter): its recorded
+/// spec version is the service's, or its spec is the current task template (tasks a scale left alone).
+pub fn up_to_date(service: &Service, task: &Task) -> bool {
+    task.spec_version == service.spec_version || task.spec == service.spec.task_template
+}
+
+/// What one poll of an update (or rollback) means for the display and whether the wait is over.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UpdateStep {
+    pub snap: Snapshot,
+    /// Lines to print once, above the progress (`rollback: <why>`).
+    pub notes: Vec<String>,
+    pub verify: Option<String>,
+    /// `Some(Ok(lines))`: done, print `lines` last; `Some(Err(msg))`: the update failed with `msg`.
+    pub done: Option<Result<Vec<String>, String>>,
+}
+
+/// Follows an update from the service's `update_status` and its up-to-date tasks, as `docker service update`
+/// does: paused states end the wait with Docker's error, a rollback is announced and counted as one, and the
+/// service must stay converged for a while before we say so — the update's monitor window while the server
+/// still reports the rollout in progress, else [`STABLE_FOR`].
+#[derive(Debug)]
+pub struct UpdateWatch {
+    /// The status before the request: until the server writes a new one, it says nothing about this update.
+    before: Option<UpdateStatus>,
+    /// `service rollback` / `update --rollback`: ending rolled back is success, not failure.
+    rollback_requested: bool,
+    announced_rollback: bool,
+    converged_since: Option<Instant>,
+}
+
+impl UpdateWatch {
+    pub fn new(before: Option<UpdateStatus>, rollback_requested: bool) -> UpdateWatch {
+        UpdateWatch { before, rollback_requested, announced_rollback: false, converged_since: None }
+    }
+
+    pub fn step(&mut self, service: &Service, tasks: &[Task], active: &HashSet<String>, now: Instant) -> UpdateStep {
+        let status = service.update_status.as_ref().filter(|s| Some(*s) != self.before.as_ref());
+        let state = status.map(|s| s.state);
+        let message = status.map(|s| s.message.clone()).unwrap_or_default();
+        let rolling_back = matches!(
+            state,
+            Some(UpdateState::RollbackStarted | UpdateState::RollbackPaused | UpdateState::RollbackCompleted)
+        );
+        let current: Vec<Task> = tasks.iter().filter(|t| up_to_date(service, t)).cloned().collect();
+        let mut snap = observe(service, &current, active);
+        if rolling_back {
+            snap.overall = snap.overall.replacen("overall progress: ", "overall progress: rolling back update: ", 1);
+        }
+        let mut step = UpdateStep { snap, notes: vec![], verify: None, done: None };
+        if rolling_back && !self.announced_rollback && !message.is_empty() {
+            self.announced_rollback = true;
+            step.notes.push(format!("rollback: {message}"));
+        }
+        match state {
+            Some(UpdateState::Paused) => {
+                step.done = Some(Err(format!("service update paused: {message}")));
+                return step;
+            }
+            Some(UpdateState::RollbackPaused) => {
+                step.done = Some(Err(format!("service rollback paused: {message}")));
+                return step;
+            }
+            _ => {}
+        }
+        let settled = matches!(state, None | Some(UpdateState::Completed | UpdateState::RollbackCompleted));
+        let config = if rolling_back { &service.spec.rollback_config } else { &service.spec.update_config };
+        let window = if settled { STABLE_FOR } else { config.monitor.max(STABLE_FOR) };
+        if !step.snap.converged {
+            if self.converged_since.take().is_some() {
+                step.verify = Some("verify: Detected task failure".into());
+            }
+            return step;
+        }
+        let since = *self.converged_since.get_or_insert(now);
+        let waited = now.saturating_duration_since(since);
+        if waited < window {
+            let left = (window - waited).as_secs_f64().ceil() as u64;
+            step.verify = Some(format!("verify: Waiting {left} seconds to verify that tasks are stable..."));
+            return step;
+        }
+        step.verify = Some("verify: Service converged".into());
+        step.done = Some(match state {
+            Some(UpdateState::RollbackCompleted) if !self.rollback_requested => {
+                Err(format!("service rolled back: {message}"))
+            }
+            Some(UpdateState::RollbackCompleted) if !message.is_empty() => Ok(vec![format!("rollback: {message}")]),
+            _ => Ok(vec![]),
+        });
+        step
+    }
+}
+
+/// Follows an update or rollback just sent for `service_id` until it converges (Ok), or fails, pauses or rolls
+/// back when an update was asked for (Err with Docker's message). `before` is the service's update status
+/// before the request. `quiet` waits without drawing.
+pub async fn wait_updated(
+    client: &mut Client,
+    service_id: &str,
+    before: Option<UpdateStatus>,
+    quiet: bool,
+    rollback_requested: bool,
+) -> anyhow::Result<()> {
+    let mut screen = Screen::new(std::io::stdout().is_terminal() && !quiet);
+    let mut watch = UpdateWatch::new(before, rollback_requested);
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    loop {
+        let polled = async {
+            let service = rpc(client.control.get_service(GetRequest { id_or_name: service_id.to_string() }).await)?;
+            let tasks = rpc(client
+                .control
+                .list_tasks(ListTasksRequest { service_ids: vec![service.id.clone()], ..Default::default() })
+                .await)?
+            .tasks;
+            let nodes = rpc(client.control.list_nodes(Empty {}).await)?.nodes;
+            let active: HashSet<String> =
+                nodes.into_iter().filter(|n| n.status.state != NodeState::Down).map(|n| n.id).collect();
+            anyhow::Ok(watch.step(&service, &tasks, &active, Instant::now()))
+        }
+        .await;
+        let step = match polled {
+            Ok(s) => s,
+            Err(e) => {
+                screen.finish();
+                return Err(e);
+            }
+        };
+        if !quiet {
+            for note in &step.notes {
+                screen.note(note);
+            }
+            screen.draw(&step.snap);
+            if let Some(v) = &step.verify {
+                screen.verify_text(v);
+            }
+        }
+        match step.done {
+            Some(Ok(lines)) => {
+                if !quiet {
+                    for l in &lines {
+                        screen.note(l);
+                    }
+                }
+                screen.finish();
+                return Ok(());
+            }
+            Some(Err(msg)) => {
+                screen.finish();
+                anyhow::bail!(msg);
+            }
+            None => {}
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(POLL_EVERY) => {}
+            _ = &mut ctrl_c => {
+                screen.finish();
+                eprintln!("Operation continuing in background.");
+                eprintln!("Use `shoal service ps --no-trunc {service_id}` to check progress.");
+                std::process::exit(130);
+            }
+        }
+    }
+}
+
+impl Screen {
+    /// A line printed once above the bars (or in sequence, without a terminal).
+    fn note(&self, text: &str) {
+        match &self.multi {
+            Some(m) => {
+                let _ = m.println(text);
+            }
+            None => println!("{text}"),
+        }
+    }
+
+    /// The `verify:` line with the given text.
+    fn verify_text(&mut self, text: &str) {
+        if self.verify.is_none() {
+            let bar = self.new_bar(None);
+            self.verify = Some(Line { bar, last: String::new() });
+        }
+        if let Some(line) = self.verify.as_mut() {
+            Self::set(line, text);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -534,5 +725,131 @@ mod tests {
         assert_eq!(v.step(true, t1), Verify::Waiting(1));
         assert_eq!(v.step(true, t1 + STABLE_FOR), Verify::Converged);
         assert_eq!(Verify::Converged.text().unwrap(), "verify: Service converged");
+    }
+
+    fn status(state: UpdateState, message: &str, started_s: u64) -> UpdateStatus {
+        UpdateStatus {
+            state,
+            started_at: Timestamp(SystemTime::UNIX_EPOCH + Duration::from_secs(started_s)),
+            completed_at: None,
+            message: message.into(),
+        }
+    }
+
+    /// A service at spec version 2 (image v2) with `replicas` slots, each holding an old task (running, spec
+    /// version 1) and, for the slots in `new_running`, a new one running.
+    fn updating(replicas: u64, new_running: &[u64], st: Option<UpdateStatus>) -> (Service, Vec<Task>) {
+        let mut svc = service(ServiceMode::Replicated { replicas });
+        svc.spec.task_template.container.image = "busybox:v2".into();
+        svc.spec_version = 2;
+        svc.update_status = st;
+        let mut tasks = vec![];
+        for slot in 1..=replicas {
+            let mut old = task(&format!("old{slot}"), slot, "n1", Running, Running, 60);
+            old.spec_version = 1;
+            if new_running.contains(&slot) {
+                old.desired_state = Shutdown;
+                old.status.state = Shutdown;
+                let mut new = task(&format!("new{slot}"), slot, "n1", Running, Running, 5);
+                new.spec = svc.spec.task_template.clone();
+                new.spec_version = 2;
+                tasks.push(new);
+            }
+            tasks.push(old);
+        }
+        (svc, tasks)
+    }
+
+    #[test]
+    fn up_to_date_is_by_spec_version_or_by_spec() {
+        let (svc, tasks) = updating(2, &[1], None);
+        let current: Vec<&str> = tasks.iter().filter(|t| up_to_date(&svc, t)).map(|t| t.id.as_str()).collect();
+        assert_eq!(current, ["new1"]);
+        // A task a scale left alone keeps its older version but runs the current template.
+        let mut kept = tasks[1].clone();
+        kept.spec = svc.spec.task_template.clone();
+        assert!(up_to_date(&svc, &kept));
+    }
+
+    #[test]
+    fn an_update_counts_only_new_tasks_and_waits_out_the_monitor() {
+        let t0 = Instant::now();
+        let mut w = UpdateWatch::new(None, false);
+        let (svc, tasks) = updating(3, &[1], Some(status(UpdateState::Updating, "update in progress", 10)));
+        let step = w.step(&svc, &tasks, &active(&["n1"]), t0);
+        assert_eq!(step.snap.overall, "overall progress: 1 out of 3 tasks");
+        assert_eq!(step.snap.lines[1].text, format!("2/3: new       [=====>{}]", " ".repeat(45)));
+        assert_eq!((step.verify, step.done), (None, None));
+        // All new, but the server still says updating: wait out its monitor window (5 s by default).
+        let (svc, tasks) = updating(3, &[1, 2, 3], Some(status(UpdateState::Updating, "", 10)));
+        let step = w.step(&svc, &tasks, &active(&["n1"]), t0);
+        assert_eq!(step.verify.as_deref(), Some("verify: Waiting 5 seconds to verify that tasks are stable..."));
+        assert_eq!(step.done, None);
+        let step = w.step(&svc, &tasks, &active(&["n1"]), t0 + Duration::from_secs(5));
+        assert_eq!(step.verify.as_deref(), Some("verify: Service converged"));
+        assert_eq!(step.done, Some(Ok(vec![])));
+        // Completed by the server: the short window is enough.
+        let mut w = UpdateWatch::new(None, false);
+        let (svc, tasks) = updating(3, &[1, 2, 3], Some(status(UpdateState::Completed, "update completed", 10)));
+        assert_eq!(w.step(&svc, &tasks, &active(&["n1"]), t0).done, None);
+        assert_eq!(w.step(&svc, &tasks, &active(&["n1"]), t0 + STABLE_FOR).done, Some(Ok(vec![])));
+    }
+
+    #[test]
+    fn a_paused_update_fails_with_dockers_message() {
+        let mut w = UpdateWatch::new(None, false);
+        let msg = "update paused due to failure or early termination of task abc";
+        let (svc, tasks) = updating(2, &[], Some(status(UpdateState::Paused, msg, 10)));
+        let step = w.step(&svc, &tasks, &active(&["n1"]), Instant::now());
+        assert_eq!(step.done, Some(Err(format!("service update paused: {msg}"))));
+        let (svc, tasks) = updating(2, &[], Some(status(UpdateState::RollbackPaused, "rollback paused", 10)));
+        let step = UpdateWatch::new(None, false).step(&svc, &tasks, &active(&["n1"]), Instant::now());
+        assert_eq!(step.done, Some(Err("service rollback paused: rollback paused".into())));
+    }
+
+    #[test]
+    fn a_status_from_before_the_request_is_ignored() {
+        // The last update was paused; a new one was just sent and the server has not written its status yet.
+        let old = status(UpdateState::Paused, "update paused due to failure", 10);
+        let mut w = UpdateWatch::new(Some(old.clone()), false);
+        let (svc, tasks) = updating(1, &[], Some(old));
+        let step = w.step(&svc, &tasks, &active(&["n1"]), Instant::now());
+        assert_eq!(step.done, None);
+        assert_eq!(step.snap.overall, "overall progress: 0 out of 1 tasks");
+    }
+
+    #[test]
+    fn an_automatic_rollback_is_announced_and_fails_the_update() {
+        let t0 = Instant::now();
+        let why = "update rolled back due to failure or early termination of task new1";
+        let mut w = UpdateWatch::new(None, false);
+        let (svc, tasks) = updating(2, &[1], Some(status(UpdateState::RollbackStarted, why, 10)));
+        let step = w.step(&svc, &tasks, &active(&["n1"]), t0);
+        assert_eq!(step.notes, vec![format!("rollback: {why}")]);
+        assert_eq!(step.snap.overall, "overall progress: rolling back update: 1 out of 2 tasks");
+        assert!(w.step(&svc, &tasks, &active(&["n1"]), t0).notes.is_empty(), "announced once");
+        let (svc, tasks) = updating(2, &[1, 2], Some(status(UpdateState::RollbackCompleted, "rollback completed", 10)));
+        w.step(&svc, &tasks, &active(&["n1"]), t0);
+        let step = w.step(&svc, &tasks, &active(&["n1"]), t0 + STABLE_FOR);
+        assert_eq!(step.verify.as_deref(), Some("verify: Service converged"));
+        assert_eq!(step.done, Some(Err("service rolled back: rollback completed".into())));
+        // Asked for, the same end is success, with Docker's closing line.
+        let mut w = UpdateWatch::new(None, true);
+        w.step(&svc, &tasks, &active(&["n1"]), t0);
+        let step = w.step(&svc, &tasks, &active(&["n1"]), t0 + STABLE_FOR);
+        assert_eq!(step.done, Some(Ok(vec!["rollback: rollback completed".into()])));
+    }
+
+    #[test]
+    fn a_task_failing_after_convergence_is_reported() {
+        let t0 = Instant::now();
+        let mut w = UpdateWatch::new(None, false);
+        let (svc, mut tasks) = updating(1, &[1], Some(status(UpdateState::Updating, "", 10)));
+        assert!(w.step(&svc, &tasks, &active(&["n1"]), t0).verify.unwrap().starts_with("verify: Waiting"));
+        tasks[0].status.state = Failed;
+        tasks[0].status.err = "task: non-zero exit (1)".into();
+        let step = w.step(&svc, &tasks, &active(&["n1"]), t0 + Duration::from_secs(1));
+        assert_eq!(step.verify.as_deref(), Some("verify: Detected task failure"));
+        assert_eq!(step.snap.lines[0].text, "1/1: task: non-zero exit (1)");
     }
 }

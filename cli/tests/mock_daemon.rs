@@ -68,8 +68,15 @@ impl State {
             .ok_or_else(|| Status::not_found(format!("service {key} not found")))
     }
 
-    /// A tiny orchestrator: one live task per slot 1..=replicas; slots above are shut down.
+    /// A tiny orchestrator: one live task per slot 1..=replicas, made from the current spec (an update replaces
+    /// them all at once, unless it is paused); slots above are shut down.
     fn reconcile(&mut self, svc: &Service) {
+        let paused = svc.update_status.as_ref().is_some_and(|u| u.state == UpdateState::Paused);
+        for (t, _) in self.tasks.iter_mut().filter(|(t, _)| t.service_id == svc.id) {
+            if !paused && t.spec != svc.spec.task_template {
+                t.desired_state = TaskState::Shutdown;
+            }
+        }
         let replicas = match svc.spec.mode {
             ServiceMode::Replicated { replicas } => replicas,
             ServiceMode::ReplicatedJob { total_completions, .. } => total_completions,
@@ -91,7 +98,8 @@ impl State {
                     "id": id, "service_id": svc.id, "service_annotations": {"name": svc.spec.annotations.name},
                     "slot": if svc.spec.mode == ServiceMode::Global { 0 } else { slot },
                     "node_id": "node1aaaaaaaaaaaaaaaaaaaa",
-                    "spec": svc.spec.task_template, "status": {"state": "preparing"}, "desired_state": "running"
+                    "spec": svc.spec.task_template, "spec_version": svc.spec_version,
+                    "status": {"state": "preparing"}, "desired_state": "running"
                 }))
                 .expect("task fixture");
                 t.meta.created_at = Timestamp::now();
@@ -203,7 +211,38 @@ impl Control for Fake {
         if svc.meta.version != r.version {
             return Err(Status::failed_precondition("update out of sequence"));
         }
-        svc.spec = r.spec;
+        let status = |state: UpdateState, message: String| {
+            Some(UpdateStatus { state, started_at: Timestamp::now(), completed_at: None, message })
+        };
+        if r.rollback {
+            // As the real one: the previous spec comes back, rolled out with the rollback config.
+            let previous = svc.previous_spec.take().ok_or_else(|| {
+                Status::failed_precondition(format!("service {} does not have a previous spec", svc.id))
+            })?;
+            svc.previous_spec = Some(std::mem::replace(&mut svc.spec, previous));
+            svc.spec_version += 1;
+            svc.update_status = status(UpdateState::RollbackCompleted, "rollback completed".into());
+        } else {
+            let mut spec = r.spec;
+            let image = &mut spec.task_template.container.image;
+            *image = normalize_image_ref(image).map_err(|e| Status::invalid_argument(e.to_string()))?;
+            if spec != svc.spec {
+                if spec.task_template != svc.spec.task_template {
+                    // An image named "broken" stands for tasks that fail: the update pauses on the first one.
+                    svc.update_status = if spec.task_template.container.image.contains("broken") {
+                        let failed = st.id("t");
+                        status(
+                            UpdateState::Paused,
+                            format!("update paused due to failure or early termination of task {failed}"),
+                        )
+                    } else {
+                        status(UpdateState::Completed, "update completed".into())
+                    };
+                }
+                svc.previous_spec = Some(std::mem::replace(&mut svc.spec, spec));
+                svc.spec_version += 1;
+            }
+        }
         svc.meta.version += 1;
         st.services.insert(svc.id.clone(), svc.clone());
         st.reconcile(&svc);
@@ -648,6 +687,113 @@ fn services_lifecycle_through_the_cli() {
         "Error response from daemon: invalid name \"Bad_Name\""
     );
     assert_eq!(d.ok(&["service", "ls", "-q"]), "");
+}
+
+#[test]
+fn service_update_and_rollback_through_the_cli() {
+    let d = Daemon::start();
+    d.ok(&["service", "create", "-d", "--name", "web", "--replicas", "3", "busybox", "sleep", "1d"]);
+    let versions = || {
+        let v: serde_json::Value = serde_json::from_str(&d.ok(&["service", "inspect", "web"])).expect("json");
+        (v[0]["meta"]["version"].as_u64().expect("version"), v[0]["spec_version"].as_u64().expect("spec_version"))
+    };
+    let image = || d.ok(&["service", "inspect", "web", "-f", "{{.Spec.TaskTemplate.Container.Image}}"]);
+
+    // An update follows the rollout of the new tasks to its end (stdout is a pipe: plain lines).
+    let out = d.ok(&["service", "update", "--image", "busybox:1.36", "--update-parallelism", "2", "web"]);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], "web", "{out}");
+    assert!(out.contains("overall progress: 3 out of 3 tasks"), "{out}");
+    assert!(out.contains("3/3: running   [==================================================>]"), "{out}");
+    assert_eq!(lines.last().copied(), Some("verify: Service converged"), "{out}");
+    assert_eq!(image(), "docker.io/library/busybox:1.36\n");
+    let (version, spec_version) = versions();
+    assert_eq!(spec_version, 2);
+    let running = d.ok(&["service", "ps", "web", "-q", "-f", "desired-state=running"]);
+    assert_eq!(running.lines().count(), 3, "{running}");
+    assert_eq!(d.ok(&["service", "ps", "web", "-q"]).lines().count(), 6, "the old tasks stay as history");
+
+    // Nothing to change: nothing is sent.
+    assert_eq!(d.ok(&["service", "update", "--image", "busybox:1.36", "--replicas", "3", "web"]), "web\n");
+    assert_eq!(versions(), (version, spec_version));
+
+    // A dry run prints the diff and the tasks it would replace, and changes nothing.
+    let dry = d.ok(&["service", "update", "--dry-run", "--env-add", "A=1", "--replicas", "4", "web"]);
+    assert_eq!(
+        dry,
+        "mode.replicated.replicas: 3 → 4\ntask_template.container.env: (none) → [\"A=1\"]\n\
+         3 tasks would be replaced\n1 task would be started\n"
+    );
+    assert_eq!(versions(), (version, spec_version));
+    let dry = d.ok(&["service", "rollback", "--dry-run", "web"]);
+    assert!(
+        dry.contains(
+            "task_template.container.image: docker.io/library/busybox:1.36 → docker.io/library/busybox:latest"
+        ),
+        "{dry}"
+    );
+    assert_eq!(versions(), (version, spec_version));
+
+    // Bad input: one line, nothing sent.
+    assert_eq!(
+        d.fails(&["service", "update", "--update-order", "sideways", "web"]),
+        "invalid argument \"sideways\" for \"--update-order\" flag: invalid order \"sideways\": must be stop-first or start-first"
+    );
+    assert_eq!(
+        d.fails(&["service", "update", "--update-delay", "-1s", "web"]),
+        "invalid argument \"-1s\" for \"--update-delay\" flag: duration cannot be negative"
+    );
+    assert_eq!(
+        d.fails(&["service", "update", "--rollback", "--image", "x", "web"]),
+        "other flags may not be combined with --rollback"
+    );
+    assert_eq!(
+        d.fails(&["service", "update", "--health-cmd", "true", "--no-healthcheck", "web"]),
+        "--no-healthcheck conflicts with --health-* options"
+    );
+    assert!(d
+        .fails(&["service", "update", "--publish-add", "8080:80", "web"])
+        .starts_with("published ports are not supported yet"));
+    assert!(d
+        .fails(&["service", "update", "--network-add", "backend", "web"])
+        .starts_with("networks are not supported yet"));
+    assert_eq!(versions(), (version, spec_version));
+
+    // `service rollback` sends rollback: the previous spec comes back; Docker's closing line.
+    let out = d.ok(&["service", "rollback", "web"]);
+    assert!(out.starts_with("web\n"), "{out}");
+    assert!(out.contains("overall progress: rolling back update: 3 out of 3 tasks"), "{out}");
+    assert!(out.ends_with("verify: Service converged\nrollback: rollback completed\n"), "{out}");
+    assert_eq!(image(), "docker.io/library/busybox:latest\n");
+    assert_eq!(versions().1, 3);
+    let pretty = d.ok(&["service", "inspect", "--pretty", "web"]);
+    assert!(pretty.contains("UpdateStatus:\n State:\t\trollback_completed\n"), "{pretty}");
+    assert!(pretty.contains(" Message:\trollback completed\n"), "{pretty}");
+    // The update config came back with the rest of the previous spec.
+    assert!(pretty.contains("UpdateConfig:\n Parallelism:\t1\n"), "{pretty}");
+
+    // An update whose tasks fail pauses: Docker's message, a non-zero exit, and `service ls` shows it.
+    let o = d.shoal(&["service", "update", "--image", "broken", "web"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(String::from_utf8_lossy(&o.stdout).lines().next(), Some("web"));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.starts_with("service update paused: update paused due to failure or early termination of task t"),
+        "{err}"
+    );
+    assert_eq!(d.ok(&["service", "ls", "--format", "{{.Replicas}}"]), "3/3 (update paused)\n");
+
+    // --force redeploys without a change; -d returns at once.
+    let before = versions();
+    assert_eq!(d.ok(&["service", "update", "--force", "-d", "web"]), "web\n");
+    assert_eq!(versions(), (before.0 + 1, before.1 + 1));
+    assert_eq!(d.ok(&["service", "inspect", "web", "-f", "{{.Spec.TaskTemplate.ForceUpdate}}"]), "1\n");
+
+    d.ok(&["service", "create", "-d", "--name", "fresh", "busybox"]);
+    assert_eq!(
+        d.fails(&["service", "rollback", "fresh"]),
+        "service fresh does not have a previous specification to roll back to"
+    );
 }
 
 #[test]

@@ -3,38 +3,25 @@
 //! is sent; the control API still validates everything (names, image references, constraints) and has the last
 //! word.
 
-use super::opts::{self, Words};
+use super::flags::{FlagError, SpecFlags};
+use super::opts;
 use crate::client::{rpc, Client};
 use crate::progress;
 use clap::Args;
-use std::collections::BTreeMap;
 use std::time::Duration;
 use swarm::api::control::CreateServiceRequest;
 use swarm::api::{
-    Annotations, ContainerSpec, LogDriver, Mount, Placement, ResourceRequirements, Resources, RestartCondition,
-    RestartPolicy, Seccomp, ServiceMode, ServiceSpec, TaskSpec, Ulimit,
+    Annotations, ContainerSpec, Mount, Placement, PlacementPreference, ResourceRequirements, RestartPolicy,
+    ServiceMode, ServiceSpec, TaskSpec, Ulimit,
 };
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Mode {
-    Replicated,
-    Global,
-}
 
 #[derive(Debug, Args)]
 pub struct CreateArgs {
     /// Service name (default: a generated one)
     #[arg(long)]
     pub name: Option<String>,
-    /// Number of tasks
-    #[arg(long, value_parser = opts::replicas, allow_negative_numbers = true, allow_hyphen_values = true)]
-    pub replicas: Option<u64>,
-    /// Service mode
-    #[arg(long, value_enum, default_value = "replicated")]
-    pub mode: Mode,
-    /// Maximum number of tasks per node (default 0 = unlimited)
-    #[arg(long = "replicas-max-per-node", value_parser = opts::count, allow_negative_numbers = true, allow_hyphen_values = true, value_name = "N")]
-    pub replicas_max_per_node: Option<u64>,
+    #[command(flatten)]
+    pub flags: SpecFlags,
     /// Set environment variables
     #[arg(short = 'e', long = "env", value_parser = opts::env, value_name = "KEY=VALUE")]
     pub env: Vec<String>,
@@ -44,87 +31,21 @@ pub struct CreateArgs {
     /// Container labels
     #[arg(long = "container-label", value_parser = opts::label, value_name = "KEY=VALUE")]
     pub container_labels: Vec<(String, String)>,
-    /// Logging driver for the service's tasks (json-file)
-    #[arg(long = "log-driver", value_name = "DRIVER")]
-    pub log_driver: Option<String>,
-    /// Logging driver options (json-file: max-size, default 10m; max-file, default 5)
-    #[arg(long = "log-opt", value_parser = opts::log_opt, value_name = "KEY=VALUE")]
-    pub log_opts: Vec<(String, String)>,
-    /// Working directory inside the container
-    #[arg(short = 'w', long)]
-    pub workdir: Option<String>,
-    /// Username or UID (format: <name|uid>[:<group|gid>])
-    #[arg(short = 'u', long)]
-    pub user: Option<String>,
-    /// Container hostname
-    #[arg(long)]
-    pub hostname: Option<String>,
     /// Attach a filesystem mount to the service (type=bind|volume|tmpfs,source=…,target=…[,readonly])
     #[arg(long = "mount", value_parser = opts::mount, value_name = "MOUNT")]
     pub mounts: Vec<Mount>,
     /// Placement constraints (e.g. node.role==manager)
     #[arg(long = "constraint", value_name = "EXPR")]
     pub constraints: Vec<swarm::api::Constraint>,
-    /// Reserve CPUs
-    #[arg(long = "reserve-cpu", value_parser = opts::nano_cpus, allow_hyphen_values = true, value_name = "CPUS")]
-    pub reserve_cpu: Option<i64>,
-    /// Reserve memory (e.g. 64M, 1g)
-    #[arg(long = "reserve-memory", value_parser = opts::size, allow_hyphen_values = true, value_name = "BYTES")]
-    pub reserve_memory: Option<i64>,
-    /// Limit CPUs
-    #[arg(long = "limit-cpu", value_parser = opts::nano_cpus, allow_hyphen_values = true, value_name = "CPUS")]
-    pub limit_cpu: Option<i64>,
-    /// Limit memory (e.g. 64M, 1g)
-    #[arg(long = "limit-memory", value_parser = opts::size, allow_hyphen_values = true, value_name = "BYTES")]
-    pub limit_memory: Option<i64>,
-    /// Restart when condition is met ("none", "on-failure", "any") (default "any")
-    #[arg(long = "restart-condition", value_parser = opts::restart_condition, value_name = "CONDITION")]
-    pub restart_condition: Option<RestartCondition>,
-    /// Delay between restart attempts (ns|us|ms|s|m|h) (default 5s)
-    #[arg(long = "restart-delay", value_parser = opts::duration, allow_hyphen_values = true, value_name = "DURATION")]
-    pub restart_delay: Option<Duration>,
-    /// Maximum number of restarts before giving up
-    #[arg(long = "restart-max-attempts", value_parser = opts::count, allow_negative_numbers = true, allow_hyphen_values = true, value_name = "N")]
-    pub restart_max_attempts: Option<u64>,
-    /// Window used to evaluate the restart policy (ns|us|ms|s|m|h)
-    #[arg(long = "restart-window", value_parser = opts::duration, allow_hyphen_values = true, value_name = "DURATION")]
-    pub restart_window: Option<Duration>,
-    /// Signal to stop the container
-    #[arg(long = "stop-signal", value_name = "SIGNAL")]
-    pub stop_signal: Option<String>,
-    /// Time to wait before force killing a container (ns|us|ms|s|m|h) (default 10s)
-    #[arg(long = "stop-grace-period", value_parser = opts::duration, allow_hyphen_values = true, value_name = "DURATION")]
-    pub stop_grace_period: Option<Duration>,
-    /// Add Linux capabilities
-    #[arg(long = "cap-add", value_parser = opts::capability, value_name = "CAPABILITY")]
-    pub cap_add: Vec<String>,
-    /// Drop Linux capabilities
-    #[arg(long = "cap-drop", value_parser = opts::capability, value_name = "CAPABILITY")]
-    pub cap_drop: Vec<String>,
-    /// Mount the container's root filesystem as read only
-    #[arg(long = "read-only")]
-    pub read_only: bool,
-    /// Use an init inside each service container to forward signals and reap processes
-    #[arg(long)]
-    pub init: bool,
+    /// Add a placement preference (spread=node.labels.X)
+    #[arg(long = "placement-pref", value_parser = opts::placement_pref, value_name = "PREF")]
+    pub placement_prefs: Vec<PlacementPreference>,
+    /// Reserve a count of a resource the nodes advertise (KIND=N)
+    #[arg(long = "generic-resource", value_parser = opts::generic_resource, value_name = "KIND=N")]
+    pub generic_resources: Vec<(String, u64)>,
     /// Ulimit options (NAME=SOFT[:HARD])
     #[arg(long = "ulimit", value_parser = opts::ulimit, value_name = "ULIMIT")]
     pub ulimits: Vec<Ulimit>,
-    /// Limit maximum number of processes (default 0 = unlimited)
-    #[arg(long = "limit-pids", value_parser = opts::count, allow_negative_numbers = true, allow_hyphen_values = true, value_name = "N")]
-    pub limit_pids: Option<u64>,
-    /// Security options (seccomp=unconfined or seccomp=PROFILE.json)
-    #[arg(long = "security-opt", value_parser = opts::security_opt, value_name = "OPTION")]
-    pub security_opts: Vec<Seccomp>,
-    /// Overwrite the default ENTRYPOINT of the image
-    #[arg(long, value_parser = opts::words, allow_hyphen_values = true, value_name = "COMMAND")]
-    pub entrypoint: Option<Words>,
-    /// Exit immediately instead of waiting for the service to converge
-    #[arg(short = 'd', long)]
-    pub detach: bool,
-    /// Suppress progress output
-    #[arg(short = 'q', long)]
-    pub quiet: bool,
     /// Image to run
     #[arg(value_name = "IMAGE")]
     pub image: String,
@@ -133,100 +54,44 @@ pub struct CreateArgs {
     pub command: Vec<String>,
 }
 
-fn label_map(pairs: &[(String, String)]) -> BTreeMap<String, String> {
-    pairs.iter().cloned().collect()
-}
-
 impl CreateArgs {
-    /// `--log-driver`/`--log-opt`. Unlike Docker's CLI, options without a driver are kept (for the node's
-    /// default driver) instead of being dropped silently. The node checks them when it runs a task.
-    fn log_driver(&self) -> Option<LogDriver> {
-        if self.log_driver.is_none() && self.log_opts.is_empty() {
-            return None;
-        }
-        Some(LogDriver { name: self.log_driver.clone().unwrap_or_default(), options: label_map(&self.log_opts) })
-    }
-
     /// Builds the spec the flags describe. Defaults left unset are the server's (and Docker's) defaults.
-    pub fn spec(&self) -> anyhow::Result<ServiceSpec> {
-        let (image, args) = (self.image.clone(), self.command.clone());
-        let mode = match self.mode {
-            Mode::Replicated => ServiceMode::Replicated { replicas: self.replicas.unwrap_or(1) },
-            Mode::Global => {
-                if self.replicas.is_some() {
-                    anyhow::bail!("replicas can only be used with replicated mode");
-                }
-                if self.replicas_max_per_node.is_some() {
-                    anyhow::bail!("replicas-max-per-node can only be used with replicated mode");
-                }
-                ServiceMode::Global
-            }
-        };
-        let defaults = RestartPolicy::default();
-        let restart_policy = RestartPolicy {
-            condition: self.restart_condition.unwrap_or(defaults.condition),
-            delay: self.restart_delay.unwrap_or(defaults.delay),
-            max_attempts: self.restart_max_attempts.unwrap_or(defaults.max_attempts),
-            window: self.restart_window.unwrap_or(defaults.window),
-            max_delay: defaults.max_delay,
-        };
-        let container = ContainerSpec {
-            image,
-            command: self.entrypoint.clone().map(|w| w.0).unwrap_or_default(),
-            args,
-            env: self.env.clone(),
-            dir: self.workdir.clone().unwrap_or_default(),
-            user: self.user.clone().unwrap_or_default(),
-            hostname: self.hostname.clone().unwrap_or_default(),
-            labels: label_map(&self.container_labels),
-            mounts: self.mounts.clone(),
-            stop_signal: self.stop_signal.clone().unwrap_or_default(),
-            stop_grace_period: self.stop_grace_period.unwrap_or(Duration::from_secs(10)),
-            capability_add: self.cap_add.clone(),
-            capability_drop: self.cap_drop.clone(),
-            read_only: self.read_only,
-            init: self.init,
-            ulimits: self.ulimits.clone(),
-            // The last --security-opt seccomp=… wins, as in Docker.
-            seccomp: self.security_opts.last().cloned().unwrap_or_default(),
-            healthcheck: None,
-        };
-        let resources = ResourceRequirements {
-            limits: Resources {
-                nano_cpus: self.limit_cpu.unwrap_or(0),
-                memory_bytes: self.limit_memory.unwrap_or(0),
-                pids: i64::try_from(self.limit_pids.unwrap_or(0))
-                    .map_err(|_| anyhow::anyhow!("--limit-pids is too large"))?,
-            },
-            reservations: Resources {
-                nano_cpus: self.reserve_cpu.unwrap_or(0),
-                memory_bytes: self.reserve_memory.unwrap_or(0),
-                pids: 0,
-            },
-            generic_reservations: Default::default(),
-        };
-        let placement = Placement {
-            constraints: self.constraints.clone(),
-            max_replicas: self.replicas_max_per_node.unwrap_or(0),
-            preferences: vec![],
-        };
-        Ok(ServiceSpec {
+    pub fn spec(&self) -> Result<ServiceSpec, FlagError> {
+        let mut spec = ServiceSpec {
             annotations: Annotations {
                 name: self.name.clone().unwrap_or_else(generated_name),
-                labels: label_map(&self.labels),
+                labels: self.labels.iter().cloned().collect(),
             },
             task_template: TaskSpec {
-                container,
-                resources,
-                restart_policy,
-                placement,
+                container: ContainerSpec {
+                    image: self.image.clone(),
+                    args: self.command.clone(),
+                    env: self.env.clone(),
+                    labels: self.container_labels.iter().cloned().collect(),
+                    mounts: self.mounts.clone(),
+                    stop_grace_period: Duration::from_secs(10),
+                    ulimits: self.ulimits.clone(),
+                    ..Default::default()
+                },
+                resources: ResourceRequirements {
+                    generic_reservations: self.generic_resources.iter().cloned().collect(),
+                    ..Default::default()
+                },
+                restart_policy: RestartPolicy::default(),
+                placement: Placement {
+                    constraints: self.constraints.clone(),
+                    max_replicas: 0,
+                    preferences: self.placement_prefs.clone(),
+                },
                 force_update: 0,
-                log_driver: self.log_driver(),
+                log_driver: None,
             },
-            mode,
+            mode: ServiceMode::Replicated { replicas: 1 },
             update_config: Default::default(),
             rollback_config: Default::default(),
-        })
+        };
+        self.flags.apply(&mut spec, true)?;
+        Ok(spec)
     }
 }
 
@@ -234,8 +99,8 @@ pub async fn run(client: &mut Client, args: CreateArgs) -> anyhow::Result<()> {
     let spec = args.spec()?;
     let service = rpc(client.control.create_service(CreateServiceRequest { spec }).await)?;
     println!("{}", service.id);
-    if !args.detach {
-        progress::wait_converged(client, &service.id, &service.spec.annotations.name, args.quiet).await?;
+    if !args.flags.detach {
+        progress::wait_converged(client, &service.id, &service.spec.annotations.name, args.flags.quiet).await?;
     }
     Ok(())
 }
@@ -304,6 +169,7 @@ fn generated_name() -> String {
 mod tests {
     use super::*;
     use clap::Parser;
+    use swarm::api::{Resources, RestartCondition, Seccomp};
 
     #[derive(Parser)]
     struct T {
@@ -379,7 +245,7 @@ mod tests {
             "hi",
         ])
         .unwrap();
-        assert!(a.detach);
+        assert!(a.flags.detach);
         let s = a.spec().unwrap();
         assert_eq!(s.annotations.name, "web");
         assert_eq!(s.annotations.labels.get("tier").map(String::as_str), Some("front"));
@@ -488,7 +354,95 @@ mod tests {
         let s = parse(&["--mode", "global", "busybox"]).unwrap().spec().unwrap();
         assert_eq!(s.mode, ServiceMode::Global);
         let e = parse(&["--mode", "global", "--replicas", "2", "busybox"]).unwrap().spec().unwrap_err();
-        assert_eq!(e.to_string(), "replicas can only be used with replicated mode");
+        assert_eq!(e.to_string(), "replicas can only be used with replicated or replicated-job mode");
+    }
+
+    #[test]
+    fn lifecycle_flags_become_a_spec() {
+        let s = parse(&[
+            "--update-parallelism",
+            "2",
+            "--update-order",
+            "start-first",
+            "--update-failure-action",
+            "rollback",
+            "--rollback-monitor",
+            "1s",
+            "--rollback-order",
+            "start-first",
+            "--health-cmd",
+            "true",
+            "--health-timeout",
+            "3s",
+            "--health-start-period",
+            "10s",
+            "--health-start-interval",
+            "1s",
+            "--placement-pref",
+            "spread=node.labels.zone",
+            "--placement-pref",
+            "spread=node.labels.rack",
+            "--generic-resource",
+            "gpu=2",
+            "--restart-max-delay",
+            "1m",
+            "busybox",
+        ])
+        .unwrap()
+        .spec()
+        .unwrap();
+        assert_eq!(s.update_config.parallelism, 2);
+        assert_eq!(s.update_config.order, swarm::api::UpdateOrder::StartFirst);
+        assert_eq!(s.update_config.failure_action, swarm::api::FailureAction::Rollback);
+        assert_eq!(s.update_config.monitor, Duration::from_secs(5), "untouched fields keep Swarm's defaults");
+        assert_eq!(s.rollback_config.monitor, Duration::from_secs(1));
+        assert_eq!(s.rollback_config.order, swarm::api::UpdateOrder::StartFirst);
+        let h = s.task_template.container.healthcheck.clone().expect("health check");
+        assert_eq!(h.test, vec!["CMD-SHELL", "true"]);
+        assert_eq!(
+            (h.timeout, h.start_period, h.start_interval),
+            (Duration::from_secs(3), Duration::from_secs(10), Duration::from_secs(1))
+        );
+        assert_eq!((h.interval, h.retries), (Duration::ZERO, 0), "unset: the image's or Docker's defaults");
+        let p = &s.task_template.placement.preferences;
+        assert_eq!(p.len(), 2);
+        assert_eq!(opts::placement_pref_text(&p[1]), "spread=node.labels.rack");
+        assert_eq!(s.task_template.resources.generic_reservations, [("gpu".to_string(), 2)].into());
+        assert_eq!(s.task_template.restart_policy.max_delay, Duration::from_secs(60));
+
+        let none = parse(&["--no-healthcheck", "busybox"]).unwrap().spec().unwrap();
+        assert_eq!(none.task_template.container.healthcheck.unwrap().test, vec!["NONE"]);
+        assert_eq!(parse(&["busybox"]).unwrap().spec().unwrap().task_template.container.healthcheck, None);
+        let e = parse(&["--no-healthcheck", "--health-retries", "2", "busybox"]).unwrap().spec().unwrap_err();
+        assert_eq!(e.to_string(), "--no-healthcheck conflicts with --health-* options");
+    }
+
+    #[test]
+    fn job_modes() {
+        let s = parse(&["--mode", "replicated-job", "--replicas", "6", "--max-concurrent", "2", "busybox"])
+            .unwrap()
+            .spec()
+            .unwrap();
+        assert_eq!(s.mode, ServiceMode::ReplicatedJob { max_concurrent: 2, total_completions: 6 });
+        let s = parse(&["--mode", "replicated-job", "--replicas", "4", "busybox"]).unwrap().spec().unwrap();
+        assert_eq!(s.mode, ServiceMode::ReplicatedJob { max_concurrent: 4, total_completions: 4 }, "Docker's default");
+        let s = parse(&["--mode", "replicated-job", "busybox"]).unwrap().spec().unwrap();
+        assert_eq!(s.mode, ServiceMode::ReplicatedJob { max_concurrent: 1, total_completions: 1 });
+        let s = parse(&["--mode", "global-job", "busybox"]).unwrap().spec().unwrap();
+        assert_eq!(s.mode, ServiceMode::GlobalJob);
+        for (argv, want) in [
+            (&["--max-concurrent", "2"][..], "max-concurrent can only be used with replicated-job mode"),
+            (
+                &["--mode", "global-job", "--replicas", "2"],
+                "replicas can only be used with replicated or replicated-job mode",
+            ),
+            (&["--mode", "global", "--replicas-max-per-node", "1"], "replicas-max-per-node can only be used with"),
+        ] {
+            let e = parse(&[argv, &["busybox"]].concat()).unwrap().spec().unwrap_err();
+            assert!(e.to_string().contains(want), "{argv:?}: {e}");
+        }
+        let e = parse(&["--mode", "batch", "busybox"]).unwrap_err();
+        assert!(e.to_string().contains("replicated-job"), "{e}");
     }
 
     #[test]

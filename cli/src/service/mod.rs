@@ -1,9 +1,11 @@
-//! `shoal service …`: create, ls, ps, inspect, scale, rm and logs, with Docker's flags, columns and messages.
+//! `shoal service …`: create, update, rollback, ls, ps, inspect, scale, rm and logs, with Docker's flags, columns and messages.
 
 mod create;
+mod flags;
 mod logs;
 mod opts;
 mod pretty;
+mod update;
 
 use crate::client::{rpc, Client};
 use crate::output::{check_format, ellipsis, print_inspected, print_rows, short_id, state_since, table_of, Format};
@@ -16,7 +18,7 @@ use std::time::SystemTime;
 use swarm::api::control::{
     Empty, GetRequest, ListServicesRequest, ListTasksRequest, ServiceWithStatus, UpdateServiceRequest,
 };
-use swarm::api::{familiar_image_ref, Service, ServiceMode, Task, TaskState};
+use swarm::api::{familiar_image_ref, Health, Service, ServiceMode, Task, TaskState, UpdateState};
 
 #[derive(Debug, Subcommand)]
 pub enum ServiceCmd {
@@ -31,6 +33,10 @@ pub enum ServiceCmd {
     Inspect(InspectArgs),
     /// Scale one or multiple replicated services
     Scale(ScaleArgs),
+    /// Update a service
+    Update(Box<update::UpdateArgs>),
+    /// Revert changes to a service's configuration
+    Rollback(update::RollbackArgs),
     /// Remove one or more services
     #[command(visible_alias = "remove")]
     Rm(RmArgs),
@@ -94,6 +100,8 @@ pub async fn run(client: &mut Client, cmd: ServiceCmd) -> anyhow::Result<()> {
         ServiceCmd::Ps(a) => ps(client, a).await,
         ServiceCmd::Inspect(a) => inspect(client, a).await,
         ServiceCmd::Scale(a) => scale(client, a).await,
+        ServiceCmd::Update(a) => update::run(client, *a).await,
+        ServiceCmd::Rollback(a) => update::rollback(client, a).await,
         ServiceCmd::Rm(a) => rm(client, a).await,
         ServiceCmd::Logs(a) => logs::run(client, a).await,
     }
@@ -118,14 +126,40 @@ const LS_COLUMNS: &[(&str, &str)] = &[
     ("Ports", "PORTS"),
 ];
 
-/// One `service ls` row with Docker's field names (what `--format json` prints and templates see).
-fn ls_row(s: &ServiceWithStatus) -> Value {
+/// The REPLICAS column: `running/desired`, for jobs Docker's `(completed/total completed)`, the per-node cap,
+/// and (beyond Docker) a rollout that is under way or paused, so `service ls` shows it without an inspect.
+fn replicas_text(s: &ServiceWithStatus, completed: u64) -> String {
     let spec = &s.service.spec;
     let mut replicas = format!("{}/{}", s.running_tasks, s.desired_tasks);
+    match spec.mode {
+        ServiceMode::ReplicatedJob { total_completions, .. } => {
+            replicas.push_str(&format!(" ({completed}/{total_completions} completed)"));
+        }
+        ServiceMode::GlobalJob => replicas.push_str(&format!(" ({completed}/{} completed)", s.desired_tasks)),
+        ServiceMode::Replicated { .. } | ServiceMode::Global => {}
+    }
     let max = spec.task_template.placement.max_replicas;
     if max > 0 {
         replicas.push_str(&format!(" (max {max} per node)"));
     }
+    let rollout = match s.service.update_status.as_ref().map(|u| u.state) {
+        Some(UpdateState::Updating) => Some("updating"),
+        Some(UpdateState::Paused) => Some("update paused"),
+        Some(UpdateState::RollbackStarted) => Some("rolling back"),
+        Some(UpdateState::RollbackPaused) => Some("rollback paused"),
+        Some(UpdateState::Completed | UpdateState::RollbackCompleted) | None => None,
+    };
+    if let Some(r) = rollout {
+        replicas.push_str(&format!(" ({r})"));
+    }
+    replicas
+}
+
+/// One `service ls` row with Docker's field names (what `--format json` prints and templates see); `completed`
+/// counts a job's completed tasks.
+fn ls_row(s: &ServiceWithStatus, completed: u64) -> Value {
+    let spec = &s.service.spec;
+    let replicas = replicas_text(s, completed);
     json!({
         "ID": short_id(&s.service.id),
         "Name": spec.annotations.name,
@@ -141,7 +175,24 @@ async fn ls(client: &mut Client, a: LsArgs) -> anyhow::Result<()> {
     let format = Format::from_flags(a.quiet, a.format.as_deref())?;
     let mut services = rpc(client.control.list_services(ListServicesRequest::default()).await)?.services;
     services.sort_by(|x, y| x.service.spec.annotations.name.cmp(&y.service.spec.annotations.name));
-    let rows: Vec<Value> = services.iter().map(ls_row).collect();
+    // Jobs show their completions, which only the tasks tell: one more call, made only when there are jobs.
+    let jobs: Vec<String> =
+        services.iter().filter(|s| s.service.spec.mode.is_job()).map(|s| s.service.id.clone()).collect();
+    let mut completed: HashMap<String, u64> = HashMap::new();
+    if !jobs.is_empty() {
+        let tasks =
+            rpc(client.control.list_tasks(ListTasksRequest { service_ids: jobs, ..Default::default() }).await)?.tasks;
+        for s in &services {
+            let n = tasks
+                .iter()
+                .filter(|t| t.service_id == s.service.id && t.status.state == TaskState::Complete)
+                .filter(|t| progress::up_to_date(&s.service, t))
+                .count() as u64;
+            completed.insert(s.service.id.clone(), n);
+        }
+    }
+    let rows: Vec<Value> =
+        services.iter().map(|s| ls_row(s, completed.get(&s.service.id).copied().unwrap_or(0))).collect();
     match format {
         Format::Template(t) => print_rows(&t, &rows, LS_COLUMNS),
         Format::Quiet => {
@@ -267,12 +318,25 @@ pub(crate) fn ps_rows(
             "Image": image,
             "Node": node,
             "DesiredState": t.desired_state.title(),
-            "CurrentState": state_since(&t.status.state.title(), since),
+            "CurrentState": current_state(t, since),
             "Error": err,
             "Ports": "",
         }));
     }
     rows
+}
+
+/// CURRENT STATE: `Running 5 seconds ago`, with a health-checked running task's health as `docker ps` shows it
+/// (`(healthy)`, `(unhealthy)`, `(health: starting)`).
+fn current_state(t: &Task, since: std::time::Duration) -> String {
+    let text = state_since(&t.status.state.title(), since);
+    let health = t.status.container.as_ref().and_then(|c| c.health);
+    match (t.status.state, health) {
+        (TaskState::Running, Some(Health::Healthy)) => format!("{text} (healthy)"),
+        (TaskState::Running, Some(Health::Unhealthy)) => format!("{text} (unhealthy)"),
+        (TaskState::Running, Some(Health::Starting)) => format!("{text} (health: starting)"),
+        _ => text,
+    }
 }
 
 pub(crate) async fn node_names(client: &mut Client) -> anyhow::Result<HashMap<String, String>> {
@@ -502,7 +566,7 @@ mod tests {
 
     #[test]
     fn ls_rows_are_dockers() {
-        let rows = vec![ls_row(&listed("web", 2, 2, 0)), ls_row(&listed("db", 3, 1, 1))];
+        let rows = vec![ls_row(&listed("web", 2, 2, 0), 0), ls_row(&listed("db", 3, 1, 1), 0)];
         let json = crate::template::Template::parse("json").unwrap().render_rows(&rows, LS_COLUMNS).unwrap();
         assert_eq!(
             json.lines().next().unwrap(),
@@ -554,5 +618,38 @@ mod tests {
         assert_eq!(display_image("docker.io/library/busybox:latest"), "busybox:latest");
         let d = format!("docker.io/library/busybox:1@sha256:{}", "a".repeat(64));
         assert_eq!(display_image(&d), "busybox:1");
+    }
+
+    #[test]
+    fn ls_replicas_show_jobs_and_rollouts() {
+        let mut job = listed("batch", 6, 0, 0);
+        job.service.spec.mode = ServiceMode::ReplicatedJob { max_concurrent: 2, total_completions: 6 };
+        assert_eq!(replicas_text(&job, 2), "0/6 (2/6 completed)");
+        let mut web = listed("web", 5, 3, 0);
+        web.service.update_status = Some(swarm::api::UpdateStatus {
+            state: UpdateState::Updating,
+            started_at: at(1),
+            completed_at: None,
+            message: String::new(),
+        });
+        assert_eq!(replicas_text(&web, 0), "3/5 (updating)");
+        web.service.update_status.as_mut().unwrap().state = UpdateState::RollbackPaused;
+        web.service.spec.task_template.placement.max_replicas = 1;
+        assert_eq!(replicas_text(&web, 0), "3/5 (max 1 per node) (rollback paused)");
+        web.service.update_status.as_mut().unwrap().state = UpdateState::Completed;
+        assert_eq!(replicas_text(&web, 0), "3/5 (max 1 per node)", "a finished rollout is not shown");
+    }
+
+    #[test]
+    fn ps_shows_a_running_tasks_health() {
+        let mut t = task("h", 1, "n1", TaskState::Running, TaskState::Running, 100, "");
+        assert_eq!(current_state(&t, Duration::from_secs(5)), "Running 5 seconds ago");
+        t.status.container = Some(swarm::api::ContainerStatus { health: Some(Health::Healthy), ..Default::default() });
+        assert_eq!(current_state(&t, Duration::from_secs(5)), "Running 5 seconds ago (healthy)");
+        t.status.container.as_mut().unwrap().health = Some(Health::Starting);
+        assert_eq!(current_state(&t, Duration::from_secs(5)), "Running 5 seconds ago (health: starting)");
+        t.status.state = TaskState::Failed;
+        t.status.container.as_mut().unwrap().health = Some(Health::Unhealthy);
+        assert_eq!(current_state(&t, Duration::from_secs(5)), "Failed 5 seconds ago", "only a running task's");
     }
 }

@@ -5,7 +5,7 @@
 //! `ValidateEnv`, `ValidateLabel`, `shlex`), because scripts written for `docker service create` should work.
 
 use std::time::Duration;
-use swarm::api::{Mount, MountType};
+use swarm::api::{FailureAction, Mount, MountType, PlacementPreference, UpdateOrder};
 
 /// `--replicas`: a u64; clap is told to accept "-1" as a value so it reaches this check instead of being
 /// mistaken for a flag.
@@ -18,9 +18,98 @@ pub fn count(s: &str) -> Result<u64, String> {
     s.trim().parse::<u64>().map_err(|_| format!("invalid value {s}: must be a non-negative integer"))
 }
 
-/// Durations as Docker writes them ("10s", "1m30s", "500ms", "0").
+/// Durations as Docker writes them ("10s", "1m30s", "500ms", "0"); a negative one is refused by name rather
+/// than as a parse error, since "-1s" is a plausible thing to type.
 pub fn duration(s: &str) -> Result<Duration, String> {
+    if s.trim().starts_with('-') {
+        return Err("duration cannot be negative".into());
+    }
     swarm::api::parse_duration(s)
+}
+
+/// `--update-order` / `--rollback-order`.
+pub fn update_order(s: &str) -> Result<UpdateOrder, String> {
+    match s {
+        "stop-first" => Ok(UpdateOrder::StopFirst),
+        "start-first" => Ok(UpdateOrder::StartFirst),
+        other => Err(format!("invalid order {other:?}: must be stop-first or start-first")),
+    }
+}
+
+/// `--update-failure-action`: pause, continue or rollback.
+pub fn update_failure_action(s: &str) -> Result<FailureAction, String> {
+    match s {
+        "pause" => Ok(FailureAction::Pause),
+        "continue" => Ok(FailureAction::Continue),
+        "rollback" => Ok(FailureAction::Rollback),
+        other => Err(format!("invalid failure action {other:?}: must be pause, continue or rollback")),
+    }
+}
+
+/// `--rollback-failure-action`: a failing rollback cannot itself roll back, so only pause or continue.
+pub fn rollback_failure_action(s: &str) -> Result<FailureAction, String> {
+    match s {
+        "pause" => Ok(FailureAction::Pause),
+        "continue" => Ok(FailureAction::Continue),
+        other => Err(format!("invalid failure action {other:?}: must be pause or continue")),
+    }
+}
+
+/// `--update-max-failure-ratio` / `--rollback-max-failure-ratio`: a fraction in 0..=1.
+pub fn failure_ratio(s: &str) -> Result<f64, String> {
+    let v: f64 = s.trim().parse().map_err(|_| format!("invalid max failure ratio {s}: must be a number"))?;
+    if !(0.0..=1.0).contains(&v) {
+        return Err(format!("invalid max failure ratio {s}: must be between 0 and 1"));
+    }
+    Ok(v)
+}
+
+/// `--placement-pref spread=node.labels.zone` (Docker's `placementPrefOpts`; spread is the only strategy).
+pub fn placement_pref(s: &str) -> Result<PlacementPreference, String> {
+    let (strategy, arg) = s
+        .split_once('=')
+        .filter(|(k, v)| !k.is_empty() && !v.is_empty() && !v.contains('='))
+        .ok_or_else(|| "placement preference must be of the format \"<strategy>=<arg>\"".to_string())?;
+    if strategy != "spread" {
+        return Err(format!("unsupported placement preference {strategy} (only spread is supported)"));
+    }
+    Ok(PlacementPreference::Spread(arg.to_string()))
+}
+
+/// How a placement preference is written on the command line (and shown by `inspect --pretty`).
+pub fn placement_pref_text(p: &PlacementPreference) -> String {
+    match p {
+        PlacementPreference::Spread(arg) => format!("spread={arg}"),
+    }
+}
+
+/// `--generic-resource KIND=N`: a count of a discrete resource the nodes advertise.
+pub fn generic_resource(s: &str) -> Result<(String, u64), String> {
+    let (kind, n) = s.split_once('=').ok_or_else(|| format!("invalid generic resource {s:?}: expected KIND=COUNT"))?;
+    let kind = kind.trim();
+    if kind.is_empty() {
+        return Err(format!("invalid generic resource {s:?}: empty kind"));
+    }
+    let n = n
+        .trim()
+        .parse::<u64>()
+        .map_err(|_| format!("invalid generic resource {s:?}: the count must be a non-negative integer"))?;
+    Ok((kind.to_string(), n))
+}
+
+/// `--args "sh -c 'echo hi'"`: the command's arguments, split like a shell (Docker's `ShlexOpt`); empty clears
+/// them so the image's CMD applies again.
+pub fn args(s: &str) -> Result<Words, String> {
+    shell_words(s).map(Words)
+}
+
+/// The value of a flag Shoal accepts for Docker compatibility but cannot honour yet (published ports,
+/// networks: they need netmesh); refused when the command runs, before anything is sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unsupported(pub String);
+
+pub fn unsupported(s: &str) -> Result<Unsupported, String> {
+    Ok(Unsupported(s.to_string()))
 }
 
 /// go-units `RAMInBytes`: `64m`, `1g`, `512k`, `1.5GiB`, `1024` (binary multiples, case-insensitive).
@@ -386,6 +475,38 @@ mod tests {
         assert!(mount("type=bind,source=/a,target=relative").unwrap_err().contains("absolute"));
         assert!(mount("type=tmpfs,target=/b,tmpfs-size=lots").unwrap_err().contains("invalid size"));
         assert!(mount("type=bind,\"source=/a,target=/b").unwrap_err().contains("quote"));
+    }
+
+    #[test]
+    fn lifecycle_values_parse_and_refuse_like_docker() {
+        assert_eq!(duration("1m30s").unwrap(), Duration::from_secs(90));
+        assert_eq!(duration("-1s").unwrap_err(), "duration cannot be negative");
+        assert_eq!(update_order("start-first").unwrap(), UpdateOrder::StartFirst);
+        assert_eq!(update_order("first").unwrap_err(), "invalid order \"first\": must be stop-first or start-first");
+        assert_eq!(update_failure_action("rollback").unwrap(), FailureAction::Rollback);
+        assert_eq!(rollback_failure_action("continue").unwrap(), FailureAction::Continue);
+        assert_eq!(
+            rollback_failure_action("rollback").unwrap_err(),
+            "invalid failure action \"rollback\": must be pause or continue"
+        );
+        assert_eq!(failure_ratio("0.25").unwrap(), 0.25);
+        assert_eq!(failure_ratio("1.5").unwrap_err(), "invalid max failure ratio 1.5: must be between 0 and 1");
+        assert_eq!(failure_ratio("-0.1").unwrap_err(), "invalid max failure ratio -0.1: must be between 0 and 1");
+        assert!(failure_ratio("half").is_err());
+        assert_eq!(
+            placement_pref("spread=node.labels.zone").unwrap(),
+            PlacementPreference::Spread("node.labels.zone".into())
+        );
+        assert_eq!(
+            placement_pref("pack=node.labels.zone").unwrap_err(),
+            "unsupported placement preference pack (only spread is supported)"
+        );
+        assert!(placement_pref("spread").unwrap_err().contains("<strategy>=<arg>"));
+        assert_eq!(generic_resource("gpu=2").unwrap(), ("gpu".into(), 2));
+        assert!(generic_resource("gpu").unwrap_err().contains("expected KIND=COUNT"));
+        assert!(generic_resource("gpu=-1").unwrap_err().contains("non-negative integer"));
+        assert_eq!(args("sh -c 'echo hi'").unwrap(), Words(vec!["sh".into(), "-c".into(), "echo hi".into()]));
+        assert_eq!(args("").unwrap(), Words(vec![]));
     }
 
     #[test]

@@ -1,8 +1,13 @@
 //! `service inspect --pretty`: Docker's human layout of a service (its `serviceInspectPrettyTemplate`).
 
-use crate::output::bytes_size;
+use super::opts::placement_pref_text;
+use crate::output::{bytes_size, human_duration};
 use std::fmt::Write;
-use swarm::api::{familiar_image_ref, format_duration, RestartCondition, Service, ServiceMode};
+use std::time::SystemTime;
+use swarm::api::{
+    familiar_image_ref, format_duration, FailureAction, RestartCondition, Service, ServiceMode, Timestamp,
+    UpdateConfig, UpdateOrder,
+};
 
 fn cpus(nano: i64) -> String {
     // Docker prints the CPU count as a float ("0.5", "2").
@@ -17,6 +22,41 @@ fn condition(c: RestartCondition) -> &'static str {
         RestartCondition::OnFailure => "on-failure",
         RestartCondition::Any => "any",
     }
+}
+
+fn ago(t: &Timestamp) -> String {
+    let since = SystemTime::now().duration_since(t.0).unwrap_or_default();
+    format!("{} ago", human_duration(since).to_lowercase())
+}
+
+fn failure_action(a: FailureAction) -> &'static str {
+    match a {
+        FailureAction::Pause => "pause",
+        FailureAction::Continue => "continue",
+        FailureAction::Rollback => "rollback",
+    }
+}
+
+fn order(o: UpdateOrder) -> &'static str {
+    match o {
+        UpdateOrder::StopFirst => "stop-first",
+        UpdateOrder::StartFirst => "start-first",
+    }
+}
+
+/// Docker's `UpdateConfig:` / `RollbackConfig:` block.
+fn update_config(o: &mut String, title: &str, order_title: &str, u: &UpdateConfig) {
+    let _ = writeln!(o, "{title}:");
+    let _ = writeln!(o, " Parallelism:\t{}", u.parallelism);
+    if !u.delay.is_zero() {
+        let _ = writeln!(o, " Delay:\t\t{}", format_duration(u.delay));
+    }
+    let _ = writeln!(o, " On failure:\t{}", failure_action(u.failure_action));
+    if !u.monitor.is_zero() {
+        let _ = writeln!(o, " Monitoring Period: {}", format_duration(u.monitor));
+    }
+    let _ = writeln!(o, " Max failure ratio: {}", u.max_failure_ratio);
+    let _ = writeln!(o, " {order_title}:{:>w$}{}", "", order(u.order), w = 18 - order_title.len());
 }
 
 /// Renders one service. Writing to a `String` cannot fail, so the `writeln!` results are ignored.
@@ -55,6 +95,15 @@ pub fn service(s: &Service) -> String {
             let _ = writeln!(o, "Service Mode:\tGlobal Job");
         }
     }
+    if let Some(u) = &s.update_status {
+        let _ = writeln!(o, "UpdateStatus:");
+        let _ = writeln!(o, " State:\t\t{}", u.state.name());
+        let _ = writeln!(o, " Started:\t{}", ago(&u.started_at));
+        if let Some(done) = &u.completed_at {
+            let _ = writeln!(o, " Completed:\t{}", ago(done));
+        }
+        let _ = writeln!(o, " Message:\t{}", u.message);
+    }
     let _ = writeln!(o, "Placement:");
     if !t.placement.constraints.is_empty() {
         let _ = writeln!(
@@ -63,9 +112,15 @@ pub fn service(s: &Service) -> String {
             t.placement.constraints.iter().map(ToString::to_string).collect::<Vec<_>>().join(" ")
         );
     }
+    if !t.placement.preferences.is_empty() {
+        let prefs: Vec<String> = t.placement.preferences.iter().map(placement_pref_text).collect();
+        let _ = writeln!(o, " Preferences:\t[{}]", prefs.join(" "));
+    }
     if t.placement.max_replicas > 0 {
         let _ = writeln!(o, " Max Replicas Per Node:\t{}", t.placement.max_replicas);
     }
+    update_config(&mut o, "UpdateConfig", "Update order", &spec.update_config);
+    update_config(&mut o, "RollbackConfig", "Rollback order", &spec.rollback_config);
     let r = &t.restart_policy;
     let _ = writeln!(o, "RestartPolicy:");
     let _ = writeln!(o, " Condition:\t{}", condition(r.condition));
@@ -101,6 +156,36 @@ pub fn service(s: &Service) -> String {
         let _ = writeln!(o, " StopSignal:\t{}", c.stop_signal);
     }
     let _ = writeln!(o, " StopGracePeriod:\t{}", format_duration(c.stop_grace_period));
+    if let Some(h) = &c.healthcheck {
+        let _ = writeln!(o, "Healthcheck:");
+        match h.test.first().map(String::as_str) {
+            Some("NONE") => {
+                let _ = writeln!(o, " Disabled:\ttrue");
+            }
+            Some("CMD-SHELL") => {
+                let _ = writeln!(o, " Test:\t\t{}", h.test[1..].join(" "));
+            }
+            Some(_) => {
+                let _ = writeln!(o, " Test:\t\t{}", h.test.join(" "));
+            }
+            None => {
+                let _ = writeln!(o, " Test:\t\t(the image's)");
+            }
+        }
+        for (name, d) in [
+            ("Interval", h.interval),
+            ("Timeout", h.timeout),
+            ("Start Period", h.start_period),
+            ("Start Interval", h.start_interval),
+        ] {
+            if !d.is_zero() {
+                let _ = writeln!(o, " {name}:\t{}", format_duration(d));
+            }
+        }
+        if h.retries > 0 {
+            let _ = writeln!(o, " Retries:\t{}", h.retries);
+        }
+    }
     if !c.capability_add.is_empty() || !c.capability_drop.is_empty() {
         let _ = writeln!(o, "Capabilities:");
         if !c.capability_add.is_empty() {
@@ -132,7 +217,8 @@ pub fn service(s: &Service) -> String {
         }
     }
     let res = &t.resources;
-    let has_res = res.reservations.nano_cpus > 0 || res.reservations.memory_bytes > 0;
+    let has_res =
+        res.reservations.nano_cpus > 0 || res.reservations.memory_bytes > 0 || !res.generic_reservations.is_empty();
     let has_lim = res.limits.nano_cpus > 0 || res.limits.memory_bytes > 0 || res.limits.pids > 0;
     if has_res || has_lim {
         let _ = writeln!(o, "Resources:");
@@ -149,6 +235,12 @@ pub fn service(s: &Service) -> String {
             }
             if r.pids > 0 {
                 let _ = writeln!(o, "  PIDs:\t\t{}", r.pids);
+            }
+            if title == " Reservations:" && !res.generic_reservations.is_empty() {
+                let _ = writeln!(o, "  Generic Resources:");
+                for (kind, n) in &res.generic_reservations {
+                    let _ = writeln!(o, "   {kind}:\t{n}");
+                }
             }
         }
     }
@@ -212,5 +304,44 @@ mod tests {
         assert!(out.contains(want), "missing {want:?} in\n{out}");
         assert!(out.contains(" Init:\t\ttrue\n"), "{out}");
         assert!(out.contains(" Limits:\n  PIDs:\t\t100\n"), "{out}");
+    }
+
+    #[test]
+    fn pretty_service_shows_the_lifecycle_settings() {
+        let mut s: Service = serde_json::from_value(serde_json::json!({
+            "id": "abc",
+            "spec": {"name": "web", "task_template": {"container": {"image": "busybox"}},
+                     "mode": {"replicatedjob": {"max_concurrent": 2, "total_completions": 6}},
+                     "update_config": {"parallelism": 2, "delay": "10s", "failure_action": "rollback",
+                                       "order": "start-first", "max_failure_ratio": 0.2}},
+            "update_status": {"state": "paused", "started_at": "2024-01-02T03:04:05.000000000Z",
+                              "message": "update paused due to failure or early termination of task x"}
+        }))
+        .unwrap();
+        let t = &mut s.spec.task_template;
+        t.placement.preferences = vec![swarm::api::PlacementPreference::Spread("node.labels.zone".into())];
+        t.resources.generic_reservations = [("gpu".to_string(), 2)].into();
+        t.container.healthcheck = Some(swarm::api::HealthConfig {
+            test: vec!["CMD-SHELL".into(), "wget -q localhost".into()],
+            interval: std::time::Duration::from_secs(5),
+            retries: 3,
+            ..Default::default()
+        });
+        let out = service(&s);
+        for want in [
+            "Service Mode:\tReplicated Job\n Max Concurrent:\t2\n Total Completions:\t6\n",
+            "UpdateStatus:\n State:\t\tpaused\n Started:\t",
+            " Message:\tupdate paused due to failure or early termination of task x\n",
+            " Preferences:\t[spread=node.labels.zone]\n",
+            "UpdateConfig:\n Parallelism:\t2\n Delay:\t\t10s\n On failure:\trollback\n Monitoring Period: 5s\n \
+             Max failure ratio: 0.2\n Update order:      start-first\n",
+            "RollbackConfig:\n Parallelism:\t1\n On failure:\tpause\n Monitoring Period: 5s\n Max failure ratio: 0\n \
+             Rollback order:    stop-first\n",
+            "Healthcheck:\n Test:\t\twget -q localhost\n Interval:\t5s\n Retries:\t3\n",
+            " Reservations:\n  Generic Resources:\n   gpu:\t2\n",
+        ] {
+            assert!(out.contains(want), "missing {want:?} in\n{out}");
+        }
+        assert!(out.contains(" Started:\t") && out.contains(" ago\n"), "{out}");
     }
 }
