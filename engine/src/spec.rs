@@ -276,6 +276,11 @@ pub fn task_mounts(task: &Task, volumes: &Path) -> Result<Vec<OciMount>, ExecErr
 }
 
 /// Builds the runtime spec for `task`.
+/// The task's cgroup (`cgroupsPath`), under every controller's hierarchy.
+pub fn cgroup_path(task_id: &str) -> PathBuf {
+    PathBuf::from(format!("/shoal/{task_id}"))
+}
+
 pub fn build(task: &Task, image: &ImageConfig, paths: &SpecPaths) -> Result<Spec, ExecError> {
     let c = &task.spec.container;
     let hostname = if c.hostname.is_empty() { task.id.chars().take(12).collect() } else { c.hostname.clone() };
@@ -375,7 +380,7 @@ pub fn build(task: &Task, image: &ImageConfig, paths: &SpecPaths) -> Result<Spec
     let mut linux = LinuxBuilder::default()
         .namespaces(namespaces)
         .resources(resources.build().map_err(invalid)?)
-        .cgroups_path(PathBuf::from(format!("/shoal/{}", task.id)))
+        .cgroups_path(cgroup_path(&task.id))
         .masked_paths(MASKED_PATHS.iter().map(|s| s.to_string()).collect::<Vec<_>>())
         .readonly_paths(READONLY_PATHS.iter().map(|s| s.to_string()).collect::<Vec<_>>());
     match &c.seccomp {
