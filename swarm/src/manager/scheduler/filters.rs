@@ -41,7 +41,7 @@ impl Refusal {
 pub fn explain(refusals: &BTreeMap<Refusal, usize>) -> String {
     let mut by_count: Vec<(Refusal, usize)> = refusals.iter().filter(|(_, n)| **n > 0).map(|(r, n)| (*r, *n)).collect();
     // Stable: equal counts keep the filter order.
-    by_count.sort_by(|a, b| b.1.cmp(&a.1));
+    by_count.sort_by_key(|(_, n)| std::cmp::Reverse(*n));
     by_count.iter().map(|(r, n)| r.explain(*n)).collect::<Vec<_>>().join("; ")
 }
 
