@@ -526,6 +526,7 @@ impl ContainerdController {
                 users: &users,
                 netns: None,
                 init_binary: Path::new(spec::DEFAULT_INIT_BINARY),
+                swap_limit: spec::swap_limit_supported(),
             };
             spec::build(&self.task, &image.config, &paths)
         });

@@ -46,6 +46,22 @@ pub struct SpecPaths<'a> {
     pub netns: Option<&'a Path>,
     /// The static init binary bind-mounted for `--init` (Debian's tini package: `/usr/bin/tini-static`).
     pub init_binary: &'a Path,
+    /// Whether the kernel limits swap per cgroup ([`swap_limit_supported`]): Docker then lets a container with a
+    /// memory limit swap as much again, and no more.
+    pub swap_limit: bool,
+}
+
+/// Whether cgroups can limit swap here, as Docker's sysinfo decides it: cgroup v1 with `memory.memsw.*` (swap
+/// accounting on), or cgroup v2 with the memory controller. Checked once.
+pub fn swap_limit_supported() -> bool {
+    static SUPPORTED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *SUPPORTED.get_or_init(|| {
+        let root = Path::new(crate::oom::CGROUP_ROOT);
+        match std::fs::read_to_string(root.join("cgroup.controllers")) {
+            Ok(controllers) => controllers.split_whitespace().any(|c| c == "memory"),
+            Err(_) => root.join("memory/memory.memsw.limit_in_bytes").exists(),
+        }
+    })
 }
 
 /// Where Debian's tini package puts its static binary, which needs nothing from the container's filesystem.
@@ -365,8 +381,13 @@ pub fn build(task: &Task, image: &ImageConfig, paths: &SpecPaths) -> Result<Spec
     let limits = task.spec.resources.limits;
     let mut resources = LinuxResourcesBuilder::default();
     if limits.memory_bytes > 0 {
-        resources =
-            resources.memory(LinuxMemoryBuilder::default().limit(limits.memory_bytes).build().map_err(invalid)?);
+        let mut memory = LinuxMemoryBuilder::default().limit(limits.memory_bytes);
+        if paths.swap_limit {
+            // Docker's default for a memory limit without --memory-swap: memory plus as much swap (the OCI
+            // `swap` is the total), so a hog is OOM-killed rather than swapping the host's swap away.
+            memory = memory.swap(limits.memory_bytes.saturating_mul(2));
+        }
+        resources = resources.memory(memory.build().map_err(invalid)?);
     }
     if limits.nano_cpus > 0 {
         const PERIOD: u64 = 100_000;
@@ -412,7 +433,13 @@ mod tests {
     fn paths() -> SpecPaths<'static> {
         static NO_USERS: std::sync::OnceLock<UserFiles> = std::sync::OnceLock::new();
         let users = NO_USERS.get_or_init(UserFiles::default);
-        SpecPaths { volumes: Path::new("/tmp"), users, netns: None, init_binary: Path::new("/bin/sh") }
+        SpecPaths {
+            volumes: Path::new("/tmp"),
+            users,
+            netns: None,
+            init_binary: Path::new("/bin/sh"),
+            swap_limit: false,
+        }
     }
 
     fn image() -> ImageConfig {
@@ -466,6 +493,11 @@ mod tests {
         assert_eq!(json["linux"]["resources"]["memory"]["limit"], 64 << 20);
         assert_eq!(json["linux"]["resources"]["cpu"]["quota"], 50_000);
         assert_eq!(json["linux"]["cgroupsPath"], "/shoal/abcdefghijklmnop");
+        assert_eq!(json["linux"]["resources"]["cpu"]["period"], 100_000);
+        assert!(json["linux"]["resources"]["memory"].get("swap").is_none(), "no swap limit without swap accounting");
+        let with_swap = build(&t, &image(), &SpecPaths { swap_limit: true, ..paths() }).unwrap();
+        let json = serde_json::to_value(&with_swap).unwrap();
+        assert_eq!(json["linux"]["resources"]["memory"]["swap"], 128 << 20, "memory + as much swap, as Docker");
         let ns: Vec<&str> =
             json["linux"]["namespaces"].as_array().unwrap().iter().map(|n| n["type"].as_str().unwrap()).collect();
         assert!(ns.contains(&"network") && ns.contains(&"mount") && ns.contains(&"pid"));

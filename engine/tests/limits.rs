@@ -60,6 +60,12 @@ async fn a_memory_hog_over_its_limit_is_oom_killed_and_fails_saying_so() {
     let (c, _) = run(&exec, &t).await;
     let limit = cgroup_file("memory", "memory.limit_in_bytes", "memory.max", &t.id);
     assert_eq!(std::fs::read_to_string(&limit).unwrap_or_else(|e| panic!("{limit}: {e}")).trim(), "16777216");
+    // Docker's default swap allowance: as much again (v1 counts memory + swap, v2 swap alone).
+    let swap = cgroup_file("memory", "memory.memsw.limit_in_bytes", "memory.swap.max", &t.id);
+    if engine::spec::swap_limit_supported() {
+        let want = if swap.contains("memsw") { "33554432" } else { "16777216" };
+        assert_eq!(std::fs::read_to_string(&swap).unwrap_or_else(|e| panic!("{swap}: {e}")).trim(), want);
+    }
 
     step!("wait reports the OOM kill with Docker's exit code");
     let err = tokio::time::timeout(Duration::from_secs(60), c.wait())
