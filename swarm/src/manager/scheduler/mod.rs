@@ -93,22 +93,6 @@ pub enum Decision {
     NoSuitableNode(String),
 }
 
-/// Picks a node for `task` among `nodes` (pure): filters, then spread (placement preferences included). Plans
-/// place whole groups of tasks at once ([`plan`]); this is the decision for one task alone.
-pub fn decide(nodes: &BTreeMap<String, NodeInfo>, task: &Task) -> Decision {
-    if !task.node_id.is_empty() {
-        return decide_on_node(nodes, task);
-    }
-    let constraints = &task.spec.placement.constraints;
-    let tree = spread::Tree::build(nodes, &task.service_id, &task.spec.placement.preferences, |n| {
-        filters::check(n, task, constraints).is_ok()
-    });
-    match tree.peek() {
-        Some(node_id) => Decision::Assign(node_id),
-        None => no_suitable_node(nodes, task),
-    }
-}
-
 /// A task whose node is chosen already (global): only that node is checked.
 fn decide_on_node(nodes: &BTreeMap<String, NodeInfo>, task: &Task) -> Decision {
     match nodes.get(&task.node_id) {
@@ -172,7 +156,8 @@ pub fn plan(view: &MemoryStore) -> Vec<(Task, Decision)> {
         let mut refused: Option<Decision> = None;
         for t in group {
             let placed = tree.place(&mut nodes, |info| {
-                info.add(&placed_on(t, &info.node.id.clone()));
+                let node_id = info.node.id.clone();
+                info.add(&placed_on(t, &node_id));
                 filters::check(info, first, constraints).is_ok()
             });
             let d = match placed {

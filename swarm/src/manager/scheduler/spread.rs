@@ -110,13 +110,6 @@ impl Tree {
         self.arena[0].room > 0
     }
 
-    /// The node the next task would go to, without placing it.
-    pub fn peek(&self) -> Option<String> {
-        let path = self.descend()?;
-        let Reverse((_, _, node_id)) = self.arena[*path.last()?].heap.peek()?;
-        Some(node_id.clone())
-    }
-
     /// Picks the node for the next task and records it there: at every level the branch with room holding the
     /// fewest tasks of the service (ties by value), then the leaf's best node. `place` records the task on the
     /// node and says whether the node can take one more of the group. `None` when no node has room.
