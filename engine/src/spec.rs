@@ -51,15 +51,25 @@ pub struct SpecPaths<'a> {
     pub swap_limit: bool,
 }
 
-/// Whether cgroups can limit swap here, as Docker's sysinfo decides it: cgroup v1 with `memory.memsw.*` (swap
-/// accounting on), or cgroup v2 with the memory controller. Checked once.
+/// Whether cgroups can limit swap here (swap accounting on): cgroup v1 has `memory.memsw.*`, cgroup v2 has
+/// `memory.swap.max` in its non-root cgroups (looked for in shoald's own, else in any child of the root). When in
+/// doubt, no: runc refuses a swap limit it cannot write. Checked once.
 pub fn swap_limit_supported() -> bool {
     static SUPPORTED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *SUPPORTED.get_or_init(|| {
         let root = Path::new(crate::oom::CGROUP_ROOT);
-        match std::fs::read_to_string(root.join("cgroup.controllers")) {
-            Ok(controllers) => controllers.split_whitespace().any(|c| c == "memory"),
-            Err(_) => root.join("memory/memory.memsw.limit_in_bytes").exists(),
+        if !root.join("cgroup.controllers").exists() {
+            return root.join("memory/memory.memsw.limit_in_bytes").exists();
+        }
+        let own = std::fs::read_to_string("/proc/self/cgroup")
+            .ok()
+            .and_then(|c| c.lines().find_map(|l| l.strip_prefix("0::").map(|p| p.trim_start_matches('/').to_string())))
+            .filter(|p| !p.is_empty());
+        match own {
+            Some(p) => root.join(p).join("memory.swap.max").exists(),
+            None => std::fs::read_dir(root)
+                .map(|d| d.filter_map(|e| e.ok()).any(|e| e.path().join("memory.swap.max").exists()))
+                .unwrap_or(false),
         }
     })
 }
