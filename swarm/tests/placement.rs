@@ -59,10 +59,7 @@ impl Executor for Offering {
 
 /// A swarm of one node per executor (the first the manager, the others workers), every node READY: the nodes
 /// and their ids. The temp dirs live as long as the returned guard.
-async fn swarm_of<E: Executor>(execs: &[E]) -> (Vec<SwarmNode<E>>, Vec<String>, Vec<tempfile::TempDir>)
-where
-    E: Clone,
-{
+async fn swarm_of<E: Executor + Clone>(execs: &[E]) -> (Vec<SwarmNode<E>>, Vec<String>, Vec<tempfile::TempDir>) {
     let dirs: Vec<tempfile::TempDir> = execs.iter().map(|_| tempfile::tempdir().unwrap()).collect();
     let node = |i: usize| {
         let cfg = NodeConfig { state_dir: dirs[i].path().join("swarm"), default_advertise_ip: None };
