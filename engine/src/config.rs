@@ -39,6 +39,10 @@ pub struct DaemonConfig {
     /// Engine labels (key=value), usable in constraints as engine.labels.<key>
     #[arg(long = "label", value_parser = parse_label)]
     pub labels: Vec<(String, String)>,
+    /// A resource this node offers to tasks' `--generic-resource` reservations, as KIND=COUNT (e.g. gpu=2);
+    /// repeatable, one kind each
+    #[arg(long = "node-generic-resource", value_name = "KIND=COUNT", value_parser = parse_generic_resource)]
+    pub node_generic_resources: Vec<(String, u64)>,
 }
 
 /// Docker's level names (`fatal` and `panic` log errors only, as tracing has no higher level), tracing's `trace`
@@ -72,6 +76,20 @@ fn parse_label(s: &str) -> Result<(String, String), String> {
     }
 }
 
+/// Docker's discrete form `KIND=COUNT`. Docker's named form (`gpu=UUID`) is refused: tasks reserve counts here,
+/// and nothing would hand them the names.
+fn parse_generic_resource(s: &str) -> Result<(String, u64), String> {
+    let bad = |why: &str| format!("invalid generic resource {s:?}: {why}");
+    let (kind, count) = s.split_once('=').ok_or_else(|| bad("expected KIND=COUNT, e.g. gpu=2"))?;
+    if kind.is_empty() || kind.chars().any(|c| c.is_whitespace() || c == '=') {
+        return Err(bad("the kind must be a non-empty word"));
+    }
+    let count = count
+        .parse::<u64>()
+        .map_err(|_| bad("the count must be a whole number (named resources such as gpu=UUID are not supported)"))?;
+    Ok((kind.to_string(), count))
+}
+
 impl DaemonConfig {
     /// The local API socket path from `-H` (`unix:///path` or a bare path).
     pub fn socket_path(&self) -> Result<PathBuf, String> {
@@ -80,6 +98,17 @@ impl DaemonConfig {
 
     pub fn engine_labels(&self) -> BTreeMap<String, String> {
         self.labels.iter().cloned().collect()
+    }
+
+    /// The generic resources the node advertises; a kind given twice is an error (which count would be meant?).
+    pub fn generic_resources(&self) -> Result<BTreeMap<String, u64>, String> {
+        let mut out = BTreeMap::new();
+        for (kind, n) in &self.node_generic_resources {
+            if out.insert(kind.clone(), *n).is_some() {
+                return Err(format!("--node-generic-resource {kind} is given more than once"));
+            }
+        }
+        Ok(out)
     }
 }
 
@@ -119,5 +148,35 @@ mod tests {
         );
         let c = DaemonConfig::parse_from(["shoald", "-G", "staff"]);
         assert_eq!(c.group.as_deref(), Some("staff"));
+    }
+
+    #[test]
+    fn node_generic_resources_take_dockers_discrete_form() {
+        let c = DaemonConfig::parse_from([
+            "shoald",
+            "--node-generic-resource",
+            "gpu=2",
+            "--node-generic-resource",
+            "fpga=1",
+        ]);
+        assert_eq!(c.generic_resources().unwrap(), BTreeMap::from([("gpu".into(), 2), ("fpga".into(), 1)]));
+        assert!(DaemonConfig::parse_from(["shoald"]).generic_resources().unwrap().is_empty());
+        let c = DaemonConfig::parse_from([
+            "shoald",
+            "--node-generic-resource",
+            "gpu=2",
+            "--node-generic-resource",
+            "gpu=1",
+        ]);
+        assert_eq!(c.generic_resources().unwrap_err(), "--node-generic-resource gpu is given more than once");
+        for (arg, why) in [
+            ("gpu", "expected KIND=COUNT"),
+            ("=2", "the kind must be a non-empty word"),
+            ("gpu=GPU-8a3e", "named resources such as gpu=UUID are not supported"),
+            ("gpu=-1", "the count must be a whole number"),
+        ] {
+            let e = DaemonConfig::try_parse_from(["shoald", "--node-generic-resource", arg]).unwrap_err().to_string();
+            assert!(e.contains(&format!("invalid generic resource {arg:?}: ")) && e.contains(why), "{arg}: {e}");
+        }
     }
 }

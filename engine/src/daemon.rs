@@ -38,6 +38,7 @@ pub async fn run(cfg: DaemonConfig, shutdown: CancellationToken) -> Result<(), D
     // Before anything starts: a wrong --group is a configuration error.
     let socket_gid = crate::socket::resolve_group(cfg.group.as_deref())
         .map_err(|e| DaemonError::Socket { path: socket.clone(), reason: e.to_string() })?;
+    let generic_resources = cfg.generic_resources().map_err(DaemonError::Config)?;
     let _lock = DataRootLock::acquire(&cfg.data_root)?;
     let logger = std::env::current_exe()
         .ok()
@@ -63,7 +64,12 @@ pub async fn run(cfg: DaemonConfig, shutdown: CancellationToken) -> Result<(), D
     let executor = ContainerdExecutor::new(
         channel.clone(),
         images.clone(),
-        ExecutorConfig { data_root: cfg.data_root.clone(), logger_binary: logger, engine_labels: cfg.engine_labels() },
+        ExecutorConfig {
+            data_root: cfg.data_root.clone(),
+            logger_binary: logger,
+            engine_labels: cfg.engine_labels(),
+            generic_resources,
+        },
     );
     let node = Arc::new(SwarmNode::new(
         NodeConfig { state_dir: cfg.data_root.join("swarm"), default_advertise_ip: default_route_ip() },

@@ -37,6 +37,9 @@ pub const LABEL_TASK_ID: &str = "com.docker.swarm.task.id";
 pub const LABEL_EXIT_CODE: &str = "io.shoal.exit-code";
 /// Set on a container just before its process is first created: start never runs it a second time.
 pub const LABEL_STARTED: &str = "io.shoal.started";
+/// Set on a container when the kernel OOM-killed its processes and the process exited non-zero: `wait` then
+/// reports the task failed for lack of memory (Docker's `OOMKilled`).
+pub const LABEL_OOM_KILLED: &str = "io.shoal.oom-killed";
 /// How long `wait` keeps re-attaching while containerd is unreachable before it reports an error.
 const WAIT_RECONNECT_LIMIT: Duration = Duration::from_secs(120);
 
@@ -77,6 +80,8 @@ pub struct ExecutorConfig {
     /// The `shoal-logger` binary the shim runs for each task's stdio.
     pub logger_binary: PathBuf,
     pub engine_labels: BTreeMap<String, String>,
+    /// What the node offers to tasks' generic resource reservations (`--node-generic-resource gpu=2`).
+    pub generic_resources: BTreeMap<String, u64>,
 }
 
 impl ExecutorConfig {
@@ -260,7 +265,7 @@ impl Executor for ContainerdExecutor {
                 engine_version: env!("CARGO_PKG_VERSION").into(),
                 labels: self.cfg.engine_labels.clone(),
             },
-            generic_resources: Default::default(),
+            generic_resources: self.cfg.generic_resources.clone(),
         })
     }
 
@@ -390,10 +395,31 @@ impl ContainerdController {
         Ok(self.container().await?.and_then(|c| c.labels.get(LABEL_EXIT_CODE).and_then(|v| v.parse().ok())))
     }
 
+    /// How a reaped process ended, as `wait` reports it: an exit after an OOM kill is the task's failure, saying so.
+    async fn ended(&self, exit_code: i32) -> Result<ExitStatus, ExecError> {
+        let oom = self.container().await?.is_some_and(|c| c.labels.contains_key(LABEL_OOM_KILLED));
+        if oom {
+            let limit = self.task.spec.resources.limits.memory_bytes;
+            return Err(ExecError::Runtime(crate::oom::oom_error(exit_code, limit)));
+        }
+        Ok(ExitStatus { exit_code })
+    }
+
     /// Records a stopped process's exit code on the container, then deletes the containerd task, which takes
     /// the shim, the logger, the rootfs mount and the cgroup with it (as Docker does when a container exits).
     /// Only the container record, its snapshot and the log stay until `remove`. Idempotent.
     async fn reap(&self, exit_code: i32) -> Result<(), ExecError> {
+        // Read while the cgroup still exists (deleting the task removes it), and recorded before the exit code,
+        // whose presence marks the reap done.
+        let cgroup = spec::cgroup_path(self.id());
+        if exit_code != 0 && crate::oom::oom_kills(Path::new(crate::oom::CGROUP_ROOT), &cgroup).unwrap_or(0) > 0 {
+            tracing::info!(task.id = %self.id(), exit_code, "the kernel OOM-killed the task");
+            match self.set_label(LABEL_OOM_KILLED, "true").await {
+                Ok(()) => {}
+                Err(ExecError::NotFound(_)) => return Ok(()),
+                Err(e) => return Err(e),
+            }
+        }
         // The exit code first: a task deleted without it would look like one whose process vanished.
         match self.set_label(LABEL_EXIT_CODE, &exit_code.to_string()).await {
             Ok(()) => {}
@@ -500,6 +526,7 @@ impl ContainerdController {
                 users: &users,
                 netns: None,
                 init_binary: Path::new(spec::DEFAULT_INIT_BINARY),
+                swap_limit: spec::swap_limit_supported(),
             };
             spec::build(&self.task, &image.config, &paths)
         });
@@ -622,12 +649,12 @@ impl Controller for ContainerdController {
                 Ok(r) => {
                     let exit_code = r.into_inner().exit_status as i32;
                     self.reap_detached(exit_code).await;
-                    return Ok(ExitStatus { exit_code });
+                    return self.ended(exit_code).await;
                 }
                 Err(s) if is_not_found(&s) => {
                     // Reaped already: the exit code is on the container.
                     return match self.recorded_exit().await? {
-                        Some(exit_code) => Ok(ExitStatus { exit_code }),
+                        Some(exit_code) => self.ended(exit_code).await,
                         None => Err(ExecError::NotFound(self.id().into())),
                     };
                 }
@@ -726,6 +753,7 @@ mod tests {
             data_root: data_root.into(),
             logger_binary: PathBuf::new(),
             engine_labels: BTreeMap::new(),
+            generic_resources: BTreeMap::new(),
         };
         ContainerdExecutor::new(ch.clone(), ImageService::new(ch, data_root.join("tmp")), cfg)
     }

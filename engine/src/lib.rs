@@ -10,6 +10,7 @@ pub mod imagefs;
 pub mod jsonfile;
 pub mod localapi;
 pub mod logs;
+pub mod oom;
 pub mod seccomp;
 pub mod socket;
 pub mod spec;

@@ -46,6 +46,32 @@ pub struct SpecPaths<'a> {
     pub netns: Option<&'a Path>,
     /// The static init binary bind-mounted for `--init` (Debian's tini package: `/usr/bin/tini-static`).
     pub init_binary: &'a Path,
+    /// Whether the kernel limits swap per cgroup ([`swap_limit_supported`]): Docker then lets a container with a
+    /// memory limit swap as much again, and no more.
+    pub swap_limit: bool,
+}
+
+/// Whether cgroups can limit swap here (swap accounting on): cgroup v1 has `memory.memsw.*`, cgroup v2 has
+/// `memory.swap.max` in its non-root cgroups (looked for in shoald's own, else in any child of the root). When in
+/// doubt, no: runc refuses a swap limit it cannot write. Checked once.
+pub fn swap_limit_supported() -> bool {
+    static SUPPORTED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *SUPPORTED.get_or_init(|| {
+        let root = Path::new(crate::oom::CGROUP_ROOT);
+        if !root.join("cgroup.controllers").exists() {
+            return root.join("memory/memory.memsw.limit_in_bytes").exists();
+        }
+        let own = std::fs::read_to_string("/proc/self/cgroup")
+            .ok()
+            .and_then(|c| c.lines().find_map(|l| l.strip_prefix("0::").map(|p| p.trim_start_matches('/').to_string())))
+            .filter(|p| !p.is_empty());
+        match own {
+            Some(p) => root.join(p).join("memory.swap.max").exists(),
+            None => std::fs::read_dir(root)
+                .map(|d| d.filter_map(|e| e.ok()).any(|e| e.path().join("memory.swap.max").exists()))
+                .unwrap_or(false),
+        }
+    })
 }
 
 /// Where Debian's tini package puts its static binary, which needs nothing from the container's filesystem.
@@ -276,6 +302,11 @@ pub fn task_mounts(task: &Task, volumes: &Path) -> Result<Vec<OciMount>, ExecErr
 }
 
 /// Builds the runtime spec for `task`.
+/// The task's cgroup (`cgroupsPath`), under every controller's hierarchy.
+pub fn cgroup_path(task_id: &str) -> PathBuf {
+    PathBuf::from(format!("/shoal/{task_id}"))
+}
+
 pub fn build(task: &Task, image: &ImageConfig, paths: &SpecPaths) -> Result<Spec, ExecError> {
     let c = &task.spec.container;
     let hostname = if c.hostname.is_empty() { task.id.chars().take(12).collect() } else { c.hostname.clone() };
@@ -360,8 +391,13 @@ pub fn build(task: &Task, image: &ImageConfig, paths: &SpecPaths) -> Result<Spec
     let limits = task.spec.resources.limits;
     let mut resources = LinuxResourcesBuilder::default();
     if limits.memory_bytes > 0 {
-        resources =
-            resources.memory(LinuxMemoryBuilder::default().limit(limits.memory_bytes).build().map_err(invalid)?);
+        let mut memory = LinuxMemoryBuilder::default().limit(limits.memory_bytes);
+        if paths.swap_limit {
+            // Docker's default for a memory limit without --memory-swap: memory plus as much swap (the OCI
+            // `swap` is the total), so a hog is OOM-killed rather than swapping the host's swap away.
+            memory = memory.swap(limits.memory_bytes.saturating_mul(2));
+        }
+        resources = resources.memory(memory.build().map_err(invalid)?);
     }
     if limits.nano_cpus > 0 {
         const PERIOD: u64 = 100_000;
@@ -375,7 +411,7 @@ pub fn build(task: &Task, image: &ImageConfig, paths: &SpecPaths) -> Result<Spec
     let mut linux = LinuxBuilder::default()
         .namespaces(namespaces)
         .resources(resources.build().map_err(invalid)?)
-        .cgroups_path(PathBuf::from(format!("/shoal/{}", task.id)))
+        .cgroups_path(cgroup_path(&task.id))
         .masked_paths(MASKED_PATHS.iter().map(|s| s.to_string()).collect::<Vec<_>>())
         .readonly_paths(READONLY_PATHS.iter().map(|s| s.to_string()).collect::<Vec<_>>());
     match &c.seccomp {
@@ -407,7 +443,13 @@ mod tests {
     fn paths() -> SpecPaths<'static> {
         static NO_USERS: std::sync::OnceLock<UserFiles> = std::sync::OnceLock::new();
         let users = NO_USERS.get_or_init(UserFiles::default);
-        SpecPaths { volumes: Path::new("/tmp"), users, netns: None, init_binary: Path::new("/bin/sh") }
+        SpecPaths {
+            volumes: Path::new("/tmp"),
+            users,
+            netns: None,
+            init_binary: Path::new("/bin/sh"),
+            swap_limit: false,
+        }
     }
 
     fn image() -> ImageConfig {
@@ -461,6 +503,11 @@ mod tests {
         assert_eq!(json["linux"]["resources"]["memory"]["limit"], 64 << 20);
         assert_eq!(json["linux"]["resources"]["cpu"]["quota"], 50_000);
         assert_eq!(json["linux"]["cgroupsPath"], "/shoal/abcdefghijklmnop");
+        assert_eq!(json["linux"]["resources"]["cpu"]["period"], 100_000);
+        assert!(json["linux"]["resources"]["memory"].get("swap").is_none(), "no swap limit without swap accounting");
+        let with_swap = build(&t, &image(), &SpecPaths { swap_limit: true, ..paths() }).unwrap();
+        let json = serde_json::to_value(&with_swap).unwrap();
+        assert_eq!(json["linux"]["resources"]["memory"]["swap"], 128 << 20, "memory + as much swap, as Docker");
         let ns: Vec<&str> =
             json["linux"]["namespaces"].as_array().unwrap().iter().map(|n| n["type"].as_str().unwrap()).collect();
         assert!(ns.contains(&"network") && ns.contains(&"mount") && ns.contains(&"pid"));

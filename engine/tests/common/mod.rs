@@ -105,6 +105,7 @@ impl Env {
             data_root: self.data_root.clone(),
             logger_binary: PathBuf::from(env!("CARGO_BIN_EXE_shoal-logger")),
             engine_labels: [("zone".to_string(), "test".to_string())].into(),
+            generic_resources: [("gpu".to_string(), 2)].into(),
         }
     }
 
@@ -171,6 +172,7 @@ impl Drop for Env {
                         data_root,
                         logger_binary: "/nonexistent".into(),
                         engine_labels: Default::default(),
+                        generic_resources: Default::default(),
                     },
                 );
                 for id in exec.list_tasks().await.map_err(|e| e.to_string())? {

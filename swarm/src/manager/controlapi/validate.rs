@@ -1,6 +1,6 @@
 //! Validation of specs the control API receives. Every error names the field and what is wrong.
 
-use crate::api::{normalize_image_ref, Mount, MountType, NodeSpec, ServiceSpec};
+use crate::api::{normalize_image_ref, Mount, MountType, NodeSpec, ServiceSpec, TaskSpec};
 
 /// A spec the control API refuses.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -79,6 +79,7 @@ pub fn service_spec(spec: &mut ServiceSpec) -> Result<(), InvalidSpec> {
     if spec.task_template.placement.max_replicas > 0 && spec.mode == crate::api::ServiceMode::Global {
         return Err(InvalidSpec("--replicas-max-per-node cannot be used with global mode".into()));
     }
+    placement_and_generic_resources(&spec.task_template)?;
     Ok(())
 }
 
@@ -90,6 +91,27 @@ pub fn node_spec(spec: &NodeSpec) -> Result<(), InvalidSpec> {
         }
         if k.contains('=') || k.chars().any(char::is_whitespace) {
             return Err(InvalidSpec(format!("invalid label key {k:?}: must not contain '=' or whitespace")));
+        }
+    }
+    Ok(())
+}
+
+/// Checks the spread preferences' descriptors and the generic resources a task reserves (`KIND=N`, N ≥ 1).
+fn placement_and_generic_resources(t: &TaskSpec) -> Result<(), InvalidSpec> {
+    for crate::api::PlacementPreference::Spread(d) in &t.placement.preferences {
+        if !crate::manager::scheduler::spread::is_known_descriptor(d) {
+            return Err(InvalidSpec(format!(
+                "invalid placement preference spread={d}: unknown descriptor (expected node.labels.<name>, \
+                 engine.labels.<name>, node.id, node.hostname, node.role, node.platform.os or node.platform.arch)"
+            )));
+        }
+    }
+    for (kind, n) in &t.resources.generic_reservations {
+        if kind.is_empty() || kind.contains('=') || kind.chars().any(char::is_whitespace) {
+            return Err(InvalidSpec(format!("invalid --generic-resource {kind:?}: expected KIND=N")));
+        }
+        if *n == 0 {
+            return Err(InvalidSpec(format!("invalid --generic-resource {kind}={n}: the count must be at least 1")));
         }
     }
     Ok(())
@@ -191,5 +213,22 @@ mod tests {
         let mut s = service("s", "web", 1).spec;
         s.task_template.container.image = "Bad Image".into();
         assert!(service_spec(&mut s).unwrap_err().0.contains("invalid reference format"));
+    }
+
+    #[test]
+    fn checks_spread_descriptors_and_generic_resources() {
+        use crate::api::PlacementPreference::Spread;
+        let mut s = service("s", "web", 1).spec;
+        s.task_template.placement.preferences = vec![Spread("node.labels.zone".into()), Spread("node.role".into())];
+        s.task_template.resources.generic_reservations.insert("gpu".into(), 2);
+        service_spec(&mut s).unwrap();
+        s.task_template.placement.preferences = vec![Spread("zone".into())];
+        assert!(service_spec(&mut s).unwrap_err().0.starts_with("invalid placement preference spread=zone: unknown"));
+        let mut s = service("s", "web", 1).spec;
+        s.task_template.resources.generic_reservations.insert("gpu".into(), 0);
+        assert_eq!(
+            service_spec(&mut s).unwrap_err().0,
+            "invalid --generic-resource gpu=0: the count must be at least 1"
+        );
     }
 }

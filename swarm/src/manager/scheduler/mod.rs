@@ -1,14 +1,16 @@
 //! The scheduler: gives every PENDING task a node (→ ASSIGNED), or says why none fits.
 //!
 //! ```text
-//!  watch tasks/nodes ─▶ pending set ─▶ for each task: filters (ready, active, constraints, max per node,
-//!                                        reservations) ─▶ spread: fewest tasks of this service, then fewest
-//!                                        tasks overall ─▶ one batch of store writes per pass
+//!  watch tasks/nodes ─▶ pending set ─▶ groups of identical tasks of a service ─▶ per group: filters on every
+//!      node (ready, active, constraints, max per node, reservations, generic resources) ─▶ spread tree
+//!      (placement preferences; in a leaf: fewest tasks of this service, then fewest tasks overall)
+//!      ─▶ one batch of store writes per pass
 //! ```
 //! A task that fits nowhere stays PENDING with `no suitable node (<reasons>)` in its status; it is retried when
 //! nodes or tasks change. Global tasks arrive with their node chosen; the scheduler only checks that node.
 
 pub mod filters;
+pub mod spread;
 
 use crate::api::{Node, Resources, Task, TaskState};
 use crate::manager::store::{MemoryStore, Store, StoreError};
@@ -24,44 +26,59 @@ use tracing::{debug, info, warn};
 pub struct NodeInfo {
     pub node: Node,
     pub available: Resources,
+    /// The node's advertised generic resources minus what its live tasks reserve.
+    pub available_generic: BTreeMap<String, i64>,
+    /// Tasks meant to run (desired state up to RUNNING), by service: what spread and max-per-node count.
     pub tasks_by_service: HashMap<String, u64>,
     pub total_tasks: u64,
 }
 
 impl NodeInfo {
+    fn new(node: &Node) -> Self {
+        NodeInfo {
+            node: node.clone(),
+            available: node.description.resources,
+            available_generic: node
+                .description
+                .generic_resources
+                .iter()
+                .map(|(k, v)| (k.clone(), i64::try_from(*v).unwrap_or(i64::MAX)))
+                .collect(),
+            tasks_by_service: HashMap::new(),
+            total_tasks: 0,
+        }
+    }
+
     pub fn tasks_of_service(&self, service_id: &str) -> u64 {
         self.tasks_by_service.get(service_id).copied().unwrap_or(0)
     }
 
+    /// Records a task on the node: its reservations always, its count only if it is meant to run (a task being
+    /// shut down still holds its resources until it stops, but no longer counts as one of the service's).
     fn add(&mut self, task: &Task) {
-        *self.tasks_by_service.entry(task.service_id.clone()).or_default() += 1;
-        self.total_tasks += 1;
-        let r = task.spec.resources.reservations;
-        self.available.memory_bytes -= r.memory_bytes;
-        self.available.nano_cpus -= r.nano_cpus;
+        if task.desired_state <= TaskState::Running {
+            *self.tasks_by_service.entry(task.service_id.clone()).or_default() += 1;
+            self.total_tasks += 1;
+        }
+        let r = &task.spec.resources;
+        self.available.memory_bytes -= r.reservations.memory_bytes;
+        self.available.nano_cpus -= r.reservations.nano_cpus;
+        for (kind, n) in &r.generic_reservations {
+            *self.available_generic.entry(kind.clone()).or_default() -= i64::try_from(*n).unwrap_or(i64::MAX);
+        }
     }
 }
 
-/// Whether a task holds resources on its node: it is meant to run and has not ended.
+/// Whether a task holds resources on its node: placed there and not ended, whatever its desired state (as
+/// Swarm: resources are free once the task stopped, not once it was told to).
 fn occupies(task: &Task) -> bool {
-    !task.node_id.is_empty() && task.desired_state <= TaskState::Running && task.status.state <= TaskState::Running
+    !task.node_id.is_empty() && task.status.state >= TaskState::Assigned && task.status.state <= TaskState::Running
 }
 
-/// Builds the per-node picture from the store.
+/// Builds the per-node picture from the store: every live task of every service counts on its node.
 pub fn node_infos(view: &MemoryStore) -> BTreeMap<String, NodeInfo> {
-    let mut out: BTreeMap<String, NodeInfo> = view
-        .nodes()
-        .map(|n| {
-            let info = NodeInfo {
-                node: n.clone(),
-                available: n.description.resources,
-                tasks_by_service: HashMap::new(),
-                total_tasks: 0,
-            };
-            (n.id.clone(), info)
-        })
-        .collect();
-    for t in view.tasks().filter(|t| occupies(t) && t.status.state >= TaskState::Assigned) {
+    let mut out: BTreeMap<String, NodeInfo> = view.nodes().map(|n| (n.id.clone(), NodeInfo::new(n))).collect();
+    for t in view.tasks().filter(|t| occupies(t)) {
         if let Some(info) = out.get_mut(&t.node_id) {
             info.add(t);
         }
@@ -76,37 +93,36 @@ pub enum Decision {
     NoSuitableNode(String),
 }
 
-/// Picks a node for `task` among `nodes` (pure): filters, then spread.
-pub fn decide(nodes: &BTreeMap<String, NodeInfo>, task: &Task) -> Decision {
-    let constraints = &task.spec.placement.constraints;
-    let mut refusals: BTreeMap<Refusal, usize> = BTreeMap::new();
-    let mut best: Option<(&NodeInfo, (u64, u64))> = None;
-    let candidates: Box<dyn Iterator<Item = &NodeInfo>> =
-        if task.node_id.is_empty() { Box::new(nodes.values()) } else { Box::new(nodes.get(&task.node_id).into_iter()) };
-    let mut seen = 0;
-    for info in candidates {
-        seen += 1;
-        match filters::check(info, task, constraints) {
-            Ok(()) => {
-                let score = (info.tasks_of_service(&task.service_id), info.total_tasks);
-                if best.map(|(_, s)| score < s).unwrap_or(true) {
-                    best = Some((info, score));
-                }
-            }
-            Err(r) => *refusals.entry(r).or_default() += 1,
-        }
-    }
-    match best {
-        Some((info, _)) => Decision::Assign(info.node.id.clone()),
-        None if seen == 0 => Decision::NoSuitableNode("no suitable node (no nodes in the swarm)".into()),
-        None => {
-            let reasons: Vec<String> = refusals.iter().map(|(r, n)| r.explain(*n)).collect();
-            Decision::NoSuitableNode(format!("no suitable node ({})", reasons.join("; ")))
-        }
+/// A task whose node is chosen already (global): only that node is checked.
+fn decide_on_node(nodes: &BTreeMap<String, NodeInfo>, task: &Task) -> Decision {
+    match nodes.get(&task.node_id) {
+        None => Decision::NoSuitableNode("no suitable node (no nodes in the swarm)".into()),
+        Some(info) => match filters::check(info, task, &task.spec.placement.constraints) {
+            Ok(()) => Decision::Assign(info.node.id.clone()),
+            Err(r) => Decision::NoSuitableNode(format!("no suitable node ({})", r.explain(1))),
+        },
     }
 }
 
+/// Why no node in `nodes` can take `task`, counting the nodes each filter refused.
+fn no_suitable_node(nodes: &BTreeMap<String, NodeInfo>, task: &Task) -> Decision {
+    if nodes.is_empty() {
+        return Decision::NoSuitableNode("no suitable node (no nodes in the swarm)".into());
+    }
+    let mut refusals: BTreeMap<Refusal, usize> = BTreeMap::new();
+    for info in nodes.values() {
+        if let Err(r) = filters::check(info, task, &task.spec.placement.constraints) {
+            *refusals.entry(r).or_default() += 1;
+        }
+    }
+    Decision::NoSuitableNode(format!("no suitable node ({})", filters::explain(&refusals)))
+}
+
 /// Plans one pass over every pending task, accounting for earlier placements in the same pass.
+///
+/// Pending tasks are taken oldest first and grouped with the identical tasks of their service (same spec, as
+/// Swarm's task groups): each group is filtered once per node and spread through one [`spread::Tree`], so a
+/// group costs time linear in the nodes plus a small step per task.
 pub fn plan(view: &MemoryStore) -> Vec<(Task, Decision)> {
     let mut nodes = node_infos(view);
     let mut pending: Vec<&Task> =
@@ -117,18 +133,68 @@ pub fn plan(view: &MemoryStore) -> Vec<(Task, Decision)> {
     // Older tasks first, then by slot, so placement is stable.
     pending.sort_by(|a, b| (a.meta.created_index, a.slot, &a.id).cmp(&(b.meta.created_index, b.slot, &b.id)));
     let mut out = Vec::new();
-    for t in pending {
-        let d = decide(&nodes, t);
-        if let Decision::Assign(node_id) = &d {
-            let mut placed = t.clone();
-            placed.node_id = node_id.clone();
-            if let Some(info) = nodes.get_mut(node_id) {
-                info.add(&placed);
+    for group in groups(pending) {
+        if !group[0].node_id.is_empty() {
+            // Global tasks: each has its node already.
+            for t in group {
+                let d = decide_on_node(&nodes, t);
+                if let Decision::Assign(node_id) = &d {
+                    if let Some(info) = nodes.get_mut(node_id) {
+                        info.add(&placed_on(t, node_id));
+                    }
+                }
+                out.push((t.clone(), d));
             }
+            continue;
         }
-        out.push((t.clone(), d));
+        let first = group[0];
+        let constraints = &first.spec.placement.constraints;
+        let mut tree = spread::Tree::build(&nodes, &first.service_id, &first.spec.placement.preferences, |n| {
+            filters::check(n, first, constraints).is_ok()
+        });
+        // Once the tree is full, every later task of the group gets the same explanation.
+        let mut refused: Option<Decision> = None;
+        for t in group {
+            let placed = tree.place(&mut nodes, |info| {
+                let node_id = info.node.id.clone();
+                info.add(&placed_on(t, &node_id));
+                filters::check(info, first, constraints).is_ok()
+            });
+            let d = match placed {
+                Some(node_id) => Decision::Assign(node_id),
+                None => refused.get_or_insert_with(|| no_suitable_node(&nodes, t)).clone(),
+            };
+            out.push((t.clone(), d));
+        }
     }
     out
+}
+
+/// `task` as it will be once assigned to `node_id`.
+fn placed_on(task: &Task, node_id: &str) -> Task {
+    let mut placed = task.clone();
+    placed.node_id = node_id.to_string();
+    placed.status.state = TaskState::Assigned;
+    placed
+}
+
+/// Splits the (ordered) pending tasks into groups of the same service, spec and kind (global tasks, which come
+/// with their node, apart from the others); groups are ordered by their oldest task, tasks keep their order.
+fn groups(pending: Vec<&Task>) -> Vec<Vec<&Task>> {
+    let mut groups: Vec<Vec<&Task>> = Vec::new();
+    let mut by_service: HashMap<(&str, bool), Vec<usize>> = HashMap::new();
+    for t in pending {
+        let key = (t.service_id.as_str(), t.node_id.is_empty());
+        let candidates = by_service.entry(key).or_default();
+        match candidates.iter().find(|&&g| groups[g][0].spec == t.spec) {
+            Some(&g) => groups[g].push(t),
+            None => {
+                candidates.push(groups.len());
+                groups.push(vec![t]);
+            }
+        }
+    }
+    groups
 }
 
 pub struct Scheduler {
@@ -353,9 +419,192 @@ mod tests {
         assert_eq!(p[0].1, Decision::Assign("a".into()));
         assert_eq!(
             p[1].1,
-            Decision::NoSuitableNode(
-                "no suitable node (1 node not ready; max replicas per node limit exceeded on 1 node)".into()
-            )
+            Decision::NoSuitableNode("no suitable node (1 node not ready; max replicas per node limit exceed)".into())
         );
+    }
+
+    /// A node labelled `key=value` for each pair.
+    fn labelled(id: &str, labels: &[(&str, &str)]) -> Node {
+        let mut n = node(id, &format!("h{id}"));
+        for (k, v) in labels {
+            n.spec.annotations.labels.insert((*k).into(), (*v).into());
+        }
+        n
+    }
+
+    fn spread_task(id: &str, slot: u64, prefs: &[&str]) -> Task {
+        let mut t = task(id, "svc", slot);
+        t.spec.placement.preferences =
+            prefs.iter().map(|d| crate::api::PlacementPreference::Spread((*d).into())).collect();
+        t
+    }
+
+    /// Tasks per node of a plan, panicking on a refusal.
+    fn assigned(plan: Vec<(Task, Decision)>) -> BTreeMap<String, usize> {
+        let mut per_node = BTreeMap::new();
+        for (t, d) in plan {
+            match d {
+                Decision::Assign(n) => *per_node.entry(n).or_default() += 1,
+                other => panic!("{} not placed: {other:?}", t.id),
+            }
+        }
+        per_node
+    }
+
+    fn zone_of(nodes: &[Node], per_node: &BTreeMap<String, usize>, key: &str) -> BTreeMap<String, usize> {
+        let mut out = BTreeMap::new();
+        for n in nodes {
+            let v = n.spec.annotations.labels.get(key).cloned().unwrap_or_default();
+            *out.entry(v).or_default() += per_node.get(&n.id).copied().unwrap_or(0);
+        }
+        out
+    }
+
+    #[test]
+    fn spread_preference_splits_evenly_between_label_values_not_nodes() {
+        // Zone a has one node, zone b three: plain spread would put 1–2 tasks in a; the preference puts half.
+        let nodes = vec![
+            labelled("a1", &[("zone", "a")]),
+            labelled("b1", &[("zone", "b")]),
+            labelled("b2", &[("zone", "b")]),
+            labelled("b3", &[("zone", "b")]),
+        ];
+        let tasks: Vec<Task> = (1..=6).map(|i| spread_task(&format!("t{i}"), i, &["node.labels.zone"])).collect();
+        let per_node = assigned(plan(&store_with(nodes.clone(), tasks)));
+        assert_eq!(zone_of(&nodes, &per_node, "zone"), BTreeMap::from([("a".into(), 3), ("b".into(), 3)]));
+        assert_eq!(per_node.get("a1"), Some(&3));
+        assert!(["b1", "b2", "b3"].iter().all(|n| per_node.get(*n) == Some(&1)), "spread inside b: {per_node:?}");
+    }
+
+    #[test]
+    fn two_preferences_form_a_tree() {
+        // zone a: racks r1 (1 node) and r2 (1 node); zone b: rack r3 (2 nodes). 8 tasks: 4 per zone, 2 per rack
+        // of zone a, the 4 of zone b over its two nodes.
+        let nodes = vec![
+            labelled("a1", &[("zone", "a"), ("rack", "r1")]),
+            labelled("a2", &[("zone", "a"), ("rack", "r2")]),
+            labelled("b1", &[("zone", "b"), ("rack", "r3")]),
+            labelled("b2", &[("zone", "b"), ("rack", "r3")]),
+        ];
+        let tasks: Vec<Task> =
+            (1..=8).map(|i| spread_task(&format!("t{i}"), i, &["node.labels.zone", "node.labels.rack"])).collect();
+        let per_node = assigned(plan(&store_with(nodes.clone(), tasks)));
+        assert_eq!(zone_of(&nodes, &per_node, "zone"), BTreeMap::from([("a".into(), 4), ("b".into(), 4)]));
+        assert_eq!(
+            zone_of(&nodes, &per_node, "rack"),
+            BTreeMap::from([("r1".into(), 2), ("r2".into(), 2), ("r3".into(), 4)])
+        );
+        assert_eq!(per_node.values().copied().collect::<Vec<_>>(), vec![2, 2, 2, 2]);
+    }
+
+    #[test]
+    fn spread_counts_running_tasks_skips_full_branches_and_groups_nodes_lacking_the_label() {
+        // Zone a already runs 2 tasks of the service: the next 2 go to b.
+        let nodes = vec![labelled("a1", &[("zone", "a")]), labelled("b1", &[("zone", "b")])];
+        let mut tasks: Vec<Task> = (1..=2)
+            .map(|i| {
+                let mut t = spread_task(&format!("r{i}"), i, &["node.labels.zone"]);
+                t.node_id = "a1".into();
+                t.status.state = TaskState::Running;
+                t
+            })
+            .collect();
+        tasks.extend((3..=4).map(|i| spread_task(&format!("t{i}"), i, &["node.labels.zone"])));
+        let p = plan(&store_with(nodes, tasks));
+        assert_eq!(assigned(p), BTreeMap::from([("b1".into(), 2)]));
+
+        // A zone whose only node is drained takes nothing; the node without the label is a group of its own.
+        let mut drained = labelled("c1", &[("zone", "c")]);
+        drained.spec.availability = crate::api::NodeAvailability::Drain;
+        let nodes = vec![labelled("a1", &[("zone", "a")]), drained, labelled("x1", &[])];
+        let tasks: Vec<Task> = (1..=4).map(|i| spread_task(&format!("t{i}"), i, &["node.labels.zone"])).collect();
+        let per_node = assigned(plan(&store_with(nodes, tasks)));
+        assert_eq!(per_node, BTreeMap::from([("a1".into(), 2), ("x1".into(), 2)]));
+    }
+
+    #[test]
+    fn generic_resources_are_reserved_and_explained_as_docker_does() {
+        let mut gpu = node("g", "hg");
+        gpu.description.generic_resources.insert("gpu".into(), 2);
+        let want_gpu = |id: &str, slot: u64| {
+            let mut t = task(id, "svc", slot);
+            t.spec.resources.generic_reservations.insert("gpu".into(), 1);
+            t
+        };
+        // One gpu already held by a running task of another service.
+        let mut holder = want_gpu("held", 1);
+        holder.service_id = "other".into();
+        holder.node_id = "g".into();
+        holder.status.state = TaskState::Running;
+        let p = plan(&store_with(vec![gpu, node("plain", "hp")], vec![holder, want_gpu("t1", 1), want_gpu("t2", 2)]));
+        assert_eq!(p[0].1, Decision::Assign("g".into()));
+        assert_eq!(p[1].1, Decision::NoSuitableNode("no suitable node (insufficient resources on 2 nodes)".into()));
+    }
+
+    #[test]
+    fn reservations_count_every_live_task_on_the_node() {
+        let mut n = node("a", "ha");
+        n.description.resources.memory_bytes = 300;
+        let on_node = |id: &str, service: &str, state: TaskState, desired: TaskState| {
+            let mut t = task(id, service, 1);
+            t.node_id = "a".into();
+            t.status.state = state;
+            t.desired_state = desired;
+            t.spec.resources.reservations.memory_bytes = 100;
+            t
+        };
+        let mut new = task("new", "svc", 2);
+        new.spec.resources.reservations.memory_bytes = 100;
+        let refused = Decision::NoSuitableNode("no suitable node (insufficient memory on 1 node)".into());
+        // Another service's running task, an assigned one, and one told to stop but still running: all hold memory.
+        let holders = vec![
+            on_node("o1", "other", TaskState::Running, TaskState::Running),
+            on_node("o2", "third", TaskState::Assigned, TaskState::Running),
+            on_node("o3", "other", TaskState::Running, TaskState::Shutdown),
+        ];
+        let p = plan(&store_with(vec![n.clone()], holders.into_iter().chain([new.clone()]).collect()));
+        assert_eq!(p[0].1, refused);
+        // Once the stopping task has stopped, its memory is free again.
+        let holders = vec![
+            on_node("o1", "other", TaskState::Running, TaskState::Running),
+            on_node("o2", "third", TaskState::Assigned, TaskState::Running),
+            on_node("o3", "other", TaskState::Shutdown, TaskState::Shutdown),
+        ];
+        let p = plan(&store_with(vec![n], holders.into_iter().chain([new]).collect()));
+        assert_eq!(p[0].1, Decision::Assign("a".into()));
+    }
+
+    #[test]
+    fn max_replicas_per_node_leaves_the_extra_task_pending_with_dockers_reason() {
+        let tasks: Vec<Task> = (1..=3)
+            .map(|i| {
+                let mut t = task(&format!("t{i}"), "svc", i);
+                t.spec.placement.max_replicas = 1;
+                t
+            })
+            .collect();
+        let p = plan(&store_with(vec![node("a", "ha"), node("b", "hb")], tasks));
+        assert_eq!(p[0].1, Decision::Assign("a".into()));
+        assert_eq!(p[1].1, Decision::Assign("b".into()));
+        assert_eq!(p[2].1, Decision::NoSuitableNode("no suitable node (max replicas per node limit exceed)".into()));
+    }
+
+    #[test]
+    fn groups_keep_age_order_and_split_on_spec() {
+        let mut a = task("a", "s1", 1);
+        a.meta.created_index = 1;
+        let mut b = task("b", "s2", 1);
+        b.meta.created_index = 2;
+        let mut c = task("c", "s1", 2);
+        c.meta.created_index = 3;
+        let mut d = task("d", "s1", 3);
+        d.meta.created_index = 4;
+        d.spec.force_update = 1;
+        let mut g = task("g", "s1", 0);
+        g.node_id = "n".into();
+        g.meta.created_index = 5;
+        let ids: Vec<Vec<&str>> =
+            groups(vec![&a, &b, &c, &d, &g]).iter().map(|g| g.iter().map(|t| t.id.as_str()).collect()).collect();
+        assert_eq!(ids, vec![vec!["a", "c"], vec!["b"], vec!["d"], vec!["g"]]);
     }
 }
