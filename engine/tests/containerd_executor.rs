@@ -915,7 +915,16 @@ async fn health_checks_run_inside_the_task_and_gate_running() {
     let mut t = task(&["sleep", "1000"]);
     t.spec.container.healthcheck = Some(check(&["CMD-SHELL", "echo not yet; echo really >&2; exit 3"], 200, 3));
     let mut r = Runner::start(&exec, &t);
+    r.until("STARTING with health", Duration::from_secs(30), |s| health(s).is_some()).await;
+    let checking = Instant::now();
     let s = r.until("FAILED", Duration::from_secs(30), |s| s.state == TaskState::Failed).await;
+    let took = checking.elapsed();
+    assert!(took >= Duration::from_millis(600), "3 failures one interval apart: {took:?}");
+    // What the unhealthy latency is made of: retries × (interval + one exec's cost).
+    step!(
+        "FAILED {took:?} after the checks began: {:?} per check beyond the interval",
+        (took - Duration::from_millis(600)) / 3
+    );
     assert!(!r.states().contains(&TaskState::Running), "never RUNNING: {:?}", r.states());
     // Both streams are kept; the shim copies them apart, so in either order.
     assert!(s.err.starts_with(&format!("{UNHEALTHY} (exit 3: ")), "{s:?}");
