@@ -990,7 +990,21 @@ async fn the_images_healthcheck_is_used_unless_the_service_disables_it() {
     assert_eq!((s.state, health(&s)), (TaskState::Starting, Some(Health::Starting)));
     let s = r.until("RUNNING", Duration::from_secs(30), |s| s.state == TaskState::Running).await;
     assert_eq!(health(&s), Some(Health::Healthy));
+
+    step!("re-adoption: a restarted shoald's executor checks the container the same way, without the image");
+    env.images().remove("shoal-test/healthy:v1").await.expect("removing the image (its container keeps its layers)");
+    let c = env.executor().controller(&t).unwrap();
+    let mut rx = c.health().await.expect("health").expect("the check recorded on the container");
+    let h = tokio::time::timeout(Duration::from_secs(30), async {
+        rx.changed().await.expect("checks running");
+        rx.borrow().health
+    })
+    .await
+    .expect("a verdict within 30s");
+    assert_eq!(h, Health::Healthy);
     drop(r);
+    let loaded = env.images().load(&saved).await.expect("load again");
+    assert_eq!(loaded.len(), 1);
 
     step!("the service's fields override the image's, its empty test inherits the image's command");
     let mut t = task(&["sleep", "1000"]);
