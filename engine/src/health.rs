@@ -36,6 +36,8 @@ const KEEP_RESULTS: usize = 5;
 const SUMMARY_LEN: usize = 200;
 /// The label holding a container's effective check.
 pub const LABEL_HEALTHCHECK: &str = "io.shoal.healthcheck";
+/// containerd's limit on a label's key and value together.
+const MAX_LABEL: usize = 4096;
 const PROCESS_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/Process";
 
 /// A check ready to run: the command and when, every field resolved.
@@ -148,7 +150,7 @@ pub fn effective(spec: Option<&HealthConfig>, image: Option<&HealthConfig>) -> R
     } else {
         DEFAULT_RETRIES
     };
-    Ok(Some(Check {
+    let check = Check {
         version: CHECK_VERSION,
         args,
         interval: pick(s.interval, i.interval, DEFAULT_INTERVAL),
@@ -156,7 +158,13 @@ pub fn effective(spec: Option<&HealthConfig>, image: Option<&HealthConfig>) -> R
         start_period: pick(s.start_period, i.start_period, Duration::ZERO),
         start_interval: pick(s.start_interval, i.start_interval, DEFAULT_START_INTERVAL),
         retries,
-    }))
+    };
+    // containerd refuses a label whose key and value exceed 4096 bytes: say so before anything is made.
+    let size = LABEL_HEALTHCHECK.len() + check.to_label().len();
+    if size > MAX_LABEL {
+        return Err(bad(format!("the command is too long ({size} bytes recorded, at most {MAX_LABEL})")));
+    }
+    Ok(Some(check))
 }
 
 /// How one run of the check ended.
@@ -472,6 +480,8 @@ mod tests {
         let err = |t: &[&str]| effective(Some(&cfg(t)), None).unwrap_err().to_string();
         assert_eq!(err(&["CMD"]), "invalid task spec: health check: CMD without a command");
         assert_eq!(err(&["CMD-SHELL", ""]), "invalid task spec: health check: CMD-SHELL without a command");
+        let long = "x".repeat(5000);
+        assert!(err(&["CMD-SHELL", &long]).starts_with("invalid task spec: health check: the command is too long ("));
         assert_eq!(
             err(&["curl", "x"]),
             "invalid task spec: health check: unknown test type \"curl\": expected NONE, CMD or CMD-SHELL"
