@@ -5,7 +5,7 @@
 //! The check is decided when the container is created and kept on it as a label, so that a re-adopted task (after
 //! a shoald restart) is checked the same way without its image at hand.
 
-use crate::containerd::{is_not_found, req};
+use crate::containerd::{is_not_found, is_unavailable, req};
 use containerd_client::services::v1::tasks_client::TasksClient;
 use containerd_client::services::v1::{
     DeleteProcessRequest, ExecProcessRequest, GetRequest, KillRequest, StartRequest, WaitRequest,
@@ -178,6 +178,8 @@ pub enum Outcome {
     Error(String),
     /// The container's process is gone: checking ends (its exit is reported by `wait`).
     Gone,
+    /// containerd could not be reached (restarting): no verdict on the container either way.
+    Unavailable(String),
 }
 
 impl Outcome {
@@ -195,6 +197,7 @@ impl Outcome {
             Outcome::TimedOut(t) => format!("Health check exceeded timeout ({})", humantime::format_duration(*t)),
             Outcome::Error(e) => e.clone(),
             Outcome::Gone => "the container's process is gone".into(),
+            Outcome::Unavailable(e) => format!("containerd unreachable: {e}"),
         };
         match s.char_indices().nth(SUMMARY_LEN) {
             Some((end, _)) => format!("{}…", &s[..end]),
@@ -244,6 +247,11 @@ async fn run_monitor<P: Prober>(prober: P, check: Check, tx: watch::Sender<Healt
         };
         let passed = match &outcome {
             Outcome::Gone => return,
+            Outcome::Unavailable(e) => {
+                // The runtime's hiccup says nothing of the container: check again at the next tick.
+                tracing::debug!(error = %e, "health check skipped");
+                continue;
+            }
             Outcome::Exited { code: 0, .. } => true,
             _ => false,
         };
@@ -336,6 +344,17 @@ impl ExecProber {
         }
     }
 
+    /// What an exec that could not be created or started means.
+    async fn failed_to_run(&self, s: &tonic::Status) -> Outcome {
+        if is_unavailable(s) {
+            Outcome::Unavailable(s.message().to_string())
+        } else if self.main_running().await {
+            Outcome::Error(s.message().to_string())
+        } else {
+            Outcome::Gone
+        }
+    }
+
     async fn delete(&self, exec_id: &str) {
         let r = self
             .tasks()
@@ -370,19 +389,20 @@ impl ExecProber {
             exec_id: exec_id.into(),
         };
         if let Err(s) = self.tasks().exec(req(exec)).await {
-            return if self.main_running().await { Outcome::Error(s.message().to_string()) } else { Outcome::Gone };
+            return self.failed_to_run(&s).await;
         }
         let id = || (self.container_id.clone(), exec_id.to_string());
         let (container_id, eid) = id();
         if let Err(s) = self.tasks().start(req(StartRequest { container_id, exec_id: eid })).await {
             self.delete(exec_id).await;
-            return if self.main_running().await { Outcome::Error(s.message().to_string()) } else { Outcome::Gone };
+            return self.failed_to_run(&s).await;
         }
         let (container_id, eid) = id();
         let mut tasks = self.tasks();
         let waited = tokio::time::timeout(timeout, tasks.wait(req(WaitRequest { container_id, exec_id: eid }))).await;
         let outcome = match waited {
             Ok(Ok(r)) => Outcome::Exited { code: r.into_inner().exit_status as i32, output: String::new() },
+            Ok(Err(s)) if is_unavailable(&s) => Outcome::Unavailable(s.message().to_string()),
             Ok(Err(s)) => Outcome::Error(s.message().to_string()),
             Err(_) => {
                 let (container_id, eid) = id();
@@ -601,11 +621,17 @@ mod tests {
 
     #[tokio::test]
     async fn a_timeout_or_an_exec_error_is_a_failure_and_a_gone_process_ends_the_checks() {
-        let script = Script::new(vec![Outcome::TimedOut(Duration::from_secs(1)), Outcome::Error("boom".into())]);
-        let mut rx = monitor(script, check(1, 2, 0, 1), "t1".into());
+        let script = Script::new(vec![
+            Outcome::TimedOut(Duration::from_secs(1)),
+            Outcome::Unavailable("connection refused".into()),
+            Outcome::Error("boom".into()),
+        ]);
+        let mut rx = monitor(script.clone(), check(1, 2, 0, 1), "t1".into());
         rx.changed().await.unwrap();
         assert_eq!(rx.borrow().health, Health::Unhealthy);
         assert_eq!(rx.borrow().last_output, "boom");
+        assert_eq!(rx.borrow().failing_streak, 2, "containerd being unreachable is no failure of the container");
+        assert_eq!(script.asked.lock().unwrap().len(), 3);
 
         let script = Script::new(vec![Outcome::TimedOut(Duration::from_millis(1500)), Outcome::Gone]);
         let mut rx = monitor(script, check(1, 3, 0, 1), "t2".into());
