@@ -4,6 +4,7 @@
 //! logs keep flowing while shoald is down.
 
 use crate::containerd::{create_lease, delete_lease, is_not_found, is_unavailable, req, req_leased};
+use crate::health;
 use crate::image::{ImageError, ImageService, ResolvedImage, SNAPSHOTTER};
 use crate::imagefs::ImageRoot;
 use crate::jsonfile::Rotation;
@@ -23,7 +24,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
-use swarm::agent::exec::{ContainerState, Controller, ExecError, Executor, ExitStatus};
+use swarm::agent::exec::{ContainerState, Controller, ExecError, Executor, ExitStatus, HealthStatus};
 use swarm::agent::task::PROCESS_GONE;
 use swarm::api::{EngineDescription, NodeDescription, Platform, Resources, Task};
 use tonic::transport::Channel;
@@ -62,7 +63,7 @@ pub fn task_rotation(task: &Task) -> Result<Rotation, ExecError> {
 }
 
 /// Percent-encodes all but unreserved characters and `/` (containerd parses the URI with Go's net/url).
-fn escape(s: &str) -> String {
+pub(crate) fn escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || b"-._~/".contains(&b) {
@@ -486,6 +487,9 @@ impl ContainerdController {
 
     /// Prepares the container's snapshot and creates the container, holding `lease`.
     async fn create(&self, image: &ResolvedImage, lease: &str) -> Result<(), ExecError> {
+        // Decided now and kept on the container: a bad test rejects the task before anything is made.
+        let check =
+            health::effective(self.task.spec.container.healthcheck.as_ref(), image.config.healthcheck.as_ref())?;
         let mut containers = ContainersClient::new(self.exec.ch.clone());
         let mut snaps = SnapshotsClient::new(self.exec.ch.clone());
         let mounts = match snaps
@@ -543,6 +547,9 @@ impl ContainerdController {
         let mut labels = self.labels();
         if !image.config.stop_signal.is_empty() {
             labels.insert(LABEL_STOP_SIGNAL.into(), image.config.stop_signal.clone());
+        }
+        if let Some(check) = &check {
+            labels.insert(health::LABEL_HEALTHCHECK.into(), check.to_label());
         }
         let container = Container {
             id: self.id().into(),
@@ -739,6 +746,12 @@ impl Controller for ContainerdController {
             Some(p) if p.status == ProcStatus::Created as i32 => ContainerState::Created,
             Some(p) => ContainerState::Running { pid: p.pid },
         }))
+    }
+
+    async fn health(&self) -> Result<Option<tokio::sync::watch::Receiver<HealthStatus>>, ExecError> {
+        let container = self.container().await?.ok_or_else(|| ExecError::NotFound(self.id().into()))?;
+        let dir = crate::logs::task_dir(&self.exec.cfg.data_root, self.id());
+        health::start_checks(self.exec.ch.clone(), &container, dir)
     }
 }
 

@@ -656,7 +656,11 @@ impl ImageService {
         let target = image.and_then(|i| i.target).ok_or_else(|| ImageError::NotFound(familiar_image_ref(&name)))?;
         let manifest = self.manifest_of(&name, &target).await?;
         let config_digest = manifest.config().digest().to_string();
-        let config: ImageConfiguration = self.read_typed(&name, "config", &config_digest).await?;
+        let raw = self.read_blob(&config_digest).await?;
+        let config: ImageConfiguration = serde_json::from_slice(&raw).map_err(|e| ImageError::InvalidImage {
+            image: name.to_string(),
+            why: format!("config {config_digest}: {e}"),
+        })?;
         let (platform, ours) =
             platform_of(&config.os().to_string(), &config.architecture().to_string(), config.variant().as_deref());
         if !ours {
@@ -676,6 +680,8 @@ impl ImageService {
                 user: c.user().clone().unwrap_or_default(),
                 stop_signal: c.stop_signal().clone().unwrap_or_default(),
                 volumes,
+                // Docker's, not in the OCI image spec: read from the same JSON.
+                healthcheck: crate::health::image_healthcheck(&raw),
             },
             chain_id,
         })

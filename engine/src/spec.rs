@@ -26,6 +26,8 @@ pub struct ImageConfig {
     pub stop_signal: String,
     /// Paths the image declares as volumes (`Volumes`): each gets an anonymous volume per task.
     pub volumes: Vec<String>,
+    /// The image's HEALTHCHECK (Docker's `config.Healthcheck`), which the service's `--health-*` override.
+    pub healthcheck: Option<swarm::api::HealthConfig>,
 }
 
 /// The image's /etc/passwd and /etc/group, read safely from its layers (see `imagefs`), when a user name must be

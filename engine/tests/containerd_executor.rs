@@ -656,6 +656,11 @@ async fn bad_specs_are_refused_with_clear_errors() {
 
 /// A `docker save` archive of the OCI one: manifest.json + config + layer.tar.
 fn docker_save_from_oci(oci: &Path, out: &Path, tag: &str) -> String {
+    docker_save_edited(oci, out, tag, |_| {})
+}
+
+/// [`docker_save_from_oci`] with the image config changed by `edit`; returns the config's digest.
+fn docker_save_edited(oci: &Path, out: &Path, tag: &str, edit: impl FnOnce(&mut Value)) -> String {
     let mut files = std::collections::HashMap::new();
     let mut ar = tar::Archive::new(std::fs::File::open(oci).unwrap());
     for e in ar.entries().unwrap() {
@@ -669,7 +674,16 @@ fn docker_save_from_oci(oci: &Path, out: &Path, tag: &str) -> String {
     let blob = |d: &str| format!("blobs/sha256/{}", d.trim_start_matches("sha256:"));
     let index = json("index.json");
     let manifest = json(&blob(index["manifests"][0]["digest"].as_str().unwrap()));
-    let config_digest = manifest["config"]["digest"].as_str().unwrap().to_string();
+    let original = files[&blob(manifest["config"]["digest"].as_str().unwrap())].clone();
+    let mut config: Value = serde_json::from_slice(&original).unwrap();
+    edit(&mut config);
+    // Unedited, the very bytes: the image keeps its id.
+    let config_bytes = if config == serde_json::from_slice::<Value>(&original).unwrap() {
+        original
+    } else {
+        serde_json::to_vec(&config).unwrap()
+    };
+    let config_digest = format!("sha256:{}", hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&config_bytes)));
     let layer_digest = manifest["layers"][0]["digest"].as_str().unwrap();
     let config_name = format!("{}.json", config_digest.trim_start_matches("sha256:"));
     let layer_name = format!("{}/layer.tar", layer_digest.trim_start_matches("sha256:"));
@@ -683,7 +697,7 @@ fn docker_save_from_oci(oci: &Path, out: &Path, tag: &str) -> String {
         b.append_data(&mut h, name, data).unwrap();
     };
     add("manifest.json", mj.to_string().as_bytes());
-    add(&config_name, &files[&blob(&config_digest)]);
+    add(&config_name, &config_bytes);
     add(&layer_name, &files[&blob(layer_digest)]);
     b.into_inner().unwrap().flush().unwrap();
     config_digest
@@ -775,4 +789,245 @@ async fn managed_containerd_is_reused_by_a_second_start() {
     assert!(env.data_root.join("containerd/containerd.log").exists());
     assert!(env.exec_root.join("containerd/containerd.pid").exists());
     assert_eq!(env.managed.as_ref().unwrap().pid(), Some(first), "still running");
+}
+
+/// A task's runner from the agent (`swarm::agent::task`) driving the real executor, and what it reported.
+struct Runner {
+    reports: tokio::sync::mpsc::UnboundedReceiver<swarm::api::dispatch::TaskStatusUpdate>,
+    seen: Vec<swarm::api::TaskStatus>,
+    cancel: tokio_util::sync::CancellationToken,
+    _updates: tokio::sync::watch::Sender<Task>,
+}
+
+impl Runner {
+    fn start(exec: &engine::executor::ContainerdExecutor, t: &Task) -> Runner {
+        let (tx, reports) = tokio::sync::mpsc::unbounded_channel();
+        let (updates_tx, updates) = tokio::sync::watch::channel(t.clone());
+        let cancel = tokio_util::sync::CancellationToken::new();
+        let ctl = exec.controller(t).expect("controller");
+        tokio::spawn(swarm::agent::task::run_task(ctl, t.clone(), updates, tx, cancel.clone()));
+        Runner { reports, seen: Vec::new(), cancel, _updates: updates_tx }
+    }
+
+    /// The first report matching `ok` within `timeout`, or a panic naming what was awaited and what came.
+    async fn until(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        ok: impl Fn(&swarm::api::TaskStatus) -> bool,
+    ) -> swarm::api::TaskStatus {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let states: Vec<String> =
+                self.seen.iter().map(|s| format!("{} {:?} {}", s.state, health(s), s.err)).collect();
+            match tokio::time::timeout_at(deadline, self.reports.recv()).await {
+                Ok(Some(u)) => {
+                    self.seen.push(u.status.clone());
+                    if ok(&u.status) {
+                        return u.status;
+                    }
+                }
+                Ok(None) => panic!("the runner ended waiting for {what}; reports: {states:?}"),
+                Err(_) => panic!("timed out after {timeout:?} waiting for {what}; reports: {states:?}"),
+            }
+        }
+    }
+
+    fn states(&self) -> Vec<swarm::api::TaskState> {
+        self.seen.iter().map(|s| s.state).collect()
+    }
+}
+
+impl Drop for Runner {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+fn health(s: &swarm::api::TaskStatus) -> Option<swarm::api::Health> {
+    s.container.as_ref().and_then(|c| c.health)
+}
+
+fn check(test: &[&str], interval_ms: u64, retries: u64) -> swarm::api::HealthConfig {
+    swarm::api::HealthConfig {
+        test: test.iter().map(|s| s.to_string()).collect(),
+        interval: Duration::from_millis(interval_ms),
+        retries,
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_checks_run_inside_the_task_and_gate_running() {
+    use swarm::agent::task::UNHEALTHY;
+    use swarm::api::{Health, TaskState};
+    let env = Env::start().await;
+    let exec = env.executor();
+
+    step!("a check that passes: STARTING (health starting), then RUNNING once healthy");
+    // The file the check looks for appears after 1 s (within the start period: the failures before do not
+    // count) and goes 3 s later: the check starts failing.
+    let mut t = task(&["sh", "-c", "sleep 1; touch /tmp/ok; sleep 3; rm /tmp/ok; sleep 1000"]);
+    let mut hc = check(&["CMD", "test", "-f", "/tmp/ok"], 300, 2);
+    hc.start_period = Duration::from_secs(5);
+    hc.start_interval = Duration::from_millis(200);
+    t.spec.container.healthcheck = Some(hc);
+    let started = Instant::now();
+    let mut r = Runner::start(&exec, &t);
+    let s = r.until("STARTING with health starting", Duration::from_secs(30), |s| health(s).is_some()).await;
+    assert_eq!((s.state, health(&s)), (TaskState::Starting, Some(Health::Starting)));
+    let s = r.until("RUNNING", Duration::from_secs(30), |s| s.state == TaskState::Running).await;
+    assert_eq!(health(&s), Some(Health::Healthy), "{s:?}");
+    assert!(started.elapsed() >= Duration::from_secs(1), "not RUNNING before the check could pass");
+    let ctr = env.container(&t.id).await.expect("container");
+    let label = ctr.labels.get(engine::health::LABEL_HEALTHCHECK).expect("the effective check is on the container");
+    let c = engine::health::Check::from_label(label).unwrap();
+    assert_eq!(c.args, vec!["test", "-f", "/tmp/ok"]);
+    assert_eq!((c.interval, c.retries, c.timeout), (Duration::from_millis(300), 2, Duration::from_secs(30)));
+
+    step!("the check starts failing: FAILED as unhealthy after 2 failures, and the container is stopped");
+    let healthy_until = Instant::now();
+    let s = r.until("FAILED", Duration::from_secs(30), |s| s.state == TaskState::Failed).await;
+    assert_eq!(health(&s), Some(Health::Unhealthy));
+    assert_eq!(s.err, format!("{UNHEALTHY} (exit 1)"), "{s:?}");
+    step!("FAILED {:?} after RUNNING (the file goes about 3 s after it appeared)", healthy_until.elapsed());
+    let s = r
+        .until("the exit code", Duration::from_secs(30), |s| {
+            s.container.as_ref().is_some_and(|c| c.exit_code.is_some())
+        })
+        .await;
+    assert_eq!(s.state, TaskState::Failed);
+    let c = exec.controller(&t).unwrap();
+    assert!(
+        matches!(c.inspect().await.unwrap(), Some(ContainerState::Exited { .. })),
+        "the unhealthy container stopped"
+    );
+    assert!(
+        !std::fs::read_dir(env.log_path(&t.id).parent().unwrap())
+            .unwrap()
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy().ends_with(".out")),
+        "no check output files left behind"
+    );
+    drop(r);
+
+    step!("a check that never passes (with output): never RUNNING, FAILED after 3 failures");
+    let mut t = task(&["sleep", "1000"]);
+    t.spec.container.healthcheck = Some(check(&["CMD-SHELL", "echo not yet; echo really >&2; exit 3"], 200, 3));
+    let mut r = Runner::start(&exec, &t);
+    r.until("STARTING with health", Duration::from_secs(30), |s| health(s).is_some()).await;
+    let checking = Instant::now();
+    let s = r.until("FAILED", Duration::from_secs(30), |s| s.state == TaskState::Failed).await;
+    let took = checking.elapsed();
+    assert!(took >= Duration::from_millis(600), "3 failures one interval apart: {took:?}");
+    // What the unhealthy latency is made of: retries × (interval + one exec's cost).
+    step!(
+        "FAILED {took:?} after the checks began: {:?} per check beyond the interval",
+        (took - Duration::from_millis(600)) / 3
+    );
+    assert!(!r.states().contains(&TaskState::Running), "never RUNNING: {:?}", r.states());
+    // Both streams are kept; the shim copies them apart, so in either order.
+    assert!(s.err.starts_with(&format!("{UNHEALTHY} (exit 3: ")), "{s:?}");
+    assert!(s.err.contains("not yet") && s.err.contains("really"), "stdout and stderr of the check: {s:?}");
+    r.until("the exit code", Duration::from_secs(30), |s| s.container.as_ref().is_some_and(|c| c.exit_code.is_some()))
+        .await;
+    drop(r);
+
+    step!("a check exceeding its timeout counts as failed, and its process is killed");
+    let mut t = task(&["sleep", "1000"]);
+    let mut hc = check(&["CMD", "sleep", "77"], 200, 2);
+    hc.timeout = Duration::from_millis(300);
+    t.spec.container.healthcheck = Some(hc);
+    let mut r = Runner::start(&exec, &t);
+    let s = r.until("FAILED", Duration::from_secs(30), |s| s.state == TaskState::Failed).await;
+    assert!(!r.states().contains(&TaskState::Running), "never RUNNING: {:?}", r.states());
+    assert_eq!(s.err, format!("{UNHEALTHY} (Health check exceeded timeout (300ms))"));
+    wait_for("no check process left", Duration::from_secs(10), || async {
+        let left = processes_naming("sleep 77");
+        if left.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("{left:?}"))
+        }
+    })
+    .await;
+    drop(r);
+
+    step!("a bad test rejects the task with a clear error");
+    let mut t = task(&["sleep", "1000"]);
+    t.spec.container.healthcheck = Some(check(&["CURL", "x"], 200, 2));
+    let mut r = Runner::start(&exec, &t);
+    let s = r.until("REJECTED", Duration::from_secs(30), |s| s.state == TaskState::Rejected).await;
+    assert_eq!(s.err, "invalid task spec: health check: unknown test type \"CURL\": expected NONE, CMD or CMD-SHELL");
+    assert!(env.container(&t.id).await.is_none(), "no container for a rejected task");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_images_healthcheck_is_used_unless_the_service_disables_it() {
+    use swarm::api::{Health, TaskState};
+    let env = Env::start().await;
+    let exec = env.executor();
+    step!("load an image whose config declares a HEALTHCHECK");
+    let dir = tempfile::tempdir().unwrap();
+    let saved = dir.path().join("hc.tar");
+    docker_save_edited(test_image(), &saved, "shoal-test/healthy:v1", |c| {
+        c["config"]["Healthcheck"] = serde_json::json!({
+            "Test": ["CMD-SHELL", "test -f /tmp/ok"], "Interval": 200_000_000u64, "Retries": 2,
+            "StartPeriod": 5_000_000_000u64, "StartInterval": 200_000_000u64,
+        });
+    });
+    let loaded = env.images().load(&saved).await.expect("load");
+    assert_eq!(loaded, vec!["docker.io/shoal-test/healthy:v1".to_string()]);
+    let image = env.images().resolve("shoal-test/healthy:v1").await.unwrap();
+    let hc = image.config.healthcheck.expect("the image's healthcheck is read");
+    assert_eq!((hc.test.len(), hc.interval, hc.retries), (2, Duration::from_millis(200), 2));
+
+    step!("a task without --health-*: the image's check gates it, and passes once /tmp/ok exists");
+    let mut t = task(&["sh", "-c", "sleep 1; touch /tmp/ok; sleep 1000"]);
+    t.spec.container.image = "docker.io/shoal-test/healthy:v1".into();
+    let mut r = Runner::start(&exec, &t);
+    let s = r.until("STARTING with health", Duration::from_secs(30), |s| health(s).is_some()).await;
+    assert_eq!((s.state, health(&s)), (TaskState::Starting, Some(Health::Starting)));
+    let s = r.until("RUNNING", Duration::from_secs(30), |s| s.state == TaskState::Running).await;
+    assert_eq!(health(&s), Some(Health::Healthy));
+
+    step!("re-adoption: a restarted shoald's executor checks the container the same way, without the image");
+    env.images().remove("shoal-test/healthy:v1").await.expect("removing the image (its container keeps its layers)");
+    let c = env.executor().controller(&t).unwrap();
+    let mut rx = c.health().await.expect("health").expect("the check recorded on the container");
+    let h = tokio::time::timeout(Duration::from_secs(30), async {
+        rx.changed().await.expect("checks running");
+        rx.borrow().health
+    })
+    .await
+    .expect("a verdict within 30s");
+    assert_eq!(h, Health::Healthy);
+    drop(r);
+    let loaded = env.images().load(&saved).await.expect("load again");
+    assert_eq!(loaded.len(), 1);
+
+    step!("the service's fields override the image's, its empty test inherits the image's command");
+    let mut t = task(&["sleep", "1000"]);
+    t.spec.container.image = "docker.io/shoal-test/healthy:v1".into();
+    let mut hc = check(&[], 100, 1);
+    hc.start_period = Duration::from_millis(1);
+    t.spec.container.healthcheck = Some(hc);
+    let mut r = Runner::start(&exec, &t);
+    let s = r.until("FAILED", Duration::from_secs(30), |s| s.state == TaskState::Failed).await;
+    assert_eq!(health(&s), Some(Health::Unhealthy), "the image's test, failing: no /tmp/ok");
+    let label = env.container(&t.id).await.unwrap().labels[engine::health::LABEL_HEALTHCHECK].clone();
+    let c = engine::health::Check::from_label(&label).unwrap();
+    assert_eq!(c.args, vec!["/bin/sh", "-c", "test -f /tmp/ok"]);
+    assert_eq!((c.interval, c.retries, c.start_period), (Duration::from_millis(100), 1, Duration::from_millis(1)));
+    assert_eq!(c.start_interval, Duration::from_millis(200), "the image's");
+    drop(r);
+
+    step!("--no-healthcheck (NONE): RUNNING at once, no health, no check on the container");
+    let mut t = task(&["sleep", "1000"]);
+    t.spec.container.image = "docker.io/shoal-test/healthy:v1".into();
+    t.spec.container.healthcheck = Some(check(&["NONE"], 0, 0));
+    let mut r = Runner::start(&exec, &t);
+    let s = r.until("RUNNING", Duration::from_secs(30), |s| s.state == TaskState::Running).await;
+    assert_eq!(health(&s), None);
+    assert!(!env.container(&t.id).await.unwrap().labels.contains_key(engine::health::LABEL_HEALTHCHECK));
 }

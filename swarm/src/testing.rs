@@ -1,7 +1,7 @@
 //! Builders for tests and the scale simulator: objects with sensible defaults, and [`TestExecutor`], an
 //! in-memory stand-in for a container runtime (named as such: the product never uses it).
 
-use crate::agent::exec::{ContainerState, Controller, ExecError, Executor, ExitStatus};
+use crate::agent::exec::{ContainerState, Controller, ExecError, Executor, ExitStatus, HealthStatus};
 use crate::api::*;
 use crate::manager::store::{MemoryStore, Proposal, Proposer, SharedView, Store, StoreError};
 use std::collections::HashMap;
@@ -134,6 +134,10 @@ struct FakeRuntime {
     missing_images: Vec<String>,
     /// Each task's log, as fed by the test (kept when the container is removed, as nothing reads it then).
     logs: HashMap<String, Vec<logs::TaskLogLine>>,
+    /// The health of each health-checked task that started.
+    health: HashMap<String, watch::Sender<HealthStatus>>,
+    /// The health a task of this image has as soon as it starts (else "starting" until the test says).
+    image_health: HashMap<String, Health>,
 }
 
 /// An in-memory runtime: "containers" are entries in a map that run until told to exit. For unit tests and the
@@ -181,6 +185,26 @@ impl TestExecutor {
         }
     }
 
+    /// Sets the health of a started, health-checked task (one whose spec has a health check test other than
+    /// `NONE`), as its checks would. False if it has none or has not started.
+    pub fn set_health(&self, task_id: &str, health: Health) -> bool {
+        let rt = self.rt.lock().unwrap();
+        match rt.health.get(task_id) {
+            Some(tx) => {
+                tx.send_replace(fake_health(health));
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Makes health-checked tasks of `image` have `health` as soon as they start (e.g. `Healthy` for a version
+    /// that passes its checks, `Unhealthy` for one that never does); otherwise they stay "starting" until
+    /// [`Self::set_health`].
+    pub fn image_health(&self, image: &str, health: Health) {
+        self.rt.lock().unwrap().image_health.insert(image.into(), health);
+    }
+
     /// How many fake containers exist (created, running or exited): the tasks delivered to this node.
     pub fn known(&self) -> usize {
         self.rt.lock().unwrap().containers.len()
@@ -199,7 +223,14 @@ impl TestExecutor {
 pub struct TestController {
     task_id: String,
     image: String,
+    /// The task's spec has a health check (a test other than `NONE`; the fake images have none).
+    health_checked: bool,
     rt: Arc<Mutex<FakeRuntime>>,
+}
+
+fn fake_health(health: Health) -> HealthStatus {
+    let last_output = if health == Health::Unhealthy { "exit 1: fake check failed".into() } else { String::new() };
+    HealthStatus { health, failing_streak: u64::from(health == Health::Unhealthy), last_output }
 }
 
 impl Executor for TestExecutor {
@@ -216,7 +247,18 @@ impl Executor for TestExecutor {
     }
 
     fn controller(&self, task: &Task) -> Result<TestController, ExecError> {
-        Ok(TestController { task_id: task.id.clone(), image: task.spec.container.image.clone(), rt: self.rt.clone() })
+        let health_checked = task
+            .spec
+            .container
+            .healthcheck
+            .as_ref()
+            .is_some_and(|h| !h.test.is_empty() && h.test.first().map(String::as_str) != Some("NONE"));
+        Ok(TestController {
+            task_id: task.id.clone(),
+            image: task.spec.container.image.clone(),
+            health_checked,
+            rt: self.rt.clone(),
+        })
     }
 
     async fn list_tasks(&self) -> Result<Vec<String>, ExecError> {
@@ -224,7 +266,9 @@ impl Executor for TestExecutor {
     }
 
     async fn remove_task(&self, task_id: &str) -> Result<(), ExecError> {
-        self.rt.lock().unwrap().containers.remove(task_id);
+        let mut rt = self.rt.lock().unwrap();
+        rt.containers.remove(task_id);
+        rt.health.remove(task_id);
         Ok(())
     }
 
@@ -349,7 +393,9 @@ impl Controller for TestController {
     }
 
     async fn remove(&self) -> Result<(), ExecError> {
-        self.rt.lock().unwrap().containers.remove(&self.task_id);
+        let mut rt = self.rt.lock().unwrap();
+        rt.containers.remove(&self.task_id);
+        rt.health.remove(&self.task_id);
         Ok(())
     }
 
@@ -359,6 +405,15 @@ impl Controller for TestController {
             FakeState::Running => ContainerState::Running { pid: 1 },
             FakeState::Exited(code) => ContainerState::Exited { exit_code: code },
         }))
+    }
+
+    async fn health(&self) -> Result<Option<watch::Receiver<HealthStatus>>, ExecError> {
+        if !self.health_checked {
+            return Ok(None);
+        }
+        let mut rt = self.rt.lock().unwrap();
+        let first = rt.image_health.get(&self.image).copied().map_or_else(HealthStatus::starting, fake_health);
+        Ok(Some(rt.health.entry(self.task_id.clone()).or_insert_with(|| watch::channel(first).0).subscribe()))
     }
 }
 

@@ -8,9 +8,9 @@
 //! `wait` attaches to a task that is already running or reports the exit of one that already stopped.
 
 use crate::api::logs::{LogsOptions, TaskLogLine};
-use crate::api::{NodeDescription, Task};
+use crate::api::{Health, NodeDescription, Task};
 use std::future::Future;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 /// Errors a runtime reports. The message is what `service ps` shows in its ERROR column.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -46,6 +46,23 @@ pub enum ContainerState {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ExitStatus {
     pub exit_code: i32,
+}
+
+/// A health-checked container's health, as its checks last decided it (Docker's `State.Health`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthStatus {
+    pub health: Health,
+    /// Consecutive failed checks (failures within the start period do not count).
+    pub failing_streak: u64,
+    /// The last check's outcome in one line ("exit 1: …", "timed out after 1s"); the unhealthy error shows it.
+    pub last_output: String,
+}
+
+impl HealthStatus {
+    /// A container whose checks have not passed yet.
+    pub fn starting() -> Self {
+        HealthStatus { health: Health::Starting, failing_streak: 0, last_output: String::new() }
+    }
 }
 
 /// A container runtime on one node.
@@ -103,4 +120,13 @@ pub trait Controller: Send + Sync + 'static {
     /// The container's state, or `None` if there is no container. `Created` for a container whose process was
     /// started once means the process is gone without an exit status (the host restarted).
     fn inspect(&self) -> impl Future<Output = Result<Option<ContainerState>, ExecError>> + Send;
+
+    /// Starts the health checks of the started container, if its task has one (the spec's merged over the
+    /// image's), and returns their verdicts: [`Health::Starting`] until a check passes, then a new value each
+    /// time the health changes. The checks stop when the receiver is dropped or the process ends. `None`: the
+    /// task has no health check (the default, for runtimes without checks). The runner calls it once, after
+    /// `start` or when it re-adopts a running task.
+    fn health(&self) -> impl Future<Output = Result<Option<watch::Receiver<HealthStatus>>, ExecError>> + Send {
+        std::future::ready(Ok(None))
+    }
 }

@@ -4,16 +4,23 @@
 //!
 //! The same loop re-adopts a task after an agent restart: it starts from the state the manager last recorded,
 //! and the controller's idempotent calls find the container where it is.
+//!
+//! A task with a health check is gated as SwarmKit gates it: it stays STARTING (health "starting") until a check
+//! passes, and only then is reported RUNNING; once unhealthy (before or after RUNNING) it FAILs and its container
+//! is stopped, so that the manager replaces it under its restart policy.
 
-use super::exec::{ContainerState, Controller, ExecError};
+use super::exec::{ContainerState, Controller, ExecError, HealthStatus};
 use crate::api::dispatch::TaskStatusUpdate;
-use crate::api::{ContainerStatus, Task, TaskState, TaskStatus, Timestamp};
+use crate::api::{ContainerStatus, Health, Task, TaskState, TaskStatus, Timestamp};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, Instrument};
 
 /// The error of a task whose process vanished without an exit status.
 pub const PROCESS_GONE: &str = "task process is gone (host restarted?)";
+
+/// The error of a task failed by its health check (followed by the last check's outcome).
+pub const UNHEALTHY: &str = "task: container is unhealthy";
 
 /// Sends status reports to whichever session is current.
 pub type Reporter = mpsc::UnboundedSender<TaskStatusUpdate>;
@@ -23,6 +30,21 @@ struct Runner<C: Controller> {
     task: Task,
     status: TaskStatus,
     report: Reporter,
+    /// Whether the controller was asked for the health checks yet (once per runner).
+    health_asked: bool,
+    /// The health checks' verdicts, when the task has a health check.
+    health: Option<watch::Receiver<HealthStatus>>,
+}
+
+/// The next health verdict. Pending forever once the checks ended (the process exited: `wait` reports that) or
+/// when there are none.
+async fn next_health(rx: &mut Option<watch::Receiver<HealthStatus>>) -> HealthStatus {
+    if let Some(r) = rx {
+        if r.changed().await.is_ok() {
+            return r.borrow_and_update().clone();
+        }
+    }
+    std::future::pending().await
 }
 
 impl<C: Controller> Runner<C> {
@@ -34,12 +56,88 @@ impl<C: Controller> Runner<C> {
         self.status.message = message.to_string();
         self.status.err = err.unwrap_or_default();
         self.status.timestamp = Timestamp::now();
+        if state.is_terminal() {
+            // Ends the health checks, if any: nothing acts on them any more.
+            self.health = None;
+        }
         let _ = self.report.send(TaskStatusUpdate { task_id: self.task.id.clone(), status: self.status.clone() });
     }
 
     fn container(&mut self, pid: u32, exit_code: Option<i32>) {
-        self.status.container =
-            Some(ContainerStatus { container_id: self.task.id.clone(), pid, exit_code, health: None });
+        let health = self.status.container.as_ref().and_then(|c| c.health);
+        self.status.container = Some(ContainerStatus { container_id: self.task.id.clone(), pid, exit_code, health });
+    }
+
+    fn health_now(&self) -> Option<Health> {
+        self.status.container.as_ref().and_then(|c| c.health)
+    }
+
+    fn set_health(&mut self, health: Health) {
+        if let Some(c) = self.status.container.as_mut() {
+            c.health = Some(health);
+        }
+    }
+
+    /// The process runs (pid): RUNNING at once without a health check, else STARTING until the check passes.
+    async fn started(&mut self, pid: u32) {
+        self.container(pid, None);
+        if !self.health_asked {
+            self.health_asked = true;
+            match self.ctl.health().await {
+                Ok(h) => self.health = h,
+                Err(e) => return self.fail_and_stop("failed", e.to_string()).await,
+            }
+        }
+        match self.health.as_mut().map(|rx| rx.borrow_and_update().clone()) {
+            None => self.set(TaskState::Running, "started", None),
+            Some(h) => self.on_health(h).await,
+        }
+    }
+
+    /// Acts on a health verdict: RUNNING once healthy; FAILED (and the container stopped) once unhealthy.
+    async fn on_health(&mut self, h: HealthStatus) {
+        let state = self.status.state;
+        match h.health {
+            Health::Starting => {
+                // Only a task still STARTING shows "starting": a re-adopted RUNNING task keeps its last verdict
+                // until the new checks give one (states only move forward).
+                if state == TaskState::Starting && self.health_now() != Some(Health::Starting) {
+                    self.set_health(Health::Starting);
+                    self.set(TaskState::Starting, "starting", None);
+                }
+            }
+            Health::Healthy => {
+                if state == TaskState::Starting || self.health_now() != Some(Health::Healthy) {
+                    self.set_health(Health::Healthy);
+                    self.set(TaskState::Running, "started", None);
+                }
+            }
+            Health::Unhealthy => {
+                self.set_health(Health::Unhealthy);
+                let err = if h.last_output.is_empty() {
+                    UNHEALTHY.to_string()
+                } else {
+                    format!("{UNHEALTHY} ({})", h.last_output)
+                };
+                self.fail_and_stop("unhealthy container", err).await;
+            }
+        }
+    }
+
+    /// FAILs a task whose process still runs, then stops the process: a FAILED task is not run any further, and
+    /// nothing else would stop it. Reported first, so that the replacement is not held up by the stop grace
+    /// period; the exit code follows as a detail of the same state.
+    async fn fail_and_stop(&mut self, message: &str, err: String) {
+        self.health = None;
+        self.set(TaskState::Failed, message, Some(err.clone()));
+        if let Err(e) = self.ctl.shutdown().await {
+            tracing::warn!(error = %e, "stopping the failed task's container");
+        }
+        if let Ok(Some(ContainerState::Exited { exit_code })) = self.ctl.inspect().await {
+            let pid = self.status.container.as_ref().map(|c| c.pid).unwrap_or(0);
+            self.container(pid, Some(exit_code));
+            self.set(TaskState::Failed, message, Some(err));
+        }
     }
 
     fn exited(&mut self, code: i32) {
@@ -114,20 +212,26 @@ impl<C: Controller> Runner<C> {
                     }
                     self.set(TaskState::Starting, "starting", None);
                     match self.ctl.start().await {
-                        Ok(pid) => {
-                            self.container(pid, None);
-                            self.set(TaskState::Running, "started", None);
-                        }
+                        Ok(pid) => self.started(pid).await,
                         Err(e) => self.failed(e),
                     }
                 }
-                TaskState::Starting => match self.ctl.start().await {
-                    Ok(pid) => {
-                        self.container(pid, None);
-                        self.set(TaskState::Running, "started", None);
-                    }
+                TaskState::Starting if !self.health_asked || self.health.is_none() => match self.ctl.start().await {
+                    Ok(pid) => self.started(pid).await,
                     Err(e) => self.failed(e),
                 },
+                TaskState::Starting => {
+                    // Health-gated: RUNNING only once a check passed.
+                    tokio::select! {
+                        _ = cancel.cancelled() => return,
+                        r = self.ctl.wait() => match r {
+                            Ok(exit) => self.exited(exit.exit_code),
+                            Err(e) => self.failed(e),
+                        },
+                        h = next_health(&mut self.health) => self.on_health(h).await,
+                        r = updates.changed() => if r.is_err() { return },
+                    }
+                }
                 TaskState::Running => {
                     // Re-adoption: is the container still there?
                     match self.ctl.inspect().await {
@@ -146,6 +250,21 @@ impl<C: Controller> Runner<C> {
                             self.set(TaskState::Failed, "failed", Some(PROCESS_GONE.into()));
                             continue;
                         }
+                        Ok(Some(ContainerState::Running { .. })) if !self.health_asked => {
+                            // Re-adopted while running: its health checks start again.
+                            self.health_asked = true;
+                            match self.ctl.health().await {
+                                Ok(h) => self.health = h,
+                                Err(e) => {
+                                    self.fail_and_stop("failed", e.to_string()).await;
+                                    continue;
+                                }
+                            }
+                            if let Some(h) = self.health.as_mut().map(|rx| rx.borrow_and_update().clone()) {
+                                self.on_health(h).await;
+                                continue;
+                            }
+                        }
                         _ => {}
                     }
                     tokio::select! {
@@ -154,6 +273,7 @@ impl<C: Controller> Runner<C> {
                             Ok(exit) => self.exited(exit.exit_code),
                             Err(e) => self.failed(e),
                         },
+                        h = next_health(&mut self.health) => self.on_health(h).await,
                         r = updates.changed() => if r.is_err() { return },
                     }
                 }
@@ -173,5 +293,5 @@ pub async fn run_task<C: Controller>(
 ) {
     let span = tracing::info_span!("task", task.id = %task.id, service.id = %task.service_id);
     let status = task.status.clone();
-    Runner { ctl, task, status, report }.run(updates, cancel).instrument(span).await
+    Runner { ctl, task, status, report, health_asked: false, health: None }.run(updates, cancel).instrument(span).await
 }

@@ -2,7 +2,7 @@
 //! removals can be made to fail, and `prepare` / `list_tasks` can be held at a gate to open race windows.
 
 use super::exec::{ContainerState, Controller, ExecError, Executor, ExitStatus};
-use super::task::{run_task, PROCESS_GONE};
+use super::task::{run_task, PROCESS_GONE, UNHEALTHY};
 use super::worker::Worker;
 use crate::api::dispatch::{AssignmentsKind, AssignmentsMessage, TaskStatusUpdate};
 use crate::api::{NodeDescription, Task, TaskState};
@@ -290,4 +290,115 @@ async fn orphan_sweep_runs_off_the_session_path_and_spares_tasks_assigned_meanwh
     assert!(x.exists("t1") && x.exists("t2"), "assigned tasks keep their containers: {:?}", x.calls());
     assert!(x.calls().iter().all(|c| c != "remove_task:t1" && c != "remove_task:t2"), "{:?}", x.calls());
     w.stop();
+}
+
+/// A task whose spec has a health check, and the TestExecutor to run it on.
+fn health_checked(id: &str) -> (crate::testing::TestExecutor, Task) {
+    let mut t = task(id);
+    t.spec.container.image = "busybox:checked".into();
+    t.spec.container.healthcheck =
+        Some(crate::api::HealthConfig { test: vec!["CMD".into(), "true".into()], ..Default::default() });
+    (crate::testing::TestExecutor::new("n1"), t)
+}
+
+fn health_of(u: &TaskStatusUpdate) -> Option<crate::api::Health> {
+    u.status.container.as_ref().and_then(|c| c.health)
+}
+
+#[tokio::test]
+async fn a_health_checked_task_is_running_only_once_healthy() {
+    use crate::api::Health;
+    let (x, t) = health_checked("t1");
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let (_updates, updates) = watch::channel(t.clone());
+    let cancel = CancellationToken::new();
+    tokio::spawn(run_task(x.controller(&t).unwrap(), t, updates, tx, cancel.clone()));
+
+    // STARTING with the process running and health "starting": the runner now waits for a verdict.
+    let u = report_in(&mut rx, TaskState::Starting).await;
+    assert_eq!(health_of(&u), None, "the first STARTING is before the process runs: {u:?}");
+    let u = report_in(&mut rx, TaskState::Starting).await;
+    assert_eq!(health_of(&u), Some(Health::Starting), "{u:?}");
+    assert_eq!(x.running(), vec!["t1".to_string()], "the process runs while the task is STARTING");
+    assert!(rx.try_recv().is_err(), "nothing more before a check passed");
+
+    assert!(x.set_health("t1", Health::Healthy));
+    let u = report_in(&mut rx, TaskState::Running).await;
+    assert_eq!(health_of(&u), Some(Health::Healthy));
+    assert_eq!(u.status.container.as_ref().map(|c| c.pid), Some(1));
+
+    // Unhealthy after RUNNING: FAILED, with the check's output, and the process stopped.
+    assert!(x.set_health("t1", Health::Unhealthy));
+    let u = report_in(&mut rx, TaskState::Failed).await;
+    assert_eq!(health_of(&u), Some(Health::Unhealthy));
+    assert_eq!(u.status.err, format!("{UNHEALTHY} (exit 1: fake check failed)"));
+    assert_eq!(u.status.message, "unhealthy container");
+    let u = report_in(&mut rx, TaskState::Failed).await;
+    assert_eq!(u.status.container.as_ref().and_then(|c| c.exit_code), Some(143), "stopped: {u:?}");
+    assert!(x.running().is_empty(), "the unhealthy task's process is stopped");
+    cancel.cancel();
+}
+
+#[tokio::test]
+async fn a_never_healthy_task_fails_without_ever_running_and_one_without_a_check_runs_at_once() {
+    use crate::api::Health;
+    let (x, t) = health_checked("t1");
+    x.image_health(&t.spec.container.image, Health::Unhealthy);
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let (_updates, updates) = watch::channel(t.clone());
+    let cancel = CancellationToken::new();
+    tokio::spawn(run_task(x.controller(&t).unwrap(), t, updates, tx, cancel.clone()));
+    let mut states = Vec::new();
+    let failed = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            let u = rx.recv().await.expect("reports");
+            states.push(u.status.state);
+            if u.status.state == TaskState::Failed {
+                return u;
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no FAILED within 5s; saw {states:?}"));
+    assert!(!states.contains(&TaskState::Running), "never RUNNING: {states:?}");
+    assert!(failed.status.err.starts_with(UNHEALTHY), "{failed:?}");
+    until("the process stopped", || x.running().is_empty(), || format!("{:?}", x.running())).await;
+    cancel.cancel();
+
+    // `--no-healthcheck` on the same image: no gating.
+    let (_, mut t2) = health_checked("t2");
+    t2.spec.container.healthcheck = Some(crate::api::HealthConfig { test: vec!["NONE".into()], ..Default::default() });
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let (_updates2, updates) = watch::channel(t2.clone());
+    let cancel = CancellationToken::new();
+    tokio::spawn(run_task(x.controller(&t2).unwrap(), t2, updates, tx, cancel.clone()));
+    let u = report_in(&mut rx, TaskState::Running).await;
+    assert_eq!(health_of(&u), None);
+    cancel.cancel();
+}
+
+#[tokio::test]
+async fn a_readopted_running_task_keeps_running_and_its_checks_still_fail_it() {
+    use crate::api::Health;
+    let (x, mut t) = health_checked("t1");
+    x.controller(&t).unwrap().prepare().await.unwrap();
+    x.controller(&t).unwrap().start().await.unwrap();
+    t.status.state = TaskState::Running;
+    t.status.container = Some(crate::api::ContainerStatus {
+        container_id: "t1".into(),
+        pid: 1,
+        exit_code: None,
+        health: Some(Health::Healthy),
+    });
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let (_updates, updates) = watch::channel(t.clone());
+    let cancel = CancellationToken::new();
+    tokio::spawn(run_task(x.controller(&t).unwrap(), t, updates, tx, cancel.clone()));
+    // The new checks start "starting": the task stays RUNNING, so nothing is reported.
+    until("the checks to start again", || x.set_health("t1", Health::Starting), || "no checks".into()).await;
+    assert!(rx.try_recv().is_err(), "no report while the re-adopted task is still healthy as far as known");
+    assert!(x.set_health("t1", Health::Unhealthy));
+    let u = report_in(&mut rx, TaskState::Failed).await;
+    assert!(u.status.err.starts_with(UNHEALTHY), "{u:?}");
+    cancel.cancel();
 }
