@@ -117,6 +117,7 @@ pub fn task(id: &str, service_id: &str, slot: u64) -> Task {
         spec_version: 0,
         status: TaskStatus { state: TaskState::Pending, ..Default::default() },
         desired_state: TaskState::Running,
+        job_iteration: None,
     }
 }
 
@@ -128,10 +129,24 @@ enum FakeState {
     Exited(i32),
 }
 
+/// What started fake containers of one image do ([`TestExecutor::script`]); without a script they run until told
+/// to exit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExitScript {
+    /// How long a container runs before it exits on its own.
+    pub run_for: std::time::Duration,
+    /// How many starts of each slot (service and slot, or service and node for a slot-0 task), on this executor,
+    /// exit 1 before the next ones exit 0.
+    pub failures_per_slot: u64,
+}
+
 #[derive(Default)]
 struct FakeRuntime {
     containers: HashMap<String, watch::Sender<FakeState>>,
     missing_images: Vec<String>,
+    scripts: HashMap<String, ExitScript>,
+    /// Starts of scripted containers per slot, to pick their exit code.
+    starts: HashMap<(String, String), u64>,
     /// Each task's log, as fed by the test (kept when the container is removed, as nothing reads it then).
     logs: HashMap<String, Vec<logs::TaskLogLine>>,
 }
@@ -169,6 +184,11 @@ impl TestExecutor {
         self.rt.lock().unwrap().missing_images.push(image.into());
     }
 
+    /// Makes started containers of `image` exit on their own, as `script` says.
+    pub fn script(&self, image: &str, script: ExitScript) {
+        self.rt.lock().unwrap().scripts.insert(image.into(), script);
+    }
+
     /// Ends a running fake container with `code`, as if its process died.
     pub fn exit(&self, task_id: &str, code: i32) -> bool {
         let rt = self.rt.lock().unwrap();
@@ -199,6 +219,8 @@ impl TestExecutor {
 pub struct TestController {
     task_id: String,
     image: String,
+    /// The task's slot (service, slot or node), for [`ExitScript::failures_per_slot`].
+    slot: (String, String),
     rt: Arc<Mutex<FakeRuntime>>,
 }
 
@@ -216,7 +238,13 @@ impl Executor for TestExecutor {
     }
 
     fn controller(&self, task: &Task) -> Result<TestController, ExecError> {
-        Ok(TestController { task_id: task.id.clone(), image: task.spec.container.image.clone(), rt: self.rt.clone() })
+        let slot = if task.slot > 0 { task.slot.to_string() } else { task.node_id.clone() };
+        Ok(TestController {
+            task_id: task.id.clone(),
+            image: task.spec.container.image.clone(),
+            slot: (task.service_id.clone(), slot),
+            rt: self.rt.clone(),
+        })
     }
 
     async fn list_tasks(&self) -> Result<Vec<String>, ExecError> {
@@ -294,6 +322,29 @@ impl TestController {
         self.rt.lock().unwrap().containers.get(&self.task_id).map(|s| s.subscribe())
     }
 
+    /// A scripted container exits on its own after its run time, with 1 or 0 as its slot's start count says.
+    fn run_script(&self) {
+        let (script, code, state) = {
+            let mut rt = self.rt.lock().unwrap();
+            let Some(script) = rt.scripts.get(&self.image).copied() else { return };
+            let starts = rt.starts.entry(self.slot.clone()).or_default();
+            *starts += 1;
+            let code = if *starts <= script.failures_per_slot { 1 } else { 0 };
+            let Some(state) = rt.containers.get(&self.task_id).cloned() else { return };
+            (script, code, state)
+        };
+        tokio::spawn(async move {
+            tokio::time::sleep(script.run_for).await;
+            state.send_if_modified(|s| {
+                let running = *s == FakeState::Running;
+                if running {
+                    *s = FakeState::Exited(code);
+                }
+                running
+            });
+        });
+    }
+
     fn set(&self, s: FakeState) -> Result<(), ExecError> {
         let rt = self.rt.lock().unwrap();
         let tx = rt.containers.get(&self.task_id).ok_or_else(|| ExecError::NotFound(self.task_id.clone()))?;
@@ -316,6 +367,7 @@ impl Controller for TestController {
         let cur = *self.state().ok_or_else(|| ExecError::NotFound(self.task_id.clone()))?.borrow();
         if cur == FakeState::Created {
             self.set(FakeState::Running)?;
+            self.run_script();
         }
         Ok(1)
     }

@@ -29,6 +29,9 @@ pub fn plan(view: &MemoryStore, history_limit: u64) -> Vec<Task> {
             }
             continue;
         }
+        if view.service(&t.service_id).is_some_and(|s| super::jobs::is_completion_record(s, t)) {
+            continue; // a job's record of a completion: kept whatever the history limit
+        }
         let node = if t.slot == 0 { t.node_id.as_str() } else { "" };
         slots.entry((t.service_id.as_str(), t.slot, node)).or_default().push(t);
     }
