@@ -141,6 +141,30 @@ mod tests {
     }
 
     #[test]
+    fn keeps_a_jobs_completions_of_the_current_run_whatever_the_limit() {
+        let mut s = service("s", "job", 0);
+        s.spec.mode = crate::api::ServiceMode::ReplicatedJob { max_concurrent: 1, total_completions: 1 };
+        s.spec_version = 2;
+        let ended = |id: &str, index, state, run| {
+            let mut t = task(id, "s", 1);
+            t.meta.created_index = index;
+            t.status.state = state;
+            t.desired_state = if state == TaskState::Complete { TaskState::Complete } else { TaskState::Shutdown };
+            t.job_iteration = Some(run);
+            t
+        };
+        let objs: Vec<Object> = vec![
+            s.into(),
+            ended("old-run", 10, TaskState::Complete, 1).into(),
+            ended("failed", 11, TaskState::Failed, 2).into(),
+            ended("done", 12, TaskState::Complete, 2).into(),
+        ];
+        let mut deleted: Vec<String> = plan(&MemoryStore::from_objects(objs), 0).into_iter().map(|t| t.id).collect();
+        deleted.sort();
+        assert_eq!(deleted, vec!["failed", "old-run"], "the current run's completion stays");
+    }
+
+    #[test]
     fn removes_stopped_tasks_marked_remove() {
         let s = service("s", "web", 1);
         let mut running = task("a", "s", 1);
