@@ -78,6 +78,11 @@ pub fn service_spec(spec: &mut ServiceSpec) -> Result<(), InvalidSpec> {
     if spec.task_template.placement.max_replicas > 0 && spec.mode == crate::api::ServiceMode::GlobalJob {
         return Err(InvalidSpec("--replicas-max-per-node cannot be used with global-job mode".into()));
     }
+    // Jobs are run again, not rolled out: an update or rollback config would be ignored (Docker refuses it).
+    let defaults = crate::api::UpdateConfig::default();
+    if spec.mode.is_job() && (spec.update_config != defaults || spec.rollback_config != defaults) {
+        return Err(InvalidSpec("update and rollback configuration is not supported for jobs".into()));
+    }
     Ok(())
 }
 
@@ -189,6 +194,9 @@ mod tests {
         service_spec(&mut s).unwrap();
         s.task_template.placement.max_replicas = 1;
         assert_eq!(service_spec(&mut s).unwrap_err().0, "--replicas-max-per-node cannot be used with global-job mode");
+        s.task_template.placement.max_replicas = 0;
+        s.update_config.parallelism = 2;
+        assert_eq!(service_spec(&mut s).unwrap_err().0, "update and rollback configuration is not supported for jobs");
     }
 
     #[test]
