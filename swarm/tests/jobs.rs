@@ -3,7 +3,8 @@
 //! a replicated job of 6 completions, at most 2 at once, runs exactly 6 tasks to completion and then nothing more;
 //! a job whose tasks each fail once is retried under on-failure and still ends with exactly 6 successes; a
 //! changed job spec runs the job again; a global job on 3 nodes completes once per node, and a node joining later
-//! gets no task of it.
+//! gets no task of it; a job survives a leader change (the new leader goes on from the completions in the store,
+//! refilling any slot whose task was on the stopped leader's node).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -274,4 +275,96 @@ async fn a_global_job_completes_once_per_node_and_skips_nodes_that_join_later() 
         w.shutdown().await;
     }
     mgr.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replicated_job_goes_on_after_a_leader_change_and_ends_with_exactly_its_completions() {
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let execs: Vec<TestExecutor> = (0..3).map(|i| TestExecutor::new(&format!("host-{i}"))).collect();
+    for e in &execs {
+        e.script(JOB_IMAGE, ExitScript { run_for: Duration::from_millis(300), failures_per_slot: 0 });
+    }
+    step("three managers: m0 inits, m1 and m2 join with the manager token");
+    let (m0, addr0) = init(dirs[0].path(), &execs[0], None).await;
+    let token = manager_token(&m0);
+    let m1 = join_manager(dirs[1].path(), &execs[1], &addr0, &token).await;
+    let m2 = join_manager(dirs[2].path(), &execs[2], &addr0, &token).await;
+    let mut managers = vec![m0, m1, m2];
+    let ids: Vec<String> = node_ids(&managers).await;
+    for id in &ids {
+        wait_for("every manager's node ready", || node_ready(&managers[0], id)).await;
+    }
+
+    step("a replicated job of 8 completions, 2 at once; once 2 are in, the leader stops");
+    let spec = job_spec("batch", ServiceMode::ReplicatedJob { max_concurrent: 2, total_completions: 8 });
+    let job = managers[0].control_api().create_service(Request::new(CreateServiceRequest { spec })).await.unwrap();
+    let job = job.into_inner();
+    wait_for("2 completions", || {
+        let n = completed(&tasks_of(&managers[0], &job.id)).len();
+        if n >= 2 {
+            Ok(())
+        } else {
+            Err(format!("{n} complete"))
+        }
+    })
+    .await;
+    let leader = leader_index(&managers).await;
+    let stopped = managers.remove(leader);
+    stopped.shutdown().await;
+    drop(stopped);
+
+    step("a new leader goes on: the job ends with exactly one completion in each of its 8 slots");
+    let new_leader = leader_index(&managers).await;
+    let mgr = &managers[new_leader];
+    wait_for("8 completed slots", || {
+        let ts = tasks_of(mgr, &job.id);
+        let slots: BTreeSet<u64> = completed(&ts).iter().map(|t| t.slot).collect();
+        if slots.len() == 8 {
+            Ok(())
+        } else {
+            Err(format!("completed slots {slots:?}"))
+        }
+    })
+    .await;
+    let ts = tasks_of(mgr, &job.id);
+    let mut per_slot: BTreeMap<u64, usize> = BTreeMap::new();
+    for t in completed(&ts) {
+        *per_slot.entry(t.slot).or_default() += 1;
+    }
+    assert_eq!(per_slot, (1..=8).map(|slot| (slot, 1)).collect(), "exactly one completion per slot");
+    assert_eq!(unfinished(&ts), 0, "nothing left to run: {ts:?}");
+    for m in managers {
+        m.shutdown().await;
+    }
+}
+
+/// The node ids of `managers`.
+async fn node_ids(managers: &[SwarmNode<TestExecutor>]) -> Vec<String> {
+    let mut ids = Vec::new();
+    for m in managers {
+        ids.push(m.info().await.node_id);
+    }
+    ids
+}
+
+/// The index of the one manager that leads, if exactly one does.
+async fn leader_of(managers: &[SwarmNode<TestExecutor>]) -> Option<usize> {
+    let mut leaders = Vec::new();
+    for (i, m) in managers.iter().enumerate() {
+        if m.raft().await.is_some_and(|r| r.is_leader()) {
+            leaders.push(i);
+        }
+    }
+    (leaders.len() == 1).then(|| leaders[0])
+}
+
+async fn leader_index(managers: &[SwarmNode<TestExecutor>]) -> usize {
+    let start = Instant::now();
+    loop {
+        if let Some(i) = leader_of(managers).await {
+            return i;
+        }
+        assert!(start.elapsed() < DEADLINE, "no single leader among {} managers", managers.len());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
