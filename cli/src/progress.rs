@@ -220,7 +220,7 @@ const MAX_JOB_PROGRESS: u64 = 10;
 
 /// Docker's 50-wide bar for `current` out of `total`: `[=====>     ]`, full at or beyond the total.
 fn bar(current: u64, total: u64) -> String {
-    let bars = if total == 0 { 50 } else { (current.min(total) * 100 / total / 2) as usize };
+    let bars = (current.min(total) * 100).checked_div(total).map_or(50, |pct| (pct / 2) as usize);
     format!("[{}>{}]", "=".repeat(bars), " ".repeat(50 - bars))
 }
 
