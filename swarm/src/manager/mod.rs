@@ -3,8 +3,8 @@
 //!
 //! ```text
 //!   raft metrics ──▶ leader? ──yes──▶ applied every entry of earlier terms? ──▶ spawn: allocator, scheduler,
-//!                       │                 replicated + global + jobs orchestrators, task reaper, role manager, dispatcher,
-//!                       │                 leader bookkeeping (who leads, which managers are reachable)
+//!                       │                 replicated + global + jobs orchestrators, task reaper, role manager,
+//!                       │                 dispatcher, leader bookkeeping (who leads, which managers are reachable)
 //!                       └──no───▶ cancel them all, wait until they stopped
 //! ```
 //! Components never call each other; they meet in the store. Waiting for the earlier terms' entries means a new
