@@ -8,6 +8,17 @@
 //! verify: Waiting 1 seconds to verify that tasks are stable...
 //! ```
 //!
+//! Jobs (`--mode replicated-job|global-job`) show Docker's job progress instead and end, without a verify step,
+//! once every task of the job's current run completed ([`JobProgress`]):
+//!
+//! ```text
+//! job progress: 3 out of 6 complete [=========================>                         ]
+//! active tasks: 2 out of 2 tasks
+//! 1/6: complete  [==================================================>]
+//! 4/6: running   [=============================================>     ]
+//! job complete
+//! ```
+//!
 //! The bookkeeping ([`observe`], [`Verifier`]) is pure so it can be tested; [`wait_converged`] polls the control
 //! API and draws with indicatif on a terminal, or prints a plain line whenever one changes when stdout is not a
 //! terminal (logs, CI, tests), so it never emits cursor movement into a file.
@@ -159,12 +170,10 @@ pub fn observe(service: &Service, tasks: &[Task], active_nodes: &HashSet<String>
                 converged: running == replicas,
             }
         }
-        // Job progress (completions) is drawn by the job mode's own display.
-        ServiceMode::ReplicatedJob { .. } | ServiceMode::GlobalJob => Snapshot {
-            overall: format!("job mode {} has no progress display yet", service.spec.mode.name()),
-            lines: vec![],
-            converged: true,
-        },
+        // Jobs count completions, not running tasks ([`JobProgress`]; a global job's nodes as of this poll).
+        ServiceMode::ReplicatedJob { .. } | ServiceMode::GlobalJob => {
+            JobProgress::default().observe(service, tasks, active_nodes)
+        }
         ServiceMode::Global => {
             let live = live_tasks(tasks, active_nodes, |t| t.node_id.clone());
             if live.is_empty() {
@@ -193,6 +202,139 @@ pub fn observe(service: &Service, tasks: &[Task], active_nodes: &HashSet<String>
                 lines,
             }
         }
+    }
+}
+
+/// Docker's `numberedStates` as its job progress uses them: every state has a number, COMPLETE (10) is the end of
+/// the bar; 0 means a state Docker does not show (REMOVE, ORPHANED).
+fn job_numbered(state: TaskState) -> u64 {
+    match state {
+        TaskState::Complete => 10,
+        TaskState::Shutdown => 11,
+        TaskState::Failed => 12,
+        TaskState::Rejected => 13,
+        TaskState::Remove | TaskState::Orphaned => 0,
+        live => numbered(live),
+    }
+}
+
+/// The steps of a job task's bar: COMPLETE fills it.
+const MAX_JOB_PROGRESS: u64 = 10;
+
+/// Docker's 50-wide bar for `current` out of `total`: `[=====>     ]`, full at or beyond the total.
+fn bar(current: u64, total: u64) -> String {
+    let bars = (current.min(total) * 100).checked_div(total).map_or(50, |pct| (pct / 2) as usize);
+    format!("[{}>{}]", "=".repeat(bars), " ".repeat(50 - bars))
+}
+
+/// Docker shows per-task lines only for jobs of at most this many tasks.
+const MAX_PROGRESS_BARS: u64 = 20;
+
+/// One job task's line text: its error, or its state and bar.
+fn job_task_text(t: &Task) -> String {
+    if !t.status.err.is_empty() {
+        return trunc_error(&t.status.err);
+    }
+    let state = t.status.state;
+    format!("{:<width$} {}", state.name(), bar(job_numbered(state), MAX_JOB_PROGRESS), width = STATE_WIDTH)
+}
+
+/// Picks, per key, the task of the job's current run with the lowest observed state (Docker: a retry in progress
+/// shows rather than the attempt that failed); tasks in states Docker does not show are left out.
+fn job_tasks_by<'a, K: Ord>(service: &Service, tasks: &'a [Task], key: impl Fn(&Task) -> K) -> BTreeMap<K, &'a Task> {
+    let run = Some(service.spec_version);
+    let mut by_key: BTreeMap<K, &Task> = BTreeMap::new();
+    for t in tasks.iter().filter(|t| t.job_iteration == run) {
+        if job_numbered(t.desired_state) == 0 || job_numbered(t.status.state) == 0 {
+            continue;
+        }
+        let k = key(t);
+        match by_key.get(&k) {
+            Some(existing) if job_numbered(existing.status.state) <= job_numbered(t.status.state) => {}
+            _ => {
+                by_key.insert(k, t);
+            }
+        }
+    }
+    by_key
+}
+
+/// `job progress: 3 out of 6 complete [====>   ]`, the count padded to the total's width as Docker does.
+fn job_overall(complete: u64, total: u64) -> String {
+    let width = total.to_string().len();
+    format!("job progress: {complete:>width$} out of {total} complete {}", bar(complete, total))
+}
+
+/// Job progress, as Docker draws it for `--mode replicated-job` (completions out of the total, the active tasks
+/// out of those allowed at once, one line per slot) and `--mode global-job` (completions out of the nodes the run
+/// started on, one line per node). Only tasks of the service's current run count (`Task::job_iteration`).
+#[derive(Debug, Default)]
+pub struct JobProgress {
+    /// A global job's nodes, fixed by the first poll that saw tasks of its run (as Docker: nodes joining later do
+    /// not get a task, and would never complete).
+    nodes: Option<std::collections::BTreeSet<String>>,
+}
+
+impl JobProgress {
+    /// Computes the display; `converged` means the job's run is complete.
+    pub fn observe(&mut self, service: &Service, tasks: &[Task], active_nodes: &HashSet<String>) -> Snapshot {
+        match service.spec.mode {
+            ServiceMode::ReplicatedJob { max_concurrent, total_completions } => {
+                Self::replicated(service, tasks, max_concurrent, total_completions)
+            }
+            ServiceMode::GlobalJob => self.global(service, tasks, active_nodes),
+            _ => observe(service, tasks, active_nodes),
+        }
+    }
+
+    fn replicated(service: &Service, tasks: &[Task], max_concurrent: u64, total: u64) -> Snapshot {
+        // The server runs as many at once as the total when the limit is 0 (Docker's CLI sends the total).
+        let concurrent = if max_concurrent == 0 { total } else { max_concurrent };
+        let by_slot = job_tasks_by(service, tasks, |t| t.slot);
+        let complete = by_slot.values().filter(|t| t.status.state == TaskState::Complete).count() as u64;
+        let active = by_slot.values().filter(|t| t.status.state < TaskState::Complete).count() as u64;
+        let allowed = total.saturating_sub(complete).min(concurrent);
+        let w = concurrent.to_string().len();
+        // The empty key sorts the active-tasks line above the slots.
+        let mut lines = vec![SlotLine {
+            key: String::new(),
+            text: format!("active tasks: {active:>w$} out of {allowed:>w$} tasks"),
+        }];
+        if total <= MAX_PROGRESS_BARS {
+            for slot in 1..=total {
+                let text = match by_slot.get(&slot) {
+                    Some(t) => format!("{slot}/{total}: {}", job_task_text(t)),
+                    None => format!("{slot}/{total}:"),
+                };
+                lines.push(SlotLine { key: format!("{slot:020}"), text });
+            }
+        }
+        Snapshot { overall: job_overall(complete, total), lines, converged: complete >= total }
+    }
+
+    fn global(&mut self, service: &Service, tasks: &[Task], active_nodes: &HashSet<String>) -> Snapshot {
+        let by_node = job_tasks_by(service, tasks, |t| t.node_id.clone());
+        if self.nodes.is_none() {
+            if by_node.is_empty() && !active_nodes.is_empty() {
+                // The orchestrator has not made the run's tasks yet.
+                return Snapshot { overall: "job progress: waiting for tasks".into(), lines: vec![], converged: false };
+            }
+            self.nodes = Some(by_node.keys().cloned().collect());
+        }
+        let nodes = self.nodes.as_ref().map(|n| n.iter().collect::<Vec<_>>()).unwrap_or_default();
+        let total = nodes.len() as u64;
+        let mut complete = 0;
+        let mut lines = Vec::new();
+        for node in nodes {
+            let Some(t) = by_node.get(node) else { continue };
+            if t.status.state == TaskState::Complete {
+                complete += 1;
+            }
+            if total <= MAX_PROGRESS_BARS {
+                lines.push(SlotLine { key: node.clone(), text: format!("{}: {}", short_id(node), job_task_text(t)) });
+            }
+        }
+        Snapshot { overall: job_overall(complete, total), lines, converged: complete >= total }
     }
 }
 
@@ -328,13 +470,19 @@ impl Screen {
     }
 
     fn verify(&mut self, v: &Verify) {
-        let Some(text) = v.text() else { return };
+        if let Some(text) = v.text() {
+            self.last_line(&text);
+        }
+    }
+
+    /// Sets the line under the slots (`verify: …`, `job complete`).
+    fn last_line(&mut self, text: &str) {
         if self.verify.is_none() {
             let bar = self.new_bar(None);
             self.verify = Some(Line { bar, last: String::new() });
         }
         if let Some(line) = self.verify.as_mut() {
-            Self::set(line, &text);
+            Self::set(line, text);
         }
     }
 
@@ -351,6 +499,12 @@ impl Screen {
 
 /// One poll: the service (re-read, as it may change or vanish), its tasks, and the nodes that are up.
 async fn poll(client: &mut Client, service_id: &str) -> anyhow::Result<Snapshot> {
+    let (service, tasks, active) = fetch(client, service_id).await?;
+    Ok(observe(&service, &tasks, &active))
+}
+
+/// The service, its tasks, and the nodes that are not down.
+async fn fetch(client: &mut Client, service_id: &str) -> anyhow::Result<(Service, Vec<Task>, HashSet<String>)> {
     let service = rpc(client.control.get_service(GetRequest { id_or_name: service_id.to_string() }).await)?;
     let tasks = rpc(client
         .control
@@ -360,7 +514,7 @@ async fn poll(client: &mut Client, service_id: &str) -> anyhow::Result<Snapshot>
     let nodes = rpc(client.control.list_nodes(Empty {}).await)?.nodes;
     let active: HashSet<String> =
         nodes.into_iter().filter(|n| n.status.state != NodeState::Down).map(|n| n.id).collect();
-    Ok(observe(&service, &tasks, &active))
+    Ok((service, tasks, active))
 }
 
 /// Waits until the service converges, drawing progress unless `quiet` (`service create -q` still waits, as
@@ -371,6 +525,10 @@ pub async fn wait_converged(
     service_name: &str,
     quiet: bool,
 ) -> anyhow::Result<()> {
+    let mode = rpc(client.control.get_service(GetRequest { id_or_name: service_id.to_string() }).await)?.spec.mode;
+    if mode.is_job() {
+        return wait_job_complete(client, service_id, service_name, quiet).await;
+    }
     let mut screen = Screen::new(std::io::stdout().is_terminal() && !quiet);
     let mut verifier = Verifier::default();
     let ctrl_c = tokio::signal::ctrl_c();
@@ -595,6 +753,48 @@ impl Screen {
     }
 }
 
+/// Waits until a job's current run is complete, drawing Docker's job progress unless `quiet`, then says
+/// `job complete` (no verify step: a completed job stays done). Ctrl-C leaves it running in the background.
+pub async fn wait_job_complete(
+    client: &mut Client,
+    service_id: &str,
+    service_name: &str,
+    quiet: bool,
+) -> anyhow::Result<()> {
+    let mut screen = Screen::new(std::io::stdout().is_terminal() && !quiet);
+    let mut progress = JobProgress::default();
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    loop {
+        let snap = match fetch(client, service_id).await {
+            Ok((service, tasks, active)) => progress.observe(&service, &tasks, &active),
+            Err(e) => {
+                screen.finish();
+                return Err(e);
+            }
+        };
+        if !quiet {
+            screen.draw(&snap);
+        }
+        if snap.converged {
+            if !quiet {
+                screen.last_line("job complete");
+            }
+            screen.finish();
+            return Ok(());
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(POLL_EVERY) => {}
+            _ = &mut ctrl_c => {
+                screen.finish();
+                eprintln!("Operation continuing in background.");
+                eprintln!("Use `shoal service ps --no-trunc {service_name}` to check progress.");
+                std::process::exit(130);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -710,6 +910,79 @@ mod tests {
         let snap = observe(&svc, &[task("a", 1, "n1", Running, Shutdown, 5)], &active(&["n1"]));
         assert!(snap.converged);
         assert_eq!(snap.overall, "overall progress: 0 out of 0 tasks");
+    }
+
+    /// A task of the job's current run (the fixture service's spec version is 0).
+    fn job_task(id: &str, slot: u64, node: &str, state: TaskState, desired: TaskState) -> Task {
+        let mut t = task(id, slot, node, state, desired, 5);
+        t.job_iteration = Some(0);
+        t
+    }
+
+    #[test]
+    fn a_replicated_job_shows_completions_active_tasks_and_its_slots() {
+        let svc = service(ServiceMode::ReplicatedJob { max_concurrent: 2, total_completions: 6 });
+        let mut failed = job_task("f", 3, "n1", Failed, Shutdown);
+        failed.status.err = "task: non-zero exit (1)".into();
+        let mut old_run = job_task("o", 5, "n1", Complete, Complete);
+        old_run.job_iteration = None;
+        let tasks = vec![
+            job_task("a", 1, "n1", Complete, Complete),
+            job_task("b", 2, "n1", Running, Running),
+            failed,
+            job_task("c", 3, "n1", Pending, Running), // the retry of slot 3 shows, not its failed attempt
+            old_run,
+        ];
+        let snap = JobProgress::default().observe(&svc, &tasks, &active(&["n1"]));
+        assert_eq!(snap.overall, format!("job progress: 1 out of 6 complete [========>{}]", " ".repeat(42)));
+        assert!(!snap.converged);
+        let texts: Vec<&str> = snap.lines.iter().map(|l| l.text.as_str()).collect();
+        assert_eq!(texts[0], "active tasks: 2 out of 2 tasks");
+        assert_eq!(texts[1], format!("1/6: complete  [{}>]", "=".repeat(50)));
+        assert_eq!(texts[2], format!("2/6: running   [{}>{}]", "=".repeat(45), " ".repeat(5)));
+        assert!(texts[3].starts_with("3/6: pending   [===============>"), "{}", texts[3]);
+        assert_eq!(&texts[4..], ["4/6:", "5/6:", "6/6:"], "slots not started yet, the old run's ignored");
+    }
+
+    #[test]
+    fn a_replicated_job_converges_when_every_completion_is_in_and_failures_show() {
+        let svc = service(ServiceMode::ReplicatedJob { max_concurrent: 0, total_completions: 2 });
+        let mut failed = job_task("b", 2, "n1", Failed, Shutdown);
+        failed.status.err = "task: non-zero exit (1)".into();
+        let tasks = vec![job_task("a", 1, "n1", Complete, Complete), failed.clone()];
+        let snap = observe(&svc, &tasks, &active(&["n1"]));
+        assert_eq!(snap.lines[0].text, "active tasks: 0 out of 1 tasks", "0 means as many as the total");
+        assert_eq!(snap.lines[2].text, "2/2: task: non-zero exit (1)");
+        assert!(!snap.converged);
+        let done = vec![job_task("a", 1, "n1", Complete, Complete), failed, job_task("c", 2, "n1", Complete, Complete)];
+        let snap = observe(&svc, &done, &active(&["n1"]));
+        assert_eq!(snap.overall, format!("job progress: 2 out of 2 complete [{}>]", "=".repeat(50)));
+        assert!(snap.converged);
+    }
+
+    #[test]
+    fn a_global_job_waits_for_its_tasks_then_keeps_the_nodes_it_started_on() {
+        let svc = service(ServiceMode::GlobalJob);
+        let mut p = JobProgress::default();
+        let nodes = active(&["node1aaaaaaaaaaaaaa", "node2bbbbbbbbbbbbbb", "node3ccccccccccccc"]);
+        let snap = p.observe(&svc, &[], &nodes);
+        assert_eq!(snap.overall, "job progress: waiting for tasks");
+        assert!(!snap.converged);
+        let tasks = vec![
+            job_task("a", 0, "node1aaaaaaaaaaaaaa", Complete, Complete),
+            job_task("b", 0, "node2bbbbbbbbbbbbbb", Running, Running),
+        ];
+        let snap = p.observe(&svc, &tasks, &nodes);
+        assert_eq!(snap.overall, format!("job progress: 1 out of 2 complete [{}>{}]", "=".repeat(25), " ".repeat(25)));
+        assert!(snap.lines[0].text.starts_with("node1aaaaaaa: complete "));
+        assert!(!snap.converged);
+        // Node 3's task (it was not there when the run started, by our first poll) does not count.
+        let mut later = tasks.clone();
+        later[1] = job_task("b", 0, "node2bbbbbbbbbbbbbb", Complete, Complete);
+        later.push(job_task("c", 0, "node3ccccccccccccc", Running, Running));
+        let snap = p.observe(&svc, &later, &nodes);
+        assert_eq!(snap.lines.len(), 2);
+        assert!(snap.converged, "{snap:?}");
     }
 
     #[test]

@@ -117,6 +117,7 @@ pub fn task(id: &str, service_id: &str, slot: u64) -> Task {
         spec_version: 0,
         status: TaskStatus { state: TaskState::Pending, ..Default::default() },
         desired_state: TaskState::Running,
+        job_iteration: None,
     }
 }
 
@@ -128,10 +129,24 @@ enum FakeState {
     Exited(i32),
 }
 
+/// What started fake containers of one image do ([`TestExecutor::script`]); without a script they run until told
+/// to exit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExitScript {
+    /// How long a container runs before it exits on its own.
+    pub run_for: std::time::Duration,
+    /// How many starts of each slot (service and slot, or service and node for a slot-0 task), on this executor,
+    /// exit 1 before the next ones exit 0.
+    pub failures_per_slot: u64,
+}
+
 #[derive(Default)]
 struct FakeRuntime {
     containers: HashMap<String, watch::Sender<FakeState>>,
     missing_images: Vec<String>,
+    scripts: HashMap<String, ExitScript>,
+    /// Starts of scripted containers per slot, to pick their exit code.
+    starts: HashMap<(String, String), u64>,
     /// Each task's log, as fed by the test (kept when the container is removed, as nothing reads it then).
     logs: HashMap<String, Vec<logs::TaskLogLine>>,
     /// The health of each health-checked task that started.
@@ -171,6 +186,11 @@ impl TestExecutor {
     /// Makes tasks using `image` fail to prepare as if the image were absent.
     pub fn without_image(&self, image: &str) {
         self.rt.lock().unwrap().missing_images.push(image.into());
+    }
+
+    /// Makes started containers of `image` exit on their own, as `script` says.
+    pub fn script(&self, image: &str, script: ExitScript) {
+        self.rt.lock().unwrap().scripts.insert(image.into(), script);
     }
 
     /// Ends a running fake container with `code`, as if its process died.
@@ -225,6 +245,8 @@ pub struct TestController {
     image: String,
     /// The task's spec has a health check (a test other than `NONE`; the fake images have none).
     health_checked: bool,
+    /// The task's slot (service, slot or node), for [`ExitScript::failures_per_slot`].
+    slot: (String, String),
     rt: Arc<Mutex<FakeRuntime>>,
 }
 
@@ -253,10 +275,12 @@ impl Executor for TestExecutor {
             .healthcheck
             .as_ref()
             .is_some_and(|h| !h.test.is_empty() && h.test.first().map(String::as_str) != Some("NONE"));
+        let slot = if task.slot > 0 { task.slot.to_string() } else { task.node_id.clone() };
         Ok(TestController {
             task_id: task.id.clone(),
             image: task.spec.container.image.clone(),
             health_checked,
+            slot: (task.service_id.clone(), slot),
             rt: self.rt.clone(),
         })
     }
@@ -338,6 +362,29 @@ impl TestController {
         self.rt.lock().unwrap().containers.get(&self.task_id).map(|s| s.subscribe())
     }
 
+    /// A scripted container exits on its own after its run time, with 1 or 0 as its slot's start count says.
+    fn run_script(&self) {
+        let (script, code, state) = {
+            let mut rt = self.rt.lock().unwrap();
+            let Some(script) = rt.scripts.get(&self.image).copied() else { return };
+            let starts = rt.starts.entry(self.slot.clone()).or_default();
+            *starts += 1;
+            let code = if *starts <= script.failures_per_slot { 1 } else { 0 };
+            let Some(state) = rt.containers.get(&self.task_id).cloned() else { return };
+            (script, code, state)
+        };
+        tokio::spawn(async move {
+            tokio::time::sleep(script.run_for).await;
+            state.send_if_modified(|s| {
+                let running = *s == FakeState::Running;
+                if running {
+                    *s = FakeState::Exited(code);
+                }
+                running
+            });
+        });
+    }
+
     fn set(&self, s: FakeState) -> Result<(), ExecError> {
         let rt = self.rt.lock().unwrap();
         let tx = rt.containers.get(&self.task_id).ok_or_else(|| ExecError::NotFound(self.task_id.clone()))?;
@@ -360,6 +407,7 @@ impl Controller for TestController {
         let cur = *self.state().ok_or_else(|| ExecError::NotFound(self.task_id.clone()))?.borrow();
         if cur == FakeState::Created {
             self.set(FakeState::Running)?;
+            self.run_script();
         }
         Ok(1)
     }

@@ -24,6 +24,10 @@ pub struct Task {
     pub spec_version: u64,
     pub status: TaskStatus,
     pub desired_state: TaskState,
+    /// For a job's task, the run of the job it belongs to (SwarmKit's `JobIteration`): the service's
+    /// `spec_version` when the task was made. A changed job spec starts a new run; tasks of earlier runs are ignored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_iteration: Option<u64>,
 }
 
 impl Task {

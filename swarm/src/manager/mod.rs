@@ -3,8 +3,8 @@
 //!
 //! ```text
 //!   raft metrics ──▶ leader? ──yes──▶ applied every entry of earlier terms? ──▶ spawn: allocator, scheduler,
-//!                       │                 replicated + global orchestrators, task reaper, role manager, dispatcher,
-//!                       │                 leader bookkeeping (who leads, which managers are reachable)
+//!                       │                 replicated + global + jobs orchestrators, task reaper, role manager,
+//!                       │                 dispatcher, leader bookkeeping (who leads, which managers are reachable)
 //!                       └──no───▶ cancel them all, wait until they stopped
 //! ```
 //! Components never call each other; they meet in the store. Waiting for the earlier terms' entries means a new
@@ -25,6 +25,7 @@ use crate::api::{Node, Reachability};
 use crate::manager::allocator::Allocator;
 use crate::manager::dispatcher::Dispatcher;
 use crate::manager::orchestrator::global::GlobalOrchestrator;
+use crate::manager::orchestrator::jobs::JobsOrchestrator;
 use crate::manager::orchestrator::replicated::ReplicatedOrchestrator;
 use crate::manager::orchestrator::restart::RestartSupervisor;
 use crate::manager::orchestrator::task_reaper::TaskReaper;
@@ -111,8 +112,11 @@ impl Manager {
                 .instrument(span("replicated-orchestrator")),
         );
         set.spawn(
-            GlobalOrchestrator::new(s.clone(), restarts).run(token.clone()).instrument(span("global-orchestrator")),
+            GlobalOrchestrator::new(s.clone(), restarts.clone())
+                .run(token.clone())
+                .instrument(span("global-orchestrator")),
         );
+        set.spawn(JobsOrchestrator::new(s.clone(), restarts).run(token.clone()).instrument(span("jobs-orchestrator")));
         set.spawn(TaskReaper::new(s.clone()).run(token.clone()).instrument(span("task-reaper")));
         set.spawn(
             crate::manager::rolemanager::RoleManager::new(s.clone(), self.raft.clone())

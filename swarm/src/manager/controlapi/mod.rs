@@ -98,14 +98,19 @@ pub fn redacted(c: &Cluster) -> Cluster {
     c
 }
 
-/// Running and desired task counts of a service, as `service ls` shows them.
+/// Running and desired task counts of a service, as `service ls` shows them. For a job, Docker's: over its
+/// current run, the tasks running and, as desired, the concurrency limit (replicated job) or the tasks not yet
+/// complete (global job).
 pub fn service_counts(v: &MemoryStore, s: &Service) -> (u64, u64) {
+    if s.spec.mode.is_job() {
+        let c = crate::manager::orchestrator::jobs::job_counts(v, s);
+        return (c.running, c.desired);
+    }
     let live: Vec<&Task> = v.tasks_by_service(&s.id).filter(|t| t.desired_state == TaskState::Running).collect();
     let running = live.iter().filter(|t| t.status.state == TaskState::Running).count() as u64;
     let desired = match s.spec.mode {
         ServiceMode::Replicated { replicas } => replicas,
-        ServiceMode::ReplicatedJob { total_completions, .. } => total_completions,
-        ServiceMode::Global | ServiceMode::GlobalJob => live.len() as u64,
+        _ => live.len() as u64,
     };
     (running, desired)
 }
@@ -224,6 +229,10 @@ impl Control for ControlApi {
                 let mut next = cur.clone();
                 next.meta.version = version;
                 next.previous_spec = Some(cur.spec.clone());
+                // A changed spec is a new spec version (for a job, a new run of it).
+                if spec != cur.spec {
+                    next.spec_version = cur.spec_version + 1;
+                }
                 next.spec = spec;
                 let id = next.id.clone();
                 tx.update(next);

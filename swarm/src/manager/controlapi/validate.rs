@@ -25,10 +25,6 @@ pub fn service_spec(spec: &mut ServiceSpec) -> Result<(), InvalidSpec> {
              not starting or ending with '-'"
         )));
     }
-    if spec.mode.is_job() {
-        // The job orchestrator is not built yet; refusing beats creating tasks that would be restarted forever.
-        return Err(InvalidSpec(format!("service mode {} is not supported yet", spec.mode.name())));
-    }
     let c = &mut spec.task_template.container;
     if c.image.is_empty() {
         return Err(InvalidSpec("image reference must be provided".into()));
@@ -78,6 +74,14 @@ pub fn service_spec(spec: &mut ServiceSpec) -> Result<(), InvalidSpec> {
     }
     if spec.task_template.placement.max_replicas > 0 && spec.mode == crate::api::ServiceMode::Global {
         return Err(InvalidSpec("--replicas-max-per-node cannot be used with global mode".into()));
+    }
+    if spec.task_template.placement.max_replicas > 0 && spec.mode == crate::api::ServiceMode::GlobalJob {
+        return Err(InvalidSpec("--replicas-max-per-node cannot be used with global-job mode".into()));
+    }
+    // Jobs are run again, not rolled out: an update or rollback config would be ignored (Docker refuses it).
+    let defaults = crate::api::UpdateConfig::default();
+    if spec.mode.is_job() && (spec.update_config != defaults || spec.rollback_config != defaults) {
+        return Err(InvalidSpec("update and rollback configuration is not supported for jobs".into()));
     }
     placement_and_generic_resources(&spec.task_template)?;
     Ok(())
@@ -201,6 +205,20 @@ mod tests {
         let mut s = service("s", "web", 1).spec;
         s.task_template.resources.limits.pids = -1;
         assert_eq!(service_spec(&mut s).unwrap_err().0, "--limit-pids must not be negative");
+    }
+
+    #[test]
+    fn accepts_jobs_but_not_a_per_node_limit_on_a_global_job() {
+        let mut s = service("s", "job", 1).spec;
+        s.mode = crate::api::ServiceMode::ReplicatedJob { max_concurrent: 2, total_completions: 6 };
+        service_spec(&mut s).unwrap();
+        s.mode = crate::api::ServiceMode::GlobalJob;
+        service_spec(&mut s).unwrap();
+        s.task_template.placement.max_replicas = 1;
+        assert_eq!(service_spec(&mut s).unwrap_err().0, "--replicas-max-per-node cannot be used with global-job mode");
+        s.task_template.placement.max_replicas = 0;
+        s.update_config.parallelism = 2;
+        assert_eq!(service_spec(&mut s).unwrap_err().0, "update and rollback configuration is not supported for jobs");
     }
 
     #[test]

@@ -33,7 +33,8 @@ fn eligibility(service: &Service, node: &Node) -> (bool, bool) {
     let constraints_ok = service.spec.task_template.placement.constraints.iter().all(|c| c.matches(node));
     let up = node.status.state != NodeState::Down;
     let new_ok = constraints_ok && up && node.spec.availability == NodeAvailability::Active;
-    let keep_ok = constraints_ok && node.spec.availability != NodeAvailability::Drain;
+    // A DOWN node's task is shut down as SwarmKit does (its node gets a new one when it is back).
+    let keep_ok = constraints_ok && up && node.spec.availability != NodeAvailability::Drain;
     (new_ok, keep_ok)
 }
 
@@ -143,5 +144,25 @@ mod tests {
         let mut stopped: Vec<&str> = end.iter().map(|t| t.id.as_str()).collect();
         stopped.sort();
         assert_eq!(stopped, vec!["t-drained", "t-unlabelled"], "the paused node keeps its task");
+    }
+
+    #[test]
+    fn a_down_nodes_task_is_shut_down_and_the_node_gets_a_new_one_when_back() {
+        let mut s = service("s", "agent", 0);
+        s.spec.mode = ServiceMode::Global;
+        let mut down = node("a", "ha");
+        down.status.state = NodeState::Down;
+        let mut t = new_task(&s, 0, "a", TaskState::Running);
+        t.status.state = TaskState::Running;
+        let view = MemoryStore::from_objects(vec![Object::from(s.clone()), down.clone().into(), t.clone().into()]);
+        let Plan { create, end, .. } = plan_service(&view, &s);
+        assert_eq!(end.iter().map(|t| t.id.as_str()).collect::<Vec<_>>(), vec![t.id.as_str()]);
+        assert!(create.is_empty());
+
+        // Back up: the shut-down task (still reported running) does not hold the node.
+        t.desired_state = TaskState::Shutdown;
+        down.status.state = NodeState::Ready;
+        let view = MemoryStore::from_objects(vec![Object::from(s.clone()), down.into(), t.into()]);
+        assert_eq!(plan_service(&view, &s).create.len(), 1);
     }
 }

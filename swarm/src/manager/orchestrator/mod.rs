@@ -2,6 +2,7 @@
 //!
 //! - [`replicated`]: slots 1..=replicas, each with one live task;
 //! - [`global`]: one live task per eligible node;
+//! - [`jobs`]: replicated and global jobs, run to completion;
 //! - [`restart`]: when a task ends, decides whether and when its slot gets a replacement;
 //! - [`task_reaper`]: deletes tasks beyond the history limit and tasks marked REMOVE once they stopped.
 //!
@@ -9,6 +10,7 @@
 //! unit-tested) and writes it back as one proposal; the store's watch wakes it up again.
 
 pub mod global;
+pub mod jobs;
 pub mod replicated;
 pub mod restart;
 pub mod task_reaper;
@@ -90,6 +92,7 @@ pub fn new_task(service: &Service, slot: u64, node_id: &str, desired: TaskState)
             ..Default::default()
         },
         desired_state: desired,
+        job_iteration: None,
     }
 }
 

@@ -35,7 +35,8 @@ pub fn should_restart(service: &Service, state: TaskState, attempts_in_window: u
     let condition_ok = match policy.condition {
         RestartCondition::None => false,
         RestartCondition::OnFailure => state != TaskState::Complete,
-        RestartCondition::Any => true,
+        // A job's task that completed is done: `any` means `on-failure` for jobs (as SwarmKit).
+        RestartCondition::Any => !(service.spec.mode.is_job() && state == TaskState::Complete),
     };
     condition_ok && (policy.max_attempts == 0 || attempts_in_window < policy.max_attempts)
 }
@@ -76,7 +77,9 @@ impl RestartSupervisor {
         let delayed = !policy.delay.is_zero();
         let desired = if delayed { TaskState::Ready } else { TaskState::Running };
         let node = if task.slot == 0 { task.node_id.as_str() } else { "" };
-        let replacement = new_task(service, task.slot, node, desired);
+        let mut replacement = new_task(service, task.slot, node, desired);
+        // A job's replacement belongs to the same run of the job.
+        replacement.job_iteration = task.job_iteration;
         tracing::info!(service.id = %service.id, task.id = %task.id, replacement = %replacement.id,
             delay = ?policy.delay, "task ended; replacing it");
         let id = replacement.id.clone();
@@ -170,5 +173,14 @@ mod tests {
         assert!(!should_restart(&s, TaskState::Failed, 2));
         s.spec.task_template.restart_policy.condition = RestartCondition::None;
         assert!(!should_restart(&s, TaskState::Failed, 0));
+    }
+
+    #[test]
+    fn a_jobs_completed_task_is_never_restarted() {
+        let mut s = service("s", "job", 0);
+        s.spec.mode = crate::api::ServiceMode::ReplicatedJob { max_concurrent: 1, total_completions: 1 };
+        assert_eq!(s.spec.task_template.restart_policy.condition, RestartCondition::Any);
+        assert!(!should_restart(&s, TaskState::Complete, 0));
+        assert!(should_restart(&s, TaskState::Failed, 0));
     }
 }

@@ -29,6 +29,9 @@ pub fn plan(view: &MemoryStore, history_limit: u64) -> Vec<Task> {
             }
             continue;
         }
+        if view.service(&t.service_id).is_some_and(|s| super::jobs::is_completion_record(s, t)) {
+            continue; // a job's record of a completion: kept whatever the history limit
+        }
         let node = if t.slot == 0 { t.node_id.as_str() } else { "" };
         slots.entry((t.service_id.as_str(), t.slot, node)).or_default().push(t);
     }
@@ -135,6 +138,30 @@ mod tests {
             t.node_id = "n1".into();
         }
         assert!(plan(&MemoryStore::from_objects(objs), 5).is_empty());
+    }
+
+    #[test]
+    fn keeps_a_jobs_completions_of_the_current_run_whatever_the_limit() {
+        let mut s = service("s", "job", 0);
+        s.spec.mode = crate::api::ServiceMode::ReplicatedJob { max_concurrent: 1, total_completions: 1 };
+        s.spec_version = 2;
+        let ended = |id: &str, index, state, run| {
+            let mut t = task(id, "s", 1);
+            t.meta.created_index = index;
+            t.status.state = state;
+            t.desired_state = if state == TaskState::Complete { TaskState::Complete } else { TaskState::Shutdown };
+            t.job_iteration = Some(run);
+            t
+        };
+        let objs: Vec<Object> = vec![
+            s.into(),
+            ended("old-run", 10, TaskState::Complete, 1).into(),
+            ended("failed", 11, TaskState::Failed, 2).into(),
+            ended("done", 12, TaskState::Complete, 2).into(),
+        ];
+        let mut deleted: Vec<String> = plan(&MemoryStore::from_objects(objs), 0).into_iter().map(|t| t.id).collect();
+        deleted.sort();
+        assert_eq!(deleted, vec!["failed", "old-run"], "the current run's completion stays");
     }
 
     #[test]
