@@ -1,0 +1,134 @@
+//! Helpers for the real-kernel tests: uniquely named namespaces removed on drop, an underlay veth between two
+//! "hosts", and TCP exchanges from threads that entered a namespace. Needs root; never skips.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use netmesh::netns;
+
+static SEQ: AtomicUsize = AtomicUsize::new(0);
+
+/// A name prefix unique to this test process and call, e.g. `shoal-t1234x3-`.
+pub fn unique_prefix(tag: &str) -> String {
+    format!("shoal-t{}{}{}-", std::process::id() % 100000, tag, SEQ.fetch_add(1, Ordering::Relaxed))
+}
+
+/// Namespaces created for a test; deleted on drop, also when the test panics. `on_drop` runs first (module
+/// cleanups).
+#[derive(Default)]
+pub struct Guard {
+    names: Vec<String>,
+    on_drop: Vec<Box<dyn FnOnce()>>,
+}
+
+impl Guard {
+    pub fn netns(&mut self, name: &str) -> PathBuf {
+        netns::create(name).unwrap_or_else(|e| panic!("create netns {name}: {e}"));
+        self.names.push(name.to_string());
+        netns::path(name)
+    }
+    pub fn defer(&mut self, f: impl FnOnce() + 'static) {
+        self.on_drop.push(Box::new(f));
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        for f in self.on_drop.drain(..) {
+            f();
+        }
+        for n in &self.names {
+            if let Err(e) = netns::delete(n) {
+                eprintln!("cleanup: {e}");
+            }
+        }
+    }
+}
+
+/// Links namespaces `a` and `b` by a veth pair with `a_ip/24` and `b_ip/24` (the "underlay").
+pub fn underlay(a: &PathBuf, b: &PathBuf, a_ip: Ipv4Addr, b_ip: Ipv4Addr) {
+    use std::os::fd::AsRawFd;
+    let fd = std::fs::File::open(b).unwrap();
+    let raw = fd.as_raw_fd();
+    netns::with_netlink(Some(a), |h| async move {
+        h.link().add(rtnetlink::LinkVeth::new("ul0", "ul1").build()).execute().await.unwrap();
+        let i1 = netns::link_index(&h, "ul1").await.unwrap().unwrap();
+        h.link().set(rtnetlink::LinkUnspec::new_with_index(i1).setns_by_fd(raw).build()).execute().await.unwrap();
+        let i0 = netns::link_index(&h, "ul0").await.unwrap().unwrap();
+        h.address().add(i0, a_ip.into(), 24).execute().await.unwrap();
+        h.link().set(rtnetlink::LinkUnspec::new_with_index(i0).up().build()).execute().await.unwrap();
+    })
+    .unwrap();
+    netns::with_netlink(Some(b), |h| async move {
+        let i1 = netns::link_index(&h, "ul1").await.unwrap().unwrap();
+        h.address().add(i1, b_ip.into(), 24).execute().await.unwrap();
+        h.link().set(rtnetlink::LinkUnspec::new_with_index(i1).up().build()).execute().await.unwrap();
+    })
+    .unwrap();
+}
+
+/// Adds `ip/len` to a dummy-free namespace's loopback (extra local addresses for test servers).
+pub fn add_lo_addr(ns: &PathBuf, ip: Ipv4Addr, len: u8) {
+    netns::with_netlink(Some(ns), |h| async move {
+        h.address().add(1, ip.into(), len).execute().await.unwrap();
+    })
+    .unwrap();
+}
+
+/// A TCP server on a thread inside `ns`: answers each connection with `reply` and keeps it open until the peer
+/// closes. Runs until the process ends.
+pub fn serve(ns: PathBuf, addr: SocketAddr, reply: &'static str) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        netns::enter(&ns).unwrap();
+        let l = TcpListener::bind(addr).unwrap_or_else(|e| panic!("bind {addr}: {e}"));
+        tx.send(()).unwrap();
+        for s in l.incoming() {
+            let Ok(mut s) = s else { continue };
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 64];
+                loop {
+                    match s.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(_) => {
+                            if s.write_all(reply.as_bytes()).is_err() {
+                                break;
+                            }
+                        }
+                    }
+                }
+            });
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(5)).expect("server did not start");
+}
+
+/// One request/response from a thread inside `ns`: connect, send a line, return the reply.
+pub fn request(ns: &PathBuf, addr: SocketAddr) -> Result<String, String> {
+    netns::run_in(Some(ns), || {
+        let mut s =
+            TcpStream::connect_timeout(&addr, Duration::from_secs(3)).map_err(|e| format!("connect {addr}: {e}"))?;
+        s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        s.write_all(b"hi\n").map_err(|e| e.to_string())?;
+        let mut buf = [0u8; 64];
+        let n = s.read(&mut buf).map_err(|e| format!("read from {addr}: {e}"))?;
+        Ok(String::from_utf8_lossy(&buf[..n]).to_string())
+    })
+    .unwrap()
+}
+
+/// Retries `f` until it succeeds or `deadline` passes; the error says what was still failing.
+pub fn eventually<T>(what: &str, deadline: Duration, mut f: impl FnMut() -> Result<T, String>) -> T {
+    let end = Instant::now() + deadline;
+    loop {
+        match f() {
+            Ok(v) => return v,
+            Err(e) if Instant::now() > end => panic!("{what}: still failing after {deadline:?}: {e}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(50)),
+        }
+    }
+}
