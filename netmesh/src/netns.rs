@@ -193,3 +193,41 @@ pub async fn link_index(h: &rtnetlink::Handle, name: &str) -> Result<Option<u32>
 pub fn is_errno(e: &rtnetlink::Error, errno: i32) -> bool {
     matches!(e, rtnetlink::Error::NetlinkError(m) if m.code.map(|c| c.get().abs()) == Some(errno))
 }
+
+/// Runs `program args…` inside the namespace at `ns` (the process's own for `None`), feeding it `stdin`, and
+/// returns its output. The child enters the namespace between fork and exec, so no thread of ours moves.
+pub fn command(
+    ns: Option<&Path>,
+    program: &str,
+    args: &[&str],
+    stdin: Option<&str>,
+) -> Result<std::process::Output, NetnsError> {
+    use std::io::Write;
+    use std::os::unix::process::CommandExt;
+    use std::process::{Command, Stdio};
+    let label = ns.map(|p| p.display().to_string()).unwrap_or_else(|| "host".into());
+    let file = ns.map(File::open).transpose().map_err(sys(&label, "open"))?;
+    let mut cmd = Command::new(program);
+    cmd.args(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    if let Some(f) = &file {
+        let fd = f.as_raw_fd();
+        // SAFETY: setns is async-signal-safe and only touches the child between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+    let mut child = cmd.spawn().map_err(sys(&label, "spawn command"))?;
+    let mut pipe = child.stdin.take().expect("stdin is piped");
+    if let Some(input) = stdin {
+        pipe.write_all(input.as_bytes()).map_err(sys(&label, "write command input"))?;
+    }
+    drop(pipe);
+    let out = child.wait_with_output().map_err(sys(&label, "wait for command"))?;
+    drop(file);
+    Ok(out)
+}

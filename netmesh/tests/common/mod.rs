@@ -71,12 +71,40 @@ pub fn underlay(a: &PathBuf, b: &PathBuf, a_ip: Ipv4Addr, b_ip: Ipv4Addr) {
     .unwrap();
 }
 
-/// Adds `ip/len` to a dummy-free namespace's loopback (extra local addresses for test servers).
-pub fn add_lo_addr(ns: &PathBuf, ip: Ipv4Addr, len: u8) {
+/// Adds `ip/len` to the link `ifname` in namespace `ns`.
+pub fn add_addr(ns: &PathBuf, ifname: &str, ip: Ipv4Addr, len: u8) {
     netns::with_netlink(Some(ns), |h| async move {
-        h.address().add(1, ip.into(), len).execute().await.unwrap();
+        let i = netns::link_index(&h, ifname).await.unwrap().unwrap_or_else(|| panic!("no link {ifname}"));
+        h.address().add(i, ip.into(), len).execute().await.unwrap();
     })
     .unwrap();
+}
+
+/// Adds `ip/len` to the loopback of namespace `ns`.
+pub fn add_lo_addr(ns: &PathBuf, ip: Ipv4Addr, len: u8) {
+    add_addr(ns, "lo", ip, len)
+}
+
+/// Opens a TCP connection from inside `ns` (the socket stays in that namespace whichever thread uses it).
+pub fn connect(ns: &PathBuf, addr: SocketAddr) -> Result<TcpStream, String> {
+    netns::run_in(Some(ns), || {
+        let s =
+            TcpStream::connect_timeout(&addr, Duration::from_secs(3)).map_err(|e| format!("connect {addr}: {e}"))?;
+        s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        Ok(s)
+    })
+    .unwrap()
+}
+
+/// Sends a line on `s` and returns the reply.
+pub fn ask(s: &mut TcpStream) -> Result<String, String> {
+    s.write_all(b"hi\n").map_err(|e| format!("write: {e}"))?;
+    let mut buf = [0u8; 64];
+    match s.read(&mut buf) {
+        Ok(0) => Err("connection closed".into()),
+        Ok(n) => Ok(String::from_utf8_lossy(&buf[..n]).to_string()),
+        Err(e) => Err(format!("read: {e}")),
+    }
 }
 
 /// A TCP server on a thread inside `ns`: answers each connection with `reply` and keeps it open until the peer
