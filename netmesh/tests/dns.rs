@@ -1,0 +1,168 @@
+//! Embedded DNS tests: a server bound on 127.0.0.11:53 inside a "container" namespace, queried from a thread
+//! inside it over UDP and TCP; forwarding goes to a second server acting as the upstream resolver. Needs root.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use common::{unique_prefix, Guard};
+use hickory_proto::op::{Message, Query, ResponseCode};
+use hickory_proto::rr::{Name, RData, RecordType};
+use netmesh::dns::{DnsServer, Records, DNS_ADDR};
+use netmesh::netns;
+
+fn message(name: &str, qtype: RecordType) -> Vec<u8> {
+    let mut m = Message::new();
+    m.set_id(4242).set_recursion_desired(true);
+    m.add_query(Query::query(Name::from_ascii(name).unwrap(), qtype));
+    m.to_vec().unwrap()
+}
+
+/// One query from inside `ns` to 127.0.0.11:53 (UDP, or TCP with its length prefix).
+fn query(ns: &PathBuf, name: &str, qtype: RecordType, tcp: bool) -> Message {
+    let server = SocketAddr::from((DNS_ADDR, 53));
+    let bytes = message(name, qtype);
+    let reply = netns::run_in(Some(ns), || {
+        if tcp {
+            let mut s =
+                TcpStream::connect_timeout(&server, Duration::from_secs(3)).expect("tcp connect to 127.0.0.11:53");
+            s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+            s.write_all(&(bytes.len() as u16).to_be_bytes()).unwrap();
+            s.write_all(&bytes).unwrap();
+            let mut len = [0u8; 2];
+            s.read_exact(&mut len).expect("tcp reply length");
+            let mut buf = vec![0u8; u16::from_be_bytes(len) as usize];
+            s.read_exact(&mut buf).expect("tcp reply");
+            buf
+        } else {
+            let s = UdpSocket::bind("0.0.0.0:0").unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+            s.send_to(&bytes, server).unwrap();
+            let mut buf = [0u8; 1500];
+            let n = s.recv(&mut buf).unwrap_or_else(|e| panic!("no udp answer for {name}: {e}"));
+            buf[..n].to_vec()
+        }
+    })
+    .unwrap();
+    Message::from_vec(&reply).unwrap()
+}
+
+fn a_records(m: &Message) -> Vec<Ipv4Addr> {
+    let mut ips: Vec<Ipv4Addr> =
+        m.answers().iter().filter_map(|r| if let RData::A(a) = r.data() { Some(a.0) } else { None }).collect();
+    ips.sort();
+    ips
+}
+
+async fn ask(ns: &PathBuf, name: &str, qtype: RecordType, tcp: bool) -> Message {
+    let (ns, name) = (ns.clone(), name.to_string());
+    tokio::task::spawn_blocking(move || query(&ns, &name, qtype, tcp)).await.unwrap()
+}
+
+/// An "upstream" resolver on the test process's loopback, knowing `example.test`.
+fn upstream() -> (DnsServer, SocketAddr) {
+    let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = udp.local_addr().unwrap();
+    let tcp = TcpListener::bind(addr).unwrap();
+    let records = Records::new();
+    records.set("public", "example.test", vec![Ipv4Addr::new(192, 0, 2, 7)]);
+    (DnsServer::serve(udp, tcp, records, vec!["public".into()], &[]).unwrap(), addr)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn container_resolves_services_tasks_and_forwards_the_rest() {
+    let mut g = Guard::default();
+    let ns = g.netns(&format!("{}dns", unique_prefix("dn")));
+    let (_up, up_addr) = upstream();
+    let records = Records::new();
+    let vip = Ipv4Addr::new(10, 0, 1, 2);
+    let tasks = vec![Ipv4Addr::new(10, 0, 1, 3), Ipv4Addr::new(10, 0, 1, 4), Ipv4Addr::new(10, 0, 1, 5)];
+    records.set_service("net1", "web", &["www"], Some(vip), tasks.clone());
+    records.set_service("net2", "db", &[], None, vec![Ipv4Addr::new(10, 0, 2, 9)]);
+    let server = DnsServer::start(&ns, records.clone(), vec!["net1".into()], &[up_addr]).await.unwrap();
+
+    let m = ask(&ns, "web", RecordType::A, false).await;
+    assert_eq!(m.response_code(), ResponseCode::NoError);
+    assert_eq!(a_records(&m), vec![vip], "service name → VIP");
+    assert_eq!(a_records(&ask(&ns, "WWW.", RecordType::A, false).await), vec![vip], "alias, any case");
+    assert_eq!(a_records(&ask(&ns, "tasks.web", RecordType::A, false).await), tasks, "tasks.<service> → every task");
+    assert_eq!(a_records(&ask(&ns, "web", RecordType::A, true).await), vec![vip], "same over TCP");
+    let m = ask(&ns, "web", RecordType::AAAA, false).await;
+    assert_eq!(
+        (m.response_code(), m.answers().len()),
+        (ResponseCode::NoError, 0),
+        "AAAA of a known name is empty NOERROR"
+    );
+
+    // Runtime update: scale down and move the VIP; the next query sees it.
+    records.set_service("net1", "web", &["www"], Some(Ipv4Addr::new(10, 0, 1, 200)), tasks[..1].to_vec());
+    assert_eq!(a_records(&ask(&ns, "web", RecordType::A, false).await), vec![Ipv4Addr::new(10, 0, 1, 200)]);
+    assert_eq!(a_records(&ask(&ns, "tasks.web", RecordType::A, false).await), tasks[..1].to_vec());
+
+    for unknown in ["nosuch", "tasks.nosuch", "db"] {
+        let m = ask(&ns, unknown, RecordType::A, false).await;
+        assert_eq!(
+            m.response_code(),
+            ResponseCode::NXDomain,
+            "{unknown} (db is on a network this container is not on)"
+        );
+    }
+    server.set_networks(vec!["net1".into(), "net2".into()]);
+    assert_eq!(
+        a_records(&ask(&ns, "db", RecordType::A, false).await),
+        vec![Ipv4Addr::new(10, 0, 2, 9)],
+        "dnsrr: task IPs"
+    );
+
+    let m = ask(&ns, "example.test", RecordType::A, false).await;
+    assert_eq!(m.response_code(), ResponseCode::NoError, "forwarded name");
+    assert_eq!(a_records(&m), vec![Ipv4Addr::new(192, 0, 2, 7)], "answer from the upstream resolver");
+
+    records.remove_service("net1", "web", &["www"]);
+    assert_eq!(ask(&ns, "web", RecordType::A, false).await.response_code(), ResponseCode::NXDomain, "removed service");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn query_rate_from_a_container() {
+    let mut g = Guard::default();
+    let ns = g.netns(&format!("{}dnsq", unique_prefix("dq")));
+    let records = Records::new();
+    records.set_service("n", "svc", &[], Some(Ipv4Addr::new(10, 9, 0, 2)), vec![Ipv4Addr::new(10, 9, 0, 3)]);
+    let _server = DnsServer::start(&ns, records, vec!["n".into()], &[]).await.unwrap();
+    let n = 2000;
+    let lat = tokio::task::spawn_blocking(move || {
+        netns::run_in(Some(&ns), || {
+            let s = UdpSocket::bind("0.0.0.0:0").unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+            s.connect((DNS_ADDR, 53)).unwrap();
+            let q = message("svc", RecordType::A);
+            let mut buf = [0u8; 512];
+            let mut lat = Vec::with_capacity(n);
+            for _ in 0..n {
+                let t = Instant::now();
+                s.send(&q).unwrap();
+                let len = s.recv(&mut buf).expect("answer");
+                lat.push(t.elapsed());
+                assert_eq!(a_records(&Message::from_vec(&buf[..len]).unwrap()), vec![Ipv4Addr::new(10, 9, 0, 2)]);
+            }
+            lat
+        })
+        .unwrap()
+    })
+    .await
+    .unwrap();
+    let total: Duration = lat.iter().sum();
+    let mut sorted = lat.clone();
+    sorted.sort();
+    println!(
+        "dns: {n} sequential queries, {:.0} queries/s, p50 {:?}, p99 {:?} (debug build)",
+        n as f64 / total.as_secs_f64(),
+        sorted[n / 2],
+        sorted[n * 99 / 100]
+    );
+    assert_eq!(lat.len(), n);
+}
