@@ -18,7 +18,7 @@ use hickory_proto::rr::{RData, Record, RecordType};
 use hickory_proto::xfer::Protocol;
 use hickory_resolver::config::{NameServerConfig, NameServerConfigGroup, ResolverConfig, ResolverOpts};
 use hickory_resolver::name_server::TokioConnectionProvider;
-use hickory_resolver::{Name, TokioResolver};
+use hickory_resolver::TokioResolver;
 use hickory_server::authority::MessageResponseBuilder;
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::ServerFuture;
@@ -151,7 +151,7 @@ impl Handler {
             return Ok((ResponseCode::NXDomain, Vec::new()));
         }
         let Some(resolver) = &self.upstream else { return Ok((ResponseCode::Refused, Vec::new())) };
-        match resolver.lookup(Name::from(query.name().clone()), query.query_type()).await {
+        match resolver.lookup(query.name().clone(), query.query_type()).await {
             Ok(lookup) => Ok((ResponseCode::NoError, lookup.records().to_vec())),
             Err(e) if e.is_nx_domain() => Ok((ResponseCode::NXDomain, Vec::new())),
             Err(e) if e.is_no_records_found() => Ok((ResponseCode::NoError, Vec::new())),

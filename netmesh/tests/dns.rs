@@ -5,7 +5,7 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::path::PathBuf;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::{unique_prefix, Guard};
@@ -22,7 +22,7 @@ fn message(name: &str, qtype: RecordType) -> Vec<u8> {
 }
 
 /// One query from inside `ns` to 127.0.0.11:53 (UDP, or TCP with its length prefix).
-fn query(ns: &PathBuf, name: &str, qtype: RecordType, tcp: bool) -> Message {
+fn query(ns: &Path, name: &str, qtype: RecordType, tcp: bool) -> Message {
     let server = SocketAddr::from((DNS_ADDR, 53));
     let bytes = message(name, qtype);
     let reply = netns::run_in(Some(ns), || {
@@ -57,8 +57,8 @@ fn a_records(m: &Message) -> Vec<Ipv4Addr> {
     ips
 }
 
-async fn ask(ns: &PathBuf, name: &str, qtype: RecordType, tcp: bool) -> Message {
-    let (ns, name) = (ns.clone(), name.to_string());
+async fn ask(ns: &Path, name: &str, qtype: RecordType, tcp: bool) -> Message {
+    let (ns, name) = (ns.to_path_buf(), name.to_string());
     tokio::task::spawn_blocking(move || query(&ns, &name, qtype, tcp)).await.unwrap()
 }
 

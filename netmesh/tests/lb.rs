@@ -5,8 +5,8 @@ mod common;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 use common::{add_addr, ask, connect, request, serve, underlay, unique_prefix, Guard};
 use netmesh::lb::{self, Balancer};
@@ -30,7 +30,7 @@ fn setup(g: &mut Guard) -> (PathBuf, PathBuf) {
     (cl, sv)
 }
 
-fn spread(cl: &PathBuf, n: usize) -> HashMap<String, usize> {
+fn spread(cl: &Path, n: usize) -> HashMap<String, usize> {
     let mut counts = HashMap::new();
     for i in 0..n {
         let r = request(cl, SocketAddr::from((VIP, 80))).unwrap_or_else(|e| panic!("connection {i} to the VIP: {e}"));

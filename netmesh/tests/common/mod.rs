@@ -4,7 +4,7 @@
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
@@ -49,22 +49,27 @@ impl Drop for Guard {
     }
 }
 
-/// Links namespaces `a` and `b` by a veth pair with `a_ip/24` and `b_ip/24` (the "underlay").
-pub fn underlay(a: &PathBuf, b: &PathBuf, a_ip: Ipv4Addr, b_ip: Ipv4Addr) {
+/// Links namespaces `a` and `b` by a veth pair `ul0`/`ul1` with `a_ip/24` and `b_ip/24` (the "underlay").
+pub fn underlay(a: &Path, b: &Path, a_ip: Ipv4Addr, b_ip: Ipv4Addr) {
+    link(a, "ul0", a_ip, b, "ul1", b_ip)
+}
+
+/// Links namespaces `a` and `b` by a veth pair `a_if`/`b_if` with `a_ip/24` and `b_ip/24`.
+pub fn link(a: &Path, a_if: &str, a_ip: Ipv4Addr, b: &Path, b_if: &str, b_ip: Ipv4Addr) {
     use std::os::fd::AsRawFd;
     let fd = std::fs::File::open(b).unwrap();
     let raw = fd.as_raw_fd();
     netns::with_netlink(Some(a), |h| async move {
-        h.link().add(rtnetlink::LinkVeth::new("ul0", "ul1").build()).execute().await.unwrap();
-        let i1 = netns::link_index(&h, "ul1").await.unwrap().unwrap();
+        h.link().add(rtnetlink::LinkVeth::new(a_if, b_if).build()).execute().await.unwrap();
+        let i1 = netns::link_index(&h, b_if).await.unwrap().unwrap();
         h.link().set(rtnetlink::LinkUnspec::new_with_index(i1).setns_by_fd(raw).build()).execute().await.unwrap();
-        let i0 = netns::link_index(&h, "ul0").await.unwrap().unwrap();
+        let i0 = netns::link_index(&h, a_if).await.unwrap().unwrap();
         h.address().add(i0, a_ip.into(), 24).execute().await.unwrap();
         h.link().set(rtnetlink::LinkUnspec::new_with_index(i0).up().build()).execute().await.unwrap();
     })
     .unwrap();
     netns::with_netlink(Some(b), |h| async move {
-        let i1 = netns::link_index(&h, "ul1").await.unwrap().unwrap();
+        let i1 = netns::link_index(&h, b_if).await.unwrap().unwrap();
         h.address().add(i1, b_ip.into(), 24).execute().await.unwrap();
         h.link().set(rtnetlink::LinkUnspec::new_with_index(i1).up().build()).execute().await.unwrap();
     })
@@ -72,7 +77,7 @@ pub fn underlay(a: &PathBuf, b: &PathBuf, a_ip: Ipv4Addr, b_ip: Ipv4Addr) {
 }
 
 /// Adds `ip/len` to the link `ifname` in namespace `ns`.
-pub fn add_addr(ns: &PathBuf, ifname: &str, ip: Ipv4Addr, len: u8) {
+pub fn add_addr(ns: &Path, ifname: &str, ip: Ipv4Addr, len: u8) {
     netns::with_netlink(Some(ns), |h| async move {
         let i = netns::link_index(&h, ifname).await.unwrap().unwrap_or_else(|| panic!("no link {ifname}"));
         h.address().add(i, ip.into(), len).execute().await.unwrap();
@@ -81,12 +86,12 @@ pub fn add_addr(ns: &PathBuf, ifname: &str, ip: Ipv4Addr, len: u8) {
 }
 
 /// Adds `ip/len` to the loopback of namespace `ns`.
-pub fn add_lo_addr(ns: &PathBuf, ip: Ipv4Addr, len: u8) {
+pub fn add_lo_addr(ns: &Path, ip: Ipv4Addr, len: u8) {
     add_addr(ns, "lo", ip, len)
 }
 
 /// Opens a TCP connection from inside `ns` (the socket stays in that namespace whichever thread uses it).
-pub fn connect(ns: &PathBuf, addr: SocketAddr) -> Result<TcpStream, String> {
+pub fn connect(ns: &Path, addr: SocketAddr) -> Result<TcpStream, String> {
     netns::run_in(Some(ns), || {
         let s =
             TcpStream::connect_timeout(&addr, Duration::from_secs(3)).map_err(|e| format!("connect {addr}: {e}"))?;
@@ -107,9 +112,15 @@ pub fn ask(s: &mut TcpStream) -> Result<String, String> {
     }
 }
 
-/// A TCP server on a thread inside `ns`: answers each connection with `reply` and keeps it open until the peer
-/// closes. Runs until the process ends.
+/// A TCP server on a thread inside `ns`: answers each line of each connection with `reply` and keeps the
+/// connection open until the peer closes. Runs until the process ends.
 pub fn serve(ns: PathBuf, addr: SocketAddr, reply: &'static str) {
+    serve_with(ns, addr, move |_| reply.to_string())
+}
+
+/// Like [`serve`], the answer computed from the peer's address.
+pub fn serve_with(ns: PathBuf, addr: SocketAddr, reply: impl Fn(SocketAddr) -> String + Send + Sync + 'static) {
+    let reply = std::sync::Arc::new(reply);
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         netns::enter(&ns).unwrap();
@@ -117,13 +128,15 @@ pub fn serve(ns: PathBuf, addr: SocketAddr, reply: &'static str) {
         tx.send(()).unwrap();
         for s in l.incoming() {
             let Ok(mut s) = s else { continue };
+            let reply = reply.clone();
             std::thread::spawn(move || {
+                let Ok(peer) = s.peer_addr() else { return };
                 let mut buf = [0u8; 64];
                 loop {
                     match s.read(&mut buf) {
                         Ok(0) | Err(_) => break,
                         Ok(_) => {
-                            if s.write_all(reply.as_bytes()).is_err() {
+                            if s.write_all(reply(peer).as_bytes()).is_err() {
                                 break;
                             }
                         }
@@ -136,7 +149,7 @@ pub fn serve(ns: PathBuf, addr: SocketAddr, reply: &'static str) {
 }
 
 /// One request/response from a thread inside `ns`: connect, send a line, return the reply.
-pub fn request(ns: &PathBuf, addr: SocketAddr) -> Result<String, String> {
+pub fn request(ns: &Path, addr: SocketAddr) -> Result<String, String> {
     netns::run_in(Some(ns), || {
         let mut s =
             TcpStream::connect_timeout(&addr, Duration::from_secs(3)).map_err(|e| format!("connect {addr}: {e}"))?;
