@@ -71,6 +71,12 @@ impl Host {
         format!("{}ov-{}", self.prefix, &id[..id.len().min(12)])
     }
 
+    /// Prefix of a VXLAN device's temporary name in the host namespace (before it moves into its sandbox):
+    /// 9 characters, so that with 6 hex digits of VNI it fits the kernel's 15.
+    pub fn vxlan_prefix(&self) -> String {
+        format!("{}vx", self.prefix).chars().take(9).collect()
+    }
+
     fn sandbox_path(&self, id: &str) -> PathBuf {
         netns::path(&self.sandbox_name(id))
     }
@@ -173,7 +179,7 @@ pub fn ensure_network(host: &Host, net: &Network) -> Result<(), OverlayError> {
     netns::create(&host.sandbox_name(id))?;
 
     let mtu = netns::with_netlink(host.netns.as_deref(), |h| async move { underlay_mtu(&h, id, net.local).await })??
-        - VXLAN_OVERHEAD;
+        .saturating_sub(VXLAN_OVERHEAD);
 
     netns::with_netlink(Some(&sandbox), |h| async move {
         if link_index(&h, BRIDGE).await.map_err(device_err(id, "look up br0"))?.is_none() {
@@ -205,8 +211,7 @@ pub fn ensure_network(host: &Host, net: &Network) -> Result<(), OverlayError> {
             .map_err(device_err(id, "look up vxlan0"))?;
     if !have_vxlan {
         // A host-unique temporary name: several networks' devices may be in flight at once.
-        let tmp = format!("{}vx{:x}", host.prefix, net.vni);
-        let tmp = tmp[tmp.len().saturating_sub(15)..].to_string();
+        let tmp = format!("{}{:06x}", host.vxlan_prefix(), net.vni);
         let fd = std::fs::File::open(&sandbox).map_err(|source| NetnsError::Sys {
             ns: host.sandbox_name(id),
             op: "open",
@@ -421,6 +426,73 @@ pub fn remove_remote(host: &Host, network: &str, ep: &RemoteEndpoint) -> Result<
     })?
 }
 
+/// The remote endpoints programmed in the network's sandbox: permanent neighbours on `vxlan0` joined with
+/// the FDB entries of their MACs. Entries missing either half are left out (so a reconcile re-adds them).
+pub fn list_remotes(host: &Host, network: &str) -> Result<Vec<RemoteEndpoint>, OverlayError> {
+    let sandbox = host.sandbox_path(network);
+    if !sandbox.exists() {
+        return Err(OverlayError::NoSandbox(network.into()));
+    }
+    netns::with_netlink(Some(&sandbox), |h| async move {
+        let vx = require(&h, network, VXLAN).await?;
+        let mut neighbours = Vec::new();
+        let mut fdb = std::collections::HashMap::new();
+        for family in [AddressFamily::Inet, AddressFamily::Bridge] {
+            let mut dump = h.neighbours().get().set_address_family(family).execute();
+            while let Some(m) = dump.try_next().await.map_err(device_err(network, "list neighbours"))? {
+                if m.header.ifindex != vx {
+                    continue;
+                }
+                let mut dst = None;
+                let mut mac = None;
+                for a in &m.attributes {
+                    match a {
+                        NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) => dst = Some(*ip),
+                        // FDB destinations come back unparsed (bridge family).
+                        NeighbourAttribute::Destination(NeighbourAddress::Other(b)) => {
+                            dst = <[u8; 4]>::try_from(b.as_slice()).ok().map(Ipv4Addr::from)
+                        }
+                        NeighbourAttribute::LinkLayerAddress(l) => mac = <[u8; 6]>::try_from(l.as_slice()).ok(),
+                        _ => {}
+                    }
+                }
+                let (Some(dst), Some(mac)) = (dst, mac) else { continue };
+                if family == AddressFamily::Inet {
+                    neighbours.push((dst, mac));
+                } else {
+                    fdb.insert(mac, dst);
+                }
+            }
+        }
+        let mut out: Vec<RemoteEndpoint> = neighbours
+            .into_iter()
+            .filter_map(|(ip, mac)| Some(RemoteEndpoint { ip, mac, host: *fdb.get(&mac)? }))
+            .collect();
+        out.sort_by_key(|e| e.ip);
+        Ok(out)
+    })?
+}
+
+/// Makes the network's remote endpoints exactly `want`: programs missing or changed ones, removes the rest.
+/// The periodic repair of drift; returns (programmed, removed).
+pub fn reconcile_remotes(host: &Host, network: &str, want: &[RemoteEndpoint]) -> Result<(usize, usize), OverlayError> {
+    let have = list_remotes(host, network)?;
+    let mut added = 0;
+    for ep in want.iter().filter(|ep| !have.contains(ep)) {
+        add_remote(host, network, ep)?;
+        added += 1;
+    }
+    let mut removed = 0;
+    for ep in have.iter().filter(|h| !want.iter().any(|w| w.ip == h.ip)) {
+        remove_remote(host, network, ep)?;
+        removed += 1;
+    }
+    if added + removed > 0 {
+        info!(network.id = network, added, removed, "overlay endpoints repaired");
+    }
+    Ok((added, removed))
+}
+
 fn ignore_missing(r: Result<(), rtnetlink::Error>) -> Result<(), rtnetlink::Error> {
     match r {
         Err(e) if is_errno(&e, libc::ENOENT) => Ok(()),
@@ -436,8 +508,7 @@ pub fn cleanup_all(host: &Host) -> Result<usize, OverlayError> {
         netns::delete(&name)?;
         n += 1;
     }
-    let vx_prefix = format!("{}vx", host.prefix);
-    let vx_prefix = vx_prefix[vx_prefix.len().saturating_sub(15)..].to_string();
+    let vx_prefix = host.vxlan_prefix();
     let p = vx_prefix.as_str();
     n += netns::with_netlink(host.netns.as_deref(), |h| async move {
         let mut links = h.link().get().execute();

@@ -55,15 +55,45 @@ fn containers_on_two_hosts_talk_over_the_overlay() {
     });
     assert_eq!(reply, "pong from b");
 
+    assert_eq!(overlay::list_remotes(&host_a, NET).unwrap(), vec![ep_b], "programmed endpoints of host a");
+    assert_eq!(link_mtu(&ca, "eth0"), 1500 - 50, "container MTU = underlay − VXLAN overhead");
+
+    // Reconcile removes an endpoint that should not be there and keeps the right one.
+    let stale =
+        RemoteEndpoint { ip: Ipv4Addr::new(10, 77, 0, 9), mac: mac_for_ip(Ipv4Addr::new(10, 77, 0, 9)), host: ub };
+    overlay::add_remote(&host_a, NET, &stale).unwrap();
+    assert_eq!(overlay::reconcile_remotes(&host_a, NET, &[ep_b]).unwrap(), (0, 1));
+    assert_eq!(overlay::list_remotes(&host_a, NET).unwrap(), vec![ep_b]);
+
     // Without the remote entries, the overlay no longer carries the traffic.
     overlay::remove_remote(&host_a, NET, &ep_b).unwrap();
     overlay::remove_remote(&host_a, NET, &ep_b).unwrap(); // already gone: fine
+    assert_eq!(overlay::list_remotes(&host_a, NET).unwrap(), vec![], "entries left after remove_remote");
     let err = request(&ca, SocketAddr::from((ipb, 8080))).expect_err("reached b after its entries were removed");
     assert!(err.contains("connect"), "unexpected failure: {err}");
+
+    // Reconcile repairs the drift and traffic flows again.
+    assert_eq!(overlay::reconcile_remotes(&host_a, NET, &[ep_b]).unwrap(), (1, 0));
+    let reply = eventually("TCP from a to b after reconcile", Duration::from_secs(10), || {
+        request(&ca, SocketAddr::from((ipb, 8080)))
+    });
+    assert_eq!(reply, "pong from b");
 
     overlay::detach(&host_b, NET, ipb).unwrap();
     overlay::remove_network(&host_a, NET).unwrap();
     assert!(!netns::exists(&host_a.sandbox_name(NET)), "sandbox of host a still there after remove_network");
+}
+
+fn link_mtu(ns: &std::path::Path, name: &str) -> u32 {
+    use futures::TryStreamExt;
+    netns::with_netlink(Some(ns), |h| async move {
+        let l = h.link().get().match_name(name.to_string()).execute().try_next().await.unwrap().unwrap();
+        l.attributes
+            .iter()
+            .find_map(|a| if let rtnetlink::packet_route::link::LinkAttribute::Mtu(m) = a { Some(*m) } else { None })
+            .unwrap()
+    })
+    .unwrap()
 }
 
 #[test]
@@ -85,7 +115,17 @@ fn cleanup_all_removes_every_sandbox_of_the_prefix() {
         .unwrap();
     }
     assert_eq!(netns::list(&format!("{p}x-ov-")).len(), 2);
-    assert_eq!(overlay::cleanup_all(&host).unwrap(), 2);
+    // A VXLAN device a crash left in the host namespace before it moved into its sandbox.
+    let stray = format!("{}0000ff", host.vxlan_prefix());
+    let s2 = stray.clone();
+    netns::with_netlink(Some(&h), |nl| async move {
+        nl.link().add(rtnetlink::LinkVxlan::new(&s2, 255).port(4789).build()).execute().await.unwrap();
+    })
+    .unwrap();
+    assert_eq!(overlay::cleanup_all(&host).unwrap(), 3, "two sandboxes and the stray device");
+    let s3 = stray.clone();
+    let left = netns::with_netlink(Some(&h), |nl| async move { netns::link_index(&nl, &s3).await.unwrap() }).unwrap();
+    assert_eq!(left, None, "stray {stray} still in the host namespace");
     assert!(netns::list(&format!("{p}x-")).is_empty(), "left: {:?}", netns::list(&format!("{p}x-")));
 }
 
