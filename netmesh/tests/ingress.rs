@@ -128,3 +128,43 @@ fn crate_cleanup_all_removes_sandboxes_and_tables() {
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "");
     assert_eq!(netmesh::cleanup_all(&host).unwrap(), 0, "second run finds nothing");
 }
+
+/// Prints connection setup and request rates through the mesh (published port on the host) as a ratio to
+/// connecting to the task directly through the same host (routed, no NAT); never asserts timings.
+#[test]
+fn mesh_overhead_figures() {
+    let mut g = Guard::default();
+    let (client, host, _tasks) = setup(&mut g);
+    let mut ing = Ingress::new(Some(host.clone()));
+    ing.set(vec![port(vec![task(1)], true)]).unwrap();
+    netns::with_netlink(Some(&client), |h| async move {
+        let i = netns::link_index(&h, "ul0").await.unwrap().unwrap();
+        let route = rtnetlink::RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(Ipv4Addr::new(10, 91, 0, 0), 24)
+            .gateway(HOST_PUBLIC)
+            .output_interface(i)
+            .build();
+        h.route().add(route).execute().await.unwrap();
+    })
+    .unwrap();
+    let rates = common::connection_rates(
+        &client,
+        &[SocketAddr::from((task(1), 80)), SocketAddr::from((HOST_PUBLIC, 8080))],
+        100,
+    );
+    let (direct, mesh) = (rates[0], rates[1]);
+    let reqs = |addr: SocketAddr| {
+        let mut s = common::connect(&client, addr).unwrap();
+        let t = std::time::Instant::now();
+        for _ in 0..2000 {
+            common::ask(&mut s).unwrap();
+        }
+        2000.0 / t.elapsed().as_secs_f64()
+    };
+    let (rd, rm) = (reqs(SocketAddr::from((task(1), 80))), reqs(SocketAddr::from((HOST_PUBLIC, 8080))));
+    println!(
+        "mesh: connection+request {mesh:.0}/s vs direct {direct:.0}/s (ratio {:.2}); requests on one connection {rm:.0}/s vs direct {rd:.0}/s (ratio {:.2})",
+        mesh / direct,
+        rm / rd
+    );
+}

@@ -116,3 +116,29 @@ fn cleanup_all_deletes_shoal_tables_only() {
     let out = netmesh::netns::command(Some(&ns), "nft", &["list", "tables"], None).unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "table inet other");
 }
+
+/// Prints connection setup and request rates through the VIP as a ratio to direct connections (never asserts
+/// timings).
+#[test]
+fn vip_overhead_figures() {
+    let mut g = Guard::default();
+    let (cl, _sv) = setup(&mut g);
+    let mut b = Balancer::new(cl.clone());
+    b.set(BTreeMap::from([(VIP, vec![backend(1), backend(2), backend(3)])])).unwrap();
+    let rates = common::connection_rates(&cl, &[SocketAddr::from((backend(1), 80)), SocketAddr::from((VIP, 80))], 100);
+    let (direct, via) = (rates[0], rates[1]);
+    let reqs = |addr: Ipv4Addr| {
+        let mut s = connect(&cl, SocketAddr::from((addr, 80))).unwrap();
+        let t = Instant::now();
+        for _ in 0..2000 {
+            ask(&mut s).unwrap();
+        }
+        2000.0 / t.elapsed().as_secs_f64()
+    };
+    let (rd, rv) = (reqs(backend(1)), reqs(VIP));
+    println!(
+        "vip: connection+request {via:.0}/s vs direct {direct:.0}/s (ratio {:.2}); requests on one connection {rv:.0}/s vs direct {rd:.0}/s (ratio {:.2})",
+        via / direct,
+        rv / rd
+    );
+}

@@ -173,3 +173,24 @@ pub fn eventually<T>(what: &str, deadline: Duration, mut f: impl FnMut() -> Resu
         }
     }
 }
+
+/// Connections per second (connect, one request/response, close) from one thread inside `ns` to `addrs`,
+/// each measured in 5 interleaved rounds of `n` so neither side gets the warm or cold share.
+pub fn connection_rates(ns: &Path, addrs: &[SocketAddr], n: usize) -> Vec<f64> {
+    netns::run_in(Some(ns), || {
+        let mut spent = vec![Duration::ZERO; addrs.len()];
+        for _round in 0..5 {
+            for (i, addr) in addrs.iter().enumerate() {
+                let t = Instant::now();
+                for _ in 0..n {
+                    let mut s = TcpStream::connect_timeout(addr, Duration::from_secs(3)).expect("connect");
+                    s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+                    ask(&mut s).expect("answer");
+                }
+                spent[i] += t.elapsed();
+            }
+        }
+        spent.iter().map(|d| (5 * n) as f64 / d.as_secs_f64()).collect()
+    })
+    .unwrap()
+}
