@@ -12,9 +12,10 @@ use netmesh::netns;
 
 static SEQ: AtomicUsize = AtomicUsize::new(0);
 
-/// A name prefix unique to this test process and call, e.g. `shoal-t1234x3-`.
+/// A name prefix unique to this test process and call, `shoal-t<pid>c<seq>-<tag>-`: the e2e harness's naming,
+/// so its sweep (`tests/src/netns.rs`) removes what a killed test process left behind.
 pub fn unique_prefix(tag: &str) -> String {
-    format!("shoal-t{}{}{}-", std::process::id() % 100000, tag, SEQ.fetch_add(1, Ordering::Relaxed))
+    format!("shoal-t{}c{}-{tag}-", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed))
 }
 
 /// Namespaces created for a test; deleted on drop, also when the test panics. `on_drop` runs first (module
