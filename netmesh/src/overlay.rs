@@ -39,6 +39,9 @@ pub enum OverlayError {
     /// A netlink operation on a device failed.
     #[error("overlay {network}: {op}: {source}")]
     Device { network: String, op: String, source: rtnetlink::Error },
+    /// A device the sandbox should hold is missing (deleted behind our back, or the sandbox is half-made).
+    #[error("overlay {network}: device {device} not found")]
+    MissingDevice { network: String, device: String },
     /// No link in the host namespace carries the underlay address.
     #[error("overlay {network}: no interface has the underlay address {addr}")]
     NoUnderlay { network: String, addr: Ipv4Addr },
@@ -169,7 +172,8 @@ async fn underlay_mtu(h: &Handle, network: &str, addr: Ipv4Addr) -> Result<u32, 
     Ok(mtu.unwrap_or(1500))
 }
 
-/// Creates (or completes) the network's sandbox: namespace, `br0`, `vxlan0`, gateway address. Idempotent.
+/// Creates (or completes) the network's sandbox: namespace, `br0`, `vxlan0`, gateway address. Idempotent; a
+/// network's VNI never changes (an existing `vxlan0` is kept as it is).
 pub fn ensure_network(host: &Host, net: &Network) -> Result<(), OverlayError> {
     let id = net.id.as_str();
     if net.vni == 0 || net.vni >= 1 << 24 {
@@ -206,12 +210,17 @@ pub fn ensure_network(host: &Host, net: &Network) -> Result<(), OverlayError> {
         Ok::<_, OverlayError>(())
     })??;
 
-    let have_vxlan =
-        netns::with_netlink(Some(&sandbox), |h| async move { link_index(&h, VXLAN).await.map(|i| i.is_some()) })?
-            .map_err(device_err(id, "look up vxlan0"))?;
+    // A host-unique temporary name: several networks' devices may be in flight at once.
+    let tmp = format!("{}{:06x}", host.vxlan_prefix(), net.vni);
+    let t = tmp.as_str();
+    let have_vxlan = netns::with_netlink(Some(&sandbox), |h| async move {
+        // A crash between moving and renaming leaves the temporary name here; it still holds the VNI.
+        if let Some(stale) = link_index(&h, t).await.map_err(device_err(id, "look up vxlan"))? {
+            h.link().del(stale).execute().await.map_err(device_err(id, "delete stale vxlan"))?;
+        }
+        link_index(&h, VXLAN).await.map(|i| i.is_some()).map_err(device_err(id, "look up vxlan0"))
+    })??;
     if !have_vxlan {
-        // A host-unique temporary name: several networks' devices may be in flight at once.
-        let tmp = format!("{}{:06x}", host.vxlan_prefix(), net.vni);
         let fd = std::fs::File::open(&sandbox).map_err(|source| NetnsError::Sys {
             ns: host.sandbox_name(id),
             op: "open",

@@ -138,3 +138,35 @@ fn bad_vni_is_refused() {
     .unwrap_err();
     assert_eq!(err.to_string(), "overlay n: invalid vni 16777216");
 }
+
+#[test]
+fn ensure_network_completes_a_sandbox_a_crash_left_half_made() {
+    let p = unique_prefix("or");
+    let mut g = Guard::default();
+    let h = g.netns(&format!("{p}host"));
+    common::add_lo_addr(&h, Ipv4Addr::new(192, 168, 79, 1), 32);
+    let host = Host { netns: Some(h.clone()), prefix: format!("{p}x-") };
+    let hc = host.clone();
+    g.defer(move || {
+        let _ = overlay::cleanup_all(&hc);
+    });
+    let net = Network { id: "halfmade".into(), vni: 77, local: Ipv4Addr::new(192, 168, 79, 1), gateway: None };
+    overlay::ensure_network(&host, &net).unwrap();
+    // The crash: vxlan0 moved into the sandbox but not yet renamed.
+    let sandbox = netns::path(&host.sandbox_name("halfmade"));
+    let tmp = format!("{}{:06x}", host.vxlan_prefix(), 77);
+    let t = tmp.clone();
+    netns::with_netlink(Some(&sandbox), |nl| async move {
+        let i = netns::link_index(&nl, "vxlan0").await.unwrap().unwrap();
+        nl.link().set(rtnetlink::LinkUnspec::new_with_index(i).name(t).build()).execute().await.unwrap();
+    })
+    .unwrap();
+    overlay::ensure_network(&host, &net).unwrap();
+    let t = tmp.clone();
+    let (vx, stale) = netns::with_netlink(Some(&sandbox), |nl| async move {
+        (netns::link_index(&nl, "vxlan0").await.unwrap(), netns::link_index(&nl, &t).await.unwrap())
+    })
+    .unwrap();
+    assert!(vx.is_some(), "vxlan0 not recreated");
+    assert_eq!(stale, None, "half-made {tmp} left in the sandbox");
+}
