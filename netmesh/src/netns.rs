@@ -13,6 +13,8 @@ use std::path::{Path, PathBuf};
 
 /// Where named namespaces are bind-mounted, shared with `ip netns`.
 pub const NETNS_DIR: &str = "/run/netns";
+/// The process's own namespace (its main thread's), which `None` stands for below.
+const PROCESS_NS: &str = "/proc/self/ns/net";
 
 /// A failure creating, entering or removing a network namespace.
 #[derive(Debug, thiserror::Error)]
@@ -23,6 +25,9 @@ pub enum NetnsError {
     /// A system call on a namespace failed.
     #[error("network namespace {ns}: {op}: {source}")]
     Sys { ns: String, op: &'static str, source: std::io::Error },
+    /// A command could not be started inside a namespace (missing binary: see scripts/install-deps.sh).
+    #[error("network namespace {ns}: running {program}: {source}")]
+    Command { ns: String, program: String, source: std::io::Error },
     /// A netlink request inside a namespace failed.
     #[error("network namespace {ns}: {op}: {source}")]
     Netlink { ns: String, op: String, source: rtnetlink::Error },
@@ -145,9 +150,8 @@ where
     let label = ns.map(|p| p.display().to_string()).unwrap_or_else(|| "host".into());
     std::thread::scope(|s| {
         s.spawn(|| {
-            if let Some(ns) = ns {
-                enter(ns)?;
-            }
+            // Always enter: a new thread inherits its creator's namespace, which need not be the process's.
+            enter(ns.unwrap_or(Path::new(PROCESS_NS)))?;
             Ok(f())
         })
         .join()
@@ -206,22 +210,24 @@ pub fn command(
     use std::os::unix::process::CommandExt;
     use std::process::{Command, Stdio};
     let label = ns.map(|p| p.display().to_string()).unwrap_or_else(|| "host".into());
-    let file = ns.map(File::open).transpose().map_err(sys(&label, "open"))?;
+    let file = File::open(ns.unwrap_or(Path::new(PROCESS_NS))).map_err(sys(&label, "open"))?;
     let mut cmd = Command::new(program);
     cmd.args(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
-    if let Some(f) = &file {
-        let fd = f.as_raw_fd();
-        // SAFETY: setns is async-signal-safe and only touches the child between fork and exec.
-        unsafe {
-            cmd.pre_exec(move || {
-                if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+    let fd = file.as_raw_fd();
+    // SAFETY: setns is async-signal-safe and only touches the child between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
     }
-    let mut child = cmd.spawn().map_err(sys(&label, "spawn command"))?;
+    let mut child = cmd.spawn().map_err(|source| NetnsError::Command {
+        ns: label.clone(),
+        program: program.to_string(),
+        source,
+    })?;
     let mut pipe = child.stdin.take().expect("stdin is piped");
     if let Some(input) = stdin {
         pipe.write_all(input.as_bytes()).map_err(sys(&label, "write command input"))?;

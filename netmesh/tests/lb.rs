@@ -142,3 +142,12 @@ fn vip_overhead_figures() {
         rv / rd
     );
 }
+
+#[test]
+fn a_missing_binary_is_named_in_the_error() {
+    let err = netmesh::netns::command(None, "shoal-no-such-binary", &[], None).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "network namespace host: running shoal-no-such-binary: No such file or directory (os error 2)"
+    );
+}
