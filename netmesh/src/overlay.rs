@@ -7,7 +7,7 @@
 //! socket stays on the underlay while its traffic enters the sandbox's bridge (the layout Docker uses).
 
 use std::net::{IpAddr, Ipv4Addr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use futures::TryStreamExt;
 use rtnetlink::packet_route::address::AddressAttribute;
@@ -27,8 +27,6 @@ pub const VXLAN_OVERHEAD: u32 = 50;
 pub const BRIDGE: &str = "br0";
 /// Name of the VXLAN device in a sandbox.
 pub const VXLAN: &str = "vxlan0";
-/// Name of the container's end of its veth.
-pub const CONTAINER_IF: &str = "eth0";
 
 /// A failure applying overlay state.
 #[derive(Debug, thiserror::Error)]
@@ -109,6 +107,8 @@ pub struct Attachment {
     pub prefix_len: u8,
     /// Add a default route via this gateway.
     pub default_route: Option<Ipv4Addr>,
+    /// The interface name in the container (`eth0`, `eth1`, … in the order of its networks).
+    pub ifname: String,
 }
 
 /// An endpoint on another host, as programmed here.
@@ -279,25 +279,65 @@ pub fn remove_network(host: &Host, id: &str) -> Result<(), OverlayError> {
     Ok(())
 }
 
-/// Attaches a container: a veth from the sandbox's bridge to `eth0` in the container namespace, with the task's
-/// address, its derived MAC and the overlay MTU; a default route if asked. Replaces an earlier attachment of
-/// the same address.
+/// Attaches a container: a veth from the sandbox's bridge to `ifname` in the container namespace, with the
+/// task's address, its derived MAC and the overlay MTU; a default route if asked. Replaces an earlier
+/// attachment of the same address.
 pub fn attach(host: &Host, network: &str, a: &Attachment) -> Result<(), OverlayError> {
     let sandbox = host.sandbox_path(network);
     if !sandbox.exists() {
         return Err(OverlayError::NoSandbox(network.into()));
     }
-    let outer = sandbox_veth(a.ip);
-    let inner = format!("c{:08x}", u32::from(a.ip));
-    let fd = std::fs::File::open(&a.netns).map_err(|source| NetnsError::Sys {
-        ns: a.netns.display().to_string(),
+    attach_veth(&Veth {
+        label: network,
+        outer_ns: Some(&sandbox),
+        bridge: BRIDGE,
+        outer: sandbox_veth(a.ip),
+        container: &a.netns,
+        ifname: &a.ifname,
+        ip: a.ip,
+        prefix_len: a.prefix_len,
+        default_route: a.default_route,
+    })?;
+    debug!(network.id = network, ip = %a.ip, ifname = %a.ifname, "container attached");
+    Ok(())
+}
+
+/// A veth from a bridge to an interface of a container.
+pub(crate) struct Veth<'a> {
+    /// What errors name (the network).
+    pub label: &'a str,
+    /// The namespace of the bridge (`None`: the process's).
+    pub outer_ns: Option<&'a Path>,
+    /// The bridge the outer end joins; the veth takes its MTU.
+    pub bridge: &'a str,
+    /// The outer end's name (≤ 15 characters, unique in `outer_ns`).
+    pub outer: String,
+    /// The container's namespace.
+    pub container: &'a Path,
+    /// The inner end's name.
+    pub ifname: &'a str,
+    /// The inner end's address and prefix length.
+    pub ip: Ipv4Addr,
+    pub prefix_len: u8,
+    /// A default route via this gateway.
+    pub default_route: Option<Ipv4Addr>,
+}
+
+/// Creates the veth (replacing one of the same names), moves the inner end into the container, names it,
+/// sets its MAC ([`mac_for_ip`]), MTU, address and route.
+pub(crate) fn attach_veth(v: &Veth<'_>) -> Result<(), OverlayError> {
+    let network = v.label;
+    // The inner end's temporary name, unique in the bridge's namespace until it moves.
+    let inner = format!("c{:08x}", u32::from(v.ip));
+    let fd = std::fs::File::open(v.container).map_err(|source| NetnsError::Sys {
+        ns: v.container.display().to_string(),
         op: "open",
         source,
     })?;
     let raw = std::os::fd::AsRawFd::as_raw_fd(&fd);
-    let (o, i) = (outer.as_str(), inner.as_str());
-    let mtu = netns::with_netlink(Some(&sandbox), |h| async move {
-        let br = require(&h, network, BRIDGE).await?;
+    let (o, i, bridge) = (v.outer.as_str(), inner.as_str(), v.bridge);
+    let mtu = netns::with_netlink(v.outer_ns, |h| async move {
+        let br = require(&h, network, bridge).await?;
         let mtu = h
             .link()
             .get()
@@ -305,11 +345,13 @@ pub fn attach(host: &Host, network: &str, a: &Attachment) -> Result<(), OverlayE
             .execute()
             .try_next()
             .await
-            .map_err(device_err(network, "get br0"))?
+            .map_err(device_err(network, format!("get {bridge}")))?
             .and_then(|l| l.attributes.iter().find_map(|a| if let LinkAttribute::Mtu(m) = a { Some(*m) } else { None }))
-            .unwrap_or(1450);
-        if let Some(old) = link_index(&h, o).await.map_err(device_err(network, "look up veth"))? {
-            h.link().del(old).execute().await.map_err(device_err(network, format!("delete old veth {o}")))?;
+            .unwrap_or(1500);
+        for stale in [o, i] {
+            if let Some(old) = link_index(&h, stale).await.map_err(device_err(network, "look up veth"))? {
+                h.link().del(old).execute().await.map_err(device_err(network, format!("delete old veth {stale}")))?;
+            }
         }
         h.link()
             .add(LinkVeth::new(o, i).mtu(mtu).build())
@@ -322,7 +364,7 @@ pub fn attach(host: &Host, network: &str, a: &Attachment) -> Result<(), OverlayE
             .set(LinkUnspec::new_with_index(oi).controller(br).up().build())
             .execute()
             .await
-            .map_err(device_err(network, format!("attach {o} to br0")))?;
+            .map_err(device_err(network, format!("attach {o} to {bridge}")))?;
         h.link()
             .set(LinkUnspec::new_with_index(ii).setns_by_fd(raw).build())
             .execute()
@@ -331,29 +373,30 @@ pub fn attach(host: &Host, network: &str, a: &Attachment) -> Result<(), OverlayE
         Ok::<_, OverlayError>(mtu)
     })??;
     drop(fd);
-    let mac = mac_for_ip(a.ip).to_vec();
-    netns::with_netlink(Some(&a.netns), |h| async move {
+    let mac = mac_for_ip(v.ip).to_vec();
+    let (ifname, ip, len, gw) = (v.ifname, v.ip, v.prefix_len, v.default_route);
+    netns::with_netlink(Some(v.container), |h| async move {
         let ii = require(&h, network, i).await?;
-        if let Some(old) = link_index(&h, CONTAINER_IF).await.map_err(device_err(network, "look up eth0"))? {
-            h.link().del(old).execute().await.map_err(device_err(network, "delete old eth0"))?;
+        if let Some(old) = link_index(&h, ifname).await.map_err(device_err(network, format!("look up {ifname}")))? {
+            h.link().del(old).execute().await.map_err(device_err(network, format!("delete old {ifname}")))?;
         }
         h.link()
-            .set(LinkUnspec::new_with_index(ii).name(CONTAINER_IF.to_string()).address(mac).mtu(mtu).build())
+            .set(LinkUnspec::new_with_index(ii).name(ifname.to_string()).address(mac).mtu(mtu).build())
             .execute()
             .await
-            .map_err(device_err(network, "rename to eth0"))?;
+            .map_err(device_err(network, format!("rename to {ifname}")))?;
         h.address()
-            .add(ii, IpAddr::V4(a.ip), a.prefix_len)
+            .add(ii, IpAddr::V4(ip), len)
             .replace()
             .execute()
             .await
-            .map_err(device_err(network, format!("add address {}/{}", a.ip, a.prefix_len)))?;
+            .map_err(device_err(network, format!("add address {ip}/{len}")))?;
         h.link()
             .set(LinkUnspec::new_with_index(ii).up().build())
             .execute()
             .await
-            .map_err(device_err(network, "set eth0 up"))?;
-        if let Some(gw) = a.default_route {
+            .map_err(device_err(network, format!("set {ifname} up")))?;
+        if let Some(gw) = gw {
             let route = RouteMessageBuilder::<Ipv4Addr>::new().gateway(gw).output_interface(ii).build();
             h.route()
                 .add(route)
@@ -363,9 +406,17 @@ pub fn attach(host: &Host, network: &str, a: &Attachment) -> Result<(), OverlayE
                 .map_err(device_err(network, format!("default route via {gw}")))?;
         }
         Ok::<_, OverlayError>(())
-    })??;
-    debug!(network.id = network, ip = %a.ip, "container attached");
-    Ok(())
+    })?
+}
+
+/// Deletes the link `name` in namespace `ns` if it exists.
+pub(crate) fn delete_link(ns: Option<&Path>, label: &str, name: &str) -> Result<(), OverlayError> {
+    netns::with_netlink(ns, |h| async move {
+        if let Some(i) = link_index(&h, name).await.map_err(device_err(label, format!("look up {name}")))? {
+            ignore_missing(h.link().del(i).execute().await).map_err(device_err(label, format!("delete {name}")))?;
+        }
+        Ok(())
+    })?
 }
 
 /// Detaches the container with overlay address `ip` (deletes its veth pair); a missing one is not an error.
@@ -374,13 +425,7 @@ pub fn detach(host: &Host, network: &str, ip: Ipv4Addr) -> Result<(), OverlayErr
     if !sandbox.exists() {
         return Ok(());
     }
-    let name = sandbox_veth(ip);
-    netns::with_netlink(Some(&sandbox), |h| async move {
-        if let Some(i) = link_index(&h, &name).await.map_err(device_err(network, "look up veth"))? {
-            h.link().del(i).execute().await.map_err(device_err(network, format!("delete veth {name}")))?;
-        }
-        Ok(())
-    })?
+    delete_link(Some(&sandbox), network, &sandbox_veth(ip))
 }
 
 /// Programs an endpoint on another host: neighbour `ip → mac` (answered by VXLAN proxy ARP) and FDB

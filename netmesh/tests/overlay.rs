@@ -40,6 +40,7 @@ fn containers_on_two_hosts_talk_over_the_overlay() {
         ip,
         prefix_len: 24,
         default_route: Some(Ipv4Addr::new(10, 77, 0, 1)),
+        ifname: "eth0".into(),
     };
     overlay::attach(&host_a, NET, &att(&ca, ipa)).unwrap();
     overlay::attach(&host_b, NET, &att(&cb, ipb)).unwrap();
