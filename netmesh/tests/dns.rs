@@ -166,3 +166,19 @@ async fn query_rate_from_a_container() {
     );
     assert_eq!(lat.len(), n);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_frees_the_address_for_the_next_server() {
+    let mut g = Guard::default();
+    let ns = g.netns(&format!("{}dnss", unique_prefix("ds")));
+    let records = Records::new();
+    records.set("n", "a", vec![Ipv4Addr::new(10, 8, 0, 2)]);
+    let first = DnsServer::start(&ns, records.clone(), vec!["n".into()], &[]).await.unwrap();
+    assert_eq!(first.addr(), SocketAddr::from((DNS_ADDR, 53)));
+    let err = DnsServer::start(&ns, records.clone(), vec!["n".into()], &[]).await.err().expect("second bind");
+    assert!(err.to_string().starts_with("dns server on 127.0.0.11:53: bind udp:"), "{err}");
+    first.stop().await;
+    let second = DnsServer::start(&ns, records, vec!["n".into()], &[]).await.unwrap();
+    assert_eq!(a_records(&ask(&ns, "a", RecordType::A, false).await), vec![Ipv4Addr::new(10, 8, 0, 2)]);
+    drop(second);
+}
