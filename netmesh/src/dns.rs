@@ -286,3 +286,30 @@ impl DnsServer {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lookup_joins_the_container_networks_without_repeats() {
+        let r = Records::new();
+        let (a, b, c) = (Ipv4Addr::new(10, 0, 0, 2), Ipv4Addr::new(10, 0, 1, 2), Ipv4Addr::new(10, 0, 2, 2));
+        r.set("n1", "Web", vec![a, b]);
+        r.set("n2", "web.", vec![b, c]);
+        r.set("n3", "web", vec![c]);
+        let nets = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(r.lookup(&nets(&["n1", "n2"]), "WEB."), Some(vec![a, b, c]));
+        assert_eq!(r.lookup(&nets(&["n3"]), "web"), Some(vec![c]));
+        assert_eq!(r.lookup(&nets(&["n4"]), "web"), None);
+        r.set("n1", "web", vec![]);
+        assert_eq!(r.lookup(&nets(&["n1"]), "web"), None, "empty list removes");
+    }
+
+    #[test]
+    fn only_single_labels_and_tasks_names_stay_in_the_swarm() {
+        assert!(is_swarm_name("web."));
+        assert!(is_swarm_name("tasks.web"));
+        assert!(!is_swarm_name("example.com."));
+    }
+}
