@@ -62,9 +62,11 @@ pub fn exists(name: &str) -> bool {
 pub fn create(name: &str) -> Result<(), NetnsError> {
     check_name(name)?;
     let target = path(name);
-    if target.exists() {
+    if is_mounted_netns(&target) {
         return Ok(());
     }
+    // A plain file here is what a crash between creating the mount point and mounting leaves.
+    let _ = std::fs::remove_file(&target);
     std::fs::create_dir_all(NETNS_DIR).map_err(sys(name, "create /run/netns"))?;
     let owned = name.to_string();
     let t2 = target.clone();
@@ -94,6 +96,15 @@ pub fn create(name: &str) -> Result<(), NetnsError> {
         h.link().set(rtnetlink::LinkUnspec::new_with_index(lo).up().build()).execute().await
     })
     .and_then(|r| r.map_err(|source| NetnsError::Netlink { ns: name.to_string(), op: "set lo up".into(), source }))
+}
+
+/// Whether `p` is a namespace file (a bind mount of one), not a leftover plain file.
+fn is_mounted_netns(p: &Path) -> bool {
+    const NSFS_MAGIC: i64 = 0x6e73_6673;
+    let Ok(c) = CString::new(p.as_os_str().as_encoded_bytes()) else { return false };
+    // SAFETY: statfs fills the zeroed struct we own; the path is a valid C string.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    (unsafe { libc::statfs(c.as_ptr(), &mut st) }) == 0 && st.f_type as i64 == NSFS_MAGIC
 }
 
 /// Deletes the named namespace; a missing one is not an error. Devices inside go with it once nothing else

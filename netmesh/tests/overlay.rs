@@ -171,3 +171,17 @@ fn ensure_network_completes_a_sandbox_a_crash_left_half_made() {
     assert!(vx.is_some(), "vxlan0 not recreated");
     assert_eq!(stale, None, "half-made {tmp} left in the sandbox");
 }
+
+#[test]
+fn create_replaces_a_mount_point_a_crash_left_unmounted() {
+    let name = format!("{}stale", unique_prefix("ns"));
+    let mut g = Guard::default();
+    std::fs::create_dir_all(netns::NETNS_DIR).unwrap();
+    std::fs::write(netns::path(&name), b"").unwrap();
+    let p = g.netns(&name);
+    // It is a real namespace now: netlink works inside and sees loopback up.
+    let lo = netns::with_netlink(Some(&p), |h| async move { netns::link_index(&h, "lo").await.unwrap() }).unwrap();
+    assert!(lo.is_some(), "no loopback in {name}");
+    netns::delete(&name).unwrap();
+    assert!(!netns::exists(&name));
+}
