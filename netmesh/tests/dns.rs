@@ -3,59 +3,15 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{unique_prefix, Guard};
-use hickory_proto::op::{Message, Query, ResponseCode};
-use hickory_proto::rr::{Name, RData, RecordType};
+use common::{a_records, message, query, unique_prefix, Guard};
+use hickory_proto::op::{Message, ResponseCode};
+use hickory_proto::rr::RecordType;
 use netmesh::dns::{DnsServer, Records, DNS_ADDR};
 use netmesh::netns;
-
-fn message(name: &str, qtype: RecordType) -> Vec<u8> {
-    let mut m = Message::new();
-    m.set_id(4242).set_recursion_desired(true);
-    m.add_query(Query::query(Name::from_ascii(name).unwrap(), qtype));
-    m.to_vec().unwrap()
-}
-
-/// One query from inside `ns` to 127.0.0.11:53 (UDP, or TCP with its length prefix).
-fn query(ns: &Path, name: &str, qtype: RecordType, tcp: bool) -> Message {
-    let server = SocketAddr::from((DNS_ADDR, 53));
-    let bytes = message(name, qtype);
-    let reply = netns::run_in(Some(ns), || {
-        if tcp {
-            let mut s =
-                TcpStream::connect_timeout(&server, Duration::from_secs(3)).expect("tcp connect to 127.0.0.11:53");
-            s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
-            s.write_all(&(bytes.len() as u16).to_be_bytes()).unwrap();
-            s.write_all(&bytes).unwrap();
-            let mut len = [0u8; 2];
-            s.read_exact(&mut len).expect("tcp reply length");
-            let mut buf = vec![0u8; u16::from_be_bytes(len) as usize];
-            s.read_exact(&mut buf).expect("tcp reply");
-            buf
-        } else {
-            let s = UdpSocket::bind("0.0.0.0:0").unwrap();
-            s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
-            s.send_to(&bytes, server).unwrap();
-            let mut buf = [0u8; 1500];
-            let n = s.recv(&mut buf).unwrap_or_else(|e| panic!("no udp answer for {name}: {e}"));
-            buf[..n].to_vec()
-        }
-    })
-    .unwrap();
-    Message::from_vec(&reply).unwrap()
-}
-
-fn a_records(m: &Message) -> Vec<Ipv4Addr> {
-    let mut ips: Vec<Ipv4Addr> =
-        m.answers().iter().filter_map(|r| if let RData::A(a) = r.data() { Some(a.0) } else { None }).collect();
-    ips.sort();
-    ips
-}
 
 async fn ask(ns: &Path, name: &str, qtype: RecordType, tcp: bool) -> Message {
     let (ns, name) = (ns.to_path_buf(), name.to_string());

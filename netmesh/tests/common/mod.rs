@@ -3,7 +3,7 @@
 #![allow(dead_code)]
 
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -194,4 +194,51 @@ pub fn connection_rates(ns: &Path, addrs: &[SocketAddr], n: usize) -> Vec<f64> {
         spent.iter().map(|d| (5 * n) as f64 / d.as_secs_f64()).collect()
     })
     .unwrap()
+}
+
+/// A DNS query message for `name`.
+pub fn message(name: &str, qtype: hickory_proto::rr::RecordType) -> Vec<u8> {
+    let mut m = hickory_proto::op::Message::new();
+    m.set_id(4242).set_recursion_desired(true);
+    m.add_query(hickory_proto::op::Query::query(hickory_proto::rr::Name::from_ascii(name).unwrap(), qtype));
+    m.to_vec().unwrap()
+}
+
+/// One DNS query from inside `ns` to 127.0.0.11:53 (UDP, or TCP with its length prefix).
+pub fn query(ns: &Path, name: &str, qtype: hickory_proto::rr::RecordType, tcp: bool) -> hickory_proto::op::Message {
+    let server = SocketAddr::from((netmesh::dns::DNS_ADDR, 53));
+    let bytes = message(name, qtype);
+    let reply = netns::run_in(Some(ns), || {
+        if tcp {
+            let mut s =
+                TcpStream::connect_timeout(&server, Duration::from_secs(3)).expect("tcp connect to 127.0.0.11:53");
+            s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+            s.write_all(&(bytes.len() as u16).to_be_bytes()).unwrap();
+            s.write_all(&bytes).unwrap();
+            let mut len = [0u8; 2];
+            s.read_exact(&mut len).expect("tcp reply length");
+            let mut buf = vec![0u8; u16::from_be_bytes(len) as usize];
+            s.read_exact(&mut buf).expect("tcp reply");
+            buf
+        } else {
+            let s = UdpSocket::bind("0.0.0.0:0").unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+            s.send_to(&bytes, server).unwrap();
+            let mut buf = [0u8; 1500];
+            let n = s.recv(&mut buf).unwrap_or_else(|e| panic!("no udp answer for {name}: {e}"));
+            buf[..n].to_vec()
+        }
+    })
+    .unwrap();
+    hickory_proto::op::Message::from_vec(&reply).unwrap()
+}
+
+pub fn a_records(m: &hickory_proto::op::Message) -> Vec<Ipv4Addr> {
+    let mut ips: Vec<Ipv4Addr> = m
+        .answers()
+        .iter()
+        .filter_map(|r| if let hickory_proto::rr::RData::A(a) = r.data() { Some(a.0) } else { None })
+        .collect();
+    ips.sort();
+    ips
 }
