@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what Shoal builds and runs with, when missing: a C toolchain and pkg-config (crates with C parts),
 # protoc (containerd-client's build), containerd and runc (the runtime), tini (its static binary is the init of
-# `--init` containers), busybox-static (the test image), nftables and iproute2 (networking). Checks that cargo is
+# `--init` containers), busybox-static (the test image), nftables, iproute2 and conntrack (networking). Checks that cargo is
 # new enough; it does not install Rust.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,6 +17,7 @@ command -v ctr >/dev/null || need+=(containerd)
 [ -x /bin/busybox ] || need+=(busybox-static)
 command -v nft >/dev/null || need+=(nftables)
 command -v ip >/dev/null || need+=(iproute2)
+command -v conntrack >/dev/null || need+=(conntrack)
 command -v sha256sum >/dev/null || need+=(coreutils)
 
 if [ ${#need[@]} -gt 0 ]; then
