@@ -3,8 +3,8 @@
 //!
 //! ```text
 //!   raft metrics ──▶ leader? ──yes──▶ applied every entry of earlier terms? ──▶ spawn: allocator, scheduler,
-//!                       │                 replicated + global orchestrators, task reaper, role manager, dispatcher,
-//!                       │                 leader bookkeeping (who leads, which managers are reachable)
+//!                       │                 replicated + global orchestrators, updater, task reaper, role manager,
+//!                       │                 dispatcher, leader bookkeeping (who leads, which managers are reachable)
 //!                       └──no───▶ cancel them all, wait until they stopped
 //! ```
 //! Components never call each other; they meet in the store. Waiting for the earlier terms' entries means a new
@@ -28,6 +28,7 @@ use crate::manager::orchestrator::global::GlobalOrchestrator;
 use crate::manager::orchestrator::replicated::ReplicatedOrchestrator;
 use crate::manager::orchestrator::restart::RestartSupervisor;
 use crate::manager::orchestrator::task_reaper::TaskReaper;
+use crate::manager::orchestrator::update::UpdateSupervisor;
 use crate::manager::raft::RaftHandle;
 use crate::manager::scheduler::Scheduler;
 use crate::manager::store::{Store, StoreError};
@@ -114,6 +115,7 @@ impl Manager {
             GlobalOrchestrator::new(s.clone(), restarts).run(token.clone()).instrument(span("global-orchestrator")),
         );
         set.spawn(TaskReaper::new(s.clone()).run(token.clone()).instrument(span("task-reaper")));
+        set.spawn(UpdateSupervisor::new(s.clone()).run(token.clone()).instrument(span("updater")));
         set.spawn(
             crate::manager::rolemanager::RoleManager::new(s.clone(), self.raft.clone())
                 .run(token.clone())

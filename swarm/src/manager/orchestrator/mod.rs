@@ -3,7 +3,8 @@
 //! - [`replicated`]: slots 1..=replicas, each with one live task;
 //! - [`global`]: one live task per eligible node;
 //! - [`restart`]: when a task ends, decides whether and when its slot gets a replacement;
-//! - [`task_reaper`]: deletes tasks beyond the history limit and tasks marked REMOVE once they stopped.
+//! - [`task_reaper`]: deletes tasks beyond the history limit and tasks marked REMOVE once they stopped;
+//! - [`update`]: rolls a changed spec out to the tasks (rolling update, rollback, update status).
 //!
 //! Each runs on the leader as `new(store, …)` + `run(shutdown)`, computes a plan from the store (pure functions,
 //! unit-tested) and writes it back as one proposal; the store's watch wakes it up again.
@@ -12,6 +13,7 @@ pub mod global;
 pub mod replicated;
 pub mod restart;
 pub mod task_reaper;
+pub mod update;
 
 use crate::api::{
     new_id, NodeAvailability, NodeState, Object, Service, ServiceMode, Task, TaskState, TaskStatus, Timestamp,
@@ -82,7 +84,7 @@ pub fn new_task(service: &Service, slot: u64, node_id: &str, desired: TaskState)
         slot,
         node_id: node_id.to_string(),
         spec: service.spec.task_template.clone(),
-        spec_version: service.meta.version,
+        spec_version: service.spec_version,
         status: TaskStatus {
             timestamp: Timestamp::now(),
             state: TaskState::New,
@@ -103,7 +105,7 @@ pub fn slot_held_dead(service: &Service, tasks: &[&Task]) -> bool {
             last.desired_state == TaskState::Shutdown
                 && last.status.state.is_terminal()
                 && last.status.state != TaskState::Shutdown
-                && last.spec_version >= service.meta.version
+                && last.spec_version >= service.spec_version
         }
         None => false,
     }
@@ -192,7 +194,7 @@ impl<P: ServiceModePolicy> Orchestrator<P> {
 }
 
 /// Whether an event is about a service or a task.
-fn service_or_task(ev: &Event) -> bool {
+pub(crate) fn service_or_task(ev: &Event) -> bool {
     matches!(ev.object, Object::Service(_) | Object::Task(_))
 }
 
