@@ -132,6 +132,8 @@ enum FakeState {
 struct FakeRuntime {
     containers: HashMap<String, watch::Sender<FakeState>>,
     missing_images: Vec<String>,
+    /// Images whose containers exit with this code right after they start.
+    crashing_images: HashMap<String, i32>,
     /// Each task's log, as fed by the test (kept when the container is removed, as nothing reads it then).
     logs: HashMap<String, Vec<logs::TaskLogLine>>,
 }
@@ -167,6 +169,12 @@ impl TestExecutor {
     /// Makes tasks using `image` fail to prepare as if the image were absent.
     pub fn without_image(&self, image: &str) {
         self.rt.lock().unwrap().missing_images.push(image.into());
+    }
+
+    /// Makes tasks using `image` (normalized reference) exit with `code` right after they start, as a process that
+    /// crashes at once.
+    pub fn crash_image(&self, image: &str, code: i32) {
+        self.rt.lock().unwrap().crashing_images.insert(image.into(), code);
     }
 
     /// Ends a running fake container with `code`, as if its process died.
@@ -316,6 +324,10 @@ impl Controller for TestController {
         let cur = *self.state().ok_or_else(|| ExecError::NotFound(self.task_id.clone()))?.borrow();
         if cur == FakeState::Created {
             self.set(FakeState::Running)?;
+            let crash = self.rt.lock().unwrap().crashing_images.get(&self.image).copied();
+            if let Some(code) = crash {
+                self.set(FakeState::Exited(code))?;
+            }
         }
         Ok(1)
     }

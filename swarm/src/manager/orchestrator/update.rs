@@ -285,6 +285,7 @@ impl UpdateSupervisor {
                 spec_version,
                 cancel: cancel.clone(),
                 started: Mutex::default(),
+                failures: Mutex::default(),
             });
             let span = tracing::info_span!("update", service.id = %id, spec_version);
             let handle = tokio::spawn(updater.run().instrument(span));
@@ -307,8 +308,24 @@ pub struct Updater {
     service_id: String,
     spec_version: u64,
     cancel: CancellationToken,
-    /// Tasks this run created (or took over), and when each was first seen RUNNING.
+    /// Tasks this round created (or took over), and when each was first seen RUNNING.
     started: Mutex<HashMap<String, Option<Instant>>>,
+    /// This round's failed tasks, and the first one that made the failure action due.
+    failures: Mutex<Failures>,
+}
+
+#[derive(Default)]
+struct Failures {
+    failed: HashSet<String>,
+    due: Option<String>,
+}
+
+/// What a round's failure checks need.
+#[derive(Clone)]
+struct Watch {
+    config: UpdateConfig,
+    total: usize,
+    stop: CancellationToken,
 }
 
 impl Updater {
@@ -391,25 +408,25 @@ impl Updater {
         let total = dirty.len();
         tracing::info!(slots = total, parallelism = config.parallelism, order = ?config.order, "updating slots");
         let queue = Arc::new(Mutex::new(dirty.into_iter().collect::<VecDeque<Slot>>()));
-        let stop = self.cancel.child_token();
+        // Each round counts the failures of the tasks it created against the slots it set out to update.
+        *self.failures.lock().unwrap_or_else(|e| e.into_inner()) = Failures::default();
+        self.started.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        let watch = Watch { config: config.clone(), total, stop: self.cancel.child_token() };
         let mut pool = JoinSet::new();
         for _ in 0..workers(config.parallelism, total) {
-            pool.spawn(self.clone().worker(queue.clone(), config.clone(), stop.clone()).in_current_span());
+            pool.spawn(self.clone().worker(queue.clone(), watch.clone()).in_current_span());
         }
-        // Continue never stops an update; the other actions end this run.
-        let acts = config.failure_action != FailureAction::Continue;
-        let mut failed: HashSet<String> = HashSet::new();
         let mut monitor_until: Option<tokio::time::Instant> = None;
         loop {
-            if let Some(task_id) = self.new_failures(&mut failed, config.monitor) {
-                if acts && failure_action_due(failed.len(), total, config.max_failure_ratio) {
-                    stop.cancel();
-                    while pool.join_next().await.is_some() {}
-                    self.write_service(|s| after_failure(s, &task_id)).await?;
-                    tracing::warn!(task.id = %task_id, action = ?config.failure_action, failures = failed.len(),
-                        slots = total, "update failure action taken");
-                    return Ok(Round::Done);
-                }
+            self.check_failures(&watch);
+            let due = self.failures.lock().unwrap_or_else(|e| e.into_inner()).due.clone();
+            if let Some(task_id) = due {
+                while pool.join_next().await.is_some() {}
+                self.write_service(|s| after_failure(s, &task_id)).await?;
+                let failures = self.failures.lock().unwrap_or_else(|e| e.into_inner()).failed.len();
+                tracing::warn!(task.id = %task_id, action = ?config.failure_action, failures, slots = total,
+                    "update failure action taken");
+                return Ok(Round::Done);
             }
             if pool.is_empty() && monitor_until.is_none() {
                 // Keep watching for failures for one more monitor period before declaring the update complete.
@@ -421,7 +438,7 @@ impl Updater {
             }
             tokio::select! {
                 _ = self.cancel.cancelled() => {
-                    stop.cancel();
+                    watch.stop.cancel();
                     while pool.join_next().await.is_some() {}
                     return Ok(Round::Done);
                 }
@@ -432,37 +449,57 @@ impl Updater {
         }
     }
 
-    /// The first task this run created that newly counts as failed (recorded in `failed`).
-    fn new_failures(&self, failed: &mut HashSet<String>, monitor: Duration) -> Option<String> {
+    /// Counts the tasks this run created that newly failed; when the failed share exceeds the tolerated ratio
+    /// (and the action is not "continue"), records the task that tipped it and stops the workers.
+    fn check_failures(&self, w: &Watch) {
+        let newly = self.new_failures(w.config.monitor);
+        let mut f = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        for id in newly {
+            if f.failed.insert(id.clone())
+                && f.due.is_none()
+                && w.config.failure_action != FailureAction::Continue
+                && failure_action_due(f.failed.len(), w.total, w.config.max_failure_ratio)
+            {
+                f.due = Some(id);
+                w.stop.cancel();
+            }
+        }
+    }
+
+    /// The tasks this run created that failed within the monitor period and were not counted yet.
+    fn new_failures(&self, monitor: Duration) -> Vec<String> {
         let started = self.started.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let counted = self.failures.lock().unwrap_or_else(|e| e.into_inner()).failed.clone();
         self.store.view(|v| {
-            let mut first = None;
+            let mut out = Vec::new();
             for (id, since) in started {
                 let Some(t) = v.task(&id) else { continue };
                 let in_window = since.is_none_or(|s| s.elapsed() <= monitor);
-                if in_window && counts_as_failure(t) && failed.insert(id.clone()) {
+                if in_window && counts_as_failure(t) && !counted.contains(&id) {
                     tracing::info!(task.id = %id, state = %t.status.state, err = %t.status.err,
                         "updated task failed");
-                    first.get_or_insert(id);
+                    out.push(id);
                 }
             }
-            first
+            out
         })
     }
 
-    async fn worker(self: Arc<Self>, queue: Arc<Mutex<VecDeque<Slot>>>, config: UpdateConfig, stop: CancellationToken) {
+    async fn worker(self: Arc<Self>, queue: Arc<Mutex<VecDeque<Slot>>>, w: Watch) {
         loop {
             let Some(slot) = queue.lock().unwrap_or_else(|e| e.into_inner()).pop_front() else { return };
-            if let Err(e) = self.update_slot(&slot.key, config.order, &stop).await {
+            if let Err(e) = self.update_slot(&slot.key, w.config.order, &w.stop).await {
                 tracing::warn!(slot = slot.key.slot, node.id = %slot.key.node_id, error = %e, "slot update failed");
             }
-            if stop.is_cancelled() {
+            // A slot whose new task failed may make the failure action due: decided before the next slot starts.
+            self.check_failures(&w);
+            if w.stop.is_cancelled() {
                 return;
             }
-            if !config.delay.is_zero() {
+            if !w.config.delay.is_zero() {
                 tokio::select! {
-                    _ = stop.cancelled() => return,
-                    _ = tokio::time::sleep(config.delay) => {}
+                    _ = w.stop.cancelled() => return,
+                    _ = tokio::time::sleep(w.config.delay) => {}
                 }
             }
         }
