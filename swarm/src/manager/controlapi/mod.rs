@@ -554,7 +554,13 @@ mod tests {
             completed_at: None,
             message: "update paused due to failure or early termination of task t".into(),
         });
-        store.update(|tx| Ok::<_, StoreError>(tx.update(paused))).await.unwrap();
+        store
+            .update(|tx| {
+                tx.update(paused);
+                Ok::<_, StoreError>(())
+            })
+            .await
+            .unwrap();
         let s = update(scaled.clone(), false).await.unwrap().into_inner();
         assert_eq!((s.spec_version, s.update_status), (4, None));
     }

@@ -212,11 +212,23 @@ mod tests {
         let mut s = service("s", "web", 1);
         s.spec.task_template.restart_policy.delay = Duration::from_millis(100);
         s.spec.task_template.restart_policy.max_delay = Duration::from_millis(500);
-        store.update(|tx| Ok::<_, StoreError>(tx.create(s.clone()))).await.unwrap();
+        store
+            .update(|tx| {
+                tx.create(s.clone());
+                Ok::<_, StoreError>(())
+            })
+            .await
+            .unwrap();
         let sup = RestartSupervisor::new();
         let first = new_task(&s, 1, "", TaskState::Running);
         let mut current = first.id.clone();
-        store.update(|tx| Ok::<_, StoreError>(tx.create(first))).await.unwrap();
+        store
+            .update(|tx| {
+                tx.create(first);
+                Ok::<_, StoreError>(())
+            })
+            .await
+            .unwrap();
         let mut delays = Vec::new();
         for i in 0..6 {
             // The current task ends: failed, except the 4th time, which completes and resets the streak.
@@ -224,7 +236,13 @@ mod tests {
             let mut t = store.view(|v| v.task(&current).cloned().unwrap());
             t.status.state = state;
             t.desired_state = TaskState::Running;
-            store.update(|tx| Ok::<_, StoreError>(tx.update(t))).await.unwrap();
+            store
+                .update(|tx| {
+                    tx.update(t);
+                    Ok::<_, StoreError>(())
+                })
+                .await
+                .unwrap();
             let (delayed, _) = store.update(|tx| Ok::<_, StoreError>(sup.restart_ended(tx, |_| true))).await.unwrap();
             let (id, delay) = delayed.into_iter().next().expect("a delayed replacement");
             delays.push(delay.as_millis() as u64);

@@ -563,7 +563,12 @@ impl Updater {
             // Old tasks shut down (again, when taking over a slot), then the new one starts once they stopped.
             let old = others(&slot);
             if !old.is_empty() {
-                self.store.update_retrying(5, |tx| Ok(shut_down(tx, &old))).await?;
+                self.store
+                    .update_retrying(5, |tx| {
+                        shut_down(tx, &old);
+                        Ok(())
+                    })
+                    .await?;
             }
             let waited = self
                 .wait(stop, |v| match self.slot_now(v, key) {
@@ -606,7 +611,12 @@ impl Updater {
             if !stop_first {
                 let old = self.store.view(|v| self.slot_now(v, key).map(|(_, s)| others(&s)).unwrap_or_default());
                 if !old.is_empty() {
-                    self.store.update_retrying(5, |tx| Ok(shut_down(tx, &old))).await?;
+                    self.store
+                        .update_retrying(5, |tx| {
+                            shut_down(tx, &old);
+                            Ok(())
+                        })
+                        .await?;
                 }
             }
         }
