@@ -357,3 +357,39 @@ async fn a_leader_change_mid_update_resumes_without_replacing_finished_slots() {
         n.shutdown().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_looping_slot_backs_off_up_to_the_max_delay() {
+    let dir = tempfile::tempdir().unwrap();
+    let exec = TestExecutor::new("host-a");
+    exec.crash_image(NEW, 1);
+    let (node, api, store) = one_node(dir.path(), &exec).await;
+
+    step("one replica that crashes at once; --restart-delay 100ms --restart-max-delay 400ms");
+    let mut s = spec("crashy", 1);
+    s.task_template.container.image = NEW.into();
+    s.task_template.restart_policy.delay = Duration::from_millis(100);
+    s.task_template.restart_policy.max_delay = Duration::from_millis(400);
+    let svc = create(&api, s).await;
+    // The reaper keeps 5 tasks per slot: note each task's creation as it appears.
+    let mut seen: std::collections::BTreeMap<u64, swarm::api::Timestamp> = Default::default();
+    wait_for("7 tasks in the crash-looping slot", || {
+        store.view(|v| {
+            for t in v.tasks_by_service(&svc.id) {
+                seen.entry(t.meta.created_index).or_insert(t.meta.created_at);
+            }
+        });
+        (seen.len() >= 7).then_some(()).ok_or(format!("{} tasks so far", seen.len()))
+    })
+    .await;
+    let times: Vec<std::time::SystemTime> = seen.values().take(7).map(|t| t.0).collect();
+    let gaps: Vec<u128> = times.windows(2).map(|w| w[1].duration_since(w[0]).unwrap().as_millis()).collect();
+    eprintln!("gaps between replacements (ms): {gaps:?}");
+    // The k-th replacement waits its delay before it starts (and crashes): 100, 200, 400, then capped at 400.
+    for (i, min) in [(1, 100), (2, 200), (3, 400), (4, 400), (5, 400)] {
+        assert!(gaps[i] >= min, "replacement {i} came after {} ms, before its {min} ms back-off: {gaps:?}", gaps[i]);
+    }
+    // Uncapped, the last gap would be 1,600 ms.
+    assert!(gaps[5] < 1_200, "the back-off is capped at 400 ms: {gaps:?}");
+    node.shutdown().await;
+}

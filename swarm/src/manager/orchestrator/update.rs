@@ -91,23 +91,35 @@ pub fn slots(view: &MemoryStore, service: &Service) -> Vec<Slot> {
             by_key.entry(SlotKey::of(t)).or_default().push(t);
         }
     }
-    by_key
-        .into_iter()
-        .map(|(key, mut tasks)| {
-            tasks.sort_by_key(|t| t.meta.creation_order());
-            let live = tasks
-                .iter()
-                .filter(|t| is_live(t) && !t.status.state.is_terminal() && move_reason(view, t).is_none())
-                .map(|t| (*t).clone())
-                .collect();
-            let stopping = tasks
-                .iter()
-                .filter(|t| t.desired_state > TaskState::Running && !has_stopped(view, t))
-                .map(|t| t.id.clone())
-                .collect();
-            Slot { key, live, stopping }
-        })
-        .collect()
+    by_key.into_iter().map(|(key, tasks)| slot_of(view, key, tasks)).collect()
+}
+
+/// One slot of a service, `None` when it has no tasks (pure).
+pub fn slot(view: &MemoryStore, service: &Service, key: &SlotKey) -> Option<Slot> {
+    let tasks: Vec<&Task> = view
+        .tasks_by_service(&service.id)
+        .filter(|t| t.desired_state != TaskState::Remove && t.slot == key.slot)
+        .filter(|t| key.slot > 0 || t.node_id == key.node_id)
+        .collect();
+    (!tasks.is_empty()).then(|| slot_of(view, key.clone(), tasks))
+}
+
+fn slot_of(view: &MemoryStore, key: SlotKey, mut tasks: Vec<&Task>) -> Slot {
+    tasks.sort_by_key(|t| t.meta.creation_order());
+    let live = tasks.iter().filter(|t| counts_as_live(view, t)).map(|t| (*t).clone()).collect();
+    let stopping = tasks.iter().filter(|t| is_stopping(view, t)).map(|t| t.id.clone()).collect();
+    Slot { key, live, stopping }
+}
+
+/// Whether the updater counts `t` as its slot's task: meant to run, not ended (the restart supervisor replaces
+/// ended ones) and not being moved off its node (the orchestrator refills those).
+fn counts_as_live(view: &MemoryStore, t: &Task) -> bool {
+    is_live(t) && !t.status.state.is_terminal() && move_reason(view, t).is_none()
+}
+
+/// Whether `t` was asked to stop and has not stopped yet.
+fn is_stopping(view: &MemoryStore, t: &Task) -> bool {
+    t.desired_state > TaskState::Running && !has_stopped(view, t)
 }
 
 /// Whether a slot needs the updater: it runs a task with an outdated spec, runs more than one task (a start-first
@@ -154,7 +166,19 @@ pub fn needs_update(view: &MemoryStore, service: &Service) -> bool {
     match service.update_status.as_ref().map(|s| s.state) {
         Some(UpdateState::Paused | UpdateState::RollbackPaused) => false,
         Some(UpdateState::Updating | UpdateState::RollbackStarted) => true,
-        _ => slots(view, service).iter().any(|s| is_slot_dirty(view, service, s)),
+        _ => {
+            // Runs on every store change: a first look without copying tasks, the slots only if it finds work.
+            let mut live: HashMap<SlotKey, usize> = HashMap::new();
+            for t in view.tasks_by_service(&service.id).filter(|t| counts_as_live(view, t)) {
+                if is_task_dirty(view, service, t) {
+                    return true;
+                }
+                *live.entry(SlotKey::of(t)).or_default() += 1;
+            }
+            live.values().any(|n| *n > 1)
+                || (view.tasks_by_service(&service.id).any(|t| is_stopping(view, t))
+                    && slots(view, service).iter().any(|s| is_slot_dirty(view, service, s)))
+        }
     }
 }
 
@@ -508,7 +532,7 @@ impl Updater {
     /// The slot `key` as it is now, with the service, if the service still has this run's spec.
     fn slot_now(&self, v: &MemoryStore, key: &SlotKey) -> Option<(Service, Slot)> {
         let s = self.service(v)?;
-        let slot = slots(v, &s).into_iter().find(|sl| &sl.key == key)?;
+        let slot = slot(v, &s, key)?;
         Some((s, slot))
     }
 
@@ -680,11 +704,13 @@ mod tests {
         scaled.spec_version = 2;
         let v = view(vec![scaled.clone().into(), node("n1", "h1").into(), a.clone().into(), b.clone().into()]);
         assert!(dirty_slots(&v, &scaled).is_empty(), "replicas and update settings redeploy nothing");
+        assert!(!needs_update(&v, &scaled));
 
         let mut forced = scaled.clone();
         forced.spec.task_template.force_update += 1;
         let dirty = dirty_slots(&v, &forced);
         assert_eq!(dirty.iter().map(|s| s.key.slot).collect::<Vec<_>>(), vec![1, 2], "a force bump redeploys all");
+        assert!(needs_update(&v, &forced));
 
         let mut image = scaled.clone();
         image.spec.task_template.container.image = "docker.io/library/nginx:latest".into();
@@ -738,6 +764,18 @@ mod tests {
         assert_eq!(dirty.iter().map(|s| s.key.slot).collect::<Vec<_>>(), vec![1, 2]);
         assert_eq!(dirty[1].stopping, vec!["o2".to_string()]);
         assert!(needs_update(&v, &new));
+        let key = SlotKey { slot: 2, node_id: String::new() };
+        let one = slot(&v, &new, &key).unwrap();
+        assert_eq!((one.live.len(), one.stopping.len()), (1, 1));
+        assert!(slot(&v, &new, &SlotKey { slot: 9, node_id: String::new() }).is_none());
+        // Only the stop-first slot left: still work (the replacement waits for its old task to stop).
+        let v2 = view(vec![
+            new.clone().into(),
+            node("n1", "h1").into(),
+            v.task("o2").unwrap().clone().into(),
+            v.task("n2t").unwrap().clone().into(),
+        ]);
+        assert!(needs_update(&v2, &new));
     }
 
     #[test]
