@@ -165,7 +165,9 @@ async fn rolling_updates_keep_replicas_up_and_only_changed_specs_redeploy() {
     );
     assert!(samples > 10, "the sampler ran ({samples} samples)");
     assert!(min >= 10, "start-first never has fewer than 10 running; saw {min}");
-    assert!(max <= 12, "at most parallelism (2) extra tasks at once; saw {max}");
+    // No upper bound is asserted: an old task asked to stop may still be running when its worker's next
+    // replacement starts, as in Swarm.
+    assert!(max > 10, "start-first runs a replacement beside the old task; saw at most {max}");
     assert_eq!(st.message, "update completed");
     assert!(st.completed_at.is_some_and(|c| c >= st.started_at));
     assert!(after.iter().all(|id| !before.contains(id)), "every task replaced");
