@@ -141,52 +141,82 @@ impl RestartSupervisor {
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(delay) => {}
             }
-            for _ in 0..10 {
-                let r = store
-                    .update(|tx| {
-                        if let Some(t) = tx.view().task(&task_id) {
-                            if t.desired_state == TaskState::Ready {
-                                let mut t = t.clone();
-                                t.desired_state = TaskState::Running;
-                                tx.update(t);
-                            }
-                        }
-                        Ok::<_, StoreError>(())
-                    })
-                    .await;
-                match r {
-                    Ok(()) => return,
-                    Err(e) if e.is_out_of_sequence() => continue,
-                    Err(e) => {
-                        tracing::warn!(task.id = %task_id, error = %e, "could not start delayed task");
-                        return;
-                    }
-                }
-            }
+            set_running(&store, &task_id).await;
         });
     }
 
     /// On becoming leader: replacements left waiting by a previous leader are started after what is left of
     /// their delay. A task waiting at READY while an older task of its slot is still stopping is a stop-first
-    /// update's replacement: the updater starts it once that task stopped.
+    /// update's replacement: it starts once that task stopped (the updater, resuming, may start it first).
     pub fn resume_delayed(&self, store: &Store, shutdown: &CancellationToken) {
-        let waiting: Vec<(String, Duration)> = store.view(|v| {
-            v.tasks_by_desired_state(TaskState::Ready)
-                .filter(|t| {
-                    let key = UpdateSlot::of(t);
-                    !v.tasks_by_service(&t.service_id)
-                        .any(|o| UpdateSlot::of(o) == key && o.desired_state > TaskState::Running && !has_stopped(v, o))
-                })
-                .map(|t| {
+        let (delayed, updates): (Vec<(String, Duration)>, Vec<String>) = store.view(|v| {
+            let mut delayed = Vec::new();
+            let mut updates = Vec::new();
+            for t in v.tasks_by_desired_state(TaskState::Ready) {
+                if slot_is_stopping(v, t) {
+                    updates.push(t.id.clone());
+                } else {
                     let full = restart_delay(&t.spec.restart_policy, failures_before(v, t));
-                    (t.id.clone(), full.saturating_sub(t.meta.created_at.elapsed()))
-                })
-                .collect()
+                    delayed.push((t.id.clone(), full.saturating_sub(t.meta.created_at.elapsed())));
+                }
+            }
+            (delayed, updates)
         });
-        for (id, delay) in waiting {
+        for (id, delay) in delayed {
             self.start_after(store.clone(), id, delay, shutdown.clone());
         }
+        for id in updates {
+            let (store, shutdown) = (store.clone(), shutdown.clone());
+            tokio::spawn(async move {
+                let mut events = store.watch();
+                loop {
+                    let stopped = store.view(|v| v.task(&id).is_none_or(|t| !slot_is_stopping(v, t)));
+                    if stopped {
+                        break;
+                    }
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        r = events.recv() => if let Err(tokio::sync::broadcast::error::RecvError::Closed) = r { return },
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                }
+                set_running(&store, &id).await;
+            });
+        }
     }
+}
+
+/// Sets a replacement waiting at READY to desired RUNNING (unless something else moved it meanwhile).
+async fn set_running(store: &Store, task_id: &str) {
+    for _ in 0..10 {
+        let r = store
+            .update(|tx| {
+                if let Some(t) = tx.view().task(task_id) {
+                    if t.desired_state == TaskState::Ready {
+                        let mut t = t.clone();
+                        t.desired_state = TaskState::Running;
+                        tx.update(t);
+                    }
+                }
+                Ok::<_, StoreError>(())
+            })
+            .await;
+        match r {
+            Ok(()) => return,
+            Err(e) if e.is_out_of_sequence() => continue,
+            Err(e) => {
+                tracing::warn!(task.id = %task_id, error = %e, "could not start delayed task");
+                return;
+            }
+        }
+    }
+}
+
+/// Whether another task of `t`'s slot was asked to stop and has not stopped yet.
+fn slot_is_stopping(v: &MemoryStore, t: &Task) -> bool {
+    let key = UpdateSlot::of(t);
+    v.tasks_by_service(&t.service_id)
+        .any(|o| o.id != t.id && UpdateSlot::of(o) == key && o.desired_state > TaskState::Running && !has_stopped(v, o))
 }
 
 #[cfg(test)]

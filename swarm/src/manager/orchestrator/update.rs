@@ -549,7 +549,11 @@ impl Updater {
             let running = slot.live.iter().rev().filter(clean).find(|t| t.desired_state == TaskState::Running);
             running.or_else(|| slot.live.iter().rev().find(clean)).cloned()
         });
-        let stop_first = order == UpdateOrder::StopFirst;
+        // A replacement waiting at READY for old tasks to stop was made stop-first (by a run the order changed
+        // under, or by a previous leader): it is finished that way.
+        let waiting =
+            existing.as_ref().is_some_and(|t| t.desired_state < TaskState::Running) && !slot.stopping.is_empty();
+        let stop_first = order == UpdateOrder::StopFirst || waiting;
         let new_id = match existing {
             Some(t) => t.id,
             None => {
@@ -680,6 +684,7 @@ mod tests {
     use super::*;
     use crate::api::Object;
     use crate::testing::{node, service};
+    use std::collections::BTreeSet;
 
     fn running(s: &Service, id: &str, slot: u64, node_id: &str) -> Task {
         let mut t = new_task(s, slot, node_id, TaskState::Running);
@@ -887,5 +892,88 @@ mod tests {
         assert!(needs_update(&v, &s), "a rollback in progress is resumed");
         s.update_status.as_mut().unwrap().state = UpdateState::RollbackPaused;
         assert!(!needs_update(&v, &s));
+    }
+
+    /// Polls `check` on the store until it holds, failing after 10 s with what it last saw.
+    async fn until<T>(store: &Store, what: &str, check: impl Fn(&MemoryStore) -> Result<T, String>) -> T {
+        let start = Instant::now();
+        loop {
+            match store.view(&check) {
+                Ok(v) => return v,
+                Err(e) if start.elapsed() > Duration::from_secs(10) => panic!("waiting for {what}: {e}"),
+                Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+            }
+        }
+    }
+
+    async fn set_state(store: &Store, id: &str, state: TaskState) {
+        let mut t = store.view(|v| v.task(id).cloned().unwrap());
+        t.status.state = state;
+        store
+            .update(|tx| {
+                tx.update(t);
+                Ok::<_, StoreError>(())
+            })
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_new_leader_finishes_a_half_done_stop_first_slot_without_a_new_task() {
+        let store = Store::in_memory();
+        let mut old = service("s", "web", 2);
+        old.spec.update_config.monitor = Duration::from_millis(50);
+        let mut new = old.clone();
+        new.spec.task_template.container.image = "docker.io/library/nginx:latest".into();
+        new.spec_version = 2;
+        new.previous_spec = Some(old.spec.clone());
+        new.update_status = Some(UpdateStatus {
+            state: UpdateState::Updating,
+            started_at: Timestamp::now(),
+            completed_at: None,
+            message: MSG_IN_PROGRESS.into(),
+        });
+        // Slot 1 was finished; slot 2 was caught half-way: its old task asked to stop (still running), the
+        // replacement prepared and waiting at READY.
+        let done = running(&new, "done", 1, "n1");
+        let mut stopping = running(&old, "old", 2, "n1");
+        stopping.desired_state = TaskState::Shutdown;
+        let mut waiting = new_task(&new, 2, "n1", TaskState::Ready);
+        waiting.id = "new".into();
+        waiting.status.state = TaskState::Ready;
+        store
+            .update(|tx| {
+                tx.create(node("n1", "h1"));
+                tx.create(new.clone());
+                tx.create(done.clone());
+                tx.create(stopping.clone());
+                tx.create(waiting.clone());
+                Ok::<_, StoreError>(())
+            })
+            .await
+            .unwrap();
+        // What a new leader starts: the restart supervisor's resume, and the updater.
+        let shutdown = CancellationToken::new();
+        super::super::restart::RestartSupervisor::new().resume_delayed(&store, &shutdown);
+        let updater = tokio::spawn(UpdateSupervisor::new(store.clone()).run(shutdown.clone()));
+
+        set_state(&store, "old", TaskState::Shutdown).await;
+        until(&store, "the replacement to be started once the old task stopped", |v| {
+            let t = v.task("new").unwrap();
+            (t.desired_state == TaskState::Running).then_some(()).ok_or(format!("desired {}", t.desired_state))
+        })
+        .await;
+        set_state(&store, "new", TaskState::Running).await;
+        let st = until(&store, "the update to complete", |v| {
+            let st = v.service("s").unwrap().update_status.clone().unwrap();
+            (st.state == UpdateState::Completed).then_some(st.clone()).ok_or(format!("{st:?}"))
+        })
+        .await;
+        assert_eq!(st.message, "update completed");
+        let ids: BTreeSet<String> = store.view(|v| v.tasks().map(|t| t.id.clone()).collect());
+        assert_eq!(ids, ["done", "new", "old"].into_iter().map(String::from).collect(), "no task made or replaced");
+        assert_eq!(store.view(|v| v.task("done").unwrap().desired_state), TaskState::Running);
+        shutdown.cancel();
+        updater.await.unwrap();
     }
 }
