@@ -2,7 +2,8 @@
 //! Stories: start-first keeps every replica up; stop-first takes down one slot at a time; a replica-count change
 //! redeploys nothing while `--force` redeploys everything; an update whose tasks crash rolls itself back, or
 //! pauses naming the task; `service rollback` goes back; a global service updates node by node; a leader change
-//! in the middle of an update resumes it without replacing finished slots again.
+//! in the middle of an update resumes it without replacing finished slots again; a crash-looping slot backs off up
+//! to `--restart-max-delay`; 50 replicas update ten at a time (time and fewest available replicas printed).
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -393,5 +394,33 @@ async fn a_crash_looping_slot_backs_off_up_to_the_max_delay() {
     }
     // Uncapped, the last gap would be 1,600 ms.
     assert!(gaps[5] < 1_200, "the back-off is capped at 400 ms: {gaps:?}");
+    node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_replicas_update_ten_at_a_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let exec = TestExecutor::new("host-a");
+    let (node, api, store) = one_node(dir.path(), &exec).await;
+
+    step("50 replicas; update the image with parallelism 10 (stop-first, Swarm's default order)");
+    let mut s = spec("web", 50);
+    s.update_config.parallelism = 10;
+    let web = create(&api, s).await;
+    converged(&store, &[&exec], &web.id, 50, OLD).await;
+    let sampler = Sampler::start(&store, &[&exec], &web.id);
+    let t0 = Instant::now();
+    update(&api, &web.id, |s| s.task_template.container.image = NEW.into()).await;
+    let st = status(&store, &web.id, UpdateState::Completed).await;
+    let took = t0.elapsed();
+    converged(&store, &[&exec], &web.id, 50, NEW).await;
+    let (min, max, samples) = sampler.finish().await;
+    eprintln!(
+        "rolling update of 50 replicas (parallelism 10, in process): {took:?} including the 300ms monitor; \
+         available replicas min {min}, max {max} ({samples} samples)"
+    );
+    assert_eq!(st.message, "update completed");
+    assert!(min >= 40, "at most 10 slots down at once; saw {min} running");
+    assert!(max <= 50, "stop-first never runs a slot twice; saw {max}");
     node.shutdown().await;
 }
