@@ -147,6 +147,8 @@ struct FakeRuntime {
     scripts: HashMap<String, ExitScript>,
     /// Starts of scripted containers per slot, to pick their exit code.
     starts: HashMap<(String, String), u64>,
+    /// Images whose containers exit with this code right after they start.
+    crashing_images: HashMap<String, i32>,
     /// Each task's log, as fed by the test (kept when the container is removed, as nothing reads it then).
     logs: HashMap<String, Vec<logs::TaskLogLine>>,
     /// The health of each health-checked task that started.
@@ -191,6 +193,12 @@ impl TestExecutor {
     /// Makes started containers of `image` exit on their own, as `script` says.
     pub fn script(&self, image: &str, script: ExitScript) {
         self.rt.lock().unwrap().scripts.insert(image.into(), script);
+    }
+
+    /// Makes tasks using `image` (normalized reference) exit with `code` right after they start, as a process that
+    /// crashes at once.
+    pub fn crash_image(&self, image: &str, code: i32) {
+        self.rt.lock().unwrap().crashing_images.insert(image.into(), code);
     }
 
     /// Ends a running fake container with `code`, as if its process died.
@@ -407,7 +415,12 @@ impl Controller for TestController {
         let cur = *self.state().ok_or_else(|| ExecError::NotFound(self.task_id.clone()))?.borrow();
         if cur == FakeState::Created {
             self.set(FakeState::Running)?;
-            self.run_script();
+            let crash = self.rt.lock().unwrap().crashing_images.get(&self.image).copied();
+            if let Some(code) = crash {
+                self.set(FakeState::Exited(code))?;
+            } else {
+                self.run_script();
+            }
         }
         Ok(1)
     }

@@ -3,7 +3,7 @@
 //!
 //! ```text
 //!   raft metrics ──▶ leader? ──yes──▶ applied every entry of earlier terms? ──▶ spawn: allocator, scheduler,
-//!                       │                 replicated + global + jobs orchestrators, task reaper, role manager,
+//!                       │                 replicated + global + jobs orchestrators, updater, task reaper, role manager,
 //!                       │                 dispatcher, leader bookkeeping (who leads, which managers are reachable)
 //!                       └──no───▶ cancel them all, wait until they stopped
 //! ```
@@ -29,6 +29,7 @@ use crate::manager::orchestrator::jobs::JobsOrchestrator;
 use crate::manager::orchestrator::replicated::ReplicatedOrchestrator;
 use crate::manager::orchestrator::restart::RestartSupervisor;
 use crate::manager::orchestrator::task_reaper::TaskReaper;
+use crate::manager::orchestrator::update::UpdateSupervisor;
 use crate::manager::raft::RaftHandle;
 use crate::manager::scheduler::Scheduler;
 use crate::manager::store::{Store, StoreError};
@@ -118,6 +119,7 @@ impl Manager {
         );
         set.spawn(JobsOrchestrator::new(s.clone(), restarts).run(token.clone()).instrument(span("jobs-orchestrator")));
         set.spawn(TaskReaper::new(s.clone()).run(token.clone()).instrument(span("task-reaper")));
+        set.spawn(UpdateSupervisor::new(s.clone()).run(token.clone()).instrument(span("updater")));
         set.spawn(
             crate::manager::rolemanager::RoleManager::new(s.clone(), self.raft.clone())
                 .run(token.clone())

@@ -148,6 +148,49 @@ impl ControlApi {
     }
 }
 
+/// The service after `service update` with `spec` (validated). Only a changed spec makes a new spec version (and
+/// keeps the current one for rollback) and clears the last update's status, so the updater starts anew; the
+/// same spec again resumes a paused update (Docker's way to resume one: `service update SERVICE`).
+pub fn updated(cur: &Service, spec: crate::api::ServiceSpec) -> Result<Service, Status> {
+    if cur.spec.annotations.name != spec.annotations.name {
+        return Err(Status::invalid_argument("renaming services is not supported"));
+    }
+    if std::mem::discriminant(&cur.spec.mode) != std::mem::discriminant(&spec.mode) {
+        return Err(Status::invalid_argument("service mode change is not allowed"));
+    }
+    let mut next = cur.clone();
+    if spec != cur.spec {
+        next.previous_spec = Some(std::mem::replace(&mut next.spec, spec));
+        next.spec_version = cur.spec_version + 1;
+        next.update_status = None;
+    } else if next
+        .update_status
+        .as_ref()
+        .is_some_and(|s| matches!(s.state, crate::api::UpdateState::Paused | crate::api::UpdateState::RollbackPaused))
+    {
+        next.update_status = None;
+    }
+    Ok(next)
+}
+
+/// The service after `service rollback`: the previous spec comes back (and the current one becomes the
+/// previous), rolled out with the rollback config.
+pub fn rolled_back(cur: &Service) -> Result<Service, Status> {
+    let Some(prev) = cur.previous_spec.clone() else {
+        return Err(Status::failed_precondition(format!("service {} does not have a previous spec", cur.id)));
+    };
+    let mut next = cur.clone();
+    next.previous_spec = Some(std::mem::replace(&mut next.spec, prev));
+    next.spec_version = cur.spec_version + 1;
+    next.update_status = Some(crate::api::UpdateStatus {
+        state: crate::api::UpdateState::RollbackStarted,
+        started_at: crate::api::Timestamp::now(),
+        completed_at: None,
+        message: crate::manager::orchestrator::update::MSG_MANUAL_ROLLBACK.into(),
+    });
+    Ok(next)
+}
+
 /// What `service logs SELECTOR` reads: the service so named, or else the task.
 pub(crate) fn log_selection(v: &MemoryStore, selector: &str) -> Result<Selection, Status> {
     let placed = |t: &Task| (!t.node_id.is_empty()).then(|| (t.id.clone(), t.node_id.clone()));
@@ -215,30 +258,29 @@ impl Control for ControlApi {
 
     async fn update_service(&self, req: Request<UpdateServiceRequest>) -> Result<Response<Service>, Status> {
         let store = self.store()?;
-        let UpdateServiceRequest { id, version, mut spec, rollback: _ } = req.into_inner();
-        validate::service_spec(&mut spec).map_err(|e| Status::invalid_argument(e.0))?;
+        let UpdateServiceRequest { id, version, mut spec, rollback } = req.into_inner();
+        if !rollback {
+            validate::service_spec(&mut spec).map_err(|e| Status::invalid_argument(e.0))?;
+        }
         let id = store
             .update(|tx| {
-                let cur = find_service(tx.view(), &id)?.clone();
-                if cur.spec.annotations.name != spec.annotations.name {
-                    return Err(Status::invalid_argument("renaming services is not supported"));
-                }
-                if std::mem::discriminant(&cur.spec.mode) != std::mem::discriminant(&spec.mode) {
-                    return Err(Status::invalid_argument("service mode change is not allowed"));
-                }
-                let mut next = cur.clone();
+                let cur = find_service(tx.view(), &id)?;
+                let mut next = if rollback { rolled_back(cur)? } else { updated(cur, spec)? };
                 next.meta.version = version;
-                next.previous_spec = Some(cur.spec.clone());
-                // A changed spec is a new spec version (for a job, a new run of it).
-                if spec != cur.spec {
-                    next.spec_version = cur.spec_version + 1;
-                }
-                next.spec = spec;
                 let id = next.id.clone();
-                tx.update(next);
+                if next != *cur {
+                    tx.update(next);
+                } else if cur.meta.version != version {
+                    // Nothing to write, but a stale caller is still told, as with any other update.
+                    return Err(status_of(StoreError::Apply(ApplyError::OutOfSequence {
+                        kind: ObjectKind::Service,
+                        id: cur.id.clone(),
+                    })));
+                }
                 Ok(id)
             })
             .await?;
+        tracing::info!(service.id = %id, rollback, "service updated");
         store.view(|v| v.service(&id).cloned()).map(Response::new).ok_or_else(|| Status::not_found("service removed"))
     }
 
@@ -451,6 +493,81 @@ mod tests {
         };
         let e = api.update_service(Request::new(stale)).await.unwrap_err();
         assert!(e.message().contains("update out of sequence"), "{}", e.message());
+    }
+
+    #[tokio::test]
+    async fn spec_versions_previous_spec_and_rollback() {
+        let store = Store::in_memory();
+        let api = ControlApi::with_store(store.clone());
+        let created = api
+            .create_service(Request::new(CreateServiceRequest { spec: service("x", "web", 3).spec }))
+            .await
+            .unwrap()
+            .into_inner();
+        let get = || store.view(|v| v.service(&created.id).cloned().unwrap());
+        let update = |spec, rollback| {
+            let cur = get();
+            api.update_service(Request::new(UpdateServiceRequest {
+                id: cur.id.clone(),
+                version: cur.meta.version,
+                spec,
+                rollback,
+            }))
+        };
+        assert_eq!((created.spec_version, created.previous_spec.as_ref()), (1, None));
+
+        let e = update(created.spec.clone(), true).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::FailedPrecondition);
+        assert_eq!(e.message(), format!("service {} does not have a previous spec", created.id));
+        let mut bad = created.spec.clone();
+        bad.update_config.max_failure_ratio = 2.0;
+        let e = update(bad, false).await.unwrap_err();
+        assert_eq!(
+            (e.code(), e.message()),
+            (tonic::Code::InvalidArgument, "--update-max-failure-ratio must be between 0 and 1, got 2")
+        );
+        assert_eq!(get(), created, "refused updates changed nothing");
+
+        update(created.spec.clone(), false).await.unwrap();
+        assert_eq!(get(), created, "the same spec again writes nothing");
+
+        let mut scaled = created.spec.clone();
+        scaled.mode = ServiceMode::Replicated { replicas: 5 };
+        let s = update(scaled.clone(), false).await.unwrap().into_inner();
+        assert_eq!((s.spec_version, s.previous_spec.as_ref()), (2, Some(&created.spec)));
+
+        let mut forced = scaled.clone();
+        forced.task_template.force_update += 1;
+        let s = update(forced.clone(), false).await.unwrap().into_inner();
+        assert_eq!((s.spec_version, s.previous_spec.as_ref()), (3, Some(&scaled)), "--force is a change");
+
+        let s = update(forced.clone(), true).await.unwrap().into_inner();
+        assert_eq!(s.spec, scaled, "back to the previous spec");
+        assert_eq!(s.previous_spec.as_ref(), Some(&forced), "and the current one becomes the previous");
+        assert_eq!(s.spec_version, 4);
+        let st = s.update_status.unwrap();
+        assert_eq!(
+            (st.state, st.message.as_str()),
+            (crate::api::UpdateState::RollbackStarted, "manually requested rollback")
+        );
+
+        // A paused update resumes when the same spec is sent again.
+        let mut paused = get();
+        paused.update_status = Some(crate::api::UpdateStatus {
+            state: crate::api::UpdateState::Paused,
+            started_at: crate::api::Timestamp::now(),
+            completed_at: None,
+            message: "update paused due to failure or early termination of task t".into(),
+        });
+        store
+            .update(|tx| {
+                tx.update(paused);
+                Ok::<_, StoreError>(())
+            })
+            .await
+            .unwrap();
+        let s = update(scaled.clone(), false).await.unwrap().into_inner();
+        assert_eq!((s.spec_version, s.update_status), (4, None));
     }
 
     /// A store with the cluster object, manager `m`, ready worker `w` and down worker `d`.

@@ -1,6 +1,6 @@
 //! Validation of specs the control API receives. Every error names the field and what is wrong.
 
-use crate::api::{normalize_image_ref, Mount, MountType, NodeSpec, ServiceSpec, TaskSpec};
+use crate::api::{normalize_image_ref, FailureAction, Mount, MountType, NodeSpec, ServiceSpec, TaskSpec};
 
 /// A spec the control API refuses.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -72,6 +72,7 @@ pub fn service_spec(spec: &mut ServiceSpec) -> Result<(), InvalidSpec> {
     if r.limits.memory_bytes > 0 && r.limits.memory_bytes < 6 * 1024 * 1024 {
         return Err(InvalidSpec("--limit-memory must be at least 6MB".into()));
     }
+    update_configs(spec)?;
     if spec.task_template.placement.max_replicas > 0 && spec.mode == crate::api::ServiceMode::Global {
         return Err(InvalidSpec("--replicas-max-per-node cannot be used with global mode".into()));
     }
@@ -84,6 +85,22 @@ pub fn service_spec(spec: &mut ServiceSpec) -> Result<(), InvalidSpec> {
         return Err(InvalidSpec("update and rollback configuration is not supported for jobs".into()));
     }
     placement_and_generic_resources(&spec.task_template)?;
+    Ok(())
+}
+
+/// Checks the update and rollback settings: failure ratios are fractions, and a rollback cannot itself roll back.
+fn update_configs(spec: &ServiceSpec) -> Result<(), InvalidSpec> {
+    for (flag, c) in [("update", &spec.update_config), ("rollback", &spec.rollback_config)] {
+        let r = c.max_failure_ratio;
+        if !(0.0..=1.0).contains(&r) {
+            return Err(InvalidSpec(format!("--{flag}-max-failure-ratio must be between 0 and 1, got {r}")));
+        }
+    }
+    if spec.rollback_config.failure_action == FailureAction::Rollback {
+        return Err(InvalidSpec(
+            "--rollback-failure-action must be pause or continue: a rollback cannot be rolled back".into(),
+        ));
+    }
     Ok(())
 }
 
@@ -219,6 +236,33 @@ mod tests {
         s.task_template.placement.max_replicas = 0;
         s.update_config.parallelism = 2;
         assert_eq!(service_spec(&mut s).unwrap_err().0, "update and rollback configuration is not supported for jobs");
+    }
+
+    #[test]
+    fn checks_update_and_rollback_settings() {
+        let mut s = service("s", "web", 1).spec;
+        s.update_config.max_failure_ratio = 0.25;
+        s.rollback_config.failure_action = FailureAction::Continue;
+        service_spec(&mut s).unwrap();
+        s.update_config.max_failure_ratio = 1.5;
+        assert_eq!(service_spec(&mut s).unwrap_err().0, "--update-max-failure-ratio must be between 0 and 1, got 1.5");
+        s.update_config.max_failure_ratio = 0.0;
+        s.rollback_config.max_failure_ratio = -0.1;
+        assert_eq!(
+            service_spec(&mut s).unwrap_err().0,
+            "--rollback-max-failure-ratio must be between 0 and 1, got -0.1"
+        );
+        s.rollback_config.max_failure_ratio = f64::NAN;
+        assert!(service_spec(&mut s).is_err(), "NaN is no ratio");
+        s.rollback_config.max_failure_ratio = 1.0;
+        s.rollback_config.failure_action = FailureAction::Rollback;
+        assert_eq!(
+            service_spec(&mut s).unwrap_err().0,
+            "--rollback-failure-action must be pause or continue: a rollback cannot be rolled back"
+        );
+        s.rollback_config.failure_action = FailureAction::Pause;
+        s.update_config.failure_action = FailureAction::Rollback;
+        service_spec(&mut s).unwrap();
     }
 
     #[test]

@@ -97,7 +97,7 @@ mod tests {
     fn a_node_made_eligible_again_gets_a_new_task_unless_the_restart_policy_declined() {
         let mut s = service("s", "agent", 0);
         s.spec.mode = ServiceMode::Global;
-        s.meta.version = 7;
+        s.spec_version = 7;
         // The task the orchestrator stopped when the node was drained; the node is active again.
         let mut stopped = new_task(&s, 0, "a", TaskState::Shutdown);
         stopped.status.state = TaskState::Shutdown;

@@ -4,7 +4,8 @@
 //! - [`global`]: one live task per eligible node;
 //! - [`jobs`]: replicated and global jobs, run to completion;
 //! - [`restart`]: when a task ends, decides whether and when its slot gets a replacement;
-//! - [`task_reaper`]: deletes tasks beyond the history limit and tasks marked REMOVE once they stopped.
+//! - [`task_reaper`]: deletes tasks beyond the history limit and tasks marked REMOVE once they stopped;
+//! - [`update`]: rolls a changed spec out to the tasks (rolling update, rollback, update status).
 //!
 //! Each runs on the leader as `new(store, …)` + `run(shutdown)`, computes a plan from the store (pure functions,
 //! unit-tested) and writes it back as one proposal; the store's watch wakes it up again.
@@ -14,6 +15,7 @@ pub mod jobs;
 pub mod replicated;
 pub mod restart;
 pub mod task_reaper;
+pub mod update;
 
 use crate::api::{
     new_id, NodeAvailability, NodeState, Object, Service, ServiceMode, Task, TaskState, TaskStatus, Timestamp,
@@ -84,7 +86,7 @@ pub fn new_task(service: &Service, slot: u64, node_id: &str, desired: TaskState)
         slot,
         node_id: node_id.to_string(),
         spec: service.spec.task_template.clone(),
-        spec_version: service.meta.version,
+        spec_version: service.spec_version,
         status: TaskStatus {
             timestamp: Timestamp::now(),
             state: TaskState::New,
@@ -106,7 +108,7 @@ pub fn slot_held_dead(service: &Service, tasks: &[&Task]) -> bool {
             last.desired_state == TaskState::Shutdown
                 && last.status.state.is_terminal()
                 && last.status.state != TaskState::Shutdown
-                && last.spec_version >= service.meta.version
+                && last.spec_version >= service.spec_version
         }
         None => false,
     }
@@ -195,7 +197,7 @@ impl<P: ServiceModePolicy> Orchestrator<P> {
 }
 
 /// Whether an event is about a service or a task.
-fn service_or_task(ev: &Event) -> bool {
+pub(crate) fn service_or_task(ev: &Event) -> bool {
     matches!(ev.object, Object::Service(_) | Object::Task(_))
 }
 

@@ -131,7 +131,7 @@ mod tests {
     #[test]
     fn declined_restart_holds_the_slot_until_the_service_changes() {
         let mut s = service("s", "web", 2);
-        s.meta.version = 10;
+        s.spec_version = 10;
         let mut dead = task("a", "s", 1);
         dead.status.state = TaskState::Failed;
         dead.desired_state = TaskState::Shutdown;
@@ -141,7 +141,7 @@ mod tests {
         let p = plan_service(&view_of(&s, vec![dead.clone(), ok.clone()]), &s);
         assert!(p.create.is_empty(), "slot 1 stays dead");
 
-        s.meta.version = 11; // e.g. scaled
+        s.spec_version = 11; // e.g. scaled
         let p = plan_service(&view_of(&s, vec![dead, ok]), &s);
         assert_eq!(p.create.iter().map(|t| t.slot).collect::<Vec<_>>(), vec![1]);
     }
@@ -149,7 +149,7 @@ mod tests {
     #[test]
     fn the_last_task_of_a_slot_is_the_last_created_in_raft_order_whatever_the_clocks() {
         let mut s = service("s", "web", 1);
-        s.meta.version = 10;
+        s.spec_version = 10;
         let ended = |id: &str, desired, created_index, secs| {
             let mut t = task(id, "s", 1);
             t.status.state = TaskState::Failed;
