@@ -553,14 +553,20 @@ pub async fn wait_converged(
             screen.finish();
             return Ok(());
         }
-        tokio::select! {
-            _ = tokio::time::sleep(POLL_EVERY) => {}
-            _ = &mut ctrl_c => {
-                screen.finish();
-                eprintln!("Operation continuing in background.");
-                eprintln!("Use `shoal service ps --no-trunc {service_name}` to check progress.");
-                std::process::exit(130);
-            }
+        next_poll(&mut ctrl_c, &mut screen, service_name).await;
+    }
+}
+
+/// Waits one poll period. On Ctrl-C the operation goes on without us, as with docker: say how to follow it and
+/// exit 130.
+async fn next_poll(ctrl_c: &mut (impl std::future::Future + Unpin), screen: &mut Screen, service: &str) {
+    tokio::select! {
+        _ = tokio::time::sleep(POLL_EVERY) => {}
+        _ = ctrl_c => {
+            screen.finish();
+            eprintln!("Operation continuing in background.");
+            eprintln!("Use `shoal service ps --no-trunc {service}` to check progress.");
+            std::process::exit(130);
         }
     }
 }
@@ -718,15 +724,7 @@ pub async fn wait_updated(
             }
             None => {}
         }
-        tokio::select! {
-            _ = tokio::time::sleep(POLL_EVERY) => {}
-            _ = &mut ctrl_c => {
-                screen.finish();
-                eprintln!("Operation continuing in background.");
-                eprintln!("Use `shoal service ps --no-trunc {service_id}` to check progress.");
-                std::process::exit(130);
-            }
-        }
+        next_poll(&mut ctrl_c, &mut screen, service_id).await;
     }
 }
 
@@ -783,15 +781,7 @@ pub async fn wait_job_complete(
             screen.finish();
             return Ok(());
         }
-        tokio::select! {
-            _ = tokio::time::sleep(POLL_EVERY) => {}
-            _ = &mut ctrl_c => {
-                screen.finish();
-                eprintln!("Operation continuing in background.");
-                eprintln!("Use `shoal service ps --no-trunc {service_name}` to check progress.");
-                std::process::exit(130);
-            }
-        }
+        next_poll(&mut ctrl_c, &mut screen, service_name).await;
     }
 }
 

@@ -159,6 +159,21 @@ impl<C: Controller> Runner<C> {
     }
 
     /// Drives the task until it is terminal, then waits for the cancel (task removed from the node).
+    /// Waits for what moves a started task on: its exit, a health verdict, or a new desired state. False when
+    /// the runner must stop (cancelled, or the task is gone from the worker).
+    async fn watch_running(&mut self, updates: &mut watch::Receiver<Task>, cancel: &CancellationToken) -> bool {
+        tokio::select! {
+            _ = cancel.cancelled() => return false,
+            r = self.ctl.wait() => match r {
+                Ok(exit) => self.exited(exit.exit_code),
+                Err(e) => self.failed(e),
+            },
+            h = next_health(&mut self.health) => self.on_health(h).await,
+            r = updates.changed() => return r.is_ok(),
+        }
+        true
+    }
+
     async fn run(mut self, mut updates: watch::Receiver<Task>, cancel: CancellationToken) {
         loop {
             if cancel.is_cancelled() {
@@ -222,14 +237,8 @@ impl<C: Controller> Runner<C> {
                 },
                 TaskState::Starting => {
                     // Health-gated: RUNNING only once a check passed.
-                    tokio::select! {
-                        _ = cancel.cancelled() => return,
-                        r = self.ctl.wait() => match r {
-                            Ok(exit) => self.exited(exit.exit_code),
-                            Err(e) => self.failed(e),
-                        },
-                        h = next_health(&mut self.health) => self.on_health(h).await,
-                        r = updates.changed() => if r.is_err() { return },
+                    if !self.watch_running(&mut updates, &cancel).await {
+                        return;
                     }
                 }
                 TaskState::Running => {
@@ -267,14 +276,8 @@ impl<C: Controller> Runner<C> {
                         }
                         _ => {}
                     }
-                    tokio::select! {
-                        _ = cancel.cancelled() => return,
-                        r = self.ctl.wait() => match r {
-                            Ok(exit) => self.exited(exit.exit_code),
-                            Err(e) => self.failed(e),
-                        },
-                        h = next_health(&mut self.health) => self.on_health(h).await,
-                        r = updates.changed() => if r.is_err() { return },
+                    if !self.watch_running(&mut updates, &cancel).await {
+                        return;
                     }
                 }
                 _ => return,
