@@ -2,7 +2,7 @@
 //! node (global), with the service's `update_config` (or `rollback_config` while rolling back), and records the
 //! progress in `Service.update_status` — Swarm's updater.
 //!
-//! - [`UpdateSupervisor`] is the leader component: on every service or task change it looks for services with
+//! - [`UpdateSupervisor`] is the leader component: when services or tasks change it looks at those services for
 //!   dirty slots (or an update recorded as in progress) and keeps one [`Updater`] run per such service, for its
 //!   current `spec_version`; a newer spec cancels the older run.
 //! - An [`Updater`] run hands the dirty slots to `parallelism` workers (each waits `delay` after a slot), watches
