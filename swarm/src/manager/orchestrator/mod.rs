@@ -197,7 +197,7 @@ impl<P: ServiceModePolicy> Orchestrator<P> {
 }
 
 /// Whether an event is about a service or a task.
-pub(crate) fn service_or_task(ev: &Event) -> bool {
+fn service_or_task(ev: &Event) -> bool {
     matches!(ev.object, Object::Service(_) | Object::Task(_))
 }
 

@@ -2,7 +2,7 @@
 //! node (global), with the service's `update_config` (or `rollback_config` while rolling back), and records the
 //! progress in `Service.update_status` — Swarm's updater.
 //!
-//! - [`UpdateSupervisor`] is the leader component: on every service or task change it looks for services with
+//! - [`UpdateSupervisor`] is the leader component: when services or tasks change it looks at those services for
 //!   dirty slots (or an update recorded as in progress) and keeps one [`Updater`] run per such service, for its
 //!   current `spec_version`; a newer spec cancels the older run.
 //! - An [`Updater`] run hands the dirty slots to `parallelism` workers (each waits `delay` after a slot), watches
@@ -13,7 +13,7 @@
 //! clean tasks and are never touched again, and a slot caught half-way (new task created, old one not yet shut
 //! down or not yet stopped) is finished from where it is.
 
-use super::{is_live, move_reason, new_task, reconcile_loop, service_or_task};
+use super::{is_live, move_reason, new_task};
 use crate::api::{
     FailureAction, NodeState, Service, ServiceMode, Task, TaskState, Timestamp, UpdateConfig, UpdateOrder, UpdateState,
     UpdateStatus,
@@ -269,13 +269,42 @@ impl UpdateSupervisor {
         UpdateSupervisor { store, runs: Mutex::default() }
     }
 
+    /// Looks only at the services named by the store changes since the last pass (services, and the services of
+    /// changed tasks): with thousands of services a full scan on every change would cost more than all the rest.
+    /// A full scan runs at start, when the watch lagged, and every [`FULL_SCAN`] (node changes, e.g. a relabel that
+    /// makes a placement-only change matter, are caught there).
     pub async fn run(self, shutdown: CancellationToken) {
-        let pass = || async {
-            self.pass(&shutdown);
-            Ok::<_, StoreError>(())
-        };
-        let (debounce, retry) = (Duration::from_millis(50), Duration::from_secs(2));
-        reconcile_loop("updater", &self.store, &shutdown, debounce, retry, service_or_task, pass).await;
+        let mut events = self.store.watch();
+        let mut full = true;
+        let mut touched: HashSet<String> = HashSet::new();
+        let mut next_full = tokio::time::Instant::now();
+        loop {
+            full |= tokio::time::Instant::now() >= next_full;
+            if full {
+                next_full = tokio::time::Instant::now() + FULL_SCAN;
+            }
+            self.pass(&shutdown, (!full).then_some(&touched));
+            touched.clear();
+            full = false;
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tokio::time::sleep_until(next_full) => full = true,
+                r = events.recv() => match r {
+                    Ok(ev) => note(&ev, &mut touched),
+                    Err(RecvError::Lagged(_)) => full = true,
+                    Err(RecvError::Closed) => break,
+                },
+            }
+            // Coalesce a burst of changes into one pass.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            loop {
+                match events.try_recv() {
+                    Ok(ev) => note(&ev, &mut touched),
+                    Err(tokio::sync::broadcast::error::TryRecvError::Lagged(_)) => full = true,
+                    Err(_) => break,
+                }
+            }
+        }
         let runs: Vec<Run> = self.runs.lock().unwrap_or_else(|e| e.into_inner()).drain().map(|(_, r)| r).collect();
         for r in runs {
             r.cancel.cancel();
@@ -283,25 +312,26 @@ impl UpdateSupervisor {
         }
     }
 
-    fn pass(&self, shutdown: &CancellationToken) {
-        let (wanted, versions): (HashMap<String, u64>, HashMap<String, u64>) = self.store.view(|v| {
-            let wanted = v.services().filter(|s| needs_update(v, s)).map(|s| (s.id.clone(), s.spec_version)).collect();
-            let versions = v.services().map(|s| (s.id.clone(), s.spec_version)).collect();
-            (wanted, versions)
-        });
+    /// Starts runs for the services that need one (all, or those in `only`), and stops runs that are stale.
+    fn pass(&self, shutdown: &CancellationToken, only: Option<&HashSet<String>>) {
         let mut runs = self.runs.lock().unwrap_or_else(|e| e.into_inner());
-        // Runs of deleted services or of an older spec stop; finished runs are forgotten.
-        runs.retain(|id, r| {
-            let current = versions.get(id) == Some(&r.spec_version);
-            if !current {
-                r.cancel.cancel();
+        let wanted: Vec<(String, u64)> = self.store.view(|v| {
+            // Runs of deleted services or of an older spec stop; finished runs are forgotten.
+            runs.retain(|id, r| {
+                let current = v.service(id).is_some_and(|s| s.spec_version == r.spec_version);
+                if !current {
+                    r.cancel.cancel();
+                }
+                current && !r.handle.is_finished()
+            });
+            let wants = |s: &&Service| !runs.contains_key(&s.id) && needs_update(v, s);
+            let pick = |s: &Service| (s.id.clone(), s.spec_version);
+            match only {
+                Some(ids) => ids.iter().filter_map(|id| v.service(id)).filter(wants).map(pick).collect(),
+                None => v.services().filter(wants).map(pick).collect(),
             }
-            current && !r.handle.is_finished()
         });
         for (id, spec_version) in wanted {
-            if runs.contains_key(&id) {
-                continue;
-            }
             let cancel = shutdown.child_token();
             let updater = Arc::new(Updater {
                 store: self.store.clone(),
@@ -315,6 +345,22 @@ impl UpdateSupervisor {
             let handle = tokio::spawn(updater.run().instrument(span));
             runs.insert(id, Run { spec_version, cancel, handle });
         }
+    }
+}
+
+/// How often the update supervisor looks at every service, whatever changed.
+const FULL_SCAN: Duration = Duration::from_secs(10);
+
+/// Notes the service a store change is about.
+fn note(ev: &crate::manager::store::Event, touched: &mut HashSet<String>) {
+    match &ev.object {
+        crate::api::Object::Service(s) => {
+            touched.insert(s.id.clone());
+        }
+        crate::api::Object::Task(t) => {
+            touched.insert(t.service_id.clone());
+        }
+        _ => {}
     }
 }
 
