@@ -63,6 +63,57 @@ pub struct ImageRemoveRequest {
     pub force: bool,
 }
 
+/// Credentials sent with a pull or checked by `login` (the CLI keeps them in its config.json).
+#[derive(Clone, Default, Serialize, Deserialize)]
+pub struct AuthConfig {
+    pub username: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for AuthConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the password: requests get logged.
+        write!(f, "AuthConfig({})", self.username)
+    }
+}
+
+/// `image pull NAME[:TAG|@DIGEST]`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ImagePullRequest {
+    pub reference: String,
+    /// `os/arch[/variant]`; empty means the node's own.
+    #[serde(default)]
+    pub platform: String,
+    #[serde(default)]
+    pub auth: Option<AuthConfig>,
+}
+
+/// One line of a pull's progress, as Docker's JSON messages: a layer's (`id` set: its short digest, with bytes
+/// done of `total` while downloading) or a line of its own (`id` empty: `Digest: …`, `Status: …`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImagePullProgress {
+    #[serde(default)]
+    pub id: String,
+    pub status: String,
+    #[serde(default)]
+    pub current: u64,
+    #[serde(default)]
+    pub total: u64,
+}
+
+/// `login SERVER`: the daemon checks the credentials against the registry; the CLI stores them.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct RegistryLoginRequest {
+    pub server: String,
+    pub auth: AuthConfig,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct RegistryLoginResponse {
+    /// "Login Succeeded".
+    pub status: String,
+}
+
 mod base64_bytes {
     use base64::Engine;
     use serde::{Deserialize, Deserializer, Serializer};
