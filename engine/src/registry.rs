@@ -293,7 +293,10 @@ fn transport(e: &(dyn std::error::Error + 'static), host: String) -> RegistryErr
     {
         return RegistryError::UnknownHost { host };
     }
-    if all.contains("InvalidContentType") || all.contains("received corrupt message") || all.contains("tls") {
+    if ["InvalidContentType", "received corrupt message", "tls", "certificate", "handshake"]
+        .iter()
+        .any(|w| all.contains(w))
+    {
         return RegistryError::Tls { host, why: chain.last().cloned().unwrap_or_default() };
     }
     // reqwest's outer message carries the URL; the innermost cause says what happened.
@@ -644,6 +647,7 @@ impl Registries {
                 missing.push(l.clone());
             }
         }
+        let downloaded: Vec<String> = missing.iter().map(|l| l.digest().to_string()).collect();
         let downloads: Vec<_> = missing
             .into_iter()
             .map(|l| {
@@ -682,9 +686,14 @@ impl Registries {
                 }
             })
             .await?;
-        for (i, done) in events.into_inner().unwrap_or_default() {
-            let id = short_id(&descs[i].digest);
-            progress.layer(&id, if done { "Pull complete" } else { "Extracting" }, 0, 0).await;
+        // A layer that was here already says so once ("Already exists"); the others end with "Pull complete".
+        let events = events.into_inner().unwrap_or_default();
+        for &(i, done) in &events {
+            let fresh = downloaded.contains(&descs[i].digest) || events.contains(&(i, false));
+            if fresh {
+                let id = short_id(&descs[i].digest);
+                progress.layer(&id, if done { "Pull complete" } else { "Extracting" }, 0, 0).await;
+            }
         }
 
         // The index is the image (as Docker records it) when the pull was for this node; a pull for another
@@ -860,10 +869,17 @@ async fn fetch_layer(
             let next = stream.next().await;
             let end = next.is_none();
             if let Some(chunk) = next {
-                let chunk = chunk.map_err(|e| RegistryError::Registry {
-                    host: host.to_string(),
-                    message: format!("downloading {digest}: {e}"),
-                })?;
+                let chunk = match chunk {
+                    Ok(c) => c,
+                    // The client's own check failed at the end of a whole blob: ours says what arrived instead.
+                    Err(_) if offset + buf.len() as u64 == size && hasher.is_some() => break,
+                    Err(e) => {
+                        return Err(RegistryError::Registry {
+                            host: host.to_string(),
+                            message: format!("downloading {digest}: {e}"),
+                        })
+                    }
+                };
                 if let Some(h) = hasher.as_mut() {
                     h.update(&chunk);
                 }
@@ -911,11 +927,6 @@ async fn fetch_layer(
             actual,
             host: host.to_string(),
         };
-        if offset != size {
-            drop(tx);
-            abort(ch, &r#ref).await;
-            return Err(mismatch(format!("{offset} bytes instead of {size}")));
-        }
         if let Some(h) = hasher {
             let actual = format!("sha256:{}", hex::encode(h.finalize()));
             if actual != digest {
@@ -923,6 +934,11 @@ async fn fetch_layer(
                 abort(ch, &r#ref).await;
                 return Err(mismatch(actual));
             }
+        }
+        if offset != size {
+            drop(tx);
+            abort(ch, &r#ref).await;
+            return Err(mismatch(format!("{offset} bytes instead of {size}")));
         }
         let commit = WriteContentRequest { action: WriteAction::Commit as i32, offset: offset as i64, ..base.clone() };
         let _ = tx.send(commit).await;
