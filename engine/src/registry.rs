@@ -215,16 +215,7 @@ fn short_id(digest: &str) -> String {
     digest.strip_prefix("sha256:").unwrap_or(digest).chars().take(12).collect()
 }
 
-/// The host a `login`/`logout` server argument names: Docker Hub's many spellings are `docker.io`.
-pub fn registry_host(server: &str) -> String {
-    let s = server.trim();
-    let s = s.strip_prefix("https://").or_else(|| s.strip_prefix("http://")).unwrap_or(s);
-    let host = s.split('/').next().unwrap_or(s);
-    match host {
-        "" | "index.docker.io" | "registry-1.docker.io" | "docker.io" => "docker.io".into(),
-        h => h.to_string(),
-    }
-}
+pub use engine_api::registry_host;
 
 /// Turns a client error into one line saying what went wrong where.
 fn classify(e: OciDistributionError, host: &str, image: &str, authed: bool) -> RegistryError {
@@ -1029,14 +1020,6 @@ mod tests {
         assert_eq!(pick("linux/arm64"), digest('d'));
         assert_eq!(pick("linux/s390x"), None);
         assert_eq!(offered(&index), "linux/arm/v6, linux/arm/v7, linux/amd64, linux/arm64/v8");
-    }
-
-    #[test]
-    fn login_servers_name_hosts() {
-        assert_eq!(registry_host("https://index.docker.io/v1/"), "docker.io");
-        assert_eq!(registry_host("docker.io"), "docker.io");
-        assert_eq!(registry_host("localhost:5000"), "localhost:5000");
-        assert_eq!(registry_host("https://reg.example.com:8443/v2/"), "reg.example.com:8443");
     }
 
     #[test]
