@@ -502,3 +502,100 @@ async fn a_multi_platform_index_gives_this_nodes_image_and_concurrent_pulls_shar
         format!("no matching manifest for linux/s390x in the manifest list entries (the image offers linux/{other}, linux/{node})")
     );
 }
+
+/// A TCP proxy in front of the registry that can cut each connection once it has passed `cut_after` bytes back
+/// to the client (0: never), and keeps the text of every request it forwarded.
+struct CutProxy {
+    host: String,
+    cut_after: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    requests: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl CutProxy {
+    async fn start(upstream: String, cut_after: u64) -> CutProxy {
+        use std::sync::atomic::Ordering;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let host = listener.local_addr().unwrap().to_string();
+        let cut = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(cut_after));
+        let requests = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let (c, r) = (cut.clone(), requests.clone());
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let (cut, requests, upstream) = (c.clone(), r.clone(), upstream.clone());
+                tokio::spawn(async move {
+                    let Ok(server) = tokio::net::TcpStream::connect(&upstream).await else { return };
+                    let (mut cr, mut cw) = client.into_split();
+                    let (mut sr, mut sw) = server.into_split();
+                    let up = async {
+                        let mut buf = vec![0u8; 16 << 10];
+                        while let Ok(n) = cr.read(&mut buf).await {
+                            if n == 0 || sw.write_all(&buf[..n]).await.is_err() {
+                                break;
+                            }
+                            requests.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
+                        }
+                    };
+                    let down = async {
+                        let mut buf = vec![0u8; 16 << 10];
+                        let mut passed = 0u64;
+                        while let Ok(n) = sr.read(&mut buf).await {
+                            let limit = cut.load(Ordering::SeqCst);
+                            if n == 0 || (limit > 0 && passed + n as u64 > limit) {
+                                break;
+                            }
+                            if cw.write_all(&buf[..n]).await.is_err() {
+                                break;
+                            }
+                            passed += n as u64;
+                        }
+                    };
+                    // Either direction ending drops both sockets: the client sees the connection cut.
+                    tokio::select! { _ = up => {}, _ = down => {} }
+                });
+            }
+        });
+        CutProxy { host, cut_after: cut, requests }
+    }
+}
+
+#[tokio::test]
+async fn an_interrupted_pull_resumes_from_the_content_store() {
+    let env = Env::start_empty().await;
+    let reg = Registry::start(false);
+    let pushed = push_busybox(&reg, "test/busybox", "v1").await;
+    // The layer is about 2 MiB: cut after 1.5 MiB, when the first 1 MiB chunk is in containerd's ingest.
+    let proxy = CutProxy::start(reg.host.clone(), 1536 << 10).await;
+    let regs = Registries::new(RegistryConfig {
+        insecure: vec![proxy.host.clone()],
+        mirrors: vec![],
+        certs_dir: "/nonexistent".into(),
+    });
+    let image = format!("{}/test/busybox:v1", proxy.host);
+
+    step!("the first pull is cut mid-layer");
+    let (r, _) = pull(&regs, &env, &image, None, None).await;
+    let e = r.unwrap_err();
+    assert!(matches!(e, RegistryError::Registry { .. }), "{e:?}");
+    let statuses = ContentClient::new(env.ch.clone())
+        .list_statuses(req(ListStatusesRequest { filters: vec![] }))
+        .await
+        .unwrap()
+        .into_inner()
+        .statuses;
+    assert_eq!(statuses.len(), 1, "the layer's ingest is kept: {statuses:?}");
+    let kept = statuses[0].offset;
+    assert!(kept >= 1 << 20, "at least the first chunk was written: {kept}");
+    assert!(matches!(env.images().resolve(&image).await, Err(ImageError::NotFound(_))));
+
+    step!("the second pull asks the registry only for the rest");
+    proxy.cut_after.store(0, std::sync::atomic::Ordering::SeqCst);
+    let (r, _) = pull(&regs, &env, &image, None, None).await;
+    assert_eq!(r.unwrap_or_else(|e| panic!("{e}\n{}", reg.log())).digest, pushed.manifest);
+    let requests = proxy.requests.lock().unwrap().to_ascii_lowercase();
+    assert!(requests.contains(&format!("range: bytes={kept}-")), "no ranged request from {kept}: {requests}");
+    assert_eq!(env.images().list().await.unwrap()[0].id, pushed.config);
+    assert!(has_blob(&env, &pushed.layer).await, "the resumed layer was committed (containerd checked its digest)");
+    assert!(ingests(&env).await.is_empty());
+    runs(&env, &image).await;
+}
