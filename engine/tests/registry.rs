@@ -481,9 +481,14 @@ async fn a_multi_platform_index_gives_this_nodes_image_and_concurrent_pulls_shar
     client.push_manifest(&r, &OciManifest::ImageIndex(index)).await.expect("pushing the index");
     let index_digest = client.fetch_manifest_digest(&r, &RegistryAuth::Anonymous).await.unwrap();
 
-    let (cfg, _certs) = reg.shoal_config(false);
-    let regs = Registries::new(cfg);
-    let image = format!("{}/multi/busybox:multi", reg.host);
+    // Through a proxy that never cuts, to count the requests.
+    let proxy = CutProxy::start(reg.host.clone(), 0).await;
+    let regs = Registries::new(RegistryConfig {
+        insecure: vec![proxy.host.clone()],
+        mirrors: vec![],
+        certs_dir: "/nonexistent".into(),
+    });
+    let image = format!("{}/multi/busybox:multi", proxy.host);
     step!("two pulls of the index at once");
     let (a, b) = tokio::join!(pull(&regs, &env, &image, None, None), pull(&regs, &env, &image, None, None));
     for (r, _) in [&a, &b] {
@@ -493,6 +498,10 @@ async fn a_multi_platform_index_gives_this_nodes_image_and_concurrent_pulls_shar
     let listed = env.images().list().await.unwrap();
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0].id, pushed.config, "this node's manifest was picked");
+    let requests = proxy.requests.lock().unwrap().clone();
+    let layer_gets = requests.matches(&format!("GET /v2/multi/busybox/blobs/{} ", pushed.layer)).count();
+    assert_eq!(layer_gets, 1, "the shared layer was downloaded once: {requests}");
+    assert!(!requests.contains(&foreign_digest), "the other platform's manifest was not fetched");
     runs(&env, &image).await;
 
     step!("another platform than the index offers");
