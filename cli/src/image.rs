@@ -5,7 +5,10 @@ use crate::client::{rpc, Client};
 use crate::output::{ago, human_size, print_rows, split_repo_tag, table_of, Format};
 use crate::Tally;
 use clap::{Args, Subcommand};
-use engine_api::{ImageLoadChunk, ImagePullProgress, ImagePullRequest, ImageRemoveRequest, ImageSummary};
+use engine_api::{
+    ImageInspectRequest, ImageLoadChunk, ImagePullProgress, ImagePullRequest, ImageRemoveRequest, ImageSummary,
+    ImageTagRequest,
+};
 use serde_json::{json, Value};
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -23,6 +26,10 @@ const CHUNK: usize = 1024 * 1024;
 pub enum ImageCmd {
     /// Download an image from a registry
     Pull(PullArgs),
+    /// Create a tag TARGET_IMAGE that refers to SOURCE_IMAGE
+    Tag(TagArgs),
+    /// Display detailed information on one or more images
+    Inspect(InspectArgs),
     /// Load an image from a tar archive or STDIN
     Load(LoadArgs),
     /// List images
@@ -47,6 +54,23 @@ pub struct PullArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct TagArgs {
+    #[arg(value_name = "SOURCE_IMAGE[:TAG]")]
+    source: String,
+    #[arg(value_name = "TARGET_IMAGE[:TAG]")]
+    target: String,
+}
+
+#[derive(Debug, Args)]
+pub struct InspectArgs {
+    /// Format output using a custom template
+    #[arg(short, long, value_parser = crate::output::check_format)]
+    format: Option<String>,
+    #[arg(required = true, value_name = "IMAGE")]
+    images: Vec<String>,
+}
+
+#[derive(Debug, Args)]
 pub struct LoadArgs {
     /// Read from tar archive file, instead of STDIN
     #[arg(short, long, value_name = "FILE")]
@@ -68,6 +92,11 @@ pub struct RmArgs {
 pub async fn run(client: &mut Client, cmd: ImageCmd) -> anyhow::Result<()> {
     match cmd {
         ImageCmd::Pull(a) => pull(client, a).await,
+        ImageCmd::Tag(a) => {
+            rpc(client.engine.image_tag(ImageTagRequest { source: a.source, target: a.target }).await)?;
+            Ok(())
+        }
+        ImageCmd::Inspect(a) => inspect(client, a).await,
         ImageCmd::Load(a) => load(client, a).await,
         ImageCmd::Ls(a) => ls(client, a).await,
         ImageCmd::Rm(a) => rm(client, a).await,
@@ -219,6 +248,19 @@ pub async fn pull(client: &mut Client, a: PullArgs) -> anyhow::Result<()> {
         println!("{name}");
     }
     Ok(())
+}
+
+async fn inspect(client: &mut Client, a: InspectArgs) -> anyhow::Result<()> {
+    let mut tally = Tally::default();
+    let mut found = Vec::new();
+    for image in &a.images {
+        let req = ImageInspectRequest { reference: image.clone() };
+        found.extend(tally.ok(rpc(client.engine.image_inspect(req).await)));
+    }
+    if !found.is_empty() {
+        crate::output::print_inspected(&found, a.format.as_deref())?;
+    }
+    tally.finish()
 }
 
 /// The IMAGE ID column: 12 hex digits of the digest.

@@ -393,6 +393,33 @@ impl Engine for Fake {
         Ok(Response::new(Box::pin(futures::stream::iter(lines))))
     }
 
+    async fn image_tag(&self, req: Request<ImageTagRequest>) -> Result<Response<Empty>, Status> {
+        let r = req.into_inner();
+        if r.source == "busybox" {
+            Ok(Response::new(Empty {}))
+        } else {
+            Err(Status::not_found(format!("No such image: {}", r.source)))
+        }
+    }
+
+    async fn image_inspect(&self, req: Request<ImageInspectRequest>) -> Result<Response<ImageInspect>, Status> {
+        let r = req.into_inner();
+        if r.reference != "busybox" {
+            return Err(Status::not_found(format!("No such image: {}", r.reference)));
+        }
+        Ok(Response::new(ImageInspect {
+            id: "sha256:8dbc".into(),
+            repo_tags: vec!["busybox:latest".into(), "mine:v2".into()],
+            repo_digests: vec!["busybox@sha256:907b".into()],
+            architecture: "amd64".into(),
+            os: "linux".into(),
+            size: 2129920,
+            config: serde_json::json!({"Cmd": ["sh"]}),
+            rootfs: RootFs { r#type: "layers".into(), layers: vec!["sha256:bcec".into()] },
+            ..Default::default()
+        }))
+    }
+
     async fn registry_login(
         &self,
         req: Request<RegistryLoginRequest>,
@@ -627,6 +654,19 @@ fn pull_login_and_logout_through_the_cli() {
     let o = run("", &["image", "pull", "localhost:5000/private:v1"]);
     assert!(o.status.success(), "the stored credentials are sent: {}", text(&o).1);
     assert!(text(&o).0.ends_with("Status: Downloaded newer image for localhost:5000/private:v1 ()\n"));
+
+    assert!(run("", &["image", "tag", "busybox", "mine:v2"]).status.success());
+    assert_eq!(
+        text(&run("", &["image", "tag", "nope", "mine:v2"])).1,
+        "Error response from daemon: No such image: nope\n"
+    );
+    let o = run("", &["image", "inspect", "busybox"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("inspect prints JSON");
+    assert_eq!(v[0]["Id"], "sha256:8dbc");
+    assert_eq!(v[0]["RootFS"]["Layers"][0], "sha256:bcec");
+    assert_eq!(v[0]["Config"]["Cmd"][0], "sh");
+    let o = run("", &["image", "inspect", "-f", "{{.Id}} {{index .RepoTags 1}} {{.Architecture}}", "busybox"]);
+    assert_eq!(text(&o).0, "sha256:8dbc mine:v2 amd64\n");
 
     assert_eq!(text(&run("", &["logout", "localhost:5000"])).0, "Removing login credentials for localhost:5000\n");
     assert_eq!(text(&run("", &["logout", "localhost:5000"])).0, "Not logged in to localhost:5000\n");

@@ -740,6 +740,64 @@ impl ImageService {
         Ok(out)
     }
 
+    /// Names the content of image `source` also `target` (both normalized here), as `docker tag`.
+    pub async fn tag(&self, source: &str, target: &str) -> Result<String, ImageError> {
+        let from = normalize_image_ref(source)?;
+        let to = normalize_image_ref(target)?;
+        let desc = self.image_target(&from).await?.ok_or_else(|| ImageError::NotFound(source.to_string()))?;
+        let lease = create_lease(&self.ch, "shoal-tag", std::time::Duration::from_secs(60)).await.map_err(cd_err)?;
+        let r = self.set_image(&to, &desc, &lease).await;
+        delete_lease(&self.ch, &lease).await;
+        r?;
+        tracing::info!(image = %to, source = %from, "image tagged");
+        Ok(to)
+    }
+
+    /// What `image inspect` shows of an image: its config, names, digests and layers.
+    pub async fn inspect(&self, reference: &str) -> Result<engine_api::ImageInspect, ImageError> {
+        let name = normalize_image_ref(reference)?;
+        let target = self.image_target(&name).await?.ok_or_else(|| ImageError::NotFound(reference.to_string()))?;
+        let manifest = self.manifest_of(&name, &target).await?;
+        let config_digest = manifest.config().digest().to_string();
+        let raw: serde_json::Value = self.read_typed(&name, "config", &config_digest).await?;
+        let typed: ImageConfiguration = serde_json::from_value(raw.clone())
+            .map_err(|e| ImageError::InvalidImage { image: name.clone(), why: format!("config: {e}") })?;
+        let mut images = ImagesClient::new(self.ch.clone());
+        let all = images.list(req(ListImagesRequest { filters: vec![] })).await.map_err(cd_err)?.into_inner().images;
+        let mut repo_tags = Vec::new();
+        let mut repo_digests = Vec::new();
+        for i in all.iter().filter(|i| i.target.as_ref().is_some_and(|t| t.digest == target.digest)) {
+            let familiar = familiar_image_ref(&i.name);
+            let repo = familiar.split('@').next().unwrap_or(&familiar);
+            let last_slash = repo.rfind('/').map(|p| p + 1).unwrap_or(0);
+            let repo = match repo[last_slash..].rfind(':') {
+                Some(p) => &repo[..last_slash + p],
+                None => repo,
+            };
+            if !i.name.contains('@') {
+                repo_tags.push(familiar.clone());
+            }
+            let d = format!("{repo}@{}", target.digest);
+            if !repo_digests.contains(&d) {
+                repo_digests.push(d);
+            }
+        }
+        repo_tags.sort();
+        repo_digests.sort();
+        Ok(engine_api::ImageInspect {
+            id: config_digest,
+            repo_tags,
+            repo_digests,
+            created: typed.created().clone().unwrap_or_default(),
+            architecture: typed.architecture().to_string(),
+            variant: typed.variant().clone().unwrap_or_default(),
+            os: typed.os().to_string(),
+            size: manifest.layers().iter().map(|l| l.size()).sum(),
+            config: raw.get("config").cloned().unwrap_or(serde_json::Value::Null),
+            rootfs: engine_api::RootFs { r#type: "layers".into(), layers: typed.rootfs().diff_ids().clone() },
+        })
+    }
+
     pub async fn remove(&self, reference: &str) -> Result<String, ImageError> {
         let name = normalize_image_ref(reference)?;
         let mut images = ImagesClient::new(self.ch.clone());

@@ -222,6 +222,16 @@ impl Engine for LocalApi {
         Ok(Response::new(Box::pin(progress.chain(end))))
     }
 
+    async fn image_tag(&self, req: Request<ImageTagRequest>) -> Result<Response<Empty>, Status> {
+        let r = req.into_inner();
+        self.images.tag(&r.source, &r.target).await.map_err(image_status)?;
+        Ok(Response::new(Empty {}))
+    }
+
+    async fn image_inspect(&self, req: Request<ImageInspectRequest>) -> Result<Response<ImageInspect>, Status> {
+        Ok(Response::new(self.images.inspect(&req.into_inner().reference).await.map_err(image_status)?))
+    }
+
     async fn registry_login(
         &self,
         req: Request<RegistryLoginRequest>,

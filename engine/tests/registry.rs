@@ -306,6 +306,17 @@ async fn pull_from_an_insecure_registry_gives_the_pushed_bytes_and_runs() {
     runs(&env, &image).await;
     assert!(ingests(&env).await.is_empty(), "no ingest is left behind");
 
+    step!("tag and inspect");
+    images.tag(&image, "mine:v2").await.expect("tagging");
+    let inspected = images.inspect("mine:v2").await.expect("inspecting");
+    assert_eq!(inspected.id, pushed.config);
+    assert_eq!(inspected.repo_tags, vec![format!("{}/test/busybox:v1", reg.host), "mine:v2".to_string()]);
+    assert!(inspected.repo_digests.contains(&format!("{}/test/busybox@{}", reg.host, pushed.manifest)));
+    assert_eq!(inspected.rootfs.layers, vec![pushed.layer.clone()], "the layer is uncompressed: digest = diff id");
+    assert_eq!(inspected.architecture, swarm::api::Platform::current().architecture);
+    assert!(matches!(images.tag("nope:1", "x:1").await, Err(ImageError::NotFound(_))));
+    images.remove("mine:v2").await.unwrap();
+
     step!("second pull: up to date, nothing downloaded");
     let (r, lines) = pull(&regs, &env, &image, None, None).await;
     assert!(r.unwrap().up_to_date);

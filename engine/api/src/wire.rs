@@ -114,6 +114,51 @@ pub struct RegistryLoginResponse {
     pub status: String,
 }
 
+/// `image tag SOURCE TARGET`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ImageTagRequest {
+    pub source: String,
+    pub target: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ImageInspectRequest {
+    pub reference: String,
+}
+
+/// `image inspect`, with Docker's field names (`Id`, `RepoTags`, `RootFS`, …).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ImageInspect {
+    /// The config's digest.
+    pub id: String,
+    /// Every name pointing at the same content, familiar form (`busybox:latest`).
+    pub repo_tags: Vec<String>,
+    /// `repository@digest` of the manifest (or index) the names point at.
+    pub repo_digests: Vec<String>,
+    #[serde(default)]
+    pub created: String,
+    pub architecture: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub variant: String,
+    pub os: String,
+    /// Bytes of the layers as stored (compressed when they came compressed).
+    pub size: u64,
+    /// The image config's `config` section as the image has it (Env, Cmd, Entrypoint, …).
+    #[serde(default)]
+    pub config: serde_json::Value,
+    #[serde(rename = "RootFS")]
+    pub rootfs: RootFs,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct RootFs {
+    pub r#type: String,
+    /// The diff ids, bottom layer first.
+    pub layers: Vec<String>,
+}
+
 mod base64_bytes {
     use base64::Engine;
     use serde::{Deserialize, Deserializer, Serializer};
