@@ -21,7 +21,7 @@ const PASSWORD: &str = "e2e-pw";
 /// A TLS + htpasswd registry on a free loopback port; killed on drop.
 struct Registry {
     child: Child,
-    dir: tempfile::TempDir,
+    _dir: tempfile::TempDir,
     host: String,
     ca_pem: String,
 }
@@ -79,7 +79,7 @@ fn start_registry() -> Registry {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    Registry { child, dir, host, ca_pem: ca.pem() }
+    Registry { child, _dir: dir, host, ca_pem: ca.pem() }
 }
 
 fn sha(b: &[u8]) -> String {
