@@ -453,7 +453,6 @@ async fn a_multi_platform_index_gives_this_nodes_image_and_concurrent_pulls_shar
     let mut foreign: Value = serde_json::from_slice(&manifest).unwrap();
     foreign["config"]["digest"] = sha(&foreign_cfg).into();
     foreign["config"]["size"] = foreign_cfg.len().into();
-    let foreign_bytes = serde_json::to_vec(&foreign).unwrap();
     let repo = |tag: &str| Reference::with_tag(reg.host.clone(), "multi/busybox".into(), tag.into());
     client.push_blob(&repo("x"), foreign_cfg.clone(), &sha(&foreign_cfg)).await.unwrap();
     client.push_blob(&repo("x"), layer.clone(), &sha(&layer)).await.unwrap();
@@ -473,7 +472,6 @@ async fn a_multi_platform_index_gives_this_nodes_image_and_concurrent_pulls_shar
     let (foreign_digest, foreign_size) = manifest_of("foreign").await;
     let (ours_digest, ours_size) = manifest_of("single").await;
     assert_eq!(ours_digest, pushed.manifest);
-    let _ = foreign_bytes;
     let entry = |digest: &str, size: usize, arch: &str| {
         serde_json::json!({
             "mediaType": "application/vnd.oci.image.manifest.v1+json",
@@ -617,5 +615,32 @@ async fn an_interrupted_pull_resumes_from_the_content_store() {
     assert_eq!(env.images().list().await.unwrap()[0].id, pushed.config);
     assert!(has_blob(&env, &pushed.layer).await, "the resumed layer was committed (containerd checked its digest)");
     assert!(ingests(&env).await.is_empty());
+    runs(&env, &image).await;
+}
+
+#[tokio::test]
+async fn docker_schema_2_manifests_pull_too() {
+    let env = Env::start_empty().await;
+    let reg = Registry::start(false);
+    // Push busybox first (its blobs), then the same image as a Docker schema 2 manifest with Docker's media types.
+    let pushed = push_busybox(&reg, "docker/busybox", "oci").await;
+    let (manifest, _, _) = busybox_blobs();
+    let mut m: Value = serde_json::from_slice(&manifest).unwrap();
+    m["mediaType"] = "application/vnd.docker.distribution.manifest.v2+json".into();
+    m["config"]["mediaType"] = "application/vnd.docker.container.image.v1+json".into();
+    m["layers"][0]["mediaType"] = "application/vnd.docker.image.rootfs.diff.tar".into();
+    let m: OciImageManifest = serde_json::from_value(m).unwrap();
+    let r = Reference::with_tag(reg.host.clone(), "docker/busybox".into(), "v2".into());
+    let client = reg.pusher();
+    client.push_manifest(&r, &OciManifest::Image(m)).await.expect("pushing the schema 2 manifest");
+    let digest = client.fetch_manifest_digest(&r, &RegistryAuth::Anonymous).await.unwrap();
+    assert_ne!(digest, pushed.manifest);
+
+    let (cfg, _certs) = reg.shoal_config(false);
+    let regs = Registries::new(cfg);
+    let image = format!("{}/docker/busybox:v2", reg.host);
+    let (r, _) = pull(&regs, &env, &image, None, None).await;
+    assert_eq!(r.unwrap_or_else(|e| panic!("{e}\n{}", reg.log())).digest, digest);
+    assert_eq!(env.images().inspect(&image).await.unwrap().id, pushed.config);
     runs(&env, &image).await;
 }
