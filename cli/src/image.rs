@@ -6,8 +6,8 @@ use crate::output::{ago, human_size, print_rows, split_repo_tag, table_of, Forma
 use crate::Tally;
 use clap::{Args, Subcommand};
 use engine_api::{
-    ImageInspectRequest, ImageLoadChunk, ImagePullProgress, ImagePullRequest, ImageRemoveRequest, ImageSummary,
-    ImageTagRequest,
+    ImageInspectRequest, ImageLoadChunk, ImagePullProgress, ImagePullRequest, ImagePushRequest, ImageRemoveRequest,
+    ImageSummary, ImageTagRequest,
 };
 use serde_json::{json, Value};
 use std::io::IsTerminal;
@@ -26,6 +26,8 @@ const CHUNK: usize = 1024 * 1024;
 pub enum ImageCmd {
     /// Download an image from a registry
     Pull(PullArgs),
+    /// Upload an image to a registry
+    Push(PushArgs),
     /// Create a tag TARGET_IMAGE that refers to SOURCE_IMAGE
     Tag(TagArgs),
     /// Display detailed information on one or more images
@@ -50,6 +52,15 @@ pub struct PullArgs {
     quiet: bool,
     /// NAME[:TAG|@DIGEST]
     #[arg(value_name = "NAME[:TAG|@DIGEST]")]
+    image: String,
+}
+
+#[derive(Debug, Args)]
+pub struct PushArgs {
+    /// Suppress verbose output
+    #[arg(short, long)]
+    quiet: bool,
+    #[arg(value_name = "NAME[:TAG]")]
     image: String,
 }
 
@@ -92,6 +103,7 @@ pub struct RmArgs {
 pub async fn run(client: &mut Client, cmd: ImageCmd) -> anyhow::Result<()> {
     match cmd {
         ImageCmd::Pull(a) => pull(client, a).await,
+        ImageCmd::Push(a) => push(client, a).await,
         ImageCmd::Tag(a) => {
             rpc(client.engine.image_tag(ImageTagRequest { source: a.source, target: a.target }).await)?;
             Ok(())
@@ -228,20 +240,31 @@ fn stored_auth(reference: &str) -> anyhow::Result<Option<engine_api::AuthConfig>
     Ok(crate::login::load_credentials(&crate::login::config_path(), &host)?)
 }
 
-pub async fn pull(client: &mut Client, a: PullArgs) -> anyhow::Result<()> {
-    let auth = stored_auth(&a.image)?;
-    let req = ImagePullRequest { reference: a.image.clone(), platform: a.platform.unwrap_or_default(), auth };
-    let mut stream = rpc(client.engine.image_pull(req).await)?;
+/// Prints a pull's or push's progress as it streams in (nothing when quiet); the stream's error is the command's.
+async fn show_progress(mut stream: tonic::Streaming<ImagePullProgress>, quiet: bool) -> anyhow::Result<()> {
     let mut renderer = PullRenderer::new(std::io::stdout().is_terminal());
     let mut out = std::io::stdout().lock();
     loop {
         let msg = stream.message().await.map_err(crate::client::DaemonError);
-        let Some(p) = msg? else { break };
-        if !a.quiet {
+        let Some(p) = msg? else { return Ok(()) };
+        if !quiet {
             std::io::Write::write_all(&mut out, renderer.render(&p).as_bytes())?;
             std::io::Write::flush(&mut out)?;
         }
     }
+}
+
+pub async fn push(client: &mut Client, a: PushArgs) -> anyhow::Result<()> {
+    let auth = stored_auth(&a.image)?;
+    let stream = rpc(client.engine.image_push(ImagePushRequest { reference: a.image.clone(), auth }).await)?;
+    show_progress(stream, a.quiet).await
+}
+
+pub async fn pull(client: &mut Client, a: PullArgs) -> anyhow::Result<()> {
+    let auth = stored_auth(&a.image)?;
+    let req = ImagePullRequest { reference: a.image.clone(), platform: a.platform.unwrap_or_default(), auth };
+    let stream = rpc(client.engine.image_pull(req).await)?;
+    show_progress(stream, a.quiet).await?;
     if a.quiet {
         // As `docker pull -q`: the full name pulled.
         let name = normalize_image_ref(&a.image).unwrap_or(a.image);

@@ -50,6 +50,8 @@ enum Command {
     Image(image::ImageCmd),
     /// Download an image from a registry
     Pull(image::PullArgs),
+    /// Upload an image to a registry
+    Push(image::PushArgs),
     /// Log in to a registry
     Login(login::LoginArgs),
     /// Log out from a registry
@@ -163,6 +165,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Service(c) => service::run(&mut client, *c).await,
         Command::Image(c) => image::run(&mut client, c).await,
         Command::Pull(a) => image::pull(&mut client, a).await,
+        Command::Push(a) => image::push(&mut client, a).await,
         Command::Login(a) => login::login(&mut client, a).await,
         Command::Logout(_) => unreachable!("handled above"),
         Command::Info(a) => info::info(&mut client, a).await,

@@ -362,6 +362,24 @@ type PullStream = std::pin::Pin<Box<dyn futures::Stream<Item = Result<ImagePullP
 #[tonic::async_trait]
 impl Engine for Fake {
     type ImagePullStream = PullStream;
+    type ImagePushStream = PullStream;
+
+    async fn image_push(&self, req: Request<ImagePushRequest>) -> Result<Response<PullStream>, Status> {
+        let r = req.into_inner();
+        if r.auth.is_none() {
+            return Err(Status::unauthenticated("pull access denied for localhost:5000/private"));
+        }
+        let p = |id: &str, status: &str| {
+            Ok(ImagePullProgress { id: id.into(), status: status.into(), current: 0, total: 0 })
+        };
+        let lines = vec![
+            p("", &format!("The push refers to repository [{}]", r.reference)),
+            p("bcecfaad93c7", "Preparing"),
+            p("bcecfaad93c7", "Pushed"),
+            p("", "v1: digest: sha256:907b size: 406"),
+        ];
+        Ok(Response::new(Box::pin(futures::stream::iter(lines))))
+    }
 
     /// `localhost:5000/private…` wants user `me` with password `pw`; anything else pulls one layer.
     async fn image_pull(&self, req: Request<ImagePullRequest>) -> Result<Response<PullStream>, Status> {
@@ -655,6 +673,14 @@ fn pull_login_and_logout_through_the_cli() {
     assert!(o.status.success(), "the stored credentials are sent: {}", text(&o).1);
     assert!(text(&o).0.ends_with("Status: Downloaded newer image for localhost:5000/private:v1 ()\n"));
 
+    let o = run("", &["push", "localhost:5000/private:v1"]);
+    assert_eq!(
+        text(&o).0,
+        "The push refers to repository [localhost:5000/private:v1]\nbcecfaad93c7: Preparing\nbcecfaad93c7: Pushed\n\
+         v1: digest: sha256:907b size: 406\n",
+        "the stored credentials are sent with pushes too: {}",
+        text(&o).1
+    );
     assert!(run("", &["image", "tag", "busybox", "mine:v2"]).status.success());
     assert_eq!(
         text(&run("", &["image", "tag", "nope", "mine:v2"])).1,

@@ -27,6 +27,7 @@ fn main() {
         ("image_list", "ImageList", empty, "crate::ImageListResponse", UNARY),
         ("image_remove", "ImageRemove", "crate::ImageRemoveRequest", empty, UNARY),
         ("image_pull", "ImagePull", "crate::ImagePullRequest", "crate::ImagePullProgress", DOWNLOAD),
+        ("image_push", "ImagePush", "crate::ImagePushRequest", "crate::ImagePullProgress", DOWNLOAD),
         ("image_tag", "ImageTag", "crate::ImageTagRequest", empty, UNARY),
         ("image_inspect", "ImageInspect", "crate::ImageInspectRequest", "crate::ImageInspect", UNARY),
         ("registry_login", "RegistryLogin", "crate::RegistryLoginRequest", "crate::RegistryLoginResponse", UNARY),

@@ -189,7 +189,7 @@ pub(crate) fn platform_of(os: &str, arch: &str, variant: Option<&str>) -> (Strin
 
 /// The entry of an index for this node's platform. As in containerd, an entry without a platform may be
 /// anything: it is taken when no entry names this platform, and its config's platform is checked later.
-fn pick_platform(index: &ImageIndex) -> Option<&OciDescriptor> {
+pub(crate) fn pick_platform(index: &ImageIndex) -> Option<&OciDescriptor> {
     let ours = |p: &oci_spec::image::Platform| {
         platform_of(&p.os().to_string(), &p.architecture().to_string(), p.variant().as_deref()).1
     };
@@ -629,7 +629,7 @@ impl ImageService {
         }
     }
 
-    async fn read_blob(&self, digest: &str) -> Result<Vec<u8>, ImageError> {
+    pub(crate) async fn read_blob(&self, digest: &str) -> Result<Vec<u8>, ImageError> {
         let mut content = ContentClient::new(self.ch.clone());
         let mut stream = content
             .read(req(ReadContentRequest { digest: digest.into(), offset: 0, size: 0 }))
@@ -642,6 +642,21 @@ impl ImageService {
             if out.len() as u64 > MAX_JSON {
                 return Err(ImageError::Containerd(format!("blob {digest} is larger than {MAX_JSON} bytes")));
             }
+        }
+        Ok(out)
+    }
+
+    /// A whole blob of any size, into memory (`image push` sends layers whole).
+    pub(crate) async fn read_blob_unbounded(&self, digest: &str) -> Result<Vec<u8>, ImageError> {
+        let mut content = ContentClient::new(self.ch.clone());
+        let mut stream = content
+            .read(req(ReadContentRequest { digest: digest.into(), offset: 0, size: 0 }))
+            .await
+            .map_err(cd_err)?
+            .into_inner();
+        let mut out = Vec::new();
+        while let Some(chunk) = stream.message().await.map_err(cd_err)? {
+            out.extend_from_slice(&chunk.data);
         }
         Ok(out)
     }

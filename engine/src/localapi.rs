@@ -83,9 +83,27 @@ fn credentials(a: Option<AuthConfig>) -> Option<Credentials> {
 
 type PullStream = std::pin::Pin<Box<dyn futures::Stream<Item = Result<ImagePullProgress, Status>> + Send>>;
 
+/// A pull's or push's progress lines, then its end: an error ends the stream with its status.
+fn progress_stream(
+    rx: tokio::sync::mpsc::Receiver<ImagePullProgress>,
+    done: tokio::sync::oneshot::Receiver<Result<(), Status>>,
+) -> PullStream {
+    let progress = tokio_stream::wrappers::ReceiverStream::new(rx).map(Ok);
+    let end = futures::stream::once(async move {
+        match done.await {
+            Ok(Ok(())) => None,
+            Ok(Err(s)) => Some(Err(s)),
+            Err(_) => Some(Err(Status::internal("the operation ended without a result"))),
+        }
+    })
+    .filter_map(|x| x);
+    Box::pin(progress.chain(end))
+}
+
 #[tonic::async_trait]
 impl Engine for LocalApi {
     type ImagePullStream = PullStream;
+    type ImagePushStream = PullStream;
 
     async fn info(&self, _req: Request<Empty>) -> Result<Response<InfoResponse>, Status> {
         let swarm = self.node.info().await;
@@ -209,17 +227,22 @@ impl Engine for LocalApi {
             }
             let _ = done_tx.send(result.map(|_| ()).map_err(registry_status));
         });
-        // Progress first, then the pull's end: an error ends the stream with its status.
-        let progress = tokio_stream::wrappers::ReceiverStream::new(rx).map(Ok);
-        let end = futures::stream::once(async move {
-            match done_rx.await {
-                Ok(Ok(())) => None,
-                Ok(Err(s)) => Some(Err(s)),
-                Err(_) => Some(Err(Status::internal("the pull ended without a result"))),
+        Ok(Response::new(progress_stream(rx, done_rx)))
+    }
+
+    async fn image_push(&self, req: Request<ImagePushRequest>) -> Result<Response<PullStream>, Status> {
+        let r = req.into_inner();
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        let (registries, images) = (self.registries.clone(), self.images.clone());
+        tokio::spawn(async move {
+            let result = registries.push(&images, &r.reference, credentials(r.auth), tx).await;
+            if let Err(e) = &result {
+                tracing::warn!(image = %r.reference, error = %e, "push failed");
             }
-        })
-        .filter_map(|x| x);
-        Ok(Response::new(Box::pin(progress.chain(end))))
+            let _ = done_tx.send(result.map(|_| ()).map_err(registry_status));
+        });
+        Ok(Response::new(progress_stream(rx, done_rx)))
     }
 
     async fn image_tag(&self, req: Request<ImageTagRequest>) -> Result<Response<Empty>, Status> {

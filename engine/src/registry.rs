@@ -415,6 +415,89 @@ impl Registries {
         }
     }
 
+    /// Pushes image `reference` (this node's platform manifest, its config and layers) to its registry, telling
+    /// `progress` as Docker does; returns the manifest's digest (the same bytes, so the same digest as here).
+    pub async fn push(
+        &self,
+        images: &ImageService,
+        reference: &str,
+        creds: Option<Credentials>,
+        progress: mpsc::Sender<ImagePullProgress>,
+    ) -> Result<String, RegistryError> {
+        let name = normalize_image_ref(reference)?;
+        let shown = familiar_image_ref(&name);
+        let progress = Progress(progress);
+        let target = images.image_target(&name).await?.ok_or_else(|| ImageError::NotFound(shown.clone()))?;
+        // The manifest for this node: the target itself, or its entry in the index (the only one stored).
+        let mut desc = target.clone();
+        let mut body = images.read_blob(&desc.digest).await?;
+        if is_index(&desc.media_type)
+            || serde_json::from_slice::<serde_json::Value>(&body).is_ok_and(|v| v.get("manifests").is_some())
+        {
+            let idx: ImageIndex = serde_json::from_slice(&body)
+                .map_err(|e| RegistryError::InvalidImage { image: shown.clone(), why: format!("index: {e}") })?;
+            let m = crate::image::pick_platform(&idx).ok_or_else(|| RegistryError::NoPlatform {
+                wanted: WantedPlatform::node().shown(),
+                offered: offered(&idx),
+            })?;
+            desc = descriptor(m.media_type().as_ref(), m.digest().as_ref(), m.size());
+            body = images.read_blob(&desc.digest).await?;
+        }
+        let manifest: ImageManifest = serde_json::from_slice(&body)
+            .map_err(|e| RegistryError::InvalidImage { image: shown.clone(), why: format!("manifest: {e}") })?;
+        let origin: Reference = name.parse().map_err(|e: oci_client::ParseError| RegistryError::InvalidImage {
+            image: name.clone(),
+            why: e.to_string(),
+        })?;
+        let host = origin.resolve_registry().to_string();
+        let client = self.client(&host)?;
+        let authed = creds.is_some();
+        let auth = match &creds {
+            Some(c) => RegistryAuth::Basic(c.username.clone(), c.password.clone()),
+            None => RegistryAuth::Anonymous,
+        };
+        let repo = familiar_image_ref(&format!("{}/{}", origin.registry(), origin.repository()));
+        progress.line(format!("The push refers to repository [{repo}]")).await;
+        client
+            .auth(&origin, &auth, oci_client::RegistryOperation::Push)
+            .await
+            .map_err(|e| classify(e, &host, &shown, authed))?;
+        // Layers top first, as Docker lists them, then the config.
+        let mut blobs: Vec<(String, bool)> =
+            manifest.layers().iter().rev().map(|l| (l.digest().to_string(), true)).collect();
+        blobs.push((manifest.config().digest().to_string(), false));
+        for (digest, is_layer) in &blobs {
+            let id = short_id(digest);
+            if *is_layer {
+                progress.layer(&id, "Preparing", 0, 0).await;
+            }
+            let exists = client.blob_exists(&origin, digest).await.map_err(|e| classify(e, &host, &shown, authed))?;
+            if exists {
+                if *is_layer {
+                    progress.layer(&id, "Layer already exists", 0, 0).await;
+                }
+                continue;
+            }
+            let data = images.read_blob_unbounded(digest).await?;
+            client.push_blob(&origin, data, digest).await.map_err(|e| classify(e, &host, &shown, authed))?;
+            if *is_layer {
+                progress.layer(&id, "Pushed", 0, 0).await;
+            }
+        }
+        let content_type = http::HeaderValue::from_str(&desc.media_type).map_err(|e| RegistryError::InvalidImage {
+            image: shown.clone(),
+            why: format!("media type {:?}: {e}", desc.media_type),
+        })?;
+        client
+            .push_manifest_raw(&origin, body.clone(), content_type)
+            .await
+            .map_err(|e| classify(e, &host, &shown, authed))?;
+        let tag = origin.tag().unwrap_or("latest");
+        progress.line(format!("{tag}: digest: {} size: {}", desc.digest, body.len())).await;
+        tracing::info!(image = %name, digest = %desc.digest, "image pushed");
+        Ok(desc.digest)
+    }
+
     /// Pulls `reference` for `platform` (this node's when `None`) into containerd, telling `progress` as Docker
     /// does: a line per layer and status, then `Digest:` and `Status:`.
     pub async fn pull(

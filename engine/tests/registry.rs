@@ -317,6 +317,31 @@ async fn pull_from_an_insecure_registry_gives_the_pushed_bytes_and_runs() {
     assert!(matches!(images.tag("nope:1", "x:1").await, Err(ImageError::NotFound(_))));
     images.remove("mine:v2").await.unwrap();
 
+    step!("push under another name, then pull that back: the same manifest digest");
+    let copy = format!("{}/copy/busybox:v9", reg.host);
+    images.tag(&image, &copy).await.unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::channel(1024);
+    let pushed_digest =
+        regs.push(&images, &copy, None, tx).await.unwrap_or_else(|e| panic!("push: {e}\n{}", reg.log()));
+    let mut lines = Vec::new();
+    while let Ok(p) = rx.try_recv() {
+        lines.push(p);
+    }
+    assert_eq!(pushed_digest, pushed.manifest, "the manifest's bytes went up unchanged");
+    assert_eq!(
+        statuses(&lines),
+        vec![
+            format!("The push refers to repository [{}/copy/busybox]", reg.host),
+            format!("{id}: Preparing"),
+            format!("{id}: Pushed"),
+            format!("v9: digest: {} size: {}", pushed.manifest, busybox_blobs().0.len()),
+        ]
+    );
+    images.remove(&copy).await.unwrap();
+    let (r, _) = pull(&regs, &env, &copy, None, None).await;
+    assert_eq!(r.unwrap().digest, pushed.manifest);
+    images.remove(&copy).await.unwrap();
+
     step!("second pull: up to date, nothing downloaded");
     let (r, lines) = pull(&regs, &env, &image, None, None).await;
     assert!(r.unwrap().up_to_date);

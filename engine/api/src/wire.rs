@@ -114,6 +114,14 @@ pub struct RegistryLoginResponse {
     pub status: String,
 }
 
+/// `image push NAME[:TAG]`; progress comes back as [`ImagePullProgress`] lines.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ImagePushRequest {
+    pub reference: String,
+    #[serde(default)]
+    pub auth: Option<AuthConfig>,
+}
+
 /// `image tag SOURCE TARGET`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct ImageTagRequest {
