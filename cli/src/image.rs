@@ -1,10 +1,14 @@
-//! `shoal image …`: load (a `docker save` / OCI archive, streamed in 1 MiB chunks), ls and rm.
+//! `shoal image …`: pull (from a registry, with Docker's per-layer progress), load (a `docker save` / OCI archive,
+//! streamed in 1 MiB chunks), ls and rm.
 
 use crate::client::{rpc, Client};
 use crate::output::{ago, human_size, print_rows, split_repo_tag, table_of, Format};
 use crate::Tally;
 use clap::{Args, Subcommand};
-use engine_api::{ImageLoadChunk, ImageRemoveRequest, ImageSummary};
+use engine_api::{
+    ImageInspectRequest, ImageLoadChunk, ImagePullProgress, ImagePullRequest, ImagePushRequest, ImageRemoveRequest,
+    ImageSummary, ImageTagRequest,
+};
 use serde_json::{json, Value};
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -20,6 +24,14 @@ const CHUNK: usize = 1024 * 1024;
 
 #[derive(Debug, Subcommand)]
 pub enum ImageCmd {
+    /// Download an image from a registry
+    Pull(PullArgs),
+    /// Upload an image to a registry
+    Push(PushArgs),
+    /// Create a tag TARGET_IMAGE that refers to SOURCE_IMAGE
+    Tag(TagArgs),
+    /// Display detailed information on one or more images
+    Inspect(InspectArgs),
     /// Load an image from a tar archive or STDIN
     Load(LoadArgs),
     /// List images
@@ -28,6 +40,45 @@ pub enum ImageCmd {
     /// Remove one or more images
     #[command(visible_alias = "remove")]
     Rm(RmArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PullArgs {
+    /// Set platform if server is multi-platform capable (os/arch[/variant])
+    #[arg(long)]
+    platform: Option<String>,
+    /// Suppress verbose output
+    #[arg(short, long)]
+    quiet: bool,
+    /// NAME[:TAG|@DIGEST]
+    #[arg(value_name = "NAME[:TAG|@DIGEST]")]
+    image: String,
+}
+
+#[derive(Debug, Args)]
+pub struct PushArgs {
+    /// Suppress verbose output
+    #[arg(short, long)]
+    quiet: bool,
+    #[arg(value_name = "NAME[:TAG]")]
+    image: String,
+}
+
+#[derive(Debug, Args)]
+pub struct TagArgs {
+    #[arg(value_name = "SOURCE_IMAGE[:TAG]")]
+    source: String,
+    #[arg(value_name = "TARGET_IMAGE[:TAG]")]
+    target: String,
+}
+
+#[derive(Debug, Args)]
+pub struct InspectArgs {
+    /// Format output using a custom template
+    #[arg(short, long, value_parser = crate::output::check_format)]
+    format: Option<String>,
+    #[arg(required = true, value_name = "IMAGE")]
+    images: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -51,6 +102,13 @@ pub struct RmArgs {
 
 pub async fn run(client: &mut Client, cmd: ImageCmd) -> anyhow::Result<()> {
     match cmd {
+        ImageCmd::Pull(a) => pull(client, a).await,
+        ImageCmd::Push(a) => push(client, a).await,
+        ImageCmd::Tag(a) => {
+            rpc(client.engine.image_tag(ImageTagRequest { source: a.source, target: a.target }).await)?;
+            Ok(())
+        }
+        ImageCmd::Inspect(a) => inspect(client, a).await,
         ImageCmd::Load(a) => load(client, a).await,
         ImageCmd::Ls(a) => ls(client, a).await,
         ImageCmd::Rm(a) => rm(client, a).await,
@@ -117,6 +175,115 @@ async fn load(client: &mut Client, a: LoadArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Docker's pull output: on a terminal one line per layer, rewritten in place, with a bar while downloading;
+/// otherwise a line per status change and no bars (progress lines are dropped, as Docker does).
+struct PullRenderer {
+    tty: bool,
+    /// Layers in the order they first appeared: the line each one owns on a terminal.
+    ids: Vec<String>,
+}
+
+/// `[=====>      ]  1.2MB/4.5MB`, 50 columns of bar as Docker draws it.
+fn progress_bar(current: u64, total: u64) -> String {
+    const WIDTH: u64 = 50;
+    if total == 0 {
+        return String::new();
+    }
+    let done = (WIDTH * current.min(total) / total) as usize;
+    let bar = if done >= WIDTH as usize {
+        "=".repeat(WIDTH as usize)
+    } else {
+        format!("{}>{}", "=".repeat(done), " ".repeat(WIDTH as usize - done - 1))
+    };
+    format!("[{bar}]  {}/{}", human_size(current), human_size(total))
+}
+
+impl PullRenderer {
+    fn new(tty: bool) -> Self {
+        PullRenderer { tty, ids: Vec::new() }
+    }
+
+    /// What to write for one progress message (possibly nothing).
+    fn render(&mut self, p: &ImagePullProgress) -> String {
+        if p.id.is_empty() {
+            return format!("{}\n", p.status);
+        }
+        let with_bar = p.status == "Downloading" || p.status == "Extracting";
+        if !self.tty {
+            return if with_bar { String::new() } else { format!("{}: {}\n", p.id, p.status) };
+        }
+        let line = if with_bar && p.total > 0 {
+            format!("{}: {} {}", p.id, p.status, progress_bar(p.current, p.total))
+        } else {
+            format!("{}: {}", p.id, p.status)
+        };
+        match self.ids.iter().position(|i| *i == p.id) {
+            None => {
+                self.ids.push(p.id.clone());
+                format!("{line}\n")
+            }
+            Some(at) => {
+                // Up to the layer's line, clear it, write, and back down below the last line.
+                let up = self.ids.len() - at;
+                format!("\x1b[{up}A\r\x1b[2K{line}\r\x1b[{up}B")
+            }
+        }
+    }
+}
+
+/// The credentials stored for the registry an image comes from (see `shoal login`).
+fn stored_auth(reference: &str) -> anyhow::Result<Option<engine_api::AuthConfig>> {
+    let Ok(name) = normalize_image_ref(reference) else { return Ok(None) };
+    let host = engine_api::registry_host(name.split('/').next().unwrap_or(""));
+    Ok(crate::login::load_credentials(&crate::login::config_path(), &host)?)
+}
+
+/// Prints a pull's or push's progress as it streams in (nothing when quiet); the stream's error is the command's.
+async fn show_progress(mut stream: tonic::Streaming<ImagePullProgress>, quiet: bool) -> anyhow::Result<()> {
+    let mut renderer = PullRenderer::new(std::io::stdout().is_terminal());
+    let mut out = std::io::stdout().lock();
+    loop {
+        let msg = stream.message().await.map_err(crate::client::DaemonError);
+        let Some(p) = msg? else { return Ok(()) };
+        if !quiet {
+            std::io::Write::write_all(&mut out, renderer.render(&p).as_bytes())?;
+            std::io::Write::flush(&mut out)?;
+        }
+    }
+}
+
+pub async fn push(client: &mut Client, a: PushArgs) -> anyhow::Result<()> {
+    let auth = stored_auth(&a.image)?;
+    let stream = rpc(client.engine.image_push(ImagePushRequest { reference: a.image.clone(), auth }).await)?;
+    show_progress(stream, a.quiet).await
+}
+
+pub async fn pull(client: &mut Client, a: PullArgs) -> anyhow::Result<()> {
+    let auth = stored_auth(&a.image)?;
+    let req = ImagePullRequest { reference: a.image.clone(), platform: a.platform.unwrap_or_default(), auth };
+    let stream = rpc(client.engine.image_pull(req).await)?;
+    show_progress(stream, a.quiet).await?;
+    if a.quiet {
+        // As `docker pull -q`: the full name pulled.
+        let name = normalize_image_ref(&a.image).unwrap_or(a.image);
+        println!("{name}");
+    }
+    Ok(())
+}
+
+async fn inspect(client: &mut Client, a: InspectArgs) -> anyhow::Result<()> {
+    let mut tally = Tally::default();
+    let mut found = Vec::new();
+    for image in &a.images {
+        let req = ImageInspectRequest { reference: image.clone() };
+        found.extend(tally.ok(rpc(client.engine.image_inspect(req).await)));
+    }
+    if !found.is_empty() {
+        crate::output::print_inspected(&found, a.format.as_deref())?;
+    }
+    tally.finish()
 }
 
 /// The IMAGE ID column: 12 hex digits of the digest.
@@ -253,6 +420,45 @@ mod tests {
             t.render_rows(&rows[..1], LS_TITLES).unwrap(),
             "REPOSITORY:TAG   CREATED AT\nbusybox:latest   2024-01-01 00:00:00 +0000 UTC\n"
         );
+    }
+
+    fn progress(id: &str, status: &str, current: u64, total: u64) -> ImagePullProgress {
+        ImagePullProgress { id: id.into(), status: status.into(), current, total }
+    }
+
+    #[test]
+    fn pull_progress_without_a_terminal_is_a_line_per_status() {
+        let mut r = PullRenderer::new(false);
+        let out: String = [
+            progress("", "v1: Pulling from test/busybox", 0, 0),
+            progress("bcecfaad93c7", "Pulling fs layer", 0, 0),
+            progress("bcecfaad93c7", "Downloading", 1_000_000, 2_000_000),
+            progress("bcecfaad93c7", "Download complete", 2_000_000, 2_000_000),
+            progress("bcecfaad93c7", "Pull complete", 0, 0),
+            progress("", "Digest: sha256:abc", 0, 0),
+        ]
+        .iter()
+        .map(|p| r.render(p))
+        .collect();
+        assert_eq!(
+            out,
+            "v1: Pulling from test/busybox\nbcecfaad93c7: Pulling fs layer\nbcecfaad93c7: Download complete\n\
+             bcecfaad93c7: Pull complete\nDigest: sha256:abc\n"
+        );
+    }
+
+    #[test]
+    fn pull_progress_on_a_terminal_rewrites_each_layers_line() {
+        let mut r = PullRenderer::new(true);
+        assert_eq!(r.render(&progress("aaaaaaaaaaaa", "Pulling fs layer", 0, 0)), "aaaaaaaaaaaa: Pulling fs layer\n");
+        assert_eq!(r.render(&progress("bbbbbbbbbbbb", "Already exists", 0, 0)), "bbbbbbbbbbbb: Already exists\n");
+        let bar = format!("[{}>{}]  1MB/4MB", "=".repeat(12), " ".repeat(37));
+        assert_eq!(progress_bar(1_000_000, 4_000_000), bar);
+        assert_eq!(
+            r.render(&progress("aaaaaaaaaaaa", "Downloading", 1_000_000, 4_000_000)),
+            format!("\x1b[2A\r\x1b[2Kaaaaaaaaaaaa: Downloading {bar}\r\x1b[2B")
+        );
+        assert_eq!(progress_bar(4, 4), format!("[{}]  4B/4B", "=".repeat(50)));
     }
 
     #[tokio::test]

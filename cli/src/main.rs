@@ -6,6 +6,7 @@
 mod client;
 mod image;
 mod info;
+mod login;
 mod node;
 mod output;
 mod progress;
@@ -47,6 +48,14 @@ enum Command {
     /// Manage images
     #[command(subcommand)]
     Image(image::ImageCmd),
+    /// Download an image from a registry
+    Pull(image::PullArgs),
+    /// Upload an image to a registry
+    Push(image::PushArgs),
+    /// Log in to a registry
+    Login(login::LoginArgs),
+    /// Log out from a registry
+    Logout(login::LogoutArgs),
     /// Display system-wide information
     Info(info::InfoArgs),
     /// Show the Shoal version information
@@ -145,12 +154,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     if let Command::Version = cli.command {
         return info::version(&cli.host).await;
     }
+    // Logging out only edits the local credentials file.
+    if let Command::Logout(a) = cli.command {
+        return login::logout(a);
+    }
     let mut client = Client::connect(&cli.host).await?;
     match cli.command {
         Command::Swarm(c) => crate::swarm::run(&mut client, c).await,
         Command::Node(c) => node::run(&mut client, c).await,
         Command::Service(c) => service::run(&mut client, *c).await,
         Command::Image(c) => image::run(&mut client, c).await,
+        Command::Pull(a) => image::pull(&mut client, a).await,
+        Command::Push(a) => image::push(&mut client, a).await,
+        Command::Login(a) => login::login(&mut client, a).await,
+        Command::Logout(_) => unreachable!("handled above"),
         Command::Info(a) => info::info(&mut client, a).await,
         Command::Version => unreachable!("handled above"),
     }

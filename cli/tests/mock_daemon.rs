@@ -357,8 +357,102 @@ impl Control for Fake {
     }
 }
 
+type PullStream = std::pin::Pin<Box<dyn futures::Stream<Item = Result<ImagePullProgress, Status>> + Send>>;
+
 #[tonic::async_trait]
 impl Engine for Fake {
+    type ImagePullStream = PullStream;
+    type ImagePushStream = PullStream;
+
+    async fn image_push(&self, req: Request<ImagePushRequest>) -> Result<Response<PullStream>, Status> {
+        let r = req.into_inner();
+        if r.auth.is_none() {
+            return Err(Status::unauthenticated("pull access denied for localhost:5000/private"));
+        }
+        let p = |id: &str, status: &str| {
+            Ok(ImagePullProgress { id: id.into(), status: status.into(), current: 0, total: 0 })
+        };
+        let lines = vec![
+            p("", &format!("The push refers to repository [{}]", r.reference)),
+            p("bcecfaad93c7", "Preparing"),
+            p("bcecfaad93c7", "Pushed"),
+            p("", "v1: digest: sha256:907b size: 406"),
+        ];
+        Ok(Response::new(Box::pin(futures::stream::iter(lines))))
+    }
+
+    /// `localhost:5000/private…` wants user `me` with password `pw`; anything else pulls one layer.
+    async fn image_pull(&self, req: Request<ImagePullRequest>) -> Result<Response<PullStream>, Status> {
+        let r = req.into_inner();
+        if r.reference.starts_with("localhost:5000/private") {
+            match &r.auth {
+                Some(a) if a.username == "me" && a.password == "pw" => {}
+                Some(_) => {
+                    return Err(Status::unauthenticated(
+                        "registry localhost:5000: 401 Unauthorized: incorrect username or password",
+                    ))
+                }
+                None => return Err(Status::unauthenticated("pull access denied for localhost:5000/private")),
+            }
+        }
+        let p = |id: &str, status: &str, current: u64, total: u64| {
+            Ok(ImagePullProgress { id: id.into(), status: status.into(), current, total })
+        };
+        let lines = vec![
+            p("", "latest: Pulling from library/busybox", 0, 0),
+            p("bcecfaad93c7", "Pulling fs layer", 0, 0),
+            p("bcecfaad93c7", "Downloading", 1000, 2000),
+            p("bcecfaad93c7", "Download complete", 2000, 2000),
+            p("bcecfaad93c7", "Extracting", 0, 0),
+            p("bcecfaad93c7", "Pull complete", 0, 0),
+            p("", "Digest: sha256:907b", 0, 0),
+            p("", &format!("Status: Downloaded newer image for {} ({})", r.reference, r.platform), 0, 0),
+        ];
+        Ok(Response::new(Box::pin(futures::stream::iter(lines))))
+    }
+
+    async fn image_tag(&self, req: Request<ImageTagRequest>) -> Result<Response<Empty>, Status> {
+        let r = req.into_inner();
+        if r.source == "busybox" {
+            Ok(Response::new(Empty {}))
+        } else {
+            Err(Status::not_found(format!("No such image: {}", r.source)))
+        }
+    }
+
+    async fn image_inspect(&self, req: Request<ImageInspectRequest>) -> Result<Response<ImageInspect>, Status> {
+        let r = req.into_inner();
+        if r.reference != "busybox" {
+            return Err(Status::not_found(format!("No such image: {}", r.reference)));
+        }
+        Ok(Response::new(ImageInspect {
+            id: "sha256:8dbc".into(),
+            repo_tags: vec!["busybox:latest".into(), "mine:v2".into()],
+            repo_digests: vec!["busybox@sha256:907b".into()],
+            architecture: "amd64".into(),
+            os: "linux".into(),
+            size: 2129920,
+            config: serde_json::json!({"Cmd": ["sh"]}),
+            rootfs: RootFs { r#type: "layers".into(), layers: vec!["sha256:bcec".into()] },
+            ..Default::default()
+        }))
+    }
+
+    async fn registry_login(
+        &self,
+        req: Request<RegistryLoginRequest>,
+    ) -> Result<Response<RegistryLoginResponse>, Status> {
+        let r = req.into_inner();
+        if r.auth.username == "me" && r.auth.password == "pw" {
+            Ok(Response::new(RegistryLoginResponse { status: "Login Succeeded".into() }))
+        } else {
+            Err(Status::unauthenticated(format!(
+                "registry {}: 401 Unauthorized: incorrect username or password",
+                r.server
+            )))
+        }
+    }
+
     async fn info(&self, _req: Request<Empty>) -> Result<Response<InfoResponse>, Status> {
         Ok(Response::new(InfoResponse {
             swarm: SwarmInfo {
@@ -514,6 +608,95 @@ fn shoal_at(socket: &Path, args: &[&str]) -> Output {
         .stdin(Stdio::null())
         .output()
         .expect("run shoal")
+}
+
+/// `shoal` with a credentials directory and stdin.
+fn shoal_with(socket: &Path, config: &Path, stdin: &str, args: &[&str]) -> Output {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_shoal"))
+        .arg("-H")
+        .arg(format!("unix://{}", socket.display()))
+        .args(args)
+        .env("SHOAL_CONFIG", config)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run shoal");
+    child.stdin.take().expect("stdin").write_all(stdin.as_bytes()).expect("write stdin");
+    child.wait_with_output().expect("shoal output")
+}
+
+#[test]
+fn pull_login_and_logout_through_the_cli() {
+    let d = Daemon::start();
+    let cfg = tempfile::tempdir().expect("tempdir");
+    let run = |stdin: &str, args: &[&str]| shoal_with(&d.socket, cfg.path(), stdin, args);
+    let text =
+        |o: &Output| (String::from_utf8_lossy(&o.stdout).into_owned(), String::from_utf8_lossy(&o.stderr).into_owned());
+
+    let o = run("", &["pull", "--platform", "linux/amd64", "busybox"]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    assert_eq!(
+        out,
+        "latest: Pulling from library/busybox\nbcecfaad93c7: Pulling fs layer\nbcecfaad93c7: Download complete\n\
+         bcecfaad93c7: Pull complete\nDigest: sha256:907b\nStatus: Downloaded newer image for busybox (linux/amd64)\n",
+        "no progress bars when stdout is not a terminal"
+    );
+    let o = run("", &["image", "pull", "-q", "busybox"]);
+    assert_eq!(text(&o).0, "docker.io/library/busybox:latest\n");
+
+    let o = run("", &["image", "pull", "localhost:5000/private:v1"]);
+    assert!(!o.status.success());
+    assert_eq!(text(&o).1, "Error response from daemon: pull access denied for localhost:5000/private\n");
+
+    let o = run("wrong\n", &["login", "-u", "me", "--password-stdin", "localhost:5000"]);
+    assert!(!o.status.success());
+    assert_eq!(
+        text(&o).1,
+        "Error response from daemon: registry localhost:5000: 401 Unauthorized: incorrect username or password\n"
+    );
+    assert!(!cfg.path().join("config.json").exists(), "refused credentials are not stored");
+    let o = run("", &["login", "-u", "me", "localhost:5000"]);
+    assert_eq!(text(&o).1, "Cannot perform an interactive login from a non TTY device\n");
+
+    let o = run("pw\n", &["login", "-u", "me", "--password-stdin", "localhost:5000"]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    assert_eq!(out, "Login Succeeded\n");
+    let stored: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(cfg.path().join("config.json")).expect("config.json")).unwrap();
+    assert_eq!(stored["auths"]["localhost:5000"]["auth"], "bWU6cHc=", "base64 of me:pw");
+
+    let o = run("", &["image", "pull", "localhost:5000/private:v1"]);
+    assert!(o.status.success(), "the stored credentials are sent: {}", text(&o).1);
+    assert!(text(&o).0.ends_with("Status: Downloaded newer image for localhost:5000/private:v1 ()\n"));
+
+    let o = run("", &["push", "localhost:5000/private:v1"]);
+    assert_eq!(
+        text(&o).0,
+        "The push refers to repository [localhost:5000/private:v1]\nbcecfaad93c7: Preparing\nbcecfaad93c7: Pushed\n\
+         v1: digest: sha256:907b size: 406\n",
+        "the stored credentials are sent with pushes too: {}",
+        text(&o).1
+    );
+    assert!(run("", &["image", "tag", "busybox", "mine:v2"]).status.success());
+    assert_eq!(
+        text(&run("", &["image", "tag", "nope", "mine:v2"])).1,
+        "Error response from daemon: No such image: nope\n"
+    );
+    let o = run("", &["image", "inspect", "busybox"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("inspect prints JSON");
+    assert_eq!(v[0]["Id"], "sha256:8dbc");
+    assert_eq!(v[0]["RootFS"]["Layers"][0], "sha256:bcec");
+    assert_eq!(v[0]["Config"]["Cmd"][0], "sh");
+    let o = run("", &["image", "inspect", "-f", "{{.Id}} {{index .RepoTags 1}} {{.Architecture}}", "busybox"]);
+    assert_eq!(text(&o).0, "sha256:8dbc mine:v2 amd64\n");
+
+    assert_eq!(text(&run("", &["logout", "localhost:5000"])).0, "Removing login credentials for localhost:5000\n");
+    assert_eq!(text(&run("", &["logout", "localhost:5000"])).0, "Not logged in to localhost:5000\n");
+    assert!(!run("", &["image", "pull", "localhost:5000/private:v1"]).status.success());
 }
 
 #[test]

@@ -6,6 +6,7 @@ use tonic_build::manual::{Builder, Method, Service};
 /// How a method streams: (client streams, server streams).
 const UNARY: (bool, bool) = (false, false);
 const UPLOAD: (bool, bool) = (true, false);
+const DOWNLOAD: (bool, bool) = (false, true);
 
 fn main() {
     let empty = "swarm::api::control::Empty";
@@ -25,6 +26,11 @@ fn main() {
         ("image_load", "ImageLoad", "crate::ImageLoadChunk", "crate::ImageLoadResponse", UPLOAD),
         ("image_list", "ImageList", empty, "crate::ImageListResponse", UNARY),
         ("image_remove", "ImageRemove", "crate::ImageRemoveRequest", empty, UNARY),
+        ("image_pull", "ImagePull", "crate::ImagePullRequest", "crate::ImagePullProgress", DOWNLOAD),
+        ("image_push", "ImagePush", "crate::ImagePushRequest", "crate::ImagePullProgress", DOWNLOAD),
+        ("image_tag", "ImageTag", "crate::ImageTagRequest", empty, UNARY),
+        ("image_inspect", "ImageInspect", "crate::ImageInspectRequest", "crate::ImageInspect", UNARY),
+        ("registry_login", "RegistryLogin", "crate::RegistryLoginRequest", "crate::RegistryLoginResponse", UNARY),
     ];
     let mut engine = Service::builder().name("Engine").package("shoal");
     for (name, route, input, output, (client_streaming, server_streaming)) in methods {

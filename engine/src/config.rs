@@ -43,6 +43,26 @@ pub struct DaemonConfig {
     /// repeatable, one kind each
     #[arg(long = "node-generic-resource", value_name = "KIND=COUNT", value_parser = parse_generic_resource)]
     pub node_generic_resources: Vec<(String, u64)>,
+    /// A registry (HOST[:PORT]) spoken to over plain HTTP; repeatable
+    #[arg(long = "insecure-registry", value_name = "HOST:PORT")]
+    pub insecure_registries: Vec<String>,
+    /// A Docker Hub mirror (https://host[:port] or http://…), tried before Docker Hub; repeatable
+    #[arg(long = "registry-mirror", value_name = "URL", value_parser = parse_mirror)]
+    pub registry_mirrors: Vec<String>,
+    /// Registry CAs in Docker's layout: <DIR>/<host[:port]>/ca.crt
+    #[arg(long, value_name = "DIR", default_value = crate::registry::DEFAULT_CERTS_DIR)]
+    pub registry_certs_dir: PathBuf,
+}
+
+/// A mirror is a URL with a scheme, as dockerd wants it (the scheme says whether it speaks TLS).
+fn parse_mirror(s: &str) -> Result<String, String> {
+    let rest = s.strip_prefix("https://").or_else(|| s.strip_prefix("http://"));
+    match rest {
+        Some(h) if !h.trim_end_matches('/').is_empty() && !h.trim_end_matches('/').contains('/') => {
+            Ok(s.trim_end_matches('/').to_string())
+        }
+        _ => Err(format!("invalid mirror {s:?}: expected https://HOST[:PORT] or http://HOST[:PORT]")),
+    }
 }
 
 /// Docker's level names (`fatal` and `panic` log errors only, as tracing has no higher level), tracing's `trace`
@@ -96,6 +116,15 @@ impl DaemonConfig {
         engine_api::socket_path(&self.host).map_err(|e| e.to_string())
     }
 
+    /// The registry settings of `--insecure-registry`, `--registry-mirror` and `--registry-certs-dir`.
+    pub fn registries(&self) -> crate::registry::RegistryConfig {
+        crate::registry::RegistryConfig {
+            insecure: self.insecure_registries.clone(),
+            mirrors: self.registry_mirrors.clone(),
+            certs_dir: self.registry_certs_dir.clone(),
+        }
+    }
+
     pub fn engine_labels(&self) -> BTreeMap<String, String> {
         self.labels.iter().cloned().collect()
     }
@@ -127,6 +156,28 @@ mod tests {
         assert_eq!(c.socket_path().unwrap(), PathBuf::from("/tmp/x.sock"));
         assert_eq!(c.engine_labels().get("disk").map(String::as_str), Some("ssd"));
         assert_eq!(c.group, None, "the default group is resolved at startup");
+    }
+
+    #[test]
+    fn registry_flags() {
+        let c = DaemonConfig::parse_from(["shoald"]);
+        assert_eq!(c.registries().certs_dir, PathBuf::from("/etc/shoal/certs.d"));
+        assert!(c.registries().insecure.is_empty() && c.registries().mirrors.is_empty());
+        let c = DaemonConfig::parse_from([
+            "shoald",
+            "--insecure-registry",
+            "127.0.0.1:5000",
+            "--registry-mirror",
+            "https://mirror.example.com/",
+            "--registry-certs-dir",
+            "/tmp/certs.d",
+        ]);
+        let r = c.registries();
+        assert_eq!(r.insecure, vec!["127.0.0.1:5000".to_string()]);
+        assert_eq!(r.mirrors, vec!["https://mirror.example.com".to_string()]);
+        assert_eq!(r.certs_dir, PathBuf::from("/tmp/certs.d"));
+        let e = DaemonConfig::try_parse_from(["shoald", "--registry-mirror", "mirror.example.com"]).unwrap_err();
+        assert!(e.to_string().contains("invalid mirror \"mirror.example.com\""), "{e}");
     }
 
     #[test]

@@ -75,7 +75,14 @@ pub async fn run(cfg: DaemonConfig, shutdown: CancellationToken) -> Result<(), D
         NodeConfig { state_dir: cfg.data_root.join("swarm"), default_advertise_ip: default_route_ip() },
         Arc::new(executor.clone()),
     ));
-    let api = LocalApi { node: node.clone(), images, executor, containerd_version, data_root: cfg.data_root.clone() };
+    let api = LocalApi {
+        node: node.clone(),
+        images,
+        registries: crate::registry::Registries::new(cfg.registries()),
+        executor,
+        containerd_version,
+        data_root: cfg.data_root.clone(),
+    };
     // Certificate renewal and role changes (promote/demote) are checked every 2 s.
     let maintenance = SwarmNode::spawn_maintenance(node.clone(), Duration::from_secs(2), shutdown.child_token());
     let result = serve(&socket, socket_gid, api, shutdown.clone()).await;

@@ -38,9 +38,9 @@ const MT_DOCKER_LAYER_GZ: &str = "application/vnd.docker.image.rootfs.diff.tar.g
 /// The default cap on an uploaded archive (`load_reader`).
 pub const DEFAULT_MAX_UPLOAD: u64 = 10 << 30;
 /// Blobs go to containerd in chunks of this size; at most a few chunks are in memory at once.
-const CHUNK: usize = 1 << 20;
+pub(crate) const CHUNK: usize = 1 << 20;
 /// Manifests, indexes and configs are small: a larger one is refused before it is read into memory.
-const MAX_JSON: u64 = 16 << 20;
+pub(crate) const MAX_JSON: u64 = 16 << 20;
 
 /// Image operations that failed.
 #[derive(Debug, thiserror::Error)]
@@ -74,7 +74,7 @@ pub enum ImageError {
     Io(String),
 }
 
-fn cd_err(s: tonic::Status) -> ImageError {
+pub(crate) fn cd_err(s: tonic::Status) -> ImageError {
     ImageError::Containerd(s.message().to_string())
 }
 
@@ -154,7 +154,7 @@ fn read_json<T: DeserializeOwned>(root: &Path, path: &Path) -> Result<T, ImageEr
     serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))
 }
 
-fn descriptor(media_type: &str, digest: &str, size: u64) -> Descriptor {
+pub(crate) fn descriptor(media_type: &str, digest: &str, size: u64) -> Descriptor {
     Descriptor { media_type: media_type.into(), digest: digest.into(), size: size as i64, annotations: HashMap::new() }
 }
 
@@ -171,14 +171,14 @@ fn blob_path(root: &Path, digest: &str) -> Result<PathBuf, ImageError> {
 }
 
 /// This node's platform as Docker writes it (`linux/amd64`).
-fn node_platform() -> String {
+pub(crate) fn node_platform() -> String {
     let p = swarm::api::Platform::current();
     format!("{}/{}", p.os, p.architecture)
 }
 
 /// `os/arch[/variant]` of an image config or index entry, and whether this node runs it (the variant is not
 /// compared: every arm64 node runs v8).
-fn platform_of(os: &str, arch: &str, variant: Option<&str>) -> (String, bool) {
+pub(crate) fn platform_of(os: &str, arch: &str, variant: Option<&str>) -> (String, bool) {
     let node = swarm::api::Platform::current();
     let shown = match variant {
         Some(v) if !v.is_empty() => format!("{os}/{arch}/{v}"),
@@ -189,7 +189,7 @@ fn platform_of(os: &str, arch: &str, variant: Option<&str>) -> (String, bool) {
 
 /// The entry of an index for this node's platform. As in containerd, an entry without a platform may be
 /// anything: it is taken when no entry names this platform, and its config's platform is checked later.
-fn pick_platform(index: &ImageIndex) -> Option<&OciDescriptor> {
+pub(crate) fn pick_platform(index: &ImageIndex) -> Option<&OciDescriptor> {
     let ours = |p: &oci_spec::image::Platform| {
         platform_of(&p.os().to_string(), &p.architecture().to_string(), p.variant().as_deref()).1
     };
@@ -212,7 +212,7 @@ fn index_platforms(index: &ImageIndex) -> String {
     }
 }
 
-fn is_index(media_type: &str) -> bool {
+pub(crate) fn is_index(media_type: &str) -> bool {
     media_type == MT_OCI_INDEX || media_type == MT_DOCKER_LIST
 }
 
@@ -364,29 +364,49 @@ impl ImageService {
         for (layers, diff_ids) in &import.unpack {
             self.unpack(layers, diff_ids, lease).await?;
         }
-        let mut images = ImagesClient::new(self.ch.clone());
         for (name, target) in &import.images {
-            let image = Image { name: name.clone(), target: Some(target.clone()), ..Default::default() };
-            match images
-                .create(req_leased(CreateImageRequest { image: Some(image.clone()), source_date_epoch: None }, lease))
-                .await
-            {
-                Ok(_) => {}
-                Err(s) if s.code() == tonic::Code::AlreadyExists => {
-                    images
-                        .update(req(UpdateImageRequest {
-                            image: Some(image),
-                            update_mask: Some(prost_types::FieldMask { paths: vec!["target".into()] }),
-                            source_date_epoch: None,
-                        }))
-                        .await
-                        .map_err(cd_err)?;
-                }
-                Err(s) => return Err(cd_err(s)),
-            }
+            self.set_image(name, target, lease).await?;
             tracing::info!(image = %name, "image loaded");
         }
         Ok(())
+    }
+
+    /// The containerd channel (the registry puller writes through the same content store).
+    pub(crate) fn channel(&self) -> Channel {
+        self.ch.clone()
+    }
+
+    /// Creates or retargets the image record `name` (normalized).
+    pub(crate) async fn set_image(&self, name: &str, target: &Descriptor, lease: &str) -> Result<(), ImageError> {
+        let mut images = ImagesClient::new(self.ch.clone());
+        let image = Image { name: name.to_string(), target: Some(target.clone()), ..Default::default() };
+        match images
+            .create(req_leased(CreateImageRequest { image: Some(image.clone()), source_date_epoch: None }, lease))
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(s) if s.code() == tonic::Code::AlreadyExists => {
+                images
+                    .update(req(UpdateImageRequest {
+                        image: Some(image),
+                        update_mask: Some(prost_types::FieldMask { paths: vec!["target".into()] }),
+                        source_date_epoch: None,
+                    }))
+                    .await
+                    .map_err(cd_err)?;
+                Ok(())
+            }
+            Err(s) => Err(cd_err(s)),
+        }
+    }
+
+    /// The target of image record `name` (normalized), if there is one.
+    pub(crate) async fn image_target(&self, name: &str) -> Result<Option<Descriptor>, ImageError> {
+        match ImagesClient::new(self.ch.clone()).get(req(GetImageRequest { name: name.to_string() })).await {
+            Ok(r) => Ok(r.into_inner().image.and_then(|i| i.target)),
+            Err(s) if is_not_found(&s) => Ok(None),
+            Err(s) => Err(cd_err(s)),
+        }
     }
 
     async fn write_blob(&self, b: &Blob, lease: &str) -> Result<(), ImageError> {
@@ -497,18 +517,32 @@ impl ImageService {
     /// applied layer is checked against its diff id before its snapshot is committed, so a committed chain id
     /// always holds what its name says (and an existing one can be trusted and skipped).
     async fn unpack(&self, layers: &[Descriptor], diff_ids: &[String], lease: &str) -> Result<(), ImageError> {
+        self.unpack_reporting(layers, diff_ids, lease, |_, _| {}).await
+    }
+
+    /// [`Self::unpack`], telling `report` about each layer: `(index, false)` before it is extracted, `(index,
+    /// true)` once its snapshot is there (extracted now or earlier).
+    pub(crate) async fn unpack_reporting(
+        &self,
+        layers: &[Descriptor],
+        diff_ids: &[String],
+        lease: &str,
+        mut report: impl FnMut(usize, bool) + Send,
+    ) -> Result<(), ImageError> {
         let mut snaps = SnapshotsClient::new(self.ch.clone());
         let mut diff = DiffClient::new(self.ch.clone());
         let chains = chain_ids(diff_ids);
         let mut parent = String::new();
-        for ((layer, chain), diff_id) in layers.iter().zip(&chains).zip(diff_ids) {
+        for (i, ((layer, chain), diff_id)) in layers.iter().zip(&chains).zip(diff_ids).enumerate() {
             let exists = snaps
                 .stat(req(StatSnapshotRequest { snapshotter: SNAPSHOTTER.into(), key: chain.clone() }))
                 .await
                 .is_ok();
             if !exists {
+                report(i, false);
                 self.unpack_layer(&mut snaps, &mut diff, layer, chain, diff_id, &parent, lease).await?;
             }
+            report(i, true);
             parent = chain.clone();
         }
         Ok(())
@@ -595,7 +629,7 @@ impl ImageService {
         }
     }
 
-    async fn read_blob(&self, digest: &str) -> Result<Vec<u8>, ImageError> {
+    pub(crate) async fn read_blob(&self, digest: &str) -> Result<Vec<u8>, ImageError> {
         let mut content = ContentClient::new(self.ch.clone());
         let mut stream = content
             .read(req(ReadContentRequest { digest: digest.into(), offset: 0, size: 0 }))
@@ -608,6 +642,21 @@ impl ImageService {
             if out.len() as u64 > MAX_JSON {
                 return Err(ImageError::Containerd(format!("blob {digest} is larger than {MAX_JSON} bytes")));
             }
+        }
+        Ok(out)
+    }
+
+    /// A whole blob of any size, into memory (`image push` sends layers whole).
+    pub(crate) async fn read_blob_unbounded(&self, digest: &str) -> Result<Vec<u8>, ImageError> {
+        let mut content = ContentClient::new(self.ch.clone());
+        let mut stream = content
+            .read(req(ReadContentRequest { digest: digest.into(), offset: 0, size: 0 }))
+            .await
+            .map_err(cd_err)?
+            .into_inner();
+        let mut out = Vec::new();
+        while let Some(chunk) = stream.message().await.map_err(cd_err)? {
+            out.extend_from_slice(&chunk.data);
         }
         Ok(out)
     }
@@ -710,6 +759,64 @@ impl ImageService {
         }
         out.sort_by(|a, b| a.reference.cmp(&b.reference));
         Ok(out)
+    }
+
+    /// Names the content of image `source` also `target` (both normalized here), as `docker tag`.
+    pub async fn tag(&self, source: &str, target: &str) -> Result<String, ImageError> {
+        let from = normalize_image_ref(source)?;
+        let to = normalize_image_ref(target)?;
+        let desc = self.image_target(&from).await?.ok_or_else(|| ImageError::NotFound(source.to_string()))?;
+        let lease = create_lease(&self.ch, "shoal-tag", std::time::Duration::from_secs(60)).await.map_err(cd_err)?;
+        let r = self.set_image(&to, &desc, &lease).await;
+        delete_lease(&self.ch, &lease).await;
+        r?;
+        tracing::info!(image = %to, source = %from, "image tagged");
+        Ok(to)
+    }
+
+    /// What `image inspect` shows of an image: its config, names, digests and layers.
+    pub async fn inspect(&self, reference: &str) -> Result<engine_api::ImageInspect, ImageError> {
+        let name = normalize_image_ref(reference)?;
+        let target = self.image_target(&name).await?.ok_or_else(|| ImageError::NotFound(reference.to_string()))?;
+        let manifest = self.manifest_of(&name, &target).await?;
+        let config_digest = manifest.config().digest().to_string();
+        let raw: serde_json::Value = self.read_typed(&name, "config", &config_digest).await?;
+        let typed: ImageConfiguration = serde_json::from_value(raw.clone())
+            .map_err(|e| ImageError::InvalidImage { image: name.clone(), why: format!("config: {e}") })?;
+        let mut images = ImagesClient::new(self.ch.clone());
+        let all = images.list(req(ListImagesRequest { filters: vec![] })).await.map_err(cd_err)?.into_inner().images;
+        let mut repo_tags = Vec::new();
+        let mut repo_digests = Vec::new();
+        for i in all.iter().filter(|i| i.target.as_ref().is_some_and(|t| t.digest == target.digest)) {
+            let familiar = familiar_image_ref(&i.name);
+            let repo = familiar.split('@').next().unwrap_or(&familiar);
+            let last_slash = repo.rfind('/').map(|p| p + 1).unwrap_or(0);
+            let repo = match repo[last_slash..].rfind(':') {
+                Some(p) => &repo[..last_slash + p],
+                None => repo,
+            };
+            if !i.name.contains('@') {
+                repo_tags.push(familiar.clone());
+            }
+            let d = format!("{repo}@{}", target.digest);
+            if !repo_digests.contains(&d) {
+                repo_digests.push(d);
+            }
+        }
+        repo_tags.sort();
+        repo_digests.sort();
+        Ok(engine_api::ImageInspect {
+            id: config_digest,
+            repo_tags,
+            repo_digests,
+            created: typed.created().clone().unwrap_or_default(),
+            architecture: typed.architecture().to_string(),
+            variant: typed.variant().clone().unwrap_or_default(),
+            os: typed.os().to_string(),
+            size: manifest.layers().iter().map(|l| l.size()).sum(),
+            config: raw.get("config").cloned().unwrap_or(serde_json::Value::Null),
+            rootfs: engine_api::RootFs { r#type: "layers".into(), layers: typed.rootfs().diff_ids().clone() },
+        })
     }
 
     pub async fn remove(&self, reference: &str) -> Result<String, ImageError> {

@@ -12,6 +12,7 @@ pub mod jsonfile;
 pub mod localapi;
 pub mod logs;
 pub mod oom;
+pub mod registry;
 pub mod seccomp;
 pub mod socket;
 pub mod spec;

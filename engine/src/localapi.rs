@@ -6,6 +6,7 @@
 use crate::containerd::req;
 use crate::executor::{hostname, ContainerdExecutor};
 use crate::image::{ImageError, ImageService};
+use crate::registry::{Credentials, Registries, RegistryError};
 use engine_api::Engine;
 use engine_api::*;
 use std::path::PathBuf;
@@ -19,6 +20,7 @@ use tonic::{Request, Response, Status, Streaming};
 pub struct LocalApi {
     pub node: Arc<SwarmNode<ContainerdExecutor>>,
     pub images: ImageService,
+    pub registries: Registries,
     pub executor: ContainerdExecutor,
     pub containerd_version: String,
     pub data_root: PathBuf,
@@ -57,8 +59,52 @@ fn image_status(e: ImageError) -> Status {
     }
 }
 
+fn registry_status(e: RegistryError) -> Status {
+    match e {
+        RegistryError::Image(e) => image_status(e),
+        RegistryError::ManifestUnknown { .. } => Status::not_found(e.to_string()),
+        RegistryError::NoCredentials { .. } | RegistryError::BadCredentials { .. } => {
+            Status::unauthenticated(e.to_string())
+        }
+        RegistryError::InvalidPlatform(_) | RegistryError::Reference(_) => Status::invalid_argument(e.to_string()),
+        RegistryError::UnknownHost { .. } | RegistryError::ConnectionRefused { .. } | RegistryError::Tls { .. } => {
+            Status::unavailable(e.to_string())
+        }
+        RegistryError::NoPlatform { .. } | RegistryError::WrongPlatform { .. } => {
+            Status::failed_precondition(e.to_string())
+        }
+        other => Status::internal(other.to_string()),
+    }
+}
+
+fn credentials(a: Option<AuthConfig>) -> Option<Credentials> {
+    a.filter(|a| !a.username.is_empty()).map(|a| Credentials { username: a.username, password: a.password })
+}
+
+type PullStream = std::pin::Pin<Box<dyn futures::Stream<Item = Result<ImagePullProgress, Status>> + Send>>;
+
+/// A pull's or push's progress lines, then its end: an error ends the stream with its status.
+fn progress_stream(
+    rx: tokio::sync::mpsc::Receiver<ImagePullProgress>,
+    done: tokio::sync::oneshot::Receiver<Result<(), Status>>,
+) -> PullStream {
+    let progress = tokio_stream::wrappers::ReceiverStream::new(rx).map(Ok);
+    let end = futures::stream::once(async move {
+        match done.await {
+            Ok(Ok(())) => None,
+            Ok(Err(s)) => Some(Err(s)),
+            Err(_) => Some(Err(Status::internal("the operation ended without a result"))),
+        }
+    })
+    .filter_map(|x| x);
+    Box::pin(progress.chain(end))
+}
+
 #[tonic::async_trait]
 impl Engine for LocalApi {
+    type ImagePullStream = PullStream;
+    type ImagePushStream = PullStream;
+
     async fn info(&self, _req: Request<Empty>) -> Result<Response<InfoResponse>, Status> {
         let swarm = self.node.info().await;
         let mut tasks = containerd_client::services::v1::tasks_client::TasksClient::new(self.executor_channel());
@@ -165,6 +211,58 @@ impl Engine for LocalApi {
     async fn image_remove(&self, req: Request<ImageRemoveRequest>) -> Result<Response<Empty>, Status> {
         self.images.remove(&req.into_inner().reference).await.map_err(image_status)?;
         Ok(Response::new(Empty {}))
+    }
+
+    async fn image_pull(&self, req: Request<ImagePullRequest>) -> Result<Response<PullStream>, Status> {
+        let r = req.into_inner();
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        let (registries, images) = (self.registries.clone(), self.images.clone());
+        // The pull runs on its own: a client that goes away does not leave a half-written image behind.
+        tokio::spawn(async move {
+            let platform = Some(r.platform.as_str()).filter(|p| !p.is_empty());
+            let result = registries.pull(&images, &r.reference, platform, credentials(r.auth), tx).await;
+            if let Err(e) = &result {
+                tracing::warn!(image = %r.reference, error = %e, "pull failed");
+            }
+            let _ = done_tx.send(result.map(|_| ()).map_err(registry_status));
+        });
+        Ok(Response::new(progress_stream(rx, done_rx)))
+    }
+
+    async fn image_push(&self, req: Request<ImagePushRequest>) -> Result<Response<PullStream>, Status> {
+        let r = req.into_inner();
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        let (registries, images) = (self.registries.clone(), self.images.clone());
+        tokio::spawn(async move {
+            let result = registries.push(&images, &r.reference, credentials(r.auth), tx).await;
+            if let Err(e) = &result {
+                tracing::warn!(image = %r.reference, error = %e, "push failed");
+            }
+            let _ = done_tx.send(result.map(|_| ()).map_err(registry_status));
+        });
+        Ok(Response::new(progress_stream(rx, done_rx)))
+    }
+
+    async fn image_tag(&self, req: Request<ImageTagRequest>) -> Result<Response<Empty>, Status> {
+        let r = req.into_inner();
+        self.images.tag(&r.source, &r.target).await.map_err(image_status)?;
+        Ok(Response::new(Empty {}))
+    }
+
+    async fn image_inspect(&self, req: Request<ImageInspectRequest>) -> Result<Response<ImageInspect>, Status> {
+        Ok(Response::new(self.images.inspect(&req.into_inner().reference).await.map_err(image_status)?))
+    }
+
+    async fn registry_login(
+        &self,
+        req: Request<RegistryLoginRequest>,
+    ) -> Result<Response<RegistryLoginResponse>, Status> {
+        let r = req.into_inner();
+        let creds = Credentials { username: r.auth.username, password: r.auth.password };
+        self.registries.login(&r.server, &creds).await.map_err(registry_status)?;
+        Ok(Response::new(RegistryLoginResponse { status: "Login Succeeded".into() }))
     }
 }
 

@@ -190,6 +190,8 @@ pub struct Daemon {
     netns: Option<PathBuf>,
     /// When set, the daemon runs in a UTS namespace of its own with this hostname (a node's name in the swarm).
     hostname: Option<String>,
+    /// More `shoald` flags, kept across restarts.
+    extra_args: Vec<String>,
 }
 
 impl Daemon {
@@ -205,6 +207,14 @@ impl Daemon {
         Daemon::start_on(None, Some((netns.to_path_buf(), hostname.to_string())), prefix)
     }
 
+    /// Starts a daemon with a fresh data root and extra `shoald` flags (e.g. `--insecure-registry`).
+    pub fn start_with_args(args: &[&str]) -> Daemon {
+        let mut d = Daemon::new_on(None, None, "shoal-e2e-");
+        d.extra_args = args.iter().map(|a| a.to_string()).collect();
+        d.spawn();
+        d
+    }
+
     /// Starts a daemon on an existing data root (with its own exec root and socket), e.g. to check that a
     /// second daemon refuses a data root in use. Panics at once, with its exit status and log, if it exits.
     pub fn start_with_data_root(data_root: &Path) -> Daemon {
@@ -212,10 +222,16 @@ impl Daemon {
     }
 
     fn start_on(data_root: Option<PathBuf>, node: Option<(PathBuf, String)>, prefix: &str) -> Daemon {
+        let mut d = Daemon::new_on(data_root, node, prefix);
+        d.spawn();
+        d
+    }
+
+    fn new_on(data_root: Option<PathBuf>, node: Option<(PathBuf, String)>, prefix: &str) -> Daemon {
         let (netns, hostname) = node.unzip();
         // Short paths: unix socket paths are limited to 108 bytes.
         let dir = tempfile::Builder::new().prefix(prefix).tempdir_in("/tmp").expect("temp dir");
-        let mut d = Daemon {
+        Daemon {
             data_root: data_root.unwrap_or_else(|| dir.path().join("data")),
             exec_root: dir.path().join("run"),
             socket: dir.path().join("shoal.sock"),
@@ -225,9 +241,8 @@ impl Daemon {
             restarts: 0,
             netns,
             hostname,
-        };
-        d.spawn();
-        d
+            extra_args: vec![],
+        }
     }
 
     fn spawn(&mut self) {
@@ -263,6 +278,7 @@ impl Daemon {
             .arg(format!("unix://{}", self.socket.display()))
             .arg("--log-level")
             .arg("info,swarm=debug")
+            .args(&self.extra_args)
             .stdout(Stdio::from(log.try_clone().expect("log")))
             .stderr(Stdio::from(log))
             .spawn()

@@ -51,6 +51,19 @@ pub fn socket_path(host: &str) -> Result<std::path::PathBuf, HostError> {
     Ok(host.into())
 }
 
+/// The registry host a `login`/`logout` server or an image reference's first part names: Docker Hub's spellings
+/// (`https://index.docker.io/v1/`, `registry-1.docker.io`, none) are all `docker.io`. The CLI keys stored
+/// credentials by it and the daemon logs in to it.
+pub fn registry_host(server: &str) -> String {
+    let s = server.trim();
+    let s = s.strip_prefix("https://").or_else(|| s.strip_prefix("http://")).unwrap_or(s);
+    let host = s.split('/').next().unwrap_or(s);
+    match host {
+        "" | "index.docker.io" | "registry-1.docker.io" | "docker.io" => "docker.io".into(),
+        h => h.to_string(),
+    }
+}
+
 /// Connects to a unix socket as a gRPC channel (the local API).
 pub async fn connect_unix(
     path: impl Into<std::path::PathBuf>,
@@ -70,6 +83,14 @@ pub async fn connect_unix(
 mod tests {
     use super::*;
     use std::path::PathBuf;
+
+    #[test]
+    fn registry_servers_name_hosts() {
+        assert_eq!(registry_host("https://index.docker.io/v1/"), "docker.io");
+        assert_eq!(registry_host(""), "docker.io");
+        assert_eq!(registry_host("localhost:5000"), "localhost:5000");
+        assert_eq!(registry_host("https://reg.example.com:8443/v2/"), "reg.example.com:8443");
+    }
 
     #[test]
     fn hosts_resolve_to_socket_paths() {

@@ -63,6 +63,110 @@ pub struct ImageRemoveRequest {
     pub force: bool,
 }
 
+/// Credentials sent with a pull or checked by `login` (the CLI keeps them in its config.json).
+#[derive(Clone, Default, Serialize, Deserialize)]
+pub struct AuthConfig {
+    pub username: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for AuthConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the password: requests get logged.
+        write!(f, "AuthConfig({})", self.username)
+    }
+}
+
+/// `image pull NAME[:TAG|@DIGEST]`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ImagePullRequest {
+    pub reference: String,
+    /// `os/arch[/variant]`; empty means the node's own.
+    #[serde(default)]
+    pub platform: String,
+    #[serde(default)]
+    pub auth: Option<AuthConfig>,
+}
+
+/// One line of a pull's progress, as Docker's JSON messages: a layer's (`id` set: its short digest, with bytes
+/// done of `total` while downloading) or a line of its own (`id` empty: `Digest: …`, `Status: …`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImagePullProgress {
+    #[serde(default)]
+    pub id: String,
+    pub status: String,
+    #[serde(default)]
+    pub current: u64,
+    #[serde(default)]
+    pub total: u64,
+}
+
+/// `login SERVER`: the daemon checks the credentials against the registry; the CLI stores them.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct RegistryLoginRequest {
+    pub server: String,
+    pub auth: AuthConfig,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct RegistryLoginResponse {
+    /// "Login Succeeded".
+    pub status: String,
+}
+
+/// `image push NAME[:TAG]`; progress comes back as [`ImagePullProgress`] lines.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ImagePushRequest {
+    pub reference: String,
+    #[serde(default)]
+    pub auth: Option<AuthConfig>,
+}
+
+/// `image tag SOURCE TARGET`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ImageTagRequest {
+    pub source: String,
+    pub target: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ImageInspectRequest {
+    pub reference: String,
+}
+
+/// `image inspect`, with Docker's field names (`Id`, `RepoTags`, `RootFS`, …).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ImageInspect {
+    /// The config's digest.
+    pub id: String,
+    /// Every name pointing at the same content, familiar form (`busybox:latest`).
+    pub repo_tags: Vec<String>,
+    /// `repository@digest` of the manifest (or index) the names point at.
+    pub repo_digests: Vec<String>,
+    #[serde(default)]
+    pub created: String,
+    pub architecture: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub variant: String,
+    pub os: String,
+    /// Bytes of the layers as stored (compressed when they came compressed).
+    pub size: u64,
+    /// The image config's `config` section as the image has it (Env, Cmd, Entrypoint, …).
+    #[serde(default)]
+    pub config: serde_json::Value,
+    #[serde(rename = "RootFS")]
+    pub rootfs: RootFs,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct RootFs {
+    pub r#type: String,
+    /// The diff ids, bottom layer first.
+    pub layers: Vec<String>,
+}
+
 mod base64_bytes {
     use base64::Engine;
     use serde::{Deserialize, Deserializer, Serializer};

@@ -1,0 +1,197 @@
+//! `shoal login` and `shoal pull` on a real `shoald` against a real registry (Debian's `docker-registry`) with TLS
+//! from a test CA (trusted through `--registry-certs-dir`) and htpasswd auth; then a service runs the pulled image.
+//!
+//! Needs root, containerd, runc, busybox-static, docker-registry and apache2-utils (nothing is skipped); the
+//! binaries must be built (`cargo build --workspace --bins`).
+
+use oci_client::manifest::{OciImageManifest, OciManifest};
+use oci_client::secrets::RegistryAuth;
+use oci_client::Reference;
+use serde_json::Value;
+use shoal_tests::*;
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const USER: &str = "shoal";
+const PASSWORD: &str = "e2e-pw";
+
+/// A TLS + htpasswd registry on a free loopback port; killed on drop.
+struct Registry {
+    child: Child,
+    _dir: tempfile::TempDir,
+    host: String,
+    ca_pem: String,
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_registry() -> Registry {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair, SanType};
+    let dir = tempfile::Builder::new().prefix("shoal-e2e-reg-").tempdir_in("/tmp").unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let host = format!("127.0.0.1:{port}");
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca_params, &ca_key);
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    params.subject_alt_names.push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    let p = |n: &str| dir.path().join(n).display().to_string();
+    std::fs::write(p("cert.pem"), cert.pem()).unwrap();
+    std::fs::write(p("key.pem"), key.serialize_pem()).unwrap();
+    let out = Command::new("htpasswd").args(["-Bbn", USER, PASSWORD]).output().expect("htpasswd (apache2-utils)");
+    assert!(out.status.success());
+    std::fs::write(p("htpasswd"), out.stdout).unwrap();
+    let config = format!(
+        "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {host}\n  \
+         tls:\n    certificate: {}\n    key: {}\nauth:\n  htpasswd:\n    realm: e2e\n    path: {}\n",
+        p("data"),
+        p("cert.pem"),
+        p("key.pem"),
+        p("htpasswd")
+    );
+    std::fs::write(p("config.yml"), config).unwrap();
+    let log = std::fs::File::create(p("registry.log")).unwrap();
+    let child = Command::new("/usr/bin/docker-registry")
+        .arg("serve")
+        .arg(p("config.yml"))
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("docker-registry (apt-get install docker-registry)");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(&host).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "registry did not listen: {}",
+            std::fs::read_to_string(p("registry.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Registry { child, _dir: dir, host, ca_pem: ca.pem() }
+}
+
+fn sha(b: &[u8]) -> String {
+    use sha2::Digest;
+    format!("sha256:{}", hex::encode(sha2::Sha256::digest(b)))
+}
+
+/// Pushes the busybox test image as `<host>/<repo>:<tag>`; returns (manifest digest, config digest).
+fn push_busybox(reg: &Registry, repo: &str, tag: &str) -> (String, String) {
+    let mut files = HashMap::new();
+    let mut ar = tar::Archive::new(std::fs::File::open(test_image()).unwrap());
+    for e in ar.entries().unwrap() {
+        let mut e = e.unwrap();
+        let name = e.path().unwrap().to_string_lossy().trim_start_matches("./").to_string();
+        let mut data = Vec::new();
+        e.read_to_end(&mut data).unwrap();
+        files.insert(name, data);
+    }
+    let blob =
+        |d: &Value| files[&format!("blobs/sha256/{}", d.as_str().unwrap().trim_start_matches("sha256:"))].clone();
+    let index: Value = serde_json::from_slice(&files["index.json"]).unwrap();
+    let manifest = blob(&index["manifests"][0]["digest"]);
+    let m: Value = serde_json::from_slice(&manifest).unwrap();
+    let (config, layer) = (blob(&m["config"]["digest"]), blob(&m["layers"][0]["digest"]));
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let mut cfg = oci_client::client::ClientConfig::default();
+        cfg.extra_root_certificates.push(oci_client::client::Certificate {
+            encoding: oci_client::client::CertificateEncoding::Pem,
+            data: reg.ca_pem.as_bytes().to_vec(),
+        });
+        let client = oci_client::Client::try_from(cfg).unwrap();
+        let r = Reference::with_tag(reg.host.clone(), repo.into(), tag.into());
+        let auth = RegistryAuth::Basic(USER.into(), PASSWORD.into());
+        client.store_auth_if_needed(r.resolve_registry(), &auth).await;
+        client.auth(&r, &auth, oci_client::RegistryOperation::Push).await.expect("auth");
+        client.push_blob(&r, config.clone(), &sha(&config)).await.expect("push config");
+        client.push_blob(&r, layer.clone(), &sha(&layer)).await.expect("push layer");
+        let m: OciImageManifest = serde_json::from_slice(&manifest).unwrap();
+        client.push_manifest(&r, &OciManifest::Image(m)).await.expect("push manifest");
+        (client.fetch_manifest_digest(&r, &auth).await.expect("digest"), sha(&config))
+    })
+}
+
+/// `shoal` with a credentials directory of its own and `stdin`.
+fn shoal(d: &Daemon, config: &Path, stdin: &str, args: &[&str]) -> (bool, String, String) {
+    let mut cmd = shoal_command(&d.socket, args);
+    cmd.env("SHOAL_CONFIG", config).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("run shoal");
+    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    let o = child.wait_with_output().unwrap();
+    (
+        o.status.success(),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn login_pull_and_run_from_a_private_tls_registry() {
+    let reg = start_registry();
+    let (digest, config) = push_busybox(&reg, "private/busybox", "v1");
+    let certs = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(certs.path().join(&reg.host)).unwrap();
+    std::fs::write(certs.path().join(&reg.host).join("ca.crt"), &reg.ca_pem).unwrap();
+    let d = Daemon::start_with_args(&["--registry-certs-dir", certs.path().to_str().unwrap()]);
+    let creds = tempfile::tempdir().unwrap();
+    let image = format!("{}/private/busybox:v1", reg.host);
+
+    let (ok, _, err) = shoal(&d, creds.path(), "", &["pull", &image]);
+    assert!(!ok);
+    assert_eq!(
+        err,
+        format!(
+            "Error response from daemon: pull access denied for {image}: 401 Unauthorized: authentication required \
+             (run 'shoal login {}')\n",
+            reg.host
+        )
+    );
+    let (ok, _, err) = shoal(&d, creds.path(), "nope\n", &["login", "-u", USER, "--password-stdin", &reg.host]);
+    assert!(!ok);
+    assert_eq!(
+        err,
+        format!(
+            "Error response from daemon: registry {}: 401 Unauthorized: incorrect username or password\n",
+            reg.host
+        )
+    );
+    let (ok, out, err) =
+        shoal(&d, creds.path(), &format!("{PASSWORD}\n"), &["login", "-u", USER, "--password-stdin", &reg.host]);
+    assert!(ok, "{err}");
+    assert_eq!(out, "Login Succeeded\n");
+
+    let (ok, out, err) = shoal(&d, creds.path(), "", &["image", "pull", &image]);
+    assert!(ok, "{err}\n{}", d.log_tail(30));
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], "v1: Pulling from {}/private/busybox".replace("{}", &reg.host));
+    assert!(lines.iter().any(|l| l.ends_with(": Pull complete")), "{out}");
+    assert_eq!(lines[lines.len() - 2], format!("Digest: {digest}"));
+    assert_eq!(lines[lines.len() - 1], format!("Status: Downloaded newer image for {image}"));
+    let ls = d.ok(&["image", "ls", "--format", "{{.Repository}}:{{.Tag}} {{.ID}}"]);
+    assert_eq!(ls, format!("{}/private/busybox:v1 {}\n", reg.host, &config["sha256:".len()..][..12]));
+
+    d.ok(&["swarm", "init", "--listen-addr", "127.0.0.1:0"]);
+    d.ok(&["service", "create", "-d", "--name", "web", &image, "sleep", "1000"]);
+    wait_for("the service's task running from the pulled image", Duration::from_secs(60), || {
+        let tasks = d.tasks("web");
+        if tasks.iter().any(|t| t.state == "running") {
+            Ok(())
+        } else {
+            Err(format!("{tasks:?}"))
+        }
+    });
+}
