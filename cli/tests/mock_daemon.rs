@@ -21,6 +21,7 @@ const START_AFTER: Duration = Duration::from_millis(300);
 #[derive(Default)]
 struct State {
     services: BTreeMap<String, Service>,
+    networks: BTreeMap<String, Network>,
     tasks: Vec<(Task, Instant)>,
     next: u64,
     /// The node's spec once `node update` changed it.
@@ -337,6 +338,50 @@ impl Control for Fake {
             }
         }
         self.get_cluster(Request::new(Empty {})).await
+    }
+
+    async fn create_network(&self, req: Request<CreateNetworkRequest>) -> Result<Response<Network>, Status> {
+        let spec = req.into_inner().spec;
+        let mut st = self.0.lock().unwrap();
+        if st.networks.values().any(|n| n.spec.annotations.name == spec.annotations.name) {
+            return Err(Status::already_exists(format!("network with name {} already exists", spec.annotations.name)));
+        }
+        let i = st.networks.len() as u32 + 1;
+        let n = Network {
+            id: format!("net{i:022}"),
+            meta: Meta::default(),
+            spec,
+            vni: 4096 + i,
+            subnet: format!("10.0.{i}.0/24"),
+            gateway: format!("10.0.{i}.1"),
+        };
+        st.networks.insert(n.id.clone(), n.clone());
+        Ok(Response::new(n))
+    }
+
+    async fn get_network(&self, req: Request<GetRequest>) -> Result<Response<Network>, Status> {
+        let key = req.into_inner().id_or_name;
+        let st = self.0.lock().unwrap();
+        st.networks
+            .values()
+            .find(|n| n.id == key || n.spec.annotations.name == key)
+            .cloned()
+            .map(Response::new)
+            .ok_or_else(|| Status::not_found(format!("network {key} not found")))
+    }
+
+    async fn list_networks(
+        &self,
+        _req: Request<ListNetworksRequest>,
+    ) -> Result<Response<ListNetworksResponse>, Status> {
+        let networks = self.0.lock().unwrap().networks.values().cloned().collect();
+        Ok(Response::new(ListNetworksResponse { networks }))
+    }
+
+    async fn remove_network(&self, req: Request<GetRequest>) -> Result<Response<Empty>, Status> {
+        let n = self.get_network(req).await?.into_inner();
+        self.0.lock().unwrap().networks.remove(&n.id);
+        Ok(Response::new(Empty {}))
     }
 
     async fn get_cluster(&self, _req: Request<Empty>) -> Result<Response<GetClusterResponse>, Status> {

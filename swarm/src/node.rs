@@ -63,6 +63,9 @@ pub enum NodeError {
     /// A flag value is not usable.
     #[error("{0}")]
     InvalidArgument(String),
+    /// The swarm's ingress network could not be allocated.
+    #[error(transparent)]
+    Network(#[from] crate::manager::controlapi::network::NetworkError),
     /// The node's state dir cannot be used.
     #[error("swarm state in {path}: {reason}")]
     State { path: PathBuf, reason: String },
@@ -426,11 +429,19 @@ impl<E: Executor> SwarmNode<E> {
                 }),
                 role: NodeRole::Manager,
             };
+            // The routing-mesh network is part of the swarm from its first write, so it exists exactly once
+            // (a restart resumes the swarm and never runs this again).
             store
                 .update(|tx| {
+                    let ingress = crate::manager::controlapi::network::allocate(
+                        tx.view(),
+                        crate::manager::controlapi::network::ingress_spec(),
+                        &crate::manager::ipam::DefaultPools::default(),
+                    )?;
                     tx.create(cluster);
                     tx.create(node);
-                    Ok::<_, StoreError>(())
+                    tx.create(ingress);
+                    Ok::<_, NodeError>(())
                 })
                 .await?;
             crate::fsutil::write_atomic(
