@@ -6,6 +6,7 @@
 mod client;
 mod image;
 mod info;
+mod network;
 mod node;
 mod output;
 mod progress;
@@ -41,6 +42,9 @@ enum Command {
     /// Manage swarm nodes
     #[command(subcommand)]
     Node(node::NodeCmd),
+    /// Manage networks
+    #[command(subcommand)]
+    Network(network::NetworkCmd),
     /// Manage services
     #[command(subcommand)]
     Service(Box<service::ServiceCmd>),
@@ -149,6 +153,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Swarm(c) => crate::swarm::run(&mut client, c).await,
         Command::Node(c) => node::run(&mut client, c).await,
+        Command::Network(c) => network::run(&mut client, c).await,
         Command::Service(c) => service::run(&mut client, *c).await,
         Command::Image(c) => image::run(&mut client, c).await,
         Command::Info(a) => info::info(&mut client, a).await,
