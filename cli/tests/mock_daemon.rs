@@ -940,3 +940,26 @@ fn a_missing_daemon_is_one_clear_line() {
         format!("Cannot connect to the Shoal daemon at unix://{}. Is the shoal daemon running?\n", sock.display())
     );
 }
+
+#[test]
+fn network_commands_through_the_cli() {
+    let d = Daemon::start();
+    let id = d.ok(&["network", "create", "-d", "overlay", "--subnet", "10.0.1.0/24", "--label", "team=web", "front"]);
+    assert_eq!(id.trim().len(), 25, "create prints the full id: {id:?}");
+    assert_eq!(
+        d.fails(&["network", "create", "front"]),
+        "Error response from daemon: network with name front already exists"
+    );
+    assert_eq!(
+        d.ok(&["network", "ls"]),
+        format!("NETWORK ID     NAME      DRIVER    SCOPE\n{}   front     overlay   swarm\n", &id[..12])
+    );
+    assert_eq!(d.ok(&["network", "ls", "-q"]), format!("{}\n", &id[..12]));
+    assert_eq!(d.ok(&["network", "ls", "--format", "{{.Name}}/{{.Labels}}"]), "front/team=web\n");
+    let inspected: serde_json::Value = serde_json::from_str(&d.ok(&["network", "inspect", "front"])).unwrap();
+    assert_eq!(inspected[0]["IPAM"]["Config"][0]["Subnet"], "10.0.1.0/24");
+    assert_eq!(d.ok(&["network", "inspect", "-f", "{{.Scope}}", "front"]), "swarm\n");
+    assert_eq!(d.ok(&["network", "rm", "front"]), "front\n");
+    assert_eq!(d.fails(&["network", "rm", "front"]), "Error response from daemon: network front not found");
+    assert_eq!(d.ok(&["network", "ls", "-q"]), "");
+}
