@@ -1319,6 +1319,32 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn init_creates_the_ingress_network_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = || NodeConfig { state_dir: dir.path().join("swarm"), default_advertise_ip: None };
+        let ingress = |node: &SwarmNode<TestExecutor>| {
+            node.store().unwrap().view(|v| v.networks().filter(|n| n.spec.ingress).cloned().collect::<Vec<_>>())
+        };
+        let node = SwarmNode::new(cfg(), Arc::new(TestExecutor::new("host-a")));
+        node.init(loopback()).await.unwrap();
+        let made = ingress(&node);
+        assert_eq!(made.len(), 1, "one ingress network after init: {made:?}");
+        let n = &made[0];
+        assert_eq!(
+            (n.spec.annotations.name.as_str(), n.subnet.as_str(), n.gateway.as_str(), n.vni),
+            ("ingress", "10.0.0.0/24", "10.0.0.1", crate::manager::ipam::FIRST_VNI),
+            "the first subnet of the default pool"
+        );
+        node.shutdown().await;
+
+        // A restart resumes the same swarm: still that one ingress network.
+        let node = SwarmNode::new(cfg(), Arc::new(TestExecutor::new("host-a")));
+        assert!(node.resume().await.unwrap(), "the swarm resumes");
+        assert_eq!(ingress(&node), made, "the restart changed the ingress networks");
+        node.leave(true).await.unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_join_whose_session_is_late_says_so_and_carries_on() {
         let (mdir, wdir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
         let mgr = SwarmNode::new(
