@@ -236,6 +236,10 @@ impl<E: Executor> SwarmNode<E> {
             return Err(NodeError::AlreadyMember);
         }
         let spec = init_cluster_spec(&req)?;
+        let pools = (req.default_addr_pool.clone(), req.default_addr_pool_mask_length.unwrap_or(0));
+        crate::manager::controlapi::network::pools(&pools.0, pools.1).map_err(|e| {
+            NodeError::InvalidArgument(format!("invalid --default-addr-pool or --default-addr-pool-mask-length: {e}"))
+        })?;
         let listen = if req.listen_addr.is_empty() {
             format!("0.0.0.0:{DEFAULT_PORT}")
         } else {
@@ -247,7 +251,7 @@ impl<E: Executor> SwarmNode<E> {
         let advertise = self.advertise_addr(&req.advertise_addr, bound)?;
 
         let trace = InitTrace::start(&self.cfg.state_dir).map_err(|e| self.state_err(e))?;
-        let (me, identity, raft, store) = match self.write_new_swarm(spec, bound, advertise).await {
+        let (me, identity, raft, store) = match self.write_new_swarm(spec, pools, bound, advertise).await {
             Ok(v) => v,
             Err(e) => {
                 trace.undo();
@@ -375,6 +379,7 @@ impl<E: Executor> SwarmNode<E> {
     async fn write_new_swarm(
         &self,
         spec: ClusterSpec,
+        (default_address_pool, subnet_size): (Vec<String>, u32),
         bound: SocketAddr,
         advertise: String,
     ) -> Result<(PersistedNode, NodeIdentity, RaftHandle, Store), NodeError> {
@@ -409,6 +414,8 @@ impl<E: Executor> SwarmNode<E> {
                 spec,
                 root_ca: RootCa_api(&root, &digest),
                 removed_nodes: Default::default(),
+                default_address_pool,
+                subnet_size,
             };
             let description = self.executor.describe().await?;
             let node = Node {
@@ -433,10 +440,11 @@ impl<E: Executor> SwarmNode<E> {
             // (a restart resumes the swarm and never runs this again).
             store
                 .update(|tx| {
+                    let pools = crate::manager::controlapi::network::pools_of(&cluster)?;
                     let ingress = crate::manager::controlapi::network::allocate(
                         tx.view(),
                         crate::manager::controlapi::network::ingress_spec(),
-                        &crate::manager::ipam::DefaultPools::default(),
+                        &pools,
                     )?;
                     tx.create(cluster);
                     tx.create(node);
@@ -1420,6 +1428,11 @@ mod tests {
             (SwarmInitRequest { advertise_addr: "eth0".into(), ..loopback() }, "--advertise-addr"),
             (SwarmInitRequest { advertise_addr: "0.0.0.0".into(), ..loopback() }, "--advertise-addr"),
             (SwarmInitRequest { listen_addr: "eth0".into(), ..loopback() }, "--listen-addr"),
+            (SwarmInitRequest { default_addr_pool: vec!["10.0.0.0/33".into()], ..loopback() }, "--default-addr-pool"),
+            (
+                SwarmInitRequest { default_addr_pool_mask_length: Some(31), ..loopback() },
+                "--default-addr-pool-mask-length",
+            ),
             (SwarmInitRequest { listen_addr: taken.clone(), ..loopback() }, "--listen-addr"),
             // A wildcard listen address and no default route: nothing to advertise.
             (SwarmInitRequest { listen_addr: "0.0.0.0:0".into(), ..loopback() }, "--advertise-addr"),

@@ -417,7 +417,12 @@ impl Control for ControlApi {
         // check instead of sharing it.
         let id = store
             .update(|tx| {
-                let n = network::allocate(tx.view(), spec, &crate::manager::ipam::DefaultPools::default())?;
+                // Before the cluster object exists (never, past init) the defaults apply.
+                let pools = match tx.view().cluster() {
+                    Some(c) => network::pools_of(c)?,
+                    None => crate::manager::ipam::DefaultPools::default(),
+                };
+                let n = network::allocate(tx.view(), spec, &pools)?;
                 let id = n.id.clone();
                 tx.create(n);
                 Ok::<_, Status>(id)

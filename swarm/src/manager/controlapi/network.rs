@@ -117,6 +117,17 @@ pub fn allocate(view: &MemoryStore, mut spec: NetworkSpec, pools: &DefaultPools)
     })
 }
 
+/// The default address pools from `swarm init`'s flags (empty / 0: 10.0.0.0/8 in /24s).
+pub fn pools(cidrs: &[String], mask_len: u32) -> Result<DefaultPools, IpamError> {
+    let mask = if mask_len == 0 { 24 } else { u8::try_from(mask_len).unwrap_or(u8::MAX) };
+    DefaultPools::new(cidrs, mask)
+}
+
+/// The default address pools the cluster was initialised with.
+pub fn pools_of(cluster: &crate::api::Cluster) -> Result<DefaultPools, NetworkError> {
+    Ok(pools(&cluster.default_address_pool, cluster.subnet_size)?)
+}
+
 /// The routing-mesh network `swarm init` creates: the first subnet of the pools.
 pub fn ingress_spec() -> NetworkSpec {
     NetworkSpec {
@@ -218,9 +229,9 @@ mod tests {
                  (10.10.0.0/16)",
             ),
             (
-                spec("other", "10.0.0.0/8", ""),
+                spec("other", "10.0.0.0/20", ""),
                 Code::InvalidArgument,
-                "Pool overlaps with other one on this address space: 10.0.0.0/8 overlaps network ingress \
+                "Pool overlaps with other one on this address space: 10.0.0.0/20 overlaps network ingress \
                  (10.0.0.0/24)",
             ),
             (spec("other", "10.20.0.0/16", "10.21.0.1"), Code::InvalidArgument, "invalid gateway 10.21.0.1"),
@@ -262,6 +273,23 @@ mod tests {
         rm("front").await.unwrap();
         assert!(store.view(|v| v.network_by_name("front").is_none()));
         assert_eq!(rm("front").await.unwrap_err().code(), Code::NotFound, "removed once");
+    }
+
+    #[test]
+    fn the_cluster_s_pools_give_the_subnets() {
+        let mut cluster: crate::api::Cluster = serde_json::from_value(serde_json::json!({
+            "id": "c1", "spec": {"name": "default"},
+            "root_ca": {"ca_cert_pem": "", "ca_cert_digest": "", "join_tokens": {"worker": "", "manager": ""}}
+        }))
+        .unwrap();
+        cluster.default_address_pool = vec!["192.168.0.0/16".into()];
+        cluster.subnet_size = 26;
+        let pools = pools_of(&cluster).unwrap();
+        let view = MemoryStore::new();
+        let n = allocate(&view, ingress_spec(), &pools).unwrap();
+        assert_eq!((n.subnet.as_str(), n.gateway.as_str()), ("192.168.0.0/26", "192.168.0.1"));
+        cluster.subnet_size = 0;
+        assert_eq!(pools_of(&cluster).unwrap().next_free(&[]).unwrap().to_string(), "192.168.0.0/24", "/24 by default");
     }
 
     #[tokio::test]
