@@ -354,6 +354,25 @@ mod tests {
     }
 
     #[test]
+    fn init_takes_default_address_pools() {
+        let SwarmCmd::Init(a) = parse(&[
+            "init",
+            "--default-addr-pool",
+            "10.10.0.0/16",
+            "--default-addr-pool",
+            "10.20.0.0/16",
+            "--default-addr-pool-mask-length",
+            "26",
+        ])
+        .unwrap() else {
+            panic!("not an init")
+        };
+        assert_eq!(a.default_addr_pool, ["10.10.0.0/16", "10.20.0.0/16"]);
+        assert_eq!(a.default_addr_pool_mask_length, Some(26));
+        assert!(parse(&["init", "--default-addr-pool-mask-length", "x"]).is_err());
+    }
+
+    #[test]
     fn join_flags_become_the_request() {
         let SwarmCmd::Join(a) = parse(&[
             "join",
