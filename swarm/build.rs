@@ -82,6 +82,20 @@ fn main() {
                 "crate::api::control::UpdateClusterRequest",
                 "crate::api::control::GetClusterResponse",
             ),
+            unary(
+                "create_network",
+                "CreateNetwork",
+                "crate::api::control::CreateNetworkRequest",
+                "crate::api::Network",
+            ),
+            unary("get_network", "GetNetwork", "crate::api::control::GetRequest", "crate::api::Network"),
+            unary(
+                "list_networks",
+                "ListNetworks",
+                "crate::api::control::ListNetworksRequest",
+                "crate::api::control::ListNetworksResponse",
+            ),
+            unary("remove_network", "RemoveNetwork", "crate::api::control::GetRequest", "crate::api::control::Empty"),
             server_stream(
                 "subscribe_logs",
                 "SubscribeLogs",

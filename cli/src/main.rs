@@ -7,6 +7,7 @@ mod client;
 mod image;
 mod info;
 mod login;
+mod network;
 mod node;
 mod output;
 mod progress;
@@ -42,6 +43,9 @@ enum Command {
     /// Manage swarm nodes
     #[command(subcommand)]
     Node(node::NodeCmd),
+    /// Manage networks
+    #[command(subcommand)]
+    Network(network::NetworkCmd),
     /// Manage services
     #[command(subcommand)]
     Service(Box<service::ServiceCmd>),
@@ -162,6 +166,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Swarm(c) => crate::swarm::run(&mut client, c).await,
         Command::Node(c) => node::run(&mut client, c).await,
+        Command::Network(c) => network::run(&mut client, c).await,
         Command::Service(c) => service::run(&mut client, *c).await,
         Command::Image(c) => image::run(&mut client, c).await,
         Command::Pull(a) => image::pull(&mut client, a).await,

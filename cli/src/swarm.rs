@@ -76,6 +76,12 @@ pub struct InitArgs {
     /// Force create a new cluster from current state
     #[arg(long = "force-new-cluster")]
     force_new_cluster: bool,
+    /// Default address pool in CIDR format (repeatable; default 10.0.0.0/8)
+    #[arg(long = "default-addr-pool", value_name = "CIDR")]
+    default_addr_pool: Vec<String>,
+    /// Default address pool subnet mask length (default 24)
+    #[arg(long = "default-addr-pool-mask-length", value_name = "N")]
+    default_addr_pool_mask_length: Option<u32>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -221,6 +227,8 @@ async fn init(client: &mut Client, a: InitArgs) -> anyhow::Result<()> {
         snapshot_interval: a.snapshot_interval,
         cert_expiry: a.cert_expiry,
         force_new_cluster: a.force_new_cluster,
+        default_addr_pool: a.default_addr_pool,
+        default_addr_pool_mask_length: a.default_addr_pool_mask_length,
     };
     let resp = rpc(client.engine.swarm_init(req).await)?;
     println!("Swarm initialized: current node ({}) is now a manager.", resp.node_id);
@@ -343,6 +351,25 @@ mod tests {
         assert!(a.rotate && a.detach && a.quiet);
         assert!(parse(&["ca", "--bogus"]).is_err());
         assert_eq!(rotation_progress(3, 1), "rotation in progress: 2/3 nodes hold a certificate from the new root CA");
+    }
+
+    #[test]
+    fn init_takes_default_address_pools() {
+        let SwarmCmd::Init(a) = parse(&[
+            "init",
+            "--default-addr-pool",
+            "10.10.0.0/16",
+            "--default-addr-pool",
+            "10.20.0.0/16",
+            "--default-addr-pool-mask-length",
+            "26",
+        ])
+        .unwrap() else {
+            panic!("not an init")
+        };
+        assert_eq!(a.default_addr_pool, ["10.10.0.0/16", "10.20.0.0/16"]);
+        assert_eq!(a.default_addr_pool_mask_length, Some(26));
+        assert!(parse(&["init", "--default-addr-pool-mask-length", "x"]).is_err());
     }
 
     #[test]

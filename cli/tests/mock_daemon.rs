@@ -21,6 +21,7 @@ const START_AFTER: Duration = Duration::from_millis(300);
 #[derive(Default)]
 struct State {
     services: BTreeMap<String, Service>,
+    networks: BTreeMap<String, Network>,
     tasks: Vec<(Task, Instant)>,
     next: u64,
     /// The node's spec once `node update` changed it.
@@ -337,6 +338,50 @@ impl Control for Fake {
             }
         }
         self.get_cluster(Request::new(Empty {})).await
+    }
+
+    async fn create_network(&self, req: Request<CreateNetworkRequest>) -> Result<Response<Network>, Status> {
+        let spec = req.into_inner().spec;
+        let mut st = self.0.lock().unwrap();
+        if st.networks.values().any(|n| n.spec.annotations.name == spec.annotations.name) {
+            return Err(Status::already_exists(format!("network with name {} already exists", spec.annotations.name)));
+        }
+        let i = st.networks.len() as u32 + 1;
+        let n = Network {
+            id: format!("net{i:022}"),
+            meta: Meta::default(),
+            spec,
+            vni: 4096 + i,
+            subnet: format!("10.0.{i}.0/24"),
+            gateway: format!("10.0.{i}.1"),
+        };
+        st.networks.insert(n.id.clone(), n.clone());
+        Ok(Response::new(n))
+    }
+
+    async fn get_network(&self, req: Request<GetRequest>) -> Result<Response<Network>, Status> {
+        let key = req.into_inner().id_or_name;
+        let st = self.0.lock().unwrap();
+        st.networks
+            .values()
+            .find(|n| n.id == key || n.spec.annotations.name == key)
+            .cloned()
+            .map(Response::new)
+            .ok_or_else(|| Status::not_found(format!("network {key} not found")))
+    }
+
+    async fn list_networks(
+        &self,
+        _req: Request<ListNetworksRequest>,
+    ) -> Result<Response<ListNetworksResponse>, Status> {
+        let networks = self.0.lock().unwrap().networks.values().cloned().collect();
+        Ok(Response::new(ListNetworksResponse { networks }))
+    }
+
+    async fn remove_network(&self, req: Request<GetRequest>) -> Result<Response<Empty>, Status> {
+        let n = self.get_network(req).await?.into_inner();
+        self.0.lock().unwrap().networks.remove(&n.id);
+        Ok(Response::new(Empty {}))
     }
 
     async fn get_cluster(&self, _req: Request<Empty>) -> Result<Response<GetClusterResponse>, Status> {
@@ -1077,4 +1122,27 @@ fn a_missing_daemon_is_one_clear_line() {
         String::from_utf8_lossy(&o.stderr),
         format!("Cannot connect to the Shoal daemon at unix://{}. Is the shoal daemon running?\n", sock.display())
     );
+}
+
+#[test]
+fn network_commands_through_the_cli() {
+    let d = Daemon::start();
+    let id = d.ok(&["network", "create", "-d", "overlay", "--subnet", "10.0.1.0/24", "--label", "team=web", "front"]);
+    assert_eq!(id.trim().len(), 25, "create prints the full id: {id:?}");
+    assert_eq!(
+        d.fails(&["network", "create", "front"]),
+        "Error response from daemon: network with name front already exists"
+    );
+    assert_eq!(
+        d.ok(&["network", "ls"]),
+        format!("NETWORK ID     NAME      DRIVER    SCOPE\n{}   front     overlay   swarm\n", &id[..12])
+    );
+    assert_eq!(d.ok(&["network", "ls", "-q"]), format!("{}\n", &id[..12]));
+    assert_eq!(d.ok(&["network", "ls", "--format", "{{.Name}}/{{.Labels}}"]), "front/team=web\n");
+    let inspected: serde_json::Value = serde_json::from_str(&d.ok(&["network", "inspect", "front"])).unwrap();
+    assert_eq!(inspected[0]["IPAM"]["Config"][0]["Subnet"], "10.0.1.0/24");
+    assert_eq!(d.ok(&["network", "inspect", "-f", "{{.Scope}}", "front"]), "swarm\n");
+    assert_eq!(d.ok(&["network", "rm", "front"]), "front\n");
+    assert_eq!(d.fails(&["network", "rm", "front"]), "Error response from daemon: network front not found");
+    assert_eq!(d.ok(&["network", "ls", "-q"]), "");
 }

@@ -63,6 +63,9 @@ pub enum NodeError {
     /// A flag value is not usable.
     #[error("{0}")]
     InvalidArgument(String),
+    /// The swarm's ingress network could not be allocated.
+    #[error(transparent)]
+    Network(#[from] crate::manager::controlapi::network::NetworkError),
     /// The node's state dir cannot be used.
     #[error("swarm state in {path}: {reason}")]
     State { path: PathBuf, reason: String },
@@ -233,6 +236,10 @@ impl<E: Executor> SwarmNode<E> {
             return Err(NodeError::AlreadyMember);
         }
         let spec = init_cluster_spec(&req)?;
+        let pools = (req.default_addr_pool.clone(), req.default_addr_pool_mask_length.unwrap_or(0));
+        crate::manager::controlapi::network::pools(&pools.0, pools.1).map_err(|e| {
+            NodeError::InvalidArgument(format!("invalid --default-addr-pool or --default-addr-pool-mask-length: {e}"))
+        })?;
         let listen = if req.listen_addr.is_empty() {
             format!("0.0.0.0:{DEFAULT_PORT}")
         } else {
@@ -244,7 +251,7 @@ impl<E: Executor> SwarmNode<E> {
         let advertise = self.advertise_addr(&req.advertise_addr, bound)?;
 
         let trace = InitTrace::start(&self.cfg.state_dir).map_err(|e| self.state_err(e))?;
-        let (me, identity, raft, store) = match self.write_new_swarm(spec, bound, advertise).await {
+        let (me, identity, raft, store) = match self.write_new_swarm(spec, pools, bound, advertise).await {
             Ok(v) => v,
             Err(e) => {
                 trace.undo();
@@ -372,6 +379,7 @@ impl<E: Executor> SwarmNode<E> {
     async fn write_new_swarm(
         &self,
         spec: ClusterSpec,
+        (default_address_pool, subnet_size): (Vec<String>, u32),
         bound: SocketAddr,
         advertise: String,
     ) -> Result<(PersistedNode, NodeIdentity, RaftHandle, Store), NodeError> {
@@ -406,6 +414,8 @@ impl<E: Executor> SwarmNode<E> {
                 spec,
                 root_ca: RootCa_api(&root, &digest),
                 removed_nodes: Default::default(),
+                default_address_pool,
+                subnet_size,
             };
             let description = self.executor.describe().await?;
             let node = Node {
@@ -426,11 +436,20 @@ impl<E: Executor> SwarmNode<E> {
                 }),
                 role: NodeRole::Manager,
             };
+            // The routing-mesh network is part of the swarm from its first write, so it exists exactly once
+            // (a restart resumes the swarm and never runs this again).
             store
                 .update(|tx| {
+                    let pools = crate::manager::controlapi::network::pools_of(&cluster)?;
+                    let ingress = crate::manager::controlapi::network::allocate(
+                        tx.view(),
+                        crate::manager::controlapi::network::ingress_spec(),
+                        &pools,
+                    )?;
                     tx.create(cluster);
                     tx.create(node);
-                    Ok::<_, StoreError>(())
+                    tx.create(ingress);
+                    Ok::<_, NodeError>(())
                 })
                 .await?;
             crate::fsutil::write_atomic(
@@ -1308,6 +1327,32 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn init_creates_the_ingress_network_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = || NodeConfig { state_dir: dir.path().join("swarm"), default_advertise_ip: None };
+        let ingress = |node: &SwarmNode<TestExecutor>| {
+            node.store().unwrap().view(|v| v.networks().filter(|n| n.spec.ingress).cloned().collect::<Vec<_>>())
+        };
+        let node = SwarmNode::new(cfg(), Arc::new(TestExecutor::new("host-a")));
+        node.init(loopback()).await.unwrap();
+        let made = ingress(&node);
+        assert_eq!(made.len(), 1, "one ingress network after init: {made:?}");
+        let n = &made[0];
+        assert_eq!(
+            (n.spec.annotations.name.as_str(), n.subnet.as_str(), n.gateway.as_str(), n.vni),
+            ("ingress", "10.0.0.0/24", "10.0.0.1", crate::manager::ipam::FIRST_VNI),
+            "the first subnet of the default pool"
+        );
+        node.shutdown().await;
+
+        // A restart resumes the same swarm: still that one ingress network.
+        let node = SwarmNode::new(cfg(), Arc::new(TestExecutor::new("host-a")));
+        assert!(node.resume().await.unwrap(), "the swarm resumes");
+        assert_eq!(ingress(&node), made, "the restart changed the ingress networks");
+        node.leave(true).await.unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_join_whose_session_is_late_says_so_and_carries_on() {
         let (mdir, wdir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
         let mgr = SwarmNode::new(
@@ -1383,6 +1428,11 @@ mod tests {
             (SwarmInitRequest { advertise_addr: "eth0".into(), ..loopback() }, "--advertise-addr"),
             (SwarmInitRequest { advertise_addr: "0.0.0.0".into(), ..loopback() }, "--advertise-addr"),
             (SwarmInitRequest { listen_addr: "eth0".into(), ..loopback() }, "--listen-addr"),
+            (SwarmInitRequest { default_addr_pool: vec!["10.0.0.0/33".into()], ..loopback() }, "--default-addr-pool"),
+            (
+                SwarmInitRequest { default_addr_pool_mask_length: Some(31), ..loopback() },
+                "--default-addr-pool-mask-length",
+            ),
             (SwarmInitRequest { listen_addr: taken.clone(), ..loopback() }, "--listen-addr"),
             // A wildcard listen address and no default route: nothing to advertise.
             (SwarmInitRequest { listen_addr: "0.0.0.0:0".into(), ..loopback() }, "--advertise-addr"),

@@ -21,6 +21,17 @@ pub struct Cluster {
     /// these ids. Only grows (a removed node rejoins with a new id), as SwarmKit's blacklisted certificates.
     #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     pub removed_nodes: BTreeSet<String>,
+    /// `swarm init --default-addr-pool`: the CIDRs networks without `--subnet` take their subnets from (empty:
+    /// 10.0.0.0/8). Fixed at init, as in SwarmKit.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub default_address_pool: Vec<String>,
+    /// `--default-addr-pool-mask-length`: the prefix length of those subnets (0: 24).
+    #[serde(default, skip_serializing_if = "is_zero_u32")]
+    pub subnet_size: u32,
+}
+
+fn is_zero_u32(n: &u32) -> bool {
+    *n == 0
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -1,6 +1,6 @@
 //! Messages of the control API (`shoal.Control`): what the CLI and other managers send to change the cluster.
 
-use super::{Cluster, Node, NodeSpec, Service, ServiceSpec, Task, TaskState};
+use super::{Cluster, Network, NetworkSpec, Node, NodeSpec, Service, ServiceSpec, Task, TaskState};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -102,4 +102,22 @@ pub struct GetClusterResponse {
     /// Raft member count and leader, for `info`.
     pub managers: u64,
     pub nodes: u64,
+}
+
+/// `network create`: the manager picks the subnet (unless the spec gives one), the gateway and the VNI.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CreateNetworkRequest {
+    pub spec: NetworkSpec,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ListNetworksRequest {
+    /// Only networks whose name or id starts with one of these (empty: all).
+    #[serde(default)]
+    pub names: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ListNetworksResponse {
+    pub networks: Vec<Network>,
 }

@@ -24,6 +24,12 @@ pub struct SwarmInitRequest {
     /// a new Raft group that keeps the swarm's state.
     #[serde(default)]
     pub force_new_cluster: bool,
+    /// `--default-addr-pool`: CIDRs overlay networks take their subnets from (default 10.0.0.0/8).
+    #[serde(default)]
+    pub default_addr_pool: Vec<String>,
+    /// `--default-addr-pool-mask-length`: the prefix length of those subnets (default 24).
+    #[serde(default)]
+    pub default_addr_pool_mask_length: Option<u32>,
 }
 
 /// `swarm join`'s options.

@@ -7,6 +7,7 @@
 //!   Node    ── one per member host: spec (role, availability, labels) + description + status
 //!   Service ── desired state: spec (image, replicas/global, placement, restart policy, …)
 //!   Task    ── one unit of work in a slot (replicated) or on a node (global); its status only moves forward
+//!   Network ── an overlay network: spec + the subnet, gateway and VNI the allocator chose
 //! ```
 
 pub mod ca;
@@ -17,6 +18,7 @@ pub mod dispatch;
 pub mod logs;
 pub mod membership;
 mod meta;
+mod network;
 mod node;
 mod reference;
 mod service;
@@ -26,6 +28,7 @@ mod task;
 pub use cluster::*;
 pub use constraint::*;
 pub use meta::*;
+pub use network::*;
 pub use node::*;
 pub use reference::*;
 pub use service::*;
@@ -42,6 +45,7 @@ pub enum Object {
     Node(Node),
     Service(Service),
     Task(Task),
+    Network(Network),
 }
 
 /// The kinds of object, for deletes and lookups.
@@ -52,6 +56,7 @@ pub enum ObjectKind {
     Node,
     Service,
     Task,
+    Network,
 }
 
 impl std::fmt::Display for ObjectKind {
@@ -61,6 +66,7 @@ impl std::fmt::Display for ObjectKind {
             ObjectKind::Node => "node",
             ObjectKind::Service => "service",
             ObjectKind::Task => "task",
+            ObjectKind::Network => "network",
         })
     }
 }
@@ -72,6 +78,7 @@ impl Object {
             Object::Node(_) => ObjectKind::Node,
             Object::Service(_) => ObjectKind::Service,
             Object::Task(_) => ObjectKind::Task,
+            Object::Network(_) => ObjectKind::Network,
         }
     }
 
@@ -89,6 +96,7 @@ impl Object {
             Object::Node(o) => &mut o.meta,
             Object::Service(o) => &mut o.meta,
             Object::Task(o) => &mut o.meta,
+            Object::Network(o) => &mut o.meta,
         }
     }
 
@@ -98,6 +106,7 @@ impl Object {
             Object::Node(o) => (&o.id, &o.meta),
             Object::Service(o) => (&o.id, &o.meta),
             Object::Task(o) => (&o.id, &o.meta),
+            Object::Network(o) => (&o.id, &o.meta),
         }
     }
 }

@@ -274,6 +274,8 @@ mod tests {
                 ..Default::default()
             },
             removed_nodes: Default::default(),
+            default_address_pool: Vec::new(),
+            subnet_size: 0,
         };
         store
             .update(|tx| {

@@ -15,6 +15,7 @@
 pub mod allocator;
 pub mod controlapi;
 pub mod dispatcher;
+pub mod ipam;
 pub mod orchestrator;
 pub mod raft;
 pub mod rolemanager;

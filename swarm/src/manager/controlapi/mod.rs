@@ -4,11 +4,14 @@
 //! It is served on every node's local socket (by the engine) and, later, on the managers' cluster listener. It
 //! answers only where a manager runs: the store handle it reads is published when this node becomes a manager.
 
+pub mod network;
 pub mod validate;
 
 use crate::api::control::*;
 use crate::api::logs::{SubscribeLogsMessage, SubscribeLogsRequest};
-use crate::api::{new_id, Cluster, Node, NodeRole, NodeState, ObjectKind, Service, ServiceMode, Task, TaskState};
+use crate::api::{
+    new_id, Cluster, Network, Node, NodeRole, NodeState, ObjectKind, Service, ServiceMode, Task, TaskState,
+};
 use crate::manager::dispatcher::logs::Selection;
 use crate::manager::dispatcher::LogBroker;
 use crate::manager::store::{ApplyError, MemoryStore, Store, StoreError};
@@ -80,6 +83,10 @@ pub fn find_service<'a>(v: &'a MemoryStore, key: &str) -> Result<&'a Service, St
 
 fn find_node<'a>(v: &'a MemoryStore, key: &str) -> Result<&'a Node, Status> {
     resolve(v.nodes(), key, |n| &n.id, |n| &n.description.hostname, "node")
+}
+
+pub fn find_network<'a>(v: &'a MemoryStore, key: &str) -> Result<&'a Network, Status> {
+    resolve(v.networks(), key, |n| &n.id, |n| &n.spec.annotations.name, "network")
 }
 
 fn find_task<'a>(v: &'a MemoryStore, key: &str) -> Result<&'a Task, Status> {
@@ -442,6 +449,65 @@ impl Control for ControlApi {
             })
             .await?;
         self.get_cluster(Request::new(Empty {})).await
+    }
+
+    async fn create_network(&self, req: Request<CreateNetworkRequest>) -> Result<Response<Network>, Status> {
+        let store = self.store()?;
+        let mut spec = req.into_inner().spec;
+        network::check_spec(&mut spec)?;
+        // Decided on the view the write reads: a concurrent create of the same subnet or VNI fails its version
+        // check instead of sharing it.
+        let id = store
+            .update(|tx| {
+                // Before the cluster object exists (never, past init) the defaults apply.
+                let pools = match tx.view().cluster() {
+                    Some(c) => network::pools_of(c)?,
+                    None => crate::manager::ipam::DefaultPools::default(),
+                };
+                let n = network::allocate(tx.view(), spec, &pools)?;
+                let id = n.id.clone();
+                tx.create(n);
+                Ok::<_, Status>(id)
+            })
+            .await?;
+        tracing::info!(network.id = %id, "network created");
+        store.view(|v| v.network(&id).cloned()).map(Response::new).ok_or_else(|| Status::internal("network vanished"))
+    }
+
+    async fn get_network(&self, req: Request<GetRequest>) -> Result<Response<Network>, Status> {
+        let key = req.into_inner().id_or_name;
+        self.store()?.view(|v| find_network(v, &key).cloned()).map(Response::new)
+    }
+
+    async fn list_networks(&self, req: Request<ListNetworksRequest>) -> Result<Response<ListNetworksResponse>, Status> {
+        let names = req.into_inner().names;
+        let networks = self.store()?.view(|v| {
+            v.networks()
+                .filter(|n| {
+                    names.is_empty()
+                        || names
+                            .iter()
+                            .any(|k| n.spec.annotations.name.starts_with(k.as_str()) || n.id.starts_with(k.as_str()))
+                })
+                .cloned()
+                .collect()
+        });
+        Ok(Response::new(ListNetworksResponse { networks }))
+    }
+
+    async fn remove_network(&self, req: Request<GetRequest>) -> Result<Response<Empty>, Status> {
+        let store = self.store()?;
+        let key = req.into_inner().id_or_name;
+        let id = store
+            .update(|tx| {
+                let n = find_network(tx.view(), &key)?;
+                network::check_removable(n)?;
+                tx.delete(ObjectKind::Network, &n.id, n.meta.version);
+                Ok::<_, Status>(n.id.clone())
+            })
+            .await?;
+        tracing::info!(network.id = %id, "network removed");
+        Ok(Response::new(Empty {}))
     }
 
     async fn get_cluster(&self, _req: Request<Empty>) -> Result<Response<GetClusterResponse>, Status> {

@@ -556,6 +556,8 @@ mod tests {
             },
             root_ca: Default::default(),
             removed_nodes: Default::default(),
+            default_address_pool: Vec::new(),
+            subnet_size: 0,
         };
         store.update(|tx| Ok::<_, StoreError>(tx.create(cluster))).await.unwrap();
         let (d, store, shutdown) = running_dispatcher_on(store, Duration::from_millis(200)).await;
@@ -741,6 +743,8 @@ mod tests {
             },
             root_ca: Default::default(),
             removed_nodes: Default::default(),
+            default_address_pool: Vec::new(),
+            subnet_size: 0,
         };
         store
             .update(|tx| {

@@ -5,7 +5,7 @@
 //! duplicate name, missing object) the store is left as it was and the whole proposal fails.
 
 use super::{ApplyError, Event, EventAction, Op, Proposal};
-use crate::api::{Cluster, Node, Object, ObjectKind, Service, Task, TaskState};
+use crate::api::{Cluster, Network, Node, Object, ObjectKind, Service, Task, TaskState};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 /// Every object, by kind and id, with secondary indexes.
@@ -15,7 +15,9 @@ pub struct MemoryStore {
     nodes: BTreeMap<String, Node>,
     services: BTreeMap<String, Service>,
     tasks: BTreeMap<String, Task>,
+    networks: BTreeMap<String, Network>,
     service_by_name: HashMap<String, String>,
+    network_by_name: HashMap<String, String>,
     tasks_by_service: HashMap<String, BTreeSet<String>>,
     tasks_by_node: HashMap<String, BTreeSet<String>>,
     tasks_by_desired: BTreeMap<TaskState, BTreeSet<String>>,
@@ -45,10 +47,11 @@ impl MemoryStore {
             .chain(self.nodes.values().cloned().map(Object::Node))
             .chain(self.services.values().cloned().map(Object::Service))
             .chain(self.tasks.values().cloned().map(Object::Task))
+            .chain(self.networks.values().cloned().map(Object::Network))
     }
 
     pub fn len(&self) -> usize {
-        self.clusters.len() + self.nodes.len() + self.services.len() + self.tasks.len()
+        self.clusters.len() + self.nodes.len() + self.services.len() + self.tasks.len() + self.networks.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -63,6 +66,7 @@ impl MemoryStore {
             ObjectKind::Node => self.nodes.get(id).cloned().map(Object::Node),
             ObjectKind::Service => self.services.get(id).cloned().map(Object::Service),
             ObjectKind::Task => self.tasks.get(id).cloned().map(Object::Task),
+            ObjectKind::Network => self.networks.get(id).cloned().map(Object::Network),
         }
     }
 
@@ -72,6 +76,7 @@ impl MemoryStore {
             ObjectKind::Node => self.nodes.get(id).map(|o| o.meta.version),
             ObjectKind::Service => self.services.get(id).map(|o| o.meta.version),
             ObjectKind::Task => self.tasks.get(id).map(|o| o.meta.version),
+            ObjectKind::Network => self.networks.get(id).map(|o| o.meta.version),
         }
     }
 
@@ -101,6 +106,18 @@ impl MemoryStore {
 
     pub fn services(&self) -> impl Iterator<Item = &Service> + Clone {
         self.services.values()
+    }
+
+    pub fn network(&self, id: &str) -> Option<&Network> {
+        self.networks.get(id)
+    }
+
+    pub fn network_by_name(&self, name: &str) -> Option<&Network> {
+        self.network_by_name.get(name).and_then(|id| self.networks.get(id))
+    }
+
+    pub fn networks(&self) -> impl Iterator<Item = &Network> + Clone {
+        self.networks.values()
     }
 
     pub fn task(&self, id: &str) -> Option<&Task> {
@@ -162,9 +179,7 @@ impl MemoryStore {
                 if self.version_of(kind, &id).is_some() {
                     return Err(ApplyError::Exists { kind, id });
                 }
-                if let Object::Service(s) = obj {
-                    self.check_service_name(s)?;
-                }
+                self.check_name(obj)?;
                 let mut obj = obj.clone();
                 let m = obj.meta_mut();
                 m.version = index;
@@ -182,9 +197,7 @@ impl MemoryStore {
                 if old.meta().version != obj.meta().version {
                     return Err(ApplyError::OutOfSequence { kind, id });
                 }
-                if let Object::Service(s) = obj {
-                    self.check_service_name(s)?;
-                }
+                self.check_name(obj)?;
                 let mut obj = obj.clone();
                 let m = obj.meta_mut();
                 m.version = index;
@@ -208,11 +221,15 @@ impl MemoryStore {
         }
     }
 
-    fn check_service_name(&self, s: &Service) -> Result<(), ApplyError> {
-        match self.service_by_name.get(&s.spec.annotations.name) {
-            Some(other) if other != &s.id => {
-                Err(ApplyError::NameConflict { kind: ObjectKind::Service, name: s.spec.annotations.name.clone() })
-            }
+    /// Services and networks have unique names (each within its kind).
+    fn check_name(&self, obj: &Object) -> Result<(), ApplyError> {
+        let (index, name, id) = match obj {
+            Object::Service(s) => (&self.service_by_name, &s.spec.annotations.name, &s.id),
+            Object::Network(n) => (&self.network_by_name, &n.spec.annotations.name, &n.id),
+            _ => return Ok(()),
+        };
+        match index.get(name) {
+            Some(other) if other != id => Err(ApplyError::NameConflict { kind: obj.kind(), name: name.clone() }),
             _ => Ok(()),
         }
     }
@@ -239,6 +256,10 @@ impl MemoryStore {
                 self.tasks_by_state.entry(t.status.state).or_default().insert(t.id.clone());
                 self.tasks.insert(t.id.clone(), t);
             }
+            Object::Network(n) => {
+                self.network_by_name.insert(n.spec.annotations.name.clone(), n.id.clone());
+                self.networks.insert(n.id.clone(), n);
+            }
         }
     }
 
@@ -254,6 +275,13 @@ impl MemoryStore {
                 if let Some(s) = self.services.remove(id) {
                     if self.service_by_name.get(&s.spec.annotations.name).map(String::as_str) == Some(id) {
                         self.service_by_name.remove(&s.spec.annotations.name);
+                    }
+                }
+            }
+            ObjectKind::Network => {
+                if let Some(n) = self.networks.remove(id) {
+                    if self.network_by_name.get(&n.spec.annotations.name).map(String::as_str) == Some(id) {
+                        self.network_by_name.remove(&n.spec.annotations.name);
                     }
                 }
             }

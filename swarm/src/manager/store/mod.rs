@@ -197,7 +197,7 @@ macro_rules! object_from {
         }
     )*};
 }
-object_from!(Cluster, Node, Service, Task);
+object_from!(Cluster, Node, Service, Task, Network);
 
 /// Where a store's writes are committed: Raft in the product. The store knows only this trait, so it does not
 /// depend on the Raft module (which depends on the store for its entries).
