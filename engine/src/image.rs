@@ -198,7 +198,7 @@ pub(crate) fn pick_platform(index: &ImageIndex) -> Option<&OciDescriptor> {
 }
 
 /// The platforms an index offers, for the error when none is this node's.
-fn index_platforms(index: &ImageIndex) -> String {
+pub(crate) fn index_platforms(index: &ImageIndex) -> String {
     let ps: Vec<String> = index
         .manifests()
         .iter()
@@ -629,25 +629,17 @@ impl ImageService {
         }
     }
 
+    /// A blob small enough to be a manifest or config (at most `MAX_JSON` bytes).
     pub(crate) async fn read_blob(&self, digest: &str) -> Result<Vec<u8>, ImageError> {
-        let mut content = ContentClient::new(self.ch.clone());
-        let mut stream = content
-            .read(req(ReadContentRequest { digest: digest.into(), offset: 0, size: 0 }))
-            .await
-            .map_err(cd_err)?
-            .into_inner();
-        let mut out = Vec::new();
-        while let Some(chunk) = stream.message().await.map_err(cd_err)? {
-            out.extend_from_slice(&chunk.data);
-            if out.len() as u64 > MAX_JSON {
-                return Err(ImageError::Containerd(format!("blob {digest} is larger than {MAX_JSON} bytes")));
-            }
-        }
-        Ok(out)
+        self.read_blob_capped(digest, Some(MAX_JSON)).await
     }
 
     /// A whole blob of any size, into memory (`image push` sends layers whole).
     pub(crate) async fn read_blob_unbounded(&self, digest: &str) -> Result<Vec<u8>, ImageError> {
+        self.read_blob_capped(digest, None).await
+    }
+
+    async fn read_blob_capped(&self, digest: &str, cap: Option<u64>) -> Result<Vec<u8>, ImageError> {
         let mut content = ContentClient::new(self.ch.clone());
         let mut stream = content
             .read(req(ReadContentRequest { digest: digest.into(), offset: 0, size: 0 }))
@@ -657,6 +649,9 @@ impl ImageService {
         let mut out = Vec::new();
         while let Some(chunk) = stream.message().await.map_err(cd_err)? {
             out.extend_from_slice(&chunk.data);
+            if let Some(cap) = cap.filter(|c| out.len() as u64 > *c) {
+                return Err(ImageError::Containerd(format!("blob {digest} is larger than {cap} bytes")));
+            }
         }
         Ok(out)
     }

@@ -192,20 +192,6 @@ fn pick_entry<'a>(index: &'a ImageIndex, wanted: &WantedPlatform) -> Option<&'a 
     })
 }
 
-fn offered(index: &ImageIndex) -> String {
-    let ps: Vec<String> = index
-        .manifests()
-        .iter()
-        .filter_map(|m| m.platform().as_ref())
-        .map(|p| platform_of(&p.os().to_string(), &p.architecture().to_string(), p.variant().as_deref()).0)
-        .collect();
-    if ps.is_empty() {
-        "no platform".into()
-    } else {
-        ps.join(", ")
-    }
-}
-
 fn sha256(bytes: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
 }
@@ -438,7 +424,7 @@ impl Registries {
                 .map_err(|e| RegistryError::InvalidImage { image: shown.clone(), why: format!("index: {e}") })?;
             let m = crate::image::pick_platform(&idx).ok_or_else(|| RegistryError::NoPlatform {
                 wanted: WantedPlatform::node().shown(),
-                offered: offered(&idx),
+                offered: crate::image::index_platforms(&idx),
             })?;
             desc = descriptor(m.media_type().as_ref(), m.digest().as_ref(), m.size());
             body = images.read_blob(&desc.digest).await?;
@@ -556,8 +542,10 @@ impl Registries {
         let (index, manifest) = if is_index(&top.media_type) {
             let idx: ImageIndex = serde_json::from_slice(&top.body)
                 .map_err(|e| RegistryError::InvalidImage { image: shown.clone(), why: format!("index: {e}") })?;
-            let entry = pick_entry(&idx, &wanted)
-                .ok_or_else(|| RegistryError::NoPlatform { wanted: wanted.shown(), offered: offered(&idx) })?;
+            let entry = pick_entry(&idx, &wanted).ok_or_else(|| RegistryError::NoPlatform {
+                wanted: wanted.shown(),
+                offered: crate::image::index_platforms(&idx),
+            })?;
             let by_digest = source.clone_with_digest(entry.digest().to_string());
             let m = self.fetch_manifest(&client, &by_digest, &auth, authed, &shown).await?;
             if is_index(&m.media_type) {
@@ -1102,7 +1090,7 @@ mod tests {
         assert_eq!(pick("linux/amd64"), digest('c'));
         assert_eq!(pick("linux/arm64"), digest('d'));
         assert_eq!(pick("linux/s390x"), None);
-        assert_eq!(offered(&index), "linux/arm/v6, linux/arm/v7, linux/amd64, linux/arm64/v8");
+        assert_eq!(crate::image::index_platforms(&index), "linux/arm/v6, linux/arm/v7, linux/amd64, linux/arm64/v8");
     }
 
     #[test]
