@@ -30,6 +30,9 @@ pub fn service_spec(spec: &mut ServiceSpec) -> Result<(), InvalidSpec> {
         return Err(InvalidSpec("image reference must be provided".into()));
     }
     c.image = normalize_image_ref(&c.image).map_err(|e| InvalidSpec(e.to_string()))?;
+    if let Some(h) = &c.healthcheck {
+        healthcheck(h)?;
+    }
     for e in &c.env {
         if e.is_empty() || e.starts_with('=') {
             return Err(InvalidSpec(format!("invalid environment variable {e:?}: expected KEY=VALUE")));
@@ -100,6 +103,33 @@ fn update_configs(spec: &ServiceSpec) -> Result<(), InvalidSpec> {
         return Err(InvalidSpec(
             "--rollback-failure-action must be pause or continue: a rollback cannot be rolled back".into(),
         ));
+    }
+    Ok(())
+}
+
+/// The service's own health check, refused here rather than as a REJECTED task on every node (the image's
+/// HEALTHCHECK is only known there, and checked there with the same rules).
+fn healthcheck(h: &crate::api::HealthConfig) -> Result<(), InvalidSpec> {
+    let bad = |why: String| Err(InvalidSpec(format!("invalid health check: {why}")));
+    match h.test.first().map(String::as_str) {
+        None | Some("NONE") => {}
+        Some(kind @ ("CMD" | "CMD-SHELL")) => {
+            if h.test.len() < 2 || h.test.last().is_some_and(|a| a.is_empty()) {
+                return bad(format!("{kind} without a command"));
+            }
+        }
+        Some(other) => return bad(format!("unknown test type {other:?}: expected NONE, CMD or CMD-SHELL")),
+    }
+    // Docker's floor: a non-zero duration under a millisecond is a mistake, not "inherit".
+    for (name, d) in [
+        ("Interval", h.interval),
+        ("Timeout", h.timeout),
+        ("StartPeriod", h.start_period),
+        ("StartInterval", h.start_interval),
+    ] {
+        if !d.is_zero() && d < std::time::Duration::from_millis(1) {
+            return bad(format!("{name} in Healthcheck cannot be less than 1ms"));
+        }
     }
     Ok(())
 }
@@ -236,6 +266,34 @@ mod tests {
         s.task_template.placement.max_replicas = 0;
         s.update_config.parallelism = 2;
         assert_eq!(service_spec(&mut s).unwrap_err().0, "update and rollback configuration is not supported for jobs");
+    }
+
+    #[test]
+    fn refuses_a_malformed_health_check() {
+        let mut s = service("s", "web", 1).spec;
+        let check = |test: &[&str]| crate::api::HealthConfig {
+            test: test.iter().map(|t| t.to_string()).collect(),
+            ..Default::default()
+        };
+        for ok in [&["CMD", "true"][..], &["CMD-SHELL", "test -f /ok"], &["NONE"], &[]] {
+            s.task_template.container.healthcheck = Some(check(ok));
+            service_spec(&mut s).unwrap_or_else(|e| panic!("{ok:?}: {}", e.0));
+        }
+        for (test, why) in [
+            (&["CMD"][..], "invalid health check: CMD without a command"),
+            (&["CMD-SHELL", ""], "invalid health check: CMD-SHELL without a command"),
+            (&["SHELL", "true"], "invalid health check: unknown test type \"SHELL\": expected NONE, CMD or CMD-SHELL"),
+        ] {
+            s.task_template.container.healthcheck = Some(check(test));
+            assert_eq!(service_spec(&mut s).unwrap_err().0, why);
+        }
+        let mut tiny = check(&["CMD", "true"]);
+        tiny.interval = std::time::Duration::from_micros(10);
+        s.task_template.container.healthcheck = Some(tiny);
+        assert_eq!(
+            service_spec(&mut s).unwrap_err().0,
+            "invalid health check: Interval in Healthcheck cannot be less than 1ms"
+        );
     }
 
     #[test]
