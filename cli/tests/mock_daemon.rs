@@ -197,6 +197,7 @@ impl Control for Fake {
             previous_spec: None,
             spec_version: 1,
             update_status: None,
+            endpoint: None,
         };
         st.services.insert(id, svc.clone());
         st.reconcile(&svc);

@@ -435,6 +435,7 @@ impl<E: Executor> SwarmNode<E> {
                     reachability: Reachability::Reachable,
                 }),
                 role: NodeRole::Manager,
+                attachments: vec![],
             };
             // The routing-mesh network is part of the swarm from its first write, so it exists exactly once
             // (a restart resumes the swarm and never runs this again).

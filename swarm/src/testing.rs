@@ -27,6 +27,7 @@ pub fn node(id: &str, hostname: &str) -> Node {
             generic_resources: Default::default(),
         },
         status: NodeStatus { state: NodeState::Ready, ..Default::default() },
+        attachments: vec![],
         manager_status: None,
         role: NodeRole::Manager,
     }
@@ -97,10 +98,12 @@ pub fn service(id: &str, name: &str, replicas: u64) -> Service {
             mode: ServiceMode::Replicated { replicas },
             update_config: Default::default(),
             rollback_config: Default::default(),
+            endpoint_spec: Default::default(),
         },
         previous_spec: None,
         spec_version: 1,
         update_status: None,
+        endpoint: None,
     }
 }
 
@@ -118,6 +121,8 @@ pub fn task(id: &str, service_id: &str, slot: u64) -> Task {
         status: TaskStatus { state: TaskState::Pending, ..Default::default() },
         desired_state: TaskState::Running,
         job_iteration: None,
+        networks: vec![],
+        endpoint: None,
     }
 }
 

@@ -85,10 +85,12 @@ impl CreateArgs {
                 },
                 force_update: 0,
                 log_driver: None,
+                networks: vec![],
             },
             mode: ServiceMode::Replicated { replicas: 1 },
             update_config: Default::default(),
             rollback_config: Default::default(),
+            endpoint_spec: Default::default(),
         };
         self.flags.apply(&mut spec, true)?;
         Ok(spec)

@@ -8,7 +8,7 @@
 //! `wait` attaches to a task that is already running or reports the exit of one that already stopped.
 
 use crate::api::logs::{LogsOptions, TaskLogLine};
-use crate::api::{Health, NodeDescription, Task};
+use crate::api::{Health, NetworkState, NodeDescription, Task};
 use std::future::Future;
 use tokio::sync::{mpsc, watch};
 
@@ -80,6 +80,15 @@ pub trait Executor: Send + Sync + 'static {
 
     /// Kills and deletes whatever the runtime holds for a task the agent no longer knows (an orphan).
     fn remove_task(&self, task_id: &str) -> impl Future<Output = Result<(), ExecError>> + Send;
+
+    /// Applies the node's network state (as the dispatcher last sent it): overlays, remote endpoints, DNS
+    /// records, VIP backends, published ports. Called before the tasks of the same message are handed to their
+    /// runners, so a task's controller finds its networks in place. Runtimes without networking accept and
+    /// ignore it.
+    fn apply_network_state(&self, state: &NetworkState) -> impl Future<Output = Result<(), ExecError>> + Send {
+        let _ = state;
+        std::future::ready(Ok(()))
+    }
 
     /// Reads the logs of `task_ids` (containers on this node, running or not): their existing lines (the last
     /// `tail` of each, none before `since`) merged by time, then, when `follow`, new lines as they are written

@@ -147,15 +147,15 @@ fn task(id: &str) -> Task {
 }
 
 fn complete(tasks: Vec<Task>) -> AssignmentsMessage {
-    AssignmentsMessage { kind: AssignmentsKind::Complete, updated: tasks, removed: vec![] }
+    AssignmentsMessage { kind: AssignmentsKind::Complete, updated: tasks, removed: vec![], network_state: None }
 }
 
 fn removed(id: &str) -> AssignmentsMessage {
-    AssignmentsMessage { kind: AssignmentsKind::Incremental, updated: vec![], removed: vec![id.into()] }
+    AssignmentsMessage { kind: AssignmentsKind::Incremental, updated: vec![], removed: vec![id.into()], network_state: None }
 }
 
 fn added(t: Task) -> AssignmentsMessage {
-    AssignmentsMessage { kind: AssignmentsKind::Incremental, updated: vec![t], removed: vec![] }
+    AssignmentsMessage { kind: AssignmentsKind::Incremental, updated: vec![t], removed: vec![], network_state: None }
 }
 
 /// Polls `ok` every 10 ms until it holds, or panics after 5 s saying what was awaited and what `seen` shows.

@@ -75,6 +75,14 @@ impl<E: Executor> Worker<E> {
     }
 
     pub async fn apply(&mut self, msg: AssignmentsMessage) {
+        // The dataplane first: a task's controller expects its networks in place. A failure is logged and the
+        // tasks still go on (the executor reconciles its network state on its own and a task whose network is
+        // missing fails in prepare with the reason).
+        if let Some(state) = &msg.network_state {
+            if let Err(e) = self.executor.apply_network_state(state).await {
+                tracing::warn!(error = %e, "applying the network state failed");
+            }
+        }
         match msg.kind {
             AssignmentsKind::Complete => {
                 let keep: HashSet<String> = msg.updated.iter().map(|t| t.id.clone()).collect();

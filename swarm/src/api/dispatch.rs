@@ -71,6 +71,10 @@ pub struct AssignmentsMessage {
     /// Ids of tasks no longer assigned to the node.
     #[serde(default)]
     pub removed: Vec<String>,
+    /// The node's whole network state, when it changed since the last message (always in a `Complete` one once
+    /// networks exist). The agent applies it before the tasks in the same message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_state: Option<super::NetworkState>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

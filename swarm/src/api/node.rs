@@ -20,6 +20,10 @@ pub struct Node {
     pub manager_status: Option<ManagerStatus>,
     /// The role the node's certificate carries (the spec's role is the desired one).
     pub role: NodeRole,
+    /// The node's own network addresses, decided by the allocator: its endpoint on `ingress` (SwarmKit's
+    /// `Node.Attachments`), through which the routing mesh reaches tasks on other nodes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attachments: Vec<super::NetworkAttachment>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -18,6 +18,29 @@ pub struct Service {
     /// The last update or rollback, as `service inspect` shows it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub update_status: Option<UpdateStatus>,
+    /// What the allocator gave the service: its published ports (dynamic ones filled in) and a VIP per network.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<Endpoint>,
+}
+
+/// Swarm's `Endpoint`: the endpoint spec the allocation was made for, the ports as allocated, and the VIPs.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Endpoint {
+    #[serde(default)]
+    pub spec: super::EndpointSpec,
+    /// The spec's ports with every published port decided.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<super::PortConfig>,
+    /// One per attached network (and `ingress` when a port is published in ingress mode); none with dnsrr.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub virtual_ips: Vec<VirtualIp>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VirtualIp {
+    pub network_id: String,
+    /// CIDR form, e.g. `10.0.1.2/24`.
+    pub addr: String,
 }
 
 /// Swarm's `UpdateStatus`.

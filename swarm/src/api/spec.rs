@@ -28,6 +28,123 @@ pub struct ServiceSpec {
     /// How a rollback rolls out (`--rollback-*`); same defaults as updates.
     #[serde(default)]
     pub rollback_config: UpdateConfig,
+    /// How the service is reached: VIP or DNS round-robin, and its published ports (`--endpoint-mode`, `-p`).
+    #[serde(default, skip_serializing_if = "EndpointSpec::is_default")]
+    pub endpoint_spec: EndpointSpec,
+}
+
+/// Swarm's `EndpointSpec`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndpointSpec {
+    #[serde(default)]
+    pub mode: EndpointMode,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<PortConfig>,
+}
+
+impl EndpointSpec {
+    pub fn is_default(&self) -> bool {
+        *self == EndpointSpec::default()
+    }
+}
+
+/// `--endpoint-mode`: a virtual IP load-balanced to the tasks (default), or DNS answering with the tasks' IPs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EndpointMode {
+    #[default]
+    Vip,
+    Dnsrr,
+}
+
+/// One published port (`-p 8080:80/tcp`, `--publish published=8080,target=80,mode=host`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct PortConfig {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub name: String,
+    #[serde(default)]
+    pub protocol: PortProtocol,
+    /// The port the task listens on.
+    pub target_port: u16,
+    /// The port on the nodes; 0 in a spec: the allocator picks one from 30000–32767 (ingress mode only).
+    #[serde(default)]
+    pub published_port: u16,
+    #[serde(default)]
+    pub publish_mode: PublishMode,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PortProtocol {
+    #[default]
+    Tcp,
+    Udp,
+}
+
+impl PortProtocol {
+    pub fn name(self) -> &'static str {
+        match self {
+            PortProtocol::Tcp => "tcp",
+            PortProtocol::Udp => "udp",
+        }
+    }
+}
+
+/// `mode=ingress` (the routing mesh: every node, masqueraded) or `mode=host` (only nodes running a task, the
+/// client's address kept).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PublishMode {
+    #[default]
+    Ingress,
+    Host,
+}
+
+/// A network a service's tasks attach to (`--network NAME[,alias=A]`). The control API stores the network's id in
+/// `target` (a name given by the user is resolved when the spec is written).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkAttachmentConfig {
+    pub target: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub aliases: Vec<String>,
+}
+
+/// Where a secret or config appears in the container: a file name (secrets: under `/run/secrets/` unless
+/// absolute; configs: `/<name>` unless absolute), owner and mode (`--secret source=,target=,uid=,gid=,mode=`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileTarget {
+    pub name: String,
+    #[serde(default = "zero_text")]
+    pub uid: String,
+    #[serde(default = "zero_text")]
+    pub gid: String,
+    /// Permission bits; Docker's default is 0444.
+    #[serde(default = "default_file_mode")]
+    pub mode: u32,
+}
+
+fn zero_text() -> String {
+    "0".into()
+}
+
+fn default_file_mode() -> u32 {
+    0o444
+}
+
+/// A secret a task uses (`--secret`): the secret object's id and name, and where it is mounted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretReference {
+    pub secret_id: String,
+    pub secret_name: String,
+    pub target: FileTarget,
+}
+
+/// A config a task uses (`--config`): the config object's id and name, and where it is mounted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfigReference {
+    pub config_id: String,
+    pub config_name: String,
+    pub target: FileTarget,
 }
 
 /// Swarm's `UpdateConfig`, used both for updates and rollbacks.
@@ -139,6 +256,9 @@ pub struct TaskSpec {
     /// Where the task's output goes (`--log-driver`, `--log-opt`); the node's default when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log_driver: Option<LogDriver>,
+    /// Overlay networks the tasks attach to (`--network`), in order: the first is `eth0`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub networks: Vec<NetworkAttachmentConfig>,
 }
 
 /// Docker's `HealthConfig`: how a task's health is checked (`--health-*`, or the image's HEALTHCHECK).
@@ -224,6 +344,12 @@ pub struct ContainerSpec {
     /// `--health-*` / `--no-healthcheck`; `None` uses the image's HEALTHCHECK, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub healthcheck: Option<HealthConfig>,
+    /// `--secret`: secrets mounted as in-memory files.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<SecretReference>,
+    /// `--config`: configs mounted as in-memory files.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub configs: Vec<ConfigReference>,
 }
 
 fn is_false(b: &bool) -> bool {

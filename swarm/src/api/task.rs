@@ -28,6 +28,13 @@ pub struct Task {
     /// `spec_version` when the task was made. A changed job spec starts a new run; tasks of earlier runs are ignored.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub job_iteration: Option<u64>,
+    /// The task's addresses, one attachment per network (its spec's networks, then `ingress` when the service
+    /// publishes a port in ingress mode), decided by the allocator before the task becomes PENDING.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub networks: Vec<super::NetworkAttachment>,
+    /// The service's endpoint when the task was allocated (its published ports, for `mode=host` and `ps`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<super::Endpoint>,
 }
 
 impl Task {

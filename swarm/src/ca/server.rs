@@ -43,6 +43,7 @@ fn new_node(node_id: &str, role: NodeRole, availability: NodeAvailability, addr:
         status: NodeStatus { state: NodeState::Unknown, addr: addr.into(), ..Default::default() },
         manager_status: None,
         role,
+        attachments: vec![],
     }
 }
 

@@ -245,6 +245,7 @@ impl Control for ControlApi {
             previous_spec: None,
             spec_version: 1,
             update_status: None,
+            endpoint: None,
         };
         let id = service.id.clone();
         store

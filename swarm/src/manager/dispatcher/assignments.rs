@@ -41,7 +41,7 @@ impl AssignmentSet {
         for t in &updated {
             self.sent.insert(t.id.clone(), Sent { desired: t.desired_state, spec: t.spec.clone() });
         }
-        AssignmentsMessage { kind: AssignmentsKind::Complete, updated, removed: vec![] }
+        AssignmentsMessage { kind: AssignmentsKind::Complete, updated, removed: vec![], network_state: None }
     }
 
     /// Folds one store event into `msg` (an incremental message being built).
@@ -78,12 +78,12 @@ mod tests {
         let mut t = task("t1", "s", 1);
         t.node_id = "n1".into();
         t.status.state = TaskState::Assigned;
-        let mut msg = AssignmentsMessage { kind: AssignmentsKind::Incremental, updated: vec![], removed: vec![] };
+        let mut msg = AssignmentsMessage { kind: AssignmentsKind::Incremental, updated: vec![], removed: vec![], network_state: None };
         set.apply(&ev(EventAction::Update, &t), &mut msg);
         assert_eq!(msg.updated.len(), 1);
 
         // The agent's own status report is not echoed back.
-        let mut msg = AssignmentsMessage { kind: AssignmentsKind::Incremental, updated: vec![], removed: vec![] };
+        let mut msg = AssignmentsMessage { kind: AssignmentsKind::Incremental, updated: vec![], removed: vec![], network_state: None };
         t.status.state = TaskState::Running;
         set.apply(&ev(EventAction::Update, &t), &mut msg);
         assert!(msg.updated.is_empty());

@@ -95,6 +95,8 @@ pub fn new_task(service: &Service, slot: u64, node_id: &str, desired: TaskState)
         },
         desired_state: desired,
         job_iteration: None,
+        networks: vec![],
+        endpoint: None,
     }
 }
 
