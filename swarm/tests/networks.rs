@@ -55,7 +55,8 @@ async fn a_worker_is_sent_the_endpoints_vips_and_ports_of_tasks_on_other_nodes()
     let api: ControlApi = mgr.control_api();
 
     step("every node gets its ingress address, and the worker the state holding it");
-    let ingress = api.get_network(Request::new(GetRequest { id_or_name: "ingress".into() })).await.unwrap().into_inner();
+    let ingress =
+        api.get_network(Request::new(GetRequest { id_or_name: "ingress".into() })).await.unwrap().into_inner();
     let s = wait_for("the worker's state with its ingress address", || {
         let s = state_of(&wexec)?;
         match s.node_attachments.first() {
@@ -93,7 +94,11 @@ async fn a_worker_is_sent_the_endpoints_vips_and_ports_of_tasks_on_other_nodes()
     })
     .await;
     let (task, mgr_node, svc) = mgr.store().unwrap().view(|v| {
-        (v.task(&web_task).cloned().unwrap(), v.node(&manager_id).cloned().unwrap(), v.service(&web.id).cloned().unwrap())
+        (
+            v.task(&web_task).cloned().unwrap(),
+            v.node(&manager_id).cloned().unwrap(),
+            v.service(&web.id).cloned().unwrap(),
+        )
     });
     assert_eq!(task.node_id, manager_id, "web runs on the manager");
     let ep = state.endpoints.iter().find(|e| e.task_id == web_task && e.network_id == front.id).unwrap();
@@ -135,16 +140,19 @@ async fn a_worker_is_sent_the_endpoints_vips_and_ports_of_tasks_on_other_nodes()
             .ok_or_else(|| format!("{s:?}"))
     })
     .await;
-    let replacement_state = mgr.store().unwrap().view(|v| {
-        v.tasks_by_service(&web.id).filter(|t| t.id != web_task).map(|t| t.status.state).collect::<Vec<_>>()
-    });
+    let replacement_state = mgr
+        .store()
+        .unwrap()
+        .view(|v| v.tasks_by_service(&web.id).filter(|t| t.id != web_task).map(|t| t.status.state).collect::<Vec<_>>());
     assert!(replacement_state.contains(&TaskState::Running));
 
     step("removing web removes it from the worker's state");
     api.remove_service(Request::new(GetRequest { id_or_name: "web".into() })).await.unwrap();
     wait_for("web to leave the worker's state", || {
         let s = state_of(&wexec)?;
-        if s.services.iter().any(|x| x.service_id == web.id) || s.endpoints.iter().any(|e| e.service_id == web.id && e.serving) {
+        if s.services.iter().any(|x| x.service_id == web.id)
+            || s.endpoints.iter().any(|e| e.service_id == web.id && e.serving)
+        {
             Err(format!("{s:?}"))
         } else {
             Ok(())

@@ -38,7 +38,8 @@ impl Addresses {
     /// Loads every address `view` holds. A network's next hand-out starts at its entry in `cursors` (kept by
     /// the running allocator), or after its highest held address.
     pub fn from_view(view: &MemoryStore, cursors: &HashMap<String, u32>) -> Self {
-        let mut pools: HashMap<String, Pool> = view.networks().filter_map(|n| pool(n).map(|p| (n.id.clone(), p))).collect();
+        let mut pools: HashMap<String, Pool> =
+            view.networks().filter_map(|n| pool(n).map(|p| (n.id.clone(), p))).collect();
         let mut hold = |network_id: &str, cidr: &str| {
             if let (Some(p), Some(a)) = (pools.get_mut(network_id), addr_of(cidr)) {
                 p.alloc.reserve(a);
@@ -71,10 +72,10 @@ impl Addresses {
     /// A free address of `network_id`, in CIDR form.
     pub fn allocate(&mut self, network_id: &str) -> Result<String, AddressError> {
         let p = self.pools.get_mut(network_id).ok_or_else(|| AddressError::UnknownNetwork(network_id.into()))?;
-        let a = p.alloc.allocate().map_err(|_| AddressError::Exhausted {
-            network: p.name.clone(),
-            subnet: p.subnet.to_string(),
-        })?;
+        let a = p
+            .alloc
+            .allocate()
+            .map_err(|_| AddressError::Exhausted { network: p.name.clone(), subnet: p.subnet.to_string() })?;
         Ok(format!("{a}/{}", p.subnet.prefix_len()))
     }
 

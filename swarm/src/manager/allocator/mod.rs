@@ -85,10 +85,10 @@ impl Allocator {
 /// node or a network.
 fn wakes(ev: &Event) -> bool {
     match &ev.object {
-        Object::Task(t) => t.status.state == TaskState::New || (ev.action == EventAction::Delete && !t.networks.is_empty()),
-        Object::Service(s) => {
-            ev.action == EventAction::Delete || needs_endpoint(s) || s.endpoint.is_some()
+        Object::Task(t) => {
+            t.status.state == TaskState::New || (ev.action == EventAction::Delete && !t.networks.is_empty())
         }
+        Object::Service(s) => ev.action == EventAction::Delete || needs_endpoint(s) || s.endpoint.is_some(),
         Object::Node(n) => ev.action == EventAction::Create || n.attachments.is_empty(),
         Object::Network(_) => true,
         Object::Cluster(_) => false,
@@ -139,7 +139,10 @@ fn endpoint_current(s: &Service, ingress: Option<&str>) -> bool {
             needs_endpoint(s)
                 && e.spec == s.spec.endpoint_spec
                 && e.ports.len() == e.spec.ports.len()
-                && e.virtual_ips.iter().map(|v| v.network_id.as_str()).eq(vip_networks(s, ingress).iter().map(String::as_str))
+                && e.virtual_ips
+                    .iter()
+                    .map(|v| v.network_id.as_str())
+                    .eq(vip_networks(s, ingress).iter().map(String::as_str))
         }
     }
 }
@@ -221,7 +224,11 @@ pub(crate) fn plan(view: &MemoryStore, now: Timestamp, cursors: &mut HashMap<Str
             match a.allocate(ing) {
                 Ok(addr) => {
                     let mut n = n.clone();
-                    n.attachments.push(NetworkAttachment { network_id: ing.into(), addresses: vec![addr], aliases: vec![] });
+                    n.attachments.push(NetworkAttachment {
+                        network_id: ing.into(),
+                        addresses: vec![addr],
+                        aliases: vec![],
+                    });
                     p.nodes.push(n);
                 }
                 Err(e) => tracing::warn!(node.id = %n.id, error = %e, "no ingress address for the node"),
@@ -481,7 +488,8 @@ mod tests {
         assert_eq!(w1.status.state, TaskState::Pending);
         assert_eq!(w1.endpoint.as_ref(), Some(&e), "the task carries the service's endpoint");
         assert_eq!(w1.networks[0].aliases, vec!["www".to_string()], "aliases copied");
-        let mut all: Vec<(String, String)> = ["w1", "w2", "d1"].iter().flat_map(|t| addrs(v.task(t).unwrap())).collect();
+        let mut all: Vec<(String, String)> =
+            ["w1", "w2", "d1"].iter().flat_map(|t| addrs(v.task(t).unwrap())).collect();
         all.sort();
         let distinct: std::collections::BTreeSet<&(String, String)> = all.iter().collect();
         assert_eq!(distinct.len(), 5, "w1, w2 on front and ingress, d1 on front only, all different: {all:?}");
@@ -492,8 +500,7 @@ mod tests {
     #[test]
     fn a_full_network_leaves_the_task_new_with_the_reason_until_an_address_is_freed() {
         let web = on_front(service("s1", "web", 6), "");
-        let mut objects: Vec<Object> =
-            vec![network("front", "front", "10.0.1.0/29", false).into(), web.clone().into()];
+        let mut objects: Vec<Object> = vec![network("front", "front", "10.0.1.0/29", false).into(), web.clone().into()];
         // The VIP takes .2; tasks get .3 to .6; the fifth task finds none.
         for i in 1..=5 {
             objects.push(networked_task(&format!("t{i}"), &web, i).into());
@@ -557,7 +564,10 @@ mod tests {
 
         // Add network `back` and a second port.
         let mut s = v.service("s1").unwrap().clone();
-        s.spec.task_template.networks.push(crate::api::NetworkAttachmentConfig { target: "back".into(), aliases: vec![] });
+        s.spec
+            .task_template
+            .networks
+            .push(crate::api::NetworkAttachmentConfig { target: "back".into(), aliases: vec![] });
         s.spec.endpoint_spec.ports.push(crate::api::PortConfig { target_port: 443, ..Default::default() });
         let mut objects: Vec<Object> = v.objects().filter(|o| !matches!(o, Object::Service(_))).collect();
         objects.push(s.into());

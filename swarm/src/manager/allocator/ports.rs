@@ -60,7 +60,12 @@ pub fn allocate(view: &MemoryStore, s: &Service) -> Result<Vec<PortConfig>, Port
             });
         }
     }
-    used.extend(asked.iter().filter(|p| p.publish_mode == PublishMode::Ingress && p.published_port != 0).map(|p| (p.published_port, p.protocol)));
+    used.extend(
+        asked
+            .iter()
+            .filter(|p| p.publish_mode == PublishMode::Ingress && p.published_port != 0)
+            .map(|p| (p.published_port, p.protocol)),
+    );
     // The current allocation, entry by entry (spec entry, allocated entry), each reusable once.
     let mut previous: Vec<(&PortConfig, &PortConfig)> =
         s.endpoint.iter().flat_map(|e| e.spec.ports.iter().zip(e.ports.iter())).collect();
@@ -123,7 +128,11 @@ mod tests {
 
         let mut udp = port(0, 53);
         udp.protocol = PortProtocol::Udp;
-        assert_eq!(allocate(&view, &publishing("s3", "dns", vec![udp])).unwrap()[0].published_port, 30000, "per protocol");
+        assert_eq!(
+            allocate(&view, &publishing("s3", "dns", vec![udp])).unwrap()[0].published_port,
+            30000,
+            "per protocol"
+        );
 
         let clash = publishing("s4", "other", vec![port(30001, 8080)]);
         assert_eq!(
@@ -149,8 +158,7 @@ mod tests {
     #[test]
     fn the_dynamic_range_runs_out_with_a_reason() {
         let mut holder = publishing("s1", "big", vec![]);
-        holder.endpoint =
-            Some(Endpoint { ports: DYNAMIC_PORTS.map(|p| port(p, 80)).collect(), ..Default::default() });
+        holder.endpoint = Some(Endpoint { ports: DYNAMIC_PORTS.map(|p| port(p, 80)).collect(), ..Default::default() });
         let view = MemoryStore::from_objects(vec![holder.into()]);
         let e = allocate(&view, &publishing("s2", "late", vec![port(0, 80)])).unwrap_err();
         assert_eq!(e.to_string(), "no free published port for tcp in 30000-32767");

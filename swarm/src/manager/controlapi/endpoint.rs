@@ -40,8 +40,13 @@ pub fn check_ports(spec: &EndpointSpec) -> Result<(), InvalidSpec> {
 pub fn resolve(view: &MemoryStore, spec: &mut ServiceSpec, service_id: &str) -> Result<(), Status> {
     let mut seen = BTreeSet::new();
     for a in &mut spec.task_template.networks {
-        let n = super::find_network(view, &a.target)
-            .map_err(|e| if e.code() == tonic::Code::NotFound { Status::not_found(format!("network {} not found", a.target)) } else { e })?;
+        let n = super::find_network(view, &a.target).map_err(|e| {
+            if e.code() == tonic::Code::NotFound {
+                Status::not_found(format!("network {} not found", a.target))
+            } else {
+                e
+            }
+        })?;
         if n.spec.ingress {
             return Err(Status::invalid_argument(format!(
                 "service cannot be explicitly attached to the ingress network {:?}",

@@ -144,7 +144,8 @@ pub fn touches_networks(ev: &Event) -> bool {
             let has = |s: &Service| s.endpoint.is_some() || !s.spec.task_template.networks.is_empty();
             (has(s) || old.is_some_and(has))
                 && (ev.action != EventAction::Update
-                    || old.is_none_or(|o| o.endpoint != s.endpoint || o.spec.annotations.name != s.spec.annotations.name))
+                    || old
+                        .is_none_or(|o| o.endpoint != s.endpoint || o.spec.annotations.name != s.spec.annotations.name))
         }
         (Object::Task(t), old) => {
             let old = match old {
@@ -303,8 +304,11 @@ mod tests {
     fn view() -> MemoryStore {
         let mut n1 = node("n1", "h1");
         n1.status.addr = "192.168.0.1".into();
-        n1.attachments =
-            vec![NetworkAttachment { network_id: "ing".into(), addresses: vec!["10.0.0.9/24".into()], aliases: vec![] }];
+        n1.attachments = vec![NetworkAttachment {
+            network_id: "ing".into(),
+            addresses: vec!["10.0.0.9/24".into()],
+            aliases: vec![],
+        }];
         let mut web = service("sw", "web", 2);
         web.endpoint = Some(Endpoint {
             virtual_ips: vec![VirtualIp { network_id: "front".into(), addr: "10.0.1.2/24".into() }],
