@@ -250,6 +250,7 @@ const INITIALISMS: &[(&str, &str)] = &[
     ("id", "ID"),
     ("ids", "IDs"),
     ("ip", "IP"),
+    ("ips", "IPs"),
     ("cpu", "CPU"),
     ("cpus", "CPUs"),
     ("os", "OS"),
@@ -282,7 +283,12 @@ pub fn go_names(v: &serde_json::Value) -> serde_json::Value {
             m.iter()
                 .map(|(k, v)| {
                     let is_label_map = k == "labels" || k.ends_with("_labels");
-                    (go_name(k), if is_label_map { v.clone() } else { go_names(v) })
+                    // A task's attachments (network id and addresses) are Docker's `NetworksAttachments`; a
+                    // spec's `networks` (targets) stay `Networks`.
+                    let attachments = k == "networks"
+                        && v.as_array().and_then(|a| a.first()).is_some_and(|n| n.get("network_id").is_some());
+                    let name = if attachments { "NetworksAttachments".to_string() } else { go_name(k) };
+                    (name, if is_label_map { v.clone() } else { go_names(v) })
                 })
                 .collect(),
         ),

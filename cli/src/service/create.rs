@@ -46,6 +46,12 @@ pub struct CreateArgs {
     /// Ulimit options (NAME=SOFT[:HARD])
     #[arg(long = "ulimit", value_parser = opts::ulimit, value_name = "ULIMIT")]
     pub ulimits: Vec<Ulimit>,
+    /// Network attachments (NAME or name=NAME,alias=ALIAS)
+    #[arg(long = "network", value_parser = super::endpoint::network, value_name = "NETWORK")]
+    pub networks: Vec<swarm::api::NetworkAttachmentConfig>,
+    /// Publish a port as a node port ([published:]target[/proto] or published=,target=,protocol=,mode=)
+    #[arg(short = 'p', long = "publish", value_parser = super::endpoint::publish, value_name = "PORT")]
+    pub publish: Vec<swarm::api::PortConfig>,
     /// Image to run
     #[arg(value_name = "IMAGE")]
     pub image: String,
@@ -85,12 +91,12 @@ impl CreateArgs {
                 },
                 force_update: 0,
                 log_driver: None,
-                networks: vec![],
+                networks: self.networks.clone(),
             },
             mode: ServiceMode::Replicated { replicas: 1 },
             update_config: Default::default(),
             rollback_config: Default::default(),
-            endpoint_spec: Default::default(),
+            endpoint_spec: swarm::api::EndpointSpec { mode: Default::default(), ports: self.publish.clone() },
         };
         self.flags.apply(&mut spec, true)?;
         Ok(spec)

@@ -184,6 +184,10 @@ pub struct SpecFlags {
     #[arg(long = "no-healthcheck")]
     pub no_healthcheck: bool,
 
+    /// Endpoint mode (vip or dnsrr) (default "vip")
+    #[arg(long = "endpoint-mode", value_parser = super::endpoint::endpoint_mode, value_name = "MODE")]
+    pub endpoint_mode: Option<swarm::api::EndpointMode>,
+
     /// Exit immediately instead of waiting for the service to converge
     #[arg(short = 'd', long)]
     pub detach: bool,
@@ -253,6 +257,7 @@ impl SpecFlags {
         }
 
         set(&mut t.placement.max_replicas, &self.replicas_max_per_node);
+        set(&mut spec.endpoint_spec.mode, &self.endpoint_mode);
 
         // --log-driver replaces the driver and its options; --log-opt alone adds to the current driver's options
         // (Docker drops them silently; keeping them is what was asked for).

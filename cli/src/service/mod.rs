@@ -1,6 +1,7 @@
 //! `shoal service …`: create, update, rollback, ls, ps, inspect, scale, rm and logs, with Docker's flags, columns and messages.
 
 mod create;
+mod endpoint;
 mod flags;
 mod logs;
 mod opts;
@@ -166,8 +167,7 @@ fn ls_row(s: &ServiceWithStatus, completed: u64) -> Value {
         "Mode": spec.mode.name(),
         "Replicas": replicas,
         "Image": display_image(&spec.task_template.container.image),
-        // Published ports do not exist yet; the column is kept so Docker's formats keep working.
-        "Ports": "",
+        "Ports": endpoint::ports_column(&s.service),
     })
 }
 
@@ -320,7 +320,7 @@ pub(crate) fn ps_rows(
             "DesiredState": t.desired_state.title(),
             "CurrentState": current_state(t, since),
             "Error": err,
-            "Ports": "",
+            "Ports": endpoint::task_ports_column(t),
         }));
     }
     rows

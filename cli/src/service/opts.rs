@@ -103,15 +103,6 @@ pub fn args(s: &str) -> Result<Words, String> {
     shell_words(s).map(Words)
 }
 
-/// The value of a flag Shoal accepts for Docker compatibility but cannot honour yet (published ports,
-/// networks: they need netmesh); refused when the command runs, before anything is sent.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Unsupported(pub String);
-
-pub fn unsupported(s: &str) -> Result<Unsupported, String> {
-    Ok(Unsupported(s.to_string()))
-}
-
 /// go-units `RAMInBytes`: `64m`, `1g`, `512k`, `1.5GiB`, `1024` (binary multiples, case-insensitive).
 pub fn size(s: &str) -> Result<i64, String> {
     let err = || format!("invalid size: '{s}'");

@@ -244,7 +244,19 @@ pub fn service(s: &Service) -> String {
             }
         }
     }
-    let _ = writeln!(o, "Endpoint Mode:\tvip");
+    let e = &s.spec.endpoint_spec;
+    let _ = writeln!(o, "Endpoint Mode:\t{}", if e.mode == swarm::api::EndpointMode::Dnsrr { "dnsrr" } else { "vip" });
+    let ports = s.endpoint.as_ref().filter(|x| !x.ports.is_empty()).map_or(&e.ports, |x| &x.ports);
+    if !ports.is_empty() {
+        let _ = writeln!(o, "Ports:");
+        for p in ports {
+            let mode = if p.publish_mode == swarm::api::PublishMode::Host { "host" } else { "ingress" };
+            let _ = writeln!(o, " PublishedPort = {}", p.published_port);
+            let _ = writeln!(o, "  Protocol = {}", p.protocol.name());
+            let _ = writeln!(o, "  TargetPort = {}", p.target_port);
+            let _ = writeln!(o, "  PublishMode = {mode}");
+        }
+    }
     o
 }
 

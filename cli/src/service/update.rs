@@ -5,7 +5,7 @@
 //! until it converges or the update pauses or rolls back.
 
 use super::flags::{FlagError, SpecFlags};
-use super::opts::{self, Unsupported, Words};
+use super::opts::{self, Words};
 use crate::client::{rpc, Client};
 use crate::progress;
 use clap::Args;
@@ -67,18 +67,18 @@ pub struct UpdateLists {
     /// Remove a ulimit option by its name
     #[arg(long = "ulimit-rm", value_name = "NAME")]
     pub ulimit_rm: Vec<String>,
-    /// Add or update a published port (not supported yet)
-    #[arg(long = "publish-add", value_parser = opts::unsupported, value_name = "PORT")]
-    pub publish_add: Vec<Unsupported>,
-    /// Remove a published port by its target port (not supported yet)
-    #[arg(long = "publish-rm", value_parser = opts::unsupported, value_name = "PORT")]
-    pub publish_rm: Vec<Unsupported>,
-    /// Add a network (not supported yet)
-    #[arg(long = "network-add", value_parser = opts::unsupported, value_name = "NETWORK")]
-    pub network_add: Vec<Unsupported>,
-    /// Remove a network (not supported yet)
-    #[arg(long = "network-rm", value_parser = opts::unsupported, value_name = "NETWORK")]
-    pub network_rm: Vec<Unsupported>,
+    /// Add or update a published port ([published:]target[/proto] or published=,target=,protocol=,mode=)
+    #[arg(long = "publish-add", value_parser = super::endpoint::publish, value_name = "PORT")]
+    pub publish_add: Vec<swarm::api::PortConfig>,
+    /// Remove a published port by its target port (TARGET[/proto])
+    #[arg(long = "publish-rm", value_parser = super::endpoint::unpublish, value_name = "PORT")]
+    pub publish_rm: Vec<(u16, Option<swarm::api::PortProtocol>)>,
+    /// Add a network (NAME or name=NAME,alias=ALIAS)
+    #[arg(long = "network-add", value_parser = super::endpoint::network, value_name = "NETWORK")]
+    pub network_add: Vec<swarm::api::NetworkAttachmentConfig>,
+    /// Remove a network
+    #[arg(long = "network-rm", value_name = "NETWORK")]
+    pub network_rm: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -133,16 +133,8 @@ impl UpdateLists {
     /// `updatePlacementConstraints`, …), keeping the existing order and replacing entries in place so that an
     /// edit that changes nothing leaves the spec equal.
     pub fn apply(&self, spec: &mut ServiceSpec) -> Result<(), FlagError> {
-        if let Some(Unsupported(p)) = self.publish_add.first().or(self.publish_rm.first()) {
-            return Err(FlagError(format!(
-                "published ports are not supported yet ({p}): they need the overlay network, which Shoal does not have yet"
-            )));
-        }
-        if let Some(Unsupported(n)) = self.network_add.first().or(self.network_rm.first()) {
-            return Err(FlagError(format!(
-                "networks are not supported yet ({n}): Shoal does not have overlay networks yet"
-            )));
-        }
+        super::endpoint::edit_ports(&mut spec.endpoint_spec.ports, &self.publish_add, &self.publish_rm);
+        super::endpoint::edit_networks(&mut spec.task_template.networks, &self.network_add, &self.network_rm);
         let t = &mut spec.task_template;
         let c = &mut t.container;
 
@@ -349,6 +341,18 @@ pub async fn run(client: &mut Client, a: UpdateArgs) -> anyhow::Result<()> {
         return rollback(client, r).await;
     }
     let svc = rpc(client.control.get_service(GetRequest { id_or_name: a.service.clone() }).await)?;
+    let mut a = a;
+    if !a.lists.network_add.is_empty() || !a.lists.network_rm.is_empty() {
+        // The spec holds network ids: the names given are matched to them (the server resolves them the same way).
+        let networks =
+            rpc(client.control.list_networks(swarm::api::control::ListNetworksRequest::default()).await)?.networks;
+        for n in a.lists.network_add.iter_mut() {
+            n.target = super::endpoint::network_id(&networks, &n.target);
+        }
+        for n in a.lists.network_rm.iter_mut() {
+            *n = super::endpoint::network_id(&networks, n);
+        }
+    }
     let spec = a.updated(&svc.spec)?;
     if a.dry_run {
         let live = live_tasks(client, &svc.id).await?;
@@ -589,8 +593,8 @@ mod tests {
             (&["--generic-resource-rm", "fpga"], "could not find generic-resource `fpga` to remove it"),
             (&["--mount-add", "type=tmpfs,target=/a", "--mount-add", "type=tmpfs,target=/a"], "duplicate mount target"),
             (&["--restart-delay", "10s", "--restart-max-delay", "1s"], "must not be shorter than restart-delay"),
-            (&["--publish-add", "8080:80"], "published ports are not supported yet"),
-            (&["--network-add", "backend"], "networks are not supported yet"),
+            (&["--publish-add", "8080:80/sctp"], "invalid protocol \"sctp\""),
+            (&["--network-add", "alias=x"], "network name/id is required"),
         ] {
             let e = updated(argv).unwrap_err();
             assert!(e.contains(want), "{argv:?}: {e}");
