@@ -110,6 +110,37 @@ impl State {
         }
     }
 
+    /// As the real control API and allocator, in short: network names become ids (unknown ones are refused) and
+    /// ingress ports published without a number get the next from 30000.
+    fn wire(&self, spec: &mut ServiceSpec) -> Result<Option<swarm::api::Endpoint>, Status> {
+        for a in spec.task_template.networks.iter_mut() {
+            let n = self
+                .networks
+                .values()
+                .find(|n| n.id == a.target || n.spec.annotations.name == a.target)
+                .ok_or_else(|| Status::not_found(format!("network {} not found", a.target)))?;
+            a.target = n.id.clone();
+        }
+        if spec.endpoint_spec.ports.is_empty() {
+            return Ok(None);
+        }
+        let mut next = 30000;
+        let ports = spec
+            .endpoint_spec
+            .ports
+            .iter()
+            .map(|p| {
+                let mut p = p.clone();
+                if p.published_port == 0 {
+                    p.published_port = next;
+                    next += 1;
+                }
+                p
+            })
+            .collect();
+        Ok(Some(swarm::api::Endpoint { spec: spec.endpoint_spec.clone(), ports, virtual_ips: vec![] }))
+    }
+
     /// The one node, with the spec `node update` gave it.
     fn node(&self) -> Node {
         let mut n = node();
@@ -189,6 +220,7 @@ impl Control for Fake {
         if st.services.values().any(|s| s.spec.annotations.name == spec.annotations.name) {
             return Err(Status::already_exists(format!("service {} already exists", spec.annotations.name)));
         }
+        let endpoint = st.wire(&mut spec)?;
         let id = st.id("s");
         let svc: Service = Service {
             id: id.clone(),
@@ -197,7 +229,7 @@ impl Control for Fake {
             previous_spec: None,
             spec_version: 1,
             update_status: None,
-            endpoint: None,
+            endpoint,
         };
         st.services.insert(id, svc.clone());
         st.reconcile(&svc);
@@ -228,6 +260,7 @@ impl Control for Fake {
             let mut spec = r.spec;
             let image = &mut spec.task_template.container.image;
             *image = normalize_image_ref(image).map_err(|e| Status::invalid_argument(e.to_string()))?;
+            svc.endpoint = st.wire(&mut spec)?;
             if spec != svc.spec {
                 if spec.task_template != svc.spec.task_template {
                     // An image named "broken" stands for tasks that fail: the update pauses on the first one.
@@ -980,12 +1013,11 @@ fn service_update_and_rollback_through_the_cli() {
         d.fails(&["service", "update", "--health-cmd", "true", "--no-healthcheck", "web"]),
         "--no-healthcheck conflicts with --health-* options"
     );
-    assert!(d
-        .fails(&["service", "update", "--publish-add", "8080:80", "web"])
-        .starts_with("published ports are not supported yet"));
-    assert!(d
-        .fails(&["service", "update", "--network-add", "backend", "web"])
-        .starts_with("networks are not supported yet"));
+    assert!(d.fails(&["service", "update", "--publish-add", "8080:80/sctp", "web"]).contains("invalid protocol"));
+    assert_eq!(
+        d.fails(&["service", "update", "--network-add", "backend", "web"]),
+        "Error response from daemon: network backend not found"
+    );
     assert_eq!(versions(), (version, spec_version));
 
     // `service rollback` sends rollback: the previous spec comes back; Docker's closing line.
@@ -1146,4 +1178,41 @@ fn network_commands_through_the_cli() {
     assert_eq!(d.ok(&["network", "rm", "front"]), "front\n");
     assert_eq!(d.fails(&["network", "rm", "front"]), "Error response from daemon: network front not found");
     assert_eq!(d.ok(&["network", "ls", "-q"]), "");
+}
+
+#[test]
+fn networks_and_published_ports_through_the_cli() {
+    let d = Daemon::start();
+    let front = d.ok(&["network", "create", "front"]).trim().to_string();
+    d.ok(&[
+        "service", "create", "--name", "web", "--network", "name=front,alias=www", "-p", "8080:80", "--publish",
+        "target=443", "--endpoint-mode", "vip", "-d", "busybox",
+    ]);
+    let ls = d.ok(&["service", "ls"]);
+    assert!(ls.lines().next().unwrap().ends_with("PORTS"), "{ls}");
+    assert!(ls.lines().nth(1).unwrap().ends_with("*:8080->80/tcp, *:30000->443/tcp"), "{ls}");
+    assert_eq!(
+        d.ok(&["service", "inspect", "-f", "{{json .Spec.TaskTemplate.Networks}}", "web"]),
+        format!("[{{\"Aliases\":[\"www\"],\"Target\":\"{front}\"}}]\n"),
+        "the network is stored by id, with its alias"
+    );
+    assert_eq!(d.ok(&["service", "inspect", "-f", "{{(index .Endpoint.Ports 1).PublishedPort}}", "web"]), "30000\n");
+    assert_eq!(d.ok(&["service", "inspect", "-f", "{{.Spec.EndpointSpec.Mode}}", "web"]), "vip\n");
+
+    d.ok(&["service", "update", "--publish-rm", "443", "--publish-add", "9090:90/udp", "--network-rm", "front", "-d", "web"]);
+    let ls = d.ok(&["service", "ls", "--format", "{{.Ports}}"]);
+    assert_eq!(ls, "*:8080->80/tcp, *:9090->90/udp\n");
+    assert!(!d.ok(&["service", "inspect", "-f", "{{json .Spec.TaskTemplate}}", "web"]).contains("Networks"));
+    d.ok(&["service", "update", "--network-add", "front", "--endpoint-mode", "dnsrr", "-d", "web"]);
+    assert_eq!(
+        d.ok(&["service", "inspect", "-f", "{{.Spec.EndpointSpec.Mode}} {{(index .Spec.TaskTemplate.Networks 0).Target}}", "web"]),
+        format!("dnsrr {front}\n")
+    );
+
+    assert!(d.fails(&["service", "create", "-p", "8080:80/sctp", "busybox"]).contains("invalid protocol \"sctp\""));
+    assert!(d.fails(&["service", "create", "--endpoint-mode", "rr", "busybox"]).contains("invalid endpoint mode"));
+    assert_eq!(
+        d.fails(&["service", "create", "--network", "nope", "busybox"]),
+        "Error response from daemon: network nope not found"
+    );
 }
