@@ -24,6 +24,9 @@ use std::sync::Mutex;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
+/// How long nodes wait for an ingress address once the ingress network was found full.
+const INGRESS_FULL_RETRY: Duration = Duration::from_secs(5);
+
 /// The status message of a task waiting for its network resources.
 pub const MSG_WAITING: &str = "pending task allocation";
 
@@ -31,11 +34,13 @@ pub struct Allocator {
     store: Store,
     /// Per network, where the next address hand-out starts (released addresses come back last).
     cursors: Mutex<HashMap<String, u32>>,
+    /// Until when nodes are not offered an ingress address (the ingress network was full).
+    nodes_wait: Mutex<Option<std::time::Instant>>,
 }
 
 impl Allocator {
     pub fn new(store: Store) -> Self {
-        Allocator { store, cursors: Mutex::default() }
+        Allocator { store, cursors: Mutex::default(), nodes_wait: Mutex::default() }
     }
 
     pub async fn run(self, shutdown: CancellationToken) {
@@ -57,7 +62,12 @@ impl Allocator {
                 .store
                 .update(|tx| {
                     let mut cursors = self.cursors.lock().unwrap_or_else(|e| e.into_inner());
-                    let p = plan(tx.view(), Timestamp::now(), &mut cursors, MAX_TASKS_PER_PROPOSAL);
+                    let mut wait = self.nodes_wait.lock().unwrap_or_else(|e| e.into_inner());
+                    let try_nodes = wait.is_none_or(|until| std::time::Instant::now() >= until);
+                    let p = plan_with(tx.view(), Timestamp::now(), &mut cursors, MAX_TASKS_PER_PROPOSAL, try_nodes);
+                    if p.ingress_full {
+                        *wait = Some(std::time::Instant::now() + INGRESS_FULL_RETRY);
+                    }
                     for n in p.nodes {
                         tx.update(n);
                     }
@@ -106,8 +116,10 @@ pub(crate) struct Plan {
     pub allocated: Vec<Task>,
     /// Tasks that need no network resource, now PENDING.
     pub plain: Vec<Task>,
-    /// Whether tasks were left for another write (more than `max_tasks` needed addresses).
+    /// Whether tasks or nodes were left for another write (more than `max_tasks` needed addresses).
     pub more: bool,
+    /// Whether a node found the ingress network full.
+    pub ingress_full: bool,
 }
 
 /// Whether `s` needs an endpoint at all: it attaches to a network or says how it is reached.
@@ -211,15 +223,32 @@ fn attachments_for(
 /// What to write on `view` at `now`: node ingress addresses, service endpoints, and live NEW tasks of existing
 /// services (at most `max_tasks` of those needing addresses). A task whose service is gone is left for the
 /// reaper, and one no longer desired running is never scheduled.
+#[cfg(test)]
 pub(crate) fn plan(view: &MemoryStore, now: Timestamp, cursors: &mut HashMap<String, u32>, max_tasks: usize) -> Plan {
+    plan_with(view, now, cursors, max_tasks, true)
+}
+
+/// [`plan`], giving nodes their ingress address only when `try_nodes` (not while the ingress network is known
+/// to be full: trying would read every task's addresses on every pass).
+pub(crate) fn plan_with(
+    view: &MemoryStore,
+    now: Timestamp,
+    cursors: &mut HashMap<String, u32>,
+    max_tasks: usize,
+    try_nodes: bool,
+) -> Plan {
     let mut p = Plan::default();
     let ingress = view.networks().find(|n| n.spec.ingress).map(|n| n.id.clone());
     let ingress = ingress.as_deref();
     // Loaded only when something needs an address: a cluster without networks never reads every task here.
     let mut addrs: Option<Addresses> = None;
 
-    if let Some(ing) = ingress {
+    if let (Some(ing), true) = (ingress, try_nodes) {
         for n in view.nodes().filter(|n| !n.attachments.iter().any(|a| a.network_id == ing)) {
+            if p.nodes.len() >= max_tasks {
+                p.more = true;
+                break;
+            }
             let a = addrs.get_or_insert_with(|| Addresses::from_view(view, cursors));
             match a.allocate(ing) {
                 Ok(addr) => {
@@ -231,7 +260,12 @@ pub(crate) fn plan(view: &MemoryStore, now: Timestamp, cursors: &mut HashMap<Str
                     });
                     p.nodes.push(n);
                 }
-                Err(e) => tracing::warn!(node.id = %n.id, error = %e, "no ingress address for the node"),
+                Err(e) => {
+                    // The others would fail the same way.
+                    tracing::warn!(node.id = %n.id, error = %e, "no ingress address for the node");
+                    p.ingress_full = true;
+                    break;
+                }
             }
         }
     }
@@ -610,5 +644,20 @@ mod tests {
         assert_eq!(l1.status.state, TaskState::New);
         assert_eq!(l1.status.err, "port '8080' is already in use by service 'web' (s1) as an ingress port");
         assert!(v.service("s2").unwrap().endpoint.is_none());
+    }
+
+    #[test]
+    fn nodes_take_ingress_addresses_until_the_network_is_full() {
+        let mut objects: Vec<Object> = vec![network("ing", "ingress", "10.0.0.0/29", true).into()];
+        for i in 1..=6 {
+            objects.push(crate::testing::node(&format!("n{i}"), &format!("h{i}")).into());
+        }
+        let view = MemoryStore::from_objects(objects);
+        let p = plan(&view, Timestamp::now(), &mut HashMap::new(), 10);
+        let got: Vec<&str> = p.nodes.iter().map(|n| n.attachments[0].addresses[0].as_str()).collect();
+        assert_eq!(got, vec!["10.0.0.2/29", "10.0.0.3/29", "10.0.0.4/29", "10.0.0.5/29", "10.0.0.6/29"]);
+        assert!(p.ingress_full, "the sixth node finds none");
+        let p = plan_with(&view, Timestamp::now(), &mut HashMap::new(), 10, false);
+        assert!(p.nodes.is_empty() && !p.ingress_full, "not tried while known full");
     }
 }
