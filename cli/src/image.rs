@@ -234,7 +234,7 @@ impl PullRenderer {
 }
 
 /// The credentials stored for the registry an image comes from (see `shoal login`).
-fn stored_auth(reference: &str) -> anyhow::Result<Option<engine_api::AuthConfig>> {
+pub fn stored_auth(reference: &str) -> anyhow::Result<Option<engine_api::AuthConfig>> {
     let Ok(name) = normalize_image_ref(reference) else { return Ok(None) };
     let host = engine_api::registry_host(name.split('/').next().unwrap_or(""));
     Ok(crate::login::load_credentials(&crate::login::config_path(), &host)?)

@@ -499,6 +499,14 @@ impl Engine for Fake {
         }
     }
 
+    async fn distribution_inspect(
+        &self,
+        req: Request<engine_api::DistributionInspectRequest>,
+    ) -> Result<Response<engine_api::DistributionInspectResponse>, Status> {
+        // No registry behind the fake: the CLI warns and keeps the tag, as Docker does without a registry.
+        Err(Status::unavailable(format!("{}: no registry", req.into_inner().reference)))
+    }
+
     async fn image_inspect(&self, req: Request<ImageInspectRequest>) -> Result<Response<ImageInspect>, Status> {
         let r = req.into_inner();
         if r.reference != "busybox" {

@@ -31,6 +31,13 @@ fn main() {
         ("image_tag", "ImageTag", "crate::ImageTagRequest", empty, UNARY),
         ("image_inspect", "ImageInspect", "crate::ImageInspectRequest", "crate::ImageInspect", UNARY),
         ("registry_login", "RegistryLogin", "crate::RegistryLoginRequest", "crate::RegistryLoginResponse", UNARY),
+        (
+            "distribution_inspect",
+            "DistributionInspect",
+            "crate::DistributionInspectRequest",
+            "crate::DistributionInspectResponse",
+            UNARY,
+        ),
     ];
     let mut engine = Service::builder().name("Engine").package("shoal");
     for (name, route, input, output, (client_streaming, server_streaming)) in methods {

@@ -61,6 +61,7 @@ pub async fn run(cfg: DaemonConfig, shutdown: CancellationToken) -> Result<(), D
     tracing::info!(containerd = %containerd_version, data_root = %cfg.data_root.display(), "containerd ready");
 
     let images = ImageService::new(channel.clone(), cfg.data_root.join("tmp")).with_max_upload(cfg.max_image_upload);
+    let registries = crate::registry::Registries::new(cfg.registries());
     let executor = ContainerdExecutor::new(
         channel.clone(),
         images.clone(),
@@ -70,7 +71,8 @@ pub async fn run(cfg: DaemonConfig, shutdown: CancellationToken) -> Result<(), D
             engine_labels: cfg.engine_labels(),
             generic_resources,
         },
-    );
+    )
+    .with_registries(registries.clone());
     let node = Arc::new(SwarmNode::new(
         NodeConfig { state_dir: cfg.data_root.join("swarm"), default_advertise_ip: default_route_ip() },
         Arc::new(executor.clone()),
@@ -78,7 +80,7 @@ pub async fn run(cfg: DaemonConfig, shutdown: CancellationToken) -> Result<(), D
     let api = LocalApi {
         node: node.clone(),
         images,
-        registries: crate::registry::Registries::new(cfg.registries()),
+        registries,
         executor,
         containerd_version,
         data_root: cfg.data_root.clone(),

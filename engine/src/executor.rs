@@ -5,10 +5,12 @@
 
 use crate::containerd::{create_lease, delete_lease, is_not_found, is_unavailable, req, req_leased};
 use crate::health;
-use crate::image::{ImageError, ImageService, ResolvedImage, SNAPSHOTTER};
+use crate::image::{ImageService, ResolvedImage, SNAPSHOTTER};
 use crate::imagefs::ImageRoot;
 use crate::jsonfile::Rotation;
+use crate::registry::Registries;
 use crate::spec::{self, ImageConfig, SpecPaths, UserFiles};
+use crate::taskimage::TaskImages;
 use containerd_client::services::v1::container::Runtime;
 use containerd_client::services::v1::containers_client::ContainersClient;
 use containerd_client::services::v1::snapshots::snapshots_client::SnapshotsClient;
@@ -96,19 +98,12 @@ impl ExecutorConfig {
 pub struct ContainerdExecutor {
     ch: Channel,
     images: ImageService,
+    task_images: TaskImages,
     cfg: Arc<ExecutorConfig>,
 }
 
 fn rt(s: tonic::Status) -> ExecError {
     ExecError::Runtime(s.message().to_string())
-}
-
-fn image_err(e: ImageError) -> ExecError {
-    match e {
-        ImageError::NotFound(r) => ExecError::ImageNotFound(r),
-        ImageError::Reference(r) => ExecError::InvalidSpec(r.to_string()),
-        other => ExecError::Runtime(other.to_string()),
-    }
 }
 
 /// Parses a signal name or number ("SIGTERM", "TERM", "15").
@@ -140,7 +135,14 @@ pub fn parse_signal(s: &str) -> Option<u32> {
 
 impl ContainerdExecutor {
     pub fn new(ch: Channel, images: ImageService, cfg: ExecutorConfig) -> Self {
-        ContainerdExecutor { ch, images, cfg: Arc::new(cfg) }
+        let task_images = TaskImages::new(images.clone(), None);
+        ContainerdExecutor { ch, images, task_images, cfg: Arc::new(cfg) }
+    }
+
+    /// Pulls a task's image from its registry when this node does not have it.
+    pub fn with_registries(mut self, registries: Registries) -> Self {
+        self.task_images = TaskImages::new(self.images.clone(), Some(registries));
+        self
     }
 
     pub fn config(&self) -> &ExecutorConfig {
@@ -632,7 +634,7 @@ impl Controller for ContainerdController {
             return Ok(());
         }
         task_rotation(&self.task)?;
-        let image = self.exec.images.resolve(&self.task.spec.container.image).await.map_err(image_err)?;
+        let image = self.exec.task_images.resolve(&self.task).await?;
         // Until the container references it, a fresh snapshot is garbage to containerd's GC (which runs e.g.
         // right after an image import drops its lease): hold a lease from prepare to container create.
         let lease = create_lease(&self.exec.ch, "shoal-prepare", Duration::from_secs(600)).await.map_err(rt)?;

@@ -70,6 +70,7 @@ fn registry_status(e: RegistryError) -> Status {
         RegistryError::UnknownHost { .. } | RegistryError::ConnectionRefused { .. } | RegistryError::Tls { .. } => {
             Status::unavailable(e.to_string())
         }
+        RegistryError::DiskFull { .. } => Status::resource_exhausted(e.to_string()),
         RegistryError::NoPlatform { .. } | RegistryError::WrongPlatform { .. } => {
             Status::failed_precondition(e.to_string())
         }
@@ -263,6 +264,15 @@ impl Engine for LocalApi {
         let creds = Credentials { username: r.auth.username, password: r.auth.password };
         self.registries.login(&r.server, &creds).await.map_err(registry_status)?;
         Ok(Response::new(RegistryLoginResponse { status: "Login Succeeded".into() }))
+    }
+
+    async fn distribution_inspect(
+        &self,
+        req: Request<DistributionInspectRequest>,
+    ) -> Result<Response<DistributionInspectResponse>, Status> {
+        let r = req.into_inner();
+        let d = self.registries.inspect(&r.reference, credentials(r.auth)).await.map_err(registry_status)?;
+        Ok(Response::new(d))
     }
 }
 

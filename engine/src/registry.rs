@@ -110,6 +110,9 @@ pub enum RegistryError {
     /// A CA file under the certs.d directory cannot be read.
     #[error("{path}: {why}")]
     Certs { path: String, why: String },
+    /// The disk under containerd's content store or snapshots filled up; the pull's ingests were dropped.
+    #[error("no space left on device while storing {image}; nothing was stored")]
+    DiskFull { image: String },
     /// Any other answer or failure of the registry.
     #[error("registry {host}: {message}")]
     Registry { host: String, message: String },
@@ -125,6 +128,11 @@ impl RegistryError {
     /// Whether the network failed mid-transfer: what was downloaded stays leased for a retry to resume from.
     fn is_transfer_failure(&self) -> bool {
         matches!(self, RegistryError::Registry { .. } | RegistryError::ConnectionRefused { .. })
+    }
+
+    /// Whether containerd failed a write for want of space (ENOSPC, passed on as its message).
+    fn is_disk_full(&self) -> bool {
+        matches!(self, RegistryError::Image(_)) && self.to_string().contains("no space left on device")
     }
 }
 
@@ -614,6 +622,18 @@ impl Registries {
                 &progress,
             )
             .await;
+        // A full disk: the partial ingests go (they cannot be finished and only hold the space), and with the
+        // lease everything this pull wrote.
+        let result = match result {
+            Err(e) if e.is_disk_full() => {
+                for l in parsed.layers() {
+                    abort(&ch, &format!("shoal-pull-{}", l.digest())).await;
+                }
+                tracing::warn!(image = %name, error = %e, "disk full while pulling");
+                Err(RegistryError::DiskFull { image: shown.clone() })
+            }
+            other => other,
+        };
         // After a transfer failure the downloaded blobs and ingests stay leased (an hour) for a retry to resume
         // from; otherwise nothing of a failed pull is kept.
         if !matches!(&result, Err(e) if e.is_transfer_failure()) {
@@ -629,6 +649,41 @@ impl Registries {
         }
         tracing::info!(image = %name, %digest, "image pulled");
         Ok(PullOutcome { name, digest, up_to_date })
+    }
+
+    /// What `reference` points at in its registry now (Docker's distribution inspect): the media type, digest
+    /// and size of its index or manifest, verified, without pulling anything. Mirrors are tried first, as for a
+    /// pull.
+    pub async fn inspect(
+        &self,
+        reference: &str,
+        creds: Option<Credentials>,
+    ) -> Result<engine_api::DistributionInspectResponse, RegistryError> {
+        let name = normalize_image_ref(reference)?;
+        let origin: Reference = name.parse().map_err(|e: oci_client::ParseError| RegistryError::InvalidImage {
+            image: name.clone(),
+            why: e.to_string(),
+        })?;
+        let shown = familiar_image_ref(&name);
+        let auth = match &creds {
+            Some(c) => RegistryAuth::Basic(c.username.clone(), c.password.clone()),
+            None => RegistryAuth::Anonymous,
+        };
+        let mut last_err = None;
+        for source in self.sources(&origin) {
+            let client = self.client(source.resolve_registry())?;
+            match self.fetch_manifest(&client, &source, &auth, creds.is_some(), &shown).await {
+                Ok(top) => {
+                    return Ok(engine_api::DistributionInspectResponse {
+                        size: top.body.len() as u64,
+                        media_type: top.media_type,
+                        digest: top.digest,
+                    })
+                }
+                Err(e) => last_err = Some(e),
+            }
+        }
+        Err(last_err.expect("at least the registry itself was tried"))
     }
 
     /// Fetches a manifest or index and checks that its bytes hash to the digest the registry gave (and to the

@@ -669,3 +669,52 @@ async fn docker_schema_2_manifests_pull_too() {
     assert_eq!(env.images().inspect(&image).await.unwrap().id, pushed.config);
     runs(&env, &image).await;
 }
+
+/// A tmpfs mounted over a directory; unmounted on drop.
+struct SmallDisk(PathBuf);
+
+impl SmallDisk {
+    fn mount(dir: &Path, size: &str) -> SmallDisk {
+        std::fs::create_dir_all(dir).unwrap();
+        let o = Command::new("mount").args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"]).arg(dir).output();
+        let o = o.expect("mount");
+        assert!(o.status.success(), "mount tmpfs: {}", String::from_utf8_lossy(&o.stderr));
+        SmallDisk(dir.to_path_buf())
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[tokio::test]
+async fn a_full_disk_is_one_line_and_leaves_nothing_half_stored() {
+    require_machine();
+    let reg = Registry::start(false);
+    let pushed = push_busybox(&reg, "test/busybox", "v1").await;
+    // containerd's content store on a 1 MiB tmpfs: the ~2 MiB layer cannot be written whole.
+    let dir = tempfile::Builder::new().prefix("shoal-ce-").tempdir_in("/tmp").expect("temp dir");
+    let data_root = dir.path().join("data");
+    let exec_root = dir.path().join("exec");
+    let _disk = SmallDisk::mount(&data_root.join("containerd/root/io.containerd.content.v1.content"), "1m");
+    let managed = engine::containerd::ManagedContainerd::start(&data_root, &exec_root).await.expect("containerd");
+    let ch = engine::containerd::connect(managed.socket(), Duration::from_secs(10)).await.expect("connect");
+    let env = Env { dir: Some(dir), data_root, exec_root, managed: Some(managed), ch };
+    let (cfg, _certs) = reg.shoal_config(false);
+    let regs = Registries::new(cfg);
+    let image = format!("{}/test/busybox:v1", reg.host);
+
+    let (r, _) = pull(&regs, &env, &image, None, None).await;
+    let e = r.expect_err("the pull cannot fit");
+    assert!(matches!(e, RegistryError::DiskFull { .. }), "{e:?}");
+    assert_eq!(e.to_string(), format!("no space left on device while storing {image}; nothing was stored"));
+    assert!(ingests(&env).await.is_empty(), "no partial ingest is kept: {:?}", ingests(&env).await);
+    assert!(!has_blob(&env, &pushed.layer).await && !has_blob(&env, &pushed.manifest).await);
+    assert!(env.images().list().await.unwrap().is_empty(), "no image record");
+    let used = std::fs::read_dir(env.data_root.join("containerd/root/io.containerd.content.v1.content/ingest"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(used, 0, "the ingest directories are gone, and their space with them");
+}

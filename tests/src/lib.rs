@@ -7,6 +7,7 @@
 pub mod cluster;
 pub mod failoverbench;
 pub mod netns;
+pub mod pullbench;
 pub mod raftbench;
 pub mod scale;
 pub mod updatebench;

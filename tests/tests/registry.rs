@@ -89,6 +89,12 @@ fn sha(b: &[u8]) -> String {
 
 /// Pushes the busybox test image as `<host>/<repo>:<tag>`; returns (manifest digest, config digest).
 fn push_busybox(reg: &Registry, repo: &str, tag: &str) -> (String, String) {
+    push_variant(reg, repo, tag, None)
+}
+
+/// Pushes busybox as `<host>/<repo>:<tag>`, with `MARKER=<marker>` added to its config's environment when
+/// given (another config, so another image digest over the same layer).
+fn push_variant(reg: &Registry, repo: &str, tag: &str, marker: Option<&str>) -> (String, String) {
     let mut files = HashMap::new();
     let mut ar = tar::Archive::new(std::fs::File::open(test_image()).unwrap());
     for e in ar.entries().unwrap() {
@@ -103,7 +109,18 @@ fn push_busybox(reg: &Registry, repo: &str, tag: &str) -> (String, String) {
     let index: Value = serde_json::from_slice(&files["index.json"]).unwrap();
     let manifest = blob(&index["manifests"][0]["digest"]);
     let m: Value = serde_json::from_slice(&manifest).unwrap();
-    let (config, layer) = (blob(&m["config"]["digest"]), blob(&m["layers"][0]["digest"]));
+    let (mut config, layer) = (blob(&m["config"]["digest"]), blob(&m["layers"][0]["digest"]));
+    let mut manifest = manifest;
+    if let Some(marker) = marker {
+        let mut c: Value = serde_json::from_slice(&config).unwrap();
+        let env = c["config"]["Env"].as_array_mut().expect("the config has an Env");
+        env.push(Value::String(format!("MARKER={marker}")));
+        config = serde_json::to_vec(&c).unwrap();
+        let mut m = m.clone();
+        m["config"]["digest"] = Value::String(sha(&config));
+        m["config"]["size"] = Value::from(config.len());
+        manifest = serde_json::to_vec(&m).unwrap();
+    }
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(async {
         let _ = rustls::crypto::ring::default_provider().install_default();
@@ -194,4 +211,158 @@ fn login_pull_and_run_from_a_private_tls_registry() {
             Err(format!("{tasks:?}"))
         }
     });
+}
+
+/// The value of a `service inspect` field.
+fn inspect(d: &Daemon, service: &str, template: &str) -> String {
+    d.ok(&["service", "inspect", service, "--format", template]).trim().to_string()
+}
+
+/// The `marker=…` lines the service's tasks printed, sorted.
+fn markers(d: &Daemon, service: &str) -> Vec<String> {
+    let out = d.ok(&["service", "logs", "--raw", service]);
+    let mut m: Vec<String> = out.lines().filter(|l| l.starts_with("marker=")).map(str::to_string).collect();
+    m.sort();
+    m
+}
+
+#[test]
+fn services_pull_on_demand_pinned_to_the_digest_with_the_clients_credentials() {
+    let reg = start_registry();
+    let (one, _) = push_variant(&reg, "private/app", "v1", Some("one"));
+    let certs = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(certs.path().join(&reg.host)).unwrap();
+    std::fs::write(certs.path().join(&reg.host).join("ca.crt"), &reg.ca_pem).unwrap();
+    // This daemon never loads an image: everything its tasks run comes from the registry.
+    let d = Daemon::start_with_args(&["--registry-certs-dir", certs.path().to_str().unwrap()]);
+    d.ok(&["swarm", "init", "--listen-addr", "127.0.0.1:0"]);
+    let creds = tempfile::tempdir().unwrap();
+    let image = format!("{}/private/app:v1", reg.host);
+    let cmd = ["sh", "-c", "echo marker=$MARKER; exec sleep 1000"];
+    let run = |args: &[&str]| {
+        let (ok, out, err) = shoal(&d, creds.path(), "", args);
+        assert!(ok, "`shoal {}` failed: {err}\n{}", args.join(" "), d.log_tail(30));
+        (out, err)
+    };
+
+    step!("without credentials the digest cannot be recorded: Docker's warning, and the tag is kept");
+    let (_, err) = run(&[&["service", "create", "-d", "--name", "anon", &image][..], &cmd[..]].concat());
+    assert_eq!(
+        err,
+        format!(
+            "image {image} could not be accessed on a registry to record its digest. Each node will access {image} \
+             independently, possibly leading to different nodes running different versions of the image.\n"
+        )
+    );
+    assert_eq!(inspect(&d, "anon", "{{.Spec.TaskTemplate.Container.Image}}"), image);
+    step!("the node cannot pull without credentials: the task is rejected with the registry's reason");
+    wait_for("anon's task rejected", Duration::from_secs(60), || {
+        let tasks = d.tasks("anon");
+        match tasks.iter().find(|t| t.state == "rejected") {
+            Some(t) => Ok(t.error.clone()),
+            None => Err(format!("{tasks:?}")),
+        }
+    });
+    let rejected = d.tasks("anon").into_iter().find(|t| t.state == "rejected").unwrap();
+    assert_eq!(
+        rejected.error,
+        format!(
+            "pull access denied for {image}: 401 Unauthorized: authentication required (run 'shoal login {}')",
+            reg.host
+        )
+    );
+    d.ok(&["service", "rm", "anon"]);
+
+    let (ok, _, err) =
+        shoal(&d, creds.path(), &format!("{PASSWORD}\n"), &["login", "-u", USER, "--password-stdin", &reg.host]);
+    assert!(ok, "{err}");
+
+    step!("an image the registry does not have: rejected with its reason");
+    let missing = format!("{}/private/nope:v1", reg.host);
+    let (_, err) =
+        run(&[&["service", "create", "-d", "--with-registry-auth", "--name", "nope", &missing][..], &cmd[..]].concat());
+    assert!(err.contains("could not be accessed on a registry"), "{err}");
+    let error = wait_for("nope's task rejected", Duration::from_secs(60), || {
+        let tasks = d.tasks("nope");
+        tasks.iter().find(|t| t.state == "rejected").map(|t| t.error.clone()).ok_or(format!("{tasks:?}"))
+    });
+    assert_eq!(error, format!("manifest for {missing} not found: manifest unknown"));
+    d.ok(&["service", "rm", "nope"]);
+
+    step!("3 replicas with the client's credentials, pinned to the tag's digest");
+    let (out, err) = run(&[
+        &["service", "create", "-d", "--with-registry-auth", "--replicas", "3", "--name", "web", &image][..],
+        &cmd[..],
+    ]
+    .concat());
+    assert_eq!(err, "", "the digest was recorded: no warning");
+    let id = out.trim().to_string();
+    let pinned = format!("{image}@{one}");
+    assert_eq!(inspect(&d, "web", "{{.Spec.TaskTemplate.Container.Image}}"), pinned);
+    let ls = d.ok(&["service", "ls", "--format", "{{.Name}} {{.Image}}"]);
+    assert_eq!(ls, format!("web {image}\n"), "service ls shows name:tag, as Docker");
+    wait_for("3 tasks running from the registry", Duration::from_secs(90), || {
+        let tasks = d.tasks("web");
+        let running = tasks.iter().filter(|t| t.state == "running").count();
+        if running == 3 {
+            Ok(())
+        } else {
+            Err(format!("{tasks:?}\n{}", d.log_tail(10)))
+        }
+    });
+    let log = std::fs::read_to_string(d.log_path()).unwrap();
+    assert_eq!(log.matches("pulled for a task").count(), 1, "the three tasks shared one pull:\n{log}");
+    wait_for("each task printed its image's marker", Duration::from_secs(30), || {
+        let m = markers(&d, "web");
+        if m == ["marker=one"; 3] {
+            Ok(())
+        } else {
+            Err(format!("{m:?}"))
+        }
+    });
+
+    step!("the credentials are kept for the agents but never shown");
+    let b64 = {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD.encode(format!("{USER}:{PASSWORD}"))
+    };
+    for args in [
+        &["service", "inspect", "web"][..],
+        &["service", "inspect", "--pretty", "web"][..],
+        &["service", "ls", "--format", "json"][..],
+        &["service", "ps", "--no-trunc", "--format", "json", "web"][..],
+    ] {
+        let out = d.ok(args);
+        for secret in [PASSWORD, b64.as_str(), "registry_auth", "RegistryAuth"] {
+            assert!(!out.contains(secret), "`shoal {}` shows {secret:?}:\n{out}", args.join(" "));
+        }
+    }
+
+    step!("moving the tag changes nothing that runs");
+    let before: Vec<String> = d.tasks("web").into_iter().filter(|t| t.state == "running").map(|t| t.id).collect();
+    let (two, _) = push_variant(&reg, "private/app", "v1", Some("two"));
+    assert_ne!(one, two);
+    // An update that does not name the image (here: a label) keeps the pinned digest.
+    run(&["service", "update", "-d", "--label-add", "moved=yes", "web"]);
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(inspect(&d, "web", "{{.Spec.TaskTemplate.Container.Image}}"), pinned);
+    let now: Vec<String> = d.tasks("web").into_iter().filter(|t| t.state == "running").map(|t| t.id).collect();
+    assert_eq!(now, before, "the same tasks run");
+    assert_eq!(markers(&d, "web"), ["marker=one"; 3]);
+
+    step!("service update --image re-resolves the tag: the tasks move to the new digest");
+    let (_, err) = run(&["service", "update", "-d", "--image", &image, "web"]);
+    assert_eq!(err, "");
+    assert_eq!(inspect(&d, "web", "{{.Spec.TaskTemplate.Container.Image}}"), format!("{image}@{two}"));
+    wait_for("3 tasks running the new digest", Duration::from_secs(120), || {
+        let m = markers(&d, "web");
+        let tasks = d.tasks("web");
+        let running = tasks.iter().filter(|t| t.state == "running" && !before.contains(&t.id)).count();
+        if running == 3 && m.iter().filter(|l| *l == "marker=two").count() == 3 {
+            Ok(())
+        } else {
+            Err(format!("{m:?} {tasks:?}"))
+        }
+    });
+    assert_eq!(inspect(&d, "web", "{{.ID}}"), id);
 }

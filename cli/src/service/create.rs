@@ -4,6 +4,7 @@
 //! word.
 
 use super::flags::{FlagError, SpecFlags};
+use super::image::{pin_image, registry_auth, ImageFlags};
 use super::opts;
 use crate::client::{rpc, Client};
 use crate::progress;
@@ -22,6 +23,8 @@ pub struct CreateArgs {
     pub name: Option<String>,
     #[command(flatten)]
     pub flags: SpecFlags,
+    #[command(flatten)]
+    pub image_flags: ImageFlags,
     /// Set environment variables
     #[arg(short = 'e', long = "env", value_parser = opts::env, value_name = "KEY=VALUE")]
     pub env: Vec<String>,
@@ -104,7 +107,14 @@ impl CreateArgs {
 }
 
 pub async fn run(client: &mut Client, args: CreateArgs) -> anyhow::Result<()> {
-    let spec = args.spec()?;
+    let mut spec = args.spec()?;
+    let c = &mut spec.task_template.container;
+    if args.image_flags.with_registry_auth {
+        c.pull_options = registry_auth(&c.image)?;
+    }
+    if !args.image_flags.no_resolve_image {
+        c.image = pin_image(client, &c.image).await?;
+    }
     let service = rpc(client.control.create_service(CreateServiceRequest { spec }).await)?;
     println!("{}", service.id);
     if !args.flags.detach {

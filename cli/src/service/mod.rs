@@ -2,6 +2,7 @@
 
 mod create;
 mod endpoint;
+pub mod image;
 mod flags;
 mod logs;
 mod opts;

@@ -5,6 +5,7 @@
 //! until it converges or the update pauses or rolls back.
 
 use super::flags::{FlagError, SpecFlags};
+use super::image::{pin_image, registry_auth, ImageFlags};
 use super::opts::{self, Words};
 use crate::client::{rpc, Client};
 use crate::progress;
@@ -87,6 +88,8 @@ pub struct UpdateArgs {
     pub flags: SpecFlags,
     #[command(flatten)]
     pub lists: UpdateLists,
+    #[command(flatten)]
+    pub image_flags: ImageFlags,
     /// Service image tag
     #[arg(long)]
     pub image: Option<String>,
@@ -205,6 +208,7 @@ impl UpdateArgs {
         self.flags.any_spec_flag()
             || self.lists != UpdateLists::default()
             || self.image.is_some()
+            || self.image_flags.with_registry_auth
             || self.args.is_some()
             || self.force
     }
@@ -353,10 +357,24 @@ pub async fn run(client: &mut Client, a: UpdateArgs) -> anyhow::Result<()> {
             *n = super::endpoint::network_id(&networks, n);
         }
     }
-    let spec = a.updated(&svc.spec)?;
+    let mut spec = a.updated(&svc.spec)?;
+    let c = &mut spec.task_template.container;
+    // A new `--image` is pinned to its digest now; the current image stays as it was pinned.
+    if a.image.is_some() && !a.image_flags.no_resolve_image {
+        c.image = pin_image(client, &c.image).await?;
+    }
+    if a.image_flags.with_registry_auth {
+        c.pull_options = registry_auth(&c.image)?;
+    }
+
     if a.dry_run {
         let live = live_tasks(client, &svc.id).await?;
-        print!("{}", dry_run_text(&svc.spec, &spec, live));
+        // Credentials are never printed: the diff says only that new ones would be sent.
+        let mut shown = spec.clone();
+        if let Some(p) = &mut shown.task_template.container.pull_options {
+            p.registry_auth = "<redacted>".into();
+        }
+        print!("{}", dry_run_text(&svc.spec, &shown, live));
         return Ok(());
     }
     if spec == svc.spec {

@@ -85,6 +85,26 @@ mod tests {
     use std::path::PathBuf;
 
     #[test]
+    fn registry_auth_round_trips_in_dockers_encoding() {
+        use base64::Engine as _;
+        let a = AuthConfig { username: "alice".into(), password: "s3cr+t/=".into() };
+        let enc = a.encode("localhost:5000");
+        let raw = base64::engine::general_purpose::URL_SAFE.decode(&enc).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&raw).unwrap();
+        assert_eq!(v["serveraddress"], "localhost:5000");
+        let back = AuthConfig::decode(&enc).unwrap().unwrap();
+        assert_eq!((back.username.as_str(), back.password.as_str()), ("alice", "s3cr+t/="));
+        // Docker CLIs also send standard base64 without padding, and `{}` for no credentials.
+        let std = base64::engine::general_purpose::STANDARD_NO_PAD.encode(br#"{"username":"bob","password":"p"}"#);
+        assert_eq!(AuthConfig::decode(&std).unwrap().unwrap().username, "bob");
+        let empty = base64::engine::general_purpose::URL_SAFE.encode(b"{}");
+        assert!(AuthConfig::decode(&empty).unwrap().is_none());
+        assert!(AuthConfig::decode("").unwrap().is_none());
+        let e = AuthConfig::decode("!!!").unwrap_err();
+        assert!(e.to_string().starts_with("invalid registry auth in the service spec: base64"), "{e}");
+    }
+
+    #[test]
     fn registry_servers_name_hosts() {
         assert_eq!(registry_host("https://index.docker.io/v1/"), "docker.io");
         assert_eq!(registry_host(""), "docker.io");

@@ -77,6 +77,72 @@ impl std::fmt::Debug for AuthConfig {
     }
 }
 
+/// Docker's `X-Registry-Auth` form of [`AuthConfig`], as a service spec's `PullOptions.registry_auth` carries
+/// it: base64url of `{"username","password","serveraddress"}`.
+#[derive(Serialize, Deserialize)]
+struct EncodedAuth {
+    #[serde(default)]
+    username: String,
+    #[serde(default)]
+    password: String,
+    #[serde(default, rename = "serveraddress")]
+    server_address: String,
+}
+
+/// A `registry_auth` that is not Docker's encoding of credentials.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid registry auth in the service spec: {0}")]
+pub struct AuthDecodeError(String);
+
+impl AuthConfig {
+    /// Encodes these credentials for registry `server` in Docker's `X-Registry-Auth` form.
+    pub fn encode(&self, server: &str) -> String {
+        use base64::Engine as _;
+        let e = EncodedAuth {
+            username: self.username.clone(),
+            password: self.password.clone(),
+            server_address: server.to_string(),
+        };
+        // Serializing three strings cannot fail.
+        base64::engine::general_purpose::URL_SAFE.encode(serde_json::to_vec(&e).unwrap_or_default())
+    }
+
+    /// Decodes Docker's `X-Registry-Auth` form; `None` when it holds no user name (anonymous).
+    pub fn decode(encoded: &str) -> Result<Option<AuthConfig>, AuthDecodeError> {
+        use base64::Engine as _;
+        let t = encoded.trim();
+        if t.is_empty() {
+            return Ok(None);
+        }
+        // Docker's clients write URL-safe base64, some with padding and some without; accept both alphabets.
+        let cfg = base64::engine::GeneralPurposeConfig::new()
+            .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent);
+        let url = base64::engine::GeneralPurpose::new(&base64::alphabet::URL_SAFE, cfg);
+        let std = base64::engine::GeneralPurpose::new(&base64::alphabet::STANDARD, cfg);
+        let raw = url.decode(t).or_else(|_| std.decode(t)).map_err(|e| AuthDecodeError(format!("base64: {e}")))?;
+        let e: EncodedAuth = serde_json::from_slice(&raw).map_err(|e| AuthDecodeError(format!("json: {e}")))?;
+        Ok((!e.username.is_empty()).then_some(AuthConfig { username: e.username, password: e.password }))
+    }
+}
+
+/// `Engine.DistributionInspect`: what a reference points at in its registry now, without pulling it (the CLI
+/// pins a service's image to this digest).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct DistributionInspectRequest {
+    pub reference: String,
+    #[serde(default)]
+    pub auth: Option<AuthConfig>,
+}
+
+/// The descriptor of what the reference resolved to: an index's own digest for a multi-platform image, as
+/// Docker reports it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DistributionInspectResponse {
+    pub media_type: String,
+    pub digest: String,
+    pub size: u64,
+}
+
 /// `image pull NAME[:TAG|@DIGEST]`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct ImagePullRequest {

@@ -23,6 +23,17 @@ pub struct Service {
     pub endpoint: Option<Endpoint>,
 }
 
+impl Service {
+    /// The service as the control API returns it: without registry credentials (current or previous spec).
+    pub fn redacted(mut self) -> Self {
+        self.spec.task_template.container.redact();
+        if let Some(p) = &mut self.previous_spec {
+            p.task_template.container.redact();
+        }
+        self
+    }
+}
+
 /// Swarm's `Endpoint`: the endpoint spec the allocation was made for, the ports as allocated, and the VIPs.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Endpoint {

@@ -350,6 +350,34 @@ pub struct ContainerSpec {
     /// `--config`: configs mounted as in-memory files.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub configs: Vec<ConfigReference>,
+    /// How nodes pull the image (`--with-registry-auth`): never returned by the control API, only delivered to
+    /// the agents that run the task.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pull_options: Option<PullOptions>,
+}
+
+/// SwarmKit's `ContainerSpec.PullOptions`.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PullOptions {
+    /// The client's credentials for the image's registry, in Docker's `X-Registry-Auth` encoding (base64url of
+    /// `{"username", "password", "serveraddress"}`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub registry_auth: String,
+}
+
+impl std::fmt::Debug for PullOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Specs get logged; the credentials must not be.
+        let shown = if self.registry_auth.is_empty() { "" } else { "<redacted>" };
+        write!(f, "PullOptions {{ registry_auth: {shown:?} }}")
+    }
+}
+
+impl ContainerSpec {
+    /// Removes what the control API never hands out (registry credentials).
+    pub fn redact(&mut self) {
+        self.pull_options = None;
+    }
 }
 
 fn is_false(b: &bool) -> bool {

@@ -38,6 +38,12 @@ pub struct Task {
 }
 
 impl Task {
+    /// The task as the control API returns it: without registry credentials (agents get them, users do not).
+    pub fn redacted(mut self) -> Self {
+        self.spec.container.redact();
+        self
+    }
+
     /// Docker's task name: `web.3` for a replicated slot, `web.<node id>` for a global task.
     pub fn name(&self) -> String {
         if self.slot > 0 {

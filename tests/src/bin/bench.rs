@@ -17,6 +17,9 @@
 //!
 //! `bench update [--replicas N] [--parallelism P]` measures rolling updates (stop-first and start-first) and
 //! health-driven replacement on a real daemon (see `shoal_tests::updatebench`); default 50 replicas, 10 at a time.
+//!
+//! `bench pull [--rounds N]` times pulling a 5-layer, 50 MiB image from a local registry, Shoal against
+//! `ctr image pull` (see `shoal_tests::pullbench`); default 3 rounds.
 
 use shoal_tests::{wait_for, Daemon};
 use std::process::Command;
@@ -136,6 +139,21 @@ fn main() {
             }
         }
         shoal_tests::updatebench::run(replicas, parallelism);
+        return;
+    }
+    if args.first().map(String::as_str) == Some("pull") {
+        let rounds = match args.get(1..).unwrap_or_default() {
+            [] => 3,
+            [flag, n] if flag == "--rounds" => n.parse().ok().filter(|n| *n >= 1).unwrap_or_else(|| {
+                eprintln!("bench pull: invalid value {n:?} for --rounds: a number of at least 1");
+                std::process::exit(2)
+            }),
+            other => {
+                eprintln!("bench pull: unknown arguments {other:?} (expected --rounds N)");
+                std::process::exit(2)
+            }
+        };
+        shoal_tests::pullbench::run(rounds);
         return;
     }
     if args.first().map(String::as_str) == Some("raft") {

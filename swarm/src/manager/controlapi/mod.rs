@@ -258,12 +258,15 @@ impl Control for ControlApi {
             })
             .await?;
         tracing::info!(service.id = %id, "service created");
-        store.view(|v| v.service(&id).cloned()).map(Response::new).ok_or_else(|| Status::internal("service vanished"))
+        store
+            .view(|v| v.service(&id).cloned())
+            .map(|s| Response::new(s.redacted()))
+            .ok_or_else(|| Status::internal("service vanished"))
     }
 
     async fn get_service(&self, req: Request<GetRequest>) -> Result<Response<Service>, Status> {
         let key = req.into_inner().id_or_name;
-        self.store()?.view(|v| find_service(v, &key).cloned()).map(Response::new)
+        self.store()?.view(|v| find_service(v, &key).cloned()).map(|s| Response::new(s.redacted()))
     }
 
     async fn update_service(&self, req: Request<UpdateServiceRequest>) -> Result<Response<Service>, Status> {
@@ -275,10 +278,15 @@ impl Control for ControlApi {
         let id = store
             .update(|tx| {
                 let cur = find_service(tx.view(), &id)?;
+                // Reads never return the registry credentials, so a spec sent back without them keeps the
+                // current ones (as Docker: new credentials only with `--with-registry-auth`).
+                let mut spec = spec;
+                if spec.task_template.container.pull_options.is_none() {
+                    spec.task_template.container.pull_options = cur.spec.task_template.container.pull_options.clone();
+                }
                 let mut next = if rollback {
                     rolled_back(cur)?
                 } else {
-                    let mut spec = spec;
                     endpoint::resolve(tx.view(), &mut spec, &cur.id)?;
                     updated(cur, spec)?
                 };
@@ -297,7 +305,10 @@ impl Control for ControlApi {
             })
             .await?;
         tracing::info!(service.id = %id, rollback, "service updated");
-        store.view(|v| v.service(&id).cloned()).map(Response::new).ok_or_else(|| Status::not_found("service removed"))
+        store
+            .view(|v| v.service(&id).cloned())
+            .map(|s| Response::new(s.redacted()))
+            .ok_or_else(|| Status::not_found("service removed"))
     }
 
     async fn remove_service(&self, req: Request<GetRequest>) -> Result<Response<Empty>, Status> {
@@ -325,7 +336,7 @@ impl Control for ControlApi {
                 })
                 .map(|s| {
                     let (running_tasks, desired_tasks) = service_counts(v, s);
-                    ServiceWithStatus { service: s.clone(), running_tasks, desired_tasks }
+                    ServiceWithStatus { service: s.clone().redacted(), running_tasks, desired_tasks }
                 })
                 .collect()
         });
@@ -409,7 +420,7 @@ impl Control for ControlApi {
 
     async fn get_task(&self, req: Request<GetRequest>) -> Result<Response<Task>, Status> {
         let key = req.into_inner().id_or_name;
-        self.store()?.view(|v| find_task(v, &key).cloned()).map(Response::new)
+        self.store()?.view(|v| find_task(v, &key).cloned()).map(|t| Response::new(t.redacted()))
     }
 
     async fn list_tasks(&self, req: Request<ListTasksRequest>) -> Result<Response<ListTasksResponse>, Status> {
@@ -419,7 +430,7 @@ impl Control for ControlApi {
                 .filter(|t| f.service_ids.is_empty() || f.service_ids.contains(&t.service_id))
                 .filter(|t| f.node_ids.is_empty() || f.node_ids.contains(&t.node_id))
                 .filter(|t| f.desired_states.is_empty() || f.desired_states.contains(&t.desired_state))
-                .cloned()
+                .map(|t| t.clone().redacted())
                 .collect()
         });
         Ok(Response::new(ListTasksResponse { tasks }))
@@ -569,6 +580,62 @@ mod tests {
         };
         let e = api.update_service(Request::new(stale)).await.unwrap_err();
         assert!(e.message().contains("update out of sequence"), "{}", e.message());
+    }
+
+    #[tokio::test]
+    async fn registry_credentials_are_stored_but_never_returned() {
+        let store = Store::in_memory();
+        let api = ControlApi::with_store(store.clone());
+        let auth = |s: &str| Some(crate::api::PullOptions { registry_auth: s.into() });
+        let mut spec = service("x", "web", 1).spec;
+        spec.task_template.container.pull_options = auth("c2VjcmV0");
+        let created = api.create_service(Request::new(CreateServiceRequest { spec })).await.unwrap().into_inner();
+        assert_eq!(created.spec.task_template.container.pull_options, None, "create's answer");
+        let stored = || store.view(|v| v.service(&created.id).cloned().unwrap());
+        assert_eq!(stored().spec.task_template.container.pull_options, auth("c2VjcmV0"), "kept for the agents");
+
+        let got = api.get_service(Request::new(GetRequest { id_or_name: "web".into() })).await.unwrap().into_inner();
+        assert_eq!(got.spec.task_template.container.pull_options, None);
+        let listed = api.list_services(Request::new(ListServicesRequest::default())).await.unwrap().into_inner();
+        assert!(listed.services.iter().all(|s| s.service.spec.task_template.container.pull_options.is_none()));
+        let json = serde_json::to_string(&got).unwrap();
+        assert!(!json.contains("c2VjcmV0") && !json.contains("pull_options"), "{json}");
+
+        // A spec read back (without credentials) and sent with a change keeps the stored credentials.
+        let mut next = got.spec.clone();
+        next.task_template.container.env.push("A=1".into());
+        let req = UpdateServiceRequest { id: got.id.clone(), version: got.meta.version, spec: next, rollback: false };
+        let updated = api.update_service(Request::new(req)).await.unwrap().into_inner();
+        assert_eq!(updated.spec.task_template.container.pull_options, None);
+        assert!(updated.previous_spec.as_ref().unwrap().task_template.container.pull_options.is_none());
+        let s = stored();
+        assert_eq!(s.spec.task_template.container.pull_options, auth("c2VjcmV0"));
+        assert_eq!(s.spec.task_template.container.env, vec!["A=1"]);
+
+        // New credentials replace them.
+        let mut next = s.spec.clone();
+        next.task_template.container.pull_options = auth("bmV3");
+        let req = UpdateServiceRequest { id: s.id.clone(), version: s.meta.version, spec: next, rollback: false };
+        api.update_service(Request::new(req)).await.unwrap();
+        assert_eq!(stored().spec.task_template.container.pull_options, auth("bmV3"));
+
+        // Tasks carry them in the store (the dispatcher sends those) but not through the control API.
+        let mut t = crate::testing::task("t1", &created.id, 1);
+        t.spec = stored().spec.task_template.clone();
+        store
+            .update(|tx| {
+                tx.create(t);
+                Ok::<_, StoreError>(())
+            })
+            .await
+            .unwrap();
+        let tasks = api.list_tasks(Request::new(ListTasksRequest::default())).await.unwrap().into_inner().tasks;
+        assert_eq!(tasks.len(), 1);
+        assert_eq!(tasks[0].spec.container.pull_options, None);
+        let one = api.get_task(Request::new(GetRequest { id_or_name: "t1".into() })).await.unwrap().into_inner();
+        assert_eq!(one.spec.container.pull_options, None);
+        assert!(store.view(|v| v.task("t1").unwrap().spec.container.pull_options.is_some()));
+        assert!(!format!("{:?}", stored()).contains("bmV3"), "Debug never shows the credentials");
     }
 
     #[tokio::test]
