@@ -160,6 +160,9 @@ struct FakeRuntime {
     health: HashMap<String, watch::Sender<HealthStatus>>,
     /// The health a task of this image has as soon as it starts (else "starting" until the test says).
     image_health: HashMap<String, Health>,
+    /// The network state last applied, and how many were applied.
+    network_state: Option<NetworkState>,
+    network_states_applied: u64,
 }
 
 /// An in-memory runtime: "containers" are entries in a map that run until told to exit. For unit tests and the
@@ -188,6 +191,16 @@ impl TestExecutor {
         let l = logs::TaskLogLine { task_id: task_id.into(), time, stream, line: line.into() };
         self.rt.lock().unwrap().logs.entry(task_id.into()).or_default().push(l);
         self.fed.send_modify(|n| *n += 1);
+    }
+
+    /// The network state the agent applied last, if any.
+    pub fn network_state(&self) -> Option<NetworkState> {
+        self.rt.lock().unwrap().network_state.clone()
+    }
+
+    /// How many network states the agent applied.
+    pub fn network_states_applied(&self) -> u64 {
+        self.rt.lock().unwrap().network_states_applied
     }
 
     /// Makes tasks using `image` fail to prepare as if the image were absent.
@@ -279,6 +292,13 @@ impl Executor for TestExecutor {
             engine: EngineDescription { engine_version: "test".into(), labels: Default::default() },
             generic_resources: Default::default(),
         })
+    }
+
+    async fn apply_network_state(&self, state: &NetworkState) -> Result<(), ExecError> {
+        let mut rt = self.rt.lock().unwrap();
+        rt.network_state = Some(state.clone());
+        rt.network_states_applied += 1;
+        Ok(())
     }
 
     fn controller(&self, task: &Task) -> Result<TestController, ExecError> {

@@ -215,6 +215,24 @@ impl AddressAllocator {
     pub fn release(&mut self, addr: Ipv4Addr) {
         self.taken.remove(&addr);
     }
+
+    /// Where the next search starts (to carry the order of hand-outs from one allocator to the next).
+    pub fn cursor(&self) -> u32 {
+        self.cursor
+    }
+
+    /// Starts the next search at `cursor` (a value [`AddressAllocator::cursor`] returned).
+    pub fn resume_at(&mut self, cursor: u32) {
+        self.cursor = cursor;
+    }
+
+    /// Starts the next search after the highest address held, so that after a restart the addresses released
+    /// before it still come back last.
+    pub fn resume_after_highest(&mut self) {
+        if let Some(a) = self.taken.last() {
+            self.cursor = u32::from(*a) + 1;
+        }
+    }
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@
 //! It is served on every node's local socket (by the engine) and, later, on the managers' cluster listener. It
 //! answers only where a manager runs: the store handle it reads is published when this node becomes a manager.
 
+pub mod endpoint;
 pub mod network;
 pub mod validate;
 
@@ -250,11 +251,12 @@ impl Control for ControlApi {
         let id = service.id.clone();
         store
             .update(|tx| {
+                let mut service = service;
+                endpoint::resolve(tx.view(), &mut service.spec, &service.id)?;
                 tx.create(service);
-                Ok::<_, StoreError>(())
+                Ok::<_, Status>(())
             })
-            .await
-            .map_err(status_of)?;
+            .await?;
         tracing::info!(service.id = %id, "service created");
         store.view(|v| v.service(&id).cloned()).map(Response::new).ok_or_else(|| Status::internal("service vanished"))
     }
@@ -273,7 +275,13 @@ impl Control for ControlApi {
         let id = store
             .update(|tx| {
                 let cur = find_service(tx.view(), &id)?;
-                let mut next = if rollback { rolled_back(cur)? } else { updated(cur, spec)? };
+                let mut next = if rollback {
+                    rolled_back(cur)?
+                } else {
+                    let mut spec = spec;
+                    endpoint::resolve(tx.view(), &mut spec, &cur.id)?;
+                    updated(cur, spec)?
+                };
                 next.meta.version = version;
                 let id = next.id.clone();
                 if next != *cur {
@@ -503,6 +511,7 @@ impl Control for ControlApi {
             .update(|tx| {
                 let n = find_network(tx.view(), &key)?;
                 network::check_removable(n)?;
+                endpoint::check_unused(tx.view(), n)?;
                 tx.delete(ObjectKind::Network, &n.id, n.meta.version);
                 Ok::<_, Status>(n.id.clone())
             })

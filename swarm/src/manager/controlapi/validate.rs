@@ -88,6 +88,7 @@ pub fn service_spec(spec: &mut ServiceSpec) -> Result<(), InvalidSpec> {
         return Err(InvalidSpec("update and rollback configuration is not supported for jobs".into()));
     }
     placement_and_generic_resources(&spec.task_template)?;
+    super::endpoint::check_ports(&spec.endpoint_spec)?;
     Ok(())
 }
 

@@ -10,6 +10,7 @@
 
 mod assignments;
 pub mod logs;
+mod netstate;
 mod service;
 mod sessions;
 mod status;
@@ -113,6 +114,8 @@ pub struct Dispatcher {
     managers: Arc<watch::Sender<Vec<String>>>,
     /// Gathers `service logs` from the agents while this dispatcher runs.
     logs: LogBroker,
+    /// The nodes' network states, kept current while this dispatcher runs.
+    netstate: netstate::Hub,
 }
 
 impl Dispatcher {
@@ -126,6 +129,7 @@ impl Dispatcher {
             running: watch::channel(false).0,
             managers: Arc::new(watch::channel(Vec::new()).0),
             logs,
+            netstate: Default::default(),
         }
     }
 
@@ -214,6 +218,11 @@ impl Dispatcher {
         a.as_ref().map(|a| (a.store.clone(), a.stopped.clone())).ok_or(DispatcherError::NotLeader)
     }
 
+    /// What a session for `node_id` sent of its network state.
+    pub(crate) fn network_state(&self, node_id: &str) -> netstate::NodeNetworkState {
+        self.netstate.session(node_id)
+    }
+
     /// A heartbeat period with ±10 % jitter, so agents don't beat in step.
     pub fn period_with_jitter(&self) -> Duration {
         let p = self.config().heartbeat_period;
@@ -244,12 +253,14 @@ impl Dispatcher {
             }
         }
         self.managers.send_replace(store.view(|v| self.managers_in(v)));
+        self.netstate.prime(&store);
         self.logs.start(store.clone());
         self.running.send_replace(true);
         tracing::info!("dispatcher started");
         tokio::join!(
             self.write_statuses(store.clone(), status_rx, stopped.clone()),
             self.expire_sessions(store.clone(), stopped.clone()),
+            self.netstate.run(store.clone(), stopped.clone()),
             self.watch_nodes(store, stopped.clone())
         );
         *self.active.lock().unwrap_or_else(|e| e.into_inner()) = None;

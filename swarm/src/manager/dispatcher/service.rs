@@ -138,11 +138,14 @@ impl DispatcherRpc for DispatcherService {
         let closed = self.dispatcher.check_session(&node_id, &req.into_inner().session_id)?;
         let (store, _) = self.dispatcher.store().map_err(|e| self.refuse(e))?;
         let mut set = AssignmentSet::new(&node_id);
+        let mut net = self.dispatcher.network_state(&node_id);
         // Only this node's task events reach this stream (the store routes them), so a change costs the sessions
         // it concerns and no other.
-        let (complete, mut events) = store.view_and_watch_node(&node_id, |v| set.complete(v));
+        let (mut complete, mut events) = store.view_and_watch_node(&node_id, |v| set.complete(v));
         let (tx, rx) = mpsc::channel(16);
         tokio::spawn(async move {
+            net.cover(&complete.updated).await;
+            complete.network_state = net.complete();
             if tx.send(Ok(complete)).await.is_err() {
                 return;
             }
@@ -155,13 +158,16 @@ impl DispatcherRpc for DispatcherService {
                         return;
                     }
                     _ = tx.closed() => return,
-                    ev = events.recv() => ev,
+                    ev = events.recv() => Some(ev),
+                    // Only the network state changed (it may not differ for this node).
+                    _ = net.changed() => None,
                 };
                 let mut resync = false;
                 match first {
-                    Ok(ev) => set.apply(&ev, &mut msg),
-                    Err(NodeWatchError::Behind) => resync = true,
-                    Err(NodeWatchError::Closed) => return,
+                    Some(Ok(ev)) => set.apply(&ev, &mut msg),
+                    Some(Err(NodeWatchError::Behind)) => resync = true,
+                    Some(Err(NodeWatchError::Closed)) => return,
+                    None => {}
                 }
                 let deadline = tokio::time::Instant::now() + ASSIGNMENT_BATCH;
                 while !resync {
@@ -172,7 +178,7 @@ impl DispatcherRpc for DispatcherService {
                         Err(_) => break,
                     }
                 }
-                let out = if resync {
+                let mut out = if resync {
                     let node_id = set.node_id().to_string();
                     let (m, w) = store.view_and_watch_node(&node_id, |v| set.complete(v));
                     events = w;
@@ -180,7 +186,14 @@ impl DispatcherRpc for DispatcherService {
                 } else {
                     msg
                 };
-                if out.kind == AssignmentsKind::Incremental && out.updated.is_empty() && out.removed.is_empty() {
+                net.cover(&out.updated).await;
+                out.network_state =
+                    if out.kind == AssignmentsKind::Complete { net.complete() } else { net.if_changed() };
+                if out.kind == AssignmentsKind::Incremental
+                    && out.updated.is_empty()
+                    && out.removed.is_empty()
+                    && out.network_state.is_none()
+                {
                     continue;
                 }
                 if tx.send(Ok(out)).await.is_err() {

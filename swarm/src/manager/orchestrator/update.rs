@@ -69,6 +69,13 @@ pub fn has_stopped(view: &MemoryStore, t: &Task) -> bool {
 /// node still satisfies the new constraints where it is (as Swarm).
 pub fn is_task_dirty(view: &MemoryStore, service: &Service, t: &Task) -> bool {
     let want = &service.spec.task_template;
+    // Published ports and the endpoint mode live outside the task spec: an allocated task made for other ones
+    // is out of date too (as Swarm).
+    let default = crate::api::EndpointSpec::default();
+    let made_for = t.endpoint.as_ref().map_or(&default, |e| &e.spec);
+    if t.status.state > TaskState::New && *made_for != service.spec.endpoint_spec {
+        return true;
+    }
     if t.spec == *want {
         return false;
     }

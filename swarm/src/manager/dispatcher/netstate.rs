@@ -1,0 +1,382 @@
+//! Each node's [`NetworkState`]: the networks its tasks are on (and `ingress`), every task endpoint on them
+//! wherever it runs, the services reachable on them plus every service publishing an ingress port (every node
+//! serves the routing mesh), and the node's own ingress address.
+//!
+//! One [`Hub`] per running dispatcher watches the store and, on changes that touch networks (coalesced over
+//! [`COALESCE`]), rebuilds one shared [`Snapshot`] indexed by network; each session cuts its node's state out of
+//! it and sends it when it differs from what it sent last. A cluster without networks pays one cheap check per
+//! store event and no rebuild.
+
+use crate::api::{
+    NetworkAttachment, NetworkEndpoint, NetworkState, Object, PublishMode, Service, ServiceEndpoint, Task, TaskState,
+};
+use crate::manager::store::{Event, EventAction, MemoryStore, Store};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{broadcast, watch};
+use tokio_util::sync::CancellationToken;
+
+/// How long network-touching changes are gathered into one rebuild (and so at most how often nodes are sent a
+/// new state): well under a heartbeat, so a killed task stops being a backend within one.
+pub const COALESCE: Duration = Duration::from_millis(50);
+
+/// The longest a session holds back tasks on networks for the snapshot that includes them.
+const WAIT_FOR_SNAPSHOT: Duration = Duration::from_secs(1);
+
+/// Everything the nodes' states are cut from, built from one view.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    ingress: Option<String>,
+    networks: BTreeMap<String, crate::api::Network>,
+    /// Task endpoints by network, in (task id) order.
+    endpoints: BTreeMap<String, Vec<NetworkEndpoint>>,
+    /// The networks each node has live tasks on.
+    node_networks: HashMap<String, BTreeSet<String>>,
+    /// Services, with the networks they are reachable on and whether they publish on the routing mesh.
+    services: Vec<(ServiceEndpoint, BTreeSet<String>, bool)>,
+    node_attachments: HashMap<String, Vec<NetworkAttachment>>,
+}
+
+/// Whether `t` is an endpoint: placed on a node and not yet ended.
+fn live(t: &Task) -> bool {
+    !t.node_id.is_empty() && t.status.state >= TaskState::Assigned && !t.status.state.is_terminal()
+}
+
+/// Whether `t` takes traffic: running and meant to.
+fn serving(t: &Task) -> bool {
+    t.status.state == TaskState::Running && t.desired_state == TaskState::Running
+}
+
+fn ip_of(cidr: &str) -> &str {
+    cidr.split('/').next().unwrap_or(cidr)
+}
+
+impl Snapshot {
+    /// Builds the snapshot from `view`.
+    pub fn build(view: &MemoryStore) -> Snapshot {
+        let mut s = Snapshot {
+            ingress: view.networks().find(|n| n.spec.ingress).map(|n| n.id.clone()),
+            networks: view.networks().map(|n| (n.id.clone(), n.clone())).collect(),
+            ..Default::default()
+        };
+        let mut service_networks: HashMap<&str, BTreeSet<String>> = HashMap::new();
+        for t in view.tasks().filter(|t| !t.networks.is_empty() && live(t)) {
+            let node_addr = view.node(&t.node_id).map(|n| n.status.addr.clone()).unwrap_or_default();
+            for a in t.networks.iter().filter(|a| s.networks.contains_key(&a.network_id)) {
+                s.node_networks.entry(t.node_id.clone()).or_default().insert(a.network_id.clone());
+                service_networks.entry(&t.service_id).or_default().insert(a.network_id.clone());
+                for addr in &a.addresses {
+                    s.endpoints.entry(a.network_id.clone()).or_default().push(NetworkEndpoint {
+                        network_id: a.network_id.clone(),
+                        task_id: t.id.clone(),
+                        service_id: t.service_id.clone(),
+                        node_id: t.node_id.clone(),
+                        node_addr: node_addr.clone(),
+                        ip: ip_of(addr).to_string(),
+                        aliases: a.aliases.clone(),
+                        serving: serving(t),
+                    });
+                }
+            }
+        }
+        for s_ in view.services() {
+            let Some(e) = &s_.endpoint else {
+                if let Some(nets) = service_networks.get(s_.id.as_str()) {
+                    s.services.push((service_endpoint(s_), nets.clone(), false));
+                }
+                continue;
+            };
+            let mut nets = service_networks.get(s_.id.as_str()).cloned().unwrap_or_default();
+            nets.extend(e.virtual_ips.iter().map(|v| v.network_id.clone()));
+            let mesh = e.ports.iter().any(|p| p.publish_mode == PublishMode::Ingress);
+            if !nets.is_empty() || mesh {
+                s.services.push((service_endpoint(s_), nets, mesh));
+            }
+        }
+        for n in view.nodes().filter(|n| !n.attachments.is_empty()) {
+            s.node_attachments.insert(n.id.clone(), n.attachments.clone());
+        }
+        s
+    }
+
+    /// The state of `node_id`: `None` while the cluster has no network at all.
+    pub fn state_for(&self, node_id: &str) -> Option<NetworkState> {
+        if self.networks.is_empty() {
+            return None;
+        }
+        let mut nets: BTreeSet<&String> = self.node_networks.get(node_id).into_iter().flatten().collect();
+        nets.extend(self.ingress.as_ref());
+        Some(NetworkState {
+            networks: nets.iter().filter_map(|id| self.networks.get(*id).cloned()).collect(),
+            endpoints: nets.iter().flat_map(|id| self.endpoints.get(*id).into_iter().flatten().cloned()).collect(),
+            services: self
+                .services
+                .iter()
+                .filter(|(_, on, mesh)| *mesh || on.iter().any(|n| nets.contains(n)))
+                .map(|(s, _, _)| s.clone())
+                .collect(),
+            node_attachments: self.node_attachments.get(node_id).cloned().unwrap_or_default(),
+        })
+    }
+}
+
+fn service_endpoint(s: &Service) -> ServiceEndpoint {
+    let e = s.endpoint.as_ref();
+    ServiceEndpoint {
+        service_id: s.id.clone(),
+        name: s.spec.annotations.name.clone(),
+        mode: s.spec.endpoint_spec.mode,
+        virtual_ips: e.map(|e| e.virtual_ips.clone()).unwrap_or_default(),
+        ports: e.map(|e| e.ports.clone()).unwrap_or_default(),
+    }
+}
+
+/// Whether a store change can change some node's network state.
+pub fn touches_networks(ev: &Event) -> bool {
+    match (&ev.object, &ev.old) {
+        (Object::Network(_), _) => true,
+        (Object::Service(s), old) => {
+            let old = match old {
+                Some(Object::Service(o)) => Some(o),
+                _ => None,
+            };
+            let has = |s: &Service| s.endpoint.is_some() || !s.spec.task_template.networks.is_empty();
+            (has(s) || old.is_some_and(has))
+                && (ev.action != EventAction::Update
+                    || old
+                        .is_none_or(|o| o.endpoint != s.endpoint || o.spec.annotations.name != s.spec.annotations.name))
+        }
+        (Object::Task(t), old) => {
+            let old = match old {
+                Some(Object::Task(o)) => Some(o),
+                _ => None,
+            };
+            fn seen(t: &Task) -> (bool, bool, &str, &[NetworkAttachment]) {
+                (live(t), serving(t), &t.node_id, &t.networks)
+            }
+            (!t.networks.is_empty() || old.is_some_and(|o| !o.networks.is_empty()))
+                && (ev.action != EventAction::Update || old.is_none_or(|o| seen(o) != seen(t)))
+        }
+        (Object::Node(n), old) => match old {
+            Some(Object::Node(o)) if ev.action == EventAction::Update => {
+                o.attachments != n.attachments || o.status.addr != n.status.addr
+            }
+            _ => true,
+        },
+        (Object::Cluster(_), _) => false,
+    }
+}
+
+/// The shared snapshot, rebuilt while the dispatcher runs.
+#[derive(Clone)]
+pub struct Hub {
+    tx: Arc<watch::Sender<Arc<Snapshot>>>,
+}
+
+impl Default for Hub {
+    fn default() -> Self {
+        Hub { tx: Arc::new(watch::channel(Arc::new(Snapshot::default())).0) }
+    }
+}
+
+impl Hub {
+    /// Builds the snapshot from `store` at once (before sessions are served).
+    pub fn prime(&self, store: &Store) {
+        self.tx.send_replace(store.view(|v| Arc::new(Snapshot::build(v))));
+    }
+
+    /// Keeps the snapshot current from `store` until `stopped`.
+    pub async fn run(&self, store: Store, stopped: CancellationToken) {
+        let (first, mut events) = store.view_and_watch(|v| Arc::new(Snapshot::build(v)));
+        self.tx.send_replace(first);
+        loop {
+            let mut dirty = false;
+            while !dirty {
+                let ev = tokio::select! {
+                    _ = stopped.cancelled() => return,
+                    ev = events.recv() => ev,
+                };
+                match ev {
+                    Ok(ev) => dirty = touches_networks(&ev),
+                    Err(broadcast::error::RecvError::Lagged(_)) => dirty = true,
+                    Err(broadcast::error::RecvError::Closed) => return,
+                }
+            }
+            tokio::select! {
+                _ = stopped.cancelled() => return,
+                _ = tokio::time::sleep(COALESCE) => {}
+            }
+            // What came meanwhile is in the view read next.
+            while let Ok(_) | Err(broadcast::error::TryRecvError::Lagged(_)) = events.try_recv() {}
+            let snap = store.view(|v| Arc::new(Snapshot::build(v)));
+            self.tx.send_replace(snap);
+        }
+    }
+
+    /// A session's view of the snapshot for `node_id`.
+    pub fn session(&self, node_id: &str) -> NodeNetworkState {
+        NodeNetworkState { node_id: node_id.into(), rx: self.tx.subscribe(), sent: None }
+    }
+}
+
+/// What one session sent of its node's network state.
+pub struct NodeNetworkState {
+    node_id: String,
+    rx: watch::Receiver<Arc<Snapshot>>,
+    sent: Option<NetworkState>,
+}
+
+impl NodeNetworkState {
+    /// The whole state, for a `Complete` message (`None` while no network exists).
+    pub fn complete(&mut self) -> Option<NetworkState> {
+        let state = self.rx.borrow_and_update().state_for(&self.node_id);
+        self.sent = state.clone();
+        state
+    }
+
+    /// The state if it differs from what was sent last, for an `Incremental` message.
+    pub fn if_changed(&mut self) -> Option<NetworkState> {
+        let state = self.rx.borrow_and_update().state_for(&self.node_id);
+        if state.is_none() || state == self.sent {
+            return None;
+        }
+        self.sent = state.clone();
+        state
+    }
+
+    /// Resolves when the snapshot was rebuilt.
+    pub async fn changed(&mut self) {
+        if self.rx.changed().await.is_err() {
+            std::future::pending::<()>().await
+        }
+    }
+
+    /// Waits (a bounded time) until the snapshot has every network of `tasks`, so that tasks on networks reach
+    /// the node with, or after, the state that holds their networks.
+    pub async fn cover(&mut self, tasks: &[Task]) {
+        let needed: BTreeSet<&str> = tasks
+            .iter()
+            .filter(|t| !t.desired_state.is_terminal())
+            .flat_map(|t| t.networks.iter().map(|a| a.network_id.as_str()))
+            .collect();
+        if needed.is_empty() {
+            return;
+        }
+        let node_id = self.node_id.clone();
+        let covered = |s: &Arc<Snapshot>| {
+            let nets = s.node_networks.get(&node_id);
+            needed.iter().all(|n| nets.is_some_and(|ns| ns.contains(*n)) || !s.networks.contains_key(*n))
+        };
+        let _ = tokio::time::timeout(WAIT_FOR_SNAPSHOT, self.rx.wait_for(covered)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{Endpoint, Network, NetworkSpec, PortConfig, VirtualIp};
+    use crate::testing::{node, service, task};
+
+    fn net(id: &str, ingress: bool) -> Network {
+        Network {
+            id: id.into(),
+            meta: Default::default(),
+            spec: NetworkSpec { ingress, ..Default::default() },
+            vni: 4096,
+            subnet: "10.0.0.0/24".into(),
+            gateway: "10.0.0.1".into(),
+        }
+    }
+
+    fn on(mut t: Task, node_id: &str, state: TaskState, nets: &[(&str, &str)]) -> Task {
+        t.node_id = node_id.into();
+        t.status.state = state;
+        t.networks = nets
+            .iter()
+            .map(|(n, a)| NetworkAttachment { network_id: (*n).into(), addresses: vec![(*a).into()], aliases: vec![] })
+            .collect();
+        t
+    }
+
+    /// `front` has web's tasks on n1 (running) and n2 (failed); `back` has db's task on n3; api publishes on
+    /// the mesh only.
+    fn view() -> MemoryStore {
+        let mut n1 = node("n1", "h1");
+        n1.status.addr = "192.168.0.1".into();
+        n1.attachments = vec![NetworkAttachment {
+            network_id: "ing".into(),
+            addresses: vec!["10.0.0.9/24".into()],
+            aliases: vec![],
+        }];
+        let mut web = service("sw", "web", 2);
+        web.endpoint = Some(Endpoint {
+            virtual_ips: vec![VirtualIp { network_id: "front".into(), addr: "10.0.1.2/24".into() }],
+            ..Default::default()
+        });
+        let mut api = service("sa", "api", 1);
+        api.endpoint = Some(Endpoint {
+            ports: vec![PortConfig { target_port: 80, published_port: 30000, ..Default::default() }],
+            virtual_ips: vec![VirtualIp { network_id: "ing".into(), addr: "10.0.0.2/24".into() }],
+            ..Default::default()
+        });
+        let mut db = service("sd", "db", 1);
+        db.endpoint = Some(Endpoint {
+            virtual_ips: vec![VirtualIp { network_id: "back".into(), addr: "10.0.2.2/24".into() }],
+            ..Default::default()
+        });
+        MemoryStore::from_objects(vec![
+            net("ing", true).into(),
+            net("front", false).into(),
+            net("back", false).into(),
+            n1.into(),
+            node("n2", "h2").into(),
+            web.into(),
+            api.into(),
+            db.into(),
+            on(task("w1", "sw", 1), "n1", TaskState::Running, &[("front", "10.0.1.3/24")]).into(),
+            on(task("w2", "sw", 2), "n2", TaskState::Failed, &[("front", "10.0.1.4/24")]).into(),
+            on(task("d1", "sd", 1), "n3", TaskState::Running, &[("back", "10.0.2.3/24")]).into(),
+        ])
+    }
+
+    #[test]
+    fn a_node_gets_its_networks_their_endpoints_and_every_mesh_service() {
+        let snap = Snapshot::build(&view());
+        let s = snap.state_for("n1").unwrap();
+        assert_eq!(s.networks.iter().map(|n| n.id.as_str()).collect::<Vec<_>>(), vec!["front", "ing"]);
+        let eps: Vec<(&str, &str, &str, bool)> =
+            s.endpoints.iter().map(|e| (e.task_id.as_str(), e.ip.as_str(), e.node_addr.as_str(), e.serving)).collect();
+        assert_eq!(eps, vec![("w1", "10.0.1.3", "192.168.0.1", true)], "the failed task is no endpoint");
+        let svcs: Vec<&str> = s.services.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(svcs, vec!["api", "web"], "db's network is not n1's");
+        assert_eq!(s.node_attachments[0].addresses, vec!["10.0.0.9/24".to_string()]);
+
+        // A node with no task on a network still serves the mesh.
+        let s = snap.state_for("n2").unwrap();
+        assert_eq!(s.networks.iter().map(|n| n.id.as_str()).collect::<Vec<_>>(), vec!["ing"]);
+        assert_eq!(s.services.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(), vec!["api"]);
+        assert!(Snapshot::build(&MemoryStore::new()).state_for("n1").is_none(), "no network, no state");
+    }
+
+    #[test]
+    fn only_changes_that_touch_networks_rebuild() {
+        let v = view();
+        let ev = |action, object: Object, old: Option<Object>| Event { action, object, old, index: 1 };
+        let w1 = v.task("w1").unwrap().clone();
+        let mut reported = w1.clone();
+        reported.status.message = "still running".into();
+        assert!(!touches_networks(&ev(EventAction::Update, reported.into(), Some(w1.clone().into()))));
+        let mut killed = w1.clone();
+        killed.status.state = TaskState::Failed;
+        assert!(touches_networks(&ev(EventAction::Update, killed.into(), Some(w1.clone().into()))));
+        let plain = task("p", "sx", 1);
+        let mut plain2 = plain.clone();
+        plain2.status.state = TaskState::Running;
+        assert!(!touches_networks(&ev(EventAction::Update, plain2.into(), Some(plain.into()))), "no networks");
+        let n = v.node("n2").unwrap().clone();
+        let mut beat = n.clone();
+        beat.status.message = "x".into();
+        assert!(!touches_networks(&ev(EventAction::Update, beat.into(), Some(n.into()))));
+    }
+}
