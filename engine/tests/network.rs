@@ -235,9 +235,11 @@ async fn tasks_find_each_other_reach_out_and_are_published_then_everything_goes(
     let mut client = task(&[
         "sh",
         "-c",
-        "cat /etc/resolv.conf; until wget -q -T 2 -O /tmp/r http://web/; do sleep 0.2; done; \
-         for i in 1 2 3 4 5 6; do wget -q -T 2 -O - http://web/; done; \
-         wget -q -T 2 -O - http://198.51.100.2:8000/; echo END; exec sleep 1000",
+        // nslookup is busybox's own resolver (reading /etc/resolv.conf); nc then talks HTTP/1.0 to the VIP.
+        "cat /etc/resolv.conf; vip=$(nslookup web | sed -n '/^Name:/,$s/^Address: *//p' | head -n 1); \
+         echo \"web is $vip\"; get() { printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 2 $1 $2; }; \
+         until get $vip 80 | grep -q 200; do sleep 0.2; done; \
+         for i in 1 2 3 4 5 6; do get $vip 80; echo; done; get 198.51.100.2 8000; echo END; exec sleep 1000",
     ]);
     client.service_id = CLIENT.into();
     client.networks = vec![attach(BACKEND, &backend_ip(5), &[])];
@@ -258,6 +260,7 @@ async fn tasks_find_each_other_reach_out_and_are_published_then_everything_goes(
     step!("inside the client: resolv.conf, the service by name through its VIP, round-robin, egress");
     let out = stdout_until(&env, &client, "END").await;
     assert!(out.contains("nameserver 127.0.0.11") && out.contains("options ndots:0"), "{out}");
+    assert!(out.contains(&format!("web is {WEB_VIP}\n")), "the container resolves the service to its VIP: {out}");
     let (h1, h2) = (w1.id[..12].to_string(), w2.id[..12].to_string());
     let mut seen: HashMap<&str, usize> = HashMap::new();
     for l in out.lines() {
