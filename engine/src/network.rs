@@ -300,7 +300,8 @@ impl Dataplane {
     pub async fn cleanup_stale(self: &Arc<Self>) -> Result<usize, NetError> {
         let me = self.clone();
         blocking(move || {
-            let mut n = netmesh::cleanup_all(&me.cfg.host).map_err(|e| NetError::Io {
+            let mut n = usize::from(me.delete_host_ingress()?);
+            n += netmesh::cleanup_all(&me.cfg.host).map_err(|e| NetError::Io {
                 what: "cleaning up",
                 path: me.cfg.state_dir.clone(),
                 source: std::io::Error::other(e.to_string()),
@@ -335,7 +336,7 @@ impl Dataplane {
         }
         let me = self.clone();
         blocking(move || {
-            let mut n = ids.len();
+            let mut n = ids.len() + usize::from(me.delete_host_ingress()?);
             n += netmesh::cleanup_all(&me.cfg.host).map_err(|e| NetError::Io {
                 what: "cleaning up",
                 path: me.cfg.state_dir.clone(),
@@ -793,6 +794,24 @@ impl Dataplane {
         info!(network.id = %net.id, address = %addr, "host attached to the ingress network");
         inner.host_ingress = Some(want);
         Ok(())
+    }
+
+    /// Deletes the host's end of the ingress attachment now (it would go with the ingress sandbox, but the
+    /// kernel frees a deleted namespace's devices asynchronously). Returns whether there was one.
+    fn delete_host_ingress(&self) -> Result<bool, NetError> {
+        let name = self.host_ingress_ifname();
+        let n = name.as_str();
+        let r = netns::with_netlink(self.cfg.host.netns.as_deref(), |h| async move {
+            match netns::link_index(&h, n).await? {
+                Some(i) => h.link().del(i).execute().await.map(|_| true),
+                None => Ok(false),
+            }
+        })?;
+        r.map_err(|e| NetError::Io {
+            what: "deleting the host's ingress interface",
+            path: PathBuf::from(name.clone()),
+            source: std::io::Error::other(e.to_string()),
+        })
     }
 
     fn host_ingress_ifname(&self) -> String {

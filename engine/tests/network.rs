@@ -160,7 +160,9 @@ fn state(web: &[(&Task, u8, bool)], rr: &Task, client: &Task) -> NetworkState {
         endpoints.push(endpoint(t, BACKEND, &backend_ip(*n), *serving));
         endpoints.push(endpoint(t, INGRESS, &ingress_ip(*n), *serving));
     }
-    endpoints.push(endpoint(rr, BACKEND, &backend_ip(6), true));
+    let mut rr_ep = endpoint(rr, BACKEND, &backend_ip(6), true);
+    rr_ep.aliases = vec!["db".into()];
+    endpoints.push(rr_ep);
     endpoints.push(endpoint(client, BACKEND, &backend_ip(5), true));
     NetworkState {
         networks: vec![network(BACKEND, "10.77.0.0/24", 4200, false), network(INGRESS, "10.78.0.0/24", 4201, true)],
