@@ -476,11 +476,18 @@ async fn network_figures() {
 
     let (c2, h2) = (c.clone(), host.clone());
     let figures = tokio::task::spawn_blocking(move || {
-        let n = 300;
-        let d = connection_rate(&c2, direct, n);
-        let v = connection_rate(&c2, vip, n);
-        let hd = connection_rate(&h2, format!("{}:80", ingress_ip(3)).parse().unwrap(), n);
-        let m = connection_rate(&h2, SocketAddr::from((HOST_WAN, 8080)), n);
+        // Interleaved rounds, best of each: the machine is shared, and a round of one path must not meet a
+        // quieter moment than the other's.
+        let best = |a: (f64, Duration), b: (f64, Duration)| (a.0.max(b.0), a.1.min(b.1));
+        let zero = (0.0, Duration::MAX);
+        let (mut d, mut v, mut hd, mut m) = (zero, zero, zero, zero);
+        let direct_ingress: SocketAddr = format!("{}:80", ingress_ip(3)).parse().unwrap();
+        for _ in 0..5 {
+            d = best(d, connection_rate(&c2, direct, 200));
+            v = best(v, connection_rate(&c2, vip, 200));
+            hd = best(hd, connection_rate(&h2, direct_ingress, 200));
+            m = best(m, connection_rate(&h2, SocketAddr::from((HOST_WAN, 8080)), 200));
+        }
         let dns = dns_rate(&c2, "web", 2000);
         (d, v, hd, m, dns)
     })
