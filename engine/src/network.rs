@@ -48,20 +48,39 @@ pub enum NetError {
     #[error("invalid address {addr:?} on network {network}: {reason}")]
     BadAddress { network: String, addr: String, reason: String },
     #[error(transparent)]
-    Overlay(#[from] overlay::OverlayError),
+    Overlay(Box<overlay::OverlayError>),
     #[error(transparent)]
-    Egress(#[from] egress::EgressError),
+    Egress(Box<egress::EgressError>),
     #[error(transparent)]
-    Rules(#[from] netmesh::lb::LbError),
+    Rules(Box<netmesh::lb::LbError>),
     #[error(transparent)]
-    Netns(#[from] netns::NetnsError),
+    Netns(Box<netns::NetnsError>),
     #[error(transparent)]
-    Dns(#[from] netmesh::dns::DnsError),
+    Dns(Box<netmesh::dns::DnsError>),
     #[error("the egress subnet {0} is full")]
     EgressFull(Ipv4Net),
     #[error("{what} {path}: {source}")]
     Io { what: &'static str, path: PathBuf, source: std::io::Error },
 }
+
+/// Boxed: netmesh's errors are large, and every result here carries one.
+macro_rules! boxed_from {
+    ($($variant:ident: $ty:ty),*) => {$(
+        impl From<$ty> for NetError {
+            fn from(e: $ty) -> Self {
+                NetError::$variant(Box::new(e))
+            }
+        }
+    )*};
+}
+
+boxed_from!(
+    Overlay: overlay::OverlayError,
+    Egress: egress::EgressError,
+    Rules: netmesh::lb::LbError,
+    Netns: netns::NetnsError,
+    Dns: netmesh::dns::DnsError
+);
 
 impl From<NetError> for swarm::agent::exec::ExecError {
     fn from(e: NetError) -> Self {
@@ -401,7 +420,11 @@ impl Dataplane {
     }
 
     /// Wires `task` (idempotent): `None` for a task without networks or host ports (loopback only).
-    pub async fn prepare_task(self: &Arc<Self>, task: &Task, task_dir: PathBuf) -> Result<Option<TaskWiring>, NetError> {
+    pub async fn prepare_task(
+        self: &Arc<Self>,
+        task: &Task,
+        task_dir: PathBuf,
+    ) -> Result<Option<TaskWiring>, NetError> {
         let host_ports: Vec<(PortProtocol, u16, u16)> = task
             .endpoint
             .iter()
@@ -435,8 +458,8 @@ impl Dataplane {
             let addr = parse_net(&net.id, addr)?;
             interfaces.push(Iface { network_id: net.id.clone(), ifname: format!("eth{i}"), addr });
         }
-        let all_internal =
-            !task.networks.is_empty() && task.networks.iter().all(|a| inner.nets.get(&a.network_id).is_some_and(|n| n.internal));
+        let all_internal = !task.networks.is_empty()
+            && task.networks.iter().all(|a| inner.nets.get(&a.network_id).is_some_and(|n| n.internal));
         let egress = if all_internal && host_ports.is_empty() {
             None
         } else {
@@ -460,7 +483,12 @@ impl Dataplane {
         if !inner.tasks.contains_key(&task.id) {
             inner.tasks.insert(
                 task.id.clone(),
-                LocalTask { record: record.clone(), dns: None, balancer: Balancer::new(ns_path.clone()), attached: false },
+                LocalTask {
+                    record: record.clone(),
+                    dns: None,
+                    balancer: Balancer::new(ns_path.clone()),
+                    attached: false,
+                },
             );
         }
         let local = inner.tasks.get_mut(&task.id).expect("inserted");
@@ -493,11 +521,7 @@ impl Dataplane {
     fn next_egress(&self, inner: &Inner) -> Result<Ipv4Addr, NetError> {
         let used: BTreeSet<Ipv4Addr> = inner.tasks.values().filter_map(|t| t.record.egress).collect();
         let gw = self.cfg.egress.addr();
-        self.cfg
-            .egress
-            .hosts()
-            .find(|ip| *ip != gw && !used.contains(ip))
-            .ok_or(NetError::EgressFull(self.cfg.egress))
+        self.cfg.egress.hosts().find(|ip| *ip != gw && !used.contains(ip)).ok_or(NetError::EgressFull(self.cfg.egress))
     }
 
     /// Makes a recorded task's namespace, veths, DNS server and balancer (again).
@@ -525,7 +549,14 @@ impl Dataplane {
                 inner.egress_ready = true;
             }
             let ifname = format!("eth{}", record.interfaces.len());
-            egress::attach(&self.cfg.host, &ns_path, &ifname, ip, self.cfg.egress.prefix_len(), self.cfg.egress.addr())?;
+            egress::attach(
+                &self.cfg.host,
+                &ns_path,
+                &ifname,
+                ip,
+                self.cfg.egress.prefix_len(),
+                self.cfg.egress.addr(),
+            )?;
         }
         let networks: Vec<String> = record.interfaces.iter().map(|i| i.network_id.clone()).collect();
         let local = inner.tasks.get_mut(task_id).expect("recorded");
@@ -535,8 +566,7 @@ impl Dataplane {
                 // A server of an earlier run (or dataplane) may still be closing its socket: retry briefly.
                 let mut tries = 0;
                 let dns = loop {
-                    let start =
-                        DnsServer::start(&ns_path, self.records.clone(), networks.clone(), &self.cfg.upstream);
+                    let start = DnsServer::start(&ns_path, self.records.clone(), networks.clone(), &self.cfg.upstream);
                     match self.rt.block_on(start) {
                         Err(netmesh::dns::DnsError::Socket { source, .. })
                             if source.kind() == std::io::ErrorKind::AddrInUse && tries < 20 =>
@@ -762,11 +792,8 @@ impl Dataplane {
     /// Attaches the host to the ingress sandbox with the node's own ingress address.
     fn apply_host_ingress(&self, inner: &mut Inner, state: &NetworkState, force: bool) -> Result<(), NetError> {
         let Some(net) = inner.nets.values().find(|n| n.ingress).cloned() else { return Ok(()) };
-        let Some(addr) = state
-            .node_attachments
-            .iter()
-            .find(|a| a.network_id == net.id)
-            .and_then(|a| a.addresses.first())
+        let Some(addr) =
+            state.node_attachments.iter().find(|a| a.network_id == net.id).and_then(|a| a.addresses.first())
         else {
             return Ok(());
         };
@@ -840,7 +867,9 @@ impl Dataplane {
                 let mut backends: Vec<Ipv4Addr> = state
                     .endpoints
                     .iter()
-                    .filter(|e| e.serving && e.service_id == s.service_id && Some(&e.network_id) == ingress_net.as_ref())
+                    .filter(|e| {
+                        e.serving && e.service_id == s.service_id && Some(&e.network_id) == ingress_net.as_ref()
+                    })
                     .filter_map(|e| parse_ip(&e.network_id, &e.ip).ok())
                     .collect();
                 backends.sort();
@@ -914,9 +943,12 @@ fn dns_names(state: &NetworkState, nets: &BTreeMap<String, Net>) -> BTreeMap<Str
     for net in nets.keys() {
         let names = out.entry(net.clone()).or_default();
         for s in &state.services {
-            let eps: Vec<_> = state.endpoints.iter().filter(|e| e.service_id == s.service_id && e.network_id == *net).collect();
+            let eps: Vec<_> =
+                state.endpoints.iter().filter(|e| e.service_id == s.service_id && e.network_id == *net).collect();
             let vip = match s.mode {
-                EndpointMode::Vip => s.virtual_ips.iter().find(|v| v.network_id == *net).and_then(|v| parse_ip(net, &v.addr).ok()),
+                EndpointMode::Vip => {
+                    s.virtual_ips.iter().find(|v| v.network_id == *net).and_then(|v| parse_ip(net, &v.addr).ok())
+                }
                 EndpointMode::Dnsrr => None,
             };
             if eps.is_empty() && vip.is_none() {
@@ -955,9 +987,10 @@ fn load_records(state_dir: &Path) -> Vec<TaskRecord> {
     let mut out = Vec::new();
     for e in entries.filter_map(|e| e.ok()) {
         let p = e.path();
-        match std::fs::read(&p).map_err(|e| e.to_string()).and_then(|b| {
-            serde_json::from_slice::<TaskRecord>(&b).map_err(|e| e.to_string())
-        }) {
+        match std::fs::read(&p)
+            .map_err(|e| e.to_string())
+            .and_then(|b| serde_json::from_slice::<TaskRecord>(&b).map_err(|e| e.to_string()))
+        {
             Ok(r) if r.format == TASK_RECORD_FORMAT => out.push(r),
             Ok(r) => warn!(path = %p.display(), format = r.format, "task network record of an unknown format"),
             Err(e) => warn!(path = %p.display(), error = %e, "unreadable task network record"),
@@ -969,7 +1002,11 @@ fn load_records(state_dir: &Path) -> Vec<TaskRecord> {
 /// Runs kernel work on the blocking pool.
 async fn blocking<R: Send + 'static>(f: impl FnOnce() -> Result<R, NetError> + Send + 'static) -> Result<R, NetError> {
     tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| {
-        Err(NetError::Io { what: "dataplane worker", path: PathBuf::new(), source: std::io::Error::other(e.to_string()) })
+        Err(NetError::Io {
+            what: "dataplane worker",
+            path: PathBuf::new(),
+            source: std::io::Error::other(e.to_string()),
+        })
     })
 }
 
@@ -1051,7 +1088,11 @@ mod tests {
             task_id: "x".into(),
             service_id: "s2".into(),
             netns: "x".into(),
-            interfaces: vec![Iface { network_id: "n1".into(), ifname: "eth0".into(), addr: "10.0.1.5/24".parse().unwrap() }],
+            interfaces: vec![Iface {
+                network_id: "n1".into(),
+                ifname: "eth0".into(),
+                addr: "10.0.1.5/24".parse().unwrap(),
+            }],
             egress: None,
             host_ports: vec![],
         };

@@ -178,7 +178,12 @@ fn state(web: &[(&Task, u8, bool)], rr: &Task, client: &Task) -> NetworkState {
                 ],
                 ports: vec![published()],
             },
-            ServiceEndpoint { service_id: RR.into(), name: "rr".into(), mode: EndpointMode::Dnsrr, ..Default::default() },
+            ServiceEndpoint {
+                service_id: RR.into(),
+                name: "rr".into(),
+                mode: EndpointMode::Dnsrr,
+                ..Default::default()
+            },
             ServiceEndpoint { service_id: CLIENT.into(), name: "client".into(), ..Default::default() },
         ],
         node_attachments: vec![attach(INGRESS, &ingress_ip(2), &[])],
@@ -289,7 +294,8 @@ async fn tasks_find_each_other_reach_out_and_are_published_then_everything_goes(
     step!("the published port on the host reaches both tasks through the ingress overlay, masqueraded");
     let mut seen: HashMap<String, usize> = HashMap::new();
     for i in 0..10 {
-        let body = http_get(&outside, SocketAddr::from((HOST_WAN, 8080))).unwrap_or_else(|e| panic!("request {i}: {e}"));
+        let body =
+            http_get(&outside, SocketAddr::from((HOST_WAN, 8080))).unwrap_or_else(|e| panic!("request {i}: {e}"));
         *seen.entry(body).or_default() += 1;
     }
     assert_eq!((seen.get(&h1), seen.get(&h2)), (Some(&5), Some(&5)), "{seen:?}");
@@ -368,7 +374,11 @@ async fn host_mode_ports_keep_the_client_address_and_internal_networks_have_no_e
     wait_for("httpd logging the client's address", Duration::from_secs(10), || async {
         let recs = common::log_records(&log);
         let text: String = recs.iter().map(|r| r["log"].as_str().unwrap_or_default()).collect();
-        if text.contains(&OUTSIDE.to_string()) { Ok(()) } else { Err(text) }
+        if text.contains(&OUTSIDE.to_string()) {
+            Ok(())
+        } else {
+            Err(text)
+        }
     })
     .await;
 
@@ -494,7 +504,11 @@ async fn network_figures() {
     .await
     .unwrap();
     let ((d, ds), (v, vs), (hd, hds), (m, ms), (qps, p99)) = figures;
-    println!("net bench: VIP {v:.0} req/s vs direct {d:.0} (ratio {:.2}); connection setup {vs:?} vs {ds:?} (ratio {:.2})", v / d, vs.as_secs_f64() / ds.as_secs_f64());
+    println!(
+        "net bench: VIP {v:.0} req/s vs direct {d:.0} (ratio {:.2}); connection setup {vs:?} vs {ds:?} (ratio {:.2})",
+        v / d,
+        vs.as_secs_f64() / ds.as_secs_f64()
+    );
     println!("net bench: mesh {m:.0} req/s vs direct {hd:.0} (ratio {:.2}); connection setup {ms:?} vs {hds:?} (ratio {:.2})", m / hd, ms.as_secs_f64() / hds.as_secs_f64());
     println!("net bench: DNS {qps:.0} queries/s, p99 {p99:?}");
 
@@ -511,7 +525,10 @@ async fn network_figures() {
     while (by_name.is_none() || by_mesh.is_none()) && t0.elapsed() < Duration::from_secs(20) {
         let (cc, hh, want) = (c.clone(), host.clone(), want.clone());
         let (a, b) = tokio::task::spawn_blocking(move || {
-            (http_get(&cc, vip).is_ok_and(|b| b == want), http_get(&hh, SocketAddr::from((HOST_WAN, 8080))).is_ok_and(|b| b == *want))
+            (
+                http_get(&cc, vip).is_ok_and(|b| b == want),
+                http_get(&hh, SocketAddr::from((HOST_WAN, 8080))).is_ok_and(|b| b == *want),
+            )
         })
         .await
         .unwrap();
