@@ -962,12 +962,18 @@ fn dns_names(state: &NetworkState, nets: &BTreeMap<String, Net>) -> BTreeMap<Str
             let aliases: BTreeSet<&str> = eps.iter().flat_map(|e| e.aliases.iter().map(String::as_str)).collect();
             for n in std::iter::once(s.name.as_str()).chain(aliases) {
                 let n = n.to_ascii_lowercase();
-                if !main.is_empty() {
-                    names.insert(n.clone(), main.clone());
-                }
-                if !tasks.is_empty() {
-                    names.insert(format!("tasks.{n}"), tasks.clone());
-                }
+                // Merged, not replaced: an alias shared by several services names all of their tasks.
+                let mut add = |name: String, ips: &[Ipv4Addr]| {
+                    if ips.is_empty() {
+                        return;
+                    }
+                    let e = names.entry(name).or_default();
+                    e.extend_from_slice(ips);
+                    e.sort();
+                    e.dedup();
+                };
+                add(n.clone(), &main);
+                add(format!("tasks.{n}"), &tasks);
             }
         }
     }
