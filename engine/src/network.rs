@@ -714,7 +714,8 @@ impl Dataplane {
             }
         }
 
-        // Remote endpoints: neighbour + FDB for every endpoint on another node.
+        // Remote endpoints: neighbour + FDB for every endpoint on another node (tasks, and other nodes' own
+        // ingress addresses, to which tasks here answer masqueraded routing-mesh traffic).
         let underlay = self.underlay(inner)?;
         let mut want: BTreeMap<String, Vec<RemoteEndpoint>> = BTreeMap::new();
         for e in &state.endpoints {
@@ -1080,7 +1081,14 @@ mod tests {
             },
         )]
         .into();
+        // Another node's own ingress address comes as an endpoint of no task: programmed as a remote endpoint
+        // (replies to masqueraded mesh traffic go to it), never a name or a backend.
+        let mut node_ep = ep("", "10.0.1.9", false);
+        node_ep.aliases.clear();
+        let mut state = state;
+        state.endpoints.push(node_ep);
         let names = &dns_names(&state, &nets)["n1"];
+        assert!(names.values().all(|ips| !ips.contains(&"10.0.1.9".parse().unwrap())), "{names:?}");
         let ip = |s: &str| s.parse::<Ipv4Addr>().unwrap();
         assert_eq!(names["web"], vec![ip("10.0.1.2")], "the VIP, without its prefix length");
         assert_eq!(names["tasks.web"], vec![ip("10.0.1.3")], "only serving tasks");
