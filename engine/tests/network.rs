@@ -548,3 +548,92 @@ async fn network_figures() {
     }
     dp.cleanup_all().await.unwrap();
 }
+
+/// Two hosts (namespaces on one underlay link, each with its own dataplane): a client task on host A reaches
+/// service `web`, whose only task runs on host B, by name over the VXLAN overlay, and host A's published port
+/// reaches that task too (the routing mesh across hosts: B answers A's ingress address, an endpoint of no task).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn across_two_hosts_by_name_and_through_the_mesh() {
+    let env = Env::start().await;
+    let tag = format!("{:x}x", std::process::id() % 0xffff);
+    let (a, b) = (format!("nt{tag}a"), format!("nt{tag}b"));
+    let _guard = Namespaces(vec![a.clone(), b.clone()]);
+    netns::create(&a).unwrap();
+    netns::create(&b).unwrap();
+    let (ap, bp) = (netns::path(&a), netns::path(&b));
+    let (ua, ub) = (Ipv4Addr::new(192, 168, 77, 1), Ipv4Addr::new(192, 168, 77, 2));
+    let ip = |ns: &Path, args: &[&str]| {
+        let out = netns::command(Some(ns), "ip", args, None).unwrap();
+        assert!(out.status.success(), "ip {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    ip(&ap, &["link", "add", "ul0", "type", "veth", "peer", "name", "ul0", "netns", &b]);
+    ip(&ap, &["addr", "add", &format!("{ua}/24"), "dev", "ul0"]);
+    ip(&ap, &["link", "set", "ul0", "up"]);
+    ip(&bp, &["addr", "add", &format!("{ub}/24"), "dev", "ul0"]);
+    ip(&bp, &["link", "set", "ul0", "up"]);
+    let host = |ns: &Path, name: &str| {
+        let mut cfg = config(&env, ns);
+        cfg.host.prefix = format!("{}{name}", &cfg.host.prefix[..5]);
+        cfg.state_dir = env.data_root.join(format!("network-{name}"));
+        cfg
+    };
+    let (dpa, dpb) = (Dataplane::new(host(&ap, "a-")), Dataplane::new(host(&bp, "b-")));
+    let (ea, eb) = (env.executor().with_network(dpa.clone()), env.executor().with_network(dpb.clone()));
+
+    let w = web_task(3);
+    let mut client = task(&["sleep", "1000"]);
+    client.service_id = CLIENT.into();
+    client.networks = vec![attach(BACKEND, &backend_ip(5), &[])];
+    let rr = task(&["true"]);
+    let mut st = state(&[(&w, 3, true)], &rr, &client);
+    for e in st.endpoints.iter_mut() {
+        e.node_addr = if e.task_id == w.id { ub } else { ua }.to_string();
+    }
+    st.endpoints.retain(|e| e.task_id != rr.id);
+    // Each node's own ingress address, as an endpoint of no task on the ingress network.
+    for (addr, node) in [(ingress_ip(2), ua), (ingress_ip(4), ub)] {
+        st.endpoints.push(NetworkEndpoint {
+            network_id: INGRESS.into(),
+            node_addr: node.to_string(),
+            ip: addr,
+            ..Default::default()
+        });
+    }
+    let mut st_b = st.clone();
+    st_b.node_attachments = vec![attach(INGRESS, &ingress_ip(4), &[])];
+    ea.apply_network_state(&st).await.unwrap();
+    eb.apply_network_state(&st_b).await.unwrap();
+    let (cw, _) = run(&eb, &w).await;
+    let (cc, _) = run(&ea, &client).await;
+
+    step!("the client on A resolves web to its VIP and reaches the task on B through it");
+    let c = netns::path(&dpa.task_netns(&client.id));
+    assert_eq!(nslookup(&c, "web"), vec![WEB_VIP.to_string()]);
+    assert_eq!(nslookup(&c, "tasks.web"), vec![backend_ip(3)]);
+    let want = w.id[..12].to_string();
+    let c2 = c.clone();
+    let got = wait_for("web on B through the VIP from A", Duration::from_secs(15), || async {
+        let c = c2.clone();
+        tokio::task::spawn_blocking(move || http_get(&c, format!("{WEB_VIP}:80").parse().unwrap())).await.unwrap()
+    })
+    .await;
+    assert_eq!(got, want);
+
+    step!("host A's published port reaches the task on B over the ingress overlay");
+    let a2 = ap.clone();
+    let got = wait_for("port 8080 on A", Duration::from_secs(15), || async {
+        let a = a2.clone();
+        tokio::task::spawn_blocking(move || http_get(&a, SocketAddr::from((ua, 8080)))).await.unwrap()
+    })
+    .await;
+    assert_eq!(got, want);
+
+    for c in [cw, cc] {
+        c.terminate().await.unwrap();
+        c.remove().await.unwrap();
+    }
+    for dp in [&dpa, &dpb] {
+        dp.cleanup_all().await.unwrap();
+        assert_eq!(netns::list(&dp.config().host.prefix), Vec::<String>::new());
+    }
+}
