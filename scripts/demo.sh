@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The demo: builds Shoal, puts `shoal` and `shoald` on the PATH (links in /usr/local/bin), starts shoald (which
 # starts its own containerd), makes a one-node swarm, loads the busybox test image and runs a 3-replica service,
-# then shows `service ps` and `service logs`.
+# then shows `service ps` and `service logs`, and publishes a web service on port 8080 whose page it fetches
+# through the routing mesh.
 # It builds the same (debug) binaries as the test command, so running one after the other compiles once.
 # Leaves the daemon running; stop it with: kill $(cat /run/shoal/shoald.pid)
 set -euo pipefail
@@ -38,3 +39,17 @@ for _ in $(seq 50); do
   sleep 0.2
 done
 shoal service logs --tail 1 demo
+
+# The routing mesh: port 8080 on every node leads to the web service's tasks, wherever they run.
+shoal service rm web >/dev/null 2>&1 || true
+shoal service create --name web --replicas 2 -p 8080:80 busybox httpd -f -p 80 -h /var/www
+shoal service ls
+# The host's own address (not 127.0.0.1: published ports are DNATed on the host's addresses).
+addr=$(ip -4 route get 1.1.1.1 2>/dev/null | awk '{for (i = 1; i < NF; i++) if ($i == "src") print $(i + 1)}')
+addr=${addr:-$(hostname -I | awk '{print $1}')}
+echo "fetching http://$addr:8080/ through the routing mesh"
+for _ in $(seq 100); do
+  page=$(busybox wget -q -T 2 -O - "http://$addr:8080/" 2>/dev/null) && break
+  sleep 0.2
+done
+echo "${page:?no answer on port 8080 through the routing mesh}"

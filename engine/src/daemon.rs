@@ -71,8 +71,16 @@ pub async fn run(cfg: DaemonConfig, shutdown: CancellationToken) -> Result<(), D
             engine_labels: cfg.engine_labels(),
             generic_resources,
         },
-    )
-    .with_registries(registries.clone());
+    );
+    // The dataplane: what a crashed run left on the host goes first; tasks still running are re-attached when
+    // the first network state arrives.
+    let net = crate::network::Dataplane::new(crate::network::NetworkConfig::for_data_root(&cfg.data_root));
+    match net.cleanup_stale().await {
+        Ok(n) => tracing::info!(removed = n, prefix = %net.config().host.prefix, "network dataplane ready"),
+        Err(e) => tracing::warn!(error = %e, "removing the network leftovers of an earlier run"),
+    }
+    net.spawn_reconcile(crate::network::RECONCILE_INTERVAL, shutdown.child_token());
+    let executor = executor.with_registries(registries.clone()).with_network(net.clone());
     let node = Arc::new(SwarmNode::new(
         NodeConfig { state_dir: cfg.data_root.join("swarm"), default_advertise_ip: default_route_ip() },
         Arc::new(executor.clone()),
@@ -91,6 +99,11 @@ pub async fn run(cfg: DaemonConfig, shutdown: CancellationToken) -> Result<(), D
     shutdown.cancel();
     let _ = maintenance.await;
     node.shutdown().await;
+    // Host-level devices, sandboxes and tables go; the namespaces of containers that keep running stay for the
+    // next run to re-attach.
+    if let Err(e) = net.cleanup_stale().await {
+        tracing::warn!(error = %e, "removing the network dataplane at shutdown");
+    }
     if let Some(m) = managed {
         m.shutdown().await;
     }

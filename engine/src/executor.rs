@@ -100,6 +100,8 @@ pub struct ContainerdExecutor {
     images: ImageService,
     task_images: TaskImages,
     cfg: Arc<ExecutorConfig>,
+    /// The dataplane; without one, tasks get a loopback-only namespace and network state is ignored.
+    net: Option<Arc<crate::network::Dataplane>>,
 }
 
 fn rt(s: tonic::Status) -> ExecError {
@@ -136,13 +138,23 @@ pub fn parse_signal(s: &str) -> Option<u32> {
 impl ContainerdExecutor {
     pub fn new(ch: Channel, images: ImageService, cfg: ExecutorConfig) -> Self {
         let task_images = TaskImages::new(images.clone(), None);
-        ContainerdExecutor { ch, images, task_images, cfg: Arc::new(cfg) }
+        ContainerdExecutor { ch, images, task_images, cfg: Arc::new(cfg), net: None }
     }
 
     /// Pulls a task's image from its registry when this node does not have it.
     pub fn with_registries(mut self, registries: Registries) -> Self {
         self.task_images = TaskImages::new(self.images.clone(), Some(registries));
         self
+    }
+
+    /// Wires tasks' networks through `net` (see `crate::network`).
+    pub fn with_network(mut self, net: Arc<crate::network::Dataplane>) -> Self {
+        self.net = Some(net);
+        self
+    }
+
+    pub fn network(&self) -> Option<&Arc<crate::network::Dataplane>> {
+        self.net.as_ref()
     }
 
     pub fn config(&self) -> &ExecutorConfig {
@@ -287,7 +299,18 @@ impl Executor for ContainerdExecutor {
     }
 
     async fn remove_task(&self, task_id: &str) -> Result<(), ExecError> {
-        self.delete_all(task_id).await
+        self.delete_all(task_id).await?;
+        if let Some(net) = &self.net {
+            net.remove_task(task_id).await?;
+        }
+        Ok(())
+    }
+
+    async fn apply_network_state(&self, state: &swarm::api::NetworkState) -> Result<(), ExecError> {
+        match &self.net {
+            Some(net) => Ok(net.apply(state.clone()).await?),
+            None => Ok(()),
+        }
     }
 
     async fn logs(
@@ -488,7 +511,12 @@ impl ContainerdController {
     }
 
     /// Prepares the container's snapshot and creates the container, holding `lease`.
-    async fn create(&self, image: &ResolvedImage, lease: &str) -> Result<(), ExecError> {
+    async fn create(
+        &self,
+        image: &ResolvedImage,
+        lease: &str,
+        wiring: Option<&crate::network::TaskWiring>,
+    ) -> Result<(), ExecError> {
         // Decided now and kept on the container: a bad test rejects the task before anything is made.
         let check =
             health::effective(self.task.spec.container.healthcheck.as_ref(), image.config.healthcheck.as_ref())?;
@@ -530,11 +558,15 @@ impl ContainerdController {
             let paths = SpecPaths {
                 volumes: &volumes,
                 users: &users,
-                netns: None,
+                netns: wiring.map(|w| w.netns.as_path()),
                 init_binary: Path::new(spec::DEFAULT_INIT_BINARY),
                 swap_limit: spec::swap_limit_supported(),
             };
-            spec::build(&self.task, &image.config, &paths)
+            let mut s = spec::build(&self.task, &image.config, &paths)?;
+            if let Some(w) = wiring {
+                crate::network::add_files(&mut s, &w.files)?;
+            }
+            Ok(s)
         });
         let oci = match built {
             Ok(s) => s,
@@ -635,10 +667,17 @@ impl Controller for ContainerdController {
         }
         task_rotation(&self.task)?;
         let image = self.exec.task_images.resolve(&self.task).await?;
+        let wiring = match &self.exec.net {
+            Some(net) => {
+                let dir = crate::logs::task_dir(&self.exec.cfg.data_root, self.id());
+                net.prepare_task(&self.task, dir).await?
+            }
+            None => None,
+        };
         // Until the container references it, a fresh snapshot is garbage to containerd's GC (which runs e.g.
         // right after an image import drops its lease): hold a lease from prepare to container create.
         let lease = create_lease(&self.exec.ch, "shoal-prepare", Duration::from_secs(600)).await.map_err(rt)?;
-        let r = self.create(&image, &lease).await;
+        let r = self.create(&image, &lease, wiring.as_ref()).await;
         delete_lease(&self.exec.ch, &lease).await;
         r
     }
@@ -729,7 +768,11 @@ impl Controller for ContainerdController {
 
     #[tracing::instrument(level = "debug", skip_all, fields(task.id = %self.task.id))]
     async fn remove(&self) -> Result<(), ExecError> {
-        self.exec.delete_all(self.id()).await
+        self.exec.delete_all(self.id()).await?;
+        if let Some(net) = &self.exec.net {
+            net.remove_task(self.id()).await?;
+        }
+        Ok(())
     }
 
     async fn inspect(&self) -> Result<Option<ContainerState>, ExecError> {

@@ -11,6 +11,7 @@ pub mod imagefs;
 pub mod jsonfile;
 pub mod localapi;
 pub mod logs;
+pub mod network;
 pub mod oom;
 pub mod registry;
 pub mod seccomp;

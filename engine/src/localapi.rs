@@ -171,6 +171,12 @@ impl Engine for LocalApi {
 
     async fn swarm_leave(&self, req: Request<SwarmLeaveRequest>) -> Result<Response<Empty>, Status> {
         self.node.leave(req.into_inner().force).await.map_err(node_status)?;
+        // The tasks are gone with the membership: so is every network object of this daemon.
+        if let Some(net) = self.executor.network() {
+            if let Err(e) = net.cleanup_all().await {
+                tracing::warn!(error = %e, "removing the network dataplane after leaving the swarm");
+            }
+        }
         Ok(Response::new(Empty {}))
     }
 

@@ -1,5 +1,5 @@
 //! Shoal's network dataplane. It *applies* network state it is given and never allocates addresses (the
-//! manager's allocator does). Not yet wired in: today runc still gives each task a loopback-only namespace.
+//! manager's allocator does). The engine drives it (`engine/src/network.rs`) from the dispatcher's network state.
 //!
 //! - [`netns`]: named network namespaces; running code or commands inside one without moving a tokio worker.
 //! - [`overlay`]: VXLAN overlays (bridge + VXLAN per network in a sandbox namespace, veth per container).

@@ -96,6 +96,21 @@ impl Snapshot {
         }
         for n in view.nodes().filter(|n| !n.attachments.is_empty()) {
             s.node_attachments.insert(n.id.clone(), n.attachments.clone());
+            // A node's own ingress address is an endpoint on the ingress overlay too: a task answering mesh
+            // traffic another node masqueraded replies to that node's address, which must resolve over VXLAN.
+            // It is no task and never a backend (empty task id, not serving).
+            for a in n.attachments.iter().filter(|a| s.ingress.as_deref() == Some(a.network_id.as_str())) {
+                for addr in &a.addresses {
+                    s.endpoints.entry(a.network_id.clone()).or_default().push(NetworkEndpoint {
+                        network_id: a.network_id.clone(),
+                        node_id: n.id.clone(),
+                        node_addr: n.status.addr.clone(),
+                        ip: ip_of(addr).to_string(),
+                        serving: false,
+                        ..Default::default()
+                    });
+                }
+            }
         }
         s
     }
@@ -351,6 +366,14 @@ mod tests {
         let svcs: Vec<&str> = s.services.iter().map(|s| s.name.as_str()).collect();
         assert_eq!(svcs, vec!["api", "web"], "db's network is not n1's");
         assert_eq!(s.node_attachments[0].addresses, vec!["10.0.0.9/24".to_string()]);
+        let n2 = snap.state_for("n2").unwrap();
+        let node_eps: Vec<(&str, &str, &str, bool)> = n2
+            .endpoints
+            .iter()
+            .filter(|e| e.task_id.is_empty())
+            .map(|e| (e.node_id.as_str(), e.ip.as_str(), e.node_addr.as_str(), e.serving))
+            .collect();
+        assert_eq!(node_eps, vec![("n1", "10.0.0.9", "192.168.0.1", false)], "n1's ingress address is an endpoint");
 
         // A node with no task on a network still serves the mesh.
         let s = snap.state_for("n2").unwrap();
