@@ -3,7 +3,7 @@
 mod create;
 mod flags;
 mod logs;
-mod opts;
+pub(crate) mod opts;
 mod pretty;
 mod update;
 
@@ -117,7 +117,7 @@ fn display_image(image: &str) -> String {
 }
 
 /// `service ls` columns: row field and table title (Docker's names).
-const LS_COLUMNS: &[(&str, &str)] = &[
+pub(crate) const LS_COLUMNS: &[(&str, &str)] = &[
     ("ID", "ID"),
     ("Name", "NAME"),
     ("Mode", "MODE"),
@@ -157,7 +157,7 @@ fn replicas_text(s: &ServiceWithStatus, completed: u64) -> String {
 
 /// One `service ls` row with Docker's field names (what `--format json` prints and templates see); `completed`
 /// counts a job's completed tasks.
-fn ls_row(s: &ServiceWithStatus, completed: u64) -> Value {
+pub(crate) fn ls_row(s: &ServiceWithStatus, completed: u64) -> Value {
     let spec = &s.service.spec;
     let replicas = replicas_text(s, completed);
     json!({
