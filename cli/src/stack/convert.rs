@@ -811,3 +811,229 @@ fn config_refs(refs: &[FileRef], plan: &StackPlan, p: &str) -> Result<Vec<Config
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stack::{load, yaml};
+
+    fn plan_in(dir: &Path, text: &str) -> Result<StackPlan, String> {
+        let docs = vec![yaml::parse("c.yml", text).map_err(|e| e.0)?];
+        let env = [("FROM_ENV", "e"), ("SECRET_VAR", "s3cret")].map(|(k, v)| (k.to_string(), v.to_string()));
+        let loaded = load::load_docs(docs, dir.to_path_buf(), Vars::new(env, Default::default()), true).map_err(|e| e.0)?;
+        loaded.plan("app").map_err(|e| e.0)
+    }
+
+    fn plan(text: &str) -> StackPlan {
+        plan_in(Path::new("/nonexistent"), text).unwrap_or_else(|e| panic!("{e}\n{text}"))
+    }
+
+    /// The spec of service `s` of a one-service file whose service body is `body` (indented by 4).
+    fn spec_of(body: &str, top: &str) -> ServiceSpec {
+        let indented: String = body.lines().map(|l| format!("    {l}\n")).collect();
+        let text = format!("services:\n  s:\n    image: busybox\n{indented}{top}");
+        plan(&text).services.remove(0).spec
+    }
+
+    #[test]
+    fn service_keys_convert_like_docker_stack_deploy() {
+        type Check = fn(&ServiceSpec);
+        let cases: Vec<(&str, &str, Check)> = vec![
+            ("command: echo \"a b\"\nentrypoint: [sh, -c]", "", |s| {
+                assert_eq!(s.task_template.container.args, ["echo", "a b"]);
+                assert_eq!(s.task_template.container.command, ["sh", "-c"]);
+            }),
+            ("environment:\n  B: 2\n  FROM_ENV:\n  UNSET:\n  A: x", "", |s| {
+                assert_eq!(s.task_template.container.env, ["A=x", "B=2", "FROM_ENV=e"]);
+            }),
+            ("environment: [\"A=1\", FROM_ENV, NOPE]", "", |s| assert_eq!(s.task_template.container.env, ["A=1", "FROM_ENV=e"])),
+            ("labels: {c: d}\ndeploy:\n  labels: [a=b]", "", |s| {
+                assert_eq!(s.annotations.labels["a"], "b");
+                assert_eq!(s.annotations.labels[NAMESPACE_LABEL], "app");
+                assert_eq!(s.task_template.container.labels["c"], "d");
+                assert_eq!(s.task_template.container.labels[NAMESPACE_LABEL], "app");
+                assert_eq!(s.annotations.name, "app_s");
+            }),
+            ("deploy: {replicas: \"3\"}", "", |s| assert_eq!(s.mode, ServiceMode::Replicated { replicas: 3 })),
+            ("deploy: {mode: global}", "", |s| assert_eq!(s.mode, ServiceMode::Global)),
+            ("deploy: {mode: replicated-job, replicas: 4}", "", |s| {
+                assert_eq!(s.mode, ServiceMode::ReplicatedJob { max_concurrent: 4, total_completions: 4 })
+            }),
+            ("", "", |s| {
+                assert_eq!(s.mode, ServiceMode::Replicated { replicas: 1 });
+                assert_eq!(s.task_template.container.stop_grace_period, Duration::from_secs(10));
+                assert_eq!(s.task_template.restart_policy, RestartPolicy::default());
+            }),
+            (
+                "deploy:\n  placement:\n    constraints: [node.role==manager, \"node.labels.zone != east\"]\n    preferences:\n      - spread: node.labels.zone\n    max_replicas_per_node: 2",
+                "",
+                |s| {
+                    let p = &s.task_template.placement;
+                    assert_eq!(p.constraints.iter().map(|c| c.to_string()).collect::<Vec<_>>(), ["node.role==manager", "node.labels.zone!=east"]);
+                    assert_eq!(p.preferences, [swarm::api::PlacementPreference::Spread("node.labels.zone".into())]);
+                    assert_eq!(p.max_replicas, 2);
+                },
+            ),
+            (
+                "deploy:\n  resources:\n    limits: {cpus: \"0.5\", memory: 64M, pids: 100}\n    reservations:\n      cpus: 0.25\n      memory: 1G\n      generic_resources:\n        - discrete_resource_spec: {kind: gpu, value: 2}",
+                "",
+                |s| {
+                    let r = &s.task_template.resources;
+                    assert_eq!((r.limits.nano_cpus, r.limits.memory_bytes, r.limits.pids), (500_000_000, 64 << 20, 100));
+                    assert_eq!((r.reservations.nano_cpus, r.reservations.memory_bytes), (250_000_000, 1 << 30));
+                    assert_eq!(r.generic_reservations["gpu"], 2);
+                },
+            ),
+            ("deploy:\n  restart_policy: {condition: on-failure, delay: 2s, max_attempts: 3, window: 1m}", "", |s| {
+                let r = &s.task_template.restart_policy;
+                assert_eq!(r.condition, RestartCondition::OnFailure);
+                assert_eq!((r.delay, r.max_attempts, r.window), (Duration::from_secs(2), 3, Duration::from_secs(60)));
+            }),
+            (
+                "deploy:\n  update_config: {parallelism: 2, delay: 10s, failure_action: rollback, monitor: 30s, max_failure_ratio: 0.3, order: start-first}\n  rollback_config: {parallelism: 0, failure_action: continue}",
+                "",
+                |s| {
+                    let u = &s.update_config;
+                    assert_eq!((u.parallelism, u.delay, u.monitor), (2, Duration::from_secs(10), Duration::from_secs(30)));
+                    assert_eq!((u.failure_action, u.order, u.max_failure_ratio), (FailureAction::Rollback, UpdateOrder::StartFirst, 0.3));
+                    assert_eq!((s.rollback_config.parallelism, s.rollback_config.failure_action), (0, FailureAction::Continue));
+                },
+            ),
+            ("deploy: {endpoint_mode: dnsrr}", "", |s| assert_eq!(s.endpoint_spec.mode, EndpointMode::Dnsrr)),
+            ("healthcheck:\n  test: wget -q localhost\n  interval: 5s\n  timeout: 1s\n  retries: 4\n  start_period: 2s\n  start_interval: 1s", "", |s| {
+                let h = s.task_template.container.healthcheck.clone().unwrap();
+                assert_eq!(h.test, ["CMD-SHELL", "wget -q localhost"]);
+                assert_eq!((h.interval, h.timeout, h.retries), (Duration::from_secs(5), Duration::from_secs(1), 4));
+                assert_eq!((h.start_period, h.start_interval), (Duration::from_secs(2), Duration::from_secs(1)));
+            }),
+            ("healthcheck: {test: [CMD, true]}", "", |s| assert_eq!(s.task_template.container.healthcheck.clone().unwrap().test, ["CMD", "true"])),
+            ("healthcheck: {disable: true}", "", |s| assert_eq!(s.task_template.container.healthcheck.clone().unwrap().test, ["NONE"])),
+            (
+                "ports:\n  - \"8080:80\"\n  - 53:53/udp\n  - \"9000-9001:90-91\"\n  - 7000\n  - {target: 443, published: 8443, mode: host, protocol: tcp}",
+                "",
+                |s| {
+                    let p: Vec<(u16, u16, PortProtocol, PublishMode)> = s.endpoint_spec.ports.iter().map(|p| (p.published_port, p.target_port, p.protocol, p.publish_mode)).collect();
+                    use PortProtocol::*;
+                    use PublishMode::*;
+                    assert_eq!(p, [(8080, 80, Tcp, Ingress), (53, 53, Udp, Ingress), (9000, 90, Tcp, Ingress), (9001, 91, Tcp, Ingress), (0, 7000, Tcp, Ingress), (8443, 443, Tcp, Host)]);
+                },
+            ),
+            ("networks:\n  front:\n    aliases: [web, www]\n  back:", "networks:\n  front:\n  back:\n    external: true\n", |s| {
+                let n: Vec<(&str, Vec<String>)> = s.task_template.networks.iter().map(|n| (n.target.as_str(), n.aliases.clone())).collect();
+                assert_eq!(n, [("back", vec![]), ("app_front", vec!["web".to_string(), "www".to_string()])]);
+            }),
+            ("", "", |s| assert_eq!(s.task_template.networks, [NetworkAttachmentConfig { target: "app_default".into(), aliases: vec![] }])),
+            (
+                "volumes:\n  - data:/data:ro\n  - /host:/in\n  - ./rel:/rel\n  - /anon\n  - {type: tmpfs, target: /t, tmpfs: {size: 1m}}\n  - {type: volume, source: ext, target: /e}\ntmpfs: [/run, \"/cache:size=1m\"]",
+                "volumes:\n  data:\n  ext:\n    external: true\n    name: shared\n",
+                |s| {
+                    let m: Vec<(MountType, &str, &str, bool, u64)> = s.task_template.container.mounts.iter().map(|m| (m.kind, m.source.as_str(), m.target.as_str(), m.readonly, m.tmpfs_size)).collect();
+                    use MountType::*;
+                    assert_eq!(m, [
+                        (Volume, "app_data", "/data", true, 0),
+                        (Bind, "/host", "/in", false, 0),
+                        (Bind, "/nonexistent/./rel", "/rel", false, 0),
+                        (Volume, "", "/anon", false, 0),
+                        (Tmpfs, "", "/t", false, 1 << 20),
+                        (Volume, "shared", "/e", false, 0),
+                        (Tmpfs, "", "/run", false, 0),
+                        (Tmpfs, "", "/cache", false, 0),
+                    ]);
+                },
+            ),
+            (
+                "secrets: [pw, {source: ext, target: other, uid: \"1000\", gid: \"1000\", mode: 0400}]\nconfigs: [{source: site, target: /etc/site.conf, mode: \"0644\"}, site]",
+                "secrets:\n  pw:\n    environment: SECRET_VAR\n  ext:\n    external: true\nconfigs:\n  site:\n    content: hello\n",
+                |s| {
+                    let c = &s.task_template.container;
+                    assert_eq!(c.secrets[0], SecretReference { secret_id: String::new(), secret_name: "app_pw".into(), target: FileTarget { name: "pw".into(), uid: "0".into(), gid: "0".into(), mode: 0o444 } });
+                    assert_eq!(c.secrets[1], SecretReference { secret_id: String::new(), secret_name: "ext".into(), target: FileTarget { name: "other".into(), uid: "1000".into(), gid: "1000".into(), mode: 0o400 } });
+                    assert_eq!((c.configs[0].config_name.as_str(), c.configs[0].target.name.as_str(), c.configs[0].target.mode), ("app_site", "/etc/site.conf", 0o644));
+                    assert_eq!(c.configs[1].target.name, "/site");
+                },
+            ),
+            (
+                "stop_grace_period: 1m30s\nstop_signal: SIGINT\nuser: \"1000:1000\"\nworking_dir: /srv\nhostname: h1\ninit: true\nread_only: true\ncap_add: [net_admin]\nulimits: {nofile: {soft: 10, hard: 20}, nproc: 5}\nlogging: {driver: json-file, options: {max-size: 1m}}",
+                "",
+                |s| {
+                    let c = &s.task_template.container;
+                    assert_eq!(c.stop_grace_period, Duration::from_secs(90));
+                    assert_eq!((c.stop_signal.as_str(), c.user.as_str(), c.dir.as_str(), c.hostname.as_str()), ("SIGINT", "1000:1000", "/srv", "h1"));
+                    assert!(c.init && c.read_only);
+                    assert_eq!(c.capability_add, ["CAP_NET_ADMIN"]);
+                    assert_eq!(c.ulimits, [Ulimit { name: "nofile".into(), soft: 10, hard: 20 }, Ulimit { name: "nproc".into(), soft: 5, hard: 5 }]);
+                    let l = s.task_template.log_driver.clone().unwrap();
+                    assert_eq!((l.name.as_str(), l.options["max-size"].as_str()), ("json-file", "1m"));
+                },
+            ),
+        ];
+        for (body, top, check) in cases {
+            check(&spec_of(body, top));
+        }
+    }
+
+    #[test]
+    fn top_level_objects() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("pw.txt"), "hunter2").unwrap();
+        let p = plan_in(
+            dir.path(),
+            "services:\n  s:\n    image: busybox\n    networks: [n]\nnetworks:\n  n:\n    internal: true\n    attachable: true\n    labels: {a: b}\n    ipam:\n      config: [{subnet: 10.9.0.0/24}]\n  ext:\n    external: true\n    name: shared-net\n\
+             secrets:\n  pw:\n    file: ./pw.txt\n  old:\n    external:\n      name: legacy\nconfigs:\n  c:\n    content: hi\n    name: fixed-name\n",
+        )
+        .unwrap();
+        let n = &p.networks[1];
+        assert_eq!((n.key.as_str(), n.external, n.spec.annotations.name.as_str()), ("n", false, "app_n"));
+        assert!(n.spec.internal && n.spec.attachable);
+        assert_eq!(n.spec.annotations.labels, BTreeMap::from([("a".into(), "b".into()), (NAMESPACE_LABEL.into(), "app".into())]));
+        assert_eq!(n.spec.ipam, Some(IpamConfig { subnet: "10.9.0.0/24".into(), gateway: String::new() }));
+        assert_eq!((p.networks[0].external, p.networks[0].spec.annotations.name.as_str()), (true, "shared-net"));
+        assert_eq!(p.networks.len(), 2, "no default network when every service names its networks");
+        let names: Vec<(&str, bool, &[u8])> = p.secrets.iter().map(|s| (s.name.as_str(), s.external, s.data.as_slice())).collect();
+        assert_eq!(names, [("legacy", true, &b""[..]), ("app_pw", false, &b"hunter2"[..])]);
+        assert_eq!((p.configs[0].name.as_str(), p.configs[0].data.as_slice()), ("fixed-name", &b"hi"[..]));
+    }
+
+    #[test]
+    fn bad_values_name_where_they_are() {
+        let cases: &[(&str, &str)] = &[
+            ("services:\n  s:\n    command: x\n", "c.yml:2:3: services.s: image is required"),
+            ("services:\n  s:\n    image: b\n    deploy: {mode: global, replicas: 2}\n", "replicas can only be used with replicated mode"),
+            ("services:\n  s:\n    image: b\n    deploy: {replicas: -1}\n", "services.s.deploy.replicas: \"-1\" is not a non-negative integer"),
+            ("services:\n  s:\n    image: b\n    ports: [\"99999:80\"]\n", "c.yml:4:13: services.s.ports[0]: invalid port \"99999\""),
+            ("services:\n  s:\n    image: b\n    ports: [\"1-3:1-2\"]\n", "differ in length"),
+            ("services:\n  s:\n    image: b\n    volumes: [data:/d]\n", "volume \"data\" is not declared"),
+            ("services:\n  s:\n    image: b\n    secrets: [pw]\n", "secret \"pw\" is not declared"),
+            ("services:\n  s:\n    image: b\n    stop_grace_period: soon\n", "services.s.stop_grace_period: invalid duration"),
+            ("services:\n  s:\n    image: b\n    deploy: {placement: {constraints: [\"node.role=manager\"]}}\n", "services.s.deploy.placement.constraints[0]"),
+            ("services:\n  s:\n    image: b\n    deploy: {update_config: {failure_action: explode}}\n", "invalid failure action \"explode\""),
+            ("services:\n  s:\n    image: b\n    deploy: {rollback_config: {failure_action: rollback}}\n", "expected pause or continue"),
+            ("services:\n  s:\n    image: b\n    healthcheck: {test: [wget]}\n", "must start with CMD"),
+            ("services:\n  s:\n    image: b\n    depends_on: {nope: {condition: service_healthy}}\n", "service \"nope\" is not defined"),
+            ("services:\n  s:\n    image: b\nnetworks:\n  n: {driver: bridge}\n", "networks.n.driver: driver \"bridge\" is not supported"),
+            ("services:\n  s:\n    image: b\nsecrets:\n  pw: {file: ./missing.txt}\n", "secrets.pw.file: cannot read /nonexistent/./missing.txt"),
+            ("services:\n  s:\n    image: b\nsecrets:\n  pw: {environment: NOT_SET}\n", "environment variable NOT_SET is not set"),
+            ("services:\n  s:\n    image: b\nconfigs:\n  c: {}\n", "one of file, content, environment or external is required"),
+        ];
+        for (text, want) in cases {
+            let e = plan_in(Path::new("/nonexistent"), text).unwrap_err();
+            assert!(e.contains(want), "{text}\n  got:  {e}\n  want: {want}");
+        }
+        let e = plan_in(Path::new("/"), "services:\n  s:\n    image: b\n").map(|_| ()).and_then(|_| {
+            let docs = vec![yaml::parse("c.yml", "services: {}").unwrap()];
+            let l = load::load_docs(docs, PathBuf::from("/"), Vars::default(), true).unwrap();
+            l.plan("Bad_Stack").map(|_| ()).map_err(|e| e.0)
+        });
+        assert!(e.unwrap_err().contains("invalid stack name \"Bad_Stack\""));
+    }
+
+    #[test]
+    fn secrets_over_the_limit_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("big"), vec![b'x'; MAX_SECRET_BYTES + 1]).unwrap();
+        let e = plan_in(dir.path(), "services:\n  s:\n    image: b\nsecrets:\n  big: {file: big}\n").unwrap_err();
+        assert!(e.contains("more than the limit of 500 KiB"), "{e}");
+        let p = plan_in(dir.path(), "services:\n  s:\n    image: b\nconfigs:\n  big: {file: big}\n").unwrap();
+        assert_eq!(p.configs[0].data.len(), MAX_SECRET_BYTES + 1, "a config may be up to 1000 KiB");
+    }
+}
