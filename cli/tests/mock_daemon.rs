@@ -1195,8 +1195,8 @@ fn stacks_through_the_cli() {
     assert_eq!(spec["task_template"]["container"]["args"], serde_json::json!(["httpd", "-f", "-p", "80"]));
     let front_id = d.ok(&["network", "inspect", "-f", "{{.Id}}", "app_front"]);
     assert_eq!(spec["task_template"]["networks"][0]["target"], front_id.trim(), "attached by network id");
-    let net_labels = d.ok(&["network", "inspect", "-f", "{{json .Labels}}", "app_default"]);
-    assert_eq!(net_labels.trim(), r#"{"com.docker.stack.namespace":"app"}"#);
+    let net: serde_json::Value = serde_json::from_str(&d.ok(&["network", "inspect", "app_default"])).unwrap();
+    assert_eq!(net[0]["Labels"], serde_json::json!({"com.docker.stack.namespace": "app"}));
 
     // The same file again changes nothing.
     std::thread::sleep(START_AFTER);

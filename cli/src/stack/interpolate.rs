@@ -181,6 +181,42 @@ pub fn interpolate(doc: &mut Document, vars: &Vars) -> Result<BTreeSet<String>, 
     Ok(unset)
 }
 
+/// Keys whose value is a number or a boolean: an interpolated value there gets that type back, as compose casts
+/// by its schema (so `replicas: ${N}` prints as `replicas: 3` in `stack config`).
+const TYPED_KEYS: &[&str] = &[
+    "replicas",
+    "parallelism",
+    "max_attempts",
+    "max_failure_ratio",
+    "max_replicas_per_node",
+    "retries",
+    "published",
+    "target",
+    "init",
+    "read_only",
+    "attachable",
+    "internal",
+    "external",
+    "disable",
+    "cpus",
+    "pids",
+];
+
+fn typed(key: &str, s: &str) -> Option<Value> {
+    if !TYPED_KEYS.contains(&key) {
+        return None;
+    }
+    match s {
+        "true" => return Some(Value::Bool(true)),
+        "false" => return Some(Value::Bool(false)),
+        _ => {}
+    }
+    if let Ok(i) = s.parse::<i64>() {
+        return Some(Value::from(i));
+    }
+    s.parse::<f64>().ok().and_then(serde_json::Number::from_f64).map(Value::Number)
+}
+
 fn walk(
     v: &mut Value,
     path: String,
@@ -189,7 +225,13 @@ fn walk(
 ) -> Result<(), (String, InterpolationError)> {
     match v {
         Value::String(s) => {
-            *s = interpolate_str(s, vars, unset).map_err(|e| (path, e))?;
+            let out = interpolate_str(s, vars, unset).map_err(|e| (path.clone(), e))?;
+            let key = path.rsplit('.').next().unwrap_or_default();
+            let changed = out != *s;
+            match typed(key, &out).filter(|_| changed) {
+                Some(t) => *v = t,
+                None => *s = out,
+            }
         }
         Value::Array(items) => {
             for (i, item) in items.iter_mut().enumerate() {
@@ -268,5 +310,11 @@ mod tests {
             .unwrap();
         let e = interpolate(&mut d, &vars()).unwrap_err();
         assert_eq!(e.0, "c.yml:3:5: services.web.image: required variable NOTAG is missing a value: no tag");
+        let mut d = super::super::yaml::parse("c.yml", "deploy:\n  replicas: ${N}\n  image: ${N}\n  labels: {a: '7'}\n").unwrap();
+        let v = Vars::new([("N".to_string(), "3".to_string())], Default::default());
+        interpolate(&mut d, &v).unwrap();
+        assert_eq!(d.value["deploy"]["replicas"], 3, "a typed key gets its type back");
+        assert_eq!(d.value["deploy"]["image"], "3");
+        assert_eq!(d.value["deploy"]["labels"]["a"], "7", "an uninterpolated string stays a string");
     }
 }
