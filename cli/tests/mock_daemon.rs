@@ -1240,7 +1240,10 @@ fn stacks_through_the_cli() {
 
     // config: merged and interpolated, without the extension fields.
     let config = d.ok(&["stack", "config", "-c", &base, "-c", &over]);
-    assert!(config.contains("replicas: 2") && config.contains("MODE: fast") && !config.contains("x-common"), "{config}");
+    assert!(
+        config.contains("replicas: 2") && config.contains("MODE: fast") && !config.contains("x-common"),
+        "{config}"
+    );
 
     // rm removes the stack's services and networks, nothing else.
     d.ok(&["network", "create", "keep"]);

@@ -46,7 +46,12 @@ fn deploy(d: &Daemon, file: &str, stack: &str, env: &[(&str, &str)], extra: &[&s
         cmd.env(k, v);
     }
     let o = cmd.output().expect("run shoal");
-    assert!(o.status.success(), "stack deploy {stack} failed: {}\n{}", String::from_utf8_lossy(&o.stderr), d.log_tail(30));
+    assert!(
+        o.status.success(),
+        "stack deploy {stack} failed: {}\n{}",
+        String::from_utf8_lossy(&o.stderr),
+        d.log_tail(30)
+    );
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
@@ -55,8 +60,12 @@ fn running_ids(d: &Daemon, services: &[&str]) -> BTreeMap<String, Vec<String>> {
     services
         .iter()
         .map(|s| {
-            let mut ids: Vec<String> =
-                d.tasks(s).into_iter().filter(|t| t.desired == "running" && t.state == "running").map(|t| t.id).collect();
+            let mut ids: Vec<String> = d
+                .tasks(s)
+                .into_iter()
+                .filter(|t| t.desired == "running" && t.state == "running")
+                .map(|t| t.id)
+                .collect();
             ids.sort();
             (s.to_string(), ids)
         })
@@ -71,7 +80,8 @@ fn wait_running(d: &Daemon, service: &str, n: usize) {
     });
 }
 
-const VOTING: &[(&str, usize)] = &[("vote_vote", 2), ("vote_redis", 1), ("vote_worker", 1), ("vote_db", 1), ("vote_result", 1)];
+const VOTING: &[(&str, usize)] =
+    &[("vote_vote", 2), ("vote_redis", 1), ("vote_worker", 1), ("vote_db", 1), ("vote_result", 1)];
 
 #[test]
 fn compose_examples_deploy_redeploy_prune_and_rm() {

@@ -10,9 +10,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 use swarm::api::{
     Annotations, ConfigReference, Constraint, ContainerSpec, EndpointMode, EndpointSpec, FailureAction, FileTarget,
-    HealthConfig, IpamConfig, LogDriver, Mount, MountType, NetworkAttachmentConfig, NetworkSpec, Placement,
-    PortConfig, PortProtocol, PublishMode, ResourceRequirements, Resources, RestartCondition,
-    RestartPolicy, SecretReference, ServiceMode, ServiceSpec, TaskSpec, Ulimit, UpdateConfig, UpdateOrder,
+    HealthConfig, IpamConfig, LogDriver, Mount, MountType, NetworkAttachmentConfig, NetworkSpec, Placement, PortConfig,
+    PortProtocol, PublishMode, ResourceRequirements, Resources, RestartCondition, RestartPolicy, SecretReference,
+    ServiceMode, ServiceSpec, TaskSpec, Ulimit, UpdateConfig, UpdateOrder,
 };
 
 /// The label that marks every object of a stack, as Docker's.
@@ -106,7 +106,10 @@ pub fn convert(file: &ComposeFile, cx: &Context) -> Result<StackPlan, ConvertErr
     if !swarm::manager::controlapi::validate::is_dns_label(cx.stack) {
         return err(
             "",
-            format!("invalid stack name {:?}: 1 to 63 letters, digits or '-', not starting or ending with '-'", cx.stack),
+            format!(
+                "invalid stack name {:?}: 1 to 63 letters, digits or '-', not starting or ending with '-'",
+                cx.stack
+            ),
         );
     }
     let mut plan = StackPlan { name: cx.stack.to_string(), ..Default::default() };
@@ -134,7 +137,9 @@ pub fn convert(file: &ComposeFile, cx: &Context) -> Result<StackPlan, ConvertErr
 fn map_of(v: &Option<MapOrList>) -> BTreeMap<String, String> {
     match v {
         None => BTreeMap::new(),
-        Some(MapOrList::Map(m)) => m.iter().map(|(k, v)| (k.clone(), v.as_ref().map(Scalar::text).unwrap_or_default())).collect(),
+        Some(MapOrList::Map(m)) => {
+            m.iter().map(|(k, v)| (k.clone(), v.as_ref().map(Scalar::text).unwrap_or_default())).collect()
+        }
         Some(MapOrList::List(l)) => l
             .iter()
             .map(|i| match i.split_once('=') {
@@ -172,18 +177,24 @@ fn network(key: &str, def: Option<&schema::NetworkDef>, cx: &Context) -> Result<
     }
     let driver = def.driver.clone().unwrap_or_else(|| "overlay".into());
     if driver != "overlay" {
-        return err(format!("{path}.driver"), format!("driver {driver:?} is not supported: a stack's networks are overlay networks"));
+        return err(
+            format!("{path}.driver"),
+            format!("driver {driver:?} is not supported: a stack's networks are overlay networks"),
+        );
     }
     let bool_of = |v: &Option<Scalar>, what: &str| -> Result<bool, ConvertError> {
-        v.as_ref().map(|s| s.as_bool()).transpose().map(|b| b.unwrap_or(false)).map_err(|m| ConvertError {
-            path: format!("{path}.{what}"),
-            msg: m,
-        })
+        v.as_ref()
+            .map(|s| s.as_bool())
+            .transpose()
+            .map(|b| b.unwrap_or(false))
+            .map_err(|m| ConvertError { path: format!("{path}.{what}"), msg: m })
     };
     let ipam = match def.ipam.as_ref().map(|i| i.config.as_slice()) {
         None | Some([]) => None,
         Some([pool]) => match &pool.subnet {
-            Some(subnet) => Some(IpamConfig { subnet: subnet.clone(), gateway: pool.gateway.clone().unwrap_or_default() }),
+            Some(subnet) => {
+                Some(IpamConfig { subnet: subnet.clone(), gateway: pool.gateway.clone().unwrap_or_default() })
+            }
             None => return err(format!("{path}.ipam.config[0]"), "subnet is required"),
         },
         Some(_) => return err(format!("{path}.ipam.config"), "only one address pool per network is supported"),
@@ -192,7 +203,10 @@ fn network(key: &str, def: Option<&schema::NetworkDef>, cx: &Context) -> Result<
         key: key.into(),
         external: false,
         spec: NetworkSpec {
-            annotations: Annotations { name: def.name.clone().unwrap_or_else(|| cx.scoped(key)), labels: cx.labels(map_of(&def.labels)) },
+            annotations: Annotations {
+                name: def.name.clone().unwrap_or_else(|| cx.scoped(key)),
+                labels: cx.labels(map_of(&def.labels)),
+            },
             driver,
             ipam,
             attachable: bool_of(&def.attachable, "attachable")?,
@@ -218,7 +232,10 @@ fn file_object(
     let data = match (&def.file, &def.content, &def.environment) {
         (Some(f), None, None) => {
             let p = cx.path(f);
-            std::fs::read(&p).map_err(|e| ConvertError { path: format!("{path}.file"), msg: format!("cannot read {}: {e}", p.display()) })?
+            std::fs::read(&p).map_err(|e| ConvertError {
+                path: format!("{path}.file"),
+                msg: format!("cannot read {}: {e}", p.display()),
+            })?
         }
         (None, Some(c), None) if kind == "configs" => c.clone().into_bytes(),
         (None, None, Some(var)) => match cx.vars.get(var) {
@@ -226,7 +243,11 @@ fn file_object(
             None => return err(format!("{path}.environment"), format!("environment variable {var} is not set")),
         },
         (None, None, None) => {
-            let what = if kind == "configs" { "file, content, environment or external" } else { "file, environment or external" };
+            let what = if kind == "configs" {
+                "file, content, environment or external"
+            } else {
+                "file, environment or external"
+            };
             return err(path, format!("one of {what} is required"));
         }
         _ => return err(path, "only one of file, content and environment may be given"),
@@ -272,7 +293,10 @@ fn environment(svc: &schema::Service, p: &str, cx: &Context) -> Result<Vec<Strin
                 msg: format!("cannot read {}: {e}", path.display()),
             })?;
             for item in iter {
-                let (k, v) = item.map_err(|e| ConvertError { path: format!("{p}.env_file"), msg: format!("{}: {e}", path.display()) })?;
+                let (k, v) = item.map_err(|e| ConvertError {
+                    path: format!("{p}.env_file"),
+                    msg: format!("{}: {e}", path.display()),
+                })?;
                 env.insert(k, v);
             }
         }
@@ -297,7 +321,9 @@ fn environment(svc: &schema::Service, p: &str, cx: &Context) -> Result<Vec<Strin
         Some(MapOrList::List(l)) => {
             for item in l {
                 match item.split_once('=') {
-                    Some(("", _)) => return err(format!("{p}.environment"), format!("invalid environment variable {item:?}")),
+                    Some(("", _)) => {
+                        return err(format!("{p}.environment"), format!("invalid environment variable {item:?}"))
+                    }
                     Some((k, v)) => {
                         env.insert(k.into(), v.into());
                     }
@@ -336,22 +362,35 @@ fn service(
         hostname: svc.hostname.clone().unwrap_or_default(),
         labels: cx.labels(map_of(&svc.labels)),
         stop_signal: svc.stop_signal.clone().unwrap_or_default(),
-        stop_grace_period: duration(&svc.stop_grace_period, &format!("{p}.stop_grace_period"))?.unwrap_or(Duration::from_secs(10)),
+        stop_grace_period: duration(&svc.stop_grace_period, &format!("{p}.stop_grace_period"))?
+            .unwrap_or(Duration::from_secs(10)),
         ..Default::default()
     };
     let flag = |v: &Option<Scalar>, what: &str| -> Result<bool, ConvertError> {
-        v.as_ref().map(Scalar::as_bool).transpose().map(|b| b.unwrap_or(false)).map_err(|m| ConvertError { path: format!("{p}.{what}"), msg: m })
+        v.as_ref()
+            .map(Scalar::as_bool)
+            .transpose()
+            .map(|b| b.unwrap_or(false))
+            .map_err(|m| ConvertError { path: format!("{p}.{what}"), msg: m })
     };
     container.init = flag(&svc.init, "init")?;
     container.read_only = flag(&svc.read_only, "read_only")?;
-    for (list, out, what) in [(&svc.cap_add, &mut container.capability_add, "cap_add"), (&svc.cap_drop, &mut container.capability_drop, "cap_drop")] {
+    for (list, out, what) in [
+        (&svc.cap_add, &mut container.capability_add, "cap_add"),
+        (&svc.cap_drop, &mut container.capability_drop, "cap_drop"),
+    ] {
         for c in list {
             out.push(opts::capability(c).map_err(|m| ConvertError { path: format!("{p}.{what}"), msg: m })?);
         }
     }
     for (name, u) in &svc.ulimits {
         let up = format!("{p}.ulimits.{name}");
-        let num = |s: &Scalar| s.text().trim().parse::<i64>().map_err(|_| ConvertError { path: up.clone(), msg: format!("{:?} is not an integer", s.text()) });
+        let num = |s: &Scalar| {
+            s.text()
+                .trim()
+                .parse::<i64>()
+                .map_err(|_| ConvertError { path: up.clone(), msg: format!("{:?} is not an integer", s.text()) })
+        };
         let (soft, hard) = match u {
             schema::UlimitDef::Single(v) => (num(v)?, num(v)?),
             schema::UlimitDef::Pair { soft, hard } => (num(soft)?, num(hard)?),
@@ -374,17 +413,28 @@ fn service(
     let endpoint_mode = match deploy.endpoint_mode.as_deref() {
         None | Some("vip") => EndpointMode::Vip,
         Some("dnsrr") => EndpointMode::Dnsrr,
-        Some(other) => return err(format!("{p}.deploy.endpoint_mode"), format!("invalid endpoint mode {other:?} (expected vip or dnsrr)")),
+        Some(other) => {
+            return err(
+                format!("{p}.deploy.endpoint_mode"),
+                format!("invalid endpoint mode {other:?} (expected vip or dnsrr)"),
+            )
+        }
     };
     let mut ports = Vec::new();
     for (i, port) in svc.ports.iter().enumerate() {
         ports.extend(ports_of(port, &format!("{p}.ports[{i}]"))?);
     }
     if endpoint_mode == EndpointMode::Dnsrr && ports.iter().any(|p| p.publish_mode == PublishMode::Ingress) {
-        return err(format!("{p}.ports"), "ports published in ingress mode need endpoint_mode vip (use mode: host with dnsrr)");
+        return err(
+            format!("{p}.ports"),
+            "ports published in ingress mode need endpoint_mode vip (use mode: host with dnsrr)",
+        );
     }
     let log_driver = svc.logging.as_ref().and_then(|l| {
-        l.driver.as_ref().map(|d| LogDriver { name: d.clone(), options: l.options.iter().map(|(k, v)| (k.clone(), v.text())).collect() })
+        l.driver.as_ref().map(|d| LogDriver {
+            name: d.clone(),
+            options: l.options.iter().map(|(k, v)| (k.clone(), v.text())).collect(),
+        })
     });
     let networks = attachments(svc, plan, &p)?;
     let after_healthy = match &svc.depends_on {
@@ -428,7 +478,9 @@ fn mode(d: &schema::Deploy, p: &str) -> Result<ServiceMode, ConvertError> {
         .map_err(|m| ConvertError { path: format!("{p}.deploy.replicas"), msg: m })?;
     Ok(match d.mode.as_deref().unwrap_or("replicated") {
         "replicated" => ServiceMode::Replicated { replicas: replicas.unwrap_or(1) },
-        "global" if replicas.is_some() => return err(format!("{p}.deploy.replicas"), "replicas can only be used with replicated mode"),
+        "global" if replicas.is_some() => {
+            return err(format!("{p}.deploy.replicas"), "replicas can only be used with replicated mode")
+        }
         "global" => ServiceMode::Global,
         "replicated-job" => {
             let n = replicas.unwrap_or(1);
@@ -436,7 +488,10 @@ fn mode(d: &schema::Deploy, p: &str) -> Result<ServiceMode, ConvertError> {
         }
         "global-job" => ServiceMode::GlobalJob,
         other => {
-            return err(format!("{p}.deploy.mode"), format!("invalid mode {other:?} (expected replicated, global, replicated-job or global-job)"))
+            return err(
+                format!("{p}.deploy.mode"),
+                format!("invalid mode {other:?} (expected replicated, global, replicated-job or global-job)"),
+            )
         }
     })
 }
@@ -445,7 +500,10 @@ fn placement(pl: Option<&schema::Placement>, p: &str) -> Result<Placement, Conve
     let Some(pl) = pl else { return Ok(Placement::default()) };
     let mut out = Placement::default();
     for (i, c) in pl.constraints.iter().enumerate() {
-        out.constraints.push(Constraint::parse(c).map_err(|e| ConvertError { path: format!("{p}.constraints[{i}]"), msg: e.to_string() })?);
+        out.constraints.push(
+            Constraint::parse(c)
+                .map_err(|e| ConvertError { path: format!("{p}.constraints[{i}]"), msg: e.to_string() })?,
+        );
     }
     for (i, pref) in pl.preferences.iter().enumerate() {
         let pref = opts::placement_pref(&format!("spread={}", pref.spread))
@@ -453,12 +511,17 @@ fn placement(pl: Option<&schema::Placement>, p: &str) -> Result<Placement, Conve
         out.preferences.push(pref);
     }
     if let Some(m) = &pl.max_replicas_per_node {
-        out.max_replicas = m.as_u64().map_err(|msg| ConvertError { path: format!("{p}.max_replicas_per_node"), msg })?;
+        out.max_replicas =
+            m.as_u64().map_err(|msg| ConvertError { path: format!("{p}.max_replicas_per_node"), msg })?;
     }
     Ok(out)
 }
 
-fn amounts(a: Option<&schema::ResourceAmounts>, p: &str, limits: bool) -> Result<(Resources, BTreeMap<String, u64>), ConvertError> {
+fn amounts(
+    a: Option<&schema::ResourceAmounts>,
+    p: &str,
+    limits: bool,
+) -> Result<(Resources, BTreeMap<String, u64>), ConvertError> {
     let Some(a) = a else { return Ok(Default::default()) };
     let mut r = Resources::default();
     if let Some(c) = &a.cpus {
@@ -478,7 +541,11 @@ fn amounts(a: Option<&schema::ResourceAmounts>, p: &str, limits: bool) -> Result
         if limits {
             return err(format!("{p}.generic_resources"), "generic resources can only be reserved");
         }
-        let v = g.discrete_resource_spec.value.as_u64().map_err(|msg| ConvertError { path: format!("{p}.generic_resources[{i}]"), msg })?;
+        let v = g
+            .discrete_resource_spec
+            .value
+            .as_u64()
+            .map_err(|msg| ConvertError { path: format!("{p}.generic_resources[{i}]"), msg })?;
         generic.insert(g.discrete_resource_spec.kind.clone(), v);
     }
     Ok((r, generic))
@@ -532,7 +599,10 @@ fn update_config(u: Option<&schema::UpdateConfig>, p: &str, update: bool) -> Res
             ("rollback", true) => FailureAction::Rollback,
             _ => {
                 let allowed = if update { "pause, continue or rollback" } else { "pause or continue" };
-                return err(format!("{p}.failure_action"), format!("invalid failure action {a:?} (expected {allowed})"));
+                return err(
+                    format!("{p}.failure_action"),
+                    format!("invalid failure action {a:?} (expected {allowed})"),
+                );
             }
         };
     }
@@ -547,7 +617,12 @@ fn update_config(u: Option<&schema::UpdateConfig>, p: &str, update: bool) -> Res
         out.order = match o.as_str() {
             "stop-first" => UpdateOrder::StopFirst,
             "start-first" => UpdateOrder::StartFirst,
-            other => return err(format!("{p}.order"), format!("invalid order {other:?} (expected stop-first or start-first)")),
+            other => {
+                return err(
+                    format!("{p}.order"),
+                    format!("invalid order {other:?} (expected stop-first or start-first)"),
+                )
+            }
         };
     }
     Ok(out)
@@ -555,7 +630,13 @@ fn update_config(u: Option<&schema::UpdateConfig>, p: &str, update: bool) -> Res
 
 fn healthcheck(h: Option<&schema::Healthcheck>, p: &str) -> Result<Option<HealthConfig>, ConvertError> {
     let Some(h) = h else { return Ok(None) };
-    if h.disable.as_ref().map(Scalar::as_bool).transpose().map_err(|m| ConvertError { path: format!("{p}.disable"), msg: m })? == Some(true) {
+    if h.disable
+        .as_ref()
+        .map(Scalar::as_bool)
+        .transpose()
+        .map_err(|m| ConvertError { path: format!("{p}.disable"), msg: m })?
+        == Some(true)
+    {
         if h.test.is_some() {
             return err(p, "test and disable cannot both be set");
         }
@@ -572,7 +653,12 @@ fn healthcheck(h: Option<&schema::Healthcheck>, p: &str) -> Result<Option<Health
             }
         }
     };
-    let retries = h.retries.as_ref().map(Scalar::as_u64).transpose().map_err(|m| ConvertError { path: format!("{p}.retries"), msg: m })?;
+    let retries = h
+        .retries
+        .as_ref()
+        .map(Scalar::as_u64)
+        .transpose()
+        .map_err(|m| ConvertError { path: format!("{p}.retries"), msg: m })?;
     Ok(Some(HealthConfig {
         test,
         interval: duration(&h.interval, &format!("{p}.interval"))?.unwrap_or_default(),
@@ -718,31 +804,74 @@ fn mounts(svc: &schema::Service, file: &ComposeFile, p: &str, cx: &Context) -> R
                 };
                 let readonly = mode.split(',').any(|m| m == "ro");
                 if src.is_empty() {
-                    Mount { kind: MountType::Volume, source: String::new(), target: target.into(), readonly, tmpfs_size: 0 }
+                    Mount {
+                        kind: MountType::Volume,
+                        source: String::new(),
+                        target: target.into(),
+                        readonly,
+                        tmpfs_size: 0,
+                    }
                 } else if is_path(src) {
-                    Mount { kind: MountType::Bind, source: host_path(src), target: target.into(), readonly, tmpfs_size: 0 }
+                    Mount {
+                        kind: MountType::Bind,
+                        source: host_path(src),
+                        target: target.into(),
+                        readonly,
+                        tmpfs_size: 0,
+                    }
                 } else {
-                    Mount { kind: MountType::Volume, source: volume_source(src, file, cx, &vp)?, target: target.into(), readonly, tmpfs_size: 0 }
+                    Mount {
+                        kind: MountType::Volume,
+                        source: volume_source(src, file, cx, &vp)?,
+                        target: target.into(),
+                        readonly,
+                        tmpfs_size: 0,
+                    }
                 }
             }
             ServiceVolume::Long(l) => {
-                let readonly = l.read_only.as_ref().map(Scalar::as_bool).transpose().map_err(|m| ConvertError { path: format!("{vp}.read_only"), msg: m })?.unwrap_or(false);
+                let readonly = l
+                    .read_only
+                    .as_ref()
+                    .map(Scalar::as_bool)
+                    .transpose()
+                    .map_err(|m| ConvertError { path: format!("{vp}.read_only"), msg: m })?
+                    .unwrap_or(false);
                 let src = l.source.clone().unwrap_or_default();
                 match l.kind.as_str() {
                     "bind" if src.is_empty() => return err(vp, "a bind mount needs a source"),
-                    "bind" => Mount { kind: MountType::Bind, source: host_path(&src), target: l.target.clone(), readonly, tmpfs_size: 0 },
+                    "bind" => Mount {
+                        kind: MountType::Bind,
+                        source: host_path(&src),
+                        target: l.target.clone(),
+                        readonly,
+                        tmpfs_size: 0,
+                    },
                     "volume" => {
                         let source = if src.is_empty() { String::new() } else { volume_source(&src, file, cx, &vp)? };
                         Mount { kind: MountType::Volume, source, target: l.target.clone(), readonly, tmpfs_size: 0 }
                     }
                     "tmpfs" => {
                         let size = match l.tmpfs.as_ref().and_then(|t| t.size.as_ref()) {
-                            Some(s) => opts::size(&s.text()).map_err(|m| ConvertError { path: format!("{vp}.tmpfs.size"), msg: m })? as u64,
+                            Some(s) => opts::size(&s.text())
+                                .map_err(|m| ConvertError { path: format!("{vp}.tmpfs.size"), msg: m })?
+                                as u64,
                             None => 0,
                         };
-                        Mount { kind: MountType::Tmpfs, source: String::new(), target: l.target.clone(), readonly, tmpfs_size: size }
+                        Mount {
+                            kind: MountType::Tmpfs,
+                            source: String::new(),
+                            target: l.target.clone(),
+                            readonly,
+                            tmpfs_size: size,
+                        }
                     }
-                    other => return err(format!("{vp}.type"), format!("mount type {other:?} is not supported (bind, volume or tmpfs)")),
+                    other => {
+                        return err(
+                            format!("{vp}.type"),
+                            format!("mount type {other:?} is not supported (bind, volume or tmpfs)"),
+                        )
+                    }
                 }
             }
         });
@@ -763,16 +892,30 @@ fn file_mode(s: &Scalar) -> Result<u32, String> {
     let t = text.trim();
     let digits = t.strip_prefix("0o").unwrap_or(t);
     if !digits.is_empty() && digits.chars().all(|c| ('0'..='7').contains(&c)) {
-        return u32::from_str_radix(digits, 8).ok().filter(|m| *m <= 0o777).ok_or_else(|| format!("invalid file mode {t}"));
+        return u32::from_str_radix(digits, 8)
+            .ok()
+            .filter(|m| *m <= 0o777)
+            .ok_or_else(|| format!("invalid file mode {t}"));
     }
     t.parse::<u32>().ok().filter(|m| *m <= 0o777).ok_or_else(|| format!("invalid file mode {t}"))
 }
 
-fn file_target(r: &FileRef, default_target: impl Fn(&str) -> String, p: &str) -> Result<(String, FileTarget), ConvertError> {
+fn file_target(
+    r: &FileRef,
+    default_target: impl Fn(&str) -> String,
+    p: &str,
+) -> Result<(String, FileTarget), ConvertError> {
     Ok(match r {
-        FileRef::Short(s) => (s.clone(), FileTarget { name: default_target(s), uid: "0".into(), gid: "0".into(), mode: 0o444 }),
+        FileRef::Short(s) => {
+            (s.clone(), FileTarget { name: default_target(s), uid: "0".into(), gid: "0".into(), mode: 0o444 })
+        }
         FileRef::Long(l) => {
-            let mode = l.mode.as_ref().map(file_mode).transpose().map_err(|m| ConvertError { path: format!("{p}.mode"), msg: m })?;
+            let mode = l
+                .mode
+                .as_ref()
+                .map(file_mode)
+                .transpose()
+                .map_err(|m| ConvertError { path: format!("{p}.mode"), msg: m })?;
             (
                 l.source.clone(),
                 FileTarget {
@@ -820,7 +963,8 @@ mod tests {
     fn plan_in(dir: &Path, text: &str) -> Result<StackPlan, String> {
         let docs = vec![yaml::parse("c.yml", text).map_err(|e| e.0)?];
         let env = [("FROM_ENV", "e"), ("SECRET_VAR", "s3cret")].map(|(k, v)| (k.to_string(), v.to_string()));
-        let loaded = load::load_docs(docs, dir.to_path_buf(), Vars::new(env, Default::default()), true).map_err(|e| e.0)?;
+        let loaded =
+            load::load_docs(docs, dir.to_path_buf(), Vars::new(env, Default::default()), true).map_err(|e| e.0)?;
         loaded.plan("app").map_err(|e| e.0)
     }
 
@@ -985,11 +1129,15 @@ mod tests {
         let n = &p.networks[1];
         assert_eq!((n.key.as_str(), n.external, n.spec.annotations.name.as_str()), ("n", false, "app_n"));
         assert!(n.spec.internal && n.spec.attachable);
-        assert_eq!(n.spec.annotations.labels, BTreeMap::from([("a".into(), "b".into()), (NAMESPACE_LABEL.into(), "app".into())]));
+        assert_eq!(
+            n.spec.annotations.labels,
+            BTreeMap::from([("a".into(), "b".into()), (NAMESPACE_LABEL.into(), "app".into())])
+        );
         assert_eq!(n.spec.ipam, Some(IpamConfig { subnet: "10.9.0.0/24".into(), gateway: String::new() }));
         assert_eq!((p.networks[0].external, p.networks[0].spec.annotations.name.as_str()), (true, "shared-net"));
         assert_eq!(p.networks.len(), 2, "no default network when every service names its networks");
-        let names: Vec<(&str, bool, &[u8])> = p.secrets.iter().map(|s| (s.name.as_str(), s.external, s.data.as_slice())).collect();
+        let names: Vec<(&str, bool, &[u8])> =
+            p.secrets.iter().map(|s| (s.name.as_str(), s.external, s.data.as_slice())).collect();
         assert_eq!(names, [("legacy", true, &b""[..]), ("app_pw", false, &b"hunter2"[..])]);
         assert_eq!((p.configs[0].name.as_str(), p.configs[0].data.as_slice()), ("fixed-name", &b"hi"[..]));
     }
@@ -998,22 +1146,58 @@ mod tests {
     fn bad_values_name_where_they_are() {
         let cases: &[(&str, &str)] = &[
             ("services:\n  s:\n    command: x\n", "c.yml:2:3: services.s: image is required"),
-            ("services:\n  s:\n    image: b\n    deploy: {mode: global, replicas: 2}\n", "replicas can only be used with replicated mode"),
-            ("services:\n  s:\n    image: b\n    deploy: {replicas: -1}\n", "services.s.deploy.replicas: \"-1\" is not a non-negative integer"),
-            ("services:\n  s:\n    image: b\n    ports: [\"99999:80\"]\n", "c.yml:4:13: services.s.ports[0]: invalid port \"99999\""),
+            (
+                "services:\n  s:\n    image: b\n    deploy: {mode: global, replicas: 2}\n",
+                "replicas can only be used with replicated mode",
+            ),
+            (
+                "services:\n  s:\n    image: b\n    deploy: {replicas: -1}\n",
+                "services.s.deploy.replicas: \"-1\" is not a non-negative integer",
+            ),
+            (
+                "services:\n  s:\n    image: b\n    ports: [\"99999:80\"]\n",
+                "c.yml:4:13: services.s.ports[0]: invalid port \"99999\"",
+            ),
             ("services:\n  s:\n    image: b\n    ports: [\"1-3:1-2\"]\n", "differ in length"),
             ("services:\n  s:\n    image: b\n    volumes: [data:/d]\n", "volume \"data\" is not declared"),
             ("services:\n  s:\n    image: b\n    secrets: [pw]\n", "secret \"pw\" is not declared"),
-            ("services:\n  s:\n    image: b\n    stop_grace_period: soon\n", "services.s.stop_grace_period: invalid duration"),
-            ("services:\n  s:\n    image: b\n    deploy: {placement: {constraints: [\"node.role=manager\"]}}\n", "services.s.deploy.placement.constraints[0]"),
-            ("services:\n  s:\n    image: b\n    deploy: {update_config: {failure_action: explode}}\n", "invalid failure action \"explode\""),
-            ("services:\n  s:\n    image: b\n    deploy: {rollback_config: {failure_action: rollback}}\n", "expected pause or continue"),
+            (
+                "services:\n  s:\n    image: b\n    stop_grace_period: soon\n",
+                "services.s.stop_grace_period: invalid duration",
+            ),
+            (
+                "services:\n  s:\n    image: b\n    deploy: {placement: {constraints: [\"node.role=manager\"]}}\n",
+                "services.s.deploy.placement.constraints[0]",
+            ),
+            (
+                "services:\n  s:\n    image: b\n    deploy: {update_config: {failure_action: explode}}\n",
+                "invalid failure action \"explode\"",
+            ),
+            (
+                "services:\n  s:\n    image: b\n    deploy: {rollback_config: {failure_action: rollback}}\n",
+                "expected pause or continue",
+            ),
             ("services:\n  s:\n    image: b\n    healthcheck: {test: [wget]}\n", "must start with CMD"),
-            ("services:\n  s:\n    image: b\n    depends_on: {nope: {condition: service_healthy}}\n", "service \"nope\" is not defined"),
-            ("services:\n  s:\n    image: b\nnetworks:\n  n: {driver: bridge}\n", "networks.n.driver: driver \"bridge\" is not supported"),
-            ("services:\n  s:\n    image: b\nsecrets:\n  pw: {file: ./missing.txt}\n", "secrets.pw.file: cannot read /nonexistent/./missing.txt"),
-            ("services:\n  s:\n    image: b\nsecrets:\n  pw: {environment: NOT_SET}\n", "environment variable NOT_SET is not set"),
-            ("services:\n  s:\n    image: b\nconfigs:\n  c: {}\n", "one of file, content, environment or external is required"),
+            (
+                "services:\n  s:\n    image: b\n    depends_on: {nope: {condition: service_healthy}}\n",
+                "service \"nope\" is not defined",
+            ),
+            (
+                "services:\n  s:\n    image: b\nnetworks:\n  n: {driver: bridge}\n",
+                "networks.n.driver: driver \"bridge\" is not supported",
+            ),
+            (
+                "services:\n  s:\n    image: b\nsecrets:\n  pw: {file: ./missing.txt}\n",
+                "secrets.pw.file: cannot read /nonexistent/./missing.txt",
+            ),
+            (
+                "services:\n  s:\n    image: b\nsecrets:\n  pw: {environment: NOT_SET}\n",
+                "environment variable NOT_SET is not set",
+            ),
+            (
+                "services:\n  s:\n    image: b\nconfigs:\n  c: {}\n",
+                "one of file, content, environment or external is required",
+            ),
         ];
         for (text, want) in cases {
             let e = plan_in(Path::new("/nonexistent"), text).unwrap_err();

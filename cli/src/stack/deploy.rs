@@ -21,7 +21,8 @@ const HEALTHY_TIMEOUT: Duration = Duration::from_secs(300);
 /// The services of a stack in the order they are created: each after those it depends on (`service_healthy`),
 /// otherwise by name. A cycle is an error naming it.
 pub fn creation_order(services: &[ServicePlan]) -> Result<Vec<&ServicePlan>, String> {
-    let by_name: BTreeMap<&str, &ServicePlan> = services.iter().map(|s| (s.spec.annotations.name.as_str(), s)).collect();
+    let by_name: BTreeMap<&str, &ServicePlan> =
+        services.iter().map(|s| (s.spec.annotations.name.as_str(), s)).collect();
     let mut done: BTreeSet<&str> = BTreeSet::new();
     let mut out = Vec::new();
     fn visit<'a>(
@@ -100,7 +101,8 @@ pub async fn deploy(client: &mut Client, mut plan: StackPlan, opts: DeployOption
     for s in &mut plan.services {
         s.spec = normalized(&s.spec).map_err(anyhow::Error::msg)?;
     }
-    let order: Vec<ServicePlan> = creation_order(&plan.services).map_err(anyhow::Error::msg)?.into_iter().cloned().collect();
+    let order: Vec<ServicePlan> =
+        creation_order(&plan.services).map_err(anyhow::Error::msg)?.into_iter().cloned().collect();
 
     let existing = rpc(client.control.list_networks(ListNetworksRequest::default()).await)?.networks;
     let mut network_ids: HashMap<String, String> =
@@ -162,7 +164,8 @@ pub async fn deploy(client: &mut Client, mut plan: StackPlan, opts: DeployOption
     }
     if opts.prune {
         let wanted: BTreeSet<&str> = plan.services.iter().map(|s| s.spec.annotations.name.as_str()).collect();
-        let mut stale: Vec<&Service> = current.values().filter(|s| !wanted.contains(s.spec.annotations.name.as_str())).collect();
+        let mut stale: Vec<&Service> =
+            current.values().filter(|s| !wanted.contains(s.spec.annotations.name.as_str())).collect();
         stale.sort_by(|a, b| a.spec.annotations.name.cmp(&b.spec.annotations.name));
         for s in stale {
             println!("Removing service {}", s.spec.annotations.name);
@@ -202,16 +205,14 @@ async fn wait_healthy(client: &mut Client, dep: &str, waiter: &str) -> anyhow::R
     let mut said = false;
     loop {
         let svc = rpc(client.control.get_service(GetRequest { id_or_name: dep.to_string() }).await)?;
-        let tasks = rpc(
-            client
-                .control
-                .list_tasks(ListTasksRequest {
-                    service_ids: vec![svc.id.clone()],
-                    node_ids: vec![],
-                    desired_states: vec![TaskState::Running],
-                })
-                .await,
-        )?
+        let tasks = rpc(client
+            .control
+            .list_tasks(ListTasksRequest {
+                service_ids: vec![svc.id.clone()],
+                node_ids: vec![],
+                desired_states: vec![TaskState::Running],
+            })
+            .await)?
         .tasks;
         let running = tasks.iter().filter(|t| t.status.state == TaskState::Running).count();
         let want = match svc.spec.mode {

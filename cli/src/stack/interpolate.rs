@@ -306,11 +306,13 @@ mod tests {
 
     #[test]
     fn document_errors_name_file_line_and_variable() {
-        let mut d = super::super::yaml::parse("c.yml", "services:\n  web:\n    image: \"busybox:${NOTAG:?no tag}\"\n")
-            .unwrap();
+        let mut d =
+            super::super::yaml::parse("c.yml", "services:\n  web:\n    image: \"busybox:${NOTAG:?no tag}\"\n").unwrap();
         let e = interpolate(&mut d, &vars()).unwrap_err();
         assert_eq!(e.0, "c.yml:3:5: services.web.image: required variable NOTAG is missing a value: no tag");
-        let mut d = super::super::yaml::parse("c.yml", "deploy:\n  replicas: ${N}\n  image: ${N}\n  labels: {a: '7'}\n").unwrap();
+        let mut d =
+            super::super::yaml::parse("c.yml", "deploy:\n  replicas: ${N}\n  image: ${N}\n  labels: {a: '7'}\n")
+                .unwrap();
         let v = Vars::new([("N".to_string(), "3".to_string())], Default::default());
         interpolate(&mut d, &v).unwrap();
         assert_eq!(d.value["deploy"]["replicas"], 3, "a typed key gets its type back");

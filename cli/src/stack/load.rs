@@ -27,18 +27,25 @@ pub struct Loaded {
 
 /// Reads the files (`-` is standard input), with variables from the environment and the first file's `.env`.
 pub fn load_files(paths: &[PathBuf], interpolate: bool) -> Result<Loaded, ComposeError> {
-    let first = paths.first().ok_or_else(|| ComposeError("please specify a compose file (with --compose-file)".into()))?;
+    let first =
+        paths.first().ok_or_else(|| ComposeError("please specify a compose file (with --compose-file)".into()))?;
     let dir = if first.as_os_str() == "-" {
         std::env::current_dir().map_err(|e| ComposeError(format!("cannot read the current directory: {e}")))?
     } else {
-        first.parent().map(Path::to_path_buf).filter(|p| !p.as_os_str().is_empty()).unwrap_or_else(|| PathBuf::from("."))
+        first
+            .parent()
+            .map(Path::to_path_buf)
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or_else(|| PathBuf::from("."))
     };
     let vars = Vars::from_environment(&dir)?;
     let mut docs = Vec::new();
     for p in paths {
         docs.push(if p.as_os_str() == "-" {
             let mut text = String::new();
-            std::io::stdin().read_to_string(&mut text).map_err(|e| ComposeError(format!("cannot read standard input: {e}")))?;
+            std::io::stdin()
+                .read_to_string(&mut text)
+                .map_err(|e| ComposeError(format!("cannot read standard input: {e}")))?;
             yaml::parse("stdin", &text)?
         } else {
             yaml::read(p)?
@@ -112,7 +119,10 @@ mod tests {
     #[test]
     fn unknown_key_names_file_line_and_key() {
         let e = load(
-            &[("a.yml", "services:\n  web:\n    image: busybox\n"), ("b.yml", "services:\n  web:\n    deploy:\n      replicaz: 2\n")],
+            &[
+                ("a.yml", "services:\n  web:\n    image: busybox\n"),
+                ("b.yml", "services:\n  web:\n    deploy:\n      replicaz: 2\n"),
+            ],
             &[],
         )
         .unwrap_err();
@@ -121,7 +131,8 @@ mod tests {
 
     #[test]
     fn conversion_errors_point_into_the_file() {
-        let l = load(&[("a.yml", "services:\n  web:\n    image: busybox\n    deploy:\n      mode: sideways\n")], &[]).unwrap();
+        let l = load(&[("a.yml", "services:\n  web:\n    image: busybox\n    deploy:\n      mode: sideways\n")], &[])
+            .unwrap();
         let e = l.plan("app").unwrap_err();
         assert!(e.0.starts_with("a.yml:5:7: services.web.deploy.mode: invalid mode \"sideways\""), "{e}");
     }

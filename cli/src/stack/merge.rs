@@ -29,7 +29,10 @@ fn list_to_map(v: &Value) -> Value {
 fn names_to_map(v: &Value) -> Value {
     match v {
         Value::Array(items) => Value::Object(
-            items.iter().map(|i| (i.as_str().map(str::to_string).unwrap_or_else(|| i.to_string()), Value::Null)).collect(),
+            items
+                .iter()
+                .map(|i| (i.as_str().map(str::to_string).unwrap_or_else(|| i.to_string()), Value::Null))
+                .collect(),
         ),
         other => other.clone(),
     }

@@ -202,7 +202,10 @@ fn ls_rows(services: &[ServiceWithStatus]) -> Vec<Value> {
             *counts.entry(stack).or_default() += 1;
         }
     }
-    counts.into_iter().map(|(name, n)| json!({"Name": name, "Services": n.to_string(), "Orchestrator": "Swarm"})).collect()
+    counts
+        .into_iter()
+        .map(|(name, n)| json!({"Name": name, "Services": n.to_string(), "Orchestrator": "Swarm"}))
+        .collect()
 }
 
 async fn ls(client: &mut Client, a: LsArgs) -> anyhow::Result<()> {
@@ -369,9 +372,12 @@ mod tests {
             }
         };
         let rows = ls_rows(&[svc("b_x", Some("b")), svc("a_x", Some("a")), svc("a_y", Some("a")), svc("lone", None)]);
-        assert_eq!(rows, vec![
-            json!({"Name": "a", "Services": "2", "Orchestrator": "Swarm"}),
-            json!({"Name": "b", "Services": "1", "Orchestrator": "Swarm"}),
-        ]);
+        assert_eq!(
+            rows,
+            vec![
+                json!({"Name": "a", "Services": "2", "Orchestrator": "Swarm"}),
+                json!({"Name": "b", "Services": "1", "Orchestrator": "Swarm"}),
+            ]
+        );
     }
 }

@@ -358,10 +358,7 @@ pub struct Logging {
 #[serde(untagged)]
 pub enum UlimitDef {
     Single(Scalar),
-    Pair {
-        soft: Scalar,
-        hard: Scalar,
-    },
+    Pair { soft: Scalar, hard: Scalar },
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
