@@ -237,7 +237,7 @@ mod tests {
             (spec("other", "10.20.0.0/16", "10.21.0.1"), Code::InvalidArgument, "invalid gateway 10.21.0.1"),
             (spec("other", "", "10.21.0.1"), Code::InvalidArgument, "a gateway can only be given with a subnet"),
             (spec("other", "10.20.0.1/16", ""), Code::InvalidArgument, "host bits are set"),
-            (spec("Not_A_Label", "", ""), Code::InvalidArgument, "invalid network name \"Not_A_Label\""),
+            (spec("_not_valid", "", ""), Code::InvalidArgument, "invalid network name \"_not_valid\""),
             (spec(&"n".repeat(64), "", ""), Code::InvalidArgument, "must be 1 to 63 letters"),
             (
                 NetworkSpec { driver: "bridge".into(), ..spec("other", "", "") },
