@@ -12,6 +12,7 @@ mod node;
 mod output;
 mod progress;
 mod service;
+mod stack;
 mod swarm;
 mod template;
 
@@ -49,6 +50,9 @@ enum Command {
     /// Manage services
     #[command(subcommand)]
     Service(Box<service::ServiceCmd>),
+    /// Manage stacks (applications from compose files)
+    #[command(subcommand)]
+    Stack(stack::StackCmd),
     /// Manage images
     #[command(subcommand)]
     Image(image::ImageCmd),
@@ -162,12 +166,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     if let Command::Logout(a) = cli.command {
         return login::logout(a);
     }
+    // `stack config` only reads files.
+    if let Command::Stack(stack::StackCmd::Config(a)) = &cli.command {
+        return stack::config(a);
+    }
     let mut client = Client::connect(&cli.host).await?;
     match cli.command {
         Command::Swarm(c) => crate::swarm::run(&mut client, c).await,
         Command::Node(c) => node::run(&mut client, c).await,
         Command::Network(c) => network::run(&mut client, c).await,
         Command::Service(c) => service::run(&mut client, *c).await,
+        Command::Stack(c) => stack::run(&mut client, c).await,
         Command::Image(c) => image::run(&mut client, c).await,
         Command::Pull(a) => image::pull(&mut client, a).await,
         Command::Push(a) => image::push(&mut client, a).await,

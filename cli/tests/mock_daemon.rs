@@ -213,7 +213,7 @@ impl Control for Fake {
         // As the real control API: the server normalizes (and validates) the image reference.
         let image = &mut spec.task_template.container.image;
         *image = normalize_image_ref(image).map_err(|e| Status::invalid_argument(e.to_string()))?;
-        if spec.annotations.name.is_empty() || spec.annotations.name.contains('_') {
+        if !swarm::manager::controlapi::validate::is_object_name(&spec.annotations.name) {
             return Err(Status::invalid_argument(format!("invalid name {:?}", spec.annotations.name)));
         }
         let mut st = self.0.lock().expect("lock");
@@ -953,8 +953,8 @@ fn services_lifecycle_through_the_cli() {
     assert_eq!(d.ok(&["service", "rm", "web", "everywhere"]), "web\neverywhere\n");
     assert_eq!(d.fails(&["service", "rm", "web"]), "Error response from daemon: service web not found");
     assert_eq!(
-        d.fails(&["service", "create", "--name", "Bad_Name", "busybox"]),
-        "Error response from daemon: invalid name \"Bad_Name\""
+        d.fails(&["service", "create", "--name", "Bad.Name", "busybox"]),
+        "Error response from daemon: invalid name \"Bad.Name\""
     );
     assert_eq!(d.ok(&["service", "ls", "-q"]), "");
 }
@@ -1223,4 +1223,114 @@ fn networks_and_published_ports_through_the_cli() {
         d.fails(&["service", "create", "--network", "nope", "busybox"]),
         "Error response from daemon: network nope not found"
     );
+}
+
+/// The running tasks' ids of one service, from `stack ps`.
+fn stack_task_ids(d: &Daemon, stack: &str, service: &str) -> Vec<String> {
+    d.ok(&["stack", "ps", stack, "--no-trunc", "--filter", "desired-state=running", "--format", "{{.ID}} {{.Name}}"])
+        .lines()
+        .filter(|l| l.split(' ').nth(1).is_some_and(|n| n.starts_with(&format!("{service}."))))
+        .map(|l| l.split(' ').next().unwrap_or_default().to_string())
+        .collect()
+}
+
+#[test]
+fn stacks_through_the_cli() {
+    let d = Daemon::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let write = |name: &str, text: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).expect("write compose file");
+        p.to_str().expect("utf-8").to_string()
+    };
+    write(".env", "WEB_REPLICAS=2\n");
+    let base = write(
+        "compose.yml",
+        "x-common: &common\n  image: busybox\n  labels: [tier=app]\n\
+         services:\n  web:\n    <<: *common\n    command: httpd -f -p 80\n    deploy:\n      replicas: ${WEB_REPLICAS}\n\
+         \x20   networks: [front]\n    build: .\n  worker:\n    <<: *common\n    command: [sleep, \"1000\"]\n    restart: always\n\
+         networks:\n  front: {}\n",
+    );
+    let out = d.shoal(&["stack", "deploy", "-c", &base, "app"]);
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(
+        stdout,
+        "Creating network app_default\nCreating network app_front\nCreating service app_web\nCreating service app_worker\n"
+    );
+    assert_eq!(stderr, "Ignoring unsupported options: build, restart\n\n");
+    assert_eq!(d.ok(&["stack", "ls"]), "NAME      SERVICES\napp       2\n");
+    assert_eq!(
+        d.ok(&["stack", "services", "app", "--format", "{{.Name}} {{.Mode}} {{.Image}}"]),
+        "app_web replicated busybox:latest\napp_worker replicated busybox:latest\n"
+    );
+    let web: serde_json::Value = serde_json::from_str(&d.ok(&["service", "inspect", "app_web"])).unwrap();
+    let spec = &web[0]["spec"];
+    assert_eq!(spec["mode"]["replicated"]["replicas"], 2, "replicas from .env: {spec}");
+    assert_eq!(spec["labels"]["com.docker.stack.namespace"], "app");
+    assert_eq!(spec["task_template"]["container"]["labels"]["tier"], "app");
+    assert_eq!(spec["task_template"]["container"]["args"], serde_json::json!(["httpd", "-f", "-p", "80"]));
+    let front_id = d.ok(&["network", "inspect", "-f", "{{.Id}}", "app_front"]);
+    assert_eq!(spec["task_template"]["networks"][0]["target"], front_id.trim(), "attached by network id");
+    let net: serde_json::Value = serde_json::from_str(&d.ok(&["network", "inspect", "app_default"])).unwrap();
+    assert_eq!(net[0]["Labels"], serde_json::json!({"com.docker.stack.namespace": "app"}));
+
+    // The same file again changes nothing.
+    std::thread::sleep(START_AFTER);
+    let web_tasks = stack_task_ids(&d, "app", "app_web");
+    let worker_tasks = stack_task_ids(&d, "app", "app_worker");
+    assert_eq!((web_tasks.len(), worker_tasks.len()), (2, 1));
+    assert_eq!(d.ok(&["stack", "deploy", "-c", &base, "app"]), "");
+    // An override file changing one service updates only that one, through UpdateService.
+    let over = write("override.yml", "services:\n  worker:\n    environment:\n      MODE: fast\n");
+    let out = d.ok(&["stack", "deploy", "-c", &base, "-c", &over, "app"]);
+    assert!(out.starts_with("Updating service app_worker (id: "), "{out}");
+    assert_eq!(out.lines().count(), 1, "{out}");
+    assert_eq!(stack_task_ids(&d, "app", "app_web"), web_tasks, "web untouched");
+    assert_ne!(stack_task_ids(&d, "app", "app_worker"), worker_tasks, "worker replaced");
+
+    // Without the worker: kept unless --prune.
+    let only_web = write(
+        "web-only.yml",
+        "services:\n  web:\n    image: busybox\n    labels: [tier=app]\n    command: httpd -f -p 80\n\
+         \x20   deploy:\n      replicas: 2\n    networks: [front]\nnetworks:\n  front: {}\n",
+    );
+    assert_eq!(d.ok(&["stack", "deploy", "-c", &only_web, "app"]), "");
+    assert_eq!(d.ok(&["stack", "ls"]), "NAME      SERVICES\napp       2\n");
+    assert_eq!(d.ok(&["stack", "deploy", "--prune", "-c", &only_web, "app"]), "Removing service app_worker\n");
+    assert_eq!(d.ok(&["stack", "ls"]), "NAME      SERVICES\napp       1\n");
+
+    // Bad files: one line naming the file, line and key (or variable); nothing is deployed.
+    let typo = write("typo.yml", "services:\n  db:\n    image: busybox\n    deploy:\n      replicaz: 2\n");
+    assert_eq!(
+        d.fails(&["stack", "deploy", "-c", &typo, "other"]),
+        format!("{typo}:5:7: services.db.deploy.replicaz: unknown key \"replicaz\"")
+    );
+    let missing = write("missing.yml", "services:\n  db:\n    image: \"busybox:${DB_TAG:?set DB_TAG}\"\n");
+    assert_eq!(
+        d.fails(&["stack", "deploy", "-c", &missing, "other"]),
+        format!("{missing}:3:5: services.db.image: required variable DB_TAG is missing a value: set DB_TAG")
+    );
+    let undeclared = write("undeclared.yml", "services:\n  db:\n    image: busybox\n    networks: [nowhere]\n");
+    assert!(d.fails(&["stack", "deploy", "-c", &undeclared, "other"]).contains("network \"nowhere\" is not declared"));
+    assert_eq!(d.ok(&["stack", "ls"]), "NAME      SERVICES\napp       1\n", "nothing of 'other' was created");
+
+    // config: merged and interpolated, without the extension fields.
+    let config = d.ok(&["stack", "config", "-c", &base, "-c", &over]);
+    assert!(
+        config.contains("replicas: 2") && config.contains("MODE: fast") && !config.contains("x-common"),
+        "{config}"
+    );
+
+    // rm removes the stack's services and networks, nothing else.
+    d.ok(&["network", "create", "keep"]);
+    assert_eq!(
+        d.ok(&["stack", "rm", "app"]),
+        "Removing service app_web\nRemoving network app_default\nRemoving network app_front\n"
+    );
+    assert_eq!(d.ok(&["stack", "ls"]), "NAME      SERVICES\n");
+    assert_eq!(d.ok(&["network", "ls", "--format", "{{.Name}}"]), "keep\n");
+    let out = d.shoal(&["stack", "rm", "app"]);
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "Nothing found in stack: app\n");
 }

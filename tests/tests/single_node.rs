@@ -246,7 +246,7 @@ fn restart_policy_constraints_and_bad_input() {
     step!("bad input gets clear errors and changes nothing");
     let before = d.ok(&["service", "ls", "-q"]);
     let cases: Vec<(Vec<&str>, &str)> = vec![
-        (vec!["service", "create", "--name", "Bad_Name", "busybox"], "invalid name"),
+        (vec!["service", "create", "--name", "Bad.Name", "busybox"], "invalid name"),
         (vec!["service", "create", "--name", "neg", "--replicas", "-1", "busybox"], "replicas"),
         (vec!["service", "create", "--name", "once", "busybox"], "already exists"),
         (vec!["service", "create", "--name", "m1", "--mount", "type=bind,target=/x", "busybox"], "mount"),

@@ -5,7 +5,7 @@ mod endpoint;
 pub mod image;
 mod flags;
 mod logs;
-mod opts;
+pub(crate) mod opts;
 mod pretty;
 mod update;
 
@@ -119,7 +119,7 @@ fn display_image(image: &str) -> String {
 }
 
 /// `service ls` columns: row field and table title (Docker's names).
-const LS_COLUMNS: &[(&str, &str)] = &[
+pub(crate) const LS_COLUMNS: &[(&str, &str)] = &[
     ("ID", "ID"),
     ("Name", "NAME"),
     ("Mode", "MODE"),
@@ -159,7 +159,7 @@ fn replicas_text(s: &ServiceWithStatus, completed: u64) -> String {
 
 /// One `service ls` row with Docker's field names (what `--format json` prints and templates see); `completed`
 /// counts a job's completed tasks.
-fn ls_row(s: &ServiceWithStatus, completed: u64) -> Value {
+pub(crate) fn ls_row(s: &ServiceWithStatus, completed: u64) -> Value {
     let spec = &s.service.spec;
     let replicas = replicas_text(s, completed);
     json!({

@@ -566,7 +566,7 @@ mod tests {
         assert!(dup.message().contains("web already exists"), "{}", dup.message());
 
         let mut bad = spec.clone();
-        bad.annotations.name = "Not_A_Label".into();
+        bad.annotations.name = "not.a.name".into();
         let e = api.create_service(Request::new(CreateServiceRequest { spec: bad })).await.unwrap_err();
         assert_eq!(e.code(), tonic::Code::InvalidArgument);
         assert_eq!(store.view(|v| v.services().count()), 1);

@@ -1,7 +1,7 @@
 //! Networks in the control API: spec checks and the address decisions of `network create` (subnet, gateway,
 //! VNI), made on the view the creating write reads so that two creates cannot take the same subnet or VNI.
 
-use super::validate::is_dns_label;
+use super::validate::is_object_name;
 use crate::api::{new_id, Network, NetworkSpec, INGRESS_NETWORK_NAME, OVERLAY_DRIVER};
 use crate::manager::ipam::{self, DefaultPools, IpamError};
 use crate::manager::store::MemoryStore;
@@ -11,10 +11,10 @@ use tonic::Status;
 /// Why a network cannot be created or removed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NetworkError {
-    /// The name is not a DNS label.
+    /// The name is not a valid object name.
     #[error(
-        "invalid network name {0:?}: a network name must be a valid DNS label: 1 to 63 letters, digits or '-', not \
-         starting or ending with '-'"
+        "invalid network name {0:?}: a network name must be 1 to 63 letters, digits, '-' or '_', starting and \
+         ending with a letter or digit"
     )]
     InvalidName(String),
     /// A driver other than overlay.
@@ -56,7 +56,7 @@ impl From<NetworkError> for Status {
 /// Checks a spec and fills what has a default (the driver).
 pub fn check_spec(spec: &mut NetworkSpec) -> Result<(), NetworkError> {
     let name = &spec.annotations.name;
-    if !is_dns_label(name) {
+    if !is_object_name(name) {
         return Err(NetworkError::InvalidName(name.clone()));
     }
     if spec.driver.is_empty() {
@@ -237,8 +237,8 @@ mod tests {
             (spec("other", "10.20.0.0/16", "10.21.0.1"), Code::InvalidArgument, "invalid gateway 10.21.0.1"),
             (spec("other", "", "10.21.0.1"), Code::InvalidArgument, "a gateway can only be given with a subnet"),
             (spec("other", "10.20.0.1/16", ""), Code::InvalidArgument, "host bits are set"),
-            (spec("Not_A_Label", "", ""), Code::InvalidArgument, "invalid network name \"Not_A_Label\""),
-            (spec(&"n".repeat(64), "", ""), Code::InvalidArgument, "must be a valid DNS label"),
+            (spec("_not_valid", "", ""), Code::InvalidArgument, "invalid network name \"_not_valid\""),
+            (spec(&"n".repeat(64), "", ""), Code::InvalidArgument, "must be 1 to 63 letters"),
             (
                 NetworkSpec { driver: "bridge".into(), ..spec("other", "", "") },
                 Code::InvalidArgument,

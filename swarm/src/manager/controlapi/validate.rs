@@ -16,13 +16,24 @@ pub fn is_dns_label(name: &str) -> bool {
         && !name.ends_with('-')
 }
 
+/// Whether `name` is a valid service or network name, by Swarm's rule: 1–63 letters, digits, '-' and '_',
+/// starting and ending with a letter or digit. The '_' is what joins a stack's name to its services' and
+/// networks' (`app_web`).
+pub fn is_object_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        && name.as_bytes()[0].is_ascii_alphanumeric()
+        && name.as_bytes()[name.len() - 1].is_ascii_alphanumeric()
+}
+
 /// Checks a service spec and normalizes what has a canonical form (the image reference).
 pub fn service_spec(spec: &mut ServiceSpec) -> Result<(), InvalidSpec> {
     let name = &spec.annotations.name;
-    if !is_dns_label(name) {
+    if !is_object_name(name) {
         return Err(InvalidSpec(format!(
-            "invalid name {name:?}: a service name must be a valid DNS label: 1 to 63 letters, digits or '-', \
-             not starting or ending with '-'"
+            "invalid name {name:?}: a service name must be 1 to 63 letters, digits, '-' or '_', starting and \
+             ending with a letter or digit"
         )));
     }
     let c = &mut spec.task_template.container;
@@ -212,8 +223,10 @@ mod tests {
         assert!(!is_dns_label("Web_2"));
         assert!(!is_dns_label("-web"));
         assert!(!is_dns_label(&"a".repeat(64)));
-        let mut s = service("s", "bad_name", 1).spec;
-        assert!(service_spec(&mut s).unwrap_err().0.contains("invalid name \"bad_name\""));
+        assert!(is_object_name("app_web") && is_object_name("web-2") && is_object_name("Web"));
+        assert!(!is_object_name("_web") && !is_object_name("web-") && !is_object_name("a.b"));
+        let mut s = service("s", "bad.name", 1).spec;
+        assert!(service_spec(&mut s).unwrap_err().0.contains("invalid name \"bad.name\""));
     }
 
     #[test]
