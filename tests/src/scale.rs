@@ -330,7 +330,7 @@ pub async fn run(cfg: &ScaleConfig) -> Result<(), ScaleError> {
 }
 
 /// Prints what the manager appended to its Raft log since `prev` (proposals and encoded bytes), and moves `prev`.
-async fn print_raft_delta(node: &SwarmNode, phase: &str, prev: &mut RaftStats) {
+async fn print_raft_delta(node: &SwarmNode<TestExecutor>, phase: &str, prev: &mut RaftStats) {
     let now = node.raft_stats().await.unwrap_or_default();
     println!(
         "raft   {phase:<16} {:>7} proposals  {:>9.1} MiB written",
