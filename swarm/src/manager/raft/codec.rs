@@ -109,6 +109,29 @@ mod tests {
         }
     }
 
+    /// Membership changes (a manager joining) are entries too, with node ids as map keys.
+    #[test]
+    fn membership_entries_and_raft_metadata_round_trip() {
+        use openraft::{BasicNode, Membership, StoredMembership, Vote};
+        use std::collections::{BTreeMap, BTreeSet};
+        let nodes: BTreeMap<u64, BasicNode> =
+            [(5721440022263293001u64, BasicNode::new("127.0.0.1:1")), (7, BasicNode::new("127.0.0.1:2"))].into();
+        let m = Membership::new(vec![BTreeSet::from([5721440022263293001u64]), BTreeSet::from([5721440022263293001u64, 7])], nodes);
+        let entry: Entry<TypeConfig> =
+            Entry { log_id: LogId::new(openraft::CommittedLeaderId::new(2, 7), 9), payload: EntryPayload::Membership(m.clone()) };
+        let back: Entry<TypeConfig> = decode(&encode(&entry)).unwrap();
+        match back.payload {
+            EntryPayload::Membership(got) => assert_eq!(got, m),
+            other => panic!("payload changed: {other:?}"),
+        }
+        let stored = StoredMembership::new(Some(entry.log_id), m);
+        assert_eq!(decode::<StoredMembership<u64, BasicNode>>(&encode(&stored)).unwrap(), stored);
+        let vote = Vote::new_committed(3, 7);
+        assert_eq!(decode::<Vote<u64>>(&encode(&vote)).unwrap(), vote);
+        let blank: Entry<TypeConfig> = Entry { log_id: entry.log_id, payload: EntryPayload::Blank };
+        assert!(matches!(decode::<Entry<TypeConfig>>(&encode(&blank)).unwrap().payload, EntryPayload::Blank));
+    }
+
     #[test]
     fn the_binary_format_is_smaller_than_json() {
         let tasks: Vec<Object> = (0..100).map(|i| task(&format!("t{i}"), "s1", i).into()).collect();
