@@ -2,9 +2,8 @@
 //! object at a time, so no snapshot is ever held whole in one buffer.
 //!
 //! ```text
-//!   {"format":2,"meta":{…snapshot meta…},"objects":N}      header: format version, what the snapshot is
-//!   <u32 LE length><object in the Raft codec>              one record per object, N records (format 1, older
-//!                                                          releases: one JSON object per line; still read)
+//!   {"format":1,"meta":{…snapshot meta…},"objects":N}      header: format version, what the snapshot is
+//!   {"Service":{…}}                                        one object per line, N lines
 //!   {"end":N,"sha256":"…"}                                 trailer: digest of every byte before it
 //! ```
 //! The trailer makes a truncated or altered file an error rather than a smaller store. Files are written under a
@@ -19,14 +18,8 @@ use sha2::{Digest, Sha256};
 use std::io::{BufRead, BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
 
-/// The snapshot file format this release writes: objects as length-prefixed records in the Raft codec.
-pub const SNAPSHOT_FORMAT: u8 = 2;
-
-/// The format of older releases (one JSON object per line), still read.
-const SNAPSHOT_FORMAT_JSON: u8 = 1;
-
-/// The largest object record a snapshot may hold; a bigger length is a corrupt file, not an allocation.
-const MAX_RECORD: usize = 64 << 20;
+/// The snapshot file format this release writes and reads.
+pub const SNAPSHOT_FORMAT: u8 = 1;
 
 type Meta = SnapshotMeta<NodeId, BasicNode>;
 
@@ -37,7 +30,7 @@ pub enum SnapshotFileError {
     #[error("snapshot file {path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
     /// The file was written in a format this release does not know.
-    #[error("snapshot file {path} has format version {version}; this shoald reads versions {SNAPSHOT_FORMAT_JSON} and {SNAPSHOT_FORMAT} (was it written by a newer release?)")]
+    #[error("snapshot file {path} has format version {version}; this shoald reads version {SNAPSHOT_FORMAT} (was it written by a newer release?)")]
     UnsupportedVersion { path: PathBuf, version: u64 },
     /// A line of the file is not what the format says.
     #[error("snapshot file {path} is corrupt at line {line}: {reason}")]
@@ -107,15 +100,7 @@ pub fn write(
     write_line(path, &mut out, &Header { format: SNAPSHOT_FORMAT as u64, meta: meta.clone(), objects: count })?;
     let mut written = 0u64;
     for o in objects {
-        let bytes = crate::manager::raft::codec::encode(&o);
-        let len = u32::try_from(bytes.len()).ok().filter(|&l| l as usize <= MAX_RECORD).ok_or_else(|| {
-            SnapshotFileError::Io {
-                path: path.to_path_buf(),
-                source: std::io::Error::other(format!("an object of {} bytes is too big for a snapshot", bytes.len())),
-            }
-        })?;
-        out.write_all(&len.to_le_bytes()).map_err(io(path))?;
-        out.write_all(&bytes).map_err(io(path))?;
+        write_line(path, &mut out, &o)?;
         written += 1;
     }
     // A count that disagrees with the objects would make a file that reads as truncated; catch it here.
@@ -169,44 +154,6 @@ impl<'a> Lines<'a> {
         Ok(Some(&self.buf[..self.buf.len() - 1]))
     }
 
-    /// The next length-prefixed record, or None at the end of the file (or inside a partial record).
-    fn record(&mut self) -> Result<Option<&[u8]>, SnapshotFileError> {
-        use std::io::Read;
-        let mut prefix = [0u8; 4];
-        if !self.fill(&mut prefix)? {
-            return Ok(None);
-        }
-        let len = u32::from_le_bytes(prefix) as usize;
-        self.line += 1;
-        if len > MAX_RECORD {
-            return Err(self.corrupt(format!("a record of {len} bytes")));
-        }
-        self.digest.update(prefix);
-        self.buf.resize(len, 0);
-        let mut got = 0;
-        while got < len {
-            match self.reader.read(&mut self.buf[got..]).map_err(io(self.path))? {
-                0 => return Ok(None),
-                n => got += n,
-            }
-        }
-        self.digest.update(&self.buf);
-        Ok(Some(&self.buf))
-    }
-
-    /// Fills `out` from the file; false at the end of the file.
-    fn fill(&mut self, out: &mut [u8]) -> Result<bool, SnapshotFileError> {
-        use std::io::Read;
-        let mut got = 0;
-        while got < out.len() {
-            match self.reader.read(&mut out[got..]).map_err(io(self.path))? {
-                0 => return Ok(false),
-                n => got += n,
-            }
-        }
-        Ok(true)
-    }
-
     fn corrupt(&self, reason: impl ToString) -> SnapshotFileError {
         SnapshotFileError::Corrupt { path: self.path.to_path_buf(), line: self.line, reason: reason.to_string() }
     }
@@ -221,7 +168,7 @@ impl<'a> Lines<'a> {
             line: 1,
             reason: format!("not a snapshot header: {e}"),
         })?;
-        if version.format != SNAPSHOT_FORMAT as u64 && version.format != SNAPSHOT_FORMAT_JSON as u64 {
+        if version.format != SNAPSHOT_FORMAT as u64 {
             return Err(SnapshotFileError::UnsupportedVersion { path: path.to_path_buf(), version: version.format });
         }
         serde_json::from_slice(line).map_err(|e| SnapshotFileError::Corrupt {
@@ -246,18 +193,12 @@ pub fn verify(path: &Path) -> Result<Meta, SnapshotFileError> {
 fn read_lines(path: &Path, mut each: Option<&mut dyn FnMut(Object)>) -> Result<Meta, SnapshotFileError> {
     let mut lines = Lines::open(path)?;
     let header = lines.header()?;
-    let json = header.format == SNAPSHOT_FORMAT_JSON as u64;
     for got in 0..header.objects {
-        let record = if json { lines.next(true)? } else { lines.record()? };
-        let Some(record) = record else {
+        let Some(line) = lines.next(true)? else {
             return Err(SnapshotFileError::Truncated { path: path.to_path_buf(), got, want: header.objects });
         };
         if let Some(each) = each.as_mut() {
-            let object: Object = if json {
-                serde_json::from_slice(record).map_err(|e| lines.corrupt(e))?
-            } else {
-                crate::manager::raft::codec::decode(record).map_err(|e| lines.corrupt(e))?
-            };
+            let object: Object = serde_json::from_slice(line).map_err(|e| lines.corrupt(e))?;
             each(object);
         }
     }
@@ -356,53 +297,18 @@ mod tests {
         path
     }
 
-    /// A file's parts: the header line, the object records (length prefix included) and the trailer line.
-    fn parts(bytes: &[u8]) -> (Vec<u8>, Vec<Vec<u8>>, Vec<u8>) {
-        let header_end = bytes.iter().position(|b| *b == b'\n').unwrap() + 1;
-        let mut at = header_end;
-        let mut records = vec![];
-        while !bytes[at..].starts_with(b"{\"end\":") {
-            let len = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
-            records.push(bytes[at..at + 4 + len].to_vec());
-            at += 4 + len;
-        }
-        (bytes[..header_end].to_vec(), records, bytes[at..].to_vec())
-    }
-
     #[test]
-    fn writes_one_record_per_object_and_reads_them_back() {
+    fn writes_one_line_per_object_and_reads_them_back() {
         let dir = tempfile::tempdir().unwrap();
         let path = written(dir.path(), 3);
-        let bytes = std::fs::read(&path).unwrap();
-        let (header, records, trailer) = parts(&bytes);
-        assert!(header.starts_with(b"{\"format\":2,"), "the file starts with its format version");
-        assert_eq!(records.len(), 3);
-        assert!(trailer.starts_with(b"{\"end\":3,"));
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 5, "header, 3 objects, trailer: {text}");
+        assert!(lines[0].starts_with("{\"format\":1,"), "the file starts with its format version: {}", lines[0]);
         let mut got = vec![];
         let m = read(&path, |o| got.push(o)).unwrap();
         assert_eq!(m, meta(7));
-        assert_eq!(got, objects(3));
-        assert_eq!(verify(&path).unwrap(), meta(7));
-    }
-
-    /// A snapshot an older release wrote (format 1: one JSON object per line) still reads.
-    #[test]
-    fn reads_the_json_lines_of_older_releases() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut body = serde_json::to_vec(&Header { format: 1, meta: meta(7), objects: 3 }).unwrap();
-        body.push(b'\n');
-        for o in objects(3) {
-            body.extend(serde_json::to_vec(&o).unwrap());
-            body.push(b'\n');
-        }
-        let sha256 = hex::encode(Sha256::digest(&body));
-        body.extend(serde_json::to_vec(&Trailer { end: 3, sha256 }).unwrap());
-        body.push(b'\n');
-        let path = dir.path().join("old.snap");
-        std::fs::write(&path, body).unwrap();
-        let mut got = vec![];
-        assert_eq!(read(&path, |o| got.push(o)).unwrap(), meta(7));
-        assert_eq!(got, objects(3));
+        assert_eq!(serde_json::to_string(&got).unwrap(), serde_json::to_string(&objects(3)).unwrap());
         assert_eq!(verify(&path).unwrap(), meta(7));
     }
 
@@ -410,27 +316,42 @@ mod tests {
     fn damaged_files_are_refused_naming_the_file() {
         let dir = tempfile::tempdir().unwrap();
         let good = std::fs::read(written(dir.path(), 20)).unwrap();
-        let (header, records, trailer) = parts(&good);
-        let replace = |from: &[u8], to: &[u8]| {
-            let at = good.windows(from.len()).position(|w| w == from).unwrap();
-            [&good[..at], to, &good[at + from.len()..]].concat()
-        };
         let cases: Vec<(&str, Vec<u8>, &str)> = vec![
             ("cut mid-object", good[..good.len() / 2].to_vec(), "truncated"),
-            ("cut before the trailer", good[..good.len() - trailer.len()].to_vec(), "truncated"),
+            (
+                "cut before the trailer",
+                {
+                    let end = good[..good.len() - 1].iter().rposition(|b| *b == b'\n').unwrap() + 1;
+                    good[..end].to_vec()
+                },
+                "truncated",
+            ),
             ("empty", vec![], "corrupt"),
             ("garbage", b"not a snapshot\n".to_vec(), "corrupt"),
-            ("newer format", replace(b"\"format\":2", b"\"format\":9"), "format version 9"),
-            ("a changed byte inside an object", replace(b"svc-13", b"svc-99"), "checksum"),
             (
-                "a record that is not an object",
+                "newer format",
                 {
-                    let nope = crate::manager::raft::codec::encode(&"nope");
-                    let mut r = (nope.len() as u32).to_le_bytes().to_vec();
-                    r.extend(nope);
-                    let mut recs = records.clone();
-                    recs[3] = r;
-                    [header.clone(), recs.concat(), trailer.clone()].concat()
+                    let mut b = good.clone();
+                    b[10] = b'9';
+                    b
+                },
+                "format version 9",
+            ),
+            (
+                "a changed byte inside an object",
+                {
+                    let s = String::from_utf8(good.clone()).unwrap().replacen("svc-13", "svc-99", 1);
+                    s.into_bytes()
+                },
+                "checksum",
+            ),
+            (
+                "a line that is not an object",
+                {
+                    let s = String::from_utf8(good.clone()).unwrap();
+                    let mut lines: Vec<&str> = s.lines().collect();
+                    lines[4] = "{\"nope\":1}";
+                    (lines.join("\n") + "\n").into_bytes()
                 },
                 "line 5",
             ),
