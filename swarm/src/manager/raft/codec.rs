@@ -99,8 +99,10 @@ mod tests {
                 .collect(),
             timestamp: Timestamp::now(),
         };
-        let entry: Entry<TypeConfig> =
-            Entry { log_id: LogId::new(openraft::CommittedLeaderId::new(3, 1), 42), payload: EntryPayload::Normal(proposal.clone()) };
+        let entry: Entry<TypeConfig> = Entry {
+            log_id: LogId::new(openraft::CommittedLeaderId::new(3, 1), 42),
+            payload: EntryPayload::Normal(proposal.clone()),
+        };
         let back: Entry<TypeConfig> = decode(&encode(&entry)).unwrap();
         assert_eq!(back.log_id, entry.log_id);
         match back.payload {
@@ -116,9 +118,14 @@ mod tests {
         use std::collections::{BTreeMap, BTreeSet};
         let nodes: BTreeMap<u64, BasicNode> =
             [(5721440022263293001u64, BasicNode::new("127.0.0.1:1")), (7, BasicNode::new("127.0.0.1:2"))].into();
-        let m = Membership::new(vec![BTreeSet::from([5721440022263293001u64]), BTreeSet::from([5721440022263293001u64, 7])], nodes);
-        let entry: Entry<TypeConfig> =
-            Entry { log_id: LogId::new(openraft::CommittedLeaderId::new(2, 7), 9), payload: EntryPayload::Membership(m.clone()) };
+        let m = Membership::new(
+            vec![BTreeSet::from([5721440022263293001u64]), BTreeSet::from([5721440022263293001u64, 7])],
+            nodes,
+        );
+        let entry: Entry<TypeConfig> = Entry {
+            log_id: LogId::new(openraft::CommittedLeaderId::new(2, 7), 9),
+            payload: EntryPayload::Membership(m.clone()),
+        };
         let back: Entry<TypeConfig> = decode(&encode(&entry)).unwrap();
         match back.payload {
             EntryPayload::Membership(got) => assert_eq!(got, m),

@@ -327,10 +327,8 @@ impl Scheduler {
     /// task, a node change, a task that ended and freed resources), coalesced over 50 ms; its own assignments
     /// do not wake it (their events only bring the node picture forward).
     pub async fn run(self, shutdown: CancellationToken) {
-        let mut tracking = Tracking {
-            nodes: NodeSet { nodes: BTreeMap::new(), stale: true },
-            events: self.store.watch(),
-        };
+        let mut tracking =
+            Tracking { nodes: NodeSet { nodes: BTreeMap::new(), stale: true }, events: self.store.watch() };
         loop {
             match self.pass(&mut tracking).await {
                 Ok(true) => continue, // some tasks changed under the plan: plan again at once
@@ -546,7 +544,10 @@ mod tests {
         })
         .await;
         let t2 = store.view(|v| v.task("t2").cloned().unwrap());
-        store.update(|tx| Ok::<_, StoreError>(tx.delete(crate::api::ObjectKind::Task, "t2", t2.meta.version))).await.unwrap();
+        store
+            .update(|tx| Ok::<_, StoreError>(tx.delete(crate::api::ObjectKind::Task, "t2", t2.meta.version)))
+            .await
+            .unwrap();
         while let Ok(e) = events.try_recv() {
             set.apply(&e);
         }
