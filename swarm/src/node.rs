@@ -1038,11 +1038,52 @@ impl<E: Executor> SwarmNode<E> {
         self.running.lock().await.as_ref()?.manager.as_ref().map(|m| m.raft.clone())
     }
 
-    /// Raft figures for tests and diagnostics: (entries in the log, index of the stored snapshot).
-    pub async fn raft_stats(&self) -> Option<(u64, Option<u64>)> {
+    /// Raft figures for tests and diagnostics.
+    pub async fn raft_stats(&self) -> Option<RaftStats> {
         let running = self.running.lock().await;
-        running.as_ref()?.manager.as_ref().map(|m| (m.raft.log_len(), m.raft.snapshot_index()))
+        running.as_ref()?.manager.as_ref().map(|m| {
+            let (appended_entries, appended_bytes) = m.raft.log_written();
+            RaftStats {
+                log_entries: m.raft.log_len(),
+                snapshot_index: m.raft.snapshot_index(),
+                applied_index: m.raft.applied_index(),
+                appended_entries,
+                appended_bytes,
+            }
+        })
     }
+
+    /// Has this manager take a Raft snapshot now and waits until it covers everything applied when asked.
+    pub async fn take_snapshot(&self, timeout: Duration) -> Result<(), NodeError> {
+        let raft = self.raft().await.ok_or(NodeError::NotManager(NOT_A_MANAGER))?;
+        let want = raft.applied_index();
+        raft.snapshot().await?;
+        let deadline = tokio::time::Instant::now() + timeout;
+        while raft.snapshot_index() < want {
+            if tokio::time::Instant::now() >= deadline {
+                return Err(crate::manager::raft::RaftNodeError::Raft(format!(
+                    "no snapshot at index {want:?} within {timeout:?}"
+                ))
+                .into());
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Ok(())
+    }
+}
+
+/// Figures about a manager's Raft log (benchmarks print them).
+#[derive(Debug, Clone, Default)]
+pub struct RaftStats {
+    /// Entries held in the log file now.
+    pub log_entries: u64,
+    /// The last index the stored snapshot covers.
+    pub snapshot_index: Option<u64>,
+    /// The last index applied to the store.
+    pub applied_index: Option<u64>,
+    /// Entries and encoded bytes appended since the manager started.
+    pub appended_entries: u64,
+    pub appended_bytes: u64,
 }
 
 /// Raft settings for a manager whose node certificate is `identity` (it calls its peers with it).

@@ -24,7 +24,7 @@ use swarm::api::membership::SwarmInitRequest;
 use swarm::api::{new_id, NodeRole, ServiceMode, TaskState};
 use swarm::ca::{self, RootCa};
 use swarm::manager::store::{Store, StoreError};
-use swarm::node::{NodeConfig, SwarmNode};
+use swarm::node::{NodeConfig, RaftStats, SwarmNode};
 use swarm::testing::TestExecutor;
 use swarm::transport::control::control_server::Control;
 use tokio_util::sync::CancellationToken;
@@ -201,6 +201,8 @@ pub async fn run(cfg: &ScaleConfig) -> Result<(), ScaleError> {
     })
     .await?;
     println!("phase nodes-ready      {:>9.2} s   peak RSS {:>8.1} MiB", t0.elapsed().as_secs_f64(), peak_rss_mib());
+    let mut raft_before = RaftStats::default();
+    print_raft_delta(&node, "init + nodes", &mut raft_before).await;
 
     // Phase 2: services.
     let api = node.control_api();
@@ -250,6 +252,7 @@ pub async fn run(cfg: &ScaleConfig) -> Result<(), ScaleError> {
     let running = t1.elapsed();
     println!("phase all-running      {:>9.2} s   peak RSS {:>8.1} MiB", running.as_secs_f64(), peak_rss_mib());
 
+    print_raft_delta(&node, "services → run", &mut raft_before).await;
     check(&store, &sims)?;
     println!("check  every slot runs exactly one task; no task on two nodes; no node overcommitted");
 
@@ -263,12 +266,41 @@ pub async fn run(cfg: &ScaleConfig) -> Result<(), ScaleError> {
         .await
         .map_err(|e| setup(e.message()))?;
     let ps_took = t.elapsed();
-    println!("latency service ls     {:>9.1} ms   service ps (one service) {:>7.1} ms", ms(ls_took), ms(ps_took));
-    let (log_len, snap) = node.raft_stats().await.unwrap_or((0, None));
+    let t = Instant::now();
+    let all = api
+        .list_tasks(Request::new(ListTasksRequest::default()))
+        .await
+        .map_err(|e| setup(e.message()))?
+        .into_inner()
+        .tasks
+        .len();
+    let ps_all_took = t.elapsed();
     println!(
-        "raft   log entries {log_len}, snapshot at {snap:?}, raft dir {:.1} MiB",
+        "latency service ls     {:>9.1} ms   service ps (one service) {:>7.1} ms   all {all} tasks {:>8.1} ms",
+        ms(ls_took),
+        ms(ps_took),
+        ms(ps_all_took)
+    );
+    let stats = node.raft_stats().await.unwrap_or_default();
+    println!(
+        "raft   log entries {}, snapshot at {:?}, raft dir {:.1} MiB",
+        stats.log_entries,
+        stats.snapshot_index,
         mib(dir_size(&state_dir.join("raft")))
     );
+    let t = Instant::now();
+    node.take_snapshot(cfg.phase_timeout).await.map_err(setup)?;
+    let snap_took = t.elapsed();
+    let stats = node.raft_stats().await.unwrap_or_default();
+    println!(
+        "raft   snapshot at {:?} taken in {:.2} s: {:.1} MiB; log now {} entries, raft dir {:.1} MiB",
+        stats.snapshot_index,
+        snap_took.as_secs_f64(),
+        mib(dir_size(&state_dir.join("raft").join("snapshots"))),
+        stats.log_entries,
+        mib(dir_size(&state_dir.join("raft")))
+    );
+    print_codec(&store);
 
     // Phase 4: the manager restarts (its own agent and the simulated ones keep their tasks).
     let t = Instant::now();
@@ -295,6 +327,46 @@ pub async fn run(cfg: &ScaleConfig) -> Result<(), ScaleError> {
     shutdown.cancel();
     node.shutdown().await;
     Ok(())
+}
+
+/// Prints what the manager appended to its Raft log since `prev` (proposals and encoded bytes), and moves `prev`.
+async fn print_raft_delta(node: &SwarmNode<TestExecutor>, phase: &str, prev: &mut RaftStats) {
+    let now = node.raft_stats().await.unwrap_or_default();
+    println!(
+        "raft   {phase:<16} {:>7} proposals  {:>9.1} MiB written",
+        now.appended_entries.saturating_sub(prev.appended_entries),
+        mib(now.appended_bytes.saturating_sub(prev.appended_bytes)),
+    );
+    *prev = now;
+}
+
+/// The store encoded as Raft writes it (MessagePack) against JSON: sizes and times.
+fn print_codec(store: &Store) {
+    let objects: Vec<swarm::api::Object> = store.view(|v| v.objects().collect());
+    let t = Instant::now();
+    let binary: usize = objects.iter().map(|o| swarm::manager::raft::codec::encode(o).len()).sum();
+    let binary_took = t.elapsed();
+    let t = Instant::now();
+    let json: usize = objects.iter().map(|o| serde_json::to_vec(o).map(|v| v.len()).unwrap_or(0)).sum();
+    let json_took = t.elapsed();
+    let t = Instant::now();
+    let mut decoded = 0;
+    for o in &objects {
+        let bytes = swarm::manager::raft::codec::encode(o);
+        decoded += usize::from(swarm::manager::raft::codec::decode::<swarm::api::Object>(&bytes).is_ok());
+    }
+    let round_trip = t.elapsed();
+    println!(
+        "codec  {} objects: MessagePack {:.1} MiB in {:.0} ms, JSON {:.1} MiB in {:.0} ms (size ratio {:.2}); \
+         encode+decode {:.0} ms ({decoded} read back)",
+        objects.len(),
+        mib(binary as u64),
+        ms(binary_took),
+        mib(json as u64),
+        ms(json_took),
+        binary as f64 / json.max(1) as f64,
+        ms(round_trip),
+    );
 }
 
 fn ms(d: Duration) -> f64 {

@@ -426,7 +426,17 @@ impl Control for ControlApi {
     async fn list_tasks(&self, req: Request<ListTasksRequest>) -> Result<Response<ListTasksResponse>, Status> {
         let f = req.into_inner();
         let tasks = self.store()?.view(|v| {
-            v.tasks()
+            // Through the narrowest index the filter allows, so `service ps` costs the service, not the cluster.
+            let candidates: Box<dyn Iterator<Item = &Task>> = if !f.service_ids.is_empty() {
+                let ids: std::collections::BTreeSet<&String> = f.service_ids.iter().collect();
+                Box::new(ids.into_iter().flat_map(|id| v.tasks_by_service(id)))
+            } else if !f.node_ids.is_empty() {
+                let ids: std::collections::BTreeSet<&String> = f.node_ids.iter().collect();
+                Box::new(ids.into_iter().flat_map(|id| v.tasks_by_node(id)))
+            } else {
+                Box::new(v.tasks())
+            };
+            candidates
                 .filter(|t| f.service_ids.is_empty() || f.service_ids.contains(&t.service_id))
                 .filter(|t| f.node_ids.is_empty() || f.node_ids.contains(&t.node_id))
                 .filter(|t| f.desired_states.is_empty() || f.desired_states.contains(&t.desired_state))

@@ -156,18 +156,19 @@ impl<P: ServiceModePolicy> Orchestrator<P> {
     }
 
     pub async fn run(self, shutdown: CancellationToken) {
-        let pass = || self.pass(&shutdown);
+        let pass = |scope| self.pass(&shutdown, scope);
         let retry = Duration::from_secs(5);
-        reconcile_loop(P::NAME, &self.store, &shutdown, Duration::from_millis(20), retry, P::interested, pass).await
+        let interested = |ev: &Event| P::interested(ev) && changes_orchestration(ev);
+        reconcile_services(P::NAME, &self.store, &shutdown, Duration::from_millis(20), retry, interested, pass).await
     }
 
-    async fn pass(&self, shutdown: &CancellationToken) -> Result<(), StoreError> {
+    async fn pass(&self, shutdown: &CancellationToken, scope: Scope) -> Result<(), StoreError> {
         let delayed = self
             .store
             .update(|tx| {
-                let (delayed, touched) = self.restarts.restart_ended(tx, P::handles);
+                let (delayed, touched) = self.restarts.restart_ended_in(tx, P::handles, &scope);
                 let view = tx.view();
-                for service in view.services().filter(|s| P::handles(&s.spec.mode) && !touched.contains(&s.id)) {
+                for service in scope.services(view).filter(|s| P::handles(&s.spec.mode) && !touched.contains(&s.id)) {
                     let plan = P::plan(view, service);
                     for t in plan.create {
                         tracing::info!(
@@ -207,6 +208,134 @@ fn service_or_task(ev: &Event) -> bool {
 /// its slots).
 fn service_task_or_node(ev: &Event) -> bool {
     matches!(ev.object, Object::Service(_) | Object::Task(_) | Object::Node(_))
+}
+
+/// Whether a change can alter what an orchestrator or the reaper decides: a task's progress towards running
+/// (ASSIGNED → PREPARING → RUNNING, the bulk of all writes) cannot; its creation, removal, desired state, end
+/// or node can. Other objects always can.
+pub(crate) fn changes_orchestration(ev: &Event) -> bool {
+    match (&ev.object, &ev.old) {
+        (Object::Task(t), Some(Object::Task(old))) if ev.action == crate::manager::store::EventAction::Update => {
+            t.desired_state != old.desired_state
+                || t.status.state.is_terminal() != old.status.state.is_terminal()
+                || t.node_id != old.node_id
+        }
+        _ => true,
+    }
+}
+
+/// Which services a pass must look at: those whose service or tasks changed, or all of them (a node changed,
+/// changes were missed, or the periodic full pass).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Scope {
+    all: bool,
+    services: std::collections::BTreeSet<String>,
+}
+
+impl Scope {
+    pub fn everything() -> Self {
+        Scope { all: true, services: Default::default() }
+    }
+
+    /// Widens the scope by what `ev` touches.
+    pub fn mark(&mut self, ev: &Event) {
+        match &ev.object {
+            Object::Service(s) => {
+                self.services.insert(s.id.clone());
+            }
+            Object::Task(t) => {
+                self.services.insert(t.service_id.clone());
+            }
+            _ => self.all = true,
+        }
+    }
+
+    fn merge(&mut self, other: Scope) {
+        self.all |= other.all;
+        self.services.extend(other.services);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        !self.all && self.services.is_empty()
+    }
+
+    pub fn includes(&self, service_id: &str) -> bool {
+        self.all || self.services.contains(service_id)
+    }
+
+    /// The services in scope that still exist.
+    pub fn services<'a>(&'a self, view: &'a MemoryStore) -> Box<dyn Iterator<Item = &'a Service> + 'a> {
+        if self.all {
+            Box::new(view.services())
+        } else {
+            Box::new(self.services.iter().filter_map(|id| view.service(id)))
+        }
+    }
+
+    /// The tasks of the services in scope (including tasks of services that were deleted).
+    pub fn tasks<'a>(&'a self, view: &'a MemoryStore) -> Box<dyn Iterator<Item = &'a Task> + 'a> {
+        if self.all {
+            Box::new(view.tasks())
+        } else {
+            Box::new(self.services.iter().flat_map(|id| view.tasks_by_service(id)))
+        }
+    }
+}
+
+/// [`reconcile_loop`] for components whose work splits by service: each pass is handed the [`Scope`] of what
+/// changed since the last successful one, so a change to one service costs that service, not the cluster. A
+/// full pass runs first, after missed changes, and every `retry`.
+pub(crate) async fn reconcile_services<F, Fut>(
+    name: &'static str,
+    store: &Store,
+    shutdown: &CancellationToken,
+    debounce: Duration,
+    retry: Duration,
+    interested: impl Fn(&Event) -> bool,
+    mut pass: F,
+) where
+    F: FnMut(Scope) -> Fut,
+    Fut: Future<Output = Result<(), StoreError>>,
+{
+    let mut events = store.watch();
+    let mut dirty = Scope::everything();
+    loop {
+        let scope = std::mem::take(&mut dirty);
+        if let Err(e) = pass(scope.clone()).await {
+            if !e.is_out_of_sequence() {
+                tracing::warn!(component = name, error = %e, "reconcile pass failed");
+            }
+            dirty.merge(scope);
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_millis(100)) => continue,
+            }
+        }
+        // Wait for something this component cares about.
+        let tick = tokio::time::sleep(retry);
+        tokio::pin!(tick);
+        while dirty.is_empty() {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = &mut tick => dirty = Scope::everything(),
+                r = events.recv() => match r {
+                    Ok(ev) if interested(&ev) => dirty.mark(&ev),
+                    Ok(_) => continue,
+                    Err(RecvError::Lagged(_)) => dirty = Scope::everything(),
+                    Err(RecvError::Closed) => return,
+                },
+            }
+        }
+        tokio::time::sleep(debounce).await;
+        loop {
+            match events.try_recv() {
+                Ok(ev) if interested(&ev) => dirty.mark(&ev),
+                Ok(_) => continue,
+                Err(TryRecvError::Lagged(_)) => dirty = Scope::everything(),
+                Err(_) => break,
+            }
+        }
+    }
 }
 
 /// The reconcile loop every leader component shares: run a pass, then wait for a relevant store change (or the

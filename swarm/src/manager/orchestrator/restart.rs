@@ -124,10 +124,20 @@ impl RestartSupervisor {
         tx: &mut WriteTx,
         mode: impl Fn(&crate::api::ServiceMode) -> bool,
     ) -> (Vec<(String, Duration)>, std::collections::BTreeSet<String>) {
+        self.restart_ended_in(tx, mode, &super::Scope::everything())
+    }
+
+    /// [`RestartSupervisor::restart_ended`] for the services in `scope` only.
+    pub fn restart_ended_in(
+        &self,
+        tx: &mut WriteTx,
+        mode: impl Fn(&crate::api::ServiceMode) -> bool,
+        scope: &super::Scope,
+    ) -> (Vec<(String, Duration)>, std::collections::BTreeSet<String>) {
         let view = tx.view();
         let mut delayed = Vec::new();
         let mut touched = std::collections::BTreeSet::new();
-        for t in view.tasks() {
+        for t in scope.tasks(view) {
             let Some(service) = view.service(&t.service_id) else { continue };
             if mode(&service.spec.mode) && t.desired_state <= TaskState::Running && t.status.state.is_terminal() {
                 delayed.extend(self.restart(tx, service, t));

@@ -2,7 +2,7 @@
 //! `docker service ps` shows them), marks the live tasks of deleted services REMOVE, and deletes tasks marked
 //! REMOVE once they stopped (or never reached a node, or their node was removed).
 
-use super::{is_live, reconcile_loop};
+use super::{changes_orchestration, is_live, reconcile_services, Scope};
 use crate::api::{Object, ObjectKind, Task, TaskState};
 use crate::manager::store::{MemoryStore, Store, StoreError};
 use std::collections::BTreeMap;
@@ -19,9 +19,14 @@ fn stopped(view: &MemoryStore, t: &Task) -> bool {
 
 /// Tasks to delete (pure).
 pub fn plan(view: &MemoryStore, history_limit: u64) -> Vec<Task> {
+    plan_in(view, history_limit, &Scope::everything())
+}
+
+/// [`plan`] for the tasks of the services in `scope`.
+pub fn plan_in(view: &MemoryStore, history_limit: u64, scope: &Scope) -> Vec<Task> {
     let mut out = Vec::new();
     let mut slots: BTreeMap<(&str, u64, &str), Vec<&Task>> = BTreeMap::new();
-    for t in view.tasks() {
+    for t in scope.tasks(view) {
         let gone = t.desired_state == TaskState::Remove || view.service(&t.service_id).is_none();
         if gone {
             if stopped(view, t) {
@@ -60,32 +65,34 @@ impl TaskReaper {
     }
 
     pub async fn run(self, shutdown: CancellationToken) {
-        let interested = |ev: &crate::manager::store::Event| matches!(ev.object, Object::Task(_) | Object::Service(_));
-        reconcile_loop(
+        let interested = |ev: &crate::manager::store::Event| {
+            matches!(ev.object, Object::Task(_) | Object::Service(_)) && changes_orchestration(ev)
+        };
+        reconcile_services(
             "task-reaper",
             &self.store.clone(),
             &shutdown,
             Duration::from_millis(250),
             Duration::from_secs(10),
             interested,
-            || self.pass(),
+            |scope| self.pass(scope),
         )
         .await
     }
 
-    async fn pass(&self) -> Result<(), StoreError> {
+    async fn pass(&self, scope: Scope) -> Result<(), StoreError> {
         self.store
             .update(|tx| {
                 let limit = tx.view().cluster().map(|c| c.spec.orchestration.task_history_retention_limit).unwrap_or(5);
                 let view = tx.view();
-                for t in view.tasks().filter(|t| t.desired_state != TaskState::Remove && !stopped(view, t)) {
+                for t in scope.tasks(view).filter(|t| t.desired_state != TaskState::Remove && !stopped(view, t)) {
                     if view.service(&t.service_id).is_none() {
                         let mut t = t.clone();
                         t.desired_state = TaskState::Remove;
                         tx.update(t);
                     }
                 }
-                for t in plan(view, limit) {
+                for t in plan_in(view, limit, &scope) {
                     tx.delete(ObjectKind::Task, &t.id, t.meta.version);
                 }
                 Ok::<_, StoreError>(())

@@ -14,6 +14,8 @@ use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefiniti
 use std::fmt::Debug;
 use std::ops::RangeBounds;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
@@ -25,6 +27,14 @@ const KEY_PURGED: &str = "last_purged";
 #[derive(Clone)]
 pub struct RedbLogStore {
     db: SharedDb,
+    written: Arc<Written>,
+}
+
+/// What this process appended to the log: entries and their encoded bytes (what a benchmark reports).
+#[derive(Debug, Default)]
+struct Written {
+    entries: AtomicU64,
+    bytes: AtomicU64,
 }
 
 type StResult<T> = Result<T, StorageError<NodeId>>;
@@ -87,7 +97,7 @@ impl RedbLogStore {
                     .map_err(|source| DbError::Format { path: path.to_path_buf(), source })?;
             }
         }
-        Ok(RedbLogStore { db: SharedDb::new(db) })
+        Ok(RedbLogStore { db: SharedDb::new(db), written: Arc::default() })
     }
 
     fn get_meta<T: serde::de::DeserializeOwned>(&self, key: &str) -> StResult<Option<T>> {
@@ -123,10 +133,18 @@ impl RedbLogStore {
         {
             let mut t = tx.open_table(LOG).map_err(write_err)?;
             for e in entries {
-                t.insert(e.log_id.index, encode(&e).as_slice()).map_err(write_err)?;
+                let bytes = encode(&e);
+                self.written.entries.fetch_add(1, Ordering::Relaxed);
+                self.written.bytes.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                t.insert(e.log_id.index, bytes.as_slice()).map_err(write_err)?;
             }
         }
         tx.commit().map_err(write_err)
+    }
+
+    /// Entries and bytes appended since the log was opened.
+    pub fn written(&self) -> (u64, u64) {
+        (self.written.entries.load(Ordering::Relaxed), self.written.bytes.load(Ordering::Relaxed))
     }
 
     /// Closes the file once operations in flight end; later operations fail (see [`SharedDb::close`]).

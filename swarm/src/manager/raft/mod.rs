@@ -9,7 +9,7 @@
 //! Snapshots are taken every `snapshot_interval` entries and the log is purged behind them, keeping
 //! `log_entries_for_slow_followers` entries.
 
-mod codec;
+pub mod codec;
 mod db;
 mod log_store;
 mod network;
@@ -418,6 +418,16 @@ impl RaftHandle {
     /// Takes a snapshot now (and purges the log behind it).
     pub async fn snapshot(&self) -> Result<(), RaftNodeError> {
         self.raft.trigger().snapshot().await.map_err(|e| RaftNodeError::Raft(e.to_string()))
+    }
+
+    /// Entries and encoded bytes this manager appended to its log since it started.
+    pub fn log_written(&self) -> (u64, u64) {
+        self.log.written()
+    }
+
+    /// The last log index applied to the store.
+    pub fn applied_index(&self) -> Option<u64> {
+        self.raft.metrics().borrow().last_applied.map(|l| l.index)
     }
 
     /// Entries now held in the log file.

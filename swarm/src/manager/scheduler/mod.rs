@@ -1,10 +1,11 @@
 //! The scheduler: gives every PENDING task a node (→ ASSIGNED), or says why none fits.
 //!
 //! ```text
-//!  watch tasks/nodes ─▶ pending set ─▶ groups of identical tasks of a service ─▶ per group: filters on every
-//!      node (ready, active, constraints, max per node, reservations, generic resources) ─▶ spread tree
-//!      (placement preferences; in a leaf: fewest tasks of this service, then fewest tasks overall)
-//!      ─▶ one batch of store writes per pass
+//!  watch ─▶ node picture (kept up to date from the task and node events, not rebuilt per pass)
+//!        ─▶ pending tasks only ─▶ groups of identical tasks of a service ─▶ per group: filters once per node
+//!      (ready, active, constraints, max per node, reservations, generic resources) ─▶ spread tree
+//!      (placement preferences; in a leaf: a heap by fewest tasks of this service, then fewest tasks overall)
+//!      ─▶ bounded batches of store writes per pass
 //! ```
 //! A task that fits nowhere stays PENDING with `no suitable node (<reasons>)` in its status; it is retried when
 //! nodes or tasks change. Global tasks arrive with their node chosen; the scheduler only checks that node.
@@ -12,17 +13,18 @@
 pub mod filters;
 pub mod spread;
 
-use crate::api::{Node, Resources, Task, TaskState};
-use crate::manager::store::{MemoryStore, Store, StoreError};
+use crate::api::{Node, Object, Resources, Task, TaskState};
+use crate::manager::store::{Event, EventAction, MemoryStore, Store, StoreError};
 
 use filters::Refusal;
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
+use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
-/// A node as the scheduler sees it during one pass: what is left of it and what runs there.
-#[derive(Debug, Clone)]
+/// A node as the scheduler sees it: what is left of it and what runs there.
+#[derive(Debug, Clone, PartialEq)]
 pub struct NodeInfo {
     pub node: Node,
     pub available: Resources,
@@ -31,6 +33,10 @@ pub struct NodeInfo {
     /// Tasks meant to run (desired state up to RUNNING), by service: what spread and max-per-node count.
     pub tasks_by_service: HashMap<String, u64>,
     pub total_tasks: u64,
+}
+
+fn generic_count(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
 }
 
 impl NodeInfo {
@@ -42,7 +48,7 @@ impl NodeInfo {
                 .description
                 .generic_resources
                 .iter()
-                .map(|(k, v)| (k.clone(), i64::try_from(*v).unwrap_or(i64::MAX)))
+                .map(|(k, v)| (k.clone(), generic_count(*v)))
                 .collect(),
             tasks_by_service: HashMap::new(),
             total_tasks: 0,
@@ -64,8 +70,41 @@ impl NodeInfo {
         self.available.memory_bytes -= r.reservations.memory_bytes;
         self.available.nano_cpus -= r.reservations.nano_cpus;
         for (kind, n) in &r.generic_reservations {
-            *self.available_generic.entry(kind.clone()).or_default() -= i64::try_from(*n).unwrap_or(i64::MAX);
+            *self.available_generic.entry(kind.clone()).or_default() -= generic_count(*n);
         }
+    }
+
+    /// Undoes [`NodeInfo::add`] of the same task.
+    fn remove(&mut self, task: &Task) {
+        if task.desired_state <= TaskState::Running {
+            if let Some(n) = self.tasks_by_service.get_mut(&task.service_id) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    self.tasks_by_service.remove(&task.service_id);
+                }
+            }
+            self.total_tasks = self.total_tasks.saturating_sub(1);
+        }
+        let r = &task.spec.resources;
+        self.available.memory_bytes += r.reservations.memory_bytes;
+        self.available.nano_cpus += r.reservations.nano_cpus;
+        for (kind, n) in &r.generic_reservations {
+            *self.available_generic.entry(kind.clone()).or_default() += generic_count(*n);
+        }
+    }
+
+    /// Takes a newer version of the node, keeping what its tasks hold (its capacity may have changed).
+    fn set_node(&mut self, node: &Node) {
+        let (old, new) = (&self.node.description, &node.description);
+        self.available.memory_bytes += new.resources.memory_bytes - old.resources.memory_bytes;
+        self.available.nano_cpus += new.resources.nano_cpus - old.resources.nano_cpus;
+        for (kind, n) in &old.generic_resources {
+            *self.available_generic.entry(kind.clone()).or_default() -= generic_count(*n);
+        }
+        for (kind, n) in &new.generic_resources {
+            *self.available_generic.entry(kind.clone()).or_default() += generic_count(*n);
+        }
+        self.node = node.clone();
     }
 }
 
@@ -84,6 +123,52 @@ pub fn node_infos(view: &MemoryStore) -> BTreeMap<String, NodeInfo> {
         }
     }
     out
+}
+
+/// The scheduler's picture of every node, kept equal to [`node_infos`] of the store by applying each committed
+/// change, so a pass costs what is pending rather than every task in the cluster.
+#[derive(Debug, Default)]
+pub struct NodeSet {
+    nodes: BTreeMap<String, NodeInfo>,
+    /// Set when the picture cannot be brought forward event by event (a node joined or left, events were
+    /// missed): the next pass rebuilds it from the store.
+    stale: bool,
+}
+
+impl NodeSet {
+    pub fn from_view(view: &MemoryStore) -> Self {
+        NodeSet { nodes: node_infos(view), stale: false }
+    }
+
+    /// Brings the picture forward by one committed change.
+    pub fn apply(&mut self, e: &Event) {
+        match &e.object {
+            Object::Node(n) => match (e.action, self.nodes.get_mut(&n.id)) {
+                (EventAction::Update, Some(info)) => info.set_node(n),
+                // Joins and removals are rare; the tasks a node already holds are counted by a rebuild.
+                _ => self.stale = true,
+            },
+            Object::Task(t) => {
+                if let Some(Object::Task(old)) = &e.old {
+                    if occupies(old) {
+                        if let Some(info) = self.nodes.get_mut(&old.node_id) {
+                            info.remove(old);
+                        }
+                    }
+                }
+                if e.action != EventAction::Delete && occupies(t) {
+                    if let Some(info) = self.nodes.get_mut(&t.node_id) {
+                        info.add(t);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    pub fn nodes(&self) -> &BTreeMap<String, NodeInfo> {
+        &self.nodes
+    }
 }
 
 /// The decision for one task.
@@ -122,9 +207,14 @@ fn no_suitable_node(nodes: &BTreeMap<String, NodeInfo>, task: &Task) -> Decision
 ///
 /// Pending tasks are taken oldest first and grouped with the identical tasks of their service (same spec, as
 /// Swarm's task groups): each group is filtered once per node and spread through one [`spread::Tree`], so a
-/// group costs time linear in the nodes plus a small step per task.
+/// group costs time linear in the nodes plus a logarithmic step per task.
 pub fn plan(view: &MemoryStore) -> Vec<(Task, Decision)> {
-    let mut nodes = node_infos(view);
+    plan_on(view, &mut NodeSet::from_view(view))
+}
+
+/// [`plan`] on a node picture kept by the caller (that of `view`); the picture is left as it was found: the
+/// placements reach it through their committed events.
+pub fn plan_on(view: &MemoryStore, set: &mut NodeSet) -> Vec<(Task, Decision)> {
     let mut pending: Vec<&Task> =
         view.tasks_by_state(TaskState::Pending).filter(|t| t.desired_state <= TaskState::Running).collect();
     if pending.is_empty() {
@@ -132,15 +222,18 @@ pub fn plan(view: &MemoryStore) -> Vec<(Task, Decision)> {
     }
     // Older tasks first, then by slot, so placement is stable.
     pending.sort_by(|a, b| (a.meta.created_index, a.slot, &a.id).cmp(&(b.meta.created_index, b.slot, &b.id)));
-    let mut out = Vec::new();
+    let nodes = &mut set.nodes;
+    let mut placed: Vec<(String, &Task)> = Vec::new();
+    let mut out = Vec::with_capacity(pending.len());
     for group in groups(pending) {
         if !group[0].node_id.is_empty() {
             // Global tasks: each has its node already.
             for t in group {
-                let d = decide_on_node(&nodes, t);
+                let d = decide_on_node(nodes, t);
                 if let Decision::Assign(node_id) = &d {
                     if let Some(info) = nodes.get_mut(node_id) {
-                        info.add(&placed_on(t, node_id));
+                        info.add(t);
+                        placed.push((node_id.clone(), t));
                     }
                 }
                 out.push((t.clone(), d));
@@ -149,33 +242,32 @@ pub fn plan(view: &MemoryStore) -> Vec<(Task, Decision)> {
         }
         let first = group[0];
         let constraints = &first.spec.placement.constraints;
-        let mut tree = spread::Tree::build(&nodes, &first.service_id, &first.spec.placement.preferences, |n| {
+        let mut tree = spread::Tree::build(nodes, &first.service_id, &first.spec.placement.preferences, |n| {
             filters::check(n, first, constraints).is_ok()
         });
         // Once the tree is full, every later task of the group gets the same explanation.
         let mut refused: Option<Decision> = None;
         for t in group {
-            let placed = tree.place(&mut nodes, |info| {
-                let node_id = info.node.id.clone();
-                info.add(&placed_on(t, &node_id));
+            let placed_on = tree.place(nodes, |info| {
+                info.add(t);
                 filters::check(info, first, constraints).is_ok()
             });
-            let d = match placed {
-                Some(node_id) => Decision::Assign(node_id),
-                None => refused.get_or_insert_with(|| no_suitable_node(&nodes, t)).clone(),
+            let d = match placed_on {
+                Some(node_id) => {
+                    placed.push((node_id.clone(), t));
+                    Decision::Assign(node_id)
+                }
+                None => refused.get_or_insert_with(|| no_suitable_node(nodes, t)).clone(),
             };
             out.push((t.clone(), d));
         }
     }
+    for (node_id, t) in placed {
+        if let Some(info) = nodes.get_mut(&node_id) {
+            info.remove(t);
+        }
+    }
     out
-}
-
-/// `task` as it will be once assigned to `node_id`.
-fn placed_on(task: &Task, node_id: &str) -> Task {
-    let mut placed = task.clone();
-    placed.node_id = node_id.to_string();
-    placed.status.state = TaskState::Assigned;
-    placed
 }
 
 /// Splits the (ordered) pending tasks into groups of the same service, spec and kind (global tasks, which come
@@ -201,6 +293,31 @@ pub struct Scheduler {
     store: Store,
 }
 
+/// What the scheduler carries from pass to pass: the node picture and the watch that keeps it current.
+struct Tracking {
+    nodes: NodeSet,
+    events: broadcast::Receiver<Event>,
+}
+
+impl Tracking {
+    /// Applies every change committed up to `view` (which the caller holds read-locked: changes are sent under
+    /// the write lock, so the queue holds exactly the changes the view has and the picture has not), rebuilding
+    /// the picture when changes were missed.
+    fn catch_up(&mut self, view: &MemoryStore) {
+        loop {
+            match self.events.try_recv() {
+                Ok(e) => self.nodes.apply(&e),
+                Err(broadcast::error::TryRecvError::Lagged(_)) => self.nodes.stale = true,
+                Err(_) => break,
+            }
+        }
+        if self.nodes.stale {
+            debug!("rebuilding the node picture from the store");
+            self.nodes = NodeSet::from_view(view);
+        }
+    }
+}
+
 impl Scheduler {
     pub fn new(store: Store) -> Self {
         Scheduler { store }
@@ -208,11 +325,12 @@ impl Scheduler {
 
     /// Schedules until `shutdown`. Each pass is triggered by a change that can matter to placement (a pending
     /// task, a node change, a task that ended and freed resources), coalesced over 50 ms; its own assignments
-    /// do not wake it.
+    /// do not wake it (their events only bring the node picture forward).
     pub async fn run(self, shutdown: CancellationToken) {
-        let mut events = self.store.watch();
+        let mut tracking =
+            Tracking { nodes: NodeSet { nodes: BTreeMap::new(), stale: true }, events: self.store.watch() };
         loop {
-            match self.pass().await {
+            match self.pass(&mut tracking).await {
                 Ok(true) => continue, // some tasks changed under the plan: plan again at once
                 Ok(false) => {}
                 Err(e) => {
@@ -224,44 +342,59 @@ impl Scheduler {
             loop {
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
-                    r = events.recv() => match r {
-                        Ok(e) if !wakes(&e) => continue,
-                        Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
-                        _ => break,
+                    r = tracking.events.recv() => match r {
+                        Ok(e) => {
+                            tracking.nodes.apply(&e);
+                            if wakes(&e) {
+                                break;
+                            }
+                        }
+                        Err(broadcast::error::RecvError::Closed) => return,
+                        Err(broadcast::error::RecvError::Lagged(_)) => {
+                            tracking.nodes.stale = true;
+                            break;
+                        }
                     },
                 }
             }
-            // Coalesce a burst of changes into one pass.
+            // Coalesce a burst of changes into one pass (the pass catches up with them).
             tokio::time::sleep(Duration::from_millis(50)).await;
-            while let Ok(_) | Err(tokio::sync::broadcast::error::TryRecvError::Lagged(_)) = events.try_recv() {}
         }
     }
 
     /// One pass: plans every pending task on one view, then commits the decisions in bounded proposals. A task
     /// that changed since the view (the orchestrator shut it down, say) is left for the next pass instead of
     /// failing its whole batch. Returns whether any was left so.
-    async fn pass(&self) -> Result<bool, StoreError> {
-        let changes = self.store.view(changes);
-        self.commit(&changes).await
+    async fn pass(&self, tracking: &mut Tracking) -> Result<bool, StoreError> {
+        let changes = self.store.view(|view| {
+            tracking.catch_up(view);
+            changes(view, &mut tracking.nodes)
+        });
+        if changes.is_empty() {
+            return Ok(false);
+        }
+        let assigned = changes.iter().filter(|t| t.status.state == TaskState::Assigned).count();
+        debug!(assigned, unschedulable = changes.len() - assigned, "scheduling pass");
+        self.commit(changes).await
     }
 
     /// Commits the scheduler's task updates in bounded proposals; returns whether a task had changed since it
     /// was planned (it is planned again at once).
-    async fn commit(&self, changes: &[Task]) -> Result<bool, StoreError> {
-        self.store.update_tasks_bounded(changes).await
+    async fn commit(&self, changes: Vec<Task>) -> Result<bool, StoreError> {
+        self.store.update_tasks_bounded(&changes).await
     }
 }
 
 /// The task updates one pass makes on `view`: assignments, and the reason for those that cannot be placed.
-fn changes(view: &MemoryStore) -> Vec<Task> {
-    let decisions = plan(view);
+fn changes(view: &MemoryStore, nodes: &mut NodeSet) -> Vec<Task> {
+    let decisions = plan_on(view, nodes);
     let now = crate::api::Timestamp::now();
-    let mut changes = Vec::new();
+    let mut changes = Vec::with_capacity(decisions.len());
     for (task, decision) in decisions {
         let mut t = task;
         match decision {
             Decision::Assign(node_id) => {
-                info!(task.id = %t.id, node.id = %node_id, "task assigned");
+                debug!(task.id = %t.id, node.id = %node_id, "task assigned");
                 t.node_id = node_id;
                 t.status.state = TaskState::Assigned;
                 t.status.message = "scheduler assigned task to node".into();
@@ -327,17 +460,103 @@ mod tests {
             })
             .await
             .unwrap();
-        let planned = store.view(changes);
+        let planned = store.view(|v| changes(v, &mut NodeSet::from_view(v)));
         assert_eq!(planned.len(), 3);
         // The orchestrator shuts t1 down meanwhile.
         let mut t1 = store.view(|v| v.task("t1").cloned()).unwrap();
         t1.desired_state = TaskState::Shutdown;
         store.update(|tx| Ok::<_, StoreError>(tx.update(t1))).await.unwrap();
         let s = Scheduler::new(store.clone());
-        assert!(s.commit(&planned).await.unwrap(), "the stale task is reported");
+        assert!(s.commit(planned).await.unwrap(), "the stale task is reported");
         let states: Vec<TaskState> =
             store.view(|v| ["t0", "t1", "t2"].iter().map(|id| v.task(id).unwrap().status.state).collect());
         assert_eq!(states, vec![TaskState::Assigned, TaskState::Pending, TaskState::Assigned]);
+    }
+
+    /// The picture brought forward event by event equals the one rebuilt from the store, through placements,
+    /// shutdowns, ends, deletions and a node whose capacity changed.
+    #[tokio::test]
+    async fn the_node_picture_follows_the_events_exactly() {
+        let store = Store::in_memory();
+        let mut n = node("a", "ha");
+        n.description.generic_resources.insert("gpu".into(), 2);
+        store.update(|tx| Ok::<_, StoreError>(tx.create(n))).await.unwrap();
+        let (mut set, mut events) = store.view_and_watch(NodeSet::from_view);
+        let on_node = |id: &str, service: &str, state: TaskState| {
+            let mut t = task(id, service, 1);
+            t.node_id = "a".into();
+            t.status.state = state;
+            t.spec.resources.reservations.memory_bytes = 100;
+            t.spec.resources.reservations.nano_cpus = 10;
+            t.spec.resources.generic_reservations.insert("gpu".into(), 1);
+            t
+        };
+        store
+            .update(|tx| {
+                tx.create(on_node("t1", "s1", TaskState::Running));
+                tx.create(on_node("t2", "s1", TaskState::Assigned));
+                tx.create(on_node("t3", "s2", TaskState::Running));
+                let mut p = task("t4", "s2", 2);
+                p.status.state = TaskState::Pending;
+                p.spec.resources.generic_reservations.insert("gpu".into(), 1);
+                tx.create(p);
+                Ok::<_, StoreError>(())
+            })
+            .await
+            .unwrap();
+        let step = |f: fn(&MemoryStore) -> Vec<Object>| {
+            let store = store.clone();
+            async move {
+                let objs = store.view(f);
+                store
+                    .update(|tx| {
+                        for o in objs {
+                            tx.update(o);
+                        }
+                        Ok::<_, StoreError>(())
+                    })
+                    .await
+                    .unwrap();
+            }
+        };
+        // t1 told to stop (still holds its resources), t2 runs, t3 ends, t4 is placed.
+        step(|v| {
+            let mut t1 = v.task("t1").cloned().unwrap();
+            t1.desired_state = TaskState::Shutdown;
+            let mut t2 = v.task("t2").cloned().unwrap();
+            t2.status.state = TaskState::Running;
+            let mut t3 = v.task("t3").cloned().unwrap();
+            t3.status.state = TaskState::Failed;
+            let mut t4 = v.task("t4").cloned().unwrap();
+            t4.node_id = "a".into();
+            t4.status.state = TaskState::Assigned;
+            vec![t1.into(), t2.into(), t3.into(), t4.into()]
+        })
+        .await;
+        // The node grows; t1 stops.
+        step(|v| {
+            let mut n = v.node("a").cloned().unwrap();
+            n.description.resources.memory_bytes += 1000;
+            n.description.generic_resources.insert("gpu".into(), 4);
+            let mut t1 = v.task("t1").cloned().unwrap();
+            t1.status.state = TaskState::Shutdown;
+            vec![n.into(), t1.into()]
+        })
+        .await;
+        let t2 = store.view(|v| v.task("t2").cloned().unwrap());
+        store
+            .update(|tx| Ok::<_, StoreError>(tx.delete(crate::api::ObjectKind::Task, "t2", t2.meta.version)))
+            .await
+            .unwrap();
+        while let Ok(e) = events.try_recv() {
+            set.apply(&e);
+        }
+        assert!(!set.stale);
+        let rebuilt = store.view(NodeSet::from_view);
+        assert_eq!(set.nodes(), rebuilt.nodes());
+        let a = &rebuilt.nodes()["a"];
+        assert_eq!((a.total_tasks, a.tasks_of_service("s2")), (1, 1), "only t4 is left");
+        assert_eq!(a.available_generic["gpu"], 3);
     }
 
     #[test]
