@@ -499,14 +499,6 @@ impl Engine for Fake {
         }
     }
 
-    async fn distribution_inspect(
-        &self,
-        req: Request<engine_api::DistributionInspectRequest>,
-    ) -> Result<Response<engine_api::DistributionInspectResponse>, Status> {
-        // No registry behind the fake: the CLI warns and keeps the tag, as Docker does without a registry.
-        Err(Status::unavailable(format!("{}: no registry", req.into_inner().reference)))
-    }
-
     async fn image_inspect(&self, req: Request<ImageInspectRequest>) -> Result<Response<ImageInspect>, Status> {
         let r = req.into_inner();
         if r.reference != "busybox" {
@@ -523,6 +515,14 @@ impl Engine for Fake {
             rootfs: RootFs { r#type: "layers".into(), layers: vec!["sha256:bcec".into()] },
             ..Default::default()
         }))
+    }
+
+    async fn distribution_inspect(
+        &self,
+        req: Request<DistributionInspectRequest>,
+    ) -> Result<Response<DistributionInspectResponse>, Status> {
+        // No registry behind this fake: as a daemon that cannot reach one.
+        Err(Status::unavailable(format!("registry for {}: connection refused", req.into_inner().reference)))
     }
 
     async fn registry_login(
@@ -1042,7 +1042,7 @@ fn service_update_and_rollback_through_the_cli() {
     assert!(pretty.contains("UpdateConfig:\n Parallelism:\t1\n"), "{pretty}");
 
     // An update whose tasks fail pauses: Docker's message, a non-zero exit, and `service ls` shows it.
-    let o = d.shoal(&["service", "update", "--image", "broken", "web"]);
+    let o = d.shoal(&["service", "update", "--no-resolve-image", "--image", "broken", "web"]);
     assert_eq!(o.status.code(), Some(1));
     assert_eq!(String::from_utf8_lossy(&o.stdout).lines().next(), Some("web"));
     let err = String::from_utf8_lossy(&o.stderr);

@@ -112,10 +112,15 @@ pub async fn run(client: &mut Client, args: CreateArgs) -> anyhow::Result<()> {
     if args.image_flags.with_registry_auth {
         c.pull_options = registry_auth(&c.image)?;
     }
+    let mut warning = None;
     if !args.image_flags.no_resolve_image {
-        c.image = pin_image(client, &c.image).await?;
+        let pinned = pin_image(client, &c.image).await?;
+        (c.image, warning) = (pinned.image, pinned.warning);
     }
     let service = rpc(client.control.create_service(CreateServiceRequest { spec }).await)?;
+    if let Some(w) = warning {
+        eprintln!("{w}");
+    }
     println!("{}", service.id);
     if !args.flags.detach {
         progress::wait_converged(client, &service.id, &service.spec.annotations.name, args.flags.quiet).await?;

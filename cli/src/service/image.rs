@@ -19,24 +19,30 @@ pub struct ImageFlags {
     pub no_resolve_image: bool,
 }
 
+/// An image reference after [`pin_image`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pinned {
+    pub image: String,
+    /// Docker's warning when the digest could not be recorded; printed (to stderr) once the service was
+    /// created or updated, as Docker prints its daemon's warnings.
+    pub warning: Option<String>,
+}
+
 /// The image pinned to its current digest in the registry: `registry/repo:tag@sha256:…`, as Docker stores it.
-/// An image already pinned, or whose registry cannot be reached, is returned as given (the latter with
-/// Docker's warning on stderr: each node then resolves the tag itself).
-pub async fn pin_image(client: &mut Client, image: &str) -> anyhow::Result<String> {
+/// An image already pinned, or whose registry cannot be reached, is kept as given (the latter with Docker's
+/// warning: each node then resolves the tag itself).
+pub async fn pin_image(client: &mut Client, image: &str) -> anyhow::Result<Pinned> {
+    let unchanged = |warning| Pinned { image: image.to_string(), warning };
     // A malformed reference is left for the control API to refuse with its own message.
-    let Ok(name) = normalize_image_ref(image) else { return Ok(image.to_string()) };
+    let Ok(name) = normalize_image_ref(image) else { return Ok(unchanged(None)) };
     if name.contains('@') {
-        return Ok(image.to_string());
+        return Ok(unchanged(None));
     }
     let auth = crate::image::stored_auth(&name)?;
     let req = DistributionInspectRequest { reference: name.clone(), auth };
     match client.engine.distribution_inspect(req).await {
-        Ok(r) => Ok(pinned(&name, &r.into_inner().digest)),
-        Err(_) => {
-            let shown = familiar_image_ref(&name);
-            eprintln!("{}", unpinned_warning(&shown));
-            Ok(image.to_string())
-        }
+        Ok(r) => Ok(Pinned { image: pinned(&name, &r.into_inner().digest), warning: None }),
+        Err(_) => Ok(unchanged(Some(unpinned_warning(&familiar_image_ref(&name))))),
     }
 }
 

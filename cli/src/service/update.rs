@@ -360,8 +360,10 @@ pub async fn run(client: &mut Client, a: UpdateArgs) -> anyhow::Result<()> {
     let mut spec = a.updated(&svc.spec)?;
     let c = &mut spec.task_template.container;
     // A new `--image` is pinned to its digest now; the current image stays as it was pinned.
+    let mut warning = None;
     if a.image.is_some() && !a.image_flags.no_resolve_image {
-        c.image = pin_image(client, &c.image).await?;
+        let pinned = pin_image(client, &c.image).await?;
+        (c.image, warning) = (pinned.image, pinned.warning);
     }
     if a.image_flags.with_registry_auth {
         c.pull_options = registry_auth(&c.image)?;
@@ -386,6 +388,9 @@ pub async fn run(client: &mut Client, a: UpdateArgs) -> anyhow::Result<()> {
         .control
         .update_service(UpdateServiceRequest { id: svc.id.clone(), version: svc.meta.version, spec, rollback: false })
         .await)?;
+    if let Some(w) = warning {
+        eprintln!("{w}");
+    }
     println!("{}", a.service);
     if !a.flags.detach {
         progress::wait_updated(client, &svc.id, svc.update_status.clone(), a.flags.quiet, false).await?;
