@@ -151,12 +151,7 @@ fn complete(tasks: Vec<Task>) -> AssignmentsMessage {
 }
 
 fn removed(id: &str) -> AssignmentsMessage {
-    AssignmentsMessage {
-        kind: AssignmentsKind::Incremental,
-        updated: vec![],
-        removed: vec![id.into()],
-        network_state: None,
-    }
+    AssignmentsMessage { kind: AssignmentsKind::Incremental, updated: vec![], removed: vec![id.into()], network_state: None }
 }
 
 fn added(t: Task) -> AssignmentsMessage {

@@ -78,22 +78,12 @@ mod tests {
         let mut t = task("t1", "s", 1);
         t.node_id = "n1".into();
         t.status.state = TaskState::Assigned;
-        let mut msg = AssignmentsMessage {
-            kind: AssignmentsKind::Incremental,
-            updated: vec![],
-            removed: vec![],
-            network_state: None,
-        };
+        let mut msg = AssignmentsMessage { kind: AssignmentsKind::Incremental, updated: vec![], removed: vec![], network_state: None };
         set.apply(&ev(EventAction::Update, &t), &mut msg);
         assert_eq!(msg.updated.len(), 1);
 
         // The agent's own status report is not echoed back.
-        let mut msg = AssignmentsMessage {
-            kind: AssignmentsKind::Incremental,
-            updated: vec![],
-            removed: vec![],
-            network_state: None,
-        };
+        let mut msg = AssignmentsMessage { kind: AssignmentsKind::Incremental, updated: vec![], removed: vec![], network_state: None };
         t.status.state = TaskState::Running;
         set.apply(&ev(EventAction::Update, &t), &mut msg);
         assert!(msg.updated.is_empty());

@@ -147,12 +147,8 @@ impl DispatcherRpc for DispatcherService {
                 return;
             }
             loop {
-                let mut msg = AssignmentsMessage {
-                    kind: AssignmentsKind::Incremental,
-                    updated: vec![],
-                    removed: vec![],
-                    network_state: None,
-                };
+                let mut msg =
+                    AssignmentsMessage { kind: AssignmentsKind::Incremental, updated: vec![], removed: vec![], network_state: None };
                 let first = tokio::select! {
                     _ = closed.cancelled() => {
                         let _ = tx.send(Err(Status::unavailable("session closed by the dispatcher"))).await;
