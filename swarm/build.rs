@@ -196,6 +196,7 @@ fn main() {
                 "crate::api::ca::RenewNodeCertificateRequest",
                 "crate::api::ca::IssueNodeCertificateResponse",
             ),
+            unary("get_data_key", "GetDataKey", "crate::api::control::Empty", "crate::api::ca::DataKeyResponse"),
         ],
     );
     // Manager to manager: openraft's RPCs, forwarded proposals and membership changes.
