@@ -11,6 +11,7 @@ mod network;
 mod node;
 mod output;
 mod progress;
+mod secret;
 mod service;
 mod swarm;
 mod template;
@@ -49,6 +50,12 @@ enum Command {
     /// Manage services
     #[command(subcommand)]
     Service(Box<service::ServiceCmd>),
+    /// Manage swarm secrets
+    #[command(subcommand)]
+    Secret(secret::SecretCmd),
+    /// Manage swarm configs
+    #[command(subcommand)]
+    Config(secret::ConfigCmd),
     /// Manage images
     #[command(subcommand)]
     Image(image::ImageCmd),
@@ -168,6 +175,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Node(c) => node::run(&mut client, c).await,
         Command::Network(c) => network::run(&mut client, c).await,
         Command::Service(c) => service::run(&mut client, *c).await,
+        Command::Secret(c) => secret::run_secret(&mut client, c).await,
+        Command::Config(c) => secret::run_config(&mut client, c).await,
         Command::Image(c) => image::run(&mut client, c).await,
         Command::Pull(a) => image::pull(&mut client, a).await,
         Command::Push(a) => image::push(&mut client, a).await,

@@ -16,3 +16,4 @@ pub mod registry;
 pub mod seccomp;
 pub mod socket;
 pub mod spec;
+pub mod taskfiles;

@@ -22,6 +22,8 @@ pub struct CreateArgs {
     pub name: Option<String>,
     #[command(flatten)]
     pub flags: SpecFlags,
+    #[command(flatten)]
+    pub files: super::files::CreateFiles,
     /// Set environment variables
     #[arg(short = 'e', long = "env", value_parser = opts::env, value_name = "KEY=VALUE")]
     pub env: Vec<String>,
@@ -93,6 +95,7 @@ impl CreateArgs {
             endpoint_spec: Default::default(),
         };
         self.flags.apply(&mut spec, true)?;
+        self.files.apply(&mut spec);
         Ok(spec)
     }
 }

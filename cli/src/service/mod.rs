@@ -1,6 +1,7 @@
 //! `shoal service …`: create, update, rollback, ls, ps, inspect, scale, rm and logs, with Docker's flags, columns and messages.
 
 mod create;
+mod files;
 mod flags;
 mod logs;
 mod opts;

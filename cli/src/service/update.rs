@@ -87,6 +87,8 @@ pub struct UpdateArgs {
     pub flags: SpecFlags,
     #[command(flatten)]
     pub lists: UpdateLists,
+    #[command(flatten)]
+    pub files: super::files::UpdateFiles,
     /// Service image tag
     #[arg(long)]
     pub image: Option<String>,
@@ -212,6 +214,7 @@ impl UpdateArgs {
     fn changes_something(&self) -> bool {
         self.flags.any_spec_flag()
             || self.lists != UpdateLists::default()
+            || self.files != super::files::UpdateFiles::default()
             || self.image.is_some()
             || self.args.is_some()
             || self.force
@@ -230,6 +233,7 @@ impl UpdateArgs {
         }
         self.flags.apply(&mut spec, false)?;
         self.lists.apply(&mut spec)?;
+        self.files.apply(&mut spec)?;
         if self.force {
             spec.task_template.force_update += 1;
         }
