@@ -96,6 +96,33 @@ fn main() {
                 "crate::api::control::ListNetworksResponse",
             ),
             unary("remove_network", "RemoveNetwork", "crate::api::control::GetRequest", "crate::api::control::Empty"),
+            // Secrets and configs (`secret …`, `config …`).
+            unary("create_secret", "CreateSecret", "crate::api::control::CreateSecretRequest", "crate::api::Secret"),
+            unary("get_secret", "GetSecret", "crate::api::control::GetRequest", "crate::api::Secret"),
+            unary(
+                "list_secrets",
+                "ListSecrets",
+                "crate::api::control::ListSecretsRequest",
+                "crate::api::control::ListSecretsResponse",
+            ),
+            unary("update_secret", "UpdateSecret", "crate::api::control::UpdateSecretRequest", "crate::api::Secret"),
+            unary("remove_secret", "RemoveSecret", "crate::api::control::GetRequest", "crate::api::control::Empty"),
+            unary(
+                "rotate_secret",
+                "RotateSecret",
+                "crate::api::control::RotateSecretRequest",
+                "crate::api::control::RotateSecretResponse",
+            ),
+            unary("create_config", "CreateConfig", "crate::api::control::CreateConfigRequest", "crate::api::Config"),
+            unary("get_config", "GetConfig", "crate::api::control::GetRequest", "crate::api::Config"),
+            unary(
+                "list_configs",
+                "ListConfigs",
+                "crate::api::control::ListSecretsRequest",
+                "crate::api::control::ListConfigsResponse",
+            ),
+            unary("update_config", "UpdateConfig", "crate::api::control::UpdateConfigRequest", "crate::api::Config"),
+            unary("remove_config", "RemoveConfig", "crate::api::control::GetRequest", "crate::api::control::Empty"),
             server_stream(
                 "subscribe_logs",
                 "SubscribeLogs",
@@ -169,6 +196,7 @@ fn main() {
                 "crate::api::ca::RenewNodeCertificateRequest",
                 "crate::api::ca::IssueNodeCertificateResponse",
             ),
+            unary("get_data_key", "GetDataKey", "crate::api::control::Empty", "crate::api::ca::DataKeyResponse"),
         ],
     );
     // Manager to manager: openraft's RPCs, forwarded proposals and membership changes.

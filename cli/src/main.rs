@@ -11,6 +11,7 @@ mod network;
 mod node;
 mod output;
 mod progress;
+mod secret;
 mod service;
 mod stack;
 mod swarm;
@@ -53,6 +54,12 @@ enum Command {
     /// Manage stacks (applications from compose files)
     #[command(subcommand)]
     Stack(stack::StackCmd),
+    /// Manage swarm secrets
+    #[command(subcommand)]
+    Secret(secret::SecretCmd),
+    /// Manage swarm configs
+    #[command(subcommand)]
+    Config(secret::ConfigCmd),
     /// Manage images
     #[command(subcommand)]
     Image(image::ImageCmd),
@@ -177,6 +184,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Network(c) => network::run(&mut client, c).await,
         Command::Service(c) => service::run(&mut client, *c).await,
         Command::Stack(c) => stack::run(&mut client, c).await,
+        Command::Secret(c) => secret::run_secret(&mut client, c).await,
+        Command::Config(c) => secret::run_config(&mut client, c).await,
         Command::Image(c) => image::run(&mut client, c).await,
         Command::Pull(a) => image::pull(&mut client, a).await,
         Command::Push(a) => image::push(&mut client, a).await,

@@ -111,7 +111,7 @@ pub async fn run(client: &mut Client, cmd: NetworkCmd) -> anyhow::Result<()> {
 }
 
 /// `--label k=v` (a bare `k` is an empty value), as Docker parses it.
-fn parse_label(s: &str) -> Result<(String, String), String> {
+pub(crate) fn parse_label(s: &str) -> Result<(String, String), String> {
     let (k, v) = s.split_once('=').unwrap_or((s, ""));
     if k.trim().is_empty() {
         return Err(format!("invalid label '{s}': empty name"));

@@ -418,6 +418,42 @@ impl Control for Fake {
         Ok(Response::new(Empty {}))
     }
 
+    // Secrets and configs are not exercised against the mock daemon (the control API's own tests and the e2e
+    // suite cover them).
+    async fn create_secret(&self, _: Request<CreateSecretRequest>) -> Result<Response<swarm::api::Secret>, Status> {
+        Err(Status::unimplemented("secrets"))
+    }
+    async fn get_secret(&self, _: Request<GetRequest>) -> Result<Response<swarm::api::Secret>, Status> {
+        Err(Status::unimplemented("secrets"))
+    }
+    async fn list_secrets(&self, _: Request<ListSecretsRequest>) -> Result<Response<ListSecretsResponse>, Status> {
+        Err(Status::unimplemented("secrets"))
+    }
+    async fn update_secret(&self, _: Request<UpdateSecretRequest>) -> Result<Response<swarm::api::Secret>, Status> {
+        Err(Status::unimplemented("secrets"))
+    }
+    async fn remove_secret(&self, _: Request<GetRequest>) -> Result<Response<Empty>, Status> {
+        Err(Status::unimplemented("secrets"))
+    }
+    async fn rotate_secret(&self, _: Request<RotateSecretRequest>) -> Result<Response<RotateSecretResponse>, Status> {
+        Err(Status::unimplemented("secrets"))
+    }
+    async fn create_config(&self, _: Request<CreateConfigRequest>) -> Result<Response<swarm::api::Config>, Status> {
+        Err(Status::unimplemented("configs"))
+    }
+    async fn get_config(&self, _: Request<GetRequest>) -> Result<Response<swarm::api::Config>, Status> {
+        Err(Status::unimplemented("configs"))
+    }
+    async fn list_configs(&self, _: Request<ListSecretsRequest>) -> Result<Response<ListConfigsResponse>, Status> {
+        Err(Status::unimplemented("configs"))
+    }
+    async fn update_config(&self, _: Request<UpdateConfigRequest>) -> Result<Response<swarm::api::Config>, Status> {
+        Err(Status::unimplemented("configs"))
+    }
+    async fn remove_config(&self, _: Request<GetRequest>) -> Result<Response<Empty>, Status> {
+        Err(Status::unimplemented("configs"))
+    }
+
     async fn get_cluster(&self, _req: Request<Empty>) -> Result<Response<GetClusterResponse>, Status> {
         let mut cluster: Cluster = serde_json::from_value(serde_json::json!({
             "id": "cluster1", "spec": {"name": "default"},

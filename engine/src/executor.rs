@@ -102,6 +102,8 @@ pub struct ContainerdExecutor {
     cfg: Arc<ExecutorConfig>,
     /// The dataplane; without one, tasks get a loopback-only namespace and network state is ignored.
     net: Option<Arc<crate::network::Dataplane>>,
+    /// The secrets and configs the agent handed over (memory only; tasks get them on a tmpfs).
+    files: Arc<std::sync::RwLock<swarm::api::TaskFiles>>,
 }
 
 fn rt(s: tonic::Status) -> ExecError {
@@ -138,7 +140,7 @@ pub fn parse_signal(s: &str) -> Option<u32> {
 impl ContainerdExecutor {
     pub fn new(ch: Channel, images: ImageService, cfg: ExecutorConfig) -> Self {
         let task_images = TaskImages::new(images.clone(), None);
-        ContainerdExecutor { ch, images, task_images, cfg: Arc::new(cfg), net: None }
+        ContainerdExecutor { ch, images, task_images, cfg: Arc::new(cfg), net: None, files: Arc::default() }
     }
 
     /// Pulls a task's image from its registry when this node does not have it.
@@ -208,6 +210,7 @@ impl ContainerdExecutor {
         let (root, id) = (self.cfg.data_root.clone(), id.to_string());
         tokio::task::spawn_blocking(move || {
             remove_dir(&crate::logs::task_dir(&root, &id))?;
+            crate::taskfiles::release(&root, &id)?;
             for dir in anonymous_volumes(&root.join("volumes"), &id) {
                 remove_dir(&dir)?;
             }
@@ -296,6 +299,11 @@ impl Executor for ContainerdExecutor {
             .into_inner()
             .containers;
         Ok(list.into_iter().filter(|c| c.labels.contains_key(LABEL_TASK_ID)).map(|c| c.id).collect())
+    }
+
+    async fn apply_task_files(&self, files: &swarm::api::TaskFiles) -> Result<(), ExecError> {
+        *self.files.write().unwrap_or_else(|e| e.into_inner()) = files.clone();
+        Ok(())
     }
 
     async fn remove_task(&self, task_id: &str) -> Result<(), ExecError> {
@@ -568,6 +576,24 @@ impl ContainerdController {
             }
             Ok(s)
         });
+        // Secrets and configs last: a task whose spec is refused mounts no tmpfs.
+        let built = match built {
+            Ok(mut oci) => {
+                let (root, task) = (self.exec.cfg.data_root.clone(), self.task.clone());
+                let files = self.exec.files.read().unwrap_or_else(|e| e.into_inner()).clone();
+                tokio::task::spawn_blocking(move || crate::taskfiles::materialize(&root, &task, &files))
+                    .await
+                    .map_err(|e| ExecError::Runtime(e.to_string()))
+                    .and_then(|r| r)
+                    .map(|extra| {
+                        let mut mounts = oci.mounts().clone().unwrap_or_default();
+                        mounts.extend(extra);
+                        oci.set_mounts(Some(mounts));
+                        oci
+                    })
+            }
+            Err(e) => Err(e),
+        };
         let oci = match built {
             Ok(s) => s,
             Err(e) => {

@@ -18,3 +18,4 @@ pub mod seccomp;
 pub mod socket;
 pub mod spec;
 pub mod taskimage;
+pub mod taskfiles;

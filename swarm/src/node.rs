@@ -35,6 +35,8 @@ use tracing::Instrument;
 /// The cluster port (Raft, dispatcher, CA on one mTLS listener).
 pub const DEFAULT_PORT: u16 = 2377;
 const NODE_FILE: &str = "node.json";
+/// The managers' data key (`manager/datakey.rs`), in a manager's state dir only.
+const DATA_KEY_FILE: &str = "data.key";
 const NODE_FORMAT: u32 = 1;
 /// How long `swarm join` waits for the new worker's first session (Docker's swarm request timeout; shorter in unit
 /// tests, which wait it out).
@@ -390,6 +392,9 @@ impl<E: Executor> SwarmNode<E> {
         let identity =
             ca::issue_identity_for(&root, &node_id, NodeRole::Manager, &cluster_id, spec.ca_config.node_cert_expiry)?;
         identity.save(&self.certs_dir())?;
+        crate::manager::datakey::DataKey::generate()
+            .save(&self.cfg.state_dir.join(DATA_KEY_FILE))
+            .map_err(|e| self.state_err(e))?;
 
         let settings = raft_settings(spec.raft.snapshot_interval, &identity)?;
         let (raft, store) = RaftHandle::start(raft_id, &self.cfg.state_dir.join("raft"), &settings).await?;
@@ -504,6 +509,12 @@ impl<E: Executor> SwarmNode<E> {
         store: Store,
         listener: tokio::net::TcpListener,
     ) -> Result<(), NodeError> {
+        match crate::manager::datakey::DataKey::load(&self.cfg.state_dir.join(DATA_KEY_FILE)) {
+            Ok(Some(key)) => store.set_data_key(key),
+            // A swarm made before secrets existed: secret calls are refused on this manager until it has one.
+            Ok(None) => tracing::warn!(node.id = %me.node_id, "no data key in the state dir: secrets are unavailable here"),
+            Err(e) => return Err(self.state_err(e)),
+        }
         let shutdown = CancellationToken::new();
         let mut tasks = JoinSet::new();
         let heartbeat =
@@ -725,6 +736,7 @@ impl<E: Executor> SwarmNode<E> {
         let trace = InitTrace::start(&self.cfg.state_dir).map_err(|e| self.state_err(e))?;
         let started = async {
             identity.save(&self.certs_dir())?;
+            self.fetch_data_key(remote, &identity).await?;
             let settings = raft_settings(me.snapshot_interval, &identity)?;
             let (raft, store) = RaftHandle::start(me.raft_id, &self.cfg.state_dir.join("raft"), &settings).await?;
             if let Err(e) = crate::fsutil::write_atomic(
@@ -834,6 +846,10 @@ impl<E: Executor> SwarmNode<E> {
             },
             ..me.clone()
         };
+        // The data key before anything stops: a promotion that cannot get it is tried again at the next check.
+        if becomes_manager {
+            self.fetch_data_key(&target, &renewed).await?;
+        }
         // The certificate, then node.json: a crash in between resumes in the old role with the new certificate,
         // and the next check sees the role differ again.
         self.shutdown().await;
@@ -846,7 +862,9 @@ impl<E: Executor> SwarmNode<E> {
         .map_err(|e| self.state_err(e))?;
         if becomes_worker {
             remove_any(&self.cfg.state_dir.join("raft")).map_err(|e| self.state_err(e))?;
+            remove_any(&self.cfg.state_dir.join(DATA_KEY_FILE)).map_err(|e| self.state_err(e))?;
         }
+
         self.resume().await?;
         if becomes_manager {
             let raft = self.raft().await.ok_or_else(|| self.state_err("the promoted node did not start Raft"))?;
@@ -856,6 +874,21 @@ impl<E: Executor> SwarmNode<E> {
             tracing::info!(node.id = %me.node_id, "demoted: running as a worker");
         }
         Ok(true)
+    }
+
+    /// Asks the manager at `addr` for the managers' data key, as the manager `identity` makes this node, and
+    /// keeps it in the state dir.
+    async fn fetch_data_key(&self, addr: &str, identity: &NodeIdentity) -> Result<(), NodeError> {
+        let tls = ca::ClusterTls::new(identity)?;
+        let failed = |reason: String| NodeError::Membership(format!("getting the data key from {addr}: {reason}"));
+        let mut client = ca::member_ca_client(addr, &tls).await.map_err(|e| failed(e.to_string()))?;
+        let resp = client
+            .get_data_key(crate::api::control::Empty {})
+            .await
+            .map_err(|s| failed(s.message().to_string()))?
+            .into_inner();
+        let key = crate::manager::datakey::DataKey::from_text(&resp.key).map_err(|e| failed(e.to_string()))?;
+        key.save(&self.cfg.state_dir.join(DATA_KEY_FILE)).map_err(|e| self.state_err(e))
     }
 
     /// A renewal in the same role: the certificate is saved and swapped in for new connections (listener, Raft
@@ -1267,8 +1300,13 @@ impl InitTrace {
         Ok(trace)
     }
 
-    fn paths(&self) -> [PathBuf; 3] {
-        [self.state_dir.join(NODE_FILE), self.state_dir.join("certificates"), self.state_dir.join("raft")]
+    fn paths(&self) -> [PathBuf; 4] {
+        [
+            self.state_dir.join(NODE_FILE),
+            self.state_dir.join("certificates"),
+            self.state_dir.join("raft"),
+            self.state_dir.join(DATA_KEY_FILE),
+        ]
     }
 
     /// Removes what init wrote. Failures are logged: the caller reports the error that made init fail.

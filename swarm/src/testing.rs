@@ -173,11 +173,18 @@ pub struct TestExecutor {
     rt: Arc<Mutex<FakeRuntime>>,
     /// Bumped whenever a log line is fed, to wake followers.
     fed: Arc<watch::Sender<u64>>,
+    /// The secrets and configs the agent last handed over.
+    files: Arc<Mutex<crate::api::TaskFiles>>,
 }
 
 impl TestExecutor {
     pub fn new(hostname: &str) -> Self {
-        TestExecutor { hostname: hostname.into(), rt: Arc::default(), fed: Arc::default() }
+        TestExecutor { hostname: hostname.into(), rt: Arc::default(), fed: Arc::default(), files: Arc::default() }
+    }
+
+    /// The secrets and configs this node holds now (as the agent last handed them over).
+    pub fn task_files(&self) -> crate::api::TaskFiles {
+        self.files.lock().unwrap().clone()
     }
 
     /// Appends a line to a task's log, written now.
@@ -274,6 +281,10 @@ pub struct TestController {
     /// The task's slot (service, slot or node), for [`ExitScript::failures_per_slot`].
     slot: (String, String),
     rt: Arc<Mutex<FakeRuntime>>,
+    /// Ids of the secrets and configs the task mounts, and where the node's are: as a real runtime, prepare
+    /// fails when one has not arrived.
+    needs: (Vec<String>, Vec<String>),
+    files: Arc<Mutex<crate::api::TaskFiles>>,
 }
 
 fn fake_health(health: Health) -> HealthStatus {
@@ -301,6 +312,11 @@ impl Executor for TestExecutor {
         Ok(())
     }
 
+    async fn apply_task_files(&self, files: &crate::api::TaskFiles) -> Result<(), ExecError> {
+        *self.files.lock().unwrap() = files.clone();
+        Ok(())
+    }
+
     fn controller(&self, task: &Task) -> Result<TestController, ExecError> {
         let health_checked = task
             .spec
@@ -315,6 +331,11 @@ impl Executor for TestExecutor {
             health_checked,
             slot: (task.service_id.clone(), slot),
             rt: self.rt.clone(),
+            needs: (
+                task.spec.container.secrets.iter().map(|r| r.secret_id.clone()).collect(),
+                task.spec.container.configs.iter().map(|r| r.config_id.clone()).collect(),
+            ),
+            files: self.files.clone(),
         })
     }
 
@@ -428,6 +449,15 @@ impl TestController {
 
 impl Controller for TestController {
     async fn prepare(&self) -> Result<(), ExecError> {
+        {
+            let files = self.files.lock().unwrap();
+            if let Some(id) = self.needs.0.iter().find(|id| !files.secrets.contains_key(*id)) {
+                return Err(ExecError::InvalidSpec(format!("secret {id} is not available on this node")));
+            }
+            if let Some(id) = self.needs.1.iter().find(|id| !files.configs.contains_key(*id)) {
+                return Err(ExecError::InvalidSpec(format!("config {id} is not available on this node")));
+            }
+        }
         let mut rt = self.rt.lock().unwrap();
         if rt.missing_images.contains(&self.image) {
             return Err(ExecError::ImageNotFound(familiar_image_ref(&self.image)));

@@ -25,6 +25,8 @@ pub struct CreateArgs {
     pub flags: SpecFlags,
     #[command(flatten)]
     pub image_flags: ImageFlags,
+    #[command(flatten)]
+    pub files: super::files::CreateFiles,
     /// Set environment variables
     #[arg(short = 'e', long = "env", value_parser = opts::env, value_name = "KEY=VALUE")]
     pub env: Vec<String>,
@@ -102,6 +104,7 @@ impl CreateArgs {
             endpoint_spec: swarm::api::EndpointSpec { mode: Default::default(), ports: self.publish.clone() },
         };
         self.flags.apply(&mut spec, true)?;
+        self.files.apply(&mut spec);
         Ok(spec)
     }
 }

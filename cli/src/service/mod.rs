@@ -3,6 +3,7 @@
 mod create;
 mod endpoint;
 pub mod image;
+mod files;
 mod flags;
 mod logs;
 pub(crate) mod opts;

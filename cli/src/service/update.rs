@@ -90,6 +90,8 @@ pub struct UpdateArgs {
     pub lists: UpdateLists,
     #[command(flatten)]
     pub image_flags: ImageFlags,
+    #[command(flatten)]
+    pub files: super::files::UpdateFiles,
     /// Service image tag
     #[arg(long)]
     pub image: Option<String>,
@@ -207,6 +209,7 @@ impl UpdateArgs {
     fn changes_something(&self) -> bool {
         self.flags.any_spec_flag()
             || self.lists != UpdateLists::default()
+            || self.files != super::files::UpdateFiles::default()
             || self.image.is_some()
             || self.image_flags.with_registry_auth
             || self.args.is_some()
@@ -226,6 +229,7 @@ impl UpdateArgs {
         }
         self.flags.apply(&mut spec, false)?;
         self.lists.apply(&mut spec)?;
+        self.files.apply(&mut spec)?;
         if self.force {
             spec.task_template.force_update += 1;
         }

@@ -8,7 +8,7 @@
 //! `wait` attaches to a task that is already running or reports the exit of one that already stopped.
 
 use crate::api::logs::{LogsOptions, TaskLogLine};
-use crate::api::{Health, NetworkState, NodeDescription, Task};
+use crate::api::{Health, NetworkState, NodeDescription, Task, TaskFiles};
 use std::future::Future;
 use tokio::sync::{mpsc, watch};
 
@@ -87,6 +87,14 @@ pub trait Executor: Send + Sync + 'static {
     /// ignore it.
     fn apply_network_state(&self, state: &NetworkState) -> impl Future<Output = Result<(), ExecError>> + Send {
         let _ = state;
+        std::future::ready(Ok(()))
+    }
+
+    /// Holds the secrets and configs the node's tasks use (the whole set, each time it changes), in memory: a
+    /// task's controller mounts those its spec references when it prepares. Runtimes that mount nothing accept
+    /// and ignore it.
+    fn apply_task_files(&self, files: &TaskFiles) -> impl Future<Output = Result<(), ExecError>> + Send {
+        let _ = files;
         std::future::ready(Ok(()))
     }
 

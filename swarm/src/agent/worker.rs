@@ -9,8 +9,8 @@
 
 use super::exec::{Controller, ExecError, Executor};
 use super::task::{run_task, Reporter};
-use crate::api::dispatch::{AssignmentsKind, AssignmentsMessage};
-use crate::api::Task;
+use crate::api::dispatch::{AssignmentsKind, AssignmentsMessage, FilesDelta};
+use crate::api::{Task, TaskFiles};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
@@ -45,6 +45,8 @@ pub struct Worker<E: Executor> {
     swept: bool,
     /// Ends removal retries and the sweep when the agent stops.
     stopping: CancellationToken,
+    /// The secrets and configs the node's tasks use, in memory only (the executor gets the whole set).
+    files: TaskFiles,
 }
 
 impl<E: Executor> Worker<E> {
@@ -58,6 +60,7 @@ impl<E: Executor> Worker<E> {
             removed_order: VecDeque::new(),
             swept: false,
             stopping: CancellationToken::new(),
+            files: TaskFiles::default(),
         }
     }
 
@@ -81,6 +84,14 @@ impl<E: Executor> Worker<E> {
         if let Some(state) = &msg.network_state {
             if let Err(e) = self.executor.apply_network_state(state).await {
                 tracing::warn!(error = %e, "applying the network state failed");
+            }
+        }
+        // Then the secrets and configs, which a task's controller mounts when it prepares.
+        let files = files_after(&self.files, msg.kind, msg.files);
+        if files != self.files {
+            self.files = files;
+            if let Err(e) = self.executor.apply_task_files(&self.files).await {
+                tracing::warn!(error = %e, "handing the secrets and configs to the runtime failed");
             }
         }
         match msg.kind {
@@ -257,6 +268,20 @@ impl<E: Executor> Worker<E> {
 }
 
 /// Runs `f` until it succeeds, waiting longer after each failure; false if `stop` came first.
+/// The node's secrets and configs after a message's changes: a `Complete` message's set replaces them.
+fn files_after(cur: &TaskFiles, kind: AssignmentsKind, delta: FilesDelta) -> TaskFiles {
+    let mut next = if kind == AssignmentsKind::Complete { TaskFiles::default() } else { cur.clone() };
+    for id in &delta.removed_secrets {
+        next.secrets.remove(id);
+    }
+    for id in &delta.removed_configs {
+        next.configs.remove(id);
+    }
+    next.secrets.extend(delta.secrets.into_iter().map(|p| (p.id.clone(), p)));
+    next.configs.extend(delta.configs.into_iter().map(|p| (p.id.clone(), p)));
+    next
+}
+
 async fn retry<F, Fut>(what: &str, stop: &CancellationToken, mut f: F) -> bool
 where
     F: FnMut() -> Fut,

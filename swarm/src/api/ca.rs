@@ -71,3 +71,16 @@ pub struct RenewNodeCertificateRequest {
     #[serde(default)]
     pub advertise_addr: String,
 }
+
+/// The managers' data key (text form), for a manager that has none yet: one that joined or was promoted. Only a
+/// member holding a manager certificate gets it, over mTLS.
+#[derive(Clone, Default, Serialize, Deserialize)]
+pub struct DataKeyResponse {
+    pub key: String,
+}
+
+impl std::fmt::Debug for DataKeyResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DataKeyResponse(..)")
+    }
+}

@@ -121,3 +121,71 @@ pub struct ListNetworksRequest {
 pub struct ListNetworksResponse {
     pub networks: Vec<Network>,
 }
+
+/// `secret create`: the spec with its data in clear (sealed before it is stored).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CreateSecretRequest {
+    pub spec: super::SecretSpec,
+}
+
+/// `secret ls` / `config ls`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ListSecretsRequest {
+    /// Only objects whose name or id starts with one of these (empty: all).
+    #[serde(default)]
+    pub names: Vec<String>,
+}
+
+/// Secrets as the API shows them: never their data.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ListSecretsResponse {
+    pub secrets: Vec<super::Secret>,
+}
+
+/// Changes a secret's labels (the only thing that may change, as in Docker).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UpdateSecretRequest {
+    pub id: String,
+    /// The version the caller read; a stale one fails with "update out of sequence".
+    pub version: u64,
+    /// The secret's spec with new labels: its name must be the same and its data empty.
+    pub spec: super::SecretSpec,
+}
+
+/// `secret rotate NAME FILE`: a new version of the secret with this data, and every service using the current
+/// version moved to it (rolled out with its update policy).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RotateSecretRequest {
+    /// Name (of any version, or of the family), id or unique id prefix.
+    pub id_or_name: String,
+    #[serde(with = "super::base64_bytes")]
+    pub data: Vec<u8>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RotateSecretResponse {
+    /// The new version.
+    pub secret: super::Secret,
+    /// Names of the services now using it.
+    #[serde(default)]
+    pub services: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CreateConfigRequest {
+    pub spec: super::ConfigSpec,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ListConfigsResponse {
+    pub configs: Vec<super::Config>,
+}
+
+/// Changes a config's labels (the only thing that may change).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UpdateConfigRequest {
+    pub id: String,
+    pub version: u64,
+    /// The config's spec with new labels: same name, same data.
+    pub spec: super::ConfigSpec,
+}

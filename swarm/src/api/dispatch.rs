@@ -75,6 +75,32 @@ pub struct AssignmentsMessage {
     /// networks exist). The agent applies it before the tasks in the same message.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network_state: Option<super::NetworkState>,
+    /// Secrets and configs the node's tasks use: new ones and the ids of those no task uses any more (in a
+    /// `Complete` message, the whole set). Applied before the tasks in the same message.
+    #[serde(default, skip_serializing_if = "FilesDelta::is_empty")]
+    pub files: FilesDelta,
+}
+
+/// Changes to the secrets and configs a node holds.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FilesDelta {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<super::FilePayload>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub removed_secrets: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub configs: Vec<super::FilePayload>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub removed_configs: Vec<String>,
+}
+
+impl FilesDelta {
+    pub fn is_empty(&self) -> bool {
+        self.secrets.is_empty()
+            && self.removed_secrets.is_empty()
+            && self.configs.is_empty()
+            && self.removed_configs.is_empty()
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

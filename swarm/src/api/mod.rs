@@ -8,6 +8,8 @@
 //!   Service ── desired state: spec (image, replicas/global, placement, restart policy, …)
 //!   Task    ── one unit of work in a slot (replicated) or on a node (global); its status only moves forward
 //!   Network ── an overlay network: spec + the subnet, gateway and VNI the allocator chose
+//!   Secret  ── a named blob tasks mount as a file, sealed with the managers' data key
+//!   Config  ── a named blob tasks mount as a file, in clear
 //! ```
 
 pub mod ca;
@@ -21,6 +23,7 @@ mod meta;
 mod network;
 mod node;
 mod reference;
+mod secret;
 mod service;
 mod spec;
 mod task;
@@ -31,6 +34,7 @@ pub use meta::*;
 pub use network::*;
 pub use node::*;
 pub use reference::*;
+pub use secret::*;
 pub use service::*;
 pub use spec::*;
 pub use task::*;
@@ -46,6 +50,8 @@ pub enum Object {
     Service(Service),
     Task(Task),
     Network(Network),
+    Secret(Secret),
+    Config(Config),
 }
 
 /// The kinds of object, for deletes and lookups.
@@ -57,6 +63,8 @@ pub enum ObjectKind {
     Service,
     Task,
     Network,
+    Secret,
+    Config,
 }
 
 impl std::fmt::Display for ObjectKind {
@@ -67,6 +75,8 @@ impl std::fmt::Display for ObjectKind {
             ObjectKind::Service => "service",
             ObjectKind::Task => "task",
             ObjectKind::Network => "network",
+            ObjectKind::Secret => "secret",
+            ObjectKind::Config => "config",
         })
     }
 }
@@ -79,6 +89,8 @@ impl Object {
             Object::Service(_) => ObjectKind::Service,
             Object::Task(_) => ObjectKind::Task,
             Object::Network(_) => ObjectKind::Network,
+            Object::Secret(_) => ObjectKind::Secret,
+            Object::Config(_) => ObjectKind::Config,
         }
     }
 
@@ -97,6 +109,8 @@ impl Object {
             Object::Service(o) => &mut o.meta,
             Object::Task(o) => &mut o.meta,
             Object::Network(o) => &mut o.meta,
+            Object::Secret(o) => &mut o.meta,
+            Object::Config(o) => &mut o.meta,
         }
     }
 
@@ -107,6 +121,8 @@ impl Object {
             Object::Service(o) => (&o.id, &o.meta),
             Object::Task(o) => (&o.id, &o.meta),
             Object::Network(o) => (&o.id, &o.meta),
+            Object::Secret(o) => (&o.id, &o.meta),
+            Object::Config(o) => (&o.id, &o.meta),
         }
     }
 }

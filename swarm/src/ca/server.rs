@@ -95,6 +95,20 @@ impl NodeCaService {
 
 #[tonic::async_trait]
 impl NodeCa for NodeCaService {
+    async fn get_data_key(&self, req: Request<Empty>) -> Result<Response<crate::api::ca::DataKeyResponse>, Status> {
+        let store = self.store()?;
+        let peer = crate::ca::authenticate(&req, &[NodeRole::Manager])?;
+        let node = self.member(&req, &store)?;
+        if node.role != NodeRole::Manager {
+            return Err(Status::permission_denied(format!("node {} is not a manager", peer.node_id)));
+        }
+        let key = store
+            .data_key()
+            .ok_or_else(|| Status::unavailable(crate::manager::controlapi::secrets::NO_DATA_KEY))?;
+        tracing::info!(node.id = %node.id, "handed the data key to a manager");
+        Ok(Response::new(crate::api::ca::DataKeyResponse { key: key.to_text() }))
+    }
+
     async fn node_certificate_status(
         &self,
         req: Request<Empty>,

@@ -14,6 +14,7 @@
 
 pub mod allocator;
 pub mod controlapi;
+pub mod datakey;
 pub mod dispatcher;
 pub mod ipam;
 pub mod orchestrator;

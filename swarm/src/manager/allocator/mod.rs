@@ -101,7 +101,7 @@ fn wakes(ev: &Event) -> bool {
         Object::Service(s) => ev.action == EventAction::Delete || needs_endpoint(s) || s.endpoint.is_some(),
         Object::Node(n) => ev.action == EventAction::Create || n.attachments.is_empty(),
         Object::Network(_) => true,
-        Object::Cluster(_) => false,
+        Object::Cluster(_) | Object::Secret(_) | Object::Config(_) => false,
     }
 }
 

@@ -6,12 +6,14 @@
 
 pub mod endpoint;
 pub mod network;
+pub mod secrets;
 pub mod validate;
 
 use crate::api::control::*;
 use crate::api::logs::{SubscribeLogsMessage, SubscribeLogsRequest};
 use crate::api::{
-    new_id, Cluster, Network, Node, NodeRole, NodeState, ObjectKind, Service, ServiceMode, Task, TaskState,
+    new_id, Cluster, Config, Network, Node, NodeRole, NodeState, ObjectKind, Secret, Service, ServiceMode, Task,
+    TaskState,
 };
 use crate::manager::dispatcher::logs::Selection;
 use crate::manager::dispatcher::LogBroker;
@@ -54,7 +56,7 @@ pub fn status_of(e: StoreError) -> Status {
 }
 
 /// Finds an object by exact id, exact name, or unique id prefix, as Docker does.
-fn resolve<'a, T>(
+pub(crate) fn resolve<'a, T>(
     items: impl Iterator<Item = &'a T> + Clone,
     key: &str,
     id: impl Fn(&T) -> &str,
@@ -253,6 +255,7 @@ impl Control for ControlApi {
             .update(|tx| {
                 let mut service = service;
                 endpoint::resolve(tx.view(), &mut service.spec, &service.id)?;
+                secrets::resolve_references(tx.view(), &mut service.spec)?;
                 tx.create(service);
                 Ok::<_, Status>(())
             })
@@ -288,6 +291,7 @@ impl Control for ControlApi {
                     rolled_back(cur)?
                 } else {
                     endpoint::resolve(tx.view(), &mut spec, &cur.id)?;
+                    secrets::resolve_references(tx.view(), &mut spec)?;
                     updated(cur, spec)?
                 };
                 next.meta.version = version;
@@ -538,6 +542,179 @@ impl Control for ControlApi {
             })
             .await?;
         tracing::info!(network.id = %id, "network removed");
+        Ok(Response::new(Empty {}))
+    }
+
+    async fn create_secret(&self, req: Request<CreateSecretRequest>) -> Result<Response<Secret>, Status> {
+        let store = self.store()?;
+        let spec = req.into_inner().spec;
+        secrets::check_secret_spec(&spec)?;
+        let key = store.data_key().ok_or_else(|| Status::unavailable(secrets::NO_DATA_KEY))?;
+        let secret = secrets::sealed_secret(spec, &key, None);
+        let id = secret.id.clone();
+        store
+            .update(|tx| {
+                if let Some(s) = tx.view().secret_by_name(&secret.spec.annotations.name) {
+                    return Err(Status::already_exists(format!("secret {} already exists", s.spec.annotations.name)));
+                }
+                tx.create(secret);
+                Ok(())
+            })
+            .await?;
+        tracing::info!(secret.id = %id, "secret created");
+        self.get_secret(Request::new(GetRequest { id_or_name: id })).await
+    }
+
+    async fn get_secret(&self, req: Request<GetRequest>) -> Result<Response<Secret>, Status> {
+        let key = req.into_inner().id_or_name;
+        self.store()?.view(|v| secrets::find_secret(v, &key).map(secrets::redacted)).map(Response::new)
+    }
+
+    async fn list_secrets(&self, req: Request<ListSecretsRequest>) -> Result<Response<ListSecretsResponse>, Status> {
+        let names = req.into_inner().names;
+        let secrets = self.store()?.view(|v| {
+            v.secrets()
+                .filter(|s| {
+                    names.is_empty()
+                        || names
+                            .iter()
+                            .any(|k| s.spec.annotations.name.starts_with(k.as_str()) || s.id.starts_with(k.as_str()))
+                })
+                .map(secrets::redacted)
+                .collect()
+        });
+        Ok(Response::new(ListSecretsResponse { secrets }))
+    }
+
+    async fn update_secret(&self, req: Request<UpdateSecretRequest>) -> Result<Response<Secret>, Status> {
+        let store = self.store()?;
+        let UpdateSecretRequest { id, version, spec } = req.into_inner();
+        let id = store
+            .update(|tx| {
+                let cur = secrets::find_secret(tx.view(), &id)?;
+                let mut next = secrets::relabelled_secret(cur, spec)?;
+                next.meta.version = version;
+                let id = next.id.clone();
+                tx.update(next);
+                Ok::<_, Status>(id)
+            })
+            .await?;
+        self.get_secret(Request::new(GetRequest { id_or_name: id })).await
+    }
+
+    async fn remove_secret(&self, req: Request<GetRequest>) -> Result<Response<Empty>, Status> {
+        let store = self.store()?;
+        let key = req.into_inner().id_or_name;
+        let id = store
+            .update(|tx| {
+                let s = secrets::find_secret(tx.view(), &key)?;
+                let users = secrets::services_using_secrets(tx.view(), &[s.id.as_str()].into());
+                if !users.is_empty() {
+                    return Err(secrets::in_use("secret", &s.spec.annotations.name, &users));
+                }
+                tx.delete(ObjectKind::Secret, &s.id, s.meta.version);
+                Ok::<_, Status>(s.id.clone())
+            })
+            .await?;
+        tracing::info!(secret.id = %id, "secret removed");
+        Ok(Response::new(Empty {}))
+    }
+
+    async fn rotate_secret(&self, req: Request<RotateSecretRequest>) -> Result<Response<RotateSecretResponse>, Status> {
+        let store = self.store()?;
+        let RotateSecretRequest { id_or_name, data } = req.into_inner();
+        let key = store.data_key().ok_or_else(|| Status::unavailable(secrets::NO_DATA_KEY))?;
+        let (id, services) = store
+            .update(|tx| {
+                let r = secrets::rotate(tx.view(), &id_or_name, data, &key)?;
+                let id = r.secret.id.clone();
+                let names = r.services.iter().map(|s| s.spec.annotations.name.clone()).collect::<Vec<_>>();
+                tx.create(r.secret);
+                for s in r.services {
+                    tx.update(s);
+                }
+                for old in r.unused {
+                    tx.delete(ObjectKind::Secret, &old.id, old.meta.version);
+                }
+                Ok::<_, Status>((id, names))
+            })
+            .await?;
+        tracing::info!(secret.id = %id, services = ?services, "secret rotated");
+        let secret = self.get_secret(Request::new(GetRequest { id_or_name: id })).await?.into_inner();
+        Ok(Response::new(RotateSecretResponse { secret, services }))
+    }
+
+    async fn create_config(&self, req: Request<CreateConfigRequest>) -> Result<Response<Config>, Status> {
+        let store = self.store()?;
+        let spec = req.into_inner().spec;
+        secrets::check_config_spec(&spec)?;
+        let config = Config { id: new_id(), meta: Default::default(), spec };
+        let id = config.id.clone();
+        store
+            .update(|tx| {
+                if let Some(c) = tx.view().config_by_name(&config.spec.annotations.name) {
+                    return Err(Status::already_exists(format!("config {} already exists", c.spec.annotations.name)));
+                }
+                tx.create(config);
+                Ok(())
+            })
+            .await?;
+        tracing::info!(config.id = %id, "config created");
+        self.get_config(Request::new(GetRequest { id_or_name: id })).await
+    }
+
+    async fn get_config(&self, req: Request<GetRequest>) -> Result<Response<Config>, Status> {
+        let key = req.into_inner().id_or_name;
+        self.store()?.view(|v| secrets::find_config(v, &key).cloned()).map(Response::new)
+    }
+
+    async fn list_configs(&self, req: Request<ListSecretsRequest>) -> Result<Response<ListConfigsResponse>, Status> {
+        let names = req.into_inner().names;
+        let configs = self.store()?.view(|v| {
+            v.configs()
+                .filter(|c| {
+                    names.is_empty()
+                        || names
+                            .iter()
+                            .any(|k| c.spec.annotations.name.starts_with(k.as_str()) || c.id.starts_with(k.as_str()))
+                })
+                .cloned()
+                .collect()
+        });
+        Ok(Response::new(ListConfigsResponse { configs }))
+    }
+
+    async fn update_config(&self, req: Request<UpdateConfigRequest>) -> Result<Response<Config>, Status> {
+        let store = self.store()?;
+        let UpdateConfigRequest { id, version, spec } = req.into_inner();
+        let id = store
+            .update(|tx| {
+                let cur = secrets::find_config(tx.view(), &id)?;
+                let mut next = secrets::relabelled_config(cur, spec)?;
+                next.meta.version = version;
+                let id = next.id.clone();
+                tx.update(next);
+                Ok::<_, Status>(id)
+            })
+            .await?;
+        self.get_config(Request::new(GetRequest { id_or_name: id })).await
+    }
+
+    async fn remove_config(&self, req: Request<GetRequest>) -> Result<Response<Empty>, Status> {
+        let store = self.store()?;
+        let key = req.into_inner().id_or_name;
+        let id = store
+            .update(|tx| {
+                let c = secrets::find_config(tx.view(), &key)?;
+                let users = secrets::services_using_config(tx.view(), &c.id);
+                if !users.is_empty() {
+                    return Err(secrets::in_use("config", &c.spec.annotations.name, &users));
+                }
+                tx.delete(ObjectKind::Config, &c.id, c.meta.version);
+                Ok::<_, Status>(c.id.clone())
+            })
+            .await?;
+        tracing::info!(config.id = %id, "config removed");
         Ok(Response::new(Empty {}))
     }
 

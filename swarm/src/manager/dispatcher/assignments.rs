@@ -33,6 +33,11 @@ impl AssignmentSet {
         &self.node_id
     }
 
+    /// Specs of the tasks sent to the node that are meant to run (what their secrets and configs are kept for).
+    pub fn live_specs(&self) -> impl Iterator<Item = &TaskSpec> {
+        self.sent.values().filter(|s| s.desired <= TaskState::Running).map(|s| &s.spec)
+    }
+
     /// The full set from the store, resetting what was sent.
     pub fn complete(&mut self, view: &MemoryStore) -> AssignmentsMessage {
         self.sent.clear();
@@ -41,7 +46,7 @@ impl AssignmentSet {
         for t in &updated {
             self.sent.insert(t.id.clone(), Sent { desired: t.desired_state, spec: t.spec.clone() });
         }
-        AssignmentsMessage { kind: AssignmentsKind::Complete, updated, removed: vec![], network_state: None }
+        AssignmentsMessage { kind: AssignmentsKind::Complete, updated, removed: vec![], network_state: None, files: Default::default() }
     }
 
     /// Folds one store event into `msg` (an incremental message being built).
@@ -78,12 +83,12 @@ mod tests {
         let mut t = task("t1", "s", 1);
         t.node_id = "n1".into();
         t.status.state = TaskState::Assigned;
-        let mut msg = AssignmentsMessage { kind: AssignmentsKind::Incremental, updated: vec![], removed: vec![], network_state: None };
+        let mut msg = AssignmentsMessage { kind: AssignmentsKind::Incremental, updated: vec![], removed: vec![], network_state: None, files: Default::default() };
         set.apply(&ev(EventAction::Update, &t), &mut msg);
         assert_eq!(msg.updated.len(), 1);
 
         // The agent's own status report is not echoed back.
-        let mut msg = AssignmentsMessage { kind: AssignmentsKind::Incremental, updated: vec![], removed: vec![], network_state: None };
+        let mut msg = AssignmentsMessage { kind: AssignmentsKind::Incremental, updated: vec![], removed: vec![], network_state: None, files: Default::default() };
         t.status.state = TaskState::Running;
         set.apply(&ev(EventAction::Update, &t), &mut msg);
         assert!(msg.updated.is_empty());

@@ -9,6 +9,7 @@
 //! that does not lead refuses sessions and names the leader when it knows it.
 
 mod assignments;
+mod files;
 pub mod logs;
 mod netstate;
 mod service;

@@ -179,7 +179,7 @@ pub fn touches_networks(ev: &Event) -> bool {
             }
             _ => true,
         },
-        (Object::Cluster(_), _) => false,
+        (Object::Cluster(_) | Object::Secret(_) | Object::Config(_), _) => false,
     }
 }
 

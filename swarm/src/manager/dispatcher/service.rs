@@ -141,7 +141,12 @@ impl DispatcherRpc for DispatcherService {
         let mut net = self.dispatcher.network_state(&node_id);
         // Only this node's task events reach this stream (the store routes them), so a change costs the sessions
         // it concerns and no other.
-        let (mut complete, mut events) = store.view_and_watch_node(&node_id, |v| set.complete(v));
+        let mut files = super::files::FileSet::default();
+        let (mut complete, mut events) = store.view_and_watch_node(&node_id, |v| {
+            let mut m = set.complete(v);
+            files.fill(v, store.data_key().as_ref(), &set, &mut m);
+            m
+        });
         let (tx, rx) = mpsc::channel(16);
         tokio::spawn(async move {
             net.cover(&complete.updated).await;
@@ -151,7 +156,7 @@ impl DispatcherRpc for DispatcherService {
             }
             loop {
                 let mut msg =
-                    AssignmentsMessage { kind: AssignmentsKind::Incremental, updated: vec![], removed: vec![], network_state: None };
+                    AssignmentsMessage { kind: AssignmentsKind::Incremental, updated: vec![], removed: vec![], network_state: None, files: Default::default() };
                 let first = tokio::select! {
                     _ = closed.cancelled() => {
                         let _ = tx.send(Err(Status::unavailable("session closed by the dispatcher"))).await;
@@ -178,12 +183,18 @@ impl DispatcherRpc for DispatcherService {
                         Err(_) => break,
                     }
                 }
+                let key = store.data_key();
                 let mut out = if resync {
                     let node_id = set.node_id().to_string();
-                    let (m, w) = store.view_and_watch_node(&node_id, |v| set.complete(v));
+                    let (m, w) = store.view_and_watch_node(&node_id, |v| {
+                        let mut m = set.complete(v);
+                        files.fill(v, key.as_ref(), &set, &mut m);
+                        m
+                    });
                     events = w;
                     m
                 } else {
+                    store.view(|v| files.fill(v, key.as_ref(), &set, &mut msg));
                     msg
                 };
                 net.cover(&out.updated).await;
@@ -193,6 +204,7 @@ impl DispatcherRpc for DispatcherService {
                     && out.updated.is_empty()
                     && out.removed.is_empty()
                     && out.network_state.is_none()
+                    && out.files.is_empty()
                 {
                     continue;
                 }

@@ -5,7 +5,7 @@
 //! duplicate name, missing object) the store is left as it was and the whole proposal fails.
 
 use super::{ApplyError, Event, EventAction, Op, Proposal};
-use crate::api::{Cluster, Network, Node, Object, ObjectKind, Service, Task, TaskState};
+use crate::api::{Cluster, Config, Network, Node, Object, ObjectKind, Secret, Service, Task, TaskState};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 /// Every object, by kind and id, with secondary indexes.
@@ -16,8 +16,12 @@ pub struct MemoryStore {
     services: BTreeMap<String, Service>,
     tasks: BTreeMap<String, Task>,
     networks: BTreeMap<String, Network>,
+    secrets: BTreeMap<String, Secret>,
+    configs: BTreeMap<String, Config>,
     service_by_name: HashMap<String, String>,
     network_by_name: HashMap<String, String>,
+    secret_by_name: HashMap<String, String>,
+    config_by_name: HashMap<String, String>,
     tasks_by_service: HashMap<String, BTreeSet<String>>,
     tasks_by_node: HashMap<String, BTreeSet<String>>,
     tasks_by_desired: BTreeMap<TaskState, BTreeSet<String>>,
@@ -48,10 +52,18 @@ impl MemoryStore {
             .chain(self.services.values().cloned().map(Object::Service))
             .chain(self.tasks.values().cloned().map(Object::Task))
             .chain(self.networks.values().cloned().map(Object::Network))
+            .chain(self.secrets.values().cloned().map(Object::Secret))
+            .chain(self.configs.values().cloned().map(Object::Config))
     }
 
     pub fn len(&self) -> usize {
-        self.clusters.len() + self.nodes.len() + self.services.len() + self.tasks.len() + self.networks.len()
+        self.clusters.len()
+            + self.nodes.len()
+            + self.services.len()
+            + self.tasks.len()
+            + self.networks.len()
+            + self.secrets.len()
+            + self.configs.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -67,6 +79,8 @@ impl MemoryStore {
             ObjectKind::Service => self.services.get(id).cloned().map(Object::Service),
             ObjectKind::Task => self.tasks.get(id).cloned().map(Object::Task),
             ObjectKind::Network => self.networks.get(id).cloned().map(Object::Network),
+            ObjectKind::Secret => self.secrets.get(id).cloned().map(Object::Secret),
+            ObjectKind::Config => self.configs.get(id).cloned().map(Object::Config),
         }
     }
 
@@ -77,6 +91,8 @@ impl MemoryStore {
             ObjectKind::Service => self.services.get(id).map(|o| o.meta.version),
             ObjectKind::Task => self.tasks.get(id).map(|o| o.meta.version),
             ObjectKind::Network => self.networks.get(id).map(|o| o.meta.version),
+            ObjectKind::Secret => self.secrets.get(id).map(|o| o.meta.version),
+            ObjectKind::Config => self.configs.get(id).map(|o| o.meta.version),
         }
     }
 
@@ -118,6 +134,30 @@ impl MemoryStore {
 
     pub fn networks(&self) -> impl Iterator<Item = &Network> + Clone {
         self.networks.values()
+    }
+
+    pub fn secret(&self, id: &str) -> Option<&Secret> {
+        self.secrets.get(id)
+    }
+
+    pub fn secret_by_name(&self, name: &str) -> Option<&Secret> {
+        self.secret_by_name.get(name).and_then(|id| self.secrets.get(id))
+    }
+
+    pub fn secrets(&self) -> impl Iterator<Item = &Secret> + Clone {
+        self.secrets.values()
+    }
+
+    pub fn config(&self, id: &str) -> Option<&Config> {
+        self.configs.get(id)
+    }
+
+    pub fn config_by_name(&self, name: &str) -> Option<&Config> {
+        self.config_by_name.get(name).and_then(|id| self.configs.get(id))
+    }
+
+    pub fn configs(&self) -> impl Iterator<Item = &Config> + Clone {
+        self.configs.values()
     }
 
     pub fn task(&self, id: &str) -> Option<&Task> {
@@ -221,11 +261,13 @@ impl MemoryStore {
         }
     }
 
-    /// Services and networks have unique names (each within its kind).
+    /// Services, networks, secrets and configs have unique names (each within its kind).
     fn check_name(&self, obj: &Object) -> Result<(), ApplyError> {
         let (index, name, id) = match obj {
             Object::Service(s) => (&self.service_by_name, &s.spec.annotations.name, &s.id),
             Object::Network(n) => (&self.network_by_name, &n.spec.annotations.name, &n.id),
+            Object::Secret(o) => (&self.secret_by_name, &o.spec.annotations.name, &o.id),
+            Object::Config(o) => (&self.config_by_name, &o.spec.annotations.name, &o.id),
             _ => return Ok(()),
         };
         match index.get(name) {
@@ -260,6 +302,14 @@ impl MemoryStore {
                 self.network_by_name.insert(n.spec.annotations.name.clone(), n.id.clone());
                 self.networks.insert(n.id.clone(), n);
             }
+            Object::Secret(o) => {
+                self.secret_by_name.insert(o.spec.annotations.name.clone(), o.id.clone());
+                self.secrets.insert(o.id.clone(), o);
+            }
+            Object::Config(o) => {
+                self.config_by_name.insert(o.spec.annotations.name.clone(), o.id.clone());
+                self.configs.insert(o.id.clone(), o);
+            }
         }
     }
 
@@ -282,6 +332,20 @@ impl MemoryStore {
                 if let Some(n) = self.networks.remove(id) {
                     if self.network_by_name.get(&n.spec.annotations.name).map(String::as_str) == Some(id) {
                         self.network_by_name.remove(&n.spec.annotations.name);
+                    }
+                }
+            }
+            ObjectKind::Secret => {
+                if let Some(o) = self.secrets.remove(id) {
+                    if self.secret_by_name.get(&o.spec.annotations.name).map(String::as_str) == Some(id) {
+                        self.secret_by_name.remove(&o.spec.annotations.name);
+                    }
+                }
+            }
+            ObjectKind::Config => {
+                if let Some(o) = self.configs.remove(id) {
+                    if self.config_by_name.get(&o.spec.annotations.name).map(String::as_str) == Some(id) {
+                        self.config_by_name.remove(&o.spec.annotations.name);
                     }
                 }
             }

@@ -197,7 +197,7 @@ macro_rules! object_from {
         }
     )*};
 }
-object_from!(Cluster, Node, Service, Task, Network);
+object_from!(Cluster, Node, Service, Task, Network, Secret, Config);
 
 /// Where a store's writes are committed: Raft in the product. The store knows only this trait, so it does not
 /// depend on the Raft module (which depends on the store for its entries).
@@ -219,17 +219,34 @@ enum Writes {
 pub struct Store {
     shared: Arc<SharedView>,
     writes: Writes,
+    /// The managers' data key (secrets are sealed with it before they are proposed); set by the node once it
+    /// has it, `None` before.
+    data_key: Arc<RwLock<Option<crate::manager::datakey::DataKey>>>,
 }
 
 impl Store {
     /// A store whose writes go through `proposer` (Raft, in the product) and land in `shared`.
     pub(crate) fn with_proposer(shared: Arc<SharedView>, proposer: Arc<dyn Proposer>) -> Self {
-        Store { shared, writes: Writes::Committed(proposer) }
+        Store { shared, writes: Writes::Committed(proposer), data_key: Default::default() }
     }
 
     /// A store that applies writes at once, for component tests.
     pub fn in_memory() -> Self {
-        Store { shared: SharedView::new(MemoryStore::new()), writes: Writes::InMemory(Arc::new(Mutex::new(0))) }
+        Store {
+            shared: SharedView::new(MemoryStore::new()),
+            writes: Writes::InMemory(Arc::new(Mutex::new(0))),
+            data_key: Arc::new(RwLock::new(Some(crate::manager::datakey::DataKey::generate()))),
+        }
+    }
+
+    /// Hands the store the managers' data key (the node does, when its manager starts).
+    pub fn set_data_key(&self, key: crate::manager::datakey::DataKey) {
+        *self.data_key.write().unwrap_or_else(|e| e.into_inner()) = Some(key);
+    }
+
+    /// The managers' data key, if this manager has it.
+    pub fn data_key(&self) -> Option<crate::manager::datakey::DataKey> {
+        self.data_key.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Reads the store under a read lock. Don't block inside `f`.
