@@ -315,12 +315,9 @@ pub(crate) fn plan_with(
         next.status.message = "pending task scheduling".into();
         next.status.err.clear();
         next.status.timestamp = now;
-        if !needs || !t.networks.is_empty() {
-            if needs {
-                p.allocated.push(next);
-            } else {
-                p.plain.push(next);
-            }
+        if !needs {
+            next.networks.clear();
+            p.plain.push(next);
             continue;
         }
         if p.allocated.len() >= max_tasks {

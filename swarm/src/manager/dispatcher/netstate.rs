@@ -272,7 +272,7 @@ impl NodeNetworkState {
     pub async fn cover(&mut self, tasks: &[Task]) {
         let needed: BTreeSet<&str> = tasks
             .iter()
-            .filter(|t| !t.desired_state.is_terminal())
+            .filter(|t| !t.desired_state.is_terminal() && !t.status.state.is_terminal())
             .flat_map(|t| t.networks.iter().map(|a| a.network_id.as_str()))
             .collect();
         if needed.is_empty() {
