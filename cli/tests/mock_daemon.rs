@@ -427,7 +427,8 @@ impl Control for Fake {
         Err(Status::unimplemented("secrets"))
     }
     async fn list_secrets(&self, _: Request<ListSecretsRequest>) -> Result<Response<ListSecretsResponse>, Status> {
-        Err(Status::unimplemented("secrets"))
+        // The fake stores none: an empty list (what `stack rm` reads).
+        Ok(Response::new(ListSecretsResponse::default()))
     }
     async fn update_secret(&self, _: Request<UpdateSecretRequest>) -> Result<Response<swarm::api::Secret>, Status> {
         Err(Status::unimplemented("secrets"))
@@ -445,7 +446,7 @@ impl Control for Fake {
         Err(Status::unimplemented("configs"))
     }
     async fn list_configs(&self, _: Request<ListSecretsRequest>) -> Result<Response<ListConfigsResponse>, Status> {
-        Err(Status::unimplemented("configs"))
+        Ok(Response::new(ListConfigsResponse::default()))
     }
     async fn update_config(&self, _: Request<UpdateConfigRequest>) -> Result<Response<swarm::api::Config>, Status> {
         Err(Status::unimplemented("configs"))

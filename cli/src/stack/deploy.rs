@@ -12,7 +12,8 @@ use swarm::api::control::{
     CreateNetworkRequest, CreateServiceRequest, GetRequest, ListNetworksRequest, ListServicesRequest, ListTasksRequest,
     UpdateServiceRequest,
 };
-use swarm::api::{Service, ServiceMode, ServiceSpec, TaskState};
+use swarm::api::control::{CreateConfigRequest, CreateSecretRequest, ListSecretsRequest};
+use swarm::api::{Annotations, ConfigSpec, SecretSpec, Service, ServiceMode, ServiceSpec, TaskState};
 use swarm::manager::controlapi::validate;
 
 /// How long a service waits for those it depends on to be healthy before the deployment gives up.
@@ -116,8 +117,8 @@ pub async fn deploy(client: &mut Client, mut plan: StackPlan, opts: DeployOption
             );
         }
     }
-    files(&plan.secrets, "secret", &mut plan.services)?;
-    files(&plan.configs, "config", &mut plan.services)?;
+    files(client, &plan.secrets, "secret").await?;
+    files(client, &plan.configs, "config").await?;
 
     for n in plan.networks.iter().filter(|n| !n.external) {
         let name = &n.spec.annotations.name;
@@ -175,26 +176,44 @@ pub async fn deploy(client: &mut Client, mut plan: StackPlan, opts: DeployOption
     Ok(())
 }
 
-/// Secrets and configs. The daemon's control API has no secret or config objects yet, so they are checked (in
-/// conversion) but not created, and services are deployed without them; a note says which.
-fn files(objects: &[FilePlan], kind: &str, services: &mut [ServicePlan]) -> anyhow::Result<()> {
-    let mut used = false;
-    for s in services.iter_mut() {
-        let c = &mut s.spec.task_template.container;
+/// Secrets and configs: the stack's own are created when missing (they are immutable, as in Swarm: an existing
+/// one is used as it is), external ones must exist. Services name them; the control API resolves the names.
+async fn files(client: &mut Client, objects: &[FilePlan], kind: &str) -> anyhow::Result<()> {
+    let names: Vec<String> = objects.iter().map(|o| o.name.clone()).collect();
+    if names.is_empty() {
+        return Ok(());
+    }
+    let existing: BTreeSet<String> = match kind {
+        "secret" => rpc(client.control.list_secrets(ListSecretsRequest { names: names.clone() }).await)?
+            .secrets
+            .into_iter()
+            .map(|s| s.spec.annotations.name)
+            .collect(),
+        _ => rpc(client.control.list_configs(ListSecretsRequest { names }).await)?
+            .configs
+            .into_iter()
+            .map(|c| c.spec.annotations.name)
+            .collect(),
+    };
+    for o in objects {
+        if existing.contains(&o.name) {
+            continue;
+        }
+        if o.external {
+            anyhow::bail!("{kind} not found: {} (declared external: it must exist before the stack is deployed)", o.name);
+        }
+        println!("Creating {kind} {}", o.name);
+        let annotations = Annotations { name: o.name.clone(), labels: o.labels.clone() };
         match kind {
             "secret" => {
-                used |= !c.secrets.is_empty();
-                c.secrets.clear();
+                let spec = SecretSpec { annotations, data: o.data.clone() };
+                rpc(client.control.create_secret(CreateSecretRequest { spec }).await)?;
             }
             _ => {
-                used |= !c.configs.is_empty();
-                c.configs.clear();
+                let spec = ConfigSpec { annotations, data: o.data.clone() };
+                rpc(client.control.create_config(CreateConfigRequest { spec }).await)?;
             }
         }
-    }
-    if used || !objects.is_empty() {
-        let names: Vec<&str> = objects.iter().map(|o| o.name.as_str()).collect();
-        eprintln!("Warning: this daemon does not store {kind}s yet; not deployed: {}", names.join(", "));
     }
     Ok(())
 }

@@ -21,7 +21,7 @@ use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
-use swarm::api::control::{GetRequest, ListNetworksRequest, ListServicesRequest, ListTasksRequest, ServiceWithStatus};
+use swarm::api::control::{GetRequest, ListNetworksRequest, ListSecretsRequest, ListServicesRequest, ListTasksRequest, ServiceWithStatus};
 
 #[derive(Debug, Subcommand)]
 pub enum StackCmd {
@@ -285,7 +285,11 @@ async fn rm(client: &mut Client, a: RmArgs) -> anyhow::Result<()> {
         let mut networks = rpc(client.control.list_networks(ListNetworksRequest::default()).await)?.networks;
         networks.retain(|n| stack_of(&n.spec.annotations.labels) == Some(name.as_str()));
         networks.sort_by(|a, b| a.spec.annotations.name.cmp(&b.spec.annotations.name));
-        if services.is_empty() && networks.is_empty() {
+        let mut secrets = rpc(client.control.list_secrets(ListSecretsRequest::default()).await)?.secrets;
+        secrets.retain(|x| stack_of(&x.spec.annotations.labels) == Some(name.as_str()));
+        let mut configs = rpc(client.control.list_configs(ListSecretsRequest::default()).await)?.configs;
+        configs.retain(|x| stack_of(&x.spec.annotations.labels) == Some(name.as_str()));
+        if services.is_empty() && networks.is_empty() && secrets.is_empty() && configs.is_empty() {
             eprintln!("Nothing found in stack: {name}");
             continue;
         }
@@ -293,6 +297,21 @@ async fn rm(client: &mut Client, a: RmArgs) -> anyhow::Result<()> {
             println!("Removing service {}", s.service.spec.annotations.name);
             if let Err(e) = rpc(client.control.remove_service(GetRequest { id_or_name: s.service.id.clone() }).await) {
                 eprintln!("Failed to remove service {}: {}", s.service.id, crate::render_error(&e));
+                failed = true;
+            }
+        }
+        // Secrets and configs go once their services are removed (a secret a service still names is refused).
+        for x in &secrets {
+            println!("Removing secret {}", x.spec.annotations.name);
+            if let Err(e) = rpc(client.control.remove_secret(GetRequest { id_or_name: x.id.clone() }).await) {
+                eprintln!("Failed to remove secret {}: {}", x.id, crate::render_error(&e));
+                failed = true;
+            }
+        }
+        for x in &configs {
+            println!("Removing config {}", x.spec.annotations.name);
+            if let Err(e) = rpc(client.control.remove_config(GetRequest { id_or_name: x.id.clone() }).await) {
+                eprintln!("Failed to remove config {}: {}", x.id, crate::render_error(&e));
                 failed = true;
             }
         }
