@@ -84,6 +84,18 @@ pub fn action(desired: &ServiceSpec, current: Option<&Service>) -> Action {
             let mut want = desired.clone();
             // A `service update --force` counter is kept, as Docker does.
             want.task_template.force_update = cur.spec.task_template.force_update;
+            // The file names secrets and configs; the stored spec also holds the ids the control API resolved.
+            let (c, stored) = (&mut want.task_template.container, &cur.spec.task_template.container);
+            for r in c.secrets.iter_mut().filter(|r| r.secret_id.is_empty()) {
+                if let Some(s) = stored.secrets.iter().find(|s| s.secret_name == r.secret_name) {
+                    r.secret_id = s.secret_id.clone();
+                }
+            }
+            for r in c.configs.iter_mut().filter(|r| r.config_id.is_empty()) {
+                if let Some(s) = stored.configs.iter().find(|s| s.config_name == r.config_name) {
+                    r.config_id = s.config_id.clone();
+                }
+            }
             if want == cur.spec {
                 Action::Unchanged
             } else {
