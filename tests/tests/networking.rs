@@ -125,3 +125,122 @@ fn routing_mesh_across_hosts_even_spread_bad_input_and_cleanup() {
     // The port is free again.
     m.ok(&["service", "create", "-d", "--name", "web2", "-p", "8080:80", "busybox", "sleep", "1000"]);
 }
+
+/// The last line of `service logs SERVICE` that starts with `tag ` (after the `task@node | ` prefix), without the tag.
+fn last_logged(node: &Node, service: &str, tag: &str) -> Option<String> {
+    let out = node.ok(&["service", "logs", service]);
+    out.lines()
+        .filter_map(|l| l.split_once("| ").map(|(_, m)| m.trim()))
+        .filter_map(|m| m.strip_prefix(tag).map(|r| r.trim().to_string()))
+        .last()
+}
+
+/// Space-separated words, sorted.
+fn words(s: &str) -> Vec<String> {
+    let mut w: Vec<String> = s.split_whitespace().map(str::to_string).collect();
+    w.sort();
+    w
+}
+
+fn service_json(node: &Node, name: &str) -> serde_json::Value {
+    let out = node.ok(&["service", "inspect", name]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("service inspect {name}: {e}\n{out}"));
+    v[0].clone()
+}
+
+#[test]
+fn by_name_over_an_overlay_across_hosts_tasks_follow_scaling_and_dnsrr() {
+    let c = Cluster::start(3);
+    let join = c.init_swarm(1);
+    c.join_worker(2, &join);
+    c.join_worker(3, &join);
+    c.wait_nodes_ready(1, &["node-1", "node-2", "node-3"], T);
+    let image = shoal_tests::test_image().to_str().expect("utf-8 path");
+    for n in 1..=3 {
+        c.node(n).ok(&["image", "load", "-i", image]);
+    }
+    let m = c.node(1);
+    m.ok(&["network", "create", "-d", "overlay", "backend"]);
+
+    step!("web (VIP, 2 tasks on node 3) and rr (dnsrr, 2 tasks on node 3) on the overlay; a client on node 2");
+    // Each web task serves its own addresses, so the client's answers name the task that served them.
+    let serve = "echo $(hostname) $(ip -4 -o addr | awk '{print $4}' | cut -d/ -f1 | grep -v '^127\\.') \
+                 > /var/www/index.html && exec httpd -f -p 80 -h /var/www";
+    for (name, mode) in [("web", "vip"), ("rr", "dnsrr")] {
+        m.ok(&[
+            "service", "create", "-d", "--name", name, "--replicas", "2", "--network", "backend", "--endpoint-mode",
+            mode, "--constraint", "node.hostname==node-3", "busybox", "sh", "-c", serve,
+        ]);
+    }
+    // The client resolves through the embedded DNS (busybox's nslookup), then connects to the address it got:
+    // the static busybox's own name lookup (used by nc NAME) is not usable in these containers.
+    let client = r#"addrs() { nslookup "$1" 2>/dev/null | awk '/^Address/ && $NF !~ /:53$/ {print $NF}' | sort | tr '\n' ' '; }
+while true; do
+  echo "TASKS $(addrs tasks.web)"
+  echo "WEB $(addrs web)"
+  echo "RR $(addrs rr)"
+  echo "RRTASKS $(addrs tasks.rr)"
+  vip=$(addrs web | awk '{print $1}')
+  [ -n "$vip" ] && echo "PAGE $(printf 'GET / HTTP/1.0\r\n\r\n' | nc -w 2 $vip 80 | tail -n 1)"
+  sleep 0.5
+done"#;
+    m.ok(&[
+        "service", "create", "-d", "--name", "client", "--network", "backend", "--constraint",
+        "node.hostname==node-2", "busybox", "sh", "-c", client,
+    ]);
+    for (name, n) in [("web", 2), ("rr", 2), ("client", 1)] {
+        wait_for(&format!("{name}: {n} running"), T, || {
+            (running(m, name) == n).then_some(()).ok_or(format!("{:?}", m.tasks(name)))
+        });
+    }
+
+    step!("`web` resolves to its VIP (service inspect's), and a connection to it reaches a task on node 3");
+    let vips = service_json(m, "web")["endpoint"]["virtual_ips"].clone();
+    let vip = vips
+        .as_array()
+        .and_then(|a| a.first())
+        .and_then(|v| v["addr"].as_str())
+        .and_then(|a| a.split('/').next())
+        .unwrap_or_else(|| panic!("web has no VIP: {vips}"))
+        .to_string();
+    wait_for("the client resolves web to its VIP", T, || {
+        let got = last_logged(m, "client", "WEB ").unwrap_or_default();
+        (words(&got) == vec![vip.clone()]).then_some(()).ok_or(format!("web → {got:?}, VIP {vip}"))
+    });
+    let page = wait_for("the client gets a page through the VIP", T, || {
+        let p = last_logged(m, "client", "PAGE ").unwrap_or_default();
+        (p.split_whitespace().count() >= 2).then_some(p.clone()).ok_or(format!("page {p:?}"))
+    });
+    eprintln!("    page through the VIP: {page}");
+
+    step!("tasks.web lists every task's IP and follows scale up and down");
+    for replicas in [3usize, 1] {
+        m.ok(&["service", "scale", &format!("web={replicas}")]);
+        wait_for(&format!("web: {replicas} running"), T, || {
+            (running(m, "web") == replicas).then_some(()).ok_or(format!("{:?}", m.tasks("web")))
+        });
+        wait_for(&format!("tasks.web lists {replicas} addresses"), T, || {
+            let got = words(&last_logged(m, "client", "TASKS ").unwrap_or_default());
+            (got.len() == replicas).then_some(()).ok_or(format!("tasks.web → {got:?}"))
+        });
+        // Every answer through the VIP comes from a task tasks.web lists.
+        wait_for("pages through the VIP come from listed tasks", T, || {
+            let tasks = words(&last_logged(m, "client", "TASKS ").unwrap_or_default());
+            let page = last_logged(m, "client", "PAGE ").unwrap_or_default();
+            let served_by: Vec<&str> = page.split_whitespace().skip(1).collect();
+            (tasks.len() == replicas && served_by.iter().any(|a| tasks.iter().any(|t| t == a)))
+                .then_some(())
+                .ok_or(format!("page {page:?} not from tasks.web {tasks:?}"))
+        });
+    }
+
+    step!("dnsrr: `rr` resolves to its task IPs (the same as tasks.rr) and has no VIP");
+    let rr = service_json(m, "rr");
+    let rr_vips = rr["endpoint"]["virtual_ips"].as_array().map(Vec::len).unwrap_or(0);
+    assert_eq!(rr_vips, 0, "a dnsrr service has VIPs: {}", rr["endpoint"]);
+    wait_for("rr resolves to its 2 task IPs", T, || {
+        let by_name = words(&last_logged(m, "client", "RR ").unwrap_or_default());
+        let tasks = words(&last_logged(m, "client", "RRTASKS ").unwrap_or_default());
+        (by_name.len() == 2 && by_name == tasks).then_some(()).ok_or(format!("rr → {by_name:?}, tasks.rr → {tasks:?}"))
+    });
+}
