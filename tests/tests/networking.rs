@@ -244,3 +244,72 @@ done"#;
         (by_name.len() == 2 && by_name == tasks).then_some(()).ok_or(format!("rr → {by_name:?}, tasks.rr → {tasks:?}"))
     });
 }
+
+/// busybox httpd's REMOTE_ADDR for an IPv4 peer, `[::ffff:10.0.0.2]`, as plain IPv4.
+fn plain_addr(a: &str) -> String {
+    let a = a.trim().trim_start_matches('[').trim_end_matches(']');
+    a.strip_prefix("::ffff:").unwrap_or(a).to_string()
+}
+
+/// A web server whose `/cgi-bin/ip` answers the client address it sees and `/cgi-bin/slow` answers after 15 s.
+const CGI_SERVER: &str = r#"mkdir -p /var/www/cgi-bin
+printf '#!/bin/sh\necho Content-Type: text/plain\necho\necho "$REMOTE_ADDR"\n' > /var/www/cgi-bin/ip
+printf '#!/bin/sh\necho Content-Type: text/plain\necho\nsleep 15\necho slow-done\n' > /var/www/cgi-bin/slow
+chmod +x /var/www/cgi-bin/ip /var/www/cgi-bin/slow
+exec httpd -f -p 80 -h /var/www"#;
+
+#[test]
+fn host_mode_sees_the_client_and_a_long_connection_survives_scaling() {
+    let c = Cluster::start(3);
+    let join = c.init_swarm(1);
+    c.join_worker(2, &join);
+    c.join_worker(3, &join);
+    c.wait_nodes_ready(1, &["node-1", "node-2", "node-3"], T);
+    let image = shoal_tests::test_image().to_str().expect("utf-8 path");
+    for n in 1..=3 {
+        c.node(n).ok(&["image", "load", "-i", image]);
+    }
+    let m = c.node(1);
+
+    step!("mode=host publish on node 3: a request from node 2 sees node 2's own address");
+    m.ok(&[
+        "service", "create", "-d", "--name", "direct", "--constraint", "node.hostname==node-3", "--publish",
+        "published=9090,target=80,mode=host", "busybox", "sh", "-c", CGI_SERVER,
+    ]);
+    // Ingress too, on a second service, to show the difference the mode makes.
+    m.ok(&[
+        "service", "create", "-d", "--name", "slow", "--constraint", "node.hostname==node-3", "-p", "8081:80",
+        "busybox", "sh", "-c", CGI_SERVER,
+    ]);
+    for name in ["direct", "slow"] {
+        wait_for(&format!("{name}: 1 running"), T, || {
+            (running(m, name) == 1).then_some(()).ok_or(format!("{:?}", m.tasks(name)))
+        });
+    }
+    let host_url = format!("http://{}:9090/cgi-bin/ip", c.node(3).ip);
+    let seen = wait_for("an answer on node 3's host-mode port", T, || {
+        let a = plain_addr(&sh(c.node(2), &format!("curl -sf -m 2 {host_url}")));
+        (!a.is_empty()).then_some(a).ok_or(format!("no answer; node 3 rules:\n{}", ruleset(c.node(3))))
+    });
+    assert_eq!(seen, c.node(2).ip.to_string(), "mode=host should keep the client's address");
+    // A host-mode port is only on the node running the task.
+    let other = sh(c.node(2), &format!("curl -s -m 2 http://{}:9090/cgi-bin/ip", c.node(1).ip));
+    assert!(other.trim().is_empty(), "node 1 answers a host-mode port it runs no task for: {other}");
+    let mesh_url = format!("http://{}:8081/cgi-bin/ip", c.node(1).ip);
+    let via_mesh = wait_for("an answer through the mesh", T, || {
+        let a = plain_addr(&sh(c.node(2), &format!("curl -sf -m 2 {mesh_url}")));
+        (!a.is_empty()).then_some(a).ok_or("no answer".to_string())
+    });
+    eprintln!("    client address seen: mode=host {seen}, through the ingress mesh {via_mesh}");
+
+    step!("a 15 s request through the mesh completes while the service scales 1 → 3");
+    let url = format!("http://{}:8081/cgi-bin/slow", c.node(1).ip);
+    let long = c.node(2).command("curl").args(["-s", "-m", "40", &url]).stdout(std::process::Stdio::piped()).spawn();
+    let long = long.expect("start curl in node 2's namespace");
+    std::thread::sleep(Duration::from_secs(2));
+    m.ok(&["service", "scale", "slow=3"]);
+    wait_for("slow: 3 running", T, || (running(m, "slow") == 3).then_some(()).ok_or(format!("{:?}", m.tasks("slow"))));
+    let out = long.wait_with_output().expect("wait for the long request");
+    let body = String::from_utf8_lossy(&out.stdout);
+    assert!(body.contains("slow-done"), "the long request broke during scaling: {:?} {body:?}", out.status);
+}
