@@ -92,11 +92,30 @@ fn routing_mesh_across_hosts_even_spread_bad_input_and_cleanup() {
         assert!((90..=110).contains(n), "task {task} got {n} of 300: {per:?}");
     }
 
+    step!("a killed task's address stops getting new connections (time to 20 answers in a row printed)");
+    let victim = c.node(3).running().into_iter().next().expect("a container running on node 3");
+    let killed_at = std::time::Instant::now();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(victim.pid as i32), nix::sys::signal::Signal::SIGKILL)
+        .expect("SIGKILL a task's process");
+    wait_for("the killed task's process is gone", T, || {
+        (!shoal_tests::pid_alive(victim.pid as i32)).then_some(()).ok_or(format!("pid {} alive", victim.pid))
+    });
+    wait_for("20 answers in a row through the mesh after the kill", T, || {
+        let out = sh(c.node(2), &format!("for i in $(seq 20); do curl -sf -m 1 {url} || echo FAILED; done"));
+        let failed = out.lines().filter(|l| l.trim() == "FAILED").count();
+        (failed == 0).then_some(()).ok_or(format!("{failed} of 20 failed"))
+    });
+    eprintln!("    new connections all answered {:.1} s after the kill", killed_at.elapsed().as_secs_f64());
+    wait_for("web: 3 running again", T, || {
+        (running(m, "web") == 3).then_some(()).ok_or(format!("{:?}", m.tasks("web")))
+    });
+
     step!("bad input: a port already published, an unknown network, a network in use");
     let err = m.fails(&["service", "create", "-d", "--name", "web2", "-p", "8080:80", "busybox", "sleep", "1000"]);
     assert!(err.contains("8080"), "port conflict error: {err}");
     assert!(err.lines().count() <= 2, "not a one-line error: {err}");
-    let err = m.fails(&["service", "create", "-d", "--name", "lost", "--network", "nosuchnet", "busybox", "sleep", "1"]);
+    let err =
+        m.fails(&["service", "create", "-d", "--name", "lost", "--network", "nosuchnet", "busybox", "sleep", "1"]);
     assert!(err.contains("nosuchnet"), "unknown network error: {err}");
     m.ok(&["network", "create", "-d", "overlay", "backend"]);
     m.ok(&["service", "create", "-d", "--name", "user", "--network", "backend", "busybox", "sleep", "1000"]);
@@ -144,7 +163,8 @@ fn words(s: &str) -> Vec<String> {
 
 fn service_json(node: &Node, name: &str) -> serde_json::Value {
     let out = node.ok(&["service", "inspect", name]);
-    let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("service inspect {name}: {e}\n{out}"));
+    let v: serde_json::Value =
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("service inspect {name}: {e}\n{out}"));
     v[0].clone()
 }
 
@@ -168,8 +188,23 @@ fn by_name_over_an_overlay_across_hosts_tasks_follow_scaling_and_dnsrr() {
                  > /var/www/index.html && exec httpd -f -p 80 -h /var/www";
     for (name, mode) in [("web", "vip"), ("rr", "dnsrr")] {
         m.ok(&[
-            "service", "create", "-d", "--name", name, "--replicas", "2", "--network", "backend", "--endpoint-mode",
-            mode, "--constraint", "node.hostname==node-3", "busybox", "sh", "-c", serve,
+            "service",
+            "create",
+            "-d",
+            "--name",
+            name,
+            "--replicas",
+            "2",
+            "--network",
+            "backend",
+            "--endpoint-mode",
+            mode,
+            "--constraint",
+            "node.hostname==node-3",
+            "busybox",
+            "sh",
+            "-c",
+            serve,
         ]);
     }
     // The client resolves through the embedded DNS (busybox's nslookup), then connects to the address it got:
@@ -185,8 +220,19 @@ while true; do
   sleep 0.5
 done"#;
     m.ok(&[
-        "service", "create", "-d", "--name", "client", "--network", "backend", "--constraint",
-        "node.hostname==node-2", "busybox", "sh", "-c", client,
+        "service",
+        "create",
+        "-d",
+        "--name",
+        "client",
+        "--network",
+        "backend",
+        "--constraint",
+        "node.hostname==node-2",
+        "busybox",
+        "sh",
+        "-c",
+        client,
     ]);
     for (name, n) in [("web", 2), ("rr", 2), ("client", 1)] {
         wait_for(&format!("{name}: {n} running"), T, || {
@@ -273,13 +319,35 @@ fn host_mode_sees_the_client_and_a_long_connection_survives_scaling() {
 
     step!("mode=host publish on node 3: a request from node 2 sees node 2's own address");
     m.ok(&[
-        "service", "create", "-d", "--name", "direct", "--constraint", "node.hostname==node-3", "--publish",
-        "published=9090,target=80,mode=host", "busybox", "sh", "-c", CGI_SERVER,
+        "service",
+        "create",
+        "-d",
+        "--name",
+        "direct",
+        "--constraint",
+        "node.hostname==node-3",
+        "--publish",
+        "published=9090,target=80,mode=host",
+        "busybox",
+        "sh",
+        "-c",
+        CGI_SERVER,
     ]);
     // Ingress too, on a second service, to show the difference the mode makes.
     m.ok(&[
-        "service", "create", "-d", "--name", "slow", "--constraint", "node.hostname==node-3", "-p", "8081:80",
-        "busybox", "sh", "-c", CGI_SERVER,
+        "service",
+        "create",
+        "-d",
+        "--name",
+        "slow",
+        "--constraint",
+        "node.hostname==node-3",
+        "-p",
+        "8081:80",
+        "busybox",
+        "sh",
+        "-c",
+        CGI_SERVER,
     ]);
     for name in ["direct", "slow"] {
         wait_for(&format!("{name}: 1 running"), T, || {
