@@ -1,6 +1,9 @@
-//! Networking on real daemons across hosts (the multi-node harness): the ingress routing mesh reaches a service
-//! running on another node and spreads requests evenly over its tasks, bad input gets a clear error, and removing a
-//! service removes its published-port rules from every node.
+//! Networking on real daemons across hosts (the multi-node harness, 3 nodes): a published port on node 1 reaches
+//! tasks running only on node 3 (routing mesh) and spreads 300 requests evenly over 3 tasks; a killed task stops
+//! getting new connections; containers on different nodes reach each other by service name over an overlay (VIP),
+//! `tasks.<svc>` follows scaling, dnsrr resolves to task IPs and has no VIP; `mode=host` keeps the client address;
+//! a long request through the mesh survives scaling; bad input gets a clear error; `service rm` removes the
+//! published port's rules from every node.
 //! Run: `cargo build --workspace --bins && cargo test -p shoal-tests --test networking -- --test-threads=1`.
 
 use shoal_tests::cluster::{Cluster, Node};
@@ -117,7 +120,10 @@ fn routing_mesh_across_hosts_even_spread_bad_input_and_cleanup() {
     let err =
         m.fails(&["service", "create", "-d", "--name", "lost", "--network", "nosuchnet", "busybox", "sleep", "1"]);
     assert!(err.contains("nosuchnet"), "unknown network error: {err}");
-    m.ok(&["network", "create", "-d", "overlay", "backend"]);
+    m.ok(&["network", "create", "-d", "overlay", "--subnet", "10.77.0.0/16", "backend"]);
+    let err = m.fails(&["network", "create", "-d", "overlay", "--subnet", "10.77.5.0/24", "inside"]);
+    assert!(err.contains("10.77.5.0/24") && err.contains("overlap"), "overlapping subnet error: {err}");
+    assert!(!m.ok(&["network", "ls"]).contains("inside"), "a refused create left a network");
     m.ok(&["service", "create", "-d", "--name", "user", "--network", "backend", "busybox", "sleep", "1000"]);
     let err = m.fails(&["network", "rm", "backend"]);
     assert!(err.contains("backend") && err.contains("in use"), "network in use error: {err}");
