@@ -49,7 +49,8 @@ addr=$(ip -4 route get 1.1.1.1 2>/dev/null | awk '{for (i = 1; i < NF; i++) if (
 addr=${addr:-$(hostname -I | awk '{print $1}')}
 echo "fetching http://$addr:8080/ through the routing mesh"
 for _ in $(seq 100); do
-  page=$(busybox wget -q -T 2 -O - "http://$addr:8080/" 2>/dev/null) && break
+  # curl, not busybox wget: Debian's static busybox wget segfaults (exit 139) on this system.
+  page=$(curl -sf -m 2 "http://$addr:8080/" 2>/dev/null) && break
   sleep 0.2
 done
 echo "${page:?no answer on port 8080 through the routing mesh}"

@@ -2,7 +2,7 @@
 # Installs what Shoal builds and runs with, when missing: a C toolchain and pkg-config (crates with C parts),
 # protoc (containerd-client's build), containerd and runc (the runtime), tini (its static binary is the init of
 # `--init` containers), busybox-static (the test image), nftables, iproute2 and conntrack (networking),
-# docker-registry and apache2-utils (a registry and htpasswd for the pull tests). Checks that cargo is new enough; it
+# docker-registry and apache2-utils (a registry and htpasswd for the pull tests), curl (the demo's fetch). Checks that cargo is new enough; it
 # does not install Rust.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,6 +22,7 @@ command -v conntrack >/dev/null || need+=(conntrack)
 command -v sha256sum >/dev/null || need+=(coreutils)
 command -v docker-registry >/dev/null || need+=(docker-registry)
 command -v htpasswd >/dev/null || need+=(apache2-utils)
+command -v curl >/dev/null || need+=(curl)
 
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then
