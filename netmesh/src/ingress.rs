@@ -80,6 +80,13 @@ pub fn render(ports: &[PublishedPort]) -> String {
         s,
         "  chain postrouting {{ type nat hook postrouting priority 100; policy accept; meta mark & {MASQUERADE_MARK:#010x} == {MASQUERADE_MARK:#010x} masquerade; }}"
     );
+    // `route_localnet` (set with the table, see `Ingress::set`) lets `localhost:PORT` be DNATed to a task, as
+    // Docker's published ports answer on localhost; the guard drops what that sysctl would otherwise let in:
+    // packets for 127/8 arriving from outside that no DNAT rewrote (as kube-proxy does).
+    let _ = writeln!(
+        s,
+        "  chain localnet_guard {{ type filter hook input priority -10; policy accept; meta iifname != \"lo\" ip daddr 127.0.0.0/8 ct status & dnat == 0 drop; }}"
+    );
     let empty: Vec<&PublishedPort> = ports.iter().filter(|p| p.backends.is_empty()).collect();
     if !empty.is_empty() {
         // A published port without tasks refuses at once, as Swarm's does, instead of reaching whatever else
@@ -118,6 +125,7 @@ impl Ingress {
     /// send DNATed traffic on to other hosts' tasks). Conntrack entries of backends that left are deleted.
     pub fn set(&mut self, ports: Vec<PublishedPort>) -> Result<(), LbError> {
         enable_forwarding(self.netns.as_deref())?;
+        enable_route_localnet(self.netns.as_deref())?;
         let ns = self.netns.as_deref();
         let label = ns.map(|p| p.display().to_string()).unwrap_or_else(|| "host".into());
         let out = netns::command(ns, "nft", &["-f", "-"], Some(&render(&ports)))?;
@@ -170,8 +178,17 @@ fn forget(ns: Option<&Path>, p: &PublishedPort, backend: Ipv4Addr) -> Result<(),
 
 /// Turns on IPv4 forwarding in the namespace `ns` (the process's own for `None`).
 pub fn enable_forwarding(ns: Option<&Path>) -> Result<(), LbError> {
+    sysctl_on(ns, "/proc/sys/net/ipv4/ip_forward", "enable ip forwarding")
+}
+
+/// Lets traffic to 127.0.0.1 be DNATed to another address (published ports answering on `localhost`).
+pub fn enable_route_localnet(ns: Option<&Path>) -> Result<(), LbError> {
+    sysctl_on(ns, "/proc/sys/net/ipv4/conf/all/route_localnet", "enable route_localnet")
+}
+
+fn sysctl_on(ns: Option<&Path>, path: &'static str, op: &'static str) -> Result<(), LbError> {
     let label = ns.map(|p| p.display().to_string()).unwrap_or_else(|| "host".into());
     // /proc/sys/net follows the namespace of the thread that opens it, hence the helper thread.
-    netns::run_in(ns, || std::fs::write("/proc/sys/net/ipv4/ip_forward", "1"))?
-        .map_err(|source| LbError::Netns(NetnsError::Sys { ns: label, op: "enable ip forwarding", source }))
+    netns::run_in(ns, || std::fs::write(path, "1"))?
+        .map_err(|source| LbError::Netns(NetnsError::Sys { ns: label, op, source }))
 }
