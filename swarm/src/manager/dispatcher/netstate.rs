@@ -360,8 +360,12 @@ mod tests {
         let snap = Snapshot::build(&view());
         let s = snap.state_for("n1").unwrap();
         assert_eq!(s.networks.iter().map(|n| n.id.as_str()).collect::<Vec<_>>(), vec!["front", "ing"]);
-        let eps: Vec<(&str, &str, &str, bool)> =
-            s.endpoints.iter().map(|e| (e.task_id.as_str(), e.ip.as_str(), e.node_addr.as_str(), e.serving)).collect();
+        let eps: Vec<(&str, &str, &str, bool)> = s
+            .endpoints
+            .iter()
+            .filter(|e| !e.task_id.is_empty())
+            .map(|e| (e.task_id.as_str(), e.ip.as_str(), e.node_addr.as_str(), e.serving))
+            .collect();
         assert_eq!(eps, vec![("w1", "10.0.1.3", "192.168.0.1", true)], "the failed task is no endpoint");
         let svcs: Vec<&str> = s.services.iter().map(|s| s.name.as_str()).collect();
         assert_eq!(svcs, vec!["api", "web"], "db's network is not n1's");
