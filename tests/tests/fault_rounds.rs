@@ -58,7 +58,9 @@ fn writer(sockets: Arc<Mutex<BTreeMap<usize, PathBuf>>>, stop: Arc<AtomicBool>) 
         // A new name per attempt: an attempt that timed out may still have been committed.
         let name = format!("w-{attempts}");
         attempts += 1;
-        let args = ["service", "create", "-d", "--name", &name, "--replicas", "0", "busybox", "true"];
+        // No registry is reachable from the test's namespaces: skip the digest lookup, which would wait on DNS.
+        let args =
+            ["service", "create", "-d", "--no-resolve-image", "--name", &name, "--replicas", "0", "busybox", "true"];
         if let Some(o) = output_within(shoal_command(socket, &args), Duration::from_secs(10)) {
             if o.status.success() {
                 acked.insert(name);
