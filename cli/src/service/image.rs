@@ -28,6 +28,9 @@ pub struct Pinned {
     pub warning: Option<String>,
 }
 
+/// How long `service create/update` waits for the registry to name an image's digest.
+const RESOLVE_PATIENCE: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// The image pinned to its current digest in the registry: `registry/repo:tag@sha256:…`, as Docker stores it.
 /// An image already pinned, or whose registry cannot be reached, is kept as given (the latter with Docker's
 /// warning: each node then resolves the tag itself).
@@ -40,9 +43,11 @@ pub async fn pin_image(client: &mut Client, image: &str) -> anyhow::Result<Pinne
     }
     let auth = crate::image::stored_auth(&name)?;
     let req = DistributionInspectRequest { reference: name.clone(), auth };
-    match client.engine.distribution_inspect(req).await {
-        Ok(r) => Ok(Pinned { image: pinned(&name, &r.into_inner().digest), warning: None }),
-        Err(_) => Ok(unchanged(Some(unpinned_warning(&familiar_image_ref(&name))))),
+    // Bounded: where no registry or DNS server is reachable (an offline cluster) the lookup would otherwise hold
+    // every `service create` for the resolver's whole timeout; the service is created unpinned, with the warning.
+    match tokio::time::timeout(RESOLVE_PATIENCE, client.engine.distribution_inspect(req)).await {
+        Ok(Ok(r)) => Ok(Pinned { image: pinned(&name, &r.into_inner().digest), warning: None }),
+        _ => Ok(unchanged(Some(unpinned_warning(&familiar_image_ref(&name))))),
     }
 }
 
