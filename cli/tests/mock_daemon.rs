@@ -1230,8 +1230,20 @@ fn networks_and_published_ports_through_the_cli() {
     let d = Daemon::start();
     let front = d.ok(&["network", "create", "front"]).trim().to_string();
     d.ok(&[
-        "service", "create", "--name", "web", "--network", "name=front,alias=www", "-p", "8080:80", "--publish",
-        "target=443", "--endpoint-mode", "vip", "-d", "busybox",
+        "service",
+        "create",
+        "--name",
+        "web",
+        "--network",
+        "name=front,alias=www",
+        "-p",
+        "8080:80",
+        "--publish",
+        "target=443",
+        "--endpoint-mode",
+        "vip",
+        "-d",
+        "busybox",
     ]);
     let ls = d.ok(&["service", "ls"]);
     assert!(ls.lines().next().unwrap().ends_with("PORTS"), "{ls}");
@@ -1244,13 +1256,30 @@ fn networks_and_published_ports_through_the_cli() {
     assert_eq!(d.ok(&["service", "inspect", "-f", "{{(index .Endpoint.Ports 1).PublishedPort}}", "web"]), "30000\n");
     assert_eq!(d.ok(&["service", "inspect", "-f", "{{.Spec.EndpointSpec.Mode}}", "web"]), "vip\n");
 
-    d.ok(&["service", "update", "--publish-rm", "443", "--publish-add", "9090:90/udp", "--network-rm", "front", "-d", "web"]);
+    d.ok(&[
+        "service",
+        "update",
+        "--publish-rm",
+        "443",
+        "--publish-add",
+        "9090:90/udp",
+        "--network-rm",
+        "front",
+        "-d",
+        "web",
+    ]);
     let ls = d.ok(&["service", "ls", "--format", "{{.Ports}}"]);
     assert_eq!(ls, "*:8080->80/tcp, *:9090->90/udp\n");
     assert!(!d.ok(&["service", "inspect", "-f", "{{json .Spec.TaskTemplate}}", "web"]).contains("Networks"));
     d.ok(&["service", "update", "--network-add", "front", "--endpoint-mode", "dnsrr", "-d", "web"]);
     assert_eq!(
-        d.ok(&["service", "inspect", "-f", "{{.Spec.EndpointSpec.Mode}} {{(index .Spec.TaskTemplate.Networks 0).Target}}", "web"]),
+        d.ok(&[
+            "service",
+            "inspect",
+            "-f",
+            "{{.Spec.EndpointSpec.Mode}} {{(index .Spec.TaskTemplate.Networks 0).Target}}",
+            "web"
+        ]),
         format!("dnsrr {front}\n")
     );
 

@@ -17,5 +17,5 @@ pub mod registry;
 pub mod seccomp;
 pub mod socket;
 pub mod spec;
-pub mod taskimage;
 pub mod taskfiles;
+pub mod taskimage;

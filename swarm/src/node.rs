@@ -512,7 +512,9 @@ impl<E: Executor> SwarmNode<E> {
         match crate::manager::datakey::DataKey::load(&self.cfg.state_dir.join(DATA_KEY_FILE)) {
             Ok(Some(key)) => store.set_data_key(key),
             // A swarm made before secrets existed: secret calls are refused on this manager until it has one.
-            Ok(None) => tracing::warn!(node.id = %me.node_id, "no data key in the state dir: secrets are unavailable here"),
+            Ok(None) => {
+                tracing::warn!(node.id = %me.node_id, "no data key in the state dir: secrets are unavailable here")
+            }
             Err(e) => return Err(self.state_err(e)),
         }
         let shutdown = CancellationToken::new();

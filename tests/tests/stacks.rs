@@ -105,7 +105,10 @@ fn compose_examples_deploy_redeploy_prune_and_rm() {
     wait_running(&d, "mon_agent", 1);
     assert_eq!(d.ok(&["stack", "ls"]), "NAME      SERVICES\ndemo      1\nmon       1\nvote      5\n");
     let services = d.ok(&["stack", "services", "vote", "--format", "{{.Name}} {{.Replicas}}"]);
-    assert_eq!(services, "vote_db 1/1 (max 1 per node)\nvote_redis 1/1\nvote_result 1/1\nvote_vote 2/2\nvote_worker 1/1\n");
+    assert_eq!(
+        services,
+        "vote_db 1/1 (max 1 per node)\nvote_redis 1/1\nvote_result 1/1\nvote_vote 2/2\nvote_worker 1/1\n"
+    );
     let ps = d.ok(&["stack", "ps", "mon", "--format", "{{.Name}} {{.DesiredState}}"]);
     assert!(ps.starts_with("mon_agent.") && ps.trim_end().ends_with("Running"), "{ps}");
 

@@ -2,9 +2,9 @@
 
 mod create;
 mod endpoint;
-pub mod image;
 mod files;
 mod flags;
+pub mod image;
 mod logs;
 pub(crate) mod opts;
 mod pretty;

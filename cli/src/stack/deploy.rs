@@ -8,11 +8,11 @@ use super::convert::{FilePlan, ServicePlan, StackPlan, NAMESPACE_LABEL};
 use crate::client::{rpc, Client};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
+use swarm::api::control::{CreateConfigRequest, CreateSecretRequest, ListSecretsRequest};
 use swarm::api::control::{
     CreateNetworkRequest, CreateServiceRequest, GetRequest, ListNetworksRequest, ListServicesRequest, ListTasksRequest,
     UpdateServiceRequest,
 };
-use swarm::api::control::{CreateConfigRequest, CreateSecretRequest, ListSecretsRequest};
 use swarm::api::{Annotations, ConfigSpec, SecretSpec, Service, ServiceMode, ServiceSpec, TaskState};
 use swarm::manager::controlapi::validate;
 
@@ -212,7 +212,10 @@ async fn files(client: &mut Client, objects: &[FilePlan], kind: &str) -> anyhow:
             continue;
         }
         if o.external {
-            anyhow::bail!("{kind} not found: {} (declared external: it must exist before the stack is deployed)", o.name);
+            anyhow::bail!(
+                "{kind} not found: {} (declared external: it must exist before the stack is deployed)",
+                o.name
+            );
         }
         println!("Creating {kind} {}", o.name);
         let annotations = Annotations { name: o.name.clone(), labels: o.labels.clone() };

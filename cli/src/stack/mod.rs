@@ -21,7 +21,9 @@ use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
-use swarm::api::control::{GetRequest, ListNetworksRequest, ListSecretsRequest, ListServicesRequest, ListTasksRequest, ServiceWithStatus};
+use swarm::api::control::{
+    GetRequest, ListNetworksRequest, ListSecretsRequest, ListServicesRequest, ListTasksRequest, ServiceWithStatus,
+};
 
 #[derive(Debug, Subcommand)]
 pub enum StackCmd {

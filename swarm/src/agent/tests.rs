@@ -147,15 +147,33 @@ fn task(id: &str) -> Task {
 }
 
 fn complete(tasks: Vec<Task>) -> AssignmentsMessage {
-    AssignmentsMessage { kind: AssignmentsKind::Complete, updated: tasks, removed: vec![], network_state: None, files: Default::default() }
+    AssignmentsMessage {
+        kind: AssignmentsKind::Complete,
+        updated: tasks,
+        removed: vec![],
+        network_state: None,
+        files: Default::default(),
+    }
 }
 
 fn removed(id: &str) -> AssignmentsMessage {
-    AssignmentsMessage { kind: AssignmentsKind::Incremental, updated: vec![], removed: vec![id.into()], network_state: None, files: Default::default() }
+    AssignmentsMessage {
+        kind: AssignmentsKind::Incremental,
+        updated: vec![],
+        removed: vec![id.into()],
+        network_state: None,
+        files: Default::default(),
+    }
 }
 
 fn added(t: Task) -> AssignmentsMessage {
-    AssignmentsMessage { kind: AssignmentsKind::Incremental, updated: vec![t], removed: vec![], network_state: None, files: Default::default() }
+    AssignmentsMessage {
+        kind: AssignmentsKind::Incremental,
+        updated: vec![t],
+        removed: vec![],
+        network_state: None,
+        files: Default::default(),
+    }
 }
 
 /// Polls `ok` every 10 ms until it holds, or panics after 5 s saying what was awaited and what `seen` shows.

@@ -102,9 +102,8 @@ impl NodeCa for NodeCaService {
         if node.role != NodeRole::Manager {
             return Err(Status::permission_denied(format!("node {} is not a manager", peer.node_id)));
         }
-        let key = store
-            .data_key()
-            .ok_or_else(|| Status::unavailable(crate::manager::controlapi::secrets::NO_DATA_KEY))?;
+        let key =
+            store.data_key().ok_or_else(|| Status::unavailable(crate::manager::controlapi::secrets::NO_DATA_KEY))?;
         tracing::info!(node.id = %node.id, "handed the data key to a manager");
         Ok(Response::new(crate::api::ca::DataKeyResponse { key: key.to_text() }))
     }

@@ -46,7 +46,13 @@ impl AssignmentSet {
         for t in &updated {
             self.sent.insert(t.id.clone(), Sent { desired: t.desired_state, spec: t.spec.clone() });
         }
-        AssignmentsMessage { kind: AssignmentsKind::Complete, updated, removed: vec![], network_state: None, files: Default::default() }
+        AssignmentsMessage {
+            kind: AssignmentsKind::Complete,
+            updated,
+            removed: vec![],
+            network_state: None,
+            files: Default::default(),
+        }
     }
 
     /// Folds one store event into `msg` (an incremental message being built).
@@ -83,12 +89,24 @@ mod tests {
         let mut t = task("t1", "s", 1);
         t.node_id = "n1".into();
         t.status.state = TaskState::Assigned;
-        let mut msg = AssignmentsMessage { kind: AssignmentsKind::Incremental, updated: vec![], removed: vec![], network_state: None, files: Default::default() };
+        let mut msg = AssignmentsMessage {
+            kind: AssignmentsKind::Incremental,
+            updated: vec![],
+            removed: vec![],
+            network_state: None,
+            files: Default::default(),
+        };
         set.apply(&ev(EventAction::Update, &t), &mut msg);
         assert_eq!(msg.updated.len(), 1);
 
         // The agent's own status report is not echoed back.
-        let mut msg = AssignmentsMessage { kind: AssignmentsKind::Incremental, updated: vec![], removed: vec![], network_state: None, files: Default::default() };
+        let mut msg = AssignmentsMessage {
+            kind: AssignmentsKind::Incremental,
+            updated: vec![],
+            removed: vec![],
+            network_state: None,
+            files: Default::default(),
+        };
         t.status.state = TaskState::Running;
         set.apply(&ev(EventAction::Update, &t), &mut msg);
         assert!(msg.updated.is_empty());
