@@ -14,7 +14,7 @@ use std::io::Read;
 use swarm::api::control::{
     CreateConfigRequest, CreateSecretRequest, GetRequest, ListSecretsRequest, RotateSecretRequest,
 };
-use swarm::api::{Annotations, Config, ConfigSpec, Secret, SecretSpec};
+use swarm::api::{Annotations, Config, ConfigSpec, Driver, Meta, Secret, SecretSpec};
 
 #[derive(Debug, Subcommand)]
 pub enum SecretCmd {
@@ -56,6 +56,14 @@ pub struct CreateArgs {
     /// Labels
     #[arg(short, long = "label", value_parser = parse_label, value_name = "LABEL")]
     labels: Vec<(String, String)>,
+    /// Template driver (the data is a Go template each task renders: "golang")
+    #[arg(long, value_parser = parse_template_driver, value_name = "DRIVER")]
+    template_driver: Option<String>,
+}
+
+fn parse_template_driver(s: &str) -> Result<String, String> {
+    swarm::template::check_driver(&Driver { name: s.into(), options: Default::default() })?;
+    Ok(s.into())
 }
 
 #[derive(Debug, Args)]
@@ -106,46 +114,20 @@ fn read_data(file: &str) -> anyhow::Result<Vec<u8>> {
     Ok(data)
 }
 
-fn annotations(name: String, labels: Vec<(String, String)>) -> Annotations {
-    Annotations { name, labels: labels.into_iter().collect() }
+/// The commands secrets and configs share, run by [`run`] for either kind.
+enum Common {
+    Create(CreateArgs),
+    Ls(LsArgs),
+    Inspect(InspectArgs),
+    Rm(RmArgs),
 }
 
 pub async fn run_secret(client: &mut Client, cmd: SecretCmd) -> anyhow::Result<()> {
-    match cmd {
-        SecretCmd::Create(a) => {
-            let spec = SecretSpec { data: read_data(&a.file)?, annotations: annotations(a.name, a.labels) };
-            let s = rpc(client.control.create_secret(CreateSecretRequest { spec }).await)?;
-            println!("{}", s.id);
-            Ok(())
-        }
-        SecretCmd::Ls(a) => {
-            let mut secrets = rpc(client.control.list_secrets(ListSecretsRequest::default()).await)?.secrets;
-            secrets.sort_by(|a, b| a.spec.annotations.name.cmp(&b.spec.annotations.name));
-            let rows: Vec<Value> = secrets.iter().map(secret_row).collect();
-            print_ls(&rows, a, SECRET_TITLES)
-        }
-        SecretCmd::Inspect(a) => {
-            let mut tally = Tally::default();
-            let mut found = Vec::new();
-            for key in a.names {
-                found.extend(tally.ok(rpc(client.control.get_secret(GetRequest { id_or_name: key }).await)));
-            }
-            if a.pretty {
-                print!("{}", found.iter().map(secret_pretty).collect::<Vec<_>>().join("\n"));
-            } else if !found.is_empty() {
-                print_inspected(&found.iter().map(secret_inspected).collect::<Vec<_>>(), a.format.as_deref())?;
-            }
-            tally.finish()
-        }
-        SecretCmd::Rm(a) => {
-            let mut tally = Tally::default();
-            for key in a.names {
-                if tally.ok(rpc(client.control.remove_secret(GetRequest { id_or_name: key.clone() }).await)).is_some() {
-                    println!("{key}");
-                }
-            }
-            tally.finish()
-        }
+    let common = match cmd {
+        SecretCmd::Create(a) => Common::Create(a),
+        SecretCmd::Ls(a) => Common::Ls(a),
+        SecretCmd::Inspect(a) => Common::Inspect(a),
+        SecretCmd::Rm(a) => Common::Rm(a),
         SecretCmd::Rotate(a) => {
             let data = read_data(&a.file)?;
             let r = rpc(client.control.rotate_secret(RotateSecretRequest { id_or_name: a.name, data }).await)?;
@@ -153,47 +135,199 @@ pub async fn run_secret(client: &mut Client, cmd: SecretCmd) -> anyhow::Result<(
             for s in r.services {
                 eprintln!("service {s} updated to {}", r.secret.spec.annotations.name);
             }
-            Ok(())
+            return Ok(());
         }
-    }
+    };
+    run::<Secret>(client, common).await
 }
 
 pub async fn run_config(client: &mut Client, cmd: ConfigCmd) -> anyhow::Result<()> {
+    let common = match cmd {
+        ConfigCmd::Create(a) => Common::Create(a),
+        ConfigCmd::Ls(a) => Common::Ls(a),
+        ConfigCmd::Inspect(a) => Common::Inspect(a),
+        ConfigCmd::Rm(a) => Common::Rm(a),
+    };
+    run::<Config>(client, common).await
+}
+
+async fn run<K: FileObject>(client: &mut Client, cmd: Common) -> anyhow::Result<()> {
     match cmd {
-        ConfigCmd::Create(a) => {
-            let spec = ConfigSpec { data: read_data(&a.file)?, annotations: annotations(a.name, a.labels) };
-            let c = rpc(client.control.create_config(CreateConfigRequest { spec }).await)?;
-            println!("{}", c.id);
+        Common::Create(a) => {
+            let annotations = Annotations { name: a.name, labels: a.labels.into_iter().collect() };
+            let templating = a.template_driver.map(|name| Driver { name, options: Default::default() });
+            let id = K::create(client, annotations, read_data(&a.file)?, templating).await?;
+            println!("{id}");
             Ok(())
         }
-        ConfigCmd::Ls(a) => {
-            let mut configs = rpc(client.control.list_configs(ListSecretsRequest::default()).await)?.configs;
-            configs.sort_by(|a, b| a.spec.annotations.name.cmp(&b.spec.annotations.name));
-            let rows: Vec<Value> = configs.iter().map(config_row).collect();
-            print_ls(&rows, a, CONFIG_TITLES)
+        Common::Ls(a) => {
+            let mut all = K::list(client).await?;
+            all.sort_by(|a, b| a.annotations().name.cmp(&b.annotations().name));
+            let rows: Vec<Value> = all.iter().map(K::row).collect();
+            print_ls(&rows, a, K::TITLES)
         }
-        ConfigCmd::Inspect(a) => {
+        Common::Inspect(a) => {
             let mut tally = Tally::default();
             let mut found = Vec::new();
             for key in a.names {
-                found.extend(tally.ok(rpc(client.control.get_config(GetRequest { id_or_name: key }).await)));
+                found.extend(tally.ok(K::get(client, key).await));
             }
             if a.pretty {
-                print!("{}", found.iter().map(config_pretty).collect::<Vec<_>>().join("\n"));
+                print!("{}", found.iter().map(K::pretty).collect::<Vec<_>>().join("\n"));
             } else if !found.is_empty() {
-                print_inspected(&found.iter().map(config_inspected).collect::<Vec<_>>(), a.format.as_deref())?;
+                print_inspected(&found.iter().map(K::inspected).collect::<Vec<_>>(), a.format.as_deref())?;
             }
             tally.finish()
         }
-        ConfigCmd::Rm(a) => {
+        Common::Rm(a) => {
             let mut tally = Tally::default();
             for key in a.names {
-                if tally.ok(rpc(client.control.remove_config(GetRequest { id_or_name: key.clone() }).await)).is_some() {
+                if tally.ok(K::remove(client, key.clone()).await).is_some() {
                     println!("{key}");
                 }
             }
             tally.finish()
         }
+    }
+}
+
+/// What differs between a secret and a config in these commands: the control API calls and how one is shown.
+trait FileObject: Sized {
+    /// The `ls` columns (field → title).
+    const TITLES: &'static [(&'static str, &'static str)];
+    fn annotations(&self) -> &Annotations;
+    /// Creates one; returns its id.
+    async fn create(
+        client: &mut Client,
+        annotations: Annotations,
+        data: Vec<u8>,
+        templating: Option<Driver>,
+    ) -> anyhow::Result<String>;
+    async fn list(client: &mut Client) -> anyhow::Result<Vec<Self>>;
+    async fn get(client: &mut Client, key: String) -> anyhow::Result<Self>;
+    async fn remove(client: &mut Client, key: String) -> anyhow::Result<()>;
+    /// An `ls` row.
+    fn row(&self) -> Value;
+    /// `inspect`'s JSON, in Docker's shape.
+    fn inspected(&self) -> Value;
+    /// `inspect --pretty`.
+    fn pretty(&self) -> String;
+}
+
+impl FileObject for Secret {
+    /// Docker's columns, with VERSION (the rotation number) after the name.
+    const TITLES: &'static [(&'static str, &'static str)] = &[
+        ("ID", "ID"),
+        ("Name", "NAME"),
+        ("Version", "VERSION"),
+        ("Driver", "DRIVER"),
+        ("CreatedAt", "CREATED"),
+        ("UpdatedAt", "UPDATED"),
+    ];
+
+    fn annotations(&self) -> &Annotations {
+        &self.spec.annotations
+    }
+
+    async fn create(
+        client: &mut Client,
+        annotations: Annotations,
+        data: Vec<u8>,
+        templating: Option<Driver>,
+    ) -> anyhow::Result<String> {
+        let spec = SecretSpec { annotations, data, templating };
+        Ok(rpc(client.control.create_secret(CreateSecretRequest { spec }).await)?.id)
+    }
+
+    async fn list(client: &mut Client) -> anyhow::Result<Vec<Self>> {
+        Ok(rpc(client.control.list_secrets(ListSecretsRequest::default()).await)?.secrets)
+    }
+
+    async fn get(client: &mut Client, key: String) -> anyhow::Result<Self> {
+        rpc(client.control.get_secret(GetRequest { id_or_name: key }).await)
+    }
+
+    async fn remove(client: &mut Client, key: String) -> anyhow::Result<()> {
+        rpc(client.control.remove_secret(GetRequest { id_or_name: key }).await).map(drop)
+    }
+
+    fn row(&self) -> Value {
+        let mut row = common_row(&self.id, &self.meta, &self.spec.annotations);
+        row["Version"] = json!(self.version().to_string());
+        row["Driver"] = json!("");
+        row
+    }
+
+    /// No data, ever.
+    fn inspected(&self) -> Value {
+        let mut v = common_inspected(&self.id, &self.meta, &self.spec.annotations, self.spec.templating.as_ref());
+        v["SecretVersion"] = json!({"Family": self.family(), "Version": self.version()});
+        v
+    }
+
+    fn pretty(&self) -> String {
+        format!(
+            "ID:              {}\nName:              {}\nLabels:{}\nVersion:           {}\nDriver:            \nCreated at:        {}\nUpdated at:        {}\n",
+            self.id,
+            self.spec.annotations.name,
+            labels_pretty(&self.spec.annotations.labels),
+            self.version(),
+            rfc3339(self.meta.created_at),
+            rfc3339(self.meta.updated_at),
+        )
+    }
+}
+
+impl FileObject for Config {
+    const TITLES: &'static [(&'static str, &'static str)] =
+        &[("ID", "ID"), ("Name", "NAME"), ("CreatedAt", "CREATED"), ("UpdatedAt", "UPDATED")];
+
+    fn annotations(&self) -> &Annotations {
+        &self.spec.annotations
+    }
+
+    async fn create(
+        client: &mut Client,
+        annotations: Annotations,
+        data: Vec<u8>,
+        templating: Option<Driver>,
+    ) -> anyhow::Result<String> {
+        let spec = ConfigSpec { annotations, data, templating };
+        Ok(rpc(client.control.create_config(CreateConfigRequest { spec }).await)?.id)
+    }
+
+    async fn list(client: &mut Client) -> anyhow::Result<Vec<Self>> {
+        Ok(rpc(client.control.list_configs(ListSecretsRequest::default()).await)?.configs)
+    }
+
+    async fn get(client: &mut Client, key: String) -> anyhow::Result<Self> {
+        rpc(client.control.get_config(GetRequest { id_or_name: key }).await)
+    }
+
+    async fn remove(client: &mut Client, key: String) -> anyhow::Result<()> {
+        rpc(client.control.remove_config(GetRequest { id_or_name: key }).await).map(drop)
+    }
+
+    fn row(&self) -> Value {
+        common_row(&self.id, &self.meta, &self.spec.annotations)
+    }
+
+    fn inspected(&self) -> Value {
+        let mut v = common_inspected(&self.id, &self.meta, &self.spec.annotations, self.spec.templating.as_ref());
+        v["Spec"]["Data"] = json!(base64::engine::general_purpose::STANDARD.encode(&self.spec.data));
+        v
+    }
+
+    fn pretty(&self) -> String {
+        format!(
+            "ID:                      {}\nName:                    {}\nLabels:{}\nCreated at:              {}\nUpdated at:              {}\nData:\n{}\n",
+            self.id,
+            self.spec.annotations.name,
+            labels_pretty(&self.spec.annotations.labels),
+            rfc3339(self.meta.created_at),
+            rfc3339(self.meta.updated_at),
+            String::from_utf8_lossy(&self.spec.data),
+        )
     }
 }
 
@@ -213,97 +347,41 @@ fn print_ls(rows: &[Value], a: LsArgs, titles: &[(&str, &str)]) -> anyhow::Resul
     }
 }
 
-/// Docker's columns, with VERSION (the rotation number) after the name.
-const SECRET_TITLES: &[(&str, &str)] = &[
-    ("ID", "ID"),
-    ("Name", "NAME"),
-    ("Version", "VERSION"),
-    ("Driver", "DRIVER"),
-    ("CreatedAt", "CREATED"),
-    ("UpdatedAt", "UPDATED"),
-];
-
-const CONFIG_TITLES: &[(&str, &str)] =
-    &[("ID", "ID"), ("Name", "NAME"), ("CreatedAt", "CREATED"), ("UpdatedAt", "UPDATED")];
-
-fn secret_row(s: &Secret) -> Value {
+/// The `ls` fields both kinds have.
+fn common_row(id: &str, meta: &Meta, a: &Annotations) -> Value {
     json!({
-        "ID": short_id(&s.id),
-        "Name": s.spec.annotations.name,
-        "Version": s.version().to_string(),
-        "Driver": "",
-        "CreatedAt": ago(s.meta.created_at.elapsed()),
-        "UpdatedAt": ago(s.meta.updated_at.elapsed()),
-        "Labels": s.spec.annotations.labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(","),
+        "ID": short_id(id),
+        "Name": a.name,
+        "CreatedAt": ago(meta.created_at.elapsed()),
+        "UpdatedAt": ago(meta.updated_at.elapsed()),
+        "Labels": a.labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(","),
     })
 }
 
-fn config_row(c: &Config) -> Value {
-    json!({
-        "ID": short_id(&c.id),
-        "Name": c.spec.annotations.name,
-        "CreatedAt": ago(c.meta.created_at.elapsed()),
-        "UpdatedAt": ago(c.meta.updated_at.elapsed()),
-        "Labels": c.spec.annotations.labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(","),
-    })
+/// The `inspect` fields both kinds have; `Spec.Templating` only when set, as Docker omits an empty one.
+fn common_inspected(id: &str, meta: &Meta, a: &Annotations, templating: Option<&Driver>) -> Value {
+    let mut v = json!({
+        "ID": id,
+        "Version": {"Index": meta.version},
+        "CreatedAt": rfc3339(meta.created_at),
+        "UpdatedAt": rfc3339(meta.updated_at),
+        "Spec": {"Name": a.name, "Labels": a.labels},
+    });
+    if let Some(d) = templating {
+        v["Spec"]["Templating"] = json!({"Name": d.name});
+        if !d.options.is_empty() {
+            v["Spec"]["Templating"]["Options"] = json!(d.options);
+        }
+    }
+    v
 }
 
 fn rfc3339(t: swarm::api::Timestamp) -> String {
     humantime::format_rfc3339_nanos(t.0).to_string()
 }
 
-/// `docker secret inspect`'s shape: no data, ever.
-fn secret_inspected(s: &Secret) -> Value {
-    json!({
-        "ID": s.id,
-        "Version": {"Index": s.meta.version},
-        "CreatedAt": rfc3339(s.meta.created_at),
-        "UpdatedAt": rfc3339(s.meta.updated_at),
-        "Spec": {"Name": s.spec.annotations.name, "Labels": s.spec.annotations.labels},
-        "SecretVersion": {"Family": s.family(), "Version": s.version()},
-    })
-}
-
-fn config_inspected(c: &Config) -> Value {
-    json!({
-        "ID": c.id,
-        "Version": {"Index": c.meta.version},
-        "CreatedAt": rfc3339(c.meta.created_at),
-        "UpdatedAt": rfc3339(c.meta.updated_at),
-        "Spec": {
-            "Name": c.spec.annotations.name,
-            "Labels": c.spec.annotations.labels,
-            "Data": base64::engine::general_purpose::STANDARD.encode(&c.spec.data),
-        },
-    })
-}
-
 fn labels_pretty(labels: &std::collections::BTreeMap<String, String>) -> String {
     labels.iter().map(|(k, v)| format!("\n - {k}={v}")).collect()
-}
-
-fn secret_pretty(s: &Secret) -> String {
-    format!(
-        "ID:              {}\nName:              {}\nLabels:{}\nVersion:           {}\nDriver:            \nCreated at:        {}\nUpdated at:        {}\n",
-        s.id,
-        s.spec.annotations.name,
-        labels_pretty(&s.spec.annotations.labels),
-        s.version(),
-        rfc3339(s.meta.created_at),
-        rfc3339(s.meta.updated_at),
-    )
-}
-
-fn config_pretty(c: &Config) -> String {
-    format!(
-        "ID:                      {}\nName:                    {}\nLabels:{}\nCreated at:              {}\nUpdated at:              {}\nData:\n{}\n",
-        c.id,
-        c.spec.annotations.name,
-        labels_pretty(&c.spec.annotations.labels),
-        rfc3339(c.meta.created_at),
-        rfc3339(c.meta.updated_at),
-        String::from_utf8_lossy(&c.spec.data),
-    )
 }
 
 #[cfg(test)]
@@ -324,6 +402,24 @@ mod tests {
         assert_eq!((a.name.as_str(), a.file.as_str()), ("pw", "-"));
         assert_eq!(a.labels, vec![("env".to_string(), "prod".to_string())]);
         assert!(Cli::try_parse_from(["secret", "create", "pw"]).is_err(), "a file is required");
+        let c = Cli::try_parse_from(["secret", "create", "--template-driver", "golang", "pw", "f"]).unwrap();
+        let SecretCmd::Create(a) = c.cmd else { panic!("not a create") };
+        assert_eq!(a.template_driver.as_deref(), Some("golang"));
+        let e = Cli::try_parse_from(["secret", "create", "--template-driver", "jinja", "pw", "f"]).unwrap_err();
+        assert!(e.to_string().contains("unsupported template driver \"jinja\""), "{e}");
+    }
+
+    #[test]
+    fn inspect_shows_the_template_driver_and_a_config_s_data() {
+        let c: Config = serde_json::from_value(json!({
+            "id": "c1", "spec": {"name": "app.conf", "data": "e3suVGFzay5TbG90fX0=", "templating": {"name": "golang"}}
+        }))
+        .unwrap();
+        let v = c.inspected();
+        assert_eq!(v["Spec"]["Templating"], json!({"Name": "golang"}));
+        assert_eq!(v["Spec"]["Data"], json!("e3suVGFzay5TbG90fX0="));
+        let plain: Config = serde_json::from_value(json!({"id": "c2", "spec": {"name": "x", "data": ""}})).unwrap();
+        assert!(plain.inspected()["Spec"].get("Templating").is_none());
     }
 
     #[test]
@@ -333,11 +429,11 @@ mod tests {
             "rotation": {"family": "pw", "version": 2}
         }))
         .unwrap();
-        let v = secret_inspected(&s);
+        let v = s.inspected();
         assert!(v["Spec"].get("Data").is_none());
         assert_eq!(v["SecretVersion"], json!({"Family": "pw", "Version": 2}));
-        let row = secret_row(&s);
+        let row = s.row();
         assert_eq!((row["ID"].as_str(), row["Version"].as_str()), (Some("abcdefghijkl"), Some("2")));
-        assert!(secret_pretty(&s).contains("Name:              pw.v2"));
+        assert!(s.pretty().contains("Name:              pw.v2"));
     }
 }

@@ -581,7 +581,10 @@ impl ContainerdController {
             Ok(mut oci) => {
                 let (root, task) = (self.exec.cfg.data_root.clone(), self.task.clone());
                 let files = self.exec.files.read().unwrap_or_else(|e| e.into_inner()).clone();
-                tokio::task::spawn_blocking(move || crate::taskfiles::materialize(&root, &task, &files))
+                // What templated secrets and configs see of the node, as `describe` reports it.
+                let node =
+                    NodeDescription { hostname: hostname(), platform: Platform::current(), ..Default::default() };
+                tokio::task::spawn_blocking(move || crate::taskfiles::materialize(&root, &task, &files, &node))
                     .await
                     .map_err(|e| ExecError::Runtime(e.to_string()))
                     .and_then(|r| r)

@@ -2,14 +2,14 @@
 //! holding one file per reference, owned and moded as the reference says, bind-mounted read-only at
 //! `/run/secrets/<target>` (secrets; an absolute target as given) or `/<target>` (configs). The tmpfs goes
 //! when the task's container is deleted. The data comes from the agent's in-memory set
-//! (`Executor::apply_task_files`).
+//! (`Executor::apply_task_files`); templated ones are rendered for the task here (`swarm::template`).
 
 use oci_spec::runtime::{Mount, MountBuilder};
 use std::ffi::CString;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use swarm::agent::exec::ExecError;
-use swarm::api::{FileTarget, Task, TaskFiles};
+use swarm::api::{FileTarget, NodeDescription, Task, TaskFiles};
 
 /// The largest a task's tmpfs may grow: every secret (500 KiB) and config (1000 KiB) it could mount, bounded.
 const TMPFS_SIZE: &str = "size=64m";
@@ -34,42 +34,39 @@ fn runtime(what: &str, e: impl std::fmt::Display) -> ExecError {
     ExecError::Runtime(format!("{what}: {e}"))
 }
 
-/// Mounts the task's tmpfs (if it has secrets or configs), writes their files and returns the container's bind
-/// mounts. A reference whose data has not reached this node fails the task with its name. Blocking: call off the
-/// async threads.
-pub fn materialize(data_root: &Path, task: &Task, files: &TaskFiles) -> Result<Vec<Mount>, ExecError> {
+/// Mounts the task's tmpfs (if it has secrets or configs), writes their files (a templated one rendered for
+/// this task on `node`) and returns the container's bind mounts. A reference whose data has not reached this
+/// node, or whose template fails, fails the task with its name. Blocking: call off the async threads.
+pub fn materialize(
+    data_root: &Path,
+    task: &Task,
+    files: &TaskFiles,
+    node: &NodeDescription,
+) -> Result<Vec<Mount>, ExecError> {
     let c = &task.spec.container;
     if c.secrets.is_empty() && c.configs.is_empty() {
         return Ok(Vec::new());
     }
-    let mut wanted = Vec::new();
-    for (n, r) in c.secrets.iter().enumerate() {
-        let p = files.secrets.get(&r.secret_id).ok_or_else(|| {
-            ExecError::InvalidSpec(format!("secret {} ({}) is not available on this node", r.secret_name, r.secret_id))
-        })?;
-        wanted.push((format!("secret-{n}"), &p.data, &r.target, true));
-    }
-    for (n, r) in c.configs.iter().enumerate() {
-        let p = files.configs.get(&r.config_id).ok_or_else(|| {
-            ExecError::InvalidSpec(format!("config {} ({}) is not available on this node", r.config_name, r.config_id))
-        })?;
-        wanted.push((format!("config-{n}"), &p.data, &r.target, false));
-    }
+    let wanted = swarm::template::task_files(task, node, files)?;
     let dir = task_dir(data_root, &task.id);
     std::fs::create_dir_all(&dir).map_err(|e| runtime("creating the secrets directory", e))?;
     if !is_mount_point(&dir) {
         mount_tmpfs(&dir)?;
     }
     let mut mounts = Vec::new();
-    for (file, data, target, secret) in wanted {
-        let path = dir.join(&file);
-        std::fs::write(&path, data).map_err(|e| runtime("writing a secret file", e))?;
+    let (mut secrets, mut configs) = (0, 0);
+    for f in wanted {
+        let (kind, n) = if f.secret { ("secret", &mut secrets) } else { ("config", &mut configs) };
+        let path = dir.join(format!("{kind}-{n}"));
+        *n += 1;
+        let target = f.target;
+        std::fs::write(&path, &f.data).map_err(|e| runtime("writing a secret file", e))?;
         let (uid, gid) = (parse_id(&target.uid)?, parse_id(&target.gid)?);
         std::os::unix::fs::chown(&path, Some(uid), Some(gid)).map_err(|e| runtime("chown of a secret file", e))?;
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(target.mode))
             .map_err(|e| runtime("chmod of a secret file", e))?;
         let m = MountBuilder::default()
-            .destination(PathBuf::from(destination(target, secret)))
+            .destination(PathBuf::from(destination(target, f.secret)))
             .typ("bind")
             .source(path)
             .options(vec!["rbind".to_string(), "ro".to_string()])

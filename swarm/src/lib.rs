@@ -7,6 +7,7 @@ pub mod ca;
 pub mod fsutil;
 pub mod manager;
 pub mod node;
+pub mod template;
 /// Object builders and the in-memory `TestExecutor`: for tests and the scale simulator only (feature `testing`).
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;

@@ -39,7 +39,7 @@ fn service_on(name: &str, hostname: &str, secret: &str, config: Option<&str>) ->
 
 async fn create_secret(api: &ControlApi, name: &str, data: &[u8]) -> String {
     let spec =
-        SecretSpec { annotations: Annotations { name: name.into(), labels: Default::default() }, data: data.into() };
+        SecretSpec { annotations: Annotations { name: name.into(), labels: Default::default() }, data: data.into(), templating: None };
     api.create_secret(Request::new(CreateSecretRequest { spec })).await.expect("secret create").into_inner().id
 }
 
@@ -92,6 +92,7 @@ async fn a_secret_reaches_only_the_node_that_uses_it_and_leaves_with_its_last_ta
     let cfg = ConfigSpec {
         annotations: Annotations { name: "app.conf".into(), labels: Default::default() },
         data: b"level=debug".to_vec(),
+        templating: None,
     };
     let config_id = api.create_config(Request::new(CreateConfigRequest { spec: cfg })).await.unwrap().into_inner().id;
     let svc = api

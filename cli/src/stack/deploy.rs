@@ -13,7 +13,7 @@ use swarm::api::control::{
     CreateNetworkRequest, CreateServiceRequest, GetRequest, ListNetworksRequest, ListServicesRequest, ListTasksRequest,
     UpdateServiceRequest,
 };
-use swarm::api::{Annotations, ConfigSpec, SecretSpec, Service, ServiceMode, ServiceSpec, TaskState};
+use swarm::api::{Annotations, ConfigSpec, Driver, SecretSpec, Service, ServiceMode, ServiceSpec, TaskState};
 use swarm::manager::controlapi::validate;
 
 /// How long a service waits for those it depends on to be healthy before the deployment gives up.
@@ -219,13 +219,14 @@ async fn files(client: &mut Client, objects: &[FilePlan], kind: &str) -> anyhow:
         }
         println!("Creating {kind} {}", o.name);
         let annotations = Annotations { name: o.name.clone(), labels: o.labels.clone() };
+        let templating = o.template_driver.as_ref().map(|name| Driver { name: name.clone(), options: Default::default() });
         match kind {
             "secret" => {
-                let spec = SecretSpec { annotations, data: o.data.clone() };
+                let spec = SecretSpec { annotations, data: o.data.clone(), templating };
                 rpc(client.control.create_secret(CreateSecretRequest { spec }).await)?;
             }
             _ => {
-                let spec = ConfigSpec { annotations, data: o.data.clone() };
+                let spec = ConfigSpec { annotations, data: o.data.clone(), templating };
                 rpc(client.control.create_config(CreateConfigRequest { spec }).await)?;
             }
         }

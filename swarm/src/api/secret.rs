@@ -57,7 +57,21 @@ pub struct SecretSpec {
     /// The data in clear: only in `CreateSecretRequest`; empty in every stored or returned secret.
     #[serde(default, with = "base64_bytes", skip_serializing_if = "Vec::is_empty")]
     pub data: Vec<u8>,
+    /// `--template-driver`: the data is a template each task's node renders for that task.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub templating: Option<Driver>,
 }
+
+/// Docker's `Driver` (name and options), here only as a secret's or config's template driver.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Driver {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub options: std::collections::BTreeMap<String, String>,
+}
+
+/// The only template driver Docker has: Go's `text/template`.
+pub const TEMPLATE_DRIVER_GOLANG: &str = "golang";
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Config {
@@ -73,6 +87,9 @@ pub struct ConfigSpec {
     pub annotations: Annotations,
     #[serde(default, with = "base64_bytes")]
     pub data: Vec<u8>,
+    /// `--template-driver`, as for secrets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub templating: Option<Driver>,
 }
 
 /// A secret or config as a node receives it: its id and data (in clear, over the mTLS session), kept in the
@@ -83,12 +100,19 @@ pub struct FilePayload {
     pub name: String,
     #[serde(default, with = "base64_bytes")]
     pub data: Vec<u8>,
+    /// Set when `data` is a template the node renders for each task that mounts it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub templating: Option<Driver>,
 }
 
 impl std::fmt::Debug for FilePayload {
     // The data stays out of logs and panics.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FilePayload").field("id", &self.id).field("name", &self.name).finish_non_exhaustive()
+        f.debug_struct("FilePayload")
+            .field("id", &self.id)
+            .field("name", &self.name)
+            .field("templating", &self.templating)
+            .finish_non_exhaustive()
     }
 }
 
@@ -150,7 +174,7 @@ mod tests {
 
     #[test]
     fn payloads_keep_their_data_out_of_debug_output() {
-        let p = FilePayload { id: "s1".into(), name: "pw".into(), data: b"hunter2".to_vec() };
+        let p = FilePayload { id: "s1".into(), name: "pw".into(), data: b"hunter2".to_vec(), templating: None };
         assert!(!format!("{p:?}").contains("hunter2"));
         let json = serde_json::to_string(&p).unwrap();
         assert_eq!(serde_json::from_str::<FilePayload>(&json).unwrap(), p);

@@ -5,7 +5,7 @@
 
 use super::resolve;
 use crate::api::{
-    check_file_object_name, new_id, Annotations, Config, ConfigSpec, Secret, SecretSpec, SecretVersion, ServiceSpec,
+    check_file_object_name, new_id, Annotations, Config, ConfigSpec, Driver, Secret, SecretSpec, SecretVersion, ServiceSpec,
     MAX_CONFIG_SIZE, MAX_SECRET_SIZE,
 };
 use crate::manager::datakey::DataKey;
@@ -53,15 +53,26 @@ fn check_size(what: &str, len: usize, max: usize) -> Result<(), Status> {
     Ok(())
 }
 
-/// Checks a new secret's spec (name, labels, size); the data is still in clear.
+/// A template driver other than `golang`, or a template that does not parse, is refused when the object is made.
+fn check_templating(kind: &str, name: &str, templating: Option<&Driver>, data: &[u8]) -> Result<(), Status> {
+    match templating {
+        Some(d) => crate::template::check(d, data)
+            .map_err(|e| Status::invalid_argument(format!("{kind} {name}: {e}"))),
+        None => Ok(()),
+    }
+}
+
+/// Checks a new secret's spec (name, labels, size, template); the data is still in clear.
 pub fn check_secret_spec(spec: &SecretSpec) -> Result<(), Status> {
     check_annotations(&spec.annotations)?;
-    check_size("secret", spec.data.len(), MAX_SECRET_SIZE)
+    check_size("secret", spec.data.len(), MAX_SECRET_SIZE)?;
+    check_templating("secret", &spec.annotations.name, spec.templating.as_ref(), &spec.data)
 }
 
 pub fn check_config_spec(spec: &ConfigSpec) -> Result<(), Status> {
     check_annotations(&spec.annotations)?;
-    check_size("config", spec.data.len(), MAX_CONFIG_SIZE)
+    check_size("config", spec.data.len(), MAX_CONFIG_SIZE)?;
+    check_templating("config", &spec.annotations.name, spec.templating.as_ref(), &spec.data)
 }
 
 /// The secret object `spec` becomes: its data sealed with `key`, out of the spec.
@@ -202,6 +213,8 @@ pub fn rotate(v: &MemoryStore, key: &str, data: Vec<u8>, dk: &DataKey) -> Result
             labels: latest.spec.annotations.labels.clone(),
         },
         data,
+        // A templated secret's new version is a template too.
+        templating: latest.spec.templating.clone(),
     };
     check_secret_spec(&spec)?;
     let secret = sealed_secret(spec, dk, Some(SecretVersion { family: family.clone(), version }));
@@ -251,7 +264,11 @@ mod tests {
     use tonic::{Code, Request};
 
     fn spec(name: &str, data: &[u8]) -> SecretSpec {
-        SecretSpec { annotations: Annotations { name: name.into(), labels: Default::default() }, data: data.to_vec() }
+        SecretSpec {
+            annotations: Annotations { name: name.into(), labels: Default::default() },
+            data: data.to_vec(),
+            templating: None,
+        }
     }
 
     fn reference(name: &str, target: &str) -> SecretReference {
@@ -341,6 +358,7 @@ mod tests {
         let big = ConfigSpec {
             annotations: Annotations { name: "c".into(), labels: Default::default() },
             data: vec![1; MAX_CONFIG_SIZE + 1],
+            templating: None,
         };
         assert!(api.create_config(Request::new(CreateConfigRequest { spec: big })).await.is_err());
         assert_eq!(store.view(|v| v.objects().collect::<Vec<_>>()), before, "refused calls changed the store");
@@ -368,6 +386,7 @@ mod tests {
         let cfg = ConfigSpec {
             annotations: Annotations { name: "nginx.conf".into(), labels: Default::default() },
             data: b"server {}".to_vec(),
+            templating: None,
         };
         let c = api.create_config(Request::new(CreateConfigRequest { spec: cfg })).await.unwrap().into_inner();
         assert_eq!(c.spec.data, b"server {}", "configs show their data");
@@ -384,6 +403,39 @@ mod tests {
         assert_eq!(svc.spec.task_template.container.configs[0].config_id, c.id);
         let e = api.remove_config(Request::new(GetRequest { id_or_name: "nginx.conf".into() })).await.unwrap_err();
         assert_eq!(e.message(), "config 'nginx.conf' is in use by the following service: web");
+    }
+
+    #[tokio::test]
+    async fn templates_are_checked_at_create_and_kept_by_a_rotation() {
+        let store = Store::in_memory();
+        let api = ControlApi::with_store(store.clone());
+        let driver = |name: &str| Some(Driver { name: name.into(), options: Default::default() });
+        let config = |name: &str, data: &[u8], templating| ConfigSpec {
+            annotations: Annotations { name: name.into(), labels: Default::default() },
+            data: data.to_vec(),
+            templating,
+        };
+        for (spec, msg) in [
+            (config("a", b"x", driver("jinja")), "config a: unsupported template driver \"jinja\""),
+            (config("b", b"{{.Task.Slot", driver("golang")), "config b: template parsing error"),
+        ] {
+            let e = api.create_config(Request::new(CreateConfigRequest { spec })).await.unwrap_err();
+            assert_eq!(e.code(), Code::InvalidArgument);
+            assert!(e.message().contains(msg), "{:?} lacks {msg:?}", e.message());
+        }
+        let cfg = config("c", b"{{.Node.Hostname}}", driver("golang"));
+        let c = api.create_config(Request::new(CreateConfigRequest { spec: cfg })).await.unwrap().into_inner();
+        assert_eq!(c.spec.templating, driver("golang"));
+
+        let mut s = spec("pw", b"{{env \"A\"}}");
+        s.templating = driver("golang");
+        api.create_secret(Request::new(CreateSecretRequest { spec: s })).await.unwrap();
+        let rotate = RotateSecretRequest { id_or_name: "pw".into(), data: b"{{env \"B\"}}".to_vec() };
+        let r = api.rotate_secret(Request::new(rotate)).await.unwrap().into_inner();
+        assert_eq!(r.secret.spec.templating, driver("golang"));
+        let bad = RotateSecretRequest { id_or_name: "pw".into(), data: b"{{".to_vec() };
+        let e = api.rotate_secret(Request::new(bad)).await.unwrap_err();
+        assert!(e.message().contains("template parsing error"), "{}", e.message());
     }
 
     #[tokio::test]

@@ -44,7 +44,12 @@ impl FileSet {
             };
             match key.open(&s.sealed) {
                 Ok(data) => {
-                    delta.secrets.push(FilePayload { id: id.clone(), name: s.spec.annotations.name.clone(), data })
+                    delta.secrets.push(FilePayload {
+                    id: id.clone(),
+                    name: s.spec.annotations.name.clone(),
+                    data,
+                    templating: s.spec.templating.clone(),
+                })
                 }
                 Err(e) => {
                     tracing::error!(node.id = %tasks.node_id(), secret.id = %id, error = %e, "cannot open the secret")
@@ -57,6 +62,7 @@ impl FileSet {
                     id: id.clone(),
                     name: c.spec.annotations.name.clone(),
                     data: c.spec.data.clone(),
+                    templating: c.spec.templating.clone(),
                 });
             }
         }
@@ -93,6 +99,7 @@ mod tests {
             SecretSpec {
                 annotations: crate::api::Annotations { name: format!("n{id}"), labels: Default::default() },
                 data: data.to_vec(),
+                templating: None,
             },
             key,
             None,
