@@ -127,7 +127,10 @@ fn context(task: &Task, node: &NodeDescription) -> Value {
                 ),
             ]),
         ),
-        ("Task", object([("ID", string(&task.id)), ("Name", string(&task.container_name())), ("Slot", Value::String(slot))])),
+        (
+            "Task",
+            object([("ID", string(&task.id)), ("Name", string(&task.container_name())), ("Slot", Value::String(slot))]),
+        ),
     ])
 }
 
@@ -171,7 +174,8 @@ pub fn task_files<'a>(
                 .map(|(p, t, _)| (t.name.clone(), String::from_utf8_lossy(&p.data).into_owned()))
                 .collect()
         };
-        let env: HashMap<String, String> = c.env.iter().filter_map(|e| e.split_once('=')).map(|(k, v)| (k.into(), v.into())).collect();
+        let env: HashMap<String, String> =
+            c.env.iter().filter_map(|e| e.split_once('=')).map(|(k, v)| (k.into(), v.into())).collect();
         let lookups = Lookups { env, secrets: by_target(true), configs: by_target(false) };
         LOOKUPS.with(|l| *l.borrow_mut() = Some(lookups));
         LookupsGuard
@@ -263,7 +267,10 @@ mod tests {
 
     #[test]
     fn untemplated_data_is_passed_as_it_is_and_a_secret_can_read_a_config() {
-        let f = files(payload("s1", "pw for {{.Task.Slot}}: {{config \"app.conf\"}}", golang()), payload("c1", "{{x}}", None));
+        let f = files(
+            payload("s1", "pw for {{.Task.Slot}}: {{config \"app.conf\"}}", golang()),
+            payload("c1", "{{x}}", None),
+        );
         assert_eq!(rendered(&f).unwrap(), vec!["pw for 3: {{x}}".to_string(), "{{x}}".to_string()]);
     }
 

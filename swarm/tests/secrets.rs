@@ -38,8 +38,11 @@ fn service_on(name: &str, hostname: &str, secret: &str, config: Option<&str>) ->
 }
 
 async fn create_secret(api: &ControlApi, name: &str, data: &[u8]) -> String {
-    let spec =
-        SecretSpec { annotations: Annotations { name: name.into(), labels: Default::default() }, data: data.into(), templating: None };
+    let spec = SecretSpec {
+        annotations: Annotations { name: name.into(), labels: Default::default() },
+        data: data.into(),
+        templating: None,
+    };
     api.create_secret(Request::new(CreateSecretRequest { spec })).await.expect("secret create").into_inner().id
 }
 

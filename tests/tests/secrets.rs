@@ -178,8 +178,22 @@ fn a_secret_reaches_only_its_task_s_node_survives_a_leader_kill_and_templates_re
     c.node(1).ok(&["secret", "create", "db_pw", file.to_str().unwrap()]);
     let constraint = format!("node.hostname==node-{with}");
     c.node(1).ok(&[
-        "service", "create", "-d", "--name", "app", "--stop-grace-period", "1s", "--constraint", &constraint,
-        "--secret", "source=db_pw,target=pw", "--env", "ROUND=1", "busybox", "sh", "-c",
+        "service",
+        "create",
+        "-d",
+        "--name",
+        "app",
+        "--stop-grace-period",
+        "1s",
+        "--constraint",
+        &constraint,
+        "--secret",
+        "source=db_pw,target=pw",
+        "--env",
+        "ROUND=1",
+        "busybox",
+        "sh",
+        "-c",
         // Upper-cased, so the log itself does not hold the plaintext the disk checks look for.
         "echo secret=$(tr a-z A-Z < /run/secrets/pw) round=$ROUND; sleep 100000",
     ]);
@@ -200,15 +214,34 @@ fn a_secret_reaches_only_its_task_s_node_survives_a_leader_kill_and_templates_re
 
     step!("a templated config: each task gets its own node's hostname, its slot and its environment");
     let tmpl = c.node(1).dir.path().join("tmpl.conf");
-    std::fs::write(&tmpl, r#"host={{.Node.Hostname}} slot={{.Task.Slot}} svc={{.Service.Name}} greeting={{env "GREETING"}}"#)
-        .unwrap();
+    std::fs::write(
+        &tmpl,
+        r#"host={{.Node.Hostname}} slot={{.Task.Slot}} svc={{.Service.Name}} greeting={{env "GREETING"}}"#,
+    )
+    .unwrap();
     c.node(1).ok(&["config", "create", "--template-driver", "golang", "tmpl_conf", tmpl.to_str().unwrap()]);
     let inspect = c.node(1).ok(&["config", "inspect", "--format", "{{json .Spec.Templating}}", "tmpl_conf"]);
     assert_eq!(inspect.trim(), r#"{"Name":"golang"}"#);
     c.node(1).ok(&[
-        "service", "create", "-d", "--name", "tmpl", "--replicas", "3", "--replicas-max-per-node", "1",
-        "--stop-grace-period", "1s", "--env", "GREETING=hello", "--config", "source=tmpl_conf,target=/etc/tmpl.conf",
-        "busybox", "sh", "-c", "cat /etc/tmpl.conf; echo; sleep 100000",
+        "service",
+        "create",
+        "-d",
+        "--name",
+        "tmpl",
+        "--replicas",
+        "3",
+        "--replicas-max-per-node",
+        "1",
+        "--stop-grace-period",
+        "1s",
+        "--env",
+        "GREETING=hello",
+        "--config",
+        "source=tmpl_conf,target=/etc/tmpl.conf",
+        "busybox",
+        "sh",
+        "-c",
+        "cat /etc/tmpl.conf; echo; sleep 100000",
     ]);
     let lines = wait_for("3 rendered configs in tmpl's logs", T, || {
         let logs = c.node(1).shoal(&["service", "logs", "--raw", "tmpl"]);
@@ -231,8 +264,18 @@ fn a_secret_reaches_only_its_task_s_node_survives_a_leader_kill_and_templates_re
     std::fs::write(&tmpl, r#"{{secret "nope"}}"#).unwrap();
     c.node(1).ok(&["config", "create", "--template-driver", "golang", "bad_tmpl", tmpl.to_str().unwrap()]);
     c.node(1).ok(&[
-        "service", "create", "-d", "--name", "bad", "--restart-condition", "none", "--config", "source=bad_tmpl,target=/x",
-        "busybox", "sleep", "100000",
+        "service",
+        "create",
+        "-d",
+        "--name",
+        "bad",
+        "--restart-condition",
+        "none",
+        "--config",
+        "source=bad_tmpl,target=/x",
+        "busybox",
+        "sleep",
+        "100000",
     ]);
     let err = wait_for("bad's task to fail with the template's error", T, || {
         let tasks = c.node(1).tasks("bad");

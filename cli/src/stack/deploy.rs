@@ -219,7 +219,8 @@ async fn files(client: &mut Client, objects: &[FilePlan], kind: &str) -> anyhow:
         }
         println!("Creating {kind} {}", o.name);
         let annotations = Annotations { name: o.name.clone(), labels: o.labels.clone() };
-        let templating = o.template_driver.as_ref().map(|name| Driver { name: name.clone(), options: Default::default() });
+        let templating =
+            o.template_driver.as_ref().map(|name| Driver { name: name.clone(), options: Default::default() });
         match kind {
             "secret" => {
                 let spec = SecretSpec { annotations, data: o.data.clone(), templating };

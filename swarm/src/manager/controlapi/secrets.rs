@@ -5,8 +5,8 @@
 
 use super::resolve;
 use crate::api::{
-    check_file_object_name, new_id, Annotations, Config, ConfigSpec, Driver, Secret, SecretSpec, SecretVersion, ServiceSpec,
-    MAX_CONFIG_SIZE, MAX_SECRET_SIZE,
+    check_file_object_name, new_id, Annotations, Config, ConfigSpec, Driver, Secret, SecretSpec, SecretVersion,
+    ServiceSpec, MAX_CONFIG_SIZE, MAX_SECRET_SIZE,
 };
 use crate::manager::datakey::DataKey;
 use crate::manager::store::MemoryStore;
@@ -56,8 +56,7 @@ fn check_size(what: &str, len: usize, max: usize) -> Result<(), Status> {
 /// A template driver other than `golang`, or a template that does not parse, is refused when the object is made.
 fn check_templating(kind: &str, name: &str, templating: Option<&Driver>, data: &[u8]) -> Result<(), Status> {
     match templating {
-        Some(d) => crate::template::check(d, data)
-            .map_err(|e| Status::invalid_argument(format!("{kind} {name}: {e}"))),
+        Some(d) => crate::template::check(d, data).map_err(|e| Status::invalid_argument(format!("{kind} {name}: {e}"))),
         None => Ok(()),
     }
 }

@@ -43,14 +43,12 @@ impl FileSet {
                 continue;
             };
             match key.open(&s.sealed) {
-                Ok(data) => {
-                    delta.secrets.push(FilePayload {
+                Ok(data) => delta.secrets.push(FilePayload {
                     id: id.clone(),
                     name: s.spec.annotations.name.clone(),
                     data,
                     templating: s.spec.templating.clone(),
-                })
-                }
+                }),
                 Err(e) => {
                     tracing::error!(node.id = %tasks.node_id(), secret.id = %id, error = %e, "cannot open the secret")
                 }
