@@ -214,6 +214,37 @@ trait FileObject: Sized {
     fn pretty(&self) -> String;
 }
 
+/// The [`FileObject`] methods that call the control API: the same for both kinds but for names and types.
+macro_rules! control_calls {
+    ($spec:ident, $create_req:ident, $create:ident, $list:ident, $listed:ident, $get:ident, $remove:ident) => {
+        fn annotations(&self) -> &Annotations {
+            &self.spec.annotations
+        }
+
+        async fn create(
+            client: &mut Client,
+            annotations: Annotations,
+            data: Vec<u8>,
+            templating: Option<Driver>,
+        ) -> anyhow::Result<String> {
+            let spec = $spec { annotations, data, templating };
+            Ok(rpc(client.control.$create($create_req { spec }).await)?.id)
+        }
+
+        async fn list(client: &mut Client) -> anyhow::Result<Vec<Self>> {
+            Ok(rpc(client.control.$list(ListSecretsRequest::default()).await)?.$listed)
+        }
+
+        async fn get(client: &mut Client, key: String) -> anyhow::Result<Self> {
+            rpc(client.control.$get(GetRequest { id_or_name: key }).await)
+        }
+
+        async fn remove(client: &mut Client, key: String) -> anyhow::Result<()> {
+            rpc(client.control.$remove(GetRequest { id_or_name: key }).await).map(drop)
+        }
+    };
+}
+
 impl FileObject for Secret {
     /// Docker's columns, with VERSION (the rotation number) after the name.
     const TITLES: &'static [(&'static str, &'static str)] = &[
@@ -225,31 +256,7 @@ impl FileObject for Secret {
         ("UpdatedAt", "UPDATED"),
     ];
 
-    fn annotations(&self) -> &Annotations {
-        &self.spec.annotations
-    }
-
-    async fn create(
-        client: &mut Client,
-        annotations: Annotations,
-        data: Vec<u8>,
-        templating: Option<Driver>,
-    ) -> anyhow::Result<String> {
-        let spec = SecretSpec { annotations, data, templating };
-        Ok(rpc(client.control.create_secret(CreateSecretRequest { spec }).await)?.id)
-    }
-
-    async fn list(client: &mut Client) -> anyhow::Result<Vec<Self>> {
-        Ok(rpc(client.control.list_secrets(ListSecretsRequest::default()).await)?.secrets)
-    }
-
-    async fn get(client: &mut Client, key: String) -> anyhow::Result<Self> {
-        rpc(client.control.get_secret(GetRequest { id_or_name: key }).await)
-    }
-
-    async fn remove(client: &mut Client, key: String) -> anyhow::Result<()> {
-        rpc(client.control.remove_secret(GetRequest { id_or_name: key }).await).map(drop)
-    }
+    control_calls!(SecretSpec, CreateSecretRequest, create_secret, list_secrets, secrets, get_secret, remove_secret);
 
     fn row(&self) -> Value {
         let mut row = common_row(&self.id, &self.meta, &self.spec.annotations);
@@ -282,31 +289,7 @@ impl FileObject for Config {
     const TITLES: &'static [(&'static str, &'static str)] =
         &[("ID", "ID"), ("Name", "NAME"), ("CreatedAt", "CREATED"), ("UpdatedAt", "UPDATED")];
 
-    fn annotations(&self) -> &Annotations {
-        &self.spec.annotations
-    }
-
-    async fn create(
-        client: &mut Client,
-        annotations: Annotations,
-        data: Vec<u8>,
-        templating: Option<Driver>,
-    ) -> anyhow::Result<String> {
-        let spec = ConfigSpec { annotations, data, templating };
-        Ok(rpc(client.control.create_config(CreateConfigRequest { spec }).await)?.id)
-    }
-
-    async fn list(client: &mut Client) -> anyhow::Result<Vec<Self>> {
-        Ok(rpc(client.control.list_configs(ListSecretsRequest::default()).await)?.configs)
-    }
-
-    async fn get(client: &mut Client, key: String) -> anyhow::Result<Self> {
-        rpc(client.control.get_config(GetRequest { id_or_name: key }).await)
-    }
-
-    async fn remove(client: &mut Client, key: String) -> anyhow::Result<()> {
-        rpc(client.control.remove_config(GetRequest { id_or_name: key }).await).map(drop)
-    }
+    control_calls!(ConfigSpec, CreateConfigRequest, create_config, list_configs, configs, get_config, remove_config);
 
     fn row(&self) -> Value {
         common_row(&self.id, &self.meta, &self.spec.annotations)

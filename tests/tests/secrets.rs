@@ -43,10 +43,11 @@ fn holding(dir: &Path, needle: &[u8], disk_only: bool) -> Vec<String> {
     out
 }
 
-/// The app service's logs once they hold `want`.
-fn logs_with(d: &Daemon, want: &str) -> String {
-    wait_for(&format!("the task's logs to show {want:?}"), T, || {
-        let logs = d.ok(&["service", "logs", "--raw", "app"]);
+/// `service logs --raw SERVICE` on `d` once they hold `want` (a failed call is retried: a manager may be
+/// electing a leader).
+fn logs_with(d: &Daemon, service: &str, want: &str) -> String {
+    wait_for(&format!("{service}'s logs to show {want:?}"), T, || {
+        let logs = String::from_utf8_lossy(&d.shoal(&["service", "logs", "--raw", service]).stdout).into_owned();
         if logs.contains(want) {
             Ok(logs)
         } else {
@@ -93,7 +94,7 @@ fn a_task_reads_its_secret_from_a_tmpfs_and_a_rotation_rolls_the_service() {
         "echo secret=$(tr a-z A-Z < /run/secrets/pw) mode=$(stat -c %a /run/secrets/pw) conf=$(cat /etc/app.conf); \
          sleep 100000",
     ]);
-    let logs = logs_with(&d, "mode=400");
+    let logs = logs_with(&d, "app", "mode=400");
     assert!(logs.contains(&format!("secret={}", SECRET.to_uppercase())) && logs.contains("conf=level=debug"), "{logs}");
 
     step!("the data is on the task's tmpfs and nowhere on the node's disk");
@@ -113,7 +114,7 @@ fn a_task_reads_its_secret_from_a_tmpfs_and_a_rotation_rolls_the_service() {
     step!("secret rotate: a new version, and the service rolls onto it");
     std::fs::write(&file, ROTATED).unwrap();
     d.ok(&["secret", "rotate", "db_pw", file.to_str().unwrap()]);
-    let logs = logs_with(&d, &format!("secret={}", ROTATED.to_uppercase()));
+    let logs = logs_with(&d, "app", &format!("secret={}", ROTATED.to_uppercase()));
     assert!(logs.contains("mode=400"), "the target and mode stay: {logs}");
     let ls = d.ok(&["secret", "ls", "--format", "{{.Name}} {{.Version}}"]);
     assert!(ls.contains("db_pw.v2 2"), "{ls}");
@@ -140,19 +141,6 @@ fn taskfile_mounts(c: &Cluster, n: usize) -> Vec<String> {
     let info = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).expect("mountinfo");
     let dir = node.data_root.join("taskfiles");
     info.lines().filter(|l| l.contains(dir.to_str().unwrap())).map(str::to_string).collect()
-}
-
-/// `service logs --raw SERVICE` on node `on` once they hold `want`.
-fn cluster_logs_with(c: &Cluster, on: usize, service: &str, want: &str) -> String {
-    wait_for(&format!("{service}'s logs on node {on} to show {want:?}"), T, || {
-        let logs = c.node(on).shoal(&["service", "logs", "--raw", service]);
-        let logs = String::from_utf8_lossy(&logs.stdout).into_owned();
-        if logs.contains(want) {
-            Ok(logs)
-        } else {
-            Err(logs)
-        }
-    })
 }
 
 #[test]
@@ -198,7 +186,7 @@ fn a_secret_reaches_only_its_task_s_node_survives_a_leader_kill_and_templates_re
         "echo secret=$(tr a-z A-Z < /run/secrets/pw) round=$ROUND; sleep 100000",
     ]);
     let upper = SECRET.to_uppercase();
-    cluster_logs_with(&c, 1, "app", &format!("secret={upper} round=1"));
+    logs_with(c.node(1), "app", &format!("secret={upper} round=1"));
 
     step!("node {with} holds it on a tmpfs only; no other node has it anywhere under its data root");
     assert!(
@@ -295,7 +283,7 @@ fn a_secret_reaches_only_its_task_s_node_survives_a_leader_kill_and_templates_re
         let o = c.node(with).shoal(&["service", "update", "-d", "--env-add", "ROUND=2", "app"]);
         o.status.success().then_some(()).ok_or_else(|| String::from_utf8_lossy(&o.stderr).into_owned())
     });
-    cluster_logs_with(&c, with, "app", &format!("secret={upper} round=2"));
+    logs_with(c.node(with), "app", &format!("secret={upper} round=2"));
     assert_eq!(on_disk_holding(&c.node(with).data_root, SECRET.as_bytes()), Vec::<String>::new());
     assert_eq!(holding(&c.node(without).data_root, SECRET.as_bytes(), false), Vec::<String>::new());
 }
