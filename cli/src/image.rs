@@ -95,7 +95,9 @@ pub type LsArgs = crate::output::ListingArgs;
 
 #[derive(Debug, Args)]
 pub struct RmArgs {
-    // No `-f/--force`: the daemon removes an image whether or not tasks use it, so the flag would change nothing.
+    /// Remove the image even when a container uses it
+    #[arg(short, long)]
+    force: bool,
     #[arg(required = true, value_name = "IMAGE")]
     images: Vec<String>,
 }
@@ -368,7 +370,7 @@ async fn ls(client: &mut Client, a: LsArgs) -> anyhow::Result<()> {
 async fn rm(client: &mut Client, a: RmArgs) -> anyhow::Result<()> {
     let mut tally = Tally::default();
     for image in &a.images {
-        let req = ImageRemoveRequest { reference: image.clone(), force: false };
+        let req = ImageRemoveRequest { reference: image.clone(), force: a.force };
         if tally.ok(rpc(client.engine.image_remove(req).await)).is_some() {
             let shown = normalize_image_ref(image).map(|n| familiar_image_ref(&n)).unwrap_or_else(|_| image.clone());
             println!("Untagged: {shown}");

@@ -7,6 +7,7 @@
 
 use crate::containerd::{create_lease, delete_lease, is_not_found, req, req_leased};
 use crate::spec::ImageConfig;
+use containerd_client::services::v1::containers_client::ContainersClient;
 use containerd_client::services::v1::content_client::ContentClient;
 use containerd_client::services::v1::diff_client::DiffClient;
 use containerd_client::services::v1::images_client::ImagesClient;
@@ -15,8 +16,8 @@ use containerd_client::services::v1::snapshots::{
     CommitSnapshotRequest, PrepareSnapshotRequest, RemoveSnapshotRequest, StatSnapshotRequest,
 };
 use containerd_client::services::v1::{
-    ApplyRequest, CreateImageRequest, DeleteImageRequest, GetImageRequest, Image, InfoRequest, ListImagesRequest,
-    ReadContentRequest, UpdateImageRequest, WriteAction, WriteContentRequest,
+    ApplyRequest, CreateImageRequest, DeleteImageRequest, GetImageRequest, Image, InfoRequest, ListContainersRequest,
+    ListImagesRequest, ReadContentRequest, UpdateImageRequest, WriteAction, WriteContentRequest,
 };
 use containerd_client::types::Descriptor;
 use oci_spec::image::{Descriptor as OciDescriptor, ImageConfiguration, ImageIndex, ImageManifest};
@@ -66,6 +67,9 @@ pub enum ImageError {
     /// A reference is malformed.
     #[error(transparent)]
     Reference(#[from] swarm::api::ReferenceError),
+    /// `image rm` without `--force` of the last reference to an image a container uses.
+    #[error("conflict: unable to remove repository reference \"{reference}\" (must force) - container {container} is using its referenced image {image}")]
+    InUse { reference: String, container: String, image: String },
     /// containerd refused a request.
     #[error("containerd: {0}")]
     Containerd(String),
@@ -814,13 +818,43 @@ impl ImageService {
         })
     }
 
-    pub async fn remove(&self, reference: &str) -> Result<String, ImageError> {
+    /// Removes one reference. Unless `force`, the last reference to an image a container uses is kept, as
+    /// Docker refuses it: removing it would leave the container (and a restart of its task) without its image.
+    pub async fn remove(&self, reference: &str, force: bool) -> Result<String, ImageError> {
         let name = normalize_image_ref(reference)?;
         let mut images = ImagesClient::new(self.ch.clone());
+        if !force {
+            self.refuse_if_in_use(reference, &name).await?;
+        }
         match images.delete(req(DeleteImageRequest { name: name.clone(), sync: true, target: None })).await {
             Ok(_) => Ok(name),
             Err(s) if is_not_found(&s) => Err(ImageError::NotFound(reference.to_string())),
             Err(s) => Err(cd_err(s)),
+        }
+    }
+}
+
+impl ImageService {
+    /// `InUse` when `name` is the only reference to its image and a container was made from that image.
+    async fn refuse_if_in_use(&self, reference: &str, name: &str) -> Result<(), ImageError> {
+        let mut images = ImagesClient::new(self.ch.clone());
+        let all = images.list(req(ListImagesRequest { filters: vec![] })).await.map_err(cd_err)?.into_inner().images;
+        let target_of =
+            |n: &str| all.iter().find(|i| i.name == n).and_then(|i| i.target.as_ref()).map(|t| t.digest.clone());
+        let Some(target) = target_of(name) else { return Ok(()) };
+        if all.iter().any(|i| i.name != name && i.target.as_ref().is_some_and(|t| t.digest == target)) {
+            return Ok(()); // another tag keeps the image: this is an untag only
+        }
+        let mut containers = ContainersClient::new(self.ch.clone());
+        let list = containers.list(req(ListContainersRequest { filters: vec![] })).await.map_err(cd_err)?.into_inner();
+        let user = list.containers.iter().find(|c| c.image == name || target_of(&c.image).as_deref() == Some(&target));
+        match user {
+            Some(c) => Err(ImageError::InUse {
+                reference: reference.to_string(),
+                container: c.id.chars().take(12).collect(),
+                image: target.trim_start_matches("sha256:").chars().take(12).collect(),
+            }),
+            None => Ok(()),
         }
     }
 }

@@ -55,6 +55,7 @@ fn image_status(e: ImageError) -> Status {
         | ImageError::LayerMismatch { .. }
         | ImageError::Platform { .. }
         | ImageError::Reference(_) => Status::invalid_argument(e.to_string()),
+        ImageError::InUse { .. } => Status::failed_precondition(e.to_string()),
         other => Status::internal(other.to_string()),
     }
 }
@@ -216,7 +217,8 @@ impl Engine for LocalApi {
     }
 
     async fn image_remove(&self, req: Request<ImageRemoveRequest>) -> Result<Response<Empty>, Status> {
-        self.images.remove(&req.into_inner().reference).await.map_err(image_status)?;
+        let r = req.into_inner();
+        self.images.remove(&r.reference, r.force).await.map_err(image_status)?;
         Ok(Response::new(Empty {}))
     }
 

@@ -741,15 +741,23 @@ async fn images_load_list_resolve_and_remove() {
     let (c, _) = run(&exec, &t).await;
     assert_eq!(c.wait().await.unwrap().exit_code, 0);
     wait_for_stdout(&env.log_path(&t.id), "from saved\n", Duration::from_secs(5)).await;
+    step!("the only name of an image a container uses is kept unless forced");
+    let refused = images.remove("shoal-test/saved:v1", false).await;
+    assert!(
+        matches!(&refused, Err(engine::image::ImageError::InUse { container, .. }) if t.id.starts_with(container.as_str())),
+        "{refused:?}"
+    );
+    assert!(refused.unwrap_err().to_string().contains("(must force)"));
+    images.resolve("shoal-test/saved:v1").await.expect("the refused remove kept the image");
     c.remove().await.unwrap();
 
     step!("remove deletes the record; resolving it then fails");
-    images.remove("shoal-test/saved:v1").await.unwrap();
+    images.remove("shoal-test/saved:v1", false).await.unwrap();
     assert!(matches!(
         images.resolve("shoal-test/saved:v1").await,
         Err(engine::image::ImageError::NotFound(r)) if r == "shoal-test/saved:v1"
     ));
-    assert!(matches!(images.remove("shoal-test/saved:v1").await, Err(engine::image::ImageError::NotFound(_))));
+    assert!(matches!(images.remove("shoal-test/saved:v1", false).await, Err(engine::image::ImageError::NotFound(_))));
     images.resolve("busybox:latest").await.expect("the other name is untouched");
     // remove asked for a synchronous GC: what the remaining image needs must have survived it (gc labels).
     assert!(env.snapshot_exists(&r.chain_id).await, "the remaining image's snapshot survived GC");
@@ -757,7 +765,7 @@ async fn images_load_list_resolve_and_remove() {
     assert_eq!(r2.chain_id, r.chain_id);
 
     step!("removing the last name lets GC take the unpacked layer");
-    images.remove("busybox").await.unwrap();
+    images.remove("busybox", false).await.unwrap();
     wait_for("the layer snapshot collected", Duration::from_secs(10), || async {
         if env.snapshot_exists(&r.chain_id).await {
             Err("still there".to_string())

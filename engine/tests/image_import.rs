@@ -387,8 +387,8 @@ async fn concurrent_imports_of_a_shared_layer_both_succeed() {
         if round == 2 {
             break;
         }
-        images.remove("shoal-test/a:1").await.unwrap();
-        images.remove("shoal-test/b:1").await.unwrap();
+        images.remove("shoal-test/a:1", false).await.unwrap();
+        images.remove("shoal-test/b:1", false).await.unwrap();
         wait_for("the shared layer collected", Duration::from_secs(10), || async {
             if env.snapshot_exists(&chain).await {
                 Err("still there".to_string())

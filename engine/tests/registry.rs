@@ -315,7 +315,7 @@ async fn pull_from_an_insecure_registry_gives_the_pushed_bytes_and_runs() {
     assert_eq!(inspected.rootfs.layers, vec![pushed.layer.clone()], "the layer is uncompressed: digest = diff id");
     assert_eq!(inspected.architecture, swarm::api::Platform::current().architecture);
     assert!(matches!(images.tag("nope:1", "x:1").await, Err(ImageError::NotFound(_))));
-    images.remove("mine:v2").await.unwrap();
+    images.remove("mine:v2", false).await.unwrap();
 
     step!("push under another name, then pull that back: the same manifest digest");
     let copy = format!("{}/copy/busybox:v9", reg.host);
@@ -337,10 +337,10 @@ async fn pull_from_an_insecure_registry_gives_the_pushed_bytes_and_runs() {
             format!("v9: digest: {} size: {}", pushed.manifest, busybox_blobs().0.len()),
         ]
     );
-    images.remove(&copy).await.unwrap();
+    images.remove(&copy, false).await.unwrap();
     let (r, _) = pull(&regs, &env, &copy, None, None).await;
     assert_eq!(r.unwrap().digest, pushed.manifest);
-    images.remove(&copy).await.unwrap();
+    images.remove(&copy, false).await.unwrap();
 
     step!("second pull: up to date, nothing downloaded");
     let (r, lines) = pull(&regs, &env, &image, None, None).await;
