@@ -10,8 +10,9 @@
 //!   scoped to its networks and a VIP balancer. A record of it (`<state dir>/tasks/<id>.json`) lets a restarted
 //!   daemon find, re-attach and tear it down.
 //! - On the host: an attachment to the `ingress` sandbox with the node's own ingress address, and one nftables
-//!   table for published ports (ingress mode: every serving task on any node, masqueraded; `mode=host`: local
-//!   tasks only, client address kept).
+//!   table for published ports (ingress mode: every serving task on any node, masqueraded, or with
+//!   `client-ip=preserve` this node's own serving tasks unmasqueraded when it has any; `mode=host`: local tasks
+//!   only, client address kept).
 //!
 //! Every name carries a prefix derived from the data root, so several daemons on one kernel never touch each
 //! other's namespaces and devices, and a restarted daemon finds its own. Kernel work blocks, so it runs on the
@@ -875,12 +876,17 @@ impl Dataplane {
                     .collect();
                 backends.sort();
                 backends.dedup();
+                // `client-ip=preserve`: this node's own serving tasks, reached unmasqueraded on their egress
+                // address (as `mode=host`), whose default route brings replies back through this host; none
+                // here: the whole mesh, masqueraded, as without the option.
+                let local = if p.preserve_client_ip { local_serving(inner, &state, &s.service_id) } else { vec![] };
+                let masquerade = local.is_empty();
                 ports.push(PublishedPort {
                     protocol: protocol(p.protocol),
                     published: p.published_port,
                     target: p.target_port,
-                    backends,
-                    masquerade: true,
+                    backends: if masquerade { backends } else { local },
+                    masquerade,
                 });
             }
         }
@@ -913,6 +919,21 @@ impl Dataplane {
         }
         Ok(())
     }
+}
+
+/// The egress addresses of this node's wired tasks of `service` that serve (sorted).
+fn local_serving(inner: &Inner, state: &NetworkState, service: &str) -> Vec<Ipv4Addr> {
+    let mut out: Vec<Ipv4Addr> = state
+        .endpoints
+        .iter()
+        .filter(|e| e.serving && e.service_id == service)
+        .filter_map(|e| inner.tasks.get(&e.task_id))
+        .filter(|t| t.attached)
+        .filter_map(|t| t.record.egress)
+        .collect();
+    out.sort();
+    out.dedup();
+    out
 }
 
 /// A local task's VIPs: every VIP on one of its networks → the serving backends on that network.
