@@ -347,6 +347,19 @@ impl Dataplane {
         .await
     }
 
+    /// Removes everything of this data root's prefix from the kernel, the namespaces of recorded tasks too, and
+    /// forgets the task records, touching no container: `shoald --cleanup` after a daemon died (a dead
+    /// daemon's records may name sandboxes already gone, so nothing is detached one by one).
+    pub async fn sweep(self: &Arc<Self>) -> Result<usize, NetError> {
+        self.inner.lock().expect("dataplane lock").tasks.clear();
+        let n = self.cleanup_stale().await?;
+        let dir = self.cfg.state_dir.join("tasks");
+        match std::fs::remove_dir_all(&dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io("removing", &dir)(e)),
+            _ => Ok(n),
+        }
+    }
+
     /// Removes everything of this daemon: every task's wiring (their containers are gone or lose their
     /// network), sandboxes, devices, host tables. For shutdown and `swarm leave`.
     pub async fn cleanup_all(self: &Arc<Self>) -> Result<usize, NetError> {
