@@ -894,12 +894,14 @@ impl Dataplane {
                 // here: the whole mesh, masqueraded, as without the option.
                 let local = if p.preserve_client_ip { local_serving(inner, &state, &s.service_id) } else { vec![] };
                 let masquerade = local.is_empty();
+                let (backends, standby) = if masquerade { (backends, vec![]) } else { (local, backends) };
                 ports.push(PublishedPort {
                     protocol: protocol(p.protocol),
                     published: p.published_port,
                     target: p.target_port,
-                    backends: if masquerade { backends } else { local },
+                    backends,
                     masquerade,
+                    standby,
                 });
             }
         }
@@ -919,6 +921,7 @@ impl Dataplane {
                     target: *target,
                     backends: vec![ip],
                     masquerade: false,
+                    standby: vec![],
                 });
             }
         }

@@ -20,7 +20,7 @@ fn task(n: u8) -> Ipv4Addr {
 }
 
 fn port(backends: Vec<Ipv4Addr>, masquerade: bool) -> PublishedPort {
-    PublishedPort { protocol: Protocol::Tcp, published: 8080, target: 80, backends, masquerade }
+    PublishedPort { protocol: Protocol::Tcp, published: 8080, target: 80, backends, masquerade, standby: vec![] }
 }
 
 /// client ↔ host ↔ tasks; the tasks answer "t<n> <peer ip>" and route back via the host.
