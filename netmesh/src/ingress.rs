@@ -143,7 +143,7 @@ impl Ingress {
         for p in old {
             let now = self.ports.iter().find(|n| n.protocol == p.protocol && n.published == p.published);
             let live = |b: &Ipv4Addr| now.is_some_and(|n| n.backends.contains(b) || n.standby.contains(b));
-            for b in p.backends.iter().filter(|b| !live(b)) {
+            for b in p.backends.iter().chain(&p.standby).filter(|b| !live(b)) {
                 forget(ns, &p, *b)?;
             }
         }
