@@ -182,10 +182,37 @@ pub fn run(rounds: usize) {
     let m = c.node(1);
     m.ok(&["network", "create", "-d", "overlay", "bench"]);
     let on = |node: &str| format!("node.hostname=={node}");
-    m.ok(&["service", "create", "-d", "--name", "web", "--network", "bench", "-p", "8080:80", "--constraint",
-        &on("node-2"), "busybox", "sh", "-c", SERVE]);
-    m.ok(&["service", "create", "-d", "--name", "client", "--network", "bench", "--constraint", &on("node-1"),
-        "busybox", "sleep", "100000"]);
+    m.ok(&[
+        "service",
+        "create",
+        "-d",
+        "--name",
+        "web",
+        "--network",
+        "bench",
+        "-p",
+        "8080:80",
+        "--constraint",
+        &on("node-2"),
+        "busybox",
+        "sh",
+        "-c",
+        SERVE,
+    ]);
+    m.ok(&[
+        "service",
+        "create",
+        "-d",
+        "--name",
+        "client",
+        "--network",
+        "bench",
+        "--constraint",
+        &on("node-1"),
+        "busybox",
+        "sleep",
+        "100000",
+    ]);
     for s in ["web", "client"] {
         wait_for(&format!("{s} running"), DEADLINE, || running(&c, s).then_some(()).ok_or(format!("{:?}", m.tasks(s))));
     }
@@ -238,8 +265,23 @@ pub fn run(rounds: usize) {
 
     // A new service: when its task runs, and when it first answers by name and through the mesh.
     let t0 = Instant::now();
-    m.ok(&["service", "create", "-d", "--name", "late", "--network", "bench", "-p", "8081:80", "--constraint",
-        &on("node-2"), "busybox", "sh", "-c", SERVE]);
+    m.ok(&[
+        "service",
+        "create",
+        "-d",
+        "--name",
+        "late",
+        "--network",
+        "bench",
+        "-p",
+        "8081:80",
+        "--constraint",
+        &on("node-2"),
+        "busybox",
+        "sh",
+        "-c",
+        SERVE,
+    ]);
     let created = t0.elapsed();
     let seen: Mutex<(Option<Duration>, Option<Duration>, Option<Duration>)> = Mutex::new((None, None, None));
     let done = |s: &Mutex<(Option<Duration>, Option<Duration>, Option<Duration>)>| {

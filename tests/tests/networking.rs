@@ -436,7 +436,9 @@ fn host_mode_and_preserved_client_ip_see_the_client_and_a_long_connection_surviv
     // No task on node 1: it falls back to the mesh, masqueraded.
     let fallback = ask(1, 8082);
     assert_eq!(fallback, ingress_address(c.node(1)), "client-ip=preserve without a local task falls back");
-    eprintln!("    client address seen on port 8082: via node 3 {kept}, via node 1 {fallback}; port 8081 via node 3 {plain}");
+    eprintln!(
+        "    client address seen on port 8082: via node 3 {kept}, via node 1 {fallback}; port 8081 via node 3 {plain}"
+    );
 
     step!("a 15 s request through the mesh completes while the service scales 1 → 3");
     let url = format!("http://{}:8081/cgi-bin/slow", c.node(1).ip);

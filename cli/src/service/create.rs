@@ -102,7 +102,10 @@ impl CreateArgs {
             mode: ServiceMode::Replicated { replicas: 1 },
             update_config: Default::default(),
             rollback_config: Default::default(),
-            endpoint_spec: swarm::api::EndpointSpec { mode: Default::default(), ports: super::endpoint::Ports::flatten(&self.publish) },
+            endpoint_spec: swarm::api::EndpointSpec {
+                mode: Default::default(),
+                ports: super::endpoint::Ports::flatten(&self.publish),
+            },
         };
         self.flags.apply(&mut spec, true)?;
         self.files.apply(&mut spec);

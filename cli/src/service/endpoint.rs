@@ -47,7 +47,9 @@ fn protocol(s: &str) -> Result<PortProtocol, String> {
 
 fn port_number(s: &str, what: &str) -> Result<u16, String> {
     if s.contains('-') {
-        return Err(format!("invalid {what} port {s:?}: port ranges are only supported in the short form (-p 8080-8081:80-81)"));
+        return Err(format!(
+            "invalid {what} port {s:?}: port ranges are only supported in the short form (-p 8080-8081:80-81)"
+        ));
     }
     s.parse::<u16>().map_err(|_| format!("invalid {what} port {s:?}: expected a number between 0 and 65535"))
 }
@@ -245,7 +247,13 @@ mod tests {
     use super::*;
 
     fn port(published: u16, target: u16, protocol: PortProtocol, mode: PublishMode) -> PortConfig {
-        PortConfig { protocol, target_port: target, published_port: published, publish_mode: mode, ..Default::default() }
+        PortConfig {
+            protocol,
+            target_port: target,
+            published_port: published,
+            publish_mode: mode,
+            ..Default::default()
+        }
     }
 
     fn one(s: &str) -> PortConfig {
@@ -291,7 +299,10 @@ mod tests {
             ports("8080-8082:80-82"),
             vec![port(8080, 80, Tcp, Ingress), port(8081, 81, Tcp, Ingress), port(8082, 82, Tcp, Ingress)]
         );
-        assert_eq!(ports("9000-9001:9000-9001/udp"), vec![port(9000, 9000, Udp, Ingress), port(9001, 9001, Udp, Ingress)]);
+        assert_eq!(
+            ports("9000-9001:9000-9001/udp"),
+            vec![port(9000, 9000, Udp, Ingress), port(9001, 9001, Udp, Ingress)]
+        );
         assert_eq!(ports("80-81"), vec![port(0, 80, Tcp, Ingress), port(0, 81, Tcp, Ingress)], "dynamic ports");
         assert_eq!(ports(":80-81"), vec![port(0, 80, Tcp, Ingress), port(0, 81, Tcp, Ingress)]);
         assert_eq!(ports("8080-8080:80"), vec![port(8080, 80, Tcp, Ingress)], "a range of one");

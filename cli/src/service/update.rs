@@ -138,7 +138,11 @@ impl UpdateLists {
     /// `updatePlacementConstraints`, …), keeping the existing order and replacing entries in place so that an
     /// edit that changes nothing leaves the spec equal.
     pub fn apply(&self, spec: &mut ServiceSpec) -> Result<(), FlagError> {
-        super::endpoint::edit_ports(&mut spec.endpoint_spec.ports, &super::endpoint::Ports::flatten(&self.publish_add), &self.publish_rm);
+        super::endpoint::edit_ports(
+            &mut spec.endpoint_spec.ports,
+            &super::endpoint::Ports::flatten(&self.publish_add),
+            &self.publish_rm,
+        );
         super::endpoint::edit_networks(&mut spec.task_template.networks, &self.network_add, &self.network_rm);
         let t = &mut spec.task_template;
         let c = &mut t.container;
