@@ -257,10 +257,9 @@ mod tests {
     }
 
     fn one(s: &str) -> PortConfig {
-        match publish(s).unwrap().0[..] {
-            [ref p] => p.clone(),
-            ref many => panic!("{s}: {many:?}"),
-        }
+        let ports = publish(s).unwrap().0;
+        assert_eq!(ports.len(), 1, "{s}: {ports:?}");
+        ports[0].clone()
     }
 
     #[test]
