@@ -52,6 +52,10 @@ pub struct DaemonConfig {
     /// Registry CAs in Docker's layout: <DIR>/<host[:port]>/ca.crt
     #[arg(long, value_name = "DIR", default_value = crate::registry::DEFAULT_CERTS_DIR)]
     pub registry_certs_dir: PathBuf,
+    /// Remove every network namespace, device and nftables table a dead shoald of this --data-root left (as a
+    /// start would), then exit; refused while a shoald runs on it
+    #[arg(long)]
+    pub cleanup: bool,
 }
 
 /// A mirror is a URL with a scheme, as dockerd wants it (the scheme says whether it speaks TLS).
@@ -156,6 +160,8 @@ mod tests {
         assert_eq!(c.socket_path().unwrap(), PathBuf::from("/tmp/x.sock"));
         assert_eq!(c.engine_labels().get("disk").map(String::as_str), Some("ssd"));
         assert_eq!(c.group, None, "the default group is resolved at startup");
+        assert!(!c.cleanup);
+        assert!(DaemonConfig::parse_from(["shoald", "--cleanup"]).cleanup);
     }
 
     #[test]

@@ -111,6 +111,18 @@ pub async fn run(cfg: DaemonConfig, shutdown: CancellationToken) -> Result<(), D
     result
 }
 
+/// `shoald --cleanup`: removes the network leftovers of a dead daemon of `cfg.data_root` — every namespace
+/// (tasks' too: their containers, if still running, lose their network), device and host table carrying its
+/// prefix, and the task records — without starting one. Holds the data-root lock meanwhile, so it never pulls
+/// the network from under a live daemon. Returns how many objects went.
+pub async fn cleanup(cfg: &DaemonConfig) -> Result<usize, DaemonError> {
+    let _lock = DataRootLock::acquire(&cfg.data_root)?;
+    let net = crate::network::Dataplane::new(crate::network::NetworkConfig::for_data_root(&cfg.data_root));
+    let n = net.sweep().await.map_err(|e| DaemonError::Config(format!("network cleanup: {e}")))?;
+    tracing::info!(removed = n, prefix = %net.config().host.prefix, "network leftovers removed");
+    Ok(n)
+}
+
 /// Resumes swarm membership, then opens the socket (clients never see a node that has not resumed) and serves.
 async fn serve(
     socket: &std::path::Path,

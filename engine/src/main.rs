@@ -21,6 +21,18 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
+    if cfg.cleanup {
+        return match rt.block_on(engine::daemon::cleanup(&cfg)) {
+            Ok(n) => {
+                println!("removed {n} network namespaces, devices and tables of {}", cfg.data_root.display());
+                std::process::ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("shoald: {e:#}");
+                std::process::ExitCode::FAILURE
+            }
+        };
+    }
     let result: anyhow::Result<()> = rt.block_on(async {
         let shutdown = CancellationToken::new();
         let s = shutdown.clone();

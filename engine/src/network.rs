@@ -10,8 +10,9 @@
 //!   scoped to its networks and a VIP balancer. A record of it (`<state dir>/tasks/<id>.json`) lets a restarted
 //!   daemon find, re-attach and tear it down.
 //! - On the host: an attachment to the `ingress` sandbox with the node's own ingress address, and one nftables
-//!   table for published ports (ingress mode: every serving task on any node, masqueraded; `mode=host`: local
-//!   tasks only, client address kept).
+//!   table for published ports (ingress mode: every serving task on any node, masqueraded, or with
+//!   `client-ip=preserve` this node's own serving tasks unmasqueraded when it has any; `mode=host`: local tasks
+//!   only, client address kept).
 //!
 //! Every name carries a prefix derived from the data root, so several daemons on one kernel never touch each
 //! other's namespaces and devices, and a restarted daemon finds its own. Kernel work blocks, so it runs on the
@@ -344,6 +345,19 @@ impl Dataplane {
             Ok(n)
         })
         .await
+    }
+
+    /// Removes everything of this data root's prefix from the kernel, the namespaces of recorded tasks too, and
+    /// forgets the task records, touching no container: `shoald --cleanup` after a daemon died (a dead
+    /// daemon's records may name sandboxes already gone, so nothing is detached one by one).
+    pub async fn sweep(self: &Arc<Self>) -> Result<usize, NetError> {
+        self.inner.lock().expect("dataplane lock").tasks.clear();
+        let n = self.cleanup_stale().await?;
+        let dir = self.cfg.state_dir.join("tasks");
+        match std::fs::remove_dir_all(&dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io("removing", &dir)(e)),
+            _ => Ok(n),
+        }
     }
 
     /// Removes everything of this daemon: every task's wiring (their containers are gone or lose their
@@ -862,28 +876,13 @@ impl Dataplane {
     fn apply_host_ports(&self, inner: &mut Inner, force: bool) -> Result<(), NetError> {
         let state = inner.state.clone().unwrap_or_default();
         let ingress_net = inner.nets.values().find(|n| n.ingress).map(|n| n.id.clone());
-        let mut ports: Vec<PublishedPort> = Vec::new();
-        for s in &state.services {
-            for p in s.ports.iter().filter(|p| p.publish_mode == PublishMode::Ingress && p.published_port != 0) {
-                let mut backends: Vec<Ipv4Addr> = state
-                    .endpoints
-                    .iter()
-                    .filter(|e| {
-                        e.serving && e.service_id == s.service_id && Some(&e.network_id) == ingress_net.as_ref()
-                    })
-                    .filter_map(|e| parse_ip(&e.network_id, &e.ip).ok())
-                    .collect();
-                backends.sort();
-                backends.dedup();
-                ports.push(PublishedPort {
-                    protocol: protocol(p.protocol),
-                    published: p.published_port,
-                    target: p.target_port,
-                    backends,
-                    masquerade: true,
-                });
-            }
-        }
+        let local: HashMap<&str, Ipv4Addr> = inner
+            .tasks
+            .values()
+            .filter(|t| t.attached)
+            .filter_map(|t| Some((t.record.task_id.as_str(), t.record.egress?)))
+            .collect();
+        let mut ports = mesh_ports(&state, ingress_net.as_deref(), &local);
         let mut tasks: Vec<&LocalTask> = inner.tasks.values().filter(|t| t.attached).collect();
         tasks.sort_by(|a, b| a.record.task_id.cmp(&b.record.task_id));
         for t in tasks {
@@ -900,6 +899,7 @@ impl Dataplane {
                     target: *target,
                     backends: vec![ip],
                     masquerade: false,
+                    standby: vec![],
                 });
             }
         }
@@ -913,6 +913,44 @@ impl Dataplane {
         }
         Ok(())
     }
+}
+
+/// The routing mesh's ports in `state`: each ingress-published port to its service's serving tasks on the
+/// ingress network `ingress_net` (any node), masqueraded. With `client-ip=preserve`, to this node's own serving
+/// tasks instead when it has any (`local`: task id → egress address of the tasks wired here), unmasqueraded: on
+/// their egress address (as `mode=host`) their default route brings replies back through this host. The other
+/// tasks stand by, so connections already forwarded to them are kept.
+fn mesh_ports(state: &NetworkState, ingress_net: Option<&str>, local: &HashMap<&str, Ipv4Addr>) -> Vec<PublishedPort> {
+    let mut ports = Vec::new();
+    for s in &state.services {
+        for p in s.ports.iter().filter(|p| p.publish_mode == PublishMode::Ingress && p.published_port != 0) {
+            let serving = || state.endpoints.iter().filter(|e| e.serving && e.service_id == s.service_id);
+            let mut mesh: Vec<Ipv4Addr> = serving()
+                .filter(|e| Some(e.network_id.as_str()) == ingress_net)
+                .filter_map(|e| parse_ip(&e.network_id, &e.ip).ok())
+                .collect();
+            mesh.sort();
+            mesh.dedup();
+            let mut here: Vec<Ipv4Addr> = if p.preserve_client_ip {
+                serving().filter_map(|e| local.get(e.task_id.as_str()).copied()).collect()
+            } else {
+                Vec::new()
+            };
+            here.sort();
+            here.dedup();
+            let masquerade = here.is_empty();
+            let (backends, standby) = if masquerade { (mesh, Vec::new()) } else { (here, mesh) };
+            ports.push(PublishedPort {
+                protocol: protocol(p.protocol),
+                published: p.published_port,
+                target: p.target_port,
+                backends,
+                masquerade,
+                standby,
+            });
+        }
+    }
+    ports
 }
 
 /// A local task's VIPs: every VIP on one of its networks → the serving backends on that network.
@@ -1111,6 +1149,42 @@ mod tests {
             host_ports: vec![],
         };
         assert_eq!(vips_for(&inner, &record), BTreeMap::from([(ip("10.0.1.2"), vec![ip("10.0.1.3")])]));
+    }
+
+    #[test]
+    fn preserved_client_ip_ports_prefer_local_tasks_unmasqueraded() {
+        use swarm::api::PortConfig;
+        let ip = |s: &str| s.parse::<Ipv4Addr>().unwrap();
+        let mut state = NetworkState::default();
+        for (task, addr) in [("here", "10.0.0.3"), ("there", "10.0.0.4")] {
+            let mut e = ep("s1", addr, true);
+            e.task_id = task.into();
+            e.network_id = "ing".into();
+            state.endpoints.push(e);
+        }
+        let port = |published: u16, preserve: bool| PortConfig {
+            target_port: 80,
+            published_port: published,
+            preserve_client_ip: preserve,
+            ..Default::default()
+        };
+        state.services.push(ServiceEndpoint {
+            service_id: "s1".into(),
+            name: "web".into(),
+            mode: EndpointMode::Vip,
+            virtual_ips: vec![],
+            ports: vec![port(8080, false), port(8082, true)],
+        });
+        let local = HashMap::from([("here", ip("172.29.0.5"))]);
+        let ports = mesh_ports(&state, Some("ing"), &local);
+        assert_eq!(ports[0].backends, vec![ip("10.0.0.3"), ip("10.0.0.4")], "every task through the mesh");
+        assert!(ports[0].masquerade && ports[0].standby.is_empty());
+        assert_eq!(ports[1].backends, vec![ip("172.29.0.5")], "the local task on its egress address");
+        assert!(!ports[1].masquerade, "the client's address kept");
+        assert_eq!(ports[1].standby, vec![ip("10.0.0.3"), ip("10.0.0.4")], "open flows elsewhere kept");
+        let ports = mesh_ports(&state, Some("ing"), &HashMap::new());
+        assert_eq!(ports[1].backends, vec![ip("10.0.0.3"), ip("10.0.0.4")], "no local task: the whole mesh");
+        assert!(ports[1].masquerade, "…masqueraded");
     }
 
     #[test]

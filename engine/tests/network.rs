@@ -637,3 +637,51 @@ async fn across_two_hosts_by_name_and_through_the_mesh() {
         assert_eq!(netns::list(&dp.config().host.prefix), Vec::<String>::new());
     }
 }
+
+/// A daemon SIGKILLed with wired tasks leaves their namespaces, the sandboxes, host devices and tables; `shoald
+/// --cleanup --data-root D` (run in that host's namespace) removes them all without starting a daemon, and is
+/// refused while a daemon holds the data root.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shoald_cleanup_sweeps_what_a_killed_daemon_left() {
+    let dir = tempfile::Builder::new().prefix("shoal-sweep-").tempdir_in("/tmp").expect("temp dir");
+    let data_root = dir.path().join("data");
+    std::fs::create_dir_all(&data_root).unwrap();
+    let tag = format!("{:x}k", std::process::id() % 0xffff);
+    let (_ns, host, _outside) = make_host_and_outside(&tag);
+    let mut cfg = NetworkConfig::for_data_root(&data_root);
+    cfg.host.netns = Some(host.clone());
+    cfg.upstream = vec![];
+    let prefix = cfg.host.prefix.clone();
+    let dp = Dataplane::new(cfg);
+
+    step!("a dataplane with a wired task and a published port, then dropped as a SIGKILL would leave it");
+    let (w, client, rr) = (web_task(3), task(&["true"]), task(&["true"]));
+    dp.apply(state(&[(&w, 3, true)], &rr, &client)).await.unwrap();
+    dp.prepare_task(&w, dir.path().join("web")).await.unwrap().expect("the task has networks");
+    assert!(netns::exists(&dp.task_netns(&w.id)), "the task's namespace");
+    assert!(netns::list(&prefix).len() >= 3, "sandboxes and the task: {:?}", netns::list(&prefix));
+    assert!(!links(&host, &prefix).is_empty(), "host devices");
+    assert!(nft_tables(&host).contains("shoal_ingress"), "host tables: {}", nft_tables(&host));
+    drop(dp);
+
+    let shoald = env!("CARGO_BIN_EXE_shoald");
+    let root = data_root.to_str().expect("utf-8 path");
+    step!("refused while a daemon holds the data root");
+    {
+        let _lock = engine::host::DataRootLock::acquire(&data_root).unwrap();
+        let out = netns::command(Some(&host), shoald, &["--cleanup", "--data-root", root], None).unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains("another shoald"), "{:?} {err}", out.status);
+        assert!(netns::exists(&format!("{prefix}t-{}", w.id)), "a refused sweep removed something");
+    }
+
+    step!("shoald --cleanup removes every namespace, device and table of the data root's prefix");
+    let out = netns::command(Some(&host), shoald, &["--cleanup", "--data-root", root], None).unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{:?} {said} {}", out.status, String::from_utf8_lossy(&out.stderr));
+    assert!(said.starts_with("removed ") && !said.starts_with("removed 0 "), "{said}");
+    assert_eq!(netns::list(&prefix), Vec::<String>::new(), "namespaces left");
+    assert_eq!(links(&host, &prefix), Vec::<String>::new(), "host devices left");
+    assert_eq!(nft_tables(&host), "", "host tables left");
+    assert!(!data_root.join("network").join("tasks").exists(), "task records left");
+}

@@ -49,6 +49,9 @@ pub struct PublishedPort {
     pub backends: Vec<Ipv4Addr>,
     /// Masquerade (the default, Swarm's ingress); `false` keeps the client's source address.
     pub masquerade: bool,
+    /// Live tasks new connections do not go to from this host (another node's, when the port prefers this
+    /// node's own tasks): connections already forwarded to them are kept, not flushed as a removed backend's.
+    pub standby: Vec<Ipv4Addr>,
 }
 
 /// Renders the complete replace transaction for `ports`.
@@ -139,7 +142,8 @@ impl Ingress {
         let old = std::mem::replace(&mut self.ports, ports);
         for p in old {
             let now = self.ports.iter().find(|n| n.protocol == p.protocol && n.published == p.published);
-            for b in p.backends.iter().filter(|b| !now.is_some_and(|n| n.backends.contains(b))) {
+            let live = |b: &Ipv4Addr| now.is_some_and(|n| n.backends.contains(b) || n.standby.contains(b));
+            for b in p.backends.iter().chain(&p.standby).filter(|b| !live(b)) {
                 forget(ns, &p, *b)?;
             }
         }

@@ -20,7 +20,7 @@ fn task(n: u8) -> Ipv4Addr {
 }
 
 fn port(backends: Vec<Ipv4Addr>, masquerade: bool) -> PublishedPort {
-    PublishedPort { protocol: Protocol::Tcp, published: 8080, target: 80, backends, masquerade }
+    PublishedPort { protocol: Protocol::Tcp, published: 8080, target: 80, backends, masquerade, standby: vec![] }
 }
 
 /// client ↔ host ↔ tasks; the tasks answer "t<n> <peer ip>" and route back via the host.
@@ -87,6 +87,30 @@ fn without_masquerade_the_task_sees_the_client_address() {
     let r = request(&client, SocketAddr::from((HOST_PUBLIC, 8080))).unwrap();
     assert_eq!(r, format!("t1 {CLIENT}"));
     assert_eq!(netmesh::lb::cleanup_all(Some(&host)).unwrap(), 1, "lb::cleanup_all removes the ingress table");
+}
+
+/// A port switching its new connections to other backends (`client-ip=preserve` when a task starts on this
+/// host) keeps the flows of backends still live (`standby`); a backend that leaves for good loses them.
+#[test]
+fn standby_backends_keep_their_established_connections() {
+    let mut g = Guard::default();
+    let (client, host, _tasks) = setup(&mut g);
+    let mut ing = Ingress::new(Some(host.clone()));
+    ing.set(vec![port(vec![task(1)], true)]).unwrap();
+    let addr = SocketAddr::from((HOST_PUBLIC, 8080));
+    let mut open = common::connect(&client, addr).unwrap();
+    assert_eq!(common::ask(&mut open).unwrap(), format!("t1 {HOST_INGRESS}"));
+
+    let mut local = port(vec![task(2)], false);
+    local.standby = vec![task(1)];
+    ing.set(vec![local]).unwrap();
+    assert_eq!(request(&client, addr).unwrap(), format!("t2 {CLIENT}"), "new connections: t2, unmasqueraded");
+    assert_eq!(common::ask(&mut open).unwrap(), format!("t1 {HOST_INGRESS}"), "the open flow to t1 is kept");
+
+    ing.set(vec![port(vec![task(2)], false)]).unwrap();
+    let after = common::ask(&mut open);
+    assert!(!after.as_ref().is_ok_and(|r| r.starts_with("t1 ")), "t1 left, yet its flow lives: {after:?}");
+    ing.clear().unwrap();
 }
 
 #[test]

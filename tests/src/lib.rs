@@ -6,6 +6,7 @@
 
 pub mod cluster;
 pub mod failoverbench;
+pub mod netbench;
 pub mod netns;
 pub mod pullbench;
 pub mod raftbench;

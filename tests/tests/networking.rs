@@ -1,9 +1,10 @@
 //! Networking on real daemons across hosts (the multi-node harness, 3 nodes): a published port on node 1 reaches
 //! tasks running only on node 3 (routing mesh) and spreads 300 requests evenly over 3 tasks; a killed task stops
 //! getting new connections; containers on different nodes reach each other by service name over an overlay (VIP),
-//! `tasks.<svc>` follows scaling, dnsrr resolves to task IPs and has no VIP; `mode=host` keeps the client address;
-//! a long request through the mesh survives scaling; bad input gets a clear error; `service rm` removes the
-//! published port's rules from every node.
+//! `tasks.<svc>` follows scaling, dnsrr resolves to task IPs and has no VIP, and `service rm` takes a VIP out of
+//! every container's balancer; `mode=host` and `client-ip=preserve` keep the client address; a long request
+//! through the mesh survives scaling; bad input gets a clear error; `service rm` removes the published port's
+//! rules from every node.
 //! Run: `cargo build --workspace --bins && cargo test -p shoal-tests --test networking -- --test-threads=1`.
 
 use shoal_tests::cluster::{Cluster, Node};
@@ -24,12 +25,8 @@ fn ruleset(node: &Node) -> String {
     sh(node, "nft list ruleset")
 }
 
-fn running(node: &Node, service: &str) -> usize {
-    node.tasks(service).iter().filter(|t| t.desired == "running" && t.state == "running").count()
-}
-
-#[test]
-fn routing_mesh_across_hosts_even_spread_bad_input_and_cleanup() {
+/// A manager (node 1) and two workers, every node holding the test image.
+fn three_nodes() -> Cluster {
     let c = Cluster::start(3);
     let join = c.init_swarm(1);
     c.join_worker(2, &join);
@@ -39,6 +36,30 @@ fn routing_mesh_across_hosts_even_spread_bad_input_and_cleanup() {
     for n in 1..=3 {
         c.node(n).ok(&["image", "load", "-i", image]);
     }
+    c
+}
+
+/// The VIP balancer table (`shoal`) inside every running container of `node`, one per container.
+fn container_vip_tables(node: &Node) -> Vec<String> {
+    node.running()
+        .iter()
+        .map(|t| sh(node, &format!("nsenter --net=/proc/{}/ns/net nft list table ip shoal 2>&1", t.pid)))
+        .collect()
+}
+
+/// The node's own address on the ingress network (its `…ing0` interface), what masqueraded mesh traffic
+/// comes from.
+fn ingress_address(node: &Node) -> String {
+    sh(node, "ip -4 -o addr show | awk '$2 ~ /ing0$/ {print $4}' | cut -d/ -f1").trim().to_string()
+}
+
+fn running(node: &Node, service: &str) -> usize {
+    node.tasks(service).iter().filter(|t| t.desired == "running" && t.state == "running").count()
+}
+
+#[test]
+fn routing_mesh_across_hosts_even_spread_bad_input_and_cleanup() {
+    let c = three_nodes();
     let m = c.node(1);
 
     step!("a 3-replica web service only on node 3, published on 8080: every task answers with its hostname");
@@ -176,15 +197,7 @@ fn service_json(node: &Node, name: &str) -> serde_json::Value {
 
 #[test]
 fn by_name_over_an_overlay_across_hosts_tasks_follow_scaling_and_dnsrr() {
-    let c = Cluster::start(3);
-    let join = c.init_swarm(1);
-    c.join_worker(2, &join);
-    c.join_worker(3, &join);
-    c.wait_nodes_ready(1, &["node-1", "node-2", "node-3"], T);
-    let image = shoal_tests::test_image().to_str().expect("utf-8 path");
-    for n in 1..=3 {
-        c.node(n).ok(&["image", "load", "-i", image]);
-    }
+    let c = three_nodes();
     let m = c.node(1);
     m.ok(&["network", "create", "-d", "overlay", "backend"]);
 
@@ -295,6 +308,29 @@ done"#;
         let tasks = words(&last_logged(m, "client", "RRTASKS ").unwrap_or_default());
         (by_name.len() == 2 && by_name == tasks).then_some(()).ok_or(format!("rr → {by_name:?}, tasks.rr → {tasks:?}"))
     });
+
+    step!("service rm web: no container's balancer on any node names web's VIP or its task's address any more");
+    let web_ips = words(&last_logged(m, "client", "TASKS ").unwrap_or_default());
+    assert_eq!(web_ips.len(), 1, "web's one task: {web_ips:?}");
+    // Every container on the overlay (client on node 2, rr's tasks and web's on node 3) balances web's VIP now.
+    let names_web = |table: &str| {
+        let addrs: Vec<&str> = table.split(|ch: char| !ch.is_ascii_digit() && ch != '.').collect();
+        addrs.iter().any(|a| *a == vip || web_ips.iter().any(|ip| a == ip))
+    };
+    for n in [2, 3] {
+        let tables = container_vip_tables(c.node(n));
+        assert!(tables.iter().any(|t| names_web(t)), "node {n}: no balancer names web before rm: {tables:?}");
+    }
+    m.ok(&["service", "rm", "web"]);
+    for n in 1..=3 {
+        wait_for(&format!("node {n}: no container balancer names web"), T, || {
+            let tables = container_vip_tables(c.node(n));
+            let stale: Vec<&String> = tables.iter().filter(|t| names_web(t)).collect();
+            stale.is_empty().then_some(()).ok_or(format!("{stale:?}"))
+        });
+    }
+    let left = container_vip_tables(c.node(2));
+    assert!(left.iter().all(|t| t.contains("table ip shoal")), "the client's balancer table itself stays: {left:?}");
 }
 
 /// busybox httpd's REMOTE_ADDR for an IPv4 peer, `[::ffff:10.0.0.2]`, as plain IPv4.
@@ -311,16 +347,8 @@ chmod +x /var/www/cgi-bin/ip /var/www/cgi-bin/slow
 exec httpd -f -p 80 -h /var/www"#;
 
 #[test]
-fn host_mode_sees_the_client_and_a_long_connection_survives_scaling() {
-    let c = Cluster::start(3);
-    let join = c.init_swarm(1);
-    c.join_worker(2, &join);
-    c.join_worker(3, &join);
-    c.wait_nodes_ready(1, &["node-1", "node-2", "node-3"], T);
-    let image = shoal_tests::test_image().to_str().expect("utf-8 path");
-    for n in 1..=3 {
-        c.node(n).ok(&["image", "load", "-i", image]);
-    }
+fn host_mode_and_preserved_client_ip_see_the_client_and_a_long_connection_survives_scaling() {
+    let c = three_nodes();
     let m = c.node(1);
 
     step!("mode=host publish on node 3: a request from node 2 sees node 2's own address");
@@ -334,6 +362,22 @@ fn host_mode_sees_the_client_and_a_long_connection_survives_scaling() {
         "node.hostname==node-3",
         "--publish",
         "published=9090,target=80,mode=host",
+        "busybox",
+        "sh",
+        "-c",
+        CGI_SERVER,
+    ]);
+    // Ingress with client-ip=preserve on node 3 too: node 3 forwards to its own task unmasqueraded.
+    m.ok(&[
+        "service",
+        "create",
+        "-d",
+        "--name",
+        "keep",
+        "--constraint",
+        "node.hostname==node-3",
+        "--publish",
+        "published=8082,target=80,mode=ingress,client-ip=preserve",
         "busybox",
         "sh",
         "-c",
@@ -355,7 +399,7 @@ fn host_mode_sees_the_client_and_a_long_connection_survives_scaling() {
         "-c",
         CGI_SERVER,
     ]);
-    for name in ["direct", "slow"] {
+    for name in ["direct", "keep", "slow"] {
         wait_for(&format!("{name}: 1 running"), T, || {
             (running(m, name) == 1).then_some(()).ok_or(format!("{:?}", m.tasks(name)))
         });
@@ -375,6 +419,26 @@ fn host_mode_sees_the_client_and_a_long_connection_survives_scaling() {
         (!a.is_empty()).then_some(a).ok_or("no answer".to_string())
     });
     eprintln!("    client address seen: mode=host {seen}, through the ingress mesh {via_mesh}");
+    assert_eq!(via_mesh, ingress_address(c.node(1)), "the mesh masquerades behind node 1's ingress address");
+
+    step!("client-ip=preserve: through node 3 (which runs the task) the task sees node 2; through node 1, node 1");
+    let ask = |node: usize, port: u16| {
+        let url = format!("http://{}:{port}/cgi-bin/ip", c.node(node).ip);
+        wait_for(&format!("an answer on node {node}'s port {port}"), T, || {
+            let a = plain_addr(&sh(c.node(2), &format!("curl -sf -m 2 {url}")));
+            (!a.is_empty()).then_some(a).ok_or(format!("no answer; node {node} rules:\n{}", ruleset(c.node(node))))
+        })
+    };
+    let kept = ask(3, 8082);
+    assert_eq!(kept, c.node(2).ip.to_string(), "client-ip=preserve on the task's node keeps the client address");
+    let plain = ask(3, 8081);
+    assert_eq!(plain, ingress_address(c.node(3)), "without the option, node 3 masquerades too");
+    // No task on node 1: it falls back to the mesh, masqueraded.
+    let fallback = ask(1, 8082);
+    assert_eq!(fallback, ingress_address(c.node(1)), "client-ip=preserve without a local task falls back");
+    eprintln!(
+        "    client address seen on port 8082: via node 3 {kept}, via node 1 {fallback}; port 8081 via node 3 {plain}"
+    );
 
     step!("a 15 s request through the mesh completes while the service scales 1 → 3");
     let url = format!("http://{}:8081/cgi-bin/slow", c.node(1).ip);

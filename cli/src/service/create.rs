@@ -54,9 +54,10 @@ pub struct CreateArgs {
     /// Network attachments (NAME or name=NAME,alias=ALIAS)
     #[arg(long = "network", value_parser = super::endpoint::network, value_name = "NETWORK")]
     pub networks: Vec<swarm::api::NetworkAttachmentConfig>,
-    /// Publish a port as a node port ([published:]target[/proto] or published=,target=,protocol=,mode=)
+    /// Publish a port as a node port ([published:]target[/proto], ranges N-M, or
+    /// published=,target=,protocol=,mode=,client-ip=masquerade|preserve)
     #[arg(short = 'p', long = "publish", value_parser = super::endpoint::publish, value_name = "PORT")]
-    pub publish: Vec<swarm::api::PortConfig>,
+    pub publish: Vec<super::endpoint::Ports>,
     /// Image to run
     #[arg(value_name = "IMAGE")]
     pub image: String,
@@ -101,7 +102,10 @@ impl CreateArgs {
             mode: ServiceMode::Replicated { replicas: 1 },
             update_config: Default::default(),
             rollback_config: Default::default(),
-            endpoint_spec: swarm::api::EndpointSpec { mode: Default::default(), ports: self.publish.clone() },
+            endpoint_spec: swarm::api::EndpointSpec {
+                mode: Default::default(),
+                ports: super::endpoint::Ports::flatten(&self.publish),
+            },
         };
         self.flags.apply(&mut spec, true)?;
         self.files.apply(&mut spec);

@@ -47,55 +47,117 @@ fn protocol(s: &str) -> Result<PortProtocol, String> {
 
 fn port_number(s: &str, what: &str) -> Result<u16, String> {
     if s.contains('-') {
-        return Err(format!("invalid {what} port {s:?}: port ranges are not supported"));
+        return Err(format!(
+            "invalid {what} port {s:?}: port ranges are only supported in the short form (-p 8080-8081:80-81)"
+        ));
     }
     s.parse::<u16>().map_err(|_| format!("invalid {what} port {s:?}: expected a number between 0 and 65535"))
 }
 
-/// `-p [published:]target[/proto]` or `--publish published=P,target=T,protocol=tcp|udp,mode=ingress|host`.
-pub fn publish(s: &str) -> Result<PortConfig, String> {
+/// `N` or `N-M` (Docker's short-form port range), as the ports it names in order.
+fn port_range(s: &str, what: &str) -> Result<Vec<u16>, String> {
+    let Some((a, b)) = s.split_once('-') else { return Ok(vec![port_number(s, what)?]) };
+    let (a, b) = (port_number(a, what)?, port_number(b, what)?);
+    if b < a {
+        return Err(format!("invalid {what} port range {s:?}: it ends before it starts"));
+    }
+    Ok((a..=b).collect())
+}
+
+/// The ports one `-p/--publish` names: one, or several for a short-form range (`-p 8080-8082:80-82`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ports(pub Vec<PortConfig>);
+
+impl Ports {
+    /// Every port of every `-p`, in order.
+    pub fn flatten(all: &[Ports]) -> Vec<PortConfig> {
+        all.iter().flat_map(|p| p.0.iter().cloned()).collect()
+    }
+}
+
+/// `-p [published:]target[/proto]` (either side may be a range `N-M`, as Docker's) or `--publish
+/// published=P,target=T,protocol=tcp|udp,mode=ingress|host,client-ip=masquerade|preserve`.
+pub fn publish(s: &str) -> Result<Ports, String> {
+    if !s.contains('=') {
+        return publish_short(s);
+    }
     let mut p = PortConfig::default();
-    if s.contains('=') {
-        for field in s.split(',') {
-            let (k, v) =
-                field.split_once('=').ok_or_else(|| format!("invalid field '{field}' must be a key=value pair"))?;
-            match k.trim().to_ascii_lowercase().as_str() {
-                "published" => p.published_port = port_number(v, "published")?,
-                "target" => p.target_port = port_number(v, "target")?,
-                "protocol" => p.protocol = protocol(v)?,
-                "mode" => {
-                    p.publish_mode = match v.to_ascii_lowercase().as_str() {
-                        "ingress" => PublishMode::Ingress,
-                        "host" => PublishMode::Host,
-                        other => {
-                            return Err(format!(
-                                "invalid publish mode value ({other}): must be either 'ingress' or 'host'"
-                            ))
-                        }
+    for field in s.split(',') {
+        let (k, v) =
+            field.split_once('=').ok_or_else(|| format!("invalid field '{field}' must be a key=value pair"))?;
+        match k.trim().to_ascii_lowercase().as_str() {
+            "published" => p.published_port = port_number(v, "published")?,
+            "target" => p.target_port = port_number(v, "target")?,
+            "protocol" => p.protocol = protocol(v)?,
+            "mode" => {
+                p.publish_mode = match v.to_ascii_lowercase().as_str() {
+                    "ingress" => PublishMode::Ingress,
+                    "host" => PublishMode::Host,
+                    other => {
+                        return Err(format!("invalid publish mode value ({other}): must be either 'ingress' or 'host'"))
                     }
                 }
-                other => return Err(format!("invalid field key '{other}'")),
             }
-        }
-    } else {
-        let (ports, proto) = match s.split_once('/') {
-            Some((ports, proto)) => (ports, protocol(proto)?),
-            None => (s, PortProtocol::Tcp),
-        };
-        p.protocol = proto;
-        match ports.split(':').collect::<Vec<_>>()[..] {
-            [target] => p.target_port = port_number(target, "target")?,
-            [published, target] => {
-                p.published_port = if published.is_empty() { 0 } else { port_number(published, "published")? };
-                p.target_port = port_number(target, "target")?;
+            // Beyond Docker: whether a node with a task of the service here forwards to it unmasqueraded.
+            "client-ip" => {
+                p.preserve_client_ip = match v.to_ascii_lowercase().as_str() {
+                    "masquerade" => false,
+                    "preserve" => true,
+                    other => {
+                        return Err(format!(
+                            "invalid client-ip value ({other}): must be either 'masquerade' or 'preserve'"
+                        ))
+                    }
+                }
             }
-            _ => return Err(format!("invalid port {s:?}: expected [published:]target[/protocol]")),
+            other => return Err(format!("invalid field key '{other}'")),
         }
     }
     if p.target_port == 0 {
         return Err(format!("invalid port {s:?}: missing or zero target port"));
     }
-    Ok(p)
+    if p.preserve_client_ip && p.publish_mode == PublishMode::Host {
+        return Err(format!(
+            "invalid port {s:?}: client-ip=preserve is for mode=ingress (mode=host always keeps the client's address)"
+        ));
+    }
+    Ok(Ports(vec![p]))
+}
+
+fn publish_short(s: &str) -> Result<Ports, String> {
+    let (ports, proto) = match s.split_once('/') {
+        Some((ports, proto)) => (ports, protocol(proto)?),
+        None => (s, PortProtocol::Tcp),
+    };
+    let (published, targets) = match ports.split(':').collect::<Vec<_>>()[..] {
+        [target] => (Vec::new(), port_range(target, "target")?),
+        [published, target] => {
+            let published = if published.is_empty() { Vec::new() } else { port_range(published, "published")? };
+            (published, port_range(target, "target")?)
+        }
+        _ => return Err(format!("invalid port {s:?}: expected [published:]target[/protocol]")),
+    };
+    if !published.is_empty() && published.len() != targets.len() {
+        return Err(format!(
+            "invalid port {s:?}: the published range has {} ports and the target range {}; they must match",
+            published.len(),
+            targets.len()
+        ));
+    }
+    if targets.contains(&0) {
+        return Err(format!("invalid port {s:?}: missing or zero target port"));
+    }
+    let ports = targets
+        .iter()
+        .enumerate()
+        .map(|(i, t)| PortConfig {
+            protocol: proto,
+            target_port: *t,
+            published_port: published.get(i).copied().unwrap_or(0),
+            ..Default::default()
+        })
+        .collect();
+    Ok(Ports(ports))
 }
 
 /// `--publish-rm`: a target port, optionally with its protocol (`80`, `80/udp`; `8080:80` names target 80).
@@ -185,25 +247,70 @@ mod tests {
     use super::*;
 
     fn port(published: u16, target: u16, protocol: PortProtocol, mode: PublishMode) -> PortConfig {
-        PortConfig { name: String::new(), protocol, target_port: target, published_port: published, publish_mode: mode }
+        PortConfig {
+            protocol,
+            target_port: target,
+            published_port: published,
+            publish_mode: mode,
+            ..Default::default()
+        }
+    }
+
+    fn one(s: &str) -> PortConfig {
+        let ports = publish(s).unwrap().0;
+        assert_eq!(ports.len(), 1, "{s}: {ports:?}");
+        ports[0].clone()
     }
 
     #[test]
     fn publish_short_and_long_forms() {
         use PortProtocol::*;
         use PublishMode::*;
-        assert_eq!(publish("8080:80").unwrap(), port(8080, 80, Tcp, Ingress));
-        assert_eq!(publish("80").unwrap(), port(0, 80, Tcp, Ingress), "a dynamic port");
-        assert_eq!(publish("53:53/udp").unwrap(), port(53, 53, Udp, Ingress));
-        assert_eq!(publish("published=8080,target=80,protocol=udp,mode=host").unwrap(), port(8080, 80, Udp, Host));
-        assert_eq!(publish("target=80").unwrap(), port(0, 80, Tcp, Ingress));
+        assert_eq!(one("8080:80"), port(8080, 80, Tcp, Ingress));
+        assert_eq!(one("80"), port(0, 80, Tcp, Ingress), "a dynamic port");
+        assert_eq!(one("53:53/udp"), port(53, 53, Udp, Ingress));
+        assert_eq!(one("published=8080,target=80,protocol=udp,mode=host"), port(8080, 80, Udp, Host));
+        assert_eq!(one("target=80"), port(0, 80, Tcp, Ingress));
+        let keep = one("published=8080,target=80,mode=ingress,client-ip=preserve");
+        assert!(keep.preserve_client_ip && keep.publish_mode == Ingress, "{keep:?}");
+        assert!(!one("published=8080,target=80,client-ip=masquerade").preserve_client_ip);
         for (bad, msg) in [
             ("8080:80/sctp", "invalid protocol \"sctp\""),
             ("x:80", "invalid published port \"x\""),
-            ("8080-8081:80-81", "port ranges are not supported"),
+            ("published=8080-8081,target=80-81", "only supported in the short form"),
             ("published=8080", "missing or zero target port"),
             ("target=80,mode=bridge", "invalid publish mode value (bridge)"),
             ("70000:80", "invalid published port \"70000\""),
+            ("target=80,client-ip=keep", "invalid client-ip value (keep)"),
+            ("published=80,target=80,mode=host,client-ip=preserve", "client-ip=preserve is for mode=ingress"),
+        ] {
+            let e = publish(bad).unwrap_err();
+            assert!(e.contains(msg), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn publish_port_ranges_as_docker() {
+        use PortProtocol::*;
+        use PublishMode::*;
+        let ports = |s: &str| publish(s).unwrap().0;
+        assert_eq!(
+            ports("8080-8082:80-82"),
+            vec![port(8080, 80, Tcp, Ingress), port(8081, 81, Tcp, Ingress), port(8082, 82, Tcp, Ingress)]
+        );
+        assert_eq!(
+            ports("9000-9001:9000-9001/udp"),
+            vec![port(9000, 9000, Udp, Ingress), port(9001, 9001, Udp, Ingress)]
+        );
+        assert_eq!(ports("80-81"), vec![port(0, 80, Tcp, Ingress), port(0, 81, Tcp, Ingress)], "dynamic ports");
+        assert_eq!(ports(":80-81"), vec![port(0, 80, Tcp, Ingress), port(0, 81, Tcp, Ingress)]);
+        assert_eq!(ports("8080-8080:80"), vec![port(8080, 80, Tcp, Ingress)], "a range of one");
+        for (bad, msg) in [
+            ("8080-8082:80-81", "the published range has 3 ports and the target range 2"),
+            ("8080:80-81", "the published range has 1 ports and the target range 2"),
+            ("8082-8080:80-82", "invalid published port range \"8082-8080\": it ends before it starts"),
+            ("8080-x:80", "invalid published port \"x\""),
+            ("8080-8081:0-1", "missing or zero target port"),
         ] {
             let e = publish(bad).unwrap_err();
             assert!(e.contains(msg), "{bad}: {e}");

@@ -70,7 +70,7 @@ pub struct UpdateLists {
     pub ulimit_rm: Vec<String>,
     /// Add or update a published port ([published:]target[/proto] or published=,target=,protocol=,mode=)
     #[arg(long = "publish-add", value_parser = super::endpoint::publish, value_name = "PORT")]
-    pub publish_add: Vec<swarm::api::PortConfig>,
+    pub publish_add: Vec<super::endpoint::Ports>,
     /// Remove a published port by its target port (TARGET[/proto])
     #[arg(long = "publish-rm", value_parser = super::endpoint::unpublish, value_name = "PORT")]
     pub publish_rm: Vec<(u16, Option<swarm::api::PortProtocol>)>,
@@ -138,7 +138,11 @@ impl UpdateLists {
     /// `updatePlacementConstraints`, …), keeping the existing order and replacing entries in place so that an
     /// edit that changes nothing leaves the spec equal.
     pub fn apply(&self, spec: &mut ServiceSpec) -> Result<(), FlagError> {
-        super::endpoint::edit_ports(&mut spec.endpoint_spec.ports, &self.publish_add, &self.publish_rm);
+        super::endpoint::edit_ports(
+            &mut spec.endpoint_spec.ports,
+            &super::endpoint::Ports::flatten(&self.publish_add),
+            &self.publish_rm,
+        );
         super::endpoint::edit_networks(&mut spec.task_template.networks, &self.network_add, &self.network_rm);
         let t = &mut spec.task_template;
         let c = &mut t.container;

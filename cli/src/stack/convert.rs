@@ -725,6 +725,7 @@ fn ports_of(port: &Port, p: &str) -> Result<Vec<PortConfig>, ConvertError> {
                     target_port: *t,
                     published_port: published.get(i).copied().unwrap_or(0),
                     publish_mode: PublishMode::Ingress,
+                    preserve_client_ip: false,
                 })
                 .collect())
         }
@@ -743,6 +744,7 @@ fn ports_of(port: &Port, p: &str) -> Result<Vec<PortConfig>, ConvertError> {
                 target_port: number(&l.target.text())?,
                 published_port: l.published.as_ref().map(|s| number(&s.text())).transpose()?.unwrap_or(0),
                 publish_mode,
+                preserve_client_ip: false,
             }])
         }
     }

@@ -71,6 +71,11 @@ pub struct PortConfig {
     pub published_port: u16,
     #[serde(default)]
     pub publish_mode: PublishMode,
+    /// Ingress mode, beyond Swarm (`client-ip=preserve`): a node holding a serving task of the service forwards
+    /// to its own tasks without masquerade, so they see the client's address; a node without one still
+    /// forwards over the mesh, masqueraded.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub preserve_client_ip: bool,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]

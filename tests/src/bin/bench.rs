@@ -18,6 +18,9 @@
 //! `bench update [--replicas N] [--parallelism P]` measures rolling updates (stop-first and start-first) and
 //! health-driven replacement on a real daemon (see `shoal_tests::updatebench`); default 50 replicas, 10 at a time.
 //!
+//! `bench net [--rounds N]` measures the dataplane on 2 real daemons (see `shoal_tests::netbench`): connections/s
+//! and setup through a VIP and the routing mesh against direct, DNS queries/s and p99, new task → reachable.
+//!
 //! `bench pull [--rounds N]` times pulling a 5-layer, 50 MiB image from a local registry, Shoal against
 //! `ctr image pull` (see `shoal_tests::pullbench`); default 3 rounds.
 
@@ -154,6 +157,23 @@ fn main() {
             }
         };
         shoal_tests::pullbench::run(rounds);
+        return;
+    }
+    if args.first().map(String::as_str) == Some("net") {
+        match args.get(1..).unwrap_or_default() {
+            [] => shoal_tests::netbench::run(5),
+            [flag, n] if flag == "--rounds" => match n.parse() {
+                Ok(r) if r >= 1 => shoal_tests::netbench::run(r),
+                _ => {
+                    eprintln!("bench net: invalid value {n:?} for --rounds: a number of at least 1");
+                    std::process::exit(2)
+                }
+            },
+            other => {
+                eprintln!("bench net: unknown arguments {other:?} (expected --rounds N)");
+                std::process::exit(2)
+            }
+        }
         return;
     }
     if args.first().map(String::as_str) == Some("raft") {
