@@ -7,6 +7,7 @@
 pub mod cluster;
 pub mod failoverbench;
 pub mod netns;
+pub mod nodebench;
 pub mod pullbench;
 pub mod raftbench;
 pub mod scale;
