@@ -10,6 +10,7 @@
 //! A containerd left running by a previous shoald (killed with SIGKILL) is reused: its shims still hold the
 //! containers, which the agent re-adopts.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tokio::process::Command;
@@ -35,8 +36,32 @@ pub enum ContainerdError {
     Rpc(String),
 }
 
+/// How many containerd calls of each request type this process made (every call goes through [`req`]); the
+/// benchmark reads them to count calls per task.
+static CALLS: std::sync::Mutex<BTreeMap<&'static str, u64>> = std::sync::Mutex::new(BTreeMap::new());
+
+fn count_call<T>() {
+    let name = std::any::type_name::<T>();
+    let name = name.rsplit("::").next().unwrap_or(name);
+    *CALLS.lock().unwrap_or_else(|e| e.into_inner()).entry(name).or_default() += 1;
+}
+
+/// The containerd calls made so far, by request type.
+pub fn call_counts() -> BTreeMap<&'static str, u64> {
+    CALLS.lock().unwrap_or_else(|e| e.into_inner()).clone()
+}
+
+/// Logs [`call_counts`] in one line (`shoald` does on SIGUSR1): `containerd calls total=N CreateTaskRequest=N …`.
+pub fn log_call_counts() {
+    let counts = call_counts();
+    let total: u64 = counts.values().sum();
+    let each: Vec<String> = counts.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    tracing::info!("containerd calls total={total} {}", each.join(" "));
+}
+
 /// Wraps a request with the namespace header every containerd call needs.
 pub fn req<T>(msg: T) -> tonic::Request<T> {
+    count_call::<T>();
     let mut r = tonic::Request::new(msg);
     r.metadata_mut().insert("containerd-namespace", NAMESPACE.parse().expect("ascii"));
     r
@@ -78,6 +103,49 @@ pub async fn delete_lease(ch: &Channel, id: &str) {
     use containerd_client::services::v1::{leases_client::LeasesClient, DeleteRequest};
     if let Err(s) = LeasesClient::new(ch.clone()).delete(req(DeleteRequest { id: id.into(), sync: false })).await {
         tracing::debug!(lease = id, error = %s.message(), "deleting lease");
+    }
+}
+
+/// One lease shared by the operations that overlap in time (the prepares of a burst of tasks), instead of a lease
+/// created and deleted by each: the last user out deletes it. A lease older than half its TTL is not handed out
+/// again (a user that never released it leaves it to expire by itself).
+pub struct SharedLease {
+    prefix: &'static str,
+    ttl: Duration,
+    current: tokio::sync::Mutex<Option<Held>>,
+}
+
+struct Held {
+    id: String,
+    users: usize,
+    created: tokio::time::Instant,
+}
+
+impl SharedLease {
+    pub fn new(prefix: &'static str, ttl: Duration) -> Self {
+        SharedLease { prefix, ttl, current: tokio::sync::Mutex::new(None) }
+    }
+
+    /// The lease to hold; give it back with [`SharedLease::release`].
+    pub async fn acquire(&self, ch: &Channel) -> Result<String, tonic::Status> {
+        let mut cur = self.current.lock().await;
+        if let Some(h) = cur.as_mut().filter(|h| h.created.elapsed() < self.ttl / 2) {
+            h.users += 1;
+            return Ok(h.id.clone());
+        }
+        let id = create_lease(ch, self.prefix, self.ttl).await?;
+        *cur = Some(Held { id: id.clone(), users: 1, created: tokio::time::Instant::now() });
+        Ok(id)
+    }
+
+    pub async fn release(&self, ch: &Channel, id: &str) {
+        let mut cur = self.current.lock().await;
+        let Some(h) = cur.as_mut().filter(|h| h.id == id) else { return };
+        h.users -= 1;
+        if h.users == 0 {
+            *cur = None;
+            delete_lease(ch, id).await;
+        }
     }
 }
 

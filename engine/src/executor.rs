@@ -3,7 +3,8 @@
 //! runtime io.containerd.runc.v2. stdout/stderr go to `shoal-logger`, which the shim spawns (`binary://`), so
 //! logs keep flowing while shoald is down.
 
-use crate::containerd::{create_lease, delete_lease, is_not_found, is_unavailable, req, req_leased};
+use crate::containerd::{is_not_found, is_unavailable, req, req_leased, SharedLease};
+use crate::exits::{ExitHub, Woken};
 use crate::health;
 use crate::image::{ImageService, ResolvedImage, SNAPSHOTTER};
 use crate::imagefs::ImageRoot;
@@ -22,9 +23,10 @@ use containerd_client::services::v1::{
     WaitRequest,
 };
 use containerd_client::types::v1::Status as ProcStatus;
+use containerd_client::types::Mount;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use swarm::agent::exec::{ContainerState, Controller, ExecError, Executor, ExitStatus, HealthStatus};
 use swarm::agent::task::PROCESS_GONE;
@@ -45,6 +47,11 @@ pub const LABEL_STARTED: &str = "io.shoal.started";
 pub const LABEL_OOM_KILLED: &str = "io.shoal.oom-killed";
 /// How long `wait` keeps re-attaching while containerd is unreachable before it reports an error.
 const WAIT_RECONNECT_LIMIT: Duration = Duration::from_secs(120);
+/// How many tasks are created and started at once. Each start spawns a shim and runs runc; past a few at a time
+/// they only contend for the CPU and containerd's locks, and every one of them finishes later.
+pub const START_CONCURRENCY: usize = 4;
+/// The lease the prepares of a burst of tasks share (see `SharedLease`).
+const PREPARE_LEASE_TTL: Duration = Duration::from_secs(600);
 
 /// The stdio URI that makes the runc shim spawn `shoal-logger` for a task:
 /// `binary:///path/to/shoal-logger?file=<log>&max-size=<bytes>&max-file=<n>`. The shim passes each query pair as
@@ -104,6 +111,12 @@ pub struct ContainerdExecutor {
     net: Option<Arc<crate::network::Dataplane>>,
     /// The secrets and configs the agent handed over (memory only; tasks get them on a tmpfs).
     files: Arc<std::sync::RwLock<swarm::api::TaskFiles>>,
+    /// Task exits, from one event subscription.
+    exits: Arc<ExitHub>,
+    /// Bounds the task starts in flight (see [`START_CONCURRENCY`]).
+    starts: Arc<tokio::sync::Semaphore>,
+    /// Holds fresh snapshots from prepare until their container references them.
+    prepare_lease: Arc<SharedLease>,
 }
 
 fn rt(s: tonic::Status) -> ExecError {
@@ -140,7 +153,17 @@ pub fn parse_signal(s: &str) -> Option<u32> {
 impl ContainerdExecutor {
     pub fn new(ch: Channel, images: ImageService, cfg: ExecutorConfig) -> Self {
         let task_images = TaskImages::new(images.clone(), None);
-        ContainerdExecutor { ch, images, task_images, cfg: Arc::new(cfg), net: None, files: Arc::default() }
+        ContainerdExecutor {
+            exits: ExitHub::new(ch.clone()),
+            ch,
+            images,
+            task_images,
+            cfg: Arc::new(cfg),
+            net: None,
+            files: Arc::default(),
+            starts: Arc::new(tokio::sync::Semaphore::new(START_CONCURRENCY)),
+            prepare_lease: Arc::new(SharedLease::new("shoal-prepare", PREPARE_LEASE_TTL)),
+        }
     }
 
     /// Pulls a task's image from its registry when this node does not have it.
@@ -165,6 +188,11 @@ impl ContainerdExecutor {
 
     pub fn channel(&self) -> Channel {
         self.ch.clone()
+    }
+
+    /// The containers with a `wait` in progress (tests check none is left behind).
+    pub fn waiting(&self) -> usize {
+        self.exits.waiting()
     }
 
     async fn delete_all(&self, id: &str) -> Result<(), ExecError> {
@@ -288,7 +316,7 @@ impl Executor for ContainerdExecutor {
     }
 
     fn controller(&self, task: &Task) -> Result<ContainerdController, ExecError> {
-        Ok(ContainerdController { exec: self.clone(), task: task.clone() })
+        Ok(ContainerdController { exec: self.clone(), task: task.clone(), fresh: Arc::default() })
     }
 
     async fn list_tasks(&self) -> Result<Vec<String>, ExecError> {
@@ -365,6 +393,17 @@ impl Executor for ContainerdExecutor {
 pub struct ContainerdController {
     exec: ContainerdExecutor,
     task: Task,
+    /// What this controller's own `prepare` learnt when it created the container, so that `start` and `health`
+    /// right after it need not ask containerd again.
+    fresh: Arc<Mutex<Fresh>>,
+}
+
+#[derive(Default)]
+struct Fresh {
+    /// The new snapshot's mounts: set while the container has been created here and not started yet.
+    mounts: Option<Vec<Mount>>,
+    /// Whether the container created here has a health check.
+    healthcheck: Option<bool>,
 }
 
 /// Label holding the image's `StopSignal` on a container, so shutdown honours it without the image at hand.
@@ -421,6 +460,21 @@ impl ContainerdController {
             Ok(r) => Ok(r.into_inner().container),
             Err(s) if is_not_found(&s) => Ok(None),
             Err(s) => Err(rt(s)),
+        }
+    }
+
+    /// A process seen stopped: reaped, and reported as `wait` reports it.
+    async fn exit(&self, exit_status: u32) -> Result<ExitStatus, ExecError> {
+        let exit_code = exit_status as i32;
+        self.reap_detached(exit_code).await;
+        self.ended(exit_code).await
+    }
+
+    /// The exit of a task without a process any more: the code recorded on the container when it was reaped.
+    async fn reaped_exit(&self) -> Result<ExitStatus, ExecError> {
+        match self.recorded_exit().await? {
+            Some(exit_code) => self.ended(exit_code).await,
+            None => Err(ExecError::NotFound(self.id().into())),
         }
     }
 
@@ -625,7 +679,12 @@ impl ContainerdController {
             ..Default::default()
         };
         match containers.create(req_leased(CreateContainerRequest { container: Some(container) }, lease)).await {
-            Ok(_) => Ok(()),
+            Ok(_) => {
+                let mut fresh = self.fresh.lock().unwrap_or_else(|e| e.into_inner());
+                fresh.mounts = Some(mounts);
+                fresh.healthcheck = Some(check.is_some());
+                Ok(())
+            }
             Err(s) if s.code() == tonic::Code::AlreadyExists => Ok(()),
             Err(s) => Err(rt(s)),
         }
@@ -633,6 +692,12 @@ impl ContainerdController {
 
     /// Creates the task (stdio to the logger) if there is none, and starts it.
     async fn start_task(&self) -> Result<u32, ExecError> {
+        let _permit = self.exec.starts.acquire().await.map_err(|e| ExecError::Runtime(e.to_string()))?;
+        // Created by this controller a moment ago: no process, no labels yet, and the mounts are known.
+        let fresh = self.fresh.lock().unwrap_or_else(|e| e.into_inner()).mounts.take();
+        if let Some(mounts) = fresh {
+            return self.create_and_start(mounts).await;
+        }
         if let Some(p) = self.process().await? {
             if p.status == ProcStatus::Created as i32 {
                 let r = self
@@ -660,6 +725,11 @@ impl ContainerdController {
             .map_err(|s| if is_not_found(&s) { ExecError::NotFound(self.id().into()) } else { rt(s) })?
             .into_inner()
             .mounts;
+        self.create_and_start(mounts).await
+    }
+
+    /// Creates the process of a container that never had one (stdio to the logger) and starts it.
+    async fn create_and_start(&self, mounts: Vec<Mount>) -> Result<u32, ExecError> {
         let log = self.exec.cfg.log_path(self.id());
         if let Some(dir) = log.parent() {
             std::fs::create_dir_all(dir).map_err(|e| ExecError::Runtime(format!("creating {}: {e}", dir.display())))?;
@@ -705,9 +775,9 @@ impl Controller for ContainerdController {
         };
         // Until the container references it, a fresh snapshot is garbage to containerd's GC (which runs e.g.
         // right after an image import drops its lease): hold a lease from prepare to container create.
-        let lease = create_lease(&self.exec.ch, "shoal-prepare", Duration::from_secs(600)).await.map_err(rt)?;
+        let lease = self.exec.prepare_lease.acquire(&self.exec.ch).await.map_err(rt)?;
         let r = self.create(&image, &lease, wiring.as_ref()).await;
-        delete_lease(&self.exec.ch, &lease).await;
+        self.exec.prepare_lease.release(&self.exec.ch, &lease).await;
         r
     }
 
@@ -717,24 +787,26 @@ impl Controller for ContainerdController {
     }
 
     async fn wait(&self) -> Result<ExitStatus, ExecError> {
-        // A containerd restart (the supervisor's, or an upgrade) breaks the Wait stream but not the task: attach
-        // again once containerd is back instead of reporting the task failed.
+        // Registered before the first look at the task, so an exit after that look is never missed. A containerd
+        // restart (the supervisor's, or an upgrade) breaks the event stream but not the task: the waiter is told
+        // to look again once the stream is back, instead of the task being reported failed.
+        let mut waiter = self.exec.exits.waiter(self.id());
         let mut backoff = Duration::from_millis(100);
         let mut unreachable_since: Option<tokio::time::Instant> = None;
         loop {
-            match self.tasks().wait(req(WaitRequest { container_id: self.id().into(), exec_id: String::new() })).await {
+            match self.tasks().get(req(GetRequest { container_id: self.id().into(), exec_id: String::new() })).await {
                 Ok(r) => {
-                    let exit_code = r.into_inner().exit_status as i32;
-                    self.reap_detached(exit_code).await;
-                    return self.ended(exit_code).await;
+                    unreachable_since = None;
+                    match r.into_inner().process {
+                        Some(p) if p.status == ProcStatus::Stopped as i32 => return self.exit(p.exit_status).await,
+                        Some(_) => match waiter.next().await {
+                            Woken::Exited(code) => return self.exit(code).await,
+                            Woken::Recheck => {}
+                        },
+                        None => return self.reaped_exit().await,
+                    }
                 }
-                Err(s) if is_not_found(&s) => {
-                    // Reaped already: the exit code is on the container.
-                    return match self.recorded_exit().await? {
-                        Some(exit_code) => self.ended(exit_code).await,
-                        None => Err(ExecError::NotFound(self.id().into())),
-                    };
-                }
+                Err(s) if is_not_found(&s) => return self.reaped_exit().await,
                 Err(s) if is_unavailable(&s) => {
                     let since = *unreachable_since.get_or_insert_with(tokio::time::Instant::now);
                     if since.elapsed() > WAIT_RECONNECT_LIMIT {
@@ -744,7 +816,7 @@ impl Controller for ContainerdController {
                             s.message()
                         )));
                     }
-                    tracing::debug!(task.id = %self.id(), error = %s.message(), "wait interrupted; attaching again");
+                    tracing::debug!(task.id = %self.id(), error = %s.message(), "wait interrupted; looking again");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(2));
                 }
@@ -823,6 +895,9 @@ impl Controller for ContainerdController {
     }
 
     async fn health(&self) -> Result<Option<tokio::sync::watch::Receiver<HealthStatus>>, ExecError> {
+        if self.fresh.lock().unwrap_or_else(|e| e.into_inner()).healthcheck == Some(false) {
+            return Ok(None);
+        }
         let container = self.container().await?.ok_or_else(|| ExecError::NotFound(self.id().into()))?;
         let dir = crate::logs::task_dir(&self.exec.cfg.data_root, self.id());
         health::start_checks(self.exec.ch.clone(), &container, dir)

@@ -4,6 +4,7 @@ pub mod config;
 pub mod containerd;
 pub mod daemon;
 pub mod executor;
+pub mod exits;
 pub mod health;
 pub mod host;
 pub mod image;

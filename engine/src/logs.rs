@@ -307,11 +307,16 @@ pub fn stream_since(
     tokio::task::spawn_blocking(move || {
         let since = since.as_deref();
         let mut sources: Vec<Source> = sources.into_iter().enumerate().map(|(i, p)| Source::new(p, i)).collect();
-        // Watching starts before the existing lines are read, so a write in between wakes the follower.
-        let (wake_tx, wake) = std::sync::mpsc::channel::<()>();
+        // Watching starts before the existing lines are read, so a write in between wakes the follower. A wake
+        // names the directories written to (none: look at every source).
+        let (wake_tx, wake) = std::sync::mpsc::channel::<Vec<PathBuf>>();
         let mut watcher = if opts.follow {
-            notify::recommended_watcher(move |_: notify::Result<notify::Event>| {
-                let _ = wake_tx.send(());
+            notify::recommended_watcher(move |e: notify::Result<notify::Event>| {
+                let dirs = match e {
+                    Ok(e) => e.paths.iter().filter_map(|p| p.parent().map(Path::to_path_buf)).collect(),
+                    Err(_) => Vec::new(),
+                };
+                let _ = wake_tx.send(dirs);
             })
             .map_err(|e| tracing::warn!(error = %e, "cannot watch log files; polling them"))
             .ok()
@@ -329,9 +334,19 @@ pub fn stream_since(
             return;
         }
         loop {
+            // Which directories were written to; `None`: look at every source (a tick, or no inotify).
+            let mut dirty: Option<HashSet<PathBuf>> = None;
             if watcher.is_some() {
-                let _ = wake.recv_timeout(TICK);
-                while wake.try_recv().is_ok() {}
+                if let Ok(first) = wake.recv_timeout(TICK) {
+                    let mut d = HashSet::new();
+                    let mut all = first.is_empty();
+                    d.extend(first);
+                    while let Ok(more) = wake.try_recv() {
+                        all |= more.is_empty();
+                        d.extend(more);
+                    }
+                    dirty = (!all).then_some(d);
+                }
             } else {
                 std::thread::sleep(POLL);
             }
@@ -343,11 +358,22 @@ pub fn stream_since(
                     sources.push(Source::new(p, sources.len()));
                 }
             }
+            // Only the sources in a directory written to are read (with hundreds followed, a write to one must not
+            // cost a look at each), and those not watched yet (new, or their directory did not exist).
+            let look: Vec<bool> = sources
+                .iter()
+                .map(|s| {
+                    let dir = s.path.parent().unwrap_or(Path::new(""));
+                    dirty.as_ref().is_none_or(|d| d.contains(dir)) || !watched.contains(dir)
+                })
+                .collect();
             // A task's directory appears when it starts: watch what exists, try the rest each tick.
             watch_dirs(watcher.as_mut(), &sources, &mut watched);
             let mut new = Vec::new();
-            for s in sources.iter_mut() {
-                s.poll(since, &mut new);
+            for (s, look) in sources.iter_mut().zip(look) {
+                if look {
+                    s.poll(since, &mut new);
+                }
             }
             new.sort_by(|a, b| a.time.cmp(&b.time));
             for l in new {

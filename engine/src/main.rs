@@ -37,11 +37,16 @@ fn main() -> std::process::ExitCode {
         let shutdown = CancellationToken::new();
         let s = shutdown.clone();
         tokio::spawn(async move {
-            let mut term =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
+            use tokio::signal::unix::{signal, SignalKind};
+            let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+            // SIGUSR1 logs the containerd calls made so far (the benchmark counts them per task).
+            let mut usr1 = signal(SignalKind::user_defined1()).expect("SIGUSR1 handler");
+            loop {
+                tokio::select! {
+                    _ = term.recv() => break,
+                    _ = tokio::signal::ctrl_c() => break,
+                    _ = usr1.recv() => engine::containerd::log_call_counts(),
+                }
             }
             tracing::info!("shutting down");
             s.cancel();

@@ -1,6 +1,10 @@
 //! The image a task runs: found in the node's image store, or else pulled from its registry when the task is
 //! prepared (with the credentials its spec carries, `--with-registry-auth`, and its pinned digest, if any).
 //! Tasks of one image on a node share one pull: the first starts it, the others wait for its outcome.
+//!
+//! What an image resolves to (its config, its top snapshot) is kept per manifest digest: a task then costs one
+//! lookup of the name's current target instead of reading the manifest and config again. Keyed by content, the
+//! cache needs no invalidation: an image removed, pulled anew or retagged changes what the name points at.
 
 use crate::image::{ImageError, ImageService, ResolvedImage};
 use crate::registry::{Credentials, Registries};
@@ -20,7 +24,12 @@ pub struct TaskImages {
     /// `None`: missing images are not pulled (the task is rejected with "No such image").
     registries: Option<Registries>,
     in_flight: Arc<Mutex<HashMap<String, Flight>>>,
+    /// Manifest digest → what it resolves to on this node.
+    resolved: Arc<Mutex<HashMap<String, ResolvedImage>>>,
 }
+
+/// Resolved images kept at most; past it the cache starts over (a node runs few distinct images).
+const RESOLVED_MAX: usize = 256;
 
 fn image_err(e: ImageError) -> ExecError {
     match e {
@@ -39,7 +48,7 @@ fn split_pinned(normalized: &str) -> Option<(&str, &str)> {
 
 impl TaskImages {
     pub fn new(images: ImageService, registries: Option<Registries>) -> Self {
-        TaskImages { images, registries, in_flight: Arc::default() }
+        TaskImages { images, registries, in_flight: Arc::default(), resolved: Arc::default() }
     }
 
     /// The image of `task`, pulled first if this node does not have it.
@@ -64,17 +73,36 @@ impl TaskImages {
     /// The image as stored here. A pinned `name:tag@digest` is also found as `name:tag` when that points at
     /// the pinned digest (an image loaded or pulled by tag before the service pinned it).
     async fn local(&self, reference: &str) -> Result<ResolvedImage, ImageError> {
-        match self.images.resolve(reference).await {
+        let name = normalize_image_ref(reference)?;
+        match self.cached(&name).await {
             Err(ImageError::NotFound(n)) => {
-                let name = normalize_image_ref(reference)?;
                 let Some((tagged, digest)) = split_pinned(&name) else { return Err(ImageError::NotFound(n)) };
                 match self.images.image_target(tagged).await? {
-                    Some(t) if t.digest == digest => self.images.resolve(tagged).await,
+                    Some(t) if t.digest == digest => self.cached(tagged).await,
                     _ => Err(ImageError::NotFound(n)),
                 }
             }
             other => other,
         }
+    }
+
+    /// Image record `name` (normalized) resolved: from the cache when its target was resolved before.
+    async fn cached(&self, name: &str) -> Result<ResolvedImage, ImageError> {
+        let target =
+            self.images.image_target(name).await?.ok_or_else(|| ImageError::NotFound(familiar_image_ref(name)))?;
+        if let Some(r) = self.resolved.lock().unwrap_or_else(|p| p.into_inner()).get(&target.digest) {
+            return Ok(r.clone());
+        }
+        let r = self.images.resolve(name).await?;
+        // Kept only if the name still points where it did: the resolve read whatever it points at now.
+        if self.images.image_target(name).await?.is_some_and(|t| t.digest == target.digest) {
+            let mut cache = self.resolved.lock().unwrap_or_else(|p| p.into_inner());
+            if cache.len() >= RESOLVED_MAX {
+                cache.clear();
+            }
+            cache.insert(target.digest, r.clone());
+        }
+        Ok(r)
     }
 
     /// Pulls `name`, or joins the pull of it already under way. The pull runs on its own task, so a task that

@@ -180,6 +180,52 @@ async fn task_runs_with_labels_logs_limits_and_survives_readoption() {
     assert!(!env.snapshot_exists(&t.id).await);
     assert!(exec.list_tasks().await.unwrap().is_empty());
     assert!(!log.parent().unwrap().exists(), "the log directory goes with the container");
+    assert_eq!(exec.waiting(), 0, "every wait that ended left the exit subscription");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exits_reach_their_own_waiters_from_one_event_stream() {
+    let env = Env::start().await;
+    let exec = env.executor();
+
+    step!("five tasks started at once, each exiting with its own code; one waits longer");
+    let tasks: Vec<Task> = (1..=5).map(|k| task(&["sh", "-c", &format!("sleep 0.{k}; exit {k}")])).collect();
+    let started = futures::future::join_all(tasks.iter().map(|t| run(&exec, t))).await;
+    let long = task(&["sleep", "1000"]);
+    let (long_c, _) = run(&exec, &long).await;
+    let long_wait = {
+        let c = exec.controller(&long).unwrap();
+        tokio::spawn(async move { c.wait().await })
+    };
+    let codes = futures::future::join_all(started.iter().map(|(c, _)| c.wait())).await;
+    let codes: Vec<i32> = codes.into_iter().map(|r| r.expect("wait").exit_code).collect();
+    assert_eq!(codes, vec![1, 2, 3, 4, 5], "each task's own exit code");
+    for (c, _) in &started {
+        assert!(matches!(c.inspect().await.unwrap(), Some(ContainerState::Exited { .. })), "reaped");
+    }
+    assert!(!long_wait.is_finished(), "the other tasks' exits do not end the running task's wait");
+    assert_eq!(exec.waiting(), 1, "only the running task is waited on");
+
+    step!("a health-check-like exec exiting in the running task does not end its wait either");
+    let out = std::process::Command::new("ctr")
+        .arg("-a")
+        .arg(env.managed.as_ref().unwrap().socket())
+        .args(["-n", "shoal", "task", "exec", "--exec-id", "probe", &long.id, "sh", "-c", "true"])
+        .output()
+        .expect("ctr task exec");
+    assert!(out.status.success(), "ctr task exec: {}", String::from_utf8_lossy(&out.stderr));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!long_wait.is_finished(), "an exec's exit is not the task's");
+
+    step!("killed, the running task's wait reports it");
+    long_c.terminate().await.expect("terminate");
+    let status = tokio::time::timeout(Duration::from_secs(10), long_wait).await.expect("wait returns").unwrap();
+    assert_eq!(status.expect("wait").exit_code, 137);
+    assert_eq!(exec.waiting(), 0, "no wait left registered");
+    for (c, _) in started {
+        c.remove().await.expect("remove");
+    }
+    long_c.remove().await.expect("remove");
 }
 
 /// Processes whose command line names `id` (the task's shim and logger), as "pid cmdline".

@@ -8,6 +8,7 @@ pub mod cluster;
 pub mod failoverbench;
 pub mod netbench;
 pub mod netns;
+pub mod nodebench;
 pub mod pullbench;
 pub mod raftbench;
 pub mod scale;

@@ -34,6 +34,9 @@ struct Runner<C: Controller> {
     health_asked: bool,
     /// The health checks' verdicts, when the task has a health check.
     health: Option<watch::Receiver<HealthStatus>>,
+    /// Whether this runner started the process or already checked the container of a RUNNING task it adopted:
+    /// only an adopted task's container is inspected, once.
+    seen: bool,
 }
 
 /// The next health verdict. Pending forever once the checks ended (the process exited: `wait` reports that) or
@@ -80,6 +83,7 @@ impl<C: Controller> Runner<C> {
 
     /// The process runs (pid): RUNNING at once without a health check, else STARTING until the check passes.
     async fn started(&mut self, pid: u32) {
+        self.seen = true;
         self.container(pid, None);
         if !self.health_asked {
             self.health_asked = true;
@@ -241,8 +245,14 @@ impl<C: Controller> Runner<C> {
                         return;
                     }
                 }
+                TaskState::Running if self.seen => {
+                    if !self.watch_running(&mut updates, &cancel).await {
+                        return;
+                    }
+                }
                 TaskState::Running => {
                     // Re-adoption: is the container still there?
+                    self.seen = true;
                     match self.ctl.inspect().await {
                         Ok(None) => {
                             self.set(
@@ -296,5 +306,8 @@ pub async fn run_task<C: Controller>(
 ) {
     let span = tracing::info_span!("task", task.id = %task.id, service.id = %task.service_id);
     let status = task.status.clone();
-    Runner { ctl, task, status, report, health_asked: false, health: None }.run(updates, cancel).instrument(span).await
+    Runner { ctl, task, status, report, health_asked: false, health: None, seen: false }
+        .run(updates, cancel)
+        .instrument(span)
+        .await
 }

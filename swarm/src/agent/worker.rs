@@ -122,7 +122,13 @@ impl<E: Executor> Worker<E> {
 
     fn update(&mut self, task: Task) {
         if let Some(m) = self.tasks.get(&task.id) {
-            m.updates.send_replace(task);
+            // A resync repeats every task, mostly with only the status the agent itself reported changed: the
+            // runner is woken only by what it acts on (the desired state), so a resync costs no runtime calls.
+            m.updates.send_if_modified(|cur| {
+                let wake = cur.desired_state != task.desired_state;
+                *cur = task;
+                wake
+            });
             return;
         }
         if self.removed.contains(&task.id) {

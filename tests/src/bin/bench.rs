@@ -1,7 +1,8 @@
 //! Convergence benchmark: time from `shoal service create --replicas N` to N running containers, with real
 //! containerd, for N = 10, 50, 100 — against the same N containers started straight through containerd with
 //! `ctr run -d` (no orchestration) one after another and 4 at a time, measured in the same run on the same
-//! containerd.
+//! containerd; with the containerd calls `shoald` made per task (see `shoal_tests::nodebench`), and then the memory
+//! the node adds per container with 200 tasks running (`--memory N` for another count, `--memory 0` to skip).
 //! Run: `cargo build --release --workspace --bins && target/release/bench [N...]`.
 //!
 //! `bench scale [--nodes N] [--services S] [--replicas R] [--timeout SECS]` runs the scale simulator instead (see
@@ -190,16 +191,50 @@ fn main() {
         }
         return;
     }
-    let sizes: Vec<usize> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
+    let mut memory_tasks = 200;
+    let mut sizes = Vec::new();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match (a.as_str(), a.parse::<usize>()) {
+            ("--memory", _) => memory_tasks = it.next().and_then(|v| v.parse().ok()).unwrap_or(memory_tasks),
+            (_, Ok(n)) => sizes.push(n),
+            _ => {}
+        }
+    }
     let sizes = if sizes.is_empty() { vec![10, 50, 100] } else { sizes };
     let d = Daemon::start();
     d.init_swarm();
+    // First, on a fresh daemon: its growth is then what the tasks added.
+    if memory_tasks > 0 {
+        let before = shoal_tests::nodebench::node_memory(&d);
+        let replicas = memory_tasks.to_string();
+        let create = ["service", "create", "-d", "--name", "benchmem", "--replicas", &replicas];
+        d.ok(&[&create[..], &["--stop-grace-period", "1s", "busybox", "sleep", "100000"]].concat());
+        wait_for(&format!("{memory_tasks} running containers"), Duration::from_secs(900), || {
+            let r = d.running().len();
+            if r == memory_tasks {
+                Ok(())
+            } else {
+                Err(format!("{r} running"))
+            }
+        });
+        // Let the loggers and the daemons settle after the burst.
+        std::thread::sleep(Duration::from_secs(5));
+        shoal_tests::nodebench::print_memory(memory_tasks, &before, &shoal_tests::nodebench::node_memory(&d));
+        d.ok(&["service", "rm", "benchmem"]);
+        wait_for("containers to be removed", Duration::from_secs(600), || match d.ctr_containers().len() {
+            0 => Ok(()),
+            c => Err(format!("{c} left")),
+        });
+    }
     println!(
-        "{:>5}  {:>14}  {:>12}  {:>16}  {:>8}  {:>16}  {:>8}",
-        "N", "shoal (create)", "per task", "ctr run -d (seq)", "ratio", "ctr run -d (4x)", "ratio"
+        "{:>5}  {:>14}  {:>12}  {:>16}  {:>8}  {:>16}  {:>8}  {:>12}",
+        "N", "shoal (create)", "per task", "ctr run -d (seq)", "ratio", "ctr run -d (4x)", "ratio", "calls/task"
     );
+    let mut calls = Vec::new();
     for n in sizes {
         let name = format!("bench{n}");
+        let calls_before = shoal_tests::nodebench::containerd_calls(&d);
         let start = Instant::now();
         d.ok(&[
             "service",
@@ -224,6 +259,8 @@ fn main() {
             }
         });
         let took = start.elapsed();
+        let per_task =
+            shoal_tests::nodebench::calls_per_task(&calls_before, &shoal_tests::nodebench::containerd_calls(&d), n);
         d.ok(&["service", "rm", &name]);
         wait_for("containers to be removed", Duration::from_secs(600), || {
             let c = d.ctr_containers().len();
@@ -236,14 +273,21 @@ fn main() {
         let base = ctr_baseline(&d, n, 1);
         let base4 = ctr_baseline(&d, n, 4);
         println!(
-            "{:>5}  {:>12.2} s  {:>9.1} ms  {:>14.2} s  {:>7.2}x  {:>14.2} s  {:>7.2}x",
+            "{:>5}  {:>12.2} s  {:>9.1} ms  {:>14.2} s  {:>7.2}x  {:>14.2} s  {:>7.2}x  {:>12.1}",
             n,
             took.as_secs_f64(),
             took.as_secs_f64() * 1000.0 / n as f64,
             base.as_secs_f64(),
             took.as_secs_f64() / base.as_secs_f64(),
             base4.as_secs_f64(),
-            took.as_secs_f64() / base4.as_secs_f64()
+            took.as_secs_f64() / base4.as_secs_f64(),
+            per_task.iter().find(|(k, _)| k == "total").map(|(_, v)| *v).unwrap_or(0.0)
         );
+        calls.push((n, per_task));
+    }
+    for (n, per_task) in calls {
+        let each: Vec<String> =
+            per_task.iter().filter(|(k, _)| k != "total").map(|(k, v)| format!("{k} {v:.2}")).collect();
+        println!("containerd calls per task at N={n}: {}", each.join(", "));
     }
 }
