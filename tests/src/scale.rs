@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use swarm::agent::{Agent, AgentConfig};
-use swarm::api::control::{CreateServiceRequest, ListServicesRequest, ListTasksRequest};
+use swarm::api::control::{CreateServiceRequest, ListServicesRequest, ListTasksRequest, PageRequest};
 use swarm::api::membership::SwarmInitRequest;
 use swarm::api::{new_id, NodeRole, ServiceMode, TaskState};
 use swarm::ca::{self, RootCa};
@@ -374,11 +374,32 @@ pub async fn run(cfg: &ScaleConfig) -> Result<(), ScaleError> {
         .tasks
         .len();
     let ps_all_took = t.elapsed();
+    // The same listing as the CLI fetches it: pages of 5,000, each answered on its own.
+    let (t, mut pages, mut paged, mut slowest) = (Instant::now(), 0, 0, Duration::ZERO);
+    let mut req = ListTasksRequest { page: PageRequest { size: 5_000, token: String::new() }, ..Default::default() };
+    loop {
+        let tp = Instant::now();
+        let r = api.list_tasks(Request::new(req.clone())).await.map_err(|e| setup(e.message()))?.into_inner();
+        slowest = slowest.max(tp.elapsed());
+        pages += 1;
+        paged += r.tasks.len();
+        if r.next_page_token.is_empty() {
+            break;
+        }
+        req.page.token = r.next_page_token;
+    }
+    let paged_took = t.elapsed();
+    if paged != all {
+        return Err(setup(format!("the paged listing returned {paged} tasks, the whole one {all}")));
+    }
     println!(
-        "latency service ls     {:>9.1} ms   service ps (one service) {:>7.1} ms   all {all} tasks {:>8.1} ms",
+        "latency service ls     {:>9.1} ms   service ps (one service) {:>7.1} ms   all {all} tasks {:>8.1} ms; \
+         in {pages} pages {:>8.1} ms (slowest page {:.1} ms)",
         ms(ls_took),
         ms(ps_took),
-        ms(ps_all_took)
+        ms(ps_all_took),
+        ms(paged_took),
+        ms(slowest)
     );
     let stats = node.raft_stats().await.unwrap_or_default();
     println!(
