@@ -4,6 +4,8 @@
 
 use engine_api::EngineClient;
 use std::path::PathBuf;
+use swarm::api::control::{ListServicesRequest, ListTasksRequest, PageRequest, ServiceWithStatus};
+use swarm::api::Task;
 use swarm::transport::control::control_client::ControlClient;
 use tonic::transport::Channel;
 
@@ -83,6 +85,40 @@ impl Client {
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
         })
+    }
+}
+
+/// Items per listing page: a page of tasks stays well under the message limit, and a large listing never
+/// holds the daemon's store for long.
+const PAGE_SIZE: u32 = 5_000;
+
+impl Client {
+    /// Every task `req` selects, fetched page by page.
+    pub async fn list_tasks(&self, mut req: ListTasksRequest) -> anyhow::Result<Vec<Task>> {
+        req.page = PageRequest { size: PAGE_SIZE, token: String::new() };
+        let mut out = Vec::new();
+        loop {
+            let r = rpc(self.control.clone().list_tasks(req.clone()).await)?;
+            out.extend(r.tasks);
+            if r.next_page_token.is_empty() {
+                return Ok(out);
+            }
+            req.page.token = r.next_page_token;
+        }
+    }
+
+    /// Every service `req` selects, with its counts, fetched page by page.
+    pub async fn list_services(&self, mut req: ListServicesRequest) -> anyhow::Result<Vec<ServiceWithStatus>> {
+        req.page = PageRequest { size: PAGE_SIZE, token: String::new() };
+        let mut out = Vec::new();
+        loop {
+            let r = rpc(self.control.clone().list_services(req.clone()).await)?;
+            out.extend(r.services);
+            if r.next_page_token.is_empty() {
+                return Ok(out);
+            }
+            req.page.token = r.next_page_token;
+        }
     }
 }
 

@@ -270,8 +270,8 @@ async fn ps(client: &mut Client, a: PsArgs) -> anyhow::Result<()> {
             continue;
         };
         let req =
-            ListTasksRequest { service_ids: vec![], node_ids: vec![node.id], desired_states: desired_states.clone() };
-        tasks.extend(tally.ok(rpc(client.control.list_tasks(req).await)).map(|r| r.tasks).unwrap_or_default());
+            ListTasksRequest { node_ids: vec![node.id], desired_states: desired_states.clone(), ..Default::default() };
+        tasks.extend(tally.ok(client.list_tasks(req).await).unwrap_or_default());
     }
     let names = crate::service::node_names(client).await?;
     tasks.retain(|t| keep_task(t, &a.filter, &names));

@@ -310,7 +310,7 @@ impl Control for Fake {
                 ServiceWithStatus { service: s.clone(), running_tasks: running, desired_tasks: desired }
             })
             .collect();
-        Ok(Response::new(ListServicesResponse { services }))
+        Ok(Response::new(ListServicesResponse { services, ..Default::default() }))
     }
     async fn get_node(&self, req: Request<GetRequest>) -> Result<Response<Node>, Status> {
         let key = req.into_inner().id_or_name;
@@ -360,7 +360,7 @@ impl Control for Fake {
             .filter(|t| r.node_ids.is_empty() || r.node_ids.contains(&t.node_id))
             .filter(|t| r.desired_states.is_empty() || r.desired_states.contains(&t.desired_state))
             .collect();
-        Ok(Response::new(ListTasksResponse { tasks }))
+        Ok(Response::new(ListTasksResponse { tasks, ..Default::default() }))
     }
     /// Only a root CA rotation (a bumped `force_rotate`) is kept; it stays in progress for two reads.
     async fn update_cluster(&self, req: Request<UpdateClusterRequest>) -> Result<Response<GetClusterResponse>, Status> {

@@ -16,10 +16,11 @@
 use std::collections::{HashMap, HashSet};
 use std::net::TcpListener;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use swarm::agent::{Agent, AgentConfig};
-use swarm::api::control::{CreateServiceRequest, ListServicesRequest, ListTasksRequest};
+use swarm::api::control::{CreateServiceRequest, ListServicesRequest, ListTasksRequest, PageRequest};
 use swarm::api::membership::SwarmInitRequest;
 use swarm::api::{new_id, NodeRole, ServiceMode, TaskState};
 use swarm::ca::{self, RootCa};
@@ -125,6 +126,87 @@ async fn phase<T>(
     }
 }
 
+/// What the run costs beyond the work itself: sessions the agents opened, nodes the dispatcher found down,
+/// store writes that committed (a Raft entry whose proposal failed its version check applies nothing).
+#[derive(Default)]
+struct Churn {
+    sessions: AtomicU64,
+    nodes_down: AtomicU64,
+    writes: AtomicU64,
+    /// Events the counter missed because it fell behind the store's watch.
+    missed: AtomicU64,
+}
+
+impl Churn {
+    /// Counts every session an agent opens from now on.
+    fn follow_agent(self: &Arc<Self>, mut status: tokio::sync::watch::Receiver<swarm::agent::AgentStatus>) {
+        let churn = self.clone();
+        tokio::spawn(async move {
+            let mut last = None;
+            while status.changed().await.is_ok() {
+                let id = status.borrow_and_update().session_id.clone();
+                if id.is_some() && id != last {
+                    churn.sessions.fetch_add(1, Ordering::Relaxed);
+                }
+                last = id;
+            }
+        });
+    }
+
+    /// Counts nodes going DOWN and committed writes in `store`, until it closes.
+    fn follow_store(self: &Arc<Self>, store: &Store) {
+        let (churn, mut events) = (self.clone(), store.watch());
+        tokio::spawn(async move {
+            let mut last_index = 0;
+            loop {
+                match events.recv().await {
+                    Ok(ev) => {
+                        if ev.index != last_index {
+                            last_index = ev.index;
+                            churn.writes.fetch_add(1, Ordering::Relaxed);
+                        }
+                        if let (swarm::api::Object::Node(n), Some(swarm::api::Object::Node(old))) =
+                            (&ev.object, &ev.old)
+                        {
+                            if n.status.state == swarm::api::NodeState::Down && old.status.state != n.status.state {
+                                churn.nodes_down.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        churn.missed.fetch_add(n, Ordering::Relaxed);
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        });
+    }
+
+    /// The totals so far, for progress lines.
+    fn brief(&self) -> String {
+        format!(
+            "sessions {}, nodes down {}, writes {}",
+            self.sessions.load(Ordering::Relaxed),
+            self.nodes_down.load(Ordering::Relaxed),
+            self.writes.load(Ordering::Relaxed)
+        )
+    }
+
+    /// One line: what happened since `prev`, which moves to now.
+    fn print(&self, phase: &str, prev: &mut [u64; 4]) {
+        let now = [&self.sessions, &self.nodes_down, &self.writes, &self.missed].map(|c| c.load(Ordering::Relaxed));
+        let d: Vec<u64> = now.iter().zip(prev.iter()).map(|(a, b)| a - b).collect();
+        println!(
+            "churn  {phase:<16} {:>7} sessions opened, {:>5} nodes found down, {:>7} writes committed{}",
+            d[0],
+            d[1],
+            d[2],
+            if d[3] > 0 { format!(" ({} events missed)", d[3]) } else { String::new() }
+        );
+        *prev = now;
+    }
+}
+
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(23770)
 }
@@ -185,7 +267,11 @@ pub async fn run(cfg: &ScaleConfig) -> Result<(), ScaleError> {
             .await
             .map_err(setup)?;
     }
+    let churn = Arc::new(Churn::default());
+    let mut churn_before = [0; 4];
+    churn.follow_store(&store);
     for a in &agents {
+        churn.follow_agent(a.status());
         let a = a.clone();
         let token = shutdown.clone();
         tokio::spawn(async move { a.run(token).await });
@@ -196,21 +282,33 @@ pub async fn run(cfg: &ScaleConfig) -> Result<(), ScaleError> {
         if ready >= want_nodes {
             Ok(())
         } else {
-            Err(format!("{ready}/{want_nodes} ready"))
+            Err(format!("{ready}/{want_nodes} ready; {}", churn.brief()))
         }
     })
     .await?;
     println!("phase nodes-ready      {:>9.2} s   peak RSS {:>8.1} MiB", t0.elapsed().as_secs_f64(), peak_rss_mib());
     let mut raft_before = RaftStats::default();
     print_raft_delta(&node, "init + nodes", &mut raft_before).await;
+    churn.print("init + nodes", &mut churn_before);
 
     // Phase 2: services.
     let api = node.control_api();
     let t1 = Instant::now();
+    let mut last_print = Instant::now();
     for s in 0..cfg.services {
         let mut spec = swarm::testing::service("unused", &format!("svc-{s:05}"), cfg.replicas).spec;
         spec.task_template.resources.reservations.memory_bytes = RESERVE;
         api.create_service(Request::new(CreateServiceRequest { spec })).await.map_err(|e| setup(e.message()))?;
+        if last_print.elapsed() > Duration::from_secs(5) {
+            println!(
+                "  … services: {}/{} created; {} ({:.1} s)",
+                s + 1,
+                cfg.services,
+                churn.brief(),
+                t1.elapsed().as_secs_f64()
+            );
+            last_print = Instant::now();
+        }
     }
     let created = t1.elapsed();
     println!("phase services-created {:>9.2} s", created.as_secs_f64());
@@ -224,7 +322,7 @@ pub async fn run(cfg: &ScaleConfig) -> Result<(), ScaleError> {
         if n >= total_tasks {
             Ok(())
         } else {
-            Err(format!("{n}/{total_tasks} assigned"))
+            Err(format!("{n}/{total_tasks} assigned; {}", churn.brief()))
         }
     })
     .await?;
@@ -235,7 +333,7 @@ pub async fn run(cfg: &ScaleConfig) -> Result<(), ScaleError> {
         if n as u64 >= total_tasks {
             Ok(())
         } else {
-            Err(format!("{n}/{total_tasks} delivered"))
+            Err(format!("{n}/{total_tasks} delivered; {}", churn.brief()))
         }
     })
     .await?;
@@ -245,7 +343,7 @@ pub async fn run(cfg: &ScaleConfig) -> Result<(), ScaleError> {
         if n >= total_tasks {
             Ok(())
         } else {
-            Err(format!("{n}/{total_tasks} reported running"))
+            Err(format!("{n}/{total_tasks} reported running; {}", churn.brief()))
         }
     })
     .await?;
@@ -253,6 +351,7 @@ pub async fn run(cfg: &ScaleConfig) -> Result<(), ScaleError> {
     println!("phase all-running      {:>9.2} s   peak RSS {:>8.1} MiB", running.as_secs_f64(), peak_rss_mib());
 
     print_raft_delta(&node, "services → run", &mut raft_before).await;
+    churn.print("services → run", &mut churn_before);
     check(&store, &sims)?;
     println!("check  every slot runs exactly one task; no task on two nodes; no node overcommitted");
 
@@ -275,11 +374,32 @@ pub async fn run(cfg: &ScaleConfig) -> Result<(), ScaleError> {
         .tasks
         .len();
     let ps_all_took = t.elapsed();
+    // The same listing as the CLI fetches it: pages of 5,000, each answered on its own.
+    let (t, mut pages, mut paged, mut slowest) = (Instant::now(), 0, 0, Duration::ZERO);
+    let mut req = ListTasksRequest { page: PageRequest { size: 5_000, token: String::new() }, ..Default::default() };
+    loop {
+        let tp = Instant::now();
+        let r = api.list_tasks(Request::new(req.clone())).await.map_err(|e| setup(e.message()))?.into_inner();
+        slowest = slowest.max(tp.elapsed());
+        pages += 1;
+        paged += r.tasks.len();
+        if r.next_page_token.is_empty() {
+            break;
+        }
+        req.page.token = r.next_page_token;
+    }
+    let paged_took = t.elapsed();
+    if paged != all {
+        return Err(setup(format!("the paged listing returned {paged} tasks, the whole one {all}")));
+    }
     println!(
-        "latency service ls     {:>9.1} ms   service ps (one service) {:>7.1} ms   all {all} tasks {:>8.1} ms",
+        "latency service ls     {:>9.1} ms   service ps (one service) {:>7.1} ms   all {all} tasks {:>8.1} ms; \
+         in {pages} pages {:>8.1} ms (slowest page {:.1} ms)",
         ms(ls_took),
         ms(ps_took),
-        ms(ps_all_took)
+        ms(ps_all_took),
+        ms(paged_took),
+        ms(slowest)
     );
     let stats = node.raft_stats().await.unwrap_or_default();
     println!(

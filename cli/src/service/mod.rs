@@ -175,15 +175,14 @@ pub(crate) fn ls_row(s: &ServiceWithStatus, completed: u64) -> Value {
 
 async fn ls(client: &mut Client, a: LsArgs) -> anyhow::Result<()> {
     let format = Format::from_flags(a.quiet, a.format.as_deref())?;
-    let mut services = rpc(client.control.list_services(ListServicesRequest::default()).await)?.services;
+    let mut services = client.list_services(ListServicesRequest::default()).await?;
     services.sort_by(|x, y| x.service.spec.annotations.name.cmp(&y.service.spec.annotations.name));
     // Jobs show their completions, which only the tasks tell: one more call, made only when there are jobs.
     let jobs: Vec<String> =
         services.iter().filter(|s| s.service.spec.mode.is_job()).map(|s| s.service.id.clone()).collect();
     let mut completed: HashMap<String, u64> = HashMap::new();
     if !jobs.is_empty() {
-        let tasks =
-            rpc(client.control.list_tasks(ListTasksRequest { service_ids: jobs, ..Default::default() }).await)?.tasks;
+        let tasks = client.list_tasks(ListTasksRequest { service_ids: jobs, ..Default::default() }).await?;
         for s in &services {
             let n = tasks
                 .iter()
@@ -354,8 +353,7 @@ async fn ps(client: &mut Client, a: PsArgs) -> anyhow::Result<()> {
         service_ids.push(svc.id);
     }
     let desired_states = desired_states(&a.filter);
-    let mut tasks =
-        rpc(client.control.list_tasks(ListTasksRequest { service_ids, node_ids: vec![], desired_states }).await)?.tasks;
+    let mut tasks = client.list_tasks(ListTasksRequest { service_ids, desired_states, ..Default::default() }).await?;
     let names = node_names(client).await?;
     tasks.retain(|t| keep_task(t, &a.filter, &names));
     sort_tasks(&mut tasks);

@@ -337,6 +337,7 @@ async fn live_tasks(client: &mut Client, service_id: &str) -> anyhow::Result<u64
             service_ids: vec![service_id.to_string()],
             node_ids: vec![],
             desired_states: vec![TaskState::Running],
+            ..Default::default()
         })
         .await)?
     .tasks;

@@ -142,7 +142,7 @@ pub async fn deploy(client: &mut Client, mut plan: StackPlan, opts: DeployOption
         network_ids.insert(name.clone(), created.id);
     }
 
-    let services = rpc(client.control.list_services(ListServicesRequest::default()).await)?.services;
+    let services = client.list_services(ListServicesRequest::default()).await?;
     let current: HashMap<String, Service> = services
         .into_iter()
         .map(|s| s.service)
@@ -247,6 +247,7 @@ async fn wait_healthy(client: &mut Client, dep: &str, waiter: &str) -> anyhow::R
                 service_ids: vec![svc.id.clone()],
                 node_ids: vec![],
                 desired_states: vec![TaskState::Running],
+                ..Default::default()
             })
             .await)?
         .tasks;

@@ -188,7 +188,7 @@ fn stack_of(labels: &BTreeMap<String, String>) -> Option<&str> {
 }
 
 async fn stack_services(client: &mut Client, name: &str) -> anyhow::Result<Vec<ServiceWithStatus>> {
-    let mut all = rpc(client.control.list_services(ListServicesRequest::default()).await)?.services;
+    let mut all = client.list_services(ListServicesRequest::default()).await?;
     all.retain(|s| stack_of(&s.service.spec.annotations.labels) == Some(name));
     all.sort_by(|a, b| a.service.spec.annotations.name.cmp(&b.service.spec.annotations.name));
     Ok(all)
@@ -212,7 +212,7 @@ fn ls_rows(services: &[ServiceWithStatus]) -> Vec<Value> {
 
 async fn ls(client: &mut Client, a: LsArgs) -> anyhow::Result<()> {
     let format = Format::from_flags(false, a.format.as_deref())?;
-    let services = rpc(client.control.list_services(ListServicesRequest::default()).await)?.services;
+    let services = client.list_services(ListServicesRequest::default()).await?;
     let rows = ls_rows(&services);
     match format {
         Format::Template(t) => print_rows(&t, &rows, LS_COLUMNS),
@@ -254,8 +254,7 @@ async fn ps(client: &mut Client, a: PsArgs) -> anyhow::Result<()> {
     }
     let service_ids = services.iter().map(|s| s.service.id.clone()).collect();
     let desired_states = service::desired_states(&a.filter);
-    let mut tasks =
-        rpc(client.control.list_tasks(ListTasksRequest { service_ids, node_ids: vec![], desired_states }).await)?.tasks;
+    let mut tasks = client.list_tasks(ListTasksRequest { service_ids, desired_states, ..Default::default() }).await?;
     let names = service::node_names(client).await?;
     tasks.retain(|t| service::keep_task(t, &a.filter, &names));
     service::sort_tasks(&mut tasks);

@@ -40,6 +40,19 @@ pub struct ListServicesRequest {
     /// Only services whose name or id starts with one of these (empty: all).
     #[serde(default)]
     pub names: Vec<String>,
+    #[serde(default)]
+    pub page: PageRequest,
+}
+
+/// Which page of a listing to answer: at most `size` items (0: all of them) after `token`, a cursor from the
+/// previous page's `next_page_token` (empty: from the start). Items come in id order, so a page never repeats or
+/// skips an item that stayed put between two calls.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PageRequest {
+    #[serde(default)]
+    pub size: u32,
+    #[serde(default)]
+    pub token: String,
 }
 
 /// A service with the counts `service ls` shows.
@@ -53,6 +66,9 @@ pub struct ServiceWithStatus {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct ListServicesResponse {
     pub services: Vec<ServiceWithStatus>,
+    /// The token of the next page; empty on the last one.
+    #[serde(default)]
+    pub next_page_token: String,
 }
 
 /// Replaces a node's spec (availability, labels, desired role): a read-modify-write, as `UpdateServiceRequest`.
@@ -89,11 +105,16 @@ pub struct ListTasksRequest {
     /// Only tasks with these desired states (empty: all).
     #[serde(default)]
     pub desired_states: Vec<TaskState>,
+    #[serde(default)]
+    pub page: PageRequest,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct ListTasksResponse {
     pub tasks: Vec<Task>,
+    /// The token of the next page; empty on the last one.
+    #[serde(default)]
+    pub next_page_token: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

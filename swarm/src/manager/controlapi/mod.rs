@@ -13,7 +13,6 @@ use crate::api::control::*;
 use crate::api::logs::{SubscribeLogsMessage, SubscribeLogsRequest};
 use crate::api::{
     new_id, Cluster, Config, Network, Node, NodeRole, NodeState, ObjectKind, Secret, Service, ServiceMode, Task,
-    TaskState,
 };
 use crate::manager::dispatcher::logs::Selection;
 use crate::manager::dispatcher::LogBroker;
@@ -116,13 +115,31 @@ pub fn service_counts(v: &MemoryStore, s: &Service) -> (u64, u64) {
         let c = crate::manager::orchestrator::jobs::job_counts(v, s);
         return (c.running, c.desired);
     }
-    let live: Vec<&Task> = v.tasks_by_service(&s.id).filter(|t| t.desired_state == TaskState::Running).collect();
-    let running = live.iter().filter(|t| t.status.state == TaskState::Running).count() as u64;
+    // From the counts the store keeps, so `service ls` costs the services, not their tasks.
+    let c = v.live_counts(&s.id);
     let desired = match s.spec.mode {
         ServiceMode::Replicated { replicas } => replicas,
-        _ => live.len() as u64,
+        _ => c.live,
     };
-    (running, desired)
+    (c.running, desired)
+}
+
+/// The page `page` asks for out of `items` (in id order, already after its token), and the next page's token:
+/// the last id taken when more items follow, else empty.
+fn one_page<'a, T>(
+    mut items: impl Iterator<Item = &'a T>,
+    id: impl Fn(&T) -> &String,
+    page: &PageRequest,
+) -> (Vec<&'a T>, String) {
+    if page.size == 0 {
+        return (items.collect(), String::new());
+    }
+    let out: Vec<&T> = items.by_ref().take(page.size as usize).collect();
+    let next = match (out.last(), items.next()) {
+        (Some(last), Some(_)) => id(last).clone(),
+        _ => String::new(),
+    };
+    (out, next)
 }
 
 impl ControlApi {
@@ -329,22 +346,26 @@ impl Control for ControlApi {
     }
 
     async fn list_services(&self, req: Request<ListServicesRequest>) -> Result<Response<ListServicesResponse>, Status> {
-        let names = req.into_inner().names;
-        let services = self.store()?.view(|v| {
-            v.services()
-                .filter(|s| {
-                    names.is_empty()
-                        || names
-                            .iter()
-                            .any(|n| s.spec.annotations.name.starts_with(n.as_str()) || s.id.starts_with(n.as_str()))
-                })
+        let r = req.into_inner();
+        let names = r.names;
+        let (services, next_page_token) = self.store()?.view(|v| {
+            let matching = v.services_after(&r.page.token).filter(|s| {
+                names.is_empty()
+                    || names
+                        .iter()
+                        .any(|n| s.spec.annotations.name.starts_with(n.as_str()) || s.id.starts_with(n.as_str()))
+            });
+            let (page, next) = one_page(matching, |s| &s.id, &r.page);
+            let services = page
+                .into_iter()
                 .map(|s| {
                     let (running_tasks, desired_tasks) = service_counts(v, s);
                     ServiceWithStatus { service: s.clone().redacted(), running_tasks, desired_tasks }
                 })
-                .collect()
+                .collect();
+            (services, next)
         });
-        Ok(Response::new(ListServicesResponse { services }))
+        Ok(Response::new(ListServicesResponse { services, next_page_token }))
     }
 
     async fn get_node(&self, req: Request<GetRequest>) -> Result<Response<Node>, Status> {
@@ -429,25 +450,32 @@ impl Control for ControlApi {
 
     async fn list_tasks(&self, req: Request<ListTasksRequest>) -> Result<Response<ListTasksResponse>, Status> {
         let f = req.into_inner();
-        let tasks = self.store()?.view(|v| {
-            // Through the narrowest index the filter allows, so `service ps` costs the service, not the cluster.
-            let candidates: Box<dyn Iterator<Item = &Task>> = if !f.service_ids.is_empty() {
-                let ids: std::collections::BTreeSet<&String> = f.service_ids.iter().collect();
-                Box::new(ids.into_iter().flat_map(|id| v.tasks_by_service(id)))
-            } else if !f.node_ids.is_empty() {
-                let ids: std::collections::BTreeSet<&String> = f.node_ids.iter().collect();
-                Box::new(ids.into_iter().flat_map(|id| v.tasks_by_node(id)))
+        let (tasks, next_page_token) = self.store()?.view(|v| {
+            let after = f.page.token.as_str();
+            // Through the narrowest index the filter allows, so `service ps` costs the service, not the cluster;
+            // in id order, so pages follow each other.
+            let candidates: Box<dyn Iterator<Item = &Task>> = if f.service_ids.is_empty() && f.node_ids.is_empty() {
+                Box::new(v.tasks_after(after))
             } else {
-                Box::new(v.tasks())
+                let mut ts: Vec<&Task> = if !f.service_ids.is_empty() {
+                    let ids: std::collections::BTreeSet<&String> = f.service_ids.iter().collect();
+                    ids.into_iter().flat_map(|id| v.tasks_by_service(id)).collect()
+                } else {
+                    let ids: std::collections::BTreeSet<&String> = f.node_ids.iter().collect();
+                    ids.into_iter().flat_map(|id| v.tasks_by_node(id)).collect()
+                };
+                ts.retain(|t| t.id.as_str() > after);
+                ts.sort_unstable_by(|a, b| a.id.cmp(&b.id));
+                Box::new(ts.into_iter())
             };
-            candidates
+            let matching = candidates
                 .filter(|t| f.service_ids.is_empty() || f.service_ids.contains(&t.service_id))
                 .filter(|t| f.node_ids.is_empty() || f.node_ids.contains(&t.node_id))
-                .filter(|t| f.desired_states.is_empty() || f.desired_states.contains(&t.desired_state))
-                .map(|t| t.clone().redacted())
-                .collect()
+                .filter(|t| f.desired_states.is_empty() || f.desired_states.contains(&t.desired_state));
+            let (page, next) = one_page(matching, |t| &t.id, &f.page);
+            (page.into_iter().map(|t| t.clone().redacted()).collect(), next)
         });
-        Ok(Response::new(ListTasksResponse { tasks }))
+        Ok(Response::new(ListTasksResponse { tasks, next_page_token }))
     }
 
     async fn update_cluster(&self, req: Request<UpdateClusterRequest>) -> Result<Response<GetClusterResponse>, Status> {
@@ -739,7 +767,80 @@ impl From<StoreError> for Status {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::TaskState;
     use crate::testing::service;
+
+    /// Listings page in id order: every task exactly once across pages, the filter applied before the page is
+    /// cut, the last page without a token; `service ls` counts come from the store's counters.
+    #[tokio::test]
+    async fn listings_page_through_every_item_once_and_service_counts_follow_task_states() {
+        let store = Store::in_memory();
+        let api = ControlApi::with_store(store.clone());
+        store
+            .update(|tx| {
+                for s in 0..3 {
+                    tx.create(service(&format!("s{s}"), &format!("web{s}"), 4));
+                }
+                for i in 0..12 {
+                    let mut t = crate::testing::task(&format!("t{i:02}"), &format!("s{}", i % 3), i / 3 + 1);
+                    t.node_id = format!("n{}", i % 2);
+                    if i % 4 == 0 {
+                        t.status.state = TaskState::Running;
+                    }
+                    if i == 11 {
+                        t.desired_state = TaskState::Shutdown;
+                    }
+                    tx.create(t);
+                }
+                Ok::<_, StoreError>(())
+            })
+            .await
+            .unwrap();
+        for filter in [
+            ListTasksRequest::default(),
+            ListTasksRequest { service_ids: vec!["s2".into(), "s0".into()], ..Default::default() },
+            ListTasksRequest {
+                node_ids: vec!["n1".into()],
+                desired_states: vec![TaskState::Running],
+                ..Default::default()
+            },
+        ] {
+            let all = api.list_tasks(Request::new(filter.clone())).await.unwrap().into_inner();
+            assert!(all.next_page_token.is_empty(), "page size 0 answers everything at once");
+            let mut paged = Vec::new();
+            let mut req = ListTasksRequest { page: PageRequest { size: 2, token: String::new() }, ..filter.clone() };
+            for _ in 0..20 {
+                let r = api.list_tasks(Request::new(req.clone())).await.unwrap().into_inner();
+                assert!(r.tasks.len() <= 2);
+                paged.extend(r.tasks.into_iter().map(|t| t.id));
+                if r.next_page_token.is_empty() {
+                    break;
+                }
+                req.page.token = r.next_page_token;
+            }
+            let mut want: Vec<String> = all.tasks.into_iter().map(|t| t.id).collect();
+            want.sort();
+            assert!(!want.is_empty());
+            assert_eq!(paged, want, "pages of {filter:?}");
+        }
+        let page = |token: &str| ListServicesRequest {
+            page: PageRequest { size: 2, token: token.into() },
+            ..Default::default()
+        };
+        let first = api.list_services(Request::new(page(""))).await.unwrap().into_inner();
+        assert_eq!(first.services.len(), 2);
+        let second = api.list_services(Request::new(page(&first.next_page_token))).await.unwrap().into_inner();
+        assert_eq!(second.services.len(), 1);
+        assert!(second.next_page_token.is_empty());
+        // t00, t04 and t08 run, one in each service.
+        let counts: Vec<(String, u64, u64)> = first
+            .services
+            .iter()
+            .chain(&second.services)
+            .map(|s| (s.service.id.clone(), s.running_tasks, s.desired_tasks))
+            .collect();
+        assert_eq!(counts, vec![("s0".into(), 1, 4), ("s1".into(), 1, 4), ("s2".into(), 1, 4)]);
+    }
 
     #[tokio::test]
     async fn bad_input_changes_nothing() {

@@ -23,6 +23,7 @@ use crate::api::dispatch::TaskStatusUpdate;
 use crate::api::{NodeDescription, NodeState, Object, Timestamp};
 use crate::manager::store::{MemoryStore, Store, StoreError};
 use sessions::{Grace, Sessions};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
@@ -34,6 +35,8 @@ pub const GRACE_PERIODS: u32 = 3;
 pub const DEFAULT_SESSION_GRACE: Duration = Duration::from_secs(1);
 /// The longest wait between two liveness checks, so a silent node is found down soon after its grace.
 const CHECK_EVERY_MAX: Duration = Duration::from_millis(250);
+/// Nodes marked DOWN in one store write.
+const MAX_NODES_PER_WRITE: usize = 500;
 /// How long status updates are gathered into one store write.
 const STATUS_BATCH: Duration = Duration::from_millis(50);
 
@@ -76,8 +79,25 @@ struct StatusReport {
     written: oneshot::Sender<Result<(), DispatcherError>>,
 }
 
+/// A session that opened, waiting for the store write that records its node READY.
+struct ReadyReport {
+    node_id: String,
+    description: NodeDescription,
+    addr: String,
+    written: oneshot::Sender<Result<(), DispatcherError>>,
+}
+
+/// How a node fared in a batch of READY writes.
+#[derive(Clone, Copy)]
+enum ReadyOutcome {
+    Written,
+    Removed,
+    Unknown,
+}
+
 struct Active {
     store: Store,
+    ready_tx: mpsc::UnboundedSender<ReadyReport>,
     /// The cluster's session grace, read when the dispatcher started.
     session_grace: Duration,
     status_tx: mpsc::UnboundedSender<StatusReport>,
@@ -239,9 +259,10 @@ impl Dispatcher {
             session_grace = c.session_grace;
         }
         let (status_tx, status_rx) = mpsc::unbounded_channel();
+        let (ready_tx, ready_rx) = mpsc::unbounded_channel();
         let stopped = shutdown.child_token();
         *self.active.lock().unwrap_or_else(|e| e.into_inner()) =
-            Some(Active { store: store.clone(), session_grace, status_tx, stopped: stopped.clone() });
+            Some(Active { store: store.clone(), ready_tx, session_grace, status_tx, stopped: stopped.clone() });
         // Nodes the store has up get the heartbeat grace to open a session here (a new leader, or a restarted
         // manager, never saw their sessions): those that don't are DOWN and their tasks replaced.
         let up: Vec<String> =
@@ -260,6 +281,7 @@ impl Dispatcher {
         tracing::info!("dispatcher started");
         tokio::join!(
             self.write_statuses(store.clone(), status_rx, stopped.clone()),
+            self.write_ready(store.clone(), ready_rx, stopped.clone()),
             self.expire_sessions(store.clone(), stopped.clone()),
             self.netstate.run(store.clone(), stopped.clone()),
             self.watch_nodes(store, stopped.clone())
@@ -278,28 +300,22 @@ impl Dispatcher {
         description: NodeDescription,
         addr: String,
     ) -> Result<(String, CancellationToken), DispatcherError> {
-        let (store, stopped) = self.store()?;
+        let (_, stopped) = self.store()?;
         // The session is registered before the node is written READY, so a liveness check racing with this open
         // either sees the session (and leaves the node alone) or writes DOWN before READY lands.
         let closed = stopped.child_token();
         let session_id =
             self.sessions.lock().unwrap_or_else(|e| e.into_inner()).open(node_id, closed.clone(), Instant::now());
-        let r = store
-            .update(|tx| {
-                if tx.view().cluster().is_some_and(|c| c.removed_nodes.contains(node_id)) {
-                    return Err(DispatcherError::Removed(node_id.into()));
-                }
-                let mut node =
-                    tx.view().node(node_id).cloned().ok_or_else(|| DispatcherError::UnknownNode(node_id.into()))?;
-                node.description = description;
-                node.status.state = NodeState::Ready;
-                node.status.message = String::new();
-                node.status.addr = addr;
-                node.status.timestamp = Timestamp::now();
-                tx.update(node);
-                Ok::<_, DispatcherError>(())
+        let (written, done) = oneshot::channel();
+        let sent = {
+            let a = self.active.lock().unwrap_or_else(|e| e.into_inner());
+            a.as_ref().is_some_and(|a| {
+                let report = ReadyReport { node_id: node_id.into(), description, addr, written };
+                a.ready_tx.send(report).is_ok()
             })
-            .await;
+        };
+        let r =
+            if sent { done.await.unwrap_or(Err(DispatcherError::NotLeader)) } else { Err(DispatcherError::NotLeader) };
         if let Err(e) = r {
             self.sessions.lock().unwrap_or_else(|e| e.into_inner()).close(&session_id);
             return Err(e);
@@ -338,6 +354,94 @@ impl Dispatcher {
         }
         // The writer is gone (the dispatcher stopped) before it answered: nothing says the write happened.
         done.await.unwrap_or(Err(DispatcherError::NotLeader))
+    }
+
+    /// Records the nodes whose sessions opened READY, many in one store write: sessions that open together (a
+    /// new leader, agents back after a stall) cost a few proposals, not one each. Answers each opener once its
+    /// write committed.
+    async fn write_ready(
+        &self,
+        store: Store,
+        mut rx: mpsc::UnboundedReceiver<ReadyReport>,
+        stopped: CancellationToken,
+    ) {
+        loop {
+            let first = tokio::select! {
+                _ = stopped.cancelled() => return,
+                u = rx.recv() => match u { Some(u) => u, None => return },
+            };
+            let mut batch = vec![first];
+            while batch.len() < MAX_NODES_PER_WRITE {
+                match rx.try_recv() {
+                    Ok(r) => batch.push(r),
+                    Err(_) => break,
+                }
+            }
+            let r = store
+                .update_retrying(10, |tx| {
+                    let removed = tx.view().cluster().map(|c| c.removed_nodes.clone()).unwrap_or_default();
+                    // A node that reconnected within the batch is written once, as its last session says.
+                    let last: HashMap<&str, usize> =
+                        batch.iter().enumerate().map(|(i, r)| (r.node_id.as_str(), i)).collect();
+                    let mut outcomes = Vec::with_capacity(batch.len());
+                    for (i, r) in batch.iter().enumerate() {
+                        if removed.contains(&r.node_id) {
+                            outcomes.push(ReadyOutcome::Removed);
+                            continue;
+                        }
+                        let Some(current) = tx.view().node(&r.node_id) else {
+                            outcomes.push(ReadyOutcome::Unknown);
+                            continue;
+                        };
+                        outcomes.push(ReadyOutcome::Written);
+                        if last.get(r.node_id.as_str()) != Some(&i) {
+                            continue;
+                        }
+                        // A reconnect that changes nothing (the node stayed READY) writes nothing, unless a
+                        // liveness check is writing it DOWN right now.
+                        if current.status.state == NodeState::Ready
+                            && current.status.message.is_empty()
+                            && current.status.addr == r.addr
+                            && current.description == r.description
+                            && !self.sessions.lock().unwrap_or_else(|e| e.into_inner()).going_down(&r.node_id)
+                        {
+                            continue;
+                        }
+                        let mut node = current.clone();
+                        node.description = r.description.clone();
+                        node.status.state = NodeState::Ready;
+                        node.status.message = String::new();
+                        node.status.addr = r.addr.clone();
+                        node.status.timestamp = Timestamp::now();
+                        tx.update(node);
+                    }
+                    Ok(outcomes)
+                })
+                .await;
+            match r {
+                Ok(outcomes) => {
+                    for (r, outcome) in batch.into_iter().zip(outcomes) {
+                        let answer = match outcome {
+                            ReadyOutcome::Written => Ok(()),
+                            ReadyOutcome::Removed => Err(DispatcherError::Removed(r.node_id)),
+                            ReadyOutcome::Unknown => Err(DispatcherError::UnknownNode(r.node_id)),
+                        };
+                        let _ = r.written.send(answer);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, sessions = batch.len(), "could not record nodes READY");
+                    let e = Arc::new(e);
+                    for r in batch {
+                        let answer = match &*e {
+                            StoreError::NotLeader { .. } => Err(DispatcherError::NotLeader),
+                            _ => Err(DispatcherError::StatusWrite(e.clone())),
+                        };
+                        let _ = r.written.send(answer);
+                    }
+                }
+            }
+        }
     }
 
     /// Gathers status reports and writes them in batches, answering each report's caller once its batch
@@ -456,26 +560,38 @@ impl Dispatcher {
         };
         let grace = Grace { heartbeat, session, reconnect: self.config().heartbeat_period + session };
         let expired = self.sessions.lock().unwrap_or_else(|e| e.into_inner()).expire(Instant::now(), grace);
-        for (node_id, reason) in expired {
+        for (node_id, reason) in &expired {
             tracing::warn!(node.id = %node_id, reason = reason.message(), "node is down");
+        }
+        // All of them in as few writes as the proposal bound allows, not one per node: many nodes lost at
+        // once (a network split, a stalled manager) must not queue a write each.
+        for chunk in expired.chunks(MAX_NODES_PER_WRITE) {
             let r = store
                 .update_retrying(10, |tx| {
-                    // A session opened since the expiry means the node is back: leave it READY.
-                    if self.sessions.lock().unwrap_or_else(|e| e.into_inner()).has_node(&node_id) {
-                        return Ok(());
-                    }
-                    if let Some(n) = tx.view().node(&node_id) {
-                        let mut n = n.clone();
-                        n.status.state = NodeState::Down;
-                        n.status.message = reason.message().into();
-                        n.status.timestamp = Timestamp::now();
-                        tx.update(n);
+                    for (node_id, reason) in chunk {
+                        // A session opened since the expiry means the node is back: leave it READY.
+                        if !self.sessions.lock().unwrap_or_else(|e| e.into_inner()).start_down(node_id) {
+                            continue;
+                        }
+                        if let Some(n) = tx.view().node(node_id) {
+                            let mut n = n.clone();
+                            n.status.state = NodeState::Down;
+                            n.status.message = reason.message().into();
+                            n.status.timestamp = Timestamp::now();
+                            tx.update(n);
+                        }
                     }
                     Ok(())
                 })
                 .await;
+            {
+                let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+                for (node_id, _) in chunk {
+                    sessions.end_down(node_id);
+                }
+            }
             if let Err(e) = r {
-                tracing::warn!(node.id = %node_id, error = %e, "could not mark the node down");
+                tracing::warn!(nodes = chunk.len(), error = %e, "could not mark the nodes down");
             }
         }
     }

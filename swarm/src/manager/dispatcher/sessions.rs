@@ -4,7 +4,7 @@
 
 use super::DispatcherError;
 use crate::api::new_id;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
@@ -56,6 +56,9 @@ pub(crate) struct Sessions {
     /// Nodes the store had up when this dispatcher started, without a session yet, and since when: like a
     /// session never heard from, they are down after the heartbeat grace (as SwarmKit's unknown nodes).
     unknown: HashMap<String, Instant>,
+    /// Nodes a liveness check is writing DOWN right now: a session opening meanwhile must write READY even if
+    /// the store still shows the node READY, or the DOWN landing after it would stand.
+    downing: HashSet<String>,
 }
 
 impl Sessions {
@@ -170,6 +173,25 @@ impl Sessions {
         });
         self.unknown.retain(|n, _| !gone(n));
         closed
+    }
+
+    /// Claims `node_id` for a DOWN write unless it has an open session; true when claimed.
+    pub fn start_down(&mut self, node_id: &str) -> bool {
+        if self.has_node(node_id) {
+            return false;
+        }
+        self.downing.insert(node_id.into());
+        true
+    }
+
+    /// The DOWN write of `node_id` finished (committed or not).
+    pub fn end_down(&mut self, node_id: &str) {
+        self.downing.remove(node_id);
+    }
+
+    /// Whether a DOWN write of `node_id` is under way.
+    pub fn going_down(&self, node_id: &str) -> bool {
+        self.downing.contains(node_id)
     }
 
     /// Whether `node_id` has an open session.

@@ -26,6 +26,18 @@ pub struct MemoryStore {
     tasks_by_node: HashMap<String, BTreeSet<String>>,
     tasks_by_desired: BTreeMap<TaskState, BTreeSet<String>>,
     tasks_by_state: BTreeMap<TaskState, BTreeSet<String>>,
+    /// Per service: tasks desired RUNNING, and those of them observed RUNNING (`service ls` counts without
+    /// visiting the tasks).
+    live_by_service: HashMap<String, LiveCounts>,
+}
+
+/// A service's task counts kept by [`MemoryStore`].
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct LiveCounts {
+    /// Tasks whose desired state is RUNNING.
+    pub live: u64,
+    /// Of those, the ones observed RUNNING.
+    pub running: u64,
 }
 
 impl MemoryStore {
@@ -168,6 +180,16 @@ impl MemoryStore {
         self.tasks.values()
     }
 
+    /// Tasks with an id after `after` (all of them when it is empty), in id order: a listing's next page.
+    pub fn tasks_after(&self, after: &str) -> impl Iterator<Item = &Task> {
+        self.tasks.range::<str, _>((std::ops::Bound::Excluded(after), std::ops::Bound::Unbounded)).map(|(_, t)| t)
+    }
+
+    /// Services with an id after `after` (all of them when it is empty), in id order.
+    pub fn services_after(&self, after: &str) -> impl Iterator<Item = &Service> {
+        self.services.range::<str, _>((std::ops::Bound::Excluded(after), std::ops::Bound::Unbounded)).map(|(_, s)| s)
+    }
+
     pub fn tasks_by_service(&self, service_id: &str) -> impl Iterator<Item = &Task> {
         self.tasks_by_service.get(service_id).into_iter().flatten().filter_map(|id| self.tasks.get(id))
     }
@@ -178,6 +200,11 @@ impl MemoryStore {
 
     pub fn tasks_by_desired_state(&self, state: TaskState) -> impl Iterator<Item = &Task> {
         self.tasks_by_desired.get(&state).into_iter().flatten().filter_map(|id| self.tasks.get(id))
+    }
+
+    /// The task counts of `service_id` (`service ls`), kept as tasks are written.
+    pub fn live_counts(&self, service_id: &str) -> LiveCounts {
+        self.live_by_service.get(service_id).copied().unwrap_or_default()
     }
 
     /// Tasks whose observed state (`status.state`) is `state`: the allocator's NEW, the scheduler's PENDING.
@@ -296,6 +323,11 @@ impl MemoryStore {
                 }
                 self.tasks_by_desired.entry(t.desired_state).or_default().insert(t.id.clone());
                 self.tasks_by_state.entry(t.status.state).or_default().insert(t.id.clone());
+                if t.desired_state == TaskState::Running {
+                    let c = self.live_by_service.entry(t.service_id.clone()).or_default();
+                    c.live += 1;
+                    c.running += u64::from(t.status.state == TaskState::Running);
+                }
                 self.tasks.insert(t.id.clone(), t);
             }
             Object::Network(n) => {
@@ -353,6 +385,15 @@ impl MemoryStore {
                 if let Some(t) = self.tasks.remove(id) {
                     remove_from_index(&mut self.tasks_by_service, &t.service_id, id);
                     remove_from_index(&mut self.tasks_by_node, &t.node_id, id);
+                    if t.desired_state == TaskState::Running {
+                        if let Some(c) = self.live_by_service.get_mut(&t.service_id) {
+                            c.live -= 1;
+                            c.running -= u64::from(t.status.state == TaskState::Running);
+                            if c.live == 0 {
+                                self.live_by_service.remove(&t.service_id);
+                            }
+                        }
+                    }
                     for (index, key) in
                         [(&mut self.tasks_by_desired, t.desired_state), (&mut self.tasks_by_state, t.status.state)]
                     {
@@ -398,6 +439,11 @@ mod tests {
         assert_eq!(m.tasks_by_service("s1").count(), 1);
         assert_eq!(m.tasks_by_desired_state(TaskState::Running).count(), 1);
         assert_eq!(m.tasks_by_state(TaskState::Pending).count(), 1, "observed states are indexed too");
+        assert_eq!(m.live_counts("s1"), LiveCounts { live: 1, running: 0 });
+        let mut running = m.task("t1").unwrap().clone();
+        running.status.state = TaskState::Running;
+        m.apply(2, &p(vec![Op::Update(running.into())])).unwrap();
+        assert_eq!(m.live_counts("s1"), LiveCounts { live: 1, running: 1 }, "counted as its state moves");
 
         // Stale update: the whole proposal fails and nothing changes.
         let mut t = m.task("t1").unwrap().clone();
@@ -413,6 +459,7 @@ mod tests {
         assert_eq!(m.task("t1").unwrap().meta.created_index, 1, "the creating index survives updates");
         assert_eq!(m.tasks_by_desired_state(TaskState::Running).count(), 0);
         assert_eq!(m.tasks_by_desired_state(TaskState::Shutdown).count(), 1);
+        assert_eq!(m.live_counts("s1"), LiveCounts::default(), "a task no longer desired running leaves the counts");
 
         let dup = m.apply(4, &p(vec![Op::Create(service("s2", "web", 1).into())])).unwrap_err();
         assert!(matches!(dup, ApplyError::NameConflict { .. }));

@@ -16,7 +16,7 @@
 mod memory;
 mod watch;
 
-pub use memory::MemoryStore;
+pub use memory::{LiveCounts, MemoryStore};
 pub use watch::{NodeWatch, NodeWatchError};
 
 use crate::api::{Object, ObjectKind, Timestamp};
