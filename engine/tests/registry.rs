@@ -718,3 +718,50 @@ async fn a_full_disk_is_one_line_and_leaves_nothing_half_stored() {
         .unwrap_or(0);
     assert_eq!(used, 0, "the ingest directories are gone, and their space with them");
 }
+
+#[tokio::test]
+async fn concurrent_tasks_of_one_image_share_one_pull() {
+    let env = Env::start_empty().await;
+    let reg = Registry::start(false);
+    let pushed = push_busybox(&reg, "shared/busybox", "v1").await;
+    // Through a proxy that never cuts, to count the requests.
+    let proxy = CutProxy::start(reg.host.clone(), 0).await;
+    let regs = Registries::new(RegistryConfig {
+        insecure: vec![proxy.host.clone()],
+        mirrors: vec![],
+        certs_dir: "/nonexistent".into(),
+    });
+    let exec = env.executor().with_registries(regs);
+    let image = format!("{}/shared/busybox:v1", proxy.host);
+    let tasks: Vec<_> = (0..2)
+        .map(|_| {
+            let mut t = task(&["true"]);
+            t.spec.container.image = image.clone();
+            t
+        })
+        .collect();
+    let (a, b) = (exec.controller(&tasks[0]).expect("controller"), exec.controller(&tasks[1]).expect("controller"));
+
+    step!("two tasks of an image this node lacks, prepared at once");
+    let (ra, rb) = tokio::join!(a.prepare(), b.prepare());
+    ra.unwrap_or_else(|e| panic!("prepare: {e}\n{}", reg.log()));
+    rb.unwrap_or_else(|e| panic!("prepare: {e}\n{}", reg.log()));
+    let requests = proxy.requests.lock().unwrap().clone();
+    let gets = |path: &str| requests.matches(&format!("GET /v2/shared/busybox/{path} ")).count();
+    // Two pulls would each fetch the manifest and the config (only the layer's download is shared by the
+    // content store): once each means one pull.
+    assert_eq!(gets("manifests/v1"), 1, "one manifest fetch: {requests}");
+    assert_eq!(gets(&format!("blobs/{}", pushed.config)), 1, "one config fetch: {requests}");
+    assert_eq!(gets(&format!("blobs/{}", pushed.layer)), 1, "one layer download: {requests}");
+    assert_eq!(env.images().list().await.unwrap()[0].id, pushed.config);
+
+    step!("a third task finds the image here and asks the registry nothing");
+    let before = proxy.requests.lock().unwrap().len();
+    let mut third = task(&["true"]);
+    third.spec.container.image = image.clone();
+    exec.controller(&third).expect("controller").prepare().await.expect("prepare from the local image");
+    assert_eq!(proxy.requests.lock().unwrap().len(), before);
+    for t in tasks.iter().chain([&third]) {
+        exec.remove_task(&t.id).await.expect("removing the task");
+    }
+}
