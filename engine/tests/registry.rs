@@ -358,7 +358,6 @@ async fn pull_from_an_insecure_registry_gives_the_pushed_bytes_and_runs() {
     assert!(!up.is_empty() && up.iter().all(|(_, t)| *t == layer_size), "{up:?}");
     assert!(up.windows(2).all(|w| w[0].0 < w[1].0), "{up:?}");
     assert_eq!(up.last().unwrap().0, layer_size);
-    assert_eq!(std::fs::read(reg.blob_file(&pushed.layer)).unwrap().len() as u64, layer_size);
     let (r, lines) = push(&regs, &env, &copy).await;
     assert_eq!(r.unwrap(), pushed.manifest);
     assert_eq!(
