@@ -68,6 +68,22 @@ fn files_holding(dir: &Path, needle: &[u8]) -> Vec<String> {
     out
 }
 
+/// Enough writes for a snapshot (interval 5), so the snapshot file holds what was written before too.
+async fn write_until_snapshot(api: &ControlApi, manager_dir: &Path) {
+    for i in 0..8 {
+        create_secret(api, &format!("filler{i}"), b"x").await;
+    }
+    let snapshots = manager_dir.join("swarm").join("raft").join("snapshots");
+    wait_for("a snapshot file", || {
+        if std::fs::read_dir(&snapshots).map(|d| d.count()).unwrap_or(0) > 0 {
+            Ok(())
+        } else {
+            Err("no snapshot yet".into())
+        }
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_secret_reaches_only_the_node_that_uses_it_and_leaves_with_its_last_task() {
     let (mdir, wdir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
@@ -115,20 +131,7 @@ async fn a_secret_reaches_only_the_node_that_uses_it_and_leaves_with_its_last_ta
     assert!(mexec.task_files().secrets.is_empty(), "the manager runs no task using it and never got it");
 
     step("the data rests nowhere in clear: the managers' Raft log, state and snapshots, the worker's state");
-    // Enough writes for a snapshot (interval 5), so the snapshot file holds the secret object too.
-    for i in 0..8 {
-        create_secret(&api, &format!("filler{i}"), b"x").await;
-    }
-    let raft_dir = mdir.path().join("swarm").join("raft");
-    wait_for("a snapshot file", || {
-        let snaps = std::fs::read_dir(raft_dir.join("snapshots")).map(|d| d.count()).unwrap_or(0);
-        if snaps > 0 {
-            Ok(())
-        } else {
-            Err("no snapshot yet".into())
-        }
-    })
-    .await;
+    write_until_snapshot(&api, mdir.path()).await;
     let b64 = {
         use base64::Engine;
         base64::engine::general_purpose::STANDARD.encode(PLAINTEXT)
@@ -214,17 +217,8 @@ async fn registry_credentials_rest_sealed_and_reach_only_the_task_s_node() {
     let (mexec, wexec) = (TestExecutor::new("host-m"), TestExecutor::new("host-w"));
     let (mgr, addr) = init(mdir.path(), &mexec, Some(5)).await;
     let token = mgr.store().unwrap().view(|v| v.cluster().unwrap().root_ca.join_tokens.worker.clone());
-    let worker = new_node(wdir.path(), &wexec);
-    worker
-        .join(SwarmJoinRequest {
-            remote_addr: addr,
-            join_token: token,
-            listen_addr: "127.0.0.1:0".into(),
-            advertise_addr: String::new(),
-            availability: NodeAvailability::Active,
-        })
-        .await
-        .expect("the worker joins");
+    // The manager token's helper, with the worker token: the node joins as a worker.
+    let worker = join_manager(wdir.path(), &wexec, &addr, &token).await;
     let api = mgr.control_api();
 
     step("a service created with credentials, placed on the worker");
@@ -270,19 +264,7 @@ async fn registry_credentials_rest_sealed_and_reach_only_the_task_s_node() {
     assert_eq!(wexec.pull_auth(&replacement).as_deref(), Some(auth.as_str()));
 
     step("the credentials rest nowhere in clear: the manager's Raft log, state and snapshots");
-    for i in 0..8 {
-        create_secret(&api, &format!("filler{i}"), b"x").await;
-    }
-    let raft_dir = mdir.path().join("swarm").join("raft");
-    wait_for("a snapshot file", || {
-        let snaps = std::fs::read_dir(raft_dir.join("snapshots")).map(|d| d.count()).unwrap_or(0);
-        if snaps > 0 {
-            Ok(())
-        } else {
-            Err("no snapshot yet".into())
-        }
-    })
-    .await;
+    write_until_snapshot(&api, mdir.path()).await;
     for dir in [mdir.path(), wdir.path()] {
         assert_eq!(files_holding(dir, auth.as_bytes()), Vec::<String>::new(), "credentials on disk");
         assert_eq!(files_holding(dir, b"pw-4d1c-e9a0-73bb"), Vec::<String>::new(), "password on disk");
