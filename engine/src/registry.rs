@@ -355,11 +355,18 @@ impl Upload {
 
     fn stream(self) -> impl futures::Stream<Item = oci_client::errors::Result<bytes::Bytes>> + Send + 'static {
         let read_err = |s: tonic::Status| {
-            OciDistributionError::GenericError(Some(format!("reading the layer from the content store: {}", s.message())))
+            OciDistributionError::GenericError(Some(format!(
+                "reading the layer from the content store: {}",
+                s.message()
+            )))
         };
         futures::stream::try_unfold(self, move |mut u| async move {
             if u.reader.is_none() {
-                let r = containerd_client::services::v1::ReadContentRequest { digest: u.digest.clone(), offset: 0, size: 0 };
+                let r = containerd_client::services::v1::ReadContentRequest {
+                    digest: u.digest.clone(),
+                    offset: 0,
+                    size: 0,
+                };
                 u.reader = Some(ContentClient::new(u.ch.clone()).read(req(r)).await.map_err(read_err)?.into_inner());
             }
             let reader = u.reader.as_mut().expect("opened above");

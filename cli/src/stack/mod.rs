@@ -147,8 +147,11 @@ async fn deploy_cmd(client: &mut Client, a: DeployArgs) -> anyhow::Result<()> {
         eprintln!("Ignoring unsupported options: {}", plan.unsupported.iter().cloned().collect::<Vec<_>>().join(", "));
         eprintln!();
     }
-    let opts =
-        deploy::DeployOptions { prune: a.prune, resolve_image: a.resolve_image, with_registry_auth: a.with_registry_auth };
+    let opts = deploy::DeployOptions {
+        prune: a.prune,
+        resolve_image: a.resolve_image,
+        with_registry_auth: a.with_registry_auth,
+    };
     deploy::deploy(client, plan, opts).await
 }
 
