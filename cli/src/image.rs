@@ -212,7 +212,7 @@ impl PullRenderer {
         if p.id.is_empty() {
             return format!("{}\n", p.status);
         }
-        let with_bar = p.status == "Downloading" || p.status == "Extracting";
+        let with_bar = matches!(p.status.as_str(), "Downloading" | "Extracting" | "Pushing");
         if !self.tty {
             return if with_bar { String::new() } else { format!("{}: {}\n", p.id, p.status) };
         }
@@ -461,6 +461,31 @@ mod tests {
             format!("\x1b[2A\r\x1b[2Kaaaaaaaaaaaa: Downloading {bar}\r\x1b[2B")
         );
         assert_eq!(progress_bar(4, 4), format!("[{}]  4B/4B", "=".repeat(50)));
+    }
+
+    #[test]
+    fn push_progress_is_docker_s() {
+        let lines = [
+            progress("", "The push refers to repository [localhost:5000/app]", 0, 0),
+            progress("aaaaaaaaaaaa", "Preparing", 0, 0),
+            progress("bbbbbbbbbbbb", "Preparing", 0, 0),
+            progress("aaaaaaaaaaaa", "Pushing", 1_000_000, 4_000_000),
+            progress("aaaaaaaaaaaa", "Pushed", 0, 0),
+            progress("bbbbbbbbbbbb", "Layer already exists", 0, 0),
+            progress("", "v1: digest: sha256:abc size: 528", 0, 0),
+        ];
+        let mut r = PullRenderer::new(false);
+        let out: String = lines.iter().map(|p| r.render(p)).collect();
+        assert_eq!(
+            out,
+            "The push refers to repository [localhost:5000/app]\naaaaaaaaaaaa: Preparing\nbbbbbbbbbbbb: Preparing\n\
+             aaaaaaaaaaaa: Pushed\nbbbbbbbbbbbb: Layer already exists\nv1: digest: sha256:abc size: 528\n",
+            "no bars without a terminal"
+        );
+        let mut r = PullRenderer::new(true);
+        let on_tty: Vec<String> = lines.iter().map(|p| r.render(p)).collect();
+        let bar = progress_bar(1_000_000, 4_000_000);
+        assert_eq!(on_tty[3], format!("\x1b[2A\r\x1b[2Kaaaaaaaaaaaa: Pushing {bar}\r\x1b[2B"));
     }
 
     #[tokio::test]

@@ -34,6 +34,14 @@ struct State {
     /// in progress.
     ca_rotations: u64,
     rotation_polls_left: u32,
+    /// Which version of the image `localhost:5000/private:v1` points at in the fake registry (1 until a test
+    /// moves the tag): its digest is what `DistributionInspect` answers.
+    private_version: u64,
+}
+
+/// The digest of version `n` of `localhost:5000/private:v1`.
+fn private_digest(n: u64) -> String {
+    format!("sha256:{n:064x}")
 }
 
 /// The fake cluster's root CA certificate after `n` rotations.
@@ -558,8 +566,21 @@ impl Engine for Fake {
         &self,
         req: Request<DistributionInspectRequest>,
     ) -> Result<Response<DistributionInspectResponse>, Status> {
-        // No registry behind this fake: as a daemon that cannot reach one.
-        Err(Status::unavailable(format!("registry for {}: connection refused", req.into_inner().reference)))
+        // Only the private repository has a registry behind it (wanting `me`/`pw`); elsewhere, as a daemon that
+        // cannot reach one.
+        let r = req.into_inner();
+        if !r.reference.starts_with("localhost:5000/private:") {
+            return Err(Status::unavailable(format!("registry for {}: connection refused", r.reference)));
+        }
+        if !r.auth.is_some_and(|a| a.username == "me" && a.password == "pw") {
+            return Err(Status::unauthenticated("pull access denied for localhost:5000/private"));
+        }
+        let n = self.0.lock().unwrap().private_version.max(1);
+        Ok(Response::new(DistributionInspectResponse {
+            media_type: "application/vnd.oci.image.index.v1+json".into(),
+            digest: private_digest(n),
+            size: 300,
+        }))
     }
 
     async fn registry_login(
@@ -1399,4 +1420,57 @@ fn stacks_through_the_cli() {
     let out = d.shoal(&["stack", "rm", "app"]);
     assert!(out.status.success());
     assert_eq!(String::from_utf8_lossy(&out.stderr), "Nothing found in stack: app\n");
+}
+
+#[test]
+fn stack_deploy_pins_images_and_sends_the_stored_credentials() {
+    let d = Daemon::start();
+    let cfg = tempfile::tempdir().expect("tempdir");
+    let run = |args: &[&str]| {
+        let o = shoal_with(&d.socket, cfg.path(), "", args);
+        assert!(o.status.success(), "`shoal {}`: {}", args.join(" "), String::from_utf8_lossy(&o.stderr));
+        (String::from_utf8_lossy(&o.stdout).into_owned(), String::from_utf8_lossy(&o.stderr).into_owned())
+    };
+    let o = shoal_with(&d.socket, cfg.path(), "pw\n", &["login", "-u", "me", "--password-stdin", "localhost:5000"]);
+    assert!(o.status.success());
+    let file = cfg.path().join("compose.yml");
+    std::fs::write(&file, "services:\n  app:\n    image: localhost:5000/private:v1\n").unwrap();
+    let file = file.to_str().unwrap();
+    let stored = || {
+        let st = d.fake.0.lock().unwrap();
+        st.services.values().find(|s| s.spec.annotations.name == "st_app").cloned().expect("st_app")
+    };
+
+    let (out, err) = run(&["stack", "deploy", "--with-registry-auth", "-c", file, "st"]);
+    assert_eq!(out, "Creating network st_default\nCreating service st_app\n");
+    assert_eq!(err, "");
+    let s = stored();
+    assert_eq!(s.spec.task_template.container.image, format!("localhost:5000/private:v1@{}", private_digest(1)));
+    assert_eq!(s.spec.annotations.labels["com.docker.stack.image"], "localhost:5000/private:v1");
+    let auth = s.spec.task_template.container.pull_options.as_ref().expect("credentials sent");
+    let auth = AuthConfig::decode(&auth.registry_auth).unwrap().unwrap();
+    assert_eq!((auth.username.as_str(), auth.password.as_str()), ("me", "pw"));
+
+    // The tag has not moved: nothing to update, whatever the mode.
+    for mode in ["always", "changed", "never"] {
+        assert_eq!(run(&["stack", "deploy", "--resolve-image", mode, "-c", file, "st"]).0, "", "{mode}");
+    }
+    // It moves: only `always` (the default) follows it.
+    d.fake.0.lock().unwrap().private_version = 2;
+    for mode in ["changed", "never"] {
+        assert_eq!(run(&["stack", "deploy", "--resolve-image", mode, "-c", file, "st"]).0, "", "{mode}");
+    }
+    let (out, _) = run(&["stack", "deploy", "-c", file, "st"]);
+    assert_eq!(out, format!("Updating service st_app (id: {})\n", s.id));
+    let s = stored();
+    assert_eq!(s.spec.task_template.container.image, format!("localhost:5000/private:v1@{}", private_digest(2)));
+    assert!(s.spec.task_template.container.pull_options.is_some(), "the credentials stay without the flag");
+    assert!(shoal_with(
+        &d.socket,
+        cfg.path(),
+        "",
+        &["stack", "deploy", "--resolve-image", "sometimes", "-c", file, "st"]
+    )
+    .stderr
+    .starts_with(b"error: invalid value 'sometimes' for '--resolve-image"));
 }

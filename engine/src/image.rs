@@ -638,11 +638,6 @@ impl ImageService {
         self.read_blob_capped(digest, Some(MAX_JSON)).await
     }
 
-    /// A whole blob of any size, into memory (`image push` sends layers whole).
-    pub(crate) async fn read_blob_unbounded(&self, digest: &str) -> Result<Vec<u8>, ImageError> {
-        self.read_blob_capped(digest, None).await
-    }
-
     async fn read_blob_capped(&self, digest: &str, cap: Option<u64>) -> Result<Vec<u8>, ImageError> {
         let mut content = ContentClient::new(self.ch.clone());
         let mut stream = content

@@ -332,6 +332,61 @@ impl Progress {
     }
 }
 
+/// A layer going from the content store to a registry: read in containerd's chunks, sent on in pieces of
+/// about `PUSH_PIECE` bytes (one PATCH each), so a layer of any size costs a few MiB of memory; each piece sent is
+/// a Pushing line.
+struct Upload {
+    ch: Channel,
+    digest: String,
+    reader: Option<tonic::Streaming<containerd_client::services::v1::ReadContentResponse>>,
+    id: String,
+    sent: u64,
+    total: u64,
+    progress: Progress,
+}
+
+/// The bytes of one PATCH of a layer push (oci-client's own chunk limit).
+const PUSH_PIECE: usize = 4 << 20;
+
+impl Upload {
+    fn new(ch: Channel, digest: &str, id: String, total: u64, progress: Progress) -> Self {
+        Upload { ch, digest: digest.to_string(), reader: None, id, sent: 0, total, progress }
+    }
+
+    fn stream(self) -> impl futures::Stream<Item = oci_client::errors::Result<bytes::Bytes>> + Send + 'static {
+        let read_err = |s: tonic::Status| {
+            OciDistributionError::GenericError(Some(format!(
+                "reading the layer from the content store: {}",
+                s.message()
+            )))
+        };
+        futures::stream::try_unfold(self, move |mut u| async move {
+            if u.reader.is_none() {
+                let r = containerd_client::services::v1::ReadContentRequest {
+                    digest: u.digest.clone(),
+                    offset: 0,
+                    size: 0,
+                };
+                u.reader = Some(ContentClient::new(u.ch.clone()).read(req(r)).await.map_err(read_err)?.into_inner());
+            }
+            let reader = u.reader.as_mut().expect("opened above");
+            let mut piece = Vec::with_capacity(PUSH_PIECE);
+            while piece.len() < PUSH_PIECE {
+                match reader.message().await.map_err(read_err)? {
+                    Some(chunk) => piece.extend_from_slice(&chunk.data),
+                    None => break,
+                }
+            }
+            if piece.is_empty() {
+                return Ok(None);
+            }
+            u.sent += piece.len() as u64;
+            u.progress.layer(&u.id, "Pushing", u.sent, u.total).await;
+            Ok(Some((bytes::Bytes::from(piece), u)))
+        })
+    }
+}
+
 impl Registries {
     pub fn new(cfg: RegistryConfig) -> Self {
         // reqwest is built without a default crypto provider: ring, as everywhere else in Shoal. Installing it
@@ -409,8 +464,12 @@ impl Registries {
         }
     }
 
-    /// Pushes image `reference` (this node's platform manifest, its config and layers) to its registry, telling
-    /// `progress` as Docker does; returns the manifest's digest (the same bytes, so the same digest as here).
+    /// Pushes image `reference` to its registry, telling `progress` as Docker does (per layer Preparing, Pushing,
+    /// then Pushed or Layer already exists; then `TAG: digest: … size: …`); returns the digest now under the tag.
+    /// Layers stream from the content store (a few MiB in memory, whatever their size). The stored bytes go, so
+    /// the digests stay: an image pulled as a multi-platform index is pushed as that index when the registry
+    /// holds every manifest it lists (it does when the image goes back to the repository it came from; only this
+    /// node's platform was pulled), else as this node's manifest.
     pub async fn push(
         &self,
         images: &ImageService,
@@ -422,21 +481,23 @@ impl Registries {
         let shown = familiar_image_ref(&name);
         let progress = Progress(progress);
         let target = images.image_target(&name).await?.ok_or_else(|| ImageError::NotFound(shown.clone()))?;
+        let top = images.read_blob(&target.digest).await?;
         // The manifest for this node: the target itself, or its entry in the index (the only one stored).
-        let mut desc = target.clone();
-        let mut body = images.read_blob(&desc.digest).await?;
-        if is_index(&desc.media_type)
-            || serde_json::from_slice::<serde_json::Value>(&body).is_ok_and(|v| v.get("manifests").is_some())
+        let (index, desc, body) = if is_index(&target.media_type)
+            || serde_json::from_slice::<serde_json::Value>(&top).is_ok_and(|v| v.get("manifests").is_some())
         {
-            let idx: ImageIndex = serde_json::from_slice(&body)
+            let idx: ImageIndex = serde_json::from_slice(&top)
                 .map_err(|e| RegistryError::InvalidImage { image: shown.clone(), why: format!("index: {e}") })?;
             let m = crate::image::pick_platform(&idx).ok_or_else(|| RegistryError::NoPlatform {
                 wanted: WantedPlatform::node().shown(),
                 offered: crate::image::index_platforms(&idx),
             })?;
-            desc = descriptor(m.media_type().as_ref(), m.digest().as_ref(), m.size());
-            body = images.read_blob(&desc.digest).await?;
-        }
+            let desc = descriptor(m.media_type().as_ref(), m.digest().as_ref(), m.size());
+            let body = images.read_blob(&desc.digest).await?;
+            (Some((idx, target, top)), desc, body)
+        } else {
+            (None, target, top)
+        };
         let manifest: ImageManifest = serde_json::from_slice(&body)
             .map_err(|e| RegistryError::InvalidImage { image: shown.clone(), why: format!("manifest: {e}") })?;
         let origin: Reference = name.parse().map_err(|e: oci_client::ParseError| RegistryError::InvalidImage {
@@ -450,46 +511,64 @@ impl Registries {
             Some(c) => RegistryAuth::Basic(c.username.clone(), c.password.clone()),
             None => RegistryAuth::Anonymous,
         };
+        let fail = |e| classify(e, &host, &shown, authed);
         let repo = familiar_image_ref(&format!("{}/{}", origin.registry(), origin.repository()));
         progress.line(format!("The push refers to repository [{repo}]")).await;
-        client
-            .auth(&origin, &auth, oci_client::RegistryOperation::Push)
-            .await
-            .map_err(|e| classify(e, &host, &shown, authed))?;
-        // Layers top first, as Docker lists them, then the config.
-        let mut blobs: Vec<(String, bool)> =
-            manifest.layers().iter().rev().map(|l| (l.digest().to_string(), true)).collect();
-        blobs.push((manifest.config().digest().to_string(), false));
-        for (digest, is_layer) in &blobs {
-            let id = short_id(digest);
-            if *is_layer {
-                progress.layer(&id, "Preparing", 0, 0).await;
-            }
-            let exists = client.blob_exists(&origin, digest).await.map_err(|e| classify(e, &host, &shown, authed))?;
-            if exists {
-                if *is_layer {
-                    progress.layer(&id, "Layer already exists", 0, 0).await;
-                }
+        client.auth(&origin, &auth, oci_client::RegistryOperation::Push).await.map_err(fail)?;
+        // Layers top first, as Docker lists them; all are Preparing before the first goes.
+        let layers: Vec<&OciDescriptor> = manifest.layers().iter().rev().collect();
+        for l in &layers {
+            progress.layer(&short_id(l.digest().as_ref()), "Preparing", 0, 0).await;
+        }
+        for l in &layers {
+            let (digest, id) = (l.digest().to_string(), short_id(l.digest().as_ref()));
+            if client.blob_exists(&origin, &digest).await.map_err(fail)? {
+                progress.layer(&id, "Layer already exists", 0, 0).await;
                 continue;
             }
-            let data = images.read_blob_unbounded(digest).await?;
-            client.push_blob(&origin, data, digest).await.map_err(|e| classify(e, &host, &shown, authed))?;
-            if *is_layer {
-                progress.layer(&id, "Pushed", 0, 0).await;
-            }
+            let upload = Upload::new(images.channel(), &digest, id.clone(), l.size(), progress.clone());
+            client.push_blob_stream(&origin, upload.stream(), &digest, Some(l.size())).await.map_err(fail)?;
+            progress.layer(&id, "Pushed", 0, 0).await;
         }
-        let content_type = http::HeaderValue::from_str(&desc.media_type).map_err(|e| RegistryError::InvalidImage {
-            image: shown.clone(),
-            why: format!("media type {:?}: {e}", desc.media_type),
-        })?;
-        client
-            .push_manifest_raw(&origin, body.clone(), content_type)
-            .await
-            .map_err(|e| classify(e, &host, &shown, authed))?;
+        let config = manifest.config().digest().to_string();
+        if !client.blob_exists(&origin, &config).await.map_err(fail)? {
+            let data = images.read_blob(&config).await?;
+            client.push_blob(&origin, data, &config).await.map_err(fail)?;
+        }
+        let content_type = |d: &containerd_client::types::Descriptor| {
+            http::HeaderValue::from_str(&d.media_type).map_err(|e| RegistryError::InvalidImage {
+                image: shown.clone(),
+                why: format!("media type {:?}: {e}", d.media_type),
+            })
+        };
+        let (tagged, tagged_body) = match index {
+            None => (desc, body),
+            Some((idx, idx_desc, idx_body)) => {
+                let by_digest = origin.clone_with_digest(desc.digest.clone());
+                client.push_manifest_raw(&by_digest, body.clone(), content_type(&desc)?).await.map_err(fail)?;
+                let mut missing = None;
+                for m in idx.manifests().iter().filter(|m| m.digest().as_ref() != desc.digest) {
+                    let there = origin.clone_with_digest(m.digest().to_string());
+                    if client.fetch_manifest_digest(&there, &auth).await.is_err() {
+                        missing = Some(m.digest().to_string());
+                        break;
+                    }
+                }
+                match missing {
+                    None => (idx_desc, idx_body),
+                    Some(m) => {
+                        tracing::info!(image = %name, missing = %m,
+                            "the registry lacks a manifest of the index: pushing this node's platform only");
+                        (desc, body)
+                    }
+                }
+            }
+        };
+        client.push_manifest_raw(&origin, tagged_body.clone(), content_type(&tagged)?).await.map_err(fail)?;
         let tag = origin.tag().unwrap_or("latest");
-        progress.line(format!("{tag}: digest: {} size: {}", desc.digest, body.len())).await;
-        tracing::info!(image = %name, digest = %desc.digest, "image pushed");
-        Ok(desc.digest)
+        progress.line(format!("{tag}: digest: {} size: {}", tagged.digest, tagged_body.len())).await;
+        tracing::info!(image = %name, digest = %tagged.digest, "image pushed");
+        Ok(tagged.digest)
     }
 
     /// Pulls `reference` for `platform` (this node's when `None`) into containerd, telling `progress` as Docker

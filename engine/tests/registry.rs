@@ -227,10 +227,29 @@ async fn pull(
     (r, collect.await.unwrap())
 }
 
+/// Pushes and gathers the progress lines.
+async fn push(
+    regs: &Registries,
+    env: &Env,
+    reference: &str,
+) -> (Result<String, RegistryError>, Vec<ImagePullProgress>) {
+    let (tx, mut rx) = tokio::sync::mpsc::channel(1024);
+    let collect = tokio::spawn(async move {
+        let mut lines = Vec::new();
+        while let Some(p) = rx.recv().await {
+            lines.push(p);
+        }
+        lines
+    });
+    let r = regs.push(&env.images(), reference, None, tx).await;
+    (r, collect.await.unwrap())
+}
+
+/// The progress lines but the byte counts (Downloading, Pushing).
 fn statuses(lines: &[ImagePullProgress]) -> Vec<String> {
     lines
         .iter()
-        .filter(|l| l.status != "Downloading")
+        .filter(|l| l.status != "Downloading" && l.status != "Pushing")
         .map(|l| if l.id.is_empty() { l.status.clone() } else { format!("{}: {}", l.id, l.status) })
         .collect()
 }
@@ -320,22 +339,31 @@ async fn pull_from_an_insecure_registry_gives_the_pushed_bytes_and_runs() {
     step!("push under another name, then pull that back: the same manifest digest");
     let copy = format!("{}/copy/busybox:v9", reg.host);
     images.tag(&image, &copy).await.unwrap();
-    let (tx, mut rx) = tokio::sync::mpsc::channel(1024);
-    let pushed_digest =
-        regs.push(&images, &copy, None, tx).await.unwrap_or_else(|e| panic!("push: {e}\n{}", reg.log()));
-    let mut lines = Vec::new();
-    while let Ok(p) = rx.try_recv() {
-        lines.push(p);
-    }
+    let (r, lines) = push(&regs, &env, &copy).await;
+    let pushed_digest = r.unwrap_or_else(|e| panic!("push: {e}\n{}", reg.log()));
     assert_eq!(pushed_digest, pushed.manifest, "the manifest's bytes went up unchanged");
+    let done = format!("v9: digest: {} size: {}", pushed.manifest, busybox_blobs().0.len());
     assert_eq!(
         statuses(&lines),
         vec![
             format!("The push refers to repository [{}/copy/busybox]", reg.host),
             format!("{id}: Preparing"),
             format!("{id}: Pushed"),
-            format!("v9: digest: {} size: {}", pushed.manifest, busybox_blobs().0.len()),
+            done.clone(),
         ]
+    );
+    // The layer went up streamed, in pieces, each a Pushing line counting up to its size.
+    let layer_size = busybox_blobs().2.len() as u64;
+    let up: Vec<(u64, u64)> = lines.iter().filter(|l| l.status == "Pushing").map(|l| (l.current, l.total)).collect();
+    assert!(!up.is_empty() && up.iter().all(|(_, t)| *t == layer_size), "{up:?}");
+    assert!(up.windows(2).all(|w| w[0].0 < w[1].0), "{up:?}");
+    assert_eq!(up.last().unwrap().0, layer_size);
+    let (r, lines) = push(&regs, &env, &copy).await;
+    assert_eq!(r.unwrap(), pushed.manifest);
+    assert_eq!(
+        statuses(&lines)[1..],
+        [format!("{id}: Preparing"), format!("{id}: Layer already exists"), done],
+        "pushed again: nothing goes up"
     );
     images.remove(&copy, false).await.unwrap();
     let (r, _) = pull(&regs, &env, &copy, None, None).await;
@@ -538,6 +566,25 @@ async fn a_multi_platform_index_gives_this_nodes_image_and_concurrent_pulls_shar
     assert!(!requests.contains(&foreign_digest), "the other platform's manifest was not fetched");
     runs(&env, &image).await;
 
+    step!("pushed back to its repository: the index itself (its digest kept); elsewhere this node's manifest");
+    let again = format!("{}/multi/busybox:again", proxy.host);
+    env.images().tag(&image, &again).await.unwrap();
+    let (r, lines) = push(&regs, &env, &again).await;
+    assert_eq!(r.unwrap_or_else(|e| panic!("push: {e}\n{}", reg.log())), index_digest);
+    let index_size = client
+        .pull_manifest_raw(&repo("again"), &RegistryAuth::Anonymous, &["application/vnd.oci.image.index.v1+json"])
+        .await
+        .unwrap()
+        .0
+        .len();
+    assert_eq!(statuses(&lines).last().unwrap(), &format!("again: digest: {index_digest} size: {index_size}"));
+    let elsewhere = format!("{}/other/busybox:v1", proxy.host);
+    env.images().tag(&image, &elsewhere).await.unwrap();
+    let (r, _) = push(&regs, &env, &elsewhere).await;
+    assert_eq!(r.unwrap(), ours_digest, "the other platform's manifest is not in that repository");
+    env.images().remove(&again).await.unwrap();
+    env.images().remove(&elsewhere).await.unwrap();
+
     step!("another platform than the index offers");
     let (r, _) = pull(&regs, &env, &image, Some("linux/s390x"), None).await;
     assert_eq!(
@@ -717,4 +764,51 @@ async fn a_full_disk_is_one_line_and_leaves_nothing_half_stored() {
         .map(|d| d.count())
         .unwrap_or(0);
     assert_eq!(used, 0, "the ingest directories are gone, and their space with them");
+}
+
+#[tokio::test]
+async fn concurrent_tasks_of_one_image_share_one_pull() {
+    let env = Env::start_empty().await;
+    let reg = Registry::start(false);
+    let pushed = push_busybox(&reg, "shared/busybox", "v1").await;
+    // Through a proxy that never cuts, to count the requests.
+    let proxy = CutProxy::start(reg.host.clone(), 0).await;
+    let regs = Registries::new(RegistryConfig {
+        insecure: vec![proxy.host.clone()],
+        mirrors: vec![],
+        certs_dir: "/nonexistent".into(),
+    });
+    let exec = env.executor().with_registries(regs);
+    let image = format!("{}/shared/busybox:v1", proxy.host);
+    let tasks: Vec<_> = (0..2)
+        .map(|_| {
+            let mut t = task(&["true"]);
+            t.spec.container.image = image.clone();
+            t
+        })
+        .collect();
+    let (a, b) = (exec.controller(&tasks[0]).expect("controller"), exec.controller(&tasks[1]).expect("controller"));
+
+    step!("two tasks of an image this node lacks, prepared at once");
+    let (ra, rb) = tokio::join!(a.prepare(), b.prepare());
+    ra.unwrap_or_else(|e| panic!("prepare: {e}\n{}", reg.log()));
+    rb.unwrap_or_else(|e| panic!("prepare: {e}\n{}", reg.log()));
+    let requests = proxy.requests.lock().unwrap().clone();
+    let gets = |path: &str| requests.matches(&format!("GET /v2/shared/busybox/{path} ")).count();
+    // Two pulls would each fetch the manifest and the config (only the layer's download is shared by the
+    // content store): once each means one pull.
+    assert_eq!(gets("manifests/v1"), 1, "one manifest fetch: {requests}");
+    assert_eq!(gets(&format!("blobs/{}", pushed.config)), 1, "one config fetch: {requests}");
+    assert_eq!(gets(&format!("blobs/{}", pushed.layer)), 1, "one layer download: {requests}");
+    assert_eq!(env.images().list().await.unwrap()[0].id, pushed.config);
+
+    step!("a third task finds the image here and asks the registry nothing");
+    let before = proxy.requests.lock().unwrap().len();
+    let mut third = task(&["true"]);
+    third.spec.container.image = image.clone();
+    exec.controller(&third).expect("controller").prepare().await.expect("prepare from the local image");
+    assert_eq!(proxy.requests.lock().unwrap().len(), before);
+    for t in tasks.iter().chain([&third]) {
+        exec.remove_task(&t.id).await.expect("removing the task");
+    }
 }

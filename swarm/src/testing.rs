@@ -175,11 +175,18 @@ pub struct TestExecutor {
     fed: Arc<watch::Sender<u64>>,
     /// The secrets and configs the agent last handed over.
     files: Arc<Mutex<crate::api::TaskFiles>>,
+    /// The registry credentials each task arrived with (task id → `registry_auth`).
+    pull_auth: Arc<Mutex<HashMap<String, String>>>,
 }
 
 impl TestExecutor {
     pub fn new(hostname: &str) -> Self {
-        TestExecutor { hostname: hostname.into(), rt: Arc::default(), fed: Arc::default(), files: Arc::default() }
+        TestExecutor { hostname: hostname.into(), ..Default::default() }
+    }
+
+    /// The registry credentials task `task_id` arrived with, as the agent handed them to the runtime.
+    pub fn pull_auth(&self, task_id: &str) -> Option<String> {
+        self.pull_auth.lock().unwrap().get(task_id).cloned()
     }
 
     /// The secrets and configs this node holds now (as the agent last handed them over).
@@ -325,6 +332,9 @@ impl Executor for TestExecutor {
             .as_ref()
             .is_some_and(|h| !h.test.is_empty() && h.test.first().map(String::as_str) != Some("NONE"));
         let slot = if task.slot > 0 { task.slot.to_string() } else { task.node_id.clone() };
+        if let Some(p) = &task.spec.container.pull_options {
+            self.pull_auth.lock().unwrap().insert(task.id.clone(), p.registry_auth.clone());
+        }
         Ok(TestController {
             task_id: task.id.clone(),
             image: task.spec.container.image.clone(),

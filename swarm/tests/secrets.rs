@@ -71,6 +71,22 @@ fn files_holding(dir: &Path, needle: &[u8]) -> Vec<String> {
     out
 }
 
+/// Enough writes for a snapshot (interval 5), so the snapshot file holds what was written before too.
+async fn write_until_snapshot(api: &ControlApi, manager_dir: &Path) {
+    for i in 0..8 {
+        create_secret(api, &format!("filler{i}"), b"x").await;
+    }
+    let snapshots = manager_dir.join("swarm").join("raft").join("snapshots");
+    wait_for("a snapshot file", || {
+        if std::fs::read_dir(&snapshots).map(|d| d.count()).unwrap_or(0) > 0 {
+            Ok(())
+        } else {
+            Err("no snapshot yet".into())
+        }
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_secret_reaches_only_the_node_that_uses_it_and_leaves_with_its_last_task() {
     let (mdir, wdir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
@@ -119,20 +135,7 @@ async fn a_secret_reaches_only_the_node_that_uses_it_and_leaves_with_its_last_ta
     assert!(mexec.task_files().secrets.is_empty(), "the manager runs no task using it and never got it");
 
     step("the data rests nowhere in clear: the managers' Raft log, state and snapshots, the worker's state");
-    // Enough writes for a snapshot (interval 5), so the snapshot file holds the secret object too.
-    for i in 0..8 {
-        create_secret(&api, &format!("filler{i}"), b"x").await;
-    }
-    let raft_dir = mdir.path().join("swarm").join("raft");
-    wait_for("a snapshot file", || {
-        let snaps = std::fs::read_dir(raft_dir.join("snapshots")).map(|d| d.count()).unwrap_or(0);
-        if snaps > 0 {
-            Ok(())
-        } else {
-            Err("no snapshot yet".into())
-        }
-    })
-    .await;
+    write_until_snapshot(&api, mdir.path()).await;
     let b64 = {
         use base64::Engine;
         base64::engine::general_purpose::STANDARD.encode(PLAINTEXT)
@@ -210,4 +213,67 @@ async fn a_secret_survives_a_leader_change() {
     assert!(execs[1].task_files().secrets.is_empty());
     m1.shutdown().await;
     m2.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registry_credentials_rest_sealed_and_reach_only_the_task_s_node() {
+    let (mdir, wdir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (mexec, wexec) = (TestExecutor::new("host-m"), TestExecutor::new("host-w"));
+    let (mgr, addr) = init(mdir.path(), &mexec, Some(5)).await;
+    let token = mgr.store().unwrap().view(|v| v.cluster().unwrap().root_ca.join_tokens.worker.clone());
+    // The manager token's helper, with the worker token: the node joins as a worker.
+    let worker = join_manager(wdir.path(), &wexec, &addr, &token).await;
+    let api = mgr.control_api();
+
+    step("a service created with credentials, placed on the worker");
+    // What `--with-registry-auth` sends: the credentials in Docker's X-Registry-Auth encoding.
+    let auth = {
+        use base64::Engine;
+        let json = format!(r#"{{"username":"u","password":"{}","serveraddress":"r:5000"}}"#, "pw-4d1c-e9a0-73bb");
+        base64::engine::general_purpose::URL_SAFE.encode(json)
+    };
+    let mut spec = swarm::testing::service("", "web", 1).spec;
+    spec.task_template.placement.constraints = vec![Constraint::parse("node.hostname==host-w").unwrap()];
+    spec.task_template.container.pull_options =
+        Some(swarm::api::PullOptions { registry_auth: auth.clone(), sealed: vec![] });
+    let svc = api.create_service(Request::new(CreateServiceRequest { spec })).await.unwrap().into_inner();
+    let task_id = wait_for("the service's task runs on the worker", || {
+        mgr.store().unwrap().view(|v| {
+            v.tasks_by_service(&svc.id)
+                .find(|t| t.status.state == TaskState::Running)
+                .map(|t| t.id.clone())
+                .ok_or_else(|| "not running".to_string())
+        })
+    })
+    .await;
+    assert_eq!(wexec.pull_auth(&task_id).as_deref(), Some(auth.as_str()), "the worker's task has them, opened");
+    assert_eq!(mexec.pull_auth(&task_id), None, "the manager runs no such task");
+
+    step("an update without credentials keeps them; the replacement task still gets them");
+    let cur = api.get_service(Request::new(GetRequest { id_or_name: "web".into() })).await.unwrap().into_inner();
+    assert!(cur.spec.task_template.container.pull_options.is_none(), "inspect shows no credentials");
+    let mut spec = cur.spec.clone();
+    spec.task_template.container.env.push("V=2".into());
+    let req = UpdateServiceRequest { id: cur.id.clone(), version: cur.meta.version, spec, rollback: false };
+    api.update_service(Request::new(req)).await.unwrap();
+    let replacement = wait_for("the updated task runs", || {
+        mgr.store().unwrap().view(|v| {
+            v.tasks_by_service(&svc.id)
+                .find(|t| t.status.state == TaskState::Running && t.spec.container.env == ["V=2"])
+                .map(|t| t.id.clone())
+                .ok_or_else(|| "not yet".to_string())
+        })
+    })
+    .await;
+    assert_eq!(wexec.pull_auth(&replacement).as_deref(), Some(auth.as_str()));
+
+    step("the credentials rest nowhere in clear: the manager's Raft log, state and snapshots");
+    write_until_snapshot(&api, mdir.path()).await;
+    for dir in [mdir.path(), wdir.path()] {
+        assert_eq!(files_holding(dir, auth.as_bytes()), Vec::<String>::new(), "credentials on disk");
+        assert_eq!(files_holding(dir, b"pw-4d1c-e9a0-73bb"), Vec::<String>::new(), "password on disk");
+    }
+    assert!(!files_holding(mdir.path(), b"V=2").is_empty(), "the grep does read the Raft files");
+    worker.shutdown().await;
+    mgr.shutdown().await;
 }

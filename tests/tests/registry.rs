@@ -338,6 +338,33 @@ fn services_pull_on_demand_pinned_to_the_digest_with_the_clients_credentials() {
         }
     }
 
+    step!("they rest sealed: the swarm's Raft log and state hold no trace of them");
+    // What `--with-registry-auth` sent: base64url of {"username","password","serveraddress"}; its first 36
+    // characters encode the user name and most of the password whatever follows.
+    let sent = {
+        use base64::Engine as _;
+        let json = format!(r#"{{"username":"{USER}","password":"{PASSWORD}","serveraddress":"#);
+        base64::engine::general_purpose::URL_SAFE.encode(json)
+    };
+    let (mut stack, mut read, mut holding_image) = (vec![d.data_root.join("swarm")], 0, 0);
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+                continue;
+            }
+            let bytes = std::fs::read(&p).unwrap_or_default();
+            let holds = |needle: &str| bytes.windows(needle.len()).any(|w| w == needle.as_bytes());
+            for secret in [&sent[..36], PASSWORD, b64.as_str()] {
+                assert!(!holds(secret), "{} holds {secret:?}", p.display());
+            }
+            read += 1;
+            holding_image += usize::from(holds("private/app"));
+        }
+    }
+    assert!(read > 0 && holding_image > 0, "the grep reads the Raft files ({read} files)");
+
     step!("moving the tag changes nothing that runs");
     let before: Vec<String> = d.tasks("web").into_iter().filter(|t| t.state == "running").map(|t| t.id).collect();
     let (two, _) = push_variant(&reg, "private/app", "v1", Some("two"));

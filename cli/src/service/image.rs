@@ -74,7 +74,7 @@ fn registry_auth_in(config: &std::path::Path, image: &str) -> anyhow::Result<Opt
     let Ok(name) = normalize_image_ref(image) else { return Ok(None) };
     let host = engine_api::registry_host(name.split('/').next().unwrap_or(""));
     let creds = crate::login::load_credentials(config, &host)?;
-    Ok(creds.map(|a| PullOptions { registry_auth: a.encode(&host) }))
+    Ok(creds.map(|a| PullOptions { registry_auth: a.encode(&host), sealed: Vec::new() }))
 }
 
 #[cfg(test)]

@@ -2,10 +2,12 @@
 //! exist), then services: a new one is created, a changed one goes through `UpdateService` (so its update policy
 //! rolls it out), an unchanged one is not touched; `--prune` removes the stack's services no longer in the file.
 //! On a stack's first deployment, a service whose `depends_on` says `service_healthy` is created once those it
-//! depends on run healthy.
+//! depends on run healthy. Images are pinned to their registry digests (`--resolve-image`) and the client's stored
+//! credentials sent along (`--with-registry-auth`) as `service create` does.
 
 use super::convert::{FilePlan, ServicePlan, StackPlan, NAMESPACE_LABEL};
 use crate::client::{rpc, Client};
+use crate::service::image::{pin_image, registry_auth};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 use swarm::api::control::{CreateConfigRequest, CreateSecretRequest, ListSecretsRequest};
@@ -15,6 +17,22 @@ use swarm::api::control::{
 };
 use swarm::api::{Annotations, ConfigSpec, Driver, SecretSpec, Service, ServiceMode, ServiceSpec, TaskState};
 use swarm::manager::controlapi::validate;
+
+/// The service label holding the image as the compose file names it (Docker's), so a re-deploy knows whether
+/// the file's image changed since the digest was recorded.
+pub const IMAGE_LABEL: &str = "com.docker.stack.image";
+
+/// `--resolve-image`: when a deploy asks the registry for an image's digest (Docker's modes).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum ResolveImage {
+    /// Every deploy: a tag that moved is rolled out.
+    #[default]
+    Always,
+    /// Only for new services and images the file changed.
+    Changed,
+    /// Never: the image as the file names it (or as last pinned, while the file names the same one).
+    Never,
+}
 
 /// How long a service waits for those it depends on to be healthy before the deployment gives up.
 const HEALTHY_TIMEOUT: Duration = Duration::from_secs(300);
@@ -84,6 +102,11 @@ pub fn action(desired: &ServiceSpec, current: Option<&Service>) -> Action {
             let mut want = desired.clone();
             // A `service update --force` counter is kept, as Docker does.
             want.task_template.force_update = cur.spec.task_template.force_update;
+            // Reads never return the registry credentials: without new ones the stored ones stay (as the control
+            // API does), and new ones are always sent.
+            if want.task_template.container.pull_options.is_none() {
+                want.task_template.container.pull_options = cur.spec.task_template.container.pull_options.clone();
+            }
             // The file names secrets and configs; the stored spec also holds the ids the control API resolved.
             let (c, stored) = (&mut want.task_template.container, &cur.spec.task_template.container);
             for r in c.secrets.iter_mut().filter(|r| r.secret_id.is_empty()) {
@@ -105,13 +128,40 @@ pub fn action(desired: &ServiceSpec, current: Option<&Service>) -> Action {
     }
 }
 
+/// Where a service's image comes from on this deploy (Docker's rules for `--resolve-image`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ImageSource {
+    /// Ask the registry for the digest its tag points at now.
+    Registry,
+    /// The image the last deploy pinned: the file still names the same one.
+    AsDeployed(String),
+    /// The image as the file names it.
+    File,
+}
+
+/// Where the image of a service the file names `file_image` comes from, given the service as deployed (pure).
+pub fn image_source(mode: ResolveImage, file_image: &str, current: Option<&Service>) -> ImageSource {
+    let same_in_file = current
+        .filter(|c| c.spec.annotations.labels.get(IMAGE_LABEL).map(String::as_str) == Some(file_image))
+        .map(|c| c.spec.task_template.container.image.clone());
+    match (mode, same_in_file) {
+        (ResolveImage::Always, _) | (ResolveImage::Changed, None) => ImageSource::Registry,
+        (_, Some(deployed)) => ImageSource::AsDeployed(deployed),
+        (ResolveImage::Never, None) => ImageSource::File,
+    }
+}
+
 pub struct DeployOptions {
     pub prune: bool,
+    pub resolve_image: ResolveImage,
+    pub with_registry_auth: bool,
 }
 
 pub async fn deploy(client: &mut Client, mut plan: StackPlan, opts: DeployOptions) -> anyhow::Result<()> {
     // Everything is checked before the first write.
     for s in &mut plan.services {
+        let file_image = s.spec.task_template.container.image.clone();
+        s.spec.annotations.labels.insert(IMAGE_LABEL.into(), file_image);
         s.spec = normalized(&s.spec).map_err(anyhow::Error::msg)?;
     }
     let order: Vec<ServicePlan> =
@@ -158,6 +208,19 @@ pub async fn deploy(client: &mut Client, mut plan: StackPlan, opts: DeployOption
             }
         }
         let name = spec.annotations.name.clone();
+        let mut warning = None;
+        let c = &mut spec.task_template.container;
+        match image_source(opts.resolve_image, &spec.annotations.labels[IMAGE_LABEL], current.get(&name)) {
+            ImageSource::Registry => {
+                let pinned = pin_image(client, &c.image).await?;
+                (c.image, warning) = (pinned.image, pinned.warning);
+            }
+            ImageSource::AsDeployed(image) => c.image = image,
+            ImageSource::File => {}
+        }
+        if opts.with_registry_auth {
+            c.pull_options = registry_auth(&c.image)?;
+        }
         match action(&spec, current.get(&name)) {
             Action::Create(spec) => {
                 if first_deployment {
@@ -171,6 +234,10 @@ pub async fn deploy(client: &mut Client, mut plan: StackPlan, opts: DeployOption
             Action::Update(id, version, spec) => {
                 println!("Updating service {name} (id: {id})");
                 rpc(client.control.update_service(UpdateServiceRequest { id, version, spec, rollback: false }).await)?;
+                // As Docker, which prints the warnings of an update (not of a create) here.
+                if let Some(w) = warning {
+                    eprintln!("{w}");
+                }
             }
             Action::Unchanged => {}
         }
@@ -305,20 +372,54 @@ mod tests {
         assert_eq!(creation_order(&c).unwrap_err(), "depends_on has a cycle: a_x -> a_y -> a_x");
     }
 
+    fn deployed_as(spec: ServiceSpec) -> Service {
+        Service {
+            id: "id1".into(),
+            meta: Default::default(),
+            spec,
+            previous_spec: None,
+            spec_version: 1,
+            update_status: None,
+            endpoint: None,
+        }
+    }
+
+    #[test]
+    fn the_image_is_resolved_as_docker_s_modes_say() {
+        let mut cur = plan("a_web", &[]).spec;
+        cur.annotations.labels.insert(IMAGE_LABEL.into(), "app:v1".into());
+        cur.task_template.container.image = "r/app:v1@sha256:1".into();
+        let cur = deployed_as(cur);
+        let deployed = ImageSource::AsDeployed("r/app:v1@sha256:1".into());
+        use ResolveImage::*;
+        assert_eq!(image_source(Always, "app:v1", Some(&cur)), ImageSource::Registry, "a moved tag is rolled out");
+        assert_eq!(image_source(Always, "app:v1", None), ImageSource::Registry);
+        assert_eq!(image_source(Changed, "app:v1", Some(&cur)), deployed);
+        assert_eq!(image_source(Changed, "app:v2", Some(&cur)), ImageSource::Registry);
+        assert_eq!(image_source(Changed, "app:v1", None), ImageSource::Registry);
+        assert_eq!(image_source(Never, "app:v1", Some(&cur)), deployed);
+        assert_eq!(image_source(Never, "app:v2", Some(&cur)), ImageSource::File);
+    }
+
+    #[test]
+    fn stored_credentials_stay_unless_new_ones_are_sent() {
+        let desired = normalized(&plan("a_web", &[]).spec).unwrap();
+        let mut cur = deployed_as(desired.clone());
+        cur.spec.task_template.container.pull_options =
+            Some(swarm::api::PullOptions { registry_auth: "old".into(), sealed: vec![] });
+        assert_eq!(action(&desired, Some(&cur)), Action::Unchanged);
+        let mut with = desired.clone();
+        with.task_template.container.pull_options =
+            Some(swarm::api::PullOptions { registry_auth: "new".into(), sealed: vec![] });
+        assert!(matches!(action(&with, Some(&cur)), Action::Update(..)));
+    }
+
     #[test]
     fn only_changed_services_are_updated() {
         let desired = normalized(&plan("a_web", &[]).spec).unwrap();
         assert_eq!(desired.task_template.container.image, "docker.io/library/busybox:latest");
         assert!(matches!(action(&desired, None), Action::Create(_)));
-        let mut cur = Service {
-            id: "id1".into(),
-            meta: Default::default(),
-            spec: desired.clone(),
-            previous_spec: None,
-            spec_version: 1,
-            update_status: None,
-            endpoint: None,
-        };
+        let mut cur = deployed_as(desired.clone());
         cur.spec.task_template.force_update = 3;
         cur.meta.version = 7;
         assert_eq!(action(&desired, Some(&cur)), Action::Unchanged, "a forced-update counter is not a change");

@@ -52,9 +52,12 @@ pub struct DeployArgs {
     /// Prune services that are no longer referenced
     #[arg(long)]
     prune: bool,
-    /// Accepted for compatibility with Docker; each node pulls with the credentials of its own `shoal login`
+    /// Send registry authentication details to Swarm agents
     #[arg(long = "with-registry-auth")]
     with_registry_auth: bool,
+    /// Query the registry to resolve image digest and supported platforms ("always", "changed", "never")
+    #[arg(long = "resolve-image", value_enum, default_value_t = deploy::ResolveImage::Always, value_name = "string")]
+    resolve_image: deploy::ResolveImage,
     /// Stack name
     #[arg(value_name = "STACK")]
     name: String,
@@ -135,7 +138,6 @@ pub async fn run(client: &mut Client, cmd: StackCmd) -> anyhow::Result<()> {
 }
 
 async fn deploy_cmd(client: &mut Client, a: DeployArgs) -> anyhow::Result<()> {
-    let _ = a.with_registry_auth;
     let loaded = load::load_files(&a.files, true)?;
     let plan = loaded.plan(&a.name)?;
     for w in loaded.warnings() {
@@ -145,7 +147,12 @@ async fn deploy_cmd(client: &mut Client, a: DeployArgs) -> anyhow::Result<()> {
         eprintln!("Ignoring unsupported options: {}", plan.unsupported.iter().cloned().collect::<Vec<_>>().join(", "));
         eprintln!();
     }
-    deploy::deploy(client, plan, deploy::DeployOptions { prune: a.prune }).await
+    let opts = deploy::DeployOptions {
+        prune: a.prune,
+        resolve_image: a.resolve_image,
+        with_registry_auth: a.with_registry_auth,
+    };
+    deploy::deploy(client, plan, opts).await
 }
 
 /// The merged file as YAML, extension fields left out (their anchors are already resolved).

@@ -355,8 +355,8 @@ pub struct ContainerSpec {
     /// `--config`: configs mounted as in-memory files.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub configs: Vec<ConfigReference>,
-    /// How nodes pull the image (`--with-registry-auth`): never returned by the control API, only delivered to
-    /// the agents that run the task.
+    /// How nodes pull the image (`--with-registry-auth`): stored sealed, never returned by the control API, opened
+    /// only for the agents that run the task.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pull_options: Option<PullOptions>,
 }
@@ -368,13 +368,22 @@ pub struct PullOptions {
     /// `{"username", "password", "serveraddress"}`).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub registry_auth: String,
+    /// `registry_auth` sealed with the managers' data key: the only form the store (and so the Raft log, the
+    /// snapshots and `state.redb`) holds; the dispatcher opens it back into `registry_auth` for the task's node.
+    #[serde(default, with = "super::secret::base64_bytes", skip_serializing_if = "Vec::is_empty")]
+    pub sealed: Vec<u8>,
 }
 
 impl std::fmt::Debug for PullOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Specs get logged; the credentials must not be.
-        let shown = if self.registry_auth.is_empty() { "" } else { "<redacted>" };
-        write!(f, "PullOptions {{ registry_auth: {shown:?} }}")
+        let shown = |empty: bool| if empty { "" } else { "<redacted>" };
+        write!(
+            f,
+            "PullOptions {{ registry_auth: {:?}, sealed: {:?} }}",
+            shown(self.registry_auth.is_empty()),
+            shown(self.sealed.is_empty())
+        )
     }
 }
 

@@ -6,6 +6,7 @@
 
 pub mod endpoint;
 pub mod network;
+pub mod pullauth;
 pub mod secrets;
 pub mod validate;
 
@@ -258,6 +259,7 @@ impl Control for ControlApi {
         let store = self.store()?;
         let mut spec = req.into_inner().spec;
         validate::service_spec(&mut spec).map_err(|e| Status::invalid_argument(e.0))?;
+        pullauth::seal(&mut spec.task_template.container, None, store.data_key().as_ref())?;
         let service = Service {
             id: new_id(),
             meta: Default::default(),
@@ -295,15 +297,15 @@ impl Control for ControlApi {
         if !rollback {
             validate::service_spec(&mut spec).map_err(|e| Status::invalid_argument(e.0))?;
         }
+        let key = store.data_key();
         let id = store
             .update(|tx| {
                 let cur = find_service(tx.view(), &id)?;
                 // Reads never return the registry credentials, so a spec sent back without them keeps the
                 // current ones (as Docker: new credentials only with `--with-registry-auth`).
                 let mut spec = spec;
-                if spec.task_template.container.pull_options.is_none() {
-                    spec.task_template.container.pull_options = cur.spec.task_template.container.pull_options.clone();
-                }
+                let current = cur.spec.task_template.container.pull_options.as_ref();
+                pullauth::seal(&mut spec.task_template.container, current, key.as_ref())?;
                 let mut next = if rollback {
                     rolled_back(cur)?
                 } else {
@@ -874,13 +876,20 @@ mod tests {
     async fn registry_credentials_are_stored_but_never_returned() {
         let store = Store::in_memory();
         let api = ControlApi::with_store(store.clone());
-        let auth = |s: &str| Some(crate::api::PullOptions { registry_auth: s.into() });
+        let auth = |s: &str| Some(crate::api::PullOptions { registry_auth: s.into(), sealed: vec![] });
         let mut spec = service("x", "web", 1).spec;
         spec.task_template.container.pull_options = auth("c2VjcmV0");
         let created = api.create_service(Request::new(CreateServiceRequest { spec })).await.unwrap().into_inner();
         assert_eq!(created.spec.task_template.container.pull_options, None, "create's answer");
         let stored = || store.view(|v| v.service(&created.id).cloned().unwrap());
-        assert_eq!(stored().spec.task_template.container.pull_options, auth("c2VjcmV0"), "kept for the agents");
+        // Kept for the agents, sealed.
+        let opened = |s: &Service| {
+            let p = s.spec.task_template.container.pull_options.clone().unwrap();
+            assert!(p.registry_auth.is_empty(), "stored in clear");
+            String::from_utf8(store.data_key().unwrap().open(&p.sealed).unwrap()).unwrap()
+        };
+        assert_eq!(opened(&stored()), "c2VjcmV0");
+        let sealed_at_create = stored().spec.task_template.container.pull_options;
 
         let got = api.get_service(Request::new(GetRequest { id_or_name: "web".into() })).await.unwrap().into_inner();
         assert_eq!(got.spec.task_template.container.pull_options, None);
@@ -897,15 +906,23 @@ mod tests {
         assert_eq!(updated.spec.task_template.container.pull_options, None);
         assert!(updated.previous_spec.as_ref().unwrap().task_template.container.pull_options.is_none());
         let s = stored();
-        assert_eq!(s.spec.task_template.container.pull_options, auth("c2VjcmV0"));
+        assert_eq!(s.spec.task_template.container.pull_options, sealed_at_create);
         assert_eq!(s.spec.task_template.container.env, vec!["A=1"]);
 
+        // The same credentials sent again change nothing (no new ciphertext, so no new spec version).
+        let mut next = got.spec.clone();
+        next.task_template.container.env.push("A=1".into());
+        next.task_template.container.pull_options = auth("c2VjcmV0");
+        let req = UpdateServiceRequest { id: s.id.clone(), version: s.meta.version, spec: next, rollback: false };
+        api.update_service(Request::new(req)).await.unwrap();
+        assert_eq!(stored().spec_version, s.spec_version);
+
         // New credentials replace them.
-        let mut next = s.spec.clone();
+        let mut next = got.spec.clone();
         next.task_template.container.pull_options = auth("bmV3");
         let req = UpdateServiceRequest { id: s.id.clone(), version: s.meta.version, spec: next, rollback: false };
         api.update_service(Request::new(req)).await.unwrap();
-        assert_eq!(stored().spec.task_template.container.pull_options, auth("bmV3"));
+        assert_eq!(opened(&stored()), "bmV3");
 
         // Tasks carry them in the store (the dispatcher sends those) but not through the control API.
         let mut t = crate::testing::task("t1", &created.id, 1);

@@ -51,6 +51,14 @@ fn with_leader(status: &mut Status, leader: Option<String>) {
     }
 }
 
+/// The registry credentials of the tasks `msg` sends, opened for this node (the store holds them sealed; only the
+/// node running a task gets them).
+fn open_pull_options(msg: &mut AssignmentsMessage, key: Option<&crate::manager::datakey::DataKey>) {
+    for t in &mut msg.updated {
+        crate::manager::controlapi::pullauth::open_for_node(t, key);
+    }
+}
+
 impl From<DispatcherError> for Status {
     fn from(e: DispatcherError) -> Status {
         match e {
@@ -151,6 +159,7 @@ impl DispatcherRpc for DispatcherService {
         tokio::spawn(async move {
             net.cover(&complete.updated).await;
             complete.network_state = net.complete();
+            open_pull_options(&mut complete, store.data_key().as_ref());
             if tx.send(Ok(complete)).await.is_err() {
                 return;
             }
@@ -213,6 +222,7 @@ impl DispatcherRpc for DispatcherService {
                 {
                     continue;
                 }
+                open_pull_options(&mut out, key.as_ref());
                 if tx.send(Ok(out)).await.is_err() {
                     return;
                 }
