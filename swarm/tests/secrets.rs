@@ -3,7 +3,6 @@
 //! is dropped there when the last such task ends, and never rests on any disk in clear; with three managers, a
 //! secret created before the leader stops is still delivered by the next leader (every manager has the data key).
 
-use std::path::Path;
 use swarm::api::control::*;
 use swarm::api::membership::SwarmJoinRequest;
 use swarm::api::{
@@ -49,23 +48,6 @@ fn running(node: &SwarmNode<TestExecutor>, service_id: &str) -> usize {
             .filter(|t| t.desired_state == TaskState::Running && t.status.state == TaskState::Running)
             .count()
     })
-}
-
-/// Every file under `dir` that holds `needle`.
-fn files_holding(dir: &Path, needle: &[u8]) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if std::fs::read(&p).is_ok_and(|b| b.windows(needle.len()).any(|w| w == needle)) {
-                out.push(p.display().to_string());
-            }
-        }
-    }
-    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
