@@ -196,7 +196,13 @@ pub async fn run(client: &mut Client, cmd: SwarmCmd) -> anyhow::Result<()> {
             Ok(())
         }
         SwarmCmd::Unlock => {
-            // As Docker: the key is read from the terminal without echo, or from stdin when piped.
+            // As Docker: asked only of a locked node; the key is read from the terminal without echo, or from
+            // stdin when piped.
+            match rpc(client.engine.info(Empty {}).await)?.swarm.local_node_state.as_str() {
+                "locked" => {}
+                "inactive" | "" => anyhow::bail!("This node is not part of a swarm"),
+                _ => anyhow::bail!("swarm is not locked"),
+            }
             print!("Please enter unlock key: ");
             std::io::Write::flush(&mut std::io::stdout())?;
             let key = crate::login::read_hidden_line()?;

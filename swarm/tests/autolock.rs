@@ -57,8 +57,11 @@ async fn update_autolock(api: &ControlApi, on: bool, rotate: bool) -> Result<(),
 
 /// Whether the manager under `dir` has both key files wrapped with `key` (and so with no other key).
 fn wrapped_with(dir: &Path, key: &UnlockKey) -> bool {
-    DataKey::load_wrapped(&data_key_file(dir), Some(key)).is_ok_and(|k| k.is_some())
-        && swarm::ca::NodeIdentity::load_wrapped(&dir.join("swarm").join("certificates"), Some(key)).is_ok()
+    let certs = dir.join("swarm").join("certificates");
+    DataKey::is_wrapped(&data_key_file(dir))
+        && swarm::ca::NodeIdentity::key_is_wrapped(&certs)
+        && DataKey::load_wrapped(&data_key_file(dir), Some(key)).is_ok_and(|k| k.is_some())
+        && swarm::ca::NodeIdentity::load_wrapped(&certs, Some(key)).is_ok()
 }
 
 /// Neither key file holds its key in clear: the data key's text and a PEM private key are absent.
