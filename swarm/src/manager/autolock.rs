@@ -4,13 +4,12 @@
 //! `unlock-key --rotate` re-write every manager's files as soon as the change is applied there. A manager down
 //! during a rotation still has its files wrapped with the old key and is unlocked with it (as Docker's).
 
-use crate::api::{self, Cluster};
+use crate::api::Cluster;
 use crate::ca::{CaError, NodeIdentity};
 use crate::manager::datakey::{DataKey, DataKeyError, UnlockKey};
 use crate::manager::store::Store;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, thiserror::Error)]
@@ -123,30 +122,14 @@ pub fn new_sealed_key(data_key: &DataKey) -> (UnlockKey, Vec<u8>) {
 
 /// Keeps `files` wrapped as the cluster in `store` says, until `shutdown`.
 pub async fn follow_unlock_key(files: KeyFiles, store: Store, shutdown: CancellationToken) {
-    // Subscribed before reading, so no change falls between the read and the watch.
-    let mut events = store.watch();
-    loop {
-        if let Some(cluster) = store.view(|v| v.cluster().cloned()) {
-            match wanted_key(&cluster, store.data_key().as_ref()) {
-                Ok(want) => match files.rewrap(want.clone()) {
-                    Ok(true) => tracing::info!(locked = want.is_some(), "re-wrote this manager's key files"),
-                    Ok(false) => {}
-                    Err(e) => tracing::error!(error = %e, "re-writing this manager's key files for autolock"),
-                },
-                Err(e) => tracing::error!(error = %e, "the cluster's unlock key cannot be opened on this manager"),
-            }
-        }
-        loop {
-            let ev = tokio::select! {
-                _ = shutdown.cancelled() => return,
-                ev = events.recv() => ev,
-            };
-            match ev {
-                Ok(ev) if matches!(ev.object, api::Object::Cluster(_)) => break,
-                Ok(_) => {}
-                Err(broadcast::error::RecvError::Lagged(_)) => break,
-                Err(broadcast::error::RecvError::Closed) => return,
-            }
-        }
-    }
+    store
+        .follow_cluster(&shutdown, |cluster, store| match wanted_key(cluster, store.data_key().as_ref()) {
+            Ok(want) => match files.rewrap(want.clone()) {
+                Ok(true) => tracing::info!(locked = want.is_some(), "re-wrote this manager's key files"),
+                Ok(false) => {}
+                Err(e) => tracing::error!(error = %e, "re-writing this manager's key files for autolock"),
+            },
+            Err(e) => tracing::error!(error = %e, "the cluster's unlock key cannot be opened on this manager"),
+        })
+        .await
 }
