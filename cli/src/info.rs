@@ -158,6 +158,10 @@ mod tests {
         ] {
             assert!(out.lines().any(|l| l == line), "missing {line:?} in\n{out}");
         }
+        let mut locked = info.clone();
+        locked.swarm = SwarmInfo { local_node_state: "locked".into(), node_id: "node1".into(), ..Default::default() };
+        let out = render_info(&locked, None);
+        assert!(out.contains("Swarm: locked\n NodeID: node1\n Is Manager: false\n"), "{out}");
         let inactive = render_info(&InfoResponse::default(), None);
         assert!(inactive.lines().any(|l| l == "Swarm: inactive"));
         assert!(!inactive.contains("NodeID"));

@@ -137,8 +137,8 @@ pub fn remove_credentials(path: &Path, host: &str) -> Result<bool, CredentialsEr
     Ok(true)
 }
 
-/// Reads a line from the terminal with echo off (for the password prompt).
-fn read_hidden_line() -> std::io::Result<String> {
+/// Reads a line from the terminal with echo off (password and unlock key prompts), or from piped stdin.
+pub(crate) fn read_hidden_line() -> std::io::Result<String> {
     let fd = libc::STDIN_FILENO;
     // SAFETY: termios is plain data; tcgetattr/tcsetattr get a valid fd and pointer.
     let mut term: libc::termios = unsafe { std::mem::zeroed() };

@@ -1,8 +1,9 @@
-//! `shoal swarm …`: init, join, leave, join-token, update and ca, with Docker's messages and hints.
+//! `shoal swarm …`: init, join, leave, join-token, update, ca, unlock and unlock-key, with Docker's messages and
+//! hints.
 
 use crate::client::{rpc, Client};
 use clap::{Args, Subcommand, ValueEnum};
-use engine_api::{RotateJoinTokenRequest, SwarmInitRequest, SwarmJoinRequest, SwarmLeaveRequest};
+use engine_api::{RotateJoinTokenRequest, SwarmInitRequest, SwarmJoinRequest, SwarmLeaveRequest, SwarmUnlockRequest};
 use std::time::Duration;
 use swarm::api::control::{Empty, GetRequest};
 use swarm::api::{NodeAvailability, NodeRole};
@@ -22,6 +23,21 @@ pub enum SwarmCmd {
     Update(UpdateArgs),
     /// Display and rotate the root CA
     Ca(CaArgs),
+    /// Unlock swarm
+    Unlock,
+    /// Manage the unlock key
+    #[command(name = "unlock-key")]
+    UnlockKey(UnlockKeyArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct UnlockKeyArgs {
+    /// Only display token
+    #[arg(short, long)]
+    quiet: bool,
+    /// Rotate unlock key
+    #[arg(long)]
+    rotate: bool,
 }
 
 #[derive(Debug, Args)]
@@ -51,6 +67,9 @@ pub struct UpdateArgs {
     /// Task history retention limit (default 5)
     #[arg(long = "task-history-limit", value_parser = count, allow_hyphen_values = true, value_name = "N")]
     task_history_limit: Option<u64>,
+    /// Change manager autolocking setting (true|false)
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_name = "BOOL")]
+    autolock: Option<bool>,
 }
 
 #[derive(Debug, Args)]
@@ -76,6 +95,9 @@ pub struct InitArgs {
     /// Force create a new cluster from current state
     #[arg(long = "force-new-cluster")]
     force_new_cluster: bool,
+    /// Enable manager autolocking (requiring an unlock key to start a stopped manager)
+    #[arg(long)]
+    autolock: bool,
     /// Default address pool in CIDR format (repeatable; default 10.0.0.0/8)
     #[arg(long = "default-addr-pool", value_name = "CIDR")]
     default_addr_pool: Vec<String>,
@@ -157,13 +179,76 @@ pub async fn run(client: &mut Client, cmd: SwarmCmd) -> anyhow::Result<()> {
         SwarmCmd::Ca(a) => ca(client, a).await,
         SwarmCmd::Update(a) => {
             let current = rpc(client.control.get_cluster(Empty {}).await)?.cluster;
+            let was_locked = current.spec.encryption_config.auto_lock_managers;
             let spec = updated_spec(current.spec, &a);
-            let req = swarm::api::control::UpdateClusterRequest { version: current.meta.version, spec };
+            let locks = spec.encryption_config.auto_lock_managers && !was_locked;
+            let req = swarm::api::control::UpdateClusterRequest {
+                version: current.meta.version,
+                spec,
+                rotate_unlock_key: false,
+            };
             rpc(client.control.update_cluster(req).await)?;
             println!("Swarm updated.");
+            if locks {
+                let key = rpc(client.engine.swarm_unlock_key(Empty {}).await)?.key;
+                println!("{}", unlock_key_hint(&key));
+            }
             Ok(())
         }
+        SwarmCmd::Unlock => {
+            // As Docker: asked only of a locked node; the key is read from the terminal without echo, or from
+            // stdin when piped.
+            match rpc(client.engine.info(Empty {}).await)?.swarm.local_node_state.as_str() {
+                "locked" => {}
+                "inactive" | "" => anyhow::bail!("This node is not part of a swarm"),
+                _ => anyhow::bail!("swarm is not locked"),
+            }
+            print!("Please enter unlock key: ");
+            std::io::Write::flush(&mut std::io::stdout())?;
+            let key = crate::login::read_hidden_line()?;
+            rpc(client.engine.swarm_unlock(SwarmUnlockRequest { key: key.trim().to_string() }).await)?;
+            Ok(())
+        }
+        SwarmCmd::UnlockKey(a) => unlock_key(client, a).await,
     }
+}
+
+/// What Docker prints with an unlock key (`init --autolock`, `update --autolock=true`, `unlock-key`).
+fn unlock_key_hint(key: &str) -> String {
+    format!(
+        "To unlock a swarm manager after it restarts, run the `shoal swarm unlock`\ncommand and provide the following \
+         key:\n\n    {key}\n\nPlease remember to store this key in a password manager, since without it you\nwill not \
+         be able to restart the manager.\n"
+    )
+}
+
+/// `swarm unlock-key [-q] [--rotate]`.
+async fn unlock_key(client: &mut Client, a: UnlockKeyArgs) -> anyhow::Result<()> {
+    if a.rotate {
+        let current = rpc(client.control.get_cluster(Empty {}).await)?.cluster;
+        if !current.spec.encryption_config.auto_lock_managers {
+            anyhow::bail!("cannot rotate because autolock is not turned on");
+        }
+        let req = swarm::api::control::UpdateClusterRequest {
+            version: current.meta.version,
+            spec: current.spec,
+            rotate_unlock_key: true,
+        };
+        rpc(client.control.update_cluster(req).await)?;
+        if !a.quiet {
+            println!("Successfully rotated manager unlock key.\n");
+        }
+    }
+    let key = rpc(client.engine.swarm_unlock_key(Empty {}).await)?.key;
+    if key.is_empty() {
+        anyhow::bail!("no unlock key is set");
+    }
+    if a.quiet {
+        println!("{key}");
+    } else {
+        println!("{}", unlock_key_hint(&key));
+    }
+    Ok(())
 }
 
 /// The cluster spec with the flags `swarm update` was given applied; the rest is kept.
@@ -179,6 +264,9 @@ fn updated_spec(mut spec: swarm::api::ClusterSpec, a: &UpdateArgs) -> swarm::api
     }
     if let Some(n) = a.task_history_limit {
         spec.orchestration.task_history_retention_limit = n;
+    }
+    if let Some(l) = a.autolock {
+        spec.encryption_config.auto_lock_managers = l;
     }
     spec
 }
@@ -229,6 +317,7 @@ async fn init(client: &mut Client, a: InitArgs) -> anyhow::Result<()> {
         force_new_cluster: a.force_new_cluster,
         default_addr_pool: a.default_addr_pool,
         default_addr_pool_mask_length: a.default_addr_pool_mask_length,
+        autolock: a.autolock,
     };
     let resp = rpc(client.engine.swarm_init(req).await)?;
     println!("Swarm initialized: current node ({}) is now a manager.", resp.node_id);
@@ -242,6 +331,10 @@ async fn init(client: &mut Client, a: InitArgs) -> anyhow::Result<()> {
     }
     println!("To add a manager to this swarm, run 'shoal swarm join-token manager' and follow the instructions.");
     println!();
+    if a.autolock {
+        let key = rpc(client.engine.swarm_unlock_key(Empty {}).await)?.key;
+        println!("{}", unlock_key_hint(&key));
+    }
     Ok(())
 }
 
@@ -255,7 +348,8 @@ async fn ca(client: &mut Client, a: CaArgs) -> anyhow::Result<()> {
     }
     let mut spec = current.spec;
     spec.ca_config.force_rotate += 1;
-    let req = swarm::api::control::UpdateClusterRequest { version: current.meta.version, spec };
+    let req =
+        swarm::api::control::UpdateClusterRequest { version: current.meta.version, spec, rotate_unlock_key: false };
     rpc(client.control.update_cluster(req).await)?;
     if a.detach {
         return Ok(());
@@ -324,12 +418,41 @@ mod tests {
             raft: Default::default(),
             dispatcher: Default::default(),
             ca_config: Default::default(),
+            encryption_config: Default::default(),
         };
         let after = updated_spec(before.clone(), &t.a);
         assert_eq!(after.ca_config.node_cert_expiry, Duration::from_secs(3600));
         assert_eq!(after.orchestration.task_history_retention_limit, 2);
         assert_eq!((after.dispatcher, after.raft), (before.dispatcher, before.raft), "the rest is kept");
         assert!(T::try_parse_from(["x", "--dispatcher-heartbeat", "soon"]).is_err());
+        assert!(!after.encryption_config.auto_lock_managers, "autolock kept");
+        let cases: [(&[&str], bool); 3] =
+            [(&["x", "--autolock"], true), (&["x", "--autolock=true"], true), (&["x", "--autolock=false"], false)];
+        for (args, want) in cases {
+            let t = T::try_parse_from(args.iter().copied()).unwrap();
+            assert_eq!(updated_spec(before.clone(), &t.a).encryption_config.auto_lock_managers, want, "{args:?}");
+        }
+        assert!(T::try_parse_from(["x", "--autolock=maybe"]).is_err());
+    }
+
+    #[test]
+    fn unlock_key_takes_rotate_and_quiet_and_prints_dockers_hint() {
+        let SwarmCmd::UnlockKey(a) = parse(&["unlock-key", "--rotate", "-q"]).unwrap() else {
+            panic!("not unlock-key")
+        };
+        assert!(a.rotate && a.quiet);
+        assert!(matches!(parse(&["unlock"]).unwrap(), SwarmCmd::Unlock));
+        let SwarmCmd::Init(a) = parse(&["init", "--autolock"]).unwrap() else { panic!("not init") };
+        assert!(a.autolock);
+        let hint = unlock_key_hint("SWMKEY-1-abc");
+        assert!(
+            hint.starts_with("To unlock a swarm manager after it restarts, run the `shoal swarm unlock`\n"),
+            "{hint}"
+        );
+        assert!(
+            hint.contains("\n\n    SWMKEY-1-abc\n\nPlease remember to store this key in a password manager"),
+            "{hint}"
+        );
     }
     use clap::Parser;
 

@@ -648,6 +648,15 @@ impl Engine for Fake {
     ) -> Result<Response<RotateJoinTokenResponse>, Status> {
         Ok(Response::new(RotateJoinTokenResponse { token: "SWMTKN-1-w".into() }))
     }
+    async fn swarm_unlock(&self, _req: Request<engine_api::SwarmUnlockRequest>) -> Result<Response<Empty>, Status> {
+        Err(Status::failed_precondition("swarm is not locked"))
+    }
+    async fn swarm_unlock_key(
+        &self,
+        _req: Request<Empty>,
+    ) -> Result<Response<engine_api::SwarmUnlockKeyResponse>, Status> {
+        Ok(Response::new(engine_api::SwarmUnlockKeyResponse::default()))
+    }
     async fn image_load(&self, req: Request<Streaming<ImageLoadChunk>>) -> Result<Response<ImageLoadResponse>, Status> {
         let mut stream = req.into_inner();
         let mut total = 0usize;

@@ -23,6 +23,8 @@ fn main() {
             "crate::RotateJoinTokenResponse",
             UNARY,
         ),
+        ("swarm_unlock", "SwarmUnlock", "crate::SwarmUnlockRequest", empty, UNARY),
+        ("swarm_unlock_key", "SwarmUnlockKey", empty, "crate::SwarmUnlockKeyResponse", UNARY),
         ("image_load", "ImageLoad", "crate::ImageLoadChunk", "crate::ImageLoadResponse", UPLOAD),
         ("image_list", "ImageList", empty, "crate::ImageListResponse", UNARY),
         ("image_remove", "ImageRemove", "crate::ImageRemoveRequest", empty, UNARY),

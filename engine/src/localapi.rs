@@ -1,5 +1,5 @@
-//! The node's local API (`shoal.Engine`) on its unix socket: info, version, swarm init/join/leave and join-token
-//! rotation, images.
+//! The node's local API (`shoal.Engine`) on its unix socket: info, version, swarm init/join/leave, join-token
+//! rotation, unlock and unlock-key, images.
 //! The control API is served beside it (`SwarmNode::control_api`); it also serves `service logs`, gathered
 //! from every node by the leader.
 
@@ -28,12 +28,12 @@ pub struct LocalApi {
 
 fn node_status(e: NodeError) -> Status {
     match e {
-        NodeError::AlreadyMember | NodeError::NotMember | NodeError::LastManager => {
+        NodeError::AlreadyMember | NodeError::NotMember | NodeError::LastManager | NodeError::NotLocked => {
             Status::failed_precondition(e.to_string())
         }
-        NodeError::InvalidArgument(_) | NodeError::Ca(swarm::ca::CaError::InvalidToken(_)) => {
-            Status::invalid_argument(e.to_string())
-        }
+        NodeError::InvalidArgument(_)
+        | NodeError::InvalidUnlockKey
+        | NodeError::Ca(swarm::ca::CaError::InvalidToken(_)) => Status::invalid_argument(e.to_string()),
         NodeError::NotManager(_) => Status::failed_precondition(e.to_string()),
         NodeError::JoinTimeout => Status::deadline_exceeded(e.to_string()),
         NodeError::Join(ref j) => match j {
@@ -168,6 +168,16 @@ impl Engine for LocalApi {
     ) -> Result<Response<RotateJoinTokenResponse>, Status> {
         let token = self.node.rotate_join_token(req.into_inner().role).await.map_err(node_status)?;
         Ok(Response::new(RotateJoinTokenResponse { token }))
+    }
+
+    async fn swarm_unlock(&self, req: Request<SwarmUnlockRequest>) -> Result<Response<Empty>, Status> {
+        self.node.unlock(&req.into_inner().key).await.map_err(node_status)?;
+        Ok(Response::new(Empty {}))
+    }
+
+    async fn swarm_unlock_key(&self, _req: Request<Empty>) -> Result<Response<SwarmUnlockKeyResponse>, Status> {
+        let key = self.node.unlock_key().map_err(node_status)?;
+        Ok(Response::new(SwarmUnlockKeyResponse { key }))
     }
 
     async fn swarm_leave(&self, req: Request<SwarmLeaveRequest>) -> Result<Response<Empty>, Status> {

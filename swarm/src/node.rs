@@ -6,14 +6,20 @@
 //!  <state dir>/node.json        who this node is (ids, role, addresses) — versioned
 //!  <state dir>/certificates/    swarm-node.crt, swarm-node.key, swarm-root-ca.crt
 //!  <state dir>/raft/            log.redb, state.redb, snapshots/ (managers only)
+//!  <state dir>/data.key         the managers' data key (managers only)
 //! ```
+//!
+//! With autolock, a manager's `data.key` and `swarm-node.key` are wrapped with the unlock key
+//! (`manager/autolock.rs`): after a restart the node stays locked — no Raft, no agent — until `swarm unlock`.
 
 use crate::agent::exec::Executor;
 use crate::agent::{Agent, AgentConfig, AgentStatus};
 use crate::api::membership::{SwarmInfo, SwarmInitRequest, SwarmJoinRequest};
 use crate::api::*;
 use crate::ca::{self, NodeIdentity, RootCa};
-use crate::manager::controlapi::{ControlApi, NOT_A_MANAGER, WORKER_NOT_A_MANAGER};
+use crate::manager::autolock::{self, KeyFiles};
+use crate::manager::controlapi::{ControlApi, NOT_A_MANAGER, SWARM_LOCKED, WORKER_NOT_A_MANAGER};
+use crate::manager::datakey::UnlockKey;
 use crate::manager::dispatcher::{Dispatcher, DispatcherConfig, DispatcherService};
 use crate::manager::raft::wire::{JoinRequest, LeaveRequest, RemoteFailure};
 use crate::manager::raft::{self, RaftHandle, RaftService, RaftSettings, MAX_RAFT_MESSAGE};
@@ -88,9 +94,16 @@ pub enum NodeError {
     /// keeps trying in the background.
     #[error("Timeout was reached before node joined. The attempt to join the swarm will continue in the background. Use the \"shoal info\" command to see the current swarm status of your node.")]
     JoinTimeout,
-    /// A manager-only operation on a worker or a non-member; the message is Docker's for that case.
+    /// A manager-only operation on a worker, a non-member or a locked manager; the message is Docker's for that
+    /// case.
     #[error("{0}")]
     NotManager(&'static str),
+    /// `swarm unlock` with a key that does not open this manager's key files; nothing changed.
+    #[error("swarm could not be unlocked: invalid key provided")]
+    InvalidUnlockKey,
+    /// `swarm unlock` on a node that is not locked.
+    #[error("swarm is not locked")]
+    NotLocked,
 }
 
 /// Settings the engine hands in.
@@ -152,11 +165,21 @@ pub struct SwarmNode<E: Executor> {
     worker: watch::Sender<bool>,
     running: Mutex<Option<Running<E>>>,
     logs: crate::manager::dispatcher::LogBroker,
+    /// The manager's key files and the unlock key they are wrapped with.
+    keys: KeyFiles,
+    /// A manager restarted with wrapped key files, waiting for `swarm unlock`: who it is.
+    locked: Mutex<Option<PersistedNode>>,
+    /// Whether it is locked, for the control API's refusal message.
+    locked_tx: watch::Sender<bool>,
 }
 
 impl<E: Executor> SwarmNode<E> {
     pub fn new(cfg: NodeConfig, executor: Arc<E>) -> Self {
+        let keys = KeyFiles::new(cfg.state_dir.join(DATA_KEY_FILE), cfg.state_dir.join("certificates"));
         SwarmNode {
+            keys,
+            locked: Mutex::new(None),
+            locked_tx: watch::channel(false).0,
             cfg,
             executor,
             control: watch::channel(None).0,
@@ -168,7 +191,10 @@ impl<E: Executor> SwarmNode<E> {
 
     /// The control API, answering while this node is a leading manager.
     pub fn control_api(&self) -> ControlApi {
-        ControlApi::new(self.control.subscribe()).with_worker(self.worker.subscribe()).with_logs(self.logs.clone())
+        ControlApi::new(self.control.subscribe())
+            .with_worker(self.worker.subscribe())
+            .with_locked(self.locked_tx.subscribe())
+            .with_logs(self.logs.clone())
     }
 
     /// The store for a manager-only operation, or Docker's refusal (worker or non-member) as [`NodeError::NotManager`].
@@ -178,6 +204,9 @@ impl<E: Executor> SwarmNode<E> {
 
     /// Docker's refusal of a manager-only operation on this node, which is a worker or not a member.
     fn not_manager(&self) -> NodeError {
+        if *self.locked_tx.borrow() {
+            return NodeError::NotManager(SWARM_LOCKED);
+        }
         NodeError::NotManager(if *self.worker.borrow() { WORKER_NOT_A_MANAGER } else { NOT_A_MANAGER })
     }
 
@@ -211,18 +240,72 @@ impl<E: Executor> SwarmNode<E> {
         if me.format != NODE_FORMAT {
             return Err(self.state_err(format!("{} has unsupported format {}", path.display(), me.format)));
         }
-        let identity = NodeIdentity::load(&self.certs_dir())?;
+        // Workers are never locked (Docker's rule); a manager whose key files are wrapped waits for the key.
+        if me.role == NodeRole::Manager && self.keys.current().is_none() && self.keys.wrapped_on_disk() {
+            tracing::warn!(node.id = %me.node_id, "the swarm is locked: waiting for `swarm unlock`");
+            *self.locked.lock().await = Some(me);
+            self.locked_tx.send_replace(true);
+            return Ok(true);
+        }
+        let identity = self.keys.load_identity()?;
         if me.role == NodeRole::Worker {
             self.launch_worker(me, identity).await?;
             tracing::info!("resumed swarm membership as a worker");
             return Ok(true);
         }
-        let settings = raft_settings(me.snapshot_interval, &identity)?;
-        let (raft, store) = RaftHandle::start(me.raft_id, &self.cfg.state_dir.join("raft"), &settings).await?;
-        let listener = bind(&me.listen_addr).await?;
-        self.launch(me, identity, raft, store, listener).await?;
+        self.start_manager(me, identity).await?;
         tracing::info!("resumed swarm membership");
         Ok(true)
+    }
+
+    /// Starts Raft, the listener, the manager and the agent of a manager resumed from its state dir.
+    async fn start_manager(&self, me: PersistedNode, identity: NodeIdentity) -> Result<(), NodeError> {
+        let settings = raft_settings(me.snapshot_interval, &identity)?;
+        let (raft, store) = RaftHandle::start(me.raft_id, &self.cfg.state_dir.join("raft"), &settings).await?;
+        let listener = match bind(&me.listen_addr).await {
+            Ok(l) => l,
+            Err(e) => {
+                raft.shutdown().await;
+                return Err(e);
+            }
+        };
+        if let Err(e) = self.launch(me, identity, raft.clone(), store, listener).await {
+            raft.shutdown().await;
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// `swarm unlock`: opens this locked manager's key files with `key` and starts it as it was. A wrong key
+    /// changes nothing.
+    pub async fn unlock(&self, key: &str) -> Result<(), NodeError> {
+        let mut locked = self.locked.lock().await;
+        let Some(me) = locked.clone() else {
+            return Err(if self.cfg.state_dir.join(NODE_FILE).exists() {
+                NodeError::NotLocked
+            } else {
+                NodeError::NotMember
+            });
+        };
+        let key = UnlockKey::from_text(key).map_err(|e| NodeError::InvalidArgument(e.to_string()))?;
+        let identity = self.keys.unlock(key).map_err(|e| match e {
+            autolock::LockError::DataKey(crate::manager::datakey::DataKeyError::Locked)
+            | autolock::LockError::Ca(ca::CaError::Locked) => NodeError::InvalidUnlockKey,
+            e => self.state_err(e),
+        })?;
+        if let Err(e) = self.start_manager(me, identity).await {
+            self.keys.clear();
+            return Err(e);
+        }
+        *locked = None;
+        self.locked_tx.send_replace(false);
+        tracing::info!("swarm unlocked");
+        Ok(())
+    }
+
+    /// `swarm unlock-key`: the swarm's current unlock key (empty without autolock); managers only.
+    pub fn unlock_key(&self) -> Result<String, NodeError> {
+        autolock::unlock_key_text(&self.manager_store()?).map_err(|e| self.state_err(e))
     }
 
     /// `swarm init`: a new one-manager swarm with this node as its leader.
@@ -231,6 +314,9 @@ impl<E: Executor> SwarmNode<E> {
     /// a failed init leaves the node able to init again.
     pub async fn init(&self, req: SwarmInitRequest) -> Result<String, NodeError> {
         if req.force_new_cluster {
+            if *self.locked_tx.borrow() {
+                return Err(NodeError::NotManager(SWARM_LOCKED));
+            }
             return self.force_new_cluster().await;
         }
         let mut running = self.running.lock().await;
@@ -256,6 +342,7 @@ impl<E: Executor> SwarmNode<E> {
         let (me, identity, raft, store) = match self.write_new_swarm(spec, pools, bound, advertise).await {
             Ok(v) => v,
             Err(e) => {
+                self.keys.clear();
                 trace.undo();
                 return Err(e);
             }
@@ -265,6 +352,7 @@ impl<E: Executor> SwarmNode<E> {
         drop(running);
         if let Err(e) = self.launch(me, identity, raft.clone(), store, listener).await {
             raft.shutdown().await;
+            self.keys.clear();
             trace.undo();
             return Err(e);
         }
@@ -298,7 +386,7 @@ impl<E: Executor> SwarmNode<E> {
             ));
         }
         self.shutdown().await;
-        let identity = NodeIdentity::load(&self.certs_dir())?;
+        let identity = self.keys.load_identity()?;
         let raft_dir = self.cfg.state_dir.join("raft");
 
         // The committed state, as this manager holds it. Started without peers: it must not call the old group.
@@ -392,9 +480,15 @@ impl<E: Executor> SwarmNode<E> {
         let identity =
             ca::issue_identity_for(&root, &node_id, NodeRole::Manager, &cluster_id, spec.ca_config.node_cert_expiry)?;
         identity.save(&self.certs_dir())?;
-        crate::manager::datakey::DataKey::generate()
-            .save(&self.cfg.state_dir.join(DATA_KEY_FILE))
-            .map_err(|e| self.state_err(e))?;
+        let data_key = crate::manager::datakey::DataKey::generate();
+        data_key.save(&self.cfg.state_dir.join(DATA_KEY_FILE)).map_err(|e| self.state_err(e))?;
+        // `--autolock`: the key files are wrapped before Raft starts; the cluster records the key.
+        let mut unlock_key = Vec::new();
+        if spec.encryption_config.auto_lock_managers {
+            let (key, sealed) = autolock::new_sealed_key(&data_key);
+            self.keys.rewrap(Some(key)).map_err(|e| self.state_err(e))?;
+            unlock_key = sealed;
+        }
 
         let settings = raft_settings(spec.raft.snapshot_interval, &identity)?;
         let (raft, store) = RaftHandle::start(raft_id, &self.cfg.state_dir.join("raft"), &settings).await?;
@@ -421,6 +515,7 @@ impl<E: Executor> SwarmNode<E> {
                 removed_nodes: Default::default(),
                 default_address_pool,
                 subnet_size,
+                unlock_key,
             };
             let description = self.executor.describe().await?;
             let node = Node {
@@ -509,7 +604,7 @@ impl<E: Executor> SwarmNode<E> {
         store: Store,
         listener: tokio::net::TcpListener,
     ) -> Result<(), NodeError> {
-        match crate::manager::datakey::DataKey::load(&self.cfg.state_dir.join(DATA_KEY_FILE)) {
+        match self.keys.load_data_key() {
             Ok(Some(key)) => store.set_data_key(key),
             // A swarm made before secrets existed: secret calls are refused on this manager until it has one.
             Ok(None) => {
@@ -576,6 +671,10 @@ impl<E: Executor> SwarmNode<E> {
         // A manager trusts the cluster's roots as soon as its store has them (a rotation starting or ending), so
         // members that renewed first are not refused by its listener.
         tasks.spawn(ca::follow_trusted_roots(tls.clone(), store.clone(), shutdown.clone()).instrument(span.clone()));
+        // Autolock turned on or off, or its key rotated: this manager's key files follow.
+        tasks.spawn(
+            autolock::follow_unlock_key(self.keys.clone(), store.clone(), shutdown.clone()).instrument(span.clone()),
+        );
         // Every manager answers the control API from now on (writes go through the leader).
         self.control.send_replace(Some(store.clone()));
         let manager = Manager::new(me.node_id.clone(), raft.clone(), store.clone(), dispatcher, self.control.clone());
@@ -737,7 +836,7 @@ impl<E: Executor> SwarmNode<E> {
     ) -> Result<String, NodeError> {
         let trace = InitTrace::start(&self.cfg.state_dir).map_err(|e| self.state_err(e))?;
         let started = async {
-            identity.save(&self.certs_dir())?;
+            self.keys.save_identity(&identity)?;
             self.fetch_data_key(remote, &identity).await?;
             let settings = raft_settings(me.snapshot_interval, &identity)?;
             let (raft, store) = RaftHandle::start(me.raft_id, &self.cfg.state_dir.join("raft"), &settings).await?;
@@ -855,7 +954,11 @@ impl<E: Executor> SwarmNode<E> {
         // The certificate, then node.json: a crash in between resumes in the old role with the new certificate,
         // and the next check sees the role differ again.
         self.shutdown().await;
-        renewed.save(&self.certs_dir())?;
+        // Workers are never locked: a demoted manager's key is written in clear.
+        if becomes_worker {
+            self.keys.clear();
+        }
+        self.keys.save_identity(&renewed)?;
         crate::fsutil::write_atomic(
             &self.cfg.state_dir.join(NODE_FILE),
             &serde_json::to_vec_pretty(&next).expect("plain data"),
@@ -890,7 +993,7 @@ impl<E: Executor> SwarmNode<E> {
             .map_err(|s| failed(s.message().to_string()))?
             .into_inner();
         let key = crate::manager::datakey::DataKey::from_text(&resp.key).map_err(|e| failed(e.to_string()))?;
-        key.save(&self.cfg.state_dir.join(DATA_KEY_FILE)).map_err(|e| self.state_err(e))
+        self.keys.save_data_key(&key).map_err(|e| self.state_err(e))
     }
 
     /// A renewal in the same role: the certificate is saved and swapped in for new connections (listener, Raft
@@ -900,7 +1003,7 @@ impl<E: Executor> SwarmNode<E> {
         let mut running = self.running.lock().await;
         // The node may have left or restarted as someone else meanwhile: the certificate is not theirs.
         let Some(r) = running.as_mut().filter(|r| r.identity.node_id == renewed.node_id) else { return Ok(()) };
-        renewed.save(&self.certs_dir())?;
+        self.keys.save_identity(&renewed)?;
         if roots.is_empty() {
             r.tls.replace(&renewed)?;
         } else {
@@ -972,6 +1075,21 @@ impl<E: Executor> SwarmNode<E> {
 
     /// `swarm leave`: stops everything, deletes this node's containers and its swarm state.
     pub async fn leave(&self, force: bool) -> Result<(), NodeError> {
+        {
+            // `unlock` holds this lock while it starts the node (which takes `running`): never both here.
+            let mut locked = self.locked.lock().await;
+            if locked.is_some() {
+                // A locked manager cannot reach the others (its keys are locked): only `--force` removes its state.
+                if !force {
+                    return Err(NodeError::LastManager);
+                }
+                *locked = None;
+                self.locked_tx.send_replace(false);
+                remove_any(&self.cfg.state_dir).map_err(|e| self.state_err(e))?;
+                tracing::info!("left the swarm (locked)");
+                return Ok(());
+            }
+        }
         let mut running = self.running.lock().await;
         let Some(r) = running.as_ref() else { return Err(NodeError::NotMember) };
         if let Some(m) = &r.manager {
@@ -995,6 +1113,7 @@ impl<E: Executor> SwarmNode<E> {
             m.raft.shutdown().await;
         }
         drop(r);
+        self.keys.clear();
         self.worker.send_replace(false);
         std::fs::remove_dir_all(&self.cfg.state_dir).or_else(|e| {
             if e.kind() == std::io::ErrorKind::NotFound {
@@ -1022,6 +1141,18 @@ impl<E: Executor> SwarmNode<E> {
     pub async fn info(&self) -> SwarmInfo {
         let running = self.running.lock().await;
         let Some(r) = running.as_ref() else {
+            drop(running);
+            // Not both locks at once: `unlock` takes `running` while it holds `locked`.
+            if let Some(me) = self.locked.lock().await.as_ref() {
+                // As Docker: a locked manager offers no control (`Is Manager: false`) until unlocked.
+                return SwarmInfo {
+                    local_node_state: "locked".into(),
+                    node_id: me.node_id.clone(),
+                    node_addr: ip_of(&me.advertise_addr),
+                    cluster_id: me.cluster_id.clone(),
+                    ..Default::default()
+                };
+            }
             return SwarmInfo { local_node_state: "inactive".into(), ..Default::default() };
         };
         // As Docker, only a manager counts the cluster's nodes.
@@ -1262,6 +1393,7 @@ fn init_cluster_spec(req: &SwarmInitRequest) -> Result<ClusterSpec, NodeError> {
         raft: RaftConfig::default(),
         dispatcher: crate::api::DispatcherConfig::default(),
         ca_config: crate::api::CaConfig::default(),
+        encryption_config: crate::api::EncryptionConfig { auto_lock_managers: req.autolock },
     };
     if let Some(n) = req.task_history_limit {
         spec.orchestration.task_history_retention_limit = n;

@@ -225,7 +225,11 @@ async fn a_root_rotation_moves_every_node_to_the_new_root_without_dropping_a_ses
     let mut spec = cluster.spec.clone();
     spec.ca_config.force_rotate += 1;
     let rotated = api
-        .update_cluster(Request::new(UpdateClusterRequest { version: cluster.meta.version, spec: spec.clone() }))
+        .update_cluster(Request::new(UpdateClusterRequest {
+            version: cluster.meta.version,
+            spec: spec.clone(),
+            rotate_unlock_key: false,
+        }))
         .await
         .expect("the rotation starts")
         .into_inner()
@@ -267,6 +271,7 @@ async fn a_root_rotation_moves_every_node_to_the_new_root_without_dropping_a_ses
         .update_cluster(Request::new(UpdateClusterRequest {
             version: store0.view(|v| v.cluster().unwrap().meta.version),
             spec: spec.clone(),
+            rotate_unlock_key: false,
         }))
         .await;
     assert!(e.is_ok(), "an update that does not bump force_rotate is no rotation: {e:?}");

@@ -3,7 +3,6 @@
 //! is dropped there when the last such task ends, and never rests on any disk in clear; with three managers, a
 //! secret created before the leader stops is still delivered by the next leader (every manager has the data key).
 
-use std::path::Path;
 use swarm::api::control::*;
 use swarm::api::membership::SwarmJoinRequest;
 use swarm::api::{

@@ -5,7 +5,7 @@ mod wire;
 
 pub use swarm::api::membership::{
     RotateJoinTokenRequest, RotateJoinTokenResponse, SwarmInfo, SwarmInitRequest, SwarmJoinRequest, SwarmJoinResponse,
-    SwarmLeaveRequest,
+    SwarmLeaveRequest, SwarmUnlockKeyResponse, SwarmUnlockRequest,
 };
 pub use wire::*;
 

@@ -28,6 +28,11 @@ pub struct Cluster {
     /// `--default-addr-pool-mask-length`: the prefix length of those subnets (0: 24).
     #[serde(default, skip_serializing_if = "is_zero_u32")]
     pub subnet_size: u32,
+    /// With autolock, the unlock key's text sealed with the managers' data key (SwarmKit's `UnlockKeys`): every
+    /// manager learns it here, and wraps its own key files with it. Empty without autolock; never returned by
+    /// the API except through `swarm unlock-key`.
+    #[serde(default, with = "super::base64_bytes", skip_serializing_if = "Vec::is_empty")]
+    pub unlock_key: Vec<u8>,
 }
 
 fn is_zero_u32(n: &u32) -> bool {
@@ -46,6 +51,18 @@ pub struct ClusterSpec {
     pub dispatcher: DispatcherConfig,
     #[serde(default)]
     pub ca_config: CaConfig,
+    /// `--autolock`.
+    #[serde(default)]
+    pub encryption_config: EncryptionConfig,
+}
+
+/// Docker's `EncryptionConfig`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EncryptionConfig {
+    /// `swarm init --autolock` / `swarm update --autolock`: managers keep their keys wrapped with the unlock key
+    /// and need `swarm unlock` after a restart.
+    #[serde(default)]
+    pub auto_lock_managers: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -33,6 +33,9 @@ pub struct UpdateServiceRequest {
 pub struct UpdateClusterRequest {
     pub version: u64,
     pub spec: super::ClusterSpec,
+    /// `swarm unlock-key --rotate`: a new unlock key (Docker's `Rotation.ManagerUnlockKey`).
+    #[serde(default)]
+    pub rotate_unlock_key: bool,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

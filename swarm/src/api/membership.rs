@@ -30,6 +30,22 @@ pub struct SwarmInitRequest {
     /// `--default-addr-pool-mask-length`: the prefix length of those subnets (default 24).
     #[serde(default)]
     pub default_addr_pool_mask_length: Option<u32>,
+    /// `--autolock`: managers need `swarm unlock` with the unlock key after a restart.
+    #[serde(default)]
+    pub autolock: bool,
+}
+
+/// `swarm unlock`: the key `swarm init --autolock` or `swarm unlock-key` printed.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct SwarmUnlockRequest {
+    pub key: String,
+}
+
+/// `swarm unlock-key`: the current unlock key (empty without autolock).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct SwarmUnlockKeyResponse {
+    #[serde(default)]
+    pub key: String,
 }
 
 /// `swarm join`'s options.
@@ -85,7 +101,7 @@ pub struct SwarmLeaveRequest {
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct SwarmInfo {
-    /// `inactive`, `pending`, `active`, `error`.
+    /// `inactive`, `pending`, `active`, `error`, `locked`.
     pub local_node_state: String,
     #[serde(default)]
     pub node_id: String,

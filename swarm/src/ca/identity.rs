@@ -4,6 +4,8 @@
 use super::root::{cert_der, new_key_pair};
 use super::{role_of_ou, CaError};
 use crate::api::NodeRole;
+use crate::manager::datakey::UnlockKey;
+use base64::Engine as _;
 use rcgen::{CertificateParams, KeyPair, PublicKeyData};
 use std::path::Path;
 use std::time::{Duration, SystemTime};
@@ -181,11 +183,20 @@ impl NodeIdentity {
     /// Writes `swarm-node.crt`, `swarm-node.key` (mode 0600) and `swarm-root-ca.crt` into `dir` (created if
     /// missing), each through a temporary file renamed into place, so a crash leaves the old or the new file.
     pub fn save(&self, dir: &Path) -> Result<(), CaError> {
+        self.save_wrapped(dir, None)
+    }
+
+    /// [`NodeIdentity::save`], with the private key wrapped with the swarm's unlock key when it is locked.
+    pub fn save_wrapped(&self, dir: &Path, unlock: Option<&UnlockKey>) -> Result<(), CaError> {
         std::fs::create_dir_all(dir).map_err(|e| file_err(dir, format!("cannot create the directory: {e}")))?;
         // The CA first and the certificate last: a crash in between leaves a new key with the old certificate,
         // which `load` reports as a mismatch rather than silently using a stale pair.
         write_atomic(dir, CA_CERT_FILE, &self.ca_cert_pem, 0o644)?;
-        write_atomic(dir, NODE_KEY_FILE, &self.key_pem, 0o600)?;
+        let key = match unlock {
+            None => self.key_pem.clone(),
+            Some(k) => wrap_key(k, &self.key_pem),
+        };
+        write_atomic(dir, NODE_KEY_FILE, &key, 0o600)?;
         write_atomic(dir, NODE_CERT_FILE, &self.cert_pem, 0o644)?;
         if let Ok(d) = std::fs::File::open(dir) {
             let _ = d.sync_all();
@@ -195,6 +206,17 @@ impl NodeIdentity {
 
     /// Reads an identity saved by [`NodeIdentity::save`]. Errors name the file that is missing or unusable.
     pub fn load(dir: &Path) -> Result<NodeIdentity, CaError> {
+        Self::load_wrapped(dir, None)
+    }
+
+    /// Whether the private key in `dir` is wrapped with an unlock key (the manager starts locked).
+    pub fn key_is_wrapped(dir: &Path) -> bool {
+        std::fs::read_to_string(dir.join(NODE_KEY_FILE)).is_ok_and(|t| t.starts_with(WRAPPED_BEGIN))
+    }
+
+    /// [`NodeIdentity::load`], unwrapping the private key with `unlock` if it is wrapped: a wrong or missing key
+    /// is [`CaError::Locked`].
+    pub fn load_wrapped(dir: &Path, unlock: Option<&UnlockKey>) -> Result<NodeIdentity, CaError> {
         let read = |name: &str| {
             let path = dir.join(name);
             match std::fs::read_to_string(&path) {
@@ -206,6 +228,17 @@ impl NodeIdentity {
         let (cert, key, ca) = (read(NODE_CERT_FILE)?, read(NODE_KEY_FILE)?, read(CA_CERT_FILE)?);
         let (cert_path, key_path, ca_path) =
             (dir.join(NODE_CERT_FILE), dir.join(NODE_KEY_FILE), dir.join(CA_CERT_FILE));
+        let key = match key.strip_prefix(WRAPPED_BEGIN) {
+            None => key,
+            Some(rest) => {
+                let b64: String = rest.lines().take_while(|l| !l.starts_with("-----END")).collect();
+                let sealed = base64::engine::general_purpose::STANDARD
+                    .decode(b64.trim())
+                    .map_err(|e| file_err(&key_path, format!("the wrapped key is not base64: {e}")))?;
+                let plain = unlock.ok_or(CaError::Locked)?.open(&sealed).map_err(|_| CaError::Locked)?;
+                String::from_utf8(plain).map_err(|_| file_err(&key_path, "the unwrapped key is not text".into()))?
+            }
+        };
         KeyPair::from_pem(&key).map_err(|e| file_err(&key_path, format!("not a usable private key: {e}")))?;
         let ca_der = cert_der(&ca).map_err(|e| file_err(&ca_path, e.to_string()))?;
         parse_cert(&ca_der).map_err(|e| file_err(&ca_path, e.to_string()))?;
@@ -225,6 +258,21 @@ impl NodeIdentity {
     }
 }
 
+/// The first line of a node key wrapped with the unlock key (PEM-style, so it is not mistaken for a usable key).
+const WRAPPED_BEGIN: &str = "-----BEGIN SHOAL WRAPPED PRIVATE KEY-----";
+
+/// The node key file's text with the key sealed with `unlock`.
+fn wrap_key(unlock: &UnlockKey, key_pem: &str) -> String {
+    let b64 = base64::engine::general_purpose::STANDARD.encode(unlock.seal(key_pem.as_bytes()));
+    let mut out = format!("{WRAPPED_BEGIN}\n");
+    for chunk in b64.as_bytes().chunks(64) {
+        out.push_str(std::str::from_utf8(chunk).expect("base64 is ASCII"));
+        out.push('\n');
+    }
+    out.push_str("-----END SHOAL WRAPPED PRIVATE KEY-----\n");
+    out
+}
+
 fn file_err(path: &Path, reason: String) -> CaError {
     CaError::File { path: path.to_path_buf(), reason }
 }
@@ -240,6 +288,25 @@ mod tests {
     use super::*;
     use crate::ca::{issue_identity, RootCa};
     use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn a_wrapped_key_loads_only_with_its_unlock_key() {
+        let root = RootCa::generate().unwrap();
+        let m = issue_identity(&root, "node1", NodeRole::Manager, "clusterA").unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let unlock = UnlockKey::generate();
+        m.save_wrapped(dir.path(), Some(&unlock)).unwrap();
+        assert!(NodeIdentity::key_is_wrapped(dir.path()));
+        let on_disk = std::fs::read_to_string(dir.path().join(NODE_KEY_FILE)).unwrap();
+        let body: String = m.key_pem.lines().filter(|l| !l.starts_with("-----")).collect();
+        assert!(!on_disk.contains(&body[..40]) && !on_disk.contains("PRIVATE KEY-----\nMI"), "{on_disk}");
+        assert!(matches!(NodeIdentity::load(dir.path()), Err(CaError::Locked)));
+        assert!(matches!(NodeIdentity::load_wrapped(dir.path(), Some(&UnlockKey::generate())), Err(CaError::Locked)));
+        assert_eq!(NodeIdentity::load_wrapped(dir.path(), Some(&unlock)).unwrap(), m);
+        m.save(dir.path()).unwrap();
+        assert!(!NodeIdentity::key_is_wrapped(dir.path()));
+        assert_eq!(NodeIdentity::load(dir.path()).unwrap(), m);
+    }
 
     #[test]
     fn from_cert_reads_node_role_and_cluster() {

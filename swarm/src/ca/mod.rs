@@ -112,6 +112,9 @@ pub enum CaError {
     /// `swarm ca --rotate` while the previous rotation has not finished.
     #[error("a root CA rotation is already in progress")]
     RotationInProgress,
+    /// The node key is wrapped with the swarm's unlock key and none, or another one, was given.
+    #[error("swarm could not be unlocked: invalid key provided")]
+    Locked,
 }
 
 /// Issues a node identity as a joining node obtains it: a fresh key pair and CSR on the node, signed by `root`.

@@ -16,7 +16,6 @@
 use super::{CaError, ClusterTls, JoinToken, RootCa};
 use crate::api;
 use crate::manager::store::Store;
-use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
 /// Starts a rotation on the cluster's `root_ca`: a new root, the old one kept as `previous` until every node in
@@ -61,27 +60,13 @@ pub fn node_renewed(root_ca: &mut api::RootCa, node_id: Option<&str>, exists: im
 
 /// Keeps a manager's `tls` trusting the roots its store's cluster names, until `shutdown`.
 pub async fn follow_trusted_roots(tls: ClusterTls, store: Store, shutdown: CancellationToken) {
-    // Subscribed before reading, so no change falls between the read and the watch.
-    let mut events = store.watch();
-    loop {
-        if let Some(roots) = store.view(|v| v.cluster().map(|c| c.root_ca.trusted_roots())) {
-            if let Err(e) = tls.set_roots(&roots) {
+    store
+        .follow_cluster(&shutdown, |c, _| {
+            if let Err(e) = tls.set_roots(&c.root_ca.trusted_roots()) {
                 tracing::warn!(error = %e, "the cluster's root CA certificates are unusable");
             }
-        }
-        loop {
-            let ev = tokio::select! {
-                _ = shutdown.cancelled() => return,
-                ev = events.recv() => ev,
-            };
-            match ev {
-                Ok(ev) if matches!(ev.object, api::Object::Cluster(_)) => break,
-                Ok(_) => {}
-                Err(broadcast::error::RecvError::Lagged(_)) => break,
-                Err(broadcast::error::RecvError::Closed) => return,
-            }
-        }
-    }
+        })
+        .await
 }
 
 #[cfg(test)]

@@ -279,6 +279,7 @@ mod tests {
                 raft: Default::default(),
                 dispatcher: Default::default(),
                 ca_config: Default::default(),
+                encryption_config: Default::default(),
             },
             root_ca: crate::api::RootCa {
                 ca_cert_pem: root.cert_pem.clone(),
@@ -290,6 +291,7 @@ mod tests {
             removed_nodes: Default::default(),
             default_address_pool: Vec::new(),
             subnet_size: 0,
+            unlock_key: vec![],
         };
         store
             .update(|tx| {

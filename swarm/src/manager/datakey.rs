@@ -2,6 +2,9 @@
 //! the Raft log, snapshots and `state.redb` hold only ciphertext. `swarm init` creates it; a manager joining
 //! (or a worker promoted) receives it from the leader over its TLS-protected certificate request; each manager
 //! keeps it in its state dir (`data.key`, mode 0600) and the running store holds it in memory.
+//!
+//! With autolock (`swarm init --autolock`), the unlock key ([`UnlockKey`], Docker's `SWMKEY-1-…` key-encryption
+//! key) wraps `data.key` (file format 2) so that a restarted manager cannot read it until `swarm unlock`.
 
 use base64::Engine;
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, CHACHA20_POLY1305, NONCE_LEN};
@@ -10,8 +13,10 @@ use std::path::Path;
 
 /// The first byte of every sealed value: the sealing format.
 const SEALED_FORMAT: u8 = 1;
-/// The data key file's format.
+/// The data key file's format: the key in clear.
 const FILE_FORMAT: u32 = 1;
+/// The data key file's format when the swarm is locked: the key's text sealed with the unlock key.
+const FILE_FORMAT_WRAPPED: u32 = 2;
 /// The text form's prefix (what travels in a certificate response and rests in `data.key`).
 const TEXT_PREFIX: &str = "SHOALDEK-1-";
 
@@ -24,6 +29,12 @@ pub enum DataKeyError {
     Open,
     #[error("data key file {path}: {reason}")]
     File { path: String, reason: String },
+    /// The file is wrapped with an unlock key and none (or another one) was given.
+    #[error("swarm could not be unlocked: invalid key provided")]
+    Locked,
+    /// An unlock key's text is not `SWMKEY-1-…`.
+    #[error("invalid unlock key: expected SWMKEY-1-<key>, as `shoal swarm unlock-key` prints it")]
+    MalformedUnlockKey,
 }
 
 /// The managers' shared data key.
@@ -91,13 +102,36 @@ impl DataKey {
 
     /// Writes the key file (format line, then the key's text), readable by root only.
     pub fn save(&self, path: &Path) -> Result<(), DataKeyError> {
-        let text = format!("{FILE_FORMAT}\n{}\n", self.to_text());
+        self.save_wrapped(path, None)
+    }
+
+    /// Writes the key file, wrapped with `unlock` when the swarm is locked (format 2: the key's text sealed with
+    /// the unlock key, base64), in clear otherwise.
+    pub fn save_wrapped(&self, path: &Path, unlock: Option<&UnlockKey>) -> Result<(), DataKeyError> {
+        let text = match unlock {
+            None => format!("{FILE_FORMAT}\n{}\n", self.to_text()),
+            Some(k) => format!(
+                "{FILE_FORMAT_WRAPPED}\n{}\n",
+                base64::engine::general_purpose::STANDARD.encode(k.0.seal(self.to_text().as_bytes()))
+            ),
+        };
         crate::fsutil::write_atomic(path, text.as_bytes(), 0o600)
             .map_err(|e| DataKeyError::File { path: path.display().to_string(), reason: e.to_string() })
     }
 
-    /// Reads the key file `save` wrote; `None` if there is none.
+    /// Whether the key file at `path` is wrapped with an unlock key (the manager starts locked).
+    pub fn is_wrapped(path: &Path) -> bool {
+        std::fs::read_to_string(path).is_ok_and(|t| t.lines().next().map(str::trim) == Some("2"))
+    }
+
+    /// Reads the key file `save` wrote; `None` if there is none. A wrapped one is [`DataKeyError::Locked`].
     pub fn load(path: &Path) -> Result<Option<Self>, DataKeyError> {
+        Self::load_wrapped(path, None)
+    }
+
+    /// Reads the key file, unwrapping it with `unlock` if it is wrapped: a wrong or missing key is
+    /// [`DataKeyError::Locked`].
+    pub fn load_wrapped(path: &Path, unlock: Option<&UnlockKey>) -> Result<Option<Self>, DataKeyError> {
         let file_err = |reason: String| DataKeyError::File { path: path.display().to_string(), reason };
         let text = match std::fs::read_to_string(path) {
             Ok(t) => t,
@@ -105,12 +139,71 @@ impl DataKey {
             Err(e) => return Err(file_err(e.to_string())),
         };
         let mut lines = text.lines();
-        match lines.next().map(str::trim) {
-            Some(v) if v == FILE_FORMAT.to_string() => {}
+        let wrapped = match lines.next().map(str::trim) {
+            Some(v) if v == FILE_FORMAT.to_string() => false,
+            Some(v) if v == FILE_FORMAT_WRAPPED.to_string() => true,
             other => return Err(file_err(format!("unknown format {:?}", other.unwrap_or("")))),
-        }
+        };
         let key = lines.next().ok_or_else(|| file_err("no key".into()))?;
-        DataKey::from_text(key).map(Some).map_err(|e| file_err(e.to_string()))
+        if !wrapped {
+            return DataKey::from_text(key).map(Some).map_err(|e| file_err(e.to_string()));
+        }
+        let sealed =
+            base64::engine::general_purpose::STANDARD.decode(key.trim()).map_err(|e| file_err(e.to_string()))?;
+        let plain = unlock.ok_or(DataKeyError::Locked)?.0.open(&sealed).map_err(|_| DataKeyError::Locked)?;
+        let text = String::from_utf8(plain).map_err(|_| file_err("the unwrapped key is not text".into()))?;
+        DataKey::from_text(&text).map(Some).map_err(|e| file_err(e.to_string()))
+    }
+}
+
+/// The prefix of an unlock key's text, as Docker's.
+const UNLOCK_PREFIX: &str = "SWMKEY-1-";
+
+/// A locked swarm's unlock key (Docker's manager key-encryption key): it wraps each manager's data key and TLS
+/// key on disk. The cluster object holds it, sealed with the data key, so every manager learns it and a rotation
+/// reaches them all; `swarm unlock-key` is the only call that returns it.
+#[derive(Clone)]
+pub struct UnlockKey(DataKey);
+
+impl std::fmt::Debug for UnlockKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("UnlockKey(..)")
+    }
+}
+
+impl PartialEq for UnlockKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.raw == other.0.raw
+    }
+}
+
+impl UnlockKey {
+    pub fn generate() -> Self {
+        UnlockKey(DataKey::generate())
+    }
+
+    /// `SWMKEY-1-<base64>`, what the user keeps.
+    pub fn to_text(&self) -> String {
+        format!("{UNLOCK_PREFIX}{}", base64::engine::general_purpose::STANDARD_NO_PAD.encode(self.0.raw))
+    }
+
+    pub fn from_text(text: &str) -> Result<Self, DataKeyError> {
+        let b64 = text.trim().strip_prefix(UNLOCK_PREFIX).ok_or(DataKeyError::MalformedUnlockKey)?;
+        let bytes = base64::engine::general_purpose::STANDARD_NO_PAD
+            .decode(b64.trim_end_matches('='))
+            .map_err(|_| DataKeyError::MalformedUnlockKey)?;
+        let raw: [u8; 32] = bytes.try_into().map_err(|_| DataKeyError::MalformedUnlockKey)?;
+        Ok(UnlockKey(DataKey { raw }))
+    }
+
+    /// Seals `plain` (a key file's content) with this key.
+    pub fn seal(&self, plain: &[u8]) -> Vec<u8> {
+        self.0.seal(plain)
+    }
+
+    /// Opens what [`UnlockKey::seal`] sealed; another key is [`DataKeyError::Locked`].
+    pub fn open(&self, sealed: &[u8]) -> Result<Vec<u8>, DataKeyError> {
+        self.0.open(sealed).map_err(|_| DataKeyError::Locked)
     }
 }
 
@@ -145,5 +238,30 @@ mod tests {
         assert_eq!(DataKey::from_text("SHOALDEK-1-abc").unwrap_err(), DataKeyError::Malformed);
         std::fs::write(&path, "9\nx\n").unwrap();
         assert!(DataKey::load(&path).unwrap_err().to_string().contains("unknown format"));
+    }
+
+    #[test]
+    fn a_wrapped_key_file_opens_only_with_its_unlock_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("data.key");
+        let (k, unlock) = (DataKey::generate(), UnlockKey::generate());
+        k.save_wrapped(&path, Some(&unlock)).unwrap();
+        assert!(DataKey::is_wrapped(&path));
+        let on_disk = std::fs::read_to_string(&path).unwrap();
+        assert!(!on_disk.contains(&k.to_text()[11..]), "the data key in clear: {on_disk}");
+        assert_eq!(DataKey::load(&path).unwrap_err(), DataKeyError::Locked);
+        assert_eq!(DataKey::load_wrapped(&path, Some(&UnlockKey::generate())).unwrap_err(), DataKeyError::Locked);
+        let back = DataKey::load_wrapped(&path, Some(&unlock)).unwrap().unwrap();
+        assert_eq!(back.open(&k.seal(b"x")).unwrap(), b"x");
+        k.save_wrapped(&path, None).unwrap();
+        assert!(!DataKey::is_wrapped(&path));
+        assert!(DataKey::load(&path).unwrap().is_some());
+
+        let text = unlock.to_text();
+        assert!(text.starts_with("SWMKEY-1-"), "{text}");
+        assert_eq!(UnlockKey::from_text(&format!(" {text}\n")).unwrap(), unlock);
+        for bad in ["", "SWMKEY-1-", "SWMKEY-1-abc", "SWMTKN-1-x", &text[1..]] {
+            assert_eq!(UnlockKey::from_text(bad).unwrap_err(), DataKeyError::MalformedUnlockKey, "{bad:?}");
+        }
     }
 }

@@ -13,6 +13,7 @@
 //! Everything under `manager/` runs only on managers; what every node runs (the agent) lives in `crate::agent`.
 
 pub mod allocator;
+pub mod autolock;
 pub mod controlapi;
 pub mod datakey;
 pub mod dispatcher;

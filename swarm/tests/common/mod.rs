@@ -44,6 +44,23 @@ pub fn new_node(dir: &Path, exec: &TestExecutor) -> SwarmNode<TestExecutor> {
     SwarmNode::new(NodeConfig { state_dir: dir.join("swarm"), default_advertise_ip: None }, Arc::new(exec.clone()))
 }
 
+/// Every file under `dir` that holds `needle`.
+pub fn files_holding(dir: &Path, needle: &[u8]) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if std::fs::read(&p).is_ok_and(|b| b.windows(needle.len()).any(|w| w == needle)) {
+                out.push(p.display().to_string());
+            }
+        }
+    }
+    out
+}
+
 /// A TCP proxy whose traffic can be frozen: bytes already read are held and connections stay open (a side that
 /// closes is not told to the other) until it thaws, as with a peer whose process is stopped.
 pub struct FreezableProxy {

@@ -33,11 +33,17 @@ pub const WORKER_NOT_A_MANAGER: &str =
                                         cluster state. Please run this command on a manager node or promote the \
                                         current node to a manager.";
 
+/// Docker's message when a swarm command reaches a manager that restarted locked (autolock) and was not unlocked.
+pub const SWARM_LOCKED: &str = "Swarm is encrypted and needs to be unlocked before it can be used. Please use \
+                                \"shoal swarm unlock\" to unlock it.";
+
 #[derive(Clone)]
 pub struct ControlApi {
     store: watch::Receiver<Option<Store>>,
     /// Whether this node is a worker (only the refusal message depends on it).
     worker: Option<watch::Receiver<bool>>,
+    /// Whether this node is a locked manager (autolock), for the refusal message.
+    locked: Option<watch::Receiver<bool>>,
     /// Where `SubscribeLogs` gathers logs (the leader's dispatcher serves it).
     logs: Option<LogBroker>,
 }
@@ -105,6 +111,7 @@ fn stays_manager(n: &Node) -> bool {
 pub fn redacted(c: &Cluster) -> Cluster {
     let mut c = c.clone();
     c.root_ca.ca_key_pem.clear();
+    c.unlock_key.clear();
     c
 }
 
@@ -146,7 +153,7 @@ fn one_page<'a, T>(
 impl ControlApi {
     /// Answers from whatever store `store` holds (None while this node is not a manager).
     pub fn new(store: watch::Receiver<Option<Store>>) -> Self {
-        ControlApi { store, worker: None, logs: None }
+        ControlApi { store, worker: None, locked: None, logs: None }
     }
 
     /// Serves `SubscribeLogs` through `logs`.
@@ -161,13 +168,22 @@ impl ControlApi {
         self
     }
 
+    /// Refuses calls on a locked manager with Docker's message saying to unlock it.
+    pub fn with_locked(mut self, locked: watch::Receiver<bool>) -> Self {
+        self.locked = Some(locked);
+        self
+    }
+
     /// A control API over a fixed store (tests).
     pub fn with_store(store: Store) -> Self {
         let (_tx, rx) = watch::channel(Some(store));
-        ControlApi { store: rx, worker: None, logs: None }
+        ControlApi { store: rx, worker: None, locked: None, logs: None }
     }
 
     fn store(&self) -> Result<Store, Status> {
+        if self.locked.as_ref().is_some_and(|l| *l.borrow()) {
+            return Err(Status::failed_precondition(SWARM_LOCKED));
+        }
         let worker = self.worker.as_ref().is_some_and(|w| *w.borrow());
         self.store
             .borrow()
@@ -484,6 +500,10 @@ impl Control for ControlApi {
         let store = self.store()?;
         let r = req.into_inner();
         r.spec.validate().map_err(Status::invalid_argument)?;
+        if r.rotate_unlock_key && !r.spec.encryption_config.auto_lock_managers {
+            return Err(Status::failed_precondition("cannot rotate because autolock is not turned on"));
+        }
+        let data_key = store.data_key();
         store
             .update(|tx| {
                 let mut cluster = tx
@@ -506,6 +526,15 @@ impl Control for ControlApi {
                         e => Status::internal(e.to_string()),
                     })?;
                     tracing::info!("root CA rotation started");
+                }
+                // Autolock: a new unlock key when it is turned on or rotated, none when it is turned off. Each
+                // manager re-wraps its key files when it applies this (`manager/autolock.rs`).
+                if !r.spec.encryption_config.auto_lock_managers {
+                    cluster.unlock_key.clear();
+                } else if cluster.unlock_key.is_empty() || r.rotate_unlock_key {
+                    let key = data_key.as_ref().ok_or_else(|| Status::unavailable(secrets::NO_DATA_KEY))?;
+                    cluster.unlock_key = crate::manager::autolock::new_sealed_key(key).1;
+                    tracing::info!("new manager unlock key");
                 }
                 cluster.spec = r.spec;
                 tx.update(cluster);

@@ -681,11 +681,13 @@ mod tests {
                     ..Default::default()
                 },
                 ca_config: Default::default(),
+                encryption_config: Default::default(),
             },
             root_ca: Default::default(),
             removed_nodes: Default::default(),
             default_address_pool: Vec::new(),
             subnet_size: 0,
+            unlock_key: vec![],
         };
         store.update(|tx| Ok::<_, StoreError>(tx.create(cluster))).await.unwrap();
         let (d, store, shutdown) = running_dispatcher_on(store, Duration::from_millis(200)).await;
@@ -868,11 +870,13 @@ mod tests {
                 raft: Default::default(),
                 dispatcher: Default::default(),
                 ca_config: Default::default(),
+                encryption_config: Default::default(),
             },
             root_ca: Default::default(),
             removed_nodes: Default::default(),
             default_address_pool: Vec::new(),
             subnet_size: 0,
+            unlock_key: vec![],
         };
         store
             .update(|tx| {

@@ -259,6 +259,33 @@ impl Store {
         self.shared.events.subscribe()
     }
 
+    /// Calls `f` with the cluster object now and after each change to it (or a lagged watch), until `shutdown`.
+    pub async fn follow_cluster(
+        &self,
+        shutdown: &tokio_util::sync::CancellationToken,
+        mut f: impl FnMut(&crate::api::Cluster, &Store),
+    ) {
+        // Subscribed before reading, so no change falls between the read and the watch.
+        let mut events = self.watch();
+        loop {
+            if let Some(cluster) = self.view(|v| v.cluster().cloned()) {
+                f(&cluster, self);
+            }
+            loop {
+                let ev = tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    ev = events.recv() => ev,
+                };
+                match ev {
+                    Ok(ev) if matches!(ev.object, Object::Cluster(_)) => break,
+                    Ok(_) => {}
+                    Err(broadcast::error::RecvError::Lagged(_)) => break,
+                    Err(broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        }
+    }
+
     /// Reads the store and subscribes in one step: the receiver gets exactly the changes made after the read.
     pub fn view_and_watch<R>(&self, f: impl FnOnce(&MemoryStore) -> R) -> (R, broadcast::Receiver<Event>) {
         let view = self.shared.view.read().unwrap_or_else(|e| e.into_inner());
