@@ -14,6 +14,7 @@ use swarm::node::SwarmNode;
 use swarm::testing::TestExecutor;
 use swarm::transport::control::control_server::Control;
 use tonic::Request;
+use std::path::Path;
 
 mod common;
 use common::*;
@@ -51,23 +52,6 @@ fn running(node: &SwarmNode<TestExecutor>, service_id: &str) -> usize {
             .filter(|t| t.desired_state == TaskState::Running && t.status.state == TaskState::Running)
             .count()
     })
-}
-
-/// Every file under `dir` that holds `needle`.
-fn files_holding(dir: &Path, needle: &[u8]) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if std::fs::read(&p).is_ok_and(|b| b.windows(needle.len()).any(|w| w == needle)) {
-                out.push(p.display().to_string());
-            }
-        }
-    }
-    out
 }
 
 /// Enough writes for a snapshot (interval 5), so the snapshot file holds what was written before too.
