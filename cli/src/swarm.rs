@@ -423,7 +423,11 @@ mod tests {
         let after = updated_spec(before.clone(), &t.a);
         assert_eq!(after.ca_config.node_cert_expiry, Duration::from_secs(3600));
         assert_eq!(after.orchestration.task_history_retention_limit, 2);
-        assert_eq!((after.dispatcher, after.raft), (before.dispatcher, before.raft), "the rest is kept");
+        assert_eq!(
+            (after.dispatcher, after.raft),
+            (before.dispatcher.clone(), before.raft.clone()),
+            "the rest is kept"
+        );
         assert!(T::try_parse_from(["x", "--dispatcher-heartbeat", "soon"]).is_err());
         assert!(!after.encryption_config.auto_lock_managers, "autolock kept");
         let cases: [(&[&str], bool); 3] =

@@ -1046,7 +1046,10 @@ async fn the_images_healthcheck_is_used_unless_the_service_disables_it() {
     assert_eq!(health(&s), Some(Health::Healthy));
 
     step!("re-adoption: a restarted shoald's executor checks the container the same way, without the image");
-    env.images().remove("shoal-test/healthy:v1").await.expect("removing the image (its container keeps its layers)");
+    env.images()
+        .remove("shoal-test/healthy:v1", true)
+        .await
+        .expect("removing the image (its container keeps its layers)");
     let c = env.executor().controller(&t).unwrap();
     let mut rx = c.health().await.expect("health").expect("the check recorded on the container");
     let h = tokio::time::timeout(Duration::from_secs(30), async {

@@ -582,8 +582,8 @@ async fn a_multi_platform_index_gives_this_nodes_image_and_concurrent_pulls_shar
     env.images().tag(&image, &elsewhere).await.unwrap();
     let (r, _) = push(&regs, &env, &elsewhere).await;
     assert_eq!(r.unwrap(), ours_digest, "the other platform's manifest is not in that repository");
-    env.images().remove(&again).await.unwrap();
-    env.images().remove(&elsewhere).await.unwrap();
+    env.images().remove(&again, false).await.unwrap();
+    env.images().remove(&elsewhere, false).await.unwrap();
 
     step!("another platform than the index offers");
     let (r, _) = pull(&regs, &env, &image, Some("linux/s390x"), None).await;

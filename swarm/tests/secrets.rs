@@ -3,6 +3,7 @@
 //! is dropped there when the last such task ends, and never rests on any disk in clear; with three managers, a
 //! secret created before the leader stops is still delivered by the next leader (every manager has the data key).
 
+use std::path::Path;
 use swarm::api::control::*;
 use swarm::api::membership::SwarmJoinRequest;
 use swarm::api::{
@@ -14,7 +15,6 @@ use swarm::node::SwarmNode;
 use swarm::testing::TestExecutor;
 use swarm::transport::control::control_server::Control;
 use tonic::Request;
-use std::path::Path;
 
 mod common;
 use common::*;
