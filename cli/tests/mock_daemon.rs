@@ -1474,12 +1474,9 @@ fn stack_deploy_pins_images_and_sends_the_stored_credentials() {
     let s = stored();
     assert_eq!(s.spec.task_template.container.image, format!("localhost:5000/private:v1@{}", private_digest(2)));
     assert!(s.spec.task_template.container.pull_options.is_some(), "the credentials stay without the flag");
-    assert!(shoal_with(
-        &d.socket,
-        cfg.path(),
-        "",
-        &["stack", "deploy", "--resolve-image", "sometimes", "-c", file, "st"]
-    )
-    .stderr
-    .starts_with(b"error: invalid value 'sometimes' for '--resolve-image"));
+    let bad =
+        shoal_with(&d.socket, cfg.path(), "", &["stack", "deploy", "--resolve-image", "sometimes", "-c", file, "st"]);
+    let bad = String::from_utf8_lossy(&bad.stderr);
+    assert!(bad.starts_with("invalid value 'sometimes' for '--resolve-image"), "{bad}");
+    assert_eq!(bad.lines().count(), 1, "{bad}");
 }

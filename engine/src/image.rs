@@ -842,7 +842,14 @@ impl ImageService {
         }
         let mut containers = ContainersClient::new(self.ch.clone());
         let list = containers.list(req(ListContainersRequest { filters: vec![] })).await.map_err(cd_err)?.into_inner();
-        let user = list.containers.iter().find(|c| c.image == name || target_of(&c.image).as_deref() == Some(&target));
+        // A container records its image as the task spec gave it: short, normalized or pinned by digest.
+        let uses = |image: &str| {
+            let image = normalize_image_ref(image).unwrap_or_else(|_| image.to_string());
+            image == name
+                || target_of(&image).as_deref() == Some(&target)
+                || image.rsplit_once('@').is_some_and(|(_, digest)| digest == target)
+        };
+        let user = list.containers.iter().find(|c| uses(&c.image));
         match user {
             Some(c) => Err(ImageError::InUse {
                 reference: reference.to_string(),
