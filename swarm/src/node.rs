@@ -22,7 +22,7 @@ use crate::manager::controlapi::{ControlApi, NOT_A_MANAGER, SWARM_LOCKED, WORKER
 use crate::manager::datakey::UnlockKey;
 use crate::manager::dispatcher::{Dispatcher, DispatcherConfig, DispatcherService};
 use crate::manager::raft::wire::{JoinRequest, LeaveRequest, RemoteFailure};
-use crate::manager::raft::{self, RaftHandle, RaftService, RaftSettings, MAX_RAFT_MESSAGE};
+use crate::manager::raft::{self, AtRest, RaftHandle, RaftService, RaftSettings, MAX_RAFT_MESSAGE};
 use crate::manager::store::{Store, StoreError};
 use crate::manager::Manager;
 use crate::transport::dispatcher::dispatcher_server::DispatcherServer;
@@ -258,9 +258,24 @@ impl<E: Executor> SwarmNode<E> {
         Ok(true)
     }
 
+    /// How this manager keeps its Raft data at rest: sealed with its data key (which autolock wraps), or in
+    /// clear on a swarm made before data keys.
+    fn at_rest(&self) -> Result<AtRest, NodeError> {
+        Ok(AtRest::sealed_with(self.keys.load_data_key().map_err(|e| self.state_err(e))?))
+    }
+
+    fn raft_settings(&self, snapshot_interval: u64, identity: &NodeIdentity) -> Result<RaftSettings, NodeError> {
+        Ok(RaftSettings {
+            snapshot_interval,
+            peer_tls: Some(ca::ClusterTls::new(identity)?),
+            at_rest: self.at_rest()?,
+            ..RaftSettings::default()
+        })
+    }
+
     /// Starts Raft, the listener, the manager and the agent of a manager resumed from its state dir.
     async fn start_manager(&self, me: PersistedNode, identity: NodeIdentity) -> Result<(), NodeError> {
-        let settings = raft_settings(me.snapshot_interval, &identity)?;
+        let settings = self.raft_settings(me.snapshot_interval, &identity)?;
         let (raft, store) = RaftHandle::start(me.raft_id, &self.cfg.state_dir.join("raft"), &settings).await?;
         let listener = match bind(&me.listen_addr).await {
             Ok(l) => l,
@@ -390,7 +405,11 @@ impl<E: Executor> SwarmNode<E> {
         let raft_dir = self.cfg.state_dir.join("raft");
 
         // The committed state, as this manager holds it. Started without peers: it must not call the old group.
-        let quiet = RaftSettings { snapshot_interval: me.snapshot_interval, ..RaftSettings::default() };
+        let quiet = RaftSettings {
+            snapshot_interval: me.snapshot_interval,
+            at_rest: self.at_rest()?,
+            ..RaftSettings::default()
+        };
         let (old, store) = RaftHandle::start(me.raft_id, &raft_dir, &quiet).await?;
         let objects: Vec<crate::api::Object> = store.view(|v| v.objects().collect());
         old.shutdown().await;
@@ -403,7 +422,7 @@ impl<E: Executor> SwarmNode<E> {
             .map_err(|e| self.state_err(format!("moving {}: {e}", raft_dir.display())))?;
 
         let restored = async {
-            let settings = raft_settings(me.snapshot_interval, &identity)?;
+            let settings = self.raft_settings(me.snapshot_interval, &identity)?;
             let (raft, store) = RaftHandle::start(me.raft_id, &raft_dir, &settings).await?;
             let written = async {
                 raft.initialize(&me.advertise_addr).await?;
@@ -490,7 +509,7 @@ impl<E: Executor> SwarmNode<E> {
             unlock_key = sealed;
         }
 
-        let settings = raft_settings(spec.raft.snapshot_interval, &identity)?;
+        let settings = self.raft_settings(spec.raft.snapshot_interval, &identity)?;
         let (raft, store) = RaftHandle::start(raft_id, &self.cfg.state_dir.join("raft"), &settings).await?;
         let me = PersistedNode {
             format: NODE_FORMAT,
@@ -838,7 +857,7 @@ impl<E: Executor> SwarmNode<E> {
         let started = async {
             self.keys.save_identity(&identity)?;
             self.fetch_data_key(remote, &identity).await?;
-            let settings = raft_settings(me.snapshot_interval, &identity)?;
+            let settings = self.raft_settings(me.snapshot_interval, &identity)?;
             let (raft, store) = RaftHandle::start(me.raft_id, &self.cfg.state_dir.join("raft"), &settings).await?;
             if let Err(e) = crate::fsutil::write_atomic(
                 &self.cfg.state_dir.join(NODE_FILE),
@@ -1098,7 +1117,16 @@ impl<E: Executor> SwarmNode<E> {
                 return Err(NodeError::LastManager);
             }
             if voters.len() > 1 {
-                match leave_group(&m.raft, &m.store, &r.me, force).await {
+                // Bounded: without a quorum the membership change never commits, and `--force` must still leave.
+                let told = tokio::time::timeout(LEAVE_GROUP_TIMEOUT, leave_group(&m.raft, &m.store, &r.me, force))
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(NodeError::Membership(format!(
+                            "leaving the managers: the change was not committed within {LEAVE_GROUP_TIMEOUT:?} (quorum \
+                             lost?)"
+                        )))
+                    });
+                match told {
                     Ok(()) => {}
                     Err(e) if force => tracing::warn!(error = %e, "leaving without telling the other managers"),
                     Err(e) => return Err(e),
@@ -1253,9 +1281,9 @@ pub struct RaftStats {
 }
 
 /// Raft settings for a manager whose node certificate is `identity` (it calls its peers with it).
-fn raft_settings(snapshot_interval: u64, identity: &NodeIdentity) -> Result<RaftSettings, NodeError> {
-    Ok(RaftSettings { snapshot_interval, peer_tls: Some(ca::ClusterTls::new(identity)?), ..RaftSettings::default() })
-}
+
+/// How long `swarm leave` waits for the managers to record that this one leaves.
+const LEAVE_GROUP_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// How long a joining manager waits for the leader to add it (a learner first catches up with the whole log or a
 /// snapshot of it).

@@ -90,11 +90,20 @@ async fn a_locked_manager_waits_for_its_key_and_then_runs_as_before() {
     assert_eq!(files_holding(&raft_dir, key_text.as_bytes()), Vec::<String>::new(), "the unlock key in clear in Raft");
     assert_eq!(files_holding(&raft_dir, &key_text.as_bytes()[9..]), Vec::<String>::new());
 
-    step("a service with 2 replicas runs");
+    step("a service with 2 replicas runs; its spec is in no Raft file in clear, nor in a snapshot");
     let api = node.control_api();
-    let spec = swarm::testing::service("", "web", 2).spec;
+    let mut spec = swarm::testing::service("", "web", 2).spec;
+    let marker = "spec-value-only-the-managers-may-read";
+    spec.annotations.labels.insert("marker".into(), marker.into());
     let svc = api.create_service(Request::new(CreateServiceRequest { spec })).await.unwrap().into_inner();
     wait_running(&node, &svc.id, 2).await;
+    let raft = node.raft().await.unwrap();
+    raft.snapshot().await.unwrap();
+    wait_for("a snapshot", || raft.snapshot_index().map(|_| ()).ok_or_else(|| "none yet".to_string())).await;
+    let snapshots: Vec<_> = std::fs::read_dir(raft_dir.join("snapshots")).unwrap().flatten().collect();
+    assert!(!snapshots.is_empty(), "a snapshot file was written");
+    assert_eq!(files_holding(&raft_dir, marker.as_bytes()), Vec::<String>::new(), "a spec in clear in Raft's files");
+    assert_eq!(files_holding(&raft_dir, svc.id.as_bytes()), Vec::<String>::new(), "an object id in clear");
 
     step("restart: locked, control calls and swarm commands refused with Docker's message");
     node.shutdown().await;

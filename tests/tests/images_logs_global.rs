@@ -289,8 +289,11 @@ fn images_logs_global_services_and_limits() {
     let err = d.fails(&["service", "create", "--ulimit", "nofile=abc", "busybox"]);
     assert!(err.contains("invalid ulimit value \"abc\" for nofile: must be an integer"), "{err}");
 
-    step!("image rm removes the image; a service using a removed image is rejected with the failed pull's reason");
-    let rm = d.ok(&["image", "rm", "example.com/tools/box:v1"]);
+    step!("image rm refuses an image a container uses unless forced; a service using a removed image is rejected");
+    let refused = d.fails(&["image", "rm", "example.com/tools/box:v1"]);
+    assert!(refused.contains("(must force) - container"), "{refused}");
+    assert!(d.ok(&["image", "ls"]).contains("example.com/tools/box"), "a refused rm kept the image");
+    let rm = d.ok(&["image", "rm", "-f", "example.com/tools/box:v1"]);
     assert!(rm.contains("example.com/tools/box:v1"), "{rm}");
     assert!(!d.ok(&["image", "ls"]).contains("example.com/tools/box"));
     let err = d.fails(&["image", "rm", "example.com/tools/box:v1"]);

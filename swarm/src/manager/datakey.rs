@@ -87,6 +87,15 @@ impl DataKey {
         out
     }
 
+    /// A keyed digest of `name` (HMAC-SHA256 under a key derived from this one): a stable, opaque stand-in
+    /// for a name that must not rest in clear but is still looked up by equality.
+    pub fn tag(&self, name: &[u8]) -> [u8; 32] {
+        let derived =
+            ring::digest::digest(&ring::digest::SHA256, &[b"shoal-name-tag-1:".as_slice(), &self.raw].concat());
+        let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, derived.as_ref());
+        ring::hmac::sign(&key, name).as_ref().try_into().expect("HMAC-SHA256 is 32 bytes")
+    }
+
     pub fn open(&self, sealed: &[u8]) -> Result<Vec<u8>, DataKeyError> {
         if sealed.len() < 1 + NONCE_LEN || sealed[0] != SEALED_FORMAT {
             return Err(DataKeyError::Open);

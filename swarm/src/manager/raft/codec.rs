@@ -2,7 +2,12 @@
 //! named fields, self-describing so that flattened structs, internally tagged enums and skipped fields read
 //! back as they do from JSON, at about half JSON's size; format 1 (JSON, written by older releases) is still
 //! read. A value from a newer release is refused with a message rather than misread.
+//!
+//! A manager with a data key keeps what the Raft data holds about the cluster (log entries, stored objects,
+//! snapshot objects) sealed with it at rest ([`AtRest`], format 3): with autolock the key itself is wrapped with
+//! the unlock key, so a locked manager's Raft files are ciphertext until `swarm unlock`.
 
+use crate::manager::datakey::DataKey;
 use serde::{de::DeserializeOwned, Serialize};
 
 /// The on-disk format this release writes: MessagePack with named fields.
@@ -10,6 +15,9 @@ pub const FORMAT_VERSION: u8 = 2;
 
 /// The JSON format of older releases, still read.
 pub const FORMAT_JSON: u8 = 1;
+
+/// A value sealed with the manager's data key: the sealed bytes of a format-2 value follow.
+pub const FORMAT_SEALED: u8 = 3;
 
 /// A value on disk that cannot be read.
 #[derive(Debug, thiserror::Error)]
@@ -26,6 +34,70 @@ pub enum CodecError {
     /// The bytes are not the MessagePack format 2 says.
     #[error("malformed value: {0}")]
     MalformedBinary(#[from] rmp_serde::decode::Error),
+    /// The value is sealed and this manager has no data key to open it.
+    #[error("the value is encrypted and this manager has no data key to read it")]
+    NoKey,
+    /// The value is sealed with another key, or was altered.
+    #[error("the value is encrypted with another data key, or was altered")]
+    Sealed,
+}
+
+/// How a manager keeps Raft data at rest: sealed with its data key, or (a swarm from before data keys) in clear.
+/// Values written in clear stay readable with a key, so such a swarm moves to sealed data as it writes.
+#[derive(Clone, Default, Debug)]
+pub struct AtRest(Option<DataKey>);
+
+impl AtRest {
+    pub fn sealed_with(key: Option<DataKey>) -> Self {
+        AtRest(key)
+    }
+
+    /// Whether new values are written sealed.
+    pub fn is_sealed(&self) -> bool {
+        self.0.is_some()
+    }
+
+    pub fn encode<T: Serialize>(&self, value: &T) -> Vec<u8> {
+        self.seal(encode(value))
+    }
+
+    pub fn decode<T: DeserializeOwned>(&self, bytes: &[u8]) -> Result<T, CodecError> {
+        decode(&self.open(bytes)?)
+    }
+
+    /// The key a record named `name` is stored under: the name itself in clear, or a keyed digest of it (so
+    /// object ids do not rest in clear either).
+    pub fn record_key(&self, name: &str) -> String {
+        match &self.0 {
+            None => name.to_string(),
+            Some(key) => format!("#{}", hex::encode(&key.tag(name.as_bytes())[..16])),
+        }
+    }
+
+    /// `plain` as written at rest: sealed (format byte, then the sealed bytes) when there is a key.
+    pub fn seal(&self, plain: Vec<u8>) -> Vec<u8> {
+        match &self.0 {
+            None => plain,
+            Some(key) => {
+                let sealed = key.seal(&plain);
+                let mut out = Vec::with_capacity(1 + sealed.len());
+                out.push(FORMAT_SEALED);
+                out.extend_from_slice(&sealed);
+                out
+            }
+        }
+    }
+
+    /// The plain bytes of a value [`AtRest::seal`] wrote (a value in clear is returned as it is).
+    pub fn open<'a>(&self, bytes: &'a [u8]) -> Result<std::borrow::Cow<'a, [u8]>, CodecError> {
+        match bytes.split_first() {
+            Some((&FORMAT_SEALED, sealed)) => {
+                let key = self.0.as_ref().ok_or(CodecError::NoKey)?;
+                Ok(std::borrow::Cow::Owned(key.open(sealed).map_err(|_| CodecError::Sealed)?))
+            }
+            _ => Ok(std::borrow::Cow::Borrowed(bytes)),
+        }
+    }
 }
 
 pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
@@ -41,6 +113,7 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
         None => Err(CodecError::Empty),
         Some((&FORMAT_VERSION, rest)) => Ok(rmp_serde::from_slice(rest)?),
         Some((&FORMAT_JSON, rest)) => Ok(serde_json::from_slice(rest)?),
+        Some((&FORMAT_SEALED, _)) => Err(CodecError::NoKey),
         Some((&v, _)) => Err(CodecError::UnsupportedVersion(v)),
     }
 }
@@ -137,6 +210,27 @@ mod tests {
         assert_eq!(decode::<Vote<u64>>(&encode(&vote)).unwrap(), vote);
         let blank: Entry<TypeConfig> = Entry { log_id: entry.log_id, payload: EntryPayload::Blank };
         assert!(matches!(decode::<Entry<TypeConfig>>(&encode(&blank)).unwrap().payload, EntryPayload::Blank));
+    }
+
+    #[test]
+    fn sealed_values_need_the_key_and_clear_ones_still_read() {
+        let key = DataKey::generate();
+        let at_rest = AtRest::sealed_with(Some(key.clone()));
+        let o = objects().remove(0);
+        let sealed = at_rest.encode(&o);
+        assert_eq!(sealed[0], FORMAT_SEALED);
+        let plain = encode(&o);
+        assert!(!sealed.windows(3).any(|w| w == b"web"), "the service's name is not in the sealed bytes");
+        assert!(plain.windows(3).any(|w| w == b"web"));
+        assert_eq!(at_rest.decode::<Object>(&sealed).unwrap(), o);
+        assert_eq!(at_rest.decode::<Object>(&plain).unwrap(), o, "a value written in clear still reads");
+        assert!(matches!(AtRest::default().decode::<Object>(&sealed), Err(CodecError::NoKey)));
+        assert!(matches!(decode::<Object>(&sealed), Err(CodecError::NoKey)));
+        let other = AtRest::sealed_with(Some(DataKey::generate()));
+        assert!(matches!(other.decode::<Object>(&sealed), Err(CodecError::Sealed)));
+        let mut altered = sealed.clone();
+        *altered.last_mut().unwrap() ^= 1;
+        assert!(matches!(at_rest.decode::<Object>(&altered), Err(CodecError::Sealed)));
     }
 
     #[test]

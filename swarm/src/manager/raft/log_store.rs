@@ -5,7 +5,7 @@
 //! vote, committed index, truncate, purge) runs on tokio's blocking pool, so a slow fsync never stalls the
 //! runtime's workers (heartbeats, elections).
 
-use super::codec::{decode, encode};
+use super::codec::{decode, encode, AtRest};
 use super::db::{open, open_backend, DbError, SharedDb};
 use super::{NodeId, TypeConfig};
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
@@ -28,6 +28,9 @@ const KEY_PURGED: &str = "last_purged";
 pub struct RedbLogStore {
     db: SharedDb,
     written: Arc<Written>,
+    /// Entries are sealed with the data key at rest (the vote and log ids are not: they say nothing of the
+    /// cluster's objects).
+    at_rest: AtRest,
 }
 
 /// What this process appended to the log: entries and their encoded bytes (what a benchmark reports).
@@ -55,15 +58,20 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> StResult<T> + Send + 's
 impl RedbLogStore {
     /// Opens (or creates) the log at `path`, checking that every stored entry and record can be read.
     pub fn open(path: &Path) -> Result<Self, DbError> {
-        Self::checked(path, open(path)?)
+        Self::open_with(path, AtRest::default())
+    }
+
+    /// Opens the log whose entries are kept as `at_rest` says.
+    pub fn open_with(path: &Path, at_rest: AtRest) -> Result<Self, DbError> {
+        Self::checked(path, open(path)?, at_rest)
     }
 
     /// The log on another storage than a file (crash tests); `name` stands for its path in errors.
     pub fn open_backend(name: &Path, backend: impl redb::StorageBackend) -> Result<Self, DbError> {
-        Self::checked(name, open_backend(name, backend)?)
+        Self::checked(name, open_backend(name, backend)?, AtRest::default())
     }
 
-    fn checked(path: &Path, db: redb::Database) -> Result<Self, DbError> {
+    fn checked(path: &Path, db: redb::Database, at_rest: AtRest) -> Result<Self, DbError> {
         let fmt = |reason: String| DbError::Corrupt {
             path: path.to_path_buf(),
             dir: path.parent().map(Path::to_path_buf).unwrap_or_default(),
@@ -93,11 +101,12 @@ impl RedbLogStore {
             let log = tx.open_table(LOG).map_err(|e| fmt(e.to_string()))?;
             for item in log.iter().map_err(|e| fmt(e.to_string()))? {
                 let (_, v) = item.map_err(|e| fmt(e.to_string()))?;
-                decode::<Entry<TypeConfig>>(v.value())
+                at_rest
+                    .decode::<Entry<TypeConfig>>(v.value())
                     .map_err(|source| DbError::Format { path: path.to_path_buf(), source })?;
             }
         }
-        Ok(RedbLogStore { db: SharedDb::new(db), written: Arc::default() })
+        Ok(RedbLogStore { db: SharedDb::new(db), written: Arc::default(), at_rest })
     }
 
     fn get_meta<T: serde::de::DeserializeOwned>(&self, key: &str) -> StResult<Option<T>> {
@@ -133,7 +142,7 @@ impl RedbLogStore {
         {
             let mut t = tx.open_table(LOG).map_err(write_err)?;
             for e in entries {
-                let bytes = encode(&e);
+                let bytes = self.at_rest.encode(&e);
                 self.written.entries.fetch_add(1, Ordering::Relaxed);
                 self.written.bytes.fetch_add(bytes.len() as u64, Ordering::Relaxed);
                 t.insert(e.log_id.index, bytes.as_slice()).map_err(write_err)?;
@@ -176,7 +185,7 @@ impl RaftLogReader<TypeConfig> for RedbLogStore {
         let mut out = Vec::new();
         for item in t.range(range).map_err(io_err)? {
             let (_, v) = item.map_err(io_err)?;
-            out.push(decode(v.value()).map_err(io_err)?);
+            out.push(self.at_rest.decode(v.value()).map_err(io_err)?);
         }
         Ok(out)
     }
@@ -191,7 +200,7 @@ impl RaftLogStorage<TypeConfig> for RedbLogStore {
         let tx = db.begin_read().map_err(io_err)?;
         let t = tx.open_table(LOG).map_err(io_err)?;
         let last = match t.last().map_err(io_err)? {
-            Some((_, v)) => Some(decode::<Entry<TypeConfig>>(v.value()).map_err(io_err)?.log_id),
+            Some((_, v)) => Some(self.at_rest.decode::<Entry<TypeConfig>>(v.value()).map_err(io_err)?.log_id),
             None => last_purged,
         };
         Ok(LogState { last_purged_log_id: last_purged, last_log_id: last })

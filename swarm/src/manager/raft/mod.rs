@@ -17,7 +17,7 @@ mod service;
 mod state_machine;
 pub mod wire;
 
-pub use codec::{CodecError, FORMAT_VERSION};
+pub use codec::{AtRest, CodecError, FORMAT_VERSION};
 pub use db::DbError;
 pub use log_store::RedbLogStore;
 pub use network::{GrpcNetwork, PeerError, Peers, MAX_MESSAGE as MAX_RAFT_MESSAGE};
@@ -61,6 +61,8 @@ pub struct RaftSettings {
     /// This manager's client TLS towards its peers (its node certificate); None for a manager that never has peers
     /// (storage tests).
     pub peer_tls: Option<crate::ca::ClusterTls>,
+    /// How log entries, stored objects and snapshot files are kept on disk (sealed with the data key, or not).
+    pub at_rest: AtRest,
 }
 
 impl Default for RaftSettings {
@@ -76,6 +78,7 @@ impl Default for RaftSettings {
             election_timeout_min: Duration::from_millis(400),
             election_timeout_max: Duration::from_millis(700),
             peer_tls: None,
+            at_rest: AtRest::default(),
         }
     }
 }
@@ -114,6 +117,9 @@ pub struct RaftHandle {
     log: RedbLogStore,
     sm: RedbStateMachine,
     peers: Arc<Peers>,
+    /// One membership change at a time: openraft refuses a change while another is in progress, and two
+    /// managers leaving at once must both be removed, one after the other.
+    membership: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl RaftHandle {
@@ -121,8 +127,8 @@ impl RaftHandle {
     /// (swarm init) or added by a leader (join).
     pub async fn start(id: NodeId, dir: &Path, settings: &RaftSettings) -> Result<(RaftHandle, Store), RaftNodeError> {
         let paths = RaftPaths::in_dir(dir);
-        let log = RedbLogStore::open(&paths.log)?;
-        let sm = RedbStateMachine::open(&paths.state)?;
+        let log = RedbLogStore::open_with(&paths.log, settings.at_rest.clone())?;
+        let sm = RedbStateMachine::open_with(&paths.state, settings.at_rest.clone())?;
         Self::start_with(id, log, sm, settings).await
     }
 
@@ -152,7 +158,7 @@ impl RaftHandle {
         let raft = openraft::Raft::new(id, config, GrpcNetwork::new(peers.clone()), log.clone(), sm.clone())
             .await
             .map_err(|e| RaftNodeError::Raft(e.to_string()))?;
-        let handle = RaftHandle { raft, id, log, sm, peers };
+        let handle = RaftHandle { raft, id, log, sm, peers, membership: Default::default() };
         let store = Store::with_proposer(view, Arc::new(handle.clone()));
         Ok((handle, store))
     }
@@ -340,6 +346,7 @@ impl RaftHandle {
             true => RemoteFailure::Raft(e),
             false => RemoteFailure::NotLeader { leader: self.leader_addr() },
         };
+        let _one_at_a_time = self.membership.lock().await;
         self.raft
             .add_learner(id, BasicNode { addr: addr.to_string() }, true)
             .await
@@ -353,6 +360,10 @@ impl RaftHandle {
 
     /// On the leader: removes member `id` from the group.
     pub async fn remove_voter(&self, id: NodeId) -> wire::MembershipReply {
+        if !self.is_leader() {
+            return Err(RemoteFailure::NotLeader { leader: self.leader_addr() });
+        }
+        let _one_at_a_time = self.membership.lock().await;
         if !self.is_leader() {
             return Err(RemoteFailure::NotLeader { leader: self.leader_addr() });
         }

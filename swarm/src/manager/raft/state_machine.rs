@@ -22,7 +22,7 @@ mod tests;
 
 pub use snapshot_file::SnapshotFileError;
 
-use super::codec::{decode, encode};
+use super::codec::{decode, encode, AtRest};
 use super::db::{open, open_backend, DbError, SharedDb};
 use super::{NodeId, TypeConfig};
 use crate::api::Object;
@@ -112,6 +112,8 @@ pub struct RedbStateMachine {
     /// snapshot's objects match its `last_applied` and `state.redb` holds everything up to it.
     applied: Arc<tokio::sync::Mutex<Applied>>,
     snapshots: Arc<Snapshots>,
+    /// Objects (in `state.redb` and in snapshot files) are sealed with the data key at rest.
+    at_rest: AtRest,
 }
 
 fn key(o: &Object) -> String {
@@ -135,16 +137,21 @@ impl RedbStateMachine {
     /// Opens the state at `path` and loads every object into a fresh view. Snapshot files are kept in
     /// `snapshots/` next to it.
     pub fn open(path: &Path) -> Result<Self, DbError> {
-        Self::loaded(path, open(path)?)
+        Self::open_with(path, AtRest::default())
+    }
+
+    /// Opens the state whose objects are kept as `at_rest` says.
+    pub fn open_with(path: &Path, at_rest: AtRest) -> Result<Self, DbError> {
+        Self::loaded(path, open(path)?, at_rest)
     }
 
     /// The state on another storage than a file (crash tests); `name` stands for its path in errors, and the
     /// snapshot files are kept in `snapshots/` in `name`'s directory.
     pub fn open_backend(name: &Path, backend: impl redb::StorageBackend) -> Result<Self, DbError> {
-        Self::loaded(name, open_backend(name, backend)?)
+        Self::loaded(name, open_backend(name, backend)?, AtRest::default())
     }
 
-    fn loaded(path: &Path, db: redb::Database) -> Result<Self, DbError> {
+    fn loaded(path: &Path, db: redb::Database, at_rest: AtRest) -> Result<Self, DbError> {
         let corrupt = |reason: String| DbError::Corrupt {
             path: path.to_path_buf(),
             dir: path.parent().map(Path::to_path_buf).unwrap_or_default(),
@@ -158,13 +165,19 @@ impl RedbStateMachine {
             }
             tx.commit().map_err(|e| corrupt(e.to_string()))?;
         }
+        // Records written in clear (a swarm from before data keys) are sealed now, in one transaction.
+        let mut unsealed = Vec::new();
         let (objects, last_applied, membership) = {
             let tx = db.begin_read().map_err(|e| corrupt(e.to_string()))?;
             let t = tx.open_table(OBJECTS).map_err(|e| corrupt(e.to_string()))?;
             let mut objects = Vec::new();
             for item in t.iter().map_err(|e| corrupt(e.to_string()))? {
-                let (_, v) = item.map_err(|e| corrupt(e.to_string()))?;
-                objects.push(decode::<Object>(v.value()).map_err(format)?);
+                let (k, v) = item.map_err(|e| corrupt(e.to_string()))?;
+                let o = at_rest.decode::<Object>(v.value()).map_err(format)?;
+                if at_rest.is_sealed() && !k.value().starts_with('#') {
+                    unsealed.push(k.value().to_string());
+                }
+                objects.push(o);
             }
             let m = tx.open_table(META).map_err(|e| corrupt(e.to_string()))?;
             let last_applied = match m.get(KEY_APPLIED).map_err(|e| corrupt(e.to_string()))? {
@@ -178,9 +191,14 @@ impl RedbStateMachine {
             (objects, last_applied, membership)
         };
 
+        if !unsealed.is_empty() {
+            Self::seal_records(&db, &objects, &unsealed, &at_rest).map_err(|e| corrupt(e.to_string()))?;
+            tracing::info!(records = unsealed.len(), "sealed the state's records written in clear");
+        }
+
         let dir = path.parent().unwrap_or(Path::new("")).join(SNAPSHOT_DIR);
         std::fs::create_dir_all(&dir).map_err(|e| DbError::Io { path: dir.clone(), reason: e.to_string() })?;
-        let current = Self::migrate_legacy_snapshot(path, &db, &dir)?;
+        let current = Self::migrate_legacy_snapshot(path, &db, &dir, &at_rest)?;
         let current = match current {
             None => None,
             Some((meta, name)) => {
@@ -214,7 +232,32 @@ impl RedbStateMachine {
                 receiving: Default::default(),
                 hooks: Default::default(),
             }),
+            at_rest,
         })
+    }
+
+    /// Re-writes the records named in clear (`unsealed`) sealed, under their digest keys.
+    fn seal_records(
+        db: &redb::Database,
+        objects: &[Object],
+        unsealed: &[String],
+        at_rest: &AtRest,
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        let unsealed: std::collections::HashSet<&str> = unsealed.iter().map(String::as_str).collect();
+        let mut tx = db.begin_write()?;
+        tx.set_durability(Durability::Immediate)?;
+        {
+            let mut t = tx.open_table(OBJECTS)?;
+            for o in objects {
+                let name = key(o);
+                if unsealed.contains(name.as_str()) {
+                    t.remove(name.as_str())?;
+                    t.insert(at_rest.record_key(&name).as_str(), at_rest.encode(o).as_slice())?;
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(())
     }
 
     /// The current snapshot's metadata and file name; a snapshot still kept inside `state.redb` (older releases)
@@ -223,6 +266,7 @@ impl RedbStateMachine {
         path: &Path,
         db: &redb::Database,
         dir: &Path,
+        at_rest: &AtRest,
     ) -> Result<Option<(Meta, String)>, DbError> {
         let io = |e: &dyn std::fmt::Display| DbError::Io { path: path.to_path_buf(), reason: e.to_string() };
         let format = |source| DbError::Format { path: path.to_path_buf(), source };
@@ -245,7 +289,7 @@ impl RedbStateMachine {
         };
         let (Some(doc), None) = (legacy, &name) else { return Ok(name.map(|n| (meta, n))) };
         let tmp = dir.join(snapshot_file::unique_name("migrate", ".tmp"));
-        snapshot_file::write(&tmp, &meta, doc.objects.len() as u64, doc.objects.into_iter())?;
+        snapshot_file::write(&tmp, &meta, doc.objects.len() as u64, doc.objects.into_iter(), at_rest)?;
         let name = snapshot_file::snap_name(&meta);
         snapshot_file::put_in_place(&tmp, dir, &name)?;
         let mut tx = db.begin_write().map_err(|e| io(&e))?;
@@ -364,7 +408,7 @@ impl RedbStateMachine {
         };
         let dir = &self.snapshots.dir;
         let tmp = dir.join(snapshot_file::unique_name("build", ".tmp"));
-        if let Err(e) = snapshot_file::write(&tmp, meta, objects.len() as u64, objects.into_iter()) {
+        if let Err(e) = snapshot_file::write(&tmp, meta, objects.len() as u64, objects.into_iter(), &self.at_rest) {
             let _ = std::fs::remove_file(&tmp);
             return Err(serr(&e));
         }
@@ -422,7 +466,7 @@ impl RedbStateMachine {
             }
         };
         let mut objects = Vec::new();
-        let read = snapshot_file::read(&path, |o| objects.push(o))
+        let read = snapshot_file::read(&path, &self.at_rest, |o| objects.push(o))
             .and_then(|found| snapshot_file::check_meta(&path, &found, meta));
         // A rejected file is left for inspection; the next `begin_receiving_snapshot` removes it.
         read.map_err(|e| StorageIOError::read_snapshot(sig.clone(), &e))?;
@@ -448,7 +492,8 @@ impl RedbStateMachine {
             let mut t = tx.open_table(OBJECTS).map_err(|e| serr(&e))?;
             t.retain(|_, _| false).map_err(|e| serr(&e))?;
             for o in store.objects() {
-                t.insert(key(&o).as_str(), encode(&o).as_slice()).map_err(|e| serr(&e))?;
+                let k = self.at_rest.record_key(&key(&o));
+                t.insert(k.as_str(), self.at_rest.encode(&o).as_slice()).map_err(|e| serr(&e))?;
             }
             let mut m = tx.open_table(META).map_err(|e| serr(&e))?;
             m.insert(KEY_APPLIED, encode(&meta.last_log_id).as_slice()).map_err(|e| serr(&e))?;
@@ -535,7 +580,7 @@ impl RaftStateMachine<TypeConfig> for RedbStateMachine {
                 EntryPayload::Normal(p) => match self.view.apply(entry.log_id.index, p) {
                     Ok(events) => {
                         for ev in events {
-                            let k = key(&ev.object);
+                            let k = self.at_rest.record_key(&key(&ev.object));
                             let value = match ev.action {
                                 crate::manager::store::EventAction::Delete => None,
                                 _ => Some(ev.object),
@@ -554,6 +599,7 @@ impl RaftStateMachine<TypeConfig> for RedbStateMachine {
         let durable = last.index >= applied.last_durable + DURABLE_EVERY;
         let (last_applied, membership) = (applied.last_applied, applied.membership.clone());
         let db = self.db.get().map_err(werr)?;
+        let at_rest = self.at_rest.clone();
         blocking(move || {
             let mut tx = db.begin_write().map_err(werr)?;
             tx.set_durability(if durable { Durability::Immediate } else { Durability::None }).map_err(werr)?;
@@ -561,7 +607,7 @@ impl RaftStateMachine<TypeConfig> for RedbStateMachine {
                 let mut t = tx.open_table(OBJECTS).map_err(werr)?;
                 for (k, v) in puts {
                     match v {
-                        Some(o) => t.insert(k.as_str(), encode(&o).as_slice()).map_err(werr)?,
+                        Some(o) => t.insert(k.as_str(), at_rest.encode(&o).as_slice()).map_err(werr)?,
                         None => t.remove(k.as_str()).map_err(werr)?,
                     };
                 }

@@ -6,12 +6,16 @@
 //!   {"Service":{…}}                                        one object per line, N lines
 //!   {"end":N,"sha256":"…"}                                 trailer: digest of every byte before it
 //! ```
-//! The trailer makes a truncated or altered file an error rather than a smaller store. Files are written under a
+//! A manager with a data key writes each object line sealed ([`AtRest`]): a JSON string holding the base64 of the
+//! sealed object. The header and trailer stay in clear (they say which snapshot the file is, nothing of its
+//! objects). The trailer makes a truncated or altered file an error rather than a smaller store. Files are written under a
 //! `.tmp` name, synced, and renamed into place by the state machine; anything not named by `state.redb` is a
 //! leftover and removed.
 
 use crate::api::Object;
+use crate::manager::raft::codec::AtRest;
 use crate::manager::raft::NodeId;
+use base64::Engine;
 use openraft::{BasicNode, SnapshotMeta};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -94,13 +98,20 @@ pub fn write(
     meta: &Meta,
     count: u64,
     objects: impl Iterator<Item = Object>,
+    at_rest: &AtRest,
 ) -> Result<(), SnapshotFileError> {
     let file = std::fs::OpenOptions::new().write(true).create_new(true).open(path).map_err(io(path))?;
     let mut out = Hashing { inner: BufWriter::with_capacity(256 * 1024, file), digest: Sha256::new() };
     write_line(path, &mut out, &Header { format: SNAPSHOT_FORMAT as u64, meta: meta.clone(), objects: count })?;
     let mut written = 0u64;
     for o in objects {
-        write_line(path, &mut out, &o)?;
+        if at_rest.is_sealed() {
+            let json = serde_json::to_vec(&o).expect("serializing plain data to a Vec cannot fail");
+            let sealed = base64::engine::general_purpose::STANDARD.encode(at_rest.seal(json));
+            write_line(path, &mut out, &sealed)?;
+        } else {
+            write_line(path, &mut out, &o)?;
+        }
         written += 1;
     }
     // A count that disagrees with the objects would make a file that reads as truncated; catch it here.
@@ -180,8 +191,8 @@ impl<'a> Lines<'a> {
 }
 
 /// Reads the whole file, checking every line and the checksum; the objects are handed to `each` as they are read.
-pub fn read(path: &Path, mut each: impl FnMut(Object)) -> Result<Meta, SnapshotFileError> {
-    read_lines(path, Some(&mut each))
+pub fn read(path: &Path, at_rest: &AtRest, mut each: impl FnMut(Object)) -> Result<Meta, SnapshotFileError> {
+    read_lines(path, Some((at_rest, &mut each)))
 }
 
 /// Checks the whole file (header, number of lines, checksum) without decoding the objects: cheap enough to run
@@ -190,15 +201,24 @@ pub fn verify(path: &Path) -> Result<Meta, SnapshotFileError> {
     read_lines(path, None)
 }
 
-fn read_lines(path: &Path, mut each: Option<&mut dyn FnMut(Object)>) -> Result<Meta, SnapshotFileError> {
+fn read_lines(path: &Path, mut each: Option<(&AtRest, &mut dyn FnMut(Object))>) -> Result<Meta, SnapshotFileError> {
     let mut lines = Lines::open(path)?;
     let header = lines.header()?;
     for got in 0..header.objects {
         let Some(line) = lines.next(true)? else {
             return Err(SnapshotFileError::Truncated { path: path.to_path_buf(), got, want: header.objects });
         };
-        if let Some(each) = each.as_mut() {
-            let object: Object = serde_json::from_slice(line).map_err(|e| lines.corrupt(e))?;
+        if let Some((at_rest, each)) = each.as_mut() {
+            let object = if line.first() == Some(&b'"') {
+                let text: String = serde_json::from_slice(line).map_err(|e| lines.corrupt(e))?;
+                let sealed = base64::engine::general_purpose::STANDARD
+                    .decode(text.as_bytes())
+                    .map_err(|e| lines.corrupt(format!("sealed object: {e}")))?;
+                let json = at_rest.open(&sealed).map_err(|e| lines.corrupt(e))?;
+                serde_json::from_slice::<Object>(&json).map_err(|e| lines.corrupt(e))?
+            } else {
+                serde_json::from_slice::<Object>(line).map_err(|e| lines.corrupt(e))?
+            };
             each(object);
         }
     }
@@ -293,7 +313,7 @@ mod tests {
 
     fn written(dir: &Path, n: usize) -> PathBuf {
         let path = dir.join("a.snap");
-        write(&path, &meta(7), n as u64, objects(n).into_iter()).unwrap();
+        write(&path, &meta(7), n as u64, objects(n).into_iter(), &AtRest::default()).unwrap();
         path
     }
 
@@ -306,7 +326,7 @@ mod tests {
         assert_eq!(lines.len(), 5, "header, 3 objects, trailer: {text}");
         assert!(lines[0].starts_with("{\"format\":1,"), "the file starts with its format version: {}", lines[0]);
         let mut got = vec![];
-        let m = read(&path, |o| got.push(o)).unwrap();
+        let m = read(&path, &AtRest::default(), |o| got.push(o)).unwrap();
         assert_eq!(m, meta(7));
         assert_eq!(serde_json::to_string(&got).unwrap(), serde_json::to_string(&objects(3)).unwrap());
         assert_eq!(verify(&path).unwrap(), meta(7));
@@ -360,7 +380,7 @@ mod tests {
         for (what, bytes, says) in cases {
             let path = dir.path().join("bad.snap");
             std::fs::write(&path, &bytes).unwrap();
-            let err = read(&path, |_| {}).expect_err(what).to_string();
+            let err = read(&path, &AtRest::default(), |_| {}).expect_err(what).to_string();
             if says != "line 5" {
                 // Only decoding the objects tells a well-formed line from an object.
                 let quick = verify(&path).expect_err(what).to_string();

@@ -173,7 +173,7 @@ async fn state_of(sm: &mut RedbStateMachine) -> (BTreeSet<String>, Option<u64>, 
     assert!(snaps.len() <= 1, "leftover snapshot files after reopening: {snaps:?}");
     let in_file = snaps.first().map(|f| {
         let mut objects = 0;
-        let meta = snapshot_file::read(&sm.snapshot_dir().join(f), |_| objects += 1).unwrap();
+        let meta = snapshot_file::read(&sm.snapshot_dir().join(f), &Default::default(), |_| objects += 1).unwrap();
         meta.last_log_id.unwrap().index
     });
     (names(sm), applied, recorded, in_file)
@@ -348,7 +348,7 @@ async fn a_snapshot_kept_inside_state_redb_by_an_older_release_is_moved_to_a_fil
     let snaps = files(&sm);
     assert!(snaps.len() == 1 && snaps[0].ends_with(".snap"), "the snapshot was written out as a file: {snaps:?}");
     let mut got = BTreeSet::new();
-    let in_file = snapshot_file::read(&sm.snapshot_dir().join(&snaps[0]), |o| {
+    let in_file = snapshot_file::read(&sm.snapshot_dir().join(&snaps[0]), &Default::default(), |o| {
         got.insert(o.id().to_string());
     })
     .unwrap();
@@ -359,4 +359,78 @@ async fn a_snapshot_kept_inside_state_redb_by_an_older_release_is_moved_to_a_fil
     let db = redb::Database::create(dir.path().join("state.redb")).unwrap();
     let tx = db.begin_read().unwrap();
     assert!(tx.open_table(SNAPSHOT).unwrap().get(KEY_SNAP_DATA).unwrap().is_none(), "the bytes left state.redb");
+}
+
+/// With a data key, objects rest sealed in `state.redb` and in snapshot files (names and ids included); a
+/// state written in clear by an older swarm is sealed at the next start; a manager without the key cannot read
+/// it, and a manager with the same key installs its snapshots.
+#[tokio::test]
+async fn with_a_data_key_objects_rest_sealed_and_a_clear_state_is_sealed_at_start() {
+    use crate::manager::datakey::DataKey;
+    let holding = |dir: &Path, needle: &str| -> Vec<String> {
+        let mut out = Vec::new();
+        for p in [dir.join("state.redb")]
+            .into_iter()
+            .chain(std::fs::read_dir(dir.join("snapshots")).unwrap().map(|e| e.unwrap().path()))
+        {
+            if std::fs::read(&p).unwrap().windows(needle.len()).any(|w| w == needle.as_bytes()) {
+                out.push(p.display().to_string());
+            }
+        }
+        out
+    };
+    let key = DataKey::generate();
+    let sealed = || AtRest::sealed_with(Some(key.clone()));
+    let dir = tempfile::tempdir().unwrap();
+
+    // An older swarm's state, in clear.
+    let mut sm = open_in(dir.path());
+    sm.apply(creates("clear", 1, 20)).await.unwrap();
+    sm.close().await;
+    drop(sm);
+    assert!(!holding(dir.path(), "clear-7").is_empty(), "the test writes a state in clear first");
+
+    let mut sm = RedbStateMachine::open_with(&dir.path().join("state.redb"), sealed()).unwrap();
+    assert_eq!(names(&sm), expected("clear", 1, 20), "the clear state reads with a key");
+    sm.apply(creates("new", 21, 40)).await.unwrap();
+    build(&mut sm).await;
+    sm.close().await;
+    drop(sm);
+    // redb may keep freed pages holding the old bytes until they are reused; the names must not be in any live
+    // record, which a fresh copy of the records shows.
+    let sm = RedbStateMachine::open_with(&dir.path().join("state.redb"), sealed()).unwrap();
+    let mut all = expected("clear", 1, 20);
+    all.extend(expected("new", 21, 40));
+    assert_eq!(names(&sm), all, "nothing lost or doubled by sealing");
+    {
+        let db = sm.db.get().unwrap();
+        let tx = db.begin_read().unwrap();
+        for item in tx.open_table(OBJECTS).unwrap().iter().unwrap() {
+            let (k, v) = item.unwrap();
+            assert!(k.value().starts_with('#'), "a record key in clear: {}", k.value());
+            assert_eq!(v.value()[0], super::super::codec::FORMAT_SEALED, "a record in clear under {}", k.value());
+        }
+    }
+    let snaps = files(&sm);
+    let snap = std::fs::read_to_string(sm.snapshot_dir().join(&snaps[0])).unwrap();
+    assert!(!snap.contains("new-23") && !snap.contains("clear-3"), "a name in clear in the snapshot file");
+    assert_eq!(snap.lines().count(), 42, "a header, one sealed line per object, a trailer");
+    sm.close().await;
+    drop(sm);
+
+    // Without the key the state cannot be read, and says why.
+    let e = RedbStateMachine::open(&dir.path().join("state.redb")).err().expect("refused without the key");
+    assert!(e.to_string().contains("no data key"), "{e}");
+
+    // Another manager with the same key installs the sealed snapshot.
+    let mut source = RedbStateMachine::open_with(&dir.path().join("state.redb"), sealed()).unwrap();
+    let other = tempfile::tempdir().unwrap();
+    let mut target = RedbStateMachine::open_with(&other.path().join("state.redb"), sealed()).unwrap();
+    install_from(&mut target, &mut source).await.unwrap();
+    assert_eq!(names(&target), all);
+    let elsewhere = tempfile::tempdir().unwrap();
+    let stranger_key = AtRest::sealed_with(Some(DataKey::generate()));
+    let mut stranger = RedbStateMachine::open_with(&elsewhere.path().join("state.redb"), stranger_key).unwrap();
+    let e = install_from(&mut stranger, &mut source).await.unwrap_err();
+    assert!(e.to_string().contains("another data key"), "{e}");
 }
