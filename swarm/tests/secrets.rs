@@ -75,6 +75,7 @@ async fn a_secret_reaches_only_the_node_that_uses_it_and_leaves_with_its_last_ta
     let (mdir, wdir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let (mexec, wexec) = (TestExecutor::new("host-m"), TestExecutor::new("host-w"));
     let (mgr, addr) = init(mdir.path(), &mexec, Some(5)).await;
+    let mgr_addr = addr.clone();
     let token = mgr.store().unwrap().view(|v| v.cluster().unwrap().root_ca.join_tokens.worker.clone());
     let worker = new_node(wdir.path(), &wexec);
     worker
@@ -127,7 +128,10 @@ async fn a_secret_reaches_only_the_node_that_uses_it_and_leaves_with_its_last_ta
         assert_eq!(files_holding(dir, PLAINTEXT), Vec::<String>::new(), "plaintext on disk");
         assert_eq!(files_holding(dir, &b64.as_bytes()[..20]), Vec::<String>::new(), "base64 plaintext on disk");
     }
-    assert!(!files_holding(mdir.path(), b"db_password").is_empty(), "the grep does read the Raft files");
+    // Objects rest sealed, their names too; the Raft membership (manager addresses) is in clear, which shows the
+    // grep reads the Raft files.
+    assert_eq!(files_holding(mdir.path(), b"db_password"), Vec::<String>::new(), "a secret's name in clear");
+    assert!(!files_holding(&mdir.path().join("swarm/raft"), mgr_addr.as_bytes()).is_empty(), "the grep reads Raft");
 
     step("inspect and ls hide the data; rm of a used secret names the service");
     let got = api.get_secret(Request::new(GetRequest { id_or_name: "db_password".into() })).await.unwrap().into_inner();
@@ -203,6 +207,7 @@ async fn registry_credentials_rest_sealed_and_reach_only_the_task_s_node() {
     let (mdir, wdir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let (mexec, wexec) = (TestExecutor::new("host-m"), TestExecutor::new("host-w"));
     let (mgr, addr) = init(mdir.path(), &mexec, Some(5)).await;
+    let mgr_addr = addr.clone();
     let token = mgr.store().unwrap().view(|v| v.cluster().unwrap().root_ca.join_tokens.worker.clone());
     // The manager token's helper, with the worker token: the node joins as a worker.
     let worker = join_manager(wdir.path(), &wexec, &addr, &token).await;
@@ -256,7 +261,8 @@ async fn registry_credentials_rest_sealed_and_reach_only_the_task_s_node() {
         assert_eq!(files_holding(dir, auth.as_bytes()), Vec::<String>::new(), "credentials on disk");
         assert_eq!(files_holding(dir, b"pw-4d1c-e9a0-73bb"), Vec::<String>::new(), "password on disk");
     }
-    assert!(!files_holding(mdir.path(), b"V=2").is_empty(), "the grep does read the Raft files");
+    assert_eq!(files_holding(mdir.path(), b"V=2"), Vec::<String>::new(), "a spec's value in clear");
+    assert!(!files_holding(&mdir.path().join("swarm/raft"), mgr_addr.as_bytes()).is_empty(), "the grep reads Raft");
     worker.shutdown().await;
     mgr.shutdown().await;
 }
