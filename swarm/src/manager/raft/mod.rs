@@ -50,6 +50,9 @@ openraft::declare_raft_types!(
         SnapshotData = tokio::fs::File,
 );
 
+/// How long a snapshot chunk may take, the last one including its installation on the follower.
+const INSTALL_SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// Raft settings (the cluster spec's raft section plus timing).
 #[derive(Debug, Clone)]
 pub struct RaftSettings {
@@ -150,6 +153,10 @@ impl RaftHandle {
             purge_batch_size: 1,
             // Snapshots travel in 1 MiB chunks, one gRPC message each.
             snapshot_max_chunk_size: 1 << 20,
+            // The answer to the last chunk comes once the follower installed the whole snapshot (read, opened,
+            // committed to `state.redb`): seconds for a large store. openraft's 200 ms default made such a send
+            // time out and start over, again and again, so a manager joining a big swarm never caught up.
+            install_snapshot_timeout: INSTALL_SNAPSHOT_TIMEOUT.as_millis() as u64,
             ..Default::default()
         };
         let config = Arc::new(config.validate().map_err(|e| RaftNodeError::Config(e.to_string()))?);
