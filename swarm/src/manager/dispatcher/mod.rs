@@ -558,7 +558,10 @@ impl Dispatcher {
             let a = self.active.lock().unwrap_or_else(|e| e.into_inner());
             a.as_ref().map_or(DEFAULT_SESSION_GRACE, |a| a.session_grace)
         };
-        let grace = Grace { heartbeat, session, reconnect: self.config().heartbeat_period + session };
+        // A node a new leader has not heard from yet gets the full heartbeat grace (as SwarmKit's unknown nodes):
+        // its agent is finding the new leader, with backoff, while the election settles.
+        let reconnect = self.config().heartbeat_period * GRACE_PERIODS + session;
+        let grace = Grace { heartbeat, session, reconnect };
         let expired = self.sessions.lock().unwrap_or_else(|e| e.into_inner()).expire(Instant::now(), grace);
         for (node_id, reason) in &expired {
             tracing::warn!(node.id = %node_id, reason = reason.message(), "node is down");
