@@ -10,6 +10,10 @@ use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// The two tests run one at a time: each daemon makes its stacks' overlays in the host's namespace, and two
+/// daemons there would both ask the kernel for the first VXLAN VNI (4096) on port 4789.
+static ONE_DAEMON_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 const T: Duration = Duration::from_secs(120);
 
 fn examples() -> PathBuf {
@@ -85,6 +89,7 @@ const VOTING: &[(&str, usize)] =
 
 #[test]
 fn compose_examples_deploy_redeploy_prune_and_rm() {
+    let _alone = ONE_DAEMON_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let d = start();
 
     step!("voting: five services; result is created once db is healthy");
@@ -186,6 +191,7 @@ fn http_get(port: u16) -> Result<String, String> {
 /// Needs the routing mesh and secrets: the published ports answer and the database read its password.
 #[test]
 fn compose_examples_answer() {
+    let _alone = ONE_DAEMON_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let d = start();
     deploy(&d, &example("voting"), "vote", &[], &[]);
     for (s, n) in VOTING {
