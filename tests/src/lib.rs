@@ -466,6 +466,16 @@ impl Daemon {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
+        // A failing test's daemon logs outlive its temp dir, for the post-mortem.
+        if std::thread::panicking() {
+            let keep = Path::new("/tmp/shoal-failed-logs");
+            let name = self.dir.path().file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            if std::fs::create_dir_all(keep).is_ok()
+                && std::fs::copy(&self.log, keep.join(format!("{name}.log"))).is_ok()
+            {
+                eprintln!("kept {} as {}", self.log.display(), keep.join(format!("{name}.log")).display());
+            }
+        }
         if self.child.is_some() {
             // Leaving removes every task container; then the daemon stops its containerd.
             // Bounded: a test must end even if leaving hangs (that bug then shows as a test failure elsewhere).

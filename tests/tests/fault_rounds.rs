@@ -189,15 +189,21 @@ fn fifty_rounds_of_faults_lose_no_acknowledged_write_and_run_no_slot_twice() {
     }
     wait_for("web's slots each running in exactly one container, across all nodes", DEADLINE, || {
         let tasks = c.node(1).tasks("web");
-        let mut per_slot: BTreeMap<u64, usize> = BTreeMap::new();
+        // slot -> the running containers' tasks, as "node-N: task id (desired/state on the manager's record)".
+        let mut per_slot: BTreeMap<u64, Vec<String>> = BTreeMap::new();
         for n in 1..=5 {
             for t in c.node(n).running() {
-                if let Some(slot) = tasks.iter().find(|row| row.id == t.id).and_then(|row| row.slot()) {
-                    *per_slot.entry(slot).or_default() += 1;
+                if let Some(row) = tasks.iter().find(|row| row.id == t.id) {
+                    if let Some(slot) = row.slot() {
+                        per_slot
+                            .entry(slot)
+                            .or_default()
+                            .push(format!("node-{n}: {} ({}/{} on {})", row.id, row.desired, row.state, row.node));
+                    }
                 }
             }
         }
-        (per_slot.len() == REPLICAS && per_slot.values().all(|n| *n == 1))
+        (per_slot.len() == REPLICAS && per_slot.values().all(|n| n.len() == 1))
             .then_some(())
             .ok_or(format!("running containers per slot: {per_slot:?}"))
     });

@@ -7,7 +7,7 @@
 //! ```
 //! A broken session is re-opened with jittered exponential backoff on the next known manager (or on the leader
 //! a refusing manager named); the worker and its tasks carry on. The dispatcher's session messages keep the list
-//! of managers current. A heartbeat that gets no answer within half a period ends the session, so a frozen
+//! of managers current. A heartbeat that gets no answer within a period ends the session, so a frozen
 //! manager is left long before the dispatcher would find this node down. Status reports stay pending until the
 //! manager acknowledged them (it does so once they are committed) and are sent again, on the same session after
 //! a failed write, or on the next session, whichever manager it is with.
@@ -78,10 +78,12 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// The longest a heartbeat (or the assignments request) may take before the manager is taken for frozen.
 const HEARTBEAT_DEADLINE_MAX: Duration = Duration::from_secs(5);
 
-/// How long a heartbeat may take: half a period (a heartbeat touches no disk, so it answers in milliseconds),
-/// so a frozen manager is noticed within 0.5 to 1.5 periods, well inside the dispatcher's grace of three.
+/// How long a heartbeat may take: one period, at most 5 s (SwarmKit's RPC timeout, which is one period at the
+/// default). A frozen manager is then noticed within 1 to 2 periods, inside the dispatcher's grace of three;
+/// half a period was too tight for a manager busy with a big change, whose every agent then reopened its
+/// session (a storm of its own on top of the load).
 fn heartbeat_deadline(period: Duration) -> Duration {
-    (period / 2).min(HEARTBEAT_DEADLINE_MAX)
+    period.min(HEARTBEAT_DEADLINE_MAX)
 }
 
 /// The longest a session request or a status report may take: a report waits for a store commit, so it gets
@@ -337,7 +339,7 @@ impl<E: Executor> Agent<E> {
                     None => return Err(tonic::Status::unavailable("log subscriptions stream ended").into()),
                 },
                 _ = heartbeat.tick() => {
-                    // A manager that stopped answering (frozen, partitioned) is left after about one period.
+                    // A manager that stopped answering (frozen, partitioned) is left after one to two periods.
                     let request = HeartbeatRequest { session_id: session_id.clone() };
                     let r = within(heartbeat_deadline(period), "a heartbeat", client.heartbeat(request)).await?;
                     let p = r.into_inner().period;

@@ -37,6 +37,8 @@ struct Runner<C: Controller> {
     /// Whether this runner started the process or already checked the container of a RUNNING task it adopted:
     /// only an adopted task's container is inspected, once.
     seen: bool,
+    /// Whether the process of a task that ended was stopped after the manager shut the task down.
+    stopped: bool,
 }
 
 /// The next health verdict. Pending forever once the checks ended (the process exited: `wait` reports that) or
@@ -156,10 +158,14 @@ impl<C: Controller> Runner<C> {
         }
     }
 
-    fn failed(&mut self, e: ExecError) {
-        // Failure before STARTING rejects the task; from STARTING on it has failed.
-        let state = if self.status.state < TaskState::Starting { TaskState::Rejected } else { TaskState::Failed };
-        self.set(state, state.name(), Some(e.to_string()));
+    async fn failed(&mut self, e: ExecError) {
+        // Failure before STARTING rejects the task: there is no process.
+        if self.status.state < TaskState::Starting {
+            return self.set(TaskState::Rejected, TaskState::Rejected.name(), Some(e.to_string()));
+        }
+        // From STARTING on, the error may come with the process running (a start that timed out after the
+        // runtime started it, a wait that lost the runtime): a FAILED task is replaced, so it must not run on.
+        self.fail_and_stop(TaskState::Failed.name(), e.to_string()).await;
     }
 
     /// Drives the task until it is terminal, then waits for the cancel (task removed from the node).
@@ -170,7 +176,7 @@ impl<C: Controller> Runner<C> {
             _ = cancel.cancelled() => return false,
             r = self.ctl.wait() => match r {
                 Ok(exit) => self.exited(exit.exit_code),
-                Err(e) => self.failed(e),
+                Err(e) => self.failed(e).await,
             },
             h = next_health(&mut self.health) => self.on_health(h).await,
             r = updates.changed() => return r.is_ok(),
@@ -188,7 +194,15 @@ impl<C: Controller> Runner<C> {
             let desired = self.task.desired_state;
             let state = self.status.state;
             if state.is_terminal() {
-                // Nothing more to do: the manager replaces ended tasks. Wait for removal.
+                // Nothing more to do: the manager replaces ended tasks. Wait for removal. Once the manager shuts
+                // the task down, make sure once that its process is gone: it may have outlived an error that
+                // ended the task (the stop then failed too), and its slot now runs elsewhere.
+                if desired > TaskState::Running && !self.stopped {
+                    self.stopped = true;
+                    if let Err(e) = self.ctl.shutdown().await {
+                        tracing::warn!(error = %e, "stopping the ended task's container");
+                    }
+                }
                 tokio::select! {
                     _ = cancel.cancelled() => return,
                     r = updates.changed() => if r.is_err() { return } else { continue },
@@ -217,7 +231,7 @@ impl<C: Controller> Runner<C> {
                     self.set(TaskState::Preparing, "preparing", None);
                     match self.ctl.prepare().await {
                         Ok(()) => self.set(TaskState::Ready, "prepared", None),
-                        Err(e) => self.failed(e),
+                        Err(e) => self.failed(e).await,
                     }
                 }
                 TaskState::Ready => {
@@ -232,12 +246,12 @@ impl<C: Controller> Runner<C> {
                     self.set(TaskState::Starting, "starting", None);
                     match self.ctl.start().await {
                         Ok(pid) => self.started(pid).await,
-                        Err(e) => self.failed(e),
+                        Err(e) => self.failed(e).await,
                     }
                 }
                 TaskState::Starting if !self.health_asked || self.health.is_none() => match self.ctl.start().await {
                     Ok(pid) => self.started(pid).await,
-                    Err(e) => self.failed(e),
+                    Err(e) => self.failed(e).await,
                 },
                 TaskState::Starting => {
                     // Health-gated: RUNNING only once a check passed.
@@ -306,7 +320,7 @@ pub async fn run_task<C: Controller>(
 ) {
     let span = tracing::info_span!("task", task.id = %task.id, service.id = %task.service_id);
     let status = task.status.clone();
-    Runner { ctl, task, status, report, health_asked: false, health: None, seen: false }
+    Runner { ctl, task, status, report, health_asked: false, health: None, seen: false, stopped: false }
         .run(updates, cancel)
         .instrument(span)
         .await

@@ -19,6 +19,9 @@ struct Rt {
     calls: Vec<String>,
     /// How many of the next removals fail.
     remove_failures: usize,
+    /// How many of the next waits fail (as when the runtime is lost), and of the next stops.
+    wait_failures: usize,
+    shutdown_failures: usize,
 }
 
 /// A runtime double. Gates start closed only when a test asks for it.
@@ -103,7 +106,11 @@ impl Controller for Ctl {
     }
     async fn wait(&self) -> Result<ExitStatus, ExecError> {
         let mut rx = {
-            let rt = self.x.rt();
+            let mut rt = self.x.rt();
+            if rt.wait_failures > 0 {
+                rt.wait_failures -= 1;
+                return Err(ExecError::Runtime("containerd unreachable".into()));
+            }
             rt.containers.get(&self.id).ok_or_else(|| ExecError::NotFound(self.id.clone()))?.subscribe()
         };
         loop {
@@ -117,7 +124,12 @@ impl Controller for Ctl {
     }
     async fn shutdown(&self) -> Result<(), ExecError> {
         self.x.log("shutdown", &self.id);
-        if let Some(c) = self.x.rt().containers.get(&self.id) {
+        let mut rt = self.x.rt();
+        if rt.shutdown_failures > 0 {
+            rt.shutdown_failures -= 1;
+            return Err(ExecError::Runtime("containerd unreachable".into()));
+        }
+        if let Some(c) = rt.containers.get(&self.id) {
             if matches!(*c.borrow(), ContainerState::Running { .. }) {
                 c.send_replace(ContainerState::Exited { exit_code: 143 });
             }
@@ -234,6 +246,45 @@ async fn runner_reports_an_exit_recorded_while_the_agent_was_down() {
     assert_eq!(u.status.err, "task: non-zero exit (3)");
     assert_eq!(u.status.container.and_then(|c| c.exit_code), Some(3));
     cancel.cancel();
+}
+
+fn running(x: &Recording, id: &str) -> bool {
+    x.rt().containers.get(id).is_some_and(|c| matches!(*c.borrow(), ContainerState::Running { .. }))
+}
+
+#[tokio::test]
+async fn a_task_whose_wait_fails_is_failed_and_its_process_stopped() {
+    // The manager replaces a FAILED task: if its process ran on, the slot would run twice.
+    let x = Recording::default();
+    x.rt().wait_failures = 1;
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let mut w = Worker::new(Arc::new(x.clone()), tx);
+    w.apply(complete(vec![task("t1")])).await;
+    let u = report_in(&mut rx, TaskState::Failed).await;
+    assert!(u.status.err.contains("containerd unreachable"), "{:?}", u.status);
+    until("the process stopped", || !running(&x, "t1"), || format!("{:?}", x.calls())).await;
+}
+
+#[tokio::test]
+async fn an_ended_task_whose_process_still_runs_is_stopped_once_the_manager_shuts_it_down() {
+    let x = Recording::default();
+    x.rt().wait_failures = 1;
+    x.rt().shutdown_failures = 1;
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let mut w = Worker::new(Arc::new(x.clone()), tx);
+    let t = task("t1");
+    w.apply(complete(vec![t.clone()])).await;
+    report_in(&mut rx, TaskState::Failed).await;
+    until("the failed stop", || x.count("shutdown:t1") == 1, || format!("{:?}", x.calls())).await;
+    assert!(running(&x, "t1"), "the stop failed: the process still runs");
+
+    // The restart supervisor shuts the ended task down (its replacement runs elsewhere).
+    let mut down = t;
+    down.desired_state = TaskState::Shutdown;
+    w.apply(added(down)).await;
+    until("the process stopped", || !running(&x, "t1"), || format!("{:?}", x.calls())).await;
+    assert_eq!(x.count("shutdown:t1"), 2, "{:?}", x.calls());
+    assert!(x.exists("t1"), "the container stays until the task is removed");
 }
 
 #[tokio::test]
