@@ -828,12 +828,16 @@ impl Controller for ContainerdController {
     #[tracing::instrument(level = "debug", skip_all, fields(task.id = %self.task.id))]
     async fn shutdown(&self) -> Result<(), ExecError> {
         match self.process().await? {
-            Some(p) if p.status == ProcStatus::Running as i32 || p.status == ProcStatus::Paused as i32 => {}
+            None => return Ok(()),
             Some(p) if p.status == ProcStatus::Stopped as i32 => {
                 self.reap_detached(p.exit_status as i32).await;
                 return Ok(());
             }
-            _ => return Ok(()),
+            // Created but never started: nothing to stop gracefully.
+            Some(p) if p.status == ProcStatus::Created as i32 => return self.kill(libc::SIGKILL as u32, true).await,
+            // Running, paused, pausing, or a status the shim could not tell (UNKNOWN when it is slow to answer):
+            // stopped all the same, as a task is never left running once it was asked to stop.
+            Some(_) => {}
         }
         let c = &self.task.spec.container;
         let mut stop_signal = c.stop_signal.clone();

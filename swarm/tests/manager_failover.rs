@@ -99,7 +99,7 @@ async fn a_worker_whose_manager_path_freezes_moves_to_the_address_it_learned_wit
         match tokio::time::timeout(Duration::from_millis(50), events.recv()).await {
             Err(_) => {}
             Ok(Ok(ev)) => {
-                if let Object::Node(n) = ev.object {
+                if let Object::Node(n) = &ev.object {
                     assert!(
                         n.id != w_id || n.status.state == NodeState::Ready,
                         "the worker left READY after the freeze: {:?}",

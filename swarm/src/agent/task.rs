@@ -22,6 +22,10 @@ pub const PROCESS_GONE: &str = "task process is gone (host restarted?)";
 /// The error of a task failed by its health check (followed by the last check's outcome).
 pub const UNHEALTHY: &str = "task: container is unhealthy";
 
+/// First wait before stopping a task's process again after a failed stop; doubled up to the max.
+const STOP_RETRY_FIRST: std::time::Duration = std::time::Duration::from_millis(200);
+const STOP_RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Sends status reports to whichever session is current.
 pub type Reporter = mpsc::UnboundedSender<TaskStatusUpdate>;
 
@@ -37,7 +41,7 @@ struct Runner<C: Controller> {
     /// Whether this runner started the process or already checked the container of a RUNNING task it adopted:
     /// only an adopted task's container is inspected, once.
     seen: bool,
-    /// Whether the process of a task that ended was stopped after the manager shut the task down.
+    /// Whether the task's process was stopped since the manager shut the task down.
     stopped: bool,
 }
 
@@ -146,6 +150,23 @@ impl<C: Controller> Runner<C> {
         }
     }
 
+    /// Stops the task's process, if it has one, retrying with backoff until the runtime says it is done. False
+    /// when cancelled first (the task was removed: the removal stops it).
+    async fn stop_process(&mut self, cancel: &CancellationToken) -> bool {
+        let mut backoff = STOP_RETRY_FIRST;
+        loop {
+            match self.ctl.shutdown().await {
+                Ok(()) => return true,
+                Err(e) => tracing::warn!(error = %e, retry_in = ?backoff, "stopping the task's process failed"),
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => return false,
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(STOP_RETRY_MAX);
+        }
+    }
+
     fn exited(&mut self, code: i32) {
         let pid = self.status.container.as_ref().map(|c| c.pid).unwrap_or(0);
         self.container(pid, Some(code));
@@ -195,13 +216,13 @@ impl<C: Controller> Runner<C> {
             let state = self.status.state;
             if state.is_terminal() {
                 // Nothing more to do: the manager replaces ended tasks. Wait for removal. Once the manager shuts
-                // the task down, make sure once that its process is gone: it may have outlived an error that
-                // ended the task (the stop then failed too), and its slot now runs elsewhere.
+                // the task down, make sure that its process is gone: it may have outlived an error that ended the
+                // task (the stop then failed too), and its slot now runs elsewhere.
                 if desired > TaskState::Running && !self.stopped {
-                    self.stopped = true;
-                    if let Err(e) = self.ctl.shutdown().await {
-                        tracing::warn!(error = %e, "stopping the ended task's container");
+                    if !self.stop_process(&cancel).await {
+                        return;
                     }
+                    self.stopped = true;
                 }
                 tokio::select! {
                     _ = cancel.cancelled() => return,
@@ -209,11 +230,13 @@ impl<C: Controller> Runner<C> {
                 }
             }
             if desired > TaskState::Running {
-                if state >= TaskState::Starting {
-                    if let Err(e) = self.ctl.shutdown().await {
-                        tracing::warn!(error = %e, "shutdown failed");
-                    }
+                // Whatever state the runner holds: a re-adopted task's record may predate its start (the daemon
+                // died before the report went out), and SHUTDOWN must never be reported for a process that runs
+                // on, since the slot runs elsewhere next. Stopping a task that has no process does nothing.
+                if !self.stop_process(&cancel).await {
+                    return;
                 }
+                self.stopped = true;
                 let code = match self.ctl.inspect().await {
                     Ok(Some(ContainerState::Exited { exit_code })) => Some(exit_code),
                     _ => None,

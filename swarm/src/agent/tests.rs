@@ -288,6 +288,42 @@ async fn an_ended_task_whose_process_still_runs_is_stopped_once_the_manager_shut
 }
 
 #[tokio::test]
+async fn a_readopted_task_whose_record_predates_its_start_is_stopped_before_shutdown_is_reported() {
+    // The daemon died after starting the container, before its STARTING report went out; meanwhile the manager
+    // moved the slot elsewhere. The record says ASSIGNED, the container runs.
+    let x = Recording::default();
+    x.add("t1", ContainerState::Running { pid: 42 });
+    let mut t = task("t1");
+    t.status.state = TaskState::Assigned;
+    t.desired_state = TaskState::Shutdown;
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let (_updates, updates) = watch::channel(t.clone());
+    let cancel = CancellationToken::new();
+    tokio::spawn(run_task(x.controller(&t).unwrap(), t, updates, tx, cancel.clone()));
+    report_in(&mut rx, TaskState::Shutdown).await;
+    assert!(!running(&x, "t1"), "SHUTDOWN reported while the process runs: {:?}", x.calls());
+    cancel.cancel();
+}
+
+#[tokio::test]
+async fn a_stop_that_fails_is_retried_before_shutdown_is_reported() {
+    let x = Recording::default();
+    x.add("t1", ContainerState::Running { pid: 42 });
+    x.rt().shutdown_failures = 2;
+    let mut t = task("t1");
+    t.status.state = TaskState::Running;
+    t.desired_state = TaskState::Shutdown;
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let (_updates, updates) = watch::channel(t.clone());
+    let cancel = CancellationToken::new();
+    tokio::spawn(run_task(x.controller(&t).unwrap(), t, updates, tx, cancel.clone()));
+    report_in(&mut rx, TaskState::Shutdown).await;
+    assert!(!running(&x, "t1"), "{:?}", x.calls());
+    assert_eq!(x.count("shutdown:t1"), 3, "two failures, then the stop: {:?}", x.calls());
+    cancel.cancel();
+}
+
+#[tokio::test]
 async fn a_failed_removal_is_retried_until_it_succeeds() {
     let x = Recording::default();
     let (tx, mut rx) = mpsc::unbounded_channel();

@@ -27,7 +27,8 @@ impl RoleManager {
     }
 
     pub async fn run(self, shutdown: CancellationToken) {
-        let mut events = self.store.watch();
+        // Roles change with nodes, never with tasks.
+        let mut events = self.store.watch_objects();
         let mut tick = tokio::time::interval(PERIOD);
         loop {
             tokio::select! {

@@ -196,7 +196,7 @@ impl Dispatcher {
     /// or the cluster (its removed nodes) changes.
     async fn watch_nodes(&self, store: Store, stopped: CancellationToken) {
         // Subscribed before reading, so no change falls between the read and the watch.
-        let mut events = store.watch();
+        let mut events = store.watch_objects();
         loop {
             self.close_removed(&store);
             let addrs = store.view(|v| self.managers_in(v));

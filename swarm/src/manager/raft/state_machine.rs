@@ -569,7 +569,8 @@ impl RaftStateMachine<TypeConfig> for RedbStateMachine {
     {
         let mut applied = self.applied.lock().await;
         let mut results = Vec::new();
-        let mut puts: Vec<(String, Option<Object>)> = Vec::new();
+        // The applied events themselves (shared with the watchers), not copies of their objects.
+        let mut puts: Vec<(String, Option<std::sync::Arc<crate::manager::store::Event>>)> = Vec::new();
         for entry in entries {
             let result = match &entry.payload {
                 EntryPayload::Blank => ProposalResult { error: None },
@@ -583,7 +584,7 @@ impl RaftStateMachine<TypeConfig> for RedbStateMachine {
                             let k = self.at_rest.record_key(&key(&ev.object));
                             let value = match ev.action {
                                 crate::manager::store::EventAction::Delete => None,
-                                _ => Some(ev.object),
+                                _ => Some(ev.clone()),
                             };
                             puts.push((k, value));
                         }
@@ -607,7 +608,7 @@ impl RaftStateMachine<TypeConfig> for RedbStateMachine {
                 let mut t = tx.open_table(OBJECTS).map_err(werr)?;
                 for (k, v) in puts {
                     match v {
-                        Some(o) => t.insert(k.as_str(), at_rest.encode(&o).as_slice()).map_err(werr)?,
+                        Some(ev) => t.insert(k.as_str(), at_rest.encode(&ev.object).as_slice()).map_err(werr)?,
                         None => t.remove(k.as_str()).map_err(werr)?,
                     };
                 }

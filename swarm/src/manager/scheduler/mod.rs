@@ -296,7 +296,7 @@ pub struct Scheduler {
 /// What the scheduler carries from pass to pass: the node picture and the watch that keeps it current.
 struct Tracking {
     nodes: NodeSet,
-    events: broadcast::Receiver<Event>,
+    events: broadcast::Receiver<std::sync::Arc<Event>>,
 }
 
 impl Tracking {

@@ -3,7 +3,7 @@
 //! ```text
 //!   component ── Store::update(|tx| …) ──▶ Proposal ──▶ raft::client_write ──▶ log (redb) ──▶ commit
 //!                                                                                            │
-//!   component ◀── watch (broadcast of Event) ◀── MemoryStore::apply ◀── state machine (redb) ◀┘
+//!   component ◀── watch / watch_objects (broadcast of Arc<Event>) ◀── MemoryStore::apply ◀── state machine ◀┘
 //!   component ── Store::view(|v| …) reads the MemoryStore under a read lock
 //!   dispatcher session ◀── NodeWatch (one node's task events, Arc-shared) ◀── routed while applying
 //! ```
@@ -113,7 +113,11 @@ impl StoreError {
 /// through [`SharedView::apply`].
 pub struct SharedView {
     view: RwLock<MemoryStore>,
-    events: broadcast::Sender<Event>,
+    /// Every change.
+    events: broadcast::Sender<Arc<Event>>,
+    /// Every change but a task's: tasks make nearly all the traffic, and a component that only follows nodes,
+    /// services or the cluster neither wakes on it nor falls behind because of it.
+    objects: broadcast::Sender<Arc<Event>>,
     nodes: watch::NodeRouter,
 }
 
@@ -126,16 +130,21 @@ const WATCH_CAPACITY: usize = 1 << 16;
 impl SharedView {
     pub fn new(initial: MemoryStore) -> Arc<Self> {
         let (events, _) = broadcast::channel(WATCH_CAPACITY);
-        Arc::new(SharedView { view: RwLock::new(initial), events, nodes: Default::default() })
+        let (objects, _) = broadcast::channel(WATCH_CAPACITY);
+        Arc::new(SharedView { view: RwLock::new(initial), events, objects, nodes: Default::default() })
     }
 
     /// Applies a committed proposal and publishes its events.
-    pub fn apply(&self, index: u64, proposal: &Proposal) -> Result<Vec<Event>, ApplyError> {
+    pub fn apply(&self, index: u64, proposal: &Proposal) -> Result<Vec<Arc<Event>>, ApplyError> {
         let mut view = self.view.write().unwrap_or_else(|e| e.into_inner());
-        let events = view.apply(index, proposal)?;
+        // One shared copy of each event, whoever watches it.
+        let events: Vec<Arc<Event>> = view.apply(index, proposal)?.into_iter().map(Arc::new).collect();
         // Sent under the write lock so a watcher that subscribed under the read lock sees exactly the changes
         // made after what it read.
         for e in &events {
+            if !matches!(e.object, Object::Task(_)) {
+                let _ = self.objects.send(e.clone());
+            }
             let _ = self.events.send(e.clone());
         }
         self.nodes.route(&events);
@@ -254,9 +263,14 @@ impl Store {
         self.shared.read(f)
     }
 
-    /// Subscribes to changes.
-    pub fn watch(&self) -> broadcast::Receiver<Event> {
+    /// Subscribes to every change.
+    pub fn watch(&self) -> broadcast::Receiver<Arc<Event>> {
         self.shared.events.subscribe()
+    }
+
+    /// Subscribes to the changes of every object but tasks (nodes, services, networks, the cluster, …).
+    pub fn watch_objects(&self) -> broadcast::Receiver<Arc<Event>> {
+        self.shared.objects.subscribe()
     }
 
     /// Calls `f` with the cluster object now and after each change to it (or a lagged watch), until `shutdown`.
@@ -266,7 +280,7 @@ impl Store {
         mut f: impl FnMut(&crate::api::Cluster, &Store),
     ) {
         // Subscribed before reading, so no change falls between the read and the watch.
-        let mut events = self.watch();
+        let mut events = self.watch_objects();
         loop {
             if let Some(cluster) = self.view(|v| v.cluster().cloned()) {
                 f(&cluster, self);
@@ -287,7 +301,7 @@ impl Store {
     }
 
     /// Reads the store and subscribes in one step: the receiver gets exactly the changes made after the read.
-    pub fn view_and_watch<R>(&self, f: impl FnOnce(&MemoryStore) -> R) -> (R, broadcast::Receiver<Event>) {
+    pub fn view_and_watch<R>(&self, f: impl FnOnce(&MemoryStore) -> R) -> (R, broadcast::Receiver<Arc<Event>>) {
         let view = self.shared.view.read().unwrap_or_else(|e| e.into_inner());
         let rx = self.shared.events.subscribe();
         (f(&view), rx)
@@ -441,5 +455,25 @@ mod tests {
         let mut calls = 0;
         store.update_retrying(3, |tx| stale_then_fresh(&mut calls, tx)).await.expect("second attempt commits");
         assert_eq!(calls, 2, "retried once on a fresh view");
+    }
+
+    #[tokio::test]
+    async fn watchers_share_one_copy_of_an_event_and_the_objects_watch_never_sees_tasks() {
+        let store = Store::in_memory();
+        let (mut all, mut objects) = (store.watch(), store.watch_objects());
+        store
+            .update(|tx| {
+                tx.create(crate::testing::task("t1", "s1", 1));
+                tx.create(service("s1", "web", 1));
+                Ok::<_, StoreError>(())
+            })
+            .await
+            .unwrap();
+        let (task_ev, service_ev) = (all.try_recv().unwrap(), all.try_recv().unwrap());
+        assert!(matches!(task_ev.object, Object::Task(_)) && matches!(service_ev.object, Object::Service(_)));
+        let only = objects.try_recv().unwrap();
+        assert!(matches!(only.object, Object::Service(_)), "{only:?}");
+        assert!(objects.try_recv().is_err(), "the task's event is not on the objects watch");
+        assert!(Arc::ptr_eq(&only, &service_ev), "one shared event, not a copy per watcher");
     }
 }

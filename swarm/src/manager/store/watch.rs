@@ -35,7 +35,7 @@ impl NodeRouter {
     }
 
     /// Hands each task event to the watches of the task's node (and of its previous node, if it changed).
-    pub(super) fn route(&self, events: &[Event]) {
+    pub(super) fn route(&self, events: &[Arc<Event>]) {
         let mut by_node = self.by_node.lock().unwrap_or_else(|e| e.into_inner());
         if by_node.is_empty() {
             return;
@@ -46,7 +46,7 @@ impl NodeRouter {
                 Some(Object::Task(o)) if o.node_id != t.node_id => Some(o.node_id.as_str()),
                 _ => None,
             };
-            let shared = Arc::new(e.clone());
+            let shared = e.clone();
             for node in std::iter::once(t.node_id.as_str()).chain(old) {
                 if let Some(subs) = by_node.get_mut(node) {
                     subs.retain(|s| !s.tx.is_closed());
