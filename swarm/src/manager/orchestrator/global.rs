@@ -1,7 +1,7 @@
 //! The global orchestrator: one live task per eligible node (ready or unknown, availability active — pause keeps
 //! existing tasks — and placement constraints satisfied); tasks on nodes that stop being eligible are shut down.
 
-use super::{is_live, new_task, service_or_task, slot_held_dead, twins, Orchestrator, Plan, ServiceModePolicy};
+use super::{is_live, new_task, service_or_task, slot_held_dead, Orchestrator, Plan, ServiceModePolicy};
 use crate::api::{Node, NodeAvailability, NodeState, Object, Service, ServiceMode, Task, TaskState};
 use crate::manager::store::{Event, MemoryStore};
 use std::collections::BTreeMap;
@@ -42,7 +42,6 @@ fn eligibility(service: &Service, node: &Node) -> (bool, bool) {
 pub fn plan_service(view: &MemoryStore, service: &Service) -> Plan {
     let mut create = Vec::new();
     let mut stop = Vec::new();
-    let mut extra = Vec::new();
     if service.spec.mode != ServiceMode::Global {
         return Plan::default();
     }
@@ -55,50 +54,24 @@ pub fn plan_service(view: &MemoryStore, service: &Service) -> Plan {
     for node in view.nodes() {
         let (new_ok, keep_ok) = eligibility(service, node);
         let tasks = by_node.remove(node.id.as_str()).unwrap_or_default();
-        let live: Vec<&Task> = tasks.iter().copied().filter(|t| is_live(t)).collect();
+        let live: Vec<&&Task> = tasks.iter().filter(|t| is_live(t)).collect();
         if !keep_ok {
-            stop.extend(live.iter().map(|t| (*t).clone()));
+            stop.extend(live.iter().map(|t| (**t).clone()));
         } else if live.is_empty() && new_ok && !slot_held_dead(service, &tasks) {
             create.push(new_task(service, 0, &node.id, TaskState::Running));
-        } else {
-            extra.extend(twins(&live).into_iter().cloned());
         }
     }
     // Tasks on nodes that left the swarm.
     for (_, tasks) in by_node {
         stop.extend(tasks.into_iter().filter(|t| is_live(t)).cloned());
     }
-    Plan { create, end: stop, orphaned: vec![], twins: extra }
+    Plan { create, end: stop, orphaned: vec![] }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::testing::{node, service};
-
-    #[test]
-    fn a_node_running_the_service_twice_keeps_one_task() {
-        let mut s = service("s", "agent", 0);
-        s.spec.mode = ServiceMode::Global;
-        let mut n = node("a", "ha");
-        n.status.state = NodeState::Ready;
-        let on_a = |id: &str, state, order| {
-            let mut t = crate::testing::task(id, "s", 0);
-            t.node_id = "a".into();
-            t.status.state = state;
-            t.meta.created_index = order;
-            t
-        };
-        let view = MemoryStore::from_objects(vec![
-            s.clone().into(),
-            n.into(),
-            on_a("old", TaskState::Running, 3).into(),
-            on_a("new", TaskState::Starting, 7).into(),
-        ]);
-        let p = plan_service(&view, &s);
-        assert_eq!(p.twins.iter().map(|t| t.id.as_str()).collect::<Vec<_>>(), vec!["new"], "{p:?}");
-        assert!(p.create.is_empty() && p.end.is_empty(), "{p:?}");
-    }
 
     #[test]
     fn one_task_per_eligible_node() {

@@ -22,7 +22,6 @@ use crate::api::{
 };
 use crate::manager::store::{Event, MemoryStore, Store, StoreError};
 use restart::RestartSupervisor;
-use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -117,24 +116,6 @@ pub fn slot_held_dead(service: &Service, tasks: &[&Task]) -> bool {
     }
 }
 
-/// The live tasks of one slot (one node, for a global service) beyond the one it may run: among tasks of the
-/// same spec version, the one kept is the running one, else the newest. Nothing creates such twins on purpose (a
-/// start-first update's pair has two spec versions); should a fault ever leave them, the slot must not run
-/// twice for good, so the planners shut the extras down, as SwarmKit's orchestrators do.
-pub fn twins<'a>(live: &[&'a Task]) -> Vec<&'a Task> {
-    let mut by_version: BTreeMap<u64, Vec<&'a Task>> = BTreeMap::new();
-    for t in live {
-        by_version.entry(t.spec_version).or_default().push(t);
-    }
-    let mut extra = Vec::new();
-    for mut group in by_version.into_values().filter(|g| g.len() > 1) {
-        group.sort_by_key(|t| (t.status.state == TaskState::Running, t.meta.creation_order()));
-        group.pop();
-        extra.extend(group);
-    }
-    extra
-}
-
 /// What reconciling one service changes (computed by a pure planner).
 #[derive(Debug, Default)]
 pub struct Plan {
@@ -144,8 +125,6 @@ pub struct Plan {
     /// Live tasks that must leave their node ([`move_reason`]) and whose slots `create` refills elsewhere: set to
     /// desired SHUTDOWN, so the node stops them (now, or when it comes back).
     pub orphaned: Vec<Task>,
-    /// Live tasks that twin another of their slot ([`twins`]): set to desired SHUTDOWN.
-    pub twins: Vec<Task>,
 }
 
 /// What distinguishes the replicated and the global orchestrator; the rest of their work is [`Orchestrator`].
@@ -200,12 +179,6 @@ impl<P: ServiceModePolicy> Orchestrator<P> {
                     }
                     for mut t in plan.end {
                         t.desired_state = P::END_STATE;
-                        tx.update(t);
-                    }
-                    for mut t in plan.twins {
-                        tracing::warn!(service.id = %service.id, task.id = %t.id, slot = t.slot, node.id = %t.node_id,
-                            "a second live task of the slot; shutting it down");
-                        t.desired_state = TaskState::Shutdown;
                         tx.update(t);
                     }
                     for mut t in plan.orphaned {

@@ -6,7 +6,7 @@
 //! the restart condition, delay nor `--restart-max-attempts` apply to it.
 
 use super::{
-    is_live, move_reason, new_task, service_task_or_node, slot_held_dead, twins, Orchestrator, Plan, ServiceModePolicy,
+    is_live, move_reason, new_task, service_task_or_node, slot_held_dead, Orchestrator, Plan, ServiceModePolicy,
 };
 use crate::api::{Service, ServiceMode, Task, TaskState};
 use crate::manager::store::{Event, MemoryStore};
@@ -47,12 +47,9 @@ pub fn plan_service(view: &MemoryStore, service: &Service) -> Plan {
     let mut free: BTreeSet<u64> = BTreeSet::new();
     let mut plan = Plan::default();
     for (slot, tasks) in &slots {
-        let (lost, mut live): (Vec<&Task>, Vec<&Task>) =
-            tasks.iter().copied().filter(|t| is_live(t)).partition(|t| move_reason(view, t).is_some());
-        plan.orphaned.extend(lost.into_iter().cloned());
-        let extra = twins(&live);
-        live.retain(|t| !extra.iter().any(|e| e.id == t.id));
-        plan.twins.extend(extra.into_iter().cloned());
+        let (lost, live): (Vec<&&Task>, Vec<&&Task>) =
+            tasks.iter().filter(|t| is_live(t)).partition(|t| move_reason(view, t).is_some());
+        plan.orphaned.extend(lost.into_iter().map(|t| (*t).clone()));
         if !live.is_empty() {
             occupied.push((*slot, live.iter().any(|t| t.status.state == TaskState::Running)));
         } else if slot_held_dead(service, tasks) {
@@ -169,36 +166,6 @@ mod tests {
         assert!(!slot_held_dead(&s, &[&a, &b]), "b is the slot's last task");
         let b_first = ended("b", TaskState::Running, 4, 300);
         assert!(slot_held_dead(&s, &[&a, &b_first]), "a is the slot's last task");
-    }
-
-    #[test]
-    fn a_slot_running_twice_keeps_its_running_task_and_a_start_first_pair_is_left_alone() {
-        let mut s = service("s", "web", 2);
-        s.spec_version = 3;
-        let t = |id: &str, slot, version, state, order| {
-            let mut t = task(id, "s", slot);
-            t.spec_version = version;
-            t.status.state = state;
-            t.meta.created_index = order;
-            t
-        };
-        // Slot 1: two live tasks of the same spec, the newer one still starting. Slot 2: a start-first update's
-        // old and new task, of two spec versions.
-        let tasks = vec![
-            t("a", 1, 3, TaskState::Running, 5),
-            t("b", 1, 3, TaskState::Starting, 9),
-            t("c", 2, 2, TaskState::Running, 4),
-            t("d", 2, 3, TaskState::Starting, 8),
-        ];
-        let p = plan_service(&view_of(&s, tasks), &s);
-        assert_eq!(p.twins.iter().map(|t| t.id.as_str()).collect::<Vec<_>>(), vec!["b"], "{p:?}");
-        assert!(p.create.is_empty() && p.end.is_empty() && p.orphaned.is_empty(), "{p:?}");
-
-        // Neither running: the newest stays.
-        let tasks = vec![t("a", 1, 3, TaskState::Preparing, 5), t("b", 1, 3, TaskState::Assigned, 9)];
-        let p = plan_service(&view_of(&s, tasks), &s);
-        assert_eq!(p.twins.iter().map(|t| t.id.as_str()).collect::<Vec<_>>(), vec!["a"], "{p:?}");
-        assert_eq!(p.create.iter().map(|t| t.slot).collect::<Vec<_>>(), vec![2], "slot 2 is still filled");
     }
 
     #[test]
