@@ -6,6 +6,11 @@
 //! [`COALESCE`]), rebuilds one shared [`Snapshot`] indexed by network; each session cuts its node's state out of
 //! it and sends it when it differs from what it sent last. A cluster without networks pays one cheap check per
 //! store event and no rebuild.
+//!
+//! A rebuild keeps the previous snapshot's shared parts (a network's endpoints, the service list) wherever they
+//! did not change, so a session tells whether its node's state changed by comparing a few pointers
+//! ([`StateKey`]), not by cutting and comparing the whole state: with a thousand sessions, the ingress network's
+//! thousand node endpoints would otherwise be copied and compared a million times per rebuild.
 
 use crate::api::{
     NetworkAttachment, NetworkEndpoint, NetworkState, Object, PublishMode, Service, ServiceEndpoint, Task, TaskState,
@@ -28,14 +33,43 @@ const WAIT_FOR_SNAPSHOT: Duration = Duration::from_secs(1);
 #[derive(Debug, Default)]
 pub struct Snapshot {
     ingress: Option<String>,
-    networks: BTreeMap<String, crate::api::Network>,
+    networks: Arc<BTreeMap<String, crate::api::Network>>,
     /// Task endpoints by network, in (task id) order.
-    endpoints: BTreeMap<String, Vec<NetworkEndpoint>>,
+    endpoints: BTreeMap<String, Arc<Vec<NetworkEndpoint>>>,
     /// The networks each node has live tasks on.
     node_networks: HashMap<String, BTreeSet<String>>,
     /// Services, with the networks they are reachable on and whether they publish on the routing mesh.
-    services: Vec<(ServiceEndpoint, BTreeSet<String>, bool)>,
+    services: Arc<Vec<(ServiceEndpoint, BTreeSet<String>, bool)>>,
     node_attachments: HashMap<String, Vec<NetworkAttachment>>,
+}
+
+/// What one node's state is cut from: equal keys (the same shared parts of one snapshot or of snapshots that
+/// kept them) mean equal states. The key holds the parts, so a freed part's address is never mistaken for a new
+/// one.
+#[derive(Debug, Clone)]
+pub struct StateKey {
+    networks: Arc<BTreeMap<String, crate::api::Network>>,
+    /// The node's networks, each with its endpoints (None: no endpoint on it).
+    endpoints: Vec<(String, Option<Arc<Vec<NetworkEndpoint>>>)>,
+    services: Arc<Vec<(ServiceEndpoint, BTreeSet<String>, bool)>>,
+    attachments: Vec<NetworkAttachment>,
+}
+
+impl PartialEq for StateKey {
+    fn eq(&self, o: &Self) -> bool {
+        Arc::ptr_eq(&self.networks, &o.networks)
+            && Arc::ptr_eq(&self.services, &o.services)
+            && self.attachments == o.attachments
+            && self.endpoints.len() == o.endpoints.len()
+            && self.endpoints.iter().zip(&o.endpoints).all(|((a, x), (b, y))| {
+                a == b
+                    && match (x, y) {
+                        (Some(x), Some(y)) => Arc::ptr_eq(x, y),
+                        (None, None) => true,
+                        _ => false,
+                    }
+            })
+    }
 }
 
 /// Whether `t` is an endpoint: placed on a node and not yet ended.
@@ -53,13 +87,32 @@ fn ip_of(cidr: &str) -> &str {
 }
 
 impl Snapshot {
+    /// Builds the snapshot from `view`, keeping `prev`'s shared parts that did not change.
+    pub fn build_after(view: &MemoryStore, prev: &Snapshot) -> Snapshot {
+        let mut s = Snapshot::build(view);
+        if s.networks == prev.networks {
+            s.networks = prev.networks.clone();
+        }
+        if s.services == prev.services {
+            s.services = prev.services.clone();
+        }
+        for (id, eps) in s.endpoints.iter_mut() {
+            if let Some(old) = prev.endpoints.get(id).filter(|old| *old == eps) {
+                *eps = old.clone();
+            }
+        }
+        s
+    }
+
     /// Builds the snapshot from `view`.
     pub fn build(view: &MemoryStore) -> Snapshot {
         let mut s = Snapshot {
             ingress: view.networks().find(|n| n.spec.ingress).map(|n| n.id.clone()),
-            networks: view.networks().map(|n| (n.id.clone(), n.clone())).collect(),
+            networks: Arc::new(view.networks().map(|n| (n.id.clone(), n.clone())).collect()),
             ..Default::default()
         };
+        let mut endpoints: BTreeMap<String, Vec<NetworkEndpoint>> = BTreeMap::new();
+        let mut services = Vec::new();
         let mut service_networks: HashMap<&str, BTreeSet<String>> = HashMap::new();
         for t in view.tasks().filter(|t| !t.networks.is_empty() && live(t)) {
             let node_addr = view.node(&t.node_id).map(|n| n.status.addr.clone()).unwrap_or_default();
@@ -67,7 +120,7 @@ impl Snapshot {
                 s.node_networks.entry(t.node_id.clone()).or_default().insert(a.network_id.clone());
                 service_networks.entry(&t.service_id).or_default().insert(a.network_id.clone());
                 for addr in &a.addresses {
-                    s.endpoints.entry(a.network_id.clone()).or_default().push(NetworkEndpoint {
+                    endpoints.entry(a.network_id.clone()).or_default().push(NetworkEndpoint {
                         network_id: a.network_id.clone(),
                         task_id: t.id.clone(),
                         service_id: t.service_id.clone(),
@@ -83,7 +136,7 @@ impl Snapshot {
         for s_ in view.services() {
             let Some(e) = &s_.endpoint else {
                 if let Some(nets) = service_networks.get(s_.id.as_str()) {
-                    s.services.push((service_endpoint(s_), nets.clone(), false));
+                    services.push((service_endpoint(s_), nets.clone(), false));
                 }
                 continue;
             };
@@ -91,7 +144,7 @@ impl Snapshot {
             nets.extend(e.virtual_ips.iter().map(|v| v.network_id.clone()));
             let mesh = e.ports.iter().any(|p| p.publish_mode == PublishMode::Ingress);
             if !nets.is_empty() || mesh {
-                s.services.push((service_endpoint(s_), nets, mesh));
+                services.push((service_endpoint(s_), nets, mesh));
             }
         }
         for n in view.nodes().filter(|n| !n.attachments.is_empty()) {
@@ -101,7 +154,7 @@ impl Snapshot {
             // It is no task and never a backend (empty task id, not serving).
             for a in n.attachments.iter().filter(|a| s.ingress.as_deref() == Some(a.network_id.as_str())) {
                 for addr in &a.addresses {
-                    s.endpoints.entry(a.network_id.clone()).or_default().push(NetworkEndpoint {
+                    endpoints.entry(a.network_id.clone()).or_default().push(NetworkEndpoint {
                         network_id: a.network_id.clone(),
                         node_id: n.id.clone(),
                         node_addr: n.status.addr.clone(),
@@ -112,7 +165,29 @@ impl Snapshot {
                 }
             }
         }
+        s.endpoints = endpoints.into_iter().map(|(id, eps)| (id, Arc::new(eps))).collect();
+        s.services = Arc::new(services);
         s
+    }
+
+    /// The networks whose state `node_id` gets: those its tasks are on, and the ingress.
+    fn nets_of(&self, node_id: &str) -> BTreeSet<&String> {
+        let mut nets: BTreeSet<&String> = self.node_networks.get(node_id).into_iter().flatten().collect();
+        nets.extend(self.ingress.as_ref());
+        nets
+    }
+
+    /// What the state of `node_id` is cut from (`None` while the cluster has no network at all).
+    pub fn key_for(&self, node_id: &str) -> Option<StateKey> {
+        if self.networks.is_empty() {
+            return None;
+        }
+        Some(StateKey {
+            networks: self.networks.clone(),
+            endpoints: self.nets_of(node_id).into_iter().map(|n| (n.clone(), self.endpoints.get(n).cloned())).collect(),
+            services: self.services.clone(),
+            attachments: self.node_attachments.get(node_id).cloned().unwrap_or_default(),
+        })
     }
 
     /// The state of `node_id`: `None` while the cluster has no network at all.
@@ -120,11 +195,13 @@ impl Snapshot {
         if self.networks.is_empty() {
             return None;
         }
-        let mut nets: BTreeSet<&String> = self.node_networks.get(node_id).into_iter().flatten().collect();
-        nets.extend(self.ingress.as_ref());
+        let nets = self.nets_of(node_id);
         Some(NetworkState {
             networks: nets.iter().filter_map(|id| self.networks.get(*id).cloned()).collect(),
-            endpoints: nets.iter().flat_map(|id| self.endpoints.get(*id).into_iter().flatten().cloned()).collect(),
+            endpoints: nets
+                .iter()
+                .flat_map(|id| self.endpoints.get(*id).into_iter().flat_map(|e| e.iter()).cloned())
+                .collect(),
             services: self
                 .services
                 .iter()
@@ -224,14 +301,15 @@ impl Hub {
             }
             // What came meanwhile is in the view read next.
             while let Ok(_) | Err(broadcast::error::TryRecvError::Lagged(_)) = events.try_recv() {}
-            let snap = store.view(|v| Arc::new(Snapshot::build(v)));
+            let prev = self.tx.borrow().clone();
+            let snap = store.view(|v| Arc::new(Snapshot::build_after(v, &prev)));
             self.tx.send_replace(snap);
         }
     }
 
     /// A session's view of the snapshot for `node_id`.
     pub fn session(&self, node_id: &str) -> NodeNetworkState {
-        NodeNetworkState { node_id: node_id.into(), rx: self.tx.subscribe(), sent: None }
+        NodeNetworkState { node_id: node_id.into(), rx: self.tx.subscribe(), sent: None, sent_key: None }
     }
 }
 
@@ -240,20 +318,31 @@ pub struct NodeNetworkState {
     node_id: String,
     rx: watch::Receiver<Arc<Snapshot>>,
     sent: Option<NetworkState>,
+    /// What `sent` was cut from.
+    sent_key: Option<StateKey>,
 }
 
 impl NodeNetworkState {
     /// The whole state, for a `Complete` message (`None` while no network exists).
     pub fn complete(&mut self) -> Option<NetworkState> {
-        let state = self.rx.borrow_and_update().state_for(&self.node_id);
+        let snap = self.rx.borrow_and_update().clone();
+        let state = snap.state_for(&self.node_id);
         self.sent = state.clone();
+        self.sent_key = snap.key_for(&self.node_id);
         state
     }
 
     /// The state if it differs from what was sent last, for an `Incremental` message.
     pub fn if_changed(&mut self) -> Option<NetworkState> {
-        let state = self.rx.borrow_and_update().state_for(&self.node_id);
-        if state.is_none() || state == self.sent {
+        let snap = self.rx.borrow_and_update().clone();
+        let key = snap.key_for(&self.node_id);
+        // Cut from the same parts: the same state, known without cutting it.
+        if key.is_none() || key == self.sent_key {
+            return None;
+        }
+        self.sent_key = key;
+        let state = snap.state_for(&self.node_id);
+        if state == self.sent {
             return None;
         }
         self.sent = state.clone();
@@ -384,6 +473,32 @@ mod tests {
         assert_eq!(s.networks.iter().map(|n| n.id.as_str()).collect::<Vec<_>>(), vec!["ing"]);
         assert_eq!(s.services.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(), vec!["api"]);
         assert!(Snapshot::build(&MemoryStore::new()).state_for("n1").is_none(), "no network, no state");
+    }
+
+    #[test]
+    fn a_rebuild_keeps_unchanged_parts_so_only_nodes_whose_state_changed_see_a_new_key() {
+        let v = view();
+        let first = Snapshot::build(&v);
+        let same = Snapshot::build_after(&v, &first);
+        assert_eq!(same.key_for("n1"), first.key_for("n1"), "nothing changed");
+        assert_eq!(same.key_for("n2"), first.key_for("n2"));
+
+        // web's task on n1 stops serving: `front` changes, `ing` does not.
+        let mut objs: Vec<Object> = v.networks().cloned().map(Object::from).collect();
+        objs.extend(v.nodes().cloned().map(Object::from));
+        objs.extend(v.services().cloned().map(Object::from));
+        for t in v.tasks() {
+            let mut t = t.clone();
+            if t.id == "w1" {
+                t.desired_state = TaskState::Shutdown;
+            }
+            objs.push(t.into());
+        }
+        let next = Snapshot::build_after(&MemoryStore::from_objects(objs), &same);
+        assert_ne!(next.key_for("n1"), same.key_for("n1"), "n1 is on front");
+        assert_ne!(next.state_for("n1"), same.state_for("n1"));
+        assert_eq!(next.key_for("n2"), same.key_for("n2"), "n2 only has the ingress, unchanged");
+        assert_eq!(next.state_for("n2"), same.state_for("n2"));
     }
 
     #[test]

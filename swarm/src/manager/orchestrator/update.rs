@@ -76,7 +76,9 @@ pub fn is_task_dirty(view: &MemoryStore, service: &Service, t: &Task) -> bool {
     if t.status.state > TaskState::New && *made_for != service.spec.endpoint_spec {
         return true;
     }
-    if t.spec == *want {
+    // Made from this very spec (every spec change bumps the version): equal without comparing, which matters
+    // as this runs over every task of every service a change touches.
+    if t.spec_version == service.spec_version || t.spec == *want {
         return false;
     }
     let mut same_but_placement = t.spec.clone();
@@ -783,9 +785,11 @@ mod tests {
         n1.spec.annotations.labels.insert("zone".into(), "east".into());
         let mut s = old.clone();
         s.spec.task_template.placement.constraints = vec!["node.labels.zone==east".parse().unwrap()];
+        s.spec_version += 1;
         let v = view(vec![s.clone().into(), n1.into(), t.clone().into()]);
         assert!(!is_task_dirty(&v, &s, &t));
         s.spec.task_template.placement.constraints = vec!["node.labels.zone==west".parse().unwrap()];
+        s.spec_version += 1;
         assert!(is_task_dirty(&v, &s, &t));
     }
 
@@ -842,6 +846,7 @@ mod tests {
         old.spec.mode = ServiceMode::Global;
         let mut new = old.clone();
         new.spec.task_template.container.env = vec!["A=1".into()];
+        new.spec_version += 1;
         let v = view(vec![
             new.clone().into(),
             node("n1", "h1").into(),
