@@ -287,19 +287,29 @@ async fn an_ended_task_whose_process_still_runs_is_stopped_once_the_manager_shut
     assert!(x.exists("t1"), "the container stays until the task is removed");
 }
 
+/// What a test holds of a runner: its reports, the token that removes its task, and the sender of its task's
+/// updates (dropping it would end the runner's wait for them).
+type HeldRunner = (mpsc::UnboundedReceiver<TaskStatusUpdate>, CancellationToken, watch::Sender<Task>);
+
+/// Runs task `t1`, recorded in `state` and desired SHUTDOWN, on `x`.
+fn shut_down_from(x: &Recording, state: TaskState) -> HeldRunner {
+    let mut t = task("t1");
+    t.status.state = state;
+    t.desired_state = TaskState::Shutdown;
+    let (tx, rx) = mpsc::unbounded_channel();
+    let (updates_tx, updates) = watch::channel(t.clone());
+    let cancel = CancellationToken::new();
+    tokio::spawn(run_task(x.controller(&t).unwrap(), t, updates, tx, cancel.clone()));
+    (rx, cancel, updates_tx)
+}
+
 #[tokio::test]
 async fn a_readopted_task_whose_record_predates_its_start_is_stopped_before_shutdown_is_reported() {
     // The daemon died after starting the container, before its STARTING report went out; meanwhile the manager
     // moved the slot elsewhere. The record says ASSIGNED, the container runs.
     let x = Recording::default();
     x.add("t1", ContainerState::Running { pid: 42 });
-    let mut t = task("t1");
-    t.status.state = TaskState::Assigned;
-    t.desired_state = TaskState::Shutdown;
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let (_updates, updates) = watch::channel(t.clone());
-    let cancel = CancellationToken::new();
-    tokio::spawn(run_task(x.controller(&t).unwrap(), t, updates, tx, cancel.clone()));
+    let (mut rx, cancel, _updates) = shut_down_from(&x, TaskState::Assigned);
     report_in(&mut rx, TaskState::Shutdown).await;
     assert!(!running(&x, "t1"), "SHUTDOWN reported while the process runs: {:?}", x.calls());
     cancel.cancel();
@@ -310,13 +320,7 @@ async fn a_stop_that_fails_is_retried_before_shutdown_is_reported() {
     let x = Recording::default();
     x.add("t1", ContainerState::Running { pid: 42 });
     x.rt().shutdown_failures = 2;
-    let mut t = task("t1");
-    t.status.state = TaskState::Running;
-    t.desired_state = TaskState::Shutdown;
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let (_updates, updates) = watch::channel(t.clone());
-    let cancel = CancellationToken::new();
-    tokio::spawn(run_task(x.controller(&t).unwrap(), t, updates, tx, cancel.clone()));
+    let (mut rx, cancel, _updates) = shut_down_from(&x, TaskState::Running);
     report_in(&mut rx, TaskState::Shutdown).await;
     assert!(!running(&x, "t1"), "{:?}", x.calls());
     assert_eq!(x.count("shutdown:t1"), 3, "two failures, then the stop: {:?}", x.calls());

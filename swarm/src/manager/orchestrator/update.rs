@@ -360,8 +360,12 @@ impl UpdateSupervisor {
 /// How often the update supervisor looks at every service, whatever changed.
 const FULL_SCAN: Duration = Duration::from_secs(10);
 
-/// Notes the service a store change is about.
+/// Notes the service a store change is about, unless the change is a task's mere progress towards running (the
+/// bulk of all writes), which decides nothing here: runs in progress follow their tasks on their own watch.
 fn note(ev: &crate::manager::store::Event, touched: &mut HashSet<String>) {
+    if !super::changes_orchestration(ev) {
+        return;
+    }
     match &ev.object {
         crate::api::Object::Service(s) => {
             touched.insert(s.id.clone());
