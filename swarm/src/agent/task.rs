@@ -22,10 +22,6 @@ pub const PROCESS_GONE: &str = "task process is gone (host restarted?)";
 /// The error of a task failed by its health check (followed by the last check's outcome).
 pub const UNHEALTHY: &str = "task: container is unhealthy";
 
-/// First wait before stopping a task's process again after a failed stop; doubled up to the max.
-const STOP_RETRY_FIRST: std::time::Duration = std::time::Duration::from_millis(200);
-const STOP_RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(10);
-
 /// Sends status reports to whichever session is current.
 pub type Reporter = mpsc::UnboundedSender<TaskStatusUpdate>;
 
@@ -152,19 +148,8 @@ impl<C: Controller> Runner<C> {
 
     /// Stops the task's process, if it has one, retrying with backoff until the runtime says it is done. False
     /// when cancelled first (the task was removed: the removal stops it).
-    async fn stop_process(&mut self, cancel: &CancellationToken) -> bool {
-        let mut backoff = STOP_RETRY_FIRST;
-        loop {
-            match self.ctl.shutdown().await {
-                Ok(()) => return true,
-                Err(e) => tracing::warn!(error = %e, retry_in = ?backoff, "stopping the task's process failed"),
-            }
-            tokio::select! {
-                _ = cancel.cancelled() => return false,
-                _ = tokio::time::sleep(backoff) => {}
-            }
-            backoff = (backoff * 2).min(STOP_RETRY_MAX);
-        }
+    async fn stop_process(&self, cancel: &CancellationToken) -> bool {
+        super::worker::retry("stopping the task's process", cancel, || self.ctl.shutdown()).await
     }
 
     fn exited(&mut self, code: i32) {

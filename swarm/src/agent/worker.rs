@@ -273,7 +273,6 @@ impl<E: Executor> Worker<E> {
     }
 }
 
-/// Runs `f` until it succeeds, waiting longer after each failure; false if `stop` came first.
 /// The node's secrets and configs after a message's changes: a `Complete` message's set replaces them.
 fn files_after(cur: &TaskFiles, kind: AssignmentsKind, delta: FilesDelta) -> TaskFiles {
     let mut next = if kind == AssignmentsKind::Complete { TaskFiles::default() } else { cur.clone() };
@@ -288,7 +287,9 @@ fn files_after(cur: &TaskFiles, kind: AssignmentsKind, delta: FilesDelta) -> Tas
     next
 }
 
-async fn retry<F, Fut>(what: &str, stop: &CancellationToken, mut f: F) -> bool
+/// Runs `f` until it succeeds, waiting longer after each failure (from 200 ms, doubling up to 30 s); false if
+/// `stop` came first.
+pub(super) async fn retry<F, Fut>(what: &str, stop: &CancellationToken, mut f: F) -> bool
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<(), ExecError>>,
