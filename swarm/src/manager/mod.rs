@@ -190,3 +190,46 @@ async fn record_managers(store: &Store, node_id: &str, raft: &RaftHandle) -> Res
         })
         .await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::TaskState;
+    use crate::testing::{flaky_store, node, service, task};
+
+    /// A leader that lost its quorum has every write refused; stopping the manager must still stop every
+    /// component, not leave one retrying forever.
+    #[tokio::test]
+    async fn every_component_stops_while_every_write_fails() {
+        let (store, writes) = flaky_store();
+        store
+            .update(|tx| {
+                tx.create(node("n1", "host-1"));
+                tx.create(service("s1", "web", 3));
+                let mut pending = task("t1", "s1", 1);
+                pending.status.state = TaskState::Pending;
+                tx.create(pending);
+                tx.create(task("t2", "s1", 2));
+                Ok::<_, StoreError>(())
+            })
+            .await
+            .unwrap();
+        writes.fail_next(usize::MAX);
+        let token = CancellationToken::new();
+        let restarts = Arc::new(RestartSupervisor::new());
+        let mut set = JoinSet::new();
+        set.spawn(Allocator::new(store.clone()).run(token.clone()));
+        set.spawn(Scheduler::new(store.clone()).run(token.clone()));
+        set.spawn(ReplicatedOrchestrator::new(store.clone(), restarts.clone()).run(token.clone()));
+        set.spawn(GlobalOrchestrator::new(store.clone(), restarts.clone()).run(token.clone()));
+        set.spawn(JobsOrchestrator::new(store.clone(), restarts).run(token.clone()));
+        set.spawn(TaskReaper::new(store.clone()).run(token.clone()));
+        set.spawn(UpdateSupervisor::new(store.clone()).run(token.clone()));
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(writes.failures_left() < usize::MAX, "no component tried to write");
+        token.cancel();
+        let all_ended =
+            tokio::time::timeout(Duration::from_secs(5), async { while set.join_next().await.is_some() {} }).await;
+        assert!(all_ended.is_ok(), "{} components still running 5 s after shutdown", set.len());
+    }
+}

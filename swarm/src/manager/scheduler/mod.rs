@@ -330,13 +330,21 @@ impl Scheduler {
         let mut tracking =
             Tracking { nodes: NodeSet { nodes: BTreeMap::new(), stale: true }, events: self.store.watch() };
         loop {
-            match self.pass(&mut tracking).await {
+            // A pass may fail over and over (a leader that lost its quorum refuses every write): shutdown must
+            // still end the loop, and may drop a pass mid-commit (each proposal commits whole or not at all).
+            let passed = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                r = self.pass(&mut tracking) => r,
+            };
+            match passed {
                 Ok(true) => continue, // some tasks changed under the plan: plan again at once
                 Ok(false) => {}
                 Err(e) => {
                     warn!(error = %e, "scheduling pass failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(Duration::from_millis(100)) => continue,
+                    }
                 }
             }
             loop {
