@@ -1,7 +1,8 @@
 //! The scale simulator (`bench scale`): a real manager in this process — Raft on disk, the store, orchestrators,
 //! allocator, scheduler, dispatcher, the mTLS cluster listener — and N simulated nodes, each a real agent with its
 //! own certificate holding a real dispatcher session over loopback, driving `TestExecutor` (an in-memory stand-in
-//! for containerd: tasks go PREPARING → RUNNING at once, no containers).
+//! for containerd: tasks go PREPARING → RUNNING at once, no containers). The simulated nodes live in a child
+//! process (`bench scale-agents`, see [`AgentHost`]), so this process's peak RSS is the manager's own.
 //!
 //! ```text
 //!   phase 1  nodes join: identities from the cluster CA, Node objects written, agents open sessions → READY
@@ -14,8 +15,10 @@
 //! nodes, no node holds more reservations than it has) and a violation fails the run. Timings are never asserted.
 
 use std::collections::{HashMap, HashSet};
+use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -40,12 +43,14 @@ pub struct ScaleConfig {
     pub replicas: u64,
     /// How long any one phase may take before the run fails.
     pub phase_timeout: Duration,
+    /// The `bench` binary, run as `bench scale-agents` to host the simulated nodes.
+    pub agents_exe: PathBuf,
 }
 
 impl ScaleConfig {
     /// The preset CI runs: small enough for seconds, large enough that every path is taken.
-    pub fn smoke() -> Self {
-        ScaleConfig { nodes: 20, services: 10, replicas: 20, phase_timeout: Duration::from_secs(300) }
+    pub fn smoke(agents_exe: PathBuf) -> Self {
+        ScaleConfig { nodes: 20, services: 10, replicas: 20, phase_timeout: Duration::from_secs(300), agents_exe }
     }
 }
 
@@ -71,11 +76,7 @@ fn setup(e: impl std::fmt::Display) -> ScaleError {
 /// Memory each task reserves, so that placement has something to respect.
 const RESERVE: i64 = 8 << 20;
 
-struct SimNode {
-    executor: TestExecutor,
-}
-
-/// The peak resident memory of this process (the manager and every simulated agent), from `/proc`.
+/// The peak resident memory of this process (the manager, with its own agent), from `/proc`.
 fn peak_rss_mib() -> f64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     status
@@ -84,6 +85,163 @@ fn peak_rss_mib() -> f64 {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
         .map(|kb| kb / 1024.0)
         .unwrap_or(0.0)
+}
+
+/// What the agent host needs to run the simulated nodes: the manager to dial, the CA that issues their
+/// identities (as a join would), and each node's id and hostname (the manager already holds their Node objects).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct AgentHostSpec {
+    manager: String,
+    root_cert_pem: String,
+    root_key_pem: String,
+    cluster_id: String,
+    nodes: Vec<(String, String)>,
+}
+
+/// The simulated nodes, in a child process that answers one-line queries on its stdin: `status` (tasks known,
+/// sessions opened, its peak RSS in KiB) and `running` (the running task ids, one per line, then `.`).
+struct AgentHost {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+}
+
+/// One `status` answer of the agent host.
+#[derive(Default)]
+struct HostStatus {
+    known: u64,
+    sessions: u64,
+    peak_rss_kib: u64,
+}
+
+impl AgentHost {
+    fn start(exe: &Path, spec: &AgentHostSpec) -> Result<Self, ScaleError> {
+        let mut child = Command::new(exe)
+            .arg("scale-agents")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .map_err(|e| setup(format!("starting {} scale-agents: {e}", exe.display())))?;
+        let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+            return Err(setup("the agent host has no pipes"));
+        };
+        let mut host = AgentHost { child, stdin, stdout: BufReader::new(stdout) };
+        let line = serde_json::to_string(spec).map_err(setup)?;
+        host.send(&line)?;
+        match host.line()?.as_str() {
+            "ready" => Ok(host),
+            other => Err(setup(format!("the agent host did not start: {other}"))),
+        }
+    }
+
+    fn send(&mut self, line: &str) -> Result<(), ScaleError> {
+        writeln!(self.stdin, "{line}").and_then(|()| self.stdin.flush()).map_err(|e| setup(format!("agent host: {e}")))
+    }
+
+    fn line(&mut self) -> Result<String, ScaleError> {
+        let mut l = String::new();
+        match self.stdout.read_line(&mut l) {
+            Ok(0) => Err(setup("the agent host exited")),
+            Ok(_) => Ok(l.trim_end().to_string()),
+            Err(e) => Err(setup(format!("agent host: {e}"))),
+        }
+    }
+
+    /// A query from inside the runtime: the answer comes within milliseconds, so the worker thread blocks for it.
+    fn status(&mut self) -> Result<HostStatus, ScaleError> {
+        tokio::task::block_in_place(|| {
+            self.send("status")?;
+            let l = self.line()?;
+            let n: Vec<u64> = l.split_whitespace().filter_map(|w| w.parse().ok()).collect();
+            match n[..] {
+                [known, sessions, peak_rss_kib] => Ok(HostStatus { known, sessions, peak_rss_kib }),
+                _ => Err(setup(format!("agent host: unexpected status {l:?}"))),
+            }
+        })
+    }
+
+    fn running(&mut self) -> Result<Vec<String>, ScaleError> {
+        tokio::task::block_in_place(|| {
+            self.send("running")?;
+            let mut ids = Vec::new();
+            loop {
+                let l = self.line()?;
+                if l == "." {
+                    return Ok(ids);
+                }
+                ids.push(l);
+            }
+        })
+    }
+}
+
+impl Drop for AgentHost {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `bench scale-agents`: the child side of [`AgentHost`]. Reads its spec as the first line of stdin, starts one
+/// agent per node, says `ready`, then answers queries until stdin closes.
+pub async fn host_agents() -> Result<(), ScaleError> {
+    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(tokio::io::stdin()));
+    let first = lines.next_line().await.map_err(setup)?.ok_or_else(|| setup("no spec on stdin"))?;
+    let spec: AgentHostSpec = serde_json::from_str(&first).map_err(setup)?;
+    let root = RootCa::from_pem(&spec.root_cert_pem, &spec.root_key_pem).map_err(setup)?;
+    let sessions = Arc::new(AtomicU64::new(0));
+    let shutdown = CancellationToken::new();
+    let mut executors = Vec::new();
+    for (id, hostname) in &spec.nodes {
+        let identity = ca::issue_identity(&root, id, NodeRole::Worker, &spec.cluster_id).map_err(setup)?;
+        let executor = TestExecutor::new(hostname);
+        let tls = ca::ClusterTls::new(&identity).map_err(setup)?;
+        let agent =
+            Arc::new(Agent::new(AgentConfig { managers: vec![spec.manager.clone()], tls }, Arc::new(executor.clone())));
+        count_sessions(&sessions, agent.status());
+        let token = shutdown.clone();
+        tokio::spawn(async move { agent.run(token).await });
+        executors.push(executor);
+    }
+    let mut out = std::io::stdout().lock();
+    let io = |e: std::io::Error| setup(format!("answering the simulator: {e}"));
+    writeln!(out, "ready").and_then(|()| out.flush()).map_err(io)?;
+    while let Some(q) = lines.next_line().await.map_err(setup)? {
+        match q.as_str() {
+            "status" => {
+                let known: usize = executors.iter().map(TestExecutor::known).sum();
+                let hwm = (peak_rss_mib() * 1024.0) as u64;
+                writeln!(out, "{known} {} {hwm}", sessions.load(Ordering::Relaxed)).map_err(io)?;
+            }
+            "running" => {
+                for e in &executors {
+                    for id in e.running() {
+                        writeln!(out, "{id}").map_err(io)?;
+                    }
+                }
+                writeln!(out, ".").map_err(io)?;
+            }
+            other => return Err(setup(format!("unknown query {other:?}"))),
+        }
+        out.flush().map_err(io)?;
+    }
+    shutdown.cancel();
+    Ok(())
+}
+
+/// Counts every session the agent opens from now on.
+fn count_sessions(counter: &Arc<AtomicU64>, mut status: tokio::sync::watch::Receiver<swarm::agent::AgentStatus>) {
+    let counter = counter.clone();
+    tokio::spawn(async move {
+        let mut last = None;
+        while status.changed().await.is_ok() {
+            let id = status.borrow_and_update().session_id.clone();
+            if id.is_some() && id != last {
+                counter.fetch_add(1, Ordering::Relaxed);
+            }
+            last = id;
+        }
+    });
 }
 
 fn dir_size(p: &Path) -> u64 {
@@ -138,21 +296,6 @@ struct Churn {
 }
 
 impl Churn {
-    /// Counts every session an agent opens from now on.
-    fn follow_agent(self: &Arc<Self>, mut status: tokio::sync::watch::Receiver<swarm::agent::AgentStatus>) {
-        let churn = self.clone();
-        tokio::spawn(async move {
-            let mut last = None;
-            while status.changed().await.is_ok() {
-                let id = status.borrow_and_update().session_id.clone();
-                if id.is_some() && id != last {
-                    churn.sessions.fetch_add(1, Ordering::Relaxed);
-                }
-                last = id;
-            }
-        });
-    }
-
     /// Counts nodes going DOWN and committed writes in `store`, until it closes.
     fn follow_store(self: &Arc<Self>, store: &Store) {
         let (churn, mut events) = (self.clone(), store.watch());
@@ -180,6 +323,11 @@ impl Churn {
                 }
             }
         });
+    }
+
+    /// Takes the agent host's count of sessions opened.
+    fn note(&self, host: &HostStatus) {
+        self.sessions.store(host.sessions, Ordering::Relaxed);
     }
 
     /// The totals so far, for progress lines.
@@ -236,25 +384,23 @@ pub async fn run(cfg: &ScaleConfig) -> Result<(), ScaleError> {
     let (root_pem, key_pem, cluster_id) = store
         .view(|v| v.cluster().map(|c| (c.root_ca.ca_cert_pem.clone(), c.root_ca.ca_key_pem.clone(), c.id.clone())))
         .ok_or_else(|| setup("no cluster object"))?;
-    let root = RootCa::from_pem(&root_pem, &key_pem).map_err(setup)?;
-    let mut sims: Vec<SimNode> = vec![SimNode { executor: manager_exec.clone() }];
-    let mut agents = Vec::new();
-    let shutdown = CancellationToken::new();
+    let mut host_spec = AgentHostSpec {
+        manager: addr.clone(),
+        root_cert_pem: root_pem,
+        root_key_pem: key_pem,
+        cluster_id,
+        nodes: Vec::new(),
+    };
     let mut pending_nodes = Vec::new();
     for i in 1..cfg.nodes {
         let id = new_id();
         let hostname = format!("sim-{i:05}");
-        let identity = ca::issue_identity(&root, &id, NodeRole::Worker, &cluster_id).map_err(setup)?;
         let mut n = swarm::testing::node(&id, &hostname);
         n.role = NodeRole::Worker;
         n.spec.desired_role = NodeRole::Worker;
         n.status.state = swarm::api::NodeState::Unknown;
         pending_nodes.push(n);
-        let executor = TestExecutor::new(&hostname);
-        let tls = ca::ClusterTls::new(&identity).map_err(setup)?;
-        agents
-            .push(Arc::new(Agent::new(AgentConfig { managers: vec![addr.clone()], tls }, Arc::new(executor.clone()))));
-        sims.push(SimNode { executor });
+        host_spec.nodes.push((id, hostname));
     }
     for chunk in pending_nodes.chunks(500) {
         store
@@ -267,17 +413,15 @@ pub async fn run(cfg: &ScaleConfig) -> Result<(), ScaleError> {
             .await
             .map_err(setup)?;
     }
+    drop(pending_nodes);
     let churn = Arc::new(Churn::default());
     let mut churn_before = [0; 4];
     churn.follow_store(&store);
-    for a in &agents {
-        churn.follow_agent(a.status());
-        let a = a.clone();
-        let token = shutdown.clone();
-        tokio::spawn(async move { a.run(token).await });
-    }
+    let mut host = AgentHost::start(&cfg.agents_exe, &host_spec)?;
+    drop(host_spec);
     let want_nodes = cfg.nodes;
     phase("nodes ready", cfg.phase_timeout, t0, || {
+        churn.note(&host.status().map_err(|e| e.to_string())?);
         let ready = store.view(|v| v.nodes().filter(|n| n.status.state == swarm::api::NodeState::Ready).count());
         if ready >= want_nodes {
             Ok(())
@@ -329,8 +473,10 @@ pub async fn run(cfg: &ScaleConfig) -> Result<(), ScaleError> {
     let assigned = t1.elapsed();
     println!("phase all-assigned     {:>9.2} s   peak RSS {:>8.1} MiB", assigned.as_secs_f64(), peak_rss_mib());
     phase("tasks delivered", cfg.phase_timeout, t1, || {
-        let n: usize = sims.iter().map(|s| s.executor.known()).sum();
-        if n as u64 >= total_tasks {
+        let st = host.status().map_err(|e| e.to_string())?;
+        churn.note(&st);
+        let n = st.known + manager_exec.known() as u64;
+        if n >= total_tasks {
             Ok(())
         } else {
             Err(format!("{n}/{total_tasks} delivered; {}", churn.brief()))
@@ -350,9 +496,14 @@ pub async fn run(cfg: &ScaleConfig) -> Result<(), ScaleError> {
     let running = t1.elapsed();
     println!("phase all-running      {:>9.2} s   peak RSS {:>8.1} MiB", running.as_secs_f64(), peak_rss_mib());
 
+    let st = host.status()?;
+    churn.note(&st);
     print_raft_delta(&node, "services → run", &mut raft_before).await;
     churn.print("services → run", &mut churn_before);
-    check(&store, &sims)?;
+    let mut running_ids = host.running()?;
+    running_ids.extend(manager_exec.running());
+    check(&store, &running_ids)?;
+    drop(running_ids);
     println!("check  every slot runs exactly one task; no task on two nodes; no node overcommitted");
 
     // Phase 3: the control API at this size, and what Raft holds.
@@ -422,9 +573,13 @@ pub async fn run(cfg: &ScaleConfig) -> Result<(), ScaleError> {
     );
     print_codec(&store);
 
-    // Phase 4: the manager restarts (its own agent and the simulated ones keep their tasks).
+    println!("peak RSS {:.1} MiB: the manager before its restart", peak_rss_mib());
+
+    // Phase 4: the manager restarts (its own agent and the simulated ones keep their tasks). The old store goes
+    // first, so the peak is what one manager holds.
     let t = Instant::now();
     node.shutdown().await;
+    drop((api, store, node));
     let node = SwarmNode::new(
         NodeConfig { state_dir: state_dir.clone(), default_advertise_ip: None },
         Arc::new(manager_exec.clone()),
@@ -443,8 +598,15 @@ pub async fn run(cfg: &ScaleConfig) -> Result<(), ScaleError> {
     })
     .await?;
     println!("phase manager-restart  {:>9.2} s   (serving with every task in place)", t.elapsed().as_secs_f64());
-    println!("peak RSS {:.1} MiB (manager and every simulated agent, one process)", peak_rss_mib());
-    shutdown.cancel();
+    let st = host.status()?;
+    println!(
+        "peak RSS {:.1} MiB: the manager (this process, with its own agent); the {} simulated agents: {:.1} MiB \
+         (another process)",
+        peak_rss_mib(),
+        cfg.nodes - 1,
+        st.peak_rss_kib as f64 / 1024.0
+    );
+    drop(host);
     node.shutdown().await;
     Ok(())
 }
@@ -460,26 +622,34 @@ async fn print_raft_delta(node: &SwarmNode<TestExecutor>, phase: &str, prev: &mu
     *prev = now;
 }
 
-/// The store encoded as Raft writes it (MessagePack) against JSON: sizes and times.
+/// The store encoded as Raft writes it (MessagePack) against JSON: sizes and times. Object by object on one
+/// view, so the manager's memory is not doubled by a copy of the store.
 fn print_codec(store: &Store) {
-    let objects: Vec<swarm::api::Object> = store.view(|v| v.objects().collect());
-    let t = Instant::now();
-    let binary: usize = objects.iter().map(|o| swarm::manager::raft::codec::encode(o).len()).sum();
-    let binary_took = t.elapsed();
-    let t = Instant::now();
-    let json: usize = objects.iter().map(|o| serde_json::to_vec(o).map(|v| v.len()).unwrap_or(0)).sum();
-    let json_took = t.elapsed();
-    let t = Instant::now();
-    let mut decoded = 0;
-    for o in &objects {
-        let bytes = swarm::manager::raft::codec::encode(o);
-        decoded += usize::from(swarm::manager::raft::codec::decode::<swarm::api::Object>(&bytes).is_ok());
-    }
-    let round_trip = t.elapsed();
+    let (objects, binary, binary_took) = store.view(|v| {
+        let t = Instant::now();
+        let sizes = v.objects().map(|o| swarm::manager::raft::codec::encode(&o).len());
+        let (n, bytes) = sizes.fold((0usize, 0usize), |(n, b), s| (n + 1, b + s));
+        (n, bytes, t.elapsed())
+    });
+    let (json, json_took) = store.view(|v| {
+        let t = Instant::now();
+        let bytes: usize = v.objects().map(|o| serde_json::to_vec(&o).map(|v| v.len()).unwrap_or(0)).sum();
+        (bytes, t.elapsed())
+    });
+    let (decoded, round_trip) = store.view(|v| {
+        let t = Instant::now();
+        let decoded = v
+            .objects()
+            .filter(|o| {
+                let bytes = swarm::manager::raft::codec::encode(o);
+                swarm::manager::raft::codec::decode::<swarm::api::Object>(&bytes).is_ok()
+            })
+            .count();
+        (decoded, t.elapsed())
+    });
     println!(
-        "codec  {} objects: MessagePack {:.1} MiB in {:.0} ms, JSON {:.1} MiB in {:.0} ms (size ratio {:.2}); \
+        "codec  {objects} objects: MessagePack {:.1} MiB in {:.0} ms, JSON {:.1} MiB in {:.0} ms (size ratio {:.2}); \
          encode+decode {:.0} ms ({decoded} read back)",
-        objects.len(),
         mib(binary as u64),
         ms(binary_took),
         mib(json as u64),
@@ -494,15 +664,13 @@ fn ms(d: Duration) -> f64 {
 }
 
 /// Every slot runs exactly one task, no task runs on two nodes, no node holds more than it has.
-fn check(store: &Store, sims: &[SimNode]) -> Result<(), ScaleError> {
-    let mut runs: HashMap<String, usize> = HashMap::new();
-    for s in sims {
-        for id in s.executor.running() {
-            *runs.entry(id).or_default() += 1;
-        }
+fn check(store: &Store, running: &[String]) -> Result<(), ScaleError> {
+    let mut runs: HashMap<&str, usize> = HashMap::new();
+    for id in running {
+        *runs.entry(id.as_str()).or_default() += 1;
     }
     if let Some((task, nodes)) = runs.iter().find(|(_, n)| **n > 1) {
-        return Err(ScaleError::Duplicate { task: task.clone(), nodes: *nodes });
+        return Err(ScaleError::Duplicate { task: task.to_string(), nodes: *nodes });
     }
     store.view(|v| {
         for service in v.services() {
@@ -511,7 +679,7 @@ fn check(store: &Store, sims: &[SimNode]) -> Result<(), ScaleError> {
             for t in v.tasks_by_service(&service.id) {
                 if t.desired_state == TaskState::Running
                     && t.status.state == TaskState::Running
-                    && runs.contains_key(&t.id)
+                    && runs.contains_key(t.id.as_str())
                 {
                     *by_slot.entry(t.slot).or_default() += 1;
                 }
@@ -523,7 +691,7 @@ fn check(store: &Store, sims: &[SimNode]) -> Result<(), ScaleError> {
                 }
             }
         }
-        let live: HashSet<&str> = runs.keys().map(String::as_str).collect();
+        let live: HashSet<&str> = runs.keys().copied().collect();
         for n in v.nodes() {
             let reserved: i64 = v
                 .tasks_by_node(&n.id)

@@ -6,8 +6,8 @@
 //! Run: `cargo build --release --workspace --bins && target/release/bench [N...]`.
 //!
 //! `bench scale [--nodes N] [--services S] [--replicas R] [--timeout SECS]` runs the scale simulator instead (see
-//! `shoal_tests::scale`): a real manager and N simulated nodes in this process; default preset is the small one CI
-//! runs.
+//! `shoal_tests::scale`): a real manager in this process and N simulated nodes in a child `bench scale-agents`;
+//! default preset is the small one CI runs.
 //!
 //! `bench failover [--rounds N]` measures recovery on real daemons in the multi-node harness (see
 //! `shoal_tests::failoverbench`): join time per node, leader SIGKILL → first write and → tasks back, worker SIGKILL
@@ -67,7 +67,7 @@ fn ctr_baseline(d: &Daemon, n: usize, parallel: usize) -> Duration {
 
 /// `bench scale …`: parses the flags, runs the simulator, exits non-zero on a correctness violation.
 fn scale(args: &[String]) -> anyhow::Result<()> {
-    let mut cfg = shoal_tests::scale::ScaleConfig::smoke();
+    let mut cfg = shoal_tests::scale::ScaleConfig::smoke(std::env::current_exe()?);
     let mut it = args.iter();
     while let Some(flag) = it.next() {
         let value = it.next().ok_or_else(|| anyhow::anyhow!("{flag} needs a value"))?;
@@ -180,6 +180,15 @@ fn main() {
     if args.first().map(String::as_str) == Some("raft") {
         if let Err(e) = raft(&args[1..]) {
             eprintln!("bench raft: {e}");
+            std::process::exit(1);
+        }
+        return;
+    }
+    if args.first().map(String::as_str) == Some("scale-agents") {
+        // The simulated nodes of a `bench scale` run, in their own process (started by it, driven over stdin).
+        let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+        if let Err(e) = rt.block_on(shoal_tests::scale::host_agents()) {
+            eprintln!("bench scale-agents: {e}");
             std::process::exit(1);
         }
         return;

@@ -32,12 +32,17 @@ pub(crate) fn open(path: &Path) -> Result<redb::Database, DbError> {
             return Err(corrupt(path, format!("only {} bytes long", md.len())));
         }
     }
-    opened(path, redb::Database::create(path))
+    opened(path, redb::Builder::new().set_cache_size(CACHE_BYTES).create(path))
 }
+
+/// redb's page cache per file. Its default, 1 GiB, fills to the file's size (the log and the state each grow past a
+/// GiB at a million tasks). The manager reads these files only at start and for followers catching up (recent log
+/// entries): every other read is served from the in-memory store.
+const CACHE_BYTES: usize = 64 << 20;
 
 /// Opens a database on another storage than a file (tests simulate crashes this way); `path` names it in errors.
 pub(crate) fn open_backend(path: &Path, backend: impl redb::StorageBackend) -> Result<redb::Database, DbError> {
-    opened(path, redb::Builder::new().create_with_backend(backend))
+    opened(path, redb::Builder::new().set_cache_size(CACHE_BYTES).create_with_backend(backend))
 }
 
 fn corrupt(path: &Path, reason: String) -> DbError {

@@ -170,14 +170,15 @@ impl RedbStateMachine {
         let (objects, last_applied, membership) = {
             let tx = db.begin_read().map_err(|e| corrupt(e.to_string()))?;
             let t = tx.open_table(OBJECTS).map_err(|e| corrupt(e.to_string()))?;
-            let mut objects = Vec::new();
+            // Into the store as they are read: a list of them all first would hold the state twice at start.
+            let mut objects = MemoryStore::new();
             for item in t.iter().map_err(|e| corrupt(e.to_string()))? {
                 let (k, v) = item.map_err(|e| corrupt(e.to_string()))?;
                 let o = at_rest.decode::<Object>(v.value()).map_err(format)?;
                 if at_rest.is_sealed() && !k.value().starts_with('#') {
                     unsealed.push(k.value().to_string());
                 }
-                objects.push(o);
+                objects.put(o);
             }
             let m = tx.open_table(META).map_err(|e| corrupt(e.to_string()))?;
             let last_applied = match m.get(KEY_APPLIED).map_err(|e| corrupt(e.to_string()))? {
@@ -192,7 +193,7 @@ impl RedbStateMachine {
         };
 
         if !unsealed.is_empty() {
-            Self::seal_records(&db, &objects, &unsealed, &at_rest).map_err(|e| corrupt(e.to_string()))?;
+            Self::seal_records(&db, objects.objects(), &unsealed, &at_rest).map_err(|e| corrupt(e.to_string()))?;
             tracing::info!(records = unsealed.len(), "sealed the state's records written in clear");
         }
 
@@ -219,7 +220,7 @@ impl RedbStateMachine {
         let last_durable = last_applied.map(|l| l.index).unwrap_or(0);
         Ok(RedbStateMachine {
             db: SharedDb::new(db),
-            view: SharedView::new(MemoryStore::from_objects(objects)),
+            view: SharedView::new(objects),
             applied: Arc::new(tokio::sync::Mutex::new(Applied {
                 last_applied,
                 membership,
@@ -239,7 +240,7 @@ impl RedbStateMachine {
     /// Re-writes the records named in clear (`unsealed`) sealed, under their digest keys.
     fn seal_records(
         db: &redb::Database,
-        objects: &[Object],
+        objects: impl Iterator<Item = Object>,
         unsealed: &[String],
         at_rest: &AtRest,
     ) -> Result<(), Box<dyn std::error::Error>> {
@@ -249,10 +250,10 @@ impl RedbStateMachine {
         {
             let mut t = tx.open_table(OBJECTS)?;
             for o in objects {
-                let name = key(o);
+                let name = key(&o);
                 if unsealed.contains(name.as_str()) {
                     t.remove(name.as_str())?;
-                    t.insert(at_rest.record_key(&name).as_str(), at_rest.encode(o).as_slice())?;
+                    t.insert(at_rest.record_key(&name).as_str(), at_rest.encode(&o).as_slice())?;
                 }
             }
         }

@@ -304,7 +304,7 @@ impl MemoryStore {
     }
 
     /// Inserts an object and indexes it; the caller has removed any previous version.
-    fn put(&mut self, obj: Object) {
+    pub(crate) fn put(&mut self, obj: Object) {
         match obj {
             Object::Cluster(c) => {
                 self.clusters.insert(c.id.clone(), c);
