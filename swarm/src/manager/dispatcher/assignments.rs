@@ -1,7 +1,7 @@
 //! Computing what a node must run: the full set, then deltas as the store changes.
 
 use crate::api::dispatch::{AssignmentsKind, AssignmentsMessage};
-use crate::api::{Object, Task, TaskSpec, TaskState};
+use crate::api::{Object, Task, TaskState};
 use crate::manager::store::{Event, EventAction, MemoryStore};
 use std::collections::HashMap;
 
@@ -10,11 +10,25 @@ pub fn assigned_to(t: &Task, node_id: &str) -> bool {
     t.node_id == node_id && t.status.state >= TaskState::Assigned
 }
 
-/// What the agent acts on: desired state and spec. Status changes the agent itself reported are not resent.
+/// What the agent acts on: the desired state (a task's spec never changes once made; the agent's runner acts on
+/// the desired state alone). Status changes the agent itself reported are not resent. Only the ids of the
+/// secrets and configs are kept, not the spec: a copy of every spec per session cost about 1 KiB per task.
 #[derive(PartialEq)]
 struct Sent {
     desired: TaskState,
-    spec: TaskSpec,
+    secrets: Box<[String]>,
+    configs: Box<[String]>,
+}
+
+impl Sent {
+    fn of(t: &Task) -> Self {
+        let c = &t.spec.container;
+        Sent {
+            desired: t.desired_state,
+            secrets: c.secrets.iter().map(|r| r.secret_id.clone()).collect(),
+            configs: c.configs.iter().map(|r| r.config_id.clone()).collect(),
+        }
+    }
 }
 
 /// Tracks what one session was sent, to turn store events into deltas.
@@ -33,9 +47,9 @@ impl AssignmentSet {
         &self.node_id
     }
 
-    /// Specs of the tasks sent to the node that are meant to run (what their secrets and configs are kept for).
-    pub fn live_specs(&self) -> impl Iterator<Item = &TaskSpec> {
-        self.sent.values().filter(|s| s.desired <= TaskState::Running).map(|s| &s.spec)
+    /// The secret and config ids of the tasks sent to the node that are meant to run (what is kept for them).
+    pub fn live_files(&self) -> impl Iterator<Item = (&[String], &[String])> {
+        self.sent.values().filter(|s| s.desired <= TaskState::Running).map(|s| (&*s.secrets, &*s.configs))
     }
 
     /// The full set from the store, resetting what was sent.
@@ -44,7 +58,7 @@ impl AssignmentSet {
         let updated: Vec<Task> =
             view.tasks_by_node(&self.node_id).filter(|t| assigned_to(t, &self.node_id)).cloned().collect();
         for t in &updated {
-            self.sent.insert(t.id.clone(), Sent { desired: t.desired_state, spec: t.spec.clone() });
+            self.sent.insert(t.id.clone(), Sent::of(t));
         }
         AssignmentsMessage {
             kind: AssignmentsKind::Complete,
@@ -60,7 +74,7 @@ impl AssignmentSet {
         let Object::Task(t) = &ev.object else { return };
         let mine = ev.action != EventAction::Delete && assigned_to(t, &self.node_id);
         if mine {
-            let now = Sent { desired: t.desired_state, spec: t.spec.clone() };
+            let now = Sent::of(t);
             if self.sent.get(&t.id) != Some(&now) {
                 self.sent.insert(t.id.clone(), now);
                 msg.removed.retain(|id| id != &t.id);
@@ -118,5 +132,32 @@ mod tests {
         set.apply(&ev(EventAction::Delete, &t), &mut msg);
         assert!(msg.updated.is_empty());
         assert_eq!(msg.removed, vec!["t1".to_string()]);
+    }
+
+    /// The set keeps only what decides the node's files: the secrets of tasks meant to run.
+    #[test]
+    fn live_files_are_those_of_tasks_meant_to_run() {
+        let mut set = AssignmentSet::new("n1");
+        let mut t = task("t1", "s", 1);
+        t.node_id = "n1".into();
+        t.status.state = TaskState::Assigned;
+        t.spec.container.secrets.push(crate::api::SecretReference {
+            secret_id: "sec1".into(),
+            secret_name: "db".into(),
+            target: crate::api::FileTarget { name: "db".into(), uid: "0".into(), gid: "0".into(), mode: 0o444 },
+        });
+        let mut msg = AssignmentsMessage {
+            kind: AssignmentsKind::Incremental,
+            updated: vec![],
+            removed: vec![],
+            network_state: None,
+            files: Default::default(),
+        };
+        set.apply(&ev(EventAction::Update, &t), &mut msg);
+        let files: Vec<_> = set.live_files().map(|(s, c)| (s.to_vec(), c.len())).collect();
+        assert_eq!(files, vec![(vec!["sec1".to_string()], 0)]);
+        t.desired_state = TaskState::Shutdown;
+        set.apply(&ev(EventAction::Update, &t), &mut msg);
+        assert_eq!(set.live_files().count(), 0, "a task shut down keeps no file on the node");
     }
 }

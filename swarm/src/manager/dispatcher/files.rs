@@ -31,9 +31,9 @@ impl FileSet {
         }
         let mut want_secrets = BTreeSet::new();
         let mut want_configs = BTreeSet::new();
-        for spec in tasks.live_specs() {
-            want_secrets.extend(spec.container.secrets.iter().map(|r| r.secret_id.clone()));
-            want_configs.extend(spec.container.configs.iter().map(|r| r.config_id.clone()));
+        for (secrets, configs) in tasks.live_files() {
+            want_secrets.extend(secrets.iter().cloned());
+            want_configs.extend(configs.iter().cloned());
         }
         let delta = &mut msg.files;
         for id in want_secrets.difference(&self.secrets) {

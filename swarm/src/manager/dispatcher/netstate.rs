@@ -313,11 +313,19 @@ impl Hub {
     }
 }
 
+/// SHA-256 of the state as JSON (the encoding is deterministic: its maps are ordered).
+fn digest(state: &NetworkState) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(serde_json::to_vec(state).unwrap_or_default()).into()
+}
+
 /// What one session sent of its node's network state.
 pub struct NodeNetworkState {
     node_id: String,
     rx: watch::Receiver<Arc<Snapshot>>,
-    sent: Option<NetworkState>,
+    /// A digest of the state sent last: each node's state names every node's ingress address, so a copy per
+    /// session would grow with the square of the cluster's size.
+    sent: Option<[u8; 32]>,
     /// What `sent` was cut from.
     sent_key: Option<StateKey>,
 }
@@ -327,7 +335,7 @@ impl NodeNetworkState {
     pub fn complete(&mut self) -> Option<NetworkState> {
         let snap = self.rx.borrow_and_update().clone();
         let state = snap.state_for(&self.node_id);
-        self.sent = state.clone();
+        self.sent = state.as_ref().map(digest);
         self.sent_key = snap.key_for(&self.node_id);
         state
     }
@@ -342,10 +350,11 @@ impl NodeNetworkState {
         }
         self.sent_key = key;
         let state = snap.state_for(&self.node_id);
-        if state == self.sent {
+        let sent = state.as_ref().map(digest);
+        if sent == self.sent {
             return None;
         }
-        self.sent = state.clone();
+        self.sent = sent;
         state
     }
 
