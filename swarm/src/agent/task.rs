@@ -27,7 +27,10 @@ pub type Reporter = mpsc::UnboundedSender<TaskStatusUpdate>;
 
 struct Runner<C: Controller> {
     ctl: C,
-    task: Task,
+    /// The task's id and the desired state the manager last gave: all the runner reads of the task (a copy of the
+    /// whole task in each of a node's thousands of idle runners would cost more than the runner itself).
+    task_id: String,
+    desired: TaskState,
     status: TaskStatus,
     report: Reporter,
     /// Whether the controller was asked for the health checks yet (once per runner).
@@ -65,12 +68,12 @@ impl<C: Controller> Runner<C> {
             // Ends the health checks, if any: nothing acts on them any more.
             self.health = None;
         }
-        let _ = self.report.send(TaskStatusUpdate { task_id: self.task.id.clone(), status: self.status.clone() });
+        let _ = self.report.send(TaskStatusUpdate { task_id: self.task_id.clone(), status: self.status.clone() });
     }
 
     fn container(&mut self, pid: u32, exit_code: Option<i32>) {
         let health = self.status.container.as_ref().and_then(|c| c.health);
-        self.status.container = Some(ContainerStatus { container_id: self.task.id.clone(), pid, exit_code, health });
+        self.status.container = Some(ContainerStatus { container_id: self.task_id.clone(), pid, exit_code, health });
     }
 
     fn health_now(&self) -> Option<Health> {
@@ -155,7 +158,7 @@ impl<C: Controller> Runner<C> {
     fn exited(&mut self, code: i32) {
         let pid = self.status.container.as_ref().map(|c| c.pid).unwrap_or(0);
         self.container(pid, Some(code));
-        if self.task.desired_state > TaskState::Running {
+        if self.desired > TaskState::Running {
             self.set(TaskState::Shutdown, "shutdown", None);
         } else if code == 0 {
             self.set(TaskState::Complete, "finished", None);
@@ -177,14 +180,16 @@ impl<C: Controller> Runner<C> {
     /// Drives the task until it is terminal, then waits for the cancel (task removed from the node).
     /// Waits for what moves a started task on: its exit, a health verdict, or a new desired state. False when
     /// the runner must stop (cancelled, or the task is gone from the worker).
+    // Every step but the wait is boxed where it is awaited: a runner spends its life in the wait, and an unboxed
+    // step would size every idle runner for the biggest step (6.7 KiB a task before, with thousands on a node).
     async fn watch_running(&mut self, updates: &mut watch::Receiver<Task>, cancel: &CancellationToken) -> bool {
         tokio::select! {
             _ = cancel.cancelled() => return false,
             r = self.ctl.wait() => match r {
                 Ok(exit) => self.exited(exit.exit_code),
-                Err(e) => self.failed(e).await,
+                Err(e) => Box::pin(self.failed(e)).await,
             },
-            h = next_health(&mut self.health) => self.on_health(h).await,
+            h = next_health(&mut self.health) => Box::pin(self.on_health(h)).await,
             r = updates.changed() => return r.is_ok(),
         }
         true
@@ -196,15 +201,15 @@ impl<C: Controller> Runner<C> {
                 return;
             }
             // `changed()` below marks values seen, so always take the latest.
-            self.task = updates.borrow_and_update().clone();
-            let desired = self.task.desired_state;
+            self.desired = updates.borrow_and_update().desired_state;
+            let desired = self.desired;
             let state = self.status.state;
             if state.is_terminal() {
                 // Nothing more to do: the manager replaces ended tasks. Wait for removal. Once the manager shuts
                 // the task down, make sure that its process is gone: it may have outlived an error that ended the
                 // task (the stop then failed too), and its slot now runs elsewhere.
                 if desired > TaskState::Running && !self.stopped {
-                    if !self.stop_process(&cancel).await {
+                    if !Box::pin(self.stop_process(&cancel)).await {
                         return;
                     }
                     self.stopped = true;
@@ -218,11 +223,11 @@ impl<C: Controller> Runner<C> {
                 // Whatever state the runner holds: a re-adopted task's record may predate its start (the daemon
                 // died before the report went out), and SHUTDOWN must never be reported for a process that runs
                 // on, since the slot runs elsewhere next. Stopping a task that has no process does nothing.
-                if !self.stop_process(&cancel).await {
+                if !Box::pin(self.stop_process(&cancel)).await {
                     return;
                 }
                 self.stopped = true;
-                let code = match self.ctl.inspect().await {
+                let code = match Box::pin(self.ctl.inspect()).await {
                     Ok(Some(ContainerState::Exited { exit_code })) => Some(exit_code),
                     _ => None,
                 };
@@ -237,9 +242,9 @@ impl<C: Controller> Runner<C> {
                 s if s < TaskState::Accepted => self.set(TaskState::Accepted, "accepted", None),
                 TaskState::Accepted | TaskState::Preparing => {
                     self.set(TaskState::Preparing, "preparing", None);
-                    match self.ctl.prepare().await {
+                    match Box::pin(self.ctl.prepare()).await {
                         Ok(()) => self.set(TaskState::Ready, "prepared", None),
-                        Err(e) => self.failed(e).await,
+                        Err(e) => Box::pin(self.failed(e)).await,
                     }
                 }
                 TaskState::Ready => {
@@ -252,15 +257,17 @@ impl<C: Controller> Runner<C> {
                         continue;
                     }
                     self.set(TaskState::Starting, "starting", None);
-                    match self.ctl.start().await {
-                        Ok(pid) => self.started(pid).await,
-                        Err(e) => self.failed(e).await,
+                    match Box::pin(self.ctl.start()).await {
+                        Ok(pid) => Box::pin(self.started(pid)).await,
+                        Err(e) => Box::pin(self.failed(e)).await,
                     }
                 }
-                TaskState::Starting if !self.health_asked || self.health.is_none() => match self.ctl.start().await {
-                    Ok(pid) => self.started(pid).await,
-                    Err(e) => self.failed(e).await,
-                },
+                TaskState::Starting if !self.health_asked || self.health.is_none() => {
+                    match Box::pin(self.ctl.start()).await {
+                        Ok(pid) => Box::pin(self.started(pid)).await,
+                        Err(e) => Box::pin(self.failed(e)).await,
+                    }
+                }
                 TaskState::Starting => {
                     // Health-gated: RUNNING only once a check passed.
                     if !self.watch_running(&mut updates, &cancel).await {
@@ -275,7 +282,7 @@ impl<C: Controller> Runner<C> {
                 TaskState::Running => {
                     // Re-adoption: is the container still there?
                     self.seen = true;
-                    match self.ctl.inspect().await {
+                    match Box::pin(self.ctl.inspect()).await {
                         Ok(None) => {
                             self.set(
                                 TaskState::Failed,
@@ -294,15 +301,15 @@ impl<C: Controller> Runner<C> {
                         Ok(Some(ContainerState::Running { .. })) if !self.health_asked => {
                             // Re-adopted while running: its health checks start again.
                             self.health_asked = true;
-                            match self.ctl.health().await {
+                            match Box::pin(self.ctl.health()).await {
                                 Ok(h) => self.health = h,
                                 Err(e) => {
-                                    self.fail_and_stop("failed", e.to_string()).await;
+                                    Box::pin(self.fail_and_stop("failed", e.to_string())).await;
                                     continue;
                                 }
                             }
                             if let Some(h) = self.health.as_mut().map(|rx| rx.borrow_and_update().clone()) {
-                                self.on_health(h).await;
+                                Box::pin(self.on_health(h)).await;
                                 continue;
                             }
                         }
@@ -319,17 +326,25 @@ impl<C: Controller> Runner<C> {
 }
 
 /// Runs one task until `cancel`; every transition goes to `report`.
-pub async fn run_task<C: Controller>(
+pub fn run_task<C: Controller>(
     ctl: C,
     task: Task,
     updates: watch::Receiver<Task>,
     report: Reporter,
     cancel: CancellationToken,
-) {
+) -> impl std::future::Future<Output = ()> {
     let span = tracing::info_span!("task", task.id = %task.id, service.id = %task.service_id);
-    let status = task.status.clone();
-    Runner { ctl, task, status, report, health_asked: false, health: None, seen: false, stopped: false }
-        .run(updates, cancel)
-        .instrument(span)
-        .await
+    // Not an `async fn`: its future would keep `task` alongside the runner's fields for the task's whole life.
+    let runner = Runner {
+        ctl,
+        task_id: task.id,
+        desired: task.desired_state,
+        status: task.status,
+        report,
+        health_asked: false,
+        health: None,
+        seen: false,
+        stopped: false,
+    };
+    runner.run(updates, cancel).instrument(span)
 }
