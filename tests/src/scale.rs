@@ -516,14 +516,20 @@ pub async fn run(cfg: &ScaleConfig) -> Result<(), ScaleError> {
         .await
         .map_err(|e| setup(e.message()))?;
     let ps_took = t.elapsed();
+    // The whole listing in one answer is measured up to 200,000 tasks; above, it would hold gigabytes at once and
+    // only the paged listing (what the CLI does) is measured.
+    let whole = total_tasks <= 200_000;
     let t = Instant::now();
-    let all = api
-        .list_tasks(Request::new(ListTasksRequest::default()))
-        .await
-        .map_err(|e| setup(e.message()))?
-        .into_inner()
-        .tasks
-        .len();
+    let all = if whole {
+        api.list_tasks(Request::new(ListTasksRequest::default()))
+            .await
+            .map_err(|e| setup(e.message()))?
+            .into_inner()
+            .tasks
+            .len()
+    } else {
+        0
+    };
     let ps_all_took = t.elapsed();
     // The same listing as the CLI fetches it: pages of 5,000, each answered on its own.
     let (t, mut pages, mut paged, mut slowest) = (Instant::now(), 0, 0, Duration::ZERO);
@@ -540,15 +546,16 @@ pub async fn run(cfg: &ScaleConfig) -> Result<(), ScaleError> {
         req.page.token = r.next_page_token;
     }
     let paged_took = t.elapsed();
-    if paged != all {
-        return Err(setup(format!("the paged listing returned {paged} tasks, the whole one {all}")));
+    let want = if whole { all } else { store.view(|v| v.tasks().count()) };
+    if paged != want {
+        return Err(setup(format!("the paged listing returned {paged} tasks, the store holds {want}")));
     }
+    let whole_took = if whole { format!("{:>8.1} ms", ms(ps_all_took)) } else { "not measured".into() };
     println!(
-        "latency service ls     {:>9.1} ms   service ps (one service) {:>7.1} ms   all {all} tasks {:>8.1} ms; \
-         in {pages} pages {:>8.1} ms (slowest page {:.1} ms)",
+        "latency service ls     {:>9.1} ms   service ps (one service) {:>7.1} ms   all {paged} tasks in one answer \
+         {whole_took}; in {pages} pages {:>8.1} ms (slowest page {:.1} ms)",
         ms(ls_took),
         ms(ps_took),
-        ms(ps_all_took),
         ms(paged_took),
         ms(slowest)
     );
