@@ -81,6 +81,19 @@ pub struct AssignmentsMessage {
     pub files: FilesDelta,
 }
 
+impl AssignmentsMessage {
+    /// An `Incremental` message with nothing in it yet.
+    pub fn incremental() -> Self {
+        AssignmentsMessage {
+            kind: AssignmentsKind::Incremental,
+            updated: vec![],
+            removed: vec![],
+            network_state: None,
+            files: Default::default(),
+        }
+    }
+}
+
 /// Changes to the secrets and configs a node holds.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FilesDelta {

@@ -103,24 +103,12 @@ mod tests {
         let mut t = task("t1", "s", 1);
         t.node_id = "n1".into();
         t.status.state = TaskState::Assigned;
-        let mut msg = AssignmentsMessage {
-            kind: AssignmentsKind::Incremental,
-            updated: vec![],
-            removed: vec![],
-            network_state: None,
-            files: Default::default(),
-        };
+        let mut msg = AssignmentsMessage::incremental();
         set.apply(&ev(EventAction::Update, &t), &mut msg);
         assert_eq!(msg.updated.len(), 1);
 
         // The agent's own status report is not echoed back.
-        let mut msg = AssignmentsMessage {
-            kind: AssignmentsKind::Incremental,
-            updated: vec![],
-            removed: vec![],
-            network_state: None,
-            files: Default::default(),
-        };
+        let mut msg = AssignmentsMessage::incremental();
         t.status.state = TaskState::Running;
         set.apply(&ev(EventAction::Update, &t), &mut msg);
         assert!(msg.updated.is_empty());
@@ -146,13 +134,7 @@ mod tests {
             secret_name: "db".into(),
             target: crate::api::FileTarget { name: "db".into(), uid: "0".into(), gid: "0".into(), mode: 0o444 },
         });
-        let mut msg = AssignmentsMessage {
-            kind: AssignmentsKind::Incremental,
-            updated: vec![],
-            removed: vec![],
-            network_state: None,
-            files: Default::default(),
-        };
+        let mut msg = AssignmentsMessage::incremental();
         set.apply(&ev(EventAction::Update, &t), &mut msg);
         let files: Vec<_> = set.live_files().map(|(s, c)| (s.to_vec(), c.len())).collect();
         assert_eq!(files, vec![(vec!["sec1".to_string()], 0)]);

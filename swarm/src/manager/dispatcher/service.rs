@@ -164,13 +164,7 @@ impl DispatcherRpc for DispatcherService {
                 return;
             }
             loop {
-                let mut msg = AssignmentsMessage {
-                    kind: AssignmentsKind::Incremental,
-                    updated: vec![],
-                    removed: vec![],
-                    network_state: None,
-                    files: Default::default(),
-                };
+                let mut msg = AssignmentsMessage::incremental();
                 let first = tokio::select! {
                     _ = closed.cancelled() => {
                         let _ = tx.send(Err(Status::unavailable("session closed by the dispatcher"))).await;
