@@ -180,16 +180,14 @@ impl<C: Controller> Runner<C> {
     /// Drives the task until it is terminal, then waits for the cancel (task removed from the node).
     /// Waits for what moves a started task on: its exit, a health verdict, or a new desired state. False when
     /// the runner must stop (cancelled, or the task is gone from the worker).
-    // Every step but the wait is boxed where it is awaited: a runner spends its life in the wait, and an unboxed
-    // step would size every idle runner for the biggest step (6.7 KiB a task before, with thousands on a node).
     async fn watch_running(&mut self, updates: &mut watch::Receiver<Task>, cancel: &CancellationToken) -> bool {
         tokio::select! {
             _ = cancel.cancelled() => return false,
             r = self.ctl.wait() => match r {
                 Ok(exit) => self.exited(exit.exit_code),
-                Err(e) => Box::pin(self.failed(e)).await,
+                Err(e) => self.failed(e).await,
             },
-            h = next_health(&mut self.health) => Box::pin(self.on_health(h)).await,
+            h = next_health(&mut self.health) => self.on_health(h).await,
             r = updates.changed() => return r.is_ok(),
         }
         true
@@ -209,7 +207,7 @@ impl<C: Controller> Runner<C> {
                 // the task down, make sure that its process is gone: it may have outlived an error that ended the
                 // task (the stop then failed too), and its slot now runs elsewhere.
                 if desired > TaskState::Running && !self.stopped {
-                    if !Box::pin(self.stop_process(&cancel)).await {
+                    if !self.stop_process(&cancel).await {
                         return;
                     }
                     self.stopped = true;
@@ -223,11 +221,11 @@ impl<C: Controller> Runner<C> {
                 // Whatever state the runner holds: a re-adopted task's record may predate its start (the daemon
                 // died before the report went out), and SHUTDOWN must never be reported for a process that runs
                 // on, since the slot runs elsewhere next. Stopping a task that has no process does nothing.
-                if !Box::pin(self.stop_process(&cancel)).await {
+                if !self.stop_process(&cancel).await {
                     return;
                 }
                 self.stopped = true;
-                let code = match Box::pin(self.ctl.inspect()).await {
+                let code = match self.ctl.inspect().await {
                     Ok(Some(ContainerState::Exited { exit_code })) => Some(exit_code),
                     _ => None,
                 };
@@ -242,9 +240,9 @@ impl<C: Controller> Runner<C> {
                 s if s < TaskState::Accepted => self.set(TaskState::Accepted, "accepted", None),
                 TaskState::Accepted | TaskState::Preparing => {
                     self.set(TaskState::Preparing, "preparing", None);
-                    match Box::pin(self.ctl.prepare()).await {
+                    match self.ctl.prepare().await {
                         Ok(()) => self.set(TaskState::Ready, "prepared", None),
-                        Err(e) => Box::pin(self.failed(e)).await,
+                        Err(e) => self.failed(e).await,
                     }
                 }
                 TaskState::Ready => {
@@ -257,17 +255,15 @@ impl<C: Controller> Runner<C> {
                         continue;
                     }
                     self.set(TaskState::Starting, "starting", None);
-                    match Box::pin(self.ctl.start()).await {
-                        Ok(pid) => Box::pin(self.started(pid)).await,
-                        Err(e) => Box::pin(self.failed(e)).await,
+                    match self.ctl.start().await {
+                        Ok(pid) => self.started(pid).await,
+                        Err(e) => self.failed(e).await,
                     }
                 }
-                TaskState::Starting if !self.health_asked || self.health.is_none() => {
-                    match Box::pin(self.ctl.start()).await {
-                        Ok(pid) => Box::pin(self.started(pid)).await,
-                        Err(e) => Box::pin(self.failed(e)).await,
-                    }
-                }
+                TaskState::Starting if !self.health_asked || self.health.is_none() => match self.ctl.start().await {
+                    Ok(pid) => self.started(pid).await,
+                    Err(e) => self.failed(e).await,
+                },
                 TaskState::Starting => {
                     // Health-gated: RUNNING only once a check passed.
                     if !self.watch_running(&mut updates, &cancel).await {
@@ -282,7 +278,7 @@ impl<C: Controller> Runner<C> {
                 TaskState::Running => {
                     // Re-adoption: is the container still there?
                     self.seen = true;
-                    match Box::pin(self.ctl.inspect()).await {
+                    match self.ctl.inspect().await {
                         Ok(None) => {
                             self.set(
                                 TaskState::Failed,
@@ -301,15 +297,15 @@ impl<C: Controller> Runner<C> {
                         Ok(Some(ContainerState::Running { .. })) if !self.health_asked => {
                             // Re-adopted while running: its health checks start again.
                             self.health_asked = true;
-                            match Box::pin(self.ctl.health()).await {
+                            match self.ctl.health().await {
                                 Ok(h) => self.health = h,
                                 Err(e) => {
-                                    Box::pin(self.fail_and_stop("failed", e.to_string())).await;
+                                    self.fail_and_stop("failed", e.to_string()).await;
                                     continue;
                                 }
                             }
                             if let Some(h) = self.health.as_mut().map(|rx| rx.borrow_and_update().clone()) {
-                                Box::pin(self.on_health(h)).await;
+                                self.on_health(h).await;
                                 continue;
                             }
                         }
