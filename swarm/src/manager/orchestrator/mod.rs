@@ -22,6 +22,7 @@ use crate::api::{
 };
 use crate::manager::store::{Event, MemoryStore, Store, StoreError};
 use restart::RestartSupervisor;
+use std::collections::BTreeSet;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -158,7 +159,7 @@ impl<P: ServiceModePolicy> Orchestrator<P> {
     pub async fn run(self, shutdown: CancellationToken) {
         let pass = |scope| self.pass(&shutdown, scope);
         let retry = Duration::from_secs(5);
-        let interested = |ev: &Event| P::interested(ev) && changes_orchestration(ev);
+        let interested = P::interested;
         reconcile_services(P::NAME, &self.store, &shutdown, Duration::from_millis(20), retry, interested, pass).await
     }
 
@@ -210,31 +211,19 @@ fn service_task_or_node(ev: &Event) -> bool {
     matches!(ev.object, Object::Service(_) | Object::Task(_) | Object::Node(_))
 }
 
-/// Whether a change can alter what an orchestrator or the reaper decides: a task's progress towards running
-/// (ASSIGNED → PREPARING → RUNNING, the bulk of all writes) cannot; its creation, removal, desired state, end
-/// or node can. Other objects always can.
-pub(crate) fn changes_orchestration(ev: &Event) -> bool {
-    match (&ev.object, &ev.old) {
-        (Object::Task(t), Some(Object::Task(old))) if ev.action == crate::manager::store::EventAction::Update => {
-            t.desired_state != old.desired_state
-                || t.status.state.is_terminal() != old.status.state.is_terminal()
-                || t.node_id != old.node_id
-        }
-        _ => true,
-    }
-}
-
-/// Which services a pass must look at: those whose service or tasks changed, or all of them (a node changed,
-/// changes were missed, or the periodic full pass).
+/// Which services a pass must look at: those whose service or tasks changed, those with tasks on a changed node
+/// (plus every global service, which a node joining or coming back concerns), or all of them (changes were missed,
+/// another kind of object changed, or the periodic full pass).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Scope {
     all: bool,
-    services: std::collections::BTreeSet<String>,
+    services: BTreeSet<String>,
+    nodes: BTreeSet<String>,
 }
 
 impl Scope {
     pub fn everything() -> Self {
-        Scope { all: true, services: Default::default() }
+        Scope { all: true, ..Default::default() }
     }
 
     /// Widens the scope by what `ev` touches.
@@ -246,6 +235,9 @@ impl Scope {
             Object::Task(t) => {
                 self.services.insert(t.service_id.clone());
             }
+            Object::Node(n) => {
+                self.nodes.insert(n.id.clone());
+            }
             _ => self.all = true,
         }
     }
@@ -253,14 +245,22 @@ impl Scope {
     fn merge(&mut self, other: Scope) {
         self.all |= other.all;
         self.services.extend(other.services);
+        self.nodes.extend(other.nodes);
     }
 
     pub fn is_empty(&self) -> bool {
-        !self.all && self.services.is_empty()
+        !self.all && self.services.is_empty() && self.nodes.is_empty()
     }
 
-    pub fn includes(&self, service_id: &str) -> bool {
-        self.all || self.services.contains(service_id)
+    /// The ids of the services in scope (some may have been deleted), when not all are.
+    fn service_ids<'a>(&'a self, view: &'a MemoryStore) -> BTreeSet<&'a str> {
+        let mut ids: BTreeSet<&str> = self.services.iter().map(String::as_str).collect();
+        if !self.nodes.is_empty() {
+            ids.extend(self.nodes.iter().flat_map(|n| view.tasks_by_node(n)).map(|t| t.service_id.as_str()));
+            let global = |s: &&Service| matches!(s.spec.mode, ServiceMode::Global | ServiceMode::GlobalJob);
+            ids.extend(view.services().filter(global).map(|s| s.id.as_str()));
+        }
+        ids
     }
 
     /// The services in scope that still exist.
@@ -268,7 +268,7 @@ impl Scope {
         if self.all {
             Box::new(view.services())
         } else {
-            Box::new(self.services.iter().filter_map(|id| view.service(id)))
+            Box::new(self.service_ids(view).into_iter().filter_map(|id| view.service(id)))
         }
     }
 
@@ -277,7 +277,7 @@ impl Scope {
         if self.all {
             Box::new(view.tasks())
         } else {
-            Box::new(self.services.iter().flat_map(|id| view.tasks_by_service(id)))
+            Box::new(self.service_ids(view).into_iter().flat_map(|id| view.tasks_by_service(id)))
         }
     }
 }
@@ -297,7 +297,7 @@ pub(crate) async fn reconcile_services<F, Fut>(
     F: FnMut(Scope) -> Fut,
     Fut: Future<Output = Result<(), StoreError>>,
 {
-    let mut events = store.watch();
+    let mut events = store.watch_decisions();
     let mut dirty = Scope::everything();
     loop {
         let scope = std::mem::take(&mut dirty);
@@ -383,5 +383,42 @@ pub(crate) async fn reconcile_loop<F, Fut>(
                 Err(_) => break,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manager::store::EventAction;
+    use crate::testing::{node, service, task};
+
+    #[tokio::test]
+    async fn a_changed_node_scopes_the_services_with_tasks_on_it_and_every_global_service() {
+        let store = Store::in_memory();
+        store
+            .update(|tx| {
+                let mut global = service("g", "agent", 0);
+                global.spec.mode = ServiceMode::Global;
+                tx.create(global);
+                for (s, n) in [("s1", "n1"), ("s2", "n2")] {
+                    tx.create(service(s, s, 1));
+                    let mut t = task(&format!("{s}.1"), s, 1);
+                    t.node_id = n.into();
+                    tx.create(t);
+                }
+                Ok::<_, StoreError>(())
+            })
+            .await
+            .unwrap();
+        let mut scope = Scope::default();
+        scope.mark(&Event { action: EventAction::Update, object: node("n1", "h1").into(), old: None, index: 9 });
+        let (services, tasks) = store.view(|v| {
+            let services: Vec<String> = scope.services(v).map(|s| s.id.clone()).collect();
+            let tasks: Vec<String> = scope.tasks(v).map(|t| t.id.clone()).collect();
+            (services, tasks)
+        });
+        assert_eq!(services, ["g", "s1"], "s2 has no task on n1 and is not global");
+        assert_eq!(tasks, ["s1.1"]);
+        assert!(!scope.is_empty());
     }
 }

@@ -2,7 +2,7 @@
 //! `docker service ps` shows them), marks the live tasks of deleted services REMOVE, and deletes tasks marked
 //! REMOVE once they stopped (or never reached a node, or their node was removed).
 
-use super::{changes_orchestration, is_live, reconcile_services, Scope};
+use super::{is_live, reconcile_services, Scope};
 use crate::api::{Object, ObjectKind, Task, TaskState};
 use crate::manager::store::{MemoryStore, Store, StoreError};
 use std::collections::BTreeMap;
@@ -65,9 +65,7 @@ impl TaskReaper {
     }
 
     pub async fn run(self, shutdown: CancellationToken) {
-        let interested = |ev: &crate::manager::store::Event| {
-            matches!(ev.object, Object::Task(_) | Object::Service(_)) && changes_orchestration(ev)
-        };
+        let interested = |ev: &crate::manager::store::Event| matches!(ev.object, Object::Task(_) | Object::Service(_));
         reconcile_services(
             "task-reaper",
             &self.store.clone(),

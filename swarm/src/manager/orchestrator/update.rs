@@ -13,7 +13,7 @@
 //! clean tasks and are never touched again, and a slot caught half-way (new task created, old one not yet shut
 //! down or not yet stopped) is finished from where it is.
 
-use super::{is_live, move_reason, new_task};
+use super::{is_live, move_reason, new_task, Scope};
 use crate::api::{
     FailureAction, NodeState, Service, ServiceMode, Task, TaskState, Timestamp, UpdateConfig, UpdateOrder, UpdateState,
     UpdateStatus,
@@ -176,17 +176,23 @@ pub fn needs_update(view: &MemoryStore, service: &Service) -> bool {
         Some(UpdateState::Paused | UpdateState::RollbackPaused) => false,
         Some(UpdateState::Updating | UpdateState::RollbackStarted) => true,
         _ => {
-            // Runs on every store change: a first look without copying tasks, the slots only if it finds work.
-            let mut live: HashMap<SlotKey, usize> = HashMap::new();
-            for t in view.tasks_by_service(&service.id).filter(|t| counts_as_live(view, t)) {
-                if is_task_dirty(view, service, t) {
-                    return true;
+            // Runs on every store change: one look at the tasks, without copying them or building slots.
+            let mut live: HashMap<SlotKey, (usize, bool)> = HashMap::new();
+            let mut stopping: HashSet<SlotKey> = HashSet::new();
+            for t in view.tasks_by_service(&service.id).filter(|t| t.desired_state != TaskState::Remove) {
+                if counts_as_live(view, t) {
+                    if is_task_dirty(view, service, t) {
+                        return true;
+                    }
+                    let (n, waiting) = live.entry(SlotKey::of(t)).or_default();
+                    *n += 1;
+                    *waiting |= t.desired_state < TaskState::Running;
+                } else if is_stopping(view, t) {
+                    stopping.insert(SlotKey::of(t));
                 }
-                *live.entry(SlotKey::of(t)).or_default() += 1;
             }
-            live.values().any(|n| *n > 1)
-                || (view.tasks_by_service(&service.id).any(|t| is_stopping(view, t))
-                    && slots(view, service).iter().any(|s| is_slot_dirty(view, service, s)))
+            // As `is_slot_dirty`: two live tasks, or a replacement waiting for a task of its slot to stop.
+            live.iter().any(|(key, (n, waiting))| *n > 1 || (*waiting && stopping.contains(key)))
         }
     }
 }
@@ -278,29 +284,20 @@ impl UpdateSupervisor {
         UpdateSupervisor { store, runs: Mutex::default() }
     }
 
-    /// Looks only at the services named by the store changes since the last pass (services, and the services of
-    /// changed tasks): with thousands of services a full scan on every change would cost more than all the rest.
-    /// A full scan runs at start, when the watch lagged, and every [`FULL_SCAN`] (node changes, e.g. a relabel that
-    /// makes a placement-only change matter, are caught there).
+    /// Looks only at the services the store changes since the last pass touch ([`Scope`]: services, the services
+    /// of changed tasks, the services with tasks on a changed node), following [`Store::watch_decisions`]: with
+    /// thousands of services a full scan on every change would cost more than all the rest. A full scan runs at
+    /// start and when the watch lagged.
     pub async fn run(self, shutdown: CancellationToken) {
-        let mut events = self.store.watch();
-        let mut full = true;
-        let mut touched: HashSet<String> = HashSet::new();
-        let mut next_full = tokio::time::Instant::now();
+        let mut events = self.store.watch_decisions();
+        let mut scope = Scope::everything();
         loop {
-            full |= tokio::time::Instant::now() >= next_full;
-            if full {
-                next_full = tokio::time::Instant::now() + FULL_SCAN;
-            }
-            self.pass(&shutdown, (!full).then_some(&touched));
-            touched.clear();
-            full = false;
+            self.pass(&shutdown, &std::mem::take(&mut scope));
             tokio::select! {
                 _ = shutdown.cancelled() => break,
-                _ = tokio::time::sleep_until(next_full) => full = true,
                 r = events.recv() => match r {
-                    Ok(ev) => note(&ev, &mut touched),
-                    Err(RecvError::Lagged(_)) => full = true,
+                    Ok(ev) => scope.mark(&ev),
+                    Err(RecvError::Lagged(_)) => scope = Scope::everything(),
                     Err(RecvError::Closed) => break,
                 },
             }
@@ -308,8 +305,8 @@ impl UpdateSupervisor {
             tokio::time::sleep(Duration::from_millis(50)).await;
             loop {
                 match events.try_recv() {
-                    Ok(ev) => note(&ev, &mut touched),
-                    Err(tokio::sync::broadcast::error::TryRecvError::Lagged(_)) => full = true,
+                    Ok(ev) => scope.mark(&ev),
+                    Err(tokio::sync::broadcast::error::TryRecvError::Lagged(_)) => scope = Scope::everything(),
                     Err(_) => break,
                 }
             }
@@ -321,8 +318,8 @@ impl UpdateSupervisor {
         }
     }
 
-    /// Starts runs for the services that need one (all, or those in `only`), and stops runs that are stale.
-    fn pass(&self, shutdown: &CancellationToken, only: Option<&HashSet<String>>) {
+    /// Starts runs for the services in `scope` that need one, and stops runs that are stale.
+    fn pass(&self, shutdown: &CancellationToken, scope: &Scope) {
         let mut runs = self.runs.lock().unwrap_or_else(|e| e.into_inner());
         let wanted: Vec<(String, u64)> = self.store.view(|v| {
             // Runs of deleted services or of an older spec stop; finished runs are forgotten.
@@ -335,10 +332,7 @@ impl UpdateSupervisor {
             });
             let wants = |s: &&Service| !runs.contains_key(&s.id) && needs_update(v, s);
             let pick = |s: &Service| (s.id.clone(), s.spec_version);
-            match only {
-                Some(ids) => ids.iter().filter_map(|id| v.service(id)).filter(wants).map(pick).collect(),
-                None => v.services().filter(wants).map(pick).collect(),
-            }
+            scope.services(v).filter(wants).map(pick).collect()
         });
         for (id, spec_version) in wanted {
             let cancel = shutdown.child_token();
@@ -354,26 +348,6 @@ impl UpdateSupervisor {
             let handle = tokio::spawn(updater.run().instrument(span));
             runs.insert(id, Run { spec_version, cancel, handle });
         }
-    }
-}
-
-/// How often the update supervisor looks at every service, whatever changed.
-const FULL_SCAN: Duration = Duration::from_secs(10);
-
-/// Notes the service a store change is about, unless the change is a task's mere progress towards running (the
-/// bulk of all writes), which decides nothing here: runs in progress follow their tasks on their own watch.
-fn note(ev: &crate::manager::store::Event, touched: &mut HashSet<String>) {
-    if !super::changes_orchestration(ev) {
-        return;
-    }
-    match &ev.object {
-        crate::api::Object::Service(s) => {
-            touched.insert(s.id.clone());
-        }
-        crate::api::Object::Task(t) => {
-            touched.insert(t.service_id.clone());
-        }
-        _ => {}
     }
 }
 

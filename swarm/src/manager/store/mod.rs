@@ -79,6 +79,21 @@ pub struct Event {
     pub index: u64,
 }
 
+impl Event {
+    /// Whether this is a task's mere progress (ASSIGNED → PREPARING → RUNNING, the bulk of all writes): an update
+    /// that changes neither its desired state, whether it ended, nor its node. Orchestration decides nothing on it.
+    pub fn is_progress(&self) -> bool {
+        match (&self.object, &self.old) {
+            (Object::Task(t), Some(Object::Task(old))) if self.action == EventAction::Update => {
+                t.desired_state == old.desired_state
+                    && t.status.state.is_terminal() == old.status.state.is_terminal()
+                    && t.node_id == old.node_id
+            }
+            _ => false,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EventAction {
     Create,
@@ -118,6 +133,10 @@ pub struct SharedView {
     /// Every change but a task's: tasks make nearly all the traffic, and a component that only follows nodes,
     /// services or the cluster neither wakes on it nor falls behind because of it.
     objects: broadcast::Sender<Arc<Event>>,
+    /// Every change but a task's mere progress towards running ([`Event::is_progress`]): what orchestrators,
+    /// the updater and the reaper decide on. Progress is most of the traffic, and a component that had to read
+    /// past it fell behind at scale, which forced it to rescan everything.
+    decisions: broadcast::Sender<Arc<Event>>,
     nodes: watch::NodeRouter,
 }
 
@@ -133,7 +152,8 @@ impl SharedView {
     pub fn new(initial: MemoryStore) -> Arc<Self> {
         let (events, _) = broadcast::channel(WATCH_CAPACITY);
         let (objects, _) = broadcast::channel(WATCH_CAPACITY);
-        Arc::new(SharedView { view: RwLock::new(initial), events, objects, nodes: Default::default() })
+        let (decisions, _) = broadcast::channel(WATCH_CAPACITY);
+        Arc::new(SharedView { view: RwLock::new(initial), events, objects, decisions, nodes: Default::default() })
     }
 
     /// Applies a committed proposal and publishes its events.
@@ -146,6 +166,9 @@ impl SharedView {
         for e in &events {
             if !matches!(e.object, Object::Task(_)) {
                 let _ = self.objects.send(e.clone());
+            }
+            if !e.is_progress() {
+                let _ = self.decisions.send(e.clone());
             }
             let _ = self.events.send(e.clone());
         }
@@ -273,6 +296,11 @@ impl Store {
     /// Subscribes to the changes of every object but tasks (nodes, services, networks, the cluster, …).
     pub fn watch_objects(&self) -> broadcast::Receiver<Arc<Event>> {
         self.shared.objects.subscribe()
+    }
+
+    /// Subscribes to every change but a task's progress towards running ([`Event::is_progress`]).
+    pub fn watch_decisions(&self) -> broadcast::Receiver<Arc<Event>> {
+        self.shared.decisions.subscribe()
     }
 
     /// Calls `f` with the cluster object now and after each change to it (or a lagged watch), until `shutdown`.
@@ -477,5 +505,46 @@ mod tests {
         assert!(matches!(only.object, Object::Service(_)), "{only:?}");
         assert!(objects.try_recv().is_err(), "the task's event is not on the objects watch");
         assert!(Arc::ptr_eq(&only, &service_ev), "one shared event, not a copy per watcher");
+    }
+
+    #[tokio::test]
+    async fn the_decisions_watch_skips_a_tasks_progress_but_not_its_end_or_its_move() {
+        let store = Store::in_memory();
+        let mut decisions = store.watch_decisions();
+        let t = crate::testing::task("t1", "s1", 1);
+        store.update(|tx| Ok::<_, StoreError>(tx.create(t))).await.unwrap();
+        let step = |change: fn(&mut crate::api::Task)| {
+            let store = store.clone();
+            async move {
+                store
+                    .update(|tx| {
+                        let mut t = tx.view().task("t1").unwrap().clone();
+                        change(&mut t);
+                        tx.update(t);
+                        Ok::<_, StoreError>(())
+                    })
+                    .await
+                    .unwrap()
+            }
+        };
+        step(|t| t.node_id = "n1".into()).await;
+        step(|t| t.status.state = crate::api::TaskState::Running).await;
+        step(|t| t.status.state = crate::api::TaskState::Failed).await;
+        let seen: Vec<(EventAction, String, crate::api::TaskState)> = std::iter::from_fn(|| decisions.try_recv().ok())
+            .map(|ev| match &ev.object {
+                Object::Task(t) => (ev.action, t.node_id.clone(), t.status.state),
+                o => panic!("not a task: {o:?}"),
+            })
+            .collect();
+        use crate::api::TaskState::{Failed, Pending};
+        assert_eq!(
+            seen,
+            [
+                (EventAction::Create, String::new(), Pending),
+                (EventAction::Update, "n1".into(), Pending),
+                (EventAction::Update, "n1".into(), Failed)
+            ],
+            "RUNNING is mere progress"
+        );
     }
 }
