@@ -574,7 +574,7 @@ async fn next_poll(ctrl_c: &mut (impl std::future::Future + Unpin), screen: &mut
 /// Whether a task was made from the service's current spec (Docker's `_up-to-date` task filter): its recorded
 /// spec version is the service's, or its spec is the current task template (tasks a scale left alone).
 pub fn up_to_date(service: &Service, task: &Task) -> bool {
-    task.spec_version == service.spec_version || task.spec == service.spec.task_template
+    task.spec_version == service.spec_version || *task.spec == service.spec.task_template
 }
 
 /// What one poll of an update (or rollback) means for the display and whether the wait is over.
@@ -1014,7 +1014,7 @@ mod tests {
                 old.desired_state = Shutdown;
                 old.status.state = Shutdown;
                 let mut new = task(&format!("new{slot}"), slot, "n1", Running, Running, 5);
-                new.spec = svc.spec.task_template.clone();
+                new.spec = svc.spec.task_template.clone().into();
                 new.spec_version = 2;
                 tasks.push(new);
             }
@@ -1030,7 +1030,7 @@ mod tests {
         assert_eq!(current, ["new1"]);
         // A task a scale left alone keeps its older version but runs the current template.
         let mut kept = tasks[1].clone();
-        kept.spec = svc.spec.task_template.clone();
+        kept.spec = svc.spec.task_template.clone().into();
         assert!(up_to_date(&svc, &kept));
     }
 

@@ -82,7 +82,7 @@ impl State {
     fn reconcile(&mut self, svc: &Service) {
         let paused = svc.update_status.as_ref().is_some_and(|u| u.state == UpdateState::Paused);
         for (t, _) in self.tasks.iter_mut().filter(|(t, _)| t.service_id == svc.id) {
-            if !paused && t.spec != svc.spec.task_template {
+            if !paused && *t.spec != svc.spec.task_template {
                 t.desired_state = TaskState::Shutdown;
             }
         }

@@ -996,12 +996,12 @@ mod tests {
     fn a_tasks_log_options_are_checked() {
         let mut t = swarm::testing::task("t1", "s1", 1);
         assert_eq!(task_rotation(&t).unwrap(), Rotation::default());
-        t.spec.log_driver = Some(swarm::api::LogDriver {
+        t.spec_mut().log_driver = Some(swarm::api::LogDriver {
             name: "json-file".into(),
             options: [("max-size".to_string(), "1k".to_string())].into(),
         });
         assert_eq!(task_rotation(&t).unwrap(), Rotation { max_size: Some(1000), max_file: 5 });
-        t.spec.log_driver.as_mut().unwrap().options.insert("max-file".into(), "zero".into());
+        t.spec_mut().log_driver.as_mut().unwrap().options.insert("max-file".into(), "zero".into());
         assert_eq!(
             task_rotation(&t).unwrap_err().to_string(),
             "invalid task spec: invalid max-file 'zero': expected a number of files of at least 1"

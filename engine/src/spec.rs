@@ -467,23 +467,23 @@ mod tests {
     fn docker_argument_semantics() {
         let mut t = task("abcdefghijklmnop", "s", 1);
         assert_eq!(args(&t, &image()).unwrap(), vec!["sh"]);
-        t.spec.container.args = vec!["sleep".into(), "5".into()];
+        t.spec_mut().container.args = vec!["sleep".into(), "5".into()];
         assert_eq!(args(&t, &image()).unwrap(), vec!["sleep", "5"]);
         let mut img = image();
         img.entrypoint = vec!["/entry".into()];
-        t.spec.container.args.clear();
+        t.spec_mut().container.args.clear();
         assert_eq!(args(&t, &img).unwrap(), vec!["/entry", "sh"]);
-        t.spec.container.command = vec!["/other".into()];
+        t.spec_mut().container.command = vec!["/other".into()];
         assert_eq!(args(&t, &img).unwrap(), vec!["/other"], "a new entrypoint drops the image cmd");
         let empty = ImageConfig::default();
-        t.spec.container.command.clear();
+        t.spec_mut().container.command.clear();
         assert!(args(&t, &empty).is_err());
     }
 
     #[test]
     fn env_overrides_and_hostname() {
         let mut t = task("abcdefghijklmnop", "s", 1);
-        t.spec.container.env = vec!["B=task".into(), "C=task".into()];
+        t.spec_mut().container.env = vec!["B=task".into(), "C=task".into()];
         let e = env(&t, &image(), "abcdefghijkl");
         assert!(
             e.contains(&"A=image".to_string())
@@ -498,8 +498,8 @@ mod tests {
     #[test]
     fn limits_land_in_the_spec() {
         let mut t = task("abcdefghijklmnop", "s", 1);
-        t.spec.resources.limits.memory_bytes = 64 << 20;
-        t.spec.resources.limits.nano_cpus = 500_000_000;
+        t.spec_mut().resources.limits.memory_bytes = 64 << 20;
+        t.spec_mut().resources.limits.nano_cpus = 500_000_000;
         let spec = build(&t, &image(), &paths()).unwrap();
         let json = serde_json::to_value(&spec).unwrap();
         assert_eq!(json["linux"]["resources"]["memory"]["limit"], 64 << 20);
@@ -528,7 +528,7 @@ mod tests {
         assert!(user("ghost", &files).unwrap_err().to_string().contains("unable to find user ghost"));
 
         let mut t = task("abcdefghijklmnop", "s", 1);
-        t.spec.container.mounts.push(swarm::api::Mount {
+        t.spec_mut().container.mounts.push(swarm::api::Mount {
             kind: MountType::Bind,
             source: "/definitely/not/here".into(),
             target: "/data".into(),
@@ -545,7 +545,7 @@ mod tests {
         let mut t = task("abcdefghijklmnop", "s", 1);
         let mut img = image();
         img.volumes = vec!["/data".into(), "/cache/".into(), "relative".into()];
-        t.spec.container.mounts.push(swarm::api::Mount {
+        t.spec_mut().container.mounts.push(swarm::api::Mount {
             kind: MountType::Tmpfs,
             source: String::new(),
             target: "/cache".into(),
@@ -624,18 +624,18 @@ mod tests {
 
         // The seccomp profile follows the capabilities: CAP_SYS_ADMIN opens mount and unshare.
         let mut t = task("abcdefghijklmnop", "s", 1);
-        t.spec.container.capability_add = s(&["CAP_SYS_ADMIN"]);
-        t.spec.container.capability_drop = s(&["ALL"]);
+        t.spec_mut().container.capability_add = s(&["CAP_SYS_ADMIN"]);
+        t.spec_mut().container.capability_drop = s(&["ALL"]);
         let json = serde_json::to_value(build(&t, &image(), &paths()).unwrap()).unwrap();
         assert_eq!(caps_of(&json, "bounding"), s(&["CAP_SYS_ADMIN"]));
         assert_eq!(caps_of(&json, "permitted"), s(&["CAP_SYS_ADMIN"]));
         let rules = json["linux"]["seccomp"]["syscalls"].as_array().unwrap();
         assert!(rules.iter().any(|r| r["names"].as_array().unwrap().contains(&"unshare".into())));
-        t.spec.container.capability_add = s(&["ALL"]);
-        t.spec.container.capability_drop.clear();
+        t.spec_mut().container.capability_add = s(&["ALL"]);
+        t.spec_mut().container.capability_drop.clear();
         let json = serde_json::to_value(build(&t, &image(), &paths()).unwrap()).unwrap();
         assert_eq!(caps_of(&json, "effective").len(), ALL_CAPABILITIES.len(), "every capability is known to runc");
-        t.spec.container.seccomp = Seccomp::Unconfined;
+        t.spec_mut().container.seccomp = Seccomp::Unconfined;
         let json = serde_json::to_value(build(&t, &image(), &paths()).unwrap()).unwrap();
         assert!(json["linux"].get("seccomp").is_none(), "unconfined: no filter");
     }
@@ -643,12 +643,12 @@ mod tests {
     #[test]
     fn read_only_init_ulimits_and_pids() {
         let mut t = task("abcdefghijklmnop", "s", 1);
-        t.spec.container.read_only = true;
-        t.spec.container.init = true;
-        t.spec.container.args = vec!["sleep".into(), "5".into()];
-        t.spec.container.ulimits =
+        t.spec_mut().container.read_only = true;
+        t.spec_mut().container.init = true;
+        t.spec_mut().container.args = vec!["sleep".into(), "5".into()];
+        t.spec_mut().container.ulimits =
             vec!["nofile=1024:2048".parse().unwrap(), "core=-1".parse().unwrap(), "nproc=64".parse().unwrap()];
-        t.spec.resources.limits.pids = 100;
+        t.spec_mut().resources.limits.pids = 100;
         let json = serde_json::to_value(build(&t, &image(), &paths()).unwrap()).unwrap();
         assert_eq!(json["root"]["readonly"], true);
         assert_eq!(json["process"]["args"], serde_json::json!(["/sbin/docker-init", "--", "sleep", "5"]));

@@ -35,8 +35,8 @@ async fn task_runs_with_labels_logs_limits_and_survives_readoption() {
 
     step!("run a task that writes to stdout and stderr, with a memory limit and a container label");
     let mut t = task(&["sh", "-c", "echo hello; echo oops >&2; while true; do echo tick; sleep 0.1; done"]);
-    t.spec.resources.limits.memory_bytes = 64 << 20;
-    t.spec.container.labels.insert("com.example.team".into(), "blue".into());
+    t.spec_mut().resources.limits.memory_bytes = 64 << 20;
+    t.spec_mut().container.labels.insert("com.example.team".into(), "blue".into());
     let (c, pid) = run(&exec, &t).await;
     assert_eq!(c.inspect().await.unwrap(), Some(ContainerState::Running { pid }));
 
@@ -161,7 +161,7 @@ async fn task_runs_with_labels_logs_limits_and_survives_readoption() {
 
     step!("shutdown: sh as PID 1 ignores SIGTERM, so SIGKILL after the 1s grace period");
     let mut t_short = t.clone();
-    t_short.spec.container.stop_grace_period = Duration::from_secs(1);
+    t_short.spec_mut().container.stop_grace_period = Duration::from_secs(1);
     let c = exec.controller(&t_short).unwrap();
     let t0 = Instant::now();
     c.shutdown().await.expect("shutdown");
@@ -257,7 +257,7 @@ async fn an_exited_task_is_deleted_at_once_and_a_lost_process_is_never_restarted
 
     step!("a task with an anonymous volume prints a line and exits 3");
     let mut t = task(&["sh", "-c", "echo bye; echo data > /vol/f; exit 3"]);
-    t.spec.container.mounts.push(Mount {
+    t.spec_mut().container.mounts.push(Mount {
         kind: MountType::Volume,
         source: String::new(),
         target: "/vol".into(),
@@ -345,7 +345,7 @@ async fn log_options_reach_the_logger_which_rotates_the_file() {
 
     step!("a task with --log-opt max-size=2k,max-file=3 prints 300 lines");
     let mut t = task(&["sh", "-c", "i=0; while [ $i -lt 300 ]; do echo line-$i; i=$((i+1)); done"]);
-    t.spec.log_driver = Some(LogDriver {
+    t.spec_mut().log_driver = Some(LogDriver {
         name: "json-file".into(),
         options: [("max-size".to_string(), "2k".to_string()), ("max-file".to_string(), "3".to_string())].into(),
     });
@@ -379,7 +379,7 @@ async fn log_options_reach_the_logger_which_rotates_the_file() {
 
     step!("a bad log option rejects the task before anything is created");
     let mut bad = task(&["true"]);
-    bad.spec.log_driver =
+    bad.spec_mut().log_driver =
         Some(LogDriver { name: String::new(), options: [("max-file".to_string(), "0".to_string())].into() });
     let err = exec.controller(&bad).unwrap().prepare().await.unwrap_err();
     assert_eq!(err.to_string(), "invalid task spec: invalid max-file '0': expected a number of files of at least 1");
@@ -434,8 +434,8 @@ async fn network_stop_signals_and_exit_codes() {
 
     step!("a task that traps the stop signal (\"TERM\") stops with it, well before the grace period");
     let mut t = task(&["sh", "-c", "trap 'echo got term; exit 0' TERM; echo trapped; while true; do sleep 0.1; done"]);
-    t.spec.container.stop_signal = "TERM".into();
-    t.spec.container.stop_grace_period = Duration::from_secs(20);
+    t.spec_mut().container.stop_signal = "TERM".into();
+    t.spec_mut().container.stop_grace_period = Duration::from_secs(20);
     let (c, _) = run(&exec, &t).await;
     // PID 1 ignores a signal it has no handler for, so stop only once the trap is in place.
     wait_for_stdout(&env.log_path(&t.id), "trapped\n", Duration::from_secs(10)).await;
@@ -448,8 +448,8 @@ async fn network_stop_signals_and_exit_codes() {
 
     step!("sleep as PID 1 ignores SIGTERM (\"15\"): SIGKILL after the 1s grace");
     let mut t = task(&["sleep", "1000"]);
-    t.spec.container.stop_signal = "15".into();
-    t.spec.container.stop_grace_period = Duration::from_secs(1);
+    t.spec_mut().container.stop_signal = "15".into();
+    t.spec_mut().container.stop_grace_period = Duration::from_secs(1);
     let (c, _) = run(&exec, &t).await;
     let t0 = Instant::now();
     c.shutdown().await.unwrap();
@@ -520,7 +520,7 @@ async fn docker_security_defaults_and_options() {
 
     step!("a non-root user has no capabilities (none ambient)");
     let mut t = task(&["sh", "-c", "grep '^CapEff:' /proc/self/status; echo end"]);
-    t.spec.container.user = "nobody".into();
+    t.spec_mut().container.user = "nobody".into();
     let (c, _) = run(&exec, &t).await;
     let out = stdout_until(&env, &t, "end").await;
     assert_eq!(status_field(&out, "CapEff"), "0000000000000000", "{out}");
@@ -528,7 +528,7 @@ async fn docker_security_defaults_and_options() {
 
     step!("seccomp=unconfined: no filter, so the same unshare works");
     let mut t = task(&["sh", "-c", probe]);
-    t.spec.container.seccomp = swarm::api::Seccomp::Unconfined;
+    t.spec_mut().container.seccomp = swarm::api::Seccomp::Unconfined;
     let (c, _) = run(&exec, &t).await;
     let out = stdout_until(&env, &t, "end").await;
     assert_eq!(status_field(&out, "Seccomp"), "0", "no seccomp: {out}");
@@ -543,7 +543,7 @@ async fn docker_security_defaults_and_options() {
                                     if mkdir /made 2>/dev/null; then echo mkdir=ok; else echo mkdir=refused; fi; \
                                     if unshare -U true; then echo unshare=ok; else echo unshare=refused; fi; echo end",
     ]);
-    t.spec.container.seccomp = swarm::api::Seccomp::Custom(
+    t.spec_mut().container.seccomp = swarm::api::Seccomp::Custom(
         r#"{"defaultAction": "SCMP_ACT_ALLOW",
             "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1}]}"#
             .into(),
@@ -561,7 +561,7 @@ async fn docker_security_defaults_and_options() {
                   echo pid1=$(tr '\\0' ' ' </proc/1/cmdline); \
                   echo nofile=$(ulimit -n):$(ulimit -Hn); echo end; exec sleep 1000";
     let mut t = task(&["sh", "-c", script]);
-    let c_spec = &mut t.spec.container;
+    let c_spec = &mut t.spec_mut().container;
     c_spec.capability_drop = vec!["ALL".into()];
     c_spec.capability_add = vec!["CAP_CHOWN".into(), "CAP_SYS_TIME".into()];
     c_spec.read_only = true;
@@ -574,7 +574,7 @@ async fn docker_security_defaults_and_options() {
         readonly: false,
         tmpfs_size: 0,
     });
-    t.spec.resources.limits.pids = 100;
+    t.spec_mut().resources.limits.pids = 100;
     let (c, _) = run(&exec, &t).await;
     let out = stdout_until(&env, &t, "end").await;
     // Only CHOWN (bit 0) and SYS_TIME (bit 25).
@@ -601,7 +601,7 @@ async fn bad_specs_are_refused_with_clear_errors() {
 
     step!("a missing image");
     let mut t = task(&["true"]);
-    t.spec.container.image = "nosuch".into();
+    t.spec_mut().container.image = "nosuch".into();
     let c = exec.controller(&t).unwrap();
     let e = c.prepare().await.unwrap_err();
     assert_eq!(e, ExecError::ImageNotFound("nosuch:latest".into()));
@@ -610,7 +610,7 @@ async fn bad_specs_are_refused_with_clear_errors() {
 
     step!("a bind mount whose source does not exist");
     let mut t = task(&["true"]);
-    t.spec.container.mounts.push(Mount {
+    t.spec_mut().container.mounts.push(Mount {
         kind: MountType::Bind,
         source: "/x/shoal/not/here".into(),
         target: "/data".into(),
@@ -630,7 +630,7 @@ async fn bad_specs_are_refused_with_clear_errors() {
 
     step!("an unknown user name");
     let mut t = task(&["true"]);
-    t.spec.container.user = "ghost".into();
+    t.spec_mut().container.user = "ghost".into();
     let e = exec.controller(&t).unwrap().prepare().await.unwrap_err();
     assert!(matches!(&e, ExecError::InvalidSpec(m) if m.contains("unable to find user ghost")), "{e:?}");
 
@@ -649,8 +649,8 @@ async fn bad_specs_are_refused_with_clear_errors() {
         "cat /in/in.txt; echo vol > /vol/f && echo wrote; touch /in/x 2>/dev/null || echo ro; \
          grep ' /scratch ' /proc/mounts; id -u; hostname",
     ]);
-    t.spec.container.user = "nobody".into();
-    t.spec.container.mounts = vec![
+    t.spec_mut().container.user = "nobody".into();
+    t.spec_mut().container.mounts = vec![
         Mount {
             kind: MountType::Bind,
             source: host.path().display().to_string(),
@@ -783,7 +783,7 @@ async fn images_load_list_resolve_and_remove() {
     step!("a task runs from the docker-save image");
     let exec = env.executor();
     let mut t = task(&["echo", "from saved"]);
-    t.spec.container.image = "shoal-test/saved:v1".into();
+    t.spec_mut().container.image = "shoal-test/saved:v1".into();
     let (c, _) = run(&exec, &t).await;
     assert_eq!(c.wait().await.unwrap().exit_code, 0);
     wait_for_stdout(&env.log_path(&t.id), "from saved\n", Duration::from_secs(5)).await;
@@ -925,7 +925,7 @@ async fn health_checks_run_inside_the_task_and_gate_running() {
     let mut hc = check(&["CMD", "test", "-f", "/tmp/ok"], 300, 2);
     hc.start_period = Duration::from_secs(5);
     hc.start_interval = Duration::from_millis(200);
-    t.spec.container.healthcheck = Some(hc);
+    t.spec_mut().container.healthcheck = Some(hc);
     let started = Instant::now();
     let mut r = Runner::start(&exec, &t);
     let s = r.until("STARTING with health starting", Duration::from_secs(30), |s| health(s).is_some()).await;
@@ -967,7 +967,7 @@ async fn health_checks_run_inside_the_task_and_gate_running() {
 
     step!("a check that never passes (with output): never RUNNING, FAILED after 3 failures");
     let mut t = task(&["sleep", "1000"]);
-    t.spec.container.healthcheck = Some(check(&["CMD-SHELL", "echo not yet; echo really >&2; exit 3"], 200, 3));
+    t.spec_mut().container.healthcheck = Some(check(&["CMD-SHELL", "echo not yet; echo really >&2; exit 3"], 200, 3));
     let mut r = Runner::start(&exec, &t);
     r.until("STARTING with health", Duration::from_secs(30), |s| health(s).is_some()).await;
     let checking = Instant::now();
@@ -991,7 +991,7 @@ async fn health_checks_run_inside_the_task_and_gate_running() {
     let mut t = task(&["sleep", "1000"]);
     let mut hc = check(&["CMD", "sleep", "77"], 200, 2);
     hc.timeout = Duration::from_millis(300);
-    t.spec.container.healthcheck = Some(hc);
+    t.spec_mut().container.healthcheck = Some(hc);
     let mut r = Runner::start(&exec, &t);
     let s = r.until("FAILED", Duration::from_secs(30), |s| s.state == TaskState::Failed).await;
     assert!(!r.states().contains(&TaskState::Running), "never RUNNING: {:?}", r.states());
@@ -1009,7 +1009,7 @@ async fn health_checks_run_inside_the_task_and_gate_running() {
 
     step!("a bad test rejects the task with a clear error");
     let mut t = task(&["sleep", "1000"]);
-    t.spec.container.healthcheck = Some(check(&["CURL", "x"], 200, 2));
+    t.spec_mut().container.healthcheck = Some(check(&["CURL", "x"], 200, 2));
     let mut r = Runner::start(&exec, &t);
     let s = r.until("REJECTED", Duration::from_secs(30), |s| s.state == TaskState::Rejected).await;
     assert_eq!(s.err, "invalid task spec: health check: unknown test type \"CURL\": expected NONE, CMD or CMD-SHELL");
@@ -1038,7 +1038,7 @@ async fn the_images_healthcheck_is_used_unless_the_service_disables_it() {
 
     step!("a task without --health-*: the image's check gates it, and passes once /tmp/ok exists");
     let mut t = task(&["sh", "-c", "sleep 1; touch /tmp/ok; sleep 1000"]);
-    t.spec.container.image = "docker.io/shoal-test/healthy:v1".into();
+    t.spec_mut().container.image = "docker.io/shoal-test/healthy:v1".into();
     let mut r = Runner::start(&exec, &t);
     let s = r.until("STARTING with health", Duration::from_secs(30), |s| health(s).is_some()).await;
     assert_eq!((s.state, health(&s)), (TaskState::Starting, Some(Health::Starting)));
@@ -1065,10 +1065,10 @@ async fn the_images_healthcheck_is_used_unless_the_service_disables_it() {
 
     step!("the service's fields override the image's, its empty test inherits the image's command");
     let mut t = task(&["sleep", "1000"]);
-    t.spec.container.image = "docker.io/shoal-test/healthy:v1".into();
+    t.spec_mut().container.image = "docker.io/shoal-test/healthy:v1".into();
     let mut hc = check(&[], 100, 1);
     hc.start_period = Duration::from_millis(1);
-    t.spec.container.healthcheck = Some(hc);
+    t.spec_mut().container.healthcheck = Some(hc);
     let mut r = Runner::start(&exec, &t);
     let s = r.until("FAILED", Duration::from_secs(30), |s| s.state == TaskState::Failed).await;
     assert_eq!(health(&s), Some(Health::Unhealthy), "the image's test, failing: no /tmp/ok");
@@ -1081,8 +1081,8 @@ async fn the_images_healthcheck_is_used_unless_the_service_disables_it() {
 
     step!("--no-healthcheck (NONE): RUNNING at once, no health, no check on the container");
     let mut t = task(&["sleep", "1000"]);
-    t.spec.container.image = "docker.io/shoal-test/healthy:v1".into();
-    t.spec.container.healthcheck = Some(check(&["NONE"], 0, 0));
+    t.spec_mut().container.image = "docker.io/shoal-test/healthy:v1".into();
+    t.spec_mut().container.healthcheck = Some(check(&["NONE"], 0, 0));
     let mut r = Runner::start(&exec, &t);
     let s = r.until("RUNNING", Duration::from_secs(30), |s| s.state == TaskState::Running).await;
     assert_eq!(health(&s), None);

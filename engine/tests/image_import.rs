@@ -184,7 +184,7 @@ fn write_tar(out: &Path, files: &[(String, Vec<u8>)], links: &[(&str, &str)]) {
 
 fn image_task(image: &str, args: &[&str]) -> swarm::api::Task {
     let mut t = task(args);
-    t.spec.container.image = image.into();
+    t.spec_mut().container.image = image.into();
     t
 }
 
@@ -256,7 +256,7 @@ async fn user_lookup_never_leaves_the_image() {
     };
     let prepare_as = |image: &str, user: &str| {
         let mut t = image_task(image, &["id", "-u"]);
-        t.spec.container.user = user.into();
+        t.spec_mut().container.user = user.into();
         let c = exec.controller(&t).unwrap();
         async move {
             let r = tokio::time::timeout(Duration::from_secs(30), c.prepare())
@@ -439,7 +439,7 @@ async fn image_stop_signal_volumes_and_platform() {
              while true; do sleep 0.1; done",
         ],
     );
-    t.spec.container.stop_grace_period = Duration::from_secs(20);
+    t.spec_mut().container.stop_grace_period = Duration::from_secs(20);
     let c = exec.controller(&t).unwrap();
     c.prepare().await.unwrap();
     c.start().await.unwrap();
@@ -464,7 +464,7 @@ async fn image_stop_signal_volumes_and_platform() {
 
     step!("a mount at the volume's path replaces the anonymous volume");
     let mut t = image_task("shoal-test/vol:1", &["true"]);
-    t.spec.container.mounts.push(swarm::api::Mount {
+    t.spec_mut().container.mounts.push(swarm::api::Mount {
         kind: swarm::api::MountType::Tmpfs,
         source: String::new(),
         target: "/data".into(),

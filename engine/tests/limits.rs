@@ -33,7 +33,7 @@ async fn cpu_limit_is_a_cfs_quota_and_the_node_advertises_its_generic_resources(
 
     step!("--limit-cpu 0.5 is a 50ms quota per 100ms period in the task's cgroup");
     let mut t = task(&["sleep", "1000"]);
-    t.spec.resources.limits.nano_cpus = 500_000_000;
+    t.spec_mut().resources.limits.nano_cpus = 500_000_000;
     let (c, _) = run(&exec, &t).await;
     if Path::new("/sys/fs/cgroup/cpu").is_dir() {
         let read = |f: &str| {
@@ -56,7 +56,7 @@ async fn a_memory_hog_over_its_limit_is_oom_killed_and_fails_saying_so() {
 
     step!("a shell doubling a string under a 16MiB limit");
     let mut t = task(&["sh", "-c", "echo start; x=0123456789abcdef; while true; do x=$x$x; done"]);
-    t.spec.resources.limits.memory_bytes = 16 << 20;
+    t.spec_mut().resources.limits.memory_bytes = 16 << 20;
     let (c, _) = run(&exec, &t).await;
     let limit = cgroup_file("memory", "memory.limit_in_bytes", "memory.max", &t.id);
     assert_eq!(std::fs::read_to_string(&limit).unwrap_or_else(|e| panic!("{limit}: {e}")).trim(), "16777216");
@@ -86,7 +86,7 @@ async fn a_memory_hog_over_its_limit_is_oom_killed_and_fails_saying_so() {
 
     step!("a task that exits non-zero within its limit is an ordinary exit");
     let mut t = task(&["sh", "-c", "exit 3"]);
-    t.spec.resources.limits.memory_bytes = 16 << 20;
+    t.spec_mut().resources.limits.memory_bytes = 16 << 20;
     let (c, _) = run(&exec, &t).await;
     let exit = tokio::time::timeout(Duration::from_secs(30), c.wait()).await.expect("exits").expect("an exit");
     assert_eq!(exit.exit_code, 3);

@@ -274,7 +274,7 @@ async fn ingests(env: &Env) -> Vec<String> {
 async fn runs(env: &Env, image: &str) {
     let exec = env.executor();
     let mut t = task(&["sh", "-c", "echo pulled-and-running"]);
-    t.spec.container.image = image.into();
+    t.spec_mut().container.image = image.into();
     let (c, _) = run(&exec, &t).await;
     wait_for_stdout(&env.log_path(&t.id), "pulled-and-running\n", Duration::from_secs(20)).await;
     let _ = c.wait().await;
@@ -783,7 +783,7 @@ async fn concurrent_tasks_of_one_image_share_one_pull() {
     let tasks: Vec<_> = (0..2)
         .map(|_| {
             let mut t = task(&["true"]);
-            t.spec.container.image = image.clone();
+            t.spec_mut().container.image = image.clone();
             t
         })
         .collect();
@@ -805,7 +805,7 @@ async fn concurrent_tasks_of_one_image_share_one_pull() {
     step!("a third task finds the image here and asks the registry nothing");
     let before = proxy.requests.lock().unwrap().len();
     let mut third = task(&["true"]);
-    third.spec.container.image = image.clone();
+    third.spec_mut().container.image = image.clone();
     exec.controller(&third).expect("controller").prepare().await.expect("prepare from the local image");
     assert_eq!(proxy.requests.lock().unwrap().len(), before);
     for t in tasks.iter().chain([&third]) {

@@ -229,10 +229,10 @@ mod tests {
         t.service_annotations.name = "web".into();
         t.service_annotations.labels.insert("tier".into(), "front".into());
         t.node_id = "n2".into();
-        t.spec.container.env = vec!["MODE=prod".into(), "EMPTY=".into()];
-        t.spec.container.secrets =
+        t.spec_mut().container.env = vec!["MODE=prod".into(), "EMPTY=".into()];
+        t.spec_mut().container.secrets =
             vec![SecretReference { secret_id: "s1".into(), secret_name: "pw".into(), target: target("pw") }];
-        t.spec.container.configs =
+        t.spec_mut().container.configs =
             vec![ConfigReference { config_id: "c1".into(), config_name: "app".into(), target: target("app.conf") }];
         t
     }

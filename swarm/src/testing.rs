@@ -116,7 +116,7 @@ pub fn task(id: &str, service_id: &str, slot: u64) -> Task {
         service_annotations: Annotations { name: format!("svc-{service_id}"), labels: Default::default() },
         slot,
         node_id: String::new(),
-        spec: TaskSpec::default(),
+        spec: Default::default(),
         spec_version: 0,
         status: TaskStatus { state: TaskState::Pending, ..Default::default() },
         desired_state: TaskState::Running,

@@ -205,8 +205,8 @@ pub fn task(args: &[&str]) -> Task {
     let id = swarm::api::new_id();
     let mut t = swarm::testing::task(&id, "svc0000000000000000000001", 1);
     t.node_id = "node00000000000000000001".into();
-    t.spec.container.image = IMAGE.into();
-    t.spec.container.args = args.iter().map(|s| s.to_string()).collect();
+    t.spec_mut().container.image = IMAGE.into();
+    t.spec_mut().container.args = args.iter().map(|s| s.to_string()).collect();
     t
 }
 

@@ -4,6 +4,7 @@
 
 use super::{Annotations, Meta, TaskSpec, Timestamp};
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Task {
@@ -18,7 +19,9 @@ pub struct Task {
     /// Empty until the scheduler assigns the task (global tasks are created with it set).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub node_id: String,
-    pub spec: TaskSpec,
+    /// Shared: every task made from one service spec holds the same copy (the store interns it), which is most of
+    /// a task's size.
+    pub spec: Arc<TaskSpec>,
     /// The version of the service spec this task was made from.
     #[serde(default)]
     pub spec_version: u64,
@@ -40,8 +43,16 @@ pub struct Task {
 impl Task {
     /// The task as the control API returns it: without registry credentials (agents get them, users do not).
     pub fn redacted(mut self) -> Self {
-        self.spec.container.redact();
+        // Copied only when there is something to hide: a listing of a million tasks stays shared.
+        if self.spec.container.pull_options.is_some() {
+            Arc::make_mut(&mut self.spec).container.redact();
+        }
         self
+    }
+
+    /// The spec to change, copied first if other tasks share it.
+    pub fn spec_mut(&mut self) -> &mut super::TaskSpec {
+        Arc::make_mut(&mut self.spec)
     }
 
     /// Docker's task name: `web.3` for a replicated slot, `web.<node id>` for a global task.

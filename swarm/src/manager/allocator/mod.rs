@@ -455,7 +455,7 @@ mod tests {
 
     fn networked_task(id: &str, s: &Service, slot: u64) -> Task {
         let mut t = new_task(id, &s.id, slot);
-        t.spec = s.spec.task_template.clone();
+        t.spec = s.spec.task_template.clone().into();
         t
     }
 

@@ -955,7 +955,7 @@ mod tests {
 
         // Tasks carry them in the store (the dispatcher sends those) but not through the control API.
         let mut t = crate::testing::task("t1", &created.id, 1);
-        t.spec = stored().spec.task_template.clone();
+        t.spec = stored().spec.task_template.clone().into();
         store
             .update(|tx| {
                 tx.create(t);

@@ -35,10 +35,10 @@ pub fn seal(spec: &mut ContainerSpec, current: Option<&PullOptions>, key: Option
 /// Opens a task's sealed credentials for the node that runs it. Credentials that cannot be opened are dropped
 /// (logged): the pull then goes without them and fails with the registry's reason on the task.
 pub fn open_for_node(task: &mut Task, key: Option<&DataKey>) {
-    let Some(p) = task.spec.container.pull_options.as_mut() else { return };
-    if p.sealed.is_empty() {
+    if task.spec.container.pull_options.as_ref().is_none_or(|p| p.sealed.is_empty()) {
         return;
     }
+    let Some(p) = task.spec_mut().container.pull_options.as_mut() else { return };
     let opened = key
         .ok_or_else(|| "no data key".to_string())
         .and_then(|k| k.open(&p.sealed).map_err(|e| e.to_string()))
@@ -48,7 +48,7 @@ pub fn open_for_node(task: &mut Task, key: Option<&DataKey>) {
         Err(e) => {
             tracing::error!(task.id = %task.id, node.id = %task.node_id, error = %e,
                 "cannot open the task's registry credentials; its image is pulled without them");
-            task.spec.container.pull_options = None;
+            task.spec_mut().container.pull_options = None;
         }
     }
 }
@@ -107,7 +107,7 @@ mod tests {
         let mut t = crate::testing::task("t1", "s1", 1);
         let mut spec = sent("c2VjcmV0");
         seal(&mut spec, None, Some(&key)).unwrap();
-        t.spec.container = spec;
+        t.spec_mut().container = spec;
         let mut opened = t.clone();
         open_for_node(&mut opened, Some(&key));
         assert_eq!(
@@ -122,8 +122,8 @@ mod tests {
         assert_eq!(no_key.spec.container.pull_options, None);
         // Credentials stored before they were sealed go as they are.
         let mut old = t;
-        old.spec.container = sent("b2xk");
+        old.spec_mut().container = sent("b2xk");
         open_for_node(&mut old, None);
-        assert_eq!(old.spec.container.pull_options.unwrap().registry_auth, "b2xk");
+        assert_eq!(old.spec.container.pull_options.as_ref().unwrap().registry_auth, "b2xk");
     }
 }

@@ -129,7 +129,7 @@ mod tests {
         let mut t = task("t1", "s", 1);
         t.node_id = "n1".into();
         t.status.state = TaskState::Assigned;
-        t.spec.container.secrets.push(crate::api::SecretReference {
+        t.spec_mut().container.secrets.push(crate::api::SecretReference {
             secret_id: "sec1".into(),
             secret_name: "db".into(),
             target: crate::api::FileTarget { name: "db".into(), uid: "0".into(), gid: "0".into(), mode: 0o444 },

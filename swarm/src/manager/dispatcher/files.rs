@@ -110,7 +110,7 @@ mod tests {
         let mut t = task(id, "svc", 1);
         t.node_id = "n1".into();
         t.status.state = TaskState::Assigned;
-        t.spec.container.secrets.push(SecretReference {
+        t.spec_mut().container.secrets.push(SecretReference {
             secret_id: secret_id.into(),
             secret_name: String::new(),
             target: FileTarget { name: "x".into(), uid: "0".into(), gid: "0".into(), mode: 0o400 },

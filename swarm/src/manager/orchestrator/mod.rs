@@ -86,7 +86,7 @@ pub fn new_task(service: &Service, slot: u64, node_id: &str, desired: TaskState)
         service_annotations: service.spec.annotations.clone(),
         slot,
         node_id: node_id.to_string(),
-        spec: service.spec.task_template.clone(),
+        spec: Arc::new(service.spec.task_template.clone()),
         spec_version: service.spec_version,
         status: TaskStatus {
             timestamp: Timestamp::now(),

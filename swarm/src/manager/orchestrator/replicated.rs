@@ -210,7 +210,7 @@ mod tests {
         relabelled.spec.annotations.labels.insert("tier".into(), "cold".into());
         let on = |id: &str, slot, node: &str| {
             let mut t = task(id, "s", slot);
-            t.spec = s.spec.task_template.clone();
+            t.spec = s.spec.task_template.clone().into();
             t.node_id = node.into();
             t.status.state = TaskState::Running;
             t

@@ -78,10 +78,10 @@ pub fn is_task_dirty(view: &MemoryStore, service: &Service, t: &Task) -> bool {
     }
     // Made from this very spec (every spec change bumps the version): equal without comparing, which matters
     // as this runs over every task of every service a change touches.
-    if t.spec_version == service.spec_version || t.spec == *want {
+    if t.spec_version == service.spec_version || *t.spec == *want {
         return false;
     }
-    let mut same_but_placement = t.spec.clone();
+    let mut same_but_placement = (*t.spec).clone();
     same_but_placement.placement = want.placement.clone();
     if same_but_placement != *want {
         return true;

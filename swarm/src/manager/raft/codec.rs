@@ -150,7 +150,7 @@ mod tests {
         let mut t = task("t1", "s1", 1);
         t.status.state = TaskState::Running;
         t.status.err = "exit 1".into();
-        t.spec.resources.generic_reservations.insert("gpu".into(), 2);
+        t.spec_mut().resources.generic_reservations.insert("gpu".into(), 2);
         let mut n = node("n1", "host");
         n.description.generic_resources.insert("gpu".into(), 4);
         vec![s.into(), g.into(), t.into(), n.into()]

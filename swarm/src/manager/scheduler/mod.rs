@@ -494,9 +494,9 @@ mod tests {
             let mut t = task(id, service, 1);
             t.node_id = "a".into();
             t.status.state = state;
-            t.spec.resources.reservations.memory_bytes = 100;
-            t.spec.resources.reservations.nano_cpus = 10;
-            t.spec.resources.generic_reservations.insert("gpu".into(), 1);
+            t.spec_mut().resources.reservations.memory_bytes = 100;
+            t.spec_mut().resources.reservations.nano_cpus = 10;
+            t.spec_mut().resources.generic_reservations.insert("gpu".into(), 1);
             t
         };
         store
@@ -506,7 +506,7 @@ mod tests {
                 tx.create(on_node("t3", "s2", TaskState::Running));
                 let mut p = task("t4", "s2", 2);
                 p.status.state = TaskState::Pending;
-                p.spec.resources.generic_reservations.insert("gpu".into(), 1);
+                p.spec_mut().resources.generic_reservations.insert("gpu".into(), 1);
                 tx.create(p);
                 Ok::<_, StoreError>(())
             })
@@ -586,12 +586,12 @@ mod tests {
     #[test]
     fn explains_memory_and_constraints() {
         let mut t = task("t1", "svc", 1);
-        t.spec.resources.reservations.memory_bytes = 1 << 50;
+        t.spec_mut().resources.reservations.memory_bytes = 1 << 50;
         let p = plan(&store_with(vec![node("a", "ha")], vec![t.clone()]));
         assert_eq!(p[0].1, Decision::NoSuitableNode("no suitable node (insufficient memory on 1 node)".into()));
 
-        t.spec.resources.reservations.memory_bytes = 0;
-        t.spec.placement.constraints = vec!["node.labels.zone==mars".parse().unwrap()];
+        t.spec_mut().resources.reservations.memory_bytes = 0;
+        t.spec_mut().placement.constraints = vec!["node.labels.zone==mars".parse().unwrap()];
         let p = plan(&store_with(vec![node("a", "ha"), node("b", "hb")], vec![t]));
         assert_eq!(
             p[0].1,
@@ -606,12 +606,12 @@ mod tests {
         let tasks: Vec<Task> = (1..=3)
             .map(|i| {
                 let mut t = task(&format!("t{i}"), "svc", i);
-                t.spec.resources.reservations.memory_bytes = 100;
+                t.spec_mut().resources.reservations.memory_bytes = 100;
                 t
             })
             .chain(std::iter::once({
                 let mut t = task("t4", "svc", 4);
-                t.spec.resources.reservations.memory_bytes = 100;
+                t.spec_mut().resources.reservations.memory_bytes = 100;
                 t
             }))
             .collect();
@@ -638,7 +638,7 @@ mod tests {
         let tasks: Vec<Task> = (1..=2)
             .map(|i| {
                 let mut t = task(&format!("t{i}"), "svc", i);
-                t.spec.placement.max_replicas = 1;
+                t.spec_mut().placement.max_replicas = 1;
                 t
             })
             .collect();
@@ -661,7 +661,7 @@ mod tests {
 
     fn spread_task(id: &str, slot: u64, prefs: &[&str]) -> Task {
         let mut t = task(id, "svc", slot);
-        t.spec.placement.preferences =
+        t.spec_mut().placement.preferences =
             prefs.iter().map(|d| crate::api::PlacementPreference::Spread((*d).into())).collect();
         t
     }
@@ -755,7 +755,7 @@ mod tests {
         gpu.description.generic_resources.insert("gpu".into(), 2);
         let want_gpu = |id: &str, slot: u64| {
             let mut t = task(id, "svc", slot);
-            t.spec.resources.generic_reservations.insert("gpu".into(), 1);
+            t.spec_mut().resources.generic_reservations.insert("gpu".into(), 1);
             t
         };
         // One gpu already held by a running task of another service.
@@ -777,11 +777,11 @@ mod tests {
             t.node_id = "a".into();
             t.status.state = state;
             t.desired_state = desired;
-            t.spec.resources.reservations.memory_bytes = 100;
+            t.spec_mut().resources.reservations.memory_bytes = 100;
             t
         };
         let mut new = task("new", "svc", 2);
-        new.spec.resources.reservations.memory_bytes = 100;
+        new.spec_mut().resources.reservations.memory_bytes = 100;
         let refused = Decision::NoSuitableNode("no suitable node (insufficient memory on 1 node)".into());
         // Another service's running task, an assigned one, and one told to stop but still running: all hold memory.
         let holders = vec![
@@ -806,7 +806,7 @@ mod tests {
         let tasks: Vec<Task> = (1..=3)
             .map(|i| {
                 let mut t = task(&format!("t{i}"), "svc", i);
-                t.spec.placement.max_replicas = 1;
+                t.spec_mut().placement.max_replicas = 1;
                 t
             })
             .collect();
@@ -826,7 +826,7 @@ mod tests {
         c.meta.created_index = 3;
         let mut d = task("d", "s1", 3);
         d.meta.created_index = 4;
-        d.spec.force_update = 1;
+        d.spec_mut().force_update = 1;
         let mut g = task("g", "s1", 0);
         g.node_id = "n".into();
         g.meta.created_index = 5;

@@ -5,8 +5,9 @@
 //! duplicate name, missing object) the store is left as it was and the whole proposal fails.
 
 use super::{ApplyError, Event, EventAction, Op, Proposal};
-use crate::api::{Cluster, Config, Network, Node, Object, ObjectKind, Secret, Service, Task, TaskState};
+use crate::api::{Cluster, Config, Network, Node, Object, ObjectKind, Secret, Service, Task, TaskSpec, TaskState};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 
 /// Every object, by kind and id, with secondary indexes.
 #[derive(Debug, Default, Clone)]
@@ -29,7 +30,13 @@ pub struct MemoryStore {
     /// Per service: tasks desired RUNNING, and those of them observed RUNNING (`service ls` counts without
     /// visiting the tasks).
     live_by_service: HashMap<String, LiveCounts>,
+    /// Per service, the task specs its tasks share (newest first, at most [`SHARED_SPECS`]): a task's spec is most
+    /// of its size, and a service's thousands of tasks were made from one or two specs.
+    specs: HashMap<String, Vec<Arc<TaskSpec>>>,
 }
+
+/// How many specs per service [`MemoryStore`] shares: the current one and the one an update is replacing.
+const SHARED_SPECS: usize = 2;
 
 /// A service's task counts kept by [`MemoryStore`].
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -212,6 +219,16 @@ impl MemoryStore {
         self.tasks_by_state.get(&state).into_iter().flatten().filter_map(|id| self.tasks.get(id))
     }
 
+    /// How many tasks are in each observed state, from the index (without visiting a task).
+    pub fn task_state_counts(&self) -> impl Iterator<Item = (TaskState, usize)> + '_ {
+        self.tasks_by_state.iter().map(|(s, ids)| (*s, ids.len()))
+    }
+
+    /// The desired states some task has.
+    pub fn task_desired_states(&self) -> impl Iterator<Item = TaskState> + '_ {
+        self.tasks_by_desired.iter().filter(|(_, ids)| !ids.is_empty()).map(|(s, _)| *s)
+    }
+
     // ---- writes ----
 
     /// Applies a proposal at Raft index `index`: checks every operation, stamps versions and times, and returns
@@ -253,6 +270,7 @@ impl MemoryStore {
                 m.created_index = index;
                 m.created_at = proposal.timestamp;
                 m.updated_at = proposal.timestamp;
+                self.share_spec(&mut obj);
                 self.put(obj.clone());
                 Ok(Event { action: EventAction::Create, object: obj, old: None, index })
             }
@@ -271,6 +289,7 @@ impl MemoryStore {
                 m.created_index = old.meta().created_index;
                 m.created_at = old.meta().created_at;
                 m.updated_at = proposal.timestamp;
+                self.share_spec(&mut obj);
                 self.remove(kind, &id);
                 self.put(obj.clone());
                 Ok(Event { action: EventAction::Update, object: obj, old: Some(old), index })
@@ -303,8 +322,28 @@ impl MemoryStore {
         }
     }
 
+    /// Points a task's spec at the copy its service's other tasks share, when they are equal (a task decoded from
+    /// the Raft log or a snapshot comes with a copy of its own).
+    fn share_spec(&mut self, obj: &mut Object) {
+        let Object::Task(t) = obj else { return };
+        let shared = self.specs.entry(t.service_id.clone()).or_default();
+        match shared.iter().position(|s| Arc::ptr_eq(s, &t.spec) || **s == *t.spec) {
+            Some(0) => t.spec = shared[0].clone(),
+            Some(i) => {
+                let s = shared.remove(i);
+                t.spec = s.clone();
+                shared.insert(0, s);
+            }
+            None => {
+                shared.insert(0, t.spec.clone());
+                shared.truncate(SHARED_SPECS);
+            }
+        }
+    }
+
     /// Inserts an object and indexes it; the caller has removed any previous version.
-    pub(crate) fn put(&mut self, obj: Object) {
+    pub(crate) fn put(&mut self, mut obj: Object) {
+        self.share_spec(&mut obj);
         match obj {
             Object::Cluster(c) => {
                 self.clusters.insert(c.id.clone(), c);
@@ -383,7 +422,9 @@ impl MemoryStore {
             }
             ObjectKind::Task => {
                 if let Some(t) = self.tasks.remove(id) {
-                    remove_from_index(&mut self.tasks_by_service, &t.service_id, id);
+                    if remove_from_index(&mut self.tasks_by_service, &t.service_id, id) {
+                        self.specs.remove(&t.service_id);
+                    }
                     remove_from_index(&mut self.tasks_by_node, &t.node_id, id);
                     if t.desired_state == TaskState::Running {
                         if let Some(c) = self.live_by_service.get_mut(&t.service_id) {
@@ -410,13 +451,16 @@ impl MemoryStore {
     }
 }
 
-fn remove_from_index(index: &mut HashMap<String, BTreeSet<String>>, key: &str, id: &str) {
+/// Removes `id` from `index[key]`; returns whether that left `key` with nothing.
+fn remove_from_index(index: &mut HashMap<String, BTreeSet<String>>, key: &str, id: &str) -> bool {
     if let Some(set) = index.get_mut(key) {
         set.remove(id);
         if set.is_empty() {
             index.remove(key);
+            return true;
         }
     }
+    false
 }
 
 #[cfg(test)]
@@ -427,6 +471,38 @@ mod tests {
 
     fn p(ops: Vec<Op>) -> Proposal {
         Proposal { ops, timestamp: Timestamp::now() }
+    }
+
+    #[test]
+    fn tasks_made_from_one_spec_share_one_copy_until_their_service_has_none_left() {
+        let mut m = MemoryStore::new();
+        // Each task as decoded from the log: a copy of its own.
+        let made = |id: &str, image: &str| {
+            let mut t = task(id, "s1", 1);
+            t.spec_mut().container.image = image.into();
+            Op::Create(t.into())
+        };
+        m.apply(1, &p(vec![made("t1", "a"), made("t2", "a"), made("t3", "b")])).unwrap();
+        m.apply(2, &p(vec![made("t4", "a")])).unwrap();
+        let spec = |m: &MemoryStore, id: &str| m.task(id).unwrap().spec.clone();
+        assert!(Arc::ptr_eq(&spec(&m, "t1"), &spec(&m, "t2")), "one copy of a");
+        assert!(Arc::ptr_eq(&spec(&m, "t1"), &spec(&m, "t4")), "one copy of a, across entries");
+        assert!(!Arc::ptr_eq(&spec(&m, "t1"), &spec(&m, "t3")), "b is another spec");
+        assert_eq!(spec(&m, "t3").container.image, "b");
+        let mut moved = m.task("t2").unwrap().clone();
+        moved.status.state = TaskState::Running;
+        m.apply(3, &p(vec![Op::Update(moved.into())])).unwrap();
+        assert!(Arc::ptr_eq(&spec(&m, "t1"), &spec(&m, "t2")), "an update keeps sharing");
+        let gone: Vec<Op> = ["t1", "t2", "t3", "t4"]
+            .iter()
+            .map(|id| Op::Delete {
+                kind: ObjectKind::Task,
+                id: (*id).into(),
+                version: m.task(id).unwrap().meta.version,
+            })
+            .collect();
+        m.apply(4, &p(gone)).unwrap();
+        assert!(m.specs.is_empty(), "nothing kept for a service without tasks");
     }
 
     #[test]
