@@ -69,6 +69,7 @@ fn ctr_baseline(d: &Daemon, n: usize, parallel: usize) -> Duration {
 fn scale(args: &[String]) -> anyhow::Result<()> {
     let mut cfg = shoal_tests::scale::ScaleConfig::smoke(std::env::current_exe()?);
     let mut it = args.iter();
+    let mut timeout = None;
     while let Some(flag) = it.next() {
         let value = it.next().ok_or_else(|| anyhow::anyhow!("{flag} needs a value"))?;
         let n: u64 = value.parse().map_err(|_| anyhow::anyhow!("invalid value {value:?} for {flag}: not a number"))?;
@@ -76,11 +77,15 @@ fn scale(args: &[String]) -> anyhow::Result<()> {
             "--nodes" if n >= 1 => cfg.nodes = n as usize,
             "--services" if n >= 1 => cfg.services = n as usize,
             "--replicas" if n >= 1 => cfg.replicas = n,
-            "--timeout" if n >= 1 => cfg.phase_timeout = Duration::from_secs(n),
+            "--timeout" if n >= 1 => timeout = Some(Duration::from_secs(n)),
             "--nodes" | "--services" | "--replicas" | "--timeout" => anyhow::bail!("{flag} must be at least 1"),
             other => anyhow::bail!("unknown flag {other:?} (expected --nodes, --services, --replicas, --timeout)"),
         }
     }
+    // A phase's budget grows with the run: on two cores a million tasks take minutes to create, where the smoke
+    // presets take seconds. Five minutes, or a second per thousand tasks when that is longer.
+    let tasks = cfg.services as u64 * cfg.replicas;
+    cfg.phase_timeout = timeout.unwrap_or_else(|| Duration::from_secs((tasks / 1000).max(300)));
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(shoal_tests::scale::run(&cfg))?;
     Ok(())
