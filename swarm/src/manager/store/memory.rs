@@ -290,8 +290,7 @@ impl MemoryStore {
                 m.created_at = old.meta().created_at;
                 m.updated_at = proposal.timestamp;
                 self.share_spec(&mut obj);
-                self.remove(kind, &id);
-                self.put(obj.clone());
+                self.replace(obj.clone());
                 Ok(Event { action: EventAction::Update, object: obj, old: Some(old), index })
             }
             Op::Delete { kind, id, version } => {
@@ -362,11 +361,7 @@ impl MemoryStore {
                 }
                 self.tasks_by_desired.entry(t.desired_state).or_default().insert(t.id.clone());
                 self.tasks_by_state.entry(t.status.state).or_default().insert(t.id.clone());
-                if t.desired_state == TaskState::Running {
-                    let c = self.live_by_service.entry(t.service_id.clone()).or_default();
-                    c.live += 1;
-                    c.running += u64::from(t.status.state == TaskState::Running);
-                }
+                count_live(&mut self.live_by_service, &t, true);
                 self.tasks.insert(t.id.clone(), t);
             }
             Object::Network(n) => {
@@ -426,29 +421,89 @@ impl MemoryStore {
                         self.specs.remove(&t.service_id);
                     }
                     remove_from_index(&mut self.tasks_by_node, &t.node_id, id);
-                    if t.desired_state == TaskState::Running {
-                        if let Some(c) = self.live_by_service.get_mut(&t.service_id) {
-                            c.live -= 1;
-                            c.running -= u64::from(t.status.state == TaskState::Running);
-                            if c.live == 0 {
-                                self.live_by_service.remove(&t.service_id);
-                            }
-                        }
-                    }
-                    for (index, key) in
-                        [(&mut self.tasks_by_desired, t.desired_state), (&mut self.tasks_by_state, t.status.state)]
-                    {
-                        if let Some(set) = index.get_mut(&key) {
-                            set.remove(id);
-                            if set.is_empty() {
-                                index.remove(&key);
-                            }
-                        }
-                    }
+                    count_live(&mut self.live_by_service, &t, false);
+                    take_from(&mut self.tasks_by_desired, t.desired_state, id);
+                    take_from(&mut self.tasks_by_state, t.status.state, id);
                 }
             }
         }
     }
+
+    /// Puts the next version of an object that exists. A task stays in place and moves only in the indexes whose
+    /// key changed: most updates are a task's progress, and a remove then a put would take its id out of and back
+    /// into four indexes, one of them holding nearly every task.
+    fn replace(&mut self, obj: Object) {
+        let Object::Task(t) = obj else {
+            self.remove(obj.kind(), obj.id());
+            self.put(obj);
+            return;
+        };
+        let Some(slot) = self.tasks.get_mut(&t.id) else {
+            self.put(Object::Task(t));
+            return;
+        };
+        let old = std::mem::replace(slot, t);
+        let new = &self.tasks[old.id.as_str()];
+        let id = &old.id;
+        if old.service_id != new.service_id {
+            if remove_from_index(&mut self.tasks_by_service, &old.service_id, id) {
+                self.specs.remove(&old.service_id);
+            }
+            self.tasks_by_service.entry(new.service_id.clone()).or_default().insert(id.clone());
+        }
+        if old.node_id != new.node_id {
+            remove_from_index(&mut self.tasks_by_node, &old.node_id, id);
+            if !new.node_id.is_empty() {
+                self.tasks_by_node.entry(new.node_id.clone()).or_default().insert(id.clone());
+            }
+        }
+        if old.desired_state != new.desired_state {
+            let moved = take_from(&mut self.tasks_by_desired, old.desired_state, id);
+            self.tasks_by_desired.entry(new.desired_state).or_default().insert(moved.unwrap_or_else(|| id.clone()));
+        }
+        if old.status.state != new.status.state {
+            let moved = take_from(&mut self.tasks_by_state, old.status.state, id);
+            self.tasks_by_state.entry(new.status.state).or_default().insert(moved.unwrap_or_else(|| id.clone()));
+        }
+        // The new version counted first, so a service's counts are not dropped and made again in between.
+        count_live(&mut self.live_by_service, new, true);
+        count_live(&mut self.live_by_service, &old, false);
+    }
+}
+
+/// Adds `t` to (or takes it from) its service's counts of tasks desired RUNNING and observed RUNNING.
+fn count_live(counts: &mut HashMap<String, LiveCounts>, t: &Task, add: bool) {
+    if t.desired_state != TaskState::Running {
+        return;
+    }
+    let running = u64::from(t.status.state == TaskState::Running);
+    match counts.get_mut(&t.service_id) {
+        Some(c) if add => {
+            c.live += 1;
+            c.running += running;
+        }
+        None if add => {
+            counts.insert(t.service_id.clone(), LiveCounts { live: 1, running });
+        }
+        Some(c) => {
+            c.live -= 1;
+            c.running -= running;
+            if c.live == 0 {
+                counts.remove(&t.service_id);
+            }
+        }
+        None => {}
+    }
+}
+
+/// Takes `id` out of `index[state]` (dropping the set once empty) and hands back its string for reuse.
+fn take_from(index: &mut BTreeMap<TaskState, BTreeSet<String>>, state: TaskState, id: &str) -> Option<String> {
+    let set = index.get_mut(&state)?;
+    let taken = set.take(id);
+    if set.is_empty() {
+        index.remove(&state);
+    }
+    taken
 }
 
 /// Removes `id` from `index[key]`; returns whether that left `key` with nothing.
@@ -503,6 +558,49 @@ mod tests {
             .collect();
         m.apply(4, &p(gone)).unwrap();
         assert!(m.specs.is_empty(), "nothing kept for a service without tasks");
+    }
+
+    /// An update moves a task only in the indexes whose key changed; whatever it changed, the indexes end as a
+    /// store built afresh from the same objects has them.
+    #[test]
+    fn updated_tasks_are_indexed_as_a_store_built_from_scratch_indexes_them() {
+        let mut m = MemoryStore::new();
+        let ids = ["t1", "t2", "t3", "t4"];
+        let made: Vec<Op> = ids.iter().map(|id| Op::Create(task(id, "s1", 1).into())).collect();
+        m.apply(1, &p(made)).unwrap();
+        type Change = fn(&mut Task);
+        let changes: [(&str, Change); 9] = [
+            ("t1", |t| t.node_id = "n1".into()),
+            ("t2", |t| t.node_id = "n1".into()),
+            ("t1", |t| t.status.state = TaskState::Running),
+            ("t2", |t| t.status.state = TaskState::Running),
+            ("t1", |t| t.node_id = "n2".into()),
+            ("t2", |t| t.desired_state = TaskState::Shutdown),
+            ("t3", |t| t.service_id = "s2".into()),
+            ("t3", |t| t.status.state = TaskState::Running),
+            ("t1", |t| {
+                t.desired_state = TaskState::Shutdown;
+                t.status.state = TaskState::Complete;
+                t.node_id = String::new();
+            }),
+        ];
+        for (i, (id, change)) in changes.iter().enumerate() {
+            let mut t = m.task(id).unwrap().clone();
+            change(&mut t);
+            m.apply(2 + i as u64, &p(vec![Op::Update(t.into())])).unwrap();
+            let fresh = MemoryStore::from_objects(m.objects());
+            let step = format!("after change {i} to {id}");
+            assert_eq!(m.tasks_by_service, fresh.tasks_by_service, "{step}");
+            assert_eq!(m.tasks_by_node, fresh.tasks_by_node, "{step}");
+            assert_eq!(m.tasks_by_desired, fresh.tasks_by_desired, "{step}");
+            assert_eq!(m.tasks_by_state, fresh.tasks_by_state, "{step}");
+            assert_eq!(m.live_by_service, fresh.live_by_service, "{step}");
+            assert_eq!(m.specs.keys().collect::<BTreeSet<_>>(), fresh.specs.keys().collect(), "{step}");
+        }
+        assert_eq!(m.live_counts("s1"), LiveCounts { live: 1, running: 0 }, "t4 alone is live in s1");
+        assert_eq!(m.live_counts("s2"), LiveCounts { live: 1, running: 1 }, "t3 moved to s2 and runs there");
+        assert_eq!(m.tasks_by_node("n1").map(|t| t.id.as_str()).collect::<Vec<_>>(), ["t2"]);
+        assert_eq!(m.tasks_by_node("n2").count(), 0, "t1 left n2");
     }
 
     #[test]
