@@ -5,7 +5,7 @@ use engine::config::{DaemonConfig, LogFormat};
 use tokio_util::sync::CancellationToken;
 
 /// A manager holds millions of small objects that come and go; mimalloc keeps its memory closer to the live heap
-/// than glibc's allocator, which also spent a tenth of the manager's CPU in its free lists at a million tasks.
+/// than glibc's allocator, which also spent over a tenth of the manager's CPU in its free lists at a million tasks.
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
