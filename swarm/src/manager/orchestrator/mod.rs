@@ -8,7 +8,7 @@
 //! - [`update`]: rolls a changed spec out to the tasks (rolling update, rollback, update status).
 //!
 //! Each runs on the leader as `new(store, …)` + `run(shutdown)`, computes a plan from the store (pure functions,
-//! unit-tested) and writes it back as one proposal; the store's watch wakes it up again.
+//! unit-tested) and writes it back in bounded proposals; the store's watch wakes it up again.
 
 pub mod global;
 pub mod jobs;
@@ -18,9 +18,9 @@ pub mod task_reaper;
 pub mod update;
 
 use crate::api::{
-    new_id, NodeAvailability, NodeState, Object, Service, ServiceMode, Task, TaskState, TaskStatus, Timestamp,
+    new_id, NodeAvailability, NodeState, Object, Service, ServiceMode, Task, TaskSpec, TaskState, TaskStatus, Timestamp,
 };
-use crate::manager::store::{Event, MemoryStore, Store, StoreError};
+use crate::manager::store::{Event, MemoryStore, Store, StoreError, WriteTx, MAX_TASKS_PER_PROPOSAL};
 use restart::RestartSupervisor;
 use std::collections::BTreeSet;
 use std::future::Future;
@@ -77,8 +77,45 @@ pub fn move_reason(view: &MemoryStore, t: &Task) -> Option<MoveReason> {
     }
 }
 
+/// Writes what `P` plans for `service` into `tx`, at most `room` tasks of it: first the tasks leaving their
+/// node, then those ending, then the new ones, so a cut plan never creates a slot's new task before its old one
+/// was let go. Returns whether the whole plan was written.
+fn write_plan<P: ServiceModePolicy>(tx: &mut WriteTx, service: &Service, room: usize) -> bool {
+    let view = tx.view();
+    let plan = P::plan(view, service);
+    let whole = plan.orphaned.len() + plan.end.len() + plan.create.len() <= room;
+    let mut writes = Vec::with_capacity(room.min(plan.orphaned.len() + plan.end.len() + plan.create.len()));
+    for mut t in plan.orphaned {
+        let why = move_reason(view, &t).map_or("", MoveReason::message);
+        tracing::info!(service.id = %service.id, task.id = %t.id, slot = t.slot, node.id = %t.node_id,
+            reason = why, "moving the task off its node");
+        t.desired_state = TaskState::Shutdown;
+        writes.push((false, t));
+    }
+    for mut t in plan.end {
+        t.desired_state = P::END_STATE;
+        writes.push((false, t));
+    }
+    writes.extend(plan.create.into_iter().map(|t| (true, t)));
+    for (create, t) in writes.into_iter().take(room) {
+        if create {
+            tracing::info!(service.id = %service.id, task.id = %t.id, slot = t.slot, node.id = %t.node_id,
+                "task created");
+            tx.create(t);
+        } else {
+            tx.update(t);
+        }
+    }
+    whole
+}
+
 /// A new task for `service` in `slot` (replicated) or on `node_id` (global, slot 0).
 pub fn new_task(service: &Service, slot: u64, node_id: &str, desired: TaskState) -> Task {
+    new_task_sharing(service, Arc::new(service.spec.task_template.clone()), slot, node_id, desired)
+}
+
+/// [`new_task`] with `spec` (the service's task template) shared with the other tasks a plan makes.
+pub fn new_task_sharing(service: &Service, spec: Arc<TaskSpec>, slot: u64, node_id: &str, desired: TaskState) -> Task {
     Task {
         id: new_id(),
         meta: Default::default(),
@@ -86,7 +123,7 @@ pub fn new_task(service: &Service, slot: u64, node_id: &str, desired: TaskState)
         service_annotations: service.spec.annotations.clone(),
         slot,
         node_id: node_id.to_string(),
-        spec: Arc::new(service.spec.task_template.clone()),
+        spec,
         spec_version: service.spec_version,
         status: TaskStatus {
             timestamp: Timestamp::now(),
@@ -163,36 +200,42 @@ impl<P: ServiceModePolicy> Orchestrator<P> {
         reconcile_services(P::NAME, &self.store, &shutdown, Duration::from_millis(20), retry, interested, pass).await
     }
 
+    /// Plans the services in `scope` and writes the plans in proposals of about [`MAX_TASKS_PER_PROPOSAL`] tasks:
+    /// a burst of new services (a stack deploy, a script) would otherwise make one Raft entry of every task of
+    /// every service. Each proposal is planned on a fresh view, so a service cut between two proposals is simply
+    /// planned again and its plan holds what is left.
     async fn pass(&self, shutdown: &CancellationToken, scope: Scope) -> Result<(), StoreError> {
-        let delayed = self
-            .store
-            .update(|tx| {
-                let (delayed, touched) = self.restarts.restart_ended_in(tx, P::handles, &scope);
-                let view = tx.view();
-                for service in scope.services(view).filter(|s| P::handles(&s.spec.mode) && !touched.contains(&s.id)) {
-                    let plan = P::plan(view, service);
-                    for t in plan.create {
-                        tracing::info!(
-                            service.id = %service.id, task.id = %t.id, slot = t.slot, node.id = %t.node_id,
-                            "task created"
-                        );
-                        tx.create(t);
+        let services: Vec<String> =
+            self.store.view(|v| scope.services(v).filter(|s| P::handles(&s.spec.mode)).map(|s| s.id.clone()).collect());
+        let (mut next, mut touched, mut delayed) = (0, None, Vec::new());
+        loop {
+            let done = self
+                .store
+                .update(|tx| {
+                    // Ended tasks go to the restart supervisor first, in the first proposal; the services it
+                    // touched are left to it for this pass.
+                    let touched = touched.get_or_insert_with(|| {
+                        let (later, touched) = self.restarts.restart_ended_in(tx, P::handles, &scope);
+                        delayed = later;
+                        touched
+                    });
+                    let view = tx.view();
+                    while next < services.len() && tx.len() < MAX_TASKS_PER_PROPOSAL {
+                        let Some(service) = view.service(&services[next]).filter(|s| !touched.contains(&s.id)) else {
+                            next += 1;
+                            continue;
+                        };
+                        if write_plan::<P>(tx, service, MAX_TASKS_PER_PROPOSAL - tx.len()) {
+                            next += 1;
+                        }
                     }
-                    for mut t in plan.end {
-                        t.desired_state = P::END_STATE;
-                        tx.update(t);
-                    }
-                    for mut t in plan.orphaned {
-                        let why = move_reason(view, &t).map_or("", MoveReason::message);
-                        tracing::info!(service.id = %service.id, task.id = %t.id, slot = t.slot, node.id = %t.node_id,
-                            reason = why, "moving the task off its node");
-                        t.desired_state = TaskState::Shutdown;
-                        tx.update(t);
-                    }
-                }
-                Ok::<_, StoreError>(delayed)
-            })
-            .await?;
+                    Ok::<_, StoreError>(next >= services.len())
+                })
+                .await?;
+            if done {
+                break;
+            }
+        }
         for (task_id, delay) in delayed {
             self.restarts.start_after(self.store.clone(), task_id, delay, shutdown.clone());
         }
@@ -391,6 +434,38 @@ mod tests {
     use super::*;
     use crate::manager::store::EventAction;
     use crate::testing::{node, service, task};
+
+    /// Services created together are planned in one pass, but written in proposals of at most
+    /// MAX_TASKS_PER_PROPOSAL tasks, a service cut between two proposals carrying on where it stopped.
+    #[tokio::test]
+    async fn a_pass_over_many_services_writes_bounded_proposals_and_fills_every_slot_once() {
+        let store = Store::in_memory();
+        let replicas = MAX_TASKS_PER_PROPOSAL as u64 * 7 / 10;
+        store
+            .update(|tx| {
+                for id in ["a", "b", "c"] {
+                    tx.create(service(id, id, replicas));
+                }
+                Ok::<_, StoreError>(())
+            })
+            .await
+            .unwrap();
+        let orchestrator = replicated::ReplicatedOrchestrator::new(store.clone(), Arc::new(RestartSupervisor::new()));
+        orchestrator.pass(&CancellationToken::new(), Scope::everything()).await.unwrap();
+        let (per_proposal, slots) = store.view(|v| {
+            let mut per_proposal: std::collections::BTreeMap<u64, usize> = Default::default();
+            let mut slots: std::collections::BTreeMap<(String, u64), usize> = Default::default();
+            for t in v.tasks() {
+                *per_proposal.entry(t.meta.version).or_default() += 1;
+                *slots.entry((t.service_id.clone(), t.slot)).or_default() += 1;
+            }
+            (per_proposal, slots)
+        });
+        assert_eq!(slots.len() as u64, 3 * replicas, "every slot of every service filled");
+        assert!(slots.values().all(|n| *n == 1), "no slot filled twice");
+        assert_eq!(per_proposal.len(), 3, "2,100 tasks in three proposals: {per_proposal:?}");
+        assert!(per_proposal.values().all(|n| *n <= MAX_TASKS_PER_PROPOSAL), "{per_proposal:?}");
+    }
 
     #[tokio::test]
     async fn a_changed_node_scopes_the_services_with_tasks_on_it_and_every_global_service() {

@@ -6,11 +6,12 @@
 //! the restart condition, delay nor `--restart-max-attempts` apply to it.
 
 use super::{
-    is_live, move_reason, new_task, service_task_or_node, slot_held_dead, Orchestrator, Plan, ServiceModePolicy,
+    is_live, move_reason, new_task_sharing, service_task_or_node, slot_held_dead, Orchestrator, Plan, ServiceModePolicy,
 };
 use crate::api::{Service, ServiceMode, Task, TaskState};
 use crate::manager::store::{Event, MemoryStore};
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 /// Replicated services: slots that go are removed (desired REMOVE).
 pub struct Replicated;
@@ -63,6 +64,7 @@ pub fn plan_service(view: &MemoryStore, service: &Service) -> Plan {
         let used: BTreeSet<u64> = occupied.iter().map(|(s, _)| *s).collect();
         let mut reuse = free.into_iter();
         let mut next = 1u64;
+        let mut spec = None;
         for _ in 0..(replicas - n) {
             let slot = match reuse.next() {
                 Some(s) => s,
@@ -75,7 +77,9 @@ pub fn plan_service(view: &MemoryStore, service: &Service) -> Plan {
                     s
                 }
             };
-            plan.create.push(new_task(service, slot, "", TaskState::Running));
+            // One copy of the spec for all the tasks the plan makes.
+            let spec = spec.get_or_insert_with(|| Arc::new(service.spec.task_template.clone())).clone();
+            plan.create.push(new_task_sharing(service, spec, slot, "", TaskState::Running));
         }
     } else if n > replicas {
         // Remove slots that are not running first, then the highest numbers.

@@ -397,7 +397,7 @@ impl RedbStateMachine {
 
     /// Encodes a built snapshot to a file and makes it the current one, unless a snapshot at or after its log
     /// id was stored meanwhile (then the file is dropped and None returned). Blocking.
-    fn store_built(&self, meta: &Meta, objects: Vec<Object>) -> StResult<Option<PathBuf>> {
+    fn store_built(&self, meta: &Meta, objects: MemoryStore) -> StResult<Option<PathBuf>> {
         let pause = self.hooks().build_pause.take();
         if let Some((reached, release)) = pause {
             let _ = reached.send(());
@@ -409,7 +409,7 @@ impl RedbStateMachine {
         };
         let dir = &self.snapshots.dir;
         let tmp = dir.join(snapshot_file::unique_name("build", ".tmp"));
-        if let Err(e) = snapshot_file::write(&tmp, meta, objects.len() as u64, objects.into_iter(), &self.at_rest) {
+        if let Err(e) = snapshot_file::write(&tmp, meta, objects.len() as u64, objects.objects(), &self.at_rest) {
             let _ = std::fs::remove_file(&tmp);
             return Err(serr(&e));
         }
@@ -526,9 +526,9 @@ impl RaftSnapshotBuilder<TypeConfig> for RedbStateMachine {
         let (meta, objects) = {
             let mut applied = self.applied.lock().await;
             applied.snapshot_seq += 1;
-            // One copy of the objects (not of the view's indexes) under the lock; encoding them to the file below
-            // runs without it.
-            let objects: Vec<Object> = self.view.read(|v| v.objects().collect());
+            // The view as of `last_applied`: a clone sharing its structure with the live one, so applying goes on
+            // while the file is written from it.
+            let objects = self.view.current();
             let snapshot_id = match applied.last_applied {
                 Some(l) => format!("{}-{}-{}", l.leader_id, l.index, applied.snapshot_seq),
                 None => format!("none-{}", applied.snapshot_seq),

@@ -3,30 +3,39 @@
 //! `apply` is deterministic (it reads no clock and no randomness), so every manager that applies the same Raft
 //! entry reaches the same state. A proposal is all-or-nothing: if one operation fails its check (stale version,
 //! duplicate name, missing object) the store is left as it was and the whole proposal fails.
+//!
+//! Every map is a persistent one (`imbl`): cloning a store is a few reference counts, and the clone and the
+//! original share every node until one of them changes it. Readers and snapshots work on such a clone while the
+//! state machine goes on applying, so a long read (a listing of a million tasks, a snapshot being written) never
+//! holds back a write.
 
 use super::{ApplyError, Event, EventAction, Op, Proposal};
 use crate::api::{Cluster, Config, Network, Node, Object, ObjectKind, Secret, Service, Task, TaskSpec, TaskState};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use imbl::{HashMap, OrdMap, OrdSet};
 use std::sync::Arc;
+
+/// Objects of one kind by id. Values sit behind an `Arc` so that copying a shared node of the tree (the first
+/// write to it while a reader holds a clone) copies pointers, not objects.
+type ById<T> = OrdMap<String, Arc<T>>;
 
 /// Every object, by kind and id, with secondary indexes.
 #[derive(Debug, Default, Clone)]
 pub struct MemoryStore {
-    clusters: BTreeMap<String, Cluster>,
-    nodes: BTreeMap<String, Node>,
-    services: BTreeMap<String, Service>,
-    tasks: BTreeMap<String, Task>,
-    networks: BTreeMap<String, Network>,
-    secrets: BTreeMap<String, Secret>,
-    configs: BTreeMap<String, Config>,
+    clusters: ById<Cluster>,
+    nodes: ById<Node>,
+    services: ById<Service>,
+    tasks: ById<Task>,
+    networks: ById<Network>,
+    secrets: ById<Secret>,
+    configs: ById<Config>,
     service_by_name: HashMap<String, String>,
     network_by_name: HashMap<String, String>,
     secret_by_name: HashMap<String, String>,
     config_by_name: HashMap<String, String>,
-    tasks_by_service: HashMap<String, BTreeSet<String>>,
-    tasks_by_node: HashMap<String, BTreeSet<String>>,
-    tasks_by_desired: BTreeMap<TaskState, BTreeSet<String>>,
-    tasks_by_state: BTreeMap<TaskState, BTreeSet<String>>,
+    tasks_by_service: HashMap<String, OrdSet<String>>,
+    tasks_by_node: HashMap<String, OrdSet<String>>,
+    tasks_by_desired: OrdMap<TaskState, OrdSet<String>>,
+    tasks_by_state: OrdMap<TaskState, OrdSet<String>>,
     /// Per service: tasks desired RUNNING, and those of them observed RUNNING (`service ls` counts without
     /// visiting the tasks).
     live_by_service: HashMap<String, LiveCounts>,
@@ -65,14 +74,13 @@ impl MemoryStore {
     pub fn objects(&self) -> impl Iterator<Item = Object> + '_ {
         self.clusters
             .values()
-            .cloned()
-            .map(Object::Cluster)
-            .chain(self.nodes.values().cloned().map(Object::Node))
-            .chain(self.services.values().cloned().map(Object::Service))
-            .chain(self.tasks.values().cloned().map(Object::Task))
-            .chain(self.networks.values().cloned().map(Object::Network))
-            .chain(self.secrets.values().cloned().map(Object::Secret))
-            .chain(self.configs.values().cloned().map(Object::Config))
+            .map(|o| Object::Cluster((**o).clone()))
+            .chain(self.nodes.values().map(|o| Object::Node((**o).clone())))
+            .chain(self.services.values().map(|o| Object::Service((**o).clone())))
+            .chain(self.tasks.values().map(|o| Object::Task((**o).clone())))
+            .chain(self.networks.values().map(|o| Object::Network((**o).clone())))
+            .chain(self.secrets.values().map(|o| Object::Secret((**o).clone())))
+            .chain(self.configs.values().map(|o| Object::Config((**o).clone())))
     }
 
     pub fn len(&self) -> usize {
@@ -93,13 +101,13 @@ impl MemoryStore {
 
     pub fn get(&self, kind: ObjectKind, id: &str) -> Option<Object> {
         match kind {
-            ObjectKind::Cluster => self.clusters.get(id).cloned().map(Object::Cluster),
-            ObjectKind::Node => self.nodes.get(id).cloned().map(Object::Node),
-            ObjectKind::Service => self.services.get(id).cloned().map(Object::Service),
-            ObjectKind::Task => self.tasks.get(id).cloned().map(Object::Task),
-            ObjectKind::Network => self.networks.get(id).cloned().map(Object::Network),
-            ObjectKind::Secret => self.secrets.get(id).cloned().map(Object::Secret),
-            ObjectKind::Config => self.configs.get(id).cloned().map(Object::Config),
+            ObjectKind::Cluster => self.clusters.get(id).map(|o| Object::Cluster((**o).clone())),
+            ObjectKind::Node => self.nodes.get(id).map(|o| Object::Node((**o).clone())),
+            ObjectKind::Service => self.services.get(id).map(|o| Object::Service((**o).clone())),
+            ObjectKind::Task => self.tasks.get(id).map(|o| Object::Task((**o).clone())),
+            ObjectKind::Network => self.networks.get(id).map(|o| Object::Network((**o).clone())),
+            ObjectKind::Secret => self.secrets.get(id).map(|o| Object::Secret((**o).clone())),
+            ObjectKind::Config => self.configs.get(id).map(|o| Object::Config((**o).clone())),
         }
     }
 
@@ -116,97 +124,109 @@ impl MemoryStore {
     }
 
     pub fn cluster(&self) -> Option<&Cluster> {
-        self.clusters.values().next()
+        self.clusters.values().next().map(|o| &**o)
     }
 
     pub fn clusters(&self) -> impl Iterator<Item = &Cluster> + Clone {
-        self.clusters.values()
+        self.clusters.iter().map(|(_, o)| &**o)
     }
 
     pub fn node(&self, id: &str) -> Option<&Node> {
-        self.nodes.get(id)
+        self.nodes.get(id).map(|o| &**o)
     }
 
     pub fn nodes(&self) -> impl Iterator<Item = &Node> + Clone {
-        self.nodes.values()
+        self.nodes.iter().map(|(_, o)| &**o)
     }
 
     pub fn service(&self, id: &str) -> Option<&Service> {
-        self.services.get(id)
+        self.services.get(id).map(|o| &**o)
     }
 
     pub fn service_by_name(&self, name: &str) -> Option<&Service> {
-        self.service_by_name.get(name).and_then(|id| self.services.get(id))
+        self.service_by_name.get(name).and_then(|id| self.services.get(id)).map(|o| &**o)
     }
 
     pub fn services(&self) -> impl Iterator<Item = &Service> + Clone {
-        self.services.values()
+        self.services.iter().map(|(_, o)| &**o)
     }
 
     pub fn network(&self, id: &str) -> Option<&Network> {
-        self.networks.get(id)
+        self.networks.get(id).map(|o| &**o)
     }
 
     pub fn network_by_name(&self, name: &str) -> Option<&Network> {
-        self.network_by_name.get(name).and_then(|id| self.networks.get(id))
+        self.network_by_name.get(name).and_then(|id| self.networks.get(id)).map(|o| &**o)
     }
 
     pub fn networks(&self) -> impl Iterator<Item = &Network> + Clone {
-        self.networks.values()
+        self.networks.iter().map(|(_, o)| &**o)
     }
 
     pub fn secret(&self, id: &str) -> Option<&Secret> {
-        self.secrets.get(id)
+        self.secrets.get(id).map(|o| &**o)
     }
 
     pub fn secret_by_name(&self, name: &str) -> Option<&Secret> {
-        self.secret_by_name.get(name).and_then(|id| self.secrets.get(id))
+        self.secret_by_name.get(name).and_then(|id| self.secrets.get(id)).map(|o| &**o)
     }
 
     pub fn secrets(&self) -> impl Iterator<Item = &Secret> + Clone {
-        self.secrets.values()
+        self.secrets.iter().map(|(_, o)| &**o)
     }
 
     pub fn config(&self, id: &str) -> Option<&Config> {
-        self.configs.get(id)
+        self.configs.get(id).map(|o| &**o)
     }
 
     pub fn config_by_name(&self, name: &str) -> Option<&Config> {
-        self.config_by_name.get(name).and_then(|id| self.configs.get(id))
+        self.config_by_name.get(name).and_then(|id| self.configs.get(id)).map(|o| &**o)
     }
 
     pub fn configs(&self) -> impl Iterator<Item = &Config> + Clone {
-        self.configs.values()
+        self.configs.iter().map(|(_, o)| &**o)
     }
 
     pub fn task(&self, id: &str) -> Option<&Task> {
-        self.tasks.get(id)
+        self.tasks.get(id).map(|o| &**o)
     }
 
     pub fn tasks(&self) -> impl Iterator<Item = &Task> + Clone {
-        self.tasks.values()
+        self.tasks.iter().map(|(_, o)| &**o)
     }
 
     /// Tasks with an id after `after` (all of them when it is empty), in id order: a listing's next page.
     pub fn tasks_after(&self, after: &str) -> impl Iterator<Item = &Task> {
-        self.tasks.range::<str, _>((std::ops::Bound::Excluded(after), std::ops::Bound::Unbounded)).map(|(_, t)| t)
+        self.tasks.range::<_, str>((std::ops::Bound::Excluded(after), std::ops::Bound::Unbounded)).map(|(_, t)| &**t)
     }
 
     /// Services with an id after `after` (all of them when it is empty), in id order.
     pub fn services_after(&self, after: &str) -> impl Iterator<Item = &Service> {
-        self.services.range::<str, _>((std::ops::Bound::Excluded(after), std::ops::Bound::Unbounded)).map(|(_, s)| s)
+        self.services.range::<_, str>((std::ops::Bound::Excluded(after), std::ops::Bound::Unbounded)).map(|(_, s)| &**s)
     }
 
     pub fn tasks_by_service(&self, service_id: &str) -> impl Iterator<Item = &Task> {
-        self.tasks_by_service.get(service_id).into_iter().flatten().filter_map(|id| self.tasks.get(id))
+        self.tasks_by_service
+            .get(service_id)
+            .into_iter()
+            .flat_map(|ids| ids.iter())
+            .filter_map(|id| self.tasks.get(id).map(|t| &**t))
     }
 
     pub fn tasks_by_node(&self, node_id: &str) -> impl Iterator<Item = &Task> {
-        self.tasks_by_node.get(node_id).into_iter().flatten().filter_map(|id| self.tasks.get(id))
+        self.tasks_by_node
+            .get(node_id)
+            .into_iter()
+            .flat_map(|ids| ids.iter())
+            .filter_map(|id| self.tasks.get(id).map(|t| &**t))
     }
 
     pub fn tasks_by_desired_state(&self, state: TaskState) -> impl Iterator<Item = &Task> {
-        self.tasks_by_desired.get(&state).into_iter().flatten().filter_map(|id| self.tasks.get(id))
+        self.tasks_by_desired
+            .get(&state)
+            .into_iter()
+            .flat_map(|ids| ids.iter())
+            .filter_map(|id| self.tasks.get(id).map(|t| &**t))
     }
 
     /// The task counts of `service_id` (`service ls`), kept as tasks are written.
@@ -216,7 +236,11 @@ impl MemoryStore {
 
     /// Tasks whose observed state (`status.state`) is `state`: the allocator's NEW, the scheduler's PENDING.
     pub fn tasks_by_state(&self, state: TaskState) -> impl Iterator<Item = &Task> {
-        self.tasks_by_state.get(&state).into_iter().flatten().filter_map(|id| self.tasks.get(id))
+        self.tasks_by_state
+            .get(&state)
+            .into_iter()
+            .flat_map(|ids| ids.iter())
+            .filter_map(|id| self.tasks.get(id).map(|t| &**t))
     }
 
     /// How many tasks are in each observed state, from the index (without visiting a task).
@@ -345,14 +369,14 @@ impl MemoryStore {
         self.share_spec(&mut obj);
         match obj {
             Object::Cluster(c) => {
-                self.clusters.insert(c.id.clone(), c);
+                self.clusters.insert(c.id.clone(), Arc::new(c));
             }
             Object::Node(n) => {
-                self.nodes.insert(n.id.clone(), n);
+                self.nodes.insert(n.id.clone(), Arc::new(n));
             }
             Object::Service(s) => {
                 self.service_by_name.insert(s.spec.annotations.name.clone(), s.id.clone());
-                self.services.insert(s.id.clone(), s);
+                self.services.insert(s.id.clone(), Arc::new(s));
             }
             Object::Task(t) => {
                 self.tasks_by_service.entry(t.service_id.clone()).or_default().insert(t.id.clone());
@@ -362,19 +386,19 @@ impl MemoryStore {
                 self.tasks_by_desired.entry(t.desired_state).or_default().insert(t.id.clone());
                 self.tasks_by_state.entry(t.status.state).or_default().insert(t.id.clone());
                 count_live(&mut self.live_by_service, &t, true);
-                self.tasks.insert(t.id.clone(), t);
+                self.tasks.insert(t.id.clone(), Arc::new(t));
             }
             Object::Network(n) => {
                 self.network_by_name.insert(n.spec.annotations.name.clone(), n.id.clone());
-                self.networks.insert(n.id.clone(), n);
+                self.networks.insert(n.id.clone(), Arc::new(n));
             }
             Object::Secret(o) => {
                 self.secret_by_name.insert(o.spec.annotations.name.clone(), o.id.clone());
-                self.secrets.insert(o.id.clone(), o);
+                self.secrets.insert(o.id.clone(), Arc::new(o));
             }
             Object::Config(o) => {
                 self.config_by_name.insert(o.spec.annotations.name.clone(), o.id.clone());
-                self.configs.insert(o.id.clone(), o);
+                self.configs.insert(o.id.clone(), Arc::new(o));
             }
         }
     }
@@ -438,12 +462,12 @@ impl MemoryStore {
             self.put(obj);
             return;
         };
-        let Some(slot) = self.tasks.get_mut(&t.id) else {
-            self.put(Object::Task(t));
+        let new = Arc::new(t);
+        let Some(slot) = self.tasks.get_mut(&new.id) else {
+            self.put(Object::Task(Arc::unwrap_or_clone(new)));
             return;
         };
-        let old = std::mem::replace(slot, t);
-        let new = &self.tasks[old.id.as_str()];
+        let old = std::mem::replace(slot, new.clone());
         let id = &old.id;
         if old.service_id != new.service_id {
             if remove_from_index(&mut self.tasks_by_service, &old.service_id, id) {
@@ -466,7 +490,7 @@ impl MemoryStore {
             self.tasks_by_state.entry(new.status.state).or_default().insert(moved.unwrap_or_else(|| id.clone()));
         }
         // The new version counted first, so a service's counts are not dropped and made again in between.
-        count_live(&mut self.live_by_service, new, true);
+        count_live(&mut self.live_by_service, &new, true);
         count_live(&mut self.live_by_service, &old, false);
     }
 }
@@ -497,9 +521,9 @@ fn count_live(counts: &mut HashMap<String, LiveCounts>, t: &Task, add: bool) {
 }
 
 /// Takes `id` out of `index[state]` (dropping the set once empty) and hands back its string for reuse.
-fn take_from(index: &mut BTreeMap<TaskState, BTreeSet<String>>, state: TaskState, id: &str) -> Option<String> {
+fn take_from(index: &mut OrdMap<TaskState, OrdSet<String>>, state: TaskState, id: &str) -> Option<String> {
     let set = index.get_mut(&state)?;
-    let taken = set.take(id);
+    let taken = set.remove(id);
     if set.is_empty() {
         index.remove(&state);
     }
@@ -507,7 +531,7 @@ fn take_from(index: &mut BTreeMap<TaskState, BTreeSet<String>>, state: TaskState
 }
 
 /// Removes `id` from `index[key]`; returns whether that left `key` with nothing.
-fn remove_from_index(index: &mut HashMap<String, BTreeSet<String>>, key: &str, id: &str) -> bool {
+fn remove_from_index(index: &mut HashMap<String, OrdSet<String>>, key: &str, id: &str) -> bool {
     if let Some(set) = index.get_mut(key) {
         set.remove(id);
         if set.is_empty() {
@@ -523,6 +547,7 @@ mod tests {
     use super::*;
     use crate::api::Timestamp;
     use crate::testing::{service, task};
+    use std::collections::BTreeSet;
 
     fn p(ops: Vec<Op>) -> Proposal {
         Proposal { ops, timestamp: Timestamp::now() }

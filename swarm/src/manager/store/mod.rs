@@ -4,7 +4,7 @@
 //!   component ── Store::update(|tx| …) ──▶ Proposal ──▶ raft::client_write ──▶ log (redb) ──▶ commit
 //!                                                                                            │
 //!   component ◀── watch / watch_objects (broadcast of Arc<Event>) ◀── MemoryStore::apply ◀── state machine ◀┘
-//!   component ── Store::view(|v| …) reads the MemoryStore under a read lock
+//!   component ── Store::view(|v| …) reads a clone of the MemoryStore (persistent maps: a few reference counts)
 //!   dispatcher session ◀── NodeWatch (one node's task events, Arc-shared) ◀── routed while applying
 //! ```
 //! The store is the bus: components never call each other, they write here and watch here. An update carries the
@@ -185,8 +185,13 @@ impl SharedView {
     }
 
     pub fn read<R>(&self, f: impl FnOnce(&MemoryStore) -> R) -> R {
-        let view = self.view.read().unwrap_or_else(|e| e.into_inner());
-        f(&view)
+        f(&self.current())
+    }
+
+    /// The store as the last applied entry left it: a clone that shares all its structure with the live view, so
+    /// it is cheap to take and the writer never waits for whoever reads it, however long they take.
+    pub fn current(&self) -> MemoryStore {
+        self.view.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 }
 
@@ -283,7 +288,7 @@ impl Store {
         self.data_key.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    /// Reads the store under a read lock. Don't block inside `f`.
+    /// Reads the store as the last applied entry left it (a cheap clone: `f` holds back no write).
     pub fn view<R>(&self, f: impl FnOnce(&MemoryStore) -> R) -> R {
         self.shared.read(f)
     }
@@ -332,16 +337,20 @@ impl Store {
 
     /// Reads the store and subscribes in one step: the receiver gets exactly the changes made after the read.
     pub fn view_and_watch<R>(&self, f: impl FnOnce(&MemoryStore) -> R) -> (R, broadcast::Receiver<Arc<Event>>) {
-        let view = self.shared.view.read().unwrap_or_else(|e| e.into_inner());
-        let rx = self.shared.events.subscribe();
+        let (view, rx) = {
+            let live = self.shared.view.read().unwrap_or_else(|e| e.into_inner());
+            (live.clone(), self.shared.events.subscribe())
+        };
         (f(&view), rx)
     }
 
     /// Reads the store and subscribes to the task events of `node_id` in one step: the watch gets exactly the
     /// changes made after the read.
     pub fn view_and_watch_node<R>(&self, node_id: &str, f: impl FnOnce(&MemoryStore) -> R) -> (R, NodeWatch) {
-        let view = self.shared.view.read().unwrap_or_else(|e| e.into_inner());
-        let w = self.shared.nodes.subscribe(node_id);
+        let (view, w) = {
+            let live = self.shared.view.read().unwrap_or_else(|e| e.into_inner());
+            (live.clone(), self.shared.nodes.subscribe(node_id))
+        };
         (f(&view), w)
     }
 
@@ -397,7 +406,7 @@ impl Store {
         E: From<StoreError>,
     {
         let (out, ops) = {
-            let view = self.shared.view.read().unwrap_or_else(|e| e.into_inner());
+            let view = self.shared.current();
             let mut tx = WriteTx { view: &view, ops: Vec::new() };
             let out = f(&mut tx)?;
             (out, tx.ops)
@@ -485,6 +494,32 @@ mod tests {
         let mut calls = 0;
         store.update_retrying(3, |tx| stale_then_fresh(&mut calls, tx)).await.expect("second attempt commits");
         assert_eq!(calls, 2, "retried once on a fresh view");
+    }
+
+    /// A reader works on the store as of one entry: writes made while it reads complete without waiting for it,
+    /// and it does not see them.
+    #[tokio::test]
+    async fn a_long_read_neither_holds_back_writes_nor_sees_them() {
+        let store = Store::in_memory();
+        store.update(|tx| Ok::<_, StoreError>(tx.create(service("s1", "web", 1)))).await.unwrap();
+        let writer = store.clone();
+        let (before, during, after) = store.view(|v| {
+            let before = v.tasks().count();
+            // Another thread writes while this read is in progress; under a read lock it would wait for the read.
+            let (done, wrote) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                let p = Proposal {
+                    ops: vec![Op::Create(crate::testing::task("t1", "s1", 1).into())],
+                    timestamp: Timestamp::now(),
+                };
+                let _ = done.send(writer.shared.apply(2, &p).map(|_| ()));
+            });
+            let written = wrote.recv_timeout(std::time::Duration::from_secs(10));
+            (before, written, v.tasks().count())
+        });
+        assert!(matches!(during, Ok(Ok(()))), "the write completed while the read held its view: {during:?}");
+        assert_eq!((before, after), (0, 0), "the read kept the store as it was when it began");
+        assert_eq!(store.view(|v| v.tasks().count()), 1, "the next read sees the write");
     }
 
     #[tokio::test]
