@@ -466,12 +466,13 @@ impl RedbStateMachine {
                 path
             }
         };
-        let mut objects = Vec::new();
-        let read = snapshot_file::read(&path, &self.at_rest, |o| objects.push(o))
+        // Into the store as they are read: a list of them all first would hold the state twice.
+        let mut store = MemoryStore::new();
+        let read = snapshot_file::read(&path, &self.at_rest, |o| store.put(o))
             .and_then(|found| snapshot_file::check_meta(&path, &found, meta));
         // A rejected file is left for inspection; the next `begin_receiving_snapshot` removes it.
         read.map_err(|e| StorageIOError::read_snapshot(sig.clone(), &e))?;
-        Ok((path, MemoryStore::from_objects(objects)))
+        Ok((path, store))
     }
 
     /// Puts a received snapshot file in place and replaces the whole state with it in one durable transaction.

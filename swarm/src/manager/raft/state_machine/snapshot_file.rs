@@ -2,15 +2,17 @@
 //! object at a time, so no snapshot is ever held whole in one buffer.
 //!
 //! ```text
-//!   {"format":1,"meta":{…snapshot meta…},"objects":N}      header: format version, what the snapshot is
-//!   {"Service":{…}}                                        one object per line, N lines
-//!   {"end":N,"sha256":"…"}                                 trailer: digest of every byte before it
+//!   {"format":2,"meta":{…snapshot meta…},"objects":N}\n    header line (JSON): format version, what the snapshot is
+//!   <u32 LE length><record>                                 N records, one object each
+//!   {"end":N,"sha256":"…"}\n                               trailer line: digest of every byte before it
 //! ```
-//! A manager with a data key writes each object line sealed ([`AtRest`]): a JSON string holding the base64 of the
-//! sealed object. The header and trailer stay in clear (they say which snapshot the file is, nothing of its
-//! objects). The trailer makes a truncated or altered file an error rather than a smaller store. Files are written under a
-//! `.tmp` name, synced, and renamed into place by the state machine; anything not named by `state.redb` is a
-//! leftover and removed.
+//! A record is an object as the state machine stores it ([`AtRest::encode`]: a format byte, then MessagePack, or
+//! the same sealed with the data key). The header and trailer stay in clear (they say which snapshot the file is,
+//! nothing of its objects). The trailer makes a truncated or altered file an error rather than a smaller store.
+//! Format 1, written by older releases, is still read: the same header and trailer with one JSON object per line
+//! (a JSON string holding the base64 of the sealed object when sealed). Files are written under a `.tmp` name,
+//! synced, and renamed into place by the state machine; anything not named by `state.redb` is a leftover and
+//! removed.
 
 use crate::api::Object;
 use crate::manager::raft::codec::AtRest;
@@ -19,11 +21,18 @@ use base64::Engine;
 use openraft::{BasicNode, SnapshotMeta};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::io::{BufRead, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
-/// The snapshot file format this release writes and reads.
-pub const SNAPSHOT_FORMAT: u8 = 1;
+/// The snapshot file format this release writes.
+pub const SNAPSHOT_FORMAT: u8 = 2;
+
+/// The format of older releases (one JSON object per line), still read.
+pub const SNAPSHOT_FORMAT_LINES: u8 = 1;
+
+/// The largest record a reader accepts: far above any object (a secret holds at most 500 KiB), so a length that
+/// exceeds it is a damaged file, not a big object.
+const MAX_RECORD: u32 = 64 << 20;
 
 type Meta = SnapshotMeta<NodeId, BasicNode>;
 
@@ -34,11 +43,11 @@ pub enum SnapshotFileError {
     #[error("snapshot file {path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
     /// The file was written in a format this release does not know.
-    #[error("snapshot file {path} has format version {version}; this shoald reads version {SNAPSHOT_FORMAT} (was it written by a newer release?)")]
+    #[error("snapshot file {path} has format version {version}; this shoald reads versions {SNAPSHOT_FORMAT_LINES} and {SNAPSHOT_FORMAT} (was it written by a newer release?)")]
     UnsupportedVersion { path: PathBuf, version: u64 },
-    /// A line of the file is not what the format says.
-    #[error("snapshot file {path} is corrupt at line {line}: {reason}")]
-    Corrupt { path: PathBuf, line: u64, reason: String },
+    /// A part of the file (its header, an object, its trailer) is not what the format says.
+    #[error("snapshot file {path} is corrupt at {at}: {reason}")]
+    Corrupt { path: PathBuf, at: String, reason: String },
     /// The file ends before its trailer.
     #[error("snapshot file {path} is truncated: it ends after {got} of its {want} objects")]
     Truncated { path: PathBuf, got: u64, want: u64 },
@@ -105,13 +114,13 @@ pub fn write(
     write_line(path, &mut out, &Header { format: SNAPSHOT_FORMAT as u64, meta: meta.clone(), objects: count })?;
     let mut written = 0u64;
     for o in objects {
-        if at_rest.is_sealed() {
-            let json = serde_json::to_vec(&o).expect("serializing plain data to a Vec cannot fail");
-            let sealed = base64::engine::general_purpose::STANDARD.encode(at_rest.seal(json));
-            write_line(path, &mut out, &sealed)?;
-        } else {
-            write_line(path, &mut out, &o)?;
-        }
+        let record = at_rest.encode(&o);
+        let Some(len) = u32::try_from(record.len()).ok().filter(|n| *n <= MAX_RECORD) else {
+            let too_big =
+                format!("{} {} takes {} bytes, more than a snapshot record holds", o.kind(), o.id(), record.len());
+            return Err(SnapshotFileError::Io { path: path.to_path_buf(), source: std::io::Error::other(too_big) });
+        };
+        out.write_all(&len.to_le_bytes()).and_then(|()| out.write_all(&record)).map_err(io(path))?;
         written += 1;
     }
     // A count that disagrees with the objects would make a file that reads as truncated; catch it here.
@@ -130,116 +139,144 @@ fn write_line(path: &Path, out: &mut impl Write, value: &impl Serialize) -> Resu
     out.write_all(b"\n").map_err(io(path))
 }
 
-/// Reads lines, hashing the bytes of every line read, and numbering them for errors.
-struct Lines<'a> {
+/// Reads a snapshot file's lines and records, hashing the bytes read.
+struct Reader<'a> {
     path: &'a Path,
     reader: BufReader<std::fs::File>,
     digest: Sha256,
-    line: u64,
     buf: Vec<u8>,
 }
 
-impl<'a> Lines<'a> {
+impl<'a> Reader<'a> {
     fn open(path: &'a Path) -> Result<Self, SnapshotFileError> {
         let file = std::fs::File::open(path).map_err(io(path))?;
-        Ok(Lines {
-            path,
-            reader: BufReader::with_capacity(256 * 1024, file),
-            digest: Sha256::new(),
-            line: 0,
-            buf: vec![],
-        })
+        Ok(Reader { path, reader: BufReader::with_capacity(256 * 1024, file), digest: Sha256::new(), buf: vec![] })
     }
 
     /// The next whole line (without its newline), or None at the end of the file or of a partial last line.
-    fn next(&mut self, hash: bool) -> Result<Option<&[u8]>, SnapshotFileError> {
+    fn line(&mut self, hash: bool) -> Result<Option<&[u8]>, SnapshotFileError> {
         self.buf.clear();
         let n = self.reader.read_until(b'\n', &mut self.buf).map_err(io(self.path))?;
         if n == 0 || self.buf.last() != Some(&b'\n') {
             return Ok(None);
         }
-        self.line += 1;
         if hash {
             self.digest.update(&self.buf);
         }
         Ok(Some(&self.buf[..self.buf.len() - 1]))
     }
 
-    fn corrupt(&self, reason: impl ToString) -> SnapshotFileError {
-        SnapshotFileError::Corrupt { path: self.path.to_path_buf(), line: self.line, reason: reason.to_string() }
+    /// The next record (its length, then its bytes), or None where the file ends before it does.
+    fn record(&mut self, at: &str) -> Result<Option<&[u8]>, SnapshotFileError> {
+        let mut len = [0u8; 4];
+        if !self.fill(&mut len)? {
+            return Ok(None);
+        }
+        let n = u32::from_le_bytes(len);
+        if n > MAX_RECORD {
+            return Err(corrupt(self.path, at, format!("a record of {n} bytes, more than any object")));
+        }
+        self.digest.update(len);
+        self.buf.resize(n as usize, 0);
+        let mut body = std::mem::take(&mut self.buf);
+        let whole = self.fill(&mut body)?;
+        self.buf = body;
+        if !whole {
+            return Ok(None);
+        }
+        self.digest.update(&self.buf);
+        Ok(Some(&self.buf))
+    }
+
+    /// Reads exactly `out.len()` bytes; false if the file ends first.
+    fn fill(&mut self, out: &mut [u8]) -> Result<bool, SnapshotFileError> {
+        match self.reader.read_exact(out) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(false),
+            Err(e) => Err(io(self.path)(e)),
+        }
     }
 
     fn header(&mut self) -> Result<Header, SnapshotFileError> {
         let path = self.path;
-        let Some(line) = self.next(true)? else {
-            return Err(SnapshotFileError::Corrupt { path: path.to_path_buf(), line: 1, reason: "no header".into() });
+        let Some(line) = self.line(true)? else {
+            return Err(corrupt(path, "line 1", "no header"));
         };
-        let version: Version = serde_json::from_slice(line).map_err(|e| SnapshotFileError::Corrupt {
-            path: path.to_path_buf(),
-            line: 1,
-            reason: format!("not a snapshot header: {e}"),
-        })?;
-        if version.format != SNAPSHOT_FORMAT as u64 {
+        let version: Version =
+            serde_json::from_slice(line).map_err(|e| corrupt(path, "line 1", format!("not a snapshot header: {e}")))?;
+        if version.format != SNAPSHOT_FORMAT as u64 && version.format != SNAPSHOT_FORMAT_LINES as u64 {
             return Err(SnapshotFileError::UnsupportedVersion { path: path.to_path_buf(), version: version.format });
         }
-        serde_json::from_slice(line).map_err(|e| SnapshotFileError::Corrupt {
-            path: path.to_path_buf(),
-            line: 1,
-            reason: format!("bad header: {e}"),
-        })
+        serde_json::from_slice(line).map_err(|e| corrupt(path, "line 1", format!("bad header: {e}")))
     }
 }
 
-/// Reads the whole file, checking every line and the checksum; the objects are handed to `each` as they are read.
-pub fn read(path: &Path, at_rest: &AtRest, mut each: impl FnMut(Object)) -> Result<Meta, SnapshotFileError> {
-    read_lines(path, Some((at_rest, &mut each)))
+fn corrupt(path: &Path, at: &str, reason: impl ToString) -> SnapshotFileError {
+    SnapshotFileError::Corrupt { path: path.to_path_buf(), at: at.to_string(), reason: reason.to_string() }
 }
 
-/// Checks the whole file (header, number of lines, checksum) without decoding the objects: cheap enough to run
+/// An object line of format 1: the object's JSON, or a JSON string holding the base64 of it sealed.
+fn decode_line(line: &[u8], at_rest: &AtRest) -> Result<Object, String> {
+    if line.first() != Some(&b'"') {
+        return serde_json::from_slice::<Object>(line).map_err(|e| e.to_string());
+    }
+    let text: String = serde_json::from_slice(line).map_err(|e| e.to_string())?;
+    let sealed =
+        base64::engine::general_purpose::STANDARD.decode(text.as_bytes()).map_err(|e| format!("sealed object: {e}"))?;
+    let json = at_rest.open(&sealed).map_err(|e| e.to_string())?;
+    serde_json::from_slice::<Object>(&json).map_err(|e| e.to_string())
+}
+
+/// Reads the whole file, checking every object and the checksum; the objects are handed to `each` as they are
+/// read.
+pub fn read(path: &Path, at_rest: &AtRest, mut each: impl FnMut(Object)) -> Result<Meta, SnapshotFileError> {
+    read_file(path, Some((at_rest, &mut each)))
+}
+
+/// Checks the whole file (header, number of objects, checksum) without decoding the objects: cheap enough to run
 /// on every start.
 pub fn verify(path: &Path) -> Result<Meta, SnapshotFileError> {
-    read_lines(path, None)
+    read_file(path, None)
 }
 
-fn read_lines(path: &Path, mut each: Option<(&AtRest, &mut dyn FnMut(Object))>) -> Result<Meta, SnapshotFileError> {
-    let mut lines = Lines::open(path)?;
-    let header = lines.header()?;
+fn read_file(path: &Path, mut each: Option<(&AtRest, &mut dyn FnMut(Object))>) -> Result<Meta, SnapshotFileError> {
+    let mut r = Reader::open(path)?;
+    let header = r.header()?;
+    let lines = header.format == SNAPSHOT_FORMAT_LINES as u64;
     for got in 0..header.objects {
-        let Some(line) = lines.next(true)? else {
+        let at = format!("object {}", got + 1);
+        let item = if lines { r.line(true)? } else { r.record(&at)? };
+        let Some(bytes) = item else {
             return Err(SnapshotFileError::Truncated { path: path.to_path_buf(), got, want: header.objects });
         };
         if let Some((at_rest, each)) = each.as_mut() {
-            let object = if line.first() == Some(&b'"') {
-                let text: String = serde_json::from_slice(line).map_err(|e| lines.corrupt(e))?;
-                let sealed = base64::engine::general_purpose::STANDARD
-                    .decode(text.as_bytes())
-                    .map_err(|e| lines.corrupt(format!("sealed object: {e}")))?;
-                let json = at_rest.open(&sealed).map_err(|e| lines.corrupt(e))?;
-                serde_json::from_slice::<Object>(&json).map_err(|e| lines.corrupt(e))?
+            let object = if lines {
+                decode_line(bytes, at_rest)
             } else {
-                serde_json::from_slice::<Object>(line).map_err(|e| lines.corrupt(e))?
+                at_rest.decode::<Object>(bytes).map_err(|e| e.to_string())
             };
-            each(object);
+            each(object.map_err(|reason| corrupt(path, &at, reason))?);
         }
     }
-    let digest = hex::encode(lines.digest.clone().finalize());
-    let Some(line) = lines.next(false)? else {
+    let digest = hex::encode(r.digest.clone().finalize());
+    let Some(line) = r.line(false)? else {
         return Err(SnapshotFileError::Truncated {
             path: path.to_path_buf(),
             got: header.objects,
             want: header.objects,
         });
     };
-    let trailer: Trailer =
-        serde_json::from_slice(line).map_err(|e| lines.corrupt(format!("expected the end of the snapshot: {e}")))?;
+    let trailer: Trailer = serde_json::from_slice(line)
+        .map_err(|e| corrupt(path, "the end", format!("expected the end of the snapshot: {e}")))?;
     if trailer.end != header.objects {
-        return Err(lines.corrupt(format!("the end says {} objects, the header {}", trailer.end, header.objects)));
+        let reason = format!("the end says {} objects, the header {}", trailer.end, header.objects);
+        return Err(corrupt(path, "the end", reason));
     }
     if trailer.sha256 != digest {
         return Err(SnapshotFileError::Checksum { path: path.to_path_buf() });
     }
-    if lines.next(false)?.is_some() || !lines.buf.is_empty() {
-        return Err(lines.corrupt("data after the end of the snapshot"));
+    if r.line(false)?.is_some() || !r.buf.is_empty() {
+        return Err(corrupt(path, "the end", "data after the end of the snapshot"));
     }
     Ok(header.meta)
 }
@@ -317,19 +354,76 @@ mod tests {
         path
     }
 
+    /// Where record `i` (from 0) of a format-2 file lies.
+    fn record_span(bytes: &[u8], i: usize) -> std::ops::Range<usize> {
+        let mut at = bytes.iter().position(|b| *b == b'\n').unwrap() + 1;
+        for k in 0.. {
+            let len = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+            if k == i {
+                return at + 4..at + 4 + len;
+            }
+            at += 4 + len;
+        }
+        unreachable!()
+    }
+
+    fn replaced(bytes: &[u8], from: &[u8], to: &[u8]) -> Vec<u8> {
+        let at = bytes.windows(from.len()).position(|w| w == from).unwrap();
+        [&bytes[..at], to, &bytes[at + from.len()..]].concat()
+    }
+
     #[test]
-    fn writes_one_line_per_object_and_reads_them_back() {
+    fn writes_one_binary_record_per_object_and_reads_them_back() {
         let dir = tempfile::tempdir().unwrap();
         let path = written(dir.path(), 3);
-        let text = std::fs::read_to_string(&path).unwrap();
-        let lines: Vec<&str> = text.lines().collect();
-        assert_eq!(lines.len(), 5, "header, 3 objects, trailer: {text}");
-        assert!(lines[0].starts_with("{\"format\":1,"), "the file starts with its format version: {}", lines[0]);
+        let bytes = std::fs::read(&path).unwrap();
+        assert!(bytes.starts_with(b"{\"format\":2,"), "the file starts with its format version");
+        let record = &bytes[record_span(&bytes, 0)];
+        assert_eq!(record[0], crate::manager::raft::codec::FORMAT_VERSION, "a record is an object as stored");
+        let json = serde_json::to_vec(&objects(1)[0]).unwrap();
+        assert!(record.len() < json.len(), "MessagePack, smaller than the JSON ({} ≥ {})", record.len(), json.len());
         let mut got = vec![];
         let m = read(&path, &AtRest::default(), |o| got.push(o)).unwrap();
         assert_eq!(m, meta(7));
         assert_eq!(serde_json::to_string(&got).unwrap(), serde_json::to_string(&objects(3)).unwrap());
         assert_eq!(verify(&path).unwrap(), meta(7));
+
+        // Sealed with a data key: the records are ciphertext, and read back with the key only.
+        let key = crate::manager::datakey::DataKey::generate();
+        let sealed = dir.path().join("sealed.snap");
+        write(&sealed, &meta(7), 3, objects(3).into_iter(), &AtRest::sealed_with(Some(key.clone()))).unwrap();
+        let bytes = std::fs::read(&sealed).unwrap();
+        assert!(!bytes.windows(5).any(|w| w == b"svc-1"), "no object name in clear");
+        let mut got = vec![];
+        read(&sealed, &AtRest::sealed_with(Some(key)), |o| got.push(o)).unwrap();
+        assert_eq!(got.len(), 3);
+        let err = read(&sealed, &AtRest::default(), |_| {}).unwrap_err().to_string();
+        assert!(err.contains("object 1") && err.contains("no data key"), "{err}");
+    }
+
+    /// Snapshots written by older releases (format 1: one JSON object per line) are still read.
+    #[test]
+    fn a_format_1_file_of_json_lines_is_still_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.snap");
+        let mut body = serde_json::to_vec(&Header { format: 1, meta: meta(7), objects: 3 }).unwrap();
+        body.push(b'\n');
+        for o in objects(3) {
+            body.extend(serde_json::to_vec(&o).unwrap());
+            body.push(b'\n');
+        }
+        let sha256 = hex::encode(Sha256::digest(&body));
+        let mut file = body;
+        file.extend(serde_json::to_vec(&Trailer { end: 3, sha256 }).unwrap());
+        file.push(b'\n');
+        std::fs::write(&path, &file).unwrap();
+        let mut got = vec![];
+        assert_eq!(read(&path, &AtRest::default(), |o| got.push(o)).unwrap(), meta(7));
+        assert_eq!(serde_json::to_string(&got).unwrap(), serde_json::to_string(&objects(3)).unwrap());
+        let bad = replaced(&file, b"\"kind\":\"service\"", b"\"kind\":\"nothing\"");
+        std::fs::write(&path, &bad).unwrap();
+        let err = read(&path, &AtRest::default(), |_| {}).unwrap_err().to_string();
+        assert!(err.contains("corrupt at object 1"), "{err}");
     }
 
     #[test]
@@ -338,14 +432,7 @@ mod tests {
         let good = std::fs::read(written(dir.path(), 20)).unwrap();
         let cases: Vec<(&str, Vec<u8>, &str)> = vec![
             ("cut mid-object", good[..good.len() / 2].to_vec(), "truncated"),
-            (
-                "cut before the trailer",
-                {
-                    let end = good[..good.len() - 1].iter().rposition(|b| *b == b'\n').unwrap() + 1;
-                    good[..end].to_vec()
-                },
-                "truncated",
-            ),
+            ("cut before the trailer", good[..record_span(&good, 19).end].to_vec(), "truncated"),
             ("empty", vec![], "corrupt"),
             ("garbage", b"not a snapshot\n".to_vec(), "corrupt"),
             (
@@ -357,23 +444,25 @@ mod tests {
                 },
                 "format version 9",
             ),
+            ("a changed byte inside an object", replaced(&good, b"svc-13", b"svc-99"), "checksum"),
             (
-                "a changed byte inside an object",
+                "a record that is not an object",
                 {
-                    let s = String::from_utf8(good.clone()).unwrap().replacen("svc-13", "svc-99", 1);
-                    s.into_bytes()
+                    let mut b = good.clone();
+                    b[record_span(&good, 3)].fill(0xff);
+                    b
                 },
-                "checksum",
+                "object 4",
             ),
             (
-                "a line that is not an object",
+                "a record longer than any object",
                 {
-                    let s = String::from_utf8(good.clone()).unwrap();
-                    let mut lines: Vec<&str> = s.lines().collect();
-                    lines[4] = "{\"nope\":1}";
-                    (lines.join("\n") + "\n").into_bytes()
+                    let mut b = good.clone();
+                    let at = record_span(&good, 2).start - 4;
+                    b[at..at + 4].copy_from_slice(&u32::MAX.to_le_bytes());
+                    b
                 },
-                "line 5",
+                "object 3: a record of 4294967295 bytes",
             ),
             ("trailing data", [good.clone(), b"{}\n".to_vec()].concat(), "after the end"),
         ];
@@ -381,8 +470,8 @@ mod tests {
             let path = dir.path().join("bad.snap");
             std::fs::write(&path, &bytes).unwrap();
             let err = read(&path, &AtRest::default(), |_| {}).expect_err(what).to_string();
-            if says != "line 5" {
-                // Only decoding the objects tells a well-formed line from an object.
+            if says != "object 4" {
+                // Only decoding the objects tells a well-formed record from an object.
                 let quick = verify(&path).expect_err(what).to_string();
                 assert!(quick.contains(says), "{what}: verify says {says:?}: {quick}");
             }

@@ -91,9 +91,10 @@ async fn a_snapshot_is_a_versioned_file_in_the_snapshot_dir() {
     assert!(snaps.len() == 1 && snaps[0].ends_with(".snap"), "one snapshot file in snapshots/: {snaps:?}");
     let on_disk = std::fs::read(sm.snapshot_dir().join(&snaps[0])).unwrap();
     assert_eq!(data, on_disk, "the snapshot handed to openraft is the file");
-    let text = String::from_utf8(on_disk).unwrap();
-    assert!(text.starts_with("{\"format\":1,"), "the file starts with its format version: {}", &text[..40]);
-    assert_eq!(text.lines().count(), 52, "a header, one line per object, a trailer");
+    assert!(on_disk.starts_with(b"{\"format\":2,"), "the file starts with its format version");
+    let mut objects = 0;
+    snapshot_file::read(&sm.snapshot_dir().join(&snaps[0]), &Default::default(), |_| objects += 1).unwrap();
+    assert_eq!(objects, 50, "one record per object");
 
     sm.close().await;
     let mut sm = open_in(dir.path());
@@ -125,8 +126,11 @@ async fn building_a_snapshot_does_not_stall_apply() {
     pause.release.send(()).unwrap();
     let snap = building.await.unwrap().unwrap();
     assert_eq!(snap.meta.last_log_id, Some(log_id(10)), "the snapshot is the state its build copied");
-    let text = String::from_utf8(bytes_of(snap).await).unwrap();
-    assert_eq!(text.lines().count(), 12, "the 10 objects of index 10, not those applied during the build");
+    let file = dir.path().join("from-build.snap");
+    std::fs::write(&file, bytes_of(snap).await).unwrap();
+    let mut objects = 0;
+    snapshot_file::read(&file, &Default::default(), |_| objects += 1).unwrap();
+    assert_eq!(objects, 10, "the 10 objects of index 10, not those applied during the build");
 }
 
 #[tokio::test]
@@ -232,7 +236,9 @@ async fn a_damaged_snapshot_is_refused_naming_the_file_and_changes_nothing() {
     let meta = snap.meta.clone();
     let good = bytes_of(snap).await;
 
-    let altered = String::from_utf8(good.clone()).unwrap().replacen("\"b-17\"", "\"b-99\"", 1).into_bytes();
+    // In a record (MessagePack), the id is a length byte then its bytes.
+    let at = good.windows(5).position(|w| w == b"\xa4b-17").expect("b-17 in the file");
+    let altered = [&good[..at], b"\xa4b-99".as_slice(), &good[at + 5..]].concat();
     assert_ne!(altered, good);
     let cases = [
         ("cut short", good[..good.len() / 2].to_vec(), "truncated"),
@@ -412,9 +418,12 @@ async fn with_a_data_key_objects_rest_sealed_and_a_clear_state_is_sealed_at_star
         }
     }
     let snaps = files(&sm);
-    let snap = std::fs::read_to_string(sm.snapshot_dir().join(&snaps[0])).unwrap();
-    assert!(!snap.contains("new-23") && !snap.contains("clear-3"), "a name in clear in the snapshot file");
-    assert_eq!(snap.lines().count(), 42, "a header, one sealed line per object, a trailer");
+    let snap = std::fs::read(sm.snapshot_dir().join(&snaps[0])).unwrap();
+    let in_clear = |name: &[u8]| snap.windows(name.len()).any(|w| w == name);
+    assert!(!in_clear(b"new-23") && !in_clear(b"clear-3"), "a name in clear in the snapshot file");
+    let mut sealed_records = 0;
+    snapshot_file::read(&sm.snapshot_dir().join(&snaps[0]), &sealed(), |_| sealed_records += 1).unwrap();
+    assert_eq!(sealed_records, 40, "every object in the snapshot, read back with the key");
     sm.close().await;
     drop(sm);
 
