@@ -84,27 +84,25 @@ fn write_plan<P: ServiceModePolicy>(tx: &mut WriteTx, service: &Service, room: u
     let view = tx.view();
     let plan = P::plan(view, service);
     let whole = plan.orphaned.len() + plan.end.len() + plan.create.len() <= room;
-    let mut writes = Vec::with_capacity(room.min(plan.orphaned.len() + plan.end.len() + plan.create.len()));
-    for mut t in plan.orphaned {
-        let why = move_reason(view, &t).map_or("", MoveReason::message);
-        tracing::info!(service.id = %service.id, task.id = %t.id, slot = t.slot, node.id = %t.node_id,
-            reason = why, "moving the task off its node");
-        t.desired_state = TaskState::Shutdown;
-        writes.push((false, t));
-    }
-    for mut t in plan.end {
-        t.desired_state = P::END_STATE;
-        writes.push((false, t));
-    }
-    writes.extend(plan.create.into_iter().map(|t| (true, t)));
-    for (create, t) in writes.into_iter().take(room) {
-        if create {
-            tracing::info!(service.id = %service.id, task.id = %t.id, slot = t.slot, node.id = %t.node_id,
-                "task created");
-            tx.create(t);
-        } else {
-            tx.update(t);
+    // Each update with the reason it moves (an orphan) or none (a task the plan ends).
+    let orphaned = plan.orphaned.into_iter().map(|t| (Some(move_reason(view, &t).map_or("", MoveReason::message)), t));
+    let ended = plan.end.into_iter().map(|t| (None, t));
+    let updates: Vec<(Option<&str>, Task)> = orphaned.chain(ended).take(room).collect();
+    let creates: Vec<Task> = plan.create.into_iter().take(room - updates.len()).collect();
+    for (moving, mut t) in updates {
+        match moving {
+            Some(why) => {
+                tracing::info!(service.id = %service.id, task.id = %t.id, slot = t.slot, node.id = %t.node_id,
+                    reason = why, "moving the task off its node");
+                t.desired_state = TaskState::Shutdown;
+            }
+            None => t.desired_state = P::END_STATE,
         }
+        tx.update(t);
+    }
+    for t in creates {
+        tracing::info!(service.id = %service.id, task.id = %t.id, slot = t.slot, node.id = %t.node_id, "task created");
+        tx.create(t);
     }
     whole
 }
@@ -208,7 +206,9 @@ impl<P: ServiceModePolicy> Orchestrator<P> {
         let services: Vec<String> =
             self.store.view(|v| scope.services(v).filter(|s| P::handles(&s.spec.mode)).map(|s| s.id.clone()).collect());
         let (mut next, mut touched, mut delayed) = (0, None, Vec::new());
-        loop {
+        // A pass of many proposals stops between two of them when the leader steps down or the node shuts down:
+        // the next leader starts with a full pass anyway.
+        while !shutdown.is_cancelled() {
             let done = self
                 .store
                 .update(|tx| {
@@ -451,6 +451,10 @@ mod tests {
             .await
             .unwrap();
         let orchestrator = replicated::ReplicatedOrchestrator::new(store.clone(), Arc::new(RestartSupervisor::new()));
+        let stopped = CancellationToken::new();
+        stopped.cancel();
+        orchestrator.pass(&stopped, Scope::everything()).await.unwrap();
+        assert_eq!(store.view(|v| v.tasks().count()), 0, "a pass whose leader stopped writes nothing more");
         orchestrator.pass(&CancellationToken::new(), Scope::everything()).await.unwrap();
         let (per_proposal, slots) = store.view(|v| {
             let mut per_proposal: std::collections::BTreeMap<u64, usize> = Default::default();
