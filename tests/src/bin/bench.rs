@@ -117,6 +117,14 @@ fn raft(args: &[String]) -> anyhow::Result<()> {
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
+    // Off unless asked: `RUST_LOG=warn bench scale …` shows what the in-process manager logs (nodes found down,
+    // failed passes) on stderr, beside the figures on stdout.
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some("failover") {
         let rounds = match args.get(1..).unwrap_or_default() {
