@@ -206,27 +206,20 @@ impl MemoryStore {
     }
 
     pub fn tasks_by_service(&self, service_id: &str) -> impl Iterator<Item = &Task> {
-        self.tasks_by_service
-            .get(service_id)
-            .into_iter()
-            .flat_map(|ids| ids.iter())
-            .filter_map(|id| self.tasks.get(id).map(|t| &**t))
+        self.tasks_in(self.tasks_by_service.get(service_id))
     }
 
     pub fn tasks_by_node(&self, node_id: &str) -> impl Iterator<Item = &Task> {
-        self.tasks_by_node
-            .get(node_id)
-            .into_iter()
-            .flat_map(|ids| ids.iter())
-            .filter_map(|id| self.tasks.get(id).map(|t| &**t))
+        self.tasks_in(self.tasks_by_node.get(node_id))
     }
 
     pub fn tasks_by_desired_state(&self, state: TaskState) -> impl Iterator<Item = &Task> {
-        self.tasks_by_desired
-            .get(&state)
-            .into_iter()
-            .flat_map(|ids| ids.iter())
-            .filter_map(|id| self.tasks.get(id).map(|t| &**t))
+        self.tasks_in(self.tasks_by_desired.get(&state))
+    }
+
+    /// The tasks an index entry names (none when the entry is absent).
+    fn tasks_in<'a>(&'a self, ids: Option<&'a OrdSet<String>>) -> impl Iterator<Item = &'a Task> {
+        ids.into_iter().flat_map(|ids| ids.iter()).filter_map(|id| self.tasks.get(id).map(|t| &**t))
     }
 
     /// The task counts of `service_id` (`service ls`), kept as tasks are written.
@@ -236,11 +229,7 @@ impl MemoryStore {
 
     /// Tasks whose observed state (`status.state`) is `state`: the allocator's NEW, the scheduler's PENDING.
     pub fn tasks_by_state(&self, state: TaskState) -> impl Iterator<Item = &Task> {
-        self.tasks_by_state
-            .get(&state)
-            .into_iter()
-            .flat_map(|ids| ids.iter())
-            .filter_map(|id| self.tasks.get(id).map(|t| &**t))
+        self.tasks_in(self.tasks_by_state.get(&state))
     }
 
     /// How many tasks are in each observed state, from the index (without visiting a task).
@@ -462,11 +451,11 @@ impl MemoryStore {
             self.put(obj);
             return;
         };
-        let new = Arc::new(t);
-        let Some(slot) = self.tasks.get_mut(&new.id) else {
-            self.put(Object::Task(Arc::unwrap_or_clone(new)));
+        let Some(slot) = self.tasks.get_mut(&t.id) else {
+            self.put(Object::Task(t));
             return;
         };
+        let new = Arc::new(t);
         let old = std::mem::replace(slot, new.clone());
         let id = &old.id;
         if old.service_id != new.service_id {

@@ -193,6 +193,13 @@ impl SharedView {
     pub fn current(&self) -> MemoryStore {
         self.view.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
+
+    /// [`SharedView::current`] and `subscribe` in one step, under the lock the state machine applies under: the
+    /// subscription gets exactly the changes made after that view.
+    fn current_and<W>(&self, subscribe: impl FnOnce(&Self) -> W) -> (MemoryStore, W) {
+        let live = self.view.read().unwrap_or_else(|e| e.into_inner());
+        (live.clone(), subscribe(self))
+    }
 }
 
 /// Collects the operations of one [`Store::update`].
@@ -337,20 +344,14 @@ impl Store {
 
     /// Reads the store and subscribes in one step: the receiver gets exactly the changes made after the read.
     pub fn view_and_watch<R>(&self, f: impl FnOnce(&MemoryStore) -> R) -> (R, broadcast::Receiver<Arc<Event>>) {
-        let (view, rx) = {
-            let live = self.shared.view.read().unwrap_or_else(|e| e.into_inner());
-            (live.clone(), self.shared.events.subscribe())
-        };
+        let (view, rx) = self.shared.current_and(|s| s.events.subscribe());
         (f(&view), rx)
     }
 
     /// Reads the store and subscribes to the task events of `node_id` in one step: the watch gets exactly the
     /// changes made after the read.
     pub fn view_and_watch_node<R>(&self, node_id: &str, f: impl FnOnce(&MemoryStore) -> R) -> (R, NodeWatch) {
-        let (view, w) = {
-            let live = self.shared.view.read().unwrap_or_else(|e| e.into_inner());
-            (live.clone(), self.shared.nodes.subscribe(node_id))
-        };
+        let (view, w) = self.shared.current_and(|s| s.nodes.subscribe(node_id));
         (f(&view), w)
     }
 

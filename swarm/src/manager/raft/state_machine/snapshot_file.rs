@@ -169,7 +169,7 @@ impl<'a> Reader<'a> {
     /// The next record (its length, then its bytes), or None where the file ends before it does.
     fn record(&mut self, at: &str) -> Result<Option<&[u8]>, SnapshotFileError> {
         let mut len = [0u8; 4];
-        if !self.fill(&mut len)? {
+        if !fill(self.path, &mut self.reader, &mut len)? {
             return Ok(None);
         }
         let n = u32::from_le_bytes(len);
@@ -178,23 +178,11 @@ impl<'a> Reader<'a> {
         }
         self.digest.update(len);
         self.buf.resize(n as usize, 0);
-        let mut body = std::mem::take(&mut self.buf);
-        let whole = self.fill(&mut body)?;
-        self.buf = body;
-        if !whole {
+        if !fill(self.path, &mut self.reader, &mut self.buf)? {
             return Ok(None);
         }
         self.digest.update(&self.buf);
         Ok(Some(&self.buf))
-    }
-
-    /// Reads exactly `out.len()` bytes; false if the file ends first.
-    fn fill(&mut self, out: &mut [u8]) -> Result<bool, SnapshotFileError> {
-        match self.reader.read_exact(out) {
-            Ok(()) => Ok(true),
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(false),
-            Err(e) => Err(io(self.path)(e)),
-        }
     }
 
     fn header(&mut self) -> Result<Header, SnapshotFileError> {
@@ -208,6 +196,15 @@ impl<'a> Reader<'a> {
             return Err(SnapshotFileError::UnsupportedVersion { path: path.to_path_buf(), version: version.format });
         }
         serde_json::from_slice(line).map_err(|e| corrupt(path, "line 1", format!("bad header: {e}")))
+    }
+}
+
+/// Reads exactly `out.len()` bytes; false if the file ends first.
+fn fill(path: &Path, reader: &mut impl Read, out: &mut [u8]) -> Result<bool, SnapshotFileError> {
+    match reader.read_exact(out) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(false),
+        Err(e) => Err(io(path)(e)),
     }
 }
 
