@@ -1,7 +1,8 @@
 //! The dispatcher: the leader's end of every agent's session (see `api::dispatch` for the exchange).
 //!
 //! It registers nodes when their session opens (READY), marks them DOWN after three missed heartbeat periods or
-//! when their session stream broke and they did not reconnect within the session grace (1s by default),
+//! when their session stream broke and they did not reconnect within the session grace (1s by default; the
+//! heartbeat grace while most sessions are broken at once, a manager-side failure),
 //! streams each node its assignments (the full set, then deltas from the store's watch), and batches the task
 //! status updates agents report into store writes, moving states forward only. A status report is answered only
 //! once the write holding it committed (or failed), so the agent keeps what was not acknowledged and sends it

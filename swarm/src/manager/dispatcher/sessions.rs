@@ -1,6 +1,12 @@
 //! The dispatcher's table of agent sessions and its liveness rules, decided in plain code: every call takes the
 //! current time, so tests drive the clock. A node is down when its session missed heartbeats for the heartbeat
 //! grace, or when its session stream ended and no new session opened within the (shorter) session grace.
+//!
+//! The session grace is for one agent that went away (its process died, its host lost power). When most
+//! sessions end together the cause is on the manager's side (it stalled past the agents' call deadlines, or
+//! its own network failed): thousands of agents are then queueing to reconnect, and marking them DOWN after the
+//! session grace would reschedule the whole cluster. During such a mass break, ended sessions get the heartbeat
+//! grace instead, as every session has in SwarmKit.
 
 use super::DispatcherError;
 use crate::api::new_id;
@@ -48,6 +54,10 @@ pub(crate) struct Grace {
     /// sooner than after three missed heartbeats.
     pub reconnect: Duration,
 }
+
+/// Ended sessions, at least, that make a mass break (when they are also most of the sessions): below this, a
+/// few agents going at once is read as those agents going.
+pub(crate) const MASS_BREAK_MIN: usize = 10;
 
 /// Open sessions by session id; at most one per node.
 #[derive(Default)]
@@ -115,15 +125,17 @@ impl Sessions {
 
     /// Closes the sessions not heard from for longer than the heartbeat grace before `now`, those whose stream
     /// ended longer than the session grace ago (and those already closed), and returns the nodes left without a
-    /// session: the ones to mark DOWN, with why.
+    /// session: the ones to mark DOWN, with why. During a mass break ([`Sessions::mass_break`]) an ended stream
+    /// alone downs no node; its session expires by the heartbeat grace.
     pub fn expire(&mut self, now: Instant, grace: Grace) -> Vec<(String, DownReason)> {
         let since = |t: Instant| now.saturating_duration_since(t);
+        let mass_break = self.mass_break();
         let dead: Vec<(String, DownReason)> = self
             .by_id
             .iter()
             .filter_map(|(id, s)| {
                 let reason = match s.ended {
-                    Some(t) if since(t) > grace.session => DownReason::SessionEnded,
+                    Some(t) if !mass_break && since(t) > grace.session => DownReason::SessionEnded,
                     _ if since(s.last_seen) > grace.heartbeat || s.closed.is_cancelled() => {
                         DownReason::HeartbeatFailure
                     }
@@ -150,6 +162,12 @@ impl Sessions {
         nodes.sort_by(|a, b| a.0.cmp(&b.0));
         nodes.dedup_by(|a, b| a.0 == b.0);
         nodes
+    }
+
+    /// Whether most sessions (and at least [`MASS_BREAK_MIN`]) have ended without their nodes opening new ones.
+    pub fn mass_break(&self) -> bool {
+        let ended = self.by_id.values().filter(|s| s.ended.is_some()).count();
+        ended >= MASS_BREAK_MIN && ended * 2 > self.by_id.len()
     }
 
     /// Closes `session_id` (its node could not be registered).
@@ -312,6 +330,59 @@ mod tests {
         let ic = s.open("n3", CancellationToken::new(), t0);
         s.end("n1", &ic, t0);
         assert_eq!(s.expire(t0 + GRACE.session * 2, GRACE), vec![]);
+    }
+
+    #[test]
+    fn when_most_sessions_end_together_they_get_the_heartbeat_grace() {
+        let t0 = Instant::now();
+        let mut s = Sessions::default();
+        let nodes: Vec<String> = (0..20).map(|i| format!("n{i:02}")).collect();
+        let ids: Vec<String> = nodes.iter().map(|n| s.open(n, CancellationToken::new(), t0)).collect();
+        // A stalled manager: 15 of 20 agents gave up on it together.
+        for (n, id) in nodes.iter().zip(&ids).take(15) {
+            s.end(n, id, t0 + PERIOD);
+        }
+        assert!(s.mass_break());
+        assert_eq!(s.expire(t0 + PERIOD + GRACE.session * 3, GRACE), vec![], "no node is down after the session grace");
+        // 13 of them reconnect; the 2 still missing are no longer most of the sessions, so their session grace
+        // (long past) applies again.
+        let back = t0 + PERIOD + GRACE.session * 4;
+        for n in nodes.iter().take(13) {
+            s.open(n, CancellationToken::new(), back);
+        }
+        assert!(!s.mass_break());
+        assert_eq!(s.expire(back, GRACE), down(&["n13", "n14"], DownReason::SessionEnded));
+
+        // Another mass break that never recovers: the heartbeat grace still downs every node in it.
+        let mut s = Sessions::default();
+        let ids: Vec<String> = nodes.iter().map(|n| s.open(n, CancellationToken::new(), t0)).collect();
+        for (n, id) in nodes.iter().zip(&ids) {
+            s.end(n, id, t0 + PERIOD);
+        }
+        assert_eq!(s.expire(t0 + GRACE.heartbeat, GRACE), vec![]);
+        let all: Vec<&str> = nodes.iter().map(String::as_str).collect();
+        assert_eq!(
+            s.expire(t0 + GRACE.heartbeat + Duration::from_millis(1), GRACE),
+            down(&all, DownReason::HeartbeatFailure)
+        );
+    }
+
+    #[test]
+    fn a_few_sessions_ending_together_are_not_a_mass_break() {
+        let t0 = Instant::now();
+        let mut s = Sessions::default();
+        // Fewer than MASS_BREAK_MIN, though all of the sessions: a small cluster whose workers all went.
+        let nodes: Vec<String> = (0..MASS_BREAK_MIN - 1).map(|i| format!("n{i}")).collect();
+        let ids: Vec<String> = nodes.iter().map(|n| s.open(n, CancellationToken::new(), t0)).collect();
+        for (n, id) in nodes.iter().zip(&ids) {
+            s.end(n, id, t0);
+        }
+        assert!(!s.mass_break());
+        let all: Vec<&str> = nodes.iter().map(String::as_str).collect();
+        assert_eq!(
+            s.expire(t0 + GRACE.session + Duration::from_millis(1), GRACE),
+            down(&all, DownReason::SessionEnded)
+        );
     }
 
     #[test]
