@@ -50,6 +50,12 @@ impl Task {
         self
     }
 
+    /// Whether `reporter`'s report of `status` changes this task: the task is on that node, the state is not
+    /// earlier than the stored one (states only move forward), and something differs.
+    pub fn takes_report(&self, reporter: &str, status: &super::TaskStatus) -> bool {
+        self.node_id == reporter && status.state >= self.status.state && *status != self.status
+    }
+
     /// The spec to change, copied first if other tasks share it.
     pub fn spec_mut(&mut self) -> &mut super::TaskSpec {
         Arc::make_mut(&mut self.spec)

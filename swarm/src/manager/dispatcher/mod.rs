@@ -473,18 +473,19 @@ impl Dispatcher {
                 .update_retrying(20, |tx| {
                     for ((node_id, task_id), reported) in &batch {
                         let Some(t) = tx.view().task(task_id) else { continue };
-                        let Some(updated) = status::apply_report(t, node_id, reported) else {
+                        // Checked again when the entry is applied: the task may move in between.
+                        if !t.takes_report(node_id, reported) {
                             if &t.node_id != node_id {
                                 tracing::debug!(task.id = %task_id, node.id = %node_id,
                                     "ignoring a status report for a task not on the reporting node");
                             }
                             continue;
-                        };
-                        if updated.status.state != t.status.state {
-                            tracing::info!(task.id = %t.id, node.id = %node_id, from = %t.status.state,
-                                to = %updated.status.state, "task state changed");
                         }
-                        tx.update(updated);
+                        if reported.state != t.status.state {
+                            tracing::info!(task.id = %t.id, node.id = %node_id, from = %t.status.state,
+                                to = %reported.state, "task state changed");
+                        }
+                        tx.report_status(task_id, node_id, reported.clone());
                     }
                     Ok(())
                 })

@@ -1,8 +1,8 @@
 //! The rules for task status reports, decided in plain code: which report a batch keeps, and whether a report
-//! changes the stored task.
+//! changes the stored task (`Task::takes_report`, which the store checks again when it applies the report).
 
 use crate::api::dispatch::TaskStatusUpdate;
-use crate::api::{Task, TaskStatus};
+use crate::api::TaskStatus;
 use std::collections::HashMap;
 
 /// Reports gathered for one store write, keyed by (reporting node, task). Keying by the reporter too means a
@@ -21,22 +21,10 @@ pub(crate) fn gather(batch: &mut Batch, node_id: &str, u: TaskStatusUpdate) {
     }
 }
 
-/// `task` with `status` applied, if `reporter` may report it and it changes the task; `None` when the report is
-/// ignored: the task is on another node, the state is earlier than the stored one (states only move forward), or
-/// nothing changed.
-pub(crate) fn apply_report(task: &Task, reporter: &str, status: &TaskStatus) -> Option<Task> {
-    if task.node_id != reporter || status.state < task.status.state || *status == task.status {
-        return None;
-    }
-    let mut t = task.clone();
-    t.status = status.clone();
-    Some(t)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::TaskState;
+    use crate::api::{Task, TaskState};
     use crate::testing::task;
 
     fn on(node: &str, state: TaskState) -> Task {
@@ -53,26 +41,23 @@ mod tests {
     #[test]
     fn a_report_moves_a_task_forward_on_its_own_node() {
         let t = on("n1", TaskState::Assigned);
-        let got = apply_report(&t, "n1", &status(TaskState::Running, "started")).expect("applied");
-        assert_eq!(got.status, status(TaskState::Running, "started"));
-        assert_eq!((got.id, got.node_id, got.desired_state), (t.id, t.node_id, t.desired_state), "only the status");
+        assert!(t.takes_report("n1", &status(TaskState::Running, "started")));
     }
 
     #[test]
     fn a_report_from_another_node_is_ignored() {
         let t = on("n1", TaskState::Assigned);
-        assert_eq!(apply_report(&t, "n2", &status(TaskState::Failed, "")), None);
+        assert!(!t.takes_report("n2", &status(TaskState::Failed, "")));
         let unassigned = on("", TaskState::Pending);
-        assert_eq!(apply_report(&unassigned, "n1", &status(TaskState::Running, "")), None);
+        assert!(!unassigned.takes_report("n1", &status(TaskState::Running, "")));
     }
 
     #[test]
     fn an_earlier_state_is_ignored_and_the_same_state_may_update_details() {
         let t = on("n1", TaskState::Running);
-        assert_eq!(apply_report(&t, "n1", &status(TaskState::Starting, "")), None);
-        assert_eq!(apply_report(&t, "n1", &t.status.clone()), None, "no change, no write");
-        let detail = status(TaskState::Running, "healthy");
-        assert_eq!(apply_report(&t, "n1", &detail).map(|t| t.status), Some(detail));
+        assert!(!t.takes_report("n1", &status(TaskState::Starting, "")));
+        assert!(!t.takes_report("n1", &t.status.clone()), "no change, no write");
+        assert!(t.takes_report("n1", &status(TaskState::Running, "healthy")));
     }
 
     #[test]

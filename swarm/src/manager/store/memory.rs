@@ -251,7 +251,8 @@ impl MemoryStore {
         let mut events = Vec::with_capacity(proposal.ops.len());
         for op in &proposal.ops {
             match self.apply_op(index, proposal, op) {
-                Ok(ev) => {
+                Ok(None) => {}
+                Ok(Some(ev)) => {
                     undo.push((ev.object.kind(), ev.object.id().to_string(), ev.old.clone()));
                     events.push(ev);
                 }
@@ -269,7 +270,8 @@ impl MemoryStore {
         Ok(events)
     }
 
-    fn apply_op(&mut self, index: u64, proposal: &Proposal, op: &Op) -> Result<Event, ApplyError> {
+    /// Applies one operation; `None` when it changes nothing (a status report the task no longer takes).
+    fn apply_op(&mut self, index: u64, proposal: &Proposal, op: &Op) -> Result<Option<Event>, ApplyError> {
         match op {
             Op::Create(obj) => {
                 let (kind, id) = (obj.kind(), obj.id().to_string());
@@ -285,7 +287,7 @@ impl MemoryStore {
                 m.updated_at = proposal.timestamp;
                 self.share_spec(&mut obj);
                 self.put(obj.clone());
-                Ok(Event { action: EventAction::Create, object: obj, old: None, index })
+                Ok(Some(Event { action: EventAction::Create, object: obj, old: None, index }))
             }
             Op::Update(obj) => {
                 let (kind, id) = (obj.kind(), obj.id().to_string());
@@ -296,15 +298,16 @@ impl MemoryStore {
                     return Err(ApplyError::OutOfSequence { kind, id });
                 }
                 self.check_name(obj)?;
-                let mut obj = obj.clone();
-                let m = obj.meta_mut();
-                m.version = index;
-                m.created_index = old.meta().created_index;
-                m.created_at = old.meta().created_at;
-                m.updated_at = proposal.timestamp;
-                self.share_spec(&mut obj);
-                self.replace(obj.clone());
-                Ok(Event { action: EventAction::Update, object: obj, old: Some(old), index })
+                Ok(Some(self.update_to(index, proposal, old, obj.clone())))
+            }
+            Op::TaskStatus { id, node_id, status } => {
+                let Some(t) = self.tasks.get(id).filter(|t| t.takes_report(node_id, status)) else {
+                    return Ok(None);
+                };
+                let mut next = t.clone();
+                next.status = status.clone();
+                let old = Object::Task(t.clone());
+                Ok(Some(self.update_to(index, proposal, old, Object::Task(next))))
             }
             Op::Delete { kind, id, version } => {
                 let Some(old) = self.get(*kind, id) else {
@@ -314,9 +317,21 @@ impl MemoryStore {
                     return Err(ApplyError::OutOfSequence { kind: *kind, id: id.clone() });
                 }
                 self.remove(*kind, id);
-                Ok(Event { action: EventAction::Delete, object: old.clone(), old: Some(old), index })
+                Ok(Some(Event { action: EventAction::Delete, object: old.clone(), old: Some(old), index }))
             }
         }
+    }
+
+    /// Puts `obj` as the next version of `old` (checked by the caller), stamped at `index`.
+    fn update_to(&mut self, index: u64, proposal: &Proposal, old: Object, mut obj: Object) -> Event {
+        let m = obj.meta_mut();
+        m.version = index;
+        m.created_index = old.meta().created_index;
+        m.created_at = old.meta().created_at;
+        m.updated_at = proposal.timestamp;
+        self.share_spec(&mut obj);
+        self.replace(obj.clone());
+        Event { action: EventAction::Update, object: obj, old: Some(old), index }
     }
 
     /// Services, networks, secrets and configs have unique names (each within its kind).
@@ -615,6 +630,50 @@ mod tests {
         assert_eq!(m.live_counts("s2"), LiveCounts { live: 1, running: 1 }, "t3 moved to s2 and runs there");
         assert_eq!(m.tasks_by_node("n1").map(|t| t.id.as_str()).collect::<Vec<_>>(), ["t2"]);
         assert_eq!(m.tasks_by_node("n2").count(), 0, "t1 left n2");
+    }
+
+    /// A status report carries no version: it lands on whatever version the task has when it is applied, and a
+    /// report the task no longer takes is dropped without failing the reports beside it.
+    #[test]
+    fn a_status_report_applies_to_the_current_version_and_a_stale_one_is_dropped_alone() {
+        let mut m = MemoryStore::new();
+        let on_n1 = |id: &str| {
+            let mut t = task(id, "s1", 1);
+            t.node_id = "n1".into();
+            t.status.state = TaskState::Assigned;
+            Op::Create(t.into())
+        };
+        m.apply(1, &p(vec![on_n1("t1"), on_n1("t2"), on_n1("t3")])).unwrap();
+        // The orchestrator writes t1 after the agent's report was made.
+        let mut t1 = m.task("t1").unwrap().clone();
+        t1.desired_state = TaskState::Shutdown;
+        m.apply(2, &p(vec![Op::Update(t1.into())])).unwrap();
+        let report = |id: &str, node: &str, state| Op::TaskStatus {
+            id: id.into(),
+            node_id: node.into(),
+            status: crate::api::TaskStatus { state, message: "r".into(), ..Default::default() },
+        };
+        let events = m
+            .apply(
+                3,
+                &p(vec![
+                    report("t1", "n1", TaskState::Running),
+                    report("t2", "n2", TaskState::Running),
+                    report("t3", "n1", TaskState::Running),
+                    report("t3", "n1", TaskState::Preparing),
+                    report("gone", "n1", TaskState::Running),
+                ]),
+            )
+            .unwrap();
+        let changed: Vec<&str> = events.iter().map(|e| e.object.id()).collect();
+        assert_eq!(changed, ["t1", "t3"], "t2 is on n1, not n2; t3 does not go back; gone does not exist");
+        let t1 = m.task("t1").unwrap();
+        assert_eq!((t1.status.state, t1.desired_state), (TaskState::Running, TaskState::Shutdown), "both writes kept");
+        assert_eq!(t1.meta.version, 3);
+        assert_eq!(m.task("t2").unwrap().status.state, TaskState::Assigned);
+        assert_eq!(m.task("t3").unwrap().status.state, TaskState::Running);
+        assert_eq!(m.tasks_by_state(TaskState::Running).count(), 2, "indexed by the reported state");
+        assert_eq!(m.live_counts("s1"), LiveCounts { live: 2, running: 1 }, "t1 is no longer desired running");
     }
 
     #[test]

@@ -42,6 +42,12 @@ pub enum Op {
     Update(Object),
     /// Delete an object at `version`.
     Delete { kind: ObjectKind, id: String, version: u64 },
+    /// A node's report of a task's observed status, applied when the task still takes it
+    /// ([`Task::takes_report`](crate::api::Task::takes_report)) and dropped otherwise. It carries no version: a
+    /// status is the agent's alone, so it never conflicts with the orchestrator's or the scheduler's writes to the
+    /// same task, and a batch of thousands is not retried because one of them moved. The entry holds the status,
+    /// not the whole task (most of a million tasks' writes are their progress).
+    TaskStatus { id: String, node_id: String, status: crate::api::TaskStatus },
 }
 
 /// Why a proposal was refused when it was applied. Deterministic: every replica refuses the same proposals.
@@ -225,6 +231,11 @@ impl<'a> WriteTx<'a> {
 
     pub fn delete(&mut self, kind: ObjectKind, id: &str, version: u64) {
         self.ops.push(Op::Delete { kind, id: id.to_string(), version });
+    }
+
+    /// Records `node_id`'s report of a task's status (see [`Op::TaskStatus`]).
+    pub fn report_status(&mut self, task_id: &str, node_id: &str, status: crate::api::TaskStatus) {
+        self.ops.push(Op::TaskStatus { id: task_id.to_string(), node_id: node_id.to_string(), status });
     }
 
     pub fn len(&self) -> usize {
