@@ -304,9 +304,9 @@ impl MemoryStore {
                 let Some(t) = self.tasks.get(id).filter(|t| t.takes_report(node_id, status)) else {
                     return Ok(None);
                 };
-                let mut next = t.clone();
+                let old = Object::Task(Task::clone(t));
+                let mut next = Task::clone(t);
                 next.status = status.clone();
-                let old = Object::Task(t.clone());
                 Ok(Some(self.update_to(index, proposal, old, Object::Task(next))))
             }
             Op::Delete { kind, id, version } => {
