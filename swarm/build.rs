@@ -1,5 +1,5 @@
 //! Generates the gRPC clients and servers of the cluster's services. Messages are plain serde types (see
-//! `src/api/{control,dispatch,ca}.rs`) carried by a JSON codec, so there is one definition of every type.
+//! `src/api/{control,dispatch,ca}.rs`) carried by a MessagePack codec (`transport::WireCodec`), so there is one definition of every type.
 
 use tonic_build::manual::{Builder, Method, Service};
 
@@ -28,7 +28,7 @@ fn service(name: &str, methods: &[M]) -> Service {
             .route_name(m.route)
             .input_type(m.input)
             .output_type(m.output)
-            .codec_path("crate::transport::JsonCodec");
+            .codec_path("crate::transport::WireCodec");
         if m.client_streaming {
             mb = mb.client_streaming();
         }

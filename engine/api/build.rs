@@ -1,5 +1,5 @@
 //! Generates the `shoal.Engine` client and server. Messages are the serde types of `src/wire.rs` (and the control
-//! API's `Empty`), carried by swarm's JSON codec like the cluster services.
+//! API's `Empty`), carried by swarm's MessagePack codec like the cluster services.
 
 use tonic_build::manual::{Builder, Method, Service};
 
@@ -48,7 +48,7 @@ fn main() {
             .route_name(route)
             .input_type(input)
             .output_type(output)
-            .codec_path("swarm::transport::JsonCodec");
+            .codec_path("swarm::transport::WireCodec");
         if client_streaming {
             m = m.client_streaming();
         }

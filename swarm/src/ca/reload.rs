@@ -280,7 +280,7 @@ mod tests {
     use super::*;
     use crate::api::NodeRole;
     use crate::ca::{issue_identity, peer_identity, RootCa};
-    use crate::transport::JsonCodec;
+    use crate::transport::WireCodec;
     use tonic::codegen::{http, Body, StdError};
 
     const PATH: &str = "/shoal.test.Peer/Who";
@@ -320,7 +320,7 @@ mod tests {
 
         fn call(&mut self, req: http::Request<B>) -> Self::Future {
             Box::pin(async move {
-                let mut grpc = tonic::server::Grpc::new(JsonCodec::<String, String>::default());
+                let mut grpc = tonic::server::Grpc::new(WireCodec::<String, String>::default());
                 Ok(grpc.unary(Who, req).await)
             })
         }
@@ -330,7 +330,7 @@ mod tests {
         let mut grpc = tonic::client::Grpc::new(ch);
         grpc.ready().await.map_err(|e| tonic::Status::unavailable(e.to_string()))?;
         let path = http::uri::PathAndQuery::from_static(PATH);
-        grpc.unary(tonic::Request::new(String::new()), path, JsonCodec::<String, String>::default())
+        grpc.unary(tonic::Request::new(String::new()), path, WireCodec::<String, String>::default())
             .await
             .map(|r| r.into_inner())
     }

@@ -100,7 +100,7 @@ pub fn authenticate<T>(req: &tonic::Request<T>, allowed: &[NodeRole]) -> Result<
 mod tests {
     use super::*;
     use crate::ca::{issue_identity, RootCa};
-    use crate::transport::JsonCodec;
+    use crate::transport::WireCodec;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
     use std::time::Duration;
@@ -162,7 +162,7 @@ mod tests {
                 if req.uri().path() != PATH {
                     return Ok(tonic::Status::unimplemented("no such method").into_http());
                 }
-                let mut grpc = tonic::server::Grpc::new(JsonCodec::<String, String>::default());
+                let mut grpc = tonic::server::Grpc::new(WireCodec::<String, String>::default());
                 Ok(grpc.unary(Who(calls), req).await)
             })
         }
@@ -205,7 +205,7 @@ mod tests {
         let mut grpc = tonic::client::Grpc::new(ch);
         grpc.ready().await.map_err(|e| tonic::Status::unavailable(e.to_string()))?;
         let path = http::uri::PathAndQuery::from_static(PATH);
-        grpc.unary(tonic::Request::new(allowed.to_string()), path, JsonCodec::<String, String>::default())
+        grpc.unary(tonic::Request::new(allowed.to_string()), path, WireCodec::<String, String>::default())
             .await
             .map(|r| r.into_inner())
     }

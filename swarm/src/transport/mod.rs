@@ -1,4 +1,4 @@
-//! gRPC plumbing: the JSON codec our services use and the generated clients/servers.
+//! gRPC plumbing: the MessagePack codec our services use and the generated clients/servers.
 //!
 //! Four services on the cluster's TLS listener: `shoal.Control` (cluster changes; CLI and managers),
 //! `shoal.Dispatcher` (agent sessions), `shoal.NodeCA` (a joining node's certificate) and `shoal.Raft` (between
@@ -7,7 +7,7 @@
 
 mod codec;
 
-pub use codec::JsonCodec;
+pub use codec::WireCodec;
 
 /// `shoal.Control`: generated client and server.
 pub mod control {
