@@ -41,14 +41,16 @@ pub use task::*;
 
 use serde::{Deserialize, Serialize};
 
-/// Any object the store holds, as it travels in Raft entries, snapshots and watch events.
+/// Any object the store holds, as it travels in Raft entries, snapshots and watch events. A task is shared
+/// (`Arc`): tasks are most of the objects and most of the writes, and a watch event, a read and the store can then
+/// hold one task between them instead of a copy each (the serialized form is the task's own).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", content = "object", rename_all = "lowercase")]
 pub enum Object {
     Cluster(Cluster),
     Node(Node),
     Service(Service),
-    Task(Task),
+    Task(std::sync::Arc<Task>),
     Network(Network),
     Secret(Secret),
     Config(Config),
@@ -107,7 +109,7 @@ impl Object {
             Object::Cluster(o) => &mut o.meta,
             Object::Node(o) => &mut o.meta,
             Object::Service(o) => &mut o.meta,
-            Object::Task(o) => &mut o.meta,
+            Object::Task(o) => &mut std::sync::Arc::make_mut(o).meta,
             Object::Network(o) => &mut o.meta,
             Object::Secret(o) => &mut o.meta,
             Object::Config(o) => &mut o.meta,

@@ -79,7 +79,7 @@ impl AssignmentSet {
                 self.sent.insert(t.id.clone(), now);
                 msg.removed.retain(|id| id != &t.id);
                 msg.updated.retain(|u| u.id != t.id);
-                msg.updated.push(t.clone());
+                msg.updated.push(crate::api::Task::clone(t));
             }
         } else if self.sent.remove(&t.id).is_some() {
             msg.updated.retain(|u| u.id != t.id);

@@ -140,7 +140,7 @@ mod tests {
         assert_eq!(deleted, vec!["t0"]);
         // On a node that still exists, the same task waits for its agent to stop it.
         if let Object::Task(t) = &mut objs[2] {
-            t.node_id = "n1".into();
+            std::sync::Arc::make_mut(t).node_id = "n1".into();
         }
         assert!(plan(&MemoryStore::from_objects(objs), 5).is_empty());
     }

@@ -77,7 +77,7 @@ impl MemoryStore {
             .map(|o| Object::Cluster((**o).clone()))
             .chain(self.nodes.values().map(|o| Object::Node((**o).clone())))
             .chain(self.services.values().map(|o| Object::Service((**o).clone())))
-            .chain(self.tasks.values().map(|o| Object::Task((**o).clone())))
+            .chain(self.tasks.values().map(|o| Object::Task(o.clone())))
             .chain(self.networks.values().map(|o| Object::Network((**o).clone())))
             .chain(self.secrets.values().map(|o| Object::Secret((**o).clone())))
             .chain(self.configs.values().map(|o| Object::Config((**o).clone())))
@@ -104,7 +104,7 @@ impl MemoryStore {
             ObjectKind::Cluster => self.clusters.get(id).map(|o| Object::Cluster((**o).clone())),
             ObjectKind::Node => self.nodes.get(id).map(|o| Object::Node((**o).clone())),
             ObjectKind::Service => self.services.get(id).map(|o| Object::Service((**o).clone())),
-            ObjectKind::Task => self.tasks.get(id).map(|o| Object::Task((**o).clone())),
+            ObjectKind::Task => self.tasks.get(id).map(|o| Object::Task(o.clone())),
             ObjectKind::Network => self.networks.get(id).map(|o| Object::Network((**o).clone())),
             ObjectKind::Secret => self.secrets.get(id).map(|o| Object::Secret((**o).clone())),
             ObjectKind::Config => self.configs.get(id).map(|o| Object::Config((**o).clone())),
@@ -304,10 +304,10 @@ impl MemoryStore {
                 let Some(t) = self.tasks.get(id).filter(|t| t.takes_report(node_id, status)) else {
                     return Ok(None);
                 };
-                let old = Object::Task(Task::clone(t));
+                let old = Object::Task(t.clone());
                 let mut next = Task::clone(t);
                 next.status = status.clone();
-                Ok(Some(self.update_to(index, proposal, old, Object::Task(next))))
+                Ok(Some(self.update_to(index, proposal, old, Object::Task(Arc::new(next)))))
             }
             Op::Delete { kind, id, version } => {
                 let Some(old) = self.get(*kind, id) else {
@@ -355,10 +355,13 @@ impl MemoryStore {
         let Object::Task(t) = obj else { return };
         let shared = self.specs.entry(t.service_id.clone()).or_default();
         match shared.iter().position(|s| Arc::ptr_eq(s, &t.spec) || **s == *t.spec) {
-            Some(0) => t.spec = shared[0].clone(),
+            Some(0) if Arc::ptr_eq(&shared[0], &t.spec) => {}
+            Some(0) => Arc::make_mut(t).spec = shared[0].clone(),
             Some(i) => {
                 let s = shared.remove(i);
-                t.spec = s.clone();
+                if !Arc::ptr_eq(&s, &t.spec) {
+                    Arc::make_mut(t).spec = s.clone();
+                }
                 shared.insert(0, s);
             }
             None => {
@@ -390,7 +393,7 @@ impl MemoryStore {
                 self.tasks_by_desired.entry(t.desired_state).or_default().insert(t.id.clone());
                 self.tasks_by_state.entry(t.status.state).or_default().insert(t.id.clone());
                 count_live(&mut self.live_by_service, &t, true);
-                self.tasks.insert(t.id.clone(), Arc::new(t));
+                self.tasks.insert(t.id.clone(), t);
             }
             Object::Network(n) => {
                 self.network_by_name.insert(n.spec.annotations.name.clone(), n.id.clone());
@@ -470,7 +473,7 @@ impl MemoryStore {
             self.put(Object::Task(t));
             return;
         };
-        let new = Arc::new(t);
+        let new = t;
         let old = std::mem::replace(slot, new.clone());
         let id = &old.id;
         if old.service_id != new.service_id {

@@ -254,7 +254,19 @@ macro_rules! object_from {
         }
     )*};
 }
-object_from!(Cluster, Node, Service, Task, Network, Secret, Config);
+object_from!(Cluster, Node, Service, Network, Secret, Config);
+
+impl From<crate::api::Task> for Object {
+    fn from(v: crate::api::Task) -> Object {
+        Object::Task(std::sync::Arc::new(v))
+    }
+}
+
+impl From<std::sync::Arc<crate::api::Task>> for Object {
+    fn from(v: std::sync::Arc<crate::api::Task>) -> Object {
+        Object::Task(v)
+    }
+}
 
 /// Where a store's writes are committed: Raft in the product. The store knows only this trait, so it does not
 /// depend on the Raft module (which depends on the store for its entries).
