@@ -281,8 +281,10 @@ async fn a_promoted_worker_joins_the_managers_and_a_demoted_manager_leaves_them(
         let store = store.clone();
         let wid = wid.clone();
         async move {
+            // Retried on a version conflict: the node's own session writes its node too (READY, its address) as
+            // it restarts in its new role, and a write made meanwhile is not what this test is about.
             store
-                .update(|tx| {
+                .update_retrying(10, |tx| {
                     let mut n = tx.view().node(&wid).cloned().unwrap();
                     n.spec.desired_role = role;
                     tx.update(n);
