@@ -332,16 +332,22 @@ mod tests {
         assert_eq!(s.expire(t0 + GRACE.session * 2, GRACE), vec![]);
     }
 
+    /// Sessions for `nodes` opened at `opened`, the first `ending` of them ended at `ended`.
+    fn opened_then_ended(nodes: &[String], opened: Instant, ending: usize, ended: Instant) -> Sessions {
+        let mut s = Sessions::default();
+        let ids: Vec<String> = nodes.iter().map(|n| s.open(n, CancellationToken::new(), opened)).collect();
+        for (n, id) in nodes.iter().zip(&ids).take(ending) {
+            s.end(n, id, ended);
+        }
+        s
+    }
+
     #[test]
     fn when_most_sessions_end_together_they_get_the_heartbeat_grace() {
         let t0 = Instant::now();
-        let mut s = Sessions::default();
         let nodes: Vec<String> = (0..20).map(|i| format!("n{i:02}")).collect();
-        let ids: Vec<String> = nodes.iter().map(|n| s.open(n, CancellationToken::new(), t0)).collect();
         // A stalled manager: 15 of 20 agents gave up on it together.
-        for (n, id) in nodes.iter().zip(&ids).take(15) {
-            s.end(n, id, t0 + PERIOD);
-        }
+        let mut s = opened_then_ended(&nodes, t0, 15, t0 + PERIOD);
         assert!(s.mass_break());
         assert_eq!(s.expire(t0 + PERIOD + GRACE.session * 3, GRACE), vec![], "no node is down after the session grace");
         // 13 of them reconnect; the 2 still missing are no longer most of the sessions, so their session grace
@@ -354,11 +360,7 @@ mod tests {
         assert_eq!(s.expire(back, GRACE), down(&["n13", "n14"], DownReason::SessionEnded));
 
         // Another mass break that never recovers: the heartbeat grace still downs every node in it.
-        let mut s = Sessions::default();
-        let ids: Vec<String> = nodes.iter().map(|n| s.open(n, CancellationToken::new(), t0)).collect();
-        for (n, id) in nodes.iter().zip(&ids) {
-            s.end(n, id, t0 + PERIOD);
-        }
+        let mut s = opened_then_ended(&nodes, t0, nodes.len(), t0 + PERIOD);
         assert_eq!(s.expire(t0 + GRACE.heartbeat, GRACE), vec![]);
         let all: Vec<&str> = nodes.iter().map(String::as_str).collect();
         assert_eq!(
@@ -370,13 +372,9 @@ mod tests {
     #[test]
     fn a_few_sessions_ending_together_are_not_a_mass_break() {
         let t0 = Instant::now();
-        let mut s = Sessions::default();
         // Fewer than MASS_BREAK_MIN, though all of the sessions: a small cluster whose workers all went.
         let nodes: Vec<String> = (0..MASS_BREAK_MIN - 1).map(|i| format!("n{i}")).collect();
-        let ids: Vec<String> = nodes.iter().map(|n| s.open(n, CancellationToken::new(), t0)).collect();
-        for (n, id) in nodes.iter().zip(&ids) {
-            s.end(n, id, t0);
-        }
+        let mut s = opened_then_ended(&nodes, t0, nodes.len(), t0);
         assert!(!s.mass_break());
         let all: Vec<&str> = nodes.iter().map(String::as_str).collect();
         assert_eq!(
