@@ -232,20 +232,39 @@ async fn update_nodes(
 ) -> anyhow::Result<()> {
     for arg in args {
         let key = if arg == "self" { self_id(client).await? } else { arg.clone() };
-        let mut node = rpc(client.control.get_node(GetRequest { id_or_name: key }).await)?;
-        match merge(&mut node) {
-            Ok(()) => {}
-            Err(Unchanged::Already(msg)) => {
-                println!("{msg}");
-                continue;
+        // The node's own session writes its node too (READY, its address, a role change under way), so a write
+        // read just before can be out of sequence; the change is merged again into a fresh read, a few times.
+        let mut attempt = 1;
+        loop {
+            let mut node = rpc(client.control.get_node(GetRequest { id_or_name: key.clone() }).await)?;
+            match merge(&mut node) {
+                Ok(()) => {}
+                Err(Unchanged::Already(msg)) => {
+                    println!("{msg}");
+                    break;
+                }
+                Err(Unchanged::Error(msg)) => anyhow::bail!(msg),
             }
-            Err(Unchanged::Error(msg)) => anyhow::bail!(msg),
+            let req = UpdateNodeRequest { node_id: node.id.clone(), version: node.meta.version, spec: node.spec };
+            match client.control.update_node(req).await {
+                Err(s) if attempt < NODE_UPDATE_ATTEMPTS && out_of_sequence(&s) => attempt += 1,
+                r => {
+                    rpc(r)?;
+                    success(arg);
+                    break;
+                }
+            }
         }
-        let req = UpdateNodeRequest { node_id: node.id.clone(), version: node.meta.version, spec: node.spec };
-        rpc(client.control.update_node(req).await)?;
-        success(arg);
     }
     Ok(())
+}
+
+/// Reads and writes of one node update before a conflict is reported.
+const NODE_UPDATE_ATTEMPTS: u32 = 3;
+
+/// Whether the daemon refused a write because the object changed since it was read.
+fn out_of_sequence(s: &tonic::Status) -> bool {
+    s.code() == tonic::Code::FailedPrecondition && s.message().contains("update out of sequence")
 }
 
 async fn rm(client: &mut Client, a: RmArgs) -> anyhow::Result<()> {
@@ -706,6 +725,17 @@ mod tests {
         assert!(parse(&["update"]).unwrap_err().contains("required"));
         assert!(parse(&["promote"]).unwrap_err().contains("required"));
         assert!(parse(&["ps", "-f", "colour=red"]).unwrap_err().contains("invalid filter 'colour'"));
+    }
+
+    #[test]
+    fn only_a_version_conflict_is_retried() {
+        let conflict = tonic::Status::failed_precondition(
+            swarm::manager::store::ApplyError::OutOfSequence { kind: swarm::api::ObjectKind::Node, id: "n1".into() }
+                .to_string(),
+        );
+        assert!(out_of_sequence(&conflict));
+        assert!(!out_of_sequence(&tonic::Status::failed_precondition("node is down")));
+        assert!(!out_of_sequence(&tonic::Status::not_found("update out of sequence")));
     }
 
     #[test]
