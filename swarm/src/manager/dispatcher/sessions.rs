@@ -237,8 +237,8 @@ mod tests {
         reconnect: Duration::from_secs(6),
     };
 
-    fn down(nodes: &[&str], reason: DownReason) -> Vec<(String, DownReason)> {
-        nodes.iter().map(|n| (n.to_string(), reason)).collect()
+    fn down(nodes: &[impl AsRef<str>], reason: DownReason) -> Vec<(String, DownReason)> {
+        nodes.iter().map(|n| (n.as_ref().to_string(), reason)).collect()
     }
 
     #[test]
@@ -362,10 +362,9 @@ mod tests {
         // Another mass break that never recovers: the heartbeat grace still downs every node in it.
         let mut s = opened_then_ended(&nodes, t0, nodes.len(), t0 + PERIOD);
         assert_eq!(s.expire(t0 + GRACE.heartbeat, GRACE), vec![]);
-        let all: Vec<&str> = nodes.iter().map(String::as_str).collect();
         assert_eq!(
             s.expire(t0 + GRACE.heartbeat + Duration::from_millis(1), GRACE),
-            down(&all, DownReason::HeartbeatFailure)
+            down(&nodes, DownReason::HeartbeatFailure)
         );
     }
 
@@ -376,10 +375,9 @@ mod tests {
         let nodes: Vec<String> = (0..MASS_BREAK_MIN - 1).map(|i| format!("n{i}")).collect();
         let mut s = opened_then_ended(&nodes, t0, nodes.len(), t0);
         assert!(!s.mass_break());
-        let all: Vec<&str> = nodes.iter().map(String::as_str).collect();
         assert_eq!(
             s.expire(t0 + GRACE.session + Duration::from_millis(1), GRACE),
-            down(&all, DownReason::SessionEnded)
+            down(&nodes, DownReason::SessionEnded)
         );
     }
 

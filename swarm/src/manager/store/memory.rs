@@ -354,20 +354,19 @@ impl MemoryStore {
     fn share_spec(&mut self, obj: &mut Object) {
         let Object::Task(t) = obj else { return };
         let shared = self.specs.entry(t.service_id.clone()).or_default();
+        // The most recently used spec first; a task only changes (is copied) when it points elsewhere.
         match shared.iter().position(|s| Arc::ptr_eq(s, &t.spec) || **s == *t.spec) {
-            Some(0) if Arc::ptr_eq(&shared[0], &t.spec) => {}
-            Some(0) => Arc::make_mut(t).spec = shared[0].clone(),
             Some(i) => {
                 let s = shared.remove(i);
-                if !Arc::ptr_eq(&s, &t.spec) {
-                    Arc::make_mut(t).spec = s.clone();
-                }
                 shared.insert(0, s);
             }
             None => {
                 shared.insert(0, t.spec.clone());
                 shared.truncate(SHARED_SPECS);
             }
+        }
+        if !Arc::ptr_eq(&shared[0], &t.spec) {
+            Arc::make_mut(t).spec = shared[0].clone();
         }
     }
 
@@ -464,16 +463,15 @@ impl MemoryStore {
     /// key changed: most updates are a task's progress, and a remove then a put would take its id out of and back
     /// into four indexes, one of them holding nearly every task.
     fn replace(&mut self, obj: Object) {
-        let Object::Task(t) = obj else {
+        let Object::Task(new) = obj else {
             self.remove(obj.kind(), obj.id());
             self.put(obj);
             return;
         };
-        let Some(slot) = self.tasks.get_mut(&t.id) else {
-            self.put(Object::Task(t));
+        let Some(slot) = self.tasks.get_mut(&new.id) else {
+            self.put(Object::Task(new));
             return;
         };
-        let new = t;
         let old = std::mem::replace(slot, new.clone());
         let id = &old.id;
         if old.service_id != new.service_id {

@@ -262,12 +262,6 @@ impl From<crate::api::Task> for Object {
     }
 }
 
-impl From<std::sync::Arc<crate::api::Task>> for Object {
-    fn from(v: std::sync::Arc<crate::api::Task>) -> Object {
-        Object::Task(v)
-    }
-}
-
 /// Where a store's writes are committed: Raft in the product. The store knows only this trait, so it does not
 /// depend on the Raft module (which depends on the store for its entries).
 pub trait Proposer: Send + Sync + 'static {
