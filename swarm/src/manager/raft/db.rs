@@ -86,6 +86,11 @@ impl SharedDb {
         self.inner.lock().unwrap_or_else(|e| e.into_inner()).clone().ok_or(Closed)
     }
 
+    /// A handle that does not keep the database open: dropping every [`SharedDb`] closes the file.
+    pub(crate) fn downgrade(&self) -> WeakDb {
+        WeakDb(std::sync::Arc::downgrade(&self.inner))
+    }
+
     /// Refuses new operations, waits for those in flight, and closes the file.
     pub(crate) async fn close(&self) {
         let Some(mut db) = self.inner.lock().unwrap_or_else(|e| e.into_inner()).take() else { return };
@@ -103,5 +108,17 @@ impl SharedDb {
                 }
             }
         }
+    }
+}
+
+/// A [`SharedDb`] held without keeping the file open (the state writer's thread).
+pub(crate) struct WeakDb(std::sync::Weak<std::sync::Mutex<Option<std::sync::Arc<redb::Database>>>>);
+
+impl WeakDb {
+    /// The database, unless it was closed or every [`SharedDb`] dropped.
+    pub(crate) fn get(&self) -> Result<std::sync::Arc<redb::Database>, Closed> {
+        let inner = self.0.upgrade().ok_or(Closed)?;
+        let db = inner.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        db.ok_or(Closed)
     }
 }

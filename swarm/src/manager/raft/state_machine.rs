@@ -2,12 +2,12 @@
 //! objects, the last applied log id, the membership and the current snapshot's metadata in a redb file
 //! (`state.redb`); the snapshot itself is a file in `snapshots/` next to it (see [`snapshot_file`]).
 //!
-//! Object writes are committed without fsync most of the time (the log already holds them durably; after a
-//! crash redb rolls back to its last durable commit and openraft re-applies the committed entries after
-//! `last_applied`). Every `DURABLE_EVERY` entries, and always when a snapshot is stored, the commit is durable,
-//! so the log can be purged behind it.
+//! The objects reach `state.redb` behind the apply, on the state writer's thread ([`writer`]), committed without
+//! fsync most of the time (the log already holds them durably; after a crash redb rolls back to its last durable
+//! commit and openraft re-applies the committed entries after `last_applied`). Every `DURABLE_EVERY` entries,
+//! and always when a snapshot is stored, the commit is durable, so the log can be purged behind it.
 //!
-//! Every redb commit and file write runs on tokio's blocking pool, so a slow fsync never stalls the runtime
+//! Every other redb commit and file write runs on tokio's blocking pool, so a slow fsync never stalls the runtime
 //! (heartbeats, elections). A snapshot is built from a copy of the view taken under the apply lock; encoding
 //! it runs outside the lock, so applying goes on meanwhile.
 //!
@@ -19,6 +19,7 @@
 mod snapshot_file;
 #[cfg(test)]
 mod tests;
+mod writer;
 
 pub use snapshot_file::SnapshotFileError;
 
@@ -40,6 +41,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tokio::io::AsyncWriteExt;
+use writer::{Batch, ObjectWriter};
 
 const OBJECTS: TableDefinition<&str, &[u8]> = TableDefinition::new("objects");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
@@ -108,9 +110,11 @@ pub struct BuildPause {
 pub struct RedbStateMachine {
     db: SharedDb,
     view: Arc<SharedView>,
-    /// Held while applying (including the redb commit) and while copying the view for a snapshot, so a
-    /// snapshot's objects match its `last_applied` and `state.redb` holds everything up to it.
+    /// Held while applying (including queueing the writes) and while copying the view for a snapshot, so a
+    /// snapshot's objects match its `last_applied` and the writer has everything up to it queued.
     applied: Arc<tokio::sync::Mutex<Applied>>,
+    /// Writes the applied objects to `state.redb` behind the apply.
+    writer: ObjectWriter,
     snapshots: Arc<Snapshots>,
     /// Objects (in `state.redb` and in snapshot files) are sealed with the data key at rest.
     at_rest: AtRest,
@@ -218,8 +222,12 @@ impl RedbStateMachine {
         snapshot_file::remove_others(&dir, "", ".tmp", None);
 
         let last_durable = last_applied.map(|l| l.index).unwrap_or(0);
+        let db = SharedDb::new(db);
+        let writer = ObjectWriter::start(db.downgrade(), at_rest.clone())
+            .map_err(|e| DbError::Io { path: path.to_path_buf(), reason: format!("cannot start its writer: {e}") })?;
         Ok(RedbStateMachine {
-            db: SharedDb::new(db),
+            db,
+            writer,
             view: SharedView::new(objects),
             applied: Arc::new(tokio::sync::Mutex::new(Applied {
                 last_applied,
@@ -333,8 +341,12 @@ impl RedbStateMachine {
         tx.commit().map_err(|e| io(&e))
     }
 
-    /// Closes the file once operations in flight end; later operations fail (see [`SharedDb::close`]).
+    /// Closes the file once the queued writes and the operations in flight end; later operations fail (see
+    /// [`SharedDb::close`]).
     pub async fn close(&self) {
+        if let Err(e) = self.writer.flush().await {
+            tracing::warn!(error = %e, "closing the raft state with writes lost (the log still holds them)");
+        }
         self.db.close().await
     }
 
@@ -538,6 +550,8 @@ impl RaftSnapshotBuilder<TypeConfig> for RedbStateMachine {
                 Meta { last_log_id: applied.last_applied, last_membership: applied.membership.clone(), snapshot_id };
             (meta, objects)
         };
+        // The snapshot is recorded after the objects it holds (the log is purged behind it).
+        self.writer.flush().await?;
         let (this, built, count) = (self.clone(), meta.clone(), objects.len());
         match blocking(move || this.store_built(&built, objects)).await? {
             Some(path) => {
@@ -572,7 +586,7 @@ impl RaftStateMachine<TypeConfig> for RedbStateMachine {
         let mut applied = self.applied.lock().await;
         let mut results = Vec::new();
         // The applied events themselves (shared with the watchers), not copies of their objects.
-        let mut puts: Vec<(String, Option<std::sync::Arc<crate::manager::store::Event>>)> = Vec::new();
+        let mut events = Vec::new();
         for entry in entries {
             let result = match &entry.payload {
                 EntryPayload::Blank => ProposalResult { error: None },
@@ -581,15 +595,8 @@ impl RaftStateMachine<TypeConfig> for RedbStateMachine {
                     ProposalResult { error: None }
                 }
                 EntryPayload::Normal(p) => match self.view.apply(entry.log_id.index, p) {
-                    Ok(events) => {
-                        for ev in events {
-                            let k = self.at_rest.record_key(&key(&ev.object));
-                            let value = match ev.action {
-                                crate::manager::store::EventAction::Delete => None,
-                                _ => Some(ev.clone()),
-                            };
-                            puts.push((k, value));
-                        }
+                    Ok(applied_events) => {
+                        events.extend(applied_events);
                         ProposalResult { error: None }
                     }
                     Err(e) => ProposalResult { error: Some(e) },
@@ -600,27 +607,9 @@ impl RaftStateMachine<TypeConfig> for RedbStateMachine {
         }
         let Some(last) = applied.last_applied else { return Ok(results) };
         let durable = last.index >= applied.last_durable + DURABLE_EVERY;
-        let (last_applied, membership) = (applied.last_applied, applied.membership.clone());
-        let db = self.db.get().map_err(werr)?;
-        let at_rest = self.at_rest.clone();
-        blocking(move || {
-            let mut tx = db.begin_write().map_err(werr)?;
-            tx.set_durability(if durable { Durability::Immediate } else { Durability::None }).map_err(werr)?;
-            {
-                let mut t = tx.open_table(OBJECTS).map_err(werr)?;
-                for (k, v) in puts {
-                    match v {
-                        Some(ev) => t.insert(k.as_str(), at_rest.encode(&ev.object).as_slice()).map_err(werr)?,
-                        None => t.remove(k.as_str()).map_err(werr)?,
-                    };
-                }
-                let mut m = tx.open_table(META).map_err(werr)?;
-                m.insert(KEY_APPLIED, encode(&last_applied).as_slice()).map_err(werr)?;
-                m.insert(KEY_MEMBERSHIP, encode(&membership).as_slice()).map_err(werr)?;
-            }
-            tx.commit().map_err(werr)
-        })
-        .await?;
+        let batch =
+            Batch { events, last_applied: applied.last_applied, membership: applied.membership.clone(), durable };
+        self.writer.write(batch).await?;
         if durable {
             applied.last_durable = last.index;
         }
@@ -663,6 +652,8 @@ impl RaftStateMachine<TypeConfig> for RedbStateMachine {
         let (path, store) = blocking(move || this.receive_file(file, &m)).await?;
 
         let mut applied = self.applied.lock().await;
+        // A write queued before the install must not land after it.
+        self.writer.flush().await?;
         let (this, m) = (self.clone(), meta.clone());
         let store = blocking(move || this.commit_installed(&m, &path, &store).map(|()| store)).await?;
         let objects = store.len();

@@ -443,3 +443,78 @@ async fn with_a_data_key_objects_rest_sealed_and_a_clear_state_is_sealed_at_star
     let e = install_from(&mut stranger, &mut source).await.unwrap_err();
     assert!(e.to_string().contains("another data key"), "{e}");
 }
+
+/// Entries `from..=to`, each renaming the service `id` (created by `creates(id, 1, 1)`) to `<id>-v<index>`.
+fn renames(sm: &RedbStateMachine, id: &str, from: u64, to: u64) -> Vec<Entry<TypeConfig>> {
+    let mut s = sm.view().read(|v| v.service(id).cloned()).expect("the service exists");
+    (from..=to)
+        .map(|i| {
+            s.spec.annotations.name = format!("{id}-v{i}");
+            let update = Op::Update(Object::Service(s.clone()));
+            // The next update is of the version this one makes.
+            s.meta.version = i;
+            Entry {
+                log_id: log_id(i),
+                payload: EntryPayload::Normal(Proposal { ops: vec![update], timestamp: Default::default() }),
+            }
+        })
+        .collect()
+}
+
+/// The records in `state.redb`'s object table and its last applied index, read from the file.
+fn at_rest(sm: &RedbStateMachine) -> (Vec<Object>, Option<u64>) {
+    let db = sm.db.get().unwrap();
+    let tx = db.begin_read().unwrap();
+    let objects =
+        tx.open_table(OBJECTS).unwrap().iter().unwrap().map(|r| decode(r.unwrap().1.value()).unwrap()).collect();
+    let applied = tx.open_table(META).unwrap().get(KEY_APPLIED).unwrap().map(|v| v.value().to_vec());
+    let applied: Option<LogId<NodeId>> = applied.and_then(|v| decode(&v).unwrap());
+    (objects, applied.map(|l| l.index))
+}
+
+#[tokio::test]
+async fn applied_objects_reach_state_redb_behind_the_apply_in_order_with_their_last_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut sm = open_in(dir.path());
+    sm.apply(creates("a", 1, 1)).await.unwrap();
+    // Many applies of the same object, queued faster than the writer takes them: the file ends with the last.
+    for i in 2..=40 {
+        let entries = renames(&sm, "a-1", i, i);
+        sm.apply(entries).await.unwrap();
+    }
+    sm.writer.flush().await.unwrap();
+    let (objects, applied) = at_rest(&sm);
+    assert_eq!(applied, Some(40), "the file's last applied index is that of its objects");
+    let stored: Vec<String> = objects
+        .iter()
+        .map(|o| match o {
+            Object::Service(s) => s.spec.annotations.name.clone(),
+            other => panic!("unexpected {other:?}"),
+        })
+        .collect();
+    assert_eq!(stored, ["a-1-v40"], "one record, the last version");
+    sm.close().await;
+    drop(sm);
+    let sm = open_in(dir.path());
+    assert_eq!(names(&sm), BTreeSet::from(["a-1-v40".to_string()]), "read back after a restart");
+}
+
+#[tokio::test]
+async fn a_failed_write_behind_the_apply_stops_the_next_apply_and_loses_nothing_committed() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut sm = open_in(dir.path());
+    sm.apply(creates("a", 1, 5)).await.unwrap();
+    sm.writer.flush().await.unwrap();
+    // The file goes away under the writer (what a disk error looks like to it).
+    sm.db.close().await;
+    sm.apply(creates("a", 6, 7)).await.unwrap();
+    let e = sm.writer.flush().await.unwrap_err();
+    assert!(e.to_string().contains("state.redb"), "{e}");
+    let e = sm.apply(creates("a", 8, 8)).await.unwrap_err();
+    assert!(e.to_string().contains("state.redb"), "the next apply refuses: {e}");
+    drop(sm);
+    // What reached the file is whole: the entries after it are still in the log, for openraft to apply again.
+    let mut sm = open_in(dir.path());
+    assert_eq!(names(&sm), expected("a", 1, 5));
+    assert_eq!(sm.applied_state().await.unwrap().0, Some(log_id(5)));
+}
