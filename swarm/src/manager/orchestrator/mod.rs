@@ -342,9 +342,28 @@ pub(crate) async fn reconcile_services<F, Fut>(
 {
     let mut events = store.watch_decisions();
     let mut dirty = Scope::everything();
+    let mut open = true;
     loop {
         let scope = std::mem::take(&mut dirty);
-        if let Err(e) = pass(scope.clone()).await {
+        // The watch is read while the pass runs: a pass of many proposals at scale fell behind it otherwise, and
+        // a watch that lagged makes the next pass a full one.
+        let passed = {
+            let run = pass(scope.clone());
+            tokio::pin!(run);
+            loop {
+                if !open {
+                    break run.await;
+                }
+                tokio::select! {
+                    r = &mut run => break r,
+                    r = events.recv() => open = note(&mut dirty, r, &interested),
+                }
+            }
+        };
+        if !open {
+            return;
+        }
+        if let Err(e) = passed {
             if !e.is_out_of_sequence() {
                 tracing::warn!(component = name, error = %e, "reconcile pass failed");
             }
@@ -361,11 +380,8 @@ pub(crate) async fn reconcile_services<F, Fut>(
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = &mut tick => dirty = Scope::everything(),
-                r = events.recv() => match r {
-                    Ok(ev) if interested(&ev) => dirty.mark(&ev),
-                    Ok(_) => continue,
-                    Err(RecvError::Lagged(_)) => dirty = Scope::everything(),
-                    Err(RecvError::Closed) => return,
+                r = events.recv() => if !note(&mut dirty, r, &interested) {
+                    return;
                 },
             }
         }
@@ -379,6 +395,17 @@ pub(crate) async fn reconcile_services<F, Fut>(
             }
         }
     }
+}
+
+/// Widens `dirty` by one read of the watch (everything, when the watch lagged); false once the watch is closed.
+fn note(dirty: &mut Scope, read: Result<Arc<Event>, RecvError>, interested: impl Fn(&Event) -> bool) -> bool {
+    match read {
+        Ok(ev) if interested(&ev) => dirty.mark(&ev),
+        Ok(_) => {}
+        Err(RecvError::Lagged(_)) => *dirty = Scope::everything(),
+        Err(RecvError::Closed) => return false,
+    }
+    true
 }
 
 /// The reconcile loop every leader component shares: run a pass, then wait for a relevant store change (or the

@@ -297,6 +297,10 @@ pub struct Scheduler {
 struct Tracking {
     nodes: NodeSet,
     events: broadcast::Receiver<std::sync::Arc<Event>>,
+    /// A change that can matter to placement was read while a pass committed: the next pass runs at once.
+    woken: bool,
+    /// The watch is closed (the store is gone).
+    closed: bool,
 }
 
 impl Tracking {
@@ -316,6 +320,39 @@ impl Tracking {
             self.nodes = NodeSet::from_view(view);
         }
     }
+
+    /// Takes one change from the watch into the picture; returns whether it can matter to placement.
+    fn take(&mut self, r: Result<std::sync::Arc<Event>, broadcast::error::RecvError>) -> bool {
+        match r {
+            Ok(e) => {
+                self.nodes.apply(&e);
+                wakes(&e)
+            }
+            Err(broadcast::error::RecvError::Closed) => {
+                self.closed = true;
+                true
+            }
+            Err(broadcast::error::RecvError::Lagged(_)) => {
+                self.nodes.stale = true;
+                true
+            }
+        }
+    }
+
+    /// Runs `commit` while reading the watch: a pass commits thousands of tasks at scale, and a picture left
+    /// unread meanwhile fell behind the watch and had to be rebuilt from every task in the store.
+    async fn following<T>(&mut self, commit: impl std::future::Future<Output = T>) -> T {
+        tokio::pin!(commit);
+        loop {
+            if self.closed {
+                return commit.await;
+            }
+            tokio::select! {
+                out = &mut commit => return out,
+                r = self.events.recv() => self.woken |= self.take(r),
+            }
+        }
+    }
 }
 
 impl Scheduler {
@@ -327,8 +364,12 @@ impl Scheduler {
     /// task, a node change, a task that ended and freed resources), coalesced over 50 ms; its own assignments
     /// do not wake it (their events only bring the node picture forward).
     pub async fn run(self, shutdown: CancellationToken) {
-        let mut tracking =
-            Tracking { nodes: NodeSet { nodes: BTreeMap::new(), stale: true }, events: self.store.watch() };
+        let mut tracking = Tracking {
+            nodes: NodeSet { nodes: BTreeMap::new(), stale: true },
+            events: self.store.watch(),
+            woken: false,
+            closed: false,
+        };
         loop {
             // A pass may fail over and over (a leader that lost its quorum refuses every write): shutdown must
             // still end the loop, and may drop a pass mid-commit (each proposal commits whole or not at all).
@@ -347,23 +388,14 @@ impl Scheduler {
                     }
                 }
             }
-            loop {
+            while !tracking.woken {
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
-                    r = tracking.events.recv() => match r {
-                        Ok(e) => {
-                            tracking.nodes.apply(&e);
-                            if wakes(&e) {
-                                break;
-                            }
-                        }
-                        Err(broadcast::error::RecvError::Closed) => return,
-                        Err(broadcast::error::RecvError::Lagged(_)) => {
-                            tracking.nodes.stale = true;
-                            break;
-                        }
-                    },
+                    r = tracking.events.recv() => tracking.woken = tracking.take(r),
                 }
+            }
+            if tracking.closed {
+                return;
             }
             // Coalesce a burst of changes into one pass (the pass catches up with them).
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -374,6 +406,8 @@ impl Scheduler {
     /// that changed since the view (the orchestrator shut it down, say) is left for the next pass instead of
     /// failing its whole batch. Returns whether any was left so.
     async fn pass(&self, tracking: &mut Tracking) -> Result<bool, StoreError> {
+        // What the watch held up to now is in the view this pass plans on.
+        tracking.woken = false;
         let changes = self.store.view(|view| {
             tracking.catch_up(view);
             changes(view, &mut tracking.nodes)
@@ -383,7 +417,7 @@ impl Scheduler {
         }
         let assigned = changes.iter().filter(|t| t.status.state == TaskState::Assigned).count();
         debug!(assigned, unschedulable = changes.len() - assigned, "scheduling pass");
-        self.commit(changes).await
+        tracking.following(self.commit(changes)).await
     }
 
     /// Commits the scheduler's task updates in bounded proposals; returns whether a task had changed since it
