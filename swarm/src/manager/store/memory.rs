@@ -18,9 +18,9 @@ use std::sync::Arc;
 /// write to it while a reader holds a clone) copies pointers, not objects.
 type ById<T> = OrdMap<String, Arc<T>>;
 
-/// A task's id as the task map and the task indexes hold it: one allocation shared by the six of them, where a
-/// `String` each made six (a million tasks held about 300 MB of copies of their ids), and copying a shared tree
-/// node (which a write does while a reader holds a clone) copies pointers instead of strings.
+/// A task's id as the task map and the four task indexes hold it: one allocation shared by the five of them,
+/// where a `String` each made five (about 250 MB of copies at a million tasks), and copying a shared tree node
+/// (which a write does while a reader holds a clone) copies pointers instead of strings.
 type Id = Arc<str>;
 
 /// Every object, by kind and id, with secondary indexes.
