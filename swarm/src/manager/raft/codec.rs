@@ -168,7 +168,18 @@ mod tests {
             ops: objects()
                 .into_iter()
                 .map(Op::Update)
-                .chain([Op::Delete { kind: crate::api::ObjectKind::Task, id: "t9".into(), version: 4 }])
+                .chain([
+                    Op::Delete { kind: crate::api::ObjectKind::Task, id: "t9".into(), version: 4 },
+                    Op::TaskProgress(crate::manager::store::TaskProgress {
+                        id: "t1".into(),
+                        version: 7,
+                        node_id: "n1".into(),
+                        desired_state: TaskState::Running,
+                        status: crate::api::TaskStatus { state: TaskState::Assigned, ..Default::default() },
+                        networks: vec![],
+                        endpoint: Some(Default::default()),
+                    }),
+                ])
                 .collect(),
             timestamp: Timestamp::now(),
         };

@@ -314,6 +314,22 @@ impl MemoryStore {
                 next.status = status.clone();
                 Ok(Some(self.update_to(index, proposal, old, Object::Task(Arc::new(next)))))
             }
+            Op::TaskProgress(p) => {
+                let Some(t) = self.tasks.get(p.id.as_str()) else {
+                    return Err(ApplyError::NotFound { kind: ObjectKind::Task, id: p.id.clone() });
+                };
+                if t.meta.version != p.version {
+                    return Err(ApplyError::OutOfSequence { kind: ObjectKind::Task, id: p.id.clone() });
+                }
+                let old = Object::Task(t.clone());
+                let mut next = Task::clone(t);
+                next.node_id.clone_from(&p.node_id);
+                next.desired_state = p.desired_state;
+                next.status = p.status.clone();
+                next.networks.clone_from(&p.networks);
+                next.endpoint.clone_from(&p.endpoint);
+                Ok(Some(self.update_to(index, proposal, old, Object::Task(Arc::new(next)))))
+            }
             Op::Delete { kind, id, version } => {
                 let Some(old) = self.get(*kind, id) else {
                     return Err(ApplyError::NotFound { kind: *kind, id: id.clone() });

@@ -48,6 +48,68 @@ pub enum Op {
     /// same task, and a batch of thousands is not retried because one of them moved. The entry holds the status,
     /// not the whole task (most of a million tasks' writes are their progress).
     TaskStatus { id: String, node_id: String, status: crate::api::TaskStatus },
+    /// An update of a task that changes only what its lifecycle steps change (the allocator's addresses and
+    /// PENDING, the scheduler's node and ASSIGNED, an orchestrator's shutdown), not its spec or identity: checked
+    /// and applied as [`Op::Update`] of the stored task with those fields replaced. [`WriteTx::update`] writes it
+    /// in place of a whole task when it can: most of a million tasks' writes are such steps, and the entry then
+    /// holds a few dozen bytes instead of the task's spec again.
+    TaskProgress(TaskProgress),
+}
+
+/// What [`Op::TaskProgress`] sets on a task read at `version`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskProgress {
+    pub id: String,
+    pub version: u64,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub node_id: String,
+    pub desired_state: crate::api::TaskState,
+    pub status: crate::api::TaskStatus,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub networks: Vec<crate::api::NetworkAttachment>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<crate::api::Endpoint>,
+}
+
+impl TaskProgress {
+    /// `next` as a step of `current`, when it differs in nothing else (and was read at `current`'s version).
+    fn between(current: &crate::api::Task, next: &crate::api::Task) -> Option<TaskProgress> {
+        // Named field by field, so a field added to `Task` must be placed here (in the comparison, or in the
+        // progress when components step it too).
+        let crate::api::Task {
+            id,
+            meta,
+            service_id,
+            service_annotations,
+            slot,
+            node_id,
+            spec,
+            spec_version,
+            status,
+            desired_state,
+            job_iteration,
+            networks,
+            endpoint,
+        } = next;
+        // The rest of `meta` is the store's to stamp, as for any update.
+        let same = *id == current.id
+            && meta.version == current.meta.version
+            && *service_id == current.service_id
+            && *service_annotations == current.service_annotations
+            && *slot == current.slot
+            && (Arc::ptr_eq(spec, &current.spec) || **spec == *current.spec)
+            && *spec_version == current.spec_version
+            && *job_iteration == current.job_iteration;
+        same.then(|| TaskProgress {
+            id: id.clone(),
+            version: meta.version,
+            node_id: node_id.clone(),
+            desired_state: *desired_state,
+            status: status.clone(),
+            networks: networks.clone(),
+            endpoint: endpoint.clone(),
+        })
+    }
 }
 
 /// Why a proposal was refused when it was applied. Deterministic: every replica refuses the same proposals.
@@ -224,9 +286,17 @@ impl<'a> WriteTx<'a> {
         self.ops.push(Op::Create(obj.into()));
     }
 
-    /// Updates an object; its `meta.version` must be the one that was read.
+    /// Updates an object; its `meta.version` must be the one that was read. A task that differs from the stored
+    /// one only in its node, status and desired state is written as that step ([`Op::TaskProgress`]).
     pub fn update(&mut self, obj: impl Into<Object>) {
-        self.ops.push(Op::Update(obj.into()));
+        let obj = obj.into();
+        if let Object::Task(next) = &obj {
+            if let Some(p) = self.view.task(&next.id).and_then(|current| TaskProgress::between(current, next)) {
+                self.ops.push(Op::TaskProgress(p));
+                return;
+            }
+        }
+        self.ops.push(Op::Update(obj));
     }
 
     pub fn delete(&mut self, kind: ObjectKind, id: &str, version: u64) {
@@ -488,6 +558,67 @@ mod tests {
     }
     use super::*;
     use crate::testing::service;
+
+    /// A task write that only steps its node, status or desired state goes into the log as that step, and applies
+    /// to exactly the task a whole update gives; anything else about the task, or a stale version, is a whole
+    /// update (or refused) as before.
+    #[test]
+    fn a_task_step_is_written_as_its_progress_and_applies_as_the_whole_update_would() {
+        use crate::api::TaskState;
+        let mut m = MemoryStore::new();
+        let at = Timestamp::now();
+        let created = Proposal { ops: vec![Op::Create(crate::testing::task("t1", "s1", 1).into())], timestamp: at };
+        m.apply(1, &created).unwrap();
+        let current = m.task("t1").unwrap().clone();
+        let written = |next: &crate::api::Task| {
+            let mut tx = WriteTx { view: &m, ops: Vec::new() };
+            tx.update(next.clone());
+            tx.ops.pop().unwrap()
+        };
+
+        let mut assigned = current.clone();
+        assigned.node_id = "n1".into();
+        assigned.status.state = TaskState::Assigned;
+        assigned.status.message = "scheduler assigned task to node".into();
+        let op = written(&assigned);
+        assert!(matches!(&op, Op::TaskProgress(p) if p.node_id == "n1" && p.version == 1), "{op:?}");
+        let (mut by_step, mut whole) = (m.clone(), m.clone());
+        let step_events = by_step.apply(2, &Proposal { ops: vec![op], timestamp: at }).unwrap();
+        let whole_events =
+            whole.apply(2, &Proposal { ops: vec![Op::Update(assigned.clone().into())], timestamp: at }).unwrap();
+        assert_eq!(by_step.task("t1"), whole.task("t1"), "the step applies as the whole update");
+        assert_eq!(step_events, whole_events, "and tells watchers the same");
+        assert_eq!(by_step.tasks_by_node("n1").count(), 1, "indexed by its new node");
+
+        let mut shut = current.clone();
+        shut.desired_state = TaskState::Shutdown;
+        assert!(matches!(written(&shut), Op::TaskProgress(_)), "a shutdown is a step too");
+        let mut allocated = current.clone();
+        allocated.endpoint = Some(Default::default());
+        allocated.status.state = TaskState::Pending;
+        assert!(matches!(written(&allocated), Op::TaskProgress(p) if p.endpoint.is_some()), "so is an allocation");
+
+        let mut relabelled = assigned.clone();
+        relabelled.service_annotations.name = "renamed".into();
+        assert!(matches!(written(&relabelled), Op::Update(_)), "another field changed: the whole task");
+        let mut respecced = assigned.clone();
+        respecced.spec_mut().container.image = "other".into();
+        assert!(matches!(written(&respecced), Op::Update(_)), "a changed spec: the whole task");
+        let mut stale = assigned.clone();
+        stale.meta.version = 0;
+        assert!(matches!(written(&stale), Op::Update(_)), "read at another version: the whole task");
+
+        // Applied on a task that moved since it was read, or is gone, the step fails as the update would.
+        let step = |version| {
+            let p = TaskProgress { version, ..TaskProgress::between(&current, &assigned).unwrap() };
+            Proposal { ops: vec![Op::TaskProgress(p)], timestamp: at }
+        };
+        let e = by_step.apply(3, &step(1)).unwrap_err();
+        assert_eq!(e, ApplyError::OutOfSequence { kind: ObjectKind::Task, id: "t1".into() });
+        assert_eq!(by_step.task("t1").unwrap().meta.version, 2, "nothing changed");
+        let e = MemoryStore::new().apply(3, &step(1)).unwrap_err();
+        assert_eq!(e, ApplyError::NotFound { kind: ObjectKind::Task, id: "t1".into() });
+    }
 
     /// A write made from a view that another writer has since changed fails "out of sequence"; `update_retrying`
     /// runs it again on a fresh view, up to its limit.
