@@ -36,6 +36,8 @@ pub const GRACE_PERIODS: u32 = 3;
 pub const DEFAULT_SESSION_GRACE: Duration = Duration::from_secs(1);
 /// The longest wait between two liveness checks, so a silent node is found down soon after its grace.
 const CHECK_EVERY_MAX: Duration = Duration::from_millis(250);
+/// How late a liveness check may wake before the manager is taken to have stalled (see [`Sessions::excuse`]).
+const STALL_EXCUSED: Duration = Duration::from_secs(1);
 /// Nodes marked DOWN in one store write.
 const MAX_NODES_PER_WRITE: usize = 500;
 /// How long status updates are gathered into one store write.
@@ -529,9 +531,17 @@ impl Dispatcher {
     async fn expire_sessions(&self, store: Store, stopped: CancellationToken) {
         loop {
             let every = (self.config().heartbeat_period / 4).min(CHECK_EVERY_MAX);
+            let due = Instant::now() + every;
             tokio::select! {
                 _ = stopped.cancelled() => return,
                 _ = tokio::time::sleep(every) => {}
+            }
+            // Woken this late, the manager did not run: the heartbeats of that time are still unread.
+            let now = Instant::now();
+            let stalled = now.saturating_duration_since(due);
+            if stalled >= STALL_EXCUSED {
+                tracing::warn!(?stalled, "the manager stalled: node deadlines move on by as much");
+                self.sessions.lock().unwrap_or_else(|e| e.into_inner()).excuse(stalled, now);
             }
             self.follow_cluster_spec(&store);
             self.check_sessions(&store).await;

@@ -164,6 +164,21 @@ impl Sessions {
         nodes
     }
 
+    /// Moves every deadline on by `stalled`, never past `now`: the manager itself did not run for that long (a
+    /// stopped process, a starved runtime), so heartbeats sent meanwhile are still waiting to be read and
+    /// nodes must not be found down for the manager's silence. A node that really went away during the stall is
+    /// found down that much later.
+    pub fn excuse(&mut self, stalled: Duration, now: Instant) {
+        let later = |t: &mut Instant| *t = (*t + stalled).min(now);
+        for s in self.by_id.values_mut() {
+            later(&mut s.last_seen);
+            if let Some(t) = s.ended.as_mut() {
+                later(t);
+            }
+        }
+        self.unknown.values_mut().for_each(later);
+    }
+
     /// Whether most sessions (and at least [`MASS_BREAK_MIN`]) have ended without their nodes opening new ones.
     pub fn mass_break(&self) -> bool {
         let ended = self.by_id.values().filter(|s| s.ended.is_some()).count();
@@ -399,5 +414,33 @@ mod tests {
             vec![],
             "reported once; n2 is not expected any more"
         );
+    }
+
+    /// After a stall of the manager, a node gets its whole grace again from where the stall left it, not from
+    /// the heartbeat it sent before the stall; a node that stays silent after that is still found down.
+    #[test]
+    fn a_stall_of_the_manager_is_not_counted_against_the_nodes() {
+        let t0 = Instant::now();
+        let mut s = Sessions::default();
+        let beating = s.open("n1", CancellationToken::new(), t0);
+        let silent = s.open("n2", CancellationToken::new(), t0);
+        s.end("n2", &silent, t0 + PERIOD);
+        s.expect("n3", t0);
+        // The manager did not run from t0 + 1 period to 20 s later; its check then wakes.
+        let stall = Duration::from_secs(20);
+        let woke = t0 + PERIOD + stall;
+        s.excuse(stall, woke);
+        assert_eq!(s.expire(woke, GRACE), vec![], "nobody is down for the manager's silence");
+        // The heartbeat n1 sent during the stall is read now.
+        s.heartbeat("n1", &beating, woke).unwrap();
+        let after = woke + GRACE.heartbeat;
+        let mut down_after = s.expire(after, GRACE);
+        down_after.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(
+            down_after,
+            vec![("n2".to_string(), DownReason::SessionEnded), ("n3".to_string(), DownReason::NeverReconnected)],
+            "the node still silent after the stall is found down; the beating one is not"
+        );
+        assert!(s.check("n1", &beating).is_ok());
     }
 }
