@@ -67,6 +67,8 @@ pub enum ScaleError {
     Overcommitted { node: String, reserved: i64, capacity: i64 },
     #[error("{0}")]
     Setup(String),
+    #[error("interrupted by {0}; the state directory was removed")]
+    Interrupted(&'static str),
 }
 
 fn setup(e: impl std::fmt::Display) -> ScaleError {
@@ -359,15 +361,35 @@ fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(23770)
 }
 
-/// Runs the simulation, printing each phase's figures; fails on a correctness violation.
+/// Runs the simulation, printing each phase's figures; fails on a correctness violation. Interrupted (Ctrl-C,
+/// SIGTERM), it stops and still removes its state directory: at a million tasks that is several GiB left in the
+/// temporary directory otherwise.
 pub async fn run(cfg: &ScaleConfig) -> Result<(), ScaleError> {
+    let dir = tempfile::tempdir().map_err(setup)?;
+    let interrupted = async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).map_err(setup)?;
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => r.map_err(setup).map(|()| "SIGINT"),
+            _ = term.recv() => Ok("SIGTERM"),
+        }
+    };
+    let r = tokio::select! {
+        r = simulate(cfg, dir.path()) => r,
+        signal = interrupted => Err(ScaleError::Interrupted(signal?)),
+    };
+    // Dropping the simulation above stopped the agents' process; the manager's own files go now.
+    let path = dir.path().to_path_buf();
+    dir.close().map_err(|e| setup(format!("could not remove the state directory {}: {e}", path.display())))?;
+    r
+}
+
+async fn simulate(cfg: &ScaleConfig, dir: &std::path::Path) -> Result<(), ScaleError> {
     let total_tasks = cfg.services as u64 * cfg.replicas;
     println!(
         "scale: {} nodes, {} services × {} replicas = {} tasks",
         cfg.nodes, cfg.services, cfg.replicas, total_tasks
     );
-    let dir = tempfile::tempdir().map_err(setup)?;
-    let state_dir = dir.path().join("swarm");
+    let state_dir = dir.join("swarm");
     let manager_exec = TestExecutor::new("sim-manager");
     let node = SwarmNode::new(
         NodeConfig { state_dir: state_dir.clone(), default_advertise_ip: None },
