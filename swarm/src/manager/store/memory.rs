@@ -39,8 +39,11 @@ pub struct MemoryStore {
     config_by_name: HashMap<String, String>,
     tasks_by_service: HashMap<String, OrdSet<Id>>,
     tasks_by_node: HashMap<String, OrdSet<Id>>,
+    /// Tasks by desired state and by observed state, RUNNING left out of both ([`indexed`]).
     tasks_by_desired: OrdMap<TaskState, OrdSet<Id>>,
     tasks_by_state: OrdMap<TaskState, OrdSet<Id>>,
+    /// How many tasks have each (desired, observed) pair of states, RUNNING included.
+    task_counts: OrdMap<(TaskState, TaskState), usize>,
     /// Per service: tasks desired RUNNING, and those of them observed RUNNING (`service ls` counts without
     /// visiting the tasks).
     live_by_service: HashMap<String, LiveCounts>,
@@ -218,7 +221,9 @@ impl MemoryStore {
         self.tasks_in(self.tasks_by_node.get(node_id))
     }
 
+    /// Tasks whose desired state is `state`, which must not be RUNNING (see [`indexed`]).
     pub fn tasks_by_desired_state(&self, state: TaskState) -> impl Iterator<Item = &Task> {
+        debug_assert!(indexed(state), "tasks desired {state:?} are not indexed");
         self.tasks_in(self.tasks_by_desired.get(&state))
     }
 
@@ -233,18 +238,16 @@ impl MemoryStore {
     }
 
     /// Tasks whose observed state (`status.state`) is `state`: the allocator's NEW, the scheduler's PENDING.
+    /// `state` must not be RUNNING (see [`indexed`]).
     pub fn tasks_by_state(&self, state: TaskState) -> impl Iterator<Item = &Task> {
+        debug_assert!(indexed(state), "tasks in {state:?} are not indexed");
         self.tasks_in(self.tasks_by_state.get(&state))
     }
 
-    /// How many tasks are in each observed state, from the index (without visiting a task).
-    pub fn task_state_counts(&self) -> impl Iterator<Item = (TaskState, usize)> + '_ {
-        self.tasks_by_state.iter().map(|(s, ids)| (*s, ids.len()))
-    }
-
-    /// The desired states some task has.
-    pub fn task_desired_states(&self) -> impl Iterator<Item = TaskState> + '_ {
-        self.tasks_by_desired.iter().filter(|(_, ids)| !ids.is_empty()).map(|(s, _)| *s)
+    /// How many tasks have each pair of desired and observed states, as `(desired, observed, count)` (without
+    /// visiting a task).
+    pub fn task_counts(&self) -> impl Iterator<Item = (TaskState, TaskState, usize)> + '_ {
+        self.task_counts.iter().map(|((d, o), n)| (*d, *o, *n))
     }
 
     // ---- writes ----
@@ -411,8 +414,9 @@ impl MemoryStore {
                 if !t.node_id.is_empty() {
                     self.tasks_by_node.entry(t.node_id.clone()).or_default().insert(id.clone());
                 }
-                self.tasks_by_desired.entry(t.desired_state).or_default().insert(id.clone());
-                self.tasks_by_state.entry(t.status.state).or_default().insert(id.clone());
+                put_in(&mut self.tasks_by_desired, t.desired_state, &id);
+                put_in(&mut self.tasks_by_state, t.status.state, &id);
+                count_states(&mut self.task_counts, &t, true);
                 count_live(&mut self.live_by_service, &t, true);
                 self.tasks.insert(id, t);
             }
@@ -474,6 +478,7 @@ impl MemoryStore {
                     }
                     remove_from_index(&mut self.tasks_by_node, &t.node_id, id);
                     count_live(&mut self.live_by_service, &t, false);
+                    count_states(&mut self.task_counts, &t, false);
                     take_from(&mut self.tasks_by_desired, t.desired_state, id);
                     take_from(&mut self.tasks_by_state, t.status.state, id);
                 }
@@ -511,12 +516,16 @@ impl MemoryStore {
         if old.desired_state != new.desired_state {
             let moved = take_from(&mut self.tasks_by_desired, old.desired_state, id);
             let moved = moved.unwrap_or_else(|| shared_id(&self.tasks, id));
-            self.tasks_by_desired.entry(new.desired_state).or_default().insert(moved);
+            put_in(&mut self.tasks_by_desired, new.desired_state, &moved);
         }
         if old.status.state != new.status.state {
             let moved = take_from(&mut self.tasks_by_state, old.status.state, id);
             let moved = moved.unwrap_or_else(|| shared_id(&self.tasks, id));
-            self.tasks_by_state.entry(new.status.state).or_default().insert(moved);
+            put_in(&mut self.tasks_by_state, new.status.state, &moved);
+        }
+        if (old.desired_state, old.status.state) != (new.desired_state, new.status.state) {
+            count_states(&mut self.task_counts, &new, true);
+            count_states(&mut self.task_counts, &old, false);
         }
         // The new version counted first, so a service's counts are not dropped and made again in between.
         count_live(&mut self.live_by_service, &new, true);
@@ -544,6 +553,37 @@ fn count_live(counts: &mut HashMap<String, LiveCounts>, t: &Task, add: bool) {
             if c.live == 0 {
                 counts.remove(&t.service_id);
             }
+        }
+        None => {}
+    }
+}
+
+/// Whether tasks in `state` (desired or observed) are listed in the state indexes. RUNNING is not: in a running
+/// cluster nearly every task is there and no component lists them, and a set of a million ids made each task's
+/// last step (and each new task's desired state) a write deep into a tree that every reader's clone shares.
+/// [`MemoryStore::task_counts`] counts them.
+fn indexed(state: TaskState) -> bool {
+    state != TaskState::Running
+}
+
+/// Puts `id` in `index[state]` when that state is [`indexed`].
+fn put_in(index: &mut OrdMap<TaskState, OrdSet<Id>>, state: TaskState, id: &Id) {
+    if indexed(state) {
+        index.entry(state).or_default().insert(id.clone());
+    }
+}
+
+/// Adds `t` to (or takes it from) the count of its (desired, observed) pair of states.
+fn count_states(counts: &mut OrdMap<(TaskState, TaskState), usize>, t: &Task, add: bool) {
+    let key = (t.desired_state, t.status.state);
+    match counts.get_mut(&key) {
+        Some(n) if add => *n += 1,
+        None if add => {
+            counts.insert(key, 1);
+        }
+        Some(n) if *n > 1 => *n -= 1,
+        Some(_) => {
+            counts.remove(&key);
         }
         None => {}
     }
@@ -653,6 +693,7 @@ mod tests {
             assert_eq!(m.tasks_by_node, fresh.tasks_by_node, "{step}");
             assert_eq!(m.tasks_by_desired, fresh.tasks_by_desired, "{step}");
             assert_eq!(m.tasks_by_state, fresh.tasks_by_state, "{step}");
+            assert_eq!(m.task_counts, fresh.task_counts, "{step}");
             assert_eq!(m.live_by_service, fresh.live_by_service, "{step}");
             assert_eq!(m.specs.keys().collect::<BTreeSet<_>>(), fresh.specs.keys().collect(), "{step}");
         }
@@ -702,7 +743,10 @@ mod tests {
         assert_eq!(t1.meta.version, 3);
         assert_eq!(m.task("t2").unwrap().status.state, TaskState::Assigned);
         assert_eq!(m.task("t3").unwrap().status.state, TaskState::Running);
-        assert_eq!(m.tasks_by_state(TaskState::Running).count(), 2, "indexed by the reported state");
+        let count = |m: &MemoryStore, d, o| m.task_counts().find(|(dd, oo, _)| (*dd, *oo) == (d, o)).map(|c| c.2);
+        assert_eq!(count(&m, TaskState::Running, TaskState::Running), Some(1), "counted by the reported state");
+        assert_eq!(count(&m, TaskState::Shutdown, TaskState::Running), Some(1));
+        assert_eq!(m.tasks_by_state(TaskState::Assigned).count(), 1, "t2 still indexed where it was");
         assert_eq!(m.live_counts("s1"), LiveCounts { live: 2, running: 1 }, "t1 is no longer desired running");
     }
 
@@ -714,13 +758,18 @@ mod tests {
         assert_eq!(m.service_by_name("web").unwrap().meta.version, 1);
         assert_eq!(m.service_by_name("web").unwrap().meta.created_index, 1);
         assert_eq!(m.tasks_by_service("s1").count(), 1);
-        assert_eq!(m.tasks_by_desired_state(TaskState::Running).count(), 1);
+        let counts = |m: &MemoryStore| m.task_counts().collect::<Vec<_>>();
+        assert_eq!(counts(&m), [(TaskState::Running, TaskState::Pending, 1)]);
+        assert_eq!(m.tasks_by_desired.get(&TaskState::Running), None, "desired RUNNING is counted, not indexed");
         assert_eq!(m.tasks_by_state(TaskState::Pending).count(), 1, "observed states are indexed too");
         assert_eq!(m.live_counts("s1"), LiveCounts { live: 1, running: 0 });
         let mut running = m.task("t1").unwrap().clone();
         running.status.state = TaskState::Running;
         m.apply(2, &p(vec![Op::Update(running.into())])).unwrap();
         assert_eq!(m.live_counts("s1"), LiveCounts { live: 1, running: 1 }, "counted as its state moves");
+        assert_eq!(counts(&m), [(TaskState::Running, TaskState::Running, 1)]);
+        assert_eq!(m.tasks_by_state.get(&TaskState::Running), None, "observed RUNNING is counted, not indexed");
+        assert_eq!(m.tasks_by_state(TaskState::Pending).count(), 0, "it left PENDING");
 
         // Stale update: the whole proposal fails and nothing changes.
         let mut t = m.task("t1").unwrap().clone();
@@ -734,7 +783,7 @@ mod tests {
         m.apply(3, &p(vec![Op::Update(t.into())])).unwrap();
         assert_eq!(m.task("t1").unwrap().meta.version, 3);
         assert_eq!(m.task("t1").unwrap().meta.created_index, 1, "the creating index survives updates");
-        assert_eq!(m.tasks_by_desired_state(TaskState::Running).count(), 0);
+        assert_eq!(counts(&m), [(TaskState::Shutdown, TaskState::Running, 1)]);
         assert_eq!(m.tasks_by_desired_state(TaskState::Shutdown).count(), 1);
         assert_eq!(m.live_counts("s1"), LiveCounts::default(), "a task no longer desired running leaves the counts");
 
@@ -744,5 +793,6 @@ mod tests {
         assert_eq!(m.tasks_by_service("s1").count(), 0);
         assert_eq!(m.tasks_by_desired_state(TaskState::Shutdown).count(), 0);
         assert_eq!(m.tasks_by_state(TaskState::Pending).count(), 0, "a deleted task leaves every index");
+        assert_eq!(counts(&m), [], "and the counts");
     }
 }
