@@ -43,6 +43,17 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+/// Runs a long synchronous step of a leader component (a pass planned over a million tasks, a picture rebuilt
+/// from every task) without holding up the runtime: on a multi-thread runtime the worker hands its other tasks
+/// (heartbeats, sessions, Raft) to another thread meanwhile. With two such steps at once on a two-core machine,
+/// the manager otherwise answered nothing for seconds, and nodes were found down for its own silence.
+pub(crate) fn long_step<R>(f: impl FnOnce() -> R) -> R {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
+
 pub struct Manager {
     node_id: String,
     raft: RaftHandle,
@@ -196,6 +207,36 @@ mod tests {
     use super::*;
     use crate::api::TaskState;
     use crate::testing::{flaky_store, node, service, task};
+
+    /// With one worker thread, a second-long step of one task leaves the other tasks running (a heartbeat
+    /// timer here); on a current-thread runtime (component tests) it just runs.
+    #[test]
+    fn a_long_step_does_not_hold_up_the_other_tasks() {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+        let ticks = rt.block_on(async {
+            let ticks = Arc::new(std::sync::atomic::AtomicU32::new(0));
+            let counter = ticks.clone();
+            let ticker = tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            });
+            tokio::task::yield_now().await;
+            let during = tokio::spawn(async move {
+                let before = ticks.load(std::sync::atomic::Ordering::Relaxed);
+                long_step(|| std::thread::sleep(Duration::from_secs(1)));
+                ticks.load(std::sync::atomic::Ordering::Relaxed) - before
+            })
+            .await
+            .unwrap();
+            ticker.abort();
+            during
+        });
+        assert!(ticks >= 10, "the timer ticked {ticks} times in the second the step took (none without it)");
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        assert_eq!(rt.block_on(async { long_step(|| 7) }), 7);
+    }
 
     /// A leader that lost its quorum has every write refused; stopping the manager must still stop every
     /// component, not leave one retrying forever.

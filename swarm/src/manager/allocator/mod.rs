@@ -61,23 +61,25 @@ impl Allocator {
             let (plain, more) = self
                 .store
                 .update(|tx| {
-                    let mut cursors = self.cursors.lock().unwrap_or_else(|e| e.into_inner());
-                    let mut wait = self.nodes_wait.lock().unwrap_or_else(|e| e.into_inner());
-                    let try_nodes = wait.is_none_or(|until| std::time::Instant::now() >= until);
-                    let p = plan_with(tx.view(), Timestamp::now(), &mut cursors, MAX_TASKS_PER_PROPOSAL, try_nodes);
-                    if p.ingress_full {
-                        *wait = Some(std::time::Instant::now() + INGRESS_FULL_RETRY);
-                    }
-                    for n in p.nodes {
-                        tx.update(n);
-                    }
-                    for s in p.services {
-                        tx.update(s);
-                    }
-                    for t in p.allocated {
-                        tx.update(t);
-                    }
-                    Ok::<_, StoreError>((p.plain, p.more))
+                    crate::manager::long_step(|| {
+                        let mut cursors = self.cursors.lock().unwrap_or_else(|e| e.into_inner());
+                        let mut wait = self.nodes_wait.lock().unwrap_or_else(|e| e.into_inner());
+                        let try_nodes = wait.is_none_or(|until| std::time::Instant::now() >= until);
+                        let p = plan_with(tx.view(), Timestamp::now(), &mut cursors, MAX_TASKS_PER_PROPOSAL, try_nodes);
+                        if p.ingress_full {
+                            *wait = Some(std::time::Instant::now() + INGRESS_FULL_RETRY);
+                        }
+                        for n in p.nodes {
+                            tx.update(n);
+                        }
+                        for s in p.services {
+                            tx.update(s);
+                        }
+                        for t in p.allocated {
+                            tx.update(t);
+                        }
+                        Ok::<_, StoreError>((p.plain, p.more))
+                    })
                 })
                 .await?;
             // Tasks that need nothing are written apart, a stale one skipped rather than failing the batch (a

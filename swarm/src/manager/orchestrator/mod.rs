@@ -212,24 +212,27 @@ impl<P: ServiceModePolicy> Orchestrator<P> {
             let done = self
                 .store
                 .update(|tx| {
-                    // Ended tasks go to the restart supervisor first, in the first proposal; the services it
-                    // touched are left to it for this pass.
-                    let touched = touched.get_or_insert_with(|| {
-                        let (later, touched) = self.restarts.restart_ended_in(tx, P::handles, &scope);
-                        delayed = later;
-                        touched
-                    });
-                    let view = tx.view();
-                    while next < services.len() && tx.len() < MAX_TASKS_PER_PROPOSAL {
-                        let Some(service) = view.service(&services[next]).filter(|s| !touched.contains(&s.id)) else {
-                            next += 1;
-                            continue;
-                        };
-                        if write_plan::<P>(tx, service, MAX_TASKS_PER_PROPOSAL - tx.len()) {
-                            next += 1;
+                    crate::manager::long_step(|| {
+                        // Ended tasks go to the restart supervisor first, in the first proposal; the services it
+                        // touched are left to it for this pass.
+                        let touched = touched.get_or_insert_with(|| {
+                            let (later, touched) = self.restarts.restart_ended_in(tx, P::handles, &scope);
+                            delayed = later;
+                            touched
+                        });
+                        let view = tx.view();
+                        while next < services.len() && tx.len() < MAX_TASKS_PER_PROPOSAL {
+                            let Some(service) = view.service(&services[next]).filter(|s| !touched.contains(&s.id))
+                            else {
+                                next += 1;
+                                continue;
+                            };
+                            if write_plan::<P>(tx, service, MAX_TASKS_PER_PROPOSAL - tx.len()) {
+                                next += 1;
+                            }
                         }
-                    }
-                    Ok::<_, StoreError>(next >= services.len())
+                        Ok::<_, StoreError>(next >= services.len())
+                    })
                 })
                 .await?;
             if done {

@@ -81,19 +81,22 @@ impl TaskReaper {
     async fn pass(&self, scope: Scope) -> Result<(), StoreError> {
         self.store
             .update(|tx| {
-                let limit = tx.view().cluster().map(|c| c.spec.orchestration.task_history_retention_limit).unwrap_or(5);
-                let view = tx.view();
-                for t in scope.tasks(view).filter(|t| t.desired_state != TaskState::Remove && !stopped(view, t)) {
-                    if view.service(&t.service_id).is_none() {
-                        let mut t = t.clone();
-                        t.desired_state = TaskState::Remove;
-                        tx.update(t);
+                crate::manager::long_step(|| {
+                    let limit =
+                        tx.view().cluster().map(|c| c.spec.orchestration.task_history_retention_limit).unwrap_or(5);
+                    let view = tx.view();
+                    for t in scope.tasks(view).filter(|t| t.desired_state != TaskState::Remove && !stopped(view, t)) {
+                        if view.service(&t.service_id).is_none() {
+                            let mut t = t.clone();
+                            t.desired_state = TaskState::Remove;
+                            tx.update(t);
+                        }
                     }
-                }
-                for t in plan_in(view, limit, &scope) {
-                    tx.delete(ObjectKind::Task, &t.id, t.meta.version);
-                }
-                Ok::<_, StoreError>(())
+                    for t in plan_in(view, limit, &scope) {
+                        tx.delete(ObjectKind::Task, &t.id, t.meta.version);
+                    }
+                    Ok::<_, StoreError>(())
+                })
             })
             .await
     }

@@ -321,18 +321,20 @@ impl UpdateSupervisor {
     /// Starts runs for the services in `scope` that need one, and stops runs that are stale.
     fn pass(&self, shutdown: &CancellationToken, scope: &Scope) {
         let mut runs = self.runs.lock().unwrap_or_else(|e| e.into_inner());
-        let wanted: Vec<(String, u64)> = self.store.view(|v| {
-            // Runs of deleted services or of an older spec stop; finished runs are forgotten.
-            runs.retain(|id, r| {
-                let current = v.service(id).is_some_and(|s| s.spec_version == r.spec_version);
-                if !current {
-                    r.cancel.cancel();
-                }
-                current && !r.handle.is_finished()
-            });
-            let wants = |s: &&Service| !runs.contains_key(&s.id) && needs_update(v, s);
-            let pick = |s: &Service| (s.id.clone(), s.spec_version);
-            scope.services(v).filter(wants).map(pick).collect()
+        let wanted: Vec<(String, u64)> = crate::manager::long_step(|| {
+            self.store.view(|v| {
+                // Runs of deleted services or of an older spec stop; finished runs are forgotten.
+                runs.retain(|id, r| {
+                    let current = v.service(id).is_some_and(|s| s.spec_version == r.spec_version);
+                    if !current {
+                        r.cancel.cancel();
+                    }
+                    current && !r.handle.is_finished()
+                });
+                let wants = |s: &&Service| !runs.contains_key(&s.id) && needs_update(v, s);
+                let pick = |s: &Service| (s.id.clone(), s.spec_version);
+                scope.services(v).filter(wants).map(pick).collect()
+            })
         });
         for (id, spec_version) in wanted {
             let cancel = shutdown.child_token();

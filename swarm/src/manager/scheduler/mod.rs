@@ -408,9 +408,11 @@ impl Scheduler {
     async fn pass(&self, tracking: &mut Tracking) -> Result<bool, StoreError> {
         // What the watch held up to now is in the view this pass plans on.
         tracking.woken = false;
-        let changes = self.store.view(|view| {
-            tracking.catch_up(view);
-            changes(view, &mut tracking.nodes)
+        let changes = crate::manager::long_step(|| {
+            self.store.view(|view| {
+                tracking.catch_up(view);
+                changes(view, &mut tracking.nodes)
+            })
         });
         if changes.is_empty() {
             return Ok(false);
