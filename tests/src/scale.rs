@@ -377,10 +377,12 @@ pub async fn run(cfg: &ScaleConfig) -> Result<(), ScaleError> {
         r = simulate(cfg, dir.path()) => r,
         signal = interrupted => Err(ScaleError::Interrupted(signal?)),
     };
-    // Dropping the simulation above stopped the agents' process; the manager's own files go now.
+    // Dropping the simulation above stopped the agents' process; the manager's own files go now. A failed run
+    // reports its own error first.
     let path = dir.path().to_path_buf();
-    dir.close().map_err(|e| setup(format!("could not remove the state directory {}: {e}", path.display())))?;
-    r
+    let closed =
+        dir.close().map_err(|e| setup(format!("could not remove the state directory {}: {e}", path.display())));
+    r.and(closed)
 }
 
 async fn simulate(cfg: &ScaleConfig, dir: &std::path::Path) -> Result<(), ScaleError> {

@@ -287,7 +287,8 @@ impl<'a> WriteTx<'a> {
     }
 
     /// Updates an object; its `meta.version` must be the one that was read. A task that differs from the stored
-    /// one only in its node, status and desired state is written as that step ([`Op::TaskProgress`]).
+    /// one only in what its lifecycle steps change (node, status, desired state, addresses, endpoint) is written
+    /// as that step ([`Op::TaskProgress`]).
     pub fn update(&mut self, obj: impl Into<Object>) {
         let obj = obj.into();
         if let Object::Task(next) = &obj {
@@ -559,9 +560,9 @@ mod tests {
     use super::*;
     use crate::testing::service;
 
-    /// A task write that only steps its node, status or desired state goes into the log as that step, and applies
-    /// to exactly the task a whole update gives; anything else about the task, or a stale version, is a whole
-    /// update (or refused) as before.
+    /// A task write that only steps the task (node, status, desired state, allocation) goes into the log as that
+    /// step, and applies to exactly the task a whole update gives; anything else about the task, or a stale
+    /// version, is a whole update (or refused) as before.
     #[test]
     fn a_task_step_is_written_as_its_progress_and_applies_as_the_whole_update_would() {
         use crate::api::TaskState;
