@@ -522,7 +522,7 @@ impl Dispatcher {
         tokio::spawn(async move {
             tokio::select! {
                 _ = stopped.cancelled() => {}
-                _ = tokio::time::sleep(grace + Duration::from_millis(10)) => d.check_sessions(&store).await,
+                _ = tokio::time::sleep(grace + Duration::from_millis(10)) => d.check_sessions(&store, &stopped).await,
             }
         });
     }
@@ -544,7 +544,7 @@ impl Dispatcher {
                 self.sessions.lock().unwrap_or_else(|e| e.into_inner()).excuse(stalled, now);
             }
             self.follow_cluster_spec(&store);
-            self.check_sessions(&store).await;
+            self.check_sessions(&store, &stopped).await;
         }
     }
 
@@ -563,8 +563,13 @@ impl Dispatcher {
         }
     }
 
-    /// One liveness check: expires sessions past their grace and writes their nodes DOWN.
-    async fn check_sessions(&self, store: &Store) {
+    /// One liveness check: expires sessions past their grace and writes their nodes DOWN. Nothing once the
+    /// dispatcher is stopping: that closes every session at once, and a check caught in between found every node
+    /// down and wrote it so (a manager restarted gracefully came back with its whole cluster DOWN).
+    async fn check_sessions(&self, store: &Store, stopped: &CancellationToken) {
+        if stopped.is_cancelled() {
+            return;
+        }
         let heartbeat = self.config().heartbeat_period * GRACE_PERIODS;
         let session = {
             let a = self.active.lock().unwrap_or_else(|e| e.into_inner());
@@ -575,6 +580,11 @@ impl Dispatcher {
         let reconnect = self.config().heartbeat_period * GRACE_PERIODS + session;
         let grace = Grace { heartbeat, session, reconnect };
         let expired = self.sessions.lock().unwrap_or_else(|e| e.into_inner()).expire(Instant::now(), grace);
+        // A stop may have closed the sessions while they were looked at (their tokens are the stop's children, so
+        // it shows here once any of them shows closed).
+        if stopped.is_cancelled() {
+            return;
+        }
         for (node_id, reason) in &expired {
             tracing::warn!(node.id = %node_id, reason = reason.message(), "node is down");
         }
@@ -679,6 +689,22 @@ mod tests {
         assert!(closed1.is_cancelled(), "n1's session streams are closed");
         assert!(matches!(d.heartbeat("n1", &s1), Err(DispatcherError::InvalidSession(_))));
         shutdown.cancel();
+    }
+
+    /// Stopping the dispatcher closes every session; a liveness check that runs then must not take that for every
+    /// node going down.
+    #[tokio::test]
+    async fn a_stopping_dispatcher_marks_no_node_down() {
+        let (d, store, shutdown) = running_dispatcher(Duration::from_secs(5)).await;
+        let (_, closed1) = d.open_session("n1", description("host-1"), "10.0.0.1".into()).await.unwrap();
+        d.open_session("n2", description("host-2"), "10.0.0.2".into()).await.unwrap();
+        let stopped = d.active.lock().unwrap().as_ref().unwrap().stopped.clone();
+        shutdown.cancel();
+        assert!(closed1.is_cancelled(), "the stop closes the sessions");
+        // The check a stop can catch mid-way.
+        d.check_sessions(&store, &stopped).await;
+        let states = store.view(|v| v.nodes().map(|n| n.status.state).collect::<Vec<_>>());
+        assert_eq!(states, [NodeState::Ready, NodeState::Ready], "no node is down for the dispatcher's stop");
     }
 
     #[tokio::test]
