@@ -124,6 +124,25 @@ fn key(o: &Object) -> String {
     format!("{}/{}", o.kind(), o.id())
 }
 
+/// Where `o` is kept in `state.redb`: its creating Raft index (16 hex digits), then its name, sealed to a digest
+/// when there is a data key. Ids are random, so records keyed by them alone spread each batch of writes over the
+/// whole B-tree: at a million tasks a batch of a thousand touched a thousand pages, and the writer rewrote
+/// gigabytes. Tasks made together are written together later too (assigned, then reported running), so in index
+/// order a batch lands on a few neighbouring pages.
+fn record_key(at_rest: &AtRest, o: &Object) -> String {
+    format!("{:016x}{}", o.meta().created_index, at_rest.record_key(&key(o)))
+}
+
+/// Whether `k` is a record key as [`record_key`] makes it with `at_rest`, not one from an older release (the name
+/// alone, or its digest alone) or in clear where there is a data key.
+fn current_record_key(at_rest: &AtRest, k: &str) -> bool {
+    let (order, name) = k.split_at(k.len().min(16));
+    order.len() == 16
+        && order.bytes().all(|b| b.is_ascii_hexdigit())
+        && !name.is_empty()
+        && name.starts_with('#') == at_rest.is_sealed()
+}
+
 fn rerr(e: impl std::error::Error + 'static) -> StorageError<NodeId> {
     StorageIOError::read_state_machine(&e).into()
 }
@@ -169,8 +188,9 @@ impl RedbStateMachine {
             }
             tx.commit().map_err(|e| corrupt(e.to_string()))?;
         }
-        // Records written in clear (a swarm from before data keys) are sealed now, in one transaction.
-        let mut unsealed = Vec::new();
+        // Records under an older release's keys, or written in clear by a swarm from before data keys, are
+        // rewritten now, in one transaction.
+        let mut misplaced = std::collections::HashMap::new();
         let (objects, last_applied, membership) = {
             let tx = db.begin_read().map_err(|e| corrupt(e.to_string()))?;
             let t = tx.open_table(OBJECTS).map_err(|e| corrupt(e.to_string()))?;
@@ -179,8 +199,8 @@ impl RedbStateMachine {
             for item in t.iter().map_err(|e| corrupt(e.to_string()))? {
                 let (k, v) = item.map_err(|e| corrupt(e.to_string()))?;
                 let o = at_rest.decode::<Object>(v.value()).map_err(format)?;
-                if at_rest.is_sealed() && !k.value().starts_with('#') {
-                    unsealed.push(k.value().to_string());
+                if !current_record_key(&at_rest, k.value()) {
+                    misplaced.insert(key(&o), k.value().to_string());
                 }
                 objects.put(o);
             }
@@ -196,9 +216,9 @@ impl RedbStateMachine {
             (objects, last_applied, membership)
         };
 
-        if !unsealed.is_empty() {
-            Self::seal_records(&db, objects.objects(), &unsealed, &at_rest).map_err(|e| corrupt(e.to_string()))?;
-            tracing::info!(records = unsealed.len(), "sealed the state's records written in clear");
+        if !misplaced.is_empty() {
+            Self::rekey_records(&db, objects.objects(), &misplaced, &at_rest).map_err(|e| corrupt(e.to_string()))?;
+            tracing::info!(records = misplaced.len(), "rewrote the state's records under their current keys");
         }
 
         let dir = path.parent().unwrap_or(Path::new("")).join(SNAPSHOT_DIR);
@@ -245,23 +265,22 @@ impl RedbStateMachine {
         })
     }
 
-    /// Re-writes the records named in clear (`unsealed`) sealed, under their digest keys.
-    fn seal_records(
+    /// Re-writes the records `misplaced` names (object name → the key it is under) under their current keys,
+    /// sealed when there is a data key.
+    fn rekey_records(
         db: &redb::Database,
         objects: impl Iterator<Item = Object>,
-        unsealed: &[String],
+        misplaced: &std::collections::HashMap<String, String>,
         at_rest: &AtRest,
     ) -> Result<(), Box<dyn std::error::Error>> {
-        let unsealed: std::collections::HashSet<&str> = unsealed.iter().map(String::as_str).collect();
         let mut tx = db.begin_write()?;
         tx.set_durability(Durability::Immediate)?;
         {
             let mut t = tx.open_table(OBJECTS)?;
             for o in objects {
-                let name = key(&o);
-                if unsealed.contains(name.as_str()) {
-                    t.remove(name.as_str())?;
-                    t.insert(at_rest.record_key(&name).as_str(), at_rest.encode(&o).as_slice())?;
+                if let Some(old) = misplaced.get(&key(&o)) {
+                    t.remove(old.as_str())?;
+                    t.insert(record_key(at_rest, &o).as_str(), at_rest.encode(&o).as_slice())?;
                 }
             }
         }
@@ -506,7 +525,7 @@ impl RedbStateMachine {
             let mut t = tx.open_table(OBJECTS).map_err(|e| serr(&e))?;
             t.retain(|_, _| false).map_err(|e| serr(&e))?;
             for o in store.objects() {
-                let k = self.at_rest.record_key(&key(&o));
+                let k = record_key(&self.at_rest, &o);
                 t.insert(k.as_str(), self.at_rest.encode(&o).as_slice()).map_err(|e| serr(&e))?;
             }
             let mut m = tx.open_table(META).map_err(|e| serr(&e))?;

@@ -413,7 +413,7 @@ async fn with_a_data_key_objects_rest_sealed_and_a_clear_state_is_sealed_at_star
         let tx = db.begin_read().unwrap();
         for item in tx.open_table(OBJECTS).unwrap().iter().unwrap() {
             let (k, v) = item.unwrap();
-            assert!(k.value().starts_with('#'), "a record key in clear: {}", k.value());
+            assert!(super::current_record_key(&sealed(), k.value()), "a record key in clear: {}", k.value());
             assert_eq!(v.value()[0], super::super::codec::FORMAT_SEALED, "a record in clear under {}", k.value());
         }
     }
@@ -497,6 +497,69 @@ async fn applied_objects_reach_state_redb_behind_the_apply_in_order_with_their_l
     drop(sm);
     let sm = open_in(dir.path());
     assert_eq!(names(&sm), BTreeSet::from(["a-1-v40".to_string()]), "read back after a restart");
+}
+
+/// The keys of `state.redb`'s object table, in the table's order.
+fn record_keys(sm: &RedbStateMachine) -> Vec<String> {
+    let db = sm.db.get().unwrap();
+    let tx = db.begin_read().unwrap();
+    tx.open_table(OBJECTS).unwrap().iter().unwrap().map(|r| r.unwrap().0.value().to_string()).collect()
+}
+
+/// Records are kept in the order their objects were created, whatever their ids; a state an older release keyed
+/// by name alone is rewritten under the ordered keys at start, and later writes replace its records rather than
+/// doubling them.
+#[tokio::test]
+async fn records_rest_in_creation_order_and_an_older_releases_keys_are_rewritten_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut sm = open_in(dir.path());
+    sm.apply(creates("z", 1, 1)).await.unwrap();
+    sm.apply(creates("a", 2, 2)).await.unwrap();
+    sm.apply(creates("m", 3, 3)).await.unwrap();
+    sm.writer.flush().await.unwrap();
+    let in_order: Vec<String> = at_rest(&sm)
+        .0
+        .iter()
+        .map(|o| match o {
+            Object::Service(s) => s.spec.annotations.name.clone(),
+            other => panic!("unexpected {other:?}"),
+        })
+        .collect();
+    assert_eq!(in_order, ["z-1", "a-2", "m-3"], "records in creation order: {:?}", record_keys(&sm));
+
+    // As an older release left it: each record under its name alone.
+    {
+        let db = sm.db.get().unwrap();
+        let tx = db.begin_write().unwrap();
+        {
+            let mut t = tx.open_table(OBJECTS).unwrap();
+            let records: Vec<(String, Vec<u8>)> =
+                t.iter().unwrap().map(|r| r.unwrap()).map(|(k, v)| (k.value().into(), v.value().into())).collect();
+            for (k, v) in records {
+                t.remove(k.as_str()).unwrap();
+                t.insert(&k[16..], v.as_slice()).unwrap();
+            }
+        }
+        tx.commit().unwrap();
+    }
+    assert!(record_keys(&sm).iter().all(|k| k.starts_with("service/")), "{:?}", record_keys(&sm));
+    sm.close().await;
+    drop(sm);
+
+    let mut sm = open_in(dir.path());
+    assert_eq!(
+        names(&sm),
+        expected("z", 1, 1).into_iter().chain(expected("a", 2, 2)).chain(expected("m", 3, 3)).collect()
+    );
+    let keys = record_keys(&sm);
+    assert!(keys.iter().all(|k| super::current_record_key(&AtRest::default(), k)), "not rewritten: {keys:?}");
+    let renamed = renames(&sm, "a-2", 4, 4);
+    sm.apply(renamed).await.unwrap();
+    sm.close().await;
+    drop(sm);
+    let sm = open_in(dir.path());
+    assert_eq!(record_keys(&sm).len(), 3, "an update replaced its record: {:?}", record_keys(&sm));
+    assert!(names(&sm).contains("a-2-v4"));
 }
 
 #[tokio::test]

@@ -10,7 +10,7 @@
 //! snapshot at or after it is recorded, and recording or installing a snapshot flushes the writer first. After a
 //! crash openraft re-applies the entries after the `last_applied` that `state.redb` holds with its objects.
 
-use super::{key, werr, Membership, StResult, KEY_APPLIED, KEY_MEMBERSHIP, META, OBJECTS};
+use super::{record_key, werr, Membership, StResult, KEY_APPLIED, KEY_MEMBERSHIP, META, OBJECTS};
 use crate::manager::raft::codec::{encode, AtRest};
 use crate::manager::raft::db::WeakDb;
 use crate::manager::raft::NodeId;
@@ -102,7 +102,7 @@ fn run(mut jobs: mpsc::Receiver<Job>, db: &WeakDb, at_rest: &AtRest, failed: &Mu
                 Job::Write(b) => {
                     for ev in b.events {
                         let value = (ev.action != EventAction::Delete).then(|| ev.clone());
-                        objects.insert(at_rest.record_key(&key(&ev.object)), value);
+                        objects.insert(record_key(at_rest, &ev.object), value);
                     }
                     state = Some((b.last_applied, b.membership));
                     durable |= b.durable;
