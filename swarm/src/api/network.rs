@@ -81,7 +81,8 @@ pub struct NetworkState {
     /// Networks this node needs, `ingress` always among them once it exists.
     #[serde(default)]
     pub networks: Vec<Network>,
-    /// Every task endpoint on those networks, on any node.
+    /// Every task endpoint on those networks, on any node; and on the ingress, the nodes' own addresses (empty
+    /// task id, never serving): this node's, and every node's when it runs tasks on the ingress.
     #[serde(default)]
     pub endpoints: Vec<NetworkEndpoint>,
     /// Services with a task endpoint on those networks, or publishing a port.

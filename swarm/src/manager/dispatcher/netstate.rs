@@ -1,6 +1,7 @@
 //! Each node's [`NetworkState`]: the networks its tasks are on (and `ingress`), every task endpoint on them
 //! wherever it runs, the services reachable on them plus every service publishing an ingress port (every node
-//! serves the routing mesh), and the node's own ingress address.
+//! serves the routing mesh), and the node's own ingress address (every node's, when it runs tasks on the
+//! ingress overlay).
 //!
 //! One [`Hub`] per running dispatcher watches the store and, on changes that touch networks (coalesced over
 //! [`COALESCE`]), rebuilds one shared [`Snapshot`] indexed by network; each session cuts its node's state out of
@@ -36,6 +37,8 @@ pub struct Snapshot {
     networks: Arc<BTreeMap<String, crate::api::Network>>,
     /// Task endpoints by network, in (task id) order.
     endpoints: BTreeMap<String, Arc<Vec<NetworkEndpoint>>>,
+    /// The nodes' own addresses on the ingress overlay (see [`Snapshot::peers_for`]).
+    node_endpoints: Arc<Vec<NetworkEndpoint>>,
     /// The networks each node has live tasks on.
     node_networks: HashMap<String, BTreeSet<String>>,
     /// Services, with the networks they are reachable on and whether they publish on the routing mesh.
@@ -53,6 +56,16 @@ pub struct StateKey {
     endpoints: Vec<(String, Option<Arc<Vec<NetworkEndpoint>>>)>,
     services: Arc<Vec<(ServiceEndpoint, BTreeSet<String>, bool)>>,
     attachments: Vec<NetworkAttachment>,
+    peers: Peers,
+}
+
+/// The ingress node endpoints one node gets.
+#[derive(Debug, Clone, PartialEq)]
+enum Peers {
+    /// Every node's: the node runs tasks on the ingress overlay.
+    All(Arc<Vec<NetworkEndpoint>>),
+    /// Its own only.
+    Own(Vec<NetworkEndpoint>),
 }
 
 impl PartialEq for StateKey {
@@ -60,6 +73,10 @@ impl PartialEq for StateKey {
         Arc::ptr_eq(&self.networks, &o.networks)
             && Arc::ptr_eq(&self.services, &o.services)
             && self.attachments == o.attachments
+            && match (&self.peers, &o.peers) {
+                (Peers::All(a), Peers::All(b)) => Arc::ptr_eq(a, b),
+                (a, b) => a == b,
+            }
             && self.endpoints.len() == o.endpoints.len()
             && self.endpoints.iter().zip(&o.endpoints).all(|((a, x), (b, y))| {
                 a == b
@@ -95,6 +112,9 @@ impl Snapshot {
         }
         if s.services == prev.services {
             s.services = prev.services.clone();
+        }
+        if s.node_endpoints == prev.node_endpoints {
+            s.node_endpoints = prev.node_endpoints.clone();
         }
         for (id, eps) in s.endpoints.iter_mut() {
             if let Some(old) = prev.endpoints.get(id).filter(|old| *old == eps) {
@@ -147,6 +167,7 @@ impl Snapshot {
                 services.push((service_endpoint(s_), nets, mesh));
             }
         }
+        let mut node_endpoints = Vec::new();
         for n in view.nodes().filter(|n| !n.attachments.is_empty()) {
             s.node_attachments.insert(n.id.clone(), n.attachments.clone());
             // A node's own ingress address is an endpoint on the ingress overlay too: a task answering mesh
@@ -154,7 +175,7 @@ impl Snapshot {
             // It is no task and never a backend (empty task id, not serving).
             for a in n.attachments.iter().filter(|a| s.ingress.as_deref() == Some(a.network_id.as_str())) {
                 for addr in &a.addresses {
-                    endpoints.entry(a.network_id.clone()).or_default().push(NetworkEndpoint {
+                    node_endpoints.push(NetworkEndpoint {
                         network_id: a.network_id.clone(),
                         node_id: n.id.clone(),
                         node_addr: n.status.addr.clone(),
@@ -166,8 +187,23 @@ impl Snapshot {
             }
         }
         s.endpoints = endpoints.into_iter().map(|(id, eps)| (id, Arc::new(eps))).collect();
+        s.node_endpoints = Arc::new(node_endpoints);
         s.services = Arc::new(services);
         s
+    }
+
+    /// The ingress node endpoints `node_id` gets. Only a node running tasks on the ingress overlay answers
+    /// masqueraded mesh traffic, so only it needs every node's address; any other node gets its own (its VXLAN
+    /// source address is found from it). Sending every node's to every node made each state grow with the
+    /// cluster and all of them together with its square: at 5,000 nodes a session's buffers held ~130 KiB.
+    fn peers_for(&self, node_id: &str) -> Peers {
+        let on_ingress =
+            self.ingress.as_ref().is_some_and(|i| self.node_networks.get(node_id).is_some_and(|nets| nets.contains(i)));
+        if on_ingress {
+            Peers::All(self.node_endpoints.clone())
+        } else {
+            Peers::Own(self.node_endpoints.iter().filter(|e| e.node_id == node_id).cloned().collect())
+        }
     }
 
     /// The networks whose state `node_id` gets: those its tasks are on, and the ingress.
@@ -187,6 +223,7 @@ impl Snapshot {
             endpoints: self.nets_of(node_id).into_iter().map(|n| (n.clone(), self.endpoints.get(n).cloned())).collect(),
             services: self.services.clone(),
             attachments: self.node_attachments.get(node_id).cloned().unwrap_or_default(),
+            peers: self.peers_for(node_id),
         })
     }
 
@@ -196,12 +233,19 @@ impl Snapshot {
             return None;
         }
         let nets = self.nets_of(node_id);
+        let mut endpoints = Vec::new();
+        for id in &nets {
+            endpoints.extend(self.endpoints.get(*id).into_iter().flat_map(|e| e.iter()).cloned());
+            if self.ingress.as_ref() == Some(*id) {
+                match self.peers_for(node_id) {
+                    Peers::All(all) => endpoints.extend(all.iter().cloned()),
+                    Peers::Own(own) => endpoints.extend(own),
+                }
+            }
+        }
         Some(NetworkState {
             networks: nets.iter().filter_map(|id| self.networks.get(*id).cloned()).collect(),
-            endpoints: nets
-                .iter()
-                .flat_map(|id| self.endpoints.get(*id).into_iter().flat_map(|e| e.iter()).cloned())
-                .collect(),
+            endpoints,
             services: self
                 .services
                 .iter()
@@ -468,14 +512,23 @@ mod tests {
         let svcs: Vec<&str> = s.services.iter().map(|s| s.name.as_str()).collect();
         assert_eq!(svcs, vec!["api", "web"], "db's network is not n1's");
         assert_eq!(s.node_attachments[0].addresses, vec!["10.0.0.9/24".to_string()]);
-        let n2 = snap.state_for("n2").unwrap();
-        let node_eps: Vec<(&str, &str, &str, bool)> = n2
-            .endpoints
-            .iter()
-            .filter(|e| e.task_id.is_empty())
-            .map(|e| (e.node_id.as_str(), e.ip.as_str(), e.node_addr.as_str(), e.serving))
-            .collect();
-        assert_eq!(node_eps, vec![("n1", "10.0.0.9", "192.168.0.1", false)], "n1's ingress address is an endpoint");
+        let node_eps = |s: &NetworkState| -> Vec<(String, String, String, bool)> {
+            s.endpoints
+                .iter()
+                .filter(|e| e.task_id.is_empty())
+                .map(|e| (e.node_id.clone(), e.ip.clone(), e.node_addr.clone(), e.serving))
+                .collect()
+        };
+        let n1_own = ("n1".to_string(), "10.0.0.9".to_string(), "192.168.0.1".to_string(), false);
+        assert_eq!(node_eps(&s), vec![n1_own.clone()], "n1's own ingress address, for its VXLAN source");
+        assert_eq!(node_eps(&snap.state_for("n2").unwrap()), vec![], "no task on the ingress: no other node's address");
+        // A node running a task on the ingress answers masqueraded mesh traffic: it gets every node's address.
+        let mut objs: Vec<Object> = view().objects().collect();
+        objs.push(on(task("a1", "sa", 1), "n2", TaskState::Running, &[("ing", "10.0.0.5/24")]).into());
+        let with_mesh_task = Snapshot::build(&MemoryStore::from_objects(objs));
+        assert_eq!(node_eps(&with_mesh_task.state_for("n2").unwrap()), vec![n1_own.clone()]);
+        assert_eq!(node_eps(&with_mesh_task.state_for("n1").unwrap()), vec![n1_own], "still only its own");
+        assert_ne!(with_mesh_task.key_for("n2"), snap.key_for("n2"));
 
         // A node with no task on a network still serves the mesh.
         let s = snap.state_for("n2").unwrap();
