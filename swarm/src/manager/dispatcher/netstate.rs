@@ -8,10 +8,11 @@
 //! it and sends it when it differs from what it sent last. A cluster without networks pays one cheap check per
 //! store event and no rebuild.
 //!
-//! A rebuild keeps the previous snapshot's shared parts (a network's endpoints, the service list) wherever they
-//! did not change, so a session tells whether its node's state changed by comparing a few pointers
-//! ([`StateKey`]), not by cutting and comparing the whole state: with a thousand sessions, the ingress network's
-//! thousand node endpoints would otherwise be copied and compared a million times per rebuild.
+//! A rebuild keeps the previous snapshot's shared parts (a network's endpoints, the nodes' ingress addresses,
+//! the service list) wherever they did not change, so a session tells whether its node's state changed by
+//! comparing a few pointers ([`StateKey`]), not by cutting and comparing the whole state: with a thousand
+//! sessions on a busy network, its thousand endpoints would otherwise be copied and compared a million times per
+//! rebuild.
 
 use crate::api::{
     NetworkAttachment, NetworkEndpoint, NetworkState, Object, PublishMode, Service, ServiceEndpoint, Task, TaskState,
@@ -37,8 +38,9 @@ pub struct Snapshot {
     networks: Arc<BTreeMap<String, crate::api::Network>>,
     /// Task endpoints by network, in (task id) order.
     endpoints: BTreeMap<String, Arc<Vec<NetworkEndpoint>>>,
-    /// The nodes' own addresses on the ingress overlay (see [`Snapshot::peers_for`]).
+    /// The nodes' own addresses on the ingress overlay (see [`Snapshot::peers_for`]), all and by node.
     node_endpoints: Arc<Vec<NetworkEndpoint>>,
+    own_endpoints: HashMap<String, Vec<NetworkEndpoint>>,
     /// The networks each node has live tasks on.
     node_networks: HashMap<String, BTreeSet<String>>,
     /// Services, with the networks they are reachable on and whether they publish on the routing mesh.
@@ -175,14 +177,16 @@ impl Snapshot {
             // It is no task and never a backend (empty task id, not serving).
             for a in n.attachments.iter().filter(|a| s.ingress.as_deref() == Some(a.network_id.as_str())) {
                 for addr in &a.addresses {
-                    node_endpoints.push(NetworkEndpoint {
+                    let e = NetworkEndpoint {
                         network_id: a.network_id.clone(),
                         node_id: n.id.clone(),
                         node_addr: n.status.addr.clone(),
                         ip: ip_of(addr).to_string(),
                         serving: false,
                         ..Default::default()
-                    });
+                    };
+                    s.own_endpoints.entry(n.id.clone()).or_default().push(e.clone());
+                    node_endpoints.push(e);
                 }
             }
         }
@@ -202,7 +206,7 @@ impl Snapshot {
         if on_ingress {
             Peers::All(self.node_endpoints.clone())
         } else {
-            Peers::Own(self.node_endpoints.iter().filter(|e| e.node_id == node_id).cloned().collect())
+            Peers::Own(self.own_endpoints.get(node_id).cloned().unwrap_or_default())
         }
     }
 
@@ -367,8 +371,8 @@ fn digest(state: &NetworkState) -> [u8; 32] {
 pub struct NodeNetworkState {
     node_id: String,
     rx: watch::Receiver<Arc<Snapshot>>,
-    /// A digest of the state sent last: each node's state names every node's ingress address, so a copy per
-    /// session would grow with the square of the cluster's size.
+    /// A digest of the state sent last: a node's state may name every endpoint of a busy network (and every
+    /// node's ingress address), so a copy per session would grow with the square of the cluster's size.
     sent: Option<[u8; 32]>,
     /// What `sent` was cut from.
     sent_key: Option<StateKey>,

@@ -199,10 +199,18 @@ impl RedbStateMachine {
             for item in t.iter().map_err(|e| corrupt(e.to_string()))? {
                 let (k, v) = item.map_err(|e| corrupt(e.to_string()))?;
                 let o = at_rest.decode::<Object>(v.value()).map_err(format)?;
-                if !current_record_key(&at_rest, k.value()) {
+                let old_key = !current_record_key(&at_rest, k.value());
+                // A file with older keys may hold an object twice (a manager downgraded, then upgraded again):
+                // the newest version is kept, and the rewrite below leaves one record of it.
+                let maybe_twice = old_key || !misplaced.is_empty();
+                if old_key {
                     misplaced.insert(key(&o), k.value().to_string());
                 }
-                objects.put(o);
+                if maybe_twice {
+                    objects.put_newest(o);
+                } else {
+                    objects.put(o);
+                }
             }
             let m = tx.open_table(META).map_err(|e| corrupt(e.to_string()))?;
             let last_applied = match m.get(KEY_APPLIED).map_err(|e| corrupt(e.to_string()))? {

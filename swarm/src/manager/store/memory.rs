@@ -394,6 +394,15 @@ impl MemoryStore {
         }
     }
 
+    /// Puts `obj` unless a version at least as new is held: for loading records that may hold one object twice.
+    pub(crate) fn put_newest(&mut self, obj: Object) {
+        match self.version_of(obj.kind(), obj.id()) {
+            None => self.put(obj),
+            Some(held) if obj.meta().version > held => self.replace(obj),
+            Some(_) => {}
+        }
+    }
+
     /// Inserts an object and indexes it; the caller has removed any previous version.
     pub(crate) fn put(&mut self, mut obj: Object) {
         self.share_spec(&mut obj);

@@ -560,6 +560,34 @@ async fn records_rest_in_creation_order_and_an_older_releases_keys_are_rewritten
     let sm = open_in(dir.path());
     assert_eq!(record_keys(&sm).len(), 3, "an update replaced its record: {:?}", record_keys(&sm));
     assert!(names(&sm).contains("a-2-v4"));
+
+    // A manager downgraded, then upgraded again: an older release wrote some objects under its own keys beside
+    // the current records. The newest version of each is kept, once.
+    let held = |name: &str| sm.view().read(|v| v.service_by_name(name).cloned()).unwrap();
+    let (mut newer, mut older) = (held("m-3"), held("z-1"));
+    newer.meta.version += 1;
+    newer.spec.annotations.name = "m-3-downgraded".into();
+    older.meta.version -= 1;
+    older.spec.annotations.name = "z-1-stale".into();
+    {
+        let db = sm.db.get().unwrap();
+        let tx = db.begin_write().unwrap();
+        {
+            let mut t = tx.open_table(OBJECTS).unwrap();
+            for s in [newer, older] {
+                let o = Object::Service(s);
+                t.insert(super::key(&o).as_str(), AtRest::default().encode(&o).as_slice()).unwrap();
+            }
+        }
+        tx.commit().unwrap();
+    }
+    sm.close().await;
+    drop(sm);
+    let sm = open_in(dir.path());
+    let want: BTreeSet<String> = ["z-1", "a-2-v4", "m-3-downgraded"].map(String::from).into();
+    assert_eq!(names(&sm), want, "the newest version of each object");
+    assert_eq!(sm.view().read(|v| v.services().count()), 3, "each object once");
+    assert_eq!(record_keys(&sm).len(), 3, "one record each: {:?}", record_keys(&sm));
 }
 
 #[tokio::test]
