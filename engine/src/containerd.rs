@@ -82,9 +82,10 @@ pub fn is_not_found(s: &tonic::Status) -> bool {
 }
 
 /// Whether a call failed because containerd could not be reached (restarting, socket gone), not because of
-/// what was asked: worth retrying once it is back.
+/// what was asked: worth retrying once it is back. A call in flight when containerd's connection closes ends
+/// `Cancelled` on the client's side ("operation was canceled"); shoald never cancels a call it still awaits.
 pub fn is_unavailable(s: &tonic::Status) -> bool {
-    s.code() == tonic::Code::Unavailable || s.message().contains("transport error")
+    matches!(s.code(), tonic::Code::Unavailable | tonic::Code::Cancelled) || s.message().contains("transport error")
 }
 
 /// Creates a lease that expires by itself after `ttl` (so a shoald killed mid-operation leaks nothing), for
@@ -401,6 +402,16 @@ mod tests {
         let e = require_binary("shoal-no-such-binary").unwrap_err().to_string();
         assert!(e.contains("shoal-no-such-binary") && e.contains("apt-get install containerd runc"), "{e}");
         require_binary("sh").expect("sh is on PATH");
+    }
+
+    #[test]
+    fn a_call_cut_off_by_containerd_going_away_is_retried_and_a_refusal_is_not() {
+        // What tonic gives a unary call whose connection closed before its answer (containerd SIGKILLed).
+        assert!(is_unavailable(&tonic::Status::cancelled("operation was canceled")));
+        assert!(is_unavailable(&tonic::Status::unavailable("connection refused")));
+        assert!(is_unavailable(&tonic::Status::unknown("transport error")));
+        assert!(!is_unavailable(&tonic::Status::failed_precondition("task must be stopped before deletion")));
+        assert!(!is_unavailable(&tonic::Status::not_found("no such container")));
     }
 
     #[test]
