@@ -44,14 +44,29 @@ fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("repo root").to_path_buf()
 }
 
-/// Builds the busybox test image once per test process and returns the tarball's path.
+/// Builds the busybox test image and returns the tarball's path. One tarball per version of the build script and
+/// of busybox is kept in the temp dir and shared by every test process, instead of one left behind by each.
 pub fn test_image() -> &'static Path {
     static IMAGE: OnceLock<PathBuf> = OnceLock::new();
     IMAGE.get_or_init(|| {
-        let out = std::env::temp_dir().join(format!("shoal-busybox-{}.tar", std::process::id()));
+        use std::hash::{Hash, Hasher};
         let script = repo_root().join("scripts/build-test-image.sh");
-        let st = Command::new("bash").arg(&script).arg(&out).status().expect("run build-test-image.sh");
+        let text = std::fs::read(&script).expect("read build-test-image.sh");
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        text.hash(&mut h);
+        // The image is busybox-static's binary: a new one makes a new image.
+        if let Ok(m) = std::fs::metadata("/bin/busybox") {
+            (m.len(), m.modified().ok()).hash(&mut h);
+        }
+        let out = std::env::temp_dir().join(format!("shoal-busybox-{:016x}.tar", h.finish()));
+        if out.exists() {
+            return out;
+        }
+        // Built aside and renamed, so a process that finds the file finds it whole.
+        let part = out.with_extension(format!("tar.{}", std::process::id()));
+        let st = Command::new("bash").arg(&script).arg(&part).status().expect("run build-test-image.sh");
         assert!(st.success(), "{} failed", script.display());
+        std::fs::rename(&part, &out).expect("rename the test image into place");
         out
     })
 }

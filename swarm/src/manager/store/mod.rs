@@ -228,7 +228,7 @@ impl SharedView {
     pub fn apply(&self, index: u64, proposal: &Proposal) -> Result<Vec<Arc<Event>>, ApplyError> {
         let mut view = self.view.write().unwrap_or_else(|e| e.into_inner());
         // One shared copy of each event, whoever watches it.
-        let events: Vec<Arc<Event>> = view.apply(index, proposal)?.into_iter().map(Arc::new).collect();
+        let events: Vec<Arc<Event>> = view.apply(index, proposal)?;
         // Sent under the write lock so a watcher that subscribed under the read lock sees exactly the changes
         // made after what it read.
         for e in &events {
