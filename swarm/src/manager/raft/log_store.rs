@@ -31,6 +31,64 @@ pub struct RedbLogStore {
     /// Entries are sealed with the data key at rest (the vote and log ids are not: they say nothing of the
     /// cluster's objects).
     at_rest: AtRest,
+    /// The newest entries as they were appended, so the state machine applying them (moments later) need not
+    /// read them back, open and decode them: that was a few percent of a busy manager's CPU.
+    recent: Arc<std::sync::Mutex<Recent>>,
+}
+
+/// A suffix of the log (the newest entries, contiguous) kept in memory, at most [`RECENT_BYTES`] of them counted
+/// in their encoded size.
+#[derive(Default)]
+struct Recent {
+    entries: std::collections::VecDeque<(Entry<TypeConfig>, usize)>,
+    bytes: usize,
+}
+
+/// The state machine reads each entry as soon as it is committed (one or two at a time on a busy manager), so a
+/// few entries' worth is enough; a read from further back goes to the file.
+const RECENT_BYTES: usize = 2 << 20;
+
+impl Recent {
+    fn first_index(&self) -> Option<u64> {
+        self.entries.front().map(|(e, _)| e.log_id.index)
+    }
+
+    fn push(&mut self, e: Entry<TypeConfig>, size: usize) {
+        // Only a contiguous suffix answers a read; anything else (never expected) starts it over.
+        if self.entries.back().is_some_and(|(last, _)| last.log_id.index + 1 != e.log_id.index) {
+            self.clear();
+        }
+        self.bytes += size;
+        self.entries.push_back((e, size));
+        while self.bytes > RECENT_BYTES && self.entries.len() > 1 {
+            let (_, n) = self.entries.pop_front().expect("not empty");
+            self.bytes -= n;
+        }
+    }
+
+    /// Forgets the entries up to `index` included (a purge).
+    fn purge(&mut self, index: u64) {
+        while self.entries.front().is_some_and(|(e, _)| e.log_id.index <= index) {
+            let (_, n) = self.entries.pop_front().expect("not empty");
+            self.bytes -= n;
+        }
+    }
+
+    fn clear(&mut self) {
+        self.entries.clear();
+        self.bytes = 0;
+    }
+
+    /// The entries in `[start, end)`, when they are all here: the suffix reaches the log's end, so a range that
+    /// starts inside it is whole.
+    fn range(&self, start: u64, end: u64) -> Option<Vec<Entry<TypeConfig>>> {
+        let first = self.first_index()?;
+        if start < first {
+            return None;
+        }
+        let skip = usize::try_from(start - first).ok()?;
+        Some(self.entries.iter().skip(skip).take_while(|(e, _)| e.log_id.index < end).map(|(e, _)| e.clone()).collect())
+    }
 }
 
 /// What this process appended to the log: entries and their encoded bytes (what a benchmark reports).
@@ -106,7 +164,7 @@ impl RedbLogStore {
                     .map_err(|source| DbError::Format { path: path.to_path_buf(), source })?;
             }
         }
-        Ok(RedbLogStore { db: SharedDb::new(db), written: Arc::default(), at_rest })
+        Ok(RedbLogStore { db: SharedDb::new(db), written: Arc::default(), at_rest, recent: Arc::default() })
     }
 
     fn get_meta<T: serde::de::DeserializeOwned>(&self, key: &str) -> StResult<Option<T>> {
@@ -139,6 +197,7 @@ impl RedbLogStore {
     fn write_entries(&self, entries: impl IntoIterator<Item = Entry<TypeConfig>>) -> StResult<()> {
         let db = self.db.get().map_err(write_err)?;
         let tx = db.begin_write().map_err(write_err)?;
+        let mut written = Vec::new();
         {
             let mut t = tx.open_table(LOG).map_err(write_err)?;
             for e in entries {
@@ -146,9 +205,16 @@ impl RedbLogStore {
                 self.written.entries.fetch_add(1, Ordering::Relaxed);
                 self.written.bytes.fetch_add(bytes.len() as u64, Ordering::Relaxed);
                 t.insert(e.log_id.index, bytes.as_slice()).map_err(write_err)?;
+                written.push((e, bytes.len()));
             }
         }
-        tx.commit().map_err(write_err)
+        tx.commit().map_err(write_err)?;
+        // Kept once durable, as openraft will read nothing it was not told is flushed.
+        let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        for (e, size) in written {
+            recent.push(e, size);
+        }
+        Ok(())
     }
 
     /// Entries and bytes appended since the log was opened.
@@ -179,6 +245,20 @@ impl RaftLogReader<TypeConfig> for RedbLogStore {
         &mut self,
         range: RB,
     ) -> StResult<Vec<Entry<TypeConfig>>> {
+        use std::ops::Bound;
+        let start = match range.start_bound() {
+            Bound::Included(&s) => s,
+            Bound::Excluded(&s) => s.saturating_add(1),
+            Bound::Unbounded => 0,
+        };
+        let end = match range.end_bound() {
+            Bound::Included(&e) => e.saturating_add(1),
+            Bound::Excluded(&e) => e,
+            Bound::Unbounded => u64::MAX,
+        };
+        if let Some(hit) = self.recent.lock().unwrap_or_else(|e| e.into_inner()).range(start, end) {
+            return Ok(hit);
+        }
         let db = self.db.get().map_err(io_err)?;
         let tx = db.begin_read().map_err(io_err)?;
         let t = tx.open_table(LOG).map_err(io_err)?;
@@ -251,6 +331,9 @@ impl RaftLogStorage<TypeConfig> for RedbLogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> StResult<()> {
+        // Forgotten whole, not just from `log_id` on: should the truncate fail, what is left must still be the
+        // log's newest entries (truncates are rare: a follower's conflicting entries).
+        self.recent.lock().unwrap_or_else(|e| e.into_inner()).clear();
         let db = self.db.get().map_err(write_err)?;
         blocking(move || {
             let tx = db.begin_write().map_err(write_err)?;
@@ -264,6 +347,7 @@ impl RaftLogStorage<TypeConfig> for RedbLogStore {
     }
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> StResult<()> {
+        self.recent.lock().unwrap_or_else(|e| e.into_inner()).purge(log_id.index);
         let db = self.db.get().map_err(write_err)?;
         blocking(move || {
             let tx = db.begin_write().map_err(write_err)?;
@@ -306,5 +390,49 @@ mod tests {
         let mut log = RedbLogStore::open_backend(name, disk.after_power_cut()).unwrap();
         let got: Vec<u64> = log.try_get_log_entries(..).await.unwrap().iter().map(|e| e.log_id.index).collect();
         assert_eq!(got, (1..=50).collect::<Vec<_>>(), "entries lost by a crash after they were reported stored");
+    }
+
+    /// The newest entries are read back from memory; whatever is asked, the answer is the log's, across purges
+    /// and truncates.
+    #[tokio::test]
+    async fn the_newest_entries_are_read_from_memory_and_agree_with_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = RedbLogStore::open(&dir.path().join("log.redb")).unwrap();
+        let read = |log: &RedbLogStore, r: std::ops::Range<u64>| {
+            let mut log = log.clone();
+            async move {
+                let got = log.try_get_log_entries(r).await.unwrap();
+                got.iter().map(|e| (e.log_id.leader_id.term, e.log_id.index)).collect::<Vec<_>>()
+            }
+        };
+        let cached = |log: &RedbLogStore| log.recent.lock().unwrap().entries.len();
+        log.write_entries((1..=10).map(entry)).unwrap();
+        assert_eq!(cached(&log), 10);
+        assert_eq!(read(&log, 3..8).await, (3..8).map(|i| (1, i)).collect::<Vec<_>>());
+        assert_eq!(read(&log, 9..100).await, [(1, 9), (1, 10)]);
+        assert_eq!(read(&log, 11..20).await, []);
+
+        log.purge(LogId::new(CommittedLeaderId::new(1, 1), 4)).await.unwrap();
+        assert_eq!(log.recent.lock().unwrap().first_index(), Some(5));
+        assert_eq!(read(&log, 0..100).await, (5..=10).map(|i| (1, i)).collect::<Vec<_>>());
+
+        // A follower's conflicting entries are cut and replaced by the new leader's.
+        log.truncate(LogId::new(CommittedLeaderId::new(1, 1), 8)).await.unwrap();
+        assert_eq!(cached(&log), 0, "a truncate forgets what memory held");
+        assert_eq!(read(&log, 5..100).await, [(1, 5), (1, 6), (1, 7)], "from the file");
+        let newer = |i| Entry { log_id: LogId::new(CommittedLeaderId::new(2, 1), i), ..entry(i) };
+        log.write_entries((8..=9).map(newer)).unwrap();
+        assert_eq!(read(&log, 8..100).await, [(2, 8), (2, 9)], "from memory");
+        assert_eq!(read(&log, 5..100).await, [(1, 5), (1, 6), (1, 7), (2, 8), (2, 9)], "from the file");
+
+        // Only a contiguous suffix is kept, and within its byte budget.
+        let mut r = Recent::default();
+        r.push(entry(1), 10);
+        r.push(entry(2), 10);
+        r.push(entry(5), 10);
+        assert_eq!((r.first_index(), r.entries.len()), (Some(5), 1), "a gap starts it over");
+        r.push(entry(6), RECENT_BYTES);
+        assert_eq!((r.first_index(), r.bytes), (Some(6), RECENT_BYTES), "the oldest go past the budget");
+        assert_eq!(r.range(5, 7), None, "a range starting before the suffix is the file's to answer");
     }
 }

@@ -160,6 +160,20 @@ impl Event {
             _ => false,
         }
     }
+
+    /// Whether this is the scheduler placing a task: its node set where it had none, nothing else that
+    /// orchestration decides on changed (desired state, whether it ended).
+    pub fn is_assignment(&self) -> bool {
+        match (&self.object, &self.old) {
+            (Object::Task(t), Some(Object::Task(old))) if self.action == EventAction::Update => {
+                old.node_id.is_empty()
+                    && !t.node_id.is_empty()
+                    && t.desired_state == old.desired_state
+                    && t.status.state.is_terminal() == old.status.state.is_terminal()
+            }
+            _ => false,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
