@@ -72,7 +72,7 @@ pub fn task_rotation(task: &Task) -> Result<Rotation, ExecError> {
 }
 
 /// Percent-encodes all but unreserved characters and `/` (containerd parses the URI with Go's net/url).
-pub(crate) fn escape(s: &str) -> String {
+fn escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || b"-._~/".contains(&b) {

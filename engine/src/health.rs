@@ -14,12 +14,11 @@ use containerd_client::types::v1::Status as ProcStatus;
 use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
 use std::future::Future;
-use std::io::Read;
 use std::path::PathBuf;
 use std::time::Duration;
 use swarm::agent::exec::{ExecError, HealthStatus};
 use swarm::api::{Health, HealthConfig};
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 use tonic::transport::Channel;
 
@@ -315,13 +314,13 @@ pub fn start_checks(
 }
 
 /// Runs a check inside a container's task with containerd exec: a process spec derived from the container's
-/// (its user, environment, working directory, capabilities), the output into a file the shim writes.
+/// (its user, environment, working directory, capabilities), its output read from a FIFO the shim writes.
 pub struct ExecProber {
     pub ch: Channel,
     pub container_id: String,
     /// The container's OCI process spec (`process` of its runtime spec).
     pub process: serde_json::Value,
-    /// Where the check's output file is written (the task's directory).
+    /// Where the check's output FIFO is made (the task's directory).
     pub dir: PathBuf,
 }
 
@@ -378,12 +377,13 @@ impl ExecProber {
             Ok(v) => v,
             Err(e) => return Outcome::Error(e.to_string()),
         };
-        let uri = format!("file://{}", crate::executor::escape(&out.to_string_lossy()));
+        // A path without a scheme is a FIFO to the shim. Both streams go into the same one, as Docker keeps them.
+        let fifo = out.to_string_lossy().into_owned();
         let exec = ExecProcessRequest {
             container_id: self.container_id.clone(),
             stdin: String::new(),
-            stdout: uri.clone(),
-            stderr: uri,
+            stdout: fifo.clone(),
+            stderr: fifo,
             terminal: false,
             spec: Some(prost_types::Any { type_url: PROCESS_TYPE_URL.into(), value }),
             exec_id: exec_id.into(),
@@ -401,6 +401,7 @@ impl ExecProber {
         let mut tasks = self.tasks();
         let waited = tokio::time::timeout(timeout, tasks.wait(req(WaitRequest { container_id, exec_id: eid }))).await;
         let outcome = match waited {
+            // The output is filled in by the caller, which reads the FIFO.
             Ok(Ok(r)) => Outcome::Exited { code: r.into_inner().exit_status as i32, output: String::new() },
             Ok(Err(s)) if is_unavailable(&s) => Outcome::Unavailable(s.message().to_string()),
             Ok(Err(s)) => Outcome::Error(s.message().to_string()),
@@ -417,27 +418,43 @@ impl ExecProber {
                 Outcome::TimedOut(timeout)
             }
         };
-        // Deleting the process waits for the shim to finish copying its output into the file.
+        // Deleting the process waits for the shim to finish copying its output into the FIFO.
         self.delete(exec_id).await;
-        match outcome {
-            Outcome::Exited { code, .. } => Outcome::Exited { code, output: read_output(out).await },
-            o => o,
-        }
+        outcome
     }
 }
 
-/// At most [`MAX_OUTPUT`] bytes of a check's output, read off the async threads.
-async fn read_output(path: &std::path::Path) -> String {
-    let path = path.to_path_buf();
-    tokio::task::spawn_blocking(move || {
-        let mut buf = Vec::new();
-        if let Ok(f) = std::fs::File::open(&path) {
-            let _ = f.take(MAX_OUTPUT as u64).read_to_end(&mut buf);
+/// Reads a check's FIFO until told to stop, keeping at most [`MAX_OUTPUT`] bytes and draining the rest so the
+/// shim never blocks on a full pipe. Opened read-write, the FIFO never reports end-of-file: the caller says
+/// when the output is complete (the exec was deleted), and what is still buffered is read then.
+async fn collect_output(fifo: tokio::net::unix::pipe::Receiver, mut done: oneshot::Receiver<()>) -> String {
+    let mut kept = Vec::new();
+    let mut buf = [0u8; 4096];
+    let mut drain = |kept: &mut Vec<u8>| loop {
+        match fifo.try_read(&mut buf) {
+            Ok(0) => return false,
+            Ok(n) => {
+                let room = MAX_OUTPUT.saturating_sub(kept.len());
+                kept.extend_from_slice(&buf[..n.min(room)]);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return true,
+            Err(_) => return false,
         }
-        String::from_utf8_lossy(&buf).into_owned()
-    })
-    .await
-    .unwrap_or_default()
+    };
+    loop {
+        tokio::select! {
+            r = fifo.readable() => {
+                if r.is_err() || !drain(&mut kept) {
+                    break;
+                }
+            }
+            _ = &mut done => {
+                drain(&mut kept);
+                break;
+            }
+        }
+    }
+    String::from_utf8_lossy(&kept).into_owned()
 }
 
 impl Prober for ExecProber {
@@ -447,10 +464,29 @@ impl Prober for ExecProber {
         if let Err(e) = tokio::fs::create_dir_all(&self.dir).await {
             return Outcome::Error(format!("creating {}: {e}", self.dir.display()));
         }
+        // The output goes through a FIFO shoald reads, not a file the shim writes: given one file for both
+        // streams, containerd's shim can close it after a fast process's stdout and drop its stderr.
         let out = self.dir.join(format!("{exec_id}.out"));
+        if let Err(e) = nix::unistd::mkfifo(&out, nix::sys::stat::Mode::S_IRUSR | nix::sys::stat::Mode::S_IWUSR) {
+            return Outcome::Error(format!("creating {}: {e}", out.display()));
+        }
+        let fifo = match tokio::net::unix::pipe::OpenOptions::new().read_write(true).open_receiver(&out) {
+            Ok(f) => f,
+            Err(e) => {
+                let _ = tokio::fs::remove_file(&out).await;
+                return Outcome::Error(format!("opening {}: {e}", out.display()));
+            }
+        };
+        let (done, finished) = oneshot::channel();
+        let reader = tokio::spawn(collect_output(fifo, finished));
         let outcome = self.run(args, timeout, &exec_id, &out).await;
+        let _ = done.send(());
+        let output = reader.await.unwrap_or_default();
         let _ = tokio::fs::remove_file(&out).await;
-        outcome
+        match outcome {
+            Outcome::Exited { code, .. } => Outcome::Exited { code, output },
+            o => o,
+        }
     }
 }
 

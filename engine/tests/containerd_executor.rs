@@ -1007,6 +1007,37 @@ async fn health_checks_run_inside_the_task_and_gate_running() {
     .await;
     drop(r);
 
+    step!("a check's stdout and stderr are both kept, however fast the process exits");
+    // Given one file for both streams, containerd's shim could close it once stdout ended and drop stderr.
+    let t = task(&["sleep", "1000"]);
+    let mut r = Runner::start(&exec, &t);
+    r.until("RUNNING", Duration::from_secs(30), |s| s.state == TaskState::Running).await;
+    let ctr = env.container(&t.id).await.expect("container");
+    let spec: serde_json::Value = serde_json::from_slice(&ctr.spec.as_ref().unwrap().value).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let prober = engine::health::ExecProber {
+        ch: exec.channel(),
+        container_id: ctr.id.clone(),
+        process: spec["process"].clone(),
+        dir: dir.path().to_path_buf(),
+    };
+    use engine::health::{Outcome, Prober};
+    let args: Vec<String> = ["sh", "-c", "echo out; echo err >&2; exit 4"].iter().map(|s| s.to_string()).collect();
+    for i in 0..20 {
+        match prober.probe(&args, Duration::from_secs(10)).await {
+            Outcome::Exited { code: 4, output } if output.contains("out") && output.contains("err") => {}
+            o => panic!("run {i}: {o:?}"),
+        }
+    }
+    let big: Vec<String> =
+        ["sh", "-c", "yes 0123456789 | head -c 200000; echo err >&2"].iter().map(|s| s.to_string()).collect();
+    match prober.probe(&big, Duration::from_secs(10)).await {
+        Outcome::Exited { code: 0, output } => assert!(output.len() <= 4096 && output.starts_with("0123456789\n")),
+        o => panic!("200 kB of output, more than a pipe holds: {o:?}"),
+    }
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "no FIFO left behind");
+    drop(r);
+
     step!("a bad test rejects the task with a clear error");
     let mut t = task(&["sleep", "1000"]);
     t.spec_mut().container.healthcheck = Some(check(&["CURL", "x"], 200, 2));
