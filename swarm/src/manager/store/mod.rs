@@ -19,7 +19,7 @@ mod watch;
 pub use memory::{LiveCounts, MemoryStore};
 pub use watch::{NodeWatch, NodeWatchError};
 
-use crate::api::{Object, ObjectKind, Timestamp};
+use crate::api::{Object, ObjectKind, Task, Timestamp};
 use serde::{Deserialize, Serialize};
 use std::sync::{Arc, Mutex, RwLock};
 use tokio::sync::broadcast;
@@ -151,27 +151,26 @@ impl Event {
     /// Whether this is a task's mere progress (ASSIGNED → PREPARING → RUNNING, the bulk of all writes): an update
     /// that changes neither its desired state, whether it ended, nor its node. Orchestration decides nothing on it.
     pub fn is_progress(&self) -> bool {
-        match (&self.object, &self.old) {
-            (Object::Task(t), Some(Object::Task(old))) if self.action == EventAction::Update => {
-                t.desired_state == old.desired_state
-                    && t.status.state.is_terminal() == old.status.state.is_terminal()
-                    && t.node_id == old.node_id
-            }
-            _ => false,
-        }
+        self.task_update_keeping_its_fate().is_some_and(|(t, old)| t.node_id == old.node_id)
     }
 
     /// Whether this is the scheduler placing a task: its node set where it had none, nothing else that
     /// orchestration decides on changed (desired state, whether it ended).
     pub fn is_assignment(&self) -> bool {
+        self.task_update_keeping_its_fate().is_some_and(|(t, old)| old.node_id.is_empty() && !t.node_id.is_empty())
+    }
+
+    /// A task update that keeps its desired state and whether it ended: the new and old task.
+    fn task_update_keeping_its_fate(&self) -> Option<(&Task, &Task)> {
         match (&self.object, &self.old) {
-            (Object::Task(t), Some(Object::Task(old))) if self.action == EventAction::Update => {
-                old.node_id.is_empty()
-                    && !t.node_id.is_empty()
+            (Object::Task(t), Some(Object::Task(old)))
+                if self.action == EventAction::Update
                     && t.desired_state == old.desired_state
-                    && t.status.state.is_terminal() == old.status.state.is_terminal()
+                    && t.status.state.is_terminal() == old.status.state.is_terminal() =>
+            {
+                Some((t, old))
             }
-            _ => false,
+            _ => None,
         }
     }
 }
