@@ -175,8 +175,9 @@ struct Sub {
 struct State {
     /// While this manager's dispatcher runs.
     store: Option<Store>,
-    /// Agents with an open `Logs` stream: (registration number, where their subscriptions go).
-    agents: HashMap<String, (u64, mpsc::UnboundedSender<LogSubscription>)>,
+    /// Agents with an open `Logs` stream: (registration number, where their subscriptions go). Boxed: a channel
+    /// allocates its first block of 32 slots when made, and every agent has one for as long as it lives.
+    agents: HashMap<String, (u64, mpsc::UnboundedSender<Box<LogSubscription>>)>,
     next_registration: u64,
     subs: HashMap<String, Arc<Sub>>,
 }
@@ -304,7 +305,7 @@ impl LogBroker {
 
     /// An agent opened its `Logs` stream: subscriptions for `node_id` go to the receiver from now on. Returns the
     /// registration, for [`LogBroker::agent_gone`].
-    pub(crate) fn register_agent(&self, node_id: &str) -> (u64, mpsc::UnboundedReceiver<LogSubscription>) {
+    pub(crate) fn register_agent(&self, node_id: &str) -> (u64, mpsc::UnboundedReceiver<Box<LogSubscription>>) {
         let (tx, rx) = mpsc::unbounded_channel();
         let mut s = self.lock();
         s.next_registration += 1;
@@ -374,13 +375,13 @@ impl LogBroker {
         let mut asked = BTreeSet::new();
         let service_id = selection.service_id.clone().filter(|_| options.follow);
         for (node, task_ids) in by_node {
-            let msg = LogSubscription {
+            let msg = Box::new(LogSubscription {
                 id: id.clone(),
                 task_ids,
                 service_id: service_id.clone(),
                 options: options.clone(),
                 close: false,
-            };
+            });
             match s.agents.get(&node) {
                 Some((_, tx)) if tx.send(msg).is_ok() => {
                     asked.insert(node);
@@ -432,7 +433,7 @@ impl LogBroker {
         let Some(sub) = s.subs.remove(id) else { return };
         for n in &sub.nodes {
             if let Some((_, tx)) = s.agents.get(n) {
-                let _ = tx.send(LogSubscription { id: id.to_string(), close: true, ..Default::default() });
+                let _ = tx.send(Box::new(LogSubscription { id: id.to_string(), close: true, ..Default::default() }));
             }
         }
         sub.ended.cancel();

@@ -270,7 +270,7 @@ impl DispatcherRpc for DispatcherService {
                     }
                     _ = tx.closed() => break,
                     s = subs.recv() => match s {
-                        Some(s) => if tx.send(Ok(s)).await.is_err() { break },
+                        Some(s) => if tx.send(Ok(*s)).await.is_err() { break },
                         // The broker stopped (this manager stopped leading).
                         None => break,
                     },
