@@ -4,6 +4,7 @@ use crate::api::dispatch::{AssignmentsKind, AssignmentsMessage};
 use crate::api::{Object, Task, TaskState};
 use crate::manager::store::{Event, EventAction, MemoryStore};
 use std::collections::HashMap;
+use std::sync::Arc;
 
 /// A task is sent to its node once the scheduler assigned it.
 pub fn assigned_to(t: &Task, node_id: &str) -> bool {
@@ -11,35 +12,48 @@ pub fn assigned_to(t: &Task, node_id: &str) -> bool {
 }
 
 /// What the agent acts on: the desired state (a task's spec never changes once made; the agent's runner acts on
-/// the desired state alone). Status changes the agent itself reported are not resent. Only the ids of the
-/// secrets and configs are kept, not the spec: a copy of every spec per session cost about 1 KiB per task.
-#[derive(PartialEq)]
-struct Sent {
-    desired: TaskState,
+/// the desired state alone) and the secrets and configs the task uses. Status changes the agent itself reported
+/// are not resent.
+fn same_assignment(a: &Task, b: &Task) -> bool {
+    let (x, y) = (&a.spec.container, &b.spec.container);
+    a.desired_state == b.desired_state
+        && (Arc::ptr_eq(&a.spec, &b.spec)
+            || (x.secrets.iter().map(|r| &r.secret_id).eq(y.secrets.iter().map(|r| &r.secret_id))
+                && x.configs.iter().map(|r| &r.config_id).eq(y.configs.iter().map(|r| &r.config_id))))
+}
+
+/// The ids of the secrets and configs one task sent to the node uses.
+struct Files {
     secrets: Box<[String]>,
     configs: Box<[String]>,
 }
 
-impl Sent {
-    fn of(t: &Task) -> Self {
+impl Files {
+    /// What a task sent keeps on its node: nothing once it is not meant to run, or when it uses no file.
+    fn of(t: &Task) -> Option<Self> {
         let c = &t.spec.container;
-        Sent {
-            desired: t.desired_state,
+        if t.desired_state > TaskState::Running || (c.secrets.is_empty() && c.configs.is_empty()) {
+            return None;
+        }
+        Some(Files {
             secrets: c.secrets.iter().map(|r| r.secret_id.clone()).collect(),
             configs: c.configs.iter().map(|r| r.config_id.clone()).collect(),
-        }
+        })
     }
 }
 
-/// Tracks what one session was sent, to turn store events into deltas.
+/// Turns one session's store events into deltas. What was sent is not recorded per task: the node watch delivers
+/// every change of the node's tasks after the read the set was made from, in order, each with the version before
+/// it, so a task was sent exactly when its previous version is assigned to the node. A record cost about 100 bytes
+/// per task, 100 MB at a million tasks. Only the tasks that use secrets or configs are kept, for [`Self::live_files`].
 pub struct AssignmentSet {
     node_id: String,
-    sent: HashMap<String, Sent>,
+    files: HashMap<String, Files>,
 }
 
 impl AssignmentSet {
     pub fn new(node_id: &str) -> Self {
-        AssignmentSet { node_id: node_id.into(), sent: HashMap::new() }
+        AssignmentSet { node_id: node_id.into(), files: HashMap::new() }
     }
 
     /// The node this set is for.
@@ -49,16 +63,16 @@ impl AssignmentSet {
 
     /// The secret and config ids of the tasks sent to the node that are meant to run (what is kept for them).
     pub fn live_files(&self) -> impl Iterator<Item = (&[String], &[String])> {
-        self.sent.values().filter(|s| s.desired <= TaskState::Running).map(|s| (&*s.secrets, &*s.configs))
+        self.files.values().map(|f| (&*f.secrets, &*f.configs))
     }
 
     /// The full set from the store, resetting what was sent.
     pub fn complete(&mut self, view: &MemoryStore) -> AssignmentsMessage {
-        self.sent.clear();
+        self.files.clear();
         let updated: Vec<Task> =
             view.tasks_by_node(&self.node_id).filter(|t| assigned_to(t, &self.node_id)).cloned().collect();
         for t in &updated {
-            self.sent.insert(t.id.clone(), Sent::of(t));
+            self.keep_files(t);
         }
         AssignmentsMessage {
             kind: AssignmentsKind::Complete,
@@ -69,19 +83,34 @@ impl AssignmentSet {
         }
     }
 
-    /// Folds one store event into `msg` (an incremental message being built).
+    fn keep_files(&mut self, t: &Task) {
+        match Files::of(t) {
+            Some(f) => {
+                self.files.insert(t.id.clone(), f);
+            }
+            None => {
+                self.files.remove(&t.id);
+            }
+        }
+    }
+
+    /// Folds one store event of this node's watch into `msg` (an incremental message being built).
     pub fn apply(&mut self, ev: &Event, msg: &mut AssignmentsMessage) {
         let Object::Task(t) = &ev.object else { return };
+        let before = match &ev.old {
+            Some(Object::Task(o)) if assigned_to(o, &self.node_id) => Some(o),
+            _ => None,
+        };
         let mine = ev.action != EventAction::Delete && assigned_to(t, &self.node_id);
         if mine {
-            let now = Sent::of(t);
-            if self.sent.get(&t.id) != Some(&now) {
-                self.sent.insert(t.id.clone(), now);
+            if before.is_none_or(|o| !same_assignment(o, t)) {
+                self.keep_files(t);
                 msg.removed.retain(|id| id != &t.id);
                 msg.updated.retain(|u| u.id != t.id);
                 msg.updated.push(crate::api::Task::clone(t));
             }
-        } else if self.sent.remove(&t.id).is_some() {
+        } else if before.is_some() {
+            self.files.remove(&t.id);
             msg.updated.retain(|u| u.id != t.id);
             msg.removed.push(t.id.clone());
         }
@@ -91,55 +120,118 @@ impl AssignmentSet {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::ObjectKind;
+    use crate::manager::store::{NodeWatch, Store, StoreError};
     use crate::testing::task;
 
-    fn ev(action: EventAction, t: &Task) -> Event {
-        Event { action, object: t.clone().into(), old: None, index: 1 }
+    fn on_n1(id: &str, state: TaskState) -> Task {
+        let mut t = task(id, "s", 1);
+        t.node_id = "n1".into();
+        t.status.state = state;
+        t
     }
 
-    #[test]
-    fn deltas_follow_desired_state_not_status() {
-        let mut set = AssignmentSet::new("n1");
-        let mut t = task("t1", "s", 1);
-        t.node_id = "n1".into();
-        t.status.state = TaskState::Assigned;
+    async fn change(store: &Store, id: &str, f: impl FnOnce(&mut Task)) {
+        let mut t = store.view(|v| v.task(id).cloned()).unwrap();
+        f(&mut t);
+        store
+            .update(|tx| {
+                tx.update(t);
+                Ok::<_, StoreError>(())
+            })
+            .await
+            .unwrap();
+    }
+
+    /// Folds what the node's watch has queued into one incremental message, as a session does.
+    async fn next(set: &mut AssignmentSet, w: &mut NodeWatch) -> AssignmentsMessage {
         let mut msg = AssignmentsMessage::incremental();
-        set.apply(&ev(EventAction::Update, &t), &mut msg);
-        assert_eq!(msg.updated.len(), 1);
+        while let Ok(ev) = tokio::time::timeout(std::time::Duration::from_millis(20), w.recv()).await {
+            set.apply(&ev.unwrap(), &mut msg);
+        }
+        msg
+    }
+
+    fn ids(tasks: &[Task]) -> Vec<&str> {
+        tasks.iter().map(|t| t.id.as_str()).collect()
+    }
+
+    /// Driven by a real store's node watch: what was sent is known from each event's previous version alone.
+    #[tokio::test]
+    async fn deltas_follow_desired_state_not_status() {
+        let store = Store::in_memory();
+        store
+            .update(|tx| {
+                tx.create(on_n1("sent", TaskState::Assigned));
+                tx.create(task("pending", "s", 2));
+                tx.create(on_n1("not-yet", TaskState::Pending));
+                Ok::<_, StoreError>(())
+            })
+            .await
+            .unwrap();
+        let mut set = AssignmentSet::new("n1");
+        let (complete, mut w) = store.view_and_watch_node("n1", |v| set.complete(v));
+        assert_eq!(ids(&complete.updated), vec!["sent"], "only assigned tasks are sent");
+
+        change(&store, "pending", |t| {
+            t.node_id = "n1".into();
+            t.status.state = TaskState::Assigned;
+        })
+        .await;
+        change(&store, "not-yet", |t| t.status.state = TaskState::Assigned).await;
+        let msg = next(&mut set, &mut w).await;
+        assert_eq!(ids(&msg.updated), vec!["pending", "not-yet"]);
 
         // The agent's own status report is not echoed back.
-        let mut msg = AssignmentsMessage::incremental();
-        t.status.state = TaskState::Running;
-        set.apply(&ev(EventAction::Update, &t), &mut msg);
-        assert!(msg.updated.is_empty());
+        change(&store, "sent", |t| t.status.state = TaskState::Running).await;
+        let msg = next(&mut set, &mut w).await;
+        assert!(msg.updated.is_empty() && msg.removed.is_empty(), "{:?}", ids(&msg.updated));
 
-        t.desired_state = TaskState::Shutdown;
-        set.apply(&ev(EventAction::Update, &t), &mut msg);
-        assert_eq!(msg.updated.len(), 1);
+        change(&store, "sent", |t| t.desired_state = TaskState::Shutdown).await;
+        let msg = next(&mut set, &mut w).await;
+        assert_eq!(ids(&msg.updated), vec!["sent"]);
 
-        set.apply(&ev(EventAction::Delete, &t), &mut msg);
-        assert!(msg.updated.is_empty());
-        assert_eq!(msg.removed, vec!["t1".to_string()]);
+        // Shut down, then deleted within one batch: only the removal goes.
+        change(&store, "pending", |t| t.desired_state = TaskState::Shutdown).await;
+        let (v1, v2) = store.view(|v| (v.task("sent").unwrap().meta.version, v.task("pending").unwrap().meta.version));
+        store
+            .update(|tx| {
+                tx.delete(ObjectKind::Task, "sent", v1);
+                tx.delete(ObjectKind::Task, "pending", v2);
+                Ok::<_, StoreError>(())
+            })
+            .await
+            .unwrap();
+        let msg = next(&mut set, &mut w).await;
+        assert!(msg.updated.is_empty(), "{:?}", ids(&msg.updated));
+        assert_eq!(msg.removed, vec!["sent".to_string(), "pending".to_string()]);
     }
 
     /// The set keeps only what decides the node's files: the secrets of tasks meant to run.
-    #[test]
-    fn live_files_are_those_of_tasks_meant_to_run() {
-        let mut set = AssignmentSet::new("n1");
-        let mut t = task("t1", "s", 1);
-        t.node_id = "n1".into();
-        t.status.state = TaskState::Assigned;
+    #[tokio::test]
+    async fn live_files_are_those_of_tasks_meant_to_run() {
+        let store = Store::in_memory();
+        let mut t = on_n1("t1", TaskState::Assigned);
         t.spec_mut().container.secrets.push(crate::api::SecretReference {
             secret_id: "sec1".into(),
             secret_name: "db".into(),
             target: crate::api::FileTarget { name: "db".into(), uid: "0".into(), gid: "0".into(), mode: 0o444 },
         });
-        let mut msg = AssignmentsMessage::incremental();
-        set.apply(&ev(EventAction::Update, &t), &mut msg);
+        let mut set = AssignmentSet::new("n1");
+        let (_, mut w) = store.view_and_watch_node("n1", |v| set.complete(v));
+        store
+            .update(|tx| {
+                tx.create(t);
+                tx.create(on_n1("no-files", TaskState::Assigned));
+                Ok::<_, StoreError>(())
+            })
+            .await
+            .unwrap();
+        assert_eq!(next(&mut set, &mut w).await.updated.len(), 2);
         let files: Vec<_> = set.live_files().map(|(s, c)| (s.to_vec(), c.len())).collect();
         assert_eq!(files, vec![(vec!["sec1".to_string()], 0)]);
-        t.desired_state = TaskState::Shutdown;
-        set.apply(&ev(EventAction::Update, &t), &mut msg);
+        change(&store, "t1", |t| t.desired_state = TaskState::Shutdown).await;
+        assert_eq!(next(&mut set, &mut w).await.updated.len(), 1);
         assert_eq!(set.live_files().count(), 0, "a task shut down keeps no file on the node");
     }
 }

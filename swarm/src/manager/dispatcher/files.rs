@@ -132,22 +132,28 @@ mod tests {
         assert_eq!(msg.files.secrets.len(), 1, "only s1, once");
         assert_eq!((msg.files.secrets[0].id.as_str(), msg.files.secrets[0].data.as_slice()), ("s1", &b"one"[..]));
 
-        let ev = |t: &crate::api::Task, action| Event { action, object: t.clone().into(), old: None, index: 9 };
+        // Events as the node watch gives them: with the version before the change.
+        let ev = |old: Option<&crate::api::Task>, t: &crate::api::Task, action| Event {
+            action,
+            object: t.clone().into(),
+            old: old.map(|o| o.clone().into()),
+            index: 9,
+        };
         let mut a_down = a.clone();
         a_down.desired_state = TaskState::Shutdown;
         let mut msg = empty(AssignmentsKind::Incremental);
-        tasks.apply(&ev(&a_down, EventAction::Update), &mut msg);
+        tasks.apply(&ev(Some(&a), &a_down, EventAction::Update), &mut msg);
         files.fill(&view, Some(&key), &tasks, &mut msg);
         assert!(msg.files.is_empty(), "b still uses s1: {:?}", msg.files);
 
         let mut msg = empty(AssignmentsKind::Incremental);
-        tasks.apply(&ev(&b, EventAction::Delete), &mut msg);
+        tasks.apply(&ev(Some(&b), &b, EventAction::Delete), &mut msg);
         files.fill(&view, Some(&key), &tasks, &mut msg);
         assert_eq!(msg.files.removed_secrets, vec!["s1".to_string()]);
 
         // Without the key nothing is sent, and it is tried again later.
         let mut msg = empty(AssignmentsKind::Incremental);
-        tasks.apply(&ev(&using("c", "s2"), EventAction::Update), &mut msg);
+        tasks.apply(&ev(None, &using("c", "s2"), EventAction::Create), &mut msg);
         files.fill(&view, None, &tasks, &mut msg);
         assert!(msg.files.secrets.is_empty());
         let mut msg = empty(AssignmentsKind::Incremental);
