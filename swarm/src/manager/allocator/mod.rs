@@ -17,7 +17,7 @@ use crate::api::{
     VirtualIp,
 };
 use crate::manager::orchestrator::reconcile_loop;
-use crate::manager::store::{Event, EventAction, MemoryStore, Store, StoreError, MAX_TASKS_PER_PROPOSAL};
+use crate::manager::store::{Event, EventAction, MemoryStore, Store, StoreError, TaskChange, MAX_TASKS_PER_PROPOSAL};
 use addresses::Addresses;
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -116,12 +116,48 @@ pub(crate) struct Plan {
     pub services: Vec<Service>,
     /// Tasks given addresses (now PENDING), or left NEW with a new reason.
     pub allocated: Vec<Task>,
-    /// Tasks that need no network resource, now PENDING.
-    pub plain: Vec<Task>,
+    /// Tasks that need no network resource, to move to PENDING: every NEW task of a cluster without networks,
+    /// written in many proposals.
+    pub plain: Vec<ToPending>,
     /// Whether tasks or nodes were left for another write (more than `max_tasks` needed addresses).
     pub more: bool,
     /// Whether a node found the ingress network full.
     pub ingress_full: bool,
+}
+
+/// A NEW task that needs no network resource, kept until it is written as PENDING (not a copy of the task).
+#[derive(Debug)]
+pub(crate) struct ToPending {
+    id: String,
+    version: u64,
+    endpoint: Option<Endpoint>,
+    at: Timestamp,
+}
+
+impl TaskChange for ToPending {
+    fn task_id(&self) -> &str {
+        &self.id
+    }
+
+    fn version(&self) -> u64 {
+        self.version
+    }
+
+    fn changed(&self, current: &Task) -> Task {
+        let mut t = current.clone();
+        t.networks.clear();
+        to_pending(&mut t, self.endpoint.clone(), self.at);
+        t
+    }
+}
+
+/// A NEW task given what it needs, ready for the scheduler.
+fn to_pending(t: &mut Task, endpoint: Option<Endpoint>, now: Timestamp) {
+    t.endpoint = endpoint;
+    t.status.state = TaskState::Pending;
+    t.status.message = "pending task scheduling".into();
+    t.status.err.clear();
+    t.status.timestamp = now;
 }
 
 /// Whether `s` needs an endpoint at all: it attaches to a network or says how it is reached.
@@ -311,21 +347,17 @@ pub(crate) fn plan_with(
             None => s.endpoint.as_ref(),
         };
         let needs = !t.spec.networks.is_empty() || endpoint.is_some_and(publishes_ingress);
-        let mut next = t.clone();
-        next.endpoint = endpoint.cloned();
-        next.status.state = TaskState::Pending;
-        next.status.message = "pending task scheduling".into();
-        next.status.err.clear();
-        next.status.timestamp = now;
         if !needs {
-            next.networks.clear();
-            p.plain.push(next);
+            let endpoint = endpoint.cloned();
+            p.plain.push(ToPending { id: t.id.clone(), version: t.meta.version, endpoint, at: now });
             continue;
         }
         if p.allocated.len() >= max_tasks {
             p.more = true;
             continue;
         }
+        let mut next = t.clone();
+        to_pending(&mut next, endpoint.cloned(), now);
         let a = addrs.get_or_insert_with(|| Addresses::from_view(view, cursors));
         match attachments_for(t, endpoint, ingress, a) {
             Ok(nets) => {
@@ -386,7 +418,7 @@ mod tests {
         let now = Timestamp(SystemTime::UNIX_EPOCH + Duration::from_secs(1_000));
         let p = plan(&view, now, &mut HashMap::new(), 10);
         assert!(p.nodes.is_empty() && p.services.is_empty() && p.allocated.is_empty() && !p.more);
-        let moved = p.plain;
+        let moved: Vec<Task> = p.plain.iter().map(|c| c.changed(view.task(c.task_id()).unwrap())).collect();
 
         let mut want = view.task("t1").unwrap().clone();
         want.status.state = TaskState::Pending;
@@ -473,7 +505,7 @@ mod tests {
                 .map(Object::from)
                 .chain(p.services.into_iter().map(Object::from))
                 .chain(p.allocated.into_iter().map(Object::from))
-                .chain(p.plain.into_iter().map(Object::from))
+                .chain(p.plain.iter().map(|c| c.changed(view.task(c.task_id()).unwrap()).into()))
                 .map(crate::manager::store::Op::Update)
                 .collect();
             if !ops.is_empty() {

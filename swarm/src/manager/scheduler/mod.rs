@@ -14,7 +14,7 @@ pub mod filters;
 pub mod spread;
 
 use crate::api::{Node, Object, Resources, Task, TaskState};
-use crate::manager::store::{Event, EventAction, MemoryStore, Store, StoreError};
+use crate::manager::store::{Event, EventAction, MemoryStore, Store, StoreError, TaskChange};
 
 use filters::Refusal;
 use std::collections::{BTreeMap, HashMap};
@@ -208,14 +208,15 @@ fn no_suitable_node(nodes: &BTreeMap<String, NodeInfo>, task: &Task) -> Decision
 /// Pending tasks are taken oldest first and grouped with the identical tasks of their service (same spec, as
 /// Swarm's task groups): each group is filtered once per node and spread through one [`spread::Tree`], so a
 /// group costs time linear in the nodes plus a logarithmic step per task.
+#[cfg(test)]
 pub fn plan(view: &MemoryStore) -> Vec<(Task, Decision)> {
-    plan_on(view, &mut NodeSet::from_view(view))
+    plan_on(view, &mut NodeSet::from_view(view)).into_iter().map(|(t, d)| (t.clone(), d)).collect()
 }
 
 /// [`plan`] on a node picture kept by the caller (that of `view`); the picture is left as it was found: the
 /// placements reach it through their committed events.
-pub fn plan_on(view: &MemoryStore, set: &mut NodeSet) -> Vec<(Task, Decision)> {
-    let mut pending: Vec<&Task> =
+pub fn plan_on<'v>(view: &'v MemoryStore, set: &mut NodeSet) -> Vec<(&'v Task, Decision)> {
+    let mut pending: Vec<&'v Task> =
         view.tasks_by_state(TaskState::Pending).filter(|t| t.desired_state <= TaskState::Running).collect();
     if pending.is_empty() {
         return Vec::new();
@@ -236,7 +237,7 @@ pub fn plan_on(view: &MemoryStore, set: &mut NodeSet) -> Vec<(Task, Decision)> {
                         placed.push((node_id.clone(), t));
                     }
                 }
-                out.push((t.clone(), d));
+                out.push((t, d));
             }
             continue;
         }
@@ -259,7 +260,7 @@ pub fn plan_on(view: &MemoryStore, set: &mut NodeSet) -> Vec<(Task, Decision)> {
                 }
                 None => refused.get_or_insert_with(|| no_suitable_node(nodes, t)).clone(),
             };
-            out.push((t.clone(), d));
+            out.push((t, d));
         }
     }
     for (node_id, t) in placed {
@@ -417,44 +418,72 @@ impl Scheduler {
         if changes.is_empty() {
             return Ok(false);
         }
-        let assigned = changes.iter().filter(|t| t.status.state == TaskState::Assigned).count();
+        let assigned = changes.iter().filter(|p| matches!(p.decision, Decision::Assign(_))).count();
         debug!(assigned, unschedulable = changes.len() - assigned, "scheduling pass");
         tracking.following(self.commit(changes)).await
     }
 
     /// Commits the scheduler's task updates in bounded proposals; returns whether a task had changed since it
     /// was planned (it is planned again at once).
-    async fn commit(&self, changes: Vec<Task>) -> Result<bool, StoreError> {
+    async fn commit(&self, changes: Vec<Placement>) -> Result<bool, StoreError> {
         self.store.update_tasks_bounded(&changes).await
     }
 }
 
-/// The task updates one pass makes on `view`: assignments, and the reason for those that cannot be placed.
-fn changes(view: &MemoryStore, nodes: &mut NodeSet) -> Vec<Task> {
-    let decisions = plan_on(view, nodes);
-    let now = crate::api::Timestamp::now();
-    let mut changes = Vec::with_capacity(decisions.len());
-    for (task, decision) in decisions {
-        let mut t = task;
-        match decision {
+/// What a pass decided for one pending task, kept until it is written: a pass at scale plans hundreds of thousands
+/// of tasks and commits them over many proposals, and a copy of each task (about 600 bytes) held them all.
+struct Placement {
+    id: String,
+    /// The version the decision was made on: a task changed since is planned again.
+    version: u64,
+    decision: Decision,
+    at: crate::api::Timestamp,
+}
+
+impl TaskChange for Placement {
+    fn task_id(&self) -> &str {
+        &self.id
+    }
+
+    fn version(&self) -> u64 {
+        self.version
+    }
+
+    fn changed(&self, current: &Task) -> Task {
+        let mut t = current.clone();
+        match &self.decision {
             Decision::Assign(node_id) => {
-                debug!(task.id = %t.id, node.id = %node_id, "task assigned");
-                t.node_id = node_id;
+                t.node_id = node_id.clone();
                 t.status.state = TaskState::Assigned;
                 t.status.message = "scheduler assigned task to node".into();
                 t.status.err.clear();
-                t.status.timestamp = now;
+                t.status.timestamp = self.at;
             }
             Decision::NoSuitableNode(reason) => {
-                if t.status.err == reason {
-                    continue;
-                }
-                debug!(task.id = %t.id, %reason, "task not schedulable");
-                t.status.err = reason;
+                t.status.err = reason.clone();
                 t.status.message = "pending task scheduling".into();
             }
         }
-        changes.push(t);
+        t
+    }
+}
+
+/// The task updates one pass makes on `view`: assignments, and the reason for those that cannot be placed.
+fn changes(view: &MemoryStore, nodes: &mut NodeSet) -> Vec<Placement> {
+    let decisions = plan_on(view, nodes);
+    let at = crate::api::Timestamp::now();
+    let mut changes = Vec::with_capacity(decisions.len());
+    for (t, decision) in decisions {
+        match &decision {
+            Decision::Assign(node_id) => debug!(task.id = %t.id, node.id = %node_id, "task assigned"),
+            Decision::NoSuitableNode(reason) => {
+                if t.status.err == *reason {
+                    continue;
+                }
+                debug!(task.id = %t.id, %reason, "task not schedulable");
+            }
+        }
+        changes.push(Placement { id: t.id.clone(), version: t.meta.version, decision, at });
     }
     changes
 }

@@ -221,6 +221,31 @@ pub struct SharedView {
     nodes: watch::NodeRouter,
 }
 
+/// A change to one task planned on a view, written by [`Store::update_tasks_bounded`]: a plan can hold only what it
+/// changes until its turn to be written, not a copy of every task.
+pub trait TaskChange {
+    fn task_id(&self) -> &str;
+    /// The task's version the change was planned on.
+    fn version(&self) -> u64;
+    /// The task with the change made.
+    fn changed(&self, current: &crate::api::Task) -> crate::api::Task;
+}
+
+/// A task as read, then changed.
+impl TaskChange for crate::api::Task {
+    fn task_id(&self) -> &str {
+        &self.id
+    }
+
+    fn version(&self) -> u64 {
+        self.meta.version
+    }
+
+    fn changed(&self, _: &crate::api::Task) -> crate::api::Task {
+        self.clone()
+    }
+}
+
 /// The most task writes a component puts in one Raft entry (about 1 MiB of JSON): big changes are split.
 pub const MAX_TASKS_PER_PROPOSAL: usize = 1000;
 
@@ -456,20 +481,22 @@ impl Store {
         (f(&view), w)
     }
 
-    /// Writes `tasks` (each as read, then changed) in proposals of at most [`MAX_TASKS_PER_PROPOSAL`], skipping
-    /// any whose version moved since it was read, so one stale task never fails a whole batch. Returns whether
-    /// any was skipped (the caller plans it again).
-    pub async fn update_tasks_bounded(&self, tasks: &[crate::api::Task]) -> Result<bool, StoreError> {
+    /// Writes `changes` (each planned on a read task) in proposals of at most [`MAX_TASKS_PER_PROPOSAL`], skipping
+    /// any whose task's version moved since it was read, so one stale task never fails a whole batch. Returns
+    /// whether any was skipped (the caller plans it again).
+    pub async fn update_tasks_bounded<C: TaskChange>(&self, changes: &[C]) -> Result<bool, StoreError> {
         let mut stale = false;
-        for chunk in tasks.chunks(MAX_TASKS_PER_PROPOSAL) {
+        for chunk in changes.chunks(MAX_TASKS_PER_PROPOSAL) {
             let r = self
                 .update(|tx| {
                     let mut skipped = false;
-                    for t in chunk {
-                        if tx.view().task(&t.id).map(|c| c.meta.version) == Some(t.meta.version) {
-                            tx.update(t.clone());
-                        } else {
-                            skipped = true;
+                    for c in chunk {
+                        match tx.view().task(c.task_id()) {
+                            Some(t) if t.meta.version == c.version() => {
+                                let next = c.changed(t);
+                                tx.update(next);
+                            }
+                            _ => skipped = true,
                         }
                     }
                     Ok::<_, StoreError>(skipped)
