@@ -310,17 +310,21 @@ async fn spawn(p: &Paths) -> Result<(), ContainerdError> {
         .map_err(|source| ContainerdError::Io { what: format!("opening {}", p.log.display()), source })?;
     let log2 = log.try_clone().map_err(|source| ContainerdError::Io { what: "log".into(), source })?;
     let _ = std::fs::remove_file(&p.socket);
-    let child = Command::new("containerd")
-        .arg("--config")
+    let mut cmd = Command::new("containerd");
+    cmd.arg("--config")
         .arg(&p.config)
         .stdout(log)
         .stderr(log2)
         .stdin(std::process::Stdio::null())
         // Its own process group, so a terminal's Ctrl-C reaches shoald only; shoald stops it in order.
         .process_group(0)
-        .kill_on_drop(false)
-        .spawn()
-        .map_err(|source| ContainerdError::Io { what: "starting containerd".into(), source })?;
+        .kill_on_drop(false);
+    // SAFETY: prctl is async-signal-safe and only touches the child between fork and exec. The flag shoald set
+    // for itself would otherwise pass on to containerd, its shims and every container.
+    unsafe {
+        cmd.pre_exec(|| nix::sys::prctl::set_thp_disable(false).map_err(std::io::Error::from));
+    }
+    let child = cmd.spawn().map_err(|source| ContainerdError::Io { what: "starting containerd".into(), source })?;
     let pid = child.id().unwrap_or(0);
     std::fs::write(&p.pid_file, pid.to_string())
         .map_err(|source| ContainerdError::Io { what: format!("writing {}", p.pid_file.display()), source })?;

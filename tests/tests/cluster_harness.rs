@@ -160,6 +160,19 @@ fn a_worker_joins_runs_a_task_and_the_cluster_drops_clean_even_with_a_killed_nod
     });
     assert!(c.node(1).running().is_empty(), "node 1 runs a container pinned to node 2");
 
+    step!("shoald runs without transparent huge pages; its containerd and the containers keep them");
+    let thp = |pid: i32| {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        status.lines().find_map(|l| l.strip_prefix("THP_enabled:")).map(|v| v.trim() == "1")
+    };
+    let (daemon, containerd) = (c.node(2).pid().unwrap(), c.node(2).containerd_pid().unwrap());
+    // The field is there since Linux 5.0.
+    if thp(daemon).is_some() {
+        assert_eq!(thp(daemon), Some(false), "shoald's own memory");
+        assert_eq!(thp(containerd), Some(true), "containerd inherited shoald's setting");
+        assert_eq!(thp(container), Some(true), "the container inherited shoald's setting");
+    }
+
     step!("SIGKILL node 2's daemon: its container lives on until the cluster drops");
     c.node_mut(2).kill();
     assert!(pid_alive(container), "the container died with its daemon");

@@ -117,6 +117,8 @@ fn raft(args: &[String]) -> anyhow::Result<()> {
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
+    // As `shoald` runs (see its `main.rs`): without transparent huge pages.
+    let _ = nix::sys::prctl::set_thp_disable(true);
     // Off unless asked: `RUST_LOG=warn bench scale …` shows what the in-process manager logs (nodes found down,
     // failed passes) on stderr, beside the figures on stdout.
     if std::env::var_os("RUST_LOG").is_some() {
