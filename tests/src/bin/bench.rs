@@ -117,8 +117,10 @@ fn raft(args: &[String]) -> anyhow::Result<()> {
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
-    // As `shoald` runs (see its `main.rs`): without transparent huge pages.
-    let _ = nix::sys::prctl::set_thp_disable(true);
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    // The manager without transparent huge pages, as `shoald` runs (see its `main.rs`); the simulated nodes, a
+    // child that inherits the setting, as any other process.
+    let _ = nix::sys::prctl::set_thp_disable(args.first().map(String::as_str) != Some("scale-agents"));
     // Off unless asked: `RUST_LOG=warn bench scale …` shows what the in-process manager logs (nodes found down,
     // failed passes) on stderr, beside the figures on stdout.
     if std::env::var_os("RUST_LOG").is_some() {
@@ -127,7 +129,6 @@ fn main() {
             .with_writer(std::io::stderr)
             .init();
     }
-    let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some("failover") {
         let rounds = match args.get(1..).unwrap_or_default() {
             [] => 3,
