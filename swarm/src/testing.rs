@@ -9,6 +9,19 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
 
+/// Reads task `id` from `store`, changes it with `f` and writes it back.
+pub async fn change_task(store: &Store, id: &str, f: impl FnOnce(&mut Task)) {
+    let mut t = store.view(|v| v.task(id).cloned()).expect("the task is in the store");
+    f(&mut t);
+    store
+        .update(|tx| {
+            tx.update(t);
+            Ok::<_, StoreError>(())
+        })
+        .await
+        .expect("the task is written");
+}
+
 /// A ready, active manager node with 4 CPUs and 8 GiB.
 pub fn node(id: &str, hostname: &str) -> Node {
     Node {

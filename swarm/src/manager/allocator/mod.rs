@@ -17,7 +17,9 @@ use crate::api::{
     VirtualIp,
 };
 use crate::manager::orchestrator::reconcile_loop;
-use crate::manager::store::{Event, EventAction, MemoryStore, Store, StoreError, TaskChange, MAX_TASKS_PER_PROPOSAL};
+use crate::manager::store::{
+    ChangeToTask, Event, EventAction, MemoryStore, Planned, Store, StoreError, MAX_TASKS_PER_PROPOSAL,
+};
 use addresses::Addresses;
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -118,7 +120,7 @@ pub(crate) struct Plan {
     pub allocated: Vec<Task>,
     /// Tasks that need no network resource, to move to PENDING: every NEW task of a cluster without networks,
     /// written in many proposals.
-    pub plain: Vec<ToPending>,
+    pub plain: Vec<Planned<ToPending>>,
     /// Whether tasks or nodes were left for another write (more than `max_tasks` needed addresses).
     pub more: bool,
     /// Whether a node found the ingress network full.
@@ -128,26 +130,14 @@ pub(crate) struct Plan {
 /// A NEW task that needs no network resource, kept until it is written as PENDING (not a copy of the task).
 #[derive(Debug)]
 pub(crate) struct ToPending {
-    id: String,
-    version: u64,
     endpoint: Option<Endpoint>,
     at: Timestamp,
 }
 
-impl TaskChange for ToPending {
-    fn task_id(&self) -> &str {
-        &self.id
-    }
-
-    fn version(&self) -> u64 {
-        self.version
-    }
-
-    fn changed(&self, current: &Task) -> Task {
-        let mut t = current.clone();
+impl ChangeToTask for ToPending {
+    fn apply(&self, t: &mut Task) {
         t.networks.clear();
-        to_pending(&mut t, self.endpoint.clone(), self.at);
-        t
+        to_pending(t, self.endpoint.clone(), self.at);
     }
 }
 
@@ -349,7 +339,7 @@ pub(crate) fn plan_with(
         let needs = !t.spec.networks.is_empty() || endpoint.is_some_and(publishes_ingress);
         if !needs {
             let endpoint = endpoint.cloned();
-            p.plain.push(ToPending { id: t.id.clone(), version: t.meta.version, endpoint, at: now });
+            p.plain.push(Planned::on(t, ToPending { endpoint, at: now }));
             continue;
         }
         if p.allocated.len() >= max_tasks {
@@ -384,6 +374,7 @@ pub(crate) fn plan_with(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::manager::store::TaskChange;
     use crate::testing::{service, task};
     use std::time::{Instant, SystemTime};
 

@@ -122,25 +122,13 @@ mod tests {
     use super::*;
     use crate::api::ObjectKind;
     use crate::manager::store::{NodeWatch, Store, StoreError};
-    use crate::testing::task;
+    use crate::testing::{change_task, task};
 
     fn on_n1(id: &str, state: TaskState) -> Task {
         let mut t = task(id, "s", 1);
         t.node_id = "n1".into();
         t.status.state = state;
         t
-    }
-
-    async fn change(store: &Store, id: &str, f: impl FnOnce(&mut Task)) {
-        let mut t = store.view(|v| v.task(id).cloned()).unwrap();
-        f(&mut t);
-        store
-            .update(|tx| {
-                tx.update(t);
-                Ok::<_, StoreError>(())
-            })
-            .await
-            .unwrap();
     }
 
     /// Folds what the node's watch has queued into one incremental message, as a session does.
@@ -173,26 +161,26 @@ mod tests {
         let (complete, mut w) = store.view_and_watch_node("n1", |v| set.complete(v));
         assert_eq!(ids(&complete.updated), vec!["sent"], "only assigned tasks are sent");
 
-        change(&store, "pending", |t| {
+        change_task(&store, "pending", |t| {
             t.node_id = "n1".into();
             t.status.state = TaskState::Assigned;
         })
         .await;
-        change(&store, "not-yet", |t| t.status.state = TaskState::Assigned).await;
+        change_task(&store, "not-yet", |t| t.status.state = TaskState::Assigned).await;
         let msg = next(&mut set, &mut w).await;
         assert_eq!(ids(&msg.updated), vec!["pending", "not-yet"]);
 
         // The agent's own status report is not echoed back.
-        change(&store, "sent", |t| t.status.state = TaskState::Running).await;
+        change_task(&store, "sent", |t| t.status.state = TaskState::Running).await;
         let msg = next(&mut set, &mut w).await;
         assert!(msg.updated.is_empty() && msg.removed.is_empty(), "{:?}", ids(&msg.updated));
 
-        change(&store, "sent", |t| t.desired_state = TaskState::Shutdown).await;
+        change_task(&store, "sent", |t| t.desired_state = TaskState::Shutdown).await;
         let msg = next(&mut set, &mut w).await;
         assert_eq!(ids(&msg.updated), vec!["sent"]);
 
         // Shut down, then deleted within one batch: only the removal goes.
-        change(&store, "pending", |t| t.desired_state = TaskState::Shutdown).await;
+        change_task(&store, "pending", |t| t.desired_state = TaskState::Shutdown).await;
         let (v1, v2) = store.view(|v| (v.task("sent").unwrap().meta.version, v.task("pending").unwrap().meta.version));
         store
             .update(|tx| {
@@ -230,7 +218,7 @@ mod tests {
         assert_eq!(next(&mut set, &mut w).await.updated.len(), 2);
         let files: Vec<_> = set.live_files().map(|(s, c)| (s.to_vec(), c.len())).collect();
         assert_eq!(files, vec![(vec!["sec1".to_string()], 0)]);
-        change(&store, "t1", |t| t.desired_state = TaskState::Shutdown).await;
+        change_task(&store, "t1", |t| t.desired_state = TaskState::Shutdown).await;
         assert_eq!(next(&mut set, &mut w).await.updated.len(), 1);
         assert_eq!(set.live_files().count(), 0, "a task shut down keeps no file on the node");
     }

@@ -945,15 +945,7 @@ mod tests {
     }
 
     async fn set_state(store: &Store, id: &str, state: TaskState) {
-        let mut t = store.view(|v| v.task(id).cloned().unwrap());
-        t.status.state = state;
-        store
-            .update(|tx| {
-                tx.update(t);
-                Ok::<_, StoreError>(())
-            })
-            .await
-            .unwrap();
+        crate::testing::change_task(store, id, |t| t.status.state = state).await;
     }
 
     #[tokio::test]

@@ -14,7 +14,7 @@ pub mod filters;
 pub mod spread;
 
 use crate::api::{Node, Object, Resources, Task, TaskState};
-use crate::manager::store::{Event, EventAction, MemoryStore, Store, StoreError, TaskChange};
+use crate::manager::store::{ChangeToTask, Event, EventAction, MemoryStore, Planned, Store, StoreError};
 
 use filters::Refusal;
 use std::collections::{BTreeMap, HashMap};
@@ -418,14 +418,14 @@ impl Scheduler {
         if changes.is_empty() {
             return Ok(false);
         }
-        let assigned = changes.iter().filter(|p| matches!(p.decision, Decision::Assign(_))).count();
+        let assigned = changes.iter().filter(|p| matches!(p.change.decision, Decision::Assign(_))).count();
         debug!(assigned, unschedulable = changes.len() - assigned, "scheduling pass");
         tracking.following(self.commit(changes)).await
     }
 
     /// Commits the scheduler's task updates in bounded proposals; returns whether a task had changed since it
     /// was planned (it is planned again at once).
-    async fn commit(&self, changes: Vec<Placement>) -> Result<bool, StoreError> {
+    async fn commit(&self, changes: Vec<Planned<Placement>>) -> Result<bool, StoreError> {
         self.store.update_tasks_bounded(&changes).await
     }
 }
@@ -433,24 +433,12 @@ impl Scheduler {
 /// What a pass decided for one pending task, kept until it is written: a pass at scale plans hundreds of thousands
 /// of tasks and commits them over many proposals, and a copy of each task (about 600 bytes) held them all.
 struct Placement {
-    id: String,
-    /// The version the decision was made on: a task changed since is planned again.
-    version: u64,
     decision: Decision,
     at: crate::api::Timestamp,
 }
 
-impl TaskChange for Placement {
-    fn task_id(&self) -> &str {
-        &self.id
-    }
-
-    fn version(&self) -> u64 {
-        self.version
-    }
-
-    fn changed(&self, current: &Task) -> Task {
-        let mut t = current.clone();
+impl ChangeToTask for Placement {
+    fn apply(&self, t: &mut Task) {
         match &self.decision {
             Decision::Assign(node_id) => {
                 t.node_id = node_id.clone();
@@ -464,12 +452,11 @@ impl TaskChange for Placement {
                 t.status.message = "pending task scheduling".into();
             }
         }
-        t
     }
 }
 
 /// The task updates one pass makes on `view`: assignments, and the reason for those that cannot be placed.
-fn changes(view: &MemoryStore, nodes: &mut NodeSet) -> Vec<Placement> {
+fn changes(view: &MemoryStore, nodes: &mut NodeSet) -> Vec<Planned<Placement>> {
     let decisions = plan_on(view, nodes);
     let at = crate::api::Timestamp::now();
     let mut changes = Vec::with_capacity(decisions.len());
@@ -483,7 +470,7 @@ fn changes(view: &MemoryStore, nodes: &mut NodeSet) -> Vec<Placement> {
                 debug!(task.id = %t.id, %reason, "task not schedulable");
             }
         }
-        changes.push(Placement { id: t.id.clone(), version: t.meta.version, decision, at });
+        changes.push(Planned::on(t, Placement { decision, at }));
     }
     changes
 }

@@ -246,6 +246,41 @@ impl TaskChange for crate::api::Task {
     }
 }
 
+/// What a plan does to a task, made into a [`TaskChange`] by [`Planned`].
+pub trait ChangeToTask {
+    fn apply(&self, task: &mut crate::api::Task);
+}
+
+/// A change planned on one task: the task's id, the version read, and the change alone.
+#[derive(Debug)]
+pub struct Planned<C> {
+    id: String,
+    version: u64,
+    pub change: C,
+}
+
+impl<C> Planned<C> {
+    pub fn on(task: &crate::api::Task, change: C) -> Self {
+        Planned { id: task.id.clone(), version: task.meta.version, change }
+    }
+}
+
+impl<C: ChangeToTask> TaskChange for Planned<C> {
+    fn task_id(&self) -> &str {
+        &self.id
+    }
+
+    fn version(&self) -> u64 {
+        self.version
+    }
+
+    fn changed(&self, current: &crate::api::Task) -> crate::api::Task {
+        let mut t = current.clone();
+        self.change.apply(&mut t);
+        t
+    }
+}
+
 /// The most task writes a component puts in one Raft entry (about 1 MiB of JSON): big changes are split.
 pub const MAX_TASKS_PER_PROPOSAL: usize = 1000;
 
