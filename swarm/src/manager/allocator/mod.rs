@@ -374,7 +374,6 @@ pub(crate) fn plan_with(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::manager::store::TaskChange;
     use crate::testing::{service, task};
     use std::time::{Instant, SystemTime};
 

@@ -221,37 +221,13 @@ pub struct SharedView {
     nodes: watch::NodeRouter,
 }
 
-/// A change to one task planned on a view, written by [`Store::update_tasks_bounded`]: a plan can hold only what it
-/// changes until its turn to be written, not a copy of every task.
-pub trait TaskChange {
-    fn task_id(&self) -> &str;
-    /// The task's version the change was planned on.
-    fn version(&self) -> u64;
-    /// The task with the change made.
-    fn changed(&self, current: &crate::api::Task) -> crate::api::Task;
-}
-
-/// A task as read, then changed.
-impl TaskChange for crate::api::Task {
-    fn task_id(&self) -> &str {
-        &self.id
-    }
-
-    fn version(&self) -> u64 {
-        self.meta.version
-    }
-
-    fn changed(&self, _: &crate::api::Task) -> crate::api::Task {
-        self.clone()
-    }
-}
-
-/// What a plan does to a task, made into a [`TaskChange`] by [`Planned`].
+/// What a plan does to a task, written as part of a [`Planned`] change.
 pub trait ChangeToTask {
-    fn apply(&self, task: &mut crate::api::Task);
+    fn apply(&self, task: &mut Task);
 }
 
-/// A change planned on one task: the task's id, the version read, and the change alone.
+/// A change planned on one task read from a view, written by [`Store::update_tasks_bounded`]: the task's id, the
+/// version read and the change alone, so a plan over hundreds of thousands of tasks holds no copy of them.
 #[derive(Debug)]
 pub struct Planned<C> {
     id: String,
@@ -259,22 +235,17 @@ pub struct Planned<C> {
     pub change: C,
 }
 
-impl<C> Planned<C> {
-    pub fn on(task: &crate::api::Task, change: C) -> Self {
+impl<C: ChangeToTask> Planned<C> {
+    pub fn on(task: &Task, change: C) -> Self {
         Planned { id: task.id.clone(), version: task.meta.version, change }
     }
-}
 
-impl<C: ChangeToTask> TaskChange for Planned<C> {
-    fn task_id(&self) -> &str {
+    pub fn task_id(&self) -> &str {
         &self.id
     }
 
-    fn version(&self) -> u64 {
-        self.version
-    }
-
-    fn changed(&self, current: &crate::api::Task) -> crate::api::Task {
+    /// `current` with the change made.
+    pub fn changed(&self, current: &Task) -> Task {
         let mut t = current.clone();
         self.change.apply(&mut t);
         t
@@ -519,15 +490,15 @@ impl Store {
     /// Writes `changes` (each planned on a read task) in proposals of at most [`MAX_TASKS_PER_PROPOSAL`], skipping
     /// any whose task's version moved since it was read, so one stale task never fails a whole batch. Returns
     /// whether any was skipped (the caller plans it again).
-    pub async fn update_tasks_bounded<C: TaskChange>(&self, changes: &[C]) -> Result<bool, StoreError> {
+    pub async fn update_tasks_bounded<C: ChangeToTask>(&self, changes: &[Planned<C>]) -> Result<bool, StoreError> {
         let mut stale = false;
         for chunk in changes.chunks(MAX_TASKS_PER_PROPOSAL) {
             let r = self
                 .update(|tx| {
                     let mut skipped = false;
                     for c in chunk {
-                        match tx.view().task(c.task_id()) {
-                            Some(t) if t.meta.version == c.version() => {
+                        match tx.view().task(&c.id) {
+                            Some(t) if t.meta.version == c.version => {
                                 let next = c.changed(t);
                                 tx.update(next);
                             }
@@ -612,10 +583,13 @@ mod tests {
             })
             .await
             .unwrap();
-        let mut planned: Vec<crate::api::Task> = store.view(|v| v.tasks().cloned().collect());
-        for t in planned.iter_mut() {
-            t.status.message = "planned".into();
+        struct Message;
+        impl ChangeToTask for Message {
+            fn apply(&self, t: &mut Task) {
+                t.status.message = "planned".into();
+            }
         }
+        let planned: Vec<Planned<Message>> = store.view(|v| v.tasks().map(|t| Planned::on(t, Message)).collect());
         // One task changes after it was read.
         let mut moved = store.view(|v| v.task("t00007").cloned()).unwrap();
         moved.status.message = "changed by someone else".into();
