@@ -150,6 +150,15 @@ fn to_pending(t: &mut Task, endpoint: Option<Endpoint>, now: Timestamp) {
     t.status.timestamp = now;
 }
 
+/// Makes a task of `s` PENDING as it is created when it needs nothing from the allocator (no network, no
+/// endpoint): the allocator's NEW → PENDING write would change nothing else, and it was a fifth of all task
+/// writes at scale. Other tasks stay NEW for the allocator.
+pub(crate) fn pending_at_creation(s: &Service, t: &mut Task) {
+    if !needs_endpoint(s) {
+        to_pending(t, None, t.status.timestamp);
+    }
+}
+
 /// Whether `s` needs an endpoint at all: it attaches to a network or says how it is reached.
 fn needs_endpoint(s: &Service) -> bool {
     !s.spec.task_template.networks.is_empty() || !s.spec.endpoint_spec.is_default()

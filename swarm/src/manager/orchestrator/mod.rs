@@ -107,14 +107,15 @@ fn write_plan<P: ServiceModePolicy>(tx: &mut WriteTx, service: &Service, room: u
     whole
 }
 
-/// A new task for `service` in `slot` (replicated) or on `node_id` (global, slot 0).
+/// A new task for `service` in `slot` (replicated) or on `node_id` (global, slot 0): NEW, or PENDING when the
+/// allocator has nothing to give it.
 pub fn new_task(service: &Service, slot: u64, node_id: &str, desired: TaskState) -> Task {
     new_task_sharing(service, Arc::new(service.spec.task_template.clone()), slot, node_id, desired)
 }
 
 /// [`new_task`] with `spec` (the service's task template) shared with the other tasks a plan makes.
 pub fn new_task_sharing(service: &Service, spec: Arc<TaskSpec>, slot: u64, node_id: &str, desired: TaskState) -> Task {
-    Task {
+    let mut t = Task {
         id: new_id(),
         meta: Default::default(),
         service_id: service.id.clone(),
@@ -133,7 +134,9 @@ pub fn new_task_sharing(service: &Service, spec: Arc<TaskSpec>, slot: u64, node_
         job_iteration: None,
         networks: vec![],
         endpoint: None,
-    }
+    };
+    crate::manager::allocator::pending_at_creation(service, &mut t);
+    t
 }
 
 /// Whether a slot whose tasks all ended should stay empty: the restart policy declined to replace its last task

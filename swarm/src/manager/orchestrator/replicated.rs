@@ -114,7 +114,18 @@ mod tests {
         let p = plan_service(&view_of(&s, vec![]), &s);
         let slots: Vec<u64> = p.create.iter().map(|t| t.slot).collect();
         assert_eq!(slots, vec![1, 2, 3]);
-        assert!(p.create.iter().all(|t| t.status.state == TaskState::New && t.desired_state == TaskState::Running));
+        // Nothing to allocate (no network, no endpoint): ready for the scheduler as made.
+        assert!(p.create.iter().all(|t| t.status.state == TaskState::Pending && t.desired_state == TaskState::Running));
+    }
+
+    #[test]
+    fn tasks_that_need_addresses_are_created_new_for_the_allocator() {
+        let mut s = service("s", "web", 2);
+        s.spec.task_template.networks =
+            vec![crate::api::NetworkAttachmentConfig { target: "backend".into(), aliases: vec![] }];
+        let p = plan_service(&view_of(&s, vec![]), &s);
+        assert_eq!(p.create.len(), 2);
+        assert!(p.create.iter().all(|t| t.status.state == TaskState::New && t.endpoint.is_none()));
     }
 
     #[test]
