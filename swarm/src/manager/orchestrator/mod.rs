@@ -311,16 +311,19 @@ impl Scope {
         !self.all && self.services.is_empty() && self.nodes.is_empty() && self.assigned.is_empty()
     }
 
-    /// The ids of the services in scope (some may have been deleted), when not all are.
-    fn service_ids<'a>(&'a self, view: &'a MemoryStore) -> BTreeSet<&'a str> {
+    /// The ids of the services in scope (some may have been deleted), when not all are; with those of the tasks
+    /// just placed that must move off their node when `misplaced`.
+    fn service_ids<'a>(&'a self, view: &'a MemoryStore, misplaced: bool) -> BTreeSet<&'a str> {
         let mut ids: BTreeSet<&str> = self.services.iter().map(String::as_str).collect();
         if !self.nodes.is_empty() {
             ids.extend(self.nodes.iter().flat_map(|n| view.tasks_by_node(n)).map(|t| t.service_id.as_str()));
             let global = |s: &&Service| matches!(s.spec.mode, ServiceMode::Global | ServiceMode::GlobalJob);
             ids.extend(view.services().filter(global).map(|s| s.id.as_str()));
         }
-        let misplaced = self.assigned.iter().filter_map(|id| view.task(id)).filter(|t| move_reason(view, t).is_some());
-        ids.extend(misplaced.map(|t| t.service_id.as_str()));
+        if misplaced {
+            let moving = self.assigned.iter().filter_map(|id| view.task(id)).filter(|t| move_reason(view, t).is_some());
+            ids.extend(moving.map(|t| t.service_id.as_str()));
+        }
         ids
     }
 
@@ -329,16 +332,19 @@ impl Scope {
         if self.all {
             Box::new(view.services())
         } else {
-            Box::new(self.service_ids(view).into_iter().filter_map(|id| view.service(id)))
+            Box::new(self.service_ids(view, true).into_iter().filter_map(|id| view.service(id)))
         }
     }
 
-    /// The tasks of the services in scope (including tasks of services that were deleted).
+    /// The tasks of the services in scope (including tasks of services that were deleted). A task just placed
+    /// does not bring its service's here even when it must move: moving it is the orchestrators' (through
+    /// [`Scope::services`]), and their write brings the service into every scope. Looking each placed task up for
+    /// the reaper and the restart supervisor too was several percent of a manager's CPU at a million tasks.
     pub fn tasks<'a>(&'a self, view: &'a MemoryStore) -> Box<dyn Iterator<Item = &'a Task> + 'a> {
         if self.all {
             Box::new(view.tasks())
         } else {
-            Box::new(self.service_ids(view).into_iter().flat_map(|id| view.tasks_by_service(id)))
+            Box::new(self.service_ids(view, false).into_iter().flat_map(|id| view.tasks_by_service(id)))
         }
     }
 }
@@ -591,6 +597,8 @@ mod tests {
         scope.mark(&misplaced);
         let services: Vec<String> = store.view(|v| scope.services(v).map(|s| s.id.clone()).collect());
         assert_eq!(services, ["s2"], "a task placed on a node that went down replans its service");
+        // Moving it is the orchestrators' alone: the reaper and the restart supervisor are not handed its tasks.
+        assert_eq!(store.view(|v| scope.tasks(v).count()), 0);
         // Anything else a task does still scopes its service.
         let mut ended = misplaced.clone();
         ended.old = ended.object.clone().into();

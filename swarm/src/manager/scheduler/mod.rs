@@ -63,7 +63,13 @@ impl NodeInfo {
     /// shut down still holds its resources until it stops, but no longer counts as one of the service's).
     fn add(&mut self, task: &Task) {
         if task.desired_state <= TaskState::Running {
-            *self.tasks_by_service.entry(task.service_id.clone()).or_default() += 1;
+            // The id is copied only for a service new on the node: this runs for every task a rebuild counts.
+            match self.tasks_by_service.get_mut(&task.service_id) {
+                Some(n) => *n += 1,
+                None => {
+                    self.tasks_by_service.insert(task.service_id.clone(), 1);
+                }
+            }
             self.total_tasks += 1;
         }
         let r = &task.spec.resources;
