@@ -118,8 +118,9 @@ pub(crate) struct Plan {
     pub services: Vec<Service>,
     /// Tasks given addresses (now PENDING), or left NEW with a new reason.
     pub allocated: Vec<Task>,
-    /// Tasks that need no network resource, to move to PENDING: every NEW task of a cluster without networks,
-    /// written in many proposals.
+    /// NEW tasks that need no network resource, to move to PENDING, written in many proposals: those whose service
+    /// stopped needing an endpoint after they were made NEW, and those an older release made (tasks that need
+    /// nothing are created PENDING, see [`pending_at_creation`]).
     pub plain: Vec<Planned<ToPending>>,
     /// Whether tasks or nodes were left for another write (more than `max_tasks` needed addresses).
     pub more: bool,
@@ -151,8 +152,8 @@ fn to_pending(t: &mut Task, endpoint: Option<Endpoint>, now: Timestamp) {
 }
 
 /// Makes a task of `s` PENDING as it is created when it needs nothing from the allocator (no network, no
-/// endpoint): the allocator's NEW → PENDING write would change nothing else, and it was a fifth of all task
-/// writes at scale. Other tasks stay NEW for the allocator.
+/// endpoint): the allocator's NEW → PENDING write would change nothing else, and it was one of the four writes
+/// each task took to RUNNING. Other tasks stay NEW for the allocator.
 pub(crate) fn pending_at_creation(s: &Service, t: &mut Task) {
     if !needs_endpoint(s) {
         to_pending(t, None, t.status.timestamp);
