@@ -9,6 +9,7 @@
 //! state machine goes on applying, so a long read (a listing of a million tasks, a snapshot being written) never
 //! holds back a write.
 
+use super::task_key::TaskKey;
 use super::{ApplyError, Event, EventAction, Op, Proposal};
 use crate::api::{Cluster, Config, Network, Node, Object, ObjectKind, Secret, Service, Task, TaskSpec, TaskState};
 use imbl::{HashMap, OrdMap, OrdSet};
@@ -18,18 +19,13 @@ use std::sync::Arc;
 /// write to it while a reader holds a clone) copies pointers, not objects.
 type ById<T> = OrdMap<String, Arc<T>>;
 
-/// A task's id as the task map and the four task indexes hold it: one allocation shared by the five of them,
-/// where a `String` each made five (about 250 MB of copies at a million tasks), and copying a shared tree node
-/// (which a write does while a reader holds a clone) copies pointers instead of strings.
-type Id = Arc<str>;
-
 /// Every object, by kind and id, with secondary indexes.
 #[derive(Debug, Default, Clone)]
 pub struct MemoryStore {
     clusters: ById<Cluster>,
     nodes: ById<Node>,
     services: ById<Service>,
-    tasks: OrdMap<Id, Arc<Task>>,
+    tasks: OrdMap<TaskKey, Arc<Task>>,
     networks: ById<Network>,
     secrets: ById<Secret>,
     configs: ById<Config>,
@@ -37,11 +33,11 @@ pub struct MemoryStore {
     network_by_name: HashMap<String, String>,
     secret_by_name: HashMap<String, String>,
     config_by_name: HashMap<String, String>,
-    tasks_by_service: HashMap<String, OrdSet<Id>>,
-    tasks_by_node: HashMap<String, OrdSet<Id>>,
+    tasks_by_service: HashMap<String, OrdSet<TaskKey>>,
+    tasks_by_node: HashMap<String, OrdSet<TaskKey>>,
     /// Tasks by desired state and by observed state, RUNNING left out of both ([`indexed`]).
-    tasks_by_desired: OrdMap<TaskState, OrdSet<Id>>,
-    tasks_by_state: OrdMap<TaskState, OrdSet<Id>>,
+    tasks_by_desired: OrdMap<TaskState, OrdSet<TaskKey>>,
+    tasks_by_state: OrdMap<TaskState, OrdSet<TaskKey>>,
     /// How many tasks have each (desired, observed) pair of states, RUNNING included.
     task_counts: OrdMap<(TaskState, TaskState), usize>,
     /// Per service: tasks desired RUNNING, and those of them observed RUNNING (`service ls` counts without
@@ -112,7 +108,7 @@ impl MemoryStore {
             ObjectKind::Cluster => self.clusters.get(id).map(|o| Object::Cluster((**o).clone())),
             ObjectKind::Node => self.nodes.get(id).map(|o| Object::Node((**o).clone())),
             ObjectKind::Service => self.services.get(id).map(|o| Object::Service((**o).clone())),
-            ObjectKind::Task => self.tasks.get(id).map(|o| Object::Task(o.clone())),
+            ObjectKind::Task => self.tasks.get(&TaskKey::of(id)).map(|o| Object::Task(o.clone())),
             ObjectKind::Network => self.networks.get(id).map(|o| Object::Network((**o).clone())),
             ObjectKind::Secret => self.secrets.get(id).map(|o| Object::Secret((**o).clone())),
             ObjectKind::Config => self.configs.get(id).map(|o| Object::Config((**o).clone())),
@@ -124,7 +120,7 @@ impl MemoryStore {
             ObjectKind::Cluster => self.clusters.get(id).map(|o| o.meta.version),
             ObjectKind::Node => self.nodes.get(id).map(|o| o.meta.version),
             ObjectKind::Service => self.services.get(id).map(|o| o.meta.version),
-            ObjectKind::Task => self.tasks.get(id).map(|o| o.meta.version),
+            ObjectKind::Task => self.tasks.get(&TaskKey::of(id)).map(|o| o.meta.version),
             ObjectKind::Network => self.networks.get(id).map(|o| o.meta.version),
             ObjectKind::Secret => self.secrets.get(id).map(|o| o.meta.version),
             ObjectKind::Config => self.configs.get(id).map(|o| o.meta.version),
@@ -196,7 +192,7 @@ impl MemoryStore {
     }
 
     pub fn task(&self, id: &str) -> Option<&Task> {
-        self.tasks.get(id).map(|o| &**o)
+        self.tasks.get(&TaskKey::of(id)).map(|o| &**o)
     }
 
     pub fn tasks(&self) -> impl Iterator<Item = &Task> + Clone {
@@ -205,7 +201,7 @@ impl MemoryStore {
 
     /// Tasks with an id after `after` (all of them when it is empty), in id order: a listing's next page.
     pub fn tasks_after(&self, after: &str) -> impl Iterator<Item = &Task> {
-        self.tasks.range::<_, str>((std::ops::Bound::Excluded(after), std::ops::Bound::Unbounded)).map(|(_, t)| &**t)
+        self.tasks.range((std::ops::Bound::Excluded(TaskKey::of(after)), std::ops::Bound::Unbounded)).map(|(_, t)| &**t)
     }
 
     /// Services with an id after `after` (all of them when it is empty), in id order.
@@ -228,7 +224,7 @@ impl MemoryStore {
     }
 
     /// The tasks an index entry names (none when the entry is absent).
-    fn tasks_in<'a>(&'a self, ids: Option<&'a OrdSet<Id>>) -> impl Iterator<Item = &'a Task> {
+    fn tasks_in<'a>(&'a self, ids: Option<&'a OrdSet<TaskKey>>) -> impl Iterator<Item = &'a Task> {
         ids.into_iter().flat_map(|ids| ids.iter()).filter_map(|id| self.tasks.get(id).map(|t| &**t))
     }
 
@@ -309,7 +305,7 @@ impl MemoryStore {
                 Ok(Some(self.update_to(index, proposal, old, obj.clone())))
             }
             Op::TaskStatus { id, node_id, status } => {
-                let Some(t) = self.tasks.get(id.as_str()).filter(|t| t.takes_report(node_id, status)) else {
+                let Some(t) = self.tasks.get(&TaskKey::of(id)).filter(|t| t.takes_report(node_id, status)) else {
                     return Ok(None);
                 };
                 let old = Object::Task(t.clone());
@@ -318,7 +314,7 @@ impl MemoryStore {
                 Ok(Some(self.update_to(index, proposal, old, Object::Task(Arc::new(next)))))
             }
             Op::TaskProgress(p) => {
-                let Some(t) = self.tasks.get(p.id.as_str()) else {
+                let Some(t) = self.tasks.get(&TaskKey::of(&p.id)) else {
                     return Err(ApplyError::NotFound { kind: ObjectKind::Task, id: p.id.clone() });
                 };
                 if t.meta.version != p.version {
@@ -418,7 +414,7 @@ impl MemoryStore {
                 self.services.insert(s.id.clone(), Arc::new(s));
             }
             Object::Task(t) => {
-                let id: Id = Arc::from(t.id.as_str());
+                let id = TaskKey::of(&t.id);
                 self.tasks_by_service.entry(t.service_id.clone()).or_default().insert(id.clone());
                 if !t.node_id.is_empty() {
                     self.tasks_by_node.entry(t.node_id.clone()).or_default().insert(id.clone());
@@ -481,15 +477,16 @@ impl MemoryStore {
                 }
             }
             ObjectKind::Task => {
-                if let Some(t) = self.tasks.remove(id) {
-                    if remove_from_index(&mut self.tasks_by_service, &t.service_id, id) {
+                let key = TaskKey::of(id);
+                if let Some(t) = self.tasks.remove(&key) {
+                    if remove_from_index(&mut self.tasks_by_service, &t.service_id, &key) {
                         self.specs.remove(&t.service_id);
                     }
-                    remove_from_index(&mut self.tasks_by_node, &t.node_id, id);
+                    remove_from_index(&mut self.tasks_by_node, &t.node_id, &key);
                     count_live(&mut self.live_by_service, &t, false);
                     count_states(&mut self.task_counts, &t, false);
-                    take_from(&mut self.tasks_by_desired, t.desired_state, id);
-                    take_from(&mut self.tasks_by_state, t.status.state, id);
+                    take_from(&mut self.tasks_by_desired, t.desired_state, &key);
+                    take_from(&mut self.tasks_by_state, t.status.state, &key);
                 }
             }
         }
@@ -504,33 +501,31 @@ impl MemoryStore {
             self.put(obj);
             return;
         };
-        let Some(slot) = self.tasks.get_mut(new.id.as_str()) else {
+        let id = TaskKey::of(&new.id);
+        let Some(slot) = self.tasks.get_mut(&id) else {
             self.put(Object::Task(new));
             return;
         };
         let old = std::mem::replace(slot, new.clone());
-        let id = old.id.as_str();
         if old.service_id != new.service_id {
-            if remove_from_index(&mut self.tasks_by_service, &old.service_id, id) {
+            if remove_from_index(&mut self.tasks_by_service, &old.service_id, &id) {
                 self.specs.remove(&old.service_id);
             }
-            self.tasks_by_service.entry(new.service_id.clone()).or_default().insert(shared_id(&self.tasks, id));
+            self.tasks_by_service.entry(new.service_id.clone()).or_default().insert(id.clone());
         }
         if old.node_id != new.node_id {
-            remove_from_index(&mut self.tasks_by_node, &old.node_id, id);
+            remove_from_index(&mut self.tasks_by_node, &old.node_id, &id);
             if !new.node_id.is_empty() {
-                self.tasks_by_node.entry(new.node_id.clone()).or_default().insert(shared_id(&self.tasks, id));
+                self.tasks_by_node.entry(new.node_id.clone()).or_default().insert(id.clone());
             }
         }
         if old.desired_state != new.desired_state {
-            let moved = take_from(&mut self.tasks_by_desired, old.desired_state, id);
-            let moved = moved.unwrap_or_else(|| shared_id(&self.tasks, id));
-            put_in(&mut self.tasks_by_desired, new.desired_state, &moved);
+            take_from(&mut self.tasks_by_desired, old.desired_state, &id);
+            put_in(&mut self.tasks_by_desired, new.desired_state, &id);
         }
         if old.status.state != new.status.state {
-            let moved = take_from(&mut self.tasks_by_state, old.status.state, id);
-            let moved = moved.unwrap_or_else(|| shared_id(&self.tasks, id));
-            put_in(&mut self.tasks_by_state, new.status.state, &moved);
+            take_from(&mut self.tasks_by_state, old.status.state, &id);
+            put_in(&mut self.tasks_by_state, new.status.state, &id);
         }
         if (old.desired_state, old.status.state) != (new.desired_state, new.status.state) {
             count_states(&mut self.task_counts, &new, true);
@@ -576,7 +571,7 @@ fn indexed(state: TaskState) -> bool {
 }
 
 /// Puts `id` in `index[state]` when that state is [`indexed`].
-fn put_in(index: &mut OrdMap<TaskState, OrdSet<Id>>, state: TaskState, id: &Id) {
+fn put_in(index: &mut OrdMap<TaskState, OrdSet<TaskKey>>, state: TaskState, id: &TaskKey) {
     if indexed(state) {
         index.entry(state).or_default().insert(id.clone());
     }
@@ -598,23 +593,18 @@ fn count_states(counts: &mut OrdMap<(TaskState, TaskState), usize>, t: &Task, ad
     }
 }
 
-/// The task map's shared copy of `id`, for an index the task joins.
-fn shared_id(tasks: &OrdMap<Id, Arc<Task>>, id: &str) -> Id {
-    tasks.get_key_value(id).map_or_else(|| Arc::from(id), |(k, _)| k.clone())
-}
-
-/// Takes `id` out of `index[state]` (dropping the set once empty) and hands back its shared id for reuse.
-fn take_from(index: &mut OrdMap<TaskState, OrdSet<Id>>, state: TaskState, id: &str) -> Option<Id> {
-    let set = index.get_mut(&state)?;
-    let taken = set.remove(id);
-    if set.is_empty() {
-        index.remove(&state);
+/// Takes `id` out of `index[state]`, dropping the set once empty.
+fn take_from(index: &mut OrdMap<TaskState, OrdSet<TaskKey>>, state: TaskState, id: &TaskKey) {
+    if let Some(set) = index.get_mut(&state) {
+        set.remove(id);
+        if set.is_empty() {
+            index.remove(&state);
+        }
     }
-    taken
 }
 
 /// Removes `id` from `index[key]`; returns whether that left `key` with nothing.
-fn remove_from_index(index: &mut HashMap<String, OrdSet<Id>>, key: &str, id: &str) -> bool {
+fn remove_from_index(index: &mut HashMap<String, OrdSet<TaskKey>>, key: &str, id: &TaskKey) -> bool {
     if let Some(set) = index.get_mut(key) {
         set.remove(id);
         if set.is_empty() {

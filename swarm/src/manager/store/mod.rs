@@ -14,6 +14,7 @@
 //! versions. Component tests use it; the product always runs on Raft.
 
 mod memory;
+mod task_key;
 mod watch;
 
 pub use memory::{LiveCounts, MemoryStore};
