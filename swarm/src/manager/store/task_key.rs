@@ -47,19 +47,11 @@ impl TaskKey {
     }
 }
 
-/// The number `id` writes, when it is exactly 25 lowercase base-36 digits of a number below 2^128.
+/// The number `id` writes, when it is exactly 25 lowercase base-36 digits of a number below 2^128 (the text form
+/// that renders back to `id`; `from_str_radix` alone would also take upper case and a sign).
 fn packed(id: &str) -> Option<u128> {
-    if id.len() != DIGITS {
-        return None;
-    }
-    id.bytes().try_fold(0u128, |n, b| {
-        let digit = match b {
-            b'0'..=b'9' => b - b'0',
-            b'a'..=b'z' => b - b'a' + 10,
-            _ => return None,
-        };
-        n.checked_mul(36)?.checked_add(u128::from(digit))
-    })
+    let digits = id.len() == DIGITS && id.bytes().all(|b| b.is_ascii_digit() || b.is_ascii_lowercase());
+    digits.then(|| u128::from_str_radix(id, 36).ok()).flatten()
 }
 
 impl Ord for TaskKey {
@@ -92,7 +84,8 @@ mod tests {
         let long = "0".repeat(DIGITS + 1);
         // 25 digits, but above 2^128.
         let above = "z".repeat(DIGITS);
-        for other in ["t1", "", &upper, &dash, &long, &above] {
+        let signed = format!("+{}", "0".repeat(DIGITS - 1));
+        for other in ["t1", "", &upper, &dash, &long, &above, &signed] {
             assert_eq!(TaskKey::of(other), TaskKey::Text(Arc::from(other)), "{other}");
         }
         let max = crate::api::base36(u128::MAX, DIGITS);
