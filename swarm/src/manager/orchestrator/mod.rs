@@ -311,20 +311,21 @@ impl Scope {
         !self.all && self.services.is_empty() && self.nodes.is_empty() && self.assigned.is_empty()
     }
 
-    /// The ids of the services in scope (some may have been deleted), when not all are; with those of the tasks
-    /// just placed that must move off their node when `misplaced`.
-    fn service_ids<'a>(&'a self, view: &'a MemoryStore, misplaced: bool) -> BTreeSet<&'a str> {
+    /// The ids of the services in scope (some may have been deleted), when not all are.
+    fn service_ids<'a>(&'a self, view: &'a MemoryStore) -> BTreeSet<&'a str> {
         let mut ids: BTreeSet<&str> = self.services.iter().map(String::as_str).collect();
         if !self.nodes.is_empty() {
             ids.extend(self.nodes.iter().flat_map(|n| view.tasks_by_node(n)).map(|t| t.service_id.as_str()));
             let global = |s: &&Service| matches!(s.spec.mode, ServiceMode::Global | ServiceMode::GlobalJob);
             ids.extend(view.services().filter(global).map(|s| s.id.as_str()));
         }
-        if misplaced {
-            let moving = self.assigned.iter().filter_map(|id| view.task(id)).filter(|t| move_reason(view, t).is_some());
-            ids.extend(moving.map(|t| t.service_id.as_str()));
-        }
         ids
+    }
+
+    /// The services of the tasks just placed that must move off their node.
+    fn misplaced<'a>(&'a self, view: &'a MemoryStore) -> impl Iterator<Item = &'a str> {
+        let moving = self.assigned.iter().filter_map(|id| view.task(id)).filter(|t| move_reason(view, t).is_some());
+        moving.map(|t| t.service_id.as_str())
     }
 
     /// The services in scope that still exist.
@@ -332,7 +333,9 @@ impl Scope {
         if self.all {
             Box::new(view.services())
         } else {
-            Box::new(self.service_ids(view, true).into_iter().filter_map(|id| view.service(id)))
+            let mut ids = self.service_ids(view);
+            ids.extend(self.misplaced(view));
+            Box::new(ids.into_iter().filter_map(|id| view.service(id)))
         }
     }
 
@@ -344,7 +347,7 @@ impl Scope {
         if self.all {
             Box::new(view.tasks())
         } else {
-            Box::new(self.service_ids(view, false).into_iter().flat_map(|id| view.tasks_by_service(id)))
+            Box::new(self.service_ids(view).into_iter().flat_map(|id| view.tasks_by_service(id)))
         }
     }
 }
