@@ -13,6 +13,7 @@ mod assignments;
 mod files;
 pub mod logs;
 mod netstate;
+mod pacing;
 mod service;
 mod sessions;
 mod status;

@@ -3,6 +3,7 @@
 //! address, when it knows it, in the [`LEADER_METADATA`] entry, so the agent goes there next.
 
 use super::assignments::AssignmentSet;
+use super::pacing::Pacing;
 use super::{Dispatcher, DispatcherError};
 use crate::api::control::Empty;
 use crate::api::dispatch::*;
@@ -44,7 +45,7 @@ fn reply_stream<T: Send + 'static>(bound: usize) -> (Replies<T>, RpcStream<T>) {
     (Replies(tx), Box::pin(tokio_stream::StreamExt::map(ReceiverStream::new(rx), |item| *item)))
 }
 
-/// How long store events are gathered into one incremental assignments message.
+/// How long store events are gathered into one incremental assignments message (at least: see [`Pacing`]).
 const ASSIGNMENT_BATCH: Duration = Duration::from_millis(20);
 
 pub struct DispatcherService {
@@ -186,6 +187,7 @@ impl DispatcherRpc for DispatcherService {
             if tx.send(Ok(complete)).await.is_err() {
                 return;
             }
+            let mut pacing = Pacing::new(tokio::time::Instant::now());
             loop {
                 let mut msg = AssignmentsMessage::incremental();
                 let first = tokio::select! {
@@ -205,7 +207,7 @@ impl DispatcherRpc for DispatcherService {
                     Some(Err(NodeWatchError::Closed)) => return,
                     None => {}
                 }
-                let deadline = tokio::time::Instant::now() + ASSIGNMENT_BATCH;
+                let deadline = (tokio::time::Instant::now() + ASSIGNMENT_BATCH).max(pacing.ready_at());
                 while !resync {
                     match tokio::time::timeout_at(deadline, events.recv()).await {
                         Ok(Ok(ev)) => set.apply(&ev, &mut msg),
@@ -243,6 +245,7 @@ impl DispatcherRpc for DispatcherService {
                 if tx.send(Ok(out)).await.is_err() {
                     return;
                 }
+                pacing.sent(tokio::time::Instant::now());
             }
         });
         Ok(Response::new(stream))
