@@ -86,6 +86,14 @@ fn heartbeat_deadline(period: Duration) -> Duration {
     period.min(HEARTBEAT_DEADLINE_MAX)
 }
 
+/// Heartbeat ticks every `period`, the first one period from now; ticks missed while a heartbeat is out are not
+/// made up in a burst.
+fn heartbeat_ticks(period: Duration) -> tokio::time::Interval {
+    let mut ticks = tokio::time::interval_at(Instant::now() + period, period);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticks
+}
+
 /// The longest a session request or a status report may take: a report waits for a store commit, so it gets
 /// more room than a heartbeat.
 const CALL_DEADLINE: Duration = Duration::from_secs(5);
@@ -301,7 +309,13 @@ impl<E: Executor> Agent<E> {
         let readers_stop = CancellationToken::new();
         let _stop_readers = readers_stop.clone().drop_guard();
         let mut readers: HashMap<String, CancellationToken> = HashMap::new();
-        let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        let mut heartbeat = heartbeat_ticks(period);
+        // A heartbeat is sent off the loop, as status reports are. The manager is taken for frozen once one went
+        // unanswered for its deadline and nothing else came from the manager meanwhile: a manager busy with a big
+        // change may answer late while its assignments and acknowledgements still flow, and leaving it then made
+        // its agents reopen their sessions all at once, on top of the load.
+        let mut beat: Option<futures::future::BoxFuture<'static, Result<Duration, tonic::Status>>> = None;
+        let (mut beat_sent, mut heard) = (Instant::now(), Instant::now());
         let mut flush = tokio::time::interval(Duration::from_millis(50));
         let mut reports = self.reports.lock().await;
         // One status call at a time, off the loop, so heartbeats and assignments go on while it waits for the
@@ -314,15 +328,22 @@ impl<E: Executor> Agent<E> {
             tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
                 m = session.message() => match m? {
-                    Some(msg) => self.learn_managers(managers, &msg),
+                    Some(msg) => {
+                        heard = Instant::now();
+                        self.learn_managers(managers, &msg);
+                    }
                     None => return Err(tonic::Status::unavailable("dispatcher closed the session").into()),
                 },
                 m = assignments.message() => match m? {
-                    Some(msg) => self.worker.lock().await.apply(msg).await,
+                    Some(msg) => {
+                        heard = Instant::now();
+                        self.worker.lock().await.apply(msg).await;
+                    }
                     None => return Err(tonic::Status::unavailable("assignments stream ended").into()),
                 },
                 m = log_subs.message() => match m? {
                     Some(sub) => {
+                        heard = Instant::now();
                         readers.retain(|_, r| !r.is_cancelled());
                         if sub.close {
                             if let Some(r) = readers.remove(&sub.id) {
@@ -338,15 +359,28 @@ impl<E: Executor> Agent<E> {
                     }
                     None => return Err(tonic::Status::unavailable("log subscriptions stream ended").into()),
                 },
-                _ = heartbeat.tick() => {
-                    // A manager that stopped answering (frozen, partitioned) is left after one to two periods.
+                _ = heartbeat.tick(), if beat.is_none() => {
                     let request = HeartbeatRequest { session_id: session_id.clone() };
-                    let r = within(heartbeat_deadline(period), "a heartbeat", client.heartbeat(request)).await?;
-                    let p = r.into_inner().period;
+                    let mut client = client.clone();
+                    beat = Some(Box::pin(async move { Ok(client.heartbeat(request).await?.into_inner().period) }));
+                    beat_sent = Instant::now();
+                }
+                r = async { beat.as_mut().expect("guarded").await }, if beat.is_some() => {
+                    beat = None;
+                    heard = Instant::now();
+                    let p = r?;
                     if p != period && !p.is_zero() {
                         period = p;
-                        heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+                        heartbeat = heartbeat_ticks(period);
                     }
+                }
+                // A manager that stopped answering (frozen, partitioned) is left after one to two periods.
+                _ = tokio::time::sleep_until(beat_sent.max(heard) + heartbeat_deadline(period)), if beat.is_some() => {
+                    let deadline = heartbeat_deadline(period);
+                    return Err(tonic::Status::deadline_exceeded(format!(
+                        "the manager did not answer a heartbeat within {deadline:?}, nor send anything meanwhile"
+                    ))
+                    .into());
                 }
                 Some(u) = reports.recv() => {
                     pending.insert(u.task_id.clone(), u);
@@ -366,6 +400,7 @@ impl<E: Executor> Agent<E> {
                     in_flight = None;
                     match r {
                         Ok(()) => {
+                            heard = Instant::now();
                             retry.reset();
                             for u in sent.drain(..) {
                                 if pending.get(&u.task_id).is_some_and(|p| p.status == u.status) {

@@ -3,13 +3,16 @@
 //! reports survive a failed store write. Also the pure pieces: the manager list and the backoff.
 
 use super::*;
+use crate::api::control::Empty;
+use crate::api::logs::{LogsSessionRequest, PublishLogsRequest, SubscribeLogsRequest};
 use crate::api::{ManagerStatus, NodeRole, Reachability, TaskState};
 use crate::ca::{self, NodeIdentity, RootCa};
 use crate::manager::dispatcher::{Dispatcher, DispatcherConfig, DispatcherService};
 use crate::manager::store::{Store, StoreError};
 use crate::testing::{node, task, TestExecutor};
-use crate::transport::dispatcher::dispatcher_server::DispatcherServer;
+use crate::transport::dispatcher::dispatcher_server::{Dispatcher as Rpc, DispatcherServer};
 use std::time::Instant;
+use tonic::{Request, Response, Status};
 
 /// The certificates of one test cluster: a manager's (served by every dispatcher) and worker `n1`'s.
 struct Certs {
@@ -37,11 +40,16 @@ struct Mgr {
 
 impl Mgr {
     async fn serve(certs: &Certs) -> Mgr {
+        Self::serve_with(certs, Duration::from_secs(5), Duration::ZERO).await
+    }
+
+    /// A manager whose heartbeats have `period` and are answered `heartbeat_delay` late.
+    async fn serve_with(certs: &Certs, period: Duration, heartbeat_delay: Duration) -> Mgr {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         let (leader, leader_rx) = watch::channel(None);
         let dispatcher = Dispatcher::new(DispatcherConfig {
-            heartbeat_period: Duration::from_secs(5),
+            heartbeat_period: period,
             managers: vec![addr.clone()],
             leader: leader_rx,
         });
@@ -49,7 +57,10 @@ impl Mgr {
         let server = tonic::transport::Server::builder()
             .tls_config(ca::server_tls_config(&certs.manager).unwrap())
             .unwrap()
-            .add_service(DispatcherServer::new(DispatcherService::new(dispatcher.clone())))
+            .add_service(DispatcherServer::new(SlowHeartbeats {
+                inner: DispatcherService::new(dispatcher.clone()),
+                delay: heartbeat_delay,
+            }))
             .serve_with_incoming_shutdown(
                 tokio_stream::wrappers::TcpListenerStream::new(listener),
                 stop.clone().cancelled_owned(),
@@ -78,6 +89,54 @@ impl Drop for Mgr {
     fn drop(&mut self) {
         self.step_down();
         self.stop.cancel();
+    }
+}
+
+/// The dispatcher service, with heartbeats answered `delay` late (recorded on time): a manager busy with a big
+/// change.
+struct SlowHeartbeats {
+    inner: DispatcherService,
+    delay: Duration,
+}
+
+#[tonic::async_trait]
+impl Rpc for SlowHeartbeats {
+    type SessionStream = <DispatcherService as Rpc>::SessionStream;
+    type AssignmentsStream = <DispatcherService as Rpc>::AssignmentsStream;
+    type LogsStream = <DispatcherService as Rpc>::LogsStream;
+    type SubscribeLogsStream = <DispatcherService as Rpc>::SubscribeLogsStream;
+
+    async fn session(&self, r: Request<SessionRequest>) -> Result<Response<Self::SessionStream>, Status> {
+        self.inner.session(r).await
+    }
+
+    async fn heartbeat(&self, r: Request<HeartbeatRequest>) -> Result<Response<HeartbeatResponse>, Status> {
+        let answer = self.inner.heartbeat(r).await;
+        tokio::time::sleep(self.delay).await;
+        answer
+    }
+
+    async fn assignments(&self, r: Request<AssignmentsRequest>) -> Result<Response<Self::AssignmentsStream>, Status> {
+        self.inner.assignments(r).await
+    }
+
+    async fn update_task_status(&self, r: Request<UpdateTaskStatusRequest>) -> Result<Response<Empty>, Status> {
+        self.inner.update_task_status(r).await
+    }
+
+    async fn logs(&self, r: Request<LogsSessionRequest>) -> Result<Response<Self::LogsStream>, Status> {
+        self.inner.logs(r).await
+    }
+
+    async fn publish_logs(&self, r: Request<PublishLogsRequest>) -> Result<Response<Empty>, Status> {
+        self.inner.publish_logs(r).await
+    }
+
+    async fn subscribe_logs(
+        &self,
+        r: Request<SubscribeLogsRequest>,
+    ) -> Result<Response<Self::SubscribeLogsStream>, Status> {
+        self.inner.subscribe_logs(r).await
     }
 }
 
@@ -238,6 +297,44 @@ async fn a_report_made_while_no_manager_leads_lands_through_the_next_leader() {
     assert!(exec.exit("t1", 1));
     b.lead(&store).await;
     until("t1 FAILED in the store, reported through B", || state() == TaskState::Failed).await;
+    stop.cancel();
+}
+
+/// A manager that answers heartbeats late but keeps sending assignments is alive: the agent keeps its session.
+/// Once it sends nothing else either, the agent leaves it as it would a frozen one.
+#[tokio::test]
+async fn a_late_heartbeat_ends_the_session_only_when_the_manager_sent_nothing_else_meanwhile() {
+    let certs = certs();
+    // A heartbeat is due within one period (0.9–1.1 s with jitter) and answered 1.5 s late; the dispatcher's own
+    // grace (3 periods) still holds, since it records each heartbeat when it arrives.
+    let (period, delay) = (Duration::from_secs(1), Duration::from_millis(1500));
+    let mut m = Mgr::serve_with(&certs, period, delay).await;
+    let store = store_with(Store::in_memory(), &[]).await;
+    m.lead(&store).await;
+    let (agent, stop) = start_agent(&certs, vec![m.addr.clone()], &TestExecutor::new("host-1"));
+    let first = until_status(&agent, "a session", |s| s.session_id.is_some()).await.session_id;
+
+    // Three periods' worth of late heartbeats, with a task assigned every 100 ms meanwhile.
+    for i in 0..30 {
+        store
+            .update(|tx| {
+                let mut t = task(&format!("busy{i}"), "s1", i + 1);
+                t.node_id = "n1".into();
+                t.status.state = TaskState::Assigned;
+                tx.create(t);
+                Ok::<_, StoreError>(())
+            })
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let kept = agent.status().borrow().session_id.clone();
+    assert_eq!(kept, first, "the agent left a manager that was sending it assignments");
+    let statuses = store.view(|v| v.tasks().filter(|t| t.status.state == TaskState::Running).count());
+    assert!(statuses > 0, "no report was acknowledged meanwhile");
+
+    // Nothing but late heartbeats now: taken for frozen, the session ends.
+    until_status(&agent, "the session left", |s| s.session_id != first).await;
     stop.cancel();
 }
 
