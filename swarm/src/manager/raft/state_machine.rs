@@ -614,24 +614,28 @@ impl RaftStateMachine<TypeConfig> for RedbStateMachine {
         let mut results = Vec::new();
         // The applied events themselves (shared with the watchers), not copies of their objects.
         let mut events = Vec::new();
-        for entry in entries {
-            let result = match &entry.payload {
-                EntryPayload::Blank => ProposalResult { error: None },
-                EntryPayload::Membership(m) => {
-                    applied.membership = StoredMembership::new(Some(entry.log_id), m.clone());
-                    ProposalResult { error: None }
-                }
-                EntryPayload::Normal(p) => match self.view.apply(entry.log_id.index, p) {
-                    Ok(applied_events) => {
-                        events.extend(applied_events);
+        // A batch of committed entries may hold a hundred thousand task writes when the apply fell behind: it runs
+        // beside the runtime, which goes on answering heartbeats meanwhile.
+        crate::manager::long_step(|| {
+            for entry in entries {
+                let result = match &entry.payload {
+                    EntryPayload::Blank => ProposalResult { error: None },
+                    EntryPayload::Membership(m) => {
+                        applied.membership = StoredMembership::new(Some(entry.log_id), m.clone());
                         ProposalResult { error: None }
                     }
-                    Err(e) => ProposalResult { error: Some(e) },
-                },
-            };
-            applied.last_applied = Some(entry.log_id);
-            results.push(result);
-        }
+                    EntryPayload::Normal(p) => match self.view.apply(entry.log_id.index, p) {
+                        Ok(applied_events) => {
+                            events.extend(applied_events);
+                            ProposalResult { error: None }
+                        }
+                        Err(e) => ProposalResult { error: Some(e) },
+                    },
+                };
+                applied.last_applied = Some(entry.log_id);
+                results.push(result);
+            }
+        });
         let Some(last) = applied.last_applied else { return Ok(results) };
         let durable = last.index >= applied.last_durable + DURABLE_EVERY;
         let batch =
