@@ -316,16 +316,7 @@ async fn a_late_heartbeat_ends_the_session_only_when_the_manager_sent_nothing_el
 
     // Three periods' worth of late heartbeats, with a task assigned every 100 ms meanwhile.
     for i in 0..30 {
-        store
-            .update(|tx| {
-                let mut t = task(&format!("busy{i}"), "s1", i + 1);
-                t.node_id = "n1".into();
-                t.status.state = TaskState::Assigned;
-                tx.create(t);
-                Ok::<_, StoreError>(())
-            })
-            .await
-            .unwrap();
+        assign(&store, &format!("busy{i}"), i + 1).await;
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let kept = agent.status().borrow().session_id.clone();
@@ -340,9 +331,14 @@ async fn a_late_heartbeat_ends_the_session_only_when_the_manager_sent_nothing_el
 
 /// Assigns task `t1` to node `n1`.
 async fn assign_t1(store: &Store) {
+    assign(store, "t1", 1).await;
+}
+
+/// Assigns task `id` of service `s1`, in `slot`, to node `n1`.
+async fn assign(store: &Store, id: &str, slot: u64) {
     store
         .update(|tx| {
-            let mut t = task("t1", "s1", 1);
+            let mut t = task(id, "s1", slot);
             t.node_id = "n1".into();
             t.status.state = TaskState::Assigned;
             tx.create(t);
