@@ -75,17 +75,20 @@ fn live(store: &Store, service_id: &str) -> Vec<Task> {
     store.view(|v| v.tasks_by_service(service_id).filter(|t| t.desired_state <= TaskState::Running).cloned().collect())
 }
 
-/// Waits until `n` live tasks run `image` (in the store and in the executors) and nothing else of the service
-/// is live; returns their ids.
+/// Waits until `n` live tasks run `image` (in the store and in the executors), nothing else of the service is
+/// live and no other container of it runs; returns their ids.
 async fn converged(store: &Store, execs: &[&TestExecutor], service_id: &str, n: usize, image: &str) -> Vec<String> {
     wait_for(&format!("{n} tasks running {image}"), || {
         let ts = live(store, service_id);
         let mut ids: Vec<String> = ts.iter().map(|t| t.id.clone()).collect();
         ids.sort();
-        let running: BTreeSet<String> = execs.iter().flat_map(|e| e.running()).collect();
+        // Exactly the live tasks run: an old task told to stop may still be stopping after the update completed
+        // (its node is sent the change within the dispatcher's pacing), and would count in the next sample.
+        let mine: BTreeSet<String> = store.view(|v| v.tasks_by_service(service_id).map(|t| t.id.clone()).collect());
+        let running: BTreeSet<String> = execs.iter().flat_map(|e| e.running()).filter(|c| mine.contains(c)).collect();
         let ok = ts.len() == n
             && ts.iter().all(|t| t.status.state == TaskState::Running && t.spec.container.image == image)
-            && ids.iter().all(|id| running.contains(id));
+            && running == ids.iter().cloned().collect::<BTreeSet<String>>();
         let seen: Vec<_> = ts.iter().map(|t| (t.slot, t.spec.container.image.as_str(), t.status.state)).collect();
         ok.then_some(ids.clone()).ok_or_else(|| format!("live (slot, image, state): {seen:?}"))
     })

@@ -455,6 +455,17 @@ async fn simulate(cfg: &ScaleConfig, dir: &std::path::Path) -> Result<(), ScaleE
     })
     .await?;
     println!("phase nodes-ready      {:>9.2} s   peak RSS {:>8.1} MiB", t0.elapsed().as_secs_f64(), peak_rss_mib());
+    // A node shows READY in the store a moment before its agent counts the session that write answered: counted
+    // here, they are not taken for sessions opened again in the next phase.
+    let counted = Instant::now() + Duration::from_secs(10);
+    loop {
+        let st = host.status()?;
+        churn.note(&st);
+        if st.sessions + 1 >= cfg.nodes as u64 || Instant::now() > counted {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let mut raft_before = RaftStats::default();
     print_raft_delta(&node, "init + nodes", &mut raft_before).await;
     churn.print("init + nodes", &mut churn_before);
