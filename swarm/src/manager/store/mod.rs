@@ -20,7 +20,7 @@ mod watch;
 pub use memory::{LiveCounts, MemoryStore};
 pub use watch::{NodeWatch, NodeWatchError};
 
-use crate::api::{Object, ObjectKind, Task, Timestamp};
+use crate::api::{Object, ObjectKind, Task, TaskState, Timestamp};
 use serde::{Deserialize, Serialize};
 use std::sync::{Arc, Mutex, RwLock};
 use tokio::sync::broadcast;
@@ -150,9 +150,14 @@ pub struct Event {
 
 impl Event {
     /// Whether this is a task's mere progress (ASSIGNED → PREPARING → RUNNING, the bulk of all writes): an update
-    /// that changes neither its desired state, whether it ended, nor its node. Orchestration decides nothing on it.
+    /// that changes neither its desired state, whether it ended, its node, nor whether it was assigned yet (a
+    /// global task, created with its node, becomes ASSIGNED on it). Neither orchestration nor placement decides
+    /// anything on it: the task holds the same resources on the same node before and after.
     pub fn is_progress(&self) -> bool {
-        self.task_update_keeping_its_fate().is_some_and(|(t, old)| t.node_id == old.node_id)
+        self.task_update_keeping_its_fate().is_some_and(|(t, old)| {
+            t.node_id == old.node_id
+                && (t.status.state >= TaskState::Assigned) == (old.status.state >= TaskState::Assigned)
+        })
     }
 
     /// Whether this is the scheduler placing a task: its node set where it had none, nothing else that
@@ -763,6 +768,7 @@ mod tests {
             }
         };
         step(|t| t.node_id = "n1".into()).await;
+        step(|t| t.status.state = crate::api::TaskState::Assigned).await;
         step(|t| t.status.state = crate::api::TaskState::Running).await;
         step(|t| t.status.state = crate::api::TaskState::Failed).await;
         let seen: Vec<(EventAction, String, crate::api::TaskState)> = std::iter::from_fn(|| decisions.try_recv().ok())
@@ -771,15 +777,16 @@ mod tests {
                 o => panic!("not a task: {o:?}"),
             })
             .collect();
-        use crate::api::TaskState::{Failed, Pending};
+        use crate::api::TaskState::{Assigned, Failed, Pending};
         assert_eq!(
             seen,
             [
                 (EventAction::Create, String::new(), Pending),
                 (EventAction::Update, "n1".into(), Pending),
+                (EventAction::Update, "n1".into(), Assigned),
                 (EventAction::Update, "n1".into(), Failed)
             ],
-            "RUNNING is mere progress"
+            "RUNNING is mere progress; becoming ASSIGNED on a node already set (a global task) is not"
         );
     }
 }
