@@ -216,19 +216,36 @@ fn no_suitable_node(nodes: &BTreeMap<String, NodeInfo>, task: &Task) -> Decision
 /// group costs time linear in the nodes plus a logarithmic step per task.
 #[cfg(test)]
 pub fn plan(view: &MemoryStore) -> Vec<(Task, Decision)> {
-    plan_on(view, &mut NodeSet::from_view(view)).into_iter().map(|(t, d)| (t.clone(), d)).collect()
+    plan_on(view, &mut NodeSet::from_view(view), usize::MAX).0.into_iter().map(|(t, d)| (t.clone(), d)).collect()
 }
 
-/// [`plan`] on a node picture kept by the caller (that of `view`); the picture is left as it was found: the
-/// placements reach it through their committed events.
-pub fn plan_on<'v>(view: &'v MemoryStore, set: &mut NodeSet) -> Vec<(&'v Task, Decision)> {
-    let mut pending: Vec<&'v Task> =
-        view.tasks_by_state(TaskState::Pending).filter(|t| t.desired_state <= TaskState::Running).collect();
-    if pending.is_empty() {
-        return Vec::new();
-    }
+/// The most pending tasks one pass takes that no pass has tried to place yet. A pass holds the scheduler's watch
+/// unread while it plans: one over half a million tasks planned for seconds, fell behind the watch and rebuilt
+/// the node picture from every task in the store. The rest are planned by the passes that follow at once.
+const FRESH_PER_PASS: usize = 50_000;
+
+/// [`plan`] on a node picture kept by the caller (that of `view`), of every pending task that a pass already
+/// found no node for and the `fresh` oldest of the others; the picture is left as it was found: the placements
+/// reach it through their committed events. Returns whether pending tasks were left out.
+pub fn plan_on<'v>(view: &'v MemoryStore, set: &mut NodeSet, fresh: usize) -> (Vec<(&'v Task, Decision)>, bool) {
+    // Tasks that found no node before are always retried, so however many there are, they never keep the
+    // others from their turn.
+    let (mut pending, mut new): (Vec<&'v Task>, Vec<&'v Task>) = view
+        .tasks_by_state(TaskState::Pending)
+        .filter(|t| t.desired_state <= TaskState::Running)
+        .partition(|t| !t.status.err.is_empty());
     // Older tasks first, then by slot, so placement is stable.
-    pending.sort_by(|a, b| (a.meta.created_index, a.slot, &a.id).cmp(&(b.meta.created_index, b.slot, &b.id)));
+    let age = |a: &&Task, b: &&Task| (a.meta.created_index, a.slot, &a.id).cmp(&(b.meta.created_index, b.slot, &b.id));
+    let more = new.len() > fresh;
+    if more {
+        new.select_nth_unstable_by(fresh, age);
+        new.truncate(fresh);
+    }
+    pending.append(&mut new);
+    if pending.is_empty() {
+        return (Vec::new(), more);
+    }
+    pending.sort_by(age);
     let nodes = &mut set.nodes;
     let mut placed: Vec<(String, &Task)> = Vec::new();
     let mut out = Vec::with_capacity(pending.len());
@@ -274,7 +291,7 @@ pub fn plan_on<'v>(view: &'v MemoryStore, set: &mut NodeSet) -> Vec<(&'v Task, D
             info.remove(t);
         }
     }
-    out
+    (out, more)
 }
 
 /// Splits the (ordered) pending tasks into groups of the same service, spec and kind (global tasks, which come
@@ -387,7 +404,8 @@ impl Scheduler {
                 r = self.pass(&mut tracking) => r,
             };
             match passed {
-                Ok(true) => continue, // some tasks changed under the plan: plan again at once
+                // Some tasks changed under the plan, or were left for the next pass: plan again at once.
+                Ok(true) => continue,
                 Ok(false) => {}
                 Err(e) => {
                     warn!(error = %e, "scheduling pass failed");
@@ -411,24 +429,24 @@ impl Scheduler {
         }
     }
 
-    /// One pass: plans every pending task on one view, then commits the decisions in bounded proposals. A task
-    /// that changed since the view (the orchestrator shut it down, say) is left for the next pass instead of
-    /// failing its whole batch. Returns whether any was left so.
+    /// One pass: plans the pending tasks on one view (at most [`FRESH_PER_PASS`] not tried before), then commits
+    /// the decisions in bounded proposals. A task that changed since the view (the orchestrator shut it down, say)
+    /// is left for the next pass instead of failing its whole batch. Returns whether any task was left over.
     async fn pass(&self, tracking: &mut Tracking) -> Result<bool, StoreError> {
         // What the watch held up to now is in the view this pass plans on.
         tracking.woken = false;
-        let changes = crate::manager::long_step(|| {
+        let (changes, more) = crate::manager::long_step(|| {
             self.store.view(|view| {
                 tracking.catch_up(view);
-                changes(view, &mut tracking.nodes)
+                changes(view, &mut tracking.nodes, FRESH_PER_PASS)
             })
         });
         if changes.is_empty() {
-            return Ok(false);
+            return Ok(more);
         }
         let assigned = changes.iter().filter(|p| matches!(p.change.decision, Decision::Assign(_))).count();
-        debug!(assigned, unschedulable = changes.len() - assigned, "scheduling pass");
-        tracking.following(self.commit(changes)).await
+        debug!(assigned, unschedulable = changes.len() - assigned, more, "scheduling pass");
+        Ok(tracking.following(self.commit(changes)).await? || more)
     }
 
     /// Commits the scheduler's task updates in bounded proposals; returns whether a task had changed since it
@@ -463,9 +481,10 @@ impl ChangeToTask for Placement {
     }
 }
 
-/// The task updates one pass makes on `view`: assignments, and the reason for those that cannot be placed.
-fn changes(view: &MemoryStore, nodes: &mut NodeSet) -> Vec<Planned<Placement>> {
-    let decisions = plan_on(view, nodes);
+/// The task updates one pass makes on `view` (see [`plan_on`] for `fresh`): assignments, and the reason for
+/// those that cannot be placed; and whether pending tasks were left for the next pass.
+fn changes(view: &MemoryStore, nodes: &mut NodeSet, fresh: usize) -> (Vec<Planned<Placement>>, bool) {
+    let (decisions, more) = plan_on(view, nodes, fresh);
     let at = crate::api::Timestamp::now();
     let mut changes = Vec::with_capacity(decisions.len());
     for (t, decision) in decisions {
@@ -480,7 +499,7 @@ fn changes(view: &MemoryStore, nodes: &mut NodeSet) -> Vec<Planned<Placement>> {
         }
         changes.push(Planned::on(t, Placement { decision, at }));
     }
-    by_node_rounds(changes)
+    (by_node_rounds(changes), more)
 }
 
 /// The most tasks of one node a round of [`by_node_rounds`] takes.
@@ -554,7 +573,7 @@ mod tests {
             })
             .await
             .unwrap();
-        let planned = store.view(|v| changes(v, &mut NodeSet::from_view(v)));
+        let planned = store.view(|v| changes(v, &mut NodeSet::from_view(v), usize::MAX).0);
         assert_eq!(planned.len(), 3);
         // The orchestrator shuts t1 down meanwhile.
         let mut t1 = store.view(|v| v.task("t1").cloned()).unwrap();
@@ -674,7 +693,7 @@ mod tests {
         big.spec_mut().resources.reservations.memory_bytes = i64::MAX;
         tasks.push(big);
         let view = store_with(nodes, tasks);
-        let planned = changes(&view, &mut NodeSet::from_view(&view));
+        let planned = changes(&view, &mut NodeSet::from_view(&view), usize::MAX).0;
         assert!(matches!(planned[0].change.decision, Decision::NoSuitableNode(_)), "unplaced first");
         let mut runs: Vec<(String, usize)> = Vec::new();
         for p in &planned[1..] {
@@ -687,6 +706,30 @@ mod tests {
         let expect: Vec<(String, usize)> =
             [("a", 8), ("b", 8), ("c", 8), ("a", 2), ("b", 2), ("c", 2)].map(|(n, k)| (n.to_string(), k)).into();
         assert_eq!(runs, expect);
+    }
+
+    /// A pass takes the oldest tasks not tried yet, up to its bound, and every task that found no node before, so
+    /// a pile of unplaceable tasks never keeps newer ones from their turn.
+    #[test]
+    fn a_pass_takes_every_retried_task_and_the_oldest_fresh_ones() {
+        let mut tasks: Vec<Task> = (1..=4u64)
+            .map(|i| {
+                let mut t = task(&format!("t{i}"), "svc", i);
+                t.meta.created_index = 10 - i;
+                t
+            })
+            .collect();
+        let mut retried = task("r", "other", 1);
+        retried.meta.created_index = 20;
+        retried.status.err = "no suitable node (1 node not available for new tasks)".into();
+        tasks.push(retried);
+        let view = store_with(vec![node("a", "ha")], tasks);
+        let (planned, more) = plan_on(&view, &mut NodeSet::from_view(&view), 2);
+        let ids: Vec<&str> = planned.iter().map(|(t, _)| t.id.as_str()).collect();
+        assert_eq!(ids, ["t4", "t3", "r"]);
+        assert!(more, "t1 and t2 are left for the next pass");
+        let (all, more) = plan_on(&view, &mut NodeSet::from_view(&view), 4);
+        assert_eq!((all.len(), more), (5, false));
     }
 
     #[test]
