@@ -586,6 +586,41 @@ mod tests {
         assert_eq!(states, vec![TaskState::Assigned, TaskState::Pending, TaskState::Assigned]);
     }
 
+    /// A task created NEW and made PENDING later (the allocator's step for a task on a network) wakes the
+    /// running scheduler, which follows only the decisions watch.
+    #[tokio::test]
+    async fn a_task_made_pending_after_it_was_created_is_scheduled() {
+        let store = Store::in_memory();
+        let mut t = task("t1", "svc", 1);
+        t.status.state = TaskState::New;
+        store
+            .update(|tx| {
+                tx.create(node("a", "ha"));
+                tx.create(t);
+                Ok::<_, StoreError>(())
+            })
+            .await
+            .unwrap();
+        let shutdown = CancellationToken::new();
+        let running = tokio::spawn(Scheduler::new(store.clone()).run(shutdown.clone()));
+        // Its first pass finds nothing pending; then it waits for a change that matters.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let mut t = store.view(|v| v.task("t1").cloned()).unwrap();
+        t.status.state = TaskState::Pending;
+        store.update(|tx| Ok::<_, StoreError>(tx.update(t))).await.unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        let state = loop {
+            let state = store.view(|v| v.task("t1").map(|t| t.status.state));
+            if state == Some(TaskState::Assigned) || tokio::time::Instant::now() > deadline {
+                break state;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        shutdown.cancel();
+        running.await.unwrap();
+        assert_eq!(state, Some(TaskState::Assigned), "the scheduler never woke for the PENDING task");
+    }
+
     /// The picture brought forward by the events of the decisions watch (the one the scheduler follows) equals the
     /// one rebuilt from the store, through placements (a global task's too), progress, shutdowns, ends, deletions
     /// and a node whose capacity changed.

@@ -150,14 +150,13 @@ pub struct Event {
 
 impl Event {
     /// Whether this is a task's mere progress (ASSIGNED → PREPARING → RUNNING, the bulk of all writes): an update
-    /// that changes neither its desired state, whether it ended, its node, nor whether it was assigned yet (a
-    /// global task, created with its node, becomes ASSIGNED on it). Neither orchestration nor placement decides
-    /// anything on it: the task holds the same resources on the same node before and after.
+    /// of a task already placed that changes neither its desired state, whether it ended, nor its node. Neither
+    /// orchestration nor placement decides anything on it: the task holds the same resources on the same node
+    /// before and after. A task's steps before it is placed (NEW → PENDING, a global task, created with its node,
+    /// becoming ASSIGNED on it) are decisions: the scheduler acts on them.
     pub fn is_progress(&self) -> bool {
-        self.task_update_keeping_its_fate().is_some_and(|(t, old)| {
-            t.node_id == old.node_id
-                && (t.status.state >= TaskState::Assigned) == (old.status.state >= TaskState::Assigned)
-        })
+        self.task_update_keeping_its_fate()
+            .is_some_and(|(t, old)| t.node_id == old.node_id && old.status.state >= TaskState::Assigned)
     }
 
     /// Whether this is the scheduler placing a task: its node set where it had none, nothing else that
@@ -751,7 +750,8 @@ mod tests {
     async fn the_decisions_watch_skips_a_tasks_progress_but_not_its_end_or_its_move() {
         let store = Store::in_memory();
         let mut decisions = store.watch_decisions();
-        let t = crate::testing::task("t1", "s1", 1);
+        let mut t = crate::testing::task("t1", "s1", 1);
+        t.status.state = crate::api::TaskState::New;
         store.update(|tx| Ok::<_, StoreError>(tx.create(t))).await.unwrap();
         let step = |change: fn(&mut crate::api::Task)| {
             let store = store.clone();
@@ -767,6 +767,7 @@ mod tests {
                     .unwrap()
             }
         };
+        step(|t| t.status.state = crate::api::TaskState::Pending).await;
         step(|t| t.node_id = "n1".into()).await;
         step(|t| t.status.state = crate::api::TaskState::Assigned).await;
         step(|t| t.status.state = crate::api::TaskState::Running).await;
@@ -777,16 +778,17 @@ mod tests {
                 o => panic!("not a task: {o:?}"),
             })
             .collect();
-        use crate::api::TaskState::{Assigned, Failed, Pending};
+        use crate::api::TaskState::{Assigned, Failed, New, Pending};
         assert_eq!(
             seen,
             [
-                (EventAction::Create, String::new(), Pending),
+                (EventAction::Create, String::new(), New),
+                (EventAction::Update, String::new(), Pending),
                 (EventAction::Update, "n1".into(), Pending),
                 (EventAction::Update, "n1".into(), Assigned),
                 (EventAction::Update, "n1".into(), Failed)
             ],
-            "RUNNING is mere progress; becoming ASSIGNED on a node already set (a global task) is not"
+            "RUNNING is mere progress; becoming PENDING, or ASSIGNED on a node already set (a global task), is not"
         );
     }
 }
