@@ -605,9 +605,7 @@ mod tests {
         let running = tokio::spawn(Scheduler::new(store.clone()).run(shutdown.clone()));
         // Its first pass finds nothing pending; then it waits for a change that matters.
         tokio::time::sleep(Duration::from_millis(300)).await;
-        let mut t = store.view(|v| v.task("t1").cloned()).unwrap();
-        t.status.state = TaskState::Pending;
-        store.update(|tx| Ok::<_, StoreError>(tx.update(t))).await.unwrap();
+        crate::testing::change_task(&store, "t1", |t| t.status.state = TaskState::Pending).await;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
         let state = loop {
             let state = store.view(|v| v.task("t1").map(|t| t.status.state));
