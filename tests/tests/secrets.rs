@@ -238,14 +238,17 @@ fn a_secret_reaches_only_its_task_s_node_survives_a_leader_kill_and_templates_re
         lines.sort();
         (lines.len() == 3).then_some(lines).ok_or(logs)
     });
-    let mut want: Vec<String> = c
-        .node(1)
-        .tasks("tmpl")
-        .iter()
-        .filter(|t| t.state == "running")
-        .map(|t| format!("host={} slot={} svc=tmpl greeting=hello", t.node, t.slot().unwrap()))
-        .collect();
-    want.sort();
+    // A task's output can reach its log before its RUNNING report reaches the manager.
+    let want = wait_for("tmpl's 3 tasks running", T, || {
+        let tasks = c.node(1).tasks("tmpl");
+        let mut want: Vec<String> = tasks
+            .iter()
+            .filter(|t| t.state == "running")
+            .map(|t| format!("host={} slot={} svc=tmpl greeting=hello", t.node, t.slot().unwrap()))
+            .collect();
+        want.sort();
+        (want.len() == 3).then_some(want).ok_or(format!("{tasks:?}"))
+    });
     assert_eq!(lines, want, "each task renders its own node and slot");
 
     step!("a template that fails when rendered fails its task, naming the config; a bad driver or syntax is refused");
