@@ -98,6 +98,11 @@ fn heartbeat_ticks(period: Duration) -> tokio::time::Interval {
 /// more room than a heartbeat.
 const CALL_DEADLINE: Duration = Duration::from_secs(5);
 
+/// How long status reports gather after the first of them before they are sent: the tasks of one assignment
+/// message start within milliseconds of each other. Sent at a free-running tick instead, they took two calls per
+/// message (430,000 calls for a million tasks on 5,000 nodes, against 220,000 messages).
+const REPORT_GATHER: Duration = Duration::from_millis(50);
+
 /// `call`'s result, or DEADLINE_EXCEEDED naming `what` once `deadline` passed: a frozen manager answers nothing,
 /// and only HTTP/2 keepalive (much later) would notice otherwise.
 async fn within<T>(
@@ -316,7 +321,9 @@ impl<E: Executor> Agent<E> {
         // its agents reopen their sessions all at once, on top of the load.
         let mut beat: Option<futures::future::BoxFuture<'static, Result<Duration, tonic::Status>>> = None;
         let (mut beat_sent, mut heard) = (Instant::now(), Instant::now());
-        let mut flush = tokio::time::interval(Duration::from_millis(50));
+        // Reports are sent REPORT_GATHER after the first of them arrived, so the tasks of one assignment, which
+        // start within milliseconds of each other, are reported in one call rather than split by a running tick.
+        let mut flush_at = (!pending.is_empty()).then(Instant::now);
         let mut reports = self.reports.lock().await;
         // One status call at a time, off the loop, so heartbeats and assignments go on while it waits for the
         // manager's commit. `sent` is what it carries: acknowledged reports leave `pending` unless a newer one
@@ -387,8 +394,15 @@ impl<E: Executor> Agent<E> {
                     while let Ok(u) = reports.try_recv() {
                         pending.insert(u.task_id.clone(), u);
                     }
+                    flush_at.get_or_insert_with(|| Instant::now() + REPORT_GATHER);
                 }
-                _ = flush.tick(), if !pending.is_empty() && in_flight.is_none() && Instant::now() >= retry_at => {
+                _ = tokio::time::sleep_until(flush_at.unwrap_or(retry_at).max(retry_at)),
+                    if flush_at.is_some() && in_flight.is_none() =>
+                {
+                    flush_at = None;
+                    if pending.is_empty() {
+                        continue;
+                    }
                     sent = pending.values().cloned().collect();
                     let req = UpdateTaskStatusRequest { session_id: session_id.clone(), updates: sent.clone() };
                     let mut client = client.clone();
@@ -417,6 +431,7 @@ impl<E: Executor> Agent<E> {
                             let wait = retry.next_wait();
                             tracing::warn!(manager = %addr, error = %e, retry_in = ?wait, "status report not acknowledged");
                             retry_at = Instant::now() + wait;
+                            flush_at.get_or_insert(retry_at);
                         }
                     }
                 }

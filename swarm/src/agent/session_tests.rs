@@ -28,9 +28,14 @@ fn certs() -> Certs {
     }
 }
 
+/// One status call a manager received: when, and each task's reported state.
+type Report = (Instant, Vec<(String, TaskState)>);
+
 /// A manager's cluster listener serving a dispatcher; `leader` is what it believes the leader's address is.
 struct Mgr {
     addr: String,
+    /// Every status call received, in order.
+    reports: Arc<std::sync::Mutex<Vec<Report>>>,
     dispatcher: Dispatcher,
     leader: watch::Sender<Option<String>>,
     /// Ends the dispatcher's `run` (this manager stops leading); the listener stays up.
@@ -54,19 +59,21 @@ impl Mgr {
             leader: leader_rx,
         });
         let stop = CancellationToken::new();
+        let reports: Arc<std::sync::Mutex<Vec<Report>>> = Default::default();
         let server = tonic::transport::Server::builder()
             .tls_config(ca::server_tls_config(&certs.manager).unwrap())
             .unwrap()
             .add_service(DispatcherServer::new(SlowHeartbeats {
                 inner: DispatcherService::new(dispatcher.clone()),
                 delay: heartbeat_delay,
+                reports: reports.clone(),
             }))
             .serve_with_incoming_shutdown(
                 tokio_stream::wrappers::TcpListenerStream::new(listener),
                 stop.clone().cancelled_owned(),
             );
         tokio::spawn(server);
-        Mgr { addr, dispatcher, leader, lead: None, stop }
+        Mgr { addr, reports, dispatcher, leader, lead: None, stop }
     }
 
     /// Starts leading: the dispatcher serves sessions from `store`.
@@ -93,10 +100,11 @@ impl Drop for Mgr {
 }
 
 /// The dispatcher service, with heartbeats answered `delay` late (recorded on time): a manager busy with a big
-/// change.
+/// change. Status calls are recorded.
 struct SlowHeartbeats {
     inner: DispatcherService,
     delay: Duration,
+    reports: Arc<std::sync::Mutex<Vec<Report>>>,
 }
 
 #[tonic::async_trait]
@@ -121,6 +129,8 @@ impl Rpc for SlowHeartbeats {
     }
 
     async fn update_task_status(&self, r: Request<UpdateTaskStatusRequest>) -> Result<Response<Empty>, Status> {
+        let states = r.get_ref().updates.iter().map(|u| (u.task_id.clone(), u.status.state)).collect();
+        self.reports.lock().unwrap().push((Instant::now(), states));
         self.inner.update_task_status(r).await
     }
 
@@ -277,6 +287,37 @@ async fn a_failed_report_whose_store_write_failed_is_sent_again_and_lands() {
     assert!(exec.exit("t1", 1));
     until("the failing write to be tried", || writes.failures_left() == 0).await;
     until("t1 FAILED in the store (the report sent again)", || state() == TaskState::Failed).await;
+    stop.cancel();
+}
+
+/// Reports wait `REPORT_GATHER` after the first of them arrived, so reports made together go in one call, and
+/// one made alone is not sent at once by a tick that happened to come right after it.
+#[tokio::test]
+async fn status_reports_made_together_go_in_one_call_sent_after_the_gather_time() {
+    let certs = certs();
+    let mut m = Mgr::serve(&certs).await;
+    let store = store_with(Store::in_memory(), &[]).await;
+    assign(&store, "t1", 1).await;
+    assign(&store, "t2", 2).await;
+    m.lead(&store).await;
+    let exec = TestExecutor::new("host-1");
+    let (_agent, stop) = start_agent(&certs, vec![m.addr.clone()], &exec);
+    let state = |id: &str| store.view(|v| v.task(id).unwrap().status.state);
+    until("both tasks RUNNING", || state("t1") == TaskState::Running && state("t2") == TaskState::Running).await;
+    let before = m.reports.lock().unwrap().len();
+
+    let exited = Instant::now();
+    assert!(exec.exit("t1", 1));
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert!(exec.exit("t2", 1));
+    until("both FAILED in the store", || state("t1") == TaskState::Failed && state("t2") == TaskState::Failed).await;
+    let reports = m.reports.lock().unwrap()[before..].to_vec();
+    let failed: Vec<&Report> = reports.iter().filter(|(_, r)| r.iter().any(|(_, s)| *s == TaskState::Failed)).collect();
+    assert_eq!(failed.len(), 1, "both exits are reported in one call: {reports:?}");
+    let mut ids: Vec<&str> = failed[0].1.iter().map(|(id, _)| id.as_str()).collect();
+    ids.sort();
+    assert_eq!(ids, ["t1", "t2"]);
+    assert!(failed[0].0 >= exited + REPORT_GATHER, "sent {:?} after the first exit", failed[0].0 - exited);
     stop.cancel();
 }
 
