@@ -22,6 +22,18 @@ pub async fn change_task(store: &Store, id: &str, f: impl FnOnce(&mut Task)) {
         .expect("the task is written");
 }
 
+/// Polls `check` on the store every 10 ms until it holds, failing after 10 s with what it last saw.
+pub async fn until_view<T>(store: &Store, what: &str, check: impl Fn(&MemoryStore) -> Result<T, String>) -> T {
+    let start = std::time::Instant::now();
+    loop {
+        match store.view(&check) {
+            Ok(v) => return v,
+            Err(e) if start.elapsed() > std::time::Duration::from_secs(10) => panic!("waiting for {what}: {e}"),
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(10)).await,
+        }
+    }
+}
+
 /// A ready, active manager node with 4 CPUs and 8 GiB.
 pub fn node(id: &str, hostname: &str) -> Node {
     Node {

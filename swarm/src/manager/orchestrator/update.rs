@@ -718,7 +718,7 @@ fn shut_down(tx: &mut crate::manager::store::WriteTx, ids: &[String]) {
 mod tests {
     use super::*;
     use crate::api::Object;
-    use crate::testing::{node, service};
+    use crate::testing::{node, service, until_view};
     use std::collections::BTreeSet;
 
     fn running(s: &Service, id: &str, slot: u64, node_id: &str) -> Task {
@@ -932,18 +932,6 @@ mod tests {
         assert!(!needs_update(&v, &s));
     }
 
-    /// Polls `check` on the store until it holds, failing after 10 s with what it last saw.
-    async fn until<T>(store: &Store, what: &str, check: impl Fn(&MemoryStore) -> Result<T, String>) -> T {
-        let start = Instant::now();
-        loop {
-            match store.view(&check) {
-                Ok(v) => return v,
-                Err(e) if start.elapsed() > Duration::from_secs(10) => panic!("waiting for {what}: {e}"),
-                Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
-            }
-        }
-    }
-
     async fn set_state(store: &Store, id: &str, state: TaskState) {
         crate::testing::change_task(store, id, |t| t.status.state = state).await;
     }
@@ -988,13 +976,13 @@ mod tests {
         let updater = tokio::spawn(UpdateSupervisor::new(store.clone()).run(shutdown.clone()));
 
         set_state(&store, "old", TaskState::Shutdown).await;
-        until(&store, "the replacement to be started once the old task stopped", |v| {
+        until_view(&store, "the replacement to be started once the old task stopped", |v| {
             let t = v.task("new").unwrap();
             (t.desired_state == TaskState::Running).then_some(()).ok_or(format!("desired {}", t.desired_state))
         })
         .await;
         set_state(&store, "new", TaskState::Running).await;
-        let st = until(&store, "the update to complete", |v| {
+        let st = until_view(&store, "the update to complete", |v| {
             let st = v.service("s").unwrap().update_status.clone().unwrap();
             (st.state == UpdateState::Completed).then_some(st.clone()).ok_or(format!("{st:?}"))
         })

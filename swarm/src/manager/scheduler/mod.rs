@@ -608,17 +608,15 @@ mod tests {
         // Its first pass finds nothing pending; then it waits for a change that matters.
         tokio::time::sleep(Duration::from_millis(300)).await;
         crate::testing::change_task(&store, "t1", |t| t.status.state = TaskState::Pending).await;
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        let state = loop {
-            let state = store.view(|v| v.task("t1").map(|t| t.status.state));
-            if state == Some(TaskState::Assigned) || tokio::time::Instant::now() > deadline {
-                break state;
+        crate::testing::until_view(&store, "the scheduler to assign the PENDING task", |v| {
+            match v.task("t1").map(|t| t.status.state) {
+                Some(TaskState::Assigned) => Ok(()),
+                state => Err(format!("t1 is {state:?}")),
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        };
+        })
+        .await;
         shutdown.cancel();
         running.await.unwrap();
-        assert_eq!(state, Some(TaskState::Assigned), "the scheduler never woke for the PENDING task");
     }
 
     /// The picture brought forward by the events of the decisions watch (the one the scheduler follows) equals the
