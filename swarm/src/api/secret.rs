@@ -1,7 +1,7 @@
 //! Secrets and configs: named blobs a service mounts as files in its tasks (`--secret`, `--config`), as Swarm's.
 //!
 //! A secret's data never travels or rests in clear on a manager: the control API seals it with the managers'
-//! data key (`manager/datakey.rs`) before it is proposed, so the Raft log, snapshots and `state.redb` hold only
+//! data key (`manager/datakey.rs`) before it is proposed, so the Raft log, snapshots hold only
 //! `Secret::sealed`; the dispatcher opens it only to send it to a node whose task uses it. A config's data is
 //! not secret and is stored as given. Both are immutable but for their labels; `secret rotate` makes a new
 //! object (a new version of the same family) rather than changing one.

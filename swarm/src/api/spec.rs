@@ -368,8 +368,8 @@ pub struct PullOptions {
     /// `{"username", "password", "serveraddress"}`).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub registry_auth: String,
-    /// `registry_auth` sealed with the managers' data key: the only form the store (and so the Raft log, the
-    /// snapshots and `state.redb`) holds; the dispatcher opens it back into `registry_auth` for the task's node.
+    /// `registry_auth` sealed with the managers' data key: the only form the store (and so the Raft log and the
+    /// snapshots) holds; the dispatcher opens it back into `registry_auth` for the task's node.
     #[serde(default, with = "super::secret::base64_bytes", skip_serializing_if = "Vec::is_empty")]
     pub sealed: Vec<u8>,
 }

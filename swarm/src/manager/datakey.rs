@@ -1,5 +1,5 @@
 //! The managers' data key: the 256-bit key that seals secrets before they are proposed (ChaCha20-Poly1305), so
-//! the Raft log, snapshots and `state.redb` hold only ciphertext. `swarm init` creates it; a manager joining
+//! the Raft log, snapshots hold only ciphertext. `swarm init` creates it; a manager joining
 //! (or a worker promoted) receives it from the leader over its TLS-protected certificate request; each manager
 //! keeps it in its state dir (`data.key`, mode 0600) and the running store holds it in memory.
 //!

@@ -1,5 +1,5 @@
 //! A service's registry credentials (`--with-registry-auth`) at rest: sealed with the managers' data key before
-//! the spec is proposed, so the Raft log, snapshots and `state.redb` hold only ciphertext, as a secret's data. The
+//! the spec is proposed, so the Raft log, snapshots hold only ciphertext, as a secret's data. The
 //! dispatcher opens them (`open_for_node`) only in the assignments it sends the node running the task.
 
 use crate::api::{ContainerSpec, PullOptions, Task};

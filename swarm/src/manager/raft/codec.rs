@@ -65,15 +65,6 @@ impl AtRest {
         decode(&self.open(bytes)?)
     }
 
-    /// The key a record named `name` is stored under: the name itself in clear, or a keyed digest of it (so
-    /// object ids do not rest in clear either).
-    pub fn record_key(&self, name: &str) -> String {
-        match &self.0 {
-            None => name.to_string(),
-            Some(key) => format!("#{}", hex::encode(&key.tag(name.as_bytes())[..16])),
-        }
-    }
-
     /// `plain` as written at rest: sealed (format byte, then the sealed bytes) when there is a key.
     pub fn seal(&self, plain: Vec<u8>) -> Vec<u8> {
         match &self.0 {

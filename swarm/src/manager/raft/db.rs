@@ -36,10 +36,10 @@ pub(crate) fn open(path: &Path) -> Result<redb::Database, DbError> {
 }
 
 /// redb's page cache per file (its write buffer is held to half of it). Its default, 1 GiB, fills to the file's
-/// size (the log and the state each grow past a GiB at a million tasks). The manager reads these files only at
-/// start and for followers catching up (recent log entries, still in the OS page cache): every other read is
-/// served from the in-memory store. The state writer keeps records in creation order, so its batches touch few
-/// pages; 16 MiB is enough, and at a million tasks 64 MiB per file was about 100 MiB of the manager's peak.
+/// size (the log grows past a GiB at a million tasks). The manager reads the log only at start and for followers
+/// catching up (recent log entries, still in the OS page cache), and `state.redb` holds only the snapshot's
+/// record: every other read is served from the in-memory store. 16 MiB is enough, and at a million tasks 64 MiB
+/// per file was about 100 MiB of the manager's peak.
 const CACHE_BYTES: usize = 16 << 20;
 
 /// Opens a database on another storage than a file (tests simulate crashes this way); `path` names it in errors.
@@ -88,11 +88,6 @@ impl SharedDb {
         self.inner.lock().unwrap_or_else(|e| e.into_inner()).clone().ok_or(Closed)
     }
 
-    /// A handle that does not keep the database open: dropping every [`SharedDb`] closes the file.
-    pub(crate) fn downgrade(&self) -> WeakDb {
-        WeakDb(std::sync::Arc::downgrade(&self.inner))
-    }
-
     /// Refuses new operations, waits for those in flight, and closes the file.
     pub(crate) async fn close(&self) {
         let Some(mut db) = self.inner.lock().unwrap_or_else(|e| e.into_inner()).take() else { return };
@@ -110,17 +105,5 @@ impl SharedDb {
                 }
             }
         }
-    }
-}
-
-/// A [`SharedDb`] held without keeping the file open (the state writer's thread).
-pub(crate) struct WeakDb(std::sync::Weak<std::sync::Mutex<Option<std::sync::Arc<redb::Database>>>>);
-
-impl WeakDb {
-    /// The database, unless it was closed or every [`SharedDb`] dropped.
-    pub(crate) fn get(&self) -> Result<std::sync::Arc<redb::Database>, Closed> {
-        let inner = self.0.upgrade().ok_or(Closed)?;
-        let db = inner.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        db.ok_or(Closed)
     }
 }

@@ -4,10 +4,11 @@
 //!   Store::propose ─▶ RaftHandle::propose ─▶ openraft (leader) ─▶ RedbLogStore (log.redb, fsync)
 //!                                                 │ commit
 //!                                                 ▼
-//!                                   RedbStateMachine (state.redb) ─▶ SharedView (memory) ─▶ watchers
+//!                                   RedbStateMachine ─▶ SharedView (memory) ─▶ watchers
 //! ```
 //! Snapshots are taken every `snapshot_interval` entries and the log is purged behind them, keeping
-//! `log_entries_for_slow_followers` entries.
+//! `log_entries_for_slow_followers` entries. A restarted manager loads its snapshot and applies the log after it
+//! again (`state.redb` only names the current snapshot file).
 
 pub mod codec;
 mod db;
@@ -154,7 +155,7 @@ impl RaftHandle {
             // Snapshots travel in 1 MiB chunks, one gRPC message each.
             snapshot_max_chunk_size: 1 << 20,
             // The answer to the last chunk comes once the follower installed the whole snapshot (read, opened,
-            // committed to `state.redb`): seconds for a large store. openraft's 200 ms default made such a send
+            // recorded in `state.redb`): seconds for a large store. openraft's 200 ms default made such a send
             // time out and start over, again and again, so a manager joining a big swarm never caught up.
             install_snapshot_timeout: INSTALL_SNAPSHOT_TIMEOUT.as_millis() as u64,
             ..Default::default()

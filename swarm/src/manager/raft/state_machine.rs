@@ -1,25 +1,24 @@
-//! The Raft state machine: applies committed proposals to the in-memory view ([`SharedView`]) and persists the
-//! objects, the last applied log id, the membership and the current snapshot's metadata in a redb file
-//! (`state.redb`); the snapshot itself is a file in `snapshots/` next to it (see [`snapshot_file`]).
+//! The Raft state machine: applies committed proposals to the in-memory view ([`SharedView`]). What survives a
+//! restart is the current snapshot, a file in `snapshots/` (see [`snapshot_file`]), plus the Raft log after it:
+//! at start the view is loaded from the snapshot and openraft applies the committed entries after it again, as
+//! SwarmKit's managers do. `state.redb` records which snapshot file is current, and its metadata.
 //!
-//! The objects reach `state.redb` behind the apply, on the state writer's thread ([`writer`]), committed without
-//! fsync most of the time (the log already holds them durably; after a crash redb rolls back to its last durable
-//! commit and openraft re-applies the committed entries after `last_applied`). Every `DURABLE_EVERY` entries,
-//! and always when a snapshot is stored, the commit is durable, so the log can be purged behind it.
+//! Applying writes nothing to disk: the log already holds every entry durably, and until a snapshot at or after
+//! an entry is recorded openraft keeps it. At a million tasks, writing every applied object to a second store as
+//! well (as releases before this one did, in `state.redb`) cost a sixth of the manager's CPU.
 //!
-//! Every other redb commit and file write runs on tokio's blocking pool, so a slow fsync never stalls the runtime
+//! Every redb commit and file write runs on tokio's blocking pool, so a slow fsync never stalls the runtime
 //! (heartbeats, elections). A snapshot is built from a copy of the view taken under the apply lock; encoding
 //! it runs outside the lock, so applying goes on meanwhile.
 //!
-//! Installing a snapshot is one redb transaction (objects, last applied, membership, snapshot metadata) after
-//! the file is renamed into place; building or installing a snapshot removes the older files once the new one is
-//! recorded. A build that finishes after a newer snapshot was installed is discarded. A damaged snapshot file is
-//! refused naming it (received) or set aside and rebuilt from `state.redb` (at start); it never replaces state.
+//! Installing a snapshot renames its file into place, then records it in `state.redb` in one durable
+//! transaction; building or installing a snapshot removes the older files once the new one is recorded. A build
+//! that finishes after a newer snapshot was installed is discarded. A damaged snapshot file is refused naming it,
+//! whether received or found at start; it never replaces state.
 
 mod snapshot_file;
 #[cfg(test)]
 mod tests;
-mod writer;
 
 pub use snapshot_file::SnapshotFileError;
 
@@ -33,7 +32,7 @@ use openraft::{
     BasicNode, Entry, EntryPayload, LogId, OptionalSend, RaftSnapshotBuilder, SnapshotMeta, StorageError,
     StorageIOError, StoredMembership,
 };
-use redb::{Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::Deserialize;
 use std::collections::HashMap;
 use std::io::{Seek, SeekFrom};
@@ -41,8 +40,9 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tokio::io::AsyncWriteExt;
-use writer::{Batch, ObjectWriter};
 
+/// Releases before this one kept every applied object here, and the last applied log id and membership in
+/// [`META`]; such a state is made a snapshot when opened, and both tables left empty.
 const OBJECTS: TableDefinition<&str, &[u8]> = TableDefinition::new("objects");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const SNAPSHOT: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshot");
@@ -57,9 +57,6 @@ const KEY_SNAP_DATA: &str = "data";
 /// The directory, next to `state.redb`, that holds the snapshot files.
 const SNAPSHOT_DIR: &str = "snapshots";
 
-/// Entries between durable commits of the state machine.
-const DURABLE_EVERY: u64 = 1000;
-
 type Membership = StoredMembership<NodeId, BasicNode>;
 type Meta = SnapshotMeta<NodeId, BasicNode>;
 type StResult<T> = Result<T, StorageError<NodeId>>;
@@ -73,7 +70,6 @@ struct LegacySnapshotDoc {
 struct Applied {
     last_applied: Option<LogId<NodeId>>,
     membership: Membership,
-    last_durable: u64,
     snapshot_seq: u64,
 }
 
@@ -110,37 +106,12 @@ pub struct BuildPause {
 pub struct RedbStateMachine {
     db: SharedDb,
     view: Arc<SharedView>,
-    /// Held while applying (including queueing the writes) and while copying the view for a snapshot, so a
-    /// snapshot's objects match its `last_applied` and the writer has everything up to it queued.
+    /// Held while applying and while copying the view for a snapshot, so a snapshot's objects match its
+    /// `last_applied`.
     applied: Arc<tokio::sync::Mutex<Applied>>,
-    /// Writes the applied objects to `state.redb` behind the apply.
-    writer: ObjectWriter,
     snapshots: Arc<Snapshots>,
     /// Objects (in `state.redb` and in snapshot files) are sealed with the data key at rest.
     at_rest: AtRest,
-}
-
-fn key(o: &Object) -> String {
-    format!("{}/{}", o.kind(), o.id())
-}
-
-/// Where `o` is kept in `state.redb`: its creating Raft index (16 hex digits), then its name, sealed to a digest
-/// when there is a data key. Ids are random, so records keyed by them alone spread each batch of writes over the
-/// whole B-tree: at a million tasks a batch of a thousand touched a thousand pages, and the writer rewrote
-/// gigabytes. Tasks made together are written together later too (assigned, then reported running), so in index
-/// order a batch lands on a few neighbouring pages.
-fn record_key(at_rest: &AtRest, o: &Object) -> String {
-    format!("{:016x}{}", o.meta().created_index, at_rest.record_key(&key(o)))
-}
-
-/// Whether `k` is a record key as [`record_key`] makes it with `at_rest`, not one from an older release (the name
-/// alone, or its digest alone) or in clear where there is a data key.
-fn current_record_key(at_rest: &AtRest, k: &str) -> bool {
-    let (order, name) = k.split_at(k.len().min(16));
-    order.len() == 16
-        && order.bytes().all(|b| b.is_ascii_hexdigit())
-        && !name.is_empty()
-        && name.starts_with('#') == at_rest.is_sealed()
 }
 
 fn rerr(e: impl std::error::Error + 'static) -> StorageError<NodeId> {
@@ -174,13 +145,12 @@ impl RedbStateMachine {
         Self::loaded(name, open_backend(name, backend)?, AtRest::default())
     }
 
-    fn loaded(path: &Path, db: redb::Database, at_rest: AtRest) -> Result<Self, DbError> {
+    fn loaded(path: &Path, mut db: redb::Database, at_rest: AtRest) -> Result<Self, DbError> {
         let corrupt = |reason: String| DbError::Corrupt {
             path: path.to_path_buf(),
             dir: path.parent().map(Path::to_path_buf).unwrap_or_default(),
             reason,
         };
-        let format = |source| DbError::Format { path: path.to_path_buf(), source };
         {
             let tx = db.begin_write().map_err(|e| corrupt(e.to_string()))?;
             for t in [OBJECTS, META, SNAPSHOT] {
@@ -188,59 +158,35 @@ impl RedbStateMachine {
             }
             tx.commit().map_err(|e| corrupt(e.to_string()))?;
         }
-        // Records under an older release's keys, or written in clear by a swarm from before data keys, are
-        // rewritten now, in one transaction.
-        let mut misplaced = std::collections::HashMap::new();
-        let (objects, last_applied, membership) = {
-            let tx = db.begin_read().map_err(|e| corrupt(e.to_string()))?;
-            let t = tx.open_table(OBJECTS).map_err(|e| corrupt(e.to_string()))?;
-            // Into the store as they are read: a list of them all first would hold the state twice at start.
-            let mut objects = MemoryStore::new();
-            for item in t.iter().map_err(|e| corrupt(e.to_string()))? {
-                let (k, v) = item.map_err(|e| corrupt(e.to_string()))?;
-                let o = at_rest.decode::<Object>(v.value()).map_err(format)?;
-                let old_key = !current_record_key(&at_rest, k.value());
-                // A file with older keys may hold an object twice (a manager downgraded, then upgraded again):
-                // the newest version is kept, and the rewrite below leaves one record of it.
-                let maybe_twice = old_key || !misplaced.is_empty();
-                if old_key {
-                    misplaced.insert(key(&o), k.value().to_string());
-                }
-                if maybe_twice {
-                    objects.put_newest(o);
-                } else {
-                    objects.put(o);
-                }
-            }
-            let m = tx.open_table(META).map_err(|e| corrupt(e.to_string()))?;
-            let last_applied = match m.get(KEY_APPLIED).map_err(|e| corrupt(e.to_string()))? {
-                Some(v) => decode::<Option<LogId<NodeId>>>(v.value()).map_err(format)?,
-                None => None,
-            };
-            let membership = match m.get(KEY_MEMBERSHIP).map_err(|e| corrupt(e.to_string()))? {
-                Some(v) => decode::<Membership>(v.value()).map_err(format)?,
-                None => Membership::default(),
-            };
-            (objects, last_applied, membership)
-        };
-
-        if !misplaced.is_empty() {
-            Self::rekey_records(&db, objects.objects(), &misplaced, &at_rest).map_err(|e| corrupt(e.to_string()))?;
-            tracing::info!(records = misplaced.len(), "rewrote the state's records under their current keys");
-        }
-
         let dir = path.parent().unwrap_or(Path::new("")).join(SNAPSHOT_DIR);
         std::fs::create_dir_all(&dir).map_err(|e| DbError::Io { path: dir.clone(), reason: e.to_string() })?;
         let current = Self::migrate_legacy_snapshot(path, &db, &dir, &at_rest)?;
-        let current = match current {
-            None => None,
-            Some((meta, name)) => {
-                let file = dir.join(&name);
-                match snapshot_file::verify(&file).and_then(|found| snapshot_file::check_meta(&file, &found, &meta)) {
-                    Ok(()) => Some(name),
-                    Err(e) => {
-                        Self::set_aside_damaged(path, &db, &dir, &name, &e)?;
-                        None
+
+        let (objects, last_applied, membership, current) = match Self::read_records(path, &db, &at_rest)? {
+            // An older release's objects are at or after its snapshot: they are the state, and become its snapshot.
+            Some(records) if records.1 >= current.as_ref().and_then(|(meta, _)| meta.last_log_id) => {
+                let (objects, last_applied, membership) = records;
+                let current =
+                    Self::snapshot_records(path, &db, &dir, &at_rest, &objects, last_applied, &membership, current)?;
+                if let Err(e) = db.compact() {
+                    tracing::warn!(file = %path.display(), error = %e, "cannot compact the state after moving its objects out");
+                }
+                (objects, last_applied, membership, current.map(|(_, name)| name))
+            }
+            records => {
+                if records.is_some() {
+                    let (empty, none) = (MemoryStore::new(), Membership::default());
+                    Self::snapshot_records(path, &db, &dir, &at_rest, &empty, None, &none, None)?;
+                }
+                match current {
+                    None => (MemoryStore::new(), None, Membership::default(), None),
+                    Some((meta, name)) => {
+                        let file = dir.join(&name);
+                        // Into the store as they are read: a list of them all first would hold the state twice.
+                        let mut objects = MemoryStore::new();
+                        snapshot_file::read(&file, &at_rest, |o| objects.put(o))
+                            .and_then(|found| snapshot_file::check_meta(&file, &found, &meta))?;
+                        (objects, meta.last_log_id, meta.last_membership, Some(name))
                     }
                 }
             }
@@ -249,20 +195,10 @@ impl RedbStateMachine {
         snapshot_file::remove_others(&dir, "", ".snap", current.as_deref());
         snapshot_file::remove_others(&dir, "", ".tmp", None);
 
-        let last_durable = last_applied.map(|l| l.index).unwrap_or(0);
-        let db = SharedDb::new(db);
-        let writer = ObjectWriter::start(db.downgrade(), at_rest.clone())
-            .map_err(|e| DbError::Io { path: path.to_path_buf(), reason: format!("cannot start its writer: {e}") })?;
         Ok(RedbStateMachine {
-            db,
-            writer,
+            db: SharedDb::new(db),
             view: SharedView::new(objects),
-            applied: Arc::new(tokio::sync::Mutex::new(Applied {
-                last_applied,
-                membership,
-                last_durable,
-                snapshot_seq: 0,
-            })),
+            applied: Arc::new(tokio::sync::Mutex::new(Applied { last_applied, membership, snapshot_seq: 0 })),
             snapshots: Arc::new(Snapshots {
                 dir,
                 publish: Default::default(),
@@ -273,27 +209,96 @@ impl RedbStateMachine {
         })
     }
 
-    /// Re-writes the records `misplaced` names (object name → the key it is under) under their current keys,
-    /// sealed when there is a data key.
-    fn rekey_records(
+    /// The objects an older release kept in `state.redb`, with their last applied log id and membership; None
+    /// when it holds none (this release keeps none there).
+    #[allow(clippy::type_complexity)]
+    fn read_records(
+        path: &Path,
         db: &redb::Database,
-        objects: impl Iterator<Item = Object>,
-        misplaced: &std::collections::HashMap<String, String>,
         at_rest: &AtRest,
-    ) -> Result<(), Box<dyn std::error::Error>> {
-        let mut tx = db.begin_write()?;
-        tx.set_durability(Durability::Immediate)?;
-        {
-            let mut t = tx.open_table(OBJECTS)?;
-            for o in objects {
-                if let Some(old) = misplaced.get(&key(&o)) {
-                    t.remove(old.as_str())?;
-                    t.insert(record_key(at_rest, &o).as_str(), at_rest.encode(&o).as_slice())?;
-                }
-            }
+    ) -> Result<Option<(MemoryStore, Option<LogId<NodeId>>, Membership)>, DbError> {
+        let corrupt = |e: &dyn std::fmt::Display| DbError::Corrupt {
+            path: path.to_path_buf(),
+            dir: path.parent().map(Path::to_path_buf).unwrap_or_default(),
+            reason: e.to_string(),
+        };
+        let format = |source| DbError::Format { path: path.to_path_buf(), source };
+        let tx = db.begin_read().map_err(|e| corrupt(&e))?;
+        let t = tx.open_table(OBJECTS).map_err(|e| corrupt(&e))?;
+        let m = tx.open_table(META).map_err(|e| corrupt(&e))?;
+        let applied = m.get(KEY_APPLIED).map_err(|e| corrupt(&e))?;
+        if applied.is_none() && t.is_empty().map_err(|e| corrupt(&e))? {
+            return Ok(None);
         }
-        tx.commit()?;
-        Ok(())
+        let last_applied = match applied {
+            Some(v) => decode::<Option<LogId<NodeId>>>(v.value()).map_err(format)?,
+            None => None,
+        };
+        let membership = match m.get(KEY_MEMBERSHIP).map_err(|e| corrupt(&e))? {
+            Some(v) => decode::<Membership>(v.value()).map_err(format)?,
+            None => Membership::default(),
+        };
+        // Into the store as they are read. Releases that changed how records are keyed may have left an object
+        // under two keys (a manager downgraded, then upgraded again): the newest version is kept.
+        let mut objects = MemoryStore::new();
+        for item in t.iter().map_err(|e| corrupt(&e))? {
+            let (_, v) = item.map_err(|e| corrupt(&e))?;
+            objects.put_newest(at_rest.decode::<Object>(v.value()).map_err(format)?);
+        }
+        Ok(Some((objects, last_applied, membership)))
+    }
+
+    /// Writes `objects`, applied up to `last_applied`, as the current snapshot (unless nothing was applied), and
+    /// empties the older release's tables, in one durable transaction once the file is in place. Returns the
+    /// current snapshot then. A crash before the commit leaves the tables as they were, to do again.
+    #[allow(clippy::too_many_arguments)]
+    fn snapshot_records(
+        path: &Path,
+        db: &redb::Database,
+        dir: &Path,
+        at_rest: &AtRest,
+        objects: &MemoryStore,
+        last_applied: Option<LogId<NodeId>>,
+        membership: &Membership,
+        current: Option<(Meta, String)>,
+    ) -> Result<Option<(Meta, String)>, DbError> {
+        let io = |e: &dyn std::fmt::Display| DbError::Io { path: path.to_path_buf(), reason: e.to_string() };
+        let made = match last_applied {
+            Some(l) => {
+                let meta = Meta {
+                    last_log_id: Some(l),
+                    last_membership: membership.clone(),
+                    snapshot_id: format!("{}-{}-state", l.leader_id, l.index),
+                };
+                let tmp = dir.join(snapshot_file::unique_name("migrate", ".tmp"));
+                snapshot_file::write(&tmp, &meta, objects.len() as u64, objects.objects(), at_rest).map_err(|e| {
+                    let _ = std::fs::remove_file(&tmp);
+                    e
+                })?;
+                let name = snapshot_file::snap_name(&meta);
+                snapshot_file::put_in_place(&tmp, dir, &name)?;
+                Some((meta, name))
+            }
+            None => None,
+        };
+        let mut tx = db.begin_write().map_err(|e| io(&e))?;
+        tx.set_durability(Durability::Immediate).map_err(|e| io(&e))?;
+        {
+            if let Some((meta, name)) = &made {
+                let mut t = tx.open_table(SNAPSHOT).map_err(|e| io(&e))?;
+                t.insert(KEY_SNAP_META, encode(meta).as_slice()).map_err(|e| io(&e))?;
+                t.insert(KEY_SNAP_FILE, encode(name).as_slice()).map_err(|e| io(&e))?;
+            }
+            tx.open_table(OBJECTS).map_err(|e| io(&e))?.retain(|_, _| false).map_err(|e| io(&e))?;
+            let mut m = tx.open_table(META).map_err(|e| io(&e))?;
+            m.remove(KEY_APPLIED).map_err(|e| io(&e))?;
+            m.remove(KEY_MEMBERSHIP).map_err(|e| io(&e))?;
+        }
+        tx.commit().map_err(|e| io(&e))?;
+        if let Some((meta, name)) = &made {
+            tracing::info!(snapshot.id = %meta.snapshot_id, objects = objects.len(), file = %name, "the objects an older release kept in state.redb are now a snapshot file");
+        }
+        Ok(made.or(current))
     }
 
     /// The current snapshot's metadata and file name; a snapshot still kept inside `state.redb` (older releases)
@@ -340,40 +345,9 @@ impl RedbStateMachine {
         Ok(Some((meta, name)))
     }
 
-    /// Drops the record of a damaged current snapshot, keeping the file as `<name>.damaged` for inspection (only
-    /// the latest one). Nothing committed is lost: the objects in `state.redb` are at or after the snapshot's log
-    /// id (a snapshot is recorded after, or together with, the objects it holds), and openraft builds a new
-    /// snapshot from them at start when the log behind them was purged.
-    fn set_aside_damaged(
-        path: &Path,
-        db: &redb::Database,
-        dir: &Path,
-        name: &str,
-        damage: &SnapshotFileError,
-    ) -> Result<(), DbError> {
-        let io = |e: &dyn std::fmt::Display| DbError::Io { path: path.to_path_buf(), reason: e.to_string() };
-        tracing::error!(error = %damage, "raft snapshot file damaged: set aside, a new snapshot will be built from {}", path.display());
-        snapshot_file::remove_others(dir, "", ".damaged", None);
-        let aside = format!("{name}.damaged");
-        if let Err(e) = std::fs::rename(dir.join(name), dir.join(&aside)) {
-            tracing::warn!(file = %dir.join(name).display(), error = %e, "cannot keep the damaged snapshot file");
-        }
-        let mut tx = db.begin_write().map_err(|e| io(&e))?;
-        tx.set_durability(Durability::Immediate).map_err(|e| io(&e))?;
-        {
-            let mut t = tx.open_table(SNAPSHOT).map_err(|e| io(&e))?;
-            t.remove(KEY_SNAP_META).map_err(|e| io(&e))?;
-            t.remove(KEY_SNAP_FILE).map_err(|e| io(&e))?;
-        }
-        tx.commit().map_err(|e| io(&e))
-    }
-
-    /// Closes the file once the queued writes and the operations in flight end; later operations fail (see
+    /// Closes the file once the operations in flight end; later operations fail (see
     /// [`SharedDb::close`]).
     pub async fn close(&self) {
-        if let Err(e) = self.writer.flush().await {
-            tracing::warn!(error = %e, "closing the raft state with writes lost (the log still holds them)");
-        }
         self.db.close().await
     }
 
@@ -463,8 +437,7 @@ impl RedbStateMachine {
         let name = snapshot_file::snap_name(meta);
         let path = snapshot_file::put_in_place(&tmp, dir, &name).map_err(|e| serr(&e))?;
         let db = self.db.get().map_err(|e| serr(&e))?;
-        // Durable: the log is purged behind the snapshot once it is recorded. This commit also makes durable the
-        // objects committed (without sync) up to the snapshot's log id, which precede it.
+        // Durable: the log is purged behind the snapshot once it is recorded.
         let mut tx = db.begin_write().map_err(|e| serr(&e))?;
         tx.set_durability(Durability::Immediate).map_err(|e| serr(&e))?;
         {
@@ -514,9 +487,9 @@ impl RedbStateMachine {
         Ok((path, store))
     }
 
-    /// Puts a received snapshot file in place and replaces the whole state with it in one durable transaction.
+    /// Puts a received snapshot file in place and records it as the current one, in one durable transaction.
     /// Blocking; the caller holds the apply lock.
-    fn commit_installed(&self, meta: &Meta, tmp: &Path, store: &MemoryStore) -> StResult<()> {
+    fn commit_installed(&self, meta: &Meta, tmp: &Path) -> StResult<()> {
         let sig = Some(meta.signature());
         let serr = |e: &dyn std::error::Error| -> StorageError<NodeId> {
             StorageIOError::write_snapshot(sig.clone(), &std::io::Error::other(e.to_string())).into()
@@ -530,15 +503,6 @@ impl RedbStateMachine {
         let mut tx = db.begin_write().map_err(|e| serr(&e))?;
         tx.set_durability(Durability::Immediate).map_err(|e| serr(&e))?;
         {
-            let mut t = tx.open_table(OBJECTS).map_err(|e| serr(&e))?;
-            t.retain(|_, _| false).map_err(|e| serr(&e))?;
-            for o in store.objects() {
-                let k = record_key(&self.at_rest, &o);
-                t.insert(k.as_str(), self.at_rest.encode(&o).as_slice()).map_err(|e| serr(&e))?;
-            }
-            let mut m = tx.open_table(META).map_err(|e| serr(&e))?;
-            m.insert(KEY_APPLIED, encode(&meta.last_log_id).as_slice()).map_err(|e| serr(&e))?;
-            m.insert(KEY_MEMBERSHIP, encode(&meta.last_membership).as_slice()).map_err(|e| serr(&e))?;
             let mut s = tx.open_table(SNAPSHOT).map_err(|e| serr(&e))?;
             s.insert(KEY_SNAP_META, encode(meta).as_slice()).map_err(|e| serr(&e))?;
             s.insert(KEY_SNAP_FILE, encode(&name).as_slice()).map_err(|e| serr(&e))?;
@@ -577,8 +541,6 @@ impl RaftSnapshotBuilder<TypeConfig> for RedbStateMachine {
                 Meta { last_log_id: applied.last_applied, last_membership: applied.membership.clone(), snapshot_id };
             (meta, objects)
         };
-        // The snapshot is recorded after the objects it holds (the log is purged behind it).
-        self.writer.flush().await?;
         let (this, built, count) = (self.clone(), meta.clone(), objects.len());
         match blocking(move || this.store_built(&built, objects)).await? {
             Some(path) => {
@@ -612,8 +574,6 @@ impl RaftStateMachine<TypeConfig> for RedbStateMachine {
     {
         let mut applied = self.applied.lock().await;
         let mut results = Vec::new();
-        // The applied events themselves (shared with the watchers), not copies of their objects.
-        let mut events = Vec::new();
         // A batch of committed entries may hold a hundred thousand task writes when the apply fell behind: it runs
         // beside the runtime, which goes on answering heartbeats meanwhile.
         crate::manager::long_step(|| {
@@ -625,10 +585,7 @@ impl RaftStateMachine<TypeConfig> for RedbStateMachine {
                         ProposalResult { error: None }
                     }
                     EntryPayload::Normal(p) => match self.view.apply(entry.log_id.index, p) {
-                        Ok(applied_events) => {
-                            events.extend(applied_events);
-                            ProposalResult { error: None }
-                        }
+                        Ok(_events) => ProposalResult { error: None },
                         Err(e) => ProposalResult { error: Some(e) },
                     },
                 };
@@ -636,14 +593,6 @@ impl RaftStateMachine<TypeConfig> for RedbStateMachine {
                 results.push(result);
             }
         });
-        let Some(last) = applied.last_applied else { return Ok(results) };
-        let durable = last.index >= applied.last_durable + DURABLE_EVERY;
-        let batch =
-            Batch { events, last_applied: applied.last_applied, membership: applied.membership.clone(), durable };
-        self.writer.write(batch).await?;
-        if durable {
-            applied.last_durable = last.index;
-        }
         Ok(results)
     }
 
@@ -683,15 +632,12 @@ impl RaftStateMachine<TypeConfig> for RedbStateMachine {
         let (path, store) = blocking(move || this.receive_file(file, &m)).await?;
 
         let mut applied = self.applied.lock().await;
-        // A write queued before the install must not land after it.
-        self.writer.flush().await?;
         let (this, m) = (self.clone(), meta.clone());
-        let store = blocking(move || this.commit_installed(&m, &path, &store).map(|()| store)).await?;
+        blocking(move || this.commit_installed(&m, &path)).await?;
         let objects = store.len();
         self.view.replace(store);
         applied.last_applied = meta.last_log_id;
         applied.membership = meta.last_membership.clone();
-        applied.last_durable = meta.last_log_id.map(|l| l.index).unwrap_or(0);
         drop(applied);
         tracing::info!(snapshot.id = %meta.snapshot_id, objects, "raft snapshot installed");
         Ok(())

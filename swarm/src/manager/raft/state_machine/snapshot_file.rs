@@ -230,8 +230,8 @@ pub fn read(path: &Path, at_rest: &AtRest, mut each: impl FnMut(Object)) -> Resu
     read_file(path, Some((at_rest, &mut each)))
 }
 
-/// Checks the whole file (header, number of objects, checksum) without decoding the objects: cheap enough to run
-/// on every start.
+/// Checks the whole file (header, number of objects, checksum) without decoding the objects.
+#[cfg(test)]
 pub fn verify(path: &Path) -> Result<Meta, SnapshotFileError> {
     read_file(path, None)
 }

@@ -263,26 +263,52 @@ async fn a_damaged_snapshot_is_refused_naming_the_file_and_changes_nothing() {
     assert_eq!(files(&a).len(), 1, "the rejected received files are gone: {:?}", files(&a));
 }
 
+/// What survives a restart is the snapshot: the entries applied after it are the log's, which openraft applies
+/// again at start.
 #[tokio::test]
-async fn a_damaged_current_snapshot_is_set_aside_at_start_and_no_state_is_lost() {
+async fn a_restarted_state_is_its_snapshot_and_writes_nothing_else() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut sm = open_in(dir.path());
+    sm.apply(creates("a", 1, 10)).await.unwrap();
+    sm.close().await;
+    drop(sm);
+    let mut sm = open_in(dir.path());
+    assert_eq!(names(&sm), BTreeSet::new(), "without a snapshot, a restart starts from nothing");
+    assert_eq!(sm.applied_state().await.unwrap().0, None, "so openraft applies the whole log again");
+
+    sm.apply(creates("a", 1, 10)).await.unwrap();
+    build(&mut sm).await;
+    sm.apply(creates("a", 11, 12)).await.unwrap();
+    sm.close().await;
+    drop(sm);
+    let mut sm = open_in(dir.path());
+    assert_eq!(names(&sm), expected("a", 1, 10), "the snapshot's objects");
+    assert_eq!(sm.applied_state().await.unwrap().0, Some(log_id(10)), "the log applies 11 and 12 again");
+    let db = sm.db.get().unwrap();
+    let tx = db.begin_read().unwrap();
+    assert!(tx.open_table(OBJECTS).unwrap().is_empty().unwrap(), "no object is written to state.redb");
+    assert!(tx.open_table(META).unwrap().get(KEY_APPLIED).unwrap().is_none());
+}
+
+#[tokio::test]
+async fn a_damaged_current_snapshot_is_refused_at_start_naming_it_and_is_kept() {
     let dir = tempfile::tempdir().unwrap();
     let mut sm = open_in(dir.path());
     sm.apply(creates("a", 1, 10)).await.unwrap();
     build(&mut sm).await;
-    sm.apply(creates("a", 11, 12)).await.unwrap();
     let name = files(&sm).pop().unwrap();
     let path = sm.snapshot_dir().join(&name);
     sm.close().await;
+    drop(sm);
     let len = std::fs::metadata(&path).unwrap().len();
     std::fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(len - 10).unwrap();
 
-    let mut sm = open_in(dir.path());
-    assert_eq!(sm.snapshot_meta().unwrap(), None, "a damaged snapshot is not offered to openraft");
-    assert_eq!(names(&sm), expected("a", 1, 12), "the objects come from state.redb, not the snapshot");
-    assert_eq!(files(&sm), [format!("{name}.damaged")], "the damaged file is kept aside for inspection");
-    let rebuilt = build(&mut sm).await;
-    assert_eq!(rebuilt.meta.last_log_id, Some(log_id(12)));
-    assert_eq!(files(&sm).iter().filter(|f| f.ends_with(".snap")).count(), 1);
+    let e = RedbStateMachine::open(&dir.path().join("state.redb")).err().expect("a damaged snapshot is refused");
+    let e = e.to_string();
+    assert!(e.contains(&path.display().to_string()), "the error names the file: {e}");
+    assert!(e.contains("truncated") || e.contains("corrupt"), "the error says what is wrong: {e}");
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), len - 10, "the file is kept as it is, for inspection");
+    assert_eq!(std::fs::read_dir(dir.path().join("snapshots")).unwrap().count(), 1);
 }
 
 #[tokio::test]
@@ -318,8 +344,8 @@ async fn a_snapshot_kept_inside_state_redb_by_an_older_release_is_moved_to_a_fil
     let meta = build(&mut sm).await.meta;
     sm.close().await;
 
-    // The older layout: the snapshot's bytes in state.redb, no file. Its objects differ from the state's, to tell
-    // which one the file is made of.
+    // The older layout: the snapshot's bytes in state.redb, no file. Its objects differ from those applied, to
+    // tell which ones the file and the state are made of.
     let old: Vec<Object> = creates("old", 1, 3)
         .into_iter()
         .map(|e| match e.payload {
@@ -360,67 +386,45 @@ async fn a_snapshot_kept_inside_state_redb_by_an_older_release_is_moved_to_a_fil
     .unwrap();
     assert_eq!(in_file, meta);
     assert_eq!(got, expected("old", 1, 3), "the file holds the snapshot's objects");
-    assert_eq!(names(&sm), expected("a", 1, 5), "the state is untouched");
+    assert_eq!(names(&sm), expected("old", 1, 3), "the state is the snapshot's");
     sm.close().await;
     let db = redb::Database::create(dir.path().join("state.redb")).unwrap();
     let tx = db.begin_read().unwrap();
     assert!(tx.open_table(SNAPSHOT).unwrap().get(KEY_SNAP_DATA).unwrap().is_none(), "the bytes left state.redb");
 }
 
-/// With a data key, objects rest sealed in `state.redb` and in snapshot files (names and ids included); a
-/// state written in clear by an older swarm is sealed at the next start; a manager without the key cannot read
-/// it, and a manager with the same key installs its snapshots.
+/// With a data key, objects rest sealed in snapshot files (names and ids included); a snapshot written in clear
+/// by an older swarm is read, and the next snapshot is sealed; a manager without the key cannot read it, and a
+/// manager with the same key installs its snapshots.
 #[tokio::test]
-async fn with_a_data_key_objects_rest_sealed_and_a_clear_state_is_sealed_at_start() {
+async fn with_a_data_key_objects_rest_sealed_and_a_clear_snapshot_is_read() {
     use crate::manager::datakey::DataKey;
-    let holding = |dir: &Path, needle: &str| -> Vec<String> {
-        let mut out = Vec::new();
-        for p in [dir.join("state.redb")]
-            .into_iter()
-            .chain(std::fs::read_dir(dir.join("snapshots")).unwrap().map(|e| e.unwrap().path()))
-        {
-            if std::fs::read(&p).unwrap().windows(needle.len()).any(|w| w == needle.as_bytes()) {
-                out.push(p.display().to_string());
-            }
-        }
-        out
-    };
     let key = DataKey::generate();
     let sealed = || AtRest::sealed_with(Some(key.clone()));
     let dir = tempfile::tempdir().unwrap();
 
-    // An older swarm's state, in clear.
+    // An older swarm's snapshot, in clear.
     let mut sm = open_in(dir.path());
     sm.apply(creates("clear", 1, 20)).await.unwrap();
+    build(&mut sm).await;
     sm.close().await;
     drop(sm);
-    assert!(!holding(dir.path(), "clear-7").is_empty(), "the test writes a state in clear first");
+    assert!(!holding(dir.path(), "clear-7").is_empty(), "the test writes a snapshot in clear first");
 
     let mut sm = RedbStateMachine::open_with(&dir.path().join("state.redb"), sealed()).unwrap();
-    assert_eq!(names(&sm), expected("clear", 1, 20), "the clear state reads with a key");
+    assert_eq!(names(&sm), expected("clear", 1, 20), "the clear snapshot reads with a key");
     sm.apply(creates("new", 21, 40)).await.unwrap();
     build(&mut sm).await;
     sm.close().await;
     drop(sm);
-    // redb may keep freed pages holding the old bytes until they are reused; the names must not be in any live
-    // record, which a fresh copy of the records shows.
     let sm = RedbStateMachine::open_with(&dir.path().join("state.redb"), sealed()).unwrap();
     let mut all = expected("clear", 1, 20);
     all.extend(expected("new", 21, 40));
     assert_eq!(names(&sm), all, "nothing lost or doubled by sealing");
-    {
-        let db = sm.db.get().unwrap();
-        let tx = db.begin_read().unwrap();
-        for item in tx.open_table(OBJECTS).unwrap().iter().unwrap() {
-            let (k, v) = item.unwrap();
-            assert!(super::current_record_key(&sealed(), k.value()), "a record key in clear: {}", k.value());
-            assert_eq!(v.value()[0], super::super::codec::FORMAT_SEALED, "a record in clear under {}", k.value());
-        }
+    for name in ["clear-7", "new-23"] {
+        assert_eq!(holding(dir.path(), name), Vec::<String>::new(), "{name} in clear");
     }
     let snaps = files(&sm);
-    let snap = std::fs::read(sm.snapshot_dir().join(&snaps[0])).unwrap();
-    let in_clear = |name: &[u8]| snap.windows(name.len()).any(|w| w == name);
-    assert!(!in_clear(b"new-23") && !in_clear(b"clear-3"), "a name in clear in the snapshot file");
     let mut sealed_records = 0;
     snapshot_file::read(&sm.snapshot_dir().join(&snaps[0]), &sealed(), |_| sealed_records += 1).unwrap();
     assert_eq!(sealed_records, 40, "every object in the snapshot, read back with the key");
@@ -444,168 +448,99 @@ async fn with_a_data_key_objects_rest_sealed_and_a_clear_state_is_sealed_at_star
     assert!(e.to_string().contains("another data key"), "{e}");
 }
 
-/// Entries `from..=to`, each renaming the service `id` (created by `creates(id, 1, 1)`) to `<id>-v<index>`.
-fn renames(sm: &RedbStateMachine, id: &str, from: u64, to: u64) -> Vec<Entry<TypeConfig>> {
-    let mut s = sm.view().read(|v| v.service(id).cloned()).expect("the service exists");
-    (from..=to)
-        .map(|i| {
-            s.spec.annotations.name = format!("{id}-v{i}");
-            let update = Op::Update(Object::Service(s.clone()));
-            // The next update is of the version this one makes.
-            s.meta.version = i;
-            Entry {
-                log_id: log_id(i),
-                payload: EntryPayload::Normal(Proposal { ops: vec![update], timestamp: Default::default() }),
-            }
-        })
-        .collect()
-}
-
-/// The records in `state.redb`'s object table and its last applied index, read from the file.
-fn at_rest(sm: &RedbStateMachine) -> (Vec<Object>, Option<u64>) {
-    let db = sm.db.get().unwrap();
-    let tx = db.begin_read().unwrap();
-    let objects =
-        tx.open_table(OBJECTS).unwrap().iter().unwrap().map(|r| decode(r.unwrap().1.value()).unwrap()).collect();
-    let applied = tx.open_table(META).unwrap().get(KEY_APPLIED).unwrap().map(|v| v.value().to_vec());
-    let applied: Option<LogId<NodeId>> = applied.and_then(|v| decode(&v).unwrap());
-    (objects, applied.map(|l| l.index))
-}
-
-#[tokio::test]
-async fn applied_objects_reach_state_redb_behind_the_apply_in_order_with_their_last_version() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut sm = open_in(dir.path());
-    sm.apply(creates("a", 1, 1)).await.unwrap();
-    // Many applies of the same object, queued faster than the writer takes them: the file ends with the last.
-    for i in 2..=40 {
-        let entries = renames(&sm, "a-1", i, i);
-        sm.apply(entries).await.unwrap();
-    }
-    sm.writer.flush().await.unwrap();
-    let (objects, applied) = at_rest(&sm);
-    assert_eq!(applied, Some(40), "the file's last applied index is that of its objects");
-    let stored: Vec<String> = objects
-        .iter()
-        .map(|o| match o {
-            Object::Service(s) => s.spec.annotations.name.clone(),
-            other => panic!("unexpected {other:?}"),
-        })
-        .collect();
-    assert_eq!(stored, ["a-1-v40"], "one record, the last version");
-    sm.close().await;
-    drop(sm);
-    let sm = open_in(dir.path());
-    assert_eq!(names(&sm), BTreeSet::from(["a-1-v40".to_string()]), "read back after a restart");
-}
-
-/// The keys of `state.redb`'s object table, in the table's order.
-fn record_keys(sm: &RedbStateMachine) -> Vec<String> {
-    let db = sm.db.get().unwrap();
-    let tx = db.begin_read().unwrap();
-    tx.open_table(OBJECTS).unwrap().iter().unwrap().map(|r| r.unwrap().0.value().to_string()).collect()
-}
-
-/// Records are kept in the order their objects were created, whatever their ids; a state an older release keyed
-/// by name alone is rewritten under the ordered keys at start, and later writes replace its records rather than
-/// doubling them.
-#[tokio::test]
-async fn records_rest_in_creation_order_and_an_older_releases_keys_are_rewritten_at_start() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut sm = open_in(dir.path());
-    sm.apply(creates("z", 1, 1)).await.unwrap();
-    sm.apply(creates("a", 2, 2)).await.unwrap();
-    sm.apply(creates("m", 3, 3)).await.unwrap();
-    sm.writer.flush().await.unwrap();
-    let in_order: Vec<String> = at_rest(&sm)
-        .0
-        .iter()
-        .map(|o| match o {
-            Object::Service(s) => s.spec.annotations.name.clone(),
-            other => panic!("unexpected {other:?}"),
-        })
-        .collect();
-    assert_eq!(in_order, ["z-1", "a-2", "m-3"], "records in creation order: {:?}", record_keys(&sm));
-
-    // As an older release left it: each record under its name alone.
+/// The files under `dir` (`state.redb` and the snapshot directory's) whose bytes hold `needle`.
+fn holding(dir: &Path, needle: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for p in [dir.join("state.redb")]
+        .into_iter()
+        .chain(std::fs::read_dir(dir.join("snapshots")).unwrap().map(|e| e.unwrap().path()))
     {
-        let db = sm.db.get().unwrap();
-        let tx = db.begin_write().unwrap();
-        {
-            let mut t = tx.open_table(OBJECTS).unwrap();
-            let records: Vec<(String, Vec<u8>)> =
-                t.iter().unwrap().map(|r| r.unwrap()).map(|(k, v)| (k.value().into(), v.value().into())).collect();
-            for (k, v) in records {
-                t.remove(k.as_str()).unwrap();
-                t.insert(&k[16..], v.as_slice()).unwrap();
-            }
+        if std::fs::read(&p).unwrap().windows(needle.len()).any(|w| w == needle.as_bytes()) {
+            out.push(p.display().to_string());
         }
-        tx.commit().unwrap();
     }
-    assert!(record_keys(&sm).iter().all(|k| k.starts_with("service/")), "{:?}", record_keys(&sm));
-    sm.close().await;
-    drop(sm);
+    out
+}
 
+/// Releases before this one kept every applied object in `state.redb` (in clear before data keys, under keys
+/// that changed between releases): at start, those objects are the state, at their last applied log id, and
+/// become the current snapshot, sealed; the tables are left empty.
+#[tokio::test]
+async fn an_older_releases_objects_in_state_redb_become_the_snapshot_at_start() {
+    use crate::manager::datakey::DataKey;
+    let sealed = AtRest::sealed_with(Some(DataKey::generate()));
+    let dir = tempfile::tempdir().unwrap();
+    // The older release's snapshot at 10; its objects then went on to 20.
     let mut sm = open_in(dir.path());
-    assert_eq!(
-        names(&sm),
-        expected("z", 1, 1).into_iter().chain(expected("a", 2, 2)).chain(expected("m", 3, 3)).collect()
-    );
-    let keys = record_keys(&sm);
-    assert!(keys.iter().all(|k| super::current_record_key(&AtRest::default(), k)), "not rewritten: {keys:?}");
-    let renamed = renames(&sm, "a-2", 4, 4);
-    sm.apply(renamed).await.unwrap();
+    sm.apply(creates("old", 1, 10)).await.unwrap();
+    build(&mut sm).await;
+    sm.apply(creates("old", 11, 20)).await.unwrap();
+    let mut objects: Vec<Object> = sm.view().current().objects().collect();
     sm.close().await;
     drop(sm);
-    let sm = open_in(dir.path());
-    assert_eq!(record_keys(&sm).len(), 3, "an update replaced its record: {:?}", record_keys(&sm));
-    assert!(names(&sm).contains("a-2-v4"));
-
-    // A manager downgraded, then upgraded again: an older release wrote some objects under its own keys beside
-    // the current records. The newest version of each is kept, once.
-    let held = |name: &str| sm.view().read(|v| v.service_by_name(name).cloned()).unwrap();
-    let (mut newer, mut older) = (held("m-3"), held("z-1"));
+    // One object twice, under two releases' keys: the newer version is the state. And an older version of
+    // another beside it.
+    let held = |name: &str| -> crate::api::Service {
+        objects
+            .iter()
+            .find_map(|o| match o {
+                Object::Service(s) if s.spec.annotations.name == name => Some(s.clone()),
+                _ => None,
+            })
+            .unwrap()
+    };
+    let (mut newer, mut older) = (held("old-2"), held("old-3"));
     newer.meta.version += 1;
-    newer.spec.annotations.name = "m-3-downgraded".into();
+    newer.spec.annotations.name = "old-2-newer".into();
     older.meta.version -= 1;
-    older.spec.annotations.name = "z-1-stale".into();
+    older.spec.annotations.name = "old-3-stale".into();
+    objects.extend([Object::Service(newer), Object::Service(older)]);
     {
-        let db = sm.db.get().unwrap();
+        let db = redb::Database::create(dir.path().join("state.redb")).unwrap();
         let tx = db.begin_write().unwrap();
         {
             let mut t = tx.open_table(OBJECTS).unwrap();
-            for s in [newer, older] {
-                let o = Object::Service(s);
-                t.insert(super::key(&o).as_str(), AtRest::default().encode(&o).as_slice()).unwrap();
+            for (i, o) in objects.iter().enumerate() {
+                t.insert(format!("{i:04}-{}", o.id()).as_str(), AtRest::default().encode(o).as_slice()).unwrap();
             }
+            let mut m = tx.open_table(META).unwrap();
+            m.insert(KEY_APPLIED, encode(&Some(log_id(20))).as_slice()).unwrap();
+            m.insert(KEY_MEMBERSHIP, encode(&Membership::default()).as_slice()).unwrap();
         }
         tx.commit().unwrap();
     }
+    assert!(!holding(dir.path(), "old-17").is_empty(), "the test writes records in clear");
+
+    let mut want = expected("old", 1, 20);
+    want.remove("old-2");
+    want.insert("old-2-newer".into());
+    let state = dir.path().join("state.redb");
+    let mut sm = RedbStateMachine::open_with(&state, sealed.clone()).unwrap();
+    assert_eq!(names(&sm), want, "the records are the state, the newest version of each object once");
+    assert_eq!(sm.view().read(|v| v.services().count()), 20);
+    assert_eq!(sm.applied_state().await.unwrap().0, Some(log_id(20)));
+    assert_eq!(sm.snapshot_meta().unwrap().and_then(|m| m.last_log_id), Some(log_id(20)), "now the snapshot");
+    let snaps = files(&sm);
+    assert!(snaps.len() == 1 && snaps[0].ends_with(".snap"), "one snapshot file, the new one: {snaps:?}");
+    let mut in_file = BTreeSet::new();
+    snapshot_file::read(&sm.snapshot_dir().join(&snaps[0]), &sealed, |o| {
+        if let Object::Service(s) = o {
+            in_file.insert(s.spec.annotations.name);
+        }
+    })
+    .unwrap();
+    assert_eq!(in_file, want, "the snapshot holds the records' state, sealed");
+    {
+        let db = sm.db.get().unwrap();
+        let tx = db.begin_read().unwrap();
+        assert!(tx.open_table(OBJECTS).unwrap().is_empty().unwrap(), "the records left state.redb");
+        assert!(tx.open_table(META).unwrap().get(KEY_APPLIED).unwrap().is_none());
+    }
     sm.close().await;
     drop(sm);
-    let sm = open_in(dir.path());
-    let want: BTreeSet<String> = ["z-1", "a-2-v4", "m-3-downgraded"].map(String::from).into();
-    assert_eq!(names(&sm), want, "the newest version of each object");
-    assert_eq!(sm.view().read(|v| v.services().count()), 3, "each object once");
-    assert_eq!(record_keys(&sm).len(), 3, "one record each: {:?}", record_keys(&sm));
-}
+    assert_eq!(holding(dir.path(), "old-17"), Vec::<String>::new(), "a name in clear after sealing");
 
-#[tokio::test]
-async fn a_failed_write_behind_the_apply_stops_the_next_apply_and_loses_nothing_committed() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut sm = open_in(dir.path());
-    sm.apply(creates("a", 1, 5)).await.unwrap();
-    sm.writer.flush().await.unwrap();
-    // The file goes away under the writer (what a disk error looks like to it).
-    sm.db.close().await;
-    sm.apply(creates("a", 6, 7)).await.unwrap();
-    let e = sm.writer.flush().await.unwrap_err();
-    assert!(e.to_string().contains("state.redb"), "{e}");
-    let e = sm.apply(creates("a", 8, 8)).await.unwrap_err();
-    assert!(e.to_string().contains("state.redb"), "the next apply refuses: {e}");
-    drop(sm);
-    // What reached the file is whole: the entries after it are still in the log, for openraft to apply again.
-    let mut sm = open_in(dir.path());
-    assert_eq!(names(&sm), expected("a", 1, 5));
-    assert_eq!(sm.applied_state().await.unwrap().0, Some(log_id(5)));
+    let mut sm = RedbStateMachine::open_with(&state, sealed).unwrap();
+    assert_eq!(names(&sm), want, "read back from the snapshot");
+    assert_eq!(sm.applied_state().await.unwrap().0, Some(log_id(20)));
 }
