@@ -491,16 +491,6 @@ async fn simulate(cfg: &ScaleConfig, dir: &std::path::Path) -> Result<(), ScaleE
     }
     let created = t1.elapsed();
     println!("phase services-created {:>9.2} s", created.as_secs_f64());
-    // From the store's indexes: a scan of every task ten times a second would hold the store's lock for a good
-    // part of the run at a million tasks.
-    let count = |store: &Store, at_least: TaskState| {
-        store.view(|v| {
-            v.task_counts()
-                .filter(|(d, o, _)| *d == TaskState::Running && *o >= at_least)
-                .map(|(_, _, n)| n)
-                .sum::<usize>() as u64
-        })
-    };
     phase("tasks assigned", cfg.phase_timeout, t1, || {
         let n = count(&store, TaskState::Assigned);
         if n >= total_tasks {
@@ -608,6 +598,13 @@ async fn simulate(cfg: &ScaleConfig, dir: &std::path::Path) -> Result<(), ScaleE
         stats.snapshot_index,
         mib(dir_size(&state_dir.join("raft")))
     );
+    drop((api, store));
+    println!("peak RSS {:.1} MiB: the manager through the run", peak_rss_mib());
+
+    // Phase 4: the manager restarts (its own agent and the simulated ones keep their tasks), twice: first with
+    // no snapshot yet, from the whole Raft log (what a crash between snapshots costs), then from a snapshot.
+    let node = restart(node, cfg, &state_dir, &manager_exec, total_tasks, "from the log (no snapshot)").await?;
+
     let t = Instant::now();
     node.take_snapshot(cfg.phase_timeout).await.map_err(setup)?;
     let snap_took = t.elapsed();
@@ -622,18 +619,38 @@ async fn simulate(cfg: &ScaleConfig, dir: &std::path::Path) -> Result<(), ScaleE
     );
     // About 15 s of CPU at a million objects: on the blocking pool, so the manager's runtime (heartbeats, sessions)
     // is not starved by the bench itself.
-    let codec_store = store.clone();
+    let codec_store = node.store().ok_or_else(|| setup("the manager has no store after its restart"))?;
     tokio::task::spawn_blocking(move || print_codec(&codec_store)).await.map_err(|e| setup(e.to_string()))?;
 
-    println!("peak RSS {:.1} MiB: the manager before its restart", peak_rss_mib());
+    let node = restart(node, cfg, &state_dir, &manager_exec, total_tasks, "from the snapshot").await?;
+    let st = host.status()?;
+    println!(
+        "peak RSS {:.1} MiB: the manager (this process, with its own agent), restarts and the nodes' reconnections \
+         included; the {} simulated agents: {:.1} MiB (another process)",
+        peak_rss_mib(),
+        cfg.nodes - 1,
+        st.peak_rss_kib as f64 / 1024.0
+    );
+    drop(host);
+    node.shutdown().await;
+    Ok(())
+}
 
-    // Phase 4: the manager restarts (its own agent and the simulated ones keep their tasks). The old store goes
-    // first, so the peak is what one manager holds.
+/// Stops the manager and starts it again on the same state; returns once it serves every service and task. The
+/// old store goes first, so the peak is what one manager holds.
+async fn restart(
+    node: SwarmNode<TestExecutor>,
+    cfg: &ScaleConfig,
+    state_dir: &Path,
+    manager_exec: &TestExecutor,
+    total_tasks: u64,
+    from: &str,
+) -> Result<SwarmNode<TestExecutor>, ScaleError> {
     let t = Instant::now();
     node.shutdown().await;
-    drop((api, store, node));
+    drop(node);
     let node = SwarmNode::new(
-        NodeConfig { state_dir: state_dir.clone(), default_advertise_ip: None },
+        NodeConfig { state_dir: state_dir.to_path_buf(), default_advertise_ip: None },
         Arc::new(manager_exec.clone()),
     );
     node.resume().await.map_err(setup)?;
@@ -649,18 +666,17 @@ async fn simulate(cfg: &ScaleConfig, dir: &std::path::Path) -> Result<(), ScaleE
         }
     })
     .await?;
-    println!("phase manager-restart  {:>9.2} s   (serving with every task in place)", t.elapsed().as_secs_f64());
-    let st = host.status()?;
-    println!(
-        "peak RSS {:.1} MiB: the manager (this process, with its own agent); the {} simulated agents: {:.1} MiB \
-         (another process)",
-        peak_rss_mib(),
-        cfg.nodes - 1,
-        st.peak_rss_kib as f64 / 1024.0
-    );
-    drop(host);
-    node.shutdown().await;
-    Ok(())
+    println!("phase manager-restart  {:>9.2} s   {from}, serving with every task in place", t.elapsed().as_secs_f64());
+    Ok(node)
+}
+
+/// Tasks meant to run that reached `at_least`, from the store's indexes: a scan of every task ten times a second
+/// would hold the store's lock for a good part of the run at a million tasks.
+fn count(store: &Store, at_least: TaskState) -> u64 {
+    store.view(|v| {
+        v.task_counts().filter(|(d, o, _)| *d == TaskState::Running && *o >= at_least).map(|(_, _, n)| n).sum::<usize>()
+            as u64
+    })
 }
 
 /// Prints what the manager appended to its Raft log since `prev` (proposals and encoded bytes), and moves `prev`.
