@@ -383,7 +383,7 @@ pub(crate) async fn reconcile_services<F, Fut>(
                 }
                 tokio::select! {
                     r = &mut run => break r,
-                    r = events.recv() => open = note(&mut dirty, r, &interested),
+                    r = events.recv() => open = note(name, &mut dirty, r, &interested),
                 }
             }
         };
@@ -407,17 +407,35 @@ pub(crate) async fn reconcile_services<F, Fut>(
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = &mut tick => dirty = Scope::everything(),
-                r = events.recv() => if !note(&mut dirty, r, &interested) {
+                r = events.recv() => if !note(name, &mut dirty, r, &interested) {
                     return;
                 },
             }
         }
-        tokio::time::sleep(debounce).await;
+        // The watch is read while waiting too: at a million tasks a quarter of a second of changes overflowed it,
+        // and a watch that lagged made every pass a full one.
+        let gathered = tokio::time::Instant::now() + debounce;
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep_until(gathered) => break,
+                r = events.recv() => if !note(name, &mut dirty, r, &interested) {
+                    return;
+                },
+            }
+        }
         loop {
             match events.try_recv() {
                 Ok(ev) if interested(&ev) => dirty.mark(&ev),
                 Ok(_) => continue,
-                Err(TryRecvError::Lagged(_)) => dirty = Scope::everything(),
+                Err(TryRecvError::Lagged(n)) => {
+                    tracing::info!(
+                        component = name,
+                        missed = n,
+                        "fell behind the store's watch: the next pass covers everything"
+                    );
+                    dirty = Scope::everything()
+                }
                 Err(_) => break,
             }
         }
@@ -425,11 +443,23 @@ pub(crate) async fn reconcile_services<F, Fut>(
 }
 
 /// Widens `dirty` by one read of the watch (everything, when the watch lagged); false once the watch is closed.
-fn note(dirty: &mut Scope, read: Result<Arc<Event>, RecvError>, interested: impl Fn(&Event) -> bool) -> bool {
+fn note(
+    name: &str,
+    dirty: &mut Scope,
+    read: Result<Arc<Event>, RecvError>,
+    interested: impl Fn(&Event) -> bool,
+) -> bool {
     match read {
         Ok(ev) if interested(&ev) => dirty.mark(&ev),
         Ok(_) => {}
-        Err(RecvError::Lagged(_)) => *dirty = Scope::everything(),
+        Err(RecvError::Lagged(n)) => {
+            tracing::info!(
+                component = name,
+                missed = n,
+                "fell behind the store's watch: the next pass covers everything"
+            );
+            *dirty = Scope::everything()
+        }
         Err(RecvError::Closed) => return false,
     }
     true
@@ -612,5 +642,61 @@ mod tests {
         let mut scope = Scope::default();
         scope.mark(&ended);
         assert_eq!(store.view(|v| scope.services(v).count()), 1);
+    }
+
+    /// More changes than the watch holds, made while a component waits out its debounce, are read as they come:
+    /// the next pass covers the service they changed, not everything. (Before, the wait was a sleep, the watch
+    /// overflowed, and at a million tasks the task reaper's every pass was a full one.)
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn changes_made_during_the_debounce_are_read_as_they_come_and_do_not_widen_the_scope() {
+        let store = Store::in_memory();
+        let (scopes_tx, mut scopes) = tokio::sync::mpsc::unbounded_channel();
+        let shutdown = CancellationToken::new();
+        let (watched, stop) = (store.clone(), shutdown.clone());
+        let component = tokio::spawn(async move {
+            let pass = |scope: Scope| {
+                let tx = scopes_tx.clone();
+                async move {
+                    let _ = tx.send(scope);
+                    Ok::<_, StoreError>(())
+                }
+            };
+            reconcile_services(
+                "test",
+                &watched,
+                &stop,
+                Duration::from_millis(800),
+                Duration::from_secs(60),
+                |_| true,
+                pass,
+            )
+            .await
+        });
+        let first = scopes.recv().await.unwrap();
+        assert!(first.all, "the first pass covers everything");
+
+        store.update(|tx| Ok::<_, StoreError>(tx.create(service("s1", "s1", 1)))).await.unwrap();
+        let burst = crate::manager::store::WATCH_CAPACITY + 2 * MAX_TASKS_PER_PROPOSAL;
+        for chunk in 0..burst / MAX_TASKS_PER_PROPOSAL {
+            store
+                .update(|tx| {
+                    for i in 0..MAX_TASKS_PER_PROPOSAL {
+                        tx.create(task(&format!("t-{chunk}-{i}"), "s1", (chunk * MAX_TASKS_PER_PROPOSAL + i) as u64));
+                    }
+                    Ok::<_, StoreError>(())
+                })
+                .await
+                .unwrap();
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let second = tokio::time::timeout(Duration::from_secs(10), scopes.recv()).await.unwrap().unwrap();
+        assert!(!second.all, "the watch overflowed during the debounce: the pass covers everything");
+        assert_eq!(second.services, BTreeSet::from(["s1".to_string()]));
+        assert_eq!(
+            store.view(|v| v.tasks_by_service("s1").count()),
+            burst / MAX_TASKS_PER_PROPOSAL * MAX_TASKS_PER_PROPOSAL
+        );
+        shutdown.cancel();
+        component.await.unwrap();
     }
 }

@@ -263,7 +263,7 @@ pub const MAX_TASKS_PER_PROPOSAL: usize = 1000;
 /// How many events a slow watcher may fall behind before it must re-read the store (it gets `Lagged`). The ring
 /// keeps every event no watcher has read yet, and a task event (the task before and after) takes about 4 KiB: at
 /// 65,536 the ring alone held a quarter of a 100,000-task manager's memory while any component was busy.
-const WATCH_CAPACITY: usize = 1 << 14;
+pub(crate) const WATCH_CAPACITY: usize = 1 << 14;
 
 impl SharedView {
     pub fn new(initial: MemoryStore) -> Arc<Self> {
