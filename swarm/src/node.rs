@@ -1250,9 +1250,17 @@ impl<E: Executor> SwarmNode<E> {
     /// Has this manager take a Raft snapshot now and waits until it covers everything applied when asked.
     pub async fn take_snapshot(&self, timeout: Duration) -> Result<(), NodeError> {
         let raft = self.raft().await.ok_or(NodeError::NotManager(NOT_A_MANAGER))?;
-        let want = raft.applied_index();
-        raft.snapshot().await?;
         let deadline = tokio::time::Instant::now() + timeout;
+        // Just after a restart, Raft may not have reported what it applied yet (its view can be full already):
+        // a snapshot asked for then would be of nothing.
+        let want = loop {
+            match raft.applied_index() {
+                Some(i) => break Some(i),
+                None if tokio::time::Instant::now() >= deadline => break None,
+                None => tokio::time::sleep(Duration::from_millis(10)).await,
+            }
+        };
+        raft.snapshot().await?;
         while raft.snapshot_index() < want {
             if tokio::time::Instant::now() >= deadline {
                 return Err(crate::manager::raft::RaftNodeError::Raft(format!(
