@@ -578,9 +578,9 @@ async fn through_gate<T: Send + 'static>(
     out
 }
 
-/// A slow fsync (vote and log writes, snapshots, purges) holds up only the
-/// operation waiting for it: on a one-thread runtime, the test's own task still runs while a sync is in progress,
-/// so the commits are not made on the runtime's thread.
+/// A slow fsync (vote and log writes, snapshots, purges) holds up only the operation waiting for it: on a
+/// one-thread runtime, the test's own task still runs while a sync is in progress, so the commits are not made on
+/// the runtime's thread.
 #[test]
 fn a_slow_fsync_does_not_block_the_runtime() {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();

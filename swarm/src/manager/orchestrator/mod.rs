@@ -428,18 +428,17 @@ pub(crate) async fn reconcile_services<F, Fut>(
             match events.try_recv() {
                 Ok(ev) if interested(&ev) => dirty.mark(&ev),
                 Ok(_) => continue,
-                Err(TryRecvError::Lagged(n)) => {
-                    tracing::info!(
-                        component = name,
-                        missed = n,
-                        "fell behind the store's watch: the next pass covers everything"
-                    );
-                    dirty = Scope::everything()
-                }
+                Err(TryRecvError::Lagged(n)) => dirty = fell_behind(name, n),
                 Err(_) => break,
             }
         }
     }
+}
+
+/// The scope after the watch lagged: everything. Logged, as it makes the next pass a full one.
+fn fell_behind(name: &str, missed: u64) -> Scope {
+    tracing::info!(component = name, missed, "fell behind the store's watch: the next pass covers everything");
+    Scope::everything()
 }
 
 /// Widens `dirty` by one read of the watch (everything, when the watch lagged); false once the watch is closed.
@@ -452,14 +451,7 @@ fn note(
     match read {
         Ok(ev) if interested(&ev) => dirty.mark(&ev),
         Ok(_) => {}
-        Err(RecvError::Lagged(n)) => {
-            tracing::info!(
-                component = name,
-                missed = n,
-                "fell behind the store's watch: the next pass covers everything"
-            );
-            *dirty = Scope::everything()
-        }
+        Err(RecvError::Lagged(n)) => *dirty = fell_behind(name, n),
         Err(RecvError::Closed) => return false,
     }
     true

@@ -162,10 +162,10 @@ impl RedbStateMachine {
         std::fs::create_dir_all(&dir).map_err(|e| DbError::Io { path: dir.clone(), reason: e.to_string() })?;
         let current = Self::migrate_legacy_snapshot(path, &db, &dir, &at_rest)?;
 
+        let snapshot_at = current.as_ref().and_then(|(meta, _)| meta.last_log_id);
         let (objects, last_applied, membership, current) = match Self::read_records(path, &db, &at_rest)? {
             // An older release's objects are at or after its snapshot: they are the state, and become its snapshot.
-            Some(records) if records.1 >= current.as_ref().and_then(|(meta, _)| meta.last_log_id) => {
-                let (objects, last_applied, membership) = records;
+            Some((objects, last_applied, membership)) if last_applied >= snapshot_at => {
                 let current =
                     Self::snapshot_records(path, &db, &dir, &at_rest, &objects, last_applied, &membership, current)?;
                 if let Err(e) = db.compact() {
@@ -174,6 +174,7 @@ impl RedbStateMachine {
                 (objects, last_applied, membership, current.map(|(_, name)| name))
             }
             records => {
+                // Objects behind the snapshot (an older release never left such): the snapshot is the state.
                 if records.is_some() {
                     let (empty, none) = (MemoryStore::new(), Membership::default());
                     Self::snapshot_records(path, &db, &dir, &at_rest, &empty, None, &none, None)?;
