@@ -166,8 +166,30 @@ impl RedbStateMachine {
         let (objects, last_applied, membership, current) = match Self::read_records(path, &db, &at_rest)? {
             // An older release's objects are at or after its snapshot: they are the state, and become its snapshot.
             Some((objects, last_applied, membership)) if last_applied >= snapshot_at => {
-                let current =
-                    Self::snapshot_records(path, &db, &dir, &at_rest, &objects, last_applied, &membership, current)?;
+                let made = match last_applied {
+                    Some(l) => {
+                        let meta = Meta {
+                            last_log_id: Some(l),
+                            last_membership: membership.clone(),
+                            snapshot_id: format!("{}-{}-state", l.leader_id, l.index),
+                        };
+                        let name = snapshot_file::write_in_place(
+                            &dir,
+                            "migrate",
+                            &meta,
+                            objects.len() as u64,
+                            objects.objects(),
+                            &at_rest,
+                        )?;
+                        Some((meta, name))
+                    }
+                    None => None,
+                };
+                Self::retire_records(path, &db, made.as_ref())?;
+                if let Some((meta, name)) = &made {
+                    tracing::info!(snapshot.id = %meta.snapshot_id, objects = objects.len(), file = %name, "the objects an older release kept in state.redb are now a snapshot file");
+                }
+                let current = made.or(current);
                 if let Err(e) = db.compact() {
                     tracing::warn!(file = %path.display(), error = %e, "cannot compact the state after moving its objects out");
                 }
@@ -176,8 +198,7 @@ impl RedbStateMachine {
             records => {
                 // Objects behind the snapshot (an older release never left such): the snapshot is the state.
                 if records.is_some() {
-                    let (empty, none) = (MemoryStore::new(), Membership::default());
-                    Self::snapshot_records(path, &db, &dir, &at_rest, &empty, None, &none, None)?;
+                    Self::retire_records(path, &db, None)?;
                 }
                 match current {
                     None => (MemoryStore::new(), None, Membership::default(), None),
@@ -249,43 +270,14 @@ impl RedbStateMachine {
         Ok(Some((objects, last_applied, membership)))
     }
 
-    /// Writes `objects`, applied up to `last_applied`, as the current snapshot (unless nothing was applied), and
-    /// empties the older release's tables, in one durable transaction once the file is in place. Returns the
-    /// current snapshot then. A crash before the commit leaves the tables as they were, to do again.
-    #[allow(clippy::too_many_arguments)]
-    fn snapshot_records(
-        path: &Path,
-        db: &redb::Database,
-        dir: &Path,
-        at_rest: &AtRest,
-        objects: &MemoryStore,
-        last_applied: Option<LogId<NodeId>>,
-        membership: &Membership,
-        current: Option<(Meta, String)>,
-    ) -> Result<Option<(Meta, String)>, DbError> {
+    /// Empties the older release's tables, recording `made` (a snapshot file already in place) as the current
+    /// snapshot in the same durable transaction. A crash before it leaves the tables as they were, to do again.
+    fn retire_records(path: &Path, db: &redb::Database, made: Option<&(Meta, String)>) -> Result<(), DbError> {
         let io = |e: &dyn std::fmt::Display| DbError::Io { path: path.to_path_buf(), reason: e.to_string() };
-        let made = match last_applied {
-            Some(l) => {
-                let meta = Meta {
-                    last_log_id: Some(l),
-                    last_membership: membership.clone(),
-                    snapshot_id: format!("{}-{}-state", l.leader_id, l.index),
-                };
-                let tmp = dir.join(snapshot_file::unique_name("migrate", ".tmp"));
-                snapshot_file::write(&tmp, &meta, objects.len() as u64, objects.objects(), at_rest).map_err(|e| {
-                    let _ = std::fs::remove_file(&tmp);
-                    e
-                })?;
-                let name = snapshot_file::snap_name(&meta);
-                snapshot_file::put_in_place(&tmp, dir, &name)?;
-                Some((meta, name))
-            }
-            None => None,
-        };
         let mut tx = db.begin_write().map_err(|e| io(&e))?;
         tx.set_durability(Durability::Immediate).map_err(|e| io(&e))?;
         {
-            if let Some((meta, name)) = &made {
+            if let Some((meta, name)) = made {
                 let mut t = tx.open_table(SNAPSHOT).map_err(|e| io(&e))?;
                 t.insert(KEY_SNAP_META, encode(meta).as_slice()).map_err(|e| io(&e))?;
                 t.insert(KEY_SNAP_FILE, encode(name).as_slice()).map_err(|e| io(&e))?;
@@ -295,11 +287,7 @@ impl RedbStateMachine {
             m.remove(KEY_APPLIED).map_err(|e| io(&e))?;
             m.remove(KEY_MEMBERSHIP).map_err(|e| io(&e))?;
         }
-        tx.commit().map_err(|e| io(&e))?;
-        if let Some((meta, name)) = &made {
-            tracing::info!(snapshot.id = %meta.snapshot_id, objects = objects.len(), file = %name, "the objects an older release kept in state.redb are now a snapshot file");
-        }
-        Ok(made.or(current))
+        tx.commit().map_err(|e| io(&e))
     }
 
     /// The current snapshot's metadata and file name; a snapshot still kept inside `state.redb` (older releases)
@@ -330,10 +318,14 @@ impl RedbStateMachine {
             (meta, name, legacy)
         };
         let (Some(doc), None) = (legacy, &name) else { return Ok(name.map(|n| (meta, n))) };
-        let tmp = dir.join(snapshot_file::unique_name("migrate", ".tmp"));
-        snapshot_file::write(&tmp, &meta, doc.objects.len() as u64, doc.objects.into_iter(), at_rest)?;
-        let name = snapshot_file::snap_name(&meta);
-        snapshot_file::put_in_place(&tmp, dir, &name)?;
+        let name = snapshot_file::write_in_place(
+            dir,
+            "migrate",
+            &meta,
+            doc.objects.len() as u64,
+            doc.objects.into_iter(),
+            at_rest,
+        )?;
         let mut tx = db.begin_write().map_err(|e| io(&e))?;
         tx.set_durability(Durability::Immediate).map_err(|e| io(&e))?;
         {

@@ -305,6 +305,26 @@ pub fn sync_dir(dir: &Path) -> Result<(), SnapshotFileError> {
     std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))
 }
 
+/// Writes `objects` (exactly `count` of them) as a new snapshot file in `dir`, through a temporary file removed if
+/// the write fails, and puts it in place; returns its name. The caller records it.
+pub fn write_in_place(
+    dir: &Path,
+    prefix: &str,
+    meta: &Meta,
+    count: u64,
+    objects: impl Iterator<Item = Object>,
+    at_rest: &AtRest,
+) -> Result<String, SnapshotFileError> {
+    let tmp = dir.join(unique_name(prefix, ".tmp"));
+    if let Err(e) = write(&tmp, meta, count, objects, at_rest) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    let name = snap_name(meta);
+    put_in_place(&tmp, dir, &name)?;
+    Ok(name)
+}
+
 /// Renames `tmp` to `dir/name` and syncs the directory.
 pub fn put_in_place(tmp: &Path, dir: &Path, name: &str) -> Result<PathBuf, SnapshotFileError> {
     let path = dir.join(name);
