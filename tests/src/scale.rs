@@ -9,7 +9,8 @@
 //!   phase 2  S services × R replicas created through the control API
 //!            → all tasks ASSIGNED (scheduler) → delivered (in an executor) → RUNNING (reported back)
 //!   phase 3  service ls / service ps latency at that size, Raft log and state size
-//!   phase 4  the manager restarts and serves again with everything in place
+//!   phase 4  the manager restarts and serves again with everything in place, from its log, then its snapshot
+//!   phase 5  the nodes reconnect: each keeps the tasks it runs (checked again) and runs a global service's task
 //! ```
 //! Every figure is printed; correctness is checked (every slot runs exactly one task, no task runs on two
 //! nodes, no node holds more reservations than it has) and a violation fails the run. Timings are never asserted.
@@ -623,6 +624,46 @@ async fn simulate(cfg: &ScaleConfig, dir: &std::path::Path) -> Result<(), ScaleE
     tokio::task::spawn_blocking(move || print_codec(&codec_store)).await.map_err(|e| setup(e.to_string()))?;
 
     let node = restart(node, cfg, &state_dir, &manager_exec, total_tasks, "from the snapshot").await?;
+
+    // Phase 5: the nodes reconnect and keep what they run. A global service is the barrier: its task reaches a
+    // node after the full set that node was sent on reconnecting, so once it runs on every node, every node has
+    // applied that set (which names back the tasks the node holds); had one dropped them, the check fails.
+    let t = Instant::now();
+    let api = node.control_api();
+    let mut spec = swarm::testing::service("unused", "nodes-back", 0).spec;
+    spec.mode = ServiceMode::Global;
+    let barrier = api
+        .create_service(Request::new(CreateServiceRequest { spec }))
+        .await
+        .map_err(|e| setup(e.message()))?
+        .into_inner()
+        .id;
+    let store = node.store().ok_or_else(|| setup("the manager has no store after its restart"))?;
+    phase("nodes back", cfg.phase_timeout, t, || {
+        let n = store.view(|v| {
+            v.tasks_by_service(&barrier)
+                .filter(|t| t.desired_state == TaskState::Running && t.status.state == TaskState::Running)
+                .count()
+        });
+        if n >= cfg.nodes {
+            Ok(())
+        } else {
+            Err(format!("the barrier runs on {n}/{} nodes", cfg.nodes))
+        }
+    })
+    .await?;
+    let back = t.elapsed();
+    tokio::task::block_in_place(|| {
+        let mut running_ids = host.running()?;
+        running_ids.extend(manager_exec.running());
+        check(&store, &running_ids)
+    })?;
+    println!(
+        "phase nodes-back       {:>9.2} s   every node reconnected, kept its tasks (about {} each) and ran a new one",
+        back.as_secs_f64(),
+        total_tasks / cfg.nodes as u64
+    );
+    drop(store);
     let st = host.status()?;
     println!(
         "peak RSS {:.1} MiB: the manager (this process, with its own agent), restarts and the nodes' reconnections \

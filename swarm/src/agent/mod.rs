@@ -302,7 +302,9 @@ impl<E: Executor> Agent<E> {
             s.session_id = Some(session_id.clone());
         });
         let mut period = first.heartbeat_period;
-        let request = AssignmentsRequest { session_id: session_id.clone() };
+        // The tasks this node holds: the manager's first message names those unchanged instead of resending them.
+        let held = self.worker.lock().await.held();
+        let request = AssignmentsRequest { session_id: session_id.clone(), held };
         let mut assignments =
             within(heartbeat_deadline(period), "the assignments request", client.assignments(request))
                 .await?

@@ -159,33 +159,15 @@ fn task(id: &str) -> Task {
 }
 
 fn complete(tasks: Vec<Task>) -> AssignmentsMessage {
-    AssignmentsMessage {
-        kind: AssignmentsKind::Complete,
-        updated: tasks,
-        removed: vec![],
-        network_state: None,
-        files: Default::default(),
-    }
+    AssignmentsMessage { kind: AssignmentsKind::Complete, updated: tasks, ..AssignmentsMessage::incremental() }
 }
 
 fn removed(id: &str) -> AssignmentsMessage {
-    AssignmentsMessage {
-        kind: AssignmentsKind::Incremental,
-        updated: vec![],
-        removed: vec![id.into()],
-        network_state: None,
-        files: Default::default(),
-    }
+    AssignmentsMessage { removed: vec![id.into()], ..AssignmentsMessage::incremental() }
 }
 
 fn added(t: Task) -> AssignmentsMessage {
-    AssignmentsMessage {
-        kind: AssignmentsKind::Incremental,
-        updated: vec![t],
-        removed: vec![],
-        network_state: None,
-        files: Default::default(),
-    }
+    AssignmentsMessage { updated: vec![t], ..AssignmentsMessage::incremental() }
 }
 
 /// Polls `ok` every 10 ms until it holds, or panics after 5 s saying what was awaited and what `seen` shows.
@@ -325,6 +307,31 @@ async fn a_stop_that_fails_is_retried_before_shutdown_is_reported() {
     assert!(!running(&x, "t1"), "{:?}", x.calls());
     assert_eq!(x.count("shutdown:t1"), 3, "two failures, then the stop: {:?}", x.calls());
     cancel.cancel();
+}
+
+#[tokio::test]
+async fn a_full_set_that_names_held_tasks_keeps_them_running_and_removes_the_rest() {
+    let x = Recording::default();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let mut w = Worker::new(Arc::new(x.clone()), tx);
+    w.apply(complete(vec![task("t1"), task("t2")])).await;
+    report_in(&mut rx, TaskState::Running).await;
+    report_in(&mut rx, TaskState::Running).await;
+    let mut held = w.held();
+    held.sort_by(|a, b| a.id.cmp(&b.id));
+    assert_eq!(held.iter().map(|h| h.id.as_str()).collect::<Vec<_>>(), vec!["t1", "t2"]);
+    assert_eq!(held[0].digest, task("t1").assignment_digest(), "named with what it acts on");
+
+    // A new leader's first message: t1 kept as it is, t3 new, t2 gone from the set.
+    let msg = AssignmentsMessage { kept: vec!["t1".into()], ..complete(vec![task("t3")]) };
+    w.apply(msg).await;
+    report_in(&mut rx, TaskState::Running).await;
+    until("t2 removed", || !x.exists("t2"), || format!("{:?}", x.calls())).await;
+    assert!(running(&x, "t1") && running(&x, "t3"), "{:?}", x.calls());
+    assert_eq!(x.count("start:t1"), 1, "a kept task is not started again: {:?}", x.calls());
+    let mut ids: Vec<String> = w.held().into_iter().map(|h| h.id).collect();
+    ids.sort();
+    assert_eq!(ids, vec!["t1", "t3"]);
 }
 
 #[tokio::test]

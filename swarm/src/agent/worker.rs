@@ -9,7 +9,7 @@
 
 use super::exec::{Controller, ExecError, Executor};
 use super::task::{run_task, Reporter};
-use crate::api::dispatch::{AssignmentsKind, AssignmentsMessage, FilesDelta};
+use crate::api::dispatch::{AssignmentsKind, AssignmentsMessage, FilesDelta, HeldTask};
 use crate::api::{Task, TaskFiles};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
@@ -96,7 +96,12 @@ impl<E: Executor> Worker<E> {
         }
         match msg.kind {
             AssignmentsKind::Complete => {
-                let keep: HashSet<String> = msg.updated.iter().map(|t| t.id.clone()).collect();
+                let keep: HashSet<String> =
+                    msg.updated.iter().map(|t| t.id.clone()).chain(msg.kept.iter().cloned()).collect();
+                if let Some(id) = msg.kept.iter().find(|id| !self.tasks.contains_key(*id)) {
+                    // The manager keeps only tasks this node named, and no message came between: a bug if seen.
+                    tracing::warn!(task.id = %id, "the manager kept a task this node does not hold");
+                }
                 let gone: Vec<String> = self.tasks.keys().filter(|id| !keep.contains(*id)).cloned().collect();
                 for id in gone {
                     self.remove(&id);
@@ -118,6 +123,13 @@ impl<E: Executor> Worker<E> {
                 }
             }
         }
+    }
+
+    /// The tasks this node holds, each with the digest of what it acts on, for a new session's assignments
+    /// request.
+    pub fn held(&self) -> Vec<HeldTask> {
+        let held = self.tasks.iter();
+        held.map(|(id, m)| HeldTask { id: id.clone(), digest: m.updates.borrow().assignment_digest() }).collect()
     }
 
     fn update(&mut self, task: Task) {

@@ -52,6 +52,18 @@ pub struct HeartbeatResponse {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AssignmentsRequest {
     pub session_id: String,
+    /// The tasks the node holds, each with its [`Task::assignment_digest`](super::Task::assignment_digest): the
+    /// full set that opens the stream names those unchanged (`AssignmentsMessage::kept`) instead of sending them
+    /// again. Empty from a node that holds none, or from an older agent (which then gets every task).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub held: Vec<HeldTask>,
+}
+
+/// A task a node holds, as it names it when it opens an assignments stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeldTask {
+    pub id: String,
+    pub digest: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -68,6 +80,10 @@ pub struct AssignmentsMessage {
     pub kind: AssignmentsKind,
     #[serde(default)]
     pub updated: Vec<Task>,
+    /// In a `Complete` message, the tasks of the set that the node said it holds and that did not change, by id:
+    /// part of the set, not sent again. A reconnecting node gets a few bytes per task instead of each task.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub kept: Vec<String>,
     /// Ids of tasks no longer assigned to the node.
     #[serde(default)]
     pub removed: Vec<String>,
@@ -87,6 +103,7 @@ impl AssignmentsMessage {
         AssignmentsMessage {
             kind: AssignmentsKind::Incremental,
             updated: vec![],
+            kept: vec![],
             removed: vec![],
             network_state: None,
             files: Default::default(),

@@ -50,6 +50,26 @@ impl Task {
         self
     }
 
+    /// What a node acts on in a task it was sent, as one number: the desired state and the ids of the secrets and
+    /// configs the task uses (its spec does not change otherwise, and the rest is status the node reports itself).
+    /// A reconnecting node names each task it holds with it, and the dispatcher's full set sends again only those
+    /// whose number differs. SHA-256, so the two ends agree whatever their build; a mismatch only costs a resend.
+    pub fn assignment_digest(&self) -> u64 {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        h.update(self.desired_state.name());
+        for r in &self.spec.container.secrets {
+            h.update(b"\0secret\0");
+            h.update(&r.secret_id);
+        }
+        for r in &self.spec.container.configs {
+            h.update(b"\0config\0");
+            h.update(&r.config_id);
+        }
+        let d = h.finalize();
+        u64::from_le_bytes([d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7]])
+    }
+
     /// Whether `reporter`'s report of `status` changes this task: the task is on that node, the state is not
     /// earlier than the stored one (states only move forward), and something differs.
     pub fn takes_report(&self, reporter: &str, status: &super::TaskStatus) -> bool {

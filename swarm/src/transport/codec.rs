@@ -112,8 +112,7 @@ mod tests {
             kind: AssignmentsKind::Complete,
             updated: tasks,
             removed: vec!["gone".into()],
-            network_state: None,
-            files: Default::default(),
+            ..AssignmentsMessage::incremental()
         }
     }
 

@@ -1,5 +1,6 @@
 //! Computing what a node must run: the full set, then deltas as the store changes.
 
+use super::netstate::Networks;
 use crate::api::dispatch::{AssignmentsKind, AssignmentsMessage};
 use crate::api::{Object, Task, TaskState};
 use crate::manager::store::{Event, EventAction, MemoryStore};
@@ -66,21 +67,26 @@ impl AssignmentSet {
         self.files.values().map(|f| (&*f.secrets, &*f.configs))
     }
 
-    /// The full set from the store, resetting what was sent.
-    pub fn complete(&mut self, view: &MemoryStore) -> AssignmentsMessage {
+    /// The full set from the store, resetting what was sent. A task the node holds as it is (`held`: its id and
+    /// [`Task::assignment_digest`], from the node's request) is named in `kept`, not sent again: after a leader
+    /// change every node reconnects at once, and the copies of every task in the cluster, queued for nodes that
+    /// read them as they can, were most of the new leader's memory. Also returns the networks of the set's tasks
+    /// that are meant to run, which the message's network state must hold ([`super::netstate`]).
+    pub fn complete(&mut self, view: &MemoryStore, held: &HashMap<String, u64>) -> (AssignmentsMessage, Networks) {
         self.files.clear();
-        let updated: Vec<Task> =
-            view.tasks_by_node(&self.node_id).filter(|t| assigned_to(t, &self.node_id)).cloned().collect();
-        for t in &updated {
+        let mut msg = AssignmentsMessage { kind: AssignmentsKind::Complete, ..AssignmentsMessage::incremental() };
+        let mut networks = Networks::new();
+        let node_id = self.node_id.clone();
+        for t in view.tasks_by_node(&node_id).filter(|t| assigned_to(t, &node_id)) {
             self.keep_files(t);
+            super::netstate::add_networks(&mut networks, t);
+            if held.get(&t.id) == Some(&t.assignment_digest()) {
+                msg.kept.push(t.id.clone());
+            } else {
+                msg.updated.push(Task::clone(t));
+            }
         }
-        AssignmentsMessage {
-            kind: AssignmentsKind::Complete,
-            updated,
-            removed: vec![],
-            network_state: None,
-            files: Default::default(),
-        }
+        (msg, networks)
     }
 
     fn keep_files(&mut self, t: &Task) {
@@ -158,7 +164,7 @@ mod tests {
             .await
             .unwrap();
         let mut set = AssignmentSet::new("n1");
-        let (complete, mut w) = store.view_and_watch_node("n1", |v| set.complete(v));
+        let (complete, mut w) = store.view_and_watch_node("n1", |v| set.complete(v, &HashMap::new()).0);
         assert_eq!(ids(&complete.updated), vec!["sent"], "only assigned tasks are sent");
 
         change_task(&store, "pending", |t| {
@@ -195,6 +201,84 @@ mod tests {
         assert_eq!(msg.removed, vec!["sent".to_string(), "pending".to_string()]);
     }
 
+    /// A reconnecting node named the tasks it holds: those unchanged are only named back, the others sent whole,
+    /// and the set's files and networks still count every task.
+    #[tokio::test]
+    async fn a_full_set_names_back_the_tasks_the_node_holds_unchanged() {
+        let store = Store::in_memory();
+        let mut with_secret = on_n1("secret", TaskState::Running);
+        with_secret.spec_mut().container.secrets.push(crate::api::SecretReference {
+            secret_id: "sec1".into(),
+            secret_name: "db".into(),
+            target: crate::api::FileTarget { name: "db".into(), uid: "0".into(), gid: "0".into(), mode: 0o444 },
+        });
+        with_secret.networks.push(crate::api::NetworkAttachment { network_id: "net1".into(), ..Default::default() });
+        store
+            .update(|tx| {
+                for id in ["same", "stopping", "unknown-to-node"] {
+                    tx.create(on_n1(id, TaskState::Running));
+                }
+                tx.create(with_secret.clone());
+                Ok::<_, StoreError>(())
+            })
+            .await
+            .unwrap();
+        // What the node last received: the same tasks, one of them since told to shut down.
+        let node_copy = |id: &str| store.view(|v| Task::clone(v.task(id).unwrap()));
+        let mut held: HashMap<String, u64> = HashMap::new();
+        for id in ["same", "stopping", "secret"] {
+            held.insert(id.into(), node_copy(id).assignment_digest());
+        }
+        held.insert("deleted-meanwhile".into(), 7);
+        change_task(&store, "stopping", |t| t.desired_state = TaskState::Shutdown).await;
+        // The node's own status report changes nothing it acts on.
+        change_task(&store, "same", |t| t.status.message = "reported".into()).await;
+
+        let mut set = AssignmentSet::new("n1");
+        let (msg, networks) = store.view(|v| set.complete(v, &held));
+        let mut kept = msg.kept.clone();
+        kept.sort();
+        assert_eq!(kept, vec!["same", "secret"]);
+        let mut sent = ids(&msg.updated);
+        sent.sort();
+        assert_eq!(sent, vec!["stopping", "unknown-to-node"], "a changed task and one the node lacks go whole");
+        assert_eq!(set.live_files().map(|(s, _)| s.to_vec()).collect::<Vec<_>>(), vec![vec!["sec1".to_string()]]);
+        assert_eq!(networks.into_iter().collect::<Vec<_>>(), vec!["net1".to_string()], "kept tasks' networks count");
+
+        // Without what the node holds (an older agent, or a resync), every task goes.
+        let (msg, _) = store.view(|v| set.complete(v, &HashMap::new()));
+        assert!(msg.kept.is_empty());
+        assert_eq!(msg.updated.len(), 4);
+    }
+
+    /// The digest changes exactly when a delta would send the task again.
+    #[test]
+    fn the_assignment_digest_follows_what_a_delta_resends() {
+        let a = on_n1("t", TaskState::Running);
+        let mut status_only = a.clone();
+        status_only.status.state = TaskState::Failed;
+        status_only.status.message = "exit 1".into();
+        let mut stopped = a.clone();
+        stopped.desired_state = TaskState::Shutdown;
+        let mut secret = a.clone();
+        secret.spec_mut().container.secrets.push(crate::api::SecretReference {
+            secret_id: "sec2".into(),
+            secret_name: "db".into(),
+            target: crate::api::FileTarget { name: "db".into(), uid: "0".into(), gid: "0".into(), mode: 0o444 },
+        });
+        let mut config = a.clone();
+        config.spec_mut().container.configs.push(crate::api::ConfigReference {
+            config_id: "sec2".into(),
+            config_name: "db".into(),
+            target: crate::api::FileTarget { name: "db".into(), uid: "0".into(), gid: "0".into(), mode: 0o444 },
+        });
+        for b in [&status_only, &stopped, &secret, &config] {
+            assert_eq!(same_assignment(&a, b), a.assignment_digest() == b.assignment_digest(), "{b:?}");
+        }
+        assert_ne!(secret.assignment_digest(), config.assignment_digest(), "a secret is not a config of that id");
+        assert!(same_assignment(&a, &status_only));
+    }
+
     /// The set keeps only what decides the node's files: the secrets of tasks meant to run.
     #[tokio::test]
     async fn live_files_are_those_of_tasks_meant_to_run() {
@@ -206,7 +290,7 @@ mod tests {
             target: crate::api::FileTarget { name: "db".into(), uid: "0".into(), gid: "0".into(), mode: 0o444 },
         });
         let mut set = AssignmentSet::new("n1");
-        let (_, mut w) = store.view_and_watch_node("n1", |v| set.complete(v));
+        let (_, mut w) = store.view_and_watch_node("n1", |v| set.complete(v, &HashMap::new()).0);
         store
             .update(|tx| {
                 tx.create(t);

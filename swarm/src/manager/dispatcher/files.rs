@@ -83,10 +83,9 @@ impl FileSet {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::dispatch::FilesDelta;
 
     fn empty(kind: AssignmentsKind) -> AssignmentsMessage {
-        AssignmentsMessage { kind, updated: vec![], removed: vec![], network_state: None, files: FilesDelta::default() }
+        AssignmentsMessage { kind, ..AssignmentsMessage::incremental() }
     }
     use crate::api::{FileTarget, Secret, SecretReference, SecretSpec, TaskState};
     use crate::manager::store::{Event, EventAction};
@@ -127,7 +126,7 @@ mod tests {
         view = MemoryStore::from_objects(view.objects().chain([a.clone().into(), b.clone().into()]));
         let mut tasks = AssignmentSet::new("n1");
         let mut files = FileSet::default();
-        let mut msg = tasks.complete(&view);
+        let mut msg = tasks.complete(&view, &Default::default()).0;
         files.fill(&view, Some(&key), &tasks, &mut msg);
         assert_eq!(msg.files.secrets.len(), 1, "only s1, once");
         assert_eq!((msg.files.secrets[0].id.as_str(), msg.files.secrets[0].data.as_slice()), ("s1", &b"one"[..]));

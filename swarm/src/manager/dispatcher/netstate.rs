@@ -416,20 +416,38 @@ impl NodeNetworkState {
     /// Waits (a bounded time) until the snapshot has every network of `tasks`, so that tasks on networks reach
     /// the node with, or after, the state that holds their networks.
     pub async fn cover(&mut self, tasks: &[Task]) {
-        let needed: BTreeSet<&str> = tasks
-            .iter()
-            .filter(|t| !t.desired_state.is_terminal() && !t.status.state.is_terminal())
-            .flat_map(|t| t.networks.iter().map(|a| a.network_id.as_str()))
-            .collect();
+        let mut needed = Networks::new();
+        for t in tasks {
+            add_networks(&mut needed, t);
+        }
+        self.cover_networks(&needed).await
+    }
+
+    /// [`Self::cover`] for networks already gathered (by [`add_networks`]).
+    pub async fn cover_networks(&mut self, needed: &Networks) {
         if needed.is_empty() {
             return;
         }
         let node_id = self.node_id.clone();
         let covered = |s: &Arc<Snapshot>| {
             let nets = s.node_networks.get(&node_id);
-            needed.iter().all(|n| nets.is_some_and(|ns| ns.contains(*n)) || !s.networks.contains_key(*n))
+            needed.iter().all(|n| nets.is_some_and(|ns| ns.contains(n)) || !s.networks.contains_key(n))
         };
         let _ = tokio::time::timeout(WAIT_FOR_SNAPSHOT, self.rx.wait_for(covered)).await;
+    }
+}
+
+/// Network ids a node's state must hold.
+pub type Networks = BTreeSet<String>;
+
+/// Adds the networks of `t`, if it is meant to run and has not ended.
+pub fn add_networks(needed: &mut Networks, t: &Task) {
+    if !t.desired_state.is_terminal() && !t.status.state.is_terminal() {
+        for a in &t.networks {
+            if !needed.contains(&a.network_id) {
+                needed.insert(a.network_id.clone());
+            }
+        }
     }
 }
 

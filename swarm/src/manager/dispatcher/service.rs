@@ -13,6 +13,7 @@ use crate::api::logs::{
 use crate::api::NodeRole;
 use crate::manager::store::NodeWatchError;
 use crate::transport::dispatcher::dispatcher_server::Dispatcher as DispatcherRpc;
+use std::collections::HashMap;
 use std::pin::Pin;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -167,21 +168,24 @@ impl DispatcherRpc for DispatcherService {
 
     async fn assignments(&self, req: Request<AssignmentsRequest>) -> Result<Response<Self::AssignmentsStream>, Status> {
         let node_id = node_of(&req)?;
-        let closed = self.dispatcher.check_session(&node_id, &req.into_inner().session_id)?;
+        let req = req.into_inner();
+        let closed = self.dispatcher.check_session(&node_id, &req.session_id)?;
         let (store, _) = self.dispatcher.store().map_err(|e| self.refuse(e))?;
         let mut set = AssignmentSet::new(&node_id);
         let mut net = self.dispatcher.network_state(&node_id);
         // Only this node's task events reach this stream (the store routes them), so a change costs the sessions
         // it concerns and no other.
         let mut files = super::files::FileSet::default();
-        let (mut complete, mut events) = store.view_and_watch_node(&node_id, |v| {
-            let mut m = set.complete(v);
+        let held: HashMap<String, u64> = req.held.into_iter().map(|h| (h.id, h.digest)).collect();
+        let ((mut complete, networks), mut events) = store.view_and_watch_node(&node_id, |v| {
+            let (mut m, networks) = set.complete(v, &held);
             files.fill(v, store.data_key().as_ref(), &set, &mut m);
-            m
+            (m, networks)
         });
+        drop(held);
         let (tx, stream) = reply_stream(16);
         tokio::spawn(async move {
-            net.cover(&complete.updated).await;
+            net.cover_networks(&networks).await;
             complete.network_state = net.complete();
             open_pull_options(&mut complete, store.data_key().as_ref());
             if tx.send(Ok(complete)).await.is_err() {
@@ -218,19 +222,21 @@ impl DispatcherRpc for DispatcherService {
                 }
                 let key = store.data_key();
                 let mut out = if resync {
+                    // What the node holds now is not known here: the whole set goes.
                     let node_id = set.node_id().to_string();
-                    let (m, w) = store.view_and_watch_node(&node_id, |v| {
-                        let mut m = set.complete(v);
+                    let ((m, networks), w) = store.view_and_watch_node(&node_id, |v| {
+                        let (mut m, networks) = set.complete(v, &HashMap::new());
                         files.fill(v, key.as_ref(), &set, &mut m);
-                        m
+                        (m, networks)
                     });
                     events = w;
+                    net.cover_networks(&networks).await;
                     m
                 } else {
                     store.view(|v| files.fill(v, key.as_ref(), &set, &mut msg));
+                    net.cover(&msg.updated).await;
                     msg
                 };
-                net.cover(&out.updated).await;
                 out.network_state =
                     if out.kind == AssignmentsKind::Complete { net.complete() } else { net.if_changed() };
                 if out.kind == AssignmentsKind::Incremental
