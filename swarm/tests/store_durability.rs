@@ -459,7 +459,7 @@ fn a_new_member_receives_the_snapshot_file_in_1mib_chunks() {
             let mut s = swarm::testing::service(&format!("id-{i}"), &name(i), 1);
             s.spec.annotations.labels.insert("filler".into(), "x".repeat(4096));
             writes.spawn(async move {
-                let op = swarm::manager::store::Op::Create(swarm::api::Object::Service(s));
+                let op = swarm::manager::store::Op::create(swarm::api::Object::Service(s));
                 let p = swarm::manager::store::Proposal { ops: vec![op], timestamp: Default::default() };
                 leader.client_write(p).await.map(|r| r.data.error)
             });

@@ -506,7 +506,7 @@ mod tests {
                 .chain(p.services.into_iter().map(Object::from))
                 .chain(p.allocated.into_iter().map(Object::from))
                 .chain(p.plain.iter().map(|c| c.changed(view.task(c.task_id()).unwrap()).into()))
-                .map(crate::manager::store::Op::Update)
+                .map(crate::manager::store::Op::update)
                 .collect();
             if !ops.is_empty() {
                 view.apply(100 + i, &crate::manager::store::Proposal { ops, timestamp: Timestamp::now() }).unwrap();

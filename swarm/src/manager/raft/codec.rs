@@ -158,10 +158,10 @@ mod tests {
         let proposal = Proposal {
             ops: objects()
                 .into_iter()
-                .map(Op::Update)
+                .map(Op::update)
                 .chain([
                     Op::Delete { kind: crate::api::ObjectKind::Task, id: "t9".into(), version: 4 },
-                    Op::TaskProgress(crate::manager::store::TaskProgress {
+                    Op::TaskProgress(Box::new(crate::manager::store::TaskProgress {
                         id: "t1".into(),
                         version: 7,
                         node_id: "n1".into(),
@@ -169,7 +169,7 @@ mod tests {
                         status: crate::api::TaskStatus { state: TaskState::Assigned, ..Default::default() },
                         networks: vec![],
                         endpoint: Some(Default::default()),
-                    }),
+                    })),
                 ])
                 .collect(),
             timestamp: Timestamp::now(),

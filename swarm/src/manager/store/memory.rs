@@ -283,7 +283,7 @@ impl MemoryStore {
                     return Err(ApplyError::Exists { kind, id });
                 }
                 self.check_name(obj)?;
-                let mut obj = obj.clone();
+                let mut obj = Object::clone(obj);
                 let m = obj.meta_mut();
                 m.version = index;
                 m.created_index = index;
@@ -302,7 +302,7 @@ impl MemoryStore {
                     return Err(ApplyError::OutOfSequence { kind, id });
                 }
                 self.check_name(obj)?;
-                Ok(Some(self.update_to(index, proposal, old, obj.clone())))
+                Ok(Some(self.update_to(index, proposal, old, Object::clone(obj))))
             }
             Op::TaskStatus { id, node_id, status } => {
                 let Some(t) = self.tasks.get(&TaskKey::of(id)).filter(|t| t.takes_report(node_id, status)) else {
@@ -633,7 +633,7 @@ mod tests {
         let made = |id: &str, image: &str| {
             let mut t = task(id, "s1", 1);
             t.spec_mut().container.image = image.into();
-            Op::Create(t.into())
+            Op::create(t)
         };
         m.apply(1, &p(vec![made("t1", "a"), made("t2", "a"), made("t3", "b")])).unwrap();
         m.apply(2, &p(vec![made("t4", "a")])).unwrap();
@@ -644,7 +644,7 @@ mod tests {
         assert_eq!(spec(&m, "t3").container.image, "b");
         let mut moved = m.task("t2").unwrap().clone();
         moved.status.state = TaskState::Running;
-        m.apply(3, &p(vec![Op::Update(moved.into())])).unwrap();
+        m.apply(3, &p(vec![Op::update(moved)])).unwrap();
         assert!(Arc::ptr_eq(&spec(&m, "t1"), &spec(&m, "t2")), "an update keeps sharing");
         let gone: Vec<Op> = ["t1", "t2", "t3", "t4"]
             .iter()
@@ -664,7 +664,7 @@ mod tests {
     fn updated_tasks_are_indexed_as_a_store_built_from_scratch_indexes_them() {
         let mut m = MemoryStore::new();
         let ids = ["t1", "t2", "t3", "t4"];
-        let made: Vec<Op> = ids.iter().map(|id| Op::Create(task(id, "s1", 1).into())).collect();
+        let made: Vec<Op> = ids.iter().map(|id| Op::create(task(id, "s1", 1))).collect();
         m.apply(1, &p(made)).unwrap();
         type Change = fn(&mut Task);
         let changes: [(&str, Change); 9] = [
@@ -685,7 +685,7 @@ mod tests {
         for (i, (id, change)) in changes.iter().enumerate() {
             let mut t = m.task(id).unwrap().clone();
             change(&mut t);
-            m.apply(2 + i as u64, &p(vec![Op::Update(t.into())])).unwrap();
+            m.apply(2 + i as u64, &p(vec![Op::update(t)])).unwrap();
             let fresh = MemoryStore::from_objects(m.objects());
             let step = format!("after change {i} to {id}");
             assert_eq!(m.tasks_by_service, fresh.tasks_by_service, "{step}");
@@ -711,13 +711,13 @@ mod tests {
             let mut t = task(id, "s1", 1);
             t.node_id = "n1".into();
             t.status.state = TaskState::Assigned;
-            Op::Create(t.into())
+            Op::create(t)
         };
         m.apply(1, &p(vec![on_n1("t1"), on_n1("t2"), on_n1("t3")])).unwrap();
         // The orchestrator writes t1 after the agent's report was made.
         let mut t1 = m.task("t1").unwrap().clone();
         t1.desired_state = TaskState::Shutdown;
-        m.apply(2, &p(vec![Op::Update(t1.into())])).unwrap();
+        m.apply(2, &p(vec![Op::update(t1)])).unwrap();
         let report = |id: &str, node: &str, state| Op::TaskStatus {
             id: id.into(),
             node_id: node.into(),
@@ -752,8 +752,7 @@ mod tests {
     #[test]
     fn versions_indexes_and_atomic_failure() {
         let mut m = MemoryStore::new();
-        m.apply(1, &p(vec![Op::Create(service("s1", "web", 1).into()), Op::Create(task("t1", "s1", 1).into())]))
-            .unwrap();
+        m.apply(1, &p(vec![Op::create(service("s1", "web", 1)), Op::create(task("t1", "s1", 1))])).unwrap();
         assert_eq!(m.service_by_name("web").unwrap().meta.version, 1);
         assert_eq!(m.service_by_name("web").unwrap().meta.created_index, 1);
         assert_eq!(m.tasks_by_service("s1").count(), 1);
@@ -764,7 +763,7 @@ mod tests {
         assert_eq!(m.live_counts("s1"), LiveCounts { live: 1, running: 0 });
         let mut running = m.task("t1").unwrap().clone();
         running.status.state = TaskState::Running;
-        m.apply(2, &p(vec![Op::Update(running.into())])).unwrap();
+        m.apply(2, &p(vec![Op::update(running)])).unwrap();
         assert_eq!(m.live_counts("s1"), LiveCounts { live: 1, running: 1 }, "counted as its state moves");
         assert_eq!(counts(&m), [(TaskState::Running, TaskState::Running, 1)]);
         assert_eq!(m.tasks_by_state.get(&TaskState::Running), None, "observed RUNNING is counted, not indexed");
@@ -775,7 +774,7 @@ mod tests {
         t.desired_state = TaskState::Shutdown;
         let mut stale = t.clone();
         stale.meta.version = 0;
-        let ops = vec![Op::Update(t.clone().into()), Op::Create(task("t2", "s1", 2).into()), Op::Update(stale.into())];
+        let ops = vec![Op::update(t.clone()), Op::create(task("t2", "s1", 2)), Op::update(stale)];
         let err = m.apply(2, &p(ops)).unwrap_err();
         assert!(err.to_string().contains("update out of sequence"), "{err}");
         assert!(m.task("t2").is_none(), "all-or-nothing");
@@ -783,14 +782,14 @@ mod tests {
         assert_eq!((t1.meta.version, t1.desired_state), (2, TaskState::Running), "the update before it is undone");
         assert_eq!(counts(&m), [(TaskState::Running, TaskState::Running, 1)], "and so are the counts");
 
-        m.apply(3, &p(vec![Op::Update(t.into())])).unwrap();
+        m.apply(3, &p(vec![Op::update(t)])).unwrap();
         assert_eq!(m.task("t1").unwrap().meta.version, 3);
         assert_eq!(m.task("t1").unwrap().meta.created_index, 1, "the creating index survives updates");
         assert_eq!(counts(&m), [(TaskState::Shutdown, TaskState::Running, 1)]);
         assert_eq!(m.tasks_by_desired_state(TaskState::Shutdown).count(), 1);
         assert_eq!(m.live_counts("s1"), LiveCounts::default(), "a task no longer desired running leaves the counts");
 
-        let dup = m.apply(4, &p(vec![Op::Create(service("s2", "web", 1).into())])).unwrap_err();
+        let dup = m.apply(4, &p(vec![Op::create(service("s2", "web", 1))])).unwrap_err();
         assert!(matches!(dup, ApplyError::NameConflict { .. }));
         m.apply(5, &p(vec![Op::Delete { kind: ObjectKind::Task, id: "t1".into(), version: 3 }])).unwrap();
         assert_eq!(m.tasks_by_service("s1").count(), 0);

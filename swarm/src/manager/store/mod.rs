@@ -38,9 +38,9 @@ pub struct Proposal {
 #[serde(rename_all = "lowercase")]
 pub enum Op {
     /// Create an object; its id must be new.
-    Create(Object),
+    Create(Box<Object>),
     /// Replace an object; `meta.version` must be the version in the store.
-    Update(Object),
+    Update(Box<Object>),
     /// Delete an object at `version`.
     Delete { kind: ObjectKind, id: String, version: u64 },
     /// A node's report of a task's observed status, applied when the task still takes it
@@ -54,7 +54,21 @@ pub enum Op {
     /// and applied as [`Op::Update`] of the stored task with those fields replaced. [`WriteTx::update`] writes it
     /// in place of a whole task when it can: most of a million tasks' writes are such steps, and the entry then
     /// holds a few dozen bytes instead of the task's spec again.
-    TaskProgress(TaskProgress),
+    TaskProgress(Box<TaskProgress>),
+}
+
+// The large variants are boxed (the encoding is the same): an entry holds up to a thousand ops, and an op was the
+// size of the largest object, a service (2.3 KiB), whatever it carried; a restart decodes 64 entries at once.
+const _: () = assert!(std::mem::size_of::<Op>() <= 160);
+
+impl Op {
+    pub fn create(obj: impl Into<Object>) -> Self {
+        Op::Create(Box::new(obj.into()))
+    }
+
+    pub fn update(obj: impl Into<Object>) -> Self {
+        Op::Update(Box::new(obj.into()))
+    }
 }
 
 /// What [`Op::TaskProgress`] sets on a task read at `version`.
@@ -332,7 +346,7 @@ impl<'a> WriteTx<'a> {
     }
 
     pub fn create(&mut self, obj: impl Into<Object>) {
-        self.ops.push(Op::Create(obj.into()));
+        self.ops.push(Op::create(obj));
     }
 
     /// Updates an object; its `meta.version` must be the one that was read. A task that differs from the stored
@@ -342,11 +356,11 @@ impl<'a> WriteTx<'a> {
         let obj = obj.into();
         if let Object::Task(next) = &obj {
             if let Some(p) = self.view.task(&next.id).and_then(|current| TaskProgress::between(current, next)) {
-                self.ops.push(Op::TaskProgress(p));
+                self.ops.push(Op::TaskProgress(Box::new(p)));
                 return;
             }
         }
-        self.ops.push(Op::Update(obj));
+        self.ops.push(Op::update(obj));
     }
 
     pub fn delete(&mut self, kind: ObjectKind, id: &str, version: u64) {
@@ -622,7 +636,7 @@ mod tests {
         use crate::api::TaskState;
         let mut m = MemoryStore::new();
         let at = Timestamp::now();
-        let created = Proposal { ops: vec![Op::Create(crate::testing::task("t1", "s1", 1).into())], timestamp: at };
+        let created = Proposal { ops: vec![Op::create(crate::testing::task("t1", "s1", 1))], timestamp: at };
         m.apply(1, &created).unwrap();
         let current = m.task("t1").unwrap().clone();
         let written = |next: &crate::api::Task| {
@@ -640,7 +654,7 @@ mod tests {
         let (mut by_step, mut whole) = (m.clone(), m.clone());
         let step_events = by_step.apply(2, &Proposal { ops: vec![op], timestamp: at }).unwrap();
         let whole_events =
-            whole.apply(2, &Proposal { ops: vec![Op::Update(assigned.clone().into())], timestamp: at }).unwrap();
+            whole.apply(2, &Proposal { ops: vec![Op::update(assigned.clone())], timestamp: at }).unwrap();
         assert_eq!(by_step.task("t1"), whole.task("t1"), "the step applies as the whole update");
         assert_eq!(step_events, whole_events, "and tells watchers the same");
         assert_eq!(by_step.tasks_by_node("n1").count(), 1, "indexed by its new node");
@@ -666,7 +680,7 @@ mod tests {
         // Applied on a task that moved since it was read, or is gone, the step fails as the update would.
         let step = |version| {
             let p = TaskProgress { version, ..TaskProgress::between(&current, &assigned).unwrap() };
-            Proposal { ops: vec![Op::TaskProgress(p)], timestamp: at }
+            Proposal { ops: vec![Op::TaskProgress(Box::new(p))], timestamp: at }
         };
         let e = by_step.apply(3, &step(1)).unwrap_err();
         assert_eq!(e, ApplyError::OutOfSequence { kind: ObjectKind::Task, id: "t1".into() });
@@ -713,7 +727,7 @@ mod tests {
             let (done, wrote) = std::sync::mpsc::channel();
             std::thread::spawn(move || {
                 let p = Proposal {
-                    ops: vec![Op::Create(crate::testing::task("t1", "s1", 1).into())],
+                    ops: vec![Op::create(crate::testing::task("t1", "s1", 1))],
                     timestamp: Timestamp::now(),
                 };
                 let _ = done.send(writer.shared.apply(2, &p).map(|_| ()));

@@ -21,7 +21,7 @@ fn creates(prefix: &str, from: u64, to: u64) -> Vec<Entry<TypeConfig>> {
             Entry {
                 log_id: log_id(i),
                 payload: EntryPayload::Normal(Proposal {
-                    ops: vec![Op::Create(Object::Service(s))],
+                    ops: vec![Op::create(Object::Service(s))],
                     timestamp: Default::default(),
                 }),
             }
@@ -350,7 +350,7 @@ async fn a_snapshot_kept_inside_state_redb_by_an_older_release_is_moved_to_a_fil
         .into_iter()
         .map(|e| match e.payload {
             EntryPayload::Normal(mut p) => match p.ops.remove(0) {
-                Op::Create(o) => o,
+                Op::Create(o) => *o,
                 _ => unreachable!(),
             },
             _ => unreachable!(),
