@@ -128,8 +128,9 @@ impl<E: Executor> Worker<E> {
     /// The tasks this node holds, each with the digest of what it acts on, for a new session's assignments
     /// request.
     pub fn held(&self) -> Vec<HeldTask> {
-        let held = self.tasks.iter();
-        held.map(|(id, m)| HeldTask { id: id.clone(), digest: m.updates.borrow().assignment_digest() }).collect()
+        let named =
+            |(id, m): (&String, &Managed)| HeldTask { id: id.clone(), digest: m.updates.borrow().assignment_digest() };
+        self.tasks.iter().map(named).collect()
     }
 
     fn update(&mut self, task: Task) {

@@ -80,7 +80,7 @@ impl AssignmentSet {
         for t in view.tasks_by_node(&node_id).filter(|t| assigned_to(t, &node_id)) {
             self.keep_files(t);
             super::netstate::add_networks(&mut networks, t);
-            if held.get(&t.id) == Some(&t.assignment_digest()) {
+            if held.get(&t.id).is_some_and(|d| *d == t.assignment_digest()) {
                 msg.kept.push(t.id.clone());
             } else {
                 msg.updated.push(Task::clone(t));
@@ -146,6 +146,14 @@ mod tests {
         msg
     }
 
+    fn use_secret(t: &mut Task, id: &str) {
+        t.spec_mut().container.secrets.push(crate::api::SecretReference {
+            secret_id: id.into(),
+            secret_name: "db".into(),
+            target: crate::api::FileTarget { name: "db".into(), uid: "0".into(), gid: "0".into(), mode: 0o444 },
+        });
+    }
+
     fn ids(tasks: &[Task]) -> Vec<&str> {
         tasks.iter().map(|t| t.id.as_str()).collect()
     }
@@ -207,11 +215,7 @@ mod tests {
     async fn a_full_set_names_back_the_tasks_the_node_holds_unchanged() {
         let store = Store::in_memory();
         let mut with_secret = on_n1("secret", TaskState::Running);
-        with_secret.spec_mut().container.secrets.push(crate::api::SecretReference {
-            secret_id: "sec1".into(),
-            secret_name: "db".into(),
-            target: crate::api::FileTarget { name: "db".into(), uid: "0".into(), gid: "0".into(), mode: 0o444 },
-        });
+        use_secret(&mut with_secret, "sec1");
         with_secret.networks.push(crate::api::NetworkAttachment { network_id: "net1".into(), ..Default::default() });
         store
             .update(|tx| {
@@ -261,11 +265,7 @@ mod tests {
         let mut stopped = a.clone();
         stopped.desired_state = TaskState::Shutdown;
         let mut secret = a.clone();
-        secret.spec_mut().container.secrets.push(crate::api::SecretReference {
-            secret_id: "sec2".into(),
-            secret_name: "db".into(),
-            target: crate::api::FileTarget { name: "db".into(), uid: "0".into(), gid: "0".into(), mode: 0o444 },
-        });
+        use_secret(&mut secret, "sec2");
         let mut config = a.clone();
         config.spec_mut().container.configs.push(crate::api::ConfigReference {
             config_id: "sec2".into(),
@@ -284,11 +284,7 @@ mod tests {
     async fn live_files_are_those_of_tasks_meant_to_run() {
         let store = Store::in_memory();
         let mut t = on_n1("t1", TaskState::Assigned);
-        t.spec_mut().container.secrets.push(crate::api::SecretReference {
-            secret_id: "sec1".into(),
-            secret_name: "db".into(),
-            target: crate::api::FileTarget { name: "db".into(), uid: "0".into(), gid: "0".into(), mode: 0o444 },
-        });
+        use_secret(&mut t, "sec1");
         let mut set = AssignmentSet::new("n1");
         let (_, mut w) = store.view_and_watch_node("n1", |v| set.complete(v, &HashMap::new()).0);
         store
