@@ -531,12 +531,7 @@ async fn simulate(cfg: &ScaleConfig, dir: &std::path::Path) -> Result<(), ScaleE
     churn.note(&st);
     print_raft_delta(&node, "services → run", &mut raft_before).await;
     churn.print("services → run", &mut churn_before);
-    // Seconds of work at a million tasks, done beside the manager's runtime rather than on one of its workers.
-    tokio::task::block_in_place(|| {
-        let mut running_ids = host.running()?;
-        running_ids.extend(manager_exec.running());
-        check(&store, &running_ids)
-    })?;
+    check_running(&mut host, &manager_exec, &store)?;
     println!("check  every slot runs exactly one task; no task on two nodes; no node overcommitted");
 
     // Phase 3: the control API at this size, and what Raft holds.
@@ -653,11 +648,7 @@ async fn simulate(cfg: &ScaleConfig, dir: &std::path::Path) -> Result<(), ScaleE
     })
     .await?;
     let back = t.elapsed();
-    tokio::task::block_in_place(|| {
-        let mut running_ids = host.running()?;
-        running_ids.extend(manager_exec.running());
-        check(&store, &running_ids)
-    })?;
+    check_running(&mut host, &manager_exec, &store)?;
     println!(
         "phase nodes-back       {:>9.2} s   every node reconnected, kept its tasks (about {} each) and ran a new one",
         back.as_secs_f64(),
@@ -773,6 +764,16 @@ fn ms(d: Duration) -> f64 {
 }
 
 /// Every slot runs exactly one task, no task runs on two nodes, no node holds more than it has.
+/// [`check`] against what every node runs now. Seconds of work at a million tasks, done beside the manager's
+/// runtime rather than on one of its workers.
+fn check_running(host: &mut AgentHost, manager_exec: &TestExecutor, store: &Store) -> Result<(), ScaleError> {
+    tokio::task::block_in_place(|| {
+        let mut running_ids = host.running()?;
+        running_ids.extend(manager_exec.running());
+        check(store, &running_ids)
+    })
+}
+
 fn check(store: &Store, running: &[String]) -> Result<(), ScaleError> {
     let mut runs: HashMap<&str, usize> = HashMap::new();
     for id in running {

@@ -3,6 +3,8 @@
 //! address, when it knows it, in the [`LEADER_METADATA`] entry, so the agent goes there next.
 
 use super::assignments::AssignmentSet;
+use super::files::FileSet;
+use super::netstate::Networks;
 use super::pacing::Pacing;
 use super::{Dispatcher, DispatcherError};
 use crate::api::control::Empty;
@@ -11,7 +13,7 @@ use crate::api::logs::{
     LogSubscription, LogsSessionRequest, PublishLogsRequest, SubscribeLogsMessage, SubscribeLogsRequest,
 };
 use crate::api::NodeRole;
-use crate::manager::store::NodeWatchError;
+use crate::manager::store::{NodeWatch, NodeWatchError, Store};
 use crate::transport::dispatcher::dispatcher_server::Dispatcher as DispatcherRpc;
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -44,6 +46,23 @@ impl<T> Replies<T> {
 fn reply_stream<T: Send + 'static>(bound: usize) -> (Replies<T>, RpcStream<T>) {
     let (tx, rx) = mpsc::channel(bound);
     (Replies(tx), Box::pin(tokio_stream::StreamExt::map(ReceiverStream::new(rx), |item| *item)))
+}
+
+/// A node's full set of assignments and files (naming back what it `held` unchanged), the networks its state must
+/// hold, and its watch from that read on.
+fn full_set(
+    store: &Store,
+    set: &mut AssignmentSet,
+    files: &mut FileSet,
+    held: &HashMap<String, u64>,
+) -> (AssignmentsMessage, Networks, NodeWatch) {
+    let node_id = set.node_id().to_string();
+    let ((msg, networks), watch) = store.view_and_watch_node(&node_id, |v| {
+        let (mut msg, networks) = set.complete(v, held);
+        files.fill(v, store.data_key().as_ref(), set, &mut msg);
+        (msg, networks)
+    });
+    (msg, networks, watch)
 }
 
 /// How long store events are gathered into one incremental assignments message (at least: see [`Pacing`]).
@@ -175,13 +194,9 @@ impl DispatcherRpc for DispatcherService {
         let mut net = self.dispatcher.network_state(&node_id);
         // Only this node's task events reach this stream (the store routes them), so a change costs the sessions
         // it concerns and no other.
-        let mut files = super::files::FileSet::default();
+        let mut files = FileSet::default();
         let held: HashMap<String, u64> = req.held.into_iter().map(|h| (h.id, h.digest)).collect();
-        let ((mut complete, networks), mut events) = store.view_and_watch_node(&node_id, |v| {
-            let (mut m, networks) = set.complete(v, &held);
-            files.fill(v, store.data_key().as_ref(), &set, &mut m);
-            (m, networks)
-        });
+        let (mut complete, networks, mut events) = full_set(&store, &mut set, &mut files, &held);
         drop(held);
         let (tx, stream) = reply_stream(16);
         tokio::spawn(async move {
@@ -223,12 +238,7 @@ impl DispatcherRpc for DispatcherService {
                 let key = store.data_key();
                 let mut out = if resync {
                     // What the node holds now is not known here: the whole set goes.
-                    let node_id = set.node_id().to_string();
-                    let ((m, networks), w) = store.view_and_watch_node(&node_id, |v| {
-                        let (mut m, networks) = set.complete(v, &HashMap::new());
-                        files.fill(v, key.as_ref(), &set, &mut m);
-                        (m, networks)
-                    });
+                    let (m, networks, w) = full_set(&store, &mut set, &mut files, &HashMap::new());
                     events = w;
                     net.cover_networks(&networks).await;
                     m
